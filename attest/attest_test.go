@@ -1,0 +1,306 @@
+package attest
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/ golden files")
+
+const (
+	testDrv = "/nix/store/0c7a0m2yx2cys3q1hbm3m7r9g1qv0x3k-hello.drv"
+	testOut = "/nix/store/9ri7p1kdl1d1vavgmc3mq0rkdkmvcl0f-hello"
+	testDep = "/nix/store/1ad7bmqh6ykl1xbq8nyv9j8s6c0vy5rg-bb"
+)
+
+func testBuild(builderID string) *Build {
+	return &Build{
+		DrvPath:     testDrv,
+		System:      "x86_64-linux",
+		Installable: Installable{Kind: "file", File: "examples/hello.nix", Attr: "hello"},
+		Source:      &Source{Repository: "https://codeberg.org/provenix/provenix", Revision: "abc123"},
+		Outputs: []Output{{
+			Name: "out", Path: testOut, NarHash: sha256.Sum256([]byte("nar")), NarSize: 1234,
+			References: []string{testDep},
+		}},
+		Dependencies:   []Dependency{{Path: testDrv, NarHash: sha256.Sum256([]byte("drv"))}},
+		NixVersion:     "2.8.0",
+		Sandbox:        "true",
+		BuilderID:      builderID,
+		BuilderVersion: "test",
+		InvocationID:   "test-run-1",
+		StartedOn:      time.Unix(1700000000, 0),
+		FinishedOn:     time.Unix(1700000001, 0),
+	}
+}
+
+func newKey(t testing.TB) (*ecdsa.PrivateKey, *Signer) {
+	t.Helper()
+	k, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewSigner(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, s
+}
+
+func signBuild(t testing.TB, b *Build, s *Signer, mutate func(m map[string]any)) []byte {
+	t.Helper()
+	st, err := NewStatement(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mutate != nil {
+		raw, _ := protojson.Marshal(st)
+		var m map[string]any
+		if err := json.Unmarshal(raw, &m); err != nil {
+			t.Fatal(err)
+		}
+		mutate(m)
+		raw, _ = json.Marshal(m)
+		if err := protojson.Unmarshal(raw, st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bj, err := Sign(context.Background(), st, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bj
+}
+
+// alterPayload decodes the DSSE payload, applies f and re-encodes it,
+// keeping the original signature: what an attacker on the wire can do.
+func alterPayload(t *testing.T, bundleJSON []byte, f func(string) string) []byte {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(bundleJSON, &m); err != nil {
+		t.Fatal(err)
+	}
+	env := m["dsseEnvelope"].(map[string]any)
+	p, err := base64.StdEncoding.DecodeString(env["payload"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	np := f(string(p))
+	if np == string(p) {
+		t.Fatal("alteration changed nothing")
+	}
+	env["payload"] = base64.StdEncoding.EncodeToString([]byte(np))
+	out, _ := json.Marshal(m)
+	return out
+}
+
+func TestVerify(t *testing.T) {
+	const builder = "https://builders.example/alice"
+	k, s := newKey(t)
+	_, other := newKey(t)
+	v, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: k.Public()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := signBuild(t, testBuild(builder), s, nil)
+	want := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}
+
+	tests := []struct {
+		name    string
+		bundle  []byte
+		want    []Subject
+		wantErr error
+	}{
+		{"valid", good, want, nil},
+		{"unknown signer", signBuild(t, testBuild(builder), other, nil), want, ErrUnknownSigner},
+		{"payload altered after signing", alterPayload(t, good, func(p string) string {
+			return strings.Replace(p, "x86_64-linux", "aarch64-linux", 1)
+		}), want, ErrSignature},
+		{"digest of artifact differs", good, []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("other"))}}, ErrDigestMismatch},
+		{"subject name differs", good, []Subject{{Path: testDep, NarHash: want[0].NarHash}}, ErrSubjectMismatch},
+		{"wrong predicate type", signBuild(t, testBuild(builder), s, func(m map[string]any) {
+			m["predicateType"] = "https://slsa.dev/provenance/v0.2"
+		}), want, ErrPredicateType},
+		{"wrong build type", signBuild(t, testBuild(builder), s, func(m map[string]any) {
+			m["predicate"].(map[string]any)["buildDefinition"].(map[string]any)["buildType"] = "https://example.com/other"
+		}), want, ErrPredicateType},
+		{"builder id not bound to key", signBuild(t, testBuild("https://builders.example/mallory"), s, nil), want, ErrUntrustedBuilder},
+		{"not JSON", []byte("{not json"), want, ErrMalformedBundle},
+		{"empty object", []byte("{}"), want, ErrMalformedBundle},
+		{"oversize", make([]byte, MaxBundleSize+1), want, ErrMalformedBundle},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := v.Verify(tc.bundle, tc.want)
+			if tc.wantErr == nil {
+				if err != nil {
+					t.Fatalf("Verify: %v", err)
+				}
+				if got.BuilderID != builder || got.DrvPath != testDrv || got.System != "x86_64-linux" {
+					t.Fatalf("provenance = %+v", got.Provenance)
+				}
+				if len(got.Outputs) != 1 || got.Outputs[0].NarSize != 1234 || got.Outputs[0].Name != "out" ||
+					len(got.Outputs[0].References) != 1 || got.Outputs[0].References[0] != testDep {
+					t.Fatalf("outputs = %+v", got.Outputs)
+				}
+				return
+			}
+			if !errors.Is(err, tc.wantErr) || !errors.Is(err, ErrVerification) {
+				t.Fatalf("Verify error = %v, want %v", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestVerifyNeedsSubject(t *testing.T) {
+	k, _ := newKey(t)
+	v, err := NewVerifier([]TrustedBuilder{{ID: "b", PublicKey: k.Public()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify([]byte("{}"), nil); err == nil {
+		t.Fatal("Verify without expected subjects succeeded")
+	}
+}
+
+func TestNewVerifierRejectsSharedKey(t *testing.T) {
+	k, _ := newKey(t)
+	if _, err := NewVerifier([]TrustedBuilder{{ID: "a", PublicKey: k.Public()}, {ID: "b", PublicKey: k.Public()}}); err == nil {
+		t.Fatal("two builders with one key accepted")
+	}
+	if _, err := NewVerifier(nil); err == nil {
+		t.Fatal("empty trust accepted")
+	}
+}
+
+func TestKeyRoundTrip(t *testing.T) {
+	k, _ := newKey(t)
+	priv, err := MarshalPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "k")
+	if err := os.WriteFile(path, priv, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadSigner(path); err == nil {
+		t.Fatal("world-readable key accepted")
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := LoadSigner(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := KeyID(k.Public())
+	if s.KeyID() != want {
+		t.Fatalf("key id %s, want %s", s.KeyID(), want)
+	}
+	pub, _ := MarshalPublicKey(k.Public())
+	pk, err := ParsePublicKey(pub)
+	if err != nil || !pk.Equal(k.Public()) {
+		t.Fatalf("public key round trip: %v", err)
+	}
+	if _, err := ParsePublicKey(priv); err == nil {
+		t.Fatal("private PEM parsed as public key")
+	}
+}
+
+// TestGolden verifies a bundle committed to testdata/, so a change in how
+// we or sigstore-go encode bundles cannot silently orphan published ones.
+func TestGolden(t *testing.T) {
+	const builder = "https://builders.example/golden"
+	bundlePath, pubPath := filepath.Join("testdata", "golden.bundle.json"), filepath.Join("testdata", "golden.pub")
+	if *update {
+		k, s := newKey(t)
+		pub, _ := MarshalPublicKey(k.Public())
+		os.MkdirAll("testdata", 0o755)
+		os.WriteFile(pubPath, pub, 0o644)
+		os.WriteFile(bundlePath, signBuild(t, testBuild(builder), s, nil), 0o644)
+	}
+	pub, err := LoadPublicKeyFile(pubPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(bundlePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: pub}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(b, []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}); err != nil {
+		t.Fatalf("golden bundle: %v", err)
+	}
+}
+
+func FuzzVerify(f *testing.F) {
+	const builder = "https://builders.example/fuzz"
+	k, s := newKey(f)
+	good := signBuild(f, testBuild(builder), s, nil)
+	f.Add(good)
+	f.Add([]byte("{}"))
+	f.Add([]byte(`{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json"}`))
+	v, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: k.Public()}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	want := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := v.Verify(b, want)
+		if err == nil && got.BuilderID != builder {
+			t.Fatalf("accepted a bundle for builder %q", got.BuilderID)
+		}
+		if err != nil && !errors.Is(err, ErrVerification) {
+			t.Fatalf("error outside the ErrVerification tree: %v", err)
+		}
+		_, _ = InspectUnverified(b)
+	})
+}
+
+func BenchmarkVerify(b *testing.B) {
+	const builder = "https://builders.example/bench"
+	k, s := newKey(b)
+	bj := signBuild(b, testBuild(builder), s, nil)
+	v, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: k.Public()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	want := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := v.Verify(bj, want); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkBaselineECDSAVerify is the floor under BenchmarkVerify: one raw
+// P-256 signature check.
+func BenchmarkBaselineECDSAVerify(b *testing.B) {
+	k, s := newKey(b)
+	sig, digest, err := s.SignData(context.Background(), []byte("payload"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if !ecdsa.VerifyASN1(&k.PublicKey, digest, sig) {
+			b.Fatal("verify failed")
+		}
+	}
+}

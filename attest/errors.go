@@ -1,0 +1,28 @@
+package attest
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrVerification is the root of every reason a bundle is not accepted;
+// the more specific errors below wrap it, so callers can match either.
+var ErrVerification = errors.New("attestation not verified")
+
+var (
+	// ErrMalformedBundle: the bundle or its Statement does not parse.
+	ErrMalformedBundle = fmt.Errorf("%w: malformed bundle", ErrVerification)
+	// ErrUnknownSigner: the bundle names a key that is not trusted.
+	ErrUnknownSigner = fmt.Errorf("%w: signer not trusted", ErrVerification)
+	// ErrSignature: the signature does not verify over the payload.
+	ErrSignature = fmt.Errorf("%w: bad signature", ErrVerification)
+	// ErrSubjectMismatch: an expected subject name is absent.
+	ErrSubjectMismatch = fmt.Errorf("%w: subject mismatch", ErrVerification)
+	// ErrDigestMismatch: a subject's digest differs from the artifact's.
+	ErrDigestMismatch = fmt.Errorf("%w: digest mismatch", ErrVerification)
+	// ErrPredicateType: the Statement is not SLSA v1 provenance of our build type.
+	ErrPredicateType = fmt.Errorf("%w: wrong predicate or build type", ErrVerification)
+	// ErrUntrustedBuilder: the provenance names a builder id the signing key
+	// is not trusted for.
+	ErrUntrustedBuilder = fmt.Errorf("%w: untrusted builder id", ErrVerification)
+)

@@ -1,0 +1,34 @@
+package attest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	intoto "github.com/in-toto/attestation/go/v1"
+	"github.com/sigstore/sigstore-go/pkg/bundle"
+	"github.com/sigstore/sigstore-go/pkg/sign"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// Sign wraps st in a DSSE envelope signed by s and returns the Sigstore
+// bundle (v0.3) as JSON.
+func Sign(ctx context.Context, st *intoto.Statement, s sign.Keypair) ([]byte, error) {
+	payload, err := protojson.Marshal(st)
+	if err != nil {
+		return nil, fmt.Errorf("attest: encode statement: %w", err)
+	}
+	pb, err := sign.Bundle(&sign.DSSEData{Data: payload, PayloadType: PayloadType}, s, sign.BundleOptions{Context: ctx})
+	if err != nil {
+		return nil, fmt.Errorf("attest: sign bundle: %w", err)
+	}
+	b, err := bundle.NewBundle(pb)
+	if err != nil {
+		return nil, fmt.Errorf("attest: sign bundle: %w", err)
+	}
+	out, err := json.Marshal(b)
+	if err != nil {
+		return nil, fmt.Errorf("attest: encode bundle: %w", err)
+	}
+	return out, nil
+}

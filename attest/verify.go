@@ -1,0 +1,208 @@
+package attest
+
+import (
+	"bytes"
+	"crypto"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	intoto "github.com/in-toto/attestation/go/v1"
+	"github.com/sigstore/sigstore-go/pkg/bundle"
+	"github.com/sigstore/sigstore-go/pkg/root"
+	"github.com/sigstore/sigstore-go/pkg/verify"
+	"github.com/sigstore/sigstore/pkg/signature"
+)
+
+// MaxBundleSize bounds what Verify parses: a provenance bundle is a few KiB.
+const MaxBundleSize = 1 << 20
+
+// TrustedBuilder is a builder we accept provenance from: the key that signs
+// for it and the one builder id that key may claim, so a trusted key cannot
+// speak for another builder.
+type TrustedBuilder struct {
+	ID        string
+	PublicKey crypto.PublicKey
+}
+
+// Verifier checks bundles against a fixed set of trusted builders.
+type Verifier struct {
+	byKeyID map[string]TrustedBuilder
+	sig     *verify.Verifier
+}
+
+// NewVerifier returns a verifier trusting builders. Each key must be
+// ECDSA P-256 and appear once.
+func NewVerifier(builders []TrustedBuilder) (*Verifier, error) {
+	if len(builders) == 0 {
+		return nil, errors.New("attest: no trusted builders")
+	}
+	v := &Verifier{byKeyID: make(map[string]TrustedBuilder, len(builders))}
+	keys := make(map[string]*root.ExpiringKey, len(builders))
+	for _, b := range builders {
+		if b.ID == "" {
+			return nil, errors.New("attest: trusted builder without an id")
+		}
+		id, err := KeyID(b.PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("attest: builder %s: %w", b.ID, err)
+		}
+		if prev, dup := v.byKeyID[id]; dup {
+			return nil, fmt.Errorf("attest: builders %s and %s share a key", prev.ID, b.ID)
+		}
+		sv, err := signature.LoadVerifier(b.PublicKey, crypto.SHA256)
+		if err != nil {
+			return nil, fmt.Errorf("attest: builder %s: %w", b.ID, err)
+		}
+		v.byKeyID[id] = b
+		keys[id] = root.NewExpiringKey(sv, time.Time{}, time.Time{})
+	}
+	// Key-signed bundles carry no timestamps: without a transparency log
+	// there is nothing to observe the signing time with.
+	sig, err := verify.NewVerifier(root.NewTrustedPublicKeyMaterialFromMapping(keys), verify.WithNoObserverTimestamps())
+	if err != nil {
+		return nil, fmt.Errorf("attest: %w", err)
+	}
+	v.sig = sig
+	return v, nil
+}
+
+// Subject is an artifact the caller knows independently of the bundle: a
+// store path and the sha256 of the NAR it actually holds.
+type Subject struct {
+	Path    string
+	NarHash [32]byte
+}
+
+// Verified is a bundle that passed every check.
+type Verified struct {
+	*Provenance
+	Builder TrustedBuilder
+	KeyID   string
+}
+
+// Verify checks bundleJSON and returns its provenance. want is required and
+// non-empty, as sigstore-go requires an artifact digest: a signature over
+// some Statement proves nothing until it is tied to the bytes at hand. Every
+// wanted subject must appear in the Statement by name with an equal digest;
+// the Statement must be SLSA v1 provenance of BuildType; its builder id must
+// be the one bound to the signing key.
+func (v *Verifier) Verify(bundleJSON []byte, want []Subject) (*Verified, error) {
+	if len(want) == 0 {
+		return nil, errors.New("attest: verify needs at least one expected subject")
+	}
+	if len(bundleJSON) > MaxBundleSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformedBundle, len(bundleJSON), MaxBundleSize)
+	}
+	var b bundle.Bundle
+	if err := b.UnmarshalJSON(bundleJSON); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	}
+	env, err := b.Envelope()
+	if err != nil || env == nil {
+		return nil, fmt.Errorf("%w: not a DSSE envelope bundle", ErrMalformedBundle)
+	}
+	vc, err := b.VerificationContent()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	}
+	pk := vc.PublicKey()
+	if pk == nil {
+		return nil, fmt.Errorf("%w: bundle is not signed with a public key", ErrUnknownSigner)
+	}
+	keyID := pk.Hint()
+	tb, ok := v.byKeyID[keyID]
+	if !ok {
+		return nil, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
+	}
+
+	digests := make([]verify.ArtifactDigest, len(want))
+	for i, w := range want {
+		digests[i] = verify.ArtifactDigest{Algorithm: "sha256", Digest: w.NarHash[:]}
+	}
+	res, err := v.sig.Verify(&b, verify.NewPolicy(verify.WithArtifactDigests(digests), verify.WithKey()))
+	if err != nil {
+		// sigstore-go reports a missing digest and a bad signature alike;
+		// say which, from the (unverified) payload, so operators can act.
+		if st, serr := env.Statement(); serr == nil {
+			if derr := diagnoseDigests(st, want); derr != nil {
+				return nil, derr
+			}
+		}
+		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
+	}
+	if res.Statement == nil {
+		return nil, fmt.Errorf("%w: payload is not an in-toto statement", ErrMalformedBundle)
+	}
+	prov, err := parseStatement(res.Statement)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSubjects(prov.Outputs, want); err != nil {
+		return nil, err
+	}
+	if prov.BuilderID != tb.ID {
+		return nil, fmt.Errorf("%w: provenance claims builder %q, key %s is trusted for %q", ErrUntrustedBuilder, prov.BuilderID, keyID, tb.ID)
+	}
+	return &Verified{Provenance: prov, Builder: tb, KeyID: keyID}, nil
+}
+
+func checkSubjects(have []Output, want []Subject) error {
+	byName := make(map[string]Output, len(have))
+	for _, o := range have {
+		byName[o.Path] = o
+	}
+	for _, w := range want {
+		o, ok := byName[w.Path]
+		if !ok {
+			return fmt.Errorf("%w: statement has no subject %s", ErrSubjectMismatch, w.Path)
+		}
+		if o.NarHash != w.NarHash {
+			return fmt.Errorf("%w: %s: attested sha256 %x, artifact has %x", ErrDigestMismatch, w.Path, o.NarHash, w.NarHash)
+		}
+	}
+	return nil
+}
+
+// diagnoseDigests returns ErrDigestMismatch or ErrSubjectMismatch when an
+// unverified payload plainly lacks a wanted subject, nil otherwise.
+func diagnoseDigests(st *intoto.Statement, want []Subject) error {
+	for _, w := range want {
+		found := false
+		for _, s := range st.GetSubject() {
+			d, _ := hex.DecodeString(s.GetDigest()["sha256"])
+			if bytes.Equal(d, w.NarHash[:]) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			for _, s := range st.GetSubject() {
+				if s.GetName() == w.Path {
+					return fmt.Errorf("%w: %s: attested sha256 %s, artifact has %x", ErrDigestMismatch, w.Path, s.GetDigest()["sha256"], w.NarHash)
+				}
+			}
+			return fmt.Errorf("%w: no subject has sha256 %x (%s)", ErrDigestMismatch, w.NarHash, w.Path)
+		}
+	}
+	return nil
+}
+
+// InspectUnverified decodes the Statement of a bundle without checking
+// anything, for printing what a rejected bundle claimed. Never trust it.
+func InspectUnverified(bundleJSON []byte) (*Provenance, error) {
+	var b bundle.Bundle
+	if err := b.UnmarshalJSON(bundleJSON); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	}
+	env, err := b.Envelope()
+	if err != nil || env == nil {
+		return nil, fmt.Errorf("%w: not a DSSE envelope bundle", ErrMalformedBundle)
+	}
+	st, err := env.Statement()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	}
+	return parseStatement(st)
+}

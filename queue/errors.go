@@ -1,0 +1,49 @@
+package queue
+
+import "errors"
+
+// Errors callers can match with errors.Is. Broker errors are mapped onto
+// these once, at the edge of this package.
+var (
+	// ErrInvalidName: a tenant, system or key is not usable as a NATS name.
+	ErrInvalidName = errors.New("queue: invalid name")
+	// ErrMalformed: a message does not decode into a valid Result.
+	ErrMalformed = errors.New("queue: malformed message")
+	// ErrTooLarge: a message is over MaxResultSize.
+	ErrTooLarge = errors.New("queue: message too large")
+	// ErrNotFound: a staged object or stream does not exist.
+	ErrNotFound = errors.New("queue: not found")
+)
+
+// Errors added with the client.
+var (
+	// ErrPermanent marks a handler error that retrying cannot fix (a
+	// malformed result, a failed signature check): the message is
+	// terminated instead of redelivered. Wrap with Permanent.
+	ErrPermanent = errors.New("queue: permanent failure")
+	// ErrPermissionDenied: the server's permissions refused a publish.
+	ErrPermissionDenied = errors.New("queue: permission denied")
+	// ErrCorrupt: a staged object's content does not match its digest.
+	ErrCorrupt = errors.New("queue: staged object corrupt")
+	// ErrConfigDropped: the server did not keep a stream setting we set;
+	// older servers silently drop fields they do not know.
+	ErrConfigDropped = errors.New("queue: server did not keep the stream configuration (nats-server too old?)")
+)
+
+// Permanent wraps err so that errors.Is(err, ErrPermanent) holds while err
+// stays in the chain (errors.Is and errors.As see both). Permanent(nil)
+// is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, ErrPermanent) {
+		return err
+	}
+	return &permanentError{err: err}
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string   { return e.err.Error() }
+func (e *permanentError) Unwrap() []error { return []error{e.err, ErrPermanent} }

@@ -1,0 +1,140 @@
+package queue
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// ResultVersion is the version of the Result wire format this package writes.
+const ResultVersion = 1
+
+// Result is what a builder publishes for one realised derivation. Only the
+// bundle is signed: every other field is routing and convenience, and the
+// pusher must check it against the verified Statement before trusting it.
+type Result struct {
+	Version int    `json:"version"`
+	Tenant  string `json:"tenant"`
+	// Builder is the builder id the Statement names (runDetails.builder.id).
+	Builder string `json:"builder"`
+	DrvPath string `json:"drvPath"`
+	System  string `json:"system"`
+	// Outputs lists every output of the derivation that was realised.
+	Outputs []Output `json:"outputs"`
+	// Bundle is a Sigstore bundle (JSON) whose DSSE payload is an in-toto
+	// Statement with one subject per output.
+	Bundle json.RawMessage `json:"bundle"`
+}
+
+// Output is one realised output of a derivation.
+type Output struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
+	// NarHash is the lowercase hex sha256 of the output's NAR serialisation.
+	NarHash string `json:"narHash"`
+	NarSize uint64 `json:"narSize"`
+	// StagingKey names the NAR in the staging object store.
+	StagingKey string `json:"stagingKey"`
+}
+
+// MsgID identifies a result for JetStream's duplicate window: the same
+// builder publishing the same outputs of the same derivation twice is one
+// message. The NAR hashes are part of it, so a rebuild that came out
+// different is a new message (and evidence), not a dropped duplicate.
+func (r *Result) MsgID() string {
+	h := sha256.New()
+	for _, s := range []string{r.Tenant, r.Builder, r.DrvPath} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	for _, o := range r.Outputs {
+		h.Write([]byte(o.Name + "\x00" + o.Path + "\x00" + o.NarHash + "\x00"))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// StagingKey is the content-addressed staging key of a NAR with the given
+// hex sha256: identical NARs from several builders are staged once.
+func StagingKey(narHashHex string) string { return "nar/" + narHashHex }
+
+// Validate checks the fields' shapes. It does not check the bundle.
+func (r *Result) Validate() error {
+	if r.Version != ResultVersion {
+		return fmt.Errorf("%w: version %d, want %d", ErrMalformed, r.Version, ResultVersion)
+	}
+	if err := ValidToken(r.Tenant); err != nil {
+		return fmt.Errorf("%w: tenant: %w", ErrMalformed, err)
+	}
+	if err := ValidToken(r.System); err != nil {
+		return fmt.Errorf("%w: system: %w", ErrMalformed, err)
+	}
+	if r.Builder == "" {
+		return fmt.Errorf("%w: no builder", ErrMalformed)
+	}
+	if !strings.HasPrefix(r.DrvPath, "/") || !strings.HasSuffix(r.DrvPath, ".drv") {
+		return fmt.Errorf("%w: drvPath %q is not a .drv store path", ErrMalformed, r.DrvPath)
+	}
+	if len(r.Outputs) == 0 {
+		return fmt.Errorf("%w: no outputs", ErrMalformed)
+	}
+	seen := make(map[string]bool, len(r.Outputs))
+	for i, o := range r.Outputs {
+		if o.Name == "" || seen[o.Name] {
+			return fmt.Errorf("%w: output %d: empty or repeated name %q", ErrMalformed, i, o.Name)
+		}
+		seen[o.Name] = true
+		if !strings.HasPrefix(o.Path, "/") {
+			return fmt.Errorf("%w: output %q: path %q is not absolute", ErrMalformed, o.Name, o.Path)
+		}
+		if b, err := hex.DecodeString(o.NarHash); err != nil || len(b) != sha256.Size || strings.ToLower(o.NarHash) != o.NarHash {
+			return fmt.Errorf("%w: output %q: narHash %q is not lowercase hex sha256", ErrMalformed, o.Name, o.NarHash)
+		}
+		if o.StagingKey == "" {
+			return fmt.Errorf("%w: output %q: no staging key", ErrMalformed, o.Name)
+		}
+	}
+	if len(r.Bundle) == 0 {
+		return fmt.Errorf("%w: no bundle", ErrMalformed)
+	}
+	return nil
+}
+
+// Encode validates r and returns its wire form.
+func (r *Result) Encode() ([]byte, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("queue: encode result: %w", err)
+	}
+	if len(b) > MaxResultSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), MaxResultSize)
+	}
+	return b, nil
+}
+
+// DecodeResult parses and validates a result message. Unknown fields are
+// refused: a field this version does not know could carry meaning the
+// pusher would silently ignore.
+func DecodeResult(data []byte) (*Result, error) {
+	if len(data) > MaxResultSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), MaxResultSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var r Result
+	if err := dec.Decode(&r); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data after the result", ErrMalformed)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
