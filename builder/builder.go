@@ -1,0 +1,256 @@
+// Package builder is what a Provenix builder does around a Nix build: it
+// realises a derivation with the host's Nix, streams each output's NAR into
+// staging while hashing it, describes the build in an SLSA provenance
+// Statement, signs it with the builder's key and publishes one result per
+// derivation. The key stays in this process; build steps never see it.
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// Publisher is the part of the queue a builder needs; *queue.Conn has it.
+type Publisher interface {
+	Stage(ctx context.Context, key string, r io.Reader) (queue.StagedInfo, error)
+	PublishResult(ctx context.Context, r *queue.Result) (duplicate bool, err error)
+}
+
+// Builder builds and publishes.
+type Builder struct {
+	Nix       *nix.Nix
+	Queue     Publisher
+	Signer    *attest.Signer
+	BuilderID string
+	Tenant    string
+	Version   string
+	Logger    *slog.Logger
+
+	envOnce sync.Once
+	env     nixEnv
+	envErr  error
+}
+
+// nixEnv is what the provenance records about the Nix that built.
+type nixEnv struct {
+	version, sandbox string
+	substituters     []string
+}
+
+// Target is what to build.
+type Target struct {
+	Installable attest.Installable
+	// Args are --arg NAME EXPR and ArgStrs --argstr NAME VALUE for file
+	// targets.
+	Args, ArgStrs map[string]string
+	// Source, when known, is the checkout the target came from.
+	Source *attest.Source
+}
+
+// Published is one derivation's result as it went out.
+type Published struct {
+	DrvPath   string
+	System    string
+	Outputs   []attest.Output
+	MsgID     string
+	Duplicate bool
+	Bundle    []byte
+	// Built is how long realising took; Publish how long hashing,
+	// staging, signing and publishing took.
+	Built, Publish time.Duration
+}
+
+func (b *Builder) log() *slog.Logger {
+	if b.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return b.Logger
+}
+
+// Derivations resolves a target to derivation paths without building.
+func (b *Builder) Derivations(ctx context.Context, t Target) ([]string, error) {
+	in := t.Installable
+	switch in.Kind {
+	case "drv":
+		if !strings.HasSuffix(in.Ref, ".drv") {
+			return nil, fmt.Errorf("%s is not a .drv path", in.Ref)
+		}
+		return []string{in.Ref}, nil
+	case "file":
+		return b.Nix.Instantiate(ctx, in.File, in.Attr, t.Args, t.ArgStrs)
+	case "flake":
+		d, err := b.Nix.FlakeDerivation(ctx, in.Ref)
+		if err != nil {
+			return nil, err
+		}
+		return []string{d}, nil
+	default:
+		return nil, fmt.Errorf("unknown target kind %q", in.Kind)
+	}
+}
+
+// Build realises every derivation of t and publishes a result for each.
+func (b *Builder) Build(ctx context.Context, t Target) ([]Published, error) {
+	drvs, err := b.Derivations(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	var out []Published
+	for _, drv := range drvs {
+		start := time.Now()
+		b.log().Info("realising", "drv", drv)
+		if _, err := b.Nix.Realise(ctx, drv); err != nil {
+			return out, err
+		}
+		finished := time.Now()
+		p, err := b.Publish(ctx, drv, t, start, finished)
+		if err != nil {
+			return out, err
+		}
+		p.Built = finished.Sub(start)
+		out = append(out, *p)
+	}
+	return out, nil
+}
+
+// Publish attests and publishes an already realised derivation.
+func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started, finished time.Time) (*Published, error) {
+	t0 := time.Now()
+	env, err := b.nixEnv(ctx)
+	if err != nil {
+		return nil, err
+	}
+	drv, err := b.Nix.ReadDerivation(drvPath)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(drv.Outputs))
+	outPaths := make([]string, 0, len(drv.Outputs))
+	for name := range drv.Outputs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		outPaths = append(outPaths, drv.Outputs[name].Path)
+	}
+	infos, err := b.Nix.PathInfo(ctx, outPaths...)
+	if err != nil {
+		return nil, fmt.Errorf("outputs of %s: %w", drvPath, err)
+	}
+
+	depPaths := []string{drvPath}
+	for p := range drv.InputDerivations {
+		depPaths = append(depPaths, p)
+	}
+	depPaths = append(depPaths, drv.InputSources...)
+	depInfos, err := b.Nix.PathInfo(ctx, depPaths...)
+	if err != nil {
+		return nil, fmt.Errorf("inputs of %s: %w", drvPath, err)
+	}
+
+	build := &attest.Build{
+		DrvPath:        drvPath,
+		System:         drv.Platform,
+		Installable:    t.Installable,
+		Source:         t.Source,
+		NixVersion:     env.version,
+		Sandbox:        env.sandbox,
+		Substituters:   env.substituters,
+		BuilderID:      b.BuilderID,
+		BuilderVersion: b.Version,
+		InvocationID:   invocationID(drvPath, started),
+		StartedOn:      started,
+		FinishedOn:     finished,
+	}
+	for _, d := range depInfos {
+		build.Dependencies = append(build.Dependencies, attest.Dependency{Path: d.Path, NarHash: d.NarHash})
+	}
+	res := &queue.Result{
+		Version: queue.ResultVersion,
+		Tenant:  b.Tenant,
+		Builder: b.BuilderID,
+		DrvPath: drvPath,
+		System:  drv.Platform,
+	}
+	for i, info := range infos {
+		o := attest.Output{Name: names[i], Path: info.Path, NarHash: info.NarHash, NarSize: info.NarSize, References: info.References}
+		key := queue.StagingKey(o.NarHashHex())
+		if err := b.stage(ctx, key, info); err != nil {
+			return nil, err
+		}
+		build.Outputs = append(build.Outputs, o)
+		res.Outputs = append(res.Outputs, queue.Output{
+			Name: o.Name, Path: o.Path, NarHash: o.NarHashHex(), NarSize: o.NarSize, StagingKey: key,
+		})
+	}
+
+	st, err := attest.NewStatement(build)
+	if err != nil {
+		return nil, err
+	}
+	bundle, err := attest.Sign(ctx, st, b.Signer)
+	if err != nil {
+		return nil, err
+	}
+	res.Bundle = bundle
+	dup, err := b.Queue.PublishResult(ctx, res)
+	if err != nil {
+		return nil, err
+	}
+	b.log().Info("published", "drv", drvPath, "outputs", len(res.Outputs), "duplicate", dup)
+	return &Published{
+		DrvPath: drvPath, System: drv.Platform, Outputs: build.Outputs,
+		MsgID: res.MsgID(), Duplicate: dup, Bundle: bundle, Publish: time.Since(t0),
+	}, nil
+}
+
+// stage streams the NAR of info into staging. DumpNAR checks the bytes
+// against the registered hash at the end; a mismatch fails the pipe, so the
+// staged object is abandoned instead of published under a hash it lacks.
+func (b *Builder) stage(ctx context.Context, key string, info nix.PathInfo) error {
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(b.Nix.DumpNAR(pw, info))
+	}()
+	_, err := b.Queue.Stage(ctx, key, pr)
+	pr.CloseWithError(errors.New("staging ended"))
+	if err != nil {
+		return fmt.Errorf("stage %s: %w", info.Path, err)
+	}
+	return nil
+}
+
+func (b *Builder) nixEnv(ctx context.Context) (nixEnv, error) {
+	b.envOnce.Do(func() {
+		v, err := b.Nix.Version(ctx)
+		if err != nil {
+			b.envErr = err
+			return
+		}
+		cfg, err := b.Nix.Config(ctx)
+		if err != nil {
+			b.envErr = err
+			return
+		}
+		b.env = nixEnv{version: v, sandbox: cfg["sandbox"], substituters: strings.Fields(cfg["substituters"])}
+	})
+	return b.env, b.envErr
+}
+
+// invocationID names this build run; the runner replaces it with the
+// forge's run URL.
+func invocationID(drv string, started time.Time) string {
+	return fmt.Sprintf("provenix-build:%s@%s", path.Base(drv), started.UTC().Format(time.RFC3339Nano))
+}

@@ -1,0 +1,106 @@
+package policy
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/queue"
+)
+
+func writeKey(t *testing.T, dir string) string {
+	t.Helper()
+	k, err := attest.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := attest.MarshalPublicKey(k.Public())
+	if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "keys", "builder.pub"), pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return string(pub)
+}
+
+func TestExampleLoads(t *testing.T) {
+	dir := t.TempDir()
+	writeKey(t, dir)
+	path := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(path, []byte(Example), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Verifier(); err != nil {
+		t.Fatal(err)
+	}
+	ok := &queue.Result{Tenant: "default", System: "x86_64-linux", Builder: "local"}
+	if err := p.Check(ok); err != nil {
+		t.Fatalf("Check(allowed) = %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		r    queue.Result
+		want error
+	}{
+		{"other tenant", queue.Result{Tenant: "other", System: "x86_64-linux", Builder: "local"}, ErrTenantNotAllowed},
+		{"other system", queue.Result{Tenant: "default", System: "riscv64-linux", Builder: "local"}, ErrSystemNotAllowed},
+		{"unknown builder", queue.Result{Tenant: "default", System: "x86_64-linux", Builder: "mallory"}, ErrBuilderNotTrusted},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := p.Check(&tc.r); !errors.Is(err, tc.want) || !errors.Is(err, ErrDenied) {
+				t.Fatalf("Check = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	dir := t.TempDir()
+	pem := writeKey(t, dir)
+	inline := "builders:\n  - id: a\n    key: |\n" + indent(pem, "      ")
+	if _, err := Parse([]byte(inline), dir); err != nil {
+		t.Fatalf("inline key: %v", err)
+	}
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"no builders", "systems: [x86_64-linux]\n", "no builders"},
+		{"unknown field", "builderz: []\n", "field builderz not found"},
+		{"missing key file", "builders:\n  - id: a\n    key: nope.pub\n", "no such file"},
+		{"not a key", "builders:\n  - id: a\n    key: \"-----BEGIN X-----\"\n", "PUBLIC KEY"},
+		{"duplicate id", "builders:\n  - {id: a, key: keys/builder.pub}\n  - {id: a, key: keys/builder.pub}\n", "twice"},
+		{"empty id", "builders:\n  - {key: keys/builder.pub}\n", "no id"},
+		{"bad tenant", "tenants: [a.b]\nbuilders:\n  - {id: a, key: keys/builder.pub}\n", "forbidden character"},
+		{"not yaml", "{{{", "parse"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), dir)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse = %v, want error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func indent(s, pre string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString(pre + l + "\n")
+	}
+	return b.String()
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(Example))
+	f.Add([]byte("builders:\n  - {id: a, key: keys/builder.pub}\n"))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = Parse(b, dir)
+	})
+}

@@ -1,0 +1,416 @@
+// Package cachepush publishes verified build results into a Nix binary
+// cache. For each result it verifies the Sigstore bundle, applies the
+// policy, streams the staged NAR while re-checking its hash and size,
+// compresses it and writes it, then the provenance sidecar, then the signed
+// narinfo, each atomically: a reader never sees a narinfo whose NAR or
+// provenance is missing. The message is acknowledged only after that.
+package cachepush
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/cache-push/ingest"
+	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// Reasons a result is rejected, as recorded in rejection events.
+const (
+	ReasonMalformed    = "malformed"
+	ReasonTooLarge     = "too-large"
+	ReasonPolicy       = "policy"
+	ReasonVerification = "verification"
+	ReasonInconsistent = "inconsistent"
+	ReasonNAR          = "nar-mismatch"
+	ReasonStaging      = "staging-missing"
+	ReasonConflict     = "conflict"
+)
+
+// ErrRejected wraps every permanent refusal of a result.
+var ErrRejected = errors.New("result rejected")
+
+// Rejection is the event published on events.<tenant>.rejected.
+type Rejection struct {
+	Time    time.Time `json:"time"`
+	MsgID   string    `json:"msgId,omitempty"`
+	Tenant  string    `json:"tenant"`
+	Builder string    `json:"builder,omitempty"`
+	DrvPath string    `json:"drvPath,omitempty"`
+	System  string    `json:"system,omitempty"`
+	Reason  string    `json:"reason"`
+	Error   string    `json:"error"`
+}
+
+// Publication is the event published on events.<tenant>.published.
+type Publication struct {
+	Time      time.Time `json:"time"`
+	MsgID     string    `json:"msgId,omitempty"`
+	Tenant    string    `json:"tenant"`
+	Builder   string    `json:"builder"`
+	DrvPath   string    `json:"drvPath"`
+	StorePath string    `json:"storePath"`
+	NarSHA256 string    `json:"narSha256"`
+	// Existing is true when the path was already in the cache with the
+	// same NAR (a duplicate or a redelivery).
+	Existing bool `json:"existing"`
+}
+
+// Staging reads staged NARs; *queue.Conn has it.
+type Staging interface {
+	OpenStaged(ctx context.Context, key string) (io.ReadCloser, queue.StagedInfo, error)
+}
+
+// Events records decisions; *queue.Conn has it.
+type Events interface {
+	PublishEvent(ctx context.Context, tenant, kind string, v any) error
+}
+
+// Config is what a Pusher needs. Store, Policy, CacheKey and Staging are
+// required.
+type Config struct {
+	Store    store.Store
+	Policy   *policy.Policy
+	CacheKey signature.SecretKey
+	Staging  Staging
+	// Events, when set, receives a Rejection or Publication per result.
+	Events Events
+	Logger *slog.Logger
+	Ingest ingest.Options
+	// Heartbeat is how often a long push tells the broker it is alive;
+	// it must be well under the consumer's AckWait. Default 10s.
+	Heartbeat time.Duration
+}
+
+// Pusher turns results into cache entries.
+type Pusher struct {
+	cfg      Config
+	verifier *attest.Verifier
+	log      *slog.Logger
+
+	mu       sync.Mutex
+	consumer *queue.Consumer
+}
+
+// New checks cfg and returns a Pusher.
+func New(cfg Config) (*Pusher, error) {
+	if cfg.Store == nil || cfg.Policy == nil || cfg.Staging == nil {
+		return nil, errors.New("cachepush: store, policy and staging are required")
+	}
+	if cfg.CacheKey.String() == "" {
+		return nil, errors.New("cachepush: no cache signing key")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 10 * time.Second
+	}
+	v, err := cfg.Policy.Verifier()
+	if err != nil {
+		return nil, fmt.Errorf("cachepush: %w", err)
+	}
+	return &Pusher{cfg: cfg, verifier: v, log: cfg.Logger}, nil
+}
+
+// Open starts consuming results as a member of the consumer group in o.
+func (p *Pusher) Open(ctx context.Context, c *queue.Conn, o queue.ConsumerOptions) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.consumer != nil {
+		return errors.New("cachepush: already open")
+	}
+	k, err := c.ConsumeResults(ctx, o, p.Handle)
+	if err != nil {
+		return fmt.Errorf("cachepush: %w", err)
+	}
+	p.consumer = k
+	return nil
+}
+
+// Close stops pulling, lets in-flight pushes finish until ctx is done, then
+// cancels them; an unfinished push is redelivered later.
+func (p *Pusher) Close(ctx context.Context) error {
+	p.mu.Lock()
+	k := p.consumer
+	p.consumer = nil
+	p.mu.Unlock()
+	if k == nil {
+		return nil
+	}
+	k.Drain()
+	select {
+	case <-k.Closed():
+		return nil
+	case <-ctx.Done():
+		k.Stop()
+		<-k.Closed()
+		return ctx.Err()
+	}
+}
+
+// Handle is the queue.Handler: it pushes one delivery, keeping it alive
+// with heartbeats while it works.
+func (p *Pusher) Handle(ctx context.Context, d *queue.Delivery) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		t := time.NewTicker(p.cfg.Heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := d.InProgress(); err != nil {
+					p.log.Warn("heartbeat failed", "msgId", d.MsgID, "err", err)
+				}
+			}
+		}
+	}()
+	return p.Process(ctx, d.Subject, d.Data, d.MsgID)
+}
+
+// Process pushes one result message. It returns nil when the result is in
+// the cache (now or already), an error wrapping ErrRejected and
+// queue.ErrPermanent when it must never be retried, and any other error
+// when it may succeed later.
+func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID string) error {
+	rej := Rejection{Tenant: tenantOf(subject), MsgID: msgID}
+	r, err := queue.DecodeResult(data)
+	if err != nil {
+		rej.Reason = ReasonMalformed
+		if errors.Is(err, queue.ErrTooLarge) {
+			rej.Reason = ReasonTooLarge
+		}
+		return p.reject(ctx, rej, err)
+	}
+	rej.Tenant, rej.Builder, rej.DrvPath, rej.System = r.Tenant, r.Builder, r.DrvPath, r.System
+	if want, err := queue.ResultsSubject(r.Tenant, r.System); err != nil || want != subject {
+		rej.Reason = ReasonInconsistent
+		return p.reject(ctx, rej, fmt.Errorf("result for %s.%s arrived on subject %q", r.Tenant, r.System, subject))
+	}
+	if err := p.cfg.Policy.Check(r); err != nil {
+		rej.Reason = ReasonPolicy
+		return p.reject(ctx, rej, err)
+	}
+	want := make([]attest.Subject, 0, len(r.Outputs))
+	for _, o := range r.Outputs {
+		// Validate (in DecodeResult) checked the hex shape.
+		s := attest.Subject{Path: o.Path}
+		hex.Decode(s.NarHash[:], []byte(o.NarHash))
+		want = append(want, s)
+	}
+	v, err := p.verifier.Verify(r.Bundle, want)
+	if err != nil {
+		rej.Reason = ReasonVerification
+		return p.reject(ctx, rej, err)
+	}
+	if err := consistent(r, v); err != nil {
+		rej.Reason = ReasonInconsistent
+		return p.reject(ctx, rej, err)
+	}
+
+	byPath := make(map[string]attest.Output, len(v.Outputs))
+	for _, o := range v.Outputs {
+		byPath[o.Path] = o
+	}
+	for _, o := range r.Outputs {
+		existing, err := p.pushOutput(ctx, r, v, byPath[o.Path], o.StagingKey)
+		if err != nil {
+			var re *rejectError
+			if errors.As(err, &re) {
+				rej.Reason = re.reason
+				return p.reject(ctx, rej, re.err)
+			}
+			return fmt.Errorf("push %s: %w", o.Path, err)
+		}
+		p.event(ctx, r.Tenant, queue.EventPublished, Publication{
+			Time: time.Now().UTC(), MsgID: msgID, Tenant: r.Tenant, Builder: r.Builder,
+			DrvPath: r.DrvPath, StorePath: o.Path, NarSHA256: o.NarHash, Existing: existing,
+		})
+		p.log.Info("published", "path", o.Path, "builder", r.Builder, "existing", existing)
+	}
+	return nil
+}
+
+// rejectError carries a permanent refusal out of pushOutput.
+type rejectError struct {
+	reason string
+	err    error
+}
+
+func (e *rejectError) Error() string { return e.err.Error() }
+
+// pushOutput writes one verified output. It reports whether the path was
+// already in the cache with the same NAR.
+func (p *Pusher) pushOutput(ctx context.Context, r *queue.Result, v *attest.Verified, out attest.Output, stagingKey string) (bool, error) {
+	if prev, err := p.existing(ctx, out.Path); err != nil {
+		return false, err
+	} else if prev != nil {
+		h, err := narHashOf(prev)
+		if err != nil {
+			return false, err
+		}
+		if h != out.NarHash {
+			return false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s is already published with NAR sha256 %x; this result says %x",
+				ErrRejected, out.Path, h, out.NarHash)}
+		}
+		return true, nil
+	}
+
+	rc, info, err := p.cfg.Staging.OpenStaged(ctx, stagingKey)
+	if errors.Is(err, queue.ErrNotFound) {
+		return false, &rejectError{ReasonStaging, fmt.Errorf("staged NAR %s: %w", stagingKey, err)}
+	}
+	if err != nil {
+		return false, err
+	}
+	defer rc.Close()
+	if info.Size != out.NarSize {
+		return false, &rejectError{ReasonNAR, fmt.Errorf("%w: staged NAR %s has %d bytes, attested %d", ingest.ErrNarSizeMismatch, stagingKey, info.Size, out.NarSize)}
+	}
+	nar, err := ingest.NAR(ctx, p.cfg.Store, rc, ingest.Expect{NarHash: out.NarHash, NarSize: out.NarSize}, p.cfg.Ingest)
+	if errors.Is(err, ingest.ErrMismatch) {
+		return false, &rejectError{ReasonNAR, err}
+	}
+	if err != nil {
+		return false, err
+	}
+
+	if err := p.writeProvenance(ctx, out, r.Bundle); err != nil {
+		return false, err
+	}
+	ni, err := newNarinfo(out, v.DrvPath, nar, p.cfg.CacheKey)
+	if err != nil {
+		return false, &rejectError{ReasonInconsistent, err}
+	}
+	// The narinfo goes last: once it is visible, its NAR and provenance are.
+	if err := store.Put(ctx, p.cfg.Store, NarinfoKey(out.Path), strings.NewReader(ni.String())); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+// existing returns the narinfo already published for storePath, or nil.
+func (p *Pusher) existing(ctx context.Context, storePath string) (*narinfo.NarInfo, error) {
+	b, err := store.ReadAll(ctx, p.cfg.Store, NarinfoKey(storePath), maxNarinfoSize)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	ni, err := narinfo.Parse(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("existing narinfo for %s: %w", storePath, err)
+	}
+	return ni, nil
+}
+
+// writeProvenance stores the sidecar for out, keeping bundles already
+// there for the same NAR (from other builders, or earlier runs).
+func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, bundle json.RawMessage) error {
+	sc := &Provenance{Version: ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex()}
+	if b, err := store.ReadAll(ctx, p.cfg.Store, ProvenanceKey(out.Path), maxNarinfoSize*4); err == nil {
+		if prev, perr := ParseProvenance(b); perr == nil && prev.NarSHA256 == sc.NarSHA256 {
+			sc.Bundles = prev.Bundles
+		}
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	for _, b := range sc.Bundles {
+		if bytes.Equal(b, bundle) {
+			bundle = nil
+			break
+		}
+	}
+	if bundle != nil {
+		sc.Bundles = append(sc.Bundles, bundle)
+	}
+	b, err := json.MarshalIndent(sc, "", "  ")
+	if err != nil {
+		return fmt.Errorf("provenance sidecar: %w", err)
+	}
+	return store.Put(ctx, p.cfg.Store, ProvenanceKey(out.Path), bytes.NewReader(b))
+}
+
+// consistent checks that the unsigned fields of r say what the verified
+// Statement says; the cache is written from the Statement alone.
+func consistent(r *queue.Result, v *attest.Verified) error {
+	if v.DrvPath != r.DrvPath || v.System != r.System || v.BuilderID != r.Builder {
+		return fmt.Errorf("%w: result says %s/%s by %s, its statement %s/%s by %s", ErrRejected,
+			r.DrvPath, r.System, r.Builder, v.DrvPath, v.System, v.BuilderID)
+	}
+	if len(v.Outputs) != len(r.Outputs) {
+		return fmt.Errorf("%w: result has %d outputs, its statement %d", ErrRejected, len(r.Outputs), len(v.Outputs))
+	}
+	if !strings.HasPrefix(v.DrvPath, StoreDir+"/") {
+		return fmt.Errorf("%w: derivation %s is not in %s", ErrRejected, v.DrvPath, StoreDir)
+	}
+	byPath := make(map[string]attest.Output, len(v.Outputs))
+	for _, o := range v.Outputs {
+		byPath[o.Path] = o
+	}
+	for _, o := range r.Outputs {
+		s := byPath[o.Path]
+		if s.NarSize != o.NarSize || s.Name != o.Name {
+			return fmt.Errorf("%w: output %s: result says %s, %d bytes; statement %s, %d bytes", ErrRejected, o.Path, o.Name, o.NarSize, s.Name, s.NarSize)
+		}
+		if !strings.HasPrefix(o.Path, StoreDir+"/") {
+			return fmt.Errorf("%w: output %s is not in %s", ErrRejected, o.Path, StoreDir)
+		}
+		for _, ref := range s.References {
+			if !strings.HasPrefix(ref, StoreDir+"/") {
+				return fmt.Errorf("%w: output %s: reference %s is not in %s", ErrRejected, o.Path, ref, StoreDir)
+			}
+		}
+	}
+	return nil
+}
+
+// reject records a permanent refusal and returns it, marked permanent.
+func (p *Pusher) reject(ctx context.Context, rej Rejection, err error) error {
+	rej.Time = time.Now().UTC()
+	rej.Error = err.Error()
+	p.log.Warn("rejected result", "reason", rej.Reason, "builder", rej.Builder, "drv", rej.DrvPath, "err", err)
+	p.event(ctx, rej.Tenant, queue.EventRejected, rej)
+	return queue.Permanent(fmt.Errorf("%w (%s): %w", ErrRejected, rej.Reason, err))
+}
+
+func (p *Pusher) event(ctx context.Context, tenant, kind string, v any) {
+	if p.cfg.Events == nil {
+		return
+	}
+	if queue.ValidToken(tenant) != nil {
+		tenant = "_unknown"
+	}
+	if err := p.cfg.Events.PublishEvent(ctx, tenant, kind, v); err != nil {
+		// The decision stands and is logged; losing its event is not a
+		// reason to redo a push.
+		p.log.Warn("event not published", "kind", kind, "err", err)
+	}
+}
+
+// tenantOf reads the tenant token of a results.<tenant>.<system> subject.
+func tenantOf(subject string) string {
+	parts := strings.Split(subject, ".")
+	if len(parts) == 3 {
+		return parts[1]
+	}
+	return ""
+}

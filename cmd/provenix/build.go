@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/builder"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/up"
+)
+
+type buildFlags struct {
+	nats       natsFlags
+	json       bool
+	attr       string
+	args       []string
+	argstrs    []string
+	key        string
+	builderID  string
+	tenant     string
+	nixOptions []string
+	storeRoot  string
+	sourceRepo string
+	sourceRev  string
+}
+
+func newBuildCmd(g *globals) *cobra.Command {
+	f := &buildFlags{}
+	cmd := &cobra.Command{
+		Use:   "build [flags] TARGET...",
+		Short: "Build with Nix, attest every output and publish the results",
+		Long: `Realise each TARGET with the host's Nix, stream every output's NAR through
+sha256 into staging, describe the build in an SLSA v1 provenance Statement,
+sign it with the builder key and publish one result per derivation.
+
+TARGET is one of:
+  FILE.nix (or a directory with default.nix), with -A ATTR
+  /nix/store/...drv                     a derivation path
+  FLAKEREF#ATTR                         a flake installable (Nix with flakes)
+
+By default it publishes to the 'provenix up' running on --data-dir, with that
+data directory's builder key and builder id "local".`,
+		Example: `  provenix build ./examples/hello.nix -A hello --arg busybox /usr/bin/busybox
+  provenix build --json /nix/store/...-hello.drv
+  provenix build --nats-url nats://nats.example:4222 --key builder.key --builder-id ci-1 .#hello`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runBuild(cmd.Context(), g, f, args)
+		},
+	}
+	fl := cmd.Flags()
+	f.nats.register(cmd)
+	fl.BoolVar(&f.json, "json", false, "print results as JSON")
+	fl.StringVarP(&f.attr, "attr", "A", "", "attribute to build from a .nix file")
+	fl.StringArrayVar(&f.args, "arg", nil, "NAME=EXPR passed as --arg NAME EXPR to file targets")
+	fl.StringArrayVar(&f.argstrs, "argstr", nil, "NAME=VALUE passed as --argstr to file targets")
+	fl.StringVar(&f.key, "key", "", "builder signing key (default: the data directory's keys/builder.key)")
+	fl.StringVar(&f.builderID, "builder-id", up.DefaultBuilderID, "builder id recorded in the provenance; policies bind it to the key")
+	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant the results belong to")
+	fl.StringArrayVar(&f.nixOptions, "nix-option", nil, "NAME=VALUE passed to Nix as --option NAME VALUE")
+	fl.StringVar(&f.storeRoot, "store", "", "build in a chroot store rooted at this directory (nix --store)")
+	fl.StringVar(&f.sourceRepo, "source-repo", "", "source repository URL to record (default: the target's git origin)")
+	fl.StringVar(&f.sourceRev, "source-rev", "", "source revision to record (default: the target's git HEAD)")
+	return cmd
+}
+
+// buildArgsCompat lets flag values use "NAME EXPR" pairs as Nix does, or NAME=EXPR.
+func parsePairs(flag string, vals []string) (map[string]string, error) {
+	m := make(map[string]string, len(vals))
+	for _, v := range vals {
+		k, val, ok := strings.Cut(v, "=")
+		if !ok || k == "" {
+			return nil, usageError("--%s %q: want NAME=VALUE", flag, v)
+		}
+		m[k] = val
+	}
+	return m, nil
+}
+
+func classifyTarget(t, attr string) (attest.Installable, error) {
+	switch {
+	case strings.HasSuffix(t, ".drv"):
+		if !filepath.IsAbs(t) {
+			return attest.Installable{}, usageError("%s: a derivation target must be an absolute store path", t)
+		}
+		return attest.Installable{Kind: "drv", Ref: t}, nil
+	case strings.Contains(t, "#") || strings.Contains(t, ":"):
+		return attest.Installable{Kind: "flake", Ref: t}, nil
+	}
+	fi, err := os.Stat(t)
+	if err != nil {
+		return attest.Installable{}, usageError("target %s: %v (want FILE.nix -A ATTR, a .drv path or FLAKEREF#ATTR)", t, err)
+	}
+	if fi.IsDir() {
+		if _, err := os.Stat(filepath.Join(t, "default.nix")); err != nil {
+			return attest.Installable{}, usageError("target %s: a directory without default.nix", t)
+		}
+	}
+	abs, _ := filepath.Abs(t)
+	return attest.Installable{Kind: "file", File: abs, Attr: attr}, nil
+}
+
+// gitSource reads the checkout a file target lives in; nil outside git.
+func gitSource(ctx context.Context, file string) *attest.Source {
+	dir := file
+	if fi, err := os.Stat(file); err == nil && !fi.IsDir() {
+		dir = filepath.Dir(file)
+	}
+	out := func(args ...string) string {
+		b, err := exec.CommandContext(ctx, "git", append([]string{"-C", dir}, args...)...).Output()
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(b))
+	}
+	rev := out("rev-parse", "HEAD")
+	if rev == "" {
+		return nil
+	}
+	return &attest.Source{Repository: out("config", "--get", "remote.origin.url"), Revision: rev, Ref: out("symbolic-ref", "-q", "HEAD")}
+}
+
+// jsonPublished is the --json form of one published result.
+type jsonPublished struct {
+	DrvPath      string       `json:"drvPath"`
+	System       string       `json:"system"`
+	Outputs      []jsonOutput `json:"outputs"`
+	MsgID        string       `json:"msgId"`
+	Duplicate    bool         `json:"duplicate"`
+	BuildSeconds float64      `json:"buildSeconds"`
+	PubSeconds   float64      `json:"publishSeconds"`
+}
+
+type jsonOutput struct {
+	Name      string `json:"name"`
+	Path      string `json:"path"`
+	NarSHA256 string `json:"narSha256"`
+	NarSize   uint64 `json:"narSize"`
+}
+
+func runBuild(ctx context.Context, g *globals, f *buildFlags, targets []string) error {
+	if err := nix.Available(); err != nil {
+		return &exitError{code: exitUsageErr, err: err}
+	}
+	args, err := parsePairs("arg", f.args)
+	if err != nil {
+		return err
+	}
+	argstrs, err := parsePairs("argstr", f.argstrs)
+	if err != nil {
+		return err
+	}
+	nixOpts, err := parsePairs("nix-option", f.nixOptions)
+	if err != nil {
+		return err
+	}
+	keyPath := f.key
+	if keyPath == "" {
+		keyPath = g.paths().BuilderKey()
+	}
+	signer, err := attest.LoadSigner(keyPath)
+	if err != nil {
+		return &exitError{code: exitUsageErr, err: fmt.Errorf("%w\nCreate one with 'provenix key generate --builder FILE' or start 'provenix up' once", err)}
+	}
+	var tgts []builder.Target
+	for _, t := range targets {
+		in, err := classifyTarget(t, f.attr)
+		if err != nil {
+			return err
+		}
+		tg := builder.Target{Installable: in, Args: args, ArgStrs: argstrs}
+		if f.sourceRepo != "" || f.sourceRev != "" {
+			tg.Source = &attest.Source{Repository: f.sourceRepo, Revision: f.sourceRev}
+		} else if in.Kind == "file" {
+			tg.Source = gitSource(ctx, in.File)
+		}
+		tgts = append(tgts, tg)
+	}
+	conn, err := f.nats.connect(ctx, g, "provenix-build")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+
+	b := &builder.Builder{
+		Nix:       &nix.Nix{Root: f.storeRoot, Options: nixOpts, Stderr: g.stderr},
+		Queue:     conn,
+		Signer:    signer,
+		BuilderID: f.builderID,
+		Tenant:    f.tenant,
+		Version:   version,
+		Logger:    g.logger(),
+	}
+	var all []jsonPublished
+	for _, t := range tgts {
+		pubs, err := b.Build(ctx, t)
+		for _, p := range pubs {
+			jp := jsonPublished{DrvPath: p.DrvPath, System: p.System, MsgID: p.MsgID, Duplicate: p.Duplicate,
+				BuildSeconds: p.Built.Seconds(), PubSeconds: p.Publish.Seconds()}
+			for _, o := range p.Outputs {
+				jp.Outputs = append(jp.Outputs, jsonOutput{Name: o.Name, Path: o.Path, NarSHA256: o.NarHashHex(), NarSize: o.NarSize})
+			}
+			all = append(all, jp)
+			if !f.json {
+				printPublished(g, jp, signer.KeyID(), f.builderID)
+			}
+		}
+		if err != nil {
+			if f.json {
+				writeJSON(g, all)
+			}
+			return &exitError{code: exitFailed, err: err}
+		}
+	}
+	if f.json {
+		return writeJSON(g, all)
+	}
+	return nil
+}
+
+func printPublished(g *globals, p jsonPublished, keyID, builderID string) {
+	fmt.Fprintf(g.stdout, "built %s (%s) in %.2fs\n", p.DrvPath, p.System, p.BuildSeconds)
+	for _, o := range p.Outputs {
+		fmt.Fprintf(g.stdout, "  %-4s %s\n       NAR sha256 %s, %d bytes\n", o.Name, o.Path, o.NarSHA256, o.NarSize)
+	}
+	state := "published"
+	if p.Duplicate {
+		state = "already published (duplicate)"
+	}
+	fmt.Fprintf(g.stdout, "  %s result %.12s, signed by builder %q (key %s), in %.3fs\n", state, p.MsgID, builderID, keyID, p.PubSeconds)
+}
+
+func writeJSON(g *globals, v any) error {
+	enc := json.NewEncoder(g.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/cache-push/server"
+	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/up"
+)
+
+type pushFlags struct {
+	nats     natsFlags
+	policy   string
+	cacheKey string
+	dir      string
+	group    string
+	tenant   string
+}
+
+func newCachePushCmd(g *globals) *cobra.Command {
+	f := &pushFlags{}
+	cmd := &cobra.Command{
+		Use:   "cache-push [flags]",
+		Short: "Run a cache pusher: verify results, apply the policy, write the cache",
+		Long: `Consume results from NATS as a member of a pusher group (every group sees every
+result; members of one group share them), verify each bundle, apply the
+policy and write accepted outputs into a binary cache directory: NAR first,
+then the provenance sidecar, then the signed narinfo. Rejections are logged
+and published on events.<tenant>.rejected.`,
+		Example: `  provenix cache-push --nats-url nats://nats:4222 --policy policy.yaml \
+      --cache-key cache.key --dir /srv/cache --group main`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runCachePush(cmd.Context(), g, f)
+		},
+	}
+	f.nats.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&f.policy, "policy", "", "policy file (default: the data directory's policy.yaml)")
+	fl.StringVar(&f.cacheKey, "cache-key", "", "Nix cache secret key (default: the data directory's keys/cache.key)")
+	fl.StringVar(&f.dir, "dir", "", "cache directory (default: the data directory's cache/)")
+	fl.StringVar(&f.group, "group", up.DefaultGroup, "pusher group (durable consumer name)")
+	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results to consume")
+	return cmd
+}
+
+func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
+	p := g.paths()
+	or := func(v, d string) string {
+		if v != "" {
+			return v
+		}
+		return d
+	}
+	pol, err := policy.Load(or(f.policy, p.Policy()))
+	if err != nil {
+		return usageError("%v", err)
+	}
+	key, err := cachepush.LoadKey(or(f.cacheKey, p.CacheKey()))
+	if err != nil {
+		return usageError("%v", err)
+	}
+	st, err := local.New(or(f.dir, p.Cache()))
+	if err != nil {
+		return err
+	}
+	conn, err := f.nats.connect(ctx, g, "provenix-cache-push")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
+		return err
+	}
+	log := g.logger()
+	pu, err := cachepush.New(cachepush.Config{Store: st, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := pu.Open(ctx, conn, queue.ConsumerOptions{Group: f.group, FilterSubject: queue.ResultsFilter(f.tenant)}); err != nil {
+		return err
+	}
+	log.Info("cache pusher running", "group", f.group, "tenant", f.tenant, "dir", st.Dir())
+	<-ctx.Done()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	return pu.Close(cctx)
+}
+
+func newCacheCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "cache", Short: "Binary cache tools"}
+	var dir, listen string
+	serve := &cobra.Command{
+		Use:   "serve [flags]",
+		Short: "Serve a cache directory over HTTP for nix substituters",
+		Long: `Serve a Provenix cache directory with the Nix binary-cache protocol:
+/nix-cache-info, /<hash>.narinfo, /nar/..., and /<hash>.provenance.json.`,
+		Example: `  provenix cache serve --dir /srv/cache --listen 0.0.0.0:8080`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if dir == "" {
+				dir = g.paths().Cache()
+			}
+			st, err := local.New(dir)
+			if err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			srv := &http.Server{Handler: server.Handler(st, server.Options{Logger: g.logger()}), ReadHeaderTimeout: 10 * time.Second}
+			fmt.Fprintf(g.stdout, "serving %s at http://%s\n", dir, ln.Addr())
+			go func() {
+				<-cmd.Context().Done()
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), 10*time.Second)
+				defer cancel()
+				srv.Shutdown(cctx)
+			}()
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+	}
+	serve.Flags().StringVar(&dir, "dir", "", "cache directory (default: the data directory's cache/)")
+	serve.Flags().StringVar(&listen, "listen", up.DefaultListen, "address to listen on")
+	cmd.AddCommand(serve)
+	return cmd
+}

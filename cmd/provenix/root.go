@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/up"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes, shared by every command.
+const (
+	exitOK       = 0
+	exitFailed   = 1 // the command ran and the answer is no (not verified, build failed)
+	exitUsageErr = 2 // bad usage or an I/O error
+)
+
+// exitError carries an exit code out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func usageError(format string, args ...any) error {
+	return &exitError{code: exitUsageErr, err: fmt.Errorf(format, args...)}
+}
+
+// globals are the flags every command has.
+type globals struct {
+	dataDir  string
+	logLevel string
+	stdin    io.Reader
+	stdout   io.Writer
+	stderr   io.Writer
+}
+
+func (g *globals) paths() up.Paths { return up.Paths{Dir: g.dataDir} }
+
+func (g *globals) logger() *slog.Logger {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+		lvl = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := newRootCmd(g)
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(stderr, "provenix:", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	if strings.Contains(err.Error(), "unknown command") || strings.Contains(err.Error(), "flag") {
+		fmt.Fprintln(stderr, "Run 'provenix --help' for usage.")
+	}
+	return exitUsageErr
+}
+
+func newRootCmd(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "provenix",
+		Short: "Trustworthy build and distribution pipeline for Nix",
+		Long: `Provenix builds Nix derivations, attests every output with signed SLSA v1
+provenance (a Sigstore bundle), publishes results over NATS JetStream, and
+lets cache pushers publish only what their policy accepts into a Nix binary
+cache that stock nix substitutes from. 'provenix verify' checks the result.
+
+Quick start (one machine, embedded defaults):
+  provenix up &                  # embedded NATS + cache pusher + cache server
+  provenix build ./examples/hello.nix -A hello --arg busybox /usr/bin/busybox
+  provenix verify --cache http://127.0.0.1:8080 /nix/store/...-provenix-hello
+Or run everything at once: provenix demo`,
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", up.DefaultDataDir(), "data directory: keys, policy, NATS store and cache (env PROVENIX_DATA_DIR)")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.AddCommand(newKeyCmd(g), newBuildCmd(g), newVerifyCmd(g), newUpCmd(g), newDemoCmd(g), newCachePushCmd(g), newCacheCmd(g))
+	return root
+}
+
+// natsFlags select and authenticate a NATS server.
+type natsFlags struct {
+	url   string
+	creds string
+	token string
+}
+
+func (f *natsFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.url, "nats-url", os.Getenv("PROVENIX_NATS_URL"), "NATS server URL (env PROVENIX_NATS_URL); default: the running 'provenix up' of --data-dir")
+	cmd.Flags().StringVar(&f.creds, "nats-creds", "", "NATS credentials file")
+	cmd.Flags().StringVar(&f.token, "nats-token-file", "", "file holding a NATS token")
+}
+
+// connect opens the NATS connection: the given URL, or the one of the
+// `provenix up` running on the data directory.
+func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queue.Conn, error) {
+	opts := []queue.Option{queue.WithName(name), queue.WithLogger(g.logger())}
+	if f.creds != "" {
+		opts = append(opts, queue.WithCredsFile(f.creds))
+	}
+	tokenFile := f.token
+	url := f.url
+	if url == "" {
+		rt, err := up.ReadRuntime(g.paths())
+		if err != nil {
+			return nil, usageError("no NATS server to publish to: %v\nStart one with 'provenix up --data-dir %s', or pass --nats-url", err, g.dataDir)
+		}
+		url = rt.NATSURL
+		if tokenFile == "" {
+			tokenFile = g.paths().NATSToken()
+		}
+	}
+	if tokenFile != "" {
+		tok, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return nil, &exitError{code: exitUsageErr, err: fmt.Errorf("nats token: %w", err)}
+		}
+		opts = append(opts, queue.WithToken(strings.TrimSpace(string(tok))))
+	}
+	// Connect retries until its context ends; a wrong URL must not hang.
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	c, err := queue.Connect(cctx, url, opts...)
+	if err != nil {
+		return nil, &exitError{code: exitUsageErr, err: err}
+	}
+	return c, nil
+}

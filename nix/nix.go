@@ -1,0 +1,299 @@
+// Package nix drives the host's Nix through its command-line tools: it
+// instantiates and realises derivations, reads path info and derivations,
+// and streams store paths as NARs. Every call takes a context; the child
+// process is killed when it is cancelled.
+package nix
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/nix-community/go-nix/pkg/derivation"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+)
+
+// ErrNotInstalled means the Nix command-line tools are not on PATH.
+var ErrNotInstalled = errors.New("nix is not installed: install it (Debian/Ubuntu: apt-get install nix-bin; elsewhere: https://nixos.org/download) and make sure nix-build is on PATH")
+
+// Nix runs the host's Nix tools.
+type Nix struct {
+	// Root, when set, is the root of a chroot store (nix --store ROOT): its
+	// store paths still read /nix/store/..., but live under ROOT.
+	Root string
+	// Options are passed to every command as --option NAME VALUE.
+	Options map[string]string
+	// Stderr receives the build log; nil discards it.
+	Stderr io.Writer
+}
+
+// OfflineOptions make Nix work without network and without the nixbld
+// group, as on a fresh Debian machine running as root.
+func OfflineOptions() map[string]string {
+	return map[string]string{
+		"substituters":          "",
+		"build-users-group":     "",
+		"experimental-features": "nix-command",
+	}
+}
+
+// Available reports whether Nix is installed.
+func Available() error {
+	for _, c := range []string{"nix-build", "nix-store", "nix-instantiate", "nix"} {
+		if _, err := exec.LookPath(c); err != nil {
+			return fmt.Errorf("%w (%s not found)", ErrNotInstalled, c)
+		}
+	}
+	return nil
+}
+
+func (n *Nix) args(extra ...string) []string {
+	var a []string
+	if n.Root != "" {
+		a = append(a, "--store", n.Root)
+	}
+	keys := make([]string, 0, len(n.Options))
+	for k := range n.Options {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		a = append(a, "--option", k, n.Options[k])
+	}
+	return append(a, extra...)
+}
+
+// run executes name with the store and option arguments, returning stdout.
+func (n *Nix) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	if _, err := exec.LookPath(name); err != nil {
+		return nil, fmt.Errorf("%w (%s not found)", ErrNotInstalled, name)
+	}
+	cmd := exec.CommandContext(ctx, name, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	if n.Stderr != nil {
+		cmd.Stderr = io.MultiWriter(n.Stderr, &tail{buf: &stderr})
+	} else {
+		cmd.Stderr = &tail{buf: &stderr}
+	}
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg == "" {
+			msg = "(no output)"
+		}
+		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
+	}
+	return stdout.Bytes(), nil
+}
+
+// tail keeps the last 4 KiB written, for error messages.
+type tail struct{ buf *bytes.Buffer }
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.buf.Write(p)
+	if t.buf.Len() > 4096 {
+		b := t.buf.Bytes()[t.buf.Len()-4096:]
+		t.buf.Reset()
+		t.buf.Write(b)
+	}
+	return len(p), nil
+}
+
+func lines(b []byte) []string {
+	var out []string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if s := strings.TrimSpace(sc.Text()); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Version returns the Nix version, e.g. "2.8.0".
+func (n *Nix) Version(ctx context.Context) (string, error) {
+	out, err := n.run(ctx, "nix-store", "--version")
+	if err != nil {
+		return "", err
+	}
+	f := strings.Fields(string(out))
+	if len(f) == 0 {
+		return "", fmt.Errorf("nix-store --version printed nothing")
+	}
+	return f[len(f)-1], nil
+}
+
+// Config returns Nix's effective settings (nix show-config).
+func (n *Nix) Config(ctx context.Context) (map[string]string, error) {
+	out, err := n.run(ctx, "nix", n.args("--extra-experimental-features", "nix-command", "show-config")...)
+	if err != nil {
+		return nil, err
+	}
+	cfg := make(map[string]string)
+	for _, l := range lines(out) {
+		if k, v, ok := strings.Cut(l, " = "); ok {
+			cfg[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	return cfg, nil
+}
+
+// Instantiate evaluates attr of a .nix file to derivation paths.
+// args are passed as --arg NAME EXPR, argstrs as --argstr NAME VALUE.
+func (n *Nix) Instantiate(ctx context.Context, file, attr string, args, argstrs map[string]string) ([]string, error) {
+	a := n.args(file)
+	if attr != "" {
+		a = append(a, "-A", attr)
+	}
+	for _, kv := range sortedPairs(args) {
+		a = append(a, "--arg", kv[0], kv[1])
+	}
+	for _, kv := range sortedPairs(argstrs) {
+		a = append(a, "--argstr", kv[0], kv[1])
+	}
+	out, err := n.run(ctx, "nix-instantiate", a...)
+	if err != nil {
+		return nil, err
+	}
+	drvs := lines(out)
+	if len(drvs) == 0 {
+		return nil, fmt.Errorf("nix-instantiate %s: no derivation", file)
+	}
+	return drvs, nil
+}
+
+// FlakeDerivation evaluates a flake installable to its derivation path.
+// It needs a Nix with the flakes feature enabled.
+func (n *Nix) FlakeDerivation(ctx context.Context, installable string) (string, error) {
+	out, err := n.run(ctx, "nix", n.args("--extra-experimental-features", "nix-command flakes", "path-info", "--derivation", installable)...)
+	if err != nil {
+		return "", err
+	}
+	l := lines(out)
+	if len(l) != 1 {
+		return "", fmt.Errorf("flake installable %s: want one derivation, got %d", installable, len(l))
+	}
+	return l[0], nil
+}
+
+// Realise builds (or substitutes) drv and returns its output paths.
+func (n *Nix) Realise(ctx context.Context, drv string) ([]string, error) {
+	out, err := n.run(ctx, "nix-store", n.args("--realise", drv)...)
+	if err != nil {
+		return nil, err
+	}
+	return lines(out), nil
+}
+
+// PathInfo is what the Nix database records of a valid store path.
+type PathInfo struct {
+	Path       string
+	NarHash    [32]byte
+	NarSize    uint64
+	References []string
+	Deriver    string
+}
+
+// PathInfo returns the registration of valid store paths, in the order
+// asked. It reads `nix-store --dump-db`, which reports exactly the paths
+// given: `nix path-info` would take a .drv for its outputs.
+func (n *Nix) PathInfo(ctx context.Context, paths ...string) ([]PathInfo, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	out, err := n.run(ctx, "nix-store", n.args(append([]string{"--dump-db"}, paths...)...)...)
+	if err != nil {
+		return nil, err
+	}
+	byPath, err := parseDumpDB(out)
+	if err != nil {
+		return nil, err
+	}
+	infos := make([]PathInfo, 0, len(paths))
+	for _, p := range paths {
+		pi, ok := byPath[p]
+		if !ok {
+			return nil, fmt.Errorf("nix-store --dump-db: no info for %s", p)
+		}
+		infos = append(infos, pi)
+	}
+	return infos, nil
+}
+
+// parseDumpDB reads the registration format of nix-store --dump-db: per
+// path, lines path, NAR hash, NAR size, deriver (may be empty), the number
+// of references, then the references.
+func parseDumpDB(out []byte) (map[string]PathInfo, error) {
+	ls := strings.Split(string(out), "\n")
+	byPath := make(map[string]PathInfo)
+	for i := 0; i < len(ls); {
+		if ls[i] == "" {
+			i++
+			continue
+		}
+		if i+4 >= len(ls) {
+			return nil, fmt.Errorf("nix-store --dump-db: truncated record for %q", ls[i])
+		}
+		pi := PathInfo{Path: ls[i], Deriver: ls[i+3]}
+		hs := ls[i+1]
+		if !strings.Contains(hs, ":") && !strings.Contains(hs, "-") {
+			hs = "sha256:" + hs
+		}
+		h, err := nixhash.ParseAny(hs, nil)
+		if err != nil || len(h.Digest()) != 32 {
+			return nil, fmt.Errorf("nix-store --dump-db: %s: NAR hash %q is not a sha256", pi.Path, ls[i+1])
+		}
+		copy(pi.NarHash[:], h.Digest())
+		if pi.NarSize, err = strconv.ParseUint(ls[i+2], 10, 64); err != nil {
+			return nil, fmt.Errorf("nix-store --dump-db: %s: NAR size: %w", pi.Path, err)
+		}
+		nrefs, err := strconv.Atoi(ls[i+4])
+		if err != nil || nrefs < 0 || i+5+nrefs > len(ls) {
+			return nil, fmt.Errorf("nix-store --dump-db: %s: bad reference count %q", pi.Path, ls[i+4])
+		}
+		pi.References = append([]string(nil), ls[i+5:i+5+nrefs]...)
+		byPath[pi.Path] = pi
+		i += 5 + nrefs
+	}
+	return byPath, nil
+}
+
+// RealPath is where a store path's files are on this machine.
+func (n *Nix) RealPath(storePath string) string {
+	if n.Root == "" {
+		return storePath
+	}
+	return filepath.Join(n.Root, storePath)
+}
+
+// ReadDerivation parses a .drv from the store.
+func (n *Nix) ReadDerivation(drvPath string) (*derivation.Derivation, error) {
+	f, err := os.Open(n.RealPath(drvPath))
+	if err != nil {
+		return nil, fmt.Errorf("read derivation: %w", err)
+	}
+	defer f.Close()
+	d, err := derivation.ReadDerivation(f)
+	if err != nil {
+		return nil, fmt.Errorf("read derivation %s: %w", drvPath, err)
+	}
+	return d, nil
+}
+
+func sortedPairs(m map[string]string) [][2]string {
+	out := make([][2]string, 0, len(m))
+	for k, v := range m {
+		out = append(out, [2]string{k, v})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })
+	return out
+}

@@ -1,0 +1,353 @@
+// Package up is Provenix in one process: an embedded NATS server with
+// JetStream on disk (or an external NATS), a cache pusher and the binary
+// cache's HTTP server, all under one data directory whose keys and policy
+// are generated on first start.
+package up
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"codeberg.org/provenix/provenix/attest"
+	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/cache-push/server"
+	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// Defaults of a fresh data directory.
+const (
+	DefaultTenant    = "default"
+	DefaultBuilderID = "local"
+	DefaultGroup     = "cache"
+	DefaultListen    = "127.0.0.1:8080"
+	cacheKeyName     = "provenix-local-1"
+)
+
+// Paths is the layout of a data directory (docs/data-dir.md).
+type Paths struct{ Dir string }
+
+func (p Paths) BuilderKey() string { return filepath.Join(p.Dir, "keys", "builder") }
+func (p Paths) BuilderPub() string { return p.BuilderKey() + ".pub" }
+func (p Paths) CacheKey() string   { return filepath.Join(p.Dir, "keys", "cache") }
+func (p Paths) CachePub() string   { return p.CacheKey() + ".pub" }
+func (p Paths) Policy() string     { return filepath.Join(p.Dir, "policy.yaml") }
+func (p Paths) NATS() string       { return filepath.Join(p.Dir, "nats") }
+func (p Paths) Cache() string      { return filepath.Join(p.Dir, "cache") }
+func (p Paths) Runtime() string    { return filepath.Join(p.Dir, "up.json") }
+func (p Paths) NATSToken() string  { return filepath.Join(p.Dir, "keys", "nats.token") }
+
+// DefaultDataDir is $PROVENIX_DATA_DIR, else $XDG_DATA_HOME/provenix, else
+// ~/.local/share/provenix.
+func DefaultDataDir() string {
+	if d := os.Getenv("PROVENIX_DATA_DIR"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "provenix")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "share", "provenix")
+	}
+	return ".provenix"
+}
+
+// Init creates what a data directory lacks: builder and cache keys, a NATS
+// token and a policy trusting the local builder. Existing files are kept.
+// It reports what it created.
+func Init(p Paths) ([]string, error) {
+	var created []string
+	if err := os.MkdirAll(filepath.Join(p.Dir, "keys"), 0o700); err != nil {
+		return nil, err
+	}
+	if !exists(p.BuilderKey()) {
+		if _, err := attest.GenerateKeyFiles(p.BuilderKey()); err != nil {
+			return created, err
+		}
+		created = append(created, p.BuilderKey(), p.BuilderPub())
+	}
+	if !exists(p.CacheKey()) {
+		if _, err := cachepush.GenerateKeyFiles(cacheKeyName, p.CacheKey()); err != nil {
+			return created, err
+		}
+		created = append(created, p.CacheKey(), p.CachePub())
+	}
+	if !exists(p.NATSToken()) {
+		b := make([]byte, 24)
+		if _, err := rand.Read(b); err != nil {
+			return created, err
+		}
+		if err := attest.WriteNewFile(p.NATSToken(), []byte(hex.EncodeToString(b)), 0o600); err != nil {
+			return created, err
+		}
+		created = append(created, p.NATSToken())
+	}
+	if !exists(p.Policy()) {
+		if err := attest.WriteNewFile(p.Policy(), []byte(policy.Example), 0o644); err != nil {
+			return created, err
+		}
+		created = append(created, p.Policy())
+	}
+	return created, nil
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return !errors.Is(err, fs.ErrNotExist)
+}
+
+// Runtime is what a running `up` tells other commands (data dir's up.json).
+type Runtime struct {
+	PID      int    `json:"pid"`
+	NATSURL  string `json:"natsUrl"`
+	CacheURL string `json:"cacheUrl"`
+	Tenant   string `json:"tenant"`
+}
+
+// ReadRuntime reads the data directory's up.json; ErrNotRunning when there
+// is none or its process is gone.
+func ReadRuntime(p Paths) (*Runtime, error) {
+	b, err := os.ReadFile(p.Runtime())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: no %s", ErrNotRunning, p.Runtime())
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r Runtime
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", p.Runtime(), err)
+	}
+	if !processAlive(r.PID) {
+		return nil, fmt.Errorf("%w: process %d from %s is gone", ErrNotRunning, r.PID, p.Runtime())
+	}
+	return &r, nil
+}
+
+// ErrNotRunning means no `provenix up` is running for a data directory.
+var ErrNotRunning = errors.New("provenix up is not running")
+
+// Config configures a Stack.
+type Config struct {
+	DataDir string
+	// Listen is the cache HTTP server's address; ":0" picks a free port.
+	Listen string
+	// NATSURL selects an external NATS server; empty embeds one.
+	NATSURL string
+	// NATSListen is the embedded server's host:port; empty picks a free
+	// port on 127.0.0.1.
+	NATSListen string
+	// NATSOptions are used to connect to an external NATS server.
+	NATSOptions []queue.Option
+	Tenant      string
+	Group       string
+	Logger      *slog.Logger
+}
+
+// Stack is a running all-in-one Provenix.
+type Stack struct {
+	cfg      Config
+	paths    Paths
+	log      *slog.Logger
+	nats     *queue.Server
+	conn     *queue.Conn
+	pusher   *cachepush.Pusher
+	store    *local.Store
+	httpSrv  *http.Server
+	httpLn   net.Listener
+	natsURL  string
+	token    string
+	httpDone chan error
+}
+
+// New fills defaults; Open starts it.
+func New(cfg Config) (*Stack, error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = DefaultDataDir()
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultListen
+	}
+	if cfg.Tenant == "" {
+		cfg.Tenant = DefaultTenant
+	}
+	if cfg.Group == "" {
+		cfg.Group = DefaultGroup
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	abs, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DataDir = abs
+	return &Stack{cfg: cfg, paths: Paths{Dir: abs}, log: cfg.Logger}, nil
+}
+
+// Paths is the stack's data directory layout.
+func (s *Stack) Paths() Paths { return s.paths }
+
+// NATSURL is the URL builders connect to.
+func (s *Stack) NATSURL() string { return s.natsURL }
+
+// NATSToken is the embedded server's token ("" for an external server).
+func (s *Stack) NATSToken() string { return s.token }
+
+// CacheURL is the binary cache's base URL.
+func (s *Stack) CacheURL() string { return "http://" + s.httpLn.Addr().String() }
+
+// Store is the cache's storage.
+func (s *Stack) Store() *local.Store { return s.store }
+
+// Conn is the stack's own NATS connection.
+func (s *Stack) Conn() *queue.Conn { return s.conn }
+
+// Open starts NATS (embedded unless configured otherwise), the pusher and
+// the HTTP server, and writes up.json. On error everything started is
+// stopped again.
+func (s *Stack) Open(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			s.Close(cctx)
+		}
+	}()
+	created, err := Init(s.paths)
+	if err != nil {
+		return fmt.Errorf("init %s: %w", s.paths.Dir, err)
+	}
+	for _, c := range created {
+		s.log.Info("created", "file", c)
+	}
+	pol, err := policy.Load(s.paths.Policy())
+	if err != nil {
+		return err
+	}
+	cacheKey, err := cachepush.LoadKey(s.paths.CacheKey())
+	if err != nil {
+		return err
+	}
+
+	opts := s.cfg.NATSOptions
+	s.natsURL = s.cfg.NATSURL
+	if s.natsURL == "" {
+		tok, err := os.ReadFile(s.paths.NATSToken())
+		if err != nil {
+			return err
+		}
+		s.token = string(tok)
+		host, port := "127.0.0.1", 0
+		if s.cfg.NATSListen != "" {
+			h, ps, err := net.SplitHostPort(s.cfg.NATSListen)
+			if err != nil {
+				return fmt.Errorf("nats listen address: %w", err)
+			}
+			host = h
+			if _, err := fmt.Sscanf(ps, "%d", &port); err != nil {
+				return fmt.Errorf("nats listen port %q: %w", ps, err)
+			}
+		}
+		s.nats, err = queue.NewServer(queue.ServerConfig{StoreDir: s.paths.NATS(), Host: host, Port: port, Token: s.token})
+		if err != nil {
+			return err
+		}
+		if err := s.nats.Open(ctx); err != nil {
+			return err
+		}
+		s.natsURL = s.nats.ClientURL()
+		opts = append(opts, queue.WithToken(s.token))
+	}
+	opts = append(opts, queue.WithName("provenix-up"), queue.WithLogger(s.log))
+	if s.conn, err = queue.Connect(ctx, s.natsURL, opts...); err != nil {
+		return err
+	}
+	if err := s.conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
+		return err
+	}
+	if s.store, err = local.New(s.paths.Cache()); err != nil {
+		return err
+	}
+	s.pusher, err = cachepush.New(cachepush.Config{
+		Store: s.store, Policy: pol, CacheKey: cacheKey, Staging: s.conn, Events: s.conn, Logger: s.log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := s.pusher.Open(ctx, s.conn, queue.ConsumerOptions{Group: s.cfg.Group, FilterSubject: queue.ResultsFilter(s.cfg.Tenant)}); err != nil {
+		return err
+	}
+
+	s.httpLn, err = net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("cache server: %w", err)
+	}
+	s.httpSrv = &http.Server{
+		Handler:           server.Handler(s.store, server.Options{Logger: s.log}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	s.httpDone = make(chan error, 1)
+	go func() { s.httpDone <- s.httpSrv.Serve(s.httpLn) }()
+
+	rt, _ := json.MarshalIndent(Runtime{PID: os.Getpid(), NATSURL: s.natsURL, CacheURL: s.CacheURL(), Tenant: s.cfg.Tenant}, "", "  ")
+	tmp := s.paths.Runtime() + ".tmp"
+	if err := os.WriteFile(tmp, rt, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, s.paths.Runtime()); err != nil {
+		return err
+	}
+	s.log.Info("up", "nats", s.natsURL, "cache", s.CacheURL(), "data", s.paths.Dir)
+	return nil
+}
+
+// Close stops the HTTP server, lets in-flight pushes finish (until ctx is
+// done), then closes NATS. Unacknowledged results are redelivered on the
+// next start: nothing acknowledged is lost.
+func (s *Stack) Close(ctx context.Context) error {
+	var errs []error
+	if s.httpSrv != nil {
+		errs = append(errs, s.httpSrv.Shutdown(ctx))
+		<-s.httpDone
+		s.httpSrv = nil
+	}
+	if s.pusher != nil {
+		errs = append(errs, s.pusher.Close(ctx))
+		s.pusher = nil
+	}
+	if s.conn != nil {
+		s.conn.Close()
+		s.conn = nil
+	}
+	if s.nats != nil {
+		errs = append(errs, s.nats.Close(ctx))
+		s.nats = nil
+	}
+	if rt, err := ReadRuntimeFile(s.paths); err == nil && rt.PID == os.Getpid() {
+		os.Remove(s.paths.Runtime())
+	}
+	return errors.Join(errs...)
+}
+
+// ReadRuntimeFile reads up.json without checking the process.
+func ReadRuntimeFile(p Paths) (*Runtime, error) {
+	b, err := os.ReadFile(p.Runtime())
+	if err != nil {
+		return nil, err
+	}
+	var r Runtime
+	return &r, json.Unmarshal(b, &r)
+}
