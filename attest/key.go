@@ -151,8 +151,8 @@ func (s *Signer) GetSigningAlgorithm() protocommon.PublicKeyDetails {
 	return protocommon.PublicKeyDetails_PKIX_ECDSA_P256_SHA_256
 }
 
-func (s *Signer) GetHint() []byte            { return s.hint }
-func (s *Signer) GetKeyAlgorithm() string    { return "ECDSA" }
+func (s *Signer) GetHint() []byte                { return s.hint }
+func (s *Signer) GetKeyAlgorithm() string        { return "ECDSA" }
 func (s *Signer) GetPublicKey() crypto.PublicKey { return s.key.Public() }
 
 func (s *Signer) GetPublicKeyPem() (string, error) {
