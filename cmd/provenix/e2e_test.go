@@ -1,0 +1,316 @@
+package main
+
+// End-to-end tests with real parts: the host's Nix builds, embedded or
+// Debian's nats-server, stock nix substituting from the cache, cosign
+// verifying our bundles. A missing tool fails the test with what to
+// install; these tests are never skipped.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"go/build"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+
+	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/up"
+)
+
+func requireTool(t *testing.T, name, hint string, fallbacks ...string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, f := range fallbacks {
+		if _, err := os.Stat(f); err == nil {
+			return f
+		}
+	}
+	t.Fatalf("%s is required for this test: %s (or run 'make deps')", name, hint)
+	return ""
+}
+
+func requireNix(t *testing.T) string {
+	t.Helper()
+	if err := nix.Available(); err != nil {
+		t.Fatal(err)
+	}
+	bb := requireTool(t, "busybox", "apt-get install busybox-static")
+	real, err := filepath.EvalSymlinks(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return real
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// cli runs provenix in-process and returns its output and exit code.
+func cli(t *testing.T, ctx context.Context, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(ctx, args, strings.NewReader(""), &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+func uniqueMessage(t *testing.T) string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return t.Name() + "-" + hex.EncodeToString(b)
+}
+
+// startStack runs `up` in-process on dataDir.
+func startStack(t *testing.T, cfg up.Config) *up.Stack {
+	t.Helper()
+	cfg.Listen = "127.0.0.1:0"
+	s, err := up.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Open(ctxFor(t, 30*time.Second)); err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	t.Cleanup(func() { s.Close(context.Background()) })
+	return s
+}
+
+// buildSample runs `provenix build --json` on the sample with a unique
+// message, so Nix really builds, and returns the published result.
+func buildSample(t *testing.T, ctx context.Context, busybox string, extra ...string) jsonPublished {
+	t.Helper()
+	wd, _ := os.Getwd()
+	sample := filepath.Join(wd, "..", "..", "examples", "hello.nix")
+	args := append([]string{"build", "--json", sample, "-A", "hello", "--arg", "busybox=" + busybox,
+		"--argstr", "message=" + uniqueMessage(t), "--nix-option", "substituters="}, extra...)
+	stdout, stderr, code := cli(t, ctx, args...)
+	if code != 0 {
+		t.Fatalf("provenix build: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	var pubs []jsonPublished
+	if err := json.Unmarshal([]byte(stdout), &pubs); err != nil || len(pubs) != 1 || len(pubs[0].Outputs) != 1 {
+		t.Fatalf("build --json output %q: %v", stdout, err)
+	}
+	return pubs[0]
+}
+
+// waitNarinfo polls the cache over HTTP until the narinfo of path appears.
+func waitNarinfo(t *testing.T, cacheURL, path string) *narinfo.NarInfo {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(cacheURL + "/" + cachepush.NarinfoKey(path))
+		if err == nil && resp.StatusCode == http.StatusOK {
+			ni, err := narinfo.Parse(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ni
+		}
+		if resp != nil {
+			resp.Body.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no narinfo for %s in %s after 30s", path, cacheURL)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// substitute has stock nix fetch path from the cache into a fresh chroot
+// store, trusting pubKey, and returns the client.
+func substitute(t *testing.T, ctx context.Context, cacheURL, pubKey, path string) (*nix.Nix, error) {
+	t.Helper()
+	opts := nix.OfflineOptions()
+	opts["substituters"] = cacheURL
+	opts["trusted-public-keys"] = pubKey
+	opts["narinfo-cache-negative-ttl"] = "0"
+	opts["narinfo-cache-positive-ttl"] = "0"
+	client := &nix.Nix{Root: t.TempDir(), Options: opts}
+	_, err := client.Realise(ctx, path)
+	return client, err
+}
+
+func readPub(t *testing.T, path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// TestDemo runs the README's main command.
+func TestDemo(t *testing.T) {
+	requireNix(t)
+	dir := t.TempDir()
+	stdout, stderr, code := cli(t, ctxFor(t, 3*time.Minute), "demo", "--data-dir", dir, "--log-level", "warn")
+	if code != 0 || !strings.Contains(stdout, "demo passed") || !strings.Contains(stdout, "verdict: verified") {
+		t.Fatalf("demo: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	for _, f := range []string{"keys/builder", "keys/builder.pub", "keys/cache", "keys/cache.pub", "policy.yaml", "cache/nar"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("demo left no %s: %v", f, err)
+		}
+	}
+}
+
+func TestEndToEndEmbedded(t *testing.T) {
+	busybox := requireNix(t)
+	cosign := requireTool(t, "cosign", "go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3", filepath.Join(build.Default.GOPATH, "bin", "cosign"))
+	ctx := ctxFor(t, 5*time.Minute)
+	dir := t.TempDir()
+	stack := startStack(t, up.Config{DataDir: dir})
+	p := stack.Paths()
+
+	pub := buildSample(t, ctx, busybox, "--data-dir", dir)
+	out := pub.Outputs[0]
+	ni := waitNarinfo(t, stack.CacheURL(), out.Path)
+	if ni.NarSize != out.NarSize {
+		t.Fatalf("narinfo NarSize %d, attested %d", ni.NarSize, out.NarSize)
+	}
+
+	client, err := substitute(t, ctx, stack.CacheURL(), readPub(t, p.CachePub()), out.Path)
+	if err != nil {
+		t.Fatalf("stock nix did not substitute: %v", err)
+	}
+	infos, err := client.PathInfo(ctx, out.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hex.EncodeToString(infos[0].NarHash[:]); got != out.NarSHA256 {
+		t.Fatalf("restored NAR sha256 %s, attested %s", got, out.NarSHA256)
+	}
+
+	// verify: from the cache (policy of the data dir), from the local
+	// store with the sidecar's bundle, and with an untrusted key.
+	stdout, stderr, code := cli(t, ctx, "verify", "--data-dir", dir, "--cache", stack.CacheURL(), "--cache-key", p.CachePub(), out.Path)
+	if code != 0 || !strings.Contains(stdout, "verified") {
+		t.Fatalf("verify --cache: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	sc, err := os.ReadFile(filepath.Join(p.Cache(), cachepush.ProvenanceKey(out.Path)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prov, err := cachepush.ParseProvenance(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundleFile := filepath.Join(t.TempDir(), "hello.bundle.json")
+	if err := os.WriteFile(bundleFile, prov.Bundles[0], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, code = cli(t, ctx, "verify", "--json", "--key", p.BuilderPub(), "--bundle", bundleFile, out.Path)
+	var rep report
+	if code != 0 || json.Unmarshal([]byte(stdout), &rep) != nil || !rep.Verified || rep.NarSHA256 != out.NarSHA256 {
+		t.Fatalf("verify local path: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	otherDir := t.TempDir()
+	if _, _, code := cli(t, ctx, "key", "generate", "--builder", filepath.Join(otherDir, "k")); code != 0 {
+		t.Fatal("key generate failed")
+	}
+	if _, _, code = cli(t, ctx, "verify", "--key", filepath.Join(otherDir, "k.pub"), "--bundle", bundleFile, out.Path); code != exitFailed {
+		t.Fatalf("verify with an untrusted key: exit %d, want %d", code, exitFailed)
+	}
+	if _, _, code = cli(t, ctx, "verify", "--key", p.BuilderPub(), out.Path); code != exitUsageErr {
+		t.Fatalf("verify without a bundle source: exit %d, want %d", code, exitUsageErr)
+	}
+
+	// cosign, an independent verifier, accepts our bundle; not with another key.
+	cosignVerify := func(key string) ([]byte, error) {
+		cmd := exec.CommandContext(ctx, cosign, "verify-blob-attestation", "--bundle", bundleFile, "--key", key,
+			"--type", "slsaprovenance1", "--insecure-ignore-tlog", "--digest", out.NarSHA256, "--digestAlg", "sha256")
+		cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+		return cmd.CombinedOutput()
+	}
+	if b, err := cosignVerify(p.BuilderPub()); err != nil {
+		t.Fatalf("cosign rejected our bundle: %v\n%s", err, b)
+	}
+	if b, err := cosignVerify(filepath.Join(otherDir, "k.pub")); err == nil {
+		t.Fatalf("cosign accepted our bundle with another key:\n%s", b)
+	}
+
+	// A narinfo signed by another cache key: stock nix refuses it (asserted
+	// with nix-store -r, which cannot fall back to building), and so does
+	// verify --cache-key.
+	sk, _, err := signature.GenerateKeypair("mallory-1", rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ni.Signatures = nil
+	sig, err := sk.Sign(rand.Reader, ni.Fingerprint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ni.Signatures = append(ni.Signatures, sig)
+	if err := os.WriteFile(filepath.Join(p.Cache(), cachepush.NarinfoKey(out.Path)), []byte(ni.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	client, err = substitute(t, ctx, stack.CacheURL(), readPub(t, p.CachePub()), out.Path)
+	if err == nil {
+		t.Fatal("stock nix substituted a narinfo not signed by the cache key")
+	}
+	if _, err := os.Stat(client.RealPath(out.Path)); !os.IsNotExist(err) {
+		t.Fatalf("refused path exists in the client store: %v", err)
+	}
+	if _, _, code = cli(t, ctx, "verify", "--data-dir", dir, "--cache", stack.CacheURL(), "--cache-key", p.CachePub(), out.Path); code != exitFailed {
+		t.Fatalf("verify --cache-key of a re-signed narinfo: exit %d, want %d", code, exitFailed)
+	}
+}
+
+// TestEndToEndExternalNATS runs the same path against a separate
+// nats-server process (Debian's package).
+func TestEndToEndExternalNATS(t *testing.T) {
+	busybox := requireNix(t)
+	natsBin := requireTool(t, "nats-server", "apt-get install nats-server", "/usr/sbin/nats-server")
+	ctx := ctxFor(t, 5*time.Minute)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	srv := exec.Command(natsBin, "-js", "-sd", t.TempDir(), "-a", "127.0.0.1", "-p", fmt.Sprint(port))
+	var srvLog bytes.Buffer
+	srv.Stdout, srv.Stderr = &srvLog, &srvLog
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+
+	dir := t.TempDir()
+	stack := startStack(t, up.Config{DataDir: dir, NATSURL: url})
+	pub := buildSample(t, ctx, busybox, "--data-dir", dir, "--nats-url", url)
+	out := pub.Outputs[0]
+	waitNarinfo(t, stack.CacheURL(), out.Path)
+	client, err := substitute(t, ctx, stack.CacheURL(), readPub(t, stack.Paths().CachePub()), out.Path)
+	if err != nil {
+		t.Fatalf("stock nix did not substitute: %v\nnats-server log:\n%s", err, srvLog.String())
+	}
+	infos, err := client.PathInfo(ctx, out.Path)
+	if err != nil || hex.EncodeToString(infos[0].NarHash[:]) != out.NarSHA256 {
+		t.Fatalf("restored NAR: %v %x", err, infos)
+	}
+	if stdout, stderr, code := cli(t, ctx, "verify", "--data-dir", dir, "--cache", stack.CacheURL(), out.Path); code != 0 {
+		t.Fatalf("verify: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+}
