@@ -1,0 +1,280 @@
+// Package server serves a store.Store over HTTP as a Nix binary cache, the
+// read side that stock `nix` substitutes from.
+//
+// Only the paths of the cache layout are served, matched exactly, and every
+// key handed to the store is built from a matched path; nothing from the
+// request reaches the store unchecked, so no request can read outside it.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"codeberg.org/provenix/provenix/cache-push/store"
+)
+
+// DefaultPriority is the Priority advertised in a generated nix-cache-info;
+// it matches cache.nixos.org, so by default neither cache is preferred.
+const DefaultPriority = 40
+
+// Options configure Handler. The zero value is valid.
+type Options struct {
+	// Logger receives one debug record per request and error records for
+	// store failures; nil discards them.
+	Logger *slog.Logger
+	// Priority is advertised in the generated nix-cache-info (lower is
+	// preferred by Nix); zero means DefaultPriority. It is unused when the
+	// store holds its own "nix-cache-info" object.
+	Priority int
+}
+
+// Cache lifetimes. NARs are content-addressed (their name is the hash of
+// their bytes), so they never change. A narinfo can be replaced (re-signed,
+// re-compressed) and its absence must not be cached for long, because the
+// pusher may add it any moment.
+const (
+	cacheInfoCacheControl = "public, max-age=300"
+	narinfoCacheControl   = "public, max-age=60"
+	narCacheControl       = "public, max-age=31536000, immutable"
+	notFoundCacheControl  = "no-store"
+)
+
+// maxPathLen rejects absurd paths before any parsing; the longest valid
+// path ("/nar/" + 128 chars + ".nar.zst") is far shorter.
+const maxPathLen = 256
+
+// Logging attribute keys.
+const (
+	attrMethod   = "method"
+	attrPath     = "path"
+	attrStatus   = "status"
+	attrBytes    = "bytes"
+	attrDuration = "duration"
+	attrKey      = "key"
+	attrError    = "error"
+)
+
+// objectKind is what a served path is, which fixes its headers.
+type objectKind struct {
+	contentType  string
+	cacheControl string
+}
+
+var (
+	kindCacheInfo  = objectKind{"text/x-nix-cache-info", cacheInfoCacheControl}
+	kindNarinfo    = objectKind{"text/x-nix-narinfo", narinfoCacheControl}
+	kindProvenance = objectKind{"application/json", narinfoCacheControl}
+	kindNAR        = objectKind{"application/x-nix-nar", narCacheControl}
+)
+
+// Handler returns an http.Handler serving s as a Nix binary cache:
+//
+//	GET/HEAD /nix-cache-info                  the stored object, or a generated one
+//	GET/HEAD /<hash32>.narinfo                text/x-nix-narinfo
+//	GET/HEAD /<hash32>.provenance.json        application/json
+//	GET/HEAD /nar/<nix32>.nar{,.zst,.xz}      application/x-nix-nar
+//
+// where <hash32> is a 32-character store path hash and <nix32> 32 to 128
+// characters of Nix's base32 alphabet. Other paths get 404, malformed ones
+// (dot segments, double slashes, control bytes, overlong) 400, other methods
+// 405. Bodies are streamed from the store.
+func Handler(s store.Store, o Options) http.Handler {
+	h := &handler{s: s, log: o.Logger, priority: o.Priority}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.priority == 0 {
+		h.priority = DefaultPriority
+	}
+	return h
+}
+
+type handler struct {
+	s        store.Store
+	log      *slog.Logger
+	priority int
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	status, n := h.serve(w, r)
+	h.log.LogAttrs(r.Context(), slog.LevelDebug, "request",
+		slog.String(attrMethod, r.Method),
+		slog.String(attrPath, r.URL.Path),
+		slog.Int(attrStatus, status),
+		slog.Int64(attrBytes, n),
+		slog.Duration(attrDuration, time.Since(start)))
+}
+
+// serve answers the request and returns the status and body bytes written,
+// for the request log.
+func (h *handler) serve(w http.ResponseWriter, r *http.Request) (int, int64) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		return httpError(w, http.StatusMethodNotAllowed)
+	}
+	p := r.URL.Path
+	if badPath(p) {
+		return httpError(w, http.StatusBadRequest)
+	}
+	key, kind, ok := route(p)
+	if !ok {
+		return httpError(w, http.StatusNotFound)
+	}
+	status, n, err := h.serveObject(r.Context(), w, r.Method == http.MethodHead, key, kind)
+	if errors.Is(err, store.ErrNotFound) && key == "nix-cache-info" {
+		return h.serveCacheInfo(w, r.Method == http.MethodHead)
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrNotFound):
+		return httpError(w, http.StatusNotFound)
+	case status != 0:
+		// Headers are out, so the client can only notice a short body;
+		// net/http closes the connection because of the Content-Length.
+		// Usually the client went away, hence debug level.
+		h.log.LogAttrs(r.Context(), slog.LevelDebug, "body not fully sent",
+			slog.String(attrKey, key), slog.String(attrError, err.Error()))
+	case r.Context().Err() != nil:
+		return httpError(w, http.StatusServiceUnavailable)
+	default:
+		h.log.LogAttrs(r.Context(), slog.LevelError, "store read failed",
+			slog.String(attrKey, key), slog.String(attrError, err.Error()))
+		return httpError(w, http.StatusInternalServerError)
+	}
+	return status, n
+}
+
+// serveObject writes the object under key. It returns a non-zero status
+// once headers are written; an error with status 0 leaves the response to
+// the caller.
+func (h *handler) serveObject(ctx context.Context, w http.ResponseWriter, head bool, key string, kind objectKind) (int, int64, error) {
+	fi, err := h.s.Stat(ctx, key)
+	if err != nil {
+		return 0, 0, err
+	}
+	var body io.ReadCloser
+	if !head {
+		// Open before writing headers, so a missing object still gets a
+		// clean 404.
+		if body, err = h.s.Open(ctx, key); err != nil {
+			return 0, 0, err
+		}
+		defer body.Close()
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", kind.contentType)
+	hd.Set("Content-Length", strconv.FormatInt(fi.Size, 10))
+	hd.Set("Cache-Control", kind.cacheControl)
+	hd.Set("X-Content-Type-Options", "nosniff")
+	if !fi.ModTime.IsZero() {
+		hd.Set("Last-Modified", fi.ModTime.UTC().Format(http.TimeFormat))
+	}
+	w.WriteHeader(http.StatusOK)
+	if head {
+		return http.StatusOK, 0, nil
+	}
+	// Exactly Size bytes, the Content-Length promised: if the object was
+	// replaced between Stat and Open, a longer body is cut and a shorter
+	// one fails the response instead of corrupting it silently.
+	n, err := io.CopyN(w, body, fi.Size)
+	if err != nil {
+		return http.StatusOK, n, fmt.Errorf("sending %s: %w", key, err)
+	}
+	return http.StatusOK, n, nil
+}
+
+func (h *handler) serveCacheInfo(w http.ResponseWriter, head bool) (int, int64) {
+	body := fmt.Sprintf("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: %d\n", h.priority)
+	hd := w.Header()
+	hd.Set("Content-Type", kindCacheInfo.contentType)
+	hd.Set("Content-Length", strconv.Itoa(len(body)))
+	hd.Set("Cache-Control", kindCacheInfo.cacheControl)
+	hd.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	if head {
+		return http.StatusOK, 0
+	}
+	n, _ := io.WriteString(w, body)
+	return http.StatusOK, int64(n)
+}
+
+func httpError(w http.ResponseWriter, status int) (int, int64) {
+	hd := w.Header()
+	hd.Set("Content-Type", "text/plain; charset=utf-8")
+	hd.Set("Cache-Control", notFoundCacheControl)
+	hd.Set("X-Content-Type-Options", "nosniff")
+	msg := http.StatusText(status) + "\n"
+	hd.Set("Content-Length", strconv.Itoa(len(msg)))
+	w.WriteHeader(status)
+	n, _ := io.WriteString(w, msg) // net/http drops the body of a HEAD reply
+	return status, int64(n)
+}
+
+// badPath reports paths that no client of a binary cache sends and that
+// smell of traversal or confusion: these get 400 rather than 404 so that
+// they stand out in logs. route rejects them anyway.
+func badPath(p string) bool {
+	if len(p) > maxPathLen || !strings.HasPrefix(p, "/") || strings.Contains(p, "//") {
+		return true
+	}
+	for _, seg := range strings.Split(p[1:], "/") {
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] < 0x20 || p[i] == 0x7f || p[i] == '\\' {
+			return true
+		}
+	}
+	return false
+}
+
+// route maps a request path to its store key and kind. The key is the path
+// without its leading slash, but only after the path matched one of the
+// cache layout's shapes exactly.
+func route(p string) (key string, kind objectKind, ok bool) {
+	name, found := strings.CutPrefix(p, "/")
+	if !found {
+		return "", objectKind{}, false
+	}
+	if name == "nix-cache-info" {
+		return name, kindCacheInfo, true
+	}
+	if h, found := strings.CutSuffix(name, ".narinfo"); found && isNix32(h, 32, 32) {
+		return name, kindNarinfo, true
+	}
+	if h, found := strings.CutSuffix(name, ".provenance.json"); found && isNix32(h, 32, 32) {
+		return name, kindProvenance, true
+	}
+	if file, found := strings.CutPrefix(name, "nar/"); found {
+		for _, ext := range []string{".nar.zst", ".nar.xz", ".nar"} {
+			if h, found := strings.CutSuffix(file, ext); found && isNix32(h, 32, 128) {
+				return name, kindNAR, true
+			}
+		}
+	}
+	return "", objectKind{}, false
+}
+
+func isNix32(s string, minLen, maxLen int) bool {
+	if len(s) < minLen || len(s) > maxLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !nixbase32.Is(s[i]) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,401 @@
+// Package local implements store.Store on a local directory.
+//
+// Objects are plain files under the directory, named by their keys, so the
+// directory can also be served by any static web server. Writes go to a
+// temporary file in the ".tmp" subdirectory (the same filesystem, so the
+// final rename is atomic), which is fsynced, renamed into place, and then the
+// parent directory is fsynced so that the rename itself survives a crash.
+package local
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"codeberg.org/provenix/provenix/cache-push/store"
+)
+
+const (
+	// tmpDir holds pending objects. store.ValidKey rejects segments that
+	// start with a dot, so no key can reach into it.
+	tmpDir = ".tmp"
+	// tmpPrefix marks files that New may delete as crash leftovers.
+	tmpPrefix = "pending-"
+	// StaleAfter is how long a temporary file must have gone unmodified
+	// before New deletes it. A live writer touches its file with every
+	// Write, so only files of crashed or stuck writers are that old, even
+	// when several processes share the directory.
+	StaleAfter = time.Hour
+)
+
+var _ store.Store = (*Store)(nil)
+
+// Store is a directory-backed store.Store.
+type Store struct {
+	dir string // absolute, cleaned
+	tmp string // dir/.tmp
+}
+
+// New opens the store rooted at dir, creating dir (0755) if needed, and
+// removes temporary files left over by crashed writers (see StaleAfter).
+func New(dir string) (*Store, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("local store %s: %w", dir, err)
+	}
+	s := &Store{dir: abs, tmp: filepath.Join(abs, tmpDir)}
+	if err := os.MkdirAll(s.tmp, 0o755); err != nil {
+		return nil, fmt.Errorf("local store %s: %w", dir, err)
+	}
+	if err := s.removeStale(time.Now().Add(-StaleAfter)); err != nil {
+		return nil, fmt.Errorf("local store %s: removing stale temporary files: %w", dir, err)
+	}
+	return s, nil
+}
+
+// Dir returns the absolute directory the store is rooted at.
+func (s *Store) Dir() string { return s.dir }
+
+func (s *Store) removeStale(before time.Time) error {
+	entries, err := os.ReadDir(s.tmp)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), tmpPrefix) || !e.Type().IsRegular() {
+			continue // not ours: leave it for a human
+		}
+		fi, err := e.Info()
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if fi.ModTime().Before(before) {
+			if err := os.Remove(filepath.Join(s.tmp, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// filename maps a key to its file after validating it.
+func (s *Store) filename(key string) (string, error) {
+	if err := store.ValidKey(key); err != nil {
+		return "", err
+	}
+	return filepath.Join(s.dir, filepath.FromSlash(key)), nil
+}
+
+// notFound turns the errors of a missing file into store.ErrNotFound.
+// ENOTDIR shows up when a prefix of the key is a file ("a" exists, "a/b" is
+// asked for), which also means "no such object".
+func notFound(key string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return fmt.Errorf("%w: %s", store.ErrNotFound, key)
+	}
+	return fmt.Errorf("local store: %s: %w", key, err)
+}
+
+// Create implements store.Store.
+func (s *Store) Create(ctx context.Context) (store.Pending, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var rnd [12]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, fmt.Errorf("local store: create: %w", err)
+	}
+	name := filepath.Join(s.tmp, tmpPrefix+hex.EncodeToString(rnd[:]))
+	// O_EXCL: never share a temporary file with another writer. 0644 before
+	// umask, as for any file the web server must read.
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("local store: create: %w", err)
+	}
+	return &pending{s: s, f: f}, nil
+}
+
+// Open implements store.Store.
+func (s *Store) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	name, err := s.filename(key)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, notFound(key, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("local store: %s: %w", key, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close() // a directory such as "nar" is not an object
+		return nil, fmt.Errorf("%w: %s", store.ErrNotFound, key)
+	}
+	return f, nil
+}
+
+// Stat implements store.Store.
+func (s *Store) Stat(ctx context.Context, key string) (store.Info, error) {
+	name, err := s.filename(key)
+	if err != nil {
+		return store.Info{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return store.Info{}, err
+	}
+	fi, err := os.Stat(name)
+	if err != nil {
+		return store.Info{}, notFound(key, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return store.Info{}, fmt.Errorf("%w: %s", store.ErrNotFound, key)
+	}
+	return store.Info{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// Delete implements store.Store. Emptied directories are left in place: they
+// cost little, and removing them would race with a concurrent Commit that
+// needs them.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	name, err := s.filename(key)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(name)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+			return nil
+		}
+		return fmt.Errorf("local store: delete %s: %w", key, err)
+	}
+	if fi.IsDir() {
+		return nil // not an object, so there is nothing to delete
+	}
+	if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("local store: delete %s: %w", key, err)
+	}
+	// Make the removal durable, like a Commit: a resurrected object after a
+	// crash would surprise a garbage collector.
+	if err := syncDir(filepath.Dir(name)); err != nil {
+		return fmt.Errorf("local store: delete %s: %w", key, err)
+	}
+	return nil
+}
+
+// List implements store.Store. It walks only the directory named by the part
+// of prefix up to its last slash, and reports regular files whose names are
+// valid keys; anything else (the ".tmp" directory, stray files) is skipped.
+func (s *Store) List(ctx context.Context, prefix string, fn func(store.Info) error) error {
+	if err := store.ValidPrefix(prefix); err != nil {
+		return err
+	}
+	start := s.dir
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		start = filepath.Join(s.dir, filepath.FromSlash(prefix[:i]))
+	}
+	err := filepath.WalkDir(start, func(name string, d fs.DirEntry, err error) error {
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+				return nil // vanished under us, or the prefix names no directory
+			}
+			return err
+		}
+		rel, err := filepath.Rel(s.dir, name)
+		if err != nil {
+			return err
+		}
+		key := filepath.ToSlash(rel)
+		if d.IsDir() {
+			if name == start {
+				return nil
+			}
+			if strings.HasPrefix(d.Name(), ".") || !prefixMayMatch(key+"/", prefix) {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() || !strings.HasPrefix(key, prefix) || store.ValidKey(key) != nil {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // deleted since the directory was read
+			}
+			return err
+		}
+		return fn(store.Info{Key: key, Size: fi.Size(), ModTime: fi.ModTime()})
+	})
+	return err
+}
+
+// prefixMayMatch reports whether keys under directory dir (ending in "/")
+// can start with prefix.
+func prefixMayMatch(dir, prefix string) bool {
+	return strings.HasPrefix(dir, prefix) || strings.HasPrefix(prefix, dir)
+}
+
+// pending is a temporary file waiting for Commit or Abort.
+type pending struct {
+	s        *Store
+	f        *os.File // nil once finished
+	writeErr error    // first Write failure; Commit refuses to publish after it
+}
+
+func (p *pending) Write(b []byte) (int, error) {
+	if p.f == nil {
+		return 0, store.ErrFinished
+	}
+	if p.writeErr != nil {
+		return 0, p.writeErr
+	}
+	n, err := p.f.Write(b)
+	if err != nil {
+		p.writeErr = fmt.Errorf("local store: write: %w", err)
+		return n, p.writeErr
+	}
+	return n, nil
+}
+
+func (p *pending) Commit(ctx context.Context, key string) error {
+	if p.f == nil {
+		return fmt.Errorf("commit %s: %w", key, store.ErrFinished)
+	}
+	// Whatever happens next, this Pending is finished; on failure the
+	// temporary file goes away.
+	f, tmpName := p.f, p.f.Name()
+	p.f = nil
+	committed := false
+	defer func() {
+		if !committed {
+			f.Close()
+			os.Remove(tmpName)
+		}
+	}()
+
+	name, err := p.s.filename(key)
+	if err != nil {
+		return err
+	}
+	if p.writeErr != nil {
+		return fmt.Errorf("local store: commit %s: earlier write failed: %w", key, p.writeErr)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("local store: commit %s: %w", key, err)
+	}
+	// The data must be on disk before the rename makes it reachable, or a
+	// crash could leave a complete-looking name with missing content.
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("local store: commit %s: sync: %w", key, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("local store: commit %s: close: %w", key, err)
+	}
+	dirty, err := p.s.mkdirs(path.Dir(key))
+	if err != nil {
+		return fmt.Errorf("local store: commit %s: %w", key, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("local store: commit %s: %w", key, err)
+	}
+	if err := os.Rename(tmpName, name); err != nil {
+		return fmt.Errorf("local store: commit %s: %w", key, err)
+	}
+	committed = true
+	// The object is visible now; make the rename and any new directories
+	// durable. A failure here is reported, but the object stays: a retry
+	// writes the same bytes.
+	dirty = append(dirty, filepath.Dir(name))
+	for _, d := range dirty {
+		if err := syncDir(d); err != nil {
+			return fmt.Errorf("local store: commit %s: %w", key, err)
+		}
+	}
+	return nil
+}
+
+func (p *pending) Abort() error {
+	if p.f == nil {
+		return nil
+	}
+	f := p.f
+	p.f = nil
+	cerr := f.Close()
+	if err := os.Remove(f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("local store: abort: %w", err)
+	}
+	if cerr != nil && !errors.Is(cerr, fs.ErrClosed) {
+		return fmt.Errorf("local store: abort: %w", cerr)
+	}
+	return nil
+}
+
+// mkdirs creates the directories of keyDir (a slash-separated key directory,
+// "." for the root) and returns the parents whose entries changed, which must
+// be fsynced for the new directories to survive a crash.
+func (s *Store) mkdirs(keyDir string) ([]string, error) {
+	if keyDir == "." {
+		return nil, nil
+	}
+	var dirty []string
+	cur := s.dir
+	for _, seg := range strings.Split(keyDir, "/") {
+		next := filepath.Join(cur, seg)
+		err := os.Mkdir(next, 0o755)
+		switch {
+		case err == nil:
+			dirty = append(dirty, cur)
+		case errors.Is(err, fs.ErrExist):
+			// Already there (or made by a concurrent Commit, which syncs
+			// its own parents); a file in the way fails at the rename.
+		default:
+			return nil, err
+		}
+		cur = next
+	}
+	return dirty, nil
+}
+
+// syncDir fsyncs a directory so that entries created or renamed in it are
+// durable. Some filesystems (network mounts, macOS SMB) cannot sync a
+// directory; as restic does, that is not treated as a failure because
+// nothing better can be done there.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil &&
+		!errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) &&
+		!errors.Is(err, syscall.ENOTTY) {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}

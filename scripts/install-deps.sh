@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what Provenix's demo and tests need, when it is missing:
+#   nix-bin, busybox-static (the sample's builder), nats-server (the
+#   external-NATS test) from Debian/Ubuntu packages, and cosign v3.1.3 (the
+#   independent bundle verifier) built from the Go module proxy and cached
+#   in $(go env GOPATH)/bin, so only the first run pays its ~12 minutes.
+# Usage: scripts/install-deps.sh [demo|test]   (demo skips nats-server and cosign)
+set -euo pipefail
+what=${1:-test}
+
+need_pkgs=()
+command -v nix-build >/dev/null 2>&1 || need_pkgs+=(nix-bin)
+command -v busybox >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+if [ "$what" = test ] && ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  need_pkgs+=(nats-server)
+fi
+
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+      if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+        echo "install-deps: need root or sudo to run: apt-get install -y ${need_pkgs[*]}" >&2; exit 1
+      fi
+    fi
+    echo "install-deps: apt-get install ${need_pkgs[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  else
+    echo "install-deps: missing: ${need_pkgs[*]}. Install them with your package manager:" >&2
+    echo "  Nix: https://nixos.org/download (provides nix-build, nix-store)" >&2
+    echo "  busybox: a statically linked busybox on PATH" >&2
+    echo "  nats-server: https://github.com/nats-io/nats-server/releases" >&2
+    exit 1
+  fi
+fi
+
+if [ "$what" = test ]; then
+  gobin=$(go env GOPATH)/bin
+  if ! command -v cosign >/dev/null 2>&1 && [ ! -x "$gobin/cosign" ]; then
+    echo "install-deps: building cosign v3.1.3 into $gobin (first time only, ~12 min)" >&2
+    GOFLAGS= go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3
+  fi
+fi
