@@ -1,0 +1,229 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Log attribute keys, so operators can filter on them.
+const (
+	logKeyErr     = "err"
+	logKeyURL     = "url"
+	logKeySubject = "subject"
+	logKeyGroup   = "group"
+)
+
+const (
+	// connectBackoffMax caps the wait between two connection attempts,
+	// initial or reconnect.
+	connectBackoffMax = 5 * time.Second
+	// dialTimeout bounds one TCP+TLS+handshake attempt.
+	dialTimeout = 5 * time.Second
+)
+
+type options struct {
+	token     string
+	credsFile string
+	name      string
+	log       *slog.Logger
+}
+
+// Option configures Connect.
+type Option func(*options)
+
+// WithToken authenticates with an authorization token.
+func WithToken(tok string) Option { return func(o *options) { o.token = tok } }
+
+// WithCredsFile authenticates with a NATS .creds file (JWT + nkey seed).
+func WithCredsFile(path string) Option { return func(o *options) { o.credsFile = path } }
+
+// WithName sets the connection name the server shows in its monitoring.
+func WithName(name string) Option { return func(o *options) { o.name = name } }
+
+// WithLogger receives disconnects, reconnects and asynchronous errors
+// (slow consumers, permission violations, consumer fetch errors). The
+// default discards them.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// Conn is a connection to NATS with JetStream. It is safe for concurrent use.
+type Conn struct {
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	log *slog.Logger
+
+	// done is closed when the connection is closed for good (not on a
+	// mere disconnect); consumers stop then.
+	done      chan struct{}
+	closeOnce sync.Once
+
+	mu sync.Mutex
+	// denied are the publishes waiting for their ack; a permission
+	// violation naming their subject cancels them (see publish.go).
+	denied map[*deniedWatch]struct{}
+	// staging caches the staging bucket handles (see staging.go).
+	stagingObs    jetstream.ObjectStore
+	stagingStream jetstream.Stream
+}
+
+// Connect dials url (one URL or a comma-separated list). It retries the
+// first connection with backoff until ctx is done, because services start
+// in any order; it gives up at once on an authorization error, which
+// retrying does not fix. Once connected, it reconnects forever (with
+// backoff and jitter), buffering publishes meanwhile as nats.go does.
+func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
+	o := options{log: slog.New(slog.DiscardHandler)}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
+	if o.token != "" && o.credsFile != "" {
+		return nil, errors.New("queue: connect: WithToken and WithCredsFile are exclusive")
+	}
+	c := &Conn{log: o.log, denied: make(map[*deniedWatch]struct{}), done: make(chan struct{})}
+	safeURL := redactURL(url)
+
+	nopts := []nats.Option{
+		nats.MaxReconnects(-1),
+		nats.CustomReconnectDelay(backoff),
+		// A token rotated server-side must not turn into a closed
+		// connection the daemon never recovers from.
+		nats.IgnoreAuthErrorAbort(),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			c.log.Warn("queue: disconnected", logKeyURL, safeURL, logKeyErr, err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			c.log.Info("queue: reconnected", logKeyURL, redactURL(nc.ConnectedUrl()))
+		}),
+		nats.ClosedHandler(func(*nats.Conn) {
+			c.log.Debug("queue: connection closed", logKeyURL, safeURL)
+			c.closeOnce.Do(func() { close(c.done) })
+		}),
+		nats.ErrorHandler(c.onAsyncError),
+	}
+	if o.name != "" {
+		nopts = append(nopts, nats.Name(o.name))
+	}
+	if o.token != "" {
+		nopts = append(nopts, nats.Token(o.token))
+	}
+	if o.credsFile != "" {
+		nopts = append(nopts, nats.UserCredentials(o.credsFile))
+	}
+
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		timeout := dialTimeout
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+			timeout = max(time.Until(dl), time.Millisecond)
+		}
+		nc, err := nats.Connect(url, append(nopts, nats.Timeout(timeout))...)
+		if err == nil {
+			c.nc = nc
+			break
+		}
+		lastErr = err
+		if isAuthError(err) {
+			return nil, fmt.Errorf("queue: connect %s: %w", safeURL, err)
+		}
+		c.log.Debug("queue: connect failed, retrying", logKeyURL, safeURL, logKeyErr, err)
+		t := time.NewTimer(backoff(attempt))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("queue: connect %s: %w (last error: %w)", safeURL, ctx.Err(), lastErr)
+		case <-t.C:
+		}
+	}
+
+	js, err := jetstream.New(c.nc, jetstream.WithDefaultTimeout(DefaultTimeout))
+	if err != nil {
+		c.nc.Close()
+		return nil, fmt.Errorf("queue: connect %s: jetstream: %w", safeURL, err)
+	}
+	c.js = js
+	return c, nil
+}
+
+// Close closes the connection without draining it: publishes still
+// buffered (say, during a reconnect) are dropped and unacknowledged
+// deliveries are redelivered after their AckWait. Stop or Drain consumers
+// first; every call here that returned nil was acknowledged by the server,
+// so nothing the caller was told is safe can be lost by Close.
+func (c *Conn) Close() { c.nc.Close() }
+
+// NATS is the underlying connection, for what this package does not wrap.
+func (c *Conn) NATS() *nats.Conn { return c.nc }
+
+// JetStream is the underlying JetStream handle.
+func (c *Conn) JetStream() jetstream.JetStream { return c.js }
+
+func (c *Conn) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
+	attrs := []any{logKeyErr, err}
+	if sub != nil {
+		attrs = append(attrs, logKeySubject, sub.Subject)
+	}
+	c.log.Warn("queue: asynchronous error", attrs...)
+	if errors.Is(err, nats.ErrPermissionViolation) {
+		c.notifyDenied(err)
+	}
+}
+
+// backoff is the wait before connection attempt n (0-based): exponential
+// from 100 ms, capped, with ±25 % jitter so a fleet of builders does not
+// reconnect in lock step after a broker restart.
+func backoff(attempt int) time.Duration {
+	d := connectBackoffMax
+	if attempt < 6 {
+		d = min(100*time.Millisecond<<attempt, connectBackoffMax)
+	}
+	return d*3/4 + rand.N(d/2+1)
+}
+
+func isAuthError(err error) bool {
+	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
+		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired)
+}
+
+// redactURL hides passwords and tokens in a (comma-separated) server URL
+// before it goes into an error or a log line.
+func redactURL(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		u, err := url.Parse(p)
+		switch {
+		case err != nil:
+			if strings.Contains(p, "@") {
+				parts[i] = "<unparsable url>"
+			}
+		case u.User != nil:
+			if _, hasPass := u.User.Password(); !hasPass {
+				u.User = url.User("xxxxx") // a bare user part is a token
+			}
+			parts[i] = u.Redacted()
+		default:
+			parts[i] = p
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// withDefaultTimeout gives ctx a deadline of d when it has none.
+func withDefaultTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, d)
+}

@@ -1,0 +1,330 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+const (
+	// DefaultAckWait is how long a delivery may go without an ack or
+	// InProgress before the server redelivers it.
+	DefaultAckWait = 60 * time.Second
+	// ConsumerPrefix prefixes a pusher group's durable consumer name.
+	ConsumerPrefix = "pusher-"
+
+	// redeliveryBase and redeliveryMax shape the delay before a failed
+	// delivery is retried: 1 s, 2 s, 4 s, ... capped at 30 s.
+	redeliveryBase = time.Second
+	redeliveryMax  = 30 * time.Second
+	// maxConcurrency bounds ConsumerOptions.Concurrency: each worker holds
+	// one pull request, and the server keeps at most 512 waiting per
+	// consumer (max_waiting), for all members of the group together.
+	maxConcurrency = 256
+	// pullExpiry is how long one pull request waits for a message.
+	pullExpiry = 30 * time.Second
+	// maxTermReason bounds the handler error text sent with a Term (it
+	// ends up in an advisory).
+	maxTermReason = 512
+)
+
+// Delivery is one delivery of a result message to a Handler.
+type Delivery struct {
+	Subject string
+	Data    []byte
+	// MsgID is the message's Nats-Msg-Id header (Result.MsgID when the
+	// publisher used PublishResult).
+	MsgID string
+	// NumDelivered counts deliveries of this message to this group, 1 on
+	// the first one.
+	NumDelivered uint64
+	// Stream is the message's sequence number in the RESULTS stream.
+	Stream uint64
+
+	inProgress func() error
+}
+
+// InProgress tells the server the handler is still working, which resets
+// the AckWait timer. Long handlers (pushing a multi-GiB NAR) must call it
+// more often than AckWait, or the message is redelivered to another
+// member of the group while they still work on it.
+func (d *Delivery) InProgress() error {
+	if d.inProgress == nil {
+		return errors.New("queue: in progress: delivery not from a consumer")
+	}
+	if err := d.inProgress(); err != nil {
+		return fmt.Errorf("queue: in progress %d: %w", d.Stream, err)
+	}
+	return nil
+}
+
+// Handler processes one delivery. Its outcome decides the message's fate:
+//   - nil: acked, and the ack confirmed by the server (a lost ack would
+//     mean a redelivery, so handlers must be idempotent anyway);
+//   - an error wrapping ErrPermanent (see Permanent): terminated, never
+//     redelivered to this group;
+//   - any other error: redelivered after a delay growing with
+//     NumDelivered (1 s, 2 s, 4 s, ... capped at 30 s). When the handler's
+//     ctx was cancelled by Stop, the message is released at once instead,
+//     for another member of the group.
+type Handler func(ctx context.Context, d *Delivery) error
+
+// ConsumerOptions configures ConsumeResults.
+type ConsumerOptions struct {
+	// Group names the pusher group: its durable consumer is
+	// ConsumerPrefix+Group. Every group sees every result; the members
+	// (Consumers with the same Group, in any process) share them, each
+	// result going to one member. Required; must pass ValidToken.
+	Group string
+	// FilterSubject selects the results; ResultsFilter("") (all tenants)
+	// when empty. All members of a group must use the same filter: it is
+	// a property of the group's consumer, and the last one set wins.
+	FilterSubject string
+	// AckWait is how long a delivery may go without an ack or InProgress;
+	// DefaultAckWait when 0.
+	AckWait time.Duration
+	// MaxDeliver caps deliveries per message; 0 or -1 means unlimited,
+	// the default. A cache that gave up on a result after a few failures
+	// during an outage of its store would silently miss it (messages past
+	// MaxDeliver stay in the stream but are never delivered again to this
+	// group); a result that can never succeed should fail with Permanent.
+	MaxDeliver int
+	// Concurrency is how many handlers run at once in this Consumer; 1
+	// when 0. Each running handler holds exactly one message: nothing is
+	// prefetched, so no message waits in a client buffer while its
+	// AckWait runs, and idle members of the group get the work.
+	Concurrency int
+}
+
+func (o *ConsumerOptions) validate() error {
+	if err := ValidToken(o.Group); err != nil {
+		return fmt.Errorf("group: %w", err)
+	}
+	if strings.ContainsAny(o.Group, `/\`) {
+		// The server stores a durable consumer under its name on disk.
+		return fmt.Errorf("group: %w: %q contains a path separator", ErrInvalidName, o.Group)
+	}
+	if o.FilterSubject == "" {
+		o.FilterSubject = ResultsFilter("")
+	}
+	if o.AckWait == 0 {
+		o.AckWait = DefaultAckWait
+	}
+	if o.AckWait < time.Second {
+		return fmt.Errorf("AckWait %s below 1s", o.AckWait)
+	}
+	if o.MaxDeliver == 0 {
+		o.MaxDeliver = -1
+	}
+	if o.MaxDeliver < -1 {
+		return fmt.Errorf("MaxDeliver %d: want -1 (unlimited) or a positive count", o.MaxDeliver)
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = 1
+	}
+	if o.Concurrency < 0 || o.Concurrency > maxConcurrency {
+		return fmt.Errorf("Concurrency %d not in 1..%d", o.Concurrency, maxConcurrency)
+	}
+	return nil
+}
+
+// Consumer is a running ConsumeResults. Stop or Drain end it; Closed
+// reports when it has.
+type Consumer struct {
+	stop   context.CancelFunc // cancels the handlers' ctx, and pulling
+	drain  context.CancelFunc // cancels pulling only
+	closed chan struct{}
+}
+
+// Stop stops pulling and cancels the running handlers' ctx. It does not
+// wait: receive from Closed for that. Messages whose handler returned an
+// error because of the cancellation are released for redelivery at once.
+func (k *Consumer) Stop() { k.stop() }
+
+// Drain stops pulling and lets the running handlers finish; their outcome
+// is acked as usual. It does not wait: receive from Closed for that.
+func (k *Consumer) Drain() { k.drain() }
+
+// Closed is closed once pulling has stopped and every handler returned and
+// had its outcome sent to the server. A Consumer also ends by itself when
+// the ctx given to ConsumeResults ends or the connection is closed.
+func (k *Consumer) Closed() <-chan struct{} { return k.closed }
+
+// ConsumeResults creates or updates the group's durable pull consumer on
+// RESULTS (explicit acks, from the first message kept) and runs h on its
+// messages with o.Concurrency workers. h gets a ctx derived from ctx and
+// cancelled by Stop.
+//
+// Each worker asks the server for one message at a time and only when it
+// is free, so a Consumer never holds more than Concurrency messages. A
+// message received in the instant Stop or Drain is called is released
+// (nak) unhandled; one in flight on the wire at that moment is redelivered
+// after AckWait.
+func (c *Conn) ConsumeResults(ctx context.Context, o ConsumerOptions, h Handler) (*Consumer, error) {
+	if h == nil {
+		return nil, errors.New("queue: consume results: nil handler")
+	}
+	if err := o.validate(); err != nil {
+		return nil, fmt.Errorf("queue: consume results: %w", err)
+	}
+	name := ConsumerPrefix + o.Group
+	want := jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   "Provenix pusher group " + o.Group,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		FilterSubject: o.FilterSubject,
+		AckWait:       o.AckWait,
+		MaxDeliver:    o.MaxDeliver,
+	}
+	cctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
+	defer cancel()
+	cons, err := c.js.CreateOrUpdateConsumer(cctx, StreamResults, want)
+	if err != nil {
+		return nil, fmt.Errorf("queue: consume results: consumer %s: %w", name, mapJSError(err))
+	}
+	if got := cons.CachedInfo().Config; got.AckPolicy != want.AckPolicy || got.FilterSubject != want.FilterSubject ||
+		got.AckWait != want.AckWait || got.MaxDeliver != want.MaxDeliver {
+		return nil, fmt.Errorf("queue: consume results: consumer %s: %w: ack %v/%v, filter %q, ack wait %s, max deliver %d",
+			name, ErrConfigDropped, got.AckPolicy, want.AckPolicy, got.FilterSubject, got.AckWait, got.MaxDeliver)
+	}
+
+	handlerCtx, stop := context.WithCancel(ctx)
+	pullCtx, drain := context.WithCancel(handlerCtx)
+	k := &Consumer{stop: stop, drain: drain, closed: make(chan struct{})}
+	w := &worker{cons: cons, h: h, log: c.log.With(logKeyGroup, o.Group)}
+	var wg sync.WaitGroup
+	for range o.Concurrency {
+		wg.Go(func() { w.run(pullCtx, handlerCtx) })
+	}
+	go func() {
+		wg.Wait()
+		stop() // release the contexts
+		close(k.closed)
+	}()
+	// A pull in progress does not notice a closed connection before its
+	// 30 s expiry; stop at once instead.
+	go func() {
+		select {
+		case <-c.done:
+			stop()
+		case <-k.closed:
+		}
+	}()
+	return k, nil
+}
+
+type worker struct {
+	cons jetstream.Consumer
+	h    Handler
+	log  *slog.Logger
+}
+
+// run pulls and handles one message at a time until pullCtx ends.
+func (w *worker) run(pullCtx, handlerCtx context.Context) {
+	failures := 0
+	for pullCtx.Err() == nil {
+		// A long poll: the server holds the request up to pullExpiry and
+		// heartbeats it, so a lost connection shows up as an error. The
+		// expiry is bounded even when pullCtx has a far deadline: an
+		// abandoned request must not linger on the server.
+		fctx, cancel := context.WithTimeout(pullCtx, pullExpiry)
+		msg, err := w.cons.Next(jetstream.FetchContext(fctx))
+		cancel()
+		if err != nil {
+			switch {
+			case pullCtx.Err() != nil:
+				return
+			case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+				failures = 0 // the poll expired empty
+				continue
+			case errors.Is(err, nats.ErrConnectionClosed):
+				w.log.Warn("queue: consumer stops: connection closed")
+				return
+			}
+			w.log.Warn("queue: pull failed, retrying", logKeyErr, err)
+			sleepCtx(pullCtx, backoff(failures))
+			failures++
+			continue
+		}
+		failures = 0
+		if pullCtx.Err() != nil {
+			_ = msg.Nak() // stopping: let another member have it now
+			return
+		}
+		w.handle(handlerCtx, msg)
+	}
+}
+
+func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
+	md, err := msg.Metadata()
+	if err != nil {
+		// Not a JetStream delivery: nothing to ack.
+		w.log.Warn("queue: delivery without metadata", logKeySubject, msg.Subject(), logKeyErr, err)
+		return
+	}
+	d := &Delivery{
+		Subject:      msg.Subject(),
+		Data:         msg.Data(),
+		MsgID:        msg.Headers().Get(jetstream.MsgIDHeader),
+		NumDelivered: md.NumDelivered,
+		Stream:       md.Sequence.Stream,
+		inProgress:   msg.InProgress,
+	}
+	herr := w.h(ctx, d)
+
+	// The outcome must reach the server even when ctx was cancelled.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultTimeout)
+	defer cancel()
+	var aerr error
+	switch {
+	case herr == nil:
+		aerr = msg.DoubleAck(actx)
+	case errors.Is(herr, ErrPermanent):
+		aerr = msg.TermWithReason(truncate(herr.Error(), maxTermReason))
+	case ctx.Err() != nil:
+		aerr = msg.Nak()
+	default:
+		w.log.Debug("queue: handler failed, will retry", logKeySubject, d.Subject, logKeyErr, herr)
+		aerr = msg.NakWithDelay(redeliveryDelay(md.NumDelivered))
+	}
+	if aerr != nil {
+		// Without the ack the server redelivers after AckWait.
+		w.log.Warn("queue: sending the handler's outcome failed", logKeySubject, d.Subject, logKeyErr, aerr)
+	}
+}
+
+// redeliveryDelay is the delay before redelivering a message that failed
+// on its n-th delivery.
+func redeliveryDelay(n uint64) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	if n > 6 {
+		return redeliveryMax
+	}
+	return min(redeliveryBase<<(n-1), redeliveryMax)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "")
+}

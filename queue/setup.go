@@ -1,0 +1,166 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+const (
+	// resultsDuplicates is RESULTS' duplicate window: a builder retrying a
+	// publish within it (after a timeout, a reconnect, a leader change)
+	// does not create a second message.
+	resultsDuplicates = 10 * time.Minute
+	// resultHeaderAllowance is room for the headers (Nats-Msg-Id and the
+	// like) on top of an encoded result of MaxResultSize bytes: the server
+	// counts headers against a stream's MaxMsgSize.
+	resultHeaderAllowance = 4 << 10
+)
+
+// StreamOptions configures EnsureStreams.
+type StreamOptions struct {
+	// MaxAge is how long results and events are kept; DefaultMaxAge when 0.
+	MaxAge time.Duration
+	// Replicas of every stream and of the staging bucket; 1 when 0.
+	Replicas int
+}
+
+// EnsureStreams creates the RESULTS and EVENTS streams and the staging
+// Object Store bucket, or updates them to o. It is idempotent: every
+// builder and pusher may call it at start-up.
+//
+// After each create or update it reads the configuration back and fails if
+// a field we set came back different: older servers silently drop fields
+// they do not know, and a RESULTS stream without its duplicate window or
+// size limit would look fine until it mattered.
+func (c *Conn) EnsureStreams(ctx context.Context, o StreamOptions) error {
+	if o.MaxAge == 0 {
+		o.MaxAge = DefaultMaxAge
+	}
+	if o.MaxAge < 0 {
+		return fmt.Errorf("queue: ensure streams: negative MaxAge %s", o.MaxAge)
+	}
+	if o.Replicas == 0 {
+		o.Replicas = 1
+	}
+	if o.Replicas < 0 || o.Replicas > 5 {
+		return fmt.Errorf("queue: ensure streams: replicas %d not in 1..5", o.Replicas)
+	}
+	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
+	defer cancel()
+
+	for _, cfg := range []jetstream.StreamConfig{resultsConfig(o), eventsConfig(o)} {
+		if err := c.ensureStream(ctx, cfg); err != nil {
+			return err
+		}
+	}
+	return c.ensureStaging(ctx, o)
+}
+
+func resultsConfig(o StreamOptions) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        StreamResults,
+		Description: "Provenix build results (signed), one durable consumer per pusher group",
+		Subjects:    []string{ResultsFilter("")},
+		// Limits, not WorkQueue or Interest: every pusher group must see
+		// every result, including those published before it subscribed.
+		Retention:  jetstream.LimitsPolicy,
+		MaxAge:     o.MaxAge,
+		Duplicates: min(resultsDuplicates, o.MaxAge), // the server refuses a window above MaxAge
+		Storage:    jetstream.FileStorage,
+		MaxMsgSize: MaxResultSize + resultHeaderAllowance,
+		Discard:    jetstream.DiscardOld,
+		Replicas:   o.Replicas,
+	}
+}
+
+func eventsConfig(o StreamOptions) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        StreamEvents,
+		Description: "Provenix pusher events (publications, rejections)",
+		Subjects:    []string{subjectEvents + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      o.MaxAge,
+		Storage:     jetstream.FileStorage,
+		Discard:     jetstream.DiscardOld,
+		Replicas:    o.Replicas,
+	}
+}
+
+func (c *Conn) ensureStream(ctx context.Context, want jetstream.StreamConfig) error {
+	s, err := c.js.CreateOrUpdateStream(ctx, want)
+	if err != nil {
+		return fmt.Errorf("queue: ensure stream %s: %w", want.Name, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("queue: ensure stream %s: read back: %w", want.Name, err)
+	}
+	if err := checkStreamConfig(want, info.Config); err != nil {
+		return fmt.Errorf("queue: ensure stream %s: %w", want.Name, err)
+	}
+	return nil
+}
+
+// ensureStaging creates the staging bucket. Objects get no TTL: a pusher
+// deletes a NAR once every group is done with it, and a garbage collector
+// removes what is left; a TTL shorter than a pusher outage would lose NARs
+// whose results are still waiting.
+func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
+	_, err := c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      BucketStaging,
+		Description: "Provenix NARs between builder and pushers",
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("queue: ensure bucket %s: %w", BucketStaging, err)
+	}
+	s, err := c.js.Stream(ctx, stagingStream)
+	if err != nil {
+		return fmt.Errorf("queue: ensure bucket %s: read back: %w", BucketStaging, err)
+	}
+	// What Stage and nats.go's object reader depend on.
+	want := jetstream.StreamConfig{
+		Subjects:    []string{stagingChunksPrefix + ">", stagingMetaPrefix + ">"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+		Discard:     jetstream.DiscardNew,
+		AllowRollup: true, // meta messages replace their predecessor
+	}
+	if err := checkStreamConfig(want, s.CachedInfo().Config); err != nil {
+		return fmt.Errorf("queue: ensure bucket %s: %w", BucketStaging, err)
+	}
+	return nil
+}
+
+// checkStreamConfig compares the fields of want that are set (non-zero)
+// with got. Zero fields are skipped: a server that drops a field leaves it
+// zero, so only a field we set can have been dropped. Retention and
+// discard policy are compared always: their zero values (Limits, Old)
+// mean something, and an existing stream may have another.
+func checkStreamConfig(want, got jetstream.StreamConfig) error {
+	var diffs []string
+	check := func(field string, set, same bool, w, g any) {
+		if set && !same {
+			diffs = append(diffs, fmt.Sprintf("%s: want %v, got %v", field, w, g))
+		}
+	}
+	check("subjects", len(want.Subjects) > 0, slices.Equal(want.Subjects, got.Subjects), want.Subjects, got.Subjects)
+	check("retention", true, want.Retention == got.Retention, want.Retention, got.Retention)
+	check("max_age", want.MaxAge != 0, want.MaxAge == got.MaxAge, want.MaxAge, got.MaxAge)
+	check("duplicate_window", want.Duplicates != 0, want.Duplicates == got.Duplicates, want.Duplicates, got.Duplicates)
+	check("storage", want.Storage != 0, want.Storage == got.Storage, want.Storage, got.Storage)
+	check("max_msg_size", want.MaxMsgSize != 0, want.MaxMsgSize == got.MaxMsgSize, want.MaxMsgSize, got.MaxMsgSize)
+	check("discard", true, want.Discard == got.Discard, want.Discard, got.Discard)
+	check("num_replicas", want.Replicas != 0, want.Replicas == got.Replicas, want.Replicas, got.Replicas)
+	check("allow_rollup_hdrs", want.AllowRollup, got.AllowRollup, want.AllowRollup, got.AllowRollup)
+	if len(diffs) > 0 {
+		return fmt.Errorf("%w: %s", ErrConfigDropped, strings.Join(diffs, "; "))
+	}
+	return nil
+}

@@ -1,0 +1,125 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestEnsureStreamsIdempotent(t *testing.T) {
+	s := startServer(t, ServerConfig{})
+	c := connect(t, s.ClientURL())
+	tests := []struct {
+		name       string
+		opts       StreamOptions
+		wantMaxAge time.Duration
+		wantDup    time.Duration
+	}{
+		{"create", StreamOptions{}, DefaultMaxAge, resultsDuplicates},
+		{"again", StreamOptions{}, DefaultMaxAge, resultsDuplicates},
+		{"update max age", StreamOptions{MaxAge: time.Hour}, time.Hour, resultsDuplicates},
+		{"max age below duplicate window", StreamOptions{MaxAge: time.Minute}, time.Minute, time.Minute},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := c.EnsureStreams(ctxT(t), tt.opts); err != nil {
+				t.Fatal(err)
+			}
+			st, err := c.js.Stream(ctxT(t), StreamResults)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := st.CachedInfo().Config
+			if cfg.MaxAge != tt.wantMaxAge || cfg.Duplicates != tt.wantDup || cfg.Retention != jetstream.LimitsPolicy ||
+				cfg.Storage != jetstream.FileStorage || cfg.MaxMsgSize != MaxResultSize+resultHeaderAllowance ||
+				cfg.Discard != jetstream.DiscardOld {
+				t.Errorf("RESULTS config: %+v", cfg)
+			}
+			ev, err := c.js.Stream(ctxT(t), StreamEvents)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ev.CachedInfo().Config.MaxAge; got != tt.wantMaxAge {
+				t.Errorf("EVENTS MaxAge = %s", got)
+			}
+			obs, err := c.js.ObjectStore(ctxT(t), BucketStaging)
+			if err != nil {
+				t.Fatal(err)
+			}
+			status, err := obs.Status(ctxT(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if status.TTL() != 0 || status.Storage() != jetstream.FileStorage {
+				t.Errorf("staging: ttl %s storage %v", status.TTL(), status.Storage())
+			}
+		})
+	}
+}
+
+func TestEnsureStreamsOptions(t *testing.T) {
+	tests := []struct {
+		name string
+		opts StreamOptions
+	}{
+		{"negative max age", StreamOptions{MaxAge: -time.Second}},
+		{"negative replicas", StreamOptions{Replicas: -1}},
+		{"too many replicas", StreamOptions{Replicas: 7}},
+	}
+	c := &Conn{} // never reaches the server
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := c.EnsureStreams(context.Background(), tt.opts); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+}
+
+func TestEnsureStreamsReplicasUnavailable(t *testing.T) {
+	// A single server cannot hold 3 replicas: the error must surface.
+	s := startServer(t, ServerConfig{})
+	c := connect(t, s.ClientURL())
+	if err := c.EnsureStreams(ctxT(t), StreamOptions{Replicas: 3}); err == nil {
+		t.Fatal("3 replicas on one server accepted")
+	}
+}
+
+func TestCheckStreamConfig(t *testing.T) {
+	want := resultsConfig(StreamOptions{MaxAge: DefaultMaxAge, Replicas: 1})
+	tests := []struct {
+		name   string
+		mutate func(*jetstream.StreamConfig)
+		ok     bool
+	}{
+		{"same", func(*jetstream.StreamConfig) {}, true},
+		{"server adds defaults", func(c *jetstream.StreamConfig) { c.MaxMsgs = -1; c.MaxBytes = -1 }, true},
+		{"duplicates dropped", func(c *jetstream.StreamConfig) { c.Duplicates = 0 }, false},
+		{"max msg size dropped", func(c *jetstream.StreamConfig) { c.MaxMsgSize = -1 }, false},
+		{"max age dropped", func(c *jetstream.StreamConfig) { c.MaxAge = 0 }, false},
+		{"subjects differ", func(c *jetstream.StreamConfig) { c.Subjects = []string{"other.>"} }, false},
+		{"retention differs", func(c *jetstream.StreamConfig) { c.Retention = jetstream.WorkQueuePolicy }, false},
+		{"rollup dropped", func(c *jetstream.StreamConfig) { c.AllowRollup = false }, true}, // not wanted for RESULTS
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := want
+			got.Subjects = append([]string(nil), want.Subjects...)
+			tt.mutate(&got)
+			err := checkStreamConfig(want, got)
+			if tt.ok != (err == nil) {
+				t.Fatalf("err = %v, want ok=%v", err, tt.ok)
+			}
+			if err != nil && !errors.Is(err, ErrConfigDropped) {
+				t.Errorf("err = %v, want ErrConfigDropped", err)
+			}
+		})
+	}
+	stagingWant := jetstream.StreamConfig{AllowRollup: true}
+	if err := checkStreamConfig(stagingWant, jetstream.StreamConfig{}); !errors.Is(err, ErrConfigDropped) {
+		t.Errorf("dropped AllowRollup not detected: %v", err)
+	}
+}

@@ -1,0 +1,455 @@
+package queue
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The staging bucket's wire layout is nats.go's Object Store layout
+// (ADR-20): Stage writes it itself (see Stage for why), OpenStaged and
+// DeleteStaged use nats.go's reader, so both sides must agree.
+const (
+	stagingStream       = "OBJ_" + BucketStaging
+	stagingChunksPrefix = "$O." + BucketStaging + ".C."
+	stagingMetaPrefix   = "$O." + BucketStaging + ".M."
+
+	// stageChunkSize is nats.go's default chunk size: any server's
+	// max_payload allows it.
+	stageChunkSize = 128 << 10
+	// stageWindow is how many chunks Stage has in flight (published, ack
+	// not yet received): 8 MiB. It bounds Stage's memory and the server's
+	// ingest queue, and is enough to keep a LAN link busy.
+	stageWindow = 64
+	// stageAckTimeout fails a chunk whose ack does not come.
+	stageAckTimeout = 30 * time.Second
+	// stageCleanupTimeout bounds removing a failed upload's chunks; it
+	// runs even when the caller's ctx is already cancelled.
+	stageCleanupTimeout = 30 * time.Second
+
+	// StagingTimeout bounds Stage, and the whole read of an OpenStaged
+	// object, when the context has no deadline. Object Store calls
+	// otherwise fall back to nats.go's 5 s default, which a NAR of a few
+	// GiB cannot meet; pass a ctx with a deadline to choose another bound.
+	StagingTimeout = time.Hour
+
+	maxKeyLen = 512
+)
+
+// StagedInfo describes a staged object.
+type StagedInfo struct {
+	Key  string
+	Size uint64
+	// Digest is the Object Store's own digest string, "SHA-256=" followed
+	// by the base64url SHA-256 of the content, as
+	// nats.go writes it.
+	Digest string
+	// Reused is true when Stage found the same content already staged
+	// under Key and did not read its reader.
+	Reused bool
+}
+
+// Stage streams r into the staging bucket under key (normally
+// StagingKey(narHash)) and returns what was stored. Memory use is bounded
+// by stageWindow chunks whatever the size. A ctx without deadline gets
+// StagingTimeout.
+//
+// Reuse: when key is a content-addressed StagingKey ("nar/<sha256 hex>")
+// and an object whose digest equals that hash is already staged, Stage
+// returns its info with Reused set and leaves r unread (the caller may
+// close or drain it). Any other existing object under key is replaced;
+// readers of the old object then fail and must retry.
+//
+// Failure: if r fails, ctx ends or the server refuses a chunk, Stage
+// removes the chunks it wrote before returning (with its own short
+// timeout, even when ctx is cancelled), so a failed upload leaves nothing
+// behind. If that removal fails too, both errors are returned. Stage
+// cannot interrupt a Read blocked in r: a reader that ends with ctx (a
+// pipe from an exec.CommandContext, say) is the caller's part. A publish
+// the account's permissions deny fails with ErrPermissionDenied.
+//
+// Why not nats.go's ObjectStore.Put: on a cancelled ctx it purges the
+// partial chunks with that same cancelled ctx, so the purge never happens
+// and the chunks stay (nor can we clean up after it: it does not reveal
+// the chunk subject); and its async window is 4000 chunks (500 MiB),
+// enough to overrun the server's ingest queue (429) on a large NAR.
+func (c *Conn) Stage(ctx context.Context, key string, r io.Reader) (StagedInfo, error) {
+	if err := validKey(key); err != nil {
+		return StagedInfo{}, fmt.Errorf("queue: stage: %w", err)
+	}
+	ctx, cancel := withDefaultTimeout(ctx, StagingTimeout)
+	defer cancel()
+	obs, stream, err := c.staging(ctx)
+	if err != nil {
+		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
+	}
+	old, err := obs.GetInfo(ctx, key, jetstream.GetObjectInfoShowDeleted())
+	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
+	}
+	if old != nil && !old.Deleted && contentMatchesKey(key, old.Digest) {
+		// Reuse only a whole object: one whose chunks were lost (a race
+		// with a replace, a purge) is uploaded again.
+		if err := checkChunks(ctx, stream, old); err == nil {
+			return StagedInfo{Key: key, Size: old.Size, Digest: old.Digest, Reused: true}, nil
+		} else if !errors.Is(err, ErrCorrupt) {
+			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
+		}
+	}
+
+	info, err := c.putObject(ctx, stream, key, r)
+	if err != nil {
+		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
+	}
+	if old != nil && !old.Deleted && old.NUID != info.NUID {
+		// The replaced object's chunks, as nats.go does. Best effort: the
+		// new object is complete either way, and leftovers are the
+		// garbage collector's.
+		pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), stageCleanupTimeout)
+		_ = stream.Purge(pctx, jetstream.WithPurgeSubject(stagingChunksPrefix+old.NUID))
+		pcancel()
+	}
+	return StagedInfo{Key: key, Size: info.Size, Digest: info.Digest}, nil
+}
+
+// putObject writes r's chunks under a fresh chunk subject with a bounded
+// window of async publishes, then the meta message that makes the object
+// visible. On any failure it removes its chunks.
+func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key string, r io.Reader) (*jetstream.ObjectInfo, error) {
+	id := rand.Text() // a new chunk subject per upload, like nats.go's NUID
+	chunkSubj := stagingChunksPrefix + id
+
+	// A denied publish only times out (see Conn.publish): stop at the
+	// first permission violation on our subjects instead.
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	defer cancelCause(nil)
+	defer c.watchDenied(chunkSubj, cancelCause)()
+	defer c.watchDenied(metaSubject(key), cancelCause)()
+
+	// A JetStream handle of our own, so the async acks we wait for are
+	// ours alone and CleanupPublisher does not touch other publishers.
+	pub, err := jetstream.New(c.nc, jetstream.WithPublishAsyncTimeout(stageAckTimeout))
+	if err != nil {
+		return nil, err
+	}
+	defer pub.CleanupPublisher()
+
+	fail := func(err error) (*jetstream.ObjectInfo, error) {
+		// Chunks in flight are waited for, unless the server denies our
+		// publishes: then none will be stored, and their acks never come.
+		wait := !errors.Is(context.Cause(ctx), ErrPermissionDenied)
+		if cerr := c.removeChunks(ctx, pub, stream, chunkSubj, wait); cerr != nil {
+			return nil, errors.Join(err, cerr)
+		}
+		return nil, err
+	}
+
+	// A ring of in-flight chunks. A buffer is reused only once its chunk
+	// is acked: nats.go may resend the message (no-responders retry)
+	// until then.
+	type inflight struct {
+		f   jetstream.PubAckFuture
+		buf []byte
+	}
+	var (
+		ring         [stageWindow]inflight
+		head, queued int
+		h            = sha256.New()
+		size         uint64
+		chunks       uint32
+	)
+	for {
+		if err := ctx.Err(); err != nil {
+			return fail(context.Cause(ctx))
+		}
+		var buf []byte
+		if queued == stageWindow {
+			oldest := &ring[head]
+			if err := waitAck(ctx, oldest.f); err != nil {
+				return fail(fmt.Errorf("chunk %d: %w", chunks-uint32(queued), err))
+			}
+			buf, *oldest = oldest.buf, inflight{}
+			head, queued = (head+1)%stageWindow, queued-1
+		} else {
+			buf = make([]byte, stageChunkSize)
+		}
+		// ReadFull: whole chunks whatever r's read sizes, so small reads
+		// do not turn into many small messages.
+		n, rerr := io.ReadFull(r, buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			f, err := pub.PublishMsgAsync(&nats.Msg{Subject: chunkSubj, Data: buf[:n]})
+			if err != nil {
+				return fail(fmt.Errorf("chunk %d: %w", chunks, err))
+			}
+			ring[(head+queued)%stageWindow] = inflight{f: f, buf: buf}
+			queued++
+			size += uint64(n)
+			chunks++
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return fail(fmt.Errorf("read: %w", rerr))
+		}
+	}
+	for ; queued > 0; head, queued = (head+1)%stageWindow, queued-1 {
+		if err := waitAck(ctx, ring[head].f); err != nil {
+			return fail(fmt.Errorf("chunk %d: %w", chunks-uint32(queued), err))
+		}
+	}
+
+	info := &jetstream.ObjectInfo{
+		ObjectMeta: jetstream.ObjectMeta{
+			Name: key,
+			Opts: &jetstream.ObjectMetaOptions{ChunkSize: stageChunkSize},
+		},
+		Bucket: BucketStaging,
+		NUID:   id,
+		Size:   size,
+		Chunks: chunks,
+		Digest: jetstream.GetObjectDigestValue(h),
+	}
+	data, err := json.Marshal(info)
+	if err != nil {
+		return fail(fmt.Errorf("encode meta: %w", err))
+	}
+	meta := nats.NewMsg(metaSubject(key))
+	// Rollup: the new meta replaces every earlier one for this key.
+	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	meta.Data = data
+	if _, err := c.js.PublishMsg(ctx, meta); err != nil {
+		// The meta may have been stored with only its ack lost (timeout,
+		// cancel): then the object is complete and must not lose its
+		// chunks.
+		if c.metaIs(ctx, key, id) {
+			return info, nil
+		}
+		if cause := context.Cause(ctx); errors.Is(cause, ErrPermissionDenied) {
+			err = cause
+		}
+		return fail(fmt.Errorf("publish meta: %w", err))
+	}
+	return info, nil
+}
+
+func waitAck(ctx context.Context, f jetstream.PubAckFuture) error {
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// removeChunks purges a failed upload's chunks. It first lets the chunks
+// already sent land (or fail), otherwise they could be stored after the
+// purge and stay. It runs on its own timeout: the usual reason to be here
+// is that ctx was cancelled.
+func (c *Conn) removeChunks(ctx context.Context, pub jetstream.JetStream, stream jetstream.Stream, chunkSubj string, wait bool) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stageCleanupTimeout)
+	defer cancel()
+	if wait {
+		select {
+		case <-pub.PublishAsyncComplete():
+		case <-ctx.Done():
+		}
+	}
+	if err := stream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubj)); err != nil {
+		return fmt.Errorf("remove partial upload %s: %w", chunkSubj, err)
+	}
+	return nil
+}
+
+// metaIs reports whether key's current meta names chunk subject id.
+func (c *Conn) metaIs(ctx context.Context, key, id string) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stageCleanupTimeout)
+	defer cancel()
+	obs, _, err := c.staging(ctx)
+	if err != nil {
+		return false
+	}
+	info, err := obs.GetInfo(ctx, key)
+	return err == nil && info.NUID == id
+}
+
+// OpenStaged opens the object under key for streaming. ctx bounds the whole
+// read, not only the open (StagingTimeout when it has no deadline); Close
+// releases it. The reader checks the content against the stored digest and
+// fails with ErrCorrupt instead of returning io.EOF if they differ, so a
+// caller must not trust bytes it read until it saw io.EOF. An absent
+// object is ErrNotFound.
+func (c *Conn) OpenStaged(ctx context.Context, key string) (io.ReadCloser, StagedInfo, error) {
+	if err := validKey(key); err != nil {
+		return nil, StagedInfo{}, fmt.Errorf("queue: open staged: %w", err)
+	}
+	ctx, cancel := withDefaultTimeout(ctx, StagingTimeout)
+	rc, info, err := c.openStaged(ctx, key)
+	if err != nil {
+		cancel()
+		return nil, StagedInfo{}, fmt.Errorf("queue: open staged %s: %w", key, err)
+	}
+	return &stagedReader{res: rc, cancel: cancel, key: key}, info, nil
+}
+
+func (c *Conn) openStaged(ctx context.Context, key string) (jetstream.ObjectResult, StagedInfo, error) {
+	obs, stream, err := c.staging(ctx)
+	if err != nil {
+		return nil, StagedInfo{}, err
+	}
+	info, err := obs.GetInfo(ctx, key)
+	if err != nil {
+		return nil, StagedInfo{}, mapJSError(err)
+	}
+	if info.Opts != nil && info.Opts.Link != nil {
+		return nil, StagedInfo{}, fmt.Errorf("%w: is a link, not an object", ErrCorrupt)
+	}
+	// nats.go's reader waits for chunks until ctx ends: with chunks
+	// missing that would be an hour. Count them first and fail at once.
+	if err := checkChunks(ctx, stream, info); err != nil {
+		return nil, StagedInfo{}, err
+	}
+	res, err := obs.Get(ctx, key)
+	if err != nil {
+		return nil, StagedInfo{}, mapJSError(err)
+	}
+	return res, StagedInfo{Key: key, Size: info.Size, Digest: info.Digest}, nil
+}
+
+// checkChunks fails with ErrCorrupt unless all of info's chunks are in the
+// stream (they go missing when a concurrent replace purges them, or when
+// an upload was not ours and went wrong).
+func checkChunks(ctx context.Context, stream jetstream.Stream, info *jetstream.ObjectInfo) error {
+	if info.Chunks == 0 {
+		return nil
+	}
+	subj := stagingChunksPrefix + info.NUID
+	si, err := stream.Info(ctx, jetstream.WithSubjectFilter(subj))
+	if err != nil {
+		return mapJSError(err)
+	}
+	if got := si.State.Subjects[subj]; got != uint64(info.Chunks) {
+		return fmt.Errorf("%w: %d of %d chunks present", ErrCorrupt, got, info.Chunks)
+	}
+	return nil
+}
+
+type stagedReader struct {
+	res    jetstream.ObjectResult
+	cancel context.CancelFunc
+	key    string
+}
+
+func (s *stagedReader) Read(p []byte) (int, error) {
+	n, err := s.res.Read(p)
+	switch {
+	case err == nil || err == io.EOF:
+		return n, err
+	case errors.Is(err, jetstream.ErrDigestMismatch):
+		return n, fmt.Errorf("queue: read staged %s: %w: %w", s.key, ErrCorrupt, err)
+	default:
+		return n, fmt.Errorf("queue: read staged %s: %w", s.key, err)
+	}
+}
+
+func (s *stagedReader) Close() error {
+	err := s.res.Close()
+	s.cancel()
+	return err
+}
+
+// DeleteStaged removes the object under key and its chunks. An absent
+// object is not an error: deleting is what several pushers may race to do.
+func (c *Conn) DeleteStaged(ctx context.Context, key string) error {
+	if err := validKey(key); err != nil {
+		return fmt.Errorf("queue: delete staged: %w", err)
+	}
+	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
+	defer cancel()
+	obs, _, err := c.staging(ctx)
+	if err != nil {
+		return fmt.Errorf("queue: delete staged %s: %w", key, err)
+	}
+	if err := obs.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return fmt.Errorf("queue: delete staged %s: %w", key, mapJSError(err))
+	}
+	return nil
+}
+
+// staging returns the staging bucket's handles, looked up once per Conn.
+func (c *Conn) staging(ctx context.Context) (jetstream.ObjectStore, jetstream.Stream, error) {
+	c.mu.Lock()
+	obs, stream := c.stagingObs, c.stagingStream
+	c.mu.Unlock()
+	if obs != nil {
+		return obs, stream, nil
+	}
+	obs, err := c.js.ObjectStore(ctx, BucketStaging)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bucket %s (EnsureStreams not run?): %w", BucketStaging, mapJSError(err))
+	}
+	stream, err = c.js.Stream(ctx, stagingStream)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bucket %s: %w", BucketStaging, mapJSError(err))
+	}
+	c.mu.Lock()
+	c.stagingObs, c.stagingStream = obs, stream
+	c.mu.Unlock()
+	return obs, stream, nil
+}
+
+func metaSubject(key string) string {
+	return stagingMetaPrefix + base64.URLEncoding.EncodeToString([]byte(key))
+}
+
+// contentMatchesKey reports whether key is a StagingKey whose hash is the
+// object's digest: then the stored object is, by its digest, the content
+// the key names. The digest is the uploader's claim; the reader checks it
+// against the bytes, so a false claim shows up as ErrCorrupt, not as
+// wrong content.
+func contentMatchesKey(key, digest string) bool {
+	hexHash, ok := strings.CutPrefix(key, StagingKey(""))
+	if !ok || len(hexHash) != 2*sha256.Size {
+		return false
+	}
+	sum, err := hex.DecodeString(hexHash)
+	if err != nil {
+		return false
+	}
+	got, err := jetstream.DecodeObjectDigest(digest)
+	return err == nil && string(got) == string(sum)
+}
+
+// validKey accepts keys made of letters, digits and "-._/+=:@", at most
+// maxKeyLen bytes: enough for StagingKey and readable in logs, with
+// nothing a shell, a log line or a file name would misread.
+func validKey(key string) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty key", ErrInvalidName)
+	}
+	if len(key) > maxKeyLen {
+		return fmt.Errorf("%w: key longer than %d bytes", ErrInvalidName, maxKeyLen)
+	}
+	for i := 0; i < len(key); i++ {
+		b := key[i]
+		if ('a' <= b && b <= 'z') || ('A' <= b && b <= 'Z') || ('0' <= b && b <= '9') || strings.IndexByte("-._/+=:@", b) >= 0 {
+			continue
+		}
+		return fmt.Errorf("%w: key %q has a forbidden character at %d", ErrInvalidName, key, i)
+	}
+	return nil
+}

@@ -1,0 +1,568 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func randomBytes(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	var s [32]byte
+	s[0] = byte(seed)
+	_, _ = rand.NewChaCha8(s).Read(b)
+	return b
+}
+
+func objectDigest(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "SHA-256=" + base64.URLEncoding.EncodeToString(sum[:])
+}
+
+func narKey(b []byte) string {
+	sum := sha256.Sum256(b)
+	return StagingKey(hex.EncodeToString(sum[:]))
+}
+
+// stagingState is the staging stream's message and byte counts: equal
+// before and after a failed Stage means no chunk was left behind.
+func stagingState(t testing.TB, c *Conn) (msgs, bytes uint64) {
+	t.Helper()
+	st, err := c.js.Stream(ctxT(t), stagingStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs, info.State.Bytes
+}
+
+func readStaged(t testing.TB, c *Conn, key string) ([]byte, StagedInfo) {
+	t.Helper()
+	rc, info, err := c.OpenStaged(ctxT(t), key)
+	if err != nil {
+		t.Fatalf("OpenStaged: %v", err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatalf("read staged: %v", err)
+	}
+	return got, info
+}
+
+func TestStageRoundTrip(t *testing.T) {
+	_, c := setup(t)
+	tests := []struct {
+		name string
+		size int
+	}{
+		{"empty", 0},
+		{"one byte", 1},
+		{"one chunk exactly", stageChunkSize},
+		{"one chunk and a byte", stageChunkSize + 1},
+		{"more than the window", stageWindow*stageChunkSize + 12345},
+		{"20 MiB", 20 << 20},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			data := randomBytes(uint64(i), tt.size)
+			key := narKey(data)
+			// iotest-like small reads: Stage must still send whole chunks.
+			staged, err := c.Stage(ctxT(t), key, &smallReader{r: bytes.NewReader(data), max: 1000})
+			if err != nil {
+				t.Fatalf("Stage: %v", err)
+			}
+			want := StagedInfo{Key: key, Size: uint64(tt.size), Digest: objectDigest(data)}
+			if staged != want {
+				t.Errorf("Stage = %+v, want %+v", staged, want)
+			}
+			got, info := readStaged(t, c, key)
+			if info != want {
+				t.Errorf("OpenStaged info = %+v, want %+v", info, want)
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatalf("read back %d bytes, differ from the %d staged", len(got), len(data))
+			}
+			if objectDigest(got) != info.Digest {
+				t.Error("digest of the content read differs from the stored digest")
+			}
+			// nats.go's own reader agrees on the layout.
+			obs, err := c.js.ObjectStore(ctxT(t), BucketStaging)
+			if err != nil {
+				t.Fatal(err)
+			}
+			oi, err := obs.GetInfo(ctxT(t), key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if wantChunks := uint32((tt.size + stageChunkSize - 1) / stageChunkSize); oi.Chunks != wantChunks {
+				t.Errorf("%d chunks, want %d (whole chunks)", oi.Chunks, wantChunks)
+			}
+		})
+	}
+}
+
+type smallReader struct {
+	r   io.Reader
+	max int
+}
+
+func (s *smallReader) Read(p []byte) (int, error) {
+	if len(p) > s.max {
+		p = p[:s.max]
+	}
+	return s.r.Read(p)
+}
+
+// failReader fails the test if it is read: Stage must not read a reader
+// whose content is already staged.
+type failReader struct{ t *testing.T }
+
+func (f failReader) Read([]byte) (int, error) {
+	f.t.Error("reader read although the content was staged already")
+	return 0, io.EOF
+}
+
+func TestStageReuseAndReplace(t *testing.T) {
+	_, c := setup(t)
+	data := randomBytes(1, 3<<20)
+	key := narKey(data)
+	first, err := c.Stage(ctxT(t), key, bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, size := stagingState(t, c)
+
+	// Same content-addressed key, content already there: not read again.
+	again, err := c.Stage(ctxT(t), key, failReader{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Reused || again.Digest != first.Digest || again.Size != first.Size {
+		t.Errorf("second Stage = %+v, want reuse of %+v", again, first)
+	}
+	if m, b := stagingState(t, c); m != msgs || b != size {
+		t.Errorf("reuse wrote: %d msgs %d bytes, was %d %d", m, b, msgs, size)
+	}
+
+	// Content-addressed, but the chunks are gone: uploaded again.
+	oi, err := c.stagingObs.GetInfo(ctxT(t), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.stagingStream.Purge(ctxT(t), jetstream.WithPurgeSubject(stagingChunksPrefix+oi.NUID)); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := c.Stage(ctxT(t), key, bytes.NewReader(data)); err != nil || s.Reused {
+		t.Fatalf("Stage over lost chunks: %+v, %v; want a new upload", s, err)
+	}
+	if got, _ := readStaged(t, c, key); !bytes.Equal(got, data) {
+		t.Fatal("content after re-upload differs")
+	}
+
+	// A content-addressed key holding other content than it names (a
+	// broken or hostile upload): replaced, not reused.
+	other := randomBytes(2, 1<<20)
+	right := randomBytes(3, 1<<20)
+	key2 := narKey(right)
+	if _, err := c.Stage(ctxT(t), key2, bytes.NewReader(other)); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Stage(ctxT(t), key2, bytes.NewReader(right))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Reused {
+		t.Error("wrong content under a content-addressed key reused")
+	}
+	if got, _ := readStaged(t, c, key2); !bytes.Equal(got, right) {
+		t.Fatal("content not replaced")
+	}
+	// Plain keys are always replaced, and the old chunks go.
+	for i, content := range [][]byte{data, other, data[:1000]} {
+		s, err := c.Stage(ctxT(t), "plain/key", bytes.NewReader(content))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Reused {
+			t.Errorf("round %d: plain key reused", i)
+		}
+		if got, _ := readStaged(t, c, "plain/key"); !bytes.Equal(got, content) {
+			t.Fatalf("round %d: wrong content", i)
+		}
+	}
+	// Left: key (24 chunks + meta), key2 (8 chunks + meta) and plain/key
+	// (1 chunk + meta): replaced chunks were purged, rollups removed the
+	// older metas.
+	if m, _ := stagingState(t, c); m != 24+1+8+1+1+1 {
+		t.Errorf("%d messages left in the bucket, want 36", m)
+	}
+}
+
+func TestStageMissingAndDelete(t *testing.T) {
+	_, c := setup(t)
+	if _, _, err := c.OpenStaged(ctxT(t), "nar/absent"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("OpenStaged absent: %v, want ErrNotFound", err)
+	}
+	if err := c.DeleteStaged(ctxT(t), "nar/absent"); err != nil {
+		t.Fatalf("DeleteStaged absent: %v", err)
+	}
+	data := randomBytes(3, 500_000)
+	if _, err := c.Stage(ctxT(t), "k", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := c.DeleteStaged(ctxT(t), "k"); err != nil {
+			t.Fatalf("DeleteStaged %d: %v", i, err)
+		}
+	}
+	if _, _, err := c.OpenStaged(ctxT(t), "k"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("OpenStaged deleted: %v, want ErrNotFound", err)
+	}
+	if m, _ := stagingState(t, c); m != 1 { // the delete marker
+		t.Errorf("%d messages left, want only the delete marker", m)
+	}
+	// A deleted object can be staged again.
+	if _, err := c.Stage(ctxT(t), "k", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := readStaged(t, c, "k"); !bytes.Equal(got, data) {
+		t.Fatal("restaged content differs")
+	}
+}
+
+func TestStageWithoutBucket(t *testing.T) {
+	s := startServer(t, ServerConfig{})
+	c := connect(t, s.ClientURL())
+	if _, err := c.Stage(ctxT(t), "k", strings.NewReader("x")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Stage without bucket: %v, want ErrNotFound", err)
+	}
+}
+
+func TestStagingInvalidKey(t *testing.T) {
+	_, c := setup(t)
+	for i, key := range []string{"", "with space", "tab\t", "nl\n", "ünï", "a*b", "q?", strings.Repeat("k", maxKeyLen+1)} {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			if _, err := c.Stage(ctxT(t), key, failReader{t}); !errors.Is(err, ErrInvalidName) {
+				t.Errorf("Stage: %v", err)
+			}
+			if _, _, err := c.OpenStaged(ctxT(t), key); !errors.Is(err, ErrInvalidName) {
+				t.Errorf("OpenStaged: %v", err)
+			}
+			if err := c.DeleteStaged(ctxT(t), key); !errors.Is(err, ErrInvalidName) {
+				t.Errorf("DeleteStaged: %v", err)
+			}
+		})
+	}
+	for _, key := range []string{"nar/00ff", "a-b_c.d/e+f=g:h@i", StagingKey(strings.Repeat("ab", 32))} {
+		if err := validKey(key); err != nil {
+			t.Errorf("validKey(%q): %v", key, err)
+		}
+	}
+}
+
+// hookReader serves r and calls hook once after at bytes; hook's error, if
+// any, is returned from then on.
+type hookReader struct {
+	r    io.Reader
+	n    int
+	at   int
+	hook func() error
+	err  error
+}
+
+func (h *hookReader) Read(p []byte) (int, error) {
+	if h.err != nil {
+		return 0, h.err
+	}
+	n, err := h.r.Read(p)
+	h.n += n
+	if h.n >= h.at && h.hook != nil {
+		h.err = h.hook()
+		h.hook = nil
+	}
+	return n, err
+}
+
+// slowReader sleeps before each read.
+type slowReader struct {
+	r io.Reader
+	d time.Duration
+}
+
+func (s slowReader) Read(p []byte) (int, error) {
+	time.Sleep(s.d)
+	return s.r.Read(p)
+}
+
+// TestStageFailureLeavesNoChunks: an upload that fails midway, for
+// whatever reason, leaves the bucket as it was. (nats.go's Put does not:
+// cancelled, it leaves its chunks behind.)
+func TestStageFailureLeavesNoChunks(t *testing.T) {
+	_, c := setup(t)
+	if _, err := c.Stage(ctxT(t), "existing", bytes.NewReader(randomBytes(9, 1<<20))); err != nil {
+		t.Fatal(err)
+	}
+	errDisk := errors.New("disk on fire")
+	big := func() io.Reader { return io.LimitReader(rand.NewChaCha8([32]byte{7}), 256<<20) }
+	tests := []struct {
+		name    string
+		run     func(key string) error
+		wantErr error
+	}{
+		{"cancelled after 5 MiB", func(key string) error {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			_, err := c.Stage(ctx, key, &hookReader{r: big(), at: 5 << 20, hook: func() error { cancel(); return nil }})
+			return err
+		}, context.Canceled},
+		{"cancelled while reading", func(key string) error {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			// The reader blocks like a pipe from a stalled producer until
+			// ctx ends, then fails.
+			r := &hookReader{r: big(), at: 3 << 20, hook: func() error {
+				go func() { time.Sleep(50 * time.Millisecond); cancel() }()
+				<-ctx.Done()
+				return ctx.Err()
+			}}
+			_, err := c.Stage(ctx, key, r)
+			return err
+		}, context.Canceled},
+		{"reader fails after 3 MiB", func(key string) error {
+			_, err := c.Stage(ctxT(t), key, &hookReader{r: big(), at: 3 << 20, hook: func() error { return errDisk }})
+			return err
+		}, errDisk},
+		{"deadline", func(key string) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			_, err := c.Stage(ctx, key, slowReader{r: big(), d: 2 * time.Millisecond})
+			return err
+		}, context.DeadlineExceeded},
+		{"replacing an existing object", func(string) error {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			_, err := c.Stage(ctx, "existing", &hookReader{r: big(), at: 2 << 20, hook: func() error { cancel(); return nil }})
+			return err
+		}, context.Canceled},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			msgs, size := stagingState(t, c)
+			key := fmt.Sprintf("failed/%d", i)
+			err := tt.run(key)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Stage: %v, want %v", err, tt.wantErr)
+			}
+			if m, b := stagingState(t, c); m != msgs || b != size {
+				t.Errorf("bucket has %d msgs / %d bytes, had %d / %d: chunks left behind", m, b, msgs, size)
+			}
+			if _, _, err := c.OpenStaged(ctxT(t), key); !errors.Is(err, ErrNotFound) {
+				t.Errorf("OpenStaged of the failed key: %v, want ErrNotFound", err)
+			}
+		})
+	}
+	// The object a failed replacement targeted is intact.
+	if got, _ := readStaged(t, c, "existing"); !bytes.Equal(got, randomBytes(9, 1<<20)) {
+		t.Error("existing object damaged by a failed replacement")
+	}
+}
+
+// TestOpenStagedCorrupt: content that does not match its digest, or
+// missing chunks, is reported as ErrCorrupt, never as a clean io.EOF.
+func TestOpenStagedCorrupt(t *testing.T) {
+	_, c := setup(t)
+	data := randomBytes(4, 2<<20)
+	tests := []struct {
+		name   string
+		tamper func(t *testing.T, info *jetstream.ObjectInfo)
+		atOpen bool
+	}{
+		{"digest claims other content", func(t *testing.T, info *jetstream.ObjectInfo) {
+			info.Digest = objectDigest([]byte("something else"))
+			publishMeta(t, c, info)
+		}, false},
+		{"chunks missing", func(t *testing.T, info *jetstream.ObjectInfo) {
+			st, err := c.js.Stream(ctxT(t), stagingStream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Purge(ctxT(t), jetstream.WithPurgeSubject(stagingChunksPrefix+info.NUID)); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			key := fmt.Sprintf("corrupt/%d", i)
+			if _, err := c.Stage(ctxT(t), key, bytes.NewReader(data)); err != nil {
+				t.Fatal(err)
+			}
+			obs, err := c.js.ObjectStore(ctxT(t), BucketStaging)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := obs.GetInfo(ctxT(t), key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.tamper(t, info)
+			rc, _, err := c.OpenStaged(ctxT(t), key)
+			if tt.atOpen {
+				if !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("OpenStaged: %v, want ErrCorrupt", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			if _, err := io.ReadAll(rc); !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("read: %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
+
+func publishMeta(t *testing.T, c *Conn, info *jetstream.ObjectInfo) {
+	t.Helper()
+	data, err := json.Marshal(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(metaSubject(info.Name))
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	m.Data = data
+	if _, err := c.js.PublishMsg(ctxT(t), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOpenStagedCancel(t *testing.T) {
+	_, c := setup(t)
+	data := randomBytes(5, 4<<20)
+	if _, err := c.Stage(ctxT(t), "k", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rc, _, err := c.OpenStaged(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, err := io.ReadFull(rc, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := io.ReadAll(rc); err == nil {
+		t.Fatal("read to the end after cancel")
+	}
+}
+
+func TestContentMatchesKey(t *testing.T) {
+	data := []byte("nar")
+	sum := sha256.Sum256(data)
+	h := hex.EncodeToString(sum[:])
+	tests := []struct {
+		key, digest string
+		want        bool
+	}{
+		{StagingKey(h), objectDigest(data), true},
+		{StagingKey(h), objectDigest([]byte("other")), false},
+		{"other/" + h, objectDigest(data), false},
+		{StagingKey(h[:10]), objectDigest(data), false},
+		{StagingKey(strings.Repeat("zz", 32)), objectDigest(data), false},
+		{StagingKey(h), "garbage", false},
+	}
+	for _, tt := range tests {
+		if got := contentMatchesKey(tt.key, tt.digest); got != tt.want {
+			t.Errorf("contentMatchesKey(%q, %q) = %v", tt.key, tt.digest, got)
+		}
+	}
+}
+
+// BenchmarkStage stages 64 MiB per iteration from a generator (no 64 MiB
+// buffer on the client side). B/op includes the in-process server's
+// allocations.
+func BenchmarkStage(b *testing.B) {
+	_, c := setup(b)
+	const size = 64 << 20
+	b.SetBytes(size)
+	b.ReportAllocs()
+	ctx := context.Background()
+	for i := 0; b.Loop(); i++ {
+		key := fmt.Sprintf("bench/%d", i)
+		if _, err := c.Stage(ctx, key, io.LimitReader(rand.NewChaCha8([32]byte{byte(i)}), size)); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := c.DeleteStaged(ctx, key); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+}
+
+// TestStageMemoryBounded: staging an object several times larger than
+// the allowed growth must not grow the heap with it. The heap measured
+// includes the in-process server; the bound is generous for that.
+func TestStageMemoryBounded(t *testing.T) {
+	_, c := setup(t)
+	const size, bound = 256 << 20, 128 << 20
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapInuse
+	var peak atomic.Uint64
+	done, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+		}
+	}()
+	info, err := c.Stage(ctxT(t), "big", io.LimitReader(rand.NewChaCha8([32]byte{1}), size))
+	close(done)
+	<-sampled
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Size != size {
+		t.Fatalf("staged %d bytes", info.Size)
+	}
+	growth := int64(peak.Load()) - int64(base)
+	t.Logf("peak heap growth staging %d MiB: %d MiB", size>>20, growth>>20)
+	if growth > bound {
+		t.Errorf("heap grew by %d MiB staging %d MiB: memory grows with the object", growth>>20, size>>20)
+	}
+}
