@@ -101,6 +101,9 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 		// connection the daemon never recovers from.
 		nats.IgnoreAuthErrorAbort(),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err == nil {
+				return // our own Close: nothing to warn about
+			}
 			c.log.Warn("queue: disconnected", logKeyURL, safeURL, logKeyErr, err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
@@ -161,7 +164,16 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 // deliveries are redelivered after their AckWait. Stop or Drain consumers
 // first; every call here that returned nil was acknowledged by the server,
 // so nothing the caller was told is safe can be lost by Close.
-func (c *Conn) Close() { c.nc.Close() }
+//
+// It returns once the connection's callbacks have run, so nothing logs
+// through the caller's logger after Close.
+func (c *Conn) Close() {
+	c.nc.Close()
+	select {
+	case <-c.done:
+	case <-time.After(5 * time.Second):
+	}
+}
 
 // NATS is the underlying connection, for what this package does not wrap.
 func (c *Conn) NATS() *nats.Conn { return c.nc }

@@ -48,7 +48,7 @@ TARGET is one of:
 
 By default it publishes to the 'provenix up' running on --data-dir, with that
 data directory's builder key and builder id "local".`,
-		Example: `  provenix build ./examples/hello.nix -A hello --arg busybox /usr/bin/busybox
+		Example: `  provenix build ./examples/hello.nix -A hello --arg busybox=/usr/bin/busybox
   provenix build --json /nix/store/...-hello.drv
   provenix build --nats-url nats://nats.example:4222 --key builder.key --builder-id ci-1 .#hello`,
 		Args: cobra.MinimumNArgs(1),

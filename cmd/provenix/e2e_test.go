@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ import (
 	"codeberg.org/provenix/provenix/up"
 )
 
-func requireTool(t *testing.T, name, hint string, fallbacks ...string) string {
+func requireTool(t testing.TB, name, hint string, fallbacks ...string) string {
 	t.Helper()
 	if p, err := exec.LookPath(name); err == nil {
 		return p
@@ -44,7 +45,7 @@ func requireTool(t *testing.T, name, hint string, fallbacks ...string) string {
 	return ""
 }
 
-func requireNix(t *testing.T) string {
+func requireNix(t testing.TB) string {
 	t.Helper()
 	if err := nix.Available(); err != nil {
 		t.Fatal(err)
@@ -57,28 +58,46 @@ func requireNix(t *testing.T) string {
 	return real
 }
 
-func ctxFor(t *testing.T, d time.Duration) context.Context {
+func ctxFor(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
 }
 
+// lockedBuffer is written by loggers from other goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 // cli runs provenix in-process and returns its output and exit code.
-func cli(t *testing.T, ctx context.Context, args ...string) (string, string, int) {
+func cli(t testing.TB, ctx context.Context, args ...string) (string, string, int) {
 	t.Helper()
-	var out, errb bytes.Buffer
+	var out, errb lockedBuffer
 	code := run(ctx, args, strings.NewReader(""), &out, &errb)
 	return out.String(), errb.String(), code
 }
 
-func uniqueMessage(t *testing.T) string {
+func uniqueMessage(t testing.TB) string {
 	b := make([]byte, 8)
 	rand.Read(b)
 	return t.Name() + "-" + hex.EncodeToString(b)
 }
 
 // startStack runs `up` in-process on dataDir.
-func startStack(t *testing.T, cfg up.Config) *up.Stack {
+func startStack(t testing.TB, cfg up.Config) *up.Stack {
 	t.Helper()
 	cfg.Listen = "127.0.0.1:0"
 	s, err := up.New(cfg)
@@ -94,7 +113,7 @@ func startStack(t *testing.T, cfg up.Config) *up.Stack {
 
 // buildSample runs `provenix build --json` on the sample with a unique
 // message, so Nix really builds, and returns the published result.
-func buildSample(t *testing.T, ctx context.Context, busybox string, extra ...string) jsonPublished {
+func buildSample(t testing.TB, ctx context.Context, busybox string, extra ...string) jsonPublished {
 	t.Helper()
 	wd, _ := os.Getwd()
 	sample := filepath.Join(wd, "..", "..", "examples", "hello.nix")
@@ -112,7 +131,7 @@ func buildSample(t *testing.T, ctx context.Context, busybox string, extra ...str
 }
 
 // waitNarinfo polls the cache over HTTP until the narinfo of path appears.
-func waitNarinfo(t *testing.T, cacheURL, path string) *narinfo.NarInfo {
+func waitNarinfo(t testing.TB, cacheURL, path string) *narinfo.NarInfo {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -137,7 +156,7 @@ func waitNarinfo(t *testing.T, cacheURL, path string) *narinfo.NarInfo {
 
 // substitute has stock nix fetch path from the cache into a fresh chroot
 // store, trusting pubKey, and returns the client.
-func substitute(t *testing.T, ctx context.Context, cacheURL, pubKey, path string) (*nix.Nix, error) {
+func substitute(t testing.TB, ctx context.Context, cacheURL, pubKey, path string) (*nix.Nix, error) {
 	t.Helper()
 	opts := nix.OfflineOptions()
 	opts["substituters"] = cacheURL
@@ -149,7 +168,7 @@ func substitute(t *testing.T, ctx context.Context, cacheURL, pubKey, path string
 	return client, err
 }
 
-func readPub(t *testing.T, path string) string {
+func readPub(t testing.TB, path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/builder"
+	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/ingest"
+	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/up"
+)
+
+// writeSemiCompressible fills dir with n bytes in 8 MiB files, half random
+// and half repeated text per 4 KiB block: compresses about 2:1, like
+// binaries and libraries do.
+func writeSemiCompressible(t testing.TB, dir string, n int) {
+	t.Helper()
+	r := rand.New(rand.NewChaCha8([32]byte{1}))
+	text := []byte(strings.Repeat("the quick brown fox jumps over the lazy dog 0123456789\n", 80))[:4096]
+	for i := 0; n > 0; i++ {
+		size := min(n, 8<<20)
+		n -= size
+		buf := make([]byte, size)
+		for off := 0; off < size; off += 4096 {
+			blk := buf[off:min(off+4096, size)]
+			if (off/4096)%2 == 0 {
+				for j := range blk {
+					blk[j] = byte(r.Uint32())
+				}
+			} else {
+				copy(blk, text)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%03d", i)), buf, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkIngestVsNixCopy pushes one 256 MiB store path into an empty
+// cache directory both ways, in the same run: our ingest (dump → sha256 →
+// zstd → sha256 → write, checked against the registered hash) and
+// `nix copy --to file://DIR?compression=zstd`. The ratio is ours/theirs.
+//
+//	go test -run '^$' -bench IngestVsNixCopy -benchtime 3x ./cmd/provenix/
+func BenchmarkIngestVsNixCopy(b *testing.B) {
+	requireNix(b)
+	ctx := ctxFor(b, 30*time.Minute)
+	src := filepath.Join(b.TempDir(), "bench-payload")
+	os.MkdirAll(src, 0o755)
+	writeSemiCompressible(b, src, 256<<20)
+	out, err := exec.CommandContext(ctx, "nix-store", "--add", src).Output()
+	if err != nil {
+		b.Fatalf("nix-store --add: %v", err)
+	}
+	path := strings.TrimSpace(string(out))
+	n := &nix.Nix{}
+	infos, err := n.PathInfo(ctx, path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	info := infos[0]
+	var ours, theirs time.Duration
+	for b.Loop() {
+		st, err := local.New(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(n.DumpNAR(pw, info)) }()
+		if _, err := ingest.NAR(ctx, st, pr, ingest.Expect{NarHash: info.NarHash, NarSize: info.NarSize}, ingest.Options{}); err != nil {
+			b.Fatal(err)
+		}
+		ours += time.Since(t0)
+
+		dest := b.TempDir()
+		t1 := time.Now()
+		cmd := exec.CommandContext(ctx, "nix", "--extra-experimental-features", "nix-command", "copy", "--to", "file://"+dest+"?compression=zstd", path)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("nix copy: %v\n%s", err, out)
+		}
+		theirs += time.Since(t1)
+	}
+	mb := float64(info.NarSize) / 1e6 * float64(b.N)
+	b.ReportMetric(mb/ours.Seconds(), "provenix-MB/s")
+	b.ReportMetric(mb/theirs.Seconds(), "nixcopy-MB/s")
+	b.ReportMetric(theirs.Seconds()/ours.Seconds(), "speedup-x")
+}
+
+// BenchmarkBuildToNarinfo measures, on the embedded stack, the time from a
+// finished Nix build to its narinfo being visible in the cache: hashing
+// and staging the NAR, signing, publishing, and the pusher's verification,
+// ingest and writes. Builds happen outside the timer, one unique small
+// derivation per iteration.
+//
+//	go test -run '^$' -bench BuildToNarinfo -benchtime 40x ./cmd/provenix/
+func BenchmarkBuildToNarinfo(b *testing.B) {
+	busybox := requireNix(b)
+	ctx := ctxFor(b, 30*time.Minute)
+	stack := startStack(b, up.Config{DataDir: b.TempDir()})
+	p := stack.Paths()
+	signer, err := attest.LoadSigner(p.BuilderKey())
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn, err := queue.Connect(ctx, stack.NATSURL(), queue.WithToken(stack.NATSToken()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	nx := &nix.Nix{Options: nix.OfflineOptions()}
+	bl := &builder.Builder{Nix: nx, Queue: conn, Signer: signer, BuilderID: up.DefaultBuilderID, Tenant: up.DefaultTenant}
+	wd, _ := os.Getwd()
+	sample := filepath.Join(wd, "..", "..", "examples", "hello.nix")
+	var lat []time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		tg := builder.Target{
+			Installable: attest.Installable{Kind: "file", File: sample, Attr: "hello"},
+			Args:        map[string]string{"busybox": busybox},
+			ArgStrs:     map[string]string{"message": uniqueMessage(b)},
+		}
+		drvs, err := bl.Derivations(ctx, tg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		outs, err := nx.Realise(ctx, drvs[0])
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		t0 := time.Now()
+		if _, err := bl.Publish(ctx, drvs[0], tg, t0, t0); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			if _, err := stack.Store().Stat(ctx, cachepush.NarinfoKey(outs[0])); err == nil {
+				break
+			}
+			if time.Since(t0) > 30*time.Second {
+				b.Fatal("no narinfo after 30s")
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(pct(0.5), "p50-ms")
+	b.ReportMetric(pct(0.9), "p90-ms")
+	b.ReportMetric(pct(1), "max-ms")
+}
+
