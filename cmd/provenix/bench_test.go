@@ -163,4 +163,3 @@ func BenchmarkBuildToNarinfo(b *testing.B) {
 	b.ReportMetric(pct(0.9), "p90-ms")
 	b.ReportMetric(pct(1), "max-ms")
 }
-
