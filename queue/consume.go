@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -225,6 +226,21 @@ type worker struct {
 	cons jetstream.Consumer
 	h    Handler
 	log  *slog.Logger
+	// pulls counts pull requests in flight across the Consumer's workers.
+	pulls atomic.Int32
+}
+
+// release naks a message we are not going to handle because we stop. It
+// first waits (briefly) for the other workers' pulls to end: their
+// requests stay registered on the server until their inbox is
+// unsubscribed, and a message released before that would be delivered to
+// a dead inbox and wait out its AckWait instead of going to another
+// member now.
+func (w *worker) release(msg jetstream.Msg) error {
+	for i := 0; i < 200 && w.pulls.Load() > 0; i++ {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return msg.Nak()
 }
 
 // run pulls and handles one message at a time until pullCtx ends.
@@ -236,7 +252,9 @@ func (w *worker) run(pullCtx, handlerCtx context.Context) {
 		// expiry is bounded even when pullCtx has a far deadline: an
 		// abandoned request must not linger on the server.
 		fctx, cancel := context.WithTimeout(pullCtx, pullExpiry)
+		w.pulls.Add(1)
 		msg, err := w.cons.Next(jetstream.FetchContext(fctx))
+		w.pulls.Add(-1)
 		cancel()
 		if err != nil {
 			switch {
@@ -256,7 +274,7 @@ func (w *worker) run(pullCtx, handlerCtx context.Context) {
 		}
 		failures = 0
 		if pullCtx.Err() != nil {
-			_ = msg.Nak() // stopping: let another member have it now
+			_ = w.release(msg) // stopping: let another member have it now
 			return
 		}
 		w.handle(handlerCtx, msg)
@@ -290,7 +308,7 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 	case errors.Is(herr, ErrPermanent):
 		aerr = msg.TermWithReason(truncate(herr.Error(), maxTermReason))
 	case ctx.Err() != nil:
-		aerr = msg.Nak()
+		aerr = w.release(msg)
 	default:
 		w.log.Debug("queue: handler failed, will retry", logKeySubject, d.Subject, logKeyErr, herr)
 		aerr = msg.NakWithDelay(redeliveryDelay(md.NumDelivered))
