@@ -236,17 +236,21 @@ type Provenance struct {
 }
 
 // parseStatement reads the fields we rely on out of a Statement, refusing
-// anything that is not SLSA v1 provenance of our build type.
-func parseStatement(st *intoto.Statement) (*Provenance, error) {
+// anything that is not SLSA v1 provenance of our build type. predJSON, when
+// not nil, is the predicate's JSON from the payload st was decoded from:
+// decoding it directly spares re-encoding st.Predicate.
+func parseStatement(st *intoto.Statement, predJSON []byte) (*Provenance, error) {
 	if st.GetType() != intoto.StatementTypeUri {
 		return nil, fmt.Errorf("%w: statement type %q", ErrPredicateType, st.GetType())
 	}
 	if st.GetPredicateType() != PredicateType {
 		return nil, fmt.Errorf("%w: predicate type %q, want %q", ErrPredicateType, st.GetPredicateType(), PredicateType)
 	}
-	predJSON, err := protojson.Marshal(st.GetPredicate())
-	if err != nil {
-		return nil, fmt.Errorf("%w: predicate: %w", ErrMalformedBundle, err)
+	if predJSON == nil {
+		var err error
+		if predJSON, err = protojson.Marshal(st.GetPredicate()); err != nil {
+			return nil, fmt.Errorf("%w: predicate: %w", ErrMalformedBundle, err)
+		}
 	}
 	var prov slsa.Provenance
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(predJSON, &prov); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -135,7 +136,7 @@ func (v *Verifier) Verify(bundleJSON []byte, want []Subject) (*Verified, error) 
 	if res.Statement == nil {
 		return nil, fmt.Errorf("%w: payload is not an in-toto statement", ErrMalformedBundle)
 	}
-	prov, err := parseStatement(res.Statement)
+	prov, err := parseStatement(res.Statement, predicateJSON(env))
 	if err != nil {
 		return nil, err
 	}
@@ -204,5 +205,24 @@ func InspectUnverified(bundleJSON []byte) (*Provenance, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
 	}
-	return parseStatement(st)
+	return parseStatement(st, predicateJSON(env))
+}
+
+// predicateJSON returns the raw predicate of an envelope's payload, or nil.
+// The signature covers the payload bytes, so this is the signed predicate;
+// and sigstore-go's strict protojson decode of the same payload has already
+// refused duplicate or unknown keys, so encoding/json's lenient key
+// matching cannot pick a different "predicate" than the one verified.
+func predicateJSON(env *bundle.Envelope) []byte {
+	payload, err := env.DecodeB64Payload()
+	if err != nil {
+		return nil
+	}
+	var st struct {
+		Predicate json.RawMessage `json:"predicate"`
+	}
+	if json.Unmarshal(payload, &st) != nil || len(st.Predicate) == 0 {
+		return nil
+	}
+	return st.Predicate
 }
