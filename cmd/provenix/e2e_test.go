@@ -241,6 +241,21 @@ func TestEndToEndEmbedded(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(stdout), &rep) != nil || !rep.Verified || rep.NarSHA256 != out.NarSHA256 {
 		t.Fatalf("verify local path: exit %d\n%s\n%s", code, stdout, stderr)
 	}
+	// A NAR file with its bundle; a truncated one is not verified.
+	narFile := filepath.Join(t.TempDir(), "hello.nar")
+	dump, err := exec.CommandContext(ctx, "nix-store", "--dump", out.Path).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(narFile, dump, 0o644)
+	if stdout, stderr, code := cli(t, ctx, "verify", "--key", p.BuilderPub(), "--bundle", bundleFile, "--store-path", out.Path, narFile); code != 0 {
+		t.Fatalf("verify NAR file: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	os.WriteFile(narFile, dump[:len(dump)/2], 0o644)
+	if stdout, _, code := cli(t, ctx, "verify", "--key", p.BuilderPub(), "--bundle", bundleFile, "--store-path", out.Path, narFile); code != exitFailed || !strings.Contains(stdout, "digest mismatch") {
+		t.Fatalf("verify truncated NAR file: exit %d, want %d with a digest mismatch\n%s", code, exitFailed, stdout)
+	}
+
 	otherDir := t.TempDir()
 	if _, _, code := cli(t, ctx, "key", "generate", "--builder", filepath.Join(otherDir, "k")); code != 0 {
 		t.Fatal("key generate failed")
