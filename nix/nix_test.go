@@ -18,7 +18,7 @@ func TestParseDumpDB(t *testing.T) {
 		"/nix/store/ccc-out\nsha256:0f1rrh5z8q1bcz9p3p0w8n3ncjmwz7xy5iw4ygszyqajdnn5p0yh\n960\n/nix/store/aaa-x.drv\n0\n"
 	tests := []struct {
 		name, in, wantErr string
-		paths           int
+		paths             int
 	}{
 		{"two records", good, "", 2},
 		{"empty", "", "", 0},
