@@ -44,6 +44,10 @@ provenance sidecars), client-store/ and nats/.`,
 			if f := cmd.Flag("data-dir"); f == nil || !f.Changed {
 				g.dataDir = demoDataDir
 			}
+			// The steps say what happens; component logs would interleave.
+			if f := cmd.Flag("log-level"); f == nil || !f.Changed {
+				g.logLevel = "warn"
+			}
 			return runDemo(cmd.Context(), g)
 		},
 	}
