@@ -106,16 +106,19 @@ func (c *Conn) ensureStream(ctx context.Context, want jetstream.StreamConfig) er
 	return nil
 }
 
-// ensureStaging creates the staging bucket. Objects get no TTL: a pusher
-// deletes a NAR once every group is done with it, and a garbage collector
-// removes what is left; a TTL shorter than a pusher outage would lose NARs
-// whose results are still waiting.
+// ensureStaging creates the staging bucket. Staged NARs live as long as
+// results do (MaxAge): a NAR is useful exactly while a result referring to
+// it can still be consumed, and no pusher knows when every group is done
+// with one. Without a TTL the bucket would grow with every build. (A
+// result that reuses an older staged NAR can outlive it; only a group
+// lagging by nearly MaxAge would then see "staged NAR missing".)
 func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
 	_, err := c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket:      BucketStaging,
 		Description: "Provenix NARs between builder and pushers",
 		Storage:     jetstream.FileStorage,
 		Replicas:    o.Replicas,
+		TTL:         o.MaxAge,
 	})
 	if err != nil {
 		return fmt.Errorf("queue: ensure bucket %s: %w", BucketStaging, err)
@@ -131,6 +134,7 @@ func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
 		Replicas:    o.Replicas,
 		Discard:     jetstream.DiscardNew,
 		AllowRollup: true, // meta messages replace their predecessor
+		MaxAge:      o.MaxAge,
 	}
 	if err := checkStreamConfig(want, s.CachedInfo().Config); err != nil {
 		return fmt.Errorf("queue: ensure bucket %s: %w", BucketStaging, err)

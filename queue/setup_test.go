@@ -53,7 +53,7 @@ func TestEnsureStreamsIdempotent(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if status.TTL() != 0 || status.Storage() != jetstream.FileStorage {
+			if status.TTL() != tt.wantMaxAge || status.Storage() != jetstream.FileStorage {
 				t.Errorf("staging: ttl %s storage %v", status.TTL(), status.Storage())
 			}
 		})
