@@ -38,6 +38,7 @@ bench:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzVerify -fuzztime 60s ./attest/
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./cache-push/policy/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeResult -fuzztime 60s ./queue/
 
 clean:
 	rm -rf provenix $(DEMO_DIR)
