@@ -145,20 +145,17 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 	for _, name := range names {
 		outPaths = append(outPaths, drv.Outputs[name].Path)
 	}
-	infos, err := b.Nix.PathInfo(ctx, outPaths...)
-	if err != nil {
-		return nil, fmt.Errorf("outputs of %s: %w", drvPath, err)
-	}
-
 	depPaths := []string{drvPath}
 	for p := range drv.InputDerivations {
 		depPaths = append(depPaths, p)
 	}
 	depPaths = append(depPaths, drv.InputSources...)
-	depInfos, err := b.Nix.PathInfo(ctx, depPaths...)
+	// One nix-store call for outputs and inputs: each call is a process.
+	all, err := b.Nix.PathInfo(ctx, append(outPaths, depPaths...)...)
 	if err != nil {
-		return nil, fmt.Errorf("inputs of %s: %w", drvPath, err)
+		return nil, fmt.Errorf("outputs and inputs of %s: %w", drvPath, err)
 	}
+	infos, depInfos := all[:len(outPaths)], all[len(outPaths):]
 
 	build := &attest.Build{
 		DrvPath:        drvPath,

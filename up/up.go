@@ -119,21 +119,17 @@ type Runtime struct {
 // ReadRuntime reads the data directory's up.json; ErrNotRunning when there
 // is none or its process is gone.
 func ReadRuntime(p Paths) (*Runtime, error) {
-	b, err := os.ReadFile(p.Runtime())
+	r, err := ReadRuntimeFile(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: no %s", ErrNotRunning, p.Runtime())
 	}
 	if err != nil {
 		return nil, err
 	}
-	var r Runtime
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("%s: %w", p.Runtime(), err)
-	}
 	if !processAlive(r.PID) {
 		return nil, fmt.Errorf("%w: process %d from %s is gone", ErrNotRunning, r.PID, p.Runtime())
 	}
-	return &r, nil
+	return r, nil
 }
 
 // ErrNotRunning means no `provenix up` is running for a data directory.
@@ -349,5 +345,8 @@ func ReadRuntimeFile(p Paths) (*Runtime, error) {
 		return nil, err
 	}
 	var r Runtime
-	return &r, json.Unmarshal(b, &r)
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", p.Runtime(), err)
+	}
+	return &r, nil
 }
