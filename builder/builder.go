@@ -217,6 +217,7 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 // against the registered hash at the end; a mismatch fails the pipe, so the
 // staged object is abandoned instead of published under a hash it lacks.
 func (b *Builder) stage(ctx context.Context, key string, info nix.PathInfo) error {
+	b.log().Info("staging NAR", "path", info.Path, "bytes", info.NarSize)
 	pr, pw := io.Pipe()
 	go func() {
 		pw.CloseWithError(b.Nix.DumpNAR(pw, info))
