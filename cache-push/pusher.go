@@ -264,7 +264,7 @@ func (p *Pusher) pushOutput(ctx context.Context, r *queue.Result, v *attest.Veri
 	} else if prev != nil {
 		h, err := narHashOf(prev)
 		if err != nil {
-			return false, err
+			return false, &rejectError{ReasonConflict, fmt.Errorf("%w: existing %w", ErrRejected, err)}
 		}
 		if h != out.NarHash {
 			return false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s is already published with NAR sha256 %x; this result says %x",
@@ -317,7 +317,9 @@ func (p *Pusher) existing(ctx context.Context, storePath string) (*narinfo.NarIn
 	}
 	ni, err := narinfo.Parse(bytes.NewReader(b))
 	if err != nil {
-		return nil, fmt.Errorf("existing narinfo for %s: %w", storePath, err)
+		// Retrying cannot fix it, and overwriting could hide tampering:
+		// refuse, and let the operator look.
+		return nil, &rejectError{ReasonConflict, fmt.Errorf("%w: existing narinfo for %s does not parse: %w", ErrRejected, storePath, err)}
 	}
 	return ni, nil
 }

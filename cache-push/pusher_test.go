@@ -434,6 +434,28 @@ func TestProcessDuplicateAndConflict(t *testing.T) {
 	f.waitEvent(t, queue.EventRejected, ReasonConflict)
 }
 
+// TestProcessCorruptExisting: a narinfo already in the cache that does not
+// parse is a permanent conflict, not an endless retry, and stays as it is.
+func TestProcessCorruptExisting(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	r, data := f.result(t, spec{name: "corrupt", content: "c"})
+	garbage := "StorePath: not a store path\n"
+	if err := store.Put(ctx, f.store, NarinfoKey(r.Outputs[0].Path), strings.NewReader(garbage)); err != nil {
+		t.Fatal(err)
+	}
+	err := f.pusher.Process(ctx, subject(r), data, r.MsgID())
+	if !errors.Is(err, queue.ErrPermanent) || !strings.Contains(err.Error(), ReasonConflict) {
+		t.Fatalf("Process over a corrupt narinfo: %v", err)
+	}
+	if b, _ := store.ReadAll(ctx, f.store, NarinfoKey(r.Outputs[0].Path), 1<<20); string(b) != garbage {
+		t.Fatalf("corrupt narinfo replaced by %q", b)
+	}
+	if n := f.keys(t, "nar/"); len(n) != 0 {
+		t.Fatalf("NAR written next to a corrupt narinfo: %v", n)
+	}
+}
+
 // TestPusherConsumes runs the pusher as a consumer: a valid and a hostile
 // result published through NATS; the valid one is published and acked, the
 // hostile one terminated, and neither is left pending.
