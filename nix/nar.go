@@ -28,6 +28,19 @@ func (c *countingHash) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// HashNAR returns the sha256 and size of the NAR serialisation of the
+// files at path, a real filesystem path (see RealPath), as nix-store
+// --dump would produce them. It needs no Nix installation.
+func HashNAR(path string) ([32]byte, uint64, error) {
+	var sum [32]byte
+	c := &countingHash{w: io.Discard, h: sha256.New()}
+	if err := nar.DumpPath(c, path); err != nil {
+		return sum, 0, fmt.Errorf("dump %s: %w", path, err)
+	}
+	copy(sum[:], c.h.Sum(nil))
+	return sum, c.n, nil
+}
+
 // DumpNAR writes the NAR serialisation of a store path to w and checks it
 // against the path's registered hash and size (from PathInfo). go-nix dumps
 // byte-for-byte what nix-store --dump does, without a child process.

@@ -115,6 +115,9 @@ func TestRealNix(t *testing.T) {
 	if sha256.Sum256(ref) != infos[0].NarHash {
 		t.Fatal("registered NAR hash differs from nix-store --dump")
 	}
+	if sum, size, err := HashNAR(n.RealPath(outs[0])); err != nil || sum != infos[0].NarHash || size != infos[0].NarSize {
+		t.Fatalf("HashNAR = %x, %d, %v; registered %x, %d", sum, size, err, infos[0].NarHash, infos[0].NarSize)
+	}
 	wrong := infos[0]
 	wrong.NarHash[0] ^= 1
 	if err := n.DumpNAR(io.Discard, wrong); !errors.Is(err, ErrNarMismatch) {

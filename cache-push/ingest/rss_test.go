@@ -47,39 +47,52 @@ func streamNAR(w io.Writer, size int64) error {
 	return nw.Close()
 }
 
-// TestPeakRSSChild is the child's entry point; without the environment
-// variable it has nothing to do and returns at once.
-func TestPeakRSSChild(t *testing.T) {
-	sizeStr := os.Getenv(rssChildEnv)
-	if sizeStr == "" {
-		return
+// TestMain makes the test binary the RSS child when the environment says
+// so, and runs the tests otherwise.
+func TestMain(m *testing.M) {
+	if size := os.Getenv(rssChildEnv); size != "" {
+		if err := rssChild(size, os.Getenv(rssChildMode)); err != nil {
+			fmt.Fprintln(os.Stderr, "rss child:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
+	os.Exit(m.Run())
+}
+
+// rssChild generates and hashes a NAR of sizeStr bytes, then (unless mode
+// is "baseline") ingests the same stream into a temporary store.
+func rssChild(sizeStr, mode string) error {
 	size, err := strconv.ParseInt(sizeStr, 10, 64)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	// Pass 1: the expected hash and size, as a signed Statement gives them.
 	h := sha256.New()
 	cw := &countingWriter{w: h}
 	if err := streamNAR(cw, size); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	var want Expect
 	copy(want.NarHash[:], h.Sum(nil))
 	want.NarSize = cw.n
-	if os.Getenv(rssChildMode) == "baseline" {
-		return
+	if mode == "baseline" {
+		return nil
 	}
 	// Pass 2: ingest the same stream.
-	st, err := local.New(t.TempDir())
+	dir, err := os.MkdirTemp("", "provenix-rss-")
 	if err != nil {
-		t.Fatal(err)
+		return err
+	}
+	defer os.RemoveAll(dir)
+	st, err := local.New(dir)
+	if err != nil {
+		return err
 	}
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(streamNAR(pw, size)) }()
-	if _, err := NAR(context.Background(), st, pr, want, Options{}); err != nil {
-		t.Fatal(err)
-	}
+	_, err = NAR(context.Background(), st, pr, want, Options{})
+	return err
 }
 
 // BenchmarkPeakRSS reports the peak RSS of a process ingesting a NAR of
@@ -103,7 +116,7 @@ func BenchmarkPeakRSS(b *testing.B) {
 
 // childRSS runs the child and returns its peak RSS in KiB.
 func childRSS(b *testing.B, size int64, mode string) int64 {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestPeakRSSChild$", "-test.count=1")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), rssChildEnv+"="+strconv.FormatInt(size, 10), rssChildMode+"="+mode)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("child: %v\n%s", err, out)

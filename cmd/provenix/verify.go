@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
 	"net/url"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/spf13/cobra"
@@ -24,6 +22,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/nix"
 )
 
 type verifyFlags struct {
@@ -215,13 +214,9 @@ func runVerify(ctx context.Context, g *globals, f *verifyFlags, target string) (
 			return nil, &exitError{code: exitUsageErr, err: err}
 		}
 		defer fh.Close()
-		h := sha256.New()
-		n, err := io.Copy(h, fh)
-		if err != nil {
+		if narHash, rep.NarSize, err = hashStream(fh); err != nil {
 			return nil, &exitError{code: exitUsageErr, err: err}
 		}
-		copy(narHash[:], h.Sum(nil))
-		rep.NarSize = uint64(n)
 	default:
 		if !strings.HasPrefix(target, "/") {
 			return nil, usageError("TARGET %q: want a store path, FILE.nar, or --cache URL STOREPATH", target)
@@ -234,12 +229,10 @@ func runVerify(ctx context.Context, g *globals, f *verifyFlags, target string) (
 		if f.storeRoot != "" {
 			real = path.Join(f.storeRoot, target)
 		}
-		h := &hashCounter{h: sha256.New()}
-		if err := nar.DumpPath(h, real); err != nil {
+		var err error
+		if narHash, rep.NarSize, err = nix.HashNAR(real); err != nil {
 			return nil, &exitError{code: exitUsageErr, err: fmt.Errorf("read %s: %w", target, err)}
 		}
-		copy(narHash[:], h.h.Sum(nil))
-		rep.NarSize = h.n
 	}
 	if f.bundle != "" {
 		b, err := os.ReadFile(f.bundle)
@@ -350,15 +343,13 @@ func describeInstallable(m map[string]any) string {
 	}
 }
 
-type hashCounter struct {
-	h hash.Hash
-	n uint64
-}
-
-func (c *hashCounter) Write(p []byte) (int, error) {
-	c.h.Write(p)
-	c.n += uint64(len(p))
-	return len(p), nil
+// hashStream returns the sha256 and length of what r yields.
+func hashStream(r io.Reader) ([32]byte, uint64, error) {
+	var sum [32]byte
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	copy(sum[:], h.Sum(nil))
+	return sum, uint64(n), err
 }
 
 func checkNarinfoSig(ni *narinfo.NarInfo, key string) error {
@@ -471,13 +462,12 @@ func (c *cacheClient) narHash(ctx context.Context, ni *narinfo.NarInfo) ([32]byt
 	default:
 		return sum, 0, fmt.Errorf("NAR compression %q is not supported (zstd and none are)", ni.Compression)
 	}
-	h := &hashCounter{h: sha256.New()}
-	if _, err := io.Copy(h, r); err != nil {
+	sum, n, err := hashStream(r)
+	if err != nil {
 		return sum, 0, fmt.Errorf("download %s: %w", ni.URL, err)
 	}
-	copy(sum[:], h.h.Sum(nil))
-	if ni.NarHash == nil || !bytes.Equal(ni.NarHash.Digest(), sum[:]) || h.n != ni.NarSize {
-		return sum, h.n, fmt.Errorf("%w: got %d bytes sha256 %x, narinfo says %d bytes %v", errNarMismatch, h.n, sum, ni.NarSize, ni.NarHash)
+	if ni.NarHash == nil || !bytes.Equal(ni.NarHash.Digest(), sum[:]) || n != ni.NarSize {
+		return sum, n, fmt.Errorf("%w: got %d bytes sha256 %x, narinfo says %d bytes %v", errNarMismatch, n, sum, ni.NarSize, ni.NarHash)
 	}
-	return sum, h.n, nil
+	return sum, n, nil
 }
