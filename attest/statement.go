@@ -74,12 +74,31 @@ type Source struct {
 	Ref        string
 }
 
+// Workflow is the forge job a build ran in, when a runner built it: what
+// the forge told the runner, not what a job step claimed.
+type Workflow struct {
+	Server     string // forge base URL
+	Repository string // owner/name
+	Ref        string
+	Sha        string
+	Workflow   string // workflow file or name
+	Job        string // job id
+	RunID      string
+	Event      string
+	Actor      string
+	// Capture says how the runner learned of the derivation: "step" (a job
+	// step asked for it through the runner's socket) or "automatic" (seen
+	// realised in the Nix store while the job ran).
+	Capture string
+}
+
 // Build describes one realised derivation: everything the Statement says.
 type Build struct {
 	DrvPath      string
 	System       string
 	Installable  Installable
 	Source       *Source
+	Workflow     *Workflow
 	Outputs      []Output
 	Dependencies []Dependency
 
@@ -130,6 +149,13 @@ func NewStatement(b *Build) (*intoto.Statement, error) {
 	}
 	if s := b.Source; s != nil {
 		ext["source"] = map[string]any{"repository": s.Repository, "revision": s.Revision, "ref": s.Ref}
+	}
+	if w := b.Workflow; w != nil {
+		ext["workflow"] = map[string]any{
+			"server": w.Server, "repository": w.Repository, "ref": w.Ref, "sha": w.Sha,
+			"workflow": w.Workflow, "job": w.Job, "runId": w.RunID, "event": w.Event,
+			"actor": w.Actor, "capture": w.Capture,
+		}
 	}
 	extPB, err := structpb.NewStruct(dropEmpty(ext))
 	if err != nil {

@@ -57,6 +57,10 @@ type Target struct {
 	Args, ArgStrs map[string]string
 	// Source, when known, is the checkout the target came from.
 	Source *attest.Source
+	// Workflow, when a runner builds, is the forge job; InvocationID then
+	// names the job run (its URL) instead of the local invocation.
+	Workflow     *attest.Workflow
+	InvocationID string
 }
 
 // Published is one derivation's result as it went out.
@@ -157,17 +161,21 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 	}
 	infos, depInfos := all[:len(outPaths)], all[len(outPaths):]
 
+	if t.InvocationID == "" {
+		t.InvocationID = invocationID(drvPath, started)
+	}
 	build := &attest.Build{
 		DrvPath:        drvPath,
 		System:         drv.Platform,
 		Installable:    t.Installable,
 		Source:         t.Source,
+		Workflow:       t.Workflow,
 		NixVersion:     env.version,
 		Sandbox:        env.sandbox,
 		Substituters:   env.substituters,
 		BuilderID:      b.BuilderID,
 		BuilderVersion: b.Version,
-		InvocationID:   invocationID(drvPath, started),
+		InvocationID:   t.InvocationID,
 		StartedOn:      started,
 		FinishedOn:     finished,
 	}
