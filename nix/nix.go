@@ -7,6 +7,7 @@ package nix
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nix-community/go-nix/pkg/derivation"
 	"github.com/nix-community/go-nix/pkg/nixhash"
@@ -296,4 +298,67 @@ func sortedPairs(m map[string]string) [][2]string {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })
 	return out
+}
+
+// BuiltSince lists the valid paths with a deriver that this store built
+// (Nix marks them "ultimate"; substituted and added paths are not) and
+// registered at or after since, truncated to the second as Nix keeps it.
+// It reads every path's metadata: cost grows with the store, not the job.
+func (n *Nix) BuiltSince(ctx context.Context, since time.Time) ([]Registration, error) {
+	all, err := n.Registrations(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cut := since.Unix()
+	var built []Registration
+	for _, r := range all {
+		if r.Ultimate && r.Deriver != "" && r.Registered.Unix() >= cut && !strings.HasSuffix(r.Path, ".drv") {
+			built = append(built, r)
+		}
+	}
+	sort.Slice(built, func(a, b int) bool { return built[a].Path < built[b].Path })
+	return built, nil
+}
+
+// Registration is when and how a valid path entered the store.
+type Registration struct {
+	Path       string
+	Deriver    string
+	Registered time.Time
+	// Ultimate: built on this machine, not substituted or imported.
+	Ultimate bool
+}
+
+// Registrations reads the registration of valid paths (`nix path-info
+// --json`); with no paths it reads every valid path (--all).
+func (n *Nix) Registrations(ctx context.Context, paths ...string) ([]Registration, error) {
+	args := []string{"--extra-experimental-features", "nix-command", "path-info", "--json"}
+	if len(paths) == 0 {
+		args = append(args, "--all")
+	} else {
+		args = append(args, "--")
+		args = append(args, paths...)
+	}
+	out, err := n.run(ctx, "nix", n.args(args...)...)
+	if err != nil {
+		return nil, err
+	}
+	var infos []struct {
+		Path             string `json:"path"`
+		Valid            *bool  `json:"valid"`
+		Deriver          string `json:"deriver"`
+		RegistrationTime int64  `json:"registrationTime"`
+		Ultimate         bool   `json:"ultimate"`
+	}
+	if err := json.Unmarshal(out, &infos); err != nil {
+		return nil, fmt.Errorf("nix path-info --json: %w", err)
+	}
+	regs := make([]Registration, 0, len(infos))
+	for _, i := range infos {
+		if i.Valid != nil && !*i.Valid {
+			return nil, fmt.Errorf("%s is not a valid store path", i.Path)
+		}
+		regs = append(regs, Registration{Path: i.Path, Deriver: i.Deriver, Registered: time.Unix(i.RegistrationTime, 0), Ultimate: i.Ultimate})
+	}
+	return regs, nil
 }

@@ -7,7 +7,9 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nektos/act/pkg/model"
@@ -267,4 +269,19 @@ func (e *eventWriter) write(ev Event) error {
 	}
 	_, err = e.w.Write(append(b, '\n'))
 	return err
+}
+
+// Serve is the job process: it reads a Spec from r (the runner writes it
+// to stdin), runs the job, and writes events to w (stdout). SIGTERM or
+// SIGINT cancel the job: act then runs what must run on cancellation
+// before the runner's grace period ends.
+func Serve(ctx context.Context, r io.Reader, w io.Writer) error {
+	var spec Spec
+	dec := json.NewDecoder(io.LimitReader(r, 64<<20))
+	if err := dec.Decode(&spec); err != nil {
+		return fmt.Errorf("job spec: %w", err)
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	return Run(ctx, &spec, w)
 }

@@ -1,0 +1,311 @@
+// Package runner is the Provenix Forgejo Actions runner: it polls the
+// forge for tasks, runs each job natively on the host in a child process
+// as the job user (package job), reports logs, steps and results (package
+// report), and attests the derivations the job realised with the runner's
+// own key (package capture, package builder). The key, the .runner token
+// and the NATS credentials never enter the job process.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
+	"connectrpc.com/connect"
+
+	"codeberg.org/provenix/provenix/builder"
+	"codeberg.org/provenix/provenix/runner/capture"
+	"codeberg.org/provenix/provenix/runner/report"
+)
+
+// Forge is the part of the forge client the runner uses.
+type Forge interface {
+	Declare(ctx context.Context, req *runnerv1.DeclareRequest) (*runnerv1.DeclareResponse, error)
+	FetchTask(ctx context.Context, req *runnerv1.FetchTaskRequest) (*runnerv1.FetchTaskResponse, error)
+	report.Client
+}
+
+// Options configure a Runner; cmd maps the config file onto them.
+type Options struct {
+	Labels   []string // label names, as declared
+	Capacity int
+	// Timeout bounds each job; ShutdownTimeout is how long Run waits for
+	// running jobs after its context ends before cancelling them.
+	Timeout, ShutdownTimeout time.Duration
+	// FetchInterval is the pause between empty polls, FetchTimeout bounds
+	// one poll, ReportInterval paces log and state reports.
+	FetchInterval, FetchTimeout, ReportInterval time.Duration
+	// Envs are added to every job's environment.
+	Envs map[string]string
+	// WorkdirParent holds one directory per running job.
+	WorkdirParent string
+	// JobUser runs job steps when the runner is root (default "nobody").
+	// A runner that is not root runs jobs as itself.
+	JobUser string
+	// ChildCommand starts the job process (default: this executable with
+	// "runner exec-job"); it reads a job.Spec on stdin.
+	ChildCommand []string
+	Version      string
+	Logger       *slog.Logger
+}
+
+// Runner runs tasks from one forge.
+type Runner struct {
+	forge   Forge
+	opts    Options
+	builder *builder.Builder // nil: jobs run but nothing is attested
+	log     *slog.Logger
+	windows *capture.Windows
+	jobUser *jobUser
+
+	mu           sync.Mutex
+	tasksVersion int64
+}
+
+// New checks opts and prepares a runner. b attests; without it jobs run
+// but nothing is attested.
+func New(forge Forge, b *builder.Builder, opts Options) (*Runner, error) {
+	if opts.Capacity <= 0 {
+		opts.Capacity = 1
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 3 * time.Hour
+	}
+	if opts.FetchInterval <= 0 {
+		opts.FetchInterval = 2 * time.Second
+	}
+	if opts.FetchTimeout <= 0 {
+		opts.FetchTimeout = 5 * time.Second
+	}
+	if opts.ReportInterval <= 0 {
+		opts.ReportInterval = time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.WorkdirParent == "" {
+		return nil, errors.New("runner: no work directory (host.workdir_parent)")
+	}
+	if len(opts.ChildCommand) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("runner: own executable: %w", err)
+		}
+		opts.ChildCommand = []string{exe, "runner", "exec-job"}
+	}
+	ju, err := lookupJobUser(opts.JobUser)
+	if err != nil {
+		return nil, err
+	}
+	if err := prepareWorkdirParent(opts.WorkdirParent, ju); err != nil {
+		return nil, err
+	}
+	r := &Runner{forge: forge, opts: opts, builder: b, log: opts.Logger, windows: capture.NewWindows(time.Hour), jobUser: ju}
+	if ju == nil {
+		r.log.Warn("runner is not root: job steps run as this user and can read whatever it can, the signing key included; run the runner as root (jobs then run as the job user) to keep the key from them")
+	}
+	if b == nil {
+		r.log.Warn("no signing key or NATS configured: jobs run, nothing is attested")
+	}
+	return r, nil
+}
+
+// jobUser is the account job processes run as; nil means the runner's own.
+type jobUser struct {
+	name     string
+	uid, gid uint32
+	groups   []uint32
+}
+
+func lookupJobUser(name string) (*jobUser, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	if name == "" {
+		name = "nobody"
+	}
+	if name == "root" {
+		return nil, errors.New("runner: job_user root would give job steps the runner's key; pick an unprivileged user")
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, fmt.Errorf("runner: job user %q: %w", name, err)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		return nil, fmt.Errorf("runner: job user %q has non-numeric ids %s:%s", name, u.Uid, u.Gid)
+	}
+	if uid == 0 {
+		return nil, fmt.Errorf("runner: job user %q has uid 0", name)
+	}
+	ju := &jobUser{name: name, uid: uint32(uid), gid: uint32(gid)}
+	if gids, err := u.GroupIds(); err == nil {
+		for _, g := range gids {
+			if n, err := strconv.ParseUint(g, 10, 32); err == nil && n != 0 {
+				ju.groups = append(ju.groups, uint32(n))
+			}
+		}
+	}
+	return ju, nil
+}
+
+// prepareWorkdirParent creates the parent of job directories. The job user
+// must be able to reach its own job directory, so every ancestor must be
+// searchable by others; checking now turns a confusing "permission denied"
+// inside the first job into a clear error at start.
+func prepareWorkdirParent(dir string, ju *jobUser) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(abs, 0o711); err != nil {
+		return fmt.Errorf("runner: work directory: %w", err)
+	}
+	if ju == nil {
+		return nil
+	}
+	for d := abs; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return fmt.Errorf("runner: work directory: %w", err)
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("runner: job user %s cannot reach work directory %s: %s is mode %v; chmod o+x it or set host.workdir_parent elsewhere (never inside the directory holding the key)", ju.name, abs, d, fi.Mode().Perm())
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
+}
+
+// Run polls for tasks and runs up to Capacity at once until ctx ends. Then
+// it stops polling and waits for running jobs up to ShutdownTimeout before
+// cancelling them; cancelled jobs are reported as such.
+func (r *Runner) Run(ctx context.Context) error {
+	r.declare(ctx)
+	jobsCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelJobs()
+	slots := make(chan struct{}, r.opts.Capacity)
+	var wg sync.WaitGroup
+	for ctx.Err() == nil {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			continue
+		}
+		task, err := r.fetch(ctx)
+		if err != nil || task == nil {
+			<-slots
+			if err != nil && ctx.Err() == nil {
+				r.log.Warn("fetching a task failed", "err", err)
+				if errors.Is(err, errFatal) {
+					return err
+				}
+			}
+			sleep(ctx, r.opts.FetchInterval)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			r.RunTask(jobsCtx, task)
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	default:
+	}
+	r.log.Info("shutting down: waiting for running jobs", "timeout", r.opts.ShutdownTimeout)
+	select {
+	case <-done:
+	case <-time.After(r.opts.ShutdownTimeout):
+		r.log.Warn("shutdown timeout: cancelling running jobs")
+		cancelJobs()
+		<-done
+	}
+	return nil
+}
+
+// RunOne polls until one task arrives, runs it and returns its result.
+func (r *Runner) RunOne(ctx context.Context) (runnerv1.Result, error) {
+	r.declare(ctx)
+	for {
+		task, err := r.fetch(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, errFatal) {
+				return runnerv1.Result_RESULT_UNSPECIFIED, err
+			}
+			r.log.Warn("fetching a task failed", "err", err)
+		}
+		if task != nil {
+			return r.RunTask(ctx, task), nil
+		}
+		if err := sleep(ctx, r.opts.FetchInterval); err != nil {
+			return runnerv1.Result_RESULT_UNSPECIFIED, err
+		}
+	}
+}
+
+var errFatal = errors.New("runner: the forge refuses this runner")
+
+func (r *Runner) declare(ctx context.Context) {
+	_, err := r.forge.Declare(ctx, &runnerv1.DeclareRequest{Version: r.opts.Version, Labels: r.opts.Labels})
+	switch {
+	case err == nil:
+		r.log.Info("declared to the forge", "labels", r.opts.Labels, "version", r.opts.Version)
+	case connect.CodeOf(err) == connect.CodeUnimplemented:
+		// Older forges know labels only from registration.
+		r.log.Info("forge does not support Declare; labels are those registered")
+	default:
+		r.log.Warn("declare failed", "err", err)
+	}
+}
+
+func (r *Runner) fetch(ctx context.Context) (*runnerv1.Task, error) {
+	r.mu.Lock()
+	tv := r.tasksVersion
+	r.mu.Unlock()
+	fctx, cancel := context.WithTimeout(ctx, r.opts.FetchTimeout)
+	defer cancel()
+	resp, err := r.forge.FetchTask(fctx, &runnerv1.FetchTaskRequest{TasksVersion: tv})
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return nil, nil // a long poll that found nothing
+		}
+		switch connect.CodeOf(err) {
+		case connect.CodeUnauthenticated, connect.CodePermissionDenied:
+			return nil, fmt.Errorf("%w: %v (re-register with 'provenix runner register')", errFatal, err)
+		}
+		return nil, err
+	}
+	r.mu.Lock()
+	if v := resp.GetTasksVersion(); v > r.tasksVersion {
+		r.tasksVersion = v
+	}
+	r.mu.Unlock()
+	return resp.GetTask(), nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
