@@ -295,6 +295,11 @@ func (r *Runner) fetch(ctx context.Context) (*runnerv1.Task, error) {
 	if v := resp.GetTasksVersion(); v > r.tasksVersion {
 		r.tasksVersion = v
 	}
+	if resp.GetTask() != nil {
+		// More tasks may wait under the same version: make the next
+		// fetch look instead of trusting "nothing changed".
+		r.tasksVersion = 0
+	}
 	r.mu.Unlock()
 	return resp.GetTask(), nil
 }
