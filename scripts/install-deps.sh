@@ -4,6 +4,7 @@
 #   external-NATS test) from Debian/Ubuntu packages, and cosign v3.1.3 (the
 #   independent bundle verifier) built from the Go module proxy and cached
 #   in $(go env GOPATH)/bin, so only the first run pays its ~12 minutes.
+#   Test mode also builds Gitea 1.26.4 once (scripts/gitea.sh) for internal/testforge.
 # Usage: scripts/install-deps.sh [demo|test]   (demo skips nats-server and cosign)
 set -euo pipefail
 what=${1:-test}
@@ -41,4 +42,7 @@ if [ "$what" = test ]; then
     echo "install-deps: building cosign v3.1.3 into $gobin (first time only, ~12 min)" >&2
     GOFLAGS= go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3
   fi
+  # Gitea 1.26.4, the real forge of the runner's integration tests
+  # (internal/testforge), cached in /var/cache/provenix-tools (~8 min once).
+  "$(dirname "$0")/gitea.sh" build
 fi

@@ -1,0 +1,376 @@
+// Package testforge runs a real Gitea 1.26.4 for integration tests of the
+// Actions runner. Gitea speaks the same runner connect-RPC protocol as
+// Forgejo (code.gitea.io/actions-proto-go), so a runner that works against
+// it works against both.
+//
+// The package only executes a prebuilt binary; it never imports Gitea. Build
+// it once with `scripts/gitea.sh build` (scripts/install-deps.sh test does
+// this). The binary is looked up in $PROVENIX_GITEA, else in
+// ${PROVENIX_TOOLS_DIR:-/var/cache/provenix-tools}/gitea-1.26.4/gitea, and
+// its directory must also hold Gitea's options/ and templates/ (the module
+// has no bindata, so the binary reads them from disk via STATIC_ROOT_PATH).
+// A missing binary fails the test with the command to run; it never skips.
+//
+// What the forge looks like:
+//   - Start serves http://127.0.0.1:<free port> with sqlite in t.TempDir(),
+//     one site admin (Forge.AdminUser) and an API token with all scopes.
+//   - Runners connect to Forge.RunnerURL() (<URL>/api/actions), with
+//     x-runner-uuid / x-runner-token headers after Register.
+//   - Workflows are read from .forgejo/workflows, .gitea/workflows and
+//     .github/workflows: stock Gitea reads only the last two, so Start adds
+//     .forgejo/workflows to [actions] WORKFLOW_DIRS and the same workflow
+//     file works on Forgejo and on this forge.
+//   - Queues are "immediate" (as in Gitea's own integration tests): a push
+//     creates its run and jobs before the API call returns, so a runner's
+//     next FetchTask already sees the job. Gitea has no server-side poll
+//     interval; how fast a task is picked up is the runner's poll interval.
+//   - API endpoints used (all under /api/v1, through the SDK):
+//     POST /admin/actions/runners/registration-token,
+//     PUT /repos/{o}/{r}/actions/secrets/{name},
+//     GET /repos/{o}/{r}/actions/runs (newest first),
+//     GET /repos/{o}/{r}/actions/runs/{run}/jobs,
+//     GET /repos/{o}/{r}/actions/jobs/{job_id}/logs,
+//     POST/PUT /repos/{o}/{r}/contents/{path}.
+package testforge
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"code.gitea.io/sdk/gitea"
+)
+
+// Version is the Gitea release scripts/gitea.sh builds.
+const Version = "1.26.4"
+
+// BuildCommand is what a developer runs, from the repository root, when the
+// binary is missing.
+const BuildCommand = "scripts/gitea.sh build"
+
+const (
+	startTimeout = 60 * time.Second
+	stopTimeout  = 10 * time.Second
+	logTailLines = 80
+)
+
+// Forge is one running Gitea. Its fields are read-only.
+type Forge struct {
+	URL           string // http://127.0.0.1:<port>, no trailing slash
+	AdminUser     string
+	AdminPassword string
+	Token         string // API token of AdminUser with scope "all"
+
+	bin     string
+	workDir string
+	conf    string
+	logPath string
+	client  *gitea.Client
+}
+
+// BinaryPath is where Start looks for the Gitea binary.
+func BinaryPath() string {
+	if p := os.Getenv("PROVENIX_GITEA"); p != "" {
+		return p
+	}
+	dir := os.Getenv("PROVENIX_TOOLS_DIR")
+	if dir == "" {
+		dir = "/var/cache/provenix-tools"
+	}
+	return filepath.Join(dir, "gitea-"+Version, "gitea")
+}
+
+// Start runs a fresh Gitea for the test and stops it in t.Cleanup, dumping
+// the tail of its log when the test failed.
+func Start(t testing.TB) *Forge {
+	t.Helper()
+	bin := BinaryPath()
+	assets := filepath.Dir(bin)
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("testforge: Gitea binary missing (%v); build it with `%s` from the repository root, or point PROVENIX_GITEA at one", err, BuildCommand)
+	}
+	if _, err := os.Stat(filepath.Join(assets, "options")); err != nil {
+		t.Fatalf("testforge: Gitea assets missing next to %s (%v); rebuild with `%s`", bin, err, BuildCommand)
+	}
+
+	work := t.TempDir()
+	f := &Forge{
+		AdminUser:     "provenix",
+		AdminPassword: "provenix-" + randomHex(t, 8),
+		bin:           bin,
+		workDir:       work,
+		conf:          filepath.Join(work, "app.ini"),
+		logPath:       filepath.Join(work, "gitea.log"),
+	}
+	port := freePort(t)
+	f.URL = fmt.Sprintf("http://127.0.0.1:%d", port)
+	if err := os.WriteFile(f.conf, []byte(f.config(t, assets, port)), 0o600); err != nil {
+		t.Fatalf("testforge: write app.ini: %v", err)
+	}
+
+	// The schema and the admin exist before the server starts, so the CLI
+	// and the server never write the sqlite file at the same time.
+	f.gitea(t, "migrate")
+	out := f.gitea(t, "admin", "user", "create",
+		"--username", f.AdminUser, "--password", f.AdminPassword,
+		"--email", f.AdminUser+"@example.invalid", "--admin",
+		"--must-change-password=false",
+		"--access-token", "--access-token-name", "testforge", "--access-token-scopes", "all")
+	f.Token = parseToken(out)
+	if f.Token == "" {
+		t.Fatalf("testforge: no access token in `gitea admin user create` output:\n%s", out)
+	}
+
+	f.serve(t)
+	client, err := gitea.NewClient(f.URL, gitea.SetToken(f.Token))
+	if err != nil {
+		t.Fatalf("testforge: API client: %v", err)
+	}
+	f.client = client
+	return f
+}
+
+// Client is an SDK client authenticated as the admin.
+func (f *Forge) Client() *gitea.Client { return f.client }
+
+// RunnerURL is the base URL of the runner connect-RPC service.
+func (f *Forge) RunnerURL() string { return f.URL + "/api/actions" }
+
+// config renders app.ini. Everything that would reach the network or write
+// outside work is switched off; secrets are fixed up front because Gitea
+// otherwise generates and saves them on first load, racing the CLI.
+func (f *Forge) config(t testing.TB, assets string, port int) string {
+	jwt := make([]byte, 32)
+	if _, err := rand.Read(jwt); err != nil {
+		t.Fatalf("testforge: random: %v", err)
+	}
+	runAsRoot := ""
+	if os.Getuid() == 0 {
+		// Gitea refuses to run as root unless told; CI containers are root.
+		runAsRoot = "I_AM_BEING_UNSAFE_RUNNING_AS_ROOT = true\n"
+	}
+	w := f.workDir
+	return fmt.Sprintf(`APP_NAME = provenix testforge
+RUN_MODE = prod
+WORK_PATH = %[1]s
+%[2]s
+[server]
+PROTOCOL = http
+HTTP_ADDR = 127.0.0.1
+HTTP_PORT = %[3]d
+ROOT_URL = http://127.0.0.1:%[3]d/
+LOCAL_ROOT_URL = http://127.0.0.1:%[3]d/
+APP_DATA_PATH = %[1]s/data
+STATIC_ROOT_PATH = %[4]s
+DISABLE_SSH = true
+START_SSH_SERVER = false
+LFS_START_SERVER = false
+OFFLINE_MODE = true
+
+[database]
+DB_TYPE = sqlite3
+PATH = %[1]s/gitea.db
+SQLITE_JOURNAL_MODE = WAL
+
+[repository]
+ROOT = %[1]s/repos
+DEFAULT_BRANCH = main
+
+[security]
+INSTALL_LOCK = true
+SECRET_KEY = %[5]s
+INTERNAL_TOKEN = %[6]s
+PASSWORD_COMPLEXITY = off
+MIN_PASSWORD_LENGTH = 8
+
+[oauth2]
+JWT_SECRET = %[7]s
+
+[service]
+DISABLE_REGISTRATION = true
+REQUIRE_SIGNIN_VIEW = false
+ENABLE_NOTIFY_MAIL = false
+
+[mailer]
+ENABLED = false
+
+[session]
+PROVIDER = memory
+
+[cache]
+ADAPTER = memory
+
+[queue]
+TYPE = immediate
+
+[indexer]
+ISSUE_INDEXER_TYPE = db
+REPO_INDEXER_ENABLED = false
+
+[cron.update_checker]
+ENABLED = false
+
+[migrations]
+ALLOW_LOCALNETWORKS = true
+
+[webhook]
+ALLOWED_HOST_LIST = loopback
+
+[actions]
+ENABLED = true
+DEFAULT_ACTIONS_URL = self
+WORKFLOW_DIRS = .forgejo/workflows,.gitea/workflows,.github/workflows
+
+[log]
+MODE = console
+LEVEL = Info
+ENABLE_SSH_LOG = false
+logger.access.MODE =
+logger.router.MODE =
+`, w, runAsRoot, port, assets,
+		randomHex(t, 16), randomHex(t, 32), base64.RawURLEncoding.EncodeToString(jwt))
+}
+
+// gitea runs one CLI command against this forge's config and returns its
+// combined output, failing the test with that output on error.
+func (f *Forge) gitea(t testing.TB, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, f.bin, append([]string{"--config", f.conf, "--work-path", f.workDir}, args...)...)
+	cmd.Env = f.env()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("testforge: gitea %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func (f *Forge) env() []string {
+	// GITEA_WORK_DIR reaches the git hooks Gitea installs into repositories,
+	// which call back into the same binary on every push.
+	return append(os.Environ(), "GITEA_WORK_DIR="+f.workDir, "GITEA_CUSTOM="+filepath.Join(f.workDir, "custom"))
+}
+
+// serve starts `gitea web`, registers its shutdown and waits until the API
+// answers.
+func (f *Forge) serve(t testing.TB) {
+	t.Helper()
+	logFile, err := os.Create(f.logPath)
+	if err != nil {
+		t.Fatalf("testforge: create log: %v", err)
+	}
+	cmd := exec.Command(f.bin, "--config", f.conf, "--work-path", f.workDir, "web")
+	cmd.Env = f.env()
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// Its own process group, so Cleanup also reaches the git processes it
+	// spawns and a stuck child cannot keep the test's stdout open.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		t.Fatalf("testforge: start gitea web: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	t.Cleanup(func() {
+		stop(cmd, exited)
+		logFile.Close()
+		if t.Failed() {
+			t.Logf("testforge: last lines of %s:\n%s", f.logPath, tail(f.logPath, logTailLines))
+		}
+	})
+
+	deadline := time.Now().Add(startTimeout)
+	for {
+		select {
+		case err := <-exited:
+			exited <- err // Cleanup waits on it too
+			t.Fatalf("testforge: gitea web exited during startup: %v\n%s", err, tail(f.logPath, logTailLines))
+		default:
+		}
+		if ready(f.URL) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testforge: gitea web not ready at %s after %s", f.URL, startTimeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func ready(base string) bool {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(base + "/api/v1/version")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// stop asks Gitea to shut down gracefully, then kills its process group.
+func stop(cmd *exec.Cmd, exited chan error) {
+	pgid := -cmd.Process.Pid
+	_ = syscall.Kill(pgid, syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(stopTimeout):
+		_ = syscall.Kill(pgid, syscall.SIGKILL)
+		<-exited
+	}
+}
+
+func parseToken(out string) string {
+	const marker = "Access token was successfully created..."
+	for _, line := range strings.Split(out, "\n") {
+		if _, tok, ok := strings.Cut(line, marker); ok {
+			return strings.TrimSpace(tok)
+		}
+	}
+	return ""
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	// Gitea has no "port 0 and report it" mode, so pick one and hand it over;
+	// the window in which another process could take it is tiny.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("testforge: free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func randomHex(t testing.TB, n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatalf("testforge: random: %v", err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// tail returns the last n lines of a file, or why it could not.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
