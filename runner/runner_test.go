@@ -92,7 +92,7 @@ func newFixture(t *testing.T, mod func(*Options)) *fixture {
 		Labels: []string{"nix"}, Capacity: 1, FetchInterval: 50 * time.Millisecond, FetchTimeout: time.Second,
 		ReportInterval: 100 * time.Millisecond, WorkdirParent: filepath.Join(dir, "work"),
 		ChildCommand: []string{childBinary(t), execJobArg}, Version: "test",
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:  slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		JobUser: testJobUser,
 	}
 	if mod != nil {

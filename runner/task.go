@@ -385,7 +385,7 @@ func (r *Runner) attestOne(ctx context.Context, t *taskRun, drv, how string) (*c
 	w := *t.workflow
 	w.Capture = how
 	p, err := r.builder.Publish(ctx, drv, builder.Target{
-		Installable:  attest.Installable{Kind: "drv", File: drv},
+		Installable:  attest.Installable{Kind: "drv", Ref: drv},
 		Workflow:     &w,
 		InvocationID: t.invoc,
 	}, t.started, time.Now())
