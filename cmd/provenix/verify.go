@@ -116,6 +116,7 @@ type attestation struct {
 	System      string         `json:"system,omitempty"`
 	Installable map[string]any `json:"installable,omitempty"`
 	Source      map[string]any `json:"source,omitempty"`
+	Workflow    map[string]any `json:"workflow,omitempty"`
 	NixVersion  string         `json:"nixVersion,omitempty"`
 	StartedOn   *time.Time     `json:"startedOn,omitempty"`
 	FinishedOn  *time.Time     `json:"finishedOn,omitempty"`
@@ -286,6 +287,7 @@ func fillAttestation(a *attestation, v *attest.Verified) {
 	a.Builder, a.KeyID, a.Derivation, a.System = v.BuilderID, v.KeyID, v.DrvPath, v.System
 	a.Installable, _ = v.External["installable"].(map[string]any)
 	a.Source, _ = v.External["source"].(map[string]any)
+	a.Workflow, _ = v.External["workflow"].(map[string]any)
 	a.NixVersion, _ = v.Internal["nixVersion"].(string)
 	md := v.Predicate.GetRunDetails().GetMetadata()
 	a.Invocation = md.GetInvocationId()
@@ -323,6 +325,12 @@ func printReport(g *globals, r *report) {
 		fmt.Fprintln(w)
 		if a.Source != nil {
 			fmt.Fprintf(w, "    source %v at %v\n", a.Source["repository"], a.Source["revision"])
+		}
+		if wf := a.Workflow; wf != nil {
+			fmt.Fprintf(w, "    forge job %v of %v/%v at %v (%v), captured by %v\n", wf["job"], wf["server"], wf["repository"], wf["sha"], wf["ref"], wf["capture"])
+		}
+		if a.Invocation != "" {
+			fmt.Fprintf(w, "    invocation %s\n", a.Invocation)
 		}
 		if a.FinishedOn != nil {
 			fmt.Fprintf(w, "    finished %s with Nix %s\n", a.FinishedOn.UTC().Format(time.RFC3339), a.NixVersion)
