@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 }
 
 // openDir makes a temporary directory the job user can reach.
-func openDir(t *testing.T) string {
+func openDir(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
@@ -48,7 +48,7 @@ func openDir(t *testing.T) string {
 }
 
 // childBinary copies the test binary where the job user can run it.
-func childBinary(t *testing.T) string {
+func childBinary(t testing.TB) string {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
@@ -79,7 +79,7 @@ type fixture struct {
 	dir    string
 }
 
-func newFixture(t *testing.T, mod func(*Options)) *fixture {
+func newFixture(t testing.TB, mod func(*Options)) *fixture {
 	t.Helper()
 	srv := forgetest.New(t)
 	reg := srv.AddRunner(forgetest.Runner{UUID: "0b5e5f5c-1111-4222-8333-444455556666", Token: "runner-token-secret", Name: "t", Labels: []string{"nix"}})
@@ -108,14 +108,14 @@ func newFixture(t *testing.T, mod func(*Options)) *fixture {
 // testJobUser exists on CI machines (scripts/install-deps.sh creates it).
 const testJobUser = "provenix-job"
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
 
-func task(t *testing.T, payload string, secrets map[string]string) *runnerv1.Task {
+func task(t testing.TB, payload string, secrets map[string]string) *runnerv1.Task {
 	t.Helper()
 	ctx, err := structpb.NewStruct(map[string]any{
 		"server_url": "http://forge.test", "repository": "alice/pkgs", "repository_owner": "alice",

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/internal/testforge"
+	"codeberg.org/provenix/provenix/up"
+)
+
+// jobUser is the unprivileged account job steps run as; scripts/install-deps.sh
+// creates it (in nix-users, so it can build through the Nix daemon).
+const jobUser = "provenix-job"
+
+// openTempDir is a temporary directory the job user can reach.
+func openTempDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// buildProvenix builds the real binary where the job user can run it:
+// the runner starts its job processes from it, and job steps call it.
+func buildProvenix(t testing.TB) string {
+	t.Helper()
+	bin := filepath.Join(openTempDir(t), "provenix")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// requireNixDaemon makes sure unprivileged users can build: it starts
+// nix-daemon for the test when none answers.
+func requireNixDaemon(t testing.TB) {
+	t.Helper()
+	const sock = "/nix/var/nix/daemon-socket/socket"
+	if c, err := net.Dial("unix", sock); err == nil {
+		c.Close()
+		return
+	}
+	d := exec.Command(requireTool(t, "nix-daemon", "apt-get install nix-bin"))
+	d.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.Start(); err != nil {
+		t.Fatalf("nix-daemon: %v", err)
+	}
+	t.Cleanup(func() { _ = d.Process.Kill(); _ = d.Wait() })
+	for i := 0; i < 100; i++ {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("nix-daemon did not open its socket")
+}
+
+// TestRunnerAgainstGitea registers the runner with a real Gitea 1.26.4,
+// lets it run a workflow that builds the sample with Nix as the job user,
+// and follows the result to the cache and through verify.
+func TestRunnerAgainstGitea(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("the runner end-to-end test runs the runner as root with jobs as " + jobUser + "; run it as root (CI does)")
+	}
+	requireNix(t)
+	requireNixDaemon(t)
+	busybox := requireTool(t, "busybox", "apt-get install busybox-static", "/bin/busybox")
+	ctx := ctxFor(t, 8*time.Minute)
+	bin := buildProvenix(t)
+	forge := testforge.Start(t)
+
+	// The pipeline: embedded NATS, pusher and cache, trusting this runner.
+	dataDir := t.TempDir()
+	p := up.Paths{Dir: dataDir}
+	if _, err := up.Init(p); err != nil {
+		t.Fatal(err)
+	}
+	const runnerName = "e2e-runner"
+	builderID := "forgejo-runner:" + runnerName
+	pol := fmt.Sprintf("tenants: [default]\nsystems: [x86_64-linux, aarch64-linux]\nbuilders:\n  - id: %q\n    key: keys/builder.pub\n", builderID)
+	if err := os.WriteFile(p.Policy(), []byte(pol), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stack := startStack(t, up.Config{DataDir: dataDir})
+
+	// Register exactly as an operator would.
+	runDir := t.TempDir()
+	reg := exec.CommandContext(ctx, bin, "runner", "register", "--no-interactive",
+		"--instance", forge.URL, "--token", forge.RunnerRegistrationToken(t), "--name", runnerName, "--labels", "nix,nix-x86_64-linux")
+	reg.Dir = runDir
+	if out, err := reg.CombinedOutput(); err != nil {
+		t.Fatalf("runner register: %v\n%s", err, out)
+	}
+	if fi, err := os.Stat(filepath.Join(runDir, ".runner")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf(".runner: %v %v", fi, err)
+	}
+	cfg := fmt.Sprintf(`log:
+  level: debug
+runner:
+  file: %s/.runner
+  fetch_interval: 200ms
+  report_interval: 200ms
+  timeout: 5m
+  envs:
+    NIX_CONFIG: "substituters =\nexperimental-features = nix-command"
+host:
+  workdir_parent: %s
+provenix:
+  key: %s
+  job_user: %s
+  nats_url: %s
+  nats_token_file: %s
+`, runDir, filepath.Join(openTempDir(t), "work"), p.BuilderKey(), jobUser, stack.NATSURL(), p.NATSToken())
+	cfgPath := filepath.Join(runDir, "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var runnerLog lockedBuffer
+	daemon := exec.Command(bin, "--data-dir", dataDir, "runner", "daemon", "--config", cfgPath)
+	daemon.Dir = runDir
+	daemon.Env = append(os.Environ(), "NIX_CONFIG=substituters =\nexperimental-features = nix-command")
+	daemon.Stdout, daemon.Stderr = &runnerLog, &runnerLog
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = daemon.Process.Signal(syscall.SIGTERM)
+		_ = daemon.Wait()
+		if t.Failed() {
+			t.Logf("runner log:\n%s", runnerLog.String())
+		}
+	})
+
+	owner, repo := forge.CreateRepo(t, "pkgs")
+	const secret = "gitea-e2e-secret-value-42"
+	forge.SetSecret(t, owner, repo, "MY_SECRET", secret)
+	sample, err := os.ReadFile(filepath.Join("..", "..", "examples", "hello.nix"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forge.PutFile(t, owner, repo, "hello.nix", sample)
+	msg := uniqueMessage(t)
+	workflow := fmt.Sprintf(`name: build
+on: push
+jobs:
+  build:
+    runs-on: nix
+    steps:
+      - name: checkout
+        run: |
+          git clone -q "http://x-access-token:${{ github.token }}@%s/${{ github.repository }}.git" src
+          git -C src log -1 --format=%%H
+      - name: secret
+        run: echo "the secret is ${{ secrets.MY_SECRET }}"
+      - name: build
+        run: provenix build src/hello.nix -A hello --arg busybox=%s --argstr message=%q
+      - name: whoami
+        run: id -un
+`, strings.TrimPrefix(forge.URL, "http://"), busybox, msg)
+	forge.PutFile(t, owner, repo, ".forgejo/workflows/build.yml", []byte(workflow))
+
+	job := forge.WaitJob(t, owner, repo, 5*time.Minute)
+	logs := forge.JobLogs(t, owner, repo, job.ID)
+	if job.Conclusion != "success" {
+		t.Fatalf("job %s\n%s", job.Conclusion, logs)
+	}
+	if !strings.Contains(logs, "the secret is ***") || strings.Contains(logs, secret) {
+		t.Errorf("secret not masked in the forge's log:\n%s", logs)
+	}
+	if !strings.Contains(logs, jobUser) {
+		t.Errorf("steps did not run as %s:\n%s", jobUser, logs)
+	}
+	if !strings.Contains(logs, "attested") || !strings.Contains(logs, builderID) {
+		t.Errorf("no attestation in the log:\n%s", logs)
+	}
+	m := regexp.MustCompile(`/nix/store/[0-9a-z]{32}-provenix-hello\b`).FindString(logs)
+	if m == "" {
+		t.Fatalf("no output path in the log:\n%s", logs)
+	}
+
+	// NATS → pusher → cache, then verify with this runner's builder id.
+	ni := waitNarinfo(t, stack.CacheURL(), m)
+	if ni.StorePath != m {
+		t.Fatalf("narinfo for %s", ni.StorePath)
+	}
+	stdout, stderr, code := cli(t, ctx, "verify", "--data-dir", dataDir, "--cache", stack.CacheURL(), "--cache-key", p.CachePub(),
+		"--key", builderID+"="+p.BuilderPub(), m)
+	if code != 0 || !strings.Contains(stdout, "verified") || !strings.Contains(stdout, builderID) {
+		t.Fatalf("verify: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if !strings.Contains(stdout, owner+"/"+repo) {
+		t.Errorf("verify output does not name the forge job:\n%s", stdout)
+	}
+}
