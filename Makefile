@@ -27,10 +27,12 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
-# The binaries must compile for macOS and for arm64.
+# The binary must compile for every platform the runner serves.
 cross:
-	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./cmd/provenix
+	GOOS=linux GOARCH=amd64 $(GO) build -o /dev/null ./cmd/provenix
 	GOOS=linux GOARCH=arm64 $(GO) build -o /dev/null ./cmd/provenix
+	GOOS=darwin GOARCH=amd64 $(GO) build -o /dev/null ./cmd/provenix
+	GOOS=darwin GOARCH=arm64 $(GO) build -o /dev/null ./cmd/provenix
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./...

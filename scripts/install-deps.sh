@@ -42,6 +42,22 @@ if [ "$what" = test ]; then
     echo "install-deps: building cosign v3.1.3 into $gobin (first time only, ~12 min)" >&2
     GOFLAGS= go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3
   fi
+  # The runner's tests run job steps as an unprivileged user who builds
+  # through the Nix daemon (Debian lets only nix-users talk to it).
+  if [ "$(uname -s)" = Linux ] && [ "$(id -u)" -eq 0 ]; then
+    if ! id provenix-job >/dev/null 2>&1; then
+      echo "install-deps: creating the job user provenix-job (in nix-users)" >&2
+      getent group nix-users >/dev/null || groupadd --system nix-users
+      useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --groups nix-users provenix-job
+    fi
+    if ! nix --extra-experimental-features nix-command store ping --store daemon >/dev/null 2>&1; then
+      echo "install-deps: starting nix-daemon" >&2
+      mkdir -p /nix/var/nix/daemon-socket
+      nohup nix-daemon >/var/log/nix-daemon.log 2>&1 &
+    fi
+  elif [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: note: the runner's privilege-separation tests need root (jobs run as provenix-job)" >&2
+  fi
   # Gitea 1.26.4, the real forge of the runner's integration tests
   # (internal/testforge), cached in /var/cache/provenix-tools (~8 min once).
   "$(dirname "$0")/gitea.sh" build
