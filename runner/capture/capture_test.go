@@ -1,0 +1,98 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestValidDrvs(t *testing.T) {
+	ok := "/nix/store/g5s1vk624lv2dj6jhzgdvygm842l9hiv-provenix-hello.drv"
+	for _, tc := range []struct {
+		name string
+		drvs []string
+		ok   bool
+	}{
+		{"one", []string{ok}, true},
+		{"none", nil, false},
+		{"relative", []string{"nix/store/x.drv"}, false},
+		{"dotdot", []string{"/nix/store/../../root/keys/builder.drv"}, false},
+		{"not drv", []string{"/nix/store/abc-hello"}, false},
+		{"newline", []string{"/nix/store/a\n.drv"}, false},
+		{"too many", make([]string, MaxDrvs+1), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := ValidDrvs(tc.drvs)
+			if (err == nil) != tc.ok {
+				t.Fatalf("err = %v", err)
+			}
+			if err != nil && !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("err %v is not ErrBadRequest", err)
+			}
+		})
+	}
+}
+
+func TestSocketRoundTrip(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "r.sock")
+	var got []string
+	srv, err := Listen(sock, "tok-123", -1, -1, func(_ context.Context, drvs []string) ([]Result, error) {
+		got = drvs
+		if strings.Contains(drvs[0], "fail") {
+			return nil, errors.New("output not built here")
+		}
+		return []Result{{DrvPath: drvs[0], BuilderID: "b"}}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode: %v %v", fi, err)
+	}
+	ctx := context.Background()
+	drv := "/nix/store/g5s1vk624lv2dj6jhzgdvygm842l9hiv-x.drv"
+
+	res, err := (&Client{Socket: sock, Token: "tok-123"}).Attest(ctx, []string{drv})
+	if err != nil || len(res) != 1 || res[0].DrvPath != drv || got[0] != drv {
+		t.Fatalf("attest: %v %v", res, err)
+	}
+	got = nil
+	if _, err := (&Client{Socket: sock, Token: "wrong"}).Attest(ctx, []string{drv}); !errors.Is(err, ErrUnauthorized) || got != nil {
+		t.Fatalf("wrong token: %v (handler saw %v)", err, got)
+	}
+	if _, err := (&Client{Socket: sock, Token: "tok-123"}).Attest(ctx, []string{"/etc/shadow"}); err == nil || got != nil {
+		t.Fatalf("non-drv accepted: %v", err)
+	}
+	if _, err := (&Client{Socket: sock, Token: "tok-123"}).Attest(ctx, []string{"/nix/store/g5s1vk624lv2dj6jhzgdvygm842l9hiv-fail.drv"}); err == nil || !strings.Contains(err.Error(), "not built here") {
+		t.Fatalf("refusal not passed on: %v", err)
+	}
+}
+
+func TestWindowsExclusive(t *testing.T) {
+	base := time.Now().Add(-time.Minute).Truncate(time.Second)
+	w := NewWindows(time.Hour)
+	a := w.Begin(base)
+	if !w.Exclusive(a, base.Add(2*time.Second)) {
+		t.Fatal("a path of the only job is not exclusive")
+	}
+	if w.Exclusive(a, base.Add(-5*time.Second)) {
+		t.Fatal("a path from before the job is attributed to it")
+	}
+	b := w.Begin(base.Add(10 * time.Second))
+	w.End(a, base.Add(20*time.Second))
+	if !w.Exclusive(a, base.Add(5*time.Second)) {
+		t.Fatal("a path before the second job began should be the first job's")
+	}
+	if w.Exclusive(a, base.Add(15*time.Second)) || w.Exclusive(b, base.Add(15*time.Second)) {
+		t.Fatal("a path registered while both ran is attributed")
+	}
+	w.End(b, base.Add(40*time.Second))
+	if !w.Exclusive(b, base.Add(30*time.Second)) {
+		t.Fatal("after the first job ended, paths are the second's")
+	}
+}
