@@ -1,0 +1,465 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/runner/config"
+	"codeberg.org/provenix/provenix/runner/forge"
+)
+
+// registerTimeout bounds registering: the forge client retries on its own,
+// but an operator waiting at a prompt should get an answer.
+const registerTimeout = 2 * time.Minute
+
+func newRunnerCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "runner",
+		Short: "Forgejo Actions runner that runs jobs natively with Nix",
+		Long: `A drop-in replacement for forgejo-runner: it registers with a Forgejo (or
+Gitea) instance, takes jobs whose runs-on matches its labels, and runs them
+natively on this host with Nix instead of in containers. Every derivation a
+job builds is attested with the runner's key and published to NATS like
+'provenix build' does.
+
+It reads forgejo-runner's config.yaml and .runner files: 'generate-config'
+prints a commented config, 'register' or 'create-runner-file' writes the
+.runner file, 'daemon' runs jobs.`,
+		Example: `  provenix runner generate-config > config.yaml
+  provenix runner register --config config.yaml --instance https://forgejo.example.org --token TOKEN
+  provenix runner daemon --config config.yaml`,
+	}
+	cmd.AddCommand(newRunnerRegisterCmd(g), newRunnerCreateFileCmd(g), newRunnerGenerateConfigCmd(g))
+	// The commands that run jobs (daemon, one-job, exec-job) are in
+	// runner_daemon.go.
+	cmd.AddCommand(runnerDaemonCmds(g)...)
+	return cmd
+}
+
+// registerFlags are the flags of `runner register`.
+type registerFlags struct {
+	config        string
+	instance      string
+	token         string
+	name          string
+	labels        string
+	noInteractive bool
+	force         bool
+	ephemeral     bool
+}
+
+func newRunnerRegisterCmd(g *globals) *cobra.Command {
+	var f registerFlags
+	cmd := &cobra.Command{
+		Use:   "register",
+		Short: "Register this runner with a forge and write the .runner file",
+		Long: `Register the runner with a Forgejo or Gitea instance using a registration
+token from the instance's, organisation's or repository's runner settings
+(Settings > Actions > Runners > Create new runner), and write the
+registration (the runner's uuid and token) to runner.file of the config,
+.runner by default, with mode 0600.
+
+Missing values are asked for when stdin is a terminal, unless
+--no-interactive is given; without a terminal --instance and --token are
+required. An existing registration is never replaced without --force (or a
+"y" at the prompt): the forge would keep the old runner around.
+
+Labels are what runs-on in a workflow matches. They come from the config's
+runner.labels if it has any (as in forgejo-runner, --labels is then
+ignored), else from --labels, else from the host's Nix: nix, nix-<system>
+for the native system and each of extra-platforms, kvm and big-parallel
+when they are system-features. A label is NAME or NAME:host; docker:// and
+lxc:// labels are refused, as jobs run natively with Nix.`,
+		Example: `  provenix runner register --instance https://forgejo.example.org --token TOKEN
+  provenix runner register --no-interactive --config config.yaml \
+      --instance https://forgejo.example.org --token TOKEN --name ci-1 --labels nix,nix-x86_64-linux,kvm`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			interactive := !f.noInteractive && isTerminal(g.stdin)
+			return runRegister(cmd.Context(), g, f, interactive)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVarP(&f.config, "config", "c", "", "config `file` (see 'provenix runner generate-config'); its runner.file is where the registration is written; default: built-in defaults")
+	fl.StringVar(&f.instance, "instance", "", "`URL` of the Forgejo or Gitea instance, e.g. https://forgejo.example.org")
+	fl.StringVar(&f.token, "token", "", "registration `token` from the forge's runner settings")
+	fl.StringVar(&f.name, "name", "", "runner `name` shown on the forge (default: this host's name)")
+	fl.StringVar(&f.labels, "labels", "", "comma-separated `labels`, e.g. nix,nix-x86_64-linux,kvm (default: derived from the host's Nix; the config's runner.labels win)")
+	fl.BoolVar(&f.noInteractive, "no-interactive", false, "never prompt; fail if --instance or --token is missing")
+	fl.BoolVar(&f.force, "force", false, "replace an existing registration in runner.file")
+	fl.BoolVar(&f.ephemeral, "ephemeral", false, "register an ephemeral runner: the forge gives it one job and then removes it")
+	return cmd
+}
+
+// runRegister registers the runner; interactive says whether missing
+// values may be asked for on g.stdin.
+func runRegister(ctx context.Context, g *globals, f registerFlags, interactive bool) error {
+	log := g.logger()
+	cfg, err := loadRunnerConfig(f.config, log)
+	if err != nil {
+		return err
+	}
+	in := &prompter{r: bufio.NewReader(g.stdin), w: g.stderr, on: interactive}
+
+	if old, err := forge.LoadRunnerFile(cfg.Runner.File); err == nil || !errors.Is(err, os.ErrNotExist) {
+		what := cfg.Runner.File + " already exists"
+		if err == nil {
+			what = fmt.Sprintf("%s already registers runner %q (uuid %s) with %s", cfg.Runner.File, old.Name, old.UUID, old.Address)
+		}
+		switch {
+		case f.force:
+			log.Warn("replacing the existing registration", "file", cfg.Runner.File)
+		case in.on:
+			ok, err := in.yes(what + "; replace it?")
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return usageError("%s: kept", what)
+			}
+		default:
+			return usageError("%s; pass --force to replace it (the forge keeps the old runner until you delete it there)", what)
+		}
+	}
+
+	if !in.on && (f.instance == "" || f.token == "") {
+		return usageError("--instance and --token are required (stdin is not a terminal, or --no-interactive was given)")
+	}
+	if f.instance == "" {
+		if f.instance, err = in.ask("Forge instance URL (e.g. https://forgejo.example.org)", "", validInstance); err != nil {
+			return err
+		}
+	}
+	if err := validInstance(f.instance); err != nil {
+		return usageError("--instance: %v", err)
+	}
+	if f.token == "" {
+		if f.token, err = in.ask("Registration token (the forge's Settings > Actions > Runners)", "", nonEmpty); err != nil {
+			return err
+		}
+	}
+	if f.name == "" {
+		f.name, _ = os.Hostname()
+		if in.on {
+			if f.name, err = in.ask("Runner name", f.name, nonEmpty); err != nil {
+				return err
+			}
+		}
+	}
+	if f.name == "" {
+		return usageError("no runner name: pass --name")
+	}
+	labels, err := resolveLabels(ctx, cfg, f.labels, in, log)
+	if err != nil {
+		return err
+	}
+
+	rctx, cancel := context.WithTimeout(ctx, registerTimeout)
+	defer cancel()
+	log.Info("registering runner", "instance", f.instance, "name", f.name, "labels", labels)
+	rf, err := forge.Register(rctx, forge.RegisterOptions{
+		Instance:  f.instance,
+		Token:     f.token,
+		Name:      f.name,
+		Labels:    labels,
+		Ephemeral: f.ephemeral,
+		ClientOptions: []forge.Option{
+			forge.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
+			forge.WithVersion(version),
+			forge.WithLogger(log),
+		},
+	})
+	if err != nil {
+		return &exitError{code: exitFailed, err: err}
+	}
+	if err := rf.Save(cfg.Runner.File); err != nil {
+		return &exitError{code: exitUsageErr, err: err}
+	}
+	fmt.Fprintf(g.stdout, "runner %q registered with %s (id %d, uuid %s)\nlabels: %s\nregistration written to %s (mode 0600)\nstart it with: provenix runner daemon%s\n",
+		rf.Name, rf.Address, rf.ID, rf.UUID, strings.Join(rf.Labels, ","), cfg.Runner.File, configArg(f.config))
+	return nil
+}
+
+// createFileFlags are the flags of `runner create-runner-file`.
+type createFileFlags struct {
+	config   string
+	instance string
+	secret   string
+	name     string
+	labels   string
+	connect  bool
+	force    bool
+}
+
+func newRunnerCreateFileCmd(g *globals) *cobra.Command {
+	var f createFileFlags
+	cmd := &cobra.Command{
+		Use:   "create-runner-file",
+		Short: "Write the .runner file for a runner registered offline with a shared secret",
+		Long: `Write the registration of a runner that was registered on the forge ahead of
+time with a shared secret, for provisioning without a registration token:
+
+  forgejo forgejo-cli actions register --secret SECRET --name NAME ...   (on the forge)
+  provenix runner create-runner-file --instance URL --secret SECRET      (here)
+
+The secret is 40 hexadecimal characters. As Forgejo derives them, the
+runner's uuid is made of the first 16 characters of the secret (their
+bytes, formatted as a UUID) and its token is the whole secret, so nothing
+needs to be asked of the forge. Nothing is sent to the forge unless
+--connect is given, which checks before writing the file that the forge
+answers and accepts the secret.
+
+Running it again with the same secret and instance rewrites the file (to
+change the name or labels); a different registration is only replaced with
+--force. Labels are resolved as for 'register'.`,
+		Example: `  provenix runner create-runner-file --instance https://forgejo.example.org \
+      --secret 7c31591e8b67225a116d4a4519ea8e507e08f71f --name ci-1 --connect`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runCreateRunnerFile(cmd.Context(), g, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVarP(&f.config, "config", "c", "", "config `file`; its runner.file is where the registration is written; default: built-in defaults")
+	fl.StringVar(&f.instance, "instance", "", "`URL` of the Forgejo instance (required)")
+	fl.StringVar(&f.secret, "secret", "", "the 40-hex-character `secret` given to 'forgejo forgejo-cli actions register' (required)")
+	fl.StringVar(&f.name, "name", "", "runner `name` (default: this host's name)")
+	fl.StringVar(&f.labels, "labels", "", "comma-separated `labels` (default: derived from the host's Nix; the config's runner.labels win)")
+	fl.BoolVar(&f.connect, "connect", false, "before writing the file, check that the forge answers (Ping) and accepts the secret (Declare)")
+	fl.BoolVar(&f.force, "force", false, "replace a different registration in runner.file")
+	_ = cmd.MarkFlagRequired("instance")
+	_ = cmd.MarkFlagRequired("secret")
+	return cmd
+}
+
+func runCreateRunnerFile(ctx context.Context, g *globals, f createFileFlags) error {
+	log := g.logger()
+	cfg, err := loadRunnerConfig(f.config, log)
+	if err != nil {
+		return err
+	}
+	if f.name == "" {
+		f.name, _ = os.Hostname()
+	}
+	labels, err := resolveLabels(ctx, cfg, f.labels, &prompter{}, log)
+	if err != nil {
+		return err
+	}
+	rf, err := forge.CreateRunnerFile(f.instance, f.secret, f.name, labels)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	if old, err := forge.LoadRunnerFile(cfg.Runner.File); err == nil {
+		same := old.UUID == rf.UUID && old.Token == rf.Token && old.Address == rf.Address
+		if !same && !f.force {
+			return usageError("%s already registers runner %q (uuid %s) with %s; pass --force to replace it", cfg.Runner.File, old.Name, old.UUID, old.Address)
+		}
+		rf.ID = old.ID // the forge's id, if a registration learnt it
+	} else if !errors.Is(err, os.ErrNotExist) && !f.force {
+		return usageError("%v; pass --force to replace it", err)
+	}
+	if f.connect {
+		if err := checkRunnerFile(ctx, cfg, rf, log); err != nil {
+			return &exitError{code: exitFailed, err: err}
+		}
+	}
+	if err := rf.Save(cfg.Runner.File); err != nil {
+		return &exitError{code: exitUsageErr, err: err}
+	}
+	fmt.Fprintf(g.stdout, "runner %q (uuid %s) for %s written to %s (mode 0600)\n", rf.Name, rf.UUID, rf.Address, cfg.Runner.File)
+	return nil
+}
+
+// checkRunnerFile pings the forge and declares the runner with the file's
+// credentials, which fails unless the forge knows the secret.
+func checkRunnerFile(ctx context.Context, cfg *config.Config, rf *forge.RunnerFile, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
+	defer cancel()
+	c, err := forge.New(rf.Address,
+		forge.WithCredentials(rf.UUID, rf.Token),
+		forge.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
+		forge.WithVersion(version),
+		forge.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	if _, err := c.Ping(ctx, rf.Name); err != nil {
+		return fmt.Errorf("%s does not answer: %w", rf.Address, err)
+	}
+	names, err := config.LabelNames(rf.Labels)
+	if err != nil {
+		return err
+	}
+	res, err := c.Declare(ctx, &runnerv1.DeclareRequest{Version: version, Labels: names})
+	switch {
+	case errors.Is(err, forge.ErrUnimplemented):
+		log.Warn("the forge is too old to check the secret (Declare is unimplemented before Forgejo 1.21)")
+	case errors.Is(err, forge.ErrUnauthenticated):
+		return fmt.Errorf("the forge does not know this secret: register it there first with 'forgejo forgejo-cli actions register --secret ...': %w", err)
+	case err != nil:
+		return err
+	default:
+		log.Info("the forge accepts the secret", "runner", res.GetRunner().GetName(), "labels", res.GetRunner().GetLabels())
+	}
+	return nil
+}
+
+func newRunnerGenerateConfigCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "generate-config",
+		Short: "Print a commented runner config with every default",
+		Long: `Print a runner configuration file with every key at its default and a
+comment saying what it does. It loads as is; edit what you need.`,
+		Example: `  provenix runner generate-config > config.yaml`,
+		Args:    cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			_, err := g.stdout.Write(config.Example())
+			return err
+		},
+	}
+}
+
+// loadRunnerConfig loads the config file, or the defaults without one,
+// and logs what the file had that is ignored.
+func loadRunnerConfig(path string, log *slog.Logger) (*config.Config, error) {
+	if path == "" {
+		return config.Default(), nil
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
+	return cfg, nil
+}
+
+// resolveLabels picks the labels to register with, as forgejo-runner does
+// (the config's runner.labels, else the flag), falling back to labels
+// derived from the host's Nix, which the operator may edit at a prompt.
+func resolveLabels(ctx context.Context, cfg *config.Config, flag string, in *prompter, log *slog.Logger) ([]string, error) {
+	var labels []string
+	switch {
+	case len(cfg.Runner.Labels) > 0:
+		if flag != "" {
+			log.Warn("--labels is ignored: the config's runner.labels are used", "labels", cfg.Runner.Labels)
+		}
+		labels = cfg.Runner.Labels
+	case flag != "":
+		labels = config.SplitLabels(flag)
+	default:
+		nixCfg, err := (&nix.Nix{}).Config(ctx)
+		if err != nil {
+			return nil, usageError("cannot derive labels from the host's Nix (%v); pass --labels, e.g. --labels nix", err)
+		}
+		labels = config.DefaultLabels(nixCfg)
+		if in.on {
+			s, err := in.ask("Labels, comma-separated", strings.Join(labels, ","), func(s string) error {
+				_, err := config.ParseLabels(config.SplitLabels(s))
+				return err
+			})
+			if err != nil {
+				return nil, err
+			}
+			labels = config.SplitLabels(s)
+		}
+	}
+	if len(labels) == 0 {
+		return nil, usageError("no labels: the runner would never get a job; pass --labels, e.g. --labels nix")
+	}
+	if _, err := config.ParseLabels(labels); err != nil {
+		return nil, usageError("%v", err)
+	}
+	return labels, nil
+}
+
+func configArg(path string) string {
+	if path == "" {
+		return ""
+	}
+	return " --config " + path
+}
+
+func validInstance(s string) error {
+	_, err := forge.New(s)
+	return err
+}
+
+func nonEmpty(s string) error {
+	if s == "" {
+		return errors.New("a value is required")
+	}
+	return nil
+}
+
+// isTerminal reports whether r is a terminal a person can answer at.
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// prompter asks for missing values when on; when off, asking is a usage
+// error naming what is missing.
+type prompter struct {
+	r  *bufio.Reader
+	w  io.Writer
+	on bool
+}
+
+// ask prompts until check accepts the answer; an empty answer takes def.
+func (p *prompter) ask(question, def string, check func(string) error) (string, error) {
+	if !p.on {
+		return "", usageError("%s: cannot ask (stdin is not a terminal, or --no-interactive was given)", question)
+	}
+	for {
+		if def != "" {
+			fmt.Fprintf(p.w, "%s [%s]: ", question, def)
+		} else {
+			fmt.Fprintf(p.w, "%s: ", question)
+		}
+		line, err := p.r.ReadString('\n')
+		if err != nil && (line == "" || !errors.Is(err, io.EOF)) {
+			return "", usageError("%s: no answer (%v)", question, err)
+		}
+		ans := strings.TrimSpace(line)
+		if ans == "" {
+			ans = def
+		}
+		cerr := check(ans)
+		if cerr == nil {
+			return ans, nil
+		}
+		fmt.Fprintf(p.w, "  %v\n", cerr)
+		if err != nil { // EOF: no second chance
+			return "", usageError("%s: %v", question, cerr)
+		}
+	}
+}
+
+// yes asks a yes/no question; the default is no.
+func (p *prompter) yes(question string) (bool, error) {
+	ans, err := p.ask(question+" (y/N)", "n", func(s string) error {
+		switch strings.ToLower(s) {
+		case "y", "yes", "n", "no":
+			return nil
+		}
+		return errors.New("answer y or n")
+	})
+	if err != nil {
+		return false, err
+	}
+	return strings.HasPrefix(strings.ToLower(ans), "y"), nil
+}
