@@ -309,6 +309,9 @@ func (r *Runner) childEnv(sub map[string]string) []string {
 	}
 	env := map[string]string{
 		"PATH": path, "HOME": sub["home"], "TMPDIR": sub["tmp"], "LANG": "C.UTF-8",
+		// act gives steps a pseudo-terminal; without these, git and others
+		// start a pager that waits for a key nobody will press.
+		"PAGER": "cat", "GIT_PAGER": "cat", "TERM": "dumb",
 	}
 	if ju := r.jobUser; ju != nil {
 		env["USER"], env["LOGNAME"] = ju.name, ju.name

@@ -152,7 +152,7 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 
 	rs := &runnerSetup{file: rf, labels: labels, log: log}
 	builderID := cfg.Provenix.BuilderID
-	if builderID == "" || builderID == config.DefaultBuilderID {
+	if builderID == "" {
 		// One key, one builder id: a runner is named after its registration.
 		builderID = "forgejo-runner:" + rf.Name
 	}

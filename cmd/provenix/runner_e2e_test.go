@@ -168,9 +168,11 @@ jobs:
         run: echo "the secret is ${{ secrets.MY_SECRET }}"
       - name: build
         run: provenix build src/hello.nix -A hello --arg busybox=%s --argstr message=%q
+      - name: plain nix-build
+        run: nix-build src/hello.nix -A hello --arg busybox %s --argstr message %q --no-out-link
       - name: whoami
         run: id -un
-`, strings.TrimPrefix(forge.URL, "http://"), busybox, msg)
+`, strings.TrimPrefix(forge.URL, "http://"), busybox, msg, busybox, msg+" (plain)")
 	forge.PutFile(t, owner, repo, ".forgejo/workflows/build.yml", []byte(workflow))
 
 	job := forge.WaitJob(t, owner, repo, 5*time.Minute)
@@ -184,14 +186,24 @@ jobs:
 	if !strings.Contains(logs, jobUser) {
 		t.Errorf("steps did not run as %s:\n%s", jobUser, logs)
 	}
-	if !strings.Contains(logs, "attested") || !strings.Contains(logs, builderID) {
-		t.Errorf("no attestation in the log:\n%s", logs)
+	if !strings.Contains(logs, "outputs, step) as builder \""+builderID) {
+		t.Errorf("no attestation of the provenix build step in the log:\n%s", logs)
 	}
-	m := regexp.MustCompile(`/nix/store/[0-9a-z]{32}-provenix-hello\b`).FindString(logs)
-	if m == "" {
+	// The plain nix-build was not asked for: the runner found it in its store.
+	if !strings.Contains(logs, "outputs, automatic) as builder \""+builderID) {
+		t.Errorf("the plain nix-build was not attested automatically:\n%s", logs)
+	}
+	if strings.Contains(logs, "Press RETURN") {
+		t.Errorf("a pager waited for input:\n%s", logs)
+	}
+	// `provenix build` prints "  out  /nix/store/…-provenix-hello".
+	found := regexp.MustCompile(`out\s+(/nix/store/[0-9a-z]{32}-provenix-hello)\s`).FindStringSubmatch(logs)
+	if found == nil {
 		t.Fatalf("no output path in the log:\n%s", logs)
 	}
 
+	t.Logf("job log:\n%s", logs)
+	m := found[1]
 	// NATS → pusher → cache, then verify with this runner's builder id.
 	ni := waitNarinfo(t, stack.CacheURL(), m)
 	if ni.StorePath != m {

@@ -42,8 +42,12 @@ const (
 	DefaultReportRetries  = 10
 	DefaultReportDelay    = 100 * time.Millisecond
 	DefaultTenant         = "default"
-	DefaultBuilderID      = "local" // as `provenix build` (up.DefaultBuilderID)
-	DefaultJobUser        = "nobody"
+	// DefaultBuilderID empty: the runner names itself after its
+	// registration, forgejo-runner:<name>, one id per key.
+	DefaultBuilderID = ""
+	// DefaultJobUser is a dedicated account: "nobody" is shared with other
+	// services and, on Debian, may not use the Nix daemon.
+	DefaultJobUser = "provenix-job"
 )
 
 // Config is the daemon's configuration.
