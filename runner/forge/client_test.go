@@ -248,7 +248,7 @@ func TestAttemptTimeout(t *testing.T) {
 		t.Fatalf("Ping = %q, %v", got, err)
 	}
 	if n.Load() != 2 {
-		t.Errorf("%d attempts, want 2", n.Load())
+		t.Errorf("%d attempts, want 2 (err %v)", n.Load(), err)
 	}
 }
 
@@ -273,13 +273,14 @@ func TestDroppedConnectionRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.UpdateTask(testCtx(t), &runnerv1.UpdateTaskRequest{State: &runnerv1.TaskState{Id: 1}}); err == nil || errors.Is(err, ErrUnavailable) {
+	_, err = c.UpdateTask(testCtx(t), &runnerv1.UpdateTaskRequest{State: &runnerv1.TaskState{Id: 1}})
+	if err == nil || errors.Is(err, ErrUnavailable) {
 		// Task 1 does not exist: the forge's answer (not a transport
 		// error) must be what ends the call.
 		t.Fatalf("err = %v, want the forge's rejection after a retry", err)
 	}
 	if n.Load() != 2 {
-		t.Errorf("%d attempts, want 2", n.Load())
+		t.Errorf("%d attempts, want 2 (err %v)", n.Load(), err)
 	}
 }
 

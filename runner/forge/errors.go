@@ -64,10 +64,11 @@ func transient(err error) bool {
 		connect.CodeAborted,
 		connect.CodeDeadlineExceeded: // this attempt's own timeout
 		return true
-	case connect.CodeUnknown, connect.CodeInternal:
+	case connect.CodeUnknown, connect.CodeInternal, connect.CodeCanceled:
 		// connect reports some transport failures (a reset connection, a
-		// truncated body) as Unknown or Internal; only those are worth a
-		// retry, not the forge's own errors.
+		// truncated body) as Unknown, Internal or even Canceled (a reset
+		// read); only those are worth a retry, not the forge's own errors.
+		// A cancel of the caller's own context never gets here.
 		return networkError(err)
 	}
 	return false
