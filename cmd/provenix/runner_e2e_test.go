@@ -153,6 +153,19 @@ provenix:
 		t.Fatal(err)
 	}
 	forge.PutFile(t, owner, repo, "hello.nix", sample)
+	// An action on the forge, used by name (resolved against the forge's
+	// default actions URL) and by absolute URL.
+	actOwner, actRepo := forge.CreateRepo(t, "greet")
+	forge.PutFile(t, actOwner, actRepo, "action.yml", []byte(`name: greet
+inputs:
+  who:
+    required: true
+runs:
+  using: composite
+  steps:
+    - shell: bash
+      run: echo "greetings, ${{ inputs.who }}"
+`))
 	msg := uniqueMessage(t)
 	workflow := fmt.Sprintf(`name: build
 on: push
@@ -170,9 +183,17 @@ jobs:
         run: provenix build src/hello.nix -A hello --arg busybox=%s --argstr message=%q
       - name: plain nix-build
         run: nix-build src/hello.nix -A hello --arg busybox %s --argstr message %q --no-out-link
+      - name: action by name
+        uses: %s/%s@main
+        with:
+          who: by-name
+      - name: action by URL
+        uses: %s/%s/%s@main
+        with:
+          who: by-url
       - name: whoami
         run: id -un
-`, strings.TrimPrefix(forge.URL, "http://"), busybox, msg, busybox, msg+" (plain)")
+`, strings.TrimPrefix(forge.URL, "http://"), busybox, msg, busybox, msg+" (plain)", actOwner, actRepo, forge.URL, actOwner, actRepo)
 	forge.PutFile(t, owner, repo, ".forgejo/workflows/build.yml", []byte(workflow))
 
 	job := forge.WaitJob(t, owner, repo, 5*time.Minute)
@@ -192,6 +213,9 @@ jobs:
 	// The plain nix-build was not asked for: the runner found it in its store.
 	if !strings.Contains(logs, "outputs, automatic) as builder \""+builderID) {
 		t.Errorf("the plain nix-build was not attested automatically:\n%s", logs)
+	}
+	if !strings.Contains(logs, "greetings, by-name") || !strings.Contains(logs, "greetings, by-url") {
+		t.Errorf("remote actions did not run:\n%s", logs)
 	}
 	if strings.Contains(logs, "Press RETURN") {
 		t.Errorf("a pager waited for input:\n%s", logs)
