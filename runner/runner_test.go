@@ -372,3 +372,43 @@ jobs:
 		t.Errorf("steps did not run as %s:\n%s", testJobUser, log)
 	}
 }
+
+// TestGracefulShutdown: stopping the daemon lets a running job finish
+// within shutdown_timeout, and cancels (and reports) one that would not.
+func TestGracefulShutdown(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		shutdown time.Duration
+		want     runnerv1.Result
+	}{
+		{"finishes", time.Minute, runnerv1.Result_RESULT_SUCCESS},
+		{"cancelled", 200 * time.Millisecond, runnerv1.Result_RESULT_CANCELLED},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, func(o *Options) { o.ShutdownTimeout = tc.shutdown })
+			id := f.srv.AddTask(task(t, "on: push\njobs:\n  j:\n    runs-on: nix\n    steps:\n      - run: echo started; sleep 3; echo finished\n", nil), "nix")
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- f.runner.Run(ctx) }()
+			for {
+				if st, ok := f.srv.Task(id); ok && slices.ContainsFunc(st.LogLines(), func(l string) bool { return l == "started" }) {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			cancel() // SIGTERM
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			st, _ := f.srv.Task(id)
+			if st.Result != tc.want {
+				t.Fatalf("result %v, want %v\n%s", st.Result, tc.want, strings.Join(st.LogLines(), "\n"))
+			}
+			polls := len(f.srv.CallsTo(forgetest.FetchTask))
+			time.Sleep(300 * time.Millisecond)
+			if len(f.srv.CallsTo(forgetest.FetchTask)) != polls {
+				t.Error("the runner kept polling after shutdown")
+			}
+		})
+	}
+}

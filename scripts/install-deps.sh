@@ -12,6 +12,8 @@ what=${1:-test}
 need_pkgs=()
 command -v nix-build >/dev/null 2>&1 || need_pkgs+=(nix-bin)
 command -v busybox >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+# node runs JavaScript actions in the runner's tests.
+if [ "$what" = test ] && ! command -v node >/dev/null 2>&1; then need_pkgs+=(nodejs); fi
 if [ "$what" = test ] && ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
   need_pkgs+=(nats-server)
 fi

@@ -296,3 +296,57 @@ func dump(evs []Event) string {
 	}
 	return b.String()
 }
+
+func TestRunNodeAction(t *testing.T) {
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Fatal("node actions need node on PATH (Debian: apt-get install nodejs)")
+	}
+	action := `name: node-greet
+inputs:
+  who:
+    required: true
+outputs:
+  greeting:
+    description: the greeting
+runs:
+  using: node20
+  main: index.js
+  post: post.js
+`
+	index := `const fs = require('fs');
+const who = process.env['INPUT_WHO'];
+console.log('node says hi to ' + who);
+fs.appendFileSync(process.env['GITHUB_OUTPUT'], 'greeting=hi-' + who + '\n');
+fs.appendFileSync(process.env['GITHUB_STATE'], 'saved=' + who + '\n');
+`
+	post := "console.log('post sees state ' + process.env['STATE_saved']);\n"
+	payload := `on: push
+jobs:
+  j:
+    runs-on: nix
+    steps:
+      - run: |
+          mkdir -p act && cd act
+          echo "$A" | base64 -d > action.yml
+          echo "$I" | base64 -d > index.js
+          echo "$P" | base64 -d > post.js
+      - id: n
+        uses: ./act
+        with:
+          who: forge
+      - run: echo "output ${{ steps.n.outputs.greeting }}"
+`
+	enc := base64.StdEncoding.EncodeToString
+	evs := runJob(t, payload, func(s *Spec) {
+		s.Env["A"], s.Env["I"], s.Env["P"] = enc([]byte(action)), enc([]byte(index)), enc([]byte(post))
+	})
+	if d := evs[len(evs)-1]; d.JobResult != "success" {
+		t.Fatalf("result %q %s\n%s", d.JobResult, d.Error, dump(evs))
+	}
+	all := dump(evs)
+	for _, want := range []string{"node says hi to forge", "output hi-forge", "post sees state forge"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("missing %q:\n%s", want, all)
+		}
+	}
+}
