@@ -66,6 +66,10 @@ type Conn struct {
 	done      chan struct{}
 	closeOnce sync.Once
 
+	// kvs caches key-value bucket handles (see kv.go).
+	kvMu sync.Mutex
+	kvs  map[string]jetstream.KeyValue
+
 	mu sync.Mutex
 	// denied are the publishes waiting for their ack; a permission
 	// violation naming their subject cancels them (see publish.go).

@@ -58,7 +58,10 @@ func (c *Conn) EnsureStreams(ctx context.Context, o StreamOptions) error {
 			return err
 		}
 	}
-	return c.ensureStaging(ctx, o)
+	if err := c.ensureStaging(ctx, o); err != nil {
+		return err
+	}
+	return c.ensureKV(ctx, o)
 }
 
 func resultsConfig(o StreamOptions) jetstream.StreamConfig {

@@ -1,0 +1,191 @@
+package queue
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Key-value buckets of the quorum: votes (one per builder and output path)
+// and builder reputation. Both keep history 1 and live on disk, so a
+// pusher killed between votes finds them intact.
+const (
+	BucketVotes    = "PROVENIX_VOTES"
+	BucketBuilders = "PROVENIX_BUILDERS"
+)
+
+// ErrCASConflict means a compare-and-set update lost a race too often.
+var ErrCASConflict = errors.New("queue: concurrent update, retries exhausted")
+
+// VoteKey is where builder's vote on storePath lives: the tenant, the
+// store path's hash part, and a digest of the builder id (ids may hold
+// characters keys cannot). Votes on one path share the prefix VotePrefix.
+func VoteKey(tenant, storePath, builderID string) string {
+	return VotePrefix(tenant, storePath) + "." + builderKey(builderID)
+}
+
+// VotePrefix is the key prefix of all votes on storePath.
+func VotePrefix(tenant, storePath string) string {
+	base := path.Base(storePath)
+	hash, _, _ := strings.Cut(base, "-")
+	return tenant + "." + hash
+}
+
+// BuilderKey is the reputation key of a builder id.
+func BuilderKey(builderID string) string { return builderKey(builderID) }
+
+func builderKey(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:16])
+}
+
+func (c *Conn) ensureKV(ctx context.Context, o StreamOptions) error {
+	for _, cfg := range []jetstream.KeyValueConfig{
+		{Bucket: BucketVotes, Description: "Provenix quorum votes: one per tenant, output path and builder", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, TTL: o.MaxAge * 4},
+		{Bucket: BucketBuilders, Description: "Provenix builder reputation", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas},
+	} {
+		if _, err := c.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+			return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	return nil
+}
+
+func (c *Conn) kv(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	c.kvMu.Lock()
+	defer c.kvMu.Unlock()
+	if kv, ok := c.kvs[bucket]; ok {
+		return kv, nil
+	}
+	kv, err := c.js.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, fmt.Errorf("queue: bucket %s: %w", bucket, err)
+	}
+	if c.kvs == nil {
+		c.kvs = map[string]jetstream.KeyValue{}
+	}
+	c.kvs[bucket] = kv
+	return kv, nil
+}
+
+// KVPut stores value under key.
+func (c *Conn) KVPut(ctx context.Context, bucket, key string, value []byte) error {
+	kv, err := c.kv(ctx, bucket)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Put(ctx, key, value); err != nil {
+		return fmt.Errorf("queue: put %s/%s: %w", bucket, key, err)
+	}
+	return nil
+}
+
+// KVGet returns the value under key, or ErrNotFound.
+func (c *Conn) KVGet(ctx context.Context, bucket, key string) ([]byte, error) {
+	kv, err := c.kv(ctx, bucket)
+	if err != nil {
+		return nil, err
+	}
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, fmt.Errorf("%s/%s: %w", bucket, key, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("queue: get %s/%s: %w", bucket, key, err)
+	}
+	return e.Value(), nil
+}
+
+// KVList returns every value whose key starts with prefix + "." (or every
+// value for an empty prefix), by key.
+func (c *Conn) KVList(ctx context.Context, bucket, prefix string) (map[string][]byte, error) {
+	kv, err := c.kv(ctx, bucket)
+	if err != nil {
+		return nil, err
+	}
+	filter := ">"
+	if prefix != "" {
+		filter = prefix + ".>"
+	}
+	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("queue: list %s/%s: %w", bucket, filter, err)
+	}
+	defer w.Stop()
+	out := map[string][]byte{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return out, nil
+			}
+			if e == nil { // the initial values are all delivered
+				return out, nil
+			}
+			out[e.Key()] = e.Value()
+		}
+	}
+}
+
+// KVUpdate applies f to the value under key (nil when absent) and stores
+// the result with compare-and-set, retrying on a concurrent change; f may
+// run several times. f returning nil leaves the key alone.
+func (c *Conn) KVUpdate(ctx context.Context, bucket, key string, f func(old []byte) ([]byte, error)) error {
+	kv, err := c.kv(ctx, bucket)
+	if err != nil {
+		return err
+	}
+	for range 20 {
+		var old []byte
+		var rev uint64
+		e, err := kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return fmt.Errorf("queue: update %s/%s: %w", bucket, key, err)
+		default:
+			old, rev = e.Value(), e.Revision()
+		}
+		nv, err := f(old)
+		if err != nil || nv == nil {
+			return err
+		}
+		if rev == 0 {
+			_, err = kv.Create(ctx, key, nv)
+		} else {
+			_, err = kv.Update(ctx, key, nv, rev)
+		}
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongLastSequence(err) {
+			return fmt.Errorf("queue: update %s/%s: %w", bucket, key, err)
+		}
+	}
+	return fmt.Errorf("%s/%s: %w", bucket, key, ErrCASConflict)
+}
+
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// KVDelete removes key.
+func (c *Conn) KVDelete(ctx context.Context, bucket, key string) error {
+	kv, err := c.kv(ctx, bucket)
+	if err != nil {
+		return err
+	}
+	if err := kv.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("queue: delete %s/%s: %w", bucket, key, err)
+	}
+	return nil
+}
