@@ -38,6 +38,11 @@ type Output struct {
 	NarSize uint64 `json:"narSize"`
 	// StagingKey names the NAR in the staging object store.
 	StagingKey string `json:"stagingKey"`
+	// NixSig, when the builder holds a Nix signing key, is its Nix
+	// signature ("name:base64") over the output's narinfo fingerprint.
+	// Unsigned by the bundle, it is checked against the policy's key for
+	// the builder and against the fingerprint the pusher computes.
+	NixSig string `json:"nixSig,omitempty"`
 }
 
 // MsgID identifies a result for JetStream's duplicate window: the same
@@ -94,6 +99,9 @@ func (r *Result) Validate() error {
 		}
 		if o.StagingKey == "" {
 			return fmt.Errorf("%w: output %q: no staging key", ErrMalformed, o.Name)
+		}
+		if len(o.NixSig) > 512 || strings.ContainsAny(o.NixSig, " \n\r\t") {
+			return fmt.Errorf("%w: output %q: malformed nix signature", ErrMalformed, o.Name)
 		}
 	}
 	if len(r.Bundle) == 0 {

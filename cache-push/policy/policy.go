@@ -3,10 +3,15 @@
 package policy
 
 import (
+	"path"
+	"strings"
+	"time"
+
 	"bytes"
 	"crypto/ecdsa"
 	"errors"
 	"fmt"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"os"
 	"path/filepath"
 	"slices"
@@ -48,14 +53,72 @@ type Policy struct {
 	Tenants  []string  `yaml:"tenants"`
 	Systems  []string  `yaml:"systems"`
 	Builders []Builder `yaml:"builders"`
+	// Quorum is how many independent builders must agree on a NAR before
+	// it is published; absent means one (any trusted builder).
+	Quorum Quorum `yaml:"quorum"`
+	// Overrides replace the quorum rule for some systems or derivation
+	// names; the first matching entry wins.
+	Overrides []Override `yaml:"overrides"`
+	// Reputation sets when a builder that keeps disagreeing is quarantined.
+	Reputation Reputation `yaml:"reputation"`
 
-	keys map[string]*ecdsa.PublicKey // by builder id
+	keys    map[string]*ecdsa.PublicKey // by builder id
+	nixKeys map[string]signature.PublicKey
+	byID    map[string]*Builder
 }
 
 // Builder is one trusted builder.
 type Builder struct {
 	ID  string `yaml:"id"`
 	Key string `yaml:"key"`
+	// Owner and Host say who runs the builder and on what class of
+	// machine: a quorum may require agreement across owners or hosts.
+	// Empty means the builder id itself.
+	Owner string `yaml:"owner"`
+	Host  string `yaml:"host"`
+	// NixKey is the builder's Nix signing public key ("name:base64"); when
+	// set, the builder's Nix signature over the narinfo fingerprint is
+	// added to published narinfos as one more Sig line.
+	NixKey string `yaml:"nix_key"`
+}
+
+// Distinct names what agreeing votes must differ in.
+const (
+	DistinctBuilder = "builder"
+	DistinctOwner   = "owner"
+	DistinctHost    = "host"
+)
+
+// Disagreement ladder.
+const (
+	OnDisagreementBlock       = "block"
+	OnDisagreementTrustedOnly = "trusted-only"
+)
+
+// Quorum is the agreement a path needs.
+type Quorum struct {
+	Min      int    `yaml:"min"`
+	Distinct string `yaml:"distinct"`
+	// OnDisagreement: block (nothing is published while builders
+	// disagree) or trusted-only (publish the output of Trusted, labelled
+	// unverified-by-quorum in the provenance sidecar).
+	OnDisagreement string `yaml:"on_disagreement"`
+	Trusted        string `yaml:"trusted"`
+}
+
+// Override is a quorum rule for systems and/or derivation names (glob
+// patterns over the name part of the store path, e.g. "*-firefox-*").
+type Override struct {
+	Systems []string `yaml:"systems"`
+	Names   []string `yaml:"names"`
+	Quorum  Quorum   `yaml:"quorum"`
+}
+
+// Reputation: a builder in the minority QuarantineAfter times within
+// Window is quarantined until an operator clears it.
+type Reputation struct {
+	QuarantineAfter int           `yaml:"quarantine_after"`
+	Window          time.Duration `yaml:"window"`
 }
 
 // Load reads a policy file; relative key paths are resolved against its
@@ -89,8 +152,47 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 			return nil, fmt.Errorf("tenant: %w", err)
 		}
 	}
+	if err := p.Quorum.check(nil); err != nil {
+		return nil, fmt.Errorf("quorum: %w", err)
+	}
+	p.Quorum.fill(Quorum{Min: 1, Distinct: DistinctBuilder, OnDisagreement: OnDisagreementBlock})
+	for i := range p.Overrides {
+		o := &p.Overrides[i]
+		if len(o.Systems) == 0 && len(o.Names) == 0 {
+			return nil, fmt.Errorf("overrides[%d]: matches nothing (give systems or names)", i)
+		}
+		for _, n := range o.Names {
+			if _, err := path.Match(n, ""); err != nil {
+				return nil, fmt.Errorf("overrides[%d]: name pattern %q: %w", i, n, err)
+			}
+		}
+		if err := o.Quorum.check(nil); err != nil {
+			return nil, fmt.Errorf("overrides[%d]: quorum: %w", i, err)
+		}
+		o.Quorum.fill(p.Quorum)
+	}
+	if p.Reputation.QuarantineAfter < 0 || p.Reputation.Window < 0 {
+		return nil, errors.New("reputation: negative quarantine_after or window")
+	}
+	if p.Reputation.QuarantineAfter == 0 {
+		p.Reputation.QuarantineAfter = 3
+	}
+	if p.Reputation.Window == 0 {
+		p.Reputation.Window = 7 * 24 * time.Hour
+	}
 	p.keys = make(map[string]*ecdsa.PublicKey, len(p.Builders))
-	for i, b := range p.Builders {
+	p.nixKeys = map[string]signature.PublicKey{}
+	p.byID = map[string]*Builder{}
+	for i := range p.Builders {
+		b := &p.Builders[i]
+		p.byID[b.ID] = b
+		if b.NixKey != "" {
+			nk, err := signature.ParsePublicKey(b.NixKey)
+			if err != nil {
+				return nil, fmt.Errorf("builder %s: nix_key: %w", b.ID, err)
+			}
+			p.nixKeys[b.ID] = nk
+		}
 		if b.ID == "" {
 			return nil, fmt.Errorf("builders[%d]: no id", i)
 		}
@@ -114,7 +216,113 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 		}
 		p.keys[b.ID] = k
 	}
+	for _, q := range append([]Quorum{p.Quorum}, overrideQuorums(p.Overrides)...) {
+		if q.Trusted != "" {
+			if _, ok := p.byID[q.Trusted]; !ok {
+				return nil, fmt.Errorf("quorum: trusted builder %q is not among the builders", q.Trusted)
+			}
+		}
+		if q.OnDisagreement == OnDisagreementTrustedOnly && q.Trusted == "" {
+			return nil, errors.New("quorum: on_disagreement trusted-only needs a trusted builder")
+		}
+	}
 	return &p, nil
+}
+
+func overrideQuorums(os []Override) []Quorum {
+	out := make([]Quorum, len(os))
+	for i, o := range os {
+		out[i] = o.Quorum
+	}
+	return out
+}
+
+func (q *Quorum) check(_ *Quorum) error {
+	if q.Min < 0 {
+		return fmt.Errorf("min %d is negative", q.Min)
+	}
+	switch q.Distinct {
+	case "", DistinctBuilder, DistinctOwner, DistinctHost:
+	default:
+		return fmt.Errorf("distinct %q: want builder, owner or host", q.Distinct)
+	}
+	switch q.OnDisagreement {
+	case "", OnDisagreementBlock, OnDisagreementTrustedOnly:
+	default:
+		return fmt.Errorf("on_disagreement %q: want block or trusted-only", q.OnDisagreement)
+	}
+	return nil
+}
+
+// fill sets unset fields from def.
+func (q *Quorum) fill(def Quorum) {
+	if q.Min == 0 {
+		q.Min = def.Min
+	}
+	if q.Distinct == "" {
+		q.Distinct = def.Distinct
+	}
+	if q.OnDisagreement == "" {
+		q.OnDisagreement = def.OnDisagreement
+		if q.Trusted == "" {
+			q.Trusted = def.Trusted
+		}
+	}
+}
+
+// QuorumFor returns the rule for an output of a derivation for system.
+func (p *Policy) QuorumFor(system, storePath string) Quorum {
+	name := path.Base(storePath)
+	if _, rest, ok := strings.Cut(name, "-"); ok {
+		name = rest
+	}
+	for _, o := range p.Overrides {
+		if len(o.Systems) > 0 && !slices.Contains(o.Systems, system) {
+			continue
+		}
+		if len(o.Names) > 0 && !slices.ContainsFunc(o.Names, func(pat string) bool {
+			m, _ := path.Match(pat, name)
+			return m
+		}) {
+			continue
+		}
+		return o.Quorum
+	}
+	return p.Quorum
+}
+
+// Builder returns the policy's entry for id.
+func (p *Policy) Builder(id string) (Builder, bool) {
+	b, ok := p.byID[id]
+	if !ok {
+		return Builder{}, false
+	}
+	return *b, true
+}
+
+// DistinctKey is what a vote of builder id counts as under distinct.
+func (p *Policy) DistinctKey(id, distinct string) string {
+	b, ok := p.byID[id]
+	if !ok {
+		return id
+	}
+	switch distinct {
+	case DistinctOwner:
+		if b.Owner != "" {
+			return "owner:" + b.Owner
+		}
+	case DistinctHost:
+		if b.Host != "" {
+			return "host:" + b.Host
+		}
+	}
+	return "builder:" + id
+}
+
+// NixKey returns the builder's Nix public key, if it has one.
+func (p *Policy) NixKey(id string) (signature.PublicKey, bool) {
+	k, ok := p.nixKeys[id]
+	return k, ok
 }
 
 // Verifier returns a bundle verifier trusting exactly the policy's builders.
