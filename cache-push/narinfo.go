@@ -81,6 +81,9 @@ type Provenance struct {
 	// bundle's subject for StorePath carries.
 	NarSHA256 string            `json:"narSha256"`
 	Bundles   []json.RawMessage `json:"bundles"`
+	// Quorum, when a quorum decided, says how: the verdict, the rule and
+	// the agreeing builders; unverifiedByQuorum marks a trusted-only entry.
+	Quorum *QuorumInfo `json:"quorum,omitempty"`
 }
 
 // ProvenanceVersion is the sidecar format version.

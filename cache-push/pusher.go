@@ -83,6 +83,10 @@ type Events interface {
 // Config is what a Pusher needs. Store, Policy, CacheKey and Staging are
 // required.
 type Config struct {
+	// KV, when set, holds votes and reputation: results become votes and a
+	// path is published when the policy's quorum agrees. Without it every
+	// verified result publishes (the policy's quorum must then be 1).
+	KV       KV
 	Store    store.Store
 	Policy   *policy.Policy
 	CacheKey signature.SecretKey
@@ -119,6 +123,9 @@ func New(cfg Config) (*Pusher, error) {
 	}
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = 10 * time.Second
+	}
+	if cfg.KV == nil && (cfg.Policy.Quorum.Min > 1 || len(cfg.Policy.Overrides) > 0) {
+		return nil, errors.New("cachepush: the policy asks for a quorum, which needs the votes store (KV)")
 	}
 	v, err := cfg.Policy.Verifier()
 	if err != nil {
@@ -230,7 +237,15 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		byPath[o.Path] = o
 	}
 	for _, o := range r.Outputs {
-		existing, err := p.pushOutput(ctx, r, v, byPath[o.Path], o.StagingKey)
+		var existing bool
+		var err error
+		out := byPath[o.Path]
+		if p.cfg.KV != nil {
+			existing, err = p.vote(ctx, r, v, out, o, msgID)
+		} else {
+			existing, err = p.writeEntry(ctx, v.DrvPath, out, o.StagingKey, []json.RawMessage{r.Bundle},
+				nonEmpty(p.checkNixSig(v.BuilderID, o.NixSig, out)), nil)
+		}
 		if err != nil {
 			var re *rejectError
 			if errors.As(err, &re) {
@@ -256,9 +271,12 @@ type rejectError struct {
 
 func (e *rejectError) Error() string { return e.err.Error() }
 
-// pushOutput writes one verified output. It reports whether the path was
-// already in the cache with the same NAR.
-func (p *Pusher) pushOutput(ctx context.Context, r *queue.Result, v *attest.Verified, out attest.Output, stagingKey string) (bool, error) {
+// writeEntry publishes one output: NAR from staging (re-hashed while
+// compressed), provenance sidecar with bundles, then the narinfo signed by
+// the cache plus the builders' Nix signatures. When the path is already
+// published with the same NAR it only adds new bundles and signatures, and
+// reports true. A different NAR already published is a conflict.
+func (p *Pusher) writeEntry(ctx context.Context, drv string, out attest.Output, stagingKey string, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (bool, error) {
 	if prev, err := p.existing(ctx, out.Path); err != nil {
 		return false, err
 	} else if prev != nil {
@@ -269,6 +287,14 @@ func (p *Pusher) pushOutput(ctx context.Context, r *queue.Result, v *attest.Veri
 		if h != out.NarHash {
 			return false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s is already published with NAR sha256 %x; this result says %x",
 				ErrRejected, out.Path, h, out.NarHash)}
+		}
+		if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
+			return true, err
+		}
+		if added := addSigs(prev, sigs); added {
+			if err := store.Put(ctx, p.cfg.Store, NarinfoKey(out.Path), strings.NewReader(prev.String())); err != nil {
+				return true, err
+			}
 		}
 		return true, nil
 	}
@@ -292,18 +318,48 @@ func (p *Pusher) pushOutput(ctx context.Context, r *queue.Result, v *attest.Veri
 		return false, err
 	}
 
-	if err := p.writeProvenance(ctx, out, r.Bundle); err != nil {
+	if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
 		return false, err
 	}
-	ni, err := newNarinfo(out, v.DrvPath, nar, p.cfg.CacheKey)
+	ni, err := newNarinfo(out, drv, nar, p.cfg.CacheKey)
 	if err != nil {
 		return false, &rejectError{ReasonInconsistent, err}
 	}
+	addSigs(ni, sigs)
 	// The narinfo goes last: once it is visible, its NAR and provenance are.
 	if err := store.Put(ctx, p.cfg.Store, NarinfoKey(out.Path), strings.NewReader(ni.String())); err != nil {
 		return false, err
 	}
 	return false, nil
+}
+
+// addSigs adds the signatures ni lacks and reports whether it added any.
+func addSigs(ni *narinfo.NarInfo, sigs []string) bool {
+	added := false
+	for _, s := range sigs {
+		sig, err := signature.ParseSignature(s)
+		if err != nil {
+			continue
+		}
+		dup := false
+		for _, have := range ni.Signatures {
+			if have.String() == sig.String() {
+				dup = true
+			}
+		}
+		if !dup {
+			ni.Signatures = append(ni.Signatures, sig)
+			added = true
+		}
+	}
+	return added
+}
+
+func nonEmpty(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return []string{s}
 }
 
 // existing returns the narinfo already published for storePath, or nil.
@@ -326,23 +382,29 @@ func (p *Pusher) existing(ctx context.Context, storePath string) (*narinfo.NarIn
 
 // writeProvenance stores the sidecar for out, keeping bundles already
 // there for the same NAR (from other builders, or earlier runs).
-func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, bundle json.RawMessage) error {
-	sc := &Provenance{Version: ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex()}
+func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []json.RawMessage, q *QuorumInfo) error {
+	sc := &Provenance{Version: ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex(), Quorum: q}
 	if b, err := store.ReadAll(ctx, p.cfg.Store, ProvenanceKey(out.Path), maxNarinfoSize*4); err == nil {
 		if prev, perr := ParseProvenance(b); perr == nil && prev.NarSHA256 == sc.NarSHA256 {
 			sc.Bundles = prev.Bundles
+			if sc.Quorum == nil {
+				sc.Quorum = prev.Quorum
+			}
 		}
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
-	for _, b := range sc.Bundles {
-		if bytes.Equal(b, bundle) {
-			bundle = nil
-			break
+	for _, bundle := range add {
+		dup := false
+		for _, b := range sc.Bundles {
+			if sameJSON(b, bundle) {
+				dup = true
+				break
+			}
 		}
-	}
-	if bundle != nil {
-		sc.Bundles = append(sc.Bundles, bundle)
+		if !dup {
+			sc.Bundles = append(sc.Bundles, bundle)
+		}
 	}
 	b, err := json.MarshalIndent(sc, "", "  ")
 	if err != nil {
@@ -415,4 +477,14 @@ func tenantOf(subject string) string {
 		return parts[1]
 	}
 	return ""
+}
+
+// sameJSON compares two JSON documents ignoring layout: the sidecar is
+// written indented, bundles arrive compact.
+func sameJSON(a, b []byte) bool {
+	var ca, cb bytes.Buffer
+	if json.Compact(&ca, a) != nil || json.Compact(&cb, b) != nil {
+		return bytes.Equal(a, b)
+	}
+	return bytes.Equal(ca.Bytes(), cb.Bytes())
 }

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"strconv"
+	"strings"
 
 	"github.com/nix-community/go-nix/pkg/nar"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
 )
 
 // ErrNarMismatch means a store path's files no longer match what the Nix
@@ -56,4 +59,11 @@ func (n *Nix) DumpNAR(w io.Writer, info PathInfo) error {
 			ErrNarMismatch, info.Path, c.n, sum, info.NarSize, info.NarHash)
 	}
 	return nil
+}
+
+// Fingerprint is what a Nix signature of a store path signs:
+// "1;<path>;sha256:<nix32 NAR hash>;<NAR size>;<references, comma-separated>".
+func Fingerprint(path string, narHash [32]byte, narSize uint64, references []string) string {
+	return "1;" + path + ";sha256:" + nixbase32.EncodeToString(narHash[:]) + ";" +
+		strconv.FormatUint(narSize, 10) + ";" + strings.Join(references, ",")
 }

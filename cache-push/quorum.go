@@ -1,0 +1,446 @@
+package cachepush
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// Reasons and events of the quorum.
+const (
+	ReasonQuarantined = "quarantined"
+	EventDisputed     = "disputed"
+)
+
+// Verdicts of a tally.
+const (
+	VerdictPending     = "pending"      // not enough agreeing votes yet
+	VerdictAgreed      = "agreed"       // a quorum agrees on one NAR
+	VerdictDisputed    = "disputed"     // builders disagree; nothing published
+	VerdictTrustedOnly = "trusted-only" // disputed, published from the trusted builder
+)
+
+// KV is the key-value store of votes and reputation; *queue.Conn has it.
+type KV interface {
+	KVPut(ctx context.Context, bucket, key string, value []byte) error
+	KVGet(ctx context.Context, bucket, key string) ([]byte, error)
+	KVList(ctx context.Context, bucket, prefix string) (map[string][]byte, error)
+	KVUpdate(ctx context.Context, bucket, key string, f func(old []byte) ([]byte, error)) error
+}
+
+// Vote is one builder's verified claim about one output. Only verified
+// results become votes; the bundle is kept for the provenance sidecar.
+type Vote struct {
+	Tenant     string          `json:"tenant"`
+	StorePath  string          `json:"storePath"`
+	DrvPath    string          `json:"drvPath"`
+	System     string          `json:"system"`
+	Builder    string          `json:"builder"`
+	NarSHA256  string          `json:"narSha256"`
+	NarSize    uint64          `json:"narSize"`
+	References []string        `json:"references,omitempty"` // from the verified statement
+	StagingKey string          `json:"stagingKey"`
+	NixSig     string          `json:"nixSig,omitempty"` // checked against the policy's key
+	Bundle     json.RawMessage `json:"bundle"`
+	Time       time.Time       `json:"time"`
+	MsgID      string          `json:"msgId,omitempty"`
+	// Counted: this vote's agreement or disagreement is in the builder's
+	// reputation (so a redelivery does not count it twice).
+	Counted string `json:"counted,omitempty"`
+}
+
+// Tally is the state of the votes on one output.
+type Tally struct {
+	Verdict  string            `json:"verdict"`
+	Why      string            `json:"why"`
+	Quorum   policy.Quorum     `json:"quorum"`
+	Winner   string            `json:"winner,omitempty"` // NAR sha256 published (agreed or trusted-only)
+	Groups   map[string][]Vote `json:"-"`
+	Agreeing []Vote            `json:"-"`
+	Minority []Vote            `json:"-"`
+	Ignored  []string          `json:"ignored,omitempty"` // quarantined builders
+}
+
+// TallyVotes decides on the votes for one output under q. Votes of
+// quarantined builders are ignored. A NAR is agreed when its distinct
+// voters reach q.Min and outnumber those of every other NAR.
+func TallyVotes(p *policy.Policy, q policy.Quorum, votes []Vote, quarantined map[string]bool) Tally {
+	t := Tally{Quorum: q, Groups: map[string][]Vote{}}
+	for _, v := range votes {
+		if quarantined[v.Builder] {
+			t.Ignored = append(t.Ignored, v.Builder)
+			continue
+		}
+		t.Groups[v.NarSHA256] = append(t.Groups[v.NarSHA256], v)
+	}
+	type g struct {
+		hash     string
+		distinct int
+	}
+	var gs []g
+	for h, vs := range t.Groups {
+		keys := map[string]bool{}
+		for _, v := range vs {
+			keys[p.DistinctKey(v.Builder, q.Distinct)] = true
+		}
+		gs = append(gs, g{h, len(keys)})
+	}
+	sort.Slice(gs, func(i, j int) bool {
+		if gs[i].distinct != gs[j].distinct {
+			return gs[i].distinct > gs[j].distinct
+		}
+		return gs[i].hash < gs[j].hash
+	})
+	if len(gs) == 0 {
+		t.Verdict, t.Why = VerdictPending, "no counted votes"
+		return t
+	}
+	best := gs[0]
+	second := 0
+	if len(gs) > 1 {
+		second = gs[1].distinct
+	}
+	setSides := func(winner string) {
+		t.Winner = winner
+		for h, vs := range t.Groups {
+			if h == winner {
+				t.Agreeing = append(t.Agreeing, vs...)
+			} else {
+				t.Minority = append(t.Minority, vs...)
+			}
+		}
+		sort.Slice(t.Agreeing, func(i, j int) bool { return t.Agreeing[i].Builder < t.Agreeing[j].Builder })
+		sort.Slice(t.Minority, func(i, j int) bool { return t.Minority[i].Builder < t.Minority[j].Builder })
+	}
+	switch {
+	case best.distinct >= q.Min && best.distinct > second:
+		t.Verdict = VerdictAgreed
+		t.Why = fmt.Sprintf("%d distinct %s(s) agree on NAR %.12s (quorum %d)", best.distinct, q.Distinct, best.hash, q.Min)
+		if len(gs) > 1 {
+			t.Why += fmt.Sprintf("; %d NAR(s) in the minority", len(gs)-1)
+		}
+		setSides(best.hash)
+	case len(gs) > 1:
+		t.Verdict = VerdictDisputed
+		t.Why = fmt.Sprintf("%d different NARs; the largest agreement is %d of %d required", len(gs), best.distinct, q.Min)
+		if q.OnDisagreement == policy.OnDisagreementTrustedOnly {
+			for h, vs := range t.Groups {
+				for _, v := range vs {
+					if v.Builder == q.Trusted {
+						t.Verdict = VerdictTrustedOnly
+						t.Why += fmt.Sprintf("; publishing trusted builder %s's NAR, unverified by quorum", q.Trusted)
+						setSides(h)
+					}
+				}
+			}
+		}
+	default:
+		t.Verdict = VerdictPending
+		t.Why = fmt.Sprintf("%d of %d distinct %s(s) so far", best.distinct, q.Min, q.Distinct)
+	}
+	return t
+}
+
+// Votes reads the votes on storePath.
+func Votes(ctx context.Context, kv KV, tenant, storePath string) ([]Vote, error) {
+	m, err := kv.KVList(ctx, queue.BucketVotes, queue.VotePrefix(tenant, storePath))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Vote, 0, len(m))
+	for k, b := range m {
+		var v Vote
+		if err := json.Unmarshal(b, &v); err != nil {
+			return nil, fmt.Errorf("vote %s: %w", k, err)
+		}
+		if v.StorePath != storePath { // a hash-part collision would be news
+			continue
+		}
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Builder < out[j].Builder })
+	return out, nil
+}
+
+// checkNixSig keeps a builder's Nix signature only if it verifies with the
+// policy's key for that builder over the fingerprint of the attested
+// output; anything else is dropped (and logged), never published.
+func (p *Pusher) checkNixSig(builder, sig string, out attest.Output) string {
+	if sig == "" {
+		return ""
+	}
+	pub, ok := p.cfg.Policy.NixKey(builder)
+	if !ok {
+		p.log.Warn("builder sent a Nix signature but has no nix_key in the policy; dropped", "builder", builder)
+		return ""
+	}
+	s, err := signature.ParseSignature(sig)
+	if err != nil || s.Name != pub.Name || !pub.Verify(nix.Fingerprint(out.Path, out.NarHash, out.NarSize, out.References), s) {
+		p.log.Warn("builder's Nix signature does not verify; dropped", "builder", builder, "path", out.Path)
+		return ""
+	}
+	return sig
+}
+
+// vote records a verified output as a vote, tallies, and publishes when
+// the quorum agrees. It returns whether the path was already published.
+func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, out attest.Output, o queue.Output, msgID string) (bool, error) {
+	vote := Vote{
+		Tenant: r.Tenant, StorePath: out.Path, DrvPath: v.DrvPath, System: v.System, Builder: v.BuilderID,
+		NarSHA256: out.NarHashHex(), NarSize: out.NarSize, References: out.References, StagingKey: o.StagingKey,
+		NixSig: p.checkNixSig(v.BuilderID, o.NixSig, out), Bundle: r.Bundle, Time: time.Now().UTC(), MsgID: msgID,
+	}
+	key := queue.VoteKey(r.Tenant, out.Path, v.BuilderID)
+	// A builder's newer vote replaces its older one, unless it counted
+	// already with the same NAR (a redelivery).
+	if err := p.cfg.KV.KVUpdate(ctx, queue.BucketVotes, key, func(old []byte) ([]byte, error) {
+		var prev Vote
+		if old != nil && json.Unmarshal(old, &prev) == nil && prev.NarSHA256 == vote.NarSHA256 {
+			vote.Counted = prev.Counted
+			if prev.NixSig != "" && vote.NixSig == "" {
+				vote.NixSig = prev.NixSig
+			}
+		}
+		return json.Marshal(vote)
+	}); err != nil {
+		return false, fmt.Errorf("record vote: %w", err)
+	}
+
+	votes, err := Votes(ctx, p.cfg.KV, r.Tenant, out.Path)
+	if err != nil {
+		return false, fmt.Errorf("read votes: %w", err)
+	}
+	quarantined := map[string]bool{}
+	for _, vt := range votes {
+		if rep, err := GetReputation(ctx, p.cfg.KV, vt.Builder); err == nil && rep.Quarantined {
+			quarantined[vt.Builder] = true
+		}
+	}
+	q := p.cfg.Policy.QuorumFor(v.System, out.Path)
+	t := TallyVotes(p.cfg.Policy, q, votes, quarantined)
+	p.log.Info("tally", "path", out.Path, "builder", v.BuilderID, "verdict", t.Verdict, "why", t.Why)
+
+	switch t.Verdict {
+	case VerdictPending:
+		return false, nil
+	case VerdictDisputed:
+		p.disputed(ctx, r.Tenant, out.Path, v.DrvPath, t)
+		return false, nil
+	}
+	if t.Verdict == VerdictTrustedOnly {
+		p.disputed(ctx, r.Tenant, out.Path, v.DrvPath, t)
+	}
+	existing, err := p.publishAgreed(ctx, t)
+	if err != nil {
+		return false, err
+	}
+	if t.Verdict == VerdictAgreed {
+		// Reputation counts only decided votes: agreement with the
+		// published NAR, or disagreement with it.
+		p.countReputation(ctx, r.Tenant, out.Path, t)
+	}
+	if vote.NarSHA256 != t.Winner {
+		return false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s: this NAR (%s) is in the minority; %s (%s) won", ErrRejected, out.Path, vote.NarSHA256, t.Winner, t.Verdict)}
+	}
+	return existing, nil
+}
+
+// publishAgreed writes the winning NAR into the cache, or adds newly
+// agreeing bundles and signatures to the entry already there. Everything
+// it writes comes from verified votes.
+func (p *Pusher) publishAgreed(ctx context.Context, t Tally) (bool, error) {
+	a := t.Agreeing[0]
+	var out attest.Output
+	out.Path, out.NarSize, out.References = a.StorePath, a.NarSize, a.References
+	if _, err := hex.Decode(out.NarHash[:], []byte(a.NarSHA256)); err != nil {
+		return false, fmt.Errorf("vote of %s: NAR hash %q: %w", a.Builder, a.NarSHA256, err)
+	}
+	var bundles []json.RawMessage
+	var sigs, agreeing []string
+	for _, v := range t.Agreeing {
+		bundles = append(bundles, v.Bundle)
+		agreeing = append(agreeing, v.Builder)
+		if v.NixSig != "" {
+			sigs = append(sigs, v.NixSig)
+		}
+	}
+	info := &QuorumInfo{Verdict: t.Verdict, Min: t.Quorum.Min, Distinct: t.Quorum.Distinct, Agreeing: agreeing,
+		UnverifiedByQuorum: t.Verdict == VerdictTrustedOnly}
+	return p.writeEntry(ctx, a.DrvPath, out, a.StagingKey, bundles, sigs, info)
+}
+
+// disputed reports a disagreement; the votes stay for audit.
+func (p *Pusher) disputed(ctx context.Context, tenant, storePath, drv string, t Tally) {
+	d := Dispute{Time: time.Now().UTC(), Tenant: tenant, StorePath: storePath, DrvPath: drv, Verdict: t.Verdict, Why: t.Why, NARs: map[string][]string{}}
+	for h, vs := range t.Groups {
+		for _, v := range vs {
+			d.NARs[h] = append(d.NARs[h], v.Builder)
+		}
+		sort.Strings(d.NARs[h])
+	}
+	p.log.Warn("disputed", "path", storePath, "why", t.Why, "nars", d.NARs)
+	p.event(ctx, tenant, EventDisputed, d)
+}
+
+// Dispute is the event published on events.<tenant>.disputed.
+type Dispute struct {
+	Time      time.Time           `json:"time"`
+	Tenant    string              `json:"tenant"`
+	StorePath string              `json:"storePath"`
+	DrvPath   string              `json:"drvPath"`
+	Verdict   string              `json:"verdict"`
+	Why       string              `json:"why"`
+	NARs      map[string][]string `json:"nars"` // NAR sha256 → builders
+}
+
+// QuorumInfo is how the sidecar says a path came to be published.
+type QuorumInfo struct {
+	Verdict  string   `json:"verdict"`
+	Min      int      `json:"min"`
+	Distinct string   `json:"distinct"`
+	Agreeing []string `json:"agreeing"`
+	// UnverifiedByQuorum: published from a designated trusted builder
+	// while builders disagreed (on_disagreement: trusted-only).
+	UnverifiedByQuorum bool `json:"unverifiedByQuorum,omitempty"`
+}
+
+var errNoRep = errors.New("no reputation record")
+
+// Reputation is a builder's record.
+type Reputation struct {
+	Builder       string      `json:"builder"`
+	Owner         string      `json:"owner,omitempty"`
+	Agreements    int         `json:"agreements"`
+	Disagreements int         `json:"disagreements"`
+	Minority      []time.Time `json:"minority,omitempty"` // recent minority disagreements
+	LastSeen      time.Time   `json:"lastSeen"`
+	Quarantined   bool        `json:"quarantined"`
+	QuarantinedAt *time.Time  `json:"quarantinedAt,omitempty"`
+}
+
+// GetReputation reads a builder's record.
+func GetReputation(ctx context.Context, kv KV, builder string) (*Reputation, error) {
+	b, err := kv.KVGet(ctx, queue.BucketBuilders, queue.BuilderKey(builder))
+	if errors.Is(err, queue.ErrNotFound) {
+		return nil, errNoRep
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r Reputation
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("reputation of %s: %w", builder, err)
+	}
+	return &r, nil
+}
+
+// Reputations lists every builder's record.
+func Reputations(ctx context.Context, kv KV) ([]Reputation, error) {
+	m, err := kv.KVList(ctx, queue.BucketBuilders, "")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Reputation, 0, len(m))
+	for k, b := range m {
+		var r Reputation
+		if err := json.Unmarshal(b, &r); err != nil {
+			return nil, fmt.Errorf("reputation %s: %w", k, err)
+		}
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Builder < out[j].Builder })
+	return out, nil
+}
+
+// ClearQuarantine lifts a builder's quarantine and forgets its recent
+// minority votes (the totals stay).
+func ClearQuarantine(ctx context.Context, kv KV, builder string) error {
+	found := false
+	err := kv.KVUpdate(ctx, queue.BucketBuilders, queue.BuilderKey(builder), func(old []byte) ([]byte, error) {
+		if old == nil {
+			return nil, nil
+		}
+		found = true
+		var r Reputation
+		if err := json.Unmarshal(old, &r); err != nil {
+			return nil, err
+		}
+		r.Quarantined, r.QuarantinedAt, r.Minority = false, nil, nil
+		return json.Marshal(r)
+	})
+	if err == nil && !found {
+		return fmt.Errorf("builder %q: %w", builder, errNoRep)
+	}
+	return err
+}
+
+// countReputation adds each decided, not yet counted vote to its
+// builder's record, and quarantines builders too often in the minority.
+func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, t Tally) {
+	rule := p.cfg.Policy.Reputation
+	mark := func(v Vote, agreed bool) {
+		key := queue.VoteKey(tenant, storePath, v.Builder)
+		counted := false
+		err := p.cfg.KV.KVUpdate(ctx, queue.BucketVotes, key, func(old []byte) ([]byte, error) {
+			var cur Vote
+			if old == nil || json.Unmarshal(old, &cur) != nil || cur.Counted != "" || cur.NarSHA256 != v.NarSHA256 {
+				return nil, nil // gone, replaced or counted already
+			}
+			cur.Counted = t.Winner
+			counted = true
+			return json.Marshal(cur)
+		})
+		if err != nil || !counted {
+			return
+		}
+		now := time.Now().UTC()
+		err = p.cfg.KV.KVUpdate(ctx, queue.BucketBuilders, queue.BuilderKey(v.Builder), func(old []byte) ([]byte, error) {
+			r := Reputation{Builder: v.Builder}
+			if old != nil {
+				if err := json.Unmarshal(old, &r); err != nil {
+					return nil, err
+				}
+			}
+			if b, ok := p.cfg.Policy.Builder(v.Builder); ok {
+				r.Owner = b.Owner
+			}
+			r.LastSeen = now
+			if agreed {
+				r.Agreements++
+			} else {
+				r.Disagreements++
+				var recent []time.Time
+				for _, m := range r.Minority {
+					if now.Sub(m) < rule.Window {
+						recent = append(recent, m)
+					}
+				}
+				r.Minority = append(recent, now)
+				if len(r.Minority) >= rule.QuarantineAfter && !r.Quarantined {
+					r.Quarantined, r.QuarantinedAt = true, &now
+				}
+			}
+			return json.Marshal(r)
+		})
+		if err != nil {
+			p.log.Warn("reputation not updated", "builder", v.Builder, "err", err)
+		}
+	}
+	for _, v := range t.Agreeing {
+		mark(v, true)
+	}
+	for _, v := range t.Minority {
+		mark(v, false)
+	}
+}
