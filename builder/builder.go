@@ -6,9 +6,12 @@
 package builder
 
 import (
+	"crypto/rand"
+
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"io"
 	"log/slog"
 	"path"
@@ -36,7 +39,11 @@ type Builder struct {
 	BuilderID string
 	Tenant    string
 	Version   string
-	Logger    *slog.Logger
+	// NixKey, when set, also signs each output's narinfo fingerprint the
+	// Nix way; a pusher whose policy knows the public key adds the
+	// signature to the narinfo, so clients can require this builder's Sig.
+	NixKey *signature.SecretKey
+	Logger *slog.Logger
 
 	envOnce sync.Once
 	env     nixEnv
@@ -196,9 +203,15 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 			return nil, err
 		}
 		build.Outputs = append(build.Outputs, o)
-		res.Outputs = append(res.Outputs, queue.Output{
-			Name: o.Name, Path: o.Path, NarHash: o.NarHashHex(), NarSize: o.NarSize, StagingKey: key,
-		})
+		qo := queue.Output{Name: o.Name, Path: o.Path, NarHash: o.NarHashHex(), NarSize: o.NarSize, StagingKey: key}
+		if b.NixKey != nil {
+			sig, err := b.NixKey.Sign(rand.Reader, nix.Fingerprint(o.Path, o.NarHash, o.NarSize, o.References))
+			if err != nil {
+				return nil, fmt.Errorf("nix signature of %s: %w", o.Path, err)
+			}
+			qo.NixSig = sig.String()
+		}
+		res.Outputs = append(res.Outputs, qo)
 	}
 
 	st, err := attest.NewStatement(build)

@@ -10,10 +10,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/spf13/cobra"
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
+	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/runner/capture"
 	"codeberg.org/provenix/provenix/up"
@@ -26,6 +28,7 @@ type buildFlags struct {
 	args       []string
 	argstrs    []string
 	key        string
+	nixKey     string
 	builderID  string
 	tenant     string
 	nixOptions []string
@@ -64,6 +67,7 @@ data directory's builder key and builder id "local".`,
 	fl.StringVarP(&f.attr, "attr", "A", "", "attribute to build from a .nix file")
 	fl.StringArrayVar(&f.args, "arg", nil, "NAME=EXPR passed as --arg NAME EXPR to file targets")
 	fl.StringArrayVar(&f.argstrs, "argstr", nil, "NAME=VALUE passed as --argstr to file targets")
+	fl.StringVar(&f.nixKey, "nix-key", "", "also sign each output's narinfo fingerprint with this Nix secret key (NAME:base64, e.g. from 'provenix key generate --cache NAME FILE'); policies list the public half as the builder's nix_key")
 	fl.StringVar(&f.key, "key", "", "builder signing key (default: the data directory's keys/builder.key)")
 	fl.StringVar(&f.builderID, "builder-id", up.DefaultBuilderID, "builder id recorded in the provenance; policies bind it to the key")
 	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant the results belong to")
@@ -197,7 +201,16 @@ func runBuild(ctx context.Context, g *globals, f *buildFlags, targets []string) 
 	}
 	defer conn.Close()
 
+	var nixKey *signature.SecretKey
+	if f.nixKey != "" {
+		k, err := cachepush.LoadKey(f.nixKey)
+		if err != nil {
+			return &exitError{code: exitUsageErr, err: fmt.Errorf("--nix-key: %w", err)}
+		}
+		nixKey = &k
+	}
 	b := &builder.Builder{
+		NixKey:    nixKey,
 		Nix:       &nix.Nix{Root: f.storeRoot, Options: nixOpts, Stderr: g.stderr},
 		Queue:     conn,
 		Signer:    signer,
