@@ -1,0 +1,181 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/up"
+)
+
+func newBuildersCmd(g *globals) *cobra.Command {
+	var nf natsFlags
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "builders",
+		Short: "Show builder reputation: agreements, minority disagreements, quarantine",
+		Long: `Print every builder the pushers have counted: how often its NAR agreed with
+the published one, how often it was in the minority, when it was last seen,
+and whether it is quarantined (its votes ignored) after too many minority
+disagreements within the policy's reputation window.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conn, err := nf.connect(cmd.Context(), g, "provenix-builders")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			reps, err := cachepush.Reputations(cmd.Context(), conn)
+			if err != nil {
+				return &exitError{code: exitUsageErr, err: err}
+			}
+			if asJSON {
+				if reps == nil {
+					reps = []cachepush.Reputation{}
+				}
+				return writeJSON(g, reps)
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "BUILDER\tOWNER\tAGREED\tMINORITY\tRECENT-MINORITY\tLAST SEEN\tSTATE")
+			for _, r := range reps {
+				state := "ok"
+				if r.Quarantined {
+					state = "QUARANTINED since " + r.QuarantinedAt.UTC().Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", r.Builder, r.Owner, r.Agreements, r.Disagreements, len(r.Minority), r.LastSeen.UTC().Format(time.RFC3339), state)
+			}
+			return tw.Flush()
+		},
+	}
+	nf.register(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+
+	var cnf natsFlags
+	clear := &cobra.Command{
+		Use:   "clear BUILDER-ID",
+		Short: "Lift a builder's quarantine (its recent minority votes are forgotten; totals stay)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			conn, err := cnf.connect(cmd.Context(), g, "provenix-builders")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			if err := cachepush.ClearQuarantine(cmd.Context(), conn, args[0]); err != nil {
+				return &exitError{code: exitFailed, err: err}
+			}
+			fmt.Fprintf(g.stdout, "cleared %s\n", args[0])
+			return nil
+		},
+	}
+	cnf.register(clear)
+	cmd.AddCommand(clear)
+	return cmd
+}
+
+func newStatusCmd(g *globals) *cobra.Command {
+	var nf natsFlags
+	var asJSON bool
+	var tenant, policyFile, storeRoot string
+	cmd := &cobra.Command{
+		Use:   "status DRV|STOREPATH",
+		Short: "Show the votes on a derivation's outputs, their NAR hashes and the verdict",
+		Long: `Read the pushers' votes on a store path (or on every output of a .drv) and
+say where it stands under the cache policy: pending (more votes needed),
+agreed (published), disputed (builders disagree; nothing published) or
+trusted-only (published from the designated trusted builder, unverified by
+quorum) — and why.`,
+		Example: `  provenix status /nix/store/…-provenix-hello
+  provenix status --json /nix/store/…-provenix-hello.drv`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if policyFile == "" {
+				policyFile = up.Paths{Dir: g.dataDir}.Policy()
+			}
+			pol, err := policy.Load(policyFile)
+			if err != nil {
+				return &exitError{code: exitUsageErr, err: err}
+			}
+			paths := []string{args[0]}
+			if strings.HasSuffix(args[0], ".drv") {
+				d, err := (&nix.Nix{Root: storeRoot}).ReadDerivation(args[0])
+				if err != nil {
+					return &exitError{code: exitUsageErr, err: err}
+				}
+				paths = paths[:0]
+				for _, o := range d.Outputs {
+					paths = append(paths, o.Path)
+				}
+			}
+			conn, err := nf.connect(ctx, g, "provenix-status")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			type voteOut struct {
+				Builder   string    `json:"builder"`
+				NarSHA256 string    `json:"narSha256"`
+				Time      time.Time `json:"time"`
+				NixSig    bool      `json:"nixSig"`
+			}
+			type pathOut struct {
+				StorePath string    `json:"storePath"`
+				System    string    `json:"system,omitempty"`
+				Verdict   string    `json:"verdict"`
+				Why       string    `json:"why"`
+				Winner    string    `json:"winner,omitempty"`
+				Votes     []voteOut `json:"votes"`
+			}
+			var outs []pathOut
+			for _, sp := range paths {
+				votes, err := cachepush.Votes(ctx, conn, tenant, sp)
+				if err != nil {
+					return &exitError{code: exitUsageErr, err: err}
+				}
+				po := pathOut{StorePath: sp, Votes: []voteOut{}}
+				quarantined := map[string]bool{}
+				for _, v := range votes {
+					po.System = v.System
+					po.Votes = append(po.Votes, voteOut{Builder: v.Builder, NarSHA256: v.NarSHA256, Time: v.Time, NixSig: v.NixSig != ""})
+					if r, err := cachepush.GetReputation(ctx, conn, v.Builder); err == nil && r.Quarantined {
+						quarantined[v.Builder] = true
+					}
+				}
+				t := cachepush.TallyVotes(pol, pol.QuorumFor(po.System, sp), votes, quarantined)
+				po.Verdict, po.Why, po.Winner = t.Verdict, t.Why, t.Winner
+				if len(votes) == 0 {
+					po.Why = "no votes (not built yet, or the votes expired)"
+				}
+				outs = append(outs, po)
+			}
+			if asJSON {
+				return writeJSON(g, outs)
+			}
+			for _, po := range outs {
+				fmt.Fprintf(g.stdout, "%s\n  verdict: %s — %s\n", po.StorePath, po.Verdict, po.Why)
+				for _, v := range po.Votes {
+					mark := " "
+					if v.NarSHA256 == po.Winner {
+						mark = "✓"
+					}
+					fmt.Fprintf(g.stdout, "  %s %-32s NAR %.16s… at %s\n", mark, v.Builder, v.NarSHA256, v.Time.UTC().Format(time.RFC3339))
+				}
+			}
+			return nil
+		},
+	}
+	nf.register(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&tenant, "tenant", up.DefaultTenant, "tenant whose votes to read")
+	cmd.Flags().StringVar(&policyFile, "policy", "", "cache policy deciding the quorum (default: the data directory's policy.yaml)")
+	cmd.Flags().StringVar(&storeRoot, "store", "", "chroot store holding the .drv")
+	return cmd
+}
+
