@@ -178,4 +178,3 @@ quorum) — and why.`,
 	cmd.Flags().StringVar(&storeRoot, "store", "", "chroot store holding the .drv")
 	return cmd
 }
-
