@@ -1,0 +1,67 @@
+package cachepush
+
+import (
+	"path/filepath"
+	"testing"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/cache-push/policy"
+)
+
+func tallyPolicy(t *testing.T) *policy.Policy {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := attest.GenerateKeyFiles(filepath.Join(dir, "k")); err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Parse([]byte(`tenants: [default]
+systems: [x86_64-linux]
+quorum: {min: 2, distinct: owner}
+overrides:
+  - names: ["flaky-*"]
+    quorum: {on_disagreement: trusted-only, trusted: a}
+  - systems: [x86_64-linux]
+    names: ["solo-*"]
+    quorum: {min: 1}
+builders:
+  - {id: a, key: k.pub, owner: alice}
+  - {id: a2, key: k.pub, owner: alice}
+  - {id: b, key: k.pub, owner: bob}
+  - {id: c, key: k.pub, owner: carol}
+`), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestTallyVotes(t *testing.T) {
+	p := tallyPolicy(t)
+	v := func(builder, hash string) Vote { return Vote{Builder: builder, NarSHA256: hash} }
+	for _, tc := range []struct {
+		name        string
+		path        string
+		votes       []Vote
+		quarantined map[string]bool
+		verdict     string
+		winner      string
+	}{
+		{"none", "/nix/store/x-hello", nil, nil, VerdictPending, ""},
+		{"one", "/nix/store/x-hello", []Vote{v("a", "h1")}, nil, VerdictPending, ""},
+		{"two owners agree", "/nix/store/x-hello", []Vote{v("a", "h1"), v("b", "h1")}, nil, VerdictAgreed, "h1"},
+		{"same owner twice is one", "/nix/store/x-hello", []Vote{v("a", "h1"), v("a2", "h1")}, nil, VerdictPending, ""},
+		{"disagree", "/nix/store/x-hello", []Vote{v("a", "h1"), v("b", "h2")}, nil, VerdictDisputed, ""},
+		{"majority wins", "/nix/store/x-hello", []Vote{v("a", "h1"), v("b", "h1"), v("c", "h2")}, nil, VerdictAgreed, "h1"},
+		{"quarantined ignored", "/nix/store/x-hello", []Vote{v("a", "h1"), v("c", "h2")}, map[string]bool{"c": true}, VerdictPending, ""},
+		{"trusted-only", "/nix/store/x-flaky-1", []Vote{v("a", "h1"), v("b", "h2")}, nil, VerdictTrustedOnly, "h1"},
+		{"trusted-only without the trusted vote", "/nix/store/x-flaky-1", []Vote{v("b", "h1"), v("c", "h2")}, nil, VerdictDisputed, ""},
+		{"override min 1", "/nix/store/x-solo-1", []Vote{v("c", "h9")}, nil, VerdictAgreed, "h9"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := TallyVotes(p, p.QuorumFor("x86_64-linux", tc.path), tc.votes, tc.quarantined)
+			if got.Verdict != tc.verdict || got.Winner != tc.winner {
+				t.Fatalf("verdict %s winner %q (%s), want %s %q", got.Verdict, got.Winner, got.Why, tc.verdict, tc.winner)
+			}
+		})
+	}
+}
