@@ -108,6 +108,9 @@ type Pusher struct {
 
 	mu       sync.Mutex
 	consumer *queue.Consumer
+
+	repMu    sync.Mutex
+	repCache map[string]repEntry
 }
 
 // New checks cfg and returns a Pusher.

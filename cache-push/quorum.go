@@ -152,19 +152,24 @@ func TallyVotes(p *policy.Policy, q policy.Quorum, votes []Vote, quarantined map
 	return t
 }
 
-// Votes reads the votes on storePath.
-func Votes(ctx context.Context, kv KV, tenant, storePath string) ([]Vote, error) {
-	m, err := kv.KVList(ctx, queue.BucketVotes, queue.VotePrefix(tenant, storePath))
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Vote, 0, len(m))
-	for k, b := range m {
+// Votes reads the votes of the given builders on storePath: one direct
+// get per builder (the policy's builders are few), which is much cheaper
+// than listing the bucket with a watcher.
+func Votes(ctx context.Context, kv KV, tenant, storePath string, builders []string) ([]Vote, error) {
+	out := make([]Vote, 0, len(builders))
+	for _, id := range builders {
+		b, err := kv.KVGet(ctx, queue.BucketVotes, queue.VoteKey(tenant, storePath, id))
+		if errors.Is(err, queue.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
 		var v Vote
 		if err := json.Unmarshal(b, &v); err != nil {
-			return nil, fmt.Errorf("vote %s: %w", k, err)
+			return nil, fmt.Errorf("vote of %s on %s: %w", id, storePath, err)
 		}
-		if v.StorePath != storePath { // a hash-part collision would be news
+		if v.StorePath != storePath || v.Builder != id { // a hash-part collision would be news
 			continue
 		}
 		out = append(out, v)
@@ -217,13 +222,13 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		return false, fmt.Errorf("record vote: %w", err)
 	}
 
-	votes, err := Votes(ctx, p.cfg.KV, r.Tenant, out.Path)
+	votes, err := Votes(ctx, p.cfg.KV, r.Tenant, out.Path, p.cfg.Policy.BuilderIDs())
 	if err != nil {
 		return false, fmt.Errorf("read votes: %w", err)
 	}
 	quarantined := map[string]bool{}
 	for _, vt := range votes {
-		if rep, err := GetReputation(ctx, p.cfg.KV, vt.Builder); err == nil && rep.Quarantined {
+		if p.quarantined(ctx, vt.Builder) {
 			quarantined[vt.Builder] = true
 		}
 	}
@@ -436,6 +441,7 @@ func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, 
 		if err != nil {
 			p.log.Warn("reputation not updated", "builder", v.Builder, "err", err)
 		}
+		p.forgetReputation(v.Builder)
 	}
 	for _, v := range t.Agreeing {
 		mark(v, true)
@@ -443,4 +449,39 @@ func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, 
 	for _, v := range t.Minority {
 		mark(v, false)
 	}
+}
+
+// quarantined reports whether builder is quarantined, from a record at
+// most repTTL old: quarantine is rare and read on every vote.
+func (p *Pusher) quarantined(ctx context.Context, builder string) bool {
+	const repTTL = 2 * time.Second
+	p.repMu.Lock()
+	c, ok := p.repCache[builder]
+	p.repMu.Unlock()
+	if ok && time.Since(c.at) < repTTL {
+		return c.quarantined
+	}
+	q := false
+	if rep, err := GetReputation(ctx, p.cfg.KV, builder); err == nil {
+		q = rep.Quarantined
+	}
+	p.repMu.Lock()
+	if p.repCache == nil {
+		p.repCache = map[string]repEntry{}
+	}
+	p.repCache[builder] = repEntry{quarantined: q, at: time.Now()}
+	p.repMu.Unlock()
+	return q
+}
+
+type repEntry struct {
+	quarantined bool
+	at          time.Time
+}
+
+// forgetReputation drops a cached record after this pusher changed it.
+func (p *Pusher) forgetReputation(builder string) {
+	p.repMu.Lock()
+	delete(p.repCache, builder)
+	p.repMu.Unlock()
 }

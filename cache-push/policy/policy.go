@@ -291,6 +291,15 @@ func (p *Policy) QuorumFor(system, storePath string) Quorum {
 	return p.Quorum
 }
 
+// BuilderIDs lists the policy's builder ids.
+func (p *Policy) BuilderIDs() []string {
+	ids := make([]string, len(p.Builders))
+	for i, b := range p.Builders {
+		ids[i] = b.ID
+	}
+	return ids
+}
+
 // Builder returns the policy's entry for id.
 func (p *Policy) Builder(id string) (Builder, bool) {
 	b, ok := p.byID[id]

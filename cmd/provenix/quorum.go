@@ -135,7 +135,7 @@ quorum) — and why.`,
 			}
 			var outs []pathOut
 			for _, sp := range paths {
-				votes, err := cachepush.Votes(ctx, conn, tenant, sp)
+				votes, err := cachepush.Votes(ctx, conn, tenant, sp, pol.BuilderIDs())
 				if err != nil {
 					return &exitError{code: exitUsageErr, err: err}
 				}

@@ -90,7 +90,7 @@ func waitVotes(t *testing.T, kv cachepush.KV, path string, n int) []cachepush.Vo
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		votes, err := cachepush.Votes(context.Background(), kv, up.DefaultTenant, path)
+		votes, err := cachepush.Votes(context.Background(), kv, up.DefaultTenant, path, []string{"builder-a", "builder-b", "builder-c"})
 		if err == nil && len(votes) >= n {
 			return votes
 		}
