@@ -27,6 +27,16 @@ import (
 // ErrNotInstalled means the Nix command-line tools are not on PATH.
 var ErrNotInstalled = errors.New("nix is not installed: install it (Debian/Ubuntu: apt-get install nix-bin; elsewhere: https://nixos.org/download) and make sure nix-build is on PATH")
 
+// Build outcomes callers can match with errors.Is.
+var (
+	// ErrBuildFailed: Nix ran the build and it failed (a builder error, a
+	// timeout, a fixed-output hash mismatch).
+	ErrBuildFailed = errors.New("nix: build failed")
+	// ErrNotDeterministic: a --check rebuild produced an output that
+	// differs from the one in the store.
+	ErrNotDeterministic = errors.New("nix: rebuild differs from the output in the store")
+)
+
 // Nix runs the host's Nix tools.
 type Nix struct {
 	// Root, when set, is the root of a chroot store (nix --store ROOT): its
@@ -76,25 +86,72 @@ func (n *Nix) args(extra ...string) []string {
 
 // run executes name with the store and option arguments, returning stdout.
 func (n *Nix) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	var stdout bytes.Buffer
+	if err := n.runTo(ctx, &stdout, name, args...); err != nil {
+		return nil, err
+	}
+	return stdout.Bytes(), nil
+}
+
+// runTo executes name with its stdout going to w.
+func (n *Nix) runTo(ctx context.Context, w io.Writer, name string, args ...string) error {
+	cmd, stderr, err := n.command(ctx, name, args...)
+	if err != nil {
+		return err
+	}
+	cmd.Stdout = w
+	return commandError(cmd.Run(), name, args, stderr)
+}
+
+// command prepares name: its stderr goes to n.Stderr and to the returned
+// buffer, which keeps the tail for error messages.
+func (n *Nix) command(ctx context.Context, name string, args ...string) (*exec.Cmd, *bytes.Buffer, error) {
 	if _, err := exec.LookPath(name); err != nil {
-		return nil, fmt.Errorf("%w (%s not found)", ErrNotInstalled, name)
+		return nil, nil, fmt.Errorf("%w (%s not found)", ErrNotInstalled, name)
 	}
 	cmd := exec.CommandContext(ctx, name, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout = &stdout
+	var stderr bytes.Buffer
 	if n.Stderr != nil {
 		cmd.Stderr = io.MultiWriter(n.Stderr, &tail{buf: &stderr})
 	} else {
 		cmd.Stderr = &tail{buf: &stderr}
 	}
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			msg = "(no output)"
-		}
-		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
+	return cmd, &stderr, nil
+}
+
+// commandError describes a failed command with the tail of its stderr, and
+// maps Nix's build exit statuses onto ErrBuildFailed and
+// ErrNotDeterministic. Nix's status is a bit mask over 0x60: 0x04 build
+// failure, 0x01 timeout, 0x02 hash mismatch, 0x08 --check found a
+// different output (100, 101, 102, 104).
+func commandError(err error, name string, args []string, stderr *bytes.Buffer) error {
+	if err == nil {
+		return nil
 	}
-	return stdout.Bytes(), nil
+	msg := strings.TrimSpace(stderr.String())
+	if msg == "" {
+		msg = "(no output)"
+	}
+	cmdline := strings.Join(args, " ")
+	if len(cmdline) > 512 {
+		cmdline = cmdline[:512] + " ..."
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if code := ee.ExitCode(); code&0x60 == 0x60 && code < 0x70 {
+			var kinds []error
+			if code&0x08 != 0 {
+				kinds = append(kinds, ErrNotDeterministic)
+			}
+			if code&0x07 != 0 {
+				kinds = append(kinds, ErrBuildFailed)
+			}
+			if len(kinds) > 0 {
+				return fmt.Errorf("%s %s: %w: %w: %s", name, cmdline, errors.Join(kinds...), err, msg)
+			}
+		}
+	}
+	return fmt.Errorf("%s %s: %w: %s", name, cmdline, err, msg)
 }
 
 // tail keeps the last 4 KiB written, for error messages.
@@ -189,7 +246,52 @@ func (n *Nix) FlakeDerivation(ctx context.Context, installable string) (string, 
 
 // Realise builds (or substitutes) drv and returns its output paths.
 func (n *Nix) Realise(ctx context.Context, drv string) ([]string, error) {
-	out, err := n.run(ctx, "nix-store", n.args("--realise", drv)...)
+	return n.RealiseWith(ctx, RealiseOptions{}, drv)
+}
+
+// RealiseOptions tune RealiseWith.
+type RealiseOptions struct {
+	// NoSubstitute builds the outputs on this machine instead of fetching
+	// them from a substituter (--option substitute false). It holds for
+	// every derivation Nix has to realise in the call, dependencies
+	// included: realise those first if substituting them is fine.
+	NoSubstitute bool
+	// Check rebuilds outputs that are already valid and compares the
+	// result with them (--check): a difference fails with
+	// ErrNotDeterministic, and the store keeps its copy either way. Every
+	// output must be valid already.
+	Check bool
+}
+
+// RealiseWith realises drvs in one nix-store call and returns their output
+// paths.
+func (n *Nix) RealiseWith(ctx context.Context, o RealiseOptions, drvs ...string) ([]string, error) {
+	if len(drvs) == 0 {
+		return nil, nil
+	}
+	a := n.args()
+	if o.NoSubstitute {
+		// After n.Options: the last --option of a name wins.
+		a = append(a, "--option", "substitute", "false")
+	}
+	a = append(a, "--realise")
+	if o.Check {
+		a = append(a, "--check")
+	}
+	out, err := n.run(ctx, "nix-store", append(a, drvs...)...)
+	if err != nil {
+		return nil, err
+	}
+	return lines(out), nil
+}
+
+// Invalid returns those of paths that are not valid in the store, in the
+// order given.
+func (n *Nix) Invalid(ctx context.Context, paths ...string) ([]string, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	out, err := n.run(ctx, "nix-store", n.args(append([]string{"--check-validity", "--print-invalid"}, paths...)...)...)
 	if err != nil {
 		return nil, err
 	}
