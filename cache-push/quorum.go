@@ -37,6 +37,7 @@ type KV interface {
 	KVGet(ctx context.Context, bucket, key string) ([]byte, error)
 	KVList(ctx context.Context, bucket, prefix string) (map[string][]byte, error)
 	KVUpdate(ctx context.Context, bucket, key string, f func(old []byte) ([]byte, error)) error
+	KVCreate(ctx context.Context, bucket, key string, value []byte) error
 }
 
 // Vote is one builder's verified claim about one output. Only verified
@@ -207,25 +208,43 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		NixSig: p.checkNixSig(v.BuilderID, o.NixSig, out), Bundle: r.Bundle, Time: time.Now().UTC(), MsgID: msgID,
 	}
 	key := queue.VoteKey(r.Tenant, out.Path, v.BuilderID)
-	// A builder's newer vote replaces its older one, unless it counted
-	// already with the same NAR (a redelivery).
-	if err := p.cfg.KV.KVUpdate(ctx, queue.BucketVotes, key, func(old []byte) ([]byte, error) {
-		var prev Vote
-		if old != nil && json.Unmarshal(old, &prev) == nil && prev.NarSHA256 == vote.NarSHA256 {
-			vote.Counted = prev.Counted
-			if prev.NixSig != "" && vote.NixSig == "" {
-				vote.NixSig = prev.NixSig
+	first, err := json.Marshal(vote)
+	if err != nil {
+		return false, err
+	}
+	// Most votes are a builder's first on a path: one round trip.
+	err = p.cfg.KV.KVCreate(ctx, queue.BucketVotes, key, first)
+	if errors.Is(err, queue.ErrKeyExists) {
+		// A builder's newer vote replaces its older one, keeping the
+		// reputation mark when it is the same NAR (a redelivery).
+		err = p.cfg.KV.KVUpdate(ctx, queue.BucketVotes, key, func(old []byte) ([]byte, error) {
+			var prev Vote
+			if old != nil && json.Unmarshal(old, &prev) == nil && prev.NarSHA256 == vote.NarSHA256 {
+				vote.Counted = prev.Counted
+				if prev.NixSig != "" && vote.NixSig == "" {
+					vote.NixSig = prev.NixSig
+				}
 			}
-		}
-		return json.Marshal(vote)
-	}); err != nil {
+			return json.Marshal(vote)
+		})
+	}
+	if err != nil {
 		return false, fmt.Errorf("record vote: %w", err)
 	}
 
-	votes, err := Votes(ctx, p.cfg.KV, r.Tenant, out.Path, p.cfg.Policy.BuilderIDs())
+	// The others' votes; this builder's is the one just written.
+	var others []string
+	for _, id := range p.cfg.Policy.BuilderIDs() {
+		if id != v.BuilderID {
+			others = append(others, id)
+		}
+	}
+	votes, err := Votes(ctx, p.cfg.KV, r.Tenant, out.Path, others)
 	if err != nil {
 		return false, fmt.Errorf("read votes: %w", err)
 	}
+	votes = append(votes, vote)
+	sort.Slice(votes, func(i, j int) bool { return votes[i].Builder < votes[j].Builder })
 	quarantined := map[string]bool{}
 	for _, vt := range votes {
 		if p.quarantined(ctx, vt.Builder) {

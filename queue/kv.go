@@ -178,6 +178,25 @@ func isWrongLastSequence(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
+// ErrKeyExists is returned by KVCreate when the key already has a value.
+var ErrKeyExists = errors.New("queue: key exists")
+
+// KVCreate stores value under key only if the key has none: one round
+// trip for the common case of a first write.
+func (c *Conn) KVCreate(ctx context.Context, bucket, key string, value []byte) error {
+	kv, err := c.kv(ctx, bucket)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Create(ctx, key, value); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) || isWrongLastSequence(err) {
+			return fmt.Errorf("%s/%s: %w", bucket, key, ErrKeyExists)
+		}
+		return fmt.Errorf("queue: create %s/%s: %w", bucket, key, err)
+	}
+	return nil
+}
+
 // KVDelete removes key.
 func (c *Conn) KVDelete(ctx context.Context, bucket, key string) error {
 	kv, err := c.kv(ctx, bucket)
