@@ -187,3 +187,87 @@ func BenchmarkBuildToNarinfo(b *testing.B) {
 	b.ReportMetric(pct(0.9), "p90-ms")
 	b.ReportMetric(pct(1), "max-ms")
 }
+
+// BenchmarkQuorumVoteToNarinfo measures, on the embedded stack with
+// quorum 2, the time from the quorum-completing vote being on NATS (the
+// second builder's Publish returned) to its narinfo being in the cache;
+// the baseline in the same run is a quorum-1 path (one vote) measured the
+// same way.
+//
+//	go test -run '^$' -bench QuorumVoteToNarinfo -benchtime 30x ./cmd/provenix/
+func BenchmarkQuorumVoteToNarinfo(b *testing.B) {
+	busybox := requireNix(b)
+	ctx := ctxFor(b, 30*time.Minute)
+	dataDir := b.TempDir()
+	_, bs := quorumSetup(b, dataDir)
+	stack := startStack(b, up.Config{DataDir: dataDir})
+	mk := func(q qbuilder) *builder.Builder {
+		signer, err := attest.LoadSigner(q.key)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return &builder.Builder{Nix: &nix.Nix{Root: q.store, Options: nix.OfflineOptions()}, Queue: stack.Conn(), Signer: signer, BuilderID: q.id, Tenant: up.DefaultTenant}
+	}
+	ba, bb := mk(bs[0]), mk(bs[1])
+	wd, _ := os.Getwd()
+	sample := filepath.Join(wd, "..", "..", "examples", "hello.nix")
+	nondet := filepath.Join(wd, "testdata", "nondet.nix")
+	realise := func(bl *builder.Builder, tg builder.Target) (string, string) {
+		drvs, err := bl.Derivations(ctx, tg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		outs, err := bl.Nix.Realise(ctx, drvs[0])
+		if err != nil {
+			b.Fatal(err)
+		}
+		return drvs[0], outs[0]
+	}
+	visible := func(out string, t0 time.Time) time.Duration {
+		for {
+			if _, err := stack.Store().Stat(ctx, cachepush.NarinfoKey(out)); err == nil {
+				return time.Since(t0)
+			}
+			if time.Since(t0) > 30*time.Second {
+				b.Fatal("no narinfo after 30s")
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	var quorum, single []time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		msg := uniqueMessage(b)
+		tg := builder.Target{Installable: attest.Installable{Kind: "file", File: sample, Attr: "hello"},
+			Args: map[string]string{"busybox": busybox}, ArgStrs: map[string]string{"message": msg}}
+		drvA, outA := realise(ba, tg)
+		if _, err := ba.Publish(ctx, drvA, tg, time.Now(), time.Now()); err != nil {
+			b.Fatal(err)
+		}
+		waitVotes(b, stack.Conn(), outA, 1)
+		drvB, _ := realise(bb, tg)
+		if _, err := bb.Publish(ctx, drvB, tg, time.Now(), time.Now()); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		quorum = append(quorum, visible(outA, time.Now()))
+		b.StopTimer()
+
+		solo := builder.Target{Installable: attest.Installable{Kind: "file", File: nondet, Attr: "nondet"},
+			Args: map[string]string{"busybox": busybox}, ArgStrs: map[string]string{"name": "solo-bench", "salt": msg}}
+		drvS, outS := realise(ba, solo)
+		if _, err := ba.Publish(ctx, drvS, solo, time.Now(), time.Now()); err != nil {
+			b.Fatal(err)
+		}
+		single = append(single, visible(outS, time.Now()))
+		b.StartTimer()
+	}
+	p50 := func(d []time.Duration) float64 {
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		return float64(d[len(d)/2].Microseconds()) / 1000
+	}
+	q, s := p50(quorum), p50(single)
+	b.ReportMetric(q, "quorum-p50-ms")
+	b.ReportMetric(s, "single-vote-p50-ms")
+	b.ReportMetric(q/s, "ratio")
+}

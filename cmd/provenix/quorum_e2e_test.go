@@ -32,7 +32,7 @@ type qbuilder struct {
 // quorumSetup writes a policy requiring 2 agreeing owners (trusted-only
 // for nondet-trusted*, quarantine after 2 minority votes) over three
 // builders a, b and c.
-func quorumSetup(t *testing.T, dataDir string) (up.Paths, []qbuilder) {
+func quorumSetup(t testing.TB, dataDir string) (up.Paths, []qbuilder) {
 	t.Helper()
 	p := up.Paths{Dir: dataDir}
 	if _, err := up.Init(p); err != nil {
@@ -46,6 +46,8 @@ quorum: {min: 2, distinct: owner, on_disagreement: block}
 overrides:
   - names: ["nondet-trusted*"]
     quorum: {on_disagreement: trusted-only, trusted: builder-a}
+  - names: ["solo-*"]
+    quorum: {min: 1}
 reputation: {quarantine_after: 2, window: 1h}
 builders:
 `)
@@ -86,7 +88,7 @@ func qbuild(t *testing.T, ctx context.Context, natsURL string, p up.Paths, b qbu
 }
 
 // waitVotes waits until the pushers recorded n votes on path.
-func waitVotes(t *testing.T, kv cachepush.KV, path string, n int) []cachepush.Vote {
+func waitVotes(t testing.TB, kv cachepush.KV, path string, n int) []cachepush.Vote {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
