@@ -41,8 +41,21 @@ const Example = `# Provenix cache policy. Anything not allowed here is refused.
 tenants: [default]
 # systems: Nix system types whose outputs may be published.
 systems: [x86_64-linux, aarch64-linux, x86_64-darwin, aarch64-darwin]
+# quorum: how many independent builders must produce the same NAR before a
+# path is published (default 1). distinct: builder | owner | host.
+# on_disagreement: block (default) | trusted-only (publish the output of the
+# builder named in trusted, labelled unverified-by-quorum).
+#   quorum: {min: 2, distinct: owner, on_disagreement: block}
+# overrides: other rules for some systems or derivation names (globs):
+#   overrides:
+#     - names: ["*-firefox-*"]
+#       quorum: {on_disagreement: trusted-only, trusted: local}
+# reputation: quarantine a builder after this many minority votes in window.
+#   reputation: {quarantine_after: 3, window: 168h}
 # builders: who may publish, each with the one builder id its key may claim.
-# key is a PEM public key file (relative to this file) or inline PEM.
+# key is a PEM public key file (relative to this file) or inline PEM; owner
+# and host group builders for quorum.distinct; nix_key ("name:base64") lets
+# its Nix signature join the narinfo.
 builders:
   - id: local
     key: keys/builder.pub
