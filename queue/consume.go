@@ -36,7 +36,8 @@ const (
 	maxTermReason = 512
 )
 
-// Delivery is one delivery of a result message to a Handler.
+// Delivery is one delivery of a message (a result, a rebuild request) to a
+// Handler.
 type Delivery struct {
 	Subject string
 	Data    []byte
@@ -46,7 +47,8 @@ type Delivery struct {
 	// NumDelivered counts deliveries of this message to this group, 1 on
 	// the first one.
 	NumDelivered uint64
-	// Stream is the message's sequence number in the RESULTS stream.
+	// Stream is the message's sequence number in its stream (RESULTS, or
+	// REBUILD for ConsumeRebuilds).
 	Stream uint64
 
 	inProgress func() error
@@ -77,7 +79,8 @@ func (d *Delivery) InProgress() error {
 //     for another member of the group.
 type Handler func(ctx context.Context, d *Delivery) error
 
-// ConsumerOptions configures ConsumeResults.
+// ConsumerOptions configures ConsumeResults (and ConsumeRebuilds, whose
+// differences its doc lists).
 type ConsumerOptions struct {
 	// Group names the pusher group: its durable consumer is
 	// ConsumerPrefix+Group. Every group sees every result; the members
@@ -115,6 +118,11 @@ func (o *ConsumerOptions) validate() error {
 	if o.FilterSubject == "" {
 		o.FilterSubject = ResultsFilter("")
 	}
+	return o.validateLimits()
+}
+
+// validateLimits checks and defaults what every kind of consumer has.
+func (o *ConsumerOptions) validateLimits() error {
 	if o.AckWait == 0 {
 		o.AckWait = DefaultAckWait
 	}
@@ -136,8 +144,8 @@ func (o *ConsumerOptions) validate() error {
 	return nil
 }
 
-// Consumer is a running ConsumeResults. Stop or Drain end it; Closed
-// reports when it has.
+// Consumer is a running ConsumeResults or ConsumeRebuilds. Stop or Drain
+// end it; Closed reports when it has.
 type Consumer struct {
 	stop   context.CancelFunc // cancels the handlers' ctx, and pulling
 	drain  context.CancelFunc // cancels pulling only
@@ -175,9 +183,8 @@ func (c *Conn) ConsumeResults(ctx context.Context, o ConsumerOptions, h Handler)
 	if err := o.validate(); err != nil {
 		return nil, fmt.Errorf("queue: consume results: %w", err)
 	}
-	name := ConsumerPrefix + o.Group
 	want := jetstream.ConsumerConfig{
-		Durable:       name,
+		Durable:       ConsumerPrefix + o.Group,
 		Description:   "Provenix pusher group " + o.Group,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
@@ -185,24 +192,36 @@ func (c *Conn) ConsumeResults(ctx context.Context, o ConsumerOptions, h Handler)
 		AckWait:       o.AckWait,
 		MaxDeliver:    o.MaxDeliver,
 	}
+	k, err := c.consume(ctx, StreamResults, want, o.Concurrency, c.log.With(logKeyGroup, o.Group), h)
+	if err != nil {
+		return nil, fmt.Errorf("queue: consume results: %w", err)
+	}
+	return k, nil
+}
+
+// consume creates or updates the durable pull consumer want on stream,
+// checks the server kept its settings, and runs h on its messages with
+// concurrency workers.
+func (c *Conn) consume(ctx context.Context, stream string, want jetstream.ConsumerConfig, concurrency int, log *slog.Logger, h Handler) (*Consumer, error) {
+	name := want.Durable
 	cctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
 	defer cancel()
-	cons, err := c.js.CreateOrUpdateConsumer(cctx, StreamResults, want)
+	cons, err := c.js.CreateOrUpdateConsumer(cctx, stream, want)
 	if err != nil {
-		return nil, fmt.Errorf("queue: consume results: consumer %s: %w", name, mapJSError(err))
+		return nil, fmt.Errorf("consumer %s: %w", name, mapJSError(err))
 	}
 	if got := cons.CachedInfo().Config; got.AckPolicy != want.AckPolicy || got.FilterSubject != want.FilterSubject ||
 		got.AckWait != want.AckWait || got.MaxDeliver != want.MaxDeliver {
-		return nil, fmt.Errorf("queue: consume results: consumer %s: %w: ack %v/%v, filter %q, ack wait %s, max deliver %d",
+		return nil, fmt.Errorf("consumer %s: %w: ack %v/%v, filter %q, ack wait %s, max deliver %d",
 			name, ErrConfigDropped, got.AckPolicy, want.AckPolicy, got.FilterSubject, got.AckWait, got.MaxDeliver)
 	}
 
 	handlerCtx, stop := context.WithCancel(ctx)
 	pullCtx, drain := context.WithCancel(handlerCtx)
 	k := &Consumer{stop: stop, drain: drain, closed: make(chan struct{})}
-	w := &worker{cons: cons, h: h, log: c.log.With(logKeyGroup, o.Group)}
+	w := &worker{cons: cons, h: h, log: log}
 	var wg sync.WaitGroup
-	for range o.Concurrency {
+	for range concurrency {
 		wg.Go(func() { w.run(pullCtx, handlerCtx) })
 	}
 	go func() {

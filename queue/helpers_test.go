@@ -117,7 +117,7 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 func consumerGoroutines() []string {
 	markers := []string{
 		"provenix/queue.(*worker)",
-		"provenix/queue.(*Conn).ConsumeResults",
+		"provenix/queue.(*Conn).consume",
 		"nats.go/jetstream.(*pullConsumer)",
 	}
 	buf := make([]byte, 1<<20)
