@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"path"
 	"strings"
 )
 
@@ -27,6 +28,13 @@ type Result struct {
 	// Bundle is a Sigstore bundle (JSON) whose DSSE payload is an in-toto
 	// Statement with one subject per output.
 	Bundle json.RawMessage `json:"bundle"`
+	// Closure, when set, is the staging key (ClosureKey) of a nix-store
+	// --export of the derivation's closure: its .drv, the .drv files of its
+	// inputs and their sources. Volunteers import it to rebuild the
+	// derivation. Like every field but the bundle it is unsigned, and the
+	// export is only as good as what the importer checks (nix.Import
+	// admits content-addressed paths only).
+	Closure string `json:"closure,omitempty"`
 }
 
 // Output is one realised output of a derivation.
@@ -64,6 +72,21 @@ func (r *Result) MsgID() string {
 // StagingKey is the content-addressed staging key of a NAR with the given
 // hex sha256: identical NARs from several builders are staged once.
 func StagingKey(narHashHex string) string { return "nar/" + narHashHex }
+
+// ClosureKey is the staging key of the closure export of drvPath.
+func ClosureKey(drvPath string) string { return closurePrefix + path.Base(drvPath) }
+
+const closurePrefix = "closure/"
+
+// validClosureKey accepts "closure/" followed by one name of safe
+// characters (validKey's), the shape ClosureKey gives.
+func validClosureKey(key string) error {
+	name, ok := strings.CutPrefix(key, closurePrefix)
+	if !ok || name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
+		return fmt.Errorf("%w: closure key %q is not %s<name>", ErrInvalidName, key, closurePrefix)
+	}
+	return validKey(key)
+}
 
 // Validate checks the fields' shapes. It does not check the bundle.
 func (r *Result) Validate() error {
@@ -106,6 +129,11 @@ func (r *Result) Validate() error {
 	}
 	if len(r.Bundle) == 0 {
 		return fmt.Errorf("%w: no bundle", ErrMalformed)
+	}
+	if r.Closure != "" {
+		if err := validClosureKey(r.Closure); err != nil {
+			return fmt.Errorf("%w: %w", ErrMalformed, err)
+		}
 	}
 	return nil
 }

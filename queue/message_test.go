@@ -41,6 +41,8 @@ func TestDecodeResult(t *testing.T) {
 		{"relative path", mutate(func(m map[string]any) { out(m)["path"] = "nix/store/x" }), ErrMalformed},
 		{"no staging key", mutate(func(m map[string]any) { out(m)["stagingKey"] = "" }), ErrMalformed},
 		{"no bundle", mutate(func(m map[string]any) { delete(m, "bundle") }), ErrMalformed},
+		{"closure not under closure/", mutate(func(m map[string]any) { m["closure"] = "nar/" + out(m)["narHash"].(string) }), ErrMalformed},
+		{"closure with a slash", mutate(func(m map[string]any) { m["closure"] = "closure/../x" }), ErrMalformed},
 		{"oversize", make([]byte, MaxResultSize+1), ErrTooLarge},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -54,6 +56,10 @@ func TestDecodeResult(t *testing.T) {
 func FuzzDecodeResult(f *testing.F) {
 	good, _ := testResult(1).Encode()
 	f.Add(good)
+	withClosure := testResult(2)
+	withClosure.Closure = ClosureKey(withClosure.DrvPath)
+	b, _ := withClosure.Encode()
+	f.Add(b)
 	f.Add([]byte(`{"version":1}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
