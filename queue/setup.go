@@ -53,7 +53,7 @@ func (c *Conn) EnsureStreams(ctx context.Context, o StreamOptions) error {
 	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
 	defer cancel()
 
-	for _, cfg := range []jetstream.StreamConfig{resultsConfig(o), eventsConfig(o)} {
+	for _, cfg := range []jetstream.StreamConfig{resultsConfig(o), eventsConfig(o), rebuildConfig(o)} {
 		if err := c.ensureStream(ctx, cfg); err != nil {
 			return err
 		}
