@@ -2,6 +2,8 @@ package cachepush
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -70,16 +72,34 @@ type Tally struct {
 	Groups   map[string][]Vote `json:"-"`
 	Agreeing []Vote            `json:"-"`
 	Minority []Vote            `json:"-"`
-	Ignored  []string          `json:"ignored,omitempty"` // quarantined builders
+	Ignored  []string          `json:"ignored,omitempty"`  // quarantined builders
+	Adaptive bool              `json:"adaptive,omitempty"` // a veteran's vote waived one confirmation
+}
+
+// Standing is what reputation says about the voters.
+type Standing struct {
+	Quarantined map[string]bool // votes ignored
+	Veteran     map[string]bool // long clean record (quorum.trusted_after)
+}
+
+// SpotChecked reports whether storePath is among the rate fraction of
+// paths that always need the full quorum. It hashes the path, so every
+// pusher picks the same paths and a builder cannot tell in advance.
+func SpotChecked(storePath string, rate float64) bool {
+	if rate <= 0 {
+		return false
+	}
+	h := sha256.Sum256([]byte(storePath))
+	return float64(binary.BigEndian.Uint32(h[:4]))/float64(1<<32) < rate
 }
 
 // TallyVotes decides on the votes for one output under q. Votes of
 // quarantined builders are ignored. A NAR is agreed when its distinct
 // voters reach q.Min and outnumber those of every other NAR.
-func TallyVotes(p *policy.Policy, q policy.Quorum, votes []Vote, quarantined map[string]bool) Tally {
+func TallyVotes(p *policy.Policy, q policy.Quorum, votes []Vote, st Standing) Tally {
 	t := Tally{Quorum: q, Groups: map[string][]Vote{}}
 	for _, v := range votes {
-		if quarantined[v.Builder] {
+		if st.Quarantined[v.Builder] {
 			t.Ignored = append(t.Ignored, v.Builder)
 			continue
 		}
@@ -108,6 +128,16 @@ func TallyVotes(p *policy.Policy, q policy.Quorum, votes []Vote, quarantined map
 		return t
 	}
 	best := gs[0]
+	min := q.Min
+	if q.TrustedAfter > 0 && min > 1 && len(votes) > 0 && !SpotChecked(votes[0].StorePath, q.SpotCheck) {
+		for _, v := range t.Groups[best.hash] {
+			if st.Veteran[v.Builder] {
+				min-- // adaptive replication: a veteran's vote counts twice
+				t.Adaptive = true
+				break
+			}
+		}
+	}
 	second := 0
 	if len(gs) > 1 {
 		second = gs[1].distinct
@@ -125,9 +155,12 @@ func TallyVotes(p *policy.Policy, q policy.Quorum, votes []Vote, quarantined map
 		sort.Slice(t.Minority, func(i, j int) bool { return t.Minority[i].Builder < t.Minority[j].Builder })
 	}
 	switch {
-	case best.distinct >= q.Min && best.distinct > second:
+	case best.distinct >= min && best.distinct > second:
 		t.Verdict = VerdictAgreed
 		t.Why = fmt.Sprintf("%d distinct %s(s) agree on NAR %.12s (quorum %d)", best.distinct, q.Distinct, best.hash, q.Min)
+		if t.Adaptive {
+			t.Why += ", one confirmation waived for a builder with a clean record"
+		}
 		if len(gs) > 1 {
 			t.Why += fmt.Sprintf("; %d NAR(s) in the minority", len(gs)-1)
 		}
@@ -245,14 +278,14 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	}
 	votes = append(votes, vote)
 	sort.Slice(votes, func(i, j int) bool { return votes[i].Builder < votes[j].Builder })
-	quarantined := map[string]bool{}
-	for _, vt := range votes {
-		if p.quarantined(ctx, vt.Builder) {
-			quarantined[vt.Builder] = true
-		}
-	}
 	q := p.cfg.Policy.QuorumFor(v.System, out.Path)
-	t := TallyVotes(p.cfg.Policy, q, votes, quarantined)
+	st := Standing{Quarantined: map[string]bool{}, Veteran: map[string]bool{}}
+	for _, vt := range votes {
+		rep := p.reputation(ctx, vt.Builder)
+		st.Quarantined[vt.Builder] = rep.Quarantined
+		st.Veteran[vt.Builder] = q.TrustedAfter > 0 && rep.Agreements >= q.TrustedAfter && rep.Disagreements == 0 && !rep.Quarantined
+	}
+	t := TallyVotes(p.cfg.Policy, q, votes, st)
 	p.log.Info("tally", "path", out.Path, "builder", v.BuilderID, "verdict", t.Verdict, "why", t.Why)
 
 	switch t.Verdict {
@@ -470,32 +503,32 @@ func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, 
 	}
 }
 
-// quarantined reports whether builder is quarantined, from a record at
-// most repTTL old: quarantine is rare and read on every vote.
-func (p *Pusher) quarantined(ctx context.Context, builder string) bool {
+// reputation returns builder's record, at most repTTL old: it is read on
+// every vote and changes rarely. A builder without one has a zero record.
+func (p *Pusher) reputation(ctx context.Context, builder string) Reputation {
 	const repTTL = 2 * time.Second
 	p.repMu.Lock()
 	c, ok := p.repCache[builder]
 	p.repMu.Unlock()
 	if ok && time.Since(c.at) < repTTL {
-		return c.quarantined
+		return c.rep
 	}
-	q := false
-	if rep, err := GetReputation(ctx, p.cfg.KV, builder); err == nil {
-		q = rep.Quarantined
+	rep := Reputation{Builder: builder}
+	if r, err := GetReputation(ctx, p.cfg.KV, builder); err == nil {
+		rep = *r
 	}
 	p.repMu.Lock()
 	if p.repCache == nil {
 		p.repCache = map[string]repEntry{}
 	}
-	p.repCache[builder] = repEntry{quarantined: q, at: time.Now()}
+	p.repCache[builder] = repEntry{rep: rep, at: time.Now()}
 	p.repMu.Unlock()
-	return q
+	return rep
 }
 
 type repEntry struct {
-	quarantined bool
-	at          time.Time
+	rep Reputation
+	at  time.Time
 }
 
 // forgetReputation drops a cached record after this pusher changed it.

@@ -1,6 +1,7 @@
 package cachepush
 
 import (
+	"fmt"
 	"path/filepath"
 	"testing"
 
@@ -58,10 +59,42 @@ func TestTallyVotes(t *testing.T) {
 		{"override min 1", "/nix/store/x-solo-1", []Vote{v("c", "h9")}, nil, VerdictAgreed, "h9"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := TallyVotes(p, p.QuorumFor("x86_64-linux", tc.path), tc.votes, tc.quarantined)
+			got := TallyVotes(p, p.QuorumFor("x86_64-linux", tc.path), tc.votes, Standing{Quarantined: tc.quarantined})
 			if got.Verdict != tc.verdict || got.Winner != tc.winner {
 				t.Fatalf("verdict %s winner %q (%s), want %s %q", got.Verdict, got.Winner, got.Why, tc.verdict, tc.winner)
 			}
 		})
+	}
+}
+
+func TestTallyAdaptive(t *testing.T) {
+	p := tallyPolicy(t)
+	q := p.QuorumFor("x86_64-linux", "/nix/store/x-hello")
+	q.TrustedAfter, q.SpotCheck = 5, 0.25
+	vet := Standing{Veteran: map[string]bool{"a": true}}
+	waived, checked := 0, 0
+	for i := range 400 {
+		path := fmt.Sprintf("/nix/store/%032d-p", i)
+		got := TallyVotes(p, q, []Vote{{Builder: "a", NarSHA256: "h", StorePath: path}}, vet)
+		if SpotChecked(path, q.SpotCheck) {
+			checked++
+			if got.Verdict != VerdictPending {
+				t.Fatalf("spot-checked %s decided on one vote", path)
+			}
+		} else if got.Verdict == VerdictAgreed && got.Adaptive {
+			waived++
+		} else {
+			t.Fatalf("%s: %s", path, got.Why)
+		}
+	}
+	if checked < 60 || checked > 140 {
+		t.Errorf("%d of 400 spot-checked at rate 0.25", checked)
+	}
+	// Without a veteran, one vote is never enough.
+	if got := TallyVotes(p, q, []Vote{{Builder: "b", NarSHA256: "h", StorePath: "/nix/store/x-p"}}, Standing{}); got.Verdict != VerdictPending {
+		t.Errorf("non-veteran: %s", got.Verdict)
+	}
+	if waived+checked != 400 || waived == 0 {
+		t.Errorf("waived %d, checked %d", waived, checked)
 	}
 }

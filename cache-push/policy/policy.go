@@ -117,6 +117,13 @@ type Quorum struct {
 	// unverified-by-quorum in the provenance sidecar).
 	OnDisagreement string `yaml:"on_disagreement"`
 	Trusted        string `yaml:"trusted"`
+	// TrustedAfter enables adaptive replication: a builder with at least
+	// this many agreements and no recent minority vote counts for one
+	// more confirmation, so a path needs one vote fewer — except on the
+	// SpotCheck fraction of paths (chosen by path hash, so every pusher
+	// picks the same ones), which always need the full quorum.
+	TrustedAfter int     `yaml:"trusted_after"`
+	SpotCheck    float64 `yaml:"spot_check"`
 }
 
 // Override is a quorum rule for systems and/or derivation names (glob
@@ -251,8 +258,11 @@ func overrideQuorums(os []Override) []Quorum {
 }
 
 func (q *Quorum) check(_ *Quorum) error {
-	if q.Min < 0 {
-		return fmt.Errorf("min %d is negative", q.Min)
+	if q.Min < 0 || q.TrustedAfter < 0 {
+		return fmt.Errorf("min %d / trusted_after %d is negative", q.Min, q.TrustedAfter)
+	}
+	if q.SpotCheck < 0 || q.SpotCheck > 1 {
+		return fmt.Errorf("spot_check %v: want 0..1", q.SpotCheck)
 	}
 	switch q.Distinct {
 	case "", DistinctBuilder, DistinctOwner, DistinctHost:
@@ -274,6 +284,9 @@ func (q *Quorum) fill(def Quorum) {
 	}
 	if q.Distinct == "" {
 		q.Distinct = def.Distinct
+	}
+	if q.TrustedAfter == 0 {
+		q.TrustedAfter, q.SpotCheck = def.TrustedAfter, def.SpotCheck
 	}
 	if q.OnDisagreement == "" {
 		q.OnDisagreement = def.OnDisagreement

@@ -140,15 +140,19 @@ quorum) — and why.`,
 					return &exitError{code: exitUsageErr, err: err}
 				}
 				po := pathOut{StorePath: sp, Votes: []voteOut{}}
-				quarantined := map[string]bool{}
+				st := cachepush.Standing{Quarantined: map[string]bool{}, Veteran: map[string]bool{}}
 				for _, v := range votes {
 					po.System = v.System
 					po.Votes = append(po.Votes, voteOut{Builder: v.Builder, NarSHA256: v.NarSHA256, Time: v.Time, NixSig: v.NixSig != ""})
-					if r, err := cachepush.GetReputation(ctx, conn, v.Builder); err == nil && r.Quarantined {
-						quarantined[v.Builder] = true
+				}
+				q := pol.QuorumFor(po.System, sp)
+				for _, v := range votes {
+					if r, err := cachepush.GetReputation(ctx, conn, v.Builder); err == nil {
+						st.Quarantined[v.Builder] = r.Quarantined
+						st.Veteran[v.Builder] = q.TrustedAfter > 0 && r.Agreements >= q.TrustedAfter && r.Disagreements == 0 && !r.Quarantined
 					}
 				}
-				t := cachepush.TallyVotes(pol, pol.QuorumFor(po.System, sp), votes, quarantined)
+				t := cachepush.TallyVotes(pol, q, votes, st)
 				po.Verdict, po.Why, po.Winner = t.Verdict, t.Why, t.Winner
 				if len(votes) == 0 {
 					po.Why = "no votes (not built yet, or the votes expired)"
