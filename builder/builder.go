@@ -44,6 +44,11 @@ type Builder struct {
 	// signature to the narinfo, so clients can require this builder's Sig.
 	NixKey *signature.SecretKey
 	Logger *slog.Logger
+	// StageClosures makes Publish also stage the derivation's closure
+	// export (its .drv, input .drv files and sources: what a volunteer
+	// needs to rebuild it) under queue.ClosureKey and name it in the
+	// result.
+	StageClosures bool
 
 	envOnce sync.Once
 	env     nixEnv
@@ -214,6 +219,14 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 		res.Outputs = append(res.Outputs, qo)
 	}
 
+	if b.StageClosures {
+		key, err := b.stageClosure(ctx, drvPath)
+		if err != nil {
+			return nil, err
+		}
+		res.Closure = key
+	}
+
 	st, err := attest.NewStatement(build)
 	if err != nil {
 		return nil, err
@@ -249,6 +262,36 @@ func (b *Builder) stage(ctx context.Context, key string, info nix.PathInfo) erro
 		return fmt.Errorf("stage %s: %w", info.Path, err)
 	}
 	return nil
+}
+
+// stageClosure streams nix-store --export of drvPath's closure into
+// staging: the export goes through a pipe, never whole into memory. A
+// failed export fails the pipe, so Stage abandons the object instead of
+// keeping a truncated one.
+func (b *Builder) stageClosure(ctx context.Context, drvPath string) (string, error) {
+	paths, err := b.Nix.Requisites(ctx, drvPath)
+	if err != nil {
+		return "", fmt.Errorf("closure of %s: %w", drvPath, err)
+	}
+	key := queue.ClosureKey(drvPath)
+	b.log().Info("staging closure", "drv", drvPath, "paths", len(paths))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends nix-store if Stage stops reading
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pw.CloseWithError(b.Nix.Export(ctx, pw, paths...))
+	}()
+	info, err := b.Queue.Stage(ctx, key, pr)
+	pr.CloseWithError(errors.New("staging ended"))
+	cancel()
+	<-done
+	if err != nil {
+		return "", fmt.Errorf("stage closure of %s: %w", drvPath, err)
+	}
+	b.log().Debug("staged closure", "drv", drvPath, "key", key, "bytes", info.Size)
+	return key, nil
 }
 
 func (b *Builder) nixEnv(ctx context.Context) (nixEnv, error) {

@@ -1,0 +1,149 @@
+package builder
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// memQueue is a Publisher that keeps what it got.
+type memQueue struct {
+	mu      sync.Mutex
+	staged  map[string][]byte
+	results []*queue.Result
+	// failStage fails Stage of this key after reading all of it.
+	failStage string
+}
+
+func (m *memQueue) Stage(_ context.Context, key string, r io.Reader) (queue.StagedInfo, error) {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return queue.StagedInfo{}, err
+	}
+	if key == m.failStage {
+		return queue.StagedInfo{}, errors.New("staging refused")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.staged == nil {
+		m.staged = map[string][]byte{}
+	}
+	m.staged[key] = b
+	return queue.StagedInfo{Key: key, Size: uint64(len(b))}, nil
+}
+
+func (m *memQueue) PublishResult(_ context.Context, r *queue.Result) (bool, error) {
+	if _, err := r.Encode(); err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.results = append(m.results, r)
+	return false, nil
+}
+
+func requireNix(t *testing.T) string {
+	t.Helper()
+	if err := nix.Available(); err != nil {
+		t.Fatal(err)
+	}
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatal("busybox is required (apt-get install busybox-static)")
+	}
+	bb, err = filepath.EvalSymlinks(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bb
+}
+
+func offline() map[string]string {
+	o := nix.OfflineOptions()
+	o["sandbox"] = "false"
+	return o
+}
+
+// TestStageClosures builds the sample in a chroot store and publishes it
+// with StageClosures: the result names the closure, whose export another
+// store imports and builds to the same output.
+func TestStageClosures(t *testing.T) {
+	bb := requireNix(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	key, err := attest.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := attest.NewSigner(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &memQueue{}
+	b := &Builder{
+		Nix: &nix.Nix{Root: t.TempDir(), Options: offline()}, Queue: q, Signer: signer,
+		BuilderID: "test-builder", Tenant: "t1", StageClosures: true,
+	}
+	tg := Target{
+		Installable: attest.Installable{Kind: "file", File: "../examples/hello.nix", Attr: "hello"},
+		Args:        map[string]string{"busybox": bb},
+		ArgStrs:     map[string]string{"message": t.Name() + time.Now().String()},
+	}
+	pubs, err := b.Build(ctx, tg)
+	if err != nil || len(pubs) != 1 {
+		t.Fatalf("Build: %v %v", pubs, err)
+	}
+	drv := pubs[0].DrvPath
+	if len(q.results) != 1 || q.results[0].Closure != queue.ClosureKey(drv) {
+		t.Fatalf("result closure %q, want %q", q.results[0].Closure, queue.ClosureKey(drv))
+	}
+	exp, ok := q.staged[queue.ClosureKey(drv)]
+	if !ok {
+		t.Fatal("closure not staged")
+	}
+	other := &nix.Nix{Root: t.TempDir(), Options: offline()}
+	imported, err := other.Import(ctx, bytes.NewReader(exp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(imported) != 2 { // the .drv and the busybox source
+		t.Fatalf("imported %v", imported)
+	}
+	outs, err := other.RealiseWith(ctx, nix.RealiseOptions{NoSubstitute: true}, drv)
+	if err != nil || len(outs) != 1 || outs[0] != pubs[0].Outputs[0].Path {
+		t.Fatalf("rebuild from the closure: %v %v", outs, err)
+	}
+
+	// Without StageClosures nothing is staged besides the NAR; a closure
+	// that cannot be staged fails Publish, and nothing is published.
+	b.StageClosures = false
+	q2 := &memQueue{}
+	b.Queue = q2
+	if _, err := b.Publish(ctx, drv, tg, time.Now(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if q2.results[0].Closure != "" || len(q2.staged) != 1 {
+		t.Fatalf("without StageClosures: closure %q, %d staged", q2.results[0].Closure, len(q2.staged))
+	}
+	b.StageClosures = true
+	q3 := &memQueue{failStage: queue.ClosureKey(drv)}
+	b.Queue = q3
+	if _, err := b.Publish(ctx, drv, tg, time.Now(), time.Now()); err == nil || len(q3.results) != 0 {
+		t.Fatalf("publish with a failing closure stage: %v, %d results", err, len(q3.results))
+	}
+	// A .drv the store lacks has no closure to stage.
+	bad := &Builder{Nix: b.Nix, Queue: &memQueue{}}
+	if _, err := bad.stageClosure(ctx, "/nix/store/00000000000000000000000000000000-missing.drv"); err == nil {
+		t.Fatal("closure of a missing .drv staged")
+	}
+}
