@@ -35,6 +35,7 @@ type buildFlags struct {
 	storeRoot  string
 	sourceRepo string
 	sourceRev  string
+	noClosure  bool
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -73,6 +74,7 @@ data directory's builder key and builder id "local".`,
 	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant the results belong to")
 	fl.StringArrayVar(&f.nixOptions, "nix-option", nil, "NAME=VALUE passed to Nix as --option NAME VALUE")
 	fl.StringVar(&f.storeRoot, "store", "", "build in a chroot store rooted at this directory (nix --store)")
+	fl.BoolVar(&f.noClosure, "no-closure", false, "do not stage the derivation's closure export (its .drv files and sources), which volunteers import to rebuild it")
 	fl.StringVar(&f.sourceRepo, "source-repo", "", "source repository URL to record (default: the target's git origin)")
 	fl.StringVar(&f.sourceRev, "source-rev", "", "source revision to record (default: the target's git HEAD)")
 	return cmd
@@ -218,6 +220,8 @@ func runBuild(ctx context.Context, g *globals, f *buildFlags, targets []string) 
 		Tenant:    f.tenant,
 		Version:   version,
 		Logger:    g.logger(),
+		// Volunteers rebuild from the staged closure (provenix volunteer).
+		StageClosures: !f.noClosure,
 	}
 	var all []jsonPublished
 	for _, t := range tgts {
