@@ -80,6 +80,11 @@ type Events interface {
 	PublishEvent(ctx context.Context, tenant, kind string, v any) error
 }
 
+// Rebuilds asks volunteers for verification builds; *queue.Conn has it.
+type Rebuilds interface {
+	PublishRebuild(ctx context.Context, r *queue.RebuildRequest) (bool, error)
+}
+
 // Config is what a Pusher needs. Store, Policy, CacheKey and Staging are
 // required.
 type Config struct {
@@ -93,8 +98,11 @@ type Config struct {
 	Staging  Staging
 	// Events, when set, receives a Rejection or Publication per result.
 	Events Events
-	Logger *slog.Logger
-	Ingest ingest.Options
+	// Rebuilds, when set, receives a rebuild request for a derivation
+	// whose outputs need more votes, so volunteers can supply them.
+	Rebuilds Rebuilds
+	Logger   *slog.Logger
+	Ingest   ingest.Options
 	// Heartbeat is how often a long push tells the broker it is alive;
 	// it must be well under the consumer's AckWait. Default 10s.
 	Heartbeat time.Duration
@@ -239,12 +247,20 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 	for _, o := range v.Outputs {
 		byPath[o.Path] = o
 	}
+	needMore := false
+	defer func() {
+		if needMore {
+			p.requestRebuild(ctx, r)
+		}
+	}()
 	for _, o := range r.Outputs {
 		var existing bool
 		var err error
 		out := byPath[o.Path]
 		if p.cfg.KV != nil {
-			existing, err = p.vote(ctx, r, v, out, o, msgID)
+			var pending bool
+			existing, pending, err = p.vote(ctx, r, v, out, o, msgID)
+			needMore = needMore || pending
 		} else {
 			existing, err = p.writeEntry(ctx, v.DrvPath, out, o.StagingKey, []json.RawMessage{r.Bundle},
 				nonEmpty(p.checkNixSig(v.BuilderID, o.NixSig, out)), nil)
@@ -490,4 +506,22 @@ func sameJSON(a, b []byte) bool {
 		return bytes.Equal(a, b)
 	}
 	return bytes.Equal(ca.Bytes(), cb.Bytes())
+}
+
+// requestRebuild asks volunteers to build r's derivation. The request is
+// deduplicated per derivation by the stream, so every pending vote may ask.
+func (p *Pusher) requestRebuild(ctx context.Context, r *queue.Result) {
+	if p.cfg.Rebuilds == nil {
+		return
+	}
+	req := &queue.RebuildRequest{Version: queue.RebuildVersion, Tenant: r.Tenant, System: r.System, DrvPath: r.DrvPath,
+		Closure: r.Closure, Requested: time.Now().UTC()}
+	for _, o := range r.Outputs {
+		req.Outputs = append(req.Outputs, o.Path)
+	}
+	if _, err := p.cfg.Rebuilds.PublishRebuild(ctx, req); err != nil {
+		p.log.Warn("rebuild request not published", "drv", r.DrvPath, "err", err)
+		return
+	}
+	p.log.Info("rebuild requested", "drv", r.DrvPath, "system", r.System)
 }

@@ -233,8 +233,9 @@ func (p *Pusher) checkNixSig(builder, sig string, out attest.Output) string {
 }
 
 // vote records a verified output as a vote, tallies, and publishes when
-// the quorum agrees. It returns whether the path was already published.
-func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, out attest.Output, o queue.Output, msgID string) (bool, error) {
+// the quorum agrees. It returns whether the path was already published and
+// whether it still waits for votes.
+func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, out attest.Output, o queue.Output, msgID string) (existing, pending bool, err error) {
 	vote := Vote{
 		Tenant: r.Tenant, StorePath: out.Path, DrvPath: v.DrvPath, System: v.System, Builder: v.BuilderID,
 		NarSHA256: out.NarHashHex(), NarSize: out.NarSize, References: out.References, StagingKey: o.StagingKey,
@@ -243,7 +244,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	key := queue.VoteKey(r.Tenant, out.Path, v.BuilderID)
 	first, err := json.Marshal(vote)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	// Most votes are a builder's first on a path: one round trip.
 	err = p.cfg.KV.KVCreate(ctx, queue.BucketVotes, key, first)
@@ -262,7 +263,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		})
 	}
 	if err != nil {
-		return false, fmt.Errorf("record vote: %w", err)
+		return false, false, fmt.Errorf("record vote: %w", err)
 	}
 
 	// The others' votes; this builder's is the one just written.
@@ -274,7 +275,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	}
 	votes, err := Votes(ctx, p.cfg.KV, r.Tenant, out.Path, others)
 	if err != nil {
-		return false, fmt.Errorf("read votes: %w", err)
+		return false, false, fmt.Errorf("read votes: %w", err)
 	}
 	votes = append(votes, vote)
 	sort.Slice(votes, func(i, j int) bool { return votes[i].Builder < votes[j].Builder })
@@ -290,17 +291,18 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 
 	switch t.Verdict {
 	case VerdictPending:
-		return false, nil
+		return false, true, nil
 	case VerdictDisputed:
 		p.disputed(ctx, r.Tenant, out.Path, v.DrvPath, t)
-		return false, nil
+		// More independent votes may still settle it.
+		return false, true, nil
 	}
 	if t.Verdict == VerdictTrustedOnly {
 		p.disputed(ctx, r.Tenant, out.Path, v.DrvPath, t)
 	}
-	existing, err := p.publishAgreed(ctx, t)
+	existing, err = p.publishAgreed(ctx, t)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	if t.Verdict == VerdictAgreed {
 		// Reputation counts only decided votes: agreement with the
@@ -308,9 +310,9 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		p.countReputation(ctx, r.Tenant, out.Path, t)
 	}
 	if vote.NarSHA256 != t.Winner {
-		return false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s: this NAR (%s) is in the minority; %s (%s) won", ErrRejected, out.Path, vote.NarSHA256, t.Winner, t.Verdict)}
+		return false, false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s: this NAR (%s) is in the minority; %s (%s) won", ErrRejected, out.Path, vote.NarSHA256, t.Winner, t.Verdict)}
 	}
-	return existing, nil
+	return existing, false, nil
 }
 
 // publishAgreed writes the winning NAR into the cache, or adds newly

@@ -278,7 +278,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 		return err
 	}
 	s.pusher, err = cachepush.New(cachepush.Config{
-		KV: s.conn, Store: s.store, Policy: pol, CacheKey: cacheKey, Staging: s.conn, Events: s.conn, Logger: s.log,
+		KV: s.conn, Rebuilds: s.conn, Store: s.store, Policy: pol, CacheKey: cacheKey, Staging: s.conn, Events: s.conn, Logger: s.log,
 	})
 	if err != nil {
 		return err

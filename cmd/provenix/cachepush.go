@@ -83,7 +83,7 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return err
 	}
 	log := g.logger()
-	pu, err := cachepush.New(cachepush.Config{KV: conn, Store: st, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log})
+	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log})
 	if err != nil {
 		return err
 	}
