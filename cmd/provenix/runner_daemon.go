@@ -174,6 +174,7 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 	b := &builder.Builder{
 		Nix: &nix.Nix{}, Queue: conn, Signer: signer, BuilderID: builderID,
 		Tenant: cfg.Provenix.Tenant, Version: version, Logger: log,
+		StageClosures: true, // so volunteers can rebuild what jobs built
 	}
 	workdir, err := cfg.WorkdirParent(g.dataDir)
 	if err != nil {
