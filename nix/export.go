@@ -135,9 +135,12 @@ func (n *Nix) Import(ctx context.Context, r io.Reader) ([]string, error) {
 	ferr := <-werr
 	var we *writeError
 	switch {
+	case errors.Is(ferr, ErrBadExport):
+		// Checking the stream failed: that is why nix-store saw it end
+		// early. The error says where.
+		return nil, ferr
 	case ferr != nil && !errors.As(ferr, &we):
-		// Reading or checking the stream failed: that is why nix-store
-		// saw it end early.
+		// So did reading it.
 		return nil, fmt.Errorf("nix: import: %w", ferr)
 	case runErr != nil:
 		return nil, runErr
