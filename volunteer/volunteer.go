@@ -1,0 +1,466 @@
+// Package volunteer rebuilds derivations that cache pushers want more votes
+// on. A volunteer pulls rebuild requests for the systems it serves (it only
+// dials out to NATS), imports the derivation's closure from staging into
+// its own store, builds the derivation there, and publishes a result signed
+// with its own key, exactly as `provenix build` would: the pusher counts it
+// as one more vote.
+//
+// What makes the vote independent:
+//   - the closure comes from staging, written by whoever built first;
+//     nix.Import admits only content-addressed paths (.drv files, text
+//     files, sources) whose names match their contents, so the .drv this
+//     volunteer builds is the one the request names, and Nix checks that
+//     its outputs are the ones its contents give;
+//   - the requested derivation itself is built here with substitution off.
+//     Its inputs are realised as this Nix usually does (substituted or
+//     built): only the top derivation is re-checked, as nix-build --check
+//     would;
+//   - outputs that are already valid here but were not built here
+//     (substituted, imported) are rebuilt with --check, and the vote is
+//     cast only when the rebuild gives the same bytes: the volunteer never
+//     attests a copy it merely holds. Outputs this store built itself
+//     (Nix marks them "ultimate") are attested as they are.
+package volunteer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/derivation"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/builder"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// Queue is what a volunteer needs from the broker; *queue.Conn has it.
+// Results go out through the Builder's own Queue.
+type Queue interface {
+	ConsumeRebuilds(ctx context.Context, o queue.ConsumerOptions, h queue.Handler) (*queue.Consumer, error)
+	KVGet(ctx context.Context, bucket, key string) ([]byte, error)
+	OpenStaged(ctx context.Context, key string) (io.ReadCloser, queue.StagedInfo, error)
+}
+
+// Log attribute keys.
+const (
+	logKeyDrv     = "drv"
+	logKeySystem  = "system"
+	logKeyAction  = "action"
+	logKeyErr     = "err"
+	logKeyTook    = "took"
+	logKeyClosure = "closure"
+)
+
+// DefaultMaxDeliver bounds the deliveries of one request to the
+// volunteers of a system: a request that keeps failing for a transient
+// reason (its closure gone from staging, say) stops bouncing after that.
+const DefaultMaxDeliver = 10
+
+// Volunteer serves rebuild requests. Set the fields, then call Run.
+type Volunteer struct {
+	// Conn receives requests and reads votes and staged closures.
+	Conn Queue
+	// Builder builds and publishes with this volunteer's own Nix store,
+	// key, builder id and tenant; its Queue publishes the results. Its
+	// StageClosures is best left off: the closure is staged already.
+	Builder *builder.Builder
+	// Systems are the Nix systems this volunteer builds for; it takes
+	// requests for these only (one shared consumer per system).
+	Systems []string
+	// Once handles one request, acks or terminates it, and returns its
+	// outcome's error.
+	Once bool
+	// AckWait and MaxDeliver configure the consumers (see
+	// queue.ConsumerOptions); queue.DefaultAckWait and DefaultMaxDeliver
+	// when 0. A running build tells the server it is in progress every
+	// AckWait/3.
+	AckWait    time.Duration
+	MaxDeliver int
+	Logger     *slog.Logger
+	// OnOutcome, when set, is called with each handled request's outcome,
+	// from the handling goroutine.
+	OnOutcome func(Outcome)
+}
+
+// Action is what a volunteer did with a request.
+type Action string
+
+const (
+	// ActionSkipped: this builder had voted on every output already.
+	ActionSkipped Action = "skipped"
+	// ActionBuilt: the outputs were built here and published.
+	ActionBuilt Action = "built"
+	// ActionChecked: the outputs were valid here but not built here; a
+	// --check rebuild gave the same bytes, which were published.
+	ActionChecked Action = "checked"
+	// ActionReused: this store had built the outputs before; published.
+	ActionReused Action = "reused"
+	// ActionFailed: permanently failed for this volunteer (terminated).
+	ActionFailed Action = "failed"
+	// ActionRetry: failed for a reason that may pass (released for
+	// redelivery).
+	ActionRetry Action = "retry"
+)
+
+// Outcome is one handled request.
+type Outcome struct {
+	// Request is nil when the message did not decode.
+	Request   *queue.RebuildRequest
+	Action    Action
+	Published *builder.Published
+	Err       error
+	// Took is the whole handling: import, build, attest and publish.
+	Took time.Duration
+}
+
+// ErrRequest means a request cannot be served as it stands: it lies about
+// its derivation, or names a system this volunteer does not build for.
+var ErrRequest = errors.New("volunteer: unusable rebuild request")
+
+// errOnceTaken turns away a second request in Once mode; it is released
+// for another volunteer.
+var errOnceTaken = errors.New("volunteer: handling one request only")
+
+func (v *Volunteer) log() *slog.Logger {
+	if v.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return v.Logger
+}
+
+func (v *Volunteer) validate() error {
+	b := v.Builder
+	switch {
+	case v.Conn == nil:
+		return errors.New("volunteer: no Conn")
+	case b == nil || b.Nix == nil || b.Queue == nil || b.Signer == nil:
+		return errors.New("volunteer: Builder needs Nix, Queue and Signer")
+	case b.BuilderID == "":
+		return errors.New("volunteer: Builder has no builder id")
+	case len(v.Systems) == 0:
+		return errors.New("volunteer: no systems to build for")
+	}
+	if err := queue.ValidToken(b.Tenant); err != nil {
+		return fmt.Errorf("volunteer: tenant: %w", err)
+	}
+	for _, s := range v.Systems {
+		if err := queue.ValidToken(s); err != nil {
+			return fmt.Errorf("volunteer: system: %w", err)
+		}
+	}
+	return nil
+}
+
+// Run serves requests until ctx ends (then it returns nil; builds under
+// way are cancelled and their requests released for another volunteer)
+// or, with Once, until it handled one request. It fails when a consumer
+// cannot start or ends by itself (the connection was closed).
+func (v *Volunteer) Run(ctx context.Context) error {
+	if err := v.validate(); err != nil {
+		return err
+	}
+	maxDeliver := v.MaxDeliver
+	if maxDeliver == 0 {
+		maxDeliver = DefaultMaxDeliver
+	}
+	ackWait := v.AckWait
+	if ackWait == 0 {
+		ackWait = queue.DefaultAckWait
+	}
+
+	var (
+		claimed  atomic.Bool
+		onceDone = make(chan struct{})
+		first    Outcome
+		setFirst sync.Once
+	)
+	h := func(hctx context.Context, d *queue.Delivery) error {
+		if v.Once && !claimed.CompareAndSwap(false, true) {
+			return errOnceTaken
+		}
+		out, err := v.handle(hctx, d, ackWait)
+		if v.OnOutcome != nil {
+			v.OnOutcome(out)
+		}
+		if v.Once {
+			setFirst.Do(func() { first = out; close(onceDone) })
+		}
+		return err
+	}
+
+	var consumers []*queue.Consumer
+	stopAll := func() {
+		for _, k := range consumers {
+			k.Stop()
+			<-k.Closed()
+		}
+	}
+	ended := make(chan string, len(v.Systems))
+	for _, sys := range v.Systems {
+		subj, err := queue.RebuildSubject(v.Builder.Tenant, sys)
+		if err != nil {
+			stopAll()
+			return fmt.Errorf("volunteer: %w", err)
+		}
+		k, err := v.Conn.ConsumeRebuilds(ctx, queue.ConsumerOptions{FilterSubject: subj, AckWait: ackWait, MaxDeliver: maxDeliver}, h)
+		if err != nil {
+			stopAll()
+			return fmt.Errorf("volunteer: %s: %w", sys, err)
+		}
+		consumers = append(consumers, k)
+		go func() {
+			<-k.Closed()
+			ended <- sys
+		}()
+	}
+	v.log().Info("volunteering", "tenant", v.Builder.Tenant, "systems", strings.Join(v.Systems, ","), "builder", v.Builder.BuilderID)
+
+	select {
+	case <-ctx.Done():
+		stopAll()
+		return nil
+	case <-onceDone:
+		// The handler returned; Drain waits for its outcome to be sent.
+		for _, k := range consumers {
+			k.Drain()
+		}
+		for _, k := range consumers {
+			<-k.Closed()
+		}
+		return first.Err
+	case sys := <-ended:
+		stopAll()
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("volunteer: the consumer for %s ended (connection closed?)", sys)
+	}
+}
+
+// handle serves one delivery. Its error decides the message's fate (see
+// queue.Handler): nil acks, Permanent terminates, others are redelivered.
+func (v *Volunteer) handle(ctx context.Context, d *queue.Delivery, ackWait time.Duration) (Outcome, error) {
+	start := time.Now()
+	out := Outcome{}
+	finish := func(a Action, err error) (Outcome, error) {
+		out.Action, out.Err, out.Took = a, err, time.Since(start)
+		attrs := []any{logKeyAction, a, logKeyTook, out.Took.Round(time.Millisecond)}
+		if out.Request != nil {
+			attrs = append(attrs, logKeyDrv, out.Request.DrvPath, logKeySystem, out.Request.System)
+		}
+		switch {
+		case a == ActionFailed:
+			v.log().Error("rebuild request failed; not retrying it", append(attrs, logKeyErr, err)...)
+			return out, queue.Permanent(err)
+		case err != nil:
+			if ctx.Err() != nil {
+				v.log().Info("rebuild interrupted; request released", append(attrs, logKeyErr, err)...)
+			} else {
+				v.log().Warn("rebuild request failed; will retry", append(attrs, logKeyErr, err)...)
+			}
+			return out, err
+		}
+		v.log().Info("rebuild request done", attrs...)
+		return out, nil
+	}
+
+	req, err := queue.DecodeRebuildRequest(d.Data)
+	if err != nil {
+		return finish(ActionFailed, err)
+	}
+	out.Request = req
+	if subj, _ := queue.RebuildSubject(v.Builder.Tenant, req.System); d.Subject != subj || !slices.Contains(v.Systems, req.System) {
+		return finish(ActionFailed, fmt.Errorf("%w: a request for tenant %s, system %s arrived on %s", ErrRequest, req.Tenant, req.System, d.Subject))
+	}
+	defer heartbeat(ctx, d, ackWait/3)()
+
+	voted, err := v.voted(ctx, req)
+	if err != nil {
+		return finish(ActionRetry, err)
+	}
+	if voted {
+		return finish(ActionSkipped, nil)
+	}
+	if err := v.ensureDrv(ctx, req); err != nil {
+		if errors.Is(err, nix.ErrBadExport) || errors.Is(err, ErrRequest) {
+			return finish(ActionFailed, err)
+		}
+		return finish(ActionRetry, err)
+	}
+	drv, err := v.Builder.Nix.ReadDerivation(req.DrvPath)
+	if err != nil {
+		return finish(ActionFailed, err)
+	}
+	if err := checkDerivation(req, drv); err != nil {
+		return finish(ActionFailed, err)
+	}
+	inputs := make([]string, 0, len(drv.InputDerivations))
+	for p := range drv.InputDerivations {
+		inputs = append(inputs, p)
+	}
+	slices.Sort(inputs)
+	action, started, finished, err := v.build(ctx, req, inputs)
+	if err != nil {
+		if ctx.Err() != nil {
+			return finish(ActionRetry, err)
+		}
+		return finish(ActionFailed, err)
+	}
+	pub, err := v.Builder.Publish(ctx, req.DrvPath, builder.Target{
+		Installable: attest.Installable{Kind: "drv", Ref: req.DrvPath},
+	}, started, finished)
+	if err != nil {
+		// The outputs stay in this store, built here: a redelivery
+		// publishes them without building again.
+		return finish(ActionRetry, fmt.Errorf("publish: %w", err))
+	}
+	pub.Built = finished.Sub(started)
+	out.Published = pub
+	return finish(action, nil)
+}
+
+// voted reports whether this builder's vote is recorded for every output.
+func (v *Volunteer) voted(ctx context.Context, req *queue.RebuildRequest) (bool, error) {
+	for _, o := range req.Outputs {
+		_, err := v.Conn.KVGet(ctx, queue.BucketVotes, queue.VoteKey(req.Tenant, o, v.Builder.BuilderID))
+		if errors.Is(err, queue.ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("read votes: %w", err)
+		}
+	}
+	return true, nil
+}
+
+// ensureDrv makes the request's .drv valid in this store, importing the
+// staged closure when it is not.
+func (v *Volunteer) ensureDrv(ctx context.Context, req *queue.RebuildRequest) error {
+	n := v.Builder.Nix
+	invalid, err := n.Invalid(ctx, req.DrvPath)
+	if err != nil {
+		return err
+	}
+	if len(invalid) == 0 {
+		return nil // ours already, with its closure
+	}
+	if req.Closure == "" {
+		return fmt.Errorf("%s is not in this store and the request names no closure to import it from", req.DrvPath)
+	}
+	rc, info, err := v.Conn.OpenStaged(ctx, req.Closure)
+	if err != nil {
+		return fmt.Errorf("closure %s: %w", req.Closure, err)
+	}
+	t0 := time.Now()
+	paths, err := n.Import(ctx, rc)
+	rc.Close()
+	if err != nil {
+		return fmt.Errorf("import closure %s: %w", req.Closure, err)
+	}
+	v.log().Debug("imported closure", logKeyClosure, req.Closure, "bytes", info.Size, "paths", len(paths), logKeyTook, time.Since(t0).Round(time.Millisecond))
+	if invalid, err := n.Invalid(ctx, req.DrvPath); err != nil {
+		return err
+	} else if len(invalid) != 0 {
+		return fmt.Errorf("%w: closure %s does not hold %s", ErrRequest, req.Closure, req.DrvPath)
+	}
+	return nil
+}
+
+// checkDerivation holds the request to the .drv: its system and its
+// output paths must be the request's.
+func checkDerivation(req *queue.RebuildRequest, drv *derivation.Derivation) error {
+	if drv.Platform != req.System {
+		return fmt.Errorf("%w: %s is for %s, the request says %s", ErrRequest, req.DrvPath, drv.Platform, req.System)
+	}
+	var outs []string
+	for _, o := range drv.Outputs {
+		outs = append(outs, o.Path)
+	}
+	slices.Sort(outs)
+	if want := slices.Sorted(slices.Values(req.Outputs)); !slices.Equal(outs, want) {
+		return fmt.Errorf("%w: %s has outputs %v, the request says %v", ErrRequest, req.DrvPath, outs, want)
+	}
+	return nil
+}
+
+// build realises the request's derivation here (see the package doc for
+// why each case is sound) and returns what it did and when the build ran.
+func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs []string) (Action, time.Time, time.Time, error) {
+	n := v.Builder.Nix
+	if len(inputs) > 0 {
+		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{}, inputs...); err != nil {
+			return "", time.Time{}, time.Time{}, fmt.Errorf("realise inputs of %s: %w", req.DrvPath, err)
+		}
+	}
+	action := ActionReused
+	started := time.Now()
+	invalid, err := n.Invalid(ctx, req.Outputs...)
+	if err != nil {
+		return "", time.Time{}, time.Time{}, err
+	}
+	if len(invalid) > 0 {
+		action = ActionBuilt
+		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{NoSubstitute: true}, req.DrvPath); err != nil {
+			return "", time.Time{}, time.Time{}, fmt.Errorf("build %s: %w", req.DrvPath, err)
+		}
+	}
+	regs, err := n.Registrations(ctx, req.Outputs...)
+	if err != nil {
+		return "", time.Time{}, time.Time{}, err
+	}
+	builtHere := true
+	for _, r := range regs {
+		builtHere = builtHere && r.Ultimate
+	}
+	if !builtHere {
+		action = ActionChecked
+		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{Check: true, NoSubstitute: true}, req.DrvPath); err != nil {
+			if errors.Is(err, nix.ErrNotDeterministic) {
+				return "", time.Time{}, time.Time{}, fmt.Errorf("%s: this volunteer's rebuild differs from the copy in its store, which it did not build: no vote: %w", req.DrvPath, err)
+			}
+			return "", time.Time{}, time.Time{}, fmt.Errorf("check %s: %w", req.DrvPath, err)
+		}
+	}
+	finished := time.Now()
+	if action == ActionReused && len(regs) > 0 {
+		// Built here earlier: the provenance names that build's time.
+		started, finished = regs[0].Registered, regs[0].Registered
+	}
+	return action, started, finished, nil
+}
+
+// heartbeat tells the server the delivery is in progress every interval
+// until the returned func is called.
+func heartbeat(ctx context.Context, d *queue.Delivery, interval time.Duration) func() {
+	if interval < time.Second {
+		interval = time.Second
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = d.InProgress() // a lost one means a redelivery, not an error here
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
