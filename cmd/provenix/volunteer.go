@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/spf13/cobra"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/builder"
+	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/up"
+	"codeberg.org/provenix/provenix/volunteer"
+)
+
+type volunteerFlags struct {
+	nats       natsFlags
+	key        string
+	nixKey     string
+	builderID  string
+	tenant     string
+	nixOptions []string
+	storeRoot  string
+	systems    []string
+	once       bool
+}
+
+func newVolunteerCmd(g *globals) *cobra.Command {
+	f := &volunteerFlags{}
+	cmd := &cobra.Command{
+		Use:   "volunteer [flags]",
+		Short: "Rebuild derivations cache pushers want more votes on, and publish signed results",
+		Long: `Serve rebuild requests: when a cache pusher needs more votes on a derivation
+before it publishes it, it asks volunteers to rebuild it. A volunteer only
+dials out (to NATS): it pulls requests for the systems it serves, imports the
+derivation's closure (its .drv files and sources, staged by the first
+builder) into its own Nix store, builds the derivation there, attests the
+outputs with its own key and builder id, and publishes the result as
+'provenix build' does. The pusher counts it as one more vote.
+
+What it vouches for is its own build:
+  - the imported closure is checked path by path: every path must be
+    content-addressed and match its contents, so no one can slip another
+    .drv under the requested name;
+  - the requested derivation is built with substitution off (its inputs are
+    realised as this Nix usually does);
+  - outputs already in the store that it did not build (substituted,
+    copied) are rebuilt with --check, and it votes only if the rebuild gives
+    the same bytes.
+It skips a request when its vote on the outputs is recorded already. A build
+that fails is not retried by this volunteer (the request is terminated);
+connection trouble releases the request for a retry.
+
+It runs until SIGINT or SIGTERM (a build under way is cancelled and its
+request released for another volunteer); --once handles one request and
+exits, with status 1 if it failed.
+
+By default it serves the systems the host's Nix builds for ('system' and
+'extra-platforms' of nix show-config), publishes to the 'provenix up' running
+on --data-dir, and signs with that data directory's builder key. Give it its
+own --key and --builder-id: a volunteer sharing the first builder's identity
+adds no vote.`,
+		Example: `  provenix volunteer --nats-url nats://nats.example:4222 --key volunteer.key --builder-id volunteer-1
+  provenix volunteer --system x86_64-linux --store /var/lib/provenix/store --once`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runVolunteer(cmd.Context(), g, f)
+		},
+	}
+	fl := cmd.Flags()
+	f.nats.register(cmd)
+	fl.StringVar(&f.key, "key", "", "builder signing key (default: the data directory's keys/builder.key)")
+	fl.StringVar(&f.nixKey, "nix-key", "", "also sign each output's narinfo fingerprint with this Nix secret key (NAME:base64), as 'provenix build --nix-key'")
+	fl.StringVar(&f.builderID, "builder-id", up.DefaultBuilderID, "builder id recorded in the provenance; policies bind it to the key")
+	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose rebuild requests to serve")
+	fl.StringArrayVar(&f.nixOptions, "nix-option", nil, "NAME=VALUE passed to Nix as --option NAME VALUE")
+	fl.StringVar(&f.storeRoot, "store", "", "build in a chroot store rooted at this directory (nix --store)")
+	fl.StringArrayVar(&f.systems, "system", nil, "Nix system to build for (repeatable; default: the host Nix's system and extra-platforms)")
+	fl.BoolVar(&f.once, "once", false, "handle one request, then exit")
+	return cmd
+}
+
+func runVolunteer(ctx context.Context, g *globals, f *volunteerFlags) error {
+	if err := nix.Available(); err != nil {
+		return &exitError{code: exitUsageErr, err: err}
+	}
+	nixOpts, err := parsePairs("nix-option", f.nixOptions)
+	if err != nil {
+		return err
+	}
+	keyPath := f.key
+	if keyPath == "" {
+		keyPath = g.paths().BuilderKey()
+	}
+	signer, err := attest.LoadSigner(keyPath)
+	if err != nil {
+		return &exitError{code: exitUsageErr, err: fmt.Errorf("%w\nCreate one with 'provenix key generate --builder FILE'", err)}
+	}
+	var nixKey *signature.SecretKey
+	if f.nixKey != "" {
+		k, err := cachepush.LoadKey(f.nixKey)
+		if err != nil {
+			return &exitError{code: exitUsageErr, err: fmt.Errorf("--nix-key: %w", err)}
+		}
+		nixKey = &k
+	}
+	nx := &nix.Nix{Root: f.storeRoot, Options: nixOpts, Stderr: g.stderr}
+	systems := f.systems
+	if len(systems) == 0 {
+		if systems, err = hostSystems(ctx, nx); err != nil {
+			return &exitError{code: exitUsageErr, err: fmt.Errorf("%w\nName the systems to serve with --system", err)}
+		}
+	}
+	conn, err := f.nats.connect(ctx, g, "provenix-volunteer")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+
+	v := &volunteer.Volunteer{
+		Conn: conn,
+		Builder: &builder.Builder{
+			Nix: nx, Queue: conn, Signer: signer, NixKey: nixKey,
+			BuilderID: f.builderID, Tenant: f.tenant, Version: version, Logger: g.logger(),
+		},
+		Systems: systems,
+		Once:    f.once,
+		Logger:  g.logger(),
+	}
+	if err := v.Run(ctx); err != nil {
+		return &exitError{code: exitFailed, err: err}
+	}
+	return nil
+}
+
+// hostSystems are the systems the host's Nix builds for: its system and
+// extra-platforms.
+func hostSystems(ctx context.Context, nx *nix.Nix) ([]string, error) {
+	cfg, err := nx.Config(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the Nix configuration: %w", err)
+	}
+	if cfg["system"] == "" {
+		return nil, fmt.Errorf("nix show-config names no system")
+	}
+	systems := []string{cfg["system"]}
+	for _, s := range strings.Fields(cfg["extra-platforms"]) {
+		if !slices.Contains(systems, s) {
+			systems = append(systems, s)
+		}
+	}
+	return systems, nil
+}
