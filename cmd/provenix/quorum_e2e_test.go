@@ -437,3 +437,46 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+// TestQuorumVolunteer: one `provenix build` and one `provenix volunteer`
+// with its own store reach quorum 2 with no further command: the pusher
+// asks for a rebuild, the volunteer pulls it, imports the staged closure,
+// rebuilds and votes.
+func TestQuorumVolunteer(t *testing.T) {
+	requireNix(t)
+	busybox := requireTool(t, "busybox", "apt-get install busybox-static", "/bin/busybox")
+	ctx := ctxFor(t, 4*time.Minute)
+	dataDir := t.TempDir()
+	p, bs := quorumSetup(t, dataDir)
+	stack := startStack(t, up.Config{DataDir: dataDir})
+	vol := bs[1]
+	done := make(chan string, 1)
+	go func() {
+		stdout, stderr, code := cli(t, ctx, "volunteer", "--once", "--store", vol.store, "--key", vol.key, "--builder-id", vol.id,
+			"--nix-key", vol.nixKey, "--nats-url", stack.NATSURL(), "--nats-token-file", p.NATSToken(), "--nix-option", "substituters=")
+		done <- fmt.Sprintf("exit %d\n%s\n%s", code, stdout, stderr)
+	}()
+	sample := filepath.Join("..", "..", "examples", "hello.nix")
+	a := qbuild(t, ctx, stack.NATSURL(), p, bs[0], sample, "hello", "--arg", "busybox="+busybox, "--argstr", "message="+uniqueMessage(t))
+	path := a.Outputs[0].Path
+	select {
+	case out := <-done:
+		if !strings.HasPrefix(out, "exit 0") {
+			t.Fatalf("volunteer: %s", out)
+		}
+	case <-ctx.Done():
+		t.Fatal("the volunteer never took the rebuild request")
+	}
+	names := strings.Join(sigNames(t, stack.CacheURL(), path), ",")
+	if !strings.Contains(names, "builder-a-1") || !strings.Contains(names, "builder-b-1") {
+		t.Fatalf("narinfo signatures %s: want the builder's and the volunteer's", names)
+	}
+	if _, _, code := cli(t, ctx, "verify", "--data-dir", dataDir, "--cache", stack.CacheURL(), "--cache-key", p.CachePub(),
+		"--key", bs[0].id+"="+bs[0].pub, "--key", bs[1].id+"="+bs[1].pub, "--quorum", "2", path); code != 0 {
+		t.Fatalf("verify --quorum 2: exit %d", code)
+	}
+	// The volunteer really built in its own store.
+	if _, err := os.Stat(filepath.Join(vol.store, path)); err != nil {
+		t.Fatalf("the volunteer's store lacks %s: %v", path, err)
+	}
+}
