@@ -242,6 +242,10 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		rej.Reason = ReasonInconsistent
 		return p.reject(ctx, rej, err)
 	}
+	if err := p.cfg.Policy.CheckSource(v.External); err != nil {
+		rej.Reason = ReasonPolicy
+		return p.reject(ctx, rej, err)
+	}
 
 	byPath := make(map[string]attest.Output, len(v.Outputs))
 	for _, o := range v.Outputs {

@@ -279,7 +279,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	}
 	votes = append(votes, vote)
 	sort.Slice(votes, func(i, j int) bool { return votes[i].Builder < votes[j].Builder })
-	q := p.cfg.Policy.QuorumFor(v.System, out.Path)
+	q := p.cfg.Policy.QuorumFor(r.Tenant, v.System, out.Path)
 	st := Standing{Quarantined: map[string]bool{}, Veteran: map[string]bool{}}
 	for _, vt := range votes {
 		rep := p.reputation(ctx, vt.Builder)

@@ -59,7 +59,7 @@ func TestTallyVotes(t *testing.T) {
 		{"override min 1", "/nix/store/x-solo-1", []Vote{v("c", "h9")}, nil, VerdictAgreed, "h9"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := TallyVotes(p, p.QuorumFor("x86_64-linux", tc.path), tc.votes, Standing{Quarantined: tc.quarantined})
+			got := TallyVotes(p, p.QuorumFor("default", "x86_64-linux", tc.path), tc.votes, Standing{Quarantined: tc.quarantined})
 			if got.Verdict != tc.verdict || got.Winner != tc.winner {
 				t.Fatalf("verdict %s winner %q (%s), want %s %q", got.Verdict, got.Winner, got.Why, tc.verdict, tc.winner)
 			}
@@ -69,7 +69,7 @@ func TestTallyVotes(t *testing.T) {
 
 func TestTallyAdaptive(t *testing.T) {
 	p := tallyPolicy(t)
-	q := p.QuorumFor("x86_64-linux", "/nix/store/x-hello")
+	q := p.QuorumFor("default", "x86_64-linux", "/nix/store/x-hello")
 	q.TrustedAfter, q.SpotCheck = 5, 0.25
 	vet := Standing{Veteran: map[string]bool{"a": true}}
 	waived, checked := 0, 0

@@ -74,6 +74,11 @@ type Policy struct {
 	Overrides []Override `yaml:"overrides"`
 	// Reputation sets when a builder that keeps disagreeing is quarantined.
 	Reputation Reputation `yaml:"reputation"`
+	// Sources, when set, are the repositories (globs over the signed
+	// source or forge-job repository, e.g. "https://codeberg.org/distro/*"
+	// or "distro/*") whose builds may be published; a build naming none is
+	// refused too. Empty allows any.
+	Sources []string `yaml:"sources"`
 
 	keys    map[string]*ecdsa.PublicKey // by builder id
 	nixKeys map[string]signature.PublicKey
@@ -126,9 +131,10 @@ type Quorum struct {
 	SpotCheck    float64 `yaml:"spot_check"`
 }
 
-// Override is a quorum rule for systems and/or derivation names (glob
-// patterns over the name part of the store path, e.g. "*-firefox-*").
+// Override is a quorum rule for tenants, systems and/or derivation names
+// (glob patterns over the name part of the store path, e.g. "*-firefox-*").
 type Override struct {
+	Tenants []string `yaml:"tenants"`
 	Systems []string `yaml:"systems"`
 	Names   []string `yaml:"names"`
 	Quorum  Quorum   `yaml:"quorum"`
@@ -178,8 +184,8 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 	p.Quorum.fill(Quorum{Min: 1, Distinct: DistinctBuilder, OnDisagreement: OnDisagreementBlock})
 	for i := range p.Overrides {
 		o := &p.Overrides[i]
-		if len(o.Systems) == 0 && len(o.Names) == 0 {
-			return nil, fmt.Errorf("overrides[%d]: matches nothing (give systems or names)", i)
+		if len(o.Tenants) == 0 && len(o.Systems) == 0 && len(o.Names) == 0 {
+			return nil, fmt.Errorf("overrides[%d]: matches nothing (give tenants, systems or names)", i)
 		}
 		for _, n := range o.Names {
 			if _, err := path.Match(n, ""); err != nil {
@@ -296,13 +302,17 @@ func (q *Quorum) fill(def Quorum) {
 	}
 }
 
-// QuorumFor returns the rule for an output of a derivation for system.
-func (p *Policy) QuorumFor(system, storePath string) Quorum {
+// QuorumFor returns the rule for an output of a derivation for system in
+// tenant.
+func (p *Policy) QuorumFor(tenant, system, storePath string) Quorum {
 	name := path.Base(storePath)
 	if _, rest, ok := strings.Cut(name, "-"); ok {
 		name = rest
 	}
 	for _, o := range p.Overrides {
+		if len(o.Tenants) > 0 && !slices.Contains(o.Tenants, tenant) {
+			continue
+		}
 		if len(o.Systems) > 0 && !slices.Contains(o.Systems, system) {
 			continue
 		}
@@ -315,6 +325,44 @@ func (p *Policy) QuorumFor(system, storePath string) Quorum {
 		return o.Quorum
 	}
 	return p.Quorum
+}
+
+// ErrSourceNotAllowed: the build's repository is not among the policy's
+// sources.
+var ErrSourceNotAllowed = fmt.Errorf("%w: source not allowed", ErrDenied)
+
+// CheckSource applies the sources rule to a verified Statement's external
+// parameters: the forge job's repository (runner builds) or the source
+// repository (provenix build in a checkout).
+func (p *Policy) CheckSource(external map[string]any) error {
+	if len(p.Sources) == 0 {
+		return nil
+	}
+	var repos []string
+	for _, k := range []string{"workflow", "source"} {
+		m, _ := external[k].(map[string]any)
+		r, _ := m["repository"].(string)
+		if r == "" {
+			continue
+		}
+		repos = append(repos, r)
+		if k == "workflow" {
+			if srv, _ := m["server"].(string); srv != "" {
+				repos = append(repos, strings.TrimRight(srv, "/")+"/"+r)
+			}
+		}
+	}
+	for _, r := range repos {
+		for _, pat := range p.Sources {
+			if ok, _ := path.Match(pat, r); ok {
+				return nil
+			}
+		}
+	}
+	if len(repos) == 0 {
+		return fmt.Errorf("%w: the provenance names no repository", ErrSourceNotAllowed)
+	}
+	return fmt.Errorf("%w: %s", ErrSourceNotAllowed, strings.Join(repos, ", "))
 }
 
 // BuilderIDs lists the policy's builder ids.

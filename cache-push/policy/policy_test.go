@@ -104,3 +104,37 @@ func FuzzParse(f *testing.F) {
 		_, _ = Parse(b, dir)
 	})
 }
+
+func TestCheckSource(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := attest.GenerateKeyFiles(filepath.Join(dir, "k")); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Parse([]byte("tenants: [a, b]\nsystems: [x86_64-linux]\nsources: [\"distro/*\", \"https://codeberg.org/distro/*\"]\noverrides:\n  - tenants: [b]\n    quorum: {min: 3}\nbuilders:\n  - {id: x, key: k.pub}\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		ext  map[string]any
+		ok   bool
+	}{
+		{"runner job", map[string]any{"workflow": map[string]any{"server": "http://forge", "repository": "distro/pkgs"}}, true},
+		{"checkout", map[string]any{"source": map[string]any{"repository": "https://codeberg.org/distro/pkgs"}}, true},
+		{"other repo", map[string]any{"workflow": map[string]any{"repository": "mallory/pkgs"}}, false},
+		{"no repo", map[string]any{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := p.CheckSource(tc.ext)
+			if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrSourceNotAllowed)) {
+				t.Fatalf("err = %v", err)
+			}
+		})
+	}
+	if q := p.QuorumFor("b", "x86_64-linux", "/nix/store/x-y"); q.Min != 3 {
+		t.Errorf("tenant override: min %d", q.Min)
+	}
+	if q := p.QuorumFor("a", "x86_64-linux", "/nix/store/x-y"); q.Min != 1 {
+		t.Errorf("default: min %d", q.Min)
+	}
+}

@@ -145,7 +145,7 @@ quorum) — and why.`,
 					po.System = v.System
 					po.Votes = append(po.Votes, voteOut{Builder: v.Builder, NarSHA256: v.NarSHA256, Time: v.Time, NixSig: v.NixSig != ""})
 				}
-				q := pol.QuorumFor(po.System, sp)
+				q := pol.QuorumFor(tenant, po.System, sp)
 				for _, v := range votes {
 					if r, err := cachepush.GetReputation(ctx, conn, v.Builder); err == nil {
 						st.Quarantined[v.Builder] = r.Quarantined

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/nix"
@@ -202,6 +204,17 @@ func TestQuorumNondeterministic(t *testing.T) {
 	dataDir := t.TempDir()
 	p, bs := quorumSetup(t, dataDir)
 	stack := startStack(t, up.Config{DataDir: dataDir})
+	disputes := make(chan cachepush.Dispute, 16)
+	sub, err := stack.Conn().NATS().Subscribe("events."+up.DefaultTenant+"."+cachepush.EventDisputed, func(m *nats.Msg) {
+		var d cachepush.Dispute
+		if json.Unmarshal(m.Data, &d) == nil {
+			disputes <- d
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
 	file := filepath.Join("testdata", "nondet.nix")
 	salt := "--argstr=salt=" + uniqueMessage(t)
 
@@ -219,6 +232,15 @@ func TestQuorumNondeterministic(t *testing.T) {
 			requireAbsent(t, stack.CacheURL(), path)
 			if v := status(t, ctx, dataDir, stack.NATSURL(), p, path); v != cachepush.VerdictDisputed {
 				t.Fatalf("status: %s, want disputed", v)
+			}
+			select {
+			case d := <-disputes:
+				if d.StorePath != path || len(d.NARs) != 2 ||
+					strings.Join(d.NARs[a.Outputs[0].NarSHA256], ",") != bs[0].id || strings.Join(d.NARs[b.Outputs[0].NarSHA256], ",") != bs[1].id {
+					t.Fatalf("disputed event %+v: want both NARs with their builders", d)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no disputed event")
 			}
 		case "nondet-trusted":
 			ni := waitNarinfo(t, stack.CacheURL(), path)
