@@ -2,6 +2,7 @@ package attest
 
 import (
 	"bytes"
+	"strings"
 	"crypto"
 	"encoding/hex"
 	"encoding/json"
@@ -31,6 +32,11 @@ type TrustedBuilder struct {
 type Verifier struct {
 	byKeyID map[string]TrustedBuilder
 	sig     *verify.Verifier
+
+	// keyless: certificate identities (Fulcio) checked against a trusted
+	// root with its transparency log.
+	keyless    *verify.Verifier
+	identities []TrustedIdentity
 }
 
 // NewVerifier returns a verifier trusting builders. Each key must be
@@ -100,41 +106,77 @@ func (v *Verifier) Verify(bundleJSON []byte, want []Subject) (*Verified, error) 
 	if err := b.UnmarshalJSON(bundleJSON); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
 	}
-	env, err := b.Envelope()
-	if err != nil || env == nil {
-		return nil, fmt.Errorf("%w: not a DSSE envelope bundle", ErrMalformedBundle)
+	return v.VerifyEntity(&b, want)
+}
+
+// VerifyEntity is Verify for a parsed Sigstore entity (a bundle, or a
+// test entity from sigstore-go's VirtualSigstore).
+func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verified, error) {
+	if len(want) == 0 {
+		return nil, errors.New("attest: verify needs at least one expected subject")
 	}
-	vc, err := b.VerificationContent()
+	sc, err := e.SignatureContent()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
 	}
-	pk := vc.PublicKey()
-	if pk == nil {
-		return nil, fmt.Errorf("%w: bundle is not signed with a public key", ErrUnknownSigner)
+	env, ok := sc.(*bundle.Envelope)
+	if !ok || env == nil || env.Envelope == nil {
+		return nil, fmt.Errorf("%w: not a DSSE envelope bundle", ErrMalformedBundle)
 	}
-	keyID := pk.Hint()
-	tb, ok := v.byKeyID[keyID]
-	if !ok {
-		return nil, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
+	vc, err := e.VerificationContent()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
 	}
-
 	digests := make([]verify.ArtifactDigest, len(want))
 	for i, w := range want {
 		digests[i] = verify.ArtifactDigest{Algorithm: "sha256", Digest: w.NarHash[:]}
 	}
-	res, err := v.sig.Verify(&b, verify.NewPolicy(verify.WithArtifactDigests(digests), verify.WithKey()))
+	var (
+		tb     TrustedBuilder
+		keyID  string
+		sigVer *verify.Verifier
+		policy verify.PolicyBuilder
+	)
+	switch {
+	case vc.PublicKey() != nil:
+		keyID = vc.PublicKey().Hint()
+		var ok bool
+		if tb, ok = v.byKeyID[keyID]; !ok {
+			return nil, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
+		}
+		sigVer, policy = v.sig, verify.NewPolicy(verify.WithArtifactDigests(digests), verify.WithKey())
+	case vc.Certificate() != nil && v.keyless != nil:
+		opts := []verify.PolicyOption{}
+		for _, id := range v.identities {
+			opts = append(opts, verify.WithCertificateIdentity(id.matcher))
+		}
+		sigVer, policy = v.keyless, verify.NewPolicy(verify.WithArtifactDigests(digests), opts...)
+	case vc.Certificate() != nil:
+		return nil, fmt.Errorf("%w: bundle is signed keylessly and no certificate identities are trusted", ErrUnknownSigner)
+	default:
+		return nil, fmt.Errorf("%w: bundle carries neither a public key hint nor a certificate", ErrUnknownSigner)
+	}
+	res, err := sigVer.Verify(e, policy)
 	if err != nil {
-		// sigstore-go reports a missing digest and a bad signature alike;
-		// say which, from the (unverified) payload, so operators can act.
 		if st, serr := env.Statement(); serr == nil {
 			if derr := diagnoseDigests(st, want); derr != nil {
 				return nil, derr
 			}
 		}
+		if vc.Certificate() != nil && strings.Contains(err.Error(), "certificate identit") {
+			return nil, fmt.Errorf("%w: %w", ErrUnknownSigner, err)
+		}
 		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
 	if res.Statement == nil {
 		return nil, fmt.Errorf("%w: payload is not an in-toto statement", ErrMalformedBundle)
+	}
+	if vc.Certificate() != nil {
+		id, err := v.matchIdentity(res)
+		if err != nil {
+			return nil, err
+		}
+		tb, keyID = TrustedBuilder{ID: id.ID}, id.String()
 	}
 	prov, err := parseStatement(res.Statement, predicateJSON(env))
 	if err != nil {
@@ -144,7 +186,7 @@ func (v *Verifier) Verify(bundleJSON []byte, want []Subject) (*Verified, error) 
 		return nil, err
 	}
 	if prov.BuilderID != tb.ID {
-		return nil, fmt.Errorf("%w: provenance claims builder %q, key %s is trusted for %q", ErrUntrustedBuilder, prov.BuilderID, keyID, tb.ID)
+		return nil, fmt.Errorf("%w: provenance claims builder %q, signer %s is trusted for %q", ErrUntrustedBuilder, prov.BuilderID, keyID, tb.ID)
 	}
 	return &Verified{Provenance: prov, Builder: tb, KeyID: keyID}, nil
 }

@@ -1,0 +1,139 @@
+package attest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+
+	intoto "github.com/in-toto/attestation/go/v1"
+	"github.com/sigstore/sigstore-go/pkg/bundle"
+	"github.com/sigstore/sigstore-go/pkg/root"
+	"github.com/sigstore/sigstore-go/pkg/sign"
+	"github.com/sigstore/sigstore-go/pkg/verify"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// TrustedIdentity is a keyless builder: a Fulcio certificate identity
+// (OIDC issuer and subject alternative name, each exact or a regular
+// expression) trusted for one builder id. A Forgejo workflow's identity is
+// its OIDC token's issuer (<instance>/api/actions) and subject.
+type TrustedIdentity struct {
+	ID           string
+	Issuer       string
+	IssuerRegexp string
+	SAN          string
+	SANRegexp    string
+
+	matcher verify.CertificateIdentity
+}
+
+func (t TrustedIdentity) String() string {
+	iss, san := t.Issuer, t.SAN
+	if iss == "" {
+		iss = "~" + t.IssuerRegexp
+	}
+	if san == "" {
+		san = "~" + t.SANRegexp
+	}
+	return "identity " + san + " from " + iss
+}
+
+// WithIdentities makes v also accept keyless bundles whose certificate
+// chains to trusted (a Fulcio CA with its Rekor log, e.g. a private
+// Sigstore's trusted_root.json), whose signature is in the transparency
+// log, and whose certificate names one of ids. Each identity's bundle must
+// claim the identity's builder id. requireSCT also demands a certificate
+// transparency timestamp: right for the public good instance, optional
+// for a private Fulcio run without a CT log.
+func (v *Verifier) WithIdentities(trusted root.TrustedMaterial, ids []TrustedIdentity, requireSCT bool) error {
+	if trusted == nil || len(ids) == 0 {
+		return errors.New("attest: keyless verification needs a trusted root and at least one identity")
+	}
+	for i := range ids {
+		id := &ids[i]
+		if id.ID == "" {
+			return errors.New("attest: trusted identity without a builder id")
+		}
+		m, err := verify.NewShortCertificateIdentity(id.Issuer, id.IssuerRegexp, id.SAN, id.SANRegexp)
+		if err != nil {
+			return fmt.Errorf("attest: identity for %s: %w", id.ID, err)
+		}
+		id.matcher = m
+	}
+	opts := []verify.VerifierOption{verify.WithTransparencyLog(1), verify.WithObserverTimestamps(1)}
+	if requireSCT {
+		opts = append(opts, verify.WithSignedCertificateTimestamps(1))
+	}
+	kv, err := verify.NewVerifier(trusted, opts...)
+	if err != nil {
+		return fmt.Errorf("attest: keyless verifier: %w", err)
+	}
+	v.keyless, v.identities = kv, ids
+	return nil
+}
+
+// matchIdentity finds which trusted identity the verified certificate is;
+// sigstore-go checked that at least one matches.
+func (v *Verifier) matchIdentity(res *verify.VerificationResult) (TrustedIdentity, error) {
+	if res.Signature == nil || res.Signature.Certificate == nil {
+		return TrustedIdentity{}, fmt.Errorf("%w: no certificate in the verification result", ErrUnknownSigner)
+	}
+	c := res.Signature.Certificate
+	for _, id := range v.identities {
+		if matches(id.Issuer, id.IssuerRegexp, c.Issuer) && matches(id.SAN, id.SANRegexp, c.SubjectAlternativeName) {
+			return id, nil
+		}
+	}
+	return TrustedIdentity{}, fmt.Errorf("%w: certificate for %s from %s", ErrUnknownSigner, c.SubjectAlternativeName, c.Issuer)
+}
+
+func matches(exact, re, got string) bool {
+	if exact != "" {
+		return exact == got
+	}
+	ok, err := regexp.MatchString(re, got)
+	return err == nil && ok
+}
+
+// KeylessOptions say where keyless signing gets its certificate and
+// where the signature is logged: a private Fulcio and Rekor (the public
+// Fulcio does not accept Forgejo issuers yet).
+type KeylessOptions struct {
+	FulcioURL string
+	RekorURL  string
+	// IDToken is the job's OIDC token (from ACTIONS_ID_TOKEN_REQUEST_URL).
+	IDToken string
+}
+
+// SignKeyless signs st with an ephemeral key certified by Fulcio for the
+// identity in the OIDC token and logs it in Rekor; the bundle carries the
+// certificate and the log entry.
+func SignKeyless(ctx context.Context, st *intoto.Statement, o KeylessOptions) ([]byte, error) {
+	if o.FulcioURL == "" || o.RekorURL == "" || o.IDToken == "" {
+		return nil, errors.New("attest: keyless signing needs a Fulcio URL, a Rekor URL and an OIDC token")
+	}
+	payload, err := protojson.Marshal(st)
+	if err != nil {
+		return nil, fmt.Errorf("attest: encode statement: %w", err)
+	}
+	kp, err := sign.NewEphemeralKeypair(nil)
+	if err != nil {
+		return nil, fmt.Errorf("attest: ephemeral key: %w", err)
+	}
+	pb, err := sign.Bundle(&sign.DSSEData{Data: payload, PayloadType: PayloadType}, kp, sign.BundleOptions{
+		Context:                    ctx,
+		CertificateProvider:        sign.NewFulcio(&sign.FulcioOptions{BaseURL: o.FulcioURL}),
+		CertificateProviderOptions: &sign.CertificateProviderOptions{IDToken: o.IDToken},
+		TransparencyLogs:           []sign.Transparency{sign.NewRekor(&sign.RekorOptions{BaseURL: o.RekorURL})},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attest: keyless sign: %w", err)
+	}
+	b, err := bundle.NewBundle(pb)
+	if err != nil {
+		return nil, fmt.Errorf("attest: keyless sign: %w", err)
+	}
+	return json.Marshal(b)
+}
