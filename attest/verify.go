@@ -2,12 +2,12 @@ package attest
 
 import (
 	"bytes"
-	"strings"
 	"crypto"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	intoto "github.com/in-toto/attestation/go/v1"
