@@ -1,0 +1,484 @@
+// Package action is the logic of 'provenix action', the program behind the
+// workflow step action.yml: it reads its inputs from INPUT_* like an Actions
+// step, builds and attests the installables (signed by the Provenix runner
+// over its socket, or by the step itself with a key from a secret),
+// publishes the results, writes the bundles under RUNNER_TEMP, sets the
+// step's outputs, writes a job summary and, when asked, waits for the cache
+// and verifies what it published.
+package action
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	githubactions "github.com/sethvargo/go-githubactions"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/builder"
+	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/runner/capture"
+)
+
+// Verdicts, the step's verdict output.
+const (
+	VerdictPublished   = "published"
+	VerdictVerified    = "verified"
+	VerdictNotVerified = "not verified"
+)
+
+// ErrKeylessUnsupported: keyless signing from a workflow step is not wired
+// into the builder yet.
+var ErrKeylessUnsupported = errors.New("signing: keyless is not yet supported by the workflow step; use runner or key")
+
+// VerifyRequest is one cache entry to verify.
+type VerifyRequest struct {
+	CacheURL  string
+	StorePath string
+	// KeyFile is the trusted builder public key (PEM), trusted for BuilderID.
+	KeyFile   string
+	BuilderID string
+}
+
+// VerifyFunc verifies a cache entry as 'provenix verify --cache' does and
+// returns its verdict and a human-readable report.
+type VerifyFunc func(ctx context.Context, r VerifyRequest) (verified bool, report string, err error)
+
+// Config is what Run needs from its caller.
+type Config struct {
+	// Getenv reads the step's environment (os.Getenv in production).
+	Getenv func(string) string
+	// Stdout receives workflow commands (::error::, ::add-mask::) and the
+	// report; Stderr Nix's build log.
+	Stdout, Stderr io.Writer
+	// Classify turns an installable into what the builder builds, with the
+	// rules of 'provenix build'.
+	Classify func(target, attr string) (attest.Installable, error)
+	// Verify, for verify: true.
+	Verify VerifyFunc
+	// Version is the provenix version recorded in the provenance.
+	Version string
+	Logger  *slog.Logger
+	// CacheTimeout bounds the wait for each narinfo (default 2 minutes).
+	CacheTimeout time.Duration
+}
+
+// Row is one attested output.
+type Row struct {
+	DrvPath   string
+	Output    string
+	StorePath string
+	NarSHA256 string
+	BuilderID string
+	Bundle    string // file under RUNNER_TEMP; empty when the runner signed
+	Duplicate bool
+	Verdict   string
+}
+
+// Run runs the step. Every error is also reported as an ::error::
+// annotation; the caller exits non-zero on one.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Getenv == nil {
+		cfg.Getenv = os.Getenv
+	}
+	if cfg.Stdout == nil {
+		cfg.Stdout = io.Discard
+	}
+	if cfg.Stderr == nil {
+		cfg.Stderr = io.Discard
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.CacheTimeout == 0 {
+		cfg.CacheTimeout = 2 * time.Minute
+	}
+	gha := githubactions.New(githubactions.WithGetenv(cfg.Getenv), githubactions.WithWriter(cfg.Stdout))
+	s := &step{cfg: cfg, gha: gha}
+	err := s.run(ctx)
+	if err != nil {
+		gha.Errorf("provenix: %s", err)
+	}
+	return err
+}
+
+type step struct {
+	cfg  Config
+	gha  *githubactions.Action
+	in   *inputs
+	rows []Row
+	// signerNote says in the summary who signed.
+	signerNote string
+	// pubFile is the step key's public half, for verify.
+	pubFile string
+}
+
+func (s *step) run(ctx context.Context) error {
+	in, err := readInputs(s.gha, s.cfg.Getenv)
+	if err != nil {
+		return err
+	}
+	s.in = in
+	defer func() {
+		if s.pubFile != "" {
+			os.Remove(s.pubFile)
+		}
+	}()
+	if s.cfg.Classify == nil {
+		return errors.New("no target classifier configured")
+	}
+	var buildErr error
+	switch in.signing {
+	case SigningRunner:
+		buildErr = s.buildViaRunner(ctx)
+	case SigningKey:
+		buildErr = s.buildWithKey(ctx)
+	case SigningKeyless:
+		return ErrKeylessUnsupported
+	default:
+		return fmt.Errorf("input signing %q: want runner, key or keyless", in.signing)
+	}
+	verdict := VerdictPublished
+	var verifyErr error
+	if buildErr == nil && in.verify {
+		verdict, verifyErr = s.verifyAll(ctx)
+	}
+	if len(s.rows) > 0 {
+		if err := s.outputs(verdict); err != nil {
+			return errors.Join(buildErr, verifyErr, err)
+		}
+	}
+	return errors.Join(buildErr, verifyErr)
+}
+
+func (s *step) nix() *nix.Nix {
+	return &nix.Nix{Options: s.in.nixOptions, Stderr: s.cfg.Stderr}
+}
+
+func (s *step) targets() ([]builder.Target, error) {
+	src, wf, inv := s.workflow()
+	var out []builder.Target
+	for _, t := range s.in.installables {
+		in, err := s.cfg.Classify(t, s.in.attr)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, builder.Target{Installable: in, Args: s.in.args, ArgStrs: s.in.argstrs, Source: src, Workflow: wf, InvocationID: inv})
+	}
+	return out, nil
+}
+
+// workflow is the job as the step's environment describes it: the job's
+// own word, recorded with capture "job-step-key" so nobody mistakes it for
+// what a runner saw.
+func (s *step) workflow() (*attest.Source, *attest.Workflow, string) {
+	ctx, err := s.gha.Context()
+	if err != nil || ctx.Repository == "" {
+		return nil, &attest.Workflow{Capture: CaptureJobStepKey}, ""
+	}
+	server := strings.TrimRight(ctx.ServerURL, "/")
+	wf := &attest.Workflow{
+		Server: server, Repository: ctx.Repository, Ref: ctx.Ref, Sha: ctx.SHA,
+		Workflow: ctx.Workflow, Job: ctx.Job, Event: ctx.EventName, Actor: ctx.Actor,
+		Capture: CaptureJobStepKey,
+	}
+	var inv string
+	if ctx.RunID != 0 {
+		wf.RunID = fmt.Sprint(ctx.RunID)
+		inv = fmt.Sprintf("%s/%s/actions/runs/%d", server, ctx.Repository, ctx.RunID)
+	}
+	src := &attest.Source{Repository: server + "/" + ctx.Repository, Revision: ctx.SHA, Ref: ctx.Ref}
+	return src, wf, inv
+}
+
+// tempDir is RUNNER_TEMP, where the step leaves its files.
+func (s *step) tempDir() string {
+	if d := s.cfg.Getenv("RUNNER_TEMP"); d != "" {
+		return d
+	}
+	return os.TempDir()
+}
+
+// writeSecret writes a secret to a new 0600 file under RUNNER_TEMP; the
+// caller removes it.
+func (s *step) writeSecret(pattern string, data []byte) (string, error) {
+	f, err := os.CreateTemp(s.tempDir(), pattern)
+	if err != nil {
+		return "", err
+	}
+	name := f.Name()
+	if err := f.Chmod(0o600); err == nil {
+		_, err = f.Write(data)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			return name, nil
+		}
+	} else {
+		f.Close()
+	}
+	os.Remove(name)
+	return "", err
+}
+
+func (s *step) buildWithKey(ctx context.Context) error {
+	in := s.in
+	if in.key == "" {
+		return errors.New("signing: key needs the key input (a PEM private builder key from a secret)")
+	}
+	if in.builderID == "" {
+		return errors.New("signing: key needs builder-id, the id the cache policy trusts this key for")
+	}
+	if in.natsURL == "" {
+		return errors.New("signing: key needs nats-url, the NATS server to publish to")
+	}
+	keyFile, err := s.writeSecret("provenix-key-*", []byte(in.key+"\n"))
+	if err != nil {
+		return fmt.Errorf("write the key to a temporary file: %w", err)
+	}
+	defer os.Remove(keyFile)
+	signer, err := attest.LoadSigner(keyFile)
+	if err != nil {
+		// The error names the temporary file, never the key.
+		return fmt.Errorf("input key is not a usable builder key: %w", err)
+	}
+	pub, err := signer.GetPublicKeyPem()
+	if err != nil {
+		return err
+	}
+	pf, err := os.CreateTemp(s.tempDir(), "provenix-key-*.pub")
+	if err != nil {
+		return err
+	}
+	pf.WriteString(pub)
+	pf.Close()
+	s.pubFile = pf.Name()
+	s.signerNote = "job step (key from a secret)"
+
+	tgts, err := s.targets()
+	if err != nil {
+		return err
+	}
+	opts := []queue.Option{queue.WithName("provenix-action"), queue.WithLogger(s.cfg.Logger)}
+	if in.natsCreds != "" {
+		cf, err := s.writeSecret("provenix-nats-*.creds", []byte(in.natsCreds+"\n"))
+		if err != nil {
+			return fmt.Errorf("write the NATS credentials to a temporary file: %w", err)
+		}
+		defer os.Remove(cf)
+		opts = append(opts, queue.WithCredsFile(cf))
+	}
+	if in.natsToken != "" {
+		opts = append(opts, queue.WithToken(in.natsToken))
+	}
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	conn, err := queue.Connect(cctx, in.natsURL, opts...)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", in.natsURL, err)
+	}
+	defer conn.Close()
+
+	b := &builder.Builder{
+		Nix: s.nix(), Queue: conn, Signer: signer, BuilderID: in.builderID, Tenant: in.tenant,
+		Version: s.cfg.Version, Logger: s.cfg.Logger, StageClosures: true,
+	}
+	bundleDir := filepath.Join(s.tempDir(), "provenix-bundles")
+	if err := os.MkdirAll(bundleDir, 0o755); err != nil {
+		return err
+	}
+	for _, t := range tgts {
+		pubs, err := b.Build(ctx, t)
+		for _, p := range pubs {
+			bf := filepath.Join(bundleDir, strings.TrimSuffix(path.Base(p.DrvPath), ".drv")+".sigstore.json")
+			if werr := os.WriteFile(bf, p.Bundle, 0o644); werr != nil {
+				return errors.Join(err, werr)
+			}
+			for _, o := range p.Outputs {
+				s.rows = append(s.rows, Row{DrvPath: p.DrvPath, Output: o.Name, StorePath: o.Path, NarSHA256: o.NarHashHex(),
+					BuilderID: in.builderID, Bundle: bf, Duplicate: p.Duplicate, Verdict: VerdictPublished})
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildViaRunner realises as the job user and asks the runner, over its
+// per-job socket, to check, sign and publish: the key never enters the job.
+func (s *step) buildViaRunner(ctx context.Context) error {
+	sock, tok := s.cfg.Getenv(capture.EnvSocket), s.cfg.Getenv(capture.EnvToken)
+	if sock == "" || tok == "" {
+		return fmt.Errorf("signing: runner needs a Provenix runner job (%s and %s are not set); use signing: key elsewhere", capture.EnvSocket, capture.EnvToken)
+	}
+	rc := &capture.Client{Socket: sock, Token: tok}
+	s.signerNote = "Provenix runner"
+	tgts, err := s.targets()
+	if err != nil {
+		return err
+	}
+	b := &builder.Builder{Nix: s.nix(), Logger: s.cfg.Logger}
+	for _, t := range tgts {
+		drvs, err := b.Derivations(ctx, t)
+		if err != nil {
+			return err
+		}
+		for _, drv := range drvs {
+			if _, err := b.Nix.Realise(ctx, drv); err != nil {
+				return err
+			}
+			res, err := rc.Attest(ctx, []string{drv})
+			for _, r := range res {
+				for _, o := range r.Outputs {
+					s.rows = append(s.rows, Row{DrvPath: r.DrvPath, Output: o.Name, StorePath: o.Path, NarSHA256: o.NarSHA256,
+						BuilderID: r.BuilderID, Duplicate: r.Duplicate, Verdict: VerdictPublished})
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("the runner did not attest %s: %w", drv, err)
+			}
+		}
+	}
+	return nil
+}
+
+// verifyAll waits for each output's narinfo and verifies it.
+func (s *step) verifyAll(ctx context.Context) (string, error) {
+	if s.cfg.Verify == nil {
+		return "", errors.New("verify: no verifier configured")
+	}
+	keyFile := s.pubFile
+	if s.in.signing == SigningRunner {
+		if s.in.verifyKey == "" || s.in.builderID == "" {
+			return "", errors.New("verify with signing: runner needs verify-key (the runner's public key) and builder-id")
+		}
+		f, err := os.CreateTemp(s.tempDir(), "provenix-verify-*.pub")
+		if err != nil {
+			return "", err
+		}
+		f.WriteString(s.in.verifyKey + "\n")
+		f.Close()
+		defer os.Remove(f.Name())
+		keyFile = f.Name()
+	}
+	verdict := VerdictVerified
+	var errs []error
+	for i := range s.rows {
+		r := &s.rows[i]
+		if err := s.waitNarinfo(ctx, r.StorePath); err != nil {
+			r.Verdict = VerdictNotVerified
+			errs = append(errs, err)
+			verdict = VerdictNotVerified
+			continue
+		}
+		ok, rep, err := s.cfg.Verify(ctx, VerifyRequest{CacheURL: s.in.cacheURL, StorePath: r.StorePath, KeyFile: keyFile, BuilderID: s.in.builderID})
+		fmt.Fprint(s.cfg.Stdout, rep)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("verify %s: %w", r.StorePath, err))
+		case !ok:
+			errs = append(errs, fmt.Errorf("%s is not verified in %s", r.StorePath, s.in.cacheURL))
+		}
+		if err != nil || !ok {
+			r.Verdict, verdict = VerdictNotVerified, VerdictNotVerified
+			continue
+		}
+		r.Verdict = VerdictVerified
+	}
+	return verdict, errors.Join(errs...)
+}
+
+// waitNarinfo polls the cache until the narinfo of storePath appears.
+func (s *step) waitNarinfo(ctx context.Context, storePath string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.CacheTimeout)
+	defer cancel()
+	u := s.in.cacheURL + "/" + cachepush.NarinfoKey(storePath)
+	delay := 50 * time.Millisecond
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the cache %s did not publish %s within %s", s.in.cacheURL, storePath, s.cfg.CacheTimeout)
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+// outputs sets the step outputs and writes the job summary. Outside an
+// Actions step (no GITHUB_OUTPUT) the outputs are printed instead.
+func (s *step) outputs(verdict string) error {
+	var paths, hashes, bundles []string
+	seen := map[string]bool{}
+	for _, r := range s.rows {
+		paths = append(paths, r.StorePath)
+		hashes = append(hashes, r.NarSHA256)
+		if r.Bundle != "" && !seen[r.Bundle] {
+			seen[r.Bundle] = true
+			bundles = append(bundles, r.Bundle)
+		}
+	}
+	outs := [][2]string{
+		{"store-paths", strings.Join(paths, "\n")},
+		{"nar-hashes", strings.Join(hashes, "\n")},
+		{"bundle-paths", strings.Join(bundles, "\n")},
+		{"verdict", verdict},
+	}
+	if s.cfg.Getenv("GITHUB_OUTPUT") == "" {
+		for _, o := range outs {
+			fmt.Fprintf(s.cfg.Stdout, "%s: %s\n", o[0], strings.ReplaceAll(o[1], "\n", " "))
+		}
+	} else {
+		for _, o := range outs {
+			s.gha.SetOutput(o[0], o[1])
+		}
+	}
+	if s.cfg.Getenv("GITHUB_STEP_SUMMARY") != "" {
+		s.gha.AddStepSummary(Summary(s.rows, s.signerNote, s.in.cacheURL))
+	}
+	return nil
+}
+
+// Summary is the job summary: a markdown table, one row per output.
+func Summary(rows []Row, signer, cacheURL string) string {
+	var b strings.Builder
+	b.WriteString("### Provenix\n\n")
+	if signer != "" {
+		fmt.Fprintf(&b, "Signed by: %s\n\n", signer)
+	}
+	b.WriteString("| output | NAR sha256 | builder | verdict |\n|---|---|---|---|\n")
+	for _, r := range rows {
+		v := r.Verdict
+		if r.Duplicate {
+			v += " (already published)"
+		}
+		if cacheURL != "" {
+			v += fmt.Sprintf(" ([narinfo](%s/%s), [provenance](%s/%s))", cacheURL, cachepush.NarinfoKey(r.StorePath), cacheURL, cachepush.ProvenanceKey(r.StorePath))
+		}
+		fmt.Fprintf(&b, "| `%s` | `%s` | `%s` | %s |\n", r.StorePath, r.NarSHA256, r.BuilderID, v)
+	}
+	return b.String()
+}
