@@ -101,6 +101,7 @@ Or run everything at once: provenix demo`,
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", up.DefaultDataDir(), "data directory: keys, policy, NATS store and cache (env PROVENIX_DATA_DIR)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.AddCommand(newKeyCmd(g), newBuildCmd(g), newVerifyCmd(g), newUpCmd(g), newDemoCmd(g), newCachePushCmd(g), newCacheCmd(g), newRunnerCmd(g), newBuildersCmd(g), newStatusCmd(g), newVolunteerCmd(g))
+	root.AddCommand(newActionCmd(g))
 	return root
 }
 
