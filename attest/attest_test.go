@@ -180,8 +180,26 @@ func TestNewVerifierRejectsSharedKey(t *testing.T) {
 	if _, err := NewVerifier([]TrustedBuilder{{ID: "a", PublicKey: k.Public()}, {ID: "b", PublicKey: k.Public()}}); err == nil {
 		t.Fatal("two builders with one key accepted")
 	}
-	if _, err := NewVerifier(nil); err == nil {
-		t.Fatal("empty trust accepted")
+	// An empty key set trusts no key: only keyless identities could verify.
+	v, err := NewVerifier(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := NewSigner(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := NewStatement(&Build{DrvPath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x.drv", System: "x86_64-linux", BuilderID: "a",
+		Outputs: []Output{{Name: "out", Path: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Sign(context.Background(), st, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(b, []Subject{{Path: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x"}}); !errors.Is(err, ErrUnknownSigner) {
+		t.Fatalf("empty trust: %v", err)
 	}
 }
 

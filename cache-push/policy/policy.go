@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/sigstore/sigstore-go/pkg/root"
 	"os"
 	"path/filepath"
 	"slices"
@@ -79,6 +80,12 @@ type Policy struct {
 	// or "distro/*") whose builds may be published; a build naming none is
 	// refused too. Empty allows any.
 	Sources []string `yaml:"sources"`
+	// TrustedRoot is the Sigstore trusted_root.json (Fulcio CA, Rekor and
+	// CT logs) keyless builders' certificates must chain to; RequireSCT
+	// also demands a certificate transparency timestamp.
+	TrustedRoot string `yaml:"trusted_root"`
+	RequireSCT  bool   `yaml:"require_sct"`
+	trusted     root.TrustedMaterial
 
 	keys    map[string]*ecdsa.PublicKey // by builder id
 	nixKeys map[string]signature.PublicKey
@@ -98,6 +105,19 @@ type Builder struct {
 	// set, the builder's Nix signature over the narinfo fingerprint is
 	// added to published narinfos as one more Sig line.
 	NixKey string `yaml:"nix_key"`
+	// Identity makes a keyless builder: bundles signed by a Fulcio
+	// certificate for this OIDC identity (e.g. a Forgejo workflow) are
+	// trusted for the builder id. Give either key or identity.
+	Identity *Identity `yaml:"identity"`
+}
+
+// Identity is a certificate identity: OIDC issuer and subject alternative
+// name, each exact or as a regular expression.
+type Identity struct {
+	Issuer       string `yaml:"issuer"`
+	IssuerRegexp string `yaml:"issuer_regexp"`
+	SAN          string `yaml:"san"`
+	SANRegexp    string `yaml:"san_regexp"`
 }
 
 // Distinct names what agreeing votes must differ in.
@@ -222,8 +242,17 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 		if b.ID == "" {
 			return nil, fmt.Errorf("builders[%d]: no id", i)
 		}
-		if _, dup := p.keys[b.ID]; dup {
+		if dup := slices.IndexFunc(p.Builders[:i], func(o Builder) bool { return o.ID == b.ID }); dup >= 0 {
 			return nil, fmt.Errorf("builders[%d]: id %q listed twice", i, b.ID)
+		}
+		if b.Identity != nil {
+			if b.Key != "" {
+				return nil, fmt.Errorf("builder %s: give key or identity, not both", b.ID)
+			}
+			if (b.Identity.Issuer == "") == (b.Identity.IssuerRegexp == "") || (b.Identity.SAN == "") == (b.Identity.SANRegexp == "") {
+				return nil, fmt.Errorf("builder %s: identity needs one of issuer/issuer_regexp and one of san/san_regexp", b.ID)
+			}
+			continue
 		}
 		pem := []byte(b.Key)
 		if !bytes.Contains(pem, []byte("-----BEGIN")) {
@@ -241,6 +270,17 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 			return nil, fmt.Errorf("builder %s: %w", b.ID, err)
 		}
 		p.keys[b.ID] = k
+	}
+	if p.TrustedRoot != "" {
+		path := p.TrustedRoot
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(baseDir, path)
+		}
+		tr, err := root.NewTrustedRootFromPath(path)
+		if err != nil {
+			return nil, fmt.Errorf("trusted_root: %w", err)
+		}
+		p.trusted = tr
 	}
 	for _, q := range append([]Quorum{p.Quorum}, overrideQuorums(p.Overrides)...) {
 		if q.Trusted != "" {
@@ -408,13 +448,38 @@ func (p *Policy) NixKey(id string) (signature.PublicKey, bool) {
 	return k, ok
 }
 
-// Verifier returns a bundle verifier trusting exactly the policy's builders.
+// Verifier returns a bundle verifier trusting exactly the policy's
+// builders: keys, and certificate identities under the trusted root.
 func (p *Policy) Verifier() (*attest.Verifier, error) {
+	return p.VerifierWith(p.trusted)
+}
+
+// VerifierWith is Verifier with another trusted root for keyless builders
+// (tests use sigstore-go's VirtualSigstore).
+func (p *Policy) VerifierWith(trusted root.TrustedMaterial) (*attest.Verifier, error) {
 	tb := make([]attest.TrustedBuilder, 0, len(p.Builders))
+	var ids []attest.TrustedIdentity
 	for _, b := range p.Builders {
+		if b.Identity != nil {
+			ids = append(ids, attest.TrustedIdentity{ID: b.ID, Issuer: b.Identity.Issuer, IssuerRegexp: b.Identity.IssuerRegexp,
+				SAN: b.Identity.SAN, SANRegexp: b.Identity.SANRegexp})
+			continue
+		}
 		tb = append(tb, attest.TrustedBuilder{ID: b.ID, PublicKey: p.keys[b.ID]})
 	}
-	return attest.NewVerifier(tb)
+	v, err := attest.NewVerifier(tb)
+	if err != nil {
+		return nil, err
+	}
+	if len(ids) > 0 {
+		if trusted == nil {
+			return nil, fmt.Errorf("keyless builder %s: the policy has no trusted_root to check its certificates against", ids[0].ID)
+		}
+		if err := v.WithIdentities(trusted, ids, p.RequireSCT); err != nil {
+			return nil, err
+		}
+	}
+	return v, nil
 }
 
 // Check applies the rules that need no signature: cheap, so hostile
@@ -426,7 +491,7 @@ func (p *Policy) Check(r *queue.Result) error {
 	if !slices.Contains(p.Systems, r.System) {
 		return fmt.Errorf("%w: %q", ErrSystemNotAllowed, r.System)
 	}
-	if _, ok := p.keys[r.Builder]; !ok {
+	if _, ok := p.byID[r.Builder]; !ok {
 		return fmt.Errorf("%w: %q", ErrBuilderNotTrusted, r.Builder)
 	}
 	return nil

@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sigstore/sigstore-go/pkg/testing/ca"
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -136,5 +139,58 @@ func TestCheckSource(t *testing.T) {
 	}
 	if q := p.QuorumFor("a", "x86_64-linux", "/nix/store/x-y"); q.Min != 1 {
 		t.Errorf("default: min %d", q.Min)
+	}
+}
+
+// TestKeylessBuilder: a builder given as a certificate identity verifies
+// keyless bundles (sigstore-go's VirtualSigstore as the private Sigstore);
+// another workflow's identity does not.
+func TestKeylessBuilder(t *testing.T) {
+	vs, err := ca.NewVirtualSigstore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Parse([]byte(`tenants: [a]
+systems: [x86_64-linux]
+builders:
+  - id: forge:distro/pkgs
+    identity:
+      issuer: https://forge.example/api/actions
+      san_regexp: '^https://forge\.example/distro/pkgs/\.forgejo/workflows/[^@]+@refs/tags/v.*$'
+`), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Verifier(); err == nil || !strings.Contains(err.Error(), "trusted_root") {
+		t.Fatalf("keyless builder without a trusted root: %v", err)
+	}
+	v, err := p.VerifierWith(vs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := attest.Output{Name: "out", Path: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello", NarHash: [32]byte{1}, NarSize: 100}
+	st, err := attest.NewStatement(&attest.Build{DrvPath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello.drv", System: "x86_64-linux",
+		BuilderID: "forge:distro/pkgs", Outputs: []attest.Output{out}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, err := protojson.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []attest.Subject{{Path: out.Path, NarHash: out.NarHash}}
+	good, err := vs.Attest("https://forge.example/distro/pkgs/.forgejo/workflows/release.yml@refs/tags/v1.2", "https://forge.example/api/actions", payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.VerifyEntity(good, want); err != nil {
+		t.Fatalf("trusted workflow identity: %v", err)
+	}
+	branch, err := vs.Attest("https://forge.example/distro/pkgs/.forgejo/workflows/release.yml@refs/heads/main", "https://forge.example/api/actions", payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.VerifyEntity(branch, want); !errors.Is(err, attest.ErrUnknownSigner) {
+		t.Fatalf("a branch build's identity: %v", err)
 	}
 }
