@@ -141,3 +141,34 @@ func (f *Forge) JobLogs(t testing.TB, owner, repo string, jobID int64) string {
 func errNotFound(resp *gitea.Response, err error) bool {
 	return err != nil && resp != nil && resp.StatusCode == http.StatusNotFound
 }
+
+// HeadSHA returns the commit main points at.
+func (f *Forge) HeadSHA(t testing.TB, owner, repo string) string {
+	t.Helper()
+	b, _, err := f.client.GetRepoBranch(owner, repo, "main")
+	if err != nil {
+		t.Fatalf("testforge: branch main of %s/%s: %v", owner, repo, err)
+	}
+	return b.Commit.ID
+}
+
+// CreateRelease creates tag on main and a published release of it, and
+// returns the release's id.
+func (f *Forge) CreateRelease(t testing.TB, owner, repo, tag string) int64 {
+	t.Helper()
+	r, _, err := f.client.CreateRelease(owner, repo, gitea.CreateReleaseOption{
+		TagName: tag, Target: "main", Title: tag, Note: "testforge release",
+	})
+	if err != nil {
+		t.Fatalf("testforge: release %s of %s/%s: %v", tag, owner, repo, err)
+	}
+	return r.ID
+}
+
+// CreateTag creates a lightweight tag on main without a release.
+func (f *Forge) CreateTag(t testing.TB, owner, repo, tag string) {
+	t.Helper()
+	if _, _, err := f.client.CreateTag(owner, repo, gitea.CreateTagOption{TagName: tag, Target: "main"}); err != nil {
+		t.Fatalf("testforge: tag %s of %s/%s: %v", tag, owner, repo, err)
+	}
+}

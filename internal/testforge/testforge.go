@@ -30,7 +30,9 @@
 //     GET /repos/{o}/{r}/actions/runs (newest first),
 //     GET /repos/{o}/{r}/actions/runs/{run}/jobs,
 //     GET /repos/{o}/{r}/actions/jobs/{job_id}/logs,
-//     POST/PUT /repos/{o}/{r}/contents/{path}.
+//     POST/PUT /repos/{o}/{r}/contents/{path},
+//     GET /repos/{o}/{r}/branches/{branch}, POST /repos/{o}/{r}/releases,
+//     POST /repos/{o}/{r}/tags.
 package testforge
 
 import (

@@ -1,0 +1,209 @@
+package feedback_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"code.gitea.io/sdk/gitea"
+
+	"codeberg.org/provenix/provenix/feedback"
+	"codeberg.org/provenix/provenix/internal/testforge"
+)
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// TestFeedbackAgainstGitea runs every feature against one real forge, as
+// starting one takes most of the time.
+func TestFeedbackAgainstGitea(t *testing.T) {
+	f := testforge.Start(t)
+	ctx := testCtx(t)
+	owner, repo := f.CreateRepo(t, "feedback")
+	c, err := feedback.New(ctx, f.URL, f.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.IsForgejo() {
+		t.Errorf("Gitea %s taken for Forgejo", c.Version())
+	}
+
+	t.Run("status", func(t *testing.T) {
+		sha := f.HeadSHA(t, owner, repo)
+		const target = "https://cache.example.org/abc.provenance.json"
+		if err := c.SetStatus(ctx, owner, repo, sha, feedback.Status{
+			System: "x86_64-linux", State: feedback.StatePending, Description: "building",
+		}); err != nil {
+			t.Fatal(err)
+		}
+		long := "quorum 2/2 verified " + strings.Repeat("é", 200)
+		if err := c.SetStatus(ctx, owner, repo, sha, feedback.Status{
+			System: "x86_64-linux", State: feedback.StateSuccess, Description: long, TargetURL: target,
+		}); err != nil {
+			t.Fatal(err)
+		}
+		sts, _, err := f.Client().ListStatuses(owner, repo, sha, gitea.ListStatusesOption{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var states []string
+		for _, s := range sts {
+			if s.Context != "provenix/x86_64-linux" {
+				t.Errorf("status context %q", s.Context)
+			}
+			states = append(states, string(s.State))
+		}
+		sort.Strings(states)
+		if strings.Join(states, ",") != "pending,success" {
+			t.Errorf("statuses %q, want pending and success", states)
+		}
+		comb, _, err := f.Client().GetCombinedStatus(owner, repo, sha)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if comb.State != gitea.StatusSuccess || len(comb.Statuses) != 1 {
+			t.Fatalf("combined status %s with %d statuses", comb.State, len(comb.Statuses))
+		}
+		s := comb.Statuses[0]
+		if s.TargetURL != target || !strings.HasPrefix(s.Description, "quorum 2/2 verified") ||
+			len([]rune(s.Description)) != feedback.MaxDescription || !strings.HasSuffix(s.Description, "…") {
+			t.Errorf("status %+v", s)
+		}
+	})
+
+	t.Run("release assets", func(t *testing.T) {
+		f.CreateRelease(t, owner, repo, "v1.0.0")
+		dir := t.TempDir()
+		a := filepath.Join(dir, "hello.sigstore.json")
+		b := filepath.Join(dir, "hello.provenance.json")
+		writeFile(t, a, `{"bundle":1}`)
+		writeFile(t, b, `{"provenance":"longer content"}`)
+		got, err := c.AttachBundles(ctx, owner, repo, "v1.0.0", []string{a, b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || !got[0].Uploaded || !got[1].Uploaded {
+			t.Fatalf("first attach: %+v", got)
+		}
+		again, err := c.AttachBundles(ctx, owner, repo, "v1.0.0", []string{a, b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(again) != 2 || again[0].Uploaded || again[1].Uploaded {
+			t.Errorf("second attach uploaded: %+v", again)
+		}
+		rel, _, err := f.Client().GetReleaseByTag(owner, repo, "v1.0.0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes := map[string]int64{}
+		for _, at := range rel.Attachments {
+			if _, dup := sizes[at.Name]; dup {
+				t.Errorf("asset %s twice", at.Name)
+			}
+			sizes[at.Name] = at.Size
+		}
+		want := map[string]int64{"hello.sigstore.json": 12, "hello.provenance.json": 31}
+		if len(sizes) != len(want) || sizes["hello.sigstore.json"] != 12 || sizes["hello.provenance.json"] != 31 {
+			t.Errorf("assets %v, want %v", sizes, want)
+		}
+
+		// Same name, other content: refused, not replaced.
+		writeFile(t, a, `{"bundle":"changed"}`)
+		if _, err := c.AttachBundles(ctx, owner, repo, "v1.0.0", []string{a}); !errors.Is(err, feedback.ErrAssetConflict) {
+			t.Errorf("changed asset: %v, want ErrAssetConflict", err)
+		}
+	})
+
+	t.Run("unknown tag", func(t *testing.T) {
+		f.CreateTag(t, owner, repo, "v0.9.0") // a tag without a release
+		file := filepath.Join(t.TempDir(), "x.json")
+		writeFile(t, file, "{}")
+		for _, tag := range []string{"v9.9.9", "v0.9.0"} {
+			_, err := c.AttachBundles(ctx, owner, repo, tag, []string{file})
+			if !errors.Is(err, feedback.ErrNoRelease) || !errors.Is(err, feedback.ErrNotFound) || !strings.Contains(err.Error(), tag) {
+				t.Errorf("tag %s: %v, want ErrNoRelease naming the tag", tag, err)
+			}
+			t.Logf("tag %s: %v", tag, err)
+		}
+	})
+
+	t.Run("registration tokens", func(t *testing.T) {
+		inst, err := c.RegistrationToken(ctx, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt, err := c.RegistrationToken(ctx, owner+"/"+repo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inst == "" || rt == "" || inst == rt {
+			t.Errorf("instance token %q, repository token %q", inst, rt)
+		}
+		_, err = c.RegistrationToken(ctx, owner+"/no-such-repo")
+		if !errors.Is(err, feedback.ErrNotFound) {
+			t.Errorf("unknown repository: %v, want ErrNotFound", err)
+		}
+		t.Logf("unknown repository: %v", err)
+	})
+
+	t.Run("wrong token", func(t *testing.T) {
+		bad, err := feedback.New(ctx, f.URL, "0123456789abcdef0123456789abcdef01234567")
+		if err == nil {
+			err = bad.SetStatus(ctx, owner, repo, f.HeadSHA(t, owner, repo), feedback.Status{System: "x", State: feedback.StateError})
+		}
+		if !errors.Is(err, feedback.ErrUnauthorized) {
+			t.Errorf("wrong token: %v, want ErrUnauthorized", err)
+		}
+		t.Logf("wrong token: %v", err)
+		if err != nil && strings.Contains(err.Error(), "0123456789abcdef") {
+			t.Errorf("the error shows the token: %v", err)
+		}
+	})
+}
+
+func TestTruncate(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"disputed: 2 NARs", 16, "disputed: 2 NARs"},
+		{"disputed: 2 NARs!", 16, "disputed: 2 NAR…"},
+		{"ééééé", 3, "éé…"},
+	} {
+		if got := feedback.Truncate(tc.in, tc.n); got != tc.want {
+			t.Errorf("Truncate(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
+		}
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	ctx := testCtx(t)
+	if _, err := feedback.New(ctx, "ftp://x", "t"); !errors.Is(err, feedback.ErrInvalid) {
+		t.Errorf("ftp URL: %v", err)
+	}
+	if _, err := feedback.New(ctx, "https://x.invalid", " "); !errors.Is(err, feedback.ErrInvalid) {
+		t.Errorf("empty token: %v", err)
+	}
+	if _, err := feedback.ParseState("warning"); !errors.Is(err, feedback.ErrInvalid) {
+		t.Errorf("state warning: %v", err)
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
