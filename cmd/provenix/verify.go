@@ -17,6 +17,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/spf13/cobra"
 
 	"codeberg.org/provenix/provenix/attest"
@@ -34,6 +35,9 @@ type verifyFlags struct {
 	keys      []string
 	builderID string
 	policy    string
+	ids       []string
+	trustRoot string
+	reqSCT    bool
 	cacheKey  string
 	quorum    int
 }
@@ -53,8 +57,9 @@ TARGET is one of:
   STOREPATH                 a path in the local store (bundle from --bundle or --cache)
   FILE.nar --bundle B --store-path P
 
-Trust comes from --key FILE (with --builder-id) or --policy FILE; with
-neither, the data directory's policy.yaml.
+Trust comes from --key FILE (with --builder-id), keyless --identity
+ID=ISSUER,SAN with --trusted-root, or --policy FILE; with none of them, the
+data directory's policy.yaml.
 
 Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 		Example: `  provenix verify --cache http://127.0.0.1:8080 --key builder.pub /nix/store/...-hello
@@ -88,6 +93,9 @@ Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 	fl.StringArrayVar(&f.keys, "key", nil, "trusted builder public key file (PEM), bound to --builder-id; or ID=FILE")
 	fl.StringVar(&f.builderID, "builder-id", "local", "builder id the --key files are trusted for")
 	fl.StringVar(&f.policy, "policy", "", "policy file whose builders are trusted")
+	fl.StringArrayVar(&f.ids, "identity", nil, "trusted keyless builder: ID=ISSUER,SAN (Fulcio certificate identity; prefix ISSUER or SAN with ~ for a regular expression); needs --trusted-root")
+	fl.StringVar(&f.trustRoot, "trusted-root", "", "Sigstore trusted_root.json (Fulcio CA, Rekor and CT logs) for --identity")
+	fl.BoolVar(&f.reqSCT, "require-sct", false, "with --identity, also require a certificate transparency timestamp")
 	fl.StringVar(&f.cacheKey, "cache-key", "", "also require the narinfo to be signed by this Nix cache public key (NAME:BASE64 or a file)")
 	fl.IntVar(&f.quorum, "quorum", 1, "require this many distinct trusted builders to attest the NAR")
 	return cmd
@@ -136,8 +144,24 @@ func (f *verifyFlags) verifier(g *globals) (*attest.Verifier, error) {
 		}
 		tb = append(tb, attest.TrustedBuilder{ID: id, PublicKey: pub})
 	}
+	var ids []attest.TrustedIdentity
+	for _, spec := range f.ids {
+		id, rest, ok1 := strings.Cut(spec, "=")
+		iss, san, ok2 := strings.Cut(rest, ",")
+		if !ok1 || !ok2 || id == "" || iss == "" || san == "" {
+			return nil, usageError("--identity %q: want ID=ISSUER,SAN", spec)
+		}
+		ti := attest.TrustedIdentity{ID: id, Issuer: iss, SAN: san}
+		if r, ok := strings.CutPrefix(iss, "~"); ok {
+			ti.Issuer, ti.IssuerRegexp = "", r
+		}
+		if r, ok := strings.CutPrefix(san, "~"); ok {
+			ti.SAN, ti.SANRegexp = "", r
+		}
+		ids = append(ids, ti)
+	}
 	polPath := f.policy
-	if polPath == "" && len(tb) == 0 {
+	if polPath == "" && len(tb) == 0 && len(ids) == 0 {
 		polPath = g.paths().Policy()
 		if _, err := os.Stat(polPath); err != nil {
 			return nil, usageError("no trusted builders: pass --key FILE (and --builder-id) or --policy FILE")
@@ -153,6 +177,18 @@ func (f *verifyFlags) verifier(g *globals) (*attest.Verifier, error) {
 	v, err := attest.NewVerifier(tb)
 	if err != nil {
 		return nil, usageError("%v", err)
+	}
+	if len(ids) > 0 {
+		if f.trustRoot == "" {
+			return nil, usageError("--identity needs --trusted-root (the private Sigstore's trusted_root.json)")
+		}
+		tr, err := root.NewTrustedRootFromPath(f.trustRoot)
+		if err != nil {
+			return nil, usageError("--trusted-root: %v", err)
+		}
+		if err := v.WithIdentities(tr, ids, f.reqSCT); err != nil {
+			return nil, usageError("%v", err)
+		}
 	}
 	return v, nil
 }
