@@ -56,7 +56,14 @@ systems: [x86_64-linux, aarch64-linux, x86_64-darwin, aarch64-darwin]
 # builders: who may publish, each with the one builder id its key may claim.
 # key is a PEM public key file (relative to this file) or inline PEM; owner
 # and host group builders for quorum.distinct; nix_key ("name:base64") lets
-# its Nix signature join the narinfo.
+# its Nix signature join the narinfo. A keyless builder gives an identity
+# instead of a key (a Fulcio certificate from a private Sigstore whose
+# trusted_root.json is named at the top level):
+#   trusted_root: sigstore/trusted_root.json
+#   builders:
+#     - id: forge:distro/pkgs
+#       identity: {issuer: "https://forge.example/api/actions",
+#                  san_regexp: '^https://forge\.example/distro/pkgs/.*@refs/tags/.*$'}
 builders:
   - id: local
     key: keys/builder.pub
