@@ -40,7 +40,7 @@ func (c *Client) AttachBundles(ctx context.Context, owner, repo, tag string, fil
 	for _, p := range files {
 		fi, err := os.Stat(p)
 		if err != nil {
-			return nil, fmt.Errorf("feedback: %w", err)
+			return nil, fmt.Errorf("feedback: %w: %w", ErrInvalid, err)
 		}
 		if !fi.Mode().IsRegular() {
 			return nil, fmt.Errorf("feedback: %s: %w: not a regular file", p, ErrInvalid)

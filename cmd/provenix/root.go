@@ -102,6 +102,7 @@ Or run everything at once: provenix demo`,
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.AddCommand(newKeyCmd(g), newBuildCmd(g), newVerifyCmd(g), newUpCmd(g), newDemoCmd(g), newCachePushCmd(g), newCacheCmd(g), newRunnerCmd(g), newBuildersCmd(g), newStatusCmd(g), newVolunteerCmd(g))
 	root.AddCommand(newActionCmd(g))
+	root.AddCommand(newFeedbackCmd(g))
 	return root
 }
 

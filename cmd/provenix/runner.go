@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"codeberg.org/provenix/provenix/feedback"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/runner/config"
 	"codeberg.org/provenix/provenix/runner/forge"
@@ -58,6 +59,11 @@ type registerFlags struct {
 	noInteractive bool
 	force         bool
 	ephemeral     bool
+	// forgejoToken is an API access token to fetch the registration
+	// token with when token is empty; scope says whose ("", ORG or
+	// OWNER/REPO).
+	forgejoToken string
+	scope        string
 }
 
 func newRunnerRegisterCmd(g *globals) *cobra.Command {
@@ -70,6 +76,13 @@ token from the instance's, organisation's or repository's runner settings
 (Settings > Actions > Runners > Create new runner), and write the
 registration (the runner's uuid and token) to runner.file of the config,
 .runner by default, with mode 0600.
+
+Without --token, an API access token (--forgejo-token, or env
+PROVENIX_FORGE_TOKEN, which keeps it out of process lists) fetches the
+registration token from the forge's API: the instance's with --scope ""
+(the token's user must be a site admin), an organisation's with --scope
+ORG, a repository's with --scope OWNER/REPO. Both Forgejo's (GET) and
+Gitea's (POST) endpoints are tried.
 
 Missing values are asked for when stdin is a terminal, unless
 --no-interactive is given; without a terminal --instance and --token are
@@ -84,7 +97,9 @@ when they are system-features. A label is NAME or NAME:host; docker:// and
 lxc:// labels are refused, as jobs run natively with Nix.`,
 		Example: `  provenix runner register --instance https://forgejo.example.org --token TOKEN
   provenix runner register --no-interactive --config config.yaml \
-      --instance https://forgejo.example.org --token TOKEN --name ci-1 --labels nix,nix-x86_64-linux,kvm`,
+      --instance https://forgejo.example.org --token TOKEN --name ci-1 --labels nix,nix-x86_64-linux,kvm
+  PROVENIX_FORGE_TOKEN=$(cat api-token) provenix runner register --no-interactive \
+      --instance https://forgejo.example.org --scope org/app --name ci-2 --labels nix`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			interactive := !f.noInteractive && isTerminal(g.stdin)
@@ -100,6 +115,8 @@ lxc:// labels are refused, as jobs run natively with Nix.`,
 	fl.BoolVar(&f.noInteractive, "no-interactive", false, "never prompt; fail if --instance or --token is missing")
 	fl.BoolVar(&f.force, "force", false, "replace an existing registration in runner.file")
 	fl.BoolVar(&f.ephemeral, "ephemeral", false, "register an ephemeral runner: the forge gives it one job and then removes it")
+	fl.StringVar(&f.forgejoToken, "forgejo-token", "", "API access `token` to fetch the registration token with when --token is absent (the forge's Settings > Applications); env "+forgeTokenEnv+" is used when the flag is empty")
+	fl.StringVar(&f.scope, "scope", "", "with --forgejo-token: whose runner, `\"\"|ORG|OWNER/REPO`: the instance (site admin token), an organisation, or a repository")
 	return cmd
 }
 
@@ -134,8 +151,15 @@ func runRegister(ctx context.Context, g *globals, f registerFlags, interactive b
 		}
 	}
 
-	if !in.on && (f.instance == "" || f.token == "") {
-		return usageError("--instance and --token are required (stdin is not a terminal, or --no-interactive was given)")
+	if f.token == "" && f.forgejoToken == "" {
+		// The environment keeps the access token out of process lists.
+		f.forgejoToken = strings.TrimSpace(os.Getenv(forgeTokenEnv))
+	}
+	if f.scope != "" && (f.forgejoToken == "" || f.token != "") {
+		return usageError("--scope goes with --forgejo-token (or env %s) and without --token", forgeTokenEnv)
+	}
+	if !in.on && (f.instance == "" || (f.token == "" && f.forgejoToken == "")) {
+		return usageError("--instance and --token are required, or --forgejo-token / env %s instead of --token (stdin is not a terminal, or --no-interactive was given)", forgeTokenEnv)
 	}
 	if f.instance == "" {
 		if f.instance, err = in.ask("Forge instance URL (e.g. https://forgejo.example.org)", "", validInstance); err != nil {
@@ -144,6 +168,11 @@ func runRegister(ctx context.Context, g *globals, f registerFlags, interactive b
 	}
 	if err := validInstance(f.instance); err != nil {
 		return usageError("--instance: %v", err)
+	}
+	if f.token == "" && f.forgejoToken != "" {
+		if f.token, err = fetchRegistrationToken(ctx, cfg, f, log); err != nil {
+			return err
+		}
 	}
 	if f.token == "" {
 		if f.token, err = in.ask("Registration token (the forge's Settings > Actions > Runners)", "", nonEmpty); err != nil {
@@ -190,6 +219,29 @@ func runRegister(ctx context.Context, g *globals, f registerFlags, interactive b
 	fmt.Fprintf(g.stdout, "runner %q registered with %s (id %d, uuid %s)\nlabels: %s\nregistration written to %s (mode 0600)\nstart it with: provenix runner daemon%s\n",
 		rf.Name, rf.Address, rf.ID, rf.UUID, strings.Join(rf.Labels, ","), cfg.Runner.File, configArg(f.config))
 	return nil
+}
+
+// fetchRegistrationToken asks the forge's API, with the access token, for
+// the registration token of the scope.
+func fetchRegistrationToken(ctx context.Context, cfg *config.Config, f registerFlags, log *slog.Logger) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
+	defer cancel()
+	c, err := feedback.New(ctx, f.instance, f.forgejoToken,
+		feedback.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
+		feedback.WithUserAgent("provenix/"+version))
+	if err != nil {
+		return "", forgeError(err)
+	}
+	scope := f.scope
+	if scope == "" {
+		scope = "the instance"
+	}
+	log.Info("fetching a runner registration token", "instance", f.instance, "scope", scope, "forge_version", c.Version())
+	tok, err := c.RegistrationToken(ctx, f.scope)
+	if err != nil {
+		return "", forgeError(err)
+	}
+	return tok, nil
 }
 
 // createFileFlags are the flags of `runner create-runner-file`.
