@@ -63,4 +63,5 @@ if [ "$what" = test ]; then
   # Gitea 1.26.4, the real forge of the runner's integration tests
   # (internal/testforge), cached in /var/cache/provenix-tools (~8 min once).
   "$(dirname "$0")/gitea.sh" build
+  "$(dirname "$0")/rekor.sh" build # rekor-tiles 2.3.0, the real Rekor v2 log of internal/testrekor (~1 min once)
 fi
