@@ -14,11 +14,16 @@ import (
 // Sign wraps st in a DSSE envelope signed by s and returns the Sigstore
 // bundle (v0.3) as JSON.
 func Sign(ctx context.Context, st *intoto.Statement, s sign.Keypair) ([]byte, error) {
+	return signBundle(st, s, sign.BundleOptions{Context: ctx})
+}
+
+// signBundle is Sign with sigstore-go's options (transparency logs).
+func signBundle(st *intoto.Statement, s sign.Keypair, opts sign.BundleOptions) ([]byte, error) {
 	payload, err := protojson.Marshal(st)
 	if err != nil {
 		return nil, fmt.Errorf("attest: encode statement: %w", err)
 	}
-	pb, err := sign.Bundle(&sign.DSSEData{Data: payload, PayloadType: PayloadType}, s, sign.BundleOptions{Context: ctx})
+	pb, err := sign.Bundle(&sign.DSSEData{Data: payload, PayloadType: PayloadType}, s, opts)
 	if err != nil {
 		return nil, fmt.Errorf("attest: sign bundle: %w", err)
 	}

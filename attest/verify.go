@@ -32,6 +32,11 @@ type TrustedBuilder struct {
 type Verifier struct {
 	byKeyID map[string]TrustedBuilder
 	sig     *verify.Verifier
+	keys    root.TrustedMaterial
+
+	// sigTlog, when set by RequireTlog, replaces sig for key-signed
+	// bundles: the same keys plus a log entry from a trusted log.
+	sigTlog *verify.Verifier
 
 	// keyless: certificate identities (Fulcio) checked against a trusted
 	// root with its transparency log.
@@ -69,7 +74,8 @@ func NewVerifier(builders []TrustedBuilder) (*Verifier, error) {
 	}
 	// Key-signed bundles carry no timestamps: without a transparency log
 	// there is nothing to observe the signing time with.
-	sig, err := verify.NewVerifier(root.NewTrustedPublicKeyMaterialFromMapping(keys), verify.WithNoObserverTimestamps())
+	v.keys = root.NewTrustedPublicKeyMaterialFromMapping(keys)
+	sig, err := verify.NewVerifier(v.keys, verify.WithNoObserverTimestamps())
 	if err != nil {
 		return nil, fmt.Errorf("attest: %w", err)
 	}
@@ -147,6 +153,9 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 			return nil, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
 		}
 		sigVer, policy = v.sig, verify.NewPolicy(verify.WithArtifactDigests(digests), verify.WithKey())
+		if v.sigTlog != nil {
+			sigVer = v.sigTlog
+		}
 	case vc.Certificate() != nil && v.keyless != nil:
 		opts := []verify.PolicyOption{}
 		for _, id := range v.identities {
@@ -167,6 +176,11 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 		}
 		if vc.Certificate() != nil && strings.Contains(err.Error(), "certificate identit") {
 			return nil, fmt.Errorf("%w: %w", ErrUnknownSigner, err)
+		}
+		if sigVer == v.sigTlog && v.sigTlog != nil {
+			if terr := v.diagnoseTlog(e, policy, err); terr != nil {
+				return nil, terr
+			}
 		}
 		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
