@@ -64,6 +64,8 @@ systems: [x86_64-linux, aarch64-linux, x86_64-darwin, aarch64-darwin]
 #     - id: forge:distro/pkgs
 #       identity: {issuer: "https://forge.example/api/actions",
 #                  san_regexp: '^https://forge\.example/distro/pkgs/.*@refs/tags/.*$'}
+# require_tlog: true also demands that key-signed bundles carry an entry from
+# a transparency log listed in trusted_root (e.g. a Rekor v2 log).
 builders:
   - id: local
     key: keys/builder.pub
@@ -92,6 +94,9 @@ type Policy struct {
 	// also demands a certificate transparency timestamp.
 	TrustedRoot string `yaml:"trusted_root"`
 	RequireSCT  bool   `yaml:"require_sct"`
+	// RequireTlog makes key-signed bundles need an entry from a
+	// transparency log in TrustedRoot too (keyless ones always do).
+	RequireTlog bool `yaml:"require_tlog"`
 	trusted     root.TrustedMaterial
 
 	keys    map[string]*ecdsa.PublicKey // by builder id
@@ -289,6 +294,9 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 		}
 		p.trusted = tr
 	}
+	if p.RequireTlog && p.TrustedRoot == "" {
+		return nil, errors.New("require_tlog: needs trusted_root (the transparency log's trusted_root.json)")
+	}
 	for _, q := range append([]Quorum{p.Quorum}, overrideQuorums(p.Overrides)...) {
 		if q.Trusted != "" {
 			if _, ok := p.byID[q.Trusted]; !ok {
@@ -483,6 +491,14 @@ func (p *Policy) VerifierWith(trusted root.TrustedMaterial) (*attest.Verifier, e
 			return nil, fmt.Errorf("keyless builder %s: the policy has no trusted_root to check its certificates against", ids[0].ID)
 		}
 		if err := v.WithIdentities(trusted, ids, p.RequireSCT); err != nil {
+			return nil, err
+		}
+	}
+	if p.RequireTlog {
+		if trusted == nil {
+			return nil, errors.New("require_tlog: the policy has no trusted_root naming the transparency log")
+		}
+		if err := v.RequireTlog(trusted); err != nil {
 			return nil, err
 		}
 	}

@@ -38,6 +38,7 @@ type verifyFlags struct {
 	ids       []string
 	trustRoot string
 	reqSCT    bool
+	reqTlog   bool
 	cacheKey  string
 	quorum    int
 }
@@ -59,7 +60,9 @@ TARGET is one of:
 
 Trust comes from --key FILE (with --builder-id), keyless --identity
 ID=ISSUER,SAN with --trusted-root, or --policy FILE; with none of them, the
-data directory's policy.yaml.
+data directory's policy.yaml. --require-tlog also demands that key-signed
+bundles carry an entry from a transparency log in --trusted-root (or in the
+policy's trusted_root), as 'provenix' signs with a Rekor v2 log.
 
 Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 		Example: `  provenix verify --cache http://127.0.0.1:8080 --key builder.pub /nix/store/...-hello
@@ -94,7 +97,8 @@ Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 	fl.StringVar(&f.builderID, "builder-id", "local", "builder id the --key files are trusted for")
 	fl.StringVar(&f.policy, "policy", "", "policy file whose builders are trusted")
 	fl.StringArrayVar(&f.ids, "identity", nil, "trusted keyless builder: ID=ISSUER,SAN (Fulcio certificate identity; prefix ISSUER or SAN with ~ for a regular expression); needs --trusted-root")
-	fl.StringVar(&f.trustRoot, "trusted-root", "", "Sigstore trusted_root.json (Fulcio CA, Rekor and CT logs) for --identity")
+	fl.StringVar(&f.trustRoot, "trusted-root", "", "Sigstore trusted_root.json (Fulcio CA, Rekor and CT logs) for --identity and --require-tlog")
+	fl.BoolVar(&f.reqTlog, "require-tlog", false, "key-signed bundles must also carry an entry from a transparency log in --trusted-root")
 	fl.BoolVar(&f.reqSCT, "require-sct", false, "with --identity, also require a certificate transparency timestamp")
 	fl.StringVar(&f.cacheKey, "cache-key", "", "also require the narinfo to be signed by this Nix cache public key (NAME:BASE64 or a file)")
 	fl.IntVar(&f.quorum, "quorum", 1, "require this many distinct trusted builders to attest the NAR")
@@ -172,22 +176,44 @@ func (f *verifyFlags) verifier(g *globals) (*attest.Verifier, error) {
 		if err != nil {
 			return nil, usageError("%v", err)
 		}
+		if f.reqTlog {
+			// The flag tightens a policy; the log comes from its trusted_root,
+			// or from --trusted-root.
+			pol.RequireTlog = true
+			if f.trustRoot != "" {
+				tr, err := root.NewTrustedRootFromPath(f.trustRoot)
+				if err != nil {
+					return nil, usageError("--trusted-root: %v", err)
+				}
+				return pol.VerifierWith(tr)
+			}
+		}
 		return pol.Verifier()
 	}
 	v, err := attest.NewVerifier(tb)
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
-	if len(ids) > 0 {
-		if f.trustRoot == "" {
-			return nil, usageError("--identity needs --trusted-root (the private Sigstore's trusted_root.json)")
+	if (len(ids) > 0 || f.reqTlog) && f.trustRoot == "" {
+		if f.reqTlog {
+			return nil, usageError("--require-tlog needs --trusted-root (a trusted_root.json listing the transparency log)")
 		}
+		return nil, usageError("--identity needs --trusted-root (the private Sigstore's trusted_root.json)")
+	}
+	if len(ids) > 0 || f.reqTlog {
 		tr, err := root.NewTrustedRootFromPath(f.trustRoot)
 		if err != nil {
 			return nil, usageError("--trusted-root: %v", err)
 		}
-		if err := v.WithIdentities(tr, ids, f.reqSCT); err != nil {
-			return nil, usageError("%v", err)
+		if len(ids) > 0 {
+			if err := v.WithIdentities(tr, ids, f.reqSCT); err != nil {
+				return nil, usageError("%v", err)
+			}
+		}
+		if f.reqTlog {
+			if err := v.RequireTlog(tr); err != nil {
+				return nil, usageError("%v", err)
+			}
 		}
 	}
 	return v, nil
