@@ -62,7 +62,7 @@ Trust comes from --key FILE (with --builder-id), keyless --identity
 ID=ISSUER,SAN with --trusted-root, or --policy FILE; with none of them, the
 data directory's policy.yaml. --require-tlog also demands that key-signed
 bundles carry an entry from a transparency log in --trusted-root (or in the
-policy's trusted_root), as 'provenix' signs with a Rekor v2 log.
+policy's trusted_root), e.g. a Rekor v2 (rekor-tiles) log.
 
 Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 		Example: `  provenix verify --cache http://127.0.0.1:8080 --key builder.pub /nix/store/...-hello
