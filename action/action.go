@@ -292,7 +292,7 @@ func (s *step) buildWithKey(ctx context.Context) error {
 
 	b := &builder.Builder{
 		Nix: s.nix(), Queue: conn, Signer: signer, BuilderID: in.builderID, Tenant: in.tenant,
-		Version: s.cfg.Version, Logger: s.cfg.Logger, StageClosures: true,
+		Version: s.cfg.Version, Logger: s.cfg.Logger, StageClosures: true, RekorURL: in.rekorURL,
 	}
 	bundleDir := filepath.Join(s.tempDir(), "provenix-bundles")
 	if err := os.MkdirAll(bundleDir, 0o755); err != nil {

@@ -48,6 +48,7 @@ var Inputs = []Input{
 	{Name: "key", Description: "PEM private builder key (from a secret; signing: key)", Secret: true},
 	{Name: "builder-id", Description: "builder id recorded in the provenance; the cache policy binds it to the key (signing: key)"},
 	{Name: "cache-url", Description: "binary cache base URL, for links in the job summary and for verify"},
+	{Name: "rekor-url", Description: "Rekor v2 transparency log to record each bundle in (signing: key)"},
 	{Name: "verify", Description: "true: wait for the cache to publish each output and verify it as 'provenix verify --cache' does"},
 	{Name: "verify-key", Description: "PEM public key the runner signs with, trusted for builder-id when verifying (signing: runner)"},
 	{Name: "version", Description: "provenix version action.yml installs with go install when provenix is not on PATH"},
@@ -67,6 +68,7 @@ type inputs struct {
 	key           string
 	builderID     string
 	cacheURL      string
+	rekorURL      string
 	verify        bool
 	verifyKey     string
 }
@@ -138,6 +140,7 @@ func readInputs(gha *githubactions.Action, getenv func(string) string) (*inputs,
 	}
 	in.builderID = get("builder-id")
 	in.cacheURL = strings.TrimRight(get("cache-url"), "/")
+	in.rekorURL = strings.TrimRight(get("rekor-url"), "/")
 	if v := get("verify"); v != "" {
 		if in.verify, err = strconv.ParseBool(v); err != nil {
 			return nil, fmt.Errorf("input verify %q: want true or false", v)

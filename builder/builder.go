@@ -43,7 +43,11 @@ type Builder struct {
 	// Nix way; a pusher whose policy knows the public key adds the
 	// signature to the narinfo, so clients can require this builder's Sig.
 	NixKey *signature.SecretKey
-	Logger *slog.Logger
+	// RekorURL, when set, logs each bundle in this Rekor v2 transparency
+	// log; the bundle then carries the entry and its inclusion proof, for
+	// verifiers that require a log (verify --require-tlog).
+	RekorURL string
+	Logger   *slog.Logger
 	// StageClosures makes Publish also stage the derivation's closure
 	// export (its .drv, input .drv files and sources: what a volunteer
 	// needs to rebuild it) under queue.ClosureKey and name it in the
@@ -231,7 +235,12 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 	if err != nil {
 		return nil, err
 	}
-	bundle, err := attest.Sign(ctx, st, b.Signer)
+	var bundle []byte
+	if b.RekorURL != "" {
+		bundle, err = attest.SignWithLog(ctx, st, b.Signer, attest.LogOptions{RekorURL: b.RekorURL})
+	} else {
+		bundle, err = attest.Sign(ctx, st, b.Signer)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -29,6 +29,7 @@ type buildFlags struct {
 	argstrs    []string
 	key        string
 	nixKey     string
+	rekorURL   string
 	builderID  string
 	tenant     string
 	nixOptions []string
@@ -69,6 +70,7 @@ data directory's builder key and builder id "local".`,
 	fl.StringArrayVar(&f.args, "arg", nil, "NAME=EXPR passed as --arg NAME EXPR to file targets")
 	fl.StringArrayVar(&f.argstrs, "argstr", nil, "NAME=VALUE passed as --argstr to file targets")
 	fl.StringVar(&f.nixKey, "nix-key", "", "also sign each output's narinfo fingerprint with this Nix secret key (NAME:base64, e.g. from 'provenix key generate --cache NAME FILE'); policies list the public half as the builder's nix_key")
+	fl.StringVar(&f.rekorURL, "rekor-url", "", "also log each bundle in this Rekor v2 transparency log (verifiers can then require it: verify --require-tlog)")
 	fl.StringVar(&f.key, "key", "", "builder signing key (default: the data directory's keys/builder.key)")
 	fl.StringVar(&f.builderID, "builder-id", up.DefaultBuilderID, "builder id recorded in the provenance; policies bind it to the key")
 	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant the results belong to")
@@ -213,6 +215,7 @@ func runBuild(ctx context.Context, g *globals, f *buildFlags, targets []string) 
 	}
 	b := &builder.Builder{
 		NixKey:    nixKey,
+		RekorURL:  f.rekorURL,
 		Nix:       &nix.Nix{Root: f.storeRoot, Options: nixOpts, Stderr: g.stderr},
 		Queue:     conn,
 		Signer:    signer,

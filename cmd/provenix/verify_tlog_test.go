@@ -12,6 +12,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/internal/testrekor"
+	"codeberg.org/provenix/provenix/up"
 )
 
 // TestVerifyRequireTlog runs `provenix verify --require-tlog` and a policy
@@ -103,5 +104,32 @@ func TestVerifyRequireTlog(t *testing.T) {
 				t.Fatalf("rejection does not name the transparency log:\n%s", outp)
 			}
 		})
+	}
+}
+
+// TestBuildWithTransparencyLog: `provenix build --rekor-url` logs the
+// bundle in a real rekor-tiles log; the pusher publishes it and
+// `verify --cache --require-tlog` accepts it, while a cache entry signed
+// without the log is refused under the same requirement.
+func TestBuildWithTransparencyLog(t *testing.T) {
+	busybox := requireNix(t)
+	log := testrekor.Start(t)
+	ctx := ctxFor(t, 3*time.Minute)
+	dir := t.TempDir()
+	stack := startStack(t, up.Config{DataDir: dir})
+	p := stack.Paths()
+	logged := buildSample(t, ctx, busybox, "--data-dir", dir, "--rekor-url", log.URL)
+	plain := buildSample(t, ctx, busybox, "--data-dir", dir)
+	verify := func(path string) (string, int) {
+		waitNarinfo(t, stack.CacheURL(), path)
+		stdout, stderr, code := cli(t, ctx, "verify", "--data-dir", dir, "--cache", stack.CacheURL(), "--cache-key", p.CachePub(),
+			"--key", p.BuilderPub(), "--require-tlog", "--trusted-root", log.TrustedRootPath, path)
+		return stdout + stderr, code
+	}
+	if out, code := verify(logged.Outputs[0].Path); code != 0 {
+		t.Fatalf("logged build: exit %d\n%s", code, out)
+	}
+	if out, code := verify(plain.Outputs[0].Path); code != exitFailed {
+		t.Fatalf("unlogged build under --require-tlog: exit %d, want %d\n%s", code, exitFailed, out)
 	}
 }
