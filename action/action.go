@@ -25,6 +25,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/feedback"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/runner/capture"
@@ -75,6 +76,7 @@ type Config struct {
 
 // Row is one attested output.
 type Row struct {
+	System    string
 	DrvPath   string
 	Output    string
 	StorePath string
@@ -150,8 +152,23 @@ func (s *step) run(ctx context.Context) error {
 	}
 	verdict := VerdictPublished
 	var verifyErr error
+	fb := s.forge(ctx)
 	if buildErr == nil && in.verify {
+		fb.statuses(ctx, s.rows, feedback.StatePending, "published; waiting for the cache to verify")
 		verdict, verifyErr = s.verifyAll(ctx)
+	}
+	switch {
+	case buildErr != nil:
+		fb.statuses(ctx, s.rows, feedback.StateFailure, "build or publication failed")
+	case verifyErr != nil:
+		fb.statuses(ctx, s.rows, feedback.StateFailure, "not verified in the cache")
+	case in.verify:
+		fb.statuses(ctx, s.rows, feedback.StateSuccess, "verified in the cache")
+	default:
+		fb.statuses(ctx, s.rows, feedback.StatePending, "published; the cache decides")
+	}
+	if buildErr == nil {
+		fb.releaseAssets(ctx, s.rows)
 	}
 	if len(s.rows) > 0 {
 		if err := s.outputs(verdict); err != nil {
@@ -159,6 +176,85 @@ func (s *step) run(ctx context.Context) error {
 		}
 	}
 	return errors.Join(buildErr, verifyErr)
+}
+
+// forgeFeedback reports to the forge the workflow runs on: a commit status
+// per system (context provenix/<system>) and, on tag builds, the bundles
+// as release assets. It never fails the step: feedback is best effort and
+// each problem is a warning.
+type forgeFeedback struct {
+	s                *step
+	c                *feedback.Client
+	owner, repo, sha string
+	tag, cacheURL    string
+}
+
+func (s *step) forge(ctx context.Context) *forgeFeedback {
+	fb := &forgeFeedback{s: s}
+	if s.in.forgeToken == "" {
+		return fb
+	}
+	get := s.cfg.Getenv
+	server, repo := get("GITHUB_SERVER_URL"), get("GITHUB_REPOSITORY")
+	owner, name, ok := strings.Cut(repo, "/")
+	if server == "" || !ok {
+		s.gha.Warningf("forge feedback: GITHUB_SERVER_URL or GITHUB_REPOSITORY missing; no commit status")
+		return fb
+	}
+	c, err := feedback.New(ctx, server, s.in.forgeToken)
+	if err != nil {
+		s.gha.Warningf("forge feedback: %v", err)
+		return fb
+	}
+	fb.c, fb.owner, fb.repo, fb.sha, fb.cacheURL = c, owner, name, get("GITHUB_SHA"), s.in.cacheURL
+	if t, ok := strings.CutPrefix(get("GITHUB_REF"), "refs/tags/"); ok {
+		fb.tag = t
+	}
+	return fb
+}
+
+func (fb *forgeFeedback) statuses(ctx context.Context, rows []Row, state feedback.State, desc string) {
+	if fb.c == nil || fb.sha == "" {
+		return
+	}
+	bySystem := map[string][]Row{}
+	for _, r := range rows {
+		bySystem[r.System] = append(bySystem[r.System], r)
+	}
+	for sys, rs := range bySystem {
+		st := feedback.Status{System: sys, State: state, Description: fmt.Sprintf("%d output(s) %s", len(rs), desc)}
+		if fb.cacheURL != "" && len(rs) > 0 {
+			st.TargetURL = fb.cacheURL + "/" + provenanceName(rs[0].StorePath)
+		}
+		if err := fb.c.SetStatus(ctx, fb.owner, fb.repo, fb.sha, st); err != nil {
+			fb.s.gha.Warningf("forge feedback: commit status for %s: %v", sys, err)
+		}
+	}
+}
+
+func (fb *forgeFeedback) releaseAssets(ctx context.Context, rows []Row) {
+	if fb.c == nil || fb.tag == "" {
+		return
+	}
+	var files []string
+	for _, r := range rows {
+		if r.Bundle != "" {
+			files = append(files, r.Bundle)
+		}
+	}
+	if len(files) == 0 {
+		return
+	}
+	if _, err := fb.c.AttachBundles(ctx, fb.owner, fb.repo, fb.tag, files); err != nil {
+		fb.s.gha.Warningf("forge feedback: release assets for %s: %v", fb.tag, err)
+	}
+}
+
+// provenanceName is the cache's sidecar name of a store path.
+func provenanceName(storePath string) string {
+	base := path.Base(storePath)
+	hash, _, _ := strings.Cut(base, "-")
+	return hash + ".provenance.json"
 }
 
 func (s *step) nix() *nix.Nix {
@@ -306,7 +402,7 @@ func (s *step) buildWithKey(ctx context.Context) error {
 				return errors.Join(err, werr)
 			}
 			for _, o := range p.Outputs {
-				s.rows = append(s.rows, Row{DrvPath: p.DrvPath, Output: o.Name, StorePath: o.Path, NarSHA256: o.NarHashHex(),
+				s.rows = append(s.rows, Row{System: p.System, DrvPath: p.DrvPath, Output: o.Name, StorePath: o.Path, NarSHA256: o.NarHashHex(),
 					BuilderID: in.builderID, Bundle: bf, Duplicate: p.Duplicate, Verdict: VerdictPublished})
 			}
 		}
@@ -343,7 +439,7 @@ func (s *step) buildViaRunner(ctx context.Context) error {
 			res, err := rc.Attest(ctx, []string{drv})
 			for _, r := range res {
 				for _, o := range r.Outputs {
-					s.rows = append(s.rows, Row{DrvPath: r.DrvPath, Output: o.Name, StorePath: o.Path, NarSHA256: o.NarSHA256,
+					s.rows = append(s.rows, Row{System: r.System, DrvPath: r.DrvPath, Output: o.Name, StorePath: o.Path, NarSHA256: o.NarSHA256,
 						BuilderID: r.BuilderID, Duplicate: r.Duplicate, Verdict: VerdictPublished})
 				}
 			}

@@ -48,6 +48,7 @@ var Inputs = []Input{
 	{Name: "key", Description: "PEM private builder key (from a secret; signing: key)", Secret: true},
 	{Name: "builder-id", Description: "builder id recorded in the provenance; the cache policy binds it to the key (signing: key)"},
 	{Name: "cache-url", Description: "binary cache base URL, for links in the job summary and for verify"},
+	{Name: "forge-token", Description: "token for commit statuses (provenix/<system>) and, on tags, release assets; pass the job token (github.token) or a token with repository write access", Secret: true},
 	{Name: "rekor-url", Description: "Rekor v2 transparency log to record each bundle in (signing: key)"},
 	{Name: "verify", Description: "true: wait for the cache to publish each output and verify it as 'provenix verify --cache' does"},
 	{Name: "verify-key", Description: "PEM public key the runner signs with, trusted for builder-id when verifying (signing: runner)"},
@@ -69,6 +70,7 @@ type inputs struct {
 	builderID     string
 	cacheURL      string
 	rekorURL      string
+	forgeToken    string
 	verify        bool
 	verifyKey     string
 }
@@ -102,8 +104,9 @@ func maskSecret(gha *githubactions.Action, v string) {
 
 func readInputs(gha *githubactions.Action, getenv func(string) string) (*inputs, error) {
 	get := func(n string) string { return rawInput(gha, getenv, n) }
-	in := &inputs{key: get("key"), natsToken: get("nats-token"), natsCreds: get("nats-creds")}
+	in := &inputs{key: get("key"), natsToken: get("nats-token"), natsCreds: get("nats-creds"), forgeToken: get("forge-token")}
 	// Secrets are masked before anything else is read or printed.
+	maskSecret(gha, in.forgeToken)
 	maskSecret(gha, in.key)
 	maskSecret(gha, in.natsToken)
 	maskSecret(gha, in.natsCreds)

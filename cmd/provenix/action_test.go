@@ -5,6 +5,7 @@ package main
 // embedded stack whose policy trusts the step's key.
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -12,11 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"code.gitea.io/sdk/gitea"
 	"gopkg.in/yaml.v3"
 
 	"codeberg.org/provenix/provenix/action"
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/internal/testforge"
+	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -274,4 +278,91 @@ func TestActionYAML(t *testing.T) {
 			t.Errorf("action.yml lacks output %s", o)
 		}
 	}
+}
+
+// TestActionForgeFeedback: on a tag build with a forge token, the step
+// sets the provenix/<system> commit status on the real Gitea and attaches
+// its bundles to the tag's release.
+func TestActionForgeFeedback(t *testing.T) {
+	busybox := requireNix(t)
+	ctx := ctxFor(t, 5*time.Minute)
+	forge := testforge.Start(t)
+	owner, repo := forge.CreateRepo(t, "pkgs")
+	sha := forge.HeadSHA(t, owner, repo)
+	forge.CreateRelease(t, owner, repo, "v1.0")
+
+	dir := t.TempDir()
+	p := up.Paths{Dir: dir}
+	if _, err := up.Init(p); err != nil {
+		t.Fatal(err)
+	}
+	ciKey := filepath.Join(dir, "keys", "ci")
+	if _, err := attest.GenerateKeyFiles(ciKey); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p.Policy(), []byte(policy.Example+"  - id: "+actionBuilderID+"\n    key: keys/ci.pub\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stack := startStack(t, up.Config{DataDir: dir})
+	keyPEM, err := os.ReadFile(ciKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wd, _ := os.Getwd()
+	actionEnv(t, map[string]string{
+		"INPUT_INSTALLABLES": filepath.Join(wd, "..", "..", "examples", "hello.nix"),
+		"INPUT_ATTR":         "hello",
+		"INPUT_ARGS":         "busybox=" + busybox,
+		"INPUT_ARGSTRS":      "message=" + uniqueMessage(t),
+		"INPUT_NIX_OPTIONS":  "substituters=",
+		"INPUT_NATS_URL":     stack.NATSURL(),
+		"INPUT_NATS_TOKEN":   stack.NATSToken(),
+		"INPUT_SIGNING":      "key",
+		"INPUT_KEY":          string(keyPEM),
+		"INPUT_BUILDER_ID":   actionBuilderID,
+		"INPUT_CACHE_URL":    stack.CacheURL(),
+		"INPUT_VERIFY":       "true",
+		"INPUT_FORGE_TOKEN":  forge.Token,
+		"GITHUB_SERVER_URL":  forge.URL,
+		"GITHUB_REPOSITORY":  owner + "/" + repo,
+		"GITHUB_SHA":         sha,
+		"GITHUB_REF":         "refs/tags/v1.0",
+	})
+	stdout, stderr, code := cli(t, ctx, "action")
+	if code != 0 {
+		t.Fatalf("provenix action: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if strings.Contains(withoutMasks(stdout+stderr), forge.Token) {
+		t.Error("the forge token was printed")
+	}
+	statuses, _, err := forge.Client().ListStatuses(owner, repo, sha, gitea.ListStatusesOption{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, s := range statuses {
+		if s.Context == "provenix/"+hostSystem(t) && s.State == gitea.StatusSuccess && strings.Contains(s.Description, "verified") &&
+			strings.HasPrefix(s.TargetURL, stack.CacheURL()) {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no successful provenix status on %s: %+v", sha, statuses)
+	}
+	rel, _, err := forge.Client().GetReleaseByTag(owner, repo, "v1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rel.Attachments) != 1 || !strings.HasSuffix(rel.Attachments[0].Name, ".json") {
+		t.Fatalf("release assets %+v: want the bundle", rel.Attachments)
+	}
+}
+
+func hostSystem(t *testing.T) string {
+	t.Helper()
+	cfg, err := (&nix.Nix{}).Config(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg["system"]
 }
