@@ -9,17 +9,20 @@ package action
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
 	"time"
 
+	intoto "github.com/in-toto/attestation/go/v1"
 	githubactions "github.com/sethvargo/go-githubactions"
 
 	"codeberg.org/provenix/provenix/attest"
@@ -38,9 +41,9 @@ const (
 	VerdictNotVerified = "not verified"
 )
 
-// ErrKeylessUnsupported: keyless signing from a workflow step is not wired
-// into the builder yet.
-var ErrKeylessUnsupported = errors.New("signing: keyless is not yet supported by the workflow step; use runner or key")
+// ErrNoOIDC: keyless signing needs the job's OIDC token, which Forgejo
+// (≥ 15, enable-openid-connect) offers through ACTIONS_ID_TOKEN_REQUEST_*.
+var ErrNoOIDC = errors.New("signing: keyless needs the job's OIDC token: ACTIONS_ID_TOKEN_REQUEST_URL and _TOKEN are not set (Forgejo ≥ 15 with enable-openid-connect: true on the workflow)")
 
 // VerifyRequest is one cache entry to verify.
 type VerifyRequest struct {
@@ -119,8 +122,10 @@ type step struct {
 	gha  *githubactions.Action
 	in   *inputs
 	rows []Row
-	// signerNote says in the summary who signed.
+	// signerNote says in the summary who signed; capture goes into the
+	// provenance's workflow record.
 	signerNote string
+	capture    string
 	// pubFile is the step key's public half, for verify.
 	pubFile string
 }
@@ -146,7 +151,7 @@ func (s *step) run(ctx context.Context) error {
 	case SigningKey:
 		buildErr = s.buildWithKey(ctx)
 	case SigningKeyless:
-		return ErrKeylessUnsupported
+		buildErr = s.buildKeyless(ctx)
 	default:
 		return fmt.Errorf("input signing %q: want runner, key or keyless", in.signing)
 	}
@@ -278,15 +283,19 @@ func (s *step) targets() ([]builder.Target, error) {
 // own word, recorded with capture "job-step-key" so nobody mistakes it for
 // what a runner saw.
 func (s *step) workflow() (*attest.Source, *attest.Workflow, string) {
+	capture := s.capture
+	if capture == "" {
+		capture = CaptureJobStepKey
+	}
 	ctx, err := s.gha.Context()
 	if err != nil || ctx.Repository == "" {
-		return nil, &attest.Workflow{Capture: CaptureJobStepKey}, ""
+		return nil, &attest.Workflow{Capture: capture}, ""
 	}
 	server := strings.TrimRight(ctx.ServerURL, "/")
 	wf := &attest.Workflow{
 		Server: server, Repository: ctx.Repository, Ref: ctx.Ref, Sha: ctx.SHA,
 		Workflow: ctx.Workflow, Job: ctx.Job, Event: ctx.EventName, Actor: ctx.Actor,
-		Capture: CaptureJobStepKey,
+		Capture: capture,
 	}
 	var inv string
 	if ctx.RunID != 0 {
@@ -361,7 +370,76 @@ func (s *step) buildWithKey(ctx context.Context) error {
 	pf.Close()
 	s.pubFile = pf.Name()
 	s.signerNote = "job step (key from a secret)"
+	return s.publish(ctx, func(b *builder.Builder) { b.Signer = signer })
+}
 
+// buildKeyless signs with a Fulcio certificate for the job's OIDC identity
+// and logs each bundle in Rekor: no long-lived key at all.
+func (s *step) buildKeyless(ctx context.Context) error {
+	in := s.in
+	if in.fulcioURL == "" || in.rekorURL == "" {
+		return errors.New("signing: keyless needs fulcio-url and rekor-url (a private Sigstore: the public Fulcio does not accept Forgejo issuers yet)")
+	}
+	if in.builderID == "" {
+		return errors.New("signing: keyless needs builder-id, the id the cache policy trusts this identity for")
+	}
+	if in.natsURL == "" {
+		return errors.New("signing: keyless needs nats-url, the NATS server to publish to")
+	}
+	tok, err := OIDCToken(ctx, s.cfg.Getenv, "sigstore")
+	if err != nil {
+		return err
+	}
+	maskSecret(s.gha, tok)
+	s.signerNote = "job step, keyless (Fulcio certificate for the job's OIDC identity)"
+	s.capture = CaptureJobStepKeyless
+	opts := attest.KeylessOptions{FulcioURL: in.fulcioURL, RekorURL: in.rekorURL, IDToken: tok}
+	return s.publish(ctx, func(b *builder.Builder) {
+		b.SignStatement = func(ctx context.Context, st *intoto.Statement) ([]byte, error) {
+			return attest.SignKeyless(ctx, st, opts)
+		}
+	})
+}
+
+// OIDCToken asks the forge for the job's OIDC ID token for audience, the
+// way GitHub's and Forgejo's toolkits do: GET the request URL with
+// &audience=…, bearer the request token, read {"value": …}.
+func OIDCToken(ctx context.Context, getenv func(string) string, audience string) (string, error) {
+	u, bearer := getenv("ACTIONS_ID_TOKEN_REQUEST_URL"), getenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+	if u == "" || bearer == "" {
+		return "", ErrNoOIDC
+	}
+	sep := "?"
+	if strings.Contains(u, "?") {
+		sep = "&"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u+sep+"audience="+url.QueryEscape(audience), nil)
+	if err != nil {
+		return "", fmt.Errorf("OIDC token request: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+bearer)
+	req.Header.Set("Accept", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("OIDC token request: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("OIDC token request: the forge answered %s", resp.Status)
+	}
+	var body struct {
+		Value string `json:"value"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body); err != nil || body.Value == "" {
+		return "", fmt.Errorf("OIDC token request: no token in the answer (%v)", err)
+	}
+	return body.Value, nil
+}
+
+// publish builds every target with a builder configured by setup, writes
+// the bundles under RUNNER_TEMP and records the rows.
+func (s *step) publish(ctx context.Context, setup func(*builder.Builder)) error {
+	in := s.in
 	tgts, err := s.targets()
 	if err != nil {
 		return err
@@ -387,9 +465,10 @@ func (s *step) buildWithKey(ctx context.Context) error {
 	defer conn.Close()
 
 	b := &builder.Builder{
-		Nix: s.nix(), Queue: conn, Signer: signer, BuilderID: in.builderID, Tenant: in.tenant,
+		Nix: s.nix(), Queue: conn, BuilderID: in.builderID, Tenant: in.tenant,
 		Version: s.cfg.Version, Logger: s.cfg.Logger, StageClosures: true, RekorURL: in.rekorURL,
 	}
+	setup(b)
 	bundleDir := filepath.Join(s.tempDir(), "provenix-bundles")
 	if err := os.MkdirAll(bundleDir, 0o755); err != nil {
 		return err

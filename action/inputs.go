@@ -24,6 +24,11 @@ const (
 // because the key was inside the job. 'provenix verify' shows it.
 const CaptureJobStepKey = "job-step-key"
 
+// CaptureJobStepKeyless marks provenance a workflow step signed keylessly:
+// the certificate names the job's OIDC identity, which the forge vouches
+// for, but the step still built and described the output itself.
+const CaptureJobStepKeyless = "job-step-keyless"
+
 // Input is one input of action.yml.
 type Input struct {
 	Name        string
@@ -49,7 +54,8 @@ var Inputs = []Input{
 	{Name: "builder-id", Description: "builder id recorded in the provenance; the cache policy binds it to the key (signing: key)"},
 	{Name: "cache-url", Description: "binary cache base URL, for links in the job summary and for verify"},
 	{Name: "forge-token", Description: "token for commit statuses (provenix/<system>) and, on tags, release assets; pass the job token (github.token) or a token with repository write access", Secret: true},
-	{Name: "rekor-url", Description: "Rekor v2 transparency log to record each bundle in (signing: key)"},
+	{Name: "fulcio-url", Description: "Fulcio (a private Sigstore's; the public one does not accept Forgejo issuers yet) that certifies the job's OIDC identity (signing: keyless)"},
+	{Name: "rekor-url", Description: "Rekor v2 transparency log to record each bundle in (signing: key; required for keyless)"},
 	{Name: "verify", Description: "true: wait for the cache to publish each output and verify it as 'provenix verify --cache' does"},
 	{Name: "verify-key", Description: "PEM public key the runner signs with, trusted for builder-id when verifying (signing: runner)"},
 	{Name: "version", Description: "provenix version action.yml installs with go install when provenix is not on PATH"},
@@ -70,6 +76,7 @@ type inputs struct {
 	builderID     string
 	cacheURL      string
 	rekorURL      string
+	fulcioURL     string
 	forgeToken    string
 	verify        bool
 	verifyKey     string
@@ -144,6 +151,7 @@ func readInputs(gha *githubactions.Action, getenv func(string) string) (*inputs,
 	in.builderID = get("builder-id")
 	in.cacheURL = strings.TrimRight(get("cache-url"), "/")
 	in.rekorURL = strings.TrimRight(get("rekor-url"), "/")
+	in.fulcioURL = strings.TrimRight(get("fulcio-url"), "/")
 	if v := get("verify"); v != "" {
 		if in.verify, err = strconv.ParseBool(v); err != nil {
 			return nil, fmt.Errorf("input verify %q: want true or false", v)

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	intoto "github.com/in-toto/attestation/go/v1"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"io"
 	"log/slog"
@@ -43,6 +44,9 @@ type Builder struct {
 	// Nix way; a pusher whose policy knows the public key adds the
 	// signature to the narinfo, so clients can require this builder's Sig.
 	NixKey *signature.SecretKey
+	// SignStatement, when set, signs instead of Signer: keyless signing
+	// (attest.SignKeyless) has no long-lived key.
+	SignStatement func(ctx context.Context, st *intoto.Statement) ([]byte, error)
 	// RekorURL, when set, logs each bundle in this Rekor v2 transparency
 	// log; the bundle then carries the entry and its inclusion proof, for
 	// verifiers that require a log (verify --require-tlog).
@@ -236,7 +240,9 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 		return nil, err
 	}
 	var bundle []byte
-	if b.RekorURL != "" {
+	if b.SignStatement != nil {
+		bundle, err = b.SignStatement(ctx, st)
+	} else if b.RekorURL != "" {
 		bundle, err = attest.SignWithLog(ctx, st, b.Signer, attest.LogOptions{RekorURL: b.RekorURL})
 	} else {
 		bundle, err = attest.Sign(ctx, st, b.Signer)
