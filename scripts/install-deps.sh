@@ -64,4 +64,5 @@ if [ "$what" = test ]; then
   # (internal/testforge), cached in /var/cache/provenix-tools (~8 min once).
   "$(dirname "$0")/gitea.sh" build
   "$(dirname "$0")/rekor.sh" build # rekor-tiles 2.3.0, the real Rekor v2 log of internal/testrekor (~1 min once)
+  "$(dirname "$0")/fulcio.sh" build # Fulcio 1.8.5, the real keyless CA of internal/testfulcio (a few min once)
 fi
