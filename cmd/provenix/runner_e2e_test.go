@@ -166,6 +166,13 @@ runs:
     - shell: bash
       run: echo "greetings, ${{ inputs.who }}"
 `))
+	// This repository's action.yml, served by the forge as an action.
+	actionYAML, err := os.ReadFile(filepath.Join("..", "..", "action.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pxOwner, pxRepo := forge.CreateRepo(t, "provenix-action")
+	forge.PutFile(t, pxOwner, pxRepo, "action.yml", actionYAML)
 	msg := uniqueMessage(t)
 	workflow := fmt.Sprintf(`name: build
 on: push
@@ -191,9 +198,21 @@ jobs:
         uses: %s/%s/%s@main
         with:
           who: by-url
+      - name: provenix action
+        id: px
+        uses: %s/%s@main
+        with:
+          installables: src/hello.nix
+          attr: hello
+          args: busybox=%s
+          argstrs: message=%s (action)
+          nix-options: substituters=
+      - name: action outputs
+        run: echo "action verdict ${{ steps.px.outputs.verdict }} for ${{ steps.px.outputs.store-paths }}"
       - name: whoami
         run: id -un
-`, strings.TrimPrefix(forge.URL, "http://"), busybox, msg, busybox, msg+" (plain)", actOwner, actRepo, forge.URL, actOwner, actRepo)
+`, strings.TrimPrefix(forge.URL, "http://"), busybox, msg, busybox, msg+" (plain)", actOwner, actRepo, forge.URL, actOwner, actRepo,
+		pxOwner, pxRepo, busybox, msg)
 	forge.PutFile(t, owner, repo, ".forgejo/workflows/build.yml", []byte(workflow))
 
 	job := forge.WaitJob(t, owner, repo, 5*time.Minute)
@@ -216,6 +235,13 @@ jobs:
 	}
 	if !strings.Contains(logs, "greetings, by-name") || !strings.Contains(logs, "greetings, by-url") {
 		t.Errorf("remote actions did not run:\n%s", logs)
+	}
+	// The workflow step (action.yml) on this runner signs through the runner.
+	if !regexp.MustCompile(`action verdict published for /nix/store/[0-9a-z]{32}-provenix-hello`).MatchString(logs) {
+		t.Errorf("action.yml did not publish through the runner:\n%s", logs)
+	}
+	if strings.Count(logs, "outputs, step) as builder") < 2 {
+		t.Errorf("the action's build was not attested by the runner:\n%s", logs)
 	}
 	if strings.Contains(logs, "Press RETURN") {
 		t.Errorf("a pager waited for input:\n%s", logs)
