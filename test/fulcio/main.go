@@ -3,8 +3,12 @@
 // scripts/fulcio.sh builds it.
 package main
 
-import "github.com/sigstore/fulcio/cmd/app"
+import (
+	"context"
+
+	"github.com/sigstore/fulcio/cmd/app"
+)
 
 func main() {
-	app.Execute()
+	app.Execute(context.Background())
 }
