@@ -102,14 +102,15 @@ func matches(exact, re, got string) bool {
 // Fulcio does not accept Forgejo issuers yet).
 type KeylessOptions struct {
 	FulcioURL string
-	RekorURL  string
+	// RekorURL is a Rekor v2 log's base URL (see LogOptions.RekorURL).
+	RekorURL string
 	// IDToken is the job's OIDC token (from ACTIONS_ID_TOKEN_REQUEST_URL).
 	IDToken string
 }
 
 // SignKeyless signs st with an ephemeral key certified by Fulcio for the
-// identity in the OIDC token and logs it in Rekor; the bundle carries the
-// certificate and the log entry.
+// identity in the OIDC token and logs it in a Rekor v2 log (rekor-tiles, as
+// SignWithLog); the bundle carries the certificate and the log entry.
 func SignKeyless(ctx context.Context, st *intoto.Statement, o KeylessOptions) ([]byte, error) {
 	if o.FulcioURL == "" || o.RekorURL == "" || o.IDToken == "" {
 		return nil, errors.New("attest: keyless signing needs a Fulcio URL, a Rekor URL and an OIDC token")
@@ -126,7 +127,7 @@ func SignKeyless(ctx context.Context, st *intoto.Statement, o KeylessOptions) ([
 		Context:                    ctx,
 		CertificateProvider:        sign.NewFulcio(&sign.FulcioOptions{BaseURL: o.FulcioURL}),
 		CertificateProviderOptions: &sign.CertificateProviderOptions{IDToken: o.IDToken},
-		TransparencyLogs:           []sign.Transparency{sign.NewRekor(&sign.RekorOptions{BaseURL: o.RekorURL})},
+		TransparencyLogs:           []sign.Transparency{sign.NewRekor(&sign.RekorOptions{BaseURL: o.RekorURL, Version: 2, Timeout: DefaultLogTimeout})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("attest: keyless sign: %w", err)
