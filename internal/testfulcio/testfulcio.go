@@ -1,0 +1,365 @@
+// Package testfulcio runs a real Fulcio certificate authority (1.8.5) for
+// integration tests of keyless signing, together with a fake OIDC issuer
+// that it trusts.
+//
+// The package only executes a prebuilt binary; it never imports the server.
+// Build it once with `scripts/fulcio.sh build` (scripts/install-deps.sh test
+// does this). The binary is looked up in $PROVENIX_FULCIO, else in
+// ${PROVENIX_TOOLS_DIR:-/var/cache/provenix-tools}/fulcio-1.8.5/fulcio.
+// A missing binary fails the test with the command to run; it never skips.
+//
+// What the CA looks like:
+//   - The OIDC issuer is an httptest server on 127.0.0.1 (discovery document
+//     and JWKS) whose ES256 key signs the tokens CA.Token mints: iss is the
+//     issuer's URL, aud "sigstore", sub and email the given address,
+//     email_verified true, valid for 10 minutes.
+//   - Fulcio serves http://127.0.0.1:<free port> with `--ca ephemeralca` (an
+//     in-memory self-signed root that issues leaf certificates directly) and
+//     `--ct-log-url ""` (no CT log, so certificates carry no SCT: verify
+//     with requireSCT false). Its config trusts the issuer with type "email":
+//     a certificate's SAN is the token's email (an rfc822Name) and its
+//     OIDC issuer extension is the issuer's URL (CA.Issuer).
+//   - CA.TrustedRoot combines Fulcio's root with transparency logs (e.g.
+//     internal/testrekor's) into a root.TrustedRoot.
+package testfulcio
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sigstore/sigstore-go/pkg/root"
+)
+
+// Version is the Fulcio release scripts/fulcio.sh builds.
+const Version = "1.8.5"
+
+// BuildCommand is what a developer runs, from the repository root, when the
+// binary is missing.
+const BuildCommand = "scripts/fulcio.sh build"
+
+// Audience is the aud claim Fulcio's config expects (its ClientID).
+const Audience = "sigstore"
+
+const (
+	startTimeout = 30 * time.Second
+	stopTimeout  = 10 * time.Second
+	tokenLife    = 10 * time.Minute
+)
+
+// CA is one running Fulcio and the OIDC issuer it trusts. Its exported
+// fields are read-only.
+type CA struct {
+	URL    string // Fulcio, http://127.0.0.1:<port>, no trailing slash
+	Issuer string // the OIDC issuer's URL: iss of minted tokens, the certificates' issuer
+	// Chain is Fulcio's CA chain from /api/v2/trustBundle, root last.
+	Chain       []*x509.Certificate
+	StartupTime time.Duration
+
+	key     *ecdsa.PrivateKey
+	keyID   string
+	logPath string
+}
+
+// BinaryPath is where Start looks for the server binary.
+func BinaryPath() string {
+	if p := os.Getenv("PROVENIX_FULCIO"); p != "" {
+		return p
+	}
+	dir := os.Getenv("PROVENIX_TOOLS_DIR")
+	if dir == "" {
+		dir = "/var/cache/provenix-tools"
+	}
+	return filepath.Join(dir, "fulcio-"+Version, "fulcio")
+}
+
+// Start runs a fresh OIDC issuer and Fulcio for the test and stops them in
+// t.Cleanup, dumping Fulcio's output when the test failed.
+func Start(t testing.TB) *CA {
+	t.Helper()
+	bin := BinaryPath()
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("testfulcio: fulcio binary missing (%v); build it with `%s` from the repository root, or point PROVENIX_FULCIO at one", err, BuildCommand)
+	}
+	work := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatalf("testfulcio: generate issuer key: %v", err)
+	}
+	c := &CA{key: key, keyID: "testfulcio-1", logPath: filepath.Join(work, "fulcio.log")}
+
+	// The issuer must be up before Fulcio starts: Fulcio fetches its
+	// discovery document once, at startup.
+	iss := httptest.NewServer(c.issuerHandler())
+	t.Cleanup(iss.Close)
+	c.Issuer = iss.URL
+
+	cfg, err := json.Marshal(map[string]any{"OIDCIssuers": map[string]any{
+		c.Issuer: map[string]string{"IssuerURL": c.Issuer, "ClientID": Audience, "Type": "email"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(work, "config.json")
+	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
+		t.Fatalf("testfulcio: write config: %v", err)
+	}
+
+	httpPort, grpcPort, metricsPort := freePort(t), freePort(t), freePort(t)
+	c.URL = fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	c.serve(t, bin, []string{"serve",
+		"--ca", "ephemeralca",
+		"--config-path", cfgPath,
+		"--ct-log-url", "",
+		"--host", "127.0.0.1", "--port", strconv.Itoa(httpPort),
+		"--grpc-host", "127.0.0.1", "--grpc-port", strconv.Itoa(grpcPort),
+		"--metrics-port", strconv.Itoa(metricsPort),
+		// The default is a fixed abstract socket: two Fulcios would clash.
+		"--legacy-unix-domain-socket", filepath.Join(work, "legacy.sock"),
+	})
+	return c
+}
+
+// TrustedRoot is a trusted root holding Fulcio's CA and the given
+// transparency logs (e.g. testrekor's Log.TrustedRoot.RekorLogs()), with no
+// CT log or timestamp authority.
+func (c *CA) TrustedRoot(t testing.TB, logs map[string]*root.TransparencyLog) *root.TrustedRoot {
+	t.Helper()
+	n := len(c.Chain)
+	rootCert := c.Chain[n-1]
+	fca := &root.FulcioCertificateAuthority{
+		Root:                rootCert,
+		Intermediates:       c.Chain[:n-1],
+		ValidityPeriodStart: rootCert.NotBefore,
+		ValidityPeriodEnd:   rootCert.NotAfter,
+		URI:                 c.URL,
+	}
+	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, []root.CertificateAuthority{fca}, nil, nil, logs)
+	if err != nil {
+		t.Fatalf("testfulcio: trusted root: %v", err)
+	}
+	return tr
+}
+
+// Token mints a valid ID token for email from the trusted issuer. Fulcio
+// certifies it with SAN email and issuer c.Issuer.
+func (c *CA) Token(t testing.TB, email string) string {
+	t.Helper()
+	now := time.Now()
+	return c.mint(t, c.key, c.claims(email, now.Add(-time.Minute), now.Add(tokenLife)))
+}
+
+// ExpiredToken mints a token for email, signed by the trusted issuer, that
+// expired a minute ago.
+func (c *CA) ExpiredToken(t testing.TB, email string) string {
+	t.Helper()
+	now := time.Now()
+	return c.mint(t, c.key, c.claims(email, now.Add(-tokenLife), now.Add(-time.Minute)))
+}
+
+// ForgedToken mints an otherwise valid token for email signed by a key the
+// issuer never published (same key id).
+func (c *CA) ForgedToken(t testing.TB, email string) string {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	return c.mint(t, k, c.claims(email, now.Add(-time.Minute), now.Add(tokenLife)))
+}
+
+func (c *CA) claims(email string, iat, exp time.Time) map[string]any {
+	return map[string]any{
+		"iss": c.Issuer, "aud": Audience, "sub": email,
+		"email": email, "email_verified": true,
+		"iat": iat.Unix(), "nbf": iat.Unix(), "exp": exp.Unix(),
+	}
+}
+
+// mint encodes and signs an ES256 JWT.
+func (c *CA) mint(t testing.TB, k *ecdsa.PrivateKey, claims map[string]any) string {
+	t.Helper()
+	enc := func(v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	signed := enc(map[string]string{"alg": "ES256", "typ": "JWT", "kid": c.keyID}) + "." + enc(claims)
+	h := sha256.Sum256([]byte(signed))
+	r, s, err := ecdsa.Sign(rand.Reader, k, h[:])
+	if err != nil {
+		t.Fatalf("testfulcio: sign token: %v", err)
+	}
+	sig := make([]byte, 64)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	return signed + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+func (c *CA) issuerHandler() http.Handler {
+	coord := func(n *big.Int) string { return base64.RawURLEncoding.EncodeToString(n.FillBytes(make([]byte, 32))) }
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, map[string]any{
+			"issuer":                                c.Issuer,
+			"jwks_uri":                              c.Issuer + "/keys",
+			"authorization_endpoint":                c.Issuer + "/auth",
+			"token_endpoint":                        c.Issuer + "/token",
+			"response_types_supported":              []string{"id_token"},
+			"subject_types_supported":               []string{"public"},
+			"id_token_signing_alg_values_supported": []string{"ES256"},
+		})
+	})
+	mux.HandleFunc("GET /keys", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, map[string]any{"keys": []map[string]string{{
+			"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": c.keyID,
+			"x": coord(c.key.X), "y": coord(c.key.Y),
+		}}})
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (c *CA) serve(t testing.TB, bin string, args []string) {
+	t.Helper()
+	logFile, err := os.Create(c.logPath)
+	if err != nil {
+		t.Fatalf("testfulcio: create log: %v", err)
+	}
+	began := time.Now()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		t.Fatalf("testfulcio: start fulcio: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		stop(cmd, exited)
+		logFile.Close()
+		if t.Failed() {
+			t.Logf("testfulcio: output of fulcio:\n%s", readTail(c.logPath))
+		}
+	})
+
+	deadline := began.Add(startTimeout)
+	for {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("testfulcio: fulcio exited during startup: %v\n%s", err, readTail(c.logPath))
+		default:
+		}
+		if chain, err := trustBundle(c.URL); err == nil {
+			c.Chain = chain
+			c.StartupTime = time.Since(began)
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("testfulcio: fulcio not ready at %s after %s: %v\n%s", c.URL, startTimeout, err, readTail(c.logPath))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// trustBundle fetches Fulcio's CA chain (leaf-most first, root last).
+func trustBundle(base string) ([]*x509.Certificate, error) {
+	hc := http.Client{Timeout: 2 * time.Second}
+	resp, err := hc.Get(base + "/api/v2/trustBundle")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("trustBundle: %s: %s", resp.Status, body)
+	}
+	var tb struct {
+		Chains []struct {
+			Certificates []string `json:"certificates"`
+		} `json:"chains"`
+	}
+	if err := json.Unmarshal(body, &tb); err != nil {
+		return nil, fmt.Errorf("trustBundle: %w", err)
+	}
+	if len(tb.Chains) != 1 || len(tb.Chains[0].Certificates) == 0 {
+		return nil, fmt.Errorf("trustBundle: want one non-empty chain, got %s", body)
+	}
+	var chain []*x509.Certificate
+	for _, p := range tb.Chains[0].Certificates {
+		b, _ := pem.Decode([]byte(p))
+		if b == nil {
+			return nil, fmt.Errorf("trustBundle: not PEM: %q", p)
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("trustBundle: %w", err)
+		}
+		chain = append(chain, cert)
+	}
+	return chain, nil
+}
+
+// stop asks the server to shut down gracefully, then kills its group.
+func stop(cmd *exec.Cmd, exited chan error) {
+	pgid := -cmd.Process.Pid
+	_ = syscall.Kill(pgid, syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(stopTimeout):
+		_ = syscall.Kill(pgid, syscall.SIGKILL)
+		<-exited
+	}
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("testfulcio: free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func readTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 80 {
+		lines = lines[len(lines)-80:]
+	}
+	return strings.Join(lines, "\n")
+}
