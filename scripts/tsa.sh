@@ -3,9 +3,10 @@
 # as a real TSA (internal/testtsa), once, from the module in test/tsa, and
 # caches it:
 #   $PROVENIX_TOOLS_DIR/tsa-2.1.3/timestamp-server
-# (v2.1.4 and later need Go 1.27.) internal/testtsa runs it as
-# `timestamp-server serve --timestamp-signer memory --host 127.0.0.1
-# --port P` (see that package); its chain is at /api/v1/timestamp/certchain.
+# (v2.1.4 and later need Go 1.27.) test/tsa/main.go serves upstream's REST
+# API with the in-memory signer, without upstream's fixed-port (:2112)
+# metrics listener; internal/testtsa runs it as `timestamp-server serve
+# --host 127.0.0.1 --port P`. Its chain is at /api/v1/timestamp/certchain.
 # Usage: scripts/tsa.sh build   build unless the cached binary exists
 #        scripts/tsa.sh path    print the cached binary's path
 set -euo pipefail
