@@ -20,7 +20,8 @@
 //     a certificate's SAN is the token's email (an rfc822Name) and its
 //     OIDC issuer extension is the issuer's URL (CA.Issuer).
 //   - CA.TrustedRoot combines Fulcio's root with transparency logs (e.g.
-//     internal/testrekor's) into a root.TrustedRoot.
+//     internal/testrekor's) and timestamp authorities (e.g.
+//     internal/testtsa's) into a root.TrustedRoot.
 package testfulcio
 
 import (
@@ -139,10 +140,10 @@ func Start(t testing.TB) *CA {
 	return c
 }
 
-// TrustedRoot is a trusted root holding Fulcio's CA and the given
-// transparency logs (e.g. testrekor's Log.TrustedRoot.RekorLogs()), with no
-// CT log or timestamp authority.
-func (c *CA) TrustedRoot(t testing.TB, logs map[string]*root.TransparencyLog) *root.TrustedRoot {
+// TrustedRoot is a trusted root holding Fulcio's CA, the given
+// transparency logs (e.g. testrekor's Log.TrustedRoot.RekorLogs()) and
+// timestamp authorities (e.g. testtsa's TSA.Authority), with no CT log.
+func (c *CA) TrustedRoot(t testing.TB, logs map[string]*root.TransparencyLog, tsas ...root.TimestampingAuthority) *root.TrustedRoot {
 	t.Helper()
 	n := len(c.Chain)
 	rootCert := c.Chain[n-1]
@@ -153,7 +154,7 @@ func (c *CA) TrustedRoot(t testing.TB, logs map[string]*root.TransparencyLog) *r
 		ValidityPeriodEnd:   rootCert.NotAfter,
 		URI:                 c.URL,
 	}
-	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, []root.CertificateAuthority{fca}, nil, nil, logs)
+	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, []root.CertificateAuthority{fca}, nil, tsas, logs)
 	if err != nil {
 		t.Fatalf("testfulcio: trusted root: %v", err)
 	}
