@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 
 	intoto "github.com/in-toto/attestation/go/v1"
 	"github.com/sigstore/sigstore-go/pkg/bundle"
@@ -97,20 +98,45 @@ func matches(exact, re, got string) bool {
 	return err == nil && ok
 }
 
-// KeylessOptions say where keyless signing gets its certificate and
-// where the signature is logged: a private Fulcio and Rekor (the public
-// Fulcio does not accept Forgejo issuers yet).
+// KeylessOptions say where keyless signing gets its certificate, where
+// the signature is logged and who timestamps it: a private Fulcio, Rekor
+// and timestamp authority (the public Fulcio does not accept Forgejo
+// issuers yet).
 type KeylessOptions struct {
 	FulcioURL string
 	// RekorURL is a Rekor v2 log's base URL (see LogOptions.RekorURL).
 	RekorURL string
+	// TSAURL is an RFC 3161 timestamp authority's base URL (Sigstore's
+	// timestamp-authority; SignKeyless posts to TSAURL/api/v1/timestamp,
+	// and a URL already ending in that path is used as is).
+	// A Rekor v2 entry carries no integrated time, so without a TSA the
+	// bundle has no observer timestamp and WithIdentities rejects it; set
+	// it unless the bundle is only verified elsewhere, at the current time.
+	TSAURL string
 	// IDToken is the job's OIDC token (from ACTIONS_ID_TOKEN_REQUEST_URL).
 	IDToken string
 }
 
+// tsaTimestampPath is the RFC 3161 endpoint below a Sigstore timestamp
+// authority's base URL.
+const tsaTimestampPath = "/api/v1/timestamp"
+
+// tsaEndpoint is the endpoint of the TSA at base; a base that already ends
+// in it (cosign's --timestamp-server-url form) is kept.
+func tsaEndpoint(base string) string {
+	base = strings.TrimSuffix(base, "/")
+	if strings.HasSuffix(base, tsaTimestampPath) {
+		return base
+	}
+	return base + tsaTimestampPath
+}
+
 // SignKeyless signs st with an ephemeral key certified by Fulcio for the
-// identity in the OIDC token and logs it in a Rekor v2 log (rekor-tiles, as
-// SignWithLog); the bundle carries the certificate and the log entry.
+// identity in the OIDC token, timestamps the signature at the TSA (if
+// o.TSAURL is set) and logs it in a Rekor v2 log (rekor-tiles, as
+// SignWithLog); the bundle carries the certificate, the signed timestamp
+// and the log entry. The timestamp is what proves to WithIdentities that
+// the short-lived certificate was valid when it signed.
 func SignKeyless(ctx context.Context, st *intoto.Statement, o KeylessOptions) ([]byte, error) {
 	if o.FulcioURL == "" || o.RekorURL == "" || o.IDToken == "" {
 		return nil, errors.New("attest: keyless signing needs a Fulcio URL, a Rekor URL and an OIDC token")
@@ -123,12 +149,18 @@ func SignKeyless(ctx context.Context, st *intoto.Statement, o KeylessOptions) ([
 	if err != nil {
 		return nil, fmt.Errorf("attest: ephemeral key: %w", err)
 	}
-	pb, err := sign.Bundle(&sign.DSSEData{Data: payload, PayloadType: PayloadType}, kp, sign.BundleOptions{
+	opts := sign.BundleOptions{
 		Context:                    ctx,
 		CertificateProvider:        sign.NewFulcio(&sign.FulcioOptions{BaseURL: o.FulcioURL}),
 		CertificateProviderOptions: &sign.CertificateProviderOptions{IDToken: o.IDToken},
 		TransparencyLogs:           []sign.Transparency{sign.NewRekor(&sign.RekorOptions{BaseURL: o.RekorURL, Version: 2, Timeout: DefaultLogTimeout})},
-	})
+	}
+	if o.TSAURL != "" {
+		opts.TimestampAuthorities = []*sign.TimestampAuthority{
+			sign.NewTimestampAuthority(&sign.TimestampAuthorityOptions{URL: tsaEndpoint(o.TSAURL)}),
+		}
+	}
+	pb, err := sign.Bundle(&sign.DSSEData{Data: payload, PayloadType: PayloadType}, kp, opts)
 	if err != nil {
 		return nil, fmt.Errorf("attest: keyless sign: %w", err)
 	}

@@ -12,22 +12,18 @@ import (
 
 	"codeberg.org/provenix/provenix/internal/testfulcio"
 	"codeberg.org/provenix/provenix/internal/testrekor"
-	"github.com/sigstore/sigstore-go/pkg/verify"
+	"codeberg.org/provenix/provenix/internal/testtsa"
 )
 
 // TestKeylessFulcio signs keylessly against a real Fulcio (trusting a fake
-// OIDC issuer) and a real Rekor v2 log, and verifies the bundle with an
-// identity policy over the trusted root of both.
+// OIDC issuer), a real Rekor v2 log and a real RFC 3161 timestamp
+// authority, and verifies the bundle with the production keyless verifier
+// (WithIdentities: log entry and observer timestamp required) over the
+// trusted root of all three.
 //
-// A Rekor v2 entry carries no integrated time, and SignKeyless asks no
-// timestamp authority, so such a bundle has no observer timestamp to check
-// Fulcio's short-lived certificate against: WithIdentities (which demands
-// one) rejects it, as "no observer timestamp" pins. The identity checks
-// below therefore swap in a sigstore-go verifier that checks the
-// certificate at the current time instead (possible only while it is valid,
-// 10 minutes); everything else (chain to the Fulcio CA, log entry and
-// inclusion proof, signature, digests, identity policy, builder id) is
-// attest's own path.
+// A Rekor v2 entry carries no integrated time, so the TSA's signed
+// timestamp is the bundle's only observer timestamp: "no timestamp" pins
+// that a bundle signed without a TSA is refused.
 func TestKeylessFulcio(t *testing.T) {
 	const (
 		builder = "https://builders.example/keyless"
@@ -35,23 +31,25 @@ func TestKeylessFulcio(t *testing.T) {
 	)
 	log := testrekor.Start(t)
 	ca := testfulcio.Start(t)
-	t.Logf("rekor-tiles ready after %s, fulcio after %s", log.StartupTime, ca.StartupTime)
-	trusted := ca.TrustedRoot(t, log.TrustedRoot.RekorLogs())
+	tsa := testtsa.Start(t)
+	t.Logf("rekor-tiles ready after %s, fulcio after %s, tsa after %s", log.StartupTime, ca.StartupTime, tsa.StartupTime)
+	trusted := ca.TrustedRoot(t, log.TrustedRoot.RekorLogs(), tsa.Authority)
 	want := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}
 
-	sign := func(token string) ([]byte, error) {
+	signWith := func(token, tsaURL string) ([]byte, error) {
 		st, err := NewStatement(testBuild(builder))
 		if err != nil {
 			t.Fatal(err)
 		}
-		return SignKeyless(t.Context(), st, KeylessOptions{FulcioURL: ca.URL, RekorURL: log.URL, IDToken: token})
+		return SignKeyless(t.Context(), st, KeylessOptions{FulcioURL: ca.URL, RekorURL: log.URL, TSAURL: tsaURL, IDToken: token})
 	}
+	sign := func(token string) ([]byte, error) { return signWith(token, tsa.URL) }
 	began := time.Now()
 	bj, err := sign(ca.Token(t, email))
 	if err != nil {
 		t.Fatalf("SignKeyless: %v", err)
 	}
-	t.Logf("keyless sign (certificate + log upload): %s, bundle %d bytes", time.Since(began), len(bj))
+	t.Logf("keyless sign (certificate + timestamp + log upload): %s, bundle %d bytes", time.Since(began), len(bj))
 
 	newVerifier := func(id TrustedIdentity) *Verifier {
 		t.Helper()
@@ -68,27 +66,10 @@ func TestKeylessFulcio(t *testing.T) {
 		}
 		return v
 	}
-	atCurrentTime := func(id TrustedIdentity) *Verifier {
-		t.Helper()
-		v := newVerifier(id)
-		kv, err := verify.NewVerifier(trusted, verify.WithTransparencyLog(1), verify.WithCurrentTime())
-		if err != nil {
-			t.Fatal(err)
-		}
-		v.keyless = kv
-		return v
-	}
 	trust := TrustedIdentity{ID: builder, Issuer: ca.Issuer, SAN: email}
 
-	t.Run("no observer timestamp", func(t *testing.T) {
-		_, err := newVerifier(trust).Verify(bj, want)
-		if !errors.Is(err, ErrSignature) || !strings.Contains(err.Error(), "timestamps") {
-			t.Fatalf("err = %v, want a missing-timestamp %v (did SignKeyless gain a TSA? then verify with WithIdentities)", err, ErrSignature)
-		}
-	})
-
 	t.Run("identity", func(t *testing.T) {
-		got, err := atCurrentTime(trust).Verify(bj, want)
+		got, err := newVerifier(trust).Verify(bj, want)
 		if err != nil {
 			t.Fatalf("verify: %v", err)
 		}
@@ -97,12 +78,37 @@ func TestKeylessFulcio(t *testing.T) {
 		}
 	})
 
+	t.Run("no timestamp", func(t *testing.T) {
+		bare, err := signWith(ca.Token(t, email), "")
+		if err != nil {
+			t.Fatalf("SignKeyless: %v", err)
+		}
+		_, err = newVerifier(trust).Verify(bare, want)
+		if !errors.Is(err, ErrSignature) || !strings.Contains(err.Error(), "timestamps") {
+			t.Fatalf("err = %v, want a missing-timestamp %v", err, ErrSignature)
+		}
+		t.Logf("refused: %v", err)
+	})
+
+	t.Run("untrusted timestamp authority", func(t *testing.T) {
+		other := testtsa.Start(t)
+		foreign, err := signWith(ca.Token(t, email), other.URL)
+		if err != nil {
+			t.Fatalf("SignKeyless: %v", err)
+		}
+		_, err = newVerifier(trust).Verify(foreign, want)
+		if !errors.Is(err, ErrSignature) || !strings.Contains(err.Error(), "timestamp") {
+			t.Fatalf("err = %v, want a timestamp %v", err, ErrSignature)
+		}
+		t.Logf("refused: %v", err)
+	})
+
 	t.Run("other subject", func(t *testing.T) {
 		other, err := sign(ca.Token(t, "mallory@provenix.test"))
 		if err != nil {
 			t.Fatalf("SignKeyless: %v", err)
 		}
-		_, err = atCurrentTime(trust).Verify(other, want)
+		_, err = newVerifier(trust).Verify(other, want)
 		if !errors.Is(err, ErrUnknownSigner) {
 			t.Fatalf("err = %v, want %v", err, ErrUnknownSigner)
 		}
