@@ -373,8 +373,9 @@ func (s *step) buildWithKey(ctx context.Context) error {
 	return s.publish(ctx, func(b *builder.Builder) { b.Signer = signer })
 }
 
-// buildKeyless signs with a Fulcio certificate for the job's OIDC identity
-// and logs each bundle in Rekor: no long-lived key at all.
+// buildKeyless signs with a Fulcio certificate for the job's OIDC identity,
+// timestamps each signature at the TSA (tsa-url) and logs each bundle in
+// Rekor: no long-lived key at all.
 func (s *step) buildKeyless(ctx context.Context) error {
 	in := s.in
 	if in.fulcioURL == "" || in.rekorURL == "" {
@@ -393,7 +394,7 @@ func (s *step) buildKeyless(ctx context.Context) error {
 	maskSecret(s.gha, tok)
 	s.signerNote = "job step, keyless (Fulcio certificate for the job's OIDC identity)"
 	s.capture = CaptureJobStepKeyless
-	opts := attest.KeylessOptions{FulcioURL: in.fulcioURL, RekorURL: in.rekorURL, IDToken: tok}
+	opts := attest.KeylessOptions{FulcioURL: in.fulcioURL, RekorURL: in.rekorURL, TSAURL: in.tsaURL, IDToken: tok}
 	return s.publish(ctx, func(b *builder.Builder) {
 		b.SignStatement = func(ctx context.Context, st *intoto.Statement) ([]byte, error) {
 			return attest.SignKeyless(ctx, st, opts)

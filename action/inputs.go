@@ -56,6 +56,7 @@ var Inputs = []Input{
 	{Name: "forge-token", Description: "token for commit statuses (provenix/<system>) and, on tags, release assets; pass the job token (github.token) or a token with repository write access", Secret: true},
 	{Name: "fulcio-url", Description: "Fulcio (a private Sigstore's; the public one does not accept Forgejo issuers yet) that certifies the job's OIDC identity (signing: keyless)"},
 	{Name: "rekor-url", Description: "Rekor v2 transparency log to record each bundle in (signing: key; required for keyless)"},
+	{Name: "tsa-url", Description: "RFC 3161 timestamp authority (a Sigstore timestamp-authority base URL; .../api/v1/timestamp also works) that timestamps each keyless signature (signing: keyless); Rekor v2 records no time, so without it Provenix's verifier refuses keyless bundles"},
 	{Name: "verify", Description: "true: wait for the cache to publish each output and verify it as 'provenix verify --cache' does"},
 	{Name: "verify-key", Description: "PEM public key the runner signs with, trusted for builder-id when verifying (signing: runner)"},
 	{Name: "version", Description: "provenix version action.yml installs with go install when provenix is not on PATH"},
@@ -77,6 +78,7 @@ type inputs struct {
 	cacheURL      string
 	rekorURL      string
 	fulcioURL     string
+	tsaURL        string
 	forgeToken    string
 	verify        bool
 	verifyKey     string
@@ -152,6 +154,7 @@ func readInputs(gha *githubactions.Action, getenv func(string) string) (*inputs,
 	in.cacheURL = strings.TrimRight(get("cache-url"), "/")
 	in.rekorURL = strings.TrimRight(get("rekor-url"), "/")
 	in.fulcioURL = strings.TrimRight(get("fulcio-url"), "/")
+	in.tsaURL = strings.TrimRight(get("tsa-url"), "/")
 	if v := get("verify"); v != "" {
 		if in.verify, err = strconv.ParseBool(v); err != nil {
 			return nil, fmt.Errorf("input verify %q: want true or false", v)
