@@ -378,8 +378,10 @@ func (s *step) buildWithKey(ctx context.Context) error {
 // Rekor: no long-lived key at all.
 func (s *step) buildKeyless(ctx context.Context) error {
 	in := s.in
-	if in.fulcioURL == "" || in.rekorURL == "" {
-		return errors.New("signing: keyless needs fulcio-url and rekor-url (a private Sigstore: the public Fulcio does not accept Forgejo issuers yet)")
+	if in.fulcioURL == "" || in.rekorURL == "" || in.tsaURL == "" {
+		// Without a timestamp authority a Rekor v2 entry gives the bundle no
+		// trusted time, and verifiers refuse it: fail now, not after publishing.
+		return errors.New("signing: keyless needs fulcio-url, rekor-url and tsa-url (a private Sigstore: the public Fulcio does not accept Forgejo issuers yet; Rekor v2 needs a timestamp authority)")
 	}
 	if in.builderID == "" {
 		return errors.New("signing: keyless needs builder-id, the id the cache policy trusts this identity for")
