@@ -7,6 +7,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +23,9 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/internal/testforge"
+	"codeberg.org/provenix/provenix/internal/testfulcio"
+	"codeberg.org/provenix/provenix/internal/testrekor"
+	"codeberg.org/provenix/provenix/internal/testtsa"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -365,4 +371,83 @@ func hostSystem(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return cfg["system"]
+}
+
+// TestActionKeyless: the step signs keylessly — the job's OIDC token from
+// the forge's token endpoint, a real Fulcio certificate, a real rekor-tiles
+// entry and a real timestamp — and the pusher, whose policy trusts the
+// workflow's identity (not any key) for the builder id, publishes it;
+// `provenix verify --identity` accepts it from the cache.
+func TestActionKeyless(t *testing.T) {
+	busybox := requireNix(t)
+	ctx := ctxFor(t, 5*time.Minute)
+	log := testrekor.Start(t)
+	tsa := testtsa.Start(t)
+	fulcio := testfulcio.Start(t)
+	trusted := fulcio.TrustedRoot(t, log.TrustedRoot.RekorLogs(), tsa.Authority)
+	const who = "release@distro.example"
+	const builderID = "forge:distro/pkgs"
+
+	// The forge's OIDC token endpoint, as Forgejo offers it to a job.
+	oidc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer job-request-token" || r.URL.Query().Get("audience") != "sigstore" {
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		json.NewEncoder(w).Encode(map[string]string{"value": fulcio.Token(t, who)})
+	}))
+	defer oidc.Close()
+
+	dir := t.TempDir()
+	p := up.Paths{Dir: dir}
+	if _, err := up.Init(p); err != nil {
+		t.Fatal(err)
+	}
+	rootJSON, err := trusted.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootFile := filepath.Join(dir, "trusted_root.json")
+	if err := os.WriteFile(rootFile, rootJSON, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pol := fmt.Sprintf("tenants: [default]\nsystems: [x86_64-linux, aarch64-linux]\ntrusted_root: trusted_root.json\nbuilders:\n  - id: %q\n    identity: {issuer: %q, san: %q}\n", builderID, fulcio.Issuer, who)
+	if err := os.WriteFile(p.Policy(), []byte(pol), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stack := startStack(t, up.Config{DataDir: dir})
+	wd, _ := os.Getwd()
+	_, outFile, _ := actionEnv(t, map[string]string{
+		"INPUT_INSTALLABLES":             filepath.Join(wd, "..", "..", "examples", "hello.nix"),
+		"INPUT_ATTR":                     "hello",
+		"INPUT_ARGS":                     "busybox=" + busybox,
+		"INPUT_ARGSTRS":                  "message=" + uniqueMessage(t),
+		"INPUT_NIX_OPTIONS":              "substituters=",
+		"INPUT_NATS_URL":                 stack.NATSURL(),
+		"INPUT_NATS_TOKEN":               stack.NATSToken(),
+		"INPUT_SIGNING":                  "keyless",
+		"INPUT_BUILDER_ID":               builderID,
+		"INPUT_FULCIO_URL":               fulcio.URL,
+		"INPUT_REKOR_URL":                log.URL,
+		"INPUT_TSA_URL":                  tsa.URL,
+		"ACTIONS_ID_TOKEN_REQUEST_URL":   oidc.URL + "/token?run=1",
+		"ACTIONS_ID_TOKEN_REQUEST_TOKEN": "job-request-token",
+	})
+	stdout, stderr, code := cli(t, ctx, "action")
+	if code != 0 {
+		t.Fatalf("provenix action: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	outs := readOutputs(t, outFile)
+	path := strings.Fields(outs["store-paths"])[0]
+	waitNarinfo(t, stack.CacheURL(), path)
+	vout, verr, vcode := cli(t, ctx, "verify", "--data-dir", dir, "--cache", stack.CacheURL(), "--cache-key", p.CachePub(),
+		"--identity", builderID+"="+fulcio.Issuer+","+who, "--trusted-root", rootFile, path)
+	if vcode != 0 || !strings.Contains(vout, "job-step-keyless") {
+		t.Fatalf("verify --identity: exit %d\n%s\n%s", vcode, vout, verr)
+	}
+	// Another workflow's identity is not trusted for this builder id.
+	if _, _, c := cli(t, ctx, "verify", "--data-dir", dir, "--cache", stack.CacheURL(), "--cache-key", p.CachePub(),
+		"--identity", builderID+"="+fulcio.Issuer+",mallory@distro.example", "--trusted-root", rootFile, path); c != exitFailed {
+		t.Fatalf("verify with another identity: exit %d, want %d", c, exitFailed)
+	}
 }
