@@ -136,5 +136,6 @@ func newCacheCmd(g *globals) *cobra.Command {
 	serve.Flags().StringVar(&dir, "dir", "", "cache directory (default: the data directory's cache/)")
 	serve.Flags().StringVar(&listen, "listen", up.DefaultListen, "address to listen on")
 	cmd.AddCommand(serve)
+	cmd.AddCommand(newGCCmd(g))
 	return cmd
 }

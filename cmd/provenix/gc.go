@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"codeberg.org/provenix/provenix/cache-push/gc"
+	"codeberg.org/provenix/provenix/cache-push/store/local"
+)
+
+// gcFlags are the flags of `provenix cache gc`.
+type gcFlags struct {
+	dir      string
+	maxAge   string
+	keepFile string
+	grace    string
+	dryRun   bool
+	json     bool
+}
+
+func newGCCmd(g *globals) *cobra.Command {
+	var f gcFlags
+	cmd := &cobra.Command{
+		Use:   "gc [flags]",
+		Short: "Delete cache paths nothing keeps, and orphans of interrupted pushes",
+		Long: `Collect garbage in a cache directory. Kept are the narinfos newer than
+--max-age, the store paths listed in --keep (one a line, # comments), and
+everything those reference, transitively. Every other path goes: narinfo,
+then provenance sidecar, then NAR file, so a client never sees a narinfo
+without its NAR. NAR files and sidecars no narinfo accounts for go once
+older than --grace. Malformed narinfos are reported and kept.
+
+Durations take Go syntax (90m, 36h) or days (30d).`,
+		Example: `  provenix cache gc --dir /srv/cache --max-age 30d --dry-run
+  provenix cache gc --dir /srv/cache --keep pinned.txt --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runCacheGC(cmd.Context(), g, f)
+		},
+	}
+	cmd.Flags().StringVar(&f.dir, "dir", "", "cache directory (default: the data directory's cache/)")
+	cmd.Flags().StringVar(&f.maxAge, "max-age", "", "keep narinfos modified within this age (e.g. 30d)")
+	cmd.Flags().StringVar(&f.keepFile, "keep", "", "file of store paths whose closures are kept")
+	cmd.Flags().StringVar(&f.grace, "grace", "", "leave orphans and narinfos younger than this (default 1d)")
+	cmd.Flags().BoolVar(&f.dryRun, "dry-run", false, "report what would be deleted, delete nothing")
+	cmd.Flags().BoolVar(&f.json, "json", false, "print the report as JSON")
+	return cmd
+}
+
+func runCacheGC(ctx context.Context, g *globals, f gcFlags) error {
+	var opts gc.Options
+	var err error
+	if opts.MaxAge, err = parseDays(f.maxAge); err != nil {
+		return usageError("--max-age: %v", err)
+	}
+	if opts.Grace, err = parseDays(f.grace); err != nil {
+		return usageError("--grace: %v", err)
+	}
+	if f.keepFile != "" {
+		kf, err := os.Open(f.keepFile)
+		if err != nil {
+			return usageError("--keep: %v", err)
+		}
+		opts.Keep, err = gc.ParseKeepFile(kf)
+		kf.Close()
+		if err != nil {
+			return usageError("--keep %s: %v", f.keepFile, err)
+		}
+	}
+	if opts.MaxAge == 0 && f.keepFile == "" {
+		return usageError("nothing says what to keep\nPass --max-age (e.g. --max-age 30d), --keep FILE, or both")
+	}
+	opts.DryRun = f.dryRun
+	dir := f.dir
+	if dir == "" {
+		dir = g.paths().Cache()
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return usageError("--dir: %v", err) // local.New would create it
+	}
+	st, err := local.New(dir)
+	if err != nil {
+		return err
+	}
+	rep, err := gc.Run(ctx, st, opts)
+	if rep != nil {
+		if f.json {
+			enc := json.NewEncoder(g.stdout)
+			enc.SetIndent("", "  ")
+			if jerr := enc.Encode(rep); jerr != nil {
+				return jerr
+			}
+		} else {
+			printGCReport(g.stdout, rep)
+		}
+	}
+	return err
+}
+
+func printGCReport(w io.Writer, rep *gc.Report) {
+	verb := "deleted"
+	if rep.DryRun {
+		verb = "would delete"
+	}
+	for _, p := range rep.Paths {
+		fmt.Fprintf(w, "%s %s\n", verb, p.StorePath)
+	}
+	for _, o := range rep.Orphans {
+		fmt.Fprintf(w, "%s orphan %s\n", verb, o.Key)
+	}
+	for _, m := range rep.Malformed {
+		fmt.Fprintf(w, "kept malformed %s: %s\n", m.Key, m.Error)
+	}
+	for _, h := range rep.MissingKeep {
+		fmt.Fprintf(w, "keep-listed %s is not in the cache\n", h)
+	}
+	if rep.OrphansSkipped != "" {
+		fmt.Fprintf(w, "orphan NARs left alone: %s\n", rep.OrphansSkipped)
+	}
+	fmt.Fprintf(w, "%s %d of %d paths and %d orphans, %s; kept %d paths\n",
+		verb, len(rep.Paths), rep.Narinfos, len(rep.Orphans), humanBytes(rep.BytesFreed), rep.Kept)
+}
+
+// parseDays parses a Go duration or a whole number of days ("30d"); ""
+// is zero.
+func parseDays(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	var d time.Duration
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.Atoi(n)
+		if err != nil || days < 0 || days > 100*365 {
+			return 0, fmt.Errorf("%q: want a number of days such as 30d", s)
+		}
+		d = time.Duration(days) * 24 * time.Hour
+	} else {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			return 0, err
+		}
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("%q is negative", s)
+	}
+	return d, nil
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

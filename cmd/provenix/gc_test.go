@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"codeberg.org/provenix/provenix/cache-push/gc"
+)
+
+// writeOldPath puts a minimal narinfo, sidecar and NAR for name into dir,
+// modified age ago, and returns the narinfo's file name.
+func writeOldPath(t *testing.T, dir, name string, age time.Duration) string {
+	t.Helper()
+	h := sha256.Sum256([]byte(name))
+	hash := nixbase32.EncodeToString(h[:20])
+	nar := []byte("nar of " + name)
+	sum := sha256.Sum256(nar)
+	fh := nixbase32.EncodeToString(sum[:])
+	narKey := "nar/" + fh + ".nar.zst"
+	ni := "StorePath: /nix/store/" + hash + "-" + name + "\nURL: " + narKey +
+		"\nCompression: zstd\nFileHash: sha256:" + fh + "\nFileSize: 11\nNarHash: sha256:" + fh + "\nNarSize: 11\nReferences: \n"
+	files := map[string][]byte{hash + ".narinfo": []byte(ni), hash + ".provenance.json": []byte("{}"), narKey: nar}
+	mt := time.Now().Add(-age)
+	for k, v := range files {
+		p := filepath.Join(dir, filepath.FromSlash(k))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, v, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, mt, mt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return filepath.Join(dir, hash+".narinfo")
+}
+
+func TestCacheGC(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	old := writeOldPath(t, dir, "old", 40*24*time.Hour)
+	fresh := writeOldPath(t, dir, "fresh", time.Hour)
+
+	out, errOut, code := cli(t, ctx, "cache", "gc", "--dir", dir, "--max-age", "30d", "--dry-run", "--json")
+	if code != exitOK {
+		t.Fatalf("dry run: exit %d: %s", code, errOut)
+	}
+	var rep gc.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if !rep.DryRun || len(rep.Paths) != 1 || !strings.HasSuffix(rep.Paths[0].StorePath, "-old") || rep.BytesFreed == 0 {
+		t.Errorf("dry-run report: %s", out)
+	}
+	if _, err := os.Stat(old); err != nil {
+		t.Fatalf("dry run deleted: %v", err)
+	}
+
+	out, errOut, code = cli(t, ctx, "cache", "gc", "--dir", dir, "--max-age", "30d")
+	if code != exitOK {
+		t.Fatalf("gc: exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(out, "deleted 1 of 2 paths") {
+		t.Errorf("summary: %s", out)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("old narinfo: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("fresh narinfo: %v", err)
+	}
+}
+
+func TestCacheGCUsage(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"cache", "gc", "--dir", dir},
+		{"cache", "gc", "--dir", dir, "--max-age", "soon"},
+		{"cache", "gc", "--dir", filepath.Join(dir, "absent"), "--max-age", "1d"},
+	} {
+		if _, errOut, code := cli(t, ctx, args...); code != exitUsageErr {
+			t.Errorf("%v: exit %d, want %d: %s", args, code, exitUsageErr, errOut)
+		}
+	}
+}
