@@ -26,6 +26,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/ingest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -106,6 +107,9 @@ type Config struct {
 	// Heartbeat is how often a long push tells the broker it is alive;
 	// it must be well under the consumer's AckWait. Default 10s.
 	Heartbeat time.Duration
+	// Metrics, when set, counts results, rejections, votes and pushes;
+	// nil records nothing.
+	Metrics *metrics.Pusher
 }
 
 // Pusher turns results into cache entries.
@@ -208,6 +212,7 @@ func (p *Pusher) Handle(ctx context.Context, d *queue.Delivery) error {
 // queue.ErrPermanent when it must never be retried, and any other error
 // when it may succeed later.
 func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID string) error {
+	p.cfg.Metrics.Received()
 	rej := Rejection{Tenant: tenantOf(subject), MsgID: msgID}
 	r, err := queue.DecodeResult(data)
 	if err != nil {
@@ -281,6 +286,7 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 			Time: time.Now().UTC(), MsgID: msgID, Tenant: r.Tenant, Builder: r.Builder,
 			DrvPath: r.DrvPath, StorePath: o.Path, NarSHA256: o.NarHash, Existing: existing,
 		})
+		p.cfg.Metrics.Published()
 		p.log.Info("published", "path", o.Path, "builder", r.Builder, "existing", existing)
 	}
 	return nil
@@ -322,6 +328,7 @@ func (p *Pusher) writeEntry(ctx context.Context, drv string, out attest.Output, 
 		return true, nil
 	}
 
+	start := time.Now()
 	rc, info, err := p.cfg.Staging.OpenStaged(ctx, stagingKey)
 	if errors.Is(err, queue.ErrNotFound) {
 		return false, &rejectError{ReasonStaging, fmt.Errorf("staged NAR %s: %w", stagingKey, err)}
@@ -333,6 +340,7 @@ func (p *Pusher) writeEntry(ctx context.Context, drv string, out attest.Output, 
 	if info.Size != out.NarSize {
 		return false, &rejectError{ReasonNAR, fmt.Errorf("%w: staged NAR %s has %d bytes, attested %d", ingest.ErrNarSizeMismatch, stagingKey, info.Size, out.NarSize)}
 	}
+	ingestStart := time.Now()
 	nar, err := ingest.NAR(ctx, p.cfg.Store, rc, ingest.Expect{NarHash: out.NarHash, NarSize: out.NarSize}, p.cfg.Ingest)
 	if errors.Is(err, ingest.ErrMismatch) {
 		return false, &rejectError{ReasonNAR, err}
@@ -340,6 +348,7 @@ func (p *Pusher) writeEntry(ctx context.Context, drv string, out attest.Output, 
 	if err != nil {
 		return false, err
 	}
+	p.cfg.Metrics.Ingest(nar.NarSize, time.Since(ingestStart))
 
 	if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
 		return false, err
@@ -353,6 +362,7 @@ func (p *Pusher) writeEntry(ctx context.Context, drv string, out attest.Output, 
 	if err := store.Put(ctx, p.cfg.Store, NarinfoKey(out.Path), strings.NewReader(ni.String())); err != nil {
 		return false, err
 	}
+	p.cfg.Metrics.Push(nar.FileSize, time.Since(start))
 	return false, nil
 }
 
@@ -474,6 +484,7 @@ func consistent(r *queue.Result, v *attest.Verified) error {
 func (p *Pusher) reject(ctx context.Context, rej Rejection, err error) error {
 	rej.Time = time.Now().UTC()
 	rej.Error = err.Error()
+	p.cfg.Metrics.Rejected(rej.Reason)
 	p.log.Warn("rejected result", "reason", rej.Reason, "builder", rej.Builder, "drv", rej.DrvPath, "err", err)
 	p.event(ctx, rej.Tenant, queue.EventRejected, rej)
 	return queue.Permanent(fmt.Errorf("%w (%s): %w", ErrRejected, rej.Reason, err))

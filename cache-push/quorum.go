@@ -288,6 +288,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	}
 	t := TallyVotes(p.cfg.Policy, q, votes, st)
 	p.log.Info("tally", "path", out.Path, "builder", v.BuilderID, "verdict", t.Verdict, "why", t.Why)
+	p.cfg.Metrics.Vote(t.Verdict)
 
 	switch t.Verdict {
 	case VerdictPending:
@@ -303,6 +304,9 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	existing, err = p.publishAgreed(ctx, t)
 	if err != nil {
 		return false, false, err
+	}
+	if !existing {
+		p.cfg.Metrics.QuorumWait(time.Since(firstVote(t.Agreeing)))
 	}
 	if t.Verdict == VerdictAgreed {
 		// Reputation counts only decided votes: agreement with the
@@ -538,4 +542,15 @@ func (p *Pusher) forgetReputation(builder string) {
 	p.repMu.Lock()
 	delete(p.repCache, builder)
 	p.repMu.Unlock()
+}
+
+// firstVote is the time of the earliest of votes (which is not empty).
+func firstVote(votes []Vote) time.Time {
+	first := votes[0].Time
+	for _, v := range votes[1:] {
+		if v.Time.Before(first) {
+			first = v.Time
+		}
+	}
+	return first
 }

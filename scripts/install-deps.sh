@@ -66,4 +66,5 @@ if [ "$what" = test ]; then
   "$(dirname "$0")/rekor.sh" build # rekor-tiles 2.3.0, the real Rekor v2 log of internal/testrekor (~1 min once)
   "$(dirname "$0")/fulcio.sh" build # Fulcio 1.8.5, the real keyless CA of internal/testfulcio (a few min once)
   "$(dirname "$0")/tsa.sh" build # timestamp-authority 2.1.3, the real RFC 3161 TSA of internal/testtsa (~1.5 min once)
+  "$(dirname "$0")/versitygw.sh" build # versitygw 1.8.0, the real S3 server of internal/tests3 (~2 min once)
 fi

@@ -35,6 +35,15 @@ type Options struct {
 	// preferred by Nix); zero means DefaultPriority. It is unused when the
 	// store holds its own "nix-cache-info" object.
 	Priority int
+	// Metrics, when set, is told of every request; nil records nothing.
+	Metrics RequestObserver
+}
+
+// RequestObserver records served requests; *metrics.HTTP has it. kind is
+// "narinfo", "nar" or "other" (nix-cache-info, provenance, anything
+// unmatched).
+type RequestObserver interface {
+	ObserveRequest(kind string, status int, d time.Duration)
 }
 
 // Cache lifetimes. NARs are content-addressed (their name is the hash of
@@ -88,7 +97,7 @@ var (
 // (dot segments, double slashes, control bytes, overlong) 400, other methods
 // 405. Bodies are streamed from the store.
 func Handler(s store.Store, o Options) http.Handler {
-	h := &handler{s: s, log: o.Logger, priority: o.Priority}
+	h := &handler{s: s, log: o.Logger, priority: o.Priority, metrics: o.Metrics}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -102,11 +111,15 @@ type handler struct {
 	s        store.Store
 	log      *slog.Logger
 	priority int
+	metrics  RequestObserver
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	status, n := h.serve(w, r)
+	if h.metrics != nil {
+		h.metrics.ObserveRequest(requestKind(r.URL.Path), status, time.Since(start))
+	}
 	h.log.LogAttrs(r.Context(), slog.LevelDebug, "request",
 		slog.String(attrMethod, r.Method),
 		slog.String(attrPath, r.URL.Path),
@@ -265,6 +278,20 @@ func route(p string) (key string, kind objectKind, ok bool) {
 		}
 	}
 	return "", objectKind{}, false
+}
+
+// requestKind names what a request asked for, for metrics.
+func requestKind(p string) string {
+	if badPath(p) {
+		return "other"
+	}
+	switch _, kind, _ := route(p); kind {
+	case kindNarinfo:
+		return "narinfo"
+	case kindNAR:
+		return "nar"
+	}
+	return "other"
 }
 
 func isNix32(s string, minLen, maxLen int) bool {
