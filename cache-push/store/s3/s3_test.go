@@ -1,0 +1,237 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+
+	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cache-push/store/storetest"
+	"codeberg.org/provenix/provenix/internal/tests3"
+)
+
+func newStore(t *testing.T, srv *tests3.Server, prefix string, partSize uint64) *Store {
+	t.Helper()
+	s, err := New(Options{
+		Endpoint:           srv.Endpoint,
+		Region:             tests3.Region,
+		Bucket:             srv.Bucket,
+		Prefix:             prefix,
+		AccessKey:          tests3.AccessKey,
+		SecretKey:          tests3.SecretKey,
+		InsecureHTTPUnsafe: true,
+		PartSize:           partSize,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Check(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	srv := tests3.Start(t)
+	var n atomic.Int64
+	storetest.Run(t, func(t *testing.T) store.Store {
+		// One server, an empty tenant root per subtest.
+		return newStore(t, srv, fmt.Sprintf("tenants/t%d", n.Add(1)), 0)
+	})
+}
+
+// bucketContents lists everything in the bucket, temporary objects and
+// incomplete multipart uploads included, bypassing the store.
+func bucketContents(t *testing.T, s *Store) (objects, uploads []string) {
+	t.Helper()
+	for oi := range s.client.ListObjects(t.Context(), s.bucket, minio.ListObjectsOptions{Recursive: true}) {
+		if oi.Err != nil {
+			t.Fatal(oi.Err)
+		}
+		objects = append(objects, oi.Key)
+	}
+	for u := range s.client.ListIncompleteUploads(t.Context(), s.bucket, "", true) {
+		if u.Err != nil {
+			t.Fatal(u.Err)
+		}
+		uploads = append(uploads, u.Key)
+	}
+	return objects, uploads
+}
+
+func wantAbsent(t *testing.T, s *Store, key string) {
+	t.Helper()
+	if _, err := s.Stat(t.Context(), key); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Stat(%q) = %v, want ErrNotFound", key, err)
+	}
+	var listed []string
+	if err := s.List(t.Context(), "", func(fi store.Info) error { listed = append(listed, fi.Key); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(listed) != 0 {
+		t.Errorf("List = %v, want nothing", listed)
+	}
+}
+
+// TestLargeBoundedMemory streams 64 MiB through a Pending with 5 MiB parts
+// and checks that the process allocated far less than the object.
+func TestLargeBoundedMemory(t *testing.T) {
+	const size = 64 << 20
+	srv := tests3.Start(t)
+	s := newStore(t, srv, "", minPartSize)
+	key := "nar/large.nar.zst"
+	want := sha256.New()
+	var seed [32]byte
+	src := io.TeeReader(io.LimitReader(rand.NewChaCha8(seed), size), want)
+
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if err := store.Put(t.Context(), s, key, src); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("Put of %d MiB allocated %.1f MiB in total", size>>20, float64(alloc)/(1<<20))
+	if alloc > size/2 {
+		t.Errorf("Put allocated %d bytes for a %d-byte object; want streaming with bounded buffers", alloc, size)
+	}
+
+	rc, err := s.Open(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got := sha256.New()
+	if n, err := io.Copy(got, rc); err != nil || n != size {
+		t.Fatalf("read back %d bytes, %v; want %d", n, err, size)
+	}
+	if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+		t.Error("content differs")
+	}
+	objects, uploads := bucketContents(t, s)
+	if len(objects) != 1 || objects[0] != key || len(uploads) != 0 {
+		t.Errorf("bucket holds %v and uploads %v after Put, want only %s", objects, uploads, key)
+	}
+}
+
+// writeParts writes n bytes, enough for the multipart upload to have sent
+// parts to the server.
+func writeParts(t *testing.T, p store.Pending, n int) error {
+	t.Helper()
+	chunk := bytes.Repeat([]byte("x"), 1<<20)
+	for written := 0; written < n; written += len(chunk) {
+		if _, err := p.Write(chunk); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func TestAbortMidMultipart(t *testing.T) {
+	srv := tests3.Start(t)
+	s := newStore(t, srv, "tenant", minPartSize)
+	p, err := s.Create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeParts(t, p, 12<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(t.Context(), "k"); !errors.Is(err, store.ErrFinished) {
+		t.Errorf("Commit after Abort = %v, want ErrFinished", err)
+	}
+	wantAbsent(t, s, "k")
+	// Abort cancels the upload; minio-go aborts the multipart upload too.
+	if err := s.RemoveStale(t.Context(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if objects, uploads := bucketContents(t, s); len(objects)+len(uploads) != 0 {
+		t.Errorf("bucket holds %v and uploads %v after Abort, want nothing", objects, uploads)
+	}
+}
+
+// TestCancelledMidMultipart cancels the Create ctx halfway through a
+// multipart upload, as when the writer dies: nothing appears under the key,
+// and RemoveStale clears what the dead upload left.
+func TestCancelledMidMultipart(t *testing.T) {
+	srv := tests3.Start(t)
+	s := newStore(t, srv, "tenant", minPartSize)
+	ctx, cancel := context.WithCancel(t.Context())
+	p, err := s.Create(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Abort()
+	if err := writeParts(t, p, 12<<20); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	// The upload notices the cancel on its next request; keep writing
+	// until the Pending fails.
+	deadline := time.Now().Add(10 * time.Second)
+	var werr error
+	for werr == nil && time.Now().Before(deadline) {
+		werr = writeParts(t, p, 1<<20)
+	}
+	if werr == nil {
+		t.Fatal("Write kept succeeding after the upload's ctx was cancelled")
+	}
+	if err := p.Commit(t.Context(), "k"); err == nil {
+		t.Fatal("Commit of a cancelled upload succeeded")
+	}
+	wantAbsent(t, s, "k")
+	if err := s.RemoveStale(t.Context(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if objects, uploads := bucketContents(t, s); len(objects)+len(uploads) != 0 {
+		t.Errorf("bucket holds %v and uploads %v after RemoveStale, want nothing", objects, uploads)
+	}
+}
+
+// TestPrefixIsolation checks that two tenants sharing a bucket see only
+// their own objects.
+func TestPrefixIsolation(t *testing.T) {
+	srv := tests3.Start(t)
+	a := newStore(t, srv, "tenants/a", 0)
+	b := newStore(t, srv, "tenants/b/", 0)
+	if err := store.Put(t.Context(), a, "x.narinfo", strings.NewReader("a")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Stat(t.Context(), "x.narinfo"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("tenant b sees tenant a's object: %v", err)
+	}
+	objects, _ := bucketContents(t, a)
+	if len(objects) != 1 || objects[0] != "tenants/a/x.narinfo" {
+		t.Errorf("bucket holds %v, want [tenants/a/x.narinfo]", objects)
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	for name, o := range map[string]Options{
+		"no endpoint": {Bucket: "b", AccessKey: "a", SecretKey: "s"},
+		"scheme":      {Endpoint: "http://h", Bucket: "b", AccessKey: "a", SecretKey: "s"},
+		"no bucket":   {Endpoint: "h", AccessKey: "a", SecretKey: "s"},
+		"no creds":    {Endpoint: "h", Bucket: "b"},
+		"bad prefix":  {Endpoint: "h", Bucket: "b", AccessKey: "a", SecretKey: "s", Prefix: "../x"},
+		"small parts": {Endpoint: "h", Bucket: "b", AccessKey: "a", SecretKey: "s", PartSize: 1 << 20},
+	} {
+		if _, err := New(o); err == nil {
+			t.Errorf("%s: New(%+v) succeeded", name, o)
+		}
+	}
+}
