@@ -1,0 +1,174 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// StagingGCOptions select what CollectStaging removes.
+type StagingGCOptions struct {
+	// MaxAge removes staged objects whose meta is older than MaxAge; zero
+	// leaves every whole object alone (the bucket's TTL still applies).
+	MaxAge time.Duration
+	// Grace leaves orphan chunks whose last chunk is younger than Grace:
+	// an upload in progress has chunks but no meta yet. StagingTimeout
+	// when zero, the longest a Stage without deadline runs.
+	Grace time.Duration
+	// DryRun reports and removes nothing.
+	DryRun bool
+	// Now is the reference time; time.Now() when zero.
+	Now time.Time
+}
+
+// OrphanChunks is a chunk subject no object's meta names: an interrupted
+// upload that could not clean up after itself.
+type OrphanChunks struct {
+	ID     string    `json:"id"`
+	Chunks uint64    `json:"chunks"`
+	Last   time.Time `json:"last"`
+}
+
+// StagingGCReport says what CollectStaging removed (or would remove).
+type StagingGCReport struct {
+	DryRun  bool           `json:"dryRun"`
+	Objects []StagedInfo   `json:"objects"`
+	Orphans []OrphanChunks `json:"orphans"`
+	// BytesFreed counts the removed objects; orphan chunks are counted in
+	// Orphans[i].Chunks only (at most 128 KiB each).
+	BytesFreed uint64 `json:"bytesFreed"`
+	Kept       int    `json:"kept"`
+}
+
+// CollectStaging removes staged objects older than opts.MaxAge and orphan
+// chunks older than opts.Grace from the staging bucket. It lists the
+// objects first and the chunk subjects second, so an upload that completes
+// in between has a fresh last chunk and is left alone by Grace. An object
+// replaced after the listing (its chunk subject changed) is not removed.
+// Errors of single removals are joined; the report lists what went.
+func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*StagingGCReport, error) {
+	if opts.MaxAge < 0 || opts.Grace < 0 {
+		return nil, fmt.Errorf("queue: collect staging: negative MaxAge or Grace")
+	}
+	if opts.Grace == 0 {
+		opts.Grace = StagingTimeout
+	}
+	if opts.Now.IsZero() {
+		opts.Now = time.Now()
+	}
+	ctx, cancel := withDefaultTimeout(ctx, 10*DefaultTimeout)
+	defer cancel()
+	obs, stream, err := c.staging(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("queue: collect staging: %w", err)
+	}
+	objs, err := obs.List(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return nil, fmt.Errorf("queue: collect staging: list: %w", mapJSError(err))
+	}
+	slices.SortFunc(objs, func(a, b *jetstream.ObjectInfo) int { return strings.Compare(a.Name, b.Name) })
+
+	rep := &StagingGCReport{DryRun: opts.DryRun}
+	live := map[string]bool{}
+	var errs []error
+	for _, o := range objs {
+		if opts.MaxAge == 0 || opts.Now.Sub(o.ModTime) < opts.MaxAge {
+			live[o.NUID] = true
+			rep.Kept++
+			continue
+		}
+		if !opts.DryRun {
+			if err := c.deleteIfSame(ctx, obs, o); err != nil {
+				live[o.NUID] = true
+				errs = append(errs, err)
+				continue
+			}
+		}
+		// Its chunks went with it (or, in a dry run, would): not orphans.
+		live[o.NUID] = true
+		rep.Objects = append(rep.Objects, StagedInfo{Key: o.Name, Size: o.Size, Digest: o.Digest})
+		rep.BytesFreed += o.Size
+	}
+
+	si, err := stream.Info(ctx, jetstream.WithSubjectFilter(stagingChunksPrefix+">"))
+	if err != nil {
+		return rep, errors.Join(append(errs, fmt.Errorf("queue: collect staging: chunk subjects: %w", mapJSError(err)))...)
+	}
+	subjects := make([]string, 0, len(si.State.Subjects))
+	for s := range si.State.Subjects {
+		subjects = append(subjects, s)
+	}
+	slices.Sort(subjects)
+	cutoff := opts.Now.Add(-opts.Grace)
+	for _, subj := range subjects {
+		id := strings.TrimPrefix(subj, stagingChunksPrefix)
+		if live[id] {
+			continue
+		}
+		last, err := stream.GetLastMsgForSubject(ctx, subj)
+		if err != nil {
+			if !errors.Is(err, jetstream.ErrMsgNotFound) {
+				errs = append(errs, fmt.Errorf("queue: collect staging: %s: %w", subj, mapJSError(err)))
+			}
+			continue
+		}
+		if !last.Time.Before(cutoff) {
+			continue
+		}
+		// Not named by a meta of the listing; check again, for an
+		// upload that completed since (or an old object kept by an
+		// error above).
+		if c.chunksNamed(ctx, obs, id) {
+			continue
+		}
+		if !opts.DryRun {
+			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+				errs = append(errs, fmt.Errorf("queue: collect staging: purge %s: %w", subj, mapJSError(err)))
+				continue
+			}
+		}
+		rep.Orphans = append(rep.Orphans, OrphanChunks{ID: id, Chunks: si.State.Subjects[subj], Last: last.Time})
+	}
+	return rep, errors.Join(errs...)
+}
+
+// deleteIfSame deletes o unless its key now names another upload.
+func (c *Conn) deleteIfSame(ctx context.Context, obs jetstream.ObjectStore, o *jetstream.ObjectInfo) error {
+	cur, err := obs.GetInfo(ctx, o.Name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("queue: collect staging %s: %w", o.Name, mapJSError(err))
+	}
+	if cur.NUID != o.NUID {
+		return fmt.Errorf("queue: collect staging %s: replaced since listing, kept", o.Name)
+	}
+	if err := obs.Delete(ctx, o.Name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return fmt.Errorf("queue: collect staging %s: %w", o.Name, mapJSError(err))
+	}
+	return nil
+}
+
+// chunksNamed reports whether a current object's meta names chunk id. On
+// an error it says yes: keeping chunks is the safe side.
+func (c *Conn) chunksNamed(ctx context.Context, obs jetstream.ObjectStore, id string) bool {
+	objs, err := obs.List(ctx)
+	if errors.Is(err, jetstream.ErrNoObjectsFound) {
+		return false
+	}
+	if err != nil {
+		return true
+	}
+	for _, o := range objs {
+		if o.NUID == id {
+			return true
+		}
+	}
+	return false
+}

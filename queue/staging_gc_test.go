@@ -1,0 +1,99 @@
+package queue
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestCollectStaging(t *testing.T) {
+	_, c := setup(t)
+	ctx := ctxT(t)
+	stage := func(key, content string) StagedInfo {
+		t.Helper()
+		info, err := c.Stage(ctx, key, bytes.NewReader([]byte(content)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info
+	}
+	// orphan publishes chunks under id with no meta, as an upload
+	// interrupted without cleanup leaves them.
+	orphan := func(id string) {
+		t.Helper()
+		for i := range 3 {
+			if _, err := c.js.Publish(ctx, stagingChunksPrefix+id, []byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	chunkCount := func(id string) uint64 {
+		t.Helper()
+		_, stream, err := c.staging(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		si, err := stream.Info(ctx, jetstream.WithSubjectFilter(stagingChunksPrefix+id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return si.State.Subjects[stagingChunksPrefix+id]
+	}
+
+	orphan("OLDORPHAN")
+	stage("old-object", "old content")
+	time.Sleep(200 * time.Millisecond)
+	mid := time.Now()
+	time.Sleep(200 * time.Millisecond)
+	stage("fresh-object", "fresh content")
+	orphan("FRESHORPHAN")
+
+	opts := StagingGCOptions{DryRun: true, Now: time.Now()}
+	opts.MaxAge = opts.Now.Sub(mid)
+	opts.Grace = opts.MaxAge
+	dry, err := c.CollectStaging(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dry.Objects) != 1 || dry.Objects[0].Key != "old-object" || len(dry.Orphans) != 1 || dry.Orphans[0].ID != "OLDORPHAN" || dry.Orphans[0].Chunks != 3 {
+		t.Fatalf("dry run report: %+v", dry)
+	}
+	if chunkCount("OLDORPHAN") != 3 {
+		t.Fatal("dry run purged chunks")
+	}
+	if rc, _, err := c.OpenStaged(ctx, "old-object"); err != nil {
+		t.Fatalf("dry run deleted: %v", err)
+	} else {
+		rc.Close()
+	}
+
+	opts.DryRun = false
+	rep, err := c.CollectStaging(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Objects) != 1 || len(rep.Orphans) != 1 || rep.Kept != 1 || rep.BytesFreed != uint64(len("old content")) {
+		t.Errorf("report: %+v", rep)
+	}
+	if _, _, err := c.OpenStaged(ctx, "old-object"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("old object: %v, want ErrNotFound", err)
+	}
+	if n := chunkCount("OLDORPHAN"); n != 0 {
+		t.Errorf("old orphan has %d chunks left", n)
+	}
+	if n := chunkCount("FRESHORPHAN"); n != 3 {
+		t.Errorf("fresh orphan (an upload in progress) has %d chunks, want 3", n)
+	}
+	rc, _, err := c.OpenStaged(ctx, "fresh-object")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if b, err := io.ReadAll(rc); err != nil || string(b) != "fresh content" {
+		t.Errorf("fresh object: %q, %v", b, err)
+	}
+}
