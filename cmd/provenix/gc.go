@@ -14,6 +14,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cache-push/gc"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/queue"
 )
 
 // gcFlags are the flags of `provenix cache gc`.
@@ -24,6 +25,8 @@ type gcFlags struct {
 	grace    string
 	dryRun   bool
 	json     bool
+	staging  bool
+	nats     natsFlags
 }
 
 func newGCCmd(g *globals) *cobra.Command {
@@ -38,11 +41,19 @@ then provenance sidecar, then NAR file, so a client never sees a narinfo
 without its NAR. NAR files and sidecars no narinfo accounts for go once
 older than --grace. Malformed narinfos are reported and kept.
 
+With --staging, clean the NATS staging bucket instead: staged NARs older
+than --max-age, and chunks of interrupted uploads older than --grace
+(default 1h).
+
 Durations take Go syntax (90m, 36h) or days (30d).`,
 		Example: `  provenix cache gc --dir /srv/cache --max-age 30d --dry-run
-  provenix cache gc --dir /srv/cache --keep pinned.txt --json`,
+  provenix cache gc --dir /srv/cache --keep pinned.txt --json
+  provenix cache gc --staging --nats-url nats://127.0.0.1:4222 --max-age 7d`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if f.staging {
+				return runStagingGC(cmd.Context(), g, f)
+			}
 			return runCacheGC(cmd.Context(), g, f)
 		},
 	}
@@ -52,6 +63,8 @@ Durations take Go syntax (90m, 36h) or days (30d).`,
 	cmd.Flags().StringVar(&f.grace, "grace", "", "leave orphans and narinfos younger than this (default 1d)")
 	cmd.Flags().BoolVar(&f.dryRun, "dry-run", false, "report what would be deleted, delete nothing")
 	cmd.Flags().BoolVar(&f.json, "json", false, "print the report as JSON")
+	cmd.Flags().BoolVar(&f.staging, "staging", false, "clean the NATS staging bucket instead of a cache directory")
+	f.nats.register(cmd)
 	return cmd
 }
 
@@ -100,6 +113,50 @@ func runCacheGC(ctx context.Context, g *globals, f gcFlags) error {
 			}
 		} else {
 			printGCReport(g.stdout, rep)
+		}
+	}
+	return err
+}
+
+func runStagingGC(ctx context.Context, g *globals, f gcFlags) error {
+	if f.dir != "" || f.keepFile != "" {
+		return usageError("--dir and --keep apply to a cache, not to --staging")
+	}
+	var opts queue.StagingGCOptions
+	var err error
+	if opts.MaxAge, err = parseDays(f.maxAge); err != nil {
+		return usageError("--max-age: %v", err)
+	}
+	if opts.Grace, err = parseDays(f.grace); err != nil {
+		return usageError("--grace: %v", err)
+	}
+	opts.DryRun = f.dryRun
+	c, err := f.nats.connect(ctx, g, "provenix-gc")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	rep, err := c.CollectStaging(ctx, opts)
+	if rep != nil {
+		if f.json {
+			enc := json.NewEncoder(g.stdout)
+			enc.SetIndent("", "  ")
+			if jerr := enc.Encode(rep); jerr != nil {
+				return jerr
+			}
+		} else {
+			verb := "deleted"
+			if rep.DryRun {
+				verb = "would delete"
+			}
+			for _, o := range rep.Objects {
+				fmt.Fprintf(g.stdout, "%s staged %s\n", verb, o.Key)
+			}
+			for _, o := range rep.Orphans {
+				fmt.Fprintf(g.stdout, "%s %d orphan chunks of upload %s (last %s)\n", verb, o.Chunks, o.ID, o.Last.Format(time.RFC3339))
+			}
+			fmt.Fprintf(g.stdout, "%s %d staged objects (%s) and %d orphan uploads; kept %d objects\n",
+				verb, len(rep.Objects), humanBytes(int64(rep.BytesFreed)), len(rep.Orphans), rep.Kept)
 		}
 	}
 	return err

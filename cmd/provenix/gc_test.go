@@ -88,6 +88,8 @@ func TestCacheGCUsage(t *testing.T) {
 		{"cache", "gc", "--dir", dir},
 		{"cache", "gc", "--dir", dir, "--max-age", "soon"},
 		{"cache", "gc", "--dir", filepath.Join(dir, "absent"), "--max-age", "1d"},
+		{"cache", "gc", "--staging", "--dir", dir, "--max-age", "1d"},
+		{"cache", "gc", "--staging", "--max-age", "-1h", "--nats-url", "nats://127.0.0.1:1"},
 	} {
 		if _, errOut, code := cli(t, ctx, args...); code != exitUsageErr {
 			t.Errorf("%v: exit %d, want %d: %s", args, code, exitUsageErr, errOut)
