@@ -24,6 +24,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -114,6 +115,8 @@ type Runtime struct {
 	NATSURL  string `json:"natsUrl"`
 	CacheURL string `json:"cacheUrl"`
 	Tenant   string `json:"tenant"`
+	// StatusURL is the stack's /status endpoint (StatusPath).
+	StatusURL string `json:"statusUrl,omitempty"`
 }
 
 // ReadRuntime reads the data directory's up.json; ErrNotRunning when there
@@ -145,6 +148,9 @@ type Config struct {
 	// NATSListen is the embedded server's host:port; empty picks a free
 	// port on 127.0.0.1.
 	NATSListen string
+	// MetricsListen, when set, is a separate address for /metrics and
+	// /status; empty serves them on Listen, next to the cache.
+	MetricsListen string
 	// NATSOptions are used to connect to an external NATS server.
 	NATSOptions []queue.Option
 	Tenant      string
@@ -166,6 +172,12 @@ type Stack struct {
 	natsURL  string
 	token    string
 	httpDone chan error
+	metrics  *metrics.Metrics
+	started  time.Time
+	// metricsSrv is set when /metrics and /status have their own listener.
+	metricsSrv  *http.Server
+	metricsLn   net.Listener
+	metricsDone chan error
 }
 
 // New fills defaults; Open starts it.
@@ -190,7 +202,9 @@ func New(cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	cfg.DataDir = abs
-	return &Stack{cfg: cfg, paths: Paths{Dir: abs}, log: cfg.Logger}, nil
+	s := &Stack{cfg: cfg, paths: Paths{Dir: abs}, log: cfg.Logger, metrics: metrics.New()}
+	s.metrics.GaugeFunc("pusher_consumer_lag", "Results the pusher group's durable consumer has not delivered yet (num pending).", s.consumerLag)
+	return s, nil
 }
 
 // Paths is the stack's data directory layout.
@@ -204,6 +218,22 @@ func (s *Stack) NATSToken() string { return s.token }
 
 // CacheURL is the binary cache's base URL.
 func (s *Stack) CacheURL() string { return "http://" + s.httpLn.Addr().String() }
+
+// StatusURL is the URL of the stack's /status endpoint.
+func (s *Stack) StatusURL() string { return s.endpointBase() + StatusPath }
+
+// MetricsURL is the URL of the stack's Prometheus endpoint.
+func (s *Stack) MetricsURL() string { return s.endpointBase() + MetricsPath }
+
+func (s *Stack) endpointBase() string {
+	if s.metricsLn != nil {
+		return "http://" + s.metricsLn.Addr().String()
+	}
+	return s.CacheURL()
+}
+
+// Metrics is the stack's registry.
+func (s *Stack) Metrics() *metrics.Metrics { return s.metrics }
 
 // Store is the cache's storage.
 func (s *Stack) Store() *local.Store { return s.store }
@@ -226,6 +256,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("init %s: %w", s.paths.Dir, err)
 	}
+	s.started = time.Now()
 	for _, c := range created {
 		s.log.Info("created", "file", c)
 	}
@@ -279,6 +310,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	}
 	s.pusher, err = cachepush.New(cachepush.Config{
 		KV: s.conn, Rebuilds: s.conn, Store: s.store, Policy: pol, CacheKey: cacheKey, Staging: s.conn, Events: s.conn, Logger: s.log,
+		Metrics: s.metrics.Pusher,
 	})
 	if err != nil {
 		return err
@@ -291,14 +323,31 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("cache server: %w", err)
 	}
+	ops := http.NewServeMux()
+	ops.Handle(MetricsPath, s.metrics.Handler())
+	ops.HandleFunc(StatusPath, s.serveStatus)
+	cache := server.Handler(s.store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP})
+	var handler http.Handler = cache
+	if s.cfg.MetricsListen != "" {
+		if s.metricsLn, err = net.Listen("tcp", s.cfg.MetricsListen); err != nil {
+			return fmt.Errorf("metrics server: %w", err)
+		}
+		s.metricsSrv = &http.Server{Handler: ops, ReadHeaderTimeout: 10 * time.Second}
+		s.metricsDone = make(chan error, 1)
+		go func() { s.metricsDone <- s.metricsSrv.Serve(s.metricsLn) }()
+	} else {
+		ops.Handle("/", cache)
+		handler = ops
+	}
 	s.httpSrv = &http.Server{
-		Handler:           server.Handler(s.store, server.Options{Logger: s.log}),
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	s.httpDone = make(chan error, 1)
 	go func() { s.httpDone <- s.httpSrv.Serve(s.httpLn) }()
 
-	rt, _ := json.MarshalIndent(Runtime{PID: os.Getpid(), NATSURL: s.natsURL, CacheURL: s.CacheURL(), Tenant: s.cfg.Tenant}, "", "  ")
+	rt, _ := json.MarshalIndent(Runtime{PID: os.Getpid(), NATSURL: s.natsURL, CacheURL: s.CacheURL(), Tenant: s.cfg.Tenant,
+		StatusURL: s.StatusURL()}, "", "  ")
 	tmp := s.paths.Runtime() + ".tmp"
 	if err := os.WriteFile(tmp, rt, 0o600); err != nil {
 		return err
@@ -306,7 +355,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if err := os.Rename(tmp, s.paths.Runtime()); err != nil {
 		return err
 	}
-	s.log.Info("up", "nats", s.natsURL, "cache", s.CacheURL(), "data", s.paths.Dir)
+	s.log.Info("up", "nats", s.natsURL, "cache", s.CacheURL(), "metrics", s.MetricsURL(), "data", s.paths.Dir)
 	return nil
 }
 
@@ -319,6 +368,11 @@ func (s *Stack) Close(ctx context.Context) error {
 		errs = append(errs, s.httpSrv.Shutdown(ctx))
 		<-s.httpDone
 		s.httpSrv = nil
+	}
+	if s.metricsSrv != nil {
+		errs = append(errs, s.metricsSrv.Shutdown(ctx))
+		<-s.metricsDone
+		s.metricsSrv = nil
 	}
 	if s.pusher != nil {
 		errs = append(errs, s.pusher.Close(ctx))
