@@ -1,0 +1,85 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/up"
+)
+
+// metricValue reads the value of an unlabelled sample from /metrics; -1
+// when it is absent.
+func metricValue(t testing.TB, url, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	return -1
+}
+
+// TestEndToEndMetricsStatus builds the sample into the embedded stack and
+// sends it a malformed result: /metrics counts the publication and the
+// rejection, and 'provenix up --status' reports both.
+func TestEndToEndMetricsStatus(t *testing.T) {
+	busybox := requireNix(t)
+	ctx := ctxFor(t, 5*time.Minute)
+	dir := t.TempDir()
+	stack := startStack(t, up.Config{DataDir: dir})
+
+	pub := buildSample(t, ctx, busybox, "--data-dir", dir)
+	waitNarinfo(t, stack.CacheURL(), pub.Outputs[0].Path)
+	if _, err := stack.Conn().JetStream().Publish(ctx, "results."+up.DefaultTenant+".x86_64-linux", []byte(`{"version":`)); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if metricValue(t, stack.MetricsURL(), `provenix_pusher_rejections_total{reason="malformed"}`) >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("malformed result not counted in /metrics")
+		}
+	}
+	if v := metricValue(t, stack.MetricsURL(), "provenix_pusher_results_published_total"); v < 1 {
+		t.Fatalf("results_published_total %v", v)
+	}
+	if v := metricValue(t, stack.MetricsURL(), "provenix_pusher_push_bytes_total"); v <= 0 {
+		t.Errorf("push_bytes_total %v", v)
+	}
+	if v := metricValue(t, stack.MetricsURL(), "provenix_pusher_push_duration_seconds_count"); v < 1 {
+		t.Errorf("push_duration_seconds_count %v", v)
+	}
+
+	stdout, stderr, code := cli(t, ctx, "up", "--status", "--json", "--data-dir", dir)
+	if code != 0 {
+		t.Fatalf("up --status --json: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	var st up.Status
+	if err := json.Unmarshal([]byte(stdout), &st); err != nil {
+		t.Fatalf("up --status --json: %v\n%s", err, stdout)
+	}
+	if st.Pusher.Published < 1 || st.Pusher.LastPublication == nil || st.Pusher.Rejections["malformed"] != 1 ||
+		st.Streams["RESULTS"] < 2 || st.NATSURL != stack.NATSURL() {
+		t.Fatalf("status: %+v", st)
+	}
+	stdout, stderr, code = cli(t, ctx, "up", "--status", "--data-dir", dir)
+	if code != 0 || !strings.Contains(stdout, "last publication 2") || !strings.Contains(stdout, "1 malformed") {
+		t.Fatalf("up --status: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+}
