@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -81,5 +82,43 @@ func TestEndToEndMetricsStatus(t *testing.T) {
 	stdout, stderr, code = cli(t, ctx, "up", "--status", "--data-dir", dir)
 	if code != 0 || !strings.Contains(stdout, "last publication 2") || !strings.Contains(stdout, "1 malformed") {
 		t.Fatalf("up --status: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+}
+
+// TestQuorumMetrics: two builders agree on a path; /metrics counts the
+// pending and the agreed tally and observes one quorum wait.
+func TestQuorumMetrics(t *testing.T) {
+	requireNix(t)
+	busybox := requireTool(t, "busybox", "apt-get install busybox-static", "/bin/busybox")
+	ctx := ctxFor(t, 4*time.Minute)
+	dataDir := t.TempDir()
+	p, bs := quorumSetup(t, dataDir)
+	stack := startStack(t, up.Config{DataDir: dataDir})
+	sample := filepath.Join("..", "..", "examples", "hello.nix")
+	msg := "--argstr=message=" + uniqueMessage(t)
+
+	a := qbuild(t, ctx, stack.NATSURL(), p, bs[0], sample, "hello", "--arg", "busybox="+busybox, msg)
+	path := a.Outputs[0].Path
+	waitVotes(t, stack.Conn(), path, 1)
+	qbuild(t, ctx, stack.NATSURL(), p, bs[1], sample, "hello", "--arg", "busybox="+busybox, msg)
+	waitNarinfo(t, stack.CacheURL(), path)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if metricValue(t, stack.MetricsURL(), "provenix_pusher_results_published_total") >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("publication not counted")
+		}
+	}
+	for name, want := range map[string]float64{
+		`provenix_pusher_votes_total{verdict="pending"}`:           1,
+		`provenix_pusher_votes_total{verdict="agreed"}`:            1,
+		"provenix_pusher_quorum_wait_seconds_count":                1,
+		"provenix_pusher_results_received_total":                   2,
+		"provenix_pusher_ingest_throughput_bytes_per_second_count": 1,
+	} {
+		if v := metricValue(t, stack.MetricsURL(), name); v != want {
+			t.Errorf("%s = %v, want %v", name, v, want)
+		}
 	}
 }
