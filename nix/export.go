@@ -131,8 +131,11 @@ func (n *Nix) Import(ctx context.Context, r io.Reader) ([]string, error) {
 		}
 		werr <- err
 	}()
-	runErr := commandError(cmd.Wait(), "nix-store", args, stderr)
+	// Writing ends first: Wait closes the stdin pipe once nix-store exits,
+	// which would race with the writer's own Close. If nix-store dies
+	// early, the writer's next write fails and it returns.
 	ferr := <-werr
+	runErr := commandError(cmd.Wait(), "nix-store", args, stderr)
 	var we *writeError
 	switch {
 	case errors.Is(ferr, ErrBadExport):
