@@ -23,7 +23,9 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
+	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -35,6 +37,10 @@ const (
 	DefaultGroup     = "cache"
 	DefaultListen    = "127.0.0.1:8080"
 	cacheKeyName     = "provenix-local-1"
+	// DefaultS3StaleEvery and DefaultS3StaleAge: how often the S3 cache's
+	// abandoned uploads are looked for, and how old they must be to go.
+	DefaultS3StaleEvery = time.Hour
+	DefaultS3StaleAge   = 24 * time.Hour
 )
 
 // Paths is the layout of a data directory (docs/data-dir.md).
@@ -153,27 +159,38 @@ type Config struct {
 	MetricsListen string
 	// NATSOptions are used to connect to an external NATS server.
 	NATSOptions []queue.Option
-	Tenant      string
-	Group       string
-	Logger      *slog.Logger
+	// S3, when set, keeps the binary cache in an S3 bucket instead of the
+	// data directory's cache/: the pusher writes there and the cache server
+	// serves from there. Open checks that the bucket exists.
+	S3 *s3.Options
+	// S3StaleEvery and S3StaleAge schedule the removal of abandoned S3
+	// uploads (s3.Store.RemoveStale); zero means the defaults.
+	S3StaleEvery time.Duration
+	S3StaleAge   time.Duration
+	Tenant       string
+	Group        string
+	Logger       *slog.Logger
 }
 
 // Stack is a running all-in-one Provenix.
 type Stack struct {
-	cfg      Config
-	paths    Paths
-	log      *slog.Logger
-	nats     *queue.Server
-	conn     *queue.Conn
-	pusher   *cachepush.Pusher
-	store    *local.Store
-	httpSrv  *http.Server
-	httpLn   net.Listener
-	natsURL  string
-	token    string
-	httpDone chan error
-	metrics  *metrics.Metrics
-	started  time.Time
+	cfg    Config
+	paths  Paths
+	log    *slog.Logger
+	nats   *queue.Server
+	conn   *queue.Conn
+	pusher *cachepush.Pusher
+	store  store.Store
+	// staleStop and staleDone stop and await the S3 RemoveStale loop.
+	staleStop context.CancelFunc
+	staleDone chan struct{}
+	httpSrv   *http.Server
+	httpLn    net.Listener
+	natsURL   string
+	token     string
+	httpDone  chan error
+	metrics   *metrics.Metrics
+	started   time.Time
 	// metricsSrv is set when /metrics and /status have their own listener.
 	metricsSrv  *http.Server
 	metricsLn   net.Listener
@@ -196,6 +213,12 @@ func New(cfg Config) (*Stack, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.S3StaleEvery <= 0 {
+		cfg.S3StaleEvery = DefaultS3StaleEvery
+	}
+	if cfg.S3StaleAge <= 0 {
+		cfg.S3StaleAge = DefaultS3StaleAge
 	}
 	abs, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
@@ -235,8 +258,9 @@ func (s *Stack) endpointBase() string {
 // Metrics is the stack's registry.
 func (s *Stack) Metrics() *metrics.Metrics { return s.metrics }
 
-// Store is the cache's storage.
-func (s *Stack) Store() *local.Store { return s.store }
+// Store is the cache's storage: a *local.Store under the data directory,
+// or an *s3.Store when Config.S3 is set.
+func (s *Stack) Store() store.Store { return s.store }
 
 // Conn is the stack's own NATS connection.
 func (s *Stack) Conn() *queue.Conn { return s.conn }
@@ -305,7 +329,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if err := s.conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
 		return err
 	}
-	if s.store, err = local.New(s.paths.Cache()); err != nil {
+	if err := s.openStore(ctx); err != nil {
 		return err
 	}
 	s.pusher, err = cachepush.New(cachepush.Config{
@@ -359,6 +383,50 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	return nil
 }
 
+// openStore opens the cache's store: the data directory's cache/, or the
+// S3 bucket, checked and swept of abandoned uploads periodically.
+func (s *Stack) openStore(ctx context.Context) error {
+	if s.cfg.S3 == nil {
+		st, err := local.New(s.paths.Cache())
+		if err != nil {
+			return err
+		}
+		s.store = st
+		return nil
+	}
+	st, err := s3.New(*s.cfg.S3)
+	if err != nil {
+		return err
+	}
+	if err := st.Check(ctx); err != nil {
+		return fmt.Errorf("s3 cache at %s: %w", s.cfg.S3.Endpoint, err)
+	}
+	s.store = st
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.staleStop, s.staleDone = cancel, make(chan struct{})
+	go s.removeStale(sctx, st)
+	s.log.Info("s3 cache", "endpoint", s.cfg.S3.Endpoint, "bucket", s.cfg.S3.Bucket, "prefix", s.cfg.S3.Prefix)
+	return nil
+}
+
+// removeStale deletes abandoned S3 uploads now and every S3StaleEvery
+// until ctx is done.
+func (s *Stack) removeStale(ctx context.Context, st *s3.Store) {
+	defer close(s.staleDone)
+	t := time.NewTicker(s.cfg.S3StaleEvery)
+	defer t.Stop()
+	for {
+		if err := st.RemoveStale(ctx, s.cfg.S3StaleAge); err != nil && ctx.Err() == nil {
+			s.log.Warn("s3 cache: remove stale uploads", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // Close stops the HTTP server, lets in-flight pushes finish (until ctx is
 // done), then closes NATS. Unacknowledged results are redelivered on the
 // next start: nothing acknowledged is lost.
@@ -377,6 +445,11 @@ func (s *Stack) Close(ctx context.Context) error {
 	if s.pusher != nil {
 		errs = append(errs, s.pusher.Close(ctx))
 		s.pusher = nil
+	}
+	if s.staleStop != nil {
+		s.staleStop()
+		<-s.staleDone
+		s.staleStop = nil
 	}
 	if s.conn != nil {
 		s.conn.Close()

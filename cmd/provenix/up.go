@@ -4,16 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/up"
 )
 
 type upFlags struct {
 	nats       natsFlags
+	s3         s3Flags
 	listen     string
 	natsListen string
 	tenant     string
@@ -40,11 +44,19 @@ It stops on SIGINT/SIGTERM, letting in-flight pushes finish.
 Prometheus metrics are served at /metrics and a JSON status at /status, on
 the cache's listener unless --metrics-listen gives them their own.
 'provenix up --status' prints the status of the instance running on the
-data directory.`,
+data directory.
+
+With --s3-endpoint and --s3-bucket the cache lives in an S3 bucket (AWS,
+MinIO, Garage, versitygw, ...) instead of the data directory's cache/: the
+pusher writes there and the cache server serves nix from there. The secret
+key is read from --s3-secret-file or $PROVENIX_S3_SECRET, never a flag.
+Abandoned uploads older than a day are removed hourly.`,
 		Example: `  provenix up
   provenix up --data-dir /var/lib/provenix --listen 0.0.0.0:8080
   provenix up --nats-url nats://127.0.0.1:4222
-  provenix up --status`,
+  provenix up --status
+  PROVENIX_S3_SECRET=... provenix up --s3-endpoint s3.example.org \
+      --s3-bucket nix-cache --s3-prefix main --s3-access-key AKIA...`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if f.status {
@@ -54,6 +66,7 @@ data directory.`,
 		},
 	}
 	f.nats.register(cmd)
+	f.s3.register(cmd)
 	cmd.Flags().StringVar(&f.listen, "listen", up.DefaultListen, "cache HTTP server address")
 	cmd.Flags().StringVar(&f.natsListen, "nats-listen", "", "embedded NATS address (default: a free port on 127.0.0.1)")
 	cmd.Flags().StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results this pusher publishes")
@@ -64,9 +77,13 @@ data directory.`,
 }
 
 func runUp(ctx context.Context, g *globals, f *upFlags) error {
+	s3opts, err := f.s3.options()
+	if err != nil {
+		return err
+	}
 	s, err := up.New(up.Config{
 		DataDir: g.dataDir, Listen: f.listen, NATSURL: f.nats.url, NATSListen: f.natsListen,
-		Tenant: f.tenant, MetricsListen: f.metricsListen, Logger: g.logger(),
+		Tenant: f.tenant, MetricsListen: f.metricsListen, Logger: g.logger(), S3: s3opts,
 	})
 	if err != nil {
 		return err
@@ -75,8 +92,12 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 		return err
 	}
 	p := s.Paths()
-	fmt.Fprintf(g.stdout, "provenix up: data %s\n  NATS    %s\n  cache   %s (public key in %s)\n  metrics %s\n  policy  %s\nCtrl-C stops.\n",
+	fmt.Fprintf(g.stdout, "provenix up: data %s\n  NATS    %s\n  cache   %s (public key in %s)\n  metrics %s\n  policy  %s\n",
 		p.Dir, s.NATSURL(), s.CacheURL(), p.CachePub(), s.MetricsURL(), p.Policy())
+	if s3opts != nil {
+		fmt.Fprintf(g.stdout, "  storage s3://%s/%s at %s\n", s3opts.Bucket, s3opts.Prefix, s3opts.Endpoint)
+	}
+	fmt.Fprintln(g.stdout, "Ctrl-C stops.")
 	<-ctx.Done()
 	fmt.Fprintln(g.stdout, "provenix up: stopping")
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -120,4 +141,60 @@ func runUpStatus(ctx context.Context, g *globals, asJSON bool) error {
 		fmt.Fprintf(w, "  error: %s\n", e)
 	}
 	return nil
+}
+
+// s3Flags select an S3 bucket for the binary cache.
+type s3Flags struct {
+	endpoint     string
+	region       string
+	bucket       string
+	prefix       string
+	accessKey    string
+	secretFile   string
+	insecureHTTP bool
+}
+
+// s3SecretEnv holds the S3 secret key when no --s3-secret-file is given.
+const s3SecretEnv = "PROVENIX_S3_SECRET"
+
+func (f *s3Flags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.endpoint, "s3-endpoint", "", "keep the cache in S3: host[:port] of the S3 endpoint, no scheme")
+	fl.StringVar(&f.region, "s3-region", "", "S3 region (default: looked up)")
+	fl.StringVar(&f.bucket, "s3-bucket", "", "S3 bucket of the cache (must exist)")
+	fl.StringVar(&f.prefix, "s3-prefix", "", "cache root inside the bucket, e.g. tenants/acme")
+	fl.StringVar(&f.accessKey, "s3-access-key", "", "S3 access key id")
+	fl.StringVar(&f.secretFile, "s3-secret-file", "", "file holding the S3 secret key (default: $"+s3SecretEnv+")")
+	fl.BoolVar(&f.insecureHTTP, "s3-insecure-http", false, "talk plain HTTP to the S3 endpoint (tests, loopback only)")
+}
+
+// options are the S3 store's options, nil when no S3 flag is set.
+func (f *s3Flags) options() (*s3.Options, error) {
+	if f.endpoint == "" {
+		if f.bucket != "" || f.prefix != "" || f.accessKey != "" || f.secretFile != "" || f.region != "" || f.insecureHTTP {
+			return nil, usageError("--s3-* flags need --s3-endpoint")
+		}
+		return nil, nil
+	}
+	if f.bucket == "" {
+		return nil, usageError("--s3-endpoint needs --s3-bucket (an existing bucket)")
+	}
+	if f.accessKey == "" {
+		return nil, usageError("--s3-endpoint needs --s3-access-key")
+	}
+	secret := os.Getenv(s3SecretEnv)
+	if f.secretFile != "" {
+		b, err := os.ReadFile(f.secretFile)
+		if err != nil {
+			return nil, usageError("--s3-secret-file: %v", err)
+		}
+		secret = strings.TrimSpace(string(b))
+	}
+	if secret == "" {
+		return nil, usageError("no S3 secret key: pass --s3-secret-file or set $%s", s3SecretEnv)
+	}
+	return &s3.Options{
+		Endpoint: f.endpoint, Region: f.region, Bucket: f.bucket, Prefix: f.prefix,
+		AccessKey: f.accessKey, SecretKey: secret, InsecureHTTPUnsafe: f.insecureHTTP,
+	}, nil
 }

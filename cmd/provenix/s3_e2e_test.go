@@ -1,0 +1,108 @@
+package main
+
+import (
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cache-push/store/s3"
+	"codeberg.org/provenix/provenix/internal/tests3"
+	"codeberg.org/provenix/provenix/up"
+)
+
+func s3Options(srv *tests3.Server, prefix string) *s3.Options {
+	return &s3.Options{
+		Endpoint: srv.Endpoint, Region: tests3.Region, Bucket: srv.Bucket, Prefix: prefix,
+		AccessKey: tests3.AccessKey, SecretKey: tests3.SecretKey, InsecureHTTPUnsafe: true,
+	}
+}
+
+// TestEndToEndS3 runs the build → push → substitute → verify path with the
+// cache in a real S3 server (versitygw): the pusher writes the bucket and
+// the stack's cache server serves stock nix from it.
+func TestEndToEndS3(t *testing.T) {
+	busybox := requireNix(t)
+	srv := tests3.Start(t)
+	ctx := ctxFor(t, 5*time.Minute)
+	dir := t.TempDir()
+	stack := startStack(t, up.Config{DataDir: dir, S3: s3Options(srv, "tenants/e2e")})
+	p := stack.Paths()
+
+	pub := buildSample(t, ctx, busybox, "--data-dir", dir)
+	out := pub.Outputs[0]
+	ni := waitNarinfo(t, stack.CacheURL(), out.Path)
+	if ni.NarSize != out.NarSize {
+		t.Fatalf("narinfo NarSize %d, attested %d", ni.NarSize, out.NarSize)
+	}
+
+	// The objects are in the bucket, under the prefix, and not on disk.
+	bucket, err := s3.New(*s3Options(srv, "tenants/e2e"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]bool{}
+	if err := bucket.List(ctx, "", func(i store.Info) error { keys[i.Key] = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{cachepush.NarinfoKey(out.Path), cachepush.ProvenanceKey(out.Path), ni.URL} {
+		if !keys[k] {
+			t.Errorf("no %s in the bucket; it holds %v", k, keys)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(srv.Dir, srv.Bucket, "tenants", "e2e", cachepush.NarinfoKey(out.Path))); err != nil {
+		t.Errorf("narinfo not under the prefix in the bucket: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(p.Cache(), cachepush.NarinfoKey(out.Path))); err == nil {
+		t.Errorf("narinfo also written to the local cache %s", p.Cache())
+	}
+
+	client, err := substitute(t, ctx, stack.CacheURL(), readPub(t, p.CachePub()), out.Path)
+	if err != nil {
+		t.Fatalf("stock nix did not substitute from the S3-backed cache: %v", err)
+	}
+	infos, err := client.PathInfo(ctx, out.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hex.EncodeToString(infos[0].NarHash[:]); got != out.NarSHA256 {
+		t.Fatalf("restored NAR sha256 %s, attested %s", got, out.NarSHA256)
+	}
+	stdout, stderr, code := cli(t, ctx, "verify", "--data-dir", dir, "--cache", stack.CacheURL(), "--cache-key", p.CachePub(), out.Path)
+	if code != 0 || !strings.Contains(stdout, "verified") {
+		t.Fatalf("verify --cache: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+}
+
+// TestUpS3Errors: S3 flags are checked before anything starts, and a
+// missing bucket stops `up` with a clear error.
+func TestUpS3Errors(t *testing.T) {
+	srv := tests3.Start(t)
+	ctx := ctxFor(t, time.Minute)
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte(tests3.SecretKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(s3SecretEnv, "")
+	base := []string{"up", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0"}
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--s3-bucket", "b"}, exitUsageErr, "need --s3-endpoint"},
+		{[]string{"--s3-endpoint", srv.Endpoint, "--s3-access-key", tests3.AccessKey, "--s3-secret-file", secret}, exitUsageErr, "needs --s3-bucket"},
+		{[]string{"--s3-endpoint", srv.Endpoint, "--s3-bucket", srv.Bucket, "--s3-access-key", tests3.AccessKey}, exitUsageErr, "no S3 secret key"},
+		{[]string{"--s3-endpoint", srv.Endpoint, "--s3-bucket", "no-such-bucket", "--s3-access-key", tests3.AccessKey,
+			"--s3-secret-file", secret, "--s3-region", tests3.Region, "--s3-insecure-http"}, exitUsageErr, `bucket "no-such-bucket" does not exist`},
+	} {
+		stdout, stderr, code := cli(t, ctx, append(base, c.args...)...)
+		if code != c.code || !strings.Contains(stderr, c.want) {
+			t.Errorf("up %v: exit %d, want %d with %q\n%s\n%s", c.args, code, c.code, c.want, stdout, stderr)
+		}
+	}
+}
