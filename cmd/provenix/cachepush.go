@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -13,13 +14,16 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
+	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
 
 type pushFlags struct {
 	nats     natsFlags
+	s3       s3Flags
 	policy   string
 	cacheKey string
 	dir      string
@@ -36,7 +40,11 @@ func newCachePushCmd(g *globals) *cobra.Command {
 result; members of one group share them), verify each bundle, apply the
 policy and write accepted outputs into a binary cache directory: NAR first,
 then the provenance sidecar, then the signed narinfo. Rejections are logged
-and published on events.<tenant>.rejected.`,
+and published on events.<tenant>.rejected.
+
+With --s3-endpoint and --s3-bucket it writes to an S3 bucket instead of
+--dir (secret key from --s3-secret-file or $PROVENIX_S3_SECRET) and removes
+abandoned uploads older than a day, hourly.`,
 		Example: `  provenix cache-push --nats-url nats://nats:4222 --policy policy.yaml \
       --cache-key cache.key --dir /srv/cache --group main`,
 		Args: cobra.NoArgs,
@@ -45,6 +53,7 @@ and published on events.<tenant>.rejected.`,
 		},
 	}
 	f.nats.register(cmd)
+	f.s3.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.policy, "policy", "", "policy file (default: the data directory's policy.yaml)")
 	fl.StringVar(&f.cacheKey, "cache-key", "", "Nix cache secret key (default: the data directory's keys/cache.key)")
@@ -55,6 +64,13 @@ and published on events.<tenant>.rejected.`,
 }
 
 func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
+	s3opts, err := f.s3.options()
+	if err != nil {
+		return err
+	}
+	if s3opts != nil && f.dir != "" {
+		return usageError("--dir and --s3-endpoint exclude each other")
+	}
 	p := g.paths()
 	or := func(v, d string) string {
 		if v != "" {
@@ -70,9 +86,23 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
-	st, err := local.New(or(f.dir, p.Cache()))
-	if err != nil {
-		return err
+	log := g.logger()
+	var st store.Store
+	where := or(f.dir, p.Cache())
+	if s3opts == nil {
+		if st, err = local.New(where); err != nil {
+			return err
+		}
+	} else {
+		s3st, err := s3.New(*s3opts)
+		if err != nil {
+			return err
+		}
+		if err := s3st.Check(ctx); err != nil {
+			return fmt.Errorf("s3 cache at %s: %w", s3opts.Endpoint, err)
+		}
+		st, where = s3st, "s3://"+s3opts.Bucket+"/"+s3opts.Prefix
+		go removeStaleS3(ctx, log, s3st)
 	}
 	conn, err := f.nats.connect(ctx, g, "provenix-cache-push")
 	if err != nil {
@@ -82,7 +112,6 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	if err := conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
 		return err
 	}
-	log := g.logger()
 	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log})
 	if err != nil {
 		return err
@@ -90,11 +119,27 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	if err := pu.Open(ctx, conn, queue.ConsumerOptions{Group: f.group, FilterSubject: queue.ResultsFilter(f.tenant)}); err != nil {
 		return err
 	}
-	log.Info("cache pusher running", "group", f.group, "tenant", f.tenant, "dir", st.Dir())
+	log.Info("cache pusher running", "group", f.group, "tenant", f.tenant, "cache", where)
 	<-ctx.Done()
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	return pu.Close(cctx)
+}
+
+// removeStaleS3 deletes abandoned uploads now and hourly until ctx is done.
+func removeStaleS3(ctx context.Context, log *slog.Logger, st *s3.Store) {
+	t := time.NewTicker(up.DefaultS3StaleEvery)
+	defer t.Stop()
+	for {
+		if err := st.RemoveStale(ctx, up.DefaultS3StaleAge); err != nil && ctx.Err() == nil {
+			log.Warn("s3 cache: remove stale uploads", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 func newCacheCmd(g *globals) *cobra.Command {

@@ -78,8 +78,8 @@ func TestEndToEndS3(t *testing.T) {
 	}
 }
 
-// TestUpS3Errors: S3 flags are checked before anything starts, and a
-// missing bucket stops `up` with a clear error.
+// TestUpS3Errors: S3 flags of up and cache-push are checked before anything
+// starts, and a missing bucket stops `up` with a clear error.
 func TestUpS3Errors(t *testing.T) {
 	srv := tests3.Start(t)
 	ctx := ctxFor(t, time.Minute)
@@ -88,7 +88,7 @@ func TestUpS3Errors(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv(s3SecretEnv, "")
-	base := []string{"up", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0"}
+	dataDir := t.TempDir()
 	for _, c := range []struct {
 		args []string
 		code int
@@ -97,10 +97,17 @@ func TestUpS3Errors(t *testing.T) {
 		{[]string{"--s3-bucket", "b"}, exitUsageErr, "need --s3-endpoint"},
 		{[]string{"--s3-endpoint", srv.Endpoint, "--s3-access-key", tests3.AccessKey, "--s3-secret-file", secret}, exitUsageErr, "needs --s3-bucket"},
 		{[]string{"--s3-endpoint", srv.Endpoint, "--s3-bucket", srv.Bucket, "--s3-access-key", tests3.AccessKey}, exitUsageErr, "no S3 secret key"},
+		{[]string{"cache-push", "--s3-endpoint", srv.Endpoint, "--s3-bucket", srv.Bucket, "--s3-secret-file", secret}, exitUsageErr, "needs --s3-access-key"},
+		{[]string{"cache-push", "--dir", "x", "--s3-endpoint", srv.Endpoint, "--s3-bucket", srv.Bucket, "--s3-access-key", tests3.AccessKey,
+			"--s3-secret-file", secret}, exitUsageErr, "exclude each other"},
 		{[]string{"--s3-endpoint", srv.Endpoint, "--s3-bucket", "no-such-bucket", "--s3-access-key", tests3.AccessKey,
 			"--s3-secret-file", secret, "--s3-region", tests3.Region, "--s3-insecure-http"}, exitUsageErr, `bucket "no-such-bucket" does not exist`},
 	} {
-		stdout, stderr, code := cli(t, ctx, append(base, c.args...)...)
+		args := append([]string{"up", "--listen", "127.0.0.1:0"}, c.args...)
+		if c.args[0] == "cache-push" {
+			args = c.args
+		}
+		stdout, stderr, code := cli(t, ctx, append(args, "--data-dir", dataDir)...)
 		if code != c.code || !strings.Contains(stderr, c.want) {
 			t.Errorf("up %v: exit %d, want %d with %q\n%s\n%s", c.args, code, c.code, c.want, stdout, stderr)
 		}
