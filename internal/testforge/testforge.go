@@ -41,17 +41,16 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"code.gitea.io/sdk/gitea"
+
+	"codeberg.org/provenix/provenix/internal/testproc"
 )
 
 // Version is the Gitea release scripts/gitea.sh builds.
@@ -61,11 +60,7 @@ const Version = "1.26.4"
 // binary is missing.
 const BuildCommand = "scripts/gitea.sh build"
 
-const (
-	startTimeout = 60 * time.Second
-	stopTimeout  = 10 * time.Second
-	logTailLines = 80
-)
+const startTimeout = 60 * time.Second
 
 // Forge is one running Gitea. Its fields are read-only.
 type Forge struct {
@@ -83,14 +78,7 @@ type Forge struct {
 
 // BinaryPath is where Start looks for the Gitea binary.
 func BinaryPath() string {
-	if p := os.Getenv("PROVENIX_GITEA"); p != "" {
-		return p
-	}
-	dir := os.Getenv("PROVENIX_TOOLS_DIR")
-	if dir == "" {
-		dir = "/var/cache/provenix-tools"
-	}
-	return filepath.Join(dir, "gitea-"+Version, "gitea")
+	return testproc.Binary("PROVENIX_GITEA", "gitea-"+Version, "gitea")
 }
 
 // Start runs a fresh Gitea for the test and stops it in t.Cleanup, dumping
@@ -99,9 +87,7 @@ func Start(t testing.TB) *Forge {
 	t.Helper()
 	bin := BinaryPath()
 	assets := filepath.Dir(bin)
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("testforge: Gitea binary missing (%v); build it with `%s` from the repository root, or point PROVENIX_GITEA at one", err, BuildCommand)
-	}
+	testproc.Require(t, "testforge", bin, BuildCommand, "PROVENIX_GITEA")
 	if _, err := os.Stat(filepath.Join(assets, "options")); err != nil {
 		t.Fatalf("testforge: Gitea assets missing next to %s (%v); rebuild with `%s`", bin, err, BuildCommand)
 	}
@@ -115,7 +101,7 @@ func Start(t testing.TB) *Forge {
 		conf:          filepath.Join(work, "app.ini"),
 		logPath:       filepath.Join(work, "gitea.log"),
 	}
-	port := freePort(t)
+	port := testproc.FreePort(t)
 	f.URL = fmt.Sprintf("http://127.0.0.1:%d", port)
 	if err := os.WriteFile(f.conf, []byte(f.config(t, assets, port)), 0o600); err != nil {
 		t.Fatalf("testforge: write app.ini: %v", err)
@@ -269,69 +255,12 @@ func (f *Forge) env() []string {
 // answers.
 func (f *Forge) serve(t testing.TB) {
 	t.Helper()
-	logFile, err := os.Create(f.logPath)
-	if err != nil {
-		t.Fatalf("testforge: create log: %v", err)
-	}
-	cmd := exec.Command(f.bin, "--config", f.conf, "--work-path", f.workDir, "web")
-	cmd.Env = f.env()
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// Its own process group, so Cleanup also reaches the git processes it
-	// spawns and a stuck child cannot keep the test's stdout open.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		t.Fatalf("testforge: start gitea web: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-
-	t.Cleanup(func() {
-		stop(cmd, exited)
-		logFile.Close()
-		if t.Failed() {
-			t.Logf("testforge: last lines of %s:\n%s", f.logPath, tail(f.logPath, logTailLines))
-		}
+	testproc.Start(t, testproc.Spec{
+		Prefix: "testforge", Name: "gitea web", Bin: f.bin, Env: f.env(), LogPath: f.logPath,
+		Args:  []string{"--config", f.conf, "--work-path", f.workDir, "web"},
+		Ready: testproc.HTTPOK(f.URL + "/api/v1/version"),
+		Poll:  100 * time.Millisecond, StartTimeout: startTimeout,
 	})
-
-	deadline := time.Now().Add(startTimeout)
-	for {
-		select {
-		case err := <-exited:
-			exited <- err // Cleanup waits on it too
-			t.Fatalf("testforge: gitea web exited during startup: %v\n%s", err, tail(f.logPath, logTailLines))
-		default:
-		}
-		if ready(f.URL) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("testforge: gitea web not ready at %s after %s", f.URL, startTimeout)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func ready(base string) bool {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(base + "/api/v1/version")
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
-}
-
-// stop asks Gitea to shut down gracefully, then kills its process group.
-func stop(cmd *exec.Cmd, exited chan error) {
-	pgid := -cmd.Process.Pid
-	_ = syscall.Kill(pgid, syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(stopTimeout):
-		_ = syscall.Kill(pgid, syscall.SIGKILL)
-		<-exited
-	}
 }
 
 func parseToken(out string) string {
@@ -344,35 +273,10 @@ func parseToken(out string) string {
 	return ""
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	// Gitea has no "port 0 and report it" mode, so pick one and hand it over;
-	// the window in which another process could take it is tiny.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("testforge: free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func randomHex(t testing.TB, n int) string {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
 		t.Fatalf("testforge: random: %v", err)
 	}
 	return hex.EncodeToString(b)
-}
-
-// tail returns the last n lines of a file, or why it could not.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -36,19 +36,17 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sigstore/sigstore-go/pkg/root"
+
+	"codeberg.org/provenix/provenix/internal/testproc"
 )
 
 // Version is the Fulcio release scripts/fulcio.sh builds.
@@ -61,11 +59,7 @@ const BuildCommand = "scripts/fulcio.sh build"
 // Audience is the aud claim Fulcio's config expects (its ClientID).
 const Audience = "sigstore"
 
-const (
-	startTimeout = 30 * time.Second
-	stopTimeout  = 10 * time.Second
-	tokenLife    = 10 * time.Minute
-)
+const tokenLife = 10 * time.Minute
 
 // CA is one running Fulcio and the OIDC issuer it trusts. Its exported
 // fields are read-only.
@@ -76,21 +70,13 @@ type CA struct {
 	Chain       []*x509.Certificate
 	StartupTime time.Duration
 
-	key     *ecdsa.PrivateKey
-	keyID   string
-	logPath string
+	key   *ecdsa.PrivateKey
+	keyID string
 }
 
 // BinaryPath is where Start looks for the server binary.
 func BinaryPath() string {
-	if p := os.Getenv("PROVENIX_FULCIO"); p != "" {
-		return p
-	}
-	dir := os.Getenv("PROVENIX_TOOLS_DIR")
-	if dir == "" {
-		dir = "/var/cache/provenix-tools"
-	}
-	return filepath.Join(dir, "fulcio-"+Version, "fulcio")
+	return testproc.Binary("PROVENIX_FULCIO", "fulcio-"+Version, "fulcio")
 }
 
 // Start runs a fresh OIDC issuer and Fulcio for the test and stops them in
@@ -98,15 +84,13 @@ func BinaryPath() string {
 func Start(t testing.TB) *CA {
 	t.Helper()
 	bin := BinaryPath()
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("testfulcio: fulcio binary missing (%v); build it with `%s` from the repository root, or point PROVENIX_FULCIO at one", err, BuildCommand)
-	}
+	testproc.Require(t, "testfulcio", bin, BuildCommand, "PROVENIX_FULCIO")
 	work := t.TempDir()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatalf("testfulcio: generate issuer key: %v", err)
 	}
-	c := &CA{key: key, keyID: "testfulcio-1", logPath: filepath.Join(work, "fulcio.log")}
+	c := &CA{key: key, keyID: "testfulcio-1"}
 
 	// The issuer must be up before Fulcio starts: Fulcio fetches its
 	// discovery document once, at startup.
@@ -125,18 +109,25 @@ func Start(t testing.TB) *CA {
 		t.Fatalf("testfulcio: write config: %v", err)
 	}
 
-	httpPort, grpcPort, metricsPort := freePort(t), freePort(t), freePort(t)
+	httpPort, grpcPort, metricsPort := testproc.FreePort(t), testproc.FreePort(t), testproc.FreePort(t)
 	c.URL = fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	c.serve(t, bin, []string{"serve",
-		"--ca", "ephemeralca",
-		"--config-path", cfgPath,
-		"--ct-log-url", "",
-		"--host", "127.0.0.1", "--port", strconv.Itoa(httpPort),
-		"--grpc-host", "127.0.0.1", "--grpc-port", strconv.Itoa(grpcPort),
-		"--metrics-port", strconv.Itoa(metricsPort),
-		// The default is a fixed abstract socket: two Fulcios would clash.
-		"--legacy-unix-domain-socket", filepath.Join(work, "legacy.sock"),
-	})
+	c.StartupTime = testproc.Start(t, testproc.Spec{
+		Prefix: "testfulcio", Name: "fulcio", Bin: bin, LogPath: filepath.Join(work, "fulcio.log"),
+		StartTimeout: 30 * time.Second, Poll: 20 * time.Millisecond,
+		Ready: func() (err error) {
+			c.Chain, err = trustBundle(c.URL)
+			return err
+		},
+		Args: []string{"serve",
+			"--ca", "ephemeralca",
+			"--config-path", cfgPath,
+			"--ct-log-url", "",
+			"--host", "127.0.0.1", "--port", strconv.Itoa(httpPort),
+			"--grpc-host", "127.0.0.1", "--grpc-port", strconv.Itoa(grpcPort),
+			"--metrics-port", strconv.Itoa(metricsPort),
+			// The default is a fixed abstract socket: two Fulcios would clash.
+			"--legacy-unix-domain-socket", filepath.Join(work, "legacy.sock"),
+		}})
 	return c
 }
 
@@ -247,49 +238,6 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func (c *CA) serve(t testing.TB, bin string, args []string) {
-	t.Helper()
-	logFile, err := os.Create(c.logPath)
-	if err != nil {
-		t.Fatalf("testfulcio: create log: %v", err)
-	}
-	began := time.Now()
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		t.Fatalf("testfulcio: start fulcio: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		stop(cmd, exited)
-		logFile.Close()
-		if t.Failed() {
-			t.Logf("testfulcio: output of fulcio:\n%s", readTail(c.logPath))
-		}
-	})
-
-	deadline := began.Add(startTimeout)
-	for {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("testfulcio: fulcio exited during startup: %v\n%s", err, readTail(c.logPath))
-		default:
-		}
-		if chain, err := trustBundle(c.URL); err == nil {
-			c.Chain = chain
-			c.StartupTime = time.Since(began)
-			return
-		} else if time.Now().After(deadline) {
-			t.Fatalf("testfulcio: fulcio not ready at %s after %s: %v\n%s", c.URL, startTimeout, err, readTail(c.logPath))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // trustBundle fetches Fulcio's CA chain (leaf-most first, root last).
 func trustBundle(base string) ([]*x509.Certificate, error) {
 	hc := http.Client{Timeout: 2 * time.Second}
@@ -329,38 +277,4 @@ func trustBundle(base string) ([]*x509.Certificate, error) {
 		chain = append(chain, cert)
 	}
 	return chain, nil
-}
-
-// stop asks the server to shut down gracefully, then kills its group.
-func stop(cmd *exec.Cmd, exited chan error) {
-	pgid := -cmd.Process.Pid
-	_ = syscall.Kill(pgid, syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(stopTimeout):
-		_ = syscall.Kill(pgid, syscall.SIGKILL)
-		<-exited
-	}
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("testfulcio: free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func readTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 80 {
-		lines = lines[len(lines)-80:]
-	}
-	return strings.Join(lines, "\n")
 }

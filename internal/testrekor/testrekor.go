@@ -31,19 +31,16 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sigstore/rekor-tiles/v2/pkg/note"
 	"github.com/sigstore/sigstore-go/pkg/root"
+
+	"codeberg.org/provenix/provenix/internal/testproc"
 )
 
 // Version is the rekor-tiles release scripts/rekor.sh builds.
@@ -56,11 +53,6 @@ const BuildCommand = "scripts/rekor.sh build"
 // Origin is the log's checkpoint origin and the host of its URL.
 const Origin = "127.0.0.1"
 
-const (
-	startTimeout = 20 * time.Second
-	stopTimeout  = 10 * time.Second
-)
-
 // Log is one running rekor-tiles server. Its fields are read-only.
 type Log struct {
 	URL             string // http://127.0.0.1:<port>, no trailing slash
@@ -69,20 +61,11 @@ type Log struct {
 	TrustedRoot     *root.TrustedRoot
 	TrustedRootPath string // TrustedRoot as trusted_root.json
 	StartupTime     time.Duration
-
-	logPath string
 }
 
 // BinaryPath is where Start looks for the server binary.
 func BinaryPath() string {
-	if p := os.Getenv("PROVENIX_REKOR"); p != "" {
-		return p
-	}
-	dir := os.Getenv("PROVENIX_TOOLS_DIR")
-	if dir == "" {
-		dir = "/var/cache/provenix-tools"
-	}
-	return filepath.Join(dir, "rekor-tiles-"+Version, "rekor-server")
+	return testproc.Binary("PROVENIX_REKOR", "rekor-tiles-"+Version, "rekor-server")
 }
 
 // Start runs a fresh log for the test and stops it in t.Cleanup, dumping
@@ -90,9 +73,7 @@ func BinaryPath() string {
 func Start(t testing.TB) *Log {
 	t.Helper()
 	bin := BinaryPath()
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("testrekor: rekor-server binary missing (%v); build it with `%s` from the repository root, or point PROVENIX_REKOR at one", err, BuildCommand)
-	}
+	testproc.Require(t, "testrekor", bin, BuildCommand, "PROVENIX_REKOR")
 	work := t.TempDir()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -111,11 +92,10 @@ func Start(t testing.TB) *Log {
 		t.Fatalf("testrekor: %v", err)
 	}
 
-	httpPort, grpcPort := freePort(t), freePort(t)
+	httpPort, grpcPort := testproc.FreePort(t), testproc.FreePort(t)
 	l := &Log{
 		URL:       fmt.Sprintf("http://%s:%d", Origin, httpPort),
 		PublicKey: &key.PublicKey,
-		logPath:   filepath.Join(work, "rekor.log"),
 	}
 	_, l.LogID, err = note.KeyHash(Origin, l.PublicKey)
 	if err != nil {
@@ -143,105 +123,19 @@ func Start(t testing.TB) *Log {
 		t.Fatalf("testrekor: write trusted root: %v", err)
 	}
 
-	l.serve(t, bin, []string{"serve",
-		"--storage-dir", storage,
-		"--signer-filepath", keyPath,
-		"--hostname", Origin,
-		"--http-address", "127.0.0.1", "--http-port", strconv.Itoa(httpPort),
-		"--grpc-address", "127.0.0.1", "--grpc-port", strconv.Itoa(grpcPort),
-		"--http-metrics-port", "0",
-		// Sequence and publish quickly: each Add waits for a checkpoint
-		// that covers its entry. The server polls for that checkpoint every
-		// second (hard-coded in rekor-tiles), so an upload still takes ~1 s.
-		"--batch-max-age", "50ms",
-		"--checkpoint-interval", "100ms",
-	})
+	l.StartupTime = testproc.Start(t, testproc.Spec{Prefix: "testrekor", Name: "rekor-server", Bin: bin, LogPath: filepath.Join(work, "rekor.log"),
+		Ready: testproc.HTTPOK(l.URL + "/healthz"), Args: []string{"serve",
+			"--storage-dir", storage,
+			"--signer-filepath", keyPath,
+			"--hostname", Origin,
+			"--http-address", "127.0.0.1", "--http-port", strconv.Itoa(httpPort),
+			"--grpc-address", "127.0.0.1", "--grpc-port", strconv.Itoa(grpcPort),
+			"--http-metrics-port", "0",
+			// Sequence and publish quickly: each Add waits for a checkpoint
+			// that covers its entry. The server polls for that checkpoint every
+			// second (hard-coded in rekor-tiles), so an upload still takes ~1 s.
+			"--batch-max-age", "50ms",
+			"--checkpoint-interval", "100ms",
+		}})
 	return l
-}
-
-func (l *Log) serve(t testing.TB, bin string, args []string) {
-	t.Helper()
-	logFile, err := os.Create(l.logPath)
-	if err != nil {
-		t.Fatalf("testrekor: create log: %v", err)
-	}
-	began := time.Now()
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		t.Fatalf("testrekor: start rekor-server: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		stop(cmd, exited)
-		logFile.Close()
-		if t.Failed() {
-			t.Logf("testrekor: output of rekor-server:\n%s", readTail(l.logPath))
-		}
-	})
-
-	deadline := began.Add(startTimeout)
-	for {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("testrekor: rekor-server exited during startup: %v\n%s", err, readTail(l.logPath))
-		default:
-		}
-		if ready(l.URL) {
-			l.StartupTime = time.Since(began)
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("testrekor: rekor-server not ready at %s after %s\n%s", l.URL, startTimeout, readTail(l.logPath))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func ready(base string) bool {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(base + "/healthz")
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
-}
-
-// stop asks the server to shut down gracefully, then kills its group.
-func stop(cmd *exec.Cmd, exited chan error) {
-	pgid := -cmd.Process.Pid
-	_ = syscall.Kill(pgid, syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(stopTimeout):
-		_ = syscall.Kill(pgid, syscall.SIGKILL)
-		<-exited
-	}
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("testrekor: free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func readTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 80 {
-		lines = lines[len(lines)-80:]
-	}
-	return strings.Join(lines, "\n")
 }

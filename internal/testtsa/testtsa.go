@@ -28,18 +28,15 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sigstore/sigstore-go/pkg/root"
+
+	"codeberg.org/provenix/provenix/internal/testproc"
 )
 
 // Version is the timestamp-authority release scripts/tsa.sh builds.
@@ -52,11 +49,6 @@ const BuildCommand = "scripts/tsa.sh build"
 // TimestampPath is the RFC 3161 endpoint below the server's URL.
 const TimestampPath = "/api/v1/timestamp"
 
-const (
-	startTimeout = 20 * time.Second
-	stopTimeout  = 10 * time.Second
-)
-
 // TSA is one running timestamp authority. Its fields are read-only.
 type TSA struct {
 	URL          string // http://127.0.0.1:<port>, no trailing slash
@@ -65,20 +57,11 @@ type TSA struct {
 	Chain       []*x509.Certificate
 	Authority   *root.SigstoreTimestampingAuthority
 	StartupTime time.Duration
-
-	logPath string
 }
 
 // BinaryPath is where Start looks for the server binary.
 func BinaryPath() string {
-	if p := os.Getenv("PROVENIX_TSA"); p != "" {
-		return p
-	}
-	dir := os.Getenv("PROVENIX_TOOLS_DIR")
-	if dir == "" {
-		dir = "/var/cache/provenix-tools"
-	}
-	return filepath.Join(dir, "tsa-"+Version, "timestamp-server")
+	return testproc.Binary("PROVENIX_TSA", "tsa-"+Version, "timestamp-server")
 }
 
 // Start runs a fresh timestamp authority for the test and stops it in
@@ -86,14 +69,19 @@ func BinaryPath() string {
 func Start(t testing.TB) *TSA {
 	t.Helper()
 	bin := BinaryPath()
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("testtsa: timestamp-server binary missing (%v); build it with `%s` from the repository root, or point PROVENIX_TSA at one", err, BuildCommand)
-	}
+	testproc.Require(t, "testtsa", bin, BuildCommand, "PROVENIX_TSA")
 	work := t.TempDir()
-	port := freePort(t)
-	a := &TSA{URL: fmt.Sprintf("http://127.0.0.1:%d", port), logPath: filepath.Join(work, "tsa.log")}
+	port := testproc.FreePort(t)
+	a := &TSA{URL: fmt.Sprintf("http://127.0.0.1:%d", port)}
 	a.TimestampURL = a.URL + TimestampPath
-	a.serve(t, bin, []string{"serve", "--host", "127.0.0.1", "--port", strconv.Itoa(port), "--log-type", "prod"})
+	a.StartupTime = testproc.Start(t, testproc.Spec{
+		Prefix: "testtsa", Name: "timestamp-server", Bin: bin, Dir: work, LogPath: filepath.Join(work, "tsa.log"),
+		Args: []string{"serve", "--host", "127.0.0.1", "--port", strconv.Itoa(port), "--log-type", "prod"},
+		Ready: func() (err error) {
+			a.Chain, err = certChain(a.URL)
+			return err
+		},
+	})
 	n := len(a.Chain)
 	a.Authority = &root.SigstoreTimestampingAuthority{
 		Root:          a.Chain[n-1],
@@ -105,52 +93,6 @@ func Start(t testing.TB) *TSA {
 		URI:                 a.URL,
 	}
 	return a
-}
-
-func (a *TSA) serve(t testing.TB, bin string, args []string) {
-	t.Helper()
-	logFile, err := os.Create(a.logPath)
-	if err != nil {
-		t.Fatalf("testtsa: create log: %v", err)
-	}
-	began := time.Now()
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = filepath.Dir(a.logPath)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		t.Fatalf("testtsa: start timestamp-server: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		stop(cmd, exited)
-		logFile.Close()
-		if t.Failed() {
-			t.Logf("testtsa: output of timestamp-server:\n%s", readTail(a.logPath))
-		}
-	})
-
-	deadline := began.Add(startTimeout)
-	for {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("testtsa: timestamp-server exited during startup: %v\n%s", err, readTail(a.logPath))
-		default:
-		}
-		chain, err := certChain(a.URL)
-		if err == nil {
-			a.Chain = chain
-			a.StartupTime = time.Since(began)
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("testtsa: timestamp-server not ready at %s after %s: %v\n%s", a.URL, startTimeout, err, readTail(a.logPath))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // certChain fetches the authority's PEM chain (leaf first, root last).
@@ -185,38 +127,4 @@ func certChain(base string) ([]*x509.Certificate, error) {
 		return nil, fmt.Errorf("certchain: want a leaf and a root, got %d certificates", len(chain))
 	}
 	return chain, nil
-}
-
-// stop asks the server to shut down gracefully, then kills its group.
-func stop(cmd *exec.Cmd, exited chan error) {
-	pgid := -cmd.Process.Pid
-	_ = syscall.Kill(pgid, syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(stopTimeout):
-		_ = syscall.Kill(pgid, syscall.SIGKILL)
-		<-exited
-	}
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("testtsa: free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func readTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 80 {
-		lines = lines[len(lines)-80:]
-	}
-	return strings.Join(lines, "\n")
 }
