@@ -8,53 +8,33 @@
 # [server] STATIC_ROOT_PATH at this directory.
 # Usage: scripts/gitea.sh build   build unless the cached binary exists
 #        scripts/gitea.sh path    print the cached binary's path
-set -euo pipefail
-
+name=gitea
 version=1.26.4
-dir=${PROVENIX_TOOLS_DIR:-/var/cache/provenix-tools}/gitea-$version
-bin=$dir/gitea
-root=$(cd "$(dirname "$0")/.." && pwd)
+subdir=gitea-$version
+binary=gitea
+module=gitea
+cold="~6 min"
 
-case ${1:-} in
-path)
-  echo "$bin"
-  ;;
-build)
-  if [ -x "$bin" ]; then
-    echo "gitea: using cached $bin" >&2
-    exit 0
-  fi
-  echo "gitea: building Gitea $version from its Go module (~8 min cold) into $dir" >&2
-  if ! mkdir -p "$dir" 2>/dev/null || [ ! -w "$dir" ]; then
-    echo "gitea: cannot write $dir; run as root or set PROVENIX_TOOLS_DIR to a writable directory (tests read it too)" >&2
-    exit 1
-  fi
-  # Build into a temp dir and rename last, so an interrupted build never
-  # leaves a binary that the skip check above would trust.
-  tmp=$(mktemp -d "$dir/.build.XXXXXX")
-  trap 'rm -rf "$tmp"' EXIT
-  cd "$root/test/gitea"
-  # GOWORK=off: a go.work above us must not pull this module into the main
-  # one. The sqlite tags need cgo, as in Gitea's own Makefile.
-  export GOWORK=off CGO_ENABLED=1 GOFLAGS="${GITEA_GOFLAGS:--mod=readonly}"
-  go build -buildvcs=false -trimpath \
+build_into() {
+  # The sqlite tags need cgo, as in Gitea's own Makefile.
+  CGO_ENABLED=1 GOFLAGS="${GITEA_GOFLAGS:--mod=readonly}" \
+    go build -buildvcs=false -trimpath \
     -tags 'sqlite sqlite_unlock_notify' \
     -ldflags "-s -w -X main.Version=$version" \
-    -o "$tmp/gitea" .
-  moddir=$(go list -m -f '{{.Dir}}' code.gitea.io/gitea)
+    -o "$1/gitea" .
+  # The asset dirs go beside the binary; they are replaced before the
+  # binary, which is moved into place last.
+  local moddir d
+  moddir=$(GOFLAGS="${GITEA_GOFLAGS:--mod=readonly}" go list -m -f '{{.Dir}}' code.gitea.io/gitea)
   for d in options templates public; do
-    cp -R "$moddir/$d" "$tmp/$d"
+    cp -R "$moddir/$d" "$1/$d"
   done
-  chmod -R u+w "$tmp" # the module cache is read-only; let rm -rf clean up later
+  chmod -R u+w "$1" # the module cache is read-only; let rm -rf clean up later
   for d in options templates public; do
     rm -rf "${dir:?}/$d"
-    mv "$tmp/$d" "$dir/$d"
+    mv "$1/$d" "$dir/$d"
   done
-  mv "$tmp/gitea" "$bin"
-  echo "gitea: built $bin" >&2
-  ;;
-*)
-  echo "usage: $0 build|path" >&2
-  exit 2
-  ;;
-esac
+}
+
+. "$(dirname "$0")/lib/tool.sh"
+tool_main "$@"

@@ -8,40 +8,17 @@
 # --http-metrics-port 0`.
 # Usage: scripts/rekor.sh build   build unless the cached binary exists
 #        scripts/rekor.sh path    print the cached binary's path
-set -euo pipefail
-
+name=rekor
 version=2.3.0
-dir=${PROVENIX_TOOLS_DIR:-/var/cache/provenix-tools}/rekor-tiles-$version
-bin=$dir/rekor-server
-root=$(cd "$(dirname "$0")/.." && pwd)
+subdir=rekor-tiles-$version
+binary=rekor-server
+module=rekor
+cold="~1 min"
 
-case ${1:-} in
-path)
-  echo "$bin"
-  ;;
-build)
-  if [ -x "$bin" ]; then
-    echo "rekor: using cached $bin" >&2
-    exit 0
-  fi
-  echo "rekor: building rekor-tiles $version from its Go module (~1 min cold) into $dir" >&2
-  if ! mkdir -p "$dir" 2>/dev/null || [ ! -w "$dir" ]; then
-    echo "rekor: cannot write $dir; run as root or set PROVENIX_TOOLS_DIR to a writable directory (tests read it too)" >&2
-    exit 1
-  fi
-  # Build into a temp dir and rename last, so an interrupted build never
-  # leaves a binary that the skip check above would trust.
-  tmp=$(mktemp -d "$dir/.build.XXXXXX")
-  trap 'rm -rf "$tmp"' EXIT
-  cd "$root/test/rekor"
-  # GOWORK=off: a go.work above us must not pull this module into the main one.
-  export GOWORK=off CGO_ENABLED=0 GOFLAGS="${REKOR_GOFLAGS:--mod=readonly}"
-  go build -buildvcs=false -trimpath -ldflags "-s -w" -o "$tmp/rekor-server" .
-  mv "$tmp/rekor-server" "$bin"
-  echo "rekor: built $bin" >&2
-  ;;
-*)
-  echo "usage: $0 build|path" >&2
-  exit 2
-  ;;
-esac
+build_into() {
+  CGO_ENABLED=0 GOFLAGS="${REKOR_GOFLAGS:--mod=readonly}" \
+    go build -buildvcs=false -trimpath -ldflags "-s -w" -o "$1/rekor-server" .
+}
+
+. "$(dirname "$0")/lib/tool.sh"
+tool_main "$@"
