@@ -188,22 +188,9 @@ func (p *Pusher) Close(ctx context.Context) error {
 // Handle is the queue.Handler: it pushes one delivery, keeping it alive
 // with heartbeats while it works.
 func (p *Pusher) Handle(ctx context.Context, d *queue.Delivery) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		t := time.NewTicker(p.cfg.Heartbeat)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := d.InProgress(); err != nil {
-					p.log.Warn("heartbeat failed", "msgId", d.MsgID, "err", err)
-				}
-			}
-		}
-	}()
+	defer d.KeepAlive(ctx, p.cfg.Heartbeat, func(err error) {
+		p.log.Warn("heartbeat failed", "msgId", d.MsgID, "err", err)
+	})()
 	return p.Process(ctx, d.Subject, d.Data, d.MsgID)
 }
 

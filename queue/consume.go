@@ -68,6 +68,33 @@ func (d *Delivery) InProgress() error {
 	return nil
 }
 
+// KeepAlive calls InProgress every interval until the returned stop is
+// called (stop waits for the heartbeat goroutine to end). A failed
+// heartbeat goes to onErr, when set: losing one only risks a redelivery.
+func (d *Delivery) KeepAlive(ctx context.Context, interval time.Duration, onErr func(error)) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := d.InProgress(); err != nil && onErr != nil {
+					onErr(err)
+				}
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
 // Handler processes one delivery. Its outcome decides the message's fate:
 //   - nil: acked, and the ack confirmed by the server (a lost ack would
 //     mean a redelivery, so handlers must be idempotent anyway);

@@ -281,7 +281,8 @@ func (v *Volunteer) handle(ctx context.Context, d *queue.Delivery, ackWait time.
 	if subj, _ := queue.RebuildSubject(v.Builder.Tenant, req.System); d.Subject != subj || !slices.Contains(v.Systems, req.System) {
 		return finish(ActionFailed, fmt.Errorf("%w: a request for tenant %s, system %s arrived on %s", ErrRequest, req.Tenant, req.System, d.Subject))
 	}
-	defer heartbeat(ctx, d, ackWait/3)()
+	// A lost heartbeat means a redelivery, not an error here.
+	defer d.KeepAlive(ctx, max(ackWait/3, time.Second), nil)()
 
 	voted, err := v.voted(ctx, req)
 	if err != nil {
@@ -436,31 +437,4 @@ func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs
 		started, finished = regs[0].Registered, regs[0].Registered
 	}
 	return action, started, finished, nil
-}
-
-// heartbeat tells the server the delivery is in progress every interval
-// until the returned func is called.
-func heartbeat(ctx context.Context, d *queue.Delivery, interval time.Duration) func() {
-	if interval < time.Second {
-		interval = time.Second
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				_ = d.InProgress() // a lost one means a redelivery, not an error here
-			}
-		}
-	}()
-	return func() {
-		cancel()
-		<-done
-	}
 }
