@@ -88,12 +88,9 @@ func TestEndToEndMetricsStatus(t *testing.T) {
 // TestQuorumMetrics: two builders agree on a path; /metrics counts the
 // pending and the agreed tally and observes one quorum wait.
 func TestQuorumMetrics(t *testing.T) {
-	requireNix(t)
-	busybox := requireTool(t, "busybox", "apt-get install busybox-static", "/bin/busybox")
+	busybox := requireNix(t)
 	ctx := ctxFor(t, 4*time.Minute)
-	dataDir := t.TempDir()
-	p, bs := quorumSetup(t, dataDir)
-	stack := startStack(t, up.Config{DataDir: dataDir})
+	_, p, bs, stack := quorumStack(t)
 	sample := filepath.Join("..", "..", "examples", "hello.nix")
 	msg := "--argstr=message=" + uniqueMessage(t)
 

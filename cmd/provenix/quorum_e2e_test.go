@@ -73,6 +73,14 @@ builders:
 	return p, bs
 }
 
+// quorumStack is the embedded stack under quorumSetup's policy.
+func quorumStack(t *testing.T) (string, up.Paths, []qbuilder, *up.Stack) {
+	t.Helper()
+	dataDir := t.TempDir()
+	p, bs := quorumSetup(t, dataDir)
+	return dataDir, p, bs, startStack(t, up.Config{DataDir: dataDir})
+}
+
 // qbuild runs `provenix build` as builder b against the NATS at natsURL.
 func qbuild(t *testing.T, ctx context.Context, natsURL string, p up.Paths, b qbuilder, file, attr string, args ...string) jsonPublished {
 	t.Helper()
@@ -147,12 +155,9 @@ func status(t *testing.T, ctx context.Context, dataDir, natsURL string, p up.Pat
 // second agreeing vote, carries both builders' Sig lines, substitutes, and
 // verifies with --quorum 2.
 func TestQuorumAgreement(t *testing.T) {
-	requireNix(t)
-	busybox := requireTool(t, "busybox", "apt-get install busybox-static", "/bin/busybox")
+	busybox := requireNix(t)
 	ctx := ctxFor(t, 4*time.Minute)
-	dataDir := t.TempDir()
-	p, bs := quorumSetup(t, dataDir)
-	stack := startStack(t, up.Config{DataDir: dataDir})
+	dataDir, p, bs, stack := quorumStack(t)
 	sample := filepath.Join("..", "..", "examples", "hello.nix")
 	msg := "--argstr=message=" + uniqueMessage(t)
 
@@ -198,12 +203,9 @@ func TestQuorumAgreement(t *testing.T) {
 // disputed and never published under block, and published from the
 // trusted builder, labelled, under trusted-only.
 func TestQuorumNondeterministic(t *testing.T) {
-	requireNix(t)
-	busybox := requireTool(t, "busybox", "apt-get install busybox-static", "/bin/busybox")
+	busybox := requireNix(t)
 	ctx := ctxFor(t, 4*time.Minute)
-	dataDir := t.TempDir()
-	p, bs := quorumSetup(t, dataDir)
-	stack := startStack(t, up.Config{DataDir: dataDir})
+	dataDir, p, bs, stack := quorumStack(t)
 	disputes := make(chan cachepush.Dispute, 16)
 	sub, err := stack.Conn().NATS().Subscribe("events."+up.DefaultTenant+"."+cachepush.EventDisputed, func(m *nats.Msg) {
 		var d cachepush.Dispute
@@ -332,12 +334,9 @@ func lie(t *testing.T, ctx context.Context, conn *queue.Conn, c qbuilder, busybo
 // published, its minority disagreements counted, quarantined after two,
 // and its later votes ignored.
 func TestQuorumLiar(t *testing.T) {
-	requireNix(t)
-	busybox := requireTool(t, "busybox", "apt-get install busybox-static", "/bin/busybox")
+	busybox := requireNix(t)
 	ctx := ctxFor(t, 5*time.Minute)
-	dataDir := t.TempDir()
-	p, bs := quorumSetup(t, dataDir)
-	stack := startStack(t, up.Config{DataDir: dataDir})
+	dataDir, p, bs, stack := quorumStack(t)
 	sample := filepath.Join("..", "..", "examples", "hello.nix")
 	a, b, c := bs[0], bs[1], bs[2]
 
@@ -395,8 +394,7 @@ func TestQuorumLiar(t *testing.T) {
 // with SIGKILL between the two votes; after a restart the first vote is
 // still there and the path is published exactly once.
 func TestQuorumSurvivesCrash(t *testing.T) {
-	requireNix(t)
-	busybox := requireTool(t, "busybox", "apt-get install busybox-static", "/bin/busybox")
+	busybox := requireNix(t)
 	ctx := ctxFor(t, 4*time.Minute)
 	bin := buildProvenix(t)
 	dataDir := t.TempDir()
@@ -465,12 +463,9 @@ func mustRead(t *testing.T, path string) []byte {
 // asks for a rebuild, the volunteer pulls it, imports the staged closure,
 // rebuilds and votes.
 func TestQuorumVolunteer(t *testing.T) {
-	requireNix(t)
-	busybox := requireTool(t, "busybox", "apt-get install busybox-static", "/bin/busybox")
+	busybox := requireNix(t)
 	ctx := ctxFor(t, 4*time.Minute)
-	dataDir := t.TempDir()
-	p, bs := quorumSetup(t, dataDir)
-	stack := startStack(t, up.Config{DataDir: dataDir})
+	dataDir, p, bs, stack := quorumStack(t)
 	vol := bs[1]
 	done := make(chan string, 1)
 	go func() {

@@ -76,9 +76,8 @@ func TestRunnerAgainstGitea(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the runner end-to-end test runs the runner as root with jobs as " + jobUser + "; run it as root (CI does)")
 	}
-	requireNix(t)
+	busybox := requireNix(t)
 	requireNixDaemon(t)
-	busybox := requireTool(t, "busybox", "apt-get install busybox-static", "/bin/busybox")
 	ctx := ctxFor(t, 8*time.Minute)
 	bin := buildProvenix(t)
 	forge := testforge.Start(t)
