@@ -5,13 +5,12 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -52,22 +51,6 @@ func (m *memQueue) PublishResult(_ context.Context, r *queue.Result) (bool, erro
 	return false, nil
 }
 
-func requireNix(t *testing.T) string {
-	t.Helper()
-	if err := nix.Available(); err != nil {
-		t.Fatal(err)
-	}
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Fatal("busybox is required (apt-get install busybox-static)")
-	}
-	bb, err = filepath.EvalSymlinks(bb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bb
-}
-
 func offline() map[string]string {
 	o := nix.OfflineOptions()
 	o["sandbox"] = "false"
@@ -78,7 +61,7 @@ func offline() map[string]string {
 // with StageClosures: the result names the closure, whose export another
 // store imports and builds to the same output.
 func TestStageClosures(t *testing.T) {
-	bb := requireNix(t)
+	bb := testnix.Busybox(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	key, err := attest.GenerateKey()

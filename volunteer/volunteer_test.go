@@ -15,7 +15,6 @@ import (
 	"io"
 	"log/slog"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,28 +22,12 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
+	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
 
 const tenant = "t1"
-
-func requireNix(t *testing.T) string {
-	t.Helper()
-	if err := nix.Available(); err != nil {
-		t.Fatal(err)
-	}
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Fatal("busybox is required (apt-get install busybox-static)")
-	}
-	// --arg busybox must be the resolved file, not a symlink to it.
-	bb, err = filepath.EvalSymlinks(bb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bb
-}
 
 func ctxFor(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -178,7 +161,7 @@ func lastResult(t *testing.T, conn *queue.Conn, system string) *queue.Result {
 }
 
 func TestVolunteer(t *testing.T) {
-	bb := requireNix(t)
+	bb := testnix.Busybox(t)
 	conn := startQueue(t)
 	ctx := ctxFor(t, 5*time.Minute)
 	a, _ := newBuilder(t, conn, "builder-a")

@@ -27,6 +27,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -45,18 +46,9 @@ func requireTool(t testing.TB, name, hint string, fallbacks ...string) string {
 	return ""
 }
 
-func requireNix(t testing.TB) string {
-	t.Helper()
-	if err := nix.Available(); err != nil {
-		t.Fatal(err)
-	}
-	bb := requireTool(t, "busybox", "apt-get install busybox-static")
-	real, err := filepath.EvalSymlinks(bb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return real
-}
+// requireNix fails the test without Nix and busybox; it returns busybox's
+// resolved path for the sample's --arg busybox.
+func requireNix(t testing.TB) string { return testnix.Busybox(t) }
 
 func ctxFor(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)

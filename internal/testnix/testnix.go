@@ -1,0 +1,30 @@
+// Package testnix is what integration tests need to run real Nix builds
+// of the sample derivation (examples/hello.nix).
+package testnix
+
+import (
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"codeberg.org/provenix/provenix/nix"
+)
+
+// Busybox fails the test — never skips — unless Nix and a static busybox
+// are installed, and returns busybox's resolved path: the sample's
+// `--arg busybox` must be the file itself, not a symlink to it.
+func Busybox(t testing.TB) string {
+	t.Helper()
+	if err := nix.Available(); err != nil {
+		t.Fatal(err)
+	}
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatal("busybox is required (apt-get install busybox-static)")
+	}
+	bb, err = filepath.EvalSymlinks(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bb
+}
