@@ -160,6 +160,24 @@ func substitute(t testing.TB, ctx context.Context, cacheURL, pubKey, path string
 	return client, err
 }
 
+// requireSubstitutes has stock nix substitute out from the cache into a
+// fresh chroot store, trusting only the cache key in cachePubFile, and
+// checks the restored NAR hash is the attested one.
+func requireSubstitutes(t testing.TB, ctx context.Context, cacheURL, cachePubFile string, out jsonOutput) {
+	t.Helper()
+	client, err := substitute(t, ctx, cacheURL, readPub(t, cachePubFile), out.Path)
+	if err != nil {
+		t.Fatalf("stock nix did not substitute %s from %s: %v", out.Path, cacheURL, err)
+	}
+	infos, err := client.PathInfo(ctx, out.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hex.EncodeToString(infos[0].NarHash[:]); got != out.NarSHA256 {
+		t.Fatalf("restored NAR sha256 %s, attested %s", got, out.NarSHA256)
+	}
+}
+
 func readPub(t testing.TB, path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -198,17 +216,7 @@ func TestEndToEndEmbedded(t *testing.T) {
 		t.Fatalf("narinfo NarSize %d, attested %d", ni.NarSize, out.NarSize)
 	}
 
-	client, err := substitute(t, ctx, stack.CacheURL(), readPub(t, p.CachePub()), out.Path)
-	if err != nil {
-		t.Fatalf("stock nix did not substitute: %v", err)
-	}
-	infos, err := client.PathInfo(ctx, out.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := hex.EncodeToString(infos[0].NarHash[:]); got != out.NarSHA256 {
-		t.Fatalf("restored NAR sha256 %s, attested %s", got, out.NarSHA256)
-	}
+	requireSubstitutes(t, ctx, stack.CacheURL(), p.CachePub(), out)
 
 	// verify: from the cache (policy of the data dir), from the local
 	// store with the sidecar's bundle, and with an untrusted key.
@@ -289,7 +297,7 @@ func TestEndToEndEmbedded(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(p.Cache(), cachepush.NarinfoKey(out.Path)), []byte(ni.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	client, err = substitute(t, ctx, stack.CacheURL(), readPub(t, p.CachePub()), out.Path)
+	client, err := substitute(t, ctx, stack.CacheURL(), readPub(t, p.CachePub()), out.Path)
 	if err == nil {
 		t.Fatal("stock nix substituted a narinfo not signed by the cache key")
 	}

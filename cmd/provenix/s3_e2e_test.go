@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,17 +60,7 @@ func TestEndToEndS3(t *testing.T) {
 		t.Errorf("narinfo also written to the local cache %s", p.Cache())
 	}
 
-	client, err := substitute(t, ctx, stack.CacheURL(), readPub(t, p.CachePub()), out.Path)
-	if err != nil {
-		t.Fatalf("stock nix did not substitute from the S3-backed cache: %v", err)
-	}
-	infos, err := client.PathInfo(ctx, out.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := hex.EncodeToString(infos[0].NarHash[:]); got != out.NarSHA256 {
-		t.Fatalf("restored NAR sha256 %s, attested %s", got, out.NarSHA256)
-	}
+	requireSubstitutes(t, ctx, stack.CacheURL(), p.CachePub(), out)
 	stdout, stderr, code := cli(t, ctx, "verify", "--data-dir", dir, "--cache", stack.CacheURL(), "--cache-key", p.CachePub(), out.Path)
 	if code != 0 || !strings.Contains(stdout, "verified") {
 		t.Fatalf("verify --cache: exit %d\n%s\n%s", code, stdout, stderr)
