@@ -21,19 +21,65 @@ import (
 	"codeberg.org/provenix/provenix/up"
 )
 
-type buildFlags struct {
+// builderFlags are who builds and where, shared by build and volunteer.
+type builderFlags struct {
 	nats       natsFlags
-	json       bool
-	attr       string
-	args       []string
-	argstrs    []string
 	key        string
 	nixKey     string
-	rekorURL   string
 	builderID  string
 	tenant     string
 	nixOptions []string
 	storeRoot  string
+}
+
+func (f *builderFlags) register(cmd *cobra.Command, tenantHelp string) {
+	fl := cmd.Flags()
+	f.nats.register(cmd)
+	fl.StringVar(&f.key, "key", "", "builder signing key (default: the data directory's keys/builder.key)")
+	fl.StringVar(&f.nixKey, "nix-key", "", "also sign each output's narinfo fingerprint with this Nix secret key (NAME:base64, e.g. from 'provenix key generate --cache NAME FILE'); policies list the public half as the builder's nix_key")
+	fl.StringVar(&f.builderID, "builder-id", up.DefaultBuilderID, "builder id recorded in the provenance; policies bind it to the key")
+	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, tenantHelp)
+	fl.StringArrayVar(&f.nixOptions, "nix-option", nil, "NAME=VALUE passed to Nix as --option NAME VALUE")
+	fl.StringVar(&f.storeRoot, "store", "", "build in a chroot store rooted at this directory (nix --store)")
+}
+
+// nix is the Nix the flags describe.
+func (f *builderFlags) nix(g *globals) (*nix.Nix, error) {
+	opts, err := parsePairs("nix-option", f.nixOptions)
+	if err != nil {
+		return nil, err
+	}
+	return &nix.Nix{Root: f.storeRoot, Options: opts, Stderr: g.stderr}, nil
+}
+
+// keys loads the signing key (default: the data directory's) and the
+// optional Nix key.
+func (f *builderFlags) keys(g *globals) (*attest.Signer, *signature.SecretKey, error) {
+	keyPath := f.key
+	if keyPath == "" {
+		keyPath = g.paths().BuilderKey()
+	}
+	signer, err := attest.LoadSigner(keyPath)
+	if err != nil {
+		return nil, nil, &exitError{code: exitUsageErr, err: fmt.Errorf("%w\nCreate one with 'provenix key generate --builder FILE' or start 'provenix up' once", err)}
+	}
+	if f.nixKey == "" {
+		return signer, nil, nil
+	}
+	k, err := cachepush.LoadKey(f.nixKey)
+	if err != nil {
+		return nil, nil, &exitError{code: exitUsageErr, err: fmt.Errorf("--nix-key: %w", err)}
+	}
+	return signer, &k, nil
+}
+
+type buildFlags struct {
+	builderFlags
+	json       bool
+	attr       string
+	args       []string
+	argstrs    []string
+	rekorURL   string
 	sourceRepo string
 	sourceRev  string
 	noClosure  bool
@@ -64,18 +110,12 @@ data directory's builder key and builder id "local".`,
 		},
 	}
 	fl := cmd.Flags()
-	f.nats.register(cmd)
+	f.builderFlags.register(cmd, "tenant the results belong to")
 	fl.BoolVar(&f.json, "json", false, "print results as JSON")
 	fl.StringVarP(&f.attr, "attr", "A", "", "attribute to build from a .nix file")
 	fl.StringArrayVar(&f.args, "arg", nil, "NAME=EXPR passed as --arg NAME EXPR to file targets")
 	fl.StringArrayVar(&f.argstrs, "argstr", nil, "NAME=VALUE passed as --argstr to file targets")
-	fl.StringVar(&f.nixKey, "nix-key", "", "also sign each output's narinfo fingerprint with this Nix secret key (NAME:base64, e.g. from 'provenix key generate --cache NAME FILE'); policies list the public half as the builder's nix_key")
 	fl.StringVar(&f.rekorURL, "rekor-url", "", "also log each bundle in this Rekor v2 transparency log (verifiers can then require it: verify --require-tlog)")
-	fl.StringVar(&f.key, "key", "", "builder signing key (default: the data directory's keys/builder.key)")
-	fl.StringVar(&f.builderID, "builder-id", up.DefaultBuilderID, "builder id recorded in the provenance; policies bind it to the key")
-	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant the results belong to")
-	fl.StringArrayVar(&f.nixOptions, "nix-option", nil, "NAME=VALUE passed to Nix as --option NAME VALUE")
-	fl.StringVar(&f.storeRoot, "store", "", "build in a chroot store rooted at this directory (nix --store)")
 	fl.BoolVar(&f.noClosure, "no-closure", false, "do not stage the derivation's closure export (its .drv files and sources), which volunteers import to rebuild it")
 	fl.StringVar(&f.sourceRepo, "source-repo", "", "source repository URL to record (default: the target's git origin)")
 	fl.StringVar(&f.sourceRev, "source-rev", "", "source revision to record (default: the target's git HEAD)")
@@ -168,22 +208,18 @@ func runBuild(ctx context.Context, g *globals, f *buildFlags, targets []string) 
 	if err != nil {
 		return err
 	}
-	nixOpts, err := parsePairs("nix-option", f.nixOptions)
+	nx, err := f.nix(g)
 	if err != nil {
 		return err
 	}
 	// Inside a Provenix runner job the runner signs: this step realises its
 	// targets as the job user and hands the derivations over its socket.
 	if rc := capture.FromEnv(); rc != nil && f.key == "" && f.nats.url == "" {
-		return runBuildViaRunner(ctx, g, f, rc, targets, args, argstrs, nixOpts)
+		return runBuildViaRunner(ctx, g, f, rc, targets, args, argstrs, nx)
 	}
-	keyPath := f.key
-	if keyPath == "" {
-		keyPath = g.paths().BuilderKey()
-	}
-	signer, err := attest.LoadSigner(keyPath)
+	signer, nixKey, err := f.keys(g)
 	if err != nil {
-		return &exitError{code: exitUsageErr, err: fmt.Errorf("%w\nCreate one with 'provenix key generate --builder FILE' or start 'provenix up' once", err)}
+		return err
 	}
 	var tgts []builder.Target
 	for _, t := range targets {
@@ -205,18 +241,10 @@ func runBuild(ctx context.Context, g *globals, f *buildFlags, targets []string) 
 	}
 	defer conn.Close()
 
-	var nixKey *signature.SecretKey
-	if f.nixKey != "" {
-		k, err := cachepush.LoadKey(f.nixKey)
-		if err != nil {
-			return &exitError{code: exitUsageErr, err: fmt.Errorf("--nix-key: %w", err)}
-		}
-		nixKey = &k
-	}
 	b := &builder.Builder{
 		NixKey:    nixKey,
 		RekorURL:  f.rekorURL,
-		Nix:       &nix.Nix{Root: f.storeRoot, Options: nixOpts, Stderr: g.stderr},
+		Nix:       nx,
 		Queue:     conn,
 		Signer:    signer,
 		BuilderID: f.builderID,
@@ -274,8 +302,8 @@ func writeJSON(g *globals, v any) error {
 // runBuildViaRunner is `provenix build` inside a runner job: it never sees
 // a key. It instantiates and realises as the job user, then asks the runner,
 // which checks the outputs in its own store, signs and publishes.
-func runBuildViaRunner(ctx context.Context, g *globals, f *buildFlags, rc *capture.Client, targets []string, args, argstrs, nixOpts map[string]string) error {
-	b := &builder.Builder{Nix: &nix.Nix{Root: f.storeRoot, Options: nixOpts, Stderr: g.stderr}, Logger: g.logger()}
+func runBuildViaRunner(ctx context.Context, g *globals, f *buildFlags, rc *capture.Client, targets []string, args, argstrs map[string]string, nx *nix.Nix) error {
+	b := &builder.Builder{Nix: nx, Logger: g.logger()}
 	var all []jsonPublished
 	for _, t := range targets {
 		in, err := classifyTarget(t, f.attr)

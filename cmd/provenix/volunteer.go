@@ -6,27 +6,17 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/spf13/cobra"
 
-	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
-	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/nix"
-	"codeberg.org/provenix/provenix/up"
 	"codeberg.org/provenix/provenix/volunteer"
 )
 
 type volunteerFlags struct {
-	nats       natsFlags
-	key        string
-	nixKey     string
-	builderID  string
-	tenant     string
-	nixOptions []string
-	storeRoot  string
-	systems    []string
-	once       bool
+	builderFlags
+	systems []string
+	once    bool
 }
 
 func newVolunteerCmd(g *globals) *cobra.Command {
@@ -72,13 +62,7 @@ adds no vote.`,
 		},
 	}
 	fl := cmd.Flags()
-	f.nats.register(cmd)
-	fl.StringVar(&f.key, "key", "", "builder signing key (default: the data directory's keys/builder.key)")
-	fl.StringVar(&f.nixKey, "nix-key", "", "also sign each output's narinfo fingerprint with this Nix secret key (NAME:base64), as 'provenix build --nix-key'")
-	fl.StringVar(&f.builderID, "builder-id", up.DefaultBuilderID, "builder id recorded in the provenance; policies bind it to the key")
-	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose rebuild requests to serve")
-	fl.StringArrayVar(&f.nixOptions, "nix-option", nil, "NAME=VALUE passed to Nix as --option NAME VALUE")
-	fl.StringVar(&f.storeRoot, "store", "", "build in a chroot store rooted at this directory (nix --store)")
+	f.builderFlags.register(cmd, "tenant whose rebuild requests to serve")
 	fl.StringArrayVar(&f.systems, "system", nil, "Nix system to build for (repeatable; default: the host Nix's system and extra-platforms)")
 	fl.BoolVar(&f.once, "once", false, "handle one request, then exit")
 	return cmd
@@ -88,27 +72,14 @@ func runVolunteer(ctx context.Context, g *globals, f *volunteerFlags) error {
 	if err := nix.Available(); err != nil {
 		return &exitError{code: exitUsageErr, err: err}
 	}
-	nixOpts, err := parsePairs("nix-option", f.nixOptions)
+	nx, err := f.nix(g)
 	if err != nil {
 		return err
 	}
-	keyPath := f.key
-	if keyPath == "" {
-		keyPath = g.paths().BuilderKey()
-	}
-	signer, err := attest.LoadSigner(keyPath)
+	signer, nixKey, err := f.keys(g)
 	if err != nil {
-		return &exitError{code: exitUsageErr, err: fmt.Errorf("%w\nCreate one with 'provenix key generate --builder FILE'", err)}
+		return err
 	}
-	var nixKey *signature.SecretKey
-	if f.nixKey != "" {
-		k, err := cachepush.LoadKey(f.nixKey)
-		if err != nil {
-			return &exitError{code: exitUsageErr, err: fmt.Errorf("--nix-key: %w", err)}
-		}
-		nixKey = &k
-	}
-	nx := &nix.Nix{Root: f.storeRoot, Options: nixOpts, Stderr: g.stderr}
 	systems := f.systems
 	if len(systems) == 0 {
 		if systems, err = hostSystems(ctx, nx); err != nil {
