@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -463,4 +464,16 @@ func (n *Nix) Registrations(ctx context.Context, paths ...string) ([]Registratio
 		regs = append(regs, Registration{Path: i.Path, Deriver: i.Deriver, Registered: time.Unix(i.RegistrationTime, 0), Ultimate: i.Ultimate})
 	}
 	return regs, nil
+}
+
+// Systems are the systems a Nix configuration (Config) builds for: its
+// system, then its extra-platforms, without repeats.
+func Systems(cfg map[string]string) []string {
+	var out []string
+	for _, s := range append([]string{strings.TrimSpace(cfg["system"])}, strings.Fields(cfg["extra-platforms"])...) {
+		if s != "" && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
 }

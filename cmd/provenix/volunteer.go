@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"slices"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -118,11 +116,5 @@ func hostSystems(ctx context.Context, nx *nix.Nix) ([]string, error) {
 	if cfg["system"] == "" {
 		return nil, fmt.Errorf("nix show-config names no system")
 	}
-	systems := []string{cfg["system"]}
-	for _, s := range strings.Fields(cfg["extra-platforms"]) {
-		if !slices.Contains(systems, s) {
-			systems = append(systems, s)
-		}
-	}
-	return systems, nil
+	return nix.Systems(cfg), nil
 }

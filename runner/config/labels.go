@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"codeberg.org/provenix/provenix/nix"
 )
 
 // ErrLabel marks a runner label this runner cannot serve.
@@ -118,11 +120,8 @@ func DefaultLabels(nixConfig map[string]string) []string {
 			out = append(out, l)
 		}
 	}
-	if sys := strings.TrimSpace(nixConfig["system"]); sys != "" {
+	for _, sys := range nix.Systems(nixConfig) {
 		add("nix-" + sys)
-	}
-	for _, p := range strings.Fields(nixConfig["extra-platforms"]) {
-		add("nix-" + p)
 	}
 	features := make(map[string]bool)
 	for _, f := range strings.Fields(nixConfig["system-features"]) {
