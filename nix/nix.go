@@ -59,6 +59,20 @@ func OfflineOptions() map[string]string {
 	}
 }
 
+// SubstituteOptions are OfflineOptions that substitute from one binary cache,
+// trusting only trustedKey. Both narinfo disk-cache TTLs are zero: Nix keeps
+// narinfos in ~/.cache/nix keyed by the cache URL, so a cache on a reused
+// 127.0.0.1 port would otherwise be answered from an earlier cache's narinfo
+// for the same store path, signed by another key.
+func SubstituteOptions(cacheURL, trustedKey string) map[string]string {
+	o := OfflineOptions()
+	o["substituters"] = cacheURL
+	o["trusted-public-keys"] = trustedKey
+	o["narinfo-cache-negative-ttl"] = "0"
+	o["narinfo-cache-positive-ttl"] = "0"
+	return o
+}
+
 // Available reports whether Nix is installed.
 func Available() error {
 	for _, c := range []string{"nix-build", "nix-store", "nix-instantiate", "nix"} {

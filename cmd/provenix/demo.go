@@ -205,11 +205,7 @@ func runDemo(ctx context.Context, g *globals) error {
 		if err != nil {
 			return "", err
 		}
-		opts := nix.OfflineOptions()
-		opts["substituters"] = stack.CacheURL()
-		opts["trusted-public-keys"] = strings.TrimSpace(string(pub))
-		opts["narinfo-cache-negative-ttl"] = "0"
-		client := &nix.Nix{Root: root, Options: opts}
+		client := &nix.Nix{Root: root, Options: nix.SubstituteOptions(stack.CacheURL(), strings.TrimSpace(string(pub)))}
 		if _, err := client.Realise(ctx, out.Path); err != nil {
 			return "", err
 		}

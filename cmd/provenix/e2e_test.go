@@ -150,12 +150,7 @@ func waitNarinfo(t testing.TB, cacheURL, path string) *narinfo.NarInfo {
 // store, trusting pubKey, and returns the client.
 func substitute(t testing.TB, ctx context.Context, cacheURL, pubKey, path string) (*nix.Nix, error) {
 	t.Helper()
-	opts := nix.OfflineOptions()
-	opts["substituters"] = cacheURL
-	opts["trusted-public-keys"] = pubKey
-	opts["narinfo-cache-negative-ttl"] = "0"
-	opts["narinfo-cache-positive-ttl"] = "0"
-	client := &nix.Nix{Root: t.TempDir(), Options: opts}
+	client := &nix.Nix{Root: t.TempDir(), Options: nix.SubstituteOptions(cacheURL, pubKey)}
 	_, err := client.Realise(ctx, path)
 	return client, err
 }

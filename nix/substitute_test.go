@@ -1,0 +1,85 @@
+package nix
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSubstituteOptionsIgnoreNarinfoDiskCache is the regression test for a
+// CI failure: Nix remembers narinfos per cache URL in ~/.cache/nix, so a
+// second cache on a reused 127.0.0.1 port, signing the same store path with
+// another key, was answered from the first cache's narinfo ("not signed by
+// any of the keys in trusted-public-keys"). Two binary caches with different
+// keys are served in turn on one address; a fresh client store must
+// substitute from each.
+func TestSubstituteOptionsIgnoreNarinfoDiskCache(t *testing.T) {
+	if err := Available(); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("XDG_CACHE_HOME", t.TempDir()) // this test's own narinfo disk cache
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	// An input-addressed path: Nix accepts content-addressed ones unsigned.
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatal("busybox is required (apt-get install busybox-static)")
+	}
+	bb, _ = filepath.EvalSymlinks(bb)
+	opts := OfflineOptions()
+	opts["sandbox"] = "false"
+	src := &Nix{Root: t.TempDir(), Options: opts}
+	drvs, err := src.Instantiate(ctx, "../examples/hello.nix", "hello", map[string]string{"busybox": bb}, map[string]string{"message": t.Name() + time.Now().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs, err := src.Realise(ctx, drvs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := outs[0]
+
+	// cache writes a file:// binary cache of path signed by a new key.
+	cache := func(name string) (dir, pub string) {
+		keys := t.TempDir()
+		sk, pk := filepath.Join(keys, "sk"), filepath.Join(keys, "pk")
+		if b, err := exec.CommandContext(ctx, "nix-store", "--generate-binary-cache-key", name, sk, pk).CombinedOutput(); err != nil {
+			t.Fatalf("generate key: %v\n%s", err, b)
+		}
+		dir = t.TempDir()
+		if _, err := src.run(ctx, "nix", src.args("copy", "--to", "file://"+dir+"?secret-key="+sk, path)...); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(pk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dir, strings.TrimSpace(string(b))
+	}
+	dirA, pubA := cache("cache-a-1")
+	dirB, pubB := cache("cache-b-1")
+
+	addr := "127.0.0.1:0"
+	for i, c := range []struct{ dir, pub string }{{dirA, pubA}, {dirB, pubB}} {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = ln.Addr().String() // the second cache reuses the first one's address
+		srv := &http.Server{Handler: http.FileServer(http.Dir(c.dir))}
+		go srv.Serve(ln)
+		client := &Nix{Root: t.TempDir(), Options: SubstituteOptions("http://"+addr, c.pub)}
+		_, err = client.Realise(ctx, path)
+		srv.Close()
+		if err != nil {
+			t.Fatalf("cache %d on http://%s: %v", i, addr, err)
+		}
+	}
+}
