@@ -171,17 +171,22 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (int, int64) {
 // once headers are written; an error with status 0 leaves the response to
 // the caller.
 func (h *handler) serveObject(ctx context.Context, w http.ResponseWriter, head bool, key string, kind objectKind) (int, int64, error) {
-	fi, err := h.s.Stat(ctx, key)
+	var (
+		body io.ReadCloser
+		fi   store.Info
+		err  error
+	)
+	if head {
+		fi, err = h.s.Stat(ctx, key)
+	} else {
+		// Open before writing headers, so a missing object still gets a
+		// clean 404; the size comes from the object opened.
+		body, fi, err = store.OpenInfo(ctx, h.s, key)
+	}
 	if err != nil {
 		return 0, 0, err
 	}
-	var body io.ReadCloser
-	if !head {
-		// Open before writing headers, so a missing object still gets a
-		// clean 404.
-		if body, err = h.s.Open(ctx, key); err != nil {
-			return 0, 0, err
-		}
+	if body != nil {
 		defer body.Close()
 	}
 	hd := w.Header()
@@ -196,9 +201,10 @@ func (h *handler) serveObject(ctx context.Context, w http.ResponseWriter, head b
 	if head {
 		return http.StatusOK, 0, nil
 	}
-	// Exactly Size bytes, the Content-Length promised: if the object was
-	// replaced between Stat and Open, a longer body is cut and a shorter
-	// one fails the response instead of corrupting it silently.
+	// Exactly Size bytes, the Content-Length promised: with a store that
+	// is not an InfoOpener the object may be replaced between Stat and
+	// Open; then a longer body is cut and a shorter one fails the response
+	// instead of corrupting it silently.
 	n, err := io.CopyN(w, body, fi.Size)
 	if err != nil {
 		return http.StatusOK, n, fmt.Errorf("sending %s: %w", key, err)

@@ -102,6 +102,33 @@ type Store interface {
 	List(ctx context.Context, prefix string, fn func(Info) error) error
 }
 
+// InfoOpener is implemented by stores that open an object and describe it
+// in one step: one open+fstat on disk, one GET on S3. A server answering a
+// request needs both (the size goes out as Content-Length before the body);
+// Stat then Open would cost a second lookup, a second round trip on S3, and
+// could describe another object than the one it reads.
+type InfoOpener interface {
+	// OpenInfo is Open that also returns the Info of the object opened.
+	OpenInfo(ctx context.Context, key string) (io.ReadCloser, Info, error)
+}
+
+// OpenInfo opens the object under key and describes it, in one step when s
+// is an InfoOpener and with Stat then Open otherwise.
+func OpenInfo(ctx context.Context, s Store, key string) (io.ReadCloser, Info, error) {
+	if o, ok := s.(InfoOpener); ok {
+		return o.OpenInfo(ctx, key)
+	}
+	fi, err := s.Stat(ctx, key)
+	if err != nil {
+		return nil, Info{}, err
+	}
+	rc, err := s.Open(ctx, key)
+	if err != nil {
+		return nil, Info{}, err
+	}
+	return rc, fi, nil
+}
+
 // Pending is an object being written. Writes are buffered out of sight of
 // readers until Commit.
 type Pending interface {

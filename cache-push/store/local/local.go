@@ -131,27 +131,45 @@ func (s *Store) Create(ctx context.Context) (store.Pending, error) {
 
 // Open implements store.Store.
 func (s *Store) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	f, _, err := s.OpenInfo(ctx, key)
+	return f, err
+}
+
+// OpenInfo implements store.InfoOpener with one open and one fstat.
+func (s *Store) OpenInfo(ctx context.Context, key string) (io.ReadCloser, store.Info, error) {
 	name, err := s.filename(key)
 	if err != nil {
-		return nil, err
+		return nil, store.Info{}, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, store.Info{}, err
 	}
-	f, err := os.Open(name)
+	f, err := openRead(name)
 	if err != nil {
-		return nil, notFound(key, err)
+		return nil, store.Info{}, notFound(key, err)
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("local store: %s: %w", key, err)
+		return nil, store.Info{}, fmt.Errorf("local store: %s: %w", key, err)
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close() // a directory such as "nar" is not an object
-		return nil, fmt.Errorf("%w: %s", store.ErrNotFound, key)
+		return nil, store.Info{}, fmt.Errorf("%w: %s", store.ErrNotFound, key)
 	}
-	return f, nil
+	return f, store.Info{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// openRead opens name read-only without os.Open's attempt to register the
+// descriptor with the network poller: on Linux that attempt costs three
+// more system calls per open (fcntl, a failing epoll_ctl, fcntl) and buys
+// nothing for a regular file. The cache server opens a file per request.
+func openRead(name string) (*os.File, error) {
+	fd, err := syscall.Open(name, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+	}
+	return os.NewFile(uintptr(fd), name), nil
 }
 
 // Stat implements store.Store.

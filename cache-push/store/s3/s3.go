@@ -289,17 +289,24 @@ func (p *pending) cleanup() {
 // Open returns the object's content. The GET is issued before Open returns,
 // so a reader opened before a replacing Commit reads the old object.
 func (s *Store) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	rc, _, err := s.OpenInfo(ctx, key)
+	return rc, err
+}
+
+// OpenInfo implements store.InfoOpener: the GET's response headers describe
+// the object, so no separate HEAD is needed.
+func (s *Store) OpenInfo(ctx context.Context, key string) (io.ReadCloser, store.Info, error) {
 	if err := store.ValidKey(key); err != nil {
-		return nil, err
+		return nil, store.Info{}, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("s3 store: open %s: %w", key, err)
+		return nil, store.Info{}, fmt.Errorf("s3 store: open %s: %w", key, err)
 	}
-	rc, _, _, err := minio.Core{Client: s.client}.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
+	rc, oi, _, err := minio.Core{Client: s.client}.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
 	if err != nil {
-		return nil, s.wrap(ctx, "open", key, err)
+		return nil, store.Info{}, s.wrap(ctx, "open", key, err)
 	}
-	return rc, nil
+	return rc, store.Info{Key: key, Size: oi.Size, ModTime: oi.LastModified}, nil
 }
 
 // Stat describes the object under key.

@@ -47,6 +47,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Delete", testDelete},
 		{"ReadAllLimit", testReadAllLimit},
 		{"Large", testLarge},
+		{"OpenInfo", testOpenInfo},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -176,6 +177,41 @@ func testReplaceWhileReading(t *testing.T, s store.Store) {
 	}
 	if got := get(t, s, "obj"); string(got) != "new" {
 		t.Errorf("new reader read %q, want %q", got, "new")
+	}
+}
+
+// testOpenInfo checks store.OpenInfo, the stores' one-step InfoOpener
+// where they have one: it describes the very object it opened, a replace
+// after opening changes neither, and absent or invalid keys fail as Open
+// does.
+func testOpenInfo(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	old := bytes.Repeat([]byte("old "), 16<<10)
+	put(t, s, "obj", old)
+	rc, fi, err := store.OpenInfo(ctx, s, "obj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	put(t, s, "obj", []byte("new"))
+	got, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Key != "obj" || fi.Size != int64(len(old)) || fi.ModTime.IsZero() || !bytes.Equal(got, old) {
+		t.Errorf("OpenInfo = %+v with %d bytes, want key obj, size %d, a mod time and the old content", fi, len(got), len(old))
+	}
+	put(t, s, "nar/x", []byte("x")) // "nar" is then a prefix, not an object
+	for _, key := range []string{"missing", "nar"} {
+		if rc, _, err := store.OpenInfo(ctx, s, key); !errors.Is(err, store.ErrNotFound) {
+			if err == nil {
+				rc.Close()
+			}
+			t.Errorf("OpenInfo(%q) = %v, want ErrNotFound", key, err)
+		}
+	}
+	if _, _, err := store.OpenInfo(ctx, s, "../escape"); !errors.Is(err, store.ErrInvalidKey) {
+		t.Errorf("OpenInfo(../escape) = %v, want ErrInvalidKey", err)
 	}
 }
 
