@@ -156,6 +156,9 @@ func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queu
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	c, err := queue.Connect(cctx, url, opts...)
+	if errors.Is(err, queue.ErrUntrustedCert) {
+		err = fmt.Errorf("%w\nA server certificate from a private CA (or self-signed) needs --nats-ca <its CA's PEM file> (runner config: nats_ca)", err)
+	}
 	if err != nil {
 		return nil, &exitError{code: exitUsageErr, err: err}
 	}
