@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -252,6 +253,35 @@ func TestLeafNode(t *testing.T) {
 			if got, _ := readStaged(t, w, r.Outputs[0].StagingKey); !bytes.Equal(got, data) {
 				t.Fatal("staged NAR read through the leaf differs")
 			}
+			// What volunteers do besides: read a vote from the hub's KV
+			// and pull a rebuild request with an acknowledged consumer.
+			key := fmt.Sprintf("vote-%d", i)
+			if err := hub.KVPut(ctxT(t), BucketVotes, key, []byte("yes")); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := w.KVGet(ctxT(t), BucketVotes, key); err != nil || string(v) != "yes" {
+				t.Fatalf("KVGet through the leaf: %q, %v", v, err)
+			}
+			system := fmt.Sprintf("sys%d-linux", i)
+			got := make(chan string, 1)
+			consumeRebuilds(t, w, system, func(_ context.Context, d *Delivery) error {
+				got <- d.MsgID
+				return nil
+			})
+			req := testRebuild(30+i, system)
+			if _, err := hub.PublishRebuild(ctxT(t), req); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case id := <-got:
+				if id != req.MsgID() {
+					t.Fatalf("rebuild delivered through the leaf: %q, want %q", id, req.MsgID())
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no rebuild request delivered through the leaf in 10s")
+			}
+			// The ack crossed back: the work queue drops the request.
+			waitFor(t, 5*time.Second, "the acknowledged rebuild request to leave the stream", func() bool { return streamMsgs(t, hub) == 0 })
 		})
 	}
 	t.Run("wrong password", func(t *testing.T) {

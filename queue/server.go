@@ -234,12 +234,7 @@ func (s *Server) Open(ctx context.Context) error {
 		}
 		// No Token here: the websocket block's own auth would override
 		// the server's, and one token for every door is what we want.
-		opts.Websocket = server.WebsocketOpts{
-			Host: ws.Host, Port: listenPort(ws.Port), TLSConfig: tc, NoTLS: ws.NoTLSUnsafe,
-			// Builders are programs, not browsers: compression helps
-			// NAR staging over a WAN link and costs little here.
-			Compression: true,
-		}
+		opts.Websocket = server.WebsocketOpts{Host: ws.Host, Port: listenPort(ws.Port), TLSConfig: tc, NoTLS: ws.NoTLSUnsafe}
 	}
 	if ln := s.cfg.LeafNode; ln != nil {
 		tc, err := tlsConfig("leafnode", ln.CertFile, ln.KeyFile)
