@@ -90,9 +90,12 @@ type Conn struct {
 
 // Connect dials url (one URL or a comma-separated list). It retries the
 // first connection with backoff until ctx is done, because services start
-// in any order; it gives up at once on an authorization error, which
-// retrying does not fix. Once connected, it reconnects forever (with
-// backoff and jitter), buffering publishes meanwhile as nats.go does.
+// in any order; it gives up at once on an authorization error or an
+// untrusted server certificate (ErrUntrustedCert), which retrying does not
+// fix. Once connected, it reconnects forever (with backoff and jitter),
+// buffering publishes meanwhile as nats.go does. URLs may be nats://,
+// tls://, ws:// or wss:// (WebSocket, for builders behind firewalls that
+// only let HTTPS out).
 func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 	o := options{log: slog.New(slog.DiscardHandler)}
 	for _, opt := range opts {

@@ -317,3 +317,32 @@ func TestLeafNode(t *testing.T) {
 		}
 	})
 }
+
+// TestLeafNodeListenerAddedLater: a leaf node listener names the
+// JetStream (DefaultJetStreamDomain); turning it on for a store created
+// without one keeps the streams and their messages.
+func TestLeafNodeListenerAddedLater(t *testing.T) {
+	dir := t.TempDir()
+	for i, ln := range []*LeafNodeConfig{nil, {}} {
+		s := startServer(t, ServerConfig{StoreDir: dir, LeafNode: ln})
+		c := connect(t, s.ClientURL())
+		if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+			t.Fatalf("run %d (domain %q): EnsureStreams: %v", i, s.JetStreamDomain(), err)
+		}
+		if i == 0 {
+			publishN(t, c, 3)
+		}
+		str, err := c.JetStream().Stream(ctxT(t), StreamResults)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := str.Info(ctxT(t))
+		if err != nil || info.State.Msgs != 3 {
+			t.Fatalf("run %d (domain %q): %v messages, %v; want 3", i, s.JetStreamDomain(), info, err)
+		}
+		c.Close()
+		if err := s.Close(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
