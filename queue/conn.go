@@ -2,11 +2,14 @@ package queue
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -35,6 +38,7 @@ type options struct {
 	token     string
 	credsFile string
 	name      string
+	rootCA    string
 	log       *slog.Logger
 }
 
@@ -46,6 +50,11 @@ func WithToken(tok string) Option { return func(o *options) { o.token = tok } }
 
 // WithCredsFile authenticates with a NATS .creds file (JWT + nkey seed).
 func WithCredsFile(path string) Option { return func(o *options) { o.credsFile = path } }
+
+// WithRootCA trusts the PEM certificate(s) in file, besides the system's
+// roots, for tls:// and wss:// servers — a self-signed or private CA. It
+// makes TLS required, also for nats:// and ws:// URLs.
+func WithRootCA(file string) Option { return func(o *options) { o.rootCA = file } }
 
 // WithName sets the connection name the server shows in its monitoring.
 func WithName(name string) Option { return func(o *options) { o.name = name } }
@@ -81,9 +90,12 @@ type Conn struct {
 
 // Connect dials url (one URL or a comma-separated list). It retries the
 // first connection with backoff until ctx is done, because services start
-// in any order; it gives up at once on an authorization error, which
-// retrying does not fix. Once connected, it reconnects forever (with
-// backoff and jitter), buffering publishes meanwhile as nats.go does.
+// in any order; it gives up at once on an authorization error or an
+// untrusted server certificate (ErrUntrustedCert), which retrying does not
+// fix. Once connected, it reconnects forever (with backoff and jitter),
+// buffering publishes meanwhile as nats.go does. URLs may be nats://,
+// tls://, ws:// or wss:// (WebSocket, for builders behind firewalls that
+// only let HTTPS out).
 func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 	o := options{log: slog.New(slog.DiscardHandler)}
 	for _, opt := range opts {
@@ -128,6 +140,14 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 	if o.credsFile != "" {
 		nopts = append(nopts, nats.UserCredentials(o.credsFile))
 	}
+	if o.rootCA != "" {
+		// Checked here once: nats.go would fail every attempt on it, and
+		// a missing file is not something retrying fixes.
+		if err := checkRootCA(o.rootCA); err != nil {
+			return nil, fmt.Errorf("queue: connect %s: %w", safeURL, err)
+		}
+		nopts = append(nopts, nats.RootCAs(o.rootCA))
+	}
 
 	var lastErr error
 	for attempt := 0; ; attempt++ {
@@ -144,12 +164,15 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 		if isAuthError(err) {
 			return nil, fmt.Errorf("queue: connect %s: %w", safeURL, err)
 		}
+		if isCertError(err) {
+			return nil, fmt.Errorf("queue: connect %s: %w (a private or self-signed CA needs WithRootCA): %w", safeURL, ErrUntrustedCert, err)
+		}
 		c.log.Debug("queue: connect failed, retrying", logKeyURL, safeURL, logKeyErr, err)
 		t := time.NewTimer(backoff(attempt))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("queue: connect %s: %w (last error: %w)", safeURL, ctx.Err(), lastErr)
+			return nil, fmt.Errorf("queue: connect %s: %w (last error: %w)%s", safeURL, ctx.Err(), lastErr, connectHint(url, lastErr))
 		case <-t.C:
 		}
 	}
@@ -212,6 +235,30 @@ func isAuthError(err error) bool {
 		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired)
 }
 
+// isCertError reports a server certificate that failed verification
+// (unknown authority, wrong host name, expired): the operator must fix the
+// trust or the URL, retrying does not.
+func isCertError(err error) bool {
+	var cve *tls.CertificateVerificationError
+	return errors.As(err, &cve)
+}
+
+// connectHint explains the one failure whose message does not: nats.go
+// reports a WebSocket upgrade answered with anything but 101 — which is
+// what a wss:// (TLS) listener says to plain ws:// — as a bare "invalid
+// websocket connection".
+func connectHint(urls string, err error) string {
+	if err == nil || !strings.Contains(err.Error(), "invalid websocket connection") {
+		return ""
+	}
+	for _, p := range strings.Split(urls, ",") {
+		if u, perr := url.Parse(strings.TrimSpace(p)); perr == nil && u.Scheme == "ws" {
+			return "; the server did not upgrade to WebSocket: if it listens with TLS, use wss:// instead of ws://, and check the path a reverse proxy forwards"
+		}
+	}
+	return "; the server did not upgrade to WebSocket: check the URL's host, port and the path a reverse proxy forwards"
+}
+
 // redactURL hides passwords and tokens in a (comma-separated) server URL
 // before it goes into an error or a log line.
 func redactURL(s string) string {
@@ -242,4 +289,16 @@ func withDefaultTimeout(ctx context.Context, d time.Duration) (context.Context, 
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, d)
+}
+
+// checkRootCA fails when file holds no PEM certificate.
+func checkRootCA(file string) error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("root CA: %w", err)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(b) {
+		return fmt.Errorf("root CA %s: no PEM certificate in it", file)
+	}
+	return nil
 }

@@ -27,6 +27,9 @@ var (
 	ErrCorrupt = errors.New("queue: staged object corrupt")
 	// ErrConfigDropped: the server did not keep a stream setting we set;
 	// older servers silently drop fields they do not know.
+	// ErrUntrustedCert: the server's TLS certificate failed verification
+	// (unknown CA, wrong host name, expired); Connect gives up at once.
+	ErrUntrustedCert = errors.New("server certificate not trusted")
 	ErrConfigDropped = errors.New("queue: server did not keep the stream configuration (nats-server too old?)")
 )
 

@@ -2,9 +2,12 @@ package queue
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -43,13 +46,67 @@ type ServerConfig struct {
 	MaxPayload int32
 	// Logger receives the server's log lines; nil discards them.
 	Logger *slog.Logger
+	// WebSocket, when set, also accepts clients over WebSocket, for
+	// builders behind firewalls that only let HTTPS out (wss on 443).
+	WebSocket *WebSocketConfig
+	// LeafNode, when set, also accepts leaf node connections: a site's
+	// own nats-server relays its workers' traffic over one outbound link.
+	LeafNode *LeafNodeConfig
 }
+
+// WebSocketConfig is the embedded server's WebSocket listener. Clients
+// authenticate with ServerConfig.Token, as on the NATS port.
+type WebSocketConfig struct {
+	// Host to listen on; ServerConfig.Host when empty.
+	Host string
+	// Port to listen on; 0 picks a free port (see WebSocketURL).
+	Port int
+	// CertFile and KeyFile are the PEM certificate (chain) and key of the
+	// wss:// listener. Required unless NoTLSUnsafe.
+	CertFile string
+	KeyFile  string
+	// NoTLSUnsafe serves plain ws:// — the token then crosses the wire in
+	// clear, so it is refused unless Host is a loopback address, where a
+	// reverse proxy on the same machine terminates TLS (or a test runs).
+	NoTLSUnsafe bool
+}
+
+// LeafNodeUser is the user name leaf nodes authenticate with, the password
+// being ServerConfig.Token: nats-leaf://leaf:TOKEN@host:port.
+const LeafNodeUser = "leaf"
+
+// LeafNodeConfig is the embedded server's leaf node listener. A leaf
+// authenticates as LeafNodeUser with ServerConfig.Token as its password
+// and joins the same account as clients, so its workers' JetStream calls
+// reach this server's streams. Leaf nodes can also come in over the
+// WebSocket listener (remote URL wss://host/...): this listener must be
+// configured for that too, as nats-server only accepts leaf nodes when it
+// has one.
+type LeafNodeConfig struct {
+	// Host to listen on; ServerConfig.Host when empty.
+	Host string
+	// Port to listen on; 0 picks a free port (see LeafNodeURL).
+	Port int
+	// CertFile and KeyFile, when set, make the listener require TLS.
+	CertFile string
+	KeyFile  string
+	// Domain names this server's JetStream; DefaultJetStreamDomain when
+	// empty. A leaf without JetStream reaches it by listing it in its
+	// config as default_js_domain: {"$G": "<Domain>"}, see
+	// docs/firewalled-workers.md.
+	Domain string
+}
+
+// DefaultJetStreamDomain is the JetStream domain of a server with a leaf
+// node listener.
+const DefaultJetStreamDomain = "provenix"
 
 // Server is an embedded nats-server with JetStream, for single-host setups
 // and tests. New fills defaults, Open starts it, Close stops it.
 type Server struct {
 	cfg  ServerConfig
 	ns   *server.Server
+	opts *server.Options
 	logs *serverLogger
 }
 
@@ -74,7 +131,82 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxPayload < stageChunkSize+4096 {
 		return nil, fmt.Errorf("queue: server: MaxPayload %d is below the staging chunk size %d", cfg.MaxPayload, stageChunkSize)
 	}
+	if ws := cfg.WebSocket; ws != nil {
+		c := *ws
+		if c.Host == "" {
+			c.Host = cfg.Host
+		}
+		if err := checkListener("websocket", c.Port, c.CertFile, c.KeyFile); err != nil {
+			return nil, err
+		}
+		switch {
+		case c.NoTLSUnsafe && c.CertFile != "":
+			return nil, errors.New("queue: server: websocket: NoTLSUnsafe and a certificate are exclusive")
+		case c.NoTLSUnsafe && !isLoopback(c.Host):
+			return nil, fmt.Errorf("queue: server: websocket: plain ws:// only on a loopback address (a local TLS proxy in front), not %q: give a certificate and key for wss://", c.Host)
+		case !c.NoTLSUnsafe && c.CertFile == "":
+			return nil, errors.New("queue: server: websocket: a TLS certificate and key are required (wss://)")
+		}
+		cfg.WebSocket = &c
+	}
+	if ln := cfg.LeafNode; ln != nil {
+		c := *ln
+		if c.Host == "" {
+			c.Host = cfg.Host
+		}
+		if err := checkListener("leafnode", c.Port, c.CertFile, c.KeyFile); err != nil {
+			return nil, err
+		}
+		if c.Domain == "" {
+			c.Domain = DefaultJetStreamDomain
+		}
+		if err := ValidToken(c.Domain); err != nil {
+			return nil, fmt.Errorf("queue: server: leafnode: JetStream domain: %w", err)
+		}
+		cfg.LeafNode = &c
+	}
 	return &Server{cfg: cfg}, nil
+}
+
+// checkListener checks what an extra listener's fields can say alone.
+func checkListener(name string, port int, cert, key string) error {
+	if port < 0 || port > 65535 {
+		return fmt.Errorf("queue: server: %s: port %d out of range", name, port)
+	}
+	if (cert == "") != (key == "") {
+		return fmt.Errorf("queue: server: %s: TLS needs both a certificate and a key file", name)
+	}
+	return nil
+}
+
+// isLoopback reports whether host names only this machine.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// tlsConfig loads a listener's certificate with nats-server's own TLS
+// defaults (TLS 1.2+, its cipher choice).
+func tlsConfig(name, cert, key string) (*tls.Config, error) {
+	if cert == "" {
+		return nil, nil
+	}
+	tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cert, KeyFile: key})
+	if err != nil {
+		return nil, fmt.Errorf("queue: server: %s TLS: %w", name, err)
+	}
+	return tc, nil
+}
+
+// listenPort maps our "0 picks a free port" onto nats-server's.
+func listenPort(p int) int {
+	if p == 0 {
+		return server.RANDOM_PORT
+	}
+	return p
 }
 
 // Open starts the server and waits until it accepts connections, bounded by
@@ -83,13 +215,9 @@ func (s *Server) Open(ctx context.Context) error {
 	if s.ns != nil {
 		return errors.New("queue: server: already open")
 	}
-	port := s.cfg.Port
-	if port == 0 {
-		port = server.RANDOM_PORT // nats-server's "pick a free port"
-	}
 	opts := &server.Options{
 		Host:                  s.cfg.Host,
-		Port:                  port,
+		Port:                  listenPort(s.cfg.Port),
 		Authorization:         s.cfg.Token,
 		MaxPayload:            s.cfg.MaxPayload,
 		JetStream:             true,
@@ -98,6 +226,35 @@ func (s *Server) Open(ctx context.Context) error {
 		// The embedding process owns signals and logging.
 		NoSigs: true,
 		NoLog:  true,
+	}
+	if ws := s.cfg.WebSocket; ws != nil {
+		tc, err := tlsConfig("websocket", ws.CertFile, ws.KeyFile)
+		if err != nil {
+			return err
+		}
+		// No Token here: the websocket block's own auth would override
+		// the server's, and one token for every door is what we want.
+		opts.Websocket = server.WebsocketOpts{Host: ws.Host, Port: listenPort(ws.Port), TLSConfig: tc, NoTLS: ws.NoTLSUnsafe}
+	}
+	if ln := s.cfg.LeafNode; ln != nil {
+		tc, err := tlsConfig("leafnode", ln.CertFile, ln.KeyFile)
+		if err != nil {
+			return err
+		}
+		opts.LeafNode = server.LeafNodeOpts{Host: ln.Host, Port: listenPort(ln.Port), TLSConfig: tc}
+		// nats-server denies $JS.API.> across a leaf connection unless
+		// the JetStream is named: with a domain, a leaf without JetStream
+		// of its own maps its clients' $JS.API.> to $JS.<domain>.API.>
+		// (its default_js_domain), which crosses the link and which this
+		// server maps back. Clients connected here directly are unaffected.
+		opts.JetStreamDomain = ln.Domain
+		if s.cfg.Token != "" {
+			// A user and password, not a bare token: older leaf servers
+			// (Debian's 2.9) send a URL's lone user part as a user name,
+			// never as a token. No Account: the leaf joins the global
+			// account, where the streams live.
+			opts.LeafNode.Username, opts.LeafNode.Password = LeafNodeUser, s.cfg.Token
+		}
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -126,7 +283,7 @@ func (s *Server) Open(ctx context.Context) error {
 		ns.Shutdown()
 		return fmt.Errorf("queue: server: JetStream did not start: %s", s.logs.fatal())
 	}
-	s.ns = ns
+	s.ns, s.opts = ns, opts
 	return nil
 }
 
@@ -137,6 +294,35 @@ func (s *Server) ClientURL() string {
 		return ""
 	}
 	return s.ns.ClientURL()
+}
+
+// WebSocketURL is the URL WebSocket clients connect to (wss://host:port,
+// or ws:// without TLS); empty before Open or without a WebSocket listener.
+func (s *Server) WebSocketURL() string {
+	if s.ns == nil || s.cfg.WebSocket == nil {
+		return ""
+	}
+	return s.ns.WebsocketURL()
+}
+
+// LeafNodeURL is the URL a leaf node's remote points at
+// (nats-leaf://host:port); empty before Open or without a leaf listener.
+func (s *Server) LeafNodeURL() string {
+	if s.ns == nil || s.cfg.LeafNode == nil {
+		return ""
+	}
+	// nats-server keeps the Options we gave it and wrote the picked port
+	// back before it was ready for connections.
+	return "nats-leaf://" + net.JoinHostPort(s.opts.LeafNode.Host, strconv.Itoa(s.opts.LeafNode.Port))
+}
+
+// JetStreamDomain is the server's JetStream domain: empty unless it has a
+// leaf node listener.
+func (s *Server) JetStreamDomain() string {
+	if s.cfg.LeafNode == nil {
+		return ""
+	}
+	return s.cfg.LeafNode.Domain
 }
 
 // Close shuts the server down and waits until it has, bounded by ctx.

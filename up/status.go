@@ -30,8 +30,12 @@ type Status struct {
 	Started time.Time `json:"started"`
 	Uptime  string    `json:"uptime"`
 	NATSURL string    `json:"natsUrl"`
-	Tenant  string    `json:"tenant"`
-	Group   string    `json:"group"`
+	// WebSocketURL, LeafNodeURL and JetStreamDomain: see Runtime.
+	WebSocketURL    string `json:"websocketUrl,omitempty"`
+	LeafNodeURL     string `json:"leafnodeUrl,omitempty"`
+	JetStreamDomain string `json:"jetstreamDomain,omitempty"`
+	Tenant          string `json:"tenant"`
+	Group           string `json:"group"`
 	// Streams maps each JetStream stream to its message count.
 	Streams map[string]uint64 `json:"streams"`
 	// ConsumerLag is the results the group's consumer has not delivered
@@ -50,7 +54,8 @@ func (s *Stack) Status(ctx context.Context) *Status {
 	defer cancel()
 	st := &Status{
 		Started: s.started, Uptime: time.Since(s.started).Round(time.Second).String(),
-		NATSURL: s.natsURL, Tenant: s.cfg.Tenant, Group: s.cfg.Group,
+		NATSURL: s.natsURL, WebSocketURL: s.WebSocketURL(), LeafNodeURL: s.LeafNodeURL(), JetStreamDomain: s.JetStreamDomain(),
+		Tenant: s.cfg.Tenant, Group: s.cfg.Group,
 		Streams: map[string]uint64{}, Pusher: s.metrics.Pusher.Status(),
 	}
 	if s.conn == nil {

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"codeberg.org/provenix/provenix/attest"
@@ -123,6 +124,12 @@ type Runtime struct {
 	Tenant   string `json:"tenant"`
 	// StatusURL is the stack's /status endpoint (StatusPath).
 	StatusURL string `json:"statusUrl,omitempty"`
+	// WebSocketURL and LeafNodeURL are the embedded NATS server's extra
+	// listeners for firewalled workers and sites, when configured; leaf
+	// nodes reach its JetStream through JetStreamDomain.
+	WebSocketURL    string `json:"websocketUrl,omitempty"`
+	LeafNodeURL     string `json:"leafnodeUrl,omitempty"`
+	JetStreamDomain string `json:"jetstreamDomain,omitempty"`
 }
 
 // ReadRuntime reads the data directory's up.json; ErrNotRunning when there
@@ -159,6 +166,21 @@ type Config struct {
 	MetricsListen string
 	// NATSOptions are used to connect to an external NATS server.
 	NATSOptions []queue.Option
+	// WebSocketListen, when set, is the embedded server's WebSocket
+	// address (say 0.0.0.0:443) for builders that may only dial out over
+	// HTTPS; ":0" picks a free port. It serves wss:// with WebSocketCert
+	// and WebSocketKey (PEM files), or plain ws:// with WebSocketNoTLS,
+	// which only a loopback address accepts (a TLS proxy in front).
+	WebSocketListen string
+	WebSocketCert   string
+	WebSocketKey    string
+	WebSocketNoTLS  bool
+	// LeafNodeListen, when set, is the embedded server's leaf node address
+	// (nats-server's usual port is 7422), with optional TLS. Leaf nodes
+	// can also come in over the WebSocket listener, which needs this set.
+	LeafNodeListen string
+	LeafNodeCert   string
+	LeafNodeKey    string
 	// S3, when set, keeps the binary cache in an S3 bucket instead of the
 	// data directory's cache/: the pusher writes there and the cache server
 	// serves from there. Open checks that the bucket exists.
@@ -236,6 +258,34 @@ func (s *Stack) Paths() Paths { return s.paths }
 // NATSURL is the URL builders connect to.
 func (s *Stack) NATSURL() string { return s.natsURL }
 
+// WebSocketURL is the URL firewalled builders connect to (wss://host:port);
+// empty without Config.WebSocketListen.
+func (s *Stack) WebSocketURL() string {
+	if s.nats == nil {
+		return ""
+	}
+	return s.nats.WebSocketURL()
+}
+
+// LeafNodeURL is the URL a site's leaf node points its remote at
+// (nats-leaf://host:port); empty without Config.LeafNodeListen.
+func (s *Stack) LeafNodeURL() string {
+	if s.nats == nil {
+		return ""
+	}
+	return s.nats.LeafNodeURL()
+}
+
+// JetStreamDomain is the embedded server's JetStream domain, which leaf
+// nodes without JetStream name as their default_js_domain; empty without
+// a leaf node listener.
+func (s *Stack) JetStreamDomain() string {
+	if s.nats == nil {
+		return ""
+	}
+	return s.nats.JetStreamDomain()
+}
+
 // NATSToken is the embedded server's token ("" for an external server).
 func (s *Stack) NATSToken() string { return s.token }
 
@@ -295,24 +345,25 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 
 	opts := s.cfg.NATSOptions
 	s.natsURL = s.cfg.NATSURL
+	if s.natsURL != "" && (s.cfg.WebSocketListen != "" || s.cfg.LeafNodeListen != "") {
+		return errors.New("websocket and leaf node listeners belong to the embedded NATS server: with an external one, configure them in its own config (docs/firewalled-workers.md)")
+	}
 	if s.natsURL == "" {
 		tok, err := os.ReadFile(s.paths.NATSToken())
 		if err != nil {
 			return err
 		}
 		s.token = string(tok)
-		host, port := "127.0.0.1", 0
+		scfg := queue.ServerConfig{StoreDir: s.paths.NATS(), Token: s.token}
 		if s.cfg.NATSListen != "" {
-			h, ps, err := net.SplitHostPort(s.cfg.NATSListen)
-			if err != nil {
-				return fmt.Errorf("nats listen address: %w", err)
-			}
-			host = h
-			if _, err := fmt.Sscanf(ps, "%d", &port); err != nil {
-				return fmt.Errorf("nats listen port %q: %w", ps, err)
+			if scfg.Host, scfg.Port, err = splitListen("nats", s.cfg.NATSListen); err != nil {
+				return err
 			}
 		}
-		s.nats, err = queue.NewServer(queue.ServerConfig{StoreDir: s.paths.NATS(), Host: host, Port: port, Token: s.token})
+		if scfg.WebSocket, scfg.LeafNode, err = s.cfg.extraListeners(); err != nil {
+			return err
+		}
+		s.nats, err = queue.NewServer(scfg)
 		if err != nil {
 			return err
 		}
@@ -371,7 +422,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	go func() { s.httpDone <- s.httpSrv.Serve(s.httpLn) }()
 
 	rt, _ := json.MarshalIndent(Runtime{PID: os.Getpid(), NATSURL: s.natsURL, CacheURL: s.CacheURL(), Tenant: s.cfg.Tenant,
-		StatusURL: s.StatusURL()}, "", "  ")
+		StatusURL: s.StatusURL(), WebSocketURL: s.WebSocketURL(), LeafNodeURL: s.LeafNodeURL(), JetStreamDomain: s.JetStreamDomain()}, "", "  ")
 	tmp := s.paths.Runtime() + ".tmp"
 	if err := os.WriteFile(tmp, rt, 0o600); err != nil {
 		return err
@@ -381,6 +432,48 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	}
 	s.log.Info("up", "nats", s.natsURL, "cache", s.CacheURL(), "metrics", s.MetricsURL(), "data", s.paths.Dir)
 	return nil
+}
+
+// extraListeners is the embedded server's WebSocket and leaf node
+// configuration, nil where not asked for.
+func (c *Config) extraListeners() (*queue.WebSocketConfig, *queue.LeafNodeConfig, error) {
+	var ws *queue.WebSocketConfig
+	var ln *queue.LeafNodeConfig
+	if c.WebSocketListen != "" {
+		host, port, err := splitListen("websocket", c.WebSocketListen)
+		if err != nil {
+			return nil, nil, err
+		}
+		ws = &queue.WebSocketConfig{Host: host, Port: port, CertFile: c.WebSocketCert, KeyFile: c.WebSocketKey, NoTLSUnsafe: c.WebSocketNoTLS}
+	} else if c.WebSocketCert != "" || c.WebSocketKey != "" || c.WebSocketNoTLS {
+		return nil, nil, errors.New("websocket TLS options need a websocket listen address")
+	}
+	if c.LeafNodeListen != "" {
+		host, port, err := splitListen("leafnode", c.LeafNodeListen)
+		if err != nil {
+			return nil, nil, err
+		}
+		ln = &queue.LeafNodeConfig{Host: host, Port: port, CertFile: c.LeafNodeCert, KeyFile: c.LeafNodeKey}
+	} else if c.LeafNodeCert != "" || c.LeafNodeKey != "" {
+		return nil, nil, errors.New("leaf node TLS options need a leaf node listen address")
+	}
+	return ws, ln, nil
+}
+
+// splitListen parses a host:port listen address. An empty host stays
+// empty: the embedded server then uses 127.0.0.1 (or, for its extra
+// listeners, the NATS listener's host), so exposing it takes an explicit
+// 0.0.0.0.
+func splitListen(what, addr string) (string, int, error) {
+	h, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("%s listen address: %w", what, err)
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("%s listen address %q: port must be a number from 0 to 65535", what, addr)
+	}
+	return h, port, nil
 }
 
 // openStore opens the cache's store: the data directory's cache/, or the

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,5 +97,45 @@ func TestStackOpenClose(t *testing.T) {
 		if _, err := os.Stat(s.Paths().Runtime()); !os.IsNotExist(err) {
 			t.Fatalf("up.json left after Close: %v", err)
 		}
+	}
+}
+
+// TestStackListenerConfig: the extra listeners' settings that cannot work
+// are refused with a reason before anything listens.
+func TestStackListenerConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"external NATS", Config{NATSURL: "nats://127.0.0.1:1", WebSocketListen: "127.0.0.1:0", WebSocketNoTLS: true}, "belong to the embedded NATS server"},
+		{"external NATS leaf", Config{NATSURL: "nats://127.0.0.1:1", LeafNodeListen: "127.0.0.1:0"}, "belong to the embedded NATS server"},
+		{"cert without listener", Config{WebSocketCert: "c.pem", WebSocketKey: "k.pem"}, "need a websocket listen address"},
+		{"leaf cert without listener", Config{LeafNodeCert: "c.pem"}, "need a leaf node listen address"},
+		{"bad websocket address", Config{WebSocketListen: "443"}, "websocket listen address"},
+		{"bad leaf port", Config{LeafNodeListen: "127.0.0.1:x"}, "port must be a number"},
+		{"ws without TLS in public", Config{WebSocketListen: "0.0.0.0:0", WebSocketNoTLS: true}, "only on a loopback address"},
+		{"ws without certificate", Config{WebSocketListen: "127.0.0.1:0"}, "certificate and key are required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.DataDir, tc.cfg.Listen = t.TempDir(), "127.0.0.1:0"
+			s, err := New(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err = s.Open(ctx)
+			if err == nil {
+				s.Close(ctx)
+				t.Fatal("opened")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			if _, err := os.Stat(s.Paths().Runtime()); !os.IsNotExist(err) {
+				t.Fatalf("up.json written by a refused start: %v", err)
+			}
+		})
 	}
 }

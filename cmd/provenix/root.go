@@ -111,12 +111,16 @@ type natsFlags struct {
 	url   string
 	creds string
 	token string
+	// ca is a PEM file of CA certificates trusted for tls:// and wss://
+	// servers, besides the system's.
+	ca string
 }
 
 func (f *natsFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.url, "nats-url", os.Getenv("PROVENIX_NATS_URL"), "NATS server URL (env PROVENIX_NATS_URL); default: the running 'provenix up' of --data-dir")
+	cmd.Flags().StringVar(&f.url, "nats-url", os.Getenv("PROVENIX_NATS_URL"), "NATS server URL: nats://, tls://, or wss:// through firewalls (env PROVENIX_NATS_URL); default: the running 'provenix up' of --data-dir")
 	cmd.Flags().StringVar(&f.creds, "nats-creds", "", "NATS credentials file")
 	cmd.Flags().StringVar(&f.token, "nats-token-file", "", "file holding a NATS token")
+	cmd.Flags().StringVar(&f.ca, "nats-ca", "", "PEM file of the CA (or self-signed certificate) to trust for tls:// and wss:// NATS servers")
 }
 
 // connect opens the NATS connection: the given URL, or the one of the
@@ -125,6 +129,9 @@ func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queu
 	opts := []queue.Option{queue.WithName(name), queue.WithLogger(g.logger())}
 	if f.creds != "" {
 		opts = append(opts, queue.WithCredsFile(f.creds))
+	}
+	if f.ca != "" {
+		opts = append(opts, queue.WithRootCA(f.ca))
 	}
 	tokenFile := f.token
 	url := f.url
@@ -149,6 +156,9 @@ func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queu
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	c, err := queue.Connect(cctx, url, opts...)
+	if errors.Is(err, queue.ErrUntrustedCert) {
+		err = fmt.Errorf("%w\nA server certificate from a private CA (or self-signed) needs --nats-ca <its CA's PEM file> (runner config: nats_ca)", err)
+	}
 	if err != nil {
 		return nil, &exitError{code: exitUsageErr, err: err}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/metrics"
+	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -25,6 +26,11 @@ type upFlags struct {
 	metricsListen string
 	status        bool
 	jsonOut       bool
+	// Listeners for firewalled builders and sites (docs/firewalled-workers.md).
+	wsListen, wsCert, wsKey string
+	wsNoTLS                 bool
+	leafListen              string
+	leafCert, leafKey       string
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -50,11 +56,19 @@ With --s3-endpoint and --s3-bucket the cache lives in an S3 bucket (AWS,
 MinIO, Garage, versitygw, ...) instead of the data directory's cache/: the
 pusher writes there and the cache server serves nix from there. The secret
 key is read from --s3-secret-file or $PROVENIX_S3_SECRET, never a flag.
-Abandoned uploads older than a day are removed hourly.`,
+Abandoned uploads older than a day are removed hourly.
+
+Builders behind a firewall that only lets HTTPS out connect over WebSocket:
+--websocket-listen 0.0.0.0:443 with --websocket-tls-cert/--websocket-tls-key
+serves wss:// with the same token as the NATS port. A site with many
+builders runs its own nats-server as a leaf node of --leafnode-listen (or
+of the WebSocket listener). See docs/firewalled-workers.md.`,
 		Example: `  provenix up
   provenix up --data-dir /var/lib/provenix --listen 0.0.0.0:8080
   provenix up --nats-url nats://127.0.0.1:4222
   provenix up --status
+  provenix up --websocket-listen 0.0.0.0:443 --websocket-tls-cert fullchain.pem \
+      --websocket-tls-key privkey.pem --leafnode-listen 0.0.0.0:7422
   PROVENIX_S3_SECRET=... provenix up --s3-endpoint s3.example.org \
       --s3-bucket nix-cache --s3-prefix main --s3-access-key AKIA...`,
 		Args: cobra.NoArgs,
@@ -71,6 +85,13 @@ Abandoned uploads older than a day are removed hourly.`,
 	cmd.Flags().StringVar(&f.natsListen, "nats-listen", "", "embedded NATS address (default: a free port on 127.0.0.1)")
 	cmd.Flags().StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results this pusher publishes")
 	cmd.Flags().StringVar(&f.metricsListen, "metrics-listen", "", "address for /metrics and /status (default: the cache's --listen)")
+	cmd.Flags().StringVar(&f.wsListen, "websocket-listen", "", "also accept NATS clients over WebSocket at host:port, e.g. 0.0.0.0:443 (wss://; needs --websocket-tls-cert and --websocket-tls-key)")
+	cmd.Flags().StringVar(&f.wsCert, "websocket-tls-cert", "", "PEM certificate (chain) of the WebSocket listener")
+	cmd.Flags().StringVar(&f.wsKey, "websocket-tls-key", "", "PEM private key of the WebSocket listener")
+	cmd.Flags().BoolVar(&f.wsNoTLS, "websocket-no-tls", false, "serve plain ws:// (loopback addresses only: a TLS reverse proxy on this host in front)")
+	cmd.Flags().StringVar(&f.leafListen, "leafnode-listen", "", "also accept leaf node connections at host:port, e.g. 0.0.0.0:7422")
+	cmd.Flags().StringVar(&f.leafCert, "leafnode-tls-cert", "", "PEM certificate (chain) of the leaf node listener (default: no TLS)")
+	cmd.Flags().StringVar(&f.leafKey, "leafnode-tls-key", "", "PEM private key of the leaf node listener")
 	cmd.Flags().BoolVar(&f.status, "status", false, "print the status of the running instance and exit")
 	cmd.Flags().BoolVar(&f.jsonOut, "json", false, "with --status: print the status as JSON")
 	return cmd
@@ -84,6 +105,8 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 	s, err := up.New(up.Config{
 		DataDir: g.dataDir, Listen: f.listen, NATSURL: f.nats.url, NATSListen: f.natsListen,
 		Tenant: f.tenant, MetricsListen: f.metricsListen, Logger: g.logger(), S3: s3opts,
+		WebSocketListen: f.wsListen, WebSocketCert: f.wsCert, WebSocketKey: f.wsKey, WebSocketNoTLS: f.wsNoTLS,
+		LeafNodeListen: f.leafListen, LeafNodeCert: f.leafCert, LeafNodeKey: f.leafKey,
 	})
 	if err != nil {
 		return err
@@ -92,8 +115,15 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 		return err
 	}
 	p := s.Paths()
-	fmt.Fprintf(g.stdout, "provenix up: data %s\n  NATS    %s\n  cache   %s (public key in %s)\n  metrics %s\n  policy  %s\n",
-		p.Dir, s.NATSURL(), s.CacheURL(), p.CachePub(), s.MetricsURL(), p.Policy())
+	fmt.Fprintf(g.stdout, "provenix up: data %s\n  NATS    %s\n", p.Dir, s.NATSURL())
+	if u := s.WebSocketURL(); u != "" {
+		fmt.Fprintf(g.stdout, "  NATS over WebSocket %s\n", u)
+	}
+	if u := s.LeafNodeURL(); u != "" {
+		fmt.Fprintf(g.stdout, "  leaf nodes %s (user %s, JetStream domain %s)\n", u, queue.LeafNodeUser, s.JetStreamDomain())
+	}
+	fmt.Fprintf(g.stdout, "  cache   %s (public key in %s)\n  metrics %s\n  policy  %s\n",
+		s.CacheURL(), p.CachePub(), s.MetricsURL(), p.Policy())
 	if s3opts != nil {
 		fmt.Fprintf(g.stdout, "  storage s3://%s/%s at %s\n", s3opts.Bucket, s3opts.Prefix, s3opts.Endpoint)
 	}
@@ -123,6 +153,12 @@ func runUpStatus(ctx context.Context, g *globals, asJSON bool) error {
 	w := g.stdout
 	fmt.Fprintf(w, "provenix up: running since %s (%s)\n", st.Started.Local().Format(time.DateTime), st.Uptime)
 	fmt.Fprintf(w, "  NATS          %s\n", st.NATSURL)
+	if st.WebSocketURL != "" {
+		fmt.Fprintf(w, "  WebSocket     %s\n", st.WebSocketURL)
+	}
+	if st.LeafNodeURL != "" {
+		fmt.Fprintf(w, "  leaf nodes    %s (JetStream domain %s)\n", st.LeafNodeURL, st.JetStreamDomain)
+	}
 	fmt.Fprintf(w, "  tenant/group  %s/%s\n", st.Tenant, st.Group)
 	for _, name := range metrics.SortedKeys(st.Streams) {
 		fmt.Fprintf(w, "  stream %-8s %d messages\n", name, st.Streams[name])

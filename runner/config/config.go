@@ -168,7 +168,10 @@ type Provenix struct {
 	NATSURL       string `yaml:"nats_url"`
 	NATSCreds     string `yaml:"nats_creds"`
 	NATSTokenFile string `yaml:"nats_token_file"`
-	Tenant        string `yaml:"tenant"`
+	// NATSCA is a PEM file of CA certificates to trust for a tls:// or
+	// wss:// NATS URL signed by a private CA.
+	NATSCA string `yaml:"nats_ca"`
+	Tenant string `yaml:"tenant"`
 	// Key is the builder signing key; empty means the data directory's.
 	Key       string `yaml:"key"`
 	BuilderID string `yaml:"builder_id"`

@@ -1,0 +1,348 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"codeberg.org/provenix/provenix/internal/testnats"
+	"codeberg.org/provenix/provenix/internal/testtls"
+)
+
+func TestNewServerListeners(t *testing.T) {
+	cert := testtls.Write(t)
+	tests := []struct {
+		name    string
+		cfg     ServerConfig
+		wantErr string
+	}{
+		{"wss", ServerConfig{WebSocket: &WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile}}, ""},
+		{"ws without TLS on loopback", ServerConfig{WebSocket: &WebSocketConfig{NoTLSUnsafe: true}}, ""},
+		{"ws without TLS on localhost", ServerConfig{WebSocket: &WebSocketConfig{Host: "localhost", NoTLSUnsafe: true}}, ""},
+		{"ws without certificate", ServerConfig{WebSocket: &WebSocketConfig{}}, "certificate and key are required"},
+		{"ws without TLS on all interfaces", ServerConfig{WebSocket: &WebSocketConfig{Host: "0.0.0.0", NoTLSUnsafe: true}}, "only on a loopback address"},
+		{"ws without TLS inherits a public host", ServerConfig{Host: "0.0.0.0", WebSocket: &WebSocketConfig{NoTLSUnsafe: true}}, "only on a loopback address"},
+		{"ws certificate without key", ServerConfig{WebSocket: &WebSocketConfig{CertFile: cert.CertFile}}, "both a certificate and a key"},
+		{"ws both TLS and not", ServerConfig{WebSocket: &WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile, NoTLSUnsafe: true}}, "exclusive"},
+		{"ws port out of range", ServerConfig{WebSocket: &WebSocketConfig{Port: 70000, NoTLSUnsafe: true}}, "out of range"},
+		{"leaf", ServerConfig{LeafNode: &LeafNodeConfig{}}, ""},
+		{"leaf key without certificate", ServerConfig{LeafNode: &LeafNodeConfig{KeyFile: cert.KeyFile}}, "both a certificate and a key"},
+		{"leaf dotted domain", ServerConfig{LeafNode: &LeafNodeConfig{Domain: "a.b"}}, "invalid name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.StoreDir = "/x"
+			s, err := NewServer(tt.cfg)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ws := s.cfg.WebSocket; ws != nil && ws.Host == "" {
+				t.Error("websocket host not defaulted")
+			}
+			if ln := s.cfg.LeafNode; ln != nil && (ln.Host == "" || ln.Domain != DefaultJetStreamDomain) {
+				t.Errorf("leaf node defaults not filled: %+v", ln)
+			}
+		})
+	}
+	// A certificate that does not load fails Open with the file's error.
+	s, err := NewServer(ServerConfig{StoreDir: t.TempDir(), WebSocket: &WebSocketConfig{CertFile: cert.KeyFile, KeyFile: cert.KeyFile}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Open(ctxT(t)); err == nil || !strings.Contains(err.Error(), "websocket TLS") {
+		s.Close(ctxT(t))
+		t.Fatalf("Open with a key as certificate: %v", err)
+	}
+}
+
+// stageAndPublish does what a builder does through c: stage a NAR, publish
+// its result. It returns the staged bytes and the result.
+func stageAndPublish(t testing.TB, c *Conn, seed uint64) ([]byte, *Result) {
+	t.Helper()
+	data := randomBytes(seed, 3*stageChunkSize+17) // several chunks
+	key := narKey(data)
+	if _, err := c.Stage(ctxT(t), key, bytes.NewReader(data)); err != nil {
+		t.Fatalf("Stage: %v", err)
+	}
+	r := testResult(int(seed))
+	r.Outputs[0].NarHash = strings.TrimPrefix(key, "nar/")
+	r.Outputs[0].StagingKey = key
+	r.Outputs[0].NarSize = uint64(len(data))
+	if dup, err := c.PublishResult(ctxT(t), r); err != nil || dup {
+		t.Fatalf("PublishResult: duplicate %v, %v", dup, err)
+	}
+	return data, r
+}
+
+// requireArrived checks, from the hub's side, that the result is in the
+// RESULTS stream and its NAR in the staging bucket.
+func requireArrived(t testing.TB, hub *Conn, data []byte, r *Result) {
+	t.Helper()
+	subj, _ := ResultsSubject(r.Tenant, r.System)
+	str, err := hub.JetStream().Stream(ctxT(t), StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := str.GetLastMsgForSubject(ctxT(t), subj)
+	if err != nil {
+		t.Fatalf("no result on %s: %v", subj, err)
+	}
+	got, err := DecodeResult(msg.Data)
+	if err != nil || got.DrvPath != r.DrvPath {
+		t.Fatalf("result in the stream: %+v, %v", got, err)
+	}
+	staged, _ := readStaged(t, hub, r.Outputs[0].StagingKey)
+	if !bytes.Equal(staged, data) {
+		t.Fatalf("staged NAR: %d bytes, want the %d staged", len(staged), len(data))
+	}
+}
+
+// TestServerWebSocket: a builder that can only reach the wss:// listener
+// stages and publishes; the server sees a TLS WebSocket client; wrong
+// tokens, untrusted certificates and plain ws:// fail with errors that
+// say why.
+func TestServerWebSocket(t *testing.T) {
+	cert := testtls.Write(t)
+	s := startServer(t, ServerConfig{Token: "tok", WebSocket: &WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile}})
+	const retried = -1 // for fails: Connect retries until its ctx ends
+	wsURL := s.WebSocketURL()
+	if !strings.HasPrefix(wsURL, "wss://127.0.0.1:") || wsURL == "wss://127.0.0.1:0" {
+		t.Fatalf("WebSocketURL = %q", wsURL)
+	}
+	if s.LeafNodeURL() != "" || s.JetStreamDomain() != "" {
+		t.Fatalf("no leaf listener asked for, got %q (domain %q)", s.LeafNodeURL(), s.JetStreamDomain())
+	}
+	hub := connect(t, s.ClientURL(), WithToken("tok"))
+	if err := hub.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	w := connect(t, wsURL, WithToken("tok"), WithRootCA(cert.CertFile), WithName("worker-wss"))
+	if got := w.NATS().ConnectedUrl(); got != wsURL {
+		t.Fatalf("connected to %q, want %q", got, wsURL)
+	}
+	data, r := stageAndPublish(t, w, 1)
+	requireArrived(t, hub, data, r)
+	cz, err := s.ns.Connz(&server.ConnzOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen bool
+	for _, ci := range cz.Conns {
+		if ci.Name == "worker-wss" {
+			seen = true
+			if ci.Type != "websocket" || ci.TLSVersion == "" {
+				t.Errorf("worker connection: type %q, TLS %q; want a websocket over TLS", ci.Type, ci.TLSVersion)
+			}
+		}
+	}
+	if !seen {
+		t.Fatal("the server does not list the worker's connection")
+	}
+
+	// fails connects with a ctx of 5 s, or of 1 s for retried failures,
+	// and wants an error within the given time.
+	fails := func(name, url string, within time.Duration, opts ...Option) error {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), max(5*time.Second, within))
+		if within == retried {
+			ctx, cancel = context.WithTimeout(context.Background(), time.Second)
+			within = 2 * time.Second
+		}
+		defer cancel()
+		start := time.Now()
+		c, err := Connect(ctx, url, opts...)
+		if err == nil {
+			c.Close()
+			t.Fatalf("%s: connected", name)
+		}
+		if d := time.Since(start); d > within {
+			t.Errorf("%s: failed after %s, want within %s: %v", name, d, within, err)
+		}
+		return err
+	}
+	// Retrying fixes none of these: Connect gives up at once.
+	if err := fails("wrong token", wsURL, 2*time.Second, WithToken("bad"), WithRootCA(cert.CertFile)); !errors.Is(err, nats.ErrAuthorization) {
+		t.Errorf("wrong token: %v, want an authorization violation", err)
+	}
+	if err := fails("no CA", wsURL, 2*time.Second, WithToken("tok")); !errors.Is(err, ErrUntrustedCert) || !strings.Contains(err.Error(), "unknown authority") {
+		t.Errorf("self-signed certificate without WithRootCA: %v, want %v", err, ErrUntrustedCert)
+	}
+	other := testtls.Write(t)
+	if err := fails("other CA", wsURL, 2*time.Second, WithToken("tok"), WithRootCA(other.CertFile)); !errors.Is(err, ErrUntrustedCert) {
+		t.Errorf("another CA: %v, want %v", err, ErrUntrustedCert)
+	}
+	if err := fails("CA file missing", wsURL, time.Second, WithToken("tok"), WithRootCA(cert.CertFile+".missing")); !strings.Contains(err.Error(), "root CA") {
+		t.Errorf("missing CA file: %v", err)
+	}
+	if err := fails("CA file not PEM", wsURL, time.Second, WithToken("tok"), WithRootCA(cert.KeyFile)); !strings.Contains(err.Error(), "no PEM certificate") {
+		t.Errorf("key as CA file: %v", err)
+	}
+	// Plain ws:// to the TLS listener: retried (a proxy may be starting),
+	// and the final error says what is wrong.
+	plain := "ws://" + strings.TrimPrefix(wsURL, "wss://")
+	if err := fails("plain ws", plain, retried, WithToken("tok")); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "use wss://") {
+		t.Errorf("ws:// to a wss listener: %v, want a deadline with a hint to use wss://", err)
+	}
+	// The token stays out of the error when it is in the URL.
+	if err := fails("token in URL", "wss://bad@"+strings.TrimPrefix(wsURL, "wss://"), 2*time.Second, WithRootCA(cert.CertFile)); strings.Contains(err.Error(), "bad@") {
+		t.Errorf("token in the error: %v", err)
+	}
+}
+
+// TestServerWebSocketNoTLS: plain ws:// on loopback, for a reverse proxy
+// that terminates TLS in front.
+func TestServerWebSocketNoTLS(t *testing.T) {
+	s := startServer(t, ServerConfig{Token: "tok", WebSocket: &WebSocketConfig{NoTLSUnsafe: true}})
+	if !strings.HasPrefix(s.WebSocketURL(), "ws://127.0.0.1:") {
+		t.Fatalf("WebSocketURL = %q", s.WebSocketURL())
+	}
+	c := connect(t, s.WebSocketURL(), WithToken("tok"))
+	if _, err := c.JetStream().AccountInfo(ctxT(t)); err != nil {
+		t.Fatalf("JetStream over ws://: %v", err)
+	}
+}
+
+// TestLeafNode: a site's nats-server (Debian's, no JetStream of its own)
+// is a leaf of the embedded server, over the leaf node port and over
+// wss://; a worker that only knows the leaf stages and publishes into the
+// hub's streams. A leaf with a wrong password never links up.
+func TestLeafNode(t *testing.T) {
+	cert := testtls.Write(t)
+	s := startServer(t, ServerConfig{Token: "tok",
+		WebSocket: &WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile},
+		LeafNode:  &LeafNodeConfig{}})
+	if !strings.HasPrefix(s.LeafNodeURL(), "nats-leaf://127.0.0.1:") || s.JetStreamDomain() != DefaultJetStreamDomain {
+		t.Fatalf("LeafNodeURL = %q, domain %q", s.LeafNodeURL(), s.JetStreamDomain())
+	}
+	hub := connect(t, s.ClientURL(), WithToken("tok"))
+	if err := hub.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i, tc := range []struct {
+		name   string
+		remote string
+		ca     string
+	}{
+		{"leafnode port", s.LeafNodeURL(), ""},
+		{"wss", s.WebSocketURL(), cert.CertFile},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leafURL := testnats.Leaf{
+				Remote: testnats.WithUser(tc.remote, LeafNodeUser, "tok"), CAFile: tc.ca,
+				Token: "site-tok", Domain: s.JetStreamDomain(),
+			}.Start(t)
+			w := connect(t, leafURL, WithToken("site-tok"))
+			data, r := stageAndPublish(t, w, uint64(10+i))
+			requireArrived(t, hub, data, r)
+			// The worker reads its own staged NAR back through the leaf
+			// too, as volunteers do with closures.
+			if got, _ := readStaged(t, w, r.Outputs[0].StagingKey); !bytes.Equal(got, data) {
+				t.Fatal("staged NAR read through the leaf differs")
+			}
+			// What volunteers do besides: read a vote from the hub's KV
+			// and pull a rebuild request with an acknowledged consumer.
+			key := fmt.Sprintf("vote-%d", i)
+			if err := hub.KVPut(ctxT(t), BucketVotes, key, []byte("yes")); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := w.KVGet(ctxT(t), BucketVotes, key); err != nil || string(v) != "yes" {
+				t.Fatalf("KVGet through the leaf: %q, %v", v, err)
+			}
+			system := fmt.Sprintf("sys%d-linux", i)
+			got := make(chan string, 1)
+			consumeRebuilds(t, w, system, func(_ context.Context, d *Delivery) error {
+				got <- d.MsgID
+				return nil
+			})
+			req := testRebuild(30+i, system)
+			if _, err := hub.PublishRebuild(ctxT(t), req); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case id := <-got:
+				if id != req.MsgID() {
+					t.Fatalf("rebuild delivered through the leaf: %q, want %q", id, req.MsgID())
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no rebuild request delivered through the leaf in 10s")
+			}
+			// The ack crossed back: the work queue drops the request.
+			waitFor(t, 5*time.Second, "the acknowledged rebuild request to leave the stream", func() bool { return streamMsgs(t, hub) == 0 })
+		})
+	}
+	t.Run("wrong password", func(t *testing.T) {
+		waitFor(t, 5*time.Second, "the earlier leaf nodes to go", func() bool { return s.ns.NumLeafNodes() == 0 })
+		leafURL := testnats.Leaf{
+			Remote: testnats.WithUser(s.LeafNodeURL(), LeafNodeUser, "bad"),
+			Token:  "site-tok", Domain: s.JetStreamDomain(), Unlinked: true,
+		}.Start(t)
+		w := connect(t, leafURL, WithToken("site-tok"))
+		// A worker on a leaf without its link is told so, not left to
+		// believe the result was stored: nothing acknowledges it.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		r := testResult(20)
+		if _, err := w.PublishResult(ctx, r); err == nil {
+			t.Fatal("PublishResult through an unlinked leaf succeeded")
+		} else {
+			t.Logf("PublishResult through an unlinked leaf: %v", err)
+		}
+		if got := s.ns.NumLeafNodes(); got != 0 {
+			t.Fatalf("a leaf with a wrong password linked up (%d leaf nodes)", got)
+		}
+		subj, _ := ResultsSubject(r.Tenant, r.System)
+		str, err := hub.JetStream().Stream(ctxT(t), StreamResults)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Earlier results share the subject: compare the derivation.
+		if msg, err := str.GetLastMsgForSubject(ctxT(t), subj); err == nil {
+			if got, _ := DecodeResult(msg.Data); got != nil && got.DrvPath == r.DrvPath {
+				t.Fatal("the result reached the hub without a link")
+			}
+		}
+	})
+}
+
+// TestLeafNodeListenerAddedLater: a leaf node listener names the
+// JetStream (DefaultJetStreamDomain); turning it on for a store created
+// without one keeps the streams and their messages.
+func TestLeafNodeListenerAddedLater(t *testing.T) {
+	dir := t.TempDir()
+	for i, ln := range []*LeafNodeConfig{nil, {}} {
+		s := startServer(t, ServerConfig{StoreDir: dir, LeafNode: ln})
+		c := connect(t, s.ClientURL())
+		if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+			t.Fatalf("run %d (domain %q): EnsureStreams: %v", i, s.JetStreamDomain(), err)
+		}
+		if i == 0 {
+			publishN(t, c, 3)
+		}
+		str, err := c.JetStream().Stream(ctxT(t), StreamResults)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := str.Info(ctxT(t))
+		if err != nil || info.State.Msgs != 3 {
+			t.Fatalf("run %d (domain %q): %v messages, %v; want 3", i, s.JetStreamDomain(), info, err)
+		}
+		c.Close()
+		if err := s.Close(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
