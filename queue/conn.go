@@ -34,6 +34,7 @@ const (
 type options struct {
 	token     string
 	credsFile string
+	nkeySeed  string
 	name      string
 	log       *slog.Logger
 }
@@ -46,6 +47,10 @@ func WithToken(tok string) Option { return func(o *options) { o.token = tok } }
 
 // WithCredsFile authenticates with a NATS .creds file (JWT + nkey seed).
 func WithCredsFile(path string) Option { return func(o *options) { o.credsFile = path } }
+
+// WithNKeySeedFile authenticates as the NKey user whose seed (SU...) is
+// in path, as `provenix tenant add` writes them for static accounts.
+func WithNKeySeedFile(path string) Option { return func(o *options) { o.nkeySeed = path } }
 
 // WithName sets the connection name the server shows in its monitoring.
 func WithName(name string) Option { return func(o *options) { o.name = name } }
@@ -92,8 +97,8 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
-	if o.token != "" && o.credsFile != "" {
-		return nil, errors.New("queue: connect: WithToken and WithCredsFile are exclusive")
+	if n := btoi(o.token != "") + btoi(o.credsFile != "") + btoi(o.nkeySeed != ""); n > 1 {
+		return nil, errors.New("queue: connect: WithToken, WithCredsFile and WithNKeySeedFile are exclusive")
 	}
 	c := &Conn{log: o.log, denied: make(map[*deniedWatch]struct{}), done: make(chan struct{})}
 	safeURL := redactURL(url)
@@ -127,6 +132,13 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 	}
 	if o.credsFile != "" {
 		nopts = append(nopts, nats.UserCredentials(o.credsFile))
+	}
+	if o.nkeySeed != "" {
+		nk, err := nats.NkeyOptionFromSeed(o.nkeySeed)
+		if err != nil {
+			return nil, fmt.Errorf("queue: connect: nkey seed: %w", err)
+		}
+		nopts = append(nopts, nk)
 	}
 
 	var lastErr error
@@ -205,6 +217,13 @@ func backoff(attempt int) time.Duration {
 		d = min(100*time.Millisecond<<attempt, connectBackoffMax)
 	}
 	return d*3/4 + rand.N(d/2+1)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func isAuthError(err error) bool {

@@ -50,8 +50,12 @@ func (c *Conn) ensureKV(ctx context.Context, o StreamOptions) error {
 		{Bucket: BucketVotes, Description: "Provenix quorum votes: one per tenant, output path and builder", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, TTL: o.MaxAge * 4},
 		{Bucket: BucketBuilders, Description: "Provenix builder reputation", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas},
 	} {
-		if _, err := c.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
-			return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, err)
+		err := c.denyAware(ctx, jsAPIFor("KV_"+cfg.Bucket, ""), func(ctx context.Context) error {
+			_, err := c.js.CreateOrUpdateKeyValue(ctx, cfg)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, mapJSError(err))
 		}
 	}
 	return nil
