@@ -52,8 +52,9 @@ const (
 //
 // Why each entry is there:
 //   - "$JS.API.INFO": nats.go asks for the account's JetStream info.
-//   - STREAM.INFO / DIRECT.GET / STREAM.MSG.GET on a stream: bucket
-//     handles, Object Store metadata and KV gets.
+//   - STREAM.INFO and DIRECT.GET on a stream: bucket handles, Object
+//     Store metadata and KV gets (EnsureStreams creates the buckets with
+//     direct gets allowed, so STREAM.MSG.GET is not needed).
 //   - CONSUMER.CREATE.<stream>.<name>.<filter>: nats.go names the filter
 //     in the subject, so a pusher can be held to its tenant's results and
 //     a volunteer to its tenant's rebuilds. Object Store reads and KV
@@ -69,10 +70,7 @@ func RolePermissions(tenant string, role Role) (Permissions, error) {
 	kvVotes, kvBuilders := kvStream+BucketVotes, kvStream+BucketBuilders
 	var pub []string
 	readStream := func(stream string) {
-		pub = append(pub,
-			jsAPI+"STREAM.INFO."+stream,
-			jsAPI+"DIRECT.GET."+stream+".>",
-			jsAPI+"STREAM.MSG.GET."+stream)
+		pub = append(pub, jsAPI+"STREAM.INFO."+stream, jsAPI+"DIRECT.GET."+stream+".>")
 	}
 	orderedReads := func(stream string) {
 		pub = append(pub,

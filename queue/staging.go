@@ -269,7 +269,12 @@ func (c *Conn) removeChunks(ctx context.Context, pub jetstream.JetStream, stream
 		case <-ctx.Done():
 		}
 	}
-	if err := stream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubj)); err != nil {
+	// A role that may not purge (see RolePermissions) must not wait out
+	// the timeout here.
+	err := c.denyAware(ctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) error {
+		return stream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubj))
+	})
+	if err != nil {
 		return fmt.Errorf("remove partial upload %s: %w", chunkSubj, err)
 	}
 	return nil
