@@ -12,6 +12,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/metrics"
+	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -81,8 +82,17 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 	if err != nil {
 		return err
 	}
+	var natsOpts []queue.Option
+	if f.nats.url != "" {
+		// An external server: its credentials (a tenant's pusher.nk, say).
+		if natsOpts, err = f.nats.authOptions(""); err != nil {
+			return err
+		}
+	} else if f.nats.creds != "" || f.nats.nkey != "" || f.nats.token != "" {
+		return usageError("--nats-creds, --nats-nkey and --nats-token-file need --nats-url (the embedded server uses the data directory's token)")
+	}
 	s, err := up.New(up.Config{
-		DataDir: g.dataDir, Listen: f.listen, NATSURL: f.nats.url, NATSListen: f.natsListen,
+		DataDir: g.dataDir, Listen: f.listen, NATSURL: f.nats.url, NATSListen: f.natsListen, NATSOptions: natsOpts,
 		Tenant: f.tenant, MetricsListen: f.metricsListen, Logger: g.logger(), S3: s3opts,
 	})
 	if err != nil {
