@@ -158,7 +158,7 @@ out of each other's caches. Put TLS in front of it: basic credentials are
 readable on the wire.`,
 		Example: `  provenix cache serve --dir /srv/cache --listen 0.0.0.0:8080
   provenix cache serve --dir /srv/cache/acme --readers tenants/acme/cache-readers --listen 127.0.0.1:8081`,
-		Args:    cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if dir == "" {
 				dir = g.paths().Cache()
