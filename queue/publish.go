@@ -134,7 +134,10 @@ func deniedSubject(text string) (string, bool) {
 		return "", false
 	}
 	subj, _, ok := strings.Cut(rest[1:], `"`)
-	return subj, ok
+	if !ok {
+		return "", false
+	}
+	return subj, true
 }
 
 // denyAware runs f, a JetStream API call whose request subjects match

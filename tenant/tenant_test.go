@@ -144,6 +144,20 @@ func TestTenantIsolation(t *testing.T) {
 		t.Fatalf("b runner: publish b's result: %v", err)
 	}
 
+	t.Run("a user the server does not know is refused at once", func(t *testing.T) {
+		stranger, err := Add(Options{Name: "a", Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		_, err = queue.Connect(ctxT(t), c.srv.URL, queue.WithNKeySeedFile(stranger.Path(SeedFile(queue.RoleRunner))))
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+			t.Fatalf("connect with an unknown nkey: %v", err)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("refusal took %s", d)
+		}
+	})
 	t.Run("runner cannot publish another tenant's results", func(t *testing.T) {
 		forged := result("b", 3, ra.Outputs[0].NarHash)
 		start := time.Now()
