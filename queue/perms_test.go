@@ -87,4 +87,3 @@ func TestQuotaError(t *testing.T) {
 		t.Errorf("stream not found mapped to a quota error: %v", err)
 	}
 }
-
