@@ -3,14 +3,18 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/internal/testnats"
+	"codeberg.org/provenix/provenix/internal/tests3"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/tenant"
 )
@@ -168,4 +172,68 @@ func TestTenantsEndToEnd(t *testing.T) {
 			t.Errorf("the denied build took %s", d)
 		}
 	})
+}
+
+// TestTenantCachesInS3: tenants sharing one bucket, each cache under its
+// own prefix, each served by its own `cache serve --readers`: a tenant's
+// readers get its objects, and neither the other tenant's credentials nor
+// the other tenant's server reach them.
+func TestTenantCachesInS3(t *testing.T) {
+	srv := tests3.Start(t)
+	ctx := ctxFor(t, time.Minute)
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "s3-secret")
+	if err := os.WriteFile(secret, []byte(tests3.SecretKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := cachepush.NarinfoKey("/nix/store/" + strings.Repeat("a", 32) + "-x")
+	urls, logins := map[string]string{}, map[string][2]string{}
+	for _, n := range []string{"a", "b"} {
+		if o, e, code := cli(t, ctx, "tenant", "add", n, "--dir", filepath.Join(dir, n)); code != 0 {
+			t.Fatalf("tenant add %s: exit %d\n%s\n%s", n, code, o, e)
+		}
+		prefix := "tenants/" + n
+		st, err := s3.New(*s3Options(srv, prefix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := st.Create(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(p, "StorePath: of tenant %s\n", n)
+		if err := p.Commit(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := daemon(t, ctx, func(stdout, _ string) bool { return strings.Contains(stdout, " at http://") },
+			"cache", "serve", "--listen", "127.0.0.1:0", "--readers", filepath.Join(dir, n, tenant.FileCacheReaders),
+			"--s3-endpoint", srv.Endpoint, "--s3-bucket", srv.Bucket, "--s3-prefix", prefix, "--s3-region", tests3.Region,
+			"--s3-access-key", tests3.AccessKey, "--s3-secret-file", secret, "--s3-insecure-http")
+		_, urls[n], _ = strings.Cut(strings.TrimSpace(out.String()), " at ")
+		u, pw := netrcLogin(t, filepath.Join(dir, n, tenant.FileNetrc))
+		logins[n] = [2]string{u, pw}
+	}
+	body := func(url string, login [2]string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		req.SetBasicAuth(login[0], login[1])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, n := range []string{"a", "b"} {
+		code, b := body(urls[n]+"/"+key, logins[n])
+		if code != http.StatusOK || !strings.Contains(b, "of tenant "+n) {
+			t.Errorf("%s's reader on %s's cache: %d %q, want %s's object", n, n, code, b, n)
+		}
+	}
+	if code, _ := body(urls["a"]+"/"+key, logins["b"]); code != http.StatusUnauthorized {
+		t.Errorf("b's reader on a's cache: %d, want 401", code)
+	}
+	if code, _ := body(urls["b"]+"/"+key, logins["a"]); code != http.StatusUnauthorized {
+		t.Errorf("a's reader on b's cache: %d, want 401", code)
+	}
 }
