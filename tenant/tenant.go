@@ -115,6 +115,9 @@ type Tenant struct {
 	Users map[queue.Role]string
 	// Snippet is the account block (the content of account.conf).
 	Snippet string
+	// CachePublicKey is the cache key's public half ("name:base64"), for
+	// the clients' trusted-public-keys.
+	CachePublicKey string
 }
 
 // Path is the path of the tenant's file name.
@@ -213,9 +216,11 @@ func Add(o Options) (t *Tenant, err error) {
 	}
 
 	created = append(created, t.Path(FileCacheKey), t.Path(FileCacheKey)+".pub")
-	if _, err := cachepush.GenerateKeyFiles("provenix-"+o.Name+"-1", t.Path(FileCacheKey)); err != nil {
+	pk, err := cachepush.GenerateKeyFiles("provenix-"+o.Name+"-1", t.Path(FileCacheKey))
+	if err != nil {
 		return nil, fmt.Errorf("tenant %s: %w", o.Name, err)
 	}
+	t.CachePublicKey = pk.String()
 	created = append(created, t.Path(FileBuilderKey), t.Path(FileBuilderKey)+".pub")
 	if _, err := attest.GenerateKeyFiles(t.Path(FileBuilderKey)); err != nil {
 		return nil, fmt.Errorf("tenant %s: %w", o.Name, err)
