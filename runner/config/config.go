@@ -167,6 +167,7 @@ type Provenix struct {
 	// the `provenix up` running on the data directory.
 	NATSURL       string `yaml:"nats_url"`
 	NATSCreds     string `yaml:"nats_creds"`
+	NATSNKey      string `yaml:"nats_nkey"`
 	NATSTokenFile string `yaml:"nats_token_file"`
 	Tenant        string `yaml:"tenant"`
 	// Key is the builder signing key; empty means the data directory's.
