@@ -40,12 +40,12 @@ type Permissions struct {
 
 // JetStream API and object/KV subject prefixes, as nats.go uses them.
 const (
-	jsAPI       = "$JS.API."
-	jsAck       = "$JS.ACK."
-	jsFlowCtl   = "$JS.FC."
-	kvPrefix    = "$KV."
-	kvStream    = "KV_"
-	inboxFilter = "_INBOX.>"
+	jsAPI           = "$JS.API."
+	jsAck           = "$JS.ACK."
+	jsFlowCtl       = "$JS.FC."
+	kvSubjectPrefix = "$KV."
+	kvStreamPrefix  = "KV_"
+	inboxFilter     = "_INBOX.>"
 )
 
 // RolePermissions are the permissions of role in tenant's account.
@@ -67,7 +67,7 @@ func RolePermissions(tenant string, role Role) (Permissions, error) {
 	if err := ValidToken(tenant); err != nil {
 		return Permissions{}, fmt.Errorf("queue: permissions: tenant: %w", err)
 	}
-	kvVotes, kvBuilders := kvStream+BucketVotes, kvStream+BucketBuilders
+	kvVotes, kvBuilders := kvStreamPrefix+BucketVotes, kvStreamPrefix+BucketBuilders
 	var pub []string
 	readStream := func(stream string) {
 		pub = append(pub, jsAPI+"STREAM.INFO."+stream, jsAPI+"DIRECT.GET."+stream+".>")
@@ -106,9 +106,9 @@ func RolePermissions(tenant string, role Role) (Permissions, error) {
 		readStream(stagingStream)
 		orderedReads(stagingStream)
 		for _, kv := range []string{BucketVotes, BucketBuilders} {
-			readStream(kvStream + kv)
-			orderedReads(kvStream + kv)
-			pub = append(pub, kvPrefix+kv+".>")
+			readStream(kvStreamPrefix + kv)
+			orderedReads(kvStreamPrefix + kv)
+			pub = append(pub, kvSubjectPrefix+kv+".>")
 		}
 	case RoleAdmin:
 		return Permissions{Publish: []string{">"}, Subscribe: []string{">"}}, nil

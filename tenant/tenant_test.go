@@ -239,6 +239,12 @@ func TestTenantIsolation(t *testing.T) {
 		if _, err := runnerA.KVGet(ctxT(t), queue.BucketVotes, "a.x.y"); err != nil {
 			t.Fatalf("a runner KVGet: %v", err)
 		}
+		start = time.Now()
+		err = runnerA.KVPut(context.Background(), queue.BucketVotes, "a.x.y", []byte("forged"))
+		fast(t, "a runner writes a vote", start, err, queue.ErrPermissionDenied)
+		if v, err := pusherA.KVGet(ctxT(t), queue.BucketVotes, "a.x.y"); err != nil || string(v) != "v" {
+			t.Fatalf("vote after the denied write: %q, %v", v, err)
+		}
 		rc, _, err = runnerA.OpenStaged(ctxT(t), ra.Outputs[0].StagingKey)
 		if err != nil {
 			t.Fatalf("a runner opens a's staged NAR: %v", err)
