@@ -160,6 +160,26 @@ func TestTenantsEndToEnd(t *testing.T) {
 			}
 		}
 	})
+	t.Run("up runs as b's pusher with b's seed", func(t *testing.T) {
+		data := t.TempDir()
+		daemon(t, ctx, func(stdout, _ string) bool { return strings.Contains(stdout, "Ctrl-C stops.") },
+			"up", "--data-dir", data, "--nats-url", srv.URL, "--nats-nkey", td("b", "pusher.nk"), "--tenant", "b",
+			"--listen", "127.0.0.1:0")
+		stdout, stderr, code := cli(t, ctx, "up", "--status", "--json", "--data-dir", data)
+		if code != 0 || !strings.Contains(stdout, `"tenant": "b"`) || strings.Contains(stdout, `"errors"`) {
+			t.Fatalf("up --status: exit %d\n%s\n%s", code, stdout, stderr)
+		}
+		// With the runner's seed it cannot even set up: a clear error, at once.
+		start := time.Now()
+		_, stderr, code = cli(t, ctx, "up", "--data-dir", t.TempDir(), "--nats-url", srv.URL, "--nats-nkey", td("b", "runner.nk"),
+			"--tenant", "b", "--listen", "127.0.0.1:0")
+		if code == 0 || !strings.Contains(stderr, "permission denied") {
+			t.Fatalf("up with the runner's seed: exit %d\n%s", code, stderr)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("the refusal took %s", d)
+		}
+	})
 	t.Run("a's runner cannot publish as b", func(t *testing.T) {
 		start := time.Now()
 		args := append([]string{"build", "--json", filepath.Join("..", "..", "examples", "hello.nix"), "-A", "hello", "--arg", "busybox=" + busybox,
