@@ -37,6 +37,7 @@ const (
 type options struct {
 	token     string
 	credsFile string
+	nkeySeed  string
 	name      string
 	rootCA    string
 	log       *slog.Logger
@@ -55,6 +56,10 @@ func WithCredsFile(path string) Option { return func(o *options) { o.credsFile =
 // roots, for tls:// and wss:// servers — a self-signed or private CA. It
 // makes TLS required, also for nats:// and ws:// URLs.
 func WithRootCA(file string) Option { return func(o *options) { o.rootCA = file } }
+
+// WithNKeySeedFile authenticates as the NKey user whose seed (SU...) is
+// in path, as `provenix tenant add` writes them for static accounts.
+func WithNKeySeedFile(path string) Option { return func(o *options) { o.nkeySeed = path } }
 
 // WithName sets the connection name the server shows in its monitoring.
 func WithName(name string) Option { return func(o *options) { o.name = name } }
@@ -104,8 +109,8 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
-	if o.token != "" && o.credsFile != "" {
-		return nil, errors.New("queue: connect: WithToken and WithCredsFile are exclusive")
+	if n := btoi(o.token != "") + btoi(o.credsFile != "") + btoi(o.nkeySeed != ""); n > 1 {
+		return nil, errors.New("queue: connect: WithToken, WithCredsFile and WithNKeySeedFile are exclusive")
 	}
 	c := &Conn{log: o.log, denied: make(map[*deniedWatch]struct{}), done: make(chan struct{})}
 	safeURL := redactURL(url)
@@ -147,6 +152,13 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 			return nil, fmt.Errorf("queue: connect %s: %w", safeURL, err)
 		}
 		nopts = append(nopts, nats.RootCAs(o.rootCA))
+	}
+	if o.nkeySeed != "" {
+		nk, err := nats.NkeyOptionFromSeed(o.nkeySeed)
+		if err != nil {
+			return nil, fmt.Errorf("queue: connect: nkey seed: %w", err)
+		}
+		nopts = append(nopts, nk)
 	}
 
 	var lastErr error
@@ -228,6 +240,13 @@ func backoff(attempt int) time.Duration {
 		d = min(100*time.Millisecond<<attempt, connectBackoffMax)
 	}
 	return d*3/4 + rand.N(d/2+1)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func isAuthError(err error) bool {

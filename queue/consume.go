@@ -233,7 +233,13 @@ func (c *Conn) consume(ctx context.Context, stream string, want jetstream.Consum
 	name := want.Durable
 	cctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
 	defer cancel()
-	cons, err := c.js.CreateOrUpdateConsumer(cctx, stream, want)
+	// A consumer the account's permissions do not allow (another
+	// tenant's filter, a role that may not consume) fails at once.
+	var cons jetstream.Consumer
+	err := c.denyAware(cctx, jsAPIFor(stream, name), func(ctx context.Context) (err error) {
+		cons, err = c.js.CreateOrUpdateConsumer(ctx, stream, want)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", name, mapJSError(err))
 	}

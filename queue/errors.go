@@ -23,6 +23,10 @@ var (
 	ErrPermanent = errors.New("queue: permanent failure")
 	// ErrPermissionDenied: the server's permissions refused a publish.
 	ErrPermissionDenied = errors.New("queue: permission denied")
+	// ErrQuotaExceeded: the account's JetStream limits (a tenant's quota:
+	// storage, streams, consumers) refused a write or a new stream or
+	// consumer. The message names the limit.
+	ErrQuotaExceeded = errors.New("queue: JetStream quota exceeded")
 	// ErrCorrupt: a staged object's content does not match its digest.
 	ErrCorrupt = errors.New("queue: staged object corrupt")
 	// ErrConfigDropped: the server did not keep a stream setting we set;

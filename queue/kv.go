@@ -50,8 +50,12 @@ func (c *Conn) ensureKV(ctx context.Context, o StreamOptions) error {
 		{Bucket: BucketVotes, Description: "Provenix quorum votes: one per tenant, output path and builder", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, TTL: o.MaxAge * 4},
 		{Bucket: BucketBuilders, Description: "Provenix builder reputation", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas},
 	} {
-		if _, err := c.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
-			return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, err)
+		err := c.denyAware(ctx, jsAPIFor("KV_"+cfg.Bucket, ""), func(ctx context.Context) error {
+			_, err := c.js.CreateOrUpdateKeyValue(ctx, cfg)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, mapJSError(err))
 		}
 	}
 	return nil
@@ -75,7 +79,9 @@ func (c *Conn) kv(ctx context.Context, bucket string) (jetstream.KeyValue, error
 }
 
 // KVPut stores value under key.
-func (c *Conn) KVPut(ctx context.Context, bucket, key string, value []byte) error {
+func (c *Conn) KVPut(ctx context.Context, bucket, key string, value []byte) (err error) {
+	ctx, finish := c.kvCall(ctx, bucket)
+	defer finish(&err, "put", key)
 	kv, err := c.kv(ctx, bucket)
 	if err != nil {
 		return err
@@ -87,7 +93,9 @@ func (c *Conn) KVPut(ctx context.Context, bucket, key string, value []byte) erro
 }
 
 // KVGet returns the value under key, or ErrNotFound.
-func (c *Conn) KVGet(ctx context.Context, bucket, key string) ([]byte, error) {
+func (c *Conn) KVGet(ctx context.Context, bucket, key string) (_ []byte, err error) {
+	ctx, finish := c.kvCall(ctx, bucket)
+	defer finish(&err, "get", key)
 	kv, err := c.kv(ctx, bucket)
 	if err != nil {
 		return nil, err
@@ -104,7 +112,9 @@ func (c *Conn) KVGet(ctx context.Context, bucket, key string) ([]byte, error) {
 
 // KVList returns every value whose key starts with prefix + "." (or every
 // value for an empty prefix), by key.
-func (c *Conn) KVList(ctx context.Context, bucket, prefix string) (map[string][]byte, error) {
+func (c *Conn) KVList(ctx context.Context, bucket, prefix string) (_ map[string][]byte, err error) {
+	ctx, finish := c.kvCall(ctx, bucket)
+	defer finish(&err, "list", prefix)
 	kv, err := c.kv(ctx, bucket)
 	if err != nil {
 		return nil, err
@@ -138,7 +148,9 @@ func (c *Conn) KVList(ctx context.Context, bucket, prefix string) (map[string][]
 // KVUpdate applies f to the value under key (nil when absent) and stores
 // the result with compare-and-set, retrying on a concurrent change; f may
 // run several times. f returning nil leaves the key alone.
-func (c *Conn) KVUpdate(ctx context.Context, bucket, key string, f func(old []byte) ([]byte, error)) error {
+func (c *Conn) KVUpdate(ctx context.Context, bucket, key string, f func(old []byte) ([]byte, error)) (err error) {
+	ctx, finish := c.kvCall(ctx, bucket)
+	defer finish(&err, "update", key)
 	kv, err := c.kv(ctx, bucket)
 	if err != nil {
 		return err
@@ -183,7 +195,9 @@ var ErrKeyExists = errors.New("queue: key exists")
 
 // KVCreate stores value under key only if the key has none: one round
 // trip for the common case of a first write.
-func (c *Conn) KVCreate(ctx context.Context, bucket, key string, value []byte) error {
+func (c *Conn) KVCreate(ctx context.Context, bucket, key string, value []byte) (err error) {
+	ctx, finish := c.kvCall(ctx, bucket)
+	defer finish(&err, "create", key)
 	kv, err := c.kv(ctx, bucket)
 	if err != nil {
 		return err
@@ -198,7 +212,9 @@ func (c *Conn) KVCreate(ctx context.Context, bucket, key string, value []byte) e
 }
 
 // KVDelete removes key.
-func (c *Conn) KVDelete(ctx context.Context, bucket, key string) error {
+func (c *Conn) KVDelete(ctx context.Context, bucket, key string) (err error) {
+	ctx, finish := c.kvCall(ctx, bucket)
+	defer finish(&err, "delete", key)
 	kv, err := c.kv(ctx, bucket)
 	if err != nil {
 		return err
@@ -207,4 +223,26 @@ func (c *Conn) KVDelete(ctx context.Context, bucket, key string) error {
 		return fmt.Errorf("queue: delete %s/%s: %w", bucket, key, err)
 	}
 	return nil
+}
+
+// kvCall watches the KV call on bucket for permission denials (a role
+// that may only read, see RolePermissions): the server drops a denied
+// request without an answer, so without this the call would wait for its
+// timeout. finish replaces the call's error with ErrPermissionDenied when
+// that is what ended it.
+func (c *Conn) kvCall(ctx context.Context, bucket string) (context.Context, func(errp *error, op, key string)) {
+	dctx, cancel := context.WithCancelCause(ctx)
+	api := jsAPIFor(kvStreamPrefix+bucket, "")
+	unwatch := c.watchDeniedFunc(func(s string) bool {
+		return api(s) || strings.HasPrefix(s, kvSubjectPrefix+bucket+".")
+	}, cancel)
+	return dctx, func(errp *error, op, key string) {
+		unwatch()
+		if *errp != nil {
+			if cause := context.Cause(dctx); errors.Is(cause, ErrPermissionDenied) {
+				*errp = fmt.Errorf("queue: %s %s/%s: %w", op, bucket, key, cause)
+			}
+		}
+		cancel(nil)
+	}
 }

@@ -81,13 +81,20 @@ func (c *Conn) publish(ctx context.Context, subj string, data []byte, opts ...je
 }
 
 type deniedWatch struct {
-	subject string
-	cancel  context.CancelCauseFunc
+	match  func(subject string) bool
+	cancel context.CancelCauseFunc
 }
 
 // watchDenied registers a publish to subj; the returned func unregisters it.
 func (c *Conn) watchDenied(subj string, cancel context.CancelCauseFunc) func() {
-	w := &deniedWatch{subject: subj, cancel: cancel}
+	return c.watchDeniedFunc(func(s string) bool { return s == subj }, cancel)
+}
+
+// watchDeniedFunc registers a call whose requests go to the subjects match
+// accepts (a JetStream API call, whose subject nats.go builds); the
+// returned func unregisters it.
+func (c *Conn) watchDeniedFunc(match func(subject string) bool, cancel context.CancelCauseFunc) func() {
+	w := &deniedWatch{match: match, cancel: cancel}
 	c.mu.Lock()
 	c.denied[w] = struct{}{}
 	c.mu.Unlock()
@@ -98,27 +105,80 @@ func (c *Conn) watchDenied(subj string, cancel context.CancelCauseFunc) func() {
 	}
 }
 
-// notifyDenied cancels the publishes whose subject a permission violation
+// notifyDenied cancels the calls whose subject a permission violation
 // names. The server's text is `Permissions Violation for Publish to "subj"`.
 // Two concurrent publishes to the same subject are both cancelled by one
 // violation, which is right: the permission is per subject.
 func (c *Conn) notifyDenied(err error) {
-	text := err.Error()
-	if !strings.Contains(strings.ToLower(text), "publish to") {
+	subj, ok := deniedSubject(err.Error())
+	if !ok {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for w := range c.denied {
-		if strings.Contains(text, `"`+w.subject+`"`) {
+		if w.match(subj) {
 			w.cancel(fmt.Errorf("%w: %s", ErrPermissionDenied, err))
 		}
+	}
+}
+
+// deniedSubject extracts the subject of a publish permission violation.
+func deniedSubject(text string) (string, bool) {
+	i := strings.Index(strings.ToLower(text), "publish to ")
+	if i < 0 {
+		return "", false
+	}
+	rest := strings.TrimSpace(text[i+len("publish to "):])
+	if len(rest) < 2 || rest[0] != '"' {
+		return "", false
+	}
+	subj, _, ok := strings.Cut(rest[1:], `"`)
+	if !ok {
+		return "", false
+	}
+	return subj, true
+}
+
+// denyAware runs f, a JetStream API call whose request subjects match
+// accepts, and returns ErrPermissionDenied at once when the server's
+// permissions drop one of them: the server does not answer a denied
+// request, and the call would otherwise wait for its timeout.
+func (c *Conn) denyAware(ctx context.Context, match func(subject string) bool, f func(ctx context.Context) error) error {
+	dctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer c.watchDeniedFunc(match, cancel)()
+	err := f(dctx)
+	if err != nil {
+		if cause := context.Cause(dctx); errors.Is(cause, ErrPermissionDenied) {
+			return cause
+		}
+	}
+	return err
+}
+
+// jsAPIFor matches the JetStream API requests about stream (and, when
+// non-empty, its consumer): "$JS.API.<VERB...>.<stream>[.<consumer>...]".
+func jsAPIFor(stream, consumer string) func(string) bool {
+	return func(s string) bool {
+		rest, ok := strings.CutPrefix(s, "$JS.API.")
+		if !ok {
+			return false
+		}
+		want := "." + stream
+		if consumer != "" {
+			want += "." + consumer
+		}
+		return strings.Contains(rest, want+".") || strings.HasSuffix(rest, want)
 	}
 }
 
 // mapJSError maps broker errors onto this package's sentinels, keeping the
 // original in the chain.
 func mapJSError(err error) error {
+	if q := quotaError(err); q != nil {
+		return q
+	}
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound), errors.Is(err, jetstream.ErrConsumerNotFound),
 		errors.Is(err, jetstream.ErrBucketNotFound), errors.Is(err, jetstream.ErrObjectNotFound):
@@ -130,4 +190,39 @@ func mapJSError(err error) error {
 		return fmt.Errorf("no stream answered (EnsureStreams not run, or no leader yet): %w", err)
 	}
 	return err
+}
+
+// JetStream error codes of an account's limits (nats-server's
+// errors.json), which a tenant's account hits.
+const (
+	jsErrAccountResourcesExceeded = 10002 // "resource limits exceeded for account"
+	jsErrInsufficientResources    = 10023
+	jsErrMaximumConsumersLimit    = 10026
+	jsErrMaximumStreamsLimit      = 10027
+	jsErrMemoryResourcesExceeded  = 10028
+	jsErrStorageResourcesExceeded = 10047
+)
+
+// quotaError maps an account limit error onto ErrQuotaExceeded, naming the
+// limit in the operator's terms (the account's jetstream block), or
+// returns nil.
+func quotaError(err error) error {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return nil
+	}
+	var limit string
+	switch apiErr.ErrorCode {
+	case jsErrAccountResourcesExceeded, jsErrStorageResourcesExceeded, jsErrInsufficientResources:
+		limit = "storage (jetstream max_file)"
+	case jsErrMemoryResourcesExceeded:
+		limit = "memory (jetstream max_mem)"
+	case jsErrMaximumStreamsLimit:
+		limit = "streams (jetstream max_streams)"
+	case jsErrMaximumConsumersLimit:
+		limit = "consumers per stream (jetstream max_consumers)"
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: %s: %w", ErrQuotaExceeded, limit, err)
 }

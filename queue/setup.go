@@ -95,9 +95,13 @@ func eventsConfig(o StreamOptions) jetstream.StreamConfig {
 }
 
 func (c *Conn) ensureStream(ctx context.Context, want jetstream.StreamConfig) error {
-	s, err := c.js.CreateOrUpdateStream(ctx, want)
+	var s jetstream.Stream
+	err := c.denyAware(ctx, jsAPIFor(want.Name, ""), func(ctx context.Context) (err error) {
+		s, err = c.js.CreateOrUpdateStream(ctx, want)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("queue: ensure stream %s: %w", want.Name, err)
+		return fmt.Errorf("queue: ensure stream %s: %w", want.Name, mapJSError(err))
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
@@ -116,15 +120,18 @@ func (c *Conn) ensureStream(ctx context.Context, want jetstream.StreamConfig) er
 // result that reuses an older staged NAR can outlive it; only a group
 // lagging by nearly MaxAge would then see "staged NAR missing".)
 func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
-	_, err := c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      BucketStaging,
-		Description: "Provenix NARs between builder and pushers",
-		Storage:     jetstream.FileStorage,
-		Replicas:    o.Replicas,
-		TTL:         o.MaxAge,
+	err := c.denyAware(ctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) error {
+		_, err := c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket:      BucketStaging,
+			Description: "Provenix NARs between builder and pushers",
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.Replicas,
+			TTL:         o.MaxAge,
+		})
+		return err
 	})
 	if err != nil {
-		return fmt.Errorf("queue: ensure bucket %s: %w", BucketStaging, err)
+		return fmt.Errorf("queue: ensure bucket %s: %w", BucketStaging, mapJSError(err))
 	}
 	s, err := c.js.Stream(ctx, stagingStream)
 	if err != nil {

@@ -110,7 +110,7 @@ func (c *Conn) Stage(ctx context.Context, key string, r io.Reader) (StagedInfo, 
 
 	info, err := c.putObject(ctx, stream, key, r)
 	if err != nil {
-		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
+		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
 	}
 	if old != nil && !old.Deleted && old.NUID != info.NUID {
 		// The replaced object's chunks, as nats.go does. Best effort: the
@@ -269,7 +269,12 @@ func (c *Conn) removeChunks(ctx context.Context, pub jetstream.JetStream, stream
 		case <-ctx.Done():
 		}
 	}
-	if err := stream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubj)); err != nil {
+	// A role that may not purge (see RolePermissions) must not wait out
+	// the timeout here.
+	err := c.denyAware(ctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) error {
+		return stream.Purge(ctx, jetstream.WithPurgeSubject(chunkSubj))
+	})
+	if err != nil {
 		return fmt.Errorf("remove partial upload %s: %w", chunkSubj, err)
 	}
 	return nil

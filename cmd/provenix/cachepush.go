@@ -144,28 +144,44 @@ func removeStaleS3(ctx context.Context, log *slog.Logger, st *s3.Store) {
 
 func newCacheCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "cache", Short: "Binary cache tools"}
-	var dir, listen string
+	var dir, listen, readers string
+	var s3f s3Flags
 	serve := &cobra.Command{
 		Use:   "serve [flags]",
 		Short: "Serve a cache directory over HTTP for nix substituters",
 		Long: `Serve a Provenix cache directory with the Nix binary-cache protocol:
-/nix-cache-info, /<hash>.narinfo, /nar/..., and /<hash>.provenance.json.`,
-		Example: `  provenix cache serve --dir /srv/cache --listen 0.0.0.0:8080`,
-		Args:    cobra.NoArgs,
+/nix-cache-info, /<hash>.narinfo, /nar/..., and /<hash>.provenance.json.
+With --s3-endpoint and --s3-bucket it serves the cache under --s3-prefix
+in that bucket instead (secret key from --s3-secret-file or
+$PROVENIX_S3_SECRET).
+
+With --readers only the users listed in that file may read (HTTP basic
+authentication, which stock nix sends from its netrc-file): one server per
+tenant, each with its tenant's cache directory and readers, keeps tenants
+out of each other's caches. Put TLS in front of it: basic credentials are
+readable on the wire.`,
+		Example: `  provenix cache serve --dir /srv/cache --listen 0.0.0.0:8080
+  provenix cache serve --dir /srv/cache/acme --readers tenants/acme/cache-readers --listen 127.0.0.1:8081`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if dir == "" {
-				dir = g.paths().Cache()
-			}
-			st, err := local.New(dir)
+			st, where, err := serveStore(cmd.Context(), g, dir, &s3f)
 			if err != nil {
 				return err
+			}
+			h := server.Handler(st, server.Options{Logger: g.logger()})
+			if readers != "" {
+				r, err := server.LoadReaders(readers)
+				if err != nil {
+					return usageError("--readers: %v", err)
+				}
+				h = server.RequireReaders(h, r, "provenix cache")
 			}
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
 				return err
 			}
-			srv := &http.Server{Handler: server.Handler(st, server.Options{Logger: g.logger()}), ReadHeaderTimeout: 10 * time.Second}
-			fmt.Fprintf(g.stdout, "serving %s at http://%s\n", dir, ln.Addr())
+			srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+			fmt.Fprintf(g.stdout, "serving %s at http://%s\n", where, ln.Addr())
 			go func() {
 				<-cmd.Context().Done()
 				cctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), 10*time.Second)
@@ -180,7 +196,36 @@ func newCacheCmd(g *globals) *cobra.Command {
 	}
 	serve.Flags().StringVar(&dir, "dir", "", "cache directory (default: the data directory's cache/)")
 	serve.Flags().StringVar(&listen, "listen", up.DefaultListen, "address to listen on")
+	s3f.register(serve)
+	serve.Flags().StringVar(&readers, "readers", "", "serve only these readers (HTTP basic auth; a tenant's cache-readers from 'provenix tenant add'); serve behind TLS")
 	cmd.AddCommand(serve)
 	cmd.AddCommand(newGCCmd(g))
 	return cmd
+}
+
+// serveStore is the store `cache serve` serves: the S3 bucket's prefix
+// when S3 flags are set, else dir (default: the data directory's cache).
+func serveStore(ctx context.Context, g *globals, dir string, f *s3Flags) (store.Store, string, error) {
+	opts, err := f.options()
+	if err != nil {
+		return nil, "", err
+	}
+	if opts == nil {
+		if dir == "" {
+			dir = g.paths().Cache()
+		}
+		st, err := local.New(dir)
+		return st, dir, err
+	}
+	if dir != "" {
+		return nil, "", usageError("--dir and --s3-endpoint exclude each other")
+	}
+	st, err := s3.New(*opts)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := st.Check(ctx); err != nil {
+		return nil, "", fmt.Errorf("s3 cache at %s: %w", opts.Endpoint, err)
+	}
+	return st, "s3://" + opts.Bucket + "/" + opts.Prefix, nil
 }

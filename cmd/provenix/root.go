@@ -103,6 +103,7 @@ Or run everything at once: provenix demo`,
 	root.AddCommand(newKeyCmd(g), newBuildCmd(g), newVerifyCmd(g), newUpCmd(g), newDemoCmd(g), newCachePushCmd(g), newCacheCmd(g), newRunnerCmd(g), newBuildersCmd(g), newStatusCmd(g), newVolunteerCmd(g))
 	root.AddCommand(newActionCmd(g))
 	root.AddCommand(newFeedbackCmd(g))
+	root.AddCommand(newTenantCmd(g))
 	return root
 }
 
@@ -110,6 +111,7 @@ Or run everything at once: provenix demo`,
 type natsFlags struct {
 	url   string
 	creds string
+	nkey  string
 	token string
 	// ca is a PEM file of CA certificates trusted for tls:// and wss://
 	// servers, besides the system's.
@@ -119,6 +121,7 @@ type natsFlags struct {
 func (f *natsFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.url, "nats-url", os.Getenv("PROVENIX_NATS_URL"), "NATS server URL: nats://, tls://, or wss:// through firewalls (env PROVENIX_NATS_URL); default: the running 'provenix up' of --data-dir")
 	cmd.Flags().StringVar(&f.creds, "nats-creds", "", "NATS credentials file")
+	cmd.Flags().StringVar(&f.nkey, "nats-nkey", "", "NATS NKey seed file, e.g. a tenant's runner.nk or pusher.nk from 'provenix tenant add'")
 	cmd.Flags().StringVar(&f.token, "nats-token-file", "", "file holding a NATS token")
 	cmd.Flags().StringVar(&f.ca, "nats-ca", "", "PEM file of the CA (or self-signed certificate) to trust for tls:// and wss:// NATS servers")
 }
@@ -126,31 +129,23 @@ func (f *natsFlags) register(cmd *cobra.Command) {
 // connect opens the NATS connection: the given URL, or the one of the
 // `provenix up` running on the data directory.
 func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queue.Conn, error) {
-	opts := []queue.Option{queue.WithName(name), queue.WithLogger(g.logger())}
-	if f.creds != "" {
-		opts = append(opts, queue.WithCredsFile(f.creds))
-	}
-	if f.ca != "" {
-		opts = append(opts, queue.WithRootCA(f.ca))
-	}
-	tokenFile := f.token
 	url := f.url
+	defaultToken := ""
 	if url == "" {
 		rt, err := up.ReadRuntime(g.paths())
 		if err != nil {
 			return nil, usageError("no NATS server to publish to: %v\nStart one with 'provenix up --data-dir %s', or pass --nats-url", err, g.dataDir)
 		}
 		url = rt.NATSURL
-		if tokenFile == "" {
-			tokenFile = g.paths().NATSToken()
-		}
+		defaultToken = g.paths().NATSToken()
 	}
-	if tokenFile != "" {
-		tok, err := os.ReadFile(tokenFile)
-		if err != nil {
-			return nil, &exitError{code: exitUsageErr, err: fmt.Errorf("nats token: %w", err)}
-		}
-		opts = append(opts, queue.WithToken(strings.TrimSpace(string(tok))))
+	opts, err := f.authOptions(defaultToken)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, queue.WithName(name), queue.WithLogger(g.logger()))
+	if f.ca != "" {
+		opts = append(opts, queue.WithRootCA(f.ca))
 	}
 	// Connect retries until its context ends; a wrong URL must not hang.
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -163,4 +158,37 @@ func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queu
 		return nil, &exitError{code: exitUsageErr, err: err}
 	}
 	return c, nil
+}
+
+// authOptions are the connection's credentials: --nats-creds, --nats-nkey
+// or --nats-token-file (one of them), else the token in defaultTokenFile
+// when that is set.
+func (f *natsFlags) authOptions(defaultTokenFile string) ([]queue.Option, error) {
+	set := 0
+	for _, v := range []string{f.creds, f.nkey, f.token} {
+		if v != "" {
+			set++
+		}
+	}
+	if set > 1 {
+		return nil, usageError("--nats-creds, --nats-nkey and --nats-token-file exclude each other")
+	}
+	switch {
+	case f.creds != "":
+		return []queue.Option{queue.WithCredsFile(f.creds)}, nil
+	case f.nkey != "":
+		return []queue.Option{queue.WithNKeySeedFile(f.nkey)}, nil
+	}
+	tokenFile := f.token
+	if tokenFile == "" {
+		tokenFile = defaultTokenFile
+	}
+	if tokenFile == "" {
+		return nil, nil
+	}
+	tok, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return nil, &exitError{code: exitUsageErr, err: fmt.Errorf("nats token: %w", err)}
+	}
+	return []queue.Option{queue.WithToken(strings.TrimSpace(string(tok)))}, nil
 }

@@ -102,8 +102,17 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 	if err != nil {
 		return err
 	}
+	var natsOpts []queue.Option
+	if f.nats.url != "" {
+		// An external server: its credentials (a tenant's pusher.nk, say).
+		if natsOpts, err = f.nats.authOptions(""); err != nil {
+			return err
+		}
+	} else if f.nats.creds != "" || f.nats.nkey != "" || f.nats.token != "" {
+		return usageError("--nats-creds, --nats-nkey and --nats-token-file need --nats-url (the embedded server uses the data directory's token)")
+	}
 	s, err := up.New(up.Config{
-		DataDir: g.dataDir, Listen: f.listen, NATSURL: f.nats.url, NATSListen: f.natsListen,
+		DataDir: g.dataDir, Listen: f.listen, NATSURL: f.nats.url, NATSListen: f.natsListen, NATSOptions: natsOpts,
 		Tenant: f.tenant, MetricsListen: f.metricsListen, Logger: g.logger(), S3: s3opts,
 		WebSocketListen: f.wsListen, WebSocketCert: f.wsCert, WebSocketKey: f.wsKey, WebSocketNoTLS: f.wsNoTLS,
 		LeafNodeListen: f.leafListen, LeafNodeCert: f.leafCert, LeafNodeKey: f.leafKey,

@@ -1,6 +1,8 @@
-// Package testnats runs Debian's nats-server as a leaf node for tests:
-// the site-side server of docs/firewalled-workers.md, with the config an
-// operator would write, on loopback.
+// Package testnats runs Debian's nats-server (a separate process, as in
+// production) from a configuration file, on loopback: as a leaf node, the
+// site-side server of docs/firewalled-workers.md (Leaf), and as a JetStream
+// server with accounts and permissions written the way operators write them
+// (Start), which the embedded server's Go options would not exercise.
 package testnats
 
 import (

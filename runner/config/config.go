@@ -167,6 +167,7 @@ type Provenix struct {
 	// the `provenix up` running on the data directory.
 	NATSURL       string `yaml:"nats_url"`
 	NATSCreds     string `yaml:"nats_creds"`
+	NATSNKey      string `yaml:"nats_nkey"`
 	NATSTokenFile string `yaml:"nats_token_file"`
 	// NATSCA is a PEM file of CA certificates to trust for a tls:// or
 	// wss:// NATS URL signed by a private CA.

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/tenant"
+)
+
+type tenantAddFlags struct {
+	dir       string
+	limits    tenant.Limits
+	cacheHost string
+	builderID string
+}
+
+func newTenantCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "tenant", Short: "Tenants of a shared NATS server and cache"}
+	f := &tenantAddFlags{}
+	add := &cobra.Command{
+		Use:   "add [flags] NAME",
+		Short: "Create a tenant: NATS account snippet, NKey users, keys, policy, cache readers",
+		Long: `Create the files an operator installs for tenant NAME (docs/tenants.md):
+
+  account.conf        the tenant's NATS account: JetStream limits and one
+                      least-privilege NKey user per role. Include it inside
+                      the nats-server configuration's accounts { } block.
+  runner.nk           NKey seed of the runners (build, volunteer): publish
+                      the tenant's results, stage NARs, take its rebuilds.
+  pusher.nk           NKey seed of the cache pusher: consume the tenant's
+                      results, read staging and votes, publish events.
+  admin.nk            NKey seed with every right inside the account only.
+  builder.key(.pub)   a builder signing key, trusted by policy.yaml
+  policy.yaml         the pusher's policy: this tenant, this builder
+  cache.key(.pub)     the tenant's Nix cache signing key
+  cache-readers       for 'provenix cache serve --readers': who may read
+  netrc               for the tenant's Nix clients (netrc-file)
+
+Each tenant has its own NATS account, hence its own JetStream: tenants
+cannot see each other's results, staged NARs or votes, and one tenant
+filling its quota does not stop the others. Seeds and keys are written
+0600 and never overwritten.`,
+		Example: `  provenix tenant add acme --dir /etc/provenix/tenants/acme \
+      --max-file 50GiB --cache-host cache.example.org`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runTenantAdd(g, f, args[0])
+		},
+	}
+	fl := add.Flags()
+	fl.StringVar(&f.dir, "dir", "", "directory for the tenant's files (default: the data directory's tenants/NAME)")
+	fl.Var(byteSize{&f.limits.MaxFile}, "max-file", "JetStream disk quota in bytes (suffixes KiB, MiB, GiB, TiB; -1 unlimited)")
+	fl.Var(byteSize{&f.limits.MaxMem}, "max-mem", "JetStream memory quota in bytes (Provenix uses none)")
+	fl.IntVar(&f.limits.MaxStreams, "max-streams", tenant.DefaultMaxStreams, "JetStream streams (Provenix needs 6)")
+	fl.IntVar(&f.limits.MaxConsumers, "max-consumers", tenant.DefaultMaxConsumers, "JetStream consumers per stream")
+	fl.StringVar(&f.cacheHost, "cache-host", "localhost", "host name of the tenant's cache, for the netrc file")
+	fl.StringVar(&f.builderID, "builder-id", "", "builder id of the generated builder key (default: NAME-runner)")
+	cmd.AddCommand(add)
+	return cmd
+}
+
+func runTenantAdd(g *globals, f *tenantAddFlags, name string) error {
+	if err := tenant.ValidName(name); err != nil {
+		return usageError("%v", err)
+	}
+	dir := f.dir
+	if dir == "" {
+		dir = filepath.Join(g.dataDir, "tenants", name)
+	}
+	if f.limits.MaxFile == 0 {
+		f.limits.MaxFile = tenant.DefaultMaxFile
+	}
+	t, err := tenant.Add(tenant.Options{Name: name, Dir: dir, Limits: f.limits, CacheHost: f.cacheHost, BuilderID: f.builderID})
+	if errors.Is(err, tenant.ErrInvalidName) {
+		return usageError("%v", err)
+	}
+	if err != nil {
+		return err
+	}
+	w := g.stdout
+	fmt.Fprintf(w, "tenant %s: files in %s\n", name, dir)
+	fmt.Fprintf(w, "  NATS users: runner %s\n              pusher %s\n              admin  %s\n",
+		t.Users[queue.RoleRunner], t.Users[queue.RolePusher], t.Users[queue.RoleAdmin])
+	fmt.Fprintf(w, "\n1. Add the account to nats-server.conf (JetStream enabled) and reload it:\n")
+	fmt.Fprintf(w, "     accounts {\n       include %q\n     }\n", t.Path(tenant.FileAccount))
+	fmt.Fprintf(w, "2. Runners:  provenix build --nats-url URL --nats-nkey %s --tenant %s \\\n              --key %s --builder-id %s ...\n",
+		t.Path(tenant.SeedFile(queue.RoleRunner)), name, t.Path(tenant.FileBuilderKey), t.BuilderID)
+	fmt.Fprintf(w, "3. Pusher:   provenix cache-push --nats-url URL --nats-nkey %s --tenant %s \\\n              --policy %s --cache-key %s --dir CACHE_DIR\n",
+		t.Path(tenant.SeedFile(queue.RolePusher)), name, t.Path(tenant.FilePolicy), t.Path(tenant.FileCacheKey))
+	fmt.Fprintf(w, "4. Cache:    provenix cache serve --dir CACHE_DIR --readers %s\n", t.Path(tenant.FileCacheReaders))
+	fmt.Fprintf(w, "5. Clients:  netrc-file = %s   (machine %s)\n             trusted-public-keys = %s\n",
+		t.Path(tenant.FileNetrc), f.cacheHost, t.CachePublicKey)
+	fmt.Fprintf(w, "\n%s", t.Snippet)
+	return nil
+}
+
+// byteSize is a flag holding a byte count: a plain number, or one with a
+// binary suffix (KiB, MiB, GiB, TiB; K, M, G, T mean the same), or -1.
+type byteSize struct{ p *int64 }
+
+var byteSuffixes = []struct {
+	suffix string
+	shift  uint
+}{{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10}, {"T", 40}, {"G", 30}, {"M", 20}, {"K", 10}}
+
+func (b byteSize) String() string {
+	if b.p == nil {
+		return "0"
+	}
+	return strconv.FormatInt(*b.p, 10)
+}
+
+func (b byteSize) Type() string { return "bytes" }
+
+func (b byteSize) Set(s string) error {
+	num, shift := strings.TrimSpace(s), uint(0)
+	for _, sf := range byteSuffixes {
+		if n, ok := strings.CutSuffix(num, sf.suffix); ok {
+			num, shift = strings.TrimSpace(n), sf.shift
+			break
+		}
+	}
+	v, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || v < -1 || (v == -1 && shift != 0) || (shift > 0 && v > (1<<62)>>shift) {
+		return fmt.Errorf("%q: want a byte count such as 1073741824, 512MiB or 10GiB, or -1", s)
+	}
+	*b.p = v << shift
+	return nil
+}

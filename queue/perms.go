@@ -1,0 +1,120 @@
+package queue
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Role is what a NATS user of a tenant's account may do. A tenant has its
+// own NATS account (its own JetStream, so RESULTS and the other streams
+// exist once per tenant, under the account's limits); inside it each
+// program connects as a user whose permissions allow exactly what its
+// calls here need, found by running them against a real server.
+type Role string
+
+const (
+	// RoleRunner builds: PublishResult for its tenant only, Stage, and
+	// what a volunteer needs (ConsumeRebuilds of its tenant, KVGet of
+	// votes, OpenStaged). It cannot consume results nor write the KV.
+	RoleRunner Role = "runner"
+	// RolePusher publishes the tenant's cache: ConsumeResults with its
+	// tenant's filter, OpenStaged, the quorum's KV buckets, events and
+	// rebuild requests, and EnsureStreams (the pusher sets its tenant's
+	// streams up at start, as `provenix cache-push` does). It cannot
+	// publish results nor write to staging.
+	RolePusher Role = "pusher"
+	// RoleAdmin may do anything inside the tenant's account (delete or
+	// purge streams, staging garbage collection); nothing outside it.
+	RoleAdmin Role = "admin"
+)
+
+// Roles are the roles `provenix tenant add` creates users for.
+var Roles = []Role{RoleRunner, RolePusher, RoleAdmin}
+
+// Permissions are a NATS user's publish and subscribe allow lists, in
+// nats-server's configuration terms; everything else is denied.
+type Permissions struct {
+	Publish   []string
+	Subscribe []string
+}
+
+// JetStream API and object/KV subject prefixes, as nats.go uses them.
+const (
+	jsAPI           = "$JS.API."
+	jsAck           = "$JS.ACK."
+	jsFlowCtl       = "$JS.FC."
+	kvSubjectPrefix = "$KV."
+	kvStreamPrefix  = "KV_"
+	inboxFilter     = "_INBOX.>"
+)
+
+// RolePermissions are the permissions of role in tenant's account.
+//
+// Why each entry is there:
+//   - "$JS.API.INFO": nats.go asks for the account's JetStream info.
+//   - STREAM.INFO and DIRECT.GET on a stream: bucket handles, Object
+//     Store metadata and KV gets (EnsureStreams creates the buckets with
+//     direct gets allowed, so STREAM.MSG.GET is not needed).
+//   - CONSUMER.CREATE.<stream>.<name>.<filter>: nats.go names the filter
+//     in the subject, so a pusher can be held to its tenant's results and
+//     a volunteer to its tenant's rebuilds. Object Store reads and KV
+//     watches create ordered consumers (and delete them on a reset).
+//   - $JS.ACK.<stream>.> acknowledges, $JS.FC.<stream>.> answers an
+//     ordered consumer's flow control.
+//   - _INBOX.> (subscribe only): replies to the calls above. No role may
+//     publish to an inbox, so none can forge a reply to another.
+func RolePermissions(tenant string, role Role) (Permissions, error) {
+	if err := ValidToken(tenant); err != nil {
+		return Permissions{}, fmt.Errorf("queue: permissions: tenant: %w", err)
+	}
+	kvVotes, kvBuilders := kvStreamPrefix+BucketVotes, kvStreamPrefix+BucketBuilders
+	var pub []string
+	readStream := func(stream string) {
+		pub = append(pub, jsAPI+"STREAM.INFO."+stream, jsAPI+"DIRECT.GET."+stream+".>")
+	}
+	orderedReads := func(stream string) {
+		pub = append(pub,
+			jsAPI+"CONSUMER.CREATE."+stream+".>",
+			jsAPI+"CONSUMER.DELETE."+stream+".*",
+			jsFlowCtl+stream+".>")
+	}
+	consume := func(stream, filter string) {
+		pub = append(pub,
+			jsAPI+"CONSUMER.CREATE."+stream+".*."+filter,
+			jsAPI+"CONSUMER.INFO."+stream+".*",
+			jsAPI+"CONSUMER.MSG.NEXT."+stream+".*",
+			jsAck+stream+".>")
+	}
+	switch role {
+	case RoleRunner:
+		pub = append(pub, jsAPI+"INFO", ResultsFilter(tenant),
+			// Stage: chunks, meta, and removing a failed or replaced
+			// upload's chunks.
+			stagingChunksPrefix+">", stagingMetaPrefix+">", jsAPI+"STREAM.PURGE."+stagingStream)
+		readStream(stagingStream)
+		orderedReads(stagingStream)
+		// A volunteer: its tenant's rebuild requests, and whether it voted.
+		consume(StreamRebuild, subjectRebuild+"."+tenant+".*")
+		readStream(kvVotes)
+	case RolePusher:
+		pub = append(pub, jsAPI+"INFO", subjectEvents+"."+tenant+".>", subjectRebuild+"."+tenant+".>")
+		for _, s := range []string{StreamResults, StreamEvents, StreamRebuild, stagingStream, kvVotes, kvBuilders} {
+			pub = append(pub, jsAPI+"STREAM.CREATE."+s, jsAPI+"STREAM.UPDATE."+s)
+		}
+		pub = append(pub, jsAPI+"STREAM.INFO."+StreamResults, jsAPI+"STREAM.INFO."+StreamEvents, jsAPI+"STREAM.INFO."+StreamRebuild)
+		consume(StreamResults, ResultsFilter(tenant))
+		readStream(stagingStream)
+		orderedReads(stagingStream)
+		for _, kv := range []string{BucketVotes, BucketBuilders} {
+			readStream(kvStreamPrefix + kv)
+			orderedReads(kvStreamPrefix + kv)
+			pub = append(pub, kvSubjectPrefix+kv+".>")
+		}
+	case RoleAdmin:
+		return Permissions{Publish: []string{">"}, Subscribe: []string{">"}}, nil
+	default:
+		return Permissions{}, fmt.Errorf("queue: permissions: unknown role %q (want one of %v)", role, Roles)
+	}
+	slices.Sort(pub)
+	return Permissions{Publish: slices.Compact(pub), Subscribe: []string{inboxFilter}}, nil
+}

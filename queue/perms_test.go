@@ -1,0 +1,89 @@
+package queue
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestRolePermissions(t *testing.T) {
+	runner, err := RolePermissions("acme", RoleRunner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pusher, err := RolePermissions("acme", RolePusher)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		p    Permissions
+		subj string
+		want bool
+	}{
+		{"runner publishes its results", runner, "results.acme.>", true},
+		{"runner consumes results", runner, "$JS.API.CONSUMER.CREATE.RESULTS.*.results.acme.>", false},
+		{"runner writes the votes", runner, "$KV.PROVENIX_VOTES.>", false},
+		{"runner publishes to inboxes", runner, "_INBOX.>", false},
+		{"pusher consumes its results", pusher, "$JS.API.CONSUMER.CREATE.RESULTS.*.results.acme.>", true},
+		{"pusher publishes results", pusher, "results.acme.>", false},
+		{"pusher stages", pusher, stagingChunksPrefix + ">", false},
+		{"pusher publishes to inboxes", pusher, "_INBOX.>", false},
+	} {
+		if got := slices.Contains(c.p.Publish, c.subj); got != c.want {
+			t.Errorf("%s (%s): %v, want %v", c.name, c.subj, got, c.want)
+		}
+	}
+	if _, err := RolePermissions("a.b", RoleRunner); !errors.Is(err, ErrInvalidName) {
+		t.Errorf("tenant a.b: %v", err)
+	}
+	if _, err := RolePermissions("a", "root"); err == nil {
+		t.Error("unknown role accepted")
+	}
+}
+
+func TestDeniedSubject(t *testing.T) {
+	for _, c := range []struct {
+		text, want string
+		ok         bool
+	}{
+		{`nats: permissions violation: Permissions Violation for Publish to "results.b.x86_64-linux"`, "results.b.x86_64-linux", true},
+		{`Permissions Violation for Publish to "$JS.API.CONSUMER.CREATE.RESULTS.pusher-cache.results.b.>"`, "$JS.API.CONSUMER.CREATE.RESULTS.pusher-cache.results.b.>", true},
+		{`Permissions Violation for Subscription to "x"`, "", false},
+		{`Permissions Violation for Publish to "unterminated`, "", false},
+	} {
+		got, ok := deniedSubject(c.text)
+		if got != c.want || ok != c.ok {
+			t.Errorf("deniedSubject(%q) = %q, %v; want %q, %v", c.text, got, ok, c.want, c.ok)
+		}
+	}
+	m := jsAPIFor(StreamResults, "pusher-cache")
+	for subj, want := range map[string]bool{
+		"$JS.API.CONSUMER.CREATE.RESULTS.pusher-cache.results.b.>": true,
+		"$JS.API.CONSUMER.CREATE.RESULTS.pusher-cache":             true,
+		"$JS.API.CONSUMER.CREATE.RESULTS.pusher-cache2":            false,
+		"$JS.API.CONSUMER.CREATE.EVENTS.pusher-cache":              false,
+		"results.RESULTS.pusher-cache":                             false,
+	} {
+		if m(subj) != want {
+			t.Errorf("jsAPIFor(RESULTS, pusher-cache)(%q) = %v", subj, !want)
+		}
+	}
+}
+
+func TestQuotaError(t *testing.T) {
+	for code, limit := range map[jetstream.ErrorCode]string{
+		10002: "max_file", 10047: "max_file", 10028: "max_mem", 10027: "max_streams", 10026: "max_consumers",
+	} {
+		err := mapJSError(&jetstream.APIError{ErrorCode: code, Code: 400, Description: "x"})
+		if !errors.Is(err, ErrQuotaExceeded) || !strings.Contains(err.Error(), limit) {
+			t.Errorf("code %d: %v, want ErrQuotaExceeded naming %s", code, err, limit)
+		}
+	}
+	if err := mapJSError(&jetstream.APIError{ErrorCode: 10059}); errors.Is(err, ErrQuotaExceeded) {
+		t.Errorf("stream not found mapped to a quota error: %v", err)
+	}
+}
