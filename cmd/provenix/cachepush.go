@@ -14,8 +14,6 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
-	"codeberg.org/provenix/provenix/cache-push/store"
-	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -23,10 +21,9 @@ import (
 
 type pushFlags struct {
 	nats     natsFlags
-	s3       s3Flags
+	cache    cacheFlags
 	policy   string
 	cacheKey string
-	dir      string
 	group    string
 	tenant   string
 }
@@ -53,23 +50,19 @@ abandoned uploads older than a day, hourly.`,
 		},
 	}
 	f.nats.register(cmd)
-	f.s3.register(cmd)
+	f.cache.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.policy, "policy", "", "policy file (default: the data directory's policy.yaml)")
 	fl.StringVar(&f.cacheKey, "cache-key", "", "Nix cache secret key (default: the data directory's keys/cache.key)")
-	fl.StringVar(&f.dir, "dir", "", "cache directory (default: the data directory's cache/)")
 	fl.StringVar(&f.group, "group", up.DefaultGroup, "pusher group (durable consumer name)")
 	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results to consume")
 	return cmd
 }
 
 func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
-	s3opts, err := f.s3.options()
-	if err != nil {
+	// Flags first: a usage error must not wait for a policy or a bucket.
+	if _, err := f.cache.s3.options(); err != nil {
 		return err
-	}
-	if s3opts != nil && f.dir != "" {
-		return usageError("--dir and --s3-endpoint exclude each other")
 	}
 	p := g.paths()
 	or := func(v, d string) string {
@@ -87,23 +80,14 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return usageError("%v", err)
 	}
 	log := g.logger()
-	var st store.Store
-	where := or(f.dir, p.Cache())
-	if s3opts == nil {
-		if st, err = local.New(where); err != nil {
-			return err
-		}
-	} else {
-		s3st, err := s3.New(*s3opts)
-		if err != nil {
-			return err
-		}
-		if err := s3st.Check(ctx); err != nil {
-			return fmt.Errorf("s3 cache at %s: %w", s3opts.Endpoint, err)
-		}
-		st, where = s3st, "s3://"+s3opts.Bucket+"/"+s3opts.Prefix
-		go removeStaleS3(ctx, log, s3st)
+	st, err := f.cache.open(ctx, g, false)
+	if err != nil {
+		return err
 	}
+	if st.s3 != nil {
+		go removeStaleS3(ctx, log, st.s3)
+	}
+	where := st.where
 	conn, err := f.nats.connect(ctx, g, "provenix-cache-push")
 	if err != nil {
 		return err
@@ -112,7 +96,7 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	if err := conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
 		return err
 	}
-	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log})
+	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st.Store, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -144,19 +128,23 @@ func removeStaleS3(ctx context.Context, log *slog.Logger, st *s3.Store) {
 
 func newCacheCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "cache", Short: "Binary cache tools"}
-	var dir, listen string
+	var (
+		cache  cacheFlags
+		listen string
+	)
 	serve := &cobra.Command{
 		Use:   "serve [flags]",
-		Short: "Serve a cache directory over HTTP for nix substituters",
-		Long: `Serve a Provenix cache directory with the Nix binary-cache protocol:
-/nix-cache-info, /<hash>.narinfo, /nar/..., and /<hash>.provenance.json.`,
-		Example: `  provenix cache serve --dir /srv/cache --listen 0.0.0.0:8080`,
-		Args:    cobra.NoArgs,
+		Short: "Serve a cache directory or S3 bucket over HTTP for nix substituters",
+		Long: `Serve a Provenix cache with the Nix binary-cache protocol: /nix-cache-info,
+/<hash>.narinfo, /nar/..., and /<hash>.provenance.json. The cache is a
+directory (--dir) or an S3 bucket (--s3-endpoint, --s3-bucket and the other
+--s3-* flags of 'provenix up').`,
+		Example: `  provenix cache serve --dir /srv/cache --listen 0.0.0.0:8080
+  PROVENIX_S3_SECRET=... provenix cache serve --s3-endpoint s3.example.org \
+      --s3-bucket nix-cache --s3-prefix main --s3-access-key AKIA...`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if dir == "" {
-				dir = g.paths().Cache()
-			}
-			st, err := local.New(dir)
+			st, err := cache.open(cmd.Context(), g, false)
 			if err != nil {
 				return err
 			}
@@ -164,8 +152,8 @@ func newCacheCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			srv := &http.Server{Handler: server.Handler(st, server.Options{Logger: g.logger()}), ReadHeaderTimeout: 10 * time.Second}
-			fmt.Fprintf(g.stdout, "serving %s at http://%s\n", dir, ln.Addr())
+			srv := &http.Server{Handler: server.Handler(st.Store, server.Options{Logger: g.logger()}), ReadHeaderTimeout: 10 * time.Second}
+			fmt.Fprintf(g.stdout, "serving %s at http://%s\n", st.where, ln.Addr())
 			go func() {
 				<-cmd.Context().Done()
 				cctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), 10*time.Second)
@@ -178,7 +166,7 @@ func newCacheCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	serve.Flags().StringVar(&dir, "dir", "", "cache directory (default: the data directory's cache/)")
+	cache.register(serve)
 	serve.Flags().StringVar(&listen, "listen", up.DefaultListen, "address to listen on")
 	cmd.AddCommand(serve)
 	cmd.AddCommand(newGCCmd(g))
