@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/gc"
 	"codeberg.org/provenix/provenix/cache-push/store"
@@ -160,8 +163,8 @@ func s3Args(t *testing.T, srv *tests3.Server, prefix string) []string {
 }
 
 // TestCacheGCS3: `provenix cache gc` on an S3 cache deletes an old path
-// nothing keeps, narinfo, sidecar and NAR, and keeps an old path that a
-// fresh one references.
+// nothing keeps, narinfo, sidecar and NAR, keeps an old path that a fresh
+// one references, and removes uploads interrupted longer than --grace ago.
 func TestCacheGCS3(t *testing.T) {
 	srv := tests3.Start(t)
 	ctx := ctxFor(t, time.Minute)
@@ -181,6 +184,23 @@ func TestCacheGCS3(t *testing.T) {
 	dep, _, depPath := pathObjects("dependency")
 	put(unref)
 	put(dep)
+	// What a pusher killed mid-upload leaves: a temporary object and an
+	// incomplete multipart upload under the prefix's .tmp/.
+	core, err := minio.NewCore(srv.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(tests3.AccessKey, tests3.SecretKey, ""), Region: tests3.Region})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const tmpObj, tmpUpload = "tenants/gc/.tmp/20260101T000000Z-left", "tenants/gc/.tmp/20260101T000000Z-parts"
+	if _, err := core.PutObject(ctx, srv.Bucket, tmpObj, strings.NewReader("x"), 1, "", "", minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	id, err := core.NewMultipartUpload(ctx, srv.Bucket, tmpUpload, minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := core.PutObjectPart(ctx, srv.Bucket, tmpUpload, id, 1, strings.NewReader("part"), 4, minio.PutObjectPartOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(3 * time.Second)
 	root, _, _ := pathObjects("root", depPath)
 	put(root)
@@ -201,6 +221,12 @@ func TestCacheGCS3(t *testing.T) {
 		if _, err := bucket.Stat(ctx, k); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("collected %s still in the bucket: %v", k, err)
 		}
+	}
+	for oi := range core.Client.ListObjects(ctx, srv.Bucket, minio.ListObjectsOptions{Prefix: "tenants/gc/.tmp/", Recursive: true}) {
+		t.Errorf("interrupted upload left after gc: %s %v", oi.Key, oi.Err)
+	}
+	for u := range core.Client.ListIncompleteUploads(ctx, srv.Bucket, "tenants/gc/", true) {
+		t.Errorf("incomplete multipart upload left after gc: %s %v", u.Key, u.Err)
 	}
 	for _, objs := range []map[string][]byte{dep, root} {
 		for k := range objs {
