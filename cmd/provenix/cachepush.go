@@ -61,7 +61,7 @@ abandoned uploads older than a day, hourly.`,
 
 func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	// Flags first: a usage error must not wait for a policy or a bucket.
-	if _, err := f.cache.s3.options(); err != nil {
+	if _, err := f.cache.check(); err != nil {
 		return err
 	}
 	p := g.paths()

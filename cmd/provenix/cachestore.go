@@ -25,6 +25,19 @@ func (f *cacheFlags) register(cmd *cobra.Command) {
 	f.s3.register(cmd)
 }
 
+// check validates the flags without touching any store, so a usage error
+// comes before slower work; it returns the S3 options, nil for a directory.
+func (f *cacheFlags) check() (*s3.Options, error) {
+	opts, err := f.s3.options()
+	if err != nil {
+		return nil, err
+	}
+	if opts != nil && f.dir != "" {
+		return nil, usageError("--dir and --s3-endpoint exclude each other")
+	}
+	return opts, nil
+}
+
 // openedCache is a cache store and how to name it to a human.
 type openedCache struct {
 	store.Store
@@ -39,14 +52,11 @@ type openedCache struct {
 // mistyped --dir then fails instead of serving or collecting an empty
 // cache.
 func (f *cacheFlags) open(ctx context.Context, g *globals, mustExist bool) (*openedCache, error) {
-	opts, err := f.s3.options()
+	opts, err := f.check()
 	if err != nil {
 		return nil, err
 	}
 	if opts != nil {
-		if f.dir != "" {
-			return nil, usageError("--dir and --s3-endpoint exclude each other")
-		}
 		st, err := s3.New(*opts)
 		if err != nil {
 			return nil, usageError("%v", err)

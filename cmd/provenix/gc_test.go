@@ -97,12 +97,16 @@ func TestCacheGC(t *testing.T) {
 
 func TestCacheGCUsage(t *testing.T) {
 	ctx := context.Background()
+	t.Setenv(s3SecretEnv, "secret") // so the S3 cases fail on what they test
 	dir := t.TempDir()
 	for _, args := range [][]string{
 		{"cache", "gc", "--dir", dir},
 		{"cache", "gc", "--dir", dir, "--max-age", "soon"},
 		{"cache", "gc", "--dir", filepath.Join(dir, "absent"), "--max-age", "1d"},
 		{"cache", "gc", "--staging", "--dir", dir, "--max-age", "1d"},
+		{"cache", "gc", "--staging", "--s3-endpoint", "127.0.0.1:1", "--max-age", "1d"},
+		{"cache", "gc", "--s3-bucket", "b", "--max-age", "1d"},
+		{"cache", "gc", "--dir", dir, "--s3-endpoint", "127.0.0.1:1", "--s3-bucket", "b", "--s3-access-key", "a", "--max-age", "1d"},
 		{"cache", "gc", "--staging", "--max-age", "-1h", "--nats-url", "nats://127.0.0.1:1"},
 	} {
 		if _, errOut, code := cli(t, ctx, args...); code != exitUsageErr {
