@@ -163,7 +163,7 @@ func s3Args(t *testing.T, srv *tests3.Server, prefix string) []string {
 }
 
 // TestCacheGCS3: `provenix cache gc` on an S3 cache deletes an old path
-// nothing keeps, narinfo, sidecar and NAR, keeps an old path that a fresh
+// nothing keeps, narinfo, sidecar and NAR, keeps an old path that a kept
 // one references, and removes uploads interrupted longer than --grace ago.
 func TestCacheGCS3(t *testing.T) {
 	srv := tests3.Start(t)
@@ -179,11 +179,19 @@ func TestCacheGCS3(t *testing.T) {
 			}
 		}
 	}
-	// S3 cannot backdate an object: make "old" by waiting past --max-age.
+	// S3 cannot backdate an object: everything is made old by waiting past
+	// --max-age, and the root is kept by --keep, so a slow machine cannot
+	// age it out.
 	unref, _, _ := pathObjects("unreferenced")
 	dep, _, depPath := pathObjects("dependency")
+	root, _, rootPath := pathObjects("root", depPath)
 	put(unref)
 	put(dep)
+	put(root)
+	keep := filepath.Join(t.TempDir(), "keep")
+	if err := os.WriteFile(keep, []byte(rootPath+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	// What a pusher killed mid-upload leaves: a temporary object and an
 	// incomplete multipart upload under the prefix's .tmp/.
 	core, err := minio.NewCore(srv.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(tests3.AccessKey, tests3.SecretKey, ""), Region: tests3.Region})
@@ -202,10 +210,8 @@ func TestCacheGCS3(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * time.Second)
-	root, _, _ := pathObjects("root", depPath)
-	put(root)
 
-	args := append([]string{"cache", "gc", "--max-age", "2s", "--grace", "1s", "--json"}, s3Args(t, srv, "tenants/gc")...)
+	args := append([]string{"cache", "gc", "--max-age", "2s", "--grace", "1s", "--keep", keep, "--json"}, s3Args(t, srv, "tenants/gc")...)
 	out, errOut, code := cli(t, ctx, args...)
 	if code != exitOK {
 		t.Fatalf("gc: exit %d\n%s\n%s", code, out, errOut)
