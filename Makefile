@@ -37,10 +37,18 @@ cross:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
 
+# Every fuzz target, FUZZTIME each (their seed corpora under testdata/fuzz
+# also run as plain tests in `make test`). Minimizing a new input is capped
+# so a slow target cannot spend the whole budget on one.
+FUZZTIME ?= 30s
+FUZZ_TARGETS = attest:FuzzVerifyBundle attest:FuzzStatement queue:FuzzDecodeResult \
+	queue:FuzzDecodeRebuildRequest cache-push/policy:FuzzPolicy cache-push:FuzzNarinfo \
+	nix:FuzzFilterExport
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzVerify -fuzztime 60s ./attest/
-	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./cache-push/policy/
-	$(GO) test -run '^$$' -fuzz FuzzDecodeResult -fuzztime 60s ./queue/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "== $${t#*:} ($${t%%:*})"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./$${t%%:*}/; \
+	done
 
 clean:
 	rm -rf provenix $(DEMO_DIR)

@@ -267,30 +267,6 @@ func TestGolden(t *testing.T) {
 	}
 }
 
-func FuzzVerify(f *testing.F) {
-	const builder = "https://builders.example/fuzz"
-	k, s := newKey(f)
-	good := signBuild(f, testBuild(builder), s, nil)
-	f.Add(good)
-	f.Add([]byte("{}"))
-	f.Add([]byte(`{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json"}`))
-	v, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: k.Public()}})
-	if err != nil {
-		f.Fatal(err)
-	}
-	want := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		got, err := v.Verify(b, want)
-		if err == nil && got.BuilderID != builder {
-			t.Fatalf("accepted a bundle for builder %q", got.BuilderID)
-		}
-		if err != nil && !errors.Is(err, ErrVerification) {
-			t.Fatalf("error outside the ErrVerification tree: %v", err)
-		}
-		_, _ = InspectUnverified(b)
-	})
-}
-
 func BenchmarkVerify(b *testing.B) {
 	const builder = "https://builders.example/bench"
 	k, s := newKey(b)

@@ -276,6 +276,11 @@ func predicateJSON(env *bundle.Envelope) []byte {
 	if err != nil {
 		return nil
 	}
+	return payloadPredicate(payload)
+}
+
+// payloadPredicate returns the raw predicate of a Statement's JSON, or nil.
+func payloadPredicate(payload []byte) []byte {
 	var st struct {
 		Predicate json.RawMessage `json:"predicate"`
 	}

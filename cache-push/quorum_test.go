@@ -12,8 +12,11 @@ import (
 func tallyPolicy(t *testing.T) *policy.Policy {
 	t.Helper()
 	dir := t.TempDir()
-	if _, err := attest.GenerateKeyFiles(filepath.Join(dir, "k")); err != nil {
-		t.Fatal(err)
+	// Each builder its own key: a policy refuses a key shared by two ids.
+	for _, k := range []string{"a", "a2", "b", "c"} {
+		if _, err := attest.GenerateKeyFiles(filepath.Join(dir, k)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	p, err := policy.Parse([]byte(`tenants: [default]
 systems: [x86_64-linux]
@@ -25,10 +28,10 @@ overrides:
     names: ["solo-*"]
     quorum: {min: 1}
 builders:
-  - {id: a, key: k.pub, owner: alice}
-  - {id: a2, key: k.pub, owner: alice}
-  - {id: b, key: k.pub, owner: bob}
-  - {id: c, key: k.pub, owner: carol}
+  - {id: a, key: a.pub, owner: alice}
+  - {id: a2, key: a2.pub, owner: alice}
+  - {id: b, key: b.pub, owner: bob}
+  - {id: c, key: c.pub, owner: carol}
 `), dir)
 	if err != nil {
 		t.Fatal(err)

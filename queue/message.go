@@ -127,7 +127,9 @@ func (r *Result) Validate() error {
 			return fmt.Errorf("%w: output %q: malformed nix signature", ErrMalformed, o.Name)
 		}
 	}
-	if len(r.Bundle) == 0 {
+	// A JSON null is no bundle either: encoding/json hands it to a
+	// RawMessage as the four bytes "null".
+	if len(r.Bundle) == 0 || string(bytes.TrimSpace(r.Bundle)) == "null" {
 		return fmt.Errorf("%w: no bundle", ErrMalformed)
 	}
 	if r.Closure != "" {

@@ -241,6 +241,7 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 	p.keys = make(map[string]*ecdsa.PublicKey, len(p.Builders))
 	p.nixKeys = map[string]signature.PublicKey{}
 	p.byID = map[string]*Builder{}
+	keyOwner := map[string]string{} // key id → builder id
 	for i := range p.Builders {
 		b := &p.Builders[i]
 		p.byID[b.ID] = b
@@ -281,6 +282,16 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 		if err != nil {
 			return nil, fmt.Errorf("builder %s: %w", b.ID, err)
 		}
+		// A key speaks for exactly one builder id (attest.NewVerifier
+		// refuses a shared one): say so here, at load, naming both.
+		kid, err := attest.KeyID(k)
+		if err != nil {
+			return nil, fmt.Errorf("builder %s: %w", b.ID, err)
+		}
+		if other, dup := keyOwner[kid]; dup {
+			return nil, fmt.Errorf("builders %s and %s share a key: each builder needs its own", other, b.ID)
+		}
+		keyOwner[kid] = b.ID
 		p.keys[b.ID] = k
 	}
 	if p.TrustedRoot != "" {

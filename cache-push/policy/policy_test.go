@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/internal/fuzzseed"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -77,6 +78,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown field", "builderz: []\n", "field builderz not found"},
 		{"missing key file", "builders:\n  - id: a\n    key: nope.pub\n", "no such file"},
 		{"not a key", "builders:\n  - id: a\n    key: \"-----BEGIN X-----\"\n", "PUBLIC KEY"},
+		{"shared key", "builders:\n  - {id: a, key: keys/builder.pub}\n  - {id: b, key: keys/builder.pub}\n", "share a key"},
 		{"duplicate id", "builders:\n  - {id: a, key: keys/builder.pub}\n  - {id: a, key: keys/builder.pub}\n", "twice"},
 		{"empty id", "builders:\n  - {key: keys/builder.pub}\n", "no id"},
 		{"bad tenant", "tenants: [a.b]\nbuilders:\n  - {id: a, key: keys/builder.pub}\n", "forbidden character"},
@@ -99,12 +101,101 @@ func indent(s, pre string) string {
 	return b.String()
 }
 
-func FuzzParse(f *testing.F) {
-	f.Add([]byte(Example))
-	f.Add([]byte("builders:\n  - {id: a, key: keys/builder.pub}\n"))
+// policySeeds are policies, good and bad, committed as FuzzPolicy's corpus.
+func policySeeds() map[string][]byte {
+	return map[string][]byte{
+		"example":      []byte(Example),
+		"minimal":      []byte("builders:\n  - {id: a, key: keys/builder.pub}\n"),
+		"quorum-owner": []byte("tenants: [a, b]\nsystems: [x86_64-linux]\nquorum: {min: 2, distinct: owner, on_disagreement: trusted-only, trusted: a}\nbuilders:\n  - {id: a, key: keys/builder.pub, owner: o1, host: h1}\n  - {id: b, key: keys/other.pub, owner: o2}\n"),
+		"overrides": []byte("overrides:\n  - names: [\"*-firefox-*\", \"[\"]\n    quorum: {min: 3}\n  - systems: [aarch64-linux]\n    tenants: [t]\n    quorum: {trusted_after: 5, spot_check: 0.1}\n" +
+			"reputation: {quarantine_after: 2, window: 24h}\nsources: [\"distro/*\"]\nbuilders:\n  - {id: a, key: keys/builder.pub}\n"),
+		"keyless":      []byte("trusted_root: root.json\nrequire_sct: true\nbuilders:\n  - id: forge:x\n    identity: {issuer: \"https://f/api/actions\", san_regexp: \"^https://f/x/.*$\"}\n"),
+		"nix-key":      []byte("builders:\n  - {id: a, key: keys/builder.pub, nix_key: \"a-1:ZmFrZXNpZ25hdHVyZWZha2VzaWduYXR1cmVmYWtlcw==\"}\n"),
+		"require-tlog": []byte("require_tlog: true\nbuilders:\n  - {id: a, key: keys/builder.pub}\n"),
+		"anchors":      []byte("a: &a [x]\nb: &b [*a, *a]\nbuilders: *b\n"),
+		"not-yaml":     []byte("{{{"),
+	}
+}
+
+func TestFuzzCorpus(t *testing.T) {
+	fuzzseed.Sync(t, "FuzzPolicy", policySeeds(), false)
+}
+
+// FuzzPolicy parses hostile policy files next to a real key file. Parse
+// must not panic; a policy it accepts must hold the invariants the pusher
+// relies on (every quorum rule filled in and consistent, a verifier for
+// key-only policies) and answer every query without panicking.
+//
+// Its seeds are the committed testdata/fuzz/FuzzPolicy/ (policySeeds).
+func FuzzPolicy(f *testing.F) {
 	dir := f.TempDir()
+	k, err := attest.GenerateKey()
+	if err != nil {
+		f.Fatal(err)
+	}
+	pub, _ := attest.MarshalPublicKey(k.Public())
+	if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o755); err != nil {
+		f.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "keys", "builder.pub"), pub, 0o644); err != nil {
+		f.Fatal(err)
+	}
+	k2, err := attest.GenerateKey()
+	if err != nil {
+		f.Fatal(err)
+	}
+	pub2, _ := attest.MarshalPublicKey(k2.Public())
+	if err := os.WriteFile(filepath.Join(dir, "keys", "other.pub"), pub2, 0o644); err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = Parse(b, dir)
+		p, err := Parse(b, dir)
+		if err != nil {
+			return
+		}
+		if len(p.Builders) == 0 {
+			t.Fatal("accepted a policy without builders")
+		}
+		keyless := false
+		for i, bd := range p.Builders {
+			if bd.ID == "" {
+				t.Fatalf("builders[%d] accepted without an id", i)
+			}
+			if got, ok := p.Builder(bd.ID); !ok || got.ID != bd.ID {
+				t.Fatalf("builder %q not found by id", bd.ID)
+			}
+			if bd.Identity != nil {
+				keyless = true
+			} else if p.keys[bd.ID] == nil {
+				t.Fatalf("builder %q accepted without a key", bd.ID)
+			}
+			_ = p.DistinctKey(bd.ID, DistinctOwner)
+			_, _ = p.NixKey(bd.ID)
+		}
+		quorums := append([]Quorum{p.Quorum}, overrideQuorums(p.Overrides)...)
+		for _, q := range quorums {
+			if q.Min < 1 || q.TrustedAfter < 0 || q.SpotCheck < 0 || q.SpotCheck > 1 {
+				t.Fatalf("accepted quorum %+v", q)
+			}
+			if err := q.check(nil); err != nil || q.Distinct == "" || q.OnDisagreement == "" {
+				t.Fatalf("quorum %+v not filled in: %v", q, err)
+			}
+			if q.OnDisagreement == OnDisagreementTrustedOnly {
+				if _, ok := p.Builder(q.Trusted); !ok {
+					t.Fatalf("trusted-only quorum names unknown builder %q", q.Trusted)
+				}
+			}
+		}
+		if p.Reputation.QuarantineAfter < 1 || p.Reputation.Window <= 0 {
+			t.Fatalf("accepted reputation %+v", p.Reputation)
+		}
+		_, verr := p.Verifier()
+		if !keyless && !p.RequireTlog && verr != nil {
+			t.Fatalf("key-only policy has no verifier: %v", verr)
+		}
+		_ = p.QuorumFor("default", "x86_64-linux", "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-firefox-1")
+		_ = p.CheckSource(map[string]any{"workflow": map[string]any{"server": "http://f", "repository": "distro/pkgs"}})
+		_ = p.Check(&queue.Result{Tenant: "default", System: "x86_64-linux", Builder: p.Builders[0].ID})
 	})
 }
 

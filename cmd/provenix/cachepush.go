@@ -14,8 +14,6 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
-	"codeberg.org/provenix/provenix/cache-push/store"
-	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -23,10 +21,9 @@ import (
 
 type pushFlags struct {
 	nats     natsFlags
-	s3       s3Flags
+	cache    cacheFlags
 	policy   string
 	cacheKey string
-	dir      string
 	group    string
 	tenant   string
 }
@@ -53,23 +50,19 @@ abandoned uploads older than a day, hourly.`,
 		},
 	}
 	f.nats.register(cmd)
-	f.s3.register(cmd)
+	f.cache.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.policy, "policy", "", "policy file (default: the data directory's policy.yaml)")
 	fl.StringVar(&f.cacheKey, "cache-key", "", "Nix cache secret key (default: the data directory's keys/cache.key)")
-	fl.StringVar(&f.dir, "dir", "", "cache directory (default: the data directory's cache/)")
 	fl.StringVar(&f.group, "group", up.DefaultGroup, "pusher group (durable consumer name)")
 	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results to consume")
 	return cmd
 }
 
 func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
-	s3opts, err := f.s3.options()
-	if err != nil {
+	// Flags first: a usage error must not wait for a policy or a bucket.
+	if _, err := f.cache.check(); err != nil {
 		return err
-	}
-	if s3opts != nil && f.dir != "" {
-		return usageError("--dir and --s3-endpoint exclude each other")
 	}
 	p := g.paths()
 	or := func(v, d string) string {
@@ -87,23 +80,14 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return usageError("%v", err)
 	}
 	log := g.logger()
-	var st store.Store
-	where := or(f.dir, p.Cache())
-	if s3opts == nil {
-		if st, err = local.New(where); err != nil {
-			return err
-		}
-	} else {
-		s3st, err := s3.New(*s3opts)
-		if err != nil {
-			return err
-		}
-		if err := s3st.Check(ctx); err != nil {
-			return fmt.Errorf("s3 cache at %s: %w", s3opts.Endpoint, err)
-		}
-		st, where = s3st, "s3://"+s3opts.Bucket+"/"+s3opts.Prefix
-		go removeStaleS3(ctx, log, s3st)
+	st, err := f.cache.open(ctx, g, false)
+	if err != nil {
+		return err
 	}
+	if st.s3 != nil {
+		go removeStaleS3(ctx, log, st.s3)
+	}
+	where := st.where
 	conn, err := f.nats.connect(ctx, g, "provenix-cache-push")
 	if err != nil {
 		return err
@@ -112,7 +96,7 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	if err := conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
 		return err
 	}
-	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log})
+	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st.Store, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -144,31 +128,35 @@ func removeStaleS3(ctx context.Context, log *slog.Logger, st *s3.Store) {
 
 func newCacheCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "cache", Short: "Binary cache tools"}
-	var dir, listen, readers string
-	var s3f s3Flags
+	var (
+		cache           cacheFlags
+		listen, readers string
+	)
 	serve := &cobra.Command{
 		Use:   "serve [flags]",
-		Short: "Serve a cache directory over HTTP for nix substituters",
-		Long: `Serve a Provenix cache directory with the Nix binary-cache protocol:
-/nix-cache-info, /<hash>.narinfo, /nar/..., and /<hash>.provenance.json.
-With --s3-endpoint and --s3-bucket it serves the cache under --s3-prefix
-in that bucket instead (secret key from --s3-secret-file or
+		Short: "Serve a cache directory or S3 bucket over HTTP for nix substituters",
+		Long: `Serve a Provenix cache with the Nix binary-cache protocol: /nix-cache-info,
+/<hash>.narinfo, /nar/..., and /<hash>.provenance.json. The cache is a
+directory (--dir) or an S3 bucket (--s3-endpoint, --s3-bucket and the other
+--s3-* flags of 'provenix up'; secret key from --s3-secret-file or
 $PROVENIX_S3_SECRET).
 
 With --readers only the users listed in that file may read (HTTP basic
 authentication, which stock nix sends from its netrc-file): one server per
-tenant, each with its tenant's cache directory and readers, keeps tenants
-out of each other's caches. Put TLS in front of it: basic credentials are
-readable on the wire.`,
+tenant, each with its tenant's cache directory or S3 prefix and readers,
+keeps tenants out of each other's caches. Put TLS in front of it: basic
+credentials are readable on the wire.`,
 		Example: `  provenix cache serve --dir /srv/cache --listen 0.0.0.0:8080
-  provenix cache serve --dir /srv/cache/acme --readers tenants/acme/cache-readers --listen 127.0.0.1:8081`,
+  provenix cache serve --dir /srv/cache/acme --readers tenants/acme/cache-readers --listen 127.0.0.1:8081
+  PROVENIX_S3_SECRET=... provenix cache serve --s3-endpoint s3.example.org \
+      --s3-bucket nix-cache --s3-prefix main --s3-access-key AKIA...`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, where, err := serveStore(cmd.Context(), g, dir, &s3f)
+			st, err := cache.open(cmd.Context(), g, false)
 			if err != nil {
 				return err
 			}
-			h := server.Handler(st, server.Options{Logger: g.logger()})
+			h := server.Handler(st.Store, server.Options{Logger: g.logger()})
 			if readers != "" {
 				r, err := server.LoadReaders(readers)
 				if err != nil {
@@ -181,7 +169,7 @@ readable on the wire.`,
 				return err
 			}
 			srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-			fmt.Fprintf(g.stdout, "serving %s at http://%s\n", where, ln.Addr())
+			fmt.Fprintf(g.stdout, "serving %s at http://%s\n", st.where, ln.Addr())
 			go func() {
 				<-cmd.Context().Done()
 				cctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), 10*time.Second)
@@ -194,38 +182,10 @@ readable on the wire.`,
 			return nil
 		},
 	}
-	serve.Flags().StringVar(&dir, "dir", "", "cache directory (default: the data directory's cache/)")
+	cache.register(serve)
 	serve.Flags().StringVar(&listen, "listen", up.DefaultListen, "address to listen on")
-	s3f.register(serve)
 	serve.Flags().StringVar(&readers, "readers", "", "serve only these readers (HTTP basic auth; a tenant's cache-readers from 'provenix tenant add'); serve behind TLS")
 	cmd.AddCommand(serve)
 	cmd.AddCommand(newGCCmd(g))
 	return cmd
-}
-
-// serveStore is the store `cache serve` serves: the S3 bucket's prefix
-// when S3 flags are set, else dir (default: the data directory's cache).
-func serveStore(ctx context.Context, g *globals, dir string, f *s3Flags) (store.Store, string, error) {
-	opts, err := f.options()
-	if err != nil {
-		return nil, "", err
-	}
-	if opts == nil {
-		if dir == "" {
-			dir = g.paths().Cache()
-		}
-		st, err := local.New(dir)
-		return st, dir, err
-	}
-	if dir != "" {
-		return nil, "", usageError("--dir and --s3-endpoint exclude each other")
-	}
-	st, err := s3.New(*opts)
-	if err != nil {
-		return nil, "", err
-	}
-	if err := st.Check(ctx); err != nil {
-		return nil, "", fmt.Errorf("s3 cache at %s: %w", opts.Endpoint, err)
-	}
-	return st, "s3://" + opts.Bucket + "/" + opts.Prefix, nil
 }

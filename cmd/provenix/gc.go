@@ -13,13 +13,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"codeberg.org/provenix/provenix/cache-push/gc"
-	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/queue"
 )
 
 // gcFlags are the flags of `provenix cache gc`.
 type gcFlags struct {
-	dir      string
+	cache    cacheFlags
 	maxAge   string
 	keepFile string
 	grace    string
@@ -34,12 +33,15 @@ func newGCCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "gc [flags]",
 		Short: "Delete cache paths nothing keeps, and orphans of interrupted pushes",
-		Long: `Collect garbage in a cache directory. Kept are the narinfos newer than
+		Long: `Collect garbage in a cache directory or S3 bucket (the --s3-* flags of
+'provenix up'). Kept are the narinfos newer than
 --max-age, the store paths listed in --keep (one a line, # comments), and
 everything those reference, transitively. Every other path goes: narinfo,
 then provenance sidecar, then NAR file, so a client never sees a narinfo
 without its NAR. NAR files and sidecars no narinfo accounts for go once
-older than --grace. Malformed narinfos are reported and kept.
+older than --grace. Malformed narinfos are reported and kept. In S3, uploads
+interrupted before their commit (temporary objects and incomplete multipart
+uploads) older than --grace go too.
 
 With --staging, clean the NATS staging bucket instead: staged NARs older
 than --max-age, and chunks of interrupted uploads older than --grace
@@ -48,6 +50,8 @@ than --max-age, and chunks of interrupted uploads older than --grace
 Durations take Go syntax (90m, 36h) or days (30d).`,
 		Example: `  provenix cache gc --dir /srv/cache --max-age 30d --dry-run
   provenix cache gc --dir /srv/cache --keep pinned.txt --json
+  PROVENIX_S3_SECRET=... provenix cache gc --s3-endpoint s3.example.org \
+      --s3-bucket nix-cache --s3-access-key AKIA... --max-age 30d
   provenix cache gc --staging --nats-url nats://127.0.0.1:4222 --max-age 7d`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -57,13 +61,13 @@ Durations take Go syntax (90m, 36h) or days (30d).`,
 			return runCacheGC(cmd.Context(), g, f)
 		},
 	}
-	cmd.Flags().StringVar(&f.dir, "dir", "", "cache directory (default: the data directory's cache/)")
+	f.cache.register(cmd)
 	cmd.Flags().StringVar(&f.maxAge, "max-age", "", "keep narinfos modified within this age (e.g. 30d)")
 	cmd.Flags().StringVar(&f.keepFile, "keep", "", "file of store paths whose closures are kept")
 	cmd.Flags().StringVar(&f.grace, "grace", "", "leave orphans and narinfos younger than this (default 1d)")
 	cmd.Flags().BoolVar(&f.dryRun, "dry-run", false, "report what would be deleted, delete nothing")
 	cmd.Flags().BoolVar(&f.json, "json", false, "print the report as JSON")
-	cmd.Flags().BoolVar(&f.staging, "staging", false, "clean the NATS staging bucket instead of a cache directory")
+	cmd.Flags().BoolVar(&f.staging, "staging", false, "clean the NATS staging bucket instead of a cache")
 	f.nats.register(cmd)
 	return cmd
 }
@@ -92,18 +96,22 @@ func runCacheGC(ctx context.Context, g *globals, f gcFlags) error {
 		return usageError("nothing says what to keep\nPass --max-age (e.g. --max-age 30d), --keep FILE, or both")
 	}
 	opts.DryRun = f.dryRun
-	dir := f.dir
-	if dir == "" {
-		dir = g.paths().Cache()
-	}
-	if _, err := os.Stat(dir); err != nil {
-		return usageError("--dir: %v", err) // local.New would create it
-	}
-	st, err := local.New(dir)
+	st, err := f.cache.open(ctx, g, true)
 	if err != nil {
 		return err
 	}
-	rep, err := gc.Run(ctx, st, opts)
+	rep, err := gc.Run(ctx, st.Store, opts)
+	if st.s3 != nil && !f.dryRun && err == nil {
+		// Interrupted uploads are the bucket's orphans: the same grace
+		// keeps a push in progress safe.
+		grace := opts.Grace
+		if grace == 0 {
+			grace = gc.DefaultGrace
+		}
+		if serr := st.s3.RemoveStale(ctx, grace); serr != nil {
+			err = fmt.Errorf("gc: interrupted uploads: %w", serr)
+		}
+	}
 	if rep != nil {
 		if f.json {
 			enc := json.NewEncoder(g.stdout)
@@ -119,8 +127,8 @@ func runCacheGC(ctx context.Context, g *globals, f gcFlags) error {
 }
 
 func runStagingGC(ctx context.Context, g *globals, f gcFlags) error {
-	if f.dir != "" || f.keepFile != "" {
-		return usageError("--dir and --keep apply to a cache, not to --staging")
+	if f.cache.dir != "" || f.cache.s3.endpoint != "" || f.keepFile != "" {
+		return usageError("--dir, --s3-* and --keep apply to a cache, not to --staging")
 	}
 	var opts queue.StagingGCOptions
 	var err error

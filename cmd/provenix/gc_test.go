@@ -15,19 +15,33 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/gc"
 )
 
-// writeOldPath puts a minimal narinfo, sidecar and NAR for name into dir,
-// modified age ago, and returns the narinfo's file name.
-func writeOldPath(t *testing.T, dir, name string, age time.Duration) string {
-	t.Helper()
+// pathObjects returns the narinfo, sidecar and NAR of a minimal store path
+// called name that references refs (store paths), keyed as in a cache, and
+// the narinfo's key and the store path.
+func pathObjects(name string, refs ...string) (objs map[string][]byte, narinfoKey, storePath string) {
 	h := sha256.Sum256([]byte(name))
 	hash := nixbase32.EncodeToString(h[:20])
 	nar := []byte("nar of " + name)
 	sum := sha256.Sum256(nar)
 	fh := nixbase32.EncodeToString(sum[:])
 	narKey := "nar/" + fh + ".nar.zst"
-	ni := "StorePath: /nix/store/" + hash + "-" + name + "\nURL: " + narKey +
-		"\nCompression: zstd\nFileHash: sha256:" + fh + "\nFileSize: 11\nNarHash: sha256:" + fh + "\nNarSize: 11\nReferences: \n"
-	files := map[string][]byte{hash + ".narinfo": []byte(ni), hash + ".provenance.json": []byte("{}"), narKey: nar}
+	storePath = "/nix/store/" + hash + "-" + name
+	var bases []string
+	for _, r := range refs {
+		bases = append(bases, filepath.Base(r))
+	}
+	ni := "StorePath: " + storePath + "\nURL: " + narKey +
+		"\nCompression: zstd\nFileHash: sha256:" + fh + "\nFileSize: 11\nNarHash: sha256:" + fh + "\nNarSize: 11\nReferences: " +
+		strings.Join(bases, " ") + "\n"
+	objs = map[string][]byte{hash + ".narinfo": []byte(ni), hash + ".provenance.json": []byte("{}"), narKey: nar}
+	return objs, hash + ".narinfo", storePath
+}
+
+// writeOldPath puts a minimal narinfo, sidecar and NAR for name into dir,
+// modified age ago, and returns the narinfo's file name.
+func writeOldPath(t *testing.T, dir, name string, age time.Duration) string {
+	t.Helper()
+	files, key, _ := pathObjects(name)
 	mt := time.Now().Add(-age)
 	for k, v := range files {
 		p := filepath.Join(dir, filepath.FromSlash(k))
@@ -41,7 +55,7 @@ func writeOldPath(t *testing.T, dir, name string, age time.Duration) string {
 			t.Fatal(err)
 		}
 	}
-	return filepath.Join(dir, hash+".narinfo")
+	return filepath.Join(dir, key)
 }
 
 func TestCacheGC(t *testing.T) {
@@ -83,12 +97,16 @@ func TestCacheGC(t *testing.T) {
 
 func TestCacheGCUsage(t *testing.T) {
 	ctx := context.Background()
+	t.Setenv(s3SecretEnv, "secret") // so the S3 cases fail on what they test
 	dir := t.TempDir()
 	for _, args := range [][]string{
 		{"cache", "gc", "--dir", dir},
 		{"cache", "gc", "--dir", dir, "--max-age", "soon"},
 		{"cache", "gc", "--dir", filepath.Join(dir, "absent"), "--max-age", "1d"},
 		{"cache", "gc", "--staging", "--dir", dir, "--max-age", "1d"},
+		{"cache", "gc", "--staging", "--s3-endpoint", "127.0.0.1:1", "--max-age", "1d"},
+		{"cache", "gc", "--s3-bucket", "b", "--max-age", "1d"},
+		{"cache", "gc", "--dir", dir, "--s3-endpoint", "127.0.0.1:1", "--s3-bucket", "b", "--s3-access-key", "a", "--max-age", "1d"},
 		{"cache", "gc", "--staging", "--max-age", "-1h", "--nats-url", "nats://127.0.0.1:1"},
 	} {
 		if _, errOut, code := cli(t, ctx, args...); code != exitUsageErr {
