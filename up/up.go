@@ -332,6 +332,19 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if err := s.openStore(ctx); err != nil {
 		return err
 	}
+	if s.nats != nil {
+		// The embedded server started with this process, so whatever its
+		// pusher group had in flight belonged to a process that is gone
+		// (killed, crashed): release it now rather than a whole AckWait
+		// later. An external server may have live members elsewhere.
+		n, err := s.conn.ReleaseDeliveries(ctx, s.cfg.Group)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			s.log.Info("released results the previous run left unacknowledged", "count", n, "group", s.cfg.Group)
+		}
+	}
 	s.pusher, err = cachepush.New(cachepush.Config{
 		KV: s.conn, Rebuilds: s.conn, Store: s.store, Policy: pol, CacheKey: cacheKey, Staging: s.conn, Events: s.conn, Logger: s.log,
 		Metrics: s.metrics.Pusher,
