@@ -75,6 +75,12 @@ func (c *Conn) publish(ctx context.Context, subj string, data []byte, opts ...je
 		if cause := context.Cause(pctx); errors.Is(cause, ErrPermissionDenied) {
 			return nil, cause
 		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			// A server that cannot write its storage (disk full) does not
+			// answer at all; neither does one that is down or has no
+			// stream leader. Say where to look.
+			return nil, fmt.Errorf("no ack from JetStream (server unreachable, stream without leader, or the server cannot write its storage: see its log): %w", err)
+		}
 		return nil, mapJSError(err)
 	}
 	return ack, nil
@@ -123,6 +129,8 @@ func mapJSError(err error) error {
 	case errors.Is(err, jetstream.ErrStreamNotFound), errors.Is(err, jetstream.ErrConsumerNotFound),
 		errors.Is(err, jetstream.ErrBucketNotFound), errors.Is(err, jetstream.ErrObjectNotFound):
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	case storageFull(err):
+		return fmt.Errorf("%w: %w", ErrStorageFull, err)
 	case errors.Is(err, nats.ErrNoResponders):
 		// Not mapped to ErrNotFound: during a leader election a stream
 		// that exists does not answer either, and callers treat
@@ -131,3 +139,29 @@ func mapJSError(err error) error {
 	}
 	return err
 }
+
+// storageFull reports whether err is the server refusing a write for lack
+// of storage: an account or server limit (insufficient resources), or a
+// stream's MaxBytes with DiscardNew (maximum bytes exceeded).
+func storageFull(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	switch apiErr.ErrorCode {
+	case jsErrInsufficientResources, jsErrStorageResourcesExceeded:
+		return true
+	case jsErrStreamStoreFailed:
+		d := strings.ToLower(apiErr.Description)
+		return strings.Contains(d, "maximum bytes") || strings.Contains(d, "resources") || strings.Contains(d, "no space")
+	}
+	return false
+}
+
+// JetStream error codes (nats-server's errors.json) that nats.go does not
+// name.
+const (
+	jsErrInsufficientResources    jetstream.ErrorCode = 10023
+	jsErrStorageResourcesExceeded jetstream.ErrorCode = 10047
+	jsErrStreamStoreFailed        jetstream.ErrorCode = 10077
+)

@@ -110,7 +110,7 @@ func (c *Conn) Stage(ctx context.Context, key string, r io.Reader) (StagedInfo, 
 
 	info, err := c.putObject(ctx, stream, key, r)
 	if err != nil {
-		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
+		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
 	}
 	if old != nil && !old.Deleted && old.NUID != info.NUID {
 		// The replaced object's chunks, as nats.go does. Best effort: the

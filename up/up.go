@@ -312,7 +312,11 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 				return fmt.Errorf("nats listen port %q: %w", ps, err)
 			}
 		}
-		s.nats, err = queue.NewServer(queue.ServerConfig{StoreDir: s.paths.NATS(), Host: host, Port: port, Token: s.token})
+		// The server's warnings and errors (a disk full under JetStream,
+		// recovery trouble after a crash) go to our log; its startup
+		// notices do not.
+		s.nats, err = queue.NewServer(queue.ServerConfig{StoreDir: s.paths.NATS(), Host: host, Port: port, Token: s.token,
+			Logger: s.log, LogLevel: slog.LevelWarn})
 		if err != nil {
 			return err
 		}
