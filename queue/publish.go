@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,7 +18,14 @@ import (
 // duplicate window: the result is stored once, and retrying a publish
 // whose outcome is unknown is always safe.
 //
-// A ctx without deadline gets DefaultTimeout.
+// So PublishResult retries such a publish itself, with the same id, until
+// ctx ends: no ack in time (the broker was killed or restarted while it
+// had the message), the connection lost, no stream answering (a leader
+// election). A build may have taken hours; a broker restart must not lose
+// its result. Definite refusals (permissions, storage full, no such
+// stream, malformed) are returned at once.
+//
+// A ctx without deadline gets PublishResultTimeout.
 func (c *Conn) PublishResult(ctx context.Context, r *Result) (duplicate bool, err error) {
 	if r == nil {
 		return false, errors.New("queue: publish result: nil result")
@@ -30,11 +38,50 @@ func (c *Conn) PublishResult(ctx context.Context, r *Result) (duplicate bool, er
 	if err != nil {
 		return false, fmt.Errorf("queue: publish result %s: %w", r.DrvPath, err)
 	}
-	ack, err := c.publish(ctx, subj, data, jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(StreamResults))
-	if err != nil {
-		return false, fmt.Errorf("queue: publish result %s: %w", r.DrvPath, err)
+	ctx, cancel := withDefaultTimeout(ctx, PublishResultTimeout)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		actx, acancel := context.WithTimeout(ctx, min(publishAttemptTimeout<<min(attempt, 3), publishAttemptMax))
+		ack, err := c.publish(actx, subj, data, jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(StreamResults))
+		acancel()
+		if err == nil {
+			return ack.Duplicate, nil
+		}
+		if !retryablePublish(err) || ctx.Err() != nil {
+			if attempt > 0 {
+				err = fmt.Errorf("after %d attempts: %w", attempt+1, err)
+			}
+			return false, fmt.Errorf("queue: publish result %s: %w", r.DrvPath, err)
+		}
+		c.log.Debug("queue: publish result: retrying", "drv", r.DrvPath, "attempt", attempt+1, logKeyErr, err)
+		sleepCtx(ctx, min(backoff(attempt), time.Second))
 	}
-	return ack.Duplicate, nil
+}
+
+const (
+	// PublishResultTimeout bounds PublishResult when its ctx has no
+	// deadline: long enough to ride out a broker restart.
+	PublishResultTimeout = time.Minute
+	// publishAttemptTimeout is the first attempt's wait for an ack; each
+	// retry waits twice as long, up to publishAttemptMax, so a slow link
+	// still gets an answer while a lost message is resent soon.
+	publishAttemptTimeout = 2 * time.Second
+	publishAttemptMax     = 10 * time.Second
+)
+
+// retryablePublish reports whether a publish failed without a definite
+// answer from the stream, so that sending it again (same Nats-Msg-Id) may
+// succeed.
+func retryablePublish(err error) bool {
+	switch {
+	case errors.Is(err, ErrPermissionDenied), errors.Is(err, ErrStorageFull), errors.Is(err, ErrNotFound),
+		errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, context.Canceled):
+		return false
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrNoResponders),
+		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrConnectionReconnecting):
+		return true
+	}
+	return false
 }
 
 // PublishEvent publishes v, encoded as JSON, on EventsSubject(tenant, kind).

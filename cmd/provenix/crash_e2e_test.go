@@ -398,8 +398,8 @@ func TestCrashEmbedded(t *testing.T) {
 	}
 	defer conn.Close()
 
-	// The builder: stage each NAR, then publish its result, retrying both
-	// until acked, as `provenix build` does with a flaky broker.
+	// The builder: stage each NAR (retried here: a staging upload cut by
+	// the kill fails), then publish its result (PublishResult retries).
 	var acked, retries, duplicates, slowest atomic.Int64
 	pubDone := make(chan error, 1)
 	go func() {
@@ -410,13 +410,13 @@ func TestCrashEmbedded(t *testing.T) {
 				return err
 			})
 			if err == nil {
-				err = retry(ctx, &retries, func(ctx context.Context) error {
-					dup, err := conn.PublishResult(ctx, it.r)
-					if dup {
-						duplicates.Add(1)
-					}
-					return err
-				})
+				// PublishResult retries by itself, with the same
+				// Nats-Msg-Id, across the kill.
+				var dup bool
+				dup, err = conn.PublishResult(ctx, it.r)
+				if dup {
+					duplicates.Add(1)
+				}
 			}
 			if err != nil {
 				pubDone <- fmt.Errorf("result %s: %w", it.path(), err)
@@ -542,7 +542,7 @@ func TestCrashEmbedded(t *testing.T) {
 	if err := u.stop(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d kills (%d while publishing, %d while pushing, %d released deliveries); %d builder retries, %d duplicate acks, slowest result %s; starts took %v",
+	t.Logf("%d kills (%d while publishing, %d while pushing, %d released deliveries); %d staging retries, %d duplicate acks, slowest result %s; starts took %v",
 		crashKills, whilePublishing, whilePushing, u.released(), retries.Load(), duplicates.Load(), time.Duration(slowest.Load()), u.startTimes)
 }
 
@@ -553,13 +553,7 @@ func probeDuplicates(t *testing.T, ctx context.Context, conn *queue.Conn, acked 
 	t.Helper()
 	for range min(3, len(acked)) {
 		it := acked[rng.IntN(len(acked))]
-		var retries atomic.Int64
-		var dup bool
-		err := retry(ctx, &retries, func(ctx context.Context) error {
-			var err error
-			dup, err = conn.PublishResult(ctx, it.r)
-			return err
-		})
+		dup, err := conn.PublishResult(ctx, it.r)
 		if err != nil {
 			t.Fatal(err)
 		}
