@@ -69,9 +69,14 @@ const (
 	publishAttemptMax     = 10 * time.Second
 )
 
-// retryablePublish reports whether a publish failed without a definite
-// answer from the stream, so that sending it again (same Nats-Msg-Id) may
-// succeed.
+// Retryable reports whether an error from PublishResult or Stage came
+// without a definite answer from the broker (no ack in time, the
+// connection lost, no stream answering), so that the same call (same
+// result, same key) may succeed when repeated. Refusals (permissions,
+// storage full, invalid names, missing streams) and cancellations are not.
+func Retryable(err error) bool { return retryablePublish(err) }
+
+// retryablePublish is Retryable.
 func retryablePublish(err error) bool {
 	switch {
 	case errors.Is(err, ErrPermissionDenied), errors.Is(err, ErrStorageFull), errors.Is(err, ErrNotFound),
