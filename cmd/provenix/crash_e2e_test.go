@@ -308,8 +308,9 @@ func checkCache(t *testing.T, dir string, cachePub signature.PublicKey, want map
 }
 
 // retry runs f with a short per-attempt timeout until it succeeds,
-// counting the failed attempts: across a kill of `up`, publishes fail
-// (timeout, disconnected) until the restarted server is back.
+// counting the failed attempts: across a kill of `up`, staging uploads
+// fail (timeout, disconnected) until the restarted server is back. (The
+// builder's own retry, in builder.stage, re-dumps the NAR from the store.)
 func retry(ctx context.Context, retries *atomic.Int64, f func(ctx context.Context) error) error {
 	for {
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
