@@ -265,18 +265,59 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 // stage streams the NAR of info into staging. DumpNAR checks the bytes
 // against the registered hash at the end; a mismatch fails the pipe, so the
 // staged object is abandoned instead of published under a hash it lacks.
+//
+// An upload cut by the broker (restarted, connection lost) is retried
+// from a fresh dump, up to stageAttempts times: the NAR is still in the
+// store, and a build that may have taken hours must not fail for it.
 func (b *Builder) stage(ctx context.Context, key string, info nix.PathInfo) error {
 	b.log().Info("staging NAR", "path", info.Path, "bytes", info.NarSize)
-	pr, pw := io.Pipe()
-	go func() {
-		pw.CloseWithError(b.Nix.DumpNAR(pw, info))
-	}()
-	_, err := b.Queue.Stage(ctx, key, pr)
-	pr.CloseWithError(errors.New("staging ended"))
-	if err != nil {
-		return fmt.Errorf("stage %s: %w", info.Path, err)
+	for attempt := 1; ; attempt++ {
+		retry, err := b.stageOnce(ctx, key, info)
+		if err == nil {
+			return nil
+		}
+		if !retry || attempt == stageAttempts || ctx.Err() != nil {
+			return fmt.Errorf("stage %s: %w", info.Path, err)
+		}
+		b.log().Warn("staging failed, retrying", "path", info.Path, "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stage %s: %w (after: %w)", info.Path, ctx.Err(), err)
+		case <-time.After(time.Duration(attempt) * stageRetryWait):
+		}
 	}
-	return nil
+}
+
+const (
+	// stageAttempts and stageRetryWait: a NAR upload is tried this many
+	// times, waiting 1, 2, 3... times stageRetryWait in between (10 s in
+	// all, a broker restart's worth).
+	stageAttempts  = 5
+	stageRetryWait = time.Second
+)
+
+var errStagingEnded = errors.New("staging ended")
+
+// stageOnce makes one upload; retry is true when it failed for the
+// broker's sake (queue.Retryable), not because the dump failed.
+func (b *Builder) stageOnce(ctx context.Context, key string, info nix.PathInfo) (retry bool, err error) {
+	pr, pw := io.Pipe()
+	dumped := make(chan error, 1)
+	go func() {
+		err := b.Nix.DumpNAR(pw, info)
+		pw.CloseWithError(err)
+		dumped <- err
+	}()
+	_, err = b.Queue.Stage(ctx, key, pr)
+	pr.CloseWithError(errStagingEnded) // stops the dump if Stage stopped reading
+	derr := <-dumped
+	if err == nil {
+		return false, nil
+	}
+	if derr != nil && !errors.Is(derr, errStagingEnded) {
+		return false, err // the dump's own failure (NAR mismatch): not the broker's
+	}
+	return queue.Retryable(err), err
 }
 
 // stageClosure streams nix-store --export of drvPath's closure into

@@ -3,11 +3,15 @@ package builder
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/internal/testnix"
@@ -22,9 +26,23 @@ type memQueue struct {
 	results []*queue.Result
 	// failStage fails Stage of this key after reading all of it.
 	failStage string
+	// cutStage cuts this many Stage calls short, as a broker restart
+	// does: part of the stream read, then the connection lost.
+	cutStage   int
+	stageCalls int
 }
 
 func (m *memQueue) Stage(_ context.Context, key string, r io.Reader) (queue.StagedInfo, error) {
+	m.mu.Lock()
+	m.stageCalls++
+	cut := m.stageCalls <= m.cutStage
+	m.mu.Unlock()
+	if cut {
+		if _, err := io.ReadFull(r, make([]byte, 64)); err != nil {
+			return queue.StagedInfo{}, err
+		}
+		return queue.StagedInfo{}, fmt.Errorf("chunk 0: %w", nats.ErrDisconnected)
+	}
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return queue.StagedInfo{}, err
@@ -128,5 +146,44 @@ func TestStageClosures(t *testing.T) {
 	bad := &Builder{Nix: b.Nix, Queue: &memQueue{}}
 	if _, err := bad.stageClosure(ctx, "/nix/store/00000000000000000000000000000000-missing.drv"); err == nil {
 		t.Fatal("closure of a missing .drv staged")
+	}
+}
+
+// TestStageRetries: a NAR upload cut by the broker is retried from a fresh
+// dump and the result published with the whole NAR; a refusal is not
+// retried.
+func TestStageRetries(t *testing.T) {
+	bb := testnix.Busybox(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	key, err := attest.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := attest.NewSigner(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &memQueue{cutStage: 2}
+	b := &Builder{Nix: &nix.Nix{Root: t.TempDir(), Options: offline()}, Queue: q, Signer: signer, BuilderID: "test-builder", Tenant: "t1"}
+	tg := Target{
+		Installable: attest.Installable{Kind: "file", File: "../examples/hello.nix", Attr: "hello"},
+		Args:        map[string]string{"busybox": bb},
+		ArgStrs:     map[string]string{"message": t.Name() + time.Now().String()},
+	}
+	pubs, err := b.Build(ctx, tg)
+	if err != nil || len(pubs) != 1 {
+		t.Fatalf("Build with two cut uploads: %v %v", pubs, err)
+	}
+	out := pubs[0].Outputs[0]
+	nar := q.staged[queue.StagingKey(out.NarHashHex())]
+	if q.stageCalls != 3 || len(q.results) != 1 || sha256.Sum256(nar) != out.NarHash {
+		t.Fatalf("%d uploads, %d results, staged NAR sha256 %x; want 3, 1, %x", q.stageCalls, len(q.results), sha256.Sum256(nar), out.NarHash)
+	}
+
+	q2 := &memQueue{failStage: queue.StagingKey(out.NarHashHex())}
+	b.Queue = q2
+	if _, err := b.Publish(ctx, pubs[0].DrvPath, tg, time.Now(), time.Now()); err == nil || q2.stageCalls != 1 || len(q2.results) != 0 {
+		t.Fatalf("refused upload: %v after %d uploads, %d results; want an error after 1 upload", err, q2.stageCalls, len(q2.results))
 	}
 }

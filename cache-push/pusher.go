@@ -191,7 +191,20 @@ func (p *Pusher) Handle(ctx context.Context, d *queue.Delivery) error {
 	defer d.KeepAlive(ctx, p.cfg.Heartbeat, func(err error) {
 		p.log.Warn("heartbeat failed", "msgId", d.MsgID, "err", err)
 	})()
-	return p.Process(ctx, d.Subject, d.Data, d.MsgID)
+	err := p.Process(ctx, d.Subject, d.Data, d.MsgID)
+	if err != nil && !errors.Is(err, queue.ErrPermanent) && ctx.Err() == nil {
+		// Rejections were logged by reject. This is a failure a retry may
+		// fix (the cache store full or unreachable, a broker hiccup): the
+		// result comes back after a delay, and the operator must hear of
+		// it, the more so when it needs them (a full disk).
+		attrs := []any{"msgId", d.MsgID, "delivery", d.NumDelivered, "err", err}
+		if errors.Is(err, store.ErrNoSpace) {
+			p.log.Error("cache store full: result not pushed, will retry once space is freed", attrs...)
+		} else {
+			p.log.Warn("push failed, will retry", attrs...)
+		}
+	}
+	return err
 }
 
 // Process pushes one result message. It returns nil when the result is in

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,6 +52,13 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureAt(t, "", nil)
+}
+
+// newFixtureAt is newFixture with the cache store in cacheDir (a fresh
+// directory when "") and the pusher logging to log (nowhere when nil).
+func newFixtureAt(t *testing.T, cacheDir string, log *slog.Logger) *fixture {
+	t.Helper()
 	ctx := testCtx(t)
 	srv, err := queue.NewServer(queue.ServerConfig{StoreDir: t.TempDir()})
 	if err != nil {
@@ -87,11 +95,14 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := local.New(filepath.Join(dir, "cache-dir"))
+	if cacheDir == "" {
+		cacheDir = filepath.Join(dir, "cache-dir")
+	}
+	st, err := local.New(cacheDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pu, err := New(Config{Store: st, Policy: p, CacheKey: cacheKey, Staging: conn, Events: conn})
+	pu, err := New(Config{Store: st, Policy: p, CacheKey: cacheKey, Staging: conn, Events: conn, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -398,3 +398,45 @@ func truncate(s string, n int) string {
 	}
 	return strings.ToValidUTF8(s[:n], "")
 }
+
+// ReleaseDeliveries makes the deliveries of group's consumer that still
+// await an ack available again at once, instead of after their AckWait, by
+// resetting the consumer to its ack floor. It returns how many were
+// waiting; with none it changes nothing. An absent consumer is not an
+// error (0, nil): a group that never consumed has nothing to release.
+//
+// Why: a pusher killed mid-push leaves its delivery pending on the server,
+// and the server redelivers it only once AckWait (a minute by default) has
+// passed since it was handed out, even across a server restart. An
+// embedded server restarted with its process knows that no member of the
+// group from before the restart can still be working, so it can release
+// them now.
+//
+// Use it only when no member of the group can be working: one still
+// working would see its message delivered a second time. Messages acked
+// out of order above the ack floor are delivered again too. Both are safe
+// for idempotent handlers, which every Handler must be. Needs a server
+// with the consumer reset API (nats-server 2.14 or later).
+func (c *Conn) ReleaseDeliveries(ctx context.Context, group string) (int, error) {
+	if err := ValidToken(group); err != nil {
+		return 0, fmt.Errorf("queue: release deliveries: group: %w", err)
+	}
+	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
+	defer cancel()
+	name := ConsumerPrefix + group
+	cons, err := c.js.Consumer(ctx, StreamResults, name)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("queue: release deliveries of %s: %w", name, mapJSError(err))
+	}
+	info := cons.CachedInfo()
+	if info.NumAckPending == 0 {
+		return 0, nil
+	}
+	if _, err := c.js.ResetConsumer(ctx, StreamResults, name); err != nil {
+		return 0, fmt.Errorf("queue: release deliveries of %s: %w", name, mapJSError(err))
+	}
+	return info.NumAckPending, nil
+}

@@ -488,3 +488,61 @@ func TestDeliveryInProgressOutsideConsumer(t *testing.T) {
 		t.Error("InProgress on a bare Delivery succeeded")
 	}
 }
+
+// TestReleaseDeliveries: deliveries a dead member took and never acked
+// are handed out again at once after ReleaseDeliveries, not after the
+// minute of AckWait.
+func TestReleaseDeliveries(t *testing.T) {
+	_, c := setup(t)
+	ctx := ctxT(t)
+	if n, err := c.ReleaseDeliveries(ctx, "nobody"); n != 0 || err != nil {
+		t.Fatalf("ReleaseDeliveries of a group without consumer = %d, %v", n, err)
+	}
+	if _, err := c.ReleaseDeliveries(ctx, "a.b"); !errors.Is(err, ErrInvalidName) {
+		t.Fatalf("ReleaseDeliveries of an invalid group: %v", err)
+	}
+	// Create the group's consumer, idle.
+	stop(t, consume(t, c, ConsumerOptions{Group: "g"}, func(context.Context, *Delivery) error { return nil }))
+	if n, err := c.ReleaseDeliveries(ctx, "g"); n != 0 || err != nil {
+		t.Fatalf("ReleaseDeliveries with nothing pending = %d, %v", n, err)
+	}
+	publishN(t, c, 3)
+	// A member takes two results and dies without a word.
+	cons, err := c.js.Consumer(ctx, StreamResults, ConsumerPrefix+"g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.FetchNoWait(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken := 0
+	for range batch.Messages() {
+		taken++
+	}
+	if taken != 2 || consumerInfo(t, c, "g").NumAckPending != 2 {
+		t.Fatalf("took %d deliveries, %d pending", taken, consumerInfo(t, c, "g").NumAckPending)
+	}
+
+	if n, err := c.ReleaseDeliveries(ctx, "g"); n != 2 || err != nil {
+		t.Fatalf("ReleaseDeliveries = %d, %v; want 2", n, err)
+	}
+	rec := newRecorder()
+	start := time.Now()
+	k := consume(t, c, ConsumerOptions{Group: "g"}, func(_ context.Context, d *Delivery) error {
+		rec.add(d)
+		return nil
+	})
+	waitFor(t, DefaultAckWait/4, "all three results", func() bool {
+		seen, _ := rec.snapshot()
+		return len(seen) == 3
+	})
+	if d := time.Since(start); d > DefaultAckWait/4 {
+		t.Fatalf("released deliveries came back after %s", d)
+	}
+	waitFor(t, 5*time.Second, "the acks", func() bool {
+		info := consumerInfo(t, c, "g")
+		return info.NumAckPending == 0 && info.NumPending == 0
+	})
+	stop(t, k)
+}

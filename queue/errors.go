@@ -29,11 +29,19 @@ var (
 	ErrQuotaExceeded = errors.New("queue: JetStream quota exceeded")
 	// ErrCorrupt: a staged object's content does not match its digest.
 	ErrCorrupt = errors.New("queue: staged object corrupt")
-	// ErrConfigDropped: the server did not keep a stream setting we set;
-	// older servers silently drop fields they do not know.
+	// ErrStorageFull: the server refused to store a message because
+	// JetStream's storage is full: the account's or server's limit
+	// (max_store, by default 75 % of the disk's free space when the server
+	// started) or a stream's MaxBytes. Retry once space is freed (staged
+	// objects deleted, messages aged out, the limit raised). A server whose
+	// disk itself ran out gives no answer at all, only timeouts: see
+	// Server.StorageError.
+	ErrStorageFull = errors.New("queue: JetStream storage full")
 	// ErrUntrustedCert: the server's TLS certificate failed verification
 	// (unknown CA, wrong host name, expired); Connect gives up at once.
 	ErrUntrustedCert = errors.New("server certificate not trusted")
+	// ErrConfigDropped: the server did not keep a stream setting we set;
+	// older servers silently drop fields they do not know.
 	ErrConfigDropped = errors.New("queue: server did not keep the stream configuration (nats-server too old?)")
 )
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,7 +18,14 @@ import (
 // duplicate window: the result is stored once, and retrying a publish
 // whose outcome is unknown is always safe.
 //
-// A ctx without deadline gets DefaultTimeout.
+// So PublishResult retries such a publish itself, with the same id, until
+// ctx ends: no ack in time (the broker was killed or restarted while it
+// had the message), the connection lost, no stream answering (a leader
+// election). A build may have taken hours; a broker restart must not lose
+// its result. Definite refusals (permissions, storage full, no such
+// stream, malformed) are returned at once.
+//
+// A ctx without deadline gets PublishResultTimeout.
 func (c *Conn) PublishResult(ctx context.Context, r *Result) (duplicate bool, err error) {
 	if r == nil {
 		return false, errors.New("queue: publish result: nil result")
@@ -30,11 +38,55 @@ func (c *Conn) PublishResult(ctx context.Context, r *Result) (duplicate bool, er
 	if err != nil {
 		return false, fmt.Errorf("queue: publish result %s: %w", r.DrvPath, err)
 	}
-	ack, err := c.publish(ctx, subj, data, jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(StreamResults))
-	if err != nil {
-		return false, fmt.Errorf("queue: publish result %s: %w", r.DrvPath, err)
+	ctx, cancel := withDefaultTimeout(ctx, PublishResultTimeout)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		actx, acancel := context.WithTimeout(ctx, min(publishAttemptTimeout<<min(attempt, 3), publishAttemptMax))
+		ack, err := c.publish(actx, subj, data, jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(StreamResults))
+		acancel()
+		if err == nil {
+			return ack.Duplicate, nil
+		}
+		if !retryablePublish(err) || ctx.Err() != nil {
+			if attempt > 0 {
+				err = fmt.Errorf("after %d attempts: %w", attempt+1, err)
+			}
+			return false, fmt.Errorf("queue: publish result %s: %w", r.DrvPath, err)
+		}
+		c.log.Debug("queue: publish result: retrying", "drv", r.DrvPath, "attempt", attempt+1, logKeyErr, err)
+		sleepCtx(ctx, min(backoff(attempt), time.Second))
 	}
-	return ack.Duplicate, nil
+}
+
+const (
+	// PublishResultTimeout bounds PublishResult when its ctx has no
+	// deadline: long enough to ride out a broker restart.
+	PublishResultTimeout = time.Minute
+	// publishAttemptTimeout is the first attempt's wait for an ack; each
+	// retry waits twice as long, up to publishAttemptMax, so a slow link
+	// still gets an answer while a lost message is resent soon.
+	publishAttemptTimeout = 2 * time.Second
+	publishAttemptMax     = 10 * time.Second
+)
+
+// Retryable reports whether an error from PublishResult or Stage came
+// without a definite answer from the broker (no ack in time, the
+// connection lost, no stream answering), so that the same call (same
+// result, same key) may succeed when repeated. Refusals (permissions,
+// storage full, invalid names, missing streams) and cancellations are not.
+func Retryable(err error) bool { return retryablePublish(err) }
+
+// retryablePublish is Retryable.
+func retryablePublish(err error) bool {
+	switch {
+	case errors.Is(err, ErrPermissionDenied), errors.Is(err, ErrStorageFull), errors.Is(err, ErrNotFound),
+		errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, context.Canceled):
+		return false
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrNoResponders),
+		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrConnectionReconnecting):
+		return true
+	}
+	return false
 }
 
 // PublishEvent publishes v, encoded as JSON, on EventsSubject(tenant, kind).
@@ -74,6 +126,12 @@ func (c *Conn) publish(ctx context.Context, subj string, data []byte, opts ...je
 	if err != nil {
 		if cause := context.Cause(pctx); errors.Is(cause, ErrPermissionDenied) {
 			return nil, cause
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			// A server that cannot write its storage (disk full) does not
+			// answer at all; neither does one that is down or has no
+			// stream leader. Say where to look.
+			return nil, fmt.Errorf("no ack from JetStream (server unreachable, stream without leader, or the server cannot write its storage: see its log): %w", err)
 		}
 		return nil, mapJSError(err)
 	}
@@ -176,8 +234,8 @@ func jsAPIFor(stream, consumer string) func(string) bool {
 // mapJSError maps broker errors onto this package's sentinels, keeping the
 // original in the chain.
 func mapJSError(err error) error {
-	if q := quotaError(err); q != nil {
-		return q
+	if l := limitError(err); l != nil {
+		return l
 	}
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound), errors.Is(err, jetstream.ErrConsumerNotFound),
@@ -192,21 +250,26 @@ func mapJSError(err error) error {
 	return err
 }
 
-// JetStream error codes of an account's limits (nats-server's
-// errors.json), which a tenant's account hits.
+// JetStream error codes (nats-server's errors.json) of the limits a write
+// or a new stream or consumer can hit; nats.go does not name them.
 const (
-	jsErrAccountResourcesExceeded = 10002 // "resource limits exceeded for account"
-	jsErrInsufficientResources    = 10023
-	jsErrMaximumConsumersLimit    = 10026
-	jsErrMaximumStreamsLimit      = 10027
-	jsErrMemoryResourcesExceeded  = 10028
-	jsErrStorageResourcesExceeded = 10047
+	jsErrAccountResourcesExceeded jetstream.ErrorCode = 10002 // "resource limits exceeded for account"
+	jsErrInsufficientResources    jetstream.ErrorCode = 10023
+	jsErrMaximumConsumersLimit    jetstream.ErrorCode = 10026
+	jsErrMaximumStreamsLimit      jetstream.ErrorCode = 10027
+	jsErrMemoryResourcesExceeded  jetstream.ErrorCode = 10028
+	jsErrStorageResourcesExceeded jetstream.ErrorCode = 10047
+	jsErrStreamStoreFailed        jetstream.ErrorCode = 10077
 )
 
-// quotaError maps an account limit error onto ErrQuotaExceeded, naming the
-// limit in the operator's terms (the account's jetstream block), or
-// returns nil.
-func quotaError(err error) error {
+// limitError maps the server refusing for a limit onto our sentinels, or
+// returns nil. Out of storage matches ErrStorageFull and also
+// ErrQuotaExceeded: the server's codes do not tell a tenant account's
+// max_file from the server's own max_store, and either way the cure is
+// space freed or the limit raised. The other account limits (memory,
+// streams, consumers) are ErrQuotaExceeded, named in the operator's terms
+// (the account's jetstream block).
+func limitError(err error) error {
 	var apiErr *jetstream.APIError
 	if !errors.As(err, &apiErr) {
 		return nil
@@ -214,7 +277,15 @@ func quotaError(err error) error {
 	var limit string
 	switch apiErr.ErrorCode {
 	case jsErrAccountResourcesExceeded, jsErrStorageResourcesExceeded, jsErrInsufficientResources:
-		limit = "storage (jetstream max_file)"
+		return fmt.Errorf("%w: storage (the account's jetstream max_file, or the server's max_store) (%w): %w", ErrStorageFull, ErrQuotaExceeded, err)
+	case jsErrStreamStoreFailed:
+		// A stream's MaxBytes with DiscardNew ("maximum bytes exceeded"),
+		// or the store itself out of room.
+		d := strings.ToLower(apiErr.Description)
+		if strings.Contains(d, "maximum bytes") || strings.Contains(d, "resources") || strings.Contains(d, "no space") {
+			return fmt.Errorf("%w: %w", ErrStorageFull, err)
+		}
+		return nil
 	case jsErrMemoryResourcesExceeded:
 		limit = "memory (jetstream max_mem)"
 	case jsErrMaximumStreamsLimit:

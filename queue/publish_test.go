@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -107,7 +108,9 @@ func TestPublishEvent(t *testing.T) {
 func TestPublishWithoutStreams(t *testing.T) {
 	s := startServer(t, ServerConfig{})
 	c := connect(t, s.ClientURL())
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// No stream answering could be a leader election: PublishResult
+	// retries until ctx ends.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if _, err := c.PublishResult(ctx, testResult(1)); err == nil {
 		t.Fatal("published without a RESULTS stream")
@@ -173,5 +176,91 @@ func TestPublishPermissionDenied(t *testing.T) {
 	}
 	if d := time.Since(start); d > stageAckTimeout/2 {
 		t.Errorf("Stage took %s: the denial was not detected", d)
+	}
+}
+
+// TestPublishResultAcrossRestart: a result published while the broker is
+// down (restarting on the same address and storage) is acked once it is
+// back, past the first attempt's timeout, and the stream holds each result
+// once. (A publish lost in flight by a killed broker, which only a retry
+// saves, is TestCrashEmbedded's in cmd/provenix.)
+func TestPublishResultAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cfg := ServerConfig{StoreDir: dir, Port: port}
+	s := startServer(t, cfg)
+	c := connect(t, s.ClientURL())
+	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PublishResult(ctxT(t), testResult(0)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.PublishResult(ctxT(t), testResult(1))
+		done <- err
+	}()
+	time.Sleep(2500 * time.Millisecond) // past the first attempt's timeout
+	startServer(t, cfg)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("publish across the restart: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("publish across the restart still waiting 20s after the broker came back")
+	}
+	if dup, err := c.PublishResult(ctxT(t), testResult(1)); err != nil || !dup {
+		t.Fatalf("publishing again: duplicate %v, %v", dup, err)
+	}
+	str, err := c.js.Stream(ctxT(t), StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := str.Info(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 2 {
+		t.Fatalf("RESULTS holds %d messages, want 2", info.State.Msgs)
+	}
+}
+
+// TestPublishResultWaitsForStream: while no stream answers (a leader
+// election, a server still recovering), PublishResult keeps trying instead
+// of failing the build whose result it carries.
+func TestPublishResultWaitsForStream(t *testing.T) {
+	s := startServer(t, ServerConfig{})
+	c := connect(t, s.ClientURL())
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.PublishResult(ctxT(t), testResult(1))
+		done <- err
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("PublishResult gave up while no stream answered: %v", err)
+	default:
+	}
+	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("publish once the stream exists: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("PublishResult still waiting 10s after the stream appeared")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,6 +53,9 @@ type ServerConfig struct {
 	// LeafNode, when set, also accepts leaf node connections: a site's
 	// own nats-server relays its workers' traffic over one outbound link.
 	LeafNode *LeafNodeConfig
+	// LogLevel is the least severe of the server's lines passed to Logger
+	// (slog.LevelWarn keeps its startup notices out); Info when zero.
+	LogLevel slog.Level
 }
 
 // WebSocketConfig is the embedded server's WebSocket listener. Clients
@@ -263,7 +267,7 @@ func (s *Server) Open(ctx context.Context) error {
 	// Always install a logger, even when the caller wants none: Start
 	// reports a JetStream failure only through Fatalf, and we want that
 	// message in Open's error instead of a bare "not ready".
-	s.logs = &serverLogger{log: s.cfg.Logger}
+	s.logs = &serverLogger{log: s.cfg.Logger, min: s.cfg.LogLevel}
 	ns.SetLoggerV2(s.logs, false, false, false)
 	go ns.Start()
 
@@ -325,6 +329,22 @@ func (s *Server) JetStreamDomain() string {
 	return s.cfg.LeafNode.Domain
 }
 
+// StorageError is nil while the server can write its storage. Once a
+// write failed because the disk is full, it returns an error matching
+// ErrStorageFull with the server's message. The server then no longer
+// answers publishes to that stream, not even with an error (clients see
+// timeouts), and keeps it so after space is freed: nats-server marks the
+// stream's store as failed until a restart, which recovers what was acked.
+func (s *Server) StorageError() error {
+	if s.logs == nil {
+		return nil
+	}
+	if msg := s.logs.storage(); msg != "" {
+		return fmt.Errorf("%w: disk full: %s; free space, then restart the server", ErrStorageFull, msg)
+	}
+	return nil
+}
+
 // Close shuts the server down and waits until it has, bounded by ctx.
 // Clients see a disconnect; JetStream data stays in StoreDir.
 func (s *Server) Close(ctx context.Context) error {
@@ -351,9 +371,19 @@ func (s *Server) Close(ctx context.Context) error {
 // the first fatal message (which must not exit the embedding process).
 type serverLogger struct {
 	log *slog.Logger
+	min slog.Level
 
 	mu        sync.Mutex
 	fatalText string
+	// storageText is the first line reporting a write that failed for
+	// lack of disk space (see Server.StorageError).
+	storageText string
+}
+
+func (l *serverLogger) storage() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.storageText
 }
 
 func (l *serverLogger) fatal() string {
@@ -363,8 +393,17 @@ func (l *serverLogger) fatal() string {
 }
 
 func (l *serverLogger) emit(level slog.Level, format string, v []any) {
-	if l.log != nil {
-		l.log.Log(context.Background(), level, fmt.Sprintf(format, v...), "component", "nats-server")
+	msg := fmt.Sprintf(format, v...)
+	if level >= slog.LevelWarn && strings.Contains(msg, "no space left") {
+		// nats-server's own test for an out-of-space error (isOutOfSpaceErr).
+		l.mu.Lock()
+		if l.storageText == "" {
+			l.storageText = msg
+		}
+		l.mu.Unlock()
+	}
+	if l.log != nil && level >= l.min {
+		l.log.Log(context.Background(), level, msg, "component", "nats-server")
 	}
 }
 

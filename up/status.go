@@ -58,6 +58,11 @@ func (s *Stack) Status(ctx context.Context) *Status {
 		Tenant: s.cfg.Tenant, Group: s.cfg.Group,
 		Streams: map[string]uint64{}, Pusher: s.metrics.Pusher.Status(),
 	}
+	if s.nats != nil {
+		if err := s.nats.StorageError(); err != nil {
+			st.Errors = append(st.Errors, "embedded NATS: "+err.Error())
+		}
+	}
 	if s.conn == nil {
 		st.Errors = append(st.Errors, "not connected to NATS")
 		return st

@@ -363,6 +363,10 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 		if scfg.WebSocket, scfg.LeafNode, err = s.cfg.extraListeners(); err != nil {
 			return err
 		}
+		// The server's warnings and errors (a disk full under JetStream,
+		// recovery trouble after a crash) go to our log; its startup
+		// notices do not.
+		scfg.Logger, scfg.LogLevel = s.log, slog.LevelWarn
 		s.nats, err = queue.NewServer(scfg)
 		if err != nil {
 			return err
@@ -382,6 +386,19 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	}
 	if err := s.openStore(ctx); err != nil {
 		return err
+	}
+	if s.nats != nil {
+		// The embedded server started with this process, so whatever its
+		// pusher group had in flight belonged to a process that is gone
+		// (killed, crashed): release it now rather than a whole AckWait
+		// later. An external server may have live members elsewhere.
+		n, err := s.conn.ReleaseDeliveries(ctx, s.cfg.Group)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			s.log.Info("released results the previous run left unacknowledged", "count", n, "group", s.cfg.Group)
+		}
 	}
 	s.pusher, err = cachepush.New(cachepush.Config{
 		KV: s.conn, Rebuilds: s.conn, Store: s.store, Policy: pol, CacheKey: cacheKey, Staging: s.conn, Events: s.conn, Logger: s.log,

@@ -43,7 +43,10 @@
 //
 // Errors: errors other than ErrNotFound, ErrInvalidKey, ErrFinished and
 // context errors are I/O failures; the caller may retry the whole operation
-// because every write is a full replacement and Delete is idempotent.
+// because every write is a full replacement and Delete is idempotent. A
+// write that fails because the store is full matches ErrNoSpace: it is one
+// of these transient failures (retry once space is freed), and like any
+// failed write it leaves nothing visible.
 //
 // Concurrency: a Store is safe for concurrent use by multiple goroutines. A
 // Pending is not; one goroutine writes it and then commits or aborts it.
@@ -66,6 +69,10 @@ var (
 	ErrFinished = errors.New("store: pending object already finished")
 	// ErrTooLarge means an object exceeded the limit given to ReadAll.
 	ErrTooLarge = errors.New("store: object too large")
+	// ErrNoSpace means a write failed because the store is full (no space
+	// or no inodes left on a disk, a quota exhausted). Retrying after space
+	// is freed succeeds; nothing of the failed write is visible.
+	ErrNoSpace = errors.New("store: out of space")
 )
 
 // MaxKeyLen bounds keys so that they fit S3 (1024 bytes) and file paths with

@@ -58,12 +58,24 @@ func BinaryPath() string {
 // in t.Cleanup, dumping its output when the test failed.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartIn(t, "")
+}
+
+// StartIn is Start with the POSIX backend's root in dir (which must not
+// exist yet, on a filesystem with user xattrs), or in a fresh temporary
+// directory when dir is "": a test can put it on a small tmpfs to see the
+// server's disk fill up.
+func StartIn(t testing.TB, dir string) *Server {
+	t.Helper()
 	bin := BinaryPath()
 	testproc.Require(t, "tests3", bin, BuildCommand, "PROVENIX_VERSITYGW")
 	work := t.TempDir()
+	if dir == "" {
+		dir = filepath.Join(work, "data")
+	}
 	s := &Server{
 		Bucket: "cache",
-		Dir:    filepath.Join(work, "data"),
+		Dir:    dir,
 	}
 	// The POSIX backend serves each top-level directory as a bucket, so
 	// creating the directory creates the bucket without a signed request.

@@ -55,7 +55,7 @@ func New(dir string) (*Store, error) {
 	}
 	s := &Store{dir: abs, tmp: filepath.Join(abs, tmpDir)}
 	if err := os.MkdirAll(s.tmp, 0o755); err != nil {
-		return nil, fmt.Errorf("local store %s: %w", dir, err)
+		return nil, fmt.Errorf("local store %s: %w", dir, s.noSpace(err))
 	}
 	if err := s.removeStale(time.Now().Add(-StaleAfter)); err != nil {
 		return nil, fmt.Errorf("local store %s: removing stale temporary files: %w", dir, err)
@@ -92,6 +92,31 @@ func (s *Store) removeStale(before time.Time) error {
 	return errors.Join(errs...)
 }
 
+// noSpace marks err with store.ErrNoSpace when the filesystem is full (no
+// blocks or no inodes left, or a quota exhausted), naming the directory and
+// what is left there, so the operator knows what to free. Other errors pass
+// through unchanged.
+func (s *Store) noSpace(err error) error {
+	if !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EDQUOT) {
+		return err
+	}
+	return fmt.Errorf("%w in %s (%s): %w", store.ErrNoSpace, s.dir, freeSpace(s.dir), err)
+}
+
+// humanBytes formats n in binary units.
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
 // filename maps a key to its file after validating it.
 func (s *Store) filename(key string) (string, error) {
 	if err := store.ValidKey(key); err != nil {
@@ -124,7 +149,7 @@ func (s *Store) Create(ctx context.Context) (store.Pending, error) {
 	// umask, as for any file the web server must read.
 	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("local store: create: %w", err)
+		return nil, fmt.Errorf("local store: create: %w", s.noSpace(err))
 	}
 	return &pending{s: s, f: f}, nil
 }
@@ -295,7 +320,7 @@ func (p *pending) Write(b []byte) (int, error) {
 	}
 	n, err := p.f.Write(b)
 	if err != nil {
-		p.writeErr = fmt.Errorf("local store: write: %w", err)
+		p.writeErr = fmt.Errorf("local store: write: %w", p.s.noSpace(err))
 		return n, p.writeErr
 	}
 	return n, nil
@@ -330,20 +355,20 @@ func (p *pending) Commit(ctx context.Context, key string) error {
 	// The data must be on disk before the rename makes it reachable, or a
 	// crash could leave a complete-looking name with missing content.
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("local store: commit %s: sync: %w", key, err)
+		return fmt.Errorf("local store: commit %s: sync: %w", key, p.s.noSpace(err))
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("local store: commit %s: close: %w", key, err)
+		return fmt.Errorf("local store: commit %s: close: %w", key, p.s.noSpace(err))
 	}
 	dirty, err := p.s.mkdirs(path.Dir(key))
 	if err != nil {
-		return fmt.Errorf("local store: commit %s: %w", key, err)
+		return fmt.Errorf("local store: commit %s: %w", key, p.s.noSpace(err))
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("local store: commit %s: %w", key, err)
 	}
 	if err := os.Rename(tmpName, name); err != nil {
-		return fmt.Errorf("local store: commit %s: %w", key, err)
+		return fmt.Errorf("local store: commit %s: %w", key, p.s.noSpace(err))
 	}
 	committed = true
 	// The object is visible now; make the rename and any new directories

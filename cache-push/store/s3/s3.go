@@ -423,5 +423,10 @@ func (s *Store) wrap(ctx context.Context, op, key string, err error) error {
 	if resp.Code == "NoSuchKey" || (resp.StatusCode == http.StatusNotFound && resp.Code != "NoSuchBucket") {
 		return fmt.Errorf("%w: %s (%w)", store.ErrNotFound, key, err)
 	}
+	// 507 Insufficient Storage: the server's disk or quota is full
+	// (versitygw says InsufficientStorage, MinIO XMinioStorageFull).
+	if resp.StatusCode == http.StatusInsufficientStorage || resp.Code == "InsufficientStorage" || resp.Code == "XMinioStorageFull" {
+		return fmt.Errorf("%w in bucket %s: s3 store: %s %s: %w", store.ErrNoSpace, s.bucket, op, key, err)
+	}
 	return fmt.Errorf("s3 store: %s %s: %w", op, key, err)
 }

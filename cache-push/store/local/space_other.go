@@ -1,0 +1,5 @@
+//go:build !unix
+
+package local
+
+func freeSpace(string) string { return "free space unknown" }
