@@ -2,11 +2,14 @@ package queue
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +37,10 @@ const (
 type options struct {
 	token     string
 	credsFile string
+	nkeyFile  string
+	caFiles   []string
+	certFile  string
+	keyFile   string
 	name      string
 	log       *slog.Logger
 }
@@ -46,6 +53,25 @@ func WithToken(tok string) Option { return func(o *options) { o.token = tok } }
 
 // WithCredsFile authenticates with a NATS .creds file (JWT + nkey seed).
 func WithCredsFile(path string) Option { return func(o *options) { o.credsFile = path } }
+
+// WithNKeySeedFile authenticates as an NKey user with the seed (private
+// key, "SU...") in path. The seed is read once, at Connect.
+func WithNKeySeedFile(path string) Option { return func(o *options) { o.nkeyFile = path } }
+
+// WithRootCAs trusts the PEM certificates in files (instead of the
+// system's) for the servers' TLS certificates, and requires TLS. A
+// tls:// URL requires TLS too, with the system's roots unless this is
+// given.
+func WithRootCAs(files ...string) Option {
+	return func(o *options) { o.caFiles = append(o.caFiles, files...) }
+}
+
+// WithClientCert presents the PEM certificate and key in certFile and
+// keyFile to servers that verify clients (tls { verify: true }), and
+// requires TLS.
+func WithClientCert(certFile, keyFile string) Option {
+	return func(o *options) { o.certFile, o.keyFile = certFile, keyFile }
+}
 
 // WithName sets the connection name the server shows in its monitoring.
 func WithName(name string) Option { return func(o *options) { o.name = name } }
@@ -92,8 +118,11 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
-	if o.token != "" && o.credsFile != "" {
-		return nil, errors.New("queue: connect: WithToken and WithCredsFile are exclusive")
+	if n := btoi(o.token != "") + btoi(o.credsFile != "") + btoi(o.nkeyFile != ""); n > 1 {
+		return nil, errors.New("queue: connect: WithToken, WithCredsFile and WithNKeySeedFile are exclusive")
+	}
+	if (o.certFile == "") != (o.keyFile == "") {
+		return nil, errors.New("queue: connect: a client certificate needs both its certificate and key file")
 	}
 	c := &Conn{log: o.log, denied: make(map[*deniedWatch]struct{}), done: make(chan struct{})}
 	safeURL := redactURL(url)
@@ -127,6 +156,35 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 	}
 	if o.credsFile != "" {
 		nopts = append(nopts, nats.UserCredentials(o.credsFile))
+	}
+	if o.nkeyFile != "" {
+		nk, err := nats.NkeyOptionFromSeed(o.nkeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("queue: connect: nkey seed %s: %w", o.nkeyFile, err)
+		}
+		nopts = append(nopts, nk)
+	}
+	// Files are read here, not at each (re)connect as nats.go would: a
+	// missing or broken file is a configuration error to report now, not
+	// a reason to retry until ctx ends.
+	if len(o.caFiles) > 0 {
+		pool := x509.NewCertPool()
+		for _, f := range o.caFiles {
+			pem, err := os.ReadFile(f)
+			if err != nil {
+				return nil, fmt.Errorf("queue: connect: CA file: %w", err)
+			}
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("queue: connect: CA file %s: no PEM certificate in it", f)
+			}
+		}
+		nopts = append(nopts, nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+	}
+	if o.certFile != "" {
+		if _, err := tls.LoadX509KeyPair(o.certFile, o.keyFile); err != nil {
+			return nil, fmt.Errorf("queue: connect: client certificate: %w", err)
+		}
+		nopts = append(nopts, nats.ClientCert(o.certFile, o.keyFile))
 	}
 
 	var lastErr error
@@ -234,6 +292,13 @@ func redactURL(s string) string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // withDefaultTimeout gives ctx a deadline of d when it has none.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,7 +18,11 @@ import (
 // duplicate window: the result is stored once, and retrying a publish
 // whose outcome is unknown is always safe.
 //
-// A ctx without deadline gets DefaultTimeout.
+// Because of that, PublishResult itself retries, with the same id, what a
+// cluster answers while it elects a stream leader (a server lost, a
+// rolling restart): no responders, and attempts without an answer within
+// publishAttempt. It gives up when ctx ends; a ctx without deadline gets
+// PublishTimeout, longer than an election takes (5–7 s in our tests).
 func (c *Conn) PublishResult(ctx context.Context, r *Result) (duplicate bool, err error) {
 	if r == nil {
 		return false, errors.New("queue: publish result: nil result")
@@ -30,7 +35,7 @@ func (c *Conn) PublishResult(ctx context.Context, r *Result) (duplicate bool, er
 	if err != nil {
 		return false, fmt.Errorf("queue: publish result %s: %w", r.DrvPath, err)
 	}
-	ack, err := c.publish(ctx, subj, data, jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(StreamResults))
+	ack, err := c.publishRetry(ctx, subj, data, jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(StreamResults))
 	if err != nil {
 		return false, fmt.Errorf("queue: publish result %s: %w", r.DrvPath, err)
 	}
@@ -78,6 +83,55 @@ func (c *Conn) publish(ctx context.Context, subj string, data []byte, opts ...je
 		return nil, mapJSError(err)
 	}
 	return ack, nil
+}
+
+const (
+	// PublishTimeout bounds PublishResult when its ctx has no deadline.
+	PublishTimeout = 30 * time.Second
+	// publishAttempt bounds one attempt of publishRetry: an ack normally
+	// takes milliseconds; a request sent to a leader that just died gets
+	// none at all.
+	publishAttempt = 3 * time.Second
+)
+
+// publishRetry is publish, repeated with backoff while the error is one a
+// leader election causes (see retryable), until ctx ends. Only for
+// messages with a Nats-Msg-Id: an attempt that timed out may have been
+// stored, and the stream's duplicate window drops the repeat.
+func (c *Conn) publishRetry(ctx context.Context, subj string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	ctx, cancel := withDefaultTimeout(ctx, PublishTimeout)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		actx, acancel := context.WithTimeout(ctx, publishAttempt)
+		ack, err := c.publish(actx, subj, data, opts...)
+		acancel()
+		if err == nil || ctx.Err() != nil || !retryable(err) {
+			return ack, err
+		}
+		c.log.Debug("queue: publish failed, retrying", logKeySubject, subj, logKeyErr, err)
+		sleepCtx(ctx, backoff(attempt))
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		}
+	}
+}
+
+// retryable reports whether a publish error is what a cluster answers
+// while it has no leader for the stream, or while we reconnect: no
+// responders, no answer in time, "JetStream not available" (503).
+func retryable(err error) bool {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, ErrPermissionDenied):
+		return false
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, nats.ErrConnectionReconnecting):
+		return true
+	case errors.As(err, &apiErr):
+		return apiErr.Code == 503
+	}
+	return false
 }
 
 type deniedWatch struct {

@@ -29,6 +29,10 @@ type pushFlags struct {
 	dir      string
 	group    string
 	tenant   string
+
+	concurrency int
+	ackWait     time.Duration
+	replicas    int
 }
 
 func newCachePushCmd(g *globals) *cobra.Command {
@@ -60,6 +64,9 @@ abandoned uploads older than a day, hourly.`,
 	fl.StringVar(&f.dir, "dir", "", "cache directory (default: the data directory's cache/)")
 	fl.StringVar(&f.group, "group", up.DefaultGroup, "pusher group (durable consumer name)")
 	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results to consume")
+	fl.IntVar(&f.concurrency, "concurrency", 1, "results this pusher handles at once (each holds one message; members of a group share the work)")
+	fl.DurationVar(&f.ackWait, "ack-wait", queue.DefaultAckWait, "how long a result may go unacknowledged before another member of the group gets it; a killed pusher's results wait this long (the group's consumer takes the last value set)")
+	fl.IntVar(&f.replicas, "nats-replicas", 0, "replicas of the streams and buckets this pusher creates; 0: 3 on a NATS cluster of 3 or more servers, else 1")
 	return cmd
 }
 
@@ -70,6 +77,9 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	}
 	if s3opts != nil && f.dir != "" {
 		return usageError("--dir and --s3-endpoint exclude each other")
+	}
+	if f.ackWait < 3*time.Second {
+		return usageError("--ack-wait %s: at least 3s (the pusher heartbeats every third of it)", f.ackWait)
 	}
 	p := g.paths()
 	or := func(v, d string) string {
@@ -109,17 +119,19 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return err
 	}
 	defer conn.Close()
-	if err := conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
+	if err := conn.EnsureStreams(ctx, queue.StreamOptions{Replicas: f.replicas}); err != nil {
 		return err
 	}
-	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log})
+	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log,
+		Heartbeat: f.ackWait / 3})
 	if err != nil {
 		return err
 	}
-	if err := pu.Open(ctx, conn, queue.ConsumerOptions{Group: f.group, FilterSubject: queue.ResultsFilter(f.tenant)}); err != nil {
+	co := queue.ConsumerOptions{Group: f.group, FilterSubject: queue.ResultsFilter(f.tenant), Concurrency: f.concurrency, AckWait: f.ackWait}
+	if err := pu.Open(ctx, conn, co); err != nil {
 		return err
 	}
-	log.Info("cache pusher running", "group", f.group, "tenant", f.tenant, "cache", where)
+	log.Info("cache pusher running", "group", f.group, "tenant", f.tenant, "cache", where, "concurrency", f.concurrency)
 	<-ctx.Done()
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()

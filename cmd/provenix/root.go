@@ -111,12 +111,20 @@ type natsFlags struct {
 	url   string
 	creds string
 	token string
+	nkey  string
+	ca    string
+	cert  string
+	key   string
 }
 
 func (f *natsFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.url, "nats-url", os.Getenv("PROVENIX_NATS_URL"), "NATS server URL (env PROVENIX_NATS_URL); default: the running 'provenix up' of --data-dir")
 	cmd.Flags().StringVar(&f.creds, "nats-creds", "", "NATS credentials file")
 	cmd.Flags().StringVar(&f.token, "nats-token-file", "", "file holding a NATS token")
+	cmd.Flags().StringVar(&f.nkey, "nats-nkey", "", "file holding a NATS NKey user seed (SU...)")
+	cmd.Flags().StringVar(&f.ca, "nats-ca", "", "PEM file of the CA that signed the NATS servers' TLS certificates (implies TLS; a tls:// URL does too)")
+	cmd.Flags().StringVar(&f.cert, "nats-cert", "", "PEM client certificate for NATS servers that verify clients (with --nats-key)")
+	cmd.Flags().StringVar(&f.key, "nats-key", "", "PEM key of --nats-cert")
 }
 
 // connect opens the NATS connection: the given URL, or the one of the
@@ -126,6 +134,18 @@ func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queu
 	if f.creds != "" {
 		opts = append(opts, queue.WithCredsFile(f.creds))
 	}
+	if f.nkey != "" {
+		opts = append(opts, queue.WithNKeySeedFile(f.nkey))
+	}
+	if f.ca != "" {
+		opts = append(opts, queue.WithRootCAs(f.ca))
+	}
+	if (f.cert == "") != (f.key == "") {
+		return nil, usageError("--nats-cert and --nats-key go together")
+	}
+	if f.cert != "" {
+		opts = append(opts, queue.WithClientCert(f.cert, f.key))
+	}
 	tokenFile := f.token
 	url := f.url
 	if url == "" {
@@ -134,7 +154,7 @@ func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queu
 			return nil, usageError("no NATS server to publish to: %v\nStart one with 'provenix up --data-dir %s', or pass --nats-url", err, g.dataDir)
 		}
 		url = rt.NATSURL
-		if tokenFile == "" {
+		if tokenFile == "" && f.creds == "" && f.nkey == "" {
 			tokenFile = g.paths().NATSToken()
 		}
 	}
