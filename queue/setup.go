@@ -77,7 +77,9 @@ func (c *Conn) DefaultReplicas() int {
 
 // EnsureStreams creates the RESULTS and EVENTS streams and the staging
 // Object Store bucket, or updates them to o. It is idempotent: every
-// builder and pusher may call it at start-up.
+// builder and pusher may call it at start-up. It retries what a cluster
+// answers while it elects leaders (see PublishResult) until ctx ends; a
+// ctx without deadline gets PublishTimeout.
 //
 // After each create or update it reads the configuration back and fails if
 // a field we set came back different: older servers silently drop fields
@@ -96,9 +98,29 @@ func (c *Conn) EnsureStreams(ctx context.Context, o StreamOptions) error {
 	if o.Replicas < 0 || o.Replicas > 5 {
 		return fmt.Errorf("queue: ensure streams: replicas %d not in 1..5", o.Replicas)
 	}
-	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
+	ctx, cancel := withDefaultTimeout(ctx, PublishTimeout)
 	defer cancel()
+	// A pusher restarted while the cluster elects a leader (the usual
+	// moment: the machine that died ran both) must wait for it, not exit.
+	for attempt := 0; ; attempt++ {
+		actx, acancel := context.WithTimeout(ctx, ensureAttempt)
+		err := c.ensureAll(actx, o)
+		acancel()
+		if err == nil || ctx.Err() != nil || !retryable(err) {
+			return err
+		}
+		c.log.Debug("queue: ensure streams failed, retrying", logKeyErr, err)
+		sleepCtx(ctx, backoff(attempt))
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		}
+	}
+}
 
+// ensureAttempt bounds one pass of EnsureStreams.
+const ensureAttempt = 10 * time.Second
+
+func (c *Conn) ensureAll(ctx context.Context, o StreamOptions) error {
 	for _, cfg := range []jetstream.StreamConfig{resultsConfig(o), eventsConfig(o), rebuildConfig(o)} {
 		if err := c.ensureStream(ctx, cfg); err != nil {
 			return err

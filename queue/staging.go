@@ -90,18 +90,22 @@ func (c *Conn) Stage(ctx context.Context, key string, r io.Reader) (StagedInfo, 
 	}
 	ctx, cancel := withDefaultTimeout(ctx, StagingTimeout)
 	defer cancel()
-	obs, stream, err := c.staging(ctx)
+	// Single requests get DefaultTimeout, not the hour of the whole
+	// upload: one sent to a leader that just died is never answered.
+	rctx, rcancel := context.WithTimeout(ctx, DefaultTimeout)
+	defer rcancel()
+	obs, stream, err := c.staging(rctx)
 	if err != nil {
 		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
 	}
-	old, err := obs.GetInfo(ctx, key, jetstream.GetObjectInfoShowDeleted())
+	old, err := obs.GetInfo(rctx, key, jetstream.GetObjectInfoShowDeleted())
 	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
 	}
 	if old != nil && !old.Deleted && contentMatchesKey(key, old.Digest) {
 		// Reuse only a whole object: one whose chunks were lost (a race
 		// with a replace, a purge) is uploaded again.
-		if err := checkChunks(ctx, stream, old); err == nil {
+		if err := checkChunks(rctx, stream, old); err == nil {
 			return StagedInfo{Key: key, Size: old.Size, Digest: old.Digest, Reused: true}, nil
 		} else if !errors.Is(err, ErrCorrupt) {
 			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
@@ -230,7 +234,10 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key strin
 	// Rollup: the new meta replaces every earlier one for this key.
 	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	meta.Data = data
-	if _, err := c.js.PublishMsg(ctx, meta); err != nil {
+	mctx, mcancel := context.WithTimeout(ctx, DefaultTimeout)
+	_, err = c.js.PublishMsg(mctx, meta)
+	mcancel()
+	if err != nil {
 		// The meta may have been stored with only its ack lost (timeout,
 		// cancel): then the object is complete and must not lose its
 		// chunks.
@@ -306,12 +313,19 @@ func (c *Conn) OpenStaged(ctx context.Context, key string) (io.ReadCloser, Stage
 	return &stagedReader{res: rc, cancel: cancel, key: key}, info, nil
 }
 
+// openStaged opens key for reading within ctx. The requests that open it
+// each get DefaultTimeout, not ctx's (long) deadline: a request sent to a
+// stream leader that just died is never answered, and waiting the
+// StagingTimeout for it would stall the caller for an hour instead of
+// failing it for a retry once the cluster has a new leader.
 func (c *Conn) openStaged(ctx context.Context, key string) (jetstream.ObjectResult, StagedInfo, error) {
-	obs, stream, err := c.staging(ctx)
+	rctx, rcancel := context.WithTimeout(ctx, DefaultTimeout)
+	defer rcancel()
+	obs, stream, err := c.staging(rctx)
 	if err != nil {
 		return nil, StagedInfo{}, err
 	}
-	info, err := obs.GetInfo(ctx, key)
+	info, err := obs.GetInfo(rctx, key)
 	if err != nil {
 		return nil, StagedInfo{}, mapJSError(err)
 	}
@@ -320,14 +334,51 @@ func (c *Conn) openStaged(ctx context.Context, key string) (jetstream.ObjectResu
 	}
 	// nats.go's reader waits for chunks until ctx ends: with chunks
 	// missing that would be an hour. Count them first and fail at once.
-	if err := checkChunks(ctx, stream, info); err != nil {
+	if err := checkChunks(rctx, stream, info); err != nil {
 		return nil, StagedInfo{}, err
 	}
-	res, err := obs.Get(ctx, key)
+	res, err := getObject(ctx, obs, key, DefaultTimeout)
 	if err != nil {
 		return nil, StagedInfo{}, mapJSError(err)
 	}
 	return res, StagedInfo{Key: key, Size: info.Size, Digest: info.Digest}, nil
+}
+
+// errOpenTimeout: opening a staged object got no answer in time.
+var errOpenTimeout = errors.New("no answer from the staging stream (leader election?)")
+
+// getObject is obs.Get(ctx, key), failing if the open itself (creating
+// the consumer that delivers the chunks) takes longer than open. Get uses
+// one ctx both for that request and for the whole read that follows, so
+// the request cannot get a shorter deadline of its own; it is cancelled
+// from outside instead.
+func getObject(ctx context.Context, obs jetstream.ObjectStore, key string, open time.Duration) (jetstream.ObjectResult, error) {
+	gctx, cancel := context.WithCancelCause(ctx)
+	t := time.AfterFunc(open, func() { cancel(errOpenTimeout) })
+	res, err := obs.Get(gctx, key)
+	if !t.Stop() {
+		if err == nil {
+			res.Close()
+		}
+		return nil, fmt.Errorf("open %s: %w", key, errOpenTimeout)
+	}
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	// The read still runs under gctx: cancel it when the result is closed.
+	return &cancelOnClose{ObjectResult: res, cancel: func() { cancel(nil) }}, nil
+}
+
+type cancelOnClose struct {
+	jetstream.ObjectResult
+	cancel func()
+}
+
+func (r *cancelOnClose) Close() error {
+	err := r.ObjectResult.Close()
+	r.cancel()
+	return err
 }
 
 // checkChunks fails with ErrCorrupt unless all of info's chunks are in the
