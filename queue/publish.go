@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,7 +44,9 @@ func (c *Conn) PublishResult(ctx context.Context, r *Result) (duplicate bool, er
 }
 
 // PublishEvent publishes v, encoded as JSON, on EventsSubject(tenant, kind).
-// A ctx without deadline gets DefaultTimeout.
+// Like PublishResult it retries through leader elections, under a
+// Nats-Msg-Id of its own so that a retry is not stored twice; a ctx
+// without deadline gets PublishTimeout.
 func (c *Conn) PublishEvent(ctx context.Context, tenant, kind string, v any) error {
 	subj, err := EventsSubject(tenant, kind)
 	if err != nil {
@@ -53,7 +56,7 @@ func (c *Conn) PublishEvent(ctx context.Context, tenant, kind string, v any) err
 	if err != nil {
 		return fmt.Errorf("queue: publish event %s: encode: %w", subj, err)
 	}
-	if _, err := c.publish(ctx, subj, data, jetstream.WithExpectStream(StreamEvents)); err != nil {
+	if _, err := c.publishRetry(ctx, subj, data, jetstream.WithMsgID("event-"+rand.Text()), jetstream.WithExpectStream(StreamEvents)); err != nil {
 		return fmt.Errorf("queue: publish event %s: %w", subj, err)
 	}
 	return nil
