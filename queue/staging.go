@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -332,6 +333,17 @@ func (c *Conn) openStaged(ctx context.Context, key string) (jetstream.ObjectResu
 	if info.Opts != nil && info.Opts.Link != nil {
 		return nil, StagedInfo{}, fmt.Errorf("%w: is a link, not an object", ErrCorrupt)
 	}
+	if info.Chunks <= 1 {
+		// Most NARs fit in one chunk: one direct get reads it, where
+		// nats.go's reader would count chunks (a stream info with a
+		// subject filter, costly on a big stream) and create and delete
+		// a consumer. The digest is checked all the same.
+		res, err := readSmallObject(rctx, stream, info)
+		if err != nil {
+			return nil, StagedInfo{}, err
+		}
+		return res, StagedInfo{Key: key, Size: info.Size, Digest: info.Digest}, nil
+	}
 	// nats.go's reader waits for chunks until ctx ends: with chunks
 	// missing that would be an hour. Count them first and fail at once.
 	if err := checkChunks(rctx, stream, info); err != nil {
@@ -343,6 +355,41 @@ func (c *Conn) openStaged(ctx context.Context, key string) (jetstream.ObjectResu
 	}
 	return res, StagedInfo{Key: key, Size: info.Size, Digest: info.Digest}, nil
 }
+
+// readSmallObject reads an object of at most one chunk into memory and
+// checks its size and digest; missing content is ErrCorrupt.
+func readSmallObject(ctx context.Context, stream jetstream.Stream, info *jetstream.ObjectInfo) (jetstream.ObjectResult, error) {
+	var data []byte
+	if info.Chunks == 1 {
+		m, err := stream.GetLastMsgForSubject(ctx, stagingChunksPrefix+info.NUID)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, fmt.Errorf("%w: 0 of 1 chunks present", ErrCorrupt)
+		}
+		if err != nil {
+			return nil, mapJSError(err)
+		}
+		data = m.Data
+	}
+	h := sha256.Sum256(data)
+	want, err := jetstream.DecodeObjectDigest(info.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("%w: digest %q: %w", ErrCorrupt, info.Digest, err)
+	}
+	if uint64(len(data)) != info.Size || string(h[:]) != string(want) {
+		return nil, fmt.Errorf("%w: %w: %d bytes staged, %d in the object's meta", ErrCorrupt, jetstream.ErrDigestMismatch, len(data), info.Size)
+	}
+	return &smallObject{Reader: bytes.NewReader(data), info: info}, nil
+}
+
+// smallObject is a jetstream.ObjectResult over content already read.
+type smallObject struct {
+	*bytes.Reader
+	info *jetstream.ObjectInfo
+}
+
+func (o *smallObject) Info() (*jetstream.ObjectInfo, error) { return o.info, nil }
+func (o *smallObject) Error() error                         { return nil }
+func (o *smallObject) Close() error                         { return nil }
 
 // errOpenTimeout: opening a staged object got no answer in time.
 var errOpenTimeout = errors.New("no answer from the staging stream (leader election?)")
