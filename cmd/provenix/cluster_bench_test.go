@@ -5,7 +5,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -191,6 +195,23 @@ func benchPushRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest.
 	defer rsub.Unsubscribe()
 
 	start := time.Now()
+	if dir := os.Getenv("PROVENIX_BENCH_STACKS"); dir != "" {
+		// Poor man's wall-clock profile: where the handlers wait.
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			buf := make([]byte, 64<<20)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				n := runtime.Stack(buf, true)
+				os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%03d.txt", map[bool]string{true: "cluster", false: "embedded"}[strings.Contains(url, ",")], i)), buf[:n], 0o644)
+			}
+		}()
+	}
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for range 16 {
