@@ -168,6 +168,10 @@ type Provenix struct {
 	NATSURL       string `yaml:"nats_url"`
 	NATSCreds     string `yaml:"nats_creds"`
 	NATSTokenFile string `yaml:"nats_token_file"`
+	NATSNKey      string `yaml:"nats_nkey"`
+	NATSCA        string `yaml:"nats_ca"`
+	NATSCert      string `yaml:"nats_cert"`
+	NATSKey       string `yaml:"nats_key"`
 	Tenant        string `yaml:"tenant"`
 	// Key is the builder signing key; empty means the data directory's.
 	Key       string `yaml:"key"`
