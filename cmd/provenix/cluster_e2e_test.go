@@ -148,9 +148,13 @@ func TestClusterChaos(t *testing.T) {
 
 	// The chaos: kill the RESULTS leader and, at another random moment,
 	// one pusher; restart each a little later.
+	// The random moments are drawn here: rng is not safe for concurrent use.
+	ms := func(lo, span int) time.Duration { return time.Duration(lo+rng.IntN(span)) * time.Millisecond }
+	leaderAt, leaderDown := ms(500, 2000), ms(2000, 2000)
+	pusherAt, pusherDown, victim := ms(1000, 4000), ms(500, 1500), rng.IntN(2)
 	var chaos sync.WaitGroup
 	chaos.Go(func() {
-		time.Sleep(time.Duration(500+rng.IntN(2000)) * time.Millisecond)
+		time.Sleep(leaderAt)
 		info, err := conn.JetStream().Stream(ctx, queue.StreamResults)
 		if err != nil || info.CachedInfo().Cluster == nil {
 			t.Errorf("RESULTS stream info: %v", err)
@@ -164,16 +168,16 @@ func TestClusterChaos(t *testing.T) {
 		}
 		t.Logf("%s: kill -9 RESULTS leader %s (%d results published)", time.Since(start).Round(time.Millisecond), leader, published.Load())
 		cl.kill(i)
-		time.Sleep(time.Duration(2000+rng.IntN(2000)) * time.Millisecond)
+		time.Sleep(leaderDown)
 		t.Logf("%s: restart %s", time.Since(start).Round(time.Millisecond), leader)
 		cl.start(i)
 	})
 	chaos.Go(func() {
-		time.Sleep(time.Duration(1000+rng.IntN(4000)) * time.Millisecond)
-		k := rng.IntN(2)
+		time.Sleep(pusherAt)
+		k := victim
 		t.Logf("%s: kill -9 pusher %d (%d results published)", time.Since(start).Round(time.Millisecond), k, published.Load())
 		pushers[k].signal(syscall.SIGKILL)
-		time.Sleep(time.Duration(500+rng.IntN(1500)) * time.Millisecond)
+		time.Sleep(pusherDown)
 		t.Logf("%s: restart pusher %d", time.Since(start).Round(time.Millisecond), k)
 		pmu.Lock()
 		pushers[k] = startProvenix(t, pusherLogs[k], pusherArgs...)
