@@ -499,10 +499,12 @@ func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, 
 }
 
 // updateReputation applies f to builder's record (a zero one when it has
-// none) with compare-and-set, and drops this pusher's cached copy.
+// none) with compare-and-set. This pusher's cached copy becomes the record
+// it stored: dropping it instead made every vote read the record again,
+// since under load some handler updates it all the time.
 func (p *Pusher) updateReputation(ctx context.Context, builder string, f func(r *Reputation)) error {
-	defer p.forgetReputation(builder)
-	return p.cfg.KV.KVUpdate(ctx, queue.BucketBuilders, queue.BuilderKey(builder), func(old []byte) ([]byte, error) {
+	var stored Reputation
+	err := p.cfg.KV.KVUpdate(ctx, queue.BucketBuilders, queue.BuilderKey(builder), func(old []byte) ([]byte, error) {
 		r := Reputation{Builder: builder}
 		if old != nil {
 			if err := json.Unmarshal(old, &r); err != nil {
@@ -513,8 +515,20 @@ func (p *Pusher) updateReputation(ctx context.Context, builder string, f func(r 
 			r.Owner = b.Owner
 		}
 		f(&r)
+		stored = r
 		return json.Marshal(r)
 	})
+	p.repMu.Lock()
+	defer p.repMu.Unlock()
+	if err != nil {
+		delete(p.repCache, builder)
+		return err
+	}
+	if p.repCache == nil {
+		p.repCache = map[string]repEntry{}
+	}
+	p.repCache[builder] = repEntry{rep: stored, at: time.Now()}
+	return nil
 }
 
 // addAgreement counts one agreement for builder. Every published path
@@ -587,13 +601,6 @@ func (p *Pusher) reputation(ctx context.Context, builder string) Reputation {
 type repEntry struct {
 	rep Reputation
 	at  time.Time
-}
-
-// forgetReputation drops a cached record after this pusher changed it.
-func (p *Pusher) forgetReputation(builder string) {
-	p.repMu.Lock()
-	delete(p.repCache, builder)
-	p.repMu.Unlock()
 }
 
 // firstVote is the time of the earliest of votes (which is not empty).
