@@ -123,6 +123,11 @@ type Pusher struct {
 
 	repMu    sync.Mutex
 	repCache map[string]repEntry
+
+	// Agreements not yet stored, per builder (see addAgreement).
+	agreeMu       sync.Mutex
+	agreePending  map[string]int
+	agreeFlushing map[string]bool
 }
 
 // New checks cfg and returns a Pusher.

@@ -467,45 +467,111 @@ func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, 
 		if err != nil || !counted {
 			return
 		}
+		if agreed {
+			p.addAgreement(ctx, v.Builder)
+			return
+		}
 		now := time.Now().UTC()
-		err = p.cfg.KV.KVUpdate(ctx, queue.BucketBuilders, queue.BuilderKey(v.Builder), func(old []byte) ([]byte, error) {
-			r := Reputation{Builder: v.Builder}
-			if old != nil {
-				if err := json.Unmarshal(old, &r); err != nil {
-					return nil, err
-				}
-			}
-			if b, ok := p.cfg.Policy.Builder(v.Builder); ok {
-				r.Owner = b.Owner
-			}
+		err = p.updateReputation(ctx, v.Builder, func(r *Reputation) {
 			r.LastSeen = now
-			if agreed {
-				r.Agreements++
-			} else {
-				r.Disagreements++
-				var recent []time.Time
-				for _, m := range r.Minority {
-					if now.Sub(m) < rule.Window {
-						recent = append(recent, m)
-					}
-				}
-				r.Minority = append(recent, now)
-				if len(r.Minority) >= rule.QuarantineAfter && !r.Quarantined {
-					r.Quarantined, r.QuarantinedAt = true, &now
+			r.Disagreements++
+			var recent []time.Time
+			for _, m := range r.Minority {
+				if now.Sub(m) < rule.Window {
+					recent = append(recent, m)
 				}
 			}
-			return json.Marshal(r)
+			r.Minority = append(recent, now)
+			if len(r.Minority) >= rule.QuarantineAfter && !r.Quarantined {
+				r.Quarantined, r.QuarantinedAt = true, &now
+			}
 		})
 		if err != nil {
 			p.log.Warn("reputation not updated", "builder", v.Builder, "err", err)
 		}
-		p.forgetReputation(v.Builder)
 	}
 	for _, v := range t.Agreeing {
 		mark(v, true)
 	}
 	for _, v := range t.Minority {
 		mark(v, false)
+	}
+}
+
+// updateReputation applies f to builder's record (a zero one when it has
+// none) with compare-and-set. This pusher's cached copy becomes the record
+// it stored: dropping it instead made every vote read the record again,
+// since under load some handler updates it all the time.
+func (p *Pusher) updateReputation(ctx context.Context, builder string, f func(r *Reputation)) error {
+	var stored Reputation
+	err := p.cfg.KV.KVUpdate(ctx, queue.BucketBuilders, queue.BuilderKey(builder), func(old []byte) ([]byte, error) {
+		r := Reputation{Builder: builder}
+		if old != nil {
+			if err := json.Unmarshal(old, &r); err != nil {
+				return nil, err
+			}
+		}
+		if b, ok := p.cfg.Policy.Builder(builder); ok {
+			r.Owner = b.Owner
+		}
+		f(&r)
+		stored = r
+		return json.Marshal(r)
+	})
+	p.repMu.Lock()
+	defer p.repMu.Unlock()
+	if err != nil {
+		delete(p.repCache, builder)
+		return err
+	}
+	if p.repCache == nil {
+		p.repCache = map[string]repEntry{}
+	}
+	p.repCache[builder] = repEntry{rep: stored, at: time.Now()}
+	return nil
+}
+
+// addAgreement counts one agreement for builder. Every published path
+// adds one to its builders' records, so with many handlers at once they
+// all compare-and-set the same key and mostly lose the race (this was a
+// quarter of a pusher's time in BenchmarkResultsCluster). Instead,
+// agreements accumulate here and one handler per builder at a time
+// stores all that have accumulated in one update, looping until none
+// are left. Disagreements, rare and deciding quarantine, are stored at
+// once. When the handlers are done, every agreement is stored: the one
+// storing loops until it finds none new. Under sustained load that one
+// handler keeps storing (its message waits, kept alive by heartbeats). A
+// pusher killed in between loses the agreements not yet stored, as it
+// could already lose one between marking a vote counted and updating
+// the record.
+func (p *Pusher) addAgreement(ctx context.Context, builder string) {
+	p.agreeMu.Lock()
+	defer p.agreeMu.Unlock()
+	if p.agreePending == nil {
+		p.agreePending, p.agreeFlushing = map[string]int{}, map[string]bool{}
+	}
+	p.agreePending[builder]++
+	if p.agreeFlushing[builder] {
+		return // the handler storing them will take this one too
+	}
+	p.agreeFlushing[builder] = true
+	defer delete(p.agreeFlushing, builder)
+	for p.agreePending[builder] > 0 {
+		n := p.agreePending[builder]
+		delete(p.agreePending, builder)
+		now := time.Now().UTC()
+		p.agreeMu.Unlock()
+		err := p.updateReputation(ctx, builder, func(r *Reputation) {
+			r.LastSeen = now
+			r.Agreements += n
+		})
+		p.agreeMu.Lock()
+		if err != nil {
+			// Kept for the next agreement's update to retry.
+			p.agreePending[builder] += n
+			p.log.Warn("reputation not updated", "builder", builder, "err", err)
+			return
+		}
 	}
 }
 
@@ -535,13 +601,6 @@ func (p *Pusher) reputation(ctx context.Context, builder string) Reputation {
 type repEntry struct {
 	rep Reputation
 	at  time.Time
-}
-
-// forgetReputation drops a cached record after this pusher changed it.
-func (p *Pusher) forgetReputation(builder string) {
-	p.repMu.Lock()
-	delete(p.repCache, builder)
-	p.repMu.Unlock()
 }
 
 // firstVote is the time of the earliest of votes (which is not empty).

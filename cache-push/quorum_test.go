@@ -3,6 +3,7 @@ package cachepush
 import (
 	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"codeberg.org/provenix/provenix/attest"
@@ -99,5 +100,36 @@ func TestTallyAdaptive(t *testing.T) {
 	}
 	if waived+checked != 400 || waived == 0 {
 		t.Errorf("waived %d, checked %d", waived, checked)
+	}
+}
+
+// TestAgreementsConcurrent: many handlers adding agreements for one
+// builder at once, in two pushers sharing the KV, store every one of them
+// by the time they return.
+func TestAgreementsConcurrent(t *testing.T) {
+	f := newFixture(t)
+	pol := f.pusher.cfg.Policy
+	var pushers []*Pusher
+	for range 2 {
+		pu, err := New(Config{KV: f.conn, Store: f.store, Policy: pol, CacheKey: f.pusher.cfg.CacheKey, Staging: f.conn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pushers = append(pushers, pu)
+	}
+	const each = 40
+	var wg sync.WaitGroup
+	for _, pu := range pushers {
+		for range each {
+			wg.Go(func() { pu.addAgreement(testCtx(t), testBuilder) })
+		}
+	}
+	wg.Wait()
+	r, err := GetReputation(testCtx(t), f.conn, testBuilder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Agreements != 2*each || r.Builder != testBuilder || r.LastSeen.IsZero() {
+		t.Fatalf("record %+v: want %d agreements", r, 2*each)
 	}
 }

@@ -38,6 +38,8 @@ type options struct {
 	token     string
 	credsFile string
 	nkeySeed  string
+	certFile  string
+	keyFile   string
 	name      string
 	rootCA    string
 	log       *slog.Logger
@@ -52,14 +54,22 @@ func WithToken(tok string) Option { return func(o *options) { o.token = tok } }
 // WithCredsFile authenticates with a NATS .creds file (JWT + nkey seed).
 func WithCredsFile(path string) Option { return func(o *options) { o.credsFile = path } }
 
-// WithRootCA trusts the PEM certificate(s) in file, besides the system's
-// roots, for tls:// and wss:// servers — a self-signed or private CA. It
-// makes TLS required, also for nats:// and ws:// URLs.
+// WithRootCA trusts the PEM certificate(s) in file for tls:// and wss://
+// servers — a private CA, or a self-signed certificate — instead of the
+// system's roots. It makes TLS required, also for nats:// and ws:// URLs.
 func WithRootCA(file string) Option { return func(o *options) { o.rootCA = file } }
 
 // WithNKeySeedFile authenticates as the NKey user whose seed (SU...) is
-// in path, as `provenix tenant add` writes them for static accounts.
+// in path, as `provenix tenant add` writes them for static accounts. The
+// seed is read once, at Connect.
 func WithNKeySeedFile(path string) Option { return func(o *options) { o.nkeySeed = path } }
+
+// WithClientCert presents the PEM certificate and key in certFile and
+// keyFile to servers that verify clients (tls { verify: true }), and
+// requires TLS.
+func WithClientCert(certFile, keyFile string) Option {
+	return func(o *options) { o.certFile, o.keyFile = certFile, keyFile }
+}
 
 // WithName sets the connection name the server shows in its monitoring.
 func WithName(name string) Option { return func(o *options) { o.name = name } }
@@ -112,6 +122,9 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 	if n := btoi(o.token != "") + btoi(o.credsFile != "") + btoi(o.nkeySeed != ""); n > 1 {
 		return nil, errors.New("queue: connect: WithToken, WithCredsFile and WithNKeySeedFile are exclusive")
 	}
+	if (o.certFile == "") != (o.keyFile == "") {
+		return nil, errors.New("queue: connect: a client certificate needs both its certificate and key file")
+	}
 	c := &Conn{log: o.log, denied: make(map[*deniedWatch]struct{}), done: make(chan struct{})}
 	safeURL := redactURL(url)
 
@@ -145,9 +158,10 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 	if o.credsFile != "" {
 		nopts = append(nopts, nats.UserCredentials(o.credsFile))
 	}
+	// Files are checked here, not only at each (re)connect as nats.go
+	// would: a missing or broken file is a configuration error to report
+	// now, not a reason to retry until ctx ends.
 	if o.rootCA != "" {
-		// Checked here once: nats.go would fail every attempt on it, and
-		// a missing file is not something retrying fixes.
 		if err := checkRootCA(o.rootCA); err != nil {
 			return nil, fmt.Errorf("queue: connect %s: %w", safeURL, err)
 		}
@@ -156,9 +170,15 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 	if o.nkeySeed != "" {
 		nk, err := nats.NkeyOptionFromSeed(o.nkeySeed)
 		if err != nil {
-			return nil, fmt.Errorf("queue: connect: nkey seed: %w", err)
+			return nil, fmt.Errorf("queue: connect: nkey seed %s: %w", o.nkeySeed, err)
 		}
 		nopts = append(nopts, nk)
+	}
+	if o.certFile != "" {
+		if _, err := tls.LoadX509KeyPair(o.certFile, o.keyFile); err != nil {
+			return nil, fmt.Errorf("queue: connect: client certificate: %w", err)
+		}
+		nopts = append(nopts, nats.ClientCert(o.certFile, o.keyFile))
 	}
 
 	var lastErr error

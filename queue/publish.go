@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,12 +21,13 @@ import (
 //
 // So PublishResult retries such a publish itself, with the same id, until
 // ctx ends: no ack in time (the broker was killed or restarted while it
-// had the message), the connection lost, no stream answering (a leader
-// election). A build may have taken hours; a broker restart must not lose
-// its result. Definite refusals (permissions, storage full, no such
-// stream, malformed) are returned at once.
+// had the message), the connection lost, no stream answering (a cluster
+// electing a stream leader after a server loss or in a rolling restart).
+// A build may have taken hours; a broker restart must not lose its
+// result. Definite refusals (permissions, storage full, no such stream,
+// malformed) are returned at once.
 //
-// A ctx without deadline gets PublishResultTimeout.
+// A ctx without deadline gets PublishTimeout.
 func (c *Conn) PublishResult(ctx context.Context, r *Result) (duplicate bool, err error) {
 	if r == nil {
 		return false, errors.New("queue: publish result: nil result")
@@ -38,59 +40,17 @@ func (c *Conn) PublishResult(ctx context.Context, r *Result) (duplicate bool, er
 	if err != nil {
 		return false, fmt.Errorf("queue: publish result %s: %w", r.DrvPath, err)
 	}
-	ctx, cancel := withDefaultTimeout(ctx, PublishResultTimeout)
-	defer cancel()
-	for attempt := 0; ; attempt++ {
-		actx, acancel := context.WithTimeout(ctx, min(publishAttemptTimeout<<min(attempt, 3), publishAttemptMax))
-		ack, err := c.publish(actx, subj, data, jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(StreamResults))
-		acancel()
-		if err == nil {
-			return ack.Duplicate, nil
-		}
-		if !retryablePublish(err) || ctx.Err() != nil {
-			if attempt > 0 {
-				err = fmt.Errorf("after %d attempts: %w", attempt+1, err)
-			}
-			return false, fmt.Errorf("queue: publish result %s: %w", r.DrvPath, err)
-		}
-		c.log.Debug("queue: publish result: retrying", "drv", r.DrvPath, "attempt", attempt+1, logKeyErr, err)
-		sleepCtx(ctx, min(backoff(attempt), time.Second))
+	ack, err := c.publishRetry(ctx, subj, data, jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(StreamResults))
+	if err != nil {
+		return false, fmt.Errorf("queue: publish result %s: %w", r.DrvPath, err)
 	}
-}
-
-const (
-	// PublishResultTimeout bounds PublishResult when its ctx has no
-	// deadline: long enough to ride out a broker restart.
-	PublishResultTimeout = time.Minute
-	// publishAttemptTimeout is the first attempt's wait for an ack; each
-	// retry waits twice as long, up to publishAttemptMax, so a slow link
-	// still gets an answer while a lost message is resent soon.
-	publishAttemptTimeout = 2 * time.Second
-	publishAttemptMax     = 10 * time.Second
-)
-
-// Retryable reports whether an error from PublishResult or Stage came
-// without a definite answer from the broker (no ack in time, the
-// connection lost, no stream answering), so that the same call (same
-// result, same key) may succeed when repeated. Refusals (permissions,
-// storage full, invalid names, missing streams) and cancellations are not.
-func Retryable(err error) bool { return retryablePublish(err) }
-
-// retryablePublish is Retryable.
-func retryablePublish(err error) bool {
-	switch {
-	case errors.Is(err, ErrPermissionDenied), errors.Is(err, ErrStorageFull), errors.Is(err, ErrNotFound),
-		errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, context.Canceled):
-		return false
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrNoResponders),
-		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrConnectionReconnecting):
-		return true
-	}
-	return false
+	return ack.Duplicate, nil
 }
 
 // PublishEvent publishes v, encoded as JSON, on EventsSubject(tenant, kind).
-// A ctx without deadline gets DefaultTimeout.
+// Like PublishResult it retries through leader elections, under a
+// Nats-Msg-Id of its own so that a retry is not stored twice; a ctx
+// without deadline gets PublishTimeout.
 func (c *Conn) PublishEvent(ctx context.Context, tenant, kind string, v any) error {
 	subj, err := EventsSubject(tenant, kind)
 	if err != nil {
@@ -100,7 +60,7 @@ func (c *Conn) PublishEvent(ctx context.Context, tenant, kind string, v any) err
 	if err != nil {
 		return fmt.Errorf("queue: publish event %s: encode: %w", subj, err)
 	}
-	if _, err := c.publish(ctx, subj, data, jetstream.WithExpectStream(StreamEvents)); err != nil {
+	if _, err := c.publishRetry(ctx, subj, data, jetstream.WithMsgID("event-"+rand.Text()), jetstream.WithExpectStream(StreamEvents)); err != nil {
 		return fmt.Errorf("queue: publish event %s: %w", subj, err)
 	}
 	return nil
@@ -136,6 +96,70 @@ func (c *Conn) publish(ctx context.Context, subj string, data []byte, opts ...je
 		return nil, mapJSError(err)
 	}
 	return ack, nil
+}
+
+const (
+	// PublishTimeout bounds PublishResult (and the other retried calls)
+	// when its ctx has no deadline: long enough to ride out a broker
+	// restart or a stream leader election (5–7 s in our cluster tests).
+	PublishTimeout = time.Minute
+	// publishAttempt is the first attempt's wait for an ack; each retry
+	// waits twice as long, up to publishAttemptMax, so a slow link still
+	// gets an answer while a message sent to a leader that just died (it
+	// gets no answer at all) is resent soon.
+	publishAttempt    = 2 * time.Second
+	publishAttemptMax = 10 * time.Second
+)
+
+// publishRetry is publish, repeated with backoff while the error comes
+// without a definite answer (see Retryable), until ctx ends. Only for
+// messages with a Nats-Msg-Id: an attempt that timed out may have been
+// stored, and the stream's duplicate window drops the repeat.
+func (c *Conn) publishRetry(ctx context.Context, subj string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	ctx, cancel := withDefaultTimeout(ctx, PublishTimeout)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		actx, acancel := context.WithTimeout(ctx, min(publishAttempt<<min(attempt, 3), publishAttemptMax))
+		ack, err := c.publish(actx, subj, data, opts...)
+		acancel()
+		if err == nil {
+			return ack, nil
+		}
+		if !retryable(err) || ctx.Err() != nil {
+			if attempt > 0 {
+				err = fmt.Errorf("after %d attempts: %w", attempt+1, err)
+			}
+			return nil, err
+		}
+		c.log.Debug("queue: publish failed, retrying", logKeySubject, subj, "attempt", attempt+1, logKeyErr, err)
+		sleepCtx(ctx, min(backoff(attempt), time.Second))
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		}
+	}
+}
+
+// Retryable reports whether an error from PublishResult or Stage came
+// without a definite answer from the broker (no ack in time, the
+// connection lost, no stream answering, "JetStream not available"), so
+// that the same call (same result, same key) may succeed when repeated.
+// Refusals (permissions, storage full, invalid names, missing streams) and
+// cancellations are not.
+func Retryable(err error) bool { return retryable(err) }
+
+func retryable(err error) bool {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, ErrPermissionDenied), errors.Is(err, ErrStorageFull), errors.Is(err, ErrQuotaExceeded),
+		errors.Is(err, ErrNotFound), errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, context.Canceled):
+		return false
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrNoResponders),
+		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrConnectionReconnecting):
+		return true
+	case errors.As(err, &apiErr):
+		return apiErr.Code == 503
+	}
+	return false
 }
 
 type deniedWatch struct {

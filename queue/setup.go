@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -25,13 +26,60 @@ const (
 type StreamOptions struct {
 	// MaxAge is how long results and events are kept; DefaultMaxAge when 0.
 	MaxAge time.Duration
-	// Replicas of every stream and of the staging bucket; 1 when 0.
+	// Replicas of every stream, of the staging bucket and of the KV
+	// buckets. 0 picks DefaultReplicas for the server connected to:
+	// ClusterReplicas (3) on a cluster of at least 3 servers, 1 otherwise.
+	// An explicit value wins.
 	Replicas int
+}
+
+// ClusterReplicas is the replica count EnsureStreams picks on a cluster of
+// at least that many servers: one server may fail (or be restarted for an
+// upgrade) and the other two still form a majority.
+const ClusterReplicas = 3
+
+// ClusterSize estimates how many servers the connected cluster has: 1 when
+// the server is not in a cluster, else 1 plus the other servers it
+// advertises to clients (its INFO connect_urls) that are not the one we
+// are on. The estimate is low right after a cluster starts, before the
+// routes are up (a later EnsureStreams then scales the streams up), and
+// servers that hide their URLs (no_advertise) are not counted: pass
+// StreamOptions.Replicas explicitly then.
+func (c *Conn) ClusterSize() int {
+	if c.nc.ConnectedClusterName() == "" {
+		return 1
+	}
+	// Servers is the connection's pool: the URLs given to Connect plus
+	// those the servers advertised. Given and advertised URLs may name
+	// one server twice (a host name and its address); DefaultReplicas
+	// only asks "at least 3", and a server asked for more replicas than
+	// it has peers refuses with a clear error rather than losing data.
+	seen := map[string]bool{}
+	for _, s := range c.nc.Servers() {
+		u, err := url.Parse(s)
+		if err != nil {
+			continue
+		}
+		seen[u.Host] = true
+	}
+	return max(len(seen), 1)
+}
+
+// DefaultReplicas is the replica count EnsureStreams uses when
+// StreamOptions.Replicas is 0: ClusterReplicas when ClusterSize is at
+// least that, else 1.
+func (c *Conn) DefaultReplicas() int {
+	if c.ClusterSize() >= ClusterReplicas {
+		return ClusterReplicas
+	}
+	return 1
 }
 
 // EnsureStreams creates the RESULTS and EVENTS streams and the staging
 // Object Store bucket, or updates them to o. It is idempotent: every
-// builder and pusher may call it at start-up.
+// builder and pusher may call it at start-up. It retries what a cluster
+// answers while it elects leaders (see PublishResult) until ctx ends; a
+// ctx without deadline gets PublishTimeout.
 //
 // After each create or update it reads the configuration back and fails if
 // a field we set came back different: older servers silently drop fields
@@ -45,14 +93,34 @@ func (c *Conn) EnsureStreams(ctx context.Context, o StreamOptions) error {
 		return fmt.Errorf("queue: ensure streams: negative MaxAge %s", o.MaxAge)
 	}
 	if o.Replicas == 0 {
-		o.Replicas = 1
+		o.Replicas = c.DefaultReplicas()
 	}
 	if o.Replicas < 0 || o.Replicas > 5 {
 		return fmt.Errorf("queue: ensure streams: replicas %d not in 1..5", o.Replicas)
 	}
-	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
+	ctx, cancel := withDefaultTimeout(ctx, PublishTimeout)
 	defer cancel()
+	// A pusher restarted while the cluster elects a leader (the usual
+	// moment: the machine that died ran both) must wait for it, not exit.
+	for attempt := 0; ; attempt++ {
+		actx, acancel := context.WithTimeout(ctx, ensureAttempt)
+		err := c.ensureAll(actx, o)
+		acancel()
+		if err == nil || ctx.Err() != nil || !retryable(err) {
+			return err
+		}
+		c.log.Debug("queue: ensure streams failed, retrying", logKeyErr, err)
+		sleepCtx(ctx, backoff(attempt))
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		}
+	}
+}
 
+// ensureAttempt bounds one pass of EnsureStreams.
+const ensureAttempt = 10 * time.Second
+
+func (c *Conn) ensureAll(ctx context.Context, o StreamOptions) error {
 	for _, cfg := range []jetstream.StreamConfig{resultsConfig(o), eventsConfig(o), rebuildConfig(o)} {
 		if err := c.ensureStream(ctx, cfg); err != nil {
 			return err

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -90,18 +91,22 @@ func (c *Conn) Stage(ctx context.Context, key string, r io.Reader) (StagedInfo, 
 	}
 	ctx, cancel := withDefaultTimeout(ctx, StagingTimeout)
 	defer cancel()
-	obs, stream, err := c.staging(ctx)
+	// Single requests get DefaultTimeout, not the hour of the whole
+	// upload: one sent to a leader that just died is never answered.
+	rctx, rcancel := context.WithTimeout(ctx, DefaultTimeout)
+	defer rcancel()
+	obs, stream, err := c.staging(rctx)
 	if err != nil {
 		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
 	}
-	old, err := obs.GetInfo(ctx, key, jetstream.GetObjectInfoShowDeleted())
+	old, err := obs.GetInfo(rctx, key, jetstream.GetObjectInfoShowDeleted())
 	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
 	}
 	if old != nil && !old.Deleted && contentMatchesKey(key, old.Digest) {
 		// Reuse only a whole object: one whose chunks were lost (a race
 		// with a replace, a purge) is uploaded again.
-		if err := checkChunks(ctx, stream, old); err == nil {
+		if err := checkChunks(rctx, stream, old); err == nil {
 			return StagedInfo{Key: key, Size: old.Size, Digest: old.Digest, Reused: true}, nil
 		} else if !errors.Is(err, ErrCorrupt) {
 			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
@@ -230,7 +235,10 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key strin
 	// Rollup: the new meta replaces every earlier one for this key.
 	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	meta.Data = data
-	if _, err := c.js.PublishMsg(ctx, meta); err != nil {
+	mctx, mcancel := context.WithTimeout(ctx, DefaultTimeout)
+	_, err = c.js.PublishMsg(mctx, meta)
+	mcancel()
+	if err != nil {
 		// The meta may have been stored with only its ack lost (timeout,
 		// cancel): then the object is complete and must not lose its
 		// chunks.
@@ -311,28 +319,118 @@ func (c *Conn) OpenStaged(ctx context.Context, key string) (io.ReadCloser, Stage
 	return &stagedReader{res: rc, cancel: cancel, key: key}, info, nil
 }
 
+// openStaged opens key for reading within ctx. The requests that open it
+// each get DefaultTimeout, not ctx's (long) deadline: a request sent to a
+// stream leader that just died is never answered, and waiting the
+// StagingTimeout for it would stall the caller for an hour instead of
+// failing it for a retry once the cluster has a new leader.
 func (c *Conn) openStaged(ctx context.Context, key string) (jetstream.ObjectResult, StagedInfo, error) {
-	obs, stream, err := c.staging(ctx)
+	rctx, rcancel := context.WithTimeout(ctx, DefaultTimeout)
+	defer rcancel()
+	obs, stream, err := c.staging(rctx)
 	if err != nil {
 		return nil, StagedInfo{}, err
 	}
-	info, err := obs.GetInfo(ctx, key)
+	info, err := obs.GetInfo(rctx, key)
 	if err != nil {
 		return nil, StagedInfo{}, mapJSError(err)
 	}
 	if info.Opts != nil && info.Opts.Link != nil {
 		return nil, StagedInfo{}, fmt.Errorf("%w: is a link, not an object", ErrCorrupt)
 	}
+	if info.Chunks <= 1 {
+		// Most NARs fit in one chunk: one direct get reads it, where
+		// nats.go's reader would count chunks (a stream info with a
+		// subject filter, costly on a big stream) and create and delete
+		// a consumer. The digest is checked all the same.
+		res, err := readSmallObject(rctx, stream, info)
+		if err != nil {
+			return nil, StagedInfo{}, err
+		}
+		return res, StagedInfo{Key: key, Size: info.Size, Digest: info.Digest}, nil
+	}
 	// nats.go's reader waits for chunks until ctx ends: with chunks
 	// missing that would be an hour. Count them first and fail at once.
-	if err := checkChunks(ctx, stream, info); err != nil {
+	if err := checkChunks(rctx, stream, info); err != nil {
 		return nil, StagedInfo{}, err
 	}
-	res, err := obs.Get(ctx, key)
+	res, err := getObject(ctx, obs, key, DefaultTimeout)
 	if err != nil {
 		return nil, StagedInfo{}, mapJSError(err)
 	}
 	return res, StagedInfo{Key: key, Size: info.Size, Digest: info.Digest}, nil
+}
+
+// readSmallObject reads an object of at most one chunk into memory and
+// checks its size and digest; missing content is ErrCorrupt.
+func readSmallObject(ctx context.Context, stream jetstream.Stream, info *jetstream.ObjectInfo) (jetstream.ObjectResult, error) {
+	var data []byte
+	if info.Chunks == 1 {
+		m, err := stream.GetLastMsgForSubject(ctx, stagingChunksPrefix+info.NUID)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, fmt.Errorf("%w: 0 of 1 chunks present", ErrCorrupt)
+		}
+		if err != nil {
+			return nil, mapJSError(err)
+		}
+		data = m.Data
+	}
+	h := sha256.Sum256(data)
+	want, err := jetstream.DecodeObjectDigest(info.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("%w: digest %q: %w", ErrCorrupt, info.Digest, err)
+	}
+	if uint64(len(data)) != info.Size || string(h[:]) != string(want) {
+		return nil, fmt.Errorf("%w: %w: %d bytes staged, %d in the object's meta", ErrCorrupt, jetstream.ErrDigestMismatch, len(data), info.Size)
+	}
+	return &smallObject{Reader: bytes.NewReader(data), info: info}, nil
+}
+
+// smallObject is a jetstream.ObjectResult over content already read.
+type smallObject struct {
+	*bytes.Reader
+	info *jetstream.ObjectInfo
+}
+
+func (o *smallObject) Info() (*jetstream.ObjectInfo, error) { return o.info, nil }
+func (o *smallObject) Error() error                         { return nil }
+func (o *smallObject) Close() error                         { return nil }
+
+// errOpenTimeout: opening a staged object got no answer in time.
+var errOpenTimeout = errors.New("no answer from the staging stream (leader election?)")
+
+// getObject is obs.Get(ctx, key), failing if the open itself (creating
+// the consumer that delivers the chunks) takes longer than open. Get uses
+// one ctx both for that request and for the whole read that follows, so
+// the request cannot get a shorter deadline of its own; it is cancelled
+// from outside instead.
+func getObject(ctx context.Context, obs jetstream.ObjectStore, key string, open time.Duration) (jetstream.ObjectResult, error) {
+	gctx, cancel := context.WithCancelCause(ctx)
+	t := time.AfterFunc(open, func() { cancel(errOpenTimeout) })
+	res, err := obs.Get(gctx, key)
+	if !t.Stop() {
+		if err == nil {
+			res.Close()
+		}
+		return nil, fmt.Errorf("open %s: %w", key, errOpenTimeout)
+	}
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	// The read still runs under gctx: cancel it when the result is closed.
+	return &cancelOnClose{ObjectResult: res, cancel: func() { cancel(nil) }}, nil
+}
+
+type cancelOnClose struct {
+	jetstream.ObjectResult
+	cancel func()
+}
+
+func (r *cancelOnClose) Close() error {
+	err := r.ObjectResult.Close()
+	r.cancel()
+	return err
 }
 
 // checkChunks fails with ErrCorrupt unless all of info's chunks are in the

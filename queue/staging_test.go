@@ -388,9 +388,17 @@ func TestStageFailureLeavesNoChunks(t *testing.T) {
 
 // TestOpenStagedCorrupt: content that does not match its digest, or
 // missing chunks, is reported as ErrCorrupt, never as a clean io.EOF.
+// A one-chunk object is read whole at open (see readSmallObject), so its
+// corruption shows there.
 func TestOpenStagedCorrupt(t *testing.T) {
 	_, c := setup(t)
-	data := randomBytes(4, 2<<20)
+	for _, size := range []int{2 << 20, 1000} {
+		t.Run(fmt.Sprintf("size=%d", size), func(t *testing.T) { testOpenStagedCorrupt(t, c, size) })
+	}
+}
+
+func testOpenStagedCorrupt(t *testing.T, c *Conn, size int) {
+	data := randomBytes(4, size)
 	tests := []struct {
 		name   string
 		tamper func(t *testing.T, info *jetstream.ObjectInfo)
@@ -412,7 +420,7 @@ func TestOpenStagedCorrupt(t *testing.T) {
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			key := fmt.Sprintf("corrupt/%d", i)
+			key := fmt.Sprintf("corrupt/%d/%d", size, i)
 			if _, err := c.Stage(ctxT(t), key, bytes.NewReader(data)); err != nil {
 				t.Fatal(err)
 			}
@@ -426,7 +434,7 @@ func TestOpenStagedCorrupt(t *testing.T) {
 			}
 			tt.tamper(t, info)
 			rc, _, err := c.OpenStaged(ctxT(t), key)
-			if tt.atOpen {
+			if tt.atOpen || size <= stageChunkSize {
 				if !errors.Is(err, ErrCorrupt) {
 					t.Fatalf("OpenStaged: %v, want ErrCorrupt", err)
 				}

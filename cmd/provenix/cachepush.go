@@ -26,6 +26,10 @@ type pushFlags struct {
 	cacheKey string
 	group    string
 	tenant   string
+
+	concurrency int
+	ackWait     time.Duration
+	replicas    int
 }
 
 func newCachePushCmd(g *globals) *cobra.Command {
@@ -56,6 +60,9 @@ abandoned uploads older than a day, hourly.`,
 	fl.StringVar(&f.cacheKey, "cache-key", "", "Nix cache secret key (default: the data directory's keys/cache.key)")
 	fl.StringVar(&f.group, "group", up.DefaultGroup, "pusher group (durable consumer name)")
 	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results to consume")
+	fl.IntVar(&f.concurrency, "concurrency", 1, "results this pusher handles at once (each holds one message; members of a group share the work)")
+	fl.DurationVar(&f.ackWait, "ack-wait", queue.DefaultAckWait, "how long a result may go unacknowledged before another member of the group gets it; a killed pusher's results wait this long (the group's consumer takes the last value set)")
+	fl.IntVar(&f.replicas, "nats-replicas", 0, "replicas of the streams and buckets this pusher creates; 0: 3 on a NATS cluster of 3 or more servers, else 1")
 	return cmd
 }
 
@@ -63,6 +70,9 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	// Flags first: a usage error must not wait for a policy or a bucket.
 	if _, err := f.cache.check(); err != nil {
 		return err
+	}
+	if f.ackWait < 3*time.Second {
+		return usageError("--ack-wait %s: at least 3s (the pusher heartbeats every third of it)", f.ackWait)
 	}
 	p := g.paths()
 	or := func(v, d string) string {
@@ -93,17 +103,19 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return err
 	}
 	defer conn.Close()
-	if err := conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
+	if err := conn.EnsureStreams(ctx, queue.StreamOptions{Replicas: f.replicas}); err != nil {
 		return err
 	}
-	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st.Store, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log})
+	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st.Store, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log,
+		Heartbeat: f.ackWait / 3})
 	if err != nil {
 		return err
 	}
-	if err := pu.Open(ctx, conn, queue.ConsumerOptions{Group: f.group, FilterSubject: queue.ResultsFilter(f.tenant)}); err != nil {
+	co := queue.ConsumerOptions{Group: f.group, FilterSubject: queue.ResultsFilter(f.tenant), Concurrency: f.concurrency, AckWait: f.ackWait}
+	if err := pu.Open(ctx, conn, co); err != nil {
 		return err
 	}
-	log.Info("cache pusher running", "group", f.group, "tenant", f.tenant, "cache", where)
+	log.Info("cache pusher running", "group", f.group, "tenant", f.tenant, "cache", where, "concurrency", f.concurrency)
 	<-ctx.Done()
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()

@@ -149,7 +149,7 @@ type upProcess struct {
 func (u *upProcess) start() {
 	u.t.Helper()
 	cmd := exec.Command(os.Args[0], "up", "--data-dir", u.p.Dir, "--listen", u.cache, "--nats-listen", u.natsAddr, "--log-level", "info")
-	cmd.Env = append(os.Environ(), reexecEnv+"=1")
+	cmd.Env = append(os.Environ(), envExecMain+"=1")
 	u.log = &lockedBuffer{}
 	u.logs = append(u.logs, u.log)
 	cmd.Stdout, cmd.Stderr = u.log, u.log

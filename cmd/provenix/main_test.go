@@ -5,13 +5,13 @@ import (
 	"testing"
 )
 
-// reexecEnv makes the test binary behave as the provenix command (see
-// TestMain), so tests can run `provenix up` as a separate process without
-// building the binary first.
-const reexecEnv = "PROVENIX_TEST_REEXEC"
+// envExecMain makes the test binary act as the provenix command, so tests
+// can start provenix processes (`up`, `cache-push`) and kill them without
+// a `go build` first.
+const envExecMain = "PROVENIX_TEST_EXEC_MAIN"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(reexecEnv) == "1" {
+	if os.Getenv(envExecMain) == "1" {
 		main() // exits
 	}
 	os.Exit(m.Run())

@@ -114,8 +114,10 @@ type natsFlags struct {
 	nkey  string
 	token string
 	// ca is a PEM file of CA certificates trusted for tls:// and wss://
-	// servers, besides the system's.
-	ca string
+	// servers, besides the system's; cert and key a client certificate.
+	ca   string
+	cert string
+	key  string
 }
 
 func (f *natsFlags) register(cmd *cobra.Command) {
@@ -123,12 +125,17 @@ func (f *natsFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.creds, "nats-creds", "", "NATS credentials file")
 	cmd.Flags().StringVar(&f.nkey, "nats-nkey", "", "NATS NKey seed file, e.g. a tenant's runner.nk or pusher.nk from 'provenix tenant add'")
 	cmd.Flags().StringVar(&f.token, "nats-token-file", "", "file holding a NATS token")
-	cmd.Flags().StringVar(&f.ca, "nats-ca", "", "PEM file of the CA (or self-signed certificate) to trust for tls:// and wss:// NATS servers")
+	cmd.Flags().StringVar(&f.ca, "nats-ca", "", "PEM file of the CA (or self-signed certificate) to trust for tls:// and wss:// NATS servers (implies TLS; a tls:// URL does too)")
+	cmd.Flags().StringVar(&f.cert, "nats-cert", "", "PEM client certificate for NATS servers that verify clients (with --nats-key)")
+	cmd.Flags().StringVar(&f.key, "nats-key", "", "PEM key of --nats-cert")
 }
 
 // connect opens the NATS connection: the given URL, or the one of the
 // `provenix up` running on the data directory.
 func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queue.Conn, error) {
+	if (f.cert == "") != (f.key == "") {
+		return nil, usageError("--nats-cert and --nats-key go together")
+	}
 	url := f.url
 	defaultToken := ""
 	if url == "" {
@@ -146,6 +153,9 @@ func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queu
 	opts = append(opts, queue.WithName(name), queue.WithLogger(g.logger()))
 	if f.ca != "" {
 		opts = append(opts, queue.WithRootCA(f.ca))
+	}
+	if f.cert != "" {
+		opts = append(opts, queue.WithClientCert(f.cert, f.key))
 	}
 	// Connect retries until its context ends; a wrong URL must not hang.
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)

@@ -165,7 +165,8 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 	if err != nil {
 		return nil, usageError("%v\nThe runner signs what its jobs build: create a key with 'provenix key generate --builder %s' and trust its .pub for builder id %q in the cache policy", err, keyPath, builderID)
 	}
-	nf := natsFlags{url: cfg.Provenix.NATSURL, creds: cfg.Provenix.NATSCreds, nkey: cfg.Provenix.NATSNKey, token: cfg.Provenix.NATSTokenFile, ca: cfg.Provenix.NATSCA}
+	nf := natsFlags{url: cfg.Provenix.NATSURL, creds: cfg.Provenix.NATSCreds, token: cfg.Provenix.NATSTokenFile,
+		nkey: cfg.Provenix.NATSNKey, ca: cfg.Provenix.NATSCA, cert: cfg.Provenix.NATSCert, key: cfg.Provenix.NATSKey}
 	conn, err := nf.connect(ctx, g, "provenix-runner-"+rf.Name)
 	if err != nil {
 		return nil, err

@@ -170,9 +170,12 @@ type Provenix struct {
 	NATSNKey      string `yaml:"nats_nkey"`
 	NATSTokenFile string `yaml:"nats_token_file"`
 	// NATSCA is a PEM file of CA certificates to trust for a tls:// or
-	// wss:// NATS URL signed by a private CA.
-	NATSCA string `yaml:"nats_ca"`
-	Tenant string `yaml:"tenant"`
+	// wss:// NATS URL signed by a private CA (implies TLS); NATSCert and
+	// NATSKey are a client certificate for servers that verify clients.
+	NATSCA   string `yaml:"nats_ca"`
+	NATSCert string `yaml:"nats_cert"`
+	NATSKey  string `yaml:"nats_key"`
+	Tenant   string `yaml:"tenant"`
 	// Key is the builder signing key; empty means the data directory's.
 	Key       string `yaml:"key"`
 	BuilderID string `yaml:"builder_id"`

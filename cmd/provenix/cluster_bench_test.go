@@ -1,0 +1,241 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"codeberg.org/provenix/provenix/attest"
+	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/up"
+)
+
+// benchResults is how many results one measurement pushes.
+const benchResults = 3000
+
+// benchPusherConcurrency is each benchmark pusher's --concurrency.
+const benchPusherConcurrency = 16
+
+// BenchmarkResultsCluster measures results per second through the whole
+// pusher path (NATS queue, bundle verification, policy, KV vote, staged
+// NAR read, cache write with fsyncs, events) with two pushers sharing one
+// durable consumer and one cache directory, configured as `provenix
+// cache-push` configures them. Both setups are measured in the same run:
+// the embedded single server (R1) and a cluster of three Debian
+// nats-server processes (R3). Results are signed and their NARs staged
+// before the clock starts; it runs from the first publish (16 concurrent
+// builders) until every path's publication event has arrived.
+//
+//	go test -run '^$' -bench ResultsCluster -benchtime 1x ./cmd/provenix/
+func BenchmarkResultsCluster(b *testing.B) {
+	ctx := ctxFor(b, 20*time.Minute)
+	dataDir := b.TempDir()
+	p := up.Paths{Dir: dataDir}
+	if _, err := up.Init(p); err != nil {
+		b.Fatal(err)
+	}
+	signer, err := attest.LoadSigner(p.BuilderKey())
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	srv, err := queue.NewServer(queue.ServerConfig{StoreDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := srv.Open(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close(context.Background())
+	cl := startNATSCluster(b, 3)
+
+	setups := []struct {
+		name, url string
+		replicas  int
+		elapsed   time.Duration
+	}{{name: "embedded", url: srv.ClientURL(), replicas: 1}, {name: "cluster", url: cl.URL(), replicas: 3}}
+	for i := range setups {
+		conn, err := queue.Connect(ctx, setups[i].url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer conn.Close()
+		if err := conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		st, err := conn.JetStream().Stream(ctx, queue.StreamResults)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if r := st.CachedInfo().Config.Replicas; r != setups[i].replicas {
+			b.Fatalf("%s: RESULTS has %d replicas, want %d", setups[i].name, r, setups[i].replicas)
+		}
+	}
+
+	for b.Loop() {
+		for i := range setups {
+			b.StopTimer()
+			setups[i].elapsed += benchPushRun(b, ctx, p, signer, setups[i].url)
+			b.StartTimer()
+		}
+	}
+	n := float64(benchResults * b.N)
+	emb, clu := n/setups[0].elapsed.Seconds(), n/setups[1].elapsed.Seconds()
+	b.ReportMetric(emb, "embedded-results/s")
+	b.ReportMetric(clu, "cluster-results/s")
+	b.ReportMetric(clu/emb, "cluster/embedded")
+}
+
+// benchPushRun starts two pushers on url with a fresh cache directory,
+// publishes benchResults new results and returns how long it took until
+// all were published into the cache.
+func benchPushRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest.Signer, url string) time.Duration {
+	b.Helper()
+	pol, err := policy.Load(p.Policy())
+	if err != nil {
+		b.Fatal(err)
+	}
+	key, err := cachepush.LoadKey(p.CacheKey())
+	if err != nil {
+		b.Fatal(err)
+	}
+	st, err := local.New(filepath.Join(b.TempDir(), "cache"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn, err := queue.Connect(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	rs := synthResults(b, ctx, signer, uniqueMessage(b)[len(b.Name())+1:], benchResults)
+	stageAll(b, ctx, conn, rs)
+
+	// A fresh group per run: its consumer starts at the first message
+	// and must not see earlier runs' results, so those are purged.
+	st0, err := conn.JetStream().Stream(ctx, queue.StreamResults)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := st0.Purge(ctx); err != nil {
+		b.Fatal(err)
+	}
+	group := "bench" + uniqueMessage(b)[len(b.Name())+1:]
+	var pushers []*cachepush.Pusher
+	for range 2 {
+		pc, err := queue.Connect(ctx, url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer pc.Close()
+		pu, err := cachepush.New(cachepush.Config{KV: pc, Rebuilds: pc, Store: st, Policy: pol, CacheKey: key, Staging: pc, Events: pc,
+			Heartbeat: queue.DefaultAckWait / 3})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pu.Open(ctx, pc, queue.ConsumerOptions{Group: group, FilterSubject: queue.ResultsFilter(up.DefaultTenant),
+			Concurrency: benchPusherConcurrency}); err != nil {
+			b.Fatal(err)
+		}
+		pushers = append(pushers, pu)
+	}
+	defer func() {
+		for _, pu := range pushers {
+			pu.Close(context.Background())
+		}
+	}()
+
+	subj, _ := queue.EventsSubject(up.DefaultTenant, queue.EventPublished)
+	done := make(chan struct{})
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	sub, err := conn.NATS().Subscribe(subj, func(m *nats.Msg) {
+		var pub cachepush.Publication
+		if json.Unmarshal(m.Data, &pub) != nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !seen[pub.StorePath] {
+			seen[pub.StorePath] = true
+			if len(seen) == len(rs) {
+				close(done)
+			}
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	rejected, _ := queue.EventsSubject(up.DefaultTenant, queue.EventRejected)
+	rejections := make(chan string, 1)
+	rsub, err := conn.NATS().Subscribe(rejected, func(m *nats.Msg) {
+		select {
+		case rejections <- string(m.Data):
+		default:
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rsub.Unsubscribe()
+
+	start := time.Now()
+	if dir := os.Getenv("PROVENIX_BENCH_STACKS"); dir != "" {
+		// Poor man's wall-clock profile: where the handlers wait.
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			buf := make([]byte, 64<<20)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				n := runtime.Stack(buf, true)
+				os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%03d.txt", map[bool]string{true: "cluster", false: "embedded"}[strings.Contains(url, ",")], i)), buf[:n], 0o644)
+			}
+		}()
+	}
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for i := range next {
+				if _, err := conn.PublishResult(ctx, rs[i].result); err != nil {
+					b.Error(err)
+				}
+			}
+		})
+	}
+	for i := range rs {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	select {
+	case <-done:
+	case r := <-rejections:
+		b.Fatalf("a result was rejected: %s", r)
+	case <-time.After(5 * time.Minute):
+		mu.Lock()
+		defer mu.Unlock()
+		b.Fatalf("%d of %d results published after 5 minutes", len(seen), len(rs))
+	}
+	return time.Since(start)
+}
