@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -106,7 +107,7 @@ func (c *Conn) EnsureStreams(ctx context.Context, o StreamOptions) error {
 		actx, acancel := context.WithTimeout(ctx, ensureAttempt)
 		err := c.ensureAll(actx, o)
 		acancel()
-		if err == nil || ctx.Err() != nil || !retryable(err) {
+		if err == nil || ctx.Err() != nil || !(retryable(err) || noPeersYet(err)) {
 			return err
 		}
 		c.log.Debug("queue: ensure streams failed, retrying", logKeyErr, err)
@@ -115,6 +116,17 @@ func (c *Conn) EnsureStreams(ctx context.Context, o StreamOptions) error {
 			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
 		}
 	}
+}
+
+// jsErrClusterNoPeers is nats-server's "no suitable peers for placement".
+const jsErrClusterNoPeers jetstream.ErrorCode = 10005
+
+// noPeersYet reports a replicated stream refused for want of peers: a
+// cluster still forming (servers started together, routes not all up), or
+// one server down until it is back. Both pass, so EnsureStreams waits.
+func noPeersYet(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrClusterNoPeers
 }
 
 // ensureAttempt bounds one pass of EnsureStreams.

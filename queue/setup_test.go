@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -121,5 +122,23 @@ func TestCheckStreamConfig(t *testing.T) {
 	stagingWant := jetstream.StreamConfig{AllowRollup: true}
 	if err := checkStreamConfig(stagingWant, jetstream.StreamConfig{}); !errors.Is(err, ErrConfigDropped) {
 		t.Errorf("dropped AllowRollup not detected: %v", err)
+	}
+}
+
+// TestNoPeersYet: a replicated stream refused for want of peers (a cluster
+// still forming) is waited for by EnsureStreams; other refusals are not.
+func TestNoPeersYet(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&jetstream.APIError{Code: 400, ErrorCode: 10005, Description: "no suitable peers for placement"}, true},
+		{fmt.Errorf("queue: ensure stream RESULTS: %w", &jetstream.APIError{Code: 400, ErrorCode: 10005}), true},
+		{&jetstream.APIError{Code: 400, ErrorCode: 10058, Description: "stream name already in use"}, false},
+		{errors.New("no suitable peers for placement"), false},
+	} {
+		if got := noPeersYet(tc.err); got != tc.want {
+			t.Errorf("noPeersYet(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }
