@@ -3,39 +3,20 @@
 package cachepush
 
 import (
-	"bytes"
 	"crypto/rand"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/internal/testfs"
+	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/queue"
 )
-
-// logBuffer collects log lines written from the consumer's goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestPushNoSpace: the pusher, consuming from NATS, meets a cache disk with
 // less space left than the NAR needs. It logs a clear error naming the
@@ -44,7 +25,7 @@ func (l *logBuffer) String() string {
 // pushes the result once space is freed.
 func TestPushNoSpace(t *testing.T) {
 	disk := testfs.Tmpfs(t, 1<<20, 0)
-	var logs logBuffer
+	var logs testlog.Buffer
 	cacheDir := filepath.Join(disk, "cache")
 	f := newFixtureAt(t, cacheDir, slog.New(slog.NewTextHandler(&logs, nil)))
 	ctx := testCtx(t)

@@ -3,40 +3,22 @@
 package up
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testfs"
+	"codeberg.org/provenix/provenix/internal/testlog"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestStatusShowsDiskFull: when the data directory's disk fills up under
 // the embedded JetStream, the server's error reaches up's log and /status
 // says JetStream's storage is full, instead of the stack only timing out.
 func TestStatusShowsDiskFull(t *testing.T) {
 	dir := testfs.Tmpfs(t, 8<<20, 0)
-	var logs syncBuffer
+	var logs testlog.Buffer
 	s, err := New(Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)

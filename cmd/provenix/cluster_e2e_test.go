@@ -28,6 +28,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -97,7 +98,7 @@ func TestClusterChaos(t *testing.T) {
 	writes := countRenames(t, cacheDir)
 	pusherArgs := []string{"cache-push", "--data-dir", dataDir, "--nats-url", cl.URL(), "--dir", cacheDir,
 		"--group", "cluster", "--concurrency", "8", "--ack-wait", "4s", "--log-level", "warn"}
-	pusherLogs := []*lockedBuffer{{}, {}}
+	pusherLogs := []*testlog.Buffer{{}, {}}
 	pushers := []*provenixProc{startProvenix(t, pusherLogs[0], pusherArgs...), startProvenix(t, pusherLogs[1], pusherArgs...)}
 	var pmu sync.Mutex
 	failed := func(format string, args ...any) {

@@ -30,6 +30,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -40,7 +41,7 @@ type natsNode struct {
 	port       int
 	conf       string
 	cmd        *exec.Cmd
-	log        *lockedBuffer
+	log        *testlog.Buffer
 	waitResult chan error
 }
 
@@ -141,7 +142,7 @@ func (c *natsCluster) start(i int) {
 	c.t.Helper()
 	nd := c.nodes[i]
 	if nd.log == nil {
-		nd.log = &lockedBuffer{}
+		nd.log = &testlog.Buffer{}
 	}
 	nd.cmd = exec.Command(c.bin, "-c", nd.conf)
 	nd.cmd.Stdout, nd.cmd.Stderr = nd.log, nd.log
@@ -310,11 +311,11 @@ func cmpOr(a, b error) error {
 // provenixProc is a provenix process run from the test binary.
 type provenixProc struct {
 	cmd  *exec.Cmd
-	log  *lockedBuffer
+	log  *testlog.Buffer
 	done chan error
 }
 
-func startProvenix(t testing.TB, log *lockedBuffer, args ...string) *provenixProc {
+func startProvenix(t testing.TB, log *testlog.Buffer, args ...string) *provenixProc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), envExecMain+"=1")

@@ -34,6 +34,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/internal/testfs"
+	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -139,9 +140,9 @@ type upProcess struct {
 	natsAddr, cache string
 
 	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has been waited for
-	log  *lockedBuffer // the current process's output
-	logs []*lockedBuffer
+	done chan struct{}   // closed when cmd has been waited for
+	log  *testlog.Buffer // the current process's output
+	logs []*testlog.Buffer
 	// startTimes are how long each start took until up.json named it.
 	startTimes []time.Duration
 }
@@ -150,7 +151,7 @@ func (u *upProcess) start() {
 	u.t.Helper()
 	cmd := exec.Command(os.Args[0], "up", "--data-dir", u.p.Dir, "--listen", u.cache, "--nats-listen", u.natsAddr, "--log-level", "info")
 	cmd.Env = append(os.Environ(), envExecMain+"=1")
-	u.log = &lockedBuffer{}
+	u.log = &testlog.Buffer{}
 	u.logs = append(u.logs, u.log)
 	cmd.Stdout, cmd.Stderr = u.log, u.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -19,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/up"
@@ -56,28 +56,10 @@ func ctxFor(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
-// lockedBuffer is written by loggers from other goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // cli runs provenix in-process and returns its output and exit code.
 func cli(t testing.TB, ctx context.Context, args ...string) (string, string, int) {
 	t.Helper()
-	var out, errb lockedBuffer
+	var out, errb testlog.Buffer
 	code := run(ctx, args, strings.NewReader(""), &out, &errb)
 	return out.String(), errb.String(), code
 }

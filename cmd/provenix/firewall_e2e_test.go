@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/testtls"
 	"codeberg.org/provenix/provenix/queue"
@@ -25,7 +26,7 @@ import (
 func runUpCLI(t *testing.T, dir string, args ...string) (*up.Runtime, func() string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb lockedBuffer
+	var out, errb testlog.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, append([]string{"up", "--data-dir", dir, "--listen", "127.0.0.1:0", "--log-level", "warn"}, args...),

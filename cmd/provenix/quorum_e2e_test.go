@@ -20,6 +20,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -401,7 +402,7 @@ func TestQuorumSurvivesCrash(t *testing.T) {
 	p, bs := quorumSetup(t, dataDir)
 	start := func() (*exec.Cmd, *up.Runtime) {
 		cmd := exec.Command(bin, "up", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-level", "warn")
-		var log lockedBuffer
+		var log testlog.Buffer
 		cmd.Stdout, cmd.Stderr = &log, &log
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		if err := cmd.Start(); err != nil {

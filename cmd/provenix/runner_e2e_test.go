@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testforge"
+	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -128,7 +129,7 @@ provenix:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var runnerLog lockedBuffer
+	var runnerLog testlog.Buffer
 	daemon := exec.Command(bin, "--data-dir", dataDir, "runner", "daemon", "--config", cfgPath)
 	daemon.Dir = runDir
 	daemon.Env = append(os.Environ(), "NIX_CONFIG=substituters =\nexperimental-features = nix-command")

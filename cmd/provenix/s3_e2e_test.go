@@ -19,6 +19,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/gc"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
+	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/tests3"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -88,7 +89,7 @@ func TestEndToEndS3(t *testing.T) {
 func serveCache(t *testing.T, ctx context.Context, args ...string) string {
 	t.Helper()
 	sctx, cancel := context.WithCancel(ctx)
-	var out, errb lockedBuffer
+	var out, errb testlog.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(sctx, append([]string{"cache", "serve", "--listen", "127.0.0.1:0"}, args...), strings.NewReader(""), &out, &errb)

@@ -13,6 +13,7 @@ import (
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
+	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/tests3"
 	"codeberg.org/provenix/provenix/nix"
@@ -21,10 +22,10 @@ import (
 
 // daemon runs a long-lived provenix command in-process until the test
 // ends, and returns its output buffers once ready reports true on them.
-func daemon(t *testing.T, ctx context.Context, ready func(stdout, stderr string) bool, args ...string) (stdout, stderr *lockedBuffer) {
+func daemon(t *testing.T, ctx context.Context, ready func(stdout, stderr string) bool, args ...string) (stdout, stderr *testlog.Buffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(ctx)
-	var out, errb lockedBuffer
+	var out, errb testlog.Buffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, args, strings.NewReader(""), &out, &errb) }()
 	t.Cleanup(func() {
