@@ -36,8 +36,13 @@ const (
 	DefaultTenant    = "default"
 	DefaultBuilderID = "local"
 	DefaultGroup     = "cache"
-	DefaultListen    = "127.0.0.1:8080"
-	cacheKeyName     = "provenix-local-1"
+	// DefaultConcurrency is how many results a pusher handles at once.
+	// One at a time leaves the pusher waiting on fsyncs and NATS round
+	// trips; results are independent (votes and builder records are
+	// updated with compare-and-set), so several run side by side.
+	DefaultConcurrency = 8
+	DefaultListen      = "127.0.0.1:8080"
+	cacheKeyName       = "provenix-local-1"
 	// DefaultS3StaleEvery and DefaultS3StaleAge: how often the S3 cache's
 	// abandoned uploads are looked for, and how old they must be to go.
 	DefaultS3StaleEvery = time.Hour
@@ -191,7 +196,10 @@ type Config struct {
 	S3StaleAge   time.Duration
 	Tenant       string
 	Group        string
-	Logger       *slog.Logger
+	// Concurrency is how many results the pusher handles at once;
+	// DefaultConcurrency when 0.
+	Concurrency int
+	Logger      *slog.Logger
 }
 
 // Stack is a running all-in-one Provenix.
@@ -232,6 +240,9 @@ func New(cfg Config) (*Stack, error) {
 	}
 	if cfg.Group == "" {
 		cfg.Group = DefaultGroup
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = DefaultConcurrency
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -407,7 +418,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := s.pusher.Open(ctx, s.conn, queue.ConsumerOptions{Group: s.cfg.Group, FilterSubject: queue.ResultsFilter(s.cfg.Tenant)}); err != nil {
+	if err := s.pusher.Open(ctx, s.conn, queue.ConsumerOptions{Group: s.cfg.Group, FilterSubject: queue.ResultsFilter(s.cfg.Tenant), Concurrency: s.cfg.Concurrency}); err != nil {
 		return err
 	}
 

@@ -60,7 +60,7 @@ abandoned uploads older than a day, hourly.`,
 	fl.StringVar(&f.cacheKey, "cache-key", "", "Nix cache secret key (default: the data directory's keys/cache.key)")
 	fl.StringVar(&f.group, "group", up.DefaultGroup, "pusher group (durable consumer name)")
 	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results to consume")
-	fl.IntVar(&f.concurrency, "concurrency", 1, "results this pusher handles at once (each holds one message; members of a group share the work)")
+	fl.IntVar(&f.concurrency, "concurrency", up.DefaultConcurrency, "results this pusher handles at once (each holds one message; members of a group share the work)")
 	fl.DurationVar(&f.ackWait, "ack-wait", queue.DefaultAckWait, "how long a result may go unacknowledged before another member of the group gets it; a killed pusher's results wait this long (the group's consumer takes the last value set)")
 	fl.IntVar(&f.replicas, "nats-replicas", 0, "replicas of the streams and buckets this pusher creates; 0: 3 on a NATS cluster of 3 or more servers, else 1")
 	return cmd

@@ -20,6 +20,8 @@ func TestNATSFlagsUsage(t *testing.T) {
 		{"cert without key", []string{"builders", "--nats-url", "nats://127.0.0.1:1", "--nats-cert", missing}, "--nats-cert and --nats-key"},
 		{"missing CA file", []string{"builders", "--nats-url", "nats://127.0.0.1:1", "--nats-ca", missing}, "root CA"},
 		{"missing nkey seed", []string{"builders", "--nats-url", "nats://127.0.0.1:1", "--nats-nkey", missing}, "nkey seed"},
+		{"up: TLS flags without --nats-url", []string{"up", "--data-dir", t.TempDir(), "--nats-ca", missing}, "need --nats-url"},
+		{"up: an external server's CA is used", []string{"up", "--data-dir", t.TempDir(), "--nats-url", "nats://127.0.0.1:1", "--nats-ca", missing}, "root CA"},
 		{"ack wait too short", []string{"cache-push", "--data-dir", t.TempDir(), "--ack-wait", "1s"}, "--ack-wait"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -133,9 +133,6 @@ func (f *natsFlags) register(cmd *cobra.Command) {
 // connect opens the NATS connection: the given URL, or the one of the
 // `provenix up` running on the data directory.
 func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queue.Conn, error) {
-	if (f.cert == "") != (f.key == "") {
-		return nil, usageError("--nats-cert and --nats-key go together")
-	}
 	url := f.url
 	defaultToken := ""
 	if url == "" {
@@ -146,17 +143,11 @@ func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queu
 		url = rt.NATSURL
 		defaultToken = g.paths().NATSToken()
 	}
-	opts, err := f.authOptions(defaultToken)
+	opts, err := f.options(defaultToken)
 	if err != nil {
 		return nil, err
 	}
 	opts = append(opts, queue.WithName(name), queue.WithLogger(g.logger()))
-	if f.ca != "" {
-		opts = append(opts, queue.WithRootCA(f.ca))
-	}
-	if f.cert != "" {
-		opts = append(opts, queue.WithClientCert(f.cert, f.key))
-	}
 	// Connect retries until its context ends; a wrong URL must not hang.
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
@@ -168,6 +159,25 @@ func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queu
 		return nil, &exitError{code: exitUsageErr, err: err}
 	}
 	return c, nil
+}
+
+// options are the connection options the flags give: the credentials (see
+// authOptions) and TLS (--nats-ca, --nats-cert with --nats-key).
+func (f *natsFlags) options(defaultTokenFile string) ([]queue.Option, error) {
+	if (f.cert == "") != (f.key == "") {
+		return nil, usageError("--nats-cert and --nats-key go together")
+	}
+	opts, err := f.authOptions(defaultTokenFile)
+	if err != nil {
+		return nil, err
+	}
+	if f.ca != "" {
+		opts = append(opts, queue.WithRootCA(f.ca))
+	}
+	if f.cert != "" {
+		opts = append(opts, queue.WithClientCert(f.cert, f.key))
+	}
+	return opts, nil
 }
 
 // authOptions are the connection's credentials: --nats-creds, --nats-nkey

@@ -22,6 +22,8 @@ type upFlags struct {
 	listen     string
 	natsListen string
 	tenant     string
+	// concurrency is how many results the pusher handles at once.
+	concurrency int
 	// metricsListen is a separate address for /metrics and /status.
 	metricsListen string
 	status        bool
@@ -84,6 +86,7 @@ of the WebSocket listener). See docs/firewalled-workers.md.`,
 	cmd.Flags().StringVar(&f.listen, "listen", up.DefaultListen, "cache HTTP server address")
 	cmd.Flags().StringVar(&f.natsListen, "nats-listen", "", "embedded NATS address (default: a free port on 127.0.0.1)")
 	cmd.Flags().StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results this pusher publishes")
+	cmd.Flags().IntVar(&f.concurrency, "concurrency", up.DefaultConcurrency, "results the pusher handles at once")
 	cmd.Flags().StringVar(&f.metricsListen, "metrics-listen", "", "address for /metrics and /status (default: the cache's --listen)")
 	cmd.Flags().StringVar(&f.wsListen, "websocket-listen", "", "also accept NATS clients over WebSocket at host:port, e.g. 0.0.0.0:443 (wss://; needs --websocket-tls-cert and --websocket-tls-key)")
 	cmd.Flags().StringVar(&f.wsCert, "websocket-tls-cert", "", "PEM certificate (chain) of the WebSocket listener")
@@ -104,16 +107,17 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 	}
 	var natsOpts []queue.Option
 	if f.nats.url != "" {
-		// An external server: its credentials (a tenant's pusher.nk, say).
-		if natsOpts, err = f.nats.authOptions(""); err != nil {
+		// An external server: its credentials (a tenant's pusher.nk, say)
+		// and TLS settings.
+		if natsOpts, err = f.nats.options(""); err != nil {
 			return err
 		}
-	} else if f.nats.creds != "" || f.nats.nkey != "" || f.nats.token != "" {
-		return usageError("--nats-creds, --nats-nkey and --nats-token-file need --nats-url (the embedded server uses the data directory's token)")
+	} else if f.nats.creds != "" || f.nats.nkey != "" || f.nats.token != "" || f.nats.ca != "" || f.nats.cert != "" {
+		return usageError("--nats-creds, --nats-nkey, --nats-token-file, --nats-ca and --nats-cert need --nats-url (the embedded server uses the data directory's token, without TLS)")
 	}
 	s, err := up.New(up.Config{
 		DataDir: g.dataDir, Listen: f.listen, NATSURL: f.nats.url, NATSListen: f.natsListen, NATSOptions: natsOpts,
-		Tenant: f.tenant, MetricsListen: f.metricsListen, Logger: g.logger(), S3: s3opts,
+		Tenant: f.tenant, Concurrency: f.concurrency, MetricsListen: f.metricsListen, Logger: g.logger(), S3: s3opts,
 		WebSocketListen: f.wsListen, WebSocketCert: f.wsCert, WebSocketKey: f.wsKey, WebSocketNoTLS: f.wsNoTLS,
 		LeafNodeListen: f.leafListen, LeafNodeCert: f.leafCert, LeafNodeKey: f.leafKey,
 	})
