@@ -25,6 +25,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/ingest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
@@ -161,11 +162,34 @@ func (p *Pusher) Open(ctx context.Context, c *queue.Conn, o queue.ConsumerOption
 	if p.consumer != nil {
 		return errors.New("cachepush: already open")
 	}
+	if err := ensureCacheInfo(ctx, p.cfg.Store); err != nil {
+		return err
+	}
 	k, err := c.ConsumeResults(ctx, o, p.Handle)
 	if err != nil {
 		return fmt.Errorf("cachepush: %w", err)
 	}
 	p.consumer = k
+	return nil
+}
+
+// ensureCacheInfo stores a nix-cache-info unless the cache has one. The
+// cache server makes one up when it is missing, but with it stored the
+// cache is complete as it lies: any HTTP front of the directory or bucket
+// (a web server, a CDN, a public-read bucket) serves stock nix, not only
+// `provenix cache serve`. An operator's own nix-cache-info is kept.
+func ensureCacheInfo(ctx context.Context, st store.Store) error {
+	const key = "nix-cache-info"
+	_, err := st.Stat(ctx, key)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("cachepush: %s: %w", key, err)
+	}
+	if err := store.Put(ctx, st, key, strings.NewReader(server.CacheInfo(0))); err != nil {
+		return fmt.Errorf("cachepush: write %s: %w", key, err)
+	}
 	return nil
 }
 

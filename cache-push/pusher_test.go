@@ -28,6 +28,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/ingest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/queue"
@@ -226,11 +227,15 @@ func (f *fixture) narinfos(t *testing.T) []string {
 }
 
 // keys lists every key in the cache under prefix.
+// keys lists the cache's entries' objects under prefix: all but the
+// nix-cache-info the pusher stores when it opens.
 func (f *fixture) keys(t *testing.T, prefix string) []string {
 	t.Helper()
 	var keys []string
 	err := f.store.List(testCtx(t), prefix, func(i store.Info) error {
-		keys = append(keys, i.Key)
+		if i.Key != "nix-cache-info" {
+			keys = append(keys, i.Key)
+		}
 		return nil
 	})
 	if err != nil {
@@ -511,5 +516,32 @@ func TestPusherConsumes(t *testing.T) {
 	f.checkEntry(t, good)
 	if _, err := f.store.Stat(ctx, NarinfoKey(bad.Outputs[0].Path)); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("bad result in cache: %v", err)
+	}
+}
+
+// TestOpenStoresCacheInfo: Open stores the nix-cache-info the cache server
+// would make up, so the cache directory or bucket is a whole binary cache
+// without Provenix in front; an operator's own is left as it is.
+func TestOpenStoresCacheInfo(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	if err := f.pusher.Open(ctx, f.conn, queue.ConsumerOptions{Group: "g", FilterSubject: queue.ResultsFilter(testTenant)}); err != nil {
+		t.Fatal(err)
+	}
+	defer f.pusher.Close(ctx)
+	got, err := store.ReadAll(ctx, f.store, "nix-cache-info", 1<<10)
+	if err != nil || string(got) != server.CacheInfo(0) {
+		t.Fatalf("nix-cache-info = %q, %v; want %q", got, err, server.CacheInfo(0))
+	}
+
+	own := "StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 10\n"
+	if err := store.Put(ctx, f.store, "nix-cache-info", strings.NewReader(own)); err != nil {
+		t.Fatal(err)
+	}
+	if err := ensureCacheInfo(ctx, f.store); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := store.ReadAll(ctx, f.store, "nix-cache-info", 1<<10); string(got) != own {
+		t.Fatalf("the operator's nix-cache-info was replaced by %q", got)
 	}
 }

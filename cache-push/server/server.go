@@ -212,8 +212,17 @@ func (h *handler) serveObject(ctx context.Context, w http.ResponseWriter, head b
 	return http.StatusOK, n, nil
 }
 
+// CacheInfo is the nix-cache-info a cache of the given priority
+// advertises (lower is preferred by Nix; 0 means DefaultPriority).
+func CacheInfo(priority int) string {
+	if priority == 0 {
+		priority = DefaultPriority
+	}
+	return fmt.Sprintf("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: %d\n", priority)
+}
+
 func (h *handler) serveCacheInfo(w http.ResponseWriter, head bool) (int, int64) {
-	body := fmt.Sprintf("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: %d\n", h.priority)
+	body := CacheInfo(h.priority)
 	hd := w.Header()
 	hd.Set("Content-Type", kindCacheInfo.contentType)
 	hd.Set("Content-Length", strconv.Itoa(len(body)))

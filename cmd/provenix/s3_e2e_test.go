@@ -82,6 +82,45 @@ func TestEndToEndS3(t *testing.T) {
 		t.Fatalf("cache serve's narinfo %+v differs from the stack's %+v", got, ni)
 	}
 	requireSubstitutes(t, ctx, serveURL, p.CachePub(), out)
+
+	// And straight from the bucket: the pusher stored a nix-cache-info, so
+	// the prefix is a whole binary cache; with a public-read bucket policy
+	// stock nix substitutes from the S3 server's own HTTP endpoint, no
+	// Provenix in between.
+	if got := string(readObject(t, ctx, srv, "tenants/e2e/nix-cache-info")); !strings.Contains(got, "StoreDir: /nix/store") {
+		t.Fatalf("nix-cache-info in the bucket: %q", got)
+	}
+	policy := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":["*"]},` +
+		`"Action":["s3:GetObject"],"Resource":["arn:aws:s3:::` + srv.Bucket + `/tenants/e2e/*"]}]}`
+	if err := minioClient(t, srv).SetBucketPolicy(ctx, srv.Bucket, policy); err != nil {
+		t.Fatal(err)
+	}
+	requireSubstitutes(t, ctx, srv.URL+"/"+srv.Bucket+"/tenants/e2e", p.CachePub(), out)
+}
+
+// minioClient is a client of srv with the test credentials.
+func minioClient(t *testing.T, srv *tests3.Server) *minio.Client {
+	t.Helper()
+	mc, err := minio.New(srv.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(tests3.AccessKey, tests3.SecretKey, ""), Region: tests3.Region})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mc
+}
+
+// readObject reads key from srv's bucket.
+func readObject(t *testing.T, ctx context.Context, srv *tests3.Server, key string) []byte {
+	t.Helper()
+	obj, err := minioClient(t, srv).GetObject(ctx, srv.Bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obj.Close()
+	var b bytes.Buffer
+	if _, err := b.ReadFrom(obj); err != nil {
+		t.Fatalf("read %s: %v", key, err)
+	}
+	return b.Bytes()
 }
 
 // serveCache runs `provenix cache serve` in-process on a free port with
