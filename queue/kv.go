@@ -50,6 +50,11 @@ func (c *Conn) ensureKV(ctx context.Context, o StreamOptions) error {
 		{Bucket: BucketVotes, Description: "Provenix quorum votes: one per tenant, output path and builder", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, TTL: o.MaxAge * 4},
 		{Bucket: BucketBuilders, Description: "Provenix builder reputation", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas},
 	} {
+		// The bucket's stream as nats.go makes it, for the fields we set.
+		if c.upToDate(ctx, jetstream.StreamConfig{Name: kvStreamPrefix + cfg.Bucket, Storage: cfg.Storage, Replicas: cfg.Replicas,
+			MaxAge: cfg.TTL, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew}) {
+			continue
+		}
 		err := c.denyAware(ctx, jsAPIFor("KV_"+cfg.Bucket, ""), func(ctx context.Context) error {
 			_, err := c.js.CreateOrUpdateKeyValue(ctx, cfg)
 			return err

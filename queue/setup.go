@@ -104,10 +104,10 @@ func (c *Conn) EnsureStreams(ctx context.Context, o StreamOptions) error {
 	// A pusher restarted while the cluster elects a leader (the usual
 	// moment: the machine that died ran both) must wait for it, not exit.
 	for attempt := 0; ; attempt++ {
-		actx, acancel := context.WithTimeout(ctx, ensureAttempt)
+		actx, acancel := context.WithTimeout(ctx, min(ensureAttempt<<min(attempt, 3), ensureAttemptMax))
 		err := c.ensureAll(actx, o)
 		acancel()
-		if err == nil || ctx.Err() != nil || !(retryable(err) || noPeersYet(err)) {
+		if err == nil || ctx.Err() != nil || !(retryable(err) || clusterSettling(err)) {
 			return err
 		}
 		c.log.Debug("queue: ensure streams failed, retrying", logKeyErr, err)
@@ -118,19 +118,31 @@ func (c *Conn) EnsureStreams(ctx context.Context, o StreamOptions) error {
 	}
 }
 
-// jsErrClusterNoPeers is nats-server's "no suitable peers for placement".
-const jsErrClusterNoPeers jetstream.ErrorCode = 10005
+// JetStream error codes a cluster gives while it settles.
+const (
+	jsErrClusterNoPeers  jetstream.ErrorCode = 10005 // "no suitable peers for placement"
+	jsErrSubjectsOverlap jetstream.ErrorCode = 10065 // "subjects overlap with an existing stream"
+)
 
-// noPeersYet reports a replicated stream refused for want of peers: a
-// cluster still forming (servers started together, routes not all up), or
-// one server down until it is back. Both pass, so EnsureStreams waits.
-func noPeersYet(err error) bool {
+// clusterSettling reports refusals that pass once a cluster has settled:
+// a replicated stream refused for want of peers (a cluster still forming,
+// or a server down until it is back), and a create refused because the
+// stream exists after all (nats.go creates when an update answered "stream
+// not found", which a replica that is not yet current says during an
+// election). EnsureStreams retries them until its ctx ends; a real overlap
+// with another stream then fails with the server's message.
+func clusterSettling(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrClusterNoPeers
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jsErrClusterNoPeers || apiErr.ErrorCode == jsErrSubjectsOverlap)
 }
 
-// ensureAttempt bounds one pass of EnsureStreams.
-const ensureAttempt = 10 * time.Second
+// ensureAttempt bounds the first pass of EnsureStreams; each retry gets
+// twice as long, up to ensureAttemptMax. A request to a leader that just
+// died gets no answer at all, so the first wait is short.
+const (
+	ensureAttempt    = 3 * time.Second
+	ensureAttemptMax = 12 * time.Second
+)
 
 func (c *Conn) ensureAll(ctx context.Context, o StreamOptions) error {
 	for _, cfg := range []jetstream.StreamConfig{resultsConfig(o), eventsConfig(o), rebuildConfig(o)} {
@@ -175,6 +187,9 @@ func eventsConfig(o StreamOptions) jetstream.StreamConfig {
 }
 
 func (c *Conn) ensureStream(ctx context.Context, want jetstream.StreamConfig) error {
+	if c.upToDate(ctx, want) {
+		return nil
+	}
 	var s jetstream.Stream
 	err := c.denyAware(ctx, jsAPIFor(want.Name, ""), func(ctx context.Context) (err error) {
 		s, err = c.js.CreateOrUpdateStream(ctx, want)
@@ -200,6 +215,19 @@ func (c *Conn) ensureStream(ctx context.Context, want jetstream.StreamConfig) er
 // result that reuses an older staged NAR can outlive it; only a group
 // lagging by nearly MaxAge would then see "staged NAR missing".)
 func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
+	// What Stage and nats.go's object reader depend on.
+	want := jetstream.StreamConfig{
+		Name:        stagingStream,
+		Subjects:    []string{stagingChunksPrefix + ">", stagingMetaPrefix + ">"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    o.Replicas,
+		Discard:     jetstream.DiscardNew,
+		AllowRollup: true, // meta messages replace their predecessor
+		MaxAge:      o.MaxAge,
+	}
+	if c.upToDate(ctx, want) {
+		return nil
+	}
 	err := c.denyAware(ctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) error {
 		_, err := c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 			Bucket:      BucketStaging,
@@ -217,19 +245,32 @@ func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
 	if err != nil {
 		return fmt.Errorf("queue: ensure bucket %s: read back: %w", BucketStaging, err)
 	}
-	// What Stage and nats.go's object reader depend on.
-	want := jetstream.StreamConfig{
-		Subjects:    []string{stagingChunksPrefix + ">", stagingMetaPrefix + ">"},
-		Storage:     jetstream.FileStorage,
-		Replicas:    o.Replicas,
-		Discard:     jetstream.DiscardNew,
-		AllowRollup: true, // meta messages replace their predecessor
-		MaxAge:      o.MaxAge,
-	}
 	if err := checkStreamConfig(want, s.CachedInfo().Config); err != nil {
 		return fmt.Errorf("queue: ensure bucket %s: %w", BucketStaging, err)
 	}
 	return nil
+}
+
+// upToDateWait bounds upToDate's read, so that a cluster slow to answer
+// leaves the attempt its time for the create-or-update.
+const upToDateWait = 2 * time.Second
+
+// upToDate reports whether the stream want.Name exists with want's
+// settings, so that EnsureStreams need not write. Every builder and pusher
+// calls it at start, and a create-or-update is a write through the
+// cluster's meta leader, which during an election (a pusher restarted
+// together with a server) answers late or not at all; a read is answered
+// by any current replica. A failed read only means "not known to be up to
+// date": the create-or-update then says what is wrong.
+func (c *Conn) upToDate(ctx context.Context, want jetstream.StreamConfig) bool {
+	ctx, cancel := context.WithTimeout(ctx, upToDateWait)
+	defer cancel()
+	var s jetstream.Stream
+	err := c.denyAware(ctx, jsAPIFor(want.Name, ""), func(ctx context.Context) (err error) {
+		s, err = c.js.Stream(ctx, want.Name)
+		return err
+	})
+	return err == nil && checkStreamConfig(want, s.CachedInfo().Config) == nil
 }
 
 // checkStreamConfig compares the fields of want that are set (non-zero)

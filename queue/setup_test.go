@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -125,20 +127,70 @@ func TestCheckStreamConfig(t *testing.T) {
 	}
 }
 
-// TestNoPeersYet: a replicated stream refused for want of peers (a cluster
-// still forming) is waited for by EnsureStreams; other refusals are not.
-func TestNoPeersYet(t *testing.T) {
+// TestClusterSettling: what a cluster refuses while it settles (no peers
+// yet; a create racing an election's "stream not found") is waited for by
+// EnsureStreams; other refusals are not.
+func TestClusterSettling(t *testing.T) {
 	for _, tc := range []struct {
 		err  error
 		want bool
 	}{
 		{&jetstream.APIError{Code: 400, ErrorCode: 10005, Description: "no suitable peers for placement"}, true},
 		{fmt.Errorf("queue: ensure stream RESULTS: %w", &jetstream.APIError{Code: 400, ErrorCode: 10005}), true},
+		{&jetstream.APIError{Code: 400, ErrorCode: 10065, Description: "subjects overlap with an existing stream"}, true},
 		{&jetstream.APIError{Code: 400, ErrorCode: 10058, Description: "stream name already in use"}, false},
 		{errors.New("no suitable peers for placement"), false},
 	} {
-		if got := noPeersYet(tc.err); got != tc.want {
-			t.Errorf("noPeersYet(%v) = %v, want %v", tc.err, got, tc.want)
+		if got := clusterSettling(tc.err); got != tc.want {
+			t.Errorf("clusterSettling(%v) = %v, want %v", tc.err, got, tc.want)
 		}
+	}
+}
+
+// TestEnsureStreamsWritesOnlyChanges: EnsureStreams on streams and buckets
+// that already are as wanted sends no create or update (a write through
+// the cluster's meta leader, which an election leaves unanswered); a
+// changed setting is still written.
+func TestEnsureStreamsWritesOnlyChanges(t *testing.T) {
+	s := startServer(t, ServerConfig{})
+	c := connect(t, s.ClientURL())
+	var mu sync.Mutex
+	var writes []string
+	for _, subj := range []string{"$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>"} {
+		sub, err := c.NATS().Subscribe(subj, func(m *nats.Msg) {
+			mu.Lock()
+			writes = append(writes, m.Subject)
+			mu.Unlock()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+	}
+	count := func() []string {
+		c.NATS().Flush()
+		mu.Lock()
+		defer mu.Unlock()
+		w := writes
+		writes = nil
+		return w
+	}
+	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if w := count(); len(w) < 6 {
+		t.Fatalf("first EnsureStreams wrote %v, want the 3 streams, staging and 2 KV buckets", w)
+	}
+	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if w := count(); len(w) != 0 {
+		t.Fatalf("EnsureStreams on unchanged streams wrote %v", w)
+	}
+	if err := c.EnsureStreams(ctxT(t), StreamOptions{MaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if w := count(); len(w) < 5 {
+		t.Fatalf("a new MaxAge was written to %v only", w)
 	}
 }
