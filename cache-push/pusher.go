@@ -338,23 +338,7 @@ func (p *Pusher) writeEntry(ctx context.Context, drv string, out attest.Output, 
 	if prev, err := p.existing(ctx, out.Path); err != nil {
 		return false, err
 	} else if prev != nil {
-		h, err := narHashOf(prev)
-		if err != nil {
-			return false, &rejectError{ReasonConflict, fmt.Errorf("%w: existing %w", ErrRejected, err)}
-		}
-		if h != out.NarHash {
-			return false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s is already published with NAR sha256 %x; this result says %x",
-				ErrRejected, out.Path, h, out.NarHash)}
-		}
-		if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
-			return true, err
-		}
-		if added := addSigs(prev, sigs); added {
-			if err := store.Put(ctx, p.cfg.Store, NarinfoKey(out.Path), strings.NewReader(prev.String())); err != nil {
-				return true, err
-			}
-		}
-		return true, nil
+		return p.mergeEntry(ctx, prev, out, bundles, sigs, q)
 	}
 
 	start := time.Now()
@@ -387,12 +371,44 @@ func (p *Pusher) writeEntry(ctx context.Context, drv string, out attest.Output, 
 		return false, &rejectError{ReasonInconsistent, err}
 	}
 	addSigs(ni, sigs)
+	// Another member of the group may have published the path while this
+	// one ingested it: a result is redelivered when its holder's
+	// heartbeats are lost, as in a stream leader election. Merge into that
+	// narinfo instead of replacing it, so the entry is written once.
+	if prev, err := p.existing(ctx, out.Path); err != nil {
+		return false, err
+	} else if prev != nil {
+		return p.mergeEntry(ctx, prev, out, bundles, sigs, q)
+	}
 	// The narinfo goes last: once it is visible, its NAR and provenance are.
 	if err := store.Put(ctx, p.cfg.Store, NarinfoKey(out.Path), strings.NewReader(ni.String())); err != nil {
 		return false, err
 	}
 	p.cfg.Metrics.Push(nar.FileSize, time.Since(start))
 	return false, nil
+}
+
+// mergeEntry adds out's bundles and signatures to the entry prev already
+// published for its path, and reports true; a different NAR there is a
+// conflict.
+func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out attest.Output, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (bool, error) {
+	h, err := narHashOf(prev)
+	if err != nil {
+		return false, &rejectError{ReasonConflict, fmt.Errorf("%w: existing %w", ErrRejected, err)}
+	}
+	if h != out.NarHash {
+		return false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s is already published with NAR sha256 %x; this result says %x",
+			ErrRejected, out.Path, h, out.NarHash)}
+	}
+	if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
+		return true, err
+	}
+	if added := addSigs(prev, sigs); added {
+		if err := store.Put(ctx, p.cfg.Store, NarinfoKey(out.Path), strings.NewReader(prev.String())); err != nil {
+			return true, err
+		}
+	}
+	return true, nil
 }
 
 // addSigs adds the signatures ni lacks and reports whether it added any.

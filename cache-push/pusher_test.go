@@ -545,3 +545,74 @@ func TestOpenStoresCacheInfo(t *testing.T) {
 		t.Fatalf("the operator's nix-cache-info was replaced by %q", got)
 	}
 }
+
+// commitHook counts the commits made through it and calls after once a
+// commit succeeded.
+type commitHook struct {
+	store.Store
+	mu      sync.Mutex
+	commits map[string]int
+	after   func(key string)
+}
+
+func (h *commitHook) Create(ctx context.Context) (store.Pending, error) {
+	p, err := h.Store.Create(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &hookPending{Pending: p, h: h}, nil
+}
+
+type hookPending struct {
+	store.Pending
+	h *commitHook
+}
+
+func (p *hookPending) Commit(ctx context.Context, key string) error {
+	if err := p.Pending.Commit(ctx, key); err != nil {
+		return err
+	}
+	p.h.mu.Lock()
+	p.h.commits[key]++
+	p.h.mu.Unlock()
+	p.h.after(key)
+	return nil
+}
+
+// TestRedeliveredWhileIngesting: a result redelivered to a second member
+// of the group while the first still ingests it (heartbeats lost in an
+// election) is published by whichever finishes first; the other merges
+// into that narinfo instead of writing it again.
+func TestRedeliveredWhileIngesting(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	r, data := f.result(t, spec{name: "twice", content: "twice"})
+	var once sync.Once
+	var firstErr error
+	hook := &commitHook{Store: f.store, commits: map[string]int{}}
+	hook.after = func(key string) {
+		if strings.HasPrefix(key, "nar/") {
+			// The other member publishes the path while this one is
+			// between its NAR and its narinfo.
+			once.Do(func() { firstErr = f.pusher.Process(ctx, subject(r), data, r.MsgID()) })
+		}
+	}
+	cfg := f.pusher.cfg
+	cfg.Store = hook
+	second, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Process(ctx, subject(r), data, r.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	if firstErr != nil {
+		t.Fatal(firstErr)
+	}
+	if _, err := f.store.Stat(ctx, NarinfoKey(r.Outputs[0].Path)); err != nil {
+		t.Fatalf("no narinfo: %v", err)
+	}
+	if n := hook.commits[NarinfoKey(r.Outputs[0].Path)]; n != 0 {
+		t.Fatalf("the second member wrote the narinfo again (%d times) over the first one's", n)
+	}
+}
