@@ -75,13 +75,9 @@ func offline() map[string]string {
 	return o
 }
 
-// TestStageClosures builds the sample in a chroot store and publishes it
-// with StageClosures: the result names the closure, whose export another
-// store imports and builds to the same output.
-func TestStageClosures(t *testing.T) {
-	bb := testnix.Busybox(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+// testSigner signs with a new key.
+func testSigner(t *testing.T) *attest.Signer {
+	t.Helper()
 	key, err := attest.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -90,6 +86,17 @@ func TestStageClosures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return signer
+}
+
+// TestStageClosures builds the sample in a chroot store and publishes it
+// with StageClosures: the result names the closure, whose export another
+// store imports and builds to the same output.
+func TestStageClosures(t *testing.T) {
+	bb := testnix.Busybox(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	signer := testSigner(t)
 	q := &memQueue{}
 	b := &Builder{
 		Nix: &nix.Nix{Root: t.TempDir(), Options: offline()}, Queue: q, Signer: signer,
@@ -156,14 +163,7 @@ func TestStageRetries(t *testing.T) {
 	bb := testnix.Busybox(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	key, err := attest.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := attest.NewSigner(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer := testSigner(t)
 	q := &memQueue{cutStage: 2}
 	b := &Builder{Nix: &nix.Nix{Root: t.TempDir(), Options: offline()}, Queue: q, Signer: signer, BuilderID: "test-builder", Tenant: "t1"}
 	tg := Target{
