@@ -259,7 +259,7 @@ func TestClusterChaos(t *testing.T) {
 	if narinfos != total {
 		failed("%d narinfos written, want %d", narinfos, total)
 	}
-	newPubs, allPubs := publicationEvents(t, ctx, conn)
+	newPubs, allPubs := publicationEvents(t, ctx, conn.JetStream())
 	for _, r := range rs {
 		if allPubs[r.path] == 0 {
 			failed("no publication event for %s", r.path)
@@ -289,13 +289,13 @@ func TestClusterChaos(t *testing.T) {
 
 // publicationEvents counts, per store path, the publication events in
 // EVENTS that say the path was new, and all of them.
-func publicationEvents(t *testing.T, ctx context.Context, conn *queue.Conn) (fresh, all map[string]int) {
+func publicationEvents(t *testing.T, ctx context.Context, js jetstream.JetStream) (fresh, all map[string]int) {
 	t.Helper()
 	subj, err := queue.EventsSubject(up.DefaultTenant, queue.EventPublished)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cons, err := conn.JetStream().OrderedConsumer(ctx, queue.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}})
+	cons, err := js.OrderedConsumer(ctx, queue.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}})
 	if err != nil {
 		t.Fatal(err)
 	}

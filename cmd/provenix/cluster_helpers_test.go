@@ -15,7 +15,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,6 +30,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/internal/testlog"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -53,16 +53,6 @@ type natsCluster struct {
 	nodes []*natsNode
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // startNATSCluster writes the configuration of n servers, starts them and
 // waits until JetStream answers with a meta leader and a client sees all
 // n servers.
@@ -73,11 +63,11 @@ func startNATSCluster(t testing.TB, n int) *natsCluster {
 	cports := make([]int, n)
 	var routes []string
 	for i := range n {
-		cports[i] = freePort(t)
+		cports[i] = testproc.FreePort(t)
 		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", cports[i]))
 	}
 	for i := range n {
-		nd := &natsNode{name: fmt.Sprintf("n%d", i+1), port: freePort(t), conf: filepath.Join(dir, fmt.Sprintf("n%d.conf", i+1))}
+		nd := &natsNode{name: fmt.Sprintf("n%d", i+1), port: testproc.FreePort(t), conf: filepath.Join(dir, fmt.Sprintf("n%d.conf", i+1))}
 		conf := fmt.Sprintf(`server_name: %s
 listen: 127.0.0.1:%d
 jetstream { store_dir: %q }

@@ -7,12 +7,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +33,7 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testlog"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -216,16 +215,6 @@ func (u *upProcess) stop() error {
 	return nil
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // countNarinfos counts the narinfos visible in the local cache directory.
 func countNarinfos(dir string) int {
 	entries, _ := os.ReadDir(dir)
@@ -385,7 +374,7 @@ func TestCrashEmbedded(t *testing.T) {
 	}
 	t.Logf("generated %d signed results in %s", len(items), time.Since(genStart).Round(time.Millisecond))
 
-	u := &upProcess{t: t, p: p, natsAddr: freeAddr(t), cache: freeAddr(t)}
+	u := &upProcess{t: t, p: p, natsAddr: fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t)), cache: fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))}
 	t.Cleanup(func() {
 		if u.cmd != nil {
 			_ = u.cmd.Process.Kill()
@@ -521,7 +510,7 @@ func TestCrashEmbedded(t *testing.T) {
 	if si.State.Msgs != crashResults {
 		t.Fatalf("RESULTS holds %d messages for %d results: the retried publishes were not deduplicated", si.State.Msgs, crashResults)
 	}
-	first, all := publications(t, ctx, js)
+	first, all := publicationEvents(t, ctx, js)
 	for path := range byPath {
 		if all[path] == 0 || first[path] > 1 {
 			t.Fatalf("%s: %d publication events, %d of them first publications; want at least 1 and at most 1", path, all[path], first[path])
@@ -563,38 +552,4 @@ func probeDuplicates(t *testing.T, ctx context.Context, conn *queue.Conn, acked 
 			t.Fatalf("result %s, acked before the kill, published again after the restart: not taken for a duplicate", it.path())
 		}
 	}
-}
-
-// publications counts, per store path, the Publication events in EVENTS
-// that say the path was new, and all of them.
-func publications(t *testing.T, ctx context.Context, js jetstream.JetStream) (first, all map[string]int) {
-	t.Helper()
-	subj, err := queue.EventsSubject(up.DefaultTenant, queue.EventPublished)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := js.OrderedConsumer(ctx, queue.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, all = map[string]int{}, map[string]int{}
-	for n := info.NumPending; n > 0; n-- {
-		msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
-		if err != nil {
-			t.Fatalf("reading publication events (%d left): %v", n, err)
-		}
-		var pub cachepush.Publication
-		if err := json.Unmarshal(msg.Data(), &pub); err != nil {
-			t.Fatal(err)
-		}
-		all[pub.StorePath]++
-		if !pub.Existing {
-			first[pub.StorePath]++
-		}
-	}
-	return first, all
 }
