@@ -13,7 +13,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -196,18 +195,35 @@ func synthStorePath(name string) string {
 }
 
 // synthResults makes n results of builder up.DefaultBuilderID for tenant
-// up.DefaultTenant, each with a unique one-file NAR written with go-nix's
-// NAR writer and a Statement signed with signer. tag makes them unique to
-// a run.
+// up.DefaultTenant, each with a unique one-file NAR and a Statement signed
+// with signer. tag makes them unique to a run.
 func synthResults(t testing.TB, ctx context.Context, signer *attest.Signer, tag string, n int) []synthResult {
 	t.Helper()
 	out := make([]synthResult, n)
+	synthParallel(t, n, func(i int) error {
+		content := make([]byte, 256)
+		rand.Read(content)
+		binary.BigEndian.PutUint64(content, uint64(i))
+		r, nar, err := synthesize(ctx, signer, fmt.Sprintf("cluster-%s-%d", tag, i), content)
+		if err != nil {
+			return err
+		}
+		out[i] = synthResult{result: r, nar: nar, sum: sha256.Sum256(nar), path: r.Outputs[0].Path}
+		return nil
+	})
+	return out
+}
+
+// synthParallel runs one for 0..n-1 on both CPUs (signing dominates) and
+// fails t with the first error.
+func synthParallel(t testing.TB, n int, one func(i int) error) {
+	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
-	for w := range 2 { // signing dominates; both CPUs
+	for w := range 2 {
 		wg.Go(func() {
 			for i := w; i < n; i += 2 {
-				if err := synthOne(ctx, signer, tag, i, &out[i]); err != nil {
+				if err := one(i); err != nil {
 					errs <- err
 					return
 				}
@@ -219,48 +235,43 @@ func synthResults(t testing.TB, ctx context.Context, signer *attest.Signer, tag 
 	if err := <-errs; err != nil {
 		t.Fatal(err)
 	}
-	return out
 }
 
-func synthOne(ctx context.Context, signer *attest.Signer, tag string, i int, s *synthResult) error {
-	name := fmt.Sprintf("cluster-%s-%d", tag, i)
-	content := make([]byte, 256)
-	rand.Read(content)
-	binary.BigEndian.PutUint64(content, uint64(i))
+// synthesize makes the result a `provenix build` by the default builder
+// would publish for a derivation named name whose output is one file with
+// content: the NAR written with go-nix's NAR writer, the result staged
+// under its NAR hash, and a Statement signed with signer.
+func synthesize(ctx context.Context, signer *attest.Signer, name string, content []byte) (*queue.Result, []byte, error) {
 	var buf bytes.Buffer
 	w, err := nar.NewWriter(&buf)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if err := w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(content))}); err != nil {
-		return err
+		return nil, nil, err
 	}
 	if _, err := w.Write(content); err != nil {
-		return err
+		return nil, nil, err
 	}
 	if err := w.Close(); err != nil {
-		return err
+		return nil, nil, err
 	}
-	s.nar = buf.Bytes()
-	s.sum = sha256.Sum256(s.nar)
-	s.path = synthStorePath(name)
+	out := attest.Output{Name: "out", Path: synthStorePath(name), NarHash: sha256.Sum256(buf.Bytes()), NarSize: uint64(buf.Len())}
 	drv := synthStorePath(name + ".drv")
 	st, err := attest.NewStatement(&attest.Build{DrvPath: drv, System: "x86_64-linux", BuilderID: up.DefaultBuilderID,
-		Installable: attest.Installable{Kind: "drv", Ref: drv},
-		Outputs:     []attest.Output{{Name: "out", Path: s.path, NarHash: s.sum, NarSize: uint64(len(s.nar))}}})
+		Installable: attest.Installable{Kind: "drv", Ref: drv}, Outputs: []attest.Output{out}})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	bundle, err := attest.Sign(ctx, st, signer)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	h := hex.EncodeToString(s.sum[:])
-	s.result = &queue.Result{Version: queue.ResultVersion, Tenant: up.DefaultTenant, Builder: up.DefaultBuilderID, DrvPath: drv,
-		System:  "x86_64-linux",
-		Outputs: []queue.Output{{Name: "out", Path: s.path, NarHash: h, NarSize: uint64(len(s.nar)), StagingKey: queue.StagingKey(h)}},
-		Bundle:  bundle}
-	return nil
+	return &queue.Result{Version: queue.ResultVersion, Tenant: up.DefaultTenant, Builder: up.DefaultBuilderID, DrvPath: drv,
+		System: "x86_64-linux",
+		Outputs: []queue.Output{{Name: "out", Path: out.Path, NarHash: out.NarHashHex(), NarSize: out.NarSize,
+			StagingKey: queue.StagingKey(out.NarHashHex())}},
+		Bundle: bundle}, buf.Bytes(), nil
 }
 
 // stageAll stages every result's NAR, with a few uploads at once.

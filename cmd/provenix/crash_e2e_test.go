@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -24,10 +23,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
-	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
@@ -44,7 +41,6 @@ const crashSeedEnv = "PROVENIX_CRASH_SEED"
 const (
 	crashResults = 500
 	crashKills   = 5
-	crashSystem  = "x86_64-linux"
 )
 
 // crashItem is one synthetic build result and what its cache entry must be.
@@ -69,65 +65,14 @@ func crashItems(t *testing.T, ctx context.Context, p up.Paths, rng *rand.Rand, n
 	for i := range sizes {
 		sizes[i] = 100 + rng.IntN(16<<10)
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	for w := range 2 { // signing dominates: one goroutine per core
-		wg.Go(func() {
-			for i := w; i < n; i += 2 {
-				it, err := crashItem1(ctx, signer, i, sizes[i])
-				if err != nil {
-					errs <- err
-					return
-				}
-				items[i] = it
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		t.Fatal(err)
-	}
+	synthParallel(t, n, func(i int) error {
+		name := fmt.Sprintf("crash-%03d", i)
+		content := bytes.Repeat([]byte(name+"\n"), sizes[i]/(len(name)+1)+1)[:sizes[i]]
+		r, nar, err := synthesize(ctx, signer, name, content)
+		items[i] = &crashItem{r: r, nar: nar}
+		return err
+	})
 	return items
-}
-
-func crashItem1(ctx context.Context, signer *attest.Signer, i, size int) (*crashItem, error) {
-	name := fmt.Sprintf("crash-%03d", i)
-	content := bytes.Repeat([]byte(name+"\n"), size/(len(name)+1)+1)[:size]
-	var buf bytes.Buffer
-	nw, err := nar.NewWriter(&buf)
-	if err != nil {
-		return nil, err
-	}
-	if err := nw.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(content))}); err != nil {
-		return nil, err
-	}
-	if _, err := nw.Write(content); err != nil {
-		return nil, err
-	}
-	if err := nw.Close(); err != nil {
-		return nil, err
-	}
-	h := sha256.Sum256([]byte(name))
-	out := attest.Output{Name: "out", Path: cachepush.StoreDir + "/" + nixbase32.EncodeToString(h[:20]) + "-" + name,
-		NarHash: sha256.Sum256(buf.Bytes()), NarSize: uint64(buf.Len())}
-	dh := sha256.Sum256([]byte(name + ".drv"))
-	drv := cachepush.StoreDir + "/" + nixbase32.EncodeToString(dh[:20]) + "-" + name + ".drv"
-	st, err := attest.NewStatement(&attest.Build{DrvPath: drv, System: crashSystem, BuilderID: up.DefaultBuilderID,
-		Installable: attest.Installable{Kind: "drv", Ref: drv}, Outputs: []attest.Output{out}})
-	if err != nil {
-		return nil, err
-	}
-	bundle, err := attest.Sign(ctx, st, signer)
-	if err != nil {
-		return nil, err
-	}
-	return &crashItem{nar: buf.Bytes(), r: &queue.Result{
-		Version: queue.ResultVersion, Tenant: up.DefaultTenant, Builder: up.DefaultBuilderID, DrvPath: drv, System: crashSystem,
-		Outputs: []queue.Output{{Name: "out", Path: out.Path, NarHash: out.NarHashHex(), NarSize: out.NarSize,
-			StagingKey: queue.StagingKey(out.NarHashHex())}},
-		Bundle: bundle,
-	}}, nil
 }
 
 // upProcess is `provenix up` running as its own process (the test binary
