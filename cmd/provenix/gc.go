@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"codeberg.org/provenix/provenix/cache-push/gc"
@@ -164,7 +165,7 @@ func runStagingGC(ctx context.Context, g *globals, f gcFlags) error {
 				fmt.Fprintf(g.stdout, "%s %d orphan chunks of upload %s (last %s)\n", verb, o.Chunks, o.ID, o.Last.Format(time.RFC3339))
 			}
 			fmt.Fprintf(g.stdout, "%s %d staged objects (%s) and %d orphan uploads; kept %d objects\n",
-				verb, len(rep.Objects), humanBytes(int64(rep.BytesFreed)), len(rep.Orphans), rep.Kept)
+				verb, len(rep.Objects), humanize.IBytes(uint64(rep.BytesFreed)), len(rep.Orphans), rep.Kept)
 		}
 	}
 	return err
@@ -191,7 +192,7 @@ func printGCReport(w io.Writer, rep *gc.Report) {
 		fmt.Fprintf(w, "orphan NARs left alone: %s\n", rep.OrphansSkipped)
 	}
 	fmt.Fprintf(w, "%s %d of %d paths and %d orphans, %s; kept %d paths\n",
-		verb, len(rep.Paths), rep.Narinfos, len(rep.Orphans), humanBytes(rep.BytesFreed), rep.Kept)
+		verb, len(rep.Paths), rep.Narinfos, len(rep.Orphans), humanize.IBytes(uint64(rep.BytesFreed)), rep.Kept)
 }
 
 // parseDays parses a Go duration or a whole number of days ("30d"); ""
@@ -217,17 +218,4 @@ func parseDays(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%q is negative", s)
 	}
 	return d, nil
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -103,20 +103,6 @@ func (s *Store) noSpace(err error) error {
 	return fmt.Errorf("%w in %s (%s): %w", store.ErrNoSpace, s.dir, freeSpace(s.dir), err)
 }
 
-// humanBytes formats n in binary units.
-func humanBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 // filename maps a key to its file after validating it.
 func (s *Store) filename(key string) (string, error) {
 	if err := store.ValidKey(key); err != nil {

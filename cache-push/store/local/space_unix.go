@@ -5,6 +5,8 @@ package local
 import (
 	"fmt"
 	"syscall"
+
+	"github.com/dustin/go-humanize"
 )
 
 // freeSpace describes the space left to unprivileged writers on dir's
@@ -16,5 +18,5 @@ func freeSpace(dir string) string {
 	}
 	// The field types differ between systems (Bsize is int64 on Linux,
 	// uint32 on macOS); both fit uint64.
-	return fmt.Sprintf("%s free, %d inodes free", humanBytes(uint64(st.Bavail)*uint64(st.Bsize)), uint64(st.Ffree))
+	return fmt.Sprintf("%s free, %d inodes free", humanize.IBytes(uint64(st.Bavail)*uint64(st.Bsize)), uint64(st.Ffree))
 }
