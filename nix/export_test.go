@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -219,14 +218,7 @@ in {
 // every kind of content address a closure holds: .drv files, a text file
 // with references, a recursive and a flat source.
 func TestExportImport(t *testing.T) {
-	if err := Available(); err != nil {
-		t.Fatal(err)
-	}
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Fatal("busybox is required (apt-get install busybox-static)")
-	}
-	bb, _ = filepath.EvalSymlinks(bb)
+	bb := busybox(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	dir := t.TempDir()

@@ -63,10 +63,12 @@ func TestArgs(t *testing.T) {
 	}
 }
 
-// TestRealNix instantiates, realises and dumps a real derivation in a
-// chroot store, and checks DumpNAR against nix-store --dump and against a
-// wrong registration.
-func TestRealNix(t *testing.T) {
+// busybox fails the test, never skips, unless Nix and a static busybox are
+// installed, and returns busybox's resolved path for the sample's --arg
+// busybox. (internal/testnix has the same for other packages; it imports
+// this one, so these tests cannot use it.)
+func busybox(t *testing.T) string {
+	t.Helper()
 	if err := Available(); err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +76,18 @@ func TestRealNix(t *testing.T) {
 	if err != nil {
 		t.Fatal("busybox is required (apt-get install busybox-static)")
 	}
-	bb, _ = filepath.EvalSymlinks(bb)
+	bb, err = filepath.EvalSymlinks(bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bb
+}
+
+// TestRealNix instantiates, realises and dumps a real derivation in a
+// chroot store, and checks DumpNAR against nix-store --dump and against a
+// wrong registration.
+func TestRealNix(t *testing.T) {
+	bb := busybox(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	opts := OfflineOptions()

@@ -20,19 +20,12 @@ import (
 // keys are served in turn on one address; a fresh client store must
 // substitute from each.
 func TestSubstituteOptionsIgnoreNarinfoDiskCache(t *testing.T) {
-	if err := Available(); err != nil {
-		t.Fatal(err)
-	}
+	bb := busybox(t)
 	t.Setenv("XDG_CACHE_HOME", t.TempDir()) // this test's own narinfo disk cache
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
 	// An input-addressed path: Nix accepts content-addressed ones unsigned.
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Fatal("busybox is required (apt-get install busybox-static)")
-	}
-	bb, _ = filepath.EvalSymlinks(bb)
 	opts := OfflineOptions()
 	opts["sandbox"] = "false"
 	src := &Nix{Root: t.TempDir(), Options: opts}
