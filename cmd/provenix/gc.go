@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -115,9 +114,7 @@ func runCacheGC(ctx context.Context, g *globals, f gcFlags) error {
 	}
 	if rep != nil {
 		if f.json {
-			enc := json.NewEncoder(g.stdout)
-			enc.SetIndent("", "  ")
-			if jerr := enc.Encode(rep); jerr != nil {
+			if jerr := writeJSON(g, rep); jerr != nil {
 				return jerr
 			}
 		} else {
@@ -148,9 +145,7 @@ func runStagingGC(ctx context.Context, g *globals, f gcFlags) error {
 	rep, err := c.CollectStaging(ctx, opts)
 	if rep != nil {
 		if f.json {
-			enc := json.NewEncoder(g.stdout)
-			enc.SetIndent("", "  ")
-			if jerr := enc.Encode(rep); jerr != nil {
+			if jerr := writeJSON(g, rep); jerr != nil {
 				return jerr
 			}
 		} else {
