@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path"
 	"strings"
@@ -25,6 +26,13 @@ type Result struct {
 	System  string `json:"system"`
 	// Outputs lists every output of the derivation that was realised.
 	Outputs []Output `json:"outputs"`
+	// Sources are content-addressed store paths of the built closure that
+	// no derivation of it produces (sources added by builtins.path,
+	// nix-store --add or builtins.toFile), sent with the first derivation
+	// of the closure that needs them. Each has its CA, and the pusher
+	// admits it by checking that the path is the one its content address
+	// and references compute: it needs no quorum.
+	Sources []Output `json:"sources,omitempty"`
 	// Bundle is a Sigstore bundle (JSON) whose DSSE payload is an in-toto
 	// Statement with one subject per output.
 	Bundle json.RawMessage `json:"bundle"`
@@ -51,6 +59,17 @@ type Output struct {
 	// Unsigned by the bundle, it is checked against the policy's key for
 	// the builder and against the fingerprint the pusher computes.
 	NixSig string `json:"nixSig,omitempty"`
+	// References are the store paths the output refers to, as the
+	// builder's store registered them. For an input-addressed output they
+	// repeat what the signed Statement says (the pusher reads the
+	// Statement's); for a source they are what the content address is
+	// computed over.
+	References []string `json:"references,omitempty"`
+	// CA is Nix's content address of the path ("fixed:r:sha256:<nix32>",
+	// "fixed:sha256:…", "text:sha256:…"): set for a fixed-output
+	// derivation's output and for every source. Unsigned, it proves
+	// itself: the pusher recomputes the store path from it.
+	CA string `json:"ca,omitempty"`
 }
 
 // MsgID identifies a result for JetStream's duplicate window: the same
@@ -65,6 +84,9 @@ func (r *Result) MsgID() string {
 	}
 	for _, o := range r.Outputs {
 		h.Write([]byte(o.Name + "\x00" + o.Path + "\x00" + o.NarHash + "\x00"))
+	}
+	for _, o := range r.Sources {
+		h.Write([]byte("source\x00" + o.Path + "\x00" + o.NarHash + "\x00"))
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
@@ -114,18 +136,22 @@ func (r *Result) Validate() error {
 			return fmt.Errorf("%w: output %d: empty or repeated name %q", ErrMalformed, i, o.Name)
 		}
 		seen[o.Name] = true
-		if !strings.HasPrefix(o.Path, "/") {
-			return fmt.Errorf("%w: output %q: path %q is not absolute", ErrMalformed, o.Name, o.Path)
+		if err := validOutputShape(o); err != nil {
+			return fmt.Errorf("%w: output %q: %w", ErrMalformed, o.Name, err)
 		}
-		if b, err := hex.DecodeString(o.NarHash); err != nil || len(b) != sha256.Size || strings.ToLower(o.NarHash) != o.NarHash {
-			return fmt.Errorf("%w: output %q: narHash %q is not lowercase hex sha256", ErrMalformed, o.Name, o.NarHash)
+	}
+	srcSeen := make(map[string]bool, len(r.Sources))
+	for i, o := range r.Sources {
+		if o.CA == "" {
+			return fmt.Errorf("%w: source %d (%q): no content address", ErrMalformed, i, o.Path)
 		}
-		if o.StagingKey == "" {
-			return fmt.Errorf("%w: output %q: no staging key", ErrMalformed, o.Name)
+		if err := validOutputShape(o); err != nil {
+			return fmt.Errorf("%w: source %d: %w", ErrMalformed, i, err)
 		}
-		if len(o.NixSig) > 512 || strings.ContainsAny(o.NixSig, " \n\r\t") {
-			return fmt.Errorf("%w: output %q: malformed nix signature", ErrMalformed, o.Name)
+		if srcSeen[o.Path] {
+			return fmt.Errorf("%w: source %q repeated", ErrMalformed, o.Path)
 		}
+		srcSeen[o.Path] = true
 	}
 	// A JSON null is no bundle either: encoding/json hands it to a
 	// RawMessage as the four bytes "null".
@@ -175,4 +201,29 @@ func DecodeResult(data []byte) (*Result, error) {
 		return nil, err
 	}
 	return &r, nil
+}
+
+// validOutputShape checks the fields an output and a source share.
+func validOutputShape(o Output) error {
+	if !strings.HasPrefix(o.Path, "/") {
+		return fmt.Errorf("path %q is not absolute", o.Path)
+	}
+	if b, err := hex.DecodeString(o.NarHash); err != nil || len(b) != sha256.Size || strings.ToLower(o.NarHash) != o.NarHash {
+		return fmt.Errorf("narHash %q is not lowercase hex sha256", o.NarHash)
+	}
+	if o.StagingKey == "" {
+		return errors.New("no staging key")
+	}
+	if len(o.NixSig) > 512 || strings.ContainsAny(o.NixSig, " \n\r\t") {
+		return errors.New("malformed nix signature")
+	}
+	if len(o.CA) > 256 || strings.ContainsAny(o.CA, " \n\r\t") {
+		return errors.New("malformed content address")
+	}
+	for _, ref := range o.References {
+		if !strings.HasPrefix(ref, "/") || strings.ContainsAny(ref, " \n\r\t") {
+			return fmt.Errorf("reference %q is not a store path", ref)
+		}
+	}
+	return nil
 }
