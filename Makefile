@@ -43,7 +43,7 @@ bench:
 FUZZTIME ?= 30s
 FUZZ_TARGETS = attest:FuzzVerifyBundle attest:FuzzStatement queue:FuzzDecodeResult \
 	queue:FuzzDecodeRebuildRequest cache-push/policy:FuzzPolicy cache-push:FuzzNarinfo \
-	nix:FuzzFilterExport
+	nix:FuzzFilterExport storepath:FuzzCheck
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "== $${t#*:} ($${t%%:*})"; \

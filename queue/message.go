@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"path"
 	"strings"
+
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // ResultVersion is the version of the Result wire format this package writes.
@@ -124,7 +126,7 @@ func (r *Result) Validate() error {
 	if r.Builder == "" {
 		return fmt.Errorf("%w: no builder", ErrMalformed)
 	}
-	if !strings.HasPrefix(r.DrvPath, "/") || !strings.HasSuffix(r.DrvPath, ".drv") {
+	if err := storepath.Check(r.DrvPath); err != nil || !strings.HasSuffix(r.DrvPath, ".drv") {
 		return fmt.Errorf("%w: drvPath %q is not a .drv store path", ErrMalformed, r.DrvPath)
 	}
 	if len(r.Outputs) == 0 {
@@ -205,8 +207,8 @@ func DecodeResult(data []byte) (*Result, error) {
 
 // validOutputShape checks the fields an output and a source share.
 func validOutputShape(o Output) error {
-	if !strings.HasPrefix(o.Path, "/") {
-		return fmt.Errorf("path %q is not absolute", o.Path)
+	if err := storepath.Check(o.Path); err != nil {
+		return err
 	}
 	if b, err := hex.DecodeString(o.NarHash); err != nil || len(b) != sha256.Size || strings.ToLower(o.NarHash) != o.NarHash {
 		return fmt.Errorf("narHash %q is not lowercase hex sha256", o.NarHash)
@@ -221,8 +223,8 @@ func validOutputShape(o Output) error {
 		return errors.New("malformed content address")
 	}
 	for _, ref := range o.References {
-		if !strings.HasPrefix(ref, "/") || strings.ContainsAny(ref, " \n\r\t") {
-			return fmt.Errorf("reference %q is not a store path", ref)
+		if err := storepath.Check(ref); err != nil {
+			return fmt.Errorf("reference: %w", err)
 		}
 	}
 	return nil

@@ -43,6 +43,14 @@ func TestDecodeResult(t *testing.T) {
 		{"uppercase hash", mutate(func(m map[string]any) { o := out(m); o["narHash"] = strings.ToUpper(o["narHash"].(string)) }), ErrMalformed},
 		{"short hash", mutate(func(m map[string]any) { out(m)["narHash"] = "abcd" }), ErrMalformed},
 		{"relative path", mutate(func(m map[string]any) { out(m)["path"] = "nix/store/x" }), ErrMalformed},
+		// A newline in the hash part passed and made the vote's NATS key
+		// invalid, which the pusher retried forever (issue 11, attack 1).
+		{"newline in hash part", mutate(func(m map[string]any) { out(m)["path"] = "/nix/store/" + strings.Repeat("1", 30) + "\n\n-hello" }), ErrMalformed},
+		{"e in hash part", mutate(func(m map[string]any) { out(m)["path"] = "/nix/store/" + strings.Repeat("e", 32) + "-hello" }), ErrMalformed},
+		{"name with a leading dot", mutate(func(m map[string]any) { out(m)["path"] = "/nix/store/" + strings.Repeat("1", 32) + "-.hello" }), ErrMalformed},
+		{"drv with a bad hash part", mutate(func(m map[string]any) { m["drvPath"] = "/nix/store/" + strings.Repeat("1", 31) + "\n-hello.drv" }), ErrMalformed},
+		{"bad reference", mutate(func(m map[string]any) { out(m)["references"] = []any{"/nix/store/x"} }), ErrMalformed},
+		{"source without CA", mutate(func(m map[string]any) { m["sources"] = []any{out(m)} }), ErrMalformed},
 		{"no staging key", mutate(func(m map[string]any) { out(m)["stagingKey"] = "" }), ErrMalformed},
 		{"no bundle", mutate(func(m map[string]any) { delete(m, "bundle") }), ErrMalformed},
 		{"null bundle", mutate(func(m map[string]any) { m["bundle"] = nil }), ErrMalformed},

@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"codeberg.org/provenix/provenix/storepath"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nix-community/go-nix/pkg/storepath"
 )
 
 // Rebuild requests: a cache pusher that needs more votes on a derivation
@@ -101,16 +101,16 @@ func (r *RebuildRequest) Validate() error {
 	if err := ValidToken(r.System); err != nil {
 		return fmt.Errorf("%w: system: %w", ErrMalformed, err)
 	}
-	if err := validStorePath(r.DrvPath); err != nil || !strings.HasSuffix(r.DrvPath, ".drv") {
-		return fmt.Errorf("%w: drvPath %q is not a .drv under %s", ErrMalformed, r.DrvPath, storepath.StoreDir)
+	if err := storepath.Check(r.DrvPath); err != nil || !strings.HasSuffix(r.DrvPath, ".drv") {
+		return fmt.Errorf("%w: drvPath %q is not a .drv under %s", ErrMalformed, r.DrvPath, storepath.Dir)
 	}
 	if len(r.Outputs) == 0 {
 		return fmt.Errorf("%w: no outputs", ErrMalformed)
 	}
 	seen := make(map[string]bool, len(r.Outputs))
 	for _, o := range r.Outputs {
-		if err := validStorePath(o); err != nil || strings.HasSuffix(o, ".drv") {
-			return fmt.Errorf("%w: output %q is not an output path under %s", ErrMalformed, o, storepath.StoreDir)
+		if err := storepath.Check(o); err != nil || strings.HasSuffix(o, ".drv") {
+			return fmt.Errorf("%w: output %q is not an output path under %s", ErrMalformed, o, storepath.Dir)
 		}
 		if seen[o] {
 			return fmt.Errorf("%w: output %q repeated", ErrMalformed, o)
@@ -126,14 +126,6 @@ func (r *RebuildRequest) Validate() error {
 		return fmt.Errorf("%w: no request time", ErrMalformed)
 	}
 	return nil
-}
-
-// validStorePath accepts /nix/store/<hash>-<name>, nothing under it.
-func validStorePath(p string) error {
-	if path.Clean(p) != p {
-		return errors.New("not clean")
-	}
-	return storepath.Validate(p)
 }
 
 // Encode validates r and returns its wire form.
