@@ -12,8 +12,9 @@ import (
 	"strings"
 	"time"
 
-	"codeberg.org/provenix/provenix/storepath"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // Rebuild requests: a cache pusher that needs more votes on a derivation
