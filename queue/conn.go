@@ -126,7 +126,7 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 		return nil, errors.New("queue: connect: a client certificate needs both its certificate and key file")
 	}
 	c := &Conn{log: o.log, denied: make(map[*deniedWatch]struct{}), done: make(chan struct{})}
-	safeURL := redactURL(url)
+	safeURL := RedactURL(url)
 
 	nopts := []nats.Option{
 		nats.MaxReconnects(-1),
@@ -141,7 +141,7 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 			c.log.Warn("queue: disconnected", logKeyURL, safeURL, logKeyErr, err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			c.log.Info("queue: reconnected", logKeyURL, redactURL(nc.ConnectedUrl()))
+			c.log.Info("queue: reconnected", logKeyURL, RedactURL(nc.ConnectedUrl()))
 		}),
 		nats.ClosedHandler(func(*nats.Conn) {
 			c.log.Debug("queue: connection closed", logKeyURL, safeURL)
@@ -298,9 +298,9 @@ func connectHint(urls string, err error) string {
 	return "; the server did not upgrade to WebSocket: check the URL's host, port and the path a reverse proxy forwards"
 }
 
-// redactURL hides passwords and tokens in a (comma-separated) server URL
+// RedactURL hides passwords and tokens in a (comma-separated) server URL
 // before it goes into an error or a log line.
-func redactURL(s string) string {
+func RedactURL(s string) string {
 	parts := strings.Split(s, ",")
 	for i, p := range parts {
 		p = strings.TrimSpace(p)

@@ -147,8 +147,8 @@ func TestRedactURL(t *testing.T) {
 		{"nats://a:b@h1, nats://h2", "nats://a:xxxxx@h1,nats://h2"},
 	}
 	for _, tt := range tests {
-		if got := redactURL(tt.in); got != tt.want {
-			t.Errorf("redactURL(%q) = %q, want %q", tt.in, got, tt.want)
+		if got := RedactURL(tt.in); got != tt.want {
+			t.Errorf("RedactURL(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }

@@ -54,7 +54,7 @@ func (s *Stack) Status(ctx context.Context) *Status {
 	defer cancel()
 	st := &Status{
 		Started: s.started, Uptime: time.Since(s.started).Round(time.Second).String(),
-		NATSURL: s.natsURL, WebSocketURL: s.WebSocketURL(), LeafNodeURL: s.LeafNodeURL(), JetStreamDomain: s.JetStreamDomain(),
+		NATSURL: queue.RedactURL(s.natsURL), WebSocketURL: s.WebSocketURL(), LeafNodeURL: s.LeafNodeURL(), JetStreamDomain: s.JetStreamDomain(),
 		Tenant: s.cfg.Tenant, Group: s.cfg.Group,
 		Streams: map[string]uint64{}, Pusher: s.metrics.Pusher.Status(),
 	}

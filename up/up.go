@@ -458,7 +458,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if err := os.Rename(tmp, s.paths.Runtime()); err != nil {
 		return err
 	}
-	s.log.Info("up", "nats", s.natsURL, "cache", s.CacheURL(), "metrics", s.MetricsURL(), "data", s.paths.Dir)
+	s.log.Info("up", "nats", queue.RedactURL(s.natsURL), "cache", s.CacheURL(), "metrics", s.MetricsURL(), "data", s.paths.Dir)
 	return nil
 }
 

@@ -128,7 +128,7 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 		return err
 	}
 	p := s.Paths()
-	fmt.Fprintf(g.stdout, "provenix up: data %s\n  NATS    %s\n", p.Dir, s.NATSURL())
+	fmt.Fprintf(g.stdout, "provenix up: data %s\n  NATS    %s\n", p.Dir, queue.RedactURL(s.NATSURL()))
 	if u := s.WebSocketURL(); u != "" {
 		fmt.Fprintf(g.stdout, "  NATS over WebSocket %s\n", u)
 	}
