@@ -57,7 +57,7 @@ func (v *Verifier) WithIdentities(trusted root.TrustedMaterial, ids []TrustedIde
 		if id.ID == "" {
 			return errors.New("attest: trusted identity without a builder id")
 		}
-		m, err := verify.NewShortCertificateIdentity(id.Issuer, id.IssuerRegexp, id.SAN, id.SANRegexp)
+		m, err := verify.NewShortCertificateIdentity(id.Issuer, anchor(id.IssuerRegexp), id.SAN, anchor(id.SANRegexp))
 		if err != nil {
 			return fmt.Errorf("attest: identity for %s: %w", id.ID, err)
 		}
@@ -75,14 +75,28 @@ func (v *Verifier) WithIdentities(trusted root.TrustedMaterial, ids []TrustedIde
 	return nil
 }
 
-// matchIdentity finds which trusted identity the verified certificate is;
+// identitiesFor are the trusted identities of one builder id: a bundle is
+// checked only against the identities of the builder it claims to be, so
+// a certificate trusted for builder A cannot sign as builder B, whatever
+// order the policy lists them in.
+func (v *Verifier) identitiesFor(builderID string) []TrustedIdentity {
+	var out []TrustedIdentity
+	for _, id := range v.identities {
+		if id.ID == builderID {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// matchIdentity finds which of ids the verified certificate is;
 // sigstore-go checked that at least one matches.
-func (v *Verifier) matchIdentity(res *verify.VerificationResult) (TrustedIdentity, error) {
+func matchIdentity(res *verify.VerificationResult, ids []TrustedIdentity) (TrustedIdentity, error) {
 	if res.Signature == nil || res.Signature.Certificate == nil {
 		return TrustedIdentity{}, fmt.Errorf("%w: no certificate in the verification result", ErrUnknownSigner)
 	}
 	c := res.Signature.Certificate
-	for _, id := range v.identities {
+	for _, id := range ids {
 		if matches(id.Issuer, id.IssuerRegexp, c.Issuer) && matches(id.SAN, id.SANRegexp, c.SubjectAlternativeName) {
 			return id, nil
 		}
@@ -94,8 +108,21 @@ func matches(exact, re, got string) bool {
 	if exact != "" {
 		return exact == got
 	}
-	ok, err := regexp.MatchString(re, got)
+	ok, err := regexp.MatchString(anchor(re), got)
 	return err == nil && ok
+}
+
+// anchor makes an identity pattern match the whole string. Unanchored,
+// 'https://forge.example/org/repo' also accepted
+// 'https://forge.example/org/repo-evil/…' and
+// 'https://evil.example/x?https://forge.example/org/repo/': an identity
+// pattern names one identity, so it is always anchored, whether or not
+// its author wrote ^ and $.
+func anchor(re string) string {
+	if re == "" {
+		return ""
+	}
+	return `^(?:` + re + `)$`
 }
 
 // KeylessOptions say where keyless signing gets its certificate, where

@@ -55,6 +55,7 @@ func TestKeylessIdentity(t *testing.T) {
 	}
 	exact := TrustedIdentity{ID: "forge:distro/pkgs", Issuer: forgeIssuer, SAN: forgeSAN}
 	pattern := TrustedIdentity{ID: "forge:distro/pkgs", Issuer: forgeIssuer, SANRegexp: `^https://forge\.example/distro/pkgs/\.forgejo/workflows/.*@refs/heads/main$`}
+	unanchored := TrustedIdentity{ID: "forge:distro/pkgs", IssuerRegexp: `https://forge\.example/api/actions`, SANRegexp: `https://forge\.example/distro/pkgs/.*`}
 
 	for _, tc := range []struct {
 		name            string
@@ -67,6 +68,13 @@ func TestKeylessIdentity(t *testing.T) {
 		{"wrong issuer", forgeSAN, "https://evil.example/api/actions", "forge:distro/pkgs", exact, ErrUnknownSigner},
 		{"wrong SAN", "https://forge.example/mallory/pkgs/.forgejo/workflows/build.yml@refs/heads/main", forgeIssuer, "forge:distro/pkgs", pattern, ErrUnknownSigner},
 		{"identity claims another builder", forgeSAN, forgeIssuer, "someone-else", exact, ErrUntrustedBuilder},
+		// Patterns match the whole string, whether or not they say ^ and $
+		// (issue 11, finding 4): a prefix of the SAN or a substring of the
+		// issuer is not the identity.
+		{"unanchored SAN pattern, longer repository", "https://forge.example/distro/pkgs-evil/.forgejo/workflows/build.yml@refs/heads/main", forgeIssuer, "forge:distro/pkgs", unanchored, ErrUnknownSigner},
+		{"unanchored SAN pattern, inside a query", "https://evil.example/x?https://forge.example/distro/pkgs/", forgeIssuer, "forge:distro/pkgs", unanchored, ErrUnknownSigner},
+		{"unanchored issuer pattern, inside another URL", forgeSAN, "https://evil.example/?https://forge.example/api/actions", "forge:distro/pkgs", unanchored, ErrUnknownSigner},
+		{"unanchored pattern, the identity itself", "https://forge.example/distro/pkgs/.forgejo/workflows/build.yml@refs/heads/main", forgeIssuer, "forge:distro/pkgs", unanchored, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e, err := vs.Attest(tc.san, tc.issuer, build(tc.id))
@@ -89,8 +97,30 @@ func TestKeylessIdentity(t *testing.T) {
 		})
 	}
 
+	// Each bundle is checked against the identities of the builder it
+	// claims: a broad identity listed first for builder A does not capture
+	// builder B's bundles (before, the first match won, and B's honest
+	// bundle was refused as "claims builder B, signer trusted for A").
+	broadA := TrustedIdentity{ID: "builder-a", Issuer: forgeIssuer, SANRegexp: `https://forge\.example/.*`}
+	exactB := TrustedIdentity{ID: "builder-b", Issuer: forgeIssuer, SAN: forgeSAN}
+	e, err := vs.Attest(forgeSAN, forgeIssuer, build("builder-b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := newVerifier(broadA, exactB).VerifyEntity(e, want); err != nil || got.Builder.ID != "builder-b" {
+		t.Fatalf("builder B's bundle with A's broad identity listed first: %+v, %v", got, err)
+	}
+	// And B's certificate cannot sign as A when A's identity does not
+	// cover it.
+	if _, err := newVerifier(TrustedIdentity{ID: "builder-a", Issuer: forgeIssuer, SAN: "https://forge.example/a"}, exactB).VerifyEntity(mustAttest(t, vs, forgeSAN, build("builder-a")), want); !errors.Is(err, ErrUnknownSigner) {
+		t.Fatalf("B's certificate claiming builder A: %v", err)
+	}
+	if _, err := newVerifier(exactB).VerifyEntity(mustAttest(t, vs, forgeSAN, build("builder-c")), want); !errors.Is(err, ErrUntrustedBuilder) {
+		t.Fatalf("a bundle claiming a builder with no identity: %v", err)
+	}
+
 	// The artifact must still match: a right identity over another NAR fails.
-	e, err := vs.Attest(forgeSAN, forgeIssuer, build("forge:distro/pkgs"))
+	e, err = vs.Attest(forgeSAN, forgeIssuer, build("forge:distro/pkgs"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,4 +128,13 @@ func TestKeylessIdentity(t *testing.T) {
 	if _, err := newVerifier(exact).VerifyEntity(e, other); !errors.Is(err, ErrDigestMismatch) {
 		t.Fatalf("digest mismatch: %v", err)
 	}
+}
+
+func mustAttest(t *testing.T, vs *ca.VirtualSigstore, san string, payload []byte) *ca.TestEntity {
+	t.Helper()
+	e, err := vs.Attest(san, forgeIssuer, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
 }

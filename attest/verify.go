@@ -144,6 +144,7 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 		keyID  string
 		sigVer *verify.Verifier
 		policy verify.PolicyBuilder
+		ids    []TrustedIdentity
 	)
 	switch {
 	case vc.PublicKey() != nil:
@@ -157,8 +158,17 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 			sigVer = v.sigTlog
 		}
 	case vc.Certificate() != nil && v.keyless != nil:
+		// Only the identities of the builder the statement claims: the
+		// claim is checked again once the signature verifies.
+		claimed, err := claimedBuilder(env)
+		if err != nil {
+			return nil, err
+		}
+		if ids = v.identitiesFor(claimed); len(ids) == 0 {
+			return nil, fmt.Errorf("%w: bundle claims builder %q, for which no keyless identity is trusted", ErrUntrustedBuilder, claimed)
+		}
 		opts := []verify.PolicyOption{}
-		for _, id := range v.identities {
+		for _, id := range ids {
 			opts = append(opts, verify.WithCertificateIdentity(id.matcher))
 		}
 		sigVer, policy = v.keyless, verify.NewPolicy(verify.WithArtifactDigests(digests), opts...)
@@ -188,7 +198,7 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 		return nil, fmt.Errorf("%w: payload is not an in-toto statement", ErrMalformedBundle)
 	}
 	if vc.Certificate() != nil {
-		id, err := v.matchIdentity(res)
+		id, err := matchIdentity(res, ids)
 		if err != nil {
 			return nil, err
 		}
@@ -271,6 +281,20 @@ func InspectUnverified(bundleJSON []byte) (*Provenance, error) {
 // and sigstore-go's strict protojson decode of the same payload has already
 // refused duplicate or unknown keys, so encoding/json's lenient key
 // matching cannot pick a different "predicate" than the one verified.
+// claimedBuilder reads the builder id an envelope's (not yet verified)
+// statement claims.
+func claimedBuilder(env *bundle.Envelope) (string, error) {
+	st, err := env.Statement()
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	}
+	prov, err := parseStatement(st, predicateJSON(env))
+	if err != nil {
+		return "", err
+	}
+	return prov.BuilderID, nil
+}
+
 func predicateJSON(env *bundle.Envelope) []byte {
 	payload, err := env.DecodeB64Payload()
 	if err != nil {
