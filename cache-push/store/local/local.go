@@ -155,7 +155,13 @@ func (s *Store) OpenInfo(ctx context.Context, key string) (io.ReadCloser, store.
 	if err := ctx.Err(); err != nil {
 		return nil, store.Info{}, err
 	}
+	if err := s.noLinkedDirs(key); err != nil {
+		return nil, store.Info{}, err
+	}
 	f, err := openRead(name)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, store.Info{}, fmt.Errorf("%w: %s (a symbolic link, not served)", store.ErrNotFound, key)
+	}
 	if err != nil {
 		return nil, store.Info{}, notFound(key, err)
 	}
@@ -176,7 +182,10 @@ func (s *Store) OpenInfo(ctx context.Context, key string) (io.ReadCloser, store.
 // more system calls per open (fcntl, a failing epoll_ctl, fcntl) and buys
 // nothing for a regular file. The cache server opens a file per request.
 func openRead(name string) (*os.File, error) {
-	fd, err := syscall.Open(name, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	// O_NOFOLLOW: the store holds regular files only; a symbolic link
+	// someone placed in the cache directory (to /etc/shadow, to a key) is
+	// not an object, and the server must not follow it.
+	fd, err := syscall.Open(name, syscall.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
 	}
@@ -192,7 +201,10 @@ func (s *Store) Stat(ctx context.Context, key string) (store.Info, error) {
 	if err := ctx.Err(); err != nil {
 		return store.Info{}, err
 	}
-	fi, err := os.Stat(name)
+	if err := s.noLinkedDirs(key); err != nil {
+		return store.Info{}, err
+	}
+	fi, err := os.Lstat(name)
 	if err != nil {
 		return store.Info{}, notFound(key, err)
 	}
@@ -200,6 +212,24 @@ func (s *Store) Stat(ctx context.Context, key string) (store.Info, error) {
 		return store.Info{}, fmt.Errorf("%w: %s", store.ErrNotFound, key)
 	}
 	return store.Info{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
+}
+
+// noLinkedDirs refuses a key whose directories (such as "nar") include a
+// symbolic link: O_NOFOLLOW guards only the last component. Keys without
+// a directory, every narinfo, cost nothing here.
+func (s *Store) noLinkedDirs(key string) error {
+	dir := path.Dir(key)
+	for dir != "." && dir != "/" {
+		fi, err := os.Lstat(filepath.Join(s.dir, filepath.FromSlash(dir)))
+		if err != nil {
+			return notFound(key, err)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%w: %s (%s is not a directory)", store.ErrNotFound, key, dir)
+		}
+		dir = path.Dir(dir)
+	}
+	return nil
 }
 
 // Delete implements store.Store. Emptied directories are left in place: they
