@@ -6,20 +6,22 @@
 package builder
 
 import (
-	"crypto/rand"
-
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	intoto "github.com/in-toto/attestation/go/v1"
-	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"io"
 	"log/slog"
+	"maps"
 	"path"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	intoto "github.com/in-toto/attestation/go/v1"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/nix"
@@ -58,9 +60,8 @@ type Builder struct {
 	// result.
 	StageClosures bool
 
-	envOnce sync.Once
-	env     nixEnv
-	envErr  error
+	envMu sync.Mutex
+	env   *nixEnv // nil until learnt
 }
 
 // nixEnv is what the provenance records about the Nix that built.
@@ -91,8 +92,14 @@ type Published struct {
 	MsgID     string
 	Duplicate bool
 	Bundle    []byte
-	// Built is how long realising took; Publish how long hashing,
-	// staging, signing and publishing took.
+	// Sources are the content-addressed paths sent with this result
+	// (queue.Result.Sources).
+	Sources []string
+	// Requested: a derivation the caller asked for, not one of the
+	// closure published with it.
+	Requested bool
+	// Built is how long realising took (requested derivations only);
+	// Publish how long hashing, staging, signing and publishing took.
 	Built, Publish time.Duration
 }
 
@@ -125,33 +132,91 @@ func (b *Builder) Derivations(ctx context.Context, t Target) ([]string, error) {
 	}
 }
 
-// Build realises every derivation of t and publishes a result for each.
+// Build realises every derivation of t and publishes the closure it built
+// (PublishClosure): a result for each requested derivation and for every
+// derivation of their runtime closure whose outputs this store built,
+// dependencies first.
 func (b *Builder) Build(ctx context.Context, t Target) ([]Published, error) {
 	drvs, err := b.Derivations(ctx, t)
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
+	b.log().Info("realising", "drvs", drvs)
+	if _, err := b.Nix.RealiseWith(ctx, nix.RealiseOptions{}, drvs...); err != nil {
+		return nil, err
+	}
+	finished := time.Now()
+	out, err := b.PublishClosure(ctx, t, drvs, ClosureOptions{Started: start, Finished: finished})
+	for i := range out {
+		if out[i].Requested {
+			out[i].Built = finished.Sub(start)
+		}
+	}
+	return out, err
+}
+
+// PublishClosure attests and publishes realised derivations and the
+// closure this store built for them: one result per derivation, each
+// published only after the results of every derivation whose outputs its
+// outputs refer to. Content-addressed sources of the closure travel in the
+// first result that needs them (queue.Result.Sources). What the store
+// substituted or imported is left out, as are outputs o.Eligible refuses.
+// On error, the results already published are returned with it.
+func (b *Builder) PublishClosure(ctx context.Context, t Target, drvs []string, o ClosureOptions) ([]Published, error) {
+	steps, err := b.planClosure(ctx, drvs, o)
+	if err != nil {
+		return nil, err
+	}
 	var out []Published
-	for _, drv := range drvs {
-		start := time.Now()
-		b.log().Info("realising", "drv", drv)
-		if _, err := b.Nix.Realise(ctx, drv); err != nil {
-			return out, err
+	for _, st := range steps {
+		started, finished := o.Started, o.Finished
+		if !st.requested {
+			// Built during this build, or earlier: Nix keeps the
+			// registration time only, to the second.
+			switch reg := st.registered; {
+			case reg.Before(started.Truncate(time.Second)):
+				started, finished = reg, reg
+			case reg.Before(started):
+				finished = started
+			case reg.Before(finished):
+				finished = reg
+			}
 		}
-		finished := time.Now()
-		p, err := b.Publish(ctx, drv, t, start, finished)
+		p, err := b.publishStep(ctx, st, t, started, finished)
 		if err != nil {
-			return out, err
+			return out, fmt.Errorf("%s: %w", st.drv, err)
 		}
-		p.Built = finished.Sub(start)
 		out = append(out, *p)
 	}
 	return out, nil
 }
 
-// Publish attests and publishes an already realised derivation.
+// Publish attests and publishes one realised derivation: every output, as
+// the store has it, and nothing of its closure (PublishClosure has that).
 func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started, finished time.Time) (*Published, error) {
+	drv, err := b.Nix.ReadDerivation(drvPath)
+	if err != nil {
+		return nil, err
+	}
+	st := &step{drv: drvPath, requested: true}
+	var paths []string
+	for _, name := range slices.Sorted(maps.Keys(drv.Outputs)) {
+		st.names = append(st.names, name)
+		paths = append(paths, drv.Outputs[name].Path)
+	}
+	if st.outputs, err = b.Nix.PathInfos(ctx, paths...); err != nil {
+		return nil, fmt.Errorf("outputs of %s: %w", drvPath, err)
+	}
+	return b.publishStep(ctx, st, t, started, finished)
+}
+
+// publishStep stages the NARs of a step's outputs and sources, describes
+// the build in a signed Statement and publishes the result: the one way
+// every result goes out.
+func (b *Builder) publishStep(ctx context.Context, st *step, t Target, started, finished time.Time) (*Published, error) {
 	t0 := time.Now()
+	drvPath := st.drv
 	env, err := b.nixEnv(ctx)
 	if err != nil {
 		return nil, err
@@ -160,26 +225,16 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 	if err != nil {
 		return nil, err
 	}
-	names := make([]string, 0, len(drv.Outputs))
-	outPaths := make([]string, 0, len(drv.Outputs))
-	for name := range drv.Outputs {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		outPaths = append(outPaths, drv.Outputs[name].Path)
-	}
 	depPaths := []string{drvPath}
-	for p := range drv.InputDerivations {
+	for _, p := range slices.Sorted(maps.Keys(drv.InputDerivations)) {
 		depPaths = append(depPaths, p)
 	}
 	depPaths = append(depPaths, drv.InputSources...)
-	// One nix-store call for outputs and inputs: each call is a process.
-	all, err := b.Nix.PathInfo(ctx, append(outPaths, depPaths...)...)
+	// One nix-store call for the inputs: each call is a process.
+	depInfos, err := b.Nix.PathInfo(ctx, depPaths...)
 	if err != nil {
-		return nil, fmt.Errorf("outputs and inputs of %s: %w", drvPath, err)
+		return nil, fmt.Errorf("inputs of %s: %w", drvPath, err)
 	}
-	infos, depInfos := all[:len(outPaths)], all[len(outPaths):]
 
 	if t.InvocationID == "" {
 		t.InvocationID = invocationID(drvPath, started)
@@ -209,14 +264,13 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 		DrvPath: drvPath,
 		System:  drv.Platform,
 	}
-	for i, info := range infos {
-		o := attest.Output{Name: names[i], Path: info.Path, NarHash: info.NarHash, NarSize: info.NarSize, References: info.References}
-		key := queue.StagingKey(o.NarHashHex())
-		if err := b.stage(ctx, key, info); err != nil {
+	for i, info := range st.outputs {
+		o := attest.Output{Name: st.names[i], Path: info.Path, NarHash: info.NarHash, NarSize: info.NarSize, References: info.References}
+		qo, err := b.stageOutput(ctx, info)
+		if err != nil {
 			return nil, err
 		}
-		build.Outputs = append(build.Outputs, o)
-		qo := queue.Output{Name: o.Name, Path: o.Path, NarHash: o.NarHashHex(), NarSize: o.NarSize, StagingKey: key}
+		qo.Name = o.Name
 		if b.NixKey != nil {
 			sig, err := b.NixKey.Sign(rand.Reader, nix.Fingerprint(o.Path, o.NarHash, o.NarSize, o.References))
 			if err != nil {
@@ -224,7 +278,17 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 			}
 			qo.NixSig = sig.String()
 		}
+		build.Outputs = append(build.Outputs, o)
 		res.Outputs = append(res.Outputs, qo)
+	}
+	var sources []string
+	for _, info := range st.sources {
+		qo, err := b.stageOutput(ctx, info)
+		if err != nil {
+			return nil, err
+		}
+		res.Sources = append(res.Sources, qo)
+		sources = append(sources, info.Path)
 	}
 
 	if b.StageClosures {
@@ -235,17 +299,17 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 		res.Closure = key
 	}
 
-	st, err := attest.NewStatement(build)
+	st2, err := attest.NewStatement(build)
 	if err != nil {
 		return nil, err
 	}
 	var bundle []byte
 	if b.SignStatement != nil {
-		bundle, err = b.SignStatement(ctx, st)
+		bundle, err = b.SignStatement(ctx, st2)
 	} else if b.RekorURL != "" {
-		bundle, err = attest.SignWithLog(ctx, st, b.Signer, attest.LogOptions{RekorURL: b.RekorURL})
+		bundle, err = attest.SignWithLog(ctx, st2, b.Signer, attest.LogOptions{RekorURL: b.RekorURL})
 	} else {
-		bundle, err = attest.Sign(ctx, st, b.Signer)
+		bundle, err = attest.Sign(ctx, st2, b.Signer)
 	}
 	if err != nil {
 		return nil, err
@@ -255,10 +319,24 @@ func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started
 	if err != nil {
 		return nil, err
 	}
-	b.log().Info("published", "drv", drvPath, "outputs", len(res.Outputs), "duplicate", dup)
+	b.log().Info("published", "drv", drvPath, "outputs", len(res.Outputs), "sources", len(res.Sources), "duplicate", dup)
 	return &Published{
-		DrvPath: drvPath, System: drv.Platform, Outputs: build.Outputs,
+		DrvPath: drvPath, System: drv.Platform, Outputs: build.Outputs, Sources: sources, Requested: st.requested,
 		MsgID: res.MsgID(), Duplicate: dup, Bundle: bundle, Publish: time.Since(t0),
+	}, nil
+}
+
+// stageOutput stages a path's NAR under its content-addressed key and
+// describes it for the result (without Name and NixSig).
+func (b *Builder) stageOutput(ctx context.Context, info nix.PathInfo) (queue.Output, error) {
+	hexHash := hex.EncodeToString(info.NarHash[:])
+	key := queue.StagingKey(hexHash)
+	if err := b.stage(ctx, key, info); err != nil {
+		return queue.Output{}, err
+	}
+	return queue.Output{
+		Path: info.Path, NarHash: hexHash, NarSize: info.NarSize, StagingKey: key,
+		References: info.References, CA: info.CA,
 	}, nil
 }
 
@@ -350,21 +428,25 @@ func (b *Builder) stageClosure(ctx context.Context, drvPath string) (string, err
 	return key, nil
 }
 
+// nixEnv learns the Nix environment once: only a success is kept, so a
+// caller cancelled during the probe (a runner job's request, say) leaves
+// the next caller to probe again instead of failing every build after it.
 func (b *Builder) nixEnv(ctx context.Context) (nixEnv, error) {
-	b.envOnce.Do(func() {
-		v, err := b.Nix.Version(ctx)
-		if err != nil {
-			b.envErr = err
-			return
-		}
-		cfg, err := b.Nix.Config(ctx)
-		if err != nil {
-			b.envErr = err
-			return
-		}
-		b.env = nixEnv{version: v, sandbox: cfg["sandbox"], substituters: strings.Fields(cfg["substituters"])}
-	})
-	return b.env, b.envErr
+	b.envMu.Lock()
+	defer b.envMu.Unlock()
+	if b.env != nil {
+		return *b.env, nil
+	}
+	v, err := b.Nix.Version(ctx)
+	if err != nil {
+		return nixEnv{}, fmt.Errorf("nix version: %w", err)
+	}
+	cfg, err := b.Nix.Config(ctx)
+	if err != nil {
+		return nixEnv{}, fmt.Errorf("nix configuration: %w", err)
+	}
+	b.env = &nixEnv{version: v.String(), sandbox: cfg["sandbox"], substituters: strings.Fields(cfg["substituters"])}
+	return *b.env, nil
 }
 
 // invocationID names this build run; the runner replaces it with the
