@@ -164,6 +164,9 @@ func (b *Builder) Build(ctx context.Context, t Target) ([]Published, error) {
 // substituted or imported is left out, as are outputs o.Eligible refuses.
 // On error, the results already published are returned with it.
 func (b *Builder) PublishClosure(ctx context.Context, t Target, drvs []string, o ClosureOptions) ([]Published, error) {
+	if _, err := b.nixEnv(ctx); err != nil {
+		return nil, err
+	}
 	steps, err := b.planClosure(ctx, drvs, o)
 	if err != nil {
 		return nil, err
@@ -195,6 +198,9 @@ func (b *Builder) PublishClosure(ctx context.Context, t Target, drvs []string, o
 // Publish attests and publishes one realised derivation: every output, as
 // the store has it, and nothing of its closure (PublishClosure has that).
 func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started, finished time.Time) (*Published, error) {
+	if _, err := b.nixEnv(ctx); err != nil {
+		return nil, err
+	}
 	drv, err := b.Nix.ReadDerivation(drvPath)
 	if err != nil {
 		return nil, err
