@@ -102,7 +102,7 @@ cache that stock nix substitutes from. 'provenix verify' checks the result.
 
 Quick start (one machine, embedded defaults):
   provenix up &                  # embedded NATS + cache pusher + cache server
-  provenix build ./examples/hello.nix -A hello --arg busybox=/usr/bin/busybox
+  provenix build ./examples/hello.nix -A hello --arg busybox /usr/bin/busybox
   provenix verify --cache http://127.0.0.1:8080 /nix/store/...-provenix-hello
 Or run everything at once: provenix demo`,
 		Version:       version,
