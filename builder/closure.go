@@ -117,19 +117,28 @@ func (b *Builder) planClosure(ctx context.Context, drvs []string, o ClosureOptio
 		// outside the closure asked for (a "dev" nobody refers to) join
 		// it, with what they refer to.
 		roots = nil
-		var more []string
+		var derivers []string
+		queued := map[string]bool{}
 		for _, pi := range got {
 			infos[pi.Path] = pi
-			if !eligible(pi) || pi.Deriver == "" || drvOuts[pi.Deriver] != nil {
+			if eligible(pi) && pi.Deriver != "" && drvOuts[pi.Deriver] == nil && !queued[pi.Deriver] {
+				queued[pi.Deriver] = true
+				derivers = append(derivers, pi.Deriver)
+			}
+		}
+		// One nix-store call for all of them: each call is a process.
+		invalid, err := n.Invalid(ctx, derivers...)
+		if err != nil {
+			return nil, err
+		}
+		gone := setOf(invalid)
+		var more []string
+		for _, drv := range derivers {
+			if gone[drv] {
+				b.log().Warn("not attested: the derivation is no longer in the store", "drv", drv)
 				continue
 			}
-			if inv, err := n.Invalid(ctx, pi.Deriver); err != nil {
-				return nil, err
-			} else if len(inv) > 0 {
-				b.log().Warn("not attested: its derivation is not in the store", "path", pi.Path, "drv", pi.Deriver)
-				continue
-			}
-			di, err := readDrv(pi.Deriver)
+			di, err := readDrv(drv)
 			if err != nil {
 				return nil, err
 			}
@@ -144,8 +153,9 @@ func (b *Builder) planClosure(ctx context.Context, drvs []string, o ClosureOptio
 			if err != nil {
 				return nil, err
 			}
+			invalid := setOf(inv)
 			for _, p := range more {
-				if !slices.Contains(inv, p) {
+				if !invalid[p] {
 					roots = append(roots, p)
 				}
 			}
@@ -275,4 +285,12 @@ func (b *Builder) planClosure(ctx context.Context, drvs []string, o ClosureOptio
 // derivation's output has a deriver; substituted, it is not attested here.
 func isSource(pi nix.PathInfo) bool {
 	return pi.CA != "" && pi.Deriver == ""
+}
+
+func setOf(ss []string) map[string]bool {
+	m := make(map[string]bool, len(ss))
+	for _, s := range ss {
+		m[s] = true
+	}
+	return m
 }

@@ -406,7 +406,11 @@ func (r *Runner) attestClosure(ctx context.Context, t *taskRun, drvs []string, h
 			res.Outputs = append(res.Outputs, capture.Output{Name: o.Name, Path: o.Path, NarSHA256: o.NarHashHex(), NarSize: o.NarSize})
 		}
 		out = append(out, res)
-		t.rep.Logf("provenix: attested %s (%d outputs, %d sources, %s) as builder %q", p.DrvPath, len(res.Outputs), len(p.Sources), how, r.builder.BuilderID)
+		with := ""
+		if len(p.Sources) > 0 {
+			with = fmt.Sprintf(", with %d sources", len(p.Sources))
+		}
+		t.rep.Logf("provenix: attested %s (%d outputs, %s) as builder %q%s", p.DrvPath, len(res.Outputs), how, r.builder.BuilderID, with)
 	}
 	if err != nil {
 		t.rep.Logf("::warning::provenix: not attested %v: %v", drvs, err)
