@@ -12,12 +12,15 @@ import (
 	"time"
 )
 
-// The three fixtures describe the same store objects (examples/closure.nix
-// built by Nix 2.8, plus one invalid path) in the three shapes of `nix
-// path-info --json`: pathinfo-2.8.json is Nix 2.8's real output (the array
-// of Nix ≤ 2.18 and Lix), pathinfo-2.26.json the object keyed by path of
-// 2.19–2.32, pathinfo-2.34.json `--json-format 2` of 2.33+ (base names,
-// structured content addresses).
+// The three pathinfo-*.json fixtures describe the same store objects
+// (examples/closure.nix built by Nix 2.8, plus one invalid path) in the
+// three shapes of `nix path-info --json`: pathinfo-2.8.json is Nix 2.8's
+// real output (the array of Nix ≤ 2.18 and Lix), pathinfo-2.26.json the
+// object keyed by path of 2.19–2.32, pathinfo-2.34.json `--json-format 2`
+// of 2.33+ (base names, structured content addresses), both transcribed
+// from the 2.8 output. The real-*.json fixtures are what Debian's Nix
+// 2.26.3 (trixie) and 2.34.8 (forky) printed for the same expression built
+// in their own stores (TestParsePathInfoJSONReal).
 var pathInfoFixtures = []string{"pathinfo-2.8.json", "pathinfo-2.26.json", "pathinfo-2.34.json"}
 
 const (
@@ -73,6 +76,66 @@ func TestParsePathInfoJSONShapes(t *testing.T) {
 				t.Errorf("%s parses differently from %s", fx, pathInfoFixtures[0])
 			}
 		})
+	}
+}
+
+// TestParsePathInfoJSONReal reads real output of Nix 2.26.3 and 2.34.8
+// for examples/closure.nix (built with their own busybox): 2.34.8's
+// --json-format 2 (base names, structured CA) parses to exactly what its
+// format 1 (full paths, Nix's own CA strings) does, which checks the
+// conversion of structured content addresses against Nix itself.
+func TestParsePathInfoJSONReal(t *testing.T) {
+	parse := func(fx string) map[string]*PathInfo {
+		t.Helper()
+		b, err := os.ReadFile("testdata/" + fx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := ParsePathInfoJSON(b)
+		if err != nil {
+			t.Fatalf("%s: %v", fx, err)
+		}
+		return m
+	}
+	for _, fx := range []string{"real-2.26.3.json", "real-2.34.8-format1.json", "real-2.34.8-format2.json"} {
+		m := parse(fx)
+		if len(m) != 10 || m[fxMissing] != nil {
+			t.Fatalf("%s: %d paths, invalid %v", fx, len(m), m[fxMissing])
+		}
+		var kinds []string
+		for p, pi := range m {
+			if pi == nil {
+				continue
+			}
+			switch {
+			case pi.Ultimate && pi.Deriver != "" && strings.HasPrefix(pi.Deriver, "/nix/store/"):
+				kinds = append(kinds, "built")
+			case strings.HasSuffix(p, "-busybox") && strings.HasPrefix(pi.CA, "fixed:r:sha256:"),
+				strings.HasSuffix(p, "-greeting.txt") && strings.HasPrefix(pi.CA, "text:sha256:"):
+				kinds = append(kinds, "source")
+			default:
+				t.Errorf("%s: %s: %+v", fx, p, pi)
+			}
+			for _, r := range pi.References {
+				if _, ok := m[r]; !ok || !strings.HasPrefix(r, "/nix/store/") {
+					t.Errorf("%s: %s refers to %s, outside the closure", fx, p, r)
+				}
+			}
+		}
+		slices.Sort(kinds)
+		if strings.Join(kinds, ",") != "built,built,built,built,built,built,built,source,source" {
+			t.Errorf("%s: %v", fx, kinds)
+		}
+		if m[fxFixed] == nil || m[fxFixed].CA != "fixed:sha256:1d60hiaf2fd0wf07jd6s2wcdfxlbip2s74cc4lcbxb5zqykwsb0m" {
+			t.Errorf("%s: the fixed output: %+v", fx, m[fxFixed])
+		}
+	}
+	if v1, v2 := parse("real-2.34.8-format1.json"), parse("real-2.34.8-format2.json"); !reflect.DeepEqual(v1, v2) {
+		for p := range v1 {
+			if !reflect.DeepEqual(v1[p], v2[p]) {
+				t.Errorf("%s:\nformat 1 %+v\nformat 2 %+v", p, v1[p], v2[p])
+			}
+		}
 	}
 }
 
