@@ -324,3 +324,61 @@ func TestProbeCancelledThenAttests(t *testing.T) {
 		t.Fatalf("published %s, want %s", q.results[0].Outputs[0].NarHash, h)
 	}
 }
+
+// TestClosureEligible is the runner's rule: with Eligible accepting only
+// what was registered since a job started, a dependency this store built
+// before is left out of the closure, and a requested derivation built
+// before is refused with ErrNotBuiltHere.
+func TestClosureEligible(t *testing.T) {
+	bb := testnix.Busybox(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	message := t.Name() + time.Now().String()
+	n := &nix.Nix{Root: t.TempDir(), Options: offline()}
+	inst := func(attr string) string {
+		drvs, err := n.Instantiate(ctx, "../examples/closure.nix", attr, map[string]string{"busybox": bb}, map[string]string{"message": message})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.Realise(ctx, drvs[0]); err != nil {
+			t.Fatal(err)
+		}
+		return drvs[0]
+	}
+	depA := inst("dep-a")
+	// Nix keeps registration times to the second.
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
+	since := time.Now()
+	top := inst("top")
+	eligible := func(pi nix.PathInfo) bool { return !pi.Registered.Before(since.Truncate(time.Second)) }
+
+	q := &memQueue{}
+	b := &Builder{Nix: n, Queue: q, Signer: testSigner(t), BuilderID: "test-builder", Tenant: "t1"}
+	tg := Target{Installable: attest.Installable{Kind: "drv", Ref: top}}
+	pubs, err := b.PublishClosure(ctx, tg, []string{top}, ClosureOptions{Started: since, Finished: time.Now(), Eligible: eligible})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var drvs, sources []string
+	for _, r := range q.results {
+		drvs = append(drvs, r.DrvPath)
+		for _, s := range r.Sources {
+			sources = append(sources, filepath.Base(s.Path))
+		}
+	}
+	if len(pubs) != 5 || slices.Contains(drvs, depA) {
+		t.Fatalf("published %v; want all but dep-a", drvs)
+	}
+	depAOut, err := n.ReadDerivation(depA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkOrder(t, q.results, map[string]bool{depAOut.Outputs["out"].Path: true})
+	if len(sources) != 2 {
+		t.Errorf("sources %v: busybox (top refers to it) and greeting.txt still go out", sources)
+	}
+	_, err = b.PublishClosure(ctx, Target{Installable: attest.Installable{Kind: "drv", Ref: depA}}, []string{depA}, ClosureOptions{Eligible: eligible})
+	if !errors.Is(err, ErrNotBuiltHere) {
+		t.Fatalf("dep-a, built before: %v, want ErrNotBuiltHere", err)
+	}
+}
