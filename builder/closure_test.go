@@ -21,7 +21,7 @@ import (
 )
 
 // startQueue runs an embedded NATS server with the streams in place.
-func startQueue(t *testing.T) *queue.Conn {
+func startQueue(t testing.TB) *queue.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
