@@ -259,7 +259,7 @@ func (b *Builder) planClosure(ctx context.Context, drvs []string, o ClosureOptio
 	var place func(st *step, p string)
 	place = func(st *step, p string) {
 		pi, ok := infos[p]
-		if placed[p] || !ok || !isSource(pi) {
+		if placed[p] || !ok || !isSource(pi) || owner[p] != nil {
 			return
 		}
 		placed[p] = true
