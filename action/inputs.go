@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	githubactions "github.com/sethvargo/go-githubactions"
+
+	"codeberg.org/provenix/provenix/nix"
 )
 
 // Signing modes of the workflow step.
@@ -42,8 +44,8 @@ type Input struct {
 var Inputs = []Input{
 	{Name: "installables", Description: "what to build, separated by spaces or newlines: FILE.nix (with attr), /nix/store/...drv, or FLAKEREF#ATTR"},
 	{Name: "attr", Description: "attribute to build from .nix files (nix-build -A)"},
-	{Name: "args", Description: "NAME=EXPR lines, passed as --arg NAME EXPR to .nix files"},
-	{Name: "argstrs", Description: "NAME=VALUE lines, passed as --argstr NAME VALUE to .nix files"},
+	{Name: "args", Description: "NAME=EXPR or NAME EXPR lines, passed as --arg NAME EXPR to .nix files"},
+	{Name: "argstrs", Description: "NAME=VALUE or NAME VALUE lines, passed as --argstr NAME VALUE to .nix files"},
 	{Name: "nix-options", Description: "NAME=VALUE lines, passed to Nix as --option NAME VALUE"},
 	{Name: "nats-url", Description: "NATS server the results are published to (signing: key)"},
 	{Name: "nats-creds", Description: "NATS credentials file contents (from a secret)", Secret: true},
@@ -126,10 +128,10 @@ func readInputs(gha *githubactions.Action, getenv func(string) string) (*inputs,
 	}
 	in.attr = get("attr")
 	var err error
-	if in.args, err = pairs("args", get("args")); err != nil {
+	if in.args, err = nixArgs("args", get("args")); err != nil {
 		return nil, err
 	}
-	if in.argstrs, err = pairs("argstrs", get("argstrs")); err != nil {
+	if in.argstrs, err = nixArgs("argstrs", get("argstrs")); err != nil {
 		return nil, err
 	}
 	if in.nixOptions, err = pairs("nix-options", get("nix-options")); err != nil {
@@ -168,6 +170,23 @@ func readInputs(gha *githubactions.Action, getenv func(string) string) (*inputs,
 }
 
 // pairs parses NAME=VALUE lines; blank lines are skipped.
+// nixArgs reads Nix arguments, one a line, as NAME=VALUE or as Nix writes
+// them, NAME VALUE (nix.SplitArg).
+func nixArgs(name, v string) (map[string]string, error) {
+	m := map[string]string{}
+	for _, l := range strings.Split(v, "\n") {
+		if strings.TrimSpace(l) == "" {
+			continue
+		}
+		k, val, err := nix.SplitArg(l)
+		if err != nil {
+			return nil, fmt.Errorf("input %s: %w", name, err)
+		}
+		m[k] = val
+	}
+	return m, nil
+}
+
 func pairs(name, v string) (map[string]string, error) {
 	m := map[string]string{}
 	for _, l := range strings.Split(v, "\n") {

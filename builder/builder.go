@@ -6,20 +6,18 @@
 package builder
 
 import (
-	"crypto/rand"
-
 	"context"
 	"errors"
 	"fmt"
-	intoto "github.com/in-toto/attestation/go/v1"
-	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"io"
 	"log/slog"
 	"path"
-	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	intoto "github.com/in-toto/attestation/go/v1"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/nix"
@@ -58,9 +56,8 @@ type Builder struct {
 	// result.
 	StageClosures bool
 
-	envOnce sync.Once
-	env     nixEnv
-	envErr  error
+	envMu sync.Mutex
+	env   *nixEnv // nil until learnt
 }
 
 // nixEnv is what the provenance records about the Nix that built.
@@ -91,8 +88,14 @@ type Published struct {
 	MsgID     string
 	Duplicate bool
 	Bundle    []byte
-	// Built is how long realising took; Publish how long hashing,
-	// staging, signing and publishing took.
+	// Sources are the content-addressed paths sent with this result
+	// (queue.Result.Sources).
+	Sources []string
+	// Requested: a derivation the caller asked for, not one of the
+	// closure published with it.
+	Requested bool
+	// Built is how long realising took (requested derivations only);
+	// Publish how long hashing, staging, signing and publishing took.
 	Built, Publish time.Duration
 }
 
@@ -125,141 +128,28 @@ func (b *Builder) Derivations(ctx context.Context, t Target) ([]string, error) {
 	}
 }
 
-// Build realises every derivation of t and publishes a result for each.
+// Build realises every derivation of t and publishes the closure it built
+// (PublishClosure): a result for each requested derivation and for every
+// derivation of their runtime closure whose outputs this store built,
+// dependencies first.
 func (b *Builder) Build(ctx context.Context, t Target) ([]Published, error) {
 	drvs, err := b.Derivations(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	var out []Published
-	for _, drv := range drvs {
-		start := time.Now()
-		b.log().Info("realising", "drv", drv)
-		if _, err := b.Nix.Realise(ctx, drv); err != nil {
-			return out, err
-		}
-		finished := time.Now()
-		p, err := b.Publish(ctx, drv, t, start, finished)
-		if err != nil {
-			return out, err
-		}
-		p.Built = finished.Sub(start)
-		out = append(out, *p)
-	}
-	return out, nil
-}
-
-// Publish attests and publishes an already realised derivation.
-func (b *Builder) Publish(ctx context.Context, drvPath string, t Target, started, finished time.Time) (*Published, error) {
-	t0 := time.Now()
-	env, err := b.nixEnv(ctx)
-	if err != nil {
+	start := time.Now()
+	b.log().Info("realising", "drvs", drvs)
+	if _, err := b.Nix.RealiseWith(ctx, nix.RealiseOptions{}, drvs...); err != nil {
 		return nil, err
 	}
-	drv, err := b.Nix.ReadDerivation(drvPath)
-	if err != nil {
-		return nil, err
-	}
-	names := make([]string, 0, len(drv.Outputs))
-	outPaths := make([]string, 0, len(drv.Outputs))
-	for name := range drv.Outputs {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		outPaths = append(outPaths, drv.Outputs[name].Path)
-	}
-	depPaths := []string{drvPath}
-	for p := range drv.InputDerivations {
-		depPaths = append(depPaths, p)
-	}
-	depPaths = append(depPaths, drv.InputSources...)
-	// One nix-store call for outputs and inputs: each call is a process.
-	all, err := b.Nix.PathInfo(ctx, append(outPaths, depPaths...)...)
-	if err != nil {
-		return nil, fmt.Errorf("outputs and inputs of %s: %w", drvPath, err)
-	}
-	infos, depInfos := all[:len(outPaths)], all[len(outPaths):]
-
-	if t.InvocationID == "" {
-		t.InvocationID = invocationID(drvPath, started)
-	}
-	build := &attest.Build{
-		DrvPath:        drvPath,
-		System:         drv.Platform,
-		Installable:    t.Installable,
-		Source:         t.Source,
-		Workflow:       t.Workflow,
-		NixVersion:     env.version,
-		Sandbox:        env.sandbox,
-		Substituters:   env.substituters,
-		BuilderID:      b.BuilderID,
-		BuilderVersion: b.Version,
-		InvocationID:   t.InvocationID,
-		StartedOn:      started,
-		FinishedOn:     finished,
-	}
-	for _, d := range depInfos {
-		build.Dependencies = append(build.Dependencies, attest.Dependency{Path: d.Path, NarHash: d.NarHash})
-	}
-	res := &queue.Result{
-		Version: queue.ResultVersion,
-		Tenant:  b.Tenant,
-		Builder: b.BuilderID,
-		DrvPath: drvPath,
-		System:  drv.Platform,
-	}
-	for i, info := range infos {
-		o := attest.Output{Name: names[i], Path: info.Path, NarHash: info.NarHash, NarSize: info.NarSize, References: info.References}
-		key := queue.StagingKey(o.NarHashHex())
-		if err := b.stage(ctx, key, info); err != nil {
-			return nil, err
+	finished := time.Now()
+	out, err := b.PublishClosure(ctx, t, drvs, ClosureOptions{Started: start, Finished: finished})
+	for i := range out {
+		if out[i].Requested {
+			out[i].Built = finished.Sub(start)
 		}
-		build.Outputs = append(build.Outputs, o)
-		qo := queue.Output{Name: o.Name, Path: o.Path, NarHash: o.NarHashHex(), NarSize: o.NarSize, StagingKey: key}
-		if b.NixKey != nil {
-			sig, err := b.NixKey.Sign(rand.Reader, nix.Fingerprint(o.Path, o.NarHash, o.NarSize, o.References))
-			if err != nil {
-				return nil, fmt.Errorf("nix signature of %s: %w", o.Path, err)
-			}
-			qo.NixSig = sig.String()
-		}
-		res.Outputs = append(res.Outputs, qo)
 	}
-
-	if b.StageClosures {
-		key, err := b.stageClosure(ctx, drvPath)
-		if err != nil {
-			return nil, err
-		}
-		res.Closure = key
-	}
-
-	st, err := attest.NewStatement(build)
-	if err != nil {
-		return nil, err
-	}
-	var bundle []byte
-	if b.SignStatement != nil {
-		bundle, err = b.SignStatement(ctx, st)
-	} else if b.RekorURL != "" {
-		bundle, err = attest.SignWithLog(ctx, st, b.Signer, attest.LogOptions{RekorURL: b.RekorURL})
-	} else {
-		bundle, err = attest.Sign(ctx, st, b.Signer)
-	}
-	if err != nil {
-		return nil, err
-	}
-	res.Bundle = bundle
-	dup, err := b.Queue.PublishResult(ctx, res)
-	if err != nil {
-		return nil, err
-	}
-	b.log().Info("published", "drv", drvPath, "outputs", len(res.Outputs), "duplicate", dup)
-	return &Published{
-		DrvPath: drvPath, System: drv.Platform, Outputs: build.Outputs,
-		MsgID: res.MsgID(), Duplicate: dup, Bundle: bundle, Publish: time.Since(t0),
-	}, nil
+	return out, err
 }
 
 // stage streams the NAR of info into staging. DumpNAR checks the bytes
@@ -350,21 +240,25 @@ func (b *Builder) stageClosure(ctx context.Context, drvPath string) (string, err
 	return key, nil
 }
 
+// nixEnv learns the Nix environment once: only a success is kept, so a
+// caller cancelled during the probe (a runner job's request, say) leaves
+// the next caller to probe again instead of failing every build after it.
 func (b *Builder) nixEnv(ctx context.Context) (nixEnv, error) {
-	b.envOnce.Do(func() {
-		v, err := b.Nix.Version(ctx)
-		if err != nil {
-			b.envErr = err
-			return
-		}
-		cfg, err := b.Nix.Config(ctx)
-		if err != nil {
-			b.envErr = err
-			return
-		}
-		b.env = nixEnv{version: v, sandbox: cfg["sandbox"], substituters: strings.Fields(cfg["substituters"])}
-	})
-	return b.env, b.envErr
+	b.envMu.Lock()
+	defer b.envMu.Unlock()
+	if b.env != nil {
+		return *b.env, nil
+	}
+	v, err := b.Nix.Version(ctx)
+	if err != nil {
+		return nixEnv{}, fmt.Errorf("nix version: %w", err)
+	}
+	cfg, err := b.Nix.Config(ctx)
+	if err != nil {
+		return nixEnv{}, fmt.Errorf("nix configuration: %w", err)
+	}
+	b.env = &nixEnv{version: v.String(), sandbox: cfg["sandbox"], substituters: strings.Fields(cfg["substituters"])}
+	return *b.env, nil
 }
 
 // invocationID names this build run; the runner replaces it with the

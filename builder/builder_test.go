@@ -76,7 +76,7 @@ func offline() map[string]string {
 }
 
 // testSigner signs with a new key.
-func testSigner(t *testing.T) *attest.Signer {
+func testSigner(t testing.TB) *attest.Signer {
 	t.Helper()
 	key, err := attest.GenerateKey()
 	if err != nil {

@@ -37,11 +37,15 @@ const (
 	maxNameLen    = 255
 )
 
-// Requisites returns the closure of path (nix-store --query --requisites).
-// For a .drv that is what building it needs besides its inputs' outputs:
-// the .drv files of the derivation and of its inputs, and their sources.
-func (n *Nix) Requisites(ctx context.Context, path string) ([]string, error) {
-	out, err := n.run(ctx, "nix-store", n.args("--query", "--requisites", path)...)
+// Requisites returns the closure of paths (nix-store --query
+// --requisites), each path once. For a .drv that is what building it needs
+// besides its inputs' outputs: the .drv files of the derivation and of its
+// inputs, and their sources. For outputs it is their runtime closure.
+func (n *Nix) Requisites(ctx context.Context, paths ...string) ([]string, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	out, err := n.run(ctx, "nix-store", n.args(append([]string{"--query", "--requisites"}, paths...)...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -281,7 +281,7 @@ func TestExportImport(t *testing.T) {
 	if infos[0].NarHash != infosA[0].NarHash {
 		t.Fatal("b built other bytes")
 	}
-	regs, err := b.Registrations(ctx, outB[0])
+	regs, err := b.PathInfos(ctx, outB[0])
 	if err != nil || !regs[0].Ultimate {
 		t.Fatalf("b's output not marked built here: %+v %v", regs, err)
 	}

@@ -8,7 +8,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,7 +21,6 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/derivation"
-	"github.com/nix-community/go-nix/pkg/nixhash"
 )
 
 // ErrNotInstalled means the Nix command-line tools are not on PATH.
@@ -193,22 +191,25 @@ func lines(b []byte) []string {
 	return out
 }
 
-// Version returns the Nix version, e.g. "2.8.0".
-func (n *Nix) Version(ctx context.Context) (string, error) {
-	out, err := n.run(ctx, "nix-store", "--version")
-	if err != nil {
-		return "", err
-	}
-	f := strings.Fields(string(out))
-	if len(f) == 0 {
-		return "", fmt.Errorf("nix-store --version printed nothing")
-	}
-	return f[len(f)-1], nil
-}
-
-// Config returns Nix's effective settings (nix show-config).
+// Config returns Nix's effective settings: `nix config show`, or `nix
+// show-config` on a Nix before 2.20 (the old name warns on newer ones).
+// Should the version's choice be refused, the other name is tried.
 func (n *Nix) Config(ctx context.Context) (map[string]string, error) {
-	out, err := n.run(ctx, "nix", n.args("--extra-experimental-features", "nix-command", "show-config")...)
+	v, err := n.Version(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cmds := [][]string{{"config", "show"}, {"show-config"}}
+	if !v.hasConfigShow() {
+		cmds[0], cmds[1] = cmds[1], cmds[0]
+	}
+	out, err := n.run(ctx, "nix", n.args(append([]string{"--extra-experimental-features", "nix-command"}, cmds[0]...)...)...)
+	if err != nil && ctx.Err() == nil {
+		var err2 error
+		if out, err2 = n.run(ctx, "nix", n.args(append([]string{"--extra-experimental-features", "nix-command"}, cmds[1]...)...)...); err2 == nil {
+			err = nil
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -319,12 +320,26 @@ type PathInfo struct {
 	NarHash    [32]byte
 	NarSize    uint64
 	References []string
-	Deriver    string
+	// Deriver is the derivation that produced the path, "" if unknown.
+	Deriver string
+	// The fields below are filled by PathInfos, not by PathInfo.
+
+	// Registered is when the path became valid here, to the second.
+	Registered time.Time
+	// Ultimate: built by this store, not substituted or imported (nor
+	// added: sources are not ultimate).
+	Ultimate bool
+	// CA is the content address in Nix's string form
+	// ("fixed:r:sha256:<nix32>", "fixed:sha256:…", "text:sha256:…"); ""
+	// for an input-addressed path.
+	CA         string
+	Signatures []string
 }
 
 // PathInfo returns the registration of valid store paths, in the order
-// asked. It reads `nix-store --dump-db`, which reports exactly the paths
-// given: `nix path-info` would take a .drv for its outputs.
+// asked, without Registered, Ultimate, CA and Signatures (PathInfos has
+// them). It reads `nix-store --dump-db`, which reports exactly the paths
+// given: `nix path-info` takes a .drv for its outputs on older Nix.
 func (n *Nix) PathInfo(ctx context.Context, paths ...string) ([]PathInfo, error) {
 	if len(paths) == 0 {
 		return nil, nil
@@ -363,15 +378,11 @@ func parseDumpDB(out []byte) (map[string]PathInfo, error) {
 			return nil, fmt.Errorf("nix-store --dump-db: truncated record for %q", ls[i])
 		}
 		pi := PathInfo{Path: ls[i], Deriver: ls[i+3]}
-		hs := ls[i+1]
-		if !strings.Contains(hs, ":") && !strings.Contains(hs, "-") {
-			hs = "sha256:" + hs
-		}
-		h, err := nixhash.ParseAny(hs, nil)
-		if err != nil || len(h.Digest()) != 32 {
+		h, err := parseNarHash(ls[i+1])
+		if err != nil {
 			return nil, fmt.Errorf("nix-store --dump-db: %s: NAR hash %q is not a sha256", pi.Path, ls[i+1])
 		}
-		copy(pi.NarHash[:], h.Digest())
+		pi.NarHash = h
 		if pi.NarSize, err = strconv.ParseUint(ls[i+2], 10, 64); err != nil {
 			return nil, fmt.Errorf("nix-store --dump-db: %s: NAR size: %w", pi.Path, err)
 		}
@@ -415,69 +426,6 @@ func sortedPairs(m map[string]string) [][2]string {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })
 	return out
-}
-
-// BuiltSince lists the valid paths with a deriver that this store built
-// (Nix marks them "ultimate"; substituted and added paths are not) and
-// registered at or after since, truncated to the second as Nix keeps it.
-// It reads every path's metadata: cost grows with the store, not the job.
-func (n *Nix) BuiltSince(ctx context.Context, since time.Time) ([]Registration, error) {
-	all, err := n.Registrations(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cut := since.Unix()
-	var built []Registration
-	for _, r := range all {
-		if r.Ultimate && r.Deriver != "" && r.Registered.Unix() >= cut && !strings.HasSuffix(r.Path, ".drv") {
-			built = append(built, r)
-		}
-	}
-	sort.Slice(built, func(a, b int) bool { return built[a].Path < built[b].Path })
-	return built, nil
-}
-
-// Registration is when and how a valid path entered the store.
-type Registration struct {
-	Path       string
-	Deriver    string
-	Registered time.Time
-	// Ultimate: built on this machine, not substituted or imported.
-	Ultimate bool
-}
-
-// Registrations reads the registration of valid paths (`nix path-info
-// --json`); with no paths it reads every valid path (--all).
-func (n *Nix) Registrations(ctx context.Context, paths ...string) ([]Registration, error) {
-	args := []string{"--extra-experimental-features", "nix-command", "path-info", "--json"}
-	if len(paths) == 0 {
-		args = append(args, "--all")
-	} else {
-		args = append(args, "--")
-		args = append(args, paths...)
-	}
-	out, err := n.run(ctx, "nix", n.args(args...)...)
-	if err != nil {
-		return nil, err
-	}
-	var infos []struct {
-		Path             string `json:"path"`
-		Valid            *bool  `json:"valid"`
-		Deriver          string `json:"deriver"`
-		RegistrationTime int64  `json:"registrationTime"`
-		Ultimate         bool   `json:"ultimate"`
-	}
-	if err := json.Unmarshal(out, &infos); err != nil {
-		return nil, fmt.Errorf("nix path-info --json: %w", err)
-	}
-	regs := make([]Registration, 0, len(infos))
-	for _, i := range infos {
-		if i.Valid != nil && !*i.Valid {
-			return nil, fmt.Errorf("%s is not a valid store path", i.Path)
-		}
-		regs = append(regs, Registration{Path: i.Path, Deriver: i.Deriver, Registered: time.Unix(i.RegistrationTime, 0), Ultimate: i.Ultimate})
-	}
-	return regs, nil
 }
 
 // Systems are the systems a Nix configuration (Config) builds for: its

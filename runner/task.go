@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,6 +24,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
+	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/runner/capture"
 	"codeberg.org/provenix/provenix/runner/job"
 	"codeberg.org/provenix/provenix/runner/report"
@@ -335,79 +338,89 @@ func (r *Runner) childEnv(sub map[string]string) []string {
 	return out
 }
 
-// attest publishes drvs the job realised, as this runner's builder.
+// attest publishes drvs the job realised, as this runner's builder, with
+// the closure the job built for them (builder.PublishClosure): only what
+// this store built while the job ran is attested.
 func (r *Runner) attest(ctx context.Context, t *taskRun, drvs []string, how string) ([]capture.Result, error) {
 	if r.builder == nil {
 		return nil, errors.New("this runner does not attest: it has no signing key or NATS configured")
 	}
-	var out []capture.Result
 	for _, drv := range drvs {
-		res, err := r.attestOne(ctx, t, drv, how)
-		if err != nil {
+		if err := r.checkDrv(ctx, drv); err != nil {
 			t.rep.Logf("::warning::provenix: not attested %s: %v", drv, err)
-			return out, fmt.Errorf("%s: %w", drv, err)
+			return nil, fmt.Errorf("%s: %w", drv, err)
 		}
-		out = append(out, *res)
+	}
+	since := t.started.Truncate(time.Second)
+	return r.attestClosure(ctx, t, drvs, how, func(pi nix.PathInfo) bool { return !pi.Registered.Before(since) })
+}
+
+// checkDrv holds a derivation path that came from the job to what the
+// runner (maybe root) may open: a registered, regular file directly in
+// the store, so a job cannot point the runner at its key through a
+// symlink.
+func (r *Runner) checkDrv(ctx context.Context, drv string) error {
+	n := r.builder.Nix
+	if filepath.Dir(drv) != storeDir {
+		return fmt.Errorf("not in %s", storeDir)
+	}
+	if fi, err := os.Lstat(n.RealPath(drv)); err != nil || !fi.Mode().IsRegular() {
+		return errors.New("not a regular file in the store")
+	}
+	if inv, err := n.Invalid(ctx, drv); err != nil || len(inv) > 0 {
+		return errors.New("not a valid store path")
+	}
+	if _, err := n.ReadDerivation(drv); err != nil {
+		// Not echoing the parser's words: they may quote the file.
+		return errors.New("not a derivation")
+	}
+	return nil
+}
+
+// attestClosure publishes drvs and their built closure, the outputs
+// eligible says the job built, skipping derivations the job had attested
+// already, and reports each published derivation to the job.
+func (r *Runner) attestClosure(ctx context.Context, t *taskRun, drvs []string, how string, eligible func(nix.PathInfo) bool) ([]capture.Result, error) {
+	w := *t.workflow
+	w.Capture = how
+	pubs, err := r.builder.PublishClosure(ctx, builder.Target{
+		Installable:  attest.Installable{Kind: "drv", Ref: drvs[0]},
+		Workflow:     &w,
+		InvocationID: t.invoc,
+	}, drvs, builder.ClosureOptions{
+		Started: t.started, Finished: time.Now(),
+		Eligible: eligible,
+		Skip: func(drv string) bool {
+			t.mu.Lock()
+			defer t.mu.Unlock()
+			return t.attested[drv]
+		},
+	})
+	var out []capture.Result
+	for _, p := range pubs {
+		t.mu.Lock()
+		t.attested[p.DrvPath] = true
+		t.mu.Unlock()
+		res := capture.Result{DrvPath: p.DrvPath, System: p.System, MsgID: p.MsgID, Duplicate: p.Duplicate, BuilderID: r.builder.BuilderID}
+		for _, o := range p.Outputs {
+			res.Outputs = append(res.Outputs, capture.Output{Name: o.Name, Path: o.Path, NarSHA256: o.NarHashHex(), NarSize: o.NarSize})
+		}
+		out = append(out, res)
+		with := ""
+		if len(p.Sources) > 0 {
+			with = fmt.Sprintf(", with %d sources", len(p.Sources))
+		}
+		t.rep.Logf("provenix: attested %s (%d outputs, %s) as builder %q%s", p.DrvPath, len(res.Outputs), how, r.builder.BuilderID, with)
+	}
+	if err != nil {
+		t.rep.Logf("::warning::provenix: not attested %v: %v", drvs, err)
+		return out, err
 	}
 	return out, nil
 }
 
-func (r *Runner) attestOne(ctx context.Context, t *taskRun, drv, how string) (*capture.Result, error) {
-	n := r.builder.Nix
-	// The path comes from the job: before the runner (maybe root) opens
-	// it, it must be a registered, regular file directly in the store, so
-	// a job cannot point the runner at its key through a symlink.
-	if filepath.Dir(drv) != storeDir {
-		return nil, fmt.Errorf("not in %s", storeDir)
-	}
-	if fi, err := os.Lstat(n.RealPath(drv)); err != nil || !fi.Mode().IsRegular() {
-		return nil, errors.New("not a regular file in the store")
-	}
-	if _, err := n.Registrations(ctx, drv); err != nil {
-		return nil, errors.New("not a valid store path")
-	}
-	d, err := n.ReadDerivation(drv)
-	if err != nil {
-		// Not echoing the parser's words: they may quote the file.
-		return nil, errors.New("not a derivation")
-	}
-	var outs []string
-	for _, o := range d.Outputs {
-		outs = append(outs, o.Path)
-	}
-	regs, err := n.Registrations(ctx, outs...)
-	if err != nil {
-		return nil, fmt.Errorf("outputs not realised: %w", err)
-	}
-	for _, reg := range regs {
-		// Only what this machine built is attested as built here.
-		if !reg.Ultimate {
-			return nil, fmt.Errorf("output %s was substituted or imported, not built on this runner", reg.Path)
-		}
-	}
-	w := *t.workflow
-	w.Capture = how
-	p, err := r.builder.Publish(ctx, drv, builder.Target{
-		Installable:  attest.Installable{Kind: "drv", Ref: drv},
-		Workflow:     &w,
-		InvocationID: t.invoc,
-	}, t.started, time.Now())
-	if err != nil {
-		return nil, err
-	}
-	t.mu.Lock()
-	t.attested[drv] = true
-	t.mu.Unlock()
-	res := &capture.Result{DrvPath: p.DrvPath, System: p.System, MsgID: p.MsgID, Duplicate: p.Duplicate, BuilderID: r.builder.BuilderID}
-	for _, o := range p.Outputs {
-		res.Outputs = append(res.Outputs, capture.Output{Name: o.Name, Path: o.Path, NarSHA256: o.NarHashHex(), NarSize: o.NarSize})
-	}
-	t.rep.Logf("provenix: attested %s (%d outputs, %s) as builder %q", drv, len(res.Outputs), how, r.builder.BuilderID)
-	return res, nil
-}
-
 // autoCapture attests derivations the store built while the job ran and
-// that no other job could have built.
+// that no other job could have built, with their closures.
 func (r *Runner) autoCapture(ctx context.Context, t *taskRun, win int) {
 	if r.builder == nil {
 		return
@@ -417,28 +430,29 @@ func (r *Runner) autoCapture(ctx context.Context, t *taskRun, win int) {
 		t.rep.Logf("::warning::provenix: listing what the job built: %v", err)
 		return
 	}
+	exclusive := func(pi nix.PathInfo) bool { return r.windows.Exclusive(win, pi.Registered) }
 	drvs := map[string]bool{}
 	for _, b := range built {
-		if !r.windows.Exclusive(win, b.Registered) {
+		if !exclusive(b) {
 			t.rep.Logf("provenix: %s was built while another job ran on this runner; not attested automatically (run 'provenix build' in the step for exact attribution)", b.Path)
 			continue
 		}
 		drvs[b.Deriver] = true
 	}
-	list := make([]string, 0, len(drvs))
-	for d := range drvs {
+	// One derivation at a time: one that fails does not hold back the
+	// others, and a closure published with an earlier one is skipped.
+	for _, d := range slices.Sorted(maps.Keys(drvs)) {
 		t.mu.Lock()
 		seen := t.attested[d]
 		t.mu.Unlock()
-		if !seen {
-			list = append(list, d)
+		if seen {
+			continue
 		}
-	}
-	sort.Strings(list)
-	for _, d := range list {
-		if _, err := r.attestOne(ctx, t, d, "automatic"); err != nil {
-			t.rep.Logf("::warning::provenix: not attested %s: %v", d, err)
+		if inv, err := r.builder.Nix.Invalid(ctx, d); err != nil || len(inv) > 0 {
+			t.rep.Logf("::warning::provenix: not attested %s: its derivation is not in the store", d)
+			continue
 		}
+		_, _ = r.attestClosure(ctx, t, []string{d}, "automatic", exclusive)
 	}
 }
 

@@ -316,13 +316,28 @@ func (v *Volunteer) handle(ctx context.Context, d *queue.Delivery, ackWait time.
 		}
 		return finish(ActionFailed, err)
 	}
-	pub, err := v.Builder.Publish(ctx, req.DrvPath, builder.Target{
+	// The closure this store built goes out with the vote: each
+	// dependency built here is one more vote of its own.
+	co := builder.ClosureOptions{Started: started, Finished: finished}
+	if action == ActionChecked {
+		co.Checked = []string{req.DrvPath}
+	}
+	pubs, err := v.Builder.PublishClosure(ctx, builder.Target{
 		Installable: attest.Installable{Kind: "drv", Ref: req.DrvPath},
-	}, started, finished)
+	}, []string{req.DrvPath}, co)
 	if err != nil {
 		// The outputs stay in this store, built here: a redelivery
 		// publishes them without building again.
 		return finish(ActionRetry, fmt.Errorf("publish: %w", err))
+	}
+	var pub *builder.Published
+	for i := range pubs {
+		if pubs[i].DrvPath == req.DrvPath {
+			pub = &pubs[i]
+		}
+	}
+	if pub == nil {
+		return finish(ActionRetry, fmt.Errorf("publish: %s was not among the results published", req.DrvPath))
 	}
 	pub.Built = finished.Sub(started)
 	out.Published = pub
@@ -414,7 +429,7 @@ func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs
 			return "", time.Time{}, time.Time{}, fmt.Errorf("build %s: %w", req.DrvPath, err)
 		}
 	}
-	regs, err := n.Registrations(ctx, req.Outputs...)
+	regs, err := n.PathInfos(ctx, req.Outputs...)
 	if err != nil {
 		return "", time.Time{}, time.Time{}, err
 	}

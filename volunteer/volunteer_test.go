@@ -192,7 +192,7 @@ func TestVolunteer(t *testing.T) {
 			t.Fatalf("volunteer output %s %x, builder A %s %x", got.Path, got.NarHash, pa.Outputs[0].Path, pa.Outputs[0].NarHash)
 		}
 		// Built in its own store, not copied.
-		regs, err := vb.Nix.Registrations(ctx, got.Path)
+		regs, err := vb.Nix.PathInfos(ctx, got.Path)
 		if err != nil || !regs[0].Ultimate {
 			t.Fatalf("volunteer's output not built there: %+v %v", regs, err)
 		}

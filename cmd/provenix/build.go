@@ -92,7 +92,11 @@ func newBuildCmd(g *globals) *cobra.Command {
 		Short: "Build with Nix, attest every output and publish the results",
 		Long: `Realise each TARGET with the host's Nix, stream every output's NAR through
 sha256 into staging, describe the build in an SLSA v1 provenance Statement,
-sign it with the builder key and publish one result per derivation.
+sign it with the builder key and publish one result per derivation: the
+target's, and one for every derivation of its runtime closure that this
+store built (not substituted), dependencies first. Content-addressed sources
+of the closure (builtins.path, builtins.toFile) travel with the first result
+that needs them.
 
 TARGET is one of:
   FILE.nix (or a directory with default.nix), with -A ATTR
@@ -101,7 +105,7 @@ TARGET is one of:
 
 By default it publishes to the 'provenix up' running on --data-dir, with that
 data directory's builder key and builder id "local".`,
-		Example: `  provenix build ./examples/hello.nix -A hello --arg busybox=/usr/bin/busybox
+		Example: `  provenix build ./examples/hello.nix -A hello --arg busybox /usr/bin/busybox
   provenix build --json /nix/store/...-hello.drv
   provenix build --nats-url nats://nats.example:4222 --key builder.key --builder-id ci-1 .#hello`,
 		Args: cobra.MinimumNArgs(1),
@@ -113,8 +117,8 @@ data directory's builder key and builder id "local".`,
 	f.builderFlags.register(cmd, "tenant the results belong to")
 	fl.BoolVar(&f.json, "json", false, "print results as JSON")
 	fl.StringVarP(&f.attr, "attr", "A", "", "attribute to build from a .nix file")
-	fl.StringArrayVar(&f.args, "arg", nil, "NAME=EXPR passed as --arg NAME EXPR to file targets")
-	fl.StringArrayVar(&f.argstrs, "argstr", nil, "NAME=VALUE passed as --argstr to file targets")
+	fl.StringArrayVar(&f.args, "arg", nil, "NAME EXPR (as Nix takes it) or NAME=EXPR, passed as --arg NAME EXPR to file targets")
+	fl.StringArrayVar(&f.argstrs, "argstr", nil, "NAME VALUE (as Nix takes it) or NAME=VALUE, passed as --argstr to file targets")
 	fl.StringVar(&f.rekorURL, "rekor-url", "", "also log each bundle in this Rekor v2 transparency log (verifiers can then require it: verify --require-tlog)")
 	fl.BoolVar(&f.noClosure, "no-closure", false, "do not stage the derivation's closure export (its .drv files and sources), which volunteers import to rebuild it")
 	fl.StringVar(&f.sourceRepo, "source-repo", "", "source repository URL to record (default: the target's git origin)")
@@ -122,7 +126,8 @@ data directory's builder key and builder id "local".`,
 	return cmd
 }
 
-// buildArgsCompat lets flag values use "NAME EXPR" pairs as Nix does, or NAME=EXPR.
+// parsePairs reads NAME=VALUE flag values (run joined Nix's two-token
+// --arg NAME EXPR into that form already).
 func parsePairs(flag string, vals []string) (map[string]string, error) {
 	m := make(map[string]string, len(vals))
 	for _, v := range vals {
@@ -180,9 +185,13 @@ func gitSource(ctx context.Context, file string) *attest.Source {
 
 // jsonPublished is the --json form of one published result.
 type jsonPublished struct {
-	DrvPath      string       `json:"drvPath"`
-	System       string       `json:"system"`
+	DrvPath string `json:"drvPath"`
+	System  string `json:"system"`
+	// Requested: a derivation of the targets; the others are their
+	// closure, built here.
+	Requested    bool         `json:"requested"`
 	Outputs      []jsonOutput `json:"outputs"`
+	Sources      []string     `json:"sources,omitempty"`
 	MsgID        string       `json:"msgId"`
 	Duplicate    bool         `json:"duplicate"`
 	BuildSeconds float64      `json:"buildSeconds"`
@@ -258,8 +267,8 @@ func runBuild(ctx context.Context, g *globals, f *buildFlags, targets []string) 
 	for _, t := range tgts {
 		pubs, err := b.Build(ctx, t)
 		for _, p := range pubs {
-			jp := jsonPublished{DrvPath: p.DrvPath, System: p.System, MsgID: p.MsgID, Duplicate: p.Duplicate,
-				BuildSeconds: p.Built.Seconds(), PubSeconds: p.Publish.Seconds()}
+			jp := jsonPublished{DrvPath: p.DrvPath, System: p.System, Requested: p.Requested, Sources: p.Sources,
+				MsgID: p.MsgID, Duplicate: p.Duplicate, BuildSeconds: p.Built.Seconds(), PubSeconds: p.Publish.Seconds()}
 			for _, o := range p.Outputs {
 				jp.Outputs = append(jp.Outputs, jsonOutput{Name: o.Name, Path: o.Path, NarSHA256: o.NarHashHex(), NarSize: o.NarSize})
 			}
@@ -282,9 +291,16 @@ func runBuild(ctx context.Context, g *globals, f *buildFlags, targets []string) 
 }
 
 func printPublished(g *globals, p jsonPublished, keyID, builderID string) {
-	fmt.Fprintf(g.stdout, "built %s (%s) in %.2fs\n", p.DrvPath, p.System, p.BuildSeconds)
+	if p.Requested {
+		fmt.Fprintf(g.stdout, "built %s (%s) in %.2fs\n", p.DrvPath, p.System, p.BuildSeconds)
+	} else {
+		fmt.Fprintf(g.stdout, "built %s (%s) in its closure\n", p.DrvPath, p.System)
+	}
 	for _, o := range p.Outputs {
 		fmt.Fprintf(g.stdout, "  %-4s %s\n       NAR sha256 %s, %d bytes\n", o.Name, o.Path, o.NarSHA256, o.NarSize)
+	}
+	for _, s := range p.Sources {
+		fmt.Fprintf(g.stdout, "  source %s\n", s)
 	}
 	state := "published"
 	if p.Duplicate {
@@ -323,7 +339,10 @@ func runBuildViaRunner(ctx context.Context, g *globals, f *buildFlags, rc *captu
 			built := time.Since(start)
 			res, err := rc.Attest(ctx, []string{drv})
 			for _, r := range res {
-				jp := jsonPublished{DrvPath: r.DrvPath, System: r.System, MsgID: r.MsgID, Duplicate: r.Duplicate, BuildSeconds: built.Seconds()}
+				jp := jsonPublished{DrvPath: r.DrvPath, System: r.System, Requested: r.DrvPath == drv, MsgID: r.MsgID, Duplicate: r.Duplicate}
+				if jp.Requested {
+					jp.BuildSeconds = built.Seconds()
+				}
 				for _, o := range r.Outputs {
 					jp.Outputs = append(jp.Outputs, jsonOutput{Name: o.Name, Path: o.Path, NarSHA256: o.NarSHA256, NarSize: o.NarSize})
 				}

@@ -91,7 +91,8 @@ func buildSample(t testing.TB, ctx context.Context, busybox string, extra ...str
 	t.Helper()
 	wd, _ := os.Getwd()
 	sample := filepath.Join(wd, "..", "..", "examples", "hello.nix")
-	args := append([]string{"build", "--json", sample, "-A", "hello", "--arg", "busybox=" + busybox,
+	// --arg in Nix's two-token form, --argstr as NAME=VALUE: both are taken.
+	args := append([]string{"build", "--json", sample, "-A", "hello", "--arg", "busybox", busybox,
 		"--argstr", "message=" + uniqueMessage(t), "--nix-option", "substituters="}, extra...)
 	stdout, stderr, code := cli(t, ctx, args...)
 	if code != 0 {
@@ -319,7 +320,7 @@ func TestEndToEndExternalNATS(t *testing.T) {
 	}
 	infos, err := client.PathInfo(ctx, out.Path)
 	if err != nil || hex.EncodeToString(infos[0].NarHash[:]) != out.NarSHA256 {
-		t.Fatalf("restored NAR: %v %x", err, infos)
+		t.Fatalf("restored NAR: %v %+v", err, infos)
 	}
 	if stdout, stderr, code := cli(t, ctx, "verify", "--data-dir", dir, "--cache", stack.CacheURL(), out.Path); code != 0 {
 		t.Fatalf("verify: exit %d\n%s\n%s", code, stdout, stderr)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -61,6 +62,16 @@ func (g *globals) logger() *slog.Logger {
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
 	root := newRootCmd(g)
+	// A command taking Nix arguments takes them as Nix does too: --arg
+	// NAME EXPR, two tokens (cobra would read one).
+	if c, _, err := root.Find(args); err == nil && c.Flags().Lookup("arg") != nil {
+		joined, err := nix.JoinArgs(args, "arg", "argstr")
+		if err != nil {
+			fmt.Fprintln(stderr, "provenix:", err)
+			return exitUsageErr
+		}
+		args = joined
+	}
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)
@@ -91,7 +102,7 @@ cache that stock nix substitutes from. 'provenix verify' checks the result.
 
 Quick start (one machine, embedded defaults):
   provenix up &                  # embedded NATS + cache pusher + cache server
-  provenix build ./examples/hello.nix -A hello --arg busybox=/usr/bin/busybox
+  provenix build ./examples/hello.nix -A hello --arg busybox /usr/bin/busybox
   provenix verify --cache http://127.0.0.1:8080 /nix/store/...-provenix-hello
 Or run everything at once: provenix demo`,
 		Version:       version,

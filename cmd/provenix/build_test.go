@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// TestBuildClosureJSON: `provenix build --json` of examples/closure.nix,
+// with Nix's own `--arg NAME EXPR` form, lists every derivation it
+// published: the six of the closure, dependencies first, the target last
+// and alone marked requested, and the two sources.
+func TestBuildClosureJSON(t *testing.T) {
+	busybox := requireNix(t)
+	ctx := ctxFor(t, 3*time.Minute)
+	s, err := queue.NewServer(queue.ServerConfig{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(context.Background()) })
+	c, err := queue.Connect(ctx, s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(t.TempDir(), "builder.key")
+	if _, stderr, code := cli(t, ctx, "key", "generate", "--builder", key); code != 0 {
+		t.Fatal(stderr)
+	}
+	wd, _ := os.Getwd()
+	stdout, stderr, code := cli(t, ctx, "build", "--json", "--nats-url", s.ClientURL(), "--key", key,
+		"--store", t.TempDir(), "--nix-option", "sandbox=false", "--nix-option", "substituters=",
+		filepath.Join(wd, "..", "..", "examples", "closure.nix"), "-A", "top",
+		"--arg", "busybox", busybox, "--argstr", "message", uniqueMessage(t))
+	if code != 0 {
+		t.Fatalf("provenix build: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	var pubs []jsonPublished
+	if err := json.Unmarshal([]byte(stdout), &pubs); err != nil {
+		t.Fatalf("build --json output %q: %v", stdout, err)
+	}
+	if len(pubs) != 6 {
+		t.Fatalf("%d derivations listed, want 6:\n%s", len(pubs), stdout)
+	}
+	var sources int
+	for i, p := range pubs {
+		last := i == len(pubs)-1
+		if p.Requested != last || last != strings.HasSuffix(p.DrvPath, "-closure-top.drv") {
+			t.Errorf("%d: %s requested=%v", i, p.DrvPath, p.Requested)
+		}
+		sources += len(p.Sources)
+	}
+	if sources != 2 {
+		t.Errorf("%d sources listed, want busybox and greeting.txt", sources)
+	}
+}
