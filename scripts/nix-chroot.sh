@@ -57,11 +57,12 @@ build_one() {
   tmp=$(mktemp -d "$tools/.nix-chroot-$suite.XXXXXX")
   echo "nix-chroot: debootstrap $suite with nix-bin into $dir (~1–1.5 min)" >&2
   # There is no debootstrap script for forky yet; trixie's works for both.
-  # debootstrap ends with "Failure while configuring base packages"
-  # (libdbd-sqlite3-perl fails to configure in a minbase root): the Nix
-  # binaries are unpacked and work, so its status is not trusted either way;
-  # `nix --version` inside the chroot decides.
-  /usr/sbin/debootstrap --variant=minbase --include=nix-bin,busybox-static \
+  # libdbi-perl: nix-bin needs libdbd-sqlite3-perl, which depends on the
+  # virtual perl-dbdabi-94 that debootstrap does not resolve; without it
+  # debootstrap retries configuring five times and ends with "Failure while
+  # configuring base packages". The Nix binaries work even then, so its
+  # status is not trusted either way: `nix --version` inside decides.
+  /usr/sbin/debootstrap --variant=minbase --include=nix-bin,busybox-static,libdbi-perl \
     "$suite" "$tmp" "$mirror" /usr/share/debootstrap/scripts/trixie >"$tmp.log" 2>&1 || true
   unmount_under "$tmp"
   # mktemp made it 0700: as the chroot's "/", that would shut out every
@@ -78,7 +79,14 @@ sandbox = false
 experimental-features = nix-command
 allowed-users = *
 EOF
-  if ! version=$(chroot "$tmp" nix --version 2>&1); then
+  # Nix reads /proc/self/exe: mount proc for the check, then unmount it.
+  mount -t proc proc "$tmp/proc"
+  trap 'unmount_under "$tmp"' EXIT
+  local ok=1
+  version=$(chroot "$tmp" nix --version 2>&1) || ok=0
+  unmount_under "$tmp"
+  trap - EXIT
+  if [ $ok = 0 ]; then
     echo "nix-chroot: $suite: nix does not run in the new chroot: $version" >&2
     echo "nix-chroot: debootstrap's log ($tmp.log), last lines:" >&2
     tail -20 "$tmp.log" >&2
