@@ -70,12 +70,15 @@ build_one() {
   chmod 755 "$tmp"
   mkdir -p "$tmp/etc/nix"
   # Offline, no build users (root builds through the local store or the
-  # chroot's own daemon), no sandbox (no user namespaces needed in a chroot),
-  # and jobs of any user may use the daemon.
+  # chroot's own daemon), and jobs of any user may use the daemon. The
+  # sandbox stays on, as on the host: builds into a chroot store need it.
+  # The kernel refuses it to a plain chroot(2) (no user namespaces there);
+  # internal/testnix enters the root with pivot_root in a mount namespace,
+  # where it works. A plain `chroot DIR nix-build` needs --option sandbox false.
   cat >"$tmp/etc/nix/nix.conf" <<'EOF'
 build-users-group =
 substituters =
-sandbox = false
+sandbox = true
 experimental-features = nix-command
 allowed-users = *
 EOF

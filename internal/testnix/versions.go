@@ -63,14 +63,35 @@ func (e *Env) HostPath(path string) string {
 	return filepath.Join(e.Root, path)
 }
 
-// Command runs name inside the environment (chroot ROOT name args...). In a
-// chroot, PATH is the chroot's, TMPDIR is /tmp, and the rest of the test's
-// environment passes through; set cmd.Env after appending to it.
+// enterRoot makes $1 the root of a private mount namespace and runs the
+// rest of its arguments there. A plain chroot(2) would do for most
+// commands, but the kernel refuses user namespaces to a chrooted process,
+// and Nix's build sandbox needs one; without the sandbox a build into a
+// chroot store (nix --store DIR, as the nix package's tests and volunteers
+// do) cannot see its inputs at /nix/store. pivot_root gives the process a
+// root that is its namespace's own, so the sandbox works. No fork: the
+// command keeps this process's PID, so killing it kills the command.
+const enterRoot = `set -e
+mount --rbind "$1" "$1"
+cd "$1"
+mkdir -p .oldroot
+pivot_root . .oldroot
+cd /
+umount -l /.oldroot
+shift
+exec "$@"`
+
+// Command runs name inside the environment. For a chroot, it runs with the
+// chroot's directory as its root (in a private mount namespace: see
+// enterRoot), PATH is the chroot's, TMPDIR is /tmp, and the rest of the
+// test's environment passes through; set cmd.Env after appending to it.
+// Loopback is shared with the host.
 func (e *Env) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	if e.IsHost() {
 		return exec.CommandContext(ctx, name, args...)
 	}
-	cmd := exec.CommandContext(ctx, chrootBin(), append([]string{e.Root, name}, args...)...)
+	argv := append([]string{"--mount", "--propagation", "private", "sh", "-c", enterRoot, "sh", e.Root, name}, args...)
+	cmd := exec.CommandContext(ctx, unshareBin(), argv...)
 	cmd.Env = append(chrootEnv(), "PATH="+chrootPATH, "TMPDIR=/tmp")
 	return cmd
 }
@@ -201,7 +222,7 @@ func (e *Env) Daemon(t testing.TB) string {
 	exited := make(chan struct{})
 	go func() { _ = d.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		// `chroot` execs nix-daemon, so this is the daemon's own PID.
+		// Command execs nix-daemon, so this is the daemon's own PID.
 		_ = syscall.Kill(-d.Process.Pid, syscall.SIGTERM)
 		select {
 		case <-exited:
@@ -369,11 +390,11 @@ func lastField(s string) string {
 	return f[len(f)-1]
 }
 
-func chrootBin() string {
-	if p, err := exec.LookPath("chroot"); err == nil {
+func unshareBin() string {
+	if p, err := exec.LookPath("unshare"); err == nil {
 		return p
 	}
-	return "/usr/sbin/chroot"
+	return "/usr/bin/unshare"
 }
 
 // chrootEnv is the test's environment without what names host paths.
