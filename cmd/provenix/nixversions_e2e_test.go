@@ -194,7 +194,7 @@ func TestNixVersionsClosure(t *testing.T) {
 			if len(closure) != 9 {
 				t.Fatalf("%s: closure of top has %d paths, want 9 (top, left, right, multi-b, multi-b-dev, dep-a, fixed, greeting.txt, busybox):\n%s", env, len(closure), strings.Join(closure, "\n"))
 			}
-			waitNarinfos(t, stack.CacheURL(), closure, time.Minute)
+			waitNarinfos(t, stack.CacheURL(), closure, 30*time.Second)
 			root, err := envSubstitute(t, ctx, env, stack.CacheURL(), p.CachePub(), top)
 			if err != nil {
 				t.Fatal(err)
