@@ -82,22 +82,28 @@ func envSubstitute(t *testing.T, ctx context.Context, env *testnix.Env, cacheURL
 	return root, nil
 }
 
-// waitNarinfos waits until every path has a narinfo in the cache and fails
-// with the ones that never came.
-func waitNarinfos(t *testing.T, cacheURL string, paths []string, within time.Duration) {
+// waitNarinfos waits until every path has a narinfo in the stack's cache
+// and fails with the ones that never came, and what `provenix status` says
+// of each (a pusher that holds an entry says what it waits for).
+func waitNarinfos(t *testing.T, ctx context.Context, stack *up.Stack, paths []string, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	missing := paths
 	for {
 		missing = slices.DeleteFunc(slices.Clone(missing), func(p string) bool {
-			return narinfoStatus(cacheURL, p) == 200
+			return narinfoStatus(stack.CacheURL(), p) == 200
 		})
 		if len(missing) == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after %v, %d of the %d paths of the closure have no narinfo in the cache:\n  %s",
-				within, len(missing), len(paths), strings.Join(missing, "\n  "))
+			var why strings.Builder
+			for _, m := range missing {
+				stdout, stderr, code := cli(t, ctx, "status", "--data-dir", stack.Paths().Dir, "--nats-url", stack.NATSURL(),
+					"--nats-token-file", stack.Paths().NATSToken(), m)
+				fmt.Fprintf(&why, "  %s\n    status (exit %d): %s%s\n", m, code, strings.ReplaceAll(strings.TrimSpace(stdout), "\n", "\n    "), stderr)
+			}
+			t.Fatalf("after %v, %d of the %d paths have no narinfo in the cache:\n%s", within, len(missing), len(paths), why.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -194,7 +200,7 @@ func TestNixVersionsClosure(t *testing.T) {
 			if len(closure) != 9 {
 				t.Fatalf("%s: closure of top has %d paths, want 9 (top, left, right, multi-b, multi-b-dev, dep-a, fixed, greeting.txt, busybox):\n%s", env, len(closure), strings.Join(closure, "\n"))
 			}
-			waitNarinfos(t, stack.CacheURL(), closure, 30*time.Second)
+			waitNarinfos(t, ctx, stack, closure, 30*time.Second)
 			root, err := envSubstitute(t, ctx, env, stack.CacheURL(), p.CachePub(), top)
 			if err != nil {
 				t.Fatal(err)
@@ -265,7 +271,8 @@ func TestNixVersionsVolunteer(t *testing.T) {
 // builds the sample and closure.nix -A top twice each: with `provenix
 // build` (step capture) and plain `nix-build` (automatic capture). Each
 // result must reach the cache complete enough that stock nix of that
-// version installs it from an empty store.
+// version installs it from an empty store, including closure.nix's
+// fixed-output path, which is in the store before the job starts.
 func TestNixVersionsRunner(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the runner end-to-end test runs the runner as root with jobs as " + jobUser + "; run it as root (CI does)")
@@ -343,6 +350,11 @@ provenix:
 	owner, repo := forge.CreateRepo(t, "nixver-"+env.Name)
 	msg := uniqueMessage(t)
 	bb := env.Busybox(t)
+	// closure.nix's fixed-output derivation does not depend on the message:
+	// its output is in the store before the job, as a source tarball
+	// fetched by an earlier job would be. Content-addressed, it must still
+	// reach the cache with the closure that needs it.
+	env.Output(t, ctx, "nix-build", files+"/closure.nix", "-A", "fixed", "--arg", "busybox", bb, "--no-out-link")
 	// The chroot has no git: the job reads the expressions from files the
 	// test put where the job user can read them.
 	workflow := fmt.Sprintf(`name: build
@@ -384,7 +396,7 @@ jobs:
 	plainTop := find(`plain-top=(/nix/store/[0-9a-z]{32}-closure-top)`)
 
 	installs := func(t *testing.T, path string, check func(t *testing.T, root string)) {
-		waitNarinfo(t, stack.CacheURL(), path)
+		waitNarinfos(t, ctx, stack, []string{path}, 30*time.Second)
 		root, err := envSubstitute(t, ctx, env, stack.CacheURL(), p.CachePub(), path)
 		if err != nil {
 			t.Fatal(err)
