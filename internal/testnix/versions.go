@@ -28,7 +28,8 @@ var Suites = []string{"trixie", "forky"}
 const JobUser = "provenix-job"
 
 // envBin is where the helper puts the static provenix and the host's busybox
-// inside a chroot; on the host they live in hostBin().
+// inside a chroot; on the host, provenix is built into the temp dir and
+// busybox is the host's own.
 const envBin = "/provenix/bin"
 
 // chrootPATH is PATH for commands run inside a chroot: the helper's binaries
