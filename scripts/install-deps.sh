@@ -4,7 +4,8 @@
 #   external-NATS test) from Debian/Ubuntu packages, and cosign v3.1.3 (the
 #   independent bundle verifier) built from the Go module proxy and cached
 #   in $(go env GOPATH)/bin, so only the first run pays its ~12 minutes.
-#   Test mode also builds Gitea 1.26.4 once (scripts/gitea.sh) for internal/testforge.
+#   Test mode also builds Gitea 1.26.4 once (scripts/gitea.sh) for internal/testforge,
+#   and chroots with Debian trixie's and forky's Nix (scripts/nix-chroot.sh).
 # Usage: scripts/install-deps.sh [demo|test]   (demo skips nats-server and cosign)
 set -euo pipefail
 what=${1:-test}
@@ -67,4 +68,11 @@ if [ "$what" = test ]; then
   "$(dirname "$0")/fulcio.sh" build # Fulcio 1.8.5, the real keyless CA of internal/testfulcio (a few min once)
   "$(dirname "$0")/tsa.sh" build # timestamp-authority 2.1.3, the real RFC 3161 TSA of internal/testtsa (~1.5 min once)
   "$(dirname "$0")/versitygw.sh" build # versitygw 1.8.0, the real S3 server of internal/tests3 (~2 min once)
+  # Debian trixie's Nix 2.26 and forky's 2.34 in chroots, for the tests
+  # that run under every Nix version (internal/testnix; ~1.5–2.5 min each once).
+  if [ "$(uname -s)" = Linux ] && [ "$(id -u)" -eq 0 ]; then
+    "$(dirname "$0")/nix-chroot.sh" build
+  else
+    echo "install-deps: note: the Nix 2.26/2.34 chroots need root on Linux: sudo scripts/nix-chroot.sh build" >&2
+  fi
 fi
