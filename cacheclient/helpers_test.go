@@ -112,7 +112,7 @@ func (c *testCache) publish(t testing.TB, storePath string, narBytes, file []byt
 	t.Helper()
 	fh := sha256.Sum256(file)
 	nh := sha256.Sum256(narBytes)
-	ext := map[string]string{"zstd": ".nar.zst", "xz": ".nar.xz", "none": ".nar"}[compression]
+	ext := map[string]string{"zstd": ".nar.zst", "xz": ".nar.xz", "none": ".nar", "bzip2": ".nar.bz2"}[compression]
 	url := "nar/" + nixbase32.EncodeToString(fh[:]) + ext
 	c.write(t, url, file)
 	ni := &narinfo.NarInfo{
