@@ -22,7 +22,7 @@ import (
 const (
 	maxZstdWindow = 128 << 20
 	// compressedSlack is how far a compressed NAR may exceed its NarSize
-	// when the narinfo has no FileSize (incompressible data grows a little).
+	// beyond an eighth of it (incompressible data grows a little).
 	compressedSlack = 1 << 20
 )
 
@@ -59,10 +59,13 @@ func (c *Client) NAR(ctx context.Context, ni *narinfo.NarInfo) (io.ReadCloser, e
 		return nil, err
 	}
 	// The compressed stream is bounded too, so that an endless body (zstd
-	// skippable frames decompress to nothing) cannot keep us reading.
-	fileLimit := ni.FileSize
-	if fileLimit == 0 || ni.Compression == "none" {
-		fileLimit = ni.NarSize + ni.NarSize/8 + compressedSlack
+	// skippable frames decompress to nothing) cannot keep us reading. No
+	// compressor Nix uses grows data by an eighth, and FileSize, when
+	// given, bounds it further; FileSize alone cannot be the bound, since
+	// it is not part of the signed fingerprint.
+	fileLimit := ni.NarSize + ni.NarSize/8 + compressedSlack
+	if ni.FileSize > 0 && ni.FileSize < fileLimit && ni.Compression != "none" {
+		fileLimit = ni.FileSize
 	}
 	body := &limited{r: resp.Body, left: fileLimit, what: "compressed NAR", url: u}
 	nr := &narReader{url: u, body: resp.Body, src: body, left: ni.NarSize + 1, wantSize: ni.NarSize, h: sha256.New()}
@@ -161,7 +164,10 @@ func (r *narReader) Read(p []byte) (int, error) {
 		// compressed bytes: the cache serves something else than its
 		// narinfo describes. A failing body is an I/O error, unless it was
 		// longer than FileSize.
-		if ioErr := r.src.ioErr; ioErr == nil || errors.Is(ioErr, errTooLong) {
+		switch ioErr := r.src.ioErr; {
+		case errors.Is(ioErr, errTooLong):
+			err = fmt.Errorf("%w: %v", ErrMismatch, ioErr)
+		case ioErr == nil:
 			err = fmt.Errorf("%w: %v", ErrMismatch, err)
 		}
 		r.err = fmt.Errorf("%s: %w", r.url, err)

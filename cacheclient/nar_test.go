@@ -133,9 +133,25 @@ func TestNARMismatch(t *testing.T) {
 		}
 	}
 
+	// An endless body under a forged FileSize (not signed): zstd skippable
+	// frames that decompress to nothing are refused after NarSize + 1/8 +
+	// 1 MiB of compressed bytes.
+	skippable := make([]byte, 0, 3<<20)
+	for len(skippable) < 3<<20 {
+		frame := []byte{0x50, 0x2a, 0x4d, 0x18, 0xf8, 0xff, 0, 0}
+		skippable = append(append(skippable, frame...), make([]byte, 0xfff8)...)
+	}
+	sp := randomStorePath("skippable")
+	ni := tc.publish(t, sp, narBytes, append(skippable, zstdOf(t, narBytes)...), "zstd")
+	ni.FileSize = 1 << 40
+	tc.putNarinfo(t, ni, tc.sk)
+	if _, err := c.VerifyNAR(ctx, ni); !errors.Is(err, cacheclient.ErrMismatch) || !strings.Contains(err.Error(), "longer than allowed") {
+		t.Errorf("endless compressed body: %v, want ErrMismatch (longer than allowed)", err)
+	}
+
 	// A NAR the narinfo points to that is missing; a URL leaving the cache.
-	sp := randomStorePath("gone")
-	ni := tc.publish(t, sp, narBytes, narBytes, "none")
+	sp = randomStorePath("gone")
+	ni = tc.publish(t, sp, narBytes, narBytes, "none")
 	os.Remove(filepath.Join(tc.dir, ni.URL))
 	if _, err := c.VerifyNAR(ctx, ni); !errors.Is(err, cacheclient.ErrNotFound) {
 		t.Errorf("missing NAR: %v, want ErrNotFound", err)

@@ -91,8 +91,8 @@ func (o *VerifyOptions) check() error {
 // builders.
 //
 // A verdict, verified or not, is a Report with a nil error: a narinfo that
-// is untrusted or names another path, a NAR that does not match, missing or
-// insufficient provenance. An error means no verdict could be reached: the
+// is untrusted or names another path, a NAR that is missing or does not
+// match, missing or insufficient provenance. An error means no verdict could be reached: the
 // narinfo is missing (ErrNotFound), the store path is invalid, the cache
 // cannot be read.
 //
@@ -127,7 +127,9 @@ func (c *Client) verifyNarinfo(ctx context.Context, rep *Report, ni *narinfo.Nar
 	rep.References = References(ni)
 	digest, err := c.verifyContent(ctx, ni)
 	rep.NarSHA256, rep.NarSize = hex.EncodeToString(digest.SHA256[:]), digest.Size
-	if errors.Is(err, ErrMismatch) || errors.Is(err, ErrMalformed) {
+	if errors.Is(err, ErrMismatch) || errors.Is(err, ErrMalformed) || errors.Is(err, ErrNotFound) {
+		// A narinfo whose NAR is missing is a broken entry: stock Nix
+		// cannot substitute it either.
 		return rep.fail(err.Error()), nil
 	}
 	if err != nil {
