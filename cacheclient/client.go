@@ -234,6 +234,21 @@ func ParseNarinfo(b []byte) (*narinfo.NarInfo, error) {
 	if err := ni.Check(); err != nil {
 		return nil, fmt.Errorf("%w: narinfo: %v", ErrMalformed, err)
 	}
+	// go-nix's Check misses what CheckStorePath adds (prefix, dash, name
+	// rules); references and deriver are basenames in a narinfo.
+	if err := CheckStorePath(ni.StorePath); err != nil {
+		return nil, fmt.Errorf("%w: narinfo StorePath: %v", ErrMalformed, err)
+	}
+	for _, r := range ni.References {
+		if err := CheckStorePath(storepath.StoreDir + "/" + r); err != nil {
+			return nil, fmt.Errorf("%w: narinfo of %s: reference: %v", ErrMalformed, ni.StorePath, err)
+		}
+	}
+	if ni.Deriver != "" {
+		if err := CheckStorePath(storepath.StoreDir + "/" + ni.Deriver); err != nil {
+			return nil, fmt.Errorf("%w: narinfo of %s: deriver: %v", ErrMalformed, ni.StorePath, err)
+		}
+	}
 	if ni.NarHash == nil || ni.NarHash.Algo() != nixhash.SHA256 {
 		return nil, fmt.Errorf("%w: narinfo for %s has no sha256 NarHash", ErrMalformed, ni.StorePath)
 	}
