@@ -59,6 +59,11 @@ func TestNarinfo(t *testing.T) {
 		t.Fatalf("References %v, want [%s]", refs, dep)
 	}
 
+	// Like Nix, keys this client does not know are ignored.
+	if ni, err := cacheclient.ParseNarinfo([]byte(want.String() + "FutureField: x\n")); err != nil || ni.StorePath != sp {
+		t.Fatalf("narinfo with an unknown key: %v", err)
+	}
+
 	// A second trusted key besides the right one still accepts; a key of the
 	// same name but other bytes alone does not.
 	_, otherPub, _ := signature.GenerateKeypair("other-1", rand.Reader)
@@ -145,7 +150,8 @@ func TestNarinfoErrors(t *testing.T) {
 	// Garbage, an unknown key, an invalid reference, an oversized object.
 	for name, body := range map[string]string{
 		"garbage":       "this is not a narinfo\n",
-		"unknown field": "StorePath: " + sp + "\nFoo: bar\n",
+		"no key":        "StorePath: " + sp + "\nFoo\n",
+		"bad NarSize":   "StorePath: " + sp + "\nURL: nar/x.nar\nCompression: none\nNarHash: sha256:" + strings.Repeat("0", 52) + "\nNarSize: -1\nReferences: \n",
 		"bad reference": "StorePath: " + sp + "\nURL: nar/x.nar\nCompression: none\nNarHash: sha256:" + strings.Repeat("0", 52) + "\nNarSize: 1\nReferences: ../../etc\n",
 		"md5 NarHash":   "StorePath: " + sp + "\nURL: nar/x.nar\nCompression: none\nNarHash: md5:" + strings.Repeat("0", 32) + "\nNarSize: 1\nReferences: \n",
 		"oversized":     strings.Repeat("References: \n", 400000),

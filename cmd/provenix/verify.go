@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path"
 	"strings"
@@ -232,7 +231,7 @@ func (f *verifyFlags) cacheClient(g *globals) (*cacheclient.Client, error) {
 	}
 	c, err := cacheclient.New(cacheclient.Options{
 		URL: f.cache, PublicKeys: keys, Logger: g.logger(),
-		HTTP: &http.Client{Timeout: 10 * time.Minute},
+		RequestTimeout: 10 * time.Minute,
 	})
 	if err != nil {
 		return nil, usageError("--cache/--cache-key: %v", err)
