@@ -24,6 +24,9 @@ const (
 	// compressedSlack is how far a compressed NAR may exceed its NarSize
 	// beyond an eighth of it (incompressible data grows a little).
 	compressedSlack = 1 << 20
+	// maxNarSize keeps the size arithmetic far from overflowing; no store
+	// path comes near 1 PiB.
+	maxNarSize = 1 << 50
 )
 
 // NARDigest is what a NAR hashed to.
@@ -48,6 +51,9 @@ func (c *Client) NAR(ctx context.Context, ni *narinfo.NarInfo) (io.ReadCloser, e
 	}
 	if ni.NarHash == nil || len(ni.NarHash.Digest()) != sha256.Size {
 		return nil, fmt.Errorf("%s: %w: narinfo for %s has no sha256 NarHash", c.base, ErrMalformed, ni.StorePath)
+	}
+	if ni.NarSize > maxNarSize {
+		return nil, fmt.Errorf("%s: %w: narinfo for %s claims a %d-byte NAR", c.base, ErrMalformed, ni.StorePath, ni.NarSize)
 	}
 	switch ni.Compression {
 	case "zstd", "xz", "bzip2", "none":

@@ -162,6 +162,11 @@ func TestNARMismatch(t *testing.T) {
 			t.Errorf("URL %q: %v, want ErrMalformed", u, err)
 		}
 	}
+	ni.URL = "nar/x.nar"
+	ni.NarSize = 1<<64 - 1
+	if _, err := c.VerifyNAR(ctx, ni); !errors.Is(err, cacheclient.ErrMalformed) {
+		t.Errorf("NarSize 2^64-1: %v, want ErrMalformed", err)
+	}
 	ni.URL, ni.Compression = "nar/x.nar.br", "br"
 	if _, err := c.VerifyNAR(ctx, ni); err == nil || !strings.Contains(err.Error(), "not supported") {
 		t.Errorf("unknown compression: %v", err)
