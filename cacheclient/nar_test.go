@@ -167,6 +167,7 @@ func TestNARMismatch(t *testing.T) {
 	if _, err := c.VerifyNAR(ctx, ni); !errors.Is(err, cacheclient.ErrMalformed) {
 		t.Errorf("NarSize 2^64-1: %v, want ErrMalformed", err)
 	}
+	ni.NarSize = 100
 	ni.URL, ni.Compression = "nar/x.nar.br", "br"
 	if _, err := c.VerifyNAR(ctx, ni); err == nil || !strings.Contains(err.Error(), "not supported") {
 		t.Errorf("unknown compression: %v", err)
