@@ -83,33 +83,14 @@ Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 				if err != nil {
 					return err
 				}
-				if f.json {
-					if err := writeJSON(g, cr); err != nil {
-						return err
-					}
-				} else {
-					printClosureSummary(g, cr)
-				}
-				if !cr.Verified {
-					return &exitError{code: exitFailed, err: fmt.Errorf("not verified: %d of %d paths of the closure", cr.Bad, cr.Total)}
-				}
-				return nil
+				return f.finish(g, cr, func() { printClosureSummary(g, cr) }, cr.Verified,
+					fmt.Sprintf("%d of %d paths of the closure", cr.Bad, cr.Total))
 			}
 			rep, err := runVerify(cmd.Context(), g, f, args[0])
 			if err != nil {
 				return err
 			}
-			if f.json {
-				if err := writeJSON(g, rep); err != nil {
-					return err
-				}
-			} else {
-				printReport(g, rep)
-			}
-			if !rep.Verified {
-				return &exitError{code: exitFailed, err: errors.New("not verified: " + rep.Reason)}
-			}
-			return nil
+			return f.finish(g, rep, func() { printReport(g, rep) }, rep.Verified, rep.Reason)
 		},
 	}
 	fl := cmd.Flags()
@@ -129,6 +110,22 @@ Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 	fl.IntVar(&f.quorum, "quorum", 1, "require this many distinct trusted builders to attest the NAR")
 	fl.BoolVar(&f.closure, "closure", false, "with --cache, verify every path of STOREPATH's closure (narinfo References, transitively)")
 	return cmd
+}
+
+// finish prints a verdict (JSON or text) and turns "not verified" into
+// exit status 1.
+func (f *verifyFlags) finish(g *globals, v any, text func(), verified bool, why string) error {
+	if f.json {
+		if err := writeJSON(g, v); err != nil {
+			return err
+		}
+	} else {
+		text()
+	}
+	if !verified {
+		return &exitError{code: exitFailed, err: errors.New("not verified: " + why)}
+	}
+	return nil
 }
 
 // report is what verify found about one path (cacheclient's type, so that
