@@ -52,7 +52,8 @@ func (c *Client) VerifyClosure(ctx context.Context, root string, o ClosureOption
 	if o.Concurrency <= 0 {
 		o.Concurrency = 4
 	}
-	nodes, err := c.walk(ctx, root, o.Concurrency)
+	// narinfos are small: the walk can have more requests in flight.
+	nodes, err := c.walk(ctx, root, 4*o.Concurrency)
 	if err != nil {
 		return nil, err
 	}
