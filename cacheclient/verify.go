@@ -68,6 +68,10 @@ type VerifyOptions struct {
 	// Bundles, when not nil, are checked instead of the cache's provenance
 	// sidecar.
 	Bundles [][]byte
+	// Distinct, when set, maps a verified builder id to what counts as one
+	// builder for Quorum (the pusher's policy counts builders, owners or
+	// hosts: policy.DistinctKey); nil counts builder ids.
+	Distinct func(builderID string) string
 }
 
 func (o *VerifyOptions) check() error {
@@ -150,7 +154,7 @@ func (c *Client) verifyNarinfo(ctx context.Context, rep *Report, ni *narinfo.Nar
 			}
 		}
 	}
-	AssessBundles(rep, o.Verifier, bundles, o.Quorum)
+	AssessBundles(rep, bundles, o)
 	if !rep.Verified && ni.CA != "" {
 		// verifyContent checked the content address: the store path
 		// itself names these bytes, no builder needs to be trusted (nor a
@@ -170,23 +174,26 @@ func (c *Client) verifyContent(ctx context.Context, ni *narinfo.NarInfo) (NARDig
 	return c.verifyCA(ctx, ni)
 }
 
-// AssessBundles checks bundles against rep's store path, NAR digest, size
-// and references (filled by the caller) and sets rep's verdict: verified
-// when at least quorum distinct trusted builders attest exactly this NAR.
-// It serves verification of cache entries, local store paths and NAR files
-// alike.
+// AssessBundles checks bundles with o.Verifier against rep's store path, NAR
+// digest, size and references (filled by the caller; nil References are
+// not compared) and sets rep's verdict: verified when at least o.Quorum
+// distinct trusted builders attest exactly this NAR. It serves
+// verification of cache entries, local store paths and NAR files alike;
+// o.Bundles is not used (bundles are the argument).
 //
-// TODO(issue 11 item 3): count distinct builders the way the pusher's
-// policy does (policy.DistinctKey: builders, owners or hosts), through the
-// one quorum implementation that issue asks for; today this counts distinct
-// builder ids.
-func AssessBundles(rep *Report, v *attest.Verifier, bundles [][]byte, quorum int) {
+// TODO(issue 11 item 3): one quorum implementation for the pusher, status
+// and verify. Until then a caller that has the pusher's policy passes
+// o.Distinct (policy.DistinctKey) to count as it does; without it, distinct
+// builder ids are counted.
+func AssessBundles(rep *Report, bundles [][]byte, o VerifyOptions) {
+	v, quorum := o.Verifier, max(o.Quorum, 1)
+	distinct := o.Distinct
+	if distinct == nil {
+		distinct = func(id string) string { return id }
+	}
 	var narHash [32]byte
 	if d, err := hex.DecodeString(rep.NarSHA256); err == nil && len(d) == 32 {
 		copy(narHash[:], d)
-	}
-	if quorum < 1 {
-		quorum = 1
 	}
 	rep.Quorum = quorum
 	builders := map[string]bool{}
@@ -206,7 +213,7 @@ func AssessBundles(rep *Report, v *attest.Verifier, bundles [][]byte, quorum int
 		} else {
 			a.Verified = true
 			fillAttestation(&a, vf)
-			builders[vf.BuilderID] = true
+			builders[distinct(vf.BuilderID)] = true
 		}
 		rep.Attestations = append(rep.Attestations, a)
 	}

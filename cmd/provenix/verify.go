@@ -319,7 +319,7 @@ func runVerify(ctx context.Context, g *globals, f *verifyFlags, target string) (
 		}
 	}
 	rep.NarSHA256, rep.NarSize = hex.EncodeToString(d.SHA256[:]), d.Size
-	cacheclient.AssessBundles(rep, v, bundles, f.quorum)
+	cacheclient.AssessBundles(rep, bundles, cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum})
 	return rep, nil
 }
 
