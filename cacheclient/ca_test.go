@@ -162,6 +162,14 @@ func TestVerifyClosureWalk(t *testing.T) {
 	if !found || cr.Total != len(closure) {
 		t.Fatalf("missing dep not reported (total %d)", cr.Total)
 	}
+	// The root's narinfo signed by another key: a verdict (the root NOT
+	// VERIFIED, nothing followed), not an error.
+	other := newTestCache(t)
+	testcache.Publish(t, ctx, tc.dir, other.sk, top)
+	cr, err = c.VerifyClosure(ctx, top, cacheclient.ClosureOptions{VerifyOptions: cacheclient.VerifyOptions{Verifier: v}})
+	if err != nil || cr.Total != 1 || cr.Verified || !strings.Contains(cr.Paths[0].Reason, "not signed by a trusted cache key") {
+		t.Fatalf("untrusted root: %v %+v", err, cr)
+	}
 	// The root missing: no verdict.
 	os.Remove(filepath.Join(tc.dir, cacheclient.NarinfoKey(top)))
 	if _, err := c.VerifyClosure(ctx, top, cacheclient.ClosureOptions{VerifyOptions: cacheclient.VerifyOptions{Verifier: v}}); !errors.Is(err, cacheclient.ErrNotFound) {

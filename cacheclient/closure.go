@@ -40,8 +40,9 @@ type ClosureReport struct {
 // narinfo cannot be trusted to list them. The closure is verified when
 // every path is.
 //
-// An error means no verdict: root's own narinfo is missing (ErrNotFound),
-// or the cache could not be read.
+// An error means no verdict: root is not a store path (ErrInvalidPath),
+// root's own narinfo is missing (ErrNotFound), or the cache could not be
+// read. An untrusted or mismatched root narinfo is a verdict, as in Verify.
 func (c *Client) VerifyClosure(ctx context.Context, root string, o ClosureOptions) (*ClosureReport, error) {
 	if err := o.check(); err != nil {
 		return nil, err
@@ -141,10 +142,12 @@ func (c *Client) walk(ctx context.Context, root string, conc int) ([]node, error
 				n := node{path: f.path, ni: ni}
 				switch {
 				case err == nil:
-				case f.by == "":
-					errs[i] = err // the root: no verdict without it
+				case errors.Is(err, ErrNotFound) && f.by == "":
+					errs[i] = err // the root: no verdict without it, as for Verify
 				case errors.Is(err, ErrNotFound):
 					n.rep = (&Report{StorePath: f.path, From: c.base}).fail("not in the cache (referenced by " + f.by + ")")
+				case errors.Is(err, ErrInvalidPath) && f.by == "":
+					errs[i] = err
 				case errors.Is(err, ErrUntrusted), errors.Is(err, ErrMismatch), errors.Is(err, ErrMalformed), errors.Is(err, ErrInvalidPath):
 					n.rep = (&Report{StorePath: f.path, From: c.base}).fail(err.Error())
 					if errors.Is(err, ErrUntrusted) {
