@@ -121,9 +121,10 @@ func TestVerifyClosureWalk(t *testing.T) {
 		testcache.Publish(t, ctx, tc.dir, tc.sk, p)
 	}
 	top := pathNamed(t, closure, "-closure-top")
-	var progress []int
+	var progress, walked []int
 	cr, err := c.VerifyClosure(ctx, top, cacheclient.ClosureOptions{
 		VerifyOptions: cacheclient.VerifyOptions{Verifier: v},
+		Walking:       func(found int) { walked = append(walked, found) },
 		Progress: func(done, total int, r *cacheclient.Report) {
 			if total != len(closure) {
 				t.Errorf("progress total %d, closure %d", total, len(closure))
@@ -136,6 +137,9 @@ func TestVerifyClosureWalk(t *testing.T) {
 	}
 	if cr.Total != len(closure) || len(progress) != len(closure) || cr.Paths[0].StorePath != top || cr.Verified {
 		t.Fatalf("closure report: total %d (want %d), progress %v, first %s, verified %v", cr.Total, len(closure), progress, cr.Paths[0].StorePath, cr.Verified)
+	}
+	if len(walked) == 0 || walked[len(walked)-1] != len(closure) {
+		t.Fatalf("walk progress %v, closure %d", walked, len(closure))
 	}
 	if cr.Good != 3 || cr.Bad != len(closure)-3 {
 		t.Fatalf("%d verified, %d not: want the 3 content-addressed paths verified", cr.Good, cr.Bad)

@@ -19,6 +19,9 @@ type ClosureOptions struct {
 	// number of paths done and the closure's size (known once the walk is
 	// over, which comes first). Calls are serialised.
 	Progress func(done, total int, r *Report)
+	// Walking, when set, is called as the walk finds paths (after each
+	// level of references) with how many it has found so far.
+	Walking func(found int)
 }
 
 // ClosureReport is the verdict on a closure: one Report per path, the root
@@ -54,7 +57,7 @@ func (c *Client) VerifyClosure(ctx context.Context, root string, o ClosureOption
 		o.Concurrency = 4
 	}
 	// narinfos are small: the walk can have more requests in flight.
-	nodes, err := c.walk(ctx, root, 4*o.Concurrency)
+	nodes, err := c.walk(ctx, root, 4*o.Concurrency, o.Walking)
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +123,7 @@ type node struct {
 
 // walk fetches narinfos breadth first from root, level by level, with up
 // to conc requests at once.
-func (c *Client) walk(ctx context.Context, root string, conc int) ([]node, error) {
+func (c *Client) walk(ctx context.Context, root string, conc int, walking func(int)) ([]node, error) {
 	type found struct {
 		path, by string
 	}
@@ -177,6 +180,9 @@ func (c *Client) walk(ctx context.Context, root string, conc int) ([]node, error
 			}
 		}
 		level = next
+		if walking != nil {
+			walking(len(nodes) + len(next))
+		}
 	}
 	return nodes, nil
 }

@@ -338,6 +338,15 @@ func runVerifyClosure(ctx context.Context, g *globals, f *verifyFlags, target st
 		return nil, err
 	}
 	o := cacheclient.ClosureOptions{VerifyOptions: cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum}}
+	// The walk fetches narinfos only; on a long closure over a slow link
+	// it still takes a while, so say how far it got every few seconds.
+	last := time.Now()
+	o.Walking = func(found int) {
+		if time.Since(last) > 2*time.Second {
+			last = time.Now()
+			fmt.Fprintf(g.stderr, "verify: %d paths of the closure found so far\n", found)
+		}
+	}
 	if !f.json {
 		o.Progress = func(done, total int, r *report) {
 			fmt.Fprintf(g.stdout, "[%d/%d] %s\n", done, total, closureLine(r))
