@@ -1,28 +1,23 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
 	"path"
 	"strings"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-	"github.com/nix-community/go-nix/pkg/narinfo"
-	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/spf13/cobra"
 
 	"codeberg.org/provenix/provenix/attest"
-	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/nix"
 )
 
@@ -41,6 +36,7 @@ type verifyFlags struct {
 	reqTlog   bool
 	cacheKey  string
 	quorum    int
+	closure   bool
 }
 
 func newVerifyCmd(g *globals) *cobra.Command {
@@ -55,6 +51,10 @@ and builder id. Then print who built it, from what, when, and the verdict.
 
 TARGET is one of:
   --cache URL STOREPATH     fetch narinfo, provenance and NAR from a binary cache
+  --cache URL --closure STOREPATH
+                            the same for every path of STOREPATH's closure,
+                            following the narinfos' References; a line per
+                            path as it is done, then a summary
   STOREPATH                 a path in the local store (bundle from --bundle or --cache)
   FILE.nar --bundle B --store-path P
 
@@ -64,27 +64,33 @@ data directory's policy.yaml. --require-tlog also demands that key-signed
 bundles carry an entry from a transparency log in --trusted-root (or in the
 policy's trusted_root), e.g. a Rekor v2 (rekor-tiles) log.
 
+From a cache, the NAR must match its narinfo's NarHash and NarSize (reading
+stops one byte past NarSize), and each bundle must attest the narinfo's
+NarSize and References. A content-addressed path (narinfo CA: sources,
+fixed-output derivation outputs, builtins.toFile) is verified by its content
+address instead: the CA hash must match the content and the store path must
+be the one Nix computes from it, so it needs no provenance and no quorum.
+
 Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 		Example: `  provenix verify --cache http://127.0.0.1:8080 --key builder.pub /nix/store/...-hello
+  provenix verify --cache http://127.0.0.1:8080 --cache-key keys/cache.pub --closure /nix/store/...-top
   provenix verify --bundle hello.bundle.json --key builder.pub /nix/store/...-hello
   provenix verify --json --policy policy.yaml --bundle b.json --store-path /nix/store/...-hello hello.nar`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if f.closure {
+				cr, err := runVerifyClosure(cmd.Context(), g, f, args[0])
+				if err != nil {
+					return err
+				}
+				return f.finish(g, cr, func() { printClosureSummary(g, cr) }, cr.Verified,
+					fmt.Sprintf("%d of %d paths of the closure", cr.Bad, cr.Total))
+			}
 			rep, err := runVerify(cmd.Context(), g, f, args[0])
 			if err != nil {
 				return err
 			}
-			if f.json {
-				if err := writeJSON(g, rep); err != nil {
-					return err
-				}
-			} else {
-				printReport(g, rep)
-			}
-			if !rep.Verified {
-				return &exitError{code: exitFailed, err: errors.New("not verified: " + rep.Reason)}
-			}
-			return nil
+			return f.finish(g, rep, func() { printReport(g, rep) }, rep.Verified, rep.Reason)
 		},
 	}
 	fl := cmd.Flags()
@@ -102,38 +108,29 @@ Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 	fl.BoolVar(&f.reqSCT, "require-sct", false, "with --identity, also require a certificate transparency timestamp")
 	fl.StringVar(&f.cacheKey, "cache-key", "", "also require the narinfo to be signed by this Nix cache public key (NAME:BASE64 or a file)")
 	fl.IntVar(&f.quorum, "quorum", 1, "require this many distinct trusted builders to attest the NAR")
+	fl.BoolVar(&f.closure, "closure", false, "with --cache, verify every path of STOREPATH's closure (narinfo References, transitively)")
 	return cmd
 }
 
-// report is what verify found.
-type report struct {
-	StorePath    string        `json:"storePath"`
-	NarSHA256    string        `json:"narSha256"`
-	NarSize      uint64        `json:"narSize"`
-	From         string        `json:"from"`
-	Verified     bool          `json:"verified"`
-	Verdict      string        `json:"verdict"`
-	Reason       string        `json:"reason,omitempty"`
-	Quorum       int           `json:"quorum"`
-	NarinfoSig   string        `json:"narinfoSignature,omitempty"`
-	Attestations []attestation `json:"attestations"`
+// finish prints a verdict (JSON or text) and turns "not verified" into
+// exit status 1.
+func (f *verifyFlags) finish(g *globals, v any, text func(), verified bool, why string) error {
+	if f.json {
+		if err := writeJSON(g, v); err != nil {
+			return err
+		}
+	} else {
+		text()
+	}
+	if !verified {
+		return &exitError{code: exitFailed, err: errors.New("not verified: " + why)}
+	}
+	return nil
 }
 
-type attestation struct {
-	Verified    bool           `json:"verified"`
-	Error       string         `json:"error,omitempty"`
-	Builder     string         `json:"builder,omitempty"`
-	KeyID       string         `json:"keyId,omitempty"`
-	Derivation  string         `json:"derivation,omitempty"`
-	System      string         `json:"system,omitempty"`
-	Installable map[string]any `json:"installable,omitempty"`
-	Source      map[string]any `json:"source,omitempty"`
-	Workflow    map[string]any `json:"workflow,omitempty"`
-	NixVersion  string         `json:"nixVersion,omitempty"`
-	StartedOn   *time.Time     `json:"startedOn,omitempty"`
-	FinishedOn  *time.Time     `json:"finishedOn,omitempty"`
-	Invocation  string         `json:"invocationId,omitempty"`
-}
+// report is what verify found about one path (cacheclient's type, so that
+// the JSON output stays one format).
+type report = cacheclient.Report
 
 func (f *verifyFlags) verifier(g *globals) (*attest.Verifier, error) {
 	var tb []attest.TrustedBuilder
@@ -219,54 +216,78 @@ func (f *verifyFlags) verifier(g *globals) (*attest.Verifier, error) {
 	return v, nil
 }
 
-func runVerify(ctx context.Context, g *globals, f *verifyFlags, target string) (*report, error) {
+// cacheClient builds the client of --cache, trusting --cache-key when given.
+func (f *verifyFlags) cacheClient(g *globals) (*cacheclient.Client, error) {
+	var keys []string
+	if f.cacheKey != "" {
+		key := f.cacheKey
+		if b, err := os.ReadFile(key); err == nil {
+			key = strings.TrimSpace(string(b))
+		}
+		keys = append(keys, key)
+	}
+	c, err := cacheclient.New(cacheclient.Options{
+		URL: f.cache, PublicKeys: keys, Logger: g.logger(),
+		RequestTimeout: 10 * time.Minute,
+	})
+	if err != nil {
+		return nil, usageError("--cache/--cache-key: %v", err)
+	}
+	return c, nil
+}
+
+func (f *verifyFlags) check() error {
 	if f.quorum < 1 {
-		return nil, usageError("--quorum must be at least 1")
+		return usageError("--quorum must be at least 1")
 	}
 	if f.policy != "" && len(f.keys) > 0 {
-		return nil, usageError("give --key or --policy, not both")
+		return usageError("give --key or --policy, not both")
+	}
+	if f.closure && (f.cache == "" || f.bundle != "") {
+		return usageError("--closure needs --cache URL (and no --bundle): it verifies every path of the closure from the cache")
+	}
+	return nil
+}
+
+// cacheErr maps a cacheclient error that left no verdict to an exit error.
+func cacheErr(err error) error {
+	if errors.Is(err, cacheclient.ErrInvalidPath) {
+		return usageError("with --cache, TARGET is a store path: %v", err)
+	}
+	return &exitError{code: exitUsageErr, err: err}
+}
+
+func runVerify(ctx context.Context, g *globals, f *verifyFlags, target string) (*report, error) {
+	if err := f.check(); err != nil {
+		return nil, err
 	}
 	v, err := f.verifier(g)
 	if err != nil {
 		return nil, err
 	}
-	rep := &report{Quorum: f.quorum}
 	var bundles [][]byte
-	var narHash [32]byte
-
-	switch {
-	case f.cache != "":
-		if !strings.HasPrefix(target, "/") {
-			return nil, usageError("with --cache, TARGET is a store path")
-		}
-		rep.StorePath, rep.From = target, f.cache
-		c := &cacheClient{base: strings.TrimRight(f.cache, "/"), http: &http.Client{Timeout: 10 * time.Minute}}
-		ni, err := c.narinfo(ctx, target)
+	if f.bundle != "" {
+		b, err := os.ReadFile(f.bundle)
 		if err != nil {
 			return nil, &exitError{code: exitUsageErr, err: err}
 		}
-		if f.cacheKey != "" {
-			if err := checkNarinfoSig(ni, f.cacheKey); err != nil {
-				rep.NarinfoSig = err.Error()
-				return notVerified(rep, err.Error()), nil
-			}
-			rep.NarinfoSig = "valid"
+		bundles = append(bundles, b)
+	}
+	if f.cache != "" {
+		c, err := f.cacheClient(g)
+		if err != nil {
+			return nil, err
 		}
-		if narHash, rep.NarSize, err = c.narHash(ctx, ni); err != nil {
-			if errors.Is(err, errNarMismatch) {
-				return notVerified(rep, err.Error()), nil
-			}
-			return nil, &exitError{code: exitUsageErr, err: err}
+		rep, err := c.Verify(ctx, target, cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum, Bundles: bundles})
+		if err != nil {
+			return nil, cacheErr(err)
 		}
-		if f.bundle == "" {
-			sc, err := c.provenance(ctx, target)
-			if err != nil {
-				return nil, &exitError{code: exitUsageErr, err: err}
-			}
-			for _, b := range sc.Bundles {
-				bundles = append(bundles, b)
-			}
-		}
+		return rep, nil
+	}
+
+	rep := &report{}
+	var d cacheclient.NARDigest
+	switch {
 	case strings.HasSuffix(target, ".nar"):
 		if f.bundle == "" || f.storePath == "" {
 			return nil, usageError("a NAR file needs --bundle and --store-path")
@@ -277,7 +298,7 @@ func runVerify(ctx context.Context, g *globals, f *verifyFlags, target string) (
 			return nil, &exitError{code: exitUsageErr, err: err}
 		}
 		defer fh.Close()
-		if narHash, rep.NarSize, err = hashStream(fh); err != nil {
+		if d.SHA256, d.Size, err = hashStream(fh); err != nil {
 			return nil, &exitError{code: exitUsageErr, err: err}
 		}
 	default:
@@ -293,73 +314,89 @@ func runVerify(ctx context.Context, g *globals, f *verifyFlags, target string) (
 			real = path.Join(f.storeRoot, target)
 		}
 		var err error
-		if narHash, rep.NarSize, err = nix.HashNAR(real); err != nil {
+		if d.SHA256, d.Size, err = nix.HashNAR(real); err != nil {
 			return nil, &exitError{code: exitUsageErr, err: fmt.Errorf("read %s: %w", target, err)}
 		}
 	}
-	if f.bundle != "" {
-		b, err := os.ReadFile(f.bundle)
-		if err != nil {
-			return nil, &exitError{code: exitUsageErr, err: err}
-		}
-		bundles = append(bundles, b)
-	}
-	rep.NarSHA256 = fmt.Sprintf("%x", narHash)
-
-	builders := map[string]bool{}
-	var lastErr error
-	for _, b := range bundles {
-		a := attestation{}
-		vf, err := v.Verify(b, []attest.Subject{{Path: rep.StorePath, NarHash: narHash}})
-		if err != nil {
-			a.Error = err.Error()
-			lastErr = err
-			if p, perr := attest.InspectUnverified(b); perr == nil {
-				a.Builder = p.BuilderID + " (unverified claim)"
-			}
-		} else {
-			a.Verified = true
-			fillAttestation(&a, vf)
-			builders[vf.BuilderID] = true
-		}
-		rep.Attestations = append(rep.Attestations, a)
-	}
-	switch {
-	case len(bundles) == 0:
-		return notVerified(rep, "no provenance found"), nil
-	case len(builders) >= f.quorum:
-		rep.Verified = true
-		rep.Verdict = fmt.Sprintf("verified: %d of %d required trusted builder(s) attest this NAR", len(builders), f.quorum)
-		return rep, nil
-	case len(builders) == 0:
-		return notVerified(rep, lastErr.Error()), nil
-	default:
-		return notVerified(rep, fmt.Sprintf("quorum not met: %d distinct trusted builder(s), %d required", len(builders), f.quorum)), nil
-	}
+	rep.NarSHA256, rep.NarSize = hex.EncodeToString(d.SHA256[:]), d.Size
+	cacheclient.AssessBundles(rep, bundles, cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum})
+	return rep, nil
 }
 
-func notVerified(rep *report, reason string) *report {
-	rep.Verified = false
-	rep.Verdict = "NOT VERIFIED"
-	rep.Reason = reason
-	return rep
+// runVerifyClosure verifies target's closure from the cache, printing a
+// line per path as each is done (unless JSON is asked for).
+func runVerifyClosure(ctx context.Context, g *globals, f *verifyFlags, target string) (*cacheclient.ClosureReport, error) {
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	v, err := f.verifier(g)
+	if err != nil {
+		return nil, err
+	}
+	c, err := f.cacheClient(g)
+	if err != nil {
+		return nil, err
+	}
+	o := cacheclient.ClosureOptions{VerifyOptions: cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum}}
+	// The walk fetches narinfos only; on a long closure over a slow link
+	// it still takes a while, so say how far it got every few seconds.
+	last := time.Now()
+	o.Walking = func(found int) {
+		if time.Since(last) > 2*time.Second {
+			last = time.Now()
+			fmt.Fprintf(g.stderr, "verify: %d paths of the closure found so far\n", found)
+		}
+	}
+	if !f.json {
+		o.Progress = func(done, total int, r *report) {
+			fmt.Fprintf(g.stdout, "[%d/%d] %s\n", done, total, closureLine(r))
+		}
+	}
+	cr, err := c.VerifyClosure(ctx, target, o)
+	if err != nil {
+		return nil, cacheErr(err)
+	}
+	return cr, nil
 }
 
-func fillAttestation(a *attestation, v *attest.Verified) {
-	a.Builder, a.KeyID, a.Derivation, a.System = v.BuilderID, v.KeyID, v.DrvPath, v.System
-	a.Installable, _ = v.External["installable"].(map[string]any)
-	a.Source, _ = v.External["source"].(map[string]any)
-	a.Workflow, _ = v.External["workflow"].(map[string]any)
-	a.NixVersion, _ = v.Internal["nixVersion"].(string)
-	md := v.Predicate.GetRunDetails().GetMetadata()
-	a.Invocation = md.GetInvocationId()
-	if md.GetStartedOn() != nil {
-		t := md.GetStartedOn().AsTime()
-		a.StartedOn = &t
+// closureLine is one path's line of verify --closure.
+func closureLine(r *report) string {
+	if !r.Verified {
+		return fmt.Sprintf("✗ %s: %s", r.StorePath, r.Reason)
 	}
-	if md.GetFinishedOn() != nil {
-		t := md.GetFinishedOn().AsTime()
-		a.FinishedOn = &t
+	what := r.Verdict
+	if r.ContentAddress != "" {
+		what = "content-addressed (" + r.ContentAddress + ")"
+		if n := verifiedAttestations(r); n > 0 {
+			what += fmt.Sprintf(", %d attestation(s)", n)
+		}
+	} else if n := len(r.Attestations); n > 0 {
+		a := r.Attestations[0]
+		what = fmt.Sprintf("%s; built by %q", r.Verdict, a.Builder)
+	}
+	return fmt.Sprintf("✓ %s: %s", r.StorePath, what)
+}
+
+func verifiedAttestations(r *report) int {
+	n := 0
+	for _, a := range r.Attestations {
+		if a.Verified {
+			n++
+		}
+	}
+	return n
+}
+
+func printClosureSummary(g *globals, cr *cacheclient.ClosureReport) {
+	if cr.Verified {
+		fmt.Fprintf(g.stdout, "closure of %s: all %d paths verified\n", cr.Root, cr.Total)
+		return
+	}
+	fmt.Fprintf(g.stdout, "closure of %s: %d of %d paths NOT VERIFIED:\n", cr.Root, cr.Bad, cr.Total)
+	for _, r := range cr.Paths {
+		if !r.Verified {
+			fmt.Fprintf(g.stdout, "  %s: %s\n", r.StorePath, r.Reason)
+		}
 	}
 }
 
@@ -373,6 +410,9 @@ func printReport(g *globals, r *report) {
 	fmt.Fprintf(w, "  NAR sha256 %s, %d bytes (from %s)\n", r.NarSHA256, r.NarSize, r.From)
 	if r.NarinfoSig != "" {
 		fmt.Fprintf(w, "  narinfo signature: %s\n", r.NarinfoSig)
+	}
+	if r.ContentAddress != "" {
+		fmt.Fprintf(w, "  content address: %s\n", r.ContentAddress)
 	}
 	for i, a := range r.Attestations {
 		if !a.Verified {
@@ -420,124 +460,4 @@ func hashStream(r io.Reader) ([32]byte, uint64, error) {
 	n, err := io.Copy(h, r)
 	copy(sum[:], h.Sum(nil))
 	return sum, uint64(n), err
-}
-
-func checkNarinfoSig(ni *narinfo.NarInfo, key string) error {
-	if b, err := os.ReadFile(key); err == nil {
-		key = strings.TrimSpace(string(b))
-	}
-	pk, err := signature.ParsePublicKey(key)
-	if err != nil {
-		return fmt.Errorf("--cache-key: %w", err)
-	}
-	if !signature.VerifyFirst(ni.Fingerprint(), ni.Signatures, []signature.PublicKey{pk}) {
-		return fmt.Errorf("narinfo is not signed by cache key %s", pk.Name)
-	}
-	return nil
-}
-
-// errNarMismatch: the cache serves a NAR that is not what its narinfo says.
-var errNarMismatch = errors.New("NAR does not match its narinfo")
-
-// cacheClient reads a binary cache over HTTP.
-type cacheClient struct {
-	base string
-	http *http.Client
-}
-
-func (c *cacheClient) get(ctx context.Context, rel string) (*http.Response, error) {
-	u, err := url.JoinPath(c.base, rel)
-	if err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
-	}
-	return resp, nil
-}
-
-func (c *cacheClient) small(ctx context.Context, rel string) ([]byte, error) {
-	resp, err := c.get(ctx, rel)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > 4<<20 {
-		return nil, fmt.Errorf("%s: larger than 4 MiB", rel)
-	}
-	return b, nil
-}
-
-func (c *cacheClient) narinfo(ctx context.Context, storePath string) (*narinfo.NarInfo, error) {
-	if len(path.Base(storePath)) < 33 {
-		return nil, fmt.Errorf("%s is not a store path", storePath)
-	}
-	b, err := c.small(ctx, cachepush.NarinfoKey(storePath))
-	if err != nil {
-		return nil, err
-	}
-	ni, err := narinfo.Parse(bytes.NewReader(b))
-	if err != nil {
-		return nil, fmt.Errorf("narinfo for %s: %w", storePath, err)
-	}
-	if ni.StorePath != storePath {
-		return nil, fmt.Errorf("narinfo for %s names %s", storePath, ni.StorePath)
-	}
-	return ni, nil
-}
-
-func (c *cacheClient) provenance(ctx context.Context, storePath string) (*cachepush.Provenance, error) {
-	b, err := c.small(ctx, cachepush.ProvenanceKey(storePath))
-	if err != nil {
-		return nil, fmt.Errorf("provenance: %w", err)
-	}
-	return cachepush.ParseProvenance(b)
-}
-
-// narHash downloads the NAR of ni, decompressing as it streams, and checks
-// it against the narinfo's NarHash and NarSize.
-func (c *cacheClient) narHash(ctx context.Context, ni *narinfo.NarInfo) ([32]byte, uint64, error) {
-	var sum [32]byte
-	if strings.Contains(ni.URL, "..") || strings.HasPrefix(ni.URL, "/") || strings.Contains(ni.URL, "://") {
-		return sum, 0, fmt.Errorf("narinfo URL %q leaves the cache", ni.URL)
-	}
-	resp, err := c.get(ctx, ni.URL)
-	if err != nil {
-		return sum, 0, err
-	}
-	defer resp.Body.Close()
-	var r io.Reader = resp.Body
-	switch ni.Compression {
-	case "zstd":
-		d, err := zstd.NewReader(resp.Body, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return sum, 0, err
-		}
-		defer d.Close()
-		r = d
-	case "none", "":
-	default:
-		return sum, 0, fmt.Errorf("NAR compression %q is not supported (zstd and none are)", ni.Compression)
-	}
-	sum, n, err := hashStream(r)
-	if err != nil {
-		return sum, 0, fmt.Errorf("download %s: %w", ni.URL, err)
-	}
-	if ni.NarHash == nil || !bytes.Equal(ni.NarHash.Digest(), sum[:]) || n != ni.NarSize {
-		return sum, n, fmt.Errorf("%w: got %d bytes sha256 %x, narinfo says %d bytes %v", errNarMismatch, n, sum, ni.NarSize, ni.NarHash)
-	}
-	return sum, n, nil
 }
