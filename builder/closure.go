@@ -57,7 +57,8 @@ type step struct {
 // (the closure grows by those not referenced from the requested ones, and
 // by what they refer to), in dependency order; and every content-addressed
 // path no derivation produces (a source), attached to the first step that
-// needs it. Paths substituted or imported are not attested here.
+// needs it. Paths substituted or imported are not attested here; those
+// that are content-addressed still go with the closure as sources.
 func (b *Builder) planClosure(ctx context.Context, drvs []string, o ClosureOptions) ([]*step, error) {
 	n := b.Nix
 	eligible := func(pi nix.PathInfo) bool {
@@ -280,11 +281,15 @@ func (b *Builder) planClosure(ctx context.Context, drvs []string, o ClosureOptio
 	return order, nil
 }
 
-// isSource: a content-addressed path no derivation produced
-// (builtins.path, builtins.toFile, nix-store --add). A fixed-output
-// derivation's output has a deriver; substituted, it is not attested here.
+// isSource: a content-addressed path that goes with the closure by its
+// content address rather than as an attested output: one no derivation
+// produced (builtins.path, builtins.toFile, nix-store --add), and a
+// fixed-output derivation's output this builder does not attest (built
+// before the job, substituted). The pusher recomputes its store path from
+// the CA, so it needs no builder trust; left out, a job whose source
+// tarball an earlier job fetched would publish a closure never complete.
 func isSource(pi nix.PathInfo) bool {
-	return pi.CA != "" && pi.Deriver == ""
+	return pi.CA != ""
 }
 
 func setOf(ss []string) map[string]bool {

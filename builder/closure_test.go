@@ -346,6 +346,9 @@ func TestClosureEligible(t *testing.T) {
 		return drvs[0]
 	}
 	depA := inst("dep-a")
+	// A fixed output fetched by an earlier job: not attested by this one,
+	// but content-addressed, so it goes with the closure as a source.
+	fixed := inst("fixed")
 	// Nix keeps registration times to the second.
 	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
 	since := time.Now()
@@ -366,16 +369,24 @@ func TestClosureEligible(t *testing.T) {
 			sources = append(sources, filepath.Base(s.Path))
 		}
 	}
-	if len(pubs) != 5 || slices.Contains(drvs, depA) {
-		t.Fatalf("published %v; want all but dep-a", drvs)
+	if len(pubs) != 4 || slices.Contains(drvs, depA) || slices.Contains(drvs, fixed) {
+		t.Fatalf("published %v; want all but dep-a and fixed", drvs)
 	}
 	depAOut, err := n.ReadDerivation(depA)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkOrder(t, q.results, map[string]bool{depAOut.Outputs["out"].Path: true})
-	if len(sources) != 2 {
-		t.Errorf("sources %v: busybox (top refers to it) and greeting.txt still go out", sources)
+	slices.Sort(sources)
+	if len(sources) != 3 || !strings.HasSuffix(sources[0], "-closure-fixed") {
+		t.Errorf("sources %v: busybox (top refers to it), greeting.txt and the fixed output built before still go out", sources)
+	}
+	for _, r := range q.results {
+		for _, s := range r.Sources {
+			if strings.HasSuffix(s.Path, "-closure-fixed") && !strings.HasPrefix(s.CA, "fixed:sha256:") {
+				t.Errorf("the fixed output goes without its CA: %+v", s)
+			}
+		}
 	}
 	_, err = b.PublishClosure(ctx, Target{Installable: attest.Installable{Kind: "drv", Ref: depA}}, []string{depA}, ClosureOptions{Eligible: eligible})
 	if !errors.Is(err, ErrNotBuiltHere) {

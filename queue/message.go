@@ -29,9 +29,10 @@ type Result struct {
 	// Outputs lists every output of the derivation that was realised.
 	Outputs []Output `json:"outputs"`
 	// Sources are content-addressed store paths of the built closure that
-	// no derivation of it produces (sources added by builtins.path,
-	// nix-store --add or builtins.toFile), sent with the first derivation
-	// of the closure that needs them. Each has its CA, and the pusher
+	// the result does not attest as outputs: sources added by
+	// builtins.path, nix-store --add or builtins.toFile, and fixed
+	// outputs the builder did not build itself. They are sent with the
+	// first derivation of the closure that needs them. Each has its CA, and the pusher
 	// admits it by checking that the path is the one its content address
 	// and references compute: it needs no quorum.
 	Sources []Output `json:"sources,omitempty"`
