@@ -60,7 +60,7 @@ func TestParseRefuses(t *testing.T) {
 	for _, s := range []string{
 		"", "fixed", "fixed:sha256", "fixed:r:sha1:1234567890123456789012345678901234567890",
 		"fixed:md5:00000000000000000000000000000000", "text:sha512:abc", "fixed:git:sha1:abc",
-		"fixed:r:sha256:11mv167i6962y21iizabrw5h9j9g8csr0h12banvj1lzp2g35if", // short
+		"fixed:r:sha256:11mv167i6962y21iizabrw5h9j9g8csr0h12banvj1lzp2g35if",  // short
 		"fixed:r:sha256:11mv167i6962y21iizabrw5h9j9g8csr0h12banvj1lzp2g35ife", // 'e' is not nix32
 		"source:sha256:11mv167i6962y21iizabrw5h9j9g8csr0h12banvj1lzp2g35ifl",
 	} {
