@@ -6,11 +6,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
+
+	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/cache-push/upstream"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/queue"
@@ -82,6 +86,20 @@ type Incomplete struct {
 // keys the policy gives, or an error (not found, untrusted, unreachable).
 type Upstream interface {
 	Narinfo(ctx context.Context, storePath string) (*narinfo.NarInfo, error)
+}
+
+// UpstreamsFor builds a client per upstream the policy declares, for
+// Config.Upstreams; hc nil means a default client with a timeout.
+func UpstreamsFor(p *policy.Policy, hc *http.Client) ([]Upstream, error) {
+	cs, err := upstream.FromPolicy(p, hc)
+	if err != nil {
+		return nil, fmt.Errorf("cachepush: %w", err)
+	}
+	out := make([]Upstream, len(cs))
+	for i, c := range cs {
+		out[i] = c
+	}
+	return out, nil
 }
 
 // How long upstream answers are remembered: a path an upstream has stays

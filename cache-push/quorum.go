@@ -31,6 +31,9 @@ const (
 	VerdictAgreed      = "agreed"       // a quorum agrees on one NAR
 	VerdictDisputed    = "disputed"     // builders disagree; nothing published
 	VerdictTrustedOnly = "trusted-only" // disputed, published from the trusted builder
+	// VerdictWaiting is what status says of a path decided without votes
+	// (content-addressed) that waits for its references.
+	VerdictWaiting = "waiting"
 )
 
 // KV is the key-value store of votes and reputation; *queue.Conn has it.
