@@ -426,7 +426,6 @@ func (k *failingKV) KVGet(ctx context.Context, bucket, key string) ([]byte, erro
 	return k.KV.KVGet(ctx, bucket, key)
 }
 
-
 // TestClosureQuorum: with a quorum of two, each path is voted on alone;
 // a dependent that reaches its quorum before its dependency waits, and
 // becomes visible only after the dependency reaches its own.

@@ -379,11 +379,11 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 type outcome int
 
 const (
-	outPending  outcome = iota // more votes needed
-	outWaiting                 // decided, waiting for its references
-	outPublished               // made visible now
-	outExisting                // was visible already
-	outReleased                // made visible, and reported, by settle
+	outPending   outcome = iota // more votes needed
+	outWaiting                  // decided, waiting for its references
+	outPublished                // made visible now
+	outExisting                 // was visible already
+	outReleased                 // made visible, and reported, by settle
 )
 
 // entryMeta is where an entry comes from.
