@@ -642,3 +642,53 @@ func TestClosureUpstream(t *testing.T) {
 		}
 	})
 }
+
+// vanishStore deletes the narinfo of vanish right after the narinfo of
+// when is committed: a `cache gc` collecting a reference between the
+// pusher's check and its write.
+type vanishStore struct {
+	store.Store
+	when, vanish string
+}
+
+func (v *vanishStore) Create(ctx context.Context) (store.Pending, error) {
+	p, err := v.Store.Create(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &vanishPending{Pending: p, v: v}, nil
+}
+
+type vanishPending struct {
+	store.Pending
+	v *vanishStore
+}
+
+func (p *vanishPending) Commit(ctx context.Context, key string) error {
+	if err := p.Pending.Commit(ctx, key); err != nil {
+		return err
+	}
+	if key == NarinfoKey(p.v.when) {
+		return p.v.Store.Delete(ctx, NarinfoKey(p.v.vanish))
+	}
+	return nil
+}
+
+// TestClosureReferenceVanishes: when a reference disappears while the
+// pusher writes a narinfo (a concurrent cache gc), the narinfo is
+// withdrawn and the entry waits for the reference again.
+func TestClosureReferenceVanishes(t *testing.T) {
+	dep, top := storePath("dep"), storePath("top")
+	cf := newClosureFixture(t, "", 1, func(c *Config) { c.Store = &vanishStore{Store: c.Store, when: top, vanish: dep} })
+	r, d := cf.result(t, drvResult{name: "dep"})
+	cf.process(t, r, d)
+	r, d = cf.result(t, drvResult{name: "top", refs: []string{dep}})
+	cf.process(t, r, d)
+	if cf.isVisible(t, top) || cf.isVisible(t, dep) {
+		t.Fatalf("top visible %v, dep visible %v", cf.isVisible(t, top), cf.isVisible(t, dep))
+	}
+	w, err := GetWaiting(testCtx(t), cf.conn, testTenant, top)
+	if err != nil || !slices.Equal(w.Missing, []string{dep}) {
+		t.Fatalf("top after its reference vanished: %+v %v", w, err)
+	}
+}
