@@ -51,14 +51,14 @@ type fixture struct {
 	events []*nats.Msg
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	return newFixtureAt(t, "", nil)
 }
 
 // newFixtureAt is newFixture with the cache store in cacheDir (a fresh
 // directory when "") and the pusher logging to log (nowhere when nil).
-func newFixtureAt(t *testing.T, cacheDir string, log *slog.Logger) *fixture {
+func newFixtureAt(t testing.TB, cacheDir string, log *slog.Logger) *fixture {
 	t.Helper()
 	ctx := testCtx(t)
 	srv, err := queue.NewServer(queue.ServerConfig{StoreDir: t.TempDir()})
@@ -120,7 +120,7 @@ func newFixtureAt(t *testing.T, cacheDir string, log *slog.Logger) *fixture {
 	return f
 }
 
-func testCtx(t *testing.T) context.Context {
+func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	return ctx
