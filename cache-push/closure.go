@@ -28,9 +28,9 @@ import (
 //
 // A decided entry whose references are not all visible yet waits: its NAR
 // and sidecar are in the store (invisible without a narinfo) and the
-// signed narinfo waits in the PROVENIX_WAITING bucket, with one key per
-// missing reference (WaiterKey) so that publishing that reference finds
-// it. The result is acknowledged once the record is stored. Publishing a
+// signed narinfo waits in the PROVENIX_WAITING bucket, and is added to
+// the list of waiters of each missing reference (WaitersKey), so that
+// publishing that reference finds it. The result is acknowledged once the record is stored. Publishing a
 // path releases the entries waiting for it whose references are all
 // visible, then those waiting for them, so a closure appears in
 // dependency order. A sweeper re-checks every waiting entry when the
@@ -60,9 +60,7 @@ type Waiting struct {
 	Narinfo    string   `json:"narinfo"`
 	References []string `json:"references,omitempty"`
 	// Missing are the references not visible at the last check.
-	Missing []string `json:"missing"`
-	// Indexed are the references a WaiterKey was written for.
-	Indexed []string  `json:"indexed,omitempty"`
+	Missing []string  `json:"missing"`
 	Since   time.Time `json:"since"`
 	Checked time.Time `json:"checked"`
 	// Incomplete is when the incomplete event was sent (once).
@@ -274,10 +272,8 @@ func (p *Pusher) storeWaiting(ctx context.Context, w *Waiting) error {
 				if rec.Incomplete == nil {
 					rec.Incomplete = prev.Incomplete
 				}
-				rec.Indexed = union(rec.Indexed, prev.Indexed)
 			}
 		}
-		rec.Indexed = union(rec.Indexed, rec.Missing)
 		*w = rec
 		return json.Marshal(rec)
 	})
@@ -285,10 +281,17 @@ func (p *Pusher) storeWaiting(ctx context.Context, w *Waiting) error {
 		return fmt.Errorf("store waiting entry %s: %w", w.StorePath, err)
 	}
 	for _, m := range w.Missing {
-		if err := p.cfg.KV.KVPut(ctx, queue.BucketWaiting, queue.WaiterKey(w.Tenant, m, w.StorePath), []byte(w.StorePath)); err != nil {
-			return fmt.Errorf("index waiting entry %s: %w", w.StorePath, err)
-		}
-		if err := p.cfg.KV.KVPut(ctx, queue.BucketWaiting, queue.WaitersPrefix(w.Tenant, m), []byte(m)); err != nil {
+		err := p.cfg.KV.KVUpdate(ctx, queue.BucketWaiting, queue.WaitersKey(w.Tenant, m), func(old []byte) ([]byte, error) {
+			var ws []string
+			if old != nil {
+				json.Unmarshal(old, &ws) // unreadable: start again
+			}
+			if slices.Contains(ws, w.StorePath) {
+				return nil, nil
+			}
+			return json.Marshal(append(ws, w.StorePath))
+		})
+		if err != nil {
 			return fmt.Errorf("index waiting entry %s: %w", w.StorePath, err)
 		}
 	}
@@ -304,7 +307,7 @@ func (p *Pusher) wait(ctx context.Context, w *Waiting) (bool, error) {
 	}
 	p.cfg.Metrics.Waiting()
 	p.log.Info("waiting for references", "path", w.StorePath, "missing", w.Missing, "builder", w.Builder)
-	return p.settle(ctx, w.Tenant, w.StorePath)
+	return p.settleRecord(ctx, w)
 }
 
 // settle publishes the waiting entry of storePath if its references are
@@ -324,6 +327,11 @@ func (p *Pusher) settle(ctx context.Context, tenant, storePath string) (bool, er
 		p.log.Warn("unreadable waiting entry dropped", "key", key, "err", err)
 		return false, p.cfg.KV.KVDelete(ctx, queue.BucketWaiting, key)
 	}
+	return p.settleRecord(ctx, w)
+}
+
+// settleRecord is settle for the record w just read or written.
+func (p *Pusher) settleRecord(ctx context.Context, w *Waiting) (bool, error) {
 	if prev, err := p.existing(ctx, w.StorePath); err != nil {
 		return false, err
 	} else if prev != nil {
@@ -395,12 +403,10 @@ func (p *Pusher) settledElsewhere(ctx context.Context, w *Waiting, prev *narinfo
 	return nil
 }
 
+// dropWaiting removes w's record. Its name may stay in the waiter lists
+// of references that are still missing: releasing those finds no record
+// and skips it.
 func (p *Pusher) dropWaiting(ctx context.Context, w *Waiting) error {
-	for _, m := range w.Indexed {
-		if err := p.cfg.KV.KVDelete(ctx, queue.BucketWaiting, queue.WaiterKey(w.Tenant, m, w.StorePath)); err != nil {
-			return err
-		}
-	}
 	return p.cfg.KV.KVDelete(ctx, queue.BucketWaiting, queue.WaitingKey(w.Tenant, w.StorePath))
 }
 
@@ -408,39 +414,28 @@ func (p *Pusher) dropWaiting(ctx context.Context, w *Waiting) error {
 // just become visible; each one published releases its own waiters.
 // Errors are logged: the sweeper retries what is left.
 func (p *Pusher) releaseWaiters(ctx context.Context, tenant, storePath string) {
-	marker := queue.WaitersPrefix(tenant, storePath)
-	if _, err := p.cfg.KV.KVGet(ctx, queue.BucketWaiting, marker); errors.Is(err, queue.ErrNotFound) {
+	key := queue.WaitersKey(tenant, storePath)
+	b, err := p.cfg.KV.KVGet(ctx, queue.BucketWaiting, key)
+	if errors.Is(err, queue.ErrNotFound) {
 		return // the common case: nobody waits for it
-	} else if err != nil {
-		p.log.Warn("release waiters", "path", storePath, "err", err)
-		return
 	}
-	waiters, err := p.cfg.KV.KVList(ctx, queue.BucketWaiting, marker)
 	if err != nil {
 		p.log.Warn("release waiters", "path", storePath, "err", err)
 		return
 	}
-	keys := make([]string, 0, len(waiters))
-	for k := range waiters {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
+	var waiters []string
+	json.Unmarshal(b, &waiters) // unreadable: the sweeper finds them
 	clean := true
-	for _, k := range keys {
-		waiter := string(waiters[k])
+	for _, waiter := range waiters {
 		if _, err := p.settle(ctx, tenant, waiter); err != nil {
 			p.log.Warn("release waiter", "path", waiter, "waited for", storePath, "err", err)
 			clean = false
-			continue
-		}
-		if err := p.cfg.KV.KVDelete(ctx, queue.BucketWaiting, k); err != nil {
-			clean = false
 		}
 	}
-	// A waiter indexed after the listing re-checks its references after
-	// indexing, and finds storePath visible: the marker may go.
+	// A waiter added after the read re-checks its references after
+	// adding itself, and finds storePath visible: the list may go.
 	if clean {
-		if err := p.cfg.KV.KVDelete(ctx, queue.BucketWaiting, marker); err != nil {
+		if err := p.cfg.KV.KVDelete(ctx, queue.BucketWaiting, key); err != nil {
 			p.log.Warn("release waiters", "path", storePath, "err", err)
 		}
 	}
@@ -553,10 +548,4 @@ func mergeNarinfoSigs(ni, other string) string {
 		return a.String()
 	}
 	return ni
-}
-
-func union(a, b []string) []string {
-	out := append(slices.Clone(a), b...)
-	slices.Sort(out)
-	return slices.Compact(out)
 }

@@ -31,14 +31,10 @@ func WaitingKey(tenant, storePath string) string {
 // WaitingPrefix is the key prefix of every waiting entry (KVList it).
 const WaitingPrefix = "path"
 
-// WaiterKey records that waiter waits for missing: publishing missing
-// lists WaitersPrefix(tenant, missing) to find the entries it may release.
-func WaiterKey(tenant, missing, waiter string) string {
-	return WaitersPrefix(tenant, missing) + "." + hashOf(waiter)
-}
-
-// WaitersPrefix is the key prefix of the entries waiting for missing.
-func WaitersPrefix(tenant, missing string) string {
+// WaitersKey lists (as a JSON array of store paths) the entries waiting
+// for missing: publishing missing reads it to find the entries it may
+// release.
+func WaitersKey(tenant, missing string) string {
 	return "ref." + tenant + "." + hashOf(missing)
 }
 
