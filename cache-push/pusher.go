@@ -147,6 +147,11 @@ type Pusher struct {
 	upMu    sync.Mutex
 	upCache map[string]upAnswer
 
+	// Paths this pusher is writing now, closed when done (see
+	// awaitInFlight).
+	flightMu sync.Mutex
+	inFlight map[string]chan struct{}
+
 	// The sweeper of waiting entries, while open.
 	sweepStop context.CancelFunc
 	sweepDone chan struct{}
@@ -435,6 +440,7 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	if oc, ok, err := p.mergeWaiting(ctx, m, out, bundles, sigs, q); ok || err != nil {
 		return oc, err
 	}
+	defer p.flying(out.Path)()
 
 	start := time.Now()
 	rc, info, err := p.cfg.Staging.OpenStaged(ctx, stagingKey)
@@ -494,6 +500,11 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 		return 0, err
 	}
 	p.cfg.Metrics.RefCheck(time.Since(refStart))
+	if len(missing) > 0 && p.awaitInFlight(ctx, missing) {
+		if missing, err = p.missingRefs(ctx, out.Path, out.References); err != nil {
+			return 0, err
+		}
+	}
 	w := &Waiting{Tenant: m.tenant, StorePath: out.Path, DrvPath: m.drv, Builder: m.builder, MsgID: m.msgID,
 		NarSHA256: out.NarHashHex(), Narinfo: ni.String(), References: out.References, Missing: missing}
 	if len(missing) > 0 {
@@ -510,6 +521,64 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	}
 	p.cfg.Metrics.Push(nar.FileSize, time.Since(start))
 	return outPublished, nil
+}
+
+// flying marks storePath as being written by this pusher until the
+// returned function is called.
+func (p *Pusher) flying(storePath string) func() {
+	p.flightMu.Lock()
+	defer p.flightMu.Unlock()
+	if p.inFlight == nil {
+		p.inFlight = map[string]chan struct{}{}
+	}
+	if _, ok := p.inFlight[storePath]; ok {
+		return func() {} // another handler has it; it will close
+	}
+	ch := make(chan struct{})
+	p.inFlight[storePath] = ch
+	return func() {
+		p.flightMu.Lock()
+		delete(p.inFlight, storePath)
+		p.flightMu.Unlock()
+		close(ch)
+	}
+}
+
+// maxInFlightWait bounds awaitInFlight.
+const maxInFlightWait = 5 * time.Second
+
+// awaitInFlight waits (a little) for those of missing that another of
+// this pusher's handlers is writing right now, and reports whether it
+// waited for any. Builders publish a closure dependencies first, so with
+// several handlers at once a path often arrives while its reference is
+// being written: waiting for that handler in memory spares the durable
+// wait and release. The result is not acknowledged meanwhile, so a crash
+// loses nothing; references form no cycle (but self), so no two handlers
+// wait for each other, and the wait is bounded anyway.
+func (p *Pusher) awaitInFlight(ctx context.Context, missing []string) bool {
+	p.flightMu.Lock()
+	var chs []chan struct{}
+	for _, m := range missing {
+		if ch, ok := p.inFlight[m]; ok {
+			chs = append(chs, ch)
+		}
+	}
+	p.flightMu.Unlock()
+	if len(chs) == 0 {
+		return false
+	}
+	t := time.NewTimer(maxInFlightWait)
+	defer t.Stop()
+	for _, ch := range chs {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return true
+		case <-t.C:
+			return true
+		}
+	}
+	return true
 }
 
 func (p *Pusher) waitOutcome(visible bool, err error) (outcome, error) {
