@@ -315,6 +315,13 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		rej.Reason = ReasonPolicy
 		return p.reject(ctx, rej, err)
 	}
+	// From here on, paths referring to these may wait for this handler.
+	for _, o := range r.Outputs {
+		defer p.flying(o.Path)()
+	}
+	for _, o := range r.Sources {
+		defer p.flying(o.Path)()
+	}
 
 	byPath := make(map[string]attest.Output, len(v.Outputs))
 	for _, o := range v.Outputs {
@@ -440,7 +447,6 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	if oc, ok, err := p.mergeWaiting(ctx, m, out, bundles, sigs, q); ok || err != nil {
 		return oc, err
 	}
-	defer p.flying(out.Path)()
 
 	start := time.Now()
 	rc, info, err := p.cfg.Staging.OpenStaged(ctx, stagingKey)
@@ -519,12 +525,13 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	if !ok {
 		return outWaiting, nil
 	}
+	p.landed(out.Path)
 	p.cfg.Metrics.Push(nar.FileSize, time.Since(start))
 	return outPublished, nil
 }
 
 // flying marks storePath as being written by this pusher until the
-// returned function is called.
+// returned function is called (or landed is).
 func (p *Pusher) flying(storePath string) func() {
 	p.flightMu.Lock()
 	defer p.flightMu.Unlock()
@@ -536,10 +543,25 @@ func (p *Pusher) flying(storePath string) func() {
 	}
 	ch := make(chan struct{})
 	p.inFlight[storePath] = ch
-	return func() {
-		p.flightMu.Lock()
+	return func() { p.land(storePath, ch) }
+}
+
+// landed wakes whoever waits for storePath, which has just become
+// visible, without waiting for its handler to finish.
+func (p *Pusher) landed(storePath string) {
+	p.flightMu.Lock()
+	ch := p.inFlight[storePath]
+	p.flightMu.Unlock()
+	if ch != nil {
+		p.land(storePath, ch)
+	}
+}
+
+func (p *Pusher) land(storePath string, ch chan struct{}) {
+	p.flightMu.Lock()
+	defer p.flightMu.Unlock()
+	if p.inFlight[storePath] == ch {
 		delete(p.inFlight, storePath)
-		p.flightMu.Unlock()
 		close(ch)
 	}
 }

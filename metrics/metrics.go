@@ -213,10 +213,12 @@ func (p *Pusher) Ingest(narBytes uint64, d time.Duration) {
 
 // PusherStatus is a snapshot of the pusher's counts.
 type PusherStatus struct {
-	Received        uint64            `json:"received"`
-	Published       uint64            `json:"published"`
-	LastPublication *time.Time        `json:"lastPublication,omitempty"`
-	Rejections      map[string]uint64 `json:"rejections"`
+	Received        uint64     `json:"received"`
+	Published       uint64     `json:"published"`
+	LastPublication *time.Time `json:"lastPublication,omitempty"`
+	// Waited counts outputs stored to wait for their references.
+	Waited     uint64            `json:"waited"`
+	Rejections map[string]uint64 `json:"rejections"`
 }
 
 // Status returns the counts so far; the zero status for a nil Pusher.
@@ -225,7 +227,7 @@ func (p *Pusher) Status() PusherStatus {
 	if p == nil {
 		return s
 	}
-	s.Received, s.Published = p.nReceived.Load(), p.nPublished.Load()
+	s.Received, s.Published, s.Waited = p.nReceived.Load(), p.nPublished.Load(), p.nWaiting.Load()
 	if ns := p.lastPub.Load(); ns != 0 {
 		t := time.Unix(0, ns).UTC()
 		s.LastPublication = &t
