@@ -17,6 +17,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
@@ -24,6 +25,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/upstream"
 	"codeberg.org/provenix/provenix/contentaddr"
+	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -690,5 +692,67 @@ func TestClosureReferenceVanishes(t *testing.T) {
 	w, err := GetWaiting(testCtx(t), cf.conn, testTenant, top)
 	if err != nil || !slices.Equal(w.Missing, []string{dep}) {
 		t.Fatalf("top after its reference vanished: %+v %v", w, err)
+	}
+}
+
+// slowStore delays the commit of one key.
+type slowStore struct {
+	store.Store
+	key   string
+	delay time.Duration
+}
+
+func (s *slowStore) Create(ctx context.Context) (store.Pending, error) {
+	p, err := s.Store.Create(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &slowPending{Pending: p, s: s}, nil
+}
+
+type slowPending struct {
+	store.Pending
+	s *slowStore
+}
+
+func (p *slowPending) Commit(ctx context.Context, key string) error {
+	if key == p.s.key {
+		time.Sleep(p.s.delay)
+	}
+	return p.Pending.Commit(ctx, key)
+}
+
+// TestClosureInFlight: a dependent arriving while this pusher still
+// writes its reference waits for it in memory, and is published right
+// after it, without a durable waiting entry.
+func TestClosureInFlight(t *testing.T) {
+	dep, top := storePath("dep"), storePath("top")
+	m := metrics.NewPusher(prometheus.NewRegistry())
+	cf := newClosureFixture(t, "", 1, func(c *Config) {
+		c.Metrics = m
+		c.Store = &slowStore{Store: c.Store, key: NarinfoKey(dep), delay: 300 * time.Millisecond}
+	})
+	rDep, dDep := cf.result(t, drvResult{name: "dep"})
+	rTop, dTop := cf.result(t, drvResult{name: "top", refs: []string{dep}})
+	errc := make(chan error, 1)
+	go func() { errc <- cf.pusher.Process(testCtx(t), subject(rDep), dDep, rDep.MsgID()) }()
+	for {
+		cf.pusher.flightMu.Lock()
+		_, ok := cf.pusher.inFlight[dep]
+		cf.pusher.flightMu.Unlock()
+		if ok {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cf.process(t, rTop, dTop)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if got := cf.order.visible(); !slices.Equal(got, []string{NarinfoKey(dep), NarinfoKey(top)}) {
+		t.Fatalf("visible %v", got)
+	}
+	if w := m.Status().Waited; w != 0 {
+		t.Fatalf("%d durable waits, want none", w)
 	}
 }
