@@ -172,3 +172,78 @@ func checkChain(t *testing.T, dir string, paths []string) {
 		prev = fi
 	}
 }
+
+// TestClosureUpstreamE2E: two `provenix up` stacks; the second's policy
+// declares the first as upstream with its key. A path whose dependency is
+// only in the first cache is published by the second; a stack without the
+// declaration keeps it waiting.
+func TestClosureUpstreamE2E(t *testing.T) {
+	ctx := ctxFor(t, 2*time.Minute)
+	upstream := startStack(t, up.Config{DataDir: t.TempDir()})
+	uniq := strings.ReplaceAll(uniqueMessage(t), "/", "-")
+	publish := func(s *up.Stack, name string, refs []string) string {
+		t.Helper()
+		signer, err := attest.LoadSigner(s.Paths().BuilderKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, nar, err := synthesizeRefs(ctx, signer, name, []byte(name), refs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Conn().Stage(ctx, r.Outputs[0].StagingKey, bytes.NewReader(nar)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Conn().PublishResult(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Outputs[0].Path
+	}
+	dep := publish(upstream, "updep-"+uniq, nil)
+	waitNarinfo(t, upstream.CacheURL(), dep)
+
+	downstream := func(declare bool) *up.Stack {
+		dir := t.TempDir()
+		p := up.Paths{Dir: dir}
+		if _, err := up.Init(p); err != nil {
+			t.Fatal(err)
+		}
+		if declare {
+			pol, err := os.ReadFile(p.Policy())
+			if err != nil {
+				t.Fatal(err)
+			}
+			pol = append(pol, fmt.Sprintf("upstreams:\n  - url: %s\n    public_keys: [%q]\n", upstream.CacheURL(), readPub(t, upstream.Paths().CachePub()))...)
+			if err := os.WriteFile(p.Policy(), pol, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return startStack(t, up.Config{DataDir: dir})
+	}
+	t.Run("declared", func(t *testing.T) {
+		s := downstream(true)
+		top := publish(s, "down-"+uniq, []string{dep})
+		waitNarinfo(t, s.CacheURL(), top)
+	})
+	t.Run("not declared", func(t *testing.T) {
+		s := downstream(false)
+		top := publish(s, "down-"+uniq, []string{dep})
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			w, err := cachepush.GetWaiting(ctx, s.Conn(), up.DefaultTenant, top)
+			if err == nil {
+				if len(w.Missing) != 1 || w.Missing[0] != dep {
+					t.Fatalf("waits for %v, want %s", w.Missing, dep)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no waiting entry for %s: %v", top, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if _, err := s.Store().Stat(ctx, cachepush.NarinfoKey(top)); err == nil {
+			t.Fatal("published without its dependency nor a declared upstream")
+		}
+	})
+}
