@@ -756,3 +756,44 @@ func TestClosureInFlight(t *testing.T) {
 		t.Fatalf("%d durable waits, want none", w)
 	}
 }
+
+// TestClosureMultiOutput: a derivation whose "dev" output refers to its
+// "out", listed dev first, publishes both at once, out first.
+func TestClosureMultiOutput(t *testing.T) {
+	m := metrics.NewPusher(prometheus.NewRegistry())
+	cf := newClosureFixture(t, "", 1, func(c *Config) { c.Metrics = m })
+	ctx := testCtx(t)
+	outPath, devPath := storePath("multi"), storePath("multi-dev")
+	outNAR, devNAR := narOf(t, "multi out"), narOf(t, "multi dev")
+	outs := []attest.Output{
+		{Name: "dev", Path: devPath, NarHash: sha256.Sum256(devNAR), NarSize: uint64(len(devNAR)), References: []string{outPath}},
+		{Name: "out", Path: outPath, NarHash: sha256.Sum256(outNAR), NarSize: uint64(len(outNAR))},
+	}
+	drv := storePath("multi.drv")
+	st, err := attest.NewStatement(&attest.Build{DrvPath: drv, System: "x86_64-linux", BuilderID: "b0",
+		Installable: attest.Installable{Kind: "drv", Ref: drv}, Outputs: outs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := attest.Sign(ctx, st, cf.signers["b0"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &queue.Result{Version: queue.ResultVersion, Tenant: testTenant, Builder: "b0", DrvPath: drv, System: "x86_64-linux", Bundle: bundle}
+	for i, o := range outs {
+		key := queue.StagingKey(o.NarHashHex())
+		if _, err := cf.conn.Stage(ctx, key, bytes.NewReader([][]byte{devNAR, outNAR}[i])); err != nil {
+			t.Fatal(err)
+		}
+		r.Outputs = append(r.Outputs, queue.Output{Name: o.Name, Path: o.Path, NarHash: o.NarHashHex(), NarSize: o.NarSize, StagingKey: key, References: o.References})
+	}
+	data, _ := json.Marshal(r)
+	start := time.Now()
+	cf.process(t, r, data)
+	if got := cf.order.visible(); !slices.Equal(got, []string{NarinfoKey(outPath), NarinfoKey(devPath)}) {
+		t.Fatalf("visible %v", got)
+	}
+	if w := m.Status().Waited; w != 0 || time.Since(start) > 3*time.Second {
+		t.Fatalf("%d durable waits, %s", w, time.Since(start))
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -358,7 +359,7 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		}
 		p.report(ctx, m, out, oc)
 	}
-	for _, o := range r.Outputs {
+	for _, o := range outputOrder(r.Outputs, byPath) {
 		var oc outcome
 		var err error
 		out := byPath[o.Path]
@@ -385,6 +386,40 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		p.report(ctx, m, out, oc)
 	}
 	return nil
+}
+
+// outputOrder puts an output after the outputs of the same derivation it
+// refers to (a "dev" output referring to "out"), so it finds them
+// visible. Nix refuses cycles between outputs; should one come, the
+// remaining outputs keep their order.
+func outputOrder(outs []queue.Output, verified map[string]attest.Output) []queue.Output {
+	ordered := make([]queue.Output, 0, len(outs))
+	done := map[string]bool{}
+	for len(ordered) < len(outs) {
+		progress := false
+		for _, o := range outs {
+			if done[o.Path] {
+				continue
+			}
+			ready := true
+			for _, ref := range verified[o.Path].References {
+				if ref != o.Path && !done[ref] && slices.ContainsFunc(outs, func(x queue.Output) bool { return x.Path == ref }) {
+					ready = false
+				}
+			}
+			if ready {
+				ordered, done[o.Path], progress = append(ordered, o), true, true
+			}
+		}
+		if !progress {
+			for _, o := range outs {
+				if !done[o.Path] {
+					ordered, done[o.Path] = append(ordered, o), true
+				}
+			}
+		}
+	}
+	return ordered
 }
 
 // outcome is what became of one output.
