@@ -486,7 +486,11 @@ func (p *Pusher) Sweep(ctx context.Context) (int, error) {
 // checkTimeout sends the incomplete event for w once, whichever pusher of
 // a group gets there first (compare-and-set on the record).
 func (p *Pusher) checkTimeout(ctx context.Context, w *Waiting) {
-	if w.Incomplete != nil || time.Since(w.Since) < p.cfg.Policy.Closure.Timeout {
+	timeout := p.cfg.Policy.Closure.Timeout
+	if timeout <= 0 { // a policy not made by policy.Parse
+		timeout = policy.DefaultClosureTimeout
+	}
+	if w.Incomplete != nil || time.Since(w.Since) < timeout {
 		return
 	}
 	now := time.Now().UTC()
