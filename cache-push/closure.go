@@ -100,11 +100,10 @@ func UpstreamsFor(p *policy.Policy, hc *http.Client) ([]Upstream, error) {
 	return out, nil
 }
 
-// How long upstream answers are remembered: a path an upstream has stays
-// there (caches rarely delete), one it lacks may arrive soon.
+// Defaults of how long upstream answers are remembered.
 const (
-	upstreamPositiveTTL = time.Hour
-	upstreamNegativeTTL = time.Minute
+	DefaultUpstreamFound   = time.Hour
+	DefaultUpstreamMissing = time.Minute
 )
 
 // DefaultSweepEvery is how often waiting entries are re-checked.
@@ -195,9 +194,9 @@ func (p *Pusher) upstreamHas(ctx context.Context, storePath string) bool {
 	a, ok := p.upCache[storePath]
 	p.upMu.Unlock()
 	if ok {
-		ttl := upstreamNegativeTTL
+		ttl := p.cfg.UpstreamMissing
 		if a.ok {
-			ttl = upstreamPositiveTTL
+			ttl = p.cfg.UpstreamFound
 		}
 		if time.Since(a.at) < ttl {
 			return a.ok

@@ -797,3 +797,46 @@ func TestClosureMultiOutput(t *testing.T) {
 		t.Fatalf("%d durable waits, %s", w, time.Since(start))
 	}
 }
+
+// countingUpstream counts look-ups and has the paths in has.
+type countingUpstream struct {
+	mu    sync.Mutex
+	asked map[string]int
+	has   map[string]bool
+}
+
+func (u *countingUpstream) Narinfo(_ context.Context, storePath string) (*narinfo.NarInfo, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.asked[storePath]++
+	if u.has[storePath] {
+		return &narinfo.NarInfo{StorePath: storePath}, nil
+	}
+	return nil, upstream.ErrNotFound
+}
+
+// TestUpstreamAnswersRemembered: an upstream's "found" is remembered
+// longer than its "not found".
+func TestUpstreamAnswersRemembered(t *testing.T) {
+	there, absent := storePath("there"), storePath("absent")
+	u := &countingUpstream{asked: map[string]int{}, has: map[string]bool{there: true}}
+	cf := newClosureFixture(t, "", 1, func(c *Config) {
+		c.Upstreams = []Upstream{u}
+		c.UpstreamFound, c.UpstreamMissing = time.Hour, 100*time.Millisecond
+	})
+	ctx := testCtx(t)
+	for range 3 {
+		if ok, err := cf.pusher.visible(ctx, there); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		if ok, err := cf.pusher.visible(ctx, absent); ok || err != nil {
+			t.Fatal(ok, err)
+		}
+	}
+	time.Sleep(150 * time.Millisecond)
+	cf.pusher.visible(ctx, there)
+	cf.pusher.visible(ctx, absent)
+	if u.asked[there] != 1 || u.asked[absent] != 2 {
+		t.Fatalf("asked %v: want the found path once, the missing one again after its time", u.asked)
+	}
+}

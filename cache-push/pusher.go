@@ -124,6 +124,11 @@ type Config struct {
 	// SweepEvery is how often the waiting entries are re-checked;
 	// DefaultSweepEvery when 0.
 	SweepEvery time.Duration
+	// UpstreamFound and UpstreamMissing are how long an upstream's answer
+	// is remembered when it has the path (DefaultUpstreamFound when 0)
+	// and when it has not (DefaultUpstreamMissing when 0): a path an
+	// upstream has stays there, one it lacks may arrive soon.
+	UpstreamFound, UpstreamMissing time.Duration
 }
 
 // Pusher turns results into cache entries.
@@ -173,6 +178,12 @@ func New(cfg Config) (*Pusher, error) {
 	}
 	if cfg.SweepEvery <= 0 {
 		cfg.SweepEvery = DefaultSweepEvery
+	}
+	if cfg.UpstreamFound <= 0 {
+		cfg.UpstreamFound = DefaultUpstreamFound
+	}
+	if cfg.UpstreamMissing <= 0 {
+		cfg.UpstreamMissing = DefaultUpstreamMissing
 	}
 	v, err := cfg.Policy.Verifier()
 	if err != nil {
