@@ -36,7 +36,7 @@ func ProvenanceKey(storePath string) string { return hashPart(storePath) + ".pro
 
 // newNarinfo describes out, stored as nar, signed by key. Every field
 // comes from the verified Statement or from the bytes just ingested.
-func newNarinfo(out attest.Output, deriver string, nar ingest.Result, key signature.SecretKey) (*narinfo.NarInfo, error) {
+func newNarinfo(out attest.Output, deriver string, nar ingest.Result, key signature.SecretKey, ca string) (*narinfo.NarInfo, error) {
 	ni := &narinfo.NarInfo{
 		StorePath:   out.Path,
 		URL:         nar.URL,
@@ -45,7 +45,10 @@ func newNarinfo(out attest.Output, deriver string, nar ingest.Result, key signat
 		FileSize:    nar.FileSize,
 		NarHash:     nixhash.MustNewHashWithEncoding(nixhash.SHA256, nar.NarHash[:], nixhash.NixBase32, true),
 		NarSize:     nar.NarSize,
-		Deriver:     path.Base(deriver),
+		CA:          ca,
+	}
+	if deriver != "" {
+		ni.Deriver = path.Base(deriver)
 	}
 	for _, r := range out.References {
 		ni.References = append(ni.References, path.Base(r))

@@ -3,7 +3,12 @@
 // policy, streams the staged NAR while re-checking its hash and size,
 // compresses it and writes it, then the provenance sidecar, then the signed
 // narinfo, each atomically: a reader never sees a narinfo whose NAR or
-// provenance is missing. The message is acknowledged only after that.
+// provenance is missing. A narinfo is written only once every path it
+// refers to is visible (closure.go): until then the entry waits in
+// JetStream. The message is acknowledged only after the narinfo or the
+// waiting record is stored. Content-addressed paths (a result's sources,
+// fixed-output derivations' outputs) are admitted without a quorum once
+// their content address checks out (ca.go).
 package cachepush
 
 import (
@@ -27,6 +32,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/contentaddr"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -90,9 +96,9 @@ type Rebuilds interface {
 // Config is what a Pusher needs. Store, Policy, CacheKey and Staging are
 // required.
 type Config struct {
-	// KV, when set, holds votes and reputation: results become votes and a
-	// path is published when the policy's quorum agrees. Without it every
-	// verified result publishes (the policy's quorum must then be 1).
+	// KV holds votes, reputation and the entries waiting for their
+	// references: results become votes and a path is published when the
+	// policy's quorum agrees and its references are visible.
 	KV       KV
 	Store    store.Store
 	Policy   *policy.Policy
@@ -111,6 +117,18 @@ type Config struct {
 	// Metrics, when set, counts results, rejections, votes and pushes;
 	// nil records nothing.
 	Metrics *metrics.Pusher
+	// Upstreams are the binary caches the policy declares (in its
+	// order), built by the caller from Policy.Upstreams: a reference
+	// found in one counts as visible.
+	Upstreams []Upstream
+	// SweepEvery is how often the waiting entries are re-checked;
+	// DefaultSweepEvery when 0.
+	SweepEvery time.Duration
+	// UpstreamFound and UpstreamMissing are how long an upstream's answer
+	// is remembered when it has the path (DefaultUpstreamFound when 0)
+	// and when it has not (DefaultUpstreamMissing when 0): a path an
+	// upstream has stays there, one it lacks may arrive soon.
+	UpstreamFound, UpstreamMissing time.Duration
 }
 
 // Pusher turns results into cache entries.
@@ -129,12 +147,25 @@ type Pusher struct {
 	agreeMu       sync.Mutex
 	agreePending  map[string]int
 	agreeFlushing map[string]bool
+
+	// Upstream answers by store path (see upstreamHas).
+	upMu    sync.Mutex
+	upCache map[string]upAnswer
+
+	// Paths this pusher is writing now, closed when done (see
+	// awaitInFlight).
+	flightMu sync.Mutex
+	inFlight map[string]chan struct{}
+
+	// The sweeper of waiting entries, while open.
+	sweepStop context.CancelFunc
+	sweepDone chan struct{}
 }
 
 // New checks cfg and returns a Pusher.
 func New(cfg Config) (*Pusher, error) {
-	if cfg.Store == nil || cfg.Policy == nil || cfg.Staging == nil {
-		return nil, errors.New("cachepush: store, policy and staging are required")
+	if cfg.Store == nil || cfg.Policy == nil || cfg.Staging == nil || cfg.KV == nil {
+		return nil, errors.New("cachepush: store, policy, staging and KV are required")
 	}
 	if cfg.CacheKey.String() == "" {
 		return nil, errors.New("cachepush: no cache signing key")
@@ -145,8 +176,14 @@ func New(cfg Config) (*Pusher, error) {
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = 10 * time.Second
 	}
-	if cfg.KV == nil && (cfg.Policy.Quorum.Min > 1 || len(cfg.Policy.Overrides) > 0) {
-		return nil, errors.New("cachepush: the policy asks for a quorum, which needs the votes store (KV)")
+	if cfg.SweepEvery <= 0 {
+		cfg.SweepEvery = DefaultSweepEvery
+	}
+	if cfg.UpstreamFound <= 0 {
+		cfg.UpstreamFound = DefaultUpstreamFound
+	}
+	if cfg.UpstreamMissing <= 0 {
+		cfg.UpstreamMissing = DefaultUpstreamMissing
 	}
 	v, err := cfg.Policy.Verifier()
 	if err != nil {
@@ -170,6 +207,9 @@ func (p *Pusher) Open(ctx context.Context, c *queue.Conn, o queue.ConsumerOption
 		return fmt.Errorf("cachepush: %w", err)
 	}
 	p.consumer = k
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	p.sweepStop, p.sweepDone = cancel, make(chan struct{})
+	go p.sweeper(sctx, p.sweepDone)
 	return nil
 }
 
@@ -199,7 +239,13 @@ func (p *Pusher) Close(ctx context.Context) error {
 	p.mu.Lock()
 	k := p.consumer
 	p.consumer = nil
+	stop, done := p.sweepStop, p.sweepDone
+	p.sweepStop, p.sweepDone = nil, nil
 	p.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
 	if k == nil {
 		return nil
 	}
@@ -280,6 +326,13 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		rej.Reason = ReasonPolicy
 		return p.reject(ctx, rej, err)
 	}
+	// From here on, paths referring to these may wait for this handler.
+	for _, o := range r.Outputs {
+		defer p.flying(o.Path)()
+	}
+	for _, o := range r.Sources {
+		defer p.flying(o.Path)()
+	}
 
 	byPath := make(map[string]attest.Output, len(v.Outputs))
 	for _, o := range v.Outputs {
@@ -291,34 +344,94 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 			p.requestRebuild(ctx, r)
 		}
 	}()
-	for _, o := range r.Outputs {
-		var existing bool
+	fail := func(path string, err error) error {
+		var re *rejectError
+		if errors.As(err, &re) {
+			rej.Reason = re.reason
+			return p.reject(ctx, rej, re.err)
+		}
+		return fmt.Errorf("push %s: %w", path, err)
+	}
+	// Sources first: the outputs usually refer to them, and find them
+	// visible instead of waiting.
+	for _, src := range r.Sources {
+		out := attest.Output{Name: src.Name, Path: src.Path, NarSize: src.NarSize, References: src.References}
+		hex.Decode(out.NarHash[:], []byte(src.NarHash)) // Validate checked the shape
+		c, err := checkCAPathIn(src.CA, out)
+		if err != nil {
+			rej.Reason = ReasonContentAddress
+			return p.reject(ctx, rej, err)
+		}
+		m := entryMeta{tenant: r.Tenant, builder: r.Builder, msgID: msgID, ca: &c}
+		oc, err := p.writeEntry(ctx, m, out, src.StagingKey, nil, nil, nil)
+		if err != nil {
+			return fail(src.Path, err)
+		}
+		p.report(ctx, m, out, oc)
+	}
+	for _, o := range outputOrder(r.Outputs, byPath) {
+		var oc outcome
 		var err error
 		out := byPath[o.Path]
-		if p.cfg.KV != nil {
-			var pending bool
-			existing, pending, err = p.vote(ctx, r, v, out, o, msgID)
-			needMore = needMore || pending
-		} else {
-			existing, err = p.writeEntry(ctx, v.DrvPath, out, o.StagingKey, []json.RawMessage{r.Bundle},
+		m := entryMeta{tenant: r.Tenant, builder: r.Builder, msgID: msgID, drv: v.DrvPath}
+		if o.CA != "" {
+			// A fixed-output derivation's output: its content is fixed by
+			// the derivation, so one trusted builder's result suffices.
+			c, cerr := checkCAPathIn(o.CA, out)
+			if cerr != nil {
+				rej.Reason = ReasonContentAddress
+				return p.reject(ctx, rej, cerr)
+			}
+			m.ca = &c
+			oc, err = p.writeEntry(ctx, m, out, o.StagingKey, []json.RawMessage{r.Bundle},
 				nonEmpty(p.checkNixSig(v.BuilderID, o.NixSig, out)), nil)
+		} else {
+			var pending bool
+			oc, pending, err = p.vote(ctx, r, v, out, o, msgID)
+			needMore = needMore || pending
 		}
 		if err != nil {
-			var re *rejectError
-			if errors.As(err, &re) {
-				rej.Reason = re.reason
-				return p.reject(ctx, rej, re.err)
-			}
-			return fmt.Errorf("push %s: %w", o.Path, err)
+			return fail(o.Path, err)
 		}
-		p.event(ctx, r.Tenant, queue.EventPublished, Publication{
-			Time: time.Now().UTC(), MsgID: msgID, Tenant: r.Tenant, Builder: r.Builder,
-			DrvPath: r.DrvPath, StorePath: o.Path, NarSHA256: o.NarHash, Existing: existing,
-		})
-		p.cfg.Metrics.Published()
-		p.log.Info("published", "path", o.Path, "builder", r.Builder, "existing", existing)
+		p.report(ctx, m, out, oc)
 	}
 	return nil
+}
+
+// outcome is what became of one output.
+type outcome int
+
+const (
+	outPending   outcome = iota // more votes needed
+	outWaiting                  // decided, waiting for its references
+	outPublished                // made visible now
+	outExisting                 // was visible already
+	outReleased                 // made visible, and reported, by settle
+)
+
+// entryMeta is where an entry comes from.
+type entryMeta struct {
+	tenant, builder, msgID, drv string
+	ca                          *contentaddr.CA // content-addressed paths only
+}
+
+// report records a visible entry (publication event, metric, log) and
+// releases what waits for it.
+func (p *Pusher) report(ctx context.Context, m entryMeta, out attest.Output, oc outcome) {
+	if oc != outPublished && oc != outExisting {
+		return
+	}
+	p.published(ctx, &Waiting{Tenant: m.tenant, StorePath: out.Path, DrvPath: m.drv, Builder: m.builder, MsgID: m.msgID,
+		NarSHA256: out.NarHashHex()}, oc == outExisting)
+	p.releaseWaiters(ctx, m.tenant, out.Path)
+}
+
+// checkCAPathIn is checkCAPath for a path that must be in StoreDir.
+func checkCAPathIn(ca string, out attest.Output) (contentaddr.CA, error) {
+	if !strings.HasPrefix(out.Path, StoreDir+"/") {
+		return contentaddr.CA{}, fmt.Errorf("%w: %s is not in %s", ErrContentAddress, out.Path, StoreDir)
+	}
+	return checkCAPath(ca, out)
 }
 
 // rejectError carries a permanent refusal out of pushOutput.
@@ -330,45 +443,63 @@ type rejectError struct {
 func (e *rejectError) Error() string { return e.err.Error() }
 
 // writeEntry publishes one output: NAR from staging (re-hashed while
-// compressed), provenance sidecar with bundles, then the narinfo signed by
-// the cache plus the builders' Nix signatures. When the path is already
-// published with the same NAR it only adds new bundles and signatures, and
-// reports true. A different NAR already published is a conflict.
-func (p *Pusher) writeEntry(ctx context.Context, drv string, out attest.Output, stagingKey string, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (bool, error) {
+// compressed, its content address checked when it has one), provenance
+// sidecar with bundles, then the narinfo signed by the cache plus the
+// builders' Nix signatures — or, while a reference is not visible, the
+// waiting record. When the path is already published with the same NAR
+// it only adds new bundles and signatures (outExisting). A different NAR
+// already published is a conflict.
+func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output, stagingKey string, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (outcome, error) {
 	if prev, err := p.existing(ctx, out.Path); err != nil {
-		return false, err
+		return 0, err
 	} else if prev != nil {
 		return p.mergeEntry(ctx, prev, out, bundles, sigs, q)
+	}
+	if oc, ok, err := p.mergeWaiting(ctx, m, out, bundles, sigs, q); ok || err != nil {
+		return oc, err
 	}
 
 	start := time.Now()
 	rc, info, err := p.cfg.Staging.OpenStaged(ctx, stagingKey)
 	if errors.Is(err, queue.ErrNotFound) {
-		return false, &rejectError{ReasonStaging, fmt.Errorf("staged NAR %s: %w", stagingKey, err)}
+		return 0, &rejectError{ReasonStaging, fmt.Errorf("staged NAR %s: %w", stagingKey, err)}
 	}
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	defer rc.Close()
 	if info.Size != out.NarSize {
-		return false, &rejectError{ReasonNAR, fmt.Errorf("%w: staged NAR %s has %d bytes, attested %d", ingest.ErrNarSizeMismatch, stagingKey, info.Size, out.NarSize)}
+		return 0, &rejectError{ReasonNAR, fmt.Errorf("%w: staged NAR %s has %d bytes, attested %d", ingest.ErrNarSizeMismatch, stagingKey, info.Size, out.NarSize)}
+	}
+	var src io.Reader = rc
+	if m.ca != nil {
+		cr := newCAReader(rc, *m.ca, out.Path)
+		defer cr.Close()
+		src = cr
 	}
 	ingestStart := time.Now()
-	nar, err := ingest.NAR(ctx, p.cfg.Store, rc, ingest.Expect{NarHash: out.NarHash, NarSize: out.NarSize}, p.cfg.Ingest)
+	nar, err := ingest.NAR(ctx, p.cfg.Store, src, ingest.Expect{NarHash: out.NarHash, NarSize: out.NarSize}, p.cfg.Ingest)
+	if errors.Is(err, ErrContentAddress) {
+		return 0, &rejectError{ReasonContentAddress, err}
+	}
 	if errors.Is(err, ingest.ErrMismatch) {
-		return false, &rejectError{ReasonNAR, err}
+		return 0, &rejectError{ReasonNAR, err}
 	}
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	p.cfg.Metrics.Ingest(nar.NarSize, time.Since(ingestStart))
 
 	if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
-		return false, err
+		return 0, err
 	}
-	ni, err := newNarinfo(out, drv, nar, p.cfg.CacheKey)
+	ca := ""
+	if m.ca != nil {
+		ca = m.ca.String()
+	}
+	ni, err := newNarinfo(out, m.drv, nar, p.cfg.CacheKey, ca)
 	if err != nil {
-		return false, &rejectError{ReasonInconsistent, err}
+		return 0, &rejectError{ReasonInconsistent, err}
 	}
 	addSigs(ni, sigs)
 	// Another member of the group may have published the path while this
@@ -376,39 +507,105 @@ func (p *Pusher) writeEntry(ctx context.Context, drv string, out attest.Output, 
 	// heartbeats are lost, as in a stream leader election. Merge into that
 	// narinfo instead of replacing it, so the entry is written once.
 	if prev, err := p.existing(ctx, out.Path); err != nil {
-		return false, err
+		return 0, err
 	} else if prev != nil {
 		return p.mergeEntry(ctx, prev, out, bundles, sigs, q)
 	}
-	// The narinfo goes last: once it is visible, its NAR and provenance are.
-	if err := store.Put(ctx, p.cfg.Store, NarinfoKey(out.Path), strings.NewReader(ni.String())); err != nil {
-		return false, err
+	refStart := time.Now()
+	missing, err := p.missingRefs(ctx, out.Path, out.References)
+	if err != nil {
+		return 0, err
 	}
+	p.cfg.Metrics.RefCheck(time.Since(refStart))
+	if len(missing) > 0 && p.awaitInFlight(ctx, missing) {
+		if missing, err = p.missingRefs(ctx, out.Path, out.References); err != nil {
+			return 0, err
+		}
+	}
+	w := &Waiting{Tenant: m.tenant, StorePath: out.Path, DrvPath: m.drv, Builder: m.builder, MsgID: m.msgID,
+		NarSHA256: out.NarHashHex(), Narinfo: ni.String(), References: out.References, Missing: missing}
+	if len(missing) > 0 {
+		return p.waitOutcome(p.wait(ctx, w))
+	}
+	// The narinfo goes last: once it is visible, its NAR, provenance and
+	// references are.
+	ok, err := p.makeVisible(ctx, w)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return outWaiting, nil
+	}
+	p.landed(out.Path)
 	p.cfg.Metrics.Push(nar.FileSize, time.Since(start))
-	return false, nil
+	return outPublished, nil
+}
+
+func (p *Pusher) waitOutcome(visible bool, err error) (outcome, error) {
+	if err != nil {
+		return 0, err
+	}
+	if visible {
+		return outReleased, nil
+	}
+	return outWaiting, nil
+}
+
+// mergeWaiting handles a path that already waits: the same NAR (a
+// redelivery, another builder's vote) adds its bundles and signatures to
+// the waiting entry without ingesting the NAR again; a different NAR is a
+// conflict. It reports false when nothing waits (or the waiting entry's
+// NAR is gone), and the caller ingests.
+func (p *Pusher) mergeWaiting(ctx context.Context, m entryMeta, out attest.Output, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (outcome, bool, error) {
+	w, err := GetWaiting(ctx, p.cfg.KV, m.tenant, out.Path)
+	if errors.Is(err, queue.ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	if w.NarSHA256 != out.NarHashHex() {
+		return 0, false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s already waits with NAR sha256 %s; this result says %s",
+			ErrRejected, out.Path, w.NarSHA256, out.NarHashHex())}
+	}
+	ni, err := narinfo.Parse(strings.NewReader(w.Narinfo))
+	if err != nil {
+		return 0, false, nil
+	}
+	if _, err := p.cfg.Store.Stat(ctx, ni.URL); err != nil {
+		return 0, false, nil
+	}
+	if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
+		return 0, false, err
+	}
+	if addSigs(ni, sigs) {
+		w.Narinfo = ni.String()
+	}
+	oc, err := p.waitOutcome(p.wait(ctx, w))
+	return oc, true, err
 }
 
 // mergeEntry adds out's bundles and signatures to the entry prev already
 // published for its path, and reports true; a different NAR there is a
 // conflict.
-func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out attest.Output, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (bool, error) {
+func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out attest.Output, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (outcome, error) {
 	h, err := narHashOf(prev)
 	if err != nil {
-		return false, &rejectError{ReasonConflict, fmt.Errorf("%w: existing %w", ErrRejected, err)}
+		return 0, &rejectError{ReasonConflict, fmt.Errorf("%w: existing %w", ErrRejected, err)}
 	}
 	if h != out.NarHash {
-		return false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s is already published with NAR sha256 %x; this result says %x",
+		return 0, &rejectError{ReasonConflict, fmt.Errorf("%w: %s is already published with NAR sha256 %x; this result says %x",
 			ErrRejected, out.Path, h, out.NarHash)}
 	}
 	if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
-		return true, err
+		return 0, err
 	}
 	if added := addSigs(prev, sigs); added {
 		if err := store.Put(ctx, p.cfg.Store, NarinfoKey(out.Path), strings.NewReader(prev.String())); err != nil {
-			return true, err
+			return 0, err
 		}
 	}
-	return true, nil
+	return outExisting, nil
 }
 
 // addSigs adds the signatures ni lacks and reports whether it added any.
@@ -461,6 +658,10 @@ func (p *Pusher) existing(ctx context.Context, storePath string) (*narinfo.NarIn
 // writeProvenance stores the sidecar for out, keeping bundles already
 // there for the same NAR (from other builders, or earlier runs).
 func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []json.RawMessage, q *QuorumInfo) error {
+	if len(add) == 0 {
+		// A source: its content address is its proof, no bundle attests it.
+		return nil
+	}
 	sc := &Provenance{Version: ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex(), Quorum: q}
 	if b, err := store.ReadAll(ctx, p.cfg.Store, ProvenanceKey(out.Path), maxNarinfoSize*4); err == nil {
 		if prev, perr := ParseProvenance(b); perr == nil && prev.NarSHA256 == sc.NarSHA256 {

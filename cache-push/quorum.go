@@ -31,6 +31,9 @@ const (
 	VerdictAgreed      = "agreed"       // a quorum agrees on one NAR
 	VerdictDisputed    = "disputed"     // builders disagree; nothing published
 	VerdictTrustedOnly = "trusted-only" // disputed, published from the trusted builder
+	// VerdictWaiting is what status says of a path decided without votes
+	// (content-addressed) that waits for its references.
+	VerdictWaiting = "waiting"
 )
 
 // KV is the key-value store of votes and reputation; *queue.Conn has it.
@@ -40,6 +43,7 @@ type KV interface {
 	KVList(ctx context.Context, bucket, prefix string) (map[string][]byte, error)
 	KVUpdate(ctx context.Context, bucket, key string, f func(old []byte) ([]byte, error)) error
 	KVCreate(ctx context.Context, bucket, key string, value []byte) error
+	KVDelete(ctx context.Context, bucket, key string) error
 }
 
 // Vote is one builder's verified claim about one output. Only verified
@@ -233,9 +237,9 @@ func (p *Pusher) checkNixSig(builder, sig string, out attest.Output) string {
 }
 
 // vote records a verified output as a vote, tallies, and publishes when
-// the quorum agrees. It returns whether the path was already published and
-// whether it still waits for votes.
-func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, out attest.Output, o queue.Output, msgID string) (existing, pending bool, err error) {
+// the quorum agrees. It returns what became of the output and whether it
+// still waits for votes.
+func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, out attest.Output, o queue.Output, msgID string) (oc outcome, pending bool, err error) {
 	vote := Vote{
 		Tenant: r.Tenant, StorePath: out.Path, DrvPath: v.DrvPath, System: v.System, Builder: v.BuilderID,
 		NarSHA256: out.NarHashHex(), NarSize: out.NarSize, References: out.References, StagingKey: o.StagingKey,
@@ -244,7 +248,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	key := queue.VoteKey(r.Tenant, out.Path, v.BuilderID)
 	first, err := json.Marshal(vote)
 	if err != nil {
-		return false, false, err
+		return 0, false, err
 	}
 	// Most votes are a builder's first on a path: one round trip.
 	err = p.cfg.KV.KVCreate(ctx, queue.BucketVotes, key, first)
@@ -263,7 +267,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		})
 	}
 	if err != nil {
-		return false, false, fmt.Errorf("record vote: %w", err)
+		return 0, false, fmt.Errorf("record vote: %w", err)
 	}
 
 	// The others' votes; this builder's is the one just written.
@@ -275,7 +279,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	}
 	votes, err := Votes(ctx, p.cfg.KV, r.Tenant, out.Path, others)
 	if err != nil {
-		return false, false, fmt.Errorf("read votes: %w", err)
+		return 0, false, fmt.Errorf("read votes: %w", err)
 	}
 	votes = append(votes, vote)
 	sort.Slice(votes, func(i, j int) bool { return votes[i].Builder < votes[j].Builder })
@@ -292,20 +296,20 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 
 	switch t.Verdict {
 	case VerdictPending:
-		return false, true, nil
+		return outPending, true, nil
 	case VerdictDisputed:
 		p.disputed(ctx, r.Tenant, out.Path, v.DrvPath, t)
 		// More independent votes may still settle it.
-		return false, true, nil
+		return outPending, true, nil
 	}
 	if t.Verdict == VerdictTrustedOnly {
 		p.disputed(ctx, r.Tenant, out.Path, v.DrvPath, t)
 	}
-	existing, err = p.publishAgreed(ctx, t)
+	oc, err = p.publishAgreed(ctx, t)
 	if err != nil {
-		return false, false, err
+		return 0, false, err
 	}
-	if !existing {
+	if oc != outExisting {
 		p.cfg.Metrics.QuorumWait(time.Since(firstVote(t.Agreeing)))
 	}
 	if t.Verdict == VerdictAgreed {
@@ -314,20 +318,20 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		p.countReputation(ctx, r.Tenant, out.Path, t)
 	}
 	if vote.NarSHA256 != t.Winner {
-		return false, false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s: this NAR (%s) is in the minority; %s (%s) won", ErrRejected, out.Path, vote.NarSHA256, t.Winner, t.Verdict)}
+		return 0, false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s: this NAR (%s) is in the minority; %s (%s) won", ErrRejected, out.Path, vote.NarSHA256, t.Winner, t.Verdict)}
 	}
-	return existing, false, nil
+	return oc, false, nil
 }
 
 // publishAgreed writes the winning NAR into the cache, or adds newly
 // agreeing bundles and signatures to the entry already there. Everything
 // it writes comes from verified votes.
-func (p *Pusher) publishAgreed(ctx context.Context, t Tally) (bool, error) {
+func (p *Pusher) publishAgreed(ctx context.Context, t Tally) (outcome, error) {
 	a := t.Agreeing[0]
 	var out attest.Output
 	out.Path, out.NarSize, out.References = a.StorePath, a.NarSize, a.References
 	if _, err := hex.Decode(out.NarHash[:], []byte(a.NarSHA256)); err != nil {
-		return false, fmt.Errorf("vote of %s: NAR hash %q: %w", a.Builder, a.NarSHA256, err)
+		return 0, fmt.Errorf("vote of %s: NAR hash %q: %w", a.Builder, a.NarSHA256, err)
 	}
 	var bundles []json.RawMessage
 	var sigs, agreeing []string
@@ -340,7 +344,8 @@ func (p *Pusher) publishAgreed(ctx context.Context, t Tally) (bool, error) {
 	}
 	info := &QuorumInfo{Verdict: t.Verdict, Min: t.Quorum.Min, Distinct: t.Quorum.Distinct, Agreeing: agreeing,
 		UnverifiedByQuorum: t.Verdict == VerdictTrustedOnly}
-	return p.writeEntry(ctx, a.DrvPath, out, a.StagingKey, bundles, sigs, info)
+	m := entryMeta{tenant: a.Tenant, builder: a.Builder, msgID: a.MsgID, drv: a.DrvPath}
+	return p.writeEntry(ctx, m, out, a.StagingKey, bundles, sigs, info)
 }
 
 // disputed reports a disagreement; the votes stay for audit.

@@ -62,11 +62,15 @@ type Pusher struct {
 	ingestBytes prometheus.Counter
 	ingestSecs  prometheus.Counter
 	ingestRate  prometheus.Histogram
+	waiting     prometheus.Counter
+	incomplete  prometheus.Counter
+	refCheck    prometheus.Histogram
 
 	// A copy of the counts for the status endpoint, which reports them
 	// without going through the registry.
 	nReceived  atomic.Uint64
 	nPublished atomic.Uint64
+	nWaiting   atomic.Uint64
 	lastPub    atomic.Int64 // unix nanoseconds; 0: none yet
 	mu         sync.Mutex
 	nRejected  map[string]uint64
@@ -99,10 +103,17 @@ func NewPusher(reg prometheus.Registerer) *Pusher {
 		ingestRate: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Subsystem: sub,
 			Name: "ingest_throughput_bytes_per_second", Help: "Uncompressed NAR throughput of each ingest.",
 			Buckets: prometheus.ExponentialBuckets(1<<20, 2, 12)}), // 1 MiB/s .. 2 GiB/s
+		waiting: prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Subsystem: sub,
+			Name: "waiting_total", Help: "Decided outputs stored to wait until their references are visible."}),
+		incomplete: prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Subsystem: sub,
+			Name: "incomplete_total", Help: "Waiting outputs reported incomplete after the policy's closure timeout."}),
+		refCheck: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Subsystem: sub,
+			Name: "reference_check_seconds", Help: "Time to check that an output's references are visible.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9)}), // 0.1ms .. ~6.5s
 		nRejected: map[string]uint64{},
 	}
 	reg.MustRegister(p.received, p.published, p.rejections, p.votes, p.quorumWait,
-		p.pushBytes, p.pushLatency, p.ingestBytes, p.ingestSecs, p.ingestRate)
+		p.pushBytes, p.pushLatency, p.ingestBytes, p.ingestSecs, p.ingestRate, p.waiting, p.incomplete, p.refCheck)
 	return p
 }
 
@@ -123,6 +134,31 @@ func (p *Pusher) Published() {
 	p.published.Inc()
 	p.nPublished.Add(1)
 	p.lastPub.Store(time.Now().UnixNano())
+}
+
+// Waiting counts an output stored to wait for its references.
+func (p *Pusher) Waiting() {
+	if p == nil {
+		return
+	}
+	p.waiting.Inc()
+	p.nWaiting.Add(1)
+}
+
+// Incomplete counts an output reported incomplete.
+func (p *Pusher) Incomplete() {
+	if p == nil {
+		return
+	}
+	p.incomplete.Inc()
+}
+
+// RefCheck records how long checking an output's references took.
+func (p *Pusher) RefCheck(d time.Duration) {
+	if p == nil {
+		return
+	}
+	p.refCheck.Observe(d.Seconds())
 }
 
 // Rejected counts a result refused for reason.
@@ -177,10 +213,12 @@ func (p *Pusher) Ingest(narBytes uint64, d time.Duration) {
 
 // PusherStatus is a snapshot of the pusher's counts.
 type PusherStatus struct {
-	Received        uint64            `json:"received"`
-	Published       uint64            `json:"published"`
-	LastPublication *time.Time        `json:"lastPublication,omitempty"`
-	Rejections      map[string]uint64 `json:"rejections"`
+	Received        uint64     `json:"received"`
+	Published       uint64     `json:"published"`
+	LastPublication *time.Time `json:"lastPublication,omitempty"`
+	// Waited counts outputs stored to wait for their references.
+	Waited     uint64            `json:"waited"`
+	Rejections map[string]uint64 `json:"rejections"`
 }
 
 // Status returns the counts so far; the zero status for a nil Pusher.
@@ -189,7 +227,7 @@ func (p *Pusher) Status() PusherStatus {
 	if p == nil {
 		return s
 	}
-	s.Received, s.Published = p.nReceived.Load(), p.nPublished.Load()
+	s.Received, s.Published, s.Waited = p.nReceived.Load(), p.nPublished.Load(), p.nWaiting.Load()
 	if ns := p.lastPub.Load(); ns != 0 {
 		t := time.Unix(0, ns).UTC()
 		s.LastPublication = &t

@@ -12,13 +12,36 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Key-value buckets of the quorum: votes (one per builder and output path)
-// and builder reputation. Both keep history 1 and live on disk, so a
-// pusher killed between votes finds them intact.
+// Key-value buckets of the pushers: votes (one per builder and output
+// path), builder reputation, and entries waiting for their references
+// (decided, ingested, not yet visible: see WaitingKey). All keep history 1
+// and live on disk, so a pusher killed in between finds them intact.
 const (
 	BucketVotes    = "PROVENIX_VOTES"
 	BucketBuilders = "PROVENIX_BUILDERS"
+	BucketWaiting  = "PROVENIX_WAITING"
 )
+
+// WaitingKey is where the entry for storePath waits until its references
+// are visible; all of them share the prefix WaitingPrefix.
+func WaitingKey(tenant, storePath string) string {
+	return WaitingPrefix + "." + tenant + "." + hashOf(storePath)
+}
+
+// WaitingPrefix is the key prefix of every waiting entry (KVList it).
+const WaitingPrefix = "path"
+
+// WaitersKey lists (as a JSON array of store paths) the entries waiting
+// for missing: publishing missing reads it to find the entries it may
+// release.
+func WaitersKey(tenant, missing string) string {
+	return "ref." + tenant + "." + hashOf(missing)
+}
+
+func hashOf(storePath string) string {
+	hash, _, _ := strings.Cut(path.Base(storePath), "-")
+	return hash
+}
 
 // ErrCASConflict means a compare-and-set update lost a race too often.
 var ErrCASConflict = errors.New("queue: concurrent update, retries exhausted")
@@ -32,9 +55,7 @@ func VoteKey(tenant, storePath, builderID string) string {
 
 // VotePrefix is the key prefix of all votes on storePath.
 func VotePrefix(tenant, storePath string) string {
-	base := path.Base(storePath)
-	hash, _, _ := strings.Cut(base, "-")
-	return tenant + "." + hash
+	return tenant + "." + hashOf(storePath)
 }
 
 // BuilderKey is the reputation key of a builder id.
@@ -49,6 +70,7 @@ func (c *Conn) ensureKV(ctx context.Context, o StreamOptions) error {
 	for _, cfg := range []jetstream.KeyValueConfig{
 		{Bucket: BucketVotes, Description: "Provenix quorum votes: one per tenant, output path and builder", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, TTL: o.MaxAge * 4},
 		{Bucket: BucketBuilders, Description: "Provenix builder reputation", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas},
+		{Bucket: BucketWaiting, Description: "Provenix entries waiting for their references, and who waits for what", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, TTL: o.MaxAge * 4},
 	} {
 		// The bucket's stream as nats.go makes it, for the fields we set.
 		if c.upToDate(ctx, jetstream.StreamConfig{Name: kvStreamPrefix + cfg.Bucket, Storage: cfg.Storage, Replicas: cfg.Replicas,

@@ -19,7 +19,7 @@ const (
 	RoleRunner Role = "runner"
 	// RolePusher publishes the tenant's cache: ConsumeResults with its
 	// tenant's filter, OpenStaged, the quorum's KV buckets, events and
-	// rebuild requests, and EnsureStreams (the pusher sets its tenant's
+	// rebuild requests, the entries waiting for their references, and EnsureStreams (the pusher sets its tenant's
 	// streams up at start, as `provenix cache-push` does). It cannot
 	// publish results nor write to staging.
 	RolePusher Role = "pusher"
@@ -67,7 +67,7 @@ func RolePermissions(tenant string, role Role) (Permissions, error) {
 	if err := ValidToken(tenant); err != nil {
 		return Permissions{}, fmt.Errorf("queue: permissions: tenant: %w", err)
 	}
-	kvVotes, kvBuilders := kvStreamPrefix+BucketVotes, kvStreamPrefix+BucketBuilders
+	kvVotes, kvBuilders, kvWaiting := kvStreamPrefix+BucketVotes, kvStreamPrefix+BucketBuilders, kvStreamPrefix+BucketWaiting
 	var pub []string
 	readStream := func(stream string) {
 		pub = append(pub, jsAPI+"STREAM.INFO."+stream, jsAPI+"DIRECT.GET."+stream+".>")
@@ -98,14 +98,14 @@ func RolePermissions(tenant string, role Role) (Permissions, error) {
 		readStream(kvVotes)
 	case RolePusher:
 		pub = append(pub, jsAPI+"INFO", subjectEvents+"."+tenant+".>", subjectRebuild+"."+tenant+".>")
-		for _, s := range []string{StreamResults, StreamEvents, StreamRebuild, stagingStream, kvVotes, kvBuilders} {
+		for _, s := range []string{StreamResults, StreamEvents, StreamRebuild, stagingStream, kvVotes, kvBuilders, kvWaiting} {
 			pub = append(pub, jsAPI+"STREAM.CREATE."+s, jsAPI+"STREAM.UPDATE."+s)
 		}
 		pub = append(pub, jsAPI+"STREAM.INFO."+StreamResults, jsAPI+"STREAM.INFO."+StreamEvents, jsAPI+"STREAM.INFO."+StreamRebuild)
 		consume(StreamResults, ResultsFilter(tenant))
 		readStream(stagingStream)
 		orderedReads(stagingStream)
-		for _, kv := range []string{BucketVotes, BucketBuilders} {
+		for _, kv := range []string{BucketVotes, BucketBuilders, BucketWaiting} {
 			readStream(kvStreamPrefix + kv)
 			orderedReads(kvStreamPrefix + kv)
 			pub = append(pub, kvSubjectPrefix+kv+".>")

@@ -37,7 +37,7 @@ type Limits struct {
 	// MaxMem bounds memory storage in bytes (max_mem). Provenix keeps
 	// nothing in memory streams.
 	MaxMem int64
-	// MaxStreams (max_streams): Provenix needs six.
+	// MaxStreams (max_streams): Provenix needs seven.
 	MaxStreams int
 	// MaxConsumers per stream (max_consumers): pusher groups and
 	// volunteers' systems, plus the short-lived readers of NARs and votes.
@@ -51,8 +51,9 @@ const (
 	DefaultMaxStreams   = 8
 	DefaultMaxConsumers = 256
 	// streamsNeeded is what EnsureStreams creates: RESULTS, EVENTS,
-	// REBUILD, the staging Object Store and two KV buckets.
-	streamsNeeded = 6
+	// REBUILD, the staging Object Store and three KV buckets (votes,
+	// builders, waiting entries).
+	streamsNeeded = 7
 )
 
 func (l *Limits) fill() error {

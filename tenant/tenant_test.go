@@ -223,6 +223,20 @@ func TestTenantIsolation(t *testing.T) {
 		if err := pusherA.KVPut(ctxT(t), queue.BucketVotes, "a.x.y", []byte("v")); err != nil {
 			t.Fatalf("a pusher KVPut: %v", err)
 		}
+		// The entries waiting for their references: the pusher's alone.
+		wk := queue.WaitingKey("a", ra.Outputs[0].Path)
+		if err := pusherA.KVPut(ctxT(t), queue.BucketWaiting, wk, []byte("w")); err != nil {
+			t.Fatalf("a pusher writes a waiting entry: %v", err)
+		}
+		if m, err := pusherA.KVList(ctxT(t), queue.BucketWaiting, queue.WaitingPrefix); err != nil || len(m) != 1 {
+			t.Fatalf("a pusher lists waiting entries: %v, %v", m, err)
+		}
+		if err := pusherA.KVDelete(ctxT(t), queue.BucketWaiting, wk); err != nil {
+			t.Fatalf("a pusher deletes a waiting entry: %v", err)
+		}
+		start0 := time.Now()
+		err = runnerA.KVPut(context.Background(), queue.BucketWaiting, wk, []byte("forged"))
+		fast(t, "a runner writes a waiting entry", start0, err, queue.ErrPermissionDenied)
 		if _, err := pusherA.KVList(ctxT(t), queue.BucketBuilders, ""); err != nil {
 			t.Fatalf("a pusher KVList: %v", err)
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -43,7 +44,9 @@ type Status struct {
 	ConsumerLag        uint64               `json:"consumerLag"`
 	ConsumerAckPending int                  `json:"consumerAckPending"`
 	Pusher             metrics.PusherStatus `json:"pusher"`
-	Errors             []string             `json:"errors,omitempty"`
+	// Waiting is how many decided paths wait for their references.
+	Waiting int      `json:"waiting"`
+	Errors  []string `json:"errors,omitempty"`
 }
 
 // Status reads the stack's counters and asks the broker for stream sizes
@@ -80,6 +83,11 @@ func (s *Stack) Status(ctx context.Context) *Status {
 			continue
 		}
 		st.Streams[name] = info.State.Msgs
+	}
+	if ws, err := cachepush.ListWaiting(ctx, s.conn); err != nil {
+		st.Errors = append(st.Errors, fmt.Sprintf("waiting entries: %v", err))
+	} else {
+		st.Waiting = len(ws)
 	}
 	if ci, err := s.consumerInfo(ctx); err != nil {
 		st.Errors = append(st.Errors, fmt.Sprintf("consumer: %v", err))

@@ -411,9 +411,13 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 			s.log.Info("released results the previous run left unacknowledged", "count", n, "group", s.cfg.Group)
 		}
 	}
+	ups, err := cachepush.UpstreamsFor(pol, nil)
+	if err != nil {
+		return err
+	}
 	s.pusher, err = cachepush.New(cachepush.Config{
 		KV: s.conn, Rebuilds: s.conn, Store: s.store, Policy: pol, CacheKey: cacheKey, Staging: s.conn, Events: s.conn, Logger: s.log,
-		Metrics: s.metrics.Pusher,
+		Metrics: s.metrics.Pusher, Upstreams: ups,
 	})
 	if err != nil {
 		return err

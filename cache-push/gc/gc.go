@@ -21,9 +21,15 @@
 // and sidecar but not yet its narinfo.
 //
 // Concurrent pushes: GC decides from one listing. A narinfo rewritten after
-// that listing (its ModTime changed) is not deleted. A push that starts
-// referencing a path GC is collecting is not detected; run GC with a MaxAge
-// well above the time a closure takes to push.
+// that listing (its ModTime changed) is not deleted. A narinfo published
+// during the run that refers to a path GC collected is withdrawn after the
+// deletions (Report.Withdrawn), so no visible narinfo is left with a
+// missing reference; the pusher checks its references again after writing
+// a narinfo, and withdraws it too when one vanished, which covers the
+// narinfos written after GC's last look. Run GC with a MaxAge well above
+// the time a closure takes to push, and a Grace above the closure rule's
+// waiting time: the NAR of an entry waiting for its references is an
+// orphan until it is published.
 package gc
 
 import (
@@ -117,6 +123,10 @@ type Report struct {
 	Orphans []Object `json:"orphans"`
 	// Malformed narinfos are kept as roots.
 	Malformed []Malformed `json:"malformed,omitempty"`
+	// Withdrawn are narinfos published during the run that referred to a
+	// path GC collected: deleted (narinfo only) so that no visible
+	// narinfo misses a reference. Their paths must be pushed again.
+	Withdrawn []Path `json:"withdrawn,omitempty"`
 	// MissingKeep are Keep entries the cache has no narinfo for.
 	MissingKeep []string `json:"missingKeep,omitempty"`
 	// OrphansSkipped, when set, says why orphan NARs were not collected.
@@ -252,6 +262,15 @@ func Run(ctx context.Context, st store.Store, opts Options) (*Report, error) {
 		rep.Paths = append(rep.Paths, p)
 	}
 
+	if !opts.DryRun && len(rep.Paths) > 0 {
+		w, err := withdrawBroken(ctx, st, narinfos, rep.Paths)
+		rep.Withdrawn = w
+		if err != nil {
+			errs = append(errs, err)
+		}
+		// Their NARs are younger than Grace: the orphan rule keeps them.
+	}
+
 	// Orphans: sidecars without a narinfo, then NAR files no narinfo uses.
 	cutoff := opts.Now.Add(-opts.Grace)
 	var orphans []store.Info
@@ -289,6 +308,57 @@ func Run(ctx context.Context, st store.Store, opts Options) (*Report, error) {
 		rep.BytesFreed += o.Size
 	}
 	return rep, errors.Join(errs...)
+}
+
+// withdrawBroken deletes the narinfos that appeared (or changed) since the
+// listing and refer to a collected path that is not visible again, then
+// those referring to a withdrawn one, until none is left.
+func withdrawBroken(ctx context.Context, st store.Store, listed map[string]*entry, collected []Path) ([]Path, error) {
+	present := map[string]store.Info{}
+	err := st.List(ctx, "", func(i store.Info) error {
+		if isHashKey(i.Key, narinfoSuffix) {
+			present[i.Key[:hashLen]] = i
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gc: list after collecting: %w", err)
+	}
+	gone := map[string]bool{}
+	for _, p := range collected {
+		h := p.Objects[0].Key[:hashLen]
+		if _, back := present[h]; !back {
+			gone[h] = true
+		}
+	}
+	var fresh []*entry
+	for _, h := range sortedKeys(present) {
+		i := present[h]
+		if e := listed[h]; e != nil && e.info.ModTime.Equal(i.ModTime) && e.info.Size == i.Size {
+			continue // its closure was decided live
+		}
+		e := &entry{info: i}
+		if err := e.load(ctx, st); err != nil && errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		fresh = append(fresh, e)
+	}
+	var out []Path
+	for changed := true; changed; {
+		changed = false
+		for _, e := range fresh {
+			h := e.info.Key[:hashLen]
+			if gone[h] || !slices.ContainsFunc(e.refs, func(r string) bool { return gone[r] }) {
+				continue
+			}
+			if err := st.Delete(ctx, e.info.Key); err != nil {
+				return out, fmt.Errorf("gc: withdraw %s: %w", e.info.Key, err)
+			}
+			gone[h], changed = true, true
+			out = append(out, Path{StorePath: e.storePath, Objects: []Object{{Key: e.info.Key, Size: e.info.Size}}})
+		}
+	}
+	return out, nil
 }
 
 // collect deletes one dead path: narinfo, sidecar, NAR.

@@ -305,3 +305,89 @@ func TestNoKeepRule(t *testing.T) {
 		t.Errorf("err = %v, want ErrNoKeepRule", err)
 	}
 }
+
+// publishOnDelete publishes a narinfo (as a pusher would, having found
+// its reference visible a moment before) when GC deletes the narinfo
+// that reference names.
+type publishOnDelete struct {
+	store.Store
+	c            *testCache
+	trigger      string
+	name, refers string
+	done         bool
+}
+
+func (s *publishOnDelete) Delete(ctx context.Context, key string) error {
+	if key == s.trigger && !s.done {
+		s.done = true
+		s.c.add(s.name, 0, s.refers)
+	}
+	return s.Store.Delete(ctx, key)
+}
+
+// visibleClosed fails if a visible narinfo refers to a path whose
+// narinfo is not visible.
+func visibleClosed(t *testing.T, c *testCache) {
+	t.Helper()
+	for _, k := range c.keys() {
+		if !strings.HasSuffix(k, ".narinfo") {
+			continue
+		}
+		b, err := store.ReadAll(ctxT(t), c.st, k, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ni, err := narinfo.Parse(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range ni.References {
+			if !c.exists(r[:32] + ".narinfo") {
+				t.Errorf("visible %s refers to %s, which is not", ni.StorePath, r)
+			}
+		}
+	}
+}
+
+// TestNoVisibleNarinfoMissesAReference: whatever GC collects, every
+// narinfo left visible has all its references visible — including one a
+// pusher published during the run, referring to a path GC was deleting.
+func TestNoVisibleNarinfoMissesAReference(t *testing.T) {
+	c := newTestCache(t)
+	base, _ := c.add("base", 30*day)
+	mid, _ := c.add("mid", 30*day, base)
+	c.add("top", 30*day, mid, storePath("top"))
+	live, _ := c.add("live", time.Hour, base, storePath("live"))
+	rep, err := Run(ctxT(t), c.st, Options{MaxAge: 7 * day, Grace: time.Minute, Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	visibleClosed(t, c)
+	if !c.exists(hashPart(live)+".narinfo") || !c.exists(hashPart(base)+".narinfo") || c.exists(hashPart(mid)+".narinfo") {
+		t.Fatalf("collected %v", collectedPaths(rep))
+	}
+	if len(rep.Withdrawn) != 0 {
+		t.Fatalf("withdrawn %+v without a concurrent publish", rep.Withdrawn)
+	}
+
+	// Now the late narinfo refers to a path GC does collect.
+	c2 := newTestCache(t)
+	old, _ := c2.add("old", 30*day)
+	c2.add("old-top", 30*day, old)
+	hook2 := &publishOnDelete{Store: c2.st, c: c2, trigger: hashPart(old) + ".narinfo", name: "late", refers: old}
+	rep, err = Run(ctxT(t), hook2, Options{MaxAge: 7 * day, Grace: time.Minute, Now: c2.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hook2.done {
+		t.Fatal("the concurrent publish did not happen")
+	}
+	visibleClosed(t, c2)
+	if len(rep.Withdrawn) != 1 || rep.Withdrawn[0].StorePath != storePath("late") {
+		t.Fatalf("withdrawn %+v, want the late narinfo", rep.Withdrawn)
+	}
+	// Its NAR and sidecar stay (younger than Grace) for a re-push.
+	if ks := c2.keys(); len(ks) != 2 {
+		t.Fatalf("left: %v", ks)
+	}
+}

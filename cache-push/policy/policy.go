@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/sigstore/sigstore-go/pkg/root"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -64,6 +65,14 @@ systems: [x86_64-linux, aarch64-linux, x86_64-darwin, aarch64-darwin]
 #     - id: forge:distro/pkgs
 #       identity: {issuer: "https://forge.example/api/actions",
 #                  san_regexp: '^https://forge\.example/distro/pkgs/.*@refs/tags/.*$'}
+# closure: a path is published only when every path it refers to is in this
+# cache or in an upstream below; until then it waits, and after timeout an
+# "incomplete" event says what is missing.
+#   closure: {timeout: 1h}
+# upstreams: other binary caches whose signed paths count as present.
+#   upstreams:
+#     - url: https://cache.nixos.org
+#       public_keys: ["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]
 # require_tlog: true also demands that key-signed bundles carry an entry from
 # a transparency log listed in trusted_root (e.g. a Rekor v2 log).
 builders:
@@ -97,7 +106,14 @@ type Policy struct {
 	// RequireTlog makes key-signed bundles need an entry from a
 	// transparency log in TrustedRoot too (keyless ones always do).
 	RequireTlog bool `yaml:"require_tlog"`
-	trusted     root.TrustedMaterial
+	// Upstreams are other binary caches whose paths count as present: a
+	// path referring to one of their paths is published without it.
+	// Each path is checked by fetching its narinfo there and verifying
+	// its signature with one of the upstream's keys.
+	Upstreams []Upstream `yaml:"upstreams"`
+	// Closure rules how long an entry may wait for its references.
+	Closure Closure `yaml:"closure"`
+	trusted root.TrustedMaterial
 
 	keys    map[string]*ecdsa.PublicKey // by builder id
 	nixKeys map[string]signature.PublicKey
@@ -122,6 +138,24 @@ type Builder struct {
 	// trusted for the builder id. Give either key or identity.
 	Identity *Identity `yaml:"identity"`
 }
+
+// Upstream is a binary cache trusted for the paths it serves signed.
+type Upstream struct {
+	URL string `yaml:"url"`
+	// PublicKeys are Nix public keys ("name:base64"); a narinfo signed by
+	// any of them counts.
+	PublicKeys []string `yaml:"public_keys"`
+}
+
+// Closure: a path is published only once every path it refers to is in
+// the cache (or an upstream). Timeout is how long it may wait before an
+// "incomplete" event reports what is missing (it keeps waiting).
+type Closure struct {
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// DefaultClosureTimeout is Closure.Timeout when the policy sets none.
+const DefaultClosureTimeout = time.Hour
 
 // Identity is a certificate identity: OIDC issuer and subject alternative
 // name, each exact or as a regular expression.
@@ -238,6 +272,17 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 	if p.Reputation.Window == 0 {
 		p.Reputation.Window = 7 * 24 * time.Hour
 	}
+	if p.Closure.Timeout < 0 {
+		return nil, errors.New("closure: negative timeout")
+	}
+	if p.Closure.Timeout == 0 {
+		p.Closure.Timeout = DefaultClosureTimeout
+	}
+	for i, u := range p.Upstreams {
+		if err := u.check(); err != nil {
+			return nil, fmt.Errorf("upstreams[%d]: %w", i, err)
+		}
+	}
 	p.keys = make(map[string]*ecdsa.PublicKey, len(p.Builders))
 	p.nixKeys = map[string]signature.PublicKey{}
 	p.byID = map[string]*Builder{}
@@ -319,6 +364,22 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 		}
 	}
 	return &p, nil
+}
+
+func (u Upstream) check() error {
+	l, err := url.Parse(u.URL)
+	if err != nil || (l.Scheme != "http" && l.Scheme != "https") || l.Host == "" {
+		return fmt.Errorf("url %q: want http(s)://host[/path]", u.URL)
+	}
+	if len(u.PublicKeys) == 0 {
+		return fmt.Errorf("%s: no public_keys: its paths could not be checked", u.URL)
+	}
+	for _, k := range u.PublicKeys {
+		if _, err := signature.ParsePublicKey(k); err != nil {
+			return fmt.Errorf("%s: public key %q: %w", u.URL, k, err)
+		}
+	}
+	return nil
 }
 
 func overrideQuorums(os []Override) []Quorum {

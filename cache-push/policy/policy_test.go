@@ -83,6 +83,12 @@ func TestParseErrors(t *testing.T) {
 		{"empty id", "builders:\n  - {key: keys/builder.pub}\n", "no id"},
 		{"bad tenant", "tenants: [a.b]\nbuilders:\n  - {id: a, key: keys/builder.pub}\n", "forbidden character"},
 		{"not yaml", "{{{", "parse"},
+		{"closure typo", "closure: {timout: 1h}\nbuilders:\n  - {id: a, key: keys/builder.pub}\n", "field timout not found"},
+		{"closure negative", "closure: {timeout: -1h}\nbuilders:\n  - {id: a, key: keys/builder.pub}\n", "negative timeout"},
+		{"upstream no keys", "upstreams: [{url: \"http://u.example\"}]\nbuilders:\n  - {id: a, key: keys/builder.pub}\n", "no public_keys"},
+		{"upstream bad url", "upstreams: [{url: \"ftp://u.example\", public_keys: [\"u-1:" + testNixPub + "\"]}]\nbuilders:\n  - {id: a, key: keys/builder.pub}\n", "want http(s)"},
+		{"upstream bad key", "upstreams: [{url: \"http://u.example\", public_keys: [\"u-1\"]}]\nbuilders:\n  - {id: a, key: keys/builder.pub}\n", "public key"},
+		{"upstream typo", "upstreams: [{url: \"http://u.example\", public_key: [\"u-1:" + testNixPub + "\"]}]\nbuilders:\n  - {id: a, key: keys/builder.pub}\n", "field public_key not found"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.yaml), dir)
@@ -90,6 +96,28 @@ func TestParseErrors(t *testing.T) {
 				t.Fatalf("Parse = %v, want error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// testNixPub is a Nix public key's base64 (32 bytes).
+const testNixPub = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="
+
+func TestClosureAndUpstreams(t *testing.T) {
+	dir := t.TempDir()
+	writeKey(t, dir)
+	p, err := Parse([]byte("builders:\n  - {id: a, key: keys/builder.pub}\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Closure.Timeout != DefaultClosureTimeout || len(p.Upstreams) != 0 {
+		t.Fatalf("defaults: %+v %+v", p.Closure, p.Upstreams)
+	}
+	p, err = Parse([]byte("closure: {timeout: 90s}\nupstreams:\n  - url: https://up.example/c\n    public_keys: [\"up-1:"+testNixPub+"\"]\nbuilders:\n  - {id: a, key: keys/builder.pub}\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Closure.Timeout.Seconds() != 90 || len(p.Upstreams) != 1 || p.Upstreams[0].URL != "https://up.example/c" || len(p.Upstreams[0].PublicKeys) != 1 {
+		t.Fatalf("parsed: %+v %+v", p.Closure, p.Upstreams)
 	}
 }
 
@@ -111,6 +139,7 @@ func policySeeds() map[string][]byte {
 			"reputation: {quarantine_after: 2, window: 24h}\nsources: [\"distro/*\"]\nbuilders:\n  - {id: a, key: keys/builder.pub}\n"),
 		"keyless":      []byte("trusted_root: root.json\nrequire_sct: true\nbuilders:\n  - id: forge:x\n    identity: {issuer: \"https://f/api/actions\", san_regexp: \"^https://f/x/.*$\"}\n"),
 		"nix-key":      []byte("builders:\n  - {id: a, key: keys/builder.pub, nix_key: \"a-1:ZmFrZXNpZ25hdHVyZWZha2VzaWduYXR1cmVmYWtlcw==\"}\n"),
+		"closure":      []byte("closure: {timeout: 2h}\nupstreams: [{url: \"https://u.example\", public_keys: [\"u-1:ZmFrZXNpZ25hdHVyZWZha2VzaWduYXR1cmVmYWtlcw==\"]}]\nbuilders:\n  - {id: a, key: keys/builder.pub}\n"),
 		"require-tlog": []byte("require_tlog: true\nbuilders:\n  - {id: a, key: keys/builder.pub}\n"),
 		"anchors":      []byte("a: &a [x]\nb: &b [*a, *a]\nbuilders: *b\n"),
 		"not-yaml":     []byte("{{{"),

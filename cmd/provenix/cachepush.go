@@ -106,8 +106,12 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	if err := conn.EnsureStreams(ctx, queue.StreamOptions{Replicas: f.replicas}); err != nil {
 		return err
 	}
+	ups, err := cachepush.UpstreamsFor(pol, nil)
+	if err != nil {
+		return err
+	}
 	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st.Store, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log,
-		Heartbeat: f.ackWait / 3})
+		Heartbeat: f.ackWait / 3, Upstreams: ups})
 	if err != nil {
 		return err
 	}

@@ -242,6 +242,11 @@ func synthParallel(t testing.TB, n int, one func(i int) error) {
 // content: the NAR written with go-nix's NAR writer, the result staged
 // under its NAR hash, and a Statement signed with signer.
 func synthesize(ctx context.Context, signer *attest.Signer, name string, content []byte) (*queue.Result, []byte, error) {
+	return synthesizeRefs(ctx, signer, name, content, nil)
+}
+
+// synthesizeRefs is synthesize for an output referring to refs.
+func synthesizeRefs(ctx context.Context, signer *attest.Signer, name string, content []byte, refs []string) (*queue.Result, []byte, error) {
 	var buf bytes.Buffer
 	w, err := nar.NewWriter(&buf)
 	if err != nil {
@@ -256,7 +261,7 @@ func synthesize(ctx context.Context, signer *attest.Signer, name string, content
 	if err := w.Close(); err != nil {
 		return nil, nil, err
 	}
-	out := attest.Output{Name: "out", Path: synthStorePath(name), NarHash: sha256.Sum256(buf.Bytes()), NarSize: uint64(buf.Len())}
+	out := attest.Output{Name: "out", Path: synthStorePath(name), NarHash: sha256.Sum256(buf.Bytes()), NarSize: uint64(buf.Len()), References: refs}
 	drv := synthStorePath(name + ".drv")
 	st, err := attest.NewStatement(&attest.Build{DrvPath: drv, System: "x86_64-linux", BuilderID: up.DefaultBuilderID,
 		Installable: attest.Installable{Kind: "drv", Ref: drv}, Outputs: []attest.Output{out}})
@@ -270,7 +275,7 @@ func synthesize(ctx context.Context, signer *attest.Signer, name string, content
 	return &queue.Result{Version: queue.ResultVersion, Tenant: up.DefaultTenant, Builder: up.DefaultBuilderID, DrvPath: drv,
 		System: "x86_64-linux",
 		Outputs: []queue.Output{{Name: "out", Path: out.Path, NarHash: out.NarHashHex(), NarSize: out.NarSize,
-			StagingKey: queue.StagingKey(out.NarHashHex())}},
+			StagingKey: queue.StagingKey(out.NarHashHex()), References: refs}},
 		Bundle: bundle}, buf.Bytes(), nil
 }
 

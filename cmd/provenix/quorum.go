@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -11,6 +12,7 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -132,6 +134,11 @@ quorum) — and why.`,
 				Why       string    `json:"why"`
 				Winner    string    `json:"winner,omitempty"`
 				Votes     []voteOut `json:"votes"`
+				// WaitingFor: decided, but invisible until these
+				// references are in the cache (or an upstream).
+				WaitingFor   []string   `json:"waitingFor,omitempty"`
+				WaitingSince *time.Time `json:"waitingSince,omitempty"`
+				Incomplete   *time.Time `json:"incomplete,omitempty"`
 			}
 			var outs []pathOut
 			for _, sp := range paths {
@@ -157,6 +164,17 @@ quorum) — and why.`,
 				if len(votes) == 0 {
 					po.Why = "no votes (not built yet, or the votes expired)"
 				}
+				w, err := cachepush.GetWaiting(ctx, conn, tenant, sp)
+				if err != nil && !errors.Is(err, queue.ErrNotFound) {
+					return &exitError{code: exitUsageErr, err: err}
+				}
+				if w != nil {
+					po.WaitingFor, po.WaitingSince, po.Incomplete = w.Missing, &w.Since, w.Incomplete
+					if len(votes) == 0 {
+						po.Verdict, po.Why = cachepush.VerdictWaiting, "decided by its content address"
+					}
+					po.Why += "; not visible until its references are"
+				}
 				outs = append(outs, po)
 			}
 			if asJSON {
@@ -164,6 +182,12 @@ quorum) — and why.`,
 			}
 			for _, po := range outs {
 				fmt.Fprintf(g.stdout, "%s\n  verdict: %s — %s\n", po.StorePath, po.Verdict, po.Why)
+				if po.WaitingSince != nil {
+					fmt.Fprintf(g.stdout, "  waiting for: %s (since %s)\n", strings.Join(po.WaitingFor, ", "), po.WaitingSince.UTC().Format(time.RFC3339))
+				}
+				if po.Incomplete != nil {
+					fmt.Fprintf(g.stdout, "  incomplete: reported at %s\n", po.Incomplete.UTC().Format(time.RFC3339))
+				}
 				for _, v := range po.Votes {
 					mark := " "
 					if v.NarSHA256 == po.Winner {

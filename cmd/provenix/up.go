@@ -178,6 +178,9 @@ func runUpStatus(ctx context.Context, g *globals, asJSON bool) error {
 	}
 	fmt.Fprintf(w, "  consumer lag  %d pending, %d awaiting ack\n", st.ConsumerLag, st.ConsumerAckPending)
 	fmt.Fprintf(w, "  results       %d received, %d published\n", st.Pusher.Received, st.Pusher.Published)
+	if st.Waiting > 0 {
+		fmt.Fprintf(w, "  waiting       %d path(s) for their references (provenix status PATH says which)\n", st.Waiting)
+	}
 	if st.Pusher.LastPublication != nil {
 		fmt.Fprintf(w, "  last publication %s\n", st.Pusher.LastPublication.Local().Format(time.DateTime))
 	} else {
