@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/sigstore/sigstore-go/pkg/root"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -527,6 +528,28 @@ func (p *Policy) DistinctKey(id, distinct string) string {
 		}
 	}
 	return "builder:" + id
+}
+
+// CountDistinct is how many distinct voters builders are under distinct:
+// the one count of "N independent builders" that the pusher's tally,
+// `provenix status` and `provenix verify` share.
+func (p *Policy) CountDistinct(builders []string, distinct string) int {
+	keys := make(map[string]bool, len(builders))
+	for _, id := range builders {
+		keys[p.DistinctKey(id, distinct)] = true
+	}
+	return len(keys)
+}
+
+// NixKeyNamed returns the Nix public key of one of the policy's builders
+// whose key name is name.
+func (p *Policy) NixKeyNamed(name string) (signature.PublicKey, bool) {
+	for _, id := range slices.Sorted(maps.Keys(p.nixKeys)) {
+		if k := p.nixKeys[id]; k.Name == name {
+			return k, true
+		}
+	}
+	return signature.PublicKey{}, false
 }
 
 // NixKey returns the builder's Nix public key, if it has one.
