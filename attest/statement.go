@@ -74,6 +74,16 @@ type Source struct {
 	Ref        string
 }
 
+// Isolation a runner records in Workflow.Isolation.
+const (
+	// IsolationUID: the job ran as a Unix user no other job had while it
+	// ran, with no process of that user alive when it started.
+	IsolationUID = "uid"
+	// IsolationCgroup: every process of the job was in a cgroup of its
+	// own, killed (daemons included) when the job ended.
+	IsolationCgroup = "cgroup"
+)
+
 // Workflow is the forge job a build ran in, when a runner built it: what
 // the forge told the runner, not what a job step claimed.
 type Workflow struct {

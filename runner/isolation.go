@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/runner/capture"
 	"codeberg.org/provenix/provenix/runner/isolate"
 )
@@ -36,7 +37,7 @@ func (r *Runner) box(ctx context.Context, taskID int64) (*jobBox, error) {
 		}
 		b.lease = l
 		if l.Exclusive {
-			b.kinds = append(b.kinds, isolate.KindUID)
+			b.kinds = append(b.kinds, attest.IsolationUID)
 		}
 	}
 	if r.cgroups != nil {
@@ -46,7 +47,7 @@ func (r *Runner) box(ctx context.Context, taskID int64) (*jobBox, error) {
 			return nil, err
 		}
 		b.cg = cg
-		b.kinds = append(b.kinds, isolate.KindCgroup)
+		b.kinds = append(b.kinds, attest.IsolationCgroup)
 	}
 	return b, nil
 }

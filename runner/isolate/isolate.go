@@ -24,16 +24,6 @@ import (
 	"time"
 )
 
-// Isolation names, as recorded in the provenance and required by policy.
-const (
-	// KindUID: the job ran as a Unix user no other job used while it ran, and
-	// that had no process alive when the job started.
-	KindUID = "uid"
-	// KindCgroup: every process of the job was in a cgroup of its own, killed
-	// when the job ended.
-	KindCgroup = "cgroup"
-)
-
 var (
 	// ErrNoCgroup: no writable cgroup v2 hierarchy (or not Linux).
 	ErrNoCgroup = errors.New("isolate: no writable cgroup v2 hierarchy")
