@@ -82,6 +82,9 @@ const (
 	// IsolationCgroup: every process of the job was in a cgroup of its
 	// own, killed (daemons included) when the job ended.
 	IsolationCgroup = "cgroup"
+	// IsolationPrivateTmp: the job had /tmp and /var/tmp of its own, in a
+	// mount namespace of its own.
+	IsolationPrivateTmp = "private-tmp"
 )
 
 // Workflow is the forge job a build ran in, when a runner built it: what

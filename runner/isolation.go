@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/runner/capture"
 	"codeberg.org/provenix/provenix/runner/isolate"
+	"codeberg.org/provenix/provenix/runner/job"
 )
 
 // reapTimeout bounds how long the runner waits for a job's leftover
@@ -22,9 +24,10 @@ const reapTimeout = 30 * time.Second
 // (nil: the runner's own) and its cgroup (nil: none), and the names of
 // the isolation that gives, for the provenance.
 type jobBox struct {
-	lease *isolate.Lease
-	cg    *isolate.Cgroup
-	kinds []string
+	lease      *isolate.Lease
+	cg         *isolate.Cgroup
+	privateTmp bool
+	kinds      []string
 }
 
 // box acquires a user for the job and makes its cgroup.
@@ -40,6 +43,10 @@ func (r *Runner) box(ctx context.Context, taskID int64) (*jobBox, error) {
 			b.kinds = append(b.kinds, attest.IsolationUID)
 		}
 	}
+	if r.privateTmp && b.lease != nil {
+		b.privateTmp = true
+		b.kinds = append(b.kinds, attest.IsolationPrivateTmp)
+	}
 	if r.cgroups != nil {
 		cg, err := r.cgroups.New(fmt.Sprintf("task-%d-%d", taskID, time.Now().UnixNano()))
 		if err != nil {
@@ -50,6 +57,27 @@ func (r *Runner) box(ctx context.Context, taskID int64) (*jobBox, error) {
 		b.kinds = append(b.kinds, attest.IsolationCgroup)
 	}
 	return b, nil
+}
+
+// underTmp returns the temporary directory (as a job's private one would
+// cover it) that dir is in, or "".
+func underTmp(dir string) string {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return ""
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	for _, t := range []string{"/tmp", "/var/tmp"} {
+		if real, err := filepath.EvalSymlinks(t); err == nil {
+			t = real
+		}
+		if abs == t || strings.HasPrefix(abs, t+"/") {
+			return t
+		}
+	}
+	return ""
 }
 
 // describe lists the isolation for the job log.
@@ -80,13 +108,27 @@ func (b *jobBox) ids() (int, int) {
 // and, from its first instruction, inside its cgroup.
 func (b *jobBox) procAttr() *syscall.SysProcAttr {
 	a := &syscall.SysProcAttr{Setpgid: true}
-	if u := b.user(); u != nil {
+	if b.privateTmp {
+		// Root, in a mount namespace of its own, until the job process
+		// has entered its sandbox (see sandbox).
+		privateMounts(a)
+	} else if u := b.user(); u != nil {
 		a.Credential = &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: u.Groups}
 	}
 	if b.cg != nil {
 		intoCgroup(a, b.cg.FD())
 	}
 	return a
+}
+
+// sandbox is what the job process does before running the job: bind
+// tmp over /tmp and become the job user. nil without a private /tmp.
+func (b *jobBox) sandbox(tmp string) *job.Sandbox {
+	u := b.user()
+	if !b.privateTmp || u == nil {
+		return nil
+	}
+	return &job.Sandbox{Tmp: tmp, UID: u.UID, GID: u.GID, Groups: u.Groups}
 }
 
 // peerCheck binds the signing socket to the job: the peer must be the

@@ -318,3 +318,64 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+// TestPrivateTmp: a job's /tmp and /var/tmp are its own — it sees
+// nothing of the host's, and what it writes there stays out of the
+// host's and goes with the job.
+func TestPrivateTmp(t *testing.T) {
+	requireRoot(t)
+	// The work directory must not be under /tmp, which the job's own covers.
+	work, err := os.MkdirTemp("/run", "provenix-test-work-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(work) })
+	if err := os.Chmod(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, func(o *Options) { o.JobUsers = testPool[:1]; o.WorkdirParent = filepath.Join(work, "work") })
+	if !f.runner.privateTmp {
+		t.Fatal("no mount namespace for jobs on this Linux host")
+	}
+	hostFile, err := os.CreateTemp("/tmp", "host-visible-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostFile.Close()
+	t.Cleanup(func() { os.Remove(hostFile.Name()) })
+	if err := os.Chmod(hostFile.Name(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mark := fmt.Sprintf("job-wrote-%d", time.Now().UnixNano())
+	payload := fmt.Sprintf(`on: push
+jobs:
+  j:
+    runs-on: nix
+    steps:
+      - run: |
+          if [ -e %[1]s ]; then echo "SEES-$((1+1))-HOST"; fi
+          echo x > /tmp/%[2]s
+          echo x > /var/tmp/%[2]s
+          echo "tmp is $(stat -c '%%U %%a' /tmp)"
+          [ -z "$(ls -A /tmp/ | grep -v '^job-wrote-')" ] || echo "SEES-$((2+2))-OTHERS"
+`, hostFile.Name(), mark)
+	id := f.srv.AddTask(task(t, payload, nil), "nix")
+	if got := runOne(t, f); got != runnerv1.Result_RESULT_SUCCESS {
+		st, _ := f.srv.Task(id)
+		t.Fatalf("result %v\n%s", got, strings.Join(st.LogLines(), "\n"))
+	}
+	st, _ := f.srv.Task(id)
+	log := strings.Join(st.LogLines(), "\n")
+	if strings.Contains(log, "SEES-2-HOST") || strings.Contains(log, "SEES-4-OTHERS") {
+		t.Errorf("the job saw the host's /tmp:\n%s", log)
+	}
+	if !strings.Contains(log, "tmp is "+testPool[0]+" 700") {
+		t.Errorf("the job's /tmp is not its own, mode 0700:\n%s", log)
+	}
+	for _, d := range []string{"/tmp", "/var/tmp"} {
+		if _, err := os.Lstat(filepath.Join(d, mark)); !errors.Is(err, os.ErrNotExist) {
+			os.Remove(filepath.Join(d, mark))
+			t.Errorf("the job's file reached the host's %s: %v", d, err)
+		}
+	}
+}

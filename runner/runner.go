@@ -58,6 +58,10 @@ type Options struct {
 	// is available (leftover processes are then killed by uid only, and
 	// only with JobUsers).
 	DisableCgroup bool
+	// DisablePrivateTmp keeps jobs in the host's mount namespace, sharing
+	// /tmp (Linux, root: otherwise each job gets /tmp and /var/tmp of its
+	// own, bound from its TMPDIR).
+	DisablePrivateTmp bool
 	// ChildCommand starts the job process (default: this executable with
 	// "runner exec-job"); it reads a job.Spec on stdin.
 	ChildCommand []string
@@ -74,6 +78,9 @@ type Runner struct {
 	windows *capture.Windows
 	users   *isolate.Pool    // nil: jobs run as the runner's own user
 	cgroups *isolate.Cgroups // nil: no cgroup v2 to put jobs in
+	// privateTmp: jobs start as root in a mount namespace of their own
+	// and enter their sandbox (job.Sandbox) before running anything.
+	privateTmp bool
 
 	mu           sync.Mutex
 	tasksVersion int64
@@ -122,6 +129,15 @@ func New(forge Forge, b *builder.Builder, opts Options) (*Runner, error) {
 		r.log.Warn("runner is not root: job steps run as this user and can read whatever it can, the signing key included; run the runner as root (jobs then run as the job user) to keep the key from them")
 	} else if !users.Exclusive() && opts.Capacity > 1 {
 		r.log.Warn("jobs running at once share one job user and can read each other's environment, files and signing socket; set provenix.job_users to a pool of at least capacity users", "job_user", name, "capacity", opts.Capacity)
+	}
+	if users != nil && !opts.DisablePrivateTmp {
+		if tmp := underTmp(opts.WorkdirParent); tmp != "" {
+			r.log.Warn("jobs share the host's /tmp: host.workdir_parent is under "+tmp+", which a private /tmp would hide from them", "workdir_parent", opts.WorkdirParent)
+		} else if err := probePrivateMounts(); err != nil {
+			r.log.Warn("jobs share the host's /tmp: no mount namespace for them", "err", err)
+		} else {
+			r.privateTmp = true
+		}
 	}
 	if !opts.DisableCgroup {
 		cg, err := isolate.OpenCgroups()

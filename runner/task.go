@@ -184,7 +184,7 @@ func (r *Runner) execute(ctx context.Context, t *taskRun, p *job.Parsed) runnerv
 	spec := &job.Spec{
 		TaskID: t.task.GetId(), Payload: t.task.GetWorkflowPayload(), Context: t.ctx,
 		Secrets: t.task.GetSecrets(), Vars: t.task.GetVars(), Env: env, Labels: r.opts.Labels,
-		Workdir: sub["repo"], ActionCacheDir: sub["act"],
+		Workdir: sub["repo"], ActionCacheDir: sub["act"], Sandbox: t.box.sandbox(sub["tmp"]),
 	}
 	for id, n := range t.task.GetNeeds() {
 		if spec.Needs == nil {

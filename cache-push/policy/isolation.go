@@ -14,7 +14,7 @@ var ErrIsolationMissing = fmt.Errorf("%w: build isolation missing", ErrDenied)
 
 // isolationNames are those a runner records; a policy naming another
 // would refuse everything, so it is refused at load.
-var isolationNames = []string{attest.IsolationUID, attest.IsolationCgroup}
+var isolationNames = []string{attest.IsolationUID, attest.IsolationCgroup, attest.IsolationPrivateTmp}
 
 func checkIsolationNames(names []string) error {
 	for _, n := range names {

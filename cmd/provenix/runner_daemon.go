@@ -195,7 +195,7 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 		FetchInterval: cfg.Runner.FetchInterval, FetchTimeout: cfg.Runner.FetchTimeout,
 		ReportInterval: cfg.Runner.ReportInterval, Envs: cfg.Runner.Envs,
 		WorkdirParent: workdir, JobUser: cfg.Provenix.JobUser, JobUsers: cfg.Provenix.JobUsers,
-		DisableCgroup: cfg.Provenix.NoCgroup, Version: version, Logger: log,
+		DisableCgroup: cfg.Provenix.NoCgroup, DisablePrivateTmp: cfg.Provenix.NoPrivateTmp, Version: version, Logger: log,
 	})
 	if err != nil {
 		rs.close()

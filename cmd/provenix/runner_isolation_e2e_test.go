@@ -118,7 +118,7 @@ func TestRunnerIsolationAgainstGitea(t *testing.T) {
 		t.Fatalf("runner register: %v\n%s", err, out)
 	}
 	stopIsolated, exited := startRunnerDaemon(t, bin, dataDir, runDir, "isolated", 3,
-		"provenix:\n  job_users: [\"provenix-job-{0..2}\"]\n", p, stack.NATSURL())
+		"provenix:\n  job_users: [\"provenix-job-{5..7}\"]\n", p, stack.NATSURL())
 
 	sh := openTempDir(t)
 	if err := os.Chmod(sh, 0o1777); err != nil {

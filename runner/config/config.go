@@ -190,6 +190,9 @@ type Provenix struct {
 	// NoCgroup keeps jobs out of per-job cgroups (Linux, cgroup v2), which
 	// are used whenever the runner can create them.
 	NoCgroup bool `yaml:"no_cgroup"`
+	// NoPrivateTmp keeps jobs on the host's /tmp and /var/tmp (Linux, root:
+	// by default each job has its own, in a mount namespace of its own).
+	NoPrivateTmp bool `yaml:"no_private_tmp"`
 }
 
 // Default returns the configuration used when there is no file. It does

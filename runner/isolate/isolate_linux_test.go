@@ -148,7 +148,7 @@ func TestKillAllOfUID(t *testing.T) {
 // (and a file in the shared /tmp) is handed out again only after both
 // are gone; an exclusive pool never gives one user to two jobs.
 func TestPoolNeverReusesWhileAlive(t *testing.T) {
-	a, b := poolUser(t, "provenix-job-2"), poolUser(t, "provenix-job-3")
+	a, b := poolUser(t, "provenix-job-3"), poolUser(t, "provenix-job-4")
 	log := slog.New(slog.DiscardHandler)
 	if _, err := NewPool([]*User{a}, 2, log); err == nil {
 		t.Fatal("a pool of 1 accepted capacity 2")
