@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"testing"
 	"time"
@@ -79,7 +80,8 @@ func pct(v []float64, p int) float64 {
 }
 
 // BenchmarkIsolationOverhead measures what per-job isolation (a pool
-// user, a cgroup created and killed, the uid swept, the socket bound)
+// user, a cgroup created and killed, the uid swept, a private /tmp, the
+// socket bound)
 // adds to a job's overhead on the runner, against a runner in the same
 // run with one shared job user and no cgroup; jobs of both alternate so
 // they share the machine's load. Reports overhead p50/p90 of each and
@@ -92,9 +94,22 @@ func BenchmarkIsolationOverhead(b *testing.B) {
 	}
 	quiet := func(o *Options) { o.Logger = nil }
 	base := newFixture(b, func(o *Options) { quiet(o); o.DisableCgroup = true })
-	iso := newFixture(b, func(o *Options) { quiet(o); o.JobUsers = testPool[:1] })
-	if iso.runner.cgroups == nil {
-		b.Fatal("no cgroup v2 here: the comparison would not include cgroups")
+	// Outside /tmp, so that the job's private /tmp is part of the cost.
+	work, err := os.MkdirTemp("/run", "provenix-bench-work-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(work) })
+	if err := os.Chmod(work, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	iso := newFixture(b, func(o *Options) {
+		quiet(o)
+		o.JobUsers = testPool[:1]
+		o.WorkdirParent = filepath.Join(work, "work")
+	})
+	if iso.runner.cgroups == nil || !iso.runner.privateTmp {
+		b.Fatal("no cgroup v2 or mount namespace here: the comparison would leave them out")
 	}
 	payload := "on: push\njobs:\n  j:\n    runs-on: nix\n    steps:\n      - run: \"true\"\n"
 	overhead := func(f *fixture) float64 {
