@@ -68,13 +68,13 @@ func KillUID(uid uint32) error {
 		// permitted capabilities are kept; effective ones (CAP_KILL) are
 		// dropped while euid is not 0, so kill(-1) reaches only uid's
 		// processes, never the runner itself.
-		if _, _, e := syscall.RawSyscall(syscall.SYS_SETRESUID, uintptr(uid), uintptr(uid), 0); e != 0 {
+		if _, _, e := syscall.RawSyscall(sysSetresuid, uintptr(uid), uintptr(uid), 0); e != 0 {
 			errc <- e
 			return
 		}
 		minus1 := -1
 		_, _, e := syscall.RawSyscall(syscall.SYS_KILL, uintptr(minus1), uintptr(syscall.SIGKILL), 0)
-		_, _, _ = syscall.RawSyscall(syscall.SYS_SETRESUID, 0, 0, 0)
+		_, _, _ = syscall.RawSyscall(sysSetresuid, 0, 0, 0)
 		if e != 0 && e != syscall.ESRCH {
 			errc <- e
 			return
