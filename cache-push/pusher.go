@@ -326,6 +326,10 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		rej.Reason = ReasonPolicy
 		return p.reject(ctx, rej, err)
 	}
+	if err := p.cfg.Policy.CheckIsolation(v.External); err != nil {
+		rej.Reason = ReasonPolicy
+		return p.reject(ctx, rej, err)
+	}
 	// From here on, paths referring to these may wait for this handler.
 	for _, o := range r.Outputs {
 		defer p.flying(o.Path)()

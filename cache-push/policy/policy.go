@@ -114,7 +114,11 @@ type Policy struct {
 	Upstreams []Upstream `yaml:"upstreams"`
 	// Closure rules how long an entry may wait for its references.
 	Closure Closure `yaml:"closure"`
-	trusted root.TrustedMaterial
+	// RequireIsolation lists the isolation a forge job's provenance must
+	// record (attest.Workflow.Isolation: uid, cgroup, private-tmp); see
+	// CheckIsolation.
+	RequireIsolation []string `yaml:"require_isolation"`
+	trusted          root.TrustedMaterial
 
 	keys    map[string]*ecdsa.PublicKey // by builder id
 	nixKeys map[string]signature.PublicKey
@@ -350,6 +354,9 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 			return nil, fmt.Errorf("trusted_root: %w", err)
 		}
 		p.trusted = tr
+	}
+	if err := checkIsolationNames(p.RequireIsolation); err != nil {
+		return nil, err
 	}
 	if p.RequireTlog && p.TrustedRoot == "" {
 		return nil, errors.New("require_tlog: needs trusted_root (the transparency log's trusted_root.json)")
