@@ -167,7 +167,7 @@ func (r *Runner) execute(ctx context.Context, t *taskRun, p *job.Parsed) runnerv
 	}
 	sock := filepath.Join(sub["sock"], "runner.sock")
 	srv, err := capture.ListenBound(sock, token, uid, gid, box.peerCheck(), func(ctx context.Context, drvs []string) ([]capture.Result, error) {
-		return r.attest(ctx, t, drvs, "step")
+		return r.attest(ctx, t, win, drvs, "step")
 	})
 	if err != nil {
 		t.rep.Logf("::error::%v", err)
@@ -355,7 +355,7 @@ func (r *Runner) childEnv(sub map[string]string, ju *isolate.User) []string {
 // attest publishes drvs the job realised, as this runner's builder, with
 // the closure the job built for them (builder.PublishClosure): only what
 // this store built while the job ran is attested.
-func (r *Runner) attest(ctx context.Context, t *taskRun, drvs []string, how string) ([]capture.Result, error) {
+func (r *Runner) attest(ctx context.Context, t *taskRun, win int, drvs []string, how string) ([]capture.Result, error) {
 	if r.builder == nil {
 		return nil, errors.New("this runner does not attest: it has no signing key or NATS configured")
 	}
@@ -365,8 +365,16 @@ func (r *Runner) attest(ctx context.Context, t *taskRun, drvs []string, how stri
 			return nil, fmt.Errorf("%s: %w", drv, err)
 		}
 	}
-	since := t.started.Truncate(time.Second)
-	return r.attestClosure(ctx, t, drvs, how, func(pi nix.PathInfo) bool { return !pi.Registered.Before(since) })
+	return r.attestClosure(ctx, t, drvs, how, stepEligible(r.windows, win))
+}
+
+// stepEligible is what a job may have attested through its socket: what
+// the store registered during the job and during no other job's time, the
+// rule of automatic capture. Nix does not record who asked for a build,
+// so with capacity > 1 a path built while another job ran could be that
+// job's, and a job naming it must not get it labelled with its workflow.
+func stepEligible(w *capture.Windows, win int) func(nix.PathInfo) bool {
+	return func(pi nix.PathInfo) bool { return w.Exclusive(win, pi.Registered) }
 }
 
 // checkDrv holds a derivation path that came from the job to what the
