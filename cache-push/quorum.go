@@ -395,6 +395,20 @@ type Reputation struct {
 	LastSeen      time.Time   `json:"lastSeen"`
 	Quarantined   bool        `json:"quarantined"`
 	QuarantinedAt *time.Time  `json:"quarantinedAt,omitempty"`
+
+	// Malformed counts malformed statements the builder signed (bundles
+	// that verify for it over content no result may carry);
+	// MalformedRecent are the latest, which quarantine it like minority
+	// votes do.
+	Malformed       int             `json:"malformed,omitempty"`
+	MalformedRecent []MalformedMark `json:"malformedRecent,omitempty"`
+}
+
+// MalformedMark is one malformed statement a builder signed: when, and a
+// digest of its bundle (so a relayed copy is not counted again).
+type MalformedMark struct {
+	Time   time.Time `json:"time"`
+	Digest string    `json:"digest"`
 }
 
 // GetReputation reads a builder's record.
