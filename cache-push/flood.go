@@ -90,6 +90,26 @@ func builderShare(concurrency int) int {
 	return (concurrency + 1) / 2
 }
 
+// maxDeferDelay caps deferDelay.
+const maxDeferDelay = 30 * time.Second
+
+// deferDelay is how long to defer a message on its n-th delivery: base,
+// doubling with each delivery. The server hands out due redeliveries
+// before new messages, so a flood of deferred messages coming back
+// faster than the free handlers can defer them again would keep every
+// new message, the other builders' too, from being delivered at all.
+// Growing delays thin the flood out; a builder deferred now and then
+// waits little.
+func deferDelay(base time.Duration, n uint64) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	if n > 8 {
+		return maxDeferDelay
+	}
+	return min(base<<(n-1), maxDeferDelay)
+}
+
 // routingBuilder reads the builder id a result message names, without
 // validating anything: it is for scheduling only, never for trust.
 func routingBuilder(data []byte) string {

@@ -292,7 +292,7 @@ func (p *Pusher) Close(ctx context.Context) error {
 func (p *Pusher) Handle(ctx context.Context, d *queue.Delivery) error {
 	builder := routingBuilder(d.Data)
 	if !p.flood.acquire(builder) {
-		return queue.Defer(p.cfg.DeferDelay)
+		return queue.Defer(deferDelay(p.cfg.DeferDelay, d.NumDelivered))
 	}
 	defer p.flood.release(builder)
 	defer d.KeepAlive(ctx, p.cfg.Heartbeat, func(err error) {
