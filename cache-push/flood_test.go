@@ -106,8 +106,15 @@ func (s *faultyStaging) OpenStaged(ctx context.Context, key string) (io.ReadClos
 // otherwise.
 func signed(t testing.TB, signer *attest.Signer, builder, name, stagingKey string, refs []string, mutate func(*queue.Result)) (*queue.Result, []byte) {
 	t.Helper()
-	h := sha256.Sum256([]byte(name))
-	out := attest.Output{Name: "out", Path: storePath(name), NarHash: h, NarSize: 1234, References: refs}
+	return signedNAR(t, signer, builder, name, stagingKey, sha256.Sum256([]byte(name)), 1234, refs, mutate)
+}
+
+func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
+
+// signedNAR is signed for a NAR of the given hash and size.
+func signedNAR(t testing.TB, signer *attest.Signer, builder, name, stagingKey string, h [32]byte, size uint64, refs []string, mutate func(*queue.Result)) (*queue.Result, []byte) {
+	t.Helper()
+	out := attest.Output{Name: "out", Path: storePath(name), NarHash: h, NarSize: size, References: refs}
 	drv := storePath(name + ".drv")
 	st, err := attest.NewStatement(&attest.Build{DrvPath: drv, System: "x86_64-linux", BuilderID: builder,
 		Installable: attest.Installable{Kind: "drv", Ref: drv}, Outputs: []attest.Output{out}})
@@ -119,7 +126,7 @@ func signed(t testing.TB, signer *attest.Signer, builder, name, stagingKey strin
 		t.Fatal(err)
 	}
 	r := &queue.Result{Version: queue.ResultVersion, Tenant: testTenant, Builder: builder, DrvPath: drv, System: "x86_64-linux",
-		Outputs: []queue.Output{{Name: "out", Path: out.Path, NarHash: hex.EncodeToString(h[:]), NarSize: 1234, StagingKey: stagingKey, References: refs}},
+		Outputs: []queue.Output{{Name: "out", Path: out.Path, NarHash: hex.EncodeToString(h[:]), NarSize: size, StagingKey: stagingKey, References: refs}},
 		Bundle:  bundle}
 	if mutate != nil {
 		mutate(r)
