@@ -446,7 +446,7 @@ func Reputations(ctx context.Context, kv KV) ([]Reputation, error) {
 }
 
 // ClearQuarantine lifts a builder's quarantine and forgets its recent
-// minority votes (the totals stay).
+// minority votes and malformed statements (the totals stay).
 func ClearQuarantine(ctx context.Context, kv KV, builder string) error {
 	found := false
 	err := kv.KVUpdate(ctx, queue.BucketBuilders, queue.BuilderKey(builder), func(old []byte) ([]byte, error) {
@@ -458,7 +458,7 @@ func ClearQuarantine(ctx context.Context, kv KV, builder string) error {
 		if err := json.Unmarshal(old, &r); err != nil {
 			return nil, err
 		}
-		r.Quarantined, r.QuarantinedAt, r.Minority = false, nil, nil
+		r.Quarantined, r.QuarantinedAt, r.Minority, r.MalformedRecent = false, nil, nil, nil
 		return json.Marshal(r)
 	})
 	if err == nil && !found {
