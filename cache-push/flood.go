@@ -74,7 +74,7 @@ type floodState struct {
 	mu       sync.Mutex
 	busy     map[string]int // handlers per (routing) builder id
 	failures map[uint64]int // retryable failures per stream sequence
-	lastDone atomic.Int64   // unix ns of the last message done with (not dead-lettered)
+	lastDone atomic.Int64   // unix ns of the last success
 }
 
 // maxFailureEntries bounds the failure counts kept: a message handled by
@@ -160,8 +160,7 @@ func (f *floodState) failed(seq uint64) int {
 	return f.failures[seq]
 }
 
-// done forgets the message at seq; progress records that messages get
-// through.
+// done forgets the message at seq; progress records a success.
 func (f *floodState) done(seq uint64, progress bool) {
 	f.mu.Lock()
 	delete(f.failures, seq)
@@ -171,7 +170,7 @@ func (f *floodState) done(seq uint64, progress bool) {
 	}
 }
 
-// progressing reports whether some message was done with lately.
+// progressing reports whether some message succeeded lately.
 func (f *floodState) progressing() bool {
 	ns := f.lastDone.Load()
 	return ns != 0 && time.Since(time.Unix(0, ns)) < outageWindow

@@ -25,13 +25,15 @@ import (
 // each of two 1,000-message floods from another builder, all in the same
 // run, on one pusher (concurrency 8, as `provenix up`) on a real embedded
 // NATS:
+//
 //   - malformed: the issue's attack, signed results whose reference's
 //     hash part holds a newline (rejected, counted against the builder);
+//
 //   - stuck: signed results whose staged NAR cannot be read, each
 //     holding its handler 100 ms before failing retryably (retried until
 //     dead-lettered).
 //
-//	go test -run '^$' -bench FloodLatency -benchtime 1x ./cache-push/
+//     go test -run '^$' -bench FloodLatency -benchtime 1x ./cache-push/
 func BenchmarkFloodLatency(b *testing.B) {
 	const (
 		flood    = 1000

@@ -300,7 +300,9 @@ func (p *Pusher) Handle(ctx context.Context, d *queue.Delivery) error {
 	})()
 	err := p.Process(ctx, d.Subject, d.Data, d.MsgID)
 	if err == nil || errors.Is(err, queue.ErrPermanent) {
-		p.flood.done(d.Stream, true)
+		// Only a success shows that what every result needs works: junk
+		// is rejected during an outage too.
+		p.flood.done(d.Stream, err == nil)
 		return err
 	}
 	if ctx.Err() != nil {
