@@ -425,3 +425,37 @@ func TestFloodDoesNotStarve(t *testing.T) {
 	t.Logf("honest result published %s into the flood", time.Since(start).Round(time.Millisecond))
 	f.checkEntry(t, honest)
 }
+
+// TestErrorClasses: what is terminal, what is an outage, what is neither
+// (retried, then dead-lettered). The KV error is a real one: a key with a
+// newline, as the attack produced.
+func TestErrorClasses(t *testing.T) {
+	f := newFixture(t)
+	_, kvErr := f.conn.KVGet(testCtx(t), queue.BucketVotes, "t1.aaaa\n.b")
+	if kvErr == nil {
+		t.Fatal("KV accepted a key with a newline")
+	}
+	var syn error = json.Unmarshal([]byte("{"), new(any))
+	for _, tc := range []struct {
+		name             string
+		err              error
+		unfixable, outge bool
+	}{
+		{"nats invalid key", fmt.Errorf("record vote: %w", kvErr), true, false},
+		{"invalid name", fmt.Errorf("open: %w", queue.ErrInvalidName), true, false},
+		{"json", fmt.Errorf("vote: %w", syn), true, false},
+		{"store key", store.ErrInvalidKey, true, false},
+		{"store full", fmt.Errorf("put: %w", store.ErrNoSpace), false, true},
+		{"jetstream full", queue.ErrStorageFull, false, true},
+		{"connection closed", nats.ErrConnectionClosed, false, true},
+		{"staging corrupt", queue.ErrCorrupt, false, false},
+		{"timeout", context.DeadlineExceeded, false, false},
+	} {
+		if got := unfixable(tc.err); got != tc.unfixable {
+			t.Errorf("%s: unfixable = %v", tc.name, got)
+		}
+		if got := outage(tc.err); got != tc.outge {
+			t.Errorf("%s: outage = %v", tc.name, got)
+		}
+	}
+}
