@@ -72,14 +72,19 @@ type floodState struct {
 	share int
 
 	mu       sync.Mutex
-	busy     map[string]int // handlers per (routing) builder id
-	failures map[uint64]int // retryable failures per stream sequence
-	lastDone atomic.Int64   // unix ns of the last success
+	busy     map[string]int       // handlers per (routing) builder id
+	suspect  map[string]time.Time // builders held to their share, until
+	failures map[uint64]int       // retryable failures per stream sequence
+	lastDone atomic.Int64         // unix ns of the last success
 }
 
 // maxFailureEntries bounds the failure counts kept: a message handled by
 // another member of the group is never seen again here.
 const maxFailureEntries = 100_000
+
+// suspectFor is how long a builder whose result failed or was rejected
+// is held to its share of the handlers.
+const suspectFor = time.Minute
 
 // builderShare is the share of concurrency handlers one builder may hold:
 // half, rounded up, so a flood leaves the other half to everyone else.
@@ -126,18 +131,34 @@ func routingBuilder(data []byte) string {
 }
 
 // acquire takes one of builder's handler slots, or reports false when the
-// builder holds its share already.
+// builder is suspect and holds its share already. A builder whose
+// results go through may use every handler: a deployment with one
+// builder, or one busy builder among idle ones, keeps its throughput;
+// queueing behind valid results is first come, first served.
 func (f *floodState) acquire(builder string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.busy == nil {
 		f.busy = map[string]int{}
 	}
-	if f.share > 0 && f.busy[builder] >= f.share {
+	if f.share > 0 && f.busy[builder] >= f.share && time.Now().Before(f.suspect[builder]) {
 		return false
 	}
 	f.busy[builder]++
 	return true
+}
+
+// distrust holds builder to its share for a while: one of its results
+// failed or was rejected. The id is the unverified one of the message, so
+// junk naming an honest builder can cost it half the handlers for a
+// while, never all of them.
+func (f *floodState) distrust(builder string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.suspect == nil || len(f.suspect) >= maxFailureEntries {
+		f.suspect = map[string]time.Time{}
+	}
+	f.suspect[builder] = time.Now().Add(suspectFor)
 }
 
 func (f *floodState) release(builder string) {

@@ -459,3 +459,27 @@ func TestErrorClasses(t *testing.T) {
 		}
 	}
 }
+
+// TestBuilderShare: a builder may use every handler until one of its
+// results fails or is rejected; then it holds at most its share.
+func TestBuilderShare(t *testing.T) {
+	f := floodState{share: builderShare(4)}
+	for i := range 4 {
+		if !f.acquire("a") {
+			t.Fatalf("handler %d refused to a builder in good standing", i+1)
+		}
+	}
+	f.distrust("a")
+	if f.acquire("a") {
+		t.Fatal("a suspect builder holding 4 handlers got a fifth")
+	}
+	if !f.acquire("b") {
+		t.Fatal("another builder refused")
+	}
+	for range 3 {
+		f.release("a")
+	}
+	if !f.acquire("a") || f.acquire("a") {
+		t.Fatal("a suspect builder's share is not 2 of 4")
+	}
+}

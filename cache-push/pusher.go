@@ -285,8 +285,9 @@ func (p *Pusher) Close(ctx context.Context) error {
 // with heartbeats while it works.
 //
 // No builder and no message can hold the consumer: a builder (as the
-// message names it, unverified: this is scheduling, not trust) occupies
-// at most half the handlers, its further results being deferred; and a
+// message names it, unverified: this is scheduling, not trust) whose
+// results lately failed or were rejected occupies at most half the
+// handlers, its further results being deferred; and a
 // result failing with a retryable error MaxFailures times is given up,
 // with a dead-letter event, unless the failures look like an outage.
 func (p *Pusher) Handle(ctx context.Context, d *queue.Delivery) error {
@@ -303,10 +304,16 @@ func (p *Pusher) Handle(ctx context.Context, d *queue.Delivery) error {
 		// Only a success shows that what every result needs works: junk
 		// is rejected during an outage too.
 		p.flood.done(d.Stream, err == nil)
+		if err != nil {
+			p.flood.distrust(builder)
+		}
 		return err
 	}
 	if ctx.Err() != nil {
 		return err
+	}
+	if !outage(err) {
+		p.flood.distrust(builder)
 	}
 	// Rejections were logged by reject. This is a failure a retry may
 	// fix (the cache store full or unreachable, a broker hiccup): the
