@@ -217,11 +217,17 @@ func TestSignedMalformedCharged(t *testing.T) {
 	}
 
 	// Mallory signs statements with a reference whose hash part holds a
-	// newline: the result repeats it (it fails to decode) or leaves it
-	// out (the signed statement is checked after verification).
-	const flood = 10
+	// newline (attest's shape check passes it; the pusher's check after
+	// verification does not), or that is no store path at all (attest
+	// refuses it after verifying the signature). The result repeats the
+	// reference (so it fails to decode) or leaves it out.
+	const flood = 12
 	for i := range flood {
-		_, data := signed(t, f.mallory, malloryID, fmt.Sprintf("poison-%d", i), "nar/p", []string{badHashPath}, func(r *queue.Result) {
+		ref := badHashPath
+		if i%4 >= 2 {
+			ref = "not/a/store/path"
+		}
+		_, data := signed(t, f.mallory, malloryID, fmt.Sprintf("poison-%d", i), "nar/p", []string{ref}, func(r *queue.Result) {
 			if i%2 == 1 {
 				r.Outputs[0].References = nil
 			}
