@@ -293,6 +293,7 @@ func (p *Pusher) Close(ctx context.Context) error {
 func (p *Pusher) Handle(ctx context.Context, d *queue.Delivery) error {
 	builder := routingBuilder(d.Data)
 	if !p.flood.acquire(builder) {
+		p.cfg.Metrics.Deferred()
 		return queue.Defer(deferDelay(p.cfg.DeferDelay, d.NumDelivered))
 	}
 	defer p.flood.release(builder)
