@@ -298,3 +298,60 @@ func BenchmarkBaselineECDSAVerify(b *testing.B) {
 		}
 	}
 }
+
+// TestVerifySignedMalformed: a statement the trusted key signed that is
+// not valid provenance names its signer (SignedMalformedError); a bad
+// signature, an unknown key or a statement of another kind names no one.
+func TestVerifySignedMalformed(t *testing.T) {
+	const builder = "https://builders.example/alice"
+	k, s := newKey(t)
+	_, other := newKey(t)
+	v, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: k.Public()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}
+	badRef := func(m map[string]any) {
+		subj := m["subject"].([]any)[0].(map[string]any)
+		subj["annotations"].(map[string]any)["references"] = []any{"not/a/store/path"}
+	}
+	noDrv := func(m map[string]any) {
+		delete(m["predicate"].(map[string]any)["buildDefinition"].(map[string]any)["externalParameters"].(map[string]any), "derivation")
+	}
+	good := signBuild(t, testBuild(builder), s, nil)
+	for _, tc := range []struct {
+		name   string
+		bundle []byte
+		blame  string
+	}{
+		{"bad reference", signBuild(t, testBuild(builder), s, badRef), builder},
+		{"no derivation", signBuild(t, testBuild(builder), s, noDrv), builder},
+		{"another builder's id", signBuild(t, testBuild("https://builders.example/mallory"), s, nil), builder},
+		{"bad reference, unknown key", signBuild(t, testBuild(builder), other, badRef), ""},
+		{"bad reference, not signed", alterPayload(t, good, func(p string) string {
+			return strings.Replace(p, testDep, "not/a/store/path", 1)
+		}), ""},
+		{"another kind of statement", signBuild(t, testBuild(builder), s, func(m map[string]any) {
+			m["predicateType"] = "https://slsa.dev/provenance/v0.2"
+			badRef(m)
+		}), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := v.Verify(tc.bundle, want)
+			if err == nil {
+				t.Fatal("verified")
+			}
+			var sm *SignedMalformedError
+			got := ""
+			if errors.As(err, &sm) {
+				got = sm.BuilderID
+				if !errors.Is(err, ErrSignedMalformed) || !errors.Is(err, ErrVerification) {
+					t.Errorf("%v does not wrap ErrSignedMalformed and ErrVerification", err)
+				}
+			}
+			if got != tc.blame {
+				t.Fatalf("blame %q, want %q (%v)", got, tc.blame, err)
+			}
+		})
+	}
+}

@@ -26,3 +26,23 @@ var (
 	// is not trusted for.
 	ErrUntrustedBuilder = fmt.Errorf("%w: untrusted builder id", ErrVerification)
 )
+
+// ErrSignedMalformed: the signature verified for a trusted builder, but
+// what it signed is not valid provenance of BuildType (a subject or
+// reference that is no store path, no derivation, another builder's id).
+// Unlike the other errors, only the holder of that builder's key can have
+// made it: SignedMalformedError names the builder to blame.
+var ErrSignedMalformed = fmt.Errorf("%w: trusted signer signed a malformed statement", ErrVerification)
+
+// SignedMalformedError is ErrSignedMalformed for one builder. Err is the
+// defect (it wraps ErrMalformedBundle or ErrUntrustedBuilder).
+type SignedMalformedError struct {
+	BuilderID string
+	Err       error
+}
+
+func (e *SignedMalformedError) Error() string {
+	return fmt.Sprintf("builder %s signed a malformed statement: %v", e.BuilderID, e.Err)
+}
+
+func (e *SignedMalformedError) Unwrap() []error { return []error{e.Err, ErrSignedMalformed} }

@@ -206,13 +206,19 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 	}
 	prov, err := parseStatement(res.Statement, predicateJSON(env))
 	if err != nil {
-		return nil, err
+		if errors.Is(err, ErrPredicateType) {
+			// Maybe a valid statement of another kind the same key signs:
+			// not ours to judge.
+			return nil, err
+		}
+		return nil, &SignedMalformedError{BuilderID: tb.ID, Err: err}
 	}
 	if err := checkSubjects(prov.Outputs, want); err != nil {
 		return nil, err
 	}
 	if prov.BuilderID != tb.ID {
-		return nil, fmt.Errorf("%w: provenance claims builder %q, signer %s is trusted for %q", ErrUntrustedBuilder, prov.BuilderID, keyID, tb.ID)
+		return nil, &SignedMalformedError{BuilderID: tb.ID,
+			Err: fmt.Errorf("%w: provenance claims builder %q, signer %s is trusted for %q", ErrUntrustedBuilder, prov.BuilderID, keyID, tb.ID)}
 	}
 	return &Verified{Provenance: prov, Builder: tb, KeyID: keyID}, nil
 }

@@ -129,6 +129,15 @@ type Config struct {
 	// and when it has not (DefaultUpstreamMissing when 0): a path an
 	// upstream has stays there, one it lacks may arrive soon.
 	UpstreamFound, UpstreamMissing time.Duration
+	// MaxFailures is how many retryable failures of one result this
+	// pusher accepts before it gives the result up, with a dead-letter
+	// event (DefaultMaxFailures when 0). Outages that fail every result
+	// alike (the store full, JetStream unreachable) are retried forever,
+	// as is a result failing while no other result gets through.
+	MaxFailures int
+	// DeferDelay is how long a result waits when its builder already
+	// occupies its share of the handlers (DefaultDeferDelay when 0).
+	DeferDelay time.Duration
 }
 
 // Pusher turns results into cache entries.
@@ -160,6 +169,9 @@ type Pusher struct {
 	// The sweeper of waiting entries, while open.
 	sweepStop context.CancelFunc
 	sweepDone chan struct{}
+
+	// Fairness per builder and bounded failures (flood.go).
+	flood floodState
 }
 
 // New checks cfg and returns a Pusher.
@@ -185,6 +197,12 @@ func New(cfg Config) (*Pusher, error) {
 	if cfg.UpstreamMissing <= 0 {
 		cfg.UpstreamMissing = DefaultUpstreamMissing
 	}
+	if cfg.MaxFailures <= 0 {
+		cfg.MaxFailures = DefaultMaxFailures
+	}
+	if cfg.DeferDelay <= 0 {
+		cfg.DeferDelay = DefaultDeferDelay
+	}
 	v, err := cfg.Policy.Verifier()
 	if err != nil {
 		return nil, fmt.Errorf("cachepush: %w", err)
@@ -202,6 +220,9 @@ func (p *Pusher) Open(ctx context.Context, c *queue.Conn, o queue.ConsumerOption
 	if err := ensureCacheInfo(ctx, p.cfg.Store); err != nil {
 		return err
 	}
+	p.flood.mu.Lock()
+	p.flood.share = builderShare(o.Concurrency)
+	p.flood.mu.Unlock()
 	k, err := c.ConsumeResults(ctx, o, p.Handle)
 	if err != nil {
 		return fmt.Errorf("cachepush: %w", err)
@@ -262,22 +283,54 @@ func (p *Pusher) Close(ctx context.Context) error {
 
 // Handle is the queue.Handler: it pushes one delivery, keeping it alive
 // with heartbeats while it works.
+//
+// No builder and no message can hold the consumer: a builder (as the
+// message names it, unverified: this is scheduling, not trust) whose
+// results lately failed or were rejected occupies at most half the
+// handlers, its further results being deferred; and a
+// result failing with a retryable error MaxFailures times is given up,
+// with a dead-letter event, unless the failures look like an outage.
 func (p *Pusher) Handle(ctx context.Context, d *queue.Delivery) error {
+	builder := routingBuilder(d.Data)
+	if !p.flood.acquire(builder) {
+		p.cfg.Metrics.Deferred()
+		return queue.Defer(deferDelay(p.cfg.DeferDelay, d.NumDelivered))
+	}
+	defer p.flood.release(builder)
 	defer d.KeepAlive(ctx, p.cfg.Heartbeat, func(err error) {
 		p.log.Warn("heartbeat failed", "msgId", d.MsgID, "err", err)
 	})()
 	err := p.Process(ctx, d.Subject, d.Data, d.MsgID)
-	if err != nil && !errors.Is(err, queue.ErrPermanent) && ctx.Err() == nil {
-		// Rejections were logged by reject. This is a failure a retry may
-		// fix (the cache store full or unreachable, a broker hiccup): the
-		// result comes back after a delay, and the operator must hear of
-		// it, the more so when it needs them (a full disk).
-		attrs := []any{"msgId", d.MsgID, "delivery", d.NumDelivered, "err", err}
-		if errors.Is(err, store.ErrNoSpace) {
-			p.log.Error("cache store full: result not pushed, will retry once space is freed", attrs...)
-		} else {
-			p.log.Warn("push failed, will retry", attrs...)
+	if err == nil || errors.Is(err, queue.ErrPermanent) {
+		// Only a success shows that what every result needs works: junk
+		// is rejected during an outage too.
+		p.flood.done(d.Stream, err == nil)
+		if err != nil {
+			p.flood.distrust(builder)
 		}
+		return err
+	}
+	if ctx.Err() != nil {
+		return err
+	}
+	if !outage(err) {
+		p.flood.distrust(builder)
+	}
+	// Rejections were logged by reject. This is a failure a retry may
+	// fix (the cache store full or unreachable, a broker hiccup): the
+	// result comes back after a delay, and the operator must hear of
+	// it, the more so when it needs them (a full disk).
+	n := p.flood.failed(d.Stream)
+	if n >= p.cfg.MaxFailures && !outage(err) && p.flood.progressing() {
+		p.flood.done(d.Stream, false)
+		p.deadLetter(ctx, d, builder, n, err)
+		return queue.Permanent(fmt.Errorf("%w after %d failures: %w", ErrDeadLettered, n, err))
+	}
+	attrs := []any{"msgId", d.MsgID, "delivery", d.NumDelivered, "failures", n, "err", err}
+	if errors.Is(err, store.ErrNoSpace) {
+		p.log.Error("cache store full: result not pushed, will retry once space is freed", attrs...)
+	} else {
+		p.log.Warn("push failed, will retry", attrs...)
 	}
 	return err
 }
@@ -294,6 +347,11 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		rej.Reason = ReasonMalformed
 		if errors.Is(err, queue.ErrTooLarge) {
 			rej.Reason = ReasonTooLarge
+		} else if b, serr := p.signedMalformed(data); b != "" {
+			// Signed by a trusted builder: its fault, whoever relayed it.
+			rej.Builder = b
+			p.chargeMalformed(ctx, b, rawBundle(data))
+			err = fmt.Errorf("%w; builder %s signed it: %w", err, b, serr)
 		}
 		return p.reject(ctx, rej, err)
 	}
@@ -314,9 +372,21 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		want = append(want, s)
 	}
 	v, err := p.verifier.Verify(r.Bundle, want)
+	var sm *attest.SignedMalformedError
+	if errors.As(err, &sm) {
+		rej.Reason, rej.Builder = ReasonMalformed, sm.BuilderID
+		p.chargeMalformed(ctx, sm.BuilderID, r.Bundle)
+		return p.reject(ctx, rej, err)
+	}
 	if err != nil {
 		rej.Reason = ReasonVerification
 		return p.reject(ctx, rej, err)
+	}
+	if err := statementErr(v); err != nil {
+		// What the builder signed is malformed: its fault.
+		rej.Reason, rej.Builder = ReasonMalformed, v.BuilderID
+		p.chargeMalformed(ctx, v.BuilderID, r.Bundle)
+		return p.reject(ctx, rej, fmt.Errorf("%w: builder %s signed a malformed statement: %w", ErrRejected, v.BuilderID, err))
 	}
 	if err := consistent(r, v); err != nil {
 		rej.Reason = ReasonInconsistent
@@ -353,6 +423,12 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		if errors.As(err, &re) {
 			rej.Reason = re.reason
 			return p.reject(ctx, rej, re.err)
+		}
+		if unfixable(err) {
+			// An invalid key or name, a value that does not decode: the
+			// same again next time.
+			rej.Reason = ReasonMalformed
+			return p.reject(ctx, rej, fmt.Errorf("push %s: %w", path, err))
 		}
 		return fmt.Errorf("push %s: %w", path, err)
 	}

@@ -480,6 +480,20 @@ type Reputation struct {
 	LastSeen      time.Time   `json:"lastSeen"`
 	Quarantined   bool        `json:"quarantined"`
 	QuarantinedAt *time.Time  `json:"quarantinedAt,omitempty"`
+
+	// Malformed counts malformed statements the builder signed (bundles
+	// that verify for it over content no result may carry);
+	// MalformedRecent are the latest, which quarantine it like minority
+	// votes do.
+	Malformed       int             `json:"malformed,omitempty"`
+	MalformedRecent []MalformedMark `json:"malformedRecent,omitempty"`
+}
+
+// MalformedMark is one malformed statement a builder signed: when, and a
+// digest of its bundle (so a relayed copy is not counted again).
+type MalformedMark struct {
+	Time   time.Time `json:"time"`
+	Digest string    `json:"digest"`
 }
 
 // GetReputation reads a builder's record.
@@ -517,7 +531,7 @@ func Reputations(ctx context.Context, kv KV) ([]Reputation, error) {
 }
 
 // ClearQuarantine lifts a builder's quarantine and forgets its recent
-// minority votes (the totals stay).
+// minority votes and malformed statements (the totals stay).
 func ClearQuarantine(ctx context.Context, kv KV, builder string) error {
 	found := false
 	err := kv.KVUpdate(ctx, queue.BucketBuilders, queue.BuilderKey(builder), func(old []byte) ([]byte, error) {
@@ -529,7 +543,7 @@ func ClearQuarantine(ctx context.Context, kv KV, builder string) error {
 		if err := json.Unmarshal(old, &r); err != nil {
 			return nil, err
 		}
-		r.Quarantined, r.QuarantinedAt, r.Minority = false, nil, nil
+		r.Quarantined, r.QuarantinedAt, r.Minority, r.MalformedRecent = false, nil, nil, nil
 		return json.Marshal(r)
 	})
 	if err == nil && !found {

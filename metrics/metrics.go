@@ -65,6 +65,7 @@ type Pusher struct {
 	waiting     prometheus.Counter
 	incomplete  prometheus.Counter
 	refCheck    prometheus.Histogram
+	deferred    prometheus.Counter
 
 	// A copy of the counts for the status endpoint, which reports them
 	// without going through the registry.
@@ -110,10 +111,12 @@ func NewPusher(reg prometheus.Registerer) *Pusher {
 		refCheck: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Subsystem: sub,
 			Name: "reference_check_seconds", Help: "Time to check that an output's references are visible.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9)}), // 0.1ms .. ~6.5s
+		deferred: prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Subsystem: sub,
+			Name: "deferred_total", Help: "Results put back for later because their builder, after failures or rejections, held its share of the handlers (a flood)."}),
 		nRejected: map[string]uint64{},
 	}
 	reg.MustRegister(p.received, p.published, p.rejections, p.votes, p.quorumWait,
-		p.pushBytes, p.pushLatency, p.ingestBytes, p.ingestSecs, p.ingestRate, p.waiting, p.incomplete, p.refCheck)
+		p.pushBytes, p.pushLatency, p.ingestBytes, p.ingestSecs, p.ingestRate, p.waiting, p.incomplete, p.refCheck, p.deferred)
 	return p
 }
 
@@ -159,6 +162,14 @@ func (p *Pusher) RefCheck(d time.Duration) {
 		return
 	}
 	p.refCheck.Observe(d.Seconds())
+}
+
+// Deferred counts a result put back for later (a builder over its share).
+func (p *Pusher) Deferred() {
+	if p == nil {
+		return
+	}
+	p.deferred.Inc()
 }
 
 // Rejected counts a result refused for reason.

@@ -31,6 +31,9 @@ const (
 	maxConcurrency = 256
 	// pullExpiry is how long one pull request waits for a message.
 	pullExpiry = 30 * time.Second
+	// DefaultMaxAckPending is ConsumerOptions.MaxAckPending's default.
+	// The server keeps a few dozen bytes per pending message.
+	DefaultMaxAckPending = 100_000
 	// maxTermReason bounds the handler error text sent with a Term (it
 	// ends up in an advisory).
 	maxTermReason = 512
@@ -100,6 +103,8 @@ func (d *Delivery) KeepAlive(ctx context.Context, interval time.Duration, onErr 
 //     mean a redelivery, so handlers must be idempotent anyway);
 //   - an error wrapping ErrPermanent (see Permanent): terminated, never
 //     redelivered to this group;
+//   - an error from Defer: released, redelivered after its delay, logged
+//     as nothing (it is scheduling, not a failure);
 //   - any other error: redelivered after a delay growing with
 //     NumDelivered (1 s, 2 s, 4 s, ... capped at 30 s). When the handler's
 //     ctx was cancelled by Stop, the message is released at once instead,
@@ -127,6 +132,14 @@ type ConsumerOptions struct {
 	// MaxDeliver stay in the stream but are never delivered again to this
 	// group); a result that can never succeed should fail with Permanent.
 	MaxDeliver int
+	// MaxAckPending bounds the messages of the group delivered and not
+	// yet acked or terminated, including those released for a later
+	// redelivery (a failure's backoff, a Defer); DefaultMaxAckPending
+	// when 0. The server stops delivering when it is reached, so it must
+	// be far above what one sender can make wait: with the server's
+	// default of 1,000, a thousand results retried with backoff stopped
+	// every other result.
+	MaxAckPending int
 	// Concurrency is how many handlers run at once in this Consumer; 1
 	// when 0. Each running handler holds exactly one message: nothing is
 	// prefetched, so no message waits in a client buffer while its
@@ -161,6 +174,12 @@ func (o *ConsumerOptions) validateLimits() error {
 	}
 	if o.MaxDeliver < -1 {
 		return fmt.Errorf("MaxDeliver %d: want -1 (unlimited) or a positive count", o.MaxDeliver)
+	}
+	if o.MaxAckPending == 0 {
+		o.MaxAckPending = DefaultMaxAckPending
+	}
+	if o.MaxAckPending < 0 {
+		return fmt.Errorf("MaxAckPending %d: want a positive count", o.MaxAckPending)
 	}
 	if o.Concurrency == 0 {
 		o.Concurrency = 1
@@ -218,6 +237,7 @@ func (c *Conn) ConsumeResults(ctx context.Context, o ConsumerOptions, h Handler)
 		FilterSubject: o.FilterSubject,
 		AckWait:       o.AckWait,
 		MaxDeliver:    o.MaxDeliver,
+		MaxAckPending: o.MaxAckPending,
 	}
 	k, err := c.consume(ctx, StreamResults, want, o.Concurrency, c.log.With(logKeyGroup, o.Group), h)
 	if err != nil {
@@ -244,9 +264,10 @@ func (c *Conn) consume(ctx context.Context, stream string, want jetstream.Consum
 		return nil, fmt.Errorf("consumer %s: %w", name, mapJSError(err))
 	}
 	if got := cons.CachedInfo().Config; got.AckPolicy != want.AckPolicy || got.FilterSubject != want.FilterSubject ||
-		got.AckWait != want.AckWait || got.MaxDeliver != want.MaxDeliver {
-		return nil, fmt.Errorf("consumer %s: %w: ack %v/%v, filter %q, ack wait %s, max deliver %d",
-			name, ErrConfigDropped, got.AckPolicy, want.AckPolicy, got.FilterSubject, got.AckWait, got.MaxDeliver)
+		got.AckWait != want.AckWait || got.MaxDeliver != want.MaxDeliver ||
+		(want.MaxAckPending != 0 && got.MaxAckPending != want.MaxAckPending) {
+		return nil, fmt.Errorf("consumer %s: %w: ack %v/%v, filter %q, ack wait %s, max deliver %d, max ack pending %d",
+			name, ErrConfigDropped, got.AckPolicy, want.AckPolicy, got.FilterSubject, got.AckWait, got.MaxDeliver, got.MaxAckPending)
 	}
 
 	handlerCtx, stop := context.WithCancel(ctx)
@@ -354,9 +375,12 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultTimeout)
 	defer cancel()
 	var aerr error
+	var deferred *deferError
 	switch {
 	case herr == nil:
 		aerr = msg.DoubleAck(actx)
+	case errors.As(herr, &deferred):
+		aerr = msg.NakWithDelay(deferred.delay)
 	case errors.Is(herr, ErrPermanent):
 		aerr = msg.TermWithReason(truncate(herr.Error(), maxTermReason))
 	case ctx.Err() != nil:

@@ -193,6 +193,7 @@ func TestConsumeOutcomes(t *testing.T) {
 		{"permanent", Permanent(errors.New("bad signature")), 1},
 		{"permanent wrapped", fmt.Errorf("verify: %w", Permanent(errors.New("bad"))), 1},
 		{"transient", errors.New("cache store down"), 2},
+		{"deferred", Defer(100 * time.Millisecond), 2},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -386,6 +387,7 @@ func TestConsumerOptions(t *testing.T) {
 		{"short ack wait", ConsumerOptions{Group: "g", AckWait: time.Millisecond}, nil},
 		{"bad max deliver", ConsumerOptions{Group: "g", MaxDeliver: -2}, nil},
 		{"negative concurrency", ConsumerOptions{Group: "g", Concurrency: -1}, nil},
+		{"negative max ack pending", ConsumerOptions{Group: "g", MaxAckPending: -1}, nil},
 		{"huge concurrency", ConsumerOptions{Group: "g", Concurrency: maxConcurrency + 1}, nil},
 	}
 	c := &Conn{} // never reaches the server
@@ -404,7 +406,7 @@ func TestConsumerOptions(t *testing.T) {
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
 	}
-	want := ConsumerOptions{Group: "g", FilterSubject: "results.>", AckWait: DefaultAckWait, MaxDeliver: -1, Concurrency: 1}
+	want := ConsumerOptions{Group: "g", FilterSubject: "results.>", AckWait: DefaultAckWait, MaxDeliver: -1, MaxAckPending: DefaultMaxAckPending, Concurrency: 1}
 	if o != want {
 		t.Errorf("defaults = %+v, want %+v", o, want)
 	}
@@ -545,4 +547,31 @@ func TestReleaseDeliveries(t *testing.T) {
 		return info.NumAckPending == 0 && info.NumPending == 0
 	})
 	stop(t, k)
+}
+
+// TestConsumeDefer: a deferred message comes back after the deferral's
+// delay, not the failure backoff (1 s), and the consumer's window of
+// messages awaiting an ack is DefaultMaxAckPending, not the server's
+// 1,000 that a thousand deferred or failing messages would fill.
+func TestConsumeDefer(t *testing.T) {
+	_, c := setup(t)
+	publishN(t, c, 1)
+	var mu sync.Mutex
+	var times []time.Time
+	consume(t, c, ConsumerOptions{Group: "d"}, func(_ context.Context, d *Delivery) error {
+		mu.Lock()
+		defer mu.Unlock()
+		times = append(times, time.Now())
+		if d.NumDelivered == 1 {
+			return Defer(50 * time.Millisecond)
+		}
+		return nil
+	})
+	waitFor(t, 5*time.Second, "the redelivery", func() bool { mu.Lock(); defer mu.Unlock(); return len(times) == 2 })
+	if gap := times[1].Sub(times[0]); gap > 700*time.Millisecond {
+		t.Errorf("deferred for 50ms, redelivered after %s", gap)
+	}
+	if got := consumerInfo(t, c, "d").Config.MaxAckPending; got != DefaultMaxAckPending {
+		t.Errorf("MaxAckPending %d, want %d", got, DefaultMaxAckPending)
+	}
 }

@@ -1,6 +1,9 @@
 package queue
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // Errors callers can match with errors.Is. Broker errors are mapped onto
 // these once, at the edge of this package.
@@ -62,3 +65,20 @@ type permanentError struct{ err error }
 
 func (e *permanentError) Error() string   { return e.err.Error() }
 func (e *permanentError) Unwrap() []error { return []error{e.err, ErrPermanent} }
+
+// ErrDeferred marks a handler's "not now" (see Defer): the message is
+// released for redelivery after a delay, without counting as a failure.
+var ErrDeferred = errors.New("queue: deferred")
+
+// Defer is a handler's outcome for a message it will not handle now, for
+// a reason that says nothing about the message (its sender already
+// occupies its share of the handlers): the message is released and
+// redelivered after delay. The server counts the delivery all the same
+// (NumDelivered grows): handlers that bound their retries must count
+// their own failures.
+func Defer(delay time.Duration) error { return &deferError{delay: delay} }
+
+type deferError struct{ delay time.Duration }
+
+func (e *deferError) Error() string { return "queue: deferred for " + e.delay.String() }
+func (e *deferError) Unwrap() error { return ErrDeferred }

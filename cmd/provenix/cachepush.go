@@ -30,6 +30,7 @@ type pushFlags struct {
 	concurrency int
 	ackWait     time.Duration
 	replicas    int
+	maxFailures int
 }
 
 func newCachePushCmd(g *globals) *cobra.Command {
@@ -41,7 +42,9 @@ func newCachePushCmd(g *globals) *cobra.Command {
 result; members of one group share them), verify each bundle, apply the
 policy and write accepted outputs into a binary cache directory: NAR first,
 then the provenance sidecar, then the signed narinfo. Rejections are logged
-and published on events.<tenant>.rejected.
+and published on events.<tenant>.rejected; a result failing --max-failures
+times for a reason other than an outage of the store or NATS is given up
+and published on events.<tenant>.dead-letter.
 
 With --s3-endpoint and --s3-bucket it writes to an S3 bucket instead of
 --dir (secret key from --s3-secret-file or $PROVENIX_S3_SECRET) and removes
@@ -62,6 +65,7 @@ abandoned uploads older than a day, hourly.`,
 	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results to consume")
 	fl.IntVar(&f.concurrency, "concurrency", up.DefaultConcurrency, "results this pusher handles at once (each holds one message; members of a group share the work)")
 	fl.DurationVar(&f.ackWait, "ack-wait", queue.DefaultAckWait, "how long a result may go unacknowledged before another member of the group gets it; a killed pusher's results wait this long (the group's consumer takes the last value set)")
+	fl.IntVar(&f.maxFailures, "max-failures", cachepush.DefaultMaxFailures, "retryable failures of one result before it is given up (dead-letter event); outages are retried forever")
 	fl.IntVar(&f.replicas, "nats-replicas", 0, "replicas of the streams and buckets this pusher creates; 0: 3 on a NATS cluster of 3 or more servers, else 1")
 	return cmd
 }
@@ -70,6 +74,9 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	// Flags first: a usage error must not wait for a policy or a bucket.
 	if _, err := f.cache.check(); err != nil {
 		return err
+	}
+	if f.maxFailures < 1 {
+		return usageError("--max-failures %d: at least 1", f.maxFailures)
 	}
 	if f.ackWait < 3*time.Second {
 		return usageError("--ack-wait %s: at least 3s (the pusher heartbeats every third of it)", f.ackWait)
@@ -111,7 +118,7 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return err
 	}
 	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st.Store, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log,
-		Heartbeat: f.ackWait / 3, Upstreams: ups})
+		Heartbeat: f.ackWait / 3, Upstreams: ups, MaxFailures: f.maxFailures})
 	if err != nil {
 		return err
 	}

@@ -44,13 +44,13 @@ disagreements within the policy's reputation window.`,
 				return writeJSON(g, reps)
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "BUILDER\tOWNER\tAGREED\tMINORITY\tRECENT-MINORITY\tLAST SEEN\tSTATE")
+			fmt.Fprintln(tw, "BUILDER\tOWNER\tAGREED\tMINORITY\tRECENT-MINORITY\tMALFORMED\tLAST SEEN\tSTATE")
 			for _, r := range reps {
 				state := "ok"
 				if r.Quarantined {
 					state = "QUARANTINED since " + r.QuarantinedAt.UTC().Format(time.RFC3339)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", r.Builder, r.Owner, r.Agreements, r.Disagreements, len(r.Minority), r.LastSeen.UTC().Format(time.RFC3339), state)
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", r.Builder, r.Owner, r.Agreements, r.Disagreements, len(r.Minority), r.Malformed, r.LastSeen.UTC().Format(time.RFC3339), state)
 			}
 			return tw.Flush()
 		},
@@ -61,7 +61,7 @@ disagreements within the policy's reputation window.`,
 	var cnf natsFlags
 	clear := &cobra.Command{
 		Use:   "clear BUILDER-ID",
-		Short: "Lift a builder's quarantine (its recent minority votes are forgotten; totals stay)",
+		Short: "Lift a builder's quarantine (its recent minority votes and malformed statements are forgotten; totals stay)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			conn, err := cnf.connect(cmd.Context(), g, "provenix-builders")
