@@ -53,7 +53,9 @@ type Builder struct {
 	// StageClosures makes Publish also stage the derivation's closure
 	// export (its .drv, input .drv files and sources: what a volunteer
 	// needs to rebuild it) under queue.ClosureKey and name it in the
-	// result.
+	// result. A pusher needs it: it computes each output path from the
+	// .drv closure (drvpath) and rejects results without one, so only
+	// builders publishing to a pusher that does not check leave it off.
 	StageClosures bool
 
 	envMu sync.Mutex

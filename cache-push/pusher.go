@@ -33,7 +33,9 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/contentaddr"
+	"codeberg.org/provenix/provenix/drvpath"
 	"codeberg.org/provenix/provenix/metrics"
+	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -129,12 +131,22 @@ type Config struct {
 	// and when it has not (DefaultUpstreamMissing when 0): a path an
 	// upstream has stays there, one it lacks may arrive soon.
 	UpstreamFound, UpstreamMissing time.Duration
+	// DrvCacheSize is how many derivations' computed output paths are
+	// remembered (drvpath.DefaultCacheSize when 0); DrvLimits bound the
+	// .drv files read from one closure export.
+	DrvCacheSize int
+	DrvLimits    nix.ExportDrvLimits
+	// UncheckedOutputPathsUnsafe skips checking output paths against
+	// their derivations (checkOutputPaths): for tests whose results name
+	// made-up derivations, never for a cache anyone substitutes from.
+	UncheckedOutputPathsUnsafe bool
 }
 
 // Pusher turns results into cache entries.
 type Pusher struct {
 	cfg      Config
 	verifier *attest.Verifier
+	drvs     *drvpath.Calculator
 	log      *slog.Logger
 
 	mu       sync.Mutex
@@ -189,7 +201,7 @@ func New(cfg Config) (*Pusher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cachepush: %w", err)
 	}
-	return &Pusher{cfg: cfg, verifier: v, log: cfg.Logger}, nil
+	return &Pusher{cfg: cfg, verifier: v, log: cfg.Logger, drvs: drvpath.NewCalculator(cfg.DrvCacheSize)}, nil
 }
 
 // Open starts consuming results as a member of the consumer group in o.
@@ -325,6 +337,14 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 	if err := p.cfg.Policy.CheckSource(v.External); err != nil {
 		rej.Reason = ReasonPolicy
 		return p.reject(ctx, rej, err)
+	}
+	if err := p.checkOutputPaths(ctx, r, v); err != nil {
+		var re *rejectError
+		if errors.As(err, &re) {
+			rej.Reason = re.reason
+			return p.reject(ctx, rej, re.err)
+		}
+		return fmt.Errorf("output paths of %s: %w", v.DrvPath, err)
 	}
 	// From here on, paths referring to these may wait for this handler.
 	for _, o := range r.Outputs {

@@ -103,7 +103,8 @@ func newFixtureAt(t testing.TB, cacheDir string, log *slog.Logger) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pu, err := New(Config{KV: conn, Store: st, Policy: p, CacheKey: cacheKey, Staging: conn, Events: conn, Logger: log})
+	pu, err := New(Config{KV: conn, Store: st, Policy: p, CacheKey: cacheKey, Staging: conn, Events: conn, Logger: log,
+		UncheckedOutputPathsUnsafe: true}) // made-up derivations
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,7 +73,7 @@ func newBuilder(t *testing.T, conn *queue.Conn, id string) (*builder.Builder, *e
 	opts["narinfo-cache-negative-ttl"] = "0"
 	return &builder.Builder{
 		Nix: &nix.Nix{Root: t.TempDir(), Options: opts}, Queue: conn, Signer: signer,
-		BuilderID: id, Tenant: tenant, Version: "test",
+		BuilderID: id, Tenant: tenant, Version: "test", StageClosures: true,
 	}, key
 }
 

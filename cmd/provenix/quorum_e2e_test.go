@@ -326,7 +326,7 @@ func lie(t *testing.T, ctx context.Context, conn *queue.Conn, c qbuilder, busybo
 	}
 	if _, err := conn.PublishResult(ctx, &queue.Result{Version: queue.ResultVersion, Tenant: up.DefaultTenant, Builder: c.id, DrvPath: drvs[0], System: d.Platform,
 		Outputs: []queue.Output{{Name: "out", Path: outs[0], NarHash: hexSum, NarSize: uint64(len(forged)), StagingKey: queue.StagingKey(hexSum)}},
-		Bundle:  bundle}); err != nil {
+		Bundle:  bundle, Closure: queue.ClosureKey(drvs[0])}); err != nil {
 		t.Fatal(err)
 	}
 }
