@@ -221,7 +221,7 @@ func (b *Builder) stageClosure(ctx context.Context, drvPath string) (string, err
 	if err != nil {
 		return "", fmt.Errorf("closure of %s: %w", drvPath, err)
 	}
-	key := queue.ClosureKey(drvPath)
+	key := queue.ScopedKey(queue.ClosureKey(drvPath), b.BuilderID)
 	b.log().Info("staging closure", "drv", drvPath, "paths", len(paths))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends nix-store if Stage stops reading

@@ -93,3 +93,19 @@ func (p *Pusher) computeOutputs(ctx context.Context, r *queue.Result, drvPath st
 	}
 	return outs, err
 }
+
+// ReasonRestage: the object under a shared (unscoped) staging key did not
+// hold the attested NAR. Anyone who may stage can replace such an object,
+// so it is not the builder's fault: the builder should stage under its
+// own scope (queue.ScopedKey, which builders use) and publish again.
+const ReasonRestage = "restage"
+
+// narMismatchReason is why a staged NAR that is not the attested one is
+// refused: the builder's own doing under its scope (ReasonNAR), maybe
+// someone else's under a shared key (ReasonRestage).
+func narMismatchReason(stagingKey string) string {
+	if _, ok := queue.KeyScope(stagingKey); ok {
+		return ReasonNAR
+	}
+	return ReasonRestage
+}

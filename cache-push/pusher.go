@@ -489,7 +489,7 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	}
 	defer rc.Close()
 	if info.Size != out.NarSize {
-		return 0, &rejectError{ReasonNAR, fmt.Errorf("%w: staged NAR %s has %d bytes, attested %d", ingest.ErrNarSizeMismatch, stagingKey, info.Size, out.NarSize)}
+		return 0, &rejectError{narMismatchReason(stagingKey), fmt.Errorf("%w: staged NAR %s has %d bytes, attested %d", ingest.ErrNarSizeMismatch, stagingKey, info.Size, out.NarSize)}
 	}
 	var src io.Reader = rc
 	if m.ca != nil {
@@ -503,7 +503,7 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 		return 0, &rejectError{ReasonContentAddress, err}
 	}
 	if errors.Is(err, ingest.ErrMismatch) {
-		return 0, &rejectError{ReasonNAR, err}
+		return 0, &rejectError{narMismatchReason(stagingKey), err}
 	}
 	if err != nil {
 		return 0, err

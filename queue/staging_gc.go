@@ -83,7 +83,7 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 			continue
 		}
 		if !opts.DryRun {
-			if err := c.deleteIfSame(ctx, obs, o); err != nil {
+			if err := c.deleteIfSame(ctx, obs, stream, o); err != nil {
 				live[o.NUID] = true
 				errs = append(errs, err)
 				continue
@@ -138,7 +138,7 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 }
 
 // deleteIfSame deletes o unless its key now names another upload.
-func (c *Conn) deleteIfSame(ctx context.Context, obs jetstream.ObjectStore, o *jetstream.ObjectInfo) error {
+func (c *Conn) deleteIfSame(ctx context.Context, obs jetstream.ObjectStore, stream jetstream.Stream, o *jetstream.ObjectInfo) error {
 	cur, err := obs.GetInfo(ctx, o.Name)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil
@@ -148,6 +148,18 @@ func (c *Conn) deleteIfSame(ctx context.Context, obs jetstream.ObjectStore, o *j
 	}
 	if cur.NUID != o.NUID {
 		return fmt.Errorf("queue: collect staging %s: replaced since listing, kept", o.Name)
+	}
+	if strings.Contains(o.NUID, ".") {
+		// A scoped chunk subject. Anyone may write a meta, naming any
+		// chunks: remove the chunks only when the meta's key is the one
+		// they belong to, and otherwise the meta alone.
+		scope, ok := KeyScope(o.Name)
+		if !ok || scopedChunkID(o.Name, scope) != o.NUID {
+			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(o.Name))); err != nil {
+				return fmt.Errorf("queue: collect staging %s: %w", o.Name, mapJSError(err))
+			}
+			return nil
+		}
 	}
 	if err := obs.Delete(ctx, o.Name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return fmt.Errorf("queue: collect staging %s: %w", o.Name, mapJSError(err))
