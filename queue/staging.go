@@ -608,5 +608,7 @@ func validKey(key string) error {
 // for stagedReader.
 type scopedResult struct{ io.ReadCloser }
 
-func (scopedResult) Info() (*jetstream.ObjectInfo, error) { return nil, errors.New("scoped object: no info") }
-func (scopedResult) Error() error                         { return nil }
+func (scopedResult) Info() (*jetstream.ObjectInfo, error) {
+	return nil, errors.New("scoped object: no info")
+}
+func (scopedResult) Error() error { return nil }
