@@ -530,9 +530,18 @@ func (c *Conn) DeleteStaged(ctx context.Context, key string) error {
 	}
 	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
 	defer cancel()
-	obs, _, err := c.staging(ctx)
+	obs, stream, err := c.staging(ctx)
 	if err != nil {
 		return fmt.Errorf("queue: delete staged %s: %w", key, err)
+	}
+	if scope, ok := KeyScope(key); ok {
+		// The content is where the key says, whatever a meta claims.
+		for _, subj := range []string{stagingChunksPrefix + scopedChunkID(key, scope), metaSubject(key)} {
+			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+				return fmt.Errorf("queue: delete staged %s: %w", key, mapJSError(err))
+			}
+		}
+		return nil
 	}
 	if err := obs.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return fmt.Errorf("queue: delete staged %s: %w", key, mapJSError(err))

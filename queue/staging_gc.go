@@ -120,6 +120,12 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 		if !last.Time.Before(cutoff) {
 			continue
 		}
+		if strings.Contains(id, ".") && (opts.MaxAge == 0 || !last.Time.Before(opts.Now.Add(-opts.MaxAge))) {
+			// A scoped object's chunks: no meta names them when someone
+			// overwrote its meta (anyone may), yet readers still read
+			// them. They go by age, as whole objects do.
+			continue
+		}
 		// Not named by a meta of the listing; check again, for an
 		// upload that completed since (or an old object kept by an
 		// error above).

@@ -7,6 +7,7 @@ import (
 	"io"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -104,5 +105,29 @@ func TestStageScoped(t *testing.T) {
 	}
 	if _, ok := KeyScope("nar/abc@" + StagingScope("x")[:31] + "g"); ok {
 		t.Error("KeyScope accepted a non-hex scope")
+	}
+}
+
+// TestCollectStagingKeepsScoped: a scoped object whose meta someone
+// overwrote is not taken for orphan chunks by the garbage collector.
+func TestCollectStagingKeepsScoped(t *testing.T) {
+	_, c := setup(t)
+	honest := randomBytes(9, 1000)
+	key := ScopedKey(narKey(honest), "b")
+	if _, err := c.Stage(ctxT(t), key, bytes.NewReader(honest)); err != nil {
+		t.Fatal(err)
+	}
+	poison(t, c, key, honest, StagingScope("evil")+".y")
+	if _, err := c.CollectStaging(ctxT(t), StagingGCOptions{Grace: time.Nanosecond, Now: time.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := readStaged(t, c, key); !bytes.Equal(got, honest) {
+		t.Fatal("scoped content collected")
+	}
+	if err := c.DeleteStaged(ctxT(t), key); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.OpenStaged(ctxT(t), key); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after DeleteStaged: %v", err)
 	}
 }
