@@ -19,7 +19,7 @@ import (
 
 // instantiate instantiates examples/closure.nix's top with the host Nix
 // (no build) and returns its .drv and the .drv files of its closure.
-func instantiate(t *testing.T) (string, []string) {
+func instantiate(t testing.TB) (string, []string) {
 	t.Helper()
 	bb := testnix.Busybox(t)
 	root := testnix.ModuleRoot(t)
@@ -36,7 +36,7 @@ func instantiate(t *testing.T) (string, []string) {
 	return top, drvs
 }
 
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), "NIX_CONFIG=substituters =\nbuild-users-group =\nexperimental-features = nix-command")
@@ -249,5 +249,30 @@ func TestCacheBounded(t *testing.T) {
 	}
 	if n != 2 || c.Needs(top) {
 		t.Fatalf("remembered %d (top: %v), want 2 with the top", n, !c.Needs(top))
+	}
+}
+
+// BenchmarkCheckClosure is the pusher's work for a derivation it has not
+// seen: read the .drv files out of the sample closure's export (busybox
+// and all) and compute the top's outputs with an empty cache.
+func BenchmarkCheckClosure(b *testing.B) {
+	top, _ := instantiate(b)
+	reqs := strings.Fields(run(b, "nix-store", "--query", "--requisites", top))
+	export := []byte(run(b, "nix-store", append([]string{"--export"}, reqs...)...))
+	b.SetBytes(int64(len(export)))
+	b.ResetTimer()
+	for b.Loop() {
+		drvs := map[string]*derivation.Derivation{}
+		err := nix.ReadExportDerivations(bytes.NewReader(export), nix.ExportDrvLimits{}, func(p string, c []byte) error {
+			d, err := derivation.ReadDerivation(bytes.NewReader(c))
+			drvs[p] = d
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := drvpath.NewCalculator(0).OutputPaths(top, drvs); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
