@@ -53,7 +53,9 @@ type Builder struct {
 	// StageClosures makes Publish also stage the derivation's closure
 	// export (its .drv, input .drv files and sources: what a volunteer
 	// needs to rebuild it) under queue.ClosureKey and name it in the
-	// result.
+	// result. A pusher needs it: it computes each output path from the
+	// .drv closure (drvpath) and rejects results without one, so only
+	// builders publishing to a pusher that does not check leave it off.
 	StageClosures bool
 
 	envMu sync.Mutex
@@ -219,7 +221,7 @@ func (b *Builder) stageClosure(ctx context.Context, drvPath string) (string, err
 	if err != nil {
 		return "", fmt.Errorf("closure of %s: %w", drvPath, err)
 	}
-	key := queue.ClosureKey(drvPath)
+	key := queue.ScopedKey(queue.ClosureKey(drvPath), b.BuilderID)
 	b.log().Info("staging closure", "drv", drvPath, "paths", len(paths))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends nix-store if Stage stops reading

@@ -112,10 +112,10 @@ func TestStageClosures(t *testing.T) {
 		t.Fatalf("Build: %v %v", pubs, err)
 	}
 	drv := pubs[0].DrvPath
-	if len(q.results) != 1 || q.results[0].Closure != queue.ClosureKey(drv) {
-		t.Fatalf("result closure %q, want %q", q.results[0].Closure, queue.ClosureKey(drv))
+	if len(q.results) != 1 || q.results[0].Closure != queue.ScopedKey(queue.ClosureKey(drv), "test-builder") {
+		t.Fatalf("result closure %q, want %q", q.results[0].Closure, queue.ScopedKey(queue.ClosureKey(drv), "test-builder"))
 	}
-	exp, ok := q.staged[queue.ClosureKey(drv)]
+	exp, ok := q.staged[queue.ScopedKey(queue.ClosureKey(drv), "test-builder")]
 	if !ok {
 		t.Fatal("closure not staged")
 	}
@@ -144,7 +144,7 @@ func TestStageClosures(t *testing.T) {
 		t.Fatalf("without StageClosures: closure %q, %d staged", q2.results[0].Closure, len(q2.staged))
 	}
 	b.StageClosures = true
-	q3 := &memQueue{failStage: queue.ClosureKey(drv)}
+	q3 := &memQueue{failStage: queue.ScopedKey(queue.ClosureKey(drv), "test-builder")}
 	b.Queue = q3
 	if _, err := b.Publish(ctx, drv, tg, time.Now(), time.Now()); err == nil || len(q3.results) != 0 {
 		t.Fatalf("publish with a failing closure stage: %v, %d results", err, len(q3.results))
@@ -176,12 +176,12 @@ func TestStageRetries(t *testing.T) {
 		t.Fatalf("Build with two cut uploads: %v %v", pubs, err)
 	}
 	out := pubs[0].Outputs[0]
-	nar := q.staged[queue.StagingKey(out.NarHashHex())]
+	nar := q.staged[queue.ScopedKey(queue.StagingKey(out.NarHashHex()), "test-builder")]
 	if q.stageCalls != 3 || len(q.results) != 1 || sha256.Sum256(nar) != out.NarHash {
 		t.Fatalf("%d uploads, %d results, staged NAR sha256 %x; want 3, 1, %x", q.stageCalls, len(q.results), sha256.Sum256(nar), out.NarHash)
 	}
 
-	q2 := &memQueue{failStage: queue.StagingKey(out.NarHashHex())}
+	q2 := &memQueue{failStage: queue.ScopedKey(queue.StagingKey(out.NarHashHex()), "test-builder")}
 	b.Queue = q2
 	if _, err := b.Publish(ctx, pubs[0].DrvPath, tg, time.Now(), time.Now()); err == nil || q2.stageCalls != 1 || len(q2.results) != 0 {
 		t.Fatalf("refused upload: %v after %d uploads, %d results; want an error after 1 upload", err, q2.stageCalls, len(q2.results))

@@ -176,7 +176,7 @@ func TestBuildPublishesClosure(t *testing.T) {
 	}
 	ca := pathInfoCA(t, ctx, b.Nix, all...)
 	for _, s := range sources {
-		if s.CA == "" || s.CA != ca[s.Path] || s.StagingKey != queue.StagingKey(s.NarHash) {
+		if s.CA == "" || s.CA != ca[s.Path] || s.StagingKey != queue.ScopedKey(queue.StagingKey(s.NarHash), "test-builder") {
 			t.Errorf("source %s: CA %q (Nix: %q), key %s", s.Path, s.CA, ca[s.Path], s.StagingKey)
 		}
 	}

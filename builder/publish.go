@@ -298,11 +298,12 @@ func (b *Builder) signStep(ctx context.Context, st *step, drv *derivation.Deriva
 	}, nil
 }
 
-// stageOutput stages a path's NAR under its content-addressed key and
-// describes it for the result (without Name and NixSig).
+// stageOutput stages a path's NAR under its content-addressed key in this
+// builder's staging scope (queue.ScopedKey: no other publisher can
+// replace it) and describes it for the result (without Name and NixSig).
 func (b *Builder) stageOutput(ctx context.Context, info nix.PathInfo) (queue.Output, error) {
 	hexHash := hex.EncodeToString(info.NarHash[:])
-	key := queue.StagingKey(hexHash)
+	key := queue.ScopedKey(queue.StagingKey(hexHash), b.BuilderID)
 	if err := b.stage(ctx, key, info); err != nil {
 		return queue.Output{}, err
 	}

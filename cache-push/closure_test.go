@@ -101,7 +101,7 @@ func newClosureFixture(t *testing.T, policyExtra string, builders int, mod func(
 	cf.pol = p
 	cf.order = &orderStore{Store: f.store}
 	cf.cfg = Config{KV: f.conn, Store: cf.order, Policy: p, CacheKey: f.pusher.cfg.CacheKey, Staging: f.conn, Events: f.conn,
-		SweepEvery: 50 * time.Millisecond, Metrics: nil}
+		SweepEvery: 50 * time.Millisecond, Metrics: nil, UncheckedOutputPathsUnsafe: true}
 	if mod != nil {
 		mod(&cf.cfg)
 	}

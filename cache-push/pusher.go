@@ -33,7 +33,9 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/contentaddr"
+	"codeberg.org/provenix/provenix/drvpath"
 	"codeberg.org/provenix/provenix/metrics"
+	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -138,12 +140,22 @@ type Config struct {
 	// DeferDelay is how long a result waits when its builder already
 	// occupies its share of the handlers (DefaultDeferDelay when 0).
 	DeferDelay time.Duration
+	// DrvCacheSize is how many derivations' computed output paths are
+	// remembered (drvpath.DefaultCacheSize when 0); DrvLimits bound the
+	// .drv files read from one closure export.
+	DrvCacheSize int
+	DrvLimits    nix.ExportDrvLimits
+	// UncheckedOutputPathsUnsafe skips checking output paths against
+	// their derivations (checkOutputPaths): for tests whose results name
+	// made-up derivations, never for a cache anyone substitutes from.
+	UncheckedOutputPathsUnsafe bool
 }
 
 // Pusher turns results into cache entries.
 type Pusher struct {
 	cfg      Config
 	verifier *attest.Verifier
+	drvs     *drvpath.Calculator
 	log      *slog.Logger
 
 	mu       sync.Mutex
@@ -207,7 +219,7 @@ func New(cfg Config) (*Pusher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cachepush: %w", err)
 	}
-	return &Pusher{cfg: cfg, verifier: v, log: cfg.Logger}, nil
+	return &Pusher{cfg: cfg, verifier: v, log: cfg.Logger, drvs: drvpath.NewCalculator(cfg.DrvCacheSize)}, nil
 }
 
 // Open starts consuming results as a member of the consumer group in o.
@@ -400,6 +412,20 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		rej.Reason = ReasonPolicy
 		return p.reject(ctx, rej, err)
 	}
+	if err := p.checkOutputPaths(ctx, r, v); err != nil {
+		var re *rejectError
+		if errors.As(err, &re) {
+			if errors.Is(re.err, ErrOutputPath) {
+				// The signed statement names an output its own
+				// derivation (content-addressed, so authentic) does not
+				// compute: the builder's claim is false.
+				p.chargeMalformed(ctx, v.BuilderID, r.Bundle)
+			}
+			rej.Reason = re.reason
+			return p.reject(ctx, rej, re.err)
+		}
+		return fmt.Errorf("output paths of %s: %w", v.DrvPath, err)
+	}
 	// From here on, paths referring to these may wait for this handler.
 	for _, o := range r.Outputs {
 		defer p.flying(o.Path)()
@@ -549,7 +575,7 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	}
 	defer rc.Close()
 	if info.Size != out.NarSize {
-		return 0, &rejectError{ReasonNAR, fmt.Errorf("%w: staged NAR %s has %d bytes, attested %d", ingest.ErrNarSizeMismatch, stagingKey, info.Size, out.NarSize)}
+		return 0, &rejectError{narMismatchReason(stagingKey), fmt.Errorf("%w: staged NAR %s has %d bytes, attested %d", ingest.ErrNarSizeMismatch, stagingKey, info.Size, out.NarSize)}
 	}
 	var src io.Reader = rc
 	if m.ca != nil {
@@ -563,7 +589,7 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 		return 0, &rejectError{ReasonContentAddress, err}
 	}
 	if errors.Is(err, ingest.ErrMismatch) {
-		return 0, &rejectError{ReasonNAR, err}
+		return 0, &rejectError{narMismatchReason(stagingKey), err}
 	}
 	if err != nil {
 		return 0, err

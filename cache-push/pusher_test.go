@@ -103,7 +103,8 @@ func newFixtureAt(t testing.TB, cacheDir string, log *slog.Logger) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pu, err := New(Config{KV: conn, Store: st, Policy: p, CacheKey: cacheKey, Staging: conn, Events: conn, Logger: log})
+	pu, err := New(Config{KV: conn, Store: st, Policy: p, CacheKey: cacheKey, Staging: conn, Events: conn, Logger: log,
+		UncheckedOutputPathsUnsafe: true}) // made-up derivations
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +197,9 @@ func (f *fixture) result(t *testing.T, s spec) (*queue.Result, []byte) {
 	if s.stageBytes != nil {
 		staged = s.stageBytes(narBytes)
 	}
-	key := queue.StagingKey(out.NarHashHex()) + "-" + s.name // per test: hostile bytes must not shadow good ones
+	// Per test (hostile bytes must not shadow good ones), in the builder's
+	// scope as builders stage: a mismatch there is the builder's own.
+	key := queue.ScopedKey(queue.StagingKey(out.NarHashHex())+"-"+s.name, testBuilder)
 	if _, err := f.conn.Stage(ctx, key, bytes.NewReader(staged)); err != nil {
 		t.Fatal(err)
 	}

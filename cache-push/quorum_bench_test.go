@@ -66,7 +66,7 @@ func BenchmarkVotes(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pu, err := New(Config{KV: conn, Store: st, Policy: pol, CacheKey: ck, Staging: conn})
+	pu, err := New(Config{KV: conn, Store: st, Policy: pol, CacheKey: ck, Staging: conn, UncheckedOutputPathsUnsafe: true})
 	if err != nil {
 		b.Fatal(err)
 	}

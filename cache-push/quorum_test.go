@@ -111,7 +111,7 @@ func TestAgreementsConcurrent(t *testing.T) {
 	pol := f.pusher.cfg.Policy
 	var pushers []*Pusher
 	for range 2 {
-		pu, err := New(Config{KV: f.conn, Store: f.store, Policy: pol, CacheKey: f.pusher.cfg.CacheKey, Staging: f.conn})
+		pu, err := New(Config{KV: f.conn, Store: f.store, Policy: pol, CacheKey: f.pusher.cfg.CacheKey, Staging: f.conn, UncheckedOutputPathsUnsafe: true})
 		if err != nil {
 			t.Fatal(err)
 		}

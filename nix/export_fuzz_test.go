@@ -43,3 +43,34 @@ func FuzzFilterExport(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReadExportDerivations: the pusher's reader of staged closures gets
+// streams anyone with staging rights wrote. It must fail or succeed
+// cleanly, hand fn only .drv files that pass their content-address
+// check, and keep within its limits.
+func FuzzReadExportDerivations(f *testing.F) {
+	seed, err := os.ReadFile(filepath.Join("testdata", "seed.export"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(seed)
+	f.Add(seed[:len(seed)/2])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		lim := ExportDrvLimits{MaxDrvSize: 4096, MaxDrvs: 8, MaxTotal: 8192}
+		var total int
+		err := ReadExportDerivations(bytes.NewReader(data), lim, func(p string, b []byte) error {
+			if len(b) > lim.MaxDrvSize {
+				t.Fatalf("%s: %d bytes kept", p, len(b))
+			}
+			total += len(b)
+			return nil
+		})
+		if total > int(lim.MaxTotal) {
+			t.Fatalf("%d bytes kept in all", total)
+		}
+		if err != nil && !errors.Is(err, ErrBadExport) && !errors.Is(err, ErrExportLimit) && !bytes.Contains([]byte(err.Error()), []byte("export")) {
+			t.Fatalf("unexpected error kind: %v", err)
+		}
+	})
+}

@@ -13,9 +13,12 @@ import (
 type Role string
 
 const (
-	// RoleRunner builds: PublishResult for its tenant only, Stage, and
-	// what a volunteer needs (ConsumeRebuilds of its tenant, KVGet of
-	// votes, OpenStaged). It cannot consume results nor write the KV.
+	// RoleRunner builds: PublishResult for its tenant only, Stage under
+	// its builder's scope (ScopedKey), and what a volunteer needs
+	// (ConsumeRebuilds of its tenant, KVGet of votes, OpenStaged). It
+	// cannot consume results, write the KV, nor purge or delete staging
+	// (a failed upload's chunks are the next upload's or the garbage
+	// collector's). See RunnerPermissions.
 	RoleRunner Role = "runner"
 	// RolePusher publishes the tenant's cache: ConsumeResults with its
 	// tenant's filter, OpenStaged, the quorum's KV buckets, events and
@@ -63,7 +66,30 @@ const (
 //     ordered consumer's flow control.
 //   - _INBOX.> (subscribe only): replies to the calls above. No role may
 //     publish to an inbox, so none can forge a reply to another.
+//
+// RoleRunner needs the builder id its user stages for: use
+// RunnerPermissions.
 func RolePermissions(tenant string, role Role) (Permissions, error) {
+	if role == RoleRunner {
+		return Permissions{}, fmt.Errorf("queue: permissions: %s: a runner user stages for one builder id (RunnerPermissions)", role)
+	}
+	return rolePermissions(tenant, role, "")
+}
+
+// RunnerPermissions are RoleRunner's permissions in tenant's account for
+// a user that builds as builderID: it may write staged chunks in that
+// builder's scope only (StagingScope), so no other runner user can
+// replace or corrupt what it staged under a ScopedKey. Metas cannot be
+// scoped by permission (see staging_scope.go): readers of scoped keys
+// ignore them.
+func RunnerPermissions(tenant, builderID string) (Permissions, error) {
+	if builderID == "" {
+		return Permissions{}, fmt.Errorf("queue: permissions: %s: no builder id", RoleRunner)
+	}
+	return rolePermissions(tenant, RoleRunner, builderID)
+}
+
+func rolePermissions(tenant string, role Role, builderID string) (Permissions, error) {
 	if err := ValidToken(tenant); err != nil {
 		return Permissions{}, fmt.Errorf("queue: permissions: tenant: %w", err)
 	}
@@ -72,6 +98,9 @@ func RolePermissions(tenant string, role Role) (Permissions, error) {
 	readStream := func(stream string) {
 		pub = append(pub, jsAPI+"STREAM.INFO."+stream, jsAPI+"DIRECT.GET."+stream+".>")
 	}
+	// Scoped staged objects are read chunk by chunk with direct gets
+	// "next by subject", whose request names the stream alone.
+	readChunks := func() { pub = append(pub, jsAPI+"DIRECT.GET."+stagingStream) }
 	orderedReads := func(stream string) {
 		pub = append(pub,
 			jsAPI+"CONSUMER.CREATE."+stream+".>",
@@ -88,10 +117,12 @@ func RolePermissions(tenant string, role Role) (Permissions, error) {
 	switch role {
 	case RoleRunner:
 		pub = append(pub, jsAPI+"INFO", ResultsFilter(tenant),
-			// Stage: chunks, meta, and removing a failed or replaced
-			// upload's chunks.
-			stagingChunksPrefix+">", stagingMetaPrefix+">", jsAPI+"STREAM.PURGE."+stagingStream)
+			// Stage: chunks in its builder's scope, and metas (one
+			// subject token each: no narrower rule is possible). No
+			// purge: a scoped upload rolls its own subject up.
+			stagingChunksPrefix+StagingScope(builderID)+".>", stagingMetaPrefix+">")
 		readStream(stagingStream)
+		readChunks()
 		orderedReads(stagingStream)
 		// A volunteer: its tenant's rebuild requests, and whether it voted.
 		consume(StreamRebuild, subjectRebuild+"."+tenant+".*")
@@ -104,6 +135,7 @@ func RolePermissions(tenant string, role Role) (Permissions, error) {
 		pub = append(pub, jsAPI+"STREAM.INFO."+StreamResults, jsAPI+"STREAM.INFO."+StreamEvents, jsAPI+"STREAM.INFO."+StreamRebuild)
 		consume(StreamResults, ResultsFilter(tenant))
 		readStream(stagingStream)
+		readChunks()
 		orderedReads(stagingStream)
 		for _, kv := range []string{BucketVotes, BucketBuilders, BucketWaiting} {
 			readStream(kvStreamPrefix + kv)

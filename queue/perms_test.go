@@ -10,7 +10,7 @@ import (
 )
 
 func TestRolePermissions(t *testing.T) {
-	runner, err := RolePermissions("acme", RoleRunner)
+	runner, err := RunnerPermissions("acme", "acme-runner")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,13 +31,19 @@ func TestRolePermissions(t *testing.T) {
 		{"pusher consumes its results", pusher, "$JS.API.CONSUMER.CREATE.RESULTS.*.results.acme.>", true},
 		{"pusher publishes results", pusher, "results.acme.>", false},
 		{"pusher stages", pusher, stagingChunksPrefix + ">", false},
+		{"runner stages in its scope", runner, stagingChunksPrefix + StagingScope("acme-runner") + ".>", true},
+		{"runner stages anywhere", runner, stagingChunksPrefix + ">", false},
+		{"runner purges staging", runner, "$JS.API.STREAM.PURGE." + stagingStream, false},
 		{"pusher publishes to inboxes", pusher, "_INBOX.>", false},
 	} {
 		if got := slices.Contains(c.p.Publish, c.subj); got != c.want {
 			t.Errorf("%s (%s): %v, want %v", c.name, c.subj, got, c.want)
 		}
 	}
-	if _, err := RolePermissions("a.b", RoleRunner); !errors.Is(err, ErrInvalidName) {
+	if _, err := RolePermissions("acme", RoleRunner); err == nil {
+		t.Error("runner permissions without a builder id")
+	}
+	if _, err := RunnerPermissions("a.b", "x"); !errors.Is(err, ErrInvalidName) {
 		t.Errorf("tenant a.b: %v", err)
 	}
 	if _, err := RolePermissions("a", "root"); err == nil {

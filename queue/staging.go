@@ -99,40 +99,63 @@ func (c *Conn) Stage(ctx context.Context, key string, r io.Reader) (StagedInfo, 
 	if err != nil {
 		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
 	}
+	if scope, ok := KeyScope(key); ok {
+		return c.stageScoped(ctx, rctx, stream, key, scope, r)
+	}
 	old, err := obs.GetInfo(rctx, key, jetstream.GetObjectInfoShowDeleted())
 	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
 	}
 	if old != nil && !old.Deleted && contentMatchesKey(key, old.Digest) {
-		// Reuse only a whole object: one whose chunks were lost (a race
-		// with a replace, a purge) is uploaded again.
-		if err := checkChunks(rctx, stream, old); err == nil {
+		// The digest is the uploader's claim, and anyone who may stage
+		// may have made it: reuse only content read back whole that
+		// matches it (hence the key). Anything else is uploaded again
+		// over it.
+		if err := c.verifyStaged(ctx, key); err == nil {
 			return StagedInfo{Key: key, Size: old.Size, Digest: old.Digest, Reused: true}, nil
-		} else if !errors.Is(err, ErrCorrupt) {
+		} else if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNotFound) {
 			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
 		}
 	}
 
-	info, err := c.putObject(ctx, stream, key, r)
+	info, err := c.putObject(ctx, stream, key, rand.Text(), false, r)
 	if err != nil {
 		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
 	}
 	if old != nil && !old.Deleted && old.NUID != info.NUID {
 		// The replaced object's chunks, as nats.go does. Best effort: the
-		// new object is complete either way, and leftovers are the
-		// garbage collector's.
+		// new object is complete either way, and leftovers (a role
+		// that may not purge, see RunnerPermissions) are the garbage
+		// collector's.
 		pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), stageCleanupTimeout)
-		_ = stream.Purge(pctx, jetstream.WithPurgeSubject(stagingChunksPrefix+old.NUID))
+		_ = c.denyAware(pctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) error {
+			return stream.Purge(ctx, jetstream.WithPurgeSubject(stagingChunksPrefix+old.NUID))
+		})
 		pcancel()
 	}
 	return StagedInfo{Key: key, Size: info.Size, Digest: info.Digest}, nil
 }
 
-// putObject writes r's chunks under a fresh chunk subject with a bounded
+// verifyStaged reads key's object whole; the reader checks it against
+// the meta's digest.
+func (c *Conn) verifyStaged(ctx context.Context, key string) error {
+	rc, _, err := c.OpenStaged(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	_, err = io.Copy(io.Discard, rc)
+	return err
+}
+
+// putObject writes r's chunks under chunk subject id with a bounded
 // window of async publishes, then the meta message that makes the object
-// visible. On any failure it removes its chunks.
-func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key string, r io.Reader) (*jetstream.ObjectInfo, error) {
-	id := rand.Text() // a new chunk subject per upload, like nats.go's NUID
+// visible. On any failure it removes its chunks, if it may. A scoped
+// upload (id names its key's scope) starts with a rollup, which drops what
+// the subject held, writes at least one chunk so that there is one to
+// roll up, and leaves a failed upload to the next one or to the garbage
+// collector: its users may not purge.
+func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id string, scoped bool, r io.Reader) (*jetstream.ObjectInfo, error) {
 	chunkSubj := stagingChunksPrefix + id
 
 	// A denied publish only times out (see Conn.publish): stop at the
@@ -151,10 +174,13 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key strin
 	defer pub.CleanupPublisher()
 
 	fail := func(err error) (*jetstream.ObjectInfo, error) {
+		if scoped {
+			return nil, err
+		}
 		// Chunks in flight are waited for, unless the server denies our
 		// publishes: then none will be stored, and their acks never come.
 		wait := !errors.Is(context.Cause(ctx), ErrPermissionDenied)
-		if cerr := c.removeChunks(ctx, pub, stream, chunkSubj, wait); cerr != nil {
+		if cerr := c.removeChunks(ctx, pub, stream, chunkSubj, wait); cerr != nil && !errors.Is(cerr, ErrPermissionDenied) {
 			return nil, errors.Join(err, cerr)
 		}
 		return nil, err
@@ -192,9 +218,13 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key strin
 		// ReadFull: whole chunks whatever r's read sizes, so small reads
 		// do not turn into many small messages.
 		n, rerr := io.ReadFull(r, buf)
-		if n > 0 {
+		if n > 0 || (scoped && chunks == 0) {
 			h.Write(buf[:n])
-			f, err := pub.PublishMsgAsync(&nats.Msg{Subject: chunkSubj, Data: buf[:n]})
+			m := &nats.Msg{Subject: chunkSubj, Data: buf[:n]}
+			if scoped && chunks == 0 {
+				m.Header = nats.Header{jetstream.MsgRollup: []string{jetstream.MsgRollupSubject}}
+			}
+			f, err := pub.PublishMsgAsync(m)
 			if err != nil {
 				return fail(fmt.Errorf("chunk %d: %w", chunks, err))
 			}
@@ -305,12 +335,29 @@ func (c *Conn) metaIs(ctx context.Context, key, id string) bool {
 // releases it. The reader checks the content against the stored digest and
 // fails with ErrCorrupt instead of returning io.EOF if they differ, so a
 // caller must not trust bytes it read until it saw io.EOF. An absent
-// object is ErrNotFound.
+// object is ErrNotFound. A scoped key (ScopedKey) is read from its
+// scope's chunks alone, without the meta anyone could forge: its
+// StagedInfo has no Digest, and the caller checks the content itself.
 func (c *Conn) OpenStaged(ctx context.Context, key string) (io.ReadCloser, StagedInfo, error) {
 	if err := validKey(key); err != nil {
 		return nil, StagedInfo{}, fmt.Errorf("queue: open staged: %w", err)
 	}
 	ctx, cancel := withDefaultTimeout(ctx, StagingTimeout)
+	if scope, ok := KeyScope(key); ok {
+		rctx, rcancel := context.WithTimeout(ctx, DefaultTimeout)
+		defer rcancel()
+		_, stream, err := c.staging(rctx)
+		if err != nil {
+			cancel()
+			return nil, StagedInfo{}, fmt.Errorf("queue: open staged %s: %w", key, err)
+		}
+		rc, size, err := c.openScoped(ctx, rctx, stream, scopedChunkID(key, scope))
+		if err != nil {
+			cancel()
+			return nil, StagedInfo{}, fmt.Errorf("queue: open staged %s: %w", key, err)
+		}
+		return &stagedReader{res: scopedResult{rc}, cancel: cancel, key: key}, StagedInfo{Key: key, Size: size}, nil
+	}
 	rc, info, err := c.openStaged(ctx, key)
 	if err != nil {
 		cancel()
@@ -483,9 +530,18 @@ func (c *Conn) DeleteStaged(ctx context.Context, key string) error {
 	}
 	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
 	defer cancel()
-	obs, _, err := c.staging(ctx)
+	obs, stream, err := c.staging(ctx)
 	if err != nil {
 		return fmt.Errorf("queue: delete staged %s: %w", key, err)
+	}
+	if scope, ok := KeyScope(key); ok {
+		// The content is where the key says, whatever a meta claims.
+		for _, subj := range []string{stagingChunksPrefix + scopedChunkID(key, scope), metaSubject(key)} {
+			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+				return fmt.Errorf("queue: delete staged %s: %w", key, mapJSError(err))
+			}
+		}
+		return nil
 	}
 	if err := obs.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return fmt.Errorf("queue: delete staged %s: %w", key, mapJSError(err))
@@ -556,3 +612,12 @@ func validKey(key string) error {
 	}
 	return nil
 }
+
+// scopedResult is a scoped object's reader as a jetstream.ObjectResult,
+// for stagedReader.
+type scopedResult struct{ io.ReadCloser }
+
+func (scopedResult) Info() (*jetstream.ObjectInfo, error) {
+	return nil, errors.New("scoped object: no info")
+}
+func (scopedResult) Error() error { return nil }

@@ -83,7 +83,7 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 			continue
 		}
 		if !opts.DryRun {
-			if err := c.deleteIfSame(ctx, obs, o); err != nil {
+			if err := c.deleteIfSame(ctx, obs, stream, o); err != nil {
 				live[o.NUID] = true
 				errs = append(errs, err)
 				continue
@@ -120,6 +120,12 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 		if !last.Time.Before(cutoff) {
 			continue
 		}
+		if strings.Contains(id, ".") && (opts.MaxAge == 0 || !last.Time.Before(opts.Now.Add(-opts.MaxAge))) {
+			// A scoped object's chunks: no meta names them when someone
+			// overwrote its meta (anyone may), yet readers still read
+			// them. They go by age, as whole objects do.
+			continue
+		}
 		// Not named by a meta of the listing; check again, for an
 		// upload that completed since (or an old object kept by an
 		// error above).
@@ -138,7 +144,7 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 }
 
 // deleteIfSame deletes o unless its key now names another upload.
-func (c *Conn) deleteIfSame(ctx context.Context, obs jetstream.ObjectStore, o *jetstream.ObjectInfo) error {
+func (c *Conn) deleteIfSame(ctx context.Context, obs jetstream.ObjectStore, stream jetstream.Stream, o *jetstream.ObjectInfo) error {
 	cur, err := obs.GetInfo(ctx, o.Name)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil
@@ -148,6 +154,18 @@ func (c *Conn) deleteIfSame(ctx context.Context, obs jetstream.ObjectStore, o *j
 	}
 	if cur.NUID != o.NUID {
 		return fmt.Errorf("queue: collect staging %s: replaced since listing, kept", o.Name)
+	}
+	if strings.Contains(o.NUID, ".") {
+		// A scoped chunk subject. Anyone may write a meta, naming any
+		// chunks: remove the chunks only when the meta's key is the one
+		// they belong to, and otherwise the meta alone.
+		scope, ok := KeyScope(o.Name)
+		if !ok || scopedChunkID(o.Name, scope) != o.NUID {
+			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(o.Name))); err != nil {
+				return fmt.Errorf("queue: collect staging %s: %w", o.Name, mapJSError(err))
+			}
+			return nil
+		}
 	}
 	if err := obs.Delete(ctx, o.Name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return fmt.Errorf("queue: collect staging %s: %w", o.Name, mapJSError(err))

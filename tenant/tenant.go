@@ -209,7 +209,7 @@ func Add(o Options) (t *Tenant, err error) {
 		}
 		t.Users[role] = pub
 	}
-	if t.Snippet, err = AccountSnippet(o.Name, o.Limits, t.Users); err != nil {
+	if t.Snippet, err = AccountSnippet(o.Name, o.Limits, t.Users, t.BuilderID); err != nil {
 		return nil, err
 	}
 	if err := write(FileAccount, []byte(t.Snippet), 0o644); err != nil {
@@ -268,7 +268,7 @@ builders:
 
 // AccountSnippet is the nats-server configuration block of the tenant's
 // account, to be included inside the server's `accounts { }` block.
-func AccountSnippet(name string, l Limits, users map[queue.Role]string) (string, error) {
+func AccountSnippet(name string, l Limits, users map[queue.Role]string, builderID string) (string, error) {
 	if err := ValidName(name); err != nil {
 		return "", err
 	}
@@ -289,7 +289,13 @@ func AccountSnippet(name string, l Limits, users map[queue.Role]string) (string,
 		if !nkeys.IsValidPublicUserKey(pub) {
 			return "", fmt.Errorf("tenant %s: %s: %q is not an NKey user public key", name, role, pub)
 		}
-		perms, err := queue.RolePermissions(name, role)
+		var perms queue.Permissions
+		var err error
+		if role == queue.RoleRunner {
+			perms, err = queue.RunnerPermissions(name, builderID)
+		} else {
+			perms, err = queue.RolePermissions(name, role)
+		}
 		if err != nil {
 			return "", err
 		}

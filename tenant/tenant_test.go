@@ -101,10 +101,13 @@ func stage(t *testing.T, runner *queue.Conn, tenant string, i int, content []byt
 	t.Helper()
 	sum := sha256.Sum256(content)
 	h := hex.EncodeToString(sum[:])
-	if _, err := runner.Stage(ctxT(t), queue.StagingKey(h), bytes.NewReader(content)); err != nil {
+	key := queue.ScopedKey(queue.StagingKey(h), tenant+"-runner")
+	if _, err := runner.Stage(ctxT(t), key, bytes.NewReader(content)); err != nil {
 		t.Fatalf("%s runner: Stage: %v", tenant, err)
 	}
-	return result(tenant, i, h)
+	r := result(tenant, i, h)
+	r.Outputs[0].StagingKey = key
+	return r
 }
 
 // fast fails the test unless err matches want and came well before the
@@ -308,7 +311,7 @@ func TestTenantQuota(t *testing.T) {
 	big := make([]byte, 3<<20)
 	rand.Read(big)
 	start := time.Now()
-	_, err := runner.Stage(context.Background(), "nar/big", bytes.NewReader(big))
+	_, err := runner.Stage(context.Background(), queue.ScopedKey("nar/big", "q-runner"), bytes.NewReader(big))
 	if !errors.Is(err, queue.ErrQuotaExceeded) {
 		t.Fatalf("Stage over the quota: %v, want ErrQuotaExceeded", err)
 	}

@@ -70,8 +70,10 @@ type Volunteer struct {
 	// Conn receives requests and reads votes and staged closures.
 	Conn Queue
 	// Builder builds and publishes with this volunteer's own Nix store,
-	// key, builder id and tenant; its Queue publishes the results. Its
-	// StageClosures is best left off: the closure is staged already.
+	// key, builder id and tenant; its Queue publishes the results. Set its
+	// StageClosures: a pusher computes each result's output paths from
+	// the closure the result names, and reads it under the publisher's
+	// own staging scope.
 	Builder *builder.Builder
 	// Systems are the Nix systems this volunteer builds for; it takes
 	// requests for these only (one shared consumer per system).

@@ -73,7 +73,7 @@ func newBuilder(t *testing.T, conn *queue.Conn, id string) (*builder.Builder, *e
 	opts["narinfo-cache-negative-ttl"] = "0"
 	return &builder.Builder{
 		Nix: &nix.Nix{Root: t.TempDir(), Options: opts}, Queue: conn, Signer: signer,
-		BuilderID: id, Tenant: tenant, Version: "test",
+		BuilderID: id, Tenant: tenant, Version: "test", StageClosures: true,
 	}, key
 }
 
@@ -97,7 +97,7 @@ func buildSample(t *testing.T, ctx context.Context, b *builder.Builder, busybox 
 func request(p builder.Published) *queue.RebuildRequest {
 	return &queue.RebuildRequest{
 		Version: queue.RebuildVersion, Tenant: tenant, System: p.System, DrvPath: p.DrvPath,
-		Outputs: []string{p.Outputs[0].Path}, Closure: queue.ClosureKey(p.DrvPath), Requested: time.Now(),
+		Outputs: []string{p.Outputs[0].Path}, Closure: queue.ScopedKey(queue.ClosureKey(p.DrvPath), "builder-a"), Requested: time.Now(),
 	}
 }
 
@@ -247,7 +247,7 @@ func TestVolunteer(t *testing.T) {
 
 	t.Run("refuses a truncated closure", func(t *testing.T) {
 		pa := buildSample(t, ctx, a, bb)
-		key := queue.ClosureKey(pa.DrvPath)
+		key := queue.ScopedKey(queue.ClosureKey(pa.DrvPath), "builder-a")
 		rc, _, err := conn.OpenStaged(ctx, key)
 		if err != nil {
 			t.Fatal(err)

@@ -146,7 +146,7 @@ func BenchmarkBuildToNarinfo(b *testing.B) {
 	}
 	defer conn.Close()
 	nx := &nix.Nix{Options: nix.OfflineOptions()}
-	bl := &builder.Builder{Nix: nx, Queue: conn, Signer: signer, BuilderID: up.DefaultBuilderID, Tenant: up.DefaultTenant}
+	bl := &builder.Builder{Nix: nx, Queue: conn, Signer: signer, BuilderID: up.DefaultBuilderID, Tenant: up.DefaultTenant, StageClosures: true}
 	wd, _ := os.Getwd()
 	sample := filepath.Join(wd, "..", "..", "examples", "hello.nix")
 	var lat []time.Duration
@@ -206,7 +206,7 @@ func BenchmarkQuorumVoteToNarinfo(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		return &builder.Builder{Nix: &nix.Nix{Root: q.store, Options: nix.OfflineOptions()}, Queue: stack.Conn(), Signer: signer, BuilderID: q.id, Tenant: up.DefaultTenant}
+		return &builder.Builder{Nix: &nix.Nix{Root: q.store, Options: nix.OfflineOptions()}, Queue: stack.Conn(), Signer: signer, BuilderID: q.id, Tenant: up.DefaultTenant, StageClosures: true}
 	}
 	ba, bb := mk(bs[0]), mk(bs[1])
 	wd, _ := os.Getwd()

@@ -120,7 +120,7 @@ data directory's builder key and builder id "local".`,
 	fl.StringArrayVar(&f.args, "arg", nil, "NAME EXPR (as Nix takes it) or NAME=EXPR, passed as --arg NAME EXPR to file targets")
 	fl.StringArrayVar(&f.argstrs, "argstr", nil, "NAME VALUE (as Nix takes it) or NAME=VALUE, passed as --argstr to file targets")
 	fl.StringVar(&f.rekorURL, "rekor-url", "", "also log each bundle in this Rekor v2 transparency log (verifiers can then require it: verify --require-tlog)")
-	fl.BoolVar(&f.noClosure, "no-closure", false, "do not stage the derivation's closure export (its .drv files and sources), which volunteers import to rebuild it")
+	fl.BoolVar(&f.noClosure, "no-closure", false, "do not stage the derivation's closure export (its .drv files and sources), which volunteers import to rebuild it and pushers need to check output paths (they reject results without it)")
 	fl.StringVar(&f.sourceRepo, "source-repo", "", "source repository URL to record (default: the target's git origin)")
 	fl.StringVar(&f.sourceRev, "source-rev", "", "source revision to record (default: the target's git HEAD)")
 	return cmd

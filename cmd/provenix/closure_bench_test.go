@@ -222,7 +222,19 @@ func stagePath(ctx context.Context, nx *nix.Nix, conn *queue.Conn, signer *attes
 	if _, err := conn.Stage(ctx, key, &buf); err != nil {
 		return nil, err
 	}
+	// The pusher computes the output path from the .drv closure.
+	reqs, err := nx.Requisites(ctx, drv)
+	if err != nil {
+		return nil, err
+	}
+	var export bytes.Buffer
+	if err := nx.Export(ctx, &export, reqs...); err != nil {
+		return nil, err
+	}
+	if _, err := conn.Stage(ctx, queue.ClosureKey(drv), &export); err != nil {
+		return nil, err
+	}
 	return &queue.Result{Version: queue.ResultVersion, Tenant: up.DefaultTenant, Builder: up.DefaultBuilderID,
-		DrvPath: drv, System: "x86_64-linux", Bundle: bundle,
+		DrvPath: drv, System: "x86_64-linux", Bundle: bundle, Closure: queue.ClosureKey(drv),
 		Outputs: []queue.Output{{Name: "out", Path: in.Path, NarHash: out.NarHashHex(), NarSize: in.NarSize, StagingKey: key, References: in.References}}}, nil
 }

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -77,7 +76,7 @@ func TestClosureSurvivesKill(t *testing.T) {
 	u.start()
 	conn := connect()
 	for i := n - 1; i >= 1; i-- {
-		if _, err := conn.Stage(ctx, rs[i].Outputs[0].StagingKey, bytes.NewReader(nars[i])); err != nil {
+		if err := stageSynth(ctx, conn, rs[i], nars[i]); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := conn.PublishResult(ctx, rs[i]); err != nil {
@@ -113,7 +112,7 @@ func TestClosureSurvivesKill(t *testing.T) {
 	}
 
 	// The bottom arrives; kill as soon as it is visible, mid-release.
-	if _, err := conn.Stage(ctx, rs[0].Outputs[0].StagingKey, bytes.NewReader(nars[0])); err != nil {
+	if err := stageSynth(ctx, conn, rs[0], nars[0]); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := conn.PublishResult(ctx, rs[0]); err != nil {
@@ -191,7 +190,7 @@ func TestClosureUpstreamE2E(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Conn().Stage(ctx, r.Outputs[0].StagingKey, bytes.NewReader(nar)); err != nil {
+		if err := stageSynth(ctx, s.Conn(), r, nar); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.Conn().PublishResult(ctx, r); err != nil {

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -25,9 +26,9 @@ import (
 	"unsafe"
 
 	"github.com/nix-community/go-nix/pkg/nar"
-	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/internal/testdrv"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/queue"
@@ -188,10 +189,28 @@ type synthResult struct {
 	result *queue.Result
 }
 
-// synthStorePath is a valid store path for name.
-func synthStorePath(name string) string {
-	h := sha256.Sum256([]byte(name))
-	return "/nix/store/" + nixbase32.EncodeToString(h[:20]) + "-" + name
+// synthStorePath is the output path of the derivation synthDrv(name).
+func synthStorePath(name string) string { return synthDrv(name).Out }
+
+// synthDrv is a real derivation called name (without inputs): the
+// pusher checks that a result's output is its derivation's.
+func synthDrv(name string) *testdrv.Drv {
+	d, err := testdrv.New(name, "x86_64-linux")
+	if err != nil {
+		panic(err)
+	}
+	return d
+}
+
+// stageSynth stages a synthesized result's NAR and its derivation's
+// closure export, as a builder does.
+func stageSynth(ctx context.Context, conn *queue.Conn, r *queue.Result, nar []byte) error {
+	if _, err := conn.Stage(ctx, r.Outputs[0].StagingKey, bytes.NewReader(nar)); err != nil {
+		return err
+	}
+	name := strings.TrimSuffix(path.Base(r.DrvPath), ".drv")[33:]
+	_, err := conn.Stage(ctx, r.Closure, bytes.NewReader(synthDrv(name).Export))
+	return err
 }
 
 // synthResults makes n results of builder up.DefaultBuilderID for tenant
@@ -262,7 +281,7 @@ func synthesizeRefs(ctx context.Context, signer *attest.Signer, name string, con
 		return nil, nil, err
 	}
 	out := attest.Output{Name: "out", Path: synthStorePath(name), NarHash: sha256.Sum256(buf.Bytes()), NarSize: uint64(buf.Len()), References: refs}
-	drv := synthStorePath(name + ".drv")
+	drv := synthDrv(name).Path
 	st, err := attest.NewStatement(&attest.Build{DrvPath: drv, System: "x86_64-linux", BuilderID: up.DefaultBuilderID,
 		Installable: attest.Installable{Kind: "drv", Ref: drv}, Outputs: []attest.Output{out}})
 	if err != nil {
@@ -276,7 +295,7 @@ func synthesizeRefs(ctx context.Context, signer *attest.Signer, name string, con
 		System: "x86_64-linux",
 		Outputs: []queue.Output{{Name: "out", Path: out.Path, NarHash: out.NarHashHex(), NarSize: out.NarSize,
 			StagingKey: queue.StagingKey(out.NarHashHex()), References: refs}},
-		Bundle: bundle}, buf.Bytes(), nil
+		Bundle: bundle, Closure: queue.ClosureKey(drv)}, buf.Bytes(), nil
 }
 
 // stageAll stages every result's NAR, with a few uploads at once.
@@ -289,7 +308,7 @@ func stageAll(t testing.TB, ctx context.Context, conn *queue.Conn, rs []synthRes
 	for range 8 {
 		wg.Go(func() {
 			for i := range next {
-				if _, err := conn.Stage(ctx, rs[i].result.Outputs[0].StagingKey, bytes.NewReader(rs[i].nar)); err != nil {
+				if err := stageSynth(ctx, conn, rs[i].result, rs[i].nar); err != nil {
 					mu.Lock()
 					first = cmpOr(first, fmt.Errorf("stage %d: %w", i, err))
 					mu.Unlock()

@@ -342,7 +342,7 @@ func TestCrashEmbedded(t *testing.T) {
 		for _, it := range items {
 			began := time.Now()
 			err := retry(ctx, &retries, func(ctx context.Context) error {
-				_, err := conn.Stage(ctx, it.r.Outputs[0].StagingKey, bytes.NewReader(it.nar))
+				err := stageSynth(ctx, conn, it.r, it.nar)
 				return err
 			})
 			if err == nil {

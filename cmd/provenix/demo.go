@@ -151,6 +151,7 @@ func runDemo(ctx context.Context, g *globals) error {
 		b := &builder.Builder{
 			Nix: &nix.Nix{Options: offline}, Queue: conn, Signer: signer,
 			BuilderID: up.DefaultBuilderID, Tenant: up.DefaultTenant, Version: version, Logger: g.logger(),
+			StageClosures: true, // the pusher checks output paths against it
 		}
 		pubs, err := b.Build(ctx, builder.Target{
 			Installable: attest.Installable{Kind: "file", File: sample, Attr: "hello"},

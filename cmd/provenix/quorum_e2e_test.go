@@ -324,9 +324,23 @@ func lie(t *testing.T, ctx context.Context, conn *queue.Conn, c qbuilder, busybo
 	if _, err := conn.Stage(ctx, queue.StagingKey(hexSum), bytes.NewReader(forged)); err != nil {
 		t.Fatal(err)
 	}
+	// Its own copy of the closure, as a builder stages it: the pusher
+	// computes the output path from it.
+	reqs, err := n.Requisites(ctx, drvs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var export bytes.Buffer
+	if err := n.Export(ctx, &export, reqs...); err != nil {
+		t.Fatal(err)
+	}
+	closure := queue.ScopedKey(queue.ClosureKey(drvs[0]), c.id)
+	if _, err := conn.Stage(ctx, closure, &export); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := conn.PublishResult(ctx, &queue.Result{Version: queue.ResultVersion, Tenant: up.DefaultTenant, Builder: c.id, DrvPath: drvs[0], System: d.Platform,
 		Outputs: []queue.Output{{Name: "out", Path: outs[0], NarHash: hexSum, NarSize: uint64(len(forged)), StagingKey: queue.StagingKey(hexSum)}},
-		Bundle:  bundle}); err != nil {
+		Bundle:  bundle, Closure: closure}); err != nil {
 		t.Fatal(err)
 	}
 }

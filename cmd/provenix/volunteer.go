@@ -95,6 +95,9 @@ func runVolunteer(ctx context.Context, g *globals, f *volunteerFlags) error {
 		Builder: &builder.Builder{
 			Nix: nx, Queue: conn, Signer: signer, NixKey: nixKey,
 			BuilderID: f.builderID, Tenant: f.tenant, Version: version, Logger: g.logger(),
+			// Its own copy of the closure goes with each vote: the
+			// pusher computes output paths from it (drvpath).
+			StageClosures: true,
 		},
 		Systems: systems,
 		Once:    f.once,

@@ -1,0 +1,76 @@
+package cachepush
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// overwrite plays another publisher replacing the object under key with
+// garbage that its meta describes truthfully (digest and size of the
+// garbage), as anyone who may stage can.
+func overwrite(t *testing.T, conn *queue.Conn, key, chunkID string) {
+	t.Helper()
+	ctx := testCtx(t)
+	js, err := jetstream.New(conn.NATS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := []byte("another publisher's bytes")
+	if _, err := js.Publish(ctx, "$O."+queue.BucketStaging+".C."+chunkID, garbage); err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256(garbage)
+	meta, _ := json.Marshal(&jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: key}, Bucket: queue.BucketStaging,
+		NUID: chunkID, Size: uint64(len(garbage)), Chunks: 1, Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(d[:])})
+	m := nats.NewMsg("$O." + queue.BucketStaging + ".M." + base64.URLEncoding.EncodeToString([]byte(key)))
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	m.Data = meta
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStagingOverwritten: another publisher replaces a staged NAR after
+// the honest builder staged it (issue 11, finding 5). Under the
+// builder's scoped key (what builders use) nothing changes: the pusher
+// reads the builder's chunks and publishes the honest result. Under a
+// shared key the result ends at once as "restage" (not "nar-mismatch",
+// which counts against the builder), and is not retried forever.
+func TestStagingOverwritten(t *testing.T) {
+	cf := newClosureFixture(t, "", 1, nil)
+	ctx := testCtx(t)
+
+	nar := narOf(t, "scoped")
+	r, _ := cf.result(t, drvResult{name: "scoped", nar: nar})
+	key := queue.ScopedKey(r.Outputs[0].StagingKey, "b0")
+	if _, err := cf.conn.Stage(ctx, key, bytes.NewReader(nar)); err != nil {
+		t.Fatal(err)
+	}
+	r.Outputs[0].StagingKey = key
+	overwrite(t, cf.conn, key, queue.StagingScope("evil")+".x")
+	data, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf.process(t, r, data)
+	if !cf.isVisible(t, r.Outputs[0].Path) {
+		t.Fatal("honest result under a scoped key not published")
+	}
+
+	r, data = cf.result(t, drvResult{name: "shared"})
+	overwrite(t, cf.conn, r.Outputs[0].StagingKey, "SHAREDX")
+	err = cf.pusher.Process(ctx, subject(r), data, r.MsgID())
+	if !errors.Is(err, queue.ErrPermanent) || !strings.Contains(err.Error(), "("+ReasonRestage+")") {
+		t.Fatalf("overwritten shared key: %v, want a permanent %q rejection", err, ReasonRestage)
+	}
+}

@@ -1,0 +1,133 @@
+package queue
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// poison plays a publisher that stages garbage under key ahead of the
+// honest one, with a meta whose digest header claims the key's content
+// (issue 11, finding 5): chunks of its own, a forged digest.
+func poison(t *testing.T, c *Conn, key string, claimed []byte, chunkID string) {
+	t.Helper()
+	garbage := []byte("garbage from another publisher")
+	if _, err := c.js.Publish(ctxT(t), stagingChunksPrefix+chunkID, garbage); err != nil {
+		t.Fatal(err)
+	}
+	publishMeta(t, c, &jetstream.ObjectInfo{
+		ObjectMeta: jetstream.ObjectMeta{Name: key, Opts: &jetstream.ObjectMetaOptions{ChunkSize: stageChunkSize}},
+		Bucket:     BucketStaging, NUID: chunkID, Size: uint64(len(claimed)), Chunks: 1,
+		Digest: objectDigest(claimed),
+	})
+}
+
+// TestStagePoisonedKey: a key pre-poisoned with garbage and a forged
+// digest header is not reused: the honest Stage reads it back, finds it
+// is not what the key names, and stages over it; a reader then gets the
+// honest content. Small (one chunk) and large objects alike.
+func TestStagePoisonedKey(t *testing.T) {
+	_, c := setup(t)
+	for _, size := range []int{1000, 3 * stageChunkSize / 2} {
+		t.Run(fmt.Sprintf("size=%d", size), func(t *testing.T) {
+			honest := randomBytes(uint64(size), size)
+			key := narKey(honest)
+			poison(t, c, key, honest, fmt.Sprintf("POISON%d", size))
+			info, err := c.Stage(ctxT(t), key, bytes.NewReader(honest))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Reused {
+				t.Fatal("Stage reused a poisoned object")
+			}
+			if got, _ := readStaged(t, c, key); !bytes.Equal(got, honest) {
+				t.Fatal("staged content is not the honest one")
+			}
+			// The honest object, now verified, is reused.
+			if info, err := c.Stage(ctxT(t), key, bytes.NewReader(honest)); err != nil || !info.Reused {
+				t.Fatalf("second Stage: %+v %v", info, err)
+			}
+		})
+	}
+}
+
+// TestStageScoped: an object under a scoped key is read from its scope's
+// chunks: a forged meta (garbage chunks elsewhere, a digest claiming the
+// content) changes nothing for readers, a pre-poisoned meta is not
+// reused, and a re-upload replaces the subject's chunks (rollup) instead
+// of adding to them.
+func TestStageScoped(t *testing.T) {
+	_, c := setup(t)
+	for _, size := range []int{1000, 5*stageChunkSize/2 + 7} {
+		t.Run(fmt.Sprintf("size=%d", size), func(t *testing.T) {
+			honest := randomBytes(uint64(size)+1, size)
+			key := ScopedKey(narKey(honest), "honest-builder")
+			if _, ok := KeyScope(key); !ok {
+				t.Fatalf("%s has no scope", key)
+			}
+			// Pre-poisoned before the honest builder stages.
+			poison(t, c, key, honest, StagingScope("evil")+".x1")
+			info, err := c.Stage(ctxT(t), key, bytes.NewReader(honest))
+			if err != nil || info.Reused {
+				t.Fatalf("Stage over a poisoned meta: %+v %v", info, err)
+			}
+			// Overwritten after.
+			poison(t, c, key, honest, StagingScope("evil")+".x2")
+			got, si := readStaged(t, c, key)
+			if !bytes.Equal(got, honest) || si.Size != uint64(size) {
+				t.Fatalf("read %d bytes (size %d), want the honest %d", len(got), si.Size, size)
+			}
+			if info, err := c.Stage(ctxT(t), key, bytes.NewReader(honest)); err != nil || !info.Reused {
+				t.Fatalf("restage of verified content: %+v %v", info, err)
+			}
+			// A failed upload, then a full one: only the last counts. (A
+			// key that is not content-addressed: it is never reused.)
+			key = ScopedKey(fmt.Sprintf("closure/x-%d", size), "honest-builder")
+			if _, err := c.Stage(ctxT(t), key, bytes.NewReader(honest[:size/3])); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Stage(ctxT(t), key, io.MultiReader(bytes.NewReader(honest[:size/2]), iotest.ErrReader(errors.New("dump failed")))); err == nil {
+				t.Fatal("failed upload succeeded")
+			}
+			if info, err := c.Stage(ctxT(t), key, bytes.NewReader(honest)); err != nil || info.Reused {
+				t.Fatalf("upload after a failed one: %+v %v", info, err)
+			}
+			if got, _ := readStaged(t, c, key); !bytes.Equal(got, honest) {
+				t.Fatal("content after re-upload is not the honest one")
+			}
+		})
+	}
+	if _, ok := KeyScope("nar/abc@" + StagingScope("x")[:31] + "g"); ok {
+		t.Error("KeyScope accepted a non-hex scope")
+	}
+}
+
+// TestCollectStagingKeepsScoped: a scoped object whose meta someone
+// overwrote is not taken for orphan chunks by the garbage collector.
+func TestCollectStagingKeepsScoped(t *testing.T) {
+	_, c := setup(t)
+	honest := randomBytes(9, 1000)
+	key := ScopedKey(narKey(honest), "b")
+	if _, err := c.Stage(ctxT(t), key, bytes.NewReader(honest)); err != nil {
+		t.Fatal(err)
+	}
+	poison(t, c, key, honest, StagingScope("evil")+".y")
+	if _, err := c.CollectStaging(ctxT(t), StagingGCOptions{Grace: time.Nanosecond, Now: time.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := readStaged(t, c, key); !bytes.Equal(got, honest) {
+		t.Fatal("scoped content collected")
+	}
+	if err := c.DeleteStaged(ctxT(t), key); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.OpenStaged(ctxT(t), key); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after DeleteStaged: %v", err)
+	}
+}
