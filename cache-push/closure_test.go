@@ -27,6 +27,7 @@ import (
 	"codeberg.org/provenix/provenix/contentaddr"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // closureFixture is a pusher on a real NATS with builders b0, b1, …,
@@ -189,7 +190,7 @@ func (cf *closureFixture) source(t *testing.T, name string, narBytes []byte, m c
 	} else {
 		c.Hash = sha256.Sum256(content)
 	}
-	p, err := c.StorePath(StoreDir, name, refs, false)
+	p, err := c.StorePath(storepath.Dir, name, refs, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -525,12 +526,12 @@ func TestClosureSources(t *testing.T) {
 		c, _ := contentaddr.Parse(o.CA)
 		c.Method = contentaddr.Recursive
 		o.CA = c.String()
-		o.Path, _ = c.StorePath(StoreDir, "bad-recursive-but-flat-nar", nil, false)
+		o.Path, _ = c.StorePath(storepath.Dir, "bad-recursive-but-flat-nar", nil, false)
 	})
 	t.Run("flat-address-of-a-directory", func(t *testing.T) {
 		n := narOf(t, "dir")
 		c := contentaddr.CA{Method: contentaddr.Flat, Hash: sha256.Sum256(n)}
-		p, _ := c.StorePath(StoreDir, "dir", nil, false)
+		p, _ := c.StorePath(storepath.Dir, "dir", nil, false)
 		h := sha256.Sum256(n)
 		s := queue.Output{Name: "source", Path: p, NarHash: hexOf(h[:]), NarSize: uint64(len(n)), StagingKey: queue.StagingKey(hexOf(h[:])), CA: c.String()}
 		cf.conn.Stage(ctx, s.StagingKey, bytes.NewReader(n))
@@ -554,7 +555,7 @@ func TestClosureFixedOutput(t *testing.T) {
 	content := "downloaded tarball"
 	n := fileNAR(t, content, false)
 	c := contentaddr.CA{Method: contentaddr.Flat, Hash: sha256.Sum256([]byte(content))}
-	p, _ := c.StorePath(StoreDir, "src.tar", nil, false)
+	p, _ := c.StorePath(storepath.Dir, "src.tar", nil, false)
 	r, d := cf.result(t, drvResult{name: "src.tar", path: p, nar: n, ca: c.String()})
 	cf.process(t, r, d)
 	if !cf.isVisible(t, p) {
@@ -571,7 +572,7 @@ func TestClosureFixedOutput(t *testing.T) {
 }
 
 func mustPath(t *testing.T, c contentaddr.CA, name string) string {
-	p, err := c.StorePath(StoreDir, name, nil, false)
+	p, err := c.StorePath(storepath.Dir, name, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,10 +16,6 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/ingest"
 )
 
-// StoreDir is the only store directory this cache serves: stock Nix
-// clients substitute only paths of their own store directory.
-const StoreDir = "/nix/store"
-
 // maxNarinfoSize bounds how much of an existing narinfo is read.
 const maxNarinfoSize = 1 << 20
 

@@ -35,6 +35,7 @@ import (
 	"codeberg.org/provenix/provenix/contentaddr"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // Reasons a result is rejected, as recorded in rejection events.
@@ -426,10 +427,10 @@ func (p *Pusher) report(ctx context.Context, m entryMeta, out attest.Output, oc 
 	p.releaseWaiters(ctx, m.tenant, out.Path)
 }
 
-// checkCAPathIn is checkCAPath for a path that must be in StoreDir.
+// checkCAPathIn is checkCAPath for a path that must be in storepath.Dir.
 func checkCAPathIn(ca string, out attest.Output) (contentaddr.CA, error) {
-	if !strings.HasPrefix(out.Path, StoreDir+"/") {
-		return contentaddr.CA{}, fmt.Errorf("%w: %s is not in %s", ErrContentAddress, out.Path, StoreDir)
+	if err := storepath.Check(out.Path); err != nil {
+		return contentaddr.CA{}, fmt.Errorf("%w: %w", ErrContentAddress, err)
 	}
 	return checkCAPath(ca, out)
 }
@@ -702,8 +703,8 @@ func consistent(r *queue.Result, v *attest.Verified) error {
 	if len(v.Outputs) != len(r.Outputs) {
 		return fmt.Errorf("%w: result has %d outputs, its statement %d", ErrRejected, len(r.Outputs), len(v.Outputs))
 	}
-	if !strings.HasPrefix(v.DrvPath, StoreDir+"/") {
-		return fmt.Errorf("%w: derivation %s is not in %s", ErrRejected, v.DrvPath, StoreDir)
+	if err := storepath.Check(v.DrvPath); err != nil {
+		return fmt.Errorf("%w: derivation: %w", ErrRejected, err)
 	}
 	byPath := make(map[string]attest.Output, len(v.Outputs))
 	for _, o := range v.Outputs {
@@ -714,12 +715,12 @@ func consistent(r *queue.Result, v *attest.Verified) error {
 		if s.NarSize != o.NarSize || s.Name != o.Name {
 			return fmt.Errorf("%w: output %s: result says %s, %d bytes; statement %s, %d bytes", ErrRejected, o.Path, o.Name, o.NarSize, s.Name, s.NarSize)
 		}
-		if !strings.HasPrefix(o.Path, StoreDir+"/") {
-			return fmt.Errorf("%w: output %s is not in %s", ErrRejected, o.Path, StoreDir)
+		if err := storepath.Check(o.Path); err != nil {
+			return fmt.Errorf("%w: output: %w", ErrRejected, err)
 		}
 		for _, ref := range s.References {
-			if !strings.HasPrefix(ref, StoreDir+"/") {
-				return fmt.Errorf("%w: output %s: reference %s is not in %s", ErrRejected, o.Path, ref, StoreDir)
+			if err := storepath.Check(ref); err != nil {
+				return fmt.Errorf("%w: output %s: reference: %w", ErrRejected, o.Path, err)
 			}
 		}
 	}

@@ -32,6 +32,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 const (
@@ -129,7 +130,7 @@ func testCtx(t testing.TB) context.Context {
 // storePath makes a valid store path for name.
 func storePath(name string) string {
 	h := sha256.Sum256([]byte(name))
-	return StoreDir + "/" + nixbase32.EncodeToString(h[:20]) + "-" + name
+	return storepath.Dir + "/" + nixbase32.EncodeToString(h[:20]) + "-" + name
 }
 
 // makeNAR serialises a small directory tree holding content.

@@ -295,7 +295,7 @@ const provenanceVersion = 1
 // does not parse, has another version or names another path matches
 // ErrMalformed or ErrMismatch.
 func (c *Client) Provenance(ctx context.Context, storePath string) (*Provenance, error) {
-	if err := CheckStorePath(storePath); err != nil {
+	if err := checkPath(storePath); err != nil {
 		return nil, err
 	}
 	b, u, err := c.small(ctx, ProvenanceKey(storePath))

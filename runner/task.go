@@ -28,14 +28,12 @@ import (
 	"codeberg.org/provenix/provenix/runner/capture"
 	"codeberg.org/provenix/provenix/runner/job"
 	"codeberg.org/provenix/provenix/runner/report"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // killGrace is how long a cancelled job process gets to run its clean-up
 // before its whole process group is killed.
 const killGrace = 10 * time.Second
-
-// storeDir is the logical Nix store every derivation path must be in.
-const storeDir = "/nix/store"
 
 // taskRun is one task in progress.
 type taskRun struct {
@@ -361,8 +359,8 @@ func (r *Runner) attest(ctx context.Context, t *taskRun, drvs []string, how stri
 // symlink.
 func (r *Runner) checkDrv(ctx context.Context, drv string) error {
 	n := r.builder.Nix
-	if filepath.Dir(drv) != storeDir {
-		return fmt.Errorf("not in %s", storeDir)
+	if err := storepath.Check(drv); err != nil {
+		return err
 	}
 	if fi, err := os.Lstat(n.RealPath(drv)); err != nil || !fi.Mode().IsRegular() {
 		return errors.New("not a regular file in the store")

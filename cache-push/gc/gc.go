@@ -46,9 +46,9 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
-	"github.com/nix-community/go-nix/pkg/storepath"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // DefaultGrace is how old an orphan must be before it is collected when
@@ -538,12 +538,12 @@ func lenient(b []byte) (url string, refs []string) {
 // hash.
 func hashOf(s string) (string, error) {
 	base := path.Base(s)
-	if len(base) == hashLen {
-		if nixbase32.ValidateString(base) == nil {
+	if len(base) == storepath.HashLen {
+		if storepath.CheckHashPart(base) == nil {
 			return base, nil
 		}
-	} else if _, err := storepath.FromString(base); err == nil {
-		return base[:hashLen], nil
+	} else if storepath.CheckBase(base) == nil {
+		return storepath.HashPart(base), nil
 	}
 	return "", fmt.Errorf("%w: %q", ErrKeepFile, s)
 }
