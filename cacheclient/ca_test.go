@@ -96,7 +96,7 @@ func TestVerifyContentAddressed(t *testing.T) {
 	testcache.Sign(t, ni, tc.sk)
 	tc.write(t, cacheclient.NarinfoKey(dep), []byte(ni.String()))
 	rep, err := c.Verify(ctx, dep, o)
-	if err != nil || rep.Verified || !strings.Contains(rep.Reason, "gives") {
+	if err != nil || rep.Verified || !strings.Contains(rep.Reason, "computes") {
 		t.Fatalf("input-addressed path with a CA: %v %+v", err, rep)
 	}
 	// Without a CA and without provenance: not verified.
