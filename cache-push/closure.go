@@ -14,9 +14,8 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"codeberg.org/provenix/provenix/cache-push/policy"
-	"codeberg.org/provenix/provenix/cache-push/upstream"
-
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -86,16 +85,25 @@ type Upstream interface {
 	Narinfo(ctx context.Context, storePath string) (*narinfo.NarInfo, error)
 }
 
-// UpstreamsFor builds a client per upstream the policy declares, for
-// Config.Upstreams; hc nil means a default client with a timeout.
+// upstreamTimeout bounds each request to an upstream when UpstreamsFor
+// makes the HTTP client.
+const upstreamTimeout = 10 * time.Second
+
+// UpstreamsFor builds a cacheclient per upstream the policy declares, in
+// its order, for Config.Upstreams; hc nil means a default client with a
+// timeout.
 func UpstreamsFor(p *policy.Policy, hc *http.Client) ([]Upstream, error) {
-	cs, err := upstream.FromPolicy(p, hc)
-	if err != nil {
-		return nil, fmt.Errorf("cachepush: %w", err)
-	}
-	out := make([]Upstream, len(cs))
-	for i, c := range cs {
-		out[i] = c
+	out := make([]Upstream, 0, len(p.Upstreams))
+	for _, u := range p.Upstreams {
+		if len(u.PublicKeys) == 0 {
+			// A cacheclient without keys checks no signature at all.
+			return nil, fmt.Errorf("cachepush: upstream %s: no public keys", u.URL)
+		}
+		c, err := cacheclient.New(cacheclient.Options{URL: u.URL, PublicKeys: u.PublicKeys, HTTP: hc, RequestTimeout: upstreamTimeout})
+		if err != nil {
+			return nil, fmt.Errorf("cachepush: upstream: %w", err)
+		}
+		out = append(out, c)
 	}
 	return out, nil
 }

@@ -23,7 +23,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
-	"codeberg.org/provenix/provenix/cache-push/upstream"
+	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/contentaddr"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
@@ -589,28 +589,30 @@ func TestClosureUpstream(t *testing.T) {
 	up.process(t, rDep, dDep)
 	srv := httptest.NewServer(server.Handler(up.store, server.Options{}))
 	defer srv.Close()
-	client, err := upstream.New(srv.URL, []string{up.cachePub.String()}, srv.Client())
+	client, err := cacheclient.New(cacheclient.Options{URL: srv.URL, PublicKeys: []string{up.cachePub.String()}, HTTP: srv.Client()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := client.Narinfo(testCtx(t), storePath("updep")); err != nil {
 		t.Fatalf("upstream serves its dependency: %v", err)
 	}
-	if _, err := client.Narinfo(testCtx(t), storePath("nope")); !errors.Is(err, upstream.ErrNotFound) {
+	if _, err := client.Narinfo(testCtx(t), storePath("nope")); !errors.Is(err, cacheclient.ErrNotFound) {
 		t.Fatalf("absent path: %v", err)
+	}
+	// An upstream without keys would be trusted unchecked: refused.
+	if _, err := UpstreamsFor(&policy.Policy{Upstreams: []policy.Upstream{{URL: srv.URL}}}, nil); err == nil {
+		t.Fatal("UpstreamsFor accepted an upstream without public keys")
 	}
 
 	t.Run("declared", func(t *testing.T) {
 		extra := "upstreams:\n  - {url: \"" + srv.URL + "\", public_keys: [\"" + up.cachePub.String() + "\"]}\n"
 		var cf *closureFixture
 		cf = newClosureFixture(t, extra, 1, func(c *Config) {
-			ups, err := upstream.FromPolicy(c.Policy, srv.Client())
+			ups, err := UpstreamsFor(c.Policy, srv.Client())
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, u := range ups {
-				c.Upstreams = append(c.Upstreams, u)
-			}
+			c.Upstreams = ups
 		})
 		r, d := cf.result(t, drvResult{name: "down", refs: []string{storePath("updep")}})
 		cf.process(t, r, d)
@@ -621,7 +623,7 @@ func TestClosureUpstream(t *testing.T) {
 	t.Run("wrong-key", func(t *testing.T) {
 		other, _ := GenerateKeyFiles("other-1", filepath.Join(t.TempDir(), "k"))
 		cf := newClosureFixture(t, "", 1, func(c *Config) {
-			u, err := upstream.New(srv.URL, []string{other.String()}, srv.Client())
+			u, err := cacheclient.New(cacheclient.Options{URL: srv.URL, PublicKeys: []string{other.String()}, HTTP: srv.Client()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -813,7 +815,7 @@ func (u *countingUpstream) Narinfo(_ context.Context, storePath string) (*narinf
 	if u.has[storePath] {
 		return &narinfo.NarInfo{StorePath: storePath}, nil
 	}
-	return nil, upstream.ErrNotFound
+	return nil, cacheclient.ErrNotFound
 }
 
 // TestUpstreamAnswersRemembered: an upstream's "found" is remembered
