@@ -16,6 +16,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cacheclient"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -183,7 +184,7 @@ func (p *Pusher) missingRefs(ctx context.Context, self string, refs []string) ([
 // visible reports whether storePath's narinfo is in this cache or, when
 // not, in an upstream.
 func (p *Pusher) visible(ctx context.Context, storePath string) (bool, error) {
-	_, err := p.cfg.Store.Stat(ctx, NarinfoKey(storePath))
+	_, err := p.cfg.Store.Stat(ctx, cachelayout.NarinfoKey(storePath))
 	if err == nil {
 		return true, nil
 	}
@@ -237,7 +238,7 @@ func (p *Pusher) upstreamHas(ctx context.Context, storePath string) bool {
 // reports whether the entry is visible. Releasing the entries waiting
 // for it is the caller's next step (releaseWaiters).
 func (p *Pusher) makeVisible(ctx context.Context, w *Waiting) (bool, error) {
-	if err := store.Put(ctx, p.cfg.Store, NarinfoKey(w.StorePath), strings.NewReader(w.Narinfo)); err != nil {
+	if err := store.Put(ctx, p.cfg.Store, cachelayout.NarinfoKey(w.StorePath), strings.NewReader(w.Narinfo)); err != nil {
 		return false, err
 	}
 	missing, err := p.missingRefs(ctx, w.StorePath, w.References)
@@ -247,7 +248,7 @@ func (p *Pusher) makeVisible(ctx context.Context, w *Waiting) (bool, error) {
 	if len(missing) == 0 {
 		return true, nil
 	}
-	if err := p.cfg.Store.Delete(ctx, NarinfoKey(w.StorePath)); err != nil {
+	if err := p.cfg.Store.Delete(ctx, cachelayout.NarinfoKey(w.StorePath)); err != nil {
 		return false, err
 	}
 	p.log.Warn("a reference vanished while publishing; the entry waits again", "path", w.StorePath, "missing", missing)
@@ -395,7 +396,7 @@ func (p *Pusher) settledElsewhere(ctx context.Context, w *Waiting, prev *narinfo
 				sigs = append(sigs, s.String())
 			}
 			if addSigs(prev, sigs) {
-				if err := store.Put(ctx, p.cfg.Store, NarinfoKey(w.StorePath), strings.NewReader(prev.String())); err != nil {
+				if err := store.Put(ctx, p.cfg.Store, cachelayout.NarinfoKey(w.StorePath), strings.NewReader(prev.String())); err != nil {
 					return err
 				}
 			}

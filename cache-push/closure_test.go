@@ -24,6 +24,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cacheclient"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/contentaddr"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
@@ -221,7 +222,7 @@ func (cf *closureFixture) process(t *testing.T, r *queue.Result, data []byte) {
 
 func (cf *closureFixture) isVisible(t *testing.T, storePath string) bool {
 	t.Helper()
-	_, err := cf.store.Stat(testCtx(t), NarinfoKey(storePath))
+	_, err := cf.store.Stat(testCtx(t), cachelayout.NarinfoKey(storePath))
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		t.Fatal(err)
 	}
@@ -290,7 +291,7 @@ func TestClosureDependentsFirst(t *testing.T) {
 		t.Fatalf("visible after dep: %v", got)
 	}
 	for _, e := range [][2]string{{dep, left}, {dep, right}, {left, top}, {right, top}} {
-		if pos[NarinfoKey(e[0])] > pos[NarinfoKey(e[1])] {
+		if pos[cachelayout.NarinfoKey(e[0])] > pos[cachelayout.NarinfoKey(e[1])] {
 			t.Fatalf("%s visible before %s: %v", e[1], e[0], got)
 		}
 	}
@@ -304,7 +305,7 @@ func TestClosureDependentsFirst(t *testing.T) {
 		t.Fatalf("waiting bucket after release: %v %v", keysOf(m), err)
 	}
 	// The published narinfo is the one signed at decision time.
-	b, _ := store.ReadAll(ctx, cf.store, NarinfoKey(top), 1<<20)
+	b, _ := store.ReadAll(ctx, cf.store, cachelayout.NarinfoKey(top), 1<<20)
 	ni, err := narinfo.Parse(bytes.NewReader(b))
 	if err != nil || len(ni.References) != 3 || len(ni.Signatures) != 1 || !cf.cachePub.Verify(ni.Fingerprint(), ni.Signatures[0]) {
 		t.Fatalf("top's narinfo: %v\n%s", err, b)
@@ -408,7 +409,7 @@ func TestClosureSweepAfterCrash(t *testing.T) {
 	for len(cf.order.visible()) < 3 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := cf.order.visible(); !slices.Equal(got, []string{NarinfoKey(dep), NarinfoKey(mid), NarinfoKey(top)}) {
+	if got := cf.order.visible(); !slices.Equal(got, []string{cachelayout.NarinfoKey(dep), cachelayout.NarinfoKey(mid), cachelayout.NarinfoKey(top)}) {
 		t.Fatalf("visible order %v", got)
 	}
 }
@@ -452,11 +453,11 @@ func TestClosureQuorum(t *testing.T) {
 	}
 	r, d = cf.result(t, drvResult{name: "dep", builder: "b1"})
 	cf.process(t, r, d)
-	if got := cf.order.visible(); !slices.Equal(got, []string{NarinfoKey(dep), NarinfoKey(top)}) {
+	if got := cf.order.visible(); !slices.Equal(got, []string{cachelayout.NarinfoKey(dep), cachelayout.NarinfoKey(top)}) {
 		t.Fatalf("visible order %v", got)
 	}
-	b, _ := store.ReadAll(testCtx(t), cf.store, ProvenanceKey(top), 1<<20)
-	prov, err := ParseProvenance(b)
+	b, _ := store.ReadAll(testCtx(t), cf.store, cachelayout.ProvenanceKey(top), 1<<20)
+	prov, err := cachelayout.ParseProvenance(b)
 	if err != nil || len(prov.Bundles) != 2 || prov.Quorum == nil || len(prov.Quorum.Agreeing) != 2 {
 		t.Fatalf("top's sidecar: %+v %v", prov, err)
 	}
@@ -479,7 +480,7 @@ func TestClosureSources(t *testing.T) {
 	r, d := cf.result(t, drvResult{name: "uses", refs: []string{tree.Path, text.Path, flat.Path}, sources: []queue.Output{text, tree, flat}})
 	cf.process(t, r, d)
 	for _, s := range []queue.Output{tree, flat, text} {
-		b, err := store.ReadAll(ctx, cf.store, NarinfoKey(s.Path), 1<<20)
+		b, err := store.ReadAll(ctx, cf.store, cachelayout.NarinfoKey(s.Path), 1<<20)
 		if err != nil {
 			t.Fatalf("source %s not published: %v", s.Path, err)
 		}
@@ -673,8 +674,8 @@ func (p *vanishPending) Commit(ctx context.Context, key string) error {
 	if err := p.Pending.Commit(ctx, key); err != nil {
 		return err
 	}
-	if key == NarinfoKey(p.v.when) {
-		return p.v.Store.Delete(ctx, NarinfoKey(p.v.vanish))
+	if key == cachelayout.NarinfoKey(p.v.when) {
+		return p.v.Store.Delete(ctx, cachelayout.NarinfoKey(p.v.vanish))
 	}
 	return nil
 }
@@ -733,7 +734,7 @@ func TestClosureInFlight(t *testing.T) {
 	m := metrics.NewPusher(prometheus.NewRegistry())
 	cf := newClosureFixture(t, "", 1, func(c *Config) {
 		c.Metrics = m
-		c.Store = &slowStore{Store: c.Store, key: NarinfoKey(dep), delay: 300 * time.Millisecond}
+		c.Store = &slowStore{Store: c.Store, key: cachelayout.NarinfoKey(dep), delay: 300 * time.Millisecond}
 	})
 	rDep, dDep := cf.result(t, drvResult{name: "dep"})
 	rTop, dTop := cf.result(t, drvResult{name: "top", refs: []string{dep}})
@@ -752,7 +753,7 @@ func TestClosureInFlight(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	if got := cf.order.visible(); !slices.Equal(got, []string{NarinfoKey(dep), NarinfoKey(top)}) {
+	if got := cf.order.visible(); !slices.Equal(got, []string{cachelayout.NarinfoKey(dep), cachelayout.NarinfoKey(top)}) {
 		t.Fatalf("visible %v", got)
 	}
 	if w := m.Status().Waited; w != 0 {
@@ -793,7 +794,7 @@ func TestClosureMultiOutput(t *testing.T) {
 	data, _ := json.Marshal(r)
 	start := time.Now()
 	cf.process(t, r, data)
-	if got := cf.order.visible(); !slices.Equal(got, []string{NarinfoKey(outPath), NarinfoKey(devPath)}) {
+	if got := cf.order.visible(); !slices.Equal(got, []string{cachelayout.NarinfoKey(outPath), cachelayout.NarinfoKey(devPath)}) {
 		t.Fatalf("visible %v", got)
 	}
 	if w := m.Status().Waited; w != 0 || time.Since(start) > 3*time.Second {

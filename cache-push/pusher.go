@@ -30,8 +30,8 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/ingest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
-	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/contentaddr"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
@@ -220,7 +220,7 @@ func (p *Pusher) Open(ctx context.Context, c *queue.Conn, o queue.ConsumerOption
 // (a web server, a CDN, a public-read bucket) serves stock nix, not only
 // `provenix cache serve`. An operator's own nix-cache-info is kept.
 func ensureCacheInfo(ctx context.Context, st store.Store) error {
-	const key = "nix-cache-info"
+	const key = cachelayout.CacheInfoKey
 	_, err := st.Stat(ctx, key)
 	if err == nil {
 		return nil
@@ -228,7 +228,7 @@ func ensureCacheInfo(ctx context.Context, st store.Store) error {
 	if !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("cachepush: %s: %w", key, err)
 	}
-	if err := store.Put(ctx, st, key, strings.NewReader(server.CacheInfo(0))); err != nil {
+	if err := store.Put(ctx, st, key, strings.NewReader(cachelayout.CacheInfo(0))); err != nil {
 		return fmt.Errorf("cachepush: write %s: %w", key, err)
 	}
 	return nil
@@ -450,7 +450,7 @@ func (e *rejectError) Error() string { return e.err.Error() }
 // waiting record. When the path is already published with the same NAR
 // it only adds new bundles and signatures (outExisting). A different NAR
 // already published is a conflict.
-func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output, stagingKey string, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (outcome, error) {
+func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output, stagingKey string, bundles []json.RawMessage, sigs []string, q *cachelayout.QuorumInfo) (outcome, error) {
 	if prev, err := p.existing(ctx, out.Path); err != nil {
 		return 0, err
 	} else if prev != nil {
@@ -557,7 +557,7 @@ func (p *Pusher) waitOutcome(visible bool, err error) (outcome, error) {
 // the waiting entry without ingesting the NAR again; a different NAR is a
 // conflict. It reports false when nothing waits (or the waiting entry's
 // NAR is gone), and the caller ingests.
-func (p *Pusher) mergeWaiting(ctx context.Context, m entryMeta, out attest.Output, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (outcome, bool, error) {
+func (p *Pusher) mergeWaiting(ctx context.Context, m entryMeta, out attest.Output, bundles []json.RawMessage, sigs []string, q *cachelayout.QuorumInfo) (outcome, bool, error) {
 	w, err := GetWaiting(ctx, p.cfg.KV, m.tenant, out.Path)
 	if errors.Is(err, queue.ErrNotFound) {
 		return 0, false, nil
@@ -589,7 +589,7 @@ func (p *Pusher) mergeWaiting(ctx context.Context, m entryMeta, out attest.Outpu
 // mergeEntry adds out's bundles and signatures to the entry prev already
 // published for its path, and reports true; a different NAR there is a
 // conflict.
-func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out attest.Output, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (outcome, error) {
+func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out attest.Output, bundles []json.RawMessage, sigs []string, q *cachelayout.QuorumInfo) (outcome, error) {
 	h, err := narHashOf(prev)
 	if err != nil {
 		return 0, &rejectError{ReasonConflict, fmt.Errorf("%w: existing %w", ErrRejected, err)}
@@ -602,7 +602,7 @@ func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out atte
 		return 0, err
 	}
 	if added := addSigs(prev, sigs); added {
-		if err := store.Put(ctx, p.cfg.Store, NarinfoKey(out.Path), strings.NewReader(prev.String())); err != nil {
+		if err := store.Put(ctx, p.cfg.Store, cachelayout.NarinfoKey(out.Path), strings.NewReader(prev.String())); err != nil {
 			return 0, err
 		}
 	}
@@ -640,7 +640,7 @@ func nonEmpty(s string) []string {
 
 // existing returns the narinfo already published for storePath, or nil.
 func (p *Pusher) existing(ctx context.Context, storePath string) (*narinfo.NarInfo, error) {
-	b, err := store.ReadAll(ctx, p.cfg.Store, NarinfoKey(storePath), maxNarinfoSize)
+	b, err := store.ReadAll(ctx, p.cfg.Store, cachelayout.NarinfoKey(storePath), maxNarinfoSize)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
 	}
@@ -658,14 +658,14 @@ func (p *Pusher) existing(ctx context.Context, storePath string) (*narinfo.NarIn
 
 // writeProvenance stores the sidecar for out, keeping bundles already
 // there for the same NAR (from other builders, or earlier runs).
-func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []json.RawMessage, q *QuorumInfo) error {
+func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []json.RawMessage, q *cachelayout.QuorumInfo) error {
 	if len(add) == 0 {
 		// A source: its content address is its proof, no bundle attests it.
 		return nil
 	}
-	sc := &Provenance{Version: ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex(), Quorum: q}
-	if b, err := store.ReadAll(ctx, p.cfg.Store, ProvenanceKey(out.Path), maxNarinfoSize*4); err == nil {
-		if prev, perr := ParseProvenance(b); perr == nil && prev.NarSHA256 == sc.NarSHA256 {
+	sc := &cachelayout.Provenance{Version: cachelayout.ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex(), Quorum: q}
+	if b, err := store.ReadAll(ctx, p.cfg.Store, cachelayout.ProvenanceKey(out.Path), maxNarinfoSize*4); err == nil {
+		if prev, perr := cachelayout.ParseProvenance(b); perr == nil && prev.NarSHA256 == sc.NarSHA256 {
 			sc.Bundles = prev.Bundles
 			if sc.Quorum == nil {
 				sc.Quorum = prev.Quorum
@@ -690,7 +690,7 @@ func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []j
 	if err != nil {
 		return fmt.Errorf("provenance sidecar: %w", err)
 	}
-	return store.Put(ctx, p.cfg.Store, ProvenanceKey(out.Path), bytes.NewReader(b))
+	return store.Put(ctx, p.cfg.Store, cachelayout.ProvenanceKey(out.Path), bytes.NewReader(b))
 }
 
 // consistent checks that the unsigned fields of r say what the verified

@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -26,6 +25,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/storepath"
 )
 
@@ -123,20 +123,6 @@ func (c *Client) URL() string { return c.base }
 // ChecksSignatures says whether narinfos are checked against trusted keys.
 func (c *Client) ChecksSignatures() bool { return len(c.keys) > 0 }
 
-// hashPart is the 32-character hash of a valid store path.
-func hashPart(storePath string) string { return path.Base(storePath)[:32] }
-
-// NarinfoKey is the cache-relative name of a store path's narinfo.
-//
-// TODO(issue 12 item 3): one layout package for the cache's file names;
-// until then these must spell what cache-push/narinfo.go writes (a test
-// checks that they do).
-func NarinfoKey(storePath string) string { return hashPart(storePath) + ".narinfo" }
-
-// ProvenanceKey is the cache-relative name of a store path's provenance
-// sidecar.
-func ProvenanceKey(storePath string) string { return hashPart(storePath) + ".provenance.json" }
-
 // checkPath returns storepath.Check's verdict on p, matching ErrInvalidPath
 // too: callers of this package tell "you asked for a non-path" from what
 // a cache served.
@@ -198,7 +184,7 @@ func (c *Client) Narinfo(ctx context.Context, storePath string) (*narinfo.NarInf
 	if err := checkPath(storePath); err != nil {
 		return nil, err
 	}
-	b, u, err := c.small(ctx, NarinfoKey(storePath))
+	b, u, err := c.small(ctx, cachelayout.NarinfoKey(storePath))
 	if err != nil {
 		return nil, err
 	}
