@@ -21,6 +21,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // Options configure Handler. The zero value is valid.
@@ -267,10 +268,10 @@ func route(p string) (key string, kind objectKind, ok bool) {
 	if name == cachelayout.CacheInfoKey {
 		return name, kindCacheInfo, true
 	}
-	if h, found := strings.CutSuffix(name, cachelayout.NarinfoSuffix); found && isNix32(h, cachelayout.HashLen, cachelayout.HashLen) {
+	if h, found := strings.CutSuffix(name, cachelayout.NarinfoSuffix); found && storepath.CheckHashPart(h) == nil {
 		return name, kindNarinfo, true
 	}
-	if h, found := strings.CutSuffix(name, cachelayout.ProvenanceSuffix); found && isNix32(h, cachelayout.HashLen, cachelayout.HashLen) {
+	if h, found := strings.CutSuffix(name, cachelayout.ProvenanceSuffix); found && storepath.CheckHashPart(h) == nil {
 		return name, kindProvenance, true
 	}
 	if file, found := strings.CutPrefix(name, cachelayout.NARPrefix); found {
