@@ -1,7 +1,9 @@
 // Package contentaddr parses Nix content addresses ("fixed:r:sha256:…",
 // "fixed:sha256:…", "text:sha256:…") and computes the store path Nix gives
 // a content-addressed path, as Nix's makeStorePath, makeFixedOutputPath
-// and makeTextPath do. A content-addressed path proves itself: whoever
+// and makeTextPath do, and checks a NAR against one (NARChecker). The
+// pusher admits content-addressed paths and cacheclient verifies them with
+// these same functions. A content-addressed path proves itself: whoever
 // knows its content, name and references can recompute its path, so a
 // cache can admit it without trusting the builder that sent it.
 package contentaddr
