@@ -74,6 +74,19 @@ type Source struct {
 	Ref        string
 }
 
+// Isolation a runner records in Workflow.Isolation.
+const (
+	// IsolationUID: the job ran as a Unix user no other job had while it
+	// ran, with no process of that user alive when it started.
+	IsolationUID = "uid"
+	// IsolationCgroup: every process of the job was in a cgroup of its
+	// own, killed (daemons included) when the job ended.
+	IsolationCgroup = "cgroup"
+	// IsolationPrivateTmp: the job had /tmp and /var/tmp of its own, in a
+	// mount namespace of its own.
+	IsolationPrivateTmp = "private-tmp"
+)
+
 // Workflow is the forge job a build ran in, when a runner built it: what
 // the forge told the runner, not what a job step claimed.
 type Workflow struct {
@@ -90,6 +103,11 @@ type Workflow struct {
 	// step asked for it through the runner's socket) or "automatic" (seen
 	// realised in the Nix store while the job ran).
 	Capture string
+	// Isolation is how the runner kept the job from the others it ran:
+	// "uid" (a Unix user no other job had while it ran), "cgroup" (every
+	// process of the job in its own cgroup, killed when it ended). Empty
+	// for older runners and runners without either.
+	Isolation []string
 }
 
 // Build describes one realised derivation: everything the Statement says.
@@ -155,6 +173,13 @@ func NewStatement(b *Build) (*intoto.Statement, error) {
 			"server": w.Server, "repository": w.Repository, "ref": w.Ref, "sha": w.Sha,
 			"workflow": w.Workflow, "job": w.Job, "runId": w.RunID, "event": w.Event,
 			"actor": w.Actor, "capture": w.Capture,
+		}
+		if len(w.Isolation) > 0 {
+			iso := make([]any, len(w.Isolation))
+			for i, k := range w.Isolation {
+				iso[i] = k
+			}
+			ext["workflow"].(map[string]any)["isolation"] = iso
 		}
 	}
 	extPB, err := structpb.NewStruct(dropEmpty(ext))

@@ -395,7 +395,7 @@ func (p *Pusher) settledElsewhere(ctx context.Context, w *Waiting, prev *narinfo
 			for _, s := range mine.Signatures {
 				sigs = append(sigs, s.String())
 			}
-			if addSigs(prev, sigs) {
+			if addSigs(prev, sigs, p.cfg.Policy) {
 				if err := store.Put(ctx, p.cfg.Store, cachelayout.NarinfoKey(w.StorePath), strings.NewReader(prev.String())); err != nil {
 					return err
 				}
@@ -549,14 +549,16 @@ func mergeNarinfoSigs(ni, other string) string {
 		return ni
 	}
 	b, err := narinfo.Parse(strings.NewReader(other))
-	if err != nil || a.StorePath != b.StorePath || !bytes.Equal(a.NarHash.Digest(), b.NarHash.Digest()) {
+	// Same fingerprint: both narinfos state the same thing, so each one's
+	// signatures (checked when it was written) hold for the other.
+	if err != nil || a.StorePath != b.StorePath || !bytes.Equal(a.NarHash.Digest(), b.NarHash.Digest()) || a.Fingerprint() != b.Fingerprint() {
 		return ni
 	}
 	var sigs []string
 	for _, s := range b.Signatures {
 		sigs = append(sigs, s.String())
 	}
-	if addSigs(a, sigs) {
+	if appendSigs(a, sigs, nil) {
 		return a.String()
 	}
 	return ni

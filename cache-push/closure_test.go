@@ -139,9 +139,11 @@ func fileNAR(t *testing.T, content string, exec bool) []byte {
 // referring to refs.
 type drvResult struct {
 	name, builder, path, ca string
-	nar                     []byte
-	refs                    []string
-	sources                 []queue.Output
+	// drv is the derivation (storePath(name+".drv") when empty).
+	drv     string
+	nar     []byte
+	refs    []string
+	sources []queue.Output
 }
 
 func (cf *closureFixture) result(t *testing.T, d drvResult) (*queue.Result, []byte) {
@@ -157,7 +159,10 @@ func (cf *closureFixture) result(t *testing.T, d drvResult) (*queue.Result, []by
 		d.nar = narOf(t, d.name)
 	}
 	out := attest.Output{Name: "out", Path: d.path, NarHash: sha256.Sum256(d.nar), NarSize: uint64(len(d.nar)), References: d.refs}
-	drv := storePath(d.name + ".drv")
+	drv := d.drv
+	if drv == "" {
+		drv = storePath(d.name + ".drv")
+	}
 	st, err := attest.NewStatement(&attest.Build{DrvPath: drv, System: "x86_64-linux", BuilderID: d.builder,
 		Installable: attest.Installable{Kind: "drv", Ref: drv}, Outputs: []attest.Output{out}})
 	if err != nil {

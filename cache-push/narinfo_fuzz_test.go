@@ -57,7 +57,7 @@ func FuzzNarinfo(f *testing.F) {
 			// would print it; go-nix's String needs a NarHash.
 			return
 		}
-		addSigs(ni, []string{"builder-a-1:ZmFrZXNpZ25hdHVyZWZha2VzaWduYXR1cmVmYWtlc2lnbmF0dXJlZmFrZXNpZ25hdHVyZWZha2VzaWduYXR1cmU=", "garbage"})
+		appendSigs(ni, []string{"builder-a-1:ZmFrZXNpZ25hdHVyZWZha2VzaWduYXR1cmVmYWtlc2lnbmF0dXJlZmFrZXNpZ25hdHVyZWZha2VzaWduYXR1cmU=", "garbage"}, nil)
 		again, err := narinfo.Parse(bytes.NewReader([]byte(ni.String())))
 		if err != nil {
 			return // go-nix prints some parsed values it cannot read back; not ours to fix

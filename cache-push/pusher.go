@@ -327,6 +327,10 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		rej.Reason = ReasonPolicy
 		return p.reject(ctx, rej, err)
 	}
+	if err := p.cfg.Policy.CheckIsolation(v.External); err != nil {
+		rej.Reason = ReasonPolicy
+		return p.reject(ctx, rej, err)
+	}
 	// From here on, paths referring to these may wait for this handler.
 	for _, o := range r.Outputs {
 		defer p.flying(o.Path)()
@@ -502,7 +506,7 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	if err != nil {
 		return 0, &rejectError{ReasonInconsistent, err}
 	}
-	addSigs(ni, sigs)
+	addSigs(ni, sigs, p.cfg.Policy)
 	// Another member of the group may have published the path while this
 	// one ingested it: a result is redelivered when its holder's
 	// heartbeats are lost, as in a stream leader election. Merge into that
@@ -579,7 +583,7 @@ func (p *Pusher) mergeWaiting(ctx context.Context, m entryMeta, out attest.Outpu
 	if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
 		return 0, false, err
 	}
-	if addSigs(ni, sigs) {
+	if addSigs(ni, sigs, p.cfg.Policy) {
 		w.Narinfo = ni.String()
 	}
 	oc, err := p.waitOutcome(p.wait(ctx, w))
@@ -590,6 +594,11 @@ func (p *Pusher) mergeWaiting(ctx context.Context, m entryMeta, out attest.Outpu
 // published for its path, and reports true; a different NAR there is a
 // conflict.
 func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out attest.Output, bundles []json.RawMessage, sigs []string, q *cachelayout.QuorumInfo) (outcome, error) {
+	if prev.StorePath != out.Path {
+		// The same hash part under another name: the narinfo key is the
+		// hash part, so this would rewrite another path's sidecar.
+		return 0, &rejectError{ReasonConflict, fmt.Errorf("%w: %s: its hash part is already published as %s", ErrRejected, out.Path, prev.StorePath)}
+	}
 	h, err := narHashOf(prev)
 	if err != nil {
 		return 0, &rejectError{ReasonConflict, fmt.Errorf("%w: existing %w", ErrRejected, err)}
@@ -601,7 +610,7 @@ func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out atte
 	if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
 		return 0, err
 	}
-	if added := addSigs(prev, sigs); added {
+	if added := addSigs(prev, sigs, p.cfg.Policy); added {
 		if err := store.Put(ctx, p.cfg.Store, cachelayout.NarinfoKey(out.Path), strings.NewReader(prev.String())); err != nil {
 			return 0, err
 		}
@@ -610,11 +619,27 @@ func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out atte
 }
 
 // addSigs adds the signatures ni lacks and reports whether it added any.
-func addSigs(ni *narinfo.NarInfo, sigs []string) bool {
+//
+// A builder's signature goes in only when it verifies, with the key the
+// policy gives that builder's key name, over this narinfo's fingerprint:
+// it was checked against the builder's own vote, and a narinfo whose
+// references or size differ from what the builder signed must not carry
+// a signature clients would then reject (or, with another key set, trust).
+func addSigs(ni *narinfo.NarInfo, sigs []string, pol *policy.Policy) bool {
+	fp := ni.Fingerprint()
+	return appendSigs(ni, sigs, func(sig signature.Signature) bool {
+		k, ok := pol.NixKeyNamed(sig.Name)
+		return ok && k.Verify(fp, sig)
+	})
+}
+
+// appendSigs adds the signatures ni lacks that ok accepts (all, when ok
+// is nil) and reports whether it added any.
+func appendSigs(ni *narinfo.NarInfo, sigs []string, ok func(signature.Signature) bool) bool {
 	added := false
 	for _, s := range sigs {
 		sig, err := signature.ParseSignature(s)
-		if err != nil {
+		if err != nil || (ok != nil && !ok(sig)) {
 			continue
 		}
 		dup := false
@@ -665,7 +690,13 @@ func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []j
 	}
 	sc := &cachelayout.Provenance{Version: cachelayout.ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex(), Quorum: q}
 	if b, err := store.ReadAll(ctx, p.cfg.Store, cachelayout.ProvenanceKey(out.Path), maxNarinfoSize*4); err == nil {
-		if prev, perr := cachelayout.ParseProvenance(b); perr == nil && prev.NarSHA256 == sc.NarSHA256 {
+		prev, perr := cachelayout.ParseProvenance(b)
+		if perr == nil && prev.StorePath != sc.StorePath {
+			// Never rewrite another path's sidecar (same hash part, other
+			// name, maybe the same NAR).
+			return &rejectError{ReasonConflict, fmt.Errorf("%w: %s: the provenance at its hash part is %s's", ErrRejected, out.Path, prev.StorePath)}
+		}
+		if perr == nil && prev.NarSHA256 == sc.NarSHA256 {
 			sc.Bundles = prev.Bundles
 			if sc.Quorum == nil {
 				sc.Quorum = prev.Quorum

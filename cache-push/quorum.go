@@ -8,7 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -68,12 +72,28 @@ type Vote struct {
 	Counted string `json:"counted,omitempty"`
 }
 
+// Answer is what a vote says the narinfo should state: NAR hash, NAR size
+// and references. Votes agree only when their answers are equal: a quorum
+// that agreed on the NAR bytes alone let one builder among the agreeing
+// ones add a reference to any cached path, or drop the dependencies that
+// keep live paths from collection.
+func (v Vote) Answer() string {
+	refs := slices.Clone(v.References)
+	slices.Sort(refs)
+	refs = slices.Compact(refs)
+	return v.NarSHA256 + " " + strconv.FormatUint(v.NarSize, 10) + " " + strings.Join(refs, ",")
+}
+
 // Tally is the state of the votes on one output.
 type Tally struct {
-	Verdict  string            `json:"verdict"`
-	Why      string            `json:"why"`
-	Quorum   policy.Quorum     `json:"quorum"`
-	Winner   string            `json:"winner,omitempty"` // NAR sha256 published (agreed or trusted-only)
+	Verdict string        `json:"verdict"`
+	Why     string        `json:"why"`
+	Quorum  policy.Quorum `json:"quorum"`
+	Winner  string        `json:"winner,omitempty"` // NAR sha256 published (agreed or trusted-only)
+	// Answer is the winning answer (Vote.Answer): the NAR, its size and
+	// its references.
+	Answer string `json:"-"`
+	// Groups are the votes by answer (Vote.Answer).
 	Groups   map[string][]Vote `json:"-"`
 	Agreeing []Vote            `json:"-"`
 	Minority []Vote            `json:"-"`
@@ -85,6 +105,45 @@ type Tally struct {
 type Standing struct {
 	Quarantined map[string]bool // votes ignored
 	Veteran     map[string]bool // long clean record (quorum.trusted_after)
+}
+
+// Veteran is the quorum's rule for a builder whose long clean record
+// waives one confirmation (quorum.trusted_after).
+func Veteran(r Reputation, q policy.Quorum) bool {
+	return q.TrustedAfter > 0 && r.Agreements >= q.TrustedAfter && r.Disagreements == 0 && !r.Quarantined
+}
+
+// StandingOf is the standing of the builders of votes under q, their
+// records read with rep.
+func StandingOf(votes []Vote, q policy.Quorum, rep func(builder string) Reputation) Standing {
+	st := Standing{Quarantined: map[string]bool{}, Veteran: map[string]bool{}}
+	for _, v := range votes {
+		r := rep(v.Builder)
+		st.Quarantined[v.Builder] = r.Quarantined
+		st.Veteran[v.Builder] = Veteran(r, q)
+	}
+	return st
+}
+
+// PathTally reads the votes on storePath and the voters' records and
+// tallies them as the pusher does: what `provenix status` reports. System
+// is the votes' (empty without votes).
+func PathTally(ctx context.Context, kv KV, pol *policy.Policy, tenant, storePath string) (t Tally, votes []Vote, system string, err error) {
+	votes, err = Votes(ctx, kv, tenant, storePath, pol.BuilderIDs())
+	if err != nil {
+		return Tally{}, nil, "", err
+	}
+	for _, v := range votes {
+		system = v.System
+	}
+	q := pol.QuorumFor(tenant, system, storePath)
+	st := StandingOf(votes, q, func(b string) Reputation {
+		if r, err := GetReputation(ctx, kv, b); err == nil {
+			return *r
+		}
+		return Reputation{Builder: b}
+	})
+	return TallyVotes(pol, q, votes, st), votes, system, nil
 }
 
 // SpotChecked reports whether storePath is among the rate fraction of
@@ -108,7 +167,7 @@ func TallyVotes(p *policy.Policy, q policy.Quorum, votes []Vote, st Standing) Ta
 			t.Ignored = append(t.Ignored, v.Builder)
 			continue
 		}
-		t.Groups[v.NarSHA256] = append(t.Groups[v.NarSHA256], v)
+		t.Groups[v.Answer()] = append(t.Groups[v.Answer()], v)
 	}
 	type g struct {
 		hash     string
@@ -116,11 +175,11 @@ func TallyVotes(p *policy.Policy, q policy.Quorum, votes []Vote, st Standing) Ta
 	}
 	var gs []g
 	for h, vs := range t.Groups {
-		keys := map[string]bool{}
-		for _, v := range vs {
-			keys[p.DistinctKey(v.Builder, q.Distinct)] = true
+		builders := make([]string, len(vs))
+		for i, v := range vs {
+			builders[i] = v.Builder
 		}
-		gs = append(gs, g{h, len(keys)})
+		gs = append(gs, g{h, p.CountDistinct(builders, q.Distinct)})
 	}
 	sort.Slice(gs, func(i, j int) bool {
 		if gs[i].distinct != gs[j].distinct {
@@ -148,7 +207,8 @@ func TallyVotes(p *policy.Policy, q policy.Quorum, votes []Vote, st Standing) Ta
 		second = gs[1].distinct
 	}
 	setSides := func(winner string) {
-		t.Winner = winner
+		t.Answer = winner
+		t.Winner = t.Groups[winner][0].NarSHA256
 		for h, vs := range t.Groups {
 			if h == winner {
 				t.Agreeing = append(t.Agreeing, vs...)
@@ -162,17 +222,17 @@ func TallyVotes(p *policy.Policy, q policy.Quorum, votes []Vote, st Standing) Ta
 	switch {
 	case best.distinct >= min && best.distinct > second:
 		t.Verdict = VerdictAgreed
-		t.Why = fmt.Sprintf("%d distinct %s(s) agree on NAR %.12s (quorum %d)", best.distinct, q.Distinct, best.hash, q.Min)
+		t.Why = fmt.Sprintf("%d distinct %s(s) agree on NAR %.12s, its size and references (quorum %d)", best.distinct, q.Distinct, best.hash, q.Min)
 		if t.Adaptive {
 			t.Why += ", one confirmation waived for a builder with a clean record"
 		}
 		if len(gs) > 1 {
-			t.Why += fmt.Sprintf("; %d NAR(s) in the minority", len(gs)-1)
+			t.Why += fmt.Sprintf("; %d other answer(s) in the minority", len(gs)-1)
 		}
 		setSides(best.hash)
 	case len(gs) > 1:
 		t.Verdict = VerdictDisputed
-		t.Why = fmt.Sprintf("%d different NARs; the largest agreement is %d of %d required", len(gs), best.distinct, q.Min)
+		t.Why = fmt.Sprintf("%d different answers (NAR, size or references); the largest agreement is %d of %d required", len(gs), best.distinct, q.Min)
 		if q.OnDisagreement == policy.OnDisagreementTrustedOnly {
 			for h, vs := range t.Groups {
 				for _, v := range vs {
@@ -258,7 +318,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		// reputation mark when it is the same NAR (a redelivery).
 		err = p.cfg.KV.KVUpdate(ctx, queue.BucketVotes, key, func(old []byte) ([]byte, error) {
 			var prev Vote
-			if old != nil && json.Unmarshal(old, &prev) == nil && prev.NarSHA256 == vote.NarSHA256 {
+			if old != nil && json.Unmarshal(old, &prev) == nil && prev.Answer() == vote.Answer() {
 				vote.Counted = prev.Counted
 				if prev.NixSig != "" && vote.NixSig == "" {
 					vote.NixSig = prev.NixSig
@@ -285,13 +345,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	votes = append(votes, vote)
 	sort.Slice(votes, func(i, j int) bool { return votes[i].Builder < votes[j].Builder })
 	q := p.cfg.Policy.QuorumFor(r.Tenant, v.System, out.Path)
-	st := Standing{Quarantined: map[string]bool{}, Veteran: map[string]bool{}}
-	for _, vt := range votes {
-		rep := p.reputation(ctx, vt.Builder)
-		st.Quarantined[vt.Builder] = rep.Quarantined
-		st.Veteran[vt.Builder] = q.TrustedAfter > 0 && rep.Agreements >= q.TrustedAfter && rep.Disagreements == 0 && !rep.Quarantined
-	}
-	t := TallyVotes(p.cfg.Policy, q, votes, st)
+	t := TallyVotes(p.cfg.Policy, q, votes, StandingOf(votes, q, func(b string) Reputation { return p.reputation(ctx, b) }))
 	p.log.Info("tally", "path", out.Path, "builder", v.BuilderID, "verdict", t.Verdict, "why", t.Why)
 	p.cfg.Metrics.Vote(t.Verdict)
 
@@ -318,8 +372,8 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		// published NAR, or disagreement with it.
 		p.countReputation(ctx, r.Tenant, out.Path, t)
 	}
-	if vote.NarSHA256 != t.Winner {
-		return 0, false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s: this NAR (%s) is in the minority; %s (%s) won", ErrRejected, out.Path, vote.NarSHA256, t.Winner, t.Verdict)}
+	if vote.Answer() != t.Answer {
+		return 0, false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s: this answer (NAR %s, its size and references) is in the minority; NAR %s (%s) won", ErrRejected, out.Path, vote.NarSHA256, t.Winner, t.Verdict)}
 	}
 	return oc, false, nil
 }
@@ -345,17 +399,36 @@ func (p *Pusher) publishAgreed(ctx context.Context, t Tally) (outcome, error) {
 	}
 	info := &cachelayout.QuorumInfo{Verdict: t.Verdict, Min: t.Quorum.Min, Distinct: t.Quorum.Distinct, Agreeing: agreeing,
 		UnverifiedByQuorum: t.Verdict == VerdictTrustedOnly}
-	m := entryMeta{tenant: a.Tenant, builder: a.Builder, msgID: a.MsgID, drv: a.DrvPath}
+	m := entryMeta{tenant: a.Tenant, builder: a.Builder, msgID: a.MsgID, drv: agreedDeriver(t.Agreeing)}
 	return p.writeEntry(ctx, m, out, a.StagingKey, bundles, sigs, info)
+}
+
+// agreedDeriver is the derivation every agreeing vote names, or "" when
+// they name different ones: the narinfo's Deriver is then left out rather
+// than taken from whichever builder sorts first.
+func agreedDeriver(votes []Vote) string {
+	for _, v := range votes[1:] {
+		if v.DrvPath != votes[0].DrvPath {
+			return ""
+		}
+	}
+	return votes[0].DrvPath
 }
 
 // disputed reports a disagreement; the votes stay for audit.
 func (p *Pusher) disputed(ctx context.Context, tenant, storePath, drv string, t Tally) {
 	d := Dispute{Time: time.Now().UTC(), Tenant: tenant, StorePath: storePath, DrvPath: drv, Verdict: t.Verdict, Why: t.Why, NARs: map[string][]string{}}
-	for h, vs := range t.Groups {
+	for _, a := range slices.Sorted(maps.Keys(t.Groups)) {
+		vs := t.Groups[a]
+		ans := DisputeAnswer{NarSHA256: vs[0].NarSHA256, NarSize: vs[0].NarSize, References: slices.Sorted(slices.Values(vs[0].References))}
 		for _, v := range vs {
-			d.NARs[h] = append(d.NARs[h], v.Builder)
+			d.NARs[v.NarSHA256] = append(d.NARs[v.NarSHA256], v.Builder)
+			ans.Builders = append(ans.Builders, v.Builder)
 		}
+		sort.Strings(ans.Builders)
+		d.Answers = append(d.Answers, ans)
+	}
+	for h := range d.NARs {
 		sort.Strings(d.NARs[h])
 	}
 	p.log.Warn("disputed", "path", storePath, "why", t.Why, "nars", d.NARs)
@@ -371,6 +444,18 @@ type Dispute struct {
 	Verdict   string              `json:"verdict"`
 	Why       string              `json:"why"`
 	NARs      map[string][]string `json:"nars"` // NAR sha256 → builders
+	// Answers are the distinct answers (NAR, size, references) and who
+	// gave each: builders that agree on the NAR but not on its references
+	// disagree.
+	Answers []DisputeAnswer `json:"answers"`
+}
+
+// DisputeAnswer is one answer of a dispute.
+type DisputeAnswer struct {
+	NarSHA256  string   `json:"narSha256"`
+	NarSize    uint64   `json:"narSize"`
+	References []string `json:"references"`
+	Builders   []string `json:"builders"`
 }
 
 var errNoRep = errors.New("no reputation record")
@@ -452,7 +537,7 @@ func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, 
 		counted := false
 		err := p.cfg.KV.KVUpdate(ctx, queue.BucketVotes, key, func(old []byte) ([]byte, error) {
 			var cur Vote
-			if old == nil || json.Unmarshal(old, &cur) != nil || cur.Counted != "" || cur.NarSHA256 != v.NarSHA256 {
+			if old == nil || json.Unmarshal(old, &cur) != nil || cur.Counted != "" || cur.Answer() != v.Answer() {
 				return nil, nil // gone, replaced or counted already
 			}
 			cur.Counted = t.Winner

@@ -68,10 +68,12 @@ type VerifyOptions struct {
 	// Bundles, when not nil, are checked instead of the cache's provenance
 	// sidecar.
 	Bundles [][]byte
-	// Distinct, when set, maps a verified builder id to what counts as one
-	// builder for Quorum (the pusher's policy counts builders, owners or
-	// hosts: policy.DistinctKey); nil counts builder ids.
-	Distinct func(builderID string) string
+	// Distinct, when set, maps a verified builder id (of a build for
+	// system of storePath) to what counts as one builder for Quorum: the
+	// pusher's policy counts builders, owners or hosts
+	// (policy.Policy.DistinctKey under the path's quorum rule), and verify
+	// counts as it does when given the policy. Nil counts builder ids.
+	Distinct func(builderID, system, storePath string) string
 }
 
 func (o *VerifyOptions) check() error {
@@ -181,15 +183,14 @@ func (c *Client) verifyContent(ctx context.Context, ni *narinfo.NarInfo) (NARDig
 // verification of cache entries, local store paths and NAR files alike;
 // o.Bundles is not used (bundles are the argument).
 //
-// TODO(issue 11 item 3): one quorum implementation for the pusher, status
-// and verify. Until then a caller that has the pusher's policy passes
-// o.Distinct (policy.DistinctKey) to count as it does; without it, distinct
+// Who counts as distinct is the policy's rule (o.Distinct), the one the
+// pusher's tally and `provenix status` apply; without a policy, distinct
 // builder ids are counted.
 func AssessBundles(rep *Report, bundles [][]byte, o VerifyOptions) {
 	v, quorum := o.Verifier, max(o.Quorum, 1)
 	distinct := o.Distinct
 	if distinct == nil {
-		distinct = func(id string) string { return id }
+		distinct = func(id, _, _ string) string { return id }
 	}
 	var narHash [32]byte
 	if d, err := hex.DecodeString(rep.NarSHA256); err == nil && len(d) == 32 {
@@ -213,7 +214,7 @@ func AssessBundles(rep *Report, bundles [][]byte, o VerifyOptions) {
 		} else {
 			a.Verified = true
 			fillAttestation(&a, vf)
-			builders[distinct(vf.BuilderID)] = true
+			builders[distinct(vf.BuilderID, vf.System, rep.StorePath)] = true
 		}
 		rep.Attestations = append(rep.Attestations, a)
 	}

@@ -104,7 +104,7 @@ func TestVerifyBundlesAndQuorum(t *testing.T) {
 	}
 	check("quorum 2", cacheclient.VerifyOptions{Quorum: 2}, true, "verified: 2 of 2")
 	check("quorum 3", cacheclient.VerifyOptions{Quorum: 3}, false, "quorum not met: 2 distinct")
-	oneOwner := func(string) string { return "owner:acme" }
+	oneOwner := func(_, _, _ string) string { return "owner:acme" }
 	check("quorum 2, one owner", cacheclient.VerifyOptions{Quorum: 2, Distinct: oneOwner}, false, "quorum not met: 1 distinct")
 
 	// Bob attests the same NAR with one reference dropped: his bundle does

@@ -12,9 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 
 	"codeberg.org/provenix/provenix/builder"
 	"codeberg.org/provenix/provenix/runner/capture"
+	"codeberg.org/provenix/provenix/runner/isolate"
 	"codeberg.org/provenix/provenix/runner/report"
 )
 
@@ -47,9 +46,22 @@ type Options struct {
 	Envs map[string]string
 	// WorkdirParent holds one directory per running job.
 	WorkdirParent string
-	// JobUser runs job steps when the runner is root (default "nobody").
-	// A runner that is not root runs jobs as itself.
+	// JobUser runs job steps when the runner is root (default "nobody"),
+	// shared by all the jobs running at once. A runner that is not root
+	// runs jobs as itself.
 	JobUser string
+	// JobUsers, when set, is a pool of users: each running job gets one of
+	// its own (Capacity must not exceed it), reused only once nothing of
+	// the previous job is left. JobUser is then ignored. Needs root.
+	JobUsers []string
+	// DisableCgroup keeps jobs out of per-job cgroups even where cgroup v2
+	// is available (leftover processes are then killed by uid only, and
+	// only with JobUsers).
+	DisableCgroup bool
+	// DisablePrivateTmp keeps jobs in the host's mount namespace, sharing
+	// /tmp (Linux, root: otherwise each job gets /tmp and /var/tmp of its
+	// own, bound from its TMPDIR).
+	DisablePrivateTmp bool
 	// ChildCommand starts the job process (default: this executable with
 	// "runner exec-job"); it reads a job.Spec on stdin.
 	ChildCommand []string
@@ -64,7 +76,11 @@ type Runner struct {
 	builder *builder.Builder // nil: jobs run but nothing is attested
 	log     *slog.Logger
 	windows *capture.Windows
-	jobUser *jobUser
+	users   *isolate.Pool    // nil: jobs run as the runner's own user
+	cgroups *isolate.Cgroups // nil: no cgroup v2 to put jobs in
+	// privateTmp: jobs start as root in a mount namespace of their own
+	// and enter their sandbox (job.Sandbox) before running anything.
+	privateTmp bool
 
 	mu           sync.Mutex
 	tasksVersion int64
@@ -101,16 +117,35 @@ func New(forge Forge, b *builder.Builder, opts Options) (*Runner, error) {
 		}
 		opts.ChildCommand = []string{exe, "runner", "exec-job"}
 	}
-	ju, err := lookupJobUser(opts.JobUser)
+	users, name, err := jobUsers(opts)
 	if err != nil {
 		return nil, err
 	}
-	if err := prepareWorkdirParent(opts.WorkdirParent, ju); err != nil {
+	if err := prepareWorkdirParent(opts.WorkdirParent, name); err != nil {
 		return nil, err
 	}
-	r := &Runner{forge: forge, opts: opts, builder: b, log: opts.Logger, windows: capture.NewWindows(time.Hour), jobUser: ju}
-	if ju == nil {
+	r := &Runner{forge: forge, opts: opts, builder: b, log: opts.Logger, windows: capture.NewWindows(time.Hour), users: users}
+	if users == nil {
 		r.log.Warn("runner is not root: job steps run as this user and can read whatever it can, the signing key included; run the runner as root (jobs then run as the job user) to keep the key from them")
+	} else if !users.Exclusive() && opts.Capacity > 1 {
+		r.log.Warn("jobs running at once share one job user and can read each other's environment, files and signing socket; set provenix.job_users to a pool of at least capacity users", "job_user", name, "capacity", opts.Capacity)
+	}
+	if users != nil && !opts.DisablePrivateTmp {
+		if tmp := underTmp(opts.WorkdirParent); tmp != "" {
+			r.log.Warn("jobs share the host's /tmp: host.workdir_parent is under "+tmp+", which a private /tmp would hide from them", "workdir_parent", opts.WorkdirParent)
+		} else if err := probePrivateMounts(); err != nil {
+			r.log.Warn("jobs share the host's /tmp: no mount namespace for them", "err", err)
+		} else {
+			r.privateTmp = true
+		}
+	}
+	if !opts.DisableCgroup {
+		cg, err := isolate.OpenCgroups()
+		if err != nil {
+			r.log.Warn("jobs do not run in cgroups: a daemon a job leaves behind is killed only by uid (with provenix.job_users)", "err", err)
+		} else {
+			r.cgroups = cg
+		}
 	}
 	if b == nil {
 		r.log.Warn("no signing key or NATS configured: jobs run, nothing is attested")
@@ -118,51 +153,55 @@ func New(forge Forge, b *builder.Builder, opts Options) (*Runner, error) {
 	return r, nil
 }
 
-// jobUser is the account job processes run as; nil means the runner's own.
-type jobUser struct {
-	name     string
-	uid, gid uint32
-	groups   []uint32
-}
-
-func lookupJobUser(name string) (*jobUser, error) {
+// jobUsers makes the pool jobs take their user from; nil when the runner
+// is not root. name is a user of it, for messages.
+func jobUsers(opts Options) (*isolate.Pool, string, error) {
 	if os.Geteuid() != 0 {
-		return nil, nil
+		if len(opts.JobUsers) > 0 {
+			return nil, "", errors.New("runner: job_users needs the runner to run as root (it switches to them)")
+		}
+		return nil, "", nil
 	}
+	if len(opts.JobUsers) > 0 {
+		users := make([]*isolate.User, 0, len(opts.JobUsers))
+		for _, n := range opts.JobUsers {
+			u, err := isolate.LookupUser(n)
+			if err != nil {
+				return nil, "", fmt.Errorf("runner: %w", err)
+			}
+			users = append(users, u)
+		}
+		p, err := isolate.NewPool(users, opts.Capacity, opts.Logger)
+		if err != nil {
+			return nil, "", fmt.Errorf("runner: job_users: %w", err)
+		}
+		return p, users[0].Name, nil
+	}
+	name := opts.JobUser
 	if name == "" {
 		name = "nobody"
 	}
-	if name == "root" {
-		return nil, errors.New("runner: job_user root would give job steps the runner's key; pick an unprivileged user")
-	}
-	u, err := user.Lookup(name)
+	u, err := isolate.LookupUser(name)
 	if err != nil {
-		return nil, fmt.Errorf("runner: job user %q: %w", name, err)
+		return nil, "", fmt.Errorf("runner: %w", err)
 	}
-	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
-	if err1 != nil || err2 != nil {
-		return nil, fmt.Errorf("runner: job user %q has non-numeric ids %s:%s", name, u.Uid, u.Gid)
+	return isolate.NewShared(u), name, nil
+}
+
+// Close removes what the runner set up for its jobs (its cgroup). Call it
+// after Run or RunOne returned.
+func (r *Runner) Close() error {
+	if r.cgroups == nil {
+		return nil
 	}
-	if uid == 0 {
-		return nil, fmt.Errorf("runner: job user %q has uid 0", name)
-	}
-	ju := &jobUser{name: name, uid: uint32(uid), gid: uint32(gid)}
-	if gids, err := u.GroupIds(); err == nil {
-		for _, g := range gids {
-			if n, err := strconv.ParseUint(g, 10, 32); err == nil && n != 0 {
-				ju.groups = append(ju.groups, uint32(n))
-			}
-		}
-	}
-	return ju, nil
+	return r.cgroups.Close()
 }
 
 // prepareWorkdirParent creates the parent of job directories. The job user
 // must be able to reach its own job directory, so every ancestor must be
 // searchable by others; checking now turns a confusing "permission denied"
 // inside the first job into a clear error at start.
-func prepareWorkdirParent(dir string, ju *jobUser) error {
+func prepareWorkdirParent(dir, jobUser string) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -170,7 +209,7 @@ func prepareWorkdirParent(dir string, ju *jobUser) error {
 	if err := os.MkdirAll(abs, 0o711); err != nil {
 		return fmt.Errorf("runner: work directory: %w", err)
 	}
-	if ju == nil {
+	if jobUser == "" {
 		return nil
 	}
 	for d := abs; ; d = filepath.Dir(d) {
@@ -179,7 +218,7 @@ func prepareWorkdirParent(dir string, ju *jobUser) error {
 			return fmt.Errorf("runner: work directory: %w", err)
 		}
 		if fi.Mode().Perm()&0o001 == 0 {
-			return fmt.Errorf("runner: job user %s cannot reach work directory %s: %s is mode %v; chmod o+x it or set host.workdir_parent elsewhere (never inside the directory holding the key)", ju.name, abs, d, fi.Mode().Perm())
+			return fmt.Errorf("runner: job user %s cannot reach work directory %s: %s is mode %v; chmod o+x it or set host.workdir_parent elsewhere (never inside the directory holding the key)", jobUser, abs, d, fi.Mode().Perm())
 		}
 		if d == filepath.Dir(d) {
 			return nil

@@ -102,6 +102,7 @@ func newFixture(t testing.TB, mod func(*Options)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = r.Close() })
 	return &fixture{srv: srv, runner: r, dir: dir}
 }
 

@@ -26,6 +26,7 @@ import (
 	"codeberg.org/provenix/provenix/builder"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/runner/capture"
+	"codeberg.org/provenix/provenix/runner/isolate"
 	"codeberg.org/provenix/provenix/runner/job"
 	"codeberg.org/provenix/provenix/runner/report"
 	"codeberg.org/provenix/provenix/storepath"
@@ -43,6 +44,7 @@ type taskRun struct {
 	workflow *attest.Workflow
 	invoc    string
 	started  time.Time
+	box      *jobBox
 
 	mu       sync.Mutex
 	attested map[string]bool // drv → attested (either way)
@@ -118,6 +120,15 @@ func workflowOf(c map[string]any) (*attest.Workflow, string) {
 // execute prepares the job directory and socket, runs the job process and
 // attests what it built.
 func (r *Runner) execute(ctx context.Context, t *taskRun, p *job.Parsed) runnerv1.Result {
+	box, err := r.box(ctx, t.task.GetId())
+	if err != nil {
+		t.rep.Logf("::error::%v", err)
+		return runnerv1.Result_RESULT_FAILURE
+	}
+	t.box = box
+	// Deferred first, so it runs last: the user goes back only once the
+	// job directory is gone.
+	defer r.release(ctx, box)
 	dir, err := os.MkdirTemp(r.opts.WorkdirParent, fmt.Sprintf("task-%d-", t.task.GetId()))
 	if err != nil {
 		t.rep.Logf("::error::job directory: %v", err)
@@ -136,9 +147,8 @@ func (r *Runner) execute(ctx context.Context, t *taskRun, p *job.Parsed) runnerv
 			return runnerv1.Result_RESULT_FAILURE
 		}
 	}
-	uid, gid := -1, -1
-	if ju := r.jobUser; ju != nil {
-		uid, gid = int(ju.uid), int(ju.gid)
+	uid, gid := box.ids()
+	if uid >= 0 {
 		if err := chownTree(dir, uid, gid); err != nil {
 			t.rep.Logf("::error::job directory: %v", err)
 			return runnerv1.Result_RESULT_FAILURE
@@ -154,8 +164,8 @@ func (r *Runner) execute(ctx context.Context, t *taskRun, p *job.Parsed) runnerv
 		return runnerv1.Result_RESULT_FAILURE
 	}
 	sock := filepath.Join(sub["sock"], "runner.sock")
-	srv, err := capture.Listen(sock, token, uid, gid, func(ctx context.Context, drvs []string) ([]capture.Result, error) {
-		return r.attest(ctx, t, drvs, "step")
+	srv, err := capture.ListenBound(sock, token, uid, gid, box.peerCheck(), func(ctx context.Context, drvs []string) ([]capture.Result, error) {
+		return r.attest(ctx, t, win, drvs, "step")
 	})
 	if err != nil {
 		t.rep.Logf("::error::%v", err)
@@ -172,7 +182,7 @@ func (r *Runner) execute(ctx context.Context, t *taskRun, p *job.Parsed) runnerv
 	spec := &job.Spec{
 		TaskID: t.task.GetId(), Payload: t.task.GetWorkflowPayload(), Context: t.ctx,
 		Secrets: t.task.GetSecrets(), Vars: t.task.GetVars(), Env: env, Labels: r.opts.Labels,
-		Workdir: sub["repo"], ActionCacheDir: sub["act"],
+		Workdir: sub["repo"], ActionCacheDir: sub["act"], Sandbox: t.box.sandbox(sub["tmp"]),
 	}
 	for id, n := range t.task.GetNeeds() {
 		if spec.Needs == nil {
@@ -187,10 +197,17 @@ func (r *Runner) execute(ctx context.Context, t *taskRun, p *job.Parsed) runnerv
 			timeout = d
 		}
 	}
+	if u := box.user(); u != nil {
+		t.rep.Logf("provenix: the job runs as %s (isolation: %s)", u.Name, box.describe())
+	}
 	result, cause := r.runChild(ctx, t, spec, sub, timeout)
 	if cause != "" {
 		t.rep.Logf("%s", cause)
 	}
+	// The job has ended: nothing it started keeps running, and its
+	// signing channel closes with it.
+	r.reap(ctx, t, box)
+	_ = srv.Close()
 
 	// Whatever the result, what the job built is attested: a later step
 	// may fail after a good build, and the provenance records the job.
@@ -208,11 +225,8 @@ func (r *Runner) runChild(ctx context.Context, t *taskRun, spec *job.Spec, sub m
 	cmd := exec.Command(r.opts.ChildCommand[0], r.opts.ChildCommand[1:]...)
 	cmd.Dir = sub["repo"]
 	cmd.Stdin = bytes.NewReader(in)
-	cmd.Env = r.childEnv(sub)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if ju := r.jobUser; ju != nil {
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: ju.uid, Gid: ju.gid, Groups: ju.groups}
-	}
+	cmd.Env = r.childEnv(sub, t.box.user())
+	cmd.SysProcAttr = t.box.procAttr()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return runnerv1.Result_RESULT_FAILURE, fmt.Sprintf("::error::job process: %v", err)
@@ -299,7 +313,7 @@ func stopGroup(pid int, waitErr <-chan error) {
 
 // childEnv is the job process's whole environment: nothing of the
 // runner's own (its NATS token, say) leaks in.
-func (r *Runner) childEnv(sub map[string]string) []string {
+func (r *Runner) childEnv(sub map[string]string, ju *isolate.User) []string {
 	path := os.Getenv("PATH")
 	if p, ok := r.opts.Envs["PATH"]; ok {
 		path = p
@@ -314,8 +328,8 @@ func (r *Runner) childEnv(sub map[string]string) []string {
 		// start a pager that waits for a key nobody will press.
 		"PAGER": "cat", "GIT_PAGER": "cat", "TERM": "dumb",
 	}
-	if ju := r.jobUser; ju != nil {
-		env["USER"], env["LOGNAME"] = ju.name, ju.name
+	if ju != nil {
+		env["USER"], env["LOGNAME"] = ju.Name, ju.Name
 		// An unprivileged user builds through the Nix daemon.
 		env["NIX_REMOTE"] = "daemon"
 	} else if u := os.Getenv("USER"); u != "" {
@@ -339,7 +353,7 @@ func (r *Runner) childEnv(sub map[string]string) []string {
 // attest publishes drvs the job realised, as this runner's builder, with
 // the closure the job built for them (builder.PublishClosure): only what
 // this store built while the job ran is attested.
-func (r *Runner) attest(ctx context.Context, t *taskRun, drvs []string, how string) ([]capture.Result, error) {
+func (r *Runner) attest(ctx context.Context, t *taskRun, win int, drvs []string, how string) ([]capture.Result, error) {
 	if r.builder == nil {
 		return nil, errors.New("this runner does not attest: it has no signing key or NATS configured")
 	}
@@ -349,8 +363,16 @@ func (r *Runner) attest(ctx context.Context, t *taskRun, drvs []string, how stri
 			return nil, fmt.Errorf("%s: %w", drv, err)
 		}
 	}
-	since := t.started.Truncate(time.Second)
-	return r.attestClosure(ctx, t, drvs, how, func(pi nix.PathInfo) bool { return !pi.Registered.Before(since) })
+	return r.attestClosure(ctx, t, drvs, how, stepEligible(r.windows, win))
+}
+
+// stepEligible is what a job may have attested through its socket: what
+// the store registered during the job and during no other job's time, the
+// rule of automatic capture. Nix does not record who asked for a build,
+// so with capacity > 1 a path built while another job ran could be that
+// job's, and a job naming it must not get it labelled with its workflow.
+func stepEligible(w *capture.Windows, win int) func(nix.PathInfo) bool {
+	return func(pi nix.PathInfo) bool { return w.Exclusive(win, pi.Registered) }
 }
 
 // checkDrv holds a derivation path that came from the job to what the
@@ -381,6 +403,9 @@ func (r *Runner) checkDrv(ctx context.Context, drv string) error {
 func (r *Runner) attestClosure(ctx context.Context, t *taskRun, drvs []string, how string, eligible func(nix.PathInfo) bool) ([]capture.Result, error) {
 	w := *t.workflow
 	w.Capture = how
+	if t.box != nil {
+		w.Isolation = t.box.kinds
+	}
 	pubs, err := r.builder.PublishClosure(ctx, builder.Target{
 		Installable:  attest.Installable{Kind: "drv", Ref: drvs[0]},
 		Workflow:     &w,

@@ -48,11 +48,18 @@ if [ "$what" = test ]; then
   # The runner's tests run job steps as an unprivileged user who builds
   # through the Nix daemon (Debian lets only nix-users talk to it).
   if [ "$(uname -s)" = Linux ] && [ "$(id -u)" -eq 0 ]; then
-    if ! id provenix-job >/dev/null 2>&1; then
-      echo "install-deps: creating the job user provenix-job (in nix-users)" >&2
-      getent group nix-users >/dev/null || groupadd --system nix-users
-      useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --groups nix-users provenix-job
-    fi
+    # provenix-job is the shared job user (provenix.job_user); the pool
+    # provenix-job-0..7 gives each running job a user of its own
+    # (provenix.job_users). Test packages run in parallel and kill what
+    # their pool users leave, so each uses its own: runner 0-2,
+    # runner/isolate 3-4, cmd/provenix 5-7.
+    for u in provenix-job provenix-job-{0..7}; do
+      if ! id "$u" >/dev/null 2>&1; then
+        echo "install-deps: creating the job user $u (in nix-users)" >&2
+        getent group nix-users >/dev/null || groupadd --system nix-users
+        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --groups nix-users "$u"
+      fi
+    done
     if ! nix --extra-experimental-features nix-command store ping --store daemon >/dev/null 2>&1; then
       echo "install-deps: starting nix-daemon" >&2
       mkdir -p /nix/var/nix/daemon-socket

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/sigstore/sigstore-go/pkg/root"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -113,7 +114,11 @@ type Policy struct {
 	Upstreams []Upstream `yaml:"upstreams"`
 	// Closure rules how long an entry may wait for its references.
 	Closure Closure `yaml:"closure"`
-	trusted root.TrustedMaterial
+	// RequireIsolation lists the isolation a forge job's provenance must
+	// record (attest.Workflow.Isolation: uid, cgroup, private-tmp); see
+	// CheckIsolation.
+	RequireIsolation []string `yaml:"require_isolation"`
+	trusted          root.TrustedMaterial
 
 	keys    map[string]*ecdsa.PublicKey // by builder id
 	nixKeys map[string]signature.PublicKey
@@ -350,6 +355,9 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 		}
 		p.trusted = tr
 	}
+	if err := checkIsolationNames(p.RequireIsolation); err != nil {
+		return nil, err
+	}
 	if p.RequireTlog && p.TrustedRoot == "" {
 		return nil, errors.New("require_tlog: needs trusted_root (the transparency log's trusted_root.json)")
 	}
@@ -527,6 +535,28 @@ func (p *Policy) DistinctKey(id, distinct string) string {
 		}
 	}
 	return "builder:" + id
+}
+
+// CountDistinct is how many distinct voters builders are under distinct:
+// the one count of "N independent builders" that the pusher's tally,
+// `provenix status` and `provenix verify` share.
+func (p *Policy) CountDistinct(builders []string, distinct string) int {
+	keys := make(map[string]bool, len(builders))
+	for _, id := range builders {
+		keys[p.DistinctKey(id, distinct)] = true
+	}
+	return len(keys)
+}
+
+// NixKeyNamed returns the Nix public key of one of the policy's builders
+// whose key name is name.
+func (p *Policy) NixKeyNamed(name string) (signature.PublicKey, bool) {
+	for _, id := range slices.Sorted(maps.Keys(p.nixKeys)) {
+		if k := p.nixKeys[id]; k.Name == name {
+			return k, true
+		}
+	}
+	return signature.PublicKey{}, false
 }
 
 // NixKey returns the builder's Nix public key, if it has one.

@@ -152,7 +152,7 @@ func TestNixVersionsHello(t *testing.T) {
 			msg := uniqueMessage(t)
 			pubs, _ := envBuild(t, ctx, env, stack, files, "hello.nix", "hello", msg)
 			out := pubs[0].Outputs[0]
-			waitNarinfo(t, stack.CacheURL(), out.Path)
+			waitNarinfos(t, ctx, stack, []string{out.Path}, time.Minute)
 			root, err := envSubstitute(t, ctx, env, stack.CacheURL(), p.CachePub(), out.Path)
 			if err != nil {
 				t.Fatal(err)

@@ -126,6 +126,9 @@ quorum) — and why.`,
 				NarSHA256 string    `json:"narSha256"`
 				Time      time.Time `json:"time"`
 				NixSig    bool      `json:"nixSig"`
+				// Agrees: this vote gave the winning answer (NAR, size
+				// and references).
+				Agrees bool `json:"agrees"`
 			}
 			type pathOut struct {
 				StorePath string    `json:"storePath"`
@@ -142,24 +145,15 @@ quorum) — and why.`,
 			}
 			var outs []pathOut
 			for _, sp := range paths {
-				votes, err := cachepush.Votes(ctx, conn, tenant, sp, pol.BuilderIDs())
+				t, votes, system, err := cachepush.PathTally(ctx, conn, pol, tenant, sp)
 				if err != nil {
 					return &exitError{code: exitUsageErr, err: err}
 				}
-				po := pathOut{StorePath: sp, Votes: []voteOut{}}
-				st := cachepush.Standing{Quarantined: map[string]bool{}, Veteran: map[string]bool{}}
+				po := pathOut{StorePath: sp, System: system, Votes: []voteOut{}}
 				for _, v := range votes {
-					po.System = v.System
-					po.Votes = append(po.Votes, voteOut{Builder: v.Builder, NarSHA256: v.NarSHA256, Time: v.Time, NixSig: v.NixSig != ""})
+					po.Votes = append(po.Votes, voteOut{Builder: v.Builder, NarSHA256: v.NarSHA256, Time: v.Time, NixSig: v.NixSig != "",
+						Agrees: t.Answer != "" && v.Answer() == t.Answer})
 				}
-				q := pol.QuorumFor(tenant, po.System, sp)
-				for _, v := range votes {
-					if r, err := cachepush.GetReputation(ctx, conn, v.Builder); err == nil {
-						st.Quarantined[v.Builder] = r.Quarantined
-						st.Veteran[v.Builder] = q.TrustedAfter > 0 && r.Agreements >= q.TrustedAfter && r.Disagreements == 0 && !r.Quarantined
-					}
-				}
-				t := cachepush.TallyVotes(pol, q, votes, st)
 				po.Verdict, po.Why, po.Winner = t.Verdict, t.Why, t.Winner
 				if len(votes) == 0 {
 					po.Why = "no votes (not built yet, or the votes expired)"
@@ -190,7 +184,7 @@ quorum) — and why.`,
 				}
 				for _, v := range po.Votes {
 					mark := " "
-					if v.NarSHA256 == po.Winner {
+					if v.Agrees {
 						mark = "✓"
 					}
 					fmt.Fprintf(g.stdout, "  %s %-32s NAR %.16s… at %s\n", mark, v.Builder, v.NarSHA256, v.Time.UTC().Format(time.RFC3339))

@@ -29,7 +29,9 @@ func runnerDaemonCmds(g *globals) []*cobra.Command {
 		Long: `Poll the forge named in the .runner file for jobs and run them natively on
 this host, up to runner.capacity at once. Each job runs in its own process
 as the job user (provenix.job_user, when the runner is root), so steps can
-read neither the signing key nor the .runner token. Every derivation a job
+read neither the signing key nor the .runner token. With provenix.job_users
+every running job gets a user of its own from that pool, and on Linux a
+cgroup of its own: whatever a job leaves running is killed when it ends. Every derivation a job
 builds is attested with the runner's key and published to NATS.
 
 SIGINT/SIGTERM stop polling; running jobs get runner.shutdown_timeout to
@@ -96,6 +98,11 @@ type runnerSetup struct {
 }
 
 func (rs *runnerSetup) close() {
+	if rs.runner != nil {
+		if err := rs.runner.Close(); err != nil {
+			rs.log.Warn("removing the runner's cgroup", "err", err)
+		}
+	}
 	if rs.conn != nil {
 		rs.conn.Close()
 	}
@@ -187,7 +194,8 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 		Timeout: cfg.Runner.Timeout, ShutdownTimeout: cfg.Runner.ShutdownTimeout,
 		FetchInterval: cfg.Runner.FetchInterval, FetchTimeout: cfg.Runner.FetchTimeout,
 		ReportInterval: cfg.Runner.ReportInterval, Envs: cfg.Runner.Envs,
-		WorkdirParent: workdir, JobUser: cfg.Provenix.JobUser, Version: version, Logger: log,
+		WorkdirParent: workdir, JobUser: cfg.Provenix.JobUser, JobUsers: cfg.Provenix.JobUsers,
+		DisableCgroup: cfg.Provenix.NoCgroup, DisablePrivateTmp: cfg.Provenix.NoPrivateTmp, Version: version, Logger: log,
 	})
 	if err != nil {
 		rs.close()

@@ -37,6 +37,10 @@ type verifyFlags struct {
 	cacheKey  string
 	quorum    int
 	closure   bool
+	tenant    string
+	// pol is the policy the builders came from, when one did: verify
+	// then counts distinct builders as the pusher does.
+	pol *policy.Policy
 }
 
 func newVerifyCmd(g *globals) *cobra.Command {
@@ -107,7 +111,8 @@ Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 	fl.BoolVar(&f.reqTlog, "require-tlog", false, "key-signed bundles must also carry an entry from a transparency log in --trusted-root")
 	fl.BoolVar(&f.reqSCT, "require-sct", false, "with --identity, also require a certificate transparency timestamp")
 	fl.StringVar(&f.cacheKey, "cache-key", "", "also require the narinfo to be signed by this Nix cache public key (NAME:BASE64 or a file)")
-	fl.IntVar(&f.quorum, "quorum", 1, "require this many distinct trusted builders to attest the NAR")
+	fl.IntVar(&f.quorum, "quorum", 1, "require this many distinct trusted builders to attest the NAR (with a policy, distinct as its quorum rule for the path says: builders, owners or hosts)")
+	fl.StringVar(&f.tenant, "tenant", "default", "tenant whose quorum overrides apply, with a policy")
 	fl.BoolVar(&f.closure, "closure", false, "with --cache, verify every path of STOREPATH's closure (narinfo References, transitively)")
 	return cmd
 }
@@ -173,6 +178,7 @@ func (f *verifyFlags) verifier(g *globals) (*attest.Verifier, error) {
 		if err != nil {
 			return nil, usageError("%v", err)
 		}
+		f.pol = pol
 		if f.reqTlog {
 			// The flag tightens a policy; the log comes from its trusted_root,
 			// or from --trusted-root.
@@ -217,6 +223,17 @@ func (f *verifyFlags) verifier(g *globals) (*attest.Verifier, error) {
 }
 
 // cacheClient builds the client of --cache, trusting --cache-key when given.
+// distinct is the policy's rule of who counts as a distinct builder for
+// a path, or nil (builder ids) without a policy.
+func (f *verifyFlags) distinct() func(id, system, storePath string) string {
+	if f.pol == nil {
+		return nil
+	}
+	return func(id, system, storePath string) string {
+		return f.pol.DistinctKey(id, f.pol.QuorumFor(f.tenant, system, storePath).Distinct)
+	}
+}
+
 func (f *verifyFlags) cacheClient(g *globals) (*cacheclient.Client, error) {
 	var keys []string
 	if f.cacheKey != "" {
@@ -278,7 +295,7 @@ func runVerify(ctx context.Context, g *globals, f *verifyFlags, target string) (
 		if err != nil {
 			return nil, err
 		}
-		rep, err := c.Verify(ctx, target, cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum, Bundles: bundles})
+		rep, err := c.Verify(ctx, target, cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum, Bundles: bundles, Distinct: f.distinct()})
 		if err != nil {
 			return nil, cacheErr(err)
 		}
@@ -319,7 +336,7 @@ func runVerify(ctx context.Context, g *globals, f *verifyFlags, target string) (
 		}
 	}
 	rep.NarSHA256, rep.NarSize = hex.EncodeToString(d.SHA256[:]), d.Size
-	cacheclient.AssessBundles(rep, bundles, cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum})
+	cacheclient.AssessBundles(rep, bundles, cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum, Distinct: f.distinct()})
 	return rep, nil
 }
 
@@ -337,7 +354,7 @@ func runVerifyClosure(ctx context.Context, g *globals, f *verifyFlags, target st
 	if err != nil {
 		return nil, err
 	}
-	o := cacheclient.ClosureOptions{VerifyOptions: cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum}}
+	o := cacheclient.ClosureOptions{VerifyOptions: cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum, Distinct: f.distinct()}}
 	// The walk fetches narinfos only; on a long closure over a slow link
 	// it still takes a while, so say how far it got every few seconds.
 	last := time.Now()

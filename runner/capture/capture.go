@@ -47,7 +47,20 @@ var (
 	ErrUnauthorized = errors.New("capture: wrong or missing job token")
 	// ErrBadRequest is a malformed request or a path that is not a .drv.
 	ErrBadRequest = errors.New("capture: bad request")
+	// ErrPeer is a connection from a process that is not the job's: another
+	// uid, or outside the job's cgroup. A token alone is not enough.
+	ErrPeer = errors.New("capture: the connecting process is not this job's")
 )
+
+// Peer is the process at the other end of the socket, as the kernel
+// reports it when it connected (SO_PEERCRED, LOCAL_PEERCRED).
+type Peer struct {
+	UID int
+	PID int // 0 when the system does not say
+}
+
+// PeerCheck decides whether a peer may use a job's socket.
+type PeerCheck func(Peer) error
 
 // Output is one attested output, as the step is told.
 type Output struct {
@@ -91,17 +104,32 @@ func NewToken() (string, error) {
 
 // Server answers one job's attestation requests on a Unix socket.
 type Server struct {
-	token  string
 	attest AttestFunc
+	check  PeerCheck
+	path   string
 	ln     net.Listener
 	srv    *http.Server
 	done   chan struct{}
+
+	mu    sync.Mutex
+	token string // "" once closed: nothing is accepted any more
 }
 
 // Listen creates the socket at sockPath (its directory must exist and be
 // reachable only by the job user and the runner) and serves until Close.
 // uid/gid, when ≥ 0, own the socket so the job user can connect.
 func Listen(sockPath, token string, uid, gid int, attest AttestFunc) (*Server, error) {
+	return ListenBound(sockPath, token, uid, gid, nil, attest)
+}
+
+// ListenBound is Listen for a socket bound to one job: every connection's
+// peer, as the kernel reports it, must pass check before the token is
+// even looked at, so a token copied out of the job is worth nothing to a
+// process of another uid or outside the job.
+func ListenBound(sockPath, token string, uid, gid int, check PeerCheck, attest AttestFunc) (*Server, error) {
+	if token == "" {
+		return nil, errors.New("capture socket: empty token")
+	}
 	_ = os.Remove(sockPath)
 	ln, err := net.Listen("unix", sockPath)
 	if err != nil {
@@ -117,10 +145,14 @@ func Listen(sockPath, token string, uid, gid int, attest AttestFunc) (*Server, e
 			return nil, fmt.Errorf("capture socket: %w", err)
 		}
 	}
-	s := &Server{token: token, attest: attest, ln: ln, done: make(chan struct{})}
+	s := &Server{token: token, attest: attest, check: check, path: sockPath, ln: ln, done: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/attest", s.handle)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			p, err := peerOf(c)
+			return context.WithValue(ctx, peerKey{}, peerResult{p, err})
+		}}
 	go func() {
 		defer close(s.done)
 		_ = s.srv.Serve(ln)
@@ -128,11 +160,25 @@ func Listen(sockPath, token string, uid, gid int, attest AttestFunc) (*Server, e
 	return s, nil
 }
 
-// Close stops serving; a request in progress is cut off.
+// Close stops serving and removes the socket: the job's credential is
+// worthless from then on. A request in progress is cut off.
 func (s *Server) Close() error {
+	s.mu.Lock()
+	s.token = ""
+	s.mu.Unlock()
 	err := s.srv.Close()
 	<-s.done
+	if rerr := os.Remove(s.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
+		err = rerr
+	}
 	return err
+}
+
+type peerKey struct{}
+
+type peerResult struct {
+	peer Peer
+	err  error
 }
 
 func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
@@ -141,8 +187,22 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(code)
 		_ = json.NewEncoder(w).Encode(resp)
 	}
+	if s.check != nil {
+		pr, _ := r.Context().Value(peerKey{}).(peerResult)
+		err := pr.err
+		if err == nil {
+			err = s.check(pr.peer)
+		}
+		if err != nil {
+			reply(http.StatusForbidden, response{Error: fmt.Sprintf("%v: %v", ErrPeer, err)})
+			return
+		}
+	}
+	s.mu.Lock()
+	token := s.token
+	s.mu.Unlock()
 	got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if subtle.ConstantTimeCompare([]byte(got), []byte(s.token)) != 1 {
+	if token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
 		reply(http.StatusUnauthorized, response{Error: ErrUnauthorized.Error()})
 		return
 	}
@@ -224,6 +284,9 @@ func (c *Client) Attest(ctx context.Context, drvs []string) ([]Result, error) {
 	if resp.StatusCode != http.StatusOK {
 		if resp.StatusCode == http.StatusUnauthorized {
 			return out.Results, fmt.Errorf("%w: %s", ErrUnauthorized, out.Error)
+		}
+		if resp.StatusCode == http.StatusForbidden {
+			return out.Results, fmt.Errorf("%w: %s", ErrPeer, out.Error)
 		}
 		return out.Results, fmt.Errorf("runner refused: %s", out.Error)
 	}

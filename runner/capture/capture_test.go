@@ -96,3 +96,44 @@ func TestWindowsExclusive(t *testing.T) {
 		t.Fatal("after the first job ended, paths are the second's")
 	}
 }
+
+// TestBoundSocketChecksPeer: with the right token, a peer the check
+// refuses (here: this process, which is not the job's uid) is turned
+// away; once closed, the socket is gone and the token worth nothing.
+func TestBoundSocketChecksPeer(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "r.sock")
+	jobUID := os.Getuid() + 4242
+	var peers []Peer
+	srv, err := ListenBound(sock, "tok-bound", -1, -1, func(p Peer) error {
+		peers = append(peers, p)
+		if p.UID != jobUID {
+			return errors.New("wrong uid")
+		}
+		return nil
+	}, func(_ context.Context, drvs []string) ([]Result, error) {
+		t.Error("attest called for a refused peer")
+		return nil, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := "/nix/store/g5s1vk624lv2dj6jhzgdvygm842l9hiv-x.drv"
+	_, err = (&Client{Socket: sock, Token: "tok-bound"}).Attest(context.Background(), []string{drv})
+	if !errors.Is(err, ErrPeer) {
+		t.Fatalf("replayed token from another uid: %v, want ErrPeer", err)
+	}
+	if len(peers) != 1 || peers[0].UID != os.Getuid() || peers[0].PID != os.Getpid() {
+		t.Fatalf("peer %+v, want uid %d pid %d", peers, os.Getuid(), os.Getpid())
+	}
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Fatalf("socket left after Close: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := (&Client{Socket: sock, Token: "tok-bound"}).Attest(ctx, []string{drv}); err == nil {
+		t.Fatal("replay after the job ended was accepted")
+	}
+}

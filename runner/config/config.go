@@ -180,8 +180,19 @@ type Provenix struct {
 	Key       string `yaml:"key"`
 	BuilderID string `yaml:"builder_id"`
 	// JobUser is who job steps run as when the runner runs as root, so a
-	// job cannot read the runner's key, token or NATS credentials.
+	// job cannot read the runner's key, token or NATS credentials. All
+	// jobs running at once share it.
 	JobUser string `yaml:"job_user"`
+	// JobUsers is a pool of users, one per running job, so that jobs
+	// cannot read each other either (runner.capacity ≤ its size). Entries
+	// may hold one numeric range: "provenix-job-{0..3}". Replaces JobUser.
+	JobUsers []string `yaml:"job_users"`
+	// NoCgroup keeps jobs out of per-job cgroups (Linux, cgroup v2), which
+	// are used whenever the runner can create them.
+	NoCgroup bool `yaml:"no_cgroup"`
+	// NoPrivateTmp keeps jobs on the host's /tmp and /var/tmp (Linux, root:
+	// by default each job has its own, in a mount namespace of its own).
+	NoPrivateTmp bool `yaml:"no_private_tmp"`
 }
 
 // Default returns the configuration used when there is no file. It does
@@ -316,6 +327,14 @@ func (c *Config) normalize() error {
 	}
 	if p.JobUser == "" {
 		p.JobUser = d.Provenix.JobUser
+	}
+	users, err := ExpandUsers(p.JobUsers)
+	if err != nil {
+		return fmt.Errorf("%w: provenix.job_users: %w", ErrConfig, err)
+	}
+	p.JobUsers = users
+	if len(users) > 0 && r.Capacity > len(users) {
+		return fmt.Errorf("%w: runner.capacity %d exceeds the %d users of provenix.job_users: each running job needs its own", ErrConfig, r.Capacity, len(users))
 	}
 	if strings.ContainsAny(p.Tenant, ".*> \t") {
 		return fmt.Errorf("%w: provenix.tenant %q must not contain '.', '*', '>' or spaces (it is a NATS subject token)", ErrConfig, p.Tenant)

@@ -79,7 +79,7 @@ func TestParse(t *testing.T) {
 		}},
 		{name: "provenix section", yaml: "provenix:\n  nats_url: nats://n:4222\n  tenant: acme\n  key: /k\n  builder_id: ci-1\n  job_user: runner-job\n", check: func(t *testing.T, c *Config) {
 			want := Provenix{NATSURL: "nats://n:4222", Tenant: "acme", Key: "/k", BuilderID: "ci-1", JobUser: "runner-job"}
-			if c.Provenix != want {
+			if !reflect.DeepEqual(c.Provenix, want) {
 				t.Errorf("got %+v", c.Provenix)
 			}
 		}},
@@ -199,5 +199,26 @@ func TestWorkdirParent(t *testing.T) {
 	got, _ = c.WorkdirParent("/data")
 	if !filepath.IsAbs(got) || filepath.Base(got) != "rel" {
 		t.Errorf("relative = %q", got)
+	}
+}
+
+func TestJobUsersPool(t *testing.T) {
+	c, err := Parse([]byte("runner:\n  capacity: 3\nprovenix:\n  job_users: [\"provenix-job-{0..2}\", extra]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"provenix-job-0", "provenix-job-1", "provenix-job-2", "extra"}
+	if strings.Join(c.Provenix.JobUsers, ",") != strings.Join(want, ",") {
+		t.Fatalf("job_users %v", c.Provenix.JobUsers)
+	}
+	for _, bad := range []string{
+		"runner:\n  capacity: 3\nprovenix:\n  job_users: [\"u-{0..1}\"]\n", // capacity > pool
+		"provenix:\n  job_users: [a, a]\n",
+		"provenix:\n  job_users: [root]\n",
+		"provenix:\n  job_users: [\"u-{3..1}\"]\n",
+	} {
+		if _, err := Parse([]byte(bad)); !errors.Is(err, ErrConfig) {
+			t.Errorf("%q: %v, want ErrConfig", bad, err)
+		}
 	}
 }

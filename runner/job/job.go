@@ -42,6 +42,19 @@ type Spec struct {
 	// ActionCacheDir, which the parent removes after the job.
 	Workdir        string `json:"workdir"`
 	ActionCacheDir string `json:"actionCacheDir"`
+	// Sandbox, when set, is entered before anything else: the runner then
+	// starts the job process as root in a mount namespace of its own, and
+	// the process gives itself a private /tmp and becomes the job user.
+	Sandbox *Sandbox `json:"sandbox,omitempty"`
+}
+
+// Sandbox is what the job process does as root before it runs the job.
+type Sandbox struct {
+	// Tmp is bound over /tmp and /var/tmp: the job's own, 0700 directory.
+	Tmp    string   `json:"tmp"`
+	UID    uint32   `json:"uid"`
+	GID    uint32   `json:"gid"`
+	Groups []uint32 `json:"groups,omitempty"`
 }
 
 // Need is the result of a job this one needs, as the forge reports it.

@@ -281,6 +281,11 @@ func Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 	if err := dec.Decode(&spec); err != nil {
 		return fmt.Errorf("job spec: %w", err)
 	}
+	if spec.Sandbox != nil {
+		if err := enterSandbox(spec.Sandbox); err != nil {
+			return fmt.Errorf("job sandbox: %w", err)
+		}
+	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	return Run(ctx, &spec, w)

@@ -1,0 +1,97 @@
+package cachepush
+
+import (
+	"bytes"
+	"path"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+
+	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cachelayout"
+)
+
+// TestQuorumAgreesOnReferences (issue 11, finding 3): builders that sign
+// the same NAR with different references give different answers. Before,
+// the quorum agreed on the NAR bytes alone and the narinfo took the
+// alphabetically first builder's references, so one builder among the
+// agreeing ones could add a reference to any cached path, or drop the
+// dependencies that keep live paths from collection. The Deriver is
+// written only when every agreeing vote names the same derivation.
+func TestQuorumAgreesOnReferences(t *testing.T) {
+	cf := newClosureFixture(t, "quorum: {min: 2}\n", 3, nil)
+	dep1, dep2, top := storePath("dep1"), storePath("dep2"), storePath("top")
+	for _, name := range []string{"dep1", "dep2"} {
+		for _, b := range []string{"b0", "b1"} {
+			r, d := cf.result(t, drvResult{name: name, builder: b})
+			cf.process(t, r, d)
+		}
+	}
+	if !cf.isVisible(t, dep1) || !cf.isVisible(t, dep2) {
+		t.Fatal("dependencies not published")
+	}
+
+	nar := narOf(t, "top")
+	r, d := cf.result(t, drvResult{name: "top", builder: "b0", nar: nar, refs: []string{dep1}})
+	cf.process(t, r, d)
+	// b1 signs the very same NAR but claims another reference.
+	r, d = cf.result(t, drvResult{name: "top", builder: "b1", nar: nar, refs: []string{dep2}, drv: storePath("top-other.drv")})
+	cf.pusher.Process(testCtx(t), subject(r), d, r.MsgID())
+	if cf.isVisible(t, top) {
+		t.Fatal("published although the builders disagree on the references")
+	}
+	cf.waitEvent(t, EventDisputed, "")
+
+	// A third builder confirms b0's references, from another derivation
+	// file with the same output (Nix allows that: fixed-output inputs
+	// differ).
+	r, d = cf.result(t, drvResult{name: "top", builder: "b2", nar: nar, refs: []string{dep1}, drv: storePath("top-alt.drv")})
+	cf.process(t, r, d)
+	if !cf.isVisible(t, top) {
+		t.Fatal("two builders agree on NAR and references, not published")
+	}
+	b, err := store.ReadAll(testCtx(t), cf.store, cachelayout.NarinfoKey(top), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ni, err := narinfo.Parse(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ni.References, []string{path.Base(dep1)}) {
+		t.Errorf("narinfo references %v, want the agreed %s", ni.References, path.Base(dep1))
+	}
+	if ni.Deriver != "" {
+		t.Errorf("narinfo names deriver %s though the agreeing builders named different ones", ni.Deriver)
+	}
+}
+
+// TestSameHashPartOtherName (issue 11, finding 8): the same NAR attested
+// under <hash>-other-name is refused and leaves the path's provenance
+// alone (it used to rewrite the victim's sidecar storePath).
+func TestSameHashPartOtherName(t *testing.T) {
+	cf := newClosureFixture(t, "", 2, nil)
+	real := storePath("real")
+	other := path.Dir(real) + "/" + path.Base(real)[:32] + "-other-name"
+	nar := narOf(t, "shared")
+	r, d := cf.result(t, drvResult{name: "real", builder: "b0", nar: nar})
+	cf.process(t, r, d)
+	r, d = cf.result(t, drvResult{name: "other", path: other, builder: "b1", nar: nar})
+	if err := cf.pusher.Process(testCtx(t), subject(r), d, r.MsgID()); err == nil {
+		t.Fatal("the same hash part under another name was accepted")
+	}
+	b, err := store.ReadAll(testCtx(t), cf.store, cachelayout.ProvenanceKey(real), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prov, err := cachelayout.ParseProvenance(b)
+	if err != nil || prov.StorePath != real || len(prov.Bundles) != 1 {
+		t.Fatalf("sidecar of %s: %+v, %v", real, prov, err)
+	}
+	ni, _ := store.ReadAll(testCtx(t), cf.store, cachelayout.NarinfoKey(real), 1<<20)
+	if !strings.Contains(string(ni), "StorePath: "+real) {
+		t.Fatalf("narinfo changed:\n%s", ni)
+	}
+}

@@ -1,0 +1,65 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"codeberg.org/provenix/provenix/attest"
+)
+
+// ErrIsolationMissing: the provenance does not record the isolation the
+// policy requires of the forge job that built it.
+var ErrIsolationMissing = fmt.Errorf("%w: build isolation missing", ErrDenied)
+
+// isolationNames are those a runner records; a policy naming another
+// would refuse everything, so it is refused at load.
+var isolationNames = []string{attest.IsolationUID, attest.IsolationCgroup, attest.IsolationPrivateTmp}
+
+func checkIsolationNames(names []string) error {
+	for _, n := range names {
+		if !slices.Contains(isolationNames, n) {
+			return fmt.Errorf("require_isolation: %q is not one of %s", n, strings.Join(isolationNames, ", "))
+		}
+	}
+	return nil
+}
+
+// CheckIsolation applies require_isolation to a verified Statement's
+// external parameters: the forge job (workflow) must list every required
+// isolation. Provenance from runners that record none (older ones, or
+// without a job user pool or cgroups) and builds outside a forge job are
+// refused when anything is required.
+func (p *Policy) CheckIsolation(external map[string]any) error {
+	if len(p.RequireIsolation) == 0 {
+		return nil
+	}
+	w, _ := external["workflow"].(map[string]any)
+	if w == nil {
+		return fmt.Errorf("%w: not built in a forge job (require_isolation %s)", ErrIsolationMissing, strings.Join(p.RequireIsolation, ", "))
+	}
+	list, _ := w["isolation"].([]any)
+	var have []string
+	for _, v := range list {
+		if s, ok := v.(string); ok {
+			have = append(have, s)
+		}
+	}
+	var missing []string
+	for _, want := range p.RequireIsolation {
+		if !slices.Contains(have, want) {
+			missing = append(missing, want)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: the job had %s, the policy requires %s", ErrIsolationMissing, orNone(have), strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}

@@ -1,0 +1,69 @@
+package policy
+
+import (
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/attest"
+)
+
+// isolationExternal is what a runner signs: the external parameters of a
+// real Statement, read back the way the pusher reads them.
+func isolationExternal(t *testing.T, w *attest.Workflow) map[string]any {
+	t.Helper()
+	b := &attest.Build{
+		DrvPath: "/nix/store/g5s1vk624lv2dj6jhzgdvygm842l9hiv-x.drv", System: "x86_64-linux", BuilderID: "r",
+		Installable: attest.Installable{Kind: "drv"}, Workflow: w, StartedOn: time.Now(),
+		Outputs: []attest.Output{{Name: "out", Path: "/nix/store/a5s1vk624lv2dj6jhzgdvygm842l9hiv-x", NarSize: 1}},
+	}
+	st, err := attest.NewStatement(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext, _ := st.GetPredicate().AsMap()["buildDefinition"].(map[string]any)["externalParameters"].(map[string]any)
+	return ext
+}
+
+func TestRequireIsolation(t *testing.T) {
+	if _, err := Parse([]byte("tenants: [a]\nsystems: [x]\nrequire_isolation: [uid, vm]\nbuilders:\n  - {id: x, key: k.pub}\n"), t.TempDir()); err == nil {
+		t.Fatal("an unknown isolation name was accepted")
+	}
+	dir := t.TempDir()
+	if _, err := attest.GenerateKeyFiles(filepath.Join(dir, "k")); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Parse([]byte("tenants: [a]\nsystems: [x]\nrequire_isolation: [uid, cgroup]\nbuilders:\n  - {id: x, key: k.pub}\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := func(iso ...string) *attest.Workflow {
+		return &attest.Workflow{Server: "http://f", Repository: "a/b", Capture: "step", Isolation: iso}
+	}
+	for _, tc := range []struct {
+		name string
+		ext  map[string]any
+		ok   bool
+	}{
+		{"isolated", isolationExternal(t, job("uid", "cgroup")), true},
+		{"older runner", isolationExternal(t, job()), false},
+		{"shared user", isolationExternal(t, job("cgroup")), false},
+		{"no forge job", isolationExternal(t, nil), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := p.CheckIsolation(tc.ext)
+			if (err == nil) != tc.ok {
+				t.Fatalf("err = %v", err)
+			}
+			if err != nil && !errors.Is(err, ErrIsolationMissing) || err != nil && !errors.Is(err, ErrDenied) {
+				t.Fatalf("err %v is not ErrIsolationMissing/ErrDenied", err)
+			}
+		})
+	}
+	// Without the rule, nothing changes for older provenance.
+	p.RequireIsolation = nil
+	if err := p.CheckIsolation(isolationExternal(t, job())); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,203 @@
+package isolate
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// poolUsers exist on CI machines: scripts/install-deps.sh creates them.
+func poolUser(t *testing.T, name string) *User {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("isolation tests switch users and must run as root (CI does)")
+	}
+	u, err := LookupUser(name)
+	if err != nil {
+		t.Fatalf("%v (run scripts/install-deps.sh test to create the job user pool)", err)
+	}
+	return u
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	// "pid (comm) S ..." — a zombie runs nothing.
+	for i := len(b) - 1; i > 0; i-- {
+		if b[i] == ')' && i+2 < len(b) {
+			return b[i+2] != 'Z' && b[i+2] != 'X'
+		}
+	}
+	return true
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// daemonScript leaves a setsid daemon and a double-forked one behind and
+// writes their pids to $1.
+const daemonScript = `setsid sh -c 'echo $$ >> "$1"; exec sleep 300' sh "$1" </dev/null >/dev/null 2>&1 &
+( sh -c 'echo $$ >> "$1"; exec sleep 300' sh "$1" </dev/null >/dev/null 2>&1 & ) 
+nohup sh -c 'echo $$ >> "$1"; exec sleep 300' sh "$1" </dev/null >/dev/null 2>&1 &
+for i in $(seq 50); do [ "$(wc -l < "$1")" -ge 3 ] && exit 0; sleep 0.05; done; exit 1`
+
+func readPids(t *testing.T, path string) []int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	n, in := 0, false
+	for _, c := range b {
+		if c >= '0' && c <= '9' {
+			n, in = n*10+int(c-'0'), true
+		} else if in {
+			out, n, in = append(out, n), 0, false
+		}
+	}
+	return out
+}
+
+// TestCgroupKillsDaemons: setsid, double-forked and nohup'd daemons of a
+// process started in a job cgroup are all gone after Kill.
+func TestCgroupKillsDaemons(t *testing.T) {
+	cgs, err := OpenCgroups()
+	if err != nil {
+		t.Fatalf("%v: this Linux host needs a writable cgroup v2 hierarchy", err)
+	}
+	t.Cleanup(func() { _ = cgs.Close() })
+	g, err := cgs.New("job-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(t.TempDir(), "pids")
+	cmd := exec.Command("sh", "-c", daemonScript, "sh", pidFile)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, UseCgroupFD: true, CgroupFD: g.FD()}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	pids := readPids(t, pidFile)
+	if len(pids) != 3 {
+		t.Fatalf("daemons %v", pids)
+	}
+	in, _ := g.Procs()
+	for _, p := range pids {
+		if !alive(p) || !slices.Contains(in, p) || !g.Contains(p) {
+			t.Fatalf("daemon %d not alive in the cgroup (%v)", p, in)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := g.Kill(ctx)
+	if err != nil || n != 3 {
+		t.Fatalf("Kill: %d, %v", n, err)
+	}
+	for _, p := range pids {
+		if alive(p) {
+			t.Errorf("daemon %d survived", p)
+		}
+	}
+	if _, err := os.Stat(g.Dir()); !os.IsNotExist(err) {
+		t.Errorf("cgroup not removed: %v", err)
+	}
+}
+
+// TestKillAllOfUID: every process of a uid, daemons included, dies in one
+// pass; the runner itself (root) is untouched.
+func TestKillAllOfUID(t *testing.T) {
+	u := poolUser(t, "provenix-job-3")
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pidFile := filepath.Join(dir, "pids")
+	cmd := exec.Command("sh", "-c", daemonScript, "sh", pidFile)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: &syscall.Credential{Uid: u.UID, Gid: u.GID}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	pids := readPids(t, pidFile)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := KillAllOf(ctx, u.UID)
+	if err != nil || n < 3 {
+		t.Fatalf("KillAllOf: %d, %v", n, err)
+	}
+	for _, p := range pids {
+		if alive(p) {
+			t.Errorf("daemon %d survived", p)
+		}
+	}
+	if left, _ := PIDsOf(u.UID); len(left) != 0 {
+		t.Errorf("left %v", left)
+	}
+}
+
+// TestPoolNeverReusesWhileAlive: a user given back with a live process
+// (and a file in the shared /tmp) is handed out again only after both
+// are gone; an exclusive pool never gives one user to two jobs.
+func TestPoolNeverReusesWhileAlive(t *testing.T) {
+	a, b := poolUser(t, "provenix-job-3"), poolUser(t, "provenix-job-4")
+	log := slog.New(slog.DiscardHandler)
+	if _, err := NewPool([]*User{a}, 2, log); err == nil {
+		t.Fatal("a pool of 1 accepted capacity 2")
+	}
+	p, err := NewPool([]*User{a, b}, 2, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l1, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l1.User.UID == l2.User.UID || !l1.Exclusive {
+		t.Fatalf("two jobs got uid %d", l1.User.UID)
+	}
+	// The job of l1 leaves a daemon and a file in /tmp.
+	leftover := filepath.Join(os.TempDir(), "provenix-isolate-test-leftover")
+	cmd := exec.Command("sh", "-c", `setsid sleep 300 </dev/null >/dev/null 2>&1 & echo x > "$1"`, "sh", leftover)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: l1.User.UID, Gid: l1.User.GID}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if pids, _ := PIDsOf(l1.User.UID); len(pids) == 0 {
+		t.Fatal("no leftover process to test with")
+	}
+	// Hand it back dirty without Release's clean-up, as after a crash.
+	p.free <- l1.User
+	l3, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l3.User.UID != l1.User.UID {
+		t.Fatalf("got uid %d", l3.User.UID)
+	}
+	if pids, _ := PIDsOf(l3.User.UID); len(pids) != 0 {
+		t.Fatalf("uid %d handed out with processes %v alive", l3.User.UID, pids)
+	}
+	if _, err := os.Lstat(leftover); !os.IsNotExist(err) {
+		t.Fatalf("leftover temporary file kept: %v", err)
+	}
+	for _, l := range []*Lease{l2, l3} {
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,115 @@
+package isolate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// ErrPoolTooSmall: more jobs may run at once than the pool has users.
+var ErrPoolTooSmall = errors.New("isolate: job user pool smaller than capacity")
+
+// Pool hands each running job a user. An exclusive pool gives every job a
+// user of its own; a shared pool (one job_user for all jobs) gives the
+// same user to every job and promises nothing about other jobs.
+type Pool struct {
+	shared *User
+	free   chan *User
+	log    *slog.Logger
+	// settle bounds how long a leftover process of a returned user may
+	// take to die before the user is skipped for now.
+	settle time.Duration
+}
+
+// NewPool makes an exclusive pool of users for up to capacity jobs.
+func NewPool(users []*User, capacity int, log *slog.Logger) (*Pool, error) {
+	if len(users) == 0 {
+		return nil, errors.New("isolate: empty job user pool")
+	}
+	if capacity > len(users) {
+		return nil, fmt.Errorf("%w: capacity %d, %d users", ErrPoolTooSmall, capacity, len(users))
+	}
+	seen := map[uint32]string{}
+	p := &Pool{free: make(chan *User, len(users)), log: log, settle: 5 * time.Second}
+	for _, u := range users {
+		if other, dup := seen[u.UID]; dup {
+			return nil, fmt.Errorf("isolate: job users %s and %s share uid %d", other, u.Name, u.UID)
+		}
+		seen[u.UID] = u.Name
+		p.free <- u
+	}
+	return p, nil
+}
+
+// NewShared makes a pool that gives u to every job.
+func NewShared(u *User) *Pool { return &Pool{shared: u} }
+
+// Exclusive reports whether every job gets a user of its own.
+func (p *Pool) Exclusive() bool { return p.shared == nil }
+
+// Lease is one job's hold on a user.
+type Lease struct {
+	User      *User
+	Exclusive bool
+	pool      *Pool
+}
+
+// Acquire waits for a free user. In an exclusive pool the user returned
+// has no live process and no leftover temporary file: a user whose old
+// processes will not die is skipped until they do.
+func (p *Pool) Acquire(ctx context.Context) (*Lease, error) {
+	if p.shared != nil {
+		return &Lease{User: p.shared, pool: p}, nil
+	}
+	for {
+		var u *User
+		select {
+		case u = <-p.free:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if err := p.scrub(ctx, u); err != nil {
+			p.log.Warn("job user still busy, trying another", "user", u.Name, "err", err)
+			p.free <- u
+			select {
+			case <-time.After(time.Second):
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return &Lease{User: u, Exclusive: true, pool: p}, nil
+	}
+}
+
+// scrub makes sure nothing of u is left: no process (killed if found, as
+// after a runner crash), no temporary file.
+func (p *Pool) scrub(ctx context.Context, u *User) error {
+	sctx, cancel := context.WithTimeout(ctx, p.settle)
+	defer cancel()
+	if n, err := KillAllOf(sctx, u.UID); err != nil {
+		return err
+	} else if n > 0 {
+		p.log.Warn("killed processes of a job user that no job held", "user", u.Name, "count", n)
+	}
+	if _, err := RemoveOwned(u.UID, TempDirs...); err != nil {
+		return fmt.Errorf("temporary files of %s: %w", u.Name, err)
+	}
+	return nil
+}
+
+// Release returns the user once nothing of it is left. The caller has
+// removed the job's directories. A user with processes that will not die
+// goes back too; Acquire will not hand it out until they are gone.
+func (l *Lease) Release(ctx context.Context) error {
+	if !l.Exclusive || l.pool == nil {
+		return nil
+	}
+	p := l.pool
+	l.pool = nil
+	err := p.scrub(ctx, l.User)
+	p.free <- l.User
+	return err
+}
