@@ -27,7 +27,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
-	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/feedback"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
@@ -229,7 +229,7 @@ func (fb *forgeFeedback) statuses(ctx context.Context, rows []Row, state feedbac
 	for sys, rs := range bySystem {
 		st := feedback.Status{System: sys, State: state, Description: fmt.Sprintf("%d output(s) %s", len(rs), desc)}
 		if fb.cacheURL != "" && len(rs) > 0 {
-			st.TargetURL = fb.cacheURL + "/" + provenanceName(rs[0].StorePath)
+			st.TargetURL = fb.cacheURL + "/" + cachelayout.ProvenanceKey(rs[0].StorePath)
 		}
 		if err := fb.c.SetStatus(ctx, fb.owner, fb.repo, fb.sha, st); err != nil {
 			fb.s.gha.Warningf("forge feedback: commit status for %s: %v", sys, err)
@@ -253,13 +253,6 @@ func (fb *forgeFeedback) releaseAssets(ctx context.Context, rows []Row) {
 	if _, err := fb.c.AttachBundles(ctx, fb.owner, fb.repo, fb.tag, files); err != nil {
 		fb.s.gha.Warningf("forge feedback: release assets for %s: %v", fb.tag, err)
 	}
-}
-
-// provenanceName is the cache's sidecar name of a store path.
-func provenanceName(storePath string) string {
-	base := path.Base(storePath)
-	hash, _, _ := strings.Cut(base, "-")
-	return hash + ".provenance.json"
 }
 
 func (s *step) nix() *nix.Nix {
@@ -583,7 +576,7 @@ func (s *step) verifyAll(ctx context.Context) (string, error) {
 func (s *step) waitNarinfo(ctx context.Context, storePath string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.CacheTimeout)
 	defer cancel()
-	u := s.in.cacheURL + "/" + cachepush.NarinfoKey(storePath)
+	u := s.in.cacheURL + "/" + cachelayout.NarinfoKey(storePath)
 	delay := 50 * time.Millisecond
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
@@ -654,7 +647,7 @@ func Summary(rows []Row, signer, cacheURL string) string {
 			v += " (already published)"
 		}
 		if cacheURL != "" {
-			v += fmt.Sprintf(" ([narinfo](%s/%s), [provenance](%s/%s))", cacheURL, cachepush.NarinfoKey(r.StorePath), cacheURL, cachepush.ProvenanceKey(r.StorePath))
+			v += fmt.Sprintf(" ([narinfo](%s/%s), [provenance](%s/%s))", cacheURL, cachelayout.NarinfoKey(r.StorePath), cacheURL, cachelayout.ProvenanceKey(r.StorePath))
 		}
 		fmt.Fprintf(&b, "| `%s` | `%s` | `%s` | %s |\n", r.StorePath, r.NarSHA256, r.BuilderID, v)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cachelayout"
 )
 
 // TestQuorumAgreesOnReferences (issue 11, finding 3): builders that sign
@@ -51,7 +52,7 @@ func TestQuorumAgreesOnReferences(t *testing.T) {
 	if !cf.isVisible(t, top) {
 		t.Fatal("two builders agree on NAR and references, not published")
 	}
-	b, err := store.ReadAll(testCtx(t), cf.store, NarinfoKey(top), 1<<20)
+	b, err := store.ReadAll(testCtx(t), cf.store, cachelayout.NarinfoKey(top), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,15 +82,15 @@ func TestSameHashPartOtherName(t *testing.T) {
 	if err := cf.pusher.Process(testCtx(t), subject(r), d, r.MsgID()); err == nil {
 		t.Fatal("the same hash part under another name was accepted")
 	}
-	b, err := store.ReadAll(testCtx(t), cf.store, ProvenanceKey(real), 1<<20)
+	b, err := store.ReadAll(testCtx(t), cf.store, cachelayout.ProvenanceKey(real), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
-	prov, err := ParseProvenance(b)
+	prov, err := cachelayout.ParseProvenance(b)
 	if err != nil || prov.StorePath != real || len(prov.Bundles) != 1 {
 		t.Fatalf("sidecar of %s: %+v, %v", real, prov, err)
 	}
-	ni, _ := store.ReadAll(testCtx(t), cf.store, NarinfoKey(real), 1<<20)
+	ni, _ := store.ReadAll(testCtx(t), cf.store, cachelayout.NarinfoKey(real), 1<<20)
 	if !strings.Contains(string(ni), "StorePath: "+real) {
 		t.Fatalf("narinfo changed:\n%s", ni)
 	}

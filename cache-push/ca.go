@@ -1,13 +1,10 @@
 package cachepush
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
-
-	"github.com/nix-community/go-nix/pkg/nar"
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/contentaddr"
@@ -39,14 +36,11 @@ func checkCAPath(ca string, out attest.Output) (contentaddr.CA, error) {
 }
 
 // caReader passes a NAR through while checking a flat or text content
-// address: the NAR must hold one regular file (not executable for a flat
-// one), whose contents' sha256 is the address. The check runs on a
-// stream, so memory does not grow with the NAR; a mismatch turns the
-// NAR's end of file into an error, before the NAR is stored.
+// address (contentaddr.NARChecker). A mismatch turns the NAR's end of
+// file into an error, before the NAR is stored.
 type caReader struct {
 	r    io.Reader
-	pw   *io.PipeWriter
-	done chan error
+	k    *contentaddr.NARChecker
 	once sync.Once
 	err  error
 }
@@ -57,21 +51,13 @@ func newCAReader(r io.Reader, c contentaddr.CA, storePath string) io.ReadCloser 
 	if c.Method == contentaddr.Recursive {
 		return io.NopCloser(r)
 	}
-	pr, pw := io.Pipe()
-	cr := &caReader{r: r, pw: pw, done: make(chan error, 1)}
-	go func() {
-		err := checkFlatNAR(pr, c, storePath)
-		// Keep reading whatever comes, so the writer never blocks.
-		io.Copy(io.Discard, pr)
-		cr.done <- err
-	}()
-	return cr
+	return &caReader{r: r, k: c.NewNARChecker(storePath)}
 }
 
 func (cr *caReader) Read(b []byte) (int, error) {
 	n, err := cr.r.Read(b)
 	if n > 0 {
-		cr.pw.Write(b[:n]) // the reader side never fails before EOF
+		cr.k.Write(b[:n])
 	}
 	if err == io.EOF {
 		if cerr := cr.finish(); cerr != nil {
@@ -84,44 +70,15 @@ func (cr *caReader) Read(b []byte) (int, error) {
 // finish ends the check and returns its verdict; Close calls it too.
 func (cr *caReader) finish() error {
 	cr.once.Do(func() {
-		cr.pw.Close()
-		cr.err = <-cr.done
+		if err := cr.k.Close(); err != nil {
+			cr.err = fmt.Errorf("%w: %w", ErrContentAddress, err)
+		}
 	})
 	return cr.err
 }
 
+// Close stops the check; a NAR not read to its end has no verdict.
 func (cr *caReader) Close() error {
-	cr.once.Do(func() {
-		cr.pw.CloseWithError(errors.New("closed before the end of the NAR"))
-		cr.err = <-cr.done
-	})
-	return nil
-}
-
-func checkFlatNAR(r io.Reader, c contentaddr.CA, storePath string) error {
-	nr, err := nar.NewReader(r)
-	if err != nil {
-		return fmt.Errorf("%w: %s: NAR: %w", ErrContentAddress, storePath, err)
-	}
-	h, err := nr.Next()
-	if err != nil {
-		return fmt.Errorf("%w: %s: NAR: %w", ErrContentAddress, storePath, err)
-	}
-	if h.Path != "/" || h.Type != nar.TypeRegular {
-		return fmt.Errorf("%w: %s: a %s address needs a single regular file, the NAR holds a %s", ErrContentAddress, storePath, c.Method, h.Type)
-	}
-	if h.Executable && c.Method == contentaddr.Flat {
-		return fmt.Errorf("%w: %s: a flat fixed-output path must not be executable", ErrContentAddress, storePath)
-	}
-	sum := sha256.New()
-	if _, err := io.Copy(sum, nr); err != nil {
-		return fmt.Errorf("%w: %s: NAR: %w", ErrContentAddress, storePath, err)
-	}
-	if _, err := nr.Next(); err != io.EOF {
-		return fmt.Errorf("%w: %s: NAR has more than one file (%v)", ErrContentAddress, storePath, err)
-	}
-	if got := sum.Sum(nil); string(got) != string(c.Hash[:]) {
-		return fmt.Errorf("%w: %s: file sha256 %x, address %s", ErrContentAddress, storePath, got, c)
-	}
+	cr.finish()
 	return nil
 }

@@ -14,9 +14,9 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"codeberg.org/provenix/provenix/cache-push/policy"
-	"codeberg.org/provenix/provenix/cache-push/upstream"
-
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cacheclient"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -86,16 +86,25 @@ type Upstream interface {
 	Narinfo(ctx context.Context, storePath string) (*narinfo.NarInfo, error)
 }
 
-// UpstreamsFor builds a client per upstream the policy declares, for
-// Config.Upstreams; hc nil means a default client with a timeout.
+// upstreamTimeout bounds each request to an upstream when UpstreamsFor
+// makes the HTTP client.
+const upstreamTimeout = 10 * time.Second
+
+// UpstreamsFor builds a cacheclient per upstream the policy declares, in
+// its order, for Config.Upstreams; hc nil means a default client with a
+// timeout.
 func UpstreamsFor(p *policy.Policy, hc *http.Client) ([]Upstream, error) {
-	cs, err := upstream.FromPolicy(p, hc)
-	if err != nil {
-		return nil, fmt.Errorf("cachepush: %w", err)
-	}
-	out := make([]Upstream, len(cs))
-	for i, c := range cs {
-		out[i] = c
+	out := make([]Upstream, 0, len(p.Upstreams))
+	for _, u := range p.Upstreams {
+		if len(u.PublicKeys) == 0 {
+			// A cacheclient without keys checks no signature at all.
+			return nil, fmt.Errorf("cachepush: upstream %s: no public keys", u.URL)
+		}
+		c, err := cacheclient.New(cacheclient.Options{URL: u.URL, PublicKeys: u.PublicKeys, HTTP: hc, RequestTimeout: upstreamTimeout})
+		if err != nil {
+			return nil, fmt.Errorf("cachepush: upstream: %w", err)
+		}
+		out = append(out, c)
 	}
 	return out, nil
 }
@@ -175,7 +184,7 @@ func (p *Pusher) missingRefs(ctx context.Context, self string, refs []string) ([
 // visible reports whether storePath's narinfo is in this cache or, when
 // not, in an upstream.
 func (p *Pusher) visible(ctx context.Context, storePath string) (bool, error) {
-	_, err := p.cfg.Store.Stat(ctx, NarinfoKey(storePath))
+	_, err := p.cfg.Store.Stat(ctx, cachelayout.NarinfoKey(storePath))
 	if err == nil {
 		return true, nil
 	}
@@ -229,7 +238,7 @@ func (p *Pusher) upstreamHas(ctx context.Context, storePath string) bool {
 // reports whether the entry is visible. Releasing the entries waiting
 // for it is the caller's next step (releaseWaiters).
 func (p *Pusher) makeVisible(ctx context.Context, w *Waiting) (bool, error) {
-	if err := store.Put(ctx, p.cfg.Store, NarinfoKey(w.StorePath), strings.NewReader(w.Narinfo)); err != nil {
+	if err := store.Put(ctx, p.cfg.Store, cachelayout.NarinfoKey(w.StorePath), strings.NewReader(w.Narinfo)); err != nil {
 		return false, err
 	}
 	missing, err := p.missingRefs(ctx, w.StorePath, w.References)
@@ -239,7 +248,7 @@ func (p *Pusher) makeVisible(ctx context.Context, w *Waiting) (bool, error) {
 	if len(missing) == 0 {
 		return true, nil
 	}
-	if err := p.cfg.Store.Delete(ctx, NarinfoKey(w.StorePath)); err != nil {
+	if err := p.cfg.Store.Delete(ctx, cachelayout.NarinfoKey(w.StorePath)); err != nil {
 		return false, err
 	}
 	p.log.Warn("a reference vanished while publishing; the entry waits again", "path", w.StorePath, "missing", missing)
@@ -387,7 +396,7 @@ func (p *Pusher) settledElsewhere(ctx context.Context, w *Waiting, prev *narinfo
 				sigs = append(sigs, s.String())
 			}
 			if addSigs(prev, sigs, p.cfg.Policy) {
-				if err := store.Put(ctx, p.cfg.Store, NarinfoKey(w.StorePath), strings.NewReader(prev.String())); err != nil {
+				if err := store.Put(ctx, p.cfg.Store, cachelayout.NarinfoKey(w.StorePath), strings.NewReader(prev.String())); err != nil {
 					return err
 				}
 			}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -29,7 +30,7 @@ func BenchmarkReferenceCheck(b *testing.B) {
 			for i := range nrefs {
 				p := storePath(fmt.Sprintf("ref-%d", i))
 				refs = append(refs, p)
-				if err := store.Put(ctx, f.store, NarinfoKey(p), strings.NewReader("StorePath: "+p+"\n")); err != nil {
+				if err := store.Put(ctx, f.store, cachelayout.NarinfoKey(p), strings.NewReader("StorePath: "+p+"\n")); err != nil {
 					b.Fatal(err)
 				}
 			}

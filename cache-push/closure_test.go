@@ -23,10 +23,12 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
-	"codeberg.org/provenix/provenix/cache-push/upstream"
+	"codeberg.org/provenix/provenix/cacheclient"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/contentaddr"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // closureFixture is a pusher on a real NATS with builders b0, b1, …,
@@ -194,7 +196,7 @@ func (cf *closureFixture) source(t *testing.T, name string, narBytes []byte, m c
 	} else {
 		c.Hash = sha256.Sum256(content)
 	}
-	p, err := c.StorePath(StoreDir, name, refs, false)
+	p, err := c.StorePath(storepath.Dir, name, refs, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +227,7 @@ func (cf *closureFixture) process(t *testing.T, r *queue.Result, data []byte) {
 
 func (cf *closureFixture) isVisible(t *testing.T, storePath string) bool {
 	t.Helper()
-	_, err := cf.store.Stat(testCtx(t), NarinfoKey(storePath))
+	_, err := cf.store.Stat(testCtx(t), cachelayout.NarinfoKey(storePath))
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		t.Fatal(err)
 	}
@@ -294,7 +296,7 @@ func TestClosureDependentsFirst(t *testing.T) {
 		t.Fatalf("visible after dep: %v", got)
 	}
 	for _, e := range [][2]string{{dep, left}, {dep, right}, {left, top}, {right, top}} {
-		if pos[NarinfoKey(e[0])] > pos[NarinfoKey(e[1])] {
+		if pos[cachelayout.NarinfoKey(e[0])] > pos[cachelayout.NarinfoKey(e[1])] {
 			t.Fatalf("%s visible before %s: %v", e[1], e[0], got)
 		}
 	}
@@ -308,7 +310,7 @@ func TestClosureDependentsFirst(t *testing.T) {
 		t.Fatalf("waiting bucket after release: %v %v", keysOf(m), err)
 	}
 	// The published narinfo is the one signed at decision time.
-	b, _ := store.ReadAll(ctx, cf.store, NarinfoKey(top), 1<<20)
+	b, _ := store.ReadAll(ctx, cf.store, cachelayout.NarinfoKey(top), 1<<20)
 	ni, err := narinfo.Parse(bytes.NewReader(b))
 	if err != nil || len(ni.References) != 3 || len(ni.Signatures) != 1 || !cf.cachePub.Verify(ni.Fingerprint(), ni.Signatures[0]) {
 		t.Fatalf("top's narinfo: %v\n%s", err, b)
@@ -412,7 +414,7 @@ func TestClosureSweepAfterCrash(t *testing.T) {
 	for len(cf.order.visible()) < 3 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := cf.order.visible(); !slices.Equal(got, []string{NarinfoKey(dep), NarinfoKey(mid), NarinfoKey(top)}) {
+	if got := cf.order.visible(); !slices.Equal(got, []string{cachelayout.NarinfoKey(dep), cachelayout.NarinfoKey(mid), cachelayout.NarinfoKey(top)}) {
 		t.Fatalf("visible order %v", got)
 	}
 }
@@ -456,11 +458,11 @@ func TestClosureQuorum(t *testing.T) {
 	}
 	r, d = cf.result(t, drvResult{name: "dep", builder: "b1"})
 	cf.process(t, r, d)
-	if got := cf.order.visible(); !slices.Equal(got, []string{NarinfoKey(dep), NarinfoKey(top)}) {
+	if got := cf.order.visible(); !slices.Equal(got, []string{cachelayout.NarinfoKey(dep), cachelayout.NarinfoKey(top)}) {
 		t.Fatalf("visible order %v", got)
 	}
-	b, _ := store.ReadAll(testCtx(t), cf.store, ProvenanceKey(top), 1<<20)
-	prov, err := ParseProvenance(b)
+	b, _ := store.ReadAll(testCtx(t), cf.store, cachelayout.ProvenanceKey(top), 1<<20)
+	prov, err := cachelayout.ParseProvenance(b)
 	if err != nil || len(prov.Bundles) != 2 || prov.Quorum == nil || len(prov.Quorum.Agreeing) != 2 {
 		t.Fatalf("top's sidecar: %+v %v", prov, err)
 	}
@@ -483,7 +485,7 @@ func TestClosureSources(t *testing.T) {
 	r, d := cf.result(t, drvResult{name: "uses", refs: []string{tree.Path, text.Path, flat.Path}, sources: []queue.Output{text, tree, flat}})
 	cf.process(t, r, d)
 	for _, s := range []queue.Output{tree, flat, text} {
-		b, err := store.ReadAll(ctx, cf.store, NarinfoKey(s.Path), 1<<20)
+		b, err := store.ReadAll(ctx, cf.store, cachelayout.NarinfoKey(s.Path), 1<<20)
 		if err != nil {
 			t.Fatalf("source %s not published: %v", s.Path, err)
 		}
@@ -530,12 +532,12 @@ func TestClosureSources(t *testing.T) {
 		c, _ := contentaddr.Parse(o.CA)
 		c.Method = contentaddr.Recursive
 		o.CA = c.String()
-		o.Path, _ = c.StorePath(StoreDir, "bad-recursive-but-flat-nar", nil, false)
+		o.Path, _ = c.StorePath(storepath.Dir, "bad-recursive-but-flat-nar", nil, false)
 	})
 	t.Run("flat-address-of-a-directory", func(t *testing.T) {
 		n := narOf(t, "dir")
 		c := contentaddr.CA{Method: contentaddr.Flat, Hash: sha256.Sum256(n)}
-		p, _ := c.StorePath(StoreDir, "dir", nil, false)
+		p, _ := c.StorePath(storepath.Dir, "dir", nil, false)
 		h := sha256.Sum256(n)
 		s := queue.Output{Name: "source", Path: p, NarHash: hexOf(h[:]), NarSize: uint64(len(n)), StagingKey: queue.StagingKey(hexOf(h[:])), CA: c.String()}
 		cf.conn.Stage(ctx, s.StagingKey, bytes.NewReader(n))
@@ -559,7 +561,7 @@ func TestClosureFixedOutput(t *testing.T) {
 	content := "downloaded tarball"
 	n := fileNAR(t, content, false)
 	c := contentaddr.CA{Method: contentaddr.Flat, Hash: sha256.Sum256([]byte(content))}
-	p, _ := c.StorePath(StoreDir, "src.tar", nil, false)
+	p, _ := c.StorePath(storepath.Dir, "src.tar", nil, false)
 	r, d := cf.result(t, drvResult{name: "src.tar", path: p, nar: n, ca: c.String()})
 	cf.process(t, r, d)
 	if !cf.isVisible(t, p) {
@@ -576,7 +578,7 @@ func TestClosureFixedOutput(t *testing.T) {
 }
 
 func mustPath(t *testing.T, c contentaddr.CA, name string) string {
-	p, err := c.StorePath(StoreDir, name, nil, false)
+	p, err := c.StorePath(storepath.Dir, name, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -593,28 +595,30 @@ func TestClosureUpstream(t *testing.T) {
 	up.process(t, rDep, dDep)
 	srv := httptest.NewServer(server.Handler(up.store, server.Options{}))
 	defer srv.Close()
-	client, err := upstream.New(srv.URL, []string{up.cachePub.String()}, srv.Client())
+	client, err := cacheclient.New(cacheclient.Options{URL: srv.URL, PublicKeys: []string{up.cachePub.String()}, HTTP: srv.Client()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := client.Narinfo(testCtx(t), storePath("updep")); err != nil {
 		t.Fatalf("upstream serves its dependency: %v", err)
 	}
-	if _, err := client.Narinfo(testCtx(t), storePath("nope")); !errors.Is(err, upstream.ErrNotFound) {
+	if _, err := client.Narinfo(testCtx(t), storePath("nope")); !errors.Is(err, cacheclient.ErrNotFound) {
 		t.Fatalf("absent path: %v", err)
+	}
+	// An upstream without keys would be trusted unchecked: refused.
+	if _, err := UpstreamsFor(&policy.Policy{Upstreams: []policy.Upstream{{URL: srv.URL}}}, nil); err == nil {
+		t.Fatal("UpstreamsFor accepted an upstream without public keys")
 	}
 
 	t.Run("declared", func(t *testing.T) {
 		extra := "upstreams:\n  - {url: \"" + srv.URL + "\", public_keys: [\"" + up.cachePub.String() + "\"]}\n"
 		var cf *closureFixture
 		cf = newClosureFixture(t, extra, 1, func(c *Config) {
-			ups, err := upstream.FromPolicy(c.Policy, srv.Client())
+			ups, err := UpstreamsFor(c.Policy, srv.Client())
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, u := range ups {
-				c.Upstreams = append(c.Upstreams, u)
-			}
+			c.Upstreams = ups
 		})
 		r, d := cf.result(t, drvResult{name: "down", refs: []string{storePath("updep")}})
 		cf.process(t, r, d)
@@ -625,7 +629,7 @@ func TestClosureUpstream(t *testing.T) {
 	t.Run("wrong-key", func(t *testing.T) {
 		other, _ := GenerateKeyFiles("other-1", filepath.Join(t.TempDir(), "k"))
 		cf := newClosureFixture(t, "", 1, func(c *Config) {
-			u, err := upstream.New(srv.URL, []string{other.String()}, srv.Client())
+			u, err := cacheclient.New(cacheclient.Options{URL: srv.URL, PublicKeys: []string{other.String()}, HTTP: srv.Client()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -675,8 +679,8 @@ func (p *vanishPending) Commit(ctx context.Context, key string) error {
 	if err := p.Pending.Commit(ctx, key); err != nil {
 		return err
 	}
-	if key == NarinfoKey(p.v.when) {
-		return p.v.Store.Delete(ctx, NarinfoKey(p.v.vanish))
+	if key == cachelayout.NarinfoKey(p.v.when) {
+		return p.v.Store.Delete(ctx, cachelayout.NarinfoKey(p.v.vanish))
 	}
 	return nil
 }
@@ -735,7 +739,7 @@ func TestClosureInFlight(t *testing.T) {
 	m := metrics.NewPusher(prometheus.NewRegistry())
 	cf := newClosureFixture(t, "", 1, func(c *Config) {
 		c.Metrics = m
-		c.Store = &slowStore{Store: c.Store, key: NarinfoKey(dep), delay: 300 * time.Millisecond}
+		c.Store = &slowStore{Store: c.Store, key: cachelayout.NarinfoKey(dep), delay: 300 * time.Millisecond}
 	})
 	rDep, dDep := cf.result(t, drvResult{name: "dep"})
 	rTop, dTop := cf.result(t, drvResult{name: "top", refs: []string{dep}})
@@ -754,7 +758,7 @@ func TestClosureInFlight(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	if got := cf.order.visible(); !slices.Equal(got, []string{NarinfoKey(dep), NarinfoKey(top)}) {
+	if got := cf.order.visible(); !slices.Equal(got, []string{cachelayout.NarinfoKey(dep), cachelayout.NarinfoKey(top)}) {
 		t.Fatalf("visible %v", got)
 	}
 	if w := m.Status().Waited; w != 0 {
@@ -795,7 +799,7 @@ func TestClosureMultiOutput(t *testing.T) {
 	data, _ := json.Marshal(r)
 	start := time.Now()
 	cf.process(t, r, data)
-	if got := cf.order.visible(); !slices.Equal(got, []string{NarinfoKey(outPath), NarinfoKey(devPath)}) {
+	if got := cf.order.visible(); !slices.Equal(got, []string{cachelayout.NarinfoKey(outPath), cachelayout.NarinfoKey(devPath)}) {
 		t.Fatalf("visible %v", got)
 	}
 	if w := m.Status().Waited; w != 0 || time.Since(start) > 3*time.Second {
@@ -817,7 +821,7 @@ func (u *countingUpstream) Narinfo(_ context.Context, storePath string) (*narinf
 	if u.has[storePath] {
 		return &narinfo.NarInfo{StorePath: storePath}, nil
 	}
-	return nil, upstream.ErrNotFound
+	return nil, cacheclient.ErrNotFound
 }
 
 // TestUpstreamAnswersRemembered: an upstream's "found" is remembered

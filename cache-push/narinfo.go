@@ -2,11 +2,8 @@ package cachepush
 
 import (
 	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"path"
-	"strings"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -16,23 +13,8 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/ingest"
 )
 
-// StoreDir is the only store directory this cache serves: stock Nix
-// clients substitute only paths of their own store directory.
-const StoreDir = "/nix/store"
-
 // maxNarinfoSize bounds how much of an existing narinfo is read.
 const maxNarinfoSize = 1 << 20
-
-// hashPart is the 32-character hash of a store path, the cache key stem.
-func hashPart(storePath string) string {
-	return path.Base(storePath)[:32]
-}
-
-// NarinfoKey is the cache key of a store path's narinfo.
-func NarinfoKey(storePath string) string { return hashPart(storePath) + ".narinfo" }
-
-// ProvenanceKey is the cache key of a store path's provenance sidecar.
-func ProvenanceKey(storePath string) string { return hashPart(storePath) + ".provenance.json" }
 
 // newNarinfo describes out, stored as nar, signed by key. Every field
 // comes from the verified Statement or from the bytes just ingested.
@@ -72,40 +54,4 @@ func narHashOf(ni *narinfo.NarInfo) ([32]byte, error) {
 	}
 	copy(h[:], ni.NarHash.Digest())
 	return h, nil
-}
-
-// Provenance is the sidecar stored as <hash>.provenance.json next to a
-// narinfo: every bundle that attests the path's NAR. Its format is
-// documented in docs/cache-layout.md.
-type Provenance struct {
-	Version   int    `json:"version"`
-	StorePath string `json:"storePath"`
-	// NarSHA256 is the lowercase hex sha256 of the NAR, the digest every
-	// bundle's subject for StorePath carries.
-	NarSHA256 string            `json:"narSha256"`
-	Bundles   []json.RawMessage `json:"bundles"`
-	// Quorum, when a quorum decided, says how: the verdict, the rule and
-	// the agreeing builders; unverifiedByQuorum marks a trusted-only entry.
-	Quorum *QuorumInfo `json:"quorum,omitempty"`
-}
-
-// ProvenanceVersion is the sidecar format version.
-const ProvenanceVersion = 1
-
-// ParseProvenance reads a sidecar and checks its shape.
-func ParseProvenance(b []byte) (*Provenance, error) {
-	var p Provenance
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, fmt.Errorf("provenance sidecar: %w", err)
-	}
-	if p.Version != ProvenanceVersion {
-		return nil, fmt.Errorf("provenance sidecar: version %d, want %d", p.Version, ProvenanceVersion)
-	}
-	if d, err := hex.DecodeString(p.NarSHA256); err != nil || len(d) != 32 || strings.ToLower(p.NarSHA256) != p.NarSHA256 {
-		return nil, fmt.Errorf("provenance sidecar: narSha256 %q is not lowercase hex sha256", p.NarSHA256)
-	}
-	if len(p.Bundles) == 0 {
-		return nil, fmt.Errorf("provenance sidecar: no bundles")
-	}
-	return &p, nil
 }

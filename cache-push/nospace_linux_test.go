@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/queue"
@@ -75,7 +76,7 @@ func TestPushNoSpace(t *testing.T) {
 	}
 	deadline = time.Now().Add(20 * time.Second)
 	for {
-		if _, err := f.store.Stat(ctx, NarinfoKey(r.Outputs[0].Path)); err == nil {
+		if _, err := f.store.Stat(ctx, cachelayout.NarinfoKey(r.Outputs[0].Path)); err == nil {
 			break
 		} else if !errors.Is(err, store.ErrNotFound) {
 			t.Fatal(err)

@@ -30,13 +30,14 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/ingest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
-	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/contentaddr"
 	"codeberg.org/provenix/provenix/drvpath"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // Reasons a result is rejected, as recorded in rejection events.
@@ -252,7 +253,7 @@ func (p *Pusher) Open(ctx context.Context, c *queue.Conn, o queue.ConsumerOption
 // (a web server, a CDN, a public-read bucket) serves stock nix, not only
 // `provenix cache serve`. An operator's own nix-cache-info is kept.
 func ensureCacheInfo(ctx context.Context, st store.Store) error {
-	const key = "nix-cache-info"
+	const key = cachelayout.CacheInfoKey
 	_, err := st.Stat(ctx, key)
 	if err == nil {
 		return nil
@@ -260,7 +261,7 @@ func ensureCacheInfo(ctx context.Context, st store.Store) error {
 	if !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("cachepush: %s: %w", key, err)
 	}
-	if err := store.Put(ctx, st, key, strings.NewReader(server.CacheInfo(0))); err != nil {
+	if err := store.Put(ctx, st, key, strings.NewReader(cachelayout.CacheInfo(0))); err != nil {
 		return fmt.Errorf("cachepush: write %s: %w", key, err)
 	}
 	return nil
@@ -532,10 +533,10 @@ func (p *Pusher) report(ctx context.Context, m entryMeta, out attest.Output, oc 
 	p.releaseWaiters(ctx, m.tenant, out.Path)
 }
 
-// checkCAPathIn is checkCAPath for a path that must be in StoreDir.
+// checkCAPathIn is checkCAPath for a path that must be in storepath.Dir.
 func checkCAPathIn(ca string, out attest.Output) (contentaddr.CA, error) {
-	if !strings.HasPrefix(out.Path, StoreDir+"/") {
-		return contentaddr.CA{}, fmt.Errorf("%w: %s is not in %s", ErrContentAddress, out.Path, StoreDir)
+	if err := storepath.Check(out.Path); err != nil {
+		return contentaddr.CA{}, fmt.Errorf("%w: %w", ErrContentAddress, err)
 	}
 	return checkCAPath(ca, out)
 }
@@ -555,7 +556,7 @@ func (e *rejectError) Error() string { return e.err.Error() }
 // waiting record. When the path is already published with the same NAR
 // it only adds new bundles and signatures (outExisting). A different NAR
 // already published is a conflict.
-func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output, stagingKey string, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (outcome, error) {
+func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output, stagingKey string, bundles []json.RawMessage, sigs []string, q *cachelayout.QuorumInfo) (outcome, error) {
 	if prev, err := p.existing(ctx, out.Path); err != nil {
 		return 0, err
 	} else if prev != nil {
@@ -662,7 +663,7 @@ func (p *Pusher) waitOutcome(visible bool, err error) (outcome, error) {
 // the waiting entry without ingesting the NAR again; a different NAR is a
 // conflict. It reports false when nothing waits (or the waiting entry's
 // NAR is gone), and the caller ingests.
-func (p *Pusher) mergeWaiting(ctx context.Context, m entryMeta, out attest.Output, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (outcome, bool, error) {
+func (p *Pusher) mergeWaiting(ctx context.Context, m entryMeta, out attest.Output, bundles []json.RawMessage, sigs []string, q *cachelayout.QuorumInfo) (outcome, bool, error) {
 	w, err := GetWaiting(ctx, p.cfg.KV, m.tenant, out.Path)
 	if errors.Is(err, queue.ErrNotFound) {
 		return 0, false, nil
@@ -694,7 +695,7 @@ func (p *Pusher) mergeWaiting(ctx context.Context, m entryMeta, out attest.Outpu
 // mergeEntry adds out's bundles and signatures to the entry prev already
 // published for its path, and reports true; a different NAR there is a
 // conflict.
-func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out attest.Output, bundles []json.RawMessage, sigs []string, q *QuorumInfo) (outcome, error) {
+func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out attest.Output, bundles []json.RawMessage, sigs []string, q *cachelayout.QuorumInfo) (outcome, error) {
 	if prev.StorePath != out.Path {
 		// The same hash part under another name: the narinfo key is the
 		// hash part, so this would rewrite another path's sidecar.
@@ -712,7 +713,7 @@ func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out atte
 		return 0, err
 	}
 	if added := addSigs(prev, sigs, p.cfg.Policy); added {
-		if err := store.Put(ctx, p.cfg.Store, NarinfoKey(out.Path), strings.NewReader(prev.String())); err != nil {
+		if err := store.Put(ctx, p.cfg.Store, cachelayout.NarinfoKey(out.Path), strings.NewReader(prev.String())); err != nil {
 			return 0, err
 		}
 	}
@@ -766,7 +767,7 @@ func nonEmpty(s string) []string {
 
 // existing returns the narinfo already published for storePath, or nil.
 func (p *Pusher) existing(ctx context.Context, storePath string) (*narinfo.NarInfo, error) {
-	b, err := store.ReadAll(ctx, p.cfg.Store, NarinfoKey(storePath), maxNarinfoSize)
+	b, err := store.ReadAll(ctx, p.cfg.Store, cachelayout.NarinfoKey(storePath), maxNarinfoSize)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
 	}
@@ -784,14 +785,14 @@ func (p *Pusher) existing(ctx context.Context, storePath string) (*narinfo.NarIn
 
 // writeProvenance stores the sidecar for out, keeping bundles already
 // there for the same NAR (from other builders, or earlier runs).
-func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []json.RawMessage, q *QuorumInfo) error {
+func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []json.RawMessage, q *cachelayout.QuorumInfo) error {
 	if len(add) == 0 {
 		// A source: its content address is its proof, no bundle attests it.
 		return nil
 	}
-	sc := &Provenance{Version: ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex(), Quorum: q}
-	if b, err := store.ReadAll(ctx, p.cfg.Store, ProvenanceKey(out.Path), maxNarinfoSize*4); err == nil {
-		prev, perr := ParseProvenance(b)
+	sc := &cachelayout.Provenance{Version: cachelayout.ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex(), Quorum: q}
+	if b, err := store.ReadAll(ctx, p.cfg.Store, cachelayout.ProvenanceKey(out.Path), maxNarinfoSize*4); err == nil {
+		prev, perr := cachelayout.ParseProvenance(b)
 		if perr == nil && prev.StorePath != sc.StorePath {
 			// Never rewrite another path's sidecar (same hash part, other
 			// name, maybe the same NAR).
@@ -822,7 +823,7 @@ func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []j
 	if err != nil {
 		return fmt.Errorf("provenance sidecar: %w", err)
 	}
-	return store.Put(ctx, p.cfg.Store, ProvenanceKey(out.Path), bytes.NewReader(b))
+	return store.Put(ctx, p.cfg.Store, cachelayout.ProvenanceKey(out.Path), bytes.NewReader(b))
 }
 
 // consistent checks that the unsigned fields of r say what the verified
@@ -835,8 +836,8 @@ func consistent(r *queue.Result, v *attest.Verified) error {
 	if len(v.Outputs) != len(r.Outputs) {
 		return fmt.Errorf("%w: result has %d outputs, its statement %d", ErrRejected, len(r.Outputs), len(v.Outputs))
 	}
-	if !strings.HasPrefix(v.DrvPath, StoreDir+"/") {
-		return fmt.Errorf("%w: derivation %s is not in %s", ErrRejected, v.DrvPath, StoreDir)
+	if err := storepath.Check(v.DrvPath); err != nil {
+		return fmt.Errorf("%w: derivation: %w", ErrRejected, err)
 	}
 	byPath := make(map[string]attest.Output, len(v.Outputs))
 	for _, o := range v.Outputs {
@@ -847,12 +848,12 @@ func consistent(r *queue.Result, v *attest.Verified) error {
 		if s.NarSize != o.NarSize || s.Name != o.Name {
 			return fmt.Errorf("%w: output %s: result says %s, %d bytes; statement %s, %d bytes", ErrRejected, o.Path, o.Name, o.NarSize, s.Name, s.NarSize)
 		}
-		if !strings.HasPrefix(o.Path, StoreDir+"/") {
-			return fmt.Errorf("%w: output %s is not in %s", ErrRejected, o.Path, StoreDir)
+		if err := storepath.Check(o.Path); err != nil {
+			return fmt.Errorf("%w: output: %w", ErrRejected, err)
 		}
 		for _, ref := range s.References {
-			if !strings.HasPrefix(ref, StoreDir+"/") {
-				return fmt.Errorf("%w: output %s: reference %s is not in %s", ErrRejected, o.Path, ref, StoreDir)
+			if err := storepath.Check(ref); err != nil {
+				return fmt.Errorf("%w: output %s: reference: %w", ErrRejected, o.Path, err)
 			}
 		}
 	}

@@ -28,10 +28,11 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/ingest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
-	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 const (
@@ -130,7 +131,7 @@ func testCtx(t testing.TB) context.Context {
 // storePath makes a valid store path for name.
 func storePath(name string) string {
 	h := sha256.Sum256([]byte(name))
-	return StoreDir + "/" + nixbase32.EncodeToString(h[:20]) + "-" + name
+	return storepath.Dir + "/" + nixbase32.EncodeToString(h[:20]) + "-" + name
 }
 
 // makeNAR serialises a small directory tree holding content.
@@ -273,7 +274,7 @@ func (f *fixture) checkEntry(t *testing.T, r *queue.Result) {
 	t.Helper()
 	ctx := testCtx(t)
 	o := r.Outputs[0]
-	b, err := store.ReadAll(ctx, f.store, NarinfoKey(o.Path), 1<<20)
+	b, err := store.ReadAll(ctx, f.store, cachelayout.NarinfoKey(o.Path), 1<<20)
 	if err != nil {
 		t.Fatalf("narinfo: %v", err)
 	}
@@ -304,11 +305,11 @@ func (f *fixture) checkEntry(t *testing.T, r *queue.Result) {
 	if got := h.Sum(nil); !bytes.Equal(got, ni.NarHash.Digest()) {
 		t.Fatalf("NAR hash %x, narinfo %x", got, ni.NarHash.Digest())
 	}
-	pb, err := store.ReadAll(ctx, f.store, ProvenanceKey(o.Path), 1<<20)
+	pb, err := store.ReadAll(ctx, f.store, cachelayout.ProvenanceKey(o.Path), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
-	prov, err := ParseProvenance(pb)
+	prov, err := cachelayout.ParseProvenance(pb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -441,7 +442,7 @@ func TestProcessDuplicateAndConflict(t *testing.T) {
 	if n, nars := f.narinfos(t), f.keys(t, "nar/"); len(n) != 1 || len(nars) != 1 {
 		t.Fatalf("after 3 deliveries: narinfos %v, NARs %v; want exactly one entry", n, nars)
 	}
-	before, _ := store.ReadAll(ctx, f.store, NarinfoKey(r.Outputs[0].Path), 1<<20)
+	before, _ := store.ReadAll(ctx, f.store, cachelayout.NarinfoKey(r.Outputs[0].Path), 1<<20)
 
 	// Same store path, different NAR: a conflict, and the entry stays.
 	r2, data2 := f.result(t, spec{name: "dup", content: "two"})
@@ -449,7 +450,7 @@ func TestProcessDuplicateAndConflict(t *testing.T) {
 	if !errors.Is(err, queue.ErrPermanent) || !strings.Contains(err.Error(), ReasonConflict) {
 		t.Fatalf("conflicting result: %v", err)
 	}
-	after, _ := store.ReadAll(ctx, f.store, NarinfoKey(r.Outputs[0].Path), 1<<20)
+	after, _ := store.ReadAll(ctx, f.store, cachelayout.NarinfoKey(r.Outputs[0].Path), 1<<20)
 	if !bytes.Equal(before, after) {
 		t.Fatal("conflicting result changed the published narinfo")
 	}
@@ -463,14 +464,14 @@ func TestProcessCorruptExisting(t *testing.T) {
 	ctx := testCtx(t)
 	r, data := f.result(t, spec{name: "corrupt", content: "c"})
 	garbage := "StorePath: not a store path\n"
-	if err := store.Put(ctx, f.store, NarinfoKey(r.Outputs[0].Path), strings.NewReader(garbage)); err != nil {
+	if err := store.Put(ctx, f.store, cachelayout.NarinfoKey(r.Outputs[0].Path), strings.NewReader(garbage)); err != nil {
 		t.Fatal(err)
 	}
 	err := f.pusher.Process(ctx, subject(r), data, r.MsgID())
 	if !errors.Is(err, queue.ErrPermanent) || !strings.Contains(err.Error(), ReasonConflict) {
 		t.Fatalf("Process over a corrupt narinfo: %v", err)
 	}
-	if b, _ := store.ReadAll(ctx, f.store, NarinfoKey(r.Outputs[0].Path), 1<<20); string(b) != garbage {
+	if b, _ := store.ReadAll(ctx, f.store, cachelayout.NarinfoKey(r.Outputs[0].Path), 1<<20); string(b) != garbage {
 		t.Fatalf("corrupt narinfo replaced by %q", b)
 	}
 	if n := f.keys(t, "nar/"); len(n) != 0 {
@@ -496,7 +497,7 @@ func TestPusherConsumes(t *testing.T) {
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if _, err := f.store.Stat(ctx, NarinfoKey(good.Outputs[0].Path)); err == nil {
+		if _, err := f.store.Stat(ctx, cachelayout.NarinfoKey(good.Outputs[0].Path)); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -520,7 +521,7 @@ func TestPusherConsumes(t *testing.T) {
 		t.Fatalf("consumer: %d ack pending, %d pending, %d redelivered", info.NumAckPending, info.NumPending, info.NumRedelivered)
 	}
 	f.checkEntry(t, good)
-	if _, err := f.store.Stat(ctx, NarinfoKey(bad.Outputs[0].Path)); !errors.Is(err, store.ErrNotFound) {
+	if _, err := f.store.Stat(ctx, cachelayout.NarinfoKey(bad.Outputs[0].Path)); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("bad result in cache: %v", err)
 	}
 }
@@ -536,8 +537,8 @@ func TestOpenStoresCacheInfo(t *testing.T) {
 	}
 	defer f.pusher.Close(ctx)
 	got, err := store.ReadAll(ctx, f.store, "nix-cache-info", 1<<10)
-	if err != nil || string(got) != server.CacheInfo(0) {
-		t.Fatalf("nix-cache-info = %q, %v; want %q", got, err, server.CacheInfo(0))
+	if err != nil || string(got) != cachelayout.CacheInfo(0) {
+		t.Fatalf("nix-cache-info = %q, %v; want %q", got, err, cachelayout.CacheInfo(0))
 	}
 
 	own := "StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 10\n"
@@ -615,10 +616,10 @@ func TestRedeliveredWhileIngesting(t *testing.T) {
 	if firstErr != nil {
 		t.Fatal(firstErr)
 	}
-	if _, err := f.store.Stat(ctx, NarinfoKey(r.Outputs[0].Path)); err != nil {
+	if _, err := f.store.Stat(ctx, cachelayout.NarinfoKey(r.Outputs[0].Path)); err != nil {
 		t.Fatalf("no narinfo: %v", err)
 	}
-	if n := hook.commits[NarinfoKey(r.Outputs[0].Path)]; n != 0 {
+	if n := hook.commits[cachelayout.NarinfoKey(r.Outputs[0].Path)]; n != 0 {
 		t.Fatalf("the second member wrote the narinfo again (%d times) over the first one's", n)
 	}
 }

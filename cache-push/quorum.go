@@ -19,6 +19,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -396,7 +397,7 @@ func (p *Pusher) publishAgreed(ctx context.Context, t Tally) (outcome, error) {
 			sigs = append(sigs, v.NixSig)
 		}
 	}
-	info := &QuorumInfo{Verdict: t.Verdict, Min: t.Quorum.Min, Distinct: t.Quorum.Distinct, Agreeing: agreeing,
+	info := &cachelayout.QuorumInfo{Verdict: t.Verdict, Min: t.Quorum.Min, Distinct: t.Quorum.Distinct, Agreeing: agreeing,
 		UnverifiedByQuorum: t.Verdict == VerdictTrustedOnly}
 	m := entryMeta{tenant: a.Tenant, builder: a.Builder, msgID: a.MsgID, drv: agreedDeriver(t.Agreeing)}
 	return p.writeEntry(ctx, m, out, a.StagingKey, bundles, sigs, info)
@@ -455,17 +456,6 @@ type DisputeAnswer struct {
 	NarSize    uint64   `json:"narSize"`
 	References []string `json:"references"`
 	Builders   []string `json:"builders"`
-}
-
-// QuorumInfo is how the sidecar says a path came to be published.
-type QuorumInfo struct {
-	Verdict  string   `json:"verdict"`
-	Min      int      `json:"min"`
-	Distinct string   `json:"distinct"`
-	Agreeing []string `json:"agreeing"`
-	// UnverifiedByQuorum: published from a designated trusted builder
-	// while builders disagreed (on_disagreement: trusted-only).
-	UnverifiedByQuorum bool `json:"unverifiedByQuorum,omitempty"`
 }
 
 var errNoRep = errors.New("no reputation record")

@@ -12,6 +12,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cacheclient"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testcache"
 	"codeberg.org/provenix/provenix/internal/testnix"
 )
@@ -81,7 +82,7 @@ func TestVerifyContentAddressed(t *testing.T) {
 		good := ni.CA
 		ni.CA = good[:len(good)-4] + "aaaa"
 		testcache.Sign(t, ni, tc.sk)
-		tc.write(t, cacheclient.NarinfoKey(p), []byte(ni.String()))
+		tc.write(t, cachelayout.NarinfoKey(p), []byte(ni.String()))
 		if rep, err := c.Verify(ctx, p, o); err != nil || rep.Verified || !strings.Contains(rep.Reason, "content address") {
 			t.Fatalf("%s with CA %s: %v %+v", p, ni.CA, err, rep)
 		}
@@ -94,15 +95,15 @@ func TestVerifyContentAddressed(t *testing.T) {
 	ni := testcache.Publish(t, ctx, tc.dir, tc.sk, dep)
 	ni.CA = "fixed:r:" + ni.NarHash.String()
 	testcache.Sign(t, ni, tc.sk)
-	tc.write(t, cacheclient.NarinfoKey(dep), []byte(ni.String()))
+	tc.write(t, cachelayout.NarinfoKey(dep), []byte(ni.String()))
 	rep, err := c.Verify(ctx, dep, o)
-	if err != nil || rep.Verified || !strings.Contains(rep.Reason, "gives") {
+	if err != nil || rep.Verified || !strings.Contains(rep.Reason, "computes") {
 		t.Fatalf("input-addressed path with a CA: %v %+v", err, rep)
 	}
 	// Without a CA and without provenance: not verified.
 	ni.CA = ""
 	testcache.Sign(t, ni, tc.sk)
-	tc.write(t, cacheclient.NarinfoKey(dep), []byte(ni.String()))
+	tc.write(t, cachelayout.NarinfoKey(dep), []byte(ni.String()))
 	if rep, err := c.Verify(ctx, dep, o); err != nil || rep.Verified || rep.Reason != "no provenance found" {
 		t.Fatalf("no provenance: %v %+v", err, rep)
 	}
@@ -149,7 +150,7 @@ func TestVerifyClosureWalk(t *testing.T) {
 	// the path that refers to it; its own references are not followed
 	// (busybox is still reached through other paths).
 	dep := pathNamed(t, closure, "-closure-dep-a")
-	os.Remove(filepath.Join(tc.dir, cacheclient.NarinfoKey(dep)))
+	os.Remove(filepath.Join(tc.dir, cachelayout.NarinfoKey(dep)))
 	cr, err = c.VerifyClosure(ctx, top, cacheclient.ClosureOptions{VerifyOptions: cacheclient.VerifyOptions{Verifier: v}})
 	if err != nil {
 		t.Fatal(err)
@@ -175,7 +176,7 @@ func TestVerifyClosureWalk(t *testing.T) {
 		t.Fatalf("untrusted root: %v %+v", err, cr)
 	}
 	// The root missing: no verdict.
-	os.Remove(filepath.Join(tc.dir, cacheclient.NarinfoKey(top)))
+	os.Remove(filepath.Join(tc.dir, cachelayout.NarinfoKey(top)))
 	if _, err := c.VerifyClosure(ctx, top, cacheclient.ClosureOptions{VerifyOptions: cacheclient.VerifyOptions{Verifier: v}}); !errors.Is(err, cacheclient.ErrNotFound) {
 		t.Fatalf("missing root: %v, want ErrNotFound", err)
 	}

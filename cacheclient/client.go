@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -25,7 +24,9 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixhash"
-	"github.com/nix-community/go-nix/pkg/storepath"
+
+	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // Errors, matchable with errors.Is. Each is wrapped with the URL it
@@ -122,45 +123,12 @@ func (c *Client) URL() string { return c.base }
 // ChecksSignatures says whether narinfos are checked against trusted keys.
 func (c *Client) ChecksSignatures() bool { return len(c.keys) > 0 }
 
-// hashPart is the 32-character hash of a valid store path.
-func hashPart(storePath string) string { return path.Base(storePath)[:32] }
-
-// NarinfoKey is the cache-relative name of a store path's narinfo.
-//
-// TODO(issue 12 item 3): one layout package for the cache's file names;
-// until then these must spell what cache-push/narinfo.go writes (a test
-// checks that they do).
-func NarinfoKey(storePath string) string { return hashPart(storePath) + ".narinfo" }
-
-// ProvenanceKey is the cache-relative name of a store path's provenance
-// sidecar.
-func ProvenanceKey(storePath string) string { return hashPart(storePath) + ".provenance.json" }
-
-// maxNameLen is Nix's limit on the name part of a store path.
-const maxNameLen = 211
-
-// CheckStorePath returns an error matching ErrInvalidPath unless p is a
-// syntactically valid store path of /nix/store: 32 characters of Nix
-// base-32, a dash, and a name of Nix's characters that does not start with
-// a dot and is at most 211 characters long.
-//
-// go-nix's storepath.FromAbsolutePath alone checks neither the /nix/store
-// prefix nor the dash, hence the explicit checks.
-func CheckStorePath(p string) error {
-	rest, ok := strings.CutPrefix(p, storepath.StoreDir+"/")
-	if !ok {
-		return fmt.Errorf("%q: %w: not under %s", p, ErrInvalidPath, storepath.StoreDir)
-	}
-	sp, err := storepath.FromString(rest)
-	if err == nil && rest[32] != '-' {
-		// go-nix does not check the separator either.
-		err = errors.New("no dash after the hash")
-	}
-	if err != nil {
-		return fmt.Errorf("%q: %w: %v", p, ErrInvalidPath, err)
-	}
-	if sp.Name == "" || sp.Name[0] == '.' || len(sp.Name) > maxNameLen {
-		return fmt.Errorf("%q: %w: name must be 1 to %d characters, not starting with a dot", p, ErrInvalidPath, maxNameLen)
+// checkPath returns storepath.Check's verdict on p, matching ErrInvalidPath
+// too: callers of this package tell "you asked for a non-path" from what
+// a cache served.
+func checkPath(p string) error {
+	if err := storepath.Check(p); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidPath, err)
 	}
 	return nil
 }
@@ -213,10 +181,10 @@ func (c *Client) small(ctx context.Context, rel string) ([]byte, string, error) 
 // signature from one of them over its fingerprint (ErrUntrusted otherwise).
 // A missing narinfo gives ErrNotFound.
 func (c *Client) Narinfo(ctx context.Context, storePath string) (*narinfo.NarInfo, error) {
-	if err := CheckStorePath(storePath); err != nil {
+	if err := checkPath(storePath); err != nil {
 		return nil, err
 	}
-	b, u, err := c.small(ctx, NarinfoKey(storePath))
+	b, u, err := c.small(ctx, cachelayout.NarinfoKey(storePath))
 	if err != nil {
 		return nil, err
 	}
@@ -247,18 +215,18 @@ func ParseNarinfo(b []byte) (*narinfo.NarInfo, error) {
 	if err := ni.Check(); err != nil {
 		return nil, fmt.Errorf("%w: narinfo: %v", ErrMalformed, err)
 	}
-	// go-nix's Check misses what CheckStorePath adds (prefix, dash, name
+	// go-nix's Check misses what storepath.Check adds (prefix, dash, name
 	// rules); references and deriver are basenames in a narinfo.
-	if err := CheckStorePath(ni.StorePath); err != nil {
+	if err := storepath.Check(ni.StorePath); err != nil {
 		return nil, fmt.Errorf("%w: narinfo StorePath: %v", ErrMalformed, err)
 	}
 	for _, r := range ni.References {
-		if err := CheckStorePath(storepath.StoreDir + "/" + r); err != nil {
+		if err := storepath.CheckBase(r); err != nil {
 			return nil, fmt.Errorf("%w: narinfo of %s: reference: %v", ErrMalformed, ni.StorePath, err)
 		}
 	}
 	if ni.Deriver != "" {
-		if err := CheckStorePath(storepath.StoreDir + "/" + ni.Deriver); err != nil {
+		if err := storepath.CheckBase(ni.Deriver); err != nil {
 			return nil, fmt.Errorf("%w: narinfo of %s: deriver: %v", ErrMalformed, ni.StorePath, err)
 		}
 	}
@@ -355,7 +323,7 @@ func (c *Client) CheckSignature(ni *narinfo.NarInfo) error {
 func References(ni *narinfo.NarInfo) []string {
 	out := make([]string, 0, len(ni.References))
 	for _, r := range ni.References {
-		out = append(out, storepath.StoreDir+"/"+r)
+		out = append(out, storepath.Dir+"/"+r)
 	}
 	return out
 }

@@ -9,8 +9,8 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
-	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cacheclient"
+	"codeberg.org/provenix/provenix/cachelayout"
 )
 
 func TestNew(t *testing.T) {
@@ -29,14 +29,6 @@ func TestNew(t *testing.T) {
 	c, err := cacheclient.New(cacheclient.Options{URL: "http://127.0.0.1:1/sub//"})
 	if err != nil || c.URL() != "http://127.0.0.1:1/sub" || c.ChecksSignatures() {
 		t.Fatalf("New: %v %q", err, c.URL())
-	}
-}
-
-// The cache file names are the pusher's (until one layout package holds them).
-func TestKeysMatchPusher(t *testing.T) {
-	p := randomStorePath("x")
-	if cacheclient.NarinfoKey(p) != cachepush.NarinfoKey(p) || cacheclient.ProvenanceKey(p) != cachepush.ProvenanceKey(p) {
-		t.Fatalf("keys differ: %s %s vs %s %s", cacheclient.NarinfoKey(p), cacheclient.ProvenanceKey(p), cachepush.NarinfoKey(p), cachepush.ProvenanceKey(p))
 	}
 }
 
@@ -104,20 +96,20 @@ func TestNarinfoSignatures(t *testing.T) {
 		t.Fatal(err)
 	}
 	ni.Signatures = append(ni.Signatures, good)
-	tc.write(t, cacheclient.NarinfoKey(sp), []byte(ni.String()))
+	tc.write(t, cachelayout.NarinfoKey(sp), []byte(ni.String()))
 	if _, err := c.Narinfo(ctx, sp); err != nil {
 		t.Fatalf("second signature valid: %v", err)
 	}
 	// The cache's signature, but a changed NarSize: the fingerprint differs.
 	ni.NarSize++
 	ni.Signatures = ni.Signatures[1:]
-	tc.write(t, cacheclient.NarinfoKey(sp), []byte(ni.String()))
+	tc.write(t, cachelayout.NarinfoKey(sp), []byte(ni.String()))
 	if _, err := c.Narinfo(ctx, sp); !errors.Is(err, cacheclient.ErrUntrusted) {
 		t.Fatalf("edited narinfo: %v, want ErrUntrusted", err)
 	}
 	// No signature at all.
 	ni.Signatures = nil
-	tc.write(t, cacheclient.NarinfoKey(sp), []byte(ni.String()))
+	tc.write(t, cachelayout.NarinfoKey(sp), []byte(ni.String()))
 	if _, err := c.Narinfo(ctx, sp); !errors.Is(err, cacheclient.ErrUntrusted) {
 		t.Fatalf("unsigned narinfo: %v, want ErrUntrusted", err)
 	}
@@ -129,7 +121,7 @@ func TestNarinfoErrors(t *testing.T) {
 	c := tc.client(t)
 
 	missing := randomStorePath("missing")
-	if _, err := c.Narinfo(ctx, missing); !errors.Is(err, cacheclient.ErrNotFound) || !strings.Contains(err.Error(), tc.url+"/"+cacheclient.NarinfoKey(missing)) {
+	if _, err := c.Narinfo(ctx, missing); !errors.Is(err, cacheclient.ErrNotFound) || !strings.Contains(err.Error(), tc.url+"/"+cachelayout.NarinfoKey(missing)) {
 		t.Fatalf("missing: %v, want ErrNotFound with the URL", err)
 	}
 	for _, bad := range []string{"", "hello", "/nix/store/short-x", "/tmp/store/" + missing[len("/nix/store/"):], missing + "/bin", missing[:43] + ".hidden", missing[:43] + "-.hidden", missing + strings.Repeat("x", 211), "/nix/store/" + strings.Repeat("e", 32) + "-x"} {
@@ -156,7 +148,7 @@ func TestNarinfoErrors(t *testing.T) {
 		"md5 NarHash":   "StorePath: " + sp + "\nURL: nar/x.nar\nCompression: none\nNarHash: md5:" + strings.Repeat("0", 32) + "\nNarSize: 1\nReferences: \n",
 		"oversized":     strings.Repeat("References: \n", 400000),
 	} {
-		tc.write(t, cacheclient.NarinfoKey(sp), []byte(body))
+		tc.write(t, cachelayout.NarinfoKey(sp), []byte(body))
 		if _, err := c.Narinfo(ctx, sp); !errors.Is(err, cacheclient.ErrMalformed) {
 			t.Errorf("%s: %v, want ErrMalformed", name, err)
 		}

@@ -22,6 +22,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cacheclient"
+	"codeberg.org/provenix/provenix/cachelayout"
 )
 
 // testCache is a real cache: a local store directory served by the
@@ -138,7 +139,7 @@ func (c *testCache) putNarinfo(t testing.TB, ni *narinfo.NarInfo, sk signature.S
 		t.Fatal(err)
 	}
 	ni.Signatures = append(ni.Signatures, sig)
-	c.write(t, cacheclient.NarinfoKey(ni.StorePath), []byte(ni.String()))
+	c.write(t, cachelayout.NarinfoKey(ni.StorePath), []byte(ni.String()))
 }
 
 func ctxFor(t testing.TB, d time.Duration) context.Context {

@@ -3,7 +3,6 @@ package cacheclient
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -12,6 +11,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/cachelayout"
 )
 
 // Report is what a verification found about one store path. Its JSON form
@@ -276,42 +276,25 @@ func fillAttestation(a *Attestation, v *attest.Verified) {
 	}
 }
 
-// Provenance is a cache's provenance sidecar as this client reads it
-// (docs/cache-layout.md).
-//
-// TODO(issue 12 items 3 and 4): cache-push/narinfo.go's Provenance is the
-// writer's type; one layout package should hold both (a test checks that
-// a sidecar cache-push writes reads back here).
-type Provenance struct {
-	Version   int               `json:"version"`
-	StorePath string            `json:"storePath"`
-	NarSHA256 string            `json:"narSha256"`
-	Bundles   []json.RawMessage `json:"bundles"`
-}
-
-// provenanceVersion is the sidecar format version this client reads.
-const provenanceVersion = 1
-
 // Provenance fetches the provenance sidecar of storePath. A sidecar that
 // does not parse, has another version or names another path matches
 // ErrMalformed or ErrMismatch.
-func (c *Client) Provenance(ctx context.Context, storePath string) (*Provenance, error) {
-	if err := CheckStorePath(storePath); err != nil {
+func (c *Client) Provenance(ctx context.Context, storePath string) (*cachelayout.Provenance, error) {
+	if err := checkPath(storePath); err != nil {
 		return nil, err
 	}
-	b, u, err := c.small(ctx, ProvenanceKey(storePath))
+	b, u, err := c.small(ctx, cachelayout.ProvenanceKey(storePath))
 	if err != nil {
 		return nil, err
 	}
-	var p Provenance
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, fmt.Errorf("%s: %w: provenance sidecar: %v", u, ErrMalformed, err)
-	}
-	if p.Version != provenanceVersion {
-		return nil, fmt.Errorf("%s: %w: provenance sidecar version %d, want %d", u, ErrMalformed, p.Version, provenanceVersion)
+	// Each bundle is checked against the NAR: the sidecar's own fields
+	// need no more than its version.
+	p, err := cachelayout.DecodeProvenance(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", u, ErrMalformed, err)
 	}
 	if p.StorePath != storePath {
 		return nil, fmt.Errorf("%s: %w: provenance sidecar for %s names %s", u, ErrMismatch, storePath, p.StorePath)
 	}
-	return &p, nil
+	return p, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cacheclient"
+	"codeberg.org/provenix/provenix/cachelayout"
 )
 
 type testBuilder struct {
@@ -63,7 +64,7 @@ func (c *testCache) publishWithProvenance(t testing.TB, sp string, narBytes []by
 		raw[i] = b
 	}
 	sc, _ := json.Marshal(map[string]any{"version": 1, "storePath": sp, "narSha256": hex.EncodeToString(sum[:]), "bundles": raw})
-	c.write(t, cacheclient.ProvenanceKey(sp), sc)
+	c.write(t, cachelayout.ProvenanceKey(sp), sc)
 }
 
 // Bundles decide as the pusher's sidecar says: a quorum of distinct
@@ -122,7 +123,7 @@ func TestVerifyBundlesAndQuorum(t *testing.T) {
 	}
 	// A sidecar naming another path.
 	tc.publishWithProvenance(t, sp, narBytes, []string{dep}, alice.attestOutput(t, out))
-	tc.write(t, cacheclient.ProvenanceKey(sp), []byte(`{"version":1,"storePath":"`+dep+`","narSha256":"00","bundles":[]}`))
+	tc.write(t, cachelayout.ProvenanceKey(sp), []byte(`{"version":1,"storePath":"`+dep+`","narSha256":"00","bundles":[]}`))
 	if rep, err := c.Verify(ctx, sp, cacheclient.VerifyOptions{Verifier: v}); err != nil || rep.Verified || !strings.Contains(rep.Reason, "names") {
 		t.Fatalf("sidecar of another path: %v %+v", err, rep)
 	}

@@ -1,7 +1,9 @@
 // Package contentaddr parses Nix content addresses ("fixed:r:sha256:…",
 // "fixed:sha256:…", "text:sha256:…") and computes the store path Nix gives
 // a content-addressed path, as Nix's makeStorePath, makeFixedOutputPath
-// and makeTextPath do. A content-addressed path proves itself: whoever
+// and makeTextPath do, and checks a NAR against one (NARChecker). The
+// pusher admits content-addressed paths and cacheclient verifies them with
+// these same functions. A content-addressed path proves itself: whoever
 // knows its content, name and references can recompute its path, so a
 // cache can admit it without trusting the builder that sent it.
 package contentaddr
@@ -16,6 +18,8 @@ import (
 	"strings"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // ErrInvalid is the root of every refusal of a content address.
@@ -123,8 +127,8 @@ func (c CA) String() string {
 // path refers to itself). Nix allows references only for recursive and
 // text addresses, and a self reference only for recursive ones.
 func (c CA) StorePath(storeDir, name string, refs []string, self bool) (string, error) {
-	if err := validName(name); err != nil {
-		return "", err
+	if err := storepath.CheckName(name); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	for _, r := range refs {
 		if !strings.HasPrefix(r, storeDir+"/") {
@@ -157,10 +161,10 @@ func (c CA) StorePath(storeDir, name string, refs []string, self bool) (string, 
 func (c CA) Check(storePath string, refs []string) error {
 	dir, base := path.Split(storePath)
 	dir = strings.TrimSuffix(dir, "/")
-	hash, name, ok := strings.Cut(base, "-")
-	if !ok || len(hash) != 32 || dir == "" {
+	if err := storepath.CheckBase(base); err != nil || dir == "" {
 		return fmt.Errorf("%w: %q is not a store path", ErrInvalid, storePath)
 	}
+	name := storepath.Name(base)
 	var others []string
 	self := false
 	for _, r := range refs {
@@ -203,18 +207,4 @@ func makeStorePath(storeDir, typ, hashHex, name string) string {
 		folded[i%20] ^= b
 	}
 	return storeDir + "/" + nixbase32.EncodeToString(folded[:]) + "-" + name
-}
-
-// validName accepts what Nix accepts as a store path name.
-func validName(name string) error {
-	if name == "" || len(name) > 211 || name[0] == '.' {
-		return fmt.Errorf("%w: store path name %q", ErrInvalid, name)
-	}
-	for _, r := range name {
-		ok := ('a' <= r && r <= 'z') || ('A' <= r && r <= 'Z') || ('0' <= r && r <= '9') || strings.ContainsRune("+-._?=", r)
-		if !ok {
-			return fmt.Errorf("%w: store path name %q has %q", ErrInvalid, name, r)
-		}
-	}
-	return nil
 }

@@ -4,22 +4,20 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strings"
 
-	"github.com/nix-community/go-nix/pkg/nixbase32"
-	"github.com/nix-community/go-nix/pkg/nixhash"
-	"github.com/nix-community/go-nix/pkg/storepath"
 	"github.com/nix-community/go-nix/pkg/wire"
+
+	"codeberg.org/provenix/provenix/contentaddr"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // ErrBadExport means an export stream is malformed or truncated, or holds
@@ -288,7 +286,7 @@ func readRecordTrailer(r io.Reader) (exportRecord, error) {
 	if rec.path, err = wire.ReadString(r, maxPathLen); err != nil {
 		return rec, fmt.Errorf("path: %w", err)
 	}
-	if err := storepath.Validate(rec.path); err != nil {
+	if err := storepath.Check(rec.path); err != nil {
 		return rec, fmt.Errorf("path %q: %w", rec.path, err)
 	}
 	nrefs, err := wire.ReadUint64(r)
@@ -303,7 +301,7 @@ func readRecordTrailer(r io.Reader) (exportRecord, error) {
 		if err != nil {
 			return rec, fmt.Errorf("%s: reference: %w", rec.path, err)
 		}
-		if err := storepath.Validate(ref); err != nil {
+		if err := storepath.Check(ref); err != nil {
 			return rec, fmt.Errorf("%s: reference %q: %w", rec.path, ref, err)
 		}
 		rec.references = append(rec.references, ref)
@@ -498,47 +496,28 @@ func expectToken(r io.Reader, want string) error {
 // contents. fileSum is the contents' sha256 when the NAR is a single
 // regular non-executable file, nil otherwise.
 func checkContentAddress(p string, refs []string, narSum [32]byte, fileSum *[32]byte) error {
-	base := path.Base(p)
-	if len(base) < 34 || path.Dir(p) != storepath.StoreDir {
-		return fmt.Errorf("%s is not a store path", p)
+	if err := storepath.Check(p); err != nil {
+		return err
 	}
-	name := base[33:]
-	refs = slices.Clone(refs)
-	slices.Sort(refs)
+	name := storepath.Name(p)
 	self := slices.Contains(refs, p)
 	others := slices.DeleteFunc(slices.Clone(refs), func(s string) bool { return s == p })
 
 	var candidates []string
-	if fileSum != nil && !self {
-		candidates = append(candidates, makeStorePath(makeType("text", others, false), *fileSum, name))
+	add := func(c contentaddr.CA, refs []string, self bool) {
+		if sp, err := c.StorePath(storepath.Dir, name, refs, self); err == nil {
+			candidates = append(candidates, sp)
+		}
 	}
-	candidates = append(candidates, makeStorePath(makeType("source", others, self), narSum, name))
+	if fileSum != nil && !self {
+		add(contentaddr.CA{Method: contentaddr.Text, Hash: *fileSum}, others, false)
+	}
+	add(contentaddr.CA{Method: contentaddr.Recursive, Hash: narSum}, others, self)
 	if fileSum != nil && len(refs) == 0 {
-		inner := sha256.Sum256([]byte("fixed:out:sha256:" + hex.EncodeToString(fileSum[:]) + ":"))
-		candidates = append(candidates, makeStorePath("output:out", inner, name))
+		add(contentaddr.CA{Method: contentaddr.Flat, Hash: *fileSum}, nil, false)
 	}
 	if slices.Contains(candidates, p) {
 		return nil
 	}
 	return fmt.Errorf("%s is not the content address of its contents and references (not a .drv, text file or source, or altered)", p)
-}
-
-// makeType is Nix's makeType: the kind of a content-addressed path and its
-// references, sorted.
-func makeType(kind string, refs []string, self bool) string {
-	var b strings.Builder
-	b.WriteString(kind)
-	for _, r := range refs {
-		b.WriteString(":" + r)
-	}
-	if self {
-		b.WriteString(":self")
-	}
-	return b.String()
-}
-
-// makeStorePath is Nix's makeStorePath for a sha256.
-func makeStorePath(typ string, sum [32]byte, name string) string {
-	s := sha256.Sum256([]byte(typ + ":sha256:" + hex.EncodeToString(sum[:]) + ":" + storepath.StoreDir + ":" + name))
-	return storepath.StoreDir + "/" + nixbase32.EncodeToString(nixhash.CompressHash(s[:], storepath.PathHashSize)) + "-" + name
 }

@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/wire"
+
+	"codeberg.org/provenix/provenix/contentaddr"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // narFile is the NAR of a single regular file.
@@ -73,7 +76,11 @@ func stream(records ...[]byte) []byte {
 }
 
 func textPath(contents, name string, refs ...string) string {
-	return makeStorePath(makeType("text", refs, false), sha256.Sum256([]byte(contents)), name)
+	p, err := contentaddr.CA{Method: contentaddr.Text, Hash: sha256.Sum256([]byte(contents))}.StorePath(storepath.Dir, name, refs, false)
+	if err != nil {
+		panic(err)
+	}
+	return p
 }
 
 // TestFilterExport checks the stream format and the content-address gate

@@ -29,14 +29,12 @@ import (
 	"codeberg.org/provenix/provenix/runner/isolate"
 	"codeberg.org/provenix/provenix/runner/job"
 	"codeberg.org/provenix/provenix/runner/report"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // killGrace is how long a cancelled job process gets to run its clean-up
 // before its whole process group is killed.
 const killGrace = 10 * time.Second
-
-// storeDir is the logical Nix store every derivation path must be in.
-const storeDir = "/nix/store"
 
 // taskRun is one task in progress.
 type taskRun struct {
@@ -383,8 +381,8 @@ func stepEligible(w *capture.Windows, win int) func(nix.PathInfo) bool {
 // symlink.
 func (r *Runner) checkDrv(ctx context.Context, drv string) error {
 	n := r.builder.Nix
-	if filepath.Dir(drv) != storeDir {
-		return fmt.Errorf("not in %s", storeDir)
+	if err := storepath.Check(drv); err != nil {
+		return err
 	}
 	if fi, err := os.Lstat(n.RealPath(drv)); err != nil || !fi.Mode().IsRegular() {
 		return errors.New("not a regular file in the store")

@@ -86,3 +86,50 @@ func FuzzCheck(f *testing.F) {
 		}
 	})
 }
+
+// nixStorePathRule is Nix's rule, written out plainly: /nix/store/, 32
+// characters of Nix base-32, a dash, a name of 1 to 211 characters from
+// [A-Za-z0-9+-._?=] not starting with a dot.
+func nixStorePathRule(p string) bool {
+	rest, ok := strings.CutPrefix(p, "/nix/store/")
+	if !ok || len(rest) < 34 || rest[32] != '-' {
+		return false
+	}
+	for _, c := range rest[:32] {
+		if !strings.ContainsRune("0123456789abcdfghijklmnpqrsvwxyz", c) {
+			return false
+		}
+	}
+	name := rest[33:]
+	if len(name) > 211 || name[0] == '.' {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("+-._?=", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// FuzzCheckNixRule: Check accepts exactly what Nix's rule accepts.
+func FuzzCheckNixRule(f *testing.F) {
+	for _, s := range []string{
+		"/nix/store/8hzbz17vcmw97w1wpqpadxhfkj7crcps-busybox",
+		"/nix/store/8hzbz17vcmw97w1wpqpadxhfkj7crcps-.hidden",
+		"/nix/store/8hzbz17vcmw97w1wpqpadxhfkj7crcps_busybox",
+		"/nix/store/8hzbz17vcmw97w1wpqpadxhfkj7crcpe-x",
+		"/nix/store/8hzbz17vcmw97w1wpqpadxhfkj7crcps-a\nb",
+		"/tmp/store/8hzbz17vcmw97w1wpqpadxhfkj7crcps-busybox",
+		"/nix/store/8hzbz17vcmw97w1wpqpadxhfkj7crcps-",
+		"/nix/store/8hzbz17vcmw97w1wpqpadxhfkj7crcps-a/b",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		err := Check(p)
+		if want := nixStorePathRule(p); (err == nil) != want {
+			t.Fatalf("Check(%q) = %v, Nix's rule says valid=%v", p, err, want)
+		}
+	})
+}

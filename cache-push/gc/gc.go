@@ -45,10 +45,10 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
-	"github.com/nix-community/go-nix/pkg/nixbase32"
-	"github.com/nix-community/go-nix/pkg/storepath"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // DefaultGrace is how old an orphan must be before it is collected when
@@ -57,13 +57,6 @@ const DefaultGrace = 24 * time.Hour
 
 // maxNarinfoSize bounds how much of a narinfo is read, as the pusher does.
 const maxNarinfoSize = 1 << 20
-
-const (
-	narinfoSuffix = ".narinfo"
-	sidecarSuffix = ".provenance.json"
-	narPrefix     = "nar/"
-	hashLen       = 32
-)
 
 var (
 	// ErrNoKeepRule means Options named neither MaxAge nor Keep: GC would
@@ -177,12 +170,12 @@ func Run(ctx context.Context, st store.Store, opts Options) (*Report, error) {
 	var nars []store.Info
 	err := st.List(ctx, "", func(i store.Info) error {
 		switch {
-		case strings.HasPrefix(i.Key, narPrefix):
+		case strings.HasPrefix(i.Key, cachelayout.NARPrefix):
 			nars = append(nars, i)
-		case isHashKey(i.Key, narinfoSuffix):
-			narinfos[i.Key[:hashLen]] = &entry{info: i}
-		case isHashKey(i.Key, sidecarSuffix):
-			sidecars[i.Key[:hashLen]] = i
+		case isHashKey(i.Key, cachelayout.NarinfoSuffix):
+			narinfos[i.Key[:cachelayout.HashLen]] = &entry{info: i}
+		case isHashKey(i.Key, cachelayout.ProvenanceSuffix):
+			sidecars[i.Key[:cachelayout.HashLen]] = i
 		}
 		return nil
 	})
@@ -316,8 +309,8 @@ func Run(ctx context.Context, st store.Store, opts Options) (*Report, error) {
 func withdrawBroken(ctx context.Context, st store.Store, listed map[string]*entry, collected []Path) ([]Path, error) {
 	present := map[string]store.Info{}
 	err := st.List(ctx, "", func(i store.Info) error {
-		if isHashKey(i.Key, narinfoSuffix) {
-			present[i.Key[:hashLen]] = i
+		if isHashKey(i.Key, cachelayout.NarinfoSuffix) {
+			present[i.Key[:cachelayout.HashLen]] = i
 		}
 		return nil
 	})
@@ -326,7 +319,7 @@ func withdrawBroken(ctx context.Context, st store.Store, listed map[string]*entr
 	}
 	gone := map[string]bool{}
 	for _, p := range collected {
-		h := p.Objects[0].Key[:hashLen]
+		h := p.Objects[0].Key[:cachelayout.HashLen]
 		if _, back := present[h]; !back {
 			gone[h] = true
 		}
@@ -347,7 +340,7 @@ func withdrawBroken(ctx context.Context, st store.Store, listed map[string]*entr
 	for changed := true; changed; {
 		changed = false
 		for _, e := range fresh {
-			h := e.info.Key[:hashLen]
+			h := e.info.Key[:cachelayout.HashLen]
 			if gone[h] || !slices.ContainsFunc(e.refs, func(r string) bool { return gone[r] }) {
 				continue
 			}
@@ -363,7 +356,7 @@ func withdrawBroken(ctx context.Context, st store.Store, listed map[string]*entr
 
 // collect deletes one dead path: narinfo, sidecar, NAR.
 func collect(ctx context.Context, st store.Store, e *entry, sidecars map[string]store.Info, usedNAR map[string]bool, dryRun bool) (Path, error) {
-	h := e.info.Key[:hashLen]
+	h := e.info.Key[:cachelayout.HashLen]
 	p := Path{StorePath: e.storePath}
 	objs := []store.Info{e.info}
 	if sc, ok := sidecars[h]; ok {
@@ -491,7 +484,7 @@ func (e *entry) load(ctx context.Context, st store.Store) error {
 	if err == nil {
 		err = ni.Check()
 	}
-	if err == nil && (ni.StorePath == "" || path.Base(ni.StorePath)[:hashLen] != e.info.Key[:hashLen]) {
+	if err == nil && (ni.StorePath == "" || path.Base(ni.StorePath)[:cachelayout.HashLen] != e.info.Key[:cachelayout.HashLen]) {
 		err = fmt.Errorf("StorePath %q does not match the key", ni.StorePath)
 	}
 	if err == nil && store.ValidKey(ni.URL) != nil {
@@ -503,7 +496,7 @@ func (e *entry) load(ctx context.Context, st store.Store) error {
 	}
 	e.storePath, e.url = ni.StorePath, ni.URL
 	for _, r := range ni.References {
-		e.refs = append(e.refs, r[:hashLen]) // Check validated r
+		e.refs = append(e.refs, r[:cachelayout.HashLen]) // Check validated r
 	}
 	return nil
 }
@@ -538,12 +531,12 @@ func lenient(b []byte) (url string, refs []string) {
 // hash.
 func hashOf(s string) (string, error) {
 	base := path.Base(s)
-	if len(base) == hashLen {
-		if nixbase32.ValidateString(base) == nil {
+	if len(base) == storepath.HashLen {
+		if storepath.CheckHashPart(base) == nil {
 			return base, nil
 		}
-	} else if _, err := storepath.FromString(base); err == nil {
-		return base[:hashLen], nil
+	} else if storepath.CheckBase(base) == nil {
+		return storepath.HashPart(base), nil
 	}
 	return "", fmt.Errorf("%w: %q", ErrKeepFile, s)
 }
@@ -570,7 +563,7 @@ func ParseKeepFile(r io.Reader) ([]string, error) {
 }
 
 func isHashKey(key, suffix string) bool {
-	return len(key) == hashLen+len(suffix) && strings.HasSuffix(key, suffix) && nixbase32.ValidateString(key[:hashLen]) == nil
+	return len(key) == cachelayout.HashLen+len(suffix) && strings.HasSuffix(key, suffix) && storepath.CheckHashPart(key[:cachelayout.HashLen]) == nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

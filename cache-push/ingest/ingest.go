@@ -22,6 +22,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cachelayout"
 )
 
 // The error tree: every mismatch matches ErrMismatch and one of its children.
@@ -147,7 +148,7 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 
 	res := Result{FileSize: file.n, NarHash: got, NarSize: narSize}
 	fileHash.Sum(res.FileHash[:0])
-	res.URL = "nar/" + nixbase32.EncodeToString(res.FileHash[:]) + ".nar.zst"
+	res.URL = cachelayout.NARKey(nixbase32.EncodeToString(res.FileHash[:]))
 	if err := p.Commit(ctx, res.URL); err != nil {
 		return Result{}, fmt.Errorf("ingest: storing %s: %w", res.URL, err)
 	}

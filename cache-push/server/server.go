@@ -20,11 +20,9 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/storepath"
 )
-
-// DefaultPriority is the Priority advertised in a generated nix-cache-info;
-// it matches cache.nixos.org, so by default neither cache is preferred.
-const DefaultPriority = 40
 
 // Options configure Handler. The zero value is valid.
 type Options struct {
@@ -32,7 +30,7 @@ type Options struct {
 	// store failures; nil discards them.
 	Logger *slog.Logger
 	// Priority is advertised in the generated nix-cache-info (lower is
-	// preferred by Nix); zero means DefaultPriority. It is unused when the
+	// preferred by Nix); zero means cachelayout.DefaultPriority. It is unused when the
 	// store holds its own "nix-cache-info" object.
 	Priority int
 	// Metrics, when set, is told of every request; nil records nothing.
@@ -102,7 +100,7 @@ func Handler(s store.Store, o Options) http.Handler {
 		h.log = slog.New(slog.DiscardHandler)
 	}
 	if h.priority == 0 {
-		h.priority = DefaultPriority
+		h.priority = cachelayout.DefaultPriority
 	}
 	return h
 }
@@ -144,7 +142,7 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (int, int64) {
 		return httpError(w, http.StatusNotFound)
 	}
 	status, n, err := h.serveObject(r.Context(), w, r.Method == http.MethodHead, key, kind)
-	if errors.Is(err, store.ErrNotFound) && key == "nix-cache-info" {
+	if errors.Is(err, store.ErrNotFound) && key == cachelayout.CacheInfoKey {
 		return h.serveCacheInfo(w, r.Method == http.MethodHead)
 	}
 	switch {
@@ -212,17 +210,8 @@ func (h *handler) serveObject(ctx context.Context, w http.ResponseWriter, head b
 	return http.StatusOK, n, nil
 }
 
-// CacheInfo is the nix-cache-info a cache of the given priority
-// advertises (lower is preferred by Nix; 0 means DefaultPriority).
-func CacheInfo(priority int) string {
-	if priority == 0 {
-		priority = DefaultPriority
-	}
-	return fmt.Sprintf("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: %d\n", priority)
-}
-
 func (h *handler) serveCacheInfo(w http.ResponseWriter, head bool) (int, int64) {
-	body := CacheInfo(h.priority)
+	body := cachelayout.CacheInfo(h.priority)
 	hd := w.Header()
 	hd.Set("Content-Type", kindCacheInfo.contentType)
 	hd.Set("Content-Length", strconv.Itoa(len(body)))
@@ -276,17 +265,17 @@ func route(p string) (key string, kind objectKind, ok bool) {
 	if !found {
 		return "", objectKind{}, false
 	}
-	if name == "nix-cache-info" {
+	if name == cachelayout.CacheInfoKey {
 		return name, kindCacheInfo, true
 	}
-	if h, found := strings.CutSuffix(name, ".narinfo"); found && isNix32(h, 32, 32) {
+	if h, found := strings.CutSuffix(name, cachelayout.NarinfoSuffix); found && storepath.CheckHashPart(h) == nil {
 		return name, kindNarinfo, true
 	}
-	if h, found := strings.CutSuffix(name, ".provenance.json"); found && isNix32(h, 32, 32) {
+	if h, found := strings.CutSuffix(name, cachelayout.ProvenanceSuffix); found && storepath.CheckHashPart(h) == nil {
 		return name, kindProvenance, true
 	}
-	if file, found := strings.CutPrefix(name, "nar/"); found {
-		for _, ext := range []string{".nar.zst", ".nar.xz", ".nar"} {
+	if file, found := strings.CutPrefix(name, cachelayout.NARPrefix); found {
+		for _, ext := range cachelayout.NARSuffixes() {
 			if h, found := strings.CutSuffix(file, ext); found && isNix32(h, 32, 128) {
 				return name, kindNAR, true
 			}

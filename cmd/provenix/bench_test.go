@@ -15,9 +15,9 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
-	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/ingest"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -171,7 +171,7 @@ func BenchmarkBuildToNarinfo(b *testing.B) {
 			b.Fatal(err)
 		}
 		for {
-			if _, err := stack.Store().Stat(ctx, cachepush.NarinfoKey(outs[0])); err == nil {
+			if _, err := stack.Store().Stat(ctx, cachelayout.NarinfoKey(outs[0])); err == nil {
 				break
 			}
 			if time.Since(t0) > 30*time.Second {
@@ -225,7 +225,7 @@ func BenchmarkQuorumVoteToNarinfo(b *testing.B) {
 	}
 	visible := func(out string, t0 time.Time) time.Duration {
 		for {
-			if _, err := stack.Store().Stat(ctx, cachepush.NarinfoKey(out)); err == nil {
+			if _, err := stack.Store().Stat(ctx, cachelayout.NarinfoKey(out)); err == nil {
 				return time.Since(t0)
 			}
 			if time.Since(t0) > 30*time.Second {

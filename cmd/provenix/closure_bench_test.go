@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/attest"
-	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -165,7 +165,7 @@ func BenchmarkClosure200(b *testing.B) {
 		builderDone := time.Since(start)
 		for _, p := range order {
 			for {
-				if _, err := stack.Store().Stat(ctx, cachepush.NarinfoKey(p)); err == nil {
+				if _, err := stack.Store().Stat(ctx, cachelayout.NarinfoKey(p)); err == nil {
 					break
 				}
 				if time.Since(start) > 5*time.Minute {

@@ -12,6 +12,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -118,7 +119,7 @@ func TestClosureSurvivesKill(t *testing.T) {
 	if _, err := conn.PublishResult(ctx, rs[0]); err != nil {
 		t.Fatal(err)
 	}
-	bottom := filepath.Join(p.Cache(), cachepush.NarinfoKey(paths[0]))
+	bottom := filepath.Join(p.Cache(), cachelayout.NarinfoKey(paths[0]))
 	deadline = time.Now().Add(60 * time.Second)
 	for {
 		if _, err := os.Stat(bottom); err == nil {
@@ -157,7 +158,7 @@ func checkChain(t *testing.T, dir string, paths []string) {
 	t.Helper()
 	var prev os.FileInfo
 	for i, sp := range paths {
-		fi, err := os.Stat(filepath.Join(dir, cachepush.NarinfoKey(sp)))
+		fi, err := os.Stat(filepath.Join(dir, cachelayout.NarinfoKey(sp)))
 		if err != nil {
 			prev = nil
 			continue
@@ -241,7 +242,7 @@ func TestClosureUpstreamE2E(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		if _, err := s.Store().Stat(ctx, cachepush.NarinfoKey(top)); err == nil {
+		if _, err := s.Store().Stat(ctx, cachelayout.NarinfoKey(top)); err == nil {
 			t.Fatal("published without its dependency nor a declared upstream")
 		}
 	})

@@ -28,6 +28,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -199,7 +200,7 @@ func TestClusterChaos(t *testing.T) {
 	for {
 		missing = missing[:0]
 		for _, r := range rs {
-			if _, err := os.Stat(filepath.Join(cacheDir, cachepush.NarinfoKey(r.path))); err != nil {
+			if _, err := os.Stat(filepath.Join(cacheDir, cachelayout.NarinfoKey(r.path))); err != nil {
 				missing = append(missing, r.path)
 			}
 		}
@@ -241,7 +242,7 @@ func TestClusterChaos(t *testing.T) {
 	}
 	want := map[string]bool{}
 	for _, r := range rs {
-		want[cachepush.NarinfoKey(r.path)] = true
+		want[cachelayout.NarinfoKey(r.path)] = true
 	}
 	narinfos := 0
 	for name, n := range counts {
@@ -331,7 +332,7 @@ func publicationEvents(t *testing.T, ctx context.Context, js jetstream.JetStream
 // checkEntry checks r's cache entry is whole: the narinfo is the attested
 // output's, signed by the cache key, and its NAR file matches it.
 func checkEntry(cacheDir string, r synthResult, pub signature.PublicKey) error {
-	b, err := os.ReadFile(filepath.Join(cacheDir, cachepush.NarinfoKey(r.path)))
+	b, err := os.ReadFile(filepath.Join(cacheDir, cachelayout.NarinfoKey(r.path)))
 	if err != nil {
 		return err
 	}

@@ -27,7 +27,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"codeberg.org/provenix/provenix/attest"
-	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testproc"
@@ -203,7 +203,7 @@ func checkCache(t *testing.T, dir string, cachePub signature.PublicKey, want map
 			t.Fatalf("torn narinfo %s: %v\n%s", e.Name(), err, b)
 		}
 		it := want[ni.StorePath]
-		if it == nil || cachepush.NarinfoKey(ni.StorePath) != e.Name() {
+		if it == nil || cachelayout.NarinfoKey(ni.StorePath) != e.Name() {
 			t.Fatalf("narinfo %s names %s, not one of the published paths", e.Name(), ni.StorePath)
 		}
 		if found[ni.StorePath] {
@@ -230,11 +230,11 @@ func checkCache(t *testing.T, dir string, cachePub signature.PublicKey, want map
 			t.Fatalf("NAR %s of %s: sha256 %s, %d bytes; attested %s, %d bytes", ni.URL, ni.StorePath, got, n,
 				it.r.Outputs[0].NarHash, it.r.Outputs[0].NarSize)
 		}
-		sb, err := os.ReadFile(filepath.Join(dir, cachepush.ProvenanceKey(ni.StorePath)))
+		sb, err := os.ReadFile(filepath.Join(dir, cachelayout.ProvenanceKey(ni.StorePath)))
 		if err != nil {
 			t.Fatalf("narinfo %s visible without its provenance: %v", e.Name(), err)
 		}
-		prov, err := cachepush.ParseProvenance(sb)
+		prov, err := cachelayout.ParseProvenance(sb)
 		if err != nil || len(prov.Bundles) != 1 || prov.NarSHA256 != it.r.Outputs[0].NarHash {
 			t.Fatalf("provenance of %s: %v, %+v", ni.StorePath, err, prov)
 		}

@@ -17,6 +17,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/examples"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
@@ -174,8 +175,8 @@ func runDemo(ctx context.Context, g *globals) error {
 		tick := time.NewTicker(2 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if _, err := stack.Store().Stat(ctx, cachepush.NarinfoKey(out.Path)); err == nil {
-				return fmt.Sprintf("%s/%s", stack.CacheURL(), cachepush.NarinfoKey(out.Path)), nil
+			if _, err := stack.Store().Stat(ctx, cachelayout.NarinfoKey(out.Path)); err == nil {
+				return fmt.Sprintf("%s/%s", stack.CacheURL(), cachelayout.NarinfoKey(out.Path)), nil
 			}
 			select {
 			case m := <-events:
@@ -243,6 +244,6 @@ func runDemo(ctx context.Context, g *globals) error {
 	}
 	printReport(g, rep)
 	fmt.Fprintf(g.stdout, "\ndemo passed in %s. Left for inspection under %s:\n  keys/      builder and cache keys (.pub = public)\n  policy.yaml\n  cache/     %s, nar/, %s\n  client-store/  the chroot store nix substituted into\n",
-		time.Since(st.start).Round(time.Millisecond), paths.Dir, cachepush.NarinfoKey(out.Path), cachepush.ProvenanceKey(out.Path))
+		time.Since(st.start).Round(time.Millisecond), paths.Dir, cachelayout.NarinfoKey(out.Path), cachelayout.ProvenanceKey(out.Path))
 	return nil
 }

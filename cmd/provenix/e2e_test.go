@@ -25,7 +25,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
-	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
@@ -110,7 +110,7 @@ func waitNarinfo(t testing.TB, cacheURL, path string) *narinfo.NarInfo {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get(cacheURL + "/" + cachepush.NarinfoKey(path))
+		resp, err := http.Get(cacheURL + "/" + cachelayout.NarinfoKey(path))
 		if err == nil && resp.StatusCode == http.StatusOK {
 			ni, err := narinfo.Parse(resp.Body)
 			resp.Body.Close()
@@ -202,11 +202,11 @@ func TestEndToEndEmbedded(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "verified") {
 		t.Fatalf("verify --cache: exit %d\n%s\n%s", code, stdout, stderr)
 	}
-	sc, err := os.ReadFile(filepath.Join(p.Cache(), cachepush.ProvenanceKey(out.Path)))
+	sc, err := os.ReadFile(filepath.Join(p.Cache(), cachelayout.ProvenanceKey(out.Path)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	prov, err := cachepush.ParseProvenance(sc)
+	prov, err := cachelayout.ParseProvenance(sc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +272,7 @@ func TestEndToEndEmbedded(t *testing.T) {
 		t.Fatal(err)
 	}
 	ni.Signatures = append(ni.Signatures, sig)
-	if err := os.WriteFile(filepath.Join(p.Cache(), cachepush.NarinfoKey(out.Path)), []byte(ni.String()), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p.Cache(), cachelayout.NarinfoKey(out.Path)), []byte(ni.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	client, err := substitute(t, ctx, stack.CacheURL(), readPub(t, p.CachePub()), out.Path)

@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testforge"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnix"
@@ -110,7 +110,7 @@ func waitNarinfos(t *testing.T, ctx context.Context, stack *up.Stack, paths []st
 }
 
 func narinfoStatus(cacheURL, path string) int {
-	resp, err := http.Get(cacheURL + "/" + cachepush.NarinfoKey(path))
+	resp, err := http.Get(cacheURL + "/" + cachelayout.NarinfoKey(path))
 	if err != nil {
 		return 0
 	}

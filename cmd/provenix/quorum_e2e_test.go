@@ -20,6 +20,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
@@ -119,7 +120,7 @@ func waitVotes(t testing.TB, kv cachepush.KV, path string, n int) []cachepush.Vo
 func requireAbsent(t *testing.T, cacheURL, path string) {
 	t.Helper()
 	time.Sleep(300 * time.Millisecond)
-	resp, err := http.Get(cacheURL + "/" + cachepush.NarinfoKey(path))
+	resp, err := http.Get(cacheURL + "/" + cachelayout.NarinfoKey(path))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,16 +259,16 @@ func TestQuorumNondeterministic(t *testing.T) {
 	}
 }
 
-func readSidecar(t *testing.T, cacheURL, path string) *cachepush.Provenance {
+func readSidecar(t *testing.T, cacheURL, path string) *cachelayout.Provenance {
 	t.Helper()
-	resp, err := http.Get(cacheURL + "/" + cachepush.ProvenanceKey(path))
+	resp, err := http.Get(cacheURL + "/" + cachelayout.ProvenanceKey(path))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	var buf bytes.Buffer
 	buf.ReadFrom(resp.Body)
-	sc, err := cachepush.ParseProvenance(buf.Bytes())
+	sc, err := cachelayout.ParseProvenance(buf.Bytes())
 	if err != nil {
 		t.Fatalf("sidecar: %v\n%s", err, buf.String())
 	}

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testforge"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/runner/capture"
@@ -297,7 +297,7 @@ jobs:
 	if lout == nil {
 		t.Fatalf("no output path in the log:\n%s", llog)
 	}
-	resp, err := http.Get(stack.CacheURL() + "/" + cachepush.NarinfoKey(lout[1]))
+	resp, err := http.Get(stack.CacheURL() + "/" + cachelayout.NarinfoKey(lout[1]))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,10 +15,10 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
-	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/gc"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/tests3"
 	"codeberg.org/provenix/provenix/up"
@@ -58,15 +58,15 @@ func TestEndToEndS3(t *testing.T) {
 	if err := bucket.List(ctx, "", func(i store.Info) error { keys[i.Key] = true; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{cachepush.NarinfoKey(out.Path), cachepush.ProvenanceKey(out.Path), ni.URL} {
+	for _, k := range []string{cachelayout.NarinfoKey(out.Path), cachelayout.ProvenanceKey(out.Path), ni.URL} {
 		if !keys[k] {
 			t.Errorf("no %s in the bucket; it holds %v", k, keys)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(srv.Dir, srv.Bucket, "tenants", "e2e", cachepush.NarinfoKey(out.Path))); err != nil {
+	if _, err := os.Stat(filepath.Join(srv.Dir, srv.Bucket, "tenants", "e2e", cachelayout.NarinfoKey(out.Path))); err != nil {
 		t.Errorf("narinfo not under the prefix in the bucket: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(p.Cache(), cachepush.NarinfoKey(out.Path))); err == nil {
+	if _, err := os.Stat(filepath.Join(p.Cache(), cachelayout.NarinfoKey(out.Path))); err == nil {
 		t.Errorf("narinfo also written to the local cache %s", p.Cache())
 	}
 

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/tests3"
@@ -120,7 +120,7 @@ func TestTenantsEndToEnd(t *testing.T) {
 	runnerA := []string{"--nats-url", srv.URL, "--nats-nkey", td("a", "runner.nk"), "--key", td("a", tenant.FileBuilderKey), "--builder-id", "a-runner"}
 	pub := buildSample(t, ctx, busybox, append(runnerA, "--tenant", "a")...)
 	out := pub.Outputs[0]
-	narinfoA := caches["a"] + "/" + cachepush.NarinfoKey(out.Path)
+	narinfoA := caches["a"] + "/" + cachelayout.NarinfoKey(out.Path)
 	deadline := time.Now().Add(30 * time.Second)
 	for get(t, narinfoA, userA, passA) != http.StatusOK {
 		if time.Now().After(deadline) {
@@ -139,7 +139,7 @@ func TestTenantsEndToEnd(t *testing.T) {
 			{"b's reader", userB, passB, narinfoA, http.StatusUnauthorized},
 			{"a's user with b's password", userA, passB, narinfoA, http.StatusUnauthorized},
 			{"a's reader on b's cache", userA, passA, caches["b"] + "/nix-cache-info", http.StatusUnauthorized},
-			{"b's reader on b's cache", userB, passB, caches["b"] + "/" + cachepush.NarinfoKey(out.Path), http.StatusNotFound},
+			{"b's reader on b's cache", userB, passB, caches["b"] + "/" + cachelayout.NarinfoKey(out.Path), http.StatusNotFound},
 		} {
 			if got := get(t, c.url, c.user, c.pass); got != c.want {
 				t.Errorf("%s: GET %s: %d, want %d", c.who, c.url, got, c.want)
@@ -207,7 +207,7 @@ func TestTenantCachesInS3(t *testing.T) {
 	if err := os.WriteFile(secret, []byte(tests3.SecretKey), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	key := cachepush.NarinfoKey("/nix/store/" + strings.Repeat("a", 32) + "-x")
+	key := cachelayout.NarinfoKey("/nix/store/" + strings.Repeat("a", 32) + "-x")
 	urls, logins := map[string]string{}, map[string][2]string{}
 	for _, n := range []string{"a", "b"} {
 		if o, e, code := cli(t, ctx, "tenant", "add", n, "--dir", filepath.Join(dir, n)); code != 0 {

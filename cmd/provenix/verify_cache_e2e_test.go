@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/cacheclient"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testcache"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -129,7 +130,7 @@ func TestVerifyClosureEndToEnd(t *testing.T) {
 			depA = cp
 		}
 	}
-	if err := os.Remove(filepath.Join(p.Cache(), cacheclient.NarinfoKey(depA))); err != nil {
+	if err := os.Remove(filepath.Join(p.Cache(), cachelayout.NarinfoKey(depA))); err != nil {
 		t.Fatal(err)
 	}
 	stdout, stderr, code = cli(t, ctx, append(args, top)...)
@@ -174,7 +175,7 @@ func TestVerifyCacheZstdBomb(t *testing.T) {
 		t.Fatal(err)
 	}
 	ni.FileSize = uint64(len(bomb))
-	if err := os.WriteFile(filepath.Join(p.Cache(), cacheclient.NarinfoKey(out.Path)), []byte(ni.String()), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p.Cache(), cachelayout.NarinfoKey(out.Path)), []byte(ni.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t0 = time.Now()

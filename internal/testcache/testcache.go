@@ -23,6 +23,8 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/nixhash"
+
+	"codeberg.org/provenix/provenix/cachelayout"
 )
 
 // pathInfo is what is read from `nix path-info --json` (Nix ≤ 2.18 prints
@@ -77,7 +79,7 @@ func Publish(t testing.TB, ctx context.Context, dir string, sk signature.SecretK
 	nh, fh := sha256.Sum256(narBytes), sha256.Sum256(zbuf.Bytes())
 	ni := &narinfo.NarInfo{
 		StorePath:   storePath,
-		URL:         "nar/" + nixbase32.EncodeToString(fh[:]) + ".nar.zst",
+		URL:         cachelayout.NARKey(nixbase32.EncodeToString(fh[:])),
 		Compression: "zstd",
 		FileHash:    nixhash.MustNewHashWithEncoding(nixhash.SHA256, fh[:], nixhash.NixBase32, true),
 		FileSize:    uint64(zbuf.Len()),
@@ -96,7 +98,7 @@ func Publish(t testing.TB, ctx context.Context, dir string, sk signature.SecretK
 	}
 	Sign(t, ni, sk)
 	Write(t, dir, ni.URL, zbuf.Bytes())
-	Write(t, dir, path.Base(storePath)[:32]+".narinfo", []byte(ni.String()))
+	Write(t, dir, cachelayout.NarinfoKey(storePath), []byte(ni.String()))
 	return ni
 }
 

@@ -1,0 +1,135 @@
+// Package cachelayout names the objects of a Provenix binary cache and
+// holds the one format of its own, the provenance sidecar
+// (docs/cache-layout.md):
+//
+//	nix-cache-info             the cache's parameters (CacheInfo)
+//	<hash>.narinfo             a store path's narinfo (NarinfoKey)
+//	<hash>.provenance.json     its provenance sidecar (ProvenanceKey)
+//	nar/<filehash>.nar.zst     its compressed NAR (NARKey)
+//
+// <hash> is the 32-character hash part of the store path. The writer
+// (cache-push), the reader (cacheclient), the server, gc, the workflow
+// action and the commands all spell these names through this package,
+// which depends on nothing but the standard library so that any of them
+// can import it.
+package cachelayout
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+)
+
+// Object names and the parts keys are made of.
+const (
+	// CacheInfoKey is the cache's nix-cache-info.
+	CacheInfoKey = "nix-cache-info"
+	// NarinfoSuffix ends a narinfo key, after the hash part.
+	NarinfoSuffix = ".narinfo"
+	// ProvenanceSuffix ends a provenance sidecar key.
+	ProvenanceSuffix = ".provenance.json"
+	// NARPrefix starts every NAR key.
+	NARPrefix = "nar/"
+	// NARSuffix ends the NAR keys the pusher writes (zstd).
+	NARSuffix = ".nar.zst"
+	// HashLen is the length of a store path's hash part, which starts
+	// narinfo and sidecar keys.
+	HashLen = 32
+)
+
+// NARSuffixes are the NAR file endings a cache may serve (stock caches
+// serve xz, or uncompressed NARs), the pusher's own first.
+func NARSuffixes() []string { return []string{NARSuffix, ".nar.xz", ".nar"} }
+
+// hashPart is the hash part of a store path or of its base name; callers
+// pass paths storepath.Check accepted.
+func hashPart(storePath string) string { return path.Base(storePath)[:HashLen] }
+
+// NarinfoKey is the cache key of a store path's narinfo.
+func NarinfoKey(storePath string) string { return hashPart(storePath) + NarinfoSuffix }
+
+// ProvenanceKey is the cache key of a store path's provenance sidecar.
+func ProvenanceKey(storePath string) string { return hashPart(storePath) + ProvenanceSuffix }
+
+// NARKey is the cache key (and narinfo URL) of a zstd-compressed NAR
+// whose file hash, the nix32 sha256 of the compressed file, is fileHash.
+func NARKey(fileHash string) string { return NARPrefix + fileHash + NARSuffix }
+
+// DefaultPriority is the Priority advertised in a generated nix-cache-info;
+// it matches cache.nixos.org, so by default neither cache is preferred.
+const DefaultPriority = 40
+
+// CacheInfo is the nix-cache-info of a cache of the given priority (lower
+// is preferred by Nix; 0 means DefaultPriority).
+func CacheInfo(priority int) string {
+	if priority == 0 {
+		priority = DefaultPriority
+	}
+	return "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: " + strconv.Itoa(priority) + "\n"
+}
+
+// ProvenanceVersion is the sidecar format version.
+const ProvenanceVersion = 1
+
+// ErrProvenance is the root of every refusal of a sidecar.
+var ErrProvenance = errors.New("provenance sidecar")
+
+// Provenance is the sidecar stored under ProvenanceKey next to a
+// narinfo: every bundle that attests the path's NAR.
+type Provenance struct {
+	Version   int    `json:"version"`
+	StorePath string `json:"storePath"`
+	// NarSHA256 is the lowercase hex sha256 of the NAR, the digest every
+	// bundle's subject for StorePath carries.
+	NarSHA256 string            `json:"narSha256"`
+	Bundles   []json.RawMessage `json:"bundles"`
+	// Quorum, when a quorum decided, says how: the verdict, the rule and
+	// the agreeing builders; unverifiedByQuorum marks a trusted-only entry.
+	Quorum *QuorumInfo `json:"quorum,omitempty"`
+}
+
+// QuorumInfo is how the sidecar says a path came to be published.
+type QuorumInfo struct {
+	Verdict  string   `json:"verdict"`
+	Min      int      `json:"min"`
+	Distinct string   `json:"distinct"`
+	Agreeing []string `json:"agreeing"`
+	// UnverifiedByQuorum: published from a designated trusted builder
+	// while builders disagreed (on_disagreement: trusted-only).
+	UnverifiedByQuorum bool `json:"unverifiedByQuorum,omitempty"`
+}
+
+// DecodeProvenance reads a sidecar of ProvenanceVersion without checking
+// its fields: enough for a reader that checks each bundle against the NAR
+// it has (cacheclient). Errors match ErrProvenance.
+func DecodeProvenance(b []byte) (*Provenance, error) {
+	var p Provenance
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrProvenance, err)
+	}
+	if p.Version != ProvenanceVersion {
+		return nil, fmt.Errorf("%w: version %d, want %d", ErrProvenance, p.Version, ProvenanceVersion)
+	}
+	return &p, nil
+}
+
+// ParseProvenance reads a sidecar and checks its shape, as the writer
+// does before it adds to one: a lowercase hex sha256 and at least one
+// bundle. Errors match ErrProvenance.
+func ParseProvenance(b []byte) (*Provenance, error) {
+	p, err := DecodeProvenance(b)
+	if err != nil {
+		return nil, err
+	}
+	if d, err := hex.DecodeString(p.NarSHA256); err != nil || len(d) != 32 || strings.ToLower(p.NarSHA256) != p.NarSHA256 {
+		return nil, fmt.Errorf("%w: narSha256 %q is not lowercase hex sha256", ErrProvenance, p.NarSHA256)
+	}
+	if len(p.Bundles) == 0 {
+		return nil, fmt.Errorf("%w: no bundles", ErrProvenance)
+	}
+	return p, nil
+}
