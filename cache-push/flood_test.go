@@ -20,14 +20,16 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 const malloryID = "https://builders.example/mallory"
 
 // badHashPath is a store path whose hash part holds a newline: attest's
 // shape check lets it through, Nix and NATS keys do not.
-var badHashPath = StoreDir + "/" + strings.Repeat("a", 31) + "\n-evil"
+var badHashPath = storepath.Dir + "/" + strings.Repeat("a", 31) + "\n-evil"
 
 // floodFixture is a fixture whose policy trusts two builders, the honest
 // testBuilder and mallory (one trusted key among several, as in issue
@@ -420,7 +422,7 @@ func TestFloodDoesNotStarve(t *testing.T) {
 	}
 	const bound = 15 * time.Second
 	for {
-		if _, err := f.store.Stat(ctx, NarinfoKey(honest.Outputs[0].Path)); err == nil {
+		if _, err := f.store.Stat(ctx, cachelayout.NarinfoKey(honest.Outputs[0].Path)); err == nil {
 			break
 		}
 		if time.Since(start) > bound {

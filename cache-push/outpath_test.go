@@ -16,8 +16,10 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/storepath"
 )
 
 // nixCmd runs a host Nix command offline and returns its stdout.
@@ -104,7 +106,7 @@ func TestOutputPathSquat(t *testing.T) {
 	msg := "squat-" + time.Now().Format("150405.000000000")
 	realDrv, realOut := instantiateNamed(t, "real", msg)
 	base := path.Base(realOut)
-	squat := StoreDir + "/" + base[:32] + "-evil-docs"
+	squat := storepath.Dir + "/" + base[:32] + "-evil-docs"
 	realClosure := cf.stageClosure(t, realDrv)
 	evilDrv, _ := instantiateNamed(t, "evil-docs", msg)
 	evilClosure := cf.stageClosure(t, evilDrv)
@@ -136,7 +138,7 @@ func TestOutputPathSquat(t *testing.T) {
 		t.Fatalf("%s not published after 2 agreeing votes", realOut)
 	}
 	// Both paths share <H>.narinfo: it must name the honest one.
-	b, err := store.ReadAll(ctx, cf.store, NarinfoKey(realOut), 1<<20)
+	b, err := store.ReadAll(ctx, cf.store, cachelayout.NarinfoKey(realOut), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
