@@ -6,11 +6,13 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/queue"
 )
 
 // TestQuorumAgreesOnReferences (issue 11, finding 3): builders that sign
@@ -93,5 +95,28 @@ func TestSameHashPartOtherName(t *testing.T) {
 	ni, _ := store.ReadAll(testCtx(t), cf.store, cachelayout.NarinfoKey(real), 1<<20)
 	if !strings.Contains(string(ni), "StorePath: "+real) {
 		t.Fatalf("narinfo changed:\n%s", ni)
+	}
+}
+
+// TestPendingVoteIsNotPublished (issue 11, finding 8): a vote still short
+// of its quorum is not announced as published (no event, no log line, no
+// counter); the agreeing second vote is, once.
+func TestPendingVoteIsNotPublished(t *testing.T) {
+	cf := newClosureFixture(t, "quorum: {min: 2}\n", 2, nil)
+	p := storePath("pending")
+	r, d := cf.result(t, drvResult{name: "pending", builder: "b0"})
+	cf.process(t, r, d)
+	time.Sleep(200 * time.Millisecond) // events are asynchronous
+	if got := cf.eventPaths(queue.EventPublished); len(got) != 0 || cf.isVisible(t, p) {
+		t.Fatalf("one vote of two: published events %v, visible %v", got, cf.isVisible(t, p))
+	}
+	r, d = cf.result(t, drvResult{name: "pending", builder: "b1"})
+	cf.process(t, r, d)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(cf.eventPaths(queue.EventPublished)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := cf.eventPaths(queue.EventPublished); !slices.Equal(got, []string{p}) || !cf.isVisible(t, p) {
+		t.Fatalf("after the quorum: published events %v", got)
 	}
 }
