@@ -216,8 +216,14 @@ func (b *Builder) stageOnce(ctx context.Context, key string, info nix.PathInfo) 
 // staging: the export goes through a pipe, never whole into memory. A
 // failed export fails the pipe, so Stage abandons the object instead of
 // keeping a truncated one.
-func (b *Builder) stageClosure(ctx context.Context, drvPath string) (string, error) {
-	paths, err := b.Nix.Requisites(ctx, drvPath)
+//
+// The export is named after drvPath and holds the closure of drvs (of
+// drvPath alone when none are given).
+func (b *Builder) stageClosure(ctx context.Context, drvPath string, drvs ...string) (string, error) {
+	if len(drvs) == 0 {
+		drvs = []string{drvPath}
+	}
+	paths, err := b.Nix.Requisites(ctx, drvs...)
 	if err != nil {
 		return "", fmt.Errorf("closure of %s: %w", drvPath, err)
 	}

@@ -127,6 +127,21 @@ func (b *Builder) publishSteps(ctx context.Context, steps []*step, t Target, tim
 		depInfo[pi.Path] = pi
 	}
 
+	// One closure export for every result: each step's .drv closure is
+	// in the closure of all of them. An export per step grew with the
+	// square of a chain's length (every dependency's export holds all
+	// below it, sources included).
+	var closureKey string
+	if b.StageClosures && len(steps) > 0 {
+		all := make([]string, len(steps))
+		for i, st := range steps {
+			all[i] = st.drv
+		}
+		if closureKey, err = b.stageClosure(ctx, steps[len(steps)-1].drv, all...); err != nil {
+			return nil, err
+		}
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	work := make([]*staged, len(steps))
 	for i := range work {
@@ -141,6 +156,7 @@ func (b *Builder) publishSteps(ctx context.Context, steps []*step, t Target, tim
 			for i := range next {
 				w := work[i]
 				b.stageStep(ctx, steps[i], w)
+				w.closure = closureKey
 				if w.err == nil {
 					started, finished := times(steps[i])
 					w.res, w.pub, w.err = b.signStep(ctx, steps[i], drvs[i], depInfo, w, env, t, started, finished)
@@ -196,8 +212,7 @@ func inputsOf(drvPath string, drv *derivation.Derivation) []string {
 	return append(deps, drv.InputSources...)
 }
 
-// stageStep stages a step's output and source NARs (and, with
-// StageClosures, its closure export) into w.
+// stageStep stages a step's output and source NARs into w.
 func (b *Builder) stageStep(ctx context.Context, st *step, w *staged) {
 	t0 := time.Now()
 	defer func() { w.took = time.Since(t0) }()
@@ -216,9 +231,6 @@ func (b *Builder) stageStep(ctx context.Context, st *step, w *staged) {
 			return
 		}
 		w.sources = append(w.sources, qo)
-	}
-	if b.StageClosures {
-		w.closure, w.err = b.stageClosure(ctx, st.drv)
 	}
 }
 

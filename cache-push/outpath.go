@@ -1,6 +1,8 @@
 package cachepush
 
 import (
+	"maps"
+	"slices"
 	"bytes"
 	"context"
 	"errors"
@@ -90,6 +92,14 @@ func (p *Pusher) computeOutputs(ctx context.Context, r *queue.Result, drvPath st
 	outs, err := p.drvs.OutputPaths(drvPath, drvs)
 	if errors.Is(err, drvpath.ErrMissing) || errors.Is(err, drvpath.ErrInvalid) {
 		return nil, &rejectError{ReasonOutputPath, fmt.Errorf("%w: closure %s: %w", ErrRejected, r.Closure, err)}
+	}
+	if err == nil {
+		// A builder names one export for every result of a closure it
+		// publishes: compute the others' outputs now, while their .drv
+		// files are read, so their results need not read it again.
+		for _, d := range slices.Sorted(maps.Keys(drvs)) {
+			_, _ = p.drvs.OutputPaths(d, drvs)
+		}
 	}
 	return outs, err
 }

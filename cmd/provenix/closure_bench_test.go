@@ -120,8 +120,22 @@ func BenchmarkClosure200(b *testing.B) {
 		}
 		b.StartTimer()
 		start := time.Now()
-		// Like a builder: NARs dumped, signed and staged 4 at a time,
-		// results published in dependency order as they are ready.
+		// Like a builder: one .drv closure export for the chain, then
+		// NARs dumped, signed and staged 4 at a time, results published
+		// in dependency order as they are ready.
+		topDrv := byPath[order[len(order)-1]].Deriver
+		reqs, err := nx.Requisites(ctx, topDrv)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var export bytes.Buffer
+		if err := nx.Export(ctx, &export, reqs...); err != nil {
+			b.Fatal(err)
+		}
+		closureKey := queue.ClosureKey(topDrv)
+		if _, err := conn.Stage(ctx, closureKey, &export); err != nil {
+			b.Fatal(err)
+		}
 		ready := make([]chan *queue.Result, n)
 		for i := range ready {
 			ready[i] = make(chan *queue.Result, 1)
@@ -133,7 +147,7 @@ func BenchmarkClosure200(b *testing.B) {
 		for range 4 {
 			wg.Go(func() {
 				for i := range work {
-					r, err := stagePath(ctx, nx, conn, signer, byPath[order[i]])
+					r, err := stagePath(ctx, nx, conn, signer, byPath[order[i]], closureKey)
 					if err != nil {
 						mu.Lock()
 						firstErr = cmpOr(firstErr, err)
@@ -198,8 +212,10 @@ func BenchmarkClosure200(b *testing.B) {
 }
 
 // stagePath does a builder's part for one built path but publishing its
-// result: NAR, Statement, signature, staging.
-func stagePath(ctx context.Context, nx *nix.Nix, conn *queue.Conn, signer *attest.Signer, in nix.PathInfo) (*queue.Result, error) {
+// result: NAR, Statement, signature, staging. closureKey names the .drv
+// closure export staged for the whole chain (the pusher computes output
+// paths from it), as builder.PublishClosure stages one per closure.
+func stagePath(ctx context.Context, nx *nix.Nix, conn *queue.Conn, signer *attest.Signer, in nix.PathInfo, closureKey string) (*queue.Result, error) {
 	var buf bytes.Buffer
 	if err := nx.DumpNAR(&buf, in); err != nil {
 		return nil, err
@@ -222,19 +238,7 @@ func stagePath(ctx context.Context, nx *nix.Nix, conn *queue.Conn, signer *attes
 	if _, err := conn.Stage(ctx, key, &buf); err != nil {
 		return nil, err
 	}
-	// The pusher computes the output path from the .drv closure.
-	reqs, err := nx.Requisites(ctx, drv)
-	if err != nil {
-		return nil, err
-	}
-	var export bytes.Buffer
-	if err := nx.Export(ctx, &export, reqs...); err != nil {
-		return nil, err
-	}
-	if _, err := conn.Stage(ctx, queue.ClosureKey(drv), &export); err != nil {
-		return nil, err
-	}
 	return &queue.Result{Version: queue.ResultVersion, Tenant: up.DefaultTenant, Builder: up.DefaultBuilderID,
-		DrvPath: drv, System: "x86_64-linux", Bundle: bundle, Closure: queue.ClosureKey(drv),
+		DrvPath: drv, System: "x86_64-linux", Bundle: bundle, Closure: closureKey,
 		Outputs: []queue.Output{{Name: "out", Path: in.Path, NarHash: out.NarHashHex(), NarSize: in.NarSize, StagingKey: key, References: in.References}}}, nil
 }
