@@ -150,7 +150,11 @@ func newHostileStack(t *testing.T) *hostileStack {
 		}
 	})
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	if s.pusher, err = New(Config{KV: pc, Store: s.store, Policy: p, CacheKey: cacheKey, Staging: pc, Events: pc, Logger: log}); err != nil {
+	if s.pusher, err = New(Config{KV: pc, Store: s.store, Policy: p, CacheKey: cacheKey, Staging: pc, Events: pc, Logger: log,
+		// A suspect builder's results beyond its share come back sooner
+		// than the default 500 ms (growing to 1.28 s), so that the whole
+		// flood is handled within the test's time.
+		DeferDelay: 10 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	sub, err := s.admin.NATS().Subscribe("events."+testTenant+".>", func(m *nats.Msg) {
@@ -347,8 +351,11 @@ func forgeMeta(t *testing.T, m *queue.Conn, key string, want []byte) {
 // top within a bound despite the flood; nothing m alone claims is; m is
 // charged for the flood and quarantined.
 func TestHostileBuilder(t *testing.T) {
+	begin := time.Now()
 	s := newHostileStack(t)
 	ctx := testCtx(t)
+	phase := func(what string) { t.Logf("%s: %s", time.Since(begin).Round(time.Millisecond), what) }
+	phase("stack up")
 	m := s.runners[hostile]
 	tag := strconv.FormatInt(time.Now().UnixNano(), 36)
 	drv := func(name string) *testdrv.Drv {
@@ -386,6 +393,7 @@ func TestHostileBuilder(t *testing.T) {
 		}
 	}
 
+	phase("attack 5 before")
 	// Honest builders stage; m forges again afterwards, tries to purge
 	// staging and delete their objects; only then do they publish.
 	l0, l1 := votes(lib, narLib)
@@ -403,18 +411,19 @@ func TestHostileBuilder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	err = stream.Purge(pctx)
 	cancel()
 	if err == nil {
 		t.Fatal("m purged the staging stream")
 	}
 	for _, r := range []*queue.Result{rl0, ra1} {
-		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		dctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		_ = m.DeleteStaged(dctx, r.Outputs[0].StagingKey) // a meta may go; the scoped chunks stay
 		cancel()
 	}
 
+	phase("attack 5 after")
 	// Attack 3 on app, first to arrive: the very NAR the honest builders
 	// sign, its dependency dropped.
 	s.publish(t, s.stage(t, vote{builder: hostile, drv: app, path: app.Out, nar: narApp}))
@@ -438,6 +447,7 @@ func TestHostileBuilder(t *testing.T) {
 		s.idle(t)
 	}
 
+	phase("lib and app")
 	// Attack 3 on top, between the honest votes: a reference to another
 	// cached path added. Then attack 1, and the honest builders publish
 	// top into the flood.
@@ -447,11 +457,27 @@ func TestHostileBuilder(t *testing.T) {
 	s.idle(t)
 	s.publish(t, s.stage(t, vote{builder: hostile, drv: top, path: top.Out, nar: narTop, refs: []string{app.Out, lib.Out}}))
 	s.idle(t)
+	phase("attack 3 on top")
 	const flood = 300
+	floodMsgs := make([]*nats.Msg, flood)
 	for i := range flood {
 		_, data := signed(t, s.signers[hostile], hostile, fmt.Sprintf("flood-%s-%d", tag, i), "nar/p", []string{badHashPath}, nil)
-		publishRaw(t, m, data)
+		floodMsgs[i] = nats.NewMsg("results." + testTenant + ".x86_64-linux")
+		floodMsgs[i].Data = data
 	}
+	// All at once, as fast as m's connection allows.
+	for _, msg := range floodMsgs {
+		if _, err := m.JetStream().PublishMsgAsync(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-m.JetStream().PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("flood not acknowledged")
+	}
+	handled := s.countEvents(queue.EventRejected, hostile, ReasonMalformed)
+	phase("flood published")
 	start := time.Now()
 	s.publish(t, rt1)
 	const bound = 15 * time.Second
@@ -461,9 +487,11 @@ func TestHostileBuilder(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Logf("top published %s after its second honest vote, into a flood of %d", time.Since(start).Round(time.Millisecond), flood)
+	t.Logf("top published %s after its second honest vote, into a flood of %d of which %d were handled when it was published",
+		time.Since(start).Round(time.Millisecond), flood, handled)
 	s.idle(t)
 
+	phase("flood handled")
 	// Every honest path, with exactly the honest references, signed by
 	// the cache, its NAR the honest one.
 	for _, p := range []string{lib.Out, app.Out, top.Out} {
