@@ -273,7 +273,7 @@ func (c *Conn) consume(ctx context.Context, stream string, want jetstream.Consum
 	handlerCtx, stop := context.WithCancel(ctx)
 	pullCtx, drain := context.WithCancel(handlerCtx)
 	k := &Consumer{stop: stop, drain: drain, closed: make(chan struct{})}
-	w := &worker{cons: cons, h: h, log: log}
+	w := &worker{cons: cons, h: h, log: log, termReason: termTakesReason(c.nc.ConnectedServerVersion())}
 	var wg sync.WaitGroup
 	for range concurrency {
 		wg.Go(func() { w.run(pullCtx, handlerCtx) })
@@ -299,6 +299,11 @@ type worker struct {
 	cons jetstream.Consumer
 	h    Handler
 	log  *slog.Logger
+	// termReason: the server understands a Term with a reason. Older
+	// ones (Debian 12's nats-server 2.9.10) take "+TERM reason" for no
+	// outcome at all: the message stays pending and comes back after
+	// AckWait, to be rejected again, forever.
+	termReason bool
 	// pulls counts pull requests in flight across the Consumer's workers.
 	pulls atomic.Int32
 }
@@ -382,7 +387,11 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 	case errors.As(herr, &deferred):
 		aerr = msg.NakWithDelay(deferred.delay)
 	case errors.Is(herr, ErrPermanent):
-		aerr = msg.TermWithReason(truncate(herr.Error(), maxTermReason))
+		if w.termReason {
+			aerr = msg.TermWithReason(truncate(herr.Error(), maxTermReason))
+		} else {
+			aerr = msg.Term()
+		}
 	case ctx.Err() != nil:
 		aerr = w.release(msg)
 	default:
@@ -463,4 +472,22 @@ func (c *Conn) ReleaseDeliveries(ctx context.Context, group string) (int, error)
 		return 0, fmt.Errorf("queue: release deliveries of %s: %w", name, mapJSError(err))
 	}
 	return info.NumAckPending, nil
+}
+
+// termTakesReason reports whether a server of version v (as it says in
+// its INFO, "2.9.10") understands a Term with a reason: nats-server
+// 2.10.4 and later. An unparsable version is taken as a new server.
+func termTakesReason(v string) bool {
+	var major, minor, patch int
+	if _, err := fmt.Sscanf(v, "%d.%d.%d", &major, &minor, &patch); err != nil {
+		return true
+	}
+	switch {
+	case major != 2:
+		return major > 2
+	case minor != 10:
+		return minor > 10
+	default:
+		return patch >= 4
+	}
 }
