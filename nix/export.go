@@ -200,15 +200,10 @@ func (e *errReader) Read(p []byte) (int, error) {
 
 func filterRecords(r io.Reader, w io.Writer, spool *os.File, valid func(string) (bool, error)) error {
 	for i := 0; ; i++ {
-		more, err := wire.ReadUint64(r)
-		if err != nil {
-			return badExport(i, "", "record marker", err)
-		}
-		if more == 0 {
+		if more, err := nextRecord(r, i); err != nil {
+			return err
+		} else if !more {
 			break
-		}
-		if more != 1 {
-			return fmt.Errorf("%w: record %d: marker %d, not a nix-store --export stream", ErrBadExport, i, more)
 		}
 		if _, err := spool.Seek(0, io.SeekStart); err != nil {
 			return err
@@ -520,4 +515,20 @@ func checkContentAddress(p string, refs []string, narSum [32]byte, fileSum *[32]
 		return nil
 	}
 	return fmt.Errorf("%s is not the content address of its contents and references (not a .drv, text file or source, or altered)", p)
+}
+
+// nextRecord reads the marker before record i of an export stream: true
+// when a record follows, false at the end.
+func nextRecord(r io.Reader, i int) (bool, error) {
+	more, err := wire.ReadUint64(r)
+	if err != nil {
+		return false, badExport(i, "", "record marker", err)
+	}
+	switch more {
+	case 0:
+		return false, nil
+	case 1:
+		return true, nil
+	}
+	return false, fmt.Errorf("%w: record %d: marker %d, not a nix-store --export stream", ErrBadExport, i, more)
 }

@@ -9,8 +9,6 @@ import (
 	"hash"
 	"io"
 	"strings"
-
-	"github.com/nix-community/go-nix/pkg/wire"
 )
 
 // ExportDrvLimits bound what ReadExportDerivations keeps of a stream that
@@ -71,15 +69,10 @@ func readDrvRecords(r io.Reader, lim ExportDrvLimits, fn func(string, []byte) er
 		total int64
 	)
 	for i := 0; ; i++ {
-		more, err := wire.ReadUint64(r)
-		if err != nil {
-			return badExport(i, "", "record marker", err)
-		}
-		if more == 0 {
+		if more, err := nextRecord(r, i); err != nil {
+			return err
+		} else if !more {
 			break
-		}
-		if more != 1 {
-			return fmt.Errorf("%w: record %d: marker %d, not a nix-store --export stream", ErrBadExport, i, more)
 		}
 		narHash := sha256.New()
 		file := &capture{Hash: sha256.New(), max: lim.MaxDrvSize}
