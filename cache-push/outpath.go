@@ -1,12 +1,12 @@
 package cachepush
 
 import (
-	"maps"
-	"slices"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/nix-community/go-nix/pkg/derivation"
 
