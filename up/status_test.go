@@ -55,8 +55,11 @@ func TestMetricsAndStatusCountRejection(t *testing.T) {
 		}
 		want := `provenix_pusher_rejections_total{reason="` + cachepush.ReasonMalformed + `"} 1`
 		var body string
+		// One scrape is no snapshot: the registry reads its collectors
+		// concurrently, so a scrape during the push may hold the rejection
+		// and not yet the receipt counted just before it. Wait for both.
 		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			if body = scrape(t, s.MetricsURL()); strings.Contains(body, want) {
+			if body = scrape(t, s.MetricsURL()); strings.Contains(body, want) && strings.Contains(body, "provenix_pusher_results_received_total 1") {
 				break
 			}
 			if time.Now().After(deadline) {
