@@ -34,6 +34,9 @@ const (
 	// DefaultMaxAckPending is ConsumerOptions.MaxAckPending's default.
 	// The server keeps a few dozen bytes per pending message.
 	DefaultMaxAckPending = 100_000
+	// consumerSetup bounds the retries of creating a consumer (when the
+	// caller's ctx has no deadline).
+	consumerSetup = 30 * time.Second
 	// maxTermReason bounds the handler error text sent with a Term (it
 	// ends up in an advisory).
 	maxTermReason = 512
@@ -251,15 +254,28 @@ func (c *Conn) ConsumeResults(ctx context.Context, o ConsumerOptions, h Handler)
 // concurrency workers.
 func (c *Conn) consume(ctx context.Context, stream string, want jetstream.ConsumerConfig, concurrency int, log *slog.Logger, h Handler) (*Consumer, error) {
 	name := want.Durable
-	cctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
-	defer cancel()
 	// A consumer the account's permissions do not allow (another
-	// tenant's filter, a role that may not consume) fails at once.
+	// tenant's filter, a role that may not consume) fails at once. One
+	// that gets no answer is asked again for up to consumerSetup: a
+	// member restarted just after a cluster election meets a meta leader
+	// that leaves the first requests unanswered, and must not exit for it.
+	sctx, scancel := withDefaultTimeout(ctx, consumerSetup)
+	defer scancel()
 	var cons jetstream.Consumer
-	err := c.denyAware(cctx, jsAPIFor(stream, name), func(ctx context.Context) (err error) {
-		cons, err = c.js.CreateOrUpdateConsumer(ctx, stream, want)
-		return err
-	})
+	var err error
+	for attempt := 0; ; attempt++ {
+		cctx, cancel := context.WithTimeout(sctx, DefaultTimeout)
+		err = c.denyAware(cctx, jsAPIFor(stream, name), func(ctx context.Context) (err error) {
+			cons, err = c.js.CreateOrUpdateConsumer(ctx, stream, want)
+			return err
+		})
+		cancel()
+		if err == nil || !retryable(err) || sctx.Err() != nil {
+			break
+		}
+		log.Warn("queue: consumer not set up yet, retrying", logKeyErr, err)
+		sleepCtx(sctx, backoff(attempt))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", name, mapJSError(err))
 	}
