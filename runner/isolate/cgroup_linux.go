@@ -53,9 +53,6 @@ func OpenCgroups() (*Cgroups, error) {
 	return &Cgroups{dir: dir}, nil
 }
 
-// Dir is the runner's cgroup directory.
-func (c *Cgroups) Dir() string { return c.dir }
-
 // New makes the cgroup of one job. Start the job's first process in it
 // with SysProcAttr.UseCgroupFD and FD(), so that not even its first
 // instruction runs outside.

@@ -13,7 +13,6 @@ type Cgroup struct{}
 // OpenCgroups always fails here: kill by uid instead.
 func OpenCgroups() (*Cgroups, error) { return nil, ErrNoCgroup }
 
-func (c *Cgroups) Dir() string                      { return "" }
 func (c *Cgroups) New(string) (*Cgroup, error)      { return nil, ErrNoCgroup }
 func (c *Cgroups) Close() error                     { return nil }
 func (g *Cgroup) FD() int                           { return -1 }
