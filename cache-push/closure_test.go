@@ -567,13 +567,23 @@ func TestClosureFixedOutput(t *testing.T) {
 	if !cf.isVisible(t, p) {
 		t.Fatal("fixed output not visible on one trusted builder's result")
 	}
-	wrong := c
-	wrong.Hash[0] ^= 1
 	n2 := fileNAR(t, content+"!", false)
 	r, d = cf.result(t, drvResult{name: "evil.tar", path: mustPath(t, c, "evil.tar"), nar: n2, ca: c.String()})
 	err := cf.pusher.Process(testCtx(t), subject(r), d, r.MsgID())
 	if !errors.Is(err, queue.ErrPermanent) || !strings.Contains(err.Error(), ReasonContentAddress) {
 		t.Fatalf("fixed output with other content: %v", err)
+	}
+
+	// A trusted builder that labels an input-addressed output with a
+	// content address (its NAR's, true as far as it goes) to skip the
+	// quorum is refused: the path is not the one the address computes.
+	ia := storePath("needs-quorum")
+	n3 := narOf(t, "needs-quorum")
+	r, d = cf.result(t, drvResult{name: "needs-quorum", nar: n3,
+		ca: contentaddr.CA{Method: contentaddr.Recursive, Hash: sha256.Sum256(n3)}.String()})
+	err = cf.pusher.Process(testCtx(t), subject(r), d, r.MsgID())
+	if !errors.Is(err, queue.ErrPermanent) || !strings.Contains(err.Error(), ReasonContentAddress) || cf.isVisible(t, ia) {
+		t.Fatalf("input-addressed output claimed as content-addressed: %v (visible %v)", err, cf.isVisible(t, ia))
 	}
 }
 
