@@ -154,7 +154,8 @@ func FuzzStatement(f *testing.F) {
 			return
 		}
 		if p.BuilderID != p2.BuilderID || p.DrvPath != p2.DrvPath || p.System != p2.System ||
-			!reflect.DeepEqual(p.Outputs, p2.Outputs) || !proto.Equal(p.Predicate, p2.Predicate) {
+			!reflect.DeepEqual(p.Outputs, p2.Outputs) || !proto.Equal(p.Predicate, p2.Predicate) ||
+			!reflect.DeepEqual(p.External, p2.External) || !reflect.DeepEqual(p.Internal, p2.Internal) {
 			t.Fatalf("the two predicate decodings disagree:\n%+v\n%+v", p, p2)
 		}
 		if !isStorePath(p.DrvPath) || !strings.HasSuffix(p.DrvPath, ".drv") || p.System == "" {

@@ -7,8 +7,10 @@ package attest
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"path"
+	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -61,17 +63,26 @@ type Dependency struct {
 type Installable struct {
 	// Kind is "file" (a .nix file, with Attr), "drv" (a .drv path) or
 	// "flake" (a flake installable in Ref).
-	Kind string
-	File string
-	Attr string
-	Ref  string
+	Kind string `json:"kind,omitempty"`
+	File string `json:"file,omitempty"`
+	Attr string `json:"attr,omitempty"`
+	Ref  string `json:"ref,omitempty"`
+}
+
+// String is the installable as a user would type it: "FILE -A ATTR" for a
+// file, the reference (a .drv path or flake installable) otherwise.
+func (i Installable) String() string {
+	if i.Kind == "file" {
+		return i.File + " -A " + i.Attr
+	}
+	return i.Ref
 }
 
 // Source is the version-controlled source the build came from, when known.
 type Source struct {
-	Repository string
-	Revision   string
-	Ref        string
+	Repository string `json:"repository,omitempty"`
+	Revision   string `json:"revision,omitempty"`
+	Ref        string `json:"ref,omitempty"`
 }
 
 // Isolation a runner records in Workflow.Isolation.
@@ -90,24 +101,52 @@ const (
 // Workflow is the forge job a build ran in, when a runner built it: what
 // the forge told the runner, not what a job step claimed.
 type Workflow struct {
-	Server     string // forge base URL
-	Repository string // owner/name
-	Ref        string
-	Sha        string
-	Workflow   string // workflow file or name
-	Job        string // job id
-	RunID      string
-	Event      string
-	Actor      string
+	Server     string `json:"server,omitempty"`     // forge base URL
+	Repository string `json:"repository,omitempty"` // owner/name
+	Ref        string `json:"ref,omitempty"`
+	Sha        string `json:"sha,omitempty"`
+	Workflow   string `json:"workflow,omitempty"` // workflow file or name
+	Job        string `json:"job,omitempty"`      // job id
+	RunID      string `json:"runId,omitempty"`
+	Event      string `json:"event,omitempty"`
+	Actor      string `json:"actor,omitempty"`
 	// Capture says how the runner learned of the derivation: "step" (a job
 	// step asked for it through the runner's socket) or "automatic" (seen
 	// realised in the Nix store while the job ran).
-	Capture string
+	Capture string `json:"capture,omitempty"`
 	// Isolation is how the runner kept the job from the others it ran:
 	// "uid" (a Unix user no other job had while it ran), "cgroup" (every
 	// process of the job in its own cgroup, killed when it ended). Empty
 	// for older runners and runners without either.
-	Isolation []string
+	Isolation []string `json:"isolation,omitempty"`
+}
+
+func (w *Workflow) isZero() bool {
+	if w == nil || len(w.Isolation) > 0 {
+		return w == nil
+	}
+	c := *w
+	c.Isolation = nil
+	return reflect.ValueOf(c).IsZero()
+}
+
+// ExternalParameters are the SLSA buildDefinition.externalParameters of
+// BuildType (docs/buildtype-nix-v1.md): what was asked to be built. The
+// same type is written into a Statement and read back out of one.
+type ExternalParameters struct {
+	Derivation  string      `json:"derivation"`
+	System      string      `json:"system"`
+	Installable Installable `json:"installable,omitzero"`
+	Source      *Source     `json:"source,omitempty"`
+	Workflow    *Workflow   `json:"workflow,omitempty"`
+}
+
+// InternalParameters are the SLSA buildDefinition.internalParameters of
+// BuildType: what the builder's platform set.
+type InternalParameters struct {
+	NixVersion   string   `json:"nixVersion,omitempty"`
+	Sandbox      string   `json:"sandbox,omitempty"`
+	Substituters []string `json:"substituters,omitempty"`
 }
 
 // Build describes one realised derivation: everything the Statement says.
@@ -157,42 +196,19 @@ func NewStatement(b *Build) (*intoto.Statement, error) {
 		})
 	}
 
-	ext := map[string]any{
-		"derivation": b.DrvPath,
-		"system":     b.System,
-		"installable": map[string]any{
-			"kind": b.Installable.Kind, "file": b.Installable.File,
-			"attr": b.Installable.Attr, "ref": b.Installable.Ref,
-		},
+	ext := ExternalParameters{Derivation: b.DrvPath, System: b.System, Installable: b.Installable}
+	// An empty source or workflow is absent, not {}.
+	if b.Source != nil && *b.Source != (Source{}) {
+		ext.Source = b.Source
 	}
-	if s := b.Source; s != nil {
-		ext["source"] = map[string]any{"repository": s.Repository, "revision": s.Revision, "ref": s.Ref}
+	if !b.Workflow.isZero() {
+		ext.Workflow = b.Workflow
 	}
-	if w := b.Workflow; w != nil {
-		ext["workflow"] = map[string]any{
-			"server": w.Server, "repository": w.Repository, "ref": w.Ref, "sha": w.Sha,
-			"workflow": w.Workflow, "job": w.Job, "runId": w.RunID, "event": w.Event,
-			"actor": w.Actor, "capture": w.Capture,
-		}
-		if len(w.Isolation) > 0 {
-			iso := make([]any, len(w.Isolation))
-			for i, k := range w.Isolation {
-				iso[i] = k
-			}
-			ext["workflow"].(map[string]any)["isolation"] = iso
-		}
-	}
-	extPB, err := structpb.NewStruct(dropEmpty(ext))
+	extPB, err := toStruct(ext)
 	if err != nil {
 		return nil, fmt.Errorf("attest: external parameters: %w", err)
 	}
-	subs := make([]any, len(b.Substituters))
-	for i, s := range b.Substituters {
-		subs[i] = s
-	}
-	intPB, err := structpb.NewStruct(dropEmpty(map[string]any{
-		"nixVersion": b.NixVersion, "sandbox": b.Sandbox, "substituters": subs,
-	}))
+	intPB, err := toStruct(InternalParameters{NixVersion: b.NixVersion, Sandbox: b.Sandbox, Substituters: b.Substituters})
 	if err != nil {
 		return nil, fmt.Errorf("attest: internal parameters: %w", err)
 	}
@@ -250,26 +266,33 @@ func NewStatement(b *Build) (*intoto.Statement, error) {
 	return st, nil
 }
 
-// dropEmpty removes empty strings and empty nested maps, so optional fields
-// are absent rather than "".
-func dropEmpty(m map[string]any) map[string]any {
-	for k, v := range m {
-		switch v := v.(type) {
-		case string:
-			if v == "" {
-				delete(m, k)
-			}
-		case []any:
-			if len(v) == 0 {
-				delete(m, k)
-			}
-		case map[string]any:
-			if len(dropEmpty(v)) == 0 {
-				delete(m, k)
-			}
-		}
+// toStruct is v's JSON as a protobuf Struct: the parameters' json tags
+// (omitempty) leave optional fields absent rather than "".
+func toStruct(v any) (*structpb.Struct, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
 	}
-	return m
+	s := &structpb.Struct{}
+	if err := protojson.Unmarshal(b, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// fromStruct decodes a Struct into the parameters type v points to.
+// Unknown fields are ignored: a newer builder may record more, and what
+// this version reads keeps its meaning. A known field of the wrong type
+// is an error.
+func fromStruct(s *structpb.Struct, v any) error {
+	if s == nil {
+		return nil
+	}
+	b, err := protojson.Marshal(s)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
 }
 
 // Provenance is what a verified Statement says, in Go types.
@@ -277,13 +300,23 @@ type Provenance struct {
 	Statement *intoto.Statement
 	Predicate *slsa.Provenance
 
-	DrvPath   string
-	System    string
+	DrvPath   string // External.Derivation
+	System    string // External.System
 	BuilderID string
 	Outputs   []Output
-	// External and Internal are the build's parameters as plain JSON values.
-	External map[string]any
-	Internal map[string]any
+	// External and Internal are the build's parameters, in the types
+	// NewStatement wrote them from.
+	External ExternalParameters
+	Internal InternalParameters
+}
+
+// ParseProvenance reads a Statement into typed provenance, refusing
+// anything that is not SLSA v1 provenance of BuildType with a derivation,
+// a system and well-formed subjects (errors match ErrPredicateType or
+// ErrMalformedBundle). It checks no signature: Verify returns the same
+// Provenance for a Statement it verified.
+func ParseProvenance(st *intoto.Statement) (*Provenance, error) {
+	return parseStatement(st, nil)
 }
 
 // parseStatement reads the fields we rely on out of a Statement, refusing
@@ -317,11 +350,14 @@ func parseStatement(st *intoto.Statement, predJSON []byte) (*Provenance, error) 
 		Statement: st,
 		Predicate: &prov,
 		BuilderID: prov.GetRunDetails().GetBuilder().GetId(),
-		External:  prov.GetBuildDefinition().GetExternalParameters().AsMap(),
-		Internal:  prov.GetBuildDefinition().GetInternalParameters().AsMap(),
 	}
-	p.DrvPath, _ = p.External["derivation"].(string)
-	p.System, _ = p.External["system"].(string)
+	if err := fromStruct(prov.GetBuildDefinition().GetExternalParameters(), &p.External); err != nil {
+		return nil, fmt.Errorf("%w: external parameters: %w", ErrMalformedBundle, err)
+	}
+	if err := fromStruct(prov.GetBuildDefinition().GetInternalParameters(), &p.Internal); err != nil {
+		return nil, fmt.Errorf("%w: internal parameters: %w", ErrMalformedBundle, err)
+	}
+	p.DrvPath, p.System = p.External.Derivation, p.External.System
 	if !isStorePath(p.DrvPath) || !strings.HasSuffix(p.DrvPath, ".drv") || p.System == "" {
 		return nil, fmt.Errorf("%w: external parameters lack a derivation or system", ErrMalformedBundle)
 	}

@@ -38,19 +38,19 @@ type Report struct {
 
 // Attestation is one provenance bundle's outcome.
 type Attestation struct {
-	Verified    bool           `json:"verified"`
-	Error       string         `json:"error,omitempty"`
-	Builder     string         `json:"builder,omitempty"`
-	KeyID       string         `json:"keyId,omitempty"`
-	Derivation  string         `json:"derivation,omitempty"`
-	System      string         `json:"system,omitempty"`
-	Installable map[string]any `json:"installable,omitempty"`
-	Source      map[string]any `json:"source,omitempty"`
-	Workflow    map[string]any `json:"workflow,omitempty"`
-	NixVersion  string         `json:"nixVersion,omitempty"`
-	StartedOn   *time.Time     `json:"startedOn,omitempty"`
-	FinishedOn  *time.Time     `json:"finishedOn,omitempty"`
-	Invocation  string         `json:"invocationId,omitempty"`
+	Verified    bool                `json:"verified"`
+	Error       string              `json:"error,omitempty"`
+	Builder     string              `json:"builder,omitempty"`
+	KeyID       string              `json:"keyId,omitempty"`
+	Derivation  string              `json:"derivation,omitempty"`
+	System      string              `json:"system,omitempty"`
+	Installable *attest.Installable `json:"installable,omitempty"`
+	Source      *attest.Source      `json:"source,omitempty"`
+	Workflow    *attest.Workflow    `json:"workflow,omitempty"`
+	NixVersion  string              `json:"nixVersion,omitempty"`
+	StartedOn   *time.Time          `json:"startedOn,omitempty"`
+	FinishedOn  *time.Time          `json:"finishedOn,omitempty"`
+	Invocation  string              `json:"invocationId,omitempty"`
 }
 
 func (r *Report) fail(reason string) *Report {
@@ -260,10 +260,11 @@ func matchOutput(rep *Report, vf *attest.Verified) error {
 
 func fillAttestation(a *Attestation, v *attest.Verified) {
 	a.Builder, a.KeyID, a.Derivation, a.System = v.BuilderID, v.KeyID, v.DrvPath, v.System
-	a.Installable, _ = v.External["installable"].(map[string]any)
-	a.Source, _ = v.External["source"].(map[string]any)
-	a.Workflow, _ = v.External["workflow"].(map[string]any)
-	a.NixVersion, _ = v.Internal["nixVersion"].(string)
+	if in := v.External.Installable; in != (attest.Installable{}) {
+		a.Installable = &in
+	}
+	a.Source, a.Workflow = v.External.Source, v.External.Workflow
+	a.NixVersion = v.Internal.NixVersion
 	md := v.Predicate.GetRunDetails().GetMetadata()
 	a.Invocation = md.GetInvocationId()
 	if md.GetStartedOn() != nil {

@@ -30,21 +30,15 @@ func checkIsolationNames(names []string) error {
 // isolation. Provenance from runners that record none (older ones, or
 // without a job user pool or cgroups) and builds outside a forge job are
 // refused when anything is required.
-func (p *Policy) CheckIsolation(external map[string]any) error {
+func (p *Policy) CheckIsolation(external attest.ExternalParameters) error {
 	if len(p.RequireIsolation) == 0 {
 		return nil
 	}
-	w, _ := external["workflow"].(map[string]any)
+	w := external.Workflow
 	if w == nil {
 		return fmt.Errorf("%w: not built in a forge job (require_isolation %s)", ErrIsolationMissing, strings.Join(p.RequireIsolation, ", "))
 	}
-	list, _ := w["isolation"].([]any)
-	var have []string
-	for _, v := range list {
-		if s, ok := v.(string); ok {
-			have = append(have, s)
-		}
-	}
+	have := w.Isolation
 	var missing []string
 	for _, want := range p.RequireIsolation {
 		if !slices.Contains(have, want) {

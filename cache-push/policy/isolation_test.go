@@ -11,7 +11,7 @@ import (
 
 // isolationExternal is what a runner signs: the external parameters of a
 // real Statement, read back the way the pusher reads them.
-func isolationExternal(t *testing.T, w *attest.Workflow) map[string]any {
+func isolationExternal(t *testing.T, w *attest.Workflow) attest.ExternalParameters {
 	t.Helper()
 	b := &attest.Build{
 		DrvPath: "/nix/store/g5s1vk624lv2dj6jhzgdvygm842l9hiv-x.drv", System: "x86_64-linux", BuilderID: "r",
@@ -22,8 +22,11 @@ func isolationExternal(t *testing.T, w *attest.Workflow) map[string]any {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ext, _ := st.GetPredicate().AsMap()["buildDefinition"].(map[string]any)["externalParameters"].(map[string]any)
-	return ext
+	p, err := attest.ParseProvenance(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.External
 }
 
 func TestRequireIsolation(t *testing.T) {
@@ -43,7 +46,7 @@ func TestRequireIsolation(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		ext  map[string]any
+		ext  attest.ExternalParameters
 		ok   bool
 	}{
 		{"isolated", isolationExternal(t, job("uid", "cgroup")), true},

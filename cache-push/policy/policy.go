@@ -469,23 +469,19 @@ var ErrSourceNotAllowed = fmt.Errorf("%w: source not allowed", ErrDenied)
 // CheckSource applies the sources rule to a verified Statement's external
 // parameters: the forge job's repository (runner builds) or the source
 // repository (provenix build in a checkout).
-func (p *Policy) CheckSource(external map[string]any) error {
+func (p *Policy) CheckSource(external attest.ExternalParameters) error {
 	if len(p.Sources) == 0 {
 		return nil
 	}
 	var repos []string
-	for _, k := range []string{"workflow", "source"} {
-		m, _ := external[k].(map[string]any)
-		r, _ := m["repository"].(string)
-		if r == "" {
-			continue
+	if w := external.Workflow; w != nil && w.Repository != "" {
+		repos = append(repos, w.Repository)
+		if w.Server != "" {
+			repos = append(repos, strings.TrimRight(w.Server, "/")+"/"+w.Repository)
 		}
-		repos = append(repos, r)
-		if k == "workflow" {
-			if srv, _ := m["server"].(string); srv != "" {
-				repos = append(repos, strings.TrimRight(srv, "/")+"/"+r)
-			}
-		}
+	}
+	if s := external.Source; s != nil && s.Repository != "" {
+		repos = append(repos, s.Repository)
 	}
 	for _, r := range repos {
 		for _, pat := range p.Sources {

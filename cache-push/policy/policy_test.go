@@ -223,7 +223,7 @@ func FuzzPolicy(f *testing.F) {
 			t.Fatalf("key-only policy has no verifier: %v", verr)
 		}
 		_ = p.QuorumFor("default", "x86_64-linux", "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-firefox-1")
-		_ = p.CheckSource(map[string]any{"workflow": map[string]any{"server": "http://f", "repository": "distro/pkgs"}})
+		_ = p.CheckSource(attest.ExternalParameters{Workflow: &attest.Workflow{Server: "http://f", Repository: "distro/pkgs"}})
 		_ = p.Check(&queue.Result{Tenant: "default", System: "x86_64-linux", Builder: p.Builders[0].ID})
 	})
 }
@@ -239,13 +239,13 @@ func TestCheckSource(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		ext  map[string]any
+		ext  attest.ExternalParameters
 		ok   bool
 	}{
-		{"runner job", map[string]any{"workflow": map[string]any{"server": "http://forge", "repository": "distro/pkgs"}}, true},
-		{"checkout", map[string]any{"source": map[string]any{"repository": "https://codeberg.org/distro/pkgs"}}, true},
-		{"other repo", map[string]any{"workflow": map[string]any{"repository": "mallory/pkgs"}}, false},
-		{"no repo", map[string]any{}, false},
+		{"runner job", attest.ExternalParameters{Workflow: &attest.Workflow{Server: "http://forge", Repository: "distro/pkgs"}}, true},
+		{"checkout", attest.ExternalParameters{Source: &attest.Source{Repository: "https://codeberg.org/distro/pkgs"}}, true},
+		{"other repo", attest.ExternalParameters{Workflow: &attest.Workflow{Repository: "mallory/pkgs"}}, false},
+		{"no repo", attest.ExternalParameters{}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := p.CheckSource(tc.ext)

@@ -202,8 +202,8 @@ func TestActionKeySigning(t *testing.T) {
 		t.Fatalf("verify --cache: exit %d\n%s\n%s", code, vout, verr)
 	}
 	a := rep.Attestations[0]
-	if a.Builder != actionBuilderID || a.Workflow["capture"] != action.CaptureJobStepKey || a.Workflow["repository"] != "distro/hello" ||
-		a.Workflow["runId"] != "42" || a.Invocation != "https://forge.example/distro/hello/actions/runs/42" {
+	if a.Builder != actionBuilderID || a.Workflow == nil || a.Workflow.Capture != action.CaptureJobStepKey || a.Workflow.Repository != "distro/hello" ||
+		a.Workflow.RunID != "42" || a.Invocation != "https://forge.example/distro/hello/actions/runs/42" {
 		t.Errorf("provenance does not mark the job-step signing: builder %q workflow %v invocation %q", a.Builder, a.Workflow, a.Invocation)
 	}
 	vtext, _, _ := cli(t, ctx, "verify", "--data-dir", dir, "--cache", stack.CacheURL(), storePath)

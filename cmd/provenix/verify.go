@@ -439,14 +439,14 @@ func printReport(g *globals, r *report) {
 		fmt.Fprintf(w, "  attestation %d: built by %q (key %s)\n", i+1, a.Builder, a.KeyID)
 		fmt.Fprintf(w, "    from %s on %s", a.Derivation, a.System)
 		if a.Installable != nil {
-			fmt.Fprintf(w, " (%s)", describeInstallable(a.Installable))
+			fmt.Fprintf(w, " (%s)", a.Installable)
 		}
 		fmt.Fprintln(w)
 		if a.Source != nil {
-			fmt.Fprintf(w, "    source %v at %v\n", a.Source["repository"], a.Source["revision"])
+			fmt.Fprintf(w, "    source %s at %s\n", a.Source.Repository, a.Source.Revision)
 		}
 		if wf := a.Workflow; wf != nil {
-			fmt.Fprintf(w, "    forge job %v of %v/%v at %v (%v), captured by %v\n", wf["job"], wf["server"], wf["repository"], wf["sha"], wf["ref"], wf["capture"])
+			fmt.Fprintf(w, "    forge job %s of %s/%s at %s (%s), captured by %s\n", wf.Job, wf.Server, wf.Repository, wf.Sha, wf.Ref, wf.Capture)
 		}
 		if a.Invocation != "" {
 			fmt.Fprintf(w, "    invocation %s\n", a.Invocation)
@@ -458,15 +458,6 @@ func printReport(g *globals, r *report) {
 	fmt.Fprintf(w, "  verdict: %s\n", r.Verdict)
 	if r.Reason != "" {
 		fmt.Fprintf(w, "  reason: %s\n", r.Reason)
-	}
-}
-
-func describeInstallable(m map[string]any) string {
-	switch m["kind"] {
-	case "file":
-		return fmt.Sprintf("%v -A %v", m["file"], m["attr"])
-	default:
-		return fmt.Sprintf("%v", m["ref"])
 	}
 }
 
