@@ -110,7 +110,7 @@ func TestVerify(t *testing.T) {
 	const builder = "https://builders.example/alice"
 	k, s := newKey(t)
 	_, other := newKey(t)
-	v, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: k.Public()}})
+	v, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: builder, PublicKey: k.Public()}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestVerify(t *testing.T) {
 
 func TestVerifyNeedsSubject(t *testing.T) {
 	k, _ := newKey(t)
-	v, err := NewVerifier([]TrustedBuilder{{ID: "b", PublicKey: k.Public()}})
+	v, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: "b", PublicKey: k.Public()}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestVerifyNeedsSubject(t *testing.T) {
 
 func TestNewVerifierRejectsSharedKey(t *testing.T) {
 	k, _ := newKey(t)
-	if _, err := NewVerifier([]TrustedBuilder{{ID: "a", PublicKey: k.Public()}, {ID: "b", PublicKey: k.Public()}}); err == nil {
+	if _, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: "a", PublicKey: k.Public()}, TrustedBuilder{ID: "b", PublicKey: k.Public()})); err == nil {
 		t.Fatal("two builders with one key accepted")
 	}
 	// An empty key set trusts no key: only keyless identities could verify.
@@ -258,7 +258,7 @@ func TestGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: pub}})
+	v, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: builder, PublicKey: pub}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func BenchmarkVerify(b *testing.B) {
 	const builder = "https://builders.example/bench"
 	k, s := newKey(b)
 	bj := signBuild(b, testBuild(builder), s, nil)
-	v, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: k.Public()}})
+	v, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: builder, PublicKey: k.Public()}))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -306,7 +306,7 @@ func TestVerifySignedMalformed(t *testing.T) {
 	const builder = "https://builders.example/alice"
 	k, s := newKey(t)
 	_, other := newKey(t)
-	v, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: k.Public()}})
+	v, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: builder, PublicKey: k.Public()}))
 	if err != nil {
 		t.Fatal(err)
 	}

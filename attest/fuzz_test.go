@@ -84,7 +84,7 @@ func FuzzVerifyBundle(f *testing.F) {
 	f.Add(fresh)
 	f.Add(golden)
 	f.Add([]byte("{}"))
-	v, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: k.Public()}, {ID: goldenBuilder, PublicKey: gk}})
+	v, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: builder, PublicKey: k.Public()}, TrustedBuilder{ID: goldenBuilder, PublicKey: gk}))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -216,7 +216,7 @@ func TestFuzzCorpus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := NewVerifier([]TrustedBuilder{{ID: goldenBuilder, PublicKey: pub}})
+	v, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: goldenBuilder, PublicKey: pub}))
 	if err != nil {
 		t.Fatal(err)
 	}

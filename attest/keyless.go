@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	intoto "github.com/in-toto/attestation/go/v1"
@@ -41,25 +42,19 @@ func (t TrustedIdentity) String() string {
 	return "identity " + san + " from " + iss
 }
 
-// WithIdentities makes v also accept keyless bundles whose certificate
-// chains to trusted (a Fulcio CA with its Rekor log, e.g. a private
-// Sigstore's trusted_root.json), whose signature is in the transparency
-// log, and whose certificate names one of ids. Each identity's bundle must
-// claim the identity's builder id. requireSCT also demands a certificate
-// transparency timestamp: right for the public good instance, optional
-// for a private Fulcio run without a CT log.
-func (v *Verifier) WithIdentities(trusted root.TrustedMaterial, ids []TrustedIdentity, requireSCT bool) error {
-	if trusted == nil || len(ids) == 0 {
-		return errors.New("attest: keyless verification needs a trusted root and at least one identity")
-	}
+// initKeyless sets up keyless verification (WithIdentities): the
+// identities' matchers and a verifier demanding a log entry and an
+// observer timestamp.
+func (v *Verifier) initKeyless(trusted root.TrustedMaterial, ids []TrustedIdentity, requireSCT bool) error {
+	ids = slices.Clone(ids) // the matchers are ours, not the caller's
 	for i := range ids {
 		id := &ids[i]
 		if id.ID == "" {
-			return errors.New("attest: trusted identity without a builder id")
+			return fmt.Errorf("%w: trusted identity without a builder id", ErrVerifierOptions)
 		}
 		m, err := verify.NewShortCertificateIdentity(id.Issuer, anchor(id.IssuerRegexp), id.SAN, anchor(id.SANRegexp))
 		if err != nil {
-			return fmt.Errorf("attest: identity for %s: %w", id.ID, err)
+			return fmt.Errorf("%w: identity for %s: %w", ErrVerifierOptions, id.ID, err)
 		}
 		id.matcher = m
 	}
@@ -137,7 +132,7 @@ type KeylessOptions struct {
 	// timestamp-authority; SignKeyless posts to TSAURL/api/v1/timestamp,
 	// and a URL already ending in that path is used as is).
 	// A Rekor v2 entry carries no integrated time, so without a TSA the
-	// bundle has no observer timestamp and WithIdentities rejects it; set
+	// bundle has no observer timestamp and a WithIdentities verifier rejects it; set
 	// it unless the bundle is only verified elsewhere, at the current time.
 	TSAURL string
 	// IDToken is the job's OIDC token (from ACTIONS_ID_TOKEN_REQUEST_URL).
@@ -162,7 +157,7 @@ func tsaEndpoint(base string) string {
 // identity in the OIDC token, timestamps the signature at the TSA (if
 // o.TSAURL is set) and logs it in a Rekor v2 log (rekor-tiles, as
 // SignWithLog); the bundle carries the certificate, the signed timestamp
-// and the log entry. The timestamp is what proves to WithIdentities that
+// and the log entry. The timestamp is what proves to a WithIdentities verifier that
 // the short-lived certificate was valid when it signed.
 func SignKeyless(ctx context.Context, st *intoto.Statement, o KeylessOptions) ([]byte, error) {
 	if o.FulcioURL == "" || o.RekorURL == "" || o.IDToken == "" {

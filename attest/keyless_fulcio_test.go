@@ -57,11 +57,8 @@ func TestKeylessFulcio(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, err := NewVerifier([]TrustedBuilder{{ID: "key-builder", PublicKey: k.Public()}})
+		v, err := NewVerifier(trusted, WithKeys(TrustedBuilder{ID: "key-builder", PublicKey: k.Public()}), WithIdentities(id))
 		if err != nil {
-			t.Fatal(err)
-		}
-		if err := v.WithIdentities(trusted, []TrustedIdentity{id}, false); err != nil {
 			t.Fatal(err)
 		}
 		return v

@@ -44,11 +44,8 @@ func TestKeylessIdentity(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, err := NewVerifier([]TrustedBuilder{{ID: "key-builder", PublicKey: k.Public()}})
+		v, err := NewVerifier(vs, WithKeys(TrustedBuilder{ID: "key-builder", PublicKey: k.Public()}), WithIdentities(ids...))
 		if err != nil {
-			t.Fatal(err)
-		}
-		if err := v.WithIdentities(vs, ids, false); err != nil {
 			t.Fatal(err)
 		}
 		return v

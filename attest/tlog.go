@@ -58,16 +58,9 @@ func SignWithLog(ctx context.Context, st *intoto.Statement, s sign.Keypair, o Lo
 	return out, nil
 }
 
-// RequireTlog makes v accept a key-signed bundle only when it also carries
-// an entry from a transparency log in trusted (a trusted_root.json's tlogs;
-// for Rekor v2 the log is looked up by its log id, the sha256 of its key,
-// and its checkpoint must be signed for the host name of its base URL).
-// Keyless bundles already need a log entry (WithIdentities). Without
-// RequireTlog, key-signed bundles verify by key alone, log entry or not.
-func (v *Verifier) RequireTlog(trusted root.TrustedMaterial) error {
-	if trusted == nil || len(trusted.RekorLogs()) == 0 {
-		return errors.New("attest: requiring a transparency log needs a trusted root with at least one log (tlogs)")
-	}
+// initTlog sets up WithRequiredTlog: key-signed bundles need an entry
+// from a log of trusted (NewVerifier checked it lists one).
+func (v *Verifier) initTlog(trusted root.TrustedMaterial) error {
 	if v.keys == nil {
 		// No key builders: only keyless bundles verify, and they need a log.
 		return nil

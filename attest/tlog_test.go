@@ -71,24 +71,18 @@ func TestTransparencyLog(t *testing.T) {
 	}())
 	unlogged := signBuild(t, testBuild(builder), s, nil)
 
-	plain, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: k.Public()}})
+	plain, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: builder, PublicKey: k.Public()}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	strict, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: k.Public()}})
+	strict, err := NewVerifier(log.TrustedRoot, WithKeys(TrustedBuilder{ID: builder, PublicKey: k.Public()}), WithRequiredTlog())
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := strict.RequireTlog(log.TrustedRoot); err != nil {
 		t.Fatal(err)
 	}
 	// A verifier trusting only another, equally real log.
 	other := testrekor.Start(t)
-	elsewhere, err := NewVerifier([]TrustedBuilder{{ID: builder, PublicKey: k.Public()}})
+	elsewhere, err := NewVerifier(other.TrustedRoot, WithKeys(TrustedBuilder{ID: builder, PublicKey: k.Public()}), WithRequiredTlog())
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := elsewhere.RequireTlog(other.TrustedRoot); err != nil {
 		t.Fatal(err)
 	}
 

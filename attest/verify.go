@@ -28,13 +28,15 @@ type TrustedBuilder struct {
 	PublicKey crypto.PublicKey
 }
 
-// Verifier checks bundles against a fixed set of trusted builders.
+// Verifier checks bundles against a fixed set of trusted builders. It is
+// complete when NewVerifier returns and never changes afterwards, so one
+// Verifier is safe for concurrent use.
 type Verifier struct {
 	byKeyID map[string]TrustedBuilder
 	sig     *verify.Verifier
 	keys    root.TrustedMaterial
 
-	// sigTlog, when set by RequireTlog, replaces sig for key-signed
+	// sigTlog, with WithRequiredTlog, replaces sig for key-signed
 	// bundles: the same keys plus a log entry from a trusted log.
 	sigTlog *verify.Verifier
 
@@ -44,30 +46,117 @@ type Verifier struct {
 	identities []TrustedIdentity
 }
 
-// NewVerifier returns a verifier trusting builders. Each key must be
-// ECDSA P-256 and appear once.
-// With no key builders, only keyless identities (WithIdentities) can
-// verify.
-func NewVerifier(builders []TrustedBuilder) (*Verifier, error) {
-	v := &Verifier{byKeyID: make(map[string]TrustedBuilder, len(builders))}
+// VerifierOption configures NewVerifier. Options are checked together
+// when NewVerifier runs, so their order does not matter.
+type VerifierOption func(*verifierConfig)
+
+type verifierConfig struct {
+	keys         []TrustedBuilder
+	identities   []TrustedIdentity
+	identitiesOn bool
+	requireTlog  bool
+	requireSCT   bool
+}
+
+// WithKeys trusts key-signed bundles from builders. Each key must be ECDSA
+// P-256 and appear once; it may speak only for its builder's id. It may be
+// given more than once; the builders add up.
+func WithKeys(builders ...TrustedBuilder) VerifierOption {
+	return func(c *verifierConfig) { c.keys = append(c.keys, builders...) }
+}
+
+// WithIdentities trusts keyless bundles whose certificate chains to the
+// trusted root (a Fulcio CA with its Rekor log, e.g. a private Sigstore's
+// trusted_root.json), whose signature is in the transparency log, and whose
+// certificate names one of ids. Each identity's bundle must claim the
+// identity's builder id. It needs a trusted root and at least one identity.
+func WithIdentities(ids ...TrustedIdentity) VerifierOption {
+	return func(c *verifierConfig) {
+		c.identitiesOn = true
+		c.identities = append(c.identities, ids...)
+	}
+}
+
+// WithRequiredTlog accepts a key-signed bundle only when it also carries an
+// entry from a transparency log in the trusted root (its tlogs; for Rekor
+// v2 the log is looked up by its log id, the sha256 of its key, and its
+// checkpoint must be signed for the host name of its base URL). Keyless
+// bundles always need a log entry. Without it, key-signed bundles verify
+// by key alone, log entry or not.
+func WithRequiredTlog() VerifierOption {
+	return func(c *verifierConfig) { c.requireTlog = true }
+}
+
+// WithSignedCertificateTimestamps also demands a certificate transparency
+// timestamp of keyless certificates: right for the public good instance,
+// optional for a private Fulcio run without a CT log. It needs
+// WithIdentities.
+func WithSignedCertificateTimestamps() VerifierOption {
+	return func(c *verifierConfig) { c.requireSCT = true }
+}
+
+// ErrVerifierOptions: NewVerifier's options contradict each other or lack
+// what they need (identities or a required log without a trusted root,
+// SCTs without identities, two builders sharing a key).
+var ErrVerifierOptions = errors.New("attest: invalid verifier options")
+
+// NewVerifier returns a verifier trusting what opts say. trusted, the
+// Sigstore trusted material (CAs, transparency logs), serves
+// WithIdentities and WithRequiredTlog; it may be nil for keys alone. It
+// never adds signing keys: a key-signed bundle verifies only against the
+// WithKeys builders. With no keys and no identities the verifier trusts
+// no bundle at all (content-addressed paths need none).
+func NewVerifier(trusted root.TrustedMaterial, opts ...VerifierOption) (*Verifier, error) {
+	var c verifierConfig
+	for _, o := range opts {
+		o(&c)
+	}
+	switch {
+	case c.identitiesOn && len(c.identities) == 0:
+		return nil, fmt.Errorf("%w: keyless verification needs at least one identity", ErrVerifierOptions)
+	case c.identitiesOn && trusted == nil:
+		return nil, fmt.Errorf("%w: keyless identities need a trusted root (Fulcio CA and transparency log)", ErrVerifierOptions)
+	case c.requireSCT && !c.identitiesOn:
+		return nil, fmt.Errorf("%w: certificate transparency timestamps are checked on keyless certificates, and no identity is trusted", ErrVerifierOptions)
+	case c.requireTlog && (trusted == nil || len(trusted.RekorLogs()) == 0):
+		return nil, fmt.Errorf("%w: requiring a transparency log needs a trusted root with at least one log (tlogs)", ErrVerifierOptions)
+	}
+	v := &Verifier{byKeyID: make(map[string]TrustedBuilder, len(c.keys))}
+	if err := v.initKeys(c.keys); err != nil {
+		return nil, err
+	}
+	if c.identitiesOn {
+		if err := v.initKeyless(trusted, c.identities, c.requireSCT); err != nil {
+			return nil, err
+		}
+	}
+	if c.requireTlog {
+		if err := v.initTlog(trusted); err != nil {
+			return nil, err
+		}
+	}
+	return v, nil
+}
+
+func (v *Verifier) initKeys(builders []TrustedBuilder) error {
 	if len(builders) == 0 {
-		return v, nil
+		return nil
 	}
 	keys := make(map[string]*root.ExpiringKey, len(builders))
 	for _, b := range builders {
 		if b.ID == "" {
-			return nil, errors.New("attest: trusted builder without an id")
+			return fmt.Errorf("%w: trusted builder without an id", ErrVerifierOptions)
 		}
 		id, err := KeyID(b.PublicKey)
 		if err != nil {
-			return nil, fmt.Errorf("attest: builder %s: %w", b.ID, err)
+			return fmt.Errorf("attest: builder %s: %w", b.ID, err)
 		}
 		if prev, dup := v.byKeyID[id]; dup {
-			return nil, fmt.Errorf("attest: builders %s and %s share a key", prev.ID, b.ID)
+			return fmt.Errorf("%w: builders %s and %s share a key", ErrVerifierOptions, prev.ID, b.ID)
 		}
 		sv, err := signature.LoadVerifier(b.PublicKey, crypto.SHA256)
 		if err != nil {
-			return nil, fmt.Errorf("attest: builder %s: %w", b.ID, err)
+			return fmt.Errorf("attest: builder %s: %w", b.ID, err)
 		}
 		v.byKeyID[id] = b
 		keys[id] = root.NewExpiringKey(sv, time.Time{}, time.Time{})
@@ -77,10 +166,10 @@ func NewVerifier(builders []TrustedBuilder) (*Verifier, error) {
 	v.keys = root.NewTrustedPublicKeyMaterialFromMapping(keys)
 	sig, err := verify.NewVerifier(v.keys, verify.WithNoObserverTimestamps())
 	if err != nil {
-		return nil, fmt.Errorf("attest: %w", err)
+		return fmt.Errorf("attest: %w", err)
 	}
 	v.sig = sig
-	return v, nil
+	return nil
 }
 
 // Subject is an artifact the caller knows independently of the bundle: a

@@ -75,10 +75,10 @@ func TestVerifyBundlesAndQuorum(t *testing.T) {
 	tc := newTestCache(t)
 	c := tc.client(t)
 	alice, bob, mallory := newBuilder(t, "alice"), newBuilder(t, "bob"), newBuilder(t, "mallory")
-	v, err := attest.NewVerifier([]attest.TrustedBuilder{
-		{ID: alice.id, PublicKey: alice.signer.GetPublicKey()},
-		{ID: bob.id, PublicKey: bob.signer.GetPublicKey()},
-	})
+	v, err := attest.NewVerifier(nil, attest.WithKeys(
+		attest.TrustedBuilder{ID: alice.id, PublicKey: alice.signer.GetPublicKey()},
+		attest.TrustedBuilder{ID: bob.id, PublicKey: bob.signer.GetPublicKey()},
+	))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -201,7 +201,7 @@ func TestVolunteer(t *testing.T) {
 		if res.Builder != "volunteer-b" || res.DrvPath != pa.DrvPath {
 			t.Fatalf("last result from %s for %s", res.Builder, res.DrvPath)
 		}
-		ver, err := attest.NewVerifier([]attest.TrustedBuilder{{ID: "volunteer-b", PublicKey: &vkey.PublicKey}})
+		ver, err := attest.NewVerifier(nil, attest.WithKeys(attest.TrustedBuilder{ID: "volunteer-b", PublicKey: &vkey.PublicKey}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -214,7 +214,7 @@ func TestVolunteer(t *testing.T) {
 			t.Fatalf("verified for %s", verified.Builder.ID)
 		}
 		// The same key does not speak for builder A.
-		asA, _ := attest.NewVerifier([]attest.TrustedBuilder{{ID: "builder-a", PublicKey: &vkey.PublicKey}})
+		asA, _ := attest.NewVerifier(nil, attest.WithKeys(attest.TrustedBuilder{ID: "builder-a", PublicKey: &vkey.PublicKey}))
 		if _, err := asA.Verify(res.Bundle, want); err == nil {
 			t.Fatal("volunteer's bundle verified as builder A")
 		}
@@ -318,7 +318,7 @@ func TestVolunteer(t *testing.T) {
 		if err != nil || out.Action != ActionChecked {
 			t.Fatalf("outcome %+v, Run: %v", out, err)
 		}
-		ver, _ := attest.NewVerifier([]attest.TrustedBuilder{{ID: "volunteer-c", PublicKey: &ckey.PublicKey}})
+		ver, _ := attest.NewVerifier(nil, attest.WithKeys(attest.TrustedBuilder{ID: "volunteer-c", PublicKey: &ckey.PublicKey}))
 		if _, err := ver.Verify(lastResult(t, conn, pa.System).Bundle, []attest.Subject{{Path: pa.Outputs[0].Path, NarHash: pa.Outputs[0].NarHash}}); err != nil {
 			t.Fatal(err)
 		}

@@ -580,27 +580,23 @@ func (p *Policy) VerifierWith(trusted root.TrustedMaterial) (*attest.Verifier, e
 		}
 		tb = append(tb, attest.TrustedBuilder{ID: b.ID, PublicKey: p.keys[b.ID]})
 	}
-	v, err := attest.NewVerifier(tb)
-	if err != nil {
-		return nil, err
-	}
+	opts := []attest.VerifierOption{attest.WithKeys(tb...)}
 	if len(ids) > 0 {
 		if trusted == nil {
 			return nil, fmt.Errorf("keyless builder %s: the policy has no trusted_root to check its certificates against", ids[0].ID)
 		}
-		if err := v.WithIdentities(trusted, ids, p.RequireSCT); err != nil {
-			return nil, err
+		opts = append(opts, attest.WithIdentities(ids...))
+		if p.RequireSCT {
+			opts = append(opts, attest.WithSignedCertificateTimestamps())
 		}
 	}
 	if p.RequireTlog {
 		if trusted == nil {
 			return nil, errors.New("require_tlog: the policy has no trusted_root naming the transparency log")
 		}
-		if err := v.RequireTlog(trusted); err != nil {
-			return nil, err
-		}
+		opts = append(opts, attest.WithRequiredTlog())
 	}
-	return v, nil
+	return attest.NewVerifier(trusted, opts...)
 }
 
 // Check applies the rules that need no signature: cheap, so hostile

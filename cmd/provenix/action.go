@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"codeberg.org/provenix/provenix/action"
+	"codeberg.org/provenix/provenix/trust"
 )
 
 func newActionCmd(g *globals) *cobra.Command {
@@ -66,17 +67,17 @@ func runAction(ctx context.Context, g *globals, getenv func(string) string) erro
 	return nil
 }
 
-// actionVerify verifies a cache entry with the code path of
-// 'provenix verify --cache URL --key FILE --builder-id ID STOREPATH'.
+// actionVerify verifies a cache entry as
+// 'provenix verify --cache URL --key FILE --builder-id ID STOREPATH' does.
 func actionVerify(g *globals) action.VerifyFunc {
 	return func(ctx context.Context, r action.VerifyRequest) (bool, string, error) {
-		f := &verifyFlags{cache: r.CacheURL, keys: []string{r.KeyFile}, builderID: r.BuilderID, quorum: 1}
-		rep, err := runVerify(ctx, g, f, r.StorePath)
+		rep, err := trust.VerifyCacheEntry(ctx, trust.CacheEntry{CacheURL: r.CacheURL, StorePath: r.StorePath,
+			Key: trust.KeyFile{BuilderID: r.BuilderID, Path: r.KeyFile}, Logger: g.logger()})
 		if err != nil {
 			return false, "", err
 		}
 		var buf bytes.Buffer
-		printReport(&globals{stdout: &buf}, rep)
+		rep.WriteText(&buf)
 		return rep.Verified, buf.String(), nil
 	}
 }

@@ -242,7 +242,7 @@ func runDemo(ctx context.Context, g *globals) error {
 	}); err != nil {
 		return err
 	}
-	printReport(g, rep)
+	rep.WriteText(g.stdout)
 	fmt.Fprintf(g.stdout, "\ndemo passed in %s. Left for inspection under %s:\n  keys/      builder and cache keys (.pub = public)\n  policy.yaml\n  cache/     %s, nar/, %s\n  client-store/  the chroot store nix substituted into\n",
 		time.Since(st.start).Round(time.Millisecond), paths.Dir, cachelayout.NarinfoKey(out.Path), cachelayout.ProvenanceKey(out.Path))
 	return nil

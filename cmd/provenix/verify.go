@@ -2,23 +2,16 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"path"
 	"strings"
 	"time"
 
-	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/spf13/cobra"
 
-	"codeberg.org/provenix/provenix/attest"
-	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cacheclient"
-	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/trust"
 )
 
 type verifyFlags struct {
@@ -38,9 +31,6 @@ type verifyFlags struct {
 	quorum    int
 	closure   bool
 	tenant    string
-	// pol is the policy the builders came from, when one did: verify
-	// then counts distinct builders as the pusher does.
-	pol *policy.Policy
 }
 
 func newVerifyCmd(g *globals) *cobra.Command {
@@ -94,7 +84,7 @@ Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 			if err != nil {
 				return err
 			}
-			return f.finish(g, rep, func() { printReport(g, rep) }, rep.Verified, rep.Reason)
+			return f.finish(g, rep, func() { rep.WriteText(g.stdout) }, rep.Verified, rep.Reason)
 		},
 	}
 	fl := cmd.Flags()
@@ -137,103 +127,28 @@ func (f *verifyFlags) finish(g *globals, v any, text func(), verified bool, why 
 // the JSON output stays one format).
 type report = cacheclient.Report
 
-func (f *verifyFlags) verifier(g *globals) (*attest.Verifier, error) {
-	var tb []attest.TrustedBuilder
+// trust is whom the flags say to trust.
+func (f *verifyFlags) trust(g *globals) (*trust.Trust, error) {
+	o := trust.Options{TrustedRoot: f.trustRoot, RequireSCT: f.reqSCT, RequireTlog: f.reqTlog,
+		Policy: f.policy, DefaultPolicy: g.paths().Policy(), Tenant: f.tenant}
 	for _, k := range f.keys {
-		id, file := f.builderID, k
-		if i, p, ok := strings.Cut(k, "="); ok {
-			id, file = i, p
-		}
-		pub, err := attest.LoadPublicKeyFile(file)
-		if err != nil {
-			return nil, usageError("--key: %v", err)
-		}
-		tb = append(tb, attest.TrustedBuilder{ID: id, PublicKey: pub})
+		o.Keys = append(o.Keys, trust.ParseKey(k, f.builderID))
 	}
-	var ids []attest.TrustedIdentity
 	for _, spec := range f.ids {
-		id, rest, ok1 := strings.Cut(spec, "=")
-		iss, san, ok2 := strings.Cut(rest, ",")
-		if !ok1 || !ok2 || id == "" || iss == "" || san == "" {
-			return nil, usageError("--identity %q: want ID=ISSUER,SAN", spec)
-		}
-		ti := attest.TrustedIdentity{ID: id, Issuer: iss, SAN: san}
-		if r, ok := strings.CutPrefix(iss, "~"); ok {
-			ti.Issuer, ti.IssuerRegexp = "", r
-		}
-		if r, ok := strings.CutPrefix(san, "~"); ok {
-			ti.SAN, ti.SANRegexp = "", r
-		}
-		ids = append(ids, ti)
-	}
-	polPath := f.policy
-	if polPath == "" && len(tb) == 0 && len(ids) == 0 {
-		polPath = g.paths().Policy()
-		if _, err := os.Stat(polPath); err != nil {
-			return nil, usageError("no trusted builders: pass --key FILE (and --builder-id) or --policy FILE")
-		}
-	}
-	if polPath != "" {
-		pol, err := policy.Load(polPath)
+		id, err := trust.ParseIdentity(spec)
 		if err != nil {
 			return nil, usageError("%v", err)
 		}
-		f.pol = pol
-		if f.reqTlog {
-			// The flag tightens a policy; the log comes from its trusted_root,
-			// or from --trusted-root.
-			pol.RequireTlog = true
-			if f.trustRoot != "" {
-				tr, err := root.NewTrustedRootFromPath(f.trustRoot)
-				if err != nil {
-					return nil, usageError("--trusted-root: %v", err)
-				}
-				return pol.VerifierWith(tr)
-			}
-		}
-		return pol.Verifier()
+		o.Identities = append(o.Identities, id)
 	}
-	v, err := attest.NewVerifier(tb)
+	t, err := trust.Open(o)
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
-	if (len(ids) > 0 || f.reqTlog) && f.trustRoot == "" {
-		if f.reqTlog {
-			return nil, usageError("--require-tlog needs --trusted-root (a trusted_root.json listing the transparency log)")
-		}
-		return nil, usageError("--identity needs --trusted-root (the private Sigstore's trusted_root.json)")
-	}
-	if len(ids) > 0 || f.reqTlog {
-		tr, err := root.NewTrustedRootFromPath(f.trustRoot)
-		if err != nil {
-			return nil, usageError("--trusted-root: %v", err)
-		}
-		if len(ids) > 0 {
-			if err := v.WithIdentities(tr, ids, f.reqSCT); err != nil {
-				return nil, usageError("%v", err)
-			}
-		}
-		if f.reqTlog {
-			if err := v.RequireTlog(tr); err != nil {
-				return nil, usageError("%v", err)
-			}
-		}
-	}
-	return v, nil
+	return t, nil
 }
 
 // cacheClient builds the client of --cache, trusting --cache-key when given.
-// distinct is the policy's rule of who counts as a distinct builder for
-// a path, or nil (builder ids) without a policy.
-func (f *verifyFlags) distinct() func(id, system, storePath string) string {
-	if f.pol == nil {
-		return nil
-	}
-	return func(id, system, storePath string) string {
-		return f.pol.DistinctKey(id, f.pol.QuorumFor(f.tenant, system, storePath).Distinct)
-	}
-}
-
 func (f *verifyFlags) cacheClient(g *globals) (*cacheclient.Client, error) {
 	var keys []string
 	if f.cacheKey != "" {
@@ -245,7 +160,7 @@ func (f *verifyFlags) cacheClient(g *globals) (*cacheclient.Client, error) {
 	}
 	c, err := cacheclient.New(cacheclient.Options{
 		URL: f.cache, PublicKeys: keys, Logger: g.logger(),
-		RequestTimeout: 10 * time.Minute,
+		RequestTimeout: trust.CacheRequestTimeout,
 	})
 	if err != nil {
 		return nil, usageError("--cache/--cache-key: %v", err)
@@ -256,9 +171,6 @@ func (f *verifyFlags) cacheClient(g *globals) (*cacheclient.Client, error) {
 func (f *verifyFlags) check() error {
 	if f.quorum < 1 {
 		return usageError("--quorum must be at least 1")
-	}
-	if f.policy != "" && len(f.keys) > 0 {
-		return usageError("give --key or --policy, not both")
 	}
 	if f.closure && (f.cache == "" || f.bundle != "") {
 		return usageError("--closure needs --cache URL (and no --bundle): it verifies every path of the closure from the cache")
@@ -278,7 +190,7 @@ func runVerify(ctx context.Context, g *globals, f *verifyFlags, target string) (
 	if err := f.check(); err != nil {
 		return nil, err
 	}
-	v, err := f.verifier(g)
+	t, err := f.trust(g)
 	if err != nil {
 		return nil, err
 	}
@@ -290,53 +202,35 @@ func runVerify(ctx context.Context, g *globals, f *verifyFlags, target string) (
 		}
 		bundles = append(bundles, b)
 	}
+	o := t.VerifyOptions(f.quorum)
 	if f.cache != "" {
 		c, err := f.cacheClient(g)
 		if err != nil {
 			return nil, err
 		}
-		rep, err := c.Verify(ctx, target, cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum, Bundles: bundles, Distinct: f.distinct()})
+		o.Bundles = bundles
+		rep, err := c.Verify(ctx, target, o)
 		if err != nil {
 			return nil, cacheErr(err)
 		}
 		return rep, nil
 	}
-
-	rep := &report{}
-	var d cacheclient.NARDigest
+	l := cacheclient.Local{StorePath: target, StoreRoot: f.storeRoot}
 	switch {
 	case strings.HasSuffix(target, ".nar"):
 		if f.bundle == "" || f.storePath == "" {
 			return nil, usageError("a NAR file needs --bundle and --store-path")
 		}
-		rep.StorePath, rep.From = f.storePath, target
-		fh, err := os.Open(target)
-		if err != nil {
-			return nil, &exitError{code: exitUsageErr, err: err}
-		}
-		defer fh.Close()
-		if d.SHA256, d.Size, err = hashStream(fh); err != nil {
-			return nil, &exitError{code: exitUsageErr, err: err}
-		}
-	default:
-		if !strings.HasPrefix(target, "/") {
-			return nil, usageError("TARGET %q: want a store path, FILE.nar, or --cache URL STOREPATH", target)
-		}
-		if f.bundle == "" {
-			return nil, usageError("a local store path needs --bundle FILE or --cache URL")
-		}
-		rep.StorePath, rep.From = target, "local store"
-		real := target
-		if f.storeRoot != "" {
-			real = path.Join(f.storeRoot, target)
-		}
-		var err error
-		if d.SHA256, d.Size, err = nix.HashNAR(real); err != nil {
-			return nil, &exitError{code: exitUsageErr, err: fmt.Errorf("read %s: %w", target, err)}
-		}
+		l = cacheclient.Local{StorePath: f.storePath, NARFile: target}
+	case !strings.HasPrefix(target, "/"):
+		return nil, usageError("TARGET %q: want a store path, FILE.nar, or --cache URL STOREPATH", target)
+	case f.bundle == "":
+		return nil, usageError("a local store path needs --bundle FILE or --cache URL")
 	}
-	rep.NarSHA256, rep.NarSize = hex.EncodeToString(d.SHA256[:]), d.Size
-	cacheclient.AssessBundles(rep, bundles, cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum, Distinct: f.distinct()})
+	rep, err := cacheclient.VerifyLocal(l, bundles, o)
+	if err != nil {
+		return nil, &exitError{code: exitUsageErr, err: err}
+	}
 	return rep, nil
 }
 
@@ -346,7 +240,7 @@ func runVerifyClosure(ctx context.Context, g *globals, f *verifyFlags, target st
 	if err := f.check(); err != nil {
 		return nil, err
 	}
-	v, err := f.verifier(g)
+	t, err := f.trust(g)
 	if err != nil {
 		return nil, err
 	}
@@ -354,7 +248,7 @@ func runVerifyClosure(ctx context.Context, g *globals, f *verifyFlags, target st
 	if err != nil {
 		return nil, err
 	}
-	o := cacheclient.ClosureOptions{VerifyOptions: cacheclient.VerifyOptions{Verifier: v, Quorum: f.quorum, Distinct: f.distinct()}}
+	o := cacheclient.ClosureOptions{VerifyOptions: t.VerifyOptions(f.quorum)}
 	// The walk fetches narinfos only; on a long closure over a slow link
 	// it still takes a while, so say how far it got every few seconds.
 	last := time.Now()
@@ -384,7 +278,7 @@ func closureLine(r *report) string {
 	what := r.Verdict
 	if r.ContentAddress != "" {
 		what = "content-addressed (" + r.ContentAddress + ")"
-		if n := verifiedAttestations(r); n > 0 {
+		if n := r.VerifiedAttestations(); n > 0 {
 			what += fmt.Sprintf(", %d attestation(s)", n)
 		}
 	} else if n := len(r.Attestations); n > 0 {
@@ -392,16 +286,6 @@ func closureLine(r *report) string {
 		what = fmt.Sprintf("%s; built by %q", r.Verdict, a.Builder)
 	}
 	return fmt.Sprintf("✓ %s: %s", r.StorePath, what)
-}
-
-func verifiedAttestations(r *report) int {
-	n := 0
-	for _, a := range r.Attestations {
-		if a.Verified {
-			n++
-		}
-	}
-	return n
 }
 
 func printClosureSummary(g *globals, cr *cacheclient.ClosureReport) {
@@ -417,55 +301,3 @@ func printClosureSummary(g *globals, cr *cacheclient.ClosureReport) {
 	}
 }
 
-func printReport(g *globals, r *report) {
-	w := g.stdout
-	mark := "✗"
-	if r.Verified {
-		mark = "✓"
-	}
-	fmt.Fprintf(w, "%s %s\n", mark, r.StorePath)
-	fmt.Fprintf(w, "  NAR sha256 %s, %d bytes (from %s)\n", r.NarSHA256, r.NarSize, r.From)
-	if r.NarinfoSig != "" {
-		fmt.Fprintf(w, "  narinfo signature: %s\n", r.NarinfoSig)
-	}
-	if r.ContentAddress != "" {
-		fmt.Fprintf(w, "  content address: %s\n", r.ContentAddress)
-	}
-	for i, a := range r.Attestations {
-		if !a.Verified {
-			fmt.Fprintf(w, "  attestation %d: rejected: %s\n", i+1, a.Error)
-			continue
-		}
-		fmt.Fprintf(w, "  attestation %d: built by %q (key %s)\n", i+1, a.Builder, a.KeyID)
-		fmt.Fprintf(w, "    from %s on %s", a.Derivation, a.System)
-		if a.Installable != nil {
-			fmt.Fprintf(w, " (%s)", a.Installable)
-		}
-		fmt.Fprintln(w)
-		if a.Source != nil {
-			fmt.Fprintf(w, "    source %s at %s\n", a.Source.Repository, a.Source.Revision)
-		}
-		if wf := a.Workflow; wf != nil {
-			fmt.Fprintf(w, "    forge job %s of %s/%s at %s (%s), captured by %s\n", wf.Job, wf.Server, wf.Repository, wf.Sha, wf.Ref, wf.Capture)
-		}
-		if a.Invocation != "" {
-			fmt.Fprintf(w, "    invocation %s\n", a.Invocation)
-		}
-		if a.FinishedOn != nil {
-			fmt.Fprintf(w, "    finished %s with Nix %s\n", a.FinishedOn.UTC().Format(time.RFC3339), a.NixVersion)
-		}
-	}
-	fmt.Fprintf(w, "  verdict: %s\n", r.Verdict)
-	if r.Reason != "" {
-		fmt.Fprintf(w, "  reason: %s\n", r.Reason)
-	}
-}
-
-// hashStream returns the sha256 and length of what r yields.
-func hashStream(r io.Reader) ([32]byte, uint64, error) {
-	var sum [32]byte
-	h := sha256.New()
-	n, err := io.Copy(h, r)
-	copy(sum[:], h.Sum(nil))
-	return sum, uint64(n), err
-}
