@@ -300,4 +300,3 @@ func printClosureSummary(g *globals, cr *cacheclient.ClosureReport) {
 		}
 	}
 }
-
