@@ -3,8 +3,6 @@ package cacheclient_test
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +10,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testcache"
 )
 
 type testBuilder struct {
@@ -58,13 +57,7 @@ func (c *testCache) publishWithProvenance(t testing.TB, sp string, narBytes []by
 		bases = append(bases, r[len("/nix/store/"):])
 	}
 	c.publish(t, sp, narBytes, zstdOf(t, narBytes), "zstd", bases...)
-	sum := sha256.Sum256(narBytes)
-	raw := make([]json.RawMessage, len(bundles))
-	for i, b := range bundles {
-		raw[i] = b
-	}
-	sc, _ := json.Marshal(map[string]any{"version": 1, "storePath": sp, "narSha256": hex.EncodeToString(sum[:]), "bundles": raw})
-	c.write(t, cachelayout.ProvenanceKey(sp), sc)
+	testcache.PublishProvenance(t, c.dir, sp, narBytes, bundles...)
 }
 
 // Bundles decide as the pusher's sidecar says: a quorum of distinct

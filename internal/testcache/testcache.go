@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -69,6 +70,22 @@ func Publish(t testing.TB, ctx context.Context, dir string, sk signature.SecretK
 	if err != nil {
 		t.Fatalf("nix-store --dump %s: %v", storePath, err)
 	}
+	if info.NarSize != uint64(len(narBytes)) {
+		t.Fatalf("%s: nix says %d bytes, the dump has %d", storePath, info.NarSize, len(narBytes))
+	}
+	return publish(t, dir, sk, storePath, narBytes, info)
+}
+
+// PublishNAR writes narBytes into the cache directory dir as the NAR of
+// storePath, an input-addressed path that need not exist anywhere, with a
+// narinfo listing refs (absolute store paths), signed with sk.
+func PublishNAR(t testing.TB, dir string, sk signature.SecretKey, storePath string, narBytes []byte, refs ...string) *narinfo.NarInfo {
+	t.Helper()
+	return publish(t, dir, sk, storePath, narBytes, pathInfo{References: refs})
+}
+
+func publish(t testing.TB, dir string, sk signature.SecretKey, storePath string, narBytes []byte, info pathInfo) *narinfo.NarInfo {
+	t.Helper()
 	var zbuf bytes.Buffer
 	zw, err := zstd.NewWriter(&zbuf)
 	if err != nil {
@@ -87,9 +104,6 @@ func Publish(t testing.TB, ctx context.Context, dir string, sk signature.SecretK
 		NarSize:     uint64(len(narBytes)),
 		CA:          info.CA,
 	}
-	if info.NarSize != ni.NarSize {
-		t.Fatalf("%s: nix says %d bytes, the dump has %d", storePath, info.NarSize, ni.NarSize)
-	}
 	if info.Deriver != "" {
 		ni.Deriver = path.Base(info.Deriver)
 	}
@@ -100,6 +114,22 @@ func Publish(t testing.TB, ctx context.Context, dir string, sk signature.SecretK
 	Write(t, dir, ni.URL, zbuf.Bytes())
 	Write(t, dir, cachelayout.NarinfoKey(storePath), []byte(ni.String()))
 	return ni
+}
+
+// PublishProvenance writes the provenance sidecar of storePath, whose NAR
+// is narBytes, holding bundles.
+func PublishProvenance(t testing.TB, dir, storePath string, narBytes []byte, bundles ...[]byte) {
+	t.Helper()
+	sum := sha256.Sum256(narBytes)
+	p := cachelayout.Provenance{Version: cachelayout.ProvenanceVersion, StorePath: storePath, NarSHA256: hex.EncodeToString(sum[:])}
+	for _, b := range bundles {
+		p.Bundles = append(p.Bundles, b)
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	Write(t, dir, cachelayout.ProvenanceKey(storePath), b)
 }
 
 // Sign replaces ni's signatures with one by sk.
