@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -11,8 +10,6 @@ import (
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/policy"
-	"codeberg.org/provenix/provenix/nix"
-	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -105,69 +102,20 @@ quorum) — and why.`,
 			if err != nil {
 				return &exitError{code: exitUsageErr, err: err}
 			}
-			paths := []string{args[0]}
-			if strings.HasSuffix(args[0], ".drv") {
-				d, err := (&nix.Nix{Root: storeRoot}).ReadDerivation(args[0])
-				if err != nil {
-					return &exitError{code: exitUsageErr, err: err}
-				}
-				paths = paths[:0]
-				for _, o := range d.Outputs {
-					paths = append(paths, o.Path)
-				}
+			paths, err := cachepush.StatusPaths(args[0], storeRoot)
+			if err != nil {
+				return &exitError{code: exitUsageErr, err: err}
 			}
 			conn, err := nf.connect(ctx, g, "provenix-status")
 			if err != nil {
 				return err
 			}
 			defer conn.Close()
-			type voteOut struct {
-				Builder   string    `json:"builder"`
-				NarSHA256 string    `json:"narSha256"`
-				Time      time.Time `json:"time"`
-				NixSig    bool      `json:"nixSig"`
-				// Agrees: this vote gave the winning answer (NAR, size
-				// and references).
-				Agrees bool `json:"agrees"`
-			}
-			type pathOut struct {
-				StorePath string    `json:"storePath"`
-				System    string    `json:"system,omitempty"`
-				Verdict   string    `json:"verdict"`
-				Why       string    `json:"why"`
-				Winner    string    `json:"winner,omitempty"`
-				Votes     []voteOut `json:"votes"`
-				// WaitingFor: decided, but invisible until these
-				// references are in the cache (or an upstream).
-				WaitingFor   []string   `json:"waitingFor,omitempty"`
-				WaitingSince *time.Time `json:"waitingSince,omitempty"`
-				Incomplete   *time.Time `json:"incomplete,omitempty"`
-			}
-			var outs []pathOut
+			var outs []*cachepush.PathStatus
 			for _, sp := range paths {
-				t, votes, system, err := cachepush.PathTally(ctx, conn, pol, tenant, sp)
+				po, err := cachepush.Status(ctx, conn, pol, tenant, sp)
 				if err != nil {
 					return &exitError{code: exitUsageErr, err: err}
-				}
-				po := pathOut{StorePath: sp, System: system, Votes: []voteOut{}}
-				for _, v := range votes {
-					po.Votes = append(po.Votes, voteOut{Builder: v.Builder, NarSHA256: v.NarSHA256, Time: v.Time, NixSig: v.NixSig != "",
-						Agrees: t.Answer != "" && v.Answer() == t.Answer})
-				}
-				po.Verdict, po.Why, po.Winner = t.Verdict, t.Why, t.Winner
-				if len(votes) == 0 {
-					po.Why = "no votes (not built yet, or the votes expired)"
-				}
-				w, err := cachepush.GetWaiting(ctx, conn, tenant, sp)
-				if err != nil && !errors.Is(err, queue.ErrNotFound) {
-					return &exitError{code: exitUsageErr, err: err}
-				}
-				if w != nil {
-					po.WaitingFor, po.WaitingSince, po.Incomplete = w.Missing, &w.Since, w.Incomplete
-					if len(votes) == 0 {
-						po.Verdict, po.Why = cachepush.VerdictWaiting, "decided by its content address"
-					}
-					po.Why += "; not visible until its references are"
 				}
 				outs = append(outs, po)
 			}
