@@ -100,18 +100,7 @@ func runCacheGC(ctx context.Context, g *globals, f gcFlags) error {
 	if err != nil {
 		return err
 	}
-	rep, err := gc.Run(ctx, st.Store, opts)
-	if st.s3 != nil && !f.dryRun && err == nil {
-		// Interrupted uploads are the bucket's orphans: the same grace
-		// keeps a push in progress safe.
-		grace := opts.Grace
-		if grace == 0 {
-			grace = gc.DefaultGrace
-		}
-		if serr := st.s3.RemoveStale(ctx, grace); serr != nil {
-			err = fmt.Errorf("gc: interrupted uploads: %w", serr)
-		}
-	}
+	rep, err := gc.Collect(ctx, st.Store, opts)
 	if rep != nil {
 		if f.json {
 			if jerr := writeJSON(g, rep); jerr != nil {
