@@ -62,8 +62,9 @@ func TestProvenanceRoundTrip(t *testing.T) {
 	if wantInt := (InternalParameters{NixVersion: "2.8.0", Sandbox: "true", Substituters: b.Substituters}); !reflect.DeepEqual(p.Internal, wantInt) {
 		t.Fatalf("internal parameters %+v, want %+v", p.Internal, wantInt)
 	}
-	if p.DrvPath != b.DrvPath || p.System != b.System || p.BuilderID != b.BuilderID {
-		t.Fatalf("read %s %s %s", p.DrvPath, p.System, p.BuilderID)
+	if p.DrvPath != b.DrvPath || p.System != b.System || p.BuilderID != b.BuilderID || p.BuilderVersion != b.BuilderVersion ||
+		p.InvocationID != b.InvocationID || !p.StartedOn.Equal(b.StartedOn) || !p.FinishedOn.Equal(b.FinishedOn) {
+		t.Fatalf("read %s %s %s %s %s %s %s", p.DrvPath, p.System, p.BuilderID, p.BuilderVersion, p.InvocationID, p.StartedOn, p.FinishedOn)
 	}
 	ext := externalOf(statementJSON(t, st))
 	w := ext["workflow"].(map[string]any)

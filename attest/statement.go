@@ -308,6 +308,12 @@ type Provenance struct {
 	// NewStatement wrote them from.
 	External ExternalParameters
 	Internal InternalParameters
+	// The run's details (Build's fields of the same names); zero when
+	// absent.
+	BuilderVersion string
+	InvocationID   string
+	StartedOn      time.Time
+	FinishedOn     time.Time
 }
 
 // ParseProvenance reads a Statement into typed provenance, refusing
@@ -358,6 +364,15 @@ func parseStatement(st *intoto.Statement, predJSON []byte) (*Provenance, error) 
 		return nil, fmt.Errorf("%w: internal parameters: %w", ErrMalformedBundle, err)
 	}
 	p.DrvPath, p.System = p.External.Derivation, p.External.System
+	rd := prov.GetRunDetails()
+	p.BuilderVersion = rd.GetBuilder().GetVersion()["provenix"]
+	p.InvocationID = rd.GetMetadata().GetInvocationId()
+	if t := rd.GetMetadata().GetStartedOn(); t != nil {
+		p.StartedOn = t.AsTime()
+	}
+	if t := rd.GetMetadata().GetFinishedOn(); t != nil {
+		p.FinishedOn = t.AsTime()
+	}
 	if !isStorePath(p.DrvPath) || !strings.HasSuffix(p.DrvPath, ".drv") || p.System == "" {
 		return nil, fmt.Errorf("%w: external parameters lack a derivation or system", ErrMalformedBundle)
 	}

@@ -265,14 +265,11 @@ func fillAttestation(a *Attestation, v *attest.Verified) {
 	}
 	a.Source, a.Workflow = v.External.Source, v.External.Workflow
 	a.NixVersion = v.Internal.NixVersion
-	md := v.Predicate.GetRunDetails().GetMetadata()
-	a.Invocation = md.GetInvocationId()
-	if md.GetStartedOn() != nil {
-		t := md.GetStartedOn().AsTime()
+	a.Invocation = v.InvocationID
+	if t := v.StartedOn; !t.IsZero() {
 		a.StartedOn = &t
 	}
-	if md.GetFinishedOn() != nil {
-		t := md.GetFinishedOn().AsTime()
+	if t := v.FinishedOn; !t.IsZero() {
 		a.FinishedOn = &t
 	}
 }
