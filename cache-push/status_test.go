@@ -1,7 +1,6 @@
 package cachepush
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -20,22 +19,7 @@ import (
 // votes agree, and what a decided path waits for.
 func TestStatus(t *testing.T) {
 	ctx := testCtx(t)
-	srv, err := queue.NewServer(queue.ServerConfig{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Open(ctx); err != nil {
-		t.Fatalf("embedded NATS did not start: %v", err)
-	}
-	t.Cleanup(func() { srv.Close(context.Background()) })
-	conn, err := queue.Connect(ctx, srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(conn.Close)
-	if err := conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	conn := newFixture(t).conn // a real embedded NATS
 	pol := tallyPolicy(t) // min 2 distinct owners; a and a2 are one owner
 	const tenant = "default"
 	vote := func(sp, builder, hash, nixSig string) {
