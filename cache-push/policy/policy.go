@@ -462,40 +462,6 @@ func (p *Policy) QuorumFor(tenant, system, storePath string) Quorum {
 	return p.Quorum
 }
 
-// ErrSourceNotAllowed: the build's repository is not among the policy's
-// sources.
-var ErrSourceNotAllowed = fmt.Errorf("%w: source not allowed", ErrDenied)
-
-// CheckSource applies the sources rule to a verified Statement's external
-// parameters: the forge job's repository (runner builds) or the source
-// repository (provenix build in a checkout).
-func (p *Policy) CheckSource(external attest.ExternalParameters) error {
-	if len(p.Sources) == 0 {
-		return nil
-	}
-	var repos []string
-	if w := external.Workflow; w != nil && w.Repository != "" {
-		repos = append(repos, w.Repository)
-		if w.Server != "" {
-			repos = append(repos, strings.TrimRight(w.Server, "/")+"/"+w.Repository)
-		}
-	}
-	if s := external.Source; s != nil && s.Repository != "" {
-		repos = append(repos, s.Repository)
-	}
-	for _, r := range repos {
-		for _, pat := range p.Sources {
-			if ok, _ := path.Match(pat, r); ok {
-				return nil
-			}
-		}
-	}
-	if len(repos) == 0 {
-		return fmt.Errorf("%w: the provenance names no repository", ErrSourceNotAllowed)
-	}
-	return fmt.Errorf("%w: %s", ErrSourceNotAllowed, strings.Join(repos, ", "))
-}
-
 // BuilderIDs lists the policy's builder ids.
 func (p *Policy) BuilderIDs() []string {
 	ids := make([]string, len(p.Builders))
@@ -559,44 +525,6 @@ func (p *Policy) NixKeyNamed(name string) (signature.PublicKey, bool) {
 func (p *Policy) NixKey(id string) (signature.PublicKey, bool) {
 	k, ok := p.nixKeys[id]
 	return k, ok
-}
-
-// Verifier returns a bundle verifier trusting exactly the policy's
-// builders: keys, and certificate identities under the trusted root.
-func (p *Policy) Verifier() (*attest.Verifier, error) {
-	return p.VerifierWith(p.trusted)
-}
-
-// VerifierWith is Verifier with another trusted root for keyless builders
-// (tests use sigstore-go's VirtualSigstore).
-func (p *Policy) VerifierWith(trusted root.TrustedMaterial) (*attest.Verifier, error) {
-	tb := make([]attest.TrustedBuilder, 0, len(p.Builders))
-	var ids []attest.TrustedIdentity
-	for _, b := range p.Builders {
-		if b.Identity != nil {
-			ids = append(ids, attest.TrustedIdentity{ID: b.ID, Issuer: b.Identity.Issuer, IssuerRegexp: b.Identity.IssuerRegexp,
-				SAN: b.Identity.SAN, SANRegexp: b.Identity.SANRegexp})
-			continue
-		}
-		tb = append(tb, attest.TrustedBuilder{ID: b.ID, PublicKey: p.keys[b.ID]})
-	}
-	opts := []attest.VerifierOption{attest.WithKeys(tb...)}
-	if len(ids) > 0 {
-		if trusted == nil {
-			return nil, fmt.Errorf("keyless builder %s: the policy has no trusted_root to check its certificates against", ids[0].ID)
-		}
-		opts = append(opts, attest.WithIdentities(ids...))
-		if p.RequireSCT {
-			opts = append(opts, attest.WithSignedCertificateTimestamps())
-		}
-	}
-	if p.RequireTlog {
-		if trusted == nil {
-			return nil, errors.New("require_tlog: the policy has no trusted_root naming the transparency log")
-		}
-		opts = append(opts, attest.WithRequiredTlog())
-	}
-	return attest.NewVerifier(trusted, opts...)
 }
 
 // Check applies the rules that need no signature: cheap, so hostile

@@ -228,40 +228,6 @@ func FuzzPolicy(f *testing.F) {
 	})
 }
 
-func TestCheckSource(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := attest.GenerateKeyFiles(filepath.Join(dir, "k")); err != nil {
-		t.Fatal(err)
-	}
-	p, err := Parse([]byte("tenants: [a, b]\nsystems: [x86_64-linux]\nsources: [\"distro/*\", \"https://codeberg.org/distro/*\"]\noverrides:\n  - tenants: [b]\n    quorum: {min: 3}\nbuilders:\n  - {id: x, key: k.pub}\n"), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name string
-		ext  attest.ExternalParameters
-		ok   bool
-	}{
-		{"runner job", attest.ExternalParameters{Workflow: &attest.Workflow{Server: "http://forge", Repository: "distro/pkgs"}}, true},
-		{"checkout", attest.ExternalParameters{Source: &attest.Source{Repository: "https://codeberg.org/distro/pkgs"}}, true},
-		{"other repo", attest.ExternalParameters{Workflow: &attest.Workflow{Repository: "mallory/pkgs"}}, false},
-		{"no repo", attest.ExternalParameters{}, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := p.CheckSource(tc.ext)
-			if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrSourceNotAllowed)) {
-				t.Fatalf("err = %v", err)
-			}
-		})
-	}
-	if q := p.QuorumFor("b", "x86_64-linux", "/nix/store/x-y"); q.Min != 3 {
-		t.Errorf("tenant override: min %d", q.Min)
-	}
-	if q := p.QuorumFor("a", "x86_64-linux", "/nix/store/x-y"); q.Min != 1 {
-		t.Errorf("default: min %d", q.Min)
-	}
-}
-
 // TestKeylessBuilder: a builder given as a certificate identity verifies
 // keyless bundles (sigstore-go's VirtualSigstore as the private Sigstore);
 // another workflow's identity does not.

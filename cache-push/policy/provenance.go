@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 
@@ -56,4 +57,38 @@ func orNone(s []string) string {
 		return "none"
 	}
 	return strings.Join(s, ", ")
+}
+
+// ErrSourceNotAllowed: the build's repository is not among the policy's
+// sources.
+var ErrSourceNotAllowed = fmt.Errorf("%w: source not allowed", ErrDenied)
+
+// CheckSource applies the sources rule to a verified Statement's external
+// parameters: the forge job's repository (runner builds) or the source
+// repository (provenix build in a checkout).
+func (p *Policy) CheckSource(external attest.ExternalParameters) error {
+	if len(p.Sources) == 0 {
+		return nil
+	}
+	var repos []string
+	if w := external.Workflow; w != nil && w.Repository != "" {
+		repos = append(repos, w.Repository)
+		if w.Server != "" {
+			repos = append(repos, strings.TrimRight(w.Server, "/")+"/"+w.Repository)
+		}
+	}
+	if s := external.Source; s != nil && s.Repository != "" {
+		repos = append(repos, s.Repository)
+	}
+	for _, r := range repos {
+		for _, pat := range p.Sources {
+			if ok, _ := path.Match(pat, r); ok {
+				return nil
+			}
+		}
+	}
+	if len(repos) == 0 {
+		return fmt.Errorf("%w: the provenance names no repository", ErrSourceNotAllowed)
+	}
+	return fmt.Errorf("%w: %s", ErrSourceNotAllowed, strings.Join(repos, ", "))
 }
