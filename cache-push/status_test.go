@@ -20,7 +20,7 @@ import (
 func TestStatus(t *testing.T) {
 	ctx := testCtx(t)
 	conn := newFixture(t).conn // a real embedded NATS
-	pol := tallyPolicy(t) // min 2 distinct owners; a and a2 are one owner
+	pol := tallyPolicy(t)      // min 2 distinct owners; a and a2 are one owner
 	const tenant = "default"
 	vote := func(sp, builder, hash, nixSig string) {
 		t.Helper()
