@@ -44,6 +44,7 @@ func TestNewVerifierOptions(t *testing.T) {
 		{"identity without a builder id", vs, []VerifierOption{WithIdentities(TrustedIdentity{Issuer: forgeIssuer, SAN: forgeSAN})}, false},
 		{"identity with a broken pattern", vs, []VerifierOption{WithIdentities(TrustedIdentity{ID: "x", Issuer: forgeIssuer, SANRegexp: "("})}, false},
 		{"builder without an id", nil, []VerifierOption{WithKeys(TrustedBuilder{PublicKey: k.Public()})}, false},
+		{"builder without a key", nil, []VerifierOption{WithKeys(TrustedBuilder{ID: "b"})}, false},
 		{"two builders, one key", nil, []VerifierOption{WithKeys(key), WithKeys(TrustedBuilder{ID: "c", PublicKey: k.Public()})}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -149,14 +149,14 @@ func (v *Verifier) initKeys(builders []TrustedBuilder) error {
 		}
 		id, err := KeyID(b.PublicKey)
 		if err != nil {
-			return fmt.Errorf("attest: builder %s: %w", b.ID, err)
+			return fmt.Errorf("%w: builder %s: %w", ErrVerifierOptions, b.ID, err)
 		}
 		if prev, dup := v.byKeyID[id]; dup {
 			return fmt.Errorf("%w: builders %s and %s share a key", ErrVerifierOptions, prev.ID, b.ID)
 		}
 		sv, err := signature.LoadVerifier(b.PublicKey, crypto.SHA256)
 		if err != nil {
-			return fmt.Errorf("attest: builder %s: %w", b.ID, err)
+			return fmt.Errorf("%w: builder %s: %w", ErrVerifierOptions, b.ID, err)
 		}
 		v.byKeyID[id] = b
 		keys[id] = root.NewExpiringKey(sv, time.Time{}, time.Time{})
