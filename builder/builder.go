@@ -112,14 +112,14 @@ func (b *Builder) log() *slog.Logger {
 func (b *Builder) Derivations(ctx context.Context, t Target) ([]string, error) {
 	in := t.Installable
 	switch in.Kind {
-	case "drv":
+	case KindDrv:
 		if !strings.HasSuffix(in.Ref, ".drv") {
 			return nil, fmt.Errorf("%s is not a .drv path", in.Ref)
 		}
 		return []string{in.Ref}, nil
-	case "file":
+	case KindFile:
 		return b.Nix.Instantiate(ctx, in.File, in.Attr, t.Args, t.ArgStrs)
-	case "flake":
+	case KindFlake:
 		d, err := b.Nix.FlakeDerivation(ctx, in.Ref)
 		if err != nil {
 			return nil, err
