@@ -27,8 +27,8 @@ func (s *step) forge(ctx context.Context) *forgeFeedback {
 	}
 	get := s.cfg.Getenv
 	server, repo := get("GITHUB_SERVER_URL"), get("GITHUB_REPOSITORY")
-	owner, name, ok := strings.Cut(repo, "/")
-	if server == "" || !ok {
+	owner, name, err := feedback.SplitRepo(repo)
+	if server == "" || err != nil {
 		s.gha.Warningf("forge feedback: GITHUB_SERVER_URL or GITHUB_REPOSITORY missing; no commit status")
 		return fb
 	}
