@@ -122,23 +122,17 @@ func (s *step) publish(ctx context.Context, setup func(*builder.Builder)) error 
 	if err := os.MkdirAll(bundleDir, 0o755); err != nil {
 		return err
 	}
-	for _, t := range tgts {
-		pubs, err := b.Build(ctx, t)
-		for _, p := range pubs {
-			bf := filepath.Join(bundleDir, strings.TrimSuffix(path.Base(p.DrvPath), ".drv")+".sigstore.json")
-			if werr := os.WriteFile(bf, p.Bundle, 0o644); werr != nil {
-				return errors.Join(err, werr)
-			}
-			for _, o := range p.Outputs {
-				s.rows = append(s.rows, Row{System: p.System, DrvPath: p.DrvPath, Output: o.Name, StorePath: o.Path, NarSHA256: o.NarHashHex(),
-					BuilderID: in.builderID, Bundle: bf, Duplicate: p.Duplicate, Verdict: VerdictPublished})
-			}
-		}
-		if err != nil {
+	return b.BuildTargets(ctx, tgts, func(p builder.Published) error {
+		bf := filepath.Join(bundleDir, strings.TrimSuffix(path.Base(p.DrvPath), ".drv")+".sigstore.json")
+		if err := os.WriteFile(bf, p.Bundle, 0o644); err != nil {
 			return err
 		}
-	}
-	return nil
+		for _, o := range p.Outputs {
+			s.rows = append(s.rows, Row{System: p.System, DrvPath: p.DrvPath, Output: o.Name, StorePath: o.Path, NarSHA256: o.NarHashHex(),
+				BuilderID: in.builderID, Bundle: bf, Duplicate: p.Duplicate, Verdict: VerdictPublished})
+		}
+		return nil
+	})
 }
 
 // buildViaRunner realises as the job user and asks the runner, over its

@@ -154,6 +154,25 @@ func (b *Builder) Build(ctx context.Context, t Target) ([]Published, error) {
 	return out, err
 }
 
+// BuildTargets builds the targets in order (Build) and hands each result
+// to each as it comes, those of a target that failed part way included.
+// It stops at the first target that fails, or the first error of each
+// (joined with the build's).
+func (b *Builder) BuildTargets(ctx context.Context, targets []Target, each func(Published) error) error {
+	for _, t := range targets {
+		pubs, err := b.Build(ctx, t)
+		for _, p := range pubs {
+			if eerr := each(p); eerr != nil {
+				return errors.Join(err, eerr)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // stage streams the NAR of info into staging. DumpNAR checks the bytes
 // against the registered hash at the end; a mismatch fails the pipe, so the
 // staged object is abandoned instead of published under a hash it lacks.

@@ -206,25 +206,23 @@ func runBuild(ctx context.Context, g *globals, f *buildFlags, targets []string) 
 		StageClosures: !f.noClosure,
 	}
 	var all []jsonPublished
-	for _, t := range tgts {
-		pubs, err := b.Build(ctx, t)
-		for _, p := range pubs {
-			jp := jsonPublished{DrvPath: p.DrvPath, System: p.System, Requested: p.Requested, Sources: p.Sources,
-				MsgID: p.MsgID, Duplicate: p.Duplicate, BuildSeconds: p.Built.Seconds(), PubSeconds: p.Publish.Seconds()}
-			for _, o := range p.Outputs {
-				jp.Outputs = append(jp.Outputs, jsonOutput{Name: o.Name, Path: o.Path, NarSHA256: o.NarHashHex(), NarSize: o.NarSize})
-			}
-			all = append(all, jp)
-			if !f.json {
-				printPublished(g, jp, signer.KeyID(), f.builderID)
-			}
+	err = b.BuildTargets(ctx, tgts, func(p builder.Published) error {
+		jp := jsonPublished{DrvPath: p.DrvPath, System: p.System, Requested: p.Requested, Sources: p.Sources,
+			MsgID: p.MsgID, Duplicate: p.Duplicate, BuildSeconds: p.Built.Seconds(), PubSeconds: p.Publish.Seconds()}
+		for _, o := range p.Outputs {
+			jp.Outputs = append(jp.Outputs, jsonOutput{Name: o.Name, Path: o.Path, NarSHA256: o.NarHashHex(), NarSize: o.NarSize})
 		}
-		if err != nil {
-			if f.json {
-				writeJSON(g, all)
-			}
-			return &exitError{code: exitFailed, err: err}
+		all = append(all, jp)
+		if !f.json {
+			printPublished(g, jp, signer.KeyID(), f.builderID)
 		}
+		return nil
+	})
+	if err != nil {
+		if f.json {
+			writeJSON(g, all)
+		}
+		return &exitError{code: exitFailed, err: err}
 	}
 	if f.json {
 		return writeJSON(g, all)
