@@ -1,10 +1,13 @@
 // Package action is the logic of 'provenix action', the program behind the
 // workflow step action.yml: it reads its inputs from INPUT_* like an Actions
-// step, builds and attests the installables (signed by the Provenix runner
-// over its socket, or by the step itself with a key from a secret),
-// publishes the results, writes the bundles under RUNNER_TEMP, sets the
-// step's outputs, writes a job summary and, when asked, waits for the cache
-// and verifies what it published.
+// step (inputs.go), builds and attests the installables (targets.go), signed
+// by the Provenix runner over its socket, by the step itself with a key from
+// a secret, or keylessly with a Fulcio certificate for the job's OIDC
+// identity (signing.go, oidc.go), publishes the results, writes the bundles
+// under RUNNER_TEMP, reports commit statuses and release assets to the forge
+// (forge.go), sets the step's outputs and writes a job summary (outputs.go)
+// and, when asked, waits for the cache and verifies what it published
+// (verify.go).
 package action
 
 import (
