@@ -112,14 +112,14 @@ func (b *Builder) log() *slog.Logger {
 func (b *Builder) Derivations(ctx context.Context, t Target) ([]string, error) {
 	in := t.Installable
 	switch in.Kind {
-	case "drv":
+	case KindDrv:
 		if !strings.HasSuffix(in.Ref, ".drv") {
 			return nil, fmt.Errorf("%s is not a .drv path", in.Ref)
 		}
 		return []string{in.Ref}, nil
-	case "file":
+	case KindFile:
 		return b.Nix.Instantiate(ctx, in.File, in.Attr, t.Args, t.ArgStrs)
-	case "flake":
+	case KindFlake:
 		d, err := b.Nix.FlakeDerivation(ctx, in.Ref)
 		if err != nil {
 			return nil, err
@@ -152,6 +152,25 @@ func (b *Builder) Build(ctx context.Context, t Target) ([]Published, error) {
 		}
 	}
 	return out, err
+}
+
+// BuildTargets builds the targets in order (Build) and hands each result
+// to each as it comes, those of a target that failed part way included.
+// It stops at the first target that fails, or the first error of each
+// (joined with the build's).
+func (b *Builder) BuildTargets(ctx context.Context, targets []Target, each func(Published) error) error {
+	for _, t := range targets {
+		pubs, err := b.Build(ctx, t)
+		for _, p := range pubs {
+			if eerr := each(p); eerr != nil {
+				return errors.Join(err, eerr)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // stage streams the NAR of info into staging. DumpNAR checks the bytes

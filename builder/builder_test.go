@@ -187,3 +187,37 @@ func TestStageRetries(t *testing.T) {
 		t.Fatalf("refused upload: %v after %d uploads, %d results; want an error after 1 upload", err, q2.stageCalls, len(q2.results))
 	}
 }
+
+// TestBuildTargets: the targets are built in order and each result handed
+// on; a target that fails stops the rest; an error of the callback stops
+// it too and is returned.
+func TestBuildTargets(t *testing.T) {
+	bb := testnix.Busybox(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	q := &memQueue{}
+	b := &Builder{Nix: &nix.Nix{Root: t.TempDir(), Options: offline()}, Queue: q, Signer: testSigner(t), BuilderID: "test-builder", Tenant: "t1"}
+	hello := func(msg string) Target {
+		return Target{
+			Installable: attest.Installable{Kind: KindFile, File: "../examples/hello.nix", Attr: "hello"},
+			Args:        map[string]string{"busybox": bb},
+			ArgStrs:     map[string]string{"message": t.Name() + msg + time.Now().String()},
+		}
+	}
+	missing := Target{Installable: attest.Installable{Kind: KindDrv, Ref: "/nix/store/00000000000000000000000000000000-missing.drv"}}
+	var got []string
+	each := func(p Published) error { got = append(got, p.DrvPath); return nil }
+	if err := b.BuildTargets(ctx, []Target{hello("a"), hello("b")}, each); err != nil || len(got) != 2 || got[0] == got[1] || len(q.results) != 2 {
+		t.Fatalf("two targets: %v, handed %v, %d published", err, got, len(q.results))
+	}
+	got = nil
+	if err := b.BuildTargets(ctx, []Target{hello("c"), missing, hello("d")}, each); err == nil || len(got) != 1 || len(q.results) != 3 {
+		t.Fatalf("a failing target: %v, handed %v, %d published; want an error after one", err, got, len(q.results))
+	}
+	stop := errors.New("disk full")
+	calls := 0
+	err := b.BuildTargets(ctx, []Target{hello("e"), hello("f")}, func(Published) error { calls++; return stop })
+	if !errors.Is(err, stop) || calls != 1 || len(q.results) != 4 {
+		t.Fatalf("a failing callback: %v after %d calls, %d published", err, calls, len(q.results))
+	}
+}

@@ -36,8 +36,10 @@ else happens.
 Signing: runner (inside a Provenix runner job: the runner signs over its
 socket and the key never enters the job), key (the step signs with the key
 input, written to a 0600 file under RUNNER_TEMP and removed afterwards;
-the provenance records workflow.capture "job-step-key"), keyless (not yet
-supported).
+the provenance records workflow.capture "job-step-key"), keyless (a Fulcio
+certificate for the job's OIDC identity from a private Sigstore: needs
+fulcio-url, rekor-url and tsa-url, and Forgejo's OIDC token; the provenance
+records workflow.capture "job-step-keyless").
 
 Outputs: store-paths, nar-hashes, bundle-paths (bundles under RUNNER_TEMP),
 verdict (published, or verified / not verified with verify: true).
@@ -53,13 +55,12 @@ Inputs:
 
 func runAction(ctx context.Context, g *globals, getenv func(string) string) error {
 	err := action.Run(ctx, action.Config{
-		Getenv:   getenv,
-		Stdout:   g.stdout,
-		Stderr:   g.stderr,
-		Classify: classifyTarget,
-		Verify:   actionVerify(g),
-		Version:  version,
-		Logger:   g.logger(),
+		Getenv:  getenv,
+		Stdout:  g.stdout,
+		Stderr:  g.stderr,
+		Verify:  actionVerify(g),
+		Version: version,
+		Logger:  g.logger(),
 	})
 	if err != nil {
 		return &exitError{code: exitFailed, err: err}

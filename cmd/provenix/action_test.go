@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"code.gitea.io/sdk/gitea"
-	"gopkg.in/yaml.v3"
 
 	"codeberg.org/provenix/provenix/action"
 	"codeberg.org/provenix/provenix/attest"
@@ -242,47 +241,6 @@ func TestActionKeySigning(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if after, _ := filepath.Glob(filepath.Join(p.Cache(), "*.narinfo")); len(after) != len(before) {
 		t.Errorf("the cache gained %d narinfo(s) from failed steps", len(after)-len(before))
-	}
-}
-
-// TestActionYAML: action.yml declares every input 'provenix action' reads,
-// passes each through env, and declares the outputs.
-func TestActionYAML(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join("..", "..", "action.yml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var y struct {
-		Inputs  map[string]any `yaml:"inputs"`
-		Outputs map[string]any `yaml:"outputs"`
-		Runs    struct {
-			Using string `yaml:"using"`
-			Steps []struct {
-				Shell string            `yaml:"shell"`
-				Env   map[string]string `yaml:"env"`
-				Run   string            `yaml:"run"`
-			} `yaml:"steps"`
-		} `yaml:"runs"`
-	}
-	if err := yaml.Unmarshal(b, &y); err != nil {
-		t.Fatal(err)
-	}
-	if y.Runs.Using != "composite" || len(y.Runs.Steps) != 1 || y.Runs.Steps[0].Shell != "bash" || !strings.Contains(y.Runs.Steps[0].Run, "action") {
-		t.Fatalf("action.yml: want one composite bash step running 'provenix action': %+v", y.Runs)
-	}
-	for _, in := range action.Inputs {
-		if _, ok := y.Inputs[in.Name]; !ok {
-			t.Errorf("action.yml lacks input %s", in.Name)
-		}
-		env := "INPUT_" + strings.ToUpper(strings.ReplaceAll(in.Name, "-", "_"))
-		if y.Runs.Steps[0].Env[env] != "${{ inputs."+in.Name+" }}" {
-			t.Errorf("action.yml does not pass %s as %s", in.Name, env)
-		}
-	}
-	for _, o := range []string{"store-paths", "nar-hashes", "bundle-paths", "verdict"} {
-		if _, ok := y.Outputs[o]; !ok {
-			t.Errorf("action.yml lacks output %s", o)
-		}
 	}
 }
 

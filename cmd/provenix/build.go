@@ -3,12 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
-	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/spf13/cobra"
@@ -45,9 +41,9 @@ func (f *builderFlags) register(cmd *cobra.Command, tenantHelp string) {
 
 // nix is the Nix the flags describe.
 func (f *builderFlags) nix(g *globals) (*nix.Nix, error) {
-	opts, err := parsePairs("nix-option", f.nixOptions)
+	opts, err := builder.ParsePairs("nix-option", f.nixOptions)
 	if err != nil {
-		return nil, err
+		return nil, targetError(err)
 	}
 	return &nix.Nix{Root: f.storeRoot, Options: opts, Stderr: g.stderr}, nil
 }
@@ -126,61 +122,13 @@ data directory's builder key and builder id "local".`,
 	return cmd
 }
 
-// parsePairs reads NAME=VALUE flag values (run joined Nix's two-token
-// --arg NAME EXPR into that form already).
-func parsePairs(flag string, vals []string) (map[string]string, error) {
-	m := make(map[string]string, len(vals))
-	for _, v := range vals {
-		k, val, ok := strings.Cut(v, "=")
-		if !ok || k == "" {
-			return nil, usageError("--%s %q: want NAME=VALUE", flag, v)
-		}
-		m[k] = val
+// targetError gives builder's target and NAME=VALUE errors the usage exit
+// code.
+func targetError(err error) error {
+	if errors.Is(err, builder.ErrTarget) {
+		return &exitError{code: exitUsageErr, err: err}
 	}
-	return m, nil
-}
-
-func classifyTarget(t, attr string) (attest.Installable, error) {
-	switch {
-	case strings.HasSuffix(t, ".drv"):
-		if !filepath.IsAbs(t) {
-			return attest.Installable{}, usageError("%s: a derivation target must be an absolute store path", t)
-		}
-		return attest.Installable{Kind: "drv", Ref: t}, nil
-	case strings.Contains(t, "#") || strings.Contains(t, ":"):
-		return attest.Installable{Kind: "flake", Ref: t}, nil
-	}
-	fi, err := os.Stat(t)
-	if err != nil {
-		return attest.Installable{}, usageError("target %s: %v (want FILE.nix -A ATTR, a .drv path or FLAKEREF#ATTR)", t, err)
-	}
-	if fi.IsDir() {
-		if _, err := os.Stat(filepath.Join(t, "default.nix")); err != nil {
-			return attest.Installable{}, usageError("target %s: a directory without default.nix", t)
-		}
-	}
-	abs, _ := filepath.Abs(t)
-	return attest.Installable{Kind: "file", File: abs, Attr: attr}, nil
-}
-
-// gitSource reads the checkout a file target lives in; nil outside git.
-func gitSource(ctx context.Context, file string) *attest.Source {
-	dir := file
-	if fi, err := os.Stat(file); err == nil && !fi.IsDir() {
-		dir = filepath.Dir(file)
-	}
-	out := func(args ...string) string {
-		b, err := exec.CommandContext(ctx, "git", append([]string{"-C", dir}, args...)...).Output()
-		if err != nil {
-			return ""
-		}
-		return strings.TrimSpace(string(b))
-	}
-	rev := out("rev-parse", "HEAD")
-	if rev == "" {
-		return nil
-	}
-	return &attest.Source{Repository: out("config", "--get", "remote.origin.url"), Revision: rev, Ref: out("symbolic-ref", "-q", "HEAD")}
+	return err
 }
 
 // jsonPublished is the --json form of one published result.
@@ -209,40 +157,34 @@ func runBuild(ctx context.Context, g *globals, f *buildFlags, targets []string) 
 	if err := nix.Available(); err != nil {
 		return &exitError{code: exitUsageErr, err: err}
 	}
-	args, err := parsePairs("arg", f.args)
+	args, err := builder.ParsePairs("arg", f.args)
 	if err != nil {
-		return err
+		return targetError(err)
 	}
-	argstrs, err := parsePairs("argstr", f.argstrs)
+	argstrs, err := builder.ParsePairs("argstr", f.argstrs)
 	if err != nil {
-		return err
+		return targetError(err)
 	}
 	nx, err := f.nix(g)
 	if err != nil {
 		return err
 	}
+	to := builder.TargetOptions{Attr: f.attr, Args: args, ArgStrs: argstrs, DetectGitSource: true}
+	if f.sourceRepo != "" || f.sourceRev != "" {
+		to.Source = &attest.Source{Repository: f.sourceRepo, Revision: f.sourceRev}
+	}
+	tgts, err := builder.ParseTargets(ctx, targets, to)
+	if err != nil {
+		return targetError(err)
+	}
 	// Inside a Provenix runner job the runner signs: this step realises its
 	// targets as the job user and hands the derivations over its socket.
 	if rc := capture.FromEnv(); rc != nil && f.key == "" && f.nats.url == "" {
-		return runBuildViaRunner(ctx, g, f, rc, targets, args, argstrs, nx)
+		return runBuildViaRunner(ctx, g, f, rc, tgts, nx)
 	}
 	signer, nixKey, err := f.keys(g)
 	if err != nil {
 		return err
-	}
-	var tgts []builder.Target
-	for _, t := range targets {
-		in, err := classifyTarget(t, f.attr)
-		if err != nil {
-			return err
-		}
-		tg := builder.Target{Installable: in, Args: args, ArgStrs: argstrs}
-		if f.sourceRepo != "" || f.sourceRev != "" {
-			tg.Source = &attest.Source{Repository: f.sourceRepo, Revision: f.sourceRev}
-		} else if in.Kind == "file" {
-			tg.Source = gitSource(ctx, in.File)
-		}
-		tgts = append(tgts, tg)
 	}
 	conn, err := f.nats.connect(ctx, g, "provenix-build")
 	if err != nil {
@@ -264,25 +206,23 @@ func runBuild(ctx context.Context, g *globals, f *buildFlags, targets []string) 
 		StageClosures: !f.noClosure,
 	}
 	var all []jsonPublished
-	for _, t := range tgts {
-		pubs, err := b.Build(ctx, t)
-		for _, p := range pubs {
-			jp := jsonPublished{DrvPath: p.DrvPath, System: p.System, Requested: p.Requested, Sources: p.Sources,
-				MsgID: p.MsgID, Duplicate: p.Duplicate, BuildSeconds: p.Built.Seconds(), PubSeconds: p.Publish.Seconds()}
-			for _, o := range p.Outputs {
-				jp.Outputs = append(jp.Outputs, jsonOutput{Name: o.Name, Path: o.Path, NarSHA256: o.NarHashHex(), NarSize: o.NarSize})
-			}
-			all = append(all, jp)
-			if !f.json {
-				printPublished(g, jp, signer.KeyID(), f.builderID)
-			}
+	err = b.BuildTargets(ctx, tgts, func(p builder.Published) error {
+		jp := jsonPublished{DrvPath: p.DrvPath, System: p.System, Requested: p.Requested, Sources: p.Sources,
+			MsgID: p.MsgID, Duplicate: p.Duplicate, BuildSeconds: p.Built.Seconds(), PubSeconds: p.Publish.Seconds()}
+		for _, o := range p.Outputs {
+			jp.Outputs = append(jp.Outputs, jsonOutput{Name: o.Name, Path: o.Path, NarSHA256: o.NarHashHex(), NarSize: o.NarSize})
 		}
-		if err != nil {
-			if f.json {
-				writeJSON(g, all)
-			}
-			return &exitError{code: exitFailed, err: err}
+		all = append(all, jp)
+		if !f.json {
+			printPublished(g, jp, signer.KeyID(), f.builderID)
 		}
+		return nil
+	})
+	if err != nil {
+		if f.json {
+			writeJSON(g, all)
+		}
+		return &exitError{code: exitFailed, err: err}
 	}
 	if f.json {
 		return writeJSON(g, all)
@@ -316,32 +256,16 @@ func writeJSON(g *globals, v any) error {
 }
 
 // runBuildViaRunner is `provenix build` inside a runner job: it never sees
-// a key. It instantiates and realises as the job user, then asks the runner,
-// which checks the outputs in its own store, signs and publishes.
-func runBuildViaRunner(ctx context.Context, g *globals, f *buildFlags, rc *capture.Client, targets []string, args, argstrs map[string]string, nx *nix.Nix) error {
-	b := &builder.Builder{Nix: nx, Logger: g.logger()}
+// a key (builder.BuildViaRunner).
+func runBuildViaRunner(ctx context.Context, g *globals, f *buildFlags, rc *capture.Client, tgts []builder.Target, nx *nix.Nix) error {
 	var all []jsonPublished
-	for _, t := range targets {
-		in, err := classifyTarget(t, f.attr)
-		if err != nil {
-			return err
-		}
-		drvs, err := b.Derivations(ctx, builder.Target{Installable: in, Args: args, ArgStrs: argstrs})
-		if err != nil {
-			return &exitError{code: exitFailed, err: err}
-		}
-		for _, drv := range drvs {
-			start := time.Now()
-			fmt.Fprintf(g.stderr, "realising %s\n", drv)
-			if _, err := b.Nix.Realise(ctx, drv); err != nil {
-				return &exitError{code: exitFailed, err: err}
-			}
-			built := time.Since(start)
-			res, err := rc.Attest(ctx, []string{drv})
-			for _, r := range res {
-				jp := jsonPublished{DrvPath: r.DrvPath, System: r.System, Requested: r.DrvPath == drv, MsgID: r.MsgID, Duplicate: r.Duplicate}
+	err := builder.BuildViaRunner(ctx, nx, rc, tgts, builder.ViaRunnerOptions{
+		Realising: func(drv string) { fmt.Fprintf(g.stderr, "realising %s\n", drv) },
+		Attested: func(rb builder.RunnerBuild) {
+			for _, r := range rb.Results {
+				jp := jsonPublished{DrvPath: r.DrvPath, System: r.System, Requested: r.DrvPath == rb.DrvPath, MsgID: r.MsgID, Duplicate: r.Duplicate}
 				if jp.Requested {
-					jp.BuildSeconds = built.Seconds()
+					jp.BuildSeconds = rb.Built.Seconds()
 				}
 				for _, o := range r.Outputs {
 					jp.Outputs = append(jp.Outputs, jsonOutput{Name: o.Name, Path: o.Path, NarSHA256: o.NarSHA256, NarSize: o.NarSize})
@@ -351,10 +275,10 @@ func runBuildViaRunner(ctx context.Context, g *globals, f *buildFlags, rc *captu
 					printPublished(g, jp, "held by the runner", r.BuilderID)
 				}
 			}
-			if err != nil {
-				return &exitError{code: exitFailed, err: fmt.Errorf("the runner did not attest %s: %w", drv, err)}
-			}
-		}
+		},
+	})
+	if err != nil {
+		return &exitError{code: exitFailed, err: err}
 	}
 	if f.json {
 		return writeJSON(g, all)

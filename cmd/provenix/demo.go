@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -11,12 +10,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
-	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/examples"
 	"codeberg.org/provenix/provenix/nix"
@@ -123,15 +120,8 @@ func runDemo(ctx context.Context, g *globals) error {
 	paths := stack.Paths()
 	offline := nix.OfflineOptions()
 
-	// Watch decisions so a rejection fails the demo at once, with its reason.
-	events := make(chan *nats.Msg, 64)
-	sub, err := stack.Conn().NATS().ChanSubscribe("events."+up.DefaultTenant+".>", events)
-	if err != nil {
-		return err
-	}
-	defer sub.Unsubscribe()
-
 	var pub builder.Published
+	buildStart := time.Now()
 	if err := st.do("build the sample with Nix, attest, sign and publish", func() (string, error) {
 		sample := filepath.Join(paths.Dir, "sample", "hello.nix")
 		if err := os.MkdirAll(filepath.Dir(sample), 0o755); err != nil {
@@ -171,29 +161,17 @@ func runDemo(ctx context.Context, g *globals) error {
 	out := pub.Outputs[0]
 
 	if err := st.do("wait for the pusher to verify it and write the cache entry", func() (string, error) {
-		deadline := time.After(60 * time.Second)
-		tick := time.NewTicker(2 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			if _, err := stack.Store().Stat(ctx, cachelayout.NarinfoKey(out.Path)); err == nil {
-				return fmt.Sprintf("%s/%s", stack.CacheURL(), cachelayout.NarinfoKey(out.Path)), nil
-			}
-			select {
-			case m := <-events:
-				if strings.HasSuffix(m.Subject, "."+queue.EventRejected) {
-					var rej cachepush.Rejection
-					json.Unmarshal(m.Data, &rej)
-					if rej.DrvPath == pub.DrvPath {
-						return "", fmt.Errorf("the pusher rejected the result (%s): %s", rej.Reason, rej.Error)
-					}
-				}
-			case <-tick.C:
-			case <-deadline:
-				return "", errors.New("no cache entry after 60s; run with --log-level debug")
-			case <-ctx.Done():
-				return "", ctx.Err()
-			}
+		// A rejection fails the demo at once, with its reason.
+		wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		err := stack.WaitPublished(wctx, pub.DrvPath, out.Path, buildStart)
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return "", errors.New("no cache entry after 60s; run with --log-level debug")
 		}
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%s/%s", stack.CacheURL(), cachelayout.NarinfoKey(out.Path)), nil
 	}); err != nil {
 		return err
 	}

@@ -36,8 +36,8 @@ func (f *forgeFlags) client(ctx context.Context) (c *feedback.Client, owner, rep
 	if f.server == "" {
 		return nil, "", "", usageError("--server is required (or env GITHUB_SERVER_URL)")
 	}
-	owner, repo, ok := strings.Cut(f.repo, "/")
-	if !ok || owner == "" || repo == "" || strings.Contains(repo, "/") {
+	owner, repo, err = feedback.SplitRepo(f.repo)
+	if err != nil {
 		return nil, "", "", usageError("--repo %q: want owner/repo", f.repo)
 	}
 	tok, err := readForgeToken(f.tokenFile)

@@ -27,10 +27,12 @@ const (
 	exitUsageErr = 2 // bad usage or an I/O error
 )
 
-// exitError carries an exit code out of a command.
+// exitError carries an exit code out of a command, and for a usage error
+// the hint printed after it.
 type exitError struct {
 	code int
 	err  error
+	hint string
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
@@ -62,9 +64,12 @@ func (g *globals) logger() *slog.Logger {
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
 	root := newRootCmd(g)
+	// Find fails for an unknown command, and for the commands cobra adds
+	// only when it executes (help, completion), which then succeed.
+	c, _, findErr := root.Find(args)
 	// A command taking Nix arguments takes them as Nix does too: --arg
 	// NAME EXPR, two tokens (cobra would read one).
-	if c, _, err := root.Find(args); err == nil && c.Flags().Lookup("arg") != nil {
+	if findErr == nil && c.Flags().Lookup("arg") != nil {
 		joined, err := nix.JoinArgs(args, "arg", "argstr")
 		if err != nil {
 			fmt.Fprintln(stderr, "provenix:", err)
@@ -83,12 +88,54 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fmt.Fprintln(stderr, "provenix:", err)
 	var ee *exitError
 	if errors.As(err, &ee) {
+		if ee.hint != "" {
+			fmt.Fprintln(stderr, ee.hint)
+		}
 		return ee.code
 	}
-	if strings.Contains(err.Error(), "unknown command") || strings.Contains(err.Error(), "flag") {
-		fmt.Fprintln(stderr, "Run 'provenix --help' for usage.")
+	if findErr != nil { // the unknown command
+		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", root.CommandPath())
 	}
 	return exitUsageErr
+}
+
+// commandLineError is a usage error in how c was called (flags or
+// arguments), with the hint to read c's help.
+func commandLineError(c *cobra.Command, err error) error {
+	return &exitError{code: exitUsageErr, err: err, hint: fmt.Sprintf("Run '%s --help' for usage.", c.CommandPath())}
+}
+
+// markCommandLineErrors makes cobra's own errors about a command line
+// usage errors with a hint: a flag that does not parse (FlagErrorFunc,
+// inherited by every subcommand), a required flag missing (cobra checks
+// those after the pre-run hook, so the hook checks first), and wrong
+// arguments (each command's Args validator).
+func markCommandLineErrors(root *cobra.Command) {
+	root.SetFlagErrorFunc(commandLineError)
+	root.PersistentPreRunE = func(c *cobra.Command, _ []string) error {
+		if err := c.ValidateRequiredFlags(); err != nil {
+			return commandLineError(c, err)
+		}
+		if err := c.ValidateFlagGroups(); err != nil {
+			return commandLineError(c, err)
+		}
+		return nil
+	}
+	var walk func(*cobra.Command)
+	walk = func(c *cobra.Command) {
+		if check := c.Args; check != nil {
+			c.Args = func(c *cobra.Command, args []string) error {
+				if err := check(c, args); err != nil {
+					return commandLineError(c, err)
+				}
+				return nil
+			}
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
 }
 
 func newRootCmd(g *globals) *cobra.Command {
@@ -115,6 +162,7 @@ Or run everything at once: provenix demo`,
 	root.AddCommand(newActionCmd(g))
 	root.AddCommand(newFeedbackCmd(g))
 	root.AddCommand(newTenantCmd(g))
+	markCommandLineErrors(root)
 	return root
 }
 

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -314,8 +313,7 @@ func runCreateRunnerFile(ctx context.Context, g *globals, f createFileFlags) err
 		return usageError("%v", err)
 	}
 	if old, err := forge.LoadRunnerFile(cfg.Runner.File); err == nil {
-		same := old.UUID == rf.UUID && old.Token == rf.Token && old.Address == rf.Address
-		if !same && !f.force {
+		if !rf.SameRegistration(old) && !f.force {
 			return usageError("%s already registers runner %q (uuid %s) with %s; pass --force to replace it", cfg.Runner.File, old.Name, old.UUID, old.Address)
 		}
 		rf.ID = old.ID // the forge's id, if a registration learnt it
@@ -334,36 +332,21 @@ func runCreateRunnerFile(ctx context.Context, g *globals, f createFileFlags) err
 	return nil
 }
 
-// checkRunnerFile pings the forge and declares the runner with the file's
-// credentials, which fails unless the forge knows the secret.
+// checkRunnerFile checks with the forge that it knows the file's
+// registration (forge.CheckRegistration).
 func checkRunnerFile(ctx context.Context, cfg *config.Config, rf *forge.RunnerFile, log *slog.Logger) error {
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
-	c, err := forge.New(rf.Address,
-		forge.WithCredentials(rf.UUID, rf.Token),
+	r, err := forge.CheckRegistration(ctx, rf, version,
 		forge.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
-		forge.WithVersion(version),
 		forge.WithLogger(log))
-	if err != nil {
-		return err
-	}
-	if _, err := c.Ping(ctx, rf.Name); err != nil {
-		return fmt.Errorf("%s does not answer: %w", rf.Address, err)
-	}
-	names, err := config.LabelNames(rf.Labels)
-	if err != nil {
-		return err
-	}
-	res, err := c.Declare(ctx, &runnerv1.DeclareRequest{Version: version, Labels: names})
 	switch {
-	case errors.Is(err, forge.ErrUnimplemented):
-		log.Warn("the forge is too old to check the secret (Declare is unimplemented before Forgejo 1.21)")
-	case errors.Is(err, forge.ErrUnauthenticated):
-		return fmt.Errorf("the forge does not know this secret: register it there first with 'forgejo forgejo-cli actions register --secret ...': %w", err)
 	case err != nil:
 		return err
+	case r == nil:
+		log.Warn("the forge is too old to check the secret (Declare is unimplemented before Forgejo 1.21)")
 	default:
-		log.Info("the forge accepts the secret", "runner", res.GetRunner().GetName(), "labels", res.GetRunner().GetLabels())
+		log.Info("the forge accepts the secret", "runner", r.GetName(), "labels", r.GetLabels())
 	}
 	return nil
 }
@@ -399,41 +382,25 @@ func loadRunnerConfig(path string, log *slog.Logger) (*config.Config, error) {
 	return cfg, nil
 }
 
-// resolveLabels picks the labels to register with, as forgejo-runner does
-// (the config's runner.labels, else the flag), falling back to labels
-// derived from the host's Nix, which the operator may edit at a prompt.
+// resolveLabels picks the labels to register with
+// (config.RegistrationLabels); labels derived from the host's Nix are
+// offered for editing at a prompt.
 func resolveLabels(ctx context.Context, cfg *config.Config, flag string, in *prompter, log *slog.Logger) ([]string, error) {
-	var labels []string
-	switch {
-	case len(cfg.Runner.Labels) > 0:
-		if flag != "" {
-			log.Warn("--labels is ignored: the config's runner.labels are used", "labels", cfg.Runner.Labels)
-		}
-		labels = cfg.Runner.Labels
-	case flag != "":
-		labels = config.SplitLabels(flag)
-	default:
-		nixCfg, err := (&nix.Nix{}).Config(ctx)
-		if err != nil {
-			return nil, usageError("cannot derive labels from the host's Nix (%v); pass --labels, e.g. --labels nix", err)
-		}
-		labels = config.DefaultLabels(nixCfg)
-		if in.on {
-			s, err := in.ask("Labels, comma-separated", strings.Join(labels, ","), func(s string) error {
-				_, err := config.ParseLabels(config.SplitLabels(s))
-				return err
-			})
-			if err != nil {
-				return nil, err
-			}
-			labels = config.SplitLabels(s)
-		}
-	}
-	if len(labels) == 0 {
-		return nil, usageError("no labels: the runner would never get a job; pass --labels, e.g. --labels nix")
-	}
-	if _, err := config.ParseLabels(labels); err != nil {
+	labels, src, err := cfg.RegistrationLabels(flag, func() (map[string]string, error) { return (&nix.Nix{}).Config(ctx) })
+	if err != nil {
 		return nil, usageError("%v", err)
+	}
+	if src == config.LabelsFromConfig && flag != "" {
+		log.Warn("--labels is ignored: the config's runner.labels are used", "labels", labels)
+	}
+	if src == config.LabelsFromNix && in.on {
+		s, err := in.ask("Labels, comma-separated", strings.Join(labels, ","), func(s string) error {
+			return config.CheckRegistrationLabels(config.SplitLabels(s))
+		})
+		if err != nil {
+			return nil, err
+		}
+		labels = config.SplitLabels(s)
 	}
 	return labels, nil
 }

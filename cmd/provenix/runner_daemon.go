@@ -140,11 +140,7 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 	for _, w := range rf.Warnings {
 		log.Warn(w)
 	}
-	labelSrc := rf.Labels
-	if len(cfg.Runner.Labels) > 0 {
-		labelSrc = cfg.Runner.Labels // as forgejo-runner: the config's labels win
-	}
-	labels, err := config.LabelNames(labelSrc)
+	labels, err := cfg.JobLabels(rf.Labels)
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
@@ -157,13 +153,8 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 		return nil, usageError("%v", err)
 	}
 
-	rs := &runnerSetup{file: rf, labels: labels, log: log}
-	builderID := cfg.Provenix.BuilderID
-	if builderID == "" {
-		// One key, one builder id: a runner is named after its registration.
-		builderID = "forgejo-runner:" + rf.Name
-	}
-	rs.builderID = builderID
+	builderID := cfg.BuilderID(rf.Name)
+	rs := &runnerSetup{file: rf, labels: labels, builderID: builderID, log: log}
 	keyPath := cfg.Provenix.Key
 	if keyPath == "" {
 		keyPath = g.paths().BuilderKey()

@@ -83,3 +83,38 @@ func Register(ctx context.Context, o RegisterOptions) (*RunnerFile, error) {
 		Labels:  kept,
 	}, nil
 }
+
+// ErrUnknownSecret: the forge does not know the registration a RunnerFile
+// holds (CheckRegistration); it must be registered there first.
+var ErrUnknownSecret = errors.New("the forge does not know this secret: register it there first with 'forgejo forgejo-cli actions register --secret ...'")
+
+// CheckRegistration checks, before a RunnerFile made offline
+// (CreateRunnerFile) is saved, that its forge answers (Ping) and accepts
+// its credentials (Declare with its label names). It returns the runner
+// as the forge declared it, or nil when the forge is too old to say
+// (Declare is unimplemented before Forgejo 1.21): then only Ping was
+// checked. A forge that refuses the credentials gives ErrUnknownSecret.
+// opts configure the client; the file's credentials are added.
+func CheckRegistration(ctx context.Context, rf *RunnerFile, version string, opts ...Option) (*runnerv1.Runner, error) {
+	c, err := New(rf.Address, append(opts, WithCredentials(rf.UUID, rf.Token), WithVersion(version))...)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Ping(ctx, rf.Name); err != nil {
+		return nil, fmt.Errorf("%s does not answer: %w", rf.Address, err)
+	}
+	names, err := config.LabelNames(rf.Labels)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.Declare(ctx, &runnerv1.DeclareRequest{Version: version, Labels: names})
+	switch {
+	case errors.Is(err, ErrUnimplemented):
+		return nil, nil
+	case errors.Is(err, ErrUnauthenticated):
+		return nil, fmt.Errorf("%w: %w", ErrUnknownSecret, err)
+	case err != nil:
+		return nil, err
+	}
+	return res.GetRunner(), nil
+}

@@ -171,3 +171,10 @@ func UUIDFromSecret(secret string) string {
 	copy(b[:], secret)
 	return formatUUID(b)
 }
+
+// SameRegistration reports whether f and other register the same runner
+// (uuid and token) with the same forge: rewriting one with the other only
+// changes its name or labels, and needs no --force.
+func (f *RunnerFile) SameRegistration(other *RunnerFile) bool {
+	return f.UUID == other.UUID && f.Token == other.Token && f.Address == other.Address
+}

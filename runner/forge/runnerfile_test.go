@@ -12,6 +12,7 @@ import (
 	"time"
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
+	"connectrpc.com/connect"
 
 	"codeberg.org/provenix/provenix/runner/forgetest"
 )
@@ -185,5 +186,59 @@ func TestCreateRunnerFileAuthenticates(t *testing.T) {
 	defer cancel()
 	if _, err := c.Declare(ctx, &runnerv1.DeclareRequest{Version: "test", Labels: []string{"nix"}}); err != nil {
 		t.Fatalf("Declare with the secret's credentials: %v", err)
+	}
+}
+
+// TestCheckRegistration: a registration the forge knows is declared; one
+// it does not know is ErrUnknownSecret; a forge too old to declare is
+// checked by Ping alone; a forge that does not answer says so.
+func TestCheckRegistration(t *testing.T) {
+	srv := forgetest.New(t)
+	secret := "7c31591e8b67225a116d4a4519ea8e507e08f71f"
+	f, err := CreateRunnerFile(srv.URL, secret, "offline", []string{"nix:host", "kvm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	fast := WithRetry(Retry{Attempts: 1})
+	if _, err := CheckRegistration(ctx, f, "test", fast); !errors.Is(err, ErrUnknownSecret) || !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("an unknown secret: %v", err)
+	}
+	if _, err := srv.RegisterSecret("offline", secret); err != nil {
+		t.Fatal(err)
+	}
+	r, err := CheckRegistration(ctx, f, "test", fast)
+	if err != nil || r == nil || r.GetName() != "offline" || !reflect.DeepEqual(r.GetLabels(), []string{"nix", "kvm"}) {
+		t.Fatalf("a known secret: %v, %v", r, err)
+	}
+	srv.FailNext(forgetest.Declare, connect.CodeUnimplemented, 1)
+	if r, err := CheckRegistration(ctx, f, "test", fast); err != nil || r != nil {
+		t.Fatalf("a forge without Declare: %v, %v; want nil, nil", r, err)
+	}
+	gone := *f
+	gone.Address = "http://127.0.0.1:1"
+	if _, err := CheckRegistration(ctx, &gone, "test", fast); err == nil || !strings.Contains(err.Error(), "http://127.0.0.1:1 does not answer") {
+		t.Fatalf("no forge: %v", err)
+	}
+}
+
+func TestSameRegistration(t *testing.T) {
+	a := &RunnerFile{UUID: "u", Token: "t", Address: "https://forge.example", Name: "a", Labels: []string{"nix"}}
+	b := *a
+	b.Name, b.Labels, b.ID = "b", []string{"kvm"}, 7
+	if !a.SameRegistration(&b) {
+		t.Error("another name and labels: not the same registration")
+	}
+	for _, change := range []func(*RunnerFile){
+		func(f *RunnerFile) { f.UUID = "other" },
+		func(f *RunnerFile) { f.Token = "other" },
+		func(f *RunnerFile) { f.Address = "https://other.example" },
+	} {
+		c := *a
+		change(&c)
+		if a.SameRegistration(&c) {
+			t.Errorf("%+v is the same registration as %+v", c, a)
+		}
 	}
 }
