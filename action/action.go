@@ -38,8 +38,6 @@ type Config struct {
 	// Stdout receives workflow commands (::error::, ::add-mask::) and the
 	// report; Stderr Nix's build log.
 	Stdout, Stderr io.Writer
-	// Verify, for verify: true.
-	Verify VerifyFunc
 	// Version is the provenix version recorded in the provenance.
 	Version string
 	Logger  *slog.Logger

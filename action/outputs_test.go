@@ -3,8 +3,8 @@ package action
 import (
 	"bytes"
 	"context"
-	"errors"
-	"net/http"
+	"crypto/rand"
+	"crypto/sha256"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -15,7 +15,13 @@ import (
 	githubactions "github.com/sethvargo/go-githubactions"
 	"gopkg.in/yaml.v3"
 
-	"codeberg.org/provenix/provenix/cachelayout"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/cache-push/server"
+	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/internal/testcache"
 )
 
 const (
@@ -86,39 +92,67 @@ func TestOutputs(t *testing.T) {
 	}
 }
 
-// TestVerifyAll: each output waits for its narinfo and is verified; one
-// the cache never publishes, or the verifier refuses, is "not verified"
-// and so is the step; a runner-signed step needs the runner's key.
+// TestVerifyAll: each output waits for its narinfo and is verified
+// against a real cache; one the cache never publishes, or one signed by a
+// key the step does not trust, is "not verified" and so is the step; a
+// runner-signed step verifies with the runner's key, given as text.
 func TestVerifyAll(t *testing.T) {
-	cache := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/"+cachelayout.NarinfoKey(pathA) || r.URL.Path == "/"+cachelayout.NarinfoKey(pathB) {
-			w.Write([]byte("StorePath: ...\n"))
-			return
-		}
-		http.NotFound(w, r)
-	}))
-	defer cache.Close()
-	pathC := "/nix/store/cccccccccccccccccccccccccccccccc-never"
-	var asked []VerifyRequest
-	verify := func(_ context.Context, r VerifyRequest) (bool, string, error) {
-		asked = append(asked, r)
-		if r.StorePath == pathB {
-			return false, "✗ " + r.StorePath + "\n", nil
-		}
-		return true, "✓ " + r.StorePath + "\n", nil
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	cacheDir := filepath.Join(dir, "cache")
+	st, err := local.New(cacheDir)
+	if err != nil {
+		t.Fatal(err)
 	}
+	cache := httptest.NewServer(server.Handler(st, server.Options{}))
+	defer cache.Close()
+	sk, _, err := signature.GenerateKeypair("test-cache-1", rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stepKey, err := attest.GenerateKeyFiles(filepath.Join(dir, "step"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := attest.GenerateKeyFiles(filepath.Join(dir, "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(name string, signer *attest.Signer) string {
+		h := make([]byte, 20)
+		rand.Read(h)
+		sp := "/nix/store/" + nixbase32.EncodeToString(h) + "-" + name
+		narBytes := []byte("the NAR of " + sp)
+		testcache.PublishNAR(t, cacheDir, sk, sp, narBytes)
+		stmt, err := attest.NewStatement(&attest.Build{DrvPath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-" + name + ".drv", System: "x86_64-linux",
+			BuilderID: "ci", Installable: attest.Installable{Kind: "file", File: "x.nix", Attr: name},
+			Outputs: []attest.Output{{Name: "out", Path: sp, NarHash: sha256.Sum256(narBytes), NarSize: uint64(len(narBytes))}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundle, err := attest.Sign(ctx, stmt, signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testcache.PublishProvenance(t, cacheDir, sp, narBytes, bundle)
+		return sp
+	}
+	good, forged := publish("good", stepKey), publish("forged", other)
+	never := "/nix/store/cccccccccccccccccccccccccccccccc-never"
+
 	var stdout bytes.Buffer
 	s := &step{
-		cfg:     Config{Getenv: env(nil, "RUNNER_TEMP", t.TempDir()), Stdout: &stdout, Verify: verify, CacheTimeout: 300 * time.Millisecond},
+		cfg:     Config{Getenv: env(nil, "RUNNER_TEMP", t.TempDir()), Stdout: &stdout, CacheTimeout: 300 * time.Millisecond},
 		in:      &inputs{signing: SigningKey, cacheURL: cache.URL, builderID: "ci", verify: true},
-		pubFile: "/tmp/step.pub",
-		rows:    []Row{{StorePath: pathA}, {StorePath: pathB}, {StorePath: pathC}},
+		pubFile: filepath.Join(dir, "step.pub"),
+		rows:    []Row{{StorePath: good}, {StorePath: forged}, {StorePath: never}},
 	}
-	verdict, err := s.verifyAll(context.Background())
+	verdict, err := s.verifyAll(ctx)
 	if verdict != VerdictNotVerified || err == nil {
 		t.Fatalf("verdict %q, %v; want not verified", verdict, err)
 	}
-	for _, w := range []string{pathB + " is not verified in " + cache.URL, "the cache " + cache.URL + " did not publish " + pathC + " within 300ms"} {
+	for _, w := range []string{forged + " is not verified in " + cache.URL, "the cache " + cache.URL + " did not publish " + never + " within 300ms"} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error lacks %q: %v", w, err)
 		}
@@ -126,39 +160,38 @@ func TestVerifyAll(t *testing.T) {
 	if s.rows[0].Verdict != VerdictVerified || s.rows[1].Verdict != VerdictNotVerified || s.rows[2].Verdict != VerdictNotVerified {
 		t.Errorf("row verdicts %q %q %q", s.rows[0].Verdict, s.rows[1].Verdict, s.rows[2].Verdict)
 	}
-	if len(asked) != 2 || asked[0] != (VerifyRequest{CacheURL: cache.URL, StorePath: pathA, KeyFile: "/tmp/step.pub", BuilderID: "ci"}) {
-		t.Errorf("verifier asked %+v", asked)
-	}
-	if stdout.String() != "✓ "+pathA+"\n✗ "+pathB+"\n" {
-		t.Errorf("reports printed:\n%s", stdout.String())
+	if out := stdout.String(); !strings.Contains(out, "✓ "+good) || !strings.Contains(out, "✗ "+forged) || strings.Contains(out, never) {
+		t.Errorf("reports printed:\n%s", out)
 	}
 
 	// All published and verified.
-	s.rows = []Row{{StorePath: pathA}}
-	if verdict, err := s.verifyAll(context.Background()); verdict != VerdictVerified || err != nil {
+	s.rows = []Row{{StorePath: good}}
+	if verdict, err := s.verifyAll(ctx); verdict != VerdictVerified || err != nil {
 		t.Errorf("one good row: %q %v", verdict, err)
 	}
 
-	// The runner's key, written to a temporary file for the verifier.
+	// The runner's key, written to a temporary file for the verifier and
+	// removed afterwards.
 	s.in.signing = SigningRunner
-	if _, err := s.verifyAll(context.Background()); err == nil || !strings.Contains(err.Error(), "needs verify-key") {
+	s.pubFile = ""
+	if _, err := s.verifyAll(ctx); err == nil || !strings.Contains(err.Error(), "needs verify-key") {
 		t.Errorf("runner signing without verify-key: %v", err)
 	}
-	s.in.verifyKey = "-----BEGIN PUBLIC KEY-----\nrunner\n-----END PUBLIC KEY-----"
-	var keyFile string
-	s.cfg.Verify = func(_ context.Context, r VerifyRequest) (bool, string, error) {
-		keyFile = r.KeyFile
-		b, err := os.ReadFile(r.KeyFile)
-		if err != nil || string(b) != s.in.verifyKey+"\n" {
-			return false, "", errors.New("not the runner's key")
-		}
-		return true, "", nil
+	runnerKey, err := os.ReadFile(filepath.Join(dir, "other.pub"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if verdict, err := s.verifyAll(context.Background()); verdict != VerdictVerified || err != nil {
+	s.in.verifyKey = strings.TrimSpace(string(runnerKey))
+	s.rows = []Row{{StorePath: forged}}
+	if verdict, err := s.verifyAll(ctx); verdict != VerdictVerified || err != nil {
 		t.Errorf("runner signing: %q %v", verdict, err)
 	}
-	if _, err := os.Stat(keyFile); !os.IsNotExist(err) {
-		t.Errorf("the runner's key file %s is left: %v", keyFile, err)
+	s.rows = []Row{{StorePath: good}}
+	if verdict, _ := s.verifyAll(ctx); verdict != VerdictNotVerified {
+		t.Errorf("a path the runner's key did not sign: %q", verdict)
+	}
+	if left, _ := filepath.Glob(filepath.Join(s.tempDir(), "provenix-verify-*")); len(left) != 0 {
+		t.Errorf("the runner's key file is left: %v", left)
 	}
 }
 

@@ -7,26 +7,11 @@ import (
 	"os"
 
 	"codeberg.org/provenix/provenix/cacheclient"
+	"codeberg.org/provenix/provenix/trust"
 )
-
-// VerifyRequest is one cache entry to verify.
-type VerifyRequest struct {
-	CacheURL  string
-	StorePath string
-	// KeyFile is the trusted builder public key (PEM), trusted for BuilderID.
-	KeyFile   string
-	BuilderID string
-}
-
-// VerifyFunc verifies a cache entry as 'provenix verify --cache' does and
-// returns its verdict and a human-readable report.
-type VerifyFunc func(ctx context.Context, r VerifyRequest) (verified bool, report string, err error)
 
 // verifyAll waits for each output's narinfo and verifies it.
 func (s *step) verifyAll(ctx context.Context) (string, error) {
-	if s.cfg.Verify == nil {
-		return "", errors.New("verify: no verifier configured")
-	}
 	keyFile := s.pubFile
 	if s.in.signing == SigningRunner {
 		if s.in.verifyKey == "" || s.in.builderID == "" {
@@ -51,15 +36,19 @@ func (s *step) verifyAll(ctx context.Context) (string, error) {
 			verdict = VerdictNotVerified
 			continue
 		}
-		ok, rep, err := s.cfg.Verify(ctx, VerifyRequest{CacheURL: s.in.cacheURL, StorePath: r.StorePath, KeyFile: keyFile, BuilderID: s.in.builderID})
-		fmt.Fprint(s.cfg.Stdout, rep)
+		// As 'provenix verify --cache URL --key FILE --builder-id ID PATH'.
+		rep, err := trust.VerifyCacheEntry(ctx, trust.CacheEntry{CacheURL: s.in.cacheURL, StorePath: r.StorePath,
+			Key: trust.KeyFile{BuilderID: s.in.builderID, Path: keyFile}, Logger: s.cfg.Logger})
+		if err == nil {
+			rep.WriteText(s.cfg.Stdout)
+		}
 		switch {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("verify %s: %w", r.StorePath, err))
-		case !ok:
+		case !rep.Verified:
 			errs = append(errs, fmt.Errorf("%s is not verified in %s", r.StorePath, s.in.cacheURL))
 		}
-		if err != nil || !ok {
+		if err != nil || !rep.Verified {
 			r.Verdict, verdict = VerdictNotVerified, VerdictNotVerified
 			continue
 		}

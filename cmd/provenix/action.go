@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"codeberg.org/provenix/provenix/action"
-	"codeberg.org/provenix/provenix/trust"
 )
 
 func newActionCmd(g *globals) *cobra.Command {
@@ -58,7 +56,6 @@ func runAction(ctx context.Context, g *globals, getenv func(string) string) erro
 		Getenv:  getenv,
 		Stdout:  g.stdout,
 		Stderr:  g.stderr,
-		Verify:  actionVerify(g),
 		Version: version,
 		Logger:  g.logger(),
 	})
@@ -66,19 +63,4 @@ func runAction(ctx context.Context, g *globals, getenv func(string) string) erro
 		return &exitError{code: exitFailed, err: err}
 	}
 	return nil
-}
-
-// actionVerify verifies a cache entry as
-// 'provenix verify --cache URL --key FILE --builder-id ID STOREPATH' does.
-func actionVerify(g *globals) action.VerifyFunc {
-	return func(ctx context.Context, r action.VerifyRequest) (bool, string, error) {
-		rep, err := trust.VerifyCacheEntry(ctx, trust.CacheEntry{CacheURL: r.CacheURL, StorePath: r.StorePath,
-			Key: trust.KeyFile{BuilderID: r.BuilderID, Path: r.KeyFile}, Logger: g.logger()})
-		if err != nil {
-			return false, "", err
-		}
-		var buf bytes.Buffer
-		rep.WriteText(&buf)
-		return rep.Verified, buf.String(), nil
-	}
 }
