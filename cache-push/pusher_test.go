@@ -32,6 +32,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/storepath"
 )
 
@@ -62,7 +63,7 @@ func newFixture(t testing.TB) *fixture {
 func newFixtureAt(t testing.TB, cacheDir string, log *slog.Logger) *fixture {
 	t.Helper()
 	ctx := testCtx(t)
-	srv, err := queue.NewServer(queue.ServerConfig{StoreDir: t.TempDir()})
+	srv, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,64 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	natsd "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/testtls"
+	"codeberg.org/provenix/provenix/queue/server"
 )
-
-func TestNewServerListeners(t *testing.T) {
-	cert := testtls.Write(t)
-	tests := []struct {
-		name    string
-		cfg     ServerConfig
-		wantErr string
-	}{
-		{"wss", ServerConfig{WebSocket: &WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile}}, ""},
-		{"ws without TLS on loopback", ServerConfig{WebSocket: &WebSocketConfig{NoTLSUnsafe: true}}, ""},
-		{"ws without TLS on localhost", ServerConfig{WebSocket: &WebSocketConfig{Host: "localhost", NoTLSUnsafe: true}}, ""},
-		{"ws without certificate", ServerConfig{WebSocket: &WebSocketConfig{}}, "certificate and key are required"},
-		{"ws without TLS on all interfaces", ServerConfig{WebSocket: &WebSocketConfig{Host: "0.0.0.0", NoTLSUnsafe: true}}, "only on a loopback address"},
-		{"ws without TLS inherits a public host", ServerConfig{Host: "0.0.0.0", WebSocket: &WebSocketConfig{NoTLSUnsafe: true}}, "only on a loopback address"},
-		{"ws certificate without key", ServerConfig{WebSocket: &WebSocketConfig{CertFile: cert.CertFile}}, "both a certificate and a key"},
-		{"ws both TLS and not", ServerConfig{WebSocket: &WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile, NoTLSUnsafe: true}}, "exclusive"},
-		{"ws port out of range", ServerConfig{WebSocket: &WebSocketConfig{Port: 70000, NoTLSUnsafe: true}}, "out of range"},
-		{"leaf", ServerConfig{LeafNode: &LeafNodeConfig{}}, ""},
-		{"leaf key without certificate", ServerConfig{LeafNode: &LeafNodeConfig{KeyFile: cert.KeyFile}}, "both a certificate and a key"},
-		{"leaf dotted domain", ServerConfig{LeafNode: &LeafNodeConfig{Domain: "a.b"}}, "invalid name"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			tt.cfg.StoreDir = "/x"
-			s, err := NewServer(tt.cfg)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ws := s.cfg.WebSocket; ws != nil && ws.Host == "" {
-				t.Error("websocket host not defaulted")
-			}
-			if ln := s.cfg.LeafNode; ln != nil && (ln.Host == "" || ln.Domain != DefaultJetStreamDomain) {
-				t.Errorf("leaf node defaults not filled: %+v", ln)
-			}
-		})
-	}
-	// A certificate that does not load fails Open with the file's error.
-	s, err := NewServer(ServerConfig{StoreDir: t.TempDir(), WebSocket: &WebSocketConfig{CertFile: cert.KeyFile, KeyFile: cert.KeyFile}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Open(ctxT(t)); err == nil || !strings.Contains(err.Error(), "websocket TLS") {
-		s.Close(ctxT(t))
-		t.Fatalf("Open with a key as certificate: %v", err)
-	}
-}
 
 // stageAndPublish does what a builder does through c: stage a NAR, publish
 // its result. It returns the staged bytes and the result.
@@ -116,7 +65,7 @@ func requireArrived(t testing.TB, hub *Conn, data []byte, r *Result) {
 // say why.
 func TestServerWebSocket(t *testing.T) {
 	cert := testtls.Write(t)
-	s := startServer(t, ServerConfig{Token: "tok", WebSocket: &WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile}})
+	s := startServer(t, server.Config{Token: "tok", WebSocket: &server.WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile}})
 	const retried = -1 // for fails: Connect retries until its ctx ends
 	wsURL := s.WebSocketURL()
 	if !strings.HasPrefix(wsURL, "wss://127.0.0.1:") || wsURL == "wss://127.0.0.1:0" {
@@ -136,7 +85,7 @@ func TestServerWebSocket(t *testing.T) {
 	}
 	data, r := stageAndPublish(t, w, 1)
 	requireArrived(t, hub, data, r)
-	cz, err := s.ns.Connz(&server.ConnzOptions{})
+	cz, err := s.NATS().Connz(&natsd.ConnzOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +155,7 @@ func TestServerWebSocket(t *testing.T) {
 // TestServerWebSocketNoTLS: plain ws:// on loopback, for a reverse proxy
 // that terminates TLS in front.
 func TestServerWebSocketNoTLS(t *testing.T) {
-	s := startServer(t, ServerConfig{Token: "tok", WebSocket: &WebSocketConfig{NoTLSUnsafe: true}})
+	s := startServer(t, server.Config{Token: "tok", WebSocket: &server.WebSocketConfig{NoTLSUnsafe: true}})
 	if !strings.HasPrefix(s.WebSocketURL(), "ws://127.0.0.1:") {
 		t.Fatalf("WebSocketURL = %q", s.WebSocketURL())
 	}
@@ -222,10 +171,10 @@ func TestServerWebSocketNoTLS(t *testing.T) {
 // hub's streams. A leaf with a wrong password never links up.
 func TestLeafNode(t *testing.T) {
 	cert := testtls.Write(t)
-	s := startServer(t, ServerConfig{Token: "tok",
-		WebSocket: &WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile},
-		LeafNode:  &LeafNodeConfig{}})
-	if !strings.HasPrefix(s.LeafNodeURL(), "nats-leaf://127.0.0.1:") || s.JetStreamDomain() != DefaultJetStreamDomain {
+	s := startServer(t, server.Config{Token: "tok",
+		WebSocket: &server.WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile},
+		LeafNode:  &server.LeafNodeConfig{}})
+	if !strings.HasPrefix(s.LeafNodeURL(), "nats-leaf://127.0.0.1:") || s.JetStreamDomain() != server.DefaultJetStreamDomain {
 		t.Fatalf("LeafNodeURL = %q, domain %q", s.LeafNodeURL(), s.JetStreamDomain())
 	}
 	hub := connect(t, s.ClientURL(), WithToken("tok"))
@@ -242,7 +191,7 @@ func TestLeafNode(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			leafURL := testnats.Leaf{
-				Remote: testnats.WithUser(tc.remote, LeafNodeUser, "tok"), CAFile: tc.ca,
+				Remote: testnats.WithUser(tc.remote, server.LeafNodeUser, "tok"), CAFile: tc.ca,
 				Token: "site-tok", Domain: s.JetStreamDomain(),
 			}.Start(t)
 			w := connect(t, leafURL, WithToken("site-tok"))
@@ -285,9 +234,9 @@ func TestLeafNode(t *testing.T) {
 		})
 	}
 	t.Run("wrong password", func(t *testing.T) {
-		waitFor(t, 5*time.Second, "the earlier leaf nodes to go", func() bool { return s.ns.NumLeafNodes() == 0 })
+		waitFor(t, 5*time.Second, "the earlier leaf nodes to go", func() bool { return s.NATS().NumLeafNodes() == 0 })
 		leafURL := testnats.Leaf{
-			Remote: testnats.WithUser(s.LeafNodeURL(), LeafNodeUser, "bad"),
+			Remote: testnats.WithUser(s.LeafNodeURL(), server.LeafNodeUser, "bad"),
 			Token:  "site-tok", Domain: s.JetStreamDomain(), Unlinked: true,
 		}.Start(t)
 		w := connect(t, leafURL, WithToken("site-tok"))
@@ -301,7 +250,7 @@ func TestLeafNode(t *testing.T) {
 		} else {
 			t.Logf("PublishResult through an unlinked leaf: %v", err)
 		}
-		if got := s.ns.NumLeafNodes(); got != 0 {
+		if got := s.NATS().NumLeafNodes(); got != 0 {
 			t.Fatalf("a leaf with a wrong password linked up (%d leaf nodes)", got)
 		}
 		subj, _ := ResultsSubject(r.Tenant, r.System)
@@ -319,12 +268,12 @@ func TestLeafNode(t *testing.T) {
 }
 
 // TestLeafNodeListenerAddedLater: a leaf node listener names the
-// JetStream (DefaultJetStreamDomain); turning it on for a store created
+// JetStream (server.DefaultJetStreamDomain); turning it on for a store created
 // without one keeps the streams and their messages.
 func TestLeafNodeListenerAddedLater(t *testing.T) {
 	dir := t.TempDir()
-	for i, ln := range []*LeafNodeConfig{nil, {}} {
-		s := startServer(t, ServerConfig{StoreDir: dir, LeafNode: ln})
+	for i, ln := range []*server.LeafNodeConfig{nil, {}} {
+		s := startServer(t, server.Config{StoreDir: dir, LeafNode: ln})
 		c := connect(t, s.ClientURL())
 		if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
 			t.Fatalf("run %d (domain %q): EnsureStreams: %v", i, s.JetStreamDomain(), err)

@@ -10,17 +10,19 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"codeberg.org/provenix/provenix/queue/server"
 )
 
 // startServer runs an embedded server for the test, on a random port with
 // its store in a temporary directory. A server that does not start fails
 // the test: these tests are the package's integration tests, never skipped.
-func startServer(t testing.TB, cfg ServerConfig) *Server {
+func startServer(t testing.TB, cfg server.Config) *server.Server {
 	t.Helper()
 	if cfg.StoreDir == "" {
 		cfg.StoreDir = t.TempDir()
 	}
-	s, err := NewServer(cfg)
+	s, err := server.New(cfg)
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
 	}
@@ -52,9 +54,9 @@ func connect(t testing.TB, url string, opts ...Option) *Conn {
 }
 
 // setup is a server with the streams in place and one connection to it.
-func setup(t testing.TB) (*Server, *Conn) {
+func setup(t testing.TB) (*server.Server, *Conn) {
 	t.Helper()
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
 	if err := c.EnsureStreams(context.Background(), StreamOptions{}); err != nil {
 		t.Fatalf("EnsureStreams: %v", err)

@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	natsd "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/queue/server"
 )
 
 func TestPublishResult(t *testing.T) {
@@ -106,7 +108,7 @@ func TestPublishEvent(t *testing.T) {
 }
 
 func TestPublishWithoutStreams(t *testing.T) {
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
 	// No stream answering could be a leader election: PublishResult
 	// retries until ctx ends.
@@ -121,25 +123,25 @@ func TestPublishWithoutStreams(t *testing.T) {
 // deny and only says so asynchronously; PublishResult must report that,
 // quickly, instead of timing out.
 func TestPublishPermissionDenied(t *testing.T) {
-	opts := &server.Options{
+	opts := &natsd.Options{
 		Host:      "127.0.0.1",
-		Port:      server.RANDOM_PORT,
+		Port:      natsd.RANDOM_PORT,
 		JetStream: true,
 		StoreDir:  filepath.Join(t.TempDir(), "js"),
 		NoSigs:    true,
 		NoLog:     true,
-		Users: []*server.User{
+		Users: []*natsd.User{
 			{Username: "admin", Password: "pw"},
-			{Username: "builder", Password: "pw", Permissions: &server.Permissions{
-				Publish: &server.SubjectPermission{Allow: []string{"$JS.API.>", "_INBOX.>", "events.>"}, Deny: []string{"results.>"}},
+			{Username: "builder", Password: "pw", Permissions: &natsd.Permissions{
+				Publish: &natsd.SubjectPermission{Allow: []string{"$JS.API.>", "_INBOX.>", "events.>"}, Deny: []string{"results.>"}},
 			}},
 			// May use the JetStream API but not write objects.
-			{Username: "reader", Password: "pw", Permissions: &server.Permissions{
-				Publish: &server.SubjectPermission{Allow: []string{"$JS.API.>", "_INBOX.>"}},
+			{Username: "reader", Password: "pw", Permissions: &natsd.Permissions{
+				Publish: &natsd.SubjectPermission{Allow: []string{"$JS.API.>", "_INBOX.>"}},
 			}},
 		},
 	}
-	ns, err := server.NewServer(opts)
+	ns, err := natsd.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +194,7 @@ func TestPublishResultAcrossRestart(t *testing.T) {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	cfg := ServerConfig{StoreDir: dir, Port: port}
+	cfg := server.Config{StoreDir: dir, Port: port}
 	s := startServer(t, cfg)
 	c := connect(t, s.ClientURL())
 	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
@@ -239,7 +241,7 @@ func TestPublishResultAcrossRestart(t *testing.T) {
 // election, a server still recovering), PublishResult keeps trying instead
 // of failing the build whose result it carries.
 func TestPublishResultWaitsForStream(t *testing.T) {
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
 	done := make(chan error, 1)
 	go func() {

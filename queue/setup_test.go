@@ -10,10 +10,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/queue/server"
 )
 
 func TestEnsureStreamsIdempotent(t *testing.T) {
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
 	tests := []struct {
 		name       string
@@ -84,7 +86,7 @@ func TestEnsureStreamsOptions(t *testing.T) {
 
 func TestEnsureStreamsReplicasUnavailable(t *testing.T) {
 	// A single server cannot hold 3 replicas: the error must surface.
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
 	if err := c.EnsureStreams(ctxT(t), StreamOptions{Replicas: 3}); err == nil {
 		t.Fatal("3 replicas on one server accepted")
@@ -152,7 +154,7 @@ func TestClusterSettling(t *testing.T) {
 // the cluster's meta leader, which an election leaves unanswered); a
 // changed setting is still written.
 func TestEnsureStreamsWritesOnlyChanges(t *testing.T) {
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
 	var mu sync.Mutex
 	var writes []string

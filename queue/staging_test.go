@@ -19,6 +19,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/queue/server"
 )
 
 func randomBytes(seed uint64, n int) []byte {
@@ -250,7 +252,7 @@ func TestStageMissingAndDelete(t *testing.T) {
 }
 
 func TestStageWithoutBucket(t *testing.T) {
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
 	if _, err := c.Stage(ctxT(t), "k", strings.NewReader("x")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Stage without bucket: %v, want ErrNotFound", err)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testfs"
+	"codeberg.org/provenix/provenix/queue/server"
 )
 
 // stagingBytes is the size of the staging bucket's stream.
@@ -37,7 +38,7 @@ func stagingBytes(t *testing.T, c *Conn) uint64 {
 // succeeds once space is freed.
 func TestStageStorageFull(t *testing.T) {
 	disk := testfs.Tmpfs(t, 4<<20, 0)
-	s := startServer(t, ServerConfig{StoreDir: filepath.Join(disk, "js")})
+	s := startServer(t, server.Config{StoreDir: filepath.Join(disk, "js")})
 	c := connect(t, s.ClientURL())
 	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
 		t.Fatal(err)
@@ -86,7 +87,7 @@ func TestStageStorageFull(t *testing.T) {
 func TestDiskFullUnderJetStream(t *testing.T) {
 	disk := testfs.Tmpfs(t, 4<<20, 0)
 	storeDir := filepath.Join(disk, "js")
-	s := startServer(t, ServerConfig{StoreDir: storeDir})
+	s := startServer(t, server.Config{StoreDir: storeDir})
 	c := connect(t, s.ClientURL())
 	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
 		t.Fatal(err)
@@ -114,7 +115,7 @@ func TestDiskFullUnderJetStream(t *testing.T) {
 		t.Fatalf("publish on a full disk: %v; want a timeout naming storage as a cause", err)
 	}
 	serr := s.StorageError()
-	if !errors.Is(serr, ErrStorageFull) || !strings.Contains(serr.Error(), "no space left") {
+	if !errors.Is(serr, server.ErrStorageFull) || !strings.Contains(serr.Error(), "no space left") {
 		t.Fatalf("StorageError on a full disk: %v", serr)
 	}
 	t.Log(serr)
@@ -126,7 +127,7 @@ func TestDiskFullUnderJetStream(t *testing.T) {
 	if err := s.Close(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
-	s = startServer(t, ServerConfig{StoreDir: storeDir})
+	s = startServer(t, server.Config{StoreDir: storeDir})
 	c = connect(t, s.ClientURL())
 	for i := range acked {
 		if dup, err := c.PublishResult(ctxT(t), testResult(i)); err != nil || !dup {

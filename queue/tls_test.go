@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	natsd "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
 )
 
@@ -106,9 +106,9 @@ func TestConnectTLSAndNKey(t *testing.T) {
 	otherFile := filepath.Join(t.TempDir(), "other.nk")
 	os.WriteFile(otherFile, otherSeed, 0o600)
 
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
+	ns, err := natsd.NewServer(&natsd.Options{Host: "127.0.0.1", Port: natsd.RANDOM_PORT, JetStream: true,
 		StoreDir: t.TempDir(), TLSConfig: pki.serverTLS, TLS: true, TLSVerify: true, TLSTimeout: 2,
-		Nkeys: []*server.NkeyUser{{Nkey: pub}}, NoSigs: true, NoLog: true})
+		Nkeys: []*natsd.NkeyUser{{Nkey: pub}}, NoSigs: true, NoLog: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
 const tenant = "t1"
@@ -38,7 +39,7 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 // startQueue runs an embedded NATS server with the streams in place.
 func startQueue(t *testing.T) *queue.Conn {
 	t.Helper()
-	s, err := queue.NewServer(queue.ServerConfig{StoreDir: t.TempDir()})
+	s, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

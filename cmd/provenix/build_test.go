@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
 // TestBuildClosureJSON: `provenix build --json` of examples/closure.nix,
@@ -19,7 +20,7 @@ import (
 func TestBuildClosureJSON(t *testing.T) {
 	busybox := requireNix(t)
 	ctx := ctxFor(t, 3*time.Minute)
-	s, err := queue.NewServer(queue.ServerConfig{StoreDir: t.TempDir()})
+	s, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -53,7 +54,7 @@ func BenchmarkResultsCluster(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	srv, err := queue.NewServer(queue.ServerConfig{StoreDir: b.TempDir()})
+	srv, err := natsserver.New(natsserver.Config{StoreDir: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/testtls"
-	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -111,7 +111,7 @@ func TestFirewalledSiteLeafNode(t *testing.T) {
 	dir := t.TempDir()
 	rt, stdout := runUpCLI(t, dir, "--websocket-listen", "127.0.0.1:0",
 		"--websocket-tls-cert", cert.CertFile, "--websocket-tls-key", cert.KeyFile, "--leafnode-listen", "127.0.0.1:0")
-	if !strings.HasPrefix(rt.LeafNodeURL, "nats-leaf://127.0.0.1:") || rt.JetStreamDomain != queue.DefaultJetStreamDomain {
+	if !strings.HasPrefix(rt.LeafNodeURL, "nats-leaf://127.0.0.1:") || rt.JetStreamDomain != natsserver.DefaultJetStreamDomain {
 		t.Fatalf("up.json: leaf %q, domain %q", rt.LeafNodeURL, rt.JetStreamDomain)
 	}
 	if !strings.Contains(stdout(), "leaf nodes "+rt.LeafNodeURL) {
@@ -120,7 +120,7 @@ func TestFirewalledSiteLeafNode(t *testing.T) {
 	p := up.Paths{Dir: dir}
 	hubToken := readPub(t, p.NATSToken())
 	siteURL := testnats.Leaf{
-		Remote: testnats.WithUser(rt.WebSocketURL, queue.LeafNodeUser, hubToken), CAFile: cert.CertFile,
+		Remote: testnats.WithUser(rt.WebSocketURL, natsserver.LeafNodeUser, hubToken), CAFile: cert.CertFile,
 		Token: "site-token", Domain: rt.JetStreamDomain,
 	}.Start(t)
 	siteToken := filepath.Join(t.TempDir(), "site.token")
