@@ -311,7 +311,7 @@ func TestBackoff(t *testing.T) {
 	r := Retry{Initial: 100 * time.Millisecond, Max: time.Second}
 	for attempt, want := range map[int]time.Duration{1: 100 * time.Millisecond, 2: 200 * time.Millisecond, 4: 800 * time.Millisecond, 5: time.Second, 50: time.Second} {
 		for range 20 {
-			if d := backoff(r, attempt); d < want/2 || d > want {
+			if d := r.policy().Delay(attempt); d < want/2 || d > want {
 				t.Errorf("backoff(%d) = %v, want in [%v, %v]", attempt, d, want/2, want)
 			}
 		}
