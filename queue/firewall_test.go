@@ -12,6 +12,7 @@ import (
 	natsd "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/testtls"
 	"codeberg.org/provenix/provenix/queue/server"
@@ -23,14 +24,14 @@ func stageAndPublish(t testing.TB, c *Conn, seed uint64) ([]byte, *Result) {
 	t.Helper()
 	data := randomBytes(seed, 3*stageChunkSize+17) // several chunks
 	key := narKey(data)
-	if _, err := c.Stage(ctxT(t), key, bytes.NewReader(data)); err != nil {
+	if _, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(data)); err != nil {
 		t.Fatalf("Stage: %v", err)
 	}
 	r := testResult(int(seed))
 	r.Outputs[0].NarHash = strings.TrimPrefix(key, "nar/")
 	r.Outputs[0].StagingKey = key
 	r.Outputs[0].NarSize = uint64(len(data))
-	if dup, err := c.PublishResult(ctxT(t), r); err != nil || dup {
+	if dup, err := c.PublishResult(testctx.New(t, 30*time.Second), r); err != nil || dup {
 		t.Fatalf("PublishResult: duplicate %v, %v", dup, err)
 	}
 	return data, r
@@ -41,11 +42,11 @@ func stageAndPublish(t testing.TB, c *Conn, seed uint64) ([]byte, *Result) {
 func requireArrived(t testing.TB, hub *Conn, data []byte, r *Result) {
 	t.Helper()
 	subj, _ := ResultsSubject(r.Tenant, r.System)
-	str, err := hub.JetStream().Stream(ctxT(t), StreamResults)
+	str, err := hub.JetStream().Stream(testctx.New(t, 30*time.Second), StreamResults)
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, err := str.GetLastMsgForSubject(ctxT(t), subj)
+	msg, err := str.GetLastMsgForSubject(testctx.New(t, 30*time.Second), subj)
 	if err != nil {
 		t.Fatalf("no result on %s: %v", subj, err)
 	}
@@ -75,7 +76,7 @@ func TestServerWebSocket(t *testing.T) {
 		t.Fatalf("no leaf listener asked for, got %q (domain %q)", s.LeafNodeURL(), s.JetStreamDomain())
 	}
 	hub := connect(t, s.ClientURL(), WithToken("tok"))
-	if err := hub.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+	if err := hub.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -160,7 +161,7 @@ func TestServerWebSocketNoTLS(t *testing.T) {
 		t.Fatalf("WebSocketURL = %q", s.WebSocketURL())
 	}
 	c := connect(t, s.WebSocketURL(), WithToken("tok"))
-	if _, err := c.JetStream().AccountInfo(ctxT(t)); err != nil {
+	if _, err := c.JetStream().AccountInfo(testctx.New(t, 30*time.Second)); err != nil {
 		t.Fatalf("JetStream over ws://: %v", err)
 	}
 }
@@ -178,7 +179,7 @@ func TestLeafNode(t *testing.T) {
 		t.Fatalf("LeafNodeURL = %q, domain %q", s.LeafNodeURL(), s.JetStreamDomain())
 	}
 	hub := connect(t, s.ClientURL(), WithToken("tok"))
-	if err := hub.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+	if err := hub.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for i, tc := range []struct {
@@ -205,10 +206,10 @@ func TestLeafNode(t *testing.T) {
 			// What volunteers do besides: read a vote from the hub's KV
 			// and pull a rebuild request with an acknowledged consumer.
 			key := fmt.Sprintf("vote-%d", i)
-			if err := hub.KVPut(ctxT(t), BucketVotes, key, []byte("yes")); err != nil {
+			if err := hub.KVPut(testctx.New(t, 30*time.Second), BucketVotes, key, []byte("yes")); err != nil {
 				t.Fatal(err)
 			}
-			if v, err := w.KVGet(ctxT(t), BucketVotes, key); err != nil || string(v) != "yes" {
+			if v, err := w.KVGet(testctx.New(t, 30*time.Second), BucketVotes, key); err != nil || string(v) != "yes" {
 				t.Fatalf("KVGet through the leaf: %q, %v", v, err)
 			}
 			system := fmt.Sprintf("sys%d-linux", i)
@@ -218,7 +219,7 @@ func TestLeafNode(t *testing.T) {
 				return nil
 			})
 			req := testRebuild(30+i, system)
-			if _, err := hub.PublishRebuild(ctxT(t), req); err != nil {
+			if _, err := hub.PublishRebuild(testctx.New(t, 30*time.Second), req); err != nil {
 				t.Fatal(err)
 			}
 			select {
@@ -254,12 +255,12 @@ func TestLeafNode(t *testing.T) {
 			t.Fatalf("a leaf with a wrong password linked up (%d leaf nodes)", got)
 		}
 		subj, _ := ResultsSubject(r.Tenant, r.System)
-		str, err := hub.JetStream().Stream(ctxT(t), StreamResults)
+		str, err := hub.JetStream().Stream(testctx.New(t, 30*time.Second), StreamResults)
 		if err != nil {
 			t.Fatal(err)
 		}
 		// Earlier results share the subject: compare the derivation.
-		if msg, err := str.GetLastMsgForSubject(ctxT(t), subj); err == nil {
+		if msg, err := str.GetLastMsgForSubject(testctx.New(t, 30*time.Second), subj); err == nil {
 			if got, _ := DecodeResult(msg.Data); got != nil && got.DrvPath == r.DrvPath {
 				t.Fatal("the result reached the hub without a link")
 			}
@@ -275,22 +276,22 @@ func TestLeafNodeListenerAddedLater(t *testing.T) {
 	for i, ln := range []*server.LeafNodeConfig{nil, {}} {
 		s := startServer(t, server.Config{StoreDir: dir, LeafNode: ln})
 		c := connect(t, s.ClientURL())
-		if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+		if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 			t.Fatalf("run %d (domain %q): EnsureStreams: %v", i, s.JetStreamDomain(), err)
 		}
 		if i == 0 {
 			publishN(t, c, 3)
 		}
-		str, err := c.JetStream().Stream(ctxT(t), StreamResults)
+		str, err := c.JetStream().Stream(testctx.New(t, 30*time.Second), StreamResults)
 		if err != nil {
 			t.Fatal(err)
 		}
-		info, err := str.Info(ctxT(t))
+		info, err := str.Info(testctx.New(t, 30*time.Second))
 		if err != nil || info.State.Msgs != 3 {
 			t.Fatalf("run %d (domain %q): %v messages, %v; want 3", i, s.JetStreamDomain(), info, err)
 		}
 		c.Close()
-		if err := s.Close(ctxT(t)); err != nil {
+		if err := s.Close(testctx.New(t, 30*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue/server"
 )
 
@@ -64,12 +65,6 @@ func setup(t testing.TB) (*server.Server, *Conn) {
 	return s, c
 }
 
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // testResult is a valid result, distinct for each i.
 func testResult(i int) *Result {
 	sum := sha256.Sum256(fmt.Appendf(nil, "nar %d", i))
@@ -94,7 +89,7 @@ func testResult(i int) *Result {
 func publishN(t testing.TB, c *Conn, n int) {
 	t.Helper()
 	for i := range n {
-		if _, err := c.PublishResult(ctxT(t), testResult(i)); err != nil {
+		if _, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(i)); err != nil {
 			t.Fatalf("PublishResult %d: %v", i, err)
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"codeberg.org/provenix/provenix/action"
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testforge"
 	"codeberg.org/provenix/provenix/internal/testfulcio"
 	"codeberg.org/provenix/provenix/internal/testrekor"
@@ -102,7 +103,7 @@ func withoutMasks(s string) string {
 
 func TestActionKeySigning(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	dir := t.TempDir()
 	p := up.Paths{Dir: dir}
 	if _, err := up.Init(p); err != nil {
@@ -291,7 +292,7 @@ func TestActionYAML(t *testing.T) {
 // its bundles to the tag's release.
 func TestActionForgeFeedback(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	forge := testforge.Start(t)
 	owner, repo := forge.CreateRepo(t, "pkgs")
 	sha := forge.HeadSHA(t, owner, repo)
@@ -380,7 +381,7 @@ func hostSystem(t *testing.T) string {
 // `provenix verify --identity` accepts it from the cache.
 func TestActionKeyless(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	log := testrekor.Start(t)
 	tsa := testtsa.Start(t)
 	fulcio := testfulcio.Start(t)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
@@ -19,7 +20,7 @@ import (
 // and alone marked requested, and the two sources.
 func TestBuildClosureJSON(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 3*time.Minute)
+	ctx := testctx.New(t, 3*time.Minute)
 	s, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)

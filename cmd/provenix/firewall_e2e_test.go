@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/testtls"
@@ -56,7 +57,7 @@ func runUpCLI(t *testing.T, dir string, args ...string) (*up.Runtime, func() str
 // CA file and the token, and its result reaches the cache.
 func TestFirewalledBuilderWebSocket(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := testctx.New(t, 2*time.Minute)
 	cert := testtls.Write(t)
 	dir := t.TempDir()
 	rt, stdout := runUpCLI(t, dir, "--websocket-listen", "127.0.0.1:0",
@@ -106,7 +107,7 @@ func TestFirewalledBuilderWebSocket(t *testing.T) {
 func TestFirewalledSiteLeafNode(t *testing.T) {
 	busybox := requireNix(t)
 	testnats.Bin(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := testctx.New(t, 2*time.Minute)
 	cert := testtls.Write(t)
 	dir := t.TempDir()
 	rt, stdout := runUpCLI(t, dir, "--websocket-listen", "127.0.0.1:0",

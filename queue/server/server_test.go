@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testtls"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -55,7 +56,7 @@ func TestServerOpenClose(t *testing.T) {
 	if !c.NATS().IsConnected() {
 		t.Fatal("not connected")
 	}
-	if _, err := c.JetStream().AccountInfo(ctxT(t)); err != nil {
+	if _, err := c.JetStream().AccountInfo(testctx.New(t, 30*time.Second)); err != nil {
 		t.Fatalf("JetStream not enabled: %v", err)
 	}
 	url := s.ClientURL()
@@ -86,9 +87,9 @@ func TestServerOpenFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = s.Open(ctxT(t))
+	err = s.Open(testctx.New(t, 30*time.Second))
 	if err == nil {
-		_ = s.Close(ctxT(t))
+		_ = s.Close(testctx.New(t, 30*time.Second))
 		t.Fatal("Open succeeded with a file as StoreDir")
 	}
 	t.Logf("Open: %v", err)
@@ -182,8 +183,8 @@ func TestNewServerListeners(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Open(ctxT(t)); err == nil || !strings.Contains(err.Error(), "websocket TLS") {
-		s.Close(ctxT(t))
+	if err := s.Open(testctx.New(t, 30*time.Second)); err == nil || !strings.Contains(err.Error(), "websocket TLS") {
+		s.Close(testctx.New(t, 30*time.Second))
 		t.Fatalf("Open with a key as certificate: %v", err)
 	}
 }
@@ -199,7 +200,7 @@ func startServer(t testing.TB, cfg Config) *Server {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if err := s.Open(ctxT(t)); err != nil {
+	if err := s.Open(testctx.New(t, 30*time.Second)); err != nil {
 		t.Fatalf("Open: %v", err)
 	}
 	t.Cleanup(func() {
@@ -214,16 +215,10 @@ func startServer(t testing.TB, cfg Config) *Server {
 
 func connect(t testing.TB, url string, opts ...queue.Option) *queue.Conn {
 	t.Helper()
-	c, err := queue.Connect(ctxT(t), url, opts...)
+	c, err := queue.Connect(testctx.New(t, 30*time.Second), url, opts...)
 	if err != nil {
 		t.Fatalf("Connect: %v", err)
 	}
 	t.Cleanup(c.Close)
 	return c
-}
-
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
 }
