@@ -30,15 +30,9 @@ func TestNewServer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := New(tt.cfg)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
+			s := checkNew(t, tt.cfg, tt.wantErr)
+			if s == nil {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if s.cfg.Host != "127.0.0.1" || s.cfg.MaxPayload == 0 {
 				t.Errorf("defaults not filled: %+v", s.cfg)
@@ -160,15 +154,9 @@ func TestNewServerListeners(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.cfg.StoreDir = "/x"
-			s, err := New(tt.cfg)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
+			s := checkNew(t, tt.cfg, tt.wantErr)
+			if s == nil {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if ws := s.cfg.WebSocket; ws != nil && ws.Host == "" {
 				t.Error("websocket host not defaulted")
@@ -187,6 +175,23 @@ func TestNewServerListeners(t *testing.T) {
 		s.Close(testctx.New(t, 30*time.Second))
 		t.Fatalf("Open with a key as certificate: %v", err)
 	}
+}
+
+// checkNew is New(cfg), which must fail with an error containing wantErr
+// (then checkNew returns nil) or, without wantErr, succeed.
+func checkNew(t *testing.T, cfg Config, wantErr string) *Server {
+	t.Helper()
+	s, err := New(cfg)
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("err = %v, want %q", err, wantErr)
+		}
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // startServer runs a server for the test, on a random port with its
