@@ -20,6 +20,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/internal/retry"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -178,34 +179,30 @@ func (b *Builder) BuildTargets(ctx context.Context, targets []Target, each func(
 // staged object is abandoned instead of published under a hash it lacks.
 //
 // An upload cut by the broker (restarted, connection lost) is retried
-// from a fresh dump, up to stageAttempts times: the NAR is still in the
+// from a fresh dump (stageRetry): the NAR is still in the
 // store, and a build that may have taken hours must not fail for it.
 func (b *Builder) stage(ctx context.Context, key string, info nix.PathInfo) error {
 	b.log().Info("staging NAR", "path", info.Path, "bytes", info.NarSize)
-	for attempt := 1; ; attempt++ {
-		retry, err := b.stageOnce(ctx, key, info)
-		if err == nil {
-			return nil
-		}
-		if !retry || attempt == stageAttempts || ctx.Err() != nil {
-			return fmt.Errorf("stage %s: %w", info.Path, err)
-		}
+	p := stageRetry
+	p.OnRetry = func(attempt int, _ time.Duration, err error) {
 		b.log().Warn("staging failed, retrying", "path", info.Path, "attempt", attempt, "err", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("stage %s: %w (after: %w)", info.Path, ctx.Err(), err)
-		case <-time.After(time.Duration(attempt) * stageRetryWait):
-		}
 	}
+	err := retry.Do(ctx, p, func(int) error {
+		again, err := b.stageOnce(ctx, key, info)
+		if err != nil && !again {
+			return retry.Stop(err)
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("stage %s: %w", info.Path, err)
+	}
+	return nil
 }
 
-const (
-	// stageAttempts and stageRetryWait: a NAR upload is tried this many
-	// times, waiting 1, 2, 3... times stageRetryWait in between (10 s in
-	// all, a broker restart's worth).
-	stageAttempts  = 5
-	stageRetryWait = time.Second
-)
+// stageRetry: a NAR upload is tried 5 times, waiting 1, 2, 4 and 4 s in
+// between (11 s in all, a broker restart's worth).
+var stageRetry = retry.Policy{Initial: time.Second, Max: 4 * time.Second, Attempts: 5}
 
 var errStagingEnded = errors.New("staging ended")
 

@@ -18,6 +18,7 @@ import (
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
 // startQueue runs an embedded NATS server with the streams in place.
@@ -25,7 +26,7 @@ func startQueue(t testing.TB) *queue.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s, err := queue.NewServer(queue.ServerConfig{StoreDir: t.TempDir()})
+	s, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -40,7 +41,7 @@ func TestQuorumAgreesOnReferences(t *testing.T) {
 	cf.process(t, r, d)
 	// b1 signs the very same NAR but claims another reference.
 	r, d = cf.result(t, drvResult{name: "top", builder: "b1", nar: nar, refs: []string{dep2}, drv: storePath("top-other.drv")})
-	cf.pusher.Process(testCtx(t), subject(r), d, r.MsgID())
+	cf.pusher.Process(testctx.New(t, 60*time.Second), subject(r), d, r.MsgID())
 	if cf.isVisible(t, top) {
 		t.Fatal("published although the builders disagree on the references")
 	}
@@ -54,7 +55,7 @@ func TestQuorumAgreesOnReferences(t *testing.T) {
 	if !cf.isVisible(t, top) {
 		t.Fatal("two builders agree on NAR and references, not published")
 	}
-	b, err := store.ReadAll(testCtx(t), cf.store, cachelayout.NarinfoKey(top), 1<<20)
+	b, err := store.ReadAll(testctx.New(t, 60*time.Second), cf.store, cachelayout.NarinfoKey(top), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,10 +82,10 @@ func TestSameHashPartOtherName(t *testing.T) {
 	r, d := cf.result(t, drvResult{name: "real", builder: "b0", nar: nar})
 	cf.process(t, r, d)
 	r, d = cf.result(t, drvResult{name: "other", path: other, builder: "b1", nar: nar})
-	if err := cf.pusher.Process(testCtx(t), subject(r), d, r.MsgID()); err == nil {
+	if err := cf.pusher.Process(testctx.New(t, 60*time.Second), subject(r), d, r.MsgID()); err == nil {
 		t.Fatal("the same hash part under another name was accepted")
 	}
-	b, err := store.ReadAll(testCtx(t), cf.store, cachelayout.ProvenanceKey(real), 1<<20)
+	b, err := store.ReadAll(testctx.New(t, 60*time.Second), cf.store, cachelayout.ProvenanceKey(real), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +93,7 @@ func TestSameHashPartOtherName(t *testing.T) {
 	if err != nil || prov.StorePath != real || len(prov.Bundles) != 1 {
 		t.Fatalf("sidecar of %s: %+v, %v", real, prov, err)
 	}
-	ni, _ := store.ReadAll(testCtx(t), cf.store, cachelayout.NarinfoKey(real), 1<<20)
+	ni, _ := store.ReadAll(testctx.New(t, 60*time.Second), cf.store, cachelayout.NarinfoKey(real), 1<<20)
 	if !strings.Contains(string(ni), "StorePath: "+real) {
 		t.Fatalf("narinfo changed:\n%s", ni)
 	}

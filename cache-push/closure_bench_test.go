@@ -10,6 +10,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -25,7 +26,7 @@ func BenchmarkReferenceCheck(b *testing.B) {
 	for _, nrefs := range []int{2, 20, 100} {
 		b.Run(fmt.Sprintf("refs=%d", nrefs), func(b *testing.B) {
 			f := newFixture(b)
-			ctx := testCtx(b)
+			ctx := testctx.New(b, 60*time.Second)
 			var refs []string
 			for i := range nrefs {
 				p := storePath(fmt.Sprintf("ref-%d", i))

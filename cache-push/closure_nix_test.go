@@ -11,9 +11,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/contentaddr"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -68,7 +70,7 @@ func TestClosureRealNixSources(t *testing.T) {
 		h := sha256.Sum256(n)
 		o := queue.Output{Name: "source", Path: in.Path, NarHash: hex.EncodeToString(h[:]), NarSize: uint64(len(n)),
 			StagingKey: queue.StagingKey(hex.EncodeToString(h[:])), References: in.References, CA: in.CA}
-		if _, err := cf.conn.Stage(testCtx(t), o.StagingKey, bytes.NewReader(n)); err != nil {
+		if _, err := cf.conn.Stage(testctx.New(t, 60*time.Second), o.StagingKey, bytes.NewReader(n)); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := contentaddr.Parse(in.CA); err != nil {

@@ -26,6 +26,7 @@ import (
 	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/contentaddr"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/storepath"
@@ -148,7 +149,7 @@ type drvResult struct {
 
 func (cf *closureFixture) result(t *testing.T, d drvResult) (*queue.Result, []byte) {
 	t.Helper()
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	if d.builder == "" {
 		d.builder = "b0"
 	}
@@ -203,7 +204,7 @@ func (cf *closureFixture) source(t *testing.T, name string, narBytes []byte, m c
 	h := sha256.Sum256(narBytes)
 	o := queue.Output{Name: "source", Path: p, NarHash: hexOf(h[:]), NarSize: uint64(len(narBytes)),
 		StagingKey: queue.StagingKey(hexOf(h[:])), References: refs, CA: c.String()}
-	if _, err := cf.conn.Stage(testCtx(t), o.StagingKey, bytes.NewReader(narBytes)); err != nil {
+	if _, err := cf.conn.Stage(testctx.New(t, 60*time.Second), o.StagingKey, bytes.NewReader(narBytes)); err != nil {
 		t.Fatal(err)
 	}
 	return o
@@ -220,14 +221,14 @@ func hexOf(b []byte) string {
 
 func (cf *closureFixture) process(t *testing.T, r *queue.Result, data []byte) {
 	t.Helper()
-	if err := cf.pusher.Process(testCtx(t), subject(r), data, r.MsgID()); err != nil {
+	if err := cf.pusher.Process(testctx.New(t, 60*time.Second), subject(r), data, r.MsgID()); err != nil {
 		t.Fatalf("Process %s: %v", r.DrvPath, err)
 	}
 }
 
 func (cf *closureFixture) isVisible(t *testing.T, storePath string) bool {
 	t.Helper()
-	_, err := cf.store.Stat(testCtx(t), cachelayout.NarinfoKey(storePath))
+	_, err := cf.store.Stat(testctx.New(t, 60*time.Second), cachelayout.NarinfoKey(storePath))
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		t.Fatal(err)
 	}
@@ -258,7 +259,7 @@ func (f *fixture) eventPaths(kind string) []string {
 // arrives.
 func TestClosureDependentsFirst(t *testing.T) {
 	cf := newClosureFixture(t, "", 1, nil)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	dep, left, right, top := storePath("dep"), storePath("left"), storePath("right"), storePath("top")
 	rTop, dTop := cf.result(t, drvResult{name: "top", refs: []string{top, left, right}})
 	rLeft, dLeft := cf.result(t, drvResult{name: "left", refs: []string{dep}})
@@ -338,7 +339,7 @@ func keysOf(m map[string][]byte) []string {
 // group of two pushers) lists what is missing, and the record says so.
 func TestClosureIncomplete(t *testing.T) {
 	cf := newClosureFixture(t, "closure: {timeout: 300ms}\n", 1, nil)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	never, orphan := storePath("never"), storePath("orphan")
 	r, d := cf.result(t, drvResult{name: "orphan", refs: []string{never}})
 	cf.process(t, r, d)
@@ -385,7 +386,7 @@ func TestClosureIncomplete(t *testing.T) {
 // dependents; the next pusher's sweeper publishes them at Open.
 func TestClosureSweepAfterCrash(t *testing.T) {
 	cf := newClosureFixture(t, "", 1, nil)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	dep, mid, top := storePath("dep"), storePath("mid"), storePath("top")
 	rTop, dTop := cf.result(t, drvResult{name: "top", refs: []string{mid}})
 	rMid, dMid := cf.result(t, drvResult{name: "mid", refs: []string{dep}})
@@ -448,7 +449,7 @@ func TestClosureQuorum(t *testing.T) {
 	if cf.isVisible(t, top) {
 		t.Fatal("top visible before dep")
 	}
-	if w, err := GetWaiting(testCtx(t), cf.conn, testTenant, top); err != nil || len(w.Missing) != 1 {
+	if w, err := GetWaiting(testctx.New(t, 60*time.Second), cf.conn, testTenant, top); err != nil || len(w.Missing) != 1 {
 		t.Fatalf("top agreed but not waiting: %v %v", w, err)
 	}
 	r, d := cf.result(t, drvResult{name: "dep", builder: "b0"})
@@ -461,7 +462,7 @@ func TestClosureQuorum(t *testing.T) {
 	if got := cf.order.visible(); !slices.Equal(got, []string{cachelayout.NarinfoKey(dep), cachelayout.NarinfoKey(top)}) {
 		t.Fatalf("visible order %v", got)
 	}
-	b, _ := store.ReadAll(testCtx(t), cf.store, cachelayout.ProvenanceKey(top), 1<<20)
+	b, _ := store.ReadAll(testctx.New(t, 60*time.Second), cf.store, cachelayout.ProvenanceKey(top), 1<<20)
 	prov, err := cachelayout.ParseProvenance(b)
 	if err != nil || len(prov.Bundles) != 2 || prov.Quorum == nil || len(prov.Quorum.Agreeing) != 2 {
 		t.Fatalf("top's sidecar: %+v %v", prov, err)
@@ -474,7 +475,7 @@ func TestClosureQuorum(t *testing.T) {
 // them is visible at once. A source with a wrong address is refused.
 func TestClosureSources(t *testing.T) {
 	cf := newClosureFixture(t, "quorum: {min: 2}\n", 2, nil)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	tree := cf.source(t, "busybox", narOf(t, "tree"), contentaddr.Recursive, nil, nil)
 	flatContent := "fixed bytes\n"
 	flat := cf.source(t, "fixed.txt", fileNAR(t, flatContent, false), contentaddr.Flat, []byte(flatContent), nil)
@@ -569,7 +570,7 @@ func TestClosureFixedOutput(t *testing.T) {
 	}
 	n2 := fileNAR(t, content+"!", false)
 	r, d = cf.result(t, drvResult{name: "evil.tar", path: mustPath(t, c, "evil.tar"), nar: n2, ca: c.String()})
-	err := cf.pusher.Process(testCtx(t), subject(r), d, r.MsgID())
+	err := cf.pusher.Process(testctx.New(t, 60*time.Second), subject(r), d, r.MsgID())
 	if !errors.Is(err, queue.ErrPermanent) || !strings.Contains(err.Error(), ReasonContentAddress) {
 		t.Fatalf("fixed output with other content: %v", err)
 	}
@@ -581,7 +582,7 @@ func TestClosureFixedOutput(t *testing.T) {
 	n3 := narOf(t, "needs-quorum")
 	r, d = cf.result(t, drvResult{name: "needs-quorum", nar: n3,
 		ca: contentaddr.CA{Method: contentaddr.Recursive, Hash: sha256.Sum256(n3)}.String()})
-	err = cf.pusher.Process(testCtx(t), subject(r), d, r.MsgID())
+	err = cf.pusher.Process(testctx.New(t, 60*time.Second), subject(r), d, r.MsgID())
 	if !errors.Is(err, queue.ErrPermanent) || !strings.Contains(err.Error(), ReasonContentAddress) || cf.isVisible(t, ia) {
 		t.Fatalf("input-addressed output claimed as content-addressed: %v (visible %v)", err, cf.isVisible(t, ia))
 	}
@@ -609,10 +610,10 @@ func TestClosureUpstream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := client.Narinfo(testCtx(t), storePath("updep")); err != nil {
+	if _, err := client.Narinfo(testctx.New(t, 60*time.Second), storePath("updep")); err != nil {
 		t.Fatalf("upstream serves its dependency: %v", err)
 	}
-	if _, err := client.Narinfo(testCtx(t), storePath("nope")); !errors.Is(err, cacheclient.ErrNotFound) {
+	if _, err := client.Narinfo(testctx.New(t, 60*time.Second), storePath("nope")); !errors.Is(err, cacheclient.ErrNotFound) {
 		t.Fatalf("absent path: %v", err)
 	}
 	// An upstream without keys would be trusted unchecked: refused.
@@ -658,7 +659,7 @@ func TestClosureUpstream(t *testing.T) {
 		if cf.isVisible(t, storePath("down")) {
 			t.Fatal("published without its dependency nor a declared upstream")
 		}
-		if w, err := GetWaiting(testCtx(t), cf.conn, testTenant, storePath("down")); err != nil || !slices.Equal(w.Missing, []string{storePath("updep")}) {
+		if w, err := GetWaiting(testctx.New(t, 60*time.Second), cf.conn, testTenant, storePath("down")); err != nil || !slices.Equal(w.Missing, []string{storePath("updep")}) {
 			t.Fatalf("waiting %+v %v", w, err)
 		}
 	})
@@ -708,7 +709,7 @@ func TestClosureReferenceVanishes(t *testing.T) {
 	if cf.isVisible(t, top) || cf.isVisible(t, dep) {
 		t.Fatalf("top visible %v, dep visible %v", cf.isVisible(t, top), cf.isVisible(t, dep))
 	}
-	w, err := GetWaiting(testCtx(t), cf.conn, testTenant, top)
+	w, err := GetWaiting(testctx.New(t, 60*time.Second), cf.conn, testTenant, top)
 	if err != nil || !slices.Equal(w.Missing, []string{dep}) {
 		t.Fatalf("top after its reference vanished: %+v %v", w, err)
 	}
@@ -754,7 +755,7 @@ func TestClosureInFlight(t *testing.T) {
 	rDep, dDep := cf.result(t, drvResult{name: "dep"})
 	rTop, dTop := cf.result(t, drvResult{name: "top", refs: []string{dep}})
 	errc := make(chan error, 1)
-	go func() { errc <- cf.pusher.Process(testCtx(t), subject(rDep), dDep, rDep.MsgID()) }()
+	go func() { errc <- cf.pusher.Process(testctx.New(t, 60*time.Second), subject(rDep), dDep, rDep.MsgID()) }()
 	for {
 		cf.pusher.flightMu.Lock()
 		_, ok := cf.pusher.inFlight[dep]
@@ -781,7 +782,7 @@ func TestClosureInFlight(t *testing.T) {
 func TestClosureMultiOutput(t *testing.T) {
 	m := metrics.NewPusher(prometheus.NewRegistry())
 	cf := newClosureFixture(t, "", 1, func(c *Config) { c.Metrics = m })
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	outPath, devPath := storePath("multi"), storePath("multi-dev")
 	outNAR, devNAR := narOf(t, "multi out"), narOf(t, "multi dev")
 	outs := []attest.Output{
@@ -843,7 +844,7 @@ func TestUpstreamAnswersRemembered(t *testing.T) {
 		c.Upstreams = []Upstream{u}
 		c.UpstreamFound, c.UpstreamMissing = time.Hour, 100*time.Millisecond
 	})
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	for range 3 {
 		if ok, err := cf.pusher.visible(ctx, there); !ok || err != nil {
 			t.Fatal(ok, err)

@@ -21,6 +21,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/storepath"
 )
@@ -195,7 +196,7 @@ func (f *fixture) countEvents(kind string, match func([]byte) bool) int {
 // terminated without counting against it.
 func TestSignedMalformedCharged(t *testing.T) {
 	f := newFloodFixture(t, nil)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	if err := f.pusher.Open(ctx, f.conn, queue.ConsumerOptions{Group: "g", FilterSubject: queue.ResultsFilter(testTenant), Concurrency: 4}); err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +267,7 @@ func TestSignedMalformedCharged(t *testing.T) {
 func TestDeadLetter(t *testing.T) {
 	f := newFloodFixture(t, func(c *Config) { c.MaxFailures = 3 })
 	f.staging.failPrefix = "nar/stuck-"
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	if err := f.pusher.Open(ctx, f.conn, queue.ConsumerOptions{Group: "g", FilterSubject: queue.ResultsFilter(testTenant), Concurrency: 2}); err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +313,7 @@ func TestDeadLetter(t *testing.T) {
 // through; a per-result failure does once others do.
 func TestOutageNotDeadLettered(t *testing.T) {
 	f := newFloodFixture(t, func(c *Config) { c.MaxFailures = 2 })
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	full := &fullStore{Store: f.store}
 	cfg := f.pusher.cfg
 	cfg.Store = full
@@ -377,7 +378,7 @@ func (s *fullStore) Create(ctx context.Context) (store.Pending, error) {
 func TestUnfixableIsPermanent(t *testing.T) {
 	f := newFloodFixture(t, nil)
 	_, data := signed(t, f.mallory, malloryID, "bad-key", "nar/bad key", nil, nil)
-	err := f.pusher.Process(testCtx(t), "results."+testTenant+".x86_64-linux", data, "m")
+	err := f.pusher.Process(testctx.New(t, 60*time.Second), "results."+testTenant+".x86_64-linux", data, "m")
 	if !errors.Is(err, queue.ErrPermanent) || !errors.Is(err, queue.ErrInvalidName) || !strings.Contains(err.Error(), ReasonMalformed) {
 		t.Fatalf("Process = %v, want a permanent malformed rejection", err)
 	}
@@ -393,7 +394,7 @@ func TestUnfixableIsPermanent(t *testing.T) {
 func TestFloodDoesNotStarve(t *testing.T) {
 	f := newFloodFixture(t, nil)
 	f.staging.failPrefix, f.staging.delay = "nar/poison-", 100*time.Millisecond
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	const flood = 1000
 	for i := range flood {
 		r, _ := signed(t, f.mallory, malloryID, fmt.Sprintf("poison-%d", i), fmt.Sprintf("nar/poison-%d", i), nil, nil)
@@ -439,7 +440,7 @@ func TestFloodDoesNotStarve(t *testing.T) {
 // newline, as the attack produced.
 func TestErrorClasses(t *testing.T) {
 	f := newFixture(t)
-	_, kvErr := f.conn.KVGet(testCtx(t), queue.BucketVotes, "t1.aaaa\n.b")
+	_, kvErr := f.conn.KVGet(testctx.New(t, 60*time.Second), queue.BucketVotes, "t1.aaaa\n.b")
 	if kvErr == nil {
 		t.Fatal("KV accepted a key with a newline")
 	}

@@ -31,6 +31,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testdrv"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/queue"
@@ -65,7 +66,7 @@ const (
 
 func newHostileStack(t *testing.T) *hostileStack {
 	t.Helper()
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	dir := t.TempDir()
 	s := &hostileStack{runners: map[string]*queue.Conn{}, signers: map[string]*attest.Signer{}}
 
@@ -237,7 +238,7 @@ type vote struct {
 // the signed result.
 func (s *hostileStack) stage(t *testing.T, v vote) *queue.Result {
 	t.Helper()
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	c := s.runners[v.builder]
 	sum := sha256.Sum256(v.nar)
 	narKey := queue.ScopedKey(queue.StagingKey(hexOf(sum[:])), v.builder)
@@ -266,7 +267,7 @@ func (s *hostileStack) stage(t *testing.T, v vote) *queue.Result {
 // publish publishes r with its builder's runner user.
 func (s *hostileStack) publish(t *testing.T, r *queue.Result) {
 	t.Helper()
-	if _, err := s.runners[r.Builder].PublishResult(testCtx(t), r); err != nil {
+	if _, err := s.runners[r.Builder].PublishResult(testctx.New(t, 60*time.Second), r); err != nil {
 		t.Fatalf("%s publishes %s: %v", r.Builder, r.Outputs[0].Path, err)
 	}
 }
@@ -280,7 +281,7 @@ func (s *hostileStack) idle(t *testing.T) {
 // narinfo returns the narinfo of p, nil when p is not visible.
 func (s *hostileStack) narinfo(t *testing.T, p string) *narinfo.NarInfo {
 	t.Helper()
-	b, err := store.ReadAll(testCtx(t), s.store, cachelayout.NarinfoKey(p), 1<<20)
+	b, err := store.ReadAll(testctx.New(t, 60*time.Second), s.store, cachelayout.NarinfoKey(p), 1<<20)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	}
@@ -314,7 +315,7 @@ func (s *hostileStack) countEvents(kind, builder, reason string) int {
 // subject token, not scoped by permission).
 func forgeMeta(t *testing.T, m *queue.Conn, key string, want []byte) {
 	t.Helper()
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	js, err := jetstream.New(m.NATS())
 	if err != nil {
 		t.Fatal(err)
@@ -358,7 +359,7 @@ func forgeMeta(t *testing.T, m *queue.Conn, key string, want []byte) {
 func TestHostileBuilder(t *testing.T) {
 	begin := time.Now()
 	s := newHostileStack(t)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	phase := func(what string) { t.Logf("%s: %s", time.Since(begin).Round(time.Millisecond), what) }
 	phase("stack up")
 	m := s.runners[hostile]

@@ -14,6 +14,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/queue"
@@ -29,7 +30,7 @@ func TestPushNoSpace(t *testing.T) {
 	var logs testlog.Buffer
 	cacheDir := filepath.Join(disk, "cache")
 	f := newFixtureAt(t, cacheDir, slog.New(slog.NewTextHandler(&logs, nil)))
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 
 	// A NAR that does not compress, twice the space left.
 	const left = 128 << 10

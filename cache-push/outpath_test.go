@@ -17,6 +17,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/storepath"
@@ -57,7 +58,7 @@ func (cf *closureFixture) stageClosure(t *testing.T, drv string) string {
 	reqs := strings.Fields(string(nixCmd(t, "nix-store", "--query", "--requisites", drv)))
 	export := nixCmd(t, "nix-store", append([]string{"--export"}, reqs...)...)
 	key := queue.ClosureKey(drv)
-	if _, err := cf.conn.Stage(testCtx(t), key, bytes.NewReader(export)); err != nil {
+	if _, err := cf.conn.Stage(testctx.New(t, 60*time.Second), key, bytes.NewReader(export)); err != nil {
 		t.Fatal(err)
 	}
 	return key
@@ -67,7 +68,7 @@ func (cf *closureFixture) stageClosure(t *testing.T, drv string) string {
 // NAR nar, its closure under closure.
 func (cf *closureFixture) signedResult(t *testing.T, builder, drv, outPath string, nar []byte, closure string) (*queue.Result, []byte) {
 	t.Helper()
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	out := attest.Output{Name: "out", Path: outPath, NarHash: sha256.Sum256(nar), NarSize: uint64(len(nar))}
 	st, err := attest.NewStatement(&attest.Build{DrvPath: drv, System: "x86_64-linux", BuilderID: builder,
 		Installable: attest.Installable{Kind: "drv", Ref: drv}, Outputs: []attest.Output{out}})
@@ -102,7 +103,7 @@ func (cf *closureFixture) signedResult(t *testing.T, builder, drv, outPath strin
 func TestOutputPathSquat(t *testing.T) {
 	cf := newClosureFixture(t, "quorum: {min: 2}\noverrides:\n  - names: [\"*-docs\"]\n    quorum: {min: 1}\n", 3,
 		func(c *Config) { c.UncheckedOutputPathsUnsafe = false })
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	msg := "squat-" + time.Now().Format("150405.000000000")
 	realDrv, realOut := instantiateNamed(t, "real", msg)
 	base := path.Base(realOut)

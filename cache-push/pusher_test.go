@@ -31,7 +31,9 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/storepath"
 )
 
@@ -61,8 +63,8 @@ func newFixture(t testing.TB) *fixture {
 // directory when "") and the pusher logging to log (nowhere when nil).
 func newFixtureAt(t testing.TB, cacheDir string, log *slog.Logger) *fixture {
 	t.Helper()
-	ctx := testCtx(t)
-	srv, err := queue.NewServer(queue.ServerConfig{StoreDir: t.TempDir()})
+	ctx := testctx.New(t, 60*time.Second)
+	srv, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,12 +124,6 @@ func newFixtureAt(t testing.TB, cacheDir string, log *slog.Logger) *fixture {
 	return f
 }
 
-func testCtx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // storePath makes a valid store path for name.
 func storePath(name string) string {
 	h := sha256.Sum256([]byte(name))
@@ -168,7 +164,7 @@ type spec struct {
 // result builds, stages, signs and encodes a result per s.
 func (f *fixture) result(t *testing.T, s spec) (*queue.Result, []byte) {
 	t.Helper()
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	if s.builderID == "" {
 		s.builderID = testBuilder
 	}
@@ -239,7 +235,7 @@ func (f *fixture) narinfos(t *testing.T) []string {
 func (f *fixture) keys(t *testing.T, prefix string) []string {
 	t.Helper()
 	var keys []string
-	err := f.store.List(testCtx(t), prefix, func(i store.Info) error {
+	err := f.store.List(testctx.New(t, 60*time.Second), prefix, func(i store.Info) error {
 		if i.Key != "nix-cache-info" {
 			keys = append(keys, i.Key)
 		}
@@ -272,7 +268,7 @@ func (f *fixture) waitEvent(t *testing.T, kind, reason string) {
 // Nix client would check it.
 func (f *fixture) checkEntry(t *testing.T, r *queue.Result) {
 	t.Helper()
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	o := r.Outputs[0]
 	b, err := store.ReadAll(ctx, f.store, cachelayout.NarinfoKey(o.Path), 1<<20)
 	if err != nil {
@@ -337,7 +333,7 @@ func alterPayload(t *testing.T, bundle []byte, old, new string) []byte {
 func TestProcessValid(t *testing.T) {
 	f := newFixture(t)
 	r, data := f.result(t, spec{name: "hello", content: "hi"})
-	if err := f.pusher.Process(testCtx(t), subject(r), data, r.MsgID()); err != nil {
+	if err := f.pusher.Process(testctx.New(t, 60*time.Second), subject(r), data, r.MsgID()); err != nil {
 		t.Fatal(err)
 	}
 	f.checkEntry(t, r)
@@ -349,7 +345,7 @@ func TestProcessValid(t *testing.T) {
 // result afterwards is still published.
 func TestProcessHostile(t *testing.T) {
 	f := newFixture(t)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	otherKey, err := attest.GenerateKeyFiles(filepath.Join(t.TempDir(), "other"))
 	if err != nil {
 		t.Fatal(err)
@@ -431,7 +427,7 @@ func TestProcessHostile(t *testing.T) {
 
 func TestProcessDuplicateAndConflict(t *testing.T) {
 	f := newFixture(t)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	r, data := f.result(t, spec{name: "dup", content: "one"})
 	for i := 0; i < 3; i++ {
 		if err := f.pusher.Process(ctx, subject(r), data, r.MsgID()); err != nil {
@@ -461,7 +457,7 @@ func TestProcessDuplicateAndConflict(t *testing.T) {
 // parse is a permanent conflict, not an endless retry, and stays as it is.
 func TestProcessCorruptExisting(t *testing.T) {
 	f := newFixture(t)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	r, data := f.result(t, spec{name: "corrupt", content: "c"})
 	garbage := "StorePath: not a store path\n"
 	if err := store.Put(ctx, f.store, cachelayout.NarinfoKey(r.Outputs[0].Path), strings.NewReader(garbage)); err != nil {
@@ -484,7 +480,7 @@ func TestProcessCorruptExisting(t *testing.T) {
 // hostile one terminated, and neither is left pending.
 func TestPusherConsumes(t *testing.T) {
 	f := newFixture(t)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	if err := f.pusher.Open(ctx, f.conn, queue.ConsumerOptions{Group: "g", FilterSubject: queue.ResultsFilter(testTenant)}); err != nil {
 		t.Fatal(err)
 	}
@@ -531,7 +527,7 @@ func TestPusherConsumes(t *testing.T) {
 // without Provenix in front; an operator's own is left as it is.
 func TestOpenStoresCacheInfo(t *testing.T) {
 	f := newFixture(t)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	if err := f.pusher.Open(ctx, f.conn, queue.ConsumerOptions{Group: "g", FilterSubject: queue.ResultsFilter(testTenant)}); err != nil {
 		t.Fatal(err)
 	}
@@ -592,7 +588,7 @@ func (p *hookPending) Commit(ctx context.Context, key string) error {
 // into that narinfo instead of writing it again.
 func TestRedeliveredWhileIngesting(t *testing.T) {
 	f := newFixture(t)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	r, data := f.result(t, spec{name: "twice", content: "twice"})
 	var once sync.Once
 	var firstErr error

@@ -16,6 +16,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
 // BenchmarkVotes measures sustained votes through decode, policy,
@@ -27,7 +28,7 @@ import (
 //	go test -run '^$' -bench Votes -benchtime 4000x ./cache-push/
 func BenchmarkVotes(b *testing.B) {
 	ctx := context.Background()
-	srv, err := queue.NewServer(queue.ServerConfig{StoreDir: b.TempDir()})
+	srv, err := natsserver.New(natsserver.Config{StoreDir: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)
 	}

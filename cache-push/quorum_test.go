@@ -5,9 +5,11 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 func tallyPolicy(t *testing.T) *policy.Policy {
@@ -121,11 +123,11 @@ func TestAgreementsConcurrent(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, pu := range pushers {
 		for range each {
-			wg.Go(func() { pu.addAgreement(testCtx(t), testBuilder) })
+			wg.Go(func() { pu.addAgreement(testctx.New(t, 60*time.Second), testBuilder) })
 		}
 	}
 	wg.Wait()
-	r, err := GetReputation(testCtx(t), f.conn, testBuilder)
+	r, err := GetReputation(testctx.New(t, 60*time.Second), f.conn, testBuilder)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,10 +8,12 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -20,7 +22,7 @@ import (
 // garbage), as anyone who may stage can.
 func overwrite(t *testing.T, conn *queue.Conn, key, chunkID string) {
 	t.Helper()
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	js, err := jetstream.New(conn.NATS())
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +50,7 @@ func overwrite(t *testing.T, conn *queue.Conn, key, chunkID string) {
 // which counts against the builder), and is not retried forever.
 func TestStagingOverwritten(t *testing.T) {
 	cf := newClosureFixture(t, "", 1, nil)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 
 	nar := narOf(t, "scoped")
 	r, _ := cf.result(t, drvResult{name: "scoped", nar: nar})

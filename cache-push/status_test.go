@@ -11,6 +11,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/derivation"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -18,7 +19,7 @@ import (
 // and checks what `provenix status` reports: the tally's verdict, which
 // votes agree, and what a decided path waits for.
 func TestStatus(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 60*time.Second)
 	conn := newFixture(t).conn // a real embedded NATS
 	pol := tallyPolicy(t)      // min 2 distinct owners; a and a2 are one owner
 	const tenant = "default"

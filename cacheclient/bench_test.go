@@ -15,6 +15,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cacheclient"
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 // textPath publishes a builtins.toFile-like path (text:sha256, with
@@ -64,7 +65,7 @@ func syntheticClosure(t testing.TB, c *testCache, n int) string {
 }
 
 func TestVerifyClosureSynthetic(t *testing.T) {
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := testctx.New(t, 2*time.Minute)
 	tc := newTestCache(t)
 	root := syntheticClosure(t, tc, 200)
 	v, _ := attest.NewVerifier(nil)
@@ -93,7 +94,7 @@ func BenchmarkVerifyClosure200(b *testing.B) {
 	root := syntheticClosure(b, tc, 200)
 	v, _ := attest.NewVerifier(nil)
 	c := tc.client(b)
-	ctx := ctxFor(b, 10*time.Minute)
+	ctx := testctx.New(b, 10*time.Minute)
 	for b.Loop() {
 		cr, err := c.VerifyClosure(ctx, root, cacheclient.ClosureOptions{VerifyOptions: cacheclient.VerifyOptions{Verifier: v}})
 		if err != nil || !cr.Verified {

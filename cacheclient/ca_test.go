@@ -14,6 +14,7 @@ import (
 	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testcache"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnix"
 )
 
@@ -54,7 +55,7 @@ func pathNamed(t testing.TB, paths []string, suffix string) string {
 // output, fixed:sha256) are verified by their content address, without
 // provenance; a changed CA, or a CA over other content, is refused.
 func TestVerifyContentAddressed(t *testing.T) {
-	ctx := ctxFor(t, 3*time.Minute)
+	ctx := testctx.New(t, 3*time.Minute)
 	closure := buildClosure(t, ctx)
 	tc := newTestCache(t)
 	c := tc.client(t)
@@ -113,7 +114,7 @@ func TestVerifyContentAddressed(t *testing.T) {
 // provenance: only its content-addressed paths verify), then with a
 // missing and an untrusted dependency.
 func TestVerifyClosureWalk(t *testing.T) {
-	ctx := ctxFor(t, 3*time.Minute)
+	ctx := testctx.New(t, 3*time.Minute)
 	closure := buildClosure(t, ctx)
 	tc := newTestCache(t)
 	c := tc.client(t)

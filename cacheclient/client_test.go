@@ -11,6 +11,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 func TestNew(t *testing.T) {
@@ -33,7 +34,7 @@ func TestNew(t *testing.T) {
 }
 
 func TestNarinfo(t *testing.T) {
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	tc := newTestCache(t)
 	dep := randomStorePath("dep")
 	sp := randomStorePath("hello")
@@ -77,7 +78,7 @@ func TestNarinfo(t *testing.T) {
 }
 
 func TestNarinfoSignatures(t *testing.T) {
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	tc := newTestCache(t)
 	sp := randomStorePath("signed")
 	narBytes := narOf(t, []byte("signed"))
@@ -116,7 +117,7 @@ func TestNarinfoSignatures(t *testing.T) {
 }
 
 func TestNarinfoErrors(t *testing.T) {
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	tc := newTestCache(t)
 	c := tc.client(t)
 

@@ -2,7 +2,6 @@ package cacheclient_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 
@@ -10,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nar"
@@ -140,10 +138,4 @@ func (c *testCache) putNarinfo(t testing.TB, ni *narinfo.NarInfo, sk signature.S
 	}
 	ni.Signatures = append(ni.Signatures, sig)
 	c.write(t, cachelayout.NarinfoKey(ni.StorePath), []byte(ni.String()))
-}
-
-func ctxFor(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }

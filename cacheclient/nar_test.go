@@ -18,6 +18,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"codeberg.org/provenix/provenix/cacheclient"
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 func xzOf(t testing.TB, b []byte) []byte {
@@ -49,7 +50,7 @@ func bzip2Of(t testing.TB, b []byte) []byte {
 }
 
 func TestNARCompressions(t *testing.T) {
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	tc := newTestCache(t)
 	c := tc.client(t)
 	narBytes := narOf(t, bytes.Repeat([]byte("provenix "), 10000))
@@ -96,7 +97,7 @@ func TestNARCompressions(t *testing.T) {
 }
 
 func TestNARMismatch(t *testing.T) {
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	tc := newTestCache(t)
 	c := tc.client(t)
 	narBytes := narOf(t, []byte("the attested content"))
@@ -196,7 +197,7 @@ func zstdBomb(t testing.TB, size string) []byte {
 // refused one byte past NarSize, in a small fraction of the time a full
 // decompression of the same bomb takes (measured in the same run).
 func TestNARZstdBomb(t *testing.T) {
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := testctx.New(t, 2*time.Minute)
 	tc := newTestCache(t)
 	c := tc.client(t)
 	bomb := zstdBomb(t, "1G")
@@ -232,7 +233,7 @@ func TestNARZstdBomb(t *testing.T) {
 // Memory does not grow with the NAR: verifying a 64 MiB NAR allocates a
 // bounded amount (decoder window and buffers), not the NAR.
 func TestNARMemory(t *testing.T) {
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := testctx.New(t, 2*time.Minute)
 	tc := newTestCache(t)
 	c := tc.client(t)
 	// Compressible but not trivially so: a repeated 1 MiB pseudo-random

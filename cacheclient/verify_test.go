@@ -11,6 +11,7 @@ import (
 	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testcache"
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 type testBuilder struct {
@@ -64,7 +65,7 @@ func (c *testCache) publishWithProvenance(t testing.TB, sp string, narBytes []by
 // trusted builders, counted by builder id or by what Distinct maps them to;
 // an attestation of other references or another size does not count.
 func TestVerifyBundlesAndQuorum(t *testing.T) {
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	tc := newTestCache(t)
 	c := tc.client(t)
 	alice, bob, mallory := newBuilder(t, "alice"), newBuilder(t, "bob"), newBuilder(t, "mallory")

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/retry"
 )
 
 // Polling bounds of WaitNarinfo: the first retry comes quickly (a pusher
@@ -27,20 +28,16 @@ func (c *Client) WaitNarinfo(ctx context.Context, storePath string) error {
 	if err := checkPath(storePath); err != nil {
 		return err
 	}
-	delay := waitFirstDelay
-	for {
+	err := retry.Do(ctx, retry.Policy{Initial: waitFirstDelay, Max: waitMaxDelay}, func(int) error {
 		resp, _, err := c.get(ctx, cachelayout.NarinfoKey(storePath))
-		if err == nil {
-			resp.Body.Close()
-			return nil
+		if err != nil {
+			return err
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("wait for the narinfo of %s: %w (last answer: %v)", storePath, ctx.Err(), err)
-		case <-t.C:
-		}
-		delay = min(2*delay, waitMaxDelay)
+		resp.Body.Close()
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("wait for the narinfo of %s: %w", storePath, err)
 	}
+	return nil
 }

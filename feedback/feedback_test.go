@@ -1,7 +1,6 @@
 package feedback_test
 
 import (
-	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -13,21 +12,15 @@ import (
 	"code.gitea.io/sdk/gitea"
 
 	"codeberg.org/provenix/provenix/feedback"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testforge"
 )
-
-func testCtx(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 // TestFeedbackAgainstGitea runs every feature against one real forge, as
 // starting one takes most of the time.
 func TestFeedbackAgainstGitea(t *testing.T) {
 	f := testforge.Start(t)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 2*time.Minute)
 	owner, repo := f.CreateRepo(t, "feedback")
 	c, err := feedback.New(ctx, f.URL, f.Token)
 	if err != nil {
@@ -189,7 +182,7 @@ func TestTruncate(t *testing.T) {
 }
 
 func TestInvalid(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 2*time.Minute)
 	if _, err := feedback.New(ctx, "ftp://x", "t"); !errors.Is(err, feedback.ErrInvalid) {
 		t.Errorf("ftp URL: %v", err)
 	}

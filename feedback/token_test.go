@@ -8,8 +8,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"codeberg.org/provenix/provenix/feedback"
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 // fakeForgejo answers like Forgejo's API for registration tokens: GET only,
@@ -57,7 +59,7 @@ func (f *fakeForgejo) requests() string {
 }
 
 func TestRegistrationTokenForgejoDialect(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 2*time.Minute)
 	for _, version := range []string{"11.0.1+gitea-1.22.0", "1.22.0"} { // Forgejo; a server taken for Gitea
 		fake := &fakeForgejo{version: version}
 		srv := httptest.NewServer(fake)

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/url"
 	"os"
 	"strings"
@@ -16,6 +15,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/internal/retry"
 )
 
 // Log attribute keys, so operators can filter on them.
@@ -182,7 +183,11 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 	}
 
 	var lastErr error
-	for attempt := 0; ; attempt++ {
+	retries := connectRetry
+	retries.OnRetry = func(_ int, _ time.Duration, err error) {
+		c.log.Debug("queue: connect failed, retrying", logKeyURL, safeURL, logKeyErr, err)
+	}
+	err := retry.Do(ctx, retries, func(int) error {
 		timeout := dialTimeout
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 			timeout = max(time.Until(dl), time.Millisecond)
@@ -190,23 +195,22 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 		nc, err := nats.Connect(url, append(nopts, nats.Timeout(timeout))...)
 		if err == nil {
 			c.nc = nc
-			break
+			return nil
 		}
 		lastErr = err
 		if isAuthError(err) {
-			return nil, fmt.Errorf("queue: connect %s: %w", safeURL, err)
+			return retry.Stop(fmt.Errorf("queue: connect %s: %w", safeURL, err))
 		}
 		if isCertError(err) {
-			return nil, fmt.Errorf("queue: connect %s: %w (a private or self-signed CA needs WithRootCA): %w", safeURL, ErrUntrustedCert, err)
+			return retry.Stop(fmt.Errorf("queue: connect %s: %w (a private or self-signed CA needs WithRootCA): %w", safeURL, ErrUntrustedCert, err))
 		}
-		c.log.Debug("queue: connect failed, retrying", logKeyURL, safeURL, logKeyErr, err)
-		t := time.NewTimer(backoff(attempt))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		return err
+	})
+	if err != nil {
+		if ctx.Err() != nil {
 			return nil, fmt.Errorf("queue: connect %s: %w (last error: %w)%s", safeURL, ctx.Err(), lastErr, connectHint(url, lastErr))
-		case <-t.C:
 		}
+		return nil, err
 	}
 
 	js, err := jetstream.New(c.nc, jetstream.WithDefaultTimeout(DefaultTimeout))
@@ -251,16 +255,14 @@ func (c *Conn) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 	}
 }
 
-// backoff is the wait before connection attempt n (0-based): exponential
-// from 100 ms, capped, with ±25 % jitter so a fleet of builders does not
-// reconnect in lock step after a broker restart.
-func backoff(attempt int) time.Duration {
-	d := connectBackoffMax
-	if attempt < 6 {
-		d = min(100*time.Millisecond<<attempt, connectBackoffMax)
-	}
-	return d*3/4 + rand.N(d/2+1)
-}
+// connectRetry spaces connection attempts, initial or reconnect, and the
+// retries of the calls that ride out a broker restart: exponential from
+// 100 ms, capped, with jitter so a fleet of builders does not reconnect
+// in lock step after a broker restart.
+var connectRetry = retry.Policy{Initial: 100 * time.Millisecond, Max: connectBackoffMax, Jitter: 0.25}
+
+// backoff is connectRetry's wait before attempt n (0-based).
+func backoff(attempt int) time.Duration { return connectRetry.Delay(attempt + 1) }
 
 func btoi(b bool) int {
 	if b {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/internal/retry"
 )
 
 const (
@@ -262,20 +264,22 @@ func (c *Conn) consume(ctx context.Context, stream string, want jetstream.Consum
 	sctx, scancel := withDefaultTimeout(ctx, consumerSetup)
 	defer scancel()
 	var cons jetstream.Consumer
-	var err error
-	for attempt := 0; ; attempt++ {
+	retries := connectRetry
+	retries.OnRetry = func(_ int, _ time.Duration, err error) {
+		log.Warn("queue: consumer not set up yet, retrying", logKeyErr, err)
+	}
+	err := retry.Do(sctx, retries, func(int) error {
 		cctx, cancel := context.WithTimeout(sctx, DefaultTimeout)
-		err = c.denyAware(cctx, jsAPIFor(stream, name), func(ctx context.Context) (err error) {
+		defer cancel()
+		err := c.denyAware(cctx, jsAPIFor(stream, name), func(ctx context.Context) (err error) {
 			cons, err = c.js.CreateOrUpdateConsumer(ctx, stream, want)
 			return err
 		})
-		cancel()
-		if err == nil || !retryable(err) || sctx.Err() != nil {
-			break
+		if err != nil && !retryable(err) {
+			return retry.Stop(err)
 		}
-		log.Warn("queue: consumer not set up yet, retrying", logKeyErr, err)
-		sleepCtx(sctx, backoff(attempt))
-	}
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", name, mapJSError(err))
 	}
@@ -362,7 +366,7 @@ func (w *worker) run(pullCtx, handlerCtx context.Context) {
 				return
 			}
 			w.log.Warn("queue: pull failed, retrying", logKeyErr, err)
-			sleepCtx(pullCtx, backoff(failures))
+			_ = retry.Sleep(pullCtx, backoff(failures))
 			failures++
 			continue
 		}
@@ -430,15 +434,6 @@ func redeliveryDelay(n uint64) time.Duration {
 		return redeliveryMax
 	}
 	return min(redeliveryBase<<(n-1), redeliveryMax)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 func truncate(s string, n int) string {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 // recorder collects what a handler saw, safely across workers.
@@ -46,7 +48,7 @@ func (r *recorder) snapshot() (map[uint64]int, []*Delivery) {
 
 func consume(t *testing.T, c *Conn, o ConsumerOptions, h Handler) *Consumer {
 	t.Helper()
-	k, err := c.ConsumeResults(ctxT(t), o, h)
+	k, err := c.ConsumeResults(testctx.New(t, 30*time.Second), o, h)
 	if err != nil {
 		t.Fatalf("ConsumeResults: %v", err)
 	}
@@ -59,11 +61,11 @@ func consume(t *testing.T, c *Conn, o ConsumerOptions, h Handler) *Consumer {
 
 func consumerInfo(t *testing.T, c *Conn, group string) *jetstream.ConsumerInfo {
 	t.Helper()
-	cons, err := c.js.Consumer(ctxT(t), StreamResults, ConsumerPrefix+group)
+	cons, err := c.js.Consumer(testctx.New(t, 30*time.Second), StreamResults, ConsumerPrefix+group)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := cons.Info(ctxT(t))
+	info, err := cons.Info(testctx.New(t, 30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +85,7 @@ func stop(t *testing.T, k *Consumer) {
 func TestConsumeAck(t *testing.T) {
 	_, c := setup(t)
 	r := testResult(1)
-	if _, err := c.PublishResult(ctxT(t), r); err != nil {
+	if _, err := c.PublishResult(testctx.New(t, 30*time.Second), r); err != nil {
 		t.Fatal(err)
 	}
 	rec := newRecorder()
@@ -116,7 +118,7 @@ func TestConsumeAck(t *testing.T) {
 func TestConsumeDuplicateDeliveredOnce(t *testing.T) {
 	_, c := setup(t)
 	for i, wantDup := range []bool{false, true, true} {
-		dup, err := c.PublishResult(ctxT(t), testResult(7))
+		dup, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(7))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -419,7 +421,7 @@ func TestConsumeFilterAndMaxDeliver(t *testing.T) {
 	_, c := setup(t)
 	r := testResult(1)
 	r.Tenant = "t2"
-	if _, err := c.PublishResult(ctxT(t), r); err != nil {
+	if _, err := c.PublishResult(testctx.New(t, 30*time.Second), r); err != nil {
 		t.Fatal(err)
 	}
 	publishN(t, c, 2) // tenant t1
@@ -496,7 +498,7 @@ func TestDeliveryInProgressOutsideConsumer(t *testing.T) {
 // minute of AckWait.
 func TestReleaseDeliveries(t *testing.T) {
 	_, c := setup(t)
-	ctx := ctxT(t)
+	ctx := testctx.New(t, 30*time.Second)
 	if n, err := c.ReleaseDeliveries(ctx, "nobody"); n != 0 || err != nil {
 		t.Fatalf("ReleaseDeliveries of a group without consumer = %d, %v", n, err)
 	}

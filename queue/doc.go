@@ -1,7 +1,8 @@
 // Package queue is Provenix's use of NATS JetStream: results, events and
 // rebuild requests as streams, votes and waiting entries in KV buckets,
 // NARs and closure exports in the staging Object Store, and the
-// least-privilege permissions of each role (perms.go).
+// least-privilege permissions of each role (perms.go). The embedded
+// nats-server is package queue/server, which this package does not import.
 //
 // Staging trusts no publisher's claims. Stage reads an existing object
 // back before reusing it: the digest in an Object Store meta is whatever

@@ -38,7 +38,7 @@ var (
 	// started) or a stream's MaxBytes. Retry once space is freed (staged
 	// objects deleted, messages aged out, the limit raised). A server whose
 	// disk itself ran out gives no answer at all, only timeouts: see
-	// Server.StorageError.
+	// server.Server.StorageError (package queue/server).
 	ErrStorageFull = errors.New("queue: JetStream storage full")
 	// ErrUntrustedCert: the server's TLS certificate failed verification
 	// (unknown CA, wrong host name, expired); Connect gives up at once.

@@ -9,64 +9,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	natsd "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/testtls"
+	"codeberg.org/provenix/provenix/queue/server"
 )
-
-func TestNewServerListeners(t *testing.T) {
-	cert := testtls.Write(t)
-	tests := []struct {
-		name    string
-		cfg     ServerConfig
-		wantErr string
-	}{
-		{"wss", ServerConfig{WebSocket: &WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile}}, ""},
-		{"ws without TLS on loopback", ServerConfig{WebSocket: &WebSocketConfig{NoTLSUnsafe: true}}, ""},
-		{"ws without TLS on localhost", ServerConfig{WebSocket: &WebSocketConfig{Host: "localhost", NoTLSUnsafe: true}}, ""},
-		{"ws without certificate", ServerConfig{WebSocket: &WebSocketConfig{}}, "certificate and key are required"},
-		{"ws without TLS on all interfaces", ServerConfig{WebSocket: &WebSocketConfig{Host: "0.0.0.0", NoTLSUnsafe: true}}, "only on a loopback address"},
-		{"ws without TLS inherits a public host", ServerConfig{Host: "0.0.0.0", WebSocket: &WebSocketConfig{NoTLSUnsafe: true}}, "only on a loopback address"},
-		{"ws certificate without key", ServerConfig{WebSocket: &WebSocketConfig{CertFile: cert.CertFile}}, "both a certificate and a key"},
-		{"ws both TLS and not", ServerConfig{WebSocket: &WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile, NoTLSUnsafe: true}}, "exclusive"},
-		{"ws port out of range", ServerConfig{WebSocket: &WebSocketConfig{Port: 70000, NoTLSUnsafe: true}}, "out of range"},
-		{"leaf", ServerConfig{LeafNode: &LeafNodeConfig{}}, ""},
-		{"leaf key without certificate", ServerConfig{LeafNode: &LeafNodeConfig{KeyFile: cert.KeyFile}}, "both a certificate and a key"},
-		{"leaf dotted domain", ServerConfig{LeafNode: &LeafNodeConfig{Domain: "a.b"}}, "invalid name"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			tt.cfg.StoreDir = "/x"
-			s, err := NewServer(tt.cfg)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if ws := s.cfg.WebSocket; ws != nil && ws.Host == "" {
-				t.Error("websocket host not defaulted")
-			}
-			if ln := s.cfg.LeafNode; ln != nil && (ln.Host == "" || ln.Domain != DefaultJetStreamDomain) {
-				t.Errorf("leaf node defaults not filled: %+v", ln)
-			}
-		})
-	}
-	// A certificate that does not load fails Open with the file's error.
-	s, err := NewServer(ServerConfig{StoreDir: t.TempDir(), WebSocket: &WebSocketConfig{CertFile: cert.KeyFile, KeyFile: cert.KeyFile}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Open(ctxT(t)); err == nil || !strings.Contains(err.Error(), "websocket TLS") {
-		s.Close(ctxT(t))
-		t.Fatalf("Open with a key as certificate: %v", err)
-	}
-}
 
 // stageAndPublish does what a builder does through c: stage a NAR, publish
 // its result. It returns the staged bytes and the result.
@@ -74,14 +24,14 @@ func stageAndPublish(t testing.TB, c *Conn, seed uint64) ([]byte, *Result) {
 	t.Helper()
 	data := randomBytes(seed, 3*stageChunkSize+17) // several chunks
 	key := narKey(data)
-	if _, err := c.Stage(ctxT(t), key, bytes.NewReader(data)); err != nil {
+	if _, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(data)); err != nil {
 		t.Fatalf("Stage: %v", err)
 	}
 	r := testResult(int(seed))
 	r.Outputs[0].NarHash = strings.TrimPrefix(key, "nar/")
 	r.Outputs[0].StagingKey = key
 	r.Outputs[0].NarSize = uint64(len(data))
-	if dup, err := c.PublishResult(ctxT(t), r); err != nil || dup {
+	if dup, err := c.PublishResult(testctx.New(t, 30*time.Second), r); err != nil || dup {
 		t.Fatalf("PublishResult: duplicate %v, %v", dup, err)
 	}
 	return data, r
@@ -92,11 +42,11 @@ func stageAndPublish(t testing.TB, c *Conn, seed uint64) ([]byte, *Result) {
 func requireArrived(t testing.TB, hub *Conn, data []byte, r *Result) {
 	t.Helper()
 	subj, _ := ResultsSubject(r.Tenant, r.System)
-	str, err := hub.JetStream().Stream(ctxT(t), StreamResults)
+	str, err := hub.JetStream().Stream(testctx.New(t, 30*time.Second), StreamResults)
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, err := str.GetLastMsgForSubject(ctxT(t), subj)
+	msg, err := str.GetLastMsgForSubject(testctx.New(t, 30*time.Second), subj)
 	if err != nil {
 		t.Fatalf("no result on %s: %v", subj, err)
 	}
@@ -116,7 +66,7 @@ func requireArrived(t testing.TB, hub *Conn, data []byte, r *Result) {
 // say why.
 func TestServerWebSocket(t *testing.T) {
 	cert := testtls.Write(t)
-	s := startServer(t, ServerConfig{Token: "tok", WebSocket: &WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile}})
+	s := startServer(t, server.Config{Token: "tok", WebSocket: &server.WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile}})
 	const retried = -1 // for fails: Connect retries until its ctx ends
 	wsURL := s.WebSocketURL()
 	if !strings.HasPrefix(wsURL, "wss://127.0.0.1:") || wsURL == "wss://127.0.0.1:0" {
@@ -126,7 +76,7 @@ func TestServerWebSocket(t *testing.T) {
 		t.Fatalf("no leaf listener asked for, got %q (domain %q)", s.LeafNodeURL(), s.JetStreamDomain())
 	}
 	hub := connect(t, s.ClientURL(), WithToken("tok"))
-	if err := hub.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+	if err := hub.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -136,7 +86,7 @@ func TestServerWebSocket(t *testing.T) {
 	}
 	data, r := stageAndPublish(t, w, 1)
 	requireArrived(t, hub, data, r)
-	cz, err := s.ns.Connz(&server.ConnzOptions{})
+	cz, err := s.NATS().Connz(&natsd.ConnzOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,12 +156,12 @@ func TestServerWebSocket(t *testing.T) {
 // TestServerWebSocketNoTLS: plain ws:// on loopback, for a reverse proxy
 // that terminates TLS in front.
 func TestServerWebSocketNoTLS(t *testing.T) {
-	s := startServer(t, ServerConfig{Token: "tok", WebSocket: &WebSocketConfig{NoTLSUnsafe: true}})
+	s := startServer(t, server.Config{Token: "tok", WebSocket: &server.WebSocketConfig{NoTLSUnsafe: true}})
 	if !strings.HasPrefix(s.WebSocketURL(), "ws://127.0.0.1:") {
 		t.Fatalf("WebSocketURL = %q", s.WebSocketURL())
 	}
 	c := connect(t, s.WebSocketURL(), WithToken("tok"))
-	if _, err := c.JetStream().AccountInfo(ctxT(t)); err != nil {
+	if _, err := c.JetStream().AccountInfo(testctx.New(t, 30*time.Second)); err != nil {
 		t.Fatalf("JetStream over ws://: %v", err)
 	}
 }
@@ -222,14 +172,14 @@ func TestServerWebSocketNoTLS(t *testing.T) {
 // hub's streams. A leaf with a wrong password never links up.
 func TestLeafNode(t *testing.T) {
 	cert := testtls.Write(t)
-	s := startServer(t, ServerConfig{Token: "tok",
-		WebSocket: &WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile},
-		LeafNode:  &LeafNodeConfig{}})
-	if !strings.HasPrefix(s.LeafNodeURL(), "nats-leaf://127.0.0.1:") || s.JetStreamDomain() != DefaultJetStreamDomain {
+	s := startServer(t, server.Config{Token: "tok",
+		WebSocket: &server.WebSocketConfig{CertFile: cert.CertFile, KeyFile: cert.KeyFile},
+		LeafNode:  &server.LeafNodeConfig{}})
+	if !strings.HasPrefix(s.LeafNodeURL(), "nats-leaf://127.0.0.1:") || s.JetStreamDomain() != server.DefaultJetStreamDomain {
 		t.Fatalf("LeafNodeURL = %q, domain %q", s.LeafNodeURL(), s.JetStreamDomain())
 	}
 	hub := connect(t, s.ClientURL(), WithToken("tok"))
-	if err := hub.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+	if err := hub.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for i, tc := range []struct {
@@ -242,7 +192,7 @@ func TestLeafNode(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			leafURL := testnats.Leaf{
-				Remote: testnats.WithUser(tc.remote, LeafNodeUser, "tok"), CAFile: tc.ca,
+				Remote: testnats.WithUser(tc.remote, server.LeafNodeUser, "tok"), CAFile: tc.ca,
 				Token: "site-tok", Domain: s.JetStreamDomain(),
 			}.Start(t)
 			w := connect(t, leafURL, WithToken("site-tok"))
@@ -256,10 +206,10 @@ func TestLeafNode(t *testing.T) {
 			// What volunteers do besides: read a vote from the hub's KV
 			// and pull a rebuild request with an acknowledged consumer.
 			key := fmt.Sprintf("vote-%d", i)
-			if err := hub.KVPut(ctxT(t), BucketVotes, key, []byte("yes")); err != nil {
+			if err := hub.KVPut(testctx.New(t, 30*time.Second), BucketVotes, key, []byte("yes")); err != nil {
 				t.Fatal(err)
 			}
-			if v, err := w.KVGet(ctxT(t), BucketVotes, key); err != nil || string(v) != "yes" {
+			if v, err := w.KVGet(testctx.New(t, 30*time.Second), BucketVotes, key); err != nil || string(v) != "yes" {
 				t.Fatalf("KVGet through the leaf: %q, %v", v, err)
 			}
 			system := fmt.Sprintf("sys%d-linux", i)
@@ -269,7 +219,7 @@ func TestLeafNode(t *testing.T) {
 				return nil
 			})
 			req := testRebuild(30+i, system)
-			if _, err := hub.PublishRebuild(ctxT(t), req); err != nil {
+			if _, err := hub.PublishRebuild(testctx.New(t, 30*time.Second), req); err != nil {
 				t.Fatal(err)
 			}
 			select {
@@ -285,9 +235,9 @@ func TestLeafNode(t *testing.T) {
 		})
 	}
 	t.Run("wrong password", func(t *testing.T) {
-		waitFor(t, 5*time.Second, "the earlier leaf nodes to go", func() bool { return s.ns.NumLeafNodes() == 0 })
+		waitFor(t, 5*time.Second, "the earlier leaf nodes to go", func() bool { return s.NATS().NumLeafNodes() == 0 })
 		leafURL := testnats.Leaf{
-			Remote: testnats.WithUser(s.LeafNodeURL(), LeafNodeUser, "bad"),
+			Remote: testnats.WithUser(s.LeafNodeURL(), server.LeafNodeUser, "bad"),
 			Token:  "site-tok", Domain: s.JetStreamDomain(), Unlinked: true,
 		}.Start(t)
 		w := connect(t, leafURL, WithToken("site-tok"))
@@ -301,16 +251,16 @@ func TestLeafNode(t *testing.T) {
 		} else {
 			t.Logf("PublishResult through an unlinked leaf: %v", err)
 		}
-		if got := s.ns.NumLeafNodes(); got != 0 {
+		if got := s.NATS().NumLeafNodes(); got != 0 {
 			t.Fatalf("a leaf with a wrong password linked up (%d leaf nodes)", got)
 		}
 		subj, _ := ResultsSubject(r.Tenant, r.System)
-		str, err := hub.JetStream().Stream(ctxT(t), StreamResults)
+		str, err := hub.JetStream().Stream(testctx.New(t, 30*time.Second), StreamResults)
 		if err != nil {
 			t.Fatal(err)
 		}
 		// Earlier results share the subject: compare the derivation.
-		if msg, err := str.GetLastMsgForSubject(ctxT(t), subj); err == nil {
+		if msg, err := str.GetLastMsgForSubject(testctx.New(t, 30*time.Second), subj); err == nil {
 			if got, _ := DecodeResult(msg.Data); got != nil && got.DrvPath == r.DrvPath {
 				t.Fatal("the result reached the hub without a link")
 			}
@@ -319,29 +269,29 @@ func TestLeafNode(t *testing.T) {
 }
 
 // TestLeafNodeListenerAddedLater: a leaf node listener names the
-// JetStream (DefaultJetStreamDomain); turning it on for a store created
+// JetStream (server.DefaultJetStreamDomain); turning it on for a store created
 // without one keeps the streams and their messages.
 func TestLeafNodeListenerAddedLater(t *testing.T) {
 	dir := t.TempDir()
-	for i, ln := range []*LeafNodeConfig{nil, {}} {
-		s := startServer(t, ServerConfig{StoreDir: dir, LeafNode: ln})
+	for i, ln := range []*server.LeafNodeConfig{nil, {}} {
+		s := startServer(t, server.Config{StoreDir: dir, LeafNode: ln})
 		c := connect(t, s.ClientURL())
-		if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+		if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 			t.Fatalf("run %d (domain %q): EnsureStreams: %v", i, s.JetStreamDomain(), err)
 		}
 		if i == 0 {
 			publishN(t, c, 3)
 		}
-		str, err := c.JetStream().Stream(ctxT(t), StreamResults)
+		str, err := c.JetStream().Stream(testctx.New(t, 30*time.Second), StreamResults)
 		if err != nil {
 			t.Fatal(err)
 		}
-		info, err := str.Info(ctxT(t))
+		info, err := str.Info(testctx.New(t, 30*time.Second))
 		if err != nil || info.State.Msgs != 3 {
 			t.Fatalf("run %d (domain %q): %v messages, %v; want 3", i, s.JetStreamDomain(), info, err)
 		}
 		c.Close()
-		if err := s.Close(ctxT(t)); err != nil {
+		if err := s.Close(testctx.New(t, 30*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 	}

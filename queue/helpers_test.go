@@ -10,17 +10,20 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/queue/server"
 )
 
 // startServer runs an embedded server for the test, on a random port with
 // its store in a temporary directory. A server that does not start fails
 // the test: these tests are the package's integration tests, never skipped.
-func startServer(t testing.TB, cfg ServerConfig) *Server {
+func startServer(t testing.TB, cfg server.Config) *server.Server {
 	t.Helper()
 	if cfg.StoreDir == "" {
 		cfg.StoreDir = t.TempDir()
 	}
-	s, err := NewServer(cfg)
+	s, err := server.New(cfg)
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
 	}
@@ -52,20 +55,14 @@ func connect(t testing.TB, url string, opts ...Option) *Conn {
 }
 
 // setup is a server with the streams in place and one connection to it.
-func setup(t testing.TB) (*Server, *Conn) {
+func setup(t testing.TB) (*server.Server, *Conn) {
 	t.Helper()
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
 	if err := c.EnsureStreams(context.Background(), StreamOptions{}); err != nil {
 		t.Fatalf("EnsureStreams: %v", err)
 	}
 	return s, c
-}
-
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 // testResult is a valid result, distinct for each i.
@@ -92,7 +89,7 @@ func testResult(i int) *Result {
 func publishN(t testing.TB, c *Conn, n int) {
 	t.Helper()
 	for i := range n {
-		if _, err := c.PublishResult(ctxT(t), testResult(i)); err != nil {
+		if _, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(i)); err != nil {
 			t.Fatalf("PublishResult %d: %v", i, err)
 		}
 	}

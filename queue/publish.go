@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/internal/retry"
 )
 
 // PublishResult publishes r on ResultsSubject(r.Tenant, r.System) with
@@ -103,13 +105,13 @@ const (
 	// when its ctx has no deadline: long enough to ride out a broker
 	// restart or a stream leader election (5–7 s in our cluster tests).
 	PublishTimeout = time.Minute
-	// publishAttempt is the first attempt's wait for an ack; each retry
-	// waits twice as long, up to publishAttemptMax, so a slow link still
-	// gets an answer while a message sent to a leader that just died (it
-	// gets no answer at all) is resent soon.
-	publishAttempt    = 2 * time.Second
-	publishAttemptMax = 10 * time.Second
 )
+
+// publishAttempts bounds each attempt's wait for an ack: 2 s, each retry
+// twice as long, up to 10 s, so a slow link still gets an answer while a
+// message sent to a leader that just died (it gets no answer at all) is
+// resent soon.
+var publishAttempts = retry.Policy{Initial: 2 * time.Second, Max: 10 * time.Second}
 
 // publishRetry is publish, repeated with backoff while the error comes
 // without a definite answer (see Retryable), until ctx ends. Only for
@@ -118,25 +120,31 @@ const (
 func (c *Conn) publishRetry(ctx context.Context, subj string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	ctx, cancel := withDefaultTimeout(ctx, PublishTimeout)
 	defer cancel()
-	for attempt := 0; ; attempt++ {
-		actx, acancel := context.WithTimeout(ctx, min(publishAttempt<<min(attempt, 3), publishAttemptMax))
-		ack, err := c.publish(actx, subj, data, opts...)
-		acancel()
-		if err == nil {
-			return ack, nil
-		}
-		if !retryable(err) || ctx.Err() != nil {
-			if attempt > 0 {
-				err = fmt.Errorf("after %d attempts: %w", attempt+1, err)
-			}
-			return nil, err
-		}
-		c.log.Debug("queue: publish failed, retrying", logKeySubject, subj, "attempt", attempt+1, logKeyErr, err)
-		sleepCtx(ctx, min(backoff(attempt), time.Second))
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
-		}
+	retries := connectRetry
+	retries.Max = time.Second
+	retries.OnRetry = func(attempt int, _ time.Duration, err error) {
+		c.log.Debug("queue: publish failed, retrying", logKeySubject, subj, "attempt", attempt, logKeyErr, err)
 	}
+	var ack *jetstream.PubAck
+	attempts := 0
+	err := retry.Do(ctx, retries, func(attempt int) error {
+		attempts = attempt
+		actx, acancel := context.WithTimeout(ctx, publishAttempts.Delay(attempt))
+		defer acancel()
+		var err error
+		ack, err = c.publish(actx, subj, data, opts...)
+		if err != nil && !retryable(err) {
+			return retry.Stop(err)
+		}
+		return err
+	})
+	if err != nil {
+		if ctx.Err() == nil && attempts > 1 {
+			err = fmt.Errorf("after %d attempts: %w", attempts, err)
+		}
+		return nil, err
+	}
+	return ack, nil
 }
 
 // Retryable reports whether an error from PublishResult or Stage came

@@ -9,8 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	natsd "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/queue/server"
 )
 
 func TestPublishResult(t *testing.T) {
@@ -30,7 +33,7 @@ func TestPublishResult(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dup, err := c.PublishResult(ctxT(t), tt.r)
+			dup, err := c.PublishResult(testctx.New(t, 30*time.Second), tt.r)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("err = %v, want %v", err, tt.wantErr)
@@ -45,18 +48,18 @@ func TestPublishResult(t *testing.T) {
 			}
 		})
 	}
-	st, err := c.js.Stream(ctxT(t), StreamResults)
+	st, err := c.js.Stream(testctx.New(t, 30*time.Second), StreamResults)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(ctxT(t))
+	info, err := st.Info(testctx.New(t, 30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if info.State.Msgs != 2 {
 		t.Errorf("RESULTS holds %d messages, want 2", info.State.Msgs)
 	}
-	m, err := st.GetLastMsgForSubject(ctxT(t), "results.t1.x86_64-linux")
+	m, err := st.GetLastMsgForSubject(testctx.New(t, 30*time.Second), "results.t1.x86_64-linux")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,20 +86,20 @@ func TestPublishEvent(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := c.PublishEvent(ctxT(t), tt.tenant, tt.kind, tt.v)
+			err := c.PublishEvent(testctx.New(t, 30*time.Second), tt.tenant, tt.kind, tt.v)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
 		})
 	}
-	if err := c.PublishEvent(ctxT(t), "t1", EventRejected, func() {}); err == nil {
+	if err := c.PublishEvent(testctx.New(t, 30*time.Second), "t1", EventRejected, func() {}); err == nil {
 		t.Error("unencodable event accepted")
 	}
-	st, err := c.js.Stream(ctxT(t), StreamEvents)
+	st, err := c.js.Stream(testctx.New(t, 30*time.Second), StreamEvents)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := st.GetLastMsgForSubject(ctxT(t), "events.t1.published")
+	m, err := st.GetLastMsgForSubject(testctx.New(t, 30*time.Second), "events.t1.published")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +109,7 @@ func TestPublishEvent(t *testing.T) {
 }
 
 func TestPublishWithoutStreams(t *testing.T) {
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
 	// No stream answering could be a leader election: PublishResult
 	// retries until ctx ends.
@@ -121,25 +124,25 @@ func TestPublishWithoutStreams(t *testing.T) {
 // deny and only says so asynchronously; PublishResult must report that,
 // quickly, instead of timing out.
 func TestPublishPermissionDenied(t *testing.T) {
-	opts := &server.Options{
+	opts := &natsd.Options{
 		Host:      "127.0.0.1",
-		Port:      server.RANDOM_PORT,
+		Port:      natsd.RANDOM_PORT,
 		JetStream: true,
 		StoreDir:  filepath.Join(t.TempDir(), "js"),
 		NoSigs:    true,
 		NoLog:     true,
-		Users: []*server.User{
+		Users: []*natsd.User{
 			{Username: "admin", Password: "pw"},
-			{Username: "builder", Password: "pw", Permissions: &server.Permissions{
-				Publish: &server.SubjectPermission{Allow: []string{"$JS.API.>", "_INBOX.>", "events.>"}, Deny: []string{"results.>"}},
+			{Username: "builder", Password: "pw", Permissions: &natsd.Permissions{
+				Publish: &natsd.SubjectPermission{Allow: []string{"$JS.API.>", "_INBOX.>", "events.>"}, Deny: []string{"results.>"}},
 			}},
 			// May use the JetStream API but not write objects.
-			{Username: "reader", Password: "pw", Permissions: &server.Permissions{
-				Publish: &server.SubjectPermission{Allow: []string{"$JS.API.>", "_INBOX.>"}},
+			{Username: "reader", Password: "pw", Permissions: &natsd.Permissions{
+				Publish: &natsd.SubjectPermission{Allow: []string{"$JS.API.>", "_INBOX.>"}},
 			}},
 		},
 	}
-	ns, err := server.NewServer(opts)
+	ns, err := natsd.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +153,7 @@ func TestPublishPermissionDenied(t *testing.T) {
 	}
 	host := ns.Addr().String()
 	admin := connect(t, "nats://admin:pw@"+host)
-	if err := admin.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+	if err := admin.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	builder := connect(t, "nats://builder:pw@"+host)
@@ -164,7 +167,7 @@ func TestPublishPermissionDenied(t *testing.T) {
 		t.Errorf("took %s: the denial was not detected, the publish timed out", d)
 	}
 	// Allowed publishes on the same connection are unaffected.
-	if err := builder.PublishEvent(ctxT(t), "t1", EventPublished, 1); err != nil {
+	if err := builder.PublishEvent(testctx.New(t, 30*time.Second), "t1", EventPublished, 1); err != nil {
 		t.Errorf("allowed publish: %v", err)
 	}
 
@@ -192,21 +195,21 @@ func TestPublishResultAcrossRestart(t *testing.T) {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	cfg := ServerConfig{StoreDir: dir, Port: port}
+	cfg := server.Config{StoreDir: dir, Port: port}
 	s := startServer(t, cfg)
 	c := connect(t, s.ClientURL())
-	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.PublishResult(ctxT(t), testResult(0)); err != nil {
+	if _, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(0)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Close(ctxT(t)); err != nil {
+	if err := s.Close(testctx.New(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.PublishResult(ctxT(t), testResult(1))
+		_, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(1))
 		done <- err
 	}()
 	time.Sleep(2500 * time.Millisecond) // past the first attempt's timeout
@@ -219,14 +222,14 @@ func TestPublishResultAcrossRestart(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("publish across the restart still waiting 20s after the broker came back")
 	}
-	if dup, err := c.PublishResult(ctxT(t), testResult(1)); err != nil || !dup {
+	if dup, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(1)); err != nil || !dup {
 		t.Fatalf("publishing again: duplicate %v, %v", dup, err)
 	}
-	str, err := c.js.Stream(ctxT(t), StreamResults)
+	str, err := c.js.Stream(testctx.New(t, 30*time.Second), StreamResults)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := str.Info(ctxT(t))
+	info, err := str.Info(testctx.New(t, 30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,11 +242,11 @@ func TestPublishResultAcrossRestart(t *testing.T) {
 // election, a server still recovering), PublishResult keeps trying instead
 // of failing the build whose result it carries.
 func TestPublishResultWaitsForStream(t *testing.T) {
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.PublishResult(ctxT(t), testResult(1))
+		_, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(1))
 		done <- err
 	}()
 	time.Sleep(1500 * time.Millisecond)
@@ -252,7 +255,7 @@ func TestPublishResultWaitsForStream(t *testing.T) {
 		t.Fatalf("PublishResult gave up while no stream answered: %v", err)
 	default:
 	}
-	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	select {

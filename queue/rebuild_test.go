@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 // testRebuild is a valid request, distinct for each i.
@@ -155,7 +157,7 @@ func consumeRebuilds(t *testing.T, c *Conn, system string, h Handler) *Consumer 
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := c.ConsumeRebuilds(ctxT(t), ConsumerOptions{FilterSubject: subj, AckWait: 2 * time.Second}, h)
+	k, err := c.ConsumeRebuilds(testctx.New(t, 30*time.Second), ConsumerOptions{FilterSubject: subj, AckWait: 2 * time.Second}, h)
 	if err != nil {
 		t.Fatalf("ConsumeRebuilds: %v", err)
 	}
@@ -165,11 +167,11 @@ func consumeRebuilds(t *testing.T, c *Conn, system string, h Handler) *Consumer 
 
 func streamMsgs(t *testing.T, c *Conn) uint64 {
 	t.Helper()
-	s, err := c.js.Stream(ctxT(t), StreamRebuild)
+	s, err := c.js.Stream(testctx.New(t, 30*time.Second), StreamRebuild)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := s.Info(ctxT(t))
+	info, err := s.Info(testctx.New(t, 30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,16 +187,16 @@ func streamMsgs(t *testing.T, c *Conn) uint64 {
 func TestRebuildQueue(t *testing.T) {
 	_, c := setup(t)
 	for i, sys := range []string{"x86_64-linux", "x86_64-linux", "x86_64-linux", "aarch64-linux"} {
-		if dup, err := c.PublishRebuild(ctxT(t), testRebuild(i, sys)); err != nil || dup {
+		if dup, err := c.PublishRebuild(testctx.New(t, 30*time.Second), testRebuild(i, sys)); err != nil || dup {
 			t.Fatalf("PublishRebuild %d: dup %v, %v", i, dup, err)
 		}
 	}
 	again := testRebuild(0, "x86_64-linux")
 	again.Requested = again.Requested.Add(time.Minute) // another pusher asking
-	if dup, err := c.PublishRebuild(ctxT(t), again); err != nil || !dup {
+	if dup, err := c.PublishRebuild(testctx.New(t, 30*time.Second), again); err != nil || !dup {
 		t.Fatalf("same derivation again: dup %v, %v", dup, err)
 	}
-	if _, err := c.PublishRebuild(ctxT(t), &RebuildRequest{Version: RebuildVersion}); !errors.Is(err, ErrMalformed) {
+	if _, err := c.PublishRebuild(testctx.New(t, 30*time.Second), &RebuildRequest{Version: RebuildVersion}); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("invalid request published: %v", err)
 	}
 	if n := streamMsgs(t, c); n != 4 {
@@ -255,7 +257,7 @@ func TestRebuildQueue(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "an empty work queue", func() bool { return streamMsgs(t, c) == 0 })
 	checkConsumer := func(system string) {
-		cons, err := c.js.Consumer(ctxT(t), StreamRebuild, RebuildConsumer("t1", system))
+		cons, err := c.js.Consumer(testctx.New(t, 30*time.Second), StreamRebuild, RebuildConsumer("t1", system))
 		if err != nil {
 			t.Fatalf("consumer for %s: %v", system, err)
 		}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/internal/retry"
 )
 
 const (
@@ -103,19 +105,19 @@ func (c *Conn) EnsureStreams(ctx context.Context, o StreamOptions) error {
 	defer cancel()
 	// A pusher restarted while the cluster elects a leader (the usual
 	// moment: the machine that died ran both) must wait for it, not exit.
-	for attempt := 0; ; attempt++ {
-		actx, acancel := context.WithTimeout(ctx, min(ensureAttempt<<min(attempt, 3), ensureAttemptMax))
-		err := c.ensureAll(actx, o)
-		acancel()
-		if err == nil || ctx.Err() != nil || !(retryable(err) || clusterSettling(err)) {
-			return err
-		}
+	retries := connectRetry
+	retries.OnRetry = func(_ int, _ time.Duration, err error) {
 		c.log.Debug("queue: ensure streams failed, retrying", logKeyErr, err)
-		sleepCtx(ctx, backoff(attempt))
-		if ctx.Err() != nil {
-			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
-		}
 	}
+	return retry.Do(ctx, retries, func(attempt int) error {
+		actx, acancel := context.WithTimeout(ctx, ensureAttempts.Delay(attempt))
+		defer acancel()
+		err := c.ensureAll(actx, o)
+		if err != nil && !retryable(err) && !clusterSettling(err) {
+			return retry.Stop(err)
+		}
+		return err
+	})
 }
 
 // JetStream error codes a cluster gives while it settles.
@@ -136,13 +138,10 @@ func clusterSettling(err error) bool {
 	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jsErrClusterNoPeers || apiErr.ErrorCode == jsErrSubjectsOverlap)
 }
 
-// ensureAttempt bounds the first pass of EnsureStreams; each retry gets
-// twice as long, up to ensureAttemptMax. A request to a leader that just
+// ensureAttempts bounds each pass of EnsureStreams: the first gets 3 s,
+// each retry twice as long, up to 12 s. A request to a leader that just
 // died gets no answer at all, so the first wait is short.
-const (
-	ensureAttempt    = 3 * time.Second
-	ensureAttemptMax = 12 * time.Second
-)
+var ensureAttempts = retry.Policy{Initial: 3 * time.Second, Max: 12 * time.Second}
 
 func (c *Conn) ensureAll(ctx context.Context, o StreamOptions) error {
 	for _, cfg := range []jetstream.StreamConfig{resultsConfig(o), eventsConfig(o), rebuildConfig(o)} {

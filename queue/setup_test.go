@@ -10,10 +10,13 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/queue/server"
 )
 
 func TestEnsureStreamsIdempotent(t *testing.T) {
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
 	tests := []struct {
 		name       string
@@ -28,10 +31,10 @@ func TestEnsureStreamsIdempotent(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := c.EnsureStreams(ctxT(t), tt.opts); err != nil {
+			if err := c.EnsureStreams(testctx.New(t, 30*time.Second), tt.opts); err != nil {
 				t.Fatal(err)
 			}
-			st, err := c.js.Stream(ctxT(t), StreamResults)
+			st, err := c.js.Stream(testctx.New(t, 30*time.Second), StreamResults)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -41,18 +44,18 @@ func TestEnsureStreamsIdempotent(t *testing.T) {
 				cfg.Discard != jetstream.DiscardOld {
 				t.Errorf("RESULTS config: %+v", cfg)
 			}
-			ev, err := c.js.Stream(ctxT(t), StreamEvents)
+			ev, err := c.js.Stream(testctx.New(t, 30*time.Second), StreamEvents)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if got := ev.CachedInfo().Config.MaxAge; got != tt.wantMaxAge {
 				t.Errorf("EVENTS MaxAge = %s", got)
 			}
-			obs, err := c.js.ObjectStore(ctxT(t), BucketStaging)
+			obs, err := c.js.ObjectStore(testctx.New(t, 30*time.Second), BucketStaging)
 			if err != nil {
 				t.Fatal(err)
 			}
-			status, err := obs.Status(ctxT(t))
+			status, err := obs.Status(testctx.New(t, 30*time.Second))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -84,9 +87,9 @@ func TestEnsureStreamsOptions(t *testing.T) {
 
 func TestEnsureStreamsReplicasUnavailable(t *testing.T) {
 	// A single server cannot hold 3 replicas: the error must surface.
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
-	if err := c.EnsureStreams(ctxT(t), StreamOptions{Replicas: 3}); err == nil {
+	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{Replicas: 3}); err == nil {
 		t.Fatal("3 replicas on one server accepted")
 	}
 }
@@ -152,7 +155,7 @@ func TestClusterSettling(t *testing.T) {
 // the cluster's meta leader, which an election leaves unanswered); a
 // changed setting is still written.
 func TestEnsureStreamsWritesOnlyChanges(t *testing.T) {
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
 	var mu sync.Mutex
 	var writes []string
@@ -175,19 +178,19 @@ func TestEnsureStreamsWritesOnlyChanges(t *testing.T) {
 		writes = nil
 		return w
 	}
-	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if w := count(); len(w) < 6 {
 		t.Fatalf("first EnsureStreams wrote %v, want the 3 streams, staging and 2 KV buckets", w)
 	}
-	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if w := count(); len(w) != 0 {
 		t.Fatalf("EnsureStreams on unchanged streams wrote %v", w)
 	}
-	if err := c.EnsureStreams(ctxT(t), StreamOptions{MaxAge: time.Hour}); err != nil {
+	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{MaxAge: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	if w := count(); len(w) < 5 {

@@ -8,11 +8,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 func TestCollectStaging(t *testing.T) {
 	_, c := setup(t)
-	ctx := ctxT(t)
+	ctx := testctx.New(t, 30*time.Second)
 	stage := func(key, content string) StagedInfo {
 		t.Helper()
 		info, err := c.Stage(ctx, key, bytes.NewReader([]byte(content)))

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 // poison plays a publisher that stages garbage under key ahead of the
@@ -18,7 +20,7 @@ import (
 func poison(t *testing.T, c *Conn, key string, claimed []byte, chunkID string) {
 	t.Helper()
 	garbage := []byte("garbage from another publisher")
-	if _, err := c.js.Publish(ctxT(t), stagingChunksPrefix+chunkID, garbage); err != nil {
+	if _, err := c.js.Publish(testctx.New(t, 30*time.Second), stagingChunksPrefix+chunkID, garbage); err != nil {
 		t.Fatal(err)
 	}
 	publishMeta(t, c, &jetstream.ObjectInfo{
@@ -39,7 +41,7 @@ func TestStagePoisonedKey(t *testing.T) {
 			honest := randomBytes(uint64(size), size)
 			key := narKey(honest)
 			poison(t, c, key, honest, fmt.Sprintf("POISON%d", size))
-			info, err := c.Stage(ctxT(t), key, bytes.NewReader(honest))
+			info, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(honest))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -50,7 +52,7 @@ func TestStagePoisonedKey(t *testing.T) {
 				t.Fatal("staged content is not the honest one")
 			}
 			// The honest object, now verified, is reused.
-			if info, err := c.Stage(ctxT(t), key, bytes.NewReader(honest)); err != nil || !info.Reused {
+			if info, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(honest)); err != nil || !info.Reused {
 				t.Fatalf("second Stage: %+v %v", info, err)
 			}
 		})
@@ -73,7 +75,7 @@ func TestStageScoped(t *testing.T) {
 			}
 			// Pre-poisoned before the honest builder stages.
 			poison(t, c, key, honest, StagingScope("evil")+".x1")
-			info, err := c.Stage(ctxT(t), key, bytes.NewReader(honest))
+			info, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(honest))
 			if err != nil || info.Reused {
 				t.Fatalf("Stage over a poisoned meta: %+v %v", info, err)
 			}
@@ -83,19 +85,19 @@ func TestStageScoped(t *testing.T) {
 			if !bytes.Equal(got, honest) || si.Size != uint64(size) {
 				t.Fatalf("read %d bytes (size %d), want the honest %d", len(got), si.Size, size)
 			}
-			if info, err := c.Stage(ctxT(t), key, bytes.NewReader(honest)); err != nil || !info.Reused {
+			if info, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(honest)); err != nil || !info.Reused {
 				t.Fatalf("restage of verified content: %+v %v", info, err)
 			}
 			// A failed upload, then a full one: only the last counts. (A
 			// key that is not content-addressed: it is never reused.)
 			key = ScopedKey(fmt.Sprintf("closure/x-%d", size), "honest-builder")
-			if _, err := c.Stage(ctxT(t), key, bytes.NewReader(honest[:size/3])); err != nil {
+			if _, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(honest[:size/3])); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := c.Stage(ctxT(t), key, io.MultiReader(bytes.NewReader(honest[:size/2]), iotest.ErrReader(errors.New("dump failed")))); err == nil {
+			if _, err := c.Stage(testctx.New(t, 30*time.Second), key, io.MultiReader(bytes.NewReader(honest[:size/2]), iotest.ErrReader(errors.New("dump failed")))); err == nil {
 				t.Fatal("failed upload succeeded")
 			}
-			if info, err := c.Stage(ctxT(t), key, bytes.NewReader(honest)); err != nil || info.Reused {
+			if info, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(honest)); err != nil || info.Reused {
 				t.Fatalf("upload after a failed one: %+v %v", info, err)
 			}
 			if got, _ := readStaged(t, c, key); !bytes.Equal(got, honest) {
@@ -114,20 +116,20 @@ func TestCollectStagingKeepsScoped(t *testing.T) {
 	_, c := setup(t)
 	honest := randomBytes(9, 1000)
 	key := ScopedKey(narKey(honest), "b")
-	if _, err := c.Stage(ctxT(t), key, bytes.NewReader(honest)); err != nil {
+	if _, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(honest)); err != nil {
 		t.Fatal(err)
 	}
 	poison(t, c, key, honest, StagingScope("evil")+".y")
-	if _, err := c.CollectStaging(ctxT(t), StagingGCOptions{Grace: time.Nanosecond, Now: time.Now().Add(time.Minute)}); err != nil {
+	if _, err := c.CollectStaging(testctx.New(t, 30*time.Second), StagingGCOptions{Grace: time.Nanosecond, Now: time.Now().Add(time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := readStaged(t, c, key); !bytes.Equal(got, honest) {
 		t.Fatal("scoped content collected")
 	}
-	if err := c.DeleteStaged(ctxT(t), key); err != nil {
+	if err := c.DeleteStaged(testctx.New(t, 30*time.Second), key); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := c.OpenStaged(ctxT(t), key); !errors.Is(err, ErrNotFound) {
+	if _, _, err := c.OpenStaged(testctx.New(t, 30*time.Second), key); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("after DeleteStaged: %v", err)
 	}
 }

@@ -19,6 +19,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/queue/server"
 )
 
 func randomBytes(seed uint64, n int) []byte {
@@ -43,11 +46,11 @@ func narKey(b []byte) string {
 // before and after a failed Stage means no chunk was left behind.
 func stagingState(t testing.TB, c *Conn) (msgs, bytes uint64) {
 	t.Helper()
-	st, err := c.js.Stream(ctxT(t), stagingStream)
+	st, err := c.js.Stream(testctx.New(t, 30*time.Second), stagingStream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(ctxT(t))
+	info, err := st.Info(testctx.New(t, 30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +59,7 @@ func stagingState(t testing.TB, c *Conn) (msgs, bytes uint64) {
 
 func readStaged(t testing.TB, c *Conn, key string) ([]byte, StagedInfo) {
 	t.Helper()
-	rc, info, err := c.OpenStaged(ctxT(t), key)
+	rc, info, err := c.OpenStaged(testctx.New(t, 30*time.Second), key)
 	if err != nil {
 		t.Fatalf("OpenStaged: %v", err)
 	}
@@ -86,7 +89,7 @@ func TestStageRoundTrip(t *testing.T) {
 			data := randomBytes(uint64(i), tt.size)
 			key := narKey(data)
 			// iotest-like small reads: Stage must still send whole chunks.
-			staged, err := c.Stage(ctxT(t), key, &smallReader{r: bytes.NewReader(data), max: 1000})
+			staged, err := c.Stage(testctx.New(t, 30*time.Second), key, &smallReader{r: bytes.NewReader(data), max: 1000})
 			if err != nil {
 				t.Fatalf("Stage: %v", err)
 			}
@@ -105,11 +108,11 @@ func TestStageRoundTrip(t *testing.T) {
 				t.Error("digest of the content read differs from the stored digest")
 			}
 			// nats.go's own reader agrees on the layout.
-			obs, err := c.js.ObjectStore(ctxT(t), BucketStaging)
+			obs, err := c.js.ObjectStore(testctx.New(t, 30*time.Second), BucketStaging)
 			if err != nil {
 				t.Fatal(err)
 			}
-			oi, err := obs.GetInfo(ctxT(t), key)
+			oi, err := obs.GetInfo(testctx.New(t, 30*time.Second), key)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -145,14 +148,14 @@ func TestStageReuseAndReplace(t *testing.T) {
 	_, c := setup(t)
 	data := randomBytes(1, 3<<20)
 	key := narKey(data)
-	first, err := c.Stage(ctxT(t), key, bytes.NewReader(data))
+	first, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(data))
 	if err != nil {
 		t.Fatal(err)
 	}
 	msgs, size := stagingState(t, c)
 
 	// Same content-addressed key, content already there: not read again.
-	again, err := c.Stage(ctxT(t), key, failReader{t})
+	again, err := c.Stage(testctx.New(t, 30*time.Second), key, failReader{t})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,14 +167,14 @@ func TestStageReuseAndReplace(t *testing.T) {
 	}
 
 	// Content-addressed, but the chunks are gone: uploaded again.
-	oi, err := c.stagingObs.GetInfo(ctxT(t), key)
+	oi, err := c.stagingObs.GetInfo(testctx.New(t, 30*time.Second), key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.stagingStream.Purge(ctxT(t), jetstream.WithPurgeSubject(stagingChunksPrefix+oi.NUID)); err != nil {
+	if err := c.stagingStream.Purge(testctx.New(t, 30*time.Second), jetstream.WithPurgeSubject(stagingChunksPrefix+oi.NUID)); err != nil {
 		t.Fatal(err)
 	}
-	if s, err := c.Stage(ctxT(t), key, bytes.NewReader(data)); err != nil || s.Reused {
+	if s, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(data)); err != nil || s.Reused {
 		t.Fatalf("Stage over lost chunks: %+v, %v; want a new upload", s, err)
 	}
 	if got, _ := readStaged(t, c, key); !bytes.Equal(got, data) {
@@ -183,10 +186,10 @@ func TestStageReuseAndReplace(t *testing.T) {
 	other := randomBytes(2, 1<<20)
 	right := randomBytes(3, 1<<20)
 	key2 := narKey(right)
-	if _, err := c.Stage(ctxT(t), key2, bytes.NewReader(other)); err != nil {
+	if _, err := c.Stage(testctx.New(t, 30*time.Second), key2, bytes.NewReader(other)); err != nil {
 		t.Fatal(err)
 	}
-	s, err := c.Stage(ctxT(t), key2, bytes.NewReader(right))
+	s, err := c.Stage(testctx.New(t, 30*time.Second), key2, bytes.NewReader(right))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +201,7 @@ func TestStageReuseAndReplace(t *testing.T) {
 	}
 	// Plain keys are always replaced, and the old chunks go.
 	for i, content := range [][]byte{data, other, data[:1000]} {
-		s, err := c.Stage(ctxT(t), "plain/key", bytes.NewReader(content))
+		s, err := c.Stage(testctx.New(t, 30*time.Second), "plain/key", bytes.NewReader(content))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -219,29 +222,29 @@ func TestStageReuseAndReplace(t *testing.T) {
 
 func TestStageMissingAndDelete(t *testing.T) {
 	_, c := setup(t)
-	if _, _, err := c.OpenStaged(ctxT(t), "nar/absent"); !errors.Is(err, ErrNotFound) {
+	if _, _, err := c.OpenStaged(testctx.New(t, 30*time.Second), "nar/absent"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("OpenStaged absent: %v, want ErrNotFound", err)
 	}
-	if err := c.DeleteStaged(ctxT(t), "nar/absent"); err != nil {
+	if err := c.DeleteStaged(testctx.New(t, 30*time.Second), "nar/absent"); err != nil {
 		t.Fatalf("DeleteStaged absent: %v", err)
 	}
 	data := randomBytes(3, 500_000)
-	if _, err := c.Stage(ctxT(t), "k", bytes.NewReader(data)); err != nil {
+	if _, err := c.Stage(testctx.New(t, 30*time.Second), "k", bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 2 {
-		if err := c.DeleteStaged(ctxT(t), "k"); err != nil {
+		if err := c.DeleteStaged(testctx.New(t, 30*time.Second), "k"); err != nil {
 			t.Fatalf("DeleteStaged %d: %v", i, err)
 		}
 	}
-	if _, _, err := c.OpenStaged(ctxT(t), "k"); !errors.Is(err, ErrNotFound) {
+	if _, _, err := c.OpenStaged(testctx.New(t, 30*time.Second), "k"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("OpenStaged deleted: %v, want ErrNotFound", err)
 	}
 	if m, _ := stagingState(t, c); m != 1 { // the delete marker
 		t.Errorf("%d messages left, want only the delete marker", m)
 	}
 	// A deleted object can be staged again.
-	if _, err := c.Stage(ctxT(t), "k", bytes.NewReader(data)); err != nil {
+	if _, err := c.Stage(testctx.New(t, 30*time.Second), "k", bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := readStaged(t, c, "k"); !bytes.Equal(got, data) {
@@ -250,9 +253,9 @@ func TestStageMissingAndDelete(t *testing.T) {
 }
 
 func TestStageWithoutBucket(t *testing.T) {
-	s := startServer(t, ServerConfig{})
+	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
-	if _, err := c.Stage(ctxT(t), "k", strings.NewReader("x")); !errors.Is(err, ErrNotFound) {
+	if _, err := c.Stage(testctx.New(t, 30*time.Second), "k", strings.NewReader("x")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Stage without bucket: %v, want ErrNotFound", err)
 	}
 }
@@ -261,13 +264,13 @@ func TestStagingInvalidKey(t *testing.T) {
 	_, c := setup(t)
 	for i, key := range []string{"", "with space", "tab\t", "nl\n", "ünï", "a*b", "q?", strings.Repeat("k", maxKeyLen+1)} {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
-			if _, err := c.Stage(ctxT(t), key, failReader{t}); !errors.Is(err, ErrInvalidName) {
+			if _, err := c.Stage(testctx.New(t, 30*time.Second), key, failReader{t}); !errors.Is(err, ErrInvalidName) {
 				t.Errorf("Stage: %v", err)
 			}
-			if _, _, err := c.OpenStaged(ctxT(t), key); !errors.Is(err, ErrInvalidName) {
+			if _, _, err := c.OpenStaged(testctx.New(t, 30*time.Second), key); !errors.Is(err, ErrInvalidName) {
 				t.Errorf("OpenStaged: %v", err)
 			}
-			if err := c.DeleteStaged(ctxT(t), key); !errors.Is(err, ErrInvalidName) {
+			if err := c.DeleteStaged(testctx.New(t, 30*time.Second), key); !errors.Is(err, ErrInvalidName) {
 				t.Errorf("DeleteStaged: %v", err)
 			}
 		})
@@ -318,7 +321,7 @@ func (s slowReader) Read(p []byte) (int, error) {
 // cancelled, it leaves its chunks behind.)
 func TestStageFailureLeavesNoChunks(t *testing.T) {
 	_, c := setup(t)
-	if _, err := c.Stage(ctxT(t), "existing", bytes.NewReader(randomBytes(9, 1<<20))); err != nil {
+	if _, err := c.Stage(testctx.New(t, 30*time.Second), "existing", bytes.NewReader(randomBytes(9, 1<<20))); err != nil {
 		t.Fatal(err)
 	}
 	errDisk := errors.New("disk on fire")
@@ -348,7 +351,7 @@ func TestStageFailureLeavesNoChunks(t *testing.T) {
 			return err
 		}, context.Canceled},
 		{"reader fails after 3 MiB", func(key string) error {
-			_, err := c.Stage(ctxT(t), key, &hookReader{r: big(), at: 3 << 20, hook: func() error { return errDisk }})
+			_, err := c.Stage(testctx.New(t, 30*time.Second), key, &hookReader{r: big(), at: 3 << 20, hook: func() error { return errDisk }})
 			return err
 		}, errDisk},
 		{"deadline", func(key string) error {
@@ -375,7 +378,7 @@ func TestStageFailureLeavesNoChunks(t *testing.T) {
 			if m, b := stagingState(t, c); m != msgs || b != size {
 				t.Errorf("bucket has %d msgs / %d bytes, had %d / %d: chunks left behind", m, b, msgs, size)
 			}
-			if _, _, err := c.OpenStaged(ctxT(t), key); !errors.Is(err, ErrNotFound) {
+			if _, _, err := c.OpenStaged(testctx.New(t, 30*time.Second), key); !errors.Is(err, ErrNotFound) {
 				t.Errorf("OpenStaged of the failed key: %v, want ErrNotFound", err)
 			}
 		})
@@ -409,11 +412,11 @@ func testOpenStagedCorrupt(t *testing.T, c *Conn, size int) {
 			publishMeta(t, c, info)
 		}, false},
 		{"chunks missing", func(t *testing.T, info *jetstream.ObjectInfo) {
-			st, err := c.js.Stream(ctxT(t), stagingStream)
+			st, err := c.js.Stream(testctx.New(t, 30*time.Second), stagingStream)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := st.Purge(ctxT(t), jetstream.WithPurgeSubject(stagingChunksPrefix+info.NUID)); err != nil {
+			if err := st.Purge(testctx.New(t, 30*time.Second), jetstream.WithPurgeSubject(stagingChunksPrefix+info.NUID)); err != nil {
 				t.Fatal(err)
 			}
 		}, true},
@@ -421,19 +424,19 @@ func testOpenStagedCorrupt(t *testing.T, c *Conn, size int) {
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			key := fmt.Sprintf("corrupt/%d/%d", size, i)
-			if _, err := c.Stage(ctxT(t), key, bytes.NewReader(data)); err != nil {
+			if _, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(data)); err != nil {
 				t.Fatal(err)
 			}
-			obs, err := c.js.ObjectStore(ctxT(t), BucketStaging)
+			obs, err := c.js.ObjectStore(testctx.New(t, 30*time.Second), BucketStaging)
 			if err != nil {
 				t.Fatal(err)
 			}
-			info, err := obs.GetInfo(ctxT(t), key)
+			info, err := obs.GetInfo(testctx.New(t, 30*time.Second), key)
 			if err != nil {
 				t.Fatal(err)
 			}
 			tt.tamper(t, info)
-			rc, _, err := c.OpenStaged(ctxT(t), key)
+			rc, _, err := c.OpenStaged(testctx.New(t, 30*time.Second), key)
 			if tt.atOpen || size <= stageChunkSize {
 				if !errors.Is(err, ErrCorrupt) {
 					t.Fatalf("OpenStaged: %v, want ErrCorrupt", err)
@@ -460,7 +463,7 @@ func publishMeta(t *testing.T, c *Conn, info *jetstream.ObjectInfo) {
 	m := nats.NewMsg(metaSubject(info.Name))
 	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	m.Data = data
-	if _, err := c.js.PublishMsg(ctxT(t), m); err != nil {
+	if _, err := c.js.PublishMsg(testctx.New(t, 30*time.Second), m); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -468,7 +471,7 @@ func publishMeta(t *testing.T, c *Conn, info *jetstream.ObjectInfo) {
 func TestOpenStagedCancel(t *testing.T) {
 	_, c := setup(t)
 	data := randomBytes(5, 4<<20)
-	if _, err := c.Stage(ctxT(t), "k", bytes.NewReader(data)); err != nil {
+	if _, err := c.Stage(testctx.New(t, 30*time.Second), "k", bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -559,7 +562,7 @@ func TestStageMemoryBounded(t *testing.T) {
 			}
 		}
 	}()
-	info, err := c.Stage(ctxT(t), "big", io.LimitReader(rand.NewChaCha8([32]byte{1}), size))
+	info, err := c.Stage(testctx.New(t, 30*time.Second), "big", io.LimitReader(rand.NewChaCha8([32]byte{1}), size))
 	close(done)
 	<-sampled
 	if err != nil {

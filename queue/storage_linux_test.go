@@ -14,17 +14,19 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testfs"
+	"codeberg.org/provenix/provenix/queue/server"
 )
 
 // stagingBytes is the size of the staging bucket's stream.
 func stagingBytes(t *testing.T, c *Conn) uint64 {
 	t.Helper()
-	str, err := c.js.Stream(ctxT(t), stagingStream)
+	str, err := c.js.Stream(testctx.New(t, 30*time.Second), stagingStream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := str.Info(ctxT(t))
+	info, err := str.Info(testctx.New(t, 30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,9 +39,9 @@ func stagingBytes(t *testing.T, c *Conn) uint64 {
 // succeeds once space is freed.
 func TestStageStorageFull(t *testing.T) {
 	disk := testfs.Tmpfs(t, 4<<20, 0)
-	s := startServer(t, ServerConfig{StoreDir: filepath.Join(disk, "js")})
+	s := startServer(t, server.Config{StoreDir: filepath.Join(disk, "js")})
 	c := connect(t, s.ClientURL())
-	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var staged []string
@@ -53,7 +55,7 @@ func TestStageStorageFull(t *testing.T) {
 		key, nar = fmt.Sprintf("k%d", i), make([]byte, 512<<10)
 		rand.Read(nar)
 		before := stagingBytes(t, c)
-		if _, err = c.Stage(ctxT(t), key, bytes.NewReader(nar)); err != nil {
+		if _, err = c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(nar)); err != nil {
 			if after := stagingBytes(t, c); after != before {
 				t.Fatalf("the refused upload left %d bytes in the staging stream", int64(after)-int64(before))
 			}
@@ -65,15 +67,15 @@ func TestStageStorageFull(t *testing.T) {
 		t.Fatalf("Stage on full storage: %v; want ErrStorageFull", err)
 	}
 	t.Log(err)
-	if _, _, oerr := c.OpenStaged(ctxT(t), key); !errors.Is(oerr, ErrNotFound) {
+	if _, _, oerr := c.OpenStaged(testctx.New(t, 30*time.Second), key); !errors.Is(oerr, ErrNotFound) {
 		t.Fatalf("the refused upload is visible: %v", oerr)
 	}
 	for _, k := range staged[:2] {
-		if err := c.DeleteStaged(ctxT(t), k); err != nil {
+		if err := c.DeleteStaged(testctx.New(t, 30*time.Second), k); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := c.Stage(ctxT(t), key, bytes.NewReader(nar)); err != nil {
+	if _, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(nar)); err != nil {
 		t.Fatalf("Stage after space was freed: %v", err)
 	}
 }
@@ -86,12 +88,12 @@ func TestStageStorageFull(t *testing.T) {
 func TestDiskFullUnderJetStream(t *testing.T) {
 	disk := testfs.Tmpfs(t, 4<<20, 0)
 	storeDir := filepath.Join(disk, "js")
-	s := startServer(t, ServerConfig{StoreDir: storeDir})
+	s := startServer(t, server.Config{StoreDir: storeDir})
 	c := connect(t, s.ClientURL())
-	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.PublishResult(ctxT(t), testResult(0)); err != nil {
+	if _, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(0)); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.StorageError(); err != nil {
@@ -114,7 +116,7 @@ func TestDiskFullUnderJetStream(t *testing.T) {
 		t.Fatalf("publish on a full disk: %v; want a timeout naming storage as a cause", err)
 	}
 	serr := s.StorageError()
-	if !errors.Is(serr, ErrStorageFull) || !strings.Contains(serr.Error(), "no space left") {
+	if !errors.Is(serr, server.ErrStorageFull) || !strings.Contains(serr.Error(), "no space left") {
 		t.Fatalf("StorageError on a full disk: %v", serr)
 	}
 	t.Log(serr)
@@ -123,17 +125,17 @@ func TestDiskFullUnderJetStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	if err := s.Close(ctxT(t)); err != nil {
+	if err := s.Close(testctx.New(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	s = startServer(t, ServerConfig{StoreDir: storeDir})
+	s = startServer(t, server.Config{StoreDir: storeDir})
 	c = connect(t, s.ClientURL())
 	for i := range acked {
-		if dup, err := c.PublishResult(ctxT(t), testResult(i)); err != nil || !dup {
+		if dup, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(i)); err != nil || !dup {
 			t.Fatalf("result %d, acked before the disk filled, published again after the restart: duplicate %v, %v", i, dup, err)
 		}
 	}
-	if _, err := c.PublishResult(ctxT(t), testResult(100)); err != nil {
+	if _, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(100)); err != nil {
 		t.Fatalf("publish after space was freed and the server restarted: %v", err)
 	}
 	if err := s.StorageError(); err != nil {

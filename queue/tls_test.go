@@ -18,8 +18,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	natsd "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 // testPKI is a CA with a server certificate for 127.0.0.1 and a client
@@ -106,9 +108,9 @@ func TestConnectTLSAndNKey(t *testing.T) {
 	otherFile := filepath.Join(t.TempDir(), "other.nk")
 	os.WriteFile(otherFile, otherSeed, 0o600)
 
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
+	ns, err := natsd.NewServer(&natsd.Options{Host: "127.0.0.1", Port: natsd.RANDOM_PORT, JetStream: true,
 		StoreDir: t.TempDir(), TLSConfig: pki.serverTLS, TLS: true, TLSVerify: true, TLSTimeout: 2,
-		Nkeys: []*server.NkeyUser{{Nkey: pub}}, NoSigs: true, NoLog: true})
+		Nkeys: []*natsd.NkeyUser{{Nkey: pub}}, NoSigs: true, NoLog: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,10 +126,10 @@ func TestConnectTLSAndNKey(t *testing.T) {
 	if !c.NATS().TLSRequired() {
 		t.Error("connection is not TLS")
 	}
-	if err := c.EnsureStreams(ctxT(t), StreamOptions{}); err != nil {
+	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.PublishResult(ctxT(t), testResult(1)); err != nil {
+	if _, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(1)); err != nil {
 		t.Fatalf("publish over TLS: %v", err)
 	}
 	// A nats:// URL with a CA file is TLS too.

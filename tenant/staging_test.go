@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -63,12 +64,12 @@ func TestStagingScopes(t *testing.T) {
 	srv := testnats.Start(t, dir, "accounts {\n  include \"a/"+FileAccount+"\"\n}\n", true)
 	c := &cluster{srv: srv, tenants: map[string]*Tenant{"a": tn}}
 	pusher, runner := c.connect(t, "a", queue.RolePusher), c.connect(t, "a", queue.RoleRunner)
-	evil, err := queue.Connect(ctxT(t), srv.URL, queue.WithNKeySeedFile(evilSeed))
+	evil, err := queue.Connect(testctx.New(t, 20*time.Second), srv.URL, queue.WithNKeySeedFile(evilSeed))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(evil.Close)
-	if err := pusher.EnsureStreams(ctxT(t), queue.StreamOptions{}); err != nil {
+	if err := pusher.EnsureStreams(testctx.New(t, 20*time.Second), queue.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -85,7 +86,7 @@ func TestStagingScopes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := js.Publish(ctxT(t), chunks, []byte("garbage")); err != nil {
+		if _, err := js.Publish(testctx.New(t, 20*time.Second), chunks, []byte("garbage")); err != nil {
 			t.Fatalf("evil stages in its own scope: %v", err)
 		}
 		d := sha256.Sum256(honest)
@@ -95,13 +96,13 @@ func TestStagingScopes(t *testing.T) {
 		m := nats.NewMsg("$O." + queue.BucketStaging + ".M." + base64.URLEncoding.EncodeToString([]byte(key)))
 		m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 		m.Data = meta
-		if _, err := js.PublishMsg(ctxT(t), m); err != nil {
+		if _, err := js.PublishMsg(testctx.New(t, 20*time.Second), m); err != nil {
 			t.Fatalf("evil writes a meta: %v", err)
 		}
 	}
 	readBack := func(what string) {
 		t.Helper()
-		rc, _, err := pusher.OpenStaged(ctxT(t), key)
+		rc, _, err := pusher.OpenStaged(testctx.New(t, 20*time.Second), key)
 		if err != nil {
 			t.Fatalf("%s: pusher opens the staged NAR: %v", what, err)
 		}
@@ -114,7 +115,7 @@ func TestStagingScopes(t *testing.T) {
 
 	// Pre-poisoned: the honest Stage does not take it for its own.
 	forge()
-	if info, err := runner.Stage(ctxT(t), key, bytes.NewReader(honest)); err != nil || info.Reused {
+	if info, err := runner.Stage(testctx.New(t, 20*time.Second), key, bytes.NewReader(honest)); err != nil || info.Reused {
 		t.Fatalf("honest Stage over a forged meta: %+v %v", info, err)
 	}
 	readBack("after a pre-poisoned meta")
@@ -122,10 +123,10 @@ func TestStagingScopes(t *testing.T) {
 	// Overwriting a-runner's object: its chunks are out of reach, its
 	// meta is ignored.
 	start := time.Now()
-	_, err = evil.Stage(ctxT(t), queue.ScopedKey("closure/y.drv", "a-runner"), bytes.NewReader([]byte("evil content")))
+	_, err = evil.Stage(testctx.New(t, 20*time.Second), queue.ScopedKey("closure/y.drv", "a-runner"), bytes.NewReader([]byte("evil content")))
 	fast(t, "evil stages in a-runner's scope", start, err, queue.ErrPermissionDenied)
 	// Under the NAR's key it finds the honest content and leaves it.
-	if info, err := evil.Stage(ctxT(t), key, bytes.NewReader([]byte("evil content"))); err != nil || !info.Reused {
+	if info, err := evil.Stage(testctx.New(t, 20*time.Second), key, bytes.NewReader([]byte("evil content"))); err != nil || !info.Reused {
 		t.Fatalf("evil Stage under a-runner's NAR key: %+v %v", info, err)
 	}
 	forge()
@@ -136,17 +137,17 @@ func TestStagingScopes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stream, err := js.Stream(ctxT(t), "OBJ_"+queue.BucketStaging)
+	stream, err := js.Stream(testctx.New(t, 20*time.Second), "OBJ_"+queue.BucketStaging)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pctx, cancel := context.WithTimeout(ctxT(t), 2*time.Second)
+	pctx, cancel := context.WithTimeout(testctx.New(t, 20*time.Second), 2*time.Second)
 	err = stream.Purge(pctx)
 	cancel()
 	if err == nil {
 		t.Fatal("evil runner purged the staging stream")
 	}
-	dctx, cancel := context.WithTimeout(ctxT(t), 2*time.Second)
+	dctx, cancel := context.WithTimeout(testctx.New(t, 20*time.Second), 2*time.Second)
 	_ = evil.DeleteStaged(dctx, key) // the meta may go; the chunks stay
 	cancel()
 	readBack("after purge and delete attempts")
@@ -155,7 +156,7 @@ func TestStagingScopes(t *testing.T) {
 	// it no longer cleans up (it may not purge), nor waits to.
 	start = time.Now()
 	boom := errors.New("dump failed")
-	_, err = runner.Stage(ctxT(t), queue.ScopedKey("closure/x.drv", "a-runner"),
+	_, err = runner.Stage(testctx.New(t, 20*time.Second), queue.ScopedKey("closure/x.drv", "a-runner"),
 		io.MultiReader(bytes.NewReader(honest), iotest.ErrReader(boom)))
 	if !errors.Is(err, boom) || errors.Is(err, queue.ErrPermissionDenied) {
 		t.Fatalf("failed upload: %v", err)

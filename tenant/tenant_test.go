@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -74,12 +75,6 @@ func (c *cluster) connect(t *testing.T, tenant string, role queue.Role) *queue.C
 	return conn
 }
 
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // result is a well-formed result of tenant for a staged NAR.
 func result(tenant string, i int, narHash string) *queue.Result {
 	return &queue.Result{
@@ -102,7 +97,7 @@ func stage(t *testing.T, runner *queue.Conn, tenant string, i int, content []byt
 	sum := sha256.Sum256(content)
 	h := hex.EncodeToString(sum[:])
 	key := queue.ScopedKey(queue.StagingKey(h), tenant+"-runner")
-	if _, err := runner.Stage(ctxT(t), key, bytes.NewReader(content)); err != nil {
+	if _, err := runner.Stage(testctx.New(t, 20*time.Second), key, bytes.NewReader(content)); err != nil {
 		t.Fatalf("%s runner: Stage: %v", tenant, err)
 	}
 	r := result(tenant, i, h)
@@ -129,7 +124,7 @@ func TestTenantIsolation(t *testing.T) {
 	pusherA, pusherB := c.connect(t, "a", queue.RolePusher), c.connect(t, "b", queue.RolePusher)
 	runnerA, runnerB := c.connect(t, "a", queue.RoleRunner), c.connect(t, "b", queue.RoleRunner)
 	for _, p := range []*queue.Conn{pusherA, pusherB} {
-		if err := p.EnsureStreams(ctxT(t), queue.StreamOptions{}); err != nil {
+		if err := p.EnsureStreams(testctx.New(t, 20*time.Second), queue.StreamOptions{}); err != nil {
 			t.Fatalf("pusher EnsureStreams: %v", err)
 		}
 	}
@@ -139,11 +134,11 @@ func TestTenantIsolation(t *testing.T) {
 	narA := make([]byte, 4<<20)
 	rand.Read(narA)
 	ra := stage(t, runnerA, "a", 1, narA)
-	if _, err := runnerA.PublishResult(ctxT(t), ra); err != nil {
+	if _, err := runnerA.PublishResult(testctx.New(t, 20*time.Second), ra); err != nil {
 		t.Fatalf("a runner: publish a's result: %v", err)
 	}
 	rb := stage(t, runnerB, "b", 2, []byte("NAR b"))
-	if _, err := runnerB.PublishResult(ctxT(t), rb); err != nil {
+	if _, err := runnerB.PublishResult(testctx.New(t, 20*time.Second), rb); err != nil {
 		t.Fatalf("b runner: publish b's result: %v", err)
 	}
 
@@ -153,7 +148,7 @@ func TestTenantIsolation(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		_, err = queue.Connect(ctxT(t), c.srv.URL, queue.WithNKeySeedFile(stranger.Path(SeedFile(queue.RoleRunner))))
+		_, err = queue.Connect(testctx.New(t, 20*time.Second), c.srv.URL, queue.WithNKeySeedFile(stranger.Path(SeedFile(queue.RoleRunner))))
 		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization") {
 			t.Fatalf("connect with an unknown nkey: %v", err)
 		}
@@ -181,7 +176,7 @@ func TestTenantIsolation(t *testing.T) {
 			func(context.Context, *queue.Delivery) error { return nil })
 		fast(t, "a pusher consumes b's results", start, err, queue.ErrPermissionDenied)
 		// Nor read b's staged NARs: b's staging bucket is in b's account.
-		_, _, err = pusherA.OpenStaged(ctxT(t), rb.Outputs[0].StagingKey)
+		_, _, err = pusherA.OpenStaged(testctx.New(t, 20*time.Second), rb.Outputs[0].StagingKey)
 		if !errors.Is(err, queue.ErrNotFound) {
 			t.Fatalf("a pusher opens b's staged NAR: %v, want ErrNotFound", err)
 		}
@@ -196,7 +191,7 @@ func TestTenantIsolation(t *testing.T) {
 	})
 	t.Run("pusher consumes its own tenant's results only", func(t *testing.T) {
 		got := make(chan *queue.Delivery, 10)
-		k, err := pusherA.ConsumeResults(ctxT(t), queue.ConsumerOptions{Group: "cache", FilterSubject: queue.ResultsFilter("a")},
+		k, err := pusherA.ConsumeResults(testctx.New(t, 20*time.Second), queue.ConsumerOptions{Group: "cache", FilterSubject: queue.ResultsFilter("a")},
 			func(ctx context.Context, d *queue.Delivery) error {
 				got <- d
 				return nil
@@ -214,7 +209,7 @@ func TestTenantIsolation(t *testing.T) {
 			t.Fatal("a pusher got nothing")
 		}
 		// Reading a's NAR, the votes and publishing events: what a pusher does.
-		rc, _, err := pusherA.OpenStaged(ctxT(t), ra.Outputs[0].StagingKey)
+		rc, _, err := pusherA.OpenStaged(testctx.New(t, 20*time.Second), ra.Outputs[0].StagingKey)
 		if err != nil {
 			t.Fatalf("a pusher opens a's staged NAR: %v", err)
 		}
@@ -223,46 +218,46 @@ func TestTenantIsolation(t *testing.T) {
 		if err != nil || !bytes.Equal(b, narA) {
 			t.Fatalf("a's staged NAR: %d bytes, %v", len(b), err)
 		}
-		if err := pusherA.KVPut(ctxT(t), queue.BucketVotes, "a.x.y", []byte("v")); err != nil {
+		if err := pusherA.KVPut(testctx.New(t, 20*time.Second), queue.BucketVotes, "a.x.y", []byte("v")); err != nil {
 			t.Fatalf("a pusher KVPut: %v", err)
 		}
 		// The entries waiting for their references: the pusher's alone.
 		wk := queue.WaitingKey("a", ra.Outputs[0].Path)
-		if err := pusherA.KVPut(ctxT(t), queue.BucketWaiting, wk, []byte("w")); err != nil {
+		if err := pusherA.KVPut(testctx.New(t, 20*time.Second), queue.BucketWaiting, wk, []byte("w")); err != nil {
 			t.Fatalf("a pusher writes a waiting entry: %v", err)
 		}
-		if m, err := pusherA.KVList(ctxT(t), queue.BucketWaiting, queue.WaitingPrefix); err != nil || len(m) != 1 {
+		if m, err := pusherA.KVList(testctx.New(t, 20*time.Second), queue.BucketWaiting, queue.WaitingPrefix); err != nil || len(m) != 1 {
 			t.Fatalf("a pusher lists waiting entries: %v, %v", m, err)
 		}
-		if err := pusherA.KVDelete(ctxT(t), queue.BucketWaiting, wk); err != nil {
+		if err := pusherA.KVDelete(testctx.New(t, 20*time.Second), queue.BucketWaiting, wk); err != nil {
 			t.Fatalf("a pusher deletes a waiting entry: %v", err)
 		}
 		start0 := time.Now()
 		err = runnerA.KVPut(context.Background(), queue.BucketWaiting, wk, []byte("forged"))
 		fast(t, "a runner writes a waiting entry", start0, err, queue.ErrPermissionDenied)
-		if _, err := pusherA.KVList(ctxT(t), queue.BucketBuilders, ""); err != nil {
+		if _, err := pusherA.KVList(testctx.New(t, 20*time.Second), queue.BucketBuilders, ""); err != nil {
 			t.Fatalf("a pusher KVList: %v", err)
 		}
-		if err := pusherA.KVUpdate(ctxT(t), queue.BucketBuilders, "k", func([]byte) ([]byte, error) { return []byte("1"), nil }); err != nil {
+		if err := pusherA.KVUpdate(testctx.New(t, 20*time.Second), queue.BucketBuilders, "k", func([]byte) ([]byte, error) { return []byte("1"), nil }); err != nil {
 			t.Fatalf("a pusher KVUpdate: %v", err)
 		}
-		if err := pusherA.PublishEvent(ctxT(t), "a", queue.EventPublished, 1); err != nil {
+		if err := pusherA.PublishEvent(testctx.New(t, 20*time.Second), "a", queue.EventPublished, 1); err != nil {
 			t.Fatalf("a pusher publishes an event: %v", err)
 		}
 		start := time.Now()
 		err = pusherA.PublishEvent(context.Background(), "b", queue.EventPublished, 1)
 		fast(t, "a pusher publishes b's event", start, err, queue.ErrPermissionDenied)
 		// The volunteer's side of a runner: a's rebuilds and votes.
-		if _, err := runnerA.KVGet(ctxT(t), queue.BucketVotes, "a.x.y"); err != nil {
+		if _, err := runnerA.KVGet(testctx.New(t, 20*time.Second), queue.BucketVotes, "a.x.y"); err != nil {
 			t.Fatalf("a runner KVGet: %v", err)
 		}
 		start = time.Now()
 		err = runnerA.KVPut(context.Background(), queue.BucketVotes, "a.x.y", []byte("forged"))
 		fast(t, "a runner writes a vote", start, err, queue.ErrPermissionDenied)
-		if v, err := pusherA.KVGet(ctxT(t), queue.BucketVotes, "a.x.y"); err != nil || string(v) != "v" {
+		if v, err := pusherA.KVGet(testctx.New(t, 20*time.Second), queue.BucketVotes, "a.x.y"); err != nil || string(v) != "v" {
 			t.Fatalf("vote after the denied write: %q, %v", v, err)
 		}
-		rc, _, err = runnerA.OpenStaged(ctxT(t), ra.Outputs[0].StagingKey)
+		rc, _, err = runnerA.OpenStaged(testctx.New(t, 20*time.Second), ra.Outputs[0].StagingKey)
 		if err != nil {
 			t.Fatalf("a runner opens a's staged NAR: %v", err)
 		}
@@ -270,12 +265,12 @@ func TestTenantIsolation(t *testing.T) {
 	})
 	t.Run("runner rebuilds its own tenant only", func(t *testing.T) {
 		req := &queue.RebuildRequest{Version: queue.RebuildVersion, Requested: time.Now(), Tenant: "a", System: "x86_64-linux", DrvPath: ra.DrvPath, Outputs: []string{ra.Outputs[0].Path}}
-		if _, err := pusherA.PublishRebuild(ctxT(t), req); err != nil {
+		if _, err := pusherA.PublishRebuild(testctx.New(t, 20*time.Second), req); err != nil {
 			t.Fatalf("a pusher requests a rebuild: %v", err)
 		}
 		got := make(chan string, 1)
 		subj, _ := queue.RebuildSubject("a", "x86_64-linux")
-		k, err := runnerA.ConsumeRebuilds(ctxT(t), queue.ConsumerOptions{FilterSubject: subj}, func(_ context.Context, d *queue.Delivery) error {
+		k, err := runnerA.ConsumeRebuilds(testctx.New(t, 20*time.Second), queue.ConsumerOptions{FilterSubject: subj}, func(_ context.Context, d *queue.Delivery) error {
 			got <- d.Subject
 			return nil
 		})
@@ -301,11 +296,11 @@ func TestTenantIsolation(t *testing.T) {
 func TestTenantQuota(t *testing.T) {
 	c := startTenants(t, map[string]Limits{"q": {MaxFile: 1 << 20}}, "q")
 	pusher, runner := c.connect(t, "q", queue.RolePusher), c.connect(t, "q", queue.RoleRunner)
-	if err := pusher.EnsureStreams(ctxT(t), queue.StreamOptions{}); err != nil {
+	if err := pusher.EnsureStreams(testctx.New(t, 20*time.Second), queue.StreamOptions{}); err != nil {
 		t.Fatalf("EnsureStreams: %v", err)
 	}
 	small := stage(t, runner, "q", 1, []byte("a small NAR"))
-	if _, err := runner.PublishResult(ctxT(t), small); err != nil {
+	if _, err := runner.PublishResult(testctx.New(t, 20*time.Second), small); err != nil {
 		t.Fatalf("publish within the quota: %v", err)
 	}
 	big := make([]byte, 3<<20)
@@ -324,7 +319,7 @@ func TestTenantQuota(t *testing.T) {
 	t.Logf("over quota: %v", err)
 	// The failed upload left nothing behind: the tenant can go on.
 	again := stage(t, runner, "q", 2, []byte("another small NAR"))
-	if _, err := runner.PublishResult(ctxT(t), again); err != nil {
+	if _, err := runner.PublishResult(testctx.New(t, 20*time.Second), again); err != nil {
 		t.Fatalf("publish after the refused upload: %v", err)
 	}
 }

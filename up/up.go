@@ -29,6 +29,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
 // Defaults of a fresh data directory.
@@ -207,7 +208,7 @@ type Stack struct {
 	cfg    Config
 	paths  Paths
 	log    *slog.Logger
-	nats   *queue.Server
+	nats   *natsserver.Server
 	conn   *queue.Conn
 	pusher *cachepush.Pusher
 	store  store.Store
@@ -365,7 +366,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 			return err
 		}
 		s.token = string(tok)
-		scfg := queue.ServerConfig{StoreDir: s.paths.NATS(), Token: s.token}
+		scfg := natsserver.Config{StoreDir: s.paths.NATS(), Token: s.token}
 		if s.cfg.NATSListen != "" {
 			if scfg.Host, scfg.Port, err = splitListen("nats", s.cfg.NATSListen); err != nil {
 				return err
@@ -378,7 +379,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 		// recovery trouble after a crash) go to our log; its startup
 		// notices do not.
 		scfg.Logger, scfg.LogLevel = s.log, slog.LevelWarn
-		s.nats, err = queue.NewServer(scfg)
+		s.nats, err = natsserver.New(scfg)
 		if err != nil {
 			return err
 		}
@@ -468,15 +469,15 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 
 // extraListeners is the embedded server's WebSocket and leaf node
 // configuration, nil where not asked for.
-func (c *Config) extraListeners() (*queue.WebSocketConfig, *queue.LeafNodeConfig, error) {
-	var ws *queue.WebSocketConfig
-	var ln *queue.LeafNodeConfig
+func (c *Config) extraListeners() (*natsserver.WebSocketConfig, *natsserver.LeafNodeConfig, error) {
+	var ws *natsserver.WebSocketConfig
+	var ln *natsserver.LeafNodeConfig
 	if c.WebSocketListen != "" {
 		host, port, err := splitListen("websocket", c.WebSocketListen)
 		if err != nil {
 			return nil, nil, err
 		}
-		ws = &queue.WebSocketConfig{Host: host, Port: port, CertFile: c.WebSocketCert, KeyFile: c.WebSocketKey, NoTLSUnsafe: c.WebSocketNoTLS}
+		ws = &natsserver.WebSocketConfig{Host: host, Port: port, CertFile: c.WebSocketCert, KeyFile: c.WebSocketKey, NoTLSUnsafe: c.WebSocketNoTLS}
 	} else if c.WebSocketCert != "" || c.WebSocketKey != "" || c.WebSocketNoTLS {
 		return nil, nil, errors.New("websocket TLS options need a websocket listen address")
 	}
@@ -485,7 +486,7 @@ func (c *Config) extraListeners() (*queue.WebSocketConfig, *queue.LeafNodeConfig
 		if err != nil {
 			return nil, nil, err
 		}
-		ln = &queue.LeafNodeConfig{Host: host, Port: port, CertFile: c.LeafNodeCert, KeyFile: c.LeafNodeKey}
+		ln = &natsserver.LeafNodeConfig{Host: host, Port: port, CertFile: c.LeafNodeCert, KeyFile: c.LeafNodeKey}
 	} else if c.LeafNodeCert != "" || c.LeafNodeKey != "" {
 		return nil, nil, errors.New("leaf node TLS options need a leaf node listen address")
 	}

@@ -22,36 +22,32 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
 const tenant = "t1"
 
-func ctxFor(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // startQueue runs an embedded NATS server with the streams in place.
 func startQueue(t *testing.T) *queue.Conn {
 	t.Helper()
-	s, err := queue.NewServer(queue.ServerConfig{StoreDir: t.TempDir()})
+	s, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Open(ctxFor(t, 10*time.Second)); err != nil {
+	if err := s.Open(testctx.New(t, 10*time.Second)); err != nil {
 		t.Fatalf("nats server: %v", err)
 	}
 	t.Cleanup(func() { s.Close(context.Background()) })
-	c, err := queue.Connect(ctxFor(t, 10*time.Second), s.ClientURL())
+	c, err := queue.Connect(testctx.New(t, 10*time.Second), s.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	if err := c.EnsureStreams(ctxFor(t, 10*time.Second), queue.StreamOptions{}); err != nil {
+	if err := c.EnsureStreams(testctx.New(t, 10*time.Second), queue.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	return c
@@ -103,7 +99,7 @@ func request(p builder.Published) *queue.RebuildRequest {
 
 func publishRequest(t *testing.T, conn *queue.Conn, r *queue.RebuildRequest) {
 	t.Helper()
-	if dup, err := conn.PublishRebuild(ctxFor(t, 10*time.Second), r); err != nil || dup {
+	if dup, err := conn.PublishRebuild(testctx.New(t, 10*time.Second), r); err != nil || dup {
 		t.Fatalf("PublishRebuild: dup %v, %v", dup, err)
 	}
 }
@@ -119,7 +115,7 @@ func runOnce(t *testing.T, v *Volunteer) (Outcome, error) {
 		defer mu.Unlock()
 		outs = append(outs, o)
 	}
-	err := v.Run(ctxFor(t, 3*time.Minute))
+	err := v.Run(testctx.New(t, 3*time.Minute))
 	mu.Lock()
 	defer mu.Unlock()
 	if len(outs) != 1 {
@@ -130,11 +126,11 @@ func runOnce(t *testing.T, v *Volunteer) (Outcome, error) {
 
 func streamMsgs(t *testing.T, conn *queue.Conn, stream string) uint64 {
 	t.Helper()
-	s, err := conn.JetStream().Stream(ctxFor(t, 10*time.Second), stream)
+	s, err := conn.JetStream().Stream(testctx.New(t, 10*time.Second), stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := s.Info(ctxFor(t, 10*time.Second))
+	info, err := s.Info(testctx.New(t, 10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,12 +140,12 @@ func streamMsgs(t *testing.T, conn *queue.Conn, stream string) uint64 {
 // lastResult is the last result published for system.
 func lastResult(t *testing.T, conn *queue.Conn, system string) *queue.Result {
 	t.Helper()
-	s, err := conn.JetStream().Stream(ctxFor(t, 10*time.Second), queue.StreamResults)
+	s, err := conn.JetStream().Stream(testctx.New(t, 10*time.Second), queue.StreamResults)
 	if err != nil {
 		t.Fatal(err)
 	}
 	subj, _ := queue.ResultsSubject(tenant, system)
-	m, err := s.GetLastMsgForSubject(ctxFor(t, 10*time.Second), subj)
+	m, err := s.GetLastMsgForSubject(testctx.New(t, 10*time.Second), subj)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +159,7 @@ func lastResult(t *testing.T, conn *queue.Conn, system string) *queue.Result {
 func TestVolunteer(t *testing.T) {
 	bb := testnix.Busybox(t)
 	conn := startQueue(t)
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	a, _ := newBuilder(t, conn, "builder-a")
 	a.StageClosures = true
 	vb, vkey := newBuilder(t, conn, "volunteer-b")

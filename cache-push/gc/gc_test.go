@@ -18,6 +18,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 const day = 24 * time.Hour
@@ -38,12 +39,6 @@ func newTestCache(t *testing.T) *testCache {
 	return &testCache{t: t, st: st, now: time.Now()}
 }
 
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // storePath makes a valid store path for name, as cache-push's tests do.
 func storePath(name string) string {
 	h := sha256.Sum256([]byte(name))
@@ -55,7 +50,7 @@ func hashPart(sp string) string { return path.Base(sp)[:32] }
 // put writes key with content and modification time now-age.
 func (c *testCache) put(key string, content []byte, age time.Duration) {
 	c.t.Helper()
-	if err := store.Put(ctxT(c.t), c.st, key, bytes.NewReader(content)); err != nil {
+	if err := store.Put(testctx.New(c.t, 30*time.Second), c.st, key, bytes.NewReader(content)); err != nil {
 		c.t.Fatal(err)
 	}
 	mt := c.now.Add(-age)
@@ -124,7 +119,7 @@ func TestReferencesKeepOldPaths(t *testing.T) {
 	oldDep, _ := c.add("old-dep", 30*day)
 	oldTop, _ := c.add("old-top", 30*day, oldDep, old)
 
-	rep, err := Run(ctxT(t), c.st, Options{MaxAge: 7 * day, Now: c.now})
+	rep, err := Run(testctx.New(t, 30*time.Second), c.st, Options{MaxAge: 7 * day, Now: c.now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +171,7 @@ func TestKeepListClosure(t *testing.T) {
 	}
 	missing := storePath("gone")
 	keep = append(keep, path.Base(missing))
-	rep, err := Run(ctxT(t), c.st, Options{Keep: keep, Now: c.now})
+	rep, err := Run(testctx.New(t, 30*time.Second), c.st, Options{Keep: keep, Now: c.now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +198,7 @@ func TestOrphanGrace(t *testing.T) {
 	c.put(hashPart(sp)+".provenance.json", []byte("{}"), 2*day)
 
 	opts := Options{MaxAge: 7 * day, Grace: day, Now: c.now}
-	rep, err := Run(ctxT(t), c.st, opts)
+	rep, err := Run(testctx.New(t, 30*time.Second), c.st, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +217,7 @@ func TestOrphanGrace(t *testing.T) {
 
 	// Once past the grace period, it goes too.
 	opts.Now = c.now.Add(day)
-	if _, err := Run(ctxT(t), c.st, opts); err != nil {
+	if _, err := Run(testctx.New(t, 30*time.Second), c.st, opts); err != nil {
 		t.Fatal(err)
 	}
 	if c.exists("nar/" + strings.Repeat("1", 52) + ".nar.zst") {
@@ -240,7 +235,7 @@ func TestDryRun(t *testing.T) {
 	before := c.keys()
 
 	opts := Options{MaxAge: 7 * day, Now: c.now, DryRun: true}
-	dry, err := Run(ctxT(t), c.st, opts)
+	dry, err := Run(testctx.New(t, 30*time.Second), c.st, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +246,7 @@ func TestDryRun(t *testing.T) {
 		t.Fatalf("dry report: %+v", dry)
 	}
 	opts.DryRun = false
-	real, err := Run(ctxT(t), c.st, opts)
+	real, err := Run(testctx.New(t, 30*time.Second), c.st, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +280,7 @@ func TestMalformedKept(t *testing.T) {
 	orphan := "nar/" + strings.Repeat("3", 52) + ".nar.zst"
 	c.put(orphan, []byte("orphan?"), 30*day)
 
-	rep, err := Run(ctxT(t), c.st, Options{MaxAge: 7 * day, Now: c.now})
+	rep, err := Run(testctx.New(t, 30*time.Second), c.st, Options{MaxAge: 7 * day, Now: c.now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +296,7 @@ func TestMalformedKept(t *testing.T) {
 
 func TestNoKeepRule(t *testing.T) {
 	c := newTestCache(t)
-	if _, err := Run(ctxT(t), c.st, Options{}); err != ErrNoKeepRule {
+	if _, err := Run(testctx.New(t, 30*time.Second), c.st, Options{}); err != ErrNoKeepRule {
 		t.Errorf("err = %v, want ErrNoKeepRule", err)
 	}
 }
@@ -333,7 +328,7 @@ func visibleClosed(t *testing.T, c *testCache) {
 		if !strings.HasSuffix(k, ".narinfo") {
 			continue
 		}
-		b, err := store.ReadAll(ctxT(t), c.st, k, 1<<20)
+		b, err := store.ReadAll(testctx.New(t, 30*time.Second), c.st, k, 1<<20)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -358,7 +353,7 @@ func TestNoVisibleNarinfoMissesAReference(t *testing.T) {
 	mid, _ := c.add("mid", 30*day, base)
 	c.add("top", 30*day, mid, storePath("top"))
 	live, _ := c.add("live", time.Hour, base, storePath("live"))
-	rep, err := Run(ctxT(t), c.st, Options{MaxAge: 7 * day, Grace: time.Minute, Now: c.now})
+	rep, err := Run(testctx.New(t, 30*time.Second), c.st, Options{MaxAge: 7 * day, Grace: time.Minute, Now: c.now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +370,7 @@ func TestNoVisibleNarinfoMissesAReference(t *testing.T) {
 	old, _ := c2.add("old", 30*day)
 	c2.add("old-top", 30*day, old)
 	hook2 := &publishOnDelete{Store: c2.st, c: c2, trigger: hashPart(old) + ".narinfo", name: "late", refers: old}
-	rep, err = Run(ctxT(t), hook2, Options{MaxAge: 7 * day, Grace: time.Minute, Now: c2.now})
+	rep, err = Run(testctx.New(t, 30*time.Second), hook2, Options{MaxAge: 7 * day, Grace: time.Minute, Now: c2.now})
 	if err != nil {
 		t.Fatal(err)
 	}

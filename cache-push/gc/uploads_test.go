@@ -9,6 +9,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/tests3"
 )
 
@@ -17,7 +18,7 @@ import (
 // it in a dry run and while it is younger than the grace.
 func TestCollectUploads(t *testing.T) {
 	srv := tests3.Start(t)
-	ctx := ctxT(t)
+	ctx := testctx.New(t, 30*time.Second)
 	const prefix = "gc-uploads"
 	st, err := s3.New(s3.Options{Endpoint: srv.Endpoint, Region: tests3.Region, Bucket: srv.Bucket, Prefix: prefix,
 		AccessKey: tests3.AccessKey, SecretKey: tests3.SecretKey, InsecureHTTPUnsafe: true})

@@ -21,6 +21,7 @@ import (
 	"codeberg.org/provenix/provenix/action"
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testforge"
 	"codeberg.org/provenix/provenix/internal/testfulcio"
 	"codeberg.org/provenix/provenix/internal/testrekor"
@@ -101,7 +102,7 @@ func withoutMasks(s string) string {
 
 func TestActionKeySigning(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	dir := t.TempDir()
 	p := up.Paths{Dir: dir}
 	if _, err := up.Init(p); err != nil {
@@ -249,7 +250,7 @@ func TestActionKeySigning(t *testing.T) {
 // its bundles to the tag's release.
 func TestActionForgeFeedback(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	forge := testforge.Start(t)
 	owner, repo := forge.CreateRepo(t, "pkgs")
 	sha := forge.HeadSHA(t, owner, repo)
@@ -338,7 +339,7 @@ func hostSystem(t *testing.T) string {
 // `provenix verify --identity` accepts it from the cache.
 func TestActionKeyless(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	log := testrekor.Start(t)
 	tsa := testtsa.Start(t)
 	fulcio := testfulcio.Start(t)

@@ -18,6 +18,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/ingest"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -60,7 +61,7 @@ func writeSemiCompressible(t testing.TB, dir string, n int) {
 //	go test -run '^$' -bench IngestVsNixCopy -benchtime 3x ./cmd/provenix/
 func BenchmarkIngestVsNixCopy(b *testing.B) {
 	requireNix(b)
-	ctx := ctxFor(b, 30*time.Minute)
+	ctx := testctx.New(b, 30*time.Minute)
 	src := filepath.Join(b.TempDir(), "bench-payload")
 	os.MkdirAll(src, 0o755)
 	writeSemiCompressible(b, src, 256<<20)
@@ -133,7 +134,7 @@ func BenchmarkIngestVsNixCopy(b *testing.B) {
 //	go test -run '^$' -bench BuildToNarinfo -benchtime 40x ./cmd/provenix/
 func BenchmarkBuildToNarinfo(b *testing.B) {
 	busybox := requireNix(b)
-	ctx := ctxFor(b, 30*time.Minute)
+	ctx := testctx.New(b, 30*time.Minute)
 	stack := startStack(b, up.Config{DataDir: b.TempDir()})
 	p := stack.Paths()
 	signer, err := attest.LoadSigner(p.BuilderKey())
@@ -197,7 +198,7 @@ func BenchmarkBuildToNarinfo(b *testing.B) {
 //	go test -run '^$' -bench QuorumVoteToNarinfo -benchtime 30x ./cmd/provenix/
 func BenchmarkQuorumVoteToNarinfo(b *testing.B) {
 	busybox := requireNix(b)
-	ctx := ctxFor(b, 30*time.Minute)
+	ctx := testctx.New(b, 30*time.Minute)
 	dataDir := b.TempDir()
 	_, bs := quorumSetup(b, dataDir)
 	stack := startStack(b, up.Config{DataDir: dataDir})

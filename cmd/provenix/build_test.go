@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
 // TestBuildClosureJSON: `provenix build --json` of examples/closure.nix,
@@ -18,8 +20,8 @@ import (
 // and alone marked requested, and the two sources.
 func TestBuildClosureJSON(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 3*time.Minute)
-	s, err := queue.NewServer(queue.ServerConfig{StoreDir: t.TempDir()})
+	ctx := testctx.New(t, 3*time.Minute)
+	s, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

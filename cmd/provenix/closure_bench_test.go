@@ -13,6 +13,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -50,7 +51,7 @@ in builtins.foldl' (prev: i: mk prev i) "" (builtins.genList (x: x) n)
 func BenchmarkClosure200(b *testing.B) {
 	const n = 200
 	busybox := requireNix(b)
-	ctx := ctxFor(b, 30*time.Minute)
+	ctx := testctx.New(b, 30*time.Minute)
 	dir := b.TempDir()
 	expr := filepath.Join(dir, "chain.nix")
 	if err := os.WriteFile(expr, []byte(chainNix), 0o644); err != nil {

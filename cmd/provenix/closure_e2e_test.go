@@ -13,6 +13,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -26,7 +27,7 @@ import (
 // path only after its reference.
 func TestClosureSurvivesKill(t *testing.T) {
 	const n = 30
-	ctx := ctxFor(t, 3*time.Minute)
+	ctx := testctx.New(t, 3*time.Minute)
 	p := up.Paths{Dir: filepath.Join(t.TempDir(), "data")}
 	if _, err := up.Init(p); err != nil {
 		t.Fatal(err)
@@ -178,7 +179,7 @@ func checkChain(t *testing.T, dir string, paths []string) {
 // only in the first cache is published by the second; a stack without the
 // declaration keeps it waiting.
 func TestClosureUpstreamE2E(t *testing.T) {
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := testctx.New(t, 2*time.Minute)
 	upstream := startStack(t, up.Config{DataDir: t.TempDir()})
 	uniq := strings.ReplaceAll(uniqueMessage(t), "/", "-")
 	publish := func(s *up.Stack, name string, refs []string) string {

@@ -20,7 +20,9 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -42,7 +44,7 @@ const benchPusherConcurrency = 16
 //
 //	go test -run '^$' -bench ResultsCluster -benchtime 1x ./cmd/provenix/
 func BenchmarkResultsCluster(b *testing.B) {
-	ctx := ctxFor(b, 20*time.Minute)
+	ctx := testctx.New(b, 20*time.Minute)
 	dataDir := b.TempDir()
 	p := up.Paths{Dir: dataDir}
 	if _, err := up.Init(p); err != nil {
@@ -53,7 +55,7 @@ func BenchmarkResultsCluster(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	srv, err := queue.NewServer(queue.ServerConfig{StoreDir: b.TempDir()})
+	srv, err := natsserver.New(natsserver.Config{StoreDir: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -29,6 +29,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -57,7 +58,7 @@ func TestClusterChaos(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	rng := rand.New(rand.NewPCG(seed, 0))
 	t.Logf("chaos seed %d", seed)
-	ctx := ctxFor(t, 3*time.Minute)
+	ctx := testctx.New(t, 3*time.Minute)
 	start := time.Now()
 
 	cl := startNATSCluster(t, 3)

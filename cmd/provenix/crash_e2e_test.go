@@ -28,6 +28,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testproc"
@@ -288,7 +289,7 @@ func retry(ctx context.Context, retries *atomic.Int64, f func(ctx context.Contex
 // a run's kill points.
 func TestCrashEmbedded(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 3*time.Minute)
+	ctx := testctx.New(t, 3*time.Minute)
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv(crashSeedEnv); s != "" {
 		var err error

@@ -26,6 +26,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
@@ -50,12 +51,6 @@ func requireTool(t testing.TB, name, hint string, fallbacks ...string) string {
 // resolved path for the sample's --arg busybox.
 func requireNix(t testing.TB) string { return testnix.Busybox(t) }
 
-func ctxFor(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // cli runs provenix in-process and returns its output and exit code.
 func cli(t testing.TB, ctx context.Context, args ...string) (string, string, int) {
 	t.Helper()
@@ -78,7 +73,7 @@ func startStack(t testing.TB, cfg up.Config) *up.Stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Open(ctxFor(t, 30*time.Second)); err != nil {
+	if err := s.Open(testctx.New(t, 30*time.Second)); err != nil {
 		t.Fatalf("up: %v", err)
 	}
 	t.Cleanup(func() { s.Close(context.Background()) })
@@ -168,7 +163,7 @@ func readPub(t testing.TB, path string) string {
 func TestDemo(t *testing.T) {
 	requireNix(t)
 	dir := t.TempDir()
-	stdout, stderr, code := cli(t, ctxFor(t, 3*time.Minute), "demo", "--data-dir", dir, "--log-level", "warn")
+	stdout, stderr, code := cli(t, testctx.New(t, 3*time.Minute), "demo", "--data-dir", dir, "--log-level", "warn")
 	if code != 0 || !strings.Contains(stdout, "demo passed") || !strings.Contains(stdout, "verdict: verified") {
 		t.Fatalf("demo: exit %d\n%s\n%s", code, stdout, stderr)
 	}
@@ -182,7 +177,7 @@ func TestDemo(t *testing.T) {
 func TestEndToEndEmbedded(t *testing.T) {
 	busybox := requireNix(t)
 	cosign := requireTool(t, "cosign", "go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3", filepath.Join(build.Default.GOPATH, "bin", "cosign"))
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	dir := t.TempDir()
 	stack := startStack(t, up.Config{DataDir: dir})
 	p := stack.Paths()
@@ -292,7 +287,7 @@ func TestEndToEndEmbedded(t *testing.T) {
 func TestEndToEndExternalNATS(t *testing.T) {
 	busybox := requireNix(t)
 	natsBin := requireTool(t, "nats-server", "apt-get install nats-server", "/usr/sbin/nats-server")
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

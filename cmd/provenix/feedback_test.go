@@ -9,6 +9,7 @@ import (
 
 	"code.gitea.io/sdk/gitea"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testforge"
 	"codeberg.org/provenix/provenix/runner/forge"
 )
@@ -17,7 +18,7 @@ import (
 // `feedback release-assets` and `runner register --forgejo-token` as an
 // operator or a workflow would, against a real forge.
 func TestFeedbackCommandsAgainstGitea(t *testing.T) {
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := testctx.New(t, 2*time.Minute)
 	f := testforge.Start(t)
 	owner, repo := f.CreateRepo(t, "app")
 	full := owner + "/" + repo

@@ -14,10 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/testtls"
-	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -56,7 +57,7 @@ func runUpCLI(t *testing.T, dir string, args ...string) (*up.Runtime, func() str
 // CA file and the token, and its result reaches the cache.
 func TestFirewalledBuilderWebSocket(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := testctx.New(t, 2*time.Minute)
 	cert := testtls.Write(t)
 	dir := t.TempDir()
 	rt, stdout := runUpCLI(t, dir, "--websocket-listen", "127.0.0.1:0",
@@ -106,12 +107,12 @@ func TestFirewalledBuilderWebSocket(t *testing.T) {
 func TestFirewalledSiteLeafNode(t *testing.T) {
 	busybox := requireNix(t)
 	testnats.Bin(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := testctx.New(t, 2*time.Minute)
 	cert := testtls.Write(t)
 	dir := t.TempDir()
 	rt, stdout := runUpCLI(t, dir, "--websocket-listen", "127.0.0.1:0",
 		"--websocket-tls-cert", cert.CertFile, "--websocket-tls-key", cert.KeyFile, "--leafnode-listen", "127.0.0.1:0")
-	if !strings.HasPrefix(rt.LeafNodeURL, "nats-leaf://127.0.0.1:") || rt.JetStreamDomain != queue.DefaultJetStreamDomain {
+	if !strings.HasPrefix(rt.LeafNodeURL, "nats-leaf://127.0.0.1:") || rt.JetStreamDomain != natsserver.DefaultJetStreamDomain {
 		t.Fatalf("up.json: leaf %q, domain %q", rt.LeafNodeURL, rt.JetStreamDomain)
 	}
 	if !strings.Contains(stdout(), "leaf nodes "+rt.LeafNodeURL) {
@@ -120,7 +121,7 @@ func TestFirewalledSiteLeafNode(t *testing.T) {
 	p := up.Paths{Dir: dir}
 	hubToken := readPub(t, p.NATSToken())
 	siteURL := testnats.Leaf{
-		Remote: testnats.WithUser(rt.WebSocketURL, queue.LeafNodeUser, hubToken), CAFile: cert.CertFile,
+		Remote: testnats.WithUser(rt.WebSocketURL, natsserver.LeafNodeUser, hubToken), CAFile: cert.CertFile,
 		Token: "site-token", Domain: rt.JetStreamDomain,
 	}.Start(t)
 	siteToken := filepath.Join(t.TempDir(), "site.token")

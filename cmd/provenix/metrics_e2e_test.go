@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -40,7 +41,7 @@ func metricValue(t testing.TB, url, name string) float64 {
 // rejection, and 'provenix up --status' reports both.
 func TestEndToEndMetricsStatus(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	dir := t.TempDir()
 	stack := startStack(t, up.Config{DataDir: dir})
 
@@ -89,7 +90,7 @@ func TestEndToEndMetricsStatus(t *testing.T) {
 // pending and the agreed tally and observes one quorum wait.
 func TestQuorumMetrics(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 4*time.Minute)
+	ctx := testctx.New(t, 4*time.Minute)
 	_, p, bs, stack := quorumStack(t)
 	sample := filepath.Join("..", "..", "examples", "hello.nix")
 	msg := "--argstr=message=" + uniqueMessage(t)

@@ -5,12 +5,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 // TestNATSFlagsUsage: NATS connection flags that cannot work are usage
 // errors reported at once, before any connection attempt.
 func TestNATSFlagsUsage(t *testing.T) {
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	missing := filepath.Join(t.TempDir(), "missing.pem")
 	for _, tc := range []struct {
 		name string

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testforge"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnix"
@@ -144,7 +145,7 @@ func runTop(t *testing.T, ctx context.Context, env *testnix.Env, root, top, mess
 func TestNixVersionsHello(t *testing.T) {
 	for _, env := range testnix.Versions(t) {
 		t.Run(env.String(), func(t *testing.T) {
-			ctx := ctxFor(t, 5*time.Minute)
+			ctx := testctx.New(t, 5*time.Minute)
 			dir := t.TempDir()
 			stack := startStack(t, up.Config{DataDir: dir})
 			p := stack.Paths()
@@ -178,7 +179,7 @@ func TestNixVersionsHello(t *testing.T) {
 func TestNixVersionsClosure(t *testing.T) {
 	for _, env := range testnix.Versions(t) {
 		t.Run(env.String(), func(t *testing.T) {
-			ctx := ctxFor(t, 5*time.Minute)
+			ctx := testctx.New(t, 5*time.Minute)
 			dir := t.TempDir()
 			stack := startStack(t, up.Config{DataDir: dir})
 			p := stack.Paths()
@@ -224,7 +225,7 @@ func TestNixVersionsVolunteer(t *testing.T) {
 	busybox := requireNix(t)
 	for _, env := range testnix.Versions(t) {
 		t.Run(env.String(), func(t *testing.T) {
-			ctx := ctxFor(t, 4*time.Minute)
+			ctx := testctx.New(t, 4*time.Minute)
 			dataDir, p, bs, stack := quorumStack(t)
 			vol := bs[1]
 			files := env.TempDir(t)
@@ -290,7 +291,7 @@ func TestNixVersionsRunner(t *testing.T) {
 }
 
 func runnerOnNix(t *testing.T, forge *testforge.Forge, env *testnix.Env) {
-	ctx := ctxFor(t, 8*time.Minute)
+	ctx := testctx.New(t, 8*time.Minute)
 	env.Daemon(t)
 	bin := env.Provenix(t)
 	dataDir := t.TempDir()

@@ -21,6 +21,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
@@ -158,7 +159,7 @@ func status(t *testing.T, ctx context.Context, dataDir, natsURL string, p up.Pat
 // verifies with --quorum 2.
 func TestQuorumAgreement(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 4*time.Minute)
+	ctx := testctx.New(t, 4*time.Minute)
 	dataDir, p, bs, stack := quorumStack(t)
 	sample := filepath.Join("..", "..", "examples", "hello.nix")
 	msg := "--argstr=message=" + uniqueMessage(t)
@@ -206,7 +207,7 @@ func TestQuorumAgreement(t *testing.T) {
 // trusted builder, labelled, under trusted-only.
 func TestQuorumNondeterministic(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 4*time.Minute)
+	ctx := testctx.New(t, 4*time.Minute)
 	dataDir, p, bs, stack := quorumStack(t)
 	disputes := make(chan cachepush.Dispute, 16)
 	sub, err := stack.Conn().NATS().Subscribe("events."+up.DefaultTenant+"."+cachepush.EventDisputed, func(m *nats.Msg) {
@@ -351,7 +352,7 @@ func lie(t *testing.T, ctx context.Context, conn *queue.Conn, c qbuilder, busybo
 // and its later votes ignored.
 func TestQuorumLiar(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	dataDir, p, bs, stack := quorumStack(t)
 	sample := filepath.Join("..", "..", "examples", "hello.nix")
 	a, b, c := bs[0], bs[1], bs[2]
@@ -411,7 +412,7 @@ func TestQuorumLiar(t *testing.T) {
 // still there and the path is published exactly once.
 func TestQuorumSurvivesCrash(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 4*time.Minute)
+	ctx := testctx.New(t, 4*time.Minute)
 	bin := buildProvenix(t)
 	dataDir := t.TempDir()
 	p, bs := quorumSetup(t, dataDir)
@@ -480,7 +481,7 @@ func mustRead(t *testing.T, path string) []byte {
 // rebuilds and votes.
 func TestQuorumVolunteer(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 4*time.Minute)
+	ctx := testctx.New(t, 4*time.Minute)
 	dataDir, p, bs, stack := quorumStack(t)
 	vol := bs[1]
 	done := make(chan string, 1)

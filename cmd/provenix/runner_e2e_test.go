@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testforge"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/up"
@@ -79,7 +80,7 @@ func TestRunnerAgainstGitea(t *testing.T) {
 	}
 	busybox := requireNix(t)
 	requireNixDaemon(t)
-	ctx := ctxFor(t, 8*time.Minute)
+	ctx := testctx.New(t, 8*time.Minute)
 	bin := buildProvenix(t)
 	forge := testforge.Start(t)
 

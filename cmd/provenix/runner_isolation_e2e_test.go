@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testforge"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/runner/capture"
@@ -92,7 +93,7 @@ func TestRunnerIsolationAgainstGitea(t *testing.T) {
 	busybox := requireNix(t)
 	requireNixDaemon(t)
 	requireTool(t, "curl", "apt-get install curl")
-	ctx := ctxFor(t, 10*time.Minute)
+	ctx := testctx.New(t, 10*time.Minute)
 	bin := buildProvenix(t)
 	forge := testforge.Start(t)
 

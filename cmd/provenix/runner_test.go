@@ -11,6 +11,7 @@ import (
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/runner/config"
 	"codeberg.org/provenix/provenix/runner/forge"
@@ -31,7 +32,7 @@ func runnerConfigFile(t *testing.T, extra string) (cfg, runnerFile string) {
 }
 
 func TestRunnerRegisterNoInteractive(t *testing.T) {
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	srv := forgetest.New(t, forgetest.WithRegistrationTokens("reg-token"))
 	cfg, runnerFile := runnerConfigFile(t, "")
 	args := []string{"runner", "register", "--no-interactive", "--config", cfg,
@@ -92,7 +93,7 @@ func TestRunnerRegisterDefaultLabels(t *testing.T) {
 	if err := nix.Available(); err != nil {
 		t.Fatal(err)
 	}
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	nixCfg, err := (&nix.Nix{}).Config(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +117,7 @@ func TestRunnerRegisterDefaultLabels(t *testing.T) {
 
 // The config's runner.labels win over --labels, as in forgejo-runner.
 func TestRunnerRegisterConfigLabels(t *testing.T) {
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	srv := forgetest.New(t)
 	cfg, runnerFile := runnerConfigFile(t, "  labels: [from-config]\ncontainer:\n  network: host\n")
 	_, errOut, code := cli(t, ctx, "runner", "register", "--config", cfg, "--instance", srv.URL,
@@ -136,7 +137,7 @@ func TestRunnerRegisterConfigLabels(t *testing.T) {
 }
 
 func TestRunnerRegisterInteractive(t *testing.T) {
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	srv := forgetest.New(t)
 	cfgPath, runnerFile := runnerConfigFile(t, "")
 	if err := os.WriteFile(runnerFile, []byte(`{"uuid":"old","token":"t","address":"http://old"}`), 0o600); err != nil {
@@ -183,7 +184,7 @@ func TestRunnerRegisterFails(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg, runnerFile := runnerConfigFile(t, "")
 			args := append([]string{"runner", "register", "--no-interactive", "--config", cfg, "--name", "n"}, tt.args...)
-			_, errOut, code := cli(t, ctxFor(t, time.Minute), args...)
+			_, errOut, code := cli(t, testctx.New(t, time.Minute), args...)
 			if code != tt.wantCode || !strings.Contains(errOut, tt.wantErr) {
 				t.Errorf("exit %d, want %d; stderr (want %q):\n%s", code, tt.wantCode, tt.wantErr, errOut)
 			}
@@ -195,7 +196,7 @@ func TestRunnerRegisterFails(t *testing.T) {
 }
 
 func TestRunnerCreateRunnerFile(t *testing.T) {
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	srv := forgetest.New(t)
 	const secret = "7c31591e8b67225a116d4a4519ea8e507e08f71f"
 	cfg, runnerFile := runnerConfigFile(t, "")
@@ -251,7 +252,7 @@ func TestRunnerCreateRunnerFile(t *testing.T) {
 }
 
 func TestRunnerGenerateConfig(t *testing.T) {
-	out, errOut, code := cli(t, ctxFor(t, time.Minute), "runner", "generate-config")
+	out, errOut, code := cli(t, testctx.New(t, time.Minute), "runner", "generate-config")
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -270,7 +271,7 @@ func TestRunnerHelp(t *testing.T) {
 		"register":           {"--config", "--instance", "--token", "--name", "--labels", "--no-interactive", "--force", "--ephemeral"},
 		"create-runner-file": {"--config", "--instance", "--secret", "--name", "--labels", "--connect", "--force"},
 	} {
-		out, _, code := cli(t, ctxFor(t, time.Minute), "runner", cmd, "--help")
+		out, _, code := cli(t, testctx.New(t, time.Minute), "runner", cmd, "--help")
 		if code != exitOK {
 			t.Fatalf("%s --help: exit %d", cmd, code)
 		}

@@ -19,6 +19,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/tests3"
 	"codeberg.org/provenix/provenix/up"
@@ -37,7 +38,7 @@ func s3Options(srv *tests3.Server, prefix string) *s3.Options {
 func TestEndToEndS3(t *testing.T) {
 	busybox := requireNix(t)
 	srv := tests3.Start(t)
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	dir := t.TempDir()
 	stack := startStack(t, up.Config{DataDir: dir, S3: s3Options(srv, "tenants/e2e")})
 	p := stack.Paths()
@@ -158,7 +159,7 @@ func serveCache(t *testing.T, ctx context.Context, args ...string) string {
 // starts, and a missing bucket stops `up` with a clear error.
 func TestUpS3Errors(t *testing.T) {
 	srv := tests3.Start(t)
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	secret := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(secret, []byte(tests3.SecretKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -207,7 +208,7 @@ func s3Args(t *testing.T, srv *tests3.Server, prefix string) []string {
 // one references, and removes uploads interrupted longer than --grace ago.
 func TestCacheGCS3(t *testing.T) {
 	srv := tests3.Start(t)
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	bucket, err := s3.New(*s3Options(srv, "tenants/gc"))
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/tests3"
@@ -94,7 +95,7 @@ func get(t *testing.T, url, user, password string) int {
 // reader cannot read b's, and a's runner cannot publish as b.
 func TestTenantsEndToEnd(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 3*time.Minute)
+	ctx := testctx.New(t, 3*time.Minute)
 	dir := t.TempDir()
 	td := func(name, file string) string { return filepath.Join(dir, name, file) }
 	var includes strings.Builder
@@ -201,7 +202,7 @@ func TestTenantsEndToEnd(t *testing.T) {
 // the other tenant's server reach them.
 func TestTenantCachesInS3(t *testing.T) {
 	srv := tests3.Start(t)
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	dir := t.TempDir()
 	secret := filepath.Join(dir, "s3-secret")
 	if err := os.WriteFile(secret, []byte(tests3.SecretKey), 0o600); err != nil {

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 func TestByteSizeFlag(t *testing.T) {
@@ -24,7 +26,7 @@ func TestByteSizeFlag(t *testing.T) {
 }
 
 func TestTenantAddUsage(t *testing.T) {
-	ctx := ctxFor(t, time.Minute)
+	ctx := testctx.New(t, time.Minute)
 	dir := t.TempDir()
 	if _, _, code := cli(t, ctx, "tenant", "add", "Bad.Name", "--dir", dir); code != exitUsageErr {
 		t.Errorf("bad name: exit %d", code)

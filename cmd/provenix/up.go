@@ -13,6 +13,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -133,7 +134,7 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 		fmt.Fprintf(g.stdout, "  NATS over WebSocket %s\n", u)
 	}
 	if u := s.LeafNodeURL(); u != "" {
-		fmt.Fprintf(g.stdout, "  leaf nodes %s (user %s, JetStream domain %s)\n", u, queue.LeafNodeUser, s.JetStreamDomain())
+		fmt.Fprintf(g.stdout, "  leaf nodes %s (user %s, JetStream domain %s)\n", u, natsserver.LeafNodeUser, s.JetStreamDomain())
 	}
 	fmt.Fprintf(g.stdout, "  cache   %s (public key in %s)\n  metrics %s\n  policy  %s\n",
 		s.CacheURL(), p.CachePub(), s.MetricsURL(), p.Policy())

@@ -13,6 +13,7 @@ import (
 	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testcache"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -82,7 +83,7 @@ func publishClosure(t *testing.T, ctx context.Context, stack *up.Stack, dir, bus
 // command exits 1 and names it.
 func TestVerifyClosureEndToEnd(t *testing.T) {
 	busybox := requireNix(t)
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	dir := t.TempDir()
 	stack := startStack(t, up.Config{DataDir: dir})
 	p := stack.Paths()
@@ -154,7 +155,7 @@ func TestVerifyClosureEndToEnd(t *testing.T) {
 func TestVerifyCacheZstdBomb(t *testing.T) {
 	busybox := requireNix(t)
 	zstdBin := requireTool(t, "zstd", "apt-get install zstd")
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := testctx.New(t, 5*time.Minute)
 	dir := t.TempDir()
 	stack := startStack(t, up.Config{DataDir: dir})
 	p := stack.Paths()

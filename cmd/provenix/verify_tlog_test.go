@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testrekor"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -114,7 +115,7 @@ func TestVerifyRequireTlog(t *testing.T) {
 func TestBuildWithTransparencyLog(t *testing.T) {
 	busybox := requireNix(t)
 	log := testrekor.Start(t)
-	ctx := ctxFor(t, 3*time.Minute)
+	ctx := testctx.New(t, 3*time.Minute)
 	dir := t.TempDir()
 	stack := startStack(t, up.Config{DataDir: dir})
 	p := stack.Paths()

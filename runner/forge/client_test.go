@@ -20,17 +20,12 @@ import (
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 	"connectrpc.com/connect"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/runner/forgetest"
 )
 
 // fastRetry keeps the tests quick while still going through backoff.
 var fastRetry = Retry{Attempts: 4, Initial: time.Millisecond, Max: 5 * time.Millisecond, AttemptTimeout: 5 * time.Second}
-
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 // registered returns a test forge with one runner and a client for it.
 func registered(t *testing.T, opts ...Option) (*forgetest.Server, *Client, forgetest.Runner) {
@@ -92,7 +87,7 @@ func TestFetchTaskRetries(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv, c, r := registered(t)
 			tt.inject(srv)
-			_, err := c.FetchTask(testCtx(t), &runnerv1.FetchTaskRequest{})
+			_, err := c.FetchTask(testctx.New(t, 30*time.Second), &runnerv1.FetchTaskRequest{})
 			if tt.wantErr == nil && err != nil {
 				t.Fatalf("FetchTask: %v", err)
 			}
@@ -122,7 +117,7 @@ func TestFetchTaskRetries(t *testing.T) {
 // whose fetch was answered is not.
 func TestFetchTaskKeyLifetime(t *testing.T) {
 	srv, c, _ := registered(t)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 30*time.Second)
 	srv.FailNext(forgetest.FetchTask, connect.CodeUnavailable, fastRetry.Attempts)
 	if _, err := c.FetchTask(ctx, &runnerv1.FetchTaskRequest{}); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("first fetch: %v", err)
@@ -161,7 +156,7 @@ func TestFetchTaskRecoversLostAnswer(t *testing.T) {
 	srv, c, r := registered(t)
 	id := srv.AddTask(&runnerv1.Task{Id: 7})
 	srv.LoseNext(forgetest.FetchTask, 1)
-	res, err := c.FetchTask(testCtx(t), &runnerv1.FetchTaskRequest{})
+	res, err := c.FetchTask(testctx.New(t, 30*time.Second), &runnerv1.FetchTaskRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +176,7 @@ func TestFetchTaskRecoversLostAnswer(t *testing.T) {
 // same recovered task.
 func TestFetchTaskConcurrentKeys(t *testing.T) {
 	srv, c, _ := registered(t)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 30*time.Second)
 	errs := make(chan error, 8)
 	for range 8 {
 		go func() {
@@ -244,7 +239,7 @@ func TestAttemptTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := c.Ping(testCtx(t), "x"); err != nil || got != "Hello, x!" {
+	if got, err := c.Ping(testctx.New(t, 30*time.Second), "x"); err != nil || got != "Hello, x!" {
 		t.Fatalf("Ping = %q, %v", got, err)
 	}
 	if n.Load() != 2 {
@@ -273,7 +268,7 @@ func TestDroppedConnectionRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.UpdateTask(testCtx(t), &runnerv1.UpdateTaskRequest{State: &runnerv1.TaskState{Id: 1}})
+	_, err = c.UpdateTask(testctx.New(t, 30*time.Second), &runnerv1.UpdateTaskRequest{State: &runnerv1.TaskState{Id: 1}})
 	if err == nil || errors.Is(err, ErrUnavailable) {
 		// Task 1 does not exist: the forge's answer (not a transport
 		// error) must be what ends the call.
@@ -311,7 +306,7 @@ func TestBackoff(t *testing.T) {
 	r := Retry{Initial: 100 * time.Millisecond, Max: time.Second}
 	for attempt, want := range map[int]time.Duration{1: 100 * time.Millisecond, 2: 200 * time.Millisecond, 4: 800 * time.Millisecond, 5: time.Second, 50: time.Second} {
 		for range 20 {
-			if d := backoff(r, attempt); d < want/2 || d > want {
+			if d := r.policy().Delay(attempt); d < want/2 || d > want {
 				t.Errorf("backoff(%d) = %v, want in [%v, %v]", attempt, d, want/2, want)
 			}
 		}
@@ -321,7 +316,7 @@ func TestBackoff(t *testing.T) {
 // Credentials go on every call but Register.
 func TestCredentialsHeaders(t *testing.T) {
 	srv, c, r := registered(t)
-	ctx := testCtx(t)
+	ctx := testctx.New(t, 30*time.Second)
 	if _, err := c.Ping(ctx, "p"); err != nil {
 		t.Fatal(err)
 	}

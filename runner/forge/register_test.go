@@ -4,17 +4,19 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+	"time"
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 	"connectrpc.com/connect"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/runner/config"
 	"codeberg.org/provenix/provenix/runner/forgetest"
 )
 
 func TestRegister(t *testing.T) {
 	srv := forgetest.New(t, forgetest.WithRegistrationTokens("reg-token"))
-	f, err := Register(testCtx(t), RegisterOptions{
+	f, err := Register(testctx.New(t, 30*time.Second), RegisterOptions{
 		Instance:      srv.URL,
 		Token:         "reg-token",
 		Name:          "builder-1",
@@ -95,7 +97,7 @@ func TestRegisterFails(t *testing.T) {
 			}
 			tt.opts.Instance = srv.URL
 			tt.opts.ClientOptions = []Option{WithRetry(fastRetry)}
-			_, err := Register(testCtx(t), tt.opts)
+			_, err := Register(testctx.New(t, 30*time.Second), tt.opts)
 			if err == nil || (tt.wantErr != nil && !errors.Is(err, tt.wantErr)) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}

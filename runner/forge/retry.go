@@ -3,11 +3,12 @@ package forge
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"time"
 
 	"connectrpc.com/connect"
+
+	"codeberg.org/provenix/provenix/internal/retry"
 )
 
 // call sends msg with fn until it succeeds, fails for good, the attempts
@@ -16,47 +17,41 @@ func call[Req, Res any](
 	ctx context.Context, c *Client, method string, msg *Req, hdr http.Header, r Retry,
 	fn func(context.Context, *connect.Request[Req]) (*connect.Response[Res], error),
 ) (*Res, error) {
-	var err error
-	for attempt := 1; ; attempt++ {
+	p := r.policy()
+	p.OnRetry = func(attempt int, d time.Duration, err error) {
+		c.log.Debug("forge call failed, retrying", attrMethod, method, attrAttempt, attempt, attrDelay, d, attrErr, err)
+	}
+	var res *connect.Response[Res]
+	attempts := 0
+	err := retry.Do(ctx, p, func(attempt int) error {
+		attempts = attempt
 		req := connect.NewRequest(msg)
 		for k, v := range hdr {
 			req.Header()[k] = v
 		}
 		actx, cancel := context.WithTimeout(ctx, r.AttemptTimeout)
-		var res *connect.Response[Res]
+		defer cancel()
+		var err error
 		res, err = fn(actx, req)
-		cancel()
-		if err == nil {
-			return res.Msg, nil
+		if err != nil && !transient(err) {
+			return retry.Stop(err)
 		}
-		if ctx.Err() != nil {
-			// The caller's deadline or cancellation, not the forge's
-			// answer: keep ctx's error matchable.
-			return nil, fmt.Errorf("forge %s: %w (last error: %v)", method, context.Cause(ctx), err)
-		}
-		if !transient(err) || attempt >= r.Attempts {
-			return nil, &Error{Method: method, Kind: kind(method, err), Attempts: attempt, Err: err}
-		}
-		d := backoff(r, attempt)
-		c.log.Debug("forge call failed, retrying", attrMethod, method, attrAttempt, attempt, attrDelay, d, attrErr, err)
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("forge %s: %w (last error: %v)", method, context.Cause(ctx), err)
-		case <-t.C:
-		}
+		return err
+	})
+	switch {
+	case err == nil:
+		return res.Msg, nil
+	case ctx.Err() != nil:
+		// The caller's deadline or cancellation, not the forge's answer:
+		// keep ctx's error matchable.
+		return nil, fmt.Errorf("forge %s: %w", method, err)
+	default:
+		return nil, &Error{Method: method, Kind: kind(method, err), Attempts: attempts, Err: err}
 	}
 }
 
-// backoff is the delay after the given failed attempt (1-based): Initial
-// doubled per attempt up to Max, drawn from [d/2, d].
-func backoff(r Retry, attempt int) time.Duration {
-	d := r.Initial
-	for i := 1; i < attempt && d < r.Max; i++ {
-		d *= 2
-	}
-	d = min(d, r.Max)
-	half := d / 2
-	return half + rand.N(d-half+1)
+// policy is r's backoff: Initial doubled per attempt up to Max, each
+// wait drawn from [d/2, d].
+func (r Retry) policy() retry.Policy {
+	return retry.Policy{Initial: r.Initial, Max: r.Max, Jitter: 0.5, Attempts: r.Attempts}
 }

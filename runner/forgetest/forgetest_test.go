@@ -1,7 +1,6 @@
 package forgetest
 
 import (
-	"context"
 	"reflect"
 	"testing"
 	"time"
@@ -9,6 +8,8 @@ import (
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 	"code.gitea.io/actions-proto-go/runner/v1/runnerv1connect"
 	"connectrpc.com/connect"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 // client is a bare Connect client, so these tests exercise the server and
@@ -29,18 +30,12 @@ func req[T any](c *client, m *T) *connect.Request[T] {
 	return r
 }
 
-func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	t.Cleanup(cancel)
-	return c
-}
-
 func setup(t *testing.T) (*Server, *client, int64) {
 	s := New(t)
 	r := s.AddRunner(Runner{UUID: "u-1", Token: "t-1", Labels: []string{"nix"}})
 	c := newClient(s, r)
 	id := s.AddTask(&runnerv1.Task{})
-	res, err := c.rc.FetchTask(ctx(t), req(c, &runnerv1.FetchTaskRequest{}))
+	res, err := c.rc.FetchTask(testctx.New(t, 10*time.Second), req(c, &runnerv1.FetchTaskRequest{}))
 	if err != nil || res.Msg.GetTask().GetId() != id {
 		t.Fatalf("FetchTask: %v, %v", res, err)
 	}
@@ -81,7 +76,7 @@ func TestUpdateLog(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s, c, id := setup(t)
 			for i, st := range tt.steps {
-				res, err := c.rc.UpdateLog(ctx(t), req(c, &runnerv1.UpdateLogRequest{TaskId: id, Index: st.index, Rows: rows(st.rows...), NoMore: st.noMore}))
+				res, err := c.rc.UpdateLog(testctx.New(t, 10*time.Second), req(c, &runnerv1.UpdateLogRequest{TaskId: id, Index: st.index, Rows: rows(st.rows...), NoMore: st.noMore}))
 				if st.wantErr != 0 {
 					if connect.CodeOf(err) != st.wantErr {
 						t.Fatalf("step %d: err %v, want %v", i, err, st.wantErr)
@@ -107,7 +102,7 @@ func TestUpdateTaskAndCancel(t *testing.T) {
 	s, c, id := setup(t)
 	up := func(result runnerv1.Result, outputs map[string]string) *runnerv1.UpdateTaskResponse {
 		t.Helper()
-		res, err := c.rc.UpdateTask(ctx(t), req(c, &runnerv1.UpdateTaskRequest{State: &runnerv1.TaskState{Id: id, Result: result}, Outputs: outputs}))
+		res, err := c.rc.UpdateTask(testctx.New(t, 10*time.Second), req(c, &runnerv1.UpdateTaskRequest{State: &runnerv1.TaskState{Id: id, Result: result}, Outputs: outputs}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -130,10 +125,10 @@ func TestUpdateTaskAndCancel(t *testing.T) {
 	if res = up(runnerv1.Result_RESULT_SUCCESS, nil); res.GetState().GetResult() != runnerv1.Result_RESULT_CANCELLED {
 		t.Errorf("a result after Cancel changed it to %v", res.GetState().GetResult())
 	}
-	if _, err := c.rc.UpdateLog(ctx(t), req(c, &runnerv1.UpdateLogRequest{TaskId: id, NoMore: true})); err != nil {
+	if _, err := c.rc.UpdateLog(testctx.New(t, 10*time.Second), req(c, &runnerv1.UpdateLogRequest{TaskId: id, NoMore: true})); err != nil {
 		t.Fatal(err)
 	}
-	task, err := s.WaitTask(ctx(t), id)
+	task, err := s.WaitTask(testctx.New(t, 10*time.Second), id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +147,7 @@ func TestFetchTask(t *testing.T) {
 		if key != "" {
 			rq.Header().Set(headerRequestKey, key)
 		}
-		res, err := c.rc.FetchTask(ctx(t), rq)
+		res, err := c.rc.FetchTask(testctx.New(t, 10*time.Second), rq)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -178,7 +173,7 @@ func TestFetchTask(t *testing.T) {
 	}
 
 	bad := &client{rc: c.rc, uuid: r.UUID, token: "wrong"}
-	if _, err := bad.rc.FetchTask(ctx(t), req(bad, &runnerv1.FetchTaskRequest{})); connect.CodeOf(err) != connect.CodeUnauthenticated {
+	if _, err := bad.rc.FetchTask(testctx.New(t, 10*time.Second), req(bad, &runnerv1.FetchTaskRequest{})); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Errorf("wrong token: %v", err)
 	}
 	if calls := s.CallsTo(FetchTask); calls[len(calls)-1].Code != connect.CodeUnauthenticated {

@@ -20,6 +20,7 @@ import (
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"codeberg.org/provenix/provenix/internal/retry"
 	"codeberg.org/provenix/provenix/runner/job"
 )
 
@@ -267,6 +268,10 @@ func cloneState(s *runnerv1.TaskState) *runnerv1.TaskState {
 // everything before ctx ended.
 var ErrIncomplete = errors.New("report incomplete")
 
+// finalRetry spaces Close's attempts: from 200 ms, doubling up to 6.4 s,
+// until ctx ends.
+var finalRetry = retry.Policy{Initial: 200 * time.Millisecond, Max: 6400 * time.Millisecond}
+
 // Close ends the report: steps still open get the job's result, logs are
 // flushed with no_more, then outputs and the result are sent. It retries
 // until the forge has everything or ctx ends.
@@ -292,30 +297,23 @@ func (r *Reporter) Close(ctx context.Context, result runnerv1.Result) error {
 	close(r.stop)
 	<-r.loopDone
 
-	backoff := 200 * time.Millisecond
-	retry := func(what string, f func() error) error {
-		for {
-			err := f()
-			if err == nil {
-				return nil
-			}
+	final := func(what string, f func() error) error {
+		var last error
+		p := finalRetry
+		p.OnRetry = func(_ int, _ time.Duration, err error) {
 			r.opts.Logger.Warn("final report failed; retrying", "task", r.state.Id, "what", what, "err", err)
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("%w: %s: %v", ErrIncomplete, what, err)
-			case <-time.After(backoff):
-			}
-			if backoff < 5*time.Second {
-				backoff *= 2
-			}
 		}
+		if err := retry.Do(ctx, p, func(int) error { last = f(); return last }); err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrIncomplete, what, last)
+		}
+		return nil
 	}
-	if err := retry("logs", func() error { return r.flushLogs(ctx, true) }); err != nil {
+	if err := final("logs", func() error { return r.flushLogs(ctx, true) }); err != nil {
 		return err
 	}
 	// Outputs first, while the task is still running: the forge accepts
 	// outputs only for a task that has not finished.
-	if err := retry("outputs", func() error {
+	if err := final("outputs", func() error {
 		if err := r.reportState(ctx); err != nil {
 			return err
 		}
@@ -334,5 +332,5 @@ func (r *Reporter) Close(ctx context.Context, result runnerv1.Result) error {
 	r.state.Result = result
 	r.state.StoppedAt = now
 	r.mu.Unlock()
-	return retry("result", func() error { return r.reportState(ctx) })
+	return final("result", func() error { return r.reportState(ctx) })
 }

@@ -1,4 +1,17 @@
-package queue
+// Package server is Provenix's embedded nats-server with JetStream, for
+// single-host setups (`provenix up`) and tests: its listeners (NATS,
+// WebSocket for builders behind firewalls, leaf nodes for a site's own
+// nats-server), its token and its storage health. New fills defaults,
+// Open starts it, Close stops it.
+//
+// It knows nothing of the queue client's streams and subjects, and does
+// not import package queue, so that queue's own tests run against this
+// very server. The one thing they share, how large a message must fit, is
+// MinPayload, which queue's TestServerFitsMessages checks against the
+// client's limits. The least-privilege permissions of each role stay in
+// queue (perms.go): they follow the client's calls and subject names, and
+// tenant/ writes them into an operator's nats-server accounts.
+package server
 
 import (
 	"context"
@@ -12,26 +25,33 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	natsd "github.com/nats-io/nats-server/v2/server"
 )
 
 const (
 	// serverStartTimeout bounds Open when its context has no earlier deadline.
 	serverStartTimeout = 10 * time.Second
-	// defaultMaxPayload is nats-server's own default, restated so NewServer
-	// can check it against MaxResultSize.
+	// defaultMaxPayload is nats-server's own default, restated so New can
+	// check it against MinPayload.
 	defaultMaxPayload = 1 << 20
+	// MinPayload is the least MaxPayload New accepts. The queue client's
+	// largest message is a result of queue.MaxResultSize (256 KiB) plus 4
+	// KiB of headers, and it must stay below the broker's limit so that an
+	// oversized result is refused by Provenix with a reason, not by the
+	// broker; a staging chunk (128 KiB) is smaller. queue's
+	// TestServerFitsMessages fails if the client's limits outgrow this.
+	MinPayload = 256<<10 + 4<<10 + 1
 	// streamMaxBufferedSize is the embedded server's per-stream ingest queue
 	// limit (max_buffered_size). Past it the server answers publishes with
 	// 429 Too Many Requests, which is what big Object Store puts ran into.
-	// Stage keeps its own window far below this (stageWindow chunks), so the
+	// queue's Stage keeps its own window far below this (64 chunks), so the
 	// headroom is for several concurrent Stage calls plus other publishers.
 	// nats-server's default is 128 MiB; we raise it, never lower it.
 	streamMaxBufferedSize = 512 << 20
 )
 
-// ServerConfig configures an embedded nats-server with JetStream.
-type ServerConfig struct {
+// Config configures an embedded nats-server with JetStream.
+type Config struct {
 	// StoreDir is JetStream's storage directory. Required: a server that
 	// silently stored results in a temporary directory would lose them.
 	StoreDir string
@@ -42,8 +62,7 @@ type ServerConfig struct {
 	// Token, when set, is the authorization token every client must present.
 	Token string
 	// MaxPayload is the largest message the server accepts; 1 MiB when 0.
-	// It must stay above MaxResultSize plus headers, so that an oversized
-	// result is refused by Provenix with a reason, not by the broker.
+	// It must be at least MinPayload.
 	MaxPayload int32
 	// Logger receives the server's log lines; nil discards them.
 	Logger *slog.Logger
@@ -59,9 +78,9 @@ type ServerConfig struct {
 }
 
 // WebSocketConfig is the embedded server's WebSocket listener. Clients
-// authenticate with ServerConfig.Token, as on the NATS port.
+// authenticate with Config.Token, as on the NATS port.
 type WebSocketConfig struct {
-	// Host to listen on; ServerConfig.Host when empty.
+	// Host to listen on; Config.Host when empty.
 	Host string
 	// Port to listen on; 0 picks a free port (see WebSocketURL).
 	Port int
@@ -76,18 +95,18 @@ type WebSocketConfig struct {
 }
 
 // LeafNodeUser is the user name leaf nodes authenticate with, the password
-// being ServerConfig.Token: nats-leaf://leaf:TOKEN@host:port.
+// being Config.Token: nats-leaf://leaf:TOKEN@host:port.
 const LeafNodeUser = "leaf"
 
 // LeafNodeConfig is the embedded server's leaf node listener. A leaf
-// authenticates as LeafNodeUser with ServerConfig.Token as its password
+// authenticates as LeafNodeUser with Config.Token as its password
 // and joins the same account as clients, so its workers' JetStream calls
 // reach this server's streams. Leaf nodes can also come in over the
 // WebSocket listener (remote URL wss://host/...): this listener must be
 // configured for that too, as nats-server only accepts leaf nodes when it
 // has one.
 type LeafNodeConfig struct {
-	// Host to listen on; ServerConfig.Host when empty.
+	// Host to listen on; Config.Host when empty.
 	Host string
 	// Port to listen on; 0 picks a free port (see LeafNodeURL).
 	Port int
@@ -108,14 +127,14 @@ const DefaultJetStreamDomain = "provenix"
 // Server is an embedded nats-server with JetStream, for single-host setups
 // and tests. New fills defaults, Open starts it, Close stops it.
 type Server struct {
-	cfg  ServerConfig
-	ns   *server.Server
-	opts *server.Options
+	cfg  Config
+	ns   *natsd.Server
+	opts *natsd.Options
 	logs *serverLogger
 }
 
-// NewServer validates cfg and fills its defaults. It does not start anything.
-func NewServer(cfg ServerConfig) (*Server, error) {
+// New validates cfg and fills its defaults. It does not start anything.
+func New(cfg Config) (*Server, error) {
 	if cfg.StoreDir == "" {
 		return nil, errors.New("queue: server: StoreDir is required")
 	}
@@ -128,12 +147,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxPayload == 0 {
 		cfg.MaxPayload = defaultMaxPayload
 	}
-	if cfg.MaxPayload <= MaxResultSize+resultHeaderAllowance {
-		return nil, fmt.Errorf("queue: server: MaxPayload %d must exceed MaxResultSize %d plus %d bytes of headers",
-			cfg.MaxPayload, MaxResultSize, resultHeaderAllowance)
-	}
-	if cfg.MaxPayload < stageChunkSize+4096 {
-		return nil, fmt.Errorf("queue: server: MaxPayload %d is below the staging chunk size %d", cfg.MaxPayload, stageChunkSize)
+	if cfg.MaxPayload < MinPayload {
+		return nil, fmt.Errorf("queue: server: MaxPayload %d must exceed MaxResultSize plus headers: at least %d (MinPayload)",
+			cfg.MaxPayload, MinPayload)
 	}
 	if ws := cfg.WebSocket; ws != nil {
 		c := *ws
@@ -164,8 +180,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		if c.Domain == "" {
 			c.Domain = DefaultJetStreamDomain
 		}
-		if err := ValidToken(c.Domain); err != nil {
-			return nil, fmt.Errorf("queue: server: leafnode: JetStream domain: %w", err)
+		if err := validDomain(c.Domain); err != nil {
+			return nil, err
 		}
 		cfg.LeafNode = &c
 	}
@@ -179,6 +195,15 @@ func checkListener(name string, port int, cert, key string) error {
 	}
 	if (cert == "") != (key == "") {
 		return fmt.Errorf("queue: server: %s: TLS needs both a certificate and a key file", name)
+	}
+	return nil
+}
+
+// validDomain applies nats-server's rule for a JetStream domain (one
+// subject token), which it would otherwise only apply in Open.
+func validDomain(d string) error {
+	if strings.ContainsAny(d, ".*>") || !natsd.IsValidSubject("$JS."+d+".API") {
+		return fmt.Errorf("queue: server: leafnode: JetStream domain %q: invalid name (one NATS subject token: no '.', '*', '>' or white space)", d)
 	}
 	return nil
 }
@@ -198,7 +223,7 @@ func tlsConfig(name, cert, key string) (*tls.Config, error) {
 	if cert == "" {
 		return nil, nil
 	}
-	tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cert, KeyFile: key})
+	tc, err := natsd.GenTLSConfig(&natsd.TLSConfigOpts{CertFile: cert, KeyFile: key})
 	if err != nil {
 		return nil, fmt.Errorf("queue: server: %s TLS: %w", name, err)
 	}
@@ -208,7 +233,7 @@ func tlsConfig(name, cert, key string) (*tls.Config, error) {
 // listenPort maps our "0 picks a free port" onto nats-server's.
 func listenPort(p int) int {
 	if p == 0 {
-		return server.RANDOM_PORT
+		return natsd.RANDOM_PORT
 	}
 	return p
 }
@@ -219,7 +244,7 @@ func (s *Server) Open(ctx context.Context) error {
 	if s.ns != nil {
 		return errors.New("queue: server: already open")
 	}
-	opts := &server.Options{
+	opts := &natsd.Options{
 		Host:                  s.cfg.Host,
 		Port:                  listenPort(s.cfg.Port),
 		Authorization:         s.cfg.Token,
@@ -238,14 +263,14 @@ func (s *Server) Open(ctx context.Context) error {
 		}
 		// No Token here: the websocket block's own auth would override
 		// the server's, and one token for every door is what we want.
-		opts.Websocket = server.WebsocketOpts{Host: ws.Host, Port: listenPort(ws.Port), TLSConfig: tc, NoTLS: ws.NoTLSUnsafe}
+		opts.Websocket = natsd.WebsocketOpts{Host: ws.Host, Port: listenPort(ws.Port), TLSConfig: tc, NoTLS: ws.NoTLSUnsafe}
 	}
 	if ln := s.cfg.LeafNode; ln != nil {
 		tc, err := tlsConfig("leafnode", ln.CertFile, ln.KeyFile)
 		if err != nil {
 			return err
 		}
-		opts.LeafNode = server.LeafNodeOpts{Host: ln.Host, Port: listenPort(ln.Port), TLSConfig: tc}
+		opts.LeafNode = natsd.LeafNodeOpts{Host: ln.Host, Port: listenPort(ln.Port), TLSConfig: tc}
 		// nats-server denies $JS.API.> across a leaf connection unless
 		// the JetStream is named: with a domain, a leaf without JetStream
 		// of its own maps its clients' $JS.API.> to $JS.<domain>.API.>
@@ -260,7 +285,7 @@ func (s *Server) Open(ctx context.Context) error {
 			opts.LeafNode.Username, opts.LeafNode.Password = LeafNodeUser, s.cfg.Token
 		}
 	}
-	ns, err := server.NewServer(opts)
+	ns, err := natsd.NewServer(opts)
 	if err != nil {
 		return fmt.Errorf("queue: server: %w", err)
 	}
@@ -328,6 +353,16 @@ func (s *Server) JetStreamDomain() string {
 	}
 	return s.cfg.LeafNode.Domain
 }
+
+// ErrStorageFull: the server's disk ran out of space under JetStream (see
+// StorageError). The client's queue.ErrStorageFull is the other case, a
+// limit the server answers publishes with.
+var ErrStorageFull = errors.New("queue: server: JetStream storage full")
+
+// NATS is the running nats-server, for monitoring (Connz, NumLeafNodes) as
+// queue.Conn.NATS is the client's connection; nil before Open and after
+// Close.
+func (s *Server) NATS() *natsd.Server { return s.ns }
 
 // StorageError is nil while the server can write its storage. Once a
 // write failed because the disk is full, it returns an error matching
