@@ -31,7 +31,7 @@ var ErrOutputPath = errors.New("output path is not the derivation's")
 // under a path, never which derivation a path is. The derivation and
 // its inputs come from the closure export the result names, each .drv
 // checked against its path; what was computed is remembered per .drv.
-// A permanent failure is a *rejectError; anything else may be retried.
+// A permanent failure is a *RejectedError; anything else may be retried.
 func (p *Pusher) checkOutputPaths(ctx context.Context, r *queue.Result, v *attest.Verified) error {
 	if p.cfg.UncheckedOutputPathsUnsafe {
 		return nil
@@ -47,9 +47,9 @@ func (p *Pusher) checkOutputPaths(ctx context.Context, r *queue.Result, v *attes
 		want, ok := outs[o.Name]
 		switch {
 		case !ok:
-			return &rejectError{ReasonOutputPath, fmt.Errorf("%w: %w: %s has no output %q", ErrRejected, ErrOutputPath, v.DrvPath, o.Name)}
+			return rejected(ReasonOutputPath, fmt.Errorf("%w: %s has no output %q", ErrOutputPath, v.DrvPath, o.Name))
 		case want != o.Path:
-			return &rejectError{ReasonOutputPath, fmt.Errorf("%w: %w: output %s of %s is %s, not %s", ErrRejected, ErrOutputPath, o.Name, v.DrvPath, want, o.Path)}
+			return rejected(ReasonOutputPath, fmt.Errorf("%w: output %s of %s is %s, not %s", ErrOutputPath, o.Name, v.DrvPath, want, o.Path))
 		}
 	}
 	return nil
@@ -59,11 +59,11 @@ func (p *Pusher) checkOutputPaths(ctx context.Context, r *queue.Result, v *attes
 // drvPath's outputs.
 func (p *Pusher) computeOutputs(ctx context.Context, r *queue.Result, drvPath string) (map[string]string, error) {
 	if r.Closure == "" {
-		return nil, &rejectError{ReasonOutputPath, fmt.Errorf("%w: no closure staged: the pusher checks output paths against the derivation's .drv closure (builders stage it unless told --no-closure)", ErrRejected)}
+		return nil, rejected(ReasonOutputPath, errors.New("no closure staged: the pusher checks output paths against the derivation's .drv closure (builders stage it unless told --no-closure)"))
 	}
 	rc, _, err := p.cfg.Staging.OpenStaged(ctx, r.Closure)
 	if errors.Is(err, queue.ErrNotFound) {
-		return nil, &rejectError{ReasonStaging, fmt.Errorf("staged closure %s: %w", r.Closure, err)}
+		return nil, rejected(ReasonStaging, fmt.Errorf("staged closure %s: %w", r.Closure, err))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("closure %s: %w", r.Closure, err)
@@ -83,15 +83,15 @@ func (p *Pusher) computeOutputs(ctx context.Context, r *queue.Result, drvPath st
 	})
 	switch {
 	case errors.Is(err, queue.ErrCorrupt):
-		return nil, &rejectError{ReasonStaging, fmt.Errorf("staged closure %s: %w", r.Closure, err)}
+		return nil, rejected(ReasonStaging, fmt.Errorf("staged closure %s: %w", r.Closure, err))
 	case errors.Is(err, nix.ErrBadExport), errors.Is(err, nix.ErrExportLimit):
-		return nil, &rejectError{ReasonOutputPath, fmt.Errorf("%w: closure %s: %w", ErrRejected, r.Closure, err)}
+		return nil, rejected(ReasonOutputPath, fmt.Errorf("closure %s: %w", r.Closure, err))
 	case err != nil:
 		return nil, fmt.Errorf("closure %s: %w", r.Closure, err)
 	}
 	outs, err := p.drvs.OutputPaths(drvPath, drvs)
 	if errors.Is(err, drvpath.ErrMissing) || errors.Is(err, drvpath.ErrInvalid) {
-		return nil, &rejectError{ReasonOutputPath, fmt.Errorf("%w: closure %s: %w", ErrRejected, r.Closure, err)}
+		return nil, rejected(ReasonOutputPath, fmt.Errorf("closure %s: %w", r.Closure, err))
 	}
 	if err == nil {
 		// A builder names one export for every result of a closure it

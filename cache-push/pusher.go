@@ -40,33 +40,6 @@ import (
 	"codeberg.org/provenix/provenix/storepath"
 )
 
-// Reasons a result is rejected, as recorded in rejection events.
-const (
-	ReasonMalformed    = "malformed"
-	ReasonTooLarge     = "too-large"
-	ReasonPolicy       = "policy"
-	ReasonVerification = "verification"
-	ReasonInconsistent = "inconsistent"
-	ReasonNAR          = "nar-mismatch"
-	ReasonStaging      = "staging-missing"
-	ReasonConflict     = "conflict"
-)
-
-// ErrRejected wraps every permanent refusal of a result.
-var ErrRejected = errors.New("result rejected")
-
-// Rejection is the event published on events.<tenant>.rejected.
-type Rejection struct {
-	Time    time.Time `json:"time"`
-	MsgID   string    `json:"msgId,omitempty"`
-	Tenant  string    `json:"tenant"`
-	Builder string    `json:"builder,omitempty"`
-	DrvPath string    `json:"drvPath,omitempty"`
-	System  string    `json:"system,omitempty"`
-	Reason  string    `json:"reason"`
-	Error   string    `json:"error"`
-}
-
 // Publication is the event published on events.<tenant>.published.
 type Publication struct {
 	Time      time.Time `json:"time"`
@@ -357,25 +330,23 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 	rej := Rejection{Tenant: tenantOf(subject), MsgID: msgID}
 	r, err := queue.DecodeResult(data)
 	if err != nil {
-		rej.Reason = ReasonMalformed
+		reason := ReasonMalformed
 		if errors.Is(err, queue.ErrTooLarge) {
-			rej.Reason = ReasonTooLarge
+			reason = ReasonTooLarge
 		} else if b, serr := p.signedMalformed(data); b != "" {
 			// Signed by a trusted builder: its fault, whoever relayed it.
 			rej.Builder = b
 			p.chargeMalformed(ctx, b, rawBundle(data))
 			err = fmt.Errorf("%w; builder %s signed it: %w", err, b, serr)
 		}
-		return p.reject(ctx, rej, err)
+		return p.reject(ctx, rej, rejected(reason, err))
 	}
 	rej.Tenant, rej.Builder, rej.DrvPath, rej.System = r.Tenant, r.Builder, r.DrvPath, r.System
 	if want, err := queue.ResultsSubject(r.Tenant, r.System); err != nil || want != subject {
-		rej.Reason = ReasonInconsistent
-		return p.reject(ctx, rej, fmt.Errorf("result for %s.%s arrived on subject %q", r.Tenant, r.System, subject))
+		return p.reject(ctx, rej, rejected(ReasonInconsistent, fmt.Errorf("result for %s.%s arrived on subject %q", r.Tenant, r.System, subject)))
 	}
 	if err := p.cfg.Policy.Check(r); err != nil {
-		rej.Reason = ReasonPolicy
-		return p.reject(ctx, rej, err)
+		return p.reject(ctx, rej, rejected(ReasonPolicy, err))
 	}
 	want := make([]attest.Subject, 0, len(r.Outputs))
 	for _, o := range r.Outputs {
@@ -387,43 +358,38 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 	v, err := p.verifier.Verify(r.Bundle, want)
 	var sm *attest.SignedMalformedError
 	if errors.As(err, &sm) {
-		rej.Reason, rej.Builder = ReasonMalformed, sm.BuilderID
+		rej.Builder = sm.BuilderID
 		p.chargeMalformed(ctx, sm.BuilderID, r.Bundle)
-		return p.reject(ctx, rej, err)
+		return p.reject(ctx, rej, rejected(ReasonMalformed, err))
 	}
 	if err != nil {
-		rej.Reason = ReasonVerification
-		return p.reject(ctx, rej, err)
+		return p.reject(ctx, rej, rejected(ReasonVerification, err))
 	}
 	if err := statementErr(v); err != nil {
 		// What the builder signed is malformed: its fault.
-		rej.Reason, rej.Builder = ReasonMalformed, v.BuilderID
+		rej.Builder = v.BuilderID
 		p.chargeMalformed(ctx, v.BuilderID, r.Bundle)
-		return p.reject(ctx, rej, fmt.Errorf("%w: builder %s signed a malformed statement: %w", ErrRejected, v.BuilderID, err))
+		return p.reject(ctx, rej, rejected(ReasonMalformed, fmt.Errorf("builder %s signed a malformed statement: %w", v.BuilderID, err)))
 	}
 	if err := consistent(r, v); err != nil {
-		rej.Reason = ReasonInconsistent
-		return p.reject(ctx, rej, err)
+		return p.reject(ctx, rej, rejected(ReasonInconsistent, err))
 	}
 	if err := p.cfg.Policy.CheckSource(v.External); err != nil {
-		rej.Reason = ReasonPolicy
-		return p.reject(ctx, rej, err)
+		return p.reject(ctx, rej, rejected(ReasonPolicy, err))
 	}
 	if err := p.cfg.Policy.CheckIsolation(v.External); err != nil {
-		rej.Reason = ReasonPolicy
-		return p.reject(ctx, rej, err)
+		return p.reject(ctx, rej, rejected(ReasonPolicy, err))
 	}
 	if err := p.checkOutputPaths(ctx, r, v); err != nil {
-		var re *rejectError
+		var re *RejectedError
 		if errors.As(err, &re) {
-			if errors.Is(re.err, ErrOutputPath) {
+			if errors.Is(re, ErrOutputPath) {
 				// The signed statement names an output its own
 				// derivation (content-addressed, so authentic) does not
 				// compute: the builder's claim is false.
 				p.chargeMalformed(ctx, v.BuilderID, r.Bundle)
 			}
-			rej.Reason = re.reason
-			return p.reject(ctx, rej, re.err)
+			return p.reject(ctx, rej, re)
 		}
 		return fmt.Errorf("output paths of %s: %w", v.DrvPath, err)
 	}
@@ -446,16 +412,14 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		}
 	}()
 	fail := func(path string, err error) error {
-		var re *rejectError
+		var re *RejectedError
 		if errors.As(err, &re) {
-			rej.Reason = re.reason
-			return p.reject(ctx, rej, re.err)
+			return p.reject(ctx, rej, re)
 		}
 		if unfixable(err) {
 			// An invalid key or name, a value that does not decode: the
 			// same again next time.
-			rej.Reason = ReasonMalformed
-			return p.reject(ctx, rej, fmt.Errorf("push %s: %w", path, err))
+			return p.reject(ctx, rej, rejected(ReasonMalformed, fmt.Errorf("push %s: %w", path, err)))
 		}
 		return fmt.Errorf("push %s: %w", path, err)
 	}
@@ -466,8 +430,7 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 		hex.Decode(out.NarHash[:], []byte(src.NarHash)) // Validate checked the shape
 		c, err := checkCAPathIn(src.CA, out)
 		if err != nil {
-			rej.Reason = ReasonContentAddress
-			return p.reject(ctx, rej, err)
+			return p.reject(ctx, rej, rejected(ReasonContentAddress, err))
 		}
 		m := entryMeta{tenant: r.Tenant, builder: r.Builder, msgID: msgID, ca: &c}
 		oc, err := p.writeEntry(ctx, m, out, src.StagingKey, nil, nil, nil)
@@ -486,8 +449,7 @@ func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID
 			// the derivation, so one trusted builder's result suffices.
 			c, cerr := checkCAPathIn(o.CA, out)
 			if cerr != nil {
-				rej.Reason = ReasonContentAddress
-				return p.reject(ctx, rej, cerr)
+				return p.reject(ctx, rej, rejected(ReasonContentAddress, cerr))
 			}
 			m.ca = &c
 			oc, err = p.writeEntry(ctx, m, out, o.StagingKey, []json.RawMessage{r.Bundle},
@@ -541,14 +503,6 @@ func checkCAPathIn(ca string, out attest.Output) (contentaddr.CA, error) {
 	return checkCAPath(ca, out)
 }
 
-// rejectError carries a permanent refusal out of pushOutput.
-type rejectError struct {
-	reason string
-	err    error
-}
-
-func (e *rejectError) Error() string { return e.err.Error() }
-
 // writeEntry publishes one output: NAR from staging (re-hashed while
 // compressed, its content address checked when it has one), provenance
 // sidecar with bundles, then the narinfo signed by the cache plus the
@@ -569,14 +523,14 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	start := time.Now()
 	rc, info, err := p.cfg.Staging.OpenStaged(ctx, stagingKey)
 	if errors.Is(err, queue.ErrNotFound) {
-		return 0, &rejectError{ReasonStaging, fmt.Errorf("staged NAR %s: %w", stagingKey, err)}
+		return 0, rejected(ReasonStaging, fmt.Errorf("staged NAR %s: %w", stagingKey, err))
 	}
 	if err != nil {
 		return 0, err
 	}
 	defer rc.Close()
 	if info.Size != out.NarSize {
-		return 0, &rejectError{narMismatchReason(stagingKey), fmt.Errorf("%w: staged NAR %s has %d bytes, attested %d", ingest.ErrNarSizeMismatch, stagingKey, info.Size, out.NarSize)}
+		return 0, rejected(narMismatchReason(stagingKey), fmt.Errorf("%w: staged NAR %s has %d bytes, attested %d", ingest.ErrNarSizeMismatch, stagingKey, info.Size, out.NarSize))
 	}
 	var src io.Reader = rc
 	if m.ca != nil {
@@ -587,10 +541,10 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	ingestStart := time.Now()
 	nar, err := ingest.NAR(ctx, p.cfg.Store, src, ingest.Expect{NarHash: out.NarHash, NarSize: out.NarSize}, p.cfg.Ingest)
 	if errors.Is(err, ErrContentAddress) {
-		return 0, &rejectError{ReasonContentAddress, err}
+		return 0, rejected(ReasonContentAddress, err)
 	}
 	if errors.Is(err, ingest.ErrMismatch) {
-		return 0, &rejectError{narMismatchReason(stagingKey), err}
+		return 0, rejected(narMismatchReason(stagingKey), err)
 	}
 	if err != nil {
 		return 0, err
@@ -606,7 +560,7 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	}
 	ni, err := newNarinfo(out, m.drv, nar, p.cfg.CacheKey, ca)
 	if err != nil {
-		return 0, &rejectError{ReasonInconsistent, err}
+		return 0, rejected(ReasonInconsistent, err)
 	}
 	addSigs(ni, sigs, p.cfg.Policy)
 	// Another member of the group may have published the path while this
@@ -672,8 +626,7 @@ func (p *Pusher) mergeWaiting(ctx context.Context, m entryMeta, out attest.Outpu
 		return 0, false, err
 	}
 	if w.NarSHA256 != out.NarHashHex() {
-		return 0, false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s already waits with NAR sha256 %s; this result says %s",
-			ErrRejected, out.Path, w.NarSHA256, out.NarHashHex())}
+		return 0, false, rejected(ReasonConflict, fmt.Errorf("%s already waits with NAR sha256 %s; this result says %s", out.Path, w.NarSHA256, out.NarHashHex()))
 	}
 	ni, err := narinfo.Parse(strings.NewReader(w.Narinfo))
 	if err != nil {
@@ -699,15 +652,14 @@ func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out atte
 	if prev.StorePath != out.Path {
 		// The same hash part under another name: the narinfo key is the
 		// hash part, so this would rewrite another path's sidecar.
-		return 0, &rejectError{ReasonConflict, fmt.Errorf("%w: %s: its hash part is already published as %s", ErrRejected, out.Path, prev.StorePath)}
+		return 0, rejected(ReasonConflict, fmt.Errorf("%s: its hash part is already published as %s", out.Path, prev.StorePath))
 	}
 	h, err := narHashOf(prev)
 	if err != nil {
-		return 0, &rejectError{ReasonConflict, fmt.Errorf("%w: existing %w", ErrRejected, err)}
+		return 0, rejected(ReasonConflict, fmt.Errorf("existing %w", err))
 	}
 	if h != out.NarHash {
-		return 0, &rejectError{ReasonConflict, fmt.Errorf("%w: %s is already published with NAR sha256 %x; this result says %x",
-			ErrRejected, out.Path, h, out.NarHash)}
+		return 0, rejected(ReasonConflict, fmt.Errorf("%s is already published with NAR sha256 %x; this result says %x", out.Path, h, out.NarHash))
 	}
 	if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
 		return 0, err
@@ -778,7 +730,7 @@ func (p *Pusher) existing(ctx context.Context, storePath string) (*narinfo.NarIn
 	if err != nil {
 		// Retrying cannot fix it, and overwriting could hide tampering:
 		// refuse, and let the operator look.
-		return nil, &rejectError{ReasonConflict, fmt.Errorf("%w: existing narinfo for %s does not parse: %w", ErrRejected, storePath, err)}
+		return nil, rejected(ReasonConflict, fmt.Errorf("existing narinfo for %s does not parse: %w", storePath, err))
 	}
 	return ni, nil
 }
@@ -796,7 +748,7 @@ func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []j
 		if perr == nil && prev.StorePath != sc.StorePath {
 			// Never rewrite another path's sidecar (same hash part, other
 			// name, maybe the same NAR).
-			return &rejectError{ReasonConflict, fmt.Errorf("%w: %s: the provenance at its hash part is %s's", ErrRejected, out.Path, prev.StorePath)}
+			return rejected(ReasonConflict, fmt.Errorf("%s: the provenance at its hash part is %s's", out.Path, prev.StorePath))
 		}
 		if perr == nil && prev.NarSHA256 == sc.NarSHA256 {
 			sc.Bundles = prev.Bundles
@@ -830,14 +782,14 @@ func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []j
 // Statement says; the cache is written from the Statement alone.
 func consistent(r *queue.Result, v *attest.Verified) error {
 	if v.DrvPath != r.DrvPath || v.System != r.System || v.BuilderID != r.Builder {
-		return fmt.Errorf("%w: result says %s/%s by %s, its statement %s/%s by %s", ErrRejected,
+		return fmt.Errorf("result says %s/%s by %s, its statement %s/%s by %s",
 			r.DrvPath, r.System, r.Builder, v.DrvPath, v.System, v.BuilderID)
 	}
 	if len(v.Outputs) != len(r.Outputs) {
-		return fmt.Errorf("%w: result has %d outputs, its statement %d", ErrRejected, len(r.Outputs), len(v.Outputs))
+		return fmt.Errorf("result has %d outputs, its statement %d", len(r.Outputs), len(v.Outputs))
 	}
 	if err := storepath.Check(v.DrvPath); err != nil {
-		return fmt.Errorf("%w: derivation: %w", ErrRejected, err)
+		return fmt.Errorf("derivation: %w", err)
 	}
 	byPath := make(map[string]attest.Output, len(v.Outputs))
 	for _, o := range v.Outputs {
@@ -846,28 +798,18 @@ func consistent(r *queue.Result, v *attest.Verified) error {
 	for _, o := range r.Outputs {
 		s := byPath[o.Path]
 		if s.NarSize != o.NarSize || s.Name != o.Name {
-			return fmt.Errorf("%w: output %s: result says %s, %d bytes; statement %s, %d bytes", ErrRejected, o.Path, o.Name, o.NarSize, s.Name, s.NarSize)
+			return fmt.Errorf("output %s: result says %s, %d bytes; statement %s, %d bytes", o.Path, o.Name, o.NarSize, s.Name, s.NarSize)
 		}
 		if err := storepath.Check(o.Path); err != nil {
-			return fmt.Errorf("%w: output: %w", ErrRejected, err)
+			return fmt.Errorf("output: %w", err)
 		}
 		for _, ref := range s.References {
 			if err := storepath.Check(ref); err != nil {
-				return fmt.Errorf("%w: output %s: reference: %w", ErrRejected, o.Path, err)
+				return fmt.Errorf("output %s: reference: %w", o.Path, err)
 			}
 		}
 	}
 	return nil
-}
-
-// reject records a permanent refusal and returns it, marked permanent.
-func (p *Pusher) reject(ctx context.Context, rej Rejection, err error) error {
-	rej.Time = time.Now().UTC()
-	rej.Error = err.Error()
-	p.cfg.Metrics.Rejected(rej.Reason)
-	p.log.Warn("rejected result", "reason", rej.Reason, "builder", rej.Builder, "drv", rej.DrvPath, "err", err)
-	p.event(ctx, rej.Tenant, queue.EventRejected, rej)
-	return queue.Permanent(fmt.Errorf("%w (%s): %w", ErrRejected, rej.Reason, err))
 }
 
 func (p *Pusher) event(ctx context.Context, tenant, kind string, v any) {

@@ -373,7 +373,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		p.countReputation(ctx, r.Tenant, out.Path, t)
 	}
 	if vote.Answer() != t.Answer {
-		return 0, false, &rejectError{ReasonConflict, fmt.Errorf("%w: %s: this answer (NAR %s, its size and references) is in the minority; NAR %s (%s) won", ErrRejected, out.Path, vote.NarSHA256, t.Winner, t.Verdict)}
+		return 0, false, rejected(ReasonConflict, fmt.Errorf("%s: this answer (NAR %s, its size and references) is in the minority; NAR %s (%s) won", out.Path, vote.NarSHA256, t.Winner, t.Verdict))
 	}
 	return oc, false, nil
 }
@@ -458,7 +458,9 @@ type DisputeAnswer struct {
 	Builders   []string `json:"builders"`
 }
 
-var errNoRep = errors.New("no reputation record")
+// ErrNoReputation: the builder has no reputation record (it never had a
+// vote counted). GetReputation and ClearQuarantine return it.
+var ErrNoReputation = errors.New("no reputation record")
 
 // Reputation is a builder's record.
 type Reputation struct {
@@ -486,11 +488,11 @@ type MalformedMark struct {
 	Digest string    `json:"digest"`
 }
 
-// GetReputation reads a builder's record.
+// GetReputation reads a builder's record; ErrNoReputation when it has none.
 func GetReputation(ctx context.Context, kv KV, builder string) (*Reputation, error) {
 	b, err := kv.KVGet(ctx, queue.BucketBuilders, queue.BuilderKey(builder))
 	if errors.Is(err, queue.ErrNotFound) {
-		return nil, errNoRep
+		return nil, ErrNoReputation
 	}
 	if err != nil {
 		return nil, err
@@ -537,7 +539,7 @@ func ClearQuarantine(ctx context.Context, kv KV, builder string) error {
 		return json.Marshal(r)
 	})
 	if err == nil && !found {
-		return fmt.Errorf("builder %q: %w", builder, errNoRep)
+		return fmt.Errorf("builder %q: %w", builder, ErrNoReputation)
 	}
 	return err
 }

@@ -1,6 +1,7 @@
 package cachepush
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -133,5 +134,18 @@ func TestAgreementsConcurrent(t *testing.T) {
 	}
 	if r.Agreements != 2*each || r.Builder != testBuilder || r.LastSeen.IsZero() {
 		t.Fatalf("record %+v: want %d agreements", r, 2*each)
+	}
+}
+
+// TestNoReputation: a builder without a record is ErrNoReputation to
+// both the reader and ClearQuarantine, so callers can tell "unknown
+// builder" from a broken KV.
+func TestNoReputation(t *testing.T) {
+	f := newFixture(t)
+	if _, err := GetReputation(testCtx(t), f.conn, "nobody"); !errors.Is(err, ErrNoReputation) {
+		t.Errorf("GetReputation of an unknown builder: %v, want ErrNoReputation", err)
+	}
+	if err := ClearQuarantine(testCtx(t), f.conn, "nobody"); !errors.Is(err, ErrNoReputation) {
+		t.Errorf("ClearQuarantine of an unknown builder: %v, want ErrNoReputation", err)
 	}
 }
