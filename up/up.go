@@ -25,8 +25,8 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
-	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
+	"codeberg.org/provenix/provenix/cache-push/wire"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
@@ -44,10 +44,6 @@ const (
 	DefaultConcurrency = 8
 	DefaultListen      = "127.0.0.1:8080"
 	cacheKeyName       = "provenix-local-1"
-	// DefaultS3StaleEvery and DefaultS3StaleAge: how often the S3 cache's
-	// abandoned uploads are looked for, and how old they must be to go.
-	DefaultS3StaleEvery = time.Hour
-	DefaultS3StaleAge   = 24 * time.Hour
 )
 
 // Paths is the layout of a data directory (docs/data-dir.md).
@@ -189,14 +185,12 @@ type Config struct {
 	LeafNodeKey    string
 	// S3, when set, keeps the binary cache in an S3 bucket instead of the
 	// data directory's cache/: the pusher writes there and the cache server
-	// serves from there. Open checks that the bucket exists.
-	S3 *s3.Options
-	// S3StaleEvery and S3StaleAge schedule the removal of abandoned S3
-	// uploads (s3.Store.RemoveStale); zero means the defaults.
-	S3StaleEvery time.Duration
-	S3StaleAge   time.Duration
-	Tenant       string
-	Group        string
+	// serves from there. Open checks that the bucket exists, and the
+	// store removes abandoned uploads on the schedule of S3.StaleEvery and
+	// S3.StaleAge until Close.
+	S3     *s3.Options
+	Tenant string
+	Group  string
 	// Concurrency is how many results the pusher handles at once;
 	// DefaultConcurrency when 0.
 	Concurrency int
@@ -205,23 +199,20 @@ type Config struct {
 
 // Stack is a running all-in-one Provenix.
 type Stack struct {
-	cfg    Config
-	paths  Paths
-	log    *slog.Logger
-	nats   *natsserver.Server
-	conn   *queue.Conn
-	pusher *cachepush.Pusher
-	store  store.Store
-	// staleStop and staleDone stop and await the S3 RemoveStale loop.
-	staleStop context.CancelFunc
-	staleDone chan struct{}
-	httpSrv   *http.Server
-	httpLn    net.Listener
-	natsURL   string
-	token     string
-	httpDone  chan error
-	metrics   *metrics.Metrics
-	started   time.Time
+	cfg      Config
+	paths    Paths
+	log      *slog.Logger
+	nats     *natsserver.Server
+	conn     *queue.Conn
+	pusher   *cachepush.Pusher
+	store    *wire.Store
+	httpSrv  *http.Server
+	httpLn   net.Listener
+	natsURL  string
+	token    string
+	httpDone chan error
+	metrics  *metrics.Metrics
+	started  time.Time
 	// metricsSrv is set when /metrics and /status have their own listener.
 	metricsSrv  *http.Server
 	metricsLn   net.Listener
@@ -247,12 +238,6 @@ func New(cfg Config) (*Stack, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.S3StaleEvery <= 0 {
-		cfg.S3StaleEvery = DefaultS3StaleEvery
-	}
-	if cfg.S3StaleAge <= 0 {
-		cfg.S3StaleAge = DefaultS3StaleAge
 	}
 	abs, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
@@ -322,7 +307,12 @@ func (s *Stack) Metrics() *metrics.Metrics { return s.metrics }
 
 // Store is the cache's storage: a *local.Store under the data directory,
 // or an *s3.Store when Config.S3 is set.
-func (s *Stack) Store() store.Store { return s.store }
+func (s *Stack) Store() store.Store {
+	if s.store == nil {
+		return nil
+	}
+	return s.store.Store
+}
 
 // Conn is the stack's own NATS connection.
 func (s *Stack) Conn() *queue.Conn { return s.conn }
@@ -412,18 +402,11 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 			s.log.Info("released results the previous run left unacknowledged", "count", n, "group", s.cfg.Group)
 		}
 	}
-	ups, err := cachepush.UpstreamsFor(pol, nil)
-	if err != nil {
-		return err
-	}
-	s.pusher, err = cachepush.New(cachepush.Config{
-		KV: s.conn, Rebuilds: s.conn, Store: s.store, Policy: pol, CacheKey: cacheKey, Staging: s.conn, Events: s.conn, Logger: s.log,
-		Metrics: s.metrics.Pusher, Upstreams: ups,
+	s.pusher, err = wire.StartPusher(ctx, wire.PusherOptions{
+		Conn: s.conn, Store: s.store.Store, Policy: pol, CacheKey: cacheKey, Logger: s.log, Metrics: s.metrics.Pusher,
+		Tenant: s.cfg.Tenant, Group: s.cfg.Group, Concurrency: s.cfg.Concurrency,
 	})
 	if err != nil {
-		return err
-	}
-	if err := s.pusher.Open(ctx, s.conn, queue.ConsumerOptions{Group: s.cfg.Group, FilterSubject: queue.ResultsFilter(s.cfg.Tenant), Concurrency: s.cfg.Concurrency}); err != nil {
 		return err
 	}
 
@@ -434,7 +417,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	ops := http.NewServeMux()
 	ops.Handle(MetricsPath, s.metrics.Handler())
 	ops.HandleFunc(StatusPath, s.serveStatus)
-	cache := server.Handler(s.store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP})
+	cache := server.Handler(s.store.Store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP})
 	var handler http.Handler = cache
 	if s.cfg.MetricsListen != "" {
 		if s.metricsLn, err = net.Listen("tcp", s.cfg.MetricsListen); err != nil {
@@ -510,47 +493,25 @@ func splitListen(what, addr string) (string, int, error) {
 }
 
 // openStore opens the cache's store: the data directory's cache/, or the
-// S3 bucket, checked and swept of abandoned uploads periodically.
+// S3 bucket, checked and swept of abandoned uploads until Close.
 func (s *Stack) openStore(ctx context.Context) error {
-	if s.cfg.S3 == nil {
-		st, err := local.New(s.paths.Cache())
-		if err != nil {
-			return err
+	o := wire.StoreOptions{Dir: s.paths.Cache(), Sweep: true}
+	if s.cfg.S3 != nil {
+		s3o := *s.cfg.S3
+		if s3o.Logger == nil {
+			s3o.Logger = s.log
 		}
-		s.store = st
-		return nil
+		o = wire.StoreOptions{S3: &s3o, Sweep: true}
 	}
-	st, err := s3.New(*s.cfg.S3)
+	st, err := wire.OpenStore(ctx, o)
 	if err != nil {
 		return err
 	}
-	if err := st.Check(ctx); err != nil {
-		return fmt.Errorf("s3 cache at %s: %w", s.cfg.S3.Endpoint, err)
-	}
 	s.store = st
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.staleStop, s.staleDone = cancel, make(chan struct{})
-	go s.removeStale(sctx, st)
-	s.log.Info("s3 cache", "endpoint", s.cfg.S3.Endpoint, "bucket", s.cfg.S3.Bucket, "prefix", s.cfg.S3.Prefix)
-	return nil
-}
-
-// removeStale deletes abandoned S3 uploads now and every S3StaleEvery
-// until ctx is done.
-func (s *Stack) removeStale(ctx context.Context, st *s3.Store) {
-	defer close(s.staleDone)
-	t := time.NewTicker(s.cfg.S3StaleEvery)
-	defer t.Stop()
-	for {
-		if err := st.RemoveStale(ctx, s.cfg.S3StaleAge); err != nil && ctx.Err() == nil {
-			s.log.Warn("s3 cache: remove stale uploads", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	if s.cfg.S3 != nil {
+		s.log.Info("s3 cache", "endpoint", s.cfg.S3.Endpoint, "bucket", s.cfg.S3.Bucket, "prefix", s.cfg.S3.Prefix)
 	}
+	return nil
 }
 
 // Close stops the HTTP server, lets in-flight pushes finish (until ctx is
@@ -572,10 +533,9 @@ func (s *Stack) Close(ctx context.Context) error {
 		errs = append(errs, s.pusher.Close(ctx))
 		s.pusher = nil
 	}
-	if s.staleStop != nil {
-		s.staleStop()
-		<-s.staleDone
-		s.staleStop = nil
+	if s.store != nil {
+		// It stays readable (Store) after Close; Close stops its sweeper.
+		errs = append(errs, s.store.Close())
 	}
 	if s.conn != nil {
 		s.conn.Close()

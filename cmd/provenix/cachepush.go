@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -14,7 +13,7 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
-	"codeberg.org/provenix/provenix/cache-push/store/s3"
+	"codeberg.org/provenix/provenix/cache-push/wire"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -97,14 +96,11 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return usageError("%v", err)
 	}
 	log := g.logger()
-	st, err := f.cache.open(ctx, g, false)
+	st, err := f.cache.open(ctx, g, false, true)
 	if err != nil {
 		return err
 	}
-	if st.s3 != nil {
-		go removeStaleS3(ctx, log, st.s3)
-	}
-	where := st.where
+	defer st.Close()
 	conn, err := f.nats.connect(ctx, g, "provenix-cache-push")
 	if err != nil {
 		return err
@@ -113,40 +109,18 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	if err := conn.EnsureStreams(ctx, queue.StreamOptions{Replicas: f.replicas}); err != nil {
 		return err
 	}
-	ups, err := cachepush.UpstreamsFor(pol, nil)
+	pu, err := wire.StartPusher(ctx, wire.PusherOptions{
+		Conn: conn, Store: st.Store, Policy: pol, CacheKey: key, Logger: log,
+		Tenant: f.tenant, Group: f.group, Concurrency: f.concurrency, AckWait: f.ackWait, MaxFailures: f.maxFailures,
+	})
 	if err != nil {
 		return err
 	}
-	pu, err := cachepush.New(cachepush.Config{KV: conn, Rebuilds: conn, Store: st.Store, Policy: pol, CacheKey: key, Staging: conn, Events: conn, Logger: log,
-		Heartbeat: f.ackWait / 3, Upstreams: ups, MaxFailures: f.maxFailures})
-	if err != nil {
-		return err
-	}
-	co := queue.ConsumerOptions{Group: f.group, FilterSubject: queue.ResultsFilter(f.tenant), Concurrency: f.concurrency, AckWait: f.ackWait}
-	if err := pu.Open(ctx, conn, co); err != nil {
-		return err
-	}
-	log.Info("cache pusher running", "group", f.group, "tenant", f.tenant, "cache", where, "concurrency", f.concurrency)
+	log.Info("cache pusher running", "group", f.group, "tenant", f.tenant, "cache", st.Where, "concurrency", f.concurrency)
 	<-ctx.Done()
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	return pu.Close(cctx)
-}
-
-// removeStaleS3 deletes abandoned uploads now and hourly until ctx is done.
-func removeStaleS3(ctx context.Context, log *slog.Logger, st *s3.Store) {
-	t := time.NewTicker(up.DefaultS3StaleEvery)
-	defer t.Stop()
-	for {
-		if err := st.RemoveStale(ctx, up.DefaultS3StaleAge); err != nil && ctx.Err() == nil {
-			log.Warn("s3 cache: remove stale uploads", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 func newCacheCmd(g *globals) *cobra.Command {
@@ -175,10 +149,11 @@ credentials are readable on the wire.`,
       --s3-bucket nix-cache --s3-prefix main --s3-access-key AKIA...`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := cache.open(cmd.Context(), g, false)
+			st, err := cache.open(cmd.Context(), g, false, false)
 			if err != nil {
 				return err
 			}
+			defer st.Close()
 			h := server.Handler(st.Store, server.Options{Logger: g.logger()})
 			if readers != "" {
 				r, err := server.LoadReaders(readers)
@@ -192,7 +167,7 @@ credentials are readable on the wire.`,
 				return err
 			}
 			srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-			fmt.Fprintf(g.stdout, "serving %s at http://%s\n", st.where, ln.Addr())
+			fmt.Fprintf(g.stdout, "serving %s at http://%s\n", st.Where, ln.Addr())
 			go func() {
 				<-cmd.Context().Done()
 				cctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), 10*time.Second)

@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
+	"errors"
 
 	"github.com/spf13/cobra"
 
-	"codeberg.org/provenix/provenix/cache-push/store"
-	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
+	"codeberg.org/provenix/provenix/cache-push/wire"
 )
 
 // cacheFlags say where a binary cache lives: a directory (--dir) or an S3
@@ -38,46 +36,24 @@ func (f *cacheFlags) check() (*s3.Options, error) {
 	return opts, nil
 }
 
-// openedCache is a cache store and how to name it to a human.
-type openedCache struct {
-	store.Store
-	where string
-	// s3 is the store when the cache is in S3 (for RemoveStale), else nil.
-	s3 *s3.Store
-}
-
-// open returns the cache store the flags select. An S3 bucket is checked
-// (it must exist and the credentials reach it). A directory is created
-// unless mustExist, which is for commands that only read or delete: a
-// mistyped --dir then fails instead of serving or collecting an empty
-// cache.
-func (f *cacheFlags) open(ctx context.Context, g *globals, mustExist bool) (*openedCache, error) {
+// open returns the cache store the flags select (wire.OpenStore). A
+// directory is created unless mustExist, which is for commands that only
+// read or delete; sweep removes abandoned S3 uploads until the store is
+// closed (for a pusher).
+func (f *cacheFlags) open(ctx context.Context, g *globals, mustExist, sweep bool) (*wire.Store, error) {
 	opts, err := f.check()
 	if err != nil {
 		return nil, err
 	}
+	o := wire.StoreOptions{Dir: f.dir, S3: opts, MustExist: mustExist, Sweep: sweep}
 	if opts != nil {
-		st, err := s3.New(*opts)
-		if err != nil {
-			return nil, usageError("%v", err)
-		}
-		if err := st.Check(ctx); err != nil {
-			return nil, fmt.Errorf("s3 cache at %s: %w", opts.Endpoint, err)
-		}
-		return &openedCache{Store: st, where: "s3://" + opts.Bucket + "/" + opts.Prefix, s3: st}, nil
+		opts.Logger = g.logger()
+	} else if o.Dir == "" {
+		o.Dir = g.paths().Cache()
 	}
-	dir := f.dir
-	if dir == "" {
-		dir = g.paths().Cache()
+	st, err := wire.OpenStore(ctx, o)
+	if errors.Is(err, wire.ErrOptions) {
+		return nil, usageError("%v", err)
 	}
-	if mustExist {
-		if _, err := os.Stat(dir); err != nil {
-			return nil, usageError("--dir: %v", err) // local.New would create it
-		}
-	}
-	st, err := local.New(dir)
-	if err != nil {
-		return nil, err
-	}
-	return &openedCache{Store: st, where: dir}, nil
+	return st, err
 }

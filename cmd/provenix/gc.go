@@ -96,10 +96,11 @@ func runCacheGC(ctx context.Context, g *globals, f gcFlags) error {
 		return usageError("nothing says what to keep\nPass --max-age (e.g. --max-age 30d), --keep FILE, or both")
 	}
 	opts.DryRun = f.dryRun
-	st, err := f.cache.open(ctx, g, true)
+	st, err := f.cache.open(ctx, g, true, false)
 	if err != nil {
 		return err
 	}
+	defer st.Close()
 	rep, err := gc.Collect(ctx, st.Store, opts)
 	if rep != nil {
 		if f.json {

@@ -14,7 +14,9 @@
 // upload left by a crash is invisible to Open, Stat and List (keys never
 // start with a dot) but takes space: RemoveStale deletes old ones, and a
 // bucket lifecycle rule (AbortIncompleteMultipartUpload plus expiry of
-// ".tmp/") is the belt to its braces.
+// ".tmp/") is the belt to its braces. A long-running writer calls Start,
+// and the store runs RemoveStale periodically in a goroutine it owns
+// until Close.
 //
 // Memory: a Pending buffers one part (Options.PartSize, 16 MiB by default)
 // whatever the object's size.
@@ -28,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -49,6 +52,14 @@ const minPartSize = 5 << 20
 // tmpDir holds uploads until Commit, under the store's prefix. ValidKey
 // rejects keys starting with a dot, so it never collides with a cache key.
 const tmpDir = ".tmp/"
+
+// DefaultStaleEvery and DefaultStaleAge: how often Start's sweeper looks
+// for abandoned uploads, and how old one must be to go (well above the
+// longest upload).
+const (
+	DefaultStaleEvery = time.Hour
+	DefaultStaleAge   = 24 * time.Hour
+)
 
 // Options configure a Store. Endpoint, Bucket and credentials are required.
 type Options struct {
@@ -77,6 +88,13 @@ type Options struct {
 	// PartSize is the multipart part size in bytes (at least 5 MiB);
 	// 0 means DefaultPartSize.
 	PartSize uint64
+	// StaleEvery and StaleAge schedule the sweeper Start runs: every
+	// StaleEvery (DefaultStaleEvery when 0) it removes the abandoned
+	// uploads older than StaleAge (DefaultStaleAge when 0).
+	StaleEvery time.Duration
+	StaleAge   time.Duration
+	// Logger hears of the sweeper's failures; nil discards them.
+	Logger *slog.Logger
 }
 
 // Store is a store.Store in an S3 bucket.
@@ -85,6 +103,14 @@ type Store struct {
 	bucket   string
 	prefix   string
 	partSize uint64
+
+	staleEvery, staleAge time.Duration
+	log                  *slog.Logger
+
+	// The sweeper, while started (see Start).
+	mu        sync.Mutex
+	sweepStop context.CancelFunc
+	sweepDone chan struct{}
 }
 
 var _ store.Store = (*Store)(nil)
@@ -123,6 +149,9 @@ func New(opts Options) (*Store, error) {
 	} else if partSize < minPartSize {
 		errs = append(errs, fmt.Errorf("part size %d is below S3's minimum of %d", partSize, minPartSize))
 	}
+	if opts.StaleEvery < 0 || opts.StaleAge < 0 {
+		errs = append(errs, errors.New("negative stale upload schedule"))
+	}
 	if opts.InsecureHTTPUnsafe && opts.TLSConfig != nil {
 		errs = append(errs, errors.New("TLSConfig is set but InsecureHTTPUnsafe disables TLS"))
 	}
@@ -146,7 +175,18 @@ func New(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("s3 store: %w", err)
 	}
-	return &Store{client: client, bucket: opts.Bucket, prefix: prefix, partSize: partSize}, nil
+	st := &Store{client: client, bucket: opts.Bucket, prefix: prefix, partSize: partSize,
+		staleEvery: opts.StaleEvery, staleAge: opts.StaleAge, log: opts.Logger}
+	if st.staleEvery == 0 {
+		st.staleEvery = DefaultStaleEvery
+	}
+	if st.staleAge == 0 {
+		st.staleAge = DefaultStaleAge
+	}
+	if st.log == nil {
+		st.log = slog.New(slog.DiscardHandler)
+	}
+	return st, nil
 }
 
 // Check verifies that the bucket exists and the credentials reach it.
@@ -409,6 +449,54 @@ func (s *Store) RemoveStale(ctx context.Context, age time.Duration) error {
 				return s.wrap(ctx, "remove stale uploads", u.Key, err)
 			}
 		}
+	}
+	return nil
+}
+
+// Start runs RemoveStale (Options.StaleAge) now and every
+// Options.StaleEvery, in a goroutine the store owns, until Close. A
+// writer that runs for long (a pusher) starts it; a store opened to read
+// or for one collection does not. Starting twice is an error.
+func (s *Store) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sweepDone != nil {
+		return errors.New("s3 store: sweeper already started")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.sweepStop, s.sweepDone = cancel, make(chan struct{})
+	go s.sweep(ctx, s.sweepDone)
+	return nil
+}
+
+// sweep is Start's loop; it closes done when ctx ends.
+func (s *Store) sweep(ctx context.Context, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(s.staleEvery)
+	defer t.Stop()
+	for {
+		if err := s.RemoveStale(ctx, s.staleAge); err != nil && ctx.Err() == nil {
+			s.log.Warn("s3 cache: remove stale uploads", "bucket", s.bucket, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Close stops the sweeper Start started, cancelling a sweep in progress,
+// and waits for it to end. Without Start it does nothing; the store
+// stays usable for reads and writes either way.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	stop, done := s.sweepStop, s.sweepDone
+	s.sweepStop, s.sweepDone = nil, nil
+	s.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
 	}
 	return nil
 }

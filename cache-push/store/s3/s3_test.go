@@ -221,6 +221,57 @@ func TestPrefixIsolation(t *testing.T) {
 	}
 }
 
+// TestSweeper: Start removes abandoned temporary objects periodically,
+// leaves cache objects alone, refuses a second start, and Close stops it
+// and waits: nothing is removed after Close returns.
+func TestSweeper(t *testing.T) {
+	srv := tests3.Start(t)
+	s, err := New(Options{Endpoint: srv.Endpoint, Region: tests3.Region, Bucket: srv.Bucket, Prefix: "tenant",
+		AccessKey: tests3.AccessKey, SecretKey: tests3.SecretKey, InsecureHTTPUnsafe: true,
+		StaleEvery: 20 * time.Millisecond, StaleAge: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Put(t.Context(), s, "x.narinfo", strings.NewReader("kept")); err != nil {
+		t.Fatal(err)
+	}
+	leave := func(name string) {
+		t.Helper()
+		if _, err := s.client.PutObject(t.Context(), s.bucket, s.prefix+tmpDir+name, strings.NewReader("abandoned"), int64(len("abandoned")), minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err == nil {
+		t.Error("a second Start succeeded")
+	}
+	leave("early")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		objects, _ := bucketContents(t, s)
+		if len(objects) == 1 && objects[0] == "tenant/x.narinfo" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bucket holds %v 10s after Start, want only tenant/x.narinfo", objects)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	leave("late")
+	time.Sleep(100 * time.Millisecond) // five sweeps' worth, were it running
+	if objects, _ := bucketContents(t, s); len(objects) != 2 {
+		t.Errorf("bucket holds %v after Close, want the cache object and the late leftover", objects)
+	}
+}
+
 func TestNewValidates(t *testing.T) {
 	for name, o := range map[string]Options{
 		"no endpoint": {Bucket: "b", AccessKey: "a", SecretKey: "s"},
@@ -229,6 +280,7 @@ func TestNewValidates(t *testing.T) {
 		"no creds":    {Endpoint: "h", Bucket: "b"},
 		"bad prefix":  {Endpoint: "h", Bucket: "b", AccessKey: "a", SecretKey: "s", Prefix: "../x"},
 		"small parts": {Endpoint: "h", Bucket: "b", AccessKey: "a", SecretKey: "s", PartSize: 1 << 20},
+		"stale age":   {Endpoint: "h", Bucket: "b", AccessKey: "a", SecretKey: "s", StaleAge: -time.Hour},
 	} {
 		if _, err := New(o); err == nil {
 			t.Errorf("%s: New(%+v) succeeded", name, o)

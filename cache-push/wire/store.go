@@ -1,0 +1,109 @@
+// Package wire assembles a cache pusher from its parts, one way for every
+// command that runs one (`provenix up`, `provenix cache-push`) or opens a
+// cache (`provenix cache serve`, `provenix cache gc`): OpenStore opens the
+// cache's store, a directory or an S3 bucket, and StartPusher connects a
+// pusher to NATS, the store, the policy and the cache key and starts it.
+// Commands parse flags into these options; what is opened and started,
+// and how, is decided here.
+package wire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/cache-push/store/s3"
+)
+
+// ErrOptions: the options name no usable store or pusher (S3 options
+// that do not validate, a directory that must exist and does not, both a
+// directory and a bucket). Commands report it as a usage error.
+var ErrOptions = errors.New("invalid options")
+
+// StoreOptions say where a binary cache lives: Dir, or the S3 bucket of S3.
+type StoreOptions struct {
+	// Dir is the cache directory, created unless MustExist.
+	Dir string
+	// S3, when set instead of Dir, is the bucket (it must exist).
+	S3 *s3.Options
+	// MustExist is for commands that only read or delete: a mistyped
+	// directory then fails instead of serving or collecting an empty
+	// cache.
+	MustExist bool
+	// Sweep removes abandoned S3 uploads periodically until Close
+	// (s3.Store.Start, on the schedule of S3's StaleEvery and StaleAge):
+	// for a pusher, which leaves them when it dies mid-upload. A
+	// directory needs no sweeping (its writes are temp files renamed).
+	Sweep bool
+}
+
+// Store is an open cache store. Close it when done: it stops the S3
+// sweeper.
+type Store struct {
+	store.Store
+	// Where names the cache to a human: the directory, or
+	// s3://bucket/prefix.
+	Where string
+	s3    *s3.Store
+}
+
+// OpenStore opens the store o selects. An S3 bucket is checked: it must
+// exist and the credentials must reach it.
+func OpenStore(ctx context.Context, o StoreOptions) (*Store, error) {
+	if o.S3 != nil {
+		if o.Dir != "" {
+			return nil, fmt.Errorf("%w: a cache directory and an S3 bucket exclude each other", ErrOptions)
+		}
+		return openS3(ctx, o)
+	}
+	if o.Dir == "" {
+		return nil, fmt.Errorf("%w: no cache directory and no S3 bucket", ErrOptions)
+	}
+	if o.MustExist {
+		if _, err := os.Stat(o.Dir); err != nil {
+			return nil, fmt.Errorf("%w: cache directory: %w", ErrOptions, err) // local.New would create it
+		}
+	}
+	st, err := local.New(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{Store: st, Where: o.Dir}, nil
+}
+
+func openS3(ctx context.Context, o StoreOptions) (*Store, error) {
+	st, err := s3.New(*o.S3)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrOptions, err)
+	}
+	if err := st.Check(ctx); err != nil {
+		return nil, fmt.Errorf("s3 cache at %s: %w", o.S3.Endpoint, err)
+	}
+	if o.Sweep {
+		if err := st.Start(); err != nil {
+			return nil, err
+		}
+	}
+	return &Store{Store: st, Where: "s3://" + o.S3.Bucket + "/" + o.S3.Prefix, s3: st}, nil
+}
+
+// RemoveStale deletes the S3 uploads interrupted before their commit that
+// are older than age, as s3.Store.RemoveStale; a directory has none.
+func (s *Store) RemoveStale(ctx context.Context, age time.Duration) error {
+	if s.s3 == nil {
+		return nil
+	}
+	return s.s3.RemoveStale(ctx, age)
+}
+
+// Close stops the S3 sweeper, if one runs, and waits for it.
+func (s *Store) Close() error {
+	if s.s3 == nil {
+		return nil
+	}
+	return s.s3.Close()
+}
