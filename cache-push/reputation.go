@@ -1,0 +1,253 @@
+package cachepush
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// ErrNoReputation: the builder has no reputation record (it never had a
+// vote counted). GetReputation and ClearQuarantine return it.
+var ErrNoReputation = errors.New("no reputation record")
+
+// Reputation is a builder's record.
+type Reputation struct {
+	Builder       string      `json:"builder"`
+	Owner         string      `json:"owner,omitempty"`
+	Agreements    int         `json:"agreements"`
+	Disagreements int         `json:"disagreements"`
+	Minority      []time.Time `json:"minority,omitempty"` // recent minority disagreements
+	LastSeen      time.Time   `json:"lastSeen"`
+	Quarantined   bool        `json:"quarantined"`
+	QuarantinedAt *time.Time  `json:"quarantinedAt,omitempty"`
+
+	// Malformed counts malformed statements the builder signed (bundles
+	// that verify for it over content no result may carry);
+	// MalformedRecent are the latest, which quarantine it like minority
+	// votes do.
+	Malformed       int             `json:"malformed,omitempty"`
+	MalformedRecent []MalformedMark `json:"malformedRecent,omitempty"`
+}
+
+// MalformedMark is one malformed statement a builder signed: when, and a
+// digest of its bundle (so a relayed copy is not counted again).
+type MalformedMark struct {
+	Time   time.Time `json:"time"`
+	Digest string    `json:"digest"`
+}
+
+// GetReputation reads a builder's record; ErrNoReputation when it has none.
+func GetReputation(ctx context.Context, kv KV, builder string) (*Reputation, error) {
+	b, err := kv.KVGet(ctx, queue.BucketBuilders, queue.BuilderKey(builder))
+	if errors.Is(err, queue.ErrNotFound) {
+		return nil, ErrNoReputation
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r Reputation
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("reputation of %s: %w", builder, err)
+	}
+	return &r, nil
+}
+
+// Reputations lists every builder's record.
+func Reputations(ctx context.Context, kv KV) ([]Reputation, error) {
+	m, err := kv.KVList(ctx, queue.BucketBuilders, "")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Reputation, 0, len(m))
+	for k, b := range m {
+		var r Reputation
+		if err := json.Unmarshal(b, &r); err != nil {
+			return nil, fmt.Errorf("reputation %s: %w", k, err)
+		}
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Builder < out[j].Builder })
+	return out, nil
+}
+
+// ClearQuarantine lifts a builder's quarantine and forgets its recent
+// minority votes and malformed statements (the totals stay).
+func ClearQuarantine(ctx context.Context, kv KV, builder string) error {
+	found := false
+	err := kv.KVUpdate(ctx, queue.BucketBuilders, queue.BuilderKey(builder), func(old []byte) ([]byte, error) {
+		if old == nil {
+			return nil, nil
+		}
+		found = true
+		var r Reputation
+		if err := json.Unmarshal(old, &r); err != nil {
+			return nil, err
+		}
+		r.Quarantined, r.QuarantinedAt, r.Minority, r.MalformedRecent = false, nil, nil, nil
+		return json.Marshal(r)
+	})
+	if err == nil && !found {
+		return fmt.Errorf("builder %q: %w", builder, ErrNoReputation)
+	}
+	return err
+}
+
+// countReputation adds each decided, not yet counted vote to its
+// builder's record, and quarantines builders too often in the minority.
+func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, t Tally) {
+	rule := p.cfg.Policy.Reputation
+	mark := func(v Vote, agreed bool) {
+		key := queue.VoteKey(tenant, storePath, v.Builder)
+		counted := false
+		err := p.cfg.KV.KVUpdate(ctx, queue.BucketVotes, key, func(old []byte) ([]byte, error) {
+			var cur Vote
+			if old == nil || json.Unmarshal(old, &cur) != nil || cur.Counted != "" || cur.Answer() != v.Answer() {
+				return nil, nil // gone, replaced or counted already
+			}
+			cur.Counted = t.Winner
+			counted = true
+			return json.Marshal(cur)
+		})
+		if err != nil || !counted {
+			return
+		}
+		if agreed {
+			p.addAgreement(ctx, v.Builder)
+			return
+		}
+		now := time.Now().UTC()
+		err = p.updateReputation(ctx, v.Builder, func(r *Reputation) {
+			r.LastSeen = now
+			r.Disagreements++
+			var recent []time.Time
+			for _, m := range r.Minority {
+				if now.Sub(m) < rule.Window {
+					recent = append(recent, m)
+				}
+			}
+			r.Minority = append(recent, now)
+			if len(r.Minority) >= rule.QuarantineAfter && !r.Quarantined {
+				r.Quarantined, r.QuarantinedAt = true, &now
+			}
+		})
+		if err != nil {
+			p.log.Warn("reputation not updated", "builder", v.Builder, "err", err)
+		}
+	}
+	for _, v := range t.Agreeing {
+		mark(v, true)
+	}
+	for _, v := range t.Minority {
+		mark(v, false)
+	}
+}
+
+// updateReputation applies f to builder's record (a zero one when it has
+// none) with compare-and-set. This pusher's cached copy becomes the record
+// it stored: dropping it instead made every vote read the record again,
+// since under load some handler updates it all the time.
+func (p *Pusher) updateReputation(ctx context.Context, builder string, f func(r *Reputation)) error {
+	var stored Reputation
+	err := p.cfg.KV.KVUpdate(ctx, queue.BucketBuilders, queue.BuilderKey(builder), func(old []byte) ([]byte, error) {
+		r := Reputation{Builder: builder}
+		if old != nil {
+			if err := json.Unmarshal(old, &r); err != nil {
+				return nil, err
+			}
+		}
+		if b, ok := p.cfg.Policy.Builder(builder); ok {
+			r.Owner = b.Owner
+		}
+		f(&r)
+		stored = r
+		return json.Marshal(r)
+	})
+	p.repMu.Lock()
+	defer p.repMu.Unlock()
+	if err != nil {
+		delete(p.repCache, builder)
+		return err
+	}
+	if p.repCache == nil {
+		p.repCache = map[string]repEntry{}
+	}
+	p.repCache[builder] = repEntry{rep: stored, at: time.Now()}
+	return nil
+}
+
+// addAgreement counts one agreement for builder. Every published path
+// adds one to its builders' records, so with many handlers at once they
+// all compare-and-set the same key and mostly lose the race (this was a
+// quarter of a pusher's time in BenchmarkResultsCluster). Instead,
+// agreements accumulate here and one handler per builder at a time
+// stores all that have accumulated in one update, looping until none
+// are left. Disagreements, rare and deciding quarantine, are stored at
+// once. When the handlers are done, every agreement is stored: the one
+// storing loops until it finds none new. Under sustained load that one
+// handler keeps storing (its message waits, kept alive by heartbeats). A
+// pusher killed in between loses the agreements not yet stored, as it
+// could already lose one between marking a vote counted and updating
+// the record.
+func (p *Pusher) addAgreement(ctx context.Context, builder string) {
+	p.agreeMu.Lock()
+	defer p.agreeMu.Unlock()
+	if p.agreePending == nil {
+		p.agreePending, p.agreeFlushing = map[string]int{}, map[string]bool{}
+	}
+	p.agreePending[builder]++
+	if p.agreeFlushing[builder] {
+		return // the handler storing them will take this one too
+	}
+	p.agreeFlushing[builder] = true
+	defer delete(p.agreeFlushing, builder)
+	for p.agreePending[builder] > 0 {
+		n := p.agreePending[builder]
+		delete(p.agreePending, builder)
+		now := time.Now().UTC()
+		p.agreeMu.Unlock()
+		err := p.updateReputation(ctx, builder, func(r *Reputation) {
+			r.LastSeen = now
+			r.Agreements += n
+		})
+		p.agreeMu.Lock()
+		if err != nil {
+			// Kept for the next agreement's update to retry.
+			p.agreePending[builder] += n
+			p.log.Warn("reputation not updated", "builder", builder, "err", err)
+			return
+		}
+	}
+}
+
+// reputation returns builder's record, at most repTTL old: it is read on
+// every vote and changes rarely. A builder without one has a zero record.
+func (p *Pusher) reputation(ctx context.Context, builder string) Reputation {
+	const repTTL = 2 * time.Second
+	p.repMu.Lock()
+	c, ok := p.repCache[builder]
+	p.repMu.Unlock()
+	if ok && time.Since(c.at) < repTTL {
+		return c.rep
+	}
+	rep := Reputation{Builder: builder}
+	if r, err := GetReputation(ctx, p.cfg.KV, builder); err == nil {
+		rep = *r
+	}
+	p.repMu.Lock()
+	if p.repCache == nil {
+		p.repCache = map[string]repEntry{}
+	}
+	p.repCache[builder] = repEntry{rep: rep, at: time.Now()}
+	p.repMu.Unlock()
+	return rep
+}
+
+type repEntry struct {
+	rep Reputation
+	at  time.Time
+}
