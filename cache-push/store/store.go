@@ -4,7 +4,7 @@
 // A Store holds opaque objects under slash-separated keys laid out like a Nix
 // binary cache: "nix-cache-info", "<hash32>.narinfo",
 // "<hash32>.provenance.json" and "nar/<filehash>.nar.zst". Implementations
-// live in their own packages (store/local, later S3) and must pass the shared
+// live in their own packages (store/local, store/s3) and must pass the shared
 // conformance suite in store/storetest.
 //
 // # Contract
