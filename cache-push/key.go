@@ -34,26 +34,25 @@ func GenerateKeyFiles(name, path string) (signature.PublicKey, error) {
 
 // LoadKey reads a Nix binary-cache secret key file.
 func LoadKey(path string) (signature.SecretKey, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return signature.SecretKey{}, fmt.Errorf("cache key: %w", err)
-	}
-	sk, err := signature.LoadSecretKey(strings.TrimSpace(string(b)))
-	if err != nil {
-		return sk, fmt.Errorf("cache key %s: %w", path, err)
-	}
-	return sk, nil
+	return loadKeyFile(path, "cache key", signature.LoadSecretKey)
 }
 
 // LoadPublicKey reads a Nix binary-cache public key file.
 func LoadPublicKey(path string) (signature.PublicKey, error) {
+	return loadKeyFile(path, "cache public key", signature.ParsePublicKey)
+}
+
+// loadKeyFile reads the key in path, one line, with parse; what names
+// the key in errors.
+func loadKeyFile[K any](path, what string, parse func(string) (K, error)) (K, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return signature.PublicKey{}, fmt.Errorf("cache public key: %w", err)
+		var zero K
+		return zero, fmt.Errorf("%s: %w", what, err)
 	}
-	pk, err := signature.ParsePublicKey(strings.TrimSpace(string(b)))
+	k, err := parse(strings.TrimSpace(string(b)))
 	if err != nil {
-		return pk, fmt.Errorf("cache public key %s: %w", path, err)
+		return k, fmt.Errorf("%s %s: %w", what, path, err)
 	}
-	return pk, nil
+	return k, nil
 }
