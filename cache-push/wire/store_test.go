@@ -64,14 +64,16 @@ func TestOpenStoreInvalid(t *testing.T) {
 }
 
 // TestOpenStoreS3: a bucket that does not exist fails to open (not a
-// usage error: the options are fine); one that does opens, its sweeper
-// (Sweep) removes abandoned uploads while open and stops with Close.
+// usage error: the options are fine); one that does opens, with its
+// sweeper running when Sweep asks for it, until Close.
 func TestOpenStoreS3(t *testing.T) {
 	srv := tests3.Start(t)
 	opts := func(bucket string) *s3.Options {
 		return &s3.Options{Endpoint: srv.Endpoint, Region: tests3.Region, Bucket: bucket, Prefix: "tenants/a",
 			AccessKey: tests3.AccessKey, SecretKey: tests3.SecretKey, InsecureHTTPUnsafe: true,
-			StaleEvery: 20 * time.Millisecond, StaleAge: time.Nanosecond}
+			// Sweep often, but only what is older than any upload here:
+			// a tiny age would take a Put's temporary object mid-commit.
+			StaleEvery: 20 * time.Millisecond, StaleAge: time.Hour}
 	}
 	if _, err := OpenStore(t.Context(), StoreOptions{S3: opts("no-such-bucket")}); err == nil || errors.Is(err, ErrOptions) {
 		t.Errorf("missing bucket: %v, want a failure other than ErrOptions", err)
