@@ -15,9 +15,9 @@ import (
 )
 
 // Process pushes one result message. It returns nil when the result is in
-// the cache (now or already), an error wrapping ErrRejected and
-// queue.ErrPermanent when it must never be retried, and any other error
-// when it may succeed later.
+// the cache (now or already), a *RejectedError (matching ErrRejected)
+// marked queue.ErrPermanent when it must never be retried, and any other
+// error when it may succeed later.
 func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID string) error {
 	p.cfg.Metrics.Received()
 	rej := Rejection{Tenant: tenantOf(subject), MsgID: msgID}
