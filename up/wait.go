@@ -14,10 +14,6 @@ import (
 	"codeberg.org/provenix/provenix/queue"
 )
 
-// ErrRejected: the stack's pusher rejected the result WaitPublished waits
-// for; the error says why.
-var ErrRejected = errors.New("the pusher rejected the result")
-
 // waitPoll is how often WaitPublished looks for the narinfo.
 const waitPoll = 20 * time.Millisecond
 
@@ -25,8 +21,9 @@ const waitPoll = 20 * time.Millisecond
 // outPath, an output of drvPath, or its pusher rejects a result for
 // drvPath: a rejection event of the stack's tenant at or after since (the
 // events stream keeps them, so one published before the wait began is
-// seen too). A rejection is ErrRejected with the pusher's reason and
-// error; the end of ctx is its error.
+// seen too). A rejection is the pusher's own error type, a
+// *cachepush.RejectedError with the event's reason and error (matching
+// cachepush.ErrRejected); the end of ctx is its error.
 func (s *Stack) WaitPublished(ctx context.Context, drvPath, outPath string, since time.Time) error {
 	subj, err := queue.EventsSubject(s.cfg.Tenant, queue.EventRejected)
 	if err != nil {
@@ -60,7 +57,7 @@ func (s *Stack) WaitPublished(ctx context.Context, drvPath, outPath string, sinc
 		}
 		select {
 		case rej := <-rejected:
-			return fmt.Errorf("%w (%s): %s", ErrRejected, rej.Reason, rej.Error)
+			return &cachepush.RejectedError{Reason: rej.Reason, Err: errors.New(rej.Error)}
 		case <-tick.C:
 		case <-ctx.Done():
 			return ctx.Err()

@@ -44,8 +44,11 @@ func TestWaitPublished(t *testing.T) {
 	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
 	defer wcancel()
 	err = s.WaitPublished(wctx, drv, out, before)
-	if !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "("+cachepush.ReasonPolicy+")") || !strings.Contains(err.Error(), `"stranger"`) {
+	if !errors.Is(err, cachepush.ErrRejected) || !strings.Contains(err.Error(), "("+cachepush.ReasonPolicy+")") || !strings.Contains(err.Error(), `"stranger"`) {
 		t.Fatalf("a rejected result: %v", err)
+	}
+	if re := (*cachepush.RejectedError)(nil); !errors.As(err, &re) || re.Reason != cachepush.ReasonPolicy {
+		t.Fatalf("a rejected result: %#v, want a RejectedError for reason %s", err, cachepush.ReasonPolicy)
 	}
 	// Only rejections since the given time count, and only of drv.
 	short, scancel := context.WithTimeout(ctx, 500*time.Millisecond)

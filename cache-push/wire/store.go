@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
@@ -89,15 +88,6 @@ func openS3(ctx context.Context, o StoreOptions) (*Store, error) {
 		}
 	}
 	return &Store{Store: st, Where: "s3://" + o.S3.Bucket + "/" + o.S3.Prefix, s3: st}, nil
-}
-
-// RemoveStale deletes the S3 uploads interrupted before their commit that
-// are older than age, as s3.Store.RemoveStale; a directory has none.
-func (s *Store) RemoveStale(ctx context.Context, age time.Duration) error {
-	if s.s3 == nil {
-		return nil
-	}
-	return s.s3.RemoveStale(ctx, age)
 }
 
 // Close stops the S3 sweeper, if one runs, and waits for it.

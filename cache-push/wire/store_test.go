@@ -33,9 +33,6 @@ func TestOpenStoreDir(t *testing.T) {
 	if err := store.Put(t.Context(), st, "x.narinfo", strings.NewReader("x")); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.RemoveStale(t.Context(), 0); err != nil {
-		t.Errorf("RemoveStale of a directory: %v", err)
-	}
 	// Now it exists, MustExist opens it.
 	again, err := OpenStore(t.Context(), StoreOptions{Dir: dir, MustExist: true})
 	if err != nil {
