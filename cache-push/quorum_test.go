@@ -142,10 +142,11 @@ func TestAgreementsConcurrent(t *testing.T) {
 // builder" from a broken KV.
 func TestNoReputation(t *testing.T) {
 	f := newFixture(t)
-	if _, err := GetReputation(testCtx(t), f.conn, "nobody"); !errors.Is(err, ErrNoReputation) {
+	ctx := testctx.New(t, 60*time.Second)
+	if _, err := GetReputation(ctx, f.conn, "nobody"); !errors.Is(err, ErrNoReputation) {
 		t.Errorf("GetReputation of an unknown builder: %v, want ErrNoReputation", err)
 	}
-	if err := ClearQuarantine(testCtx(t), f.conn, "nobody"); !errors.Is(err, ErrNoReputation) {
+	if err := ClearQuarantine(ctx, f.conn, "nobody"); !errors.Is(err, ErrNoReputation) {
 		t.Errorf("ClearQuarantine of an unknown builder: %v, want ErrNoReputation", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
 // pusherParts are a real embedded NATS server with the streams, a local
@@ -20,7 +21,7 @@ import (
 func pusherParts(t *testing.T) PusherOptions {
 	t.Helper()
 	ctx := t.Context()
-	srv, err := queue.NewServer(queue.ServerConfig{StoreDir: t.TempDir()})
+	srv, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
