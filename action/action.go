@@ -21,7 +21,7 @@ import (
 
 	githubactions "github.com/sethvargo/go-githubactions"
 
-	"codeberg.org/provenix/provenix/feedback"
+	"codeberg.org/provenix/provenix/forgeapi"
 )
 
 // Verdicts, the step's verdict output.
@@ -124,18 +124,18 @@ func (s *step) run(ctx context.Context) error {
 	var verifyErr error
 	fb := s.forge(ctx)
 	if buildErr == nil && in.verify {
-		fb.statuses(ctx, s.rows, feedback.StatePending, "published; waiting for the cache to verify")
+		fb.statuses(ctx, s.rows, forgeapi.StatePending, "published; waiting for the cache to verify")
 		verdict, verifyErr = s.verifyAll(ctx)
 	}
 	switch {
 	case buildErr != nil:
-		fb.statuses(ctx, s.rows, feedback.StateFailure, "build or publication failed")
+		fb.statuses(ctx, s.rows, forgeapi.StateFailure, "build or publication failed")
 	case verifyErr != nil:
-		fb.statuses(ctx, s.rows, feedback.StateFailure, "not verified in the cache")
+		fb.statuses(ctx, s.rows, forgeapi.StateFailure, "not verified in the cache")
 	case in.verify:
-		fb.statuses(ctx, s.rows, feedback.StateSuccess, "verified in the cache")
+		fb.statuses(ctx, s.rows, forgeapi.StateSuccess, "verified in the cache")
 	default:
-		fb.statuses(ctx, s.rows, feedback.StatePending, "published; the cache decides")
+		fb.statuses(ctx, s.rows, forgeapi.StatePending, "published; the cache decides")
 	}
 	if buildErr == nil {
 		fb.releaseAssets(ctx, s.rows)

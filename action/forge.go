@@ -6,7 +6,7 @@ import (
 	"strings"
 
 	"codeberg.org/provenix/provenix/cachelayout"
-	"codeberg.org/provenix/provenix/feedback"
+	"codeberg.org/provenix/provenix/forgeapi"
 )
 
 // forgeFeedback reports to the forge the workflow runs on: a commit status
@@ -15,7 +15,7 @@ import (
 // each problem is a warning.
 type forgeFeedback struct {
 	s                *step
-	c                *feedback.Client
+	c                *forgeapi.Client
 	owner, repo, sha string
 	tag, cacheURL    string
 }
@@ -27,12 +27,12 @@ func (s *step) forge(ctx context.Context) *forgeFeedback {
 	}
 	get := s.cfg.Getenv
 	server, repo := get("GITHUB_SERVER_URL"), get("GITHUB_REPOSITORY")
-	owner, name, err := feedback.SplitRepo(repo)
+	owner, name, err := forgeapi.SplitRepo(repo)
 	if server == "" || err != nil {
 		s.gha.Warningf("forge feedback: GITHUB_SERVER_URL or GITHUB_REPOSITORY missing; no commit status")
 		return fb
 	}
-	c, err := feedback.New(ctx, server, s.in.forgeToken)
+	c, err := forgeapi.New(ctx, server, s.in.forgeToken)
 	if err != nil {
 		s.gha.Warningf("forge feedback: %v", err)
 		return fb
@@ -44,7 +44,7 @@ func (s *step) forge(ctx context.Context) *forgeFeedback {
 	return fb
 }
 
-func (fb *forgeFeedback) statuses(ctx context.Context, rows []Row, state feedback.State, desc string) {
+func (fb *forgeFeedback) statuses(ctx context.Context, rows []Row, state forgeapi.State, desc string) {
 	if fb.c == nil || fb.sha == "" {
 		return
 	}
@@ -53,7 +53,7 @@ func (fb *forgeFeedback) statuses(ctx context.Context, rows []Row, state feedbac
 		bySystem[r.System] = append(bySystem[r.System], r)
 	}
 	for sys, rs := range bySystem {
-		st := feedback.Status{System: sys, State: state, Description: fmt.Sprintf("%d output(s) %s", len(rs), desc)}
+		st := forgeapi.Status{System: sys, State: state, Description: fmt.Sprintf("%d output(s) %s", len(rs), desc)}
 		if fb.cacheURL != "" && len(rs) > 0 {
 			st.TargetURL = fb.cacheURL + "/" + cachelayout.ProvenanceKey(rs[0].StorePath)
 		}

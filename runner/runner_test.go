@@ -15,9 +15,9 @@ import (
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"codeberg.org/provenix/provenix/runner/forge"
-	"codeberg.org/provenix/provenix/runner/forgetest"
 	"codeberg.org/provenix/provenix/runner/job"
+	"codeberg.org/provenix/provenix/runner/rpc"
+	"codeberg.org/provenix/provenix/runner/rpc/rpctest"
 )
 
 // execJobArg makes the test binary act as the job process, so these tests
@@ -74,16 +74,16 @@ func childBinary(t testing.TB) string {
 }
 
 type fixture struct {
-	srv    *forgetest.Server
+	srv    *rpctest.Server
 	runner *Runner
 	dir    string
 }
 
 func newFixture(t testing.TB, mod func(*Options)) *fixture {
 	t.Helper()
-	srv := forgetest.New(t)
-	reg := srv.AddRunner(forgetest.Runner{UUID: "0b5e5f5c-1111-4222-8333-444455556666", Token: "runner-token-secret", Name: "t", Labels: []string{"nix"}})
-	cl, err := forge.New(srv.URL, forge.WithCredentials(reg.UUID, reg.Token), forge.WithHTTPClient(srv.Client()))
+	srv := rpctest.New(t)
+	reg := srv.AddRunner(rpctest.Runner{UUID: "0b5e5f5c-1111-4222-8333-444455556666", Token: "runner-token-secret", Name: "t", Labels: []string{"nix"}})
+	cl, err := rpc.New(srv.URL, rpc.WithCredentials(reg.UUID, reg.Token), rpc.WithHTTPClient(srv.Client()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,11 +175,11 @@ func TestProtocolSequence(t *testing.T) {
 	// Sequence: Declare, then FetchTask until the task came, then only
 	// UpdateLog/UpdateTask; the last calls close the log and set the result.
 	methods := f.srv.Methods()
-	if methods[0] != forgetest.Declare || methods[1] != forgetest.FetchTask {
+	if methods[0] != rpctest.Declare || methods[1] != rpctest.FetchTask {
 		t.Fatalf("calls start %v", methods[:2])
 	}
 	for _, m := range methods[2:] {
-		if m != forgetest.UpdateLog && m != forgetest.UpdateTask {
+		if m != rpctest.UpdateLog && m != rpctest.UpdateTask {
 			t.Fatalf("unexpected call %s after the fetch: %v", m, methods)
 		}
 	}
@@ -187,15 +187,15 @@ func TestProtocolSequence(t *testing.T) {
 		if c.UUID != "0b5e5f5c-1111-4222-8333-444455556666" || c.Token != "runner-token-secret" {
 			t.Fatalf("%s without runner credentials: %q %q", c.Method, c.UUID, c.Token)
 		}
-		if c.Method == forgetest.FetchTask && c.RequestKey == "" {
+		if c.Method == rpctest.FetchTask && c.RequestKey == "" {
 			t.Fatal("FetchTask without x-runner-request-key")
 		}
 	}
-	logs := f.srv.CallsTo(forgetest.UpdateLog)
+	logs := f.srv.CallsTo(rpctest.UpdateLog)
 	if last := logs[len(logs)-1].Request.(*runnerv1.UpdateLogRequest); !last.NoMore {
 		t.Error("last UpdateLog lacks no_more")
 	}
-	tasks := f.srv.CallsTo(forgetest.UpdateTask)
+	tasks := f.srv.CallsTo(rpctest.UpdateTask)
 	last := tasks[len(tasks)-1].Request.(*runnerv1.UpdateTaskRequest)
 	if last.State.Result != runnerv1.Result_RESULT_SUCCESS || last.State.StoppedAt == nil {
 		t.Errorf("final state %v", last.State)
@@ -405,9 +405,9 @@ func TestGracefulShutdown(t *testing.T) {
 			if st.Result != tc.want {
 				t.Fatalf("result %v, want %v\n%s", st.Result, tc.want, strings.Join(st.LogLines(), "\n"))
 			}
-			polls := len(f.srv.CallsTo(forgetest.FetchTask))
+			polls := len(f.srv.CallsTo(rpctest.FetchTask))
 			time.Sleep(300 * time.Millisecond)
-			if len(f.srv.CallsTo(forgetest.FetchTask)) != polls {
+			if len(f.srv.CallsTo(rpctest.FetchTask)) != polls {
 				t.Error("the runner kept polling after shutdown")
 			}
 		})

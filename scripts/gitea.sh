@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Gitea binary that integration tests run as a real forge
-# (internal/testforge), once, from the module in test/gitea, and caches it:
+# (internal/testgitea), once, from the module in test/gitea, and caches it:
 #   $PROVENIX_TOOLS_DIR/gitea-1.26.4/gitea        the binary (sqlite via cgo)
 #   $PROVENIX_TOOLS_DIR/gitea-1.26.4/{options,templates,public}
 # The module zip has no generated bindata, so the binary is built without the
-# bindata tag and reads these asset dirs from disk; testforge points
+# bindata tag and reads these asset dirs from disk; testgitea points
 # [server] STATIC_ROOT_PATH at this directory.
 # Usage: scripts/gitea.sh build   build unless the cached binary exists
 #        scripts/gitea.sh path    print the cached binary's path

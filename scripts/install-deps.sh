@@ -4,7 +4,7 @@
 #   external-NATS test) from Debian/Ubuntu packages, and cosign v3.1.3 (the
 #   independent bundle verifier) built from the Go module proxy and cached
 #   in $(go env GOPATH)/bin, so only the first run pays its ~12 minutes.
-#   Test mode also builds Gitea 1.26.4 once (scripts/gitea.sh) for internal/testforge,
+#   Test mode also builds Gitea 1.26.4 once (scripts/gitea.sh) for internal/testgitea,
 #   and chroots with Debian trixie's and forky's Nix (scripts/nix-chroot.sh).
 # Usage: scripts/install-deps.sh [demo|test]   (demo skips nats-server and cosign)
 set -euo pipefail
@@ -69,7 +69,7 @@ if [ "$what" = test ]; then
     echo "install-deps: note: the runner's privilege-separation tests need root (jobs run as provenix-job)" >&2
   fi
   # Gitea 1.26.4, the real forge of the runner's integration tests
-  # (internal/testforge), cached in /var/cache/provenix-tools (~8 min once).
+  # (internal/testgitea), cached in /var/cache/provenix-tools (~8 min once).
   "$(dirname "$0")/gitea.sh" build
   "$(dirname "$0")/rekor.sh" build # rekor-tiles 2.3.0, the real Rekor v2 log of internal/testrekor (~1 min once)
   "$(dirname "$0")/fulcio.sh" build # Fulcio 1.8.5, the real keyless CA of internal/testfulcio (a few min once)

@@ -22,8 +22,8 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/internal/testctx"
-	"codeberg.org/provenix/provenix/internal/testforge"
 	"codeberg.org/provenix/provenix/internal/testfulcio"
+	"codeberg.org/provenix/provenix/internal/testgitea"
 	"codeberg.org/provenix/provenix/internal/testrekor"
 	"codeberg.org/provenix/provenix/internal/testtsa"
 	"codeberg.org/provenix/provenix/nix"
@@ -251,7 +251,7 @@ func TestActionKeySigning(t *testing.T) {
 func TestActionForgeFeedback(t *testing.T) {
 	busybox := requireNix(t)
 	ctx := testctx.New(t, 5*time.Minute)
-	forge := testforge.Start(t)
+	forge := testgitea.Start(t)
 	owner, repo := forge.CreateRepo(t, "pkgs")
 	sha := forge.HeadSHA(t, owner, repo)
 	forge.CreateRelease(t, owner, repo, "v1.0")

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"codeberg.org/provenix/provenix/feedback"
+	"codeberg.org/provenix/provenix/forgeapi"
 )
 
 // forgeTokenEnv holds the forge access token when no --token-file is given.
@@ -32,11 +32,11 @@ func (f *forgeFlags) register(cmd *cobra.Command) {
 }
 
 // client reads the token and connects; it also splits --repo.
-func (f *forgeFlags) client(ctx context.Context) (c *feedback.Client, owner, repo string, err error) {
+func (f *forgeFlags) client(ctx context.Context) (c *forgeapi.Client, owner, repo string, err error) {
 	if f.server == "" {
 		return nil, "", "", usageError("--server is required (or env GITHUB_SERVER_URL)")
 	}
-	owner, repo, err = feedback.SplitRepo(f.repo)
+	owner, repo, err = forgeapi.SplitRepo(f.repo)
 	if err != nil {
 		return nil, "", "", usageError("--repo %q: want owner/repo", f.repo)
 	}
@@ -44,7 +44,7 @@ func (f *forgeFlags) client(ctx context.Context) (c *feedback.Client, owner, rep
 	if err != nil {
 		return nil, "", "", err
 	}
-	c, err = feedback.New(ctx, f.server, tok, feedback.WithUserAgent("provenix/"+version))
+	c, err = forgeapi.New(ctx, f.server, tok, forgeapi.WithUserAgent("provenix/"+version))
 	if err != nil {
 		return nil, "", "", forgeError(err)
 	}
@@ -74,7 +74,7 @@ func readForgeToken(file string) (string, error) {
 // forgeError gives a feedback error its exit code: bad arguments are usage
 // errors, the forge saying no is a failure.
 func forgeError(err error) error {
-	if errors.Is(err, feedback.ErrInvalid) {
+	if errors.Is(err, forgeapi.ErrInvalid) {
 		return &exitError{code: exitUsageErr, err: err}
 	}
 	return &exitError{code: exitFailed, err: err}
@@ -112,7 +112,7 @@ func newFeedbackStatusCmd(g *globals) *cobra.Command {
 		Long: `Set a commit status with context provenix/<system>: pending while building,
 success once the quorum verified, failure when disputed, error when the
 pipeline broke. A later status of the same system replaces the earlier one
-in the forge's view. The description is cut to ` + fmt.Sprint(feedback.MaxDescription) + ` characters.`,
+in the forge's view. The description is cut to ` + fmt.Sprint(forgeapi.MaxDescription) + ` characters.`,
 		Example: `  provenix feedback status --server https://forgejo.example.org --token-file ~/.forge-token \
       --repo org/app --sha 3f2a... --system x86_64-linux --state success \
       --description "quorum 2/2 verified" --target-url https://cache.example.org/abc.provenance.json`,
@@ -134,7 +134,7 @@ in the forge's view. The description is cut to ` + fmt.Sprint(feedback.MaxDescri
 }
 
 func runFeedbackStatus(ctx context.Context, g *globals, f feedbackStatusFlags) error {
-	state, err := feedback.ParseState(f.state)
+	state, err := forgeapi.ParseState(f.state)
 	if err != nil {
 		return usageError("--state: %v", err)
 	}
@@ -145,7 +145,7 @@ func runFeedbackStatus(ctx context.Context, g *globals, f feedbackStatusFlags) e
 	if err != nil {
 		return err
 	}
-	st := feedback.Status{System: f.system, State: state, Description: f.description, TargetURL: f.targetURL}
+	st := forgeapi.Status{System: f.system, State: state, Description: f.description, TargetURL: f.targetURL}
 	if err := c.SetStatus(ctx, owner, repo, f.sha, st); err != nil {
 		return forgeError(err)
 	}

@@ -10,8 +10,8 @@ import (
 	"code.gitea.io/sdk/gitea"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
-	"codeberg.org/provenix/provenix/internal/testforge"
-	"codeberg.org/provenix/provenix/runner/forge"
+	"codeberg.org/provenix/provenix/internal/testgitea"
+	"codeberg.org/provenix/provenix/runner/rpc"
 )
 
 // TestFeedbackCommandsAgainstGitea drives `feedback status`,
@@ -19,7 +19,7 @@ import (
 // operator or a workflow would, against a real forge.
 func TestFeedbackCommandsAgainstGitea(t *testing.T) {
 	ctx := testctx.New(t, 2*time.Minute)
-	f := testforge.Start(t)
+	f := testgitea.Start(t)
 	owner, repo := f.CreateRepo(t, "app")
 	full := owner + "/" + repo
 	tokenFile := filepath.Join(t.TempDir(), "forge-token")
@@ -112,7 +112,7 @@ func TestFeedbackCommandsAgainstGitea(t *testing.T) {
 		if code != exitOK {
 			t.Fatalf("register: exit %d\n%s%s", code, out, errOut)
 		}
-		rf, err := forge.LoadRunnerFile(runnerFile)
+		rf, err := rpc.LoadRunnerFile(runnerFile)
 		if err != nil {
 			t.Fatal(err)
 		}

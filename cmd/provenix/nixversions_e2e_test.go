@@ -22,7 +22,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
-	"codeberg.org/provenix/provenix/internal/testforge"
+	"codeberg.org/provenix/provenix/internal/testgitea"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
@@ -284,13 +284,13 @@ func TestNixVersionsRunner(t *testing.T) {
 			envs = append(envs, env)
 		}
 	}
-	forge := testforge.Start(t)
+	forge := testgitea.Start(t)
 	for _, env := range envs {
 		t.Run(env.String(), func(t *testing.T) { runnerOnNix(t, forge, env) })
 	}
 }
 
-func runnerOnNix(t *testing.T, forge *testforge.Forge, env *testnix.Env) {
+func runnerOnNix(t *testing.T, forge *testgitea.Forge, env *testnix.Env) {
 	ctx := testctx.New(t, 8*time.Minute)
 	env.Daemon(t)
 	bin := env.Provenix(t)

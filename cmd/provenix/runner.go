@@ -14,10 +14,10 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"codeberg.org/provenix/provenix/feedback"
+	"codeberg.org/provenix/provenix/forgeapi"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/runner/config"
-	"codeberg.org/provenix/provenix/runner/forge"
+	"codeberg.org/provenix/provenix/runner/rpc"
 )
 
 // registerTimeout bounds registering: the forge client retries on its own,
@@ -129,7 +129,7 @@ func runRegister(ctx context.Context, g *globals, f registerFlags, interactive b
 	}
 	in := &prompter{r: bufio.NewReader(g.stdin), w: g.stderr, on: interactive}
 
-	if old, err := forge.LoadRunnerFile(cfg.Runner.File); err == nil || !errors.Is(err, os.ErrNotExist) {
+	if old, err := rpc.LoadRunnerFile(cfg.Runner.File); err == nil || !errors.Is(err, os.ErrNotExist) {
 		what := cfg.Runner.File + " already exists"
 		if err == nil {
 			what = fmt.Sprintf("%s already registers runner %q (uuid %s) with %s", cfg.Runner.File, old.Name, old.UUID, old.Address)
@@ -197,16 +197,16 @@ func runRegister(ctx context.Context, g *globals, f registerFlags, interactive b
 	rctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
 	log.Info("registering runner", "instance", f.instance, "name", f.name, "labels", labels)
-	rf, err := forge.Register(rctx, forge.RegisterOptions{
+	rf, err := rpc.Register(rctx, rpc.RegisterOptions{
 		Instance:  f.instance,
 		Token:     f.token,
 		Name:      f.name,
 		Labels:    labels,
 		Ephemeral: f.ephemeral,
-		ClientOptions: []forge.Option{
-			forge.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
-			forge.WithVersion(version),
-			forge.WithLogger(log),
+		ClientOptions: []rpc.Option{
+			rpc.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
+			rpc.WithVersion(version),
+			rpc.WithLogger(log),
 		},
 	})
 	if err != nil {
@@ -225,9 +225,9 @@ func runRegister(ctx context.Context, g *globals, f registerFlags, interactive b
 func fetchRegistrationToken(ctx context.Context, cfg *config.Config, f registerFlags, log *slog.Logger) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
-	c, err := feedback.New(ctx, f.instance, f.forgejoToken,
-		feedback.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
-		feedback.WithUserAgent("provenix/"+version))
+	c, err := forgeapi.New(ctx, f.instance, f.forgejoToken,
+		forgeapi.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
+		forgeapi.WithUserAgent("provenix/"+version))
 	if err != nil {
 		return "", forgeError(err)
 	}
@@ -308,11 +308,11 @@ func runCreateRunnerFile(ctx context.Context, g *globals, f createFileFlags) err
 	if err != nil {
 		return err
 	}
-	rf, err := forge.CreateRunnerFile(f.instance, f.secret, f.name, labels)
+	rf, err := rpc.CreateRunnerFile(f.instance, f.secret, f.name, labels)
 	if err != nil {
 		return usageError("%v", err)
 	}
-	if old, err := forge.LoadRunnerFile(cfg.Runner.File); err == nil {
+	if old, err := rpc.LoadRunnerFile(cfg.Runner.File); err == nil {
 		if !rf.SameRegistration(old) && !f.force {
 			return usageError("%s already registers runner %q (uuid %s) with %s; pass --force to replace it", cfg.Runner.File, old.Name, old.UUID, old.Address)
 		}
@@ -334,12 +334,12 @@ func runCreateRunnerFile(ctx context.Context, g *globals, f createFileFlags) err
 
 // checkRunnerFile checks with the forge that it knows the file's
 // registration (forge.CheckRegistration).
-func checkRunnerFile(ctx context.Context, cfg *config.Config, rf *forge.RunnerFile, log *slog.Logger) error {
+func checkRunnerFile(ctx context.Context, cfg *config.Config, rf *rpc.RunnerFile, log *slog.Logger) error {
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
-	r, err := forge.CheckRegistration(ctx, rf, version,
-		forge.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
-		forge.WithLogger(log))
+	r, err := rpc.CheckRegistration(ctx, rf, version,
+		rpc.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
+		rpc.WithLogger(log))
 	switch {
 	case err != nil:
 		return err
@@ -413,7 +413,7 @@ func configArg(path string) string {
 }
 
 func validInstance(s string) error {
-	_, err := forge.New(s)
+	_, err := rpc.New(s)
 	return err
 }
 

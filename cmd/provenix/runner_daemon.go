@@ -16,8 +16,8 @@ import (
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/runner"
 	"codeberg.org/provenix/provenix/runner/config"
-	"codeberg.org/provenix/provenix/runner/forge"
 	"codeberg.org/provenix/provenix/runner/job"
+	"codeberg.org/provenix/provenix/runner/rpc"
 )
 
 // runnerDaemonCmds are the runner's commands that run jobs.
@@ -90,7 +90,7 @@ Handy for ephemeral runners and for trying a setup.`,
 
 type runnerSetup struct {
 	runner    *runner.Runner
-	file      *forge.RunnerFile
+	file      *rpc.RunnerFile
 	labels    []string
 	builderID string
 	log       *slog.Logger
@@ -130,7 +130,7 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
-	rf, err := forge.LoadRunnerFile(cfg.Runner.File)
+	rf, err := rpc.LoadRunnerFile(cfg.Runner.File)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, usageError("this runner is not registered (%s not found): run 'provenix runner register --instance URL --token TOKEN' first", cfg.Runner.File)
@@ -144,11 +144,11 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
-	client, err := forge.New(rf.Address,
-		forge.WithCredentials(rf.UUID, rf.Token),
-		forge.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
-		forge.WithVersion(version),
-		forge.WithLogger(log))
+	client, err := rpc.New(rf.Address,
+		rpc.WithCredentials(rf.UUID, rf.Token),
+		rpc.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
+		rpc.WithVersion(version),
+		rpc.WithLogger(log))
 	if err != nil {
 		return nil, usageError("%v", err)
 	}

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
-	"codeberg.org/provenix/provenix/internal/testforge"
+	"codeberg.org/provenix/provenix/internal/testgitea"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -82,7 +82,7 @@ func TestRunnerAgainstGitea(t *testing.T) {
 	requireNixDaemon(t)
 	ctx := testctx.New(t, 8*time.Minute)
 	bin := buildProvenix(t)
-	forge := testforge.Start(t)
+	forge := testgitea.Start(t)
 
 	// The pipeline: embedded NATS, pusher and cache, trusting this runner.
 	dataDir := t.TempDir()

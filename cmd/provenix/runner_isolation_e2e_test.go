@@ -18,7 +18,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
-	"codeberg.org/provenix/provenix/internal/testforge"
+	"codeberg.org/provenix/provenix/internal/testgitea"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/runner/capture"
 	"codeberg.org/provenix/provenix/up"
@@ -95,7 +95,7 @@ func TestRunnerIsolationAgainstGitea(t *testing.T) {
 	requireTool(t, "curl", "apt-get install curl")
 	ctx := testctx.New(t, 10*time.Minute)
 	bin := buildProvenix(t)
-	forge := testforge.Start(t)
+	forge := testgitea.Start(t)
 
 	dataDir := t.TempDir()
 	p := up.Paths{Dir: dataDir}

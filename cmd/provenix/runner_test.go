@@ -14,8 +14,8 @@ import (
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/runner/config"
-	"codeberg.org/provenix/provenix/runner/forge"
-	"codeberg.org/provenix/provenix/runner/forgetest"
+	"codeberg.org/provenix/provenix/runner/rpc"
+	"codeberg.org/provenix/provenix/runner/rpc/rpctest"
 )
 
 // runnerConfigFile writes a config whose runner.file is in a temporary
@@ -33,7 +33,7 @@ func runnerConfigFile(t *testing.T, extra string) (cfg, runnerFile string) {
 
 func TestRunnerRegisterNoInteractive(t *testing.T) {
 	ctx := testctx.New(t, time.Minute)
-	srv := forgetest.New(t, forgetest.WithRegistrationTokens("reg-token"))
+	srv := rpctest.New(t, rpctest.WithRegistrationTokens("reg-token"))
 	cfg, runnerFile := runnerConfigFile(t, "")
 	args := []string{"runner", "register", "--no-interactive", "--config", cfg,
 		"--instance", srv.URL, "--token", "reg-token", "--name", "ci-1", "--labels", "nix, nix-x86_64-linux,kvm:host"}
@@ -49,7 +49,7 @@ func TestRunnerRegisterNoInteractive(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf(".runner mode %04o, want 0600", fi.Mode().Perm())
 	}
-	rf, err := forge.LoadRunnerFile(runnerFile)
+	rf, err := rpc.LoadRunnerFile(runnerFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func TestRunnerRegisterNoInteractive(t *testing.T) {
 	if !reflect.DeepEqual(r.Labels, []string{"nix", "nix-x86_64-linux", "kvm"}) || r.Version != version {
 		t.Errorf("forge got labels %q version %q", r.Labels, r.Version)
 	}
-	if got := srv.Methods(); !reflect.DeepEqual(got, []string{forgetest.Ping, forgetest.Register}) {
+	if got := srv.Methods(); !reflect.DeepEqual(got, []string{rpctest.Ping, rpctest.Register}) {
 		t.Errorf("RPC sequence %q", got)
 	}
 	if !strings.Contains(out, rf.UUID) || !strings.Contains(out, runnerFile) {
@@ -84,7 +84,7 @@ func TestRunnerRegisterNoInteractive(t *testing.T) {
 	if _, _, code = cli(t, ctx, append(args, "--force")...); code != exitOK {
 		t.Errorf("register --force: exit %d", code)
 	}
-	if again, _ := forge.LoadRunnerFile(runnerFile); again == nil || again.UUID == rf.UUID || len(srv.Runners()) != 2 {
+	if again, _ := rpc.LoadRunnerFile(runnerFile); again == nil || again.UUID == rf.UUID || len(srv.Runners()) != 2 {
 		t.Error("register --force did not write a new registration")
 	}
 }
@@ -99,13 +99,13 @@ func TestRunnerRegisterDefaultLabels(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := config.DefaultLabels(nixCfg)
-	srv := forgetest.New(t)
+	srv := rpctest.New(t)
 	cfg, runnerFile := runnerConfigFile(t, "")
-	out, errOut, code := cli(t, ctx, "runner", "register", "--config", cfg, "--instance", srv.URL, "--token", forgetest.DefaultRegistrationToken)
+	out, errOut, code := cli(t, ctx, "runner", "register", "--config", cfg, "--instance", srv.URL, "--token", rpctest.DefaultRegistrationToken)
 	if code != exitOK {
 		t.Fatalf("exit %d\n%s%s", code, out, errOut)
 	}
-	rf, err := forge.LoadRunnerFile(runnerFile)
+	rf, err := rpc.LoadRunnerFile(runnerFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,14 +118,14 @@ func TestRunnerRegisterDefaultLabels(t *testing.T) {
 // The config's runner.labels win over --labels, as in forgejo-runner.
 func TestRunnerRegisterConfigLabels(t *testing.T) {
 	ctx := testctx.New(t, time.Minute)
-	srv := forgetest.New(t)
+	srv := rpctest.New(t)
 	cfg, runnerFile := runnerConfigFile(t, "  labels: [from-config]\ncontainer:\n  network: host\n")
 	_, errOut, code := cli(t, ctx, "runner", "register", "--config", cfg, "--instance", srv.URL,
-		"--token", forgetest.DefaultRegistrationToken, "--name", "n", "--labels", "from-flag")
+		"--token", rpctest.DefaultRegistrationToken, "--name", "n", "--labels", "from-flag")
 	if code != exitOK {
 		t.Fatalf("exit %d\n%s", code, errOut)
 	}
-	rf, _ := forge.LoadRunnerFile(runnerFile)
+	rf, _ := rpc.LoadRunnerFile(runnerFile)
 	if rf == nil || !reflect.DeepEqual(rf.Labels, []string{"from-config"}) {
 		t.Errorf("labels %v", rf)
 	}
@@ -138,7 +138,7 @@ func TestRunnerRegisterConfigLabels(t *testing.T) {
 
 func TestRunnerRegisterInteractive(t *testing.T) {
 	ctx := testctx.New(t, time.Minute)
-	srv := forgetest.New(t)
+	srv := rpctest.New(t)
 	cfgPath, runnerFile := runnerConfigFile(t, "")
 	if err := os.WriteFile(runnerFile, []byte(`{"uuid":"old","token":"t","address":"http://old"}`), 0o600); err != nil {
 		t.Fatal(err)
@@ -146,13 +146,13 @@ func TestRunnerRegisterInteractive(t *testing.T) {
 	// Answers: replace? instance (first not a URL), token, name (default
 	// refused as empty is impossible: take "box"), labels (a docker one
 	// first).
-	answers := "y\nforgejo.example\n" + srv.URL + "\n" + forgetest.DefaultRegistrationToken + "\nbox\nubuntu:docker://node\nnix,kvm\n"
+	answers := "y\nforgejo.example\n" + srv.URL + "\n" + rpctest.DefaultRegistrationToken + "\nbox\nubuntu:docker://node\nnix,kvm\n"
 	var prompts, out bytes.Buffer
 	g := &globals{logLevel: "error", stdin: strings.NewReader(answers), stdout: &out, stderr: &prompts}
 	if err := runRegister(ctx, g, registerFlags{config: cfgPath, labels: "nix"}, true); err != nil {
 		t.Fatalf("%v\nprompts:\n%s", err, prompts.String())
 	}
-	rf, err := forge.LoadRunnerFile(runnerFile)
+	rf, err := rpc.LoadRunnerFile(runnerFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestRunnerRegisterInteractive(t *testing.T) {
 }
 
 func TestRunnerRegisterFails(t *testing.T) {
-	srv := forgetest.New(t)
+	srv := rpctest.New(t)
 	tests := []struct {
 		name     string
 		args     []string
@@ -176,7 +176,7 @@ func TestRunnerRegisterFails(t *testing.T) {
 		wantErr  string
 	}{
 		{name: "no token without a terminal", args: []string{"--instance", srv.URL}, wantCode: exitUsageErr, wantErr: "--instance and --token are required"},
-		{name: "docker label", args: []string{"--instance", srv.URL, "--token", forgetest.DefaultRegistrationToken, "--labels", "ubuntu-latest:docker://node:20"}, wantCode: exitUsageErr, wantErr: "natively with Nix"},
+		{name: "docker label", args: []string{"--instance", srv.URL, "--token", rpctest.DefaultRegistrationToken, "--labels", "ubuntu-latest:docker://node:20"}, wantCode: exitUsageErr, wantErr: "natively with Nix"},
 		{name: "bad instance", args: []string{"--instance", "forgejo.example.org", "--token", "x", "--labels", "nix"}, wantCode: exitUsageErr, wantErr: "http(s)://"},
 		{name: "wrong token", args: []string{"--instance", srv.URL, "--token", "wrong", "--labels", "nix"}, wantCode: exitFailed, wantErr: "registration token"},
 	}
@@ -197,7 +197,7 @@ func TestRunnerRegisterFails(t *testing.T) {
 
 func TestRunnerCreateRunnerFile(t *testing.T) {
 	ctx := testctx.New(t, time.Minute)
-	srv := forgetest.New(t)
+	srv := rpctest.New(t)
 	const secret = "7c31591e8b67225a116d4a4519ea8e507e08f71f"
 	cfg, runnerFile := runnerConfigFile(t, "")
 	args := []string{"runner", "create-runner-file", "--config", cfg, "--instance", srv.URL, "--secret", secret, "--name", "offline", "--labels", "nix", "--connect"}
@@ -218,17 +218,17 @@ func TestRunnerCreateRunnerFile(t *testing.T) {
 	if out, errOut, code := cli(t, ctx, args...); code != exitOK {
 		t.Fatalf("exit %d\n%s%s", code, out, errOut)
 	}
-	rf, err := forge.LoadRunnerFile(runnerFile)
+	rf, err := rpc.LoadRunnerFile(runnerFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if rf.UUID != "37633331-3539-3165-3862-363732323561" || rf.Token != secret || rf.Name != "offline" {
 		t.Errorf(".runner %+v", rf)
 	}
-	if got := srv.Methods()[before:]; !reflect.DeepEqual(got, []string{forgetest.Ping, forgetest.Declare}) {
+	if got := srv.Methods()[before:]; !reflect.DeepEqual(got, []string{rpctest.Ping, rpctest.Declare}) {
 		t.Errorf("RPC sequence %q", got)
 	}
-	declare := srv.CallsTo(forgetest.Declare)
+	declare := srv.CallsTo(rpctest.Declare)
 	if req := declare[len(declare)-1].Request.(*runnerv1.DeclareRequest); !reflect.DeepEqual(req.GetLabels(), []string{"nix"}) {
 		t.Errorf("declared labels %q", req.GetLabels())
 	}

@@ -1,4 +1,4 @@
-package feedback_test
+package forgeapi_test
 
 import (
 	"encoding/json"
@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"codeberg.org/provenix/provenix/feedback"
+	"codeberg.org/provenix/provenix/forgeapi"
 	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
@@ -64,7 +64,7 @@ func TestRegistrationTokenForgejoDialect(t *testing.T) {
 		fake := &fakeForgejo{version: version}
 		srv := httptest.NewServer(fake)
 		t.Cleanup(srv.Close)
-		c, err := feedback.New(ctx, srv.URL, "good")
+		c, err := forgeapi.New(ctx, srv.URL, "good")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,14 +84,14 @@ func TestRegistrationTokenForgejoDialect(t *testing.T) {
 		if !c.IsForgejo() && !strings.Contains(reqs, "POST /api/v1/admin/actions/runners/registration-token; GET /api/v1/admin/runners/registration-token") {
 			t.Errorf("no fallback from Gitea's POST to Forgejo's GET: %s", reqs)
 		}
-		if _, err := c.RegistrationToken(ctx, "acme/nope"); !errors.Is(err, feedback.ErrNotFound) {
+		if _, err := c.RegistrationToken(ctx, "acme/nope"); !errors.Is(err, forgeapi.ErrNotFound) {
 			t.Errorf("%s: unknown repository: %v", version, err)
 		}
-		bad, err := feedback.New(ctx, srv.URL, "bad")
+		bad, err := forgeapi.New(ctx, srv.URL, "bad")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := bad.RegistrationToken(ctx, ""); !errors.Is(err, feedback.ErrUnauthorized) {
+		if _, err := bad.RegistrationToken(ctx, ""); !errors.Is(err, forgeapi.ErrUnauthorized) {
 			t.Errorf("%s: bad token: %v", version, err)
 		}
 	}

@@ -1,4 +1,4 @@
-package feedback
+package forgeapi
 
 import (
 	"context"
@@ -32,7 +32,7 @@ func ParseState(s string) (State, error) {
 	case StatePending, StateSuccess, StateFailure, StateError:
 		return st, nil
 	}
-	return "", fmt.Errorf("feedback: state %q: %w: want pending, success, failure or error", s, ErrInvalid)
+	return "", fmt.Errorf("forgeapi: state %q: %w: want pending, success, failure or error", s, ErrInvalid)
 }
 
 // Status is what Provenix says about one commit for one system.
@@ -58,13 +58,13 @@ func (c *Client) SetStatus(ctx context.Context, owner, repo, sha string, s Statu
 		return err
 	}
 	if sha == "" {
-		return fmt.Errorf("feedback: status on %s/%s: %w: empty commit", owner, repo, ErrInvalid)
+		return fmt.Errorf("forgeapi: status on %s/%s: %w: empty commit", owner, repo, ErrInvalid)
 	}
 	if _, err := ParseState(string(s.State)); err != nil {
 		return err
 	}
 	if strings.ContainsAny(s.System, " /\t\n") {
-		return fmt.Errorf("feedback: system %q: %w", s.System, ErrInvalid)
+		return fmt.Errorf("forgeapi: system %q: %w", s.System, ErrInvalid)
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()

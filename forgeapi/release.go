@@ -1,4 +1,4 @@
-package feedback
+package forgeapi
 
 import (
 	"context"
@@ -28,7 +28,7 @@ func (c *Client) AttachBundles(ctx context.Context, owner, repo, tag string, fil
 		return nil, err
 	}
 	if tag == "" {
-		return nil, fmt.Errorf("feedback: release assets on %s/%s: %w: empty tag", owner, repo, ErrInvalid)
+		return nil, fmt.Errorf("forgeapi: release assets on %s/%s: %w: empty tag", owner, repo, ErrInvalid)
 	}
 	// Check the files before touching the forge, so a typo uploads nothing.
 	type local struct {
@@ -40,14 +40,14 @@ func (c *Client) AttachBundles(ctx context.Context, owner, repo, tag string, fil
 	for _, p := range files {
 		fi, err := os.Stat(p)
 		if err != nil {
-			return nil, fmt.Errorf("feedback: %w: %w", ErrInvalid, err)
+			return nil, fmt.Errorf("forgeapi: %w: %w", ErrInvalid, err)
 		}
 		if !fi.Mode().IsRegular() {
-			return nil, fmt.Errorf("feedback: %s: %w: not a regular file", p, ErrInvalid)
+			return nil, fmt.Errorf("forgeapi: %s: %w: not a regular file", p, ErrInvalid)
 		}
 		name := filepath.Base(p)
 		if other, dup := seen[name]; dup {
-			return nil, fmt.Errorf("feedback: %s and %s: %w: same asset name %q", other, p, ErrInvalid, name)
+			return nil, fmt.Errorf("forgeapi: %s and %s: %w: same asset name %q", other, p, ErrInvalid, name)
 		}
 		seen[name] = p
 		locals = append(locals, local{path: p, name: name, size: fi.Size()})
@@ -60,7 +60,7 @@ func (c *Client) AttachBundles(ctx context.Context, owner, repo, tag string, fil
 	if err != nil {
 		err = apiError(fmt.Sprintf("release of tag %q in %s/%s", tag, owner, repo), resp, err)
 		if errors.Is(err, ErrNotFound) {
-			return nil, fmt.Errorf("feedback: %s/%s has no release for tag %q (or no such repository); create the release first: %w", owner, repo, tag, ErrNoRelease)
+			return nil, fmt.Errorf("forgeapi: %s/%s has no release for tag %q (or no such repository); create the release first: %w", owner, repo, tag, ErrNoRelease)
 		}
 		return nil, err
 	}
@@ -75,7 +75,7 @@ func (c *Client) AttachBundles(ctx context.Context, owner, repo, tag string, fil
 	for _, l := range locals {
 		if size, ok := existing[l.name]; ok {
 			if size != l.size {
-				return out, fmt.Errorf("feedback: release %q of %s/%s: asset %s has %d bytes, %s has %d: %w", tag, owner, repo, l.name, size, l.path, l.size, ErrAssetConflict)
+				return out, fmt.Errorf("forgeapi: release %q of %s/%s: asset %s has %d bytes, %s has %d: %w", tag, owner, repo, l.name, size, l.path, l.size, ErrAssetConflict)
 			}
 			out = append(out, Asset{Name: l.name, Size: size, DownloadURL: urls[l.name]})
 			continue
@@ -92,7 +92,7 @@ func (c *Client) AttachBundles(ctx context.Context, owner, repo, tag string, fil
 func (c *Client) upload(ctx context.Context, owner, repo string, releaseID int64, tag, path, name string) (Asset, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return Asset{}, fmt.Errorf("feedback: %w", err)
+		return Asset{}, fmt.Errorf("forgeapi: %w", err)
 	}
 	defer f.Close()
 	a, resp, err := c.sdk(ctx).CreateReleaseAttachment(owner, repo, releaseID, f, name)

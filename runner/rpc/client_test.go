@@ -1,4 +1,4 @@
-package forge
+package rpc
 
 import (
 	"context"
@@ -21,17 +21,17 @@ import (
 	"connectrpc.com/connect"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
-	"codeberg.org/provenix/provenix/runner/forgetest"
+	"codeberg.org/provenix/provenix/runner/rpc/rpctest"
 )
 
 // fastRetry keeps the tests quick while still going through backoff.
 var fastRetry = Retry{Attempts: 4, Initial: time.Millisecond, Max: 5 * time.Millisecond, AttemptTimeout: 5 * time.Second}
 
 // registered returns a test forge with one runner and a client for it.
-func registered(t *testing.T, opts ...Option) (*forgetest.Server, *Client, forgetest.Runner) {
+func registered(t *testing.T, opts ...Option) (*rpctest.Server, *Client, rpctest.Runner) {
 	t.Helper()
-	srv := forgetest.New(t)
-	r := srv.AddRunner(forgetest.Runner{UUID: "11111111-2222-4333-8444-555555555555", Token: "runner-token", Name: "r", Labels: []string{"nix"}})
+	srv := rpctest.New(t)
+	r := srv.AddRunner(rpctest.Runner{UUID: "11111111-2222-4333-8444-555555555555", Token: "runner-token", Name: "r", Labels: []string{"nix"}})
 	c, err := New(srv.URL+"/", append([]Option{WithCredentials(r.UUID, r.Token), WithRetry(fastRetry)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
@@ -61,27 +61,27 @@ var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-
 func TestFetchTaskRetries(t *testing.T) {
 	tests := []struct {
 		name      string
-		inject    func(s *forgetest.Server)
+		inject    func(s *rpctest.Server)
 		wantCalls int
 		wantErr   error // nil: success
 	}{
-		{name: "no failure", inject: func(*forgetest.Server) {}, wantCalls: 1},
-		{name: "unavailable twice", inject: func(s *forgetest.Server) { s.FailNext(forgetest.FetchTask, connect.CodeUnavailable, 2) }, wantCalls: 3},
-		{name: "resource exhausted", inject: func(s *forgetest.Server) { s.FailNext(forgetest.FetchTask, connect.CodeResourceExhausted, 1) }, wantCalls: 2},
-		{name: "aborted", inject: func(s *forgetest.Server) { s.FailNext(forgetest.FetchTask, connect.CodeAborted, 1) }, wantCalls: 2},
-		{name: "proxy 502", inject: func(s *forgetest.Server) { s.FailNextHTTP(forgetest.FetchTask, http.StatusBadGateway, 1) }, wantCalls: 2},
-		{name: "proxy 503 and 504", inject: func(s *forgetest.Server) {
-			s.FailNextHTTP(forgetest.FetchTask, http.StatusServiceUnavailable, 1)
-			s.FailNextHTTP(forgetest.FetchTask, http.StatusGatewayTimeout, 1)
+		{name: "no failure", inject: func(*rpctest.Server) {}, wantCalls: 1},
+		{name: "unavailable twice", inject: func(s *rpctest.Server) { s.FailNext(rpctest.FetchTask, connect.CodeUnavailable, 2) }, wantCalls: 3},
+		{name: "resource exhausted", inject: func(s *rpctest.Server) { s.FailNext(rpctest.FetchTask, connect.CodeResourceExhausted, 1) }, wantCalls: 2},
+		{name: "aborted", inject: func(s *rpctest.Server) { s.FailNext(rpctest.FetchTask, connect.CodeAborted, 1) }, wantCalls: 2},
+		{name: "proxy 502", inject: func(s *rpctest.Server) { s.FailNextHTTP(rpctest.FetchTask, http.StatusBadGateway, 1) }, wantCalls: 2},
+		{name: "proxy 503 and 504", inject: func(s *rpctest.Server) {
+			s.FailNextHTTP(rpctest.FetchTask, http.StatusServiceUnavailable, 1)
+			s.FailNextHTTP(rpctest.FetchTask, http.StatusGatewayTimeout, 1)
 		}, wantCalls: 3},
-		{name: "unavailable until the attempts run out", inject: func(s *forgetest.Server) { s.FailNext(forgetest.FetchTask, connect.CodeUnavailable, 10) }, wantCalls: fastRetry.Attempts, wantErr: ErrUnavailable},
-		{name: "unauthenticated", inject: func(s *forgetest.Server) { s.FailNext(forgetest.FetchTask, connect.CodeUnauthenticated, 1) }, wantCalls: 1, wantErr: ErrUnauthenticated},
-		{name: "permission denied", inject: func(s *forgetest.Server) { s.FailNext(forgetest.FetchTask, connect.CodePermissionDenied, 1) }, wantCalls: 1, wantErr: ErrPermissionDenied},
-		{name: "invalid argument", inject: func(s *forgetest.Server) { s.FailNext(forgetest.FetchTask, connect.CodeInvalidArgument, 1) }, wantCalls: 1, wantErr: ErrRejected},
-		{name: "not found", inject: func(s *forgetest.Server) { s.FailNext(forgetest.FetchTask, connect.CodeNotFound, 1) }, wantCalls: 1, wantErr: ErrRejected},
-		{name: "unimplemented", inject: func(s *forgetest.Server) { s.FailNext(forgetest.FetchTask, connect.CodeUnimplemented, 1) }, wantCalls: 1, wantErr: ErrUnimplemented},
-		{name: "internal error of the forge", inject: func(s *forgetest.Server) { s.FailNext(forgetest.FetchTask, connect.CodeInternal, 1) }, wantCalls: 1, wantErr: ErrRejected},
-		{name: "proxy 404", inject: func(s *forgetest.Server) { s.FailNextHTTP(forgetest.FetchTask, http.StatusNotFound, 1) }, wantCalls: 1, wantErr: ErrUnimplemented},
+		{name: "unavailable until the attempts run out", inject: func(s *rpctest.Server) { s.FailNext(rpctest.FetchTask, connect.CodeUnavailable, 10) }, wantCalls: fastRetry.Attempts, wantErr: ErrUnavailable},
+		{name: "unauthenticated", inject: func(s *rpctest.Server) { s.FailNext(rpctest.FetchTask, connect.CodeUnauthenticated, 1) }, wantCalls: 1, wantErr: ErrUnauthenticated},
+		{name: "permission denied", inject: func(s *rpctest.Server) { s.FailNext(rpctest.FetchTask, connect.CodePermissionDenied, 1) }, wantCalls: 1, wantErr: ErrPermissionDenied},
+		{name: "invalid argument", inject: func(s *rpctest.Server) { s.FailNext(rpctest.FetchTask, connect.CodeInvalidArgument, 1) }, wantCalls: 1, wantErr: ErrRejected},
+		{name: "not found", inject: func(s *rpctest.Server) { s.FailNext(rpctest.FetchTask, connect.CodeNotFound, 1) }, wantCalls: 1, wantErr: ErrRejected},
+		{name: "unimplemented", inject: func(s *rpctest.Server) { s.FailNext(rpctest.FetchTask, connect.CodeUnimplemented, 1) }, wantCalls: 1, wantErr: ErrUnimplemented},
+		{name: "internal error of the forge", inject: func(s *rpctest.Server) { s.FailNext(rpctest.FetchTask, connect.CodeInternal, 1) }, wantCalls: 1, wantErr: ErrRejected},
+		{name: "proxy 404", inject: func(s *rpctest.Server) { s.FailNextHTTP(rpctest.FetchTask, http.StatusNotFound, 1) }, wantCalls: 1, wantErr: ErrUnimplemented},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -94,7 +94,7 @@ func TestFetchTaskRetries(t *testing.T) {
 			if tt.wantErr != nil && (!errors.Is(err, tt.wantErr) || !errors.Is(err, ErrForge)) {
 				t.Fatalf("err = %v, want %v under ErrForge", err, tt.wantErr)
 			}
-			calls := srv.CallsTo(forgetest.FetchTask)
+			calls := srv.CallsTo(rpctest.FetchTask)
 			if len(calls) != tt.wantCalls {
 				t.Fatalf("%d FetchTask calls, want %d", len(calls), tt.wantCalls)
 			}
@@ -118,7 +118,7 @@ func TestFetchTaskRetries(t *testing.T) {
 func TestFetchTaskKeyLifetime(t *testing.T) {
 	srv, c, _ := registered(t)
 	ctx := testctx.New(t, 30*time.Second)
-	srv.FailNext(forgetest.FetchTask, connect.CodeUnavailable, fastRetry.Attempts)
+	srv.FailNext(rpctest.FetchTask, connect.CodeUnavailable, fastRetry.Attempts)
 	if _, err := c.FetchTask(ctx, &runnerv1.FetchTaskRequest{}); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("first fetch: %v", err)
 	}
@@ -127,12 +127,12 @@ func TestFetchTaskKeyLifetime(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	srv.FailNext(forgetest.FetchTask, connect.CodeUnauthenticated, 1)
+	srv.FailNext(rpctest.FetchTask, connect.CodeUnauthenticated, 1)
 	_, _ = c.FetchTask(ctx, &runnerv1.FetchTaskRequest{})
 	if _, err := c.FetchTask(ctx, &runnerv1.FetchTaskRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	calls := srv.CallsTo(forgetest.FetchTask)
+	calls := srv.CallsTo(rpctest.FetchTask)
 	var keys []string
 	for _, call := range calls {
 		keys = append(keys, call.RequestKey)
@@ -155,7 +155,7 @@ func TestFetchTaskKeyLifetime(t *testing.T) {
 func TestFetchTaskRecoversLostAnswer(t *testing.T) {
 	srv, c, r := registered(t)
 	id := srv.AddTask(&runnerv1.Task{Id: 7})
-	srv.LoseNext(forgetest.FetchTask, 1)
+	srv.LoseNext(rpctest.FetchTask, 1)
 	res, err := c.FetchTask(testctx.New(t, 30*time.Second), &runnerv1.FetchTaskRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +163,7 @@ func TestFetchTaskRecoversLostAnswer(t *testing.T) {
 	if res.GetTask().GetId() != id {
 		t.Fatalf("got task %d, want %d", res.GetTask().GetId(), id)
 	}
-	calls := srv.CallsTo(forgetest.FetchTask)
+	calls := srv.CallsTo(rpctest.FetchTask)
 	if len(calls) != 2 || !calls[0].Lost || calls[1].RequestKey != calls[0].RequestKey {
 		t.Errorf("calls %+v, want a lost one then a retry with its key", calls)
 	}
@@ -190,7 +190,7 @@ func TestFetchTaskConcurrentKeys(t *testing.T) {
 		}
 	}
 	var keys []string
-	for _, call := range srv.CallsTo(forgetest.FetchTask) {
+	for _, call := range srv.CallsTo(rpctest.FetchTask) {
 		keys = append(keys, call.RequestKey)
 	}
 	slices.Sort(keys)
@@ -201,7 +201,7 @@ func TestFetchTaskConcurrentKeys(t *testing.T) {
 
 func TestCallEndsWithContext(t *testing.T) {
 	srv, c, _ := registered(t, WithRetry(Retry{Attempts: 100, Initial: time.Hour, Max: time.Hour}))
-	srv.FailNext(forgetest.UpdateLog, connect.CodeUnavailable, 1)
+	srv.FailNext(rpctest.UpdateLog, connect.CodeUnavailable, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -323,16 +323,16 @@ func TestCredentialsHeaders(t *testing.T) {
 	if _, err := c.Declare(ctx, &runnerv1.DeclareRequest{Version: "v", Labels: []string{"nix"}}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := c.Register(ctx, &runnerv1.RegisterRequest{Name: "n", Token: forgetest.DefaultRegistrationToken})
+	_, err := c.Register(ctx, &runnerv1.RegisterRequest{Name: "n", Token: rpctest.DefaultRegistrationToken})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, call := range srv.Calls() {
-		want := call.Method != forgetest.Register
+		want := call.Method != rpctest.Register
 		if got := call.UUID == r.UUID && call.Token == r.Token; got != want {
 			t.Errorf("%s: credentials sent = %v, want %v", call.Method, got, want)
 		}
-		if call.Method != forgetest.FetchTask && call.RequestKey != "" {
+		if call.Method != rpctest.FetchTask && call.RequestKey != "" {
 			t.Errorf("%s carries a request key", call.Method)
 		}
 	}

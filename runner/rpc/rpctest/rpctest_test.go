@@ -1,4 +1,4 @@
-package forgetest
+package rpctest
 
 import (
 	"reflect"

@@ -1,4 +1,4 @@
-// Package forge speaks the Forgejo/Gitea Actions runner protocol: a
+// Package rpc is the runner-protocol client: it speaks the Forgejo/Gitea Actions runner protocol, a
 // Connect RPC API under <instance>/api/actions (code.gitea.io/actions-proto-go)
 // through which a runner registers, declares its labels, fetches tasks and
 // reports their state and logs. It also reads and writes the .runner file
@@ -10,7 +10,7 @@
 // unavailable, the connection broke, one attempt timed out); it stops at
 // the first answer that retrying cannot change, and at the end of ctx.
 // Errors are *Error values matching ErrForge and one sentinel kind.
-package forge
+package rpc
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package forge
+package rpc
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 	"connectrpc.com/connect"
 
-	"codeberg.org/provenix/provenix/runner/forgetest"
+	"codeberg.org/provenix/provenix/runner/rpc/rpctest"
 )
 
 func TestRunnerFileGolden(t *testing.T) {
@@ -169,7 +169,7 @@ func TestCreateRunnerFile(t *testing.T) {
 // A runner file made from a secret authenticates against a forge that
 // registered the same secret the way forgejo-cli does.
 func TestCreateRunnerFileAuthenticates(t *testing.T) {
-	srv := forgetest.New(t)
+	srv := rpctest.New(t)
 	secret := "7c31591e8b67225a116d4a4519ea8e507e08f71f"
 	if _, err := srv.RegisterSecret("offline", secret); err != nil {
 		t.Fatal(err)
@@ -193,7 +193,7 @@ func TestCreateRunnerFileAuthenticates(t *testing.T) {
 // it does not know is ErrUnknownSecret; a forge too old to declare is
 // checked by Ping alone; a forge that does not answer says so.
 func TestCheckRegistration(t *testing.T) {
-	srv := forgetest.New(t)
+	srv := rpctest.New(t)
 	secret := "7c31591e8b67225a116d4a4519ea8e507e08f71f"
 	f, err := CreateRunnerFile(srv.URL, secret, "offline", []string{"nix:host", "kvm"})
 	if err != nil {
@@ -212,7 +212,7 @@ func TestCheckRegistration(t *testing.T) {
 	if err != nil || r == nil || r.GetName() != "offline" || !reflect.DeepEqual(r.GetLabels(), []string{"nix", "kvm"}) {
 		t.Fatalf("a known secret: %v, %v", r, err)
 	}
-	srv.FailNext(forgetest.Declare, connect.CodeUnimplemented, 1)
+	srv.FailNext(rpctest.Declare, connect.CodeUnimplemented, 1)
 	if r, err := CheckRegistration(ctx, f, "test", fast); err != nil || r != nil {
 		t.Fatalf("a forge without Declare: %v, %v; want nil, nil", r, err)
 	}

@@ -1,4 +1,4 @@
-package feedback
+package forgeapi
 
 import (
 	"errors"

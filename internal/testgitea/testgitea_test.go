@@ -1,4 +1,4 @@
-package testforge_test
+package testgitea_test
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"codeberg.org/provenix/provenix/internal/testforge"
+	"codeberg.org/provenix/provenix/internal/testgitea"
 )
 
 // The Forgejo directory, which the forge is configured to read too; the
@@ -31,7 +31,7 @@ jobs:
 // nothing but the runner protocol: the forge is only useful to the runner's
 // tests if a push turns into a task a runner can fetch and finish.
 func TestForgeRunsAJobForARawRunner(t *testing.T) {
-	f := testforge.Start(t)
+	f := testgitea.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 

@@ -1,4 +1,4 @@
-// Package feedback reports what Provenix found back to the forge, through
+// Package forgeapi is the forge's REST API client: it reports what Provenix found back to the forge, through
 // the forge's REST API (code.gitea.io/sdk/gitea): commit statuses per
 // system, Sigstore bundles as release assets, and runner registration
 // tokens for `provenix runner register --forgejo-token`.
@@ -33,7 +33,7 @@
 // Gitea and Forgejo store a status description as TEXT without a limit,
 // but GitHub's API caps it at 140 characters and forge UIs show it in one
 // line, so SetStatus truncates descriptions to MaxDescription runes.
-package feedback
+package forgeapi
 
 import (
 	"context"
@@ -105,10 +105,10 @@ func WithUserAgent(ua string) Option { return func(cl *Client) { cl.ua = ua } }
 func New(ctx context.Context, serverURL, token string, opts ...Option) (*Client, error) {
 	u, err := url.Parse(serverURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("feedback: server %q: %w: want an http(s) URL", serverURL, ErrInvalid)
+		return nil, fmt.Errorf("forgeapi: server %q: %w: want an http(s) URL", serverURL, ErrInvalid)
 	}
 	if strings.TrimSpace(token) == "" {
-		return nil, fmt.Errorf("feedback: %w: empty access token", ErrInvalid)
+		return nil, fmt.Errorf("forgeapi: %w: empty access token", ErrInvalid)
 	}
 	c := &Client{base: strings.TrimRight(serverURL, "/"), token: strings.TrimSpace(token), http: &http.Client{}, ua: "provenix"}
 	for _, o := range opts {
@@ -118,7 +118,7 @@ func New(ctx context.Context, serverURL, token string, opts ...Option) (*Client,
 	defer cancel()
 	sdk, err := gitea.NewClient(c.base, c.sdkOptions(ctx, gitea.SetGiteaVersion(""))...)
 	if err != nil {
-		return nil, fmt.Errorf("feedback: %s: %w", c.base, err)
+		return nil, fmt.Errorf("forgeapi: %s: %w", c.base, err)
 	}
 	v, resp, err := sdk.ServerVersion()
 	if err != nil {
@@ -178,19 +178,19 @@ func apiError(what string, resp *gitea.Response, err error) error {
 	if resp != nil && resp.Response != nil {
 		switch resp.StatusCode {
 		case http.StatusUnauthorized, http.StatusForbidden:
-			return fmt.Errorf("feedback: %s: %w (HTTP %d): %v", what, ErrUnauthorized, resp.StatusCode, err)
+			return fmt.Errorf("forgeapi: %s: %w (HTTP %d): %v", what, ErrUnauthorized, resp.StatusCode, err)
 		case http.StatusNotFound:
-			return fmt.Errorf("feedback: %s: %w (HTTP 404): %v", what, ErrNotFound, err)
+			return fmt.Errorf("forgeapi: %s: %w (HTTP 404): %v", what, ErrNotFound, err)
 		}
-		return fmt.Errorf("feedback: %s: HTTP %d: %w", what, resp.StatusCode, err)
+		return fmt.Errorf("forgeapi: %s: HTTP %d: %w", what, resp.StatusCode, err)
 	}
-	return fmt.Errorf("feedback: %s: %w", what, err)
+	return fmt.Errorf("forgeapi: %s: %w", what, err)
 }
 
 // splitRepo checks owner and repo are non-empty.
 func checkRepo(owner, repo string) error {
 	if owner == "" || repo == "" || strings.Contains(owner, "/") || strings.Contains(repo, "/") {
-		return fmt.Errorf("feedback: repository %q/%q: %w", owner, repo, ErrInvalid)
+		return fmt.Errorf("forgeapi: repository %q/%q: %w", owner, repo, ErrInvalid)
 	}
 	return nil
 }

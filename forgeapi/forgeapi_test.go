@@ -1,4 +1,4 @@
-package feedback_test
+package forgeapi_test
 
 import (
 	"errors"
@@ -11,18 +11,18 @@ import (
 
 	"code.gitea.io/sdk/gitea"
 
-	"codeberg.org/provenix/provenix/feedback"
+	"codeberg.org/provenix/provenix/forgeapi"
 	"codeberg.org/provenix/provenix/internal/testctx"
-	"codeberg.org/provenix/provenix/internal/testforge"
+	"codeberg.org/provenix/provenix/internal/testgitea"
 )
 
 // TestFeedbackAgainstGitea runs every feature against one real forge, as
 // starting one takes most of the time.
 func TestFeedbackAgainstGitea(t *testing.T) {
-	f := testforge.Start(t)
+	f := testgitea.Start(t)
 	ctx := testctx.New(t, 2*time.Minute)
 	owner, repo := f.CreateRepo(t, "feedback")
-	c, err := feedback.New(ctx, f.URL, f.Token)
+	c, err := forgeapi.New(ctx, f.URL, f.Token)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,14 +33,14 @@ func TestFeedbackAgainstGitea(t *testing.T) {
 	t.Run("status", func(t *testing.T) {
 		sha := f.HeadSHA(t, owner, repo)
 		const target = "https://cache.example.org/abc.provenance.json"
-		if err := c.SetStatus(ctx, owner, repo, sha, feedback.Status{
-			System: "x86_64-linux", State: feedback.StatePending, Description: "building",
+		if err := c.SetStatus(ctx, owner, repo, sha, forgeapi.Status{
+			System: "x86_64-linux", State: forgeapi.StatePending, Description: "building",
 		}); err != nil {
 			t.Fatal(err)
 		}
 		long := "quorum 2/2 verified " + strings.Repeat("é", 200)
-		if err := c.SetStatus(ctx, owner, repo, sha, feedback.Status{
-			System: "x86_64-linux", State: feedback.StateSuccess, Description: long, TargetURL: target,
+		if err := c.SetStatus(ctx, owner, repo, sha, forgeapi.Status{
+			System: "x86_64-linux", State: forgeapi.StateSuccess, Description: long, TargetURL: target,
 		}); err != nil {
 			t.Fatal(err)
 		}
@@ -68,7 +68,7 @@ func TestFeedbackAgainstGitea(t *testing.T) {
 		}
 		s := comb.Statuses[0]
 		if s.TargetURL != target || !strings.HasPrefix(s.Description, "quorum 2/2 verified") ||
-			len([]rune(s.Description)) != feedback.MaxDescription || !strings.HasSuffix(s.Description, "…") {
+			len([]rune(s.Description)) != forgeapi.MaxDescription || !strings.HasSuffix(s.Description, "…") {
 			t.Errorf("status %+v", s)
 		}
 	})
@@ -112,7 +112,7 @@ func TestFeedbackAgainstGitea(t *testing.T) {
 
 		// Same name, other content: refused, not replaced.
 		writeFile(t, a, `{"bundle":"changed"}`)
-		if _, err := c.AttachBundles(ctx, owner, repo, "v1.0.0", []string{a}); !errors.Is(err, feedback.ErrAssetConflict) {
+		if _, err := c.AttachBundles(ctx, owner, repo, "v1.0.0", []string{a}); !errors.Is(err, forgeapi.ErrAssetConflict) {
 			t.Errorf("changed asset: %v, want ErrAssetConflict", err)
 		}
 	})
@@ -123,7 +123,7 @@ func TestFeedbackAgainstGitea(t *testing.T) {
 		writeFile(t, file, "{}")
 		for _, tag := range []string{"v9.9.9", "v0.9.0"} {
 			_, err := c.AttachBundles(ctx, owner, repo, tag, []string{file})
-			if !errors.Is(err, feedback.ErrNoRelease) || !errors.Is(err, feedback.ErrNotFound) || !strings.Contains(err.Error(), tag) {
+			if !errors.Is(err, forgeapi.ErrNoRelease) || !errors.Is(err, forgeapi.ErrNotFound) || !strings.Contains(err.Error(), tag) {
 				t.Errorf("tag %s: %v, want ErrNoRelease naming the tag", tag, err)
 			}
 			t.Logf("tag %s: %v", tag, err)
@@ -143,18 +143,18 @@ func TestFeedbackAgainstGitea(t *testing.T) {
 			t.Errorf("instance token %q, repository token %q", inst, rt)
 		}
 		_, err = c.RegistrationToken(ctx, owner+"/no-such-repo")
-		if !errors.Is(err, feedback.ErrNotFound) {
+		if !errors.Is(err, forgeapi.ErrNotFound) {
 			t.Errorf("unknown repository: %v, want ErrNotFound", err)
 		}
 		t.Logf("unknown repository: %v", err)
 	})
 
 	t.Run("wrong token", func(t *testing.T) {
-		bad, err := feedback.New(ctx, f.URL, "0123456789abcdef0123456789abcdef01234567")
+		bad, err := forgeapi.New(ctx, f.URL, "0123456789abcdef0123456789abcdef01234567")
 		if err == nil {
-			err = bad.SetStatus(ctx, owner, repo, f.HeadSHA(t, owner, repo), feedback.Status{System: "x", State: feedback.StateError})
+			err = bad.SetStatus(ctx, owner, repo, f.HeadSHA(t, owner, repo), forgeapi.Status{System: "x", State: forgeapi.StateError})
 		}
-		if !errors.Is(err, feedback.ErrUnauthorized) {
+		if !errors.Is(err, forgeapi.ErrUnauthorized) {
 			t.Errorf("wrong token: %v, want ErrUnauthorized", err)
 		}
 		t.Logf("wrong token: %v", err)
@@ -175,7 +175,7 @@ func TestTruncate(t *testing.T) {
 		{"disputed: 2 NARs!", 16, "disputed: 2 NAR…"},
 		{"ééééé", 3, "éé…"},
 	} {
-		if got := feedback.Truncate(tc.in, tc.n); got != tc.want {
+		if got := forgeapi.Truncate(tc.in, tc.n); got != tc.want {
 			t.Errorf("Truncate(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
 		}
 	}
@@ -183,13 +183,13 @@ func TestTruncate(t *testing.T) {
 
 func TestInvalid(t *testing.T) {
 	ctx := testctx.New(t, 2*time.Minute)
-	if _, err := feedback.New(ctx, "ftp://x", "t"); !errors.Is(err, feedback.ErrInvalid) {
+	if _, err := forgeapi.New(ctx, "ftp://x", "t"); !errors.Is(err, forgeapi.ErrInvalid) {
 		t.Errorf("ftp URL: %v", err)
 	}
-	if _, err := feedback.New(ctx, "https://x.invalid", " "); !errors.Is(err, feedback.ErrInvalid) {
+	if _, err := forgeapi.New(ctx, "https://x.invalid", " "); !errors.Is(err, forgeapi.ErrInvalid) {
 		t.Errorf("empty token: %v", err)
 	}
-	if _, err := feedback.ParseState("warning"); !errors.Is(err, feedback.ErrInvalid) {
+	if _, err := forgeapi.ParseState("warning"); !errors.Is(err, forgeapi.ErrInvalid) {
 		t.Errorf("state warning: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package feedback
+package forgeapi
 
 import (
 	"context"
@@ -78,14 +78,14 @@ func (c *Client) RegistrationToken(ctx context.Context, scope string) (string, e
 		if err == nil {
 			return tok, nil
 		}
-		err = fmt.Errorf("feedback: %s, %s API: %w", what, d.name, err)
+		err = fmt.Errorf("forgeapi: %s, %s API: %w", what, d.name, err)
 		if !errors.Is(err, errWrongDialect) {
 			return "", err
 		}
 	}
 	// Neither dialect has it: the scope names nothing, or the forge has no
 	// such API.
-	return "", fmt.Errorf("feedback: %s: %w: both Gitea's and Forgejo's endpoint answer 404/405: no such %s, or the forge has no runner token API", what, ErrNotFound, kind)
+	return "", fmt.Errorf("forgeapi: %s: %w: both Gitea's and Forgejo's endpoint answer 404/405: no such %s, or the forge has no runner token API", what, ErrNotFound, kind)
 }
 
 // sdkTokenError maps an SDK error of the token endpoints like tokenRequest

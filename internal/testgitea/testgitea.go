@@ -1,4 +1,4 @@
-// Package testforge runs a real Gitea 1.26.4 for integration tests of the
+// Package testgitea runs a real Gitea 1.26.4 for integration tests of the
 // Actions runner. Gitea speaks the same runner connect-RPC protocol as
 // Forgejo (code.gitea.io/actions-proto-go), so a runner that works against
 // it works against both.
@@ -33,7 +33,7 @@
 //     POST/PUT /repos/{o}/{r}/contents/{path},
 //     GET /repos/{o}/{r}/branches/{branch}, POST /repos/{o}/{r}/releases,
 //     POST /repos/{o}/{r}/tags.
-package testforge
+package testgitea
 
 import (
 	"context"

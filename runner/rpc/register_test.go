@@ -1,4 +1,4 @@
-package forge
+package rpc
 
 import (
 	"errors"
@@ -11,11 +11,11 @@ import (
 
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/runner/config"
-	"codeberg.org/provenix/provenix/runner/forgetest"
+	"codeberg.org/provenix/provenix/runner/rpc/rpctest"
 )
 
 func TestRegister(t *testing.T) {
-	srv := forgetest.New(t, forgetest.WithRegistrationTokens("reg-token"))
+	srv := rpctest.New(t, rpctest.WithRegistrationTokens("reg-token"))
 	f, err := Register(testctx.New(t, 30*time.Second), RegisterOptions{
 		Instance:      srv.URL,
 		Token:         "reg-token",
@@ -28,7 +28,7 @@ func TestRegister(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if got, want := srv.Methods(), []string{forgetest.Ping, forgetest.Register}; !reflect.DeepEqual(got, want) {
+	if got, want := srv.Methods(), []string{rpctest.Ping, rpctest.Register}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("RPC sequence %q, want %q", got, want)
 	}
 	calls := srv.Calls()
@@ -73,25 +73,25 @@ func TestRegisterFails(t *testing.T) {
 	tests := []struct {
 		name      string
 		opts      RegisterOptions
-		inject    func(*forgetest.Server)
+		inject    func(*rpctest.Server)
 		wantErr   error
 		wantCalls []string
 	}{
-		{name: "wrong token", opts: RegisterOptions{Token: "nope", Name: "n"}, wantErr: ErrRegistrationToken, wantCalls: []string{forgetest.Ping, forgetest.Register}},
-		{name: "docker label", opts: RegisterOptions{Token: forgetest.DefaultRegistrationToken, Name: "n", Labels: []string{"ubuntu:docker://node:20"}}, wantErr: config.ErrContainerLabel},
-		{name: "no name", opts: RegisterOptions{Token: forgetest.DefaultRegistrationToken}},
-		{name: "forge down", opts: RegisterOptions{Token: forgetest.DefaultRegistrationToken, Name: "n"},
-			inject:    func(s *forgetest.Server) { s.FailNext(forgetest.Ping, connect.CodeUnavailable, 100) },
+		{name: "wrong token", opts: RegisterOptions{Token: "nope", Name: "n"}, wantErr: ErrRegistrationToken, wantCalls: []string{rpctest.Ping, rpctest.Register}},
+		{name: "docker label", opts: RegisterOptions{Token: rpctest.DefaultRegistrationToken, Name: "n", Labels: []string{"ubuntu:docker://node:20"}}, wantErr: config.ErrContainerLabel},
+		{name: "no name", opts: RegisterOptions{Token: rpctest.DefaultRegistrationToken}},
+		{name: "forge down", opts: RegisterOptions{Token: rpctest.DefaultRegistrationToken, Name: "n"},
+			inject:    func(s *rpctest.Server) { s.FailNext(rpctest.Ping, connect.CodeUnavailable, 100) },
 			wantErr:   ErrUnavailable,
-			wantCalls: []string{forgetest.Ping, forgetest.Ping, forgetest.Ping, forgetest.Ping}},
-		{name: "register never retried", opts: RegisterOptions{Token: forgetest.DefaultRegistrationToken, Name: "n"},
-			inject:    func(s *forgetest.Server) { s.FailNext(forgetest.Register, connect.CodeUnavailable, 1) },
+			wantCalls: []string{rpctest.Ping, rpctest.Ping, rpctest.Ping, rpctest.Ping}},
+		{name: "register never retried", opts: RegisterOptions{Token: rpctest.DefaultRegistrationToken, Name: "n"},
+			inject:    func(s *rpctest.Server) { s.FailNext(rpctest.Register, connect.CodeUnavailable, 1) },
 			wantErr:   ErrUnavailable,
-			wantCalls: []string{forgetest.Ping, forgetest.Register}},
+			wantCalls: []string{rpctest.Ping, rpctest.Register}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := forgetest.New(t)
+			srv := rpctest.New(t)
 			if tt.inject != nil {
 				tt.inject(srv)
 			}

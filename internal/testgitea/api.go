@@ -1,4 +1,4 @@
-package testforge
+package testgitea
 
 import (
 	"encoding/base64"
