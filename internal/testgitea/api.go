@@ -37,7 +37,7 @@ func (f *Forge) CreateRepo(t testing.TB, name string) (owner, repo string) {
 		DefaultBranch: "main",
 	})
 	if err != nil {
-		t.Fatalf("testforge: create repo %s: %v", name, err)
+		t.Fatalf("testgitea: create repo %s: %v", name, err)
 	}
 	return r.Owner.UserName, r.Name
 }
@@ -46,19 +46,19 @@ func (f *Forge) CreateRepo(t testing.TB, name string) (owner, repo string) {
 // commit is a push, so it triggers workflows like a git push does.
 func (f *Forge) PutFile(t testing.TB, owner, repo, path string, content []byte) {
 	t.Helper()
-	opts := gitea.FileOptions{Message: "testforge: put " + path, BranchName: "main"}
+	opts := gitea.FileOptions{Message: "testgitea: put " + path, BranchName: "main"}
 	data := base64.StdEncoding.EncodeToString(content)
 	cur, resp, err := f.client.GetContents(owner, repo, "main", path)
 	switch {
 	case errNotFound(resp, err):
 		_, _, err = f.client.CreateFile(owner, repo, path, gitea.CreateFileOptions{FileOptions: opts, Content: data})
 	case err != nil:
-		t.Fatalf("testforge: look up %s/%s:%s: %v", owner, repo, path, err)
+		t.Fatalf("testgitea: look up %s/%s:%s: %v", owner, repo, path, err)
 	default:
 		_, _, err = f.client.UpdateFile(owner, repo, path, gitea.UpdateFileOptions{FileOptions: opts, SHA: cur.SHA, Content: data})
 	}
 	if err != nil {
-		t.Fatalf("testforge: put %s/%s:%s: %v", owner, repo, path, err)
+		t.Fatalf("testgitea: put %s/%s:%s: %v", owner, repo, path, err)
 	}
 }
 
@@ -66,7 +66,7 @@ func (f *Forge) PutFile(t testing.TB, owner, repo, path string, content []byte) 
 func (f *Forge) SetSecret(t testing.TB, owner, repo, name, value string) {
 	t.Helper()
 	if _, err := f.client.CreateRepoActionSecret(owner, repo, name, gitea.CreateOrUpdateSecretOption{Data: value}); err != nil {
-		t.Fatalf("testforge: set secret %s on %s/%s: %v", name, owner, repo, err)
+		t.Fatalf("testgitea: set secret %s on %s/%s: %v", name, owner, repo, err)
 	}
 }
 
@@ -76,7 +76,7 @@ func (f *Forge) RunnerRegistrationToken(t testing.TB) string {
 	t.Helper()
 	tok, _, err := f.client.CreateAdminActionRunnerRegistrationToken()
 	if err != nil {
-		t.Fatalf("testforge: runner registration token: %v", err)
+		t.Fatalf("testgitea: runner registration token: %v", err)
 	}
 	return tok.Token
 }
@@ -96,7 +96,7 @@ func (f *Forge) WaitJob(t testing.TB, owner, repo string, timeout time.Duration)
 			if err == nil {
 				err = fmt.Errorf("%w: job %d %q is %s", errJobPending, job.ID, job.Name, job.Status)
 			}
-			t.Fatalf("testforge: wait for job in %s/%s after %s: %v", owner, repo, timeout, err)
+			t.Fatalf("testgitea: wait for job in %s/%s after %s: %v", owner, repo, timeout, err)
 		}
 		time.Sleep(jobPoll)
 	}
@@ -132,7 +132,7 @@ func (f *Forge) JobLogs(t testing.TB, owner, repo string, jobID int64) string {
 	t.Helper()
 	b, _, err := f.client.GetRepoActionJobLogs(owner, repo, jobID)
 	if err != nil {
-		t.Fatalf("testforge: logs of job %d in %s/%s: %v", jobID, owner, repo, err)
+		t.Fatalf("testgitea: logs of job %d in %s/%s: %v", jobID, owner, repo, err)
 	}
 	return string(b)
 }
@@ -147,7 +147,7 @@ func (f *Forge) HeadSHA(t testing.TB, owner, repo string) string {
 	t.Helper()
 	b, _, err := f.client.GetRepoBranch(owner, repo, "main")
 	if err != nil {
-		t.Fatalf("testforge: branch main of %s/%s: %v", owner, repo, err)
+		t.Fatalf("testgitea: branch main of %s/%s: %v", owner, repo, err)
 	}
 	return b.Commit.ID
 }
@@ -157,10 +157,10 @@ func (f *Forge) HeadSHA(t testing.TB, owner, repo string) string {
 func (f *Forge) CreateRelease(t testing.TB, owner, repo, tag string) int64 {
 	t.Helper()
 	r, _, err := f.client.CreateRelease(owner, repo, gitea.CreateReleaseOption{
-		TagName: tag, Target: "main", Title: tag, Note: "testforge release",
+		TagName: tag, Target: "main", Title: tag, Note: "testgitea release",
 	})
 	if err != nil {
-		t.Fatalf("testforge: release %s of %s/%s: %v", tag, owner, repo, err)
+		t.Fatalf("testgitea: release %s of %s/%s: %v", tag, owner, repo, err)
 	}
 	return r.ID
 }
@@ -169,6 +169,6 @@ func (f *Forge) CreateRelease(t testing.TB, owner, repo, tag string) int64 {
 func (f *Forge) CreateTag(t testing.TB, owner, repo, tag string) {
 	t.Helper()
 	if _, _, err := f.client.CreateTag(owner, repo, gitea.CreateTagOption{TagName: tag, Target: "main"}); err != nil {
-		t.Fatalf("testforge: tag %s of %s/%s: %v", tag, owner, repo, err)
+		t.Fatalf("testgitea: tag %s of %s/%s: %v", tag, owner, repo, err)
 	}
 }

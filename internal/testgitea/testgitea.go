@@ -87,9 +87,9 @@ func Start(t testing.TB) *Forge {
 	t.Helper()
 	bin := BinaryPath()
 	assets := filepath.Dir(bin)
-	testproc.Require(t, "testforge", bin, BuildCommand, "PROVENIX_GITEA")
+	testproc.Require(t, "testgitea", bin, BuildCommand, "PROVENIX_GITEA")
 	if _, err := os.Stat(filepath.Join(assets, "options")); err != nil {
-		t.Fatalf("testforge: Gitea assets missing next to %s (%v); rebuild with `%s`", bin, err, BuildCommand)
+		t.Fatalf("testgitea: Gitea assets missing next to %s (%v); rebuild with `%s`", bin, err, BuildCommand)
 	}
 
 	work := t.TempDir()
@@ -104,7 +104,7 @@ func Start(t testing.TB) *Forge {
 	port := testproc.FreePort(t)
 	f.URL = fmt.Sprintf("http://127.0.0.1:%d", port)
 	if err := os.WriteFile(f.conf, []byte(f.config(t, assets, port)), 0o600); err != nil {
-		t.Fatalf("testforge: write app.ini: %v", err)
+		t.Fatalf("testgitea: write app.ini: %v", err)
 	}
 
 	// The schema and the admin exist before the server starts, so the CLI
@@ -114,16 +114,16 @@ func Start(t testing.TB) *Forge {
 		"--username", f.AdminUser, "--password", f.AdminPassword,
 		"--email", f.AdminUser+"@example.invalid", "--admin",
 		"--must-change-password=false",
-		"--access-token", "--access-token-name", "testforge", "--access-token-scopes", "all")
+		"--access-token", "--access-token-name", "testgitea", "--access-token-scopes", "all")
 	f.Token = parseToken(out)
 	if f.Token == "" {
-		t.Fatalf("testforge: no access token in `gitea admin user create` output:\n%s", out)
+		t.Fatalf("testgitea: no access token in `gitea admin user create` output:\n%s", out)
 	}
 
 	f.serve(t)
 	client, err := gitea.NewClient(f.URL, gitea.SetToken(f.Token))
 	if err != nil {
-		t.Fatalf("testforge: API client: %v", err)
+		t.Fatalf("testgitea: API client: %v", err)
 	}
 	f.client = client
 	return f
@@ -141,7 +141,7 @@ func (f *Forge) RunnerURL() string { return f.URL + "/api/actions" }
 func (f *Forge) config(t testing.TB, assets string, port int) string {
 	jwt := make([]byte, 32)
 	if _, err := rand.Read(jwt); err != nil {
-		t.Fatalf("testforge: random: %v", err)
+		t.Fatalf("testgitea: random: %v", err)
 	}
 	runAsRoot := ""
 	if os.Getuid() == 0 {
@@ -149,7 +149,7 @@ func (f *Forge) config(t testing.TB, assets string, port int) string {
 		runAsRoot = "I_AM_BEING_UNSAFE_RUNNING_AS_ROOT = true\n"
 	}
 	w := f.workDir
-	return fmt.Sprintf(`APP_NAME = provenix testforge
+	return fmt.Sprintf(`APP_NAME = provenix testgitea
 RUN_MODE = prod
 WORK_PATH = %[1]s
 %[2]s
@@ -240,7 +240,7 @@ func (f *Forge) gitea(t testing.TB, args ...string) string {
 	cmd.Env = f.env()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("testforge: gitea %s: %v\n%s", strings.Join(args, " "), err, out)
+		t.Fatalf("testgitea: gitea %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
 }
@@ -256,7 +256,7 @@ func (f *Forge) env() []string {
 func (f *Forge) serve(t testing.TB) {
 	t.Helper()
 	testproc.Start(t, testproc.Spec{
-		Prefix: "testforge", Name: "gitea web", Bin: f.bin, Env: f.env(), LogPath: f.logPath,
+		Prefix: "testgitea", Name: "gitea web", Bin: f.bin, Env: f.env(), LogPath: f.logPath,
 		Args:  []string{"--config", f.conf, "--work-path", f.workDir, "web"},
 		Ready: testproc.HTTPOK(f.URL + "/api/v1/version"),
 		Poll:  100 * time.Millisecond, StartTimeout: startTimeout,
@@ -276,7 +276,7 @@ func parseToken(out string) string {
 func randomHex(t testing.TB, n int) string {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
-		t.Fatalf("testforge: random: %v", err)
+		t.Fatalf("testgitea: random: %v", err)
 	}
 	return hex.EncodeToString(b)
 }

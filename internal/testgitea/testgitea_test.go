@@ -41,7 +41,7 @@ func TestForgeRunsAJobForARawRunner(t *testing.T) {
 
 	rc := runnerv1connect.NewRunnerServiceClient(&http.Client{Timeout: 10 * time.Second}, f.RunnerURL())
 	reg, err := rc.Register(ctx, connect.NewRequest(&runnerv1.RegisterRequest{
-		Name: "testforge", Token: regToken, Version: "provenix-test", Labels: []string{"nix"},
+		Name: "testgitea", Token: regToken, Version: "provenix-test", Labels: []string{"nix"},
 	}))
 	if err != nil {
 		t.Fatalf("Register: %v", err)
