@@ -439,3 +439,16 @@ func Systems(cfg map[string]string) []string {
 	}
 	return out
 }
+
+// HostSystems are the systems this Nix builds for (Systems of its Config).
+// A configuration that names no system is an error: nothing could be built.
+func (n *Nix) HostSystems(ctx context.Context) ([]string, error) {
+	cfg, err := n.Config(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the Nix configuration: %w", err)
+	}
+	if strings.TrimSpace(cfg["system"]) == "" {
+		return nil, errors.New("the Nix configuration names no system")
+	}
+	return Systems(cfg), nil
+}

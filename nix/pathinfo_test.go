@@ -289,3 +289,25 @@ func TestPathInfosRealNix(t *testing.T) {
 		t.Fatalf("Config: sandbox %q, %v", cfg["sandbox"], err)
 	}
 }
+
+// TestHostSystems: the host's real Nix names its system first, then its
+// extra-platforms, each once.
+func TestHostSystems(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	opts := OfflineOptions()
+	n := &Nix{Options: opts}
+	cfg, err := n.Config(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := cfg["system"]
+	opts["extra-platforms"] = "riscv64-linux " + host + " riscv64-linux"
+	got, err := n.HostSystems(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{host, "riscv64-linux"}; !slices.Equal(got, want) {
+		t.Fatalf("HostSystems = %q, want %q", got, want)
+	}
+}

@@ -80,7 +80,7 @@ func runVolunteer(ctx context.Context, g *globals, f *volunteerFlags) error {
 	}
 	systems := f.systems
 	if len(systems) == 0 {
-		if systems, err = hostSystems(ctx, nx); err != nil {
+		if systems, err = nx.HostSystems(ctx); err != nil {
 			return &exitError{code: exitUsageErr, err: fmt.Errorf("%w\nName the systems to serve with --system", err)}
 		}
 	}
@@ -107,17 +107,4 @@ func runVolunteer(ctx context.Context, g *globals, f *volunteerFlags) error {
 		return &exitError{code: exitFailed, err: err}
 	}
 	return nil
-}
-
-// hostSystems are the systems the host's Nix builds for: its system and
-// extra-platforms.
-func hostSystems(ctx context.Context, nx *nix.Nix) ([]string, error) {
-	cfg, err := nx.Config(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("read the Nix configuration: %w", err)
-	}
-	if cfg["system"] == "" {
-		return nil, fmt.Errorf("nix show-config names no system")
-	}
-	return nix.Systems(cfg), nil
 }
