@@ -24,6 +24,7 @@ import (
 	"codeberg.org/provenix/provenix/builder"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnix"
+	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
@@ -34,22 +35,7 @@ const tenant = "t1"
 // startQueue runs an embedded NATS server with the streams in place.
 func startQueue(t *testing.T) *queue.Conn {
 	t.Helper()
-	s, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Open(testctx.New(t, 10*time.Second)); err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	t.Cleanup(func() { s.Close(context.Background()) })
-	c, err := queue.Connect(testctx.New(t, 10*time.Second), s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	if err := c.EnsureStreams(testctx.New(t, 10*time.Second), queue.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	_, c := testqueue.Embedded(t, natsserver.Config{})
 	return c
 }
 
