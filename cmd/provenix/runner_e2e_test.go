@@ -15,6 +15,7 @@ import (
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testforge"
 	"codeberg.org/provenix/provenix/internal/testlog"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -55,7 +56,7 @@ func requireNixDaemon(t testing.TB) {
 		c.Close()
 		return
 	}
-	d := exec.Command(requireTool(t, "nix-daemon", "apt-get install nix-bin"))
+	d := exec.Command(testproc.Tool(t, "nix-daemon", "apt-get install nix-bin"))
 	d.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.Start(); err != nil {
 		t.Fatalf("nix-daemon: %v", err)

@@ -20,6 +20,7 @@ import (
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testforge"
 	"codeberg.org/provenix/provenix/internal/testlog"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/runner/capture"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -92,7 +93,7 @@ func TestRunnerIsolationAgainstGitea(t *testing.T) {
 	}
 	busybox := requireNix(t)
 	requireNixDaemon(t)
-	requireTool(t, "curl", "apt-get install curl")
+	testproc.Tool(t, "curl", "apt-get install curl")
 	ctx := testctx.New(t, 10*time.Minute)
 	bin := buildProvenix(t)
 	forge := testforge.Start(t)

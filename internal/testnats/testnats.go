@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,14 +22,7 @@ import (
 // what to install.
 func Bin(t testing.TB) string {
 	t.Helper()
-	if p, err := exec.LookPath("nats-server"); err == nil {
-		return p
-	}
-	if _, err := os.Stat("/usr/sbin/nats-server"); err == nil {
-		return "/usr/sbin/nats-server"
-	}
-	t.Fatal("nats-server is required for this test: apt-get install nats-server (or run 'make deps')")
-	return ""
+	return testproc.Tool(t, "nats-server", "apt-get install nats-server", "/usr/sbin/nats-server")
 }
 
 // Leaf is a leaf node to start.
