@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"go/build"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -277,12 +276,7 @@ func TestEndToEndExternalNATS(t *testing.T) {
 	natsBin := testnats.Bin(t)
 	ctx := testctx.New(t, 5*time.Minute)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := testproc.FreePort(t)
 	srv := exec.Command(natsBin, "-js", "-sd", t.TempDir(), "-a", "127.0.0.1", "-p", fmt.Sprint(port))
 	var srvLog bytes.Buffer
 	srv.Stdout, srv.Stderr = &srvLog, &srvLog
