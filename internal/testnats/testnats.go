@@ -2,7 +2,8 @@
 // production) from a configuration file, on loopback: as a leaf node, the
 // site-side server of docs/firewalled-workers.md (Leaf), and as a JetStream
 // server with accounts and permissions written the way operators write them
-// (Start), which the embedded server's Go options would not exercise.
+// (Start), which the embedded server's Go options would not exercise; and
+// Provenix's own embedded server (Embedded).
 package testnats
 
 import (
