@@ -14,6 +14,7 @@ import (
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 
+	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/runner/capture"
 )
 
@@ -30,7 +31,7 @@ func requireRoot(t *testing.T) {
 // sharedDir is a directory every job user may write to (sticky, like /tmp).
 func sharedDir(t *testing.T) string {
 	t.Helper()
-	d := openDir(t)
+	d := testfs.OpenDir(t)
 	if err := os.Chmod(d, 0o1777); err != nil {
 		t.Fatal(err)
 	}

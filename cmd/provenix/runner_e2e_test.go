@@ -14,6 +14,7 @@ import (
 
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testforge"
+	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/up"
@@ -23,23 +24,11 @@ import (
 // creates it (in nix-users, so it can build through the Nix daemon).
 const jobUser = "provenix-job"
 
-// openTempDir is a temporary directory the job user can reach.
-func openTempDir(t testing.TB) string {
-	t.Helper()
-	dir := t.TempDir()
-	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
 // buildProvenix builds the real binary where the job user can run it:
 // the runner starts its job processes from it, and job steps call it.
 func buildProvenix(t testing.TB) string {
 	t.Helper()
-	bin := filepath.Join(openTempDir(t), "provenix")
+	bin := filepath.Join(testfs.OpenDir(t), "provenix")
 	cmd := exec.Command("go", "build", "-o", bin, ".")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
@@ -126,7 +115,7 @@ provenix:
   job_user: %s
   nats_url: %s
   nats_token_file: %s
-`, runDir, filepath.Join(openTempDir(t), "work"), p.BuilderKey(), jobUser, stack.NATSURL(), p.NATSToken())
+`, runDir, filepath.Join(testfs.OpenDir(t), "work"), p.BuilderKey(), jobUser, stack.NATSURL(), p.NATSToken())
 	cfgPath := filepath.Join(runDir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

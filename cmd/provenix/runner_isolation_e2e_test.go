@@ -19,6 +19,7 @@ import (
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testforge"
+	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/runner/capture"
@@ -43,7 +44,7 @@ runner:
 host:
   workdir_parent: %s
 %s
-`, runDir, capacity, filepath.Join(openTempDir(t), "work"), extra)
+`, runDir, capacity, filepath.Join(testfs.OpenDir(t), "work"), extra)
 	cfg = strings.Replace(cfg, "provenix:\n", fmt.Sprintf("provenix:\n  key: %s\n  nats_url: %s\n  nats_token_file: %s\n", p.BuilderKey(), natsURL, p.NATSToken()), 1)
 	cfgPath := filepath.Join(runDir, name+".yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -122,7 +123,7 @@ func TestRunnerIsolationAgainstGitea(t *testing.T) {
 	stopIsolated, exited := startRunnerDaemon(t, bin, dataDir, runDir, "isolated", 3,
 		"provenix:\n  job_users: [\"provenix-job-{5..7}\"]\n", p, stack.NATSURL())
 
-	sh := openTempDir(t)
+	sh := testfs.OpenDir(t)
 	if err := os.Chmod(sh, 0o1777); err != nil {
 		t.Fatal(err)
 	}
