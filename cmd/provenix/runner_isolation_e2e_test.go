@@ -211,7 +211,7 @@ jobs:
 `, barrier)))
 
 	waitForFile(t, filepath.Join(sh, "spy"), 5*time.Minute, exited)
-	info := strings.Split(strings.TrimSpace(readFile(t, filepath.Join(sh, "victim"))), "\n")
+	info := strings.Split(strings.TrimSpace(string(testfs.Read(t, filepath.Join(sh, "victim")))), "\n")
 	if len(info) != 5 {
 		t.Fatalf("victim info %q", info)
 	}
@@ -235,7 +235,7 @@ jobs:
 			t.Errorf("%s: the secret reached the log", r[1])
 		}
 	}
-	report := readFile(t, filepath.Join(sh, "spy"))
+	report := string(testfs.Read(t, filepath.Join(sh, "spy")))
 	t.Logf("spy report:\n%s", report)
 	for _, want := range []string{"environ SAFE", "workdir SAFE", "tmpdir SAFE", "socket 403"} {
 		if !strings.Contains(report, want+"\n") {
@@ -244,12 +244,12 @@ jobs:
 	}
 	uids := map[string]bool{}
 	for _, j := range []string{"victim", "spy", "third"} {
-		uids[strings.TrimSpace(readFile(t, filepath.Join(sh, "uid-"+j)))] = true
+		uids[strings.TrimSpace(string(testfs.Read(t, filepath.Join(sh, "uid-"+j))))] = true
 	}
 	if len(uids) != 3 {
 		t.Errorf("three concurrent jobs ran as uids %v", uids)
 	}
-	for _, f := range strings.Fields(readFile(t, filepath.Join(sh, "daemons"))) {
+	for _, f := range strings.Fields(string(testfs.Read(t, filepath.Join(sh, "daemons")))) {
 		pid, _ := strconv.Atoi(f)
 		if processRunning(pid) {
 			t.Errorf("daemon %d outlived the victim's job", pid)
@@ -325,15 +325,6 @@ func waitForFile(t *testing.T, path string, timeout time.Duration, exited <-chan
 			t.Fatalf("%s did not appear within %v", path, timeout)
 		}
 	}
-}
-
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
 
 // processRunning reports whether pid exists and is not a zombie.

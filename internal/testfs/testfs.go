@@ -22,3 +22,13 @@ func OpenDir(t testing.TB) string {
 	}
 	return dir
 }
+
+// Read is the contents of the file at path, or fails the test.
+func Read(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
