@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/internal/testkey"
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
@@ -78,15 +79,8 @@ func offline() map[string]string {
 // testSigner signs with a new key.
 func testSigner(t testing.TB) *attest.Signer {
 	t.Helper()
-	key, err := attest.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := attest.NewSigner(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signer
+	s, _ := testkey.Signer(t)
+	return s
 }
 
 // TestStageClosures builds the sample in a chroot store and publishes it

@@ -23,6 +23,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testkey"
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/nix"
@@ -42,14 +43,7 @@ func startQueue(t *testing.T) *queue.Conn {
 // newBuilder is a builder with its own chroot store, key and id, offline.
 func newBuilder(t *testing.T, conn *queue.Conn, id string) (*builder.Builder, *ecdsa.PrivateKey) {
 	t.Helper()
-	key, err := attest.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := attest.NewSigner(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer, key := testkey.Signer(t)
 	opts := nix.OfflineOptions()
 	opts["sandbox"] = "false" // a chroot store builds in its own chroot anyway
 	opts["narinfo-cache-negative-ttl"] = "0"
