@@ -15,7 +15,6 @@ import (
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testforge"
 	"codeberg.org/provenix/provenix/internal/testfs"
-	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -61,6 +60,23 @@ func requireNixDaemon(t testing.TB) {
 	t.Fatal("nix-daemon did not open its socket")
 }
 
+// startRunnerStack runs a pipeline (embedded NATS, pusher and cache) in
+// cfg.DataDir whose policy trusts builderID, a runner signing with the
+// data directory's builder key, for x86_64-linux and aarch64-linux;
+// extraPolicy is added to the policy as is.
+func startRunnerStack(t *testing.T, builderID, extraPolicy string, cfg up.Config) *up.Stack {
+	t.Helper()
+	p := up.Paths{Dir: cfg.DataDir}
+	if _, err := up.Init(p); err != nil {
+		t.Fatal(err)
+	}
+	pol := fmt.Sprintf("tenants: [default]\nsystems: [x86_64-linux, aarch64-linux]\n%sbuilders:\n  - id: %q\n    key: keys/builder.pub\n", extraPolicy, builderID)
+	if err := os.WriteFile(p.Policy(), []byte(pol), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return startStack(t, cfg)
+}
+
 // TestRunnerAgainstGitea registers the runner with a real Gitea 1.26.4,
 // lets it run a workflow that builds the sample with Nix as the job user,
 // and follows the result to the cache and through verify.
@@ -75,18 +91,11 @@ func TestRunnerAgainstGitea(t *testing.T) {
 	forge := testforge.Start(t)
 
 	// The pipeline: embedded NATS, pusher and cache, trusting this runner.
-	dataDir := t.TempDir()
-	p := up.Paths{Dir: dataDir}
-	if _, err := up.Init(p); err != nil {
-		t.Fatal(err)
-	}
 	const runnerName = "e2e-runner"
 	builderID := "forgejo-runner:" + runnerName
-	pol := fmt.Sprintf("tenants: [default]\nsystems: [x86_64-linux, aarch64-linux]\nbuilders:\n  - id: %q\n    key: keys/builder.pub\n", builderID)
-	if err := os.WriteFile(p.Policy(), []byte(pol), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	stack := startStack(t, up.Config{DataDir: dataDir})
+	stack := startRunnerStack(t, builderID, "", up.Config{DataDir: t.TempDir()})
+	p := stack.Paths()
+	dataDir := p.Dir
 
 	// Register exactly as an operator would.
 	runDir := t.TempDir()
@@ -99,42 +108,7 @@ func TestRunnerAgainstGitea(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(runDir, ".runner")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf(".runner: %v %v", fi, err)
 	}
-	cfg := fmt.Sprintf(`log:
-  level: debug
-runner:
-  file: %s/.runner
-  fetch_interval: 200ms
-  report_interval: 200ms
-  timeout: 5m
-  envs:
-    NIX_CONFIG: "substituters =\nexperimental-features = nix-command"
-host:
-  workdir_parent: %s
-provenix:
-  key: %s
-  job_user: %s
-  nats_url: %s
-  nats_token_file: %s
-`, runDir, filepath.Join(testfs.OpenDir(t), "work"), p.BuilderKey(), jobUser, stack.NATSURL(), p.NATSToken())
-	cfgPath := filepath.Join(runDir, "config.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var runnerLog testlog.Buffer
-	daemon := exec.Command(bin, "--data-dir", dataDir, "runner", "daemon", "--config", cfgPath)
-	daemon.Dir = runDir
-	daemon.Env = append(os.Environ(), "NIX_CONFIG=substituters =\nexperimental-features = nix-command")
-	daemon.Stdout, daemon.Stderr = &runnerLog, &runnerLog
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = daemon.Process.Signal(syscall.SIGTERM)
-		_ = daemon.Wait()
-		if t.Failed() {
-			t.Logf("runner log:\n%s", runnerLog.String())
-		}
-	})
+	startRunnerDaemon(t, bin, dataDir, runDir, "config", 1, "provenix:\n  job_user: "+jobUser+"\n", p, stack.NATSURL())
 
 	owner, repo := forge.CreateRepo(t, "pkgs")
 	const secret = "gitea-e2e-secret-value-42"

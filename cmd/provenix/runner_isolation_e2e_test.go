@@ -99,19 +99,13 @@ func TestRunnerIsolationAgainstGitea(t *testing.T) {
 	bin := buildProvenix(t)
 	forge := testforge.Start(t)
 
-	dataDir := t.TempDir()
-	p := up.Paths{Dir: dataDir}
-	if _, err := up.Init(p); err != nil {
-		t.Fatal(err)
-	}
 	const runnerName = "iso-runner"
 	builderID := "forgejo-runner:" + runnerName
-	pol := fmt.Sprintf("tenants: [default]\nsystems: [x86_64-linux, aarch64-linux]\nrequire_isolation: [uid, cgroup]\nbuilders:\n  - id: %q\n    key: keys/builder.pub\n", builderID)
-	if err := os.WriteFile(p.Policy(), []byte(pol), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	var pusherLog testlog.Buffer
-	stack := startStack(t, up.Config{DataDir: dataDir, Logger: slog.New(slog.NewTextHandler(&pusherLog, nil))})
+	stack := startRunnerStack(t, builderID, "require_isolation: [uid, cgroup]\n",
+		up.Config{DataDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(&pusherLog, nil))})
+	p := stack.Paths()
+	dataDir := p.Dir
 
 	runDir := t.TempDir()
 	reg := exec.CommandContext(ctx, bin, "runner", "register", "--no-interactive",
