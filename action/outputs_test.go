@@ -3,9 +3,6 @@ package action
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,12 +12,7 @@ import (
 	githubactions "github.com/sethvargo/go-githubactions"
 	"gopkg.in/yaml.v3"
 
-	"github.com/nix-community/go-nix/pkg/narinfo/signature"
-	"github.com/nix-community/go-nix/pkg/nixbase32"
-
 	"codeberg.org/provenix/provenix/attest"
-	"codeberg.org/provenix/provenix/cache-push/server"
-	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/internal/testcache"
 )
 
@@ -100,17 +92,7 @@ func TestVerifyAll(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	cacheDir := filepath.Join(dir, "cache")
-	st, err := local.New(cacheDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cache := httptest.NewServer(server.Handler(st, server.Options{}))
-	defer cache.Close()
-	sk, _, err := signature.GenerateKeypair("test-cache-1", rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cache := testcache.Serve(t)
 	stepKey, err := attest.GenerateKeyFiles(filepath.Join(dir, "step"))
 	if err != nil {
 		t.Fatal(err)
@@ -119,26 +101,7 @@ func TestVerifyAll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	publish := func(name string, signer *attest.Signer) string {
-		h := make([]byte, 20)
-		rand.Read(h)
-		sp := "/nix/store/" + nixbase32.EncodeToString(h) + "-" + name
-		narBytes := []byte("the NAR of " + sp)
-		testcache.PublishNAR(t, cacheDir, sk, sp, narBytes)
-		stmt, err := attest.NewStatement(&attest.Build{DrvPath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-" + name + ".drv", System: "x86_64-linux",
-			BuilderID: "ci", Installable: attest.Installable{Kind: "file", File: "x.nix", Attr: name},
-			Outputs: []attest.Output{{Name: "out", Path: sp, NarHash: sha256.Sum256(narBytes), NarSize: uint64(len(narBytes))}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		bundle, err := attest.Sign(ctx, stmt, signer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		testcache.PublishProvenance(t, cacheDir, sp, narBytes, bundle)
-		return sp
-	}
-	good, forged := publish("good", stepKey), publish("forged", other)
+	good, forged := cache.PublishAttested(t, ctx, "good", "ci", stepKey), cache.PublishAttested(t, ctx, "forged", "ci", other)
 	never := "/nix/store/cccccccccccccccccccccccccccccccc-never"
 
 	var stdout bytes.Buffer

@@ -59,6 +59,18 @@ func newKey(t testing.TB) (*ecdsa.PrivateKey, *Signer) {
 	return k, s
 }
 
+// keyVerifier is a verifier that trusts one fresh key for builder, and the
+// signer of that key.
+func keyVerifier(t testing.TB, builder string) (*Verifier, *Signer) {
+	t.Helper()
+	k, s := newKey(t)
+	v, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: builder, PublicKey: k.Public()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, s
+}
+
 func signBuild(t testing.TB, b *Build, s *Signer, mutate func(m map[string]any)) []byte {
 	t.Helper()
 	st, err := NewStatement(b)
@@ -108,12 +120,8 @@ func alterPayload(t *testing.T, bundleJSON []byte, f func(string) string) []byte
 
 func TestVerify(t *testing.T) {
 	const builder = "https://builders.example/alice"
-	k, s := newKey(t)
+	v, s := keyVerifier(t, builder)
 	_, other := newKey(t)
-	v, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: builder, PublicKey: k.Public()}))
-	if err != nil {
-		t.Fatal(err)
-	}
 	good := signBuild(t, testBuild(builder), s, nil)
 	want := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}
 
@@ -269,12 +277,8 @@ func TestGolden(t *testing.T) {
 
 func BenchmarkVerify(b *testing.B) {
 	const builder = "https://builders.example/bench"
-	k, s := newKey(b)
+	v, s := keyVerifier(b, builder)
 	bj := signBuild(b, testBuild(builder), s, nil)
-	v, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: builder, PublicKey: k.Public()}))
-	if err != nil {
-		b.Fatal(err)
-	}
 	want := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -304,12 +308,8 @@ func BenchmarkBaselineECDSAVerify(b *testing.B) {
 // signature, an unknown key or a statement of another kind names no one.
 func TestVerifySignedMalformed(t *testing.T) {
 	const builder = "https://builders.example/alice"
-	k, s := newKey(t)
+	v, s := keyVerifier(t, builder)
 	_, other := newKey(t)
-	v, err := NewVerifier(nil, WithKeys(TrustedBuilder{ID: builder, PublicKey: k.Public()}))
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}
 	badRef := func(m map[string]any) {
 		subj := m["subject"].([]any)[0].(map[string]any)

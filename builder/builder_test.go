@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/internal/testkey"
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
@@ -75,18 +76,21 @@ func offline() map[string]string {
 	return o
 }
 
+// helloTarget is examples/hello.nix with busybox bb and a message unique
+// to the test, the salt and the time, so that Nix really builds it.
+func helloTarget(t testing.TB, bb, salt string) Target {
+	return Target{
+		Installable: attest.Installable{Kind: KindFile, File: "../examples/hello.nix", Attr: "hello"},
+		Args:        map[string]string{"busybox": bb},
+		ArgStrs:     map[string]string{"message": t.Name() + salt + time.Now().String()},
+	}
+}
+
 // testSigner signs with a new key.
 func testSigner(t testing.TB) *attest.Signer {
 	t.Helper()
-	key, err := attest.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := attest.NewSigner(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signer
+	s, _ := testkey.Signer(t)
+	return s
 }
 
 // TestStageClosures builds the sample in a chroot store and publishes it
@@ -102,11 +106,7 @@ func TestStageClosures(t *testing.T) {
 		Nix: &nix.Nix{Root: t.TempDir(), Options: offline()}, Queue: q, Signer: signer,
 		BuilderID: "test-builder", Tenant: "t1", StageClosures: true,
 	}
-	tg := Target{
-		Installable: attest.Installable{Kind: "file", File: "../examples/hello.nix", Attr: "hello"},
-		Args:        map[string]string{"busybox": bb},
-		ArgStrs:     map[string]string{"message": t.Name() + time.Now().String()},
-	}
+	tg := helloTarget(t, bb, "")
 	pubs, err := b.Build(ctx, tg)
 	if err != nil || len(pubs) != 1 {
 		t.Fatalf("Build: %v %v", pubs, err)
@@ -166,11 +166,7 @@ func TestStageRetries(t *testing.T) {
 	signer := testSigner(t)
 	q := &memQueue{cutStage: 2}
 	b := &Builder{Nix: &nix.Nix{Root: t.TempDir(), Options: offline()}, Queue: q, Signer: signer, BuilderID: "test-builder", Tenant: "t1"}
-	tg := Target{
-		Installable: attest.Installable{Kind: "file", File: "../examples/hello.nix", Attr: "hello"},
-		Args:        map[string]string{"busybox": bb},
-		ArgStrs:     map[string]string{"message": t.Name() + time.Now().String()},
-	}
+	tg := helloTarget(t, bb, "")
 	pubs, err := b.Build(ctx, tg)
 	if err != nil || len(pubs) != 1 {
 		t.Fatalf("Build with two cut uploads: %v %v", pubs, err)
@@ -198,11 +194,7 @@ func TestBuildTargets(t *testing.T) {
 	q := &memQueue{}
 	b := &Builder{Nix: &nix.Nix{Root: t.TempDir(), Options: offline()}, Queue: q, Signer: testSigner(t), BuilderID: "test-builder", Tenant: "t1"}
 	hello := func(msg string) Target {
-		return Target{
-			Installable: attest.Installable{Kind: KindFile, File: "../examples/hello.nix", Attr: "hello"},
-			Args:        map[string]string{"busybox": bb},
-			ArgStrs:     map[string]string{"message": t.Name() + msg + time.Now().String()},
-		}
+		return helloTarget(t, bb, msg)
 	}
 	missing := Target{Installable: attest.Installable{Kind: KindDrv, Ref: "/nix/store/00000000000000000000000000000000-missing.drv"}}
 	var got []string

@@ -16,6 +16,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/internal/testnix"
+	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
@@ -24,24 +25,7 @@ import (
 // startQueue runs an embedded NATS server with the streams in place.
 func startQueue(t testing.TB) *queue.Conn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Open(ctx); err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	t.Cleanup(func() { s.Close(context.Background()) })
-	c, err := queue.Connect(ctx, s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	if err := c.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	_, c := testqueue.Embedded(t, natsserver.Config{})
 	return c
 }
 

@@ -60,11 +60,7 @@ func TestBuildViaRunner(t *testing.T) {
 		return append([]string(nil), asked...)
 	}
 
-	tg := Target{
-		Installable: attest.Installable{Kind: KindFile, File: "../examples/hello.nix", Attr: "hello"},
-		Args:        map[string]string{"busybox": bb},
-		ArgStrs:     map[string]string{"message": t.Name() + time.Now().String()},
-	}
+	tg := helloTarget(t, bb, "")
 	var realising []string
 	var builds []RunnerBuild
 	o := ViaRunnerOptions{

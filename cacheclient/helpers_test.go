@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -17,10 +16,9 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
-	"codeberg.org/provenix/provenix/cache-push/server"
-	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testcache"
 )
 
 // testCache is a real cache: a local store directory served by the
@@ -34,18 +32,8 @@ type testCache struct {
 
 func newTestCache(t testing.TB) *testCache {
 	t.Helper()
-	dir := t.TempDir()
-	st, err := local.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(server.Handler(st, server.Options{}))
-	t.Cleanup(srv.Close)
-	sk, pk, err := signature.GenerateKeypair("test-cache-1", rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCache{dir: dir, url: srv.URL, sk: sk, pk: pk}
+	c := testcache.Serve(t)
+	return &testCache{dir: c.Dir, url: c.URL, sk: c.SecretKey, pk: c.PublicKey}
 }
 
 func (c *testCache) client(t testing.TB, keys ...string) *cacheclient.Client {
@@ -72,11 +60,7 @@ func (c *testCache) write(t testing.TB, key string, b []byte) {
 }
 
 // randomStorePath is a valid, unique store path named name.
-func randomStorePath(name string) string {
-	b := make([]byte, 20)
-	rand.Read(b)
-	return "/nix/store/" + nixbase32.EncodeToString(b) + "-" + name
-}
+func randomStorePath(name string) string { return testcache.StorePath(name) }
 
 // narOf dumps a directory holding one file with content.
 func narOf(t testing.TB, content []byte) []byte {

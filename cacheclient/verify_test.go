@@ -12,6 +12,7 @@ import (
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testcache"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testkey"
 )
 
 type testBuilder struct {
@@ -21,14 +22,7 @@ type testBuilder struct {
 
 func newBuilder(t testing.TB, id string) testBuilder {
 	t.Helper()
-	k, err := attest.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := attest.NewSigner(k)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := testkey.Signer(t)
 	return testBuilder{id: id, signer: s}
 }
 

@@ -212,14 +212,9 @@ func filterRecords(r io.Reader, w io.Writer, spool *os.File, valid func(string) 
 			return err
 		}
 		narHash, fileHash := sha256.New(), sha256.New()
-		tee := io.TeeReader(r, io.MultiWriter(spool, narHash))
-		flat, err := readNAR(tee, fileHash)
+		rec, flat, err := readRecord(r, i, io.MultiWriter(spool, narHash), fileHash)
 		if err != nil {
-			return badExport(i, "", "NAR", err)
-		}
-		rec, err := readRecordTrailer(r)
-		if err != nil {
-			return badExport(i, "", "trailer", err)
+			return err
 		}
 		var nh, fh [32]byte
 		copy(nh[:], narHash.Sum(nil))
@@ -242,15 +237,8 @@ func filterRecords(r io.Reader, w io.Writer, spool *os.File, valid func(string) 
 			return &writeError{err}
 		}
 	}
-	// Nothing may follow the end marker: a stream with trailing bytes is
-	// not the one that was exported. Reading to the end also lets a
-	// reader that checks a digest at EOF (a staged object) do so.
-	var b [1]byte
-	switch _, err := io.ReadFull(r, b[:]); {
-	case err == nil:
-		return fmt.Errorf("%w: data after the end of the stream", ErrBadExport)
-	case !errors.Is(err, io.EOF):
-		return fmt.Errorf("read after the end of the stream: %w", err)
+	if err := expectEnd(r); err != nil {
+		return err
 	}
 	if err := wire.WriteUint64(w, 0); err != nil {
 		return &writeError{err}
@@ -266,6 +254,35 @@ func badExport(i int, p, what string, err error) error {
 		return fmt.Errorf("%w: record %d (%s): %s: %w", ErrBadExport, i, p, what, err)
 	}
 	return fmt.Errorf("%w: record %d: %s: %w", ErrBadExport, i, what, err)
+}
+
+// readRecord reads record i after its marker: the NAR, every byte of
+// which goes to nar and the contents of a regular file (flat) to file,
+// then the trailer.
+func readRecord(r io.Reader, i int, nar io.Writer, file hash.Hash) (rec exportRecord, flat bool, err error) {
+	flat, err = readNAR(io.TeeReader(r, nar), file)
+	if err != nil {
+		return rec, false, badExport(i, "", "NAR", err)
+	}
+	rec, err = readRecordTrailer(r)
+	if err != nil {
+		return rec, false, badExport(i, "", "trailer", err)
+	}
+	return rec, flat, nil
+}
+
+// expectEnd checks that nothing follows the end marker: a stream with
+// trailing bytes is not the one that was exported. Reading to the end
+// also lets a reader that checks a digest at EOF (a staged object) do so.
+func expectEnd(r io.Reader) error {
+	var b [1]byte
+	switch _, err := io.ReadFull(r, b[:]); {
+	case err == nil:
+		return fmt.Errorf("%w: data after the end of the stream", ErrBadExport)
+	case !errors.Is(err, io.EOF):
+		return fmt.Errorf("read after the end of the stream: %w", err)
+	}
+	return nil
 }
 
 // readRecordTrailer reads what follows a NAR in an export record.

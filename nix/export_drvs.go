@@ -76,13 +76,9 @@ func readDrvRecords(r io.Reader, lim ExportDrvLimits, fn func(string, []byte) er
 		}
 		narHash := sha256.New()
 		file := &capture{Hash: sha256.New(), max: lim.MaxDrvSize}
-		flat, err := readNAR(io.TeeReader(r, narHash), file)
+		rec, flat, err := readRecord(r, i, narHash, file)
 		if err != nil {
-			return badExport(i, "", "NAR", err)
-		}
-		rec, err := readRecordTrailer(r)
-		if err != nil {
-			return badExport(i, "", "trailer", err)
+			return err
 		}
 		if !strings.HasSuffix(rec.path, ".drv") {
 			continue
@@ -109,14 +105,7 @@ func readDrvRecords(r io.Reader, lim ExportDrvLimits, fn func(string, []byte) er
 			return err
 		}
 	}
-	var b [1]byte
-	switch _, err := io.ReadFull(r, b[:]); {
-	case err == nil:
-		return fmt.Errorf("%w: data after the end of the stream", ErrBadExport)
-	case !errors.Is(err, io.EOF):
-		return fmt.Errorf("read after the end of the stream: %w", err)
-	}
-	return nil
+	return expectEnd(r)
 }
 
 // capture hashes a flat file's contents and keeps up to max bytes of

@@ -14,13 +14,7 @@ import (
 // clean result, never panic or run away, and never pass a stream whose
 // records fail their content-address check.
 func FuzzFilterExport(f *testing.F) {
-	seed, err := os.ReadFile(filepath.Join("testdata", "seed.export"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(seed)
-	f.Add(seed[:len(seed)/2])
-	f.Add([]byte{})
+	addExportSeeds(f)
 	f.Add(bytes.Repeat([]byte{1, 0, 0, 0, 0, 0, 0, 0}, 8))
 	spoolDir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -49,13 +43,7 @@ func FuzzFilterExport(f *testing.F) {
 // cleanly, hand fn only .drv files that pass their content-address
 // check, and keep within its limits.
 func FuzzReadExportDerivations(f *testing.F) {
-	seed, err := os.ReadFile(filepath.Join("testdata", "seed.export"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Add(seed)
-	f.Add(seed[:len(seed)/2])
-	f.Add([]byte{})
+	addExportSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		lim := ExportDrvLimits{MaxDrvSize: 4096, MaxDrvs: 8, MaxTotal: 8192}
 		var total int
@@ -73,4 +61,16 @@ func FuzzReadExportDerivations(f *testing.F) {
 			t.Fatalf("unexpected error kind: %v", err)
 		}
 	})
+}
+
+// addExportSeeds seeds f with a real export stream (testdata), its first
+// half and an empty stream.
+func addExportSeeds(f *testing.F) {
+	seed, err := os.ReadFile(filepath.Join("testdata", "seed.export"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(seed)
+	f.Add(seed[:len(seed)/2])
+	f.Add([]byte{})
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/wire"
 
 	"codeberg.org/provenix/provenix/contentaddr"
+	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/storepath"
 )
 
@@ -225,7 +226,7 @@ in {
 // every kind of content address a closure holds: .drv files, a text file
 // with references, a recursive and a flat source.
 func TestExportImport(t *testing.T) {
-	bb := busybox(t)
+	bb := testnix.Busybox(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	dir := t.TempDir()

@@ -7,10 +7,11 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"codeberg.org/provenix/provenix/internal/testnix"
 )
 
 func TestParseDumpDB(t *testing.T) {
@@ -63,31 +64,11 @@ func TestArgs(t *testing.T) {
 	}
 }
 
-// busybox fails the test, never skips, unless Nix and a static busybox are
-// installed, and returns busybox's resolved path for the sample's --arg
-// busybox. (internal/testnix has the same for other packages; it imports
-// this one, so these tests cannot use it.)
-func busybox(t *testing.T) string {
-	t.Helper()
-	if err := Available(); err != nil {
-		t.Fatal(err)
-	}
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Fatal("busybox is required (apt-get install busybox-static)")
-	}
-	bb, err = filepath.EvalSymlinks(bb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bb
-}
-
 // TestRealNix instantiates, realises and dumps a real derivation in a
 // chroot store, and checks DumpNAR against nix-store --dump and against a
 // wrong registration.
 func TestRealNix(t *testing.T) {
-	bb := busybox(t)
+	bb := testnix.Busybox(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	opts := OfflineOptions()

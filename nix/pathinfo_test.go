@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"codeberg.org/provenix/provenix/internal/testnix"
 )
 
 // The three pathinfo-*.json fixtures describe the same store objects
@@ -223,7 +225,7 @@ func TestParseVersion(t *testing.T) {
 // carry their content addresses, whose outputs are ultimate, and whose
 // NAR hashes and references agree with the database dump.
 func TestPathInfosRealNix(t *testing.T) {
-	bb := busybox(t)
+	bb := testnix.Busybox(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	opts := OfflineOptions()

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"codeberg.org/provenix/provenix/internal/testnix"
 )
 
 // TestSubstituteOptionsIgnoreNarinfoDiskCache is the regression test for a
@@ -20,7 +22,7 @@ import (
 // keys are served in turn on one address; a fresh client store must
 // substitute from each.
 func TestSubstituteOptionsIgnoreNarinfoDiskCache(t *testing.T) {
-	bb := busybox(t)
+	bb := testnix.Busybox(t)
 	t.Setenv("XDG_CACHE_HOME", t.TempDir()) // this test's own narinfo disk cache
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -7,13 +7,15 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"codeberg.org/provenix/provenix/internal/testnix"
 )
 
 // TestVersionCachesSuccessOnly: a caller cancelled while the version is
 // asked gets the error, and the next caller asks again and gets it; only
 // then is it cached.
 func TestVersionCachesSuccessOnly(t *testing.T) {
-	busybox(t) // Nix must be installed
+	testnix.Busybox(t) // Nix must be installed
 	bin, err := exec.LookPath("nix")
 	if err != nil {
 		t.Fatal(err)

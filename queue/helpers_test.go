@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/queue/server"
 )
 
@@ -20,26 +21,7 @@ import (
 // the test: these tests are the package's integration tests, never skipped.
 func startServer(t testing.TB, cfg server.Config) *server.Server {
 	t.Helper()
-	if cfg.StoreDir == "" {
-		cfg.StoreDir = t.TempDir()
-	}
-	s, err := server.New(cfg)
-	if err != nil {
-		t.Fatalf("NewServer: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.Open(ctx); err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := s.Close(ctx); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-	return s
+	return testnats.Embedded(t, cfg)
 }
 
 func connect(t testing.TB, url string, opts ...Option) *Conn {

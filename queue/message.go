@@ -171,39 +171,14 @@ func (r *Result) Validate() error {
 
 // Encode validates r and returns its wire form.
 func (r *Result) Encode() ([]byte, error) {
-	if err := r.Validate(); err != nil {
-		return nil, err
-	}
-	b, err := json.Marshal(r)
-	if err != nil {
-		return nil, fmt.Errorf("queue: encode result: %w", err)
-	}
-	if len(b) > MaxResultSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), MaxResultSize)
-	}
-	return b, nil
+	return encodeMessage(r, "result", MaxResultSize)
 }
 
-// DecodeResult parses and validates a result message. Unknown fields are
-// refused: a field this version does not know could carry meaning the
-// pusher would silently ignore.
+// DecodeResult parses and validates a result message. Unknown fields and
+// trailing data are refused: a field this version does not know could
+// carry meaning the pusher would silently ignore.
 func DecodeResult(data []byte) (*Result, error) {
-	if len(data) > MaxResultSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), MaxResultSize)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	var r Result
-	if err := dec.Decode(&r); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data after the result", ErrMalformed)
-	}
-	if err := r.Validate(); err != nil {
-		return nil, err
-	}
-	return &r, nil
+	return decodeMessage[Result](data, "result", MaxResultSize)
 }
 
 // validOutputShape checks the fields an output and a source share.

@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"errors"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/queue/server"
 )
 
@@ -189,13 +189,7 @@ func TestPublishPermissionDenied(t *testing.T) {
 // saves, is TestCrashEmbedded's in cmd/provenix.)
 func TestPublishResultAcrossRestart(t *testing.T) {
 	dir := t.TempDir()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	cfg := server.Config{StoreDir: dir, Port: port}
+	cfg := server.Config{StoreDir: dir, Port: testproc.FreePort(t)}
 	s := startServer(t, cfg)
 	c := connect(t, s.ClientURL())
 	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {

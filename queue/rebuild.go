@@ -1,11 +1,9 @@
 package queue
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -131,38 +129,13 @@ func (r *RebuildRequest) Validate() error {
 
 // Encode validates r and returns its wire form.
 func (r *RebuildRequest) Encode() ([]byte, error) {
-	if err := r.Validate(); err != nil {
-		return nil, err
-	}
-	b, err := json.Marshal(r)
-	if err != nil {
-		return nil, fmt.Errorf("queue: encode rebuild request: %w", err)
-	}
-	if len(b) > MaxRebuildSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), MaxRebuildSize)
-	}
-	return b, nil
+	return encodeMessage(r, "rebuild request", MaxRebuildSize)
 }
 
 // DecodeRebuildRequest parses and validates a rebuild request, refusing
 // unknown fields and trailing data as DecodeResult does.
 func DecodeRebuildRequest(data []byte) (*RebuildRequest, error) {
-	if len(data) > MaxRebuildSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), MaxRebuildSize)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	var r RebuildRequest
-	if err := dec.Decode(&r); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data after the rebuild request", ErrMalformed)
-	}
-	if err := r.Validate(); err != nil {
-		return nil, err
-	}
-	return &r, nil
+	return decodeMessage[RebuildRequest](data, "rebuild request", MaxRebuildSize)
 }
 
 // PublishRebuild publishes r on RebuildSubject(r.Tenant, r.System) with
@@ -253,17 +226,10 @@ func parseRebuildSubject(subj string) (tenant, system string, err error) {
 }
 
 func rebuildConfig(o StreamOptions) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:        StreamRebuild,
-		Description: "Provenix rebuild requests for volunteers, one work queue per tenant and system",
-		Subjects:    []string{subjectRebuild + ".>"},
-		// WorkQueue: a request is work for one volunteer, done once acked.
-		Retention:  jetstream.WorkQueuePolicy,
-		MaxAge:     o.MaxAge,
-		Duplicates: min(rebuildDuplicates, o.MaxAge),
-		Storage:    jetstream.FileStorage,
-		MaxMsgSize: MaxRebuildSize + resultHeaderAllowance,
-		Discard:    jetstream.DiscardOld,
-		Replicas:   o.Replicas,
-	}
+	c := messageStream(o, StreamRebuild, "Provenix rebuild requests for volunteers, one work queue per tenant and system", subjectRebuild+".>")
+	// WorkQueue: a request is work for one volunteer, done once acked.
+	c.Retention = jetstream.WorkQueuePolicy
+	c.Duplicates = min(rebuildDuplicates, o.MaxAge)
+	c.MaxMsgSize = MaxRebuildSize + resultHeaderAllowance
+	return c
 }

@@ -155,34 +155,33 @@ func (c *Conn) ensureAll(ctx context.Context, o StreamOptions) error {
 	return c.ensureKV(ctx, o)
 }
 
-func resultsConfig(o StreamOptions) jetstream.StreamConfig {
+// messageStream is what the message streams (results, events, rebuild
+// requests) share: kept on disk for o.MaxAge with o.Replicas, the oldest
+// dropped first, every message kept until then (LimitsPolicy).
+func messageStream(o StreamOptions, name, description, subjects string) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:        StreamResults,
-		Description: "Provenix build results (signed), one durable consumer per pusher group",
-		Subjects:    []string{ResultsFilter("")},
-		// Limits, not WorkQueue or Interest: every pusher group must see
-		// every result, including those published before it subscribed.
-		Retention:  jetstream.LimitsPolicy,
-		MaxAge:     o.MaxAge,
-		Duplicates: min(resultsDuplicates, o.MaxAge), // the server refuses a window above MaxAge
-		Storage:    jetstream.FileStorage,
-		MaxMsgSize: MaxResultSize + resultHeaderAllowance,
-		Discard:    jetstream.DiscardOld,
-		Replicas:   o.Replicas,
-	}
-}
-
-func eventsConfig(o StreamOptions) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:        StreamEvents,
-		Description: "Provenix pusher events (publications, rejections)",
-		Subjects:    []string{subjectEvents + ".>"},
+		Name:        name,
+		Description: description,
+		Subjects:    []string{subjects},
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      o.MaxAge,
 		Storage:     jetstream.FileStorage,
 		Discard:     jetstream.DiscardOld,
 		Replicas:    o.Replicas,
 	}
+}
+
+func resultsConfig(o StreamOptions) jetstream.StreamConfig {
+	// Limits, not WorkQueue or Interest: every pusher group must see
+	// every result, including those published before it subscribed.
+	c := messageStream(o, StreamResults, "Provenix build results (signed), one durable consumer per pusher group", ResultsFilter(""))
+	c.Duplicates = min(resultsDuplicates, o.MaxAge) // the server refuses a window above MaxAge
+	c.MaxMsgSize = MaxResultSize + resultHeaderAllowance
+	return c
+}
+
+func eventsConfig(o StreamOptions) jetstream.StreamConfig {
+	return messageStream(o, StreamEvents, "Provenix pusher events (publications, rejections)", subjectEvents+".>")
 }
 
 func (c *Conn) ensureStream(ctx context.Context, want jetstream.StreamConfig) error {

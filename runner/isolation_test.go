@@ -14,6 +14,7 @@ import (
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 
+	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/runner/capture"
 )
 
@@ -30,7 +31,7 @@ func requireRoot(t *testing.T) {
 // sharedDir is a directory every job user may write to (sticky, like /tmp).
 func sharedDir(t *testing.T) string {
 	t.Helper()
-	d := openDir(t)
+	d := testfs.OpenDir(t)
 	if err := os.Chmod(d, 0o1777); err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +185,7 @@ jobs:
 
 	waitFile(t, filepath.Join(sh, "spy"), 2*time.Minute)
 	report, _ := os.ReadFile(filepath.Join(sh, "spy"))
-	info := strings.Split(strings.TrimSpace(string(mustRead(t, filepath.Join(sh, "victim")))), "\n")
+	info := strings.Split(strings.TrimSpace(string(testfs.Read(t, filepath.Join(sh, "victim")))), "\n")
 	if len(info) != 5 {
 		t.Fatalf("victim info %q", info)
 	}
@@ -215,7 +216,7 @@ jobs:
 			t.Errorf("spy report lacks %q:\n%s", want, report)
 		}
 	}
-	if vu := strings.TrimSpace(string(mustRead(t, filepath.Join(sh, "victim-uid")))); strings.Contains(string(report), "uid "+vu+"\n") {
+	if vu := strings.TrimSpace(string(testfs.Read(t, filepath.Join(sh, "victim-uid")))); strings.Contains(string(report), "uid "+vu+"\n") {
 		t.Errorf("victim and spy ran as the same uid %s", vu)
 	}
 	// After the victim's end the credential is worthless: no socket.
@@ -273,11 +274,11 @@ jobs:
 		wcancel()
 		uids := map[string]bool{}
 		for n := 0; n < 3; n++ {
-			uids[strings.TrimSpace(string(mustRead(t, filepath.Join(sh, fmt.Sprintf("uid-%d-%d", round, n)))))] = true
+			uids[strings.TrimSpace(string(testfs.Read(t, filepath.Join(sh, fmt.Sprintf("uid-%d-%d", round, n)))))] = true
 			seen := pidsIn(t, filepath.Join(sh, fmt.Sprintf("seen-%d-%d", round, n)))
 			for _, d := range daemons {
 				if slices.Contains(seen, d) {
-					t.Errorf("round %d job %d: its uid still ran process %d of the round before (saw %v: %s)", round, n, d, seen, mustRead(t, filepath.Join(sh, fmt.Sprintf("ps-%d-%d", round, n))))
+					t.Errorf("round %d job %d: its uid still ran process %d of the round before (saw %v: %s)", round, n, d, seen, testfs.Read(t, filepath.Join(sh, fmt.Sprintf("ps-%d-%d", round, n))))
 				}
 			}
 		}
@@ -308,15 +309,6 @@ func waitFile(t *testing.T, path string, timeout time.Duration) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func mustRead(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 // TestPrivateTmp: a job's /tmp and /var/tmp are its own — it sees

@@ -15,6 +15,7 @@ import (
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/runner/job"
 	"codeberg.org/provenix/provenix/runner/rpc"
 	"codeberg.org/provenix/provenix/runner/rpc/rpctest"
@@ -35,18 +36,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// openDir makes a temporary directory the job user can reach.
-func openDir(t testing.TB) string {
-	t.Helper()
-	dir := t.TempDir()
-	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
 // childBinary copies the test binary where the job user can run it.
 func childBinary(t testing.TB) string {
 	t.Helper()
@@ -54,7 +43,7 @@ func childBinary(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst := filepath.Join(openDir(t), "job.test")
+	dst := filepath.Join(testfs.OpenDir(t), "job.test")
 	in, err := os.Open(self)
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +76,7 @@ func newFixture(t testing.TB, mod func(*Options)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := openDir(t)
+	dir := testfs.OpenDir(t)
 	opts := Options{
 		Labels: []string{"nix"}, Capacity: 1, FetchInterval: 50 * time.Millisecond, FetchTimeout: time.Second,
 		ReportInterval: 100 * time.Millisecond, WorkdirParent: filepath.Join(dir, "work"),

@@ -2,22 +2,16 @@ package trust_test
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"codeberg.org/provenix/provenix/attest"
-	"codeberg.org/provenix/provenix/cache-push/server"
-	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/internal/testcache"
 	"codeberg.org/provenix/provenix/trust"
@@ -130,35 +124,10 @@ func TestVerifyCacheEntry(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	st, err := local.New(filepath.Join(dir, "cache"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(server.Handler(st, server.Options{}))
-	defer srv.Close()
-	sk, _, err := signature.GenerateKeypair("test-cache-1", rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := testcache.Serve(t)
 	pub, signer := keyFile(t, dir, "builder")
 	other, _ := keyFile(t, dir, "other")
-
-	h := make([]byte, 20)
-	rand.Read(h)
-	sp := "/nix/store/" + nixbase32.EncodeToString(h) + "-hello"
-	narBytes := []byte("not really a NAR, but bytes the narinfo describes")
-	testcache.PublishNAR(t, filepath.Join(dir, "cache"), sk, sp, narBytes)
-	stmt, err := attest.NewStatement(&attest.Build{DrvPath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello.drv", System: "x86_64-linux",
-		BuilderID: "ci", Installable: attest.Installable{Kind: "file", File: "hello.nix", Attr: "hello"},
-		Outputs: []attest.Output{{Name: "out", Path: sp, NarHash: sha256.Sum256(narBytes), NarSize: uint64(len(narBytes))}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, err := attest.Sign(ctx, stmt, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testcache.PublishProvenance(t, filepath.Join(dir, "cache"), sp, narBytes, bundle)
+	sp := srv.PublishAttested(t, ctx, "hello", "ci", signer)
 
 	entry := trust.CacheEntry{CacheURL: srv.URL, StorePath: sp, Key: trust.KeyFile{BuilderID: "ci", Path: pub}}
 	rep, err := trust.VerifyCacheEntry(ctx, entry)

@@ -23,7 +23,9 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testkey"
 	"codeberg.org/provenix/provenix/internal/testnix"
+	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
@@ -34,36 +36,14 @@ const tenant = "t1"
 // startQueue runs an embedded NATS server with the streams in place.
 func startQueue(t *testing.T) *queue.Conn {
 	t.Helper()
-	s, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Open(testctx.New(t, 10*time.Second)); err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	t.Cleanup(func() { s.Close(context.Background()) })
-	c, err := queue.Connect(testctx.New(t, 10*time.Second), s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	if err := c.EnsureStreams(testctx.New(t, 10*time.Second), queue.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	_, c := testqueue.Embedded(t, natsserver.Config{})
 	return c
 }
 
 // newBuilder is a builder with its own chroot store, key and id, offline.
 func newBuilder(t *testing.T, conn *queue.Conn, id string) (*builder.Builder, *ecdsa.PrivateKey) {
 	t.Helper()
-	key, err := attest.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := attest.NewSigner(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer, key := testkey.Signer(t)
 	opts := nix.OfflineOptions()
 	opts["sandbox"] = "false" // a chroot store builds in its own chroot anyway
 	opts["narinfo-cache-negative-ttl"] = "0"

@@ -22,6 +22,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testfulcio"
 	"codeberg.org/provenix/provenix/internal/testgitea"
 	"codeberg.org/provenix/provenix/internal/testrekor"
@@ -100,29 +101,34 @@ func withoutMasks(s string) string {
 	return strings.Join(keep, "\n")
 }
 
-func TestActionKeySigning(t *testing.T) {
-	busybox := requireNix(t)
-	ctx := testctx.New(t, 5*time.Minute)
+// startCIKeyStack runs a pipeline whose policy trusts a fresh key for
+// actionBuilderID, as an operator would after handing the key to the
+// forge as a secret. It returns the stack, the key's file (its public key
+// is keyFile+".pub") and the key's PEM, the step's "key" input.
+func startCIKeyStack(t *testing.T) (stack *up.Stack, keyFile string, keyPEM []byte) {
+	t.Helper()
 	dir := t.TempDir()
 	p := up.Paths{Dir: dir}
 	if _, err := up.Init(p); err != nil {
 		t.Fatal(err)
 	}
-	ciKey := filepath.Join(dir, "keys", "ci")
-	if _, err := attest.GenerateKeyFiles(ciKey); err != nil {
+	keyFile = filepath.Join(dir, "keys", "ci")
+	if _, err := attest.GenerateKeyFiles(keyFile); err != nil {
 		t.Fatal(err)
 	}
-	// The policy trusts the step's key for its builder id, as an operator
-	// would after handing the key to the forge as a secret.
 	pol := policy.Example + "  - id: " + actionBuilderID + "\n    key: keys/ci.pub\n"
 	if err := os.WriteFile(p.Policy(), []byte(pol), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	stack := startStack(t, up.Config{DataDir: dir})
-	keyPEM, err := os.ReadFile(ciKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	return startStack(t, up.Config{DataDir: dir}), keyFile, testfs.Read(t, keyFile)
+}
+
+func TestActionKeySigning(t *testing.T) {
+	busybox := requireNix(t)
+	ctx := testctx.New(t, 5*time.Minute)
+	stack, ciKey, keyPEM := startCIKeyStack(t)
+	p := stack.Paths()
+	dir := p.Dir
 	wd, _ := os.Getwd()
 	sample := filepath.Join(wd, "..", "..", "examples", "hello.nix")
 	base := map[string]string{
@@ -256,23 +262,7 @@ func TestActionForgeFeedback(t *testing.T) {
 	sha := forge.HeadSHA(t, owner, repo)
 	forge.CreateRelease(t, owner, repo, "v1.0")
 
-	dir := t.TempDir()
-	p := up.Paths{Dir: dir}
-	if _, err := up.Init(p); err != nil {
-		t.Fatal(err)
-	}
-	ciKey := filepath.Join(dir, "keys", "ci")
-	if _, err := attest.GenerateKeyFiles(ciKey); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p.Policy(), []byte(policy.Example+"  - id: "+actionBuilderID+"\n    key: keys/ci.pub\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	stack := startStack(t, up.Config{DataDir: dir})
-	keyPEM, err := os.ReadFile(ciKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stack, _, keyPEM := startCIKeyStack(t)
 	wd, _ := os.Getwd()
 	actionEnv(t, map[string]string{
 		"INPUT_INSTALLABLES": filepath.Join(wd, "..", "..", "examples", "hello.nix"),

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -10,7 +9,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
-	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/internal/testqueue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
@@ -21,22 +20,7 @@ import (
 func TestBuildClosureJSON(t *testing.T) {
 	busybox := requireNix(t)
 	ctx := testctx.New(t, 3*time.Minute)
-	s, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Open(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close(context.Background()) })
-	c, err := queue.Connect(ctx, s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	s, _ := testqueue.Embedded(t, natsserver.Config{})
 	key := filepath.Join(t.TempDir(), "builder.key")
 	if _, stderr, code := cli(t, ctx, "key", "generate", "--builder", key); code != 0 {
 		t.Fatal(stderr)

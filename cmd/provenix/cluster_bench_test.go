@@ -21,6 +21,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/up"
@@ -55,14 +56,7 @@ func BenchmarkResultsCluster(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	srv, err := natsserver.New(natsserver.Config{StoreDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := srv.Open(ctx); err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Close(context.Background())
+	srv := testnats.Embedded(b, natsserver.Config{})
 	cl := startNATSCluster(b, 3)
 
 	setups := []struct {

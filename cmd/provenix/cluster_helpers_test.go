@@ -30,6 +30,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/internal/testdrv"
 	"codeberg.org/provenix/provenix/internal/testlog"
+	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -58,7 +59,7 @@ type natsCluster struct {
 // n servers.
 func startNATSCluster(t testing.TB, n int) *natsCluster {
 	t.Helper()
-	c := &natsCluster{t: t, bin: requireTool(t, "nats-server", "apt-get install nats-server", "/usr/sbin/nats-server")}
+	c := &natsCluster{t: t, bin: testnats.Bin(t)}
 	dir := t.TempDir()
 	cports := make([]int, n)
 	var routes []string

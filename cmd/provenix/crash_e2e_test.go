@@ -329,7 +329,7 @@ func TestCrashEmbedded(t *testing.T) {
 	})
 	u.start()
 
-	conn, err := queue.Connect(ctx, "nats://"+u.natsAddr, queue.WithToken(strings.TrimSpace(string(mustRead(t, p.NATSToken())))))
+	conn, err := queue.Connect(ctx, "nats://"+u.natsAddr, queue.WithToken(strings.TrimSpace(string(testfs.Read(t, p.NATSToken())))))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"go/build"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,24 +27,12 @@ import (
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testlog"
+	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/testnix"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/up"
 )
-
-func requireTool(t testing.TB, name, hint string, fallbacks ...string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, f := range fallbacks {
-		if _, err := os.Stat(f); err == nil {
-			return f
-		}
-	}
-	t.Fatalf("%s is required for this test: %s (or run 'make deps')", name, hint)
-	return ""
-}
 
 // requireNix fails the test without Nix and busybox; it returns busybox's
 // resolved path for the sample's --arg busybox.
@@ -176,7 +163,7 @@ func TestDemo(t *testing.T) {
 
 func TestEndToEndEmbedded(t *testing.T) {
 	busybox := requireNix(t)
-	cosign := requireTool(t, "cosign", "go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3", filepath.Join(build.Default.GOPATH, "bin", "cosign"))
+	cosign := testproc.Tool(t, "cosign", "go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3", filepath.Join(build.Default.GOPATH, "bin", "cosign"))
 	ctx := testctx.New(t, 5*time.Minute)
 	dir := t.TempDir()
 	stack := startStack(t, up.Config{DataDir: dir})
@@ -286,15 +273,10 @@ func TestEndToEndEmbedded(t *testing.T) {
 // nats-server process (Debian's package).
 func TestEndToEndExternalNATS(t *testing.T) {
 	busybox := requireNix(t)
-	natsBin := requireTool(t, "nats-server", "apt-get install nats-server", "/usr/sbin/nats-server")
+	natsBin := testnats.Bin(t)
 	ctx := testctx.New(t, 5*time.Minute)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := testproc.FreePort(t)
 	srv := exec.Command(natsBin, "-js", "-sd", t.TempDir(), "-a", "127.0.0.1", "-p", fmt.Sprint(port))
 	var srvLog bytes.Buffer
 	srv.Stdout, srv.Stderr = &srvLog, &srvLog

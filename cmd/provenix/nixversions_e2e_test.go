@@ -294,18 +294,11 @@ func runnerOnNix(t *testing.T, forge *testgitea.Forge, env *testnix.Env) {
 	ctx := testctx.New(t, 8*time.Minute)
 	env.Daemon(t)
 	bin := env.Provenix(t)
-	dataDir := t.TempDir()
-	p := up.Paths{Dir: dataDir}
-	if _, err := up.Init(p); err != nil {
-		t.Fatal(err)
-	}
 	runnerName := "nixver-" + env.Name
 	builderID := "forgejo-runner:" + runnerName
-	pol := fmt.Sprintf("tenants: [default]\nsystems: [x86_64-linux, aarch64-linux]\nbuilders:\n  - id: %q\n    key: keys/builder.pub\n", builderID)
-	if err := os.WriteFile(p.Policy(), []byte(pol), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	stack := startStack(t, up.Config{DataDir: dataDir})
+	stack := startRunnerStack(t, builderID, "", up.Config{DataDir: t.TempDir()})
+	p := stack.Paths()
+	dataDir := p.Dir
 	files := envFiles(t, env, p)
 	runDir := env.TempDir(t)
 	reg := env.Command(ctx, "sh", "-c", `cd "$1" && shift && exec "$@"`, "sh", runDir, bin, "runner", "register", "--no-interactive",

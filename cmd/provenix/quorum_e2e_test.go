@@ -22,6 +22,7 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
@@ -442,7 +443,7 @@ func TestQuorumSurvivesCrash(t *testing.T) {
 	cmd, rt := start()
 	pa := qbuild(t, ctx, rt.NATSURL, p, bs[0], sample, "hello", "--arg", "busybox="+busybox, msg)
 	path := pa.Outputs[0].Path
-	conn, err := queue.Connect(ctx, rt.NATSURL, queue.WithToken(strings.TrimSpace(string(mustRead(t, p.NATSToken())))))
+	conn, err := queue.Connect(ctx, rt.NATSURL, queue.WithToken(strings.TrimSpace(string(testfs.Read(t, p.NATSToken())))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -464,15 +465,6 @@ func TestQuorumSurvivesCrash(t *testing.T) {
 	if len(nars) != 1 {
 		t.Fatalf("%d NAR files in the cache, want exactly 1: %v", len(nars), nars)
 	}
-}
-
-func mustRead(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 // TestQuorumVolunteer: one `provenix build` and one `provenix volunteer`

@@ -13,8 +13,9 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testgitea"
-	"codeberg.org/provenix/provenix/internal/testlog"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -22,23 +23,11 @@ import (
 // creates it (in nix-users, so it can build through the Nix daemon).
 const jobUser = "provenix-job"
 
-// openTempDir is a temporary directory the job user can reach.
-func openTempDir(t testing.TB) string {
-	t.Helper()
-	dir := t.TempDir()
-	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
 // buildProvenix builds the real binary where the job user can run it:
 // the runner starts its job processes from it, and job steps call it.
 func buildProvenix(t testing.TB) string {
 	t.Helper()
-	bin := filepath.Join(openTempDir(t), "provenix")
+	bin := filepath.Join(testfs.OpenDir(t), "provenix")
 	cmd := exec.Command("go", "build", "-o", bin, ".")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
@@ -55,7 +44,7 @@ func requireNixDaemon(t testing.TB) {
 		c.Close()
 		return
 	}
-	d := exec.Command(requireTool(t, "nix-daemon", "apt-get install nix-bin"))
+	d := exec.Command(testproc.Tool(t, "nix-daemon", "apt-get install nix-bin"))
 	d.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.Start(); err != nil {
 		t.Fatalf("nix-daemon: %v", err)
@@ -69,6 +58,23 @@ func requireNixDaemon(t testing.TB) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatal("nix-daemon did not open its socket")
+}
+
+// startRunnerStack runs a pipeline (embedded NATS, pusher and cache) in
+// cfg.DataDir whose policy trusts builderID, a runner signing with the
+// data directory's builder key, for x86_64-linux and aarch64-linux;
+// extraPolicy is added to the policy as is.
+func startRunnerStack(t *testing.T, builderID, extraPolicy string, cfg up.Config) *up.Stack {
+	t.Helper()
+	p := up.Paths{Dir: cfg.DataDir}
+	if _, err := up.Init(p); err != nil {
+		t.Fatal(err)
+	}
+	pol := fmt.Sprintf("tenants: [default]\nsystems: [x86_64-linux, aarch64-linux]\n%sbuilders:\n  - id: %q\n    key: keys/builder.pub\n", extraPolicy, builderID)
+	if err := os.WriteFile(p.Policy(), []byte(pol), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return startStack(t, cfg)
 }
 
 // TestRunnerAgainstGitea registers the runner with a real Gitea 1.26.4,
@@ -85,18 +91,11 @@ func TestRunnerAgainstGitea(t *testing.T) {
 	forge := testgitea.Start(t)
 
 	// The pipeline: embedded NATS, pusher and cache, trusting this runner.
-	dataDir := t.TempDir()
-	p := up.Paths{Dir: dataDir}
-	if _, err := up.Init(p); err != nil {
-		t.Fatal(err)
-	}
 	const runnerName = "e2e-runner"
 	builderID := "forgejo-runner:" + runnerName
-	pol := fmt.Sprintf("tenants: [default]\nsystems: [x86_64-linux, aarch64-linux]\nbuilders:\n  - id: %q\n    key: keys/builder.pub\n", builderID)
-	if err := os.WriteFile(p.Policy(), []byte(pol), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	stack := startStack(t, up.Config{DataDir: dataDir})
+	stack := startRunnerStack(t, builderID, "", up.Config{DataDir: t.TempDir()})
+	p := stack.Paths()
+	dataDir := p.Dir
 
 	// Register exactly as an operator would.
 	runDir := t.TempDir()
@@ -109,42 +108,7 @@ func TestRunnerAgainstGitea(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(runDir, ".runner")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf(".runner: %v %v", fi, err)
 	}
-	cfg := fmt.Sprintf(`log:
-  level: debug
-runner:
-  file: %s/.runner
-  fetch_interval: 200ms
-  report_interval: 200ms
-  timeout: 5m
-  envs:
-    NIX_CONFIG: "substituters =\nexperimental-features = nix-command"
-host:
-  workdir_parent: %s
-provenix:
-  key: %s
-  job_user: %s
-  nats_url: %s
-  nats_token_file: %s
-`, runDir, filepath.Join(openTempDir(t), "work"), p.BuilderKey(), jobUser, stack.NATSURL(), p.NATSToken())
-	cfgPath := filepath.Join(runDir, "config.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var runnerLog testlog.Buffer
-	daemon := exec.Command(bin, "--data-dir", dataDir, "runner", "daemon", "--config", cfgPath)
-	daemon.Dir = runDir
-	daemon.Env = append(os.Environ(), "NIX_CONFIG=substituters =\nexperimental-features = nix-command")
-	daemon.Stdout, daemon.Stderr = &runnerLog, &runnerLog
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = daemon.Process.Signal(syscall.SIGTERM)
-		_ = daemon.Wait()
-		if t.Failed() {
-			t.Logf("runner log:\n%s", runnerLog.String())
-		}
-	})
+	startRunnerDaemon(t, bin, dataDir, runDir, "config", 1, "provenix:\n  job_user: "+jobUser+"\n", p, stack.NATSURL())
 
 	owner, repo := forge.CreateRepo(t, "pkgs")
 	const secret = "gitea-e2e-secret-value-42"

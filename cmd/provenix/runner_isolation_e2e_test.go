@@ -18,8 +18,10 @@ import (
 
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testgitea"
 	"codeberg.org/provenix/provenix/internal/testlog"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/runner/capture"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -42,7 +44,7 @@ runner:
 host:
   workdir_parent: %s
 %s
-`, runDir, capacity, filepath.Join(openTempDir(t), "work"), extra)
+`, runDir, capacity, filepath.Join(testfs.OpenDir(t), "work"), extra)
 	cfg = strings.Replace(cfg, "provenix:\n", fmt.Sprintf("provenix:\n  key: %s\n  nats_url: %s\n  nats_token_file: %s\n", p.BuilderKey(), natsURL, p.NATSToken()), 1)
 	cfgPath := filepath.Join(runDir, name+".yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -92,24 +94,18 @@ func TestRunnerIsolationAgainstGitea(t *testing.T) {
 	}
 	busybox := requireNix(t)
 	requireNixDaemon(t)
-	requireTool(t, "curl", "apt-get install curl")
+	testproc.Tool(t, "curl", "apt-get install curl")
 	ctx := testctx.New(t, 10*time.Minute)
 	bin := buildProvenix(t)
 	forge := testgitea.Start(t)
 
-	dataDir := t.TempDir()
-	p := up.Paths{Dir: dataDir}
-	if _, err := up.Init(p); err != nil {
-		t.Fatal(err)
-	}
 	const runnerName = "iso-runner"
 	builderID := "forgejo-runner:" + runnerName
-	pol := fmt.Sprintf("tenants: [default]\nsystems: [x86_64-linux, aarch64-linux]\nrequire_isolation: [uid, cgroup]\nbuilders:\n  - id: %q\n    key: keys/builder.pub\n", builderID)
-	if err := os.WriteFile(p.Policy(), []byte(pol), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	var pusherLog testlog.Buffer
-	stack := startStack(t, up.Config{DataDir: dataDir, Logger: slog.New(slog.NewTextHandler(&pusherLog, nil))})
+	stack := startRunnerStack(t, builderID, "require_isolation: [uid, cgroup]\n",
+		up.Config{DataDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(&pusherLog, nil))})
+	p := stack.Paths()
+	dataDir := p.Dir
 
 	runDir := t.TempDir()
 	reg := exec.CommandContext(ctx, bin, "runner", "register", "--no-interactive",
@@ -121,7 +117,7 @@ func TestRunnerIsolationAgainstGitea(t *testing.T) {
 	stopIsolated, exited := startRunnerDaemon(t, bin, dataDir, runDir, "isolated", 3,
 		"provenix:\n  job_users: [\"provenix-job-{5..7}\"]\n", p, stack.NATSURL())
 
-	sh := openTempDir(t)
+	sh := testfs.OpenDir(t)
 	if err := os.Chmod(sh, 0o1777); err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +205,7 @@ jobs:
 `, barrier)))
 
 	waitForFile(t, filepath.Join(sh, "spy"), 5*time.Minute, exited)
-	info := strings.Split(strings.TrimSpace(readFile(t, filepath.Join(sh, "victim"))), "\n")
+	info := strings.Split(strings.TrimSpace(string(testfs.Read(t, filepath.Join(sh, "victim")))), "\n")
 	if len(info) != 5 {
 		t.Fatalf("victim info %q", info)
 	}
@@ -233,7 +229,7 @@ jobs:
 			t.Errorf("%s: the secret reached the log", r[1])
 		}
 	}
-	report := readFile(t, filepath.Join(sh, "spy"))
+	report := string(testfs.Read(t, filepath.Join(sh, "spy")))
 	t.Logf("spy report:\n%s", report)
 	for _, want := range []string{"environ SAFE", "workdir SAFE", "tmpdir SAFE", "socket 403"} {
 		if !strings.Contains(report, want+"\n") {
@@ -242,12 +238,12 @@ jobs:
 	}
 	uids := map[string]bool{}
 	for _, j := range []string{"victim", "spy", "third"} {
-		uids[strings.TrimSpace(readFile(t, filepath.Join(sh, "uid-"+j)))] = true
+		uids[strings.TrimSpace(string(testfs.Read(t, filepath.Join(sh, "uid-"+j))))] = true
 	}
 	if len(uids) != 3 {
 		t.Errorf("three concurrent jobs ran as uids %v", uids)
 	}
-	for _, f := range strings.Fields(readFile(t, filepath.Join(sh, "daemons"))) {
+	for _, f := range strings.Fields(string(testfs.Read(t, filepath.Join(sh, "daemons")))) {
 		pid, _ := strconv.Atoi(f)
 		if processRunning(pid) {
 			t.Errorf("daemon %d outlived the victim's job", pid)
@@ -323,15 +319,6 @@ func waitForFile(t *testing.T, path string, timeout time.Duration, exited <-chan
 			t.Fatalf("%s did not appear within %v", path, timeout)
 		}
 	}
-}
-
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
 
 // processRunning reports whether pid exists and is not a zombie.

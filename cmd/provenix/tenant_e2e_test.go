@@ -14,6 +14,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/tests3"
@@ -66,7 +67,7 @@ func serveTenantCache(t *testing.T, ctx context.Context, dir, readers string) st
 // wrote.
 func netrcLogin(t *testing.T, path string) (string, string) {
 	t.Helper()
-	f := strings.Fields(string(mustRead(t, path)))
+	f := strings.Fields(string(testfs.Read(t, path)))
 	if len(f) != 6 || f[2] != "login" || f[4] != "password" {
 		t.Fatalf("netrc %s: %q", path, f)
 	}

@@ -14,6 +14,7 @@ import (
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testcache"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -154,7 +155,7 @@ func TestVerifyClosureEndToEnd(t *testing.T) {
 // it (measured in the same run). Issue 11, finding 8, last bullet.
 func TestVerifyCacheZstdBomb(t *testing.T) {
 	busybox := requireNix(t)
-	zstdBin := requireTool(t, "zstd", "apt-get install zstd")
+	zstdBin := testproc.Tool(t, "zstd", "apt-get install zstd")
 	ctx := testctx.New(t, 5*time.Minute)
 	dir := t.TempDir()
 	stack := startStack(t, up.Config{DataDir: dir})

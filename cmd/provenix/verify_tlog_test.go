@@ -12,6 +12,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testkey"
 	"codeberg.org/provenix/provenix/internal/testrekor"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -27,14 +28,7 @@ func TestVerifyRequireTlog(t *testing.T) {
 	os.WriteFile(narPath, nar, 0o644)
 	const out = "/nix/store/9ri7p1kdl1d1vavgmc3mq0rkdkmvcl0f-hello"
 
-	key, err := attest.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := attest.NewSigner(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, key := testkey.Signer(t)
 	pub, _ := attest.MarshalPublicKey(key.Public())
 	pubPath := filepath.Join(dir, "builder.pub")
 	os.WriteFile(pubPath, pub, 0o644)

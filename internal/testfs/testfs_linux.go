@@ -1,5 +1,3 @@
-// Package testfs gives tests a small filesystem of their own, to see what
-// code does when a disk fills up.
 package testfs
 
 import (

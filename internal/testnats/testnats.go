@@ -2,7 +2,8 @@
 // production) from a configuration file, on loopback: as a leaf node, the
 // site-side server of docs/firewalled-workers.md (Leaf), and as a JetStream
 // server with accounts and permissions written the way operators write them
-// (Start), which the embedded server's Go options would not exercise.
+// (Start), which the embedded server's Go options would not exercise; and
+// Provenix's own embedded server (Embedded).
 package testnats
 
 import (
@@ -10,7 +11,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,14 +23,7 @@ import (
 // what to install.
 func Bin(t testing.TB) string {
 	t.Helper()
-	if p, err := exec.LookPath("nats-server"); err == nil {
-		return p
-	}
-	if _, err := os.Stat("/usr/sbin/nats-server"); err == nil {
-		return "/usr/sbin/nats-server"
-	}
-	t.Fatal("nats-server is required for this test: apt-get install nats-server (or run 'make deps')")
-	return ""
+	return testproc.Tool(t, "nats-server", "apt-get install nats-server", "/usr/sbin/nats-server")
 }
 
 // Leaf is a leaf node to start.

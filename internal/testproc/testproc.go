@@ -45,6 +45,23 @@ func Require(t testing.TB, prefix, bin, buildCommand, envVar string) {
 	}
 }
 
+// Tool is the path of the command name, from PATH or else the first of
+// fallbacks that exists, or fails the test (it never skips) saying how to
+// install it (hint).
+func Tool(t testing.TB, name, hint string, fallbacks ...string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, f := range fallbacks {
+		if _, err := os.Stat(f); err == nil {
+			return f
+		}
+	}
+	t.Fatalf("%s is required for this test: %s (or run 'make deps')", name, hint)
+	return ""
+}
+
 // FreePort picks a free loopback port. The servers run here cannot report
 // a port they chose themselves, so one is picked and handed over; another
 // process taking it in between is unlikely.

@@ -1,33 +1,14 @@
 package capture
 
-import (
-	"errors"
-	"net"
+import "golang.org/x/sys/unix"
 
-	"golang.org/x/sys/unix"
-)
-
-// peerOf asks the kernel who connected (LOCAL_PEERCRED, LOCAL_PEERPID).
-func peerOf(c net.Conn) (Peer, error) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return Peer{}, errors.New("not a Unix socket connection")
-	}
-	rc, err := uc.SyscallConn()
+// peerCred reads LOCAL_PEERCRED and LOCAL_PEERPID.
+func peerCred(fd int) (Peer, error) {
+	x, err := unix.GetsockoptXucred(fd, unix.SOL_LOCAL, unix.LOCAL_PEERCRED)
 	if err != nil {
 		return Peer{}, err
 	}
-	var p Peer
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		var x *unix.Xucred
-		if x, cerr = unix.GetsockoptXucred(int(fd), unix.SOL_LOCAL, unix.LOCAL_PEERCRED); cerr != nil {
-			return
-		}
-		p.UID = int(x.Uid)
-		p.PID, _ = unix.GetsockoptInt(int(fd), unix.SOL_LOCAL, unix.LOCAL_PEERPID)
-	}); err != nil {
-		return Peer{}, err
-	}
-	return p, cerr
+	p := Peer{UID: int(x.Uid)}
+	p.PID, _ = unix.GetsockoptInt(fd, unix.SOL_LOCAL, unix.LOCAL_PEERPID)
+	return p, nil
 }

@@ -1,0 +1,38 @@
+// Package testqueue runs an embedded NATS server (queue/server) with the
+// Provenix streams in place and a connection to it, for the tests of
+// packages above queue. It is not part of internal/testnats: queue's own
+// tests use testnats, and this package imports queue.
+package testqueue
+
+import (
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testnats"
+	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
+)
+
+// startTimeout bounds connecting and creating the streams.
+const startTimeout = 30 * time.Second
+
+// Embedded starts an embedded NATS server from cfg until the test ends,
+// as testnats.Embedded does, connects to it and creates the streams with
+// default StreamOptions. It fails the test, never skips, when any step
+// fails. The connection is closed, and the server shut down, when the
+// test ends.
+func Embedded(t testing.TB, cfg natsserver.Config) (*natsserver.Server, *queue.Conn) {
+	t.Helper()
+	s := testnats.Embedded(t, cfg)
+	ctx := testctx.New(t, startTimeout)
+	c, err := queue.Connect(ctx, s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if err := c.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return s, c
+}
