@@ -32,6 +32,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/storepath"
@@ -63,23 +64,7 @@ func newFixture(t testing.TB) *fixture {
 // directory when "") and the pusher logging to log (nowhere when nil).
 func newFixtureAt(t testing.TB, cacheDir string, log *slog.Logger) *fixture {
 	t.Helper()
-	ctx := testctx.New(t, 60*time.Second)
-	srv, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Open(ctx); err != nil {
-		t.Fatalf("embedded NATS did not start: %v", err)
-	}
-	t.Cleanup(func() { srv.Close(context.Background()) })
-	conn, err := queue.Connect(ctx, srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(conn.Close)
-	if err := conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	_, conn := testqueue.Embedded(t, natsserver.Config{})
 
 	dir := t.TempDir()
 	signer, err := attest.GenerateKeyFiles(filepath.Join(dir, "builder"))

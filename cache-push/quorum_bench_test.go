@@ -15,6 +15,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
@@ -28,22 +29,7 @@ import (
 //	go test -run '^$' -bench Votes -benchtime 4000x ./cache-push/
 func BenchmarkVotes(b *testing.B) {
 	ctx := context.Background()
-	srv, err := natsserver.New(natsserver.Config{StoreDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := srv.Open(ctx); err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Close(ctx)
-	conn, err := queue.Connect(ctx, srv.ClientURL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	if err := conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
-		b.Fatal(err)
-	}
+	_, conn := testqueue.Embedded(b, natsserver.Config{})
 	dir := b.TempDir()
 	signer, err := attest.GenerateKeyFiles(filepath.Join(dir, "a"))
 	if err != nil {
