@@ -1,0 +1,279 @@
+package farm
+
+import (
+	"encoding/json"
+	"fmt"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/storepath"
+)
+
+// RecordVersion is the format version of every record and message of
+// this package.
+const RecordVersion = 1
+
+// Keys in queue.BucketFarm. A derivation is named by its .drv path's
+// hash part, unique in a set.
+func setKey(id string) string          { return "set." + id }
+func nodePrefix(id string) string      { return "node." + id }
+func nodeKey(id, drv string) string    { return nodePrefix(id) + "." + hashOf(drv) }
+func statePrefix(id string) string     { return "state." + id }
+func stateKey(id, drv string) string   { return statePrefix(id) + "." + hashOf(drv) }
+func claimKey(id, drv string) string   { return "claim." + id + "." + hashOf(drv) }
+func classPrefix(tenant string) string { return "class." + tenant }
+func classKey(tenant, system, class string) string {
+	return classPrefix(tenant) + "." + system + "." + class
+}
+
+const setPrefix = "set"
+
+func hashOf(p string) string {
+	h, _, _ := strings.Cut(path.Base(p), "-")
+	return h
+}
+
+// Set is a build set's record (set.<id>): written at submission, changed
+// only to cancel it.
+type Set struct {
+	Version int       `json:"version"`
+	ID      string    `json:"id"`
+	Tenant  string    `json:"tenant"`
+	Created time.Time `json:"created"`
+	// Roots are the derivations asked for; the set is their closure.
+	Roots []string `json:"roots"`
+	// Size is the number of derivations (node records) in the set.
+	Size int `json:"size"`
+	// Quorum is how many distinct owners build each derivation.
+	Quorum int `json:"quorum"`
+	// MaxAttempts bounds the failed builds of one derivation before it
+	// fails for good and blocks its dependents.
+	MaxAttempts int        `json:"maxAttempts"`
+	Canceled    *time.Time `json:"canceled,omitempty"`
+}
+
+// Status is where a derivation of a set stands.
+type Status string
+
+const (
+	// Waiting: some output it needs from its inputs is not visible yet.
+	Waiting Status = "waiting"
+	// Dispatched: its requests are on the work queue or being built.
+	Dispatched Status = "dispatched"
+	// Done: every output is visible in the cache (State.Skipped: it was
+	// at submission).
+	Done Status = "done"
+	// Failed: its builds failed MaxAttempts times.
+	Failed Status = "failed"
+	// Blocked: an input failed (State.BlockedBy).
+	Blocked Status = "blocked"
+)
+
+// Final reports whether nothing more happens to a derivation in s.
+func (s Status) Final() bool { return s == Done || s == Failed || s == Blocked }
+
+// State is a derivation's state in a set (state.<id>.<hash>), only
+// changed with compare-and-set.
+type State struct {
+	Version int    `json:"version"`
+	DrvPath string `json:"drvPath"`
+	Status  Status `json:"status"`
+	// Skipped: its outputs were visible when the set was submitted.
+	Skipped bool `json:"skipped,omitempty"`
+	// Visible are the names of its outputs seen visible.
+	Visible []string `json:"visible,omitempty"`
+	// Have are the store paths it needs from its inputs seen visible.
+	Have []string `json:"have,omitempty"`
+	// Attempts is, per replica, the attempt its current request is for
+	// (1 for the first); empty until dispatched.
+	Attempts []int `json:"attempts,omitempty"`
+	// Failures are the failed builds, oldest first.
+	Failures  []Failure `json:"failures,omitempty"`
+	BlockedBy string    `json:"blockedBy,omitempty"`
+	// Dispatched is when the first requests were published.
+	Dispatched *time.Time `json:"dispatched,omitempty"`
+	Updated    time.Time  `json:"updated"`
+}
+
+// Failure is one failed build.
+type Failure struct {
+	Replica  int       `json:"replica"`
+	Attempt  int       `json:"attempt"`
+	Builder  string    `json:"builder"`
+	Owner    string    `json:"owner,omitempty"`
+	ExitCode int       `json:"exitCode"`
+	Log      []string  `json:"log,omitempty"`
+	Time     time.Time `json:"time"`
+}
+
+func (s *State) hasFailure(replica, attempt int) bool {
+	return slices.ContainsFunc(s.Failures, func(f Failure) bool { return f.Replica == replica && f.Attempt == attempt })
+}
+
+// failedBuilders are the builders that failed this derivation: a retry
+// goes to another.
+func (s *State) failedBuilders() []string {
+	var out []string
+	for _, f := range s.Failures {
+		out = append(out, f.Builder)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// Claims records who builds which replica of a derivation
+// (claim.<id>.<hash>).
+type Claims struct {
+	Version  int     `json:"version"`
+	Replicas []Claim `json:"replicas"`
+}
+
+// Claim is one replica held by a worker.
+type Claim struct {
+	Replica int    `json:"replica"`
+	Attempt int    `json:"attempt"`
+	Builder string `json:"builder"`
+	Owner   string `json:"owner"`
+	// Delivered is the delivery count of the request message when it
+	// was claimed: a later delivery of the same request means the
+	// claimant lost it (killed, or past its AckWait) and may take over.
+	Delivered uint64    `json:"delivered"`
+	At        time.Time `json:"at"`
+}
+
+// Request asks a worker to build one replica of a derivation. Nothing in
+// it is signed: a worker builds what DrvPath names (Nix checks the
+// outputs are the ones the .drv gives) and attests what it got.
+type Request struct {
+	Version  int               `json:"version"`
+	Set      string            `json:"set"`
+	Tenant   string            `json:"tenant"`
+	DrvPath  string            `json:"drvPath"`
+	System   string            `json:"system"`
+	Features []string          `json:"features,omitempty"`
+	Outputs  map[string]string `json:"outputs"`
+	Replica  int               `json:"replica"`
+	Attempt  int               `json:"attempt"`
+	// Exclude are builders that failed this derivation already.
+	Exclude   []string  `json:"exclude,omitempty"`
+	Requested time.Time `json:"requested"`
+}
+
+// MsgID is the request's Nats-Msg-Id: one per set, derivation, replica
+// and attempt, whoever publishes it.
+func (r *Request) MsgID() string {
+	return "farm:" + r.Set + ":" + hashOf(r.DrvPath) + ":" + strconv.Itoa(r.Replica) + ":" + strconv.Itoa(r.Attempt)
+}
+
+// Subject is where the request goes.
+func (r *Request) Subject() (string, error) {
+	return queue.FarmBuildSubject(r.Tenant, r.System, FeatureClass(r.Features))
+}
+
+// Validate checks the fields' shapes.
+func (r *Request) Validate() error {
+	switch {
+	case r.Version != RecordVersion:
+		return fmt.Errorf("%w: request version %d", ErrInvalid, r.Version)
+	case validID(r.Set) != nil:
+		return fmt.Errorf("%w: request set %q", ErrInvalid, r.Set)
+	case queue.ValidToken(r.Tenant) != nil || queue.ValidToken(r.System) != nil:
+		return fmt.Errorf("%w: request tenant %q or system %q", ErrInvalid, r.Tenant, r.System)
+	case storepath.Check(r.DrvPath) != nil || !strings.HasSuffix(r.DrvPath, ".drv"):
+		return fmt.Errorf("%w: request drvPath %q", ErrInvalid, r.DrvPath)
+	case len(r.Outputs) == 0:
+		return fmt.Errorf("%w: request without outputs", ErrInvalid)
+	case r.Replica < 0 || r.Attempt < 1:
+		return fmt.Errorf("%w: request replica %d attempt %d", ErrInvalid, r.Replica, r.Attempt)
+	}
+	for _, p := range r.Outputs {
+		if storepath.Check(p) != nil {
+			return fmt.Errorf("%w: request output %q", ErrInvalid, p)
+		}
+	}
+	return nil
+}
+
+// DecodeRequest parses and validates a request.
+func DecodeRequest(b []byte) (*Request, error) {
+	var r Request
+	if err := decodeStrict(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: request: %w", ErrInvalid, err)
+	}
+	return &r, r.Validate()
+}
+
+// Outcome of a build, as a worker reports it.
+type Outcome string
+
+const (
+	// Built: the worker built the derivation and published its result;
+	// the cache decides when its outputs are visible.
+	Built Outcome = "built"
+	// BuildFailed: the build failed (Nix exited non-zero).
+	BuildFailed Outcome = "failed"
+)
+
+// Report is a worker's word on one request (farm.report.<tenant>).
+type Report struct {
+	Version  int     `json:"version"`
+	Set      string  `json:"set"`
+	Tenant   string  `json:"tenant"`
+	DrvPath  string  `json:"drvPath"`
+	Replica  int     `json:"replica"`
+	Attempt  int     `json:"attempt"`
+	Builder  string  `json:"builder"`
+	Owner    string  `json:"owner,omitempty"`
+	Outcome  Outcome `json:"outcome"`
+	ExitCode int     `json:"exitCode,omitempty"`
+	// Log is the last lines of a failed build's log.
+	Log []string `json:"log,omitempty"`
+	// CPUSeconds is the user+system time of the build's processes.
+	CPUSeconds float64   `json:"cpuSeconds,omitempty"`
+	WallMillis int64     `json:"wallMillis,omitempty"`
+	Time       time.Time `json:"time"`
+}
+
+// MsgID is the report's Nats-Msg-Id: one per request and builder.
+func (r *Report) MsgID() string {
+	return "report:" + r.Set + ":" + hashOf(r.DrvPath) + ":" + strconv.Itoa(r.Replica) + ":" + strconv.Itoa(r.Attempt) + ":" + builderDigest(r.Builder)
+}
+
+// DecodeReport parses a report.
+func DecodeReport(b []byte) (*Report, error) {
+	var r Report
+	if err := decodeStrict(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: report: %w", ErrInvalid, err)
+	}
+	if r.Version != RecordVersion || validID(r.Set) != nil || storepath.Check(r.DrvPath) != nil || r.Builder == "" ||
+		(r.Outcome != Built && r.Outcome != BuildFailed) {
+		return nil, fmt.Errorf("%w: report for %q by %q", ErrInvalid, r.DrvPath, r.Builder)
+	}
+	return &r, nil
+}
+
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return fmt.Errorf("trailing data")
+	}
+	return nil
+}
+
+// validID accepts set ids as NewSetID makes them.
+func validID(id string) error {
+	if len(id) < 8 || len(id) > 64 || strings.IndexFunc(id, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9')
+	}) >= 0 {
+		return fmt.Errorf("%w: set id %q", ErrInvalid, id)
+	}
+	return nil
+}

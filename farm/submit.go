@@ -1,0 +1,218 @@
+package farm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// Defaults of SubmitOptions.
+const (
+	DefaultMaxAttempts = 3
+	// submitConcurrency bounds the cache look-ups and bucket writes of
+	// one submission in flight at once.
+	submitConcurrency = 32
+)
+
+// SubmitOptions describe a build set.
+type SubmitOptions struct {
+	Tenant string
+	// Graph is the set's derivations (ReadGraph reads it from a store).
+	Graph *Graph
+	// Roots are the derivations asked for, for the record; the whole
+	// graph is built either way.
+	Roots []string
+	// Quorum is how many distinct owners build each derivation; 1 when 0.
+	Quorum int
+	// MaxAttempts bounds the failed builds of one derivation;
+	// DefaultMaxAttempts when 0.
+	MaxAttempts int
+	// Cache tells which outputs are visible already: those derivations
+	// are skipped. Required.
+	Cache Cache
+}
+
+// Submitted is what Submit made.
+type Submitted struct {
+	Set *Set
+	// Skipped counts derivations whose outputs were all visible.
+	Skipped int
+	// Ready counts derivations that can be dispatched at once.
+	Ready int
+}
+
+// Submit creates a build set: it looks up every output in the cache,
+// writes each derivation's definition and state, and last the set
+// record, which schedulers watch for: a set they see is complete. It
+// dispatches nothing itself; a running Scheduler does.
+func Submit(ctx context.Context, conn *queue.Conn, o SubmitOptions) (*Submitted, error) {
+	if err := queue.ValidToken(o.Tenant); err != nil {
+		return nil, fmt.Errorf("farm: submit: tenant: %w", err)
+	}
+	if o.Graph == nil || o.Graph.Len() == 0 {
+		return nil, fmt.Errorf("farm: submit: %w: empty graph", ErrInvalid)
+	}
+	if o.Cache == nil {
+		return nil, errors.New("farm: submit: no Cache")
+	}
+	if o.Quorum == 0 {
+		o.Quorum = 1
+	}
+	if o.MaxAttempts == 0 {
+		o.MaxAttempts = DefaultMaxAttempts
+	}
+	if o.Quorum < 1 || o.Quorum > 16 || o.MaxAttempts < 1 {
+		return nil, fmt.Errorf("farm: submit: %w: quorum %d, max attempts %d", ErrInvalid, o.Quorum, o.MaxAttempts)
+	}
+	for _, n := range o.Graph.Nodes() {
+		if queue.ValidToken(n.System) != nil {
+			return nil, fmt.Errorf("farm: submit: %w: %s: system %q cannot name a subject", ErrInvalid, n.DrvPath, n.System)
+		}
+	}
+	kv, err := bucket(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	g := o.Graph
+
+	var paths []string
+	for _, n := range g.Nodes() {
+		for _, p := range n.Outputs {
+			paths = append(paths, p)
+		}
+	}
+	visible := make(map[string]bool, len(paths))
+	var mu sync.Mutex
+	if err := parallel(ctx, paths, func(ctx context.Context, p string) error {
+		ok, err := o.Cache.Has(ctx, p)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		visible[p] = ok
+		mu.Unlock()
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("farm: submit: %w", err)
+	}
+
+	id := NewSetID()
+	now := time.Now().UTC()
+	out := &Submitted{}
+	classes := map[string][]string{}
+	type write struct {
+		key string
+		val any
+	}
+	var writes []write
+	for _, n := range g.Nodes() {
+		st := State{Version: RecordVersion, DrvPath: n.DrvPath, Status: Waiting, Updated: now}
+		for name, p := range n.Outputs {
+			if visible[p] {
+				st.Visible = append(st.Visible, name)
+			}
+		}
+		slices.Sort(st.Visible)
+		for _, p := range g.Needs(n.DrvPath) {
+			if visible[p] {
+				st.Have = append(st.Have, p)
+			}
+		}
+		switch {
+		case len(st.Visible) == len(n.Outputs):
+			st.Status, st.Skipped = Done, true
+			out.Skipped++
+		default:
+			classes[classKey(o.Tenant, n.System, FeatureClass(n.Features))] = n.Features
+			if len(st.Have) == len(g.Needs(n.DrvPath)) {
+				out.Ready++
+			}
+		}
+		writes = append(writes, write{nodeKey(id, n.DrvPath), n}, write{stateKey(id, n.DrvPath), &st})
+	}
+	for k, f := range classes {
+		writes = append(writes, write{k, classRecord{Features: f}})
+	}
+	if err := parallel(ctx, writes, func(ctx context.Context, w write) error {
+		b, err := json.Marshal(w.val)
+		if err != nil {
+			return err
+		}
+		if strings.HasPrefix(w.key, "class.") {
+			// Written once per class by whoever comes first.
+			if _, err := kv.Create(ctx, w.key, b); err != nil && !casConflict(err) {
+				return fmt.Errorf("write %s: %w", w.key, err)
+			}
+			return nil
+		}
+		if _, err := kv.Put(ctx, w.key, b); err != nil {
+			return fmt.Errorf("write %s: %w", w.key, err)
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("farm: submit: %w", err)
+	}
+	set := &Set{Version: RecordVersion, ID: id, Tenant: o.Tenant, Created: now, Roots: slices.Clone(o.Roots),
+		Size: g.Len(), Quorum: o.Quorum, MaxAttempts: o.MaxAttempts}
+	b, err := json.Marshal(set)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := kv.Create(ctx, setKey(id), b); err != nil {
+		return nil, fmt.Errorf("farm: submit: write %s: %w", setKey(id), err)
+	}
+	out.Set = set
+	return out, nil
+}
+
+// classRecord marks a feature class of a tenant and system as used
+// (class.<tenant>.<system>.<class>): workers watch these keys to consume
+// the classes they can build.
+type classRecord struct {
+	Features []string `json:"features,omitempty"`
+}
+
+// NewSetID returns a fresh build set id: 26 lowercase base32 characters.
+func NewSetID() string { return strings.ToLower(rand.Text()) }
+
+// parallel runs fn on every item, submitConcurrency at a time, and
+// returns the first error (the calls after it are skipped).
+func parallel[T any](ctx context.Context, items []T, fn func(context.Context, T) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		once     sync.Once
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	ch := make(chan T)
+	for range min(submitConcurrency, len(items)) {
+		wg.Go(func() {
+			for it := range ch {
+				if ctx.Err() != nil {
+					continue
+				}
+				if err := fn(ctx, it); err != nil {
+					once.Do(func() { firstErr = err; cancel() })
+				}
+			}
+		})
+	}
+	for _, it := range items {
+		ch <- it
+	}
+	close(ch)
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	return ctx.Err()
+}

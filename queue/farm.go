@@ -1,0 +1,218 @@
+package queue
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The farm (package farm): build requests for workers and their reports,
+// one work-queue stream, and the build sets' state in a KV bucket. Names
+// are here rather than in names.go to keep the feature in one file, as
+// rebuild.go does.
+const (
+	// StreamFarm holds build requests (farm.build.<tenant>.<system>.<class>)
+	// and workers' reports (farm.report.<tenant>). It is a work queue:
+	// each request goes to one worker of its subject, each report to one
+	// scheduler, and leaves the stream when acked or terminated.
+	StreamFarm = "FARM"
+	// BucketFarm holds the build sets: their definition (set, node and
+	// class keys, written once) and their state (state and claim keys,
+	// updated with compare-and-set).
+	BucketFarm = "PROVENIX_FARM"
+	// FarmConsumerPrefix prefixes every durable consumer the farm makes.
+	FarmConsumerPrefix = "farm-"
+
+	subjectFarm       = "farm"
+	subjectFarmBuild  = subjectFarm + ".build"
+	subjectFarmReport = subjectFarm + ".report"
+
+	// farmDuplicates is FARM's duplicate window: a request published
+	// again with the same Nats-Msg-Id within it (by a scheduler that
+	// restarted, or by a second scheduler) is stored once. Past it, the
+	// worker's claim (compare-and-set in BucketFarm) still keeps a
+	// replica from being built twice.
+	farmDuplicates = time.Hour
+	// MaxFarmMsgSize bounds one farm message (a request or a report with
+	// the tail of a build log).
+	MaxFarmMsgSize = 64 << 10
+)
+
+// FarmBuildSubject is the subject of build requests of tenant for system
+// and feature class (see farm.FeatureClass).
+func FarmBuildSubject(tenant, system, class string) (string, error) {
+	for what, s := range map[string]string{"tenant": tenant, "system": system, "class": class} {
+		if err := ValidToken(s); err != nil {
+			return "", fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	return subjectFarmBuild + "." + tenant + "." + system + "." + class, nil
+}
+
+// FarmReportSubject is the subject of workers' reports for tenant.
+func FarmReportSubject(tenant string) (string, error) {
+	if err := ValidToken(tenant); err != nil {
+		return "", fmt.Errorf("tenant: %w", err)
+	}
+	return subjectFarmReport + "." + tenant, nil
+}
+
+// FarmReportFilter matches every report, of every tenant.
+const FarmReportFilter = subjectFarmReport + ".>"
+
+// FarmEventsFilter matches every publication event, of every tenant.
+var FarmEventsFilter = subjectEvents + ".*." + EventPublished
+
+// FarmConsumer is the durable consumer name for a farm filter subject:
+// readable, with a digest because tokens may hold '-' and be long. A
+// work queue allows one consumer per subject, so every worker serving a
+// subject (or every scheduler of a group) shares it.
+func FarmConsumer(filter string) string {
+	sum := sha256.Sum256([]byte(filter))
+	readable := strings.NewReplacer(".", "_", "*", "any", ">", "all").Replace(filter)
+	if len(readable) > 180 {
+		readable = readable[:180]
+	}
+	return FarmConsumerPrefix + readable + "-" + hex.EncodeToString(sum[:4])
+}
+
+// EnsureFarm creates (or updates) the FARM stream and the PROVENIX_FARM
+// bucket. It is idempotent. o is EnsureStreams' (MaxAge bounds how long
+// a request waits for a worker).
+func (c *Conn) EnsureFarm(ctx context.Context, o StreamOptions) error {
+	if o.MaxAge == 0 {
+		o.MaxAge = DefaultMaxAge
+	}
+	if o.Replicas == 0 {
+		o.Replicas = c.DefaultReplicas()
+	}
+	ctx, cancel := withDefaultTimeout(ctx, PublishTimeout)
+	defer cancel()
+	want := jetstream.StreamConfig{
+		Name:        StreamFarm,
+		Description: "Provenix farm: build requests per tenant, system and feature class; workers' reports",
+		Subjects:    []string{subjectFarm + ".>"},
+		Retention:   jetstream.WorkQueuePolicy,
+		MaxAge:      o.MaxAge,
+		Duplicates:  min(farmDuplicates, o.MaxAge),
+		Storage:     jetstream.FileStorage,
+		MaxMsgSize:  MaxFarmMsgSize + resultHeaderAllowance,
+		Discard:     jetstream.DiscardOld,
+		Replicas:    o.Replicas,
+	}
+	if err := c.ensureStream(ctx, want); err != nil {
+		return err
+	}
+	cfg := jetstream.KeyValueConfig{Bucket: BucketFarm, Description: "Provenix farm build sets: definitions and state",
+		History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, TTL: o.MaxAge * 4, MaxValueSize: 1 << 20}
+	if c.upToDate(ctx, jetstream.StreamConfig{Name: kvStreamPrefix + cfg.Bucket, Storage: cfg.Storage, Replicas: cfg.Replicas,
+		MaxAge: cfg.TTL, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew}) {
+		return nil
+	}
+	err := c.denyAware(ctx, jsAPIFor(kvStreamPrefix+cfg.Bucket, ""), func(ctx context.Context) error {
+		_, err := c.js.CreateOrUpdateKeyValue(ctx, cfg)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, mapJSError(err))
+	}
+	return nil
+}
+
+// PublishFarm publishes data on subj (a farm subject) with msgID as its
+// Nats-Msg-Id, retrying through leader elections as PublishResult does.
+// duplicate is true when the stream already had msgID within its
+// duplicate window (1 h): the message is stored once.
+func (c *Conn) PublishFarm(ctx context.Context, subj, msgID string, data []byte) (duplicate bool, err error) {
+	if !strings.HasPrefix(subj, subjectFarm+".") {
+		return false, fmt.Errorf("queue: publish farm: %w: subject %q is not under %s.", ErrInvalidName, subj, subjectFarm)
+	}
+	if msgID == "" {
+		return false, errors.New("queue: publish farm: empty message id")
+	}
+	if len(data) > MaxFarmMsgSize {
+		return false, fmt.Errorf("queue: publish farm %s: %w: %d bytes, limit %d", subj, ErrTooLarge, len(data), MaxFarmMsgSize)
+	}
+	ack, err := c.publishRetry(ctx, subj, data, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(StreamFarm))
+	if err != nil {
+		return false, fmt.Errorf("queue: publish farm %s: %w", subj, err)
+	}
+	return ack.Duplicate, nil
+}
+
+// ConsumeFarm runs h on the messages of one farm filter subject (a
+// FarmBuildSubject, or FarmReportFilter) through its shared durable
+// consumer, FarmConsumer(filter), created or updated on FARM with
+// explicit acks. o works as for ConsumeRebuilds: FilterSubject is
+// required, Group must be empty. Outcomes are ConsumeResults'.
+func (c *Conn) ConsumeFarm(ctx context.Context, o ConsumerOptions, h Handler) (*Consumer, error) {
+	if h == nil {
+		return nil, errors.New("queue: consume farm: nil handler")
+	}
+	if o.Group != "" {
+		return nil, fmt.Errorf("queue: consume farm: Group %q: must be empty, the consumer is named after the subject", o.Group)
+	}
+	if !strings.HasPrefix(o.FilterSubject, subjectFarm+".") || strings.ContainsAny(o.FilterSubject, `/\`) {
+		return nil, fmt.Errorf("queue: consume farm: %w: filter subject %q is not a farm subject", ErrInvalidName, o.FilterSubject)
+	}
+	if err := o.validateLimits(); err != nil {
+		return nil, fmt.Errorf("queue: consume farm: %w", err)
+	}
+	want := jetstream.ConsumerConfig{
+		Durable:       FarmConsumer(o.FilterSubject),
+		Description:   "Provenix farm: " + o.FilterSubject,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		FilterSubject: o.FilterSubject,
+		AckWait:       o.AckWait,
+		MaxDeliver:    o.MaxDeliver,
+		MaxAckPending: o.MaxAckPending,
+	}
+	k, err := c.consume(ctx, StreamFarm, want, o.Concurrency, c.log.With(logKeySubject, o.FilterSubject), h)
+	if err != nil {
+		return nil, fmt.Errorf("queue: consume farm: %w", err)
+	}
+	return k, nil
+}
+
+// ConsumePublications runs h on the pushers' publication events
+// (events.<tenant>.published, every tenant) through the durable consumer
+// FarmConsumerPrefix+"events-"+o.Group, which the schedulers of a group
+// share: each event goes to one of them. A new group starts with the
+// events published from then on (a scheduler recomputes the past from
+// the cache). Outcomes are ConsumeResults'.
+func (c *Conn) ConsumePublications(ctx context.Context, o ConsumerOptions, h Handler) (*Consumer, error) {
+	if h == nil {
+		return nil, errors.New("queue: consume publications: nil handler")
+	}
+	if o.FilterSubject != "" {
+		return nil, errors.New("queue: consume publications: FilterSubject must be empty")
+	}
+	if err := ValidToken(o.Group); err != nil || strings.ContainsAny(o.Group, `/\`) {
+		return nil, fmt.Errorf("queue: consume publications: %w: group %q", ErrInvalidName, o.Group)
+	}
+	if err := o.validateLimits(); err != nil {
+		return nil, fmt.Errorf("queue: consume publications: %w", err)
+	}
+	want := jetstream.ConsumerConfig{
+		Durable:       FarmConsumerPrefix + "events-" + o.Group,
+		Description:   "Provenix farm schedulers of group " + o.Group,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+		FilterSubject: FarmEventsFilter,
+		AckWait:       o.AckWait,
+		MaxDeliver:    o.MaxDeliver,
+		MaxAckPending: o.MaxAckPending,
+	}
+	k, err := c.consume(ctx, StreamEvents, want, o.Concurrency, c.log.With(logKeyGroup, o.Group), h)
+	if err != nil {
+		return nil, fmt.Errorf("queue: consume publications: %w", err)
+	}
+	return k, nil
+}
