@@ -1,0 +1,297 @@
+package farm
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"codeberg.org/provenix/provenix/queue"
+)
+
+const tenant = "t1"
+
+// startNATS runs an in-process nats-server with JetStream on a random
+// port, its store in a temporary directory; one that does not start
+// fails the test. It returns the client URL and a stop function
+// (also run at cleanup).
+func startNATS(t testing.TB) (string, func()) {
+	t.Helper()
+	dir := t.TempDir()
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatalf("nats server: %v", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	var once sync.Once
+	stop := func() { once.Do(func() { s.Shutdown(); s.WaitForShutdown() }) }
+	t.Cleanup(stop)
+	return s.ClientURL(), stop
+}
+
+func connect(t testing.TB, url string) *queue.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := queue.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// setup is a server with RESULTS/EVENTS and the farm's stream and bucket,
+// and one connection.
+func setup(t testing.TB) (string, *queue.Conn) {
+	t.Helper()
+	url, _ := startNATS(t)
+	c := connect(t, url)
+	ctx := ctxT(t)
+	if err := c.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
+		t.Fatalf("EnsureStreams: %v", err)
+	}
+	if err := c.EnsureFarm(ctx, queue.StreamOptions{}); err != nil {
+		t.Fatalf("EnsureFarm: %v", err)
+	}
+	return url, c
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+const nix32 = "0123456789abcdfghijklmnpqrsvwxyz"
+
+// fakePath is a well-formed store path, the same for the same name.
+func fakePath(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	h := make([]byte, 32)
+	for i := range h {
+		h[i] = nix32[int(sum[i%32]+byte(i/32))%32]
+	}
+	return "/nix/store/" + string(h) + "-" + name
+}
+
+// spec is a test graph: name → input names.
+type spec map[string][]string
+
+// graphOf makes nodes for a spec, one output "out" each, for system.
+func graphOf(t testing.TB, s spec, system string) *Graph {
+	t.Helper()
+	var nodes []*Node
+	for name, ins := range s {
+		n := &Node{DrvPath: fakePath(name + ".drv"), System: system, Outputs: map[string]string{"out": fakePath(name)}}
+		for _, in := range ins {
+			if n.Inputs == nil {
+				n.Inputs = map[string][]string{}
+			}
+			n.Inputs[fakePath(in+".drv")] = []string{"out"}
+		}
+		nodes = append(nodes, n)
+	}
+	g, err := NewGraph(nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+func nameOf(drv string) string {
+	base := drv[len("/nix/store/")+33:]
+	return base[:len(base)-len(".drv")]
+}
+
+// memCache is the cache as the farm sees it, in memory.
+type memCache struct {
+	mu sync.Mutex
+	m  map[string]bool
+}
+
+func newMemCache() *memCache { return &memCache{m: map[string]bool{}} }
+
+func (c *memCache) Has(_ context.Context, p string) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[p], nil
+}
+
+func (c *memCache) add(p string) {
+	c.mu.Lock()
+	c.m[p] = true
+	c.mu.Unlock()
+}
+
+// pusher stands in for cache-push: once a derivation has quorum builds,
+// its outputs become visible and a publication event goes out.
+type pusher struct {
+	conn   *queue.Conn
+	cache  *memCache
+	quorum int
+	// silent: make outputs visible without events (a lost event, or a
+	// scheduler that was down).
+	mu     sync.Mutex
+	silent bool
+	votes  map[string]int
+}
+
+func (p *pusher) vote(ctx context.Context, r *Request) error {
+	p.mu.Lock()
+	if p.votes == nil {
+		p.votes = map[string]int{}
+	}
+	p.votes[r.DrvPath]++
+	n, silent := p.votes[r.DrvPath], p.silent
+	p.mu.Unlock()
+	if n != p.quorum {
+		return nil
+	}
+	for _, o := range slices.Sorted(mapValues(r.Outputs)) {
+		p.cache.add(o)
+		if silent {
+			continue
+		}
+		if err := p.conn.PublishEvent(ctx, r.Tenant, queue.EventPublished, map[string]any{"tenant": r.Tenant, "storePath": o, "drvPath": r.DrvPath}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *pusher) setSilent(v bool) {
+	p.mu.Lock()
+	p.silent = v
+	p.mu.Unlock()
+}
+
+func mapValues(m map[string]string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for _, v := range m {
+			if !yield(v) {
+				return
+			}
+		}
+	}
+}
+
+// build is one build a test worker did.
+type build struct {
+	drv, builder, owner string
+	replica, attempt    int
+	at                  time.Time
+	// ready: every output the derivation needs was visible when the
+	// request was delivered.
+	ready bool
+}
+
+// log of builds, shared by a test's workers.
+type buildLog struct {
+	mu     sync.Mutex
+	builds []build
+	claims map[string]int // "drv replica attempt" → Claimed count
+}
+
+func (l *buildLog) add(b build) {
+	l.mu.Lock()
+	l.builds = append(l.builds, b)
+	l.mu.Unlock()
+}
+
+func (l *buildLog) all() []build {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.builds)
+}
+
+func (l *buildLog) claimed(r *Request, res ClaimResult) {
+	if res != Claimed {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.claims == nil {
+		l.claims = map[string]int{}
+	}
+	l.claims[fmt.Sprintf("%s %d %d", nameOf(r.DrvPath), r.Replica, r.Attempt)]++
+}
+
+// testWorker runs a Worker whose builds vote through p, or fail when
+// fail says so; it stops at cleanup.
+func testWorker(t testing.TB, url string, g *Graph, cache *memCache, p *pusher, log *buildLog, builder, owner string,
+	fail func(r *Request, builder string) bool) context.CancelFunc {
+	t.Helper()
+	conn := connect(t, url)
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &Worker{Conn: conn, Tenant: tenant, Machine: Machine{System: "x86_64-linux"}, Builder: builder, Owner: owner,
+		Concurrency: 4, AckWait: 5 * time.Second, OnClaim: log.claimed,
+		Build: func(ctx context.Context, r *Request) (*BuildStats, error) {
+			ready := true
+			if g != nil {
+				for _, n := range g.Needs(r.DrvPath) {
+					if ok, _ := cache.Has(ctx, n); !ok {
+						ready = false
+					}
+				}
+			}
+			log.add(build{drv: nameOf(r.DrvPath), builder: builder, owner: owner, replica: r.Replica, attempt: r.Attempt, at: time.Now(), ready: ready})
+			if fail != nil && fail(r, builder) {
+				return nil, &BuildError{ExitCode: 1, Log: []string{"error: builder for '" + r.DrvPath + "' failed"}}
+			}
+			return &BuildStats{}, p.vote(ctx, r)
+		}}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	stop := func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker %s: %v", builder, err)
+		}
+		done <- nil
+	}
+	var once sync.Once
+	t.Cleanup(func() { once.Do(stop) })
+	return func() { once.Do(stop) }
+}
+
+func startScheduler(t testing.TB, url string, cache Cache, group string) *Scheduler {
+	t.Helper()
+	s, err := NewScheduler(SchedulerConfig{Conn: connect(t, url), Cache: cache, Group: group, ResyncEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Open(ctxT(t)); err != nil {
+		t.Fatalf("scheduler Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close(context.Background()) })
+	return s
+}
+
+// waitFinished polls the set's status until it is finished.
+func waitFinished(t testing.TB, conn *queue.Conn, id string, within time.Duration) *SetStatus {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		st, err := GetStatus(ctxT(t), conn, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Finished() {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("set not finished after %s: %s", within, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

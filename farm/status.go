@@ -1,0 +1,106 @@
+package farm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// SetStatus is a build set's progress, read from the bucket.
+type SetStatus struct {
+	Set *Set `json:"set"`
+	// Counts are the derivations per status.
+	Counts map[Status]int `json:"counts"`
+	// Skipped counts derivations done at submission.
+	Skipped int `json:"skipped"`
+	// Derivations are every derivation's state, inputs first.
+	Derivations []*State `json:"derivations"`
+}
+
+// Finished reports whether every derivation is final.
+func (s *SetStatus) Finished() bool {
+	return s.Counts[Done]+s.Counts[Failed]+s.Counts[Blocked] == s.Set.Size
+}
+
+// String is a one-line summary.
+func (s *SetStatus) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %d derivations: %d done (%d skipped), %d building, %d waiting, %d failed, %d blocked",
+		s.Set.ID, s.Set.Size, s.Counts[Done], s.Skipped, s.Counts[Dispatched], s.Counts[Waiting], s.Counts[Failed], s.Counts[Blocked])
+	if s.Set.Canceled != nil {
+		b.WriteString(", cancelled")
+	}
+	return b.String()
+}
+
+// GetStatus reads set id's progress.
+func GetStatus(ctx context.Context, conn *queue.Conn, id string) (*SetStatus, error) {
+	if err := validID(id); err != nil {
+		return nil, err
+	}
+	kv, err := bucket(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	var set Set
+	if _, found, err := getJSON(ctx, kv, setKey(id), &set); err != nil {
+		return nil, err
+	} else if !found {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	states, err := list[State](ctx, kv, statePrefix(id))
+	if err != nil {
+		return nil, err
+	}
+	st := &SetStatus{Set: &set, Counts: map[Status]int{}}
+	for _, s := range states {
+		st.Counts[s.Status]++
+		if s.Skipped {
+			st.Skipped++
+		}
+		st.Derivations = append(st.Derivations, s)
+	}
+	slices.SortFunc(st.Derivations, func(a, b *State) int { return strings.Compare(a.DrvPath, b.DrvPath) })
+	return st, nil
+}
+
+// Cancel marks set id cancelled: nothing more of it is dispatched, and
+// workers drop its requests still queued. Builds under way finish. It
+// is idempotent.
+func Cancel(ctx context.Context, conn *queue.Conn, id string) (*Set, error) {
+	if err := validID(id); err != nil {
+		return nil, err
+	}
+	kv, err := bucket(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	return update(ctx, kv, setKey(id), func(s *Set, found bool) (bool, func(context.Context) error, error) {
+		if !found {
+			return false, nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		if s.Canceled != nil {
+			return false, nil, nil
+		}
+		now := time.Now().UTC()
+		s.Canceled = &now
+		return true, nil, nil
+	})
+}
+
+// MarshalJSON keeps Counts readable with every status present.
+func (s *SetStatus) MarshalJSON() ([]byte, error) {
+	counts := map[Status]int{Waiting: 0, Dispatched: 0, Done: 0, Failed: 0, Blocked: 0}
+	for k, v := range s.Counts {
+		counts[k] = v
+	}
+	type plain SetStatus
+	p := plain(*s)
+	p.Counts = counts
+	return json.Marshal(p)
+}

@@ -1,0 +1,338 @@
+package farm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// ClaimResult is what a worker may do with a request.
+type ClaimResult int
+
+const (
+	// Claimed: build it.
+	Claimed ClaimResult = iota
+	// NotNeeded: the set was cancelled, the derivation is final, or this
+	// delivery is stale (a later attempt, or a later delivery of the same
+	// request, holds the replica): drop the request.
+	NotNeeded
+	// NotForUs: this builder failed the derivation before, or its owner
+	// holds another replica: leave the request to another worker.
+	NotForUs
+)
+
+func (c ClaimResult) String() string {
+	switch c {
+	case Claimed:
+		return "claimed"
+	case NotNeeded:
+		return "not needed"
+	case NotForUs:
+		return "not for us"
+	}
+	return fmt.Sprintf("ClaimResult(%d)", int(c))
+}
+
+// ClaimRequest records that builder (run by owner) takes replica r.Replica of
+// r's derivation, on the delivered-th delivery of the request; it
+// decides, with compare-and-set on the derivation's claim record, that
+// the N replicas of a quorum go to N distinct owners and that no replica
+// is built twice:
+//   - a replica held for an earlier attempt, or for an earlier delivery
+//     of this request (its claimant lost it), is taken over;
+//   - a replica held for this attempt and delivery by another builder,
+//     or for a later one, is not needed any more;
+//   - a builder that failed the derivation, or whose owner holds another
+//     replica, does not get it.
+func ClaimRequest(ctx context.Context, conn *queue.Conn, r *Request, builder, owner string, delivered uint64) (ClaimResult, error) {
+	kv, err := bucket(ctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	return claim(ctx, kv, r, builder, owner, delivered)
+}
+
+func claim(ctx context.Context, kv jetstream.KeyValue, r *Request, builder, owner string, delivered uint64) (ClaimResult, error) {
+	if builder == "" {
+		return 0, errors.New("farm: claim: no builder id")
+	}
+	if owner == "" {
+		owner = builder
+	}
+	if slices.Contains(r.Exclude, builder) {
+		return NotForUs, nil
+	}
+	var set Set
+	if _, found, err := getJSON(ctx, kv, setKey(r.Set), &set); err != nil {
+		return 0, err
+	} else if !found || set.Canceled != nil || set.Tenant != r.Tenant {
+		return NotNeeded, nil
+	}
+	var st State
+	if _, found, err := getJSON(ctx, kv, stateKey(r.Set, r.DrvPath), &st); err != nil {
+		return 0, err
+	} else if !found || st.Status.Final() || st.DrvPath != r.DrvPath {
+		return NotNeeded, nil
+	}
+	if slices.Contains(st.failedBuilders(), builder) {
+		return NotForUs, nil
+	}
+	res := Claimed
+	_, err := update(ctx, kv, claimKey(r.Set, r.DrvPath), func(c *Claims, found bool) (bool, func(context.Context) error, error) {
+		c.Version = RecordVersion
+		i := slices.IndexFunc(c.Replicas, func(x Claim) bool { return x.Replica == r.Replica })
+		for _, x := range c.Replicas {
+			if x.Replica != r.Replica && (x.Owner == owner || x.Builder == builder) {
+				res = NotForUs
+				return false, nil, nil
+			}
+		}
+		mine := Claim{Replica: r.Replica, Attempt: r.Attempt, Builder: builder, Owner: owner, Delivered: delivered, At: time.Now().UTC()}
+		if i < 0 {
+			c.Replicas = append(c.Replicas, mine)
+			slices.SortFunc(c.Replicas, func(a, b Claim) int { return a.Replica - b.Replica })
+			res = Claimed
+			return true, nil, nil
+		}
+		cur := c.Replicas[i]
+		switch {
+		case cur.Attempt == r.Attempt && cur.Delivered == delivered && cur.Builder == builder:
+			res = Claimed // ours already: a retried claim
+			return false, nil, nil
+		case cur.Attempt < r.Attempt || cur.Attempt == r.Attempt && cur.Delivered < delivered:
+			c.Replicas[i] = mine
+			res = Claimed
+			return true, nil, nil
+		default:
+			res = NotNeeded
+			return false, nil, nil
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	return res, nil
+}
+
+// BuildFunc builds a request's derivation and publishes its result (as
+// `provenix build` does). A build that ran and failed returns a
+// *BuildError; any other error is a worker's failure and the request is
+// redelivered, to this worker or another.
+type BuildFunc func(ctx context.Context, r *Request) (*BuildStats, error)
+
+// BuildStats is what a build cost.
+type BuildStats struct {
+	CPUSeconds float64
+	Wall       time.Duration
+}
+
+// BuildError is a build that failed: Nix's exit code and the last lines
+// of its log.
+type BuildError struct {
+	ExitCode int
+	Log      []string
+	Stats    BuildStats
+}
+
+func (e *BuildError) Error() string {
+	last := ""
+	if len(e.Log) > 0 {
+		last = ": " + e.Log[len(e.Log)-1]
+	}
+	return fmt.Sprintf("build failed with exit code %d%s", e.ExitCode, last)
+}
+
+// Defaults of Worker.
+const (
+	// DefaultNotForUsDelay is how long a request this worker may not
+	// build waits before it is offered again (to any worker).
+	DefaultNotForUsDelay = 2 * time.Second
+	// MaxLogLines bounds the log lines a failure report carries.
+	MaxLogLines = 40
+)
+
+// Worker takes build requests it can build from the farm's work queue,
+// claims them, builds them with Build and reports the outcome. Set the
+// fields, then call Run.
+type Worker struct {
+	Conn    *queue.Conn
+	Tenant  string
+	Machine Machine
+	// Builder is this worker's builder id (the one its results are
+	// signed with); Owner who runs it, as the policy counts distinct
+	// builders (the builder id when empty).
+	Builder, Owner string
+	Build          BuildFunc
+	// Concurrency is how many builds run at once per subject; 1 when 0.
+	Concurrency int
+	// AckWait: see queue.ConsumerOptions. A running build tells the
+	// server it is in progress every AckWait/3.
+	AckWait time.Duration
+	Logger  *slog.Logger
+	// OnClaim, when set, is called with each request's claim result.
+	OnClaim func(*Request, ClaimResult)
+}
+
+// Run serves requests until ctx ends. It consumes, for each system the
+// machine builds for (and builtin), every feature class submitted for
+// the tenant that the machine can build, and picks up classes submitted
+// later as they appear.
+func (w *Worker) Run(ctx context.Context) error {
+	if w.Conn == nil || w.Build == nil || w.Builder == "" || w.Machine.System == "" {
+		return errors.New("farm: worker: Conn, Build, Builder and Machine.System are required")
+	}
+	if err := queue.ValidToken(w.Tenant); err != nil {
+		return fmt.Errorf("farm: worker: tenant: %w", err)
+	}
+	log := w.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	kv, err := bucket(ctx, w.Conn)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watch, err := kv.Watch(ctx, classPrefix(w.Tenant)+".>", jetstream.IgnoreDeletes())
+	if err != nil {
+		return fmt.Errorf("farm: worker: watch classes: %w", err)
+	}
+	defer watch.Stop()
+	ackWait := w.AckWait
+	if ackWait == 0 {
+		ackWait = queue.DefaultAckWait
+	}
+	var (
+		mu        sync.Mutex
+		consumers = map[string]*queue.Consumer{}
+	)
+	defer func() {
+		for _, k := range consumers {
+			k.Stop()
+		}
+		for _, k := range consumers {
+			<-k.Closed()
+		}
+	}()
+	h := func(hctx context.Context, d *queue.Delivery) error { return w.handle(hctx, kv, d, ackWait, log) }
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-watch.Updates():
+			if !ok {
+				return errors.New("farm: worker: class watch ended")
+			}
+			if e == nil {
+				continue
+			}
+			// class.<tenant>.<system>.<class>
+			parts := strings.Split(e.Key(), ".")
+			if len(parts) != 4 {
+				continue
+			}
+			system, class := parts[2], parts[3]
+			var rec classRecord
+			if json.Unmarshal(e.Value(), &rec) != nil || FeatureClass(rec.Features) != class ||
+				!w.Machine.CanBuildSystem(system) || !w.Machine.CanBuildFeatures(rec.Features) {
+				continue
+			}
+			subj, err := queue.FarmBuildSubject(w.Tenant, system, class)
+			if err != nil {
+				continue
+			}
+			mu.Lock()
+			_, have := consumers[subj]
+			mu.Unlock()
+			if have {
+				continue
+			}
+			k, err := w.Conn.ConsumeFarm(ctx, queue.ConsumerOptions{FilterSubject: subj, AckWait: ackWait,
+				Concurrency: max(w.Concurrency, 1)}, h)
+			if err != nil {
+				return fmt.Errorf("farm: worker: %w", err)
+			}
+			log.Info("farm: consuming", "subject", subj)
+			mu.Lock()
+			consumers[subj] = k
+			mu.Unlock()
+		}
+	}
+}
+
+func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Delivery, ackWait time.Duration, log *slog.Logger) error {
+	r, err := DecodeRequest(d.Data)
+	if err != nil {
+		return queue.Permanent(err)
+	}
+	if want, _ := r.Subject(); want != d.Subject || r.Tenant != w.Tenant {
+		return queue.Permanent(fmt.Errorf("farm: %w: request for %s arrived on %s", ErrInvalid, want, d.Subject))
+	}
+	res, err := claim(ctx, kv, r, w.Builder, w.Owner, d.NumDelivered)
+	if err != nil {
+		return err
+	}
+	if w.OnClaim != nil {
+		w.OnClaim(r, res)
+	}
+	switch res {
+	case NotNeeded:
+		return nil
+	case NotForUs:
+		return queue.Defer(DefaultNotForUsDelay)
+	}
+	stop := d.KeepAlive(ctx, ackWait/3, nil)
+	start := time.Now()
+	stats, berr := w.Build(ctx, r)
+	stop()
+	rep := &Report{Version: RecordVersion, Set: r.Set, Tenant: r.Tenant, DrvPath: r.DrvPath, Replica: r.Replica,
+		Attempt: r.Attempt, Builder: w.Builder, Owner: w.Owner, Outcome: Built, Time: time.Now().UTC()}
+	var be *BuildError
+	switch {
+	case berr == nil:
+		if stats != nil {
+			rep.CPUSeconds, rep.WallMillis = stats.CPUSeconds, stats.Wall.Milliseconds()
+		}
+	case errors.As(berr, &be):
+		rep.Outcome, rep.ExitCode = BuildFailed, be.ExitCode
+		rep.Log = be.Log[max(0, len(be.Log)-MaxLogLines):]
+		rep.CPUSeconds, rep.WallMillis = be.Stats.CPUSeconds, be.Stats.Wall.Milliseconds()
+		log.Warn("farm: build failed", logKeyDrv, r.DrvPath, logKeyErr, berr)
+	default:
+		return fmt.Errorf("farm: build %s: %w", r.DrvPath, berr)
+	}
+	if rep.WallMillis == 0 {
+		rep.WallMillis = time.Since(start).Milliseconds()
+	}
+	if err := PublishReport(ctx, w.Conn, rep); err != nil {
+		return err
+	}
+	return nil
+}
+
+// PublishReport sends a worker's report to the schedulers.
+func PublishReport(ctx context.Context, conn *queue.Conn, rep *Report) error {
+	subj, err := queue.FarmReportSubject(rep.Tenant)
+	if err != nil {
+		return fmt.Errorf("farm: report: %w", err)
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	if _, err := conn.PublishFarm(ctx, subj, rep.MsgID(), b); err != nil {
+		return fmt.Errorf("farm: report %s: %w", rep.DrvPath, err)
+	}
+	return nil
+}
