@@ -156,7 +156,7 @@ func (e *BuildError) Error() string {
 const (
 	// DefaultNotForUsDelay is how long a request this worker may not
 	// build waits before it is offered again (to any worker).
-	DefaultNotForUsDelay = 2 * time.Second
+	DefaultNotForUsDelay = 200 * time.Millisecond
 	// MaxLogLines bounds the log lines a failure report carries.
 	MaxLogLines = 40
 )

@@ -1,0 +1,417 @@
+package farm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/queue"
+)
+
+func submit(t testing.TB, conn *queue.Conn, g *Graph, cache Cache, quorum, maxAttempts int) *Submitted {
+	t.Helper()
+	s, err := Submit(ctxT(t), conn, SubmitOptions{Tenant: tenant, Graph: g, Cache: cache, Quorum: quorum, MaxAttempts: maxAttempts})
+	if err != nil {
+		t.Fatalf("Submit: %v", err)
+	}
+	return s
+}
+
+// checkOrder fails unless every build started with the outputs it needs
+// visible, and each derivation was built once per replica.
+func checkBuilds(t *testing.T, log *buildLog, want int, quorum int) []build {
+	t.Helper()
+	builds := log.all()
+	seen := map[string]int{}
+	for _, b := range builds {
+		if !b.ready {
+			t.Errorf("%s dispatched before its inputs were visible", b.drv)
+		}
+		seen[fmt.Sprintf("%s/%d", b.drv, b.replica)]++
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Errorf("%s built %d times", k, n)
+		}
+	}
+	if len(builds) != want*quorum {
+		t.Errorf("%d builds, want %d", len(builds), want*quorum)
+	}
+	return builds
+}
+
+func TestChainDispatchOrder(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	s := spec{"c0": nil}
+	for i := 1; i < 8; i++ {
+		s[fmt.Sprintf("c%d", i)] = []string{fmt.Sprintf("c%d", i-1)}
+	}
+	g := graphOf(t, s, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "g1")
+	testWorker(t, url, g, cache, p, log, "b1", "o1", nil)
+	testWorker(t, url, g, cache, p, log, "b2", "o2", nil)
+
+	sub := submit(t, conn, g, cache, 1, 0)
+	if sub.Ready != 1 || sub.Skipped != 0 {
+		t.Errorf("submitted: ready %d, skipped %d; want 1, 0", sub.Ready, sub.Skipped)
+	}
+	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
+	if st.Counts[Done] != 8 {
+		t.Fatalf("status %s", st)
+	}
+	builds := checkBuilds(t, log, 8, 1)
+	for i, b := range builds {
+		if b.drv != fmt.Sprintf("c%d", i) {
+			t.Errorf("build %d was %s", i, b.drv)
+		}
+	}
+}
+
+func TestDiamondAndSkipped(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	// top ← (l, r) ← mid ← (base, cached); cached is in the cache already.
+	g := graphOf(t, spec{"cached": nil, "base": nil, "mid": {"base", "cached"}, "l": {"mid"}, "r": {"mid"}, "top": {"l", "r"}}, "x86_64-linux")
+	cache.add(fakePath("cached"))
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "g1")
+	testWorker(t, url, g, cache, p, log, "b1", "o1", nil)
+	testWorker(t, url, g, cache, p, log, "b2", "o2", nil)
+
+	sub := submit(t, conn, g, cache, 1, 0)
+	if sub.Skipped != 1 || sub.Ready != 1 {
+		t.Errorf("submitted: skipped %d, ready %d; want 1, 1", sub.Skipped, sub.Ready)
+	}
+	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
+	if st.Counts[Done] != 6 || st.Skipped != 1 {
+		t.Fatalf("status %s", st)
+	}
+	builds := checkBuilds(t, log, 5, 1)
+	at := map[string]time.Time{}
+	for _, b := range builds {
+		at[b.drv] = b.at
+	}
+	if _, ok := at["cached"]; ok {
+		t.Error("a derivation already in the cache was built")
+	}
+	if !at["top"].After(at["l"]) || !at["top"].After(at["r"]) || !at["l"].After(at["mid"]) || !at["mid"].After(at["base"]) {
+		t.Errorf("diamond built out of order: %v", at)
+	}
+}
+
+// TestSchedulerRestartRecomputes: outputs that became visible while no
+// scheduler ran, with no event (lost, or published before the restart),
+// are found in the cache by the next scheduler, which continues.
+func TestSchedulerRestartRecomputes(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil, "b": {"a"}, "c": {"b"}}, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 1, silent: true}
+	log := &buildLog{}
+	first := startScheduler(t, url, cache, "g1")
+	testWorker(t, url, g, cache, p, log, "b1", "o1", nil)
+	sub := submit(t, conn, g, cache, 1, 0)
+
+	// a is built and visible, but nobody said so.
+	waitFor(t, 10*time.Second, func() bool { ok, _ := cache.Has(context.Background(), fakePath("a")); return ok })
+	if err := first.Close(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := len(log.all()); got != 1 {
+		t.Fatalf("%d builds before the restart, want 1 (a)", got)
+	}
+	p.setSilent(false)
+	// The second scheduler starts from the bucket and the cache alone.
+	startScheduler(t, url, cache, "g1")
+	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
+	if st.Counts[Done] != 3 {
+		t.Fatalf("status %s", st)
+	}
+	checkBuilds(t, log, 3, 1)
+}
+
+// TestCrashBetweenPublishAndState: a scheduler that published a request
+// and died before recording it leaves the derivation waiting with all
+// its inputs; the next one publishes the same message again, which the
+// stream stores once, and records it.
+func TestCrashBetweenPublishAndState(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 2, 0)
+	n := g.Node(fakePath("a.drv"))
+	for replica := range 2 {
+		r := &Request{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: n.DrvPath, System: n.System,
+			Outputs: n.Outputs, Replica: replica, Attempt: 1, Requested: time.Now()}
+		if err := publishRequest(ctxT(t), conn, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startScheduler(t, url, cache, "g1")
+	waitFor(t, 10*time.Second, func() bool {
+		st, err := GetStatus(ctxT(t), conn, sub.Set.ID)
+		return err == nil && st.Counts[Dispatched] == 1
+	})
+	info, err := conn.JetStream().Stream(ctxT(t), queue.StreamFarm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.CachedInfo().State.Msgs; got != 2 {
+		t.Errorf("%d requests queued, want 2 (one per replica, stored once)", got)
+	}
+}
+
+// TestTwoSchedulersNoDoubleDispatch runs two schedulers in different
+// groups, so both see every event and race for every dispatch.
+func TestTwoSchedulersNoDoubleDispatch(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	s := spec{}
+	for i := range 6 {
+		for j := range 6 {
+			name := fmt.Sprintf("n%d_%d", i, j)
+			if i > 0 {
+				s[name] = []string{fmt.Sprintf("n%d_%d", i-1, j), fmt.Sprintf("n%d_%d", i-1, (j+1)%6)}
+			} else {
+				s[name] = nil
+			}
+		}
+	}
+	g := graphOf(t, s, "x86_64-linux")
+	const quorum = 2
+	p := &pusher{conn: conn, cache: cache, quorum: quorum}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "ga")
+	startScheduler(t, url, cache, "gb")
+	for i := range 3 {
+		testWorker(t, url, g, cache, p, log, fmt.Sprintf("b%d", i), fmt.Sprintf("o%d", i), nil)
+	}
+	sub := submit(t, conn, g, cache, quorum, 0)
+	st := waitFinished(t, conn, sub.Set.ID, 60*time.Second)
+	if st.Counts[Done] != 36 {
+		t.Fatalf("status %s", st)
+	}
+	time.Sleep(300 * time.Millisecond) // let the last reports land
+	builds := checkBuilds(t, log, 36, quorum)
+	owners := map[string][]string{}
+	for _, b := range builds {
+		owners[b.drv] = append(owners[b.drv], b.owner)
+	}
+	for drv, os := range owners {
+		if slices.Sort(os); len(slices.Compact(os)) != quorum {
+			t.Errorf("%s built by owners %v, want %d distinct", drv, os, quorum)
+		}
+	}
+	for k, n := range log.claims {
+		if n != 1 {
+			t.Errorf("%s claimed %d times", k, n)
+		}
+	}
+	// Every request and every report was stored once.
+	info, err := conn.JetStream().Stream(ctxT(t), queue.StreamFarm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := info.CachedInfo().State.LastSeq, uint64(2*36*quorum); got != want {
+		t.Errorf("FARM stored %d messages, want %d (a request and a report per replica)", got, want)
+	}
+}
+
+// TestQuorumDistinctOwners: two workers of one owner and one of another;
+// a quorum of 2 needs both owners on every derivation.
+func TestQuorumDistinctOwners(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil, "b": nil, "c": {"a", "b"}}, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 2}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "g1")
+	testWorker(t, url, g, cache, p, log, "alice-1", "alice", nil)
+	testWorker(t, url, g, cache, p, log, "alice-2", "alice", nil)
+	testWorker(t, url, g, cache, p, log, "bob-1", "bob", nil)
+	sub := submit(t, conn, g, cache, 2, 0)
+	waitFinished(t, conn, sub.Set.ID, 60*time.Second)
+	for _, b := range checkBuilds(t, log, 3, 2) {
+		t.Logf("%s replica %d by %s", b.drv, b.replica, b.builder)
+	}
+	per := map[string][]string{}
+	for _, b := range log.all() {
+		per[b.drv] = append(per[b.drv], b.owner)
+	}
+	for drv, os := range per {
+		slices.Sort(os)
+		if !slices.Equal(os, []string{"alice", "bob"}) {
+			t.Errorf("%s built by %v", drv, os)
+		}
+	}
+}
+
+// TestRetryOnAnotherWorker: a derivation that fails on one builder is
+// retried on another, and the set completes.
+func TestRetryOnAnotherWorker(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil, "b": {"a"}}, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "g1")
+	flaky := func(r *Request, builder string) bool { return builder == "bad" }
+	testWorker(t, url, g, cache, p, log, "bad", "o1", flaky)
+	sub := submit(t, conn, g, cache, 1, 3)
+	// Only the bad worker runs: a fails once, and its retry must wait
+	// for another builder.
+	waitFor(t, 10*time.Second, func() bool {
+		st, _ := GetStatus(ctxT(t), conn, sub.Set.ID)
+		return st != nil && len(st.Derivations) > 0 && slices.ContainsFunc(st.Derivations, func(s *State) bool { return len(s.Failures) == 1 })
+	})
+	testWorker(t, url, g, cache, p, log, "good", "o2", flaky)
+	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
+	if st.Counts[Done] != 2 {
+		t.Fatalf("status %s", st)
+	}
+	var aBuilds []string
+	for _, b := range log.all() {
+		if b.drv == "a" {
+			aBuilds = append(aBuilds, fmt.Sprintf("%s#%d", b.builder, b.attempt))
+		}
+	}
+	if !slices.Equal(aBuilds, []string{"bad#1", "good#2"}) {
+		t.Errorf("builds of a: %v, want bad#1 then good#2", aBuilds)
+	}
+	for _, s := range st.Derivations {
+		if nameOf(s.DrvPath) == "a" && (len(s.Failures) != 1 || s.Failures[0].Builder != "bad" || !strings.Contains(strings.Join(s.Failures[0].Log, "\n"), "failed")) {
+			t.Errorf("a's failures: %+v", s.Failures)
+		}
+	}
+}
+
+// TestFailedBlocksDependents: a derivation that fails MaxAttempts times
+// fails, and what depends on it is blocked by it; an independent branch
+// completes.
+func TestFailedBlocksDependents(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"bad": nil, "mid": {"bad"}, "top": {"mid", "ok"}, "ok": nil}, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "g1")
+	broken := func(r *Request, _ string) bool { return strings.HasSuffix(r.DrvPath, "-bad.drv") }
+	testWorker(t, url, g, cache, p, log, "b1", "o1", broken)
+	testWorker(t, url, g, cache, p, log, "b2", "o2", broken)
+	sub := submit(t, conn, g, cache, 1, 2)
+	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
+	want := map[string]Status{"bad": Failed, "mid": Blocked, "top": Blocked, "ok": Done}
+	for _, s := range st.Derivations {
+		name := nameOf(s.DrvPath)
+		if s.Status != want[name] {
+			t.Errorf("%s: %s, want %s", name, s.Status, want[name])
+		}
+		if s.Status == Blocked && s.BlockedBy != fakePath("bad.drv") {
+			t.Errorf("%s blocked by %q", name, s.BlockedBy)
+		}
+		if name == "bad" {
+			if len(s.Failures) != 2 || s.Failures[0].Builder == s.Failures[1].Builder {
+				t.Errorf("bad's failures: %+v (want 2, on two builders)", s.Failures)
+			}
+		}
+	}
+}
+
+func TestCancel(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil, "b": {"a"}}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, 0)
+	startScheduler(t, url, cache, "g1")
+	waitFor(t, 10*time.Second, func() bool {
+		st, err := GetStatus(ctxT(t), conn, sub.Set.ID)
+		return err == nil && st.Counts[Dispatched] == 1
+	})
+	if _, err := Cancel(ctxT(t), conn, sub.Set.ID); err != nil {
+		t.Fatal(err)
+	}
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	var results []ClaimResult
+	w := testWorker(t, url, g, cache, p, log, "b1", "o1", nil)
+	_ = results
+	waitFor(t, 10*time.Second, func() bool {
+		info, err := conn.JetStream().Stream(ctxT(t), queue.StreamFarm)
+		return err == nil && info.CachedInfo().State.Msgs == 0
+	})
+	w()
+	if got := log.all(); len(got) != 0 {
+		t.Errorf("a cancelled set was built: %+v", got)
+	}
+	st, err := GetStatus(ctxT(t), conn, sub.Set.ID)
+	if err != nil || st.Set.Canceled == nil || !strings.Contains(st.String(), "cancelled") {
+		t.Errorf("status %v, %v", st, err)
+	}
+	if _, err := GetStatus(ctxT(t), conn, NewSetID()); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown set: %v", err)
+	}
+}
+
+func waitFor(t testing.TB, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestWorkerLostMidBuild: a worker that dies mid-build (its connection
+// gone, nothing acked) loses only that build: the request is
+// redelivered after AckWait, and another worker takes the replica over.
+func TestWorkerLostMidBuild(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil, "b": {"a"}}, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "g1")
+
+	dying := connect(t, url)
+	started := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &Worker{Conn: dying, Tenant: tenant, Machine: Machine{System: "x86_64-linux"}, Builder: "dying", AckWait: time.Second,
+		Build: func(ctx context.Context, r *Request) (*BuildStats, error) {
+			close(started)
+			<-ctx.Done() // hangs until its process "dies"
+			return nil, ctx.Err()
+		}}
+	go w.Run(ctx)
+	sub := submit(t, conn, g, cache, 1, 0)
+	<-started
+	dying.Close() // like kill -9: no ack, no nak, no report
+	testWorker(t, url, g, cache, p, log, "survivor", "o2", nil)
+	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
+	if st.Counts[Done] != 2 {
+		t.Fatalf("status %s", st)
+	}
+	builds := checkBuilds(t, log, 2, 1)
+	if builds[0].drv != "a" || builds[0].builder != "survivor" {
+		t.Errorf("a rebuilt by %+v", builds[0])
+	}
+	var c Claims
+	kv, _ := bucket(ctxT(t), conn)
+	if _, _, err := getJSON(ctxT(t), kv, claimKey(sub.Set.ID, fakePath("a.drv")), &c); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Replicas) != 1 || c.Replicas[0].Builder != "survivor" || c.Replicas[0].Delivered < 2 {
+		t.Errorf("claim of a: %+v, want taken over by survivor on a later delivery", c.Replicas)
+	}
+}
