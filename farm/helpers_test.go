@@ -280,6 +280,13 @@ func startScheduler(t testing.TB, url string, cache Cache, group string) *Schedu
 // waitFinished polls the set's status until it is finished.
 func waitFinished(t testing.TB, conn *queue.Conn, id string, within time.Duration) *SetStatus {
 	t.Helper()
+	return waitFinishedEvery(t, conn, id, within, 20*time.Millisecond)
+}
+
+// waitFinishedEvery is waitFinished polling every interval: reading a
+// large set's status is not free.
+func waitFinishedEvery(t testing.TB, conn *queue.Conn, id string, within, interval time.Duration) *SetStatus {
+	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
 		st, err := GetStatus(ctxT(t), conn, id)
@@ -292,6 +299,6 @@ func waitFinished(t testing.TB, conn *queue.Conn, id string, within time.Duratio
 		if time.Now().After(deadline) {
 			t.Fatalf("set not finished after %s: %s", within, st)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
