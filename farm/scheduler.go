@@ -577,13 +577,19 @@ func (s *Scheduler) Resync(ctx context.Context, id string, checkCache bool) erro
 	}
 	var errs []error
 	if checkCache {
+		var open []string
 		for drv, st := range states {
-			if st.Status.Final() {
-				continue
+			if !st.Status.Final() {
+				open = append(open, drv)
 			}
-			n := ls.g.Node(drv)
+		}
+		var mu sync.Mutex
+		err := parallel(ctx, open, func(ctx context.Context, drv string) error {
+			mu.Lock()
+			st := states[drv]
+			mu.Unlock()
 			var found []string
-			for name, p := range n.Outputs {
+			for name, p := range ls.g.Node(drv).Outputs {
 				if slices.Contains(st.Visible, name) {
 					continue
 				}
@@ -595,14 +601,20 @@ func (s *Scheduler) Resync(ctx context.Context, id string, checkCache bool) erro
 					found = append(found, name)
 				}
 			}
-			if len(found) > 0 {
-				nst, err := s.markVisible(ctx, ls, drv, found)
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				states[drv] = nst
+			if len(found) == 0 {
+				return nil
 			}
+			nst, err := s.markVisible(ctx, ls, drv, found)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			states[drv] = nst
+			mu.Unlock()
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 	}
 	visible := map[string]bool{}

@@ -156,7 +156,7 @@ func (e *BuildError) Error() string {
 const (
 	// DefaultNotForUsDelay is how long a request this worker may not
 	// build waits before it is offered again (to any worker).
-	DefaultNotForUsDelay = 200 * time.Millisecond
+	DefaultNotForUsDelay = 100 * time.Millisecond
 	// MaxLogLines bounds the log lines a failure report carries.
 	MaxLogLines = 40
 )
@@ -290,7 +290,7 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 	case NotNeeded:
 		return nil
 	case NotForUs:
-		return queue.Defer(DefaultNotForUsDelay)
+		return queue.Defer(notForUsDelay(d.NumDelivered))
 	}
 	stop := d.KeepAlive(ctx, ackWait/3, nil)
 	start := time.Now()
@@ -319,6 +319,15 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 		return err
 	}
 	return nil
+}
+
+// notForUsDelay grows, linearly, with the deliveries of a request no
+// worker online may take (a quorum larger than the owners online, a
+// retry with only the builder that failed it): it waits for one without
+// keeping the workers busy, and without making the work queue, which
+// offers it to any worker of the subject, wait long once one is there.
+func notForUsDelay(delivered uint64) time.Duration {
+	return min(DefaultNotForUsDelay*time.Duration(max(delivered, 1)), 10*time.Second)
 }
 
 // PublishReport sends a worker's report to the schedulers.
