@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"codeberg.org/provenix/provenix/cacheclient"
 )
@@ -47,4 +48,17 @@ func (c *Caches) Has(ctx context.Context, storePath string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// CacheAt is the Cache of one binary cache at url whose narinfos are
+// signed by one of publicKeys (Nix's "name:base64" form).
+func CacheAt(url string, publicKeys []string) (*Caches, error) {
+	if len(publicKeys) == 0 {
+		return nil, errors.New("farm: cache: no public key: a narinfo nobody signed would count as visible")
+	}
+	c, err := cacheclient.New(cacheclient.Options{URL: url, PublicKeys: publicKeys, RequestTimeout: 30 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("farm: cache: %w", err)
+	}
+	return &Caches{Own: c}, nil
 }

@@ -25,11 +25,13 @@ const (
 // SubmitOptions describe a build set.
 type SubmitOptions struct {
 	Tenant string
-	// Graph is the set's derivations (ReadGraph reads it from a store).
+	// Graph is the set's derivations; when nil, Submit reads the closure
+	// of Roots with Read (ReadGraph).
 	Graph *Graph
-	// Roots are the derivations asked for, for the record; the whole
-	// graph is built either way.
+	// Roots are the derivations asked for; the set is their closure.
 	Roots []string
+	// Read reads .drv files when Graph is nil; nil reads the local store.
+	Read ReadFunc
 	// Quorum is how many distinct owners build each derivation; 1 when 0.
 	Quorum int
 	// MaxAttempts bounds the failed builds of one derivation;
@@ -56,6 +58,13 @@ type Submitted struct {
 func Submit(ctx context.Context, conn *queue.Conn, o SubmitOptions) (*Submitted, error) {
 	if err := queue.ValidToken(o.Tenant); err != nil {
 		return nil, fmt.Errorf("farm: submit: tenant: %w", err)
+	}
+	if o.Graph == nil && len(o.Roots) > 0 {
+		g, err := ReadGraph(ctx, o.Roots, o.Read)
+		if err != nil {
+			return nil, fmt.Errorf("farm: submit: %w", err)
+		}
+		o.Graph = g
 	}
 	if o.Graph == nil || o.Graph.Len() == 0 {
 		return nil, fmt.Errorf("farm: submit: %w: empty graph", ErrInvalid)

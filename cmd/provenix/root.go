@@ -162,6 +162,7 @@ Or run everything at once: provenix demo`,
 	root.AddCommand(newActionCmd(g))
 	root.AddCommand(newFeedbackCmd(g))
 	root.AddCommand(newTenantCmd(g))
+	root.AddCommand(newSubmitCmd(g), newFarmCmd(g))
 	markCommandLineErrors(root)
 	return root
 }

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path"
+
+	"github.com/spf13/cobra"
+
+	"codeberg.org/provenix/provenix/farm"
+)
+
+func newFarmCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "farm",
+		Short: "Follow and stop build sets submitted with 'provenix submit'",
+	}
+	var (
+		nf       natsFlags
+		asJSON   bool
+		cancelNF natsFlags
+	)
+	status := &cobra.Command{
+		Use:   "status [flags] SET",
+		Short: "Show a build set's progress: done, building, waiting, failed, blocked",
+		Long: `Print how many derivations of the set are done (and how many were in the
+cache already), building, waiting for inputs, failed and blocked, then each
+failed derivation with the last lines of its log and each blocked one with
+the derivation that blocks it. The exit status is 0 when every derivation
+is done, 1 when the set finished with failures, 3 while it runs.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runFarmStatus(cmd.Context(), g, &nf, args[0], asJSON)
+		},
+	}
+	nf.register(status)
+	status.Flags().BoolVar(&asJSON, "json", false, "print the status, with every derivation's state, as JSON")
+	cancel := &cobra.Command{
+		Use:   "cancel [flags] SET",
+		Short: "Stop dispatching a build set; its queued requests are dropped, builds under way finish",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runFarmCancel(cmd.Context(), g, &cancelNF, args[0])
+		},
+	}
+	cancelNF.register(cancel)
+	cmd.AddCommand(status, cancel)
+	return cmd
+}
+
+// exitRunning is farm status's exit code for a set still running.
+const exitRunning = 3
+
+func runFarmStatus(ctx context.Context, g *globals, nf *natsFlags, id string, asJSON bool) error {
+	conn, err := nf.connect(ctx, g, "provenix farm status")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	st, err := farm.GetStatus(ctx, conn, id)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(g.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(st); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintln(g.stdout, st)
+		for _, d := range st.Derivations {
+			switch d.Status {
+			case farm.Failed:
+				fmt.Fprintf(g.stdout, "failed  %s\n", d.DrvPath)
+				if n := len(d.Failures); n > 0 {
+					for _, l := range d.Failures[n-1].Log {
+						fmt.Fprintf(g.stdout, "        | %s\n", l)
+					}
+				}
+			case farm.Blocked:
+				fmt.Fprintf(g.stdout, "blocked %s by %s\n", d.DrvPath, path.Base(d.BlockedBy))
+			}
+		}
+	}
+	switch {
+	case !st.Finished():
+		return &exitError{code: exitRunning, err: fmt.Errorf("build set %s is still running", id)}
+	case st.Counts[farm.Done] != st.Set.Size:
+		return &exitError{code: exitFailed, err: fmt.Errorf("build set %s finished with %d failed and %d blocked", id, st.Counts[farm.Failed], st.Counts[farm.Blocked])}
+	}
+	return nil
+}
+
+func runFarmCancel(ctx context.Context, g *globals, nf *natsFlags, id string) error {
+	conn, err := nf.connect(ctx, g, "provenix farm cancel")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	set, err := farm.Cancel(ctx, conn, id)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "build set %s cancelled at %s\n", set.ID, set.Canceled.Format("2006-01-02 15:04:05Z"))
+	return nil
+}

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+)
+
+// TestSubmitAndFarmCommands submits a real .nix file's chain to a farm
+// with no scheduler running, reads its status, and cancels it.
+func TestSubmitAndFarmCommands(t *testing.T) {
+	ctx := ctxFor(t, 2*time.Minute)
+	dir := t.TempDir()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: filepath.Join(dir, "js"), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	natsURL := ns.ClientURL()
+
+	// An empty cache: nothing is built yet.
+	cache := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(cache.Close)
+	_, pub, err := signature.GenerateKeypair("farm-test-1", rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "cache.pub")
+	if err := os.WriteFile(keyFile, []byte(pub.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nixFile := filepath.Join(dir, "chain.nix")
+	if err := os.WriteFile(nixFile, []byte(`{ tag ? "x" }:
+let mk = name: deps: derivation { inherit name; system = "x86_64-linux"; builder = "/bin/sh";
+      args = [ "-c" "echo ${name} ${tag} ${toString deps} > $out" ]; };
+    a = mk "farm-cli-a" [];
+    b = mk "farm-cli-b" [ a ];
+in { top = mk "farm-cli-top" [ b ]; other = mk "farm-cli-other" [ a ]; }
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conn := []string{"--nats-url", natsURL, "--data-dir", dir}
+
+	if _, stderr, code := cli(t, ctx, append([]string{"submit", filepath.Join(dir, "notes.txt")}, conn...)...); code != exitUsageErr || !strings.Contains(stderr, "want a .drv") {
+		t.Errorf("submit of a non-derivation: exit %d\n%s", code, stderr)
+	}
+
+	stdout, stderr, code := cli(t, ctx, append([]string{"submit", nixFile, "-A", "top", "-A", "other", "--argstr", "tag", uniqueMessage(t),
+		"--cache", cache.URL, "--cache-key", keyFile, "--quorum", "2", "--json"}, conn...)...)
+	if code != 0 {
+		t.Fatalf("submit: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	var sub struct {
+		Set struct {
+			ID     string   `json:"id"`
+			Size   int      `json:"size"`
+			Quorum int      `json:"quorum"`
+			Roots  []string `json:"roots"`
+		}
+		Skipped, Ready int
+	}
+	if err := json.Unmarshal([]byte(stdout), &sub); err != nil {
+		t.Fatalf("submit --json: %v\n%s", err, stdout)
+	}
+	if sub.Set.Size != 4 || sub.Set.Quorum != 2 || len(sub.Set.Roots) != 2 || sub.Ready != 1 || sub.Skipped != 0 {
+		t.Errorf("submitted %+v", sub)
+	}
+	id := sub.Set.ID
+
+	// No scheduler runs: everything waits.
+	stdout, stderr, code = cli(t, ctx, append([]string{"farm", "status", id}, conn...)...)
+	if code != exitRunning || !strings.Contains(stdout, "4 derivations: 0 done (0 skipped), 0 building, 4 waiting") {
+		t.Errorf("farm status: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	stdout, _, _ = cli(t, ctx, append([]string{"farm", "status", "--json", id}, conn...)...)
+	var st struct {
+		Counts      map[string]int
+		Derivations []json.RawMessage
+	}
+	if err := json.Unmarshal([]byte(stdout), &st); err != nil || st.Counts["waiting"] != 4 || st.Counts["done"] != 0 || len(st.Derivations) != 4 {
+		t.Errorf("farm status --json: %v\n%s", err, stdout)
+	}
+
+	if stdout, stderr, code := cli(t, ctx, append([]string{"farm", "cancel", id}, conn...)...); code != 0 || !strings.Contains(stdout, "cancelled") {
+		t.Errorf("farm cancel: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if stdout, _, _ := cli(t, ctx, append([]string{"farm", "status", id}, conn...)...); !strings.Contains(stdout, "cancelled") {
+		t.Errorf("status after cancel:\n%s", stdout)
+	}
+	if _, stderr, code := cli(t, ctx, append([]string{"farm", "status", "aaaaaaaaaaaaaaaaaaaaaaaaaa"}, conn...)...); code == 0 || !strings.Contains(stderr, "not found") {
+		t.Errorf("unknown set: exit %d\n%s", code, stderr)
+	}
+}
