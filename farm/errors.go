@@ -8,6 +8,4 @@ var (
 	ErrInvalid = errors.New("farm: invalid")
 	// ErrNotFound: no such build set.
 	ErrNotFound = errors.New("farm: build set not found")
-	// ErrCanceled: the build set was cancelled.
-	ErrCanceled = errors.New("farm: build set cancelled")
 )

@@ -131,12 +131,27 @@ func TestSchedulerRestartRecomputes(t *testing.T) {
 	}
 	p.setSilent(false)
 	// The second scheduler starts from the bucket and the cache alone.
-	startScheduler(t, url, cache, "g1")
+	second := startScheduler(t, url, cache, "g1")
 	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
 	if st.Counts[Done] != 3 {
 		t.Fatalf("status %s", st)
 	}
 	checkBuilds(t, log, 3, 1)
+
+	// A resync of a set all done marks it finished and forgets it; the
+	// next scheduler does not load it again.
+	if err := second.Resync(ctxT(t), sub.Set.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := GetStatus(ctxT(t), conn, sub.Set.ID); err != nil || st.Set.Finished == nil {
+		t.Errorf("set not marked finished: %v, %v", st, err)
+	}
+	if ids := second.loadedIDs(); len(ids) != 0 {
+		t.Errorf("finished set still loaded: %v", ids)
+	}
+	if ids := startScheduler(t, url, cache, "g1").loadedIDs(); len(ids) != 0 {
+		t.Errorf("a new scheduler loaded the finished set: %v", ids)
+	}
 }
 
 // TestCrashBetweenPublishAndState: a scheduler that published a request

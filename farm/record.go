@@ -38,7 +38,7 @@ func hashOf(p string) string {
 }
 
 // Set is a build set's record (set.<id>): written at submission, changed
-// only to cancel it.
+// only to cancel it or to mark it finished.
 type Set struct {
 	Version int       `json:"version"`
 	ID      string    `json:"id"`
@@ -54,7 +54,13 @@ type Set struct {
 	// fails for good and blocks its dependents.
 	MaxAttempts int        `json:"maxAttempts"`
 	Canceled    *time.Time `json:"canceled,omitempty"`
+	// Finished is when a scheduler found every derivation final.
+	Finished *time.Time `json:"finished,omitempty"`
 }
+
+// Closed reports whether schedulers are done with the set: finished or
+// cancelled.
+func (s *Set) Closed() bool { return s.Finished != nil || s.Canceled != nil }
 
 // Status is where a derivation of a set stands.
 type Status string

@@ -122,6 +122,9 @@ func (s *Scheduler) Open(ctx context.Context) error {
 		return err
 	}
 	for _, set := range sets {
+		if set.Closed() {
+			continue
+		}
 		if err := s.load(ctx, set); err != nil {
 			return err
 		}
@@ -197,6 +200,10 @@ func (s *Scheduler) run(ctx context.Context, w jetstream.KeyWatcher) {
 			var set Set
 			if err := json.Unmarshal(e.Value(), &set); err != nil {
 				s.log.Warn("farm: unreadable set record", "key", e.Key(), logKeyErr, err)
+				continue
+			}
+			if set.Closed() {
+				s.unload(set.ID)
 				continue
 			}
 			if err := s.load(ctx, &set); err != nil {
@@ -564,8 +571,8 @@ func (s *Scheduler) block(ctx context.Context, ls *loadedSet, drv string) error 
 // the cache: outputs visible without an event are counted, derivations
 // whose inputs are all visible are dispatched (again: a request
 // published before a crash is the same message), derivations below a
-// failure are blocked. A set whose derivations are all final is
-// forgotten (its records stay).
+// failure are blocked. A set whose derivations are all final is marked
+// finished and forgotten (its records stay).
 func (s *Scheduler) Resync(ctx context.Context, id string, checkCache bool) error {
 	ls, err := s.ensureLoaded(ctx, id)
 	if err != nil {
@@ -667,9 +674,25 @@ func (s *Scheduler) Resync(ctx context.Context, id string, checkCache bool) erro
 		}
 	}
 	if final == len(states) && len(errs) == 0 {
+		if err := s.finish(ctx, id); err != nil {
+			return err
+		}
 		s.unload(id)
 	}
 	return errors.Join(errs...)
+}
+
+// finish marks set id finished, so schedulers starting later skip it.
+func (s *Scheduler) finish(ctx context.Context, id string) error {
+	_, err := update(ctx, s.kv, setKey(id), func(set *Set, found bool) (bool, func(context.Context) error, error) {
+		if !found || set.Finished != nil {
+			return false, nil, nil
+		}
+		now := time.Now().UTC()
+		set.Finished = &now
+		return true, nil, nil
+	})
+	return err
 }
 
 // blockedBy is the failed derivation an input of drv failed or is
