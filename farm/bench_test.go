@@ -106,7 +106,7 @@ func BenchmarkDispatchLatency(b *testing.B) {
 				}
 				published[r.Outputs["out"]] = time.Now()
 				mu.Unlock()
-				return &BuildStats{}, p.vote(ctx, r)
+				return &BuildStats{}, p.vote(ctx, r, "")
 			}}
 		done := make(chan error, 1)
 		go func() { done <- w.Run(ctx) }()

@@ -430,3 +430,47 @@ func TestWorkerLostMidBuild(t *testing.T) {
 		t.Errorf("claim of a: %+v, want taken over by survivor on a later delivery", c.Replicas)
 	}
 }
+
+// TestRejectedResultRetried: a result the cache rejects (its NAR
+// disagrees) counts as a failed build of that replica, retried on
+// another builder; the set completes.
+func TestRejectedResultRetried(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil, "b": {"a"}}, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 1, liar: "liar"}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "g1")
+	testWorker(t, url, g, cache, p, log, "liar", "o1", nil)
+	sub := submit(t, conn, g, cache, 1, 3)
+	waitFor(t, 10*time.Second, func() bool {
+		st, _ := GetStatus(ctxT(t), conn, sub.Set.ID)
+		return st != nil && slices.ContainsFunc(st.Derivations, func(s *State) bool { return len(s.Failures) == 1 })
+	})
+	testWorker(t, url, g, cache, p, log, "honest", "o2", nil)
+	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
+	if st.Counts[Done] != 2 {
+		t.Fatalf("status %s", st)
+	}
+	liarBuilds := map[string]int{}
+	for _, b := range log.all() {
+		if b.builder == "liar" {
+			liarBuilds[b.drv]++
+		}
+	}
+	for _, s := range st.Derivations {
+		name := nameOf(s.DrvPath)
+		// Every build of the liar was rejected, and became a failure.
+		if len(s.Failures) != liarBuilds[name] {
+			t.Errorf("%s: %d failures for %d builds by the liar", name, len(s.Failures), liarBuilds[name])
+		}
+		for _, f := range s.Failures {
+			if f.Builder != "liar" || !strings.Contains(f.Log[0], "rejected by the cache: conflict") {
+				t.Errorf("%s: failure %+v", name, f)
+			}
+		}
+	}
+	if liarBuilds["a"] != 1 {
+		t.Errorf("the liar built a %d times, want 1 (it is excluded after)", liarBuilds["a"])
+	}
+}

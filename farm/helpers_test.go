@@ -144,9 +144,15 @@ type pusher struct {
 	mu     sync.Mutex
 	silent bool
 	votes  map[string]int
+	// liar's results are rejected (a NAR that disagrees).
+	liar string
 }
 
-func (p *pusher) vote(ctx context.Context, r *Request) error {
+func (p *pusher) vote(ctx context.Context, r *Request, builder string) error {
+	if builder != "" && builder == p.liar {
+		return p.conn.PublishEvent(ctx, r.Tenant, queue.EventRejected, map[string]any{"tenant": r.Tenant, "builder": builder,
+			"drvPath": r.DrvPath, "reason": "conflict", "error": "NAR differs from the one voted for"})
+	}
 	p.mu.Lock()
 	if p.votes == nil {
 		p.votes = map[string]int{}
@@ -248,7 +254,7 @@ func testWorker(t testing.TB, url string, g *Graph, cache *memCache, p *pusher, 
 			if fail != nil && fail(r, builder) {
 				return nil, &BuildError{ExitCode: 1, Log: []string{"error: builder for '" + r.DrvPath + "' failed"}}
 			}
-			return &BuildStats{}, p.vote(ctx, r)
+			return &BuildStats{}, p.vote(ctx, r, builder)
 		}}
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()

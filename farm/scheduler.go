@@ -140,7 +140,7 @@ func (s *Scheduler) Open(ctx context.Context) error {
 		stop()
 		return fmt.Errorf("farm: watch sets: %w", err)
 	}
-	s.events, err = s.cfg.Conn.ConsumePublications(rctx, queue.ConsumerOptions{Group: s.cfg.Group, Concurrency: s.cfg.Concurrency}, s.onPublication)
+	s.events, err = s.cfg.Conn.ConsumeEvents(rctx, queue.ConsumerOptions{Group: s.cfg.Group, Concurrency: s.cfg.Concurrency}, s.onEvent)
 	if err != nil {
 		stop()
 		return fmt.Errorf("farm: scheduler: %w", err)
@@ -336,19 +336,72 @@ func (s *Scheduler) ensureLoaded(ctx context.Context, id string) (*loadedSet, er
 	return ls, nil
 }
 
-// publication is the part of a pusher's publication event
-// (cachepush.Publication) the scheduler reads.
-type publication struct {
+// event is the part of a pusher's events (cachepush.Publication and
+// cachepush.Rejection) the scheduler reads.
+type event struct {
 	Tenant    string `json:"tenant"`
 	StorePath string `json:"storePath"`
+	DrvPath   string `json:"drvPath"`
+	Builder   string `json:"builder"`
+	Reason    string `json:"reason"`
+	Error     string `json:"error"`
 }
 
-func (s *Scheduler) onPublication(ctx context.Context, d *queue.Delivery) error {
-	var p publication
-	if err := json.Unmarshal(d.Data, &p); err != nil || p.StorePath == "" {
-		return queue.Permanent(fmt.Errorf("farm: unreadable publication event: %v", err))
+func (s *Scheduler) onEvent(ctx context.Context, d *queue.Delivery) error {
+	kind := d.Subject[strings.LastIndexByte(d.Subject, '.')+1:]
+	if kind != queue.EventPublished && kind != queue.EventRejected {
+		return nil
 	}
-	return s.Visible(ctx, p.Tenant, p.StorePath)
+	var e event
+	if err := json.Unmarshal(d.Data, &e); err != nil {
+		return queue.Permanent(fmt.Errorf("farm: unreadable %s event: %w", kind, err))
+	}
+	if kind == queue.EventRejected {
+		return s.Rejected(ctx, e.Tenant, e.DrvPath, e.Builder, e.Reason+": "+e.Error)
+	}
+	if e.StorePath == "" {
+		return queue.Permanent(errors.New("farm: publication event without a store path"))
+	}
+	return s.Visible(ctx, e.Tenant, e.StorePath)
+}
+
+// Rejected records that the cache refused builder's result for drvPath:
+// in each open set where builder holds a replica of it, that build
+// counts as failed, and is retried on another builder. Rejections of
+// builds the farm did not ask for are ignored.
+func (s *Scheduler) Rejected(ctx context.Context, tenant, drvPath, builder, why string) error {
+	if drvPath == "" || builder == "" {
+		return nil
+	}
+	s.mu.Lock()
+	var sets []*loadedSet
+	for _, ls := range s.sets {
+		if ls.set.Tenant == tenant && ls.g.Node(drvPath) != nil {
+			cp := *ls
+			sets = append(sets, &cp)
+		}
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, ls := range sets {
+		var c Claims
+		if _, _, err := getJSON(ctx, s.kv, claimKey(ls.set.ID, drvPath), &c); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, cl := range c.Replicas {
+			if cl.Builder != builder {
+				continue
+			}
+			rep := &Report{Version: RecordVersion, Set: ls.set.ID, Tenant: tenant, DrvPath: drvPath, Replica: cl.Replica,
+				Attempt: cl.Attempt, Builder: builder, Owner: cl.Owner, Outcome: BuildFailed,
+				Log: []string{"result rejected by the cache: " + why}, Time: time.Now().UTC()}
+			if err := s.failed(ctx, ls, rep); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Visible records that storePath is visible in tenant's cache: the

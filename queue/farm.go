@@ -66,8 +66,9 @@ func FarmReportSubject(tenant string) (string, error) {
 // FarmReportFilter matches every report, of every tenant.
 const FarmReportFilter = subjectFarmReport + ".>"
 
-// FarmEventsFilter matches every publication event, of every tenant.
-var FarmEventsFilter = subjectEvents + ".*." + EventPublished
+// FarmEventsFilter matches the pushers' events the farm follows, of
+// every tenant: publications and rejections (and the kinds it ignores).
+const FarmEventsFilter = subjectEvents + ".>"
 
 // FarmConsumer is the durable consumer name for a farm filter subject:
 // readable, with a digest because tokens may hold '-' and be long. A
@@ -181,24 +182,24 @@ func (c *Conn) ConsumeFarm(ctx context.Context, o ConsumerOptions, h Handler) (*
 	return k, nil
 }
 
-// ConsumePublications runs h on the pushers' publication events
-// (events.<tenant>.published, every tenant) through the durable consumer
+// ConsumeEvents runs h on the pushers' events (events.<tenant>.<kind>,
+// every tenant: publications, rejections) through the durable consumer
 // FarmConsumerPrefix+"events-"+o.Group, which the schedulers of a group
 // share: each event goes to one of them. A new group starts with the
 // events published from then on (a scheduler recomputes the past from
 // the cache). Outcomes are ConsumeResults'.
-func (c *Conn) ConsumePublications(ctx context.Context, o ConsumerOptions, h Handler) (*Consumer, error) {
+func (c *Conn) ConsumeEvents(ctx context.Context, o ConsumerOptions, h Handler) (*Consumer, error) {
 	if h == nil {
-		return nil, errors.New("queue: consume publications: nil handler")
+		return nil, errors.New("queue: consume events: nil handler")
 	}
 	if o.FilterSubject != "" {
-		return nil, errors.New("queue: consume publications: FilterSubject must be empty")
+		return nil, errors.New("queue: consume events: FilterSubject must be empty")
 	}
 	if err := ValidToken(o.Group); err != nil || strings.ContainsAny(o.Group, `/\`) {
-		return nil, fmt.Errorf("queue: consume publications: %w: group %q", ErrInvalidName, o.Group)
+		return nil, fmt.Errorf("queue: consume events: %w: group %q", ErrInvalidName, o.Group)
 	}
 	if err := o.validateLimits(); err != nil {
-		return nil, fmt.Errorf("queue: consume publications: %w", err)
+		return nil, fmt.Errorf("queue: consume events: %w", err)
 	}
 	want := jetstream.ConsumerConfig{
 		Durable:       FarmConsumerPrefix + "events-" + o.Group,
@@ -212,7 +213,7 @@ func (c *Conn) ConsumePublications(ctx context.Context, o ConsumerOptions, h Han
 	}
 	k, err := c.consume(ctx, StreamEvents, want, o.Concurrency, c.log.With(logKeyGroup, o.Group), h)
 	if err != nil {
-		return nil, fmt.Errorf("queue: consume publications: %w", err)
+		return nil, fmt.Errorf("queue: consume events: %w", err)
 	}
 	return k, nil
 }
