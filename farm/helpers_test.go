@@ -308,3 +308,18 @@ func waitFinishedEvery(t testing.TB, conn *queue.Conn, id string, within, interv
 		time.Sleep(interval)
 	}
 }
+
+// testWorkerFunc runs a Worker with build as its BuildFunc until cleanup.
+func testWorkerFunc(t testing.TB, url, builder string, build BuildFunc) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &Worker{Conn: connect(t, url), Tenant: tenant, Machine: Machine{System: "x86_64-linux"}, Builder: builder, Build: build}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker %s: %v", builder, err)
+		}
+	})
+}

@@ -52,8 +52,11 @@ type Set struct {
 	Quorum int `json:"quorum"`
 	// MaxAttempts bounds the failed builds of one derivation before it
 	// fails for good and blocks its dependents.
-	MaxAttempts int        `json:"maxAttempts"`
-	Canceled    *time.Time `json:"canceled,omitempty"`
+	MaxAttempts int `json:"maxAttempts"`
+	// Closure is the staging key of the set's .drv closure export, or
+	// empty (StageClosure).
+	Closure  string     `json:"closure,omitempty"`
+	Canceled *time.Time `json:"canceled,omitempty"`
 	// Finished is when a scheduler found every derivation final.
 	Finished *time.Time `json:"finished,omitempty"`
 }
@@ -165,7 +168,10 @@ type Request struct {
 	Replica  int               `json:"replica"`
 	Attempt  int               `json:"attempt"`
 	// Exclude are builders that failed this derivation already.
-	Exclude   []string  `json:"exclude,omitempty"`
+	Exclude []string `json:"exclude,omitempty"`
+	// Closure is the staging key of the set's .drv closure export
+	// (Set.Closure), or empty.
+	Closure   string    `json:"closure,omitempty"`
 	Requested time.Time `json:"requested"`
 }
 
@@ -195,6 +201,8 @@ func (r *Request) Validate() error {
 		return fmt.Errorf("%w: request without outputs", ErrInvalid)
 	case r.Replica < 0 || r.Attempt < 1:
 		return fmt.Errorf("%w: request replica %d attempt %d", ErrInvalid, r.Replica, r.Attempt)
+	case r.Closure != "" && !strings.HasPrefix(r.Closure, "closure/"):
+		return fmt.Errorf("%w: request closure key %q", ErrInvalid, r.Closure)
 	}
 	for _, p := range r.Outputs {
 		if storepath.Check(p) != nil {

@@ -509,7 +509,7 @@ func (s *Scheduler) publishRequests(ctx context.Context, ls *loadedSet, drv stri
 		}
 		r := &Request{Version: RecordVersion, Set: ls.set.ID, Tenant: ls.set.Tenant, DrvPath: drv, System: n.System,
 			Features: n.Features, Outputs: n.Outputs, Replica: replica, Attempt: attempt, Exclude: exclude,
-			Requested: time.Now().UTC()}
+			Closure: ls.set.Closure, Requested: time.Now().UTC()}
 		if err := publishRequest(ctx, s.cfg.Conn, r); err != nil {
 			return err
 		}

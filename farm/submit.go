@@ -40,6 +40,13 @@ type SubmitOptions struct {
 	// Cache tells which outputs are visible already: those derivations
 	// are skipped. Required.
 	Cache Cache
+	// ID is the set's id; NewSetID when empty (give one to stage the
+	// closure under it first, see StageClosure).
+	ID string
+	// Closure is the staging key of the set's .drv closure export
+	// (StageClosure), passed on in every request; empty when workers have
+	// the derivations already.
+	Closure string
 }
 
 // Submitted is what Submit made.
@@ -113,7 +120,13 @@ func Submit(ctx context.Context, conn *queue.Conn, o SubmitOptions) (*Submitted,
 		return nil, fmt.Errorf("farm: submit: %w", err)
 	}
 
-	id := NewSetID()
+	id := o.ID
+	if id == "" {
+		id = NewSetID()
+	}
+	if err := validID(id); err != nil {
+		return nil, fmt.Errorf("farm: submit: %w", err)
+	}
 	now := time.Now().UTC()
 	out := &Submitted{}
 	classes := map[string][]string{}
@@ -170,7 +183,7 @@ func Submit(ctx context.Context, conn *queue.Conn, o SubmitOptions) (*Submitted,
 		return nil, fmt.Errorf("farm: submit: %w", err)
 	}
 	set := &Set{Version: RecordVersion, ID: id, Tenant: o.Tenant, Created: now, Roots: slices.Clone(o.Roots),
-		Size: g.Len(), Quorum: o.Quorum, MaxAttempts: o.MaxAttempts}
+		Size: g.Len(), Quorum: o.Quorum, MaxAttempts: o.MaxAttempts, Closure: o.Closure}
 	b, err := json.Marshal(set)
 	if err != nil {
 		return nil, err

@@ -26,6 +26,7 @@ type submitFlags struct {
 	cache       string
 	cacheKeys   []string
 	storeRoot   string
+	noClosure   bool
 	json        bool
 }
 
@@ -36,7 +37,8 @@ func newSubmitCmd(g *globals) *cobra.Command {
 		Short: "Submit a build set to the farm: a derivation closure, built in dependency order by workers",
 		Long: `Create a build set from derivations (.drv paths, or FILE.nix with one or more
 -A ATTR, instantiated by the host's Nix): the closure of their .drv files,
-read from the local store. Derivations whose outputs the cache has already
+read from the local store, and staged (nix-store --export) for the workers
+to import. Derivations whose outputs the cache has already
 are skipped; the others are dispatched by the farm's schedulers to workers
 able to build them (system, extra-platforms, system features), each once
 the outputs it needs are in the cache. With --quorum N each derivation goes
@@ -63,6 +65,7 @@ cancel ID' stops it.`,
 	fl.StringVar(&f.cache, "cache", "", "binary cache whose paths count as built (default: the running 'provenix up' of --data-dir)")
 	fl.StringArrayVar(&f.cacheKeys, "cache-key", nil, "file holding the cache's public key, NAME:base64 (repeatable; default: the data directory's keys/cache.pub)")
 	fl.StringVar(&f.storeRoot, "store", "", "read .drv files from a chroot store rooted at this directory")
+	fl.BoolVar(&f.noClosure, "no-closure", false, "do not stage the .drv closure export (workers then need the derivations in their stores)")
 	fl.BoolVar(&f.json, "json", false, "print the set as JSON")
 	return cmd
 }
@@ -85,7 +88,13 @@ func runSubmit(ctx context.Context, g *globals, f *submitFlags, targets []string
 	if err := conn.EnsureFarm(ctx, queue.StreamOptions{}); err != nil {
 		return err
 	}
-	sub, err := farm.Submit(ctx, conn, farm.SubmitOptions{Tenant: f.tenant, Roots: roots, Quorum: f.quorum,
+	id, closure := farm.NewSetID(), ""
+	if !f.noClosure {
+		if closure, err = farm.StageClosure(ctx, conn, nx, f.tenant, id, roots); err != nil {
+			return err
+		}
+	}
+	sub, err := farm.Submit(ctx, conn, farm.SubmitOptions{Tenant: f.tenant, ID: id, Roots: roots, Closure: closure, Quorum: f.quorum,
 		MaxAttempts: f.maxAttempts, Cache: cache, Read: func(p string) ([]byte, error) { return os.ReadFile(nx.RealPath(p)) }})
 	if err != nil {
 		return err

@@ -13,6 +13,10 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+
+	"codeberg.org/provenix/provenix/farm"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
 )
 
 // TestSubmitAndFarmCommands submits a real .nix file's chain to a farm
@@ -30,6 +34,15 @@ func TestSubmitAndFarmCommands(t *testing.T) {
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	natsURL := ns.ClientURL()
+	// The streams and the staging bucket, as a running pusher makes them.
+	qc, err := queue.Connect(ctx, natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qc.Close()
+	if err := qc.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
 
 	// An empty cache: nothing is built yet.
 	cache := httptest.NewServer(http.NotFoundHandler())
@@ -79,6 +92,17 @@ in { top = mk "farm-cli-top" [ b ]; other = mk "farm-cli-other" [ a ]; }
 		t.Errorf("submitted %+v", sub)
 	}
 	id := sub.Set.ID
+
+	// The .drv closure is staged for the workers.
+	rc, _, err := qc.OpenStaged(ctx, farm.ClosureKey("default", id))
+	if err != nil {
+		t.Fatalf("staged closure: %v", err)
+	}
+	drvs := 0
+	if err := nix.ReadExportDerivations(rc, nix.ExportDrvLimits{}, func(string, []byte) error { drvs++; return nil }); err != nil || drvs != 4 {
+		t.Errorf("staged closure: %d derivations, %v; want 4", drvs, err)
+	}
+	rc.Close()
 
 	// No scheduler runs: everything waits.
 	stdout, stderr, code = cli(t, ctx, append([]string{"farm", "status", id}, conn...)...)

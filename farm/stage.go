@@ -1,0 +1,50 @@
+package farm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// ClosureKey is the staging key of build set id's .drv closure, in the
+// staging scope of its tenant's submitters.
+func ClosureKey(tenant, id string) string {
+	return queue.ScopedKey(queue.ClosureKey(id), "farm-submit:"+tenant)
+}
+
+// StageClosure streams a nix-store --export of the .drv closure of roots
+// (the .drv files and the sources they name, no outputs) from nx's store
+// into staging, under ClosureKey(tenant, id), so that workers can import
+// the derivations they are asked to build: nix.Import admits only
+// content-addressed paths that match their contents, so the export is
+// only as trusted as its paths' names. It returns the key.
+func StageClosure(ctx context.Context, conn *queue.Conn, nx *nix.Nix, tenant, id string, roots []string) (string, error) {
+	if err := validID(id); err != nil {
+		return "", err
+	}
+	paths, err := nx.Requisites(ctx, roots...)
+	if err != nil {
+		return "", fmt.Errorf("farm: closure of %d derivations: %w", len(roots), err)
+	}
+	key := ClosureKey(tenant, id)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends nix-store if Stage stops reading
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pw.CloseWithError(nx.Export(ctx, pw, paths...))
+	}()
+	_, err = conn.Stage(ctx, key, pr)
+	pr.CloseWithError(errors.New("staging ended"))
+	cancel()
+	<-done
+	if err != nil {
+		return "", fmt.Errorf("farm: stage the closure of set %s: %w", id, err)
+	}
+	return key, nil
+}
