@@ -263,3 +263,46 @@ func (g *Graph) Nodes() []*Node {
 	}
 	return out
 }
+
+// DependentsOf returns the derivations of g whose closure contains
+// target, a .drv path of g or an output path of one of its derivations,
+// inputs first: what a mass rebuild after a change to target builds.
+// target's own derivation is not among them.
+func (g *Graph) DependentsOf(target string) ([]string, error) {
+	drv := ""
+	if g.nodes[target] != nil {
+		drv = target
+	} else {
+		for _, p := range g.order {
+			for _, o := range g.nodes[p].Outputs {
+				if o == target {
+					drv = p
+				}
+			}
+		}
+	}
+	if drv == "" {
+		return nil, fmt.Errorf("%w: %s is neither a derivation of the graph nor one of their outputs", ErrInvalid, target)
+	}
+	return g.Downstream(drv), nil
+}
+
+// Sub is the graph of the closures of roots.
+func (g *Graph) Sub(roots []string) (*Graph, error) {
+	keep := map[string]bool{}
+	for _, r := range roots {
+		if g.nodes[r] == nil {
+			return nil, fmt.Errorf("%w: %s is not in the graph", ErrInvalid, r)
+		}
+		for _, p := range g.Closure(r) {
+			keep[p] = true
+		}
+	}
+	var nodes []*Node
+	for _, p := range g.order {
+		if keep[p] {
+			nodes = append(nodes, g.nodes[p])
+		}
+	}
+	return NewGraph(nodes)
+}

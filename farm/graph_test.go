@@ -140,3 +140,38 @@ in mk "farm-graph-d" [ b c ] []`
 		t.Errorf("lying .drv: %v", err)
 	}
 }
+
+func TestDependentsOfAndSub(t *testing.T) {
+	// lib ← (app1, app2 ← app3); tool alone; app2 also needs other.
+	g := graphOf(t, spec{"lib": nil, "other": nil, "tool": nil, "app1": {"lib"}, "app2": {"lib", "other"}, "app3": {"app2"}}, "x86_64-linux")
+	names := func(ps []string) []string {
+		var out []string
+		for _, p := range ps {
+			out = append(out, nameOf(p))
+		}
+		slices.Sort(out)
+		return out
+	}
+	for _, target := range []string{fakePath("lib.drv"), fakePath("lib")} {
+		deps, err := g.DependentsOf(target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := names(deps); !slices.Equal(got, []string{"app1", "app2", "app3"}) {
+			t.Errorf("DependentsOf(%s) = %v", target, got)
+		}
+		sub, err := g.Sub(deps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := names(sub.Order()); !slices.Equal(got, []string{"app1", "app2", "app3", "lib", "other"}) {
+			t.Errorf("Sub = %v (the dependents and their closures, not tool)", got)
+		}
+	}
+	if deps, err := g.DependentsOf(fakePath("app3.drv")); err != nil || len(deps) != 0 {
+		t.Errorf("DependentsOf(top) = %v, %v", deps, err)
+	}
+	if _, err := g.DependentsOf(fakePath("elsewhere")); !errors.Is(err, ErrInvalid) {
+		t.Errorf("unknown target: %v", err)
+	}
+}

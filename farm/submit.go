@@ -32,6 +32,10 @@ type SubmitOptions struct {
 	Roots []string
 	// Read reads .drv files when Graph is nil; nil reads the local store.
 	Read ReadFunc
+	// DependentsOf, when set, makes a mass rebuild: the set is the
+	// derivations of the graph whose closure contains this .drv or output
+	// path (Graph.DependentsOf), with their closures.
+	DependentsOf string
 	// Quorum is how many distinct owners build each derivation; 1 when 0.
 	Quorum int
 	// MaxAttempts bounds the failed builds of one derivation;
@@ -75,6 +79,19 @@ func Submit(ctx context.Context, conn *queue.Conn, o SubmitOptions) (*Submitted,
 	}
 	if o.Graph == nil || o.Graph.Len() == 0 {
 		return nil, fmt.Errorf("farm: submit: %w: empty graph", ErrInvalid)
+	}
+	if o.DependentsOf != "" {
+		deps, err := o.Graph.DependentsOf(o.DependentsOf)
+		if err != nil {
+			return nil, fmt.Errorf("farm: submit: %w", err)
+		}
+		if len(deps) == 0 {
+			return nil, fmt.Errorf("farm: submit: %w: nothing in the graph depends on %s", ErrInvalid, o.DependentsOf)
+		}
+		if o.Graph, err = o.Graph.Sub(deps); err != nil {
+			return nil, fmt.Errorf("farm: submit: %w", err)
+		}
+		o.Roots = deps
 	}
 	if o.Cache == nil {
 		return nil, errors.New("farm: submit: no Cache")

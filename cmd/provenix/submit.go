@@ -27,6 +27,7 @@ type submitFlags struct {
 	cacheKeys   []string
 	storeRoot   string
 	noClosure   bool
+	dependents  string
 	json        bool
 }
 
@@ -48,6 +49,7 @@ builder, up to --max-attempts failures; what depends on it is then blocked.
 It prints the set's id; 'provenix farm status ID' follows it, 'provenix farm
 cancel ID' stops it.`,
 		Example: `  provenix submit ./release.nix -A hello -A coreutils --quorum 2
+  provenix submit ./release.nix -A all --dependents-of /nix/store/...-openssl-3.0.drv
   provenix submit --json /nix/store/...-hello.drv`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -65,6 +67,7 @@ cancel ID' stops it.`,
 	fl.StringVar(&f.cache, "cache", "", "binary cache whose paths count as built (default: the running 'provenix up' of --data-dir)")
 	fl.StringArrayVar(&f.cacheKeys, "cache-key", nil, "file holding the cache's public key, NAME:base64 (repeatable; default: the data directory's keys/cache.pub)")
 	fl.StringVar(&f.storeRoot, "store", "", "read .drv files from a chroot store rooted at this directory")
+	fl.StringVar(&f.dependents, "dependents-of", "", "mass rebuild: submit the derivations of the targets whose closure holds this .drv or output path, not the targets")
 	fl.BoolVar(&f.noClosure, "no-closure", false, "do not stage the .drv closure export (workers then need the derivations in their stores)")
 	fl.BoolVar(&f.json, "json", false, "print the set as JSON")
 	return cmd
@@ -95,7 +98,7 @@ func runSubmit(ctx context.Context, g *globals, f *submitFlags, targets []string
 		}
 	}
 	sub, err := farm.Submit(ctx, conn, farm.SubmitOptions{Tenant: f.tenant, ID: id, Roots: roots, Closure: closure, Quorum: f.quorum,
-		MaxAttempts: f.maxAttempts, Cache: cache, Read: func(p string) ([]byte, error) { return os.ReadFile(nx.RealPath(p)) }})
+		MaxAttempts: f.maxAttempts, Cache: cache, DependentsOf: f.dependents, Read: func(p string) ([]byte, error) { return os.ReadFile(nx.RealPath(p)) }})
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -71,7 +72,8 @@ in { top = mk "farm-cli-top" [ b ]; other = mk "farm-cli-other" [ a ]; }
 		t.Errorf("submit of a non-derivation: exit %d\n%s", code, stderr)
 	}
 
-	stdout, stderr, code := cli(t, ctx, append([]string{"submit", nixFile, "-A", "top", "-A", "other", "--argstr", "tag", uniqueMessage(t),
+	tag := uniqueMessage(t)
+	stdout, stderr, code := cli(t, ctx, append([]string{"submit", nixFile, "-A", "top", "-A", "other", "--argstr", "tag", tag,
 		"--cache", cache.URL, "--cache-key", keyFile, "--quorum", "2", "--json"}, conn...)...)
 	if code != 0 {
 		t.Fatalf("submit: exit %d\n%s\n%s", code, stdout, stderr)
@@ -112,10 +114,37 @@ in { top = mk "farm-cli-top" [ b ]; other = mk "farm-cli-other" [ a ]; }
 	stdout, _, _ = cli(t, ctx, append([]string{"farm", "status", "--json", id}, conn...)...)
 	var st struct {
 		Counts      map[string]int
-		Derivations []json.RawMessage
+		Derivations []struct{ DrvPath string }
 	}
 	if err := json.Unmarshal([]byte(stdout), &st); err != nil || st.Counts["waiting"] != 4 || st.Counts["done"] != 0 || len(st.Derivations) != 4 {
 		t.Errorf("farm status --json: %v\n%s", err, stdout)
+	}
+
+	// A mass rebuild: what depends on a.
+	a := ""
+	for _, d := range st.Derivations {
+		if strings.HasSuffix(d.DrvPath, "-farm-cli-a.drv") {
+			a = d.DrvPath
+		}
+	}
+	stdout, stderr, code = cli(t, ctx, append([]string{"submit", nixFile, "-A", "top", "-A", "other", "--argstr", "tag", uniqueMessage(t),
+		"--cache", cache.URL, "--cache-key", keyFile, "--dependents-of", a, "--json"}, conn...)...)
+	if code != exitUsageErr || !strings.Contains(stderr, "neither a derivation of the graph") {
+		t.Errorf("--dependents-of a derivation of another graph (another tag): exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	stdout, stderr, code = cli(t, ctx, append([]string{"submit", nixFile, "-A", "top", "-A", "other", "--argstr", "tag", tag,
+		"--cache", cache.URL, "--cache-key", keyFile, "--dependents-of", a, "--json"}, conn...)...)
+	var mass struct{ Set struct{ Roots []string } }
+	if err := json.Unmarshal([]byte(stdout), &mass); code != 0 || err != nil {
+		t.Fatalf("submit --dependents-of: exit %d, %v\n%s\n%s", code, err, stdout, stderr)
+	}
+	var roots []string
+	for _, r := range mass.Set.Roots {
+		roots = append(roots, r[strings.Index(r, "-farm-cli-")+1:])
+	}
+	slices.Sort(roots)
+	if !slices.Equal(roots, []string{"farm-cli-b.drv", "farm-cli-other.drv", "farm-cli-top.drv"}) {
+		t.Errorf("mass rebuild roots %v", roots)
 	}
 
 	if stdout, stderr, code := cli(t, ctx, append([]string{"farm", "cancel", id}, conn...)...); code != 0 || !strings.Contains(stdout, "cancelled") {
