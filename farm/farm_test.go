@@ -474,3 +474,35 @@ func TestRejectedResultRetried(t *testing.T) {
 		t.Errorf("the liar built a %d times, want 1 (it is excluded after)", liarBuilds["a"])
 	}
 }
+
+// TestForgedFailureReportIgnored: a failure report from a builder that
+// does not hold the replica does not count.
+func TestForgedFailureReportIgnored(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, 1)
+	s := startScheduler(t, url, cache, "g1")
+	waitFor(t, 10*time.Second, func() bool {
+		st, err := GetStatus(ctxT(t), conn, sub.Set.ID)
+		return err == nil && st.Counts[Dispatched] == 1
+	})
+	rep := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: fakePath("a.drv"), Replica: 0, Attempt: 1,
+		Builder: "mallory", Outcome: BuildFailed, Time: time.Now()}
+	if err := PublishReport(ctxT(t), conn, rep); err != nil {
+		t.Fatal(err)
+	}
+	// Handled (terminated) once the stream holds only the request.
+	waitFor(t, 10*time.Second, func() bool {
+		info, err := conn.JetStream().Stream(ctxT(t), queue.StreamFarm)
+		return err == nil && info.CachedInfo().State.Msgs == 1
+	})
+	_ = s
+	st, err := GetStatus(ctxT(t), conn, sub.Set.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Counts[Dispatched] != 1 || len(st.Derivations[0].Failures) != 0 {
+		t.Errorf("a forged report counted: %s %+v", st, st.Derivations[0])
+	}
+}

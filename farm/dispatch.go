@@ -1,0 +1,310 @@
+package farm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// event is the part of a pusher's events (cachepush.Publication and
+// cachepush.Rejection) the scheduler reads.
+type event struct {
+	Tenant    string `json:"tenant"`
+	StorePath string `json:"storePath"`
+	DrvPath   string `json:"drvPath"`
+	Builder   string `json:"builder"`
+	Reason    string `json:"reason"`
+	Error     string `json:"error"`
+}
+
+func (s *Scheduler) onEvent(ctx context.Context, d *queue.Delivery) error {
+	kind := d.Subject[strings.LastIndexByte(d.Subject, '.')+1:]
+	if kind != queue.EventPublished && kind != queue.EventRejected {
+		return nil
+	}
+	var e event
+	if err := json.Unmarshal(d.Data, &e); err != nil {
+		return queue.Permanent(fmt.Errorf("farm: unreadable %s event: %w", kind, err))
+	}
+	if kind == queue.EventRejected {
+		return s.Rejected(ctx, e.Tenant, e.DrvPath, e.Builder, e.Reason+": "+e.Error)
+	}
+	if e.StorePath == "" {
+		return queue.Permanent(errors.New("farm: publication event without a store path"))
+	}
+	return s.Visible(ctx, e.Tenant, e.StorePath)
+}
+
+// Rejected records that the cache refused builder's result for drvPath:
+// in each open set where builder holds a replica of it, that build
+// counts as failed, and is retried on another builder. Rejections of
+// builds the farm did not ask for are ignored.
+func (s *Scheduler) Rejected(ctx context.Context, tenant, drvPath, builder, why string) error {
+	if drvPath == "" || builder == "" {
+		return nil
+	}
+	s.mu.Lock()
+	var sets []*loadedSet
+	for _, ls := range s.sets {
+		if ls.set.Tenant == tenant && ls.g.Node(drvPath) != nil {
+			cp := *ls
+			sets = append(sets, &cp)
+		}
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, ls := range sets {
+		var c Claims
+		if _, _, err := getJSON(ctx, s.kv, claimKey(ls.set.ID, drvPath), &c); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, cl := range c.Replicas {
+			if cl.Builder != builder {
+				continue
+			}
+			rep := &Report{Version: RecordVersion, Set: ls.set.ID, Tenant: tenant, DrvPath: drvPath, Replica: cl.Replica,
+				Attempt: cl.Attempt, Builder: builder, Owner: cl.Owner, Outcome: BuildFailed,
+				Log: []string{"result rejected by the cache: " + why}, Time: time.Now().UTC()}
+			if err := s.failed(ctx, ls, rep); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Visible records that storePath is visible in tenant's cache: the
+// derivations making it count it, those needing it are dispatched when
+// it was the last they waited for. Publication events call it; it is
+// idempotent.
+func (s *Scheduler) Visible(ctx context.Context, tenant, storePath string) error {
+	s.mu.Lock()
+	prod := slices.Clone(s.producers[storePath])
+	need := slices.Clone(s.needers[storePath])
+	s.mu.Unlock()
+	var errs []error
+	for _, r := range prod {
+		ls, ok := s.loaded(r.set)
+		if !ok || ls.set.Tenant != tenant {
+			continue
+		}
+		if _, err := s.markVisible(ctx, ls, r.drv, []string{r.output}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, r := range need {
+		ls, ok := s.loaded(r.set)
+		if !ok || ls.set.Tenant != tenant {
+			continue
+		}
+		if _, err := s.addHave(ctx, ls, r.drv, []string{storePath}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// markVisible adds outputs to drv's visible ones; all visible is done.
+func (s *Scheduler) markVisible(ctx context.Context, ls *loadedSet, drv string, outputs []string) (*State, error) {
+	n := ls.g.Node(drv)
+	return update(ctx, s.kv, stateKey(ls.set.ID, drv), func(st *State, found bool) (bool, func(context.Context) error, error) {
+		if !found {
+			return false, nil, fmt.Errorf("farm: %w: no state for %s in set %s", ErrInvalid, drv, ls.set.ID)
+		}
+		changed := false
+		for _, o := range outputs {
+			if !slices.Contains(st.Visible, o) {
+				st.Visible = append(st.Visible, o)
+				changed = true
+			}
+		}
+		slices.Sort(st.Visible)
+		if len(st.Visible) == len(n.Outputs) && st.Status != Done {
+			// Visible is what counts, even after a failure or a block:
+			// someone built it after all.
+			st.Status, st.BlockedBy, changed = Done, "", true
+		}
+		if changed {
+			st.Updated = time.Now().UTC()
+		}
+		return changed, nil, nil
+	})
+}
+
+// addHave adds paths to those drv has from its inputs and, when they
+// are all there, dispatches it: its requests are published before its
+// state says so (see the package doc).
+func (s *Scheduler) addHave(ctx context.Context, ls *loadedSet, drv string, paths []string) (*State, error) {
+	needs := ls.g.Needs(drv)
+	return update(ctx, s.kv, stateKey(ls.set.ID, drv), func(st *State, found bool) (bool, func(context.Context) error, error) {
+		if !found {
+			return false, nil, fmt.Errorf("farm: %w: no state for %s in set %s", ErrInvalid, drv, ls.set.ID)
+		}
+		changed := false
+		for _, p := range paths {
+			if slices.Contains(needs, p) && !slices.Contains(st.Have, p) {
+				st.Have = append(st.Have, p)
+				changed = true
+			}
+		}
+		slices.Sort(st.Have)
+		var before func(context.Context) error
+		if st.Status == Waiting && len(st.Have) == len(needs) && ls.set.Canceled == nil {
+			st.Status, changed = Dispatched, true
+			now := time.Now().UTC()
+			st.Dispatched = &now
+			st.Attempts = make([]int, ls.set.Quorum)
+			for i := range st.Attempts {
+				st.Attempts[i] = 1
+			}
+			attempts := slices.Clone(st.Attempts)
+			before = func(ctx context.Context) error {
+				return s.publishRequests(ctx, ls, drv, attempts, nil)
+			}
+		}
+		if changed {
+			st.Updated = time.Now().UTC()
+		}
+		return changed, before, nil
+	})
+}
+
+// publishRequests publishes the request of each replica for its attempt.
+func (s *Scheduler) publishRequests(ctx context.Context, ls *loadedSet, drv string, attempts []int, exclude []string) error {
+	n := ls.g.Node(drv)
+	for replica, attempt := range attempts {
+		if attempt == 0 {
+			continue
+		}
+		r := &Request{Version: RecordVersion, Set: ls.set.ID, Tenant: ls.set.Tenant, DrvPath: drv, System: n.System,
+			Features: n.Features, Outputs: n.Outputs, Replica: replica, Attempt: attempt, Exclude: exclude,
+			Closure: ls.set.Closure, Requested: time.Now().UTC()}
+		if err := publishRequest(ctx, s.cfg.Conn, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func publishRequest(ctx context.Context, conn *queue.Conn, r *Request) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	subj, err := r.Subject()
+	if err != nil {
+		return fmt.Errorf("farm: request %s: %w", r.DrvPath, err)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := conn.PublishFarm(ctx, subj, r.MsgID(), b); err != nil {
+		return fmt.Errorf("farm: request %s: %w", r.DrvPath, err)
+	}
+	return nil
+}
+
+func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {
+	rep, err := DecodeReport(d.Data)
+	if err != nil {
+		return queue.Permanent(err)
+	}
+	if want, _ := queue.FarmReportSubject(rep.Tenant); d.Subject != want {
+		return queue.Permanent(fmt.Errorf("farm: %w: report for tenant %q on %s", ErrInvalid, rep.Tenant, d.Subject))
+	}
+	if rep.Outcome != BuildFailed {
+		// A build that succeeded counts once its outputs are visible.
+		return nil
+	}
+	ls, err := s.ensureLoaded(ctx, rep.Set)
+	if errors.Is(err, ErrNotFound) {
+		return queue.Permanent(err)
+	}
+	if err != nil {
+		return err
+	}
+	if ls.set.Tenant != rep.Tenant || ls.g.Node(rep.DrvPath) == nil {
+		return queue.Permanent(fmt.Errorf("farm: %w: report on %s, not in set %s of tenant %s", ErrInvalid, rep.DrvPath, rep.Set, rep.Tenant))
+	}
+	// Only the builder holding the replica may say its build failed:
+	// a report from anyone else (or about an attempt taken over since)
+	// must not use up the derivation's attempts.
+	var c Claims
+	if _, _, err := getJSON(ctx, s.kv, claimKey(rep.Set, rep.DrvPath), &c); err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(c.Replicas, func(x Claim) bool {
+		return x.Replica == rep.Replica && x.Attempt == rep.Attempt && x.Builder == rep.Builder
+	}) {
+		return queue.Permanent(fmt.Errorf("farm: %w: %s reports a failure of %s replica %d attempt %d it does not hold",
+			ErrInvalid, rep.Builder, rep.DrvPath, rep.Replica, rep.Attempt))
+	}
+	return s.failed(ctx, ls, rep)
+}
+
+// failed records a failed build: a retry on another builder while the
+// derivation has failed fewer than MaxAttempts times, else the
+// derivation fails and blocks everything that depends on it.
+func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report) error {
+	drv := rep.DrvPath
+	st, err := update(ctx, s.kv, stateKey(ls.set.ID, drv), func(st *State, found bool) (bool, func(context.Context) error, error) {
+		if !found {
+			return false, nil, fmt.Errorf("farm: %w: no state for %s", ErrInvalid, drv)
+		}
+		if st.Status.Final() || st.hasFailure(rep.Replica, rep.Attempt) || rep.Replica >= len(st.Attempts) {
+			return false, nil, nil
+		}
+		st.Failures = append(st.Failures, Failure{Replica: rep.Replica, Attempt: rep.Attempt, Builder: rep.Builder,
+			Owner: rep.Owner, ExitCode: rep.ExitCode, Log: rep.Log, Time: rep.Time})
+		st.Updated = time.Now().UTC()
+		if len(st.Failures) >= ls.set.MaxAttempts {
+			st.Status = Failed
+			return true, nil, nil
+		}
+		if st.Attempts[rep.Replica] != rep.Attempt {
+			return true, nil, nil // a later attempt runs already
+		}
+		st.Attempts[rep.Replica] = rep.Attempt + 1
+		attempts := make([]int, len(st.Attempts))
+		attempts[rep.Replica] = rep.Attempt + 1
+		exclude := st.failedBuilders()
+		return true, func(ctx context.Context) error {
+			return s.publishRequests(ctx, ls, drv, attempts, exclude)
+		}, nil
+	})
+	if err != nil {
+		return err
+	}
+	s.log.Info("farm: build failed", logKeySet, ls.set.ID, logKeyDrv, drv, "builder", rep.Builder,
+		"attempt", rep.Attempt, "status", st.Status)
+	if st.Status == Failed {
+		return s.block(ctx, ls, drv)
+	}
+	return nil
+}
+
+// block marks every derivation downstream of drv, not final yet, as
+// blocked by it.
+func (s *Scheduler) block(ctx context.Context, ls *loadedSet, drv string) error {
+	var errs []error
+	for _, d := range ls.g.Downstream(drv) {
+		_, err := update(ctx, s.kv, stateKey(ls.set.ID, d), func(st *State, found bool) (bool, func(context.Context) error, error) {
+			if !found || st.Status.Final() {
+				return false, nil, nil
+			}
+			st.Status, st.BlockedBy, st.Updated = Blocked, drv, time.Now().UTC()
+			return true, nil, nil
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
