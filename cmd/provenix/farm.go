@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"codeberg.org/provenix/provenix/farm"
+	"codeberg.org/provenix/provenix/queue"
 )
 
 func newFarmCmd(g *globals) *cobra.Command {
@@ -45,8 +47,70 @@ is done, 1 when the set finished with failures, 3 while it runs.`,
 		},
 	}
 	cancelNF.register(cancel)
-	cmd.AddCommand(status, cancel)
+	cmd.AddCommand(status, cancel, newFarmSchedulerCmd(g))
 	return cmd
+}
+
+type farmSchedulerFlags struct {
+	nats      natsFlags
+	cache     string
+	cacheKeys []string
+	group     string
+	resync    time.Duration
+}
+
+func newFarmSchedulerCmd(g *globals) *cobra.Command {
+	f := &farmSchedulerFlags{}
+	cmd := &cobra.Command{
+		Use:   "scheduler [flags]",
+		Short: "Dispatch build sets to workers as their inputs reach the cache",
+		Long: `Run a farm scheduler until SIGINT or SIGTERM: it follows the cache pushers'
+events and dispatches each derivation of an open build set once the outputs
+it needs are in the cache, retries failed builds on other builders, and
+blocks what depends on a derivation that failed for good. Any number of
+schedulers may run, in one group or several: their state is in JetStream
+(compare-and-set), a dispatch is one message whoever sends it, and a
+scheduler that starts recomputes every open set from the bucket and the
+cache.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runFarmScheduler(cmd.Context(), g, f)
+		},
+	}
+	f.nats.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&f.cache, "cache", "", "binary cache whose paths count as built (default: the running 'provenix up' of --data-dir)")
+	fl.StringArrayVar(&f.cacheKeys, "cache-key", nil, "file holding the cache's public key, NAME:base64 (repeatable; default: the data directory's keys/cache.pub)")
+	fl.StringVar(&f.group, "group", farm.DefaultGroup, "scheduler group: the schedulers of a group share the pushers' events")
+	fl.DurationVar(&f.resync, "resync", farm.DefaultResyncEvery, "how often every open set is recomputed from the bucket and the cache")
+	return cmd
+}
+
+func runFarmScheduler(ctx context.Context, g *globals, f *farmSchedulerFlags) error {
+	cache, err := farmCache(g, f.cache, f.cacheKeys)
+	if err != nil {
+		return err
+	}
+	conn, err := f.nats.connect(ctx, g, "provenix farm scheduler")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.EnsureFarm(ctx, queue.StreamOptions{}); err != nil {
+		return err
+	}
+	s, err := farm.NewScheduler(farm.SchedulerConfig{Conn: conn, Cache: cache, Group: f.group, ResyncEvery: f.resync, Logger: g.logger()})
+	if err != nil {
+		return usageError("%v", err)
+	}
+	if err := s.Open(ctx); err != nil {
+		return err
+	}
+	g.logger().Info("farm scheduler running", "group", f.group)
+	<-ctx.Done()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	return s.Close(cctx)
 }
 
 // exitRunning is farm status's exit code for a set still running.

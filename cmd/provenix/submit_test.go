@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"codeberg.org/provenix/provenix/farm"
+	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -25,37 +28,8 @@ import (
 func TestSubmitAndFarmCommands(t *testing.T) {
 	ctx := ctxFor(t, 2*time.Minute)
 	dir := t.TempDir()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: filepath.Join(dir, "js"), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	natsURL := ns.ClientURL()
-	// The streams and the staging bucket, as a running pusher makes them.
-	qc, err := queue.Connect(ctx, natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer qc.Close()
-	if err := qc.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-
-	// An empty cache: nothing is built yet.
-	cache := httptest.NewServer(http.NotFoundHandler())
-	t.Cleanup(cache.Close)
-	_, pub, err := signature.GenerateKeypair("farm-test-1", rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(dir, "cache.pub")
-	if err := os.WriteFile(keyFile, []byte(pub.String()+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	natsURL, qc := farmNATS(t, ctx, dir)
+	cacheURL, keyFile := emptyCache(t, dir)
 	nixFile := filepath.Join(dir, "chain.nix")
 	if err := os.WriteFile(nixFile, []byte(`{ tag ? "x" }:
 let mk = name: deps: derivation { inherit name; system = "x86_64-linux"; builder = "/bin/sh";
@@ -74,7 +48,7 @@ in { top = mk "farm-cli-top" [ b ]; other = mk "farm-cli-other" [ a ]; }
 
 	tag := uniqueMessage(t)
 	stdout, stderr, code := cli(t, ctx, append([]string{"submit", nixFile, "-A", "top", "-A", "other", "--argstr", "tag", tag,
-		"--cache", cache.URL, "--cache-key", keyFile, "--quorum", "2", "--json"}, conn...)...)
+		"--cache", cacheURL, "--cache-key", keyFile, "--quorum", "2", "--json"}, conn...)...)
 	if code != 0 {
 		t.Fatalf("submit: exit %d\n%s\n%s", code, stdout, stderr)
 	}
@@ -128,12 +102,12 @@ in { top = mk "farm-cli-top" [ b ]; other = mk "farm-cli-other" [ a ]; }
 		}
 	}
 	stdout, stderr, code = cli(t, ctx, append([]string{"submit", nixFile, "-A", "top", "-A", "other", "--argstr", "tag", uniqueMessage(t),
-		"--cache", cache.URL, "--cache-key", keyFile, "--dependents-of", a, "--json"}, conn...)...)
+		"--cache", cacheURL, "--cache-key", keyFile, "--dependents-of", a, "--json"}, conn...)...)
 	if code != exitUsageErr || !strings.Contains(stderr, "neither a derivation of the graph") {
 		t.Errorf("--dependents-of a derivation of another graph (another tag): exit %d\n%s\n%s", code, stdout, stderr)
 	}
 	stdout, stderr, code = cli(t, ctx, append([]string{"submit", nixFile, "-A", "top", "-A", "other", "--argstr", "tag", tag,
-		"--cache", cache.URL, "--cache-key", keyFile, "--dependents-of", a, "--json"}, conn...)...)
+		"--cache", cacheURL, "--cache-key", keyFile, "--dependents-of", a, "--json"}, conn...)...)
 	var mass struct{ Set struct{ Roots []string } }
 	if err := json.Unmarshal([]byte(stdout), &mass); code != 0 || err != nil {
 		t.Fatalf("submit --dependents-of: exit %d, %v\n%s\n%s", code, err, stdout, stderr)
@@ -156,4 +130,87 @@ in { top = mk "farm-cli-top" [ b ]; other = mk "farm-cli-other" [ a ]; }
 	if _, stderr, code := cli(t, ctx, append([]string{"farm", "status", "aaaaaaaaaaaaaaaaaaaaaaaaaa"}, conn...)...); code == 0 || !strings.Contains(stderr, "not found") {
 		t.Errorf("unknown set: exit %d\n%s", code, stderr)
 	}
+}
+
+// TestFarmSchedulerCommand runs 'farm scheduler' and sees it dispatch a
+// submitted set's first derivation.
+func TestFarmSchedulerCommand(t *testing.T) {
+	ctx := ctxFor(t, 2*time.Minute)
+	dir := t.TempDir()
+	natsURL, _ := farmNATS(t, ctx, dir)
+	cacheURL, keyFile := emptyCache(t, dir)
+	conn := []string{"--nats-url", natsURL, "--data-dir", dir}
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan int, 1)
+	var schedErr testlog.Buffer
+	go func() {
+		var out testlog.Buffer
+		done <- run(sctx, append([]string{"farm", "scheduler", "--cache", cacheURL, "--cache-key", keyFile}, conn...), strings.NewReader(""), &out, &schedErr)
+	}()
+	out, err := exec.Command("nix-instantiate", "--expr", `derivation { name = "farm-sched-`+uniqueMessage(t)+`"; system = "x86_64-linux"; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; }`).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := strings.TrimSpace(string(out))
+	stdout, stderr, code := cli(t, ctx, append([]string{"submit", "--no-closure", drv, "--cache", cacheURL, "--cache-key", keyFile}, conn...)...)
+	if code != 0 {
+		t.Fatalf("submit: exit %d\n%s", code, stderr)
+	}
+	id := strings.TrimSpace(stdout)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		stdout, _, _ := cli(t, ctx, append([]string{"farm", "status", id}, conn...)...)
+		if strings.Contains(stdout, "1 building") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not dispatched:\n%s\nscheduler:\n%s", stdout, schedErr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	if code := <-done; code != 0 {
+		t.Errorf("scheduler exit %d\n%s", code, schedErr.String())
+	}
+}
+
+// farmNATS runs an in-process NATS server with JetStream and the
+// streams a running pusher makes, and returns its URL and a connection.
+func farmNATS(t *testing.T, ctx context.Context, dir string) (string, *queue.Conn) {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: filepath.Join(dir, "js"), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	qc, err := queue.Connect(ctx, ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(qc.Close)
+	if err := qc.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return ns.ClientURL(), qc
+}
+
+// emptyCache is a binary cache that has nothing, and a file holding a
+// public key for it.
+func emptyCache(t *testing.T, dir string) (string, string) {
+	t.Helper()
+	cache := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(cache.Close)
+	_, pub, err := signature.GenerateKeypair("farm-test-1", rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "cache.pub")
+	if err := os.WriteFile(keyFile, []byte(pub.String()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return cache.URL, keyFile
 }
