@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
 )
 
 // layered is a synthetic graph of layers×width derivations, each (past
@@ -49,7 +51,7 @@ func BenchmarkSchedule10k(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := s.Open(ctxT(b)); err != nil {
+		if err := s.Open(testctx.New(b, time.Minute)); err != nil {
 			b.Fatal(err)
 		}
 		for i := range 4 {

@@ -9,12 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
 )
 
 func submit(t testing.TB, conn *queue.Conn, g *Graph, cache Cache, quorum, maxAttempts int) *Submitted {
 	t.Helper()
-	s, err := Submit(ctxT(t), conn, SubmitOptions{Tenant: tenant, Graph: g, Cache: cache, Quorum: quorum, MaxAttempts: maxAttempts})
+	s, err := Submit(testctx.New(t, time.Minute), conn, SubmitOptions{Tenant: tenant, Graph: g, Cache: cache, Quorum: quorum, MaxAttempts: maxAttempts})
 	if err != nil {
 		t.Fatalf("Submit: %v", err)
 	}
@@ -122,7 +123,7 @@ func TestSchedulerRestartRecomputes(t *testing.T) {
 
 	// a is built and visible, but nobody said so.
 	waitFor(t, 10*time.Second, func() bool { ok, _ := cache.Has(context.Background(), fakePath("a")); return ok })
-	if err := first.Close(ctxT(t)); err != nil {
+	if err := first.Close(testctx.New(t, time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond)
@@ -140,10 +141,10 @@ func TestSchedulerRestartRecomputes(t *testing.T) {
 
 	// A resync of a set all done marks it finished and forgets it; the
 	// next scheduler does not load it again.
-	if err := second.Resync(ctxT(t), sub.Set.ID, true); err != nil {
+	if err := second.Resync(testctx.New(t, time.Minute), sub.Set.ID, true); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := GetStatus(ctxT(t), conn, sub.Set.ID); err != nil || st.Set.Finished == nil {
+	if st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID); err != nil || st.Set.Finished == nil {
 		t.Errorf("set not marked finished: %v, %v", st, err)
 	}
 	if ids := second.loadedIDs(); len(ids) != 0 {
@@ -167,16 +168,16 @@ func TestCrashBetweenPublishAndState(t *testing.T) {
 	for replica := range 2 {
 		r := &Request{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: n.DrvPath, System: n.System,
 			Outputs: n.Outputs, Replica: replica, Attempt: 1, Requested: time.Now()}
-		if err := publishRequest(ctxT(t), conn, r); err != nil {
+		if err := publishRequest(testctx.New(t, time.Minute), conn, r); err != nil {
 			t.Fatal(err)
 		}
 	}
 	startScheduler(t, url, cache, "g1")
 	waitFor(t, 10*time.Second, func() bool {
-		st, err := GetStatus(ctxT(t), conn, sub.Set.ID)
+		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
 		return err == nil && st.Counts[Dispatched] == 1
 	})
-	info, err := conn.JetStream().Stream(ctxT(t), queue.StreamFarm)
+	info, err := conn.JetStream().Stream(testctx.New(t, time.Minute), queue.StreamFarm)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +233,7 @@ func TestTwoSchedulersNoDoubleDispatch(t *testing.T) {
 		}
 	}
 	// Every request and every report was stored once.
-	info, err := conn.JetStream().Stream(ctxT(t), queue.StreamFarm)
+	info, err := conn.JetStream().Stream(testctx.New(t, time.Minute), queue.StreamFarm)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +286,7 @@ func TestRetryOnAnotherWorker(t *testing.T) {
 	// Only the bad worker runs: a fails once, and its retry must wait
 	// for another builder.
 	waitFor(t, 10*time.Second, func() bool {
-		st, _ := GetStatus(ctxT(t), conn, sub.Set.ID)
+		st, _ := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
 		return st != nil && len(st.Derivations) > 0 && slices.ContainsFunc(st.Derivations, func(s *State) bool { return len(s.Failures) == 1 })
 	})
 	testWorker(t, url, g, cache, p, log, "good", "o2", flaky)
@@ -348,10 +349,10 @@ func TestCancel(t *testing.T) {
 	sub := submit(t, conn, g, cache, 1, 0)
 	startScheduler(t, url, cache, "g1")
 	waitFor(t, 10*time.Second, func() bool {
-		st, err := GetStatus(ctxT(t), conn, sub.Set.ID)
+		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
 		return err == nil && st.Counts[Dispatched] == 1
 	})
-	if _, err := Cancel(ctxT(t), conn, sub.Set.ID); err != nil {
+	if _, err := Cancel(testctx.New(t, time.Minute), conn, sub.Set.ID); err != nil {
 		t.Fatal(err)
 	}
 	p := &pusher{conn: conn, cache: cache, quorum: 1}
@@ -360,18 +361,18 @@ func TestCancel(t *testing.T) {
 	w := testWorker(t, url, g, cache, p, log, "b1", "o1", nil)
 	_ = results
 	waitFor(t, 10*time.Second, func() bool {
-		info, err := conn.JetStream().Stream(ctxT(t), queue.StreamFarm)
+		info, err := conn.JetStream().Stream(testctx.New(t, time.Minute), queue.StreamFarm)
 		return err == nil && info.CachedInfo().State.Msgs == 0
 	})
 	w()
 	if got := log.all(); len(got) != 0 {
 		t.Errorf("a cancelled set was built: %+v", got)
 	}
-	st, err := GetStatus(ctxT(t), conn, sub.Set.ID)
+	st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
 	if err != nil || st.Set.Canceled == nil || !strings.Contains(st.String(), "cancelled") {
 		t.Errorf("status %v, %v", st, err)
 	}
-	if _, err := GetStatus(ctxT(t), conn, NewSetID()); !errors.Is(err, ErrNotFound) {
+	if _, err := GetStatus(testctx.New(t, time.Minute), conn, NewSetID()); !errors.Is(err, ErrNotFound) {
 		t.Errorf("unknown set: %v", err)
 	}
 }
@@ -422,8 +423,8 @@ func TestWorkerLostMidBuild(t *testing.T) {
 		t.Errorf("a rebuilt by %+v", builds[0])
 	}
 	var c Claims
-	kv, _ := bucket(ctxT(t), conn)
-	if _, _, err := getJSON(ctxT(t), kv, claimKey(sub.Set.ID, fakePath("a.drv")), &c); err != nil {
+	kv, _ := bucket(testctx.New(t, time.Minute), conn)
+	if _, _, err := getJSON(testctx.New(t, time.Minute), kv, claimKey(sub.Set.ID, fakePath("a.drv")), &c); err != nil {
 		t.Fatal(err)
 	}
 	if len(c.Replicas) != 1 || c.Replicas[0].Builder != "survivor" || c.Replicas[0].Delivered < 2 {
@@ -444,7 +445,7 @@ func TestRejectedResultRetried(t *testing.T) {
 	testWorker(t, url, g, cache, p, log, "liar", "o1", nil)
 	sub := submit(t, conn, g, cache, 1, 3)
 	waitFor(t, 10*time.Second, func() bool {
-		st, _ := GetStatus(ctxT(t), conn, sub.Set.ID)
+		st, _ := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
 		return st != nil && slices.ContainsFunc(st.Derivations, func(s *State) bool { return len(s.Failures) == 1 })
 	})
 	testWorker(t, url, g, cache, p, log, "honest", "o2", nil)
@@ -484,21 +485,21 @@ func TestForgedFailureReportIgnored(t *testing.T) {
 	sub := submit(t, conn, g, cache, 1, 1)
 	s := startScheduler(t, url, cache, "g1")
 	waitFor(t, 10*time.Second, func() bool {
-		st, err := GetStatus(ctxT(t), conn, sub.Set.ID)
+		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
 		return err == nil && st.Counts[Dispatched] == 1
 	})
 	rep := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: fakePath("a.drv"), Replica: 0, Attempt: 1,
 		Builder: "mallory", Outcome: BuildFailed, Time: time.Now()}
-	if err := PublishReport(ctxT(t), conn, rep); err != nil {
+	if err := PublishReport(testctx.New(t, time.Minute), conn, rep); err != nil {
 		t.Fatal(err)
 	}
 	// Handled (terminated) once the stream holds only the request.
 	waitFor(t, 10*time.Second, func() bool {
-		info, err := conn.JetStream().Stream(ctxT(t), queue.StreamFarm)
+		info, err := conn.JetStream().Stream(testctx.New(t, time.Minute), queue.StreamFarm)
 		return err == nil && info.CachedInfo().State.Msgs == 1
 	})
 	_ = s
-	st, err := GetStatus(ctxT(t), conn, sub.Set.ID)
+	st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,33 +9,27 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
 const tenant = "t1"
 
-// startNATS runs an in-process nats-server with JetStream on a random
-// port, its store in a temporary directory; one that does not start
-// fails the test. It returns the client URL and a stop function
-// (also run at cleanup).
-func startNATS(t testing.TB) (string, func()) {
+// startNATS runs an embedded nats-server (queue/server) with JetStream
+// on a random port, its store in a temporary directory; one that does not
+// start fails the test. It returns the client URL.
+func startNATS(t testing.TB) string {
 	t.Helper()
-	dir := t.TempDir()
-	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true}
-	s, err := server.NewServer(opts)
+	s, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Open(testctx.New(t, 10*time.Second)); err != nil {
 		t.Fatalf("nats server: %v", err)
 	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	var once sync.Once
-	stop := func() { once.Do(func() { s.Shutdown(); s.WaitForShutdown() }) }
-	t.Cleanup(stop)
-	return s.ClientURL(), stop
+	t.Cleanup(func() { s.Close(context.Background()) })
+	return s.ClientURL()
 }
 
 func connect(t testing.TB, url string) *queue.Conn {
@@ -54,9 +48,9 @@ func connect(t testing.TB, url string) *queue.Conn {
 // and one connection.
 func setup(t testing.TB) (string, *queue.Conn) {
 	t.Helper()
-	url, _ := startNATS(t)
+	url := startNATS(t)
 	c := connect(t, url)
-	ctx := ctxT(t)
+	ctx := testctx.New(t, time.Minute)
 	if err := c.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
 		t.Fatalf("EnsureStreams: %v", err)
 	}
@@ -64,12 +58,6 @@ func setup(t testing.TB) (string, *queue.Conn) {
 		t.Fatalf("EnsureFarm: %v", err)
 	}
 	return url, c
-}
-
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 const nix32 = "0123456789abcdfghijklmnpqrsvwxyz"
@@ -276,7 +264,7 @@ func startScheduler(t testing.TB, url string, cache Cache, group string) *Schedu
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Open(ctxT(t)); err != nil {
+	if err := s.Open(testctx.New(t, time.Minute)); err != nil {
 		t.Fatalf("scheduler Open: %v", err)
 	}
 	t.Cleanup(func() { s.Close(context.Background()) })
@@ -295,7 +283,7 @@ func waitFinishedEvery(t testing.TB, conn *queue.Conn, id string, within, interv
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		st, err := GetStatus(ctxT(t), conn, id)
+		st, err := GetStatus(testctx.New(t, time.Minute), conn, id)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/nix"
 )
 
@@ -26,14 +27,14 @@ in mk "farm-stage-top" [ a (mk "farm-stage-b" [ a ]) ]`
 	root := strings.TrimSpace(string(out))
 	nx := &nix.Nix{}
 	id := NewSetID()
-	key, err := StageClosure(ctxT(t), conn, nx, tenant, id, []string{root})
+	key, err := StageClosure(testctx.New(t, time.Minute), conn, nx, tenant, id, []string{root})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if key != ClosureKey(tenant, id) {
 		t.Errorf("key %s", key)
 	}
-	rc, _, err := conn.OpenStaged(ctxT(t), key)
+	rc, _, err := conn.OpenStaged(testctx.New(t, time.Minute), key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +57,7 @@ in mk "farm-stage-top" [ a (mk "farm-stage-b" [ a ]) ]`
 
 	// The key travels in the requests.
 	cache := newMemCache()
-	sub, err := Submit(ctxT(t), conn, SubmitOptions{Tenant: tenant, ID: id, Roots: []string{root}, Closure: key, Cache: cache})
+	sub, err := Submit(testctx.New(t, time.Minute), conn, SubmitOptions{Tenant: tenant, ID: id, Roots: []string{root}, Closure: key, Cache: cache})
 	if err != nil {
 		t.Fatal(err)
 	}

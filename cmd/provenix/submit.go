@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"codeberg.org/provenix/provenix/builder"
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
@@ -75,7 +77,18 @@ cancel ID' stops it.`,
 
 func runSubmit(ctx context.Context, g *globals, f *submitFlags, targets []string) error {
 	nx := &nix.Nix{Root: f.storeRoot, Stderr: g.stderr}
-	roots, err := f.roots(ctx, nx, targets)
+	args, err := builder.ParsePairs("arg", f.args)
+	if err != nil {
+		return targetError(err)
+	}
+	argstrs, err := builder.ParsePairs("argstr", f.argstrs)
+	if err != nil {
+		return targetError(err)
+	}
+	roots, err := farm.Roots(ctx, nx, targets, farm.RootsOptions{Attrs: f.attrs, Args: args, ArgStrs: argstrs})
+	if errors.Is(err, farm.ErrInvalid) {
+		return &exitError{code: exitUsageErr, err: err}
+	}
 	if err != nil {
 		return err
 	}
@@ -111,39 +124,6 @@ func runSubmit(ctx context.Context, g *globals, f *submitFlags, targets []string
 	fmt.Fprintf(g.stderr, "build set %s: %d derivations, %d already in the cache, %d ready to build\n",
 		sub.Set.ID, sub.Set.Size, sub.Skipped, sub.Ready)
 	return nil
-}
-
-// roots are the .drv paths the targets name: FILE.nix's -A attributes,
-// instantiated, or .drv paths as given.
-func (f *submitFlags) roots(ctx context.Context, nx *nix.Nix, targets []string) ([]string, error) {
-	if len(f.attrs) == 0 {
-		for _, t := range targets {
-			if !strings.HasPrefix(t, "/") || !strings.HasSuffix(t, ".drv") {
-				return nil, usageError("%s: want a .drv store path, or FILE.nix with -A ATTR", t)
-			}
-		}
-		return targets, nil
-	}
-	if len(targets) != 1 {
-		return nil, usageError("-A takes one FILE.nix, got %d targets", len(targets))
-	}
-	args, err := parsePairs("arg", f.args)
-	if err != nil {
-		return nil, err
-	}
-	argstrs, err := parsePairs("argstr", f.argstrs)
-	if err != nil {
-		return nil, err
-	}
-	var roots []string
-	for _, a := range f.attrs {
-		drvs, err := nx.Instantiate(ctx, targets[0], a, args, argstrs)
-		if err != nil {
-			return nil, err
-		}
-		roots = append(roots, drvs...)
-	}
-	return roots, nil
 }
 
 // farmCache is the cache the farm checks: --cache and --cache-key, or

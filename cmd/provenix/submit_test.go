@@ -14,19 +14,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"codeberg.org/provenix/provenix/farm"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
 // TestSubmitAndFarmCommands submits a real .nix file's chain to a farm
 // with no scheduler running, reads its status, and cancels it.
 func TestSubmitAndFarmCommands(t *testing.T) {
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := testctx.New(t, 2*time.Minute)
 	dir := t.TempDir()
 	natsURL, qc := farmNATS(t, ctx, dir)
 	cacheURL, keyFile := emptyCache(t, dir)
@@ -135,7 +136,7 @@ in { top = mk "farm-cli-top" [ b ]; other = mk "farm-cli-other" [ a ]; }
 // TestFarmSchedulerCommand runs 'farm scheduler' and sees it dispatch a
 // submitted set's first derivation.
 func TestFarmSchedulerCommand(t *testing.T) {
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := testctx.New(t, 2*time.Minute)
 	dir := t.TempDir()
 	natsURL, _ := farmNATS(t, ctx, dir)
 	cacheURL, keyFile := emptyCache(t, dir)
@@ -178,15 +179,14 @@ func TestFarmSchedulerCommand(t *testing.T) {
 // streams a running pusher makes, and returns its URL and a connection.
 func farmNATS(t *testing.T, ctx context.Context, dir string) (string, *queue.Conn) {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: filepath.Join(dir, "js"), NoLog: true, NoSigs: true})
+	ns, err := natsserver.New(natsserver.Config{StoreDir: filepath.Join(dir, "js")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
+	if err := ns.Open(ctx); err != nil {
+		t.Fatalf("nats server: %v", err)
 	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	t.Cleanup(func() { ns.Close(context.Background()) })
 	qc, err := queue.Connect(ctx, ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)
