@@ -229,9 +229,8 @@ func (b *Builder) stageOnce(ctx context.Context, key string, info nix.PathInfo) 
 }
 
 // stageClosure streams nix-store --export of drvPath's closure into
-// staging: the export goes through a pipe, never whole into memory. A
-// failed export fails the pipe, so Stage abandons the object instead of
-// keeping a truncated one.
+// staging (nix.ExportStream: never whole in memory, and a failed export
+// makes Stage abandon the object).
 //
 // The export is named after drvPath and holds the closure of drvs (of
 // drvPath alone when none are given).
@@ -245,18 +244,11 @@ func (b *Builder) stageClosure(ctx context.Context, drvPath string, drvs ...stri
 	}
 	key := queue.ScopedKey(queue.ClosureKey(drvPath), b.BuilderID)
 	b.log().Info("staging closure", "drv", drvPath, "paths", len(paths))
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // ends nix-store if Stage stops reading
-	pr, pw := io.Pipe()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		pw.CloseWithError(b.Nix.Export(ctx, pw, paths...))
-	}()
-	info, err := b.Queue.Stage(ctx, key, pr)
-	pr.CloseWithError(errors.New("staging ended"))
-	cancel()
-	<-done
+	var info queue.StagedInfo
+	err = b.Nix.ExportStream(ctx, func(r io.Reader) (err error) {
+		info, err = b.Queue.Stage(ctx, key, r)
+		return err
+	}, paths...)
 	if err != nil {
 		return "", fmt.Errorf("stage closure of %s: %w", drvPath, err)
 	}

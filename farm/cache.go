@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"codeberg.org/provenix/provenix/cacheclient"
@@ -61,4 +62,25 @@ func CacheAt(url string, publicKeys []string) (*Caches, error) {
 		return nil, fmt.Errorf("farm: cache: %w", err)
 	}
 	return &Caches{Own: c}, nil
+}
+
+// lookup asks cache about every path, a few at a time, and returns the
+// answers by path.
+func lookup(ctx context.Context, cache Cache, paths []string) (map[string]bool, error) {
+	visible := make(map[string]bool, len(paths))
+	var mu sync.Mutex
+	err := parallel(ctx, paths, func(ctx context.Context, p string) error {
+		ok, err := cache.Has(ctx, p)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		visible[p] = ok
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return visible, nil
 }

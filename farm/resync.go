@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -27,44 +28,8 @@ func (s *Scheduler) Resync(ctx context.Context, id string, checkCache bool) erro
 	}
 	var errs []error
 	if checkCache {
-		var open []string
-		for drv, st := range states {
-			if !st.Status.Final() {
-				open = append(open, drv)
-			}
-		}
-		var mu sync.Mutex
-		err := parallel(ctx, open, func(ctx context.Context, drv string) error {
-			mu.Lock()
-			st := states[drv]
-			mu.Unlock()
-			var found []string
-			for name, p := range ls.g.Node(drv).Outputs {
-				if slices.Contains(st.Visible, name) {
-					continue
-				}
-				ok, err := s.cfg.Cache.Has(ctx, p)
-				if err != nil {
-					return fmt.Errorf("farm: resync %s: %w", id, err)
-				}
-				if ok {
-					found = append(found, name)
-				}
-			}
-			if len(found) == 0 {
-				return nil
-			}
-			nst, err := s.markVisible(ctx, ls, drv, found)
-			if err != nil {
-				return err
-			}
-			mu.Lock()
-			states[drv] = nst
-			mu.Unlock()
-			return nil
-		})
-		if err != nil {
-			return err
+		if err := s.lookOutputsUp(ctx, ls, states); err != nil {
+			return fmt.Errorf("farm: resync %s: %w", id, err)
 		}
 	}
 	visible := map[string]bool{}
@@ -169,4 +134,44 @@ func (s *Scheduler) states(ctx context.Context, ls *loadedSet) (map[string]*Stat
 		return nil, fmt.Errorf("farm: %w: set %s has %d states for %d derivations", ErrInvalid, ls.set.ID, len(out), ls.g.Len())
 	}
 	return out, nil
+}
+
+// lookOutputsUp asks the cache about the outputs of the derivations not
+// final yet that are not known visible, and records those it has.
+func (s *Scheduler) lookOutputsUp(ctx context.Context, ls *loadedSet, states map[string]*State) error {
+	type output struct{ drv, name string }
+	owner := map[string]output{}
+	var paths []string
+	for drv, st := range states {
+		if st.Status.Final() {
+			continue
+		}
+		for name, p := range ls.g.Node(drv).Outputs {
+			if !slices.Contains(st.Visible, name) {
+				owner[p] = output{drv, name}
+				paths = append(paths, p)
+			}
+		}
+	}
+	visible, err := lookup(ctx, s.cfg.Cache, paths)
+	if err != nil {
+		return err
+	}
+	found := map[string][]string{}
+	for p, ok := range visible {
+		if ok {
+			found[owner[p].drv] = append(found[owner[p].drv], owner[p].name)
+		}
+	}
+	var mu sync.Mutex
+	return parallel(ctx, slices.Collect(maps.Keys(found)), func(ctx context.Context, drv string) error {
+		nst, err := s.markVisible(ctx, ls, drv, found[drv])
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		states[drv] = nst
+		mu.Unlock()
+		return nil
+	})
 }

@@ -2,7 +2,6 @@ package farm
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 
@@ -31,18 +30,10 @@ func StageClosure(ctx context.Context, conn *queue.Conn, nx *nix.Nix, tenant, id
 		return "", fmt.Errorf("farm: closure of %d derivations: %w", len(roots), err)
 	}
 	key := ClosureKey(tenant, id)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // ends nix-store if Stage stops reading
-	pr, pw := io.Pipe()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		pw.CloseWithError(nx.Export(ctx, pw, paths...))
-	}()
-	_, err = conn.Stage(ctx, key, pr)
-	pr.CloseWithError(errors.New("staging ended"))
-	cancel()
-	<-done
+	err = nx.ExportStream(ctx, func(r io.Reader) error {
+		_, err := conn.Stage(ctx, key, r)
+		return err
+	}, paths...)
 	if err != nil {
 		return "", fmt.Errorf("farm: stage the closure of set %s: %w", id, err)
 	}

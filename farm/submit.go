@@ -122,18 +122,8 @@ func Submit(ctx context.Context, conn *queue.Conn, o SubmitOptions) (*Submitted,
 			paths = append(paths, p)
 		}
 	}
-	visible := make(map[string]bool, len(paths))
-	var mu sync.Mutex
-	if err := parallel(ctx, paths, func(ctx context.Context, p string) error {
-		ok, err := o.Cache.Has(ctx, p)
-		if err != nil {
-			return err
-		}
-		mu.Lock()
-		visible[p] = ok
-		mu.Unlock()
-		return nil
-	}); err != nil {
+	visible, err := lookup(ctx, o.Cache, paths)
+	if err != nil {
 		return nil, fmt.Errorf("farm: submit: %w", err)
 	}
 
