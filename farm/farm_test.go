@@ -233,12 +233,14 @@ func TestTwoSchedulersNoDoubleDispatch(t *testing.T) {
 		}
 	}
 	// Every request and every report was stored once.
-	info, err := conn.JetStream().Stream(testctx.New(t, time.Minute), queue.StreamFarm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := info.CachedInfo().State.LastSeq, uint64(2*36*quorum); got != want {
-		t.Errorf("FARM stored %d messages, want %d (a request and a report per replica)", got, want)
+	for _, stream := range []string{queue.StreamFarm, queue.StreamFarmReports} {
+		info, err := conn.JetStream().Stream(testctx.New(t, time.Minute), stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := info.CachedInfo().State.LastSeq, uint64(36*quorum); got != want {
+			t.Errorf("%s stored %d messages, want %d (one per replica)", stream, got, want)
+		}
 	}
 }
 
@@ -326,6 +328,34 @@ func TestFailedBlocksDependents(t *testing.T) {
 	sub := submit(t, conn, g, cache, 1, 2)
 	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
 	want := map[string]Status{"bad": Failed, "mid": Blocked, "top": Blocked, "ok": Done}
+	defer func() {
+		// The reports add up to: one build (ok), two failures (bad), at
+		// testCost each, on two builders of two owners.
+		// (ok's report may land just after the set is finished.)
+		var (
+			stats            *Stats
+			builds, failures int
+			cpu              float64
+		)
+		deadline := time.Now().Add(10 * time.Second)
+		for builds != 1 && time.Now().Before(deadline) {
+			var err error
+			if stats, err = ReadStats(testctx.New(t, time.Minute), conn, tenant, time.Now().Add(-time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			builds, failures, cpu = 0, 0, 0
+			for _, b := range stats.Builders {
+				builds, failures, cpu = builds+b.Builds, failures+b.Failures, cpu+b.CPUSeconds
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if builds != 1 || failures != 2 || cpu != 3*testCost.CPUSeconds || len(stats.Owners) != 2 {
+			t.Errorf("stats: %d builds, %d failures, %.2f CPU s, %d owners: %+v", builds, failures, cpu, len(stats.Owners), stats)
+		}
+		if later, err := ReadStats(testctx.New(t, time.Minute), conn, tenant, time.Now().Add(time.Minute)); err != nil || len(later.Builders) != 0 {
+			t.Errorf("stats of a window after the builds: %+v, %v", later, err)
+		}
+	}()
 	for _, s := range st.Derivations {
 		name := nameOf(s.DrvPath)
 		if s.Status != want[name] {
@@ -493,10 +523,14 @@ func TestForgedFailureReportIgnored(t *testing.T) {
 	if err := PublishReport(testctx.New(t, time.Minute), conn, rep); err != nil {
 		t.Fatal(err)
 	}
-	// Handled (terminated) once the stream holds only the request.
+	// Wait until the schedulers' consumer has handled it.
 	waitFor(t, 10*time.Second, func() bool {
-		info, err := conn.JetStream().Stream(testctx.New(t, time.Minute), queue.StreamFarm)
-		return err == nil && info.CachedInfo().State.Msgs == 1
+		c, err := conn.JetStream().Consumer(testctx.New(t, time.Minute), queue.StreamFarmReports, queue.FarmConsumer(queue.FarmReportFilter))
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(testctx.New(t, time.Minute))
+		return err == nil && info.Delivered.Stream == 1 && info.NumAckPending == 0 && info.NumPending == 0
 	})
 	_ = s
 	st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)

@@ -220,6 +220,9 @@ func (l *buildLog) claimed(r *Request, res ClaimResult) {
 	l.claims[fmt.Sprintf("%s %d %d", nameOf(r.DrvPath), r.Replica, r.Attempt)]++
 }
 
+// testCost is what every test build says it cost.
+var testCost = BuildStats{CPUSeconds: 0.25, Wall: 1500 * time.Millisecond}
+
 // testWorker runs a Worker whose builds vote through p, or fail when
 // fail says so; it stops at cleanup.
 func testWorker(t testing.TB, url string, g *Graph, cache *memCache, p *pusher, log *buildLog, builder, owner string,
@@ -240,9 +243,9 @@ func testWorker(t testing.TB, url string, g *Graph, cache *memCache, p *pusher, 
 			}
 			log.add(build{drv: nameOf(r.DrvPath), builder: builder, owner: owner, replica: r.Replica, attempt: r.Attempt, at: time.Now(), ready: ready})
 			if fail != nil && fail(r, builder) {
-				return nil, &BuildError{ExitCode: 1, Log: []string{"error: builder for '" + r.DrvPath + "' failed"}}
+				return nil, &BuildError{ExitCode: 1, Log: []string{"error: builder for '" + r.DrvPath + "' failed"}, Stats: testCost}
 			}
-			return &BuildStats{}, p.vote(ctx, r, builder)
+			return &testCost, p.vote(ctx, r, builder)
 		}}
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()

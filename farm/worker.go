@@ -296,8 +296,12 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 	start := time.Now()
 	stats, berr := w.Build(ctx, r)
 	stop()
+	owner := w.Owner
+	if owner == "" {
+		owner = w.Builder
+	}
 	rep := &Report{Version: RecordVersion, Set: r.Set, Tenant: r.Tenant, DrvPath: r.DrvPath, Replica: r.Replica,
-		Attempt: r.Attempt, Builder: w.Builder, Owner: w.Owner, Outcome: Built, Time: time.Now().UTC()}
+		Attempt: r.Attempt, Builder: w.Builder, Owner: owner, Outcome: Built, Time: time.Now().UTC()}
 	var be *BuildError
 	switch {
 	case berr == nil:

@@ -17,11 +17,15 @@ import (
 // are here rather than in names.go to keep the feature in one file, as
 // rebuild.go does.
 const (
-	// StreamFarm holds build requests (farm.build.<tenant>.<system>.<class>)
-	// and workers' reports (farm.report.<tenant>). It is a work queue:
-	// each request goes to one worker of its subject, each report to one
-	// scheduler, and leaves the stream when acked or terminated.
+	// StreamFarm holds build requests (farm.build.<tenant>.<system>.<class>).
+	// It is a work queue: each request goes to one worker of its subject,
+	// and leaves the stream when acked or terminated.
 	StreamFarm = "FARM"
+	// StreamFarmReports holds workers' reports (farm.report.<tenant>):
+	// one scheduler handles each (a shared durable consumer), and they
+	// stay for the farm's statistics (ReadFarmReports) as long as
+	// StreamOptions.MaxAge times 4.
+	StreamFarmReports = "FARM_REPORTS"
 	// BucketFarm holds the build sets: their definition (set, node and
 	// class keys, written once) and their state (state and claim keys,
 	// updated with compare-and-set).
@@ -97,8 +101,8 @@ func (c *Conn) EnsureFarm(ctx context.Context, o StreamOptions) error {
 	defer cancel()
 	want := jetstream.StreamConfig{
 		Name:        StreamFarm,
-		Description: "Provenix farm: build requests per tenant, system and feature class; workers' reports",
-		Subjects:    []string{subjectFarm + ".>"},
+		Description: "Provenix farm build requests, one work queue per tenant, system and feature class",
+		Subjects:    []string{subjectFarmBuild + ".>"},
 		Retention:   jetstream.WorkQueuePolicy,
 		MaxAge:      o.MaxAge,
 		Duplicates:  min(farmDuplicates, o.MaxAge),
@@ -108,6 +112,21 @@ func (c *Conn) EnsureFarm(ctx context.Context, o StreamOptions) error {
 		Replicas:    o.Replicas,
 	}
 	if err := c.ensureStream(ctx, want); err != nil {
+		return err
+	}
+	reports := jetstream.StreamConfig{
+		Name:        StreamFarmReports,
+		Description: "Provenix farm workers' reports: outcome, CPU and wall time of each build",
+		Subjects:    []string{subjectFarmReport + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      o.MaxAge * 4,
+		Duplicates:  min(farmDuplicates, o.MaxAge),
+		Storage:     jetstream.FileStorage,
+		MaxMsgSize:  MaxFarmMsgSize + resultHeaderAllowance,
+		Discard:     jetstream.DiscardOld,
+		Replicas:    o.Replicas,
+	}
+	if err := c.ensureStream(ctx, reports); err != nil {
 		return err
 	}
 	cfg := jetstream.KeyValueConfig{Bucket: BucketFarm, Description: "Provenix farm build sets: definitions and state",
@@ -126,6 +145,14 @@ func (c *Conn) EnsureFarm(ctx context.Context, o StreamOptions) error {
 	return nil
 }
 
+// farmStreamOf is the stream of a farm subject.
+func farmStreamOf(subj string) string {
+	if strings.HasPrefix(subj, subjectFarmReport+".") {
+		return StreamFarmReports
+	}
+	return StreamFarm
+}
+
 // PublishFarm publishes data on subj (a farm subject) with msgID as its
 // Nats-Msg-Id, retrying through leader elections as PublishResult does.
 // duplicate is true when the stream already had msgID within its
@@ -140,7 +167,7 @@ func (c *Conn) PublishFarm(ctx context.Context, subj, msgID string, data []byte)
 	if len(data) > MaxFarmMsgSize {
 		return false, fmt.Errorf("queue: publish farm %s: %w: %d bytes, limit %d", subj, ErrTooLarge, len(data), MaxFarmMsgSize)
 	}
-	ack, err := c.publishRetry(ctx, subj, data, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(StreamFarm))
+	ack, err := c.publishRetry(ctx, subj, data, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(farmStreamOf(subj)))
 	if err != nil {
 		return false, fmt.Errorf("queue: publish farm %s: %w", subj, err)
 	}
@@ -175,7 +202,7 @@ func (c *Conn) ConsumeFarm(ctx context.Context, o ConsumerOptions, h Handler) (*
 		MaxDeliver:    o.MaxDeliver,
 		MaxAckPending: o.MaxAckPending,
 	}
-	k, err := c.consume(ctx, StreamFarm, want, o.Concurrency, c.log.With(logKeySubject, o.FilterSubject), h)
+	k, err := c.consume(ctx, farmStreamOf(o.FilterSubject), want, o.Concurrency, c.log.With(logKeySubject, o.FilterSubject), h)
 	if err != nil {
 		return nil, fmt.Errorf("queue: consume farm: %w", err)
 	}
@@ -216,4 +243,57 @@ func (c *Conn) ConsumeEvents(ctx context.Context, o ConsumerOptions, h Handler) 
 		return nil, fmt.Errorf("queue: consume events: %w", err)
 	}
 	return k, nil
+}
+
+// ReadFarmReports calls fn with every report stored since since, oldest
+// first, and returns once it has seen those stored when it started: the
+// farm's statistics over a window. It reads with an ordered consumer,
+// which leaves nothing behind on the server.
+func (c *Conn) ReadFarmReports(ctx context.Context, since time.Time, fn func(subject string, data []byte) error) error {
+	ctx, cancel := withDefaultTimeout(ctx, PublishTimeout)
+	defer cancel()
+	st, err := c.js.Stream(ctx, StreamFarmReports)
+	if err != nil {
+		return fmt.Errorf("queue: read farm reports: %w", mapJSError(err))
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("queue: read farm reports: %w", mapJSError(err))
+	}
+	last := info.State.LastSeq
+	if info.State.Msgs == 0 || info.State.LastTime.Before(since) {
+		return nil
+	}
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since})
+	if err != nil {
+		return fmt.Errorf("queue: read farm reports: %w", mapJSError(err))
+	}
+	for {
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return fmt.Errorf("queue: read farm reports: %w", err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			md, err := msg.Metadata()
+			if err != nil {
+				return fmt.Errorf("queue: read farm reports: %w", err)
+			}
+			if err := fn(msg.Subject(), msg.Data()); err != nil {
+				return err
+			}
+			if md.Sequence.Stream >= last {
+				return nil
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return fmt.Errorf("queue: read farm reports: %w", err)
+		}
+		if n == 0 {
+			// Nothing more came: the messages up to last aged out.
+			return nil
+		}
+	}
 }

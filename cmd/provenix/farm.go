@@ -11,6 +11,7 @@ import (
 
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/up"
 )
 
 func newFarmCmd(g *globals) *cobra.Command {
@@ -47,7 +48,7 @@ is done, 1 when the set finished with failures, 3 while it runs.`,
 		},
 	}
 	cancelNF.register(cancel)
-	cmd.AddCommand(status, cancel, newFarmSchedulerCmd(g))
+	cmd.AddCommand(status, cancel, newFarmSchedulerCmd(g), newFarmStatsCmd(g))
 	return cmd
 }
 
@@ -168,5 +169,65 @@ func runFarmCancel(ctx context.Context, g *globals, nf *natsFlags, id string) er
 		return err
 	}
 	fmt.Fprintf(g.stdout, "build set %s cancelled at %s\n", set.ID, set.Canceled.Format("2006-01-02 15:04:05Z"))
+	return nil
+}
+
+type farmStatsFlags struct {
+	nats   natsFlags
+	tenant string
+	window time.Duration
+	json   bool
+}
+
+func newFarmStatsCmd(g *globals) *cobra.Command {
+	f := &farmStatsFlags{}
+	cmd := &cobra.Command{
+		Use:   "stats [flags]",
+		Short: "Show what each builder and owner built for the farm: builds, failures, CPU hours",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runFarmStats(cmd.Context(), g, f)
+		},
+	}
+	f.nats.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose farm to show")
+	fl.DurationVar(&f.window, "window", 7*24*time.Hour, "how far back to count")
+	fl.BoolVar(&f.json, "json", false, "print the statistics as JSON")
+	return cmd
+}
+
+func runFarmStats(ctx context.Context, g *globals, f *farmStatsFlags) error {
+	conn, err := f.nats.connect(ctx, g, "provenix farm stats")
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	st, err := farm.ReadStats(ctx, conn, f.tenant, time.Now().Add(-f.window))
+	if err != nil {
+		return err
+	}
+	if f.json {
+		enc := json.NewEncoder(g.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Fprintf(g.stdout, "farm of tenant %s since %s\n", st.Tenant, st.Since.Local().Format(time.DateTime))
+	for _, part := range []struct {
+		title string
+		rows  []farm.Tally
+		name  func(farm.Tally) string
+	}{
+		{"owners", st.Owners, func(t farm.Tally) string { return t.Owner }},
+		{"builders", st.Builders, func(t farm.Tally) string { return t.Builder }},
+	} {
+		fmt.Fprintf(g.stdout, "\n%-40s %8s %8s %10s\n", part.title, "builds", "failed", "CPU hours")
+		if len(part.rows) == 0 {
+			fmt.Fprintln(g.stdout, "(no builds)")
+		}
+		for _, t := range part.rows {
+			fmt.Fprintf(g.stdout, "%-40s %8d %8d %10.2f\n", part.name(t), t.Builds, t.Failures, t.CPUSeconds/3600)
+		}
+	}
 	return nil
 }

@@ -128,6 +128,10 @@ in { top = mk "farm-cli-top" [ b ]; other = mk "farm-cli-other" [ a ]; }
 	if stdout, _, _ := cli(t, ctx, append([]string{"farm", "status", id}, conn...)...); !strings.Contains(stdout, "cancelled") {
 		t.Errorf("status after cancel:\n%s", stdout)
 	}
+	// Nothing was built: the leaderboard is empty.
+	if stdout, stderr, code := cli(t, ctx, append([]string{"farm", "stats"}, conn...)...); code != 0 || strings.Count(stdout, "(no builds)") != 2 {
+		t.Errorf("farm stats: exit %d\n%s\n%s", code, stdout, stderr)
+	}
 	if _, stderr, code := cli(t, ctx, append([]string{"farm", "status", "aaaaaaaaaaaaaaaaaaaaaaaaaa"}, conn...)...); code == 0 || !strings.Contains(stderr, "not found") {
 		t.Errorf("unknown set: exit %d\n%s", code, stderr)
 	}
