@@ -293,18 +293,28 @@ func (v *Volunteer) handle(ctx context.Context, d *queue.Delivery, ackWait time.
 	if voted {
 		return finish(ActionSkipped, nil)
 	}
+	action, pub, err := v.serve(ctx, req)
+	out.Published = pub
+	return finish(action, err)
+}
+
+// serve imports the request's closure when this store lacks the .drv,
+// builds the derivation (see build) and publishes the result. On error
+// the action says whether retrying may help (ActionRetry) or not
+// (ActionFailed).
+func (v *Volunteer) serve(ctx context.Context, req *queue.RebuildRequest) (Action, *builder.Published, error) {
 	if err := v.ensureDrv(ctx, req); err != nil {
 		if errors.Is(err, nix.ErrBadExport) || errors.Is(err, ErrRequest) {
-			return finish(ActionFailed, err)
+			return ActionFailed, nil, err
 		}
-		return finish(ActionRetry, err)
+		return ActionRetry, nil, err
 	}
 	drv, err := v.Builder.Nix.ReadDerivation(req.DrvPath)
 	if err != nil {
-		return finish(ActionFailed, err)
+		return ActionFailed, nil, err
 	}
 	if err := checkDerivation(req, drv); err != nil {
-		return finish(ActionFailed, err)
+		return ActionFailed, nil, err
 	}
 	inputs := make([]string, 0, len(drv.InputDerivations))
 	for p := range drv.InputDerivations {
@@ -314,9 +324,9 @@ func (v *Volunteer) handle(ctx context.Context, d *queue.Delivery, ackWait time.
 	action, started, finished, err := v.build(ctx, req, inputs)
 	if err != nil {
 		if ctx.Err() != nil {
-			return finish(ActionRetry, err)
+			return ActionRetry, nil, err
 		}
-		return finish(ActionFailed, err)
+		return ActionFailed, nil, err
 	}
 	// The closure this store built goes out with the vote: each
 	// dependency built here is one more vote of its own.
@@ -330,7 +340,7 @@ func (v *Volunteer) handle(ctx context.Context, d *queue.Delivery, ackWait time.
 	if err != nil {
 		// The outputs stay in this store, built here: a redelivery
 		// publishes them without building again.
-		return finish(ActionRetry, fmt.Errorf("publish: %w", err))
+		return ActionRetry, nil, fmt.Errorf("publish: %w", err)
 	}
 	var pub *builder.Published
 	for i := range pubs {
@@ -339,11 +349,10 @@ func (v *Volunteer) handle(ctx context.Context, d *queue.Delivery, ackWait time.
 		}
 	}
 	if pub == nil {
-		return finish(ActionRetry, fmt.Errorf("publish: %s was not among the results published", req.DrvPath))
+		return ActionRetry, nil, fmt.Errorf("publish: %s was not among the results published", req.DrvPath)
 	}
 	pub.Built = finished.Sub(started)
-	out.Published = pub
-	return finish(action, nil)
+	return action, pub, nil
 }
 
 // voted reports whether this builder's vote is recorded for every output.

@@ -1,0 +1,75 @@
+package volunteer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strings"
+
+	"codeberg.org/provenix/provenix/farm"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// FarmBuild is a farm.BuildFunc: it serves a farm request (a first build
+// of a derivation whose inputs are in the cache) the way Run serves a
+// rebuild request: the .drv from the set's staged closure when this
+// store lacks it, the build here with substitution off for the
+// derivation itself, the result signed with this volunteer's key and
+// published. Its inputs are realised as this Nix usually does: give its
+// Nix the Provenix cache as a substituter, with the cache's key trusted,
+// so they come from there.
+//
+// A build that fails, or a request this volunteer cannot serve (a
+// closure that does not hold what it says), is a *farm.BuildError, which
+// the farm retries on another builder; trouble that may pass (the
+// broker, staging) is returned as is and the request is redelivered.
+func (v *Volunteer) FarmBuild(ctx context.Context, r *farm.Request) (*farm.BuildStats, error) {
+	req := &queue.RebuildRequest{Version: queue.RebuildVersion, Tenant: r.Tenant, System: r.System, DrvPath: r.DrvPath,
+		Outputs: slices.Sorted(mapValues(r.Outputs)), Closure: r.Closure, Requested: r.Requested}
+	action, pub, err := v.serve(ctx, req)
+	if err == nil {
+		v.log().Info("farm build done", logKeyDrv, r.DrvPath, logKeyAction, action, logKeyTook, pub.Built)
+		return &farm.BuildStats{Wall: pub.Built}, nil
+	}
+	if action == ActionRetry {
+		return nil, err
+	}
+	be := &farm.BuildError{ExitCode: -1, Log: tailLines(err.Error(), farm.MaxLogLines)}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		be.ExitCode = ee.ExitCode()
+	}
+	if !errors.Is(err, nix.ErrBuildFailed) {
+		be.Log = append([]string{fmt.Sprintf("%s: not built here: %v", r.DrvPath, firstLine(err.Error()))}, be.Log...)
+	}
+	return nil, be
+}
+
+func mapValues(m map[string]string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for _, v := range m {
+			if !yield(v) {
+				return
+			}
+		}
+	}
+}
+
+// tailLines is the last n non-empty lines of s.
+func tailLines(s string, n int) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimRight(l, " \t\r"); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out[max(0, len(out)-n):]
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}

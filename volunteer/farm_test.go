@@ -1,0 +1,157 @@
+package volunteer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/farm"
+	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testnix"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// farmSample: a derivation that builds and one that fails, with the
+// sample's busybox builder.
+const farmSample = `{ busybox, message }:
+let
+  bb = builtins.path { name = "busybox"; path = builtins.dirOf busybox; filter = p: t: baseNameOf p == baseNameOf busybox; };
+  mk = name: script: derivation { inherit name message; system = builtins.currentSystem;
+    builder = "${bb}/${baseNameOf busybox}"; args = [ "sh" "-c" script ]; };
+in {
+  good = mk "farm-good" "echo $message > $out";
+  bad = mk "farm-bad" "echo compiling; echo 'error: this is broken' >&2; exit 3";
+}
+`
+
+// nobody is a cache that has nothing: every derivation is built.
+type nobody struct{}
+
+func (nobody) Has(context.Context, string) (bool, error) { return false, nil }
+
+// TestFarmFirstBuild: a set submitted from another store (its closure
+// staged) is built for the first time by a volunteer through the farm:
+// the volunteer imports the .drv, builds it in its own store and
+// publishes a signed result; a build that fails comes back with its
+// exit code and the end of its log.
+func TestFarmFirstBuild(t *testing.T) {
+	bb := testnix.Busybox(t)
+	conn := startQueue(t)
+	ctx := testctx.New(t, 5*time.Minute)
+	if err := conn.EnsureFarm(ctx, queue.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "sample.nix")
+	if err := os.WriteFile(file, []byte(farmSample), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := make([]byte, 8)
+	rand.Read(m)
+	opts := nix.OfflineOptions()
+	opts["sandbox"] = "false"
+	submitter := &nix.Nix{Root: t.TempDir(), Options: opts}
+	roots, err := farm.Roots(ctx, submitter, []string{file}, farm.RootsOptions{Attrs: []string{"good", "bad"},
+		Args: map[string]string{"busybox": bb}, ArgStrs: map[string]string{"message": hex.EncodeToString(m)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := farm.NewSetID()
+	closure, err := farm.StageClosure(ctx, conn, submitter, tenant, id, roots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := farm.Submit(ctx, conn, farm.SubmitOptions{Tenant: tenant, ID: id, Roots: roots, Closure: closure, Cache: nobody{},
+		MaxAttempts: 1, Read: func(p string) ([]byte, error) { return os.ReadFile(submitter.RealPath(p)) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sched, err := farm.NewScheduler(farm.SchedulerConfig{Conn: conn, Cache: nobody{}, ResyncEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sched.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer sched.Close(context.Background())
+
+	vb, _ := newBuilder(t, conn, "volunteer-farm")
+	v := &Volunteer{Conn: conn, Builder: vb}
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	w := &farm.Worker{Conn: conn, Tenant: tenant, Machine: farm.Machine{System: "x86_64-linux"}, Builder: "volunteer-farm", Build: v.FarmBuild}
+	go func() { done <- w.Run(wctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	var good string
+	for _, r := range roots {
+		if strings.HasSuffix(r, "-farm-good.drv") {
+			good = r
+		}
+	}
+	// The good one's result is published by the volunteer, built in its
+	// own store; the bad one fails for good (one attempt), with its log.
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		st, err := farm.GetStatus(ctx, conn, sub.Set.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := resultFor(conn, good)
+		if st.Counts[farm.Failed] == 1 && res != nil {
+			if res.Builder != "volunteer-farm" || len(res.Outputs) != 1 {
+				t.Errorf("result %+v", res)
+			}
+			regs, err := vb.Nix.PathInfos(ctx, res.Outputs[0].Path)
+			if err != nil || !regs[0].Ultimate {
+				t.Errorf("output not built in the volunteer's store: %+v %v", regs, err)
+			}
+			for _, d := range st.Derivations {
+				if d.Status != farm.Failed {
+					continue
+				}
+				f := d.Failures[0]
+				if !strings.HasSuffix(d.DrvPath, "-farm-bad.drv") || f.ExitCode == 0 || !strings.Contains(strings.Join(f.Log, "\n"), "error: this is broken") {
+					t.Errorf("failure of %s: %+v", d.DrvPath, f)
+				}
+				t.Logf("failure reported: exit %d, log %q", f.ExitCode, f.Log)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not done: %s", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// resultFor is the last result published for drv, or nil.
+func resultFor(conn *queue.Conn, drv string) *queue.Result {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := conn.JetStream().Stream(ctx, queue.StreamResults)
+	if err != nil {
+		return nil
+	}
+	subj, _ := queue.ResultsSubject(tenant, "x86_64-linux")
+	m, err := s.GetLastMsgForSubject(ctx, subj)
+	if err != nil {
+		return nil
+	}
+	r, err := queue.DecodeResult(m.Data)
+	if err != nil || r.DrvPath != drv {
+		return nil
+	}
+	return r
+}
