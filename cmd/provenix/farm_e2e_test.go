@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/builder"
+	"codeberg.org/provenix/provenix/farm"
+	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testnix"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/up"
+	"codeberg.org/provenix/provenix/volunteer"
+)
+
+// farmChain is a chain of three derivations: each output holds its
+// input's and its own line.
+const farmChain = `{ busybox, message }:
+let
+  bb = builtins.path { name = "busybox"; path = builtins.dirOf busybox; filter = p: t: baseNameOf p == baseNameOf busybox; };
+  mk = name: input: derivation { inherit name message input; system = builtins.currentSystem;
+    builder = "${bb}/${baseNameOf busybox}";
+    args = [ "sh" "-c" "{ if [ -n \"$input\" ]; then cat $input; fi; echo $name $message; } > $out" ]; };
+  a = mk "farm-e2e-a" "";
+  b = mk "farm-e2e-b" a;
+in { top = mk "farm-e2e-top" b; }
+`
+
+// TestFarmEndToEnd: 'provenix submit' a chain to a running 'provenix up';
+// a scheduler dispatches it, each derivation once its input is in the
+// cache (the pusher's publication events drive it), to two volunteers
+// with their own stores that substitute inputs from the cache; stock nix
+// then installs the top from the cache.
+func TestFarmEndToEnd(t *testing.T) {
+	bb := testnix.Busybox(t)
+	ctx := testctx.New(t, 5*time.Minute)
+	dir := t.TempDir()
+	stack := startStack(t, up.Config{DataDir: dir})
+	paths := stack.Paths()
+	pub := readPub(t, paths.CachePub())
+	nixFile := filepath.Join(dir, "chain.nix")
+	if err := os.WriteFile(nixFile, []byte(farmChain), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	stdout, stderr, code := cli(t, ctx, "submit", nixFile, "-A", "top", "--arg", "busybox", bb, "--argstr", "message="+uniqueMessage(t),
+		"--data-dir", dir, "--json")
+	if code != 0 {
+		t.Fatalf("submit: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	var sub farm.Submitted
+	if err := json.Unmarshal([]byte(stdout), &sub); err != nil || sub.Set.Size != 3 || sub.Ready != 1 {
+		t.Fatalf("submitted %s: %v", stdout, err)
+	}
+
+	cache, err := farm.CacheAt(stack.CacheURL(), []string{pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sched, err := farm.NewScheduler(farm.SchedulerConfig{Conn: stack.Conn(), Cache: cache, ResyncEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sched.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sched.Close(context.Background()) })
+
+	signer, err := attest.LoadSigner(paths.BuilderKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	built := make(chan string, 8)
+	wctx, stop := context.WithCancel(ctx)
+	var done []chan error
+	for i := range 2 {
+		opts := nix.SubstituteOptions(stack.CacheURL(), pub)
+		opts["sandbox"] = "false"
+		b := &builder.Builder{Nix: &nix.Nix{Root: t.TempDir(), Options: opts}, Queue: stack.Conn(), Signer: signer,
+			BuilderID: up.DefaultBuilderID, Tenant: up.DefaultTenant, Version: "test", StageClosures: true}
+		v := &volunteer.Volunteer{Conn: stack.Conn(), Builder: b}
+		w := &farm.Worker{Conn: stack.Conn(), Tenant: up.DefaultTenant, Machine: farm.Machine{System: "x86_64-linux"},
+			Builder: up.DefaultBuilderID, Owner: fmt.Sprintf("volunteer-%d", i),
+			Build: func(ctx context.Context, r *farm.Request) (*farm.BuildStats, error) {
+				st, err := v.FarmBuild(ctx, r)
+				if err == nil {
+					built <- r.DrvPath
+				}
+				return st, err
+			}}
+		d := make(chan error, 1)
+		done = append(done, d)
+		go func() { d <- w.Run(wctx) }()
+	}
+	t.Cleanup(func() {
+		stop()
+		for _, d := range done {
+			if err := <-d; err != nil {
+				t.Errorf("worker: %v", err)
+			}
+		}
+	})
+
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		stdout, _, code := cli(t, ctx, "farm", "status", sub.Set.ID, "--data-dir", dir)
+		if code == 0 {
+			if !strings.Contains(stdout, "3 done") {
+				t.Errorf("status: %s", stdout)
+			}
+			break
+		}
+		if code != exitRunning || time.Now().After(deadline) {
+			t.Fatalf("farm status: exit %d\n%s", code, stdout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	close(built)
+	var order []string
+	for d := range built {
+		order = append(order, d[strings.Index(d, "-farm-e2e-")+len("-farm-e2e-"):])
+	}
+	if strings.Join(order, " ") != "a.drv b.drv top.drv" {
+		t.Errorf("built in the order %v", order)
+	}
+
+	// Stock nix installs the top from the cache, its closure with it.
+	st, err := farm.GetStatus(ctx, stack.Conn(), sub.Set.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top string
+	for _, d := range st.Derivations {
+		if strings.HasSuffix(d.DrvPath, "-farm-e2e-top.drv") {
+			g, err := farm.ReadGraph(ctx, []string{d.DrvPath}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			top = g.Node(d.DrvPath).Outputs["out"]
+		}
+	}
+	client, err := substitute(t, ctx, stack.CacheURL(), pub, top)
+	if err != nil {
+		t.Fatalf("stock nix did not substitute %s: %v", top, err)
+	}
+	b, err := os.ReadFile(client.RealPath(top))
+	if err != nil || strings.Count(string(b), "\n") != 3 || !strings.HasPrefix(string(b), "farm-e2e-a ") {
+		t.Errorf("top's output %q, %v", b, err)
+	}
+}
