@@ -80,3 +80,21 @@ func FeatureClass(required []string) string {
 	sum := sha256.Sum256([]byte(strings.Join(f, "\x00")))
 	return "x-" + hex.EncodeToString(sum[:8])
 }
+
+// MachineOf is the machine a Nix configuration describes (nix config
+// show): its system, extra-platforms and system-features. systems, when
+// given, replace the first two (the first is the machine's system). Nix
+// has no mandatory features for the local machine; a machines file
+// does, and callers reading one set Mandatory.
+func MachineOf(cfg map[string]string, systems ...string) Machine {
+	m := Machine{System: strings.TrimSpace(cfg["system"]), ExtraPlatforms: strings.Fields(cfg["extra-platforms"]),
+		Features: normFeatures(strings.Fields(cfg["system-features"]))}
+	if len(systems) > 0 {
+		m.System, m.ExtraPlatforms = systems[0], slices.Clone(systems[1:])
+	}
+	m.ExtraPlatforms = slices.DeleteFunc(m.ExtraPlatforms, func(s string) bool { return s == m.System })
+	if len(m.ExtraPlatforms) == 0 {
+		m.ExtraPlatforms = nil
+	}
+	return m
+}

@@ -1,6 +1,9 @@
 package farm
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestMachineCanBuild(t *testing.T) {
 	x86 := Machine{System: "x86_64-linux", ExtraPlatforms: []string{"i686-linux"}, Features: []string{"big-parallel", "kvm", "nixos-test"}}
@@ -53,5 +56,17 @@ func TestFeatureClass(t *testing.T) {
 	}
 	if FeatureClass([]string{"has.dot"}) == FeatureClass([]string{"none"}) {
 		t.Error("distinct sets share a digest")
+	}
+}
+
+func TestMachineOf(t *testing.T) {
+	cfg := map[string]string{"system": "x86_64-linux", "extra-platforms": "i686-linux x86_64-linux", "system-features": "kvm benchmark big-parallel kvm"}
+	m := MachineOf(cfg)
+	if m.System != "x86_64-linux" || len(m.ExtraPlatforms) != 1 || m.ExtraPlatforms[0] != "i686-linux" ||
+		strings.Join(m.Features, " ") != "benchmark big-parallel kvm" || m.Mandatory != nil {
+		t.Errorf("MachineOf(%v) = %+v", cfg, m)
+	}
+	if m := MachineOf(cfg, "aarch64-linux"); m.System != "aarch64-linux" || m.ExtraPlatforms != nil || len(m.Features) != 3 {
+		t.Errorf("with systems: %+v", m)
 	}
 }

@@ -48,6 +48,31 @@ func (v *Volunteer) FarmBuild(ctx context.Context, r *farm.Request) (*farm.Build
 	return nil, be
 }
 
+// RunWithFarm serves rebuild requests (Run) and, with the same builder,
+// the farm's first builds for machine m (a farm.Worker whose builds are
+// FarmBuild; owner as the policy counts distinct builders, the builder
+// id when empty), until ctx ends or either fails; the other is then
+// stopped. Once is not allowed: a farm worker serves many requests.
+func (v *Volunteer) RunWithFarm(ctx context.Context, conn *queue.Conn, m farm.Machine, owner string) error {
+	if v.Once {
+		return errors.New("volunteer: Once serves one rebuild request, not the farm")
+	}
+	if err := v.validate(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := &farm.Worker{Conn: conn, Tenant: v.Builder.Tenant, Machine: m, Builder: v.Builder.BuilderID, Owner: owner,
+		Build: v.FarmBuild, AckWait: v.AckWait, Logger: v.Logger}
+	errs := make(chan error, 2)
+	go func() { errs <- w.Run(ctx) }()
+	go func() { errs <- v.Run(ctx) }()
+	first := <-errs
+	cancel()
+	second := <-errs
+	return errors.Join(first, second)
+}
+
 func mapValues(m map[string]string) func(func(string) bool) {
 	return func(yield func(string) bool) {
 		for _, v := range m {

@@ -82,11 +82,15 @@ func TestFarmFirstBuild(t *testing.T) {
 	defer sched.Close(context.Background())
 
 	vb, _ := newBuilder(t, conn, "volunteer-farm")
-	v := &Volunteer{Conn: conn, Builder: vb}
+	v := &Volunteer{Conn: conn, Builder: vb, Systems: []string{"x86_64-linux"}, Once: true}
+	if err := v.RunWithFarm(ctx, conn, farm.Machine{System: "x86_64-linux"}, ""); err == nil {
+		t.Error("RunWithFarm took Once")
+	}
+	v.Once = false
+	// Rebuild requests and the farm's first builds, with one builder.
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	w := &farm.Worker{Conn: conn, Tenant: tenant, Machine: farm.Machine{System: "x86_64-linux"}, Builder: "volunteer-farm", Build: v.FarmBuild}
-	go func() { done <- w.Run(wctx) }()
+	go func() { done <- v.RunWithFarm(wctx, conn, farm.Machine{System: "x86_64-linux"}, "") }()
 	defer func() {
 		stop()
 		if err := <-done; err != nil {

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"codeberg.org/provenix/provenix/builder"
+	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/volunteer"
 )
@@ -15,6 +16,8 @@ type volunteerFlags struct {
 	builderFlags
 	systems []string
 	once    bool
+	farm    bool
+	owner   string
 }
 
 func newVolunteerCmd(g *globals) *cobra.Command {
@@ -63,6 +66,8 @@ adds no vote.`,
 	f.builderFlags.register(cmd, "tenant whose rebuild requests to serve")
 	fl.StringArrayVar(&f.systems, "system", nil, "Nix system to build for (repeatable; default: the host Nix's system and extra-platforms)")
 	fl.BoolVar(&f.once, "once", false, "handle one request, then exit")
+	fl.BoolVar(&f.farm, "farm", false, "also take the farm's first builds ('provenix submit'), for the host's systems and system-features, substituting inputs from the cache its Nix is configured with")
+	fl.StringVar(&f.owner, "owner", "", "who runs this volunteer, as policies count distinct builders (default: the builder id); the farm never gives two replicas of a derivation to one owner")
 	return cmd
 }
 
@@ -103,7 +108,19 @@ func runVolunteer(ctx context.Context, g *globals, f *volunteerFlags) error {
 		Once:    f.once,
 		Logger:  g.logger(),
 	}
-	if err := v.Run(ctx); err != nil {
+	run := v.Run
+	if f.farm {
+		if f.once {
+			return usageError("--farm and --once go separately")
+		}
+		cfg, err := nx.Config(ctx)
+		if err != nil {
+			return err
+		}
+		m := farm.MachineOf(cfg, f.systems...)
+		run = func(ctx context.Context) error { return v.RunWithFarm(ctx, conn, m, f.owner) }
+	}
+	if err := run(ctx); err != nil {
 		return &exitError{code: exitFailed, err: err}
 	}
 	return nil
