@@ -1,26 +1,51 @@
 // Package farm schedules build sets on workers: a set of derivations
 // (a chain, a mass rebuild) submitted from anywhere is dispatched, each
 // derivation once every output it needs from its inputs is visible in
-// the cache, to workers able to build it, as requests on a JetStream
-// work queue (FARM, one subject per tenant, system and feature class).
+// the cache, to workers able to build it.
 //
-// What it holds, and where:
-//   - a set's definition (its derivations, their outputs, inputs,
-//     systems and features) is written once in the PROVENIX_FARM bucket
-//     at submission (set.<id>, node.<id>.<hash>);
+// The parts, in the order a set goes through them:
+//   - Graph (graph.go, read.go): the .drv closure of the roots, read with
+//     go-nix's parser and checked against its paths; per derivation its
+//     outputs, inputs (with the outputs used), system and
+//     requiredSystemFeatures. Graph.DependentsOf selects a mass rebuild.
+//   - Machine (match.go): what a worker builds, matched as Nix and Hydra
+//     do (system or extra-platforms or builtin; required features
+//     supported; mandatory features required). FeatureClass names the
+//     subject a derivation's requests go to.
+//   - Submit (submit.go): looks every output up in the Cache (the
+//     Provenix cache, then declared upstreams), writes each derivation's
+//     definition and state, and last the set record. StageClosure stages
+//     the .drv closure export for the workers.
+//   - Scheduler (scheduler.go, dispatch.go, resync.go): follows the
+//     pushers' events (publications make outputs visible; a rejection
+//     fails the replica that built it) and the workers' reports
+//     (failures), dispatches, retries on other builders, blocks
+//     dependents of what failed for good, and recomputes everything from
+//     the bucket and the cache when it starts (Resync).
+//   - Worker (worker.go): consumes the feature classes its Machine can
+//     build, claims each request, builds it with a BuildFunc
+//     (volunteer.FarmBuild builds with Nix) and reports the outcome.
+//   - GetStatus, Cancel (status.go) and ReadStats (stats.go) read a set
+//     and the farm's work.
+//
+// Where state lives (queue/farm.go names the streams and the bucket):
+//   - a set's definition is written once in PROVENIX_FARM at submission
+//     (set.<id>, node.<id>.<hash>, class.<tenant>.<system>.<class>);
 //   - each derivation's state (waiting, dispatched, done, failed,
 //     blocked) is a record of its own (state.<id>.<hash>), only ever
 //     changed with compare-and-set;
-//   - each request's claim by a worker (claim.<id>.<hash>), also
-//     compare-and-set, records which builders and owners hold its
-//     replicas, so a quorum of N goes to N distinct owners.
+//   - each derivation's claims (claim.<id>.<hash>), also compare-and-set,
+//     record which builders and owners hold its replicas, so a quorum of
+//     N goes to N distinct owners and a replica is built once;
+//   - requests wait in the FARM work queue
+//     (farm.build.<tenant>.<system>.<class>), reports in FARM_REPORTS.
 //
 // Nothing lives only in a scheduler's memory: a scheduler caches set
 // definitions (they do not change), and recomputes state from the bucket
-// and the cache (Resync) when it starts and at intervals. Dispatch is
-// driven by the pushers' publication events. A request is published
+// and the cache when it starts and at intervals. A request is published
 // before the state says so, with a Nats-Msg-Id naming the set,
 // derivation, replica and attempt: a scheduler that dies in between, or
 // two schedulers doing the same, publish one message, and the next
-// resync finishes the state change.
+// resync finishes the state change. Past the stream's duplicate window
+// the claim still keeps a replica from being built twice.
 package farm
