@@ -1,6 +1,7 @@
 package farm
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,7 +34,7 @@ func (s *Scheduler) onEvent(ctx context.Context, d *queue.Delivery) error {
 		return queue.Permanent(fmt.Errorf("farm: unreadable %s event: %w", kind, err))
 	}
 	if kind == queue.EventRejected {
-		return s.Rejected(ctx, e.Tenant, e.DrvPath, e.Builder, e.Reason+": "+e.Error)
+		return s.Rejected(ctx, e.Tenant, e.DrvPath, e.Builder, cmp.Or(e.Reason, "rejected"), e.Reason+": "+e.Error)
 	}
 	if e.StorePath == "" {
 		return queue.Permanent(errors.New("farm: publication event without a store path"))
@@ -45,7 +46,7 @@ func (s *Scheduler) onEvent(ctx context.Context, d *queue.Delivery) error {
 // in each open set where builder holds a replica of it, that build
 // counts as failed, and is retried on another builder. Rejections of
 // builds the farm did not ask for are ignored.
-func (s *Scheduler) Rejected(ctx context.Context, tenant, drvPath, builder, why string) error {
+func (s *Scheduler) Rejected(ctx context.Context, tenant, drvPath, builder, reason, why string) error {
 	if drvPath == "" || builder == "" {
 		return nil
 	}
@@ -72,7 +73,7 @@ func (s *Scheduler) Rejected(ctx context.Context, tenant, drvPath, builder, why 
 			rep := &Report{Version: RecordVersion, Set: ls.set.ID, Tenant: tenant, DrvPath: drvPath, Replica: cl.Replica,
 				Attempt: cl.Attempt, Builder: builder, Owner: cl.Owner, Outcome: BuildFailed,
 				Log: []string{"result rejected by the cache: " + why}, Time: time.Now().UTC()}
-			if err := s.failed(ctx, ls, rep); err != nil {
+			if err := s.failed(ctx, ls, rep, reason); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -246,13 +247,13 @@ func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {
 		return queue.Permanent(fmt.Errorf("farm: %w: %s reports a failure of %s replica %d attempt %d it does not hold",
 			ErrInvalid, rep.Builder, rep.DrvPath, rep.Replica, rep.Attempt))
 	}
-	return s.failed(ctx, ls, rep)
+	return s.failed(ctx, ls, rep, "")
 }
 
 // failed records a failed build: a retry on another builder while the
 // derivation has failed fewer than MaxAttempts times, else the
 // derivation fails and blocks everything that depends on it.
-func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report) error {
+func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, rejected string) error {
 	drv := rep.DrvPath
 	st, err := update(ctx, s.kv, stateKey(ls.set.ID, drv), func(st *State, found bool) (bool, func(context.Context) error, error) {
 		if !found {
@@ -262,7 +263,7 @@ func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report) erro
 			return false, nil, nil
 		}
 		st.Failures = append(st.Failures, Failure{Replica: rep.Replica, Attempt: rep.Attempt, Builder: rep.Builder,
-			Owner: rep.Owner, ExitCode: rep.ExitCode, Log: rep.Log, Time: rep.Time})
+			Owner: rep.Owner, ExitCode: rep.ExitCode, Rejected: rejected, Log: rep.Log, Time: rep.Time})
 		st.Updated = time.Now().UTC()
 		if len(st.Failures) >= ls.set.MaxAttempts {
 			st.Status = Failed

@@ -63,6 +63,14 @@ func TestChainDispatchOrder(t *testing.T) {
 	if sub.Ready != 1 || sub.Skipped != 0 {
 		t.Errorf("submitted: ready %d, skipped %d; want 1, 0", sub.Ready, sub.Skipped)
 	}
+	// Follow sees the chain progress and returns when it is finished.
+	var seen []Progress
+	if err := Follow(testctx.New(t, 30*time.Second), conn, sub.Set.ID, 0, func(p *Progress) { seen = append(seen, *p) }); err != nil {
+		t.Fatal(err)
+	}
+	if last := seen[len(seen)-1]; !last.Finished() || last.Counts[Done] != 8 || last.ETA != 0 || last.DoneSince != 8-seen[0].Counts[Done] {
+		t.Errorf("followed %d times, last %+v", len(seen), last)
+	}
 	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
 	if st.Counts[Done] != 8 {
 		t.Fatalf("status %s", st)
@@ -478,6 +486,10 @@ func TestRejectedResultRetried(t *testing.T) {
 		st, _ := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
 		return st != nil && slices.ContainsFunc(st.Derivations, func(s *State) bool { return len(s.Failures) == 1 })
 	})
+	// a is disputed until someone else builds it.
+	if st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID); err != nil || st.Disputed != 1 || !strings.Contains(st.String(), "1 disputed") {
+		t.Errorf("status while disputed: %v, %v", st, err)
+	}
 	testWorker(t, url, g, cache, p, log, "honest", "o2", nil)
 	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
 	if st.Counts[Done] != 2 {
@@ -496,7 +508,7 @@ func TestRejectedResultRetried(t *testing.T) {
 			t.Errorf("%s: %d failures for %d builds by the liar", name, len(s.Failures), liarBuilds[name])
 		}
 		for _, f := range s.Failures {
-			if f.Builder != "liar" || !strings.Contains(f.Log[0], "rejected by the cache: conflict") {
+			if f.Builder != "liar" || f.Rejected != "conflict" || !strings.Contains(f.Log[0], "rejected by the cache: conflict") {
 				t.Errorf("%s: failure %+v", name, f)
 			}
 		}

@@ -110,13 +110,21 @@ type State struct {
 
 // Failure is one failed build.
 type Failure struct {
-	Replica  int       `json:"replica"`
-	Attempt  int       `json:"attempt"`
-	Builder  string    `json:"builder"`
-	Owner    string    `json:"owner,omitempty"`
-	ExitCode int       `json:"exitCode"`
+	Replica  int    `json:"replica"`
+	Attempt  int    `json:"attempt"`
+	Builder  string `json:"builder"`
+	Owner    string `json:"owner,omitempty"`
+	ExitCode int    `json:"exitCode"`
+	// Rejected is the cache's reason when the build ran but the cache
+	// refused its result (its NAR disagrees with others', say).
+	Rejected string    `json:"rejected,omitempty"`
 	Log      []string  `json:"log,omitempty"`
 	Time     time.Time `json:"time"`
+}
+
+// rejected reports whether the cache refused a result of the derivation.
+func (s *State) rejected() bool {
+	return slices.ContainsFunc(s.Failures, func(f Failure) bool { return f.Rejected != "" })
 }
 
 func (s *State) hasFailure(replica, attempt int) bool {

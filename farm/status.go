@@ -18,6 +18,9 @@ type SetStatus struct {
 	Counts map[Status]int `json:"counts"`
 	// Skipped counts derivations done at submission.
 	Skipped int `json:"skipped"`
+	// Disputed counts derivations not final whose results the cache
+	// rejected at least once.
+	Disputed int `json:"disputed"`
 	// Derivations are every derivation's state, inputs first.
 	Derivations []*State `json:"derivations"`
 }
@@ -32,6 +35,9 @@ func (s *SetStatus) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: %d derivations: %d done (%d skipped), %d building, %d waiting, %d failed, %d blocked",
 		s.Set.ID, s.Set.Size, s.Counts[Done], s.Skipped, s.Counts[Dispatched], s.Counts[Waiting], s.Counts[Failed], s.Counts[Blocked])
+	if s.Disputed > 0 {
+		fmt.Fprintf(&b, ", %d disputed", s.Disputed)
+	}
 	if s.Set.Canceled != nil {
 		b.WriteString(", cancelled")
 	}
@@ -62,6 +68,9 @@ func GetStatus(ctx context.Context, conn *queue.Conn, id string) (*SetStatus, er
 		st.Counts[s.Status]++
 		if s.Skipped {
 			st.Skipped++
+		}
+		if !s.Status.Final() && s.rejected() {
+			st.Disputed++
 		}
 		st.Derivations = append(st.Derivations, s)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,6 +23,7 @@ func newFarmCmd(g *globals) *cobra.Command {
 	var (
 		nf       natsFlags
 		asJSON   bool
+		watch    bool
 		cancelNF natsFlags
 	)
 	status := &cobra.Command{
@@ -31,14 +33,19 @@ func newFarmCmd(g *globals) *cobra.Command {
 cache already), building, waiting for inputs, failed and blocked, then each
 failed derivation with the last lines of its log and each blocked one with
 the derivation that blocks it. The exit status is 0 when every derivation
-is done, 1 when the set finished with failures, 3 while it runs.`,
+is done, 1 when the set finished with failures, 3 while it runs.
+
+With --watch it first follows the set until it is finished, printing its
+progress (done, building, waiting, failed, blocked, disputed, and an ETA) to
+stderr as it changes, or with --json one JSON object a line to stdout.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runFarmStatus(cmd.Context(), g, &nf, args[0], asJSON)
+			return runFarmStatus(cmd.Context(), g, &nf, args[0], asJSON, watch)
 		},
 	}
 	nf.register(status)
 	status.Flags().BoolVar(&asJSON, "json", false, "print the status, with every derivation's state, as JSON")
+	status.Flags().BoolVar(&watch, "watch", false, "follow the set until it is finished")
 	cancel := &cobra.Command{
 		Use:   "cancel [flags] SET",
 		Short: "Stop dispatching a build set; its queued requests are dropped, builds under way finish",
@@ -117,16 +124,52 @@ func runFarmScheduler(ctx context.Context, g *globals, f *farmSchedulerFlags) er
 // exitRunning is farm status's exit code for a set still running.
 const exitRunning = 3
 
-func runFarmStatus(ctx context.Context, g *globals, nf *natsFlags, id string, asJSON bool) error {
+func runFarmStatus(ctx context.Context, g *globals, nf *natsFlags, id string, asJSON, watch bool) error {
 	conn, err := nf.connect(ctx, g, "provenix farm status")
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
+	if watch {
+		if err := watchSet(ctx, g, conn, id, asJSON); err != nil {
+			return err
+		}
+	}
 	st, err := farm.GetStatus(ctx, conn, id)
 	if err != nil {
 		return err
 	}
+	return printSetStatus(g, st, asJSON)
+}
+
+// watchSet prints set id's progress as it changes until it is finished:
+// a line to stderr, or with asJSON a JSON object a line to stdout.
+func watchSet(ctx context.Context, g *globals, conn *queue.Conn, id string, asJSON bool) error {
+	enc := json.NewEncoder(g.stdout)
+	return farm.Follow(ctx, conn, id, time.Second, func(p *farm.Progress) {
+		if asJSON {
+			enc.Encode(p)
+			return
+		}
+		final := p.Counts[farm.Done] + p.Counts[farm.Failed] + p.Counts[farm.Blocked]
+		const width = 30
+		bar := strings.Repeat("#", final*width/max(p.Set.Size, 1))
+		eta := "ETA unknown"
+		if p.Finished() {
+			eta = "finished"
+		} else if p.ETA > 0 {
+			eta = "ETA " + p.ETA.String()
+		}
+		fmt.Fprintf(g.stderr, "[%-*s] %d/%d done, %d building, %d waiting, %d failed, %d blocked, %d disputed, %s\n",
+			width, bar, p.Counts[farm.Done], p.Set.Size, p.Counts[farm.Dispatched], p.Counts[farm.Waiting],
+			p.Counts[farm.Failed], p.Counts[farm.Blocked], p.Disputed, eta)
+	})
+}
+
+// printSetStatus prints st (see farm status) and returns the exit
+// status it calls for.
+func printSetStatus(g *globals, st *farm.SetStatus, asJSON bool) error {
+	id := st.Set.ID
 	if asJSON {
 		enc := json.NewEncoder(g.stdout)
 		enc.SetIndent("", "  ")

@@ -108,20 +108,12 @@ func TestFarmEndToEnd(t *testing.T) {
 		}
 	})
 
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		stdout, _, code := cli(t, ctx, "farm", "status", sub.Set.ID, "--data-dir", dir)
-		if code == 0 {
-			if !strings.Contains(stdout, "3 done") {
-				t.Errorf("status: %s", stdout)
-			}
-			break
-		}
-		if code != exitRunning || time.Now().After(deadline) {
-			t.Fatalf("farm status: exit %d\n%s", code, stdout)
-		}
-		time.Sleep(100 * time.Millisecond)
+	// farm status --watch follows the set to its end.
+	stdout, stderr, code = cli(t, ctx, "farm", "status", "--watch", sub.Set.ID, "--data-dir", dir)
+	if code != 0 || !strings.Contains(stdout, "3 done") || !strings.Contains(stderr, "3/3 done, 0 building, 0 waiting, 0 failed, 0 blocked, 0 disputed, finished") {
+		t.Fatalf("farm status --watch: exit %d\n%s\n%s", code, stdout, stderr)
 	}
+	t.Logf("farm status --watch:\n%s", stderr)
 	close(built)
 	var order []string
 	for d := range built {

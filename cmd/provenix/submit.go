@@ -31,6 +31,7 @@ type submitFlags struct {
 	noClosure   bool
 	dependents  string
 	json        bool
+	watch       bool
 }
 
 func newSubmitCmd(g *globals) *cobra.Command {
@@ -71,7 +72,8 @@ cancel ID' stops it.`,
 	fl.StringVar(&f.storeRoot, "store", "", "read .drv files from a chroot store rooted at this directory")
 	fl.StringVar(&f.dependents, "dependents-of", "", "mass rebuild: submit the derivations of the targets whose closure holds this .drv or output path, not the targets")
 	fl.BoolVar(&f.noClosure, "no-closure", false, "do not stage the .drv closure export (workers then need the derivations in their stores)")
-	fl.BoolVar(&f.json, "json", false, "print the set as JSON")
+	fl.BoolVar(&f.json, "json", false, "print the set as JSON (with --watch: its progress, one JSON object a line, then its status)")
+	fl.BoolVar(&f.watch, "watch", false, "follow the set until it is finished, as 'provenix farm status --watch' does")
 	return cmd
 }
 
@@ -115,15 +117,27 @@ func runSubmit(ctx context.Context, g *globals, f *submitFlags, targets []string
 	if err != nil {
 		return err
 	}
-	if f.json {
+	if f.json && !f.watch {
 		enc := json.NewEncoder(g.stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(sub)
 	}
-	fmt.Fprintf(g.stdout, "%s\n", sub.Set.ID)
+	if !f.json {
+		fmt.Fprintf(g.stdout, "%s\n", sub.Set.ID)
+	}
 	fmt.Fprintf(g.stderr, "build set %s: %d derivations, %d already in the cache, %d ready to build\n",
 		sub.Set.ID, sub.Set.Size, sub.Skipped, sub.Ready)
-	return nil
+	if !f.watch {
+		return nil
+	}
+	if err := watchSet(ctx, g, conn, sub.Set.ID, f.json); err != nil {
+		return err
+	}
+	st, err := farm.GetStatus(ctx, conn, sub.Set.ID)
+	if err != nil {
+		return err
+	}
+	return printSetStatus(g, st, f.json)
 }
 
 // farmCache is the cache the farm checks: --cache and --cache-key, or
