@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -13,22 +14,13 @@ import (
 
 // Progress is a build set's progress as Follow sees it change.
 type Progress struct {
-	Set    *Set           `json:"set"`
-	Counts map[Status]int `json:"counts"`
-	// Disputed counts derivations not final whose results the cache
-	// rejected at least once (a NAR that disagrees, say).
-	Disputed int `json:"disputed"`
+	Summary
 	// Started is when Follow began; DoneSince how many derivations
 	// became done since then, which the ETA extrapolates.
 	Started   time.Time `json:"started"`
 	DoneSince int       `json:"doneSince"`
 	// ETA is the estimated time left, 0 when unknown or finished.
 	ETA time.Duration `json:"eta"`
-}
-
-// Finished reports whether every derivation is final.
-func (p *Progress) Finished() bool {
-	return p.Counts[Done]+p.Counts[Failed]+p.Counts[Blocked] == p.Set.Size
 }
 
 // Follow calls fn with set id's progress at once and at every change of
@@ -56,20 +48,13 @@ func Follow(ctx context.Context, conn *queue.Conn, id string, interval time.Dura
 		return fmt.Errorf("farm: follow %s: %w", id, err)
 	}
 	defer w.Stop()
-	states := map[string]State{}
-	p := &Progress{Set: &set, Started: time.Now()}
+	states := map[string]*State{}
+	p := &Progress{Summary: Summary{Set: &set}, Started: time.Now()}
 	doneAtStart := -1
 	var last time.Time
 	initial := true
 	report := func(force bool) {
-		p.Counts = map[Status]int{}
-		p.Disputed = 0
-		for _, st := range states {
-			p.Counts[st.Status]++
-			if !st.Status.Final() && st.rejected() {
-				p.Disputed++
-			}
-		}
+		p.Summary = summarize(&set, maps.Values(states))
 		if doneAtStart < 0 {
 			doneAtStart = p.Counts[Done]
 		}
@@ -103,7 +88,7 @@ func Follow(ctx context.Context, conn *queue.Conn, id string, interval time.Dura
 			} else {
 				var st State
 				if json.Unmarshal(e.Value(), &st) == nil {
-					states[e.Key()] = st
+					states[e.Key()] = &st
 				}
 				if !initial {
 					report(false)

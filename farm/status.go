@@ -2,8 +2,8 @@ package farm
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -11,27 +11,39 @@ import (
 	"codeberg.org/provenix/provenix/queue"
 )
 
-// SetStatus is a build set's progress, read from the bucket.
-type SetStatus struct {
+// Summary counts a build set's derivations by status.
+type Summary struct {
 	Set *Set `json:"set"`
-	// Counts are the derivations per status.
+	// Counts are the derivations per status, every status present.
 	Counts map[Status]int `json:"counts"`
 	// Skipped counts derivations done at submission.
 	Skipped int `json:"skipped"`
 	// Disputed counts derivations not final whose results the cache
-	// rejected at least once.
+	// rejected at least once (a NAR that disagrees with others', say).
 	Disputed int `json:"disputed"`
-	// Derivations are every derivation's state, inputs first.
-	Derivations []*State `json:"derivations"`
+}
+
+func summarize(set *Set, states func(yield func(*State) bool)) Summary {
+	sum := Summary{Set: set, Counts: map[Status]int{Waiting: 0, Dispatched: 0, Done: 0, Failed: 0, Blocked: 0}}
+	for st := range states {
+		sum.Counts[st.Status]++
+		if st.Skipped {
+			sum.Skipped++
+		}
+		if !st.Status.Final() && st.rejected() {
+			sum.Disputed++
+		}
+	}
+	return sum
 }
 
 // Finished reports whether every derivation is final.
-func (s *SetStatus) Finished() bool {
+func (s *Summary) Finished() bool {
 	return s.Counts[Done]+s.Counts[Failed]+s.Counts[Blocked] == s.Set.Size
 }
 
 // String is a one-line summary.
-func (s *SetStatus) String() string {
+func (s *Summary) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: %d derivations: %d done (%d skipped), %d building, %d waiting, %d failed, %d blocked",
 		s.Set.ID, s.Set.Size, s.Counts[Done], s.Skipped, s.Counts[Dispatched], s.Counts[Waiting], s.Counts[Failed], s.Counts[Blocked])
@@ -42,6 +54,14 @@ func (s *SetStatus) String() string {
 		b.WriteString(", cancelled")
 	}
 	return b.String()
+}
+
+// SetStatus is a build set's progress and every derivation's state, read
+// from the bucket.
+type SetStatus struct {
+	Summary
+	// Derivations are every derivation's state, by .drv path.
+	Derivations []*State `json:"derivations"`
 }
 
 // GetStatus reads set id's progress.
@@ -63,17 +83,8 @@ func GetStatus(ctx context.Context, conn *queue.Conn, id string) (*SetStatus, er
 	if err != nil {
 		return nil, err
 	}
-	st := &SetStatus{Set: &set, Counts: map[Status]int{}}
-	for _, s := range states {
-		st.Counts[s.Status]++
-		if s.Skipped {
-			st.Skipped++
-		}
-		if !s.Status.Final() && s.rejected() {
-			st.Disputed++
-		}
-		st.Derivations = append(st.Derivations, s)
-	}
+	st := &SetStatus{Summary: summarize(&set, maps.Values(states))}
+	st.Derivations = slices.Collect(maps.Values(states))
 	slices.SortFunc(st.Derivations, func(a, b *State) int { return strings.Compare(a.DrvPath, b.DrvPath) })
 	return st, nil
 }
@@ -100,16 +111,4 @@ func Cancel(ctx context.Context, conn *queue.Conn, id string) (*Set, error) {
 		s.Canceled = &now
 		return true, nil, nil
 	})
-}
-
-// MarshalJSON keeps Counts readable with every status present.
-func (s *SetStatus) MarshalJSON() ([]byte, error) {
-	counts := map[Status]int{Waiting: 0, Dispatched: 0, Done: 0, Failed: 0, Blocked: 0}
-	for k, v := range s.Counts {
-		counts[k] = v
-	}
-	type plain SetStatus
-	p := plain(*s)
-	p.Counts = counts
-	return json.Marshal(p)
 }
