@@ -96,7 +96,12 @@ func (s *Scheduler) Visible(ctx context.Context, tenant, storePath string) error
 		if !ok || ls.set.Tenant != tenant {
 			continue
 		}
-		if _, err := s.markVisible(ctx, ls, r.drv, []string{r.output}); err != nil {
+		_, unblocked, err := s.markVisible(ctx, ls, r.drv, []string{r.output})
+		if err == nil && unblocked {
+			// What waited below it is waiting again: recompute the set.
+			err = s.Resync(ctx, ls.set.ID, false)
+		}
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -113,12 +118,18 @@ func (s *Scheduler) Visible(ctx context.Context, tenant, storePath string) error
 }
 
 // markVisible adds outputs to drv's visible ones; all visible is done.
-func (s *Scheduler) markVisible(ctx context.Context, ls *loadedSet, drv string, outputs []string) (*State, error) {
+// A derivation that had failed (or was blocked) and is done after all,
+// built elsewhere, unblocks what it blocked: unblocked says so, and the
+// caller recomputes the set (what is still below another failure is
+// blocked again).
+func (s *Scheduler) markVisible(ctx context.Context, ls *loadedSet, drv string, outputs []string) (st *State, unblocked bool, err error) {
 	n := ls.g.Node(drv)
-	return update(ctx, s.kv, stateKey(ls.set.ID, drv), func(st *State, found bool) (bool, func(context.Context) error, error) {
+	var was Status
+	st, err = update(ctx, s.kv, stateKey(ls.set.ID, drv), func(st *State, found bool) (bool, func(context.Context) error, error) {
 		if !found {
 			return false, nil, fmt.Errorf("farm: %w: no state for %s in set %s", ErrInvalid, drv, ls.set.ID)
 		}
+		was = st.Status
 		changed := false
 		for _, o := range outputs {
 			if !slices.Contains(st.Visible, o) {
@@ -137,6 +148,22 @@ func (s *Scheduler) markVisible(ctx context.Context, ls *loadedSet, drv string, 
 		}
 		return changed, nil, nil
 	})
+	if err != nil || st.Status != Done || (was != Failed && was != Blocked) {
+		return st, false, err
+	}
+	for _, d := range ls.g.Downstream(drv) {
+		_, err := update(ctx, s.kv, stateKey(ls.set.ID, d), func(st *State, found bool) (bool, func(context.Context) error, error) {
+			if !found || st.Status != Blocked {
+				return false, nil, nil
+			}
+			st.Status, st.BlockedBy, st.Updated = Waiting, "", time.Now().UTC()
+			return true, nil, nil
+		})
+		if err != nil {
+			return st, false, err
+		}
+	}
+	return st, true, nil
 }
 
 // addHave adds paths to those drv has from its inputs and, when they

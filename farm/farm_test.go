@@ -553,3 +553,38 @@ func TestForgedFailureReportIgnored(t *testing.T) {
 		t.Errorf("a forged report counted: %s %+v", st, st.Derivations[0])
 	}
 }
+
+// TestBuiltElsewhereUnblocks: a derivation that failed here and is then
+// published by someone else (a CI job, another farm) is done after all,
+// and what it blocked is built.
+func TestBuiltElsewhereUnblocks(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"bad": nil, "mid": {"bad"}, "top": {"mid"}}, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "g1")
+	broken := func(r *Request, _ string) bool { return strings.HasSuffix(r.DrvPath, "-bad.drv") }
+	testWorker(t, url, g, cache, p, log, "b1", "o1", broken)
+	sub := submit(t, conn, g, cache, 1, 1)
+	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
+	if st.Counts[Failed] != 1 || st.Counts[Blocked] != 2 {
+		t.Fatalf("status %s", st)
+	}
+	// Someone else's build of bad is published.
+	cache.add(fakePath("bad"))
+	if err := conn.PublishEvent(testctx.New(t, time.Minute), tenant, queue.EventPublished, map[string]any{"tenant": tenant, "storePath": fakePath("bad")}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() bool {
+		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
+		return err == nil && st.Counts[Done] == 3
+	})
+	var built []string
+	for _, b := range log.all() {
+		built = append(built, b.drv)
+	}
+	if strings.Join(built, " ") != "bad mid top" {
+		t.Errorf("built %v, want bad (failed), then mid and top", built)
+	}
+}

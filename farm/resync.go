@@ -28,8 +28,15 @@ func (s *Scheduler) Resync(ctx context.Context, id string, checkCache bool) erro
 	}
 	var errs []error
 	if checkCache {
-		if err := s.lookOutputsUp(ctx, ls, states); err != nil {
+		unblocked, err := s.lookOutputsUp(ctx, ls, states)
+		if err != nil {
 			return fmt.Errorf("farm: resync %s: %w", id, err)
+		}
+		if unblocked {
+			// Derivations were unblocked: start again from the bucket.
+			if states, err = s.states(ctx, ls); err != nil {
+				return err
+			}
 		}
 	}
 	visible := map[string]bool{}
@@ -137,13 +144,14 @@ func (s *Scheduler) states(ctx context.Context, ls *loadedSet) (map[string]*Stat
 }
 
 // lookOutputsUp asks the cache about the outputs of the derivations not
-// final yet that are not known visible, and records those it has.
-func (s *Scheduler) lookOutputsUp(ctx context.Context, ls *loadedSet, states map[string]*State) error {
+// final yet that are not known visible, and records those it has. It
+// reports whether that unblocked derivations (see markVisible).
+func (s *Scheduler) lookOutputsUp(ctx context.Context, ls *loadedSet, states map[string]*State) (bool, error) {
 	type output struct{ drv, name string }
 	owner := map[string]output{}
 	var paths []string
 	for drv, st := range states {
-		if st.Status.Final() {
+		if st.Status == Done {
 			continue
 		}
 		for name, p := range ls.g.Node(drv).Outputs {
@@ -155,7 +163,7 @@ func (s *Scheduler) lookOutputsUp(ctx context.Context, ls *loadedSet, states map
 	}
 	visible, err := lookup(ctx, s.cfg.Cache, paths)
 	if err != nil {
-		return err
+		return false, err
 	}
 	found := map[string][]string{}
 	for p, ok := range visible {
@@ -163,15 +171,19 @@ func (s *Scheduler) lookOutputsUp(ctx context.Context, ls *loadedSet, states map
 			found[owner[p].drv] = append(found[owner[p].drv], owner[p].name)
 		}
 	}
-	var mu sync.Mutex
-	return parallel(ctx, slices.Collect(maps.Keys(found)), func(ctx context.Context, drv string) error {
-		nst, err := s.markVisible(ctx, ls, drv, found[drv])
+	var (
+		mu        sync.Mutex
+		unblocked bool
+	)
+	err = parallel(ctx, slices.Collect(maps.Keys(found)), func(ctx context.Context, drv string) error {
+		nst, u, err := s.markVisible(ctx, ls, drv, found[drv])
 		if err != nil {
 			return err
 		}
 		mu.Lock()
-		states[drv] = nst
+		states[drv], unblocked = nst, unblocked || u
 		mu.Unlock()
 		return nil
 	})
+	return unblocked, err
 }
