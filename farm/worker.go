@@ -43,7 +43,7 @@ func (c ClaimResult) String() string {
 	return fmt.Sprintf("ClaimResult(%d)", int(c))
 }
 
-// ClaimRequest records that builder (run by owner) takes replica r.Replica of
+// claim records that builder (run by owner) takes replica r.Replica of
 // r's derivation, on the delivered-th delivery of the request; it
 // decides, with compare-and-set on the derivation's claim record, that
 // the N replicas of a quorum go to N distinct owners and that no replica
@@ -54,14 +54,6 @@ func (c ClaimResult) String() string {
 //     or for a later one, is not needed any more;
 //   - a builder that failed the derivation, or whose owner holds another
 //     replica, does not get it.
-func ClaimRequest(ctx context.Context, conn *queue.Conn, r *Request, builder, owner string, delivered uint64) (ClaimResult, error) {
-	kv, err := bucket(ctx, conn)
-	if err != nil {
-		return 0, err
-	}
-	return claim(ctx, kv, r, builder, owner, delivered)
-}
-
 func claim(ctx context.Context, kv jetstream.KeyValue, r *Request, builder, owner string, delivered uint64) (ClaimResult, error) {
 	if builder == "" {
 		return 0, errors.New("farm: claim: no builder id")
