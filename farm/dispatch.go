@@ -105,16 +105,17 @@ func (s *Scheduler) Visible(ctx context.Context, tenant, storePath string) error
 			errs = append(errs, err)
 		}
 	}
-	for _, r := range need {
+	// A path many derivations need (a compiler in a mass rebuild) has
+	// thousands of dependents: update them a few at a time.
+	err := parallel(ctx, need, func(ctx context.Context, r ref) error {
 		ls, ok := s.loaded(r.set)
 		if !ok || ls.set.Tenant != tenant {
-			continue
+			return nil
 		}
-		if _, err := s.addHave(ctx, ls, r.drv, []string{storePath}); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+		_, err := s.addHave(ctx, ls, r.drv, []string{storePath})
+		return err
+	})
+	return errors.Join(append(errs, err)...)
 }
 
 // markVisible adds outputs to drv's visible ones; all visible is done.
