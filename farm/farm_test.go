@@ -103,6 +103,13 @@ func TestDiamondAndSkipped(t *testing.T) {
 	if st.Counts[Done] != 6 || st.Skipped != 1 {
 		t.Fatalf("status %s", st)
 	}
+	sums, err := Summaries(testctx.New(t, time.Minute), conn, tenant, time.Now().Add(-time.Hour))
+	if err != nil || len(sums) != 1 || sums[0].Set.ID != sub.Set.ID || !sums[0].Finished() || sums[0].Skipped != 1 {
+		t.Errorf("Summaries: %+v, %v", sums, err)
+	}
+	if sums, err := Summaries(testctx.New(t, time.Minute), conn, "other", time.Now().Add(-time.Hour)); err != nil || len(sums) != 0 {
+		t.Errorf("another tenant's summaries: %+v, %v", sums, err)
+	}
 	builds := checkBuilds(t, log, 5, 1)
 	at := map[string]time.Time{}
 	for _, b := range builds {

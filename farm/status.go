@@ -38,12 +38,12 @@ func summarize(set *Set, states func(yield func(*State) bool)) Summary {
 }
 
 // Finished reports whether every derivation is final.
-func (s *Summary) Finished() bool {
+func (s Summary) Finished() bool {
 	return s.Counts[Done]+s.Counts[Failed]+s.Counts[Blocked] == s.Set.Size
 }
 
 // String is a one-line summary.
-func (s *Summary) String() string {
+func (s Summary) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: %d derivations: %d done (%d skipped), %d building, %d waiting, %d failed, %d blocked",
 		s.Set.ID, s.Set.Size, s.Counts[Done], s.Skipped, s.Counts[Dispatched], s.Counts[Waiting], s.Counts[Failed], s.Counts[Blocked])
@@ -111,4 +111,31 @@ func Cancel(ctx context.Context, conn *queue.Conn, id string) (*Set, error) {
 		s.Canceled = &now
 		return true, nil, nil
 	})
+}
+
+// Summaries returns the summary of tenant's build sets created since
+// since, newest first: their progress for a dashboard. Each costs a read
+// of the set's states.
+func Summaries(ctx context.Context, conn *queue.Conn, tenant string, since time.Time) ([]Summary, error) {
+	kv, err := bucket(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	sets, err := list[Set](ctx, kv, setPrefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []Summary
+	for _, set := range sets {
+		if set.Tenant != tenant || set.Created.Before(since) {
+			continue
+		}
+		states, err := list[State](ctx, kv, statePrefix(set.ID))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, summarize(set, maps.Values(states)))
+	}
+	slices.SortFunc(out, func(a, b Summary) int { return b.Set.Created.Compare(a.Set.Created) })
+	return out, nil
 }
