@@ -94,7 +94,7 @@ func TestPage(t *testing.T) {
 	created := now.Add(-90 * time.Second)
 	src := &fakeSource{
 		stats: &farm.Stats{Tenant: "t1",
-			Owners: []farm.Tally{{Owner: "alice", Builds: 30, Failures: 1, CPUSeconds: 7200}, {Owner: "bob", Builds: 12}, {Owner: "carol", Builds: 3}, {Owner: "<dave>", Builds: 1}},
+			Owners:   []farm.Tally{{Owner: "alice", Builds: 30, Failures: 1, CPUSeconds: 7200}, {Owner: "bob", Builds: 12}, {Owner: "carol", Builds: 3}, {Owner: "<dave>", Builds: 1}},
 			Builders: []farm.Tally{{Builder: "alice-1", Owner: "alice", Builds: 30, CPUSeconds: 7200}}},
 		sets: []farm.Summary{{Set: &farm.Set{ID: "aaaaaaaaaaaaaaaaaaaaaaaaaa", Size: 10, Quorum: 2, Created: created},
 			Counts: map[farm.Status]int{farm.Done: 5, farm.Dispatched: 2, farm.Waiting: 1, farm.Failed: 1, farm.Blocked: 1}, Skipped: 2, Disputed: 1}},
