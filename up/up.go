@@ -23,6 +23,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/cache-push/wire"
+	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
@@ -94,6 +95,7 @@ type Stack struct {
 	nats     *natsserver.Server
 	conn     *queue.Conn
 	pusher   *cachepush.Pusher
+	farm     *farm.Scheduler
 	store    *wire.Store
 	httpSrv  *http.Server
 	httpLn   net.Listener
@@ -298,6 +300,11 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := s.openFarm(ctx, pol); err != nil {
+		// The cache works without the farm (an account that may not
+		// make its stream, say): say so, and go on.
+		s.log.Warn("farm scheduler not started; 'provenix submit' to this stack will wait", "err", err)
+	}
 
 	s.httpLn, err = net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
@@ -306,7 +313,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	ops := http.NewServeMux()
 	ops.Handle(MetricsPath, s.metrics.Handler())
 	ops.HandleFunc(StatusPath, s.serveStatus)
-	cache := server.Handler(s.store.Store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP})
+	cache := s.withFarmPage(server.Handler(s.store.Store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP}))
 	var handler http.Handler = cache
 	if s.cfg.MetricsListen != "" {
 		if s.metricsLn, err = net.Listen("tcp", s.cfg.MetricsListen); err != nil {
@@ -417,6 +424,10 @@ func (s *Stack) Close(ctx context.Context) error {
 		errs = append(errs, s.metricsSrv.Shutdown(ctx))
 		<-s.metricsDone
 		s.metricsSrv = nil
+	}
+	if s.farm != nil {
+		errs = append(errs, s.farm.Close(ctx))
+		s.farm = nil
 	}
 	if s.pusher != nil {
 		errs = append(errs, s.pusher.Close(ctx))

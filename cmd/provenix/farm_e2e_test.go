@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,10 +36,11 @@ in { top = mk "farm-e2e-top" b; }
 `
 
 // TestFarmEndToEnd: 'provenix submit' a chain to a running 'provenix up';
-// a scheduler dispatches it, each derivation once its input is in the
+// its scheduler dispatches it, each derivation once its input is in the
 // cache (the pusher's publication events drive it), to two volunteers
 // with their own stores that substitute inputs from the cache; stock nix
-// then installs the top from the cache.
+// then installs the top from the cache, and the cache server's /farm
+// page shows who built what.
 func TestFarmEndToEnd(t *testing.T) {
 	bb := testnix.Busybox(t)
 	ctx := testctx.New(t, 5*time.Minute)
@@ -60,19 +63,7 @@ func TestFarmEndToEnd(t *testing.T) {
 		t.Fatalf("submitted %s: %v", stdout, err)
 	}
 
-	cache, err := farm.CacheAt(stack.CacheURL(), []string{pub})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sched, err := farm.NewScheduler(farm.SchedulerConfig{Conn: stack.Conn(), Cache: cache, ResyncEvery: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sched.Open(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sched.Close(context.Background()) })
-
+	// The stack runs the farm's scheduler: the volunteers are all it takes.
 	signer, err := attest.LoadSigner(paths.BuilderKey())
 	if err != nil {
 		t.Fatal(err)
@@ -137,6 +128,17 @@ func TestFarmEndToEnd(t *testing.T) {
 			}
 			top = g.Node(d.DrvPath).Outputs["out"]
 		}
+	}
+	// The farm's page on the cache server.
+	resp, err := http.Get(stack.CacheURL() + up.FarmPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), "volunteer-") || !strings.Contains(string(page), "set-"+sub.Set.ID) ||
+		!strings.Contains(string(page), "3 done") {
+		t.Errorf("GET /farm: %d\n%s", resp.StatusCode, page)
 	}
 	client, err := substitute(t, ctx, stack.CacheURL(), pub, top)
 	if err != nil {
