@@ -76,21 +76,31 @@ var tmpl = template.Must(template.New("page.html.tmpl").Funcs(template.FuncMap{
 		}
 		return fmt.Sprintf("%.1f", float64(n)*100/float64(total))
 	},
+	// rank is 1-based; the first three get a medal's colour (CSS:
+	// emoji fonts are not everywhere).
+	"rank": func(i int) int { return i + 1 },
 	"medal": func(i int) string {
-		switch i {
-		case 0:
-			return "🥇"
-		case 1:
-			return "🥈"
-		case 2:
-			return "🥉"
+		if i < 3 {
+			return [...]string{"gold", "silver", "bronze"}[i]
 		}
-		return fmt.Sprint(i + 1)
+		return ""
 	},
+	"span":   span,
 	"ago":    func(now, t time.Time) string { return now.Sub(t).Round(time.Second).String() },
 	"status": func(s farm.Status) string { return string(s) },
 	"count":  func(s farm.Summary, st string) int { return s.Counts[farm.Status(st)] },
 }).ParseFS(files, "page.html.tmpl"))
+
+// span says a window the way people do: "7 days", else "36h0m0s".
+func span(d time.Duration) string {
+	if d >= 24*time.Hour && d%(24*time.Hour) == 0 {
+		if n := int(d / (24 * time.Hour)); n > 1 {
+			return fmt.Sprintf("%d days", n)
+		}
+		return "day"
+	}
+	return d.String()
+}
 
 // view is what the template gets.
 type view struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -110,10 +111,14 @@ func TestPage(t *testing.T) {
 	if len(owners) != 4 {
 		t.Fatalf("%d owner rows, want 4", len(owners))
 	}
-	for i, want := range []string{"🥇", "🥈", "🥉", "4"} {
-		if rank := withClass(els, "rank")[i].text; strings.TrimSpace(rank) != want {
-			t.Errorf("rank %d shows %q, want %q", i, rank, want)
+	for i, want := range []string{"gold", "silver", "bronze", ""} {
+		m := withClass(els, "medal")[i]
+		if strings.TrimSpace(m.text) != fmt.Sprint(i+1) || strings.TrimSpace(strings.TrimPrefix(m.attrs["class"], "medal")) != want {
+			t.Errorf("rank %d: %q, class %q; want %d, %q", i, m.text, m.attrs["class"], i+1, want)
 		}
+	}
+	if !strings.Contains(body, "the last 7 days") {
+		t.Error("window not said in days")
 	}
 	if first := owners[0].text; !strings.Contains(first, "alice") || !strings.Contains(first, "30") || !strings.Contains(first, "2.00") {
 		t.Errorf("first row %q: want alice, 30 builds, 2.00 CPU hours", first)
