@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -594,4 +597,58 @@ func TestBuiltElsewhereUnblocks(t *testing.T) {
 	if strings.Join(built, " ") != "bad mid top" {
 		t.Errorf("built %v, want bad (failed), then mid and top", built)
 	}
+}
+
+// TestQuarantinedWorkerTakesNothing: a worker whose builder is
+// quarantined leaves every request to others, and its log says why.
+func TestQuarantinedWorkerTakesNothing(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil, "b": {"a"}}, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	startScheduler(t, url, cache, "g1")
+	var logs strings.Builder
+	var logMu sync.Mutex
+	var took atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	q := &Worker{Conn: connect(t, url), Tenant: tenant, Machine: Machine{System: "x86_64-linux"}, Builder: "shunned",
+		Logger: slog.New(slog.NewTextHandler(lockedWriter{&logs, &logMu}, nil)),
+		Standing: func(context.Context) (bool, string, error) {
+			return true, "your builds disagreed with others' 5 times", nil
+		},
+		Build: func(ctx context.Context, r *Request) (*BuildStats, error) {
+			took.Add(1)
+			return &BuildStats{}, p.vote(ctx, r, "shunned")
+		}}
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	sub := submit(t, conn, g, cache, 1, 0)
+	time.Sleep(500 * time.Millisecond) // the quarantined worker alone
+	log := &buildLog{}
+	testWorker(t, url, g, cache, p, log, "trusted", "o2", nil)
+	waitFinished(t, conn, sub.Set.ID, 30*time.Second)
+	if n := took.Load(); n != 0 {
+		t.Errorf("the quarantined worker built %d derivations", n)
+	}
+	if len(log.all()) != 2 {
+		t.Errorf("the other worker built %d, want 2", len(log.all()))
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if !strings.Contains(logs.String(), "quarantined") || !strings.Contains(logs.String(), "disagreed with others' 5 times") ||
+		strings.Count(logs.String(), "is quarantined") != 1 {
+		t.Errorf("worker log:\n%s", logs.String())
+	}
+}
+
+type lockedWriter struct {
+	b  *strings.Builder
+	mu *sync.Mutex
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
 }

@@ -173,6 +173,48 @@ type Worker struct {
 	Logger  *slog.Logger
 	// OnClaim, when set, is called with each request's claim result.
 	OnClaim func(*Request, ClaimResult)
+	// Standing, when set, says whether this builder is quarantined (by
+	// the pushers' reputation rules, say: its builds disagreed with
+	// others' too often) and why. A quarantined worker takes no build,
+	// so its work does not spread, and its log tells its operator why.
+	// It is asked at most every StandingEvery.
+	Standing func(ctx context.Context) (quarantined bool, why string, err error)
+
+	standingMu   sync.Mutex
+	standingAt   time.Time
+	quarantined  bool
+	standingWhy  string
+	standingTold bool
+}
+
+// StandingEvery is how often a Worker asks its Standing.
+const StandingEvery = 30 * time.Second
+
+// standing is Standing, remembered for StandingEvery (a success only);
+// the first time it finds the builder quarantined it logs why.
+func (w *Worker) standing(ctx context.Context, log *slog.Logger) (bool, error) {
+	if w.Standing == nil {
+		return false, nil
+	}
+	w.standingMu.Lock()
+	defer w.standingMu.Unlock()
+	if !w.standingAt.IsZero() && time.Since(w.standingAt) < StandingEvery {
+		return w.quarantined, nil
+	}
+	q, why, err := w.Standing(ctx)
+	if err != nil {
+		return false, fmt.Errorf("farm: standing of %s: %w", w.Builder, err)
+	}
+	w.standingAt, w.quarantined = time.Now(), q
+	switch {
+	case q && (!w.standingTold || why != w.standingWhy):
+		log.Error("farm: this builder is quarantined and takes no builds", "builder", w.Builder, "why", why)
+		w.standingTold, w.standingWhy = true, why
+	case !q && w.standingTold:
+		log.Info("farm: this builder is no longer quarantined", "builder", w.Builder)
+		w.standingTold, w.standingWhy = false, ""
+	}
+	return q, nil
 }
 
 // Run serves requests until ctx ends. It consumes, for each system the
@@ -270,6 +312,11 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 	}
 	if want, _ := r.Subject(); want != d.Subject || r.Tenant != w.Tenant {
 		return queue.Permanent(fmt.Errorf("farm: %w: request for %s arrived on %s", ErrInvalid, want, d.Subject))
+	}
+	if q, err := w.standing(ctx, log); err != nil {
+		return err
+	} else if q {
+		return queue.Defer(notForUsDelay(d.NumDelivered))
 	}
 	res, err := claim(ctx, kv, r, w.Builder, w.Owner, d.NumDelivered)
 	if err != nil {

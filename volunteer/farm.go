@@ -2,12 +2,15 @@ package volunteer
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os/exec"
 	"slices"
 	"strings"
+	"time"
 
+	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
@@ -63,7 +66,7 @@ func (v *Volunteer) RunWithFarm(ctx context.Context, conn *queue.Conn, m farm.Ma
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w := &farm.Worker{Conn: conn, Tenant: v.Builder.Tenant, Machine: m, Builder: v.Builder.BuilderID, Owner: owner,
-		Build: v.FarmBuild, AckWait: v.AckWait, Logger: v.Logger}
+		Build: v.FarmBuild, AckWait: v.AckWait, Logger: v.Logger, Standing: v.standing}
 	errs := make(chan error, 2)
 	go func() { errs <- w.Run(ctx) }()
 	go func() { errs <- v.Run(ctx) }()
@@ -71,6 +74,34 @@ func (v *Volunteer) RunWithFarm(ctx context.Context, conn *queue.Conn, m farm.Ma
 	cancel()
 	second := <-errs
 	return errors.Join(first, second)
+}
+
+// standing reads this volunteer's reputation as the pushers keep it
+// (farm.Worker.Standing): quarantined, it takes no farm build, and says
+// why in its log.
+func (v *Volunteer) standing(ctx context.Context) (bool, string, error) {
+	b, err := v.Conn.KVGet(ctx, queue.BucketBuilders, queue.BuilderKey(v.Builder.BuilderID))
+	if errors.Is(err, queue.ErrNotFound) {
+		return false, "", nil // never voted: in good standing
+	}
+	if err != nil {
+		return false, "", err
+	}
+	var r cachepush.Reputation
+	if err := json.Unmarshal(b, &r); err != nil {
+		return false, "", fmt.Errorf("reputation of %s: %w", v.Builder.BuilderID, err)
+	}
+	if !r.Quarantined {
+		return false, "", nil
+	}
+	why := fmt.Sprintf("your builds disagreed with others' %d times (%d agreed), %d of them recently in the minority", r.Disagreements, r.Agreements, len(r.Minority))
+	if r.Malformed > 0 {
+		why += fmt.Sprintf("; %d malformed statements signed", r.Malformed)
+	}
+	if r.QuarantinedAt != nil {
+		why += "; quarantined since " + r.QuarantinedAt.UTC().Format(time.RFC3339)
+	}
+	return true, why, nil
 }
 
 func mapValues(m map[string]string) func(func(string) bool) {

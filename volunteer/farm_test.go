@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnix"
@@ -158,4 +160,26 @@ func resultFor(conn *queue.Conn, drv string) *queue.Result {
 		return nil
 	}
 	return r
+}
+
+// TestFarmStanding: a volunteer the pushers quarantined says so, and why.
+func TestFarmStanding(t *testing.T) {
+	conn := startQueue(t)
+	ctx := testctx.New(t, time.Minute)
+	vb, _ := newBuilder(t, conn, "volunteer-s")
+	v := &Volunteer{Conn: conn, Builder: vb}
+	if q, _, err := v.standing(ctx); err != nil || q {
+		t.Errorf("no record: quarantined %v, %v", q, err)
+	}
+	at := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	rec, _ := json.Marshal(cachepush.Reputation{Builder: "volunteer-s", Agreements: 7, Disagreements: 3,
+		Minority: []time.Time{at, at}, Quarantined: true, QuarantinedAt: &at})
+	if err := conn.KVPut(ctx, queue.BucketBuilders, queue.BuilderKey("volunteer-s"), rec); err != nil {
+		t.Fatal(err)
+	}
+	q, why, err := v.standing(ctx)
+	if err != nil || !q || !strings.Contains(why, "disagreed with others' 3 times (7 agreed), 2 of them recently in the minority") ||
+		!strings.Contains(why, "2026-12-01T00:00:00Z") {
+		t.Errorf("quarantined: %v %q %v", q, why, err)
+	}
 }
