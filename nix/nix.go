@@ -116,6 +116,22 @@ func (n *Nix) runTo(ctx context.Context, w io.Writer, name string, args ...strin
 	return commandError(cmd.Run(), name, args, stderr)
 }
 
+// runUsage is runTo that also returns the user and system CPU time of
+// the command and of the processes it waited for (wait4's rusage).
+func (n *Nix) runUsage(ctx context.Context, w io.Writer, name string, args ...string) (time.Duration, error) {
+	cmd, stderr, err := n.command(ctx, name, args...)
+	if err != nil {
+		return 0, err
+	}
+	cmd.Stdout = w
+	err = cmd.Run()
+	var cpu time.Duration
+	if cmd.ProcessState != nil {
+		cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
+	return cpu, commandError(err, name, args, stderr)
+}
+
 // command prepares name: its stderr goes to n.Stderr and to the returned
 // buffer, which keeps the tail for error messages.
 func (n *Nix) command(ctx context.Context, name string, args ...string) (*exec.Cmd, *bytes.Buffer, error) {
@@ -277,6 +293,10 @@ type RealiseOptions struct {
 	// ErrNotDeterministic, and the store keeps its copy either way. Every
 	// output must be valid already.
 	Check bool
+	// CPU, when set, receives the user and system CPU time nix-store and
+	// the processes it waited for used: the builds, when this Nix builds
+	// them itself (a local store, not through a daemon).
+	CPU *time.Duration
 }
 
 // RealiseWith realises drvs in one nix-store call and returns their output
@@ -294,11 +314,15 @@ func (n *Nix) RealiseWith(ctx context.Context, o RealiseOptions, drvs ...string)
 	if o.Check {
 		a = append(a, "--check")
 	}
-	out, err := n.run(ctx, "nix-store", append(a, drvs...)...)
+	var out bytes.Buffer
+	cpu, err := n.runUsage(ctx, &out, "nix-store", append(a, drvs...)...)
+	if o.CPU != nil {
+		*o.CPU = cpu
+	}
 	if err != nil {
 		return nil, err
 	}
-	return lines(out), nil
+	return lines(out.Bytes()), nil
 }
 
 // Invalid returns those of paths that are not valid in the store, in the

@@ -32,10 +32,10 @@ import (
 func (v *Volunteer) FarmBuild(ctx context.Context, r *farm.Request) (*farm.BuildStats, error) {
 	req := &queue.RebuildRequest{Version: queue.RebuildVersion, Tenant: r.Tenant, System: r.System, DrvPath: r.DrvPath,
 		Outputs: slices.Sorted(mapValues(r.Outputs)), Closure: r.Closure, Requested: r.Requested}
-	action, pub, err := v.serve(ctx, req)
+	action, pub, cpu, err := v.serve(ctx, req)
 	if err == nil {
-		v.log().Info("farm build done", logKeyDrv, r.DrvPath, logKeyAction, action, logKeyTook, pub.Built)
-		return &farm.BuildStats{Wall: pub.Built}, nil
+		v.log().Info("farm build done", logKeyDrv, r.DrvPath, logKeyAction, action, logKeyTook, pub.Built, "cpu", cpu)
+		return &farm.BuildStats{Wall: pub.Built, CPUSeconds: cpu.Seconds()}, nil
 	}
 	if action == ActionRetry {
 		return nil, err

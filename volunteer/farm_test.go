@@ -133,6 +133,20 @@ func TestFarmFirstBuild(t *testing.T) {
 				}
 				t.Logf("failure reported: exit %d, log %q", f.ExitCode, f.Log)
 			}
+			// Both builds reported what they cost.
+			var stats *farm.Stats
+			for range 100 {
+				if stats, err = farm.ReadStats(ctx, conn, tenant, time.Now().Add(-time.Hour)); err != nil {
+					t.Fatal(err)
+				}
+				if len(stats.Builders) == 1 && stats.Builders[0].Builds+stats.Builders[0].Failures == 2 {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if b := stats.Builders; len(b) != 1 || b[0].Builds != 1 || b[0].Failures != 1 || b[0].CPUSeconds <= 0 || b[0].WallSeconds <= 0 {
+				t.Errorf("stats %+v", stats.Builders)
+			}
 			return
 		}
 		if time.Now().After(deadline) {

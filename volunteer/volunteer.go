@@ -293,40 +293,41 @@ func (v *Volunteer) handle(ctx context.Context, d *queue.Delivery, ackWait time.
 	if voted {
 		return finish(ActionSkipped, nil)
 	}
-	action, pub, err := v.serve(ctx, req)
+	action, pub, _, err := v.serve(ctx, req)
 	out.Published = pub
 	return finish(action, err)
 }
 
 // serve imports the request's closure when this store lacks the .drv,
-// builds the derivation (see build) and publishes the result. On error
+// builds the derivation (see build) and publishes the result; cpu is
+// what the build used (see nix.RealiseOptions.CPU). On error
 // the action says whether retrying may help (ActionRetry) or not
 // (ActionFailed).
-func (v *Volunteer) serve(ctx context.Context, req *queue.RebuildRequest) (Action, *builder.Published, error) {
+func (v *Volunteer) serve(ctx context.Context, req *queue.RebuildRequest) (Action, *builder.Published, time.Duration, error) {
 	if err := v.ensureDrv(ctx, req); err != nil {
 		if errors.Is(err, nix.ErrBadExport) || errors.Is(err, ErrRequest) {
-			return ActionFailed, nil, err
+			return ActionFailed, nil, 0, err
 		}
-		return ActionRetry, nil, err
+		return ActionRetry, nil, 0, err
 	}
 	drv, err := v.Builder.Nix.ReadDerivation(req.DrvPath)
 	if err != nil {
-		return ActionFailed, nil, err
+		return ActionFailed, nil, 0, err
 	}
 	if err := checkDerivation(req, drv); err != nil {
-		return ActionFailed, nil, err
+		return ActionFailed, nil, 0, err
 	}
 	inputs := make([]string, 0, len(drv.InputDerivations))
 	for p := range drv.InputDerivations {
 		inputs = append(inputs, p)
 	}
 	slices.Sort(inputs)
-	action, started, finished, err := v.build(ctx, req, inputs)
+	action, started, finished, cpu, err := v.build(ctx, req, inputs)
 	if err != nil {
 		if ctx.Err() != nil {
-			return ActionRetry, nil, err
+			return ActionRetry, nil, 0, err
 		}
-		return ActionFailed, nil, err
+		return ActionFailed, nil, 0, err
 	}
 	// The closure this store built goes out with the vote: each
 	// dependency built here is one more vote of its own.
@@ -340,7 +341,7 @@ func (v *Volunteer) serve(ctx context.Context, req *queue.RebuildRequest) (Actio
 	if err != nil {
 		// The outputs stay in this store, built here: a redelivery
 		// publishes them without building again.
-		return ActionRetry, nil, fmt.Errorf("publish: %w", err)
+		return ActionRetry, nil, 0, fmt.Errorf("publish: %w", err)
 	}
 	var pub *builder.Published
 	for i := range pubs {
@@ -349,10 +350,10 @@ func (v *Volunteer) serve(ctx context.Context, req *queue.RebuildRequest) (Actio
 		}
 	}
 	if pub == nil {
-		return ActionRetry, nil, fmt.Errorf("publish: %s was not among the results published", req.DrvPath)
+		return ActionRetry, nil, 0, fmt.Errorf("publish: %s was not among the results published", req.DrvPath)
 	}
 	pub.Built = finished.Sub(started)
-	return action, pub, nil
+	return action, pub, cpu, nil
 }
 
 // voted reports whether this builder's vote is recorded for every output.
@@ -421,28 +422,28 @@ func checkDerivation(req *queue.RebuildRequest, drv *derivation.Derivation) erro
 
 // build realises the request's derivation here (see the package doc for
 // why each case is sound) and returns what it did and when the build ran.
-func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs []string) (Action, time.Time, time.Time, error) {
+func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs []string) (_ Action, started, finished time.Time, cpu time.Duration, _ error) {
 	n := v.Builder.Nix
 	if len(inputs) > 0 {
 		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{}, inputs...); err != nil {
-			return "", time.Time{}, time.Time{}, fmt.Errorf("realise inputs of %s: %w", req.DrvPath, err)
+			return "", time.Time{}, time.Time{}, 0, fmt.Errorf("realise inputs of %s: %w", req.DrvPath, err)
 		}
 	}
 	action := ActionReused
-	started := time.Now()
+	started = time.Now()
 	invalid, err := n.Invalid(ctx, req.Outputs...)
 	if err != nil {
-		return "", time.Time{}, time.Time{}, err
+		return "", time.Time{}, time.Time{}, 0, err
 	}
 	if len(invalid) > 0 {
 		action = ActionBuilt
-		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{NoSubstitute: true}, req.DrvPath); err != nil {
-			return "", time.Time{}, time.Time{}, fmt.Errorf("build %s: %w", req.DrvPath, err)
+		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{NoSubstitute: true, CPU: &cpu}, req.DrvPath); err != nil {
+			return "", time.Time{}, time.Time{}, 0, fmt.Errorf("build %s: %w", req.DrvPath, err)
 		}
 	}
 	regs, err := n.PathInfos(ctx, req.Outputs...)
 	if err != nil {
-		return "", time.Time{}, time.Time{}, err
+		return "", time.Time{}, time.Time{}, 0, err
 	}
 	builtHere := true
 	for _, r := range regs {
@@ -450,17 +451,17 @@ func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs
 	}
 	if !builtHere {
 		action = ActionChecked
-		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{Check: true, NoSubstitute: true}, req.DrvPath); err != nil {
+		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{Check: true, NoSubstitute: true, CPU: &cpu}, req.DrvPath); err != nil {
 			if errors.Is(err, nix.ErrNotDeterministic) {
-				return "", time.Time{}, time.Time{}, fmt.Errorf("%s: this volunteer's rebuild differs from the copy in its store, which it did not build: no vote: %w", req.DrvPath, err)
+				return "", time.Time{}, time.Time{}, 0, fmt.Errorf("%s: this volunteer's rebuild differs from the copy in its store, which it did not build: no vote: %w", req.DrvPath, err)
 			}
-			return "", time.Time{}, time.Time{}, fmt.Errorf("check %s: %w", req.DrvPath, err)
+			return "", time.Time{}, time.Time{}, 0, fmt.Errorf("check %s: %w", req.DrvPath, err)
 		}
 	}
-	finished := time.Now()
+	finished = time.Now()
 	if action == ActionReused && len(regs) > 0 {
 		// Built here earlier: the provenance names that build's time.
 		started, finished = regs[0].Registered, regs[0].Registered
 	}
-	return action, started, finished, nil
+	return action, started, finished, cpu, nil
 }
