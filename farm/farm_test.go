@@ -2,6 +2,7 @@ package farm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -349,6 +351,11 @@ func TestFailedBlocksDependents(t *testing.T) {
 	defer func() {
 		// The reports add up to: one build (ok), two failures (bad), at
 		// testCost each, on two builders of two owners.
+		// b1's standing, as a pusher records it.
+		rec, _ := json.Marshal(cachepush.Reputation{Builder: "b1", Agreements: 3, Disagreements: 1, Quarantined: true})
+		if err := conn.KVPut(testctx.New(t, time.Minute), queue.BucketBuilders, queue.BuilderKey("b1"), rec); err != nil {
+			t.Fatal(err)
+		}
 		// (ok's report may land just after the set is finished.)
 		var (
 			stats            *Stats
@@ -369,6 +376,14 @@ func TestFailedBlocksDependents(t *testing.T) {
 		}
 		if builds != 1 || failures != 2 || cpu != 3*testCost.CPUSeconds || len(stats.Owners) != 2 {
 			t.Errorf("stats: %d builds, %d failures, %.2f CPU s, %d owners: %+v", builds, failures, cpu, len(stats.Owners), stats)
+		}
+		for _, b := range stats.Builders {
+			if b.Builder == "b1" && (b.Agreements != 3 || b.Disagreements != 1 || !b.Quarantined || b.AgreementRate() != 0.75) {
+				t.Errorf("b1's standing in the stats: %+v", b)
+			}
+			if b.Builder == "b2" && (b.Quarantined || b.AgreementRate() != -1) {
+				t.Errorf("b2's standing in the stats: %+v", b)
+			}
 		}
 		if later, err := ReadStats(testctx.New(t, time.Minute), conn, tenant, time.Now().Add(time.Minute)); err != nil || len(later.Builders) != 0 {
 			t.Errorf("stats of a window after the builds: %+v, %v", later, err)

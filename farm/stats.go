@@ -3,9 +3,14 @@ package farm
 import (
 	"cmp"
 	"context"
+	"encoding/json"
+	"errors"
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -20,6 +25,22 @@ type Tally struct {
 	Failures    int     `json:"failures"`
 	CPUSeconds  float64 `json:"cpuSeconds"`
 	WallSeconds float64 `json:"wallSeconds"`
+	// Agreements and Disagreements are the builder's votes that agreed
+	// with, or differed from, the others' on the same outputs, and
+	// Quarantined whether the pushers quarantined it (their reputation
+	// records, all time).
+	Agreements    int  `json:"agreements"`
+	Disagreements int  `json:"disagreements"`
+	Quarantined   bool `json:"quarantined,omitempty"`
+}
+
+// AgreementRate is the share of votes that agreed, or -1 when there was
+// nothing to agree on.
+func (t Tally) AgreementRate() float64 {
+	if n := t.Agreements + t.Disagreements; n > 0 {
+		return float64(t.Agreements) / float64(n)
+	}
+	return -1
 }
 
 // Stats is the farm's work over a window: per builder and per owner,
@@ -32,7 +53,8 @@ type Stats struct {
 }
 
 // ReadStats adds up tenant's reports stored since since (the reports
-// stream keeps them 4 × the streams' MaxAge).
+// stream keeps them 4 × the streams' MaxAge), with each builder's
+// standing from the pushers' reputation records.
 func ReadStats(ctx context.Context, conn *queue.Conn, tenant string, since time.Time) (*Stats, error) {
 	subj, err := queue.FarmReportSubject(tenant)
 	if err != nil {
@@ -58,6 +80,19 @@ func ReadStats(ctx context.Context, conn *queue.Conn, tenant string, since time.
 	if err != nil {
 		return nil, err
 	}
+	reps, err := conn.KVList(ctx, queue.BucketBuilders, "")
+	if err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, err
+	}
+	for _, b := range reps {
+		var r cachepush.Reputation
+		if json.Unmarshal(b, &r) != nil {
+			continue
+		}
+		if t := builders[r.Builder]; t != nil {
+			t.Agreements, t.Disagreements, t.Quarantined = r.Agreements, r.Disagreements, r.Quarantined
+		}
+	}
 	st := &Stats{Tenant: tenant, Since: since}
 	owners := map[string]*Tally{}
 	for _, t := range builders {
@@ -71,6 +106,9 @@ func ReadStats(ctx context.Context, conn *queue.Conn, tenant string, since time.
 		o.Failures += t.Failures
 		o.CPUSeconds += t.CPUSeconds
 		o.WallSeconds += t.WallSeconds
+		o.Agreements += t.Agreements
+		o.Disagreements += t.Disagreements
+		o.Quarantined = o.Quarantined || t.Quarantined
 	}
 	for _, o := range owners {
 		st.Owners = append(st.Owners, *o)

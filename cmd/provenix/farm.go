@@ -264,12 +264,19 @@ func runFarmStats(ctx context.Context, g *globals, f *farmStatsFlags) error {
 		{"owners", st.Owners, func(t farm.Tally) string { return t.Owner }},
 		{"builders", st.Builders, func(t farm.Tally) string { return t.Builder }},
 	} {
-		fmt.Fprintf(g.stdout, "\n%-40s %8s %8s %10s\n", part.title, "builds", "failed", "CPU hours")
+		fmt.Fprintf(g.stdout, "\n%-40s %8s %8s %8s %10s\n", part.title, "builds", "failed", "agree", "CPU hours")
 		if len(part.rows) == 0 {
 			fmt.Fprintln(g.stdout, "(no builds)")
 		}
 		for _, t := range part.rows {
-			fmt.Fprintf(g.stdout, "%-40s %8d %8d %10.2f\n", part.name(t), t.Builds, t.Failures, t.CPUSeconds/3600)
+			agree, name := "-", part.name(t)
+			if r := t.AgreementRate(); r >= 0 {
+				agree = fmt.Sprintf("%.0f%%", r*100)
+			}
+			if t.Quarantined {
+				name += " (quarantined)"
+			}
+			fmt.Fprintf(g.stdout, "%-40s %8d %8d %8s %10.2f\n", name, t.Builds, t.Failures, agree, t.CPUSeconds/3600)
 		}
 	}
 	return nil

@@ -85,7 +85,13 @@ var tmpl = template.Must(template.New("page.html.tmpl").Funcs(template.FuncMap{
 		}
 		return ""
 	},
-	"span":   span,
+	"span": span,
+	"agree": func(t farm.Tally) string {
+		if r := t.AgreementRate(); r >= 0 {
+			return fmt.Sprintf("%.0f%%", r*100)
+		}
+		return "–"
+	},
 	"ago":    func(now, t time.Time) string { return now.Sub(t).Round(time.Second).String() },
 	"status": func(s farm.Status) string { return string(s) },
 	"count":  func(s farm.Summary, st string) int { return s.Counts[farm.Status(st)] },

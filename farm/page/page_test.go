@@ -95,7 +95,8 @@ func TestPage(t *testing.T) {
 	created := now.Add(-90 * time.Second)
 	src := &fakeSource{
 		stats: &farm.Stats{Tenant: "t1",
-			Owners:   []farm.Tally{{Owner: "alice", Builds: 30, Failures: 1, CPUSeconds: 7200}, {Owner: "bob", Builds: 12}, {Owner: "carol", Builds: 3}, {Owner: "<dave>", Builds: 1}},
+			Owners: []farm.Tally{{Owner: "alice", Builds: 30, Failures: 1, CPUSeconds: 7200, Agreements: 19, Disagreements: 1}, {Owner: "bob", Builds: 12},
+				{Owner: "carol", Builds: 3, Disagreements: 4, Quarantined: true}, {Owner: "<dave>", Builds: 1}},
 			Builders: []farm.Tally{{Builder: "alice-1", Owner: "alice", Builds: 30, CPUSeconds: 7200}}},
 		sets: []farm.Summary{{Set: &farm.Set{ID: "aaaaaaaaaaaaaaaaaaaaaaaaaa", Size: 10, Quorum: 2, Created: created},
 			Counts: map[farm.Status]int{farm.Done: 5, farm.Dispatched: 2, farm.Waiting: 1, farm.Failed: 1, farm.Blocked: 1}, Skipped: 2, Disputed: 1}},
@@ -120,8 +121,11 @@ func TestPage(t *testing.T) {
 	if !strings.Contains(body, "the last 7 days") {
 		t.Error("window not said in days")
 	}
-	if first := owners[0].text; !strings.Contains(first, "alice") || !strings.Contains(first, "30") || !strings.Contains(first, "2.00") {
-		t.Errorf("first row %q: want alice, 30 builds, 2.00 CPU hours", first)
+	if first := owners[0].text; !strings.Contains(first, "alice") || !strings.Contains(first, "30") || !strings.Contains(first, "2.00") || !strings.Contains(first, "95%") {
+		t.Errorf("first row %q: want alice, 30 builds, 95%% agreement, 2.00 CPU hours", first)
+	}
+	if third := owners[2].text; !strings.Contains(third, "quarantined") || !strings.Contains(third, "0%") || strings.Contains(owners[1].text, "quarantined") {
+		t.Errorf("rows %q, %q: carol (only) quarantined, 0%% agreement", owners[1].text, third)
 	}
 	// Names are escaped, not markup.
 	if !strings.Contains(owners[3].text, "<dave>") || strings.Contains(body, "<dave>") {
