@@ -10,27 +10,12 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
 const tenant = "t1"
-
-// startNATS runs an embedded nats-server (queue/server) with JetStream
-// on a random port, its store in a temporary directory; one that does not
-// start fails the test. It returns the client URL.
-func startNATS(t testing.TB) string {
-	t.Helper()
-	s, err := natsserver.New(natsserver.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Open(testctx.New(t, 10*time.Second)); err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	t.Cleanup(func() { s.Close(context.Background()) })
-	return s.ClientURL()
-}
 
 func connect(t testing.TB, url string) *queue.Conn {
 	t.Helper()
@@ -44,20 +29,15 @@ func connect(t testing.TB, url string) *queue.Conn {
 	return c
 }
 
-// setup is a server with RESULTS/EVENTS and the farm's stream and bucket,
-// and one connection.
+// setup is an embedded server with the Provenix streams and the farm's
+// stream and bucket, and one connection; it returns the server's URL.
 func setup(t testing.TB) (string, *queue.Conn) {
 	t.Helper()
-	url := startNATS(t)
-	c := connect(t, url)
-	ctx := testctx.New(t, time.Minute)
-	if err := c.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
-		t.Fatalf("EnsureStreams: %v", err)
-	}
-	if err := c.EnsureFarm(ctx, queue.StreamOptions{}); err != nil {
+	srv, c := testqueue.Embedded(t, natsserver.Config{})
+	if err := c.EnsureFarm(testctx.New(t, time.Minute), queue.StreamOptions{}); err != nil {
 		t.Fatalf("EnsureFarm: %v", err)
 	}
-	return url, c
+	return srv.ClientURL(), c
 }
 
 const nix32 = "0123456789abcdfghijklmnpqrsvwxyz"

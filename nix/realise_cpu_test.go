@@ -6,11 +6,13 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"codeberg.org/provenix/provenix/internal/testnix"
 )
 
 // TestRealiseCPU: the CPU time a local build burns is reported.
 func TestRealiseCPU(t *testing.T) {
-	bb := busybox(t)
+	bb := testnix.Busybox(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := t.TempDir()

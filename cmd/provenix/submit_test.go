@@ -19,6 +19,7 @@ import (
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testlog"
+	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
@@ -29,7 +30,7 @@ import (
 func TestSubmitAndFarmCommands(t *testing.T) {
 	ctx := testctx.New(t, 2*time.Minute)
 	dir := t.TempDir()
-	natsURL, qc := farmNATS(t, ctx, dir)
+	natsURL, qc := farmNATS(t)
 	cacheURL, keyFile := emptyCache(t, dir)
 	nixFile := filepath.Join(dir, "chain.nix")
 	if err := os.WriteFile(nixFile, []byte(`{ tag ? "x" }:
@@ -142,7 +143,7 @@ in { top = mk "farm-cli-top" [ b ]; other = mk "farm-cli-other" [ a ]; }
 func TestFarmSchedulerCommand(t *testing.T) {
 	ctx := testctx.New(t, 2*time.Minute)
 	dir := t.TempDir()
-	natsURL, _ := farmNATS(t, ctx, dir)
+	natsURL, _ := farmNATS(t)
 	cacheURL, keyFile := emptyCache(t, dir)
 	conn := []string{"--nats-url", natsURL, "--data-dir", dir}
 	sctx, stop := context.WithCancel(ctx)
@@ -179,27 +180,12 @@ func TestFarmSchedulerCommand(t *testing.T) {
 	}
 }
 
-// farmNATS runs an in-process NATS server with JetStream and the
-// streams a running pusher makes, and returns its URL and a connection.
-func farmNATS(t *testing.T, ctx context.Context, dir string) (string, *queue.Conn) {
+// farmNATS is an embedded NATS server with the streams a running pusher
+// makes; it returns its URL and a connection.
+func farmNATS(t *testing.T) (string, *queue.Conn) {
 	t.Helper()
-	ns, err := natsserver.New(natsserver.Config{StoreDir: filepath.Join(dir, "js")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.Open(ctx); err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	t.Cleanup(func() { ns.Close(context.Background()) })
-	qc, err := queue.Connect(ctx, ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(qc.Close)
-	if err := qc.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	return ns.ClientURL(), qc
+	srv, qc := testqueue.Embedded(t, natsserver.Config{})
+	return srv.ClientURL(), qc
 }
 
 // emptyCache is a binary cache that has nothing, and a file holding a
