@@ -1,7 +1,6 @@
 package farm
 
 import (
-	"encoding/json"
 	"fmt"
 	"path"
 	"slices"
@@ -222,11 +221,11 @@ func (r *Request) Validate() error {
 
 // DecodeRequest parses and validates a request.
 func DecodeRequest(b []byte) (*Request, error) {
-	var r Request
-	if err := decodeStrict(b, &r); err != nil {
+	r, err := queue.DecodeFarmMessage[Request](b, "request")
+	if err != nil {
 		return nil, fmt.Errorf("%w: request: %w", ErrInvalid, err)
 	}
-	return &r, r.Validate()
+	return r, nil
 }
 
 // Outcome of a build, as a worker reports it.
@@ -265,29 +264,22 @@ func (r *Report) MsgID() string {
 	return "report:" + r.Set + ":" + hashOf(r.DrvPath) + ":" + strconv.Itoa(r.Replica) + ":" + strconv.Itoa(r.Attempt) + ":" + builderDigest(r.Builder)
 }
 
-// DecodeReport parses a report.
-func DecodeReport(b []byte) (*Report, error) {
-	var r Report
-	if err := decodeStrict(b, &r); err != nil {
-		return nil, fmt.Errorf("%w: report: %w", ErrInvalid, err)
-	}
+// Validate checks the fields' shapes.
+func (r *Report) Validate() error {
 	if r.Version != RecordVersion || validID(r.Set) != nil || storepath.Check(r.DrvPath) != nil || r.Builder == "" ||
 		(r.Outcome != Built && r.Outcome != BuildFailed) {
-		return nil, fmt.Errorf("%w: report for %q by %q", ErrInvalid, r.DrvPath, r.Builder)
-	}
-	return &r, nil
-}
-
-func decodeStrict(b []byte, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return fmt.Errorf("trailing data")
+		return fmt.Errorf("%w: report for %q by %q", ErrInvalid, r.DrvPath, r.Builder)
 	}
 	return nil
+}
+
+// DecodeReport parses and validates a report.
+func DecodeReport(b []byte) (*Report, error) {
+	r, err := queue.DecodeFarmMessage[Report](b, "report")
+	if err != nil {
+		return nil, fmt.Errorf("%w: report: %w", ErrInvalid, err)
+	}
+	return r, nil
 }
 
 // validID accepts set ids as NewSetID makes them.

@@ -297,3 +297,14 @@ func (c *Conn) ReadFarmReports(ctx context.Context, since time.Time, fn func(sub
 		}
 	}
 }
+
+// DecodeFarmMessage parses and validates a farm message (a request, a
+// report) as the other wire messages are: at most MaxFarmMsgSize bytes,
+// unknown fields and trailing data refused (ErrMalformed, ErrTooLarge),
+// then P's Validate.
+func DecodeFarmMessage[T any, P interface {
+	*T
+	Validate() error
+}](data []byte, what string) (*T, error) {
+	return decodeMessage[T, P](data, what, MaxFarmMsgSize)
+}
