@@ -99,50 +99,24 @@ func (c *Conn) EnsureFarm(ctx context.Context, o StreamOptions) error {
 	}
 	ctx, cancel := withDefaultTimeout(ctx, PublishTimeout)
 	defer cancel()
-	want := jetstream.StreamConfig{
-		Name:        StreamFarm,
-		Description: "Provenix farm build requests, one work queue per tenant, system and feature class",
-		Subjects:    []string{subjectFarmBuild + ".>"},
-		Retention:   jetstream.WorkQueuePolicy,
-		MaxAge:      o.MaxAge,
-		Duplicates:  min(farmDuplicates, o.MaxAge),
-		Storage:     jetstream.FileStorage,
-		MaxMsgSize:  MaxFarmMsgSize + resultHeaderAllowance,
-		Discard:     jetstream.DiscardOld,
-		Replicas:    o.Replicas,
+	// WorkQueue: a request is work for one worker, done once acked.
+	requests := messageStream(o, StreamFarm, "Provenix farm build requests, one work queue per tenant, system and feature class", subjectFarmBuild+".>")
+	requests.Retention = jetstream.WorkQueuePolicy
+	requests.Duplicates = min(farmDuplicates, o.MaxAge)
+	requests.MaxMsgSize = MaxFarmMsgSize + resultHeaderAllowance
+	// Limits: a report is handled by one scheduler and kept for the
+	// statistics.
+	reports := messageStream(o, StreamFarmReports, "Provenix farm workers' reports: outcome, CPU and wall time of each build", subjectFarmReport+".>")
+	reports.MaxAge = o.MaxAge * 4
+	reports.Duplicates = min(farmDuplicates, o.MaxAge)
+	reports.MaxMsgSize = MaxFarmMsgSize + resultHeaderAllowance
+	for _, cfg := range []jetstream.StreamConfig{requests, reports} {
+		if err := c.ensureStream(ctx, cfg); err != nil {
+			return err
+		}
 	}
-	if err := c.ensureStream(ctx, want); err != nil {
-		return err
-	}
-	reports := jetstream.StreamConfig{
-		Name:        StreamFarmReports,
-		Description: "Provenix farm workers' reports: outcome, CPU and wall time of each build",
-		Subjects:    []string{subjectFarmReport + ".>"},
-		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      o.MaxAge * 4,
-		Duplicates:  min(farmDuplicates, o.MaxAge),
-		Storage:     jetstream.FileStorage,
-		MaxMsgSize:  MaxFarmMsgSize + resultHeaderAllowance,
-		Discard:     jetstream.DiscardOld,
-		Replicas:    o.Replicas,
-	}
-	if err := c.ensureStream(ctx, reports); err != nil {
-		return err
-	}
-	cfg := jetstream.KeyValueConfig{Bucket: BucketFarm, Description: "Provenix farm build sets: definitions and state",
-		History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, TTL: o.MaxAge * 4, MaxValueSize: 1 << 20}
-	if c.upToDate(ctx, jetstream.StreamConfig{Name: kvStreamPrefix + cfg.Bucket, Storage: cfg.Storage, Replicas: cfg.Replicas,
-		MaxAge: cfg.TTL, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew}) {
-		return nil
-	}
-	err := c.denyAware(ctx, jsAPIFor(kvStreamPrefix+cfg.Bucket, ""), func(ctx context.Context) error {
-		_, err := c.js.CreateOrUpdateKeyValue(ctx, cfg)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, mapJSError(err))
-	}
-	return nil
+	return c.ensureBucket(ctx, jetstream.KeyValueConfig{Bucket: BucketFarm, Description: "Provenix farm build sets: definitions and state",
+		History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, TTL: o.MaxAge * 4, MaxValueSize: 1 << 20})
 }
 
 // farmStreamOf is the stream of a farm subject.

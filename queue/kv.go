@@ -72,18 +72,27 @@ func (c *Conn) ensureKV(ctx context.Context, o StreamOptions) error {
 		{Bucket: BucketBuilders, Description: "Provenix builder reputation", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas},
 		{Bucket: BucketWaiting, Description: "Provenix entries waiting for their references, and who waits for what", History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, TTL: o.MaxAge * 4},
 	} {
-		// The bucket's stream as nats.go makes it, for the fields we set.
-		if c.upToDate(ctx, jetstream.StreamConfig{Name: kvStreamPrefix + cfg.Bucket, Storage: cfg.Storage, Replicas: cfg.Replicas,
-			MaxAge: cfg.TTL, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew}) {
-			continue
-		}
-		err := c.denyAware(ctx, jsAPIFor("KV_"+cfg.Bucket, ""), func(ctx context.Context) error {
-			_, err := c.js.CreateOrUpdateKeyValue(ctx, cfg)
+		if err := c.ensureBucket(ctx, cfg); err != nil {
 			return err
-		})
-		if err != nil {
-			return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, mapJSError(err))
 		}
+	}
+	return nil
+}
+
+// ensureBucket creates or updates a key-value bucket unless it is up to
+// date already.
+func (c *Conn) ensureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) error {
+	// The bucket's stream as nats.go makes it, for the fields we set.
+	if c.upToDate(ctx, jetstream.StreamConfig{Name: kvStreamPrefix + cfg.Bucket, Storage: cfg.Storage, Replicas: cfg.Replicas,
+		MaxAge: cfg.TTL, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew}) {
+		return nil
+	}
+	err := c.denyAware(ctx, jsAPIFor("KV_"+cfg.Bucket, ""), func(ctx context.Context) error {
+		_, err := c.js.CreateOrUpdateKeyValue(ctx, cfg)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, mapJSError(err))
 	}
 	return nil
 }
