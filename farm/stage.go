@@ -2,6 +2,7 @@ package farm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -10,18 +11,19 @@ import (
 )
 
 // ClosureKey is the staging key of build set id's .drv closure, in the
-// staging scope of its tenant's submitters.
-func ClosureKey(tenant, id string) string {
-	return queue.ScopedKey(queue.ClosureKey(id), "farm-submit:"+tenant)
+// staging scope of the builder id its submitter stages as (a runner
+// user may write its own scope only: queue.RunnerPermissions).
+func ClosureKey(builderID, id string) string {
+	return queue.ScopedKey(queue.ClosureKey(id), builderID)
 }
 
 // StageClosure streams a nix-store --export of the .drv closure of roots
 // (the .drv files and the sources they name, no outputs) from nx's store
-// into staging, under ClosureKey(tenant, id), so that workers can import
+// into staging, under ClosureKey(builderID, id), so that workers can import
 // the derivations they are asked to build: nix.Import admits only
 // content-addressed paths that match their contents, so the export is
 // only as trusted as its paths' names. It returns the key.
-func StageClosure(ctx context.Context, conn *queue.Conn, nx *nix.Nix, tenant, id string, roots []string) (string, error) {
+func StageClosure(ctx context.Context, conn *queue.Conn, nx *nix.Nix, builderID, id string, roots []string) (string, error) {
 	if err := validID(id); err != nil {
 		return "", err
 	}
@@ -29,7 +31,10 @@ func StageClosure(ctx context.Context, conn *queue.Conn, nx *nix.Nix, tenant, id
 	if err != nil {
 		return "", fmt.Errorf("farm: closure of %d derivations: %w", len(roots), err)
 	}
-	key := ClosureKey(tenant, id)
+	if builderID == "" {
+		return "", errors.New("farm: stage closure: no builder id to stage as")
+	}
+	key := ClosureKey(builderID, id)
 	err = nx.ExportStream(ctx, func(r io.Reader) error {
 		_, err := conn.Stage(ctx, key, r)
 		return err

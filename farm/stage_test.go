@@ -27,11 +27,11 @@ in mk "farm-stage-top" [ a (mk "farm-stage-b" [ a ]) ]`
 	root := strings.TrimSpace(string(out))
 	nx := &nix.Nix{}
 	id := NewSetID()
-	key, err := StageClosure(testctx.New(t, time.Minute), conn, nx, tenant, id, []string{root})
+	key, err := StageClosure(testctx.New(t, time.Minute), conn, nx, "submitter-1", id, []string{root})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if key != ClosureKey(tenant, id) {
+	if key != ClosureKey("submitter-1", id) {
 		t.Errorf("key %s", key)
 	}
 	rc, _, err := conn.OpenStaged(testctx.New(t, time.Minute), key)

@@ -65,7 +65,7 @@ func TestFarmFirstBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := farm.NewSetID()
-	closure, err := farm.StageClosure(ctx, conn, submitter, tenant, id, roots)
+	closure, err := farm.StageClosure(ctx, conn, submitter, "submitter-1", id, roots)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
+	"codeberg.org/provenix/provenix/up"
 )
 
 // TestSubmitAndFarmCommands submits a real .nix file's chain to a farm
@@ -72,7 +73,7 @@ in { top = mk "farm-cli-top" [ b ]; other = mk "farm-cli-other" [ a ]; }
 	id := sub.Set.ID
 
 	// The .drv closure is staged for the workers.
-	rc, _, err := qc.OpenStaged(ctx, farm.ClosureKey("default", id))
+	rc, _, err := qc.OpenStaged(ctx, farm.ClosureKey(up.DefaultBuilderID, id))
 	if err != nil {
 		t.Fatalf("staged closure: %v", err)
 	}
