@@ -23,8 +23,11 @@ const casRetries = 50
 // side effect (a publish) between reading a record and writing it.
 func bucket(ctx context.Context, conn *queue.Conn) (jetstream.KeyValue, error) {
 	kv, err := conn.JetStream().KeyValue(ctx, queue.BucketFarm)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("farm: %w: no farm on this NATS (its bucket %s is made by 'provenix up' or 'provenix farm scheduler')", ErrNotFound, queue.BucketFarm)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("farm: bucket %s (run EnsureFarm): %w", queue.BucketFarm, err)
+		return nil, fmt.Errorf("farm: bucket %s: %w", queue.BucketFarm, err)
 	}
 	return kv, nil
 }

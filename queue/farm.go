@@ -266,8 +266,13 @@ func (c *Conn) ReadFarmReports(ctx context.Context, since time.Time, fn func(sub
 			return fmt.Errorf("queue: read farm reports: %w", err)
 		}
 		if n == 0 {
-			// Nothing more came: the messages up to last aged out.
-			return nil
+			// Nothing came: the messages up to last aged out meanwhile,
+			// or the server does not answer this user's fetches (a
+			// permission it lacks gets no answer at all).
+			if info, err := st.Info(ctx); err == nil && info.State.FirstSeq > last {
+				return nil
+			}
+			return fmt.Errorf("queue: read farm reports: no reports delivered up to %d (is fetching from %s allowed?)", last, StreamFarmReports)
 		}
 	}
 }
@@ -281,4 +286,47 @@ func DecodeFarmMessage[T any, P interface {
 	Validate() error
 }](data []byte, what string) (*T, error) {
 	return decodeMessage[T, P](data, what, MaxFarmMsgSize)
+}
+
+// farmRunner adds to a runner user's permissions what a farm worker and
+// a submitter do in its tenant's account: consume the tenant's build
+// requests, publish reports, read the farm's bucket (sets, states,
+// classes: KV gets and watches) and write it, and read the builders'
+// reputation (its standing). Writing the bucket is what submitting a set
+// and claiming a request are: within its tenant a runner can waste
+// builds or stall a set with a lie there, and nothing more, as every
+// result still goes through the pusher's checks.
+func farmRunner(tenant string, pub *[]string, consume func(stream, filter string), readStream, orderedReads func(stream string)) {
+	consume(StreamFarm, subjectFarmBuild+"."+tenant+".>")
+	*pub = append(*pub, subjectFarmReport+"."+tenant, kvSubjectPrefix+BucketFarm+".>")
+	readStream(kvStreamPrefix + BucketFarm)
+	orderedReads(kvStreamPrefix + BucketFarm)
+	readStream(kvStreamPrefix + BucketBuilders)
+	// farm stats: the reports, and every builder's reputation, read with
+	// ordered consumers.
+	orderedReads(kvStreamPrefix + BucketBuilders)
+	readReports(pub, orderedReads)
+}
+
+// readReports is what ReadFarmReports needs: an ordered consumer pulled
+// with fetches.
+func readReports(pub *[]string, orderedReads func(stream string)) {
+	*pub = append(*pub, jsAPI+"STREAM.INFO."+StreamFarmReports, jsAPI+"CONSUMER.MSG.NEXT."+StreamFarmReports+".*")
+	orderedReads(StreamFarmReports)
+}
+
+// farmPusher adds to a pusher user's permissions what the farm's
+// scheduler does (`provenix up` runs one): EnsureFarm, the tenant's
+// build requests, the publication events and the reports (ConsumeEvents,
+// ConsumeFarm of reports, ReadFarmReports), and the farm's bucket.
+func farmPusher(tenant string, pub *[]string, consume func(stream, filter string), readStream, orderedReads func(stream string)) {
+	for _, s := range []string{StreamFarm, StreamFarmReports, kvStreamPrefix + BucketFarm} {
+		*pub = append(*pub, jsAPI+"STREAM.CREATE."+s, jsAPI+"STREAM.UPDATE."+s, jsAPI+"STREAM.INFO."+s)
+	}
+	*pub = append(*pub, subjectFarmBuild+"."+tenant+".>", kvSubjectPrefix+BucketFarm+".>")
+	consume(StreamEvents, FarmEventsFilter)
+	consume(StreamFarmReports, subjectFarmReport+".>")
+	readReports(pub, orderedReads)
+	readStream(kvStreamPrefix + BucketFarm)
+	orderedReads(kvStreamPrefix + BucketFarm)
 }

@@ -14,17 +14,19 @@ type Role string
 
 const (
 	// RoleRunner builds: PublishResult for its tenant only, Stage under
-	// its builder's scope (ScopedKey), and what a volunteer needs
-	// (ConsumeRebuilds of its tenant, KVGet of votes, OpenStaged). It
-	// cannot consume results, write the KV, nor purge or delete staging
-	// (a failed upload's chunks are the next upload's or the garbage
-	// collector's). See RunnerPermissions.
+	// its builder's scope (ScopedKey), what a volunteer needs
+	// (ConsumeRebuilds of its tenant, KVGet of votes, OpenStaged), and
+	// what a farm worker and submitter need (see farmRunner). It cannot
+	// consume results, write the quorum's KV, nor purge or delete
+	// staging (a failed upload's chunks are the next upload's or the
+	// garbage collector's). See RunnerPermissions.
 	RoleRunner Role = "runner"
 	// RolePusher publishes the tenant's cache: ConsumeResults with its
 	// tenant's filter, OpenStaged, the quorum's KV buckets, events and
 	// rebuild requests, the entries waiting for their references, and EnsureStreams (the pusher sets its tenant's
-	// streams up at start, as `provenix cache-push` does). It cannot
-	// publish results nor write to staging.
+	// streams up at start, as `provenix cache-push` does); and runs the
+	// farm's scheduler (see farmPusher). It cannot publish results nor
+	// write to staging.
 	RolePusher Role = "pusher"
 	// RoleAdmin may do anything inside the tenant's account (delete or
 	// purge streams, staging garbage collection); nothing outside it.
@@ -127,6 +129,7 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 		// A volunteer: its tenant's rebuild requests, and whether it voted.
 		consume(StreamRebuild, subjectRebuild+"."+tenant+".*")
 		readStream(kvVotes)
+		farmRunner(tenant, &pub, consume, readStream, orderedReads)
 	case RolePusher:
 		pub = append(pub, jsAPI+"INFO", subjectEvents+"."+tenant+".>", subjectRebuild+"."+tenant+".>")
 		for _, s := range []string{StreamResults, StreamEvents, StreamRebuild, stagingStream, kvVotes, kvBuilders, kvWaiting} {
@@ -142,6 +145,7 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 			orderedReads(kvStreamPrefix + kv)
 			pub = append(pub, kvSubjectPrefix+kv+".>")
 		}
+		farmPusher(tenant, &pub, consume, readStream, orderedReads)
 	case RoleAdmin:
 		return Permissions{Publish: []string{">"}, Subscribe: []string{">"}}, nil
 	default:

@@ -35,6 +35,13 @@ func TestRolePermissions(t *testing.T) {
 		{"runner stages anywhere", runner, stagingChunksPrefix + ">", false},
 		{"runner purges staging", runner, "$JS.API.STREAM.PURGE." + stagingStream, false},
 		{"pusher publishes to inboxes", pusher, "_INBOX.>", false},
+		{"runner takes its tenant's farm requests", runner, "$JS.API.CONSUMER.CREATE.FARM.*.farm.build.acme.>", true},
+		{"runner reports farm builds", runner, "farm.report.acme", true},
+		{"runner publishes farm requests", runner, "farm.build.acme.>", false},
+		{"runner makes the farm's streams", runner, "$JS.API.STREAM.CREATE.FARM", false},
+		{"pusher publishes farm requests", pusher, "farm.build.acme.>", true},
+		{"pusher makes the farm's streams", pusher, "$JS.API.STREAM.CREATE.FARM", true},
+		{"pusher follows the events", pusher, "$JS.API.CONSUMER.CREATE.EVENTS.*.events.>", true},
 	} {
 		if got := slices.Contains(c.p.Publish, c.subj); got != c.want {
 			t.Errorf("%s (%s): %v, want %v", c.name, c.subj, got, c.want)

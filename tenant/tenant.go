@@ -37,7 +37,7 @@ type Limits struct {
 	// MaxMem bounds memory storage in bytes (max_mem). Provenix keeps
 	// nothing in memory streams.
 	MaxMem int64
-	// MaxStreams (max_streams): Provenix needs seven.
+	// MaxStreams (max_streams): Provenix needs ten.
 	MaxStreams int
 	// MaxConsumers per stream (max_consumers): pusher groups and
 	// volunteers' systems, plus the short-lived readers of NARs and votes.
@@ -48,12 +48,13 @@ type Limits struct {
 const (
 	DefaultMaxFile      = 10 << 30
 	DefaultMaxMem       = 0
-	DefaultMaxStreams   = 8
+	DefaultMaxStreams   = 12
 	DefaultMaxConsumers = 256
-	// streamsNeeded is what EnsureStreams creates: RESULTS, EVENTS,
-	// REBUILD, the staging Object Store and three KV buckets (votes,
-	// builders, waiting entries).
-	streamsNeeded = 7
+	// streamsNeeded is what EnsureStreams creates (RESULTS, EVENTS,
+	// REBUILD, the staging Object Store and three KV buckets: votes,
+	// builders, waiting entries) and EnsureFarm (FARM, FARM_REPORTS and
+	// the farm's bucket).
+	streamsNeeded = 10
 )
 
 func (l *Limits) fill() error {

@@ -13,7 +13,6 @@ import (
 	"codeberg.org/provenix/provenix/builder"
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/nix"
-	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -105,9 +104,6 @@ func runSubmit(ctx context.Context, g *globals, f *submitFlags, targets []string
 		return err
 	}
 	defer conn.Close()
-	if err := conn.EnsureFarm(ctx, queue.StreamOptions{}); err != nil {
-		return err
-	}
 	id, closure := farm.NewSetID(), ""
 	if !f.noClosure {
 		if closure, err = farm.StageClosure(ctx, conn, nx, f.builderID, id, roots); err != nil {

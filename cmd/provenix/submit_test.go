@@ -182,10 +182,14 @@ func TestFarmSchedulerCommand(t *testing.T) {
 }
 
 // farmNATS is an embedded NATS server with the streams a running pusher
-// makes; it returns its URL and a connection.
+// and farm scheduler make; it returns its URL and a connection.
 func farmNATS(t *testing.T) (string, *queue.Conn) {
 	t.Helper()
 	srv, qc := testqueue.Embedded(t, natsserver.Config{})
+	// The farm's stream and bucket, as 'provenix up' makes them.
+	if err := qc.EnsureFarm(testctx.New(t, time.Minute), queue.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	return srv.ClientURL(), qc
 }
 
