@@ -3,7 +3,9 @@
 #   nix-bin, busybox-static (the sample's builder), nats-server (the
 #   external-NATS test) from Debian/Ubuntu packages, and cosign v3.1.3 (the
 #   independent bundle verifier) built from the Go module proxy and cached
-#   in $(go env GOPATH)/bin, so only the first run pays its ~12 minutes.
+#   in $(go env GOPATH)/bin, so only the first run pays its ~12 minutes;
+#   in test mode also nodejs (JavaScript actions) and chromium (the farm
+#   page's headless browser test).
 #   Test mode also builds Gitea 1.26.4 once (scripts/gitea.sh) for internal/testgitea,
 #   and chroots with Debian trixie's and forky's Nix (scripts/nix-chroot.sh).
 # Usage: scripts/install-deps.sh [demo|test]   (demo skips nats-server and cosign)
@@ -15,6 +17,10 @@ command -v nix-build >/dev/null 2>&1 || need_pkgs+=(nix-bin)
 command -v busybox >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 # node runs JavaScript actions in the runner's tests.
 if [ "$what" = test ] && ! command -v node >/dev/null 2>&1; then need_pkgs+=(nodejs); fi
+# chromium renders the farm's page in its headless browser test.
+if [ "$what" = test ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  need_pkgs+=(chromium)
+fi
 if [ "$what" = test ] && ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
   need_pkgs+=(nats-server)
 fi
