@@ -12,6 +12,7 @@ import (
 	natsd "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"codeberg.org/provenix/provenix/internal/retry"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/testtls"
@@ -196,6 +197,10 @@ func TestLeafNode(t *testing.T) {
 				Token: "site-tok", Domain: s.JetStreamDomain(),
 			}.Start(t)
 			w := connect(t, leafURL, WithToken("site-tok"))
+			// The leaf reports its link before the hub's JetStream API
+			// is reachable through it (interest still propagating): a
+			// builder retries its staging then; here, wait for the API.
+			waitJetStream(t, w)
 			data, r := stageAndPublish(t, w, uint64(10+i))
 			requireArrived(t, hub, data, r)
 			// The worker reads its own staged NAR back through the leaf
@@ -294,5 +299,18 @@ func TestLeafNodeListenerAddedLater(t *testing.T) {
 		if err := s.Close(testctx.New(t, 30*time.Second)); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// waitJetStream waits up to 15 s for c's JetStream API to answer.
+func waitJetStream(t *testing.T, c *Conn) {
+	t.Helper()
+	ctx := testctx.New(t, 15*time.Second)
+	err := retry.Do(ctx, retry.Policy{Initial: 20 * time.Millisecond, Max: 500 * time.Millisecond}, func(int) error {
+		_, err := c.JetStream().AccountInfo(ctx)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("JetStream through the leaf: %v", err)
 	}
 }
