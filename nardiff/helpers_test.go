@@ -2,9 +2,9 @@ package nardiff
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"context"
 	"io"
 	"strings"
 	"testing"
