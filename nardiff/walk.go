@@ -64,7 +64,7 @@ func (s *stream) next(max int) error {
 }
 
 func open(r io.Reader, label string) (*stream, error) {
-	nr, err := nar.NewReader(bufio.NewReaderSize(r, 1<<20))
+	nr, err := nar.NewReader(noEOF{bufio.NewReaderSize(r, 1<<20)})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrMalformed, label, err)
 	}
@@ -209,4 +209,18 @@ func (d *differ) spend(n int) bool {
 	}
 	d.out += n
 	return true
+}
+
+// noEOF turns the end of input into io.ErrUnexpectedEOF: a complete NAR
+// is parsed without reading past its end, and go-nix's reader takes an
+// io.EOF at a token boundary for the end of a valid NAR, so a truncated
+// one would otherwise read as complete.
+type noEOF struct{ r io.Reader }
+
+func (n noEOF) Read(p []byte) (int, error) {
+	k, err := n.r.Read(p)
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return k, err
 }
