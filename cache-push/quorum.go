@@ -20,6 +20,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/nardiff"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -432,7 +433,44 @@ func (p *Pusher) disputed(ctx context.Context, tenant, storePath, drv string, t 
 		sort.Strings(d.NARs[h])
 	}
 	p.log.Warn("disputed", "path", storePath, "why", t.Why, "nars", d.NARs)
-	p.event(ctx, tenant, EventDisputed, d)
+	p.explainDispute(ctx, tenant, d, t)
+}
+
+// explainDispute publishes the dispute with a summary of what differs
+// between its NARs. The diff runs after the verdict, in the background,
+// under tight limits and DiffTimeout, at most maxSummaryDiffs at once: it
+// never delays the result that caused it, and when it cannot run (busy,
+// disabled, the NARs unreadable) the event goes out without a summary or
+// with its error.
+func (p *Pusher) explainDispute(ctx context.Context, tenant string, d Dispute, t Tally) {
+	var votes []Vote
+	for _, vs := range t.Groups {
+		votes = append(votes, vs...)
+	}
+	if p.cfg.DiffTimeout < 0 || len(DistinctNARs(votes)) < 2 {
+		p.event(ctx, tenant, EventDisputed, d)
+		return
+	}
+	select {
+	case p.diffSlots <- struct{}{}:
+	default:
+		d.Summary = &nardiff.Summary{Error: "not compared: the pusher was busy comparing other disputes"}
+		p.event(ctx, tenant, EventDisputed, d)
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	p.bg.Add(1)
+	go func() {
+		defer p.bg.Done()
+		defer func() { <-p.diffSlots }()
+		d.Summary = p.disputeSummary(ctx, votes, d.StorePath, p.cfg.DiffTimeout)
+		if d.Summary != nil {
+			p.log.Warn("dispute explained", "path", d.StorePath, "summary", d.Summary.String())
+		}
+		ctx, cancel := context.WithTimeout(ctx, queue.DefaultTimeout)
+		defer cancel()
+		p.event(ctx, tenant, EventDisputed, d)
+	}()
 }
 
 // Dispute is the event published on events.<tenant>.disputed.
@@ -448,6 +486,10 @@ type Dispute struct {
 	// gave each: builders that agree on the NAR but not on its references
 	// disagree.
 	Answers []DisputeAnswer `json:"answers"`
+	// Summary says what differs between the two most voted NARs: the
+	// top differing files and the recognised causes (nil when the answers
+	// differ only in their references).
+	Summary *nardiff.Summary `json:"summary,omitempty"`
 }
 
 // DisputeAnswer is one answer of a dispute.
