@@ -259,3 +259,10 @@ func TestUnifiedBounded(t *testing.T) {
 	}
 	mustContain(t, strings.Join(f.Notes, ";"), "cut at 50 lines")
 }
+
+func TestUnifiedRemovedFirst(t *testing.T) {
+	r := diffBytes(t, narOf(t, ent{path: "/f", data: "x\nold\ny\n"}), narOf(t, ent{path: "/f", data: "x\nnew\ny\n"}), opts())
+	if u := file(t, r, "/f").Unified; u != "@@ -1,3 +1,3 @@\n x\n-old\n+new\n y\n" {
+		t.Fatalf("unified:\n%s", u)
+	}
+}

@@ -120,12 +120,12 @@ func lcs(a, b []string, oa, ob int) []op {
 		case i < n && j < m && a[i] == b[j]:
 			ops = append(ops, op{' ', oa + i, ob + j})
 			i, j = i+1, j+1
-		case j < m && (i == n || t[i*w+j+1] >= t[(i+1)*w+j]):
-			ops = append(ops, op{'+', oa + i, ob + j})
-			j++
-		default:
+		case i < n && (j == m || t[(i+1)*w+j] >= t[i*w+j+1]):
 			ops = append(ops, op{'-', oa + i, ob + j})
 			i++
+		default:
+			ops = append(ops, op{'+', oa + i, ob + j})
+			j++
 		}
 	}
 	return ops

@@ -1,0 +1,91 @@
+package cachepush
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/nardiff"
+)
+
+// disputedEvent waits for the disputed event of path and decodes it.
+func (f *fixture) disputedEvent(t *testing.T, path string) Dispute {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		f.mu.Lock()
+		for _, m := range f.events {
+			var d Dispute
+			if strings.HasSuffix(m.Subject, "."+EventDisputed) && json.Unmarshal(m.Data, &d) == nil && d.StorePath == path {
+				f.mu.Unlock()
+				return d
+			}
+		}
+		f.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no disputed event for %s", path)
+	return Dispute{}
+}
+
+// TestDisputeExplained: two builders disagree on a file that embeds its
+// build time. The disputed event carries a summary naming the file and
+// the cause, and DiffPath (provenix diff) reads both staged NARs and
+// shows the lines that differ.
+func TestDisputeExplained(t *testing.T) {
+	cf := newClosureFixture(t, "quorum: {min: 2}\n", 2, nil)
+	now := time.Now().UTC()
+	na := fileNAR(t, "hello\nbuilt "+now.Format(time.RFC3339)+"\n", false)
+	nb := fileNAR(t, "hello\nbuilt "+now.Add(97*time.Second).Format(time.RFC3339)+"\n", false)
+	path := storePath("stamp")
+	for b, n := range map[string][]byte{"b0": na, "b1": nb} {
+		r, d := cf.result(t, drvResult{name: "stamp", builder: b, nar: n})
+		cf.process(t, r, d)
+	}
+	if cf.isVisible(t, path) {
+		t.Fatal("published although the builders disagree")
+	}
+	d := cf.disputedEvent(t, path)
+	if d.Summary == nil || d.Summary.Differing != 1 || len(d.Summary.Files) != 1 || d.Summary.Files[0] != "/" ||
+		len(d.Summary.Causes) == 0 || d.Summary.Causes[0] != nardiff.CauseTimestamp || d.Summary.Error != "" {
+		t.Fatalf("dispute summary %+v", d.Summary)
+	}
+
+	pd, err := DiffPath(testctx.New(t, 60*time.Second), cf.conn, cf.conn, cf.pol, testTenant, path, nardiff.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pd.Verdict != VerdictDisputed || len(pd.NARs) != 2 || len(pd.Reports) != 1 {
+		t.Fatalf("diff: %+v", pd)
+	}
+	text := pd.Text()
+	for _, want := range []string{"built " + now.Format(time.RFC3339), "built " + now.Add(97*time.Second).Format(time.RFC3339), "cause: timestamp", "from b0", "from b1"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("missing %q in:\n%s", want, text)
+		}
+	}
+}
+
+// TestDiffNothingToDiff: builders that agree on the NAR (and disagree on
+// references only) leave nothing to compare: ErrNothingToDiff, and the
+// disputed event carries no summary.
+func TestDiffNothingToDiff(t *testing.T) {
+	cf := newClosureFixture(t, "quorum: {min: 2}\n", 2, nil)
+	n := fileNAR(t, "same", false)
+	path := storePath("same")
+	dep := storePath("dep")
+	r, d := cf.result(t, drvResult{name: "same", builder: "b0", nar: n})
+	cf.process(t, r, d)
+	r, d = cf.result(t, drvResult{name: "same", builder: "b1", nar: n, refs: []string{dep}})
+	cf.pusher.Process(testctx.New(t, 60*time.Second), subject(r), d, r.MsgID())
+	if ev := cf.disputedEvent(t, path); ev.Summary != nil {
+		t.Errorf("summary for a dispute on references: %+v", ev.Summary)
+	}
+	_, err := DiffPath(testctx.New(t, 60*time.Second), cf.conn, cf.conn, cf.pol, testTenant, path, nardiff.Options{})
+	if !errors.Is(err, ErrNothingToDiff) {
+		t.Fatalf("err = %v, want ErrNothingToDiff", err)
+	}
+}
