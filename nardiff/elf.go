@@ -34,8 +34,15 @@ func (d *differ) elf(fd *FileDiff, a, b []byte) {
 			fd.Sections = append(fd.Sections, s.Name+" (only in a)")
 			continue
 		}
-		if !d.sameSection(s, t) {
+		if same, da, db := d.sameSection(s, t); !same {
 			fd.Sections = append(fd.Sections, s.Name)
+			if !buildID[s.Name] {
+				// The cause shows in the section's own bytes; build ids
+				// are hashes of the rest, a consequence.
+				i := firstDiff(da, db)
+				lo := max(0, i-64)
+				fd.Causes = mergeCauses(fd.Causes, causesIn(da[lo:min(len(da), i+64)], db[lo:min(len(db), i+64)], d.o, false))
+			}
 		}
 	}
 	for _, t := range eb.Sections {
@@ -48,14 +55,17 @@ func (d *differ) elf(fd *FileDiff, a, b []byte) {
 	}
 }
 
-func (d *differ) sameSection(s, t *elf.Section) bool {
-	if s.Type != t.Type || s.Size != t.Size || s.Flags != t.Flags {
-		return false
-	}
-	if s.Type == elf.SHT_NOBITS {
-		return true
+// buildID are the sections that hash the rest of the file.
+var buildID = map[string]bool{".note.gnu.build-id": true, ".note.go.buildid": true}
+
+// sameSection compares two sections; their data (bounded) comes back when
+// it was read.
+func (d *differ) sameSection(s, t *elf.Section) (bool, []byte, []byte) {
+	if s.Type == elf.SHT_NOBITS || t.Type == elf.SHT_NOBITS {
+		return s.Type == t.Type && s.Size == t.Size, nil, nil
 	}
 	da, errA := io.ReadAll(io.LimitReader(s.Open(), d.lim.MaxBuffer))
 	db, errB := io.ReadAll(io.LimitReader(t.Open(), d.lim.MaxBuffer))
-	return errA == nil && errB == nil && bytes.Equal(da, db)
+	same := errA == nil && errB == nil && bytes.Equal(da, db) && s.Type == t.Type && s.Flags == t.Flags
+	return same, da, db
 }
