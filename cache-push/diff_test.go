@@ -9,6 +9,7 @@ import (
 
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/nardiff"
+	"codeberg.org/provenix/provenix/queue"
 )
 
 // disputedEvent waits for the disputed event of path and decodes it.
@@ -87,5 +88,50 @@ func TestDiffNothingToDiff(t *testing.T) {
 	_, err := DiffPath(testctx.New(t, 60*time.Second), cf.conn, cf.conn, cf.pol, testTenant, path, nardiff.Options{})
 	if !errors.Is(err, ErrNothingToDiff) {
 		t.Fatalf("err = %v, want ErrNothingToDiff", err)
+	}
+}
+
+// TestDisputeEvidenceHeld: a dispute holds each distinct staged NAR
+// against staging GC; when a third builder settles it, the hold goes.
+func TestDisputeEvidenceHeld(t *testing.T) {
+	cf := newClosureFixture(t, "quorum: {min: 2}\n", 3, nil)
+	ctx := testctx.New(t, 60*time.Second)
+	na, nb := fileNAR(t, "one", false), fileNAR(t, "two", false)
+	path := storePath("ev")
+	for b, n := range map[string][]byte{"b0": na, "b1": nb} {
+		r, d := cf.result(t, drvResult{name: "ev", builder: b, nar: n})
+		cf.process(t, r, d)
+	}
+	raw, err := cf.conn.KVGet(ctx, queue.BucketWaiting, queue.EvidenceKey(testTenant, path))
+	if err != nil {
+		t.Fatalf("no evidence record: %v", err)
+	}
+	var ev queue.Evidence
+	if err := json.Unmarshal(raw, &ev); err != nil || len(ev.StagingKeys) != 2 || ev.StorePath != path {
+		t.Fatalf("evidence %s: %v", raw, err)
+	}
+	gc := queue.StagingGCOptions{MaxAge: time.Millisecond, Now: time.Now().Add(time.Hour), DryRun: true}
+	rep, err := cf.conn.CollectStaging(ctx, gc)
+	if err != nil || rep.Held != 2 {
+		t.Fatalf("staging GC: %+v %v, want both NARs held", rep, err)
+	}
+	for _, k := range ev.StagingKeys {
+		for _, o := range rep.Objects {
+			if o.Key == k {
+				t.Errorf("held NAR %s would be collected", k)
+			}
+		}
+	}
+
+	r, d := cf.result(t, drvResult{name: "ev", builder: "b2", nar: na})
+	cf.process(t, r, d)
+	if !cf.isVisible(t, path) {
+		t.Fatal("not published after the third vote agreed")
+	}
+	if _, err := cf.conn.KVGet(ctx, queue.BucketWaiting, queue.EvidenceKey(testTenant, path)); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("evidence still held after agreement: %v", err)
+	}
+	if rep, err = cf.conn.CollectStaging(ctx, gc); err != nil || rep.Held != 0 {
+		t.Fatalf("staging GC after agreement: %+v %v", rep, err)
 	}
 }

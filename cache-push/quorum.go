@@ -372,6 +372,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		// Reputation counts only decided votes: agreement with the
 		// published NAR, or disagreement with it.
 		p.countReputation(ctx, r.Tenant, out.Path, t)
+		p.releaseEvidence(ctx, r.Tenant, out.Path, t)
 	}
 	if vote.Answer() != t.Answer {
 		return 0, false, rejected(ReasonConflict, fmt.Errorf("%s: this answer (NAR %s, its size and references) is in the minority; NAR %s (%s) won", out.Path, vote.NarSHA256, t.Winner, t.Verdict))
@@ -433,7 +434,12 @@ func (p *Pusher) disputed(ctx context.Context, tenant, storePath, drv string, t 
 		sort.Strings(d.NARs[h])
 	}
 	p.log.Warn("disputed", "path", storePath, "why", t.Why, "nars", d.NARs)
-	p.explainDispute(ctx, tenant, d, t)
+	var votes []Vote
+	for _, vs := range t.Groups {
+		votes = append(votes, vs...)
+	}
+	p.holdEvidence(ctx, tenant, storePath, votes)
+	p.explainDispute(ctx, tenant, d, votes)
 }
 
 // explainDispute publishes the dispute with a summary of what differs
@@ -442,11 +448,7 @@ func (p *Pusher) disputed(ctx context.Context, tenant, storePath, drv string, t 
 // never delays the result that caused it, and when it cannot run (busy,
 // disabled, the NARs unreadable) the event goes out without a summary or
 // with its error.
-func (p *Pusher) explainDispute(ctx context.Context, tenant string, d Dispute, t Tally) {
-	var votes []Vote
-	for _, vs := range t.Groups {
-		votes = append(votes, vs...)
-	}
+func (p *Pusher) explainDispute(ctx context.Context, tenant string, d Dispute, votes []Vote) {
 	if p.cfg.DiffTimeout < 0 || len(DistinctNARs(votes)) < 2 {
 		p.event(ctx, tenant, EventDisputed, d)
 		return

@@ -251,3 +251,25 @@ func TestMalformed(t *testing.T) {
 		}
 	}
 }
+
+// TestNoGoroutineLeak: diffs stopped early (a limit, a malformed side, a
+// cancelled ctx) leave no parser goroutine behind; a pusher runs many.
+func TestNoGoroutineLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	good := narOf(t, ent{path: "/a", data: "1"}, ent{path: "/b", data: "2"}, ent{path: "/c", data: "3"})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 50 {
+		Diff(context.Background(), bytes.NewReader(good), bytes.NewReader(good), Options{Limits: Limits{MaxEntries: 2}})
+		Diff(context.Background(), bytes.NewReader(good), bytes.NewReader(good[:len(good)-30]), Options{})
+		Diff(ctx, bytes.NewReader(good), bytes.NewReader(good), Options{})
+		Diff(context.Background(), bytes.NewReader(good), strings.NewReader("garbage"), Options{})
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before+2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines before, %d after 200 diffs", before, runtime.NumGoroutine())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"github.com/nix-community/go-nix/pkg/nar"
 )
@@ -42,9 +43,24 @@ type differ struct {
 // stream is one side of the merge walk.
 type stream struct {
 	label string
+	g     *guard
 	nr    *nar.Reader
 	hdr   *nar.Header // current entry; nil at the end
 	n     int
+}
+
+// close ends the go-nix reader's parser goroutine. Its Close alone leaks
+// the goroutine (and the buffer it holds) when the NAR was not read to
+// the end: the parser then blocks forever sending its final result. So
+// the input is cut off and Next called until the parser reports the cut
+// and exits; a parser already done answers at once.
+func (s *stream) close() {
+	s.g.stop.Store(true)
+	for range 1000 {
+		if _, err := s.nr.Next(); err != nil {
+			return
+		}
+	}
 }
 
 func (s *stream) next(max int) error {
@@ -64,11 +80,12 @@ func (s *stream) next(max int) error {
 }
 
 func open(r io.Reader, label string) (*stream, error) {
-	nr, err := nar.NewReader(noEOF{bufio.NewReaderSize(r, 1<<20)})
+	g := &guard{r: bufio.NewReaderSize(r, 1<<20)}
+	nr, err := nar.NewReader(g)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrMalformed, label, err)
 	}
-	return &stream{label: label, nr: nr}, nil
+	return &stream{label: label, g: g, nr: nr}, nil
 }
 
 func (d *differ) walk(a, b io.Reader) error {
@@ -76,12 +93,12 @@ func (d *differ) walk(a, b io.Reader) error {
 	if err != nil {
 		return err
 	}
-	defer sa.nr.Close()
+	defer sa.close()
 	sb, err := open(b, d.o.LabelB)
 	if err != nil {
 		return err
 	}
-	defer sb.nr.Close()
+	defer sb.close()
 	defer func() { d.r.EntriesA, d.r.EntriesB = sa.n, sb.n }()
 	if err := sa.next(d.lim.MaxEntries); err != nil {
 		return err
@@ -211,14 +228,23 @@ func (d *differ) spend(n int) bool {
 	return true
 }
 
-// noEOF turns the end of input into io.ErrUnexpectedEOF: a complete NAR
-// is parsed without reading past its end, and go-nix's reader takes an
-// io.EOF at a token boundary for the end of a valid NAR, so a truncated
-// one would otherwise read as complete.
-type noEOF struct{ r io.Reader }
+// guard is a NAR's input as the go-nix reader sees it. It turns the end
+// of input into io.ErrUnexpectedEOF: a complete NAR is parsed without
+// reading past its end, and go-nix's reader takes an io.EOF at a token
+// boundary for the end of a valid NAR, so a truncated one would otherwise
+// read as complete. Once stopped it fails every read (see stream.close).
+type guard struct {
+	r    io.Reader
+	stop atomic.Bool
+}
 
-func (n noEOF) Read(p []byte) (int, error) {
-	k, err := n.r.Read(p)
+var errStopped = errors.New("nardiff: input closed")
+
+func (g *guard) Read(p []byte) (int, error) {
+	if g.stop.Load() {
+		return 0, errStopped
+	}
+	k, err := g.r.Read(p)
 	if errors.Is(err, io.EOF) {
 		err = io.ErrUnexpectedEOF
 	}
