@@ -15,7 +15,7 @@ var (
 	reBuildPath = regexp.MustCompile(`/build/[^\s"'\x00:]*|/tmp/nix-build-[^\s"'\x00:/]+|tmp\.[A-Za-z0-9]{6,}|/private/var/folders/[^\s"'\x00]+|/tmp/[A-Za-z0-9._-]*[0-9][A-Za-z0-9._-]*`)
 	reISODate   = regexp.MustCompile(`\b(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?)?`)
 	reClock     = regexp.MustCompile(`\b\d{1,2}:\d{2}:\d{2}\b`)
-	reDigits    = regexp.MustCompile(`\d{8,14}`)
+	reDigits    = regexp.MustCompile(`\d{8,19}`)
 	reYear      = regexp.MustCompile(`\b(19|20)\d{2}\b`)
 	reUUID      = regexp.MustCompile(`(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b`)
 	reToken     = regexp.MustCompile(`[A-Za-z0-9+/_-]{8,}`)
@@ -141,17 +141,23 @@ func timestampIn(a, b []byte, o Options) (string, bool) {
 	return evidence(ea, eb), true
 }
 
-// digitTime reads a digit run as epoch seconds (10), milliseconds (13),
-// YYYYMMDD (8) or YYYYMMDDhhmmss (14).
+// digitTime reads a digit run as epoch seconds (10), milli-, micro- or
+// nanoseconds (13, 16, 19: date +%s%N), YYYYMMDD (8) or YYYYMMDDhhmmss
+// (14).
 func digitTime(s string) (time.Time, bool) {
 	switch len(s) {
-	case 10, 13:
+	case 10, 13, 16, 19:
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
 			return time.Time{}, false
 		}
-		if len(s) == 13 {
+		switch len(s) {
+		case 13:
 			return time.UnixMilli(n), true
+		case 16:
+			return time.UnixMicro(n), true
+		case 19:
+			return time.Unix(0, n), true
 		}
 		return time.Unix(n, 0), true
 	case 8:

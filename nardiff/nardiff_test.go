@@ -66,6 +66,7 @@ func TestEpochAndISO(t *testing.T) {
 		{"t=1796522400\n", "t=1796522461\n"},
 		{"2026-12-06T02:00:00Z\n", "2026-12-07T03:00:00Z\n"},
 		{"id 20261206020000\n", "id 20261206020511\n"},
+		{"ns 1796522400123456789\n", "ns 1796522401987654321\n"},
 	} {
 		r := diffBytes(t, narOf(t, ent{path: "/f", data: c[0]}), narOf(t, ent{path: "/f", data: c[1]}), opts())
 		if f := file(t, r, "/f"); !hasCause(f.Causes, CauseTimestamp) {
