@@ -48,55 +48,84 @@ func fill(buf []byte, r io.Reader, n int64) ([]byte, error) {
 }
 
 // stream compares two large files chunk by chunk. The common prefix is
-// hashed once; at the first difference the hash state is cloned, one per
-// side, so identical files cost one sha256 pass and no second buffer.
+// hashed once, by a goroutine one chunk behind the comparison (so on two
+// cores equal files cost about a read); at the first difference the hash
+// state is cloned, one per side.
 func (d *differ) stream(fd *FileDiff, ra, rb io.Reader, sizeA, sizeB int64) (bool, error) {
-	ca, cb := make([]byte, chunk), make([]byte, chunk)
+	const ring = 3
+	free := make(chan []byte, ring)
+	for range ring {
+		free <- make([]byte, chunk)
+	}
+	work := make(chan []byte, ring)
 	h := sha256.New()
+	hashed := make(chan struct{})
+	go func() {
+		defer close(hashed)
+		for b := range work {
+			h.Write(b)
+			free <- b[:chunk]
+		}
+	}()
+	stopHashing := func() {
+		if work != nil {
+			close(work)
+			<-hashed
+			work = nil
+		}
+	}
+	defer stopHashing()
+
+	cb := make([]byte, chunk)
 	var pos int64
-	var ha, hb hash.Hash
 	for {
 		if err := d.ctx.Err(); err != nil {
 			return false, fmt.Errorf("nardiff: %s: %w", fd.Path, err)
 		}
+		ca := <-free
 		na, errA := io.ReadFull(ra, ca)
 		nb, errB := io.ReadFull(rb, cb)
 		if i := firstDiff(ca[:na], cb[:nb]); i >= 0 {
-			ha, hb = clone(h), clone(h)
+			stopHashing()
+			ha, hb := clone(h), clone(h)
 			ha.Write(ca[:na])
 			hb.Write(cb[:nb])
 			d.window(fd, ca[:na], cb[:nb], i, pos)
-			break
+			return true, d.rest(fd, ra, rb, ha, hb, ca, cb)
 		}
-		h.Write(ca[:na])
+		work <- ca[:na]
 		pos += int64(na)
-		if errA != nil || errB != nil {
-			if na == 0 && nb == 0 && sizeA == sizeB {
-				return false, nil
+		if errA == nil && errB == nil {
+			continue
+		}
+		for _, e := range []struct {
+			err   error
+			label string
+		}{{errA, d.o.LabelA}, {errB, d.o.LabelB}} {
+			if e.err != nil && e.err != io.EOF && e.err != io.ErrUnexpectedEOF {
+				return false, fmt.Errorf("%w: %s: %s: %v", ErrMalformed, e.label, fd.Path, e.err)
 			}
-			if errA != io.EOF && errA != io.ErrUnexpectedEOF && errA != nil {
-				return false, fmt.Errorf("%w: %s: %s: %v", ErrMalformed, d.o.LabelA, fd.Path, errA)
-			}
-			if errB != io.EOF && errB != io.ErrUnexpectedEOF && errB != nil {
-				return false, fmt.Errorf("%w: %s: %s: %v", ErrMalformed, d.o.LabelB, fd.Path, errB)
-			}
-			if sizeA == sizeB {
-				return false, nil
-			}
+		}
+		if sizeA == sizeB {
+			return false, nil
 		}
 	}
+}
+
+// rest hashes what remains of both sides after the first difference.
+func (d *differ) rest(fd *FileDiff, ra, rb io.Reader, ha, hb hash.Hash, ca, cb []byte) error {
 	if _, err := io.CopyBuffer(ha, ra, ca); err != nil {
-		return false, fmt.Errorf("%w: %s: %s: %v", ErrMalformed, d.o.LabelA, fd.Path, err)
+		return fmt.Errorf("%w: %s: %s: %v", ErrMalformed, d.o.LabelA, fd.Path, err)
 	}
 	if _, err := io.CopyBuffer(hb, rb, cb); err != nil {
-		return false, fmt.Errorf("%w: %s: %s: %v", ErrMalformed, d.o.LabelB, fd.Path, err)
+		return fmt.Errorf("%w: %s: %s: %v", ErrMalformed, d.o.LabelB, fd.Path, err)
 	}
 	fd.Kind = Contents
 	fd.Format = "binary"
 	fd.A.SHA256 = hex.EncodeToString(ha.Sum(nil))
 	fd.B.SHA256 = hex.EncodeToString(hb.Sum(nil))
 	fd.Notes = append(fd.Notes, fmt.Sprintf("larger than %d bytes: compared as a stream", d.lim.MaxBuffer))
-	return true, nil
+	return nil
 }
 
 // firstDiff returns the first index where a and b differ (a shorter slice

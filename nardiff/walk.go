@@ -80,7 +80,8 @@ func (s *stream) next(max int) error {
 }
 
 func open(r io.Reader, label string) (*stream, error) {
-	g := &guard{r: bufio.NewReaderSize(r, 1<<20)}
+	// Small, so that reads of file contents (larger) bypass it: no copy.
+	g := &guard{r: bufio.NewReaderSize(r, 64<<10)}
 	nr, err := nar.NewReader(g)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrMalformed, label, err)
