@@ -7,12 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/nardiff"
-	"codeberg.org/provenix/provenix/up"
 )
 
 // TestDiffDisputes (issue 17): derivations made non-reproducible on
@@ -23,17 +20,7 @@ func TestDiffDisputes(t *testing.T) {
 	busybox := requireNix(t)
 	ctx := testctx.New(t, 6*time.Minute)
 	dataDir, p, bs, stack := quorumStack(t)
-	disputes := make(chan cachepush.Dispute, 16)
-	sub, err := stack.Conn().NATS().Subscribe("events."+up.DefaultTenant+"."+cachepush.EventDisputed, func(m *nats.Msg) {
-		var d cachepush.Dispute
-		if json.Unmarshal(m.Data, &d) == nil {
-			disputes <- d
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	disputes := subscribeDisputes(t, stack)
 	file := filepath.Join("..", "..", "nardiff", "testdata", "unrepro.nix")
 	nats := []string{"--data-dir", dataDir, "--nats-url", stack.NATSURL(), "--nats-token-file", p.NATSToken()}
 	summaries := map[string]*nardiff.Summary{}
