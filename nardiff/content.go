@@ -200,6 +200,13 @@ func (d *differ) blobs(fd *FileDiff, a, b []byte, depth int) {
 		fd.Notes = append(fd.Notes, "not examined: "+err.Error())
 		return
 	}
+	// The standard library's ELF, zip and tar readers meet hostile bytes
+	// here; a panic in one must not take a pusher down with it.
+	defer func() {
+		if p := recover(); p != nil {
+			fd.Notes = append(fd.Notes, fmt.Sprintf("%s reader failed: %v", fd.Format, p))
+		}
+	}()
 	nested := depth < d.lim.MaxDepth
 	switch {
 	case isGzip(a) && isGzip(b) && nested:
