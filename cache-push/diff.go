@@ -27,14 +27,21 @@ type DiffNAR struct {
 // and, for the first against each other one, what differs (`provenix
 // diff --json`).
 type PathDiff struct {
-	StorePath string            `json:"storePath"`
-	Verdict   string            `json:"verdict"`
-	Why       string            `json:"why"`
-	NARs      []DiffNAR         `json:"nars"`
-	Reports   []*nardiff.Report `json:"reports"`
-	// Errors are per report ("" when it completed), e.g. a staged NAR
-	// that expired or a limit that cut the diff short.
-	Errors []string `json:"errors,omitempty"`
+	StorePath   string       `json:"storePath"`
+	Verdict     string       `json:"verdict"`
+	Why         string       `json:"why"`
+	NARs        []DiffNAR    `json:"nars"`
+	Comparisons []Comparison `json:"comparisons"`
+}
+
+// Comparison is NARs[0] against NARs[Other].
+type Comparison struct {
+	Other int `json:"other"`
+	// Report is nil when no NAR could be read; partial when Error says a
+	// limit cut it short.
+	Report *nardiff.Report `json:"report,omitempty"`
+	// Error: a staged NAR that expired, a malformed NAR, a limit.
+	Error string `json:"error,omitempty"`
 }
 
 // DistinctNARs groups votes by NAR hash, the NAR most builders voted for
@@ -72,26 +79,20 @@ func DiffPath(ctx context.Context, kv KV, staging Staging, pol *policy.Policy, t
 	if err != nil {
 		return nil, err
 	}
-	pd := &PathDiff{StorePath: storePath, Verdict: t.Verdict, Why: t.Why, NARs: DistinctNARs(votes), Reports: []*nardiff.Report{}}
+	pd := &PathDiff{StorePath: storePath, Verdict: t.Verdict, Why: t.Why, NARs: DistinctNARs(votes), Comparisons: []Comparison{}}
 	if len(pd.NARs) < 2 {
 		return pd, fmt.Errorf("%w: %s has %d votes on %d NARs (%s)", ErrNothingToDiff, storePath, len(votes), len(pd.NARs), t.Verdict)
 	}
 	if o.BuildTime.IsZero() && len(votes) > 0 {
 		o.BuildTime = firstVote(votes)
 	}
-	for _, other := range pd.NARs[1:] {
-		r, err := DiffNARs(ctx, staging, pd.NARs[0], other, o)
-		msg := ""
+	for i := 1; i < len(pd.NARs); i++ {
+		r, err := DiffNARs(ctx, staging, pd.NARs[0], pd.NARs[i], o)
+		c := Comparison{Other: i, Report: r}
 		if err != nil {
-			msg = err.Error()
+			c.Error = err.Error()
 		}
-		if r != nil {
-			pd.Reports = append(pd.Reports, r)
-		}
-		pd.Errors = append(pd.Errors, msg)
-	}
-	if !slices.ContainsFunc(pd.Errors, func(s string) bool { return s != "" }) {
-		pd.Errors = nil
+		pd.Comparisons = append(pd.Comparisons, c)
 	}
 	return pd, nil
 }
@@ -165,16 +166,13 @@ func (pd *PathDiff) Text() string {
 	for i, n := range pd.NARs {
 		fmt.Fprintf(&b, "  NAR %d: %s (%d bytes) from %s\n", i+1, n.NarSHA256, n.NarSize, strings.Join(n.Builders, ", "))
 	}
-	for i, r := range pd.Reports {
-		b.WriteString("\n")
-		b.WriteString(r.Text())
-		if i < len(pd.Errors) && pd.Errors[i] != "" {
-			fmt.Fprintf(&b, "error: %s\n", pd.Errors[i])
+	for _, c := range pd.Comparisons {
+		fmt.Fprintf(&b, "\nNAR 1 against NAR %d:\n", c.Other+1)
+		if c.Report != nil {
+			b.WriteString(c.Report.Text())
 		}
-	}
-	if len(pd.Reports) == 0 {
-		for _, e := range pd.Errors {
-			fmt.Fprintf(&b, "error: %s\n", e)
+		if c.Error != "" {
+			fmt.Fprintf(&b, "error: %s\n", c.Error)
 		}
 	}
 	return b.String()

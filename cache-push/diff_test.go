@@ -59,7 +59,7 @@ func TestDisputeExplained(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pd.Verdict != VerdictDisputed || len(pd.NARs) != 2 || len(pd.Reports) != 1 {
+	if pd.Verdict != VerdictDisputed || len(pd.NARs) != 2 || len(pd.Comparisons) != 1 || pd.Comparisons[0].Report == nil || pd.Comparisons[0].Error != "" {
 		t.Fatalf("diff: %+v", pd)
 	}
 	text := pd.Text()
@@ -67,6 +67,18 @@ func TestDisputeExplained(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("missing %q in:\n%s", want, text)
 		}
+	}
+
+	// A staged NAR gone (expired, collected): the comparison says so.
+	if err := cf.conn.DeleteStaged(testctx.New(t, 60*time.Second), pd.NARs[1].StagingKey); err != nil {
+		t.Fatal(err)
+	}
+	pd, err = DiffPath(testctx.New(t, 60*time.Second), cf.conn, cf.conn, cf.pol, testTenant, path, nardiff.Options{})
+	if err != nil || len(pd.Comparisons) != 1 || pd.Comparisons[0].Report != nil || !strings.Contains(pd.Comparisons[0].Error, "staged NAR") {
+		t.Fatalf("diff with a NAR gone: %v %+v", err, pd.Comparisons)
+	}
+	if !strings.Contains(pd.Text(), "error: ") {
+		t.Errorf("text does not say why:\n%s", pd.Text())
 	}
 }
 

@@ -47,10 +47,10 @@ func TestDiffDisputes(t *testing.T) {
 			t.Fatalf("diff %s: exit %d\n%s\n%s", c.attr, code, stdout, stderr)
 		}
 		var pd cachepush.PathDiff
-		if err := json.Unmarshal([]byte(stdout), &pd); err != nil || len(pd.Reports) != 1 {
+		if err := json.Unmarshal([]byte(stdout), &pd); err != nil || len(pd.Comparisons) != 1 || pd.Comparisons[0].Report == nil {
 			t.Fatalf("diff --json %s: %v\n%s", c.attr, err, stdout)
 		}
-		r := pd.Reports[0]
+		r := pd.Comparisons[0].Report
 		if pd.Verdict != cachepush.VerdictDisputed || r.Differing != 1 || r.Files[0].Path != c.file || len(r.Causes) == 0 || r.Causes[0].Kind != c.cause {
 			t.Fatalf("diff %s: verdict %s, report:\n%s", c.attr, pd.Verdict, r.Text())
 		}

@@ -138,7 +138,7 @@ quorum) — and why.`,
 					}
 					fmt.Fprintf(g.stdout, "  %s %-32s NAR %.16s… at %s\n", mark, v.Builder, v.NarSHA256, v.Time.UTC().Format(time.RFC3339))
 				}
-				if po.Diff != nil && len(po.Diff.Reports) > 0 {
+				if po.Diff != nil && len(po.Diff.Comparisons) > 0 {
 					fmt.Fprint(g.stdout, po.Diff.Text())
 				}
 			}
