@@ -15,9 +15,9 @@ const chunk = 1 << 20
 // contents compares one regular file of both sides, reading sizeA bytes
 // from ra and sizeB from rb. Files that fit MaxBuffer on both sides are
 // held in memory for a deep look; larger ones are compared as streams.
-func (d *differ) contents(fd *FileDiff, ra, rb io.Reader, sizeA, sizeB int64) (bool, error) {
+func (d *differ) contents(fd *FileDiff, ra, rb io.Reader, sizeA, sizeB int64, again *io.SectionReader) (bool, error) {
 	if sizeA > d.lim.MaxBuffer || sizeB > d.lim.MaxBuffer {
-		return d.stream(fd, ra, rb, sizeA, sizeB)
+		return d.stream(fd, ra, rb, sizeA, sizeB, again)
 	}
 	var err error
 	if d.bufA, err = fill(d.bufA, ra, sizeA); err != nil {
@@ -47,26 +47,31 @@ func fill(buf []byte, r io.Reader, n int64) ([]byte, error) {
 	return buf, err
 }
 
-// stream compares two large files chunk by chunk. The common prefix is
-// hashed once, by a goroutine one chunk behind the comparison (so on two
-// cores equal files cost about a read); at the first difference the hash
-// state is cloned, one per side.
-func (d *differ) stream(fd *FileDiff, ra, rb io.Reader, sizeA, sizeB int64) (bool, error) {
+// stream compares two large files chunk by chunk. Only a differing file
+// needs its sha256, but by the first difference the common prefix is
+// read: when A can be read again (again, from the contents' start) the
+// prefix is hashed then, from there; otherwise a goroutine hashes it one
+// chunk behind the comparison (on two cores equal files then cost about a
+// read). At the first difference the hash state is cloned, one per side.
+func (d *differ) stream(fd *FileDiff, ra, rb io.Reader, sizeA, sizeB int64, again *io.SectionReader) (bool, error) {
 	const ring = 3
 	free := make(chan []byte, ring)
 	for range ring {
 		free <- make([]byte, chunk)
 	}
-	work := make(chan []byte, ring)
 	h := sha256.New()
+	var work chan []byte
 	hashed := make(chan struct{})
-	go func() {
-		defer close(hashed)
-		for b := range work {
-			h.Write(b)
-			free <- b[:chunk]
-		}
-	}()
+	if again == nil {
+		work = make(chan []byte, ring)
+		go func() {
+			defer close(hashed)
+			for b := range work {
+				h.Write(b)
+				free <- b[:chunk]
+			}
+		}()
+	}
 	stopHashing := func() {
 		if work != nil {
 			close(work)
@@ -87,13 +92,22 @@ func (d *differ) stream(fd *FileDiff, ra, rb io.Reader, sizeA, sizeB int64) (boo
 		nb, errB := io.ReadFull(rb, cb)
 		if i := firstDiff(ca[:na], cb[:nb]); i >= 0 {
 			stopHashing()
+			if again != nil {
+				if _, err := io.Copy(h, io.LimitReader(again, pos)); err != nil {
+					return false, fmt.Errorf("%w: %s: %s: reading again: %v", ErrMalformed, d.o.LabelA, fd.Path, err)
+				}
+			}
 			ha, hb := clone(h), clone(h)
 			ha.Write(ca[:na])
 			hb.Write(cb[:nb])
 			d.window(fd, ca[:na], cb[:nb], i, pos)
 			return true, d.rest(fd, ra, rb, ha, hb, ca, cb)
 		}
-		work <- ca[:na]
+		if work != nil {
+			work <- ca[:na]
+		} else {
+			free <- ca
+		}
 		pos += int64(na)
 		if errA == nil && errB == nil {
 			continue

@@ -5,7 +5,9 @@ import (
 	"archive/zip"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -143,6 +145,21 @@ func TestStreamedLargeFile(t *testing.T) {
 	want := func(b []byte) string { return sha(b) }
 	if f.A.SHA256 != want(da) || f.B.SHA256 != want(db) {
 		t.Errorf("streamed sha256 wrong: %s %s", f.A.SHA256, f.B.SHA256)
+	}
+	// After other entries: the contents are found again at their offset.
+	r = diffBytes(t, narOf(t, ent{path: "/a", data: "x"}, ent{path: "/big", data: string(da)}), narOf(t, ent{path: "/a", data: "y"}, ent{path: "/big", data: string(db)}), o)
+	if f := file(t, r, "/big"); f.A.SHA256 != want(da) || f.B.SHA256 != want(db) {
+		t.Errorf("after another entry: %+v %+v", f.A, f.B)
+	}
+	// The same from streams that cannot be read again (as staged NARs
+	// come): the prefix is hashed while comparing.
+	na, nb := narOf(t, ent{path: "/big", data: string(da)}), narOf(t, ent{path: "/big", data: string(db)})
+	rs, err := Diff(context.Background(), struct{ io.Reader }{bytes.NewReader(na)}, struct{ io.Reader }{bytes.NewReader(nb)}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fs := file(t, rs, "/big"); fs.A.SHA256 != want(da) || fs.B.SHA256 != want(db) || fs.Offset != f.Offset {
+		t.Errorf("from streams: %+v %+v offset %d", fs.A, fs.B, fs.Offset)
 	}
 	// Different lengths with an equal prefix.
 	r = diffBytes(t, narOf(t, ent{path: "/big", data: string(da)}), narOf(t, ent{path: "/big", data: string(da[:2<<20])}), o)

@@ -82,6 +82,15 @@ func (s *stream) next(max int) error {
 func open(r io.Reader, label string) (*stream, error) {
 	// Small, so that reads of file contents (larger) bypass it: no copy.
 	g := &guard{r: bufio.NewReaderSize(r, 64<<10)}
+	// A NAR in a file or in memory can be read again: large files are
+	// then hashed only when they differ (see differ.stream).
+	if at, ok := r.(io.ReaderAt); ok {
+		if sk, ok := r.(io.Seeker); ok {
+			if base, err := sk.Seek(0, io.SeekCurrent); err == nil {
+				g.at, g.base = at, base
+			}
+		}
+	}
 	nr, err := nar.NewReader(g)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrMalformed, label, err)
@@ -180,7 +189,9 @@ func (d *differ) entry(sa, sb *stream) error {
 	case ha.Type != nar.TypeRegular:
 		return nil
 	}
-	differs, err := d.contents(&fd, sa.nr, sb.nr, ha.Size, hb.Size)
+	// The parser has just read the contents' length: they start at the
+	// offset it reached (the header came through a channel after that).
+	differs, err := d.contents(&fd, sa.nr, sb.nr, ha.Size, hb.Size, sa.g.contentsAt())
 	if err != nil {
 		return err
 	}
@@ -237,6 +248,20 @@ func (d *differ) spend(n int) bool {
 type guard struct {
 	r    io.Reader
 	stop atomic.Bool
+	n    int64 // bytes given to the parser; only the parser goroutine writes it
+	// at, when set, reads the NAR again from offset base (its start).
+	at   io.ReaderAt
+	base int64
+}
+
+// contentsAt returns a reader of the current file's contents from their
+// start, when the input can be read again; else nil. Called between Next
+// and the first Read of the contents.
+func (g *guard) contentsAt() *io.SectionReader {
+	if g.at == nil {
+		return nil
+	}
+	return io.NewSectionReader(g.at, g.base+g.n, 1<<62)
 }
 
 var errStopped = errors.New("nardiff: input closed")
@@ -246,6 +271,7 @@ func (g *guard) Read(p []byte) (int, error) {
 		return 0, errStopped
 	}
 	k, err := g.r.Read(p)
+	g.n += int64(k)
 	if errors.Is(err, io.EOF) {
 		err = io.ErrUnexpectedEOF
 	}
