@@ -177,3 +177,19 @@ func (pd *PathDiff) Text() string {
 	}
 	return b.String()
 }
+
+// BuilderCauses says, for each builder of the dispute, which recognised
+// causes its build disagreed by (none when the summary recognised none,
+// or there is no summary): what a farm's statistics count per builder.
+func (d Dispute) BuilderCauses() map[string][]nardiff.CauseKind {
+	out := map[string][]nardiff.CauseKind{}
+	for _, bs := range d.NARs {
+		for _, b := range bs {
+			out[b] = nil
+			if d.Summary != nil {
+				out[b] = slices.Clone(d.Summary.Causes)
+			}
+		}
+	}
+	return out
+}

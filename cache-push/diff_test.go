@@ -55,6 +55,10 @@ func TestDisputeExplained(t *testing.T) {
 		t.Fatalf("dispute summary %+v", d.Summary)
 	}
 
+	if bc := d.BuilderCauses(); len(bc) != 2 || len(bc["b0"]) != 1 || bc["b1"][0] != nardiff.CauseTimestamp {
+		t.Errorf("builder causes %v", bc)
+	}
+
 	pd, err := DiffPath(testctx.New(t, 60*time.Second), cf.conn, cf.conn, cf.pol, testTenant, path, nardiff.Options{})
 	if err != nil {
 		t.Fatal(err)
