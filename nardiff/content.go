@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"unicode/utf8"
 )
 
 const chunk = 1 << 20
@@ -245,7 +246,30 @@ func (d *differ) blobs(fd *FileDiff, a, b []byte, depth int) {
 		}
 		fd.Format = "binary"
 		d.window(fd, a, b, firstDiff(a, b), 0)
+		if len(fd.Causes) == 0 {
+			if c, ok := randomBytes(a, b); ok {
+				fd.Causes = append(fd.Causes, c)
+			}
+		}
 	}
+}
+
+// randomBytes recognises a small binary file (a seed, a key, a nonce)
+// whose bytes mostly all differ at equal size: random data.
+func randomBytes(a, b []byte) (Cause, bool) {
+	if len(a) != len(b) || len(a) == 0 || len(a) > 4096 {
+		return Cause{}, false
+	}
+	n := 0
+	for i := range a {
+		if a[i] != b[i] {
+			n++
+		}
+	}
+	if n*2 < len(a) {
+		return Cause{}, false
+	}
+	return Cause{Kind: CauseRandom, Evidence: fmt.Sprintf("%d of %d bytes differ: random data", n, len(a))}, true
 }
 
 func isGzip(b []byte) bool { return len(b) >= 3 && b[0] == 0x1f && b[1] == 0x8b && b[2] == 8 }
@@ -257,10 +281,20 @@ func isTar(b []byte) bool {
 	return len(b) >= 512 && (string(b[257:262]) == "ustar")
 }
 
-// isText: no NUL byte and mostly printable in the first 8 KiB.
+// isText: valid UTF-8 without NUL, mostly printable, in the first 8 KiB.
 func isText(b []byte) bool {
 	s := b[:min(len(b), 8192)]
 	if bytes.IndexByte(s, 0) >= 0 {
+		return false
+	}
+	v := s
+	if len(b) > len(s) {
+		// The sample may end inside a rune.
+		for i := 0; i < utf8.UTFMax && len(v) > 0 && !utf8.Valid(v); i++ {
+			v = v[:len(v)-1]
+		}
+	}
+	if !utf8.Valid(v) {
 		return false
 	}
 	bad := 0

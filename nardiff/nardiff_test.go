@@ -119,6 +119,14 @@ func TestRandomID(t *testing.T) {
 	}
 }
 
+func TestRandomBytes(t *testing.T) {
+	a := narOf(t, ent{path: "/seed", data: "\x8f\x01\xfe\x33\x9a\x00\x10\xc4"})
+	b := narOf(t, ent{path: "/seed", data: "\x12\xa7\x05\x33\x61\xee\x00\x7b"})
+	if f := file(t, diffBytes(t, a, b, opts()), "/seed"); f.Format != "binary" || !hasCause(f.Causes, CauseRandom) {
+		t.Fatalf("random bytes not recognised: %+v", f)
+	}
+}
+
 func TestBinaryWindow(t *testing.T) {
 	da := bytes.Repeat([]byte{0, 1, 2, 3}, 100)
 	db := bytes.Clone(da)

@@ -88,7 +88,7 @@ func TestNixUnreproducible(t *testing.T) {
 		t.Fatal(err)
 	}
 	args := []string{"--arg", "busybox", bb}
-	attrs := []string{"date", "random", "order", "buildpath", "gzip"}
+	attrs := []string{"date", "random", "seed", "order", "buildpath", "gzip"}
 	a, b := newNixBuilder(t), newNixBuilder(t)
 	outA := a.build(t, ctx, nixFile, args, attrs...)
 	outB := b.build(t, ctx, nixFile, args, attrs...)
@@ -100,6 +100,7 @@ func TestNixUnreproducible(t *testing.T) {
 	}{
 		{"date", "/info", CauseTimestamp, "text"},
 		{"random", "/id", CauseRandom, "text"},
+		{"seed", "/seed", CauseRandom, "binary"},
 		{"order", "/listing", CauseFileOrder, "text"},
 		{"buildpath", "/config", CauseBuildPath, "text"},
 		{"gzip", "/page.1.gz", CauseTimestamp, "gzip"},

@@ -30,6 +30,7 @@ func TestDiffDisputes(t *testing.T) {
 	}{
 		{"date", "/info", nardiff.CauseTimestamp},
 		{"random", "/id", nardiff.CauseRandom},
+		{"seed", "/seed", nardiff.CauseRandom},
 		{"order", "/listing", nardiff.CauseFileOrder},
 		{"buildpath", "/config", nardiff.CauseBuildPath},
 		{"gzip", "/page.1.gz", nardiff.CauseTimestamp},

@@ -39,6 +39,10 @@ in
   random = mk "unrepro-random" ''
     echo "session=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" > $out/id
   '';
+  # A few random bytes (a seed).
+  seed = mk "unrepro-seed" ''
+    head -c 16 /dev/urandom > $out/seed
+  '';
   # A directory listing in directory order (shuffled, as a hashed file
   # system would give it).
   order = mk "unrepro-order" ''
