@@ -117,6 +117,10 @@ type Config struct {
 	// their derivations (checkOutputPaths): for tests whose results name
 	// made-up derivations, never for a cache anyone substitutes from.
 	UncheckedOutputPathsUnsafe bool
+	// DiffTimeout bounds the comparison of a dispute's NARs whose summary
+	// the disputed event carries (DefaultDiffTimeout when 0; negative: no
+	// comparison).
+	DiffTimeout time.Duration
 }
 
 // Pusher turns results into cache entries.
@@ -152,6 +156,10 @@ type Pusher struct {
 
 	// Fairness per builder and bounded failures (flood.go).
 	flood floodState
+
+	// Dispute summaries running in the background (explainDispute).
+	diffSlots chan struct{}
+	bg        sync.WaitGroup
 }
 
 // New checks cfg and returns a Pusher.
@@ -183,11 +191,15 @@ func New(cfg Config) (*Pusher, error) {
 	if cfg.DeferDelay <= 0 {
 		cfg.DeferDelay = DefaultDeferDelay
 	}
+	if cfg.DiffTimeout == 0 {
+		cfg.DiffTimeout = DefaultDiffTimeout
+	}
 	v, err := cfg.Policy.Verifier()
 	if err != nil {
 		return nil, fmt.Errorf("cachepush: %w", err)
 	}
-	return &Pusher{cfg: cfg, verifier: v, log: cfg.Logger, drvs: drvpath.NewCalculator(cfg.DrvCacheSize)}, nil
+	return &Pusher{cfg: cfg, verifier: v, log: cfg.Logger, drvs: drvpath.NewCalculator(cfg.DrvCacheSize),
+		diffSlots: make(chan struct{}, maxSummaryDiffs)}, nil
 }
 
 // Open starts consuming results as a member of the consumer group in o.
@@ -247,6 +259,9 @@ func (p *Pusher) Close(ctx context.Context) error {
 		stop()
 		<-done
 	}
+	// Dispute summaries end within DiffTimeout; their events are the
+	// last a closing pusher publishes.
+	defer p.bg.Wait()
 	if k == nil {
 		return nil
 	}

@@ -20,6 +20,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/nardiff"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -27,7 +28,7 @@ import (
 // Reasons and events of the quorum.
 const (
 	ReasonQuarantined = "quarantined"
-	EventDisputed     = "disputed"
+	EventDisputed     = queue.EventDisputed
 )
 
 // Verdicts of a tally.
@@ -371,6 +372,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		// Reputation counts only decided votes: agreement with the
 		// published NAR, or disagreement with it.
 		p.countReputation(ctx, r.Tenant, out.Path, t)
+		p.releaseEvidence(ctx, r.Tenant, out.Path, t)
 	}
 	if vote.Answer() != t.Answer {
 		return 0, false, rejected(ReasonConflict, fmt.Errorf("%s: this answer (NAR %s, its size and references) is in the minority; NAR %s (%s) won", out.Path, vote.NarSHA256, t.Winner, t.Verdict))
@@ -432,7 +434,45 @@ func (p *Pusher) disputed(ctx context.Context, tenant, storePath, drv string, t 
 		sort.Strings(d.NARs[h])
 	}
 	p.log.Warn("disputed", "path", storePath, "why", t.Why, "nars", d.NARs)
-	p.event(ctx, tenant, EventDisputed, d)
+	var votes []Vote
+	for _, vs := range t.Groups {
+		votes = append(votes, vs...)
+	}
+	p.holdEvidence(ctx, tenant, storePath, votes)
+	p.explainDispute(ctx, tenant, d, votes)
+}
+
+// explainDispute publishes the dispute with a summary of what differs
+// between its NARs. The diff runs after the verdict, in the background,
+// under tight limits and DiffTimeout, at most maxSummaryDiffs at once: it
+// never delays the result that caused it, and when it cannot run (busy,
+// disabled, the NARs unreadable) the event goes out without a summary or
+// with its error.
+func (p *Pusher) explainDispute(ctx context.Context, tenant string, d Dispute, votes []Vote) {
+	if p.cfg.DiffTimeout < 0 || len(DistinctNARs(votes)) < 2 {
+		p.event(ctx, tenant, EventDisputed, d)
+		return
+	}
+	select {
+	case p.diffSlots <- struct{}{}:
+	default:
+		d.Summary = &nardiff.Summary{Error: "not compared: the pusher was busy comparing other disputes"}
+		p.event(ctx, tenant, EventDisputed, d)
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	p.bg.Add(1)
+	go func() {
+		defer p.bg.Done()
+		defer func() { <-p.diffSlots }()
+		d.Summary = p.disputeSummary(ctx, votes, d.StorePath, p.cfg.DiffTimeout)
+		if d.Summary != nil {
+			p.log.Warn("dispute explained", "path", d.StorePath, "summary", d.Summary.String())
+		}
+		ctx, cancel := context.WithTimeout(ctx, queue.DefaultTimeout)
+		defer cancel()
+		p.event(ctx, tenant, EventDisputed, d)
+	}()
 }
 
 // Dispute is the event published on events.<tenant>.disputed.
@@ -448,6 +488,10 @@ type Dispute struct {
 	// gave each: builders that agree on the NAR but not on its references
 	// disagree.
 	Answers []DisputeAnswer `json:"answers"`
+	// Summary says what differs between the two most voted NARs: the
+	// top differing files and the recognised causes (nil when the answers
+	// differ only in their references).
+	Summary *nardiff.Summary `json:"summary,omitempty"`
 }
 
 // DisputeAnswer is one answer of a dispute.

@@ -37,6 +37,8 @@ type PathStatus struct {
 	WaitingFor   []string   `json:"waitingFor,omitempty"`
 	WaitingSince *time.Time `json:"waitingSince,omitempty"`
 	Incomplete   *time.Time `json:"incomplete,omitempty"`
+	// Diff compares the NARs of a disputed path (status --diff).
+	Diff *PathDiff `json:"diff,omitempty"`
 }
 
 // StatusPaths are the store paths status reports on for target: target

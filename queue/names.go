@@ -36,6 +36,8 @@ const (
 const (
 	EventRejected  = "rejected"
 	EventPublished = "published"
+	// EventDisputed: builders disagree on a path (cachepush.Dispute).
+	EventDisputed = "disputed"
 )
 
 // ResultsSubject is the subject a result for tenant and system goes to.

@@ -152,5 +152,11 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 		return Permissions{}, fmt.Errorf("queue: permissions: unknown role %q (want one of %v)", role, Roles)
 	}
 	slices.Sort(pub)
-	return Permissions{Publish: slices.Compact(pub), Subscribe: []string{inboxFilter}}, nil
+	sub := []string{inboxFilter}
+	if role == RoleRunner {
+		// A volunteer logs the disputes its builds are in (with what
+		// differs), so that its operator can fix them.
+		sub = append(sub, subjectEvents+"."+tenant+"."+EventDisputed)
+	}
+	return Permissions{Publish: slices.Compact(pub), Subscribe: sub}, nil
 }

@@ -47,6 +47,13 @@ func TestRolePermissions(t *testing.T) {
 			t.Errorf("%s (%s): %v, want %v", c.name, c.subj, got, c.want)
 		}
 	}
+	// A volunteer hears of the disputes in its tenant, and of nothing else.
+	if !slices.Equal(runner.Subscribe, []string{inboxFilter, "events.acme." + EventDisputed}) {
+		t.Errorf("runner subscribes to %v", runner.Subscribe)
+	}
+	if !slices.Equal(pusher.Subscribe, []string{inboxFilter}) {
+		t.Errorf("pusher subscribes to %v", pusher.Subscribe)
+	}
 	if _, err := RolePermissions("acme", RoleRunner); err == nil {
 		t.Error("runner permissions without a builder id")
 	}

@@ -329,3 +329,25 @@ func limitError(err error) error {
 	}
 	return fmt.Errorf("%w: %s: %w", ErrQuotaExceeded, limit, err)
 }
+
+// EventSub is a subscription to events; Stop ends it.
+type EventSub struct{ sub *nats.Subscription }
+
+// Stop unsubscribes; no callback runs after it returns.
+func (s *EventSub) Stop() error { return s.sub.Drain() }
+
+// SubscribeEvents calls f with the JSON of each event of kind published
+// for tenant from now on (a core NATS subscription: events missed while
+// not subscribed are not replayed). RoleRunner may subscribe to
+// EventDisputed only, so a volunteer learns of disputes on its builds.
+func (c *Conn) SubscribeEvents(tenant, kind string, f func(data []byte)) (*EventSub, error) {
+	subj, err := EventsSubject(tenant, kind)
+	if err != nil {
+		return nil, fmt.Errorf("queue: subscribe events: %w", err)
+	}
+	sub, err := c.nc.Subscribe(subj, func(m *nats.Msg) { f(m.Data) })
+	if err != nil {
+		return nil, fmt.Errorf("queue: subscribe %s: %w", subj, err)
+	}
+	return &EventSub{sub: sub}, nil
+}

@@ -43,6 +43,9 @@ type StagingGCReport struct {
 	// Orphans[i].Chunks only (at most 128 KiB each).
 	BytesFreed uint64 `json:"bytesFreed"`
 	Kept       int    `json:"kept"`
+	// Held counts the objects kept, although old enough, because they
+	// are the evidence of a dispute (see Evidence).
+	Held int `json:"held"`
 }
 
 // CollectStaging removes staged objects older than opts.MaxAge and orphan
@@ -73,6 +76,12 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 	}
 	slices.SortFunc(objs, func(a, b *jetstream.ObjectInfo) int { return strings.Compare(a.Name, b.Name) })
 
+	held, err := c.heldStagingKeys(ctx)
+	if err != nil {
+		// Without the holds, removing anything might destroy evidence.
+		return nil, fmt.Errorf("queue: collect staging: %w", err)
+	}
+
 	rep := &StagingGCReport{DryRun: opts.DryRun}
 	live := map[string]bool{}
 	var errs []error
@@ -80,6 +89,12 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 		if opts.MaxAge == 0 || opts.Now.Sub(o.ModTime) < opts.MaxAge {
 			live[o.NUID] = true
 			rep.Kept++
+			continue
+		}
+		if held[o.Name] {
+			live[o.NUID] = true
+			rep.Kept++
+			rep.Held++
 			continue
 		}
 		if !opts.DryRun {

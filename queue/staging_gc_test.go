@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"testing"
@@ -97,5 +98,45 @@ func TestCollectStaging(t *testing.T) {
 	defer rc.Close()
 	if b, err := io.ReadAll(rc); err != nil || string(b) != "fresh content" {
 		t.Errorf("fresh object: %q, %v", b, err)
+	}
+}
+
+// TestCollectStagingKeepsEvidence: old staged NARs a dispute's evidence
+// record holds survive CollectStaging, until the record is deleted.
+func TestCollectStagingKeepsEvidence(t *testing.T) {
+	_, c := setup(t)
+	ctx := testctx.New(t, 30*time.Second)
+	for _, k := range []string{"nar/held-a", "nar/held-b", "nar/loose"} {
+		if _, err := c.Stage(ctx, k, bytes.NewReader([]byte("content of "+k))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ev, _ := json.Marshal(Evidence{Tenant: "t1", StorePath: "/nix/store/abc-p", StagingKeys: []string{"nar/held-a", "nar/held-b"}, Since: time.Now()})
+	key := EvidenceKey("t1", "/nix/store/abc-p")
+	if err := c.KVPut(ctx, BucketWaiting, key, ev); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	opts := StagingGCOptions{MaxAge: time.Millisecond, Now: time.Now().Add(time.Hour)}
+	rep, err := c.CollectStaging(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Objects) != 1 || rep.Objects[0].Key != "nar/loose" || rep.Held != 2 {
+		t.Fatalf("report %+v: want nar/loose removed and 2 held", rep)
+	}
+	for _, k := range []string{"nar/held-a", "nar/held-b"} {
+		rc, _, err := c.OpenStaged(ctx, k)
+		if err != nil {
+			t.Fatalf("evidence %s removed: %v", k, err)
+		}
+		rc.Close()
+	}
+	// Resolved: the record goes, and so may the NARs.
+	if err := c.KVDelete(ctx, BucketWaiting, key); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err = c.CollectStaging(ctx, opts); err != nil || len(rep.Objects) != 2 || rep.Held != 0 {
+		t.Fatalf("after release: %+v %v", rep, err)
 	}
 }

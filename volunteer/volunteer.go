@@ -24,6 +24,7 @@ package volunteer
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -38,6 +39,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
+	"codeberg.org/provenix/provenix/nardiff"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -225,6 +227,9 @@ func (v *Volunteer) Run(ctx context.Context) error {
 		}()
 	}
 	v.log().Info("volunteering", "tenant", v.Builder.Tenant, "systems", strings.Join(v.Systems, ","), "builder", v.Builder.BuilderID)
+	if stop := v.watchDisputes(); stop != nil {
+		defer stop()
+	}
 
 	select {
 	case <-ctx.Done():
@@ -464,4 +469,70 @@ func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs
 		started, finished = regs[0].Registered, regs[0].Registered
 	}
 	return action, started, finished, cpu, nil
+}
+
+// DisputeWatcher is what a volunteer uses, when its Conn has it (as
+// *queue.Conn does), to hear of disputes on its own builds.
+type DisputeWatcher interface {
+	SubscribeEvents(tenant, kind string, f func(data []byte)) (*queue.EventSub, error)
+}
+
+// dispute is the part of cachepush.Dispute a volunteer reads.
+type dispute struct {
+	StorePath string              `json:"storePath"`
+	DrvPath   string              `json:"drvPath"`
+	NARs      map[string][]string `json:"nars"`
+	Summary   *nardiff.Summary    `json:"summary"`
+}
+
+// watchDisputes logs each dispute that names this volunteer's builder id,
+// with the pusher's summary of what differs, so that its operator learns
+// what broke. It returns the subscription's stop, nil when there is none.
+func (v *Volunteer) watchDisputes() func() {
+	w, ok := v.Conn.(DisputeWatcher)
+	if !ok {
+		return nil
+	}
+	sub, err := w.SubscribeEvents(v.Builder.Tenant, queue.EventDisputed, func(data []byte) {
+		var d dispute
+		if json.Unmarshal(data, &d) != nil {
+			return
+		}
+		if line, ok := disputeLine(d, v.Builder.BuilderID); ok {
+			v.log().Warn("a build of this volunteer is disputed", "path", d.StorePath, logKeyDrv, d.DrvPath, "differs", line)
+		}
+	})
+	if err != nil {
+		v.log().Info("not watching disputes", logKeyErr, err)
+		return nil
+	}
+	return func() { sub.Stop() }
+}
+
+// disputeLine describes d for builder: its NAR against the others and
+// what differs; ok is false when builder is not among d's builders.
+func disputeLine(d dispute, builder string) (string, bool) {
+	mine := ""
+	for h, bs := range d.NARs {
+		if slices.Contains(bs, builder) {
+			mine = h
+		}
+	}
+	if mine == "" {
+		return "", false
+	}
+	var others []string
+	for h, bs := range d.NARs {
+		if h != mine {
+			others = append(others, fmt.Sprintf("%.12s (%s)", h, strings.Join(bs, ",")))
+		}
+	}
+	slices.Sort(others)
+	line := fmt.Sprintf("our NAR %.12s vs %s", mine, strings.Join(others, ", "))
+	if d.Summary != nil {
+		line += ": " + d.Summary.String()
+	} else if len(others) == 0 {
+		line += ": same NAR, the references differ"
+	}
+	return line, true
 }

@@ -151,6 +151,9 @@ func runStagingGC(ctx context.Context, g *globals, f gcFlags) error {
 			}
 			fmt.Fprintf(g.stdout, "%s %d staged objects (%s) and %d orphan uploads; kept %d objects\n",
 				verb, len(rep.Objects), humanize.IBytes(uint64(rep.BytesFreed)), len(rep.Orphans), rep.Kept)
+			if rep.Held > 0 {
+				fmt.Fprintf(g.stdout, "kept %d old objects as the evidence of disputes (see provenix diff)\n", rep.Held)
+			}
 		}
 	}
 	return err

@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
-	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/nardiff"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -82,6 +82,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 	var nf natsFlags
 	var asJSON bool
 	var tenant, policyFile, storeRoot string
+	var withDiff bool
 	cmd := &cobra.Command{
 		Use:   "status DRV|STOREPATH",
 		Short: "Show the votes on a derivation's outputs, their NAR hashes and the verdict",
@@ -95,12 +96,9 @@ quorum) — and why.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			if policyFile == "" {
-				policyFile = up.Paths{Dir: g.dataDir}.Policy()
-			}
-			pol, err := policy.Load(policyFile)
+			pol, err := loadStatusPolicy(g, policyFile)
 			if err != nil {
-				return &exitError{code: exitUsageErr, err: err}
+				return err
 			}
 			paths, err := cachepush.StatusPaths(args[0], storeRoot)
 			if err != nil {
@@ -116,6 +114,9 @@ quorum) — and why.`,
 				po, err := cachepush.Status(ctx, conn, pol, tenant, sp)
 				if err != nil {
 					return &exitError{code: exitUsageErr, err: err}
+				}
+				if withDiff && len(po.Votes) > 0 && po.Verdict != cachepush.VerdictAgreed {
+					po.Diff, _ = cachepush.DiffPath(ctx, conn, conn, pol, tenant, sp, nardiff.Options{})
 				}
 				outs = append(outs, po)
 			}
@@ -137,6 +138,9 @@ quorum) — and why.`,
 					}
 					fmt.Fprintf(g.stdout, "  %s %-32s NAR %.16s… at %s\n", mark, v.Builder, v.NarSHA256, v.Time.UTC().Format(time.RFC3339))
 				}
+				if po.Diff != nil && len(po.Diff.Comparisons) > 0 {
+					fmt.Fprint(g.stdout, po.Diff.Text())
+				}
 			}
 			return nil
 		},
@@ -146,5 +150,6 @@ quorum) — and why.`,
 	cmd.Flags().StringVar(&tenant, "tenant", up.DefaultTenant, "tenant whose votes to read")
 	cmd.Flags().StringVar(&policyFile, "policy", "", "cache policy deciding the quorum (default: the data directory's policy.yaml)")
 	cmd.Flags().StringVar(&storeRoot, "store", "", "chroot store holding the .drv")
+	cmd.Flags().BoolVar(&withDiff, "diff", false, "for a disputed path, also show what differs between its NARs (as provenix diff)")
 	return cmd
 }

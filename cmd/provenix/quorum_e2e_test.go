@@ -210,17 +210,7 @@ func TestQuorumNondeterministic(t *testing.T) {
 	busybox := requireNix(t)
 	ctx := testctx.New(t, 4*time.Minute)
 	dataDir, p, bs, stack := quorumStack(t)
-	disputes := make(chan cachepush.Dispute, 16)
-	sub, err := stack.Conn().NATS().Subscribe("events."+up.DefaultTenant+"."+cachepush.EventDisputed, func(m *nats.Msg) {
-		var d cachepush.Dispute
-		if json.Unmarshal(m.Data, &d) == nil {
-			disputes <- d
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	disputes := subscribeDisputes(t, stack)
 	file := filepath.Join("testdata", "nondet.nix")
 	salt := "--argstr=salt=" + uniqueMessage(t)
 
@@ -259,6 +249,24 @@ func TestQuorumNondeterministic(t *testing.T) {
 			}
 		}
 	}
+}
+
+// subscribeDisputes delivers the stack's disputed events until the test
+// ends.
+func subscribeDisputes(t *testing.T, stack *up.Stack) <-chan cachepush.Dispute {
+	t.Helper()
+	disputes := make(chan cachepush.Dispute, 16)
+	sub, err := stack.Conn().NATS().Subscribe("events."+up.DefaultTenant+"."+cachepush.EventDisputed, func(m *nats.Msg) {
+		var d cachepush.Dispute
+		if json.Unmarshal(m.Data, &d) == nil {
+			disputes <- d
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Unsubscribe() })
+	return disputes
 }
 
 func readSidecar(t *testing.T, cacheURL, path string) *cachelayout.Provenance {

@@ -158,7 +158,7 @@ Or run everything at once: provenix demo`,
 	}
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", up.DefaultDataDir(), "data directory: keys, policy, NATS store and cache (env PROVENIX_DATA_DIR)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(newKeyCmd(g), newBuildCmd(g), newVerifyCmd(g), newUpCmd(g), newDemoCmd(g), newCachePushCmd(g), newCacheCmd(g), newRunnerCmd(g), newBuildersCmd(g), newStatusCmd(g), newVolunteerCmd(g))
+	root.AddCommand(newKeyCmd(g), newBuildCmd(g), newVerifyCmd(g), newUpCmd(g), newDemoCmd(g), newCachePushCmd(g), newCacheCmd(g), newRunnerCmd(g), newBuildersCmd(g), newStatusCmd(g), newDiffCmd(g), newVolunteerCmd(g))
 	root.AddCommand(newActionCmd(g))
 	root.AddCommand(newFeedbackCmd(g))
 	root.AddCommand(newTenantCmd(g))

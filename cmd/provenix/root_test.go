@@ -22,6 +22,7 @@ func TestUsageExitCodes(t *testing.T) {
 		{"missing required flag", []string{"feedback", "status", "--state", "success"}, []string{`required flag(s) "system" not set`, "Run 'provenix feedback status --help' for usage."}},
 		{"too few arguments", []string{"build"}, []string{"requires at least 1 arg(s)", "Run 'provenix build --help' for usage."}},
 		{"unexpected argument", []string{"up", "extra"}, []string{`unknown command "extra" for "provenix up"`, "Run 'provenix up --help' for usage."}},
+		{"diff without a path", []string{"diff"}, []string{"accepts 1 arg(s), received 0", "Run 'provenix diff --help' for usage."}},
 		{"nix argument without value", []string{"build", "x.nix", "--arg"}, []string{"provenix: "}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

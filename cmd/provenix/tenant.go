@@ -32,7 +32,8 @@ func newTenantCmd(g *globals) *cobra.Command {
                       least-privilege NKey user per role. Include it inside
                       the nats-server configuration's accounts { } block.
   runner.nk           NKey seed of the runners (build, volunteer): publish
-                      the tenant's results, stage NARs, take its rebuilds.
+                      the tenant's results, stage NARs, take its rebuilds,
+                      hear of its disputes.
   pusher.nk           NKey seed of the cache pusher: consume the tenant's
                       results, read staging and votes, publish events.
   admin.nk            NKey seed with every right inside the account only.
