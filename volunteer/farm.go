@@ -40,7 +40,7 @@ func (v *Volunteer) FarmBuild(ctx context.Context, r *farm.Request) (*farm.Build
 	if action == ActionRetry {
 		return nil, err
 	}
-	be := &farm.BuildError{ExitCode: -1, Log: tailLines(err.Error(), farm.MaxLogLines)}
+	be := &farm.BuildError{ExitCode: -1, Log: tailLines(err.Error(), farm.MaxLogLines), Stats: farm.BuildStats{CPUSeconds: cpu.Seconds()}}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		be.ExitCode = ee.ExitCode()

@@ -147,6 +147,19 @@ func TestFarmFirstBuild(t *testing.T) {
 			if b := stats.Builders; len(b) != 1 || b[0].Builds != 1 || b[0].Failures != 1 || b[0].CPUSeconds <= 0 || b[0].WallSeconds <= 0 {
 				t.Errorf("stats %+v", stats.Builders)
 			}
+			// The failed build's report carries its CPU time as well.
+			failedCPU := -1.0
+			if err := conn.ReadFarmReports(ctx, time.Now().Add(-time.Hour), func(_ string, data []byte) error {
+				if rep, err := farm.DecodeReport(data); err == nil && rep.Outcome == farm.BuildFailed {
+					failedCPU = rep.CPUSeconds
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if failedCPU <= 0 {
+				t.Errorf("failed build's CPU seconds: %v", failedCPU)
+			}
 			return
 		}
 		if time.Now().After(deadline) {
