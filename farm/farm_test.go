@@ -667,3 +667,64 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	return w.b.Write(p)
 }
+
+// TestWorkerStoppedMidBuild: a worker whose context ends mid-build (a
+// runner taking its machine back for a forge job) reports no failure,
+// even when its BuildFunc turns the kill into a failed build, and the
+// request goes at once to another worker, not after AckWait.
+func TestWorkerStoppedMidBuild(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "g1")
+
+	started := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &Worker{Conn: connect(t, url), Tenant: tenant, Machine: Machine{System: "x86_64-linux"}, Builder: "idle-runner",
+		AckWait: time.Minute,
+		Build: func(ctx context.Context, r *Request) (*BuildStats, error) {
+			close(started)
+			<-ctx.Done() // nix is killed: it exits non-zero
+			return nil, &BuildError{ExitCode: 137, Log: []string{"killed"}}
+		}}
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Run(ctx) }()
+	sub := submit(t, conn, g, cache, 1, 1) // one attempt: a failure would end the set
+	<-started
+	testWorker(t, url, g, cache, p, log, "survivor", "o2", nil)
+	t0 := time.Now()
+	cancel()
+	if err := <-stopped; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	st := waitFinished(t, conn, sub.Set.ID, 20*time.Second)
+	if took := time.Since(t0); took > 10*time.Second {
+		t.Errorf("rebuilt after %s: the request waited for its AckWait", took)
+	}
+	if st.Counts[Done] != 1 {
+		t.Fatalf("status %s", st)
+	}
+	for _, d := range st.Derivations {
+		if len(d.Failures) > 0 {
+			t.Errorf("%s: failures %+v from a stopped build", d.DrvPath, d.Failures)
+		}
+	}
+	if b := log.all(); len(b) != 1 || b[0].builder != "survivor" {
+		t.Errorf("builds %+v", b)
+	}
+	var failed int
+	if err := conn.ReadFarmReports(testctx.New(t, time.Minute), time.Now().Add(-time.Hour), func(_ string, data []byte) error {
+		if rep, err := DecodeReport(data); err == nil && rep.Outcome == BuildFailed {
+			failed++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if failed != 0 {
+		t.Errorf("%d failure reports", failed)
+	}
+}

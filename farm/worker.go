@@ -335,6 +335,13 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 	start := time.Now()
 	stats, berr := w.Build(ctx, r)
 	stop()
+	if berr != nil && ctx.Err() != nil {
+		// Stopped, not failed (the worker is shutting down, or a runner
+		// takes its machine back for a forge job): nothing counts
+		// against this builder, and the queue releases the request at
+		// once (a nak without delay) for another worker.
+		return fmt.Errorf("farm: build %s stopped: %w", r.DrvPath, errors.Join(context.Cause(ctx), berr))
+	}
 	owner := w.Owner
 	if owner == "" {
 		owner = w.Builder
@@ -358,7 +365,11 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 	if rep.WallMillis == 0 {
 		rep.WallMillis = time.Since(start).Milliseconds()
 	}
-	if err := PublishReport(ctx, w.Conn, rep); err != nil {
+	// A build that ended is reported even when the worker is stopping
+	// now: otherwise it would be built again.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queue.DefaultTimeout)
+	defer cancel()
+	if err := PublishReport(rctx, w.Conn, rep); err != nil {
 		return err
 	}
 	return nil
