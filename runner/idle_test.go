@@ -1,0 +1,225 @@
+package runner
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	natsserver "codeberg.org/provenix/provenix/queue/server"
+
+	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
+
+	"codeberg.org/provenix/provenix/builder"
+	"codeberg.org/provenix/provenix/farm"
+	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testkey"
+	"codeberg.org/provenix/provenix/internal/testnix"
+	"codeberg.org/provenix/provenix/internal/testqueue"
+	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/volunteer"
+)
+
+// slowFarmSample takes a few seconds to build, long enough for a forge
+// job to arrive in the middle.
+const slowFarmSample = `{ busybox, message }:
+let
+  bb = builtins.path { name = "busybox"; path = builtins.dirOf busybox; filter = p: t: baseNameOf p == baseNameOf busybox; };
+in {
+  slow = derivation { name = "farm-slow"; inherit message; system = builtins.currentSystem;
+    builder = "${bb}/${baseNameOf busybox}"; args = [ "sh" "-c" "sleep 3; echo $message > $out" ]; };
+}
+`
+
+// nobody is a cache that has nothing: every derivation is built.
+type nobody struct{}
+
+func (nobody) Has(context.Context, string) (bool, error) { return false, nil }
+
+// TestIdleVolunteerYieldsToJobs: a runner with nothing to do builds the
+// farm's requests with real Nix; a forge task that arrives mid-build
+// stops the farm build, starts within the fetch interval (plus the time
+// the build takes to stop), and the farm request, released at once, is
+// built to the end by the runner once the job is done.
+func TestIdleVolunteerYieldsToJobs(t *testing.T) {
+	bb := testnix.Busybox(t)
+	_, conn := testqueue.Embedded(t, natsserver.Config{})
+	ctx := testctx.New(t, 5*time.Minute)
+	if err := conn.EnsureFarm(ctx, queue.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const tenant = "default"
+	opts := nix.OfflineOptions()
+	opts["sandbox"] = "false"
+
+	// A set of one slow derivation, submitted from another store.
+	dir := t.TempDir()
+	file := filepath.Join(dir, "slow.nix")
+	if err := os.WriteFile(file, []byte(slowFarmSample), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := make([]byte, 8)
+	rand.Read(m)
+	submitter := &nix.Nix{Root: t.TempDir(), Options: opts}
+	roots, err := farm.Roots(ctx, submitter, []string{file}, farm.RootsOptions{Attrs: []string{"slow"},
+		Args: map[string]string{"busybox": bb}, ArgStrs: map[string]string{"message": hex.EncodeToString(m)}})
+	if err != nil || len(roots) != 1 {
+		t.Fatalf("roots %v: %v", roots, err)
+	}
+	id := farm.NewSetID()
+	closure, err := farm.StageClosure(ctx, conn, submitter, "submitter-1", id, roots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := farm.Submit(ctx, conn, farm.SubmitOptions{Tenant: tenant, ID: id, Roots: roots, Closure: closure, Cache: nobody{},
+		MaxAttempts: 1, Read: func(p string) ([]byte, error) { return os.ReadFile(submitter.RealPath(p)) }}); err != nil {
+		t.Fatal(err)
+	}
+	sched, err := farm.NewScheduler(farm.SchedulerConfig{Conn: conn, Cache: nobody{}, ResyncEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sched.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer sched.Close(context.Background())
+
+	// The runner's builder: its own store, key and builder id.
+	signer, _ := testkey.Signer(t)
+	b := &builder.Builder{Nix: &nix.Nix{Root: t.TempDir(), Options: opts}, Queue: conn, Signer: signer,
+		BuilderID: "forgejo-runner:t", Tenant: tenant, Version: "test", StageClosures: true}
+	v := &volunteer.Volunteer{Conn: conn, Builder: b, Systems: []string{"x86_64-linux"}}
+	if err := v.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	w := v.FarmWorker(conn, farm.Machine{System: "x86_64-linux"}, "")
+	claims := make(chan uint64, 10)
+	w.OnClaim = func(r *farm.Request, res farm.ClaimResult) {
+		if res == farm.Claimed {
+			claims <- 1
+		}
+	}
+	const fetchInterval = time.Second
+	f := newFixture(t, func(o *Options) {
+		o.FetchInterval = fetchInterval
+		o.Idle = w.Run
+	})
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- f.runner.Run(rctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	// Idle: the runner takes the farm request and builds it.
+	select {
+	case <-claims:
+	case <-time.After(time.Minute):
+		t.Fatal("the idle runner took no farm request")
+	}
+	time.Sleep(500 * time.Millisecond) // mid-build (it takes 3 s)
+	if r := resultFor(ctx, t, conn, roots[0]); r != nil {
+		t.Fatalf("built already: %+v", r)
+	}
+
+	// A forge job arrives: it starts within the fetch interval.
+	t0 := time.Now()
+	jobID := f.srv.AddTask(task(t, "on: push\njobs:\n  j:\n    runs-on: nix\n    steps:\n      - run: echo job ran\n", nil), "nix")
+	var assigned time.Duration
+	for {
+		st, _ := f.srv.Task(jobID)
+		if st.Runner != "" && assigned == 0 {
+			assigned = time.Since(t0)
+		}
+		if st.State != nil || len(st.Logs) > 0 {
+			break
+		}
+		if time.Since(t0) > time.Minute {
+			t.Fatal("the job never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	started := time.Since(t0)
+	t.Logf("job fetched after %s, started after %s", assigned, started)
+	if started > fetchInterval+time.Second {
+		t.Errorf("the job started %s after it arrived: the farm build held it past the fetch interval (%s)", started, fetchInterval)
+	}
+	if r := resultFor(ctx, t, conn, roots[0]); r != nil {
+		t.Errorf("the farm build went on to the end while the job ran: %+v", r)
+	}
+	st, err := f.srv.WaitTask(ctx, jobID)
+	if err != nil || st.Result != runnerv1.Result_RESULT_SUCCESS {
+		t.Fatalf("job %v %v", st.Result, err)
+	}
+
+	// Idle again: the released request comes back and is built to the end.
+	select {
+	case <-claims:
+	case <-time.After(time.Minute):
+		t.Fatal("the farm request was not taken again")
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if r := resultFor(ctx, t, conn, roots[0]); r != nil {
+			if r.Builder != "forgejo-runner:t" {
+				t.Errorf("built by %s", r.Builder)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the farm request was never built")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// One report: a build, no failure (the stopped build counts for nothing).
+	var built, failed int
+	for range 100 {
+		built, failed = 0, 0
+		if err := conn.ReadFarmReports(ctx, time.Now().Add(-time.Hour), func(_ string, data []byte) error {
+			rep, err := farm.DecodeReport(data)
+			switch {
+			case err != nil:
+			case rep.Outcome == farm.BuildFailed:
+				failed++
+			default:
+				built++
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if built > 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if built != 1 || failed != 0 {
+		t.Errorf("reports: %d built, %d failed", built, failed)
+	}
+}
+
+// resultFor is the last result published for drv, or nil.
+func resultFor(ctx context.Context, t *testing.T, conn *queue.Conn, drv string) *queue.Result {
+	t.Helper()
+	s, err := conn.JetStream().Stream(ctx, queue.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj, _ := queue.ResultsSubject("default", "x86_64-linux")
+	m, err := s.GetLastMsgForSubject(ctx, subj)
+	if err != nil {
+		return nil
+	}
+	r, err := queue.DecodeResult(m.Data)
+	if err != nil || r.DrvPath != drv {
+		return nil
+	}
+	return r
+}
