@@ -36,6 +36,10 @@ every running job gets a user of its own from that pool, and on Linux a
 cgroup of its own: whatever a job leaves running is killed when it ends. Every derivation a job
 builds is attested with the runner's key and published to NATS.
 
+With provenix.volunteer the runner builds for the farm while it runs no job
+(as 'provenix volunteer --farm' does, with the runner's key and builder id);
+a job that arrives stops the farm build first, which goes back to the farm.
+
 SIGINT/SIGTERM stop polling; running jobs get runner.shutdown_timeout to
 finish before they are cancelled and reported as cancelled.`,
 		Args: cobra.NoArgs,
