@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -222,4 +225,85 @@ func resultFor(ctx context.Context, t *testing.T, conn *queue.Conn, drv string) 
 		return nil
 	}
 	return r
+}
+
+// TestIdleLifecycle: the idle work runs while no job does, is stopped
+// (and has returned) before a job starts, starts again after it, and
+// one that fails by itself is not restarted in a loop.
+func TestIdleLifecycle(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		starts  int
+		running bool
+		overlap bool
+	)
+	f := newFixture(t, func(o *Options) {
+		o.Idle = func(ctx context.Context) error {
+			mu.Lock()
+			starts++
+			running = true
+			mu.Unlock()
+			<-ctx.Done()
+			mu.Lock()
+			running = false
+			mu.Unlock()
+			return nil
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.runner.Run(ctx) }()
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(time.Minute); !ok(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("never: %s", what)
+			}
+		}
+	}
+	waitFor("idle work started", func() bool { mu.Lock(); defer mu.Unlock(); return starts == 1 && running })
+	// When the job is reported running, the idle work has returned.
+	id := f.srv.AddTask(task(t, "on: push\njobs:\n  j:\n    runs-on: nix\n    steps:\n      - run: echo job ran\n", nil), "nix")
+	waitFor("job started", func() bool {
+		st, _ := f.srv.Task(id)
+		if st.State != nil || len(st.Logs) > 0 {
+			mu.Lock()
+			overlap = overlap || running
+			mu.Unlock()
+			return true
+		}
+		return false
+	})
+	if _, err := f.srv.WaitTask(testctx.New(t, time.Minute), id); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("idle work started again", func() bool { mu.Lock(); defer mu.Unlock(); return starts == 2 && running })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if overlap {
+		t.Error("the idle work ran while the job did")
+	}
+	if running {
+		t.Error("the idle work outlived Run")
+	}
+
+	// Idle work that fails by itself waits idleRetry before it runs again.
+	var fails atomic.Int32
+	f = newFixture(t, func(o *Options) {
+		o.Idle = func(context.Context) error { fails.Add(1); return errors.New("broker down") }
+	})
+	ctx, cancel = context.WithCancel(context.Background())
+	go func() { done <- f.runner.Run(ctx) }()
+	time.Sleep(500 * time.Millisecond) // 10 fetch intervals
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := fails.Load(); n != 1 {
+		t.Errorf("failing idle work started %d times in 500ms, want 1", n)
+	}
 }
