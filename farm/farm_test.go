@@ -717,17 +717,8 @@ func TestWorkerStoppedMidBuild(t *testing.T) {
 	if b := log.all(); len(b) != 1 || b[0].builder != "survivor" {
 		t.Errorf("builds %+v", b)
 	}
-	var failed int
-	if err := conn.ReadFarmReports(testctx.New(t, time.Minute), time.Now().Add(-time.Hour), func(_ string, data []byte) error {
-		if rep, err := DecodeReport(data); err == nil && rep.Outcome == BuildFailed {
-			failed++
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if failed != 0 {
-		t.Errorf("%d failure reports", failed)
+	if n := failureReports(t, conn); n != 0 {
+		t.Errorf("%d failure reports", n)
 	}
 }
 
@@ -803,8 +794,16 @@ func TestAdaptiveReplicationWithdraws(t *testing.T) {
 	if info.NumAckPending != 0 || info.NumPending != 0 {
 		t.Errorf("requests left: %d pending, %d unacknowledged", info.NumPending, info.NumAckPending)
 	}
-	var failed int
-	if err := conn.ReadFarmReports(ctx, time.Now().Add(-time.Hour), func(_ string, data []byte) error {
+	if n := failureReports(t, conn); n != 0 {
+		t.Errorf("%d failure reports", n)
+	}
+}
+
+// failureReports counts the failed builds reported in the last hour.
+func failureReports(t *testing.T, conn *queue.Conn) int {
+	t.Helper()
+	failed := 0
+	if err := conn.ReadFarmReports(testctx.New(t, time.Minute), time.Now().Add(-time.Hour), func(_ string, data []byte) error {
 		if rep, err := DecodeReport(data); err == nil && rep.Outcome == BuildFailed {
 			failed++
 		}
@@ -812,7 +811,5 @@ func TestAdaptiveReplicationWithdraws(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if failed != 0 {
-		t.Errorf("%d failure reports", failed)
-	}
+	return failed
 }

@@ -128,7 +128,7 @@ func TestIdleVolunteerYieldsToJobs(t *testing.T) {
 		t.Fatal("the idle runner took no farm request")
 	}
 	time.Sleep(500 * time.Millisecond) // mid-build (it takes 3 s)
-	if r := resultFor(ctx, t, conn, roots[0]); r != nil {
+	if r := testqueue.LastResult(t, conn, tenant, "x86_64-linux", roots[0]); r != nil {
 		t.Fatalf("built already: %+v", r)
 	}
 
@@ -154,7 +154,7 @@ func TestIdleVolunteerYieldsToJobs(t *testing.T) {
 	if started > fetchInterval+time.Second {
 		t.Errorf("the job started %s after it arrived: the farm build held it past the fetch interval (%s)", started, fetchInterval)
 	}
-	if r := resultFor(ctx, t, conn, roots[0]); r != nil {
+	if r := testqueue.LastResult(t, conn, tenant, "x86_64-linux", roots[0]); r != nil {
 		t.Errorf("the farm build went on to the end while the job ran: %+v", r)
 	}
 	st, err := f.srv.WaitTask(ctx, jobID)
@@ -170,7 +170,7 @@ func TestIdleVolunteerYieldsToJobs(t *testing.T) {
 	}
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		if r := resultFor(ctx, t, conn, roots[0]); r != nil {
+		if r := testqueue.LastResult(t, conn, tenant, "x86_64-linux", roots[0]); r != nil {
 			if r.Builder != "forgejo-runner:t" {
 				t.Errorf("built by %s", r.Builder)
 			}
@@ -206,25 +206,6 @@ func TestIdleVolunteerYieldsToJobs(t *testing.T) {
 	if built != 1 || failed != 0 {
 		t.Errorf("reports: %d built, %d failed", built, failed)
 	}
-}
-
-// resultFor is the last result published for drv, or nil.
-func resultFor(ctx context.Context, t *testing.T, conn *queue.Conn, drv string) *queue.Result {
-	t.Helper()
-	s, err := conn.JetStream().Stream(ctx, queue.StreamResults)
-	if err != nil {
-		t.Fatal(err)
-	}
-	subj, _ := queue.ResultsSubject("default", "x86_64-linux")
-	m, err := s.GetLastMsgForSubject(ctx, subj)
-	if err != nil {
-		return nil
-	}
-	r, err := queue.DecodeResult(m.Data)
-	if err != nil || r.DrvPath != drv {
-		return nil
-	}
-	return r
 }
 
 // TestIdleLifecycle: the idle work runs while no job does, is stopped

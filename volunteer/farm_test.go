@@ -15,6 +15,7 @@ import (
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnix"
+	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -114,7 +115,7 @@ func TestFarmFirstBuild(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res := resultFor(conn, good)
+		res := testqueue.LastResult(t, conn, tenant, "x86_64-linux", good)
 		if st.Counts[farm.Failed] == 1 && res != nil {
 			if res.Builder != "volunteer-farm" || len(res.Outputs) != 1 {
 				t.Errorf("result %+v", res)
@@ -167,26 +168,6 @@ func TestFarmFirstBuild(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// resultFor is the last result published for drv, or nil.
-func resultFor(conn *queue.Conn, drv string) *queue.Result {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := conn.JetStream().Stream(ctx, queue.StreamResults)
-	if err != nil {
-		return nil
-	}
-	subj, _ := queue.ResultsSubject(tenant, "x86_64-linux")
-	m, err := s.GetLastMsgForSubject(ctx, subj)
-	if err != nil {
-		return nil
-	}
-	r, err := queue.DecodeResult(m.Data)
-	if err != nil || r.DrvPath != drv {
-		return nil
-	}
-	return r
 }
 
 // TestFarmStanding: a volunteer the pushers quarantined says so, and why.
