@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"codeberg.org/provenix/provenix/internal/ticker"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -139,25 +140,13 @@ var errWithdrawn = errors.New("farm: build withdrawn: no longer needed")
 // needs it: checked every WithdrawCheck, so a build shorter than that
 // costs no read. A read that fails is tried again at the next check.
 func withdrawWhenUnneeded(ctx context.Context, kv jetstream.KeyValue, r *Request, every time.Duration, withdraw context.CancelCauseFunc) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if st, err := needed(ctx, kv, r); err == nil && st == nil {
-				withdraw(errWithdrawn)
-				return
-			}
+	return ticker.Every(ctx, every, func(ctx context.Context) bool {
+		if st, err := needed(ctx, kv, r); err == nil && st == nil {
+			withdraw(errWithdrawn)
+			return false
 		}
-	}()
-	return func() { cancel(); <-done }
+		return true
+	})
 }
 
 // BuildFunc builds a request's derivation and publishes its result (as
