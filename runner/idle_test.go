@@ -2,28 +2,23 @@ package runner
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	natsserver "codeberg.org/provenix/provenix/queue/server"
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 
 	"codeberg.org/provenix/provenix/builder"
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testfarm"
 	"codeberg.org/provenix/provenix/internal/testkey"
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/nix"
-	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/volunteer"
 )
 
@@ -38,11 +33,6 @@ in {
 }
 `
 
-// nobody is a cache that has nothing: every derivation is built.
-type nobody struct{}
-
-func (nobody) Has(context.Context, string) (bool, error) { return false, nil }
-
 // TestIdleVolunteerYieldsToJobs: a runner with nothing to do builds the
 // farm's requests with real Nix; a forge task that arrives mid-build
 // stops the farm build, starts within the fetch interval (plus the time
@@ -52,47 +42,14 @@ func TestIdleVolunteerYieldsToJobs(t *testing.T) {
 	bb := testnix.Busybox(t)
 	_, conn := testqueue.Embedded(t, natsserver.Config{})
 	ctx := testctx.New(t, 5*time.Minute)
-	if err := conn.EnsureFarm(ctx, queue.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	const tenant = "default"
-	opts := nix.OfflineOptions()
-	opts["sandbox"] = "false"
-
-	// A set of one slow derivation, submitted from another store.
-	dir := t.TempDir()
-	file := filepath.Join(dir, "slow.nix")
-	if err := os.WriteFile(file, []byte(slowFarmSample), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m := make([]byte, 8)
-	rand.Read(m)
-	submitter := &nix.Nix{Root: t.TempDir(), Options: opts}
-	roots, err := farm.Roots(ctx, submitter, []string{file}, farm.RootsOptions{Attrs: []string{"slow"},
-		Args: map[string]string{"busybox": bb}, ArgStrs: map[string]string{"message": hex.EncodeToString(m)}})
-	if err != nil || len(roots) != 1 {
-		t.Fatalf("roots %v: %v", roots, err)
-	}
-	id := farm.NewSetID()
-	closure, err := farm.StageClosure(ctx, conn, submitter, "submitter-1", id, roots)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := farm.Submit(ctx, conn, farm.SubmitOptions{Tenant: tenant, ID: id, Roots: roots, Closure: closure, Cache: nobody{},
-		MaxAttempts: 1, Read: func(p string) ([]byte, error) { return os.ReadFile(submitter.RealPath(p)) }}); err != nil {
-		t.Fatal(err)
-	}
-	sched, err := farm.NewScheduler(farm.SchedulerConfig{Conn: conn, Cache: nobody{}, ResyncEvery: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sched.Open(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer sched.Close(context.Background())
+	roots, _ := testfarm.Submit(t, conn, tenant, slowFarmSample, bb, 1, "slow")
+	testfarm.StartScheduler(t, conn)
 
 	// The runner's builder: its own store, key and builder id.
 	signer, _ := testkey.Signer(t)
+	opts := nix.OfflineOptions()
+	opts["sandbox"] = "false"
 	b := &builder.Builder{Nix: &nix.Nix{Root: t.TempDir(), Options: opts}, Queue: conn, Signer: signer,
 		BuilderID: "forgejo-runner:t", Tenant: tenant, Version: "test", StageClosures: true}
 	v := &volunteer.Volunteer{Conn: conn, Builder: b, Systems: []string{"x86_64-linux"}}

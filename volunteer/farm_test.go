@@ -2,11 +2,7 @@ package volunteer
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,9 +10,9 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testfarm"
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/internal/testqueue"
-	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -33,11 +29,6 @@ in {
 }
 `
 
-// nobody is a cache that has nothing: every derivation is built.
-type nobody struct{}
-
-func (nobody) Has(context.Context, string) (bool, error) { return false, nil }
-
 // TestFarmFirstBuild: a set submitted from another store (its closure
 // staged) is built for the first time by a volunteer through the farm:
 // the volunteer imports the .drv, builds it in its own store and
@@ -47,42 +38,8 @@ func TestFarmFirstBuild(t *testing.T) {
 	bb := testnix.Busybox(t)
 	conn := startQueue(t)
 	ctx := testctx.New(t, 5*time.Minute)
-	if err := conn.EnsureFarm(ctx, queue.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	file := filepath.Join(dir, "sample.nix")
-	if err := os.WriteFile(file, []byte(farmSample), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m := make([]byte, 8)
-	rand.Read(m)
-	opts := nix.OfflineOptions()
-	opts["sandbox"] = "false"
-	submitter := &nix.Nix{Root: t.TempDir(), Options: opts}
-	roots, err := farm.Roots(ctx, submitter, []string{file}, farm.RootsOptions{Attrs: []string{"good", "bad"},
-		Args: map[string]string{"busybox": bb}, ArgStrs: map[string]string{"message": hex.EncodeToString(m)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := farm.NewSetID()
-	closure, err := farm.StageClosure(ctx, conn, submitter, "submitter-1", id, roots)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := farm.Submit(ctx, conn, farm.SubmitOptions{Tenant: tenant, ID: id, Roots: roots, Closure: closure, Cache: nobody{},
-		MaxAttempts: 1, Read: func(p string) ([]byte, error) { return os.ReadFile(submitter.RealPath(p)) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sched, err := farm.NewScheduler(farm.SchedulerConfig{Conn: conn, Cache: nobody{}, ResyncEvery: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sched.Open(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer sched.Close(context.Background())
+	roots, sub := testfarm.Submit(t, conn, tenant, farmSample, bb, 1, "good", "bad")
+	testfarm.StartScheduler(t, conn)
 
 	vb, _ := newBuilder(t, conn, "volunteer-farm")
 	v := &Volunteer{Conn: conn, Builder: vb, Systems: []string{"x86_64-linux"}, Once: true}
