@@ -25,6 +25,17 @@
 //   - Worker (worker.go): consumes the feature classes its Machine can
 //     build, claims each request, builds it with a BuildFunc
 //     (volunteer.FarmBuild builds with Nix) and reports the outcome.
+//     A build stopped by the worker's context (shutdown, or a runner
+//     daemon taking its machine back for a forge job) reports nothing
+//     and its request is released at once for another worker.
+//
+// Adaptive replication: the N replicas of a quorum-N derivation are
+// dispatched at once, and the pushers decide when enough agree (their
+// policy lets a veteran's vote count twice, quorum.trusted_after). Once
+// the outputs are visible the derivation is done: a replica nobody has
+// claimed yet is dropped at its claim, and one being built is withdrawn
+// (a running build checks every Worker.WithdrawCheck that it is still
+// needed), so a veteran's build costs the farm one build, not N.
 //   - GetStatus, Cancel (status.go) and ReadStats (stats.go) read a set
 //     and the farm's work.
 //

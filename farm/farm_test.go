@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
@@ -666,4 +668,148 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.Write(p)
+}
+
+// TestWorkerStoppedMidBuild: a worker whose context ends mid-build (a
+// runner taking its machine back for a forge job) reports no failure,
+// even when its BuildFunc turns the kill into a failed build, and the
+// request goes at once to another worker, not after AckWait.
+func TestWorkerStoppedMidBuild(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "g1")
+
+	started := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := &Worker{Conn: connect(t, url), Tenant: tenant, Machine: Machine{System: "x86_64-linux"}, Builder: "idle-runner",
+		AckWait: time.Minute,
+		Build: func(ctx context.Context, r *Request) (*BuildStats, error) {
+			close(started)
+			<-ctx.Done() // nix is killed: it exits non-zero
+			return nil, &BuildError{ExitCode: 137, Log: []string{"killed"}}
+		}}
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Run(ctx) }()
+	sub := submit(t, conn, g, cache, 1, 1) // one attempt: a failure would end the set
+	<-started
+	testWorker(t, url, g, cache, p, log, "survivor", "o2", nil)
+	t0 := time.Now()
+	cancel()
+	if err := <-stopped; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	st := waitFinished(t, conn, sub.Set.ID, 20*time.Second)
+	if took := time.Since(t0); took > 10*time.Second {
+		t.Errorf("rebuilt after %s: the request waited for its AckWait", took)
+	}
+	if st.Counts[Done] != 1 {
+		t.Fatalf("status %s", st)
+	}
+	for _, d := range st.Derivations {
+		if len(d.Failures) > 0 {
+			t.Errorf("%s: failures %+v from a stopped build", d.DrvPath, d.Failures)
+		}
+	}
+	if b := log.all(); len(b) != 1 || b[0].builder != "survivor" {
+		t.Errorf("builds %+v", b)
+	}
+	if n := failureReports(t, conn); n != 0 {
+		t.Errorf("%d failure reports", n)
+	}
+}
+
+// TestAdaptiveReplicationWithdraws: under quorum 2 both replicas are
+// dispatched; when the pusher publishes on fewer votes (a veteran's vote
+// counts twice under the policy's trusted_after), the other replica's
+// build, running, is withdrawn: stopped, its request dropped, no
+// failure reported, and nobody builds it again.
+func TestAdaptiveReplicationWithdraws(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 1} // the veteran's one vote publishes
+	startScheduler(t, url, cache, "g1")
+
+	slowStarted := make(chan struct{})
+	slowStopped := make(chan time.Time, 1)
+	testWorkerFunc(t, url, "newcomer", func(ctx context.Context, r *Request) (*BuildStats, error) {
+		close(slowStarted)
+		select {
+		case <-ctx.Done():
+			slowStopped <- time.Now()
+			return nil, &BuildError{ExitCode: 137, Log: []string{"killed"}}
+		case <-time.After(time.Minute):
+			return &testCost, nil
+		}
+	})
+	published := make(chan time.Time, 1)
+	testWorkerFunc(t, url, "veteran", func(ctx context.Context, r *Request) (*BuildStats, error) {
+		select {
+		case <-slowStarted: // both replicas are being built
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		published <- time.Now()
+		return &testCost, p.vote(ctx, r, "veteran")
+	})
+	sub := submit(t, conn, g, cache, 2, 1)
+	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
+	if st.Counts[Done] != 1 {
+		t.Fatalf("status %s", st)
+	}
+	select {
+	case at := <-slowStopped:
+		if d := at.Sub(<-published); d > DefaultWithdrawCheck+3*time.Second {
+			t.Errorf("the extra replica was withdrawn %s after the derivation was done", d)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the extra replica's build was not withdrawn")
+	}
+	for _, d := range st.Derivations {
+		if len(d.Failures) > 0 {
+			t.Errorf("%s: failures %+v from a withdrawn build", d.DrvPath, d.Failures)
+		}
+	}
+	// Its request was dropped, not left for redelivery.
+	ctx := testctx.New(t, time.Minute)
+	subj, _ := queue.FarmBuildSubject(tenant, "x86_64-linux", FeatureClass(nil))
+	var info *jetstream.ConsumerInfo
+	for range 100 {
+		c, err := conn.JetStream().Consumer(ctx, queue.StreamFarm, queue.FarmConsumer(subj))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info, err = c.Info(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if info.NumAckPending == 0 && info.NumPending == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if info.NumAckPending != 0 || info.NumPending != 0 {
+		t.Errorf("requests left: %d pending, %d unacknowledged", info.NumPending, info.NumAckPending)
+	}
+	if n := failureReports(t, conn); n != 0 {
+		t.Errorf("%d failure reports", n)
+	}
+}
+
+// failureReports counts the failed builds reported in the last hour.
+func failureReports(t *testing.T, conn *queue.Conn) int {
+	t.Helper()
+	failed := 0
+	if err := conn.ReadFarmReports(testctx.New(t, time.Minute), time.Now().Add(-time.Hour), func(_ string, data []byte) error {
+		if rep, err := DecodeReport(data); err == nil && rep.Outcome == BuildFailed {
+			failed++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return failed
 }

@@ -1,6 +1,7 @@
 package farm
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"codeberg.org/provenix/provenix/internal/ticker"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -64,23 +66,17 @@ func claim(ctx context.Context, kv jetstream.KeyValue, r *Request, builder, owne
 	if slices.Contains(r.Exclude, builder) {
 		return NotForUs, nil
 	}
-	var set Set
-	if _, found, err := getJSON(ctx, kv, setKey(r.Set), &set); err != nil {
+	st, err := needed(ctx, kv, r)
+	if err != nil {
 		return 0, err
-	} else if !found || set.Canceled != nil || set.Tenant != r.Tenant {
-		return NotNeeded, nil
-	}
-	var st State
-	if _, found, err := getJSON(ctx, kv, stateKey(r.Set, r.DrvPath), &st); err != nil {
-		return 0, err
-	} else if !found || st.Status.Final() || st.DrvPath != r.DrvPath {
+	} else if st == nil {
 		return NotNeeded, nil
 	}
 	if slices.Contains(st.failedBuilders(), builder) {
 		return NotForUs, nil
 	}
 	res := Claimed
-	_, err := update(ctx, kv, claimKey(r.Set, r.DrvPath), func(c *Claims, found bool) (bool, func(context.Context) error, error) {
+	_, err = update(ctx, kv, claimKey(r.Set, r.DrvPath), func(c *Claims, found bool) (bool, func(context.Context) error, error) {
 		c.Version = RecordVersion
 		i := slices.IndexFunc(c.Replicas, func(x Claim) bool { return x.Replica == r.Replica })
 		for _, x := range c.Replicas {
@@ -116,6 +112,43 @@ func claim(ctx context.Context, kv jetstream.KeyValue, r *Request, builder, owne
 	return res, nil
 }
 
+// needed is r's derivation's state while a build of it is needed: nil
+// once its set is gone or cancelled, or the derivation is final (done:
+// its outputs are visible, maybe with fewer builds than the set's quorum
+// when the pusher's policy let a veteran's vote count twice; failed;
+// blocked).
+func needed(ctx context.Context, kv jetstream.KeyValue, r *Request) (*State, error) {
+	var set Set
+	if _, found, err := getJSON(ctx, kv, setKey(r.Set), &set); err != nil {
+		return nil, err
+	} else if !found || set.Canceled != nil || set.Tenant != r.Tenant {
+		return nil, nil
+	}
+	var st State
+	if _, found, err := getJSON(ctx, kv, stateKey(r.Set, r.DrvPath), &st); err != nil {
+		return nil, err
+	} else if !found || st.Status.Final() || st.DrvPath != r.DrvPath {
+		return nil, nil
+	}
+	return &st, nil
+}
+
+// errWithdrawn stops a build nobody needs any more (see needed).
+var errWithdrawn = errors.New("farm: build withdrawn: no longer needed")
+
+// withdrawWhenUnneeded cancels a build, with errWithdrawn, once nobody
+// needs it: checked every WithdrawCheck, so a build shorter than that
+// costs no read. A read that fails is tried again at the next check.
+func withdrawWhenUnneeded(ctx context.Context, kv jetstream.KeyValue, r *Request, every time.Duration, withdraw context.CancelCauseFunc) (stop func()) {
+	return ticker.Every(ctx, every, func(ctx context.Context) bool {
+		if st, err := needed(ctx, kv, r); err == nil && st == nil {
+			withdraw(errWithdrawn)
+			return false
+		}
+		return true
+	})
+}
+
 // BuildFunc builds a request's derivation and publishes its result (as
 // `provenix build` does). A build that ran and failed returns a
 // *BuildError; any other error is a worker's failure and the request is
@@ -146,6 +179,9 @@ func (e *BuildError) Error() string {
 
 // Defaults of Worker.
 const (
+	// DefaultWithdrawCheck is how often a running build checks that it
+	// is still needed (Worker.WithdrawCheck).
+	DefaultWithdrawCheck = 2 * time.Second
 	// DefaultNotForUsDelay is how long a request this worker may not
 	// build waits before it is offered again (to any worker).
 	DefaultNotForUsDelay = 100 * time.Millisecond
@@ -170,7 +206,13 @@ type Worker struct {
 	// AckWait: see queue.ConsumerOptions. A running build tells the
 	// server it is in progress every AckWait/3.
 	AckWait time.Duration
-	Logger  *slog.Logger
+	// WithdrawCheck is how often a running build checks that it is still
+	// needed; DefaultWithdrawCheck when 0. A build of a derivation done
+	// meanwhile (by the other replicas: the pusher needed fewer votes,
+	// a veteran's counting twice), failed or blocked, or of a cancelled
+	// set, is stopped and its request dropped, with no report.
+	WithdrawCheck time.Duration
+	Logger        *slog.Logger
 	// OnClaim, when set, is called with each request's claim result.
 	OnClaim func(*Request, ClaimResult)
 	// Standing, when set, says whether this builder is quarantined (by
@@ -332,9 +374,24 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 		return queue.Defer(notForUsDelay(d.NumDelivered))
 	}
 	stop := d.KeepAlive(ctx, ackWait/3, nil)
+	bctx, withdraw := context.WithCancelCause(ctx)
+	defer withdraw(nil)
+	stopWithdraw := withdrawWhenUnneeded(bctx, kv, r, cmp.Or(w.WithdrawCheck, DefaultWithdrawCheck), withdraw)
 	start := time.Now()
-	stats, berr := w.Build(ctx, r)
+	stats, berr := w.Build(bctx, r)
+	stopWithdraw()
 	stop()
+	if berr != nil && ctx.Err() == nil && errors.Is(context.Cause(bctx), errWithdrawn) {
+		log.Info("farm: build withdrawn: its derivation is done, failed or blocked, or its set cancelled", logKeyDrv, r.DrvPath, "replica", r.Replica)
+		return nil
+	}
+	if berr != nil && ctx.Err() != nil {
+		// Stopped, not failed (the worker is shutting down, or a runner
+		// takes its machine back for a forge job): nothing counts
+		// against this builder, and the queue releases the request at
+		// once (a nak without delay) for another worker.
+		return fmt.Errorf("farm: build %s stopped: %w", r.DrvPath, errors.Join(context.Cause(ctx), berr))
+	}
 	owner := w.Owner
 	if owner == "" {
 		owner = w.Builder
@@ -358,7 +415,11 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 	if rep.WallMillis == 0 {
 		rep.WallMillis = time.Since(start).Milliseconds()
 	}
-	if err := PublishReport(ctx, w.Conn, rep); err != nil {
+	// A build that ended is reported even when the worker is stopping
+	// now: otherwise it would be built again.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queue.DefaultTimeout)
+	defer cancel()
+	if err := PublishReport(rctx, w.Conn, rep); err != nil {
 		return err
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"codeberg.org/provenix/provenix/internal/retry"
+	"codeberg.org/provenix/provenix/internal/ticker"
 )
 
 const (
@@ -80,27 +81,12 @@ func (d *Delivery) InProgress() error {
 // called (stop waits for the heartbeat goroutine to end). A failed
 // heartbeat goes to onErr, when set: losing one only risks a redelivery.
 func (d *Delivery) KeepAlive(ctx context.Context, interval time.Duration, onErr func(error)) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := d.InProgress(); err != nil && onErr != nil {
-					onErr(err)
-				}
-			}
+	return ticker.Every(ctx, interval, func(context.Context) bool {
+		if err := d.InProgress(); err != nil && onErr != nil {
+			onErr(err)
 		}
-	}()
-	return func() {
-		cancel()
-		<-done
-	}
+		return true
+	})
 }
 
 // Handler processes one delivery. Its outcome decides the message's fate:

@@ -62,6 +62,13 @@ type Options struct {
 	// /tmp (Linux, root: otherwise each job gets /tmp and /var/tmp of its
 	// own, bound from its TMPDIR).
 	DisablePrivateTmp bool
+	// Idle, when set, is work the runner does while it runs no job (the
+	// farm's builds, when the runner volunteers: provenix.volunteer). It
+	// runs until its context ends; the runner ends it as soon as a fetch
+	// returns a task, and waits for it to return before starting the
+	// job, so forge jobs always come first and wait no longer than it
+	// takes Idle to stop. It is started again once no job runs.
+	Idle func(ctx context.Context) error
 	// ChildCommand starts the job process (default: this executable with
 	// "runner exec-job"); it reads a job.Spec on stdin.
 	ChildCommand []string
@@ -235,7 +242,12 @@ func (r *Runner) Run(ctx context.Context) error {
 	defer cancelJobs()
 	slots := make(chan struct{}, r.opts.Capacity)
 	var wg sync.WaitGroup
+	var idle idleWork
+	defer idle.stop()
 	for ctx.Err() == nil {
+		if len(slots) == 0 {
+			idle.start(ctx, r.opts.Idle, r.log)
+		}
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
@@ -253,6 +265,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			sleep(ctx, r.opts.FetchInterval)
 			continue
 		}
+		idle.stop() // forge jobs first
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -276,6 +289,58 @@ func (r *Runner) Run(ctx context.Context) error {
 		<-done
 	}
 	return nil
+}
+
+// idleRetry is how long the runner waits before starting its idle work
+// again when it stopped by itself (an error: the broker is down, say).
+const idleRetry = 30 * time.Second
+
+// idleWork is Options.Idle while it runs; Run's loop alone uses it.
+type idleWork struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	// failed is set, before done is closed, when the work stopped by
+	// itself (an error: the broker is down, say).
+	failed time.Time
+}
+
+// start runs idle unless it is nil, runs already, or stopped by itself
+// less than idleRetry ago.
+func (w *idleWork) start(ctx context.Context, idle func(context.Context) error, log *slog.Logger) {
+	if idle == nil {
+		return
+	}
+	if w.done != nil {
+		select {
+		case <-w.done:
+		default:
+			return // running
+		}
+		if time.Since(w.failed) < idleRetry {
+			return
+		}
+		w.cancel()
+	}
+	ictx, cancel := context.WithCancel(ctx)
+	w.cancel, w.done, w.failed = cancel, make(chan struct{}), time.Time{}
+	log.Info("no job running: volunteering")
+	go func(done chan struct{}) {
+		defer close(done)
+		if err := idle(ictx); ictx.Err() == nil {
+			log.Warn("idle work stopped by itself; trying again later", "err", err, "retry", idleRetry)
+			w.failed = time.Now()
+		}
+	}(w.done)
+}
+
+// stop ends the idle work, if it runs, and waits for it to return.
+func (w *idleWork) stop() {
+	if w.done == nil {
+		return
+	}
+	w.cancel()
+	<-w.done
+	w.cancel, w.done = nil, nil
 }
 
 // RunOne polls until one task arrives, runs it and returns its result.

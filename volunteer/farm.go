@@ -40,7 +40,7 @@ func (v *Volunteer) FarmBuild(ctx context.Context, r *farm.Request) (*farm.Build
 	if action == ActionRetry {
 		return nil, err
 	}
-	be := &farm.BuildError{ExitCode: -1, Log: tailLines(err.Error(), farm.MaxLogLines)}
+	be := &farm.BuildError{ExitCode: -1, Log: tailLines(err.Error(), farm.MaxLogLines), Stats: farm.BuildStats{CPUSeconds: cpu.Seconds()}}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		be.ExitCode = ee.ExitCode()
@@ -65,8 +65,7 @@ func (v *Volunteer) RunWithFarm(ctx context.Context, conn *queue.Conn, m farm.Ma
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w := &farm.Worker{Conn: conn, Tenant: v.Builder.Tenant, Machine: m, Builder: v.Builder.BuilderID, Owner: owner,
-		Build: v.FarmBuild, AckWait: v.AckWait, Logger: v.Logger, Standing: v.standing}
+	w := v.FarmWorker(conn, m, owner)
 	errs := make(chan error, 2)
 	go func() { errs <- w.Run(ctx) }()
 	go func() { errs <- v.Run(ctx) }()
@@ -75,6 +74,21 @@ func (v *Volunteer) RunWithFarm(ctx context.Context, conn *queue.Conn, m farm.Ma
 	second := <-errs
 	return errors.Join(first, second)
 }
+
+// FarmWorker is the farm.Worker that serves the farm's first builds for
+// machine m with this volunteer's builder (FarmBuild), its standing read
+// from the pushers' reputation records; owner as the policy counts
+// distinct builders, the builder id when empty. RunWithFarm runs it
+// beside the rebuilds; a runner daemon that volunteers runs it while it
+// has no job (runner.Options.Idle). Check the volunteer with Validate
+// first.
+func (v *Volunteer) FarmWorker(conn *queue.Conn, m farm.Machine, owner string) *farm.Worker {
+	return &farm.Worker{Conn: conn, Tenant: v.Builder.Tenant, Machine: m, Builder: v.Builder.BuilderID, Owner: owner,
+		Build: v.FarmBuild, AckWait: v.AckWait, Logger: v.Logger, Standing: v.standing}
+}
+
+// Validate checks the volunteer's fields (Run and RunWithFarm do).
+func (v *Volunteer) Validate() error { return v.validate() }
 
 // standing reads this volunteer's reputation as the pushers keep it
 // (farm.Worker.Standing): quarantined, it takes no farm build, and says

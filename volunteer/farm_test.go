@@ -2,11 +2,7 @@ package volunteer
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,8 +10,9 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testfarm"
 	"codeberg.org/provenix/provenix/internal/testnix"
-	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -32,11 +29,6 @@ in {
 }
 `
 
-// nobody is a cache that has nothing: every derivation is built.
-type nobody struct{}
-
-func (nobody) Has(context.Context, string) (bool, error) { return false, nil }
-
 // TestFarmFirstBuild: a set submitted from another store (its closure
 // staged) is built for the first time by a volunteer through the farm:
 // the volunteer imports the .drv, builds it in its own store and
@@ -46,42 +38,8 @@ func TestFarmFirstBuild(t *testing.T) {
 	bb := testnix.Busybox(t)
 	conn := startQueue(t)
 	ctx := testctx.New(t, 5*time.Minute)
-	if err := conn.EnsureFarm(ctx, queue.StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	file := filepath.Join(dir, "sample.nix")
-	if err := os.WriteFile(file, []byte(farmSample), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m := make([]byte, 8)
-	rand.Read(m)
-	opts := nix.OfflineOptions()
-	opts["sandbox"] = "false"
-	submitter := &nix.Nix{Root: t.TempDir(), Options: opts}
-	roots, err := farm.Roots(ctx, submitter, []string{file}, farm.RootsOptions{Attrs: []string{"good", "bad"},
-		Args: map[string]string{"busybox": bb}, ArgStrs: map[string]string{"message": hex.EncodeToString(m)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := farm.NewSetID()
-	closure, err := farm.StageClosure(ctx, conn, submitter, "submitter-1", id, roots)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := farm.Submit(ctx, conn, farm.SubmitOptions{Tenant: tenant, ID: id, Roots: roots, Closure: closure, Cache: nobody{},
-		MaxAttempts: 1, Read: func(p string) ([]byte, error) { return os.ReadFile(submitter.RealPath(p)) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sched, err := farm.NewScheduler(farm.SchedulerConfig{Conn: conn, Cache: nobody{}, ResyncEvery: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sched.Open(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer sched.Close(context.Background())
+	roots, sub := testfarm.Submit(t, conn, tenant, farmSample, bb, 1, "good", "bad")
+	testfarm.StartScheduler(t, conn)
 
 	vb, _ := newBuilder(t, conn, "volunteer-farm")
 	v := &Volunteer{Conn: conn, Builder: vb, Systems: []string{"x86_64-linux"}, Once: true}
@@ -114,7 +72,7 @@ func TestFarmFirstBuild(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res := resultFor(conn, good)
+		res := testqueue.LastResult(t, conn, tenant, "x86_64-linux", good)
 		if st.Counts[farm.Failed] == 1 && res != nil {
 			if res.Builder != "volunteer-farm" || len(res.Outputs) != 1 {
 				t.Errorf("result %+v", res)
@@ -147,6 +105,19 @@ func TestFarmFirstBuild(t *testing.T) {
 			if b := stats.Builders; len(b) != 1 || b[0].Builds != 1 || b[0].Failures != 1 || b[0].CPUSeconds <= 0 || b[0].WallSeconds <= 0 {
 				t.Errorf("stats %+v", stats.Builders)
 			}
+			// The failed build's report carries its CPU time as well.
+			failedCPU := -1.0
+			if err := conn.ReadFarmReports(ctx, time.Now().Add(-time.Hour), func(_ string, data []byte) error {
+				if rep, err := farm.DecodeReport(data); err == nil && rep.Outcome == farm.BuildFailed {
+					failedCPU = rep.CPUSeconds
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if failedCPU <= 0 {
+				t.Errorf("failed build's CPU seconds: %v", failedCPU)
+			}
 			return
 		}
 		if time.Now().After(deadline) {
@@ -154,26 +125,6 @@ func TestFarmFirstBuild(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// resultFor is the last result published for drv, or nil.
-func resultFor(conn *queue.Conn, drv string) *queue.Result {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := conn.JetStream().Stream(ctx, queue.StreamResults)
-	if err != nil {
-		return nil
-	}
-	subj, _ := queue.ResultsSubject(tenant, "x86_64-linux")
-	m, err := s.GetLastMsgForSubject(ctx, subj)
-	if err != nil {
-		return nil
-	}
-	r, err := queue.DecodeResult(m.Data)
-	if err != nil || r.DrvPath != drv {
-		return nil
-	}
-	return r
 }
 
 // TestFarmStanding: a volunteer the pushers quarantined says so, and why.

@@ -305,7 +305,7 @@ func (v *Volunteer) handle(ctx context.Context, d *queue.Delivery, ackWait time.
 
 // serve imports the request's closure when this store lacks the .drv,
 // builds the derivation (see build) and publishes the result; cpu is
-// what the build used (see nix.RealiseOptions.CPU). On error
+// what the build used (see nix.RealiseOptions.CPU), a failed one too. On error
 // the action says whether retrying may help (ActionRetry) or not
 // (ActionFailed).
 func (v *Volunteer) serve(ctx context.Context, req *queue.RebuildRequest) (Action, *builder.Published, time.Duration, error) {
@@ -332,7 +332,8 @@ func (v *Volunteer) serve(ctx context.Context, req *queue.RebuildRequest) (Actio
 		if ctx.Err() != nil {
 			return ActionRetry, nil, 0, err
 		}
-		return ActionFailed, nil, 0, err
+		// A failed build's CPU time counts too (the farm reports it).
+		return ActionFailed, nil, cpu, err
 	}
 	// The closure this store built goes out with the vote: each
 	// dependency built here is one more vote of its own.
@@ -426,7 +427,8 @@ func checkDerivation(req *queue.RebuildRequest, drv *derivation.Derivation) erro
 }
 
 // build realises the request's derivation here (see the package doc for
-// why each case is sound) and returns what it did and when the build ran.
+// why each case is sound) and returns what it did and when the build ran;
+// cpu is the build's CPU time, also when it failed.
 func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs []string) (_ Action, started, finished time.Time, cpu time.Duration, _ error) {
 	n := v.Builder.Nix
 	if len(inputs) > 0 {
@@ -443,7 +445,7 @@ func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs
 	if len(invalid) > 0 {
 		action = ActionBuilt
 		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{NoSubstitute: true, CPU: &cpu}, req.DrvPath); err != nil {
-			return "", time.Time{}, time.Time{}, 0, fmt.Errorf("build %s: %w", req.DrvPath, err)
+			return "", time.Time{}, time.Time{}, cpu, fmt.Errorf("build %s: %w", req.DrvPath, err)
 		}
 	}
 	regs, err := n.PathInfos(ctx, req.Outputs...)
@@ -458,9 +460,9 @@ func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs
 		action = ActionChecked
 		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{Check: true, NoSubstitute: true, CPU: &cpu}, req.DrvPath); err != nil {
 			if errors.Is(err, nix.ErrNotDeterministic) {
-				return "", time.Time{}, time.Time{}, 0, fmt.Errorf("%s: this volunteer's rebuild differs from the copy in its store, which it did not build: no vote: %w", req.DrvPath, err)
+				return "", time.Time{}, time.Time{}, cpu, fmt.Errorf("%s: this volunteer's rebuild differs from the copy in its store, which it did not build: no vote: %w", req.DrvPath, err)
 			}
-			return "", time.Time{}, time.Time{}, 0, fmt.Errorf("check %s: %w", req.DrvPath, err)
+			return "", time.Time{}, time.Time{}, cpu, fmt.Errorf("check %s: %w", req.DrvPath, err)
 		}
 	}
 	finished = time.Now()

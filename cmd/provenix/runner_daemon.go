@@ -12,12 +12,14 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/builder"
+	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/runner"
 	"codeberg.org/provenix/provenix/runner/config"
 	"codeberg.org/provenix/provenix/runner/job"
 	"codeberg.org/provenix/provenix/runner/rpc"
+	"codeberg.org/provenix/provenix/volunteer"
 )
 
 // runnerDaemonCmds are the runner's commands that run jobs.
@@ -33,6 +35,10 @@ read neither the signing key nor the .runner token. With provenix.job_users
 every running job gets a user of its own from that pool, and on Linux a
 cgroup of its own: whatever a job leaves running is killed when it ends. Every derivation a job
 builds is attested with the runner's key and published to NATS.
+
+With provenix.volunteer the runner builds for the farm while it runs no job
+(as 'provenix volunteer --farm' does, with the runner's key and builder id);
+a job that arrives stops the farm build first, which goes back to the farm.
 
 SIGINT/SIGTERM stop polling; running jobs get runner.shutdown_timeout to
 finish before they are cancelled and reported as cancelled.`,
@@ -180,6 +186,13 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 		rs.close()
 		return nil, usageError("%v", err)
 	}
+	var idle func(context.Context) error
+	if cfg.Provenix.Volunteer {
+		if idle, err = idleVolunteer(ctx, conn, b, cfg.Provenix.Owner, log); err != nil {
+			rs.close()
+			return nil, err
+		}
+	}
 	r, err := runner.New(client, b, runner.Options{
 		Labels: labels, Capacity: cfg.Runner.Capacity,
 		Timeout: cfg.Runner.Timeout, ShutdownTimeout: cfg.Runner.ShutdownTimeout,
@@ -187,6 +200,7 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 		ReportInterval: cfg.Runner.ReportInterval, Envs: cfg.Runner.Envs,
 		WorkdirParent: workdir, JobUser: cfg.Provenix.JobUser, JobUsers: cfg.Provenix.JobUsers,
 		DisableCgroup: cfg.Provenix.NoCgroup, DisablePrivateTmp: cfg.Provenix.NoPrivateTmp, Version: version, Logger: log,
+		Idle: idle,
 	})
 	if err != nil {
 		rs.close()
@@ -194,4 +208,21 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 	}
 	rs.runner = r
 	return rs, nil
+}
+
+// idleVolunteer is the farm worker a runner runs while it has no job
+// (provenix.volunteer): the farm's builds for this host's Nix machine,
+// with the runner's builder.
+func idleVolunteer(ctx context.Context, conn *queue.Conn, b *builder.Builder, owner string, log *slog.Logger) (func(context.Context) error, error) {
+	cfg, err := b.Nix.Config(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("provenix.volunteer: %w", err)
+	}
+	m := farm.MachineOf(cfg)
+	v := &volunteer.Volunteer{Conn: conn, Builder: b, Systems: []string{m.System}, Logger: log}
+	if err := v.Validate(); err != nil {
+		return nil, usageError("provenix.volunteer: %v", err)
+	}
+	log.Info("the runner volunteers for the farm while it has no job", "system", m.System, "extra_platforms", m.ExtraPlatforms, "features", m.Features)
+	return v.FarmWorker(conn, m, owner).Run, nil
 }

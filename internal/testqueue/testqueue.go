@@ -36,3 +36,28 @@ func Embedded(t testing.TB, cfg natsserver.Config) (*natsserver.Server, *queue.C
 	}
 	return s, c
 }
+
+// LastResult is the last result published on tenant's results subject
+// for system when it is drv's, else nil: a test waiting for one build's
+// result polls it.
+func LastResult(t testing.TB, conn *queue.Conn, tenant, system, drv string) *queue.Result {
+	t.Helper()
+	ctx := testctx.New(t, startTimeout)
+	s, err := conn.JetStream().Stream(ctx, queue.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj, err := queue.ResultsSubject(tenant, system)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, subj)
+	if err != nil {
+		return nil // none yet
+	}
+	r, err := queue.DecodeResult(m.Data)
+	if err != nil || r.DrvPath != drv {
+		return nil
+	}
+	return r
+}

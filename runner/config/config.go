@@ -193,6 +193,14 @@ type Provenix struct {
 	// NoPrivateTmp keeps jobs on the host's /tmp and /var/tmp (Linux, root:
 	// by default each job has its own, in a mount namespace of its own).
 	NoPrivateTmp bool `yaml:"no_private_tmp"`
+	// Volunteer makes the runner build for the farm (farm.Worker, with
+	// this runner's key and builder id) while it runs no job; a job that
+	// arrives stops the farm build, which goes back to the farm's queue.
+	Volunteer bool `yaml:"volunteer"`
+	// Owner is who runs this runner, as the policy counts distinct
+	// builders: the farm never gives two replicas of a derivation to one
+	// owner. Empty means the builder id.
+	Owner string `yaml:"owner"`
 }
 
 // Default returns the configuration used when there is no file. It does

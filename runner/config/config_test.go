@@ -83,6 +83,11 @@ func TestParse(t *testing.T) {
 				t.Errorf("got %+v", c.Provenix)
 			}
 		}},
+		{name: "volunteer for the farm", yaml: "provenix:\n  volunteer: true\n  owner: alice\n", check: func(t *testing.T, c *Config) {
+			if !c.Provenix.Volunteer || c.Provenix.Owner != "alice" {
+				t.Errorf("got %+v", c.Provenix)
+			}
+		}},
 		{name: "empty cache section is no warning", yaml: "cache:\ncontainer:\n", check: func(t *testing.T, c *Config) {
 			if len(c.Warnings) != 0 {
 				t.Errorf("warnings %q", c.Warnings)
