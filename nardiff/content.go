@@ -53,28 +53,26 @@ func fill(buf []byte, r io.Reader, n int64) ([]byte, error) {
 // needs its sha256, but by the first difference the common prefix is
 // read: when A can be read again (again, from the contents' start) the
 // prefix is hashed then, from there; otherwise a goroutine hashes it
-// behind the comparison, up to MaxBuffer bytes behind (the memory a
-// file held for a deep look may take; at least lag chunks). At the first
-// difference the hasher catches up and its state is cloned, one per
-// side, and the two sides' rests are hashed at once (rest). When the
-// files end equal, what the hasher has not reached yet is dropped, not
-// hashed: sha256 is slower than the comparison (about 1 GB/s without
-// SHA-NI), so equal files cost it MaxBuffer less each.
+// behind the comparison, as far behind as the memory of the two
+// in-memory buffers allows (2 × MaxBuffer, which a streamed file does
+// not use otherwise). At the first difference the hasher catches up and
+// its state is cloned, one per side, and the two sides' rests are hashed
+// at once (rest). When the files end equal, what the hasher has not
+// reached is dropped, not hashed: sha256 is slower than the comparison
+// (about 1 GB/s here even with SHA-NI), and equal files are the common
+// case.
 func (d *differ) stream(fd *FileDiff, ra, rb io.Reader, sizeA, sizeB int64, again *io.SectionReader) (bool, error) {
 	const lag = 3
-	ring := lag
-	if again == nil {
-		ring = max(lag, int(d.lim.MaxBuffer/chunk))
-	}
-	// The ring and B's chunk are the differ's, reused file after file.
-	for len(d.ring) < ring+1 {
-		d.ring = append(d.ring, make([]byte, chunk))
+	chunks := d.chunks()
+	ring := len(chunks) - 1
+	if again != nil {
+		ring = lag
 	}
 	free := make(chan []byte, ring)
-	for _, b := range d.ring[:ring] {
+	for _, b := range chunks[:ring] {
 		free <- b
 	}
-	cb := d.ring[ring]
+	cb := chunks[len(chunks)-1]
 	h := sha256.New()
 	var (
 		work   chan []byte
@@ -147,6 +145,24 @@ func (d *differ) stream(fd *FileDiff, ra, rb io.Reader, sizeA, sizeB int64, agai
 			return false, nil
 		}
 	}
+}
+
+// chunks carves the in-memory buffers (grown to MaxBuffer each, and to
+// at least 4 chunks in all) into chunks for stream: the memory a deep
+// look takes, reused, not more.
+func (d *differ) chunks() [][]byte {
+	per := max(d.lim.MaxBuffer/chunk*chunk, 2*chunk)
+	var out [][]byte
+	for _, buf := range []*[]byte{&d.bufA, &d.bufB} {
+		if int64(cap(*buf)) < per {
+			*buf = make([]byte, per)
+		}
+		b := (*buf)[:per]
+		for i := int64(0); i < per; i += chunk {
+			out = append(out, b[i:i+chunk:i+chunk])
+		}
+	}
+	return out
 }
 
 // rest hashes what remains of both sides after the first difference,

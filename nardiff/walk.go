@@ -38,7 +38,6 @@ type differ struct {
 	cut  bool  // MaxOutput reached
 	bufA []byte
 	bufB []byte
-	ring [][]byte // chunks of streamed files (stream)
 }
 
 // stream is one side of the merge walk.
