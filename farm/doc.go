@@ -26,7 +26,8 @@
 //     build, claims each request, builds it with a BuildFunc
 //     (volunteer.FarmBuild builds with Nix) and reports the outcome.
 //   - GetStatus, Cancel (status.go) and ReadStats (stats.go) read a set
-//     and the farm's work.
+//     and the farm's work (with each builder's disputes by cause, from
+//     the pushers' disputed events).
 //
 // Where state lives (queue/farm.go names the streams and the bucket):
 //   - a set's definition is written once in PROVENIX_FARM at submission
