@@ -282,8 +282,16 @@ func (c *Conn) readSince(ctx context.Context, stream, filter string, since time.
 	// with one, the delivered messages' pending count says (the stream's
 	// last message may be on another subject).
 	last := info.State.LastSeq
-	for {
-		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(2*time.Second))
+	for first := true; ; first = false {
+		// The first fetch does not wait: when nothing was stored since
+		// since (older messages on filter only), the consumer says so at
+		// once (none pending) instead of after the fetch's wait.
+		var batch jetstream.MessageBatch
+		if first {
+			batch, err = cons.FetchNoWait(256)
+		} else {
+			batch, err = cons.Fetch(256, jetstream.FetchMaxWait(2*time.Second))
+		}
 		if err != nil {
 			return err
 		}
@@ -309,8 +317,11 @@ func (c *Conn) readSince(ctx context.Context, stream, filter string, since time.
 			// consumer had none pending when made), the messages up to
 			// last aged out meanwhile, or the server does not answer this
 			// user's fetches (a permission it lacks gets no answer at all).
-			if ci := cons.CachedInfo(); ci != nil && ci.NumPending == 0 && filter != "" {
+			if ci := cons.CachedInfo(); ci != nil && ci.NumPending == 0 {
 				return nil
+			}
+			if first {
+				continue
 			}
 			if info, err := st.Info(ctx); err == nil && info.State.FirstSeq > last {
 				return nil
