@@ -37,7 +37,8 @@
 // (a running build checks every Worker.WithdrawCheck that it is still
 // needed), so a veteran's build costs the farm one build, not N.
 //   - GetStatus, Cancel (status.go) and ReadStats (stats.go) read a set
-//     and the farm's work.
+//     and the farm's work (with each builder's disputes by cause, from
+//     the pushers' disputed events).
 //
 // Where state lives (queue/farm.go names the streams and the bucket):
 //   - a set's definition is written once in PROVENIX_FARM at submission

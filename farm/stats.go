@@ -5,12 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/nardiff"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -32,6 +35,54 @@ type Tally struct {
 	Agreements    int  `json:"agreements"`
 	Disagreements int  `json:"disagreements"`
 	Quarantined   bool `json:"quarantined,omitempty"`
+	// Disputes counts the store paths whose builders disagreed, this one
+	// among them, in the window (the pushers' disputed events, which the
+	// events stream keeps StreamOptions.MaxAge), and Causes those
+	// disputes by the cause their summary recognised (nardiff's kinds,
+	// or CauseOther when it named none): a dispute with two causes counts
+	// under both.
+	Disputes int                       `json:"disputes,omitempty"`
+	Causes   map[nardiff.CauseKind]int `json:"causes,omitempty"`
+}
+
+// CauseOther counts the disputes whose summary recognised no cause (or
+// that had no summary: the answers differed in their references only,
+// or the pusher could not compare them).
+const CauseOther nardiff.CauseKind = "other"
+
+// CauseCount is one cause of a builder's disputes and how many.
+type CauseCount struct {
+	Cause nardiff.CauseKind
+	N     int
+}
+
+// CauseCounts are t's causes, most frequent first (then by name).
+func (t Tally) CauseCounts() []CauseCount {
+	out := make([]CauseCount, 0, len(t.Causes))
+	for k, n := range t.Causes {
+		out = append(out, CauseCount{k, n})
+	}
+	slices.SortFunc(out, func(a, b CauseCount) int { return cmp.Or(cmp.Compare(b.N, a.N), cmp.Compare(a.Cause, b.Cause)) })
+	return out
+}
+
+// DisputeText says t's disputes in a few words, for a table: "3
+// disputes: timestamp ×2, build-path ×1", or "" when it had none.
+func (t Tally) DisputeText() string {
+	if t.Disputes == 0 {
+		return ""
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d dispute", t.Disputes)
+	if t.Disputes > 1 {
+		b.WriteString("s")
+	}
+	sep := ": "
+	for _, c := range t.CauseCounts() {
+		fmt.Fprintf(&b, "%s%s ×%d", sep, c.Cause, c.N)
+		sep = ", "
+	}
+	return b.String()
 }
 
 // AgreementRate is the share of votes that agreed, or -1 when there was
@@ -93,6 +144,9 @@ func ReadStats(ctx context.Context, conn *queue.Conn, tenant string, since time.
 			t.Agreements, t.Disagreements, t.Quarantined = r.Agreements, r.Disagreements, r.Quarantined
 		}
 	}
+	if err := addDisputes(ctx, conn, tenant, since, builders); err != nil {
+		return nil, err
+	}
 	st := &Stats{Tenant: tenant, Since: since}
 	owners := map[string]*Tally{}
 	for _, t := range builders {
@@ -109,6 +163,13 @@ func ReadStats(ctx context.Context, conn *queue.Conn, tenant string, since time.
 		o.Agreements += t.Agreements
 		o.Disagreements += t.Disagreements
 		o.Quarantined = o.Quarantined || t.Quarantined
+		o.Disputes += t.Disputes
+		for k, n := range t.Causes {
+			if o.Causes == nil {
+				o.Causes = map[nardiff.CauseKind]int{}
+			}
+			o.Causes[k] += n
+		}
 	}
 	for _, o := range owners {
 		st.Owners = append(st.Owners, *o)
@@ -119,6 +180,45 @@ func ReadStats(ctx context.Context, conn *queue.Conn, tenant string, since time.
 	slices.SortFunc(st.Builders, byBuilds)
 	slices.SortFunc(st.Owners, byBuilds)
 	return st, nil
+}
+
+// addDisputes counts, for each builder of builders, the disputes it was
+// in since since and their causes, from tenant's disputed events. A
+// builder counts a store path once, with the causes of its latest event:
+// each pusher group publishes its own event, and a dispute is published
+// again when another builder votes.
+func addDisputes(ctx context.Context, conn *queue.Conn, tenant string, since time.Time, builders map[string]*Tally) error {
+	type key struct{ builder, storePath string }
+	latest := map[key][]nardiff.CauseKind{}
+	err := conn.ReadEvents(ctx, tenant, queue.EventDisputed, since, func(data []byte) error {
+		var d cachepush.Dispute
+		if json.Unmarshal(data, &d) != nil || d.Tenant != tenant || d.Time.Before(since) {
+			return nil // not a dispute of this window: not counted
+		}
+		for b, causes := range d.BuilderCauses() {
+			if builders[b] != nil {
+				latest[key{b, d.StorePath}] = causes
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for k, causes := range latest {
+		t := builders[k.builder]
+		t.Disputes++
+		if t.Causes == nil {
+			t.Causes = map[nardiff.CauseKind]int{}
+		}
+		if len(causes) == 0 {
+			causes = []nardiff.CauseKind{CauseOther}
+		}
+		for _, c := range slices.Compact(slices.Sorted(slices.Values(causes))) {
+			t.Causes[c]++
+		}
+	}
+	return nil
 }
 
 func ownerOf(rep *Report) string {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync/atomic"
 	"unicode/utf8"
 )
 
@@ -51,38 +52,57 @@ func fill(buf []byte, r io.Reader, n int64) ([]byte, error) {
 // stream compares two large files chunk by chunk. Only a differing file
 // needs its sha256, but by the first difference the common prefix is
 // read: when A can be read again (again, from the contents' start) the
-// prefix is hashed then, from there; otherwise a goroutine hashes it one
-// chunk behind the comparison (on two cores equal files then cost about a
-// read). At the first difference the hash state is cloned, one per side.
+// prefix is hashed then, from there; otherwise a goroutine hashes it
+// behind the comparison, as far behind as the memory of the two
+// in-memory buffers allows (2 × MaxBuffer, which a streamed file does
+// not use otherwise). At the first difference the hasher catches up and
+// its state is cloned, one per side, and the two sides' rests are hashed
+// at once (rest). When the files end equal, what the hasher has not
+// reached is dropped, not hashed: sha256 is slower than the comparison
+// (about 1 GB/s here even with SHA-NI), and equal files are the common
+// case.
 func (d *differ) stream(fd *FileDiff, ra, rb io.Reader, sizeA, sizeB int64, again *io.SectionReader) (bool, error) {
-	const ring = 3
-	free := make(chan []byte, ring)
-	for range ring {
-		free <- make([]byte, chunk)
+	const lag = 3
+	chunks := d.chunks()
+	ring := len(chunks) - 1
+	if again != nil {
+		ring = lag
 	}
+	free := make(chan []byte, ring)
+	for _, b := range chunks[:ring] {
+		free <- b
+	}
+	cb := chunks[len(chunks)-1]
 	h := sha256.New()
-	var work chan []byte
-	hashed := make(chan struct{})
+	var (
+		work   chan []byte
+		drop   atomic.Bool
+		hashed = make(chan struct{})
+	)
 	if again == nil {
 		work = make(chan []byte, ring)
 		go func() {
 			defer close(hashed)
 			for b := range work {
-				h.Write(b)
+				if !drop.Load() {
+					h.Write(b)
+				}
 				free <- b[:chunk]
 			}
 		}()
 	}
-	stopHashing := func() {
+	// stopHashing ends the hasher: it hashes what is queued when keep,
+	// else drops it.
+	stopHashing := func(keep bool) {
 		if work != nil {
+			drop.Store(!keep)
 			close(work)
 			<-hashed
 			work = nil
 		}
 	}
-	defer stopHashing()
+	defer stopHashing(false)
 
-	cb := make([]byte, chunk)
 	var pos int64
 	for {
 		if err := d.ctx.Err(); err != nil {
@@ -92,7 +112,7 @@ func (d *differ) stream(fd *FileDiff, ra, rb io.Reader, sizeA, sizeB int64, agai
 		na, errA := io.ReadFull(ra, ca)
 		nb, errB := io.ReadFull(rb, cb)
 		if i := firstDiff(ca[:na], cb[:nb]); i >= 0 {
-			stopHashing()
+			stopHashing(true)
 			if again != nil {
 				if _, err := io.Copy(h, io.LimitReader(again, pos)); err != nil {
 					return false, fmt.Errorf("%w: %s: %s: reading again: %v", ErrMalformed, d.o.LabelA, fd.Path, err)
@@ -127,13 +147,39 @@ func (d *differ) stream(fd *FileDiff, ra, rb io.Reader, sizeA, sizeB int64, agai
 	}
 }
 
-// rest hashes what remains of both sides after the first difference.
-func (d *differ) rest(fd *FileDiff, ra, rb io.Reader, ha, hb hash.Hash, ca, cb []byte) error {
-	if _, err := io.CopyBuffer(ha, ra, ca); err != nil {
-		return fmt.Errorf("%w: %s: %s: %v", ErrMalformed, d.o.LabelA, fd.Path, err)
+// chunks carves the in-memory buffers (grown to MaxBuffer each, and to
+// at least 4 chunks in all) into chunks for stream: the memory a deep
+// look takes, reused, not more.
+func (d *differ) chunks() [][]byte {
+	per := max(d.lim.MaxBuffer/chunk*chunk, 2*chunk)
+	var out [][]byte
+	for _, buf := range []*[]byte{&d.bufA, &d.bufB} {
+		if int64(cap(*buf)) < per {
+			*buf = make([]byte, per)
+		}
+		b := (*buf)[:per]
+		for i := int64(0); i < per; i += chunk {
+			out = append(out, b[i:i+chunk:i+chunk])
+		}
 	}
-	if _, err := io.CopyBuffer(hb, rb, cb); err != nil {
-		return fmt.Errorf("%w: %s: %s: %v", ErrMalformed, d.o.LabelB, fd.Path, err)
+	return out
+}
+
+// rest hashes what remains of both sides after the first difference,
+// each side in its own goroutine (the two sides are separate readers).
+func (d *differ) rest(fd *FileDiff, ra, rb io.Reader, ha, hb hash.Hash, ca, cb []byte) error {
+	doneB := make(chan error, 1)
+	go func() {
+		_, err := io.CopyBuffer(hb, rb, cb)
+		doneB <- err
+	}()
+	_, errA := io.CopyBuffer(ha, ra, ca)
+	errB := <-doneB
+	if errA != nil {
+		return fmt.Errorf("%w: %s: %s: %v", ErrMalformed, d.o.LabelA, fd.Path, errA)
+	}
+	if errB != nil {
+		return fmt.Errorf("%w: %s: %s: %v", ErrMalformed, d.o.LabelB, fd.Path, errB)
 	}
 	fd.Kind = Contents
 	fd.Format = "binary"

@@ -292,3 +292,47 @@ func TestUnifiedRemovedFirst(t *testing.T) {
 		t.Fatalf("unified:\n%s", u)
 	}
 }
+
+// TestStreamedFilesLag: streams that cannot be read again, large files
+// one after another, MaxBuffer 4 MiB (the prefix hasher may lag 7 MiB):
+// equal files before (their hashing dropped unfinished) do not spoil the
+// next file's hash, and a difference far past the lag, or at the very
+// end, or in the length, still gives each side's whole sha256.
+func TestStreamedFilesLag(t *testing.T) {
+	o := opts()
+	o.Limits.MaxBuffer = 4 << 20
+	big := func(seed byte, n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(i*7) ^ seed ^ byte(i>>13)
+		}
+		return b
+	}
+	eq1, eq2 := big(1, 12<<20), big(2, 9<<20+3)
+	late, lateB := big(3, 12<<20), big(3, 12<<20)
+	lateB[10<<20+17] ^= 1
+	end, endB := big(4, 6<<20), big(4, 6<<20)
+	endB[len(endB)-1] ^= 1
+	short := big(5, 8<<20)
+	na := narOf(t, ent{path: "/a", data: string(eq1)}, ent{path: "/b", data: string(eq2)}, ent{path: "/c", data: string(late)},
+		ent{path: "/d", data: string(end)}, ent{path: "/e", data: string(short)})
+	nb := narOf(t, ent{path: "/a", data: string(eq1)}, ent{path: "/b", data: string(eq2)}, ent{path: "/c", data: string(lateB)},
+		ent{path: "/d", data: string(endB)}, ent{path: "/e", data: string(short[:5<<20+1])})
+	r, err := Diff(context.Background(), struct{ io.Reader }{bytes.NewReader(na)}, struct{ io.Reader }{bytes.NewReader(nb)}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Differing != 3 {
+		t.Fatalf("%d differing, want /c, /d, /e:\n%s", r.Differing, r.Text())
+	}
+	for _, c := range []struct {
+		path   string
+		a, b   []byte
+		offset int64
+	}{{"/c", late, lateB, 10<<20 + 17}, {"/d", end, endB, 6<<20 - 1}, {"/e", short, short[:5<<20+1], 5<<20 + 1}} {
+		f := file(t, r, c.path)
+		if f.A.SHA256 != sha(c.a) || f.B.SHA256 != sha(c.b) || f.Offset != c.offset {
+			t.Errorf("%s: sha256 %s %s, offset %d; want %s %s, %d", c.path, f.A.SHA256, f.B.SHA256, f.Offset, sha(c.a), sha(c.b), c.offset)
+		}
+	}
+}

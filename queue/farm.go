@@ -224,55 +224,109 @@ func (c *Conn) ConsumeEvents(ctx context.Context, o ConsumerOptions, h Handler) 
 // farm's statistics over a window. It reads with an ordered consumer,
 // which leaves nothing behind on the server.
 func (c *Conn) ReadFarmReports(ctx context.Context, since time.Time, fn func(subject string, data []byte) error) error {
+	if err := c.readSince(ctx, StreamFarmReports, "", since, fn); err != nil {
+		return fmt.Errorf("queue: read farm reports: %w", err)
+	}
+	return nil
+}
+
+// ReadEvents calls fn with tenant's events of kind (EventDisputed, …)
+// stored since since, oldest first, as ReadFarmReports does for reports.
+// The events stream keeps them StreamOptions.MaxAge: a window reaching
+// further back sees only what is left.
+func (c *Conn) ReadEvents(ctx context.Context, tenant, kind string, since time.Time, fn func(data []byte) error) error {
+	subj, err := EventsSubject(tenant, kind)
+	if err != nil {
+		return fmt.Errorf("queue: read events: %w", err)
+	}
+	err = c.readSince(ctx, StreamEvents, subj, since, func(_ string, data []byte) error { return fn(data) })
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil // no pusher ran yet: no events
+	}
+	if err != nil {
+		return fmt.Errorf("queue: read events %s: %w", subj, err)
+	}
+	return nil
+}
+
+// readSince calls fn with the messages of stream (those on filter when
+// it is set) stored since since, oldest first, with an ordered consumer,
+// and returns once it has read the last one stored when it started.
+func (c *Conn) readSince(ctx context.Context, stream, filter string, since time.Time, fn func(subject string, data []byte) error) error {
 	ctx, cancel := withDefaultTimeout(ctx, PublishTimeout)
 	defer cancel()
-	st, err := c.js.Stream(ctx, StreamFarmReports)
+	st, err := c.js.Stream(ctx, stream)
 	if err != nil {
-		return fmt.Errorf("queue: read farm reports: %w", mapJSError(err))
+		return mapJSError(err)
 	}
-	info, err := st.Info(ctx)
+	var opts []jetstream.StreamInfoOpt
+	if filter != "" {
+		opts = append(opts, jetstream.WithSubjectFilter(filter))
+	}
+	info, err := st.Info(ctx, opts...)
 	if err != nil {
-		return fmt.Errorf("queue: read farm reports: %w", mapJSError(err))
+		return mapJSError(err)
 	}
-	last := info.State.LastSeq
-	if info.State.Msgs == 0 || info.State.LastTime.Before(since) {
+	if info.State.Msgs == 0 || info.State.LastTime.Before(since) || (filter != "" && info.State.Subjects[filter] == 0) {
 		return nil
 	}
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since})
-	if err != nil {
-		return fmt.Errorf("queue: read farm reports: %w", mapJSError(err))
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since}
+	if filter != "" {
+		cfg.FilterSubjects = []string{filter}
 	}
-	for {
-		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(2*time.Second))
+	cons, err := st.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return mapJSError(err)
+	}
+	// Without a filter the stream's last sequence is the last to read;
+	// with one, the delivered messages' pending count says (the stream's
+	// last message may be on another subject).
+	last := info.State.LastSeq
+	for first := true; ; first = false {
+		// The first fetch does not wait: when nothing was stored since
+		// since (older messages on filter only), the consumer says so at
+		// once (none pending) instead of after the fetch's wait.
+		var batch jetstream.MessageBatch
+		if first {
+			batch, err = cons.FetchNoWait(256)
+		} else {
+			batch, err = cons.Fetch(256, jetstream.FetchMaxWait(2*time.Second))
+		}
 		if err != nil {
-			return fmt.Errorf("queue: read farm reports: %w", err)
+			return err
 		}
 		n := 0
 		for msg := range batch.Messages() {
 			n++
 			md, err := msg.Metadata()
 			if err != nil {
-				return fmt.Errorf("queue: read farm reports: %w", err)
+				return err
 			}
 			if err := fn(msg.Subject(), msg.Data()); err != nil {
 				return err
 			}
-			if md.Sequence.Stream >= last {
+			if md.Sequence.Stream >= last || (filter != "" && md.NumPending == 0) {
 				return nil
 			}
 		}
 		if err := batch.Error(); err != nil {
-			return fmt.Errorf("queue: read farm reports: %w", err)
+			return err
 		}
 		if n == 0 {
-			// Nothing came: the messages up to last aged out meanwhile,
-			// or the server does not answer this user's fetches (a
-			// permission it lacks gets no answer at all).
+			// Nothing came: nothing on filter was stored since since (the
+			// consumer had none pending when made), the messages up to
+			// last aged out meanwhile, or the server does not answer this
+			// user's fetches (a permission it lacks gets no answer at all).
+			if ci := cons.CachedInfo(); ci != nil && ci.NumPending == 0 {
+				return nil
+			}
+			if first {
+				continue
+			}
 			if info, err := st.Info(ctx); err == nil && info.State.FirstSeq > last {
 				return nil
 			}
-			return fmt.Errorf("queue: read farm reports: no reports delivered up to %d (is fetching from %s allowed?)", last, StreamFarmReports)
+			return fmt.Errorf("no messages delivered up to %d (is fetching from %s allowed?)", last, stream)
 		}
 	}
 }
@@ -306,6 +360,19 @@ func farmRunner(tenant string, pub *[]string, consume func(stream, filter string
 	// ordered consumers.
 	orderedReads(kvStreamPrefix + BucketBuilders)
 	readReports(pub, orderedReads)
+	readDisputes(tenant, pub)
+}
+
+// readDisputes is what ReadEvents needs for the tenant's disputes (farm
+// stats counts each builder's causes): an ordered consumer on
+// events.<tenant>.disputed only, pulled with fetches.
+func readDisputes(tenant string, pub *[]string) {
+	*pub = append(*pub,
+		jsAPI+"STREAM.INFO."+StreamEvents,
+		jsAPI+"CONSUMER.CREATE."+StreamEvents+".*."+subjectEvents+"."+tenant+"."+EventDisputed,
+		jsAPI+"CONSUMER.DELETE."+StreamEvents+".*",
+		jsAPI+"CONSUMER.MSG.NEXT."+StreamEvents+".*",
+		jsFlowCtl+StreamEvents+".>")
 }
 
 // readReports is what ReadFarmReports needs: an ordered consumer pulled
@@ -327,6 +394,7 @@ func farmPusher(tenant string, pub *[]string, consume func(stream, filter string
 	consume(StreamEvents, FarmEventsFilter)
 	consume(StreamFarmReports, subjectFarmReport+".>")
 	readReports(pub, orderedReads)
+	readDisputes(tenant, pub)
 	readStream(kvStreamPrefix + BucketFarm)
 	orderedReads(kvStreamPrefix + BucketFarm)
 }

@@ -102,17 +102,25 @@ func TestFarmPermissions(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// A dispute the runner's build was in, as the pusher publishes it:
+	// the stats read it from the events stream (and only the tenant's
+	// disputed events).
+	dispute := map[string]any{"time": time.Now().UTC(), "tenant": "a", "storePath": "/nix/store/00000000000000000000000000000000-x",
+		"nars": map[string][]string{"aa": {"a-runner"}, "bb": {"other"}}, "summary": map[string]any{"differing": 1, "causes": []string{"timestamp"}}}
+	if err := pusher.PublishEvent(ctx, "a", queue.EventDisputed, dispute); err != nil {
+		t.Fatal(err)
+	}
 	var stats *farm.Stats
 	for range 100 {
 		if stats, err = farm.ReadStats(ctx, runner, "a", time.Now().Add(-time.Hour)); err != nil {
 			t.Fatalf("stats as a runner user: %v", err)
 		}
-		if len(stats.Builders) == 1 && stats.Builders[0].Builds == 2 {
+		if len(stats.Builders) == 1 && stats.Builders[0].Builds == 2 && stats.Builders[0].Disputes == 1 {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if len(stats.Builders) != 1 || stats.Builders[0].Builds != 2 || stats.Builders[0].CPUSeconds != 2 {
+	if len(stats.Builders) != 1 || stats.Builders[0].Builds != 2 || stats.Builders[0].CPUSeconds != 2 || stats.Builders[0].DisputeText() != "1 dispute: timestamp ×1" {
 		t.Errorf("stats as a runner user: %+v", stats.Builders)
 	}
 

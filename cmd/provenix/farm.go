@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -226,7 +227,7 @@ func newFarmStatsCmd(g *globals) *cobra.Command {
 	f := &farmStatsFlags{}
 	cmd := &cobra.Command{
 		Use:   "stats [flags]",
-		Short: "Show what each builder and owner built for the farm: builds, failures, CPU hours",
+		Short: "Show what each builder and owner built for the farm: builds, failures, CPU hours, disputes by cause",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runFarmStats(cmd.Context(), g, f)
@@ -264,7 +265,7 @@ func runFarmStats(ctx context.Context, g *globals, f *farmStatsFlags) error {
 		{"owners", st.Owners, func(t farm.Tally) string { return t.Owner }},
 		{"builders", st.Builders, func(t farm.Tally) string { return t.Builder }},
 	} {
-		fmt.Fprintf(g.stdout, "\n%-40s %8s %8s %8s %10s\n", part.title, "builds", "failed", "agree", "CPU hours")
+		fmt.Fprintf(g.stdout, "\n%-40s %8s %8s %8s %10s  %s\n", part.title, "builds", "failed", "agree", "CPU hours", "disputes")
 		if len(part.rows) == 0 {
 			fmt.Fprintln(g.stdout, "(no builds)")
 		}
@@ -276,7 +277,7 @@ func runFarmStats(ctx context.Context, g *globals, f *farmStatsFlags) error {
 			if t.Quarantined {
 				name += " (quarantined)"
 			}
-			fmt.Fprintf(g.stdout, "%-40s %8d %8d %8s %10.2f\n", name, t.Builds, t.Failures, agree, t.CPUSeconds/3600)
+			fmt.Fprintf(g.stdout, "%-40s %8d %8d %8s %10.2f  %s\n", name, t.Builds, t.Failures, agree, t.CPUSeconds/3600, cmp.Or(t.DisputeText(), "-"))
 		}
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/farm"
+	"codeberg.org/provenix/provenix/nardiff"
 )
 
 type fakeSource struct {
@@ -93,11 +94,12 @@ func get(t *testing.T, h http.Handler) (int, string) {
 func TestPage(t *testing.T) {
 	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
 	created := now.Add(-90 * time.Second)
+	causes := map[nardiff.CauseKind]int{nardiff.CauseTimestamp: 2, nardiff.CauseBuildPath: 1}
 	src := &fakeSource{
 		stats: &farm.Stats{Tenant: "t1",
-			Owners: []farm.Tally{{Owner: "alice", Builds: 30, Failures: 1, CPUSeconds: 7200, Agreements: 19, Disagreements: 1}, {Owner: "bob", Builds: 12},
+			Owners: []farm.Tally{{Owner: "alice", Builds: 30, Failures: 1, CPUSeconds: 7200, Agreements: 19, Disagreements: 1, Disputes: 3, Causes: causes}, {Owner: "bob", Builds: 12},
 				{Owner: "carol", Builds: 3, Disagreements: 4, Quarantined: true}, {Owner: "<dave>", Builds: 1}},
-			Builders: []farm.Tally{{Builder: "alice-1", Owner: "alice", Builds: 30, CPUSeconds: 7200}}},
+			Builders: []farm.Tally{{Builder: "alice-1", Owner: "alice", Builds: 30, CPUSeconds: 7200, Disputes: 3, Causes: causes}, {Builder: "bob-1", Owner: "bob", Builds: 12}}},
 		sets: []farm.Summary{{Set: &farm.Set{ID: "aaaaaaaaaaaaaaaaaaaaaaaaaa", Size: 10, Quorum: 2, Created: created},
 			Counts: map[farm.Status]int{farm.Done: 5, farm.Dispatched: 2, farm.Waiting: 1, farm.Failed: 1, farm.Blocked: 1}, Skipped: 2, Disputed: 1}},
 	}
@@ -130,6 +132,25 @@ func TestPage(t *testing.T) {
 	// Names are escaped, not markup.
 	if !strings.Contains(owners[3].text, "<dave>") || strings.Contains(body, "<dave>") {
 		t.Errorf("owner name not escaped")
+	}
+	// Each builder's disputes, by cause, in words; the owners' count,
+	// with the causes on hover.
+	builders := withClass(els, "builder")
+	if len(builders) != 2 {
+		t.Fatalf("%d builder rows, want 2", len(builders))
+	}
+	if d := withClass(els, "disputes"); len(d) != 4+2 ||
+		strings.TrimSpace(d[0].text) != "3" || d[0].attrs["title"] != "3 disputes: timestamp ×2, build-path ×1" ||
+		strings.TrimSpace(d[1].text) != "0" || d[1].attrs["title"] != "" ||
+		strings.TrimSpace(d[4].text) != "3 disputes: timestamp ×2, build-path ×1" || strings.TrimSpace(d[5].text) != "none" {
+		var got []string
+		for _, n := range d {
+			got = append(got, fmt.Sprintf("%q (title %q)", n.text, n.attrs["title"]))
+		}
+		t.Errorf("disputes cells: %v", got)
+	}
+	if !strings.Contains(builders[0].text, "timestamp ×2") || strings.Contains(builders[1].text, "timestamp") {
+		t.Errorf("builder rows %q, %q: alice-1's causes in its own row only", builders[0].text, builders[1].text)
 	}
 	set := withClass(els, "set")
 	if len(set) != 1 || set[0].attrs["id"] != "set-aaaaaaaaaaaaaaaaaaaaaaaaaa" {
