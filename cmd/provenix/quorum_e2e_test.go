@@ -104,7 +104,9 @@ func qbuild(t *testing.T, ctx context.Context, natsURL string, p up.Paths, b qbu
 // waitVotes waits until the pushers recorded n votes on path.
 func waitVotes(t testing.TB, kv cachepush.KV, path string, n int) []cachepush.Vote {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	// Generous: under a loaded -race CI run a result can be deferred
+	// (the pusher's fair share per builder) for tens of seconds.
+	deadline := time.Now().Add(90 * time.Second)
 	for {
 		votes, err := cachepush.Votes(context.Background(), kv, up.DefaultTenant, path, []string{"builder-a", "builder-b", "builder-c"})
 		if err == nil && len(votes) >= n {
