@@ -27,7 +27,7 @@ import (
 // Reasons and events of the quorum.
 const (
 	ReasonQuarantined = "quarantined"
-	EventDisputed     = "disputed"
+	EventDisputed     = queue.EventDisputed
 )
 
 // Verdicts of a tally.

@@ -36,6 +36,8 @@ const (
 const (
 	EventRejected  = "rejected"
 	EventPublished = "published"
+	// EventDisputed: the builders of a path disagree (no quorum yet).
+	EventDisputed = "disputed"
 )
 
 // ResultsSubject is the subject a result for tenant and system goes to.
