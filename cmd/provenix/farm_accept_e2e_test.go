@@ -228,10 +228,9 @@ func TestFarmAccept(t *testing.T) {
 	if victimReplica < 0 {
 		t.Fatalf("%s builds fa-slow but holds no replica of it: %+v", victim.name, heldBy())
 	}
-	if err := victim.proc.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
+	if err := victim.proc.signal(syscall.SIGKILL); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("kill -9 %s: %v", victim.name, err)
 	}
-	<-victim.proc.done
 	killedAt := time.Now()
 	t.Logf("killed %s (pid %d) while it built fa-slow (replica %d)", victim.name, victim.proc.cmd.Process.Pid, victimReplica)
 	var takenBy string
