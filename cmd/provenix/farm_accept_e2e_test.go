@@ -99,14 +99,13 @@ func TestFarmAccept(t *testing.T) {
 	start := time.Now()
 	dataDir := t.TempDir()
 	p, bs := quorumSetup(t, dataDir)
-	// Quorum 2 of distinct owners, as quorumSetup writes it, but no
-	// quarantine: the liar lies on every build, and its disagreements
-	// are what this test counts.
+	// Quorum 2 of distinct owners, as quorumSetup writes it; a builder
+	// is quarantined after 3 answers in the minority.
 	pol, err := os.ReadFile(p.Policy())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(p.Policy(), bytes.Replace(pol, []byte("quarantine_after: 2"), []byte("quarantine_after: 1000"), 1), 0o644); err != nil {
+	if err := os.WriteFile(p.Policy(), bytes.Replace(pol, []byte("quarantine_after: 2"), []byte("quarantine_after: 3"), 1), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cert := testtls.Write(t)
@@ -274,13 +273,17 @@ func TestFarmAccept(t *testing.T) {
 	for _, d := range st.Derivations {
 		disputes += d.Disputes
 		replicas += len(d.Attempts)
-		if len(d.Failures) > 0 {
-			t.Errorf("%s failed builds: %+v", d.DrvPath, d.Failures)
+		for _, f := range d.Failures {
+			// Only the liar's results, once it is quarantined, are
+			// refused (and built again by another).
+			if f.Builder != liar.name || f.Rejected != cachepush.ReasonQuarantined {
+				t.Errorf("%s: failure %+v", d.DrvPath, f)
+			}
 		}
 	}
 	t.Logf("set done after %s: %d replicas dispatched, %d disputes, at most %d disputed at once", built.Round(time.Second), replicas, disputes, disputedSeen)
-	if disputes == 0 || disputedSeen == 0 {
-		t.Errorf("no dispute recorded (%d) or seen (%d): the liar built nothing?", disputes, disputedSeen)
+	if disputes == 0 {
+		t.Errorf("no dispute recorded (%d seen by farm status --watch): the liar built nothing?", disputedSeen)
 	}
 	// The killed replica's request was built by the one that took it.
 	if c := heldBy(); !slices.ContainsFunc(c, func(c farm.Claim) bool { return c.Replica == victimReplica && c.Builder == takenBy }) {
@@ -319,8 +322,12 @@ func TestFarmAccept(t *testing.T) {
 	for _, r := range reps {
 		rep[r.Builder] = r
 	}
-	if r := rep[liar.name]; r.Disagreements == 0 || r.Agreements != 0 {
-		t.Errorf("the liar's reputation %+v: want disagreements and no agreement", r)
+	if r := rep[liar.name]; r.Disagreements < 3 || r.Agreements != 0 || !r.Quarantined {
+		t.Errorf("the liar's reputation %+v: want 3 disagreements or more, no agreement, quarantined", r)
+	}
+	// Its operator is told why, in its own log.
+	if l := liar.log.String(); !strings.Contains(l, "this builder is quarantined and takes no builds") || !strings.Contains(l, "your builds disagreed with others'") {
+		t.Errorf("the liar's log does not tell its operator it is quarantined, and why:\n%s", l)
 	}
 	for _, w := range []*farmWorker{honestA, honestB} {
 		if r := rep[w.name]; r.Disagreements != 0 || r.Agreements == 0 {
@@ -343,7 +350,7 @@ func TestFarmAccept(t *testing.T) {
 		tally[b.Builder] = b
 		builds += b.Builds
 	}
-	if l := tally[liar.name]; l.Builds == 0 || l.Disagreements == 0 || l.AgreementRate() != 0 {
+	if l := tally[liar.name]; l.Builds == 0 || l.Disagreements == 0 || l.AgreementRate() != 0 || !l.Quarantined {
 		t.Errorf("farm stats for the liar %+v", l)
 	}
 	for _, w := range []*farmWorker{honestA, honestB} {
@@ -362,8 +369,8 @@ func TestFarmAccept(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), "set-"+id) || !strings.Contains(string(page), "30 done") {
 		t.Errorf("GET /farm: %d, no finished set %s\n%s", resp.StatusCode, id, page)
 	}
-	if row := pageRow(string(page), `<tr class="builder">`, liar.name); !strings.Contains(row, `<td class="num agree">0%</td>`) {
-		t.Errorf("/farm's row of the liar shows no 0%% agreement: %s", row)
+	if row := pageRow(string(page), `<tr class="builder">`, liar.name); !strings.Contains(row, `<td class="num agree">0%</td>`) || !strings.Contains(row, "quarantined") {
+		t.Errorf("/farm's row of the liar shows no 0%% agreement or no quarantine: %s", row)
 	}
 	if row := pageRow(string(page), `<tr class="builder">`, honestA.name); !strings.Contains(row, `<td class="num agree">100%</td>`) {
 		t.Errorf("/farm's row of %s shows no 100%% agreement: %s", honestA.name, row)
