@@ -66,7 +66,7 @@ func (v *Volunteer) RunWithFarm(ctx context.Context, conn *queue.Conn, m farm.Ma
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w := &farm.Worker{Conn: conn, Tenant: v.Builder.Tenant, Machine: m, Builder: v.Builder.BuilderID, Owner: owner,
-		Build: v.FarmBuild, AckWait: v.AckWait, Logger: v.Logger, Standing: v.standing}
+		Build: v.FarmBuild, AckWait: v.AckWait, Logger: v.Logger, Standing: v.standing, Skip: v.farmVoted}
 	errs := make(chan error, 2)
 	go func() { errs <- w.Run(ctx) }()
 	go func() { errs <- v.Run(ctx) }()
@@ -74,6 +74,13 @@ func (v *Volunteer) RunWithFarm(ctx context.Context, conn *queue.Conn, m farm.Ma
 	cancel()
 	second := <-errs
 	return errors.Join(first, second)
+}
+
+// farmVoted reports whether this volunteer's vote on every output of
+// r is recorded already (farm.Worker.Skip): it rebuilt the derivation
+// for the pushers, and building a farm replica of it would add no vote.
+func (v *Volunteer) farmVoted(ctx context.Context, r *farm.Request) (bool, error) {
+	return v.voted(ctx, &queue.RebuildRequest{Tenant: r.Tenant, Outputs: slices.Sorted(mapValues(r.Outputs))})
 }
 
 // standing reads this volunteer's reputation as the pushers keep it
