@@ -269,10 +269,11 @@ func TestFarmAccept(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &st); code != 0 || err != nil || st.Counts[farm.Done] != 30 || !st.Finished() {
 		t.Fatalf("farm status --json: exit %d, %v\n%s\n%s", code, err, lastLines(stdout, 20), stderr)
 	}
-	disputes, replicas := 0, 0
+	disputes, replicas, refused := 0, 0, 0
 	for _, d := range st.Derivations {
 		disputes += d.Disputes
 		replicas += len(d.Attempts)
+		refused += len(d.Failures)
 		for _, f := range d.Failures {
 			// Only the liar's results, once it is quarantined, are
 			// refused (and built again by another).
@@ -281,7 +282,8 @@ func TestFarmAccept(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("set done after %s: %d replicas dispatched, %d disputes, at most %d disputed at once", built.Round(time.Second), replicas, disputes, disputedSeen)
+	t.Logf("set done after %s: %d replicas dispatched, %d disputes, at most %d disputed at once, %d results of the quarantined liar refused",
+		built.Round(time.Second), replicas, disputes, disputedSeen, refused)
 	if disputes == 0 {
 		t.Errorf("no dispute recorded (%d seen by farm status --watch): the liar built nothing?", disputedSeen)
 	}
