@@ -25,7 +25,7 @@
 //     dependents of what failed for good, and recomputes everything from
 //     the bucket and the cache when it starts (Resync).
 //   - Worker (worker.go): consumes the feature classes its Machine can
-//     build, claims each request, builds it with a BuildFunc
+//     build, claims each request (unless its Skip leaves it to others), builds it with a BuildFunc
 //     (volunteer.FarmBuild builds with Nix) and reports the outcome.
 //   - GetStatus, Cancel (status.go) and ReadStats (stats.go) read a set
 //     and the farm's work.

@@ -207,6 +207,8 @@ func TestFarmAccept(t *testing.T) {
 		}
 	}
 	slowDrv := drvNamed(t, ctx, sub.Set.Roots[0], "fa-slow")
+	// Who holds fa-slow's replicas: its claim record in the farm's
+	// bucket (claim.<set>.<drv hash>, see farm/doc.go), read as is.
 	heldBy := func() []farm.Claim {
 		b, err := conn.KVGet(ctx, queue.BucketFarm, "claim."+id+"."+hashPart(slowDrv))
 		if err != nil {
