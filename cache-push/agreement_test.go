@@ -2,6 +2,8 @@ package cachepush
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
 	"path"
 	"slices"
 	"strings"
@@ -119,5 +121,41 @@ func TestPendingVoteIsNotPublished(t *testing.T) {
 	}
 	if got := cf.eventPaths(queue.EventPublished); !slices.Equal(got, []string{p}) || !cf.isVisible(t, p) {
 		t.Fatalf("after the quorum: published events %v", got)
+	}
+}
+
+// TestQuarantinedVoteRejected: a quarantined builder's result is
+// recorded for audit but counts for nothing, so it is rejected (reason
+// quarantined, with a rejection event): whoever asked for that build
+// (the farm) asks another builder instead of waiting for a vote that
+// never counts.
+func TestQuarantinedVoteRejected(t *testing.T) {
+	cf := newClosureFixture(t, "quorum: {min: 2}\n", 3, nil)
+	ctx := testctx.New(t, 60*time.Second)
+	rec, err := json.Marshal(Reputation{Builder: "b2", Disagreements: 3, Quarantined: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cf.conn.KVPut(ctx, queue.BucketBuilders, queue.BuilderKey("b2"), rec); err != nil {
+		t.Fatal(err)
+	}
+	top := storePath("top")
+	r, d := cf.result(t, drvResult{name: "top", builder: "b2"})
+	err = cf.pusher.Process(ctx, subject(r), d, r.MsgID())
+	if !errors.Is(err, ErrRejected) || !errors.Is(err, queue.ErrPermanent) || !strings.Contains(err.Error(), ReasonQuarantined) {
+		t.Fatalf("quarantined builder's result: %v, want rejected (%s)", err, ReasonQuarantined)
+	}
+	cf.waitEvent(t, queue.EventRejected, ReasonQuarantined)
+	if cf.isVisible(t, top) {
+		t.Fatal("published on a quarantined builder's vote")
+	}
+	// Two builders in good standing still publish it, the quarantined
+	// one's signature aside.
+	for _, b := range []string{"b0", "b1"} {
+		r, d := cf.result(t, drvResult{name: "top", builder: b})
+		cf.process(t, r, d)
+	}
+	if !cf.isVisible(t, top) {
+		t.Fatal("two agreeing builders in good standing, not published")
 	}
 }

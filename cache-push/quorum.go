@@ -350,6 +350,11 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	p.log.Info("tally", "path", out.Path, "builder", v.BuilderID, "verdict", t.Verdict, "why", t.Why)
 	p.cfg.Metrics.Vote(t.Verdict)
 
+	if slices.Contains(t.Ignored, v.BuilderID) && t.Verdict != VerdictAgreed && t.Verdict != VerdictTrustedOnly {
+		// Its vote stays for audit but counts for nothing: say so, so
+		// that whoever asked for this build (the farm) asks another.
+		return 0, false, rejected(ReasonQuarantined, fmt.Errorf("%s: builder %s is quarantined; its vote is not counted", out.Path, v.BuilderID))
+	}
 	switch t.Verdict {
 	case VerdictPending:
 		return outPending, true, nil

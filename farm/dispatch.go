@@ -13,8 +13,8 @@ import (
 	"codeberg.org/provenix/provenix/queue"
 )
 
-// event is the part of a pusher's events (cachepush.Publication and
-// cachepush.Rejection) the scheduler reads.
+// event is the part of a pusher's events (cachepush.Publication,
+// cachepush.Rejection and cachepush.Dispute) the scheduler reads.
 type event struct {
 	Tenant    string `json:"tenant"`
 	StorePath string `json:"storePath"`
@@ -22,16 +22,29 @@ type event struct {
 	Builder   string `json:"builder"`
 	Reason    string `json:"reason"`
 	Error     string `json:"error"`
+	// Answers are a dispute's answers, each with the builders giving it.
+	Answers []struct {
+		Builders []string `json:"builders"`
+	} `json:"answers"`
 }
 
 func (s *Scheduler) onEvent(ctx context.Context, d *queue.Delivery) error {
 	kind := d.Subject[strings.LastIndexByte(d.Subject, '.')+1:]
-	if kind != queue.EventPublished && kind != queue.EventRejected {
+	if kind != queue.EventPublished && kind != queue.EventRejected && kind != queue.EventDisputed {
 		return nil
 	}
 	var e event
 	if err := json.Unmarshal(d.Data, &e); err != nil {
 		return queue.Permanent(fmt.Errorf("farm: unreadable %s event: %w", kind, err))
+	}
+	if kind == queue.EventDisputed {
+		var voters []string
+		largest := 0
+		for _, a := range e.Answers {
+			voters = append(voters, a.Builders...)
+			largest = max(largest, len(a.Builders))
+		}
+		return s.Disputed(ctx, e.Tenant, e.DrvPath, voters, largest)
 	}
 	if kind == queue.EventRejected {
 		return s.Rejected(ctx, e.Tenant, e.DrvPath, e.Builder, cmp.Or(e.Reason, "rejected"), e.Reason+": "+e.Error)
@@ -50,17 +63,8 @@ func (s *Scheduler) Rejected(ctx context.Context, tenant, drvPath, builder, reas
 	if drvPath == "" || builder == "" {
 		return nil
 	}
-	s.mu.Lock()
-	var sets []*loadedSet
-	for _, ls := range s.sets {
-		if ls.set.Tenant == tenant && ls.g.Node(drvPath) != nil {
-			cp := *ls
-			sets = append(sets, &cp)
-		}
-	}
-	s.mu.Unlock()
 	var errs []error
-	for _, ls := range sets {
+	for _, ls := range s.holding(tenant, drvPath) {
 		var c Claims
 		if _, _, err := getJSON(ctx, s.kv, claimKey(ls.set.ID, drvPath), &c); err != nil {
 			errs = append(errs, err)
@@ -79,6 +83,61 @@ func (s *Scheduler) Rejected(ctx context.Context, tenant, drvPath, builder, reas
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Disputed records that the builders of drvPath's output disagree:
+// voters gave answers, the largest agreement among them is largest. The
+// cache publishes nothing until enough builders agree, and the replicas
+// the set dispatched are built, so in each open set holding drvPath the
+// scheduler dispatches more replicas, to builders who have not voted
+// (the claims keep owners distinct): as many as the quorum still lacks
+// beyond the votes given, up to MaxAttempts more than the quorum. A
+// redelivered event changes nothing.
+func (s *Scheduler) Disputed(ctx context.Context, tenant, drvPath string, voters []string, largest int) error {
+	if drvPath == "" || len(voters) == 0 {
+		return nil
+	}
+	slices.Sort(voters)
+	voters = slices.Compact(voters)
+	var errs []error
+	for _, ls := range s.holding(tenant, drvPath) {
+		want := min(len(voters)+max(ls.set.Quorum-largest, 1), ls.set.Quorum+ls.set.MaxAttempts)
+		_, err := update(ctx, s.kv, stateKey(ls.set.ID, drvPath), func(st *State, found bool) (bool, func(context.Context) error, error) {
+			if !found || st.Status != Dispatched || len(st.Attempts) >= want {
+				return false, nil, nil
+			}
+			attempts := make([]int, want)
+			for i := len(st.Attempts); i < want; i++ {
+				st.Attempts = append(st.Attempts, 1)
+				attempts[i] = 1
+			}
+			st.Disputes++
+			st.Updated = time.Now().UTC()
+			return true, func(ctx context.Context) error {
+				return s.publishRequests(ctx, ls, drvPath, attempts, voters)
+			}, nil
+		})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.log.Info("farm: disputed, more replicas dispatched", logKeySet, ls.set.ID, logKeyDrv, drvPath, "voters", voters, "replicas", want)
+	}
+	return errors.Join(errs...)
+}
+
+// holding returns copies of the loaded sets of tenant holding drvPath.
+func (s *Scheduler) holding(tenant, drvPath string) []*loadedSet {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var sets []*loadedSet
+	for _, ls := range s.sets {
+		if ls.set.Tenant == tenant && ls.g.Node(drvPath) != nil {
+			cp := *ls
+			sets = append(sets, &cp)
+		}
+	}
+	return sets
 }
 
 // Visible records that storePath is visible in tenant's cache: the

@@ -19,11 +19,13 @@
 //   - Scheduler (scheduler.go, dispatch.go, resync.go): follows the
 //     pushers' events (publications make outputs visible; a rejection
 //     fails the replica that built it) and the workers' reports
-//     (failures), dispatches, retries on other builders, blocks
+//     (failures), dispatches, retries on other builders, dispatches
+//     more replicas of a derivation whose builders disagree (the
+//     pushers' dispute events: nothing is published until some agree), blocks
 //     dependents of what failed for good, and recomputes everything from
 //     the bucket and the cache when it starts (Resync).
 //   - Worker (worker.go): consumes the feature classes its Machine can
-//     build, claims each request, builds it with a BuildFunc
+//     build, claims each request (unless its Skip leaves it to others), builds it with a BuildFunc
 //     (volunteer.FarmBuild builds with Nix) and reports the outcome.
 //     A build stopped by the worker's context (shutdown, or a runner
 //     daemon taking its machine back for a forge job) reports nothing

@@ -813,3 +813,79 @@ func failureReports(t *testing.T, conn *queue.Conn) int {
 	}
 	return failed
 }
+
+// TestDisputeDispatchesAnotherReplica: with quorum 2, a liar and an
+// honest builder disagree; the cache publishes nothing and says the path
+// is disputed, and the scheduler dispatches a third replica, to a third
+// owner, whose agreement settles it. A redelivered dispute changes
+// nothing.
+func TestDisputeDispatchesAnotherReplica(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	s := startScheduler(t, url, cache, "g1")
+	var (
+		mu     sync.Mutex
+		honest []string
+		voters []string
+	)
+	vote := func(builder string) BuildFunc {
+		return func(ctx context.Context, r *Request) (*BuildStats, error) {
+			mu.Lock()
+			voters = append(voters, builder)
+			if builder != "liar" {
+				honest = append(honest, builder)
+			}
+			nv, nh := len(voters), len(honest)
+			mu.Unlock()
+			switch {
+			case nh == 2:
+				for _, o := range r.Outputs {
+					cache.add(o)
+					if err := conn.PublishEvent(ctx, r.Tenant, queue.EventPublished, map[string]any{"tenant": r.Tenant, "storePath": o, "drvPath": r.DrvPath}); err != nil {
+						return nil, err
+					}
+				}
+			case nv == 2:
+				mu.Lock()
+				answers := []map[string]any{{"builders": []string{"liar"}}, {"builders": slices.Clone(honest)}}
+				mu.Unlock()
+				if err := conn.PublishEvent(ctx, r.Tenant, queue.EventDisputed, map[string]any{"tenant": r.Tenant, "drvPath": r.DrvPath,
+					"storePath": r.Outputs["out"], "answers": answers}); err != nil {
+					return nil, err
+				}
+			}
+			return &testCost, nil
+		}
+	}
+	run := func(builder, owner string) {
+		ctx, cancel := context.WithCancel(context.Background())
+		w := &Worker{Conn: connect(t, url), Tenant: tenant, Machine: Machine{System: "x86_64-linux"}, Builder: builder, Owner: owner, Build: vote(builder)}
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	run("liar", "o1")
+	run("h1", "o2")
+	sub := submit(t, conn, g, cache, 2, 3)
+	drv := g.Nodes()[0].DrvPath
+	var st *SetStatus
+	waitFor(t, 10*time.Second, func() bool {
+		st, _ = GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
+		return st != nil && len(st.Derivations[0].Attempts) == 3
+	})
+	if d := st.Derivations[0]; d.Disputes != 1 || st.Disputed != 1 || d.Status != Dispatched {
+		t.Fatalf("after the dispute: %s, %+v", st, d)
+	}
+	// The same dispute again (a redelivery) dispatches nothing more.
+	if err := s.Disputed(testctx.New(t, time.Minute), tenant, drv, []string{"h1", "liar"}, 1); err != nil {
+		t.Fatal(err)
+	}
+	run("h2", "o3")
+	st = waitFinished(t, conn, sub.Set.ID, 20*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if d := st.Derivations[0]; d.Status != Done || d.Disputes != 1 || len(d.Attempts) != 3 || len(voters) != 3 || !slices.Contains(honest, "h2") {
+		t.Errorf("finished %s: %+v, builds by %v", st, d, voters)
+	}
+}

@@ -100,8 +100,11 @@ type State struct {
 	// (1 for the first); empty until dispatched.
 	Attempts []int `json:"attempts,omitempty"`
 	// Failures are the failed builds, oldest first.
-	Failures  []Failure `json:"failures,omitempty"`
-	BlockedBy string    `json:"blockedBy,omitempty"`
+	Failures []Failure `json:"failures,omitempty"`
+	// Disputes counts the cache's disputes on its outputs (builders
+	// disagreeing) that made the scheduler dispatch more replicas.
+	Disputes  int    `json:"disputes,omitempty"`
+	BlockedBy string `json:"blockedBy,omitempty"`
 	// Dispatched is when the first requests were published.
 	Dispatched *time.Time `json:"dispatched,omitempty"`
 	Updated    time.Time  `json:"updated"`
@@ -121,9 +124,10 @@ type Failure struct {
 	Time     time.Time `json:"time"`
 }
 
-// rejected reports whether the cache refused a result of the derivation.
-func (s *State) rejected() bool {
-	return slices.ContainsFunc(s.Failures, func(f Failure) bool { return f.Rejected != "" })
+// disputed reports whether the cache refused a result of the
+// derivation, or its builders disagreed.
+func (s *State) disputed() bool {
+	return s.Disputes > 0 || slices.ContainsFunc(s.Failures, func(f Failure) bool { return f.Rejected != "" })
 }
 
 func (s *State) hasFailure(replica, attempt int) bool {

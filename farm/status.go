@@ -19,7 +19,8 @@ type Summary struct {
 	// Skipped counts derivations done at submission.
 	Skipped int `json:"skipped"`
 	// Disputed counts derivations not final whose results the cache
-	// rejected at least once (a NAR that disagrees with others', say).
+	// rejected at least once (a NAR that disagrees with others', say)
+	// or whose builders disagreed.
 	Disputed int `json:"disputed"`
 }
 
@@ -30,7 +31,7 @@ func summarize(set *Set, states func(yield func(*State) bool)) Summary {
 		if st.Skipped {
 			sum.Skipped++
 		}
-		if !st.Status.Final() && st.rejected() {
+		if !st.Status.Final() && st.disputed() {
 			sum.Disputed++
 		}
 	}

@@ -215,6 +215,12 @@ type Worker struct {
 	Logger        *slog.Logger
 	// OnClaim, when set, is called with each request's claim result.
 	OnClaim func(*Request, ClaimResult)
+	// Skip, when set, is asked before a request is claimed: true leaves
+	// it to another worker, as a request not for this one. A volunteer
+	// skips what it has voted on already (by a rebuild the pushers asked
+	// for): its build would add no vote, and a replica it held would
+	// wait for one that never comes.
+	Skip func(ctx context.Context, r *Request) (bool, error)
 	// Standing, when set, says whether this builder is quarantined (by
 	// the pushers' reputation rules, say: its builds disagreed with
 	// others' too often) and why. A quarantined worker takes no build,
@@ -359,6 +365,16 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 		return err
 	} else if q {
 		return queue.Defer(notForUsDelay(d.NumDelivered))
+	}
+	if w.Skip != nil {
+		if skip, err := w.Skip(ctx, r); err != nil {
+			return err
+		} else if skip {
+			if w.OnClaim != nil {
+				w.OnClaim(r, NotForUs)
+			}
+			return queue.Defer(notForUsDelay(d.NumDelivered))
+		}
 	}
 	res, err := claim(ctx, kv, r, w.Builder, w.Owner, d.NumDelivered)
 	if err != nil {

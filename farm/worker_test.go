@@ -2,6 +2,8 @@ package farm
 
 import (
 	"context"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,5 +75,50 @@ func TestClaimRules(t *testing.T) {
 	r.Set = other.Set.ID
 	if got, err := claim(ctx, kv, r, "b1", "o1", 1); err != nil || got != NotNeeded {
 		t.Errorf("derivation done: %v, %v", got, err)
+	}
+}
+
+// TestWorkerSkip: a worker whose Skip says so leaves a request to
+// another (a volunteer that has voted on the outputs already), and
+// never claims it.
+func TestWorkerSkip(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil, "b": {"a"}}, "x86_64-linux")
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	startScheduler(t, url, cache, "g1")
+	var mu sync.Mutex
+	builtBy := map[string][]string{}
+	skipped := 0
+	run := func(builder string, skip bool) {
+		ctx, cancel := context.WithCancel(context.Background())
+		w := &Worker{Conn: connect(t, url), Tenant: tenant, Machine: Machine{System: "x86_64-linux"}, Builder: builder, Owner: builder,
+			Skip: func(context.Context, *Request) (bool, error) {
+				if skip {
+					mu.Lock()
+					skipped++
+					mu.Unlock()
+				}
+				return skip, nil
+			},
+			Build: func(ctx context.Context, r *Request) (*BuildStats, error) {
+				mu.Lock()
+				builtBy[builder] = append(builtBy[builder], nameOf(r.DrvPath))
+				mu.Unlock()
+				return &testCost, p.vote(ctx, r, builder)
+			}}
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	run("voted", true)
+	sub := submit(t, conn, g, cache, 1, 3)
+	waitFor(t, 10*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return skipped >= 2 })
+	run("fresh", false)
+	st := waitFinished(t, conn, sub.Set.ID, 20*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if st.Counts[Done] != 2 || len(builtBy["voted"]) != 0 || strings.Join(builtBy["fresh"], " ") != "a b" {
+		t.Errorf("%s: built by %v after %d skips", st, builtBy, skipped)
 	}
 }

@@ -36,7 +36,8 @@ const (
 const (
 	EventRejected  = "rejected"
 	EventPublished = "published"
-	// EventDisputed: builders disagree on a path (cachepush.Dispute).
+	// EventDisputed: the builders of a path disagree (no quorum yet;
+	// cachepush.Dispute).
 	EventDisputed = "disputed"
 )
 

@@ -84,11 +84,18 @@ func (v *Volunteer) RunWithFarm(ctx context.Context, conn *queue.Conn, m farm.Ma
 // first.
 func (v *Volunteer) FarmWorker(conn *queue.Conn, m farm.Machine, owner string) *farm.Worker {
 	return &farm.Worker{Conn: conn, Tenant: v.Builder.Tenant, Machine: m, Builder: v.Builder.BuilderID, Owner: owner,
-		Build: v.FarmBuild, AckWait: v.AckWait, Logger: v.Logger, Standing: v.standing}
+		Build: v.FarmBuild, AckWait: v.AckWait, Logger: v.Logger, Standing: v.standing, Skip: v.farmVoted}
 }
 
 // Validate checks the volunteer's fields (Run and RunWithFarm do).
 func (v *Volunteer) Validate() error { return v.validate() }
+
+// farmVoted reports whether this volunteer's vote on every output of
+// r is recorded already (farm.Worker.Skip): it rebuilt the derivation
+// for the pushers, and building a farm replica of it would add no vote.
+func (v *Volunteer) farmVoted(ctx context.Context, r *farm.Request) (bool, error) {
+	return v.voted(ctx, &queue.RebuildRequest{Tenant: r.Tenant, Outputs: slices.Sorted(mapValues(r.Outputs))})
+}
 
 // standing reads this volunteer's reputation as the pushers keep it
 // (farm.Worker.Standing): quarantined, it takes no farm build, and says

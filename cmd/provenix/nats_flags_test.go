@@ -25,6 +25,7 @@ func TestNATSFlagsUsage(t *testing.T) {
 		{"up: TLS flags without --nats-url", []string{"up", "--data-dir", t.TempDir(), "--nats-ca", missing}, "need --nats-url"},
 		{"up: an external server's CA is used", []string{"up", "--data-dir", t.TempDir(), "--nats-url", "nats://127.0.0.1:1", "--nats-ca", missing}, "root CA"},
 		{"ack wait too short", []string{"cache-push", "--data-dir", t.TempDir(), "--ack-wait", "1s"}, "--ack-wait"},
+		{"volunteer: ack wait too short", []string{"volunteer", "--farm", "--data-dir", t.TempDir(), "--ack-wait", "1s"}, "--ack-wait"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()

@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"codeberg.org/provenix/provenix/builder"
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/nix"
+	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/volunteer"
 )
 
@@ -18,6 +20,7 @@ type volunteerFlags struct {
 	once    bool
 	farm    bool
 	owner   string
+	ackWait time.Duration
 }
 
 func newVolunteerCmd(g *globals) *cobra.Command {
@@ -67,6 +70,7 @@ adds no vote.`,
 	fl.StringArrayVar(&f.systems, "system", nil, "Nix system to build for (repeatable; default: the host Nix's system and extra-platforms)")
 	fl.BoolVar(&f.once, "once", false, "handle one request, then exit")
 	fl.BoolVar(&f.farm, "farm", false, "also take the farm's first builds ('provenix submit'), for the host's systems and system-features, substituting inputs from the cache its Nix is configured with")
+	fl.DurationVar(&f.ackWait, "ack-wait", queue.DefaultAckWait, "how long a request may go unacknowledged before another volunteer gets it; a killed volunteer's build waits this long (a running build heartbeats every third of it)")
 	fl.StringVar(&f.owner, "owner", "", "who runs this volunteer, as policies count distinct builders (default: the builder id); the farm never gives two replicas of a derivation to one owner")
 	return cmd
 }
@@ -74,6 +78,9 @@ adds no vote.`,
 func runVolunteer(ctx context.Context, g *globals, f *volunteerFlags) error {
 	if err := nix.Available(); err != nil {
 		return &exitError{code: exitUsageErr, err: err}
+	}
+	if f.ackWait < 3*time.Second {
+		return usageError("--ack-wait %s: at least 3s (a build heartbeats every third of it)", f.ackWait)
 	}
 	nx, err := f.nix(g)
 	if err != nil {
@@ -106,6 +113,7 @@ func runVolunteer(ctx context.Context, g *globals, f *volunteerFlags) error {
 		},
 		Systems: systems,
 		Once:    f.once,
+		AckWait: f.ackWait,
 		Logger:  g.logger(),
 	}
 	run := v.Run
