@@ -220,10 +220,38 @@ func TestFarmAccept(t *testing.T) {
 
 	// Fault: the volunteer building the slow derivation is killed with
 	// SIGKILL mid-build; its request is redelivered and built by another.
+	slowDrv := drvNamed(t, ctx, sub.Set.Roots[0], "fa-slow")
+	// Who holds fa-slow's replicas: its claim record in the farm's
+	// bucket (claim.<set>.<drv hash>, see farm/doc.go), read as is.
+	claims := func() ([]farm.Claim, error) {
+		b, err := conn.KVGet(ctx, queue.BucketFarm, "claim."+id+"."+hashPart(slowDrv))
+		if err != nil {
+			return nil, err
+		}
+		var c farm.Claims
+		if err := json.Unmarshal(b, &c); err != nil {
+			return nil, err
+		}
+		return c.Replicas, nil
+	}
+	heldBy := func() []farm.Claim {
+		c, err := claims()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// A volunteer building a replica of it: not a rebuild the pushers
+	// asked for (after the liar's dispute), and the runner or the liar
+	// may hold both first replicas (then a dispute dispatches a third).
 	var victim *farmWorker
-	waitUntil(t, ctx, 60*time.Second, "a volunteer building fa-slow", func() bool {
+	waitUntil(t, ctx, 60*time.Second, "a volunteer building a replica of fa-slow", func() bool {
+		c, err := claims()
+		if err != nil {
+			return false
+		}
 		for _, w := range workers[:2] {
-			if w.building("fa-slow") {
+			if w.building("fa-slow") && slices.ContainsFunc(c, func(c farm.Claim) bool { return c.Builder == w.name }) {
 				victim = w
 				return true
 			}
@@ -235,20 +263,6 @@ func TestFarmAccept(t *testing.T) {
 		if w != victim {
 			others = append(others, w)
 		}
-	}
-	slowDrv := drvNamed(t, ctx, sub.Set.Roots[0], "fa-slow")
-	// Who holds fa-slow's replicas: its claim record in the farm's
-	// bucket (claim.<set>.<drv hash>, see farm/doc.go), read as is.
-	heldBy := func() []farm.Claim {
-		b, err := conn.KVGet(ctx, queue.BucketFarm, "claim."+id+"."+hashPart(slowDrv))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var c farm.Claims
-		if err := json.Unmarshal(b, &c); err != nil {
-			t.Fatal(err)
-		}
-		return c.Replicas
 	}
 	var victimReplica = -1
 	for _, c := range heldBy() {
