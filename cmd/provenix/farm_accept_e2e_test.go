@@ -5,7 +5,8 @@ package main
 // submitted with quorum 2 by a process that knows only the wss:// URL,
 // three 'provenix volunteer --farm' processes with their own chroot
 // stores, keys and owners (one of them a liar, one killed with SIGKILL
-// mid-build), stock nix installing the top from the cache, and a mass
+// mid-build) plus an idle 'provenix runner daemon' (provenix.volunteer,
+// a fourth owner, the host's Nix), stock nix installing the top from the cache, and a mass
 // rebuild of a leaf's dependents.
 
 import (
@@ -13,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -31,6 +33,7 @@ import (
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/internal/testtls"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/runner/rpc/rpctest"
 	"codeberg.org/provenix/provenix/up"
 )
 
@@ -94,18 +97,29 @@ func provenixProcess(t *testing.T, ctx context.Context, args ...string) (string,
 // TestFarmAccept: see the file's comment. The figures (builds, disputes,
 // wall time) are logged.
 func TestFarmAccept(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("the farm's acceptance test runs a runner daemon as root; run it as root (CI does)")
+	}
 	bb := testnix.Busybox(t)
+	requireNixDaemon(t)
 	ctx := testctx.New(t, 4*time.Minute)
 	start := time.Now()
+	bin := buildProvenix(t)
 	dataDir := t.TempDir()
 	p, bs := quorumSetup(t, dataDir)
 	// Quorum 2 of distinct owners, as quorumSetup writes it; a builder
-	// is quarantined after 3 answers in the minority.
+	// is quarantined after 3 answers in the minority. The idle runner
+	// (below) is a fourth builder: the data directory's builder key, its
+	// own owner.
+	const runnerName, runnerOwner = "farm-runner", "owner-d"
+	runnerID := "forgejo-runner:" + runnerName
 	pol, err := os.ReadFile(p.Policy())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(p.Policy(), bytes.Replace(pol, []byte("quarantine_after: 2"), []byte("quarantine_after: 3"), 1), 0o644); err != nil {
+	pol = bytes.Replace(pol, []byte("quarantine_after: 2"), []byte("quarantine_after: 3"), 1)
+	pol = fmt.Appendf(pol, "  - {id: %q, key: keys/builder.pub, owner: %s}\n", runnerID, runnerOwner)
+	if err := os.WriteFile(p.Policy(), pol, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cert := testtls.Write(t)
@@ -153,14 +167,30 @@ func TestFarmAccept(t *testing.T) {
 		workers = append(workers, &farmWorker{name: b.id, b: b, tmp: t.TempDir(), args: args, log: &testlog.Buffer{}})
 	}
 	honestA, honestB, liar := workers[0], workers[1], workers[2]
-	// HOOK(runner-daemon): the idle runner daemon ('provenix.volunteer:
-	// true' in its config) joins here as a fourth worker: append a
-	// farmWorker whose args run 'provenix runner daemon' with its own
-	// store, builder id and owner (a fourth builder in the policy). The
-	// assertions below count builders by the workers slice.
 	for _, w := range workers {
 		w.start(t)
 	}
+	// The idle runner daemon: registered with a forge that has no job for
+	// it, it builds for the farm (provenix.volunteer) with the host's Nix,
+	// substituting the inputs others built from the cache.
+	forge := rpctest.New(t)
+	runDir := t.TempDir()
+	reg := exec.CommandContext(ctx, bin, "runner", "register", "--no-interactive",
+		"--instance", forge.URL, "--token", rpctest.DefaultRegistrationToken, "--name", runnerName, "--labels", "nix")
+	reg.Dir = runDir
+	if out, err := reg.CombinedOutput(); err != nil {
+		t.Fatalf("runner register: %v\n%s", err, out)
+	}
+	stopRunner, _ := startRunnerDaemon(t, bin, dataDir, runDir, "idle", 1, fmt.Sprintf(`provenix:
+  volunteer: true
+  owner: %s
+  nix_options:
+    substituters: %s
+    trusted-public-keys: %q
+    narinfo-cache-negative-ttl: "0"
+    narinfo-cache-positive-ttl: "0"
+    extra-platforms: aarch64-linux
+`, runnerOwner, rt.CacheURL, pub), p, rt.NATSURL)
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, w := range workers {
@@ -190,10 +220,38 @@ func TestFarmAccept(t *testing.T) {
 
 	// Fault: the volunteer building the slow derivation is killed with
 	// SIGKILL mid-build; its request is redelivered and built by another.
+	slowDrv := drvNamed(t, ctx, sub.Set.Roots[0], "fa-slow")
+	// Who holds fa-slow's replicas: its claim record in the farm's
+	// bucket (claim.<set>.<drv hash>, see farm/doc.go), read as is.
+	claims := func() ([]farm.Claim, error) {
+		b, err := conn.KVGet(ctx, queue.BucketFarm, "claim."+id+"."+hashPart(slowDrv))
+		if err != nil {
+			return nil, err
+		}
+		var c farm.Claims
+		if err := json.Unmarshal(b, &c); err != nil {
+			return nil, err
+		}
+		return c.Replicas, nil
+	}
+	heldBy := func() []farm.Claim {
+		c, err := claims()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// A volunteer building a replica of it: not a rebuild the pushers
+	// asked for (after the liar's dispute), and the runner or the liar
+	// may hold both first replicas (then a dispute dispatches a third).
 	var victim *farmWorker
-	waitUntil(t, ctx, 60*time.Second, "a volunteer building fa-slow", func() bool {
+	waitUntil(t, ctx, 60*time.Second, "a volunteer building a replica of fa-slow", func() bool {
+		c, err := claims()
+		if err != nil {
+			return false
+		}
 		for _, w := range workers[:2] {
-			if w.building("fa-slow") {
+			if w.building("fa-slow") && slices.ContainsFunc(c, func(c farm.Claim) bool { return c.Builder == w.name }) {
 				victim = w
 				return true
 			}
@@ -205,20 +263,6 @@ func TestFarmAccept(t *testing.T) {
 		if w != victim {
 			others = append(others, w)
 		}
-	}
-	slowDrv := drvNamed(t, ctx, sub.Set.Roots[0], "fa-slow")
-	// Who holds fa-slow's replicas: its claim record in the farm's
-	// bucket (claim.<set>.<drv hash>, see farm/doc.go), read as is.
-	heldBy := func() []farm.Claim {
-		b, err := conn.KVGet(ctx, queue.BucketFarm, "claim."+id+"."+hashPart(slowDrv))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var c farm.Claims
-		if err := json.Unmarshal(b, &c); err != nil {
-			t.Fatal(err)
-		}
-		return c.Replicas
 	}
 	var victimReplica = -1
 	for _, c := range heldBy() {
@@ -294,7 +338,7 @@ func TestFarmAccept(t *testing.T) {
 		t.Errorf("fa-slow's claims at the end %+v: replica %d not with %s", c, victimReplica, takenBy)
 	}
 	slowOut := outputOf(t, ctx, slowDrv)
-	ids := []string{bs[0].id, bs[1].id, bs[2].id}
+	ids := []string{bs[0].id, bs[1].id, bs[2].id, runnerID}
 	votes, err := cachepush.Votes(ctx, conn, up.DefaultTenant, slowOut, ids)
 	if err != nil {
 		t.Fatal(err)
@@ -338,9 +382,13 @@ func TestFarmAccept(t *testing.T) {
 			t.Errorf("%s's reputation %+v: want agreements only", w.name, r)
 		}
 	}
-	t.Logf("reputations: %s %d/%d, %s %d/%d, liar %s %d/%d (agreements/disagreements)", honestA.name, rep[honestA.name].Agreements,
+	// The idle runner is an honest builder too.
+	if r := rep[runnerID]; r.Disagreements != 0 || r.Agreements == 0 {
+		t.Errorf("the runner %s's reputation %+v: want agreements only", runnerID, r)
+	}
+	t.Logf("reputations: %s %d/%d, %s %d/%d, runner %s %d/%d, liar %s %d/%d (agreements/disagreements)", honestA.name, rep[honestA.name].Agreements,
 		rep[honestA.name].Disagreements, honestB.name, rep[honestB.name].Agreements, rep[honestB.name].Disagreements,
-		liar.name, rep[liar.name].Agreements, rep[liar.name].Disagreements)
+		runnerID, rep[runnerID].Agreements, rep[runnerID].Disagreements, liar.name, rep[liar.name].Agreements, rep[liar.name].Disagreements)
 
 	// farm stats and the /farm leaderboard show it.
 	stdout, stderr, code = provenixProcess(t, ctx, remote("farm", "stats", "--json")...)
@@ -362,8 +410,12 @@ func TestFarmAccept(t *testing.T) {
 			t.Errorf("farm stats for %s %+v", w.name, h)
 		}
 	}
-	t.Logf("farm stats: %d builds reported (%s %d, %s %d, %s %d)", builds, honestA.name, tally[honestA.name].Builds,
-		honestB.name, tally[honestB.name].Builds, liar.name, tally[liar.name].Builds)
+	// The idle runner built some of the set, under its own owner.
+	if r := tally[runnerID]; r.Builds == 0 || r.Owner != runnerOwner || r.AgreementRate() != 1 {
+		t.Errorf("farm stats for the runner %s %+v: want builds, owner %s, all agreeing", runnerID, r, runnerOwner)
+	}
+	t.Logf("farm stats: %d builds reported (%s %d, %s %d, runner %s %d, %s %d)", builds, honestA.name, tally[honestA.name].Builds,
+		honestB.name, tally[honestB.name].Builds, runnerID, tally[runnerID].Builds, liar.name, tally[liar.name].Builds)
 	resp, err := http.Get(rt.CacheURL + up.FarmPath)
 	if err != nil {
 		t.Fatal(err)
@@ -403,6 +455,7 @@ func TestFarmAccept(t *testing.T) {
 	for _, w := range workers {
 		w.proc.signal(syscall.SIGTERM)
 	}
+	stopRunner()
 	massArgs := []string{nixFile, "-A", "top", "--arg", "busybox", bb, "--argstr", "salt=" + salt, "--argstr", "slowSeconds=" + farmAcceptSlow,
 		"--argstr", "leafVersion=2"}
 	leaf := instantiate(t, ctx, append(slices.Clone(massArgs[:1]), append([]string{"-A", "chain-01"}, massArgs[3:]...)...))

@@ -188,7 +188,7 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 	}
 	var idle func(context.Context) error
 	if cfg.Provenix.Volunteer {
-		if idle, err = idleVolunteer(ctx, conn, b, cfg.Provenix.Owner, log); err != nil {
+		if idle, err = idleVolunteer(ctx, conn, b, cfg.Provenix.Owner, cfg.Provenix.NixOptions, log); err != nil {
 			rs.close()
 			return nil, err
 		}
@@ -212,8 +212,13 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 
 // idleVolunteer is the farm worker a runner runs while it has no job
 // (provenix.volunteer): the farm's builds for this host's Nix machine,
-// with the runner's builder.
-func idleVolunteer(ctx context.Context, conn *queue.Conn, b *builder.Builder, owner string, log *slog.Logger) (func(context.Context) error, error) {
+// with the runner's key and builder id, and Nix with nixOptions
+// (provenix.nix_options; the jobs' Nix has none).
+func idleVolunteer(ctx context.Context, conn *queue.Conn, jb *builder.Builder, owner string, nixOptions map[string]string, log *slog.Logger) (func(context.Context) error, error) {
+	b := &builder.Builder{
+		Nix: &nix.Nix{Options: nixOptions}, Queue: jb.Queue, Signer: jb.Signer, BuilderID: jb.BuilderID,
+		Tenant: jb.Tenant, Version: jb.Version, Logger: jb.Logger, StageClosures: jb.StageClosures,
+	}
 	cfg, err := b.Nix.Config(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("provenix.volunteer: %w", err)

@@ -201,6 +201,11 @@ type Provenix struct {
 	// builders: the farm never gives two replicas of a derivation to one
 	// owner. Empty means the builder id.
 	Owner string `yaml:"owner"`
+	// NixOptions are passed to Nix as --option NAME VALUE for the farm's
+	// builds (provenix.volunteer), like 'provenix volunteer --nix-option':
+	// e.g. substituters and trusted-public-keys, so that inputs built by
+	// others come from the cache. Jobs do not see them.
+	NixOptions map[string]string `yaml:"nix_options"`
 }
 
 // Default returns the configuration used when there is no file. It does

@@ -83,8 +83,9 @@ func TestParse(t *testing.T) {
 				t.Errorf("got %+v", c.Provenix)
 			}
 		}},
-		{name: "volunteer for the farm", yaml: "provenix:\n  volunteer: true\n  owner: alice\n", check: func(t *testing.T, c *Config) {
-			if !c.Provenix.Volunteer || c.Provenix.Owner != "alice" {
+		{name: "volunteer for the farm", yaml: "provenix:\n  volunteer: true\n  owner: alice\n  nix_options:\n    substituters: http://c\n    trusted-public-keys: c-1:k\n", check: func(t *testing.T, c *Config) {
+			want := map[string]string{"substituters": "http://c", "trusted-public-keys": "c-1:k"}
+			if !c.Provenix.Volunteer || c.Provenix.Owner != "alice" || !reflect.DeepEqual(c.Provenix.NixOptions, want) {
 				t.Errorf("got %+v", c.Provenix)
 			}
 		}},
