@@ -115,12 +115,20 @@ type Server struct {
 	Connections map[string]Connection `yaml:"connections"`
 }
 
-// Connection is one forge the runner is registered with.
+// Connection is one forge the runner is registered with, in the shape
+// forgejo-runner v12 and later write (see connections.go).
 type Connection struct {
-	URL    string           `yaml:"url"`
-	UUID   string           `yaml:"uuid"`
-	Token  string           `yaml:"token"`
-	Labels ConnectionLabels `yaml:"labels"`
+	URL  string `yaml:"url"`
+	UUID string `yaml:"uuid"`
+	// Token is the runner's token; TokenURL ("file:/path", where the path
+	// may start with $CREDENTIALS_DIRECTORY) names a file holding it
+	// instead, so the config need not hold a secret. Exactly one is set.
+	Token    string `yaml:"token,omitempty"`
+	TokenURL string `yaml:"token_url,omitempty"`
+	// Labels default to runner.labels.
+	Labels ConnectionLabels `yaml:"labels,omitempty"`
+	// FetchInterval defaults to runner.fetch_interval.
+	FetchInterval time.Duration `yaml:"fetch_interval,omitempty"`
 }
 
 // ConnectionLabels are a connection's labels, written either as a list
@@ -324,11 +332,8 @@ func (c *Config) normalize() error {
 		return fmt.Errorf("%w: runner.labels: %w", ErrConfig, err)
 	}
 	for name, conn := range c.Server.Connections {
-		if conn.URL == "" || conn.UUID == "" || conn.Token == "" {
-			return fmt.Errorf("%w: server.connections.%s needs url, uuid and token", ErrConfig, name)
-		}
-		if _, err := ParseLabels(conn.Labels); err != nil {
-			return fmt.Errorf("%w: server.connections.%s.labels: %w", ErrConfig, name, err)
+		if err := conn.check(); err != nil {
+			return fmt.Errorf("%w: server.connections.%s: %w", ErrConfig, name, err)
 		}
 	}
 	p := &c.Provenix

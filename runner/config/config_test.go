@@ -106,7 +106,8 @@ func TestParse(t *testing.T) {
 			}
 		}},
 		{name: "connection with docker backend", yaml: "server:\n  connections:\n    f:\n      url: https://f.example/\n      uuid: u\n      token: t\n      labels:\n        ubuntu: {backend: docker, backend-options: {image: node}}\n", wantErr: "natively with Nix"},
-		{name: "connection without token", yaml: "server:\n  connections:\n    f:\n      url: https://f.example/\n      uuid: u\n", wantErr: "url, uuid and token"},
+		{name: "connection without token", yaml: "server:\n  connections:\n    f:\n      url: https://f.example/\n      uuid: u\n", wantErr: "server.connections.f: needs token or token_url"},
+		{name: "connection without uuid", yaml: "server:\n  connections:\n    f:\n      url: https://f.example/\n      token: t\n", wantErr: "server.connections.f: needs url and uuid"},
 		{name: "unknown connection key", yaml: "server:\n  connections:\n    f:\n      urll: x\n", wantErr: "urll"},
 	}
 	for _, tt := range tests {

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"codeberg.org/provenix/provenix/internal/atomicfile"
+	"codeberg.org/provenix/provenix/runner/config"
 )
 
 // ErrRunnerFile marks a .runner file that cannot be used.
@@ -140,4 +141,21 @@ func UUIDFromSecret(secret string) string {
 // changes its name or labels, and needs no --force.
 func (f *RunnerFile) SameRegistration(other *RunnerFile) bool {
 	return f.UUID == other.UUID && f.Token == other.Token && f.Address == other.Address
+}
+
+// Connections returns the forges cfg's runner serves (config.Connections):
+// its server.connections, or else the registration in runner.file, read
+// only then. No .runner file is config.ErrNoConnection.
+func Connections(cfg *config.Config) ([]config.ResolvedConnection, error) {
+	if len(cfg.Server.Connections) > 0 {
+		return cfg.Connections(nil)
+	}
+	rf, err := LoadRunnerFile(cfg.Runner.File)
+	if errors.Is(err, os.ErrNotExist) {
+		return cfg.Connections(nil)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return cfg.Connections(&config.Registration{Name: rf.Name, URL: rf.Address, UUID: rf.UUID, Token: rf.Token, Labels: rf.Labels})
 }
