@@ -63,6 +63,9 @@ type registerFlags struct {
 	// OWNER/REPO).
 	forgejoToken string
 	scope        string
+	// connection, when set, makes the registration server.connections.NAME
+	// of the config file instead of runner.file.
+	connection string
 }
 
 func newRunnerRegisterCmd(g *globals) *cobra.Command {
@@ -88,6 +91,11 @@ Missing values are asked for when stdin is a terminal, unless
 required. An existing registration is never replaced without --force (or a
 "y" at the prompt): the forge would keep the old runner around.
 
+With --connection NAME the registration goes into the --config file as
+server.connections.NAME, forgejo-runner's shape for one runner serving
+several forges, instead of runner.file; register once per forge. The rest
+of the file (keys, comments) is kept; it is rewritten with mode 0600.
+
 Labels are what runs-on in a workflow matches. They come from the config's
 runner.labels if it has any (as in forgejo-runner, --labels is then
 ignored), else from --labels, else from the host's Nix: nix, nix-<system>
@@ -112,7 +120,8 @@ lxc:// labels are refused, as jobs run natively with Nix.`,
 	fl.StringVar(&f.name, "name", "", "runner `name` shown on the forge (default: this host's name)")
 	fl.StringVar(&f.labels, "labels", "", "comma-separated `labels`, e.g. nix,nix-x86_64-linux,kvm (default: derived from the host's Nix; the config's runner.labels win)")
 	fl.BoolVar(&f.noInteractive, "no-interactive", false, "never prompt; fail if --instance or --token is missing")
-	fl.BoolVar(&f.force, "force", false, "replace an existing registration in runner.file")
+	fl.BoolVar(&f.force, "force", false, "replace an existing registration in runner.file (or the --connection of that name)")
+	fl.StringVar(&f.connection, "connection", "", "write the registration into the --config file as server.connections.`NAME` (one runner serving several forges) instead of runner.file; the file keeps its other content and comments")
 	fl.BoolVar(&f.ephemeral, "ephemeral", false, "register an ephemeral runner: the forge gives it one job and then removes it")
 	fl.StringVar(&f.forgejoToken, "forgejo-token", "", "API access `token` to fetch the registration token with when --token is absent (the forge's Settings > Applications); env "+forgeTokenEnv+" is used when the flag is empty")
 	fl.StringVar(&f.scope, "scope", "", "with --forgejo-token: whose runner, `\"\"|ORG|OWNER/REPO`: the instance (site admin token), an organisation, or a repository")
@@ -128,12 +137,11 @@ func runRegister(ctx context.Context, g *globals, f registerFlags, interactive b
 		return err
 	}
 	in := &prompter{r: bufio.NewReader(g.stdin), w: g.stderr, on: interactive}
+	if f.connection != "" && f.config == "" {
+		return usageError("--connection needs --config: the registration is written into the config file")
+	}
 
-	if old, err := rpc.LoadRunnerFile(cfg.Runner.File); err == nil || !errors.Is(err, os.ErrNotExist) {
-		what := cfg.Runner.File + " already exists"
-		if err == nil {
-			what = fmt.Sprintf("%s already registers runner %q (uuid %s) with %s", cfg.Runner.File, old.Name, old.UUID, old.Address)
-		}
+	if what := existingRegistration(cfg, f); what != "" {
 		switch {
 		case f.force:
 			log.Warn("replacing the existing registration", "file", cfg.Runner.File)
@@ -212,12 +220,40 @@ func runRegister(ctx context.Context, g *globals, f registerFlags, interactive b
 	if err != nil {
 		return &exitError{code: exitFailed, err: err}
 	}
-	if err := rf.Save(cfg.Runner.File); err != nil {
+	where := cfg.Runner.File
+	if f.connection != "" {
+		// Replacing was allowed above (--force or the prompt).
+		conn := config.Connection{URL: rf.Address, UUID: rf.UUID, Token: rf.Token, Labels: rf.Labels}
+		if err := config.SetConnection(f.config, f.connection, conn, true); err != nil {
+			return &exitError{code: exitUsageErr, err: err}
+		}
+		where = fmt.Sprintf("%s as server.connections.%s", f.config, f.connection)
+	} else if err := rf.Save(cfg.Runner.File); err != nil {
 		return &exitError{code: exitUsageErr, err: err}
 	}
 	fmt.Fprintf(g.stdout, "runner %q registered with %s (id %d, uuid %s)\nlabels: %s\nregistration written to %s (mode 0600)\nstart it with: provenix runner daemon%s\n",
-		rf.Name, rf.Address, rf.ID, rf.UUID, strings.Join(rf.Labels, ","), cfg.Runner.File, configArg(f.config))
+		rf.Name, rf.Address, rf.ID, rf.UUID, strings.Join(rf.Labels, ","), where, configArg(f.config))
 	return nil
+}
+
+// existingRegistration says what registering would replace: the
+// connection named by --connection in the config, else runner.file; ""
+// when nothing.
+func existingRegistration(cfg *config.Config, f registerFlags) string {
+	if f.connection != "" {
+		if old, ok := cfg.Server.Connections[f.connection]; ok {
+			return fmt.Sprintf("%s already has server.connections.%s (uuid %s, %s)", f.config, f.connection, old.UUID, old.URL)
+		}
+		return ""
+	}
+	old, err := rpc.LoadRunnerFile(cfg.Runner.File)
+	if err == nil {
+		return fmt.Sprintf("%s already registers runner %q (uuid %s) with %s", cfg.Runner.File, old.Name, old.UUID, old.Address)
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return cfg.Runner.File + " already exists"
+	}
+	return ""
 }
 
 // fetchRegistrationToken asks the forge's API, with the access token, for

@@ -282,3 +282,95 @@ func TestRunnerHelp(t *testing.T) {
 		}
 	}
 }
+
+// --connection writes server.connections.NAME into the config, once per
+// forge, keeping the file's other content and never writing .runner.
+func TestRunnerRegisterConnection(t *testing.T) {
+	ctx := testctx.New(t, time.Minute)
+	srvA := rpctest.New(t)
+	srvB := rpctest.New(t)
+	cfg, runnerFile := runnerConfigFile(t, "  labels: [nix]\n# the operator's comment\nprovenix:\n  tenant: acme\n")
+	register := func(srv *rpctest.Server, name string, extra ...string) (string, string, int) {
+		args := append([]string{"runner", "register", "--no-interactive", "--config", cfg, "--instance", srv.URL,
+			"--token", rpctest.DefaultRegistrationToken, "--name", "box", "--connection", name}, extra...)
+		return cli(t, ctx, args...)
+	}
+	for _, r := range []struct {
+		srv  *rpctest.Server
+		name string
+	}{{srvA, "a"}, {srvB, "b"}} {
+		out, errOut, code := register(r.srv, r.name)
+		if code != exitOK {
+			t.Fatalf("register %s: exit %d\n%s%s", r.name, code, out, errOut)
+		}
+		if !strings.Contains(out, "server.connections."+r.name) {
+			t.Errorf("output does not say where the registration went:\n%s", out)
+		}
+	}
+	if _, err := os.Stat(runnerFile); !os.IsNotExist(err) {
+		t.Errorf(".runner written: %v", err)
+	}
+	fi, err := os.Stat(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("config mode %04o, want 0600", fi.Mode().Perm())
+	}
+	data, _ := os.ReadFile(cfg)
+	if !strings.Contains(string(data), "# the operator's comment") {
+		t.Errorf("the config lost its comment:\n%s", data)
+	}
+	c, err := config.Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Provenix.Tenant != "acme" || c.Runner.File != runnerFile {
+		t.Errorf("the config's other content changed: %+v", c)
+	}
+	conns, err := rpc.Connections(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(conns) != 2 {
+		t.Fatalf("connections %+v", conns)
+	}
+	for i, srv := range []*rpctest.Server{srvA, srvB} {
+		runners := srv.Runners()
+		if len(runners) != 1 {
+			t.Fatalf("%d runners on forge %d", len(runners), i)
+		}
+		got, r := conns[i], runners[0]
+		if got.URL != srv.URL || got.UUID != r.UUID || got.Token != r.Token || !reflect.DeepEqual(got.Labels, []string{"nix"}) {
+			t.Errorf("connection %+v does not match forge %d's runner %+v", got, i, r)
+		}
+	}
+
+	// Registering a name again needs --force, and then replaces only it.
+	calls := len(srvA.Calls())
+	if _, errOut, code := register(srvA, "a"); code != exitUsageErr || !strings.Contains(errOut, "--force") || !strings.Contains(errOut, "server.connections.a") {
+		t.Errorf("second register: exit %d, stderr:\n%s", code, errOut)
+	}
+	if n := len(srvA.Calls()); n != calls {
+		t.Errorf("second register made %d calls, want none", n-calls)
+	}
+	if _, errOut, code := register(srvA, "a", "--force"); code != exitOK {
+		t.Fatalf("register --force: exit %d\n%s", code, errOut)
+	}
+	c, err = config.Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Server.Connections["a"].UUID; got == conns[0].UUID || len(srvA.Runners()) != 2 {
+		t.Errorf("--force kept uuid %s", got)
+	}
+	if got := c.Server.Connections["b"]; got.UUID != conns[1].UUID {
+		t.Errorf("--force on a changed b: %+v", got)
+	}
+
+	// Without a config file there is nowhere to write the connection.
+	if _, errOut, code := cli(t, ctx, "runner", "register", "--no-interactive", "--instance", srvA.URL,
+		"--token", rpctest.DefaultRegistrationToken, "--connection", "x"); code != exitUsageErr || !strings.Contains(errOut, "--connection needs --config") {
+		t.Errorf("no --config: exit %d, stderr:\n%s", code, errOut)
+	}
+}
