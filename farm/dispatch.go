@@ -328,9 +328,7 @@ func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {
 	if _, _, err := getJSON(ctx, s.kv, claimKey(rep.Set, rep.DrvPath), &c); err != nil {
 		return err
 	}
-	if !slices.ContainsFunc(c.Replicas, func(x Claim) bool {
-		return x.Replica == rep.Replica && x.Attempt == rep.Attempt && x.Builder == rep.Builder
-	}) {
+	if c.holder(rep) == nil {
 		return queue.Permanent(fmt.Errorf("farm: %w: %s reports a failure of %s replica %d attempt %d it does not hold",
 			ErrInvalid, rep.Builder, rep.DrvPath, rep.Replica, rep.Attempt))
 	}

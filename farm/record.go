@@ -152,6 +152,20 @@ type Claims struct {
 	Replicas []Claim `json:"replicas"`
 }
 
+// holder is the claim of the replica and attempt rep reports on, when
+// rep's builder holds it; nil otherwise. A report is only a worker's
+// word: the scheduler (failures) and the statistics (builds, CPU time)
+// take it from the claimant alone.
+func (c *Claims) holder(rep *Report) *Claim {
+	i := slices.IndexFunc(c.Replicas, func(x Claim) bool {
+		return x.Replica == rep.Replica && x.Attempt == rep.Attempt && x.Builder == rep.Builder
+	})
+	if i < 0 {
+		return nil
+	}
+	return &c.Replicas[i]
+}
+
 // Claim is one replica held by a worker.
 type Claim struct {
 	Replica int    `json:"replica"`

@@ -111,7 +111,12 @@ func ReadStats(ctx context.Context, conn *queue.Conn, tenant string, since time.
 	if err != nil {
 		return nil, err
 	}
+	kv, err := bucket(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
 	builders := map[string]*Tally{}
+	records := &drvRecords{kv: kv, read: map[string]*drvRecord{}}
 	err = conn.ReadFarmReports(ctx, since, func(subject string, data []byte) error {
 		if subject != subj {
 			return nil
@@ -120,9 +125,20 @@ func ReadStats(ctx context.Context, conn *queue.Conn, tenant string, since time.
 		if err != nil || rep.Tenant != tenant || rep.Time.Before(since) {
 			return nil // not counted: the scheduler refused it as well
 		}
+		// Only a claimant's report counts, under the owner it claimed
+		// with: anyone allowed to publish reports could otherwise credit
+		// itself (or another) with builds and CPU hours it never ran.
+		rec, err := records.of(ctx, rep)
+		if err != nil {
+			return err
+		}
+		owner, ok := rec.claimant(rep)
+		if !ok {
+			return nil
+		}
 		t := builders[rep.Builder]
 		if t == nil {
-			t = &Tally{Builder: rep.Builder, Owner: ownerOf(rep)}
+			t = &Tally{Builder: rep.Builder, Owner: cmp.Or(owner, rep.Builder)}
 			builders[rep.Builder] = t
 		}
 		t.add(rep)
@@ -221,13 +237,6 @@ func addDisputes(ctx context.Context, conn *queue.Conn, tenant string, since tim
 	return nil
 }
 
-func ownerOf(rep *Report) string {
-	if rep.Owner != "" {
-		return rep.Owner
-	}
-	return rep.Builder
-}
-
 func (t *Tally) add(rep *Report) {
 	if rep.Outcome == Built {
 		t.Builds++
@@ -236,4 +245,48 @@ func (t *Tally) add(rep *Report) {
 	}
 	t.CPUSeconds += rep.CPUSeconds
 	t.WallSeconds += float64(rep.WallMillis) / 1000
+}
+
+// drvRecord is what the farm recorded of one derivation of a set: who
+// holds each replica now, and who failed it before.
+type drvRecord struct {
+	claims Claims
+	state  State
+}
+
+// claimant reports whether rep's builder held the replica and attempt
+// it reports on, and the owner it claimed with: it holds the claim, or
+// the scheduler recorded its failure (the claim has moved on since).
+func (r *drvRecord) claimant(rep *Report) (owner string, ok bool) {
+	if c := r.claims.holder(rep); c != nil {
+		return c.Owner, true
+	}
+	for _, f := range r.state.Failures {
+		if f.Replica == rep.Replica && f.Attempt == rep.Attempt && f.Builder == rep.Builder {
+			return f.Owner, true
+		}
+	}
+	return "", false
+}
+
+// drvRecords reads each derivation's records once.
+type drvRecords struct {
+	kv   jetstream.KeyValue
+	read map[string]*drvRecord
+}
+
+func (d *drvRecords) of(ctx context.Context, rep *Report) (*drvRecord, error) {
+	key := claimKey(rep.Set, rep.DrvPath)
+	if r := d.read[key]; r != nil {
+		return r, nil
+	}
+	r := &drvRecord{}
+	if _, _, err := getJSON(ctx, d.kv, key, &r.claims); err != nil {
+		return nil, err
+	}
+	if _, _, err := getJSON(ctx, d.kv, stateKey(rep.Set, rep.DrvPath), &r.state); err != nil {
+		return nil, err
+	}
+	d.read[key] = r
+	return r, nil
 }

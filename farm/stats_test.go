@@ -23,13 +23,8 @@ func TestStatsDisputes(t *testing.T) {
 	now := time.Now().UTC()
 	set := NewSetID()
 	for i, b := range []struct{ builder, owner string }{{"b1", "o1"}, {"b2", "o2"}, {"b3", "o1"}, {"b4", "o4"}} {
-		rep := &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: fakePath(b.builder + ".drv"), Replica: i,
-			Builder: b.builder, Owner: b.owner, Outcome: Built, CPUSeconds: 1, Time: now}
-		data, _ := json.Marshal(rep)
-		subj, _ := queue.FarmReportSubject(tenant)
-		if _, err := conn.PublishFarm(ctx, subj, rep.MsgID(), data); err != nil {
-			t.Fatal(err)
-		}
+		claimAndReport(t, conn, &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: fakePath(b.builder + ".drv"), Replica: i,
+			Builder: b.builder, Owner: b.owner, Outcome: Built, CPUSeconds: 1, Time: now}, true)
 	}
 	dispute := func(tenant, path string, at time.Time, nars map[string][]string, causes ...nardiff.CauseKind) {
 		t.Helper()
@@ -93,12 +88,8 @@ func TestStatsDisputes(t *testing.T) {
 	// and no dispute, and does not wait for disputes that will not come.
 	time.Sleep(10 * time.Millisecond)
 	since := time.Now()
-	rep := &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: fakePath("late.drv"), Builder: "b1", Owner: "o1", Outcome: Built, Time: since.UTC()}
-	data, _ := json.Marshal(rep)
-	subj, _ := queue.FarmReportSubject(tenant)
-	if _, err := conn.PublishFarm(ctx, subj, rep.MsgID(), data); err != nil {
-		t.Fatal(err)
-	}
+	claimAndReport(t, conn, &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: fakePath("late.drv"), Builder: "b1", Owner: "o1",
+		Outcome: Built, Time: since.UTC()}, true)
 	// (Another kind of event since: the stream has news, none disputed.)
 	if err := conn.PublishEvent(ctx, tenant, queue.EventPublished, map[string]string{"tenant": tenant}); err != nil {
 		t.Fatal(err)
@@ -110,5 +101,65 @@ func TestStatsDisputes(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("a window without disputes took %v", d)
+	}
+}
+
+// claimAndReport publishes rep, after recording the claim it reports on
+// when claimed is set.
+func claimAndReport(t *testing.T, conn *queue.Conn, rep *Report, claimed bool) {
+	t.Helper()
+	ctx := testctx.New(t, time.Minute)
+	if claimed {
+		kv, err := bucket(ctx, conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := json.Marshal(Claims{Version: RecordVersion, Replicas: []Claim{{Replica: rep.Replica, Attempt: rep.Attempt,
+			Builder: rep.Builder, Owner: rep.Owner, Delivered: 1, At: rep.Time}}})
+		if _, err := kv.Put(ctx, claimKey(rep.Set, rep.DrvPath), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data, _ := json.Marshal(rep)
+	subj, _ := queue.FarmReportSubject(tenant)
+	if _, err := conn.PublishFarm(ctx, subj, rep.MsgID(), data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStatsCountOnlyClaimants: a report is a worker's word; a builder
+// that publishes reports for replicas it never held (to top the
+// leaderboard, or in another builder's name, under another owner)
+// is not counted. Only the claimant's report counts, under the owner
+// it claimed with.
+func TestStatsCountOnlyClaimants(t *testing.T) {
+	_, conn := setup(t)
+	now := time.Now().UTC()
+	set := NewSetID()
+	drv := fakePath("x.drv")
+	honest := &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: drv, Builder: "honest", Owner: "o1",
+		Outcome: Built, CPUSeconds: 2, Time: now}
+	claimAndReport(t, conn, honest, true)
+	// The cheat: the same replica in its own name, a replica nobody
+	// holds, and a second report in the honest builder's name with a
+	// huge CPU time and another owner (a different attempt: its own
+	// message id).
+	claimAndReport(t, conn, &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: drv, Builder: "cheat", Owner: "o2",
+		Outcome: Built, CPUSeconds: 1e6, Time: now}, false)
+	claimAndReport(t, conn, &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: fakePath("y.drv"), Builder: "cheat",
+		Outcome: Built, CPUSeconds: 1e6, Time: now}, false)
+	claimAndReport(t, conn, &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: drv, Attempt: 1, Builder: "honest",
+		Owner: "o2", Outcome: Built, CPUSeconds: 1e6, Time: now}, false)
+
+	st, err := ReadStats(testctx.New(t, time.Minute), conn, tenant, now.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Builders) != 1 || st.Builders[0].Builder != "honest" || st.Builders[0].Owner != "o1" ||
+		st.Builders[0].Builds != 1 || st.Builders[0].CPUSeconds != 2 {
+		t.Fatalf("builders %+v: want the honest claimant's one build only", st.Builders)
+	}
+	if len(st.Owners) != 1 || st.Owners[0].Owner != "o1" {
+		t.Fatalf("owners %+v", st.Owners)
 	}
 }
