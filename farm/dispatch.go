@@ -66,7 +66,7 @@ func (s *Scheduler) Rejected(ctx context.Context, tenant, drvPath, builder, reas
 	var errs []error
 	for _, ls := range s.holding(tenant, drvPath) {
 		var c Claims
-		if _, _, err := getJSON(ctx, s.kv, claimKey(ls.set.ID, drvPath), &c); err != nil {
+		if _, _, err := getJSON(ctx, s.kv, ClaimKey(ls.set.ID, drvPath), &c); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -325,7 +325,7 @@ func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {
 	// a report from anyone else (or about an attempt taken over since)
 	// must not use up the derivation's attempts.
 	var c Claims
-	if _, _, err := getJSON(ctx, s.kv, claimKey(rep.Set, rep.DrvPath), &c); err != nil {
+	if _, _, err := getJSON(ctx, s.kv, ClaimKey(rep.Set, rep.DrvPath), &c); err != nil {
 		return err
 	}
 	if c.holder(rep) == nil {

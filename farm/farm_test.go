@@ -489,7 +489,7 @@ func TestWorkerLostMidBuild(t *testing.T) {
 	}
 	var c Claims
 	kv, _ := bucket(testctx.New(t, time.Minute), conn)
-	if _, _, err := getJSON(testctx.New(t, time.Minute), kv, claimKey(sub.Set.ID, fakePath("a.drv")), &c); err != nil {
+	if _, _, err := getJSON(testctx.New(t, time.Minute), kv, ClaimKey(sub.Set.ID, fakePath("a.drv")), &c); err != nil {
 		t.Fatal(err)
 	}
 	if len(c.Replicas) != 1 || c.Replicas[0].Builder != "survivor" || c.Replicas[0].Delivered < 2 {

@@ -23,8 +23,11 @@ func nodePrefix(id string) string      { return "node." + id }
 func nodeKey(id, drv string) string    { return nodePrefix(id) + "." + hashOf(drv) }
 func statePrefix(id string) string     { return "state." + id }
 func stateKey(id, drv string) string   { return statePrefix(id) + "." + hashOf(drv) }
-func claimKey(id, drv string) string   { return "claim." + id + "." + hashOf(drv) }
 func classPrefix(tenant string) string { return "class." + tenant }
+
+// ClaimKey is where set id's Claims on drv are (in queue.BucketFarm):
+// who holds each replica of it.
+func ClaimKey(id, drv string) string { return "claim." + id + "." + hashOf(drv) }
 func classKey(tenant, system, class string) string {
 	return classPrefix(tenant) + "." + system + "." + class
 }

@@ -276,7 +276,7 @@ type drvRecords struct {
 }
 
 func (d *drvRecords) of(ctx context.Context, rep *Report) (*drvRecord, error) {
-	key := claimKey(rep.Set, rep.DrvPath)
+	key := ClaimKey(rep.Set, rep.DrvPath)
 	if r := d.read[key]; r != nil {
 		return r, nil
 	}

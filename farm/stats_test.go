@@ -116,7 +116,7 @@ func claimAndReport(t *testing.T, conn *queue.Conn, rep *Report, claimed bool) {
 		}
 		c, _ := json.Marshal(Claims{Version: RecordVersion, Replicas: []Claim{{Replica: rep.Replica, Attempt: rep.Attempt,
 			Builder: rep.Builder, Owner: rep.Owner, Delivered: 1, At: rep.Time}}})
-		if _, err := kv.Put(ctx, claimKey(rep.Set, rep.DrvPath), c); err != nil {
+		if _, err := kv.Put(ctx, ClaimKey(rep.Set, rep.DrvPath), c); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -76,7 +76,7 @@ func claim(ctx context.Context, kv jetstream.KeyValue, r *Request, builder, owne
 		return NotForUs, nil
 	}
 	res := Claimed
-	_, err = update(ctx, kv, claimKey(r.Set, r.DrvPath), func(c *Claims, found bool) (bool, func(context.Context) error, error) {
+	_, err = update(ctx, kv, ClaimKey(r.Set, r.DrvPath), func(c *Claims, found bool) (bool, func(context.Context) error, error) {
 		c.Version = RecordVersion
 		i := slices.IndexFunc(c.Replicas, func(x Claim) bool { return x.Replica == r.Replica })
 		for _, x := range c.Replicas {

@@ -50,7 +50,7 @@ func TestClaimRules(t *testing.T) {
 		}
 	}
 	var c Claims
-	if _, _, err := getJSON(ctx, kv, claimKey(sub.Set.ID, n.DrvPath), &c); err != nil {
+	if _, _, err := getJSON(ctx, kv, ClaimKey(sub.Set.ID, n.DrvPath), &c); err != nil {
 		t.Fatal(err)
 	}
 	if len(c.Replicas) != 2 || c.Replicas[0].Builder != "b4" || c.Replicas[0].Attempt != 2 || c.Replicas[1].Builder != "b2" {

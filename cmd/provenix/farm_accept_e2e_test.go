@@ -224,7 +224,7 @@ func TestFarmAccept(t *testing.T) {
 	// Who holds fa-slow's replicas: its claim record in the farm's
 	// bucket (claim.<set>.<drv hash>, see farm/doc.go), read as is.
 	claims := func() ([]farm.Claim, error) {
-		b, err := conn.KVGet(ctx, queue.BucketFarm, "claim."+id+"."+hashPart(slowDrv))
+		b, err := conn.KVGet(ctx, queue.BucketFarm, farm.ClaimKey(id, slowDrv))
 		if err != nil {
 			return nil, err
 		}
@@ -506,11 +506,6 @@ func waitUntil(t *testing.T, ctx context.Context, within time.Duration, what str
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func hashPart(p string) string {
-	h, _, _ := strings.Cut(filepath.Base(p), "-")
-	return h
 }
 
 func instantiate(t *testing.T, ctx context.Context, args []string) string {
