@@ -184,6 +184,7 @@ func TestFarmAccept(t *testing.T) {
 	stopRunner, _ := startRunnerDaemon(t, bin, dataDir, runDir, "idle", 1, fmt.Sprintf(`provenix:
   volunteer: true
   owner: %s
+  farm_ack_wait: 6s
   nix_options:
     substituters: %s
     trusted-public-keys: %q

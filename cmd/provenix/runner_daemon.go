@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 	"github.com/spf13/cobra"
@@ -188,7 +189,7 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 	}
 	var idle func(context.Context) error
 	if cfg.Provenix.Volunteer {
-		if idle, err = idleVolunteer(ctx, conn, b, cfg.Provenix.Owner, cfg.Provenix.NixOptions, log); err != nil {
+		if idle, err = idleVolunteer(ctx, conn, b, cfg.Provenix.Owner, cfg.Provenix.NixOptions, cfg.Provenix.FarmAckWait, log); err != nil {
 			rs.close()
 			return nil, err
 		}
@@ -214,7 +215,7 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 // (provenix.volunteer): the farm's builds for this host's Nix machine,
 // with the runner's key and builder id, and Nix with nixOptions
 // (provenix.nix_options; the jobs' Nix has none).
-func idleVolunteer(ctx context.Context, conn *queue.Conn, jb *builder.Builder, owner string, nixOptions map[string]string, log *slog.Logger) (func(context.Context) error, error) {
+func idleVolunteer(ctx context.Context, conn *queue.Conn, jb *builder.Builder, owner string, nixOptions map[string]string, ackWait time.Duration, log *slog.Logger) (func(context.Context) error, error) {
 	b := &builder.Builder{
 		Nix: &nix.Nix{Options: nixOptions}, Queue: jb.Queue, Signer: jb.Signer, BuilderID: jb.BuilderID,
 		Tenant: jb.Tenant, Version: jb.Version, Logger: jb.Logger, StageClosures: jb.StageClosures,
@@ -224,7 +225,7 @@ func idleVolunteer(ctx context.Context, conn *queue.Conn, jb *builder.Builder, o
 		return nil, fmt.Errorf("provenix.volunteer: %w", err)
 	}
 	m := farm.MachineOf(cfg)
-	v := &volunteer.Volunteer{Conn: conn, Builder: b, Systems: []string{m.System}, Logger: log}
+	v := &volunteer.Volunteer{Conn: conn, Builder: b, Systems: []string{m.System}, Logger: log, AckWait: ackWait}
 	if err := v.Validate(); err != nil {
 		return nil, usageError("provenix.volunteer: %v", err)
 	}

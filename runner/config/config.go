@@ -214,6 +214,12 @@ type Provenix struct {
 	// e.g. substituters and trusted-public-keys, so that inputs built by
 	// others come from the cache. Jobs do not see them.
 	NixOptions map[string]string `yaml:"nix_options"`
+	// FarmAckWait is the farm's request ack wait, as 'provenix volunteer
+	// --ack-wait': how long a request held by a worker that died waits
+	// before another takes it. The workers of one farm share a consumer
+	// per subject, so they should agree on it. Zero means
+	// queue.DefaultAckWait.
+	FarmAckWait time.Duration `yaml:"farm_ack_wait"`
 }
 
 // Default returns the configuration used when there is no file. It does
