@@ -235,8 +235,10 @@ type Worker struct {
 	standingTold bool
 }
 
-// StandingEvery is how often a Worker asks its Standing.
-const StandingEvery = 30 * time.Second
+// StandingEvery is how often a Worker asks its Standing (one KV read, on
+// a delivery): often enough that a builder quarantined mid-set stops,
+// and its operator is told, within a few builds.
+const StandingEvery = 5 * time.Second
 
 // standing is Standing, remembered for StandingEvery (a success only);
 // the first time it finds the builder quarantined it logs why.
