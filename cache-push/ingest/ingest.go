@@ -112,11 +112,20 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 
 	fileHash := sha256.New()
 	file := &countingWriter{w: io.MultiWriter(p, fileHash)}
-	enc, err := getEncoder(level, conc)
-	if err != nil {
-		return Result{}, err
+	var enc io.WriteCloser
+	var zenc *zstd.Encoder // pooled when it is ours
+	if ne, ok := s.(store.NAREncoder); ok {
+		// The store's framing (store/chunked) instead of ours.
+		if enc, err = ne.NAREncoder(file); err != nil {
+			return Result{}, fmt.Errorf("ingest: %w", err)
+		}
+	} else {
+		if zenc, err = getEncoder(level, conc); err != nil {
+			return Result{}, err
+		}
+		zenc.Reset(file)
+		enc = zenc
 	}
-	enc.Reset(file)
 	closed := false
 	defer func() {
 		if !closed {
@@ -144,7 +153,9 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 	if err := enc.Close(); err != nil {
 		return Result{}, fmt.Errorf("ingest: compressing: %w", err)
 	}
-	putEncoder(level, conc, enc)
+	if zenc != nil {
+		putEncoder(level, conc, zenc)
+	}
 
 	res := Result{FileSize: file.n, NarHash: got, NarSize: narSize}
 	fileHash.Sum(res.FileHash[:0])
@@ -157,7 +168,7 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 
 // copyNAR feeds r to both the NAR hash and the compressor and returns the
 // number of bytes read. ctx is checked once per buffer.
-func copyNAR(ctx context.Context, enc *zstd.Encoder, narHash hash.Hash, r io.Reader) (uint64, error) {
+func copyNAR(ctx context.Context, enc io.Writer, narHash hash.Hash, r io.Reader) (uint64, error) {
 	buf := make([]byte, bufSize)
 	var n uint64
 	for {
