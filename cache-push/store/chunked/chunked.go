@@ -367,3 +367,18 @@ func (r *chunkReader) Close() error {
 	}
 	return nil
 }
+
+// RemoveStale passes gc's cleanup of interrupted uploads (gc.Uploads, an
+// S3 store's) on to the wrapped store and the chunk store.
+func (s *Store) RemoveStale(ctx context.Context, age time.Duration) error {
+	type uploads interface {
+		RemoveStale(context.Context, time.Duration) error
+	}
+	var errs []error
+	for _, st := range []store.Store{s.inner, s.o.Chunks} {
+		if u, ok := st.(uploads); ok {
+			errs = append(errs, u.RemoveStale(ctx, age))
+		}
+	}
+	return errors.Join(errs...)
+}
