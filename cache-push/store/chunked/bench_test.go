@@ -32,7 +32,8 @@ const dedupDirsEnv = "PROVENIX_DEDUP_DIRS"
 // and PROVENIX_DEDUP_DIRS=old,new, e.g. two Go toolchains:
 //
 //	GOTOOLCHAIN=go1.27.3 go version   # fetches 1.27.3 into the module cache
-//	PROVENIX_DEDUP_DIRS=/usr/local/go,$(go env GOMODCACHE)/golang.org/toolchain@v0.0.1-go1.27.3.linux-amd64 \
+//	mkdir /tmp/dedup && cp -a /usr/local/go /tmp/dedup/go-1.26.8 && cp -a $(go env GOMODCACHE)/golang.org/toolchain@v0.0.1-go1.27.3.linux-amd64 /tmp/dedup/go-1.27.3   # store path names may not hold "@"
+//	PROVENIX_DEDUP_DIRS=/tmp/dedup/go-1.26.8,/tmp/dedup/go-1.27.3 \
 //	  go test -run '^$' -bench Dedup -benchtime 1x ./cache-push/store/chunked/
 func BenchmarkDedup(b *testing.B) {
 	dirs := strings.Split(os.Getenv(dedupDirsEnv), ",")
