@@ -82,6 +82,17 @@ func TestEndToEndChunked(t *testing.T) {
 			requireSubstitutes(t, ctx, stack.CacheURL(), p.CachePub(), out)
 			serveURL := serveCache(t, ctx, append([]string{"--data-dir", t.TempDir(), "--chunking", "fastcdc"}, serveArgs...)...)
 			requireSubstitutes(t, ctx, serveURL, p.CachePub(), out)
+			if where != "dir" {
+				return
+			}
+			// cache gc --chunking fastcdc, keeping nothing: the path
+			// goes, and with it every chunk.
+			stack.Close(ctx)
+			stdout, stderr, code := cli(t, ctx, "cache", "gc", "--chunking", "fastcdc", "--dir", filepath.Join(dir, "cache"), "--max-age", "1ms", "--grace", "1ms")
+			chunks, _ := filepath.Glob(filepath.Join(dir, "cache", "chunks", "*", "*"))
+			if code != 0 || !strings.Contains(stdout, "chunks no NAR uses") || len(chunks) != 0 {
+				t.Errorf("cache gc: exit %d, %d chunks left\n%s\n%s", code, len(chunks), stdout, stderr)
+			}
 		})
 	}
 }
