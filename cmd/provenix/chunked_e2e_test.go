@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -55,7 +53,8 @@ func TestEndToEndChunked(t *testing.T) {
 			}
 			stack := startStack(t, cfg)
 			p := stack.Paths()
-			out := buildBig(t, ctx, busybox, "--data-dir", dir)
+			wd, _ := os.Getwd()
+			out := buildFile(t, ctx, filepath.Join(wd, "testdata", "big.nix"), "big", busybox, "--data-dir", dir).Outputs[0]
 			ni := waitNarinfo(t, stack.CacheURL(), out.Path)
 
 			list, err := store.ReadAll(ctx, raw, ni.URL, 1<<20)
@@ -95,22 +94,4 @@ func TestEndToEndChunked(t *testing.T) {
 			}
 		})
 	}
-}
-
-// buildBig builds testdata/big.nix with provenix build and returns its
-// output.
-func buildBig(t *testing.T, ctx context.Context, busybox string, extra ...string) jsonOutput {
-	t.Helper()
-	wd, _ := os.Getwd()
-	args := append([]string{"build", "--json", filepath.Join(wd, "testdata", "big.nix"), "-A", "big", "--arg", "busybox", busybox,
-		"--argstr", "message=" + uniqueMessage(t), "--nix-option", "substituters="}, extra...)
-	stdout, stderr, code := cli(t, ctx, args...)
-	if code != 0 {
-		t.Fatalf("provenix build: exit %d\n%s\n%s", code, stdout, stderr)
-	}
-	var pubs []jsonPublished
-	if err := json.Unmarshal([]byte(stdout), &pubs); err != nil || len(pubs) != 1 || len(pubs[0].Outputs) != 1 {
-		t.Fatalf("build --json output %q: %v", stdout, err)
-	}
-	return pubs[0].Outputs[0]
 }
