@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"codeberg.org/provenix/provenix/cache-push/ingest"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
@@ -57,6 +59,7 @@ func BenchmarkDedup(b *testing.B) {
 		{"whole", nil},
 		{"chunked-16-64-256", &chunked.Options{}},
 		{"chunked-64-128-256", &chunked.Options{MinSize: 64 << 10, AvgSize: 128 << 10, MaxSize: 256 << 10}},
+		{"chunked-16-64-256-better", &chunked.Options{Level: zstd.SpeedBetterCompression}},
 	}
 	for b.Loop() {
 		sizes := map[string][2]int64{}

@@ -273,3 +273,21 @@ func TestCollectChunks(t *testing.T) {
 		t.Errorf("CollectChunks of a separate chunk store = %v, want ErrShared", err)
 	}
 }
+
+// TestLargeOtherObject: an object that is not a NAR but longer than one
+// piece is cut into chunks while it is written (its key comes at Commit),
+// then stored whole from them.
+func TestLargeOtherObject(t *testing.T) {
+	inner := newLocal(t)
+	s := wrap(t, inner, chunked.Options{})
+	data := version(3<<20+17, nil)
+	if err := store.Put(t.Context(), s, "big.provenance.json", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []store.Store{s, inner} {
+		got, err := store.ReadAll(t.Context(), st, "big.provenance.json", 64<<20)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("%T reads %d bytes, %v; want the %d written", st, len(got), err, len(data))
+		}
+	}
+}
