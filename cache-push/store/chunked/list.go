@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -106,7 +107,10 @@ func parseList(r io.Reader) (*chunkList, error) {
 		hx, sz, ok := strings.Cut(strings.TrimSuffix(line, "\n"), " ")
 		var e entry
 		size, perr := strconv.ParseInt(sz, 10, 64)
-		if _, herr := hex.Decode(e.sum[:], []byte(hx)); !ok || len(hx) != 64 || herr != nil || perr != nil || size < 0 {
+		if !ok || len(hx) != 64 || perr != nil || size < 0 || size > math.MaxInt64-l.size {
+			return nil, fmt.Errorf("%w: chunk %d: %q", ErrCorrupt, n, line)
+		}
+		if _, err := hex.Decode(e.sum[:], []byte(hx)); err != nil {
 			return nil, fmt.Errorf("%w: chunk %d: %q", ErrCorrupt, n, line)
 		}
 		l.add(e.sum, size)
