@@ -2,6 +2,7 @@ package chunked_test
 
 import (
 	"bytes"
+	"fmt"
 	"crypto/sha256"
 	"io"
 	"io/fs"
@@ -26,6 +27,10 @@ import (
 // dedupDirsEnv names the two directories BenchmarkDedup adds to the Nix
 // store as paths, comma-separated: two consecutive versions of one package.
 const dedupDirsEnv = "PROVENIX_DEDUP_DIRS"
+
+// dedupSizesEnv, if set, replaces the chunked variants of BenchmarkDedup by
+// chunk sizes in KiB: "16-64-256,64-256-1024".
+const dedupSizesEnv = "PROVENIX_DEDUP_SIZES"
 
 // BenchmarkDedup stores two versions of a real package, as NARs of store
 // paths, in a plain cache (whole zstd NAR files) and in chunked caches
@@ -60,6 +65,16 @@ func BenchmarkDedup(b *testing.B) {
 		{"chunked-16-64-256", &chunked.Options{}},
 		{"chunked-64-128-256", &chunked.Options{MinSize: 64 << 10, AvgSize: 128 << 10, MaxSize: 256 << 10}},
 		{"chunked-16-64-256-better", &chunked.Options{Level: zstd.SpeedBetterCompression}},
+	}
+	if sizes := os.Getenv(dedupSizesEnv); sizes != "" {
+		variants = variants[:1]
+		for _, v := range strings.Split(sizes, ",") {
+			var lo, avg, hi int
+			if _, err := fmt.Sscanf(v, "%d-%d-%d", &lo, &avg, &hi); err != nil {
+				b.Fatalf("%s: %q is not MIN-AVG-MAX in KiB", dedupSizesEnv, v)
+			}
+			variants = append(variants, variant{"chunked-" + v, &chunked.Options{MinSize: lo << 10, AvgSize: avg << 10, MaxSize: hi << 10}})
+		}
 	}
 	for b.Loop() {
 		sizes := map[string][2]int64{}
