@@ -74,8 +74,16 @@ import (
 // Chunk sizes of the uncompressed NAR (FastCDC's minimum, average and
 // maximum). 64 KiB on average, as casync and nix-casync use: smaller
 // chunks find more shared bytes between versions, at the cost of more
-// objects; see the package README for the measurement against Attic's
-// 64/128/256 KiB.
+// objects and a little compression. Against Attic's 64/128/256 KiB
+// (BenchmarkDedup): the second version of google.golang.org/api added
+// 8.8 MB at 16/64/256 and 12.5 MB at 64/128/256, the first took 48 and
+// 45 MB; Go and Perl versions came out within 1 % of each other.
+//
+// The chunker is github.com/jotfs/fastcdc-go: FastCDC, small, no
+// dependencies, 515 to 775 MB/s here against 200 to 330 MB/s for
+// restic/chunker (Rabin fingerprints, not FastCDC) on the same 64 MiB of
+// a Go toolchain's NAR; kalbasit/fastcdc is not served by the module
+// proxy.
 const (
 	DefaultMinSize = 16 << 10
 	DefaultAvgSize = 64 << 10
