@@ -2,8 +2,8 @@ package chunked_test
 
 import (
 	"bytes"
-	"fmt"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
