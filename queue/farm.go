@@ -267,14 +267,20 @@ func (c *Conn) readSince(ctx context.Context, stream, filter string, since time.
 	if err != nil {
 		return mapJSError(err)
 	}
-	if info.State.Msgs == 0 || info.State.LastTime.Before(since) || (filter != "" && info.State.Subjects[filter] == 0) {
+	// Info with a subject filter lists the subjects that match it (a
+	// wildcard filter, as ReadUsage's, matches several).
+	if info.State.Msgs == 0 || info.State.LastTime.Before(since) || (filter != "" && len(info.State.Subjects) == 0) {
 		return nil
 	}
 	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since}
 	if filter != "" {
 		cfg.FilterSubjects = []string{filter}
 	}
-	cons, err := st.OrderedConsumer(ctx, cfg)
+	var cons jetstream.Consumer
+	err = c.denyAware(ctx, jsAPIFor(stream, ""), func(ctx context.Context) (err error) {
+		cons, err = st.OrderedConsumer(ctx, cfg)
+		return err
+	})
 	if err != nil {
 		return mapJSError(err)
 	}
