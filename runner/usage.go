@@ -8,7 +8,7 @@ import (
 )
 
 // usageTimeout bounds publishing one job's usage record.
-const usageTimeout = 30 * time.Second
+const usageTimeout = 10 * time.Second
 
 // recordUsage records what the job cost (Options.Usage): CPU and peak
 // memory from its cgroup where it had one (every process it started, to

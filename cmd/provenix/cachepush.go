@@ -30,6 +30,7 @@ type pushFlags struct {
 	ackWait     time.Duration
 	replicas    int
 	maxFailures int
+	usageMaxAge time.Duration
 }
 
 func newCachePushCmd(g *globals) *cobra.Command {
@@ -65,6 +66,7 @@ abandoned uploads older than a day, hourly.`,
 	fl.IntVar(&f.concurrency, "concurrency", up.DefaultConcurrency, "results this pusher handles at once (each holds one message; members of a group share the work)")
 	fl.DurationVar(&f.ackWait, "ack-wait", queue.DefaultAckWait, "how long a result may go unacknowledged before another member of the group gets it; a killed pusher's results wait this long (the group's consumer takes the last value set)")
 	fl.IntVar(&f.maxFailures, "max-failures", cachepush.DefaultMaxFailures, "retryable failures of one result before it is given up (dead-letter event); outages are retried forever")
+	fl.Var(retention{&f.usageMaxAge}, "usage-max-age", "how long usage records are kept, e.g. 90d (default 90d; give every pusher of the account the same)")
 	fl.IntVar(&f.replicas, "nats-replicas", 0, "replicas of the streams and buckets this pusher creates; 0: 3 on a NATS cluster of 3 or more servers, else 1")
 	return cmd
 }
@@ -106,7 +108,7 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return err
 	}
 	defer conn.Close()
-	if err := conn.EnsureStreams(ctx, queue.StreamOptions{Replicas: f.replicas}); err != nil {
+	if err := conn.EnsureStreams(ctx, queue.StreamOptions{Replicas: f.replicas, UsageMaxAge: f.usageMaxAge}); err != nil {
 		return err
 	}
 	pu, err := wire.StartPusher(ctx, wire.PusherOptions{
