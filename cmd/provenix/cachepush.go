@@ -16,6 +16,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/wire"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
+	"codeberg.org/provenix/provenix/usage"
 )
 
 type pushFlags struct {
@@ -130,6 +131,10 @@ func newCacheCmd(g *globals) *cobra.Command {
 	var (
 		cache           cacheFlags
 		listen, readers string
+		// usageTenant, when set, records what is served (per reader,
+		// every minute) as this tenant's usage on NATS (usageNATS).
+		usageTenant string
+		usageNATS   natsFlags
 	)
 	serve := &cobra.Command{
 		Use:   "serve [flags]",
@@ -156,7 +161,26 @@ credentials are readable on the wire.`,
 				return err
 			}
 			defer st.Close()
-			h := server.Handler(st.Store, server.Options{Logger: g.logger()})
+			so := server.Options{Logger: g.logger()}
+			if usageTenant != "" {
+				conn, err := usageNATS.connect(cmd.Context(), g, "provenix-cache-serve")
+				if err != nil {
+					return err
+				}
+				defer conn.Close()
+				rec, err := usage.NewPublisher(conn)
+				if err != nil {
+					return err
+				}
+				m, err := usage.NewServeMeter(usage.ServeOptions{Tenant: usageTenant, Recorder: rec, Logger: g.logger()})
+				if err != nil {
+					return usageError("%v", err)
+				}
+				m.Start(cmd.Context())
+				defer m.Close(context.WithoutCancel(cmd.Context()))
+				so.Served = m
+			}
+			h := server.Handler(st.Store, so)
 			if readers != "" {
 				r, err := server.LoadReaders(readers)
 				if err != nil {
@@ -184,6 +208,8 @@ credentials are readable on the wire.`,
 	}
 	cache.register(serve)
 	serve.Flags().StringVar(&listen, "listen", up.DefaultListen, "address to listen on")
+	usageNATS.register(serve)
+	serve.Flags().StringVar(&usageTenant, "usage-tenant", "", "record what is served, per reader and minute, as this tenant's usage on NATS (--nats-url and a pusher's credentials; see 'provenix usage')")
 	serve.Flags().StringVar(&readers, "readers", "", "serve only these readers (HTTP basic auth; a tenant's cache-readers from 'provenix tenant add'); serve behind TLS")
 	cmd.AddCommand(serve)
 	cmd.AddCommand(newGCCmd(g))
