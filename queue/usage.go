@@ -124,22 +124,24 @@ func (c *Conn) ReadUsage(ctx context.Context, filter string, since time.Time, fn
 // tenant's serve records, creates the stream and reads the tenant's
 // records (`provenix usage`).
 func usagePermissions(tenant, builderID string, role Role, pub *[]string) {
-	read := func(filter string) {
-		*pub = append(*pub,
-			jsAPI+"STREAM.INFO."+StreamUsage,
-			jsAPI+"CONSUMER.CREATE."+StreamUsage+".*."+filter,
-			jsAPI+"CONSUMER.DELETE."+StreamUsage+".*",
-			jsAPI+"CONSUMER.MSG.NEXT."+StreamUsage+".*",
-			jsFlowCtl+StreamUsage+".>")
-	}
 	switch role {
 	case RoleRunner:
 		subj, _ := UsageSubject(tenant, builderID)
 		*pub = append(*pub, subj)
-		read(subj)
+		readFiltered(StreamUsage, subj, pub)
 	case RolePusher:
 		subj, _ := UsageSubject(tenant, "")
 		*pub = append(*pub, subj, jsAPI+"STREAM.CREATE."+StreamUsage, jsAPI+"STREAM.UPDATE."+StreamUsage)
-		read(UsageFilter(tenant))
+		readFiltered(StreamUsage, UsageFilter(tenant), pub)
 	}
+}
+
+// DecodeUsage parses and validates a usage record as the other wire
+// messages are: at most MaxUsageSize bytes, unknown fields and trailing
+// data refused (ErrMalformed, ErrTooLarge), then P's Validate.
+func DecodeUsage[T any, P interface {
+	*T
+	Validate() error
+}](data []byte) (*T, error) {
+	return decodeMessage[T, P](data, "usage record", MaxUsageSize)
 }

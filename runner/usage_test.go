@@ -155,7 +155,7 @@ jobs:
 	// with whatever else runs: the job attests what was built while it
 	// ran, which may be more than its own nix-build); bytes staged: each
 	// NAR its results staged once (this NATS had none before).
-	results := publishedResults(t, s.conn)
+	results := testqueue.Results(t, s.conn)
 	var built, staged int64
 	keys := map[string]bool{}
 	var sample bool
@@ -188,33 +188,6 @@ jobs:
 	if r.BytesStaged != staged {
 		t.Errorf("bytes staged %d, want %d (the outputs' and sources' NARs)", r.BytesStaged, staged)
 	}
-}
-
-// publishedResults are every result in conn's RESULTS stream.
-func publishedResults(t testing.TB, conn *queue.Conn) []*queue.Result {
-	t.Helper()
-	ctx := testctx.New(t, time.Minute)
-	st, err := conn.JetStream().Stream(ctx, queue.StreamResults)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*queue.Result
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := queue.DecodeResult(m.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, r)
-	}
-	return out
 }
 
 func logText(rows []*runnerv1.LogRow) string {

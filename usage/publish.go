@@ -1,7 +1,6 @@
 package usage
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -83,20 +82,12 @@ func Encode(r *Record) ([]byte, error) {
 // publish on its own subject only, so a record may claim only what that
 // user is.
 func Decode(subject string, data []byte) (*Record, error) {
-	if len(data) > queue.MaxUsageSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrInvalid, len(data), queue.MaxUsageSize)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	var r Record
-	if err := dec.Decode(&r); err != nil {
+	r, err := queue.DecodeUsage[Record](data)
+	if err != nil {
+		if errors.Is(err, ErrInvalid) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data", ErrInvalid)
-	}
-	if err := r.Validate(); err != nil {
-		return nil, err
 	}
 	want, err := queue.UsageSubject(r.Tenant, r.Builder)
 	if err != nil {
@@ -105,7 +96,7 @@ func Decode(subject string, data []byte) (*Record, error) {
 	if subject != want {
 		return nil, fmt.Errorf("%w: a record of tenant %q and builder %q arrived on %s, not on %s", ErrInvalid, r.Tenant, r.Builder, subject, want)
 	}
-	return &r, nil
+	return r, nil
 }
 
 // Filter is the subject Read reads: every record of tenant ("": of

@@ -29,8 +29,8 @@ import (
 	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
-	"codeberg.org/provenix/provenix/usage"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
+	"codeberg.org/provenix/provenix/usage"
 )
 
 const tenant = "t1"
