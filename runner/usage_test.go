@@ -234,15 +234,8 @@ func BenchmarkUsageOverhead(b *testing.B) {
 	}
 	payload := "on: push\njobs:\n  j:\n    runs-on: nix\n    steps:\n      - run: i=0; while [ $i -lt 50000 ]; do i=$((i+1)); done\n"
 	run := func(f *fixture) float64 {
-		id := f.srv.AddTask(task(b, payload, nil), "nix")
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if res, err := f.runner.RunOne(ctx); err != nil || res != runnerv1.Result_RESULT_SUCCESS {
-			st, _ := f.srv.Task(id)
-			b.Fatalf("task %d: %v %v\n%s", id, err, res, logText(st.Logs))
-		}
-		st, _ := f.srv.Task(id)
-		return ms(st.State.StoppedAt.AsTime().Sub(st.State.StartedAt.AsTime()))
+		s := runTask(b, f, payload).State
+		return ms(s.StoppedAt.AsTime().Sub(s.StartedAt.AsTime()))
 	}
 	var off, on []float64
 	b.ResetTimer()
