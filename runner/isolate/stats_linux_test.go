@@ -78,3 +78,26 @@ func TestCgroupStats(t *testing.T) {
 		t.Errorf("the parent's rusage (%s) counted the daemon: the test proves nothing", parent)
 	}
 }
+
+// BenchmarkCgroupStats is what reading a job's usage from its cgroup
+// costs (Kill reads it before every removal attempt, with or without a
+// usage recorder).
+//
+// go test -run '^$' -bench CgroupStats ./runner/isolate/
+func BenchmarkCgroupStats(b *testing.B) {
+	cgs, err := OpenCgroups()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cgs.Close() })
+	g, err := cgs.New("stats-bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _, _ = g.Kill(context.Background()) })
+	for b.Loop() {
+		if _, err := g.Stats(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
