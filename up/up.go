@@ -18,8 +18,8 @@ import (
 	"time"
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
-	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/forgestatus"
+	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
