@@ -286,9 +286,8 @@ func TestForgeSeesTheVerdict(t *testing.T) {
 	})
 
 	t.Run("restart is idempotent and a stale dispute does not flip a publication", func(t *testing.T) {
-		sha := f.HeadSHA(t, owner, repo)
 		f.PutFile(t, owner, repo, "again.nix", []byte("{ }"))
-		sha = f.HeadSHA(t, owner, repo)
+		sha := f.HeadSHA(t, owner, repo)
 		job := s.job(owner, repo, sha)
 		a := s.vote("a", "again", "again", job)
 		s.vote("b", "again", "again", job)
