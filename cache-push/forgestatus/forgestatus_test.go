@@ -7,8 +7,11 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -219,6 +222,21 @@ func statuses(t *testing.T, f *testgitea.Forge, owner, repo, sha string) []*gite
 	return out
 }
 
+// current is sha's latest provenix status, or nil.
+func current(t *testing.T, f *testgitea.Forge, owner, repo, sha string) *gitea.Status {
+	t.Helper()
+	comb, _, err := f.Client().GetCombinedStatus(owner, repo, sha)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range comb.Statuses {
+		if st.Context == context_ {
+			return st
+		}
+	}
+	return nil
+}
+
 // waitStatus waits for sha's provenix status to be in state.
 func waitStatus(t *testing.T, f *testgitea.Forge, owner, repo, sha string, state gitea.StatusState) *gitea.Status {
 	t.Helper()
@@ -317,6 +335,73 @@ func TestForgeSeesTheVerdict(t *testing.T) {
 				states = append(states, string(st.State)+": "+st.Description)
 			}
 			t.Errorf("statuses after restarts %q, want the one success", states)
+		}
+	})
+
+	t.Run("two pushers racing end on the record's verdict", func(t *testing.T) {
+		// A proxy in front of Gitea holds the first status sent until the
+		// test lets it go: the slow pusher's.
+		target, err := url.Parse(f.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rp := httputil.NewSingleHostReverseProxy(target)
+		var held atomic.Bool
+		holding, release := make(chan struct{}), make(chan struct{})
+		proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && strings.Contains(r.URL.Path, "/statuses/") && held.CompareAndSwap(false, true) {
+				close(holding)
+				<-release
+			}
+			rp.ServeHTTP(w, r)
+		}))
+		defer proxy.Close()
+		fs, err := forgestatus.Parse([]byte("forges:\n  - {url: "+proxy.URL+", token_file: gitea.token, builders: [a, b], repos: ['*/*']}\n"), s.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.PutFile(t, owner, repo, "race.nix", []byte("{ }"))
+		sha := f.HeadSHA(t, owner, repo)
+		job := &attest.Workflow{Server: proxy.URL, Repository: owner + "/" + repo, Sha: sha}
+		a := s.vote("a", "race", "race", job)
+		s.vote("b", "race", "race", job)
+		open := func() *forgestatus.Notifier {
+			n, err := forgestatus.Open(forgestatus.Options{Forges: fs, Store: s.store, KV: s.conn, Logger: s.log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		// The slow pusher decided a dispute before the quorum; its
+		// status is held. The other one publishes meanwhile.
+		slow, fast := open(), open()
+		slow.Verdict(cachepush.Verdict{Kind: queue.EventDisputed, Tenant: tenant, StorePath: storePath("race"),
+			Bundles: []json.RawMessage{a}, Why: "early"})
+		select {
+		case <-holding:
+		case <-time.After(time.Minute):
+			t.Fatal("the slow pusher sent no status")
+		}
+		fast.Verdict(cachepush.Verdict{Kind: queue.EventPublished, Tenant: tenant, StorePath: storePath("race")})
+		if err := fast.Close(testctx.New(t, time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		close(release)
+		if err := slow.Close(testctx.New(t, time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		got := statuses(t, f, owner, repo, sha)
+		var states []string
+		for _, st := range got {
+			states = append(states, string(st.State))
+		}
+		// The held failure landed after the success, and the slow
+		// pusher, finding the record changed, sent the record's again.
+		if !slices.Contains(states, "failure") {
+			t.Fatalf("statuses %q: the held failure never landed", states)
+		}
+		if st := current(t, f, owner, repo, sha); st == nil || st.State != gitea.StatusSuccess {
+			t.Errorf("the forge shows %+v after the race (all: %q), want success", st, states)
 		}
 	})
 
