@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -205,7 +206,10 @@ func (n *Notifier) targets(ctx context.Context, v cachepush.Verdict) ([]target, 
 		builders[prov.BuilderID] = true
 		for _, o := range prov.Outputs {
 			if o.Path == v.StorePath {
-				answers[o.NarHashHex()] = true
+				// Answers differ in the NAR or in the references
+				// (cachepush.Vote.Answer).
+				refs := slices.Sorted(slices.Values(o.References))
+				answers[o.NarHashHex()+" "+strings.Join(refs, ",")] = true
 			}
 		}
 		if t, ok := n.target(prov, v.StorePath); ok && !slices.Contains(ts, t) {
@@ -258,6 +262,7 @@ func (n *Notifier) target(prov *attest.Provenance, storePath string) (target, bo
 func note(v cachepush.Verdict, q *cachelayout.QuorumInfo, builders, answers int) string {
 	switch v.Kind {
 	case queue.EventDisputed:
+		// A dispute has two answers at least, whatever bundles came.
 		return fmt.Sprintf("%d builders gave %d different answers", builders, max(answers, 2))
 	case queue.EventPublished:
 		switch {
