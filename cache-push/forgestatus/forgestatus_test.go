@@ -13,13 +13,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"code.gitea.io/sdk/gitea"
 	"github.com/nix-community/go-nix/pkg/nar"
-	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"codeberg.org/provenix/provenix/attest"
 	cachepush "codeberg.org/provenix/provenix/cache-push"
@@ -27,13 +27,13 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testcache"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testgitea"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
-	"codeberg.org/provenix/provenix/storepath"
 )
 
 const (
@@ -146,22 +146,36 @@ func (s *stack) stop() {
 	}
 }
 
+// storePath is a store path for name, the same for the whole test run.
 func storePath(name string) string {
-	h := sha256.Sum256([]byte(name))
-	return storepath.Dir + "/" + nixbase32.EncodeToString(h[:20]) + "-" + name
+	pathsMu.Lock()
+	defer pathsMu.Unlock()
+	if paths[name] == "" {
+		paths[name] = testcache.StorePath(name)
+	}
+	return paths[name]
 }
 
+var (
+	pathsMu sync.Mutex
+	paths   = map[string]string{}
+)
+
+// makeNAR is the NAR of a single file holding content.
 func makeNAR(t *testing.T, content string) []byte {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "out")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	var buf bytes.Buffer
-	if err := nar.DumpPath(&buf, dir); err != nil {
+	w, err := nar.NewWriter(&buf)
+	if err == nil {
+		err = w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(content))})
+	}
+	if err == nil {
+		_, err = w.Write([]byte(content))
+	}
+	if err == nil {
+		err = w.Close()
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
