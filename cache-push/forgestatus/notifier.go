@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"codeberg.org/provenix/provenix/attest"
@@ -68,8 +69,9 @@ type Notifier struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu     sync.RWMutex // guards closed against Verdict
-	closed bool
+	mu      sync.RWMutex // guards closed against Verdict
+	closed  bool
+	dropped atomic.Uint64
 
 	clientMu sync.Mutex
 	clients  map[string]*forgeapi.Client // by forge URL; successes only
@@ -121,7 +123,11 @@ func (n *Notifier) Verdict(v cachepush.Verdict) {
 	select {
 	case n.queue <- v:
 	default:
-		n.log.Warn("commit status dropped: too many waiting", "path", v.StorePath, "verdict", v.Kind)
+		// Logged once per 1,000, not per verdict: a flood of results
+		// must not become a flood of log lines.
+		if d := n.dropped.Add(1); d%1000 == 1 {
+			n.log.Warn("commit status dropped: too many waiting", "path", v.StorePath, "verdict", v.Kind, "dropped", d)
+		}
 	}
 }
 
@@ -347,13 +353,22 @@ func permanent(err error) error {
 // remembered).
 func (n *Notifier) client(ctx context.Context, f *Forge) (*forgeapi.Client, error) {
 	n.clientMu.Lock()
-	defer n.clientMu.Unlock()
-	if c := n.clients[f.URL]; c != nil {
+	c := n.clients[f.URL]
+	n.clientMu.Unlock()
+	if c != nil {
 		return c, nil
 	}
+	// Not under the lock: a forge that does not answer must not hold the
+	// workers reporting to the others. Two workers may both connect; the
+	// first client stored is kept.
 	c, err := forgeapi.New(ctx, f.URL, f.token, forgeapi.WithHTTPClient(n.http))
 	if err != nil {
 		return nil, err
+	}
+	n.clientMu.Lock()
+	defer n.clientMu.Unlock()
+	if prev := n.clients[f.URL]; prev != nil {
+		return prev, nil
 	}
 	n.clients[f.URL] = c
 	return c, nil
