@@ -1,0 +1,112 @@
+package forgestatus_test
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/attest"
+	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/forgestatus"
+	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testkey"
+	"codeberg.org/provenix/provenix/internal/testqueue"
+	"codeberg.org/provenix/provenix/queue"
+	natsserver "codeberg.org/provenix/provenix/queue/server"
+)
+
+// TestNeverBlocks: with a configured forge that never answers, the
+// pusher's calls return at once (verdicts beyond the queue are dropped),
+// at most Workers requests are open at the forge, and Close ends when its
+// ctx does, saying statuses were left unsent.
+func TestNeverBlocks(t *testing.T) {
+	var mu sync.Mutex
+	open, most := 0, 0
+	stuck := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		open++
+		most = max(most, open)
+		mu.Unlock()
+		<-r.Context().Done()
+		mu.Lock()
+		open--
+		mu.Unlock()
+	}))
+	defer stuck.Close()
+	defer stuck.CloseClientConnections()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "tok"), []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := forgestatus.Parse([]byte("forges:\n  - {url: "+stuck.URL+", token_file: tok, builders: ['*'], repos: ['*/*']}\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, conn := testqueue.Embedded(t, natsserver.Config{})
+	st, err := local.New(filepath.Join(dir, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const workers = 2
+	n, err := forgestatus.Open(forgestatus.Options{Forges: fs, Store: st, KV: conn, Workers: workers, QueueSize: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	signer, _ := testkey.Signer(t)
+	var bundles []json.RawMessage
+	for i := range 8 {
+		name := "p" + string(rune('a'+i))
+		out := attest.Output{Name: "out", Path: storePath(name), NarHash: sha256.Sum256([]byte(name)), NarSize: 1}
+		drv := storePath(name + ".drv")
+		s, err := attest.NewStatement(&attest.Build{DrvPath: drv, System: system, BuilderID: "b", Outputs: []attest.Output{out},
+			Workflow: &attest.Workflow{Server: stuck.URL, Repository: "o/r", Sha: string(make40(i))}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := attest.Sign(t.Context(), s, signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundles = append(bundles, b)
+	}
+	start := time.Now()
+	for i := range 200 {
+		b := bundles[i%len(bundles)]
+		n.Verdict(cachepush.Verdict{Kind: queue.EventDisputed, Tenant: tenant, StorePath: storePath("p" + string(rune('a'+i%len(bundles)))),
+			Bundles: []json.RawMessage{b}})
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("200 verdicts took %s with the forge stuck", d)
+	}
+	time.Sleep(500 * time.Millisecond) // let the workers reach the forge
+	ctx := testctx.New(t, 500*time.Millisecond)
+	start = time.Now()
+	if err := n.Close(ctx); err == nil {
+		t.Error("Close with statuses unsent said nothing")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Close took %s past its ctx", d)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if most == 0 || most > workers {
+		t.Errorf("%d requests open at once at the forge, want 1..%d", most, workers)
+	}
+}
+
+// make40 is a 40-digit hex commit id.
+func make40(i int) []byte {
+	b := make([]byte, 40)
+	for j := range b {
+		b[j] = "0123456789abcdef"[(i+j)%16]
+	}
+	return b
+}
