@@ -131,9 +131,15 @@ func (n *Notifier) Verdict(v cachepush.Verdict) {
 	}
 }
 
+// DrainTimeout bounds how long Close lets the workers send what is
+// queued: a forge that does not answer must not hold a pusher's shutdown.
+const DrainTimeout = 10 * time.Second
+
 // Close takes no more verdicts, lets the workers send what is queued
-// until ctx ends, then cancels them.
+// until ctx ends (DrainTimeout at most), then cancels them.
 func (n *Notifier) Close(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, DrainTimeout)
+	defer cancel()
 	n.mu.Lock()
 	if !n.closed {
 		n.closed = true
