@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/forgestatus"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/retry"
 	"codeberg.org/provenix/provenix/internal/testkey"
 	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/queue"
@@ -109,4 +111,57 @@ func make40(i int) []byte {
 		b[j] = "0123456789abcdef"[(i+j)%16]
 	}
 	return b
+}
+
+// TestNoRedirect: a configured forge that redirects (to another port of
+// the same host, where Go's HTTP client would send the Authorization
+// header along) never gets its token forwarded: redirects are not
+// followed at all.
+func TestNoRedirect(t *testing.T) {
+	var hits atomic.Int32
+	stranger := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		t.Errorf("redirect followed: %s %s (Authorization %q)", r.Method, r.URL, r.Header.Get("Authorization"))
+	}))
+	defer stranger.Close()
+	forge := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, stranger.URL+r.URL.Path, http.StatusFound)
+	}))
+	defer forge.Close()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "tok"), []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := forgestatus.Parse([]byte("forges:\n  - {url: "+forge.URL+", token_file: tok, builders: ['*'], repos: ['*/*']}\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, conn := testqueue.Embedded(t, natsserver.Config{})
+	st, err := local.New(filepath.Join(dir, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := forgestatus.Open(forgestatus.Options{Forges: fs, Store: st, KV: conn,
+		Retry: retry.Policy{Initial: 10 * time.Millisecond, Attempts: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := testkey.Signer(t)
+	out := attest.Output{Name: "out", Path: storePath("redirected"), NarHash: sha256.Sum256([]byte("r")), NarSize: 1}
+	s, err := attest.NewStatement(&attest.Build{DrvPath: storePath("redirected.drv"), System: system, BuilderID: "b",
+		Outputs: []attest.Output{out}, Workflow: &attest.Workflow{Server: forge.URL, Repository: "o/r", Sha: string(make40(0))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := attest.Sign(t.Context(), s, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Verdict(cachepush.Verdict{Kind: queue.EventDisputed, Tenant: tenant, StorePath: out.Path, Bundles: []json.RawMessage{b}})
+	if err := n.Close(testctx.New(t, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if hits.Load() != 0 {
+		t.Errorf("the redirect target was contacted %d times", hits.Load())
+	}
 }
