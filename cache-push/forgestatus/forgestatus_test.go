@@ -81,6 +81,7 @@ func newStack(t *testing.T, forge *testgitea.Forge, extraForges string) *stack {
 	s.policy, err = policy.Parse([]byte(`tenants: [`+tenant+`]
 systems: [`+system+`]
 quorum: {min: 2}
+closure: {timeout: 1ms}
 builders:
   - {id: a, key: a.pub}
   - {id: b, key: b.pub}
@@ -181,13 +182,14 @@ func makeNAR(t *testing.T, content string) []byte {
 	return buf.Bytes()
 }
 
-// vote has builder sign, stage and push a result for name with content,
-// built in the forge job w (nil: no forge job), and returns its bundle.
-func (s *stack) vote(builder, name, content string, w *attest.Workflow) []byte {
+// vote has builder sign, stage and push a result for name with content
+// and references refs, built in the forge job w (nil: no forge job), and
+// returns its bundle.
+func (s *stack) vote(builder, name, content string, w *attest.Workflow, refs ...string) []byte {
 	t := s.t
 	ctx := testctx.New(t, time.Minute)
 	narBytes := makeNAR(t, content)
-	out := attest.Output{Name: "out", Path: storePath(name), NarHash: sha256.Sum256(narBytes), NarSize: uint64(len(narBytes))}
+	out := attest.Output{Name: "out", Path: storePath(name), NarHash: sha256.Sum256(narBytes), NarSize: uint64(len(narBytes)), References: refs}
 	drv := storePath(name + ".drv")
 	st, err := attest.NewStatement(&attest.Build{DrvPath: drv, System: system, BuilderID: builder,
 		Installable: attest.Installable{Kind: "drv", Ref: drv}, Workflow: w, Outputs: []attest.Output{out}})
@@ -203,7 +205,7 @@ func (s *stack) vote(builder, name, content string, w *attest.Workflow) []byte {
 		t.Fatal(err)
 	}
 	r := &queue.Result{Version: queue.ResultVersion, Tenant: tenant, Builder: builder, DrvPath: drv, System: system,
-		Outputs: []queue.Output{{Name: "out", Path: out.Path, NarHash: out.NarHashHex(), NarSize: out.NarSize, StagingKey: key}},
+		Outputs: []queue.Output{{Name: "out", Path: out.Path, NarHash: out.NarHashHex(), NarSize: out.NarSize, StagingKey: key, References: refs}},
 		Bundle:  bundle}
 	data, err := json.Marshal(r)
 	if err != nil {
@@ -314,6 +316,26 @@ func TestForgeSeesTheVerdict(t *testing.T) {
 		st := waitStatus(t, f, owner, repo, sha, gitea.StatusFailure)
 		if st.Description != "disputed: 2 builders gave 2 different answers" || st.TargetURL != "" {
 			t.Errorf("status %q → %q", st.Description, st.TargetURL)
+		}
+	})
+
+	t.Run("incomplete", func(t *testing.T) {
+		f.PutFile(t, owner, repo, "top.nix", []byte("{ }"))
+		sha := f.HeadSHA(t, owner, repo)
+		job := s.job(owner, repo, sha)
+		// Agreed, but what it refers to never comes: it waits, past the
+		// policy's closure timeout (1ms).
+		s.vote("a", "top", "top", job, storePath("never-built"))
+		s.vote("b", "top", "top", job, storePath("never-built"))
+		if _, err := s.pusher.Sweep(testctx.New(t, time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		st := waitStatus(t, f, owner, repo, sha, gitea.StatusError)
+		if st.Description != "incomplete: 1 references missing after 1ms" {
+			t.Errorf("description %q", st.Description)
+		}
+		if want := cacheURL + "/" + cachelayout.ProvenanceKey(storePath("top")); st.TargetURL != want {
+			t.Errorf("target URL %q, want %q", st.TargetURL, want)
 		}
 	})
 
