@@ -524,8 +524,11 @@ func (p *Pusher) checkTimeout(ctx context.Context, w *Waiting) {
 	p.cfg.Metrics.Incomplete()
 	p.event(ctx, cur.Tenant, EventIncomplete, Incomplete{Time: now, Tenant: cur.Tenant, StorePath: cur.StorePath,
 		DrvPath: cur.DrvPath, Builder: cur.Builder, Since: cur.Since, Missing: cur.Missing})
-	p.verdict(Verdict{Kind: EventIncomplete, Tenant: cur.Tenant, StorePath: cur.StorePath,
-		Why: fmt.Sprintf("%d references missing after %s", len(cur.Missing), timeout)})
+	why := fmt.Sprintf("%d references missing after %s", len(cur.Missing), timeout)
+	if len(cur.Missing) == 1 {
+		why = "1 reference missing after " + timeout.String()
+	}
+	p.verdict(Verdict{Kind: EventIncomplete, Tenant: cur.Tenant, StorePath: cur.StorePath, Why: why})
 }
 
 // sweeper runs Sweep now and every SweepEvery until ctx ends.

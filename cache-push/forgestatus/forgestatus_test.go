@@ -331,7 +331,7 @@ func TestForgeSeesTheVerdict(t *testing.T) {
 			t.Fatal(err)
 		}
 		st := waitStatus(t, f, owner, repo, sha, gitea.StatusError)
-		if st.Description != "incomplete: 1 references missing after 1ms" {
+		if st.Description != "incomplete: 1 reference missing after 1ms" {
 			t.Errorf("description %q", st.Description)
 		}
 		if want := cacheURL + "/" + cachelayout.ProvenanceKey(storePath("top")); st.TargetURL != want {

@@ -18,7 +18,7 @@ func TestRecordStatus(t *testing.T) {
 	)
 	pub := pathVerdict{Kind: queue.EventPublished, Note: "2 of 2 independent builders agree"}
 	dis := pathVerdict{Kind: queue.EventDisputed, Note: "2 builders gave 2 different answers"}
-	inc := pathVerdict{Kind: "incomplete", Note: "1 references missing after 1h0m0s"}
+	inc := pathVerdict{Kind: "incomplete", Note: "1 reference missing after 1h0m0s"}
 	var r record
 	if !r.merge(hello, pub) || r.merge(hello, pub) {
 		t.Fatal("a new verdict must change the record, the same one again must not")
