@@ -16,8 +16,8 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/forgestatus"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
-	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/retry"
+	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testkey"
 	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/queue"
@@ -43,47 +43,17 @@ func TestNeverBlocks(t *testing.T) {
 	}))
 	defer stuck.Close()
 	defer stuck.CloseClientConnections()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "tok"), []byte("secret"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fs, err := forgestatus.Parse([]byte("forges:\n  - {url: "+stuck.URL+", token_file: tok, builders: ['*'], repos: ['*/*']}\n"), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, conn := testqueue.Embedded(t, natsserver.Config{})
-	st, err := local.New(filepath.Join(dir, "cache"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	const workers = 2
-	n, err := forgestatus.Open(forgestatus.Options{Forges: fs, Store: st, KV: conn, Workers: workers, QueueSize: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := openAt(t, stuck.URL, forgestatus.Options{Workers: workers, QueueSize: 4})
 
 	signer, _ := testkey.Signer(t)
-	var bundles []json.RawMessage
+	var verdicts []cachepush.Verdict
 	for i := range 8 {
-		name := "p" + string(rune('a'+i))
-		out := attest.Output{Name: "out", Path: storePath(name), NarHash: sha256.Sum256([]byte(name)), NarSize: 1}
-		drv := storePath(name + ".drv")
-		s, err := attest.NewStatement(&attest.Build{DrvPath: drv, System: system, BuilderID: "b", Outputs: []attest.Output{out},
-			Workflow: &attest.Workflow{Server: stuck.URL, Repository: "o/r", Sha: string(make40(i))}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := attest.Sign(t.Context(), s, signer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bundles = append(bundles, b)
+		verdicts = append(verdicts, dispute(t, signer, "p"+string(rune('a'+i)), stuck.URL, i))
 	}
 	start := time.Now()
 	for i := range 200 {
-		b := bundles[i%len(bundles)]
-		n.Verdict(cachepush.Verdict{Kind: queue.EventDisputed, Tenant: tenant, StorePath: storePath("p" + string(rune('a'+i%len(bundles)))),
-			Bundles: []json.RawMessage{b}})
+		n.Verdict(verdicts[i%len(verdicts)])
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("200 verdicts took %s with the forge stuck", d)
@@ -102,6 +72,48 @@ func TestNeverBlocks(t *testing.T) {
 	if most == 0 || most > workers {
 		t.Errorf("%d requests open at once at the forge, want 1..%d", most, workers)
 	}
+}
+
+// openAt opens a Notifier with o's Workers, QueueSize and Retry, whose
+// forges file lists the forge at url for any builder and repository.
+func openAt(t *testing.T, url string, o forgestatus.Options) *forgestatus.Notifier {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "tok"), []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := forgestatus.Parse([]byte("forges:\n  - {url: "+url+", token_file: tok, builders: ['*'], repos: ['*/*']}\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, conn := testqueue.Embedded(t, natsserver.Config{})
+	st, err := local.New(filepath.Join(dir, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Forges, o.Store, o.KV = fs, st, conn
+	n, err := forgestatus.Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// dispute is a dispute on the path named name, with one bundle signed by
+// signer whose forge job is commit i of o/r on the forge at server.
+func dispute(t *testing.T, signer *attest.Signer, name, server string, i int) cachepush.Verdict {
+	t.Helper()
+	out := attest.Output{Name: "out", Path: storePath(name), NarHash: sha256.Sum256([]byte(name)), NarSize: 1}
+	s, err := attest.NewStatement(&attest.Build{DrvPath: storePath(name + ".drv"), System: system, BuilderID: "b",
+		Outputs: []attest.Output{out}, Workflow: &attest.Workflow{Server: server, Repository: "o/r", Sha: string(make40(i))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := attest.Sign(t.Context(), s, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cachepush.Verdict{Kind: queue.EventDisputed, Tenant: tenant, StorePath: out.Path, Bundles: []json.RawMessage{b}}
 }
 
 // make40 is a 40-digit hex commit id.
@@ -128,36 +140,9 @@ func TestNoRedirect(t *testing.T) {
 		http.Redirect(w, r, stranger.URL+r.URL.Path, http.StatusFound)
 	}))
 	defer forge.Close()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "tok"), []byte("secret"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fs, err := forgestatus.Parse([]byte("forges:\n  - {url: "+forge.URL+", token_file: tok, builders: ['*'], repos: ['*/*']}\n"), dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, conn := testqueue.Embedded(t, natsserver.Config{})
-	st, err := local.New(filepath.Join(dir, "cache"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := forgestatus.Open(forgestatus.Options{Forges: fs, Store: st, KV: conn,
-		Retry: retry.Policy{Initial: 10 * time.Millisecond, Attempts: 2}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := openAt(t, forge.URL, forgestatus.Options{Retry: retry.Policy{Initial: 10 * time.Millisecond, Attempts: 2}})
 	signer, _ := testkey.Signer(t)
-	out := attest.Output{Name: "out", Path: storePath("redirected"), NarHash: sha256.Sum256([]byte("r")), NarSize: 1}
-	s, err := attest.NewStatement(&attest.Build{DrvPath: storePath("redirected.drv"), System: system, BuilderID: "b",
-		Outputs: []attest.Output{out}, Workflow: &attest.Workflow{Server: forge.URL, Repository: "o/r", Sha: string(make40(0))}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := attest.Sign(t.Context(), s, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.Verdict(cachepush.Verdict{Kind: queue.EventDisputed, Tenant: tenant, StorePath: out.Path, Bundles: []json.RawMessage{b}})
+	n.Verdict(dispute(t, signer, "redirected", forge.URL, 0))
 	if err := n.Close(testctx.New(t, time.Minute)); err != nil {
 		t.Fatal(err)
 	}

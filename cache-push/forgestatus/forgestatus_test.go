@@ -238,6 +238,19 @@ func statuses(t *testing.T, f *testgitea.Forge, owner, repo, sha string) []*gite
 	return out
 }
 
+// checkStatus checks st says desc and links to the sidecar of the path
+// named name (no link when name is "").
+func checkStatus(t *testing.T, st *gitea.Status, desc, name string) {
+	t.Helper()
+	want := ""
+	if name != "" {
+		want = cacheURL + "/" + cachelayout.ProvenanceKey(storePath(name))
+	}
+	if st.Description != desc || st.TargetURL != want {
+		t.Errorf("status %q → %q, want %q → %q", st.Description, st.TargetURL, desc, want)
+	}
+}
+
 // current is sha's latest provenix status, or nil.
 func current(t *testing.T, f *testgitea.Forge, owner, repo, sha string) *gitea.Status {
 	t.Helper()
@@ -298,13 +311,7 @@ func TestForgeSeesTheVerdict(t *testing.T) {
 			t.Fatalf("a status before the quorum: %+v", got[0])
 		}
 		s.vote("b", "hello", "hello", job)
-		st := waitStatus(t, f, owner, repo, sha, gitea.StatusSuccess)
-		if st.Description != "2 of 2 independent builders agree" {
-			t.Errorf("description %q", st.Description)
-		}
-		if want := cacheURL + "/" + cachelayout.ProvenanceKey(storePath("hello")); st.TargetURL != want {
-			t.Errorf("target URL %q, want %q", st.TargetURL, want)
-		}
+		checkStatus(t, waitStatus(t, f, owner, repo, sha, gitea.StatusSuccess), "2 of 2 independent builders agree", "hello")
 	})
 
 	t.Run("disputed", func(t *testing.T) {
@@ -313,10 +320,7 @@ func TestForgeSeesTheVerdict(t *testing.T) {
 		job := s.job(owner, repo, sha)
 		s.vote("a", "flaky", "one", job)
 		s.vote("b", "flaky", "two", job)
-		st := waitStatus(t, f, owner, repo, sha, gitea.StatusFailure)
-		if st.Description != "disputed: 2 builders gave 2 different answers" || st.TargetURL != "" {
-			t.Errorf("status %q → %q", st.Description, st.TargetURL)
-		}
+		checkStatus(t, waitStatus(t, f, owner, repo, sha, gitea.StatusFailure), "disputed: 2 builders gave 2 different answers", "")
 	})
 
 	t.Run("incomplete", func(t *testing.T) {
@@ -330,13 +334,7 @@ func TestForgeSeesTheVerdict(t *testing.T) {
 		if _, err := s.pusher.Sweep(testctx.New(t, time.Minute)); err != nil {
 			t.Fatal(err)
 		}
-		st := waitStatus(t, f, owner, repo, sha, gitea.StatusError)
-		if st.Description != "incomplete: 1 reference missing after 1ms" {
-			t.Errorf("description %q", st.Description)
-		}
-		if want := cacheURL + "/" + cachelayout.ProvenanceKey(storePath("top")); st.TargetURL != want {
-			t.Errorf("target URL %q, want %q", st.TargetURL, want)
-		}
+		checkStatus(t, waitStatus(t, f, owner, repo, sha, gitea.StatusError), "incomplete: 1 reference missing after 1ms", "top")
 	})
 
 	t.Run("restart is idempotent and a stale dispute does not flip a publication", func(t *testing.T) {
