@@ -302,6 +302,12 @@ func TestForgeSeesTheVerdict(t *testing.T) {
 	}))
 	defer stranger.Close()
 	s := newStack(t, f, "")
+	// commit pushes a commit adding file and returns it and a job of it.
+	commit := func(file string) (string, *attest.Workflow) {
+		f.PutFile(t, owner, repo, file, []byte("{ }"))
+		sha := f.HeadSHA(t, owner, repo)
+		return sha, s.job(owner, repo, sha)
+	}
 
 	t.Run("published", func(t *testing.T) {
 		sha := f.HeadSHA(t, owner, repo)
@@ -315,18 +321,14 @@ func TestForgeSeesTheVerdict(t *testing.T) {
 	})
 
 	t.Run("disputed", func(t *testing.T) {
-		f.PutFile(t, owner, repo, "flaky.nix", []byte("{ }"))
-		sha := f.HeadSHA(t, owner, repo)
-		job := s.job(owner, repo, sha)
+		sha, job := commit("flaky.nix")
 		s.vote("a", "flaky", "one", job)
 		s.vote("b", "flaky", "two", job)
 		checkStatus(t, waitStatus(t, f, owner, repo, sha, gitea.StatusFailure), "disputed: 2 builders gave 2 different answers", "")
 	})
 
 	t.Run("incomplete", func(t *testing.T) {
-		f.PutFile(t, owner, repo, "top.nix", []byte("{ }"))
-		sha := f.HeadSHA(t, owner, repo)
-		job := s.job(owner, repo, sha)
+		sha, job := commit("top.nix")
 		// Agreed, but what it refers to never comes: it waits, past the
 		// policy's closure timeout (1ms).
 		s.vote("a", "top", "top", job, storePath("never-built"))
@@ -338,9 +340,7 @@ func TestForgeSeesTheVerdict(t *testing.T) {
 	})
 
 	t.Run("restart is idempotent and a stale dispute does not flip a publication", func(t *testing.T) {
-		f.PutFile(t, owner, repo, "again.nix", []byte("{ }"))
-		sha := f.HeadSHA(t, owner, repo)
-		job := s.job(owner, repo, sha)
+		sha, job := commit("again.nix")
 		a := s.vote("a", "again", "again", job)
 		s.vote("b", "again", "again", job)
 		waitStatus(t, f, owner, repo, sha, gitea.StatusSuccess)
