@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"reflect"
 	"time"
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
@@ -50,7 +51,7 @@ finish before they are cancelled and reported as cancelled.`,
 				return err
 			}
 			defer rs.close()
-			rs.log.Info("runner started", "name", rs.file.Name, "forge", rs.file.Address, "labels", rs.labels, "builder", rs.builderID)
+			rs.log.Info("runner started", "connections", len(rs.conns))
 			return rs.runner.Run(cmd.Context())
 		},
 	}
@@ -96,12 +97,10 @@ Handy for ephemeral runners and for trying a setup.`,
 }
 
 type runnerSetup struct {
-	runner    *runner.Runner
-	file      *rpc.RunnerFile
-	labels    []string
-	builderID string
-	log       *slog.Logger
-	conn      *queue.Conn
+	runner *runner.Runner
+	conns  []config.ResolvedConnection
+	log    *slog.Logger
+	nats   []*queue.Conn
 }
 
 func (rs *runnerSetup) close() {
@@ -110,14 +109,24 @@ func (rs *runnerSetup) close() {
 			rs.log.Warn("removing the runner's cgroup", "err", err)
 		}
 	}
-	if rs.conn != nil {
-		rs.conn.Close()
+	for _, c := range rs.nats {
+		c.Close()
 	}
 }
 
-// setupRunner loads the config, the .runner file, the key and NATS, and
-// builds the runner.
-func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup, error) {
+// tenantBuilder is the builder of the connections with one set of
+// provenix settings (one tenant's key and NATS account): connections
+// sharing them share it.
+type tenantBuilder struct {
+	settings config.Provenix
+	builder  *builder.Builder
+	conn     *queue.Conn
+}
+
+// setupRunner loads the config, the forge connections (server.connections
+// or the .runner file), each connection's key and NATS, and builds the
+// runner.
+func setupRunner(ctx context.Context, g *globals, cfgPath string) (rs *runnerSetup, err error) {
 	cfg := config.Default()
 	if cfgPath != "" {
 		c, err := config.Load(cfgPath)
@@ -137,78 +146,144 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
-	rf, err := rpc.LoadRunnerFile(cfg.Runner.File)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, usageError("this runner is not registered (%s not found): run 'provenix runner register --instance URL --token TOKEN' first", cfg.Runner.File)
+	if len(cfg.Server.Connections) == 0 {
+		rf, err := rpc.LoadRunnerFile(cfg.Runner.File)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, usageError("this runner is not registered (%s not found, and the config has no server.connections): run 'provenix runner register --instance URL --token TOKEN' first", cfg.Runner.File)
+			}
+			return nil, usageError("%v", err)
 		}
-		return nil, usageError("%v", err)
+		for _, w := range rf.Warnings {
+			log.Warn(w)
+		}
 	}
-	for _, w := range rf.Warnings {
-		log.Warn(w)
-	}
-	labels, err := cfg.JobLabels(rf.Labels)
+	resolved, err := rpc.Connections(cfg)
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
-	client, err := rpc.New(rf.Address,
-		rpc.WithCredentials(rf.UUID, rf.Token),
-		rpc.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
-		rpc.WithVersion(version),
-		rpc.WithLogger(log))
+	rs = &runnerSetup{conns: resolved, log: log}
+	defer func() {
+		if err != nil {
+			rs.close()
+		}
+	}()
+	var (
+		builders []*tenantBuilder
+		conns    []runner.Connection
+		idles    []func(context.Context) error
+	)
+	for _, rc := range resolved {
+		p := cfg.ProvenixFor(rc.Name)
+		labels, err := config.LabelNames(rc.Labels)
+		if err != nil {
+			return nil, usageError("connection %s: %v", rc.Name, err)
+		}
+		client, err := rpc.New(rc.URL,
+			rpc.WithCredentials(rc.UUID, rc.Token),
+			rpc.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
+			rpc.WithVersion(version),
+			rpc.WithLogger(log.With("connection", rc.Name)))
+		if err != nil {
+			return nil, usageError("connection %s: %v", rc.Name, err)
+		}
+		tb, err := rs.builderFor(ctx, g, &builders, p, rc.Name, log)
+		if err != nil {
+			return nil, err
+		}
+		if p.Volunteer && tb.settings.Volunteer {
+			idle, err := idleVolunteer(ctx, tb.conn, tb.builder, p.Owner, p.NixOptions, p.FarmAckWait, log.With("connection", rc.Name))
+			if err != nil {
+				return nil, err
+			}
+			idles = append(idles, idle)
+			tb.settings.Volunteer = false // once per builder
+		}
+		workdir, err := cfg.ConnectionWorkdir(g.dataDir, rc.Name)
+		if err != nil {
+			return nil, usageError("%v", err)
+		}
+		conns = append(conns, runner.Connection{
+			Name: rc.Name, Forge: client, Labels: labels, FetchInterval: rc.FetchInterval, Builder: tb.builder,
+			WorkdirParent: workdir, JobUser: p.JobUser, JobUsers: p.JobUsers,
+		})
+		log.Info("forge connection", "connection", rc.Name, "forge", rc.URL, "labels", labels, "tenant", p.Tenant, "builder", tb.builder.BuilderID, "workdir_parent", workdir)
+	}
+	r, err := runner.NewConnections(conns, runner.Options{
+		Capacity: cfg.Runner.Capacity,
+		Timeout:  cfg.Runner.Timeout, ShutdownTimeout: cfg.Runner.ShutdownTimeout,
+		FetchInterval: cfg.Runner.FetchInterval, FetchTimeout: cfg.Runner.FetchTimeout,
+		ReportInterval: cfg.Runner.ReportInterval, Envs: cfg.Runner.Envs,
+		DisableCgroup: cfg.Provenix.NoCgroup, DisablePrivateTmp: cfg.Provenix.NoPrivateTmp, Version: version, Logger: log,
+		Idle: allIdle(idles),
+	})
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
+	rs.runner = r
+	return rs, nil
+}
 
-	builderID := cfg.BuilderID(rf.Name)
-	rs := &runnerSetup{file: rf, labels: labels, builderID: builderID, log: log}
-	keyPath := cfg.Provenix.Key
+// builderFor returns the builder for settings p, made for connection name
+// (its key, its NATS connection) unless an earlier connection has the
+// same settings.
+func (rs *runnerSetup) builderFor(ctx context.Context, g *globals, builders *[]*tenantBuilder, p config.Provenix, name string, log *slog.Logger) (*tenantBuilder, error) {
+	for _, tb := range *builders {
+		s := tb.settings
+		s.Volunteer = p.Volunteer
+		if reflect.DeepEqual(s, p) {
+			return tb, nil
+		}
+	}
+	builderID := p.BuilderIDFor(name)
+	keyPath := p.Key
 	if keyPath == "" {
 		keyPath = g.paths().BuilderKey()
 	}
 	signer, err := attest.LoadSigner(keyPath)
 	if err != nil {
-		return nil, usageError("%v\nThe runner signs what its jobs build: create a key with 'provenix key generate --builder %s' and trust its .pub for builder id %q in the cache policy", err, keyPath, builderID)
+		return nil, usageError("connection %s: %v\nThe runner signs what its jobs build: create a key with 'provenix key generate --builder %s' and trust its .pub for builder id %q in the cache policy", name, err, keyPath, builderID)
 	}
-	nf := natsFlags{url: cfg.Provenix.NATSURL, creds: cfg.Provenix.NATSCreds, token: cfg.Provenix.NATSTokenFile,
-		nkey: cfg.Provenix.NATSNKey, ca: cfg.Provenix.NATSCA, cert: cfg.Provenix.NATSCert, key: cfg.Provenix.NATSKey}
-	conn, err := nf.connect(ctx, g, "provenix-runner-"+rf.Name)
+	nf := natsFlags{url: p.NATSURL, creds: p.NATSCreds, token: p.NATSTokenFile,
+		nkey: p.NATSNKey, ca: p.NATSCA, cert: p.NATSCert, key: p.NATSKey}
+	conn, err := nf.connect(ctx, g, "provenix-runner-"+name)
 	if err != nil {
 		return nil, err
 	}
-	rs.conn = conn
-	b := &builder.Builder{
+	rs.nats = append(rs.nats, conn)
+	tb := &tenantBuilder{settings: p, conn: conn, builder: &builder.Builder{
 		Nix: &nix.Nix{}, Queue: conn, Signer: signer, BuilderID: builderID,
-		Tenant: cfg.Provenix.Tenant, Version: version, Logger: log,
+		Tenant: p.Tenant, Version: version, Logger: log.With("tenant", p.Tenant),
 		StageClosures: true, // so volunteers can rebuild what jobs built
+	}}
+	*builders = append(*builders, tb)
+	return tb, nil
+}
+
+// allIdle runs every tenant's volunteer at once while the runner has no
+// job; nil when none volunteers.
+func allIdle(idles []func(context.Context) error) func(context.Context) error {
+	switch len(idles) {
+	case 0:
+		return nil
+	case 1:
+		return idles[0]
 	}
-	workdir, err := cfg.WorkdirParent(g.dataDir)
-	if err != nil {
-		rs.close()
-		return nil, usageError("%v", err)
-	}
-	var idle func(context.Context) error
-	if cfg.Provenix.Volunteer {
-		if idle, err = idleVolunteer(ctx, conn, b, cfg.Provenix.Owner, cfg.Provenix.NixOptions, cfg.Provenix.FarmAckWait, log); err != nil {
-			rs.close()
-			return nil, err
+	// One that stops by itself stops the others: the runner starts them
+	// all again later (idleRetry).
+	return func(ctx context.Context) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		errs := make(chan error, len(idles))
+		for _, idle := range idles {
+			go func() { errs <- idle(ctx); cancel() }()
 		}
+		var all []error
+		for range idles {
+			all = append(all, <-errs)
+		}
+		return errors.Join(all...)
 	}
-	r, err := runner.New(client, b, runner.Options{
-		Labels: labels, Capacity: cfg.Runner.Capacity,
-		Timeout: cfg.Runner.Timeout, ShutdownTimeout: cfg.Runner.ShutdownTimeout,
-		FetchInterval: cfg.Runner.FetchInterval, FetchTimeout: cfg.Runner.FetchTimeout,
-		ReportInterval: cfg.Runner.ReportInterval, Envs: cfg.Runner.Envs,
-		WorkdirParent: workdir, JobUser: cfg.Provenix.JobUser, JobUsers: cfg.Provenix.JobUsers,
-		DisableCgroup: cfg.Provenix.NoCgroup, DisablePrivateTmp: cfg.Provenix.NoPrivateTmp, Version: version, Logger: log,
-		Idle: idle,
-	})
-	if err != nil {
-		rs.close()
-		return nil, usageError("%v", err)
-	}
-	rs.runner = r
-	return rs, nil
 }
 
 // idleVolunteer is the farm worker a runner runs while it has no job

@@ -96,6 +96,11 @@ func (c *Config) overlay(name string, n yaml.Node) (Provenix, error) {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		given[n.Content[i].Value] = true
 	}
+	for _, k := range []string{"no_cgroup", "no_private_tmp"} {
+		if given[k] {
+			return p, fmt.Errorf("%w: %s.%s is host-wide: set it in the top-level provenix block", ErrConfig, where, k)
+		}
+	}
 	p.Volunteer = false
 	for _, group := range replacedTogether {
 		if slices.ContainsFunc(group, func(k string) bool { return given[k] }) {

@@ -115,6 +115,7 @@ func TestConnectionProvenixInvalid(t *testing.T) {
 		{"unknown key", "tenant: alice\nnats_nkye: /a.nk", "nats_nkye"},
 		{"tenant", "tenant: a.b", "server.connections.x.provenix.tenant"},
 		{"pool too small", "job_users: [only-one]", "server.connections.x.provenix.job_users"},
+		{"host-wide", "no_cgroup: true", "host-wide"},
 		{"not a mapping", "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
