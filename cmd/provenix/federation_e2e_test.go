@@ -56,6 +56,10 @@ type federation struct {
 // capacity 2; each connection has its own tenant: NATS account on one
 // nats-server, key, builder id, job users and cache.
 //   - a job of each forge runs at once (each waits for the other);
+//     their builds do not overlap: the runner attests a path only when
+//     no other job ran while the store registered it, since Nix does not
+//     record who asked for a build (capture.Windows), so a's job builds
+//     before b's starts and b's builds after a's ended;
 //   - each job runs as one of its own tenant's job users;
 //   - each job's build is published in its own tenant's cache only;
 //   - tenant b's job opens its own job directory, socket and a file to
@@ -125,9 +129,10 @@ func TestFederationAgainstTwoGiteas(t *testing.T) {
 	}
 	startFederatedRunner(t, bin, runDir, cfgPath, registered, fed)
 
-	// The jobs. Both announce themselves and wait for each other; b's
-	// then opens its job directory, socket and a file to everyone and
-	// waits for a's report; a's tries b's files and reports.
+	// The jobs. a's builds, then both announce themselves and wait for
+	// each other; b's then opens its job directory, socket and a file to
+	// everyone and waits for a's report; a's tries b's files, reports and
+	// ends; then b's builds.
 	sh := testfs.OpenDir(t)
 	if err := os.Chmod(sh, 0o1777); err != nil {
 		t.Fatal(err)
@@ -141,14 +146,16 @@ func TestFederationAgainstTwoGiteas(t *testing.T) {
           touch %[1]s/started-$TENANT
           for i in $(seq 1800); do [ -e %[1]s/started-a ] && [ -e %[1]s/started-b ] && break; sleep 0.1; done
           [ -e %[1]s/started-a ] && [ -e %[1]s/started-b ]`, sh)
-	build := func(ft *fedTenant) string {
+	build := func(ft *fedTenant, before, after string) string {
 		host := strings.TrimPrefix(ft.forge.URL, "http://")
 		return fmt.Sprintf(`      - name: build
         run: |
+          %[4]s
           git clone -q "http://x-access-token:${{ github.token }}@%[1]s/${{ github.repository }}.git" src
           provenix build src/hello.nix -A hello --arg busybox=%[2]s --argstr message=%[3]q
           times
-`, host, busybox, msg+"-"+ft.name)
+          %[5]s
+`, host, busybox, msg+"-"+ft.name, before, after)
 	}
 	for _, ft := range fed.tenants {
 		ft.owner, ft.repo = ft.forge.CreateRepo(t, "pkgs-"+ft.name)
@@ -161,10 +168,10 @@ jobs:
     env:
       TENANT: a
     steps:
-      - name: meet b
+%[3]s      - name: meet b
         run: |
           %[2]s
-%[3]s      - name: try b's files
+      - name: try b's files
         run: |
           for i in $(seq 3000); do [ -e %[1]s/b-info ] && break; sleep 0.1; done
           { read bdir; read bsock; read btok; } < %[1]s/b-info
@@ -184,7 +191,9 @@ jobs:
           } > %[1]s/a-report.tmp
           mv %[1]s/a-report.tmp %[1]s/a-report
           cat %[1]s/a-report
-`, sh, barrier, build(a), a.file(tenant.FileBuilderKey), b.file(tenant.FileBuilderKey))))
+`, sh, barrier, build(a, ":", "touch "+sh+"/a-built"), a.file(tenant.FileBuilderKey), b.file(tenant.FileBuilderKey))))
+	waitForFile(t, filepath.Join(sh, "a-built"), 5*time.Minute, nil)
+
 	b.forge.PutFile(t, b.owner, b.repo, ".forgejo/workflows/build.yml", []byte(fmt.Sprintf(`on: push
 jobs:
   build:
@@ -195,7 +204,7 @@ jobs:
       - name: meet a
         run: |
           %[2]s
-%[3]s      - name: open up and wait
+      - name: open up and wait
         run: |
           echo "b-secret-content" > "$PWD/b-file.txt"
           chmod 0644 "$PWD/b-file.txt"
@@ -206,10 +215,15 @@ jobs:
           printf '%%s\n' "$PWD" "$PROVENIX_RUNNER_SOCKET" "$PROVENIX_RUNNER_TOKEN" > %[1]s/b-info.tmp
           mv %[1]s/b-info.tmp %[1]s/b-info
           for i in $(seq 3000); do [ -e %[1]s/a-report ] && exit 0; sleep 0.1; done; exit 1
-`, sh, barrier, build(b))))
+%[3]s`, sh, barrier, build(b, fmt.Sprintf("for i in $(seq 3000); do [ -e %[1]s/a-done ] && break; sleep 0.1; done; [ -e %[1]s/a-done ] && sleep 2", sh), ":"))))
 
 	for _, ft := range fed.tenants {
 		ft.job = ft.forge.WaitJob(t, ft.owner, ft.repo, 8*time.Minute)
+		if ft == a {
+			if err := os.WriteFile(filepath.Join(sh, "a-done"), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
 		ft.log = ft.forge.JobLogs(t, ft.owner, ft.repo, ft.job.ID)
 		if ft.job.Conclusion != "success" {
 			t.Fatalf("tenant %s's job: %s\n%s", ft.name, ft.job.Conclusion, ft.log)
