@@ -62,10 +62,13 @@ type federation struct {
 //     before b's starts and b's builds after a's ended;
 //   - each job runs as one of its own tenant's job users;
 //   - each job's build is published in its own tenant's cache only;
-//   - tenant b's job opens its own job directory, socket and a file to
+//   - tenant b's job opens its own job directory (every directory from
+//     its task directory down to its workspace), socket and a file to
 //     everyone; tenant a's job still can read neither b's work directory
 //     (nor list its parent), nor b's signing key, nor reach b's signing
-//     socket, while it reads its own files (the checks can fail).
+//     socket, while it reads its own files (the checks can fail). Only
+//     the tenant's work directory parent, searchable by b's job users
+//     alone (isolate.RestrictDir), keeps a out of b's open directory.
 func TestFederationAgainstTwoGiteas(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the federation test runs the runner as root with jobs as provenix-job-8..11; run it as root (CI does) after scripts/install-deps.sh test")
@@ -185,7 +188,7 @@ jobs:
             echo "own-key-pub $(r %[4]s.pub)"
             echo "workdir $(r "$bdir/b-file.txt")"
             echo "workdir-list $(l "$bdir")"
-            echo "workdir-parent $(l "$(dirname "$bdir")")"
+            echo "tenant-workdirs $(l "$(dirname "$(dirname "$(dirname "$bsock")")")")"
             echo "key $(r %[5]s)"
             echo "socket $code"
           } > %[1]s/a-report.tmp
@@ -208,9 +211,10 @@ jobs:
         run: |
           echo "b-secret-content" > "$PWD/b-file.txt"
           chmod 0644 "$PWD/b-file.txt"
-          chmod 0755 "$PWD"
           sockdir=$(dirname "$PROVENIX_RUNNER_SOCKET")
-          chmod o+x "$(dirname "$sockdir")" "$sockdir"
+          task=$(dirname "$sockdir")
+          d="$PWD"; while [ "$d" != "$task" ] && [ "$d" != / ]; do chmod o+rx "$d"; d=$(dirname "$d"); done
+          chmod o+x "$task" "$sockdir"
           chmod 0777 "$PROVENIX_RUNNER_SOCKET"
           printf '%%s\n' "$PWD" "$PROVENIX_RUNNER_SOCKET" "$PROVENIX_RUNNER_TOKEN" > %[1]s/b-info.tmp
           mv %[1]s/b-info.tmp %[1]s/b-info
@@ -244,7 +248,7 @@ jobs:
 
 	report := string(testfs.Read(t, filepath.Join(sh, "a-report")))
 	t.Logf("a's report on b's files:\n%s", report)
-	for _, want := range []string{"own READ", "own-key-pub READ", "workdir DENIED", "workdir-list DENIED", "workdir-parent DENIED", "key DENIED", "socket 000"} {
+	for _, want := range []string{"own READ", "own-key-pub READ", "workdir DENIED", "workdir-list DENIED", "tenant-workdirs DENIED", "key DENIED", "socket 000"} {
 		if !strings.Contains(report, want+"\n") {
 			t.Errorf("a's report lacks %q:\n%s", want, report)
 		}
