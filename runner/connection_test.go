@@ -258,3 +258,22 @@ func TestConnectionsWorkdirsApart(t *testing.T) {
 		t.Errorf("nested work directories of two tenants: err %v", err)
 	}
 }
+
+// TestRunOneConnections: one-job takes the first task of any connection
+// and reports it to the forge it came from.
+func TestRunOneConnections(t *testing.T) {
+	f := newTwoForges(t, nil)
+	id := f.b.AddTask(echoJob(t, "one-job-from-b"), "nix")
+	ctx := testctx.New(t, 2*time.Minute)
+	res, err := f.runner.RunOne(ctx)
+	if err != nil || res != runnerv1.Result_RESULT_SUCCESS {
+		t.Fatalf("RunOne: %v, %v", res, err)
+	}
+	st, ok := f.b.Task(id)
+	if !ok || st.Result != runnerv1.Result_RESULT_SUCCESS || !strings.Contains(strings.Join(st.LogLines(), "\n"), "one-job-from-b") {
+		t.Errorf("b's task as b saw it: %+v", st)
+	}
+	if n := len(f.a.CallsTo(rpctest.UpdateTask)); n != 0 {
+		t.Errorf("a got %d task updates for b's task", n)
+	}
+}
