@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +18,6 @@ import (
 	"codeberg.org/provenix/provenix/internal/testgitea"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnats"
-	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/runner/config"
 	"codeberg.org/provenix/provenix/tenant"
 )
@@ -70,12 +68,7 @@ type federation struct {
 //     the tenant's work directory parent, searchable by b's job users
 //     alone (isolate.RestrictDir), keeps a out of b's open directory.
 func TestFederationAgainstTwoGiteas(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("the federation test runs the runner as root with jobs as provenix-job-8..11; run it as root (CI does) after scripts/install-deps.sh test")
-	}
-	busybox := requireNix(t)
-	requireNixDaemon(t)
-	testproc.Tool(t, "curl", "apt-get install curl")
+	busybox := requireRootRunner(t, "provenix-job-8..11")
 	ctx := testctx.New(t, 12*time.Minute)
 	bin := buildProvenix(t)
 
@@ -311,22 +304,7 @@ server:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := exec.Command(bin, "--data-dir", t.TempDir(), "runner", "daemon", "--config", cfgPath)
-	d.Dir = runDir
-	d.Env = append(os.Environ(), "NIX_CONFIG=substituters =\nexperimental-features = nix-command")
-	d.Stdout, d.Stderr = fed.runnerLog, fed.runnerLog
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = d.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = d.Process.Signal(syscall.SIGTERM)
-		<-done
-		if t.Failed() {
-			t.Logf("runner log:\n%s", fed.runnerLog.String())
-		}
-	})
+	_, done := runRunnerDaemon(t, bin, t.TempDir(), runDir, cfgPath, "federated", fed.runnerLog)
 	// Both connections are up before any job is pushed.
 	for deadline := time.Now().Add(time.Minute); strings.Count(fed.runnerLog.String(), "declared to the forge") < 2; time.Sleep(100 * time.Millisecond) {
 		select {
