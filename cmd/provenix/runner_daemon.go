@@ -30,8 +30,12 @@ func runnerDaemonCmds(g *globals) []*cobra.Command {
 	daemon := &cobra.Command{
 		Use:   "daemon",
 		Short: "Poll the forge and run jobs until stopped",
-		Long: `Poll the forge named in the .runner file for jobs and run them natively on
-this host, up to runner.capacity at once. Each job runs in its own process
+		Long: `Poll the forge named in the .runner file, or every forge of the config's
+server.connections, for jobs and run them natively on this host, up to
+runner.capacity at once in all; the forges are polled in turn, so a busy
+one cannot starve another, and each job reports to the forge it came from.
+A connection with a provenix block of its own runs its jobs for its own
+tenant: its key, NATS account, builder id and job users. Each job runs in its own process
 as the job user (provenix.job_user, when the runner is root), so steps can
 read neither the signing key nor the .runner token. With provenix.job_users
 every running job gets a user of its own from that pool, and on Linux a
