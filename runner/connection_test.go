@@ -226,12 +226,10 @@ func TestConnectionRefusedOthersGoOn(t *testing.T) {
 // search it, through an ACL); a connection sharing another's job users
 // with a different set is refused.
 func TestConnectionsWorkdirsApart(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root (CI runs as root)")
-	}
+	requireRoot(t)
 	f := newTwoForges(t, func(a, b *Connection) {
-		a.JobUsers, a.JobUser = []string{"provenix-job-0"}, ""
-		b.JobUsers, b.JobUser = []string{"provenix-job-1"}, ""
+		a.JobUsers, a.JobUser = testPool[:1], ""
+		b.JobUsers, b.JobUser = testPool[1:2], ""
 	})
 	for _, c := range f.runner.conns {
 		fi, err := os.Stat(c.WorkdirParent)
@@ -275,5 +273,43 @@ func TestRunOneConnections(t *testing.T) {
 	}
 	if n := len(f.a.CallsTo(rpctest.UpdateTask)); n != 0 {
 		t.Errorf("a got %d task updates for b's task", n)
+	}
+}
+
+// TestConnectionsPrivateTmp: with each job in a mount namespace of its
+// own (a work directory outside /tmp), jobs of two connections run as
+// their own users inside their restricted work directories.
+func TestConnectionsPrivateTmp(t *testing.T) {
+	requireRoot(t)
+	work, err := os.MkdirTemp("/run", "provenix-test-work-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(work) })
+	if err := os.Chmod(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f := newTwoForges(t, func(a, b *Connection) {
+		a.JobUsers, a.JobUser, a.WorkdirParent = testPool[:1], "", filepath.Join(work, "a")
+		b.JobUsers, b.JobUser, b.WorkdirParent = testPool[1:2], "", filepath.Join(work, "b")
+	})
+	if !f.runner.privateTmp {
+		t.Fatal("no mount namespace for jobs on this Linux host")
+	}
+	job := "on: push\njobs:\n  j:\n    runs-on: nix\n    steps:\n      - run: echo \"user $(id -un) in $PWD\"; touch /tmp/mine\n"
+	ids := map[*rpctest.Server]int64{f.a: f.a.AddTask(task(t, job, nil), "nix"), f.b: f.b.AddTask(task(t, job, nil), "nix")}
+	ctx := testctx.New(t, 2*time.Minute)
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- f.runner.Run(rctx) }()
+	defer func() { stop(); <-done }()
+	for srv, want := range map[*rpctest.Server]string{f.a: "user " + testPool[0] + " in " + filepath.Join(work, "a"), f.b: "user " + testPool[1] + " in " + filepath.Join(work, "b")} {
+		st, err := srv.WaitTask(ctx, ids[srv])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if log := strings.Join(st.LogLines(), "\n"); st.Result != runnerv1.Result_RESULT_SUCCESS || !strings.Contains(log, want) {
+			t.Errorf("want %q, got %v:\n%s", want, st.Result, log)
+		}
 	}
 }
