@@ -166,6 +166,9 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (rs *runnerSet
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
+	if err := cfg.CheckTenantSecrets(); err != nil {
+		return nil, usageError("%v", err)
+	}
 	rs = &runnerSetup{conns: resolved, log: log}
 	defer func() {
 		if err != nil {

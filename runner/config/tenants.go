@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -242,4 +243,41 @@ func (c *Config) ConnectionWorkdir(dataDir, name string) (string, error) {
 		return "", fmt.Errorf("%w: server.connections.%s: the name must be usable as a directory name", ErrConfig, name)
 	}
 	return filepath.Join(base, name), nil
+}
+
+// CheckTenantSecrets refuses, when the connections serve more than one
+// tenant, a signing key or NATS credential file of any of them that
+// anyone but its owner may read: one tenant's job could then publish
+// into, or sign for, another tenant. (The key is checked again when it is
+// loaded; a single tenant keeps the older, laxer rule for NATS files.)
+// It reads only the files' modes.
+func (c *Config) CheckTenantSecrets() error {
+	tenants := map[string]bool{}
+	for name := range c.Server.Connections {
+		tenants[c.ProvenixFor(name).Tenant] = true
+	}
+	if len(tenants) < 2 {
+		return nil
+	}
+	names := make([]string, 0, len(c.Server.Connections))
+	for name := range c.Server.Connections {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		p := c.ProvenixFor(name)
+		for _, f := range append(p.natsCredentials(), p.Key, p.NATSKey) {
+			if f == "" {
+				continue
+			}
+			fi, err := os.Stat(f)
+			if err != nil {
+				return fmt.Errorf("%w: server.connections.%s: %w", ErrConfig, name, err)
+			}
+			if fi.Mode().Perm()&0o077 != 0 {
+				return fmt.Errorf("%w: server.connections.%s (tenant %s): %s is mode %v, readable by others: another tenant's job could use it; chmod 600 it", ErrConfig, name, p.Tenant, f, fi.Mode().Perm())
+			}
+		}
+	}
+	return nil
 }

@@ -149,3 +149,44 @@ func TestSetConnectionKeepsProvenix(t *testing.T) {
 		t.Errorf("after re-registration: uuid %s, provenix %+v", c.Server.Connections["alice"].UUID, p)
 	}
 }
+
+// With several tenants, a key or NATS credential file others may read is
+// refused, naming it; one tenant alone is not checked.
+func TestCheckTenantSecrets(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("secret"), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	aKey, aNK := file("a.key", 0o600), file("a.nk", 0o600)
+	bKey, bNK := file("b.key", 0o600), file("b.nk", 0o644)
+	block := func(tenant, nk, key, users string) string {
+		return "tenant: " + tenant + "\nnats_nkey: " + nk + "\nkey: " + key + "\njob_users: [" + users + "]"
+	}
+	c, err := Parse([]byte(tenantsBase + conn("forge-a", block("alice", aNK, aKey, "a0, a1")) + conn("forge-b", block("bob", bNK, bKey, "b0, b1"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckTenantSecrets(); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), bNK) || !strings.Contains(err.Error(), "tenant bob") {
+		t.Errorf("b's NATS seed readable by others: err %v", err)
+	}
+	if err := os.Chmod(bNK, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckTenantSecrets(); err != nil {
+		t.Errorf("every file 0600: %v", err)
+	}
+	one, err := Parse([]byte(tenantsBase + conn("forge-a", block("alice", file("c.nk", 0o644), aKey, "a0, a1"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := one.CheckTenantSecrets(); err != nil {
+		t.Errorf("one tenant: %v", err)
+	}
+}
