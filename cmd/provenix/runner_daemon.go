@@ -130,7 +130,7 @@ type tenantBuilder struct {
 // setupRunner loads the config, the forge connections (server.connections
 // or the .runner file), each connection's key and NATS, and builds the
 // runner.
-func setupRunner(ctx context.Context, g *globals, cfgPath string) (rs *runnerSetup, err error) {
+func setupRunner(ctx context.Context, g *globals, cfgPath string) (_ *runnerSetup, err error) {
 	cfg := config.Default()
 	if cfgPath != "" {
 		c, err := config.Load(cfgPath)
@@ -169,8 +169,8 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (rs *runnerSet
 	if err := cfg.CheckTenantSecrets(); err != nil {
 		return nil, usageError("%v", err)
 	}
-	rs = &runnerSetup{conns: resolved, log: log}
-	defer func() {
+	rs := &runnerSetup{conns: resolved, log: log}
+	defer func() { // what is open so far, when a later step fails
 		if err != nil {
 			rs.close()
 		}
