@@ -44,7 +44,7 @@ func TestRunnerDaemonConnectionErrors(t *testing.T) {
 		a, b string // nkey file modes
 		want string
 	}{
-		{"unreadable key", "0600", "0600", "connection a: "},
+		{"invalid key", "0600", "0600", "connection a: "},
 		{"open seed", "0600", "0644", "b.nk is mode -rw-r--r--, readable by others"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
