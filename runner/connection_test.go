@@ -281,14 +281,7 @@ func TestRunOneConnections(t *testing.T) {
 // their own users inside their restricted work directories.
 func TestConnectionsPrivateTmp(t *testing.T) {
 	requireRoot(t)
-	work, err := os.MkdirTemp("/run", "provenix-test-work-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(work) })
-	if err := os.Chmod(work, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	work := outsideTmp(t)
 	f := newTwoForges(t, func(a, b *Connection) {
 		a.JobUsers, a.JobUser, a.WorkdirParent = testPool[:1], "", filepath.Join(work, "a")
 		b.JobUsers, b.JobUser, b.WorkdirParent = testPool[1:2], "", filepath.Join(work, "b")
