@@ -28,13 +28,15 @@ type jobBox struct {
 	cg         *isolate.Cgroup
 	privateTmp bool
 	kinds      []string
+	// used is what the job's cgroup used in all, once reap removed it.
+	used *isolate.Stats
 }
 
-// box acquires a user for the job and makes its cgroup.
-func (r *Runner) box(ctx context.Context, taskID int64) (*jobBox, error) {
+// box acquires a user of c's for the job and makes its cgroup.
+func (r *Runner) box(ctx context.Context, c *conn, taskID int64) (*jobBox, error) {
 	b := &jobBox{}
-	if r.users != nil {
-		l, err := r.users.Acquire(ctx)
+	if c.users != nil {
+		l, err := c.users.Acquire(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("job user: %w", err)
 		}
@@ -161,6 +163,9 @@ func (r *Runner) reap(ctx context.Context, t *taskRun, b *jobBox) {
 		k, err := b.cg.Kill(ctx)
 		n += k
 		errs = append(errs, err)
+		if s, err := b.cg.Stats(); err == nil {
+			b.used = &s
+		}
 		b.cg = nil
 	}
 	if b.lease != nil && b.lease.Exclusive {

@@ -55,11 +55,12 @@ if [ "$what" = test ]; then
   # through the Nix daemon (Debian lets only nix-users talk to it).
   if [ "$(uname -s)" = Linux ] && [ "$(id -u)" -eq 0 ]; then
     # provenix-job is the shared job user (provenix.job_user); the pool
-    # provenix-job-0..7 gives each running job a user of its own
+    # provenix-job-0..11 gives each running job a user of its own
     # (provenix.job_users). Test packages run in parallel and kill what
     # their pool users leave, so each uses its own: runner 0-2,
-    # runner/isolate 3-4, cmd/provenix 5-7.
-    for u in provenix-job provenix-job-{0..7}; do
+    # runner/isolate 3-4, cmd/provenix 5-7 and, for the two tenants of
+    # its federation test (TestFederationAgainstTwoGiteas), 8-11.
+    for u in provenix-job provenix-job-{0..11}; do
       if ! id "$u" >/dev/null 2>&1; then
         echo "install-deps: creating the job user $u (in nix-users)" >&2
         getent group nix-users >/dev/null || groupadd --system nix-users

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/forgestatus"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
@@ -27,6 +28,7 @@ import (
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
+	"codeberg.org/provenix/provenix/usage"
 )
 
 // Defaults of a fresh data directory.
@@ -89,7 +91,13 @@ type Config struct {
 	// Concurrency is how many results the pusher handles at once;
 	// DefaultConcurrency when 0.
 	Concurrency int
+	// UsageMaxAge is how long usage records are kept
+	// (queue.DefaultUsageMaxAge when 0): the window bills can cover.
+	UsageMaxAge time.Duration
 	Logger      *slog.Logger
+	// Forges, when set, are the forges the pusher shows its verdicts on
+	// as commit statuses (cache-push/forgestatus).
+	Forges *forgestatus.Forges
 }
 
 // Stack is a running all-in-one Provenix.
@@ -108,6 +116,7 @@ type Stack struct {
 	token    string
 	httpDone chan error
 	metrics  *metrics.Metrics
+	served   *usage.ServeMeter
 	started  time.Time
 	// metricsSrv is set when /metrics and /status have their own listener.
 	metricsSrv  *http.Server
@@ -279,7 +288,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if s.conn, err = queue.Connect(ctx, s.natsURL, opts...); err != nil {
 		return err
 	}
-	if err := s.conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
+	if err := s.conn.EnsureStreams(ctx, queue.StreamOptions{UsageMaxAge: s.cfg.UsageMaxAge}); err != nil {
 		return err
 	}
 	if err := s.openStore(ctx); err != nil {
@@ -300,7 +309,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	}
 	s.pusher, err = wire.StartPusher(ctx, wire.PusherOptions{
 		Conn: s.conn, Store: s.store.Store, Policy: pol, CacheKey: cacheKey, Logger: s.log, Metrics: s.metrics.Pusher,
-		Tenant: s.cfg.Tenant, Group: s.cfg.Group, Concurrency: s.cfg.Concurrency,
+		Tenant: s.cfg.Tenant, Group: s.cfg.Group, Concurrency: s.cfg.Concurrency, Forges: s.cfg.Forges,
 	})
 	if err != nil {
 		return err
@@ -318,7 +327,16 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	ops := http.NewServeMux()
 	ops.Handle(MetricsPath, s.metrics.Handler())
 	ops.HandleFunc(StatusPath, s.serveStatus)
-	cache := s.withFarmPage(server.Handler(s.store.Store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP}))
+	// What the cache serves is recorded per reader, every minute.
+	rec, err := usage.NewPublisher(s.conn)
+	if err != nil {
+		return err
+	}
+	if s.served, err = usage.NewServeMeter(usage.ServeOptions{Tenant: s.cfg.Tenant, Recorder: rec, Logger: s.log}); err != nil {
+		return err
+	}
+	s.served.Start(context.WithoutCancel(ctx)) // until Close
+	cache := s.withFarmPage(server.Handler(s.store.Store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP, Served: s.served}))
 	var handler http.Handler = cache
 	if s.cfg.MetricsListen != "" {
 		if s.metricsLn, err = net.Listen("tcp", s.cfg.MetricsListen); err != nil {
@@ -429,6 +447,11 @@ func (s *Stack) Close(ctx context.Context) error {
 		errs = append(errs, s.metricsSrv.Shutdown(ctx))
 		<-s.metricsDone
 		s.metricsSrv = nil
+	}
+	if s.served != nil {
+		// After the HTTP server: what it served last is in the record.
+		errs = append(errs, s.served.Close(ctx))
+		s.served = nil
 	}
 	if s.farm != nil {
 		errs = append(errs, s.farm.Close(ctx))

@@ -36,6 +36,16 @@ type Options struct {
 	Priority int
 	// Metrics, when set, is told of every request; nil records nothing.
 	Metrics RequestObserver
+	// Served, when set, is told of the body bytes of every request and
+	// whose they were (Reader): what the cache served whom, for usage
+	// records (usage.ServeMeter).
+	Served ServedObserver
+}
+
+// ServedObserver counts what a cache served: reader is the
+// authenticated reader (see RequireReaders), "" without credentials.
+type ServedObserver interface {
+	ObserveServed(reader string, bytes int64)
 }
 
 // RequestObserver records served requests; *metrics.HTTP has it. kind is
@@ -96,7 +106,7 @@ var (
 // (dot segments, double slashes, control bytes, overlong) 400, other methods
 // 405. Bodies are streamed from the store.
 func Handler(s store.Store, o Options) http.Handler {
-	h := &handler{s: s, log: o.Logger, priority: o.Priority, metrics: o.Metrics}
+	h := &handler{s: s, log: o.Logger, priority: o.Priority, metrics: o.Metrics, served: o.Served}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -111,6 +121,7 @@ type handler struct {
 	log      *slog.Logger
 	priority int
 	metrics  RequestObserver
+	served   ServedObserver
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -118,6 +129,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	status, n := h.serve(w, r)
 	if h.metrics != nil {
 		h.metrics.ObserveRequest(requestKind(r.URL.Path), status, time.Since(start))
+	}
+	if h.served != nil {
+		h.served.ObserveServed(Reader(r.Context()), n)
 	}
 	h.log.LogAttrs(r.Context(), slog.LevelDebug, "request",
 		slog.String(attrMethod, r.Method),

@@ -11,11 +11,13 @@ import (
 	"github.com/spf13/cobra"
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/forgestatus"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/wire"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
+	"codeberg.org/provenix/provenix/usage"
 )
 
 type pushFlags struct {
@@ -30,6 +32,8 @@ type pushFlags struct {
 	ackWait     time.Duration
 	replicas    int
 	maxFailures int
+	forges      string
+	usageMaxAge time.Duration
 }
 
 func newCachePushCmd(g *globals) *cobra.Command {
@@ -65,6 +69,8 @@ abandoned uploads older than a day, hourly.`,
 	fl.IntVar(&f.concurrency, "concurrency", up.DefaultConcurrency, "results this pusher handles at once (each holds one message; members of a group share the work)")
 	fl.DurationVar(&f.ackWait, "ack-wait", queue.DefaultAckWait, "how long a result may go unacknowledged before another member of the group gets it; a killed pusher's results wait this long (the group's consumer takes the last value set)")
 	fl.IntVar(&f.maxFailures, "max-failures", cachepush.DefaultMaxFailures, "retryable failures of one result before it is given up (dead-letter event); outages are retried forever")
+	fl.StringVar(&f.forges, "forges", "", "forges file: show verdicts as commit statuses provenix/<system> on these forges (docs/forges.md)")
+	fl.Var(retention{&f.usageMaxAge}, "usage-max-age", "how long usage records are kept, e.g. 90d (default 90d; give every pusher of the account the same)")
 	fl.IntVar(&f.replicas, "nats-replicas", 0, "replicas of the streams and buckets this pusher creates; 0: 3 on a NATS cluster of 3 or more servers, else 1")
 	return cmd
 }
@@ -95,6 +101,10 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
+	forges, err := loadForges(f.forges)
+	if err != nil {
+		return err
+	}
 	log := g.logger()
 	st, err := f.cache.open(ctx, g, false, true)
 	if err != nil {
@@ -106,12 +116,13 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return err
 	}
 	defer conn.Close()
-	if err := conn.EnsureStreams(ctx, queue.StreamOptions{Replicas: f.replicas}); err != nil {
+	if err := conn.EnsureStreams(ctx, queue.StreamOptions{Replicas: f.replicas, UsageMaxAge: f.usageMaxAge}); err != nil {
 		return err
 	}
 	pu, err := wire.StartPusher(ctx, wire.PusherOptions{
 		Conn: conn, Store: st.Store, Policy: pol, CacheKey: key, Logger: log,
 		Tenant: f.tenant, Group: f.group, Concurrency: f.concurrency, AckWait: f.ackWait, MaxFailures: f.maxFailures,
+		Forges: forges,
 	})
 	if err != nil {
 		return err
@@ -128,6 +139,10 @@ func newCacheCmd(g *globals) *cobra.Command {
 	var (
 		cache           cacheFlags
 		listen, readers string
+		// usageTenant, when set, records what is served (per reader,
+		// every minute) as this tenant's usage on NATS (usageNATS).
+		usageTenant string
+		usageNATS   natsFlags
 	)
 	serve := &cobra.Command{
 		Use:   "serve [flags]",
@@ -154,7 +169,26 @@ credentials are readable on the wire.`,
 				return err
 			}
 			defer st.Close()
-			h := server.Handler(st.Store, server.Options{Logger: g.logger()})
+			so := server.Options{Logger: g.logger()}
+			if usageTenant != "" {
+				conn, err := usageNATS.connect(cmd.Context(), g, "provenix-cache-serve")
+				if err != nil {
+					return err
+				}
+				defer conn.Close()
+				rec, err := usage.NewPublisher(conn)
+				if err != nil {
+					return err
+				}
+				m, err := usage.NewServeMeter(usage.ServeOptions{Tenant: usageTenant, Recorder: rec, Logger: g.logger()})
+				if err != nil {
+					return usageError("%v", err)
+				}
+				m.Start(cmd.Context())
+				defer m.Close(context.WithoutCancel(cmd.Context()))
+				so.Served = m
+			}
+			h := server.Handler(st.Store, so)
 			if readers != "" {
 				r, err := server.LoadReaders(readers)
 				if err != nil {
@@ -182,8 +216,22 @@ credentials are readable on the wire.`,
 	}
 	cache.register(serve)
 	serve.Flags().StringVar(&listen, "listen", up.DefaultListen, "address to listen on")
+	usageNATS.register(serve)
+	serve.Flags().StringVar(&usageTenant, "usage-tenant", "", "record what is served, per reader and minute, as this tenant's usage on NATS (--nats-url and a pusher's credentials; see 'provenix usage')")
 	serve.Flags().StringVar(&readers, "readers", "", "serve only these readers (HTTP basic auth; a tenant's cache-readers from 'provenix tenant add'); serve behind TLS")
 	cmd.AddCommand(serve)
 	cmd.AddCommand(newGCCmd(g))
 	return cmd
+}
+
+// loadForges reads the forges file of --forges, or nil without one.
+func loadForges(file string) (*forgestatus.Forges, error) {
+	if file == "" {
+		return nil, nil
+	}
+	fs, err := forgestatus.Load(file)
+	if err != nil {
+		return nil, usageError("--forges: %v", err)
+	}
+	return fs, nil
 }
