@@ -1,0 +1,245 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"hash"
+	"io"
+	"runtime"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// frameSize is how much NAR goes into one zstd frame. Frames are
+// independent (no match reaches into the previous one), so they compress in
+// parallel, and a zstd stream may hold any number of them: `zstd -d`,
+// libzstd (Nix) and klauspost's decoder read them as one stream. 4 MiB
+// keeps the ratio within about 1% of one 8 MiB-window stream on
+// store-path-like data (BenchmarkNAR reports it) while a frame's two
+// buffers stay small enough that GOMAXPROCS+2 of them fit the memory goal.
+const frameSize = 4 << 20
+
+// bufSize is the read size: large enough that per-call overheads vanish,
+// small enough that the bytes are still in cache when they are hashed.
+const bufSize = 256 << 10
+
+// frame is one frameSize piece of the NAR and its compressed form. done is
+// closed when out is complete.
+type frame struct {
+	in, out []byte
+	done    chan struct{}
+}
+
+// framePool bounds the frames alive in the whole process, over every NAR
+// being ingested at once (a pusher ingests several): memory is
+// cap(slots) × (frameSize + its compressed bound), however many NARs and
+// however large. Idle frames are kept for reuse, so a long stream allocates
+// nothing after its first frames.
+type framePool struct {
+	slots chan struct{} // a token per frame alive
+	free  chan *frame   // idle frames, at most cap(slots)
+}
+
+func newFramePool(n int) *framePool {
+	return &framePool{slots: make(chan struct{}, n), free: make(chan *frame, n)}
+}
+
+// frames is shared by all ingests: GOMAXPROCS frames compressing plus one
+// filling and one waiting to be written keep every core busy on one NAR.
+var frames = newFramePool(runtime.GOMAXPROCS(0) + 2)
+
+// newFrame returns a frame for the caller once it holds a slot.
+func (p *framePool) newFrame() *frame {
+	select {
+	case f := <-p.free:
+		f.in, f.out, f.done = f.in[:0], f.out[:0], make(chan struct{})
+		return f
+	default:
+		// The compressed bound of incompressible input, so EncodeAll never
+		// grows out.
+		return &frame{in: make([]byte, 0, frameSize), out: make([]byte, 0, frameSize+frameSize>>7+1<<10), done: make(chan struct{})}
+	}
+}
+
+func (p *framePool) release(f *frame) {
+	select {
+	case p.free <- f:
+	default: // cannot happen: free holds at most as many as slots
+	}
+	<-p.slots
+}
+
+// sharedEncoders holds one encoder per level for the whole process. Its
+// EncodeAll is safe for concurrent use and runs at most GOMAXPROCS
+// compressions at once, each with its own match tables, which are
+// allocated once (about 10 ms per encoder, more than compressing a small
+// store path).
+var sharedEncoders sync.Map // zstd.EncoderLevel → *zstd.Encoder
+
+func sharedEncoder(level zstd.EncoderLevel) (*zstd.Encoder, error) {
+	if enc, ok := sharedEncoders.Load(level); ok {
+		return enc.(*zstd.Encoder), nil
+	}
+	enc, err := zstd.NewWriter(nil,
+		zstd.WithEncoderLevel(level),
+		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+		// Write one frame even for an empty input, as the zstd CLI does.
+		zstd.WithZeroFrames(true))
+	if err != nil {
+		return nil, fmt.Errorf("ingest: zstd level %v: %w", level, err)
+	}
+	if prev, loaded := sharedEncoders.LoadOrStore(level, enc); loaded {
+		enc.Close()
+		return prev.(*zstd.Encoder), nil
+	}
+	return enc, nil
+}
+
+// frameWriter cuts one NAR into frames, compresses up to workers of them
+// at once and writes them to w in order. It is used by one goroutine; the
+// compressions run in goroutines it starts and always waits for (finish or
+// abort).
+type frameWriter struct {
+	pool    *framePool
+	enc     *zstd.Encoder
+	w       io.Writer
+	workers int
+	cur     *frame   // being filled; nil before the first read
+	queue   []*frame // compressing or compressed, in NAR order
+	sent    int      // frames handed to a compressor
+}
+
+func newFrameWriter(pool *framePool, enc *zstd.Encoder, w io.Writer, workers int) *frameWriter {
+	return &frameWriter{pool: pool, enc: enc, w: w, workers: workers, queue: make([]*frame, 0, workers)}
+}
+
+// readFrom reads r to its end into frames, feeding every byte to h as well,
+// and returns how many bytes it read. ctx is checked once per read.
+func (fw *frameWriter) readFrom(ctx context.Context, h hash.Hash, r io.Reader) (uint64, error) {
+	var n uint64
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, fmt.Errorf("ingest: after %d bytes: %w", n, err)
+		}
+		if fw.cur == nil {
+			if err := fw.take(ctx); err != nil {
+				return n, fmt.Errorf("ingest: after %d bytes: %w", n, err)
+			}
+		}
+		f := fw.cur
+		// Reads of bufSize keep the bytes in cache between the read and
+		// the hash.
+		m, rerr := r.Read(f.in[len(f.in):min(len(f.in)+bufSize, frameSize)])
+		if m > 0 {
+			h.Write(f.in[len(f.in) : len(f.in)+m]) // never fails
+			f.in = f.in[:len(f.in)+m]
+			n += uint64(m)
+			if len(f.in) == frameSize {
+				if err := fw.send(); err != nil {
+					return n, err
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, fmt.Errorf("ingest: reading NAR after %d bytes: %w", n, rerr)
+		}
+	}
+}
+
+// take makes fw.cur an empty frame. While the pool has none free, it
+// writes this NAR's finished frames, which frees theirs: a NAR holding
+// frames never waits on other NARs, so several cannot deadlock.
+func (fw *frameWriter) take(ctx context.Context) error {
+	for {
+		var oldest chan struct{} // nil (never ready) when nothing is queued
+		if len(fw.queue) > 0 {
+			oldest = fw.queue[0].done
+		}
+		select {
+		case fw.pool.slots <- struct{}{}:
+			fw.cur = fw.pool.newFrame()
+			return nil
+		case <-oldest:
+			if err := fw.writeOldest(); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// send starts compressing fw.cur, first writing the oldest frame if
+// workers are already busy with this NAR.
+func (fw *frameWriter) send() error {
+	if len(fw.queue) == fw.workers {
+		if err := fw.writeOldest(); err != nil {
+			return err
+		}
+	}
+	f := fw.cur
+	fw.cur = nil
+	fw.queue = append(fw.queue, f)
+	fw.sent++
+	go func() {
+		f.out = fw.enc.EncodeAll(f.in, f.out[:0])
+		close(f.done)
+	}()
+	return nil
+}
+
+func (fw *frameWriter) writeOldest() error {
+	f := fw.queue[0]
+	<-f.done
+	fw.queue = fw.queue[1:]
+	_, err := fw.w.Write(f.out)
+	fw.pool.release(f)
+	if err != nil {
+		return fmt.Errorf("ingest: writing compressed NAR: %w", err)
+	}
+	return nil
+}
+
+// finish compresses the last, partial frame and writes every frame. An
+// empty NAR still gets one (empty) frame, as the zstd CLI writes.
+func (fw *frameWriter) finish(ctx context.Context) error {
+	if fw.cur == nil && fw.sent == 0 {
+		if err := fw.take(ctx); err != nil {
+			return fmt.Errorf("ingest: compressing: %w", err)
+		}
+	}
+	if fw.cur != nil {
+		if len(fw.cur.in) > 0 || fw.sent == 0 {
+			if err := fw.send(); err != nil {
+				return err
+			}
+		} else {
+			fw.pool.release(fw.cur)
+			fw.cur = nil
+		}
+	}
+	for len(fw.queue) > 0 {
+		if err := fw.writeOldest(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// abort waits for the compressions still running and returns all frames
+// to the pool without writing them. It may follow finish.
+func (fw *frameWriter) abort() {
+	if fw.cur != nil {
+		fw.pool.release(fw.cur)
+		fw.cur = nil
+	}
+	for _, f := range fw.queue {
+		<-f.done
+		fw.pool.release(f)
+	}
+	fw.queue = nil
+}
