@@ -84,6 +84,12 @@ func sharedEncoder(level zstd.EncoderLevel) (*zstd.Encoder, error) {
 	enc, err := zstd.NewWriter(nil,
 		zstd.WithEncoderLevel(level),
 		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+		// A frame is never longer than frameSize, so a larger window finds
+		// nothing more; and the encoder's history buffer is twice the window
+		// (16 MiB per core at the default 8 MiB) unless memory is lowered,
+		// which makes it one frame.
+		zstd.WithWindowSize(frameSize),
+		zstd.WithLowerEncoderMem(true),
 		// Write one frame even for an empty input, as the zstd CLI does.
 		zstd.WithZeroFrames(true))
 	if err != nil {
