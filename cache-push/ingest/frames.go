@@ -14,11 +14,11 @@ import (
 // frameSize is how much NAR goes into one zstd frame. Frames are
 // independent (no match reaches into the previous one), so they compress in
 // parallel, and a zstd stream may hold any number of them: `zstd -d`,
-// libzstd (Nix) and klauspost's decoder read them as one stream. 4 MiB
-// keeps the ratio within about 1% of one 8 MiB-window stream on
-// store-path-like data (BenchmarkNAR reports it) while a frame's two
-// buffers stay small enough that GOMAXPROCS+2 of them fit the memory goal.
-const frameSize = 4 << 20
+// libzstd (Nix) and klauspost's decoder read them as one stream. 2 MiB
+// frames came within 0.6% of one 8 MiB-window stream on a NAR of
+// /usr/lib/x86_64-linux-gnu (0.3% for 4 MiB, 1.2% for 1 MiB), and a frame
+// with its buffers and encoder costs about 8 MiB.
+const frameSize = 2 << 20
 
 // bufSize is the read size: large enough that per-call overheads vanish,
 // small enough that the bytes are still in cache when they are hashed.
@@ -28,6 +28,7 @@ const bufSize = 256 << 10
 // closed when out is complete.
 type frame struct {
 	in, out []byte
+	err     error // when compressing failed
 	done    chan struct{}
 }
 
@@ -47,13 +48,14 @@ func newFramePool(n int) *framePool {
 
 // frames is shared by all ingests: GOMAXPROCS frames compressing plus one
 // filling and one waiting to be written keep every core busy on one NAR.
+// Peak RSS: about 40 MiB at GOMAXPROCS 2, 53 at 4, 73 at 8 (TestPeakRSS).
 var frames = newFramePool(runtime.GOMAXPROCS(0) + 2)
 
 // newFrame returns a frame for the caller once it holds a slot.
 func (p *framePool) newFrame() *frame {
 	select {
 	case f := <-p.free:
-		f.in, f.out, f.done = f.in[:0], f.out[:0], make(chan struct{})
+		f.in, f.out, f.err, f.done = f.in[:0], f.out[:0], nil, make(chan struct{})
 		return f
 	default:
 		// The compressed bound of incompressible input, so EncodeAll never
@@ -70,36 +72,65 @@ func (p *framePool) release(f *frame) {
 	<-p.slots
 }
 
-// sharedEncoders holds one encoder per level for the whole process. Its
-// EncodeAll is safe for concurrent use and runs at most GOMAXPROCS
-// compressions at once, each with its own match tables, which are
-// allocated once (about 10 ms per encoder, more than compressing a small
-// store path).
-var sharedEncoders sync.Map // zstd.EncoderLevel → *zstd.Encoder
+// encoderPool holds the idle encoders of one level, the most recently
+// used on top, so only as many exist as ever compressed at once (zstd's
+// own EncodeAll concurrency would cycle through GOMAXPROCS of them). An
+// encoder's match tables cost about 10 ms to create, more than compressing
+// a small store path, so they are kept.
+type encoderPool struct {
+	level zstd.EncoderLevel
+	mu    sync.Mutex
+	idle  []*zstd.Encoder
+}
 
-func sharedEncoder(level zstd.EncoderLevel) (*zstd.Encoder, error) {
-	if enc, ok := sharedEncoders.Load(level); ok {
-		return enc.(*zstd.Encoder), nil
+var encoderPools sync.Map // zstd.EncoderLevel → *encoderPool
+
+func encodersFor(level zstd.EncoderLevel) *encoderPool {
+	p, _ := encoderPools.LoadOrStore(level, &encoderPool{level: level})
+	return p.(*encoderPool)
+}
+
+func (p *encoderPool) get() (*zstd.Encoder, error) {
+	p.mu.Lock()
+	if n := len(p.idle); n > 0 {
+		enc := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		return enc, nil
 	}
+	p.mu.Unlock()
 	enc, err := zstd.NewWriter(nil,
-		zstd.WithEncoderLevel(level),
-		zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+		zstd.WithEncoderLevel(p.level),
+		zstd.WithEncoderConcurrency(1),
 		// A frame is never longer than frameSize, so a larger window finds
 		// nothing more; and the encoder's history buffer is twice the window
-		// (16 MiB per core at the default 8 MiB) unless memory is lowered,
-		// which makes it one frame.
+		// unless memory is lowered, which makes it one frame.
 		zstd.WithWindowSize(frameSize),
 		zstd.WithLowerEncoderMem(true),
 		// Write one frame even for an empty input, as the zstd CLI does.
 		zstd.WithZeroFrames(true))
 	if err != nil {
-		return nil, fmt.Errorf("ingest: zstd level %v: %w", level, err)
-	}
-	if prev, loaded := sharedEncoders.LoadOrStore(level, enc); loaded {
-		enc.Close()
-		return prev.(*zstd.Encoder), nil
+		return nil, fmt.Errorf("ingest: zstd level %v: %w", p.level, err)
 	}
 	return enc, nil
+}
+
+func (p *encoderPool) put(enc *zstd.Encoder) {
+	p.mu.Lock()
+	p.idle = append(p.idle, enc)
+	p.mu.Unlock()
+}
+
+// compress makes f.out the zstd frame of f.in.
+func (p *encoderPool) compress(f *frame) {
+	defer close(f.done)
+	enc, err := p.get()
+	if err != nil {
+		f.err = err
+		return
+	}
+	f.out = enc.EncodeAll(f.in, f.out[:0])
+	p.put(enc)
 }
 
 // frameWriter cuts one NAR into frames, compresses up to workers of them
@@ -108,7 +139,7 @@ func sharedEncoder(level zstd.EncoderLevel) (*zstd.Encoder, error) {
 // abort).
 type frameWriter struct {
 	pool    *framePool
-	enc     *zstd.Encoder
+	enc     *encoderPool
 	w       io.Writer
 	workers int
 	cur     *frame   // being filled; nil before the first read
@@ -116,7 +147,7 @@ type frameWriter struct {
 	sent    int      // frames handed to a compressor
 }
 
-func newFrameWriter(pool *framePool, enc *zstd.Encoder, w io.Writer, workers int) *frameWriter {
+func newFrameWriter(pool *framePool, enc *encoderPool, w io.Writer, workers int) *frameWriter {
 	return &frameWriter{pool: pool, enc: enc, w: w, workers: workers, queue: make([]*frame, 0, workers)}
 }
 
@@ -191,10 +222,7 @@ func (fw *frameWriter) send() error {
 	fw.cur = nil
 	fw.queue = append(fw.queue, f)
 	fw.sent++
-	go func() {
-		f.out = fw.enc.EncodeAll(f.in, f.out[:0])
-		close(f.done)
-	}()
+	go fw.enc.compress(f)
 	return nil
 }
 
@@ -202,6 +230,10 @@ func (fw *frameWriter) writeOldest() error {
 	f := fw.queue[0]
 	<-f.done
 	fw.queue = fw.queue[1:]
+	if f.err != nil {
+		fw.pool.release(f)
+		return f.err
+	}
 	_, err := fw.w.Write(f.out)
 	fw.pool.release(f)
 	if err != nil {

@@ -92,16 +92,13 @@ func TestNARConcurrentIngests(t *testing.T) {
 // TestFrameWriterWaitsForFramesUntilCancelled: with every frame of the pool
 // taken by others, a NAR waits, and gives up when its ctx ends.
 func TestFrameWriterWaitsForFramesUntilCancelled(t *testing.T) {
-	enc, err := sharedEncoder(zstd.SpeedFastest)
-	if err != nil {
-		t.Fatal(err)
-	}
+	enc := encodersFor(zstd.SpeedFastest)
 	pool := newFramePool(1)
 	pool.slots <- struct{}{} // held by another NAR
 	fw := newFrameWriter(pool, enc, &bytes.Buffer{}, runtime.GOMAXPROCS(0))
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
-	_, err = fw.readFrom(ctx, nullHash{}, bytes.NewReader([]byte("nix-archive-1")))
+	_, err := fw.readFrom(ctx, nullHash{}, bytes.NewReader([]byte("nix-archive-1")))
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("readFrom with no frame free = %v, want DeadlineExceeded", err)
 	}
@@ -127,14 +124,11 @@ func (w *failingWriter) Write(p []byte) (int, error) {
 // TestFrameWriterWriteError: a failed write of a frame is returned, and
 // the frames still compressing are waited for and given back.
 func TestFrameWriterWriteError(t *testing.T) {
-	enc, err := sharedEncoder(zstd.SpeedFastest)
-	if err != nil {
-		t.Fatal(err)
-	}
+	enc := encodersFor(zstd.SpeedFastest)
 	pool := newFramePool(4)
 	data := frameNAR(5)
 	fw := newFrameWriter(pool, enc, &failingWriter{n: 1}, 2)
-	_, err = fw.readFrom(t.Context(), nullHash{}, bytes.NewReader(data))
+	_, err := fw.readFrom(t.Context(), nullHash{}, bytes.NewReader(data))
 	if err == nil {
 		err = fw.finish(t.Context())
 	}

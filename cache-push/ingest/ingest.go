@@ -64,8 +64,9 @@ type Options struct {
 	Level zstd.EncoderLevel
 	// Concurrency is how many frames of one NAR are compressed at once;
 	// zero means GOMAXPROCS. The file's bytes do not depend on it. Across
-	// all NARs being ingested at once, the process compresses at most
-	// GOMAXPROCS frames and holds at most GOMAXPROCS+2 (about 8 MiB each).
+	// all NARs being ingested at once, the process holds at most
+	// GOMAXPROCS+2 frames of 2 MiB (about 8 MiB each with their buffers
+	// and encoder).
 	Concurrency int
 }
 
@@ -98,10 +99,13 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	enc, err := sharedEncoder(level)
+	// An invalid level fails here, before anything is read.
+	encs := encodersFor(level)
+	enc, err := encs.get()
 	if err != nil {
 		return Result{}, err
 	}
+	encs.put(enc)
 
 	p, err := s.Create(ctx)
 	if err != nil {
@@ -111,7 +115,7 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 
 	fileHash := sha256.New()
 	file := &countingWriter{w: io.MultiWriter(p, fileHash)}
-	fw := newFrameWriter(frames, enc, file, workers)
+	fw := newFrameWriter(frames, encs, file, workers)
 	// Waits for the compressions still running. p is aborted, so what
 	// they made is discarded.
 	defer fw.abort()
