@@ -13,10 +13,8 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nar"
-	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
-	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cachelayout"
@@ -88,17 +86,13 @@ func TestNARStockNixSubstitutes(t *testing.T) {
 			if n := zstdFrames(t, file); n != 4 {
 				t.Fatalf("%s holds %d zstd frames, want 4 (%d-byte NAR in %d-byte frames)", res.URL, n, len(narBytes), frameSize)
 			}
-			ni := &narinfo.NarInfo{
-				StorePath:   storePath,
-				URL:         res.URL,
-				Compression: "zstd",
-				FileHash:    nixhash.MustNewHashWithEncoding(nixhash.SHA256, res.FileHash[:], nixhash.NixBase32, true),
-				FileSize:    res.FileSize,
-				NarHash:     nixhash.MustNewHashWithEncoding(nixhash.SHA256, res.NarHash[:], nixhash.NixBase32, true),
-				NarSize:     res.NarSize,
+			zst, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
 			}
-			testcache.Sign(t, ni, sk)
-			testcache.Write(t, env.HostPath(cache), cachelayout.NarinfoKey(storePath), []byte(ni.String()))
+			if ni := testcache.PublishZstd(t, env.HostPath(cache), sk, storePath, narBytes, zst); ni.URL != res.URL {
+				t.Fatalf("the narinfo names %s, ingest stored %s", ni.URL, res.URL)
+			}
 			testcache.Write(t, env.HostPath(cache), cachelayout.CacheInfoKey, []byte(cachelayout.CacheInfo(0)))
 
 			root := env.TempDir(t)
