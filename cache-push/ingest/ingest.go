@@ -77,8 +77,9 @@ type Options struct {
 // is a size mismatch, not an unbounded read. On any mismatch or error nothing
 // becomes visible. Memory does not grow with the NAR's size.
 //
-// The same NAR compressed with the same Options yields the same file, so
-// ingesting it again rewrites the same key with the same bytes.
+// The same NAR compressed at the same Level yields the same file, whatever
+// the Concurrency, so ingesting it again (here or on another machine)
+// rewrites the same key with the same bytes.
 //
 // ctx is checked between reads; a Read that blocks (a pipe from
 // `nix-store --dump`) is only interrupted if the caller closes r when ctx is
