@@ -80,9 +80,11 @@ func TestNewParseRoundTrip(t *testing.T) {
 
 func TestNewRefusesIncomplete(t *testing.T) {
 	for name, edit := range map[string]func(*vsa.Summary){
-		"no subject":         func(s *vsa.Summary) { s.Subjects = nil },
-		"subject no sha256":  func(s *vsa.Summary) { s.Subjects[0].Digest = map[string]string{"sha512": "00"} },
-		"subject upper hex":  func(s *vsa.Summary) { s.Subjects[0].Digest = map[string]string{"sha256": "AB" + vsa.SHA256(narSum)["sha256"][2:]} },
+		"no subject":        func(s *vsa.Summary) { s.Subjects = nil },
+		"subject no sha256": func(s *vsa.Summary) { s.Subjects[0].Digest = map[string]string{"sha512": "00"} },
+		"subject upper hex": func(s *vsa.Summary) {
+			s.Subjects[0].Digest = map[string]string{"sha256": "AB" + vsa.SHA256(narSum)["sha256"][2:]}
+		},
 		"verifier not URI":   func(s *vsa.Summary) { s.VerifierID = "pusher" },
 		"no resource":        func(s *vsa.Summary) { s.ResourceURI = "" },
 		"policy no digest":   func(s *vsa.Summary) { s.Policy.Digest = nil },
@@ -155,9 +157,9 @@ func TestVerify(t *testing.T) {
 		want   vsa.Expect
 		err    error
 	}{
-		"another policy": {signWith(func(s *vsa.Summary) { s.Policy.Digest = vsa.DocumentDigest([]byte("lax policy")) }), expect(), vsa.ErrPolicyMismatch},
+		"another policy":           {signWith(func(s *vsa.Summary) { s.Policy.Digest = vsa.DocumentDigest([]byte("lax policy")) }), expect(), vsa.ErrPolicyMismatch},
 		"expecting another policy": {good, vsa.Expect{Subject: expect().Subject, PolicyDigest: vsa.DocumentDigest([]byte("x"))}, vsa.ErrPolicyMismatch},
-		"another NAR hash": {signWith(func(s *vsa.Summary) { s.Subjects[0].Digest = vsa.SHA256(otherNAR) }), expect(), attest.ErrDigestMismatch},
+		"another NAR hash":         {signWith(func(s *vsa.Summary) { s.Subjects[0].Digest = vsa.SHA256(otherNAR) }), expect(), attest.ErrDigestMismatch},
 		"another path, same NAR": {signWith(func(s *vsa.Summary) {
 			s.Subjects[0].Name = "/nix/store/cccccccccccccccccccccccccccccccc-hello"
 		}), expect(), vsa.ErrSubjectMismatch},
