@@ -18,6 +18,7 @@ import (
 	slsa "github.com/in-toto/attestation/go/predicates/provenance/v1"
 	intoto "github.com/in-toto/attestation/go/v1"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -246,12 +247,8 @@ func NewStatement(b *Build) (*intoto.Statement, error) {
 	if err := prov.Validate(); err != nil {
 		return nil, fmt.Errorf("attest: provenance: %w", err)
 	}
-	predJSON, err := protojson.Marshal(prov)
+	pred, err := PredicateStruct(prov)
 	if err != nil {
-		return nil, fmt.Errorf("attest: provenance: %w", err)
-	}
-	pred := &structpb.Struct{}
-	if err := protojson.Unmarshal(predJSON, pred); err != nil {
 		return nil, fmt.Errorf("attest: provenance: %w", err)
 	}
 	st := &intoto.Statement{
@@ -264,6 +261,20 @@ func NewStatement(b *Build) (*intoto.Statement, error) {
 		return nil, fmt.Errorf("attest: statement: %w", err)
 	}
 	return st, nil
+}
+
+// PredicateStruct is a typed predicate (an in-toto predicate's protobuf
+// message) as the Struct a Statement carries.
+func PredicateStruct(m proto.Message) (*structpb.Struct, error) {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	s := &structpb.Struct{}
+	if err := protojson.Unmarshal(b, s); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // toStruct is v's JSON as a protobuf Struct: the parameters' json tags
