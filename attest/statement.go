@@ -266,21 +266,15 @@ func NewStatement(b *Build) (*intoto.Statement, error) {
 // PredicateStruct is a typed predicate (an in-toto predicate's protobuf
 // message) as the Struct a Statement carries.
 func PredicateStruct(m proto.Message) (*structpb.Struct, error) {
-	b, err := protojson.Marshal(m)
-	if err != nil {
-		return nil, err
-	}
-	s := &structpb.Struct{}
-	if err := protojson.Unmarshal(b, s); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return jsonStruct(protojson.Marshal(m))
 }
 
 // toStruct is v's JSON as a protobuf Struct: the parameters' json tags
 // (omitempty) leave optional fields absent rather than "".
-func toStruct(v any) (*structpb.Struct, error) {
-	b, err := json.Marshal(v)
+func toStruct(v any) (*structpb.Struct, error) { return jsonStruct(json.Marshal(v)) }
+
+// jsonStruct reads a JSON object (or passes on the error of encoding it).
+func jsonStruct(b []byte, err error) (*structpb.Struct, error) {
 	if err != nil {
 		return nil, err
 	}
