@@ -148,3 +148,27 @@ func TestVSAKeylessNeedsIdentity(t *testing.T) {
 		t.Fatalf("narinfo published without its VSA: %v", n)
 	}
 }
+
+// TestVSABackfilled: a path published without a summary (by a pusher
+// before it signed them) gets one when a result for it verifies again.
+func TestVSABackfilled(t *testing.T) {
+	f := newFixture(t)
+	ctx := testctx.New(t, 60*time.Second)
+	cfg := f.pusher.cfg
+	cfg.VSA = nil
+	old, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, data := f.result(t, spec{name: "hello", content: "hi"})
+	if err := old.Process(ctx, subject(r), data, r.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.Stat(ctx, cachelayout.VSAKey(r.Outputs[0].Path)); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a pusher without a VSA signer wrote one: %v", err)
+	}
+	if err := f.pusher.Process(ctx, subject(r), data, r.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	f.checkEntry(t, r)
+}
