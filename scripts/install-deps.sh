@@ -4,8 +4,8 @@
 #   external-NATS test) from Debian/Ubuntu packages, and cosign v3.1.3 (the
 #   independent bundle verifier) built from the Go module proxy and cached
 #   in $(go env GOPATH)/bin, so only the first run pays its ~12 minutes;
-#   in test mode also nodejs (JavaScript actions) and chromium (the farm
-#   page's headless browser test).
+#   in test mode also nodejs (JavaScript actions), zstd (the multi-frame
+#   NAR check) and chromium (the farm page's headless browser test).
 #   Test mode also builds Gitea 1.26.4 once (scripts/gitea.sh) for internal/testgitea,
 #   and chroots with Debian trixie's and forky's Nix (scripts/nix-chroot.sh).
 # Usage: scripts/install-deps.sh [demo|test]   (demo skips nats-server and cosign)
@@ -17,6 +17,8 @@ command -v nix-build >/dev/null 2>&1 || need_pkgs+=(nix-bin)
 command -v busybox >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 # node runs JavaScript actions in the runner's tests.
 if [ "$what" = test ] && ! command -v node >/dev/null 2>&1; then need_pkgs+=(nodejs); fi
+# zstd checks the multi-frame NARs ingest writes (zstd -t, zstd -l).
+if [ "$what" = test ] && ! command -v zstd >/dev/null 2>&1; then need_pkgs+=(zstd); fi
 # chromium renders the farm's page in its headless browser test.
 if [ "$what" = test ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   need_pkgs+=(chromium)

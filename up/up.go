@@ -29,6 +29,7 @@ import (
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/usage"
+	"codeberg.org/provenix/provenix/vsa"
 )
 
 // Defaults of a fresh data directory.
@@ -94,7 +95,13 @@ type Config struct {
 	// UsageMaxAge is how long usage records are kept
 	// (queue.DefaultUsageMaxAge when 0): the window bills can cover.
 	UsageMaxAge time.Duration
-	Logger      *slog.Logger
+	// VSA is how the pusher signs verification summaries; without a key,
+	// key file or keyless options, with the data directory's keys/vsa.
+	VSA vsa.SignerOptions
+	// PublicURL is the cache's public base URL the summaries name
+	// (cachepush.Config.CacheURL); relative to the cache when empty.
+	PublicURL string
+	Logger    *slog.Logger
 	// Forges, when set, are the forges the pusher shows its verdicts on
 	// as commit statuses (cache-push/forgestatus).
 	Forges *forgestatus.Forges
@@ -249,6 +256,14 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	vo := s.cfg.VSA
+	if vo.Key == nil && vo.KeyFile == "" && vo.Keyless == nil {
+		vo.KeyFile = s.paths.VSAKey()
+	}
+	vsaSigner, err := vsa.NewSigner(vo)
+	if err != nil {
+		return err
+	}
 
 	opts := s.cfg.NATSOptions
 	s.natsURL = s.cfg.NATSURL
@@ -308,7 +323,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 		}
 	}
 	s.pusher, err = wire.StartPusher(ctx, wire.PusherOptions{
-		Conn: s.conn, Store: s.store.Store, Policy: pol, CacheKey: cacheKey, Logger: s.log, Metrics: s.metrics.Pusher,
+		Conn: s.conn, Store: s.store.Store, Policy: pol, CacheKey: cacheKey, VSA: vsaSigner, CacheURL: s.cfg.PublicURL, Logger: s.log, Metrics: s.metrics.Pusher,
 		Tenant: s.cfg.Tenant, Group: s.cfg.Group, Concurrency: s.cfg.Concurrency, Forges: s.cfg.Forges,
 	})
 	if err != nil {

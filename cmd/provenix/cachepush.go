@@ -25,6 +25,7 @@ type pushFlags struct {
 	cache    cacheFlags
 	policy   string
 	cacheKey string
+	vsa      vsaFlags
 	group    string
 	tenant   string
 
@@ -44,7 +45,8 @@ func newCachePushCmd(g *globals) *cobra.Command {
 		Long: `Consume results from NATS as a member of a pusher group (every group sees every
 result; members of one group share them), verify each bundle, apply the
 policy and write accepted outputs into a binary cache directory: NAR first,
-then the provenance sidecar, then the signed narinfo. Rejections are logged
+then the provenance sidecar, then the verification summary (VSA, signed
+with --vsa-key or keylessly), then the signed narinfo. Rejections are logged
 and published on events.<tenant>.rejected; a result failing --max-failures
 times for a reason other than an outage of the store or NATS is given up
 and published on events.<tenant>.dead-letter.
@@ -61,6 +63,7 @@ abandoned uploads older than a day, hourly.`,
 	}
 	f.nats.register(cmd)
 	f.cache.register(cmd)
+	f.vsa.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.policy, "policy", "", "policy file (default: the data directory's policy.yaml)")
 	fl.StringVar(&f.cacheKey, "cache-key", "", "Nix cache secret key (default: the data directory's keys/cache.key)")
@@ -101,6 +104,10 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
+	vs, err := f.vsa.signer(p.VSAKey())
+	if err != nil {
+		return err
+	}
 	forges, err := loadForges(f.forges)
 	if err != nil {
 		return err
@@ -120,7 +127,7 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return err
 	}
 	pu, err := wire.StartPusher(ctx, wire.PusherOptions{
-		Conn: conn, Store: st.Store, Policy: pol, CacheKey: key, Logger: log,
+		Conn: conn, Store: st.Store, Policy: pol, CacheKey: key, VSA: vs, CacheURL: f.vsa.publicURL, Logger: log,
 		Tenant: f.tenant, Group: f.group, Concurrency: f.concurrency, AckWait: f.ackWait, MaxFailures: f.maxFailures,
 		Forges: forges,
 	})

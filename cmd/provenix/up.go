@@ -21,6 +21,7 @@ type upFlags struct {
 	nats       natsFlags
 	s3         s3Flags
 	chunk      chunkFlags
+	vsa        vsaFlags
 	listen     string
 	natsListen string
 	tenant     string
@@ -48,8 +49,10 @@ func newUpCmd(g *globals) *cobra.Command {
 		Short: "Run Provenix in one process: embedded NATS, cache pusher and cache server",
 		Long: `Run an embedded NATS server (JetStream on disk under the data directory), a
 cache pusher and the binary cache's HTTP server. On first start it creates
-the data directory: a builder key, a Nix cache key, a NATS token and a
-default-deny policy trusting the local builder (builder id "local").
+the data directory: a builder key, a Nix cache key, a VSA key (keys/vsa,
+which signs the verification summary of every path it publishes), a NATS
+token and a default-deny policy trusting the local builder (builder id
+"local").
 
 'provenix build' finds the running instance through the data directory.
 With --nats-url it uses an external NATS server or cluster instead.
@@ -114,6 +117,12 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 	if err != nil {
 		return err
 	}
+	// The data directory's keys/vsa is Stack.Open's default, made there
+	// on first start.
+	vo, err := f.vsa.options("")
+	if err != nil {
+		return err
+	}
 	var natsOpts []queue.Option
 	if f.nats.url != "" {
 		// An external server: its credentials (a tenant's pusher.nk, say)
@@ -135,6 +144,7 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 		WebSocketListen: f.wsListen, WebSocketCert: f.wsCert, WebSocketKey: f.wsKey, WebSocketNoTLS: f.wsNoTLS,
 		LeafNodeListen: f.leafListen, LeafNodeCert: f.leafCert, LeafNodeKey: f.leafKey, Forges: forges,
 		UsageMaxAge: f.usageMaxAge,
+		VSA:         vo, PublicURL: f.vsa.publicURL,
 	})
 	if err != nil {
 		return err
