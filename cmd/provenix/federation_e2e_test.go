@@ -482,12 +482,13 @@ func checkFederationUsage(t *testing.T, ctx context.Context, fed *federation) {
 	}
 }
 
-// fedUsageRow runs `provenix usage --since 1h --by by --json` with ft's
-// pusher credentials and returns the row of key, or nil. Every row must
-// be ft's own.
+// fedUsageRow runs `provenix usage --since 1h --by by --json --tenant T`
+// with ft's pusher credentials (which may read usage.T.> only, hence
+// --tenant) and returns the row of key, or nil. Every row must be ft's
+// own.
 func fedUsageRow(t *testing.T, ctx context.Context, fed *federation, ft *fedTenant, by usage.By, key string) *usage.Row {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, fed.bin, "usage", "--since", "1h", "--by", string(by), "--json",
+	cmd := exec.CommandContext(ctx, fed.bin, "usage", "--since", "1h", "--by", string(by), "--json", "--tenant", ft.name,
 		"--nats-url", fed.natsURL, "--nats-nkey", ft.file("pusher.nk"), "--data-dir", t.TempDir())
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -541,6 +542,7 @@ func checkFederationCommitStatus(t *testing.T, ctx context.Context, fed *federat
 	agree := regexp.MustCompile(`^(\d+ paths published; [^:]+: )?1 of 1 independent builders agree$`)
 	for _, ft := range fed.tenants {
 		st := waitFedStatus(t, ft, context_, gitea.StatusSuccess)
+		t.Logf("tenant %s's forge: %s = %s %q → %s", ft.name, context_, st.State, st.Description, st.TargetURL)
 		if !agree.MatchString(st.Description) || !strings.HasPrefix(st.TargetURL, ft.cacheURL+"/") {
 			t.Errorf("tenant %s's forge: status %q → %q, want the quorum count and a link into its cache %s", ft.name, st.Description, st.TargetURL, ft.cacheURL)
 		}
@@ -562,6 +564,7 @@ func checkFederationCommitStatus(t *testing.T, ctx context.Context, fed *federat
 		t.Fatalf("the hostile builder built %s, a's job %s", pubs[0].Outputs[0].Path, fed.disputedPath)
 	}
 	st := waitFedStatus(t, a, context_, gitea.StatusFailure)
+	t.Logf("tenant a's forge after the hostile build: %s = %s %q", context_, st.State, st.Description)
 	if want := regexp.MustCompile(`^1 of \d+ paths disputed; ` + fedDisputedName + `: 2 builders gave 2 different answers$`); !want.MatchString(st.Description) || st.TargetURL != "" {
 		t.Errorf("tenant a's forge after the dispute: %q → %q", st.Description, st.TargetURL)
 	}
