@@ -541,7 +541,7 @@ func checkFederationCommitStatus(t *testing.T, ctx context.Context, fed *federat
 	context_ := "provenix/" + strings.Trim(strings.TrimSpace(string(sys)), `"`)
 	agree := regexp.MustCompile(`^(\d+ paths published; [^:]+: )?1 of 1 independent builders agree$`)
 	for _, ft := range fed.tenants {
-		st := waitFedStatus(t, ft, context_, gitea.StatusSuccess)
+		st := ft.forge.WaitStatus(t, ft.owner, ft.repo, ft.sha, context_, gitea.StatusSuccess, time.Minute)
 		t.Logf("tenant %s's forge: %s = %s %q → %s", ft.name, context_, st.State, st.Description, st.TargetURL)
 		if !agree.MatchString(st.Description) || !strings.HasPrefix(st.TargetURL, ft.cacheURL+"/") {
 			t.Errorf("tenant %s's forge: status %q → %q, want the quorum count and a link into its cache %s", ft.name, st.Description, st.TargetURL, ft.cacheURL)
@@ -563,45 +563,15 @@ func checkFederationCommitStatus(t *testing.T, ctx context.Context, fed *federat
 	if pubs[0].Outputs[0].Path != fed.disputedPath {
 		t.Fatalf("the hostile builder built %s, a's job %s", pubs[0].Outputs[0].Path, fed.disputedPath)
 	}
-	st := waitFedStatus(t, a, context_, gitea.StatusFailure)
+	st := a.forge.WaitStatus(t, a.owner, a.repo, a.sha, context_, gitea.StatusFailure, time.Minute)
 	t.Logf("tenant a's forge after the hostile build: %s = %s %q", context_, st.State, st.Description)
 	if want := regexp.MustCompile(`^1 of \d+ paths disputed; ` + fedDisputedName + `: 2 builders gave 2 different answers$`); !want.MatchString(st.Description) || st.TargetURL != "" {
 		t.Errorf("tenant a's forge after the dispute: %q → %q", st.Description, st.TargetURL)
 	}
-	if st := fedStatus(t, b, context_); st == nil || st.State != gitea.StatusSuccess {
+	if st := b.forge.Status(t, b.owner, b.repo, b.sha, context_); st == nil || st.State != gitea.StatusSuccess {
 		t.Errorf("tenant b's forge after a's dispute: %+v, want still success", st)
 	}
 	if code := get(t, a.cacheURL+"/"+cachelayout.NarinfoKey(fed.disputedPath), a.user, a.pwd); code != http.StatusNotFound {
 		t.Errorf("the disputed path in a's cache: %d, want 404", code)
-	}
-}
-
-// fedStatus is the current status named context_ on ft's job's commit,
-// or nil.
-func fedStatus(t *testing.T, ft *fedTenant, context_ string) *gitea.Status {
-	t.Helper()
-	comb, _, err := ft.forge.Client().GetCombinedStatus(ft.owner, ft.repo, ft.sha)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, st := range comb.Statuses {
-		if st.Context == context_ {
-			return st
-		}
-	}
-	return nil
-}
-
-// waitFedStatus waits until ft's job's commit shows state for context_.
-func waitFedStatus(t *testing.T, ft *fedTenant, context_ string, state gitea.StatusState) *gitea.Status {
-	t.Helper()
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
-		st := fedStatus(t, ft, context_)
-		if st != nil && st.State == state {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tenant %s's forge: %s on %s/%s@%s is %+v, want %s", ft.name, context_, ft.owner, ft.repo, ft.sha, st, state)
-		}
 	}
 }
