@@ -83,7 +83,13 @@ type federation struct {
 //     (nor list its parent), nor b's signing key, nor reach b's signing
 //     socket, while it reads its own files (the checks can fail). Only
 //     the tenant's work directory parent, searchable by b's job users
-//     alone (isolate.RestrictDir), keeps a out of b's open directory.
+//     alone (isolate.RestrictDir), keeps a out of b's open directory;
+//   - `provenix usage`, with each tenant's credentials, bills each
+//     tenant the CPU its steps measured and the NAR bytes its job built
+//     (checkFederationUsage);
+//   - each tenant's pusher shows its verdict on its own forge, and a
+//     hostile builder's dispute turns a's commit to failure
+//     (checkFederationCommitStatus).
 func TestFederationAgainstTwoGiteas(t *testing.T) {
 	busybox := requireRootRunner(t, "provenix-job-8..11")
 	ctx := testctx.New(t, 12*time.Minute)
