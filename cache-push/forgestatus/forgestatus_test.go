@@ -254,37 +254,13 @@ func checkStatus(t *testing.T, st *gitea.Status, desc, name string) {
 // current is sha's latest provenix status, or nil.
 func current(t *testing.T, f *testgitea.Forge, owner, repo, sha string) *gitea.Status {
 	t.Helper()
-	comb, _, err := f.Client().GetCombinedStatus(owner, repo, sha)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, st := range comb.Statuses {
-		if st.Context == context_ {
-			return st
-		}
-	}
-	return nil
+	return f.Status(t, owner, repo, sha, context_)
 }
 
 // waitStatus waits for sha's provenix status to be in state.
 func waitStatus(t *testing.T, f *testgitea.Forge, owner, repo, sha string, state gitea.StatusState) *gitea.Status {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		comb, _, err := f.Client().GetCombinedStatus(owner, repo, sha)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, st := range comb.Statuses {
-			if st.Context == context_ && st.State == state {
-				return st
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s status %s on %s/%s@%s; have %+v", state, context_, owner, repo, sha, comb.Statuses)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return f.WaitStatus(t, owner, repo, sha, context_, state, 60*time.Second)
 }
 
 // TestForgeSeesTheVerdict runs every case against one real Gitea, as

@@ -152,6 +152,37 @@ func (f *Forge) HeadSHA(t testing.TB, owner, repo string) string {
 	return b.Commit.ID
 }
 
+// Status is owner/repo@sha's current status named context (the newest
+// one, as the combined status shows it), or nil.
+func (f *Forge) Status(t testing.TB, owner, repo, sha, context string) *gitea.Status {
+	t.Helper()
+	comb, _, err := f.client.GetCombinedStatus(owner, repo, sha)
+	if err != nil {
+		t.Fatalf("testgitea: statuses of %s/%s@%s: %v", owner, repo, sha, err)
+	}
+	for _, st := range comb.Statuses {
+		if st.Context == context {
+			return st
+		}
+	}
+	return nil
+}
+
+// WaitStatus waits until owner/repo@sha's current status named context
+// is in state, and returns it.
+func (f *Forge) WaitStatus(t testing.TB, owner, repo, sha, context string, state gitea.StatusState, timeout time.Duration) *gitea.Status {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); ; time.Sleep(jobPoll) {
+		st := f.Status(t, owner, repo, sha, context)
+		if st != nil && st.State == state {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testgitea: status %s of %s/%s@%s is %+v after %s, want %s", context, owner, repo, sha, st, timeout, state)
+		}
+	}
+}
+
 // CreateRelease creates tag on main and a published release of it, and
 // returns the release's id.
 func (f *Forge) CreateRelease(t testing.TB, owner, repo, tag string) int64 {
