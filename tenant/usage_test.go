@@ -2,6 +2,7 @@ package tenant
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,4 +75,12 @@ func TestUsagePermissions(t *testing.T) {
 	start = time.Now()
 	_, err = usage.Summarize(context.Background(), runnerA, queue.UsageFilter("a"), since, usage.ByTenant)
 	fast(t, "a runner reads every record of its tenant", start, err, queue.ErrPermissionDenied)
+	// A tenant's pusher may not read every tenant's records; the refusal
+	// says to name the tenant.
+	start = time.Now()
+	_, err = usage.Summarize(context.Background(), pusherA, queue.UsageFilter(""), since, usage.ByTenant)
+	fast(t, "a pusher reads every tenant's records", start, err, queue.ErrPermissionDenied)
+	if !strings.Contains(err.Error(), "--tenant") {
+		t.Errorf("the refusal does not say to name the tenant: %v", err)
+	}
 }

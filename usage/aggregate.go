@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/csv"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"codeberg.org/provenix/provenix/queue"
 )
 
 // By is what Aggregator groups records by.
@@ -162,6 +165,11 @@ func Summarize(ctx context.Context, conn Conn, filter string, since time.Time, b
 		return nil
 	})
 	if err != nil {
+		if errors.Is(err, queue.ErrPermissionDenied) && filter == queue.UsageFilter("") {
+			// A tenant's pusher or runner credentials may read only their
+			// own tenant's (or builder's) records, never the whole stream.
+			return nil, fmt.Errorf("%w: these credentials may not read every tenant's records: name yours with --tenant (and a runner's builder with --builder-id)", err)
+		}
 		return nil, err
 	}
 	return &Report{By: by, Since: since.UTC(), Until: until.UTC(), Rows: a.Rows(), Refused: refused}, nil
