@@ -49,20 +49,36 @@ func (c *Client) NAR(ctx context.Context, ni *narinfo.NarInfo) (io.ReadCloser, e
 	if err := narURLOK(ni.URL); err != nil {
 		return nil, fmt.Errorf("%s: %w", c.base, err)
 	}
+	resp, u, err := c.get(ctx, ni.URL)
+	if err != nil {
+		return nil, err
+	}
+	return DecodeNAR(u, resp.Body, ni)
+}
+
+// DecodeNAR is NAR for a compressed NAR body already opened (from a
+// store, say): the same limits and checks, with src naming the body in
+// errors. It takes body over and closes it, also when it fails.
+func DecodeNAR(src string, body io.ReadCloser, ni *narinfo.NarInfo) (io.ReadCloser, error) {
+	nr, err := decodeNAR(src, body, ni)
+	if err != nil {
+		body.Close()
+		return nil, err
+	}
+	return nr, nil
+}
+
+func decodeNAR(u string, rawBody io.ReadCloser, ni *narinfo.NarInfo) (*narReader, error) {
 	if ni.NarHash == nil || len(ni.NarHash.Digest()) != sha256.Size {
-		return nil, fmt.Errorf("%s: %w: narinfo for %s has no sha256 NarHash", c.base, ErrMalformed, ni.StorePath)
+		return nil, fmt.Errorf("%s: %w: narinfo for %s has no sha256 NarHash", u, ErrMalformed, ni.StorePath)
 	}
 	if ni.NarSize > maxNarSize {
-		return nil, fmt.Errorf("%s: %w: narinfo for %s claims a %d-byte NAR", c.base, ErrMalformed, ni.StorePath, ni.NarSize)
+		return nil, fmt.Errorf("%s: %w: narinfo for %s claims a %d-byte NAR", u, ErrMalformed, ni.StorePath, ni.NarSize)
 	}
 	switch ni.Compression {
 	case "zstd", "xz", "bzip2", "none":
 	default:
-		return nil, fmt.Errorf("%s: NAR compression %q is not supported (zstd, xz, bzip2, none are)", c.base, ni.Compression)
-	}
-	resp, u, err := c.get(ctx, ni.URL)
-	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: NAR compression %q is not supported (zstd, xz, bzip2, none are)", u, ni.Compression)
 	}
 	// The compressed stream is bounded too, so that an endless body (zstd
 	// skippable frames decompress to nothing) cannot keep us reading. No
@@ -73,21 +89,19 @@ func (c *Client) NAR(ctx context.Context, ni *narinfo.NarInfo) (io.ReadCloser, e
 	if ni.FileSize > 0 && ni.FileSize < fileLimit && ni.Compression != "none" {
 		fileLimit = ni.FileSize
 	}
-	body := &limited{r: resp.Body, left: fileLimit, what: "compressed NAR", url: u}
-	nr := &narReader{url: u, body: resp.Body, src: body, left: ni.NarSize + 1, wantSize: ni.NarSize, h: sha256.New()}
+	body := &limited{r: rawBody, left: fileLimit, what: "compressed NAR", url: u}
+	nr := &narReader{url: u, body: rawBody, src: body, left: ni.NarSize + 1, wantSize: ni.NarSize, h: sha256.New()}
 	copy(nr.want[:], ni.NarHash.Digest())
 	switch ni.Compression {
 	case "zstd":
 		d, err := zstd.NewReader(body, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderLowmem(true))
 		if err != nil {
-			resp.Body.Close()
 			return nil, fmt.Errorf("%s: zstd: %w", u, err)
 		}
 		nr.dec, nr.closeDec = d, d.Close
 	case "xz":
 		d, err := xz.NewReader(body)
 		if err != nil {
-			resp.Body.Close()
 			if body.ioErr == nil {
 				err = fmt.Errorf("%w: %v", ErrMismatch, err)
 			}
