@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,21 +21,8 @@ import (
 // returns its closure (nix-store -qR).
 func buildClosure(t testing.TB, ctx context.Context) []string {
 	t.Helper()
-	busybox := testnix.Busybox(t)
-	wd, _ := os.Getwd()
-	cmd := exec.CommandContext(ctx, "nix-build", filepath.Join(wd, "..", "examples", "closure.nix"), "-A", "top", "--no-out-link",
-		"--arg", "busybox", busybox, "--argstr", "message", "cacheclient-"+t.Name()+time.Now().Format(time.RFC3339Nano))
-	cmd.Env = append(os.Environ(), "NIX_CONFIG=substituters =\nbuild-users-group =\nexperimental-features = nix-command")
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("nix-build closure.nix: %v", err)
-	}
-	top := strings.TrimSpace(string(out))
-	out, err = exec.CommandContext(ctx, "nix-store", "-qR", top).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.Fields(string(out))
+	_, closure := testnix.BuildClosure(t, ctx, "cacheclient-"+t.Name()+time.Now().Format(time.RFC3339Nano))
+	return closure
 }
 
 func pathNamed(t testing.TB, paths []string, suffix string) string {

@@ -49,11 +49,30 @@ func (c *Client) NAR(ctx context.Context, ni *narinfo.NarInfo) (io.ReadCloser, e
 	if err := narURLOK(ni.URL); err != nil {
 		return nil, fmt.Errorf("%s: %w", c.base, err)
 	}
+	if err := checkNARInfo(c.base, ni); err != nil {
+		return nil, err
+	}
 	resp, u, err := c.get(ctx, ni.URL)
 	if err != nil {
 		return nil, err
 	}
 	return DecodeNAR(u, resp.Body, ni)
+}
+
+// checkNARInfo refuses a narinfo whose NAR cannot be read safely.
+func checkNARInfo(u string, ni *narinfo.NarInfo) error {
+	if ni.NarHash == nil || len(ni.NarHash.Digest()) != sha256.Size {
+		return fmt.Errorf("%s: %w: narinfo for %s has no sha256 NarHash", u, ErrMalformed, ni.StorePath)
+	}
+	if ni.NarSize > maxNarSize {
+		return fmt.Errorf("%s: %w: narinfo for %s claims a %d-byte NAR", u, ErrMalformed, ni.StorePath, ni.NarSize)
+	}
+	switch ni.Compression {
+	case "zstd", "xz", "bzip2", "none":
+	default:
+		return fmt.Errorf("%s: NAR compression %q is not supported (zstd, xz, bzip2, none are)", u, ni.Compression)
+	}
+	return nil
 }
 
 // DecodeNAR is NAR for a compressed NAR body already opened (from a
@@ -69,16 +88,8 @@ func DecodeNAR(src string, body io.ReadCloser, ni *narinfo.NarInfo) (io.ReadClos
 }
 
 func decodeNAR(u string, rawBody io.ReadCloser, ni *narinfo.NarInfo) (*narReader, error) {
-	if ni.NarHash == nil || len(ni.NarHash.Digest()) != sha256.Size {
-		return nil, fmt.Errorf("%s: %w: narinfo for %s has no sha256 NarHash", u, ErrMalformed, ni.StorePath)
-	}
-	if ni.NarSize > maxNarSize {
-		return nil, fmt.Errorf("%s: %w: narinfo for %s claims a %d-byte NAR", u, ErrMalformed, ni.StorePath, ni.NarSize)
-	}
-	switch ni.Compression {
-	case "zstd", "xz", "bzip2", "none":
-	default:
-		return nil, fmt.Errorf("%s: NAR compression %q is not supported (zstd, xz, bzip2, none are)", u, ni.Compression)
+	if err := checkNARInfo(u, ni); err != nil {
+		return nil, err
 	}
 	// The compressed stream is bounded too, so that an endless body (zstd
 	// skippable frames decompress to nothing) cannot keep us reading. No

@@ -35,6 +35,9 @@ type Options struct {
 	Priority int
 	// Metrics, when set, is told of every request; nil records nothing.
 	Metrics RequestObserver
+	// Registry, when set, serves /v2/ and everything under it (the OCI
+	// distribution API of package oci); nil leaves those paths 404.
+	Registry http.Handler
 }
 
 // RequestObserver records served requests; *metrics.HTTP has it. kind is
@@ -95,7 +98,7 @@ var (
 // (dot segments, double slashes, control bytes, overlong) 400, other methods
 // 405. Bodies are streamed from the store.
 func Handler(s store.Store, o Options) http.Handler {
-	h := &handler{s: s, log: o.Logger, priority: o.Priority, metrics: o.Metrics}
+	h := &handler{s: s, log: o.Logger, priority: o.Priority, metrics: o.Metrics, registry: o.Registry}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -110,9 +113,14 @@ type handler struct {
 	log      *slog.Logger
 	priority int
 	metrics  RequestObserver
+	registry http.Handler
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.registry != nil && (r.URL.Path == "/v2" || strings.HasPrefix(r.URL.Path, "/v2/")) {
+		h.registry.ServeHTTP(w, r)
+		return
+	}
 	start := time.Now()
 	status, n := h.serve(w, r)
 	if h.metrics != nil {
