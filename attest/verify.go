@@ -212,88 +212,18 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 	if len(want) == 0 {
 		return nil, errors.New("attest: verify needs at least one expected subject")
 	}
-	sc, err := e.SignatureContent()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
-	}
-	env, ok := sc.(*bundle.Envelope)
-	if !ok || env == nil || env.Envelope == nil {
-		return nil, fmt.Errorf("%w: not a DSSE envelope bundle", ErrMalformedBundle)
-	}
-	vc, err := e.VerificationContent()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
-	}
-	digests := make([]verify.ArtifactDigest, len(want))
+	digests := make([][32]byte, len(want))
 	for i, w := range want {
-		digests[i] = verify.ArtifactDigest{Algorithm: "sha256", Digest: w.NarHash[:]}
+		digests[i] = w.NarHash
 	}
-	var (
-		tb     TrustedBuilder
-		keyID  string
-		sigVer *verify.Verifier
-		policy verify.PolicyBuilder
-		ids    []TrustedIdentity
-	)
-	switch {
-	case vc.PublicKey() != nil:
-		keyID = vc.PublicKey().Hint()
-		var ok bool
-		if tb, ok = v.byKeyID[keyID]; !ok {
-			return nil, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
-		}
-		sigVer, policy = v.sig, verify.NewPolicy(verify.WithArtifactDigests(digests), verify.WithKey())
-		if v.sigTlog != nil {
-			sigVer = v.sigTlog
-		}
-	case vc.Certificate() != nil && v.keyless != nil:
-		// Only the identities of the builder the statement claims: the
-		// claim is checked again once the signature verifies.
-		claimed, err := claimedBuilder(env)
-		if err != nil {
-			return nil, err
-		}
-		if ids = v.identitiesFor(claimed); len(ids) == 0 {
-			return nil, fmt.Errorf("%w: bundle claims builder %q, for which no keyless identity is trusted", ErrUntrustedBuilder, claimed)
-		}
-		opts := []verify.PolicyOption{}
-		for _, id := range ids {
-			opts = append(opts, verify.WithCertificateIdentity(id.matcher))
-		}
-		sigVer, policy = v.keyless, verify.NewPolicy(verify.WithArtifactDigests(digests), opts...)
-	case vc.Certificate() != nil:
-		return nil, fmt.Errorf("%w: bundle is signed keylessly and no certificate identities are trusted", ErrUnknownSigner)
-	default:
-		return nil, fmt.Errorf("%w: bundle carries neither a public key hint nor a certificate", ErrUnknownSigner)
-	}
-	res, err := sigVer.Verify(e, policy)
+	claimed := func(env *bundle.Envelope) (string, error) { return claimedBuilder(env) }
+	diagnose := func(st *intoto.Statement) error { return diagnoseDigests(st, want) }
+	s, env, err := v.verifySigned(e, digests, claimed, diagnose)
 	if err != nil {
-		if st, serr := env.Statement(); serr == nil {
-			if derr := diagnoseDigests(st, want); derr != nil {
-				return nil, derr
-			}
-		}
-		if vc.Certificate() != nil && strings.Contains(err.Error(), "certificate identit") {
-			return nil, fmt.Errorf("%w: %w", ErrUnknownSigner, err)
-		}
-		if sigVer == v.sigTlog && v.sigTlog != nil {
-			if terr := v.diagnoseTlog(e, policy, err); terr != nil {
-				return nil, terr
-			}
-		}
-		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
+		return nil, err
 	}
-	if res.Statement == nil {
-		return nil, fmt.Errorf("%w: payload is not an in-toto statement", ErrMalformedBundle)
-	}
-	if vc.Certificate() != nil {
-		id, err := matchIdentity(res, ids)
-		if err != nil {
-			return nil, err
-		}
-		tb, keyID = TrustedBuilder{ID: id.ID}, id.String()
-	}
-	prov, err := parseStatement(res.Statement, predicateJSON(env))
+	tb, keyID := s.Signer, s.KeyID
+	prov, err := parseStatement(s.Statement, predicateJSON(env))
 	if err != nil {
 		if errors.Is(err, ErrPredicateType) {
 			// Maybe a valid statement of another kind the same key signs:
@@ -310,6 +240,153 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 			Err: fmt.Errorf("%w: provenance claims builder %q, signer %s is trusted for %q", ErrUntrustedBuilder, prov.BuilderID, keyID, tb.ID)}
 	}
 	return &Verified{Provenance: prov, Builder: tb, KeyID: keyID}, nil
+}
+
+// Signed is a bundle whose signature verified for a trusted signer, with
+// subjects carrying every expected sha256 digest, whatever its predicate
+// says: VerifyStatement's result, for Statements other than provenance
+// (verification summaries). Signer.ID is the id the signer is trusted
+// for; the caller checks that the Statement claims no other.
+type Signed struct {
+	Statement *intoto.Statement
+	// Predicate is the signed predicate's JSON, as in the payload.
+	Predicate []byte
+	Signer    TrustedBuilder
+	KeyID     string
+}
+
+// VerifyStatement checks bundleJSON's signature against the trusted keys
+// and identities and that its Statement has a subject with each of the
+// sha256 digests (at least one is required), and returns the Statement
+// unparsed. claimedID reads the signer id an unverified Statement claims:
+// a keyless bundle is checked only against that id's identities, as
+// Verify does with provenance's builder id.
+func (v *Verifier) VerifyStatement(bundleJSON []byte, digests [][32]byte, claimedID func(*intoto.Statement) (string, error)) (*Signed, error) {
+	if len(bundleJSON) > MaxBundleSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformedBundle, len(bundleJSON), MaxBundleSize)
+	}
+	var b bundle.Bundle
+	if err := b.UnmarshalJSON(bundleJSON); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	}
+	claimed := func(env *bundle.Envelope) (string, error) {
+		st, err := env.Statement()
+		if err != nil {
+			return "", fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+		}
+		return claimedID(st)
+	}
+	diagnose := func(st *intoto.Statement) error {
+		for _, d := range digests {
+			if !hasDigest(st, d) {
+				return fmt.Errorf("%w: no subject has sha256 %x", ErrDigestMismatch, d)
+			}
+		}
+		return nil
+	}
+	s, _, err := v.verifySigned(&b, digests, claimed, diagnose)
+	return s, err
+}
+
+func hasDigest(st *intoto.Statement, d [32]byte) bool {
+	for _, s := range st.GetSubject() {
+		if h, err := hex.DecodeString(s.GetDigest()["sha256"]); err == nil && bytes.Equal(h, d[:]) {
+			return true
+		}
+	}
+	return false
+}
+
+// verifySigned checks e's signature and that its subjects carry digests,
+// for any predicate. claimed names the signer id a keyless bundle claims;
+// diagnose turns a failed verification of a readable Statement into a
+// more precise error, or returns nil.
+func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claimed func(*bundle.Envelope) (string, error), diagnose func(*intoto.Statement) error) (*Signed, *bundle.Envelope, error) {
+	if len(sha256s) == 0 {
+		return nil, nil, errors.New("attest: verify needs at least one expected subject digest")
+	}
+	sc, err := e.SignatureContent()
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	}
+	env, ok := sc.(*bundle.Envelope)
+	if !ok || env == nil || env.Envelope == nil {
+		return nil, nil, fmt.Errorf("%w: not a DSSE envelope bundle", ErrMalformedBundle)
+	}
+	vc, err := e.VerificationContent()
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	}
+	digests := make([]verify.ArtifactDigest, len(sha256s))
+	for i := range sha256s {
+		digests[i] = verify.ArtifactDigest{Algorithm: "sha256", Digest: sha256s[i][:]}
+	}
+	var (
+		tb     TrustedBuilder
+		keyID  string
+		sigVer *verify.Verifier
+		policy verify.PolicyBuilder
+		ids    []TrustedIdentity
+	)
+	switch {
+	case vc.PublicKey() != nil:
+		keyID = vc.PublicKey().Hint()
+		var ok bool
+		if tb, ok = v.byKeyID[keyID]; !ok {
+			return nil, nil, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
+		}
+		sigVer, policy = v.sig, verify.NewPolicy(verify.WithArtifactDigests(digests), verify.WithKey())
+		if v.sigTlog != nil {
+			sigVer = v.sigTlog
+		}
+	case vc.Certificate() != nil && v.keyless != nil:
+		// Only the identities of the builder the statement claims: the
+		// claim is checked again once the signature verifies.
+		claimed, err := claimed(env)
+		if err != nil {
+			return nil, nil, err
+		}
+		if ids = v.identitiesFor(claimed); len(ids) == 0 {
+			return nil, nil, fmt.Errorf("%w: bundle claims builder %q, for which no keyless identity is trusted", ErrUntrustedBuilder, claimed)
+		}
+		opts := []verify.PolicyOption{}
+		for _, id := range ids {
+			opts = append(opts, verify.WithCertificateIdentity(id.matcher))
+		}
+		sigVer, policy = v.keyless, verify.NewPolicy(verify.WithArtifactDigests(digests), opts...)
+	case vc.Certificate() != nil:
+		return nil, nil, fmt.Errorf("%w: bundle is signed keylessly and no certificate identities are trusted", ErrUnknownSigner)
+	default:
+		return nil, nil, fmt.Errorf("%w: bundle carries neither a public key hint nor a certificate", ErrUnknownSigner)
+	}
+	res, err := sigVer.Verify(e, policy)
+	if err != nil {
+		if st, serr := env.Statement(); serr == nil {
+			if derr := diagnose(st); derr != nil {
+				return nil, nil, derr
+			}
+		}
+		if vc.Certificate() != nil && strings.Contains(err.Error(), "certificate identit") {
+			return nil, nil, fmt.Errorf("%w: %w", ErrUnknownSigner, err)
+		}
+		if sigVer == v.sigTlog && v.sigTlog != nil {
+			if terr := v.diagnoseTlog(e, policy, err); terr != nil {
+				return nil, nil, terr
+			}
+		}
+		return nil, nil, fmt.Errorf("%w: %w", ErrSignature, err)
+	}
+	if res.Statement == nil {
+		return nil, nil, fmt.Errorf("%w: payload is not an in-toto statement", ErrMalformedBundle)
+	}
+	if vc.Certificate() != nil {
+		id, err := matchIdentity(res, ids)
+		if err != nil {
+			return nil, nil, err
+		}
+		tb, keyID = TrustedBuilder{ID: id.ID}, id.String()
+	}
+	return &Signed{Statement: res.Statement, Predicate: predicateJSON(env), Signer: tb, KeyID: keyID}, env, nil
 }
 
 func checkSubjects(have []Output, want []Subject) error {

@@ -232,12 +232,16 @@ func (p *Pusher) upstreamHas(ctx context.Context, storePath string) bool {
 	return found
 }
 
-// makeVisible stores w's narinfo, then checks its references are still
+// makeVisible stores w's verification summary (with Config.VSA), then its
+// narinfo, then checks its references are still
 // there: a concurrent `cache gc` may have collected one between the check
 // and the write, and then the narinfo is withdrawn and w waits again. It
 // reports whether the entry is visible. Releasing the entries waiting
 // for it is the caller's next step (releaseWaiters).
 func (p *Pusher) makeVisible(ctx context.Context, w *Waiting) (bool, error) {
+	if err := p.writeVSA(ctx, w); err != nil {
+		return false, err
+	}
 	if err := store.Put(ctx, p.cfg.Store, cachelayout.NarinfoKey(w.StorePath), strings.NewReader(w.Narinfo)); err != nil {
 		return false, err
 	}

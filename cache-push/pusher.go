@@ -32,6 +32,7 @@ import (
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/vsa"
 )
 
 // Publication is the event published on events.<tenant>.published.
@@ -117,6 +118,15 @@ type Config struct {
 	// their derivations (checkOutputPaths): for tests whose results name
 	// made-up derivations, never for a cache anyone substitutes from.
 	UncheckedOutputPathsUnsafe bool
+	// VSA, when set, signs an SLSA verification summary of every path
+	// the pusher publishes (cachelayout.VSAKey), stored before the
+	// narinfo; on Open the pusher publishes the policy the summaries name
+	// and who signs them (cachelayout.PolicyKey, VerifierKey).
+	VSA *vsa.Signer
+	// CacheURL is the cache's public base URL, which the summaries'
+	// resource and policy URIs start with; without it they are relative
+	// to the cache.
+	CacheURL string
 	// DiffTimeout bounds the comparison of a dispute's NARs whose summary
 	// the disputed event carries (DefaultDiffTimeout when 0; negative: no
 	// comparison).
@@ -127,6 +137,7 @@ type Config struct {
 type Pusher struct {
 	cfg      Config
 	verifier *attest.Verifier
+	vsa      *vsaState // nil without Config.VSA
 	drvs     *drvpath.Calculator
 	log      *slog.Logger
 
@@ -198,7 +209,11 @@ func New(cfg Config) (*Pusher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cachepush: %w", err)
 	}
-	return &Pusher{cfg: cfg, verifier: v, log: cfg.Logger, drvs: drvpath.NewCalculator(cfg.DrvCacheSize),
+	vs, err := newVSAState(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Pusher{cfg: cfg, verifier: v, vsa: vs, log: cfg.Logger, drvs: drvpath.NewCalculator(cfg.DrvCacheSize),
 		diffSlots: make(chan struct{}, maxSummaryDiffs)}, nil
 }
 
@@ -210,6 +225,9 @@ func (p *Pusher) Open(ctx context.Context, c *queue.Conn, o queue.ConsumerOption
 		return errors.New("cachepush: already open")
 	}
 	if err := ensureCacheInfo(ctx, p.cfg.Store); err != nil {
+		return err
+	}
+	if err := p.publishVerifier(ctx); err != nil {
 		return err
 	}
 	p.flood.mu.Lock()

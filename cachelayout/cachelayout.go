@@ -5,7 +5,11 @@
 //	nix-cache-info             the cache's parameters (CacheInfo)
 //	<hash>.narinfo             a store path's narinfo (NarinfoKey)
 //	<hash>.provenance.json     its provenance sidecar (ProvenanceKey)
+//	<hash>.vsa.json            its verification summary (VSAKey)
 //	nar/<filehash>.nar.zst     its compressed NAR (NARKey)
+//	provenix/policy.json       the policy the pusher applies (PolicyKey)
+//	provenix/verifier.json     who signs the verification summaries (VerifierKey)
+//	provenix/vsa.pub           the key they are signed with, for cosign (VSAPublicKeyKey)
 //	oci/<hash>.json            its OCI layer record (OCILayerKey)
 //	oci/tags/<repo>/<tag>.json an operator's OCI tag (OCITagKey)
 //	oci/vsa/<hex>.json         an OCI image's VSA bundle (OCIVSAKey)
@@ -18,6 +22,7 @@
 package cachelayout
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -35,6 +40,20 @@ const (
 	NarinfoSuffix = ".narinfo"
 	// ProvenanceSuffix ends a provenance sidecar key.
 	ProvenanceSuffix = ".provenance.json"
+	// VSASuffix ends a verification summary key: a Sigstore bundle of an
+	// SLSA verification summary the pusher signed when it published the
+	// path (package vsa).
+	VSASuffix = ".vsa.json"
+	// PolicyKey is the published policy (PolicyDocument) that every
+	// verification summary of the cache names by digest.
+	PolicyKey = "provenix/policy.json"
+	// VerifierKey is the VerifierDocument: the verifier id and key (or
+	// keyless identity) of the cache's verification summaries, signed by
+	// the cache's Nix key.
+	VerifierKey = "provenix/verifier.json"
+	// VSAPublicKeyKey is the PEM public key verification summaries are
+	// signed with (the VerifierDocument's), as cosign's --key takes it.
+	VSAPublicKeyKey = "provenix/vsa.pub"
 	// NARPrefix starts every NAR key.
 	NARPrefix = "nar/"
 	// NARSuffix ends the NAR keys the pusher writes (zstd).
@@ -57,6 +76,55 @@ func NarinfoKey(storePath string) string { return hashPart(storePath) + NarinfoS
 
 // ProvenanceKey is the cache key of a store path's provenance sidecar.
 func ProvenanceKey(storePath string) string { return hashPart(storePath) + ProvenanceSuffix }
+
+// VSAKey is the cache key of a store path's verification summary.
+func VSAKey(storePath string) string { return hashPart(storePath) + VSASuffix }
+
+// VerifierDocumentVersion is the verifier document's format version.
+const VerifierDocumentVersion = 1
+
+// VerifierDocument, under VerifierKey, says who signs the cache's
+// verification summaries: a verifier id with a public key, or with a
+// keyless identity (a Fulcio certificate's OIDC issuer and subject).
+// Signatures are Nix signatures ("name:base64") by the cache's Nix key
+// over Fingerprint, so a client that trusts the cache key (as its Nix
+// does, in trusted-public-keys) can trust the verifier without being told
+// its key separately.
+type VerifierDocument struct {
+	Version    int    `json:"version"`
+	VerifierID string `json:"verifierId"`
+	// PublicKey is the PEM key (empty for a keyless verifier).
+	PublicKey string `json:"publicKey,omitempty"`
+	// Issuer and SAN identify a keyless verifier's certificates.
+	Issuer     string   `json:"issuer,omitempty"`
+	SAN        string   `json:"san,omitempty"`
+	Signatures []string `json:"signatures"`
+}
+
+// Fingerprint is what the cache's Nix key signs: a fixed prefix (no
+// narinfo fingerprint, which starts "1;", can be one), the verifier id and
+// the sha256 of its key or identity.
+func (d *VerifierDocument) Fingerprint() string {
+	h := sha256.New()
+	for _, f := range []string{d.PublicKey, d.Issuer, d.SAN} {
+		h.Write([]byte(strconv.Itoa(len(f)) + ":" + f + ";"))
+	}
+	return "provenix-verifier;1;" + d.VerifierID + ";sha256:" + hex.EncodeToString(h.Sum(nil))
+}
+
+// PolicyDocumentVersion is the published policy's format version.
+const PolicyDocumentVersion = 1
+
+// PolicyDocument is the policy a pusher publishes under PolicyKey: the
+// policy file as it loaded it, and the builder keys that file names by
+// path, so the document's digest pins whom the policy trusts.
+type PolicyDocument struct {
+	Version int `json:"version"`
+	// Policy is the policy file's text (YAML).
+	Policy string `json:"policy"`
+	// Keys are the builders' public keys (PEM) by builder id.
+	Keys map[string]string `json:"keys,omitempty"`
+}
 
 // NARKey is the cache key (and narinfo URL) of a zstd-compressed NAR
 // whose file hash, the nix32 sha256 of the compressed file, is fileHash.

@@ -165,8 +165,8 @@ func Run(ctx context.Context, st store.Store, opts Options) (*Report, error) {
 	}
 
 	// One listing decides everything.
-	narinfos := map[string]*entry{} // by hash part
-	sidecars := map[string]store.Info{}
+	narinfos := map[string]*entry{}       // by hash part
+	sidecars := map[string][]store.Info{} // provenance and VSA, by hash part
 	var nars []store.Info
 	err := st.List(ctx, "", func(i store.Info) error {
 		switch {
@@ -174,8 +174,9 @@ func Run(ctx context.Context, st store.Store, opts Options) (*Report, error) {
 			nars = append(nars, i)
 		case isHashKey(i.Key, cachelayout.NarinfoSuffix):
 			narinfos[i.Key[:cachelayout.HashLen]] = &entry{info: i}
-		case isHashKey(i.Key, cachelayout.ProvenanceSuffix):
-			sidecars[i.Key[:cachelayout.HashLen]] = i
+		case isHashKey(i.Key, cachelayout.ProvenanceSuffix), isHashKey(i.Key, cachelayout.VSASuffix):
+			h := i.Key[:cachelayout.HashLen]
+			sidecars[h] = append(sidecars[h], i)
 		}
 		return nil
 	})
@@ -268,8 +269,10 @@ func Run(ctx context.Context, st store.Store, opts Options) (*Report, error) {
 	cutoff := opts.Now.Add(-opts.Grace)
 	var orphans []store.Info
 	for _, h := range sortedKeys(sidecars) {
-		if narinfos[h] == nil && sidecars[h].ModTime.Before(cutoff) {
-			orphans = append(orphans, sidecars[h])
+		for _, sc := range sidecars[h] {
+			if narinfos[h] == nil && sc.ModTime.Before(cutoff) {
+				orphans = append(orphans, sc)
+			}
 		}
 	}
 	if blindURL {
@@ -354,14 +357,12 @@ func withdrawBroken(ctx context.Context, st store.Store, listed map[string]*entr
 	return out, nil
 }
 
-// collect deletes one dead path: narinfo, sidecar, NAR.
-func collect(ctx context.Context, st store.Store, e *entry, sidecars map[string]store.Info, usedNAR map[string]bool, dryRun bool) (Path, error) {
+// collect deletes one dead path: narinfo, sidecars (provenance, VSA), NAR.
+func collect(ctx context.Context, st store.Store, e *entry, sidecars map[string][]store.Info, usedNAR map[string]bool, dryRun bool) (Path, error) {
 	h := e.info.Key[:cachelayout.HashLen]
 	p := Path{StorePath: e.storePath}
 	objs := []store.Info{e.info}
-	if sc, ok := sidecars[h]; ok {
-		objs = append(objs, sc)
-	}
+	objs = append(objs, sidecars[h]...)
 	if e.url != "" && !usedNAR[e.url] {
 		// Stat, not the listing: the NAR may be missing already.
 		ni, err := st.Stat(ctx, e.url)

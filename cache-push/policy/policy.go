@@ -121,6 +121,7 @@ type Policy struct {
 	trusted          root.TrustedMaterial
 
 	keys    map[string]*ecdsa.PublicKey // by builder id
+	source  []byte                      // the file as parsed (Document)
 	nixKeys map[string]signature.PublicKey
 	byID    map[string]*Builder
 }
@@ -241,6 +242,7 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 	if err := dec.Decode(&p); err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
+	p.source = bytes.Clone(data)
 	if len(p.Builders) == 0 {
 		return nil, errors.New("no builders: nothing could ever be published")
 	}

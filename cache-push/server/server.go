@@ -84,13 +84,27 @@ var (
 	kindNarinfo    = objectKind{"text/x-nix-narinfo", narinfoCacheControl}
 	kindProvenance = objectKind{"application/json", narinfoCacheControl}
 	kindNAR        = objectKind{"application/x-nix-nar", narCacheControl}
+	// The verifier's published documents (cachelayout.PolicyKey, ...).
+	kindVerifierJSON = objectKind{"application/json", narinfoCacheControl}
+	kindVerifierKey  = objectKind{"application/x-pem-file", narinfoCacheControl}
 )
+
+// verifierObjects are the fixed keys of the documents a pusher publishes
+// for its verification summaries.
+var verifierObjects = map[string]objectKind{
+	cachelayout.PolicyKey:       kindVerifierJSON,
+	cachelayout.VerifierKey:     kindVerifierJSON,
+	cachelayout.VSAPublicKeyKey: kindVerifierKey,
+}
 
 // Handler returns an http.Handler serving s as a Nix binary cache:
 //
 //	GET/HEAD /nix-cache-info                  the stored object, or a generated one
 //	GET/HEAD /<hash32>.narinfo                text/x-nix-narinfo
 //	GET/HEAD /<hash32>.provenance.json        application/json
+//	GET/HEAD /<hash32>.vsa.json               application/json (a Sigstore bundle)
+//	GET/HEAD /provenix/{policy,verifier}.json application/json
+//	GET/HEAD /provenix/vsa.pub                application/x-pem-file
 //	GET/HEAD /nar/<nix32>.nar{,.zst,.xz}      application/x-nix-nar
 //
 // where <hash32> is a 32-character store path hash and <nix32> 32 to 128
@@ -281,6 +295,12 @@ func route(p string) (key string, kind objectKind, ok bool) {
 	}
 	if h, found := strings.CutSuffix(name, cachelayout.ProvenanceSuffix); found && storepath.CheckHashPart(h) == nil {
 		return name, kindProvenance, true
+	}
+	if h, found := strings.CutSuffix(name, cachelayout.VSASuffix); found && storepath.CheckHashPart(h) == nil {
+		return name, kindProvenance, true
+	}
+	if kind, ok := verifierObjects[name]; ok {
+		return name, kind, true
 	}
 	if file, found := strings.CutPrefix(name, cachelayout.NARPrefix); found {
 		for _, ext := range cachelayout.NARSuffixes() {

@@ -31,6 +31,11 @@ const (
 var objects = map[string]string{
 	hash32 + ".narinfo":         "StorePath: /nix/store/" + hash32 + "-hello\nURL: " + narKey + "\n",
 	hash32 + ".provenance.json": `{"_type":"https://in-toto.io/Statement/v1"}`,
+	hash32 + ".vsa.json":        `{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json"}`,
+	"provenix/policy.json":      `{"version":1,"policy":"builders: []"}`,
+	"provenix/verifier.json":    `{"version":1,"verifierId":"https://cache.example/"}`,
+	"provenix/vsa.pub":          "-----BEGIN PUBLIC KEY-----\n",
+	"provenix/other.json":       "not published",
 	narKey:                      strings.Repeat("zstd bytes ", 10000),
 	narXZKey:                    "xz bytes",
 	narRawKey:                   "raw nar bytes",
@@ -74,6 +79,10 @@ func TestRoutes(t *testing.T) {
 	}{
 		{"/" + hash32 + ".narinfo", "text/x-nix-narinfo", narinfoCacheControl, objects[hash32+".narinfo"]},
 		{"/" + hash32 + ".provenance.json", "application/json", narinfoCacheControl, objects[hash32+".provenance.json"]},
+		{"/" + hash32 + ".vsa.json", "application/json", narinfoCacheControl, objects[hash32+".vsa.json"]},
+		{"/provenix/policy.json", "application/json", narinfoCacheControl, objects["provenix/policy.json"]},
+		{"/provenix/verifier.json", "application/json", narinfoCacheControl, objects["provenix/verifier.json"]},
+		{"/provenix/vsa.pub", "application/x-pem-file", narinfoCacheControl, objects["provenix/vsa.pub"]},
 		{"/" + narKey, "application/x-nix-nar", narCacheControl, objects[narKey]},
 		{"/" + narXZKey, "application/x-nix-nar", narCacheControl, objects[narXZKey]},
 		{"/" + narRawKey, "application/x-nix-nar", narCacheControl, objects[narRawKey]},
@@ -137,7 +146,8 @@ func TestErrors(t *testing.T) {
 		{http.MethodGet, "/zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz.narinfo", http.StatusNotFound}, // valid shape, absent
 		{http.MethodHead, "/zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz.narinfo", http.StatusNotFound},
 		{http.MethodGet, "/nar/zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz.nar.zst", http.StatusNotFound},
-		{http.MethodGet, "/other/file", http.StatusNotFound},                               // in the store, not in the layout
+		{http.MethodGet, "/other/file", http.StatusNotFound}, // in the store, not in the layout
+		{http.MethodGet, "/provenix/other.json", http.StatusNotFound},
 		{http.MethodGet, "/" + hash32[:31] + ".narinfo", http.StatusNotFound},              // short hash
 		{http.MethodGet, "/" + strings.ToUpper(hash32) + ".narinfo", http.StatusNotFound},  // not nix32
 		{http.MethodGet, "/0123456789abcdfghijklmnpqrsvwxye.narinfo", http.StatusNotFound}, // 'e' is not nix32

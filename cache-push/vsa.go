@@ -1,0 +1,168 @@
+package cachepush
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/vsa"
+)
+
+// vsaState is what a pusher with Config.VSA signs summaries with: the
+// published policy's bytes and its reference, fixed at New.
+type vsaState struct {
+	policyDoc []byte
+	policy    vsa.Ref
+}
+
+func newVSAState(cfg *Config) (*vsaState, error) {
+	if cfg.VSA == nil {
+		return nil, nil
+	}
+	doc, err := cfg.Policy.Document()
+	if err != nil {
+		return nil, fmt.Errorf("cachepush: %w", err)
+	}
+	return &vsaState{policyDoc: doc, policy: vsa.Ref{URI: cacheURL(cfg.CacheURL, cachelayout.PolicyKey), Digest: vsa.DocumentDigest(doc)}}, nil
+}
+
+// cacheURL is key under the cache's public URL, or key itself (a URI
+// reference relative to the cache) when the URL is not known.
+func cacheURL(base, key string) string {
+	if base == "" {
+		return key
+	}
+	return strings.TrimSuffix(base, "/") + "/" + key
+}
+
+// publishVerifier stores the policy every summary names, the verifier
+// document (signed by the cache key) and the VSA public key, each only
+// when it changed. Pushers sharing a cache share its VSA key as they
+// share its Nix key: the last to open names the verifier.
+func (p *Pusher) publishVerifier(ctx context.Context) error {
+	if p.vsa == nil {
+		return nil
+	}
+	d := cachelayout.VerifierDocument{Version: cachelayout.VerifierDocumentVersion, VerifierID: p.cfg.VSA.VerifierID()}
+	var pem []byte
+	if pub := p.cfg.VSA.PublicKey(); pub != nil {
+		var err error
+		if pem, err = attest.MarshalPublicKey(pub); err != nil {
+			return fmt.Errorf("cachepush: VSA key: %w", err)
+		}
+		d.PublicKey = string(pem)
+	} else {
+		d.Issuer, d.SAN = p.cfg.VSA.Identity()
+	}
+	sig, err := p.cfg.CacheKey.Sign(rand.Reader, d.Fingerprint())
+	if err != nil {
+		return fmt.Errorf("cachepush: sign verifier document: %w", err)
+	}
+	d.Signatures = []string{sig.String()}
+	doc, err := json.MarshalIndent(d, "", "  ")
+	if err != nil {
+		return fmt.Errorf("cachepush: verifier document: %w", err)
+	}
+	if err := putChanged(ctx, p.cfg.Store, cachelayout.PolicyKey, p.vsa.policyDoc); err != nil {
+		return err
+	}
+	if pem == nil {
+		// A keyless verifier has no key; an old one would only mislead.
+		if err := p.cfg.Store.Delete(ctx, cachelayout.VSAPublicKeyKey); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("cachepush: %s: %w", cachelayout.VSAPublicKeyKey, err)
+		}
+	} else if err := putChanged(ctx, p.cfg.Store, cachelayout.VSAPublicKeyKey, pem); err != nil {
+		return err
+	}
+	return putChanged(ctx, p.cfg.Store, cachelayout.VerifierKey, append(doc, '\n'))
+}
+
+// putChanged stores b under key unless the store has exactly b there.
+func putChanged(ctx context.Context, st store.Store, key string, b []byte) error {
+	old, err := store.ReadAll(ctx, st, key, int64(len(b))+1)
+	if err == nil && bytes.Equal(old, b) {
+		return nil
+	}
+	if err := store.Put(ctx, st, key, bytes.NewReader(b)); err != nil {
+		return fmt.Errorf("cachepush: write %s: %w", key, err)
+	}
+	return nil
+}
+
+// writeVSA signs and stores the verification summary of w's path: its
+// store path and NAR sha256 verified under the published policy, the
+// bundles of its sidecar as input attestations. makeVisible calls it
+// before it writes the narinfo, so no narinfo is visible without its
+// summary.
+func (p *Pusher) writeVSA(ctx context.Context, w *Waiting) error {
+	if p.vsa == nil {
+		return nil
+	}
+	sum, err := p.summary(ctx, w)
+	if err != nil {
+		return err
+	}
+	b, err := p.cfg.VSA.Sign(ctx, sum)
+	if err != nil {
+		return fmt.Errorf("cachepush: %s: %w", w.StorePath, err)
+	}
+	return store.Put(ctx, p.cfg.Store, cachelayout.VSAKey(w.StorePath), bytes.NewReader(b))
+}
+
+// summary is what the pusher verified about w's path.
+func (p *Pusher) summary(ctx context.Context, w *Waiting) (*vsa.Summary, error) {
+	s := &vsa.Summary{
+		Subjects:     []vsa.Subject{{Name: w.StorePath, Digest: map[string]string{"sha256": w.NarSHA256}}},
+		TimeVerified: time.Now(),
+		ResourceURI:  cacheURL(p.cfg.CacheURL, cachelayout.NarinfoKey(w.StorePath)),
+		Policy:       p.vsa.policy,
+		Result:       vsa.Passed,
+	}
+	// The sidecar holds every bundle verified for this NAR; bundles are
+	// only ever added to it, so each one's digest stays true.
+	key := cachelayout.ProvenanceKey(w.StorePath)
+	b, err := store.ReadAll(ctx, p.cfg.Store, key, maxNarinfoSize*4)
+	switch {
+	case err == nil:
+		prov, err := cachelayout.ParseProvenance(b)
+		if err != nil || prov.StorePath != w.StorePath || prov.NarSHA256 != w.NarSHA256 {
+			return nil, rejected(ReasonInconsistent, fmt.Errorf("%s: its provenance sidecar is not for this NAR (%v)", w.StorePath, err))
+		}
+		for i, raw := range prov.Bundles {
+			var c bytes.Buffer
+			if err := json.Compact(&c, raw); err != nil {
+				return nil, rejected(ReasonInconsistent, fmt.Errorf("%s: sidecar bundle %d: %w", w.StorePath, i, err))
+			}
+			s.InputAttestations = append(s.InputAttestations, vsa.Ref{
+				URI:    cacheURL(p.cfg.CacheURL, key) + "#/bundles/" + strconv.Itoa(i),
+				Digest: vsa.SHA256(sha256.Sum256(c.Bytes())),
+			})
+		}
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, err
+	}
+	if len(s.InputAttestations) > 0 {
+		s.VerifiedLevels = append(s.VerifiedLevels, vsa.BuildLevel2)
+	}
+	if ni, err := narinfo.Parse(strings.NewReader(w.Narinfo)); err == nil && ni.CA != "" {
+		s.VerifiedLevels = append(s.VerifiedLevels, vsa.ContentAddressed)
+	}
+	if len(s.VerifiedLevels) == 0 {
+		// Neither provenance nor a content address: nothing the pusher
+		// publishes, but say so rather than claim a level.
+		s.VerifiedLevels = []string{vsa.BuildLevel0}
+	}
+	return s, nil
+}
