@@ -32,9 +32,15 @@ type image struct {
 	configDesc v1.Descriptor
 	layers     []layer
 	// narinfoStat is the root narinfo's Info when the image was built: a
-	// cached image is reused only while the narinfo is unchanged.
+	// cached image is reused only while the narinfo is unchanged, and for
+	// imageTTL at most (a dependency's narinfo is not checked).
 	narinfoStat store.Info
+	built       time.Time
 }
+
+// imageTTL is how long a built image is served from memory: as long as
+// clients may cache a narinfo.
+const imageTTL = time.Minute
 
 // layer is one store path of the closure as a layer.
 type layer struct {
@@ -164,7 +170,7 @@ func (r *Registry) image(ctx context.Context, root string, entrypoint []string) 
 	if err != nil {
 		return nil, fmt.Errorf("narinfo of %s: %w", root, err)
 	}
-	if img := r.cache.get(key); img != nil && img.narinfoStat.Size == fi.Size && img.narinfoStat.ModTime.Equal(fi.ModTime) {
+	if img := r.cache.get(key); img != nil && img.narinfoStat.Size == fi.Size && img.narinfoStat.ModTime.Equal(fi.ModTime) && time.Since(img.built) < imageTTL {
 		return img, nil
 	}
 	nis, err := r.closure(ctx, root)
@@ -189,7 +195,7 @@ func (r *Registry) image(ctx context.Context, root string, entrypoint []string) 
 	if err != nil {
 		return nil, err
 	}
-	img.narinfoStat = fi
+	img.narinfoStat, img.built = fi, time.Now()
 	r.cache.put(key, img)
 	return img, nil
 }

@@ -2,6 +2,7 @@ package oci
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -182,15 +183,7 @@ func writeRecord(ctx context.Context, st store.Store, key string, v any) error {
 	if err != nil {
 		return err
 	}
-	p, err := st.Create(ctx)
-	if err != nil {
-		return err
-	}
-	defer p.Abort()
-	if _, err := p.Write(b); err != nil {
-		return err
-	}
-	return p.Commit(ctx, key)
+	return store.Put(ctx, st, key, bytes.NewReader(b))
 }
 
 type countWriter struct {

@@ -71,7 +71,11 @@ func serve(t *testing.T, dir string, readers server.Readers) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var h http.Handler = server.Handler(st, server.Options{Registry: oci.New(st, oci.Options{})})
+	reg, err := oci.New(st, oci.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h http.Handler = server.Handler(st, server.Options{Registry: reg})
 	if readers != nil {
 		h = server.RequireReaders(h, readers, "provenix cache")
 	}

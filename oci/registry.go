@@ -44,6 +44,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/storepath"
+	"codeberg.org/provenix/provenix/vsa"
 )
 
 // Prefix is where the registry is mounted on the cache server.
@@ -65,6 +66,13 @@ type Options struct {
 	// ComputeTimeout bounds computing one layer digest; zero means 30
 	// minutes.
 	ComputeTimeout time.Duration
+	// VSA, when set, signs images' verification summaries on demand (see
+	// attest.go); it must hold the key the pusher signs paths' summaries
+	// with. Nil serves only the summaries already stored.
+	VSA *vsa.Signer
+	// PublicURL is the cache's URL as clients see it, for the URIs in
+	// summaries; empty writes them relative to the cache.
+	PublicURL string
 }
 
 // Registry is the http.Handler of the registry. It is safe for concurrent
@@ -79,15 +87,25 @@ type Registry struct {
 	sem            chan struct{}
 	flight         singleflight.Group
 	cache          *imageCache
+	signer         *vsa.Signer
+	verifier       *vsa.Verifier // of the paths' summaries, with signer's key
+	publicURL      string
 }
 
 // New returns the registry of the cache in st. It writes to st only
 // objects under cachelayout.OCIPrefix.
-func New(st store.Store, o Options) *Registry {
+func New(st store.Store, o Options) (*Registry, error) {
 	r := &Registry{
 		st: st, log: o.Logger, platform: o.Platform, concurrency: o.Concurrency,
 		maxClosure: o.MaxClosure, computeTimeout: o.ComputeTimeout,
-		cache: &imageCache{max: 1024, m: map[string]*image{}},
+		cache:  &imageCache{max: 1024, m: map[string]*image{}},
+		signer: o.VSA, publicURL: o.PublicURL,
+	}
+	if r.signer != nil {
+		var err error
+		if r.verifier, err = newSummaryVerifier(r.signer); err != nil {
+			return nil, err
+		}
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -108,7 +126,7 @@ func New(st store.Store, o Options) *Registry {
 		r.computeTimeout = 30 * time.Minute
 	}
 	r.sem = make(chan struct{}, r.concurrency)
-	return r
+	return r, nil
 }
 
 // Error codes of the distribution spec.
