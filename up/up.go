@@ -25,6 +25,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/wire"
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/metrics"
+	"codeberg.org/provenix/provenix/oci"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
@@ -313,7 +314,11 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	ops := http.NewServeMux()
 	ops.Handle(MetricsPath, s.metrics.Handler())
 	ops.HandleFunc(StatusPath, s.serveStatus)
-	cache := s.withFarmPage(server.Handler(s.store.Store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP}))
+	reg, err := oci.New(s.store.Store, oci.Options{Logger: s.log})
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	cache := s.withFarmPage(server.Handler(s.store.Store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP, Registry: reg}))
 	var handler http.Handler = cache
 	if s.cfg.MetricsListen != "" {
 		if s.metricsLn, err = net.Listen("tcp", s.cfg.MetricsListen); err != nil {

@@ -14,6 +14,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/wire"
+	"codeberg.org/provenix/provenix/oci"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -128,12 +129,19 @@ func newCacheCmd(g *globals) *cobra.Command {
 	var (
 		cache           cacheFlags
 		listen, readers string
+		vsaKey          vsaFlags
+		publicURL       string
 	)
 	serve := &cobra.Command{
 		Use:   "serve [flags]",
 		Short: "Serve a cache directory or S3 bucket over HTTP for nix substituters",
 		Long: `Serve a Provenix cache with the Nix binary-cache protocol: /nix-cache-info,
-/<hash>.narinfo, /nar/..., and /<hash>.provenance.json. The cache is a
+/<hash>.narinfo, /nar/..., and /<hash>.provenance.json; and as a read-only
+OCI registry under /v2/: every published store path is the image
+nix/<hash>-<name>:latest (one layer per path of its closure), plus the tags
+of 'provenix oci tag'. With --vsa-key (the pusher's VSA key) the server
+signs each image's verification summary the first time a client asks for
+it, served as a cosign attestation (referrers API). The cache is a
 directory (--dir) or an S3 bucket (--s3-endpoint, --s3-bucket and the other
 --s3-* flags of 'provenix up'; secret key from --s3-secret-file or
 $PROVENIX_S3_SECRET).
@@ -154,7 +162,15 @@ credentials are readable on the wire.`,
 				return err
 			}
 			defer st.Close()
-			h := server.Handler(st.Store, server.Options{Logger: g.logger()})
+			signer, err := vsaKey.signer()
+			if err != nil {
+				return err
+			}
+			reg, err := oci.New(st.Store, oci.Options{Logger: g.logger(), VSA: signer, PublicURL: publicURL})
+			if err != nil {
+				return err
+			}
+			h := server.Handler(st.Store, server.Options{Logger: g.logger(), Registry: reg})
 			if readers != "" {
 				r, err := server.LoadReaders(readers)
 				if err != nil {
@@ -182,6 +198,8 @@ credentials are readable on the wire.`,
 	}
 	cache.register(serve)
 	serve.Flags().StringVar(&listen, "listen", up.DefaultListen, "address to listen on")
+	vsaKey.register(serve)
+	serve.Flags().StringVar(&publicURL, "public-url", "", "the cache's URL as clients see it, for the URIs in image summaries")
 	serve.Flags().StringVar(&readers, "readers", "", "serve only these readers (HTTP basic auth; a tenant's cache-readers from 'provenix tenant add'); serve behind TLS")
 	cmd.AddCommand(serve)
 	cmd.AddCommand(newGCCmd(g))
