@@ -65,7 +65,7 @@ func newCache(t *testing.T, ctx context.Context) *cache {
 
 // serve starts a cache server with the registry over dir; readers, when
 // set, are required.
-func serve(t *testing.T, dir string, readers server.Readers) string {
+func serve(t testing.TB, dir string, readers server.Readers) string {
 	t.Helper()
 	st, err := local.New(dir)
 	if err != nil {
@@ -89,7 +89,7 @@ func host(url string) string { return strings.TrimPrefix(url, "http://") }
 // repo is the repository name of a store path.
 func repo(p string) string { return "nix/" + filepath.Base(p) }
 
-func crane(t *testing.T) string {
+func crane(t testing.TB) string {
 	t.Helper()
 	bin := testproc.Binary("PROVENIX_CRANE", "crane-0.21.7", "crane")
 	testproc.Require(t, "crane", bin, "scripts/crane.sh build", "PROVENIX_CRANE")
