@@ -22,6 +22,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"codeberg.org/provenix/provenix/cache-push/server"
@@ -502,4 +503,106 @@ func TestPodmanRun(t *testing.T) {
 			t.Fatalf("podman run %s printed:\n%s\nwant %q", ref, out, want)
 		}
 	}
+}
+
+// The routes answer as the distribution spec says: the API check, HEAD
+// and GET of manifests and blobs with their digests, JSON errors, no
+// writes; a layer whose NAR was altered after its digest was recorded is
+// cut short instead of served whole.
+func TestRoutes(t *testing.T) {
+	ctx := testctx.New(t, 5*time.Minute)
+	c := newCache(t, ctx)
+	url := serve(t, c.dir, nil)
+	do := func(method, path string) (*http.Response, []byte, error) {
+		req, _ := http.NewRequestWithContext(ctx, method, url+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp, b, err
+	}
+	must := func(method, path string, code int) (*http.Response, []byte) {
+		t.Helper()
+		resp, b, err := do(method, path)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		if resp.StatusCode != code {
+			t.Fatalf("%s %s: %d %s, want %d", method, path, resp.StatusCode, b, code)
+		}
+		return resp, b
+	}
+	if resp, _ := must(http.MethodGet, "/v2/", http.StatusOK); resp.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
+		t.Fatalf("API check headers: %v", resp.Header)
+	}
+	resp, body := must(http.MethodGet, "/v2/"+repo(c.top)+"/manifests/latest", http.StatusOK)
+	var m v1.Manifest
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(body)
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+	if resp.Header.Get("Docker-Content-Digest") != digest || resp.Header.Get("Content-Type") != "application/vnd.oci.image.manifest.v1+json" ||
+		m.MediaType != "application/vnd.oci.image.manifest.v1+json" || m.Config.MediaType != "application/vnd.oci.image.config.v1+json" {
+		t.Fatalf("manifest: %v %s", resp.Header, body)
+	}
+	for _, l := range m.Layers {
+		if l.MediaType != "application/vnd.oci.image.layer.v1.tar" {
+			t.Fatalf("layer media type %s", l.MediaType)
+		}
+	}
+	head, _ := must(http.MethodHead, "/v2/"+repo(c.top)+"/manifests/"+digest, http.StatusOK)
+	if head.Header.Get("Docker-Content-Digest") != digest || head.ContentLength != int64(len(body)) {
+		t.Fatalf("HEAD manifest by digest: %v", head.Header)
+	}
+	last := m.Layers[len(m.Layers)-1]
+	head, _ = must(http.MethodHead, "/v2/"+repo(c.top)+"/blobs/"+last.Digest.String(), http.StatusOK)
+	if head.Header.Get("Docker-Content-Digest") != last.Digest.String() || head.ContentLength != last.Size {
+		t.Fatalf("HEAD blob: %v", head.Header)
+	}
+	_, blob := must(http.MethodGet, "/v2/"+repo(c.top)+"/blobs/"+last.Digest.String(), http.StatusOK)
+	if h, _, _ := v1.SHA256(strings.NewReader(string(blob))); h != last.Digest {
+		t.Fatalf("blob hashes to %s, want %s", h, last.Digest)
+	}
+	for _, method := range []string{http.MethodPut, http.MethodPost, http.MethodDelete, http.MethodPatch} {
+		if resp, b := must(method, "/v2/"+repo(c.top)+"/manifests/latest", http.StatusMethodNotAllowed); !strings.Contains(string(b), "UNSUPPORTED") {
+			t.Fatalf("%s: %v %s", method, resp.Header, b)
+		}
+	}
+	for path, code := range map[string]int{
+		"/v2/" + repo(c.top) + "/blobs/sha256:xyz":        http.StatusBadRequest,
+		"/v2/" + repo(c.top) + "/blobs/" + digest:         http.StatusNotFound, // a manifest is no blob
+		"/v2/NIX/" + filepath.Base(c.top) + "/tags/list":  http.StatusNotFound,
+		"/v2/" + repo(c.top) + "/uploads/x":               http.StatusNotFound,
+		"/v2/" + repo(c.top) + "/manifests/sha256:" + "0": http.StatusBadRequest,
+	} {
+		if _, b := must(http.MethodGet, path, code); !strings.Contains(string(b), `"errors"`) {
+			t.Errorf("%s: %s, want a JSON error", path, b)
+		}
+	}
+
+	// The top's NAR is replaced by other bytes after its layer was
+	// recorded: the layer is cut short, never served whole.
+	ni := func() string {
+		b, _ := os.ReadFile(filepath.Join(c.dir, cachelayout.NarinfoKey(c.top)))
+		for _, line := range strings.Split(string(b), "\n") {
+			if u, ok := strings.CutPrefix(line, "URL: "); ok {
+				return u
+			}
+		}
+		t.Fatal("no URL in the narinfo")
+		return ""
+	}()
+	nar := filepath.Join(c.dir, filepath.FromSlash(ni))
+	orig, _ := os.ReadFile(nar)
+	zw, _ := zstd.NewWriter(nil)
+	if err := os.WriteFile(nar, zw.EncodeAll([]byte("nix-archive-1 but not this one"), nil), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, err := do(http.MethodGet, "/v2/"+repo(c.top)+"/blobs/"+last.Digest.String()); err == nil {
+		t.Fatalf("a layer of an altered NAR was served whole (%d bytes)", len(b))
+	}
+	os.WriteFile(nar, orig, 0o644)
 }
