@@ -25,17 +25,6 @@ func buildClosure(t testing.TB, ctx context.Context) []string {
 	return closure
 }
 
-func pathNamed(t testing.TB, paths []string, suffix string) string {
-	t.Helper()
-	for _, p := range paths {
-		if strings.HasSuffix(p, suffix) {
-			return p
-		}
-	}
-	t.Fatalf("no path ending in %s among %v", suffix, paths)
-	return ""
-}
-
 // Content-addressed paths Nix made (a builtins.path source, fixed:r:sha256;
 // a builtins.toFile text, text:sha256; a flat fixed-output derivation
 // output, fixed:sha256) are verified by their content address, without
@@ -51,7 +40,7 @@ func TestVerifyContentAddressed(t *testing.T) {
 	}
 	o := cacheclient.VerifyOptions{Verifier: v}
 	for _, suffix := range []string{"-busybox", "-greeting.txt", "-closure-fixed"} {
-		p := pathNamed(t, closure, suffix)
+		p := testnix.PathNamed(t, closure, suffix)
 		ni := testcache.Publish(t, ctx, tc.dir, tc.sk, p)
 		if ni.CA == "" {
 			t.Fatalf("%s: Nix registered no CA", p)
@@ -78,7 +67,7 @@ func TestVerifyContentAddressed(t *testing.T) {
 
 	// A path that is not content-addressed claiming a CA: the store path is
 	// not the one the CA gives.
-	dep := pathNamed(t, closure, "-closure-dep-a")
+	dep := testnix.PathNamed(t, closure, "-closure-dep-a")
 	ni := testcache.Publish(t, ctx, tc.dir, tc.sk, dep)
 	ni.CA = "fixed:r:" + ni.NarHash.String()
 	testcache.Sign(t, ni, tc.sk)
@@ -108,7 +97,7 @@ func TestVerifyClosureWalk(t *testing.T) {
 	for _, p := range closure {
 		testcache.Publish(t, ctx, tc.dir, tc.sk, p)
 	}
-	top := pathNamed(t, closure, "-closure-top")
+	top := testnix.PathNamed(t, closure, "-closure-top")
 	var progress, walked []int
 	cr, err := c.VerifyClosure(ctx, top, cacheclient.ClosureOptions{
 		VerifyOptions: cacheclient.VerifyOptions{Verifier: v},
@@ -136,7 +125,7 @@ func TestVerifyClosureWalk(t *testing.T) {
 	// dep-a's narinfo missing: reported as not in the cache, named with
 	// the path that refers to it; its own references are not followed
 	// (busybox is still reached through other paths).
-	dep := pathNamed(t, closure, "-closure-dep-a")
+	dep := testnix.PathNamed(t, closure, "-closure-dep-a")
 	os.Remove(filepath.Join(tc.dir, cachelayout.NarinfoKey(dep)))
 	cr, err = c.VerifyClosure(ctx, top, cacheclient.ClosureOptions{VerifyOptions: cacheclient.VerifyOptions{Verifier: v}})
 	if err != nil {

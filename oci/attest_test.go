@@ -26,6 +26,7 @@ import (
 	"codeberg.org/provenix/provenix/internal/testcache"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testkey"
+	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/oci"
 	"codeberg.org/provenix/provenix/vsa"
@@ -204,7 +205,7 @@ func TestCosignVerifiesImageVSA(t *testing.T) {
 	// says so (someone with write access to the store, or a bug), and its
 	// layer record is gone, so the layer and the image get new digests.
 	oldImage := digest
-	dep := pathNamed(t, a.closure, "-closure-dep-a")
+	dep := testnix.PathNamed(t, a.closure, "-closure-dep-a")
 	tamper(t, a, dep)
 	// A fresh server: a running one keeps an image it built for a minute.
 	ref = serveSigning(t, a.dir, a.signer) + "/" + repo(a.top)
@@ -263,17 +264,6 @@ func readNarinfo(t *testing.T, dir, p string) *narinfo.NarInfo {
 		t.Fatal(err)
 	}
 	return ni
-}
-
-func pathNamed(t *testing.T, paths []string, suffix string) string {
-	t.Helper()
-	for _, p := range paths {
-		if strings.HasSuffix(p, suffix) {
-			return p
-		}
-	}
-	t.Fatalf("no path ending in %s among %v", suffix, paths)
-	return ""
 }
 
 func lastJSONLine(out string) string {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"strings"
@@ -94,7 +95,7 @@ func (r *Registry) closure(ctx context.Context, root string) ([]*narinfo.NarInfo
 	}
 	out := make([]*narinfo.NarInfo, 0, len(seen))
 	out = append(out, seen[root])
-	for _, p := range sortedKeys(seen) {
+	for _, p := range slices.Sorted(maps.Keys(seen)) {
 		if p != root {
 			out = append(out, seen[p])
 		}
@@ -253,15 +254,6 @@ const annotationStorePath = "dev.provenix.store-path"
 func descriptorOf(mt types.MediaType, b []byte) v1.Descriptor {
 	h, n, _ := v1.SHA256(bytes.NewReader(b))
 	return v1.Descriptor{MediaType: mt, Size: n, Digest: h}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // imageCache keeps recently built images; it is bounded, dropping an

@@ -14,14 +14,8 @@ import (
 // ?artifactType= when given. An image whose summary cannot be made gets an
 // empty index; the reason is logged.
 func (r *Registry) serveReferrers(ctx context.Context, w http.ResponseWriter, req *http.Request, name, digest string) {
-	d, err := v1.NewHash(digest)
-	if err != nil {
-		r.fail(w, req, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
-		return
-	}
-	imgs, err := r.images(ctx, name)
-	if err != nil {
-		r.storeFailure(w, req, codeNameUnknown, err)
+	d, imgs, ok := r.digestAndImages(ctx, w, req, name, digest, codeNameUnknown)
+	if !ok {
 		return
 	}
 	idx := v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex, Manifests: []v1.Descriptor{}}

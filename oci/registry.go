@@ -277,16 +277,26 @@ func (r *Registry) images(ctx context.Context, name string) ([]*image, error) {
 	return out, nil
 }
 
+// digestAndImages parses a digest of a request and returns the images of
+// name; when either fails it answers the request and returns false.
+func (r *Registry) digestAndImages(ctx context.Context, w http.ResponseWriter, req *http.Request, name, digest, code string) (v1.Hash, []*image, bool) {
+	d, err := v1.NewHash(digest)
+	if err != nil {
+		r.fail(w, req, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
+		return v1.Hash{}, nil, false
+	}
+	imgs, err := r.images(ctx, name)
+	if err != nil {
+		r.storeFailure(w, req, code, err)
+		return v1.Hash{}, nil, false
+	}
+	return d, imgs, true
+}
+
 func (r *Registry) serveManifest(ctx context.Context, w http.ResponseWriter, req *http.Request, name, reference string) {
 	if strings.Contains(reference, ":") {
-		d, err := v1.NewHash(reference)
-		if err != nil {
-			r.fail(w, req, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
-			return
-		}
-		imgs, err := r.images(ctx, name)
-		if err != nil {
-			r.storeFailure(w, req, codeManifestUnknown, err)
+		d, imgs, ok := r.digestAndImages(ctx, w, req, name, reference, codeManifestUnknown)
+		if !ok {
 			return
 		}
 		for _, img := range imgs {
@@ -317,14 +327,8 @@ func (r *Registry) serveManifest(ctx context.Context, w http.ResponseWriter, req
 }
 
 func (r *Registry) serveBlob(ctx context.Context, w http.ResponseWriter, req *http.Request, name, digest string) {
-	d, err := v1.NewHash(digest)
-	if err != nil {
-		r.fail(w, req, http.StatusBadRequest, codeDigestInvalid, "invalid digest")
-		return
-	}
-	imgs, err := r.images(ctx, name)
-	if err != nil {
-		r.storeFailure(w, req, codeBlobUnknown, err)
+	d, imgs, ok := r.digestAndImages(ctx, w, req, name, digest, codeBlobUnknown)
+	if !ok {
 		return
 	}
 	for _, img := range imgs {

@@ -57,3 +57,16 @@ func BuildClosure(t testing.TB, ctx context.Context, message string) (top string
 	}
 	return top, strings.Fields(string(out))
 }
+
+// PathNamed returns the path of paths whose name ends in suffix, failing
+// the test when none does.
+func PathNamed(t testing.TB, paths []string, suffix string) string {
+	t.Helper()
+	for _, p := range paths {
+		if strings.HasSuffix(p, suffix) {
+			return p
+		}
+	}
+	t.Fatalf("no path ending in %s among %v", suffix, paths)
+	return ""
+}
