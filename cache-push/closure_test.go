@@ -30,6 +30,7 @@ import (
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/storepath"
+	"codeberg.org/provenix/provenix/vsa"
 )
 
 // closureFixture is a pusher on a real NATS with builders b0, b1, …,
@@ -104,7 +105,7 @@ func newClosureFixture(t *testing.T, policyExtra string, builders int, mod func(
 	cf.pol = p
 	cf.order = &orderStore{Store: f.store}
 	cf.cfg = Config{KV: f.conn, Store: cf.order, Policy: p, CacheKey: f.pusher.cfg.CacheKey, Staging: f.conn, Events: f.conn,
-		SweepEvery: 50 * time.Millisecond, Metrics: nil, UncheckedOutputPathsUnsafe: true}
+		SweepEvery: 50 * time.Millisecond, Metrics: nil, VSA: f.pusher.cfg.VSA, UncheckedOutputPathsUnsafe: true}
 	if mod != nil {
 		mod(&cf.cfg)
 	}
@@ -231,6 +232,10 @@ func (cf *closureFixture) isVisible(t *testing.T, storePath string) bool {
 	_, err := cf.store.Stat(testctx.New(t, 60*time.Second), cachelayout.NarinfoKey(storePath))
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		t.Fatal(err)
+	}
+	if err == nil && cf.cfg.VSA != nil {
+		// Every visible path has its verification summary.
+		cf.checkVSA(t, cf.pusher, storePath)
 	}
 	return err == nil
 }
@@ -494,6 +499,12 @@ func TestClosureSources(t *testing.T) {
 		if err != nil || ni.CA != s.CA || !cf.cachePub.Verify(ni.Fingerprint(), ni.Signatures[0]) {
 			t.Fatalf("source narinfo %v:\n%s", err, b)
 		}
+		// Its summary claims its content address, and no build level:
+		// no builder attested it.
+		v := cf.checkVSA(t, cf.pusher, s.Path)
+		if !slices.Equal(v.VerifiedLevels, []string{vsa.ContentAddressed}) || len(v.InputAttestations) != 0 {
+			t.Fatalf("VSA of source %s: levels %v, inputs %v", s.Path, v.VerifiedLevels, v.InputAttestations)
+		}
 	}
 	if cf.isVisible(t, storePath("uses")) {
 		t.Fatal("output visible on one vote of two")
@@ -503,6 +514,10 @@ func TestClosureSources(t *testing.T) {
 	cf.process(t, r2, d2)
 	if !cf.isVisible(t, storePath("uses")) {
 		t.Fatal("output not visible after its quorum")
+	}
+	// Two builders agreed: both bundles are the summary's inputs.
+	if v := cf.checkVSA(t, cf.pusher, storePath("uses")); len(v.InputAttestations) != 2 || !slices.Equal(v.VerifiedLevels, []string{vsa.BuildLevel2}) {
+		t.Fatalf("VSA of the output: levels %v, inputs %v", v.VerifiedLevels, v.InputAttestations)
 	}
 
 	bad := func(name string, mut func(o *queue.Output)) {

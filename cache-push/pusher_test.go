@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -36,6 +38,7 @@ import (
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/storepath"
+	"codeberg.org/provenix/provenix/vsa"
 )
 
 const (
@@ -50,6 +53,8 @@ type fixture struct {
 	pusher   *Pusher
 	signer   *attest.Signer
 	cachePub signature.PublicKey
+	// vsaKey signs the pusher's verification summaries.
+	vsaKey *attest.Signer
 
 	mu     sync.Mutex
 	events []*nats.Msg
@@ -91,12 +96,20 @@ func newFixtureAt(t testing.TB, cacheDir string, log *slog.Logger) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pu, err := New(Config{KV: conn, Store: st, Policy: p, CacheKey: cacheKey, Staging: conn, Events: conn, Logger: log,
-		UncheckedOutputPathsUnsafe: true}) // made-up derivations
+	vsaKey, err := attest.GenerateKeyFiles(filepath.Join(dir, "vsa"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{conn: conn, store: st, pusher: pu, signer: signer, cachePub: cachePub}
+	vs, err := vsa.NewSigner(vsa.SignerOptions{Key: vsaKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pu, err := New(Config{KV: conn, Store: st, Policy: p, CacheKey: cacheKey, Staging: conn, Events: conn, Logger: log,
+		VSA: vs, UncheckedOutputPathsUnsafe: true}) // made-up derivations
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{conn: conn, store: st, pusher: pu, signer: signer, cachePub: cachePub, vsaKey: vsaKey}
 	sub, err := conn.NATS().Subscribe("events.>", func(m *nats.Msg) {
 		f.mu.Lock()
 		f.events = append(f.events, m)
@@ -215,13 +228,14 @@ func (f *fixture) narinfos(t *testing.T) []string {
 }
 
 // keys lists every key in the cache under prefix.
-// keys lists the cache's entries' objects under prefix: all but the
-// nix-cache-info the pusher stores when it opens.
+// keys lists the cache's entries' objects under prefix: all but what the
+// pusher stores when it opens (nix-cache-info, the verifier's documents).
 func (f *fixture) keys(t *testing.T, prefix string) []string {
 	t.Helper()
 	var keys []string
+	opened := []string{cachelayout.CacheInfoKey, cachelayout.PolicyKey, cachelayout.VerifierKey, cachelayout.VSAPublicKeyKey}
 	err := f.store.List(testctx.New(t, 60*time.Second), prefix, func(i store.Info) error {
-		if i.Key != "nix-cache-info" {
+		if !slices.Contains(opened, i.Key) {
 			keys = append(keys, i.Key)
 		}
 		return nil
@@ -296,6 +310,65 @@ func (f *fixture) checkEntry(t *testing.T, r *queue.Result) {
 	}
 	if prov.NarSHA256 != o.NarHash || prov.StorePath != o.Path || len(prov.Bundles) != 1 {
 		t.Fatalf("sidecar: %+v", prov)
+	}
+	v := f.checkVSA(t, f.pusher, o.Path)
+	if len(v.InputAttestations) != 1 || !slices.Contains(v.VerifiedLevels, vsa.BuildLevel2) {
+		t.Fatalf("VSA of a built path: %+v", v.Summary)
+	}
+	f.checkAllVSAs(t, f.pusher)
+}
+
+// checkVSA asserts that storePath's verification summary verifies with
+// the fixture's VSA key, for the NAR its narinfo names, under the
+// policy of p; and returns it.
+func (f *fixture) checkVSA(t *testing.T, p *Pusher, storePath string) *vsa.Verified {
+	t.Helper()
+	ctx := testctx.New(t, 60*time.Second)
+	b, err := store.ReadAll(ctx, f.store, cachelayout.NarinfoKey(storePath), 1<<20)
+	if err != nil {
+		t.Fatalf("narinfo of %s: %v", storePath, err)
+	}
+	ni, err := narinfo.Parse(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := store.ReadAll(ctx, f.store, cachelayout.VSAKey(storePath), 1<<20)
+	if err != nil {
+		t.Fatalf("published %s has no VSA: %v", storePath, err)
+	}
+	v, err := vsa.NewVerifier(nil, attest.WithKeys(vsa.TrustedVerifier{ID: vsa.DefaultVerifierID, PublicKey: f.vsaKey.GetPublicKey()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := p.cfg.Policy.Document()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := v.Verify(bundle, vsa.Expect{
+		Subject:      vsa.Subject{Name: storePath, Digest: map[string]string{"sha256": hex.EncodeToString(ni.NarHash.Digest())}},
+		PolicyDigest: vsa.DocumentDigest(doc),
+		ResourceURI:  cachelayout.NarinfoKey(storePath),
+	})
+	if err != nil {
+		t.Fatalf("VSA of %s: %v", storePath, err)
+	}
+	return got
+}
+
+// checkAllVSAs asserts that every narinfo in the cache has a VSA that
+// verifies (checkVSA).
+func (f *fixture) checkAllVSAs(t *testing.T, p *Pusher) {
+	t.Helper()
+	for _, k := range f.narinfos(t) {
+		b, err := store.ReadAll(testctx.New(t, 60*time.Second), f.store, k, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ni, err := narinfo.Parse(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.checkVSA(t, p, ni.StorePath)
 	}
 }
 

@@ -56,6 +56,10 @@ func (c *Client) VerifyClosure(ctx context.Context, root string, o ClosureOption
 	if o.Concurrency <= 0 {
 		o.Concurrency = 4
 	}
+	vt, why, err := c.loadVSATrust(ctx, o.VSA)
+	if err != nil {
+		return nil, err
+	}
 	// narinfos are small: the walk can have more requests in flight.
 	nodes, err := c.walk(ctx, root, 4*o.Concurrency, o.Walking)
 	if err != nil {
@@ -81,7 +85,7 @@ func (c *Client) VerifyClosure(ctx context.Context, root string, o ClosureOption
 			if rep == nil {
 				rep = &Report{StorePath: n.path, From: c.base, Quorum: o.Quorum}
 				var err error
-				if rep, err = c.verifyNarinfo(ctx, rep, n.ni, o.VerifyOptions); err != nil {
+				if rep, err = c.verifyNarinfo(ctx, rep, n.ni, o.VerifyOptions, vt, why); err != nil {
 					mu.Lock()
 					errs = append(errs, fmt.Errorf("%s: %w", n.path, err))
 					mu.Unlock()

@@ -46,6 +46,19 @@ func (r *Report) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "    finished %s with Nix %s\n", a.FinishedOn.UTC().Format(time.RFC3339), a.NixVersion)
 		}
 	}
+	if v := r.VSA; v != nil {
+		switch {
+		case !v.Checked && v.Error != "":
+			fmt.Fprintf(w, "  verification summary: %s\n", v.Error)
+		case !v.Checked:
+			fmt.Fprintf(w, "  verification summary: %s\n", v.Trust)
+		case v.Verified:
+			fmt.Fprintf(w, "  verification summary: %s by %q (%s, key %s) at %s, levels %v, policy sha256 %s\n",
+				v.Result, v.Verifier, v.Trust, v.KeyID, v.TimeVerified.UTC().Format(time.RFC3339), v.Levels, v.PolicySHA256)
+		default:
+			fmt.Fprintf(w, "  verification summary: rejected: %s\n", v.Error)
+		}
+	}
 	fmt.Fprintf(w, "  verdict: %s\n", r.Verdict)
 	if r.Reason != "" {
 		fmt.Fprintf(w, "  reason: %s\n", r.Reason)

@@ -34,6 +34,9 @@ type Report struct {
 	// References are the absolute store paths the narinfo lists.
 	References   []string      `json:"references,omitempty"`
 	Attestations []Attestation `json:"attestations"`
+	// VSA is the check of the cache's verification summary (cache
+	// entries only).
+	VSA *VSAReport `json:"vsa,omitempty"`
 }
 
 // Attestation is one provenance bundle's outcome.
@@ -74,6 +77,8 @@ type VerifyOptions struct {
 	// (policy.Policy.DistinctKey under the path's quorum rule), and verify
 	// counts as it does when given the policy. Nil counts builder ids.
 	Distinct func(builderID, system, storePath string) string
+	// VSA says how a cache entry's verification summary is checked.
+	VSA VSAOptions
 }
 
 func (o *VerifyOptions) check() error {
@@ -112,6 +117,10 @@ func (c *Client) Verify(ctx context.Context, storePath string, o VerifyOptions) 
 		return nil, err
 	}
 	rep := &Report{StorePath: storePath, From: c.base, Quorum: o.Quorum}
+	vt, why, err := c.loadVSATrust(ctx, o.VSA)
+	if err != nil {
+		return nil, err
+	}
 	ni, err := c.Narinfo(ctx, storePath)
 	switch {
 	case errors.Is(err, ErrUntrusted):
@@ -122,10 +131,12 @@ func (c *Client) Verify(ctx context.Context, storePath string, o VerifyOptions) 
 	case err != nil:
 		return nil, err
 	}
-	return c.verifyNarinfo(ctx, rep, ni, o)
+	return c.verifyNarinfo(ctx, rep, ni, o, vt, why)
 }
 
-func (c *Client) verifyNarinfo(ctx context.Context, rep *Report, ni *narinfo.NarInfo, o VerifyOptions) (*Report, error) {
+// verifyNarinfo verifies the entry of ni; vt checks its summary (nil:
+// unchecked, for the reason why).
+func (c *Client) verifyNarinfo(ctx context.Context, rep *Report, ni *narinfo.NarInfo, o VerifyOptions, vt *vsaTrust, why string) (*Report, error) {
 	if c.ChecksSignatures() {
 		rep.NarinfoSig = "valid"
 	}
@@ -163,6 +174,11 @@ func (c *Client) verifyNarinfo(ctx context.Context, rep *Report, ni *narinfo.Nar
 		// quorum: Nix trusts content-addressed paths the same way). Any
 		// bundles stay listed with their outcome.
 		rep.Verified, rep.Verdict, rep.Reason = true, "content-addressed: "+ni.CA+" matches the store path and the NAR", ""
+	}
+	// The pusher's summary must also hold: it says this NAR passed the
+	// policy the cache serves.
+	if err := c.checkVSA(ctx, rep, vt, why); err != nil {
+		return nil, err
 	}
 	return rep, nil
 }

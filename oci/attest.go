@@ -59,6 +59,10 @@ const (
 // emptyJSON is the OCI empty descriptor's content.
 var emptyJSON = []byte("{}")
 
+// ErrKeylessVSA: a keyless VSA signer cannot sign image summaries, which
+// need the paths' summaries verified by the signer's own key.
+var ErrKeylessVSA = errors.New("oci: image summaries need a VSA key, not a keyless signer")
+
 // ErrNoSummary: the image gets no verification summary (a path without a
 // valid summary of its own, no policy served, no signer).
 var ErrNoSummary = errors.New("oci: no verification summary for the image")
@@ -216,7 +220,7 @@ func (r *Registry) referrerBlob(ctx context.Context, img *image, d v1.Hash) ([]b
 func newSummaryVerifier(s *vsa.Signer) (*vsa.Verifier, error) {
 	pub := s.PublicKey()
 	if pub == nil {
-		return nil, errors.New("oci: image summaries need a VSA key (keyless VSA signers are not supported yet)")
+		return nil, ErrKeylessVSA
 	}
 	return vsa.NewVerifier(nil, attest.WithKeys(vsa.TrustedVerifier{ID: s.VerifierID(), PublicKey: pub}))
 }

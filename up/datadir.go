@@ -22,6 +22,8 @@ func (p Paths) BuilderKey() string { return filepath.Join(p.Dir, "keys", "builde
 func (p Paths) BuilderPub() string { return p.BuilderKey() + ".pub" }
 func (p Paths) CacheKey() string   { return filepath.Join(p.Dir, "keys", "cache") }
 func (p Paths) CachePub() string   { return p.CacheKey() + ".pub" }
+func (p Paths) VSAKey() string     { return filepath.Join(p.Dir, "keys", "vsa") }
+func (p Paths) VSAPub() string     { return p.VSAKey() + ".pub" }
 func (p Paths) Policy() string     { return filepath.Join(p.Dir, "policy.yaml") }
 func (p Paths) NATS() string       { return filepath.Join(p.Dir, "nats") }
 func (p Paths) Cache() string      { return filepath.Join(p.Dir, "cache") }
@@ -43,8 +45,8 @@ func DefaultDataDir() string {
 	return ".provenix"
 }
 
-// Init creates what a data directory lacks: builder and cache keys, a NATS
-// token and a policy trusting the local builder. Existing files are kept.
+// Init creates what a data directory lacks: builder, cache and VSA keys, a
+// NATS token and a policy trusting the local builder. Existing files are kept.
 // It reports what it created.
 func Init(p Paths) ([]string, error) {
 	var created []string
@@ -62,6 +64,16 @@ func Init(p Paths) ([]string, error) {
 			return created, err
 		}
 		created = append(created, p.CacheKey(), p.CachePub())
+	}
+	if !exists(p.VSAKey()) {
+		// The pusher's own key for verification summaries: not the
+		// builder's (a pusher vouching for what it verified is not a
+		// builder attesting what it built) and not the Nix cache key
+		// (an ECDSA P-256 key, as Sigstore bundles need).
+		if _, err := attest.GenerateKeyFiles(p.VSAKey()); err != nil {
+			return created, err
+		}
+		created = append(created, p.VSAKey(), p.VSAPub())
 	}
 	if !exists(p.NATSToken()) {
 		b := make([]byte, 24)

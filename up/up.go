@@ -28,6 +28,7 @@ import (
 	"codeberg.org/provenix/provenix/oci"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
+	"codeberg.org/provenix/provenix/vsa"
 )
 
 // Defaults of a fresh data directory.
@@ -85,7 +86,13 @@ type Config struct {
 	// Concurrency is how many results the pusher handles at once;
 	// DefaultConcurrency when 0.
 	Concurrency int
-	Logger      *slog.Logger
+	// VSA is how the pusher signs verification summaries; without a key,
+	// key file or keyless options, with the data directory's keys/vsa.
+	VSA vsa.SignerOptions
+	// PublicURL is the cache's public base URL the summaries name
+	// (cachepush.Config.CacheURL); relative to the cache when empty.
+	PublicURL string
+	Logger    *slog.Logger
 }
 
 // Stack is a running all-in-one Provenix.
@@ -236,6 +243,14 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	vo := s.cfg.VSA
+	if vo.Key == nil && vo.KeyFile == "" && vo.Keyless == nil {
+		vo.KeyFile = s.paths.VSAKey()
+	}
+	vsaSigner, err := vsa.NewSigner(vo)
+	if err != nil {
+		return err
+	}
 
 	opts := s.cfg.NATSOptions
 	s.natsURL = s.cfg.NATSURL
@@ -295,7 +310,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 		}
 	}
 	s.pusher, err = wire.StartPusher(ctx, wire.PusherOptions{
-		Conn: s.conn, Store: s.store.Store, Policy: pol, CacheKey: cacheKey, Logger: s.log, Metrics: s.metrics.Pusher,
+		Conn: s.conn, Store: s.store.Store, Policy: pol, CacheKey: cacheKey, VSA: vsaSigner, CacheURL: s.cfg.PublicURL, Logger: s.log, Metrics: s.metrics.Pusher,
 		Tenant: s.cfg.Tenant, Group: s.cfg.Group, Concurrency: s.cfg.Concurrency,
 	})
 	if err != nil {
@@ -314,7 +329,14 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	ops := http.NewServeMux()
 	ops.Handle(MetricsPath, s.metrics.Handler())
 	ops.HandleFunc(StatusPath, s.serveStatus)
-	reg, err := oci.New(s.store.Store, oci.Options{Logger: s.log})
+	// The registry signs images' summaries with the pusher's VSA key; a
+	// keyless pusher's images get none (oci.ErrKeylessVSA).
+	regVSA := vsaSigner
+	if regVSA.PublicKey() == nil {
+		regVSA = nil
+		s.log.Warn("OCI images get no verification summary: the pusher signs keylessly")
+	}
+	reg, err := oci.New(s.store.Store, oci.Options{Logger: s.log, VSA: regVSA, PublicURL: s.cfg.PublicURL})
 	if err != nil {
 		return fmt.Errorf("registry: %w", err)
 	}

@@ -19,7 +19,7 @@ import (
 func TestInitKeepsExistingFiles(t *testing.T) {
 	p := Paths{Dir: t.TempDir()}
 	created, err := Init(p)
-	if err != nil || len(created) != 6 {
+	if err != nil || len(created) != 8 {
 		t.Fatalf("first Init created %v, %v", created, err)
 	}
 	before, _ := os.ReadFile(p.BuilderKey())
@@ -31,7 +31,7 @@ func TestInitKeepsExistingFiles(t *testing.T) {
 	if !bytes.Equal(before, after) {
 		t.Fatal("Init replaced the builder key")
 	}
-	for _, f := range []string{p.BuilderKey(), p.CacheKey(), p.NATSToken()} {
+	for _, f := range []string{p.BuilderKey(), p.CacheKey(), p.VSAKey(), p.NATSToken()} {
 		if fi, err := os.Stat(f); err != nil || fi.Mode().Perm() != 0o600 {
 			t.Errorf("%s: mode %v, %v; want 0600", f, fi.Mode().Perm(), err)
 		}
@@ -41,6 +41,9 @@ func TestInitKeepsExistingFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := cachepush.LoadKey(p.CacheKey()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := attest.LoadSigner(p.VSAKey()); err != nil {
 		t.Fatal(err)
 	}
 	pol, err := policy.Load(p.Policy())

@@ -22,8 +22,11 @@ type SignerOptions struct {
 	// VerifierID is the verifier.id of every summary signed
 	// (DefaultVerifierID when empty); a URI.
 	VerifierID string
-	// Key signs summaries (an *attest.Signer loaded from a file).
+	// Key signs summaries (an *attest.Signer).
 	Key sign.Keypair
+	// KeyFile, instead of Key, is a PKCS#8 PEM key file (attest.LoadSigner:
+	// readable by its owner only).
+	KeyFile string
 	// Keyless signs with a Fulcio certificate for an OIDC identity instead
 	// of Key. Its IDToken, or the file IDTokenFile names, holds the token.
 	Keyless *attest.KeylessOptions
@@ -49,6 +52,16 @@ type Signer struct {
 
 // NewSigner checks o and returns a Signer.
 func NewSigner(o SignerOptions) (*Signer, error) {
+	if o.KeyFile != "" {
+		if o.Key != nil {
+			return nil, errors.New("vsa: give a signing key or a key file, not both")
+		}
+		k, err := attest.LoadSigner(o.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("vsa: %w", err)
+		}
+		o.Key = k
+	}
 	s := &Signer{id: o.VerifierID, key: o.Key, idTokenFile: o.IDTokenFile, issuer: o.Issuer, san: o.SAN}
 	if s.id == "" {
 		s.id = DefaultVerifierID

@@ -386,3 +386,38 @@ func TestNoVisibleNarinfoMissesAReference(t *testing.T) {
 		t.Fatalf("left: %v", ks)
 	}
 }
+
+// TestVSACollected: a collected path's verification summary goes with
+// it, a kept path's stays, and an orphan summary (an interrupted push
+// writes it before the narinfo) goes once past the grace period.
+func TestVSACollected(t *testing.T) {
+	c := newTestCache(t)
+	kept, _ := c.add("kept", time.Hour)
+	old, _ := c.add("old", 30*day)
+	for _, sp := range []string{kept, old} {
+		c.put(hashPart(sp)+".vsa.json", []byte(`{}`), 30*day)
+	}
+	half, fresh := storePath("half"), storePath("fresh-half")
+	c.put(hashPart(half)+".vsa.json", []byte(`{}`), 2*day)
+	c.put(hashPart(fresh)+".vsa.json", []byte(`{}`), time.Minute)
+
+	rep, err := Run(testctx.New(t, 30*time.Second), c.st, Options{MaxAge: 7 * day, Grace: day, Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.exists(hashPart(kept) + ".vsa.json") {
+		t.Error("the VSA of a kept path was collected")
+	}
+	if c.exists(hashPart(old) + ".vsa.json") {
+		t.Error("the VSA of a collected path survived")
+	}
+	if c.exists(hashPart(half) + ".vsa.json") {
+		t.Error("an orphan VSA past the grace period survived")
+	}
+	if !c.exists(hashPart(fresh) + ".vsa.json") {
+		t.Error("an orphan VSA within the grace period (a push in progress) was collected")
+	}
+	if len(rep.Paths) != 1 || !slices.ContainsFunc(rep.Paths[0].Objects, func(o Object) bool { return strings.HasSuffix(o.Key, ".vsa.json") }) {
+		t.Errorf("report: %+v", rep.Paths)
+	}
+}

@@ -14,10 +14,11 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/metrics"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/vsa"
 )
 
 // PusherOptions are what StartPusher wires together. Conn, Store, Policy,
-// CacheKey, Tenant and Group are required.
+// CacheKey, VSA, Tenant and Group are required.
 type PusherOptions struct {
 	// Conn is the pusher's NATS connection: its results consumer, the
 	// staged NARs, the votes and builder records, events and rebuild
@@ -43,6 +44,11 @@ type PusherOptions struct {
 	AckWait time.Duration
 	// MaxFailures is cachepush.Config.MaxFailures.
 	MaxFailures int
+	// VSA signs the verification summary of every path published
+	// (cachepush.Config.VSA); required. CacheURL is the cache's public
+	// base URL the summaries name, when known.
+	VSA      *vsa.Signer
+	CacheURL string
 }
 
 // StartPusher builds a pusher from o (the policy's upstream caches
@@ -50,8 +56,8 @@ type PusherOptions struct {
 // closes it with Pusher.Close.
 func StartPusher(ctx context.Context, o PusherOptions) (*cachepush.Pusher, error) {
 	var errs []error
-	if o.Conn == nil || o.Store == nil || o.Policy == nil {
-		errs = append(errs, errors.New("a NATS connection, a store and a policy are required"))
+	if o.Conn == nil || o.Store == nil || o.Policy == nil || o.VSA == nil {
+		errs = append(errs, errors.New("a NATS connection, a store, a policy and a VSA signer are required"))
 	}
 	if o.Tenant == "" || o.Group == "" {
 		errs = append(errs, errors.New("tenant and group are required"))
@@ -72,7 +78,7 @@ func StartPusher(ctx context.Context, o PusherOptions) (*cachepush.Pusher, error
 	cfg := cachepush.Config{
 		KV: o.Conn, Rebuilds: o.Conn, Staging: o.Conn, Events: o.Conn,
 		Store: o.Store, Policy: o.Policy, CacheKey: o.CacheKey, Logger: o.Logger, Metrics: o.Metrics,
-		Upstreams: ups, MaxFailures: o.MaxFailures,
+		Upstreams: ups, MaxFailures: o.MaxFailures, VSA: o.VSA, CacheURL: o.CacheURL,
 	}
 	if o.AckWait > 0 {
 		// Well under AckWait, so a slow push keeps its message.

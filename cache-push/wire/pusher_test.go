@@ -14,6 +14,7 @@ import (
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
+	"codeberg.org/provenix/provenix/vsa"
 )
 
 // pusherParts are a real embedded NATS server with the streams, a local
@@ -56,7 +57,15 @@ func pusherParts(t *testing.T) PusherOptions {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return PusherOptions{Conn: conn, Store: st, Policy: pol, CacheKey: key, Tenant: "t1", Group: "g"}
+	vk, err := attest.GenerateKeyFiles(filepath.Join(dir, "vsa"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, err := vsa.NewSigner(vsa.SignerOptions{Key: vk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return PusherOptions{Conn: conn, Store: st, Policy: pol, CacheKey: key, VSA: vs, Tenant: "t1", Group: "g"}
 }
 
 // TestStartPusher: the pusher it returns is open: it has written the
@@ -69,8 +78,10 @@ func TestStartPusher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := o.Store.Stat(t.Context(), cachelayout.CacheInfoKey); err != nil {
-		t.Errorf("no %s after StartPusher: %v", cachelayout.CacheInfoKey, err)
+	for _, k := range []string{cachelayout.CacheInfoKey, cachelayout.PolicyKey, cachelayout.VerifierKey, cachelayout.VSAPublicKeyKey} {
+		if _, err := o.Store.Stat(t.Context(), k); err != nil {
+			t.Errorf("no %s after StartPusher: %v", k, err)
+		}
 	}
 	c, err := o.Conn.JetStream().Consumer(t.Context(), queue.StreamResults, queue.ConsumerPrefix+"g")
 	if err != nil {
@@ -96,6 +107,7 @@ func TestStartPusherInvalid(t *testing.T) {
 		"no conn":           func(o *PusherOptions) { o.Conn = nil },
 		"no store":          func(o *PusherOptions) { o.Store = nil },
 		"no policy":         func(o *PusherOptions) { o.Policy = nil },
+		"no VSA signer":     func(o *PusherOptions) { o.VSA = nil },
 		"no tenant":         func(o *PusherOptions) { o.Tenant = "" },
 		"no group":          func(o *PusherOptions) { o.Group = "" },
 		"short ack wait":    func(o *PusherOptions) { o.AckWait = time.Second },

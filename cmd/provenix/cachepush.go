@@ -24,6 +24,7 @@ type pushFlags struct {
 	cache    cacheFlags
 	policy   string
 	cacheKey string
+	vsa      vsaFlags
 	group    string
 	tenant   string
 
@@ -41,7 +42,8 @@ func newCachePushCmd(g *globals) *cobra.Command {
 		Long: `Consume results from NATS as a member of a pusher group (every group sees every
 result; members of one group share them), verify each bundle, apply the
 policy and write accepted outputs into a binary cache directory: NAR first,
-then the provenance sidecar, then the signed narinfo. Rejections are logged
+then the provenance sidecar, then the verification summary (VSA, signed
+with --vsa-key or keylessly), then the signed narinfo. Rejections are logged
 and published on events.<tenant>.rejected; a result failing --max-failures
 times for a reason other than an outage of the store or NATS is given up
 and published on events.<tenant>.dead-letter.
@@ -58,6 +60,7 @@ abandoned uploads older than a day, hourly.`,
 	}
 	f.nats.register(cmd)
 	f.cache.register(cmd)
+	f.vsa.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.policy, "policy", "", "policy file (default: the data directory's policy.yaml)")
 	fl.StringVar(&f.cacheKey, "cache-key", "", "Nix cache secret key (default: the data directory's keys/cache.key)")
@@ -96,6 +99,10 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
+	vs, err := f.vsa.signer(p.VSAKey())
+	if err != nil {
+		return err
+	}
 	log := g.logger()
 	st, err := f.cache.open(ctx, g, false, true)
 	if err != nil {
@@ -111,7 +118,7 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return err
 	}
 	pu, err := wire.StartPusher(ctx, wire.PusherOptions{
-		Conn: conn, Store: st.Store, Policy: pol, CacheKey: key, Logger: log,
+		Conn: conn, Store: st.Store, Policy: pol, CacheKey: key, VSA: vs, CacheURL: f.vsa.publicURL, Logger: log,
 		Tenant: f.tenant, Group: f.group, Concurrency: f.concurrency, AckWait: f.ackWait, MaxFailures: f.maxFailures,
 	})
 	if err != nil {
@@ -130,7 +137,6 @@ func newCacheCmd(g *globals) *cobra.Command {
 		cache           cacheFlags
 		listen, readers string
 		vsaKey          vsaFlags
-		publicURL       string
 	)
 	serve := &cobra.Command{
 		Use:   "serve [flags]",
@@ -162,12 +168,14 @@ credentials are readable on the wire.`,
 				return err
 			}
 			defer st.Close()
-			signer, err := vsaKey.signer()
+			signer, err := vsaKey.imageSigner()
 			if err != nil {
 				return err
 			}
-			reg, err := oci.New(st.Store, oci.Options{Logger: g.logger(), VSA: signer, PublicURL: publicURL})
-			if err != nil {
+			reg, err := oci.New(st.Store, oci.Options{Logger: g.logger(), VSA: signer, PublicURL: vsaKey.publicURL})
+			if errors.Is(err, oci.ErrKeylessVSA) {
+				return usageError("%v", err)
+			} else if err != nil {
 				return err
 			}
 			h := server.Handler(st.Store, server.Options{Logger: g.logger(), Registry: reg})
@@ -199,7 +207,6 @@ credentials are readable on the wire.`,
 	cache.register(serve)
 	serve.Flags().StringVar(&listen, "listen", up.DefaultListen, "address to listen on")
 	vsaKey.register(serve)
-	serve.Flags().StringVar(&publicURL, "public-url", "", "the cache's URL as clients see it, for the URIs in image summaries")
 	serve.Flags().StringVar(&readers, "readers", "", "serve only these readers (HTTP basic auth; a tenant's cache-readers from 'provenix tenant add'); serve behind TLS")
 	cmd.AddCommand(serve)
 	cmd.AddCommand(newGCCmd(g))

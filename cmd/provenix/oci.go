@@ -5,7 +5,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/oci"
 	"codeberg.org/provenix/provenix/vsa"
 )
@@ -66,29 +65,14 @@ store paths' own and cannot be tagged. --delete NAME:TAG removes a tag.`,
 	return cmd
 }
 
-// vsaFlags name the key image summaries are signed with: the pusher's
-// VSA key, so that cosign checks images and paths with one public key.
-type vsaFlags struct {
-	key, verifierID string
-}
-
-func (f *vsaFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.key, "vsa-key", "", "the pusher's VSA key (PEM): sign OCI images' verification summaries with it")
-	cmd.Flags().StringVar(&f.verifierID, "vsa-verifier-id", vsa.DefaultVerifierID, "the verifier id the pusher's summaries claim")
-}
-
-// signer is the VSA signer of the flags, nil without --vsa-key.
-func (f *vsaFlags) signer() (*vsa.Signer, error) {
+// imageSigner is the signer of images' summaries that the VSA flags of
+// 'cache serve' ask for: nil unless --vsa-key (the pusher's key) is given.
+func (f *vsaFlags) imageSigner() (*vsa.Signer, error) {
+	if f.fulcio != "" || f.rekor != "" || f.tsa != "" || f.tokenFile != "" || f.issuer != "" || f.san != "" {
+		return nil, usageError("%v: the keyless --vsa-* flags do not apply to 'cache serve'", oci.ErrKeylessVSA)
+	}
 	if f.key == "" {
 		return nil, nil
 	}
-	k, err := attest.LoadSigner(f.key)
-	if err != nil {
-		return nil, usageError("--vsa-key: %v", err)
-	}
-	s, err := vsa.NewSigner(vsa.SignerOptions{Key: k, VerifierID: f.verifierID})
-	if err != nil {
-		return nil, usageError("--vsa-key: %v", err)
-	}
-	return s, nil
+	return f.signer(f.key)
 }

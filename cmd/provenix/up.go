@@ -20,6 +20,7 @@ import (
 type upFlags struct {
 	nats       natsFlags
 	s3         s3Flags
+	vsa        vsaFlags
 	listen     string
 	natsListen string
 	tenant     string
@@ -43,8 +44,10 @@ func newUpCmd(g *globals) *cobra.Command {
 		Short: "Run Provenix in one process: embedded NATS, cache pusher and cache server",
 		Long: `Run an embedded NATS server (JetStream on disk under the data directory), a
 cache pusher and the binary cache's HTTP server. On first start it creates
-the data directory: a builder key, a Nix cache key, a NATS token and a
-default-deny policy trusting the local builder (builder id "local").
+the data directory: a builder key, a Nix cache key, a VSA key (keys/vsa,
+which signs the verification summary of every path it publishes), a NATS
+token and a default-deny policy trusting the local builder (builder id
+"local").
 
 'provenix build' finds the running instance through the data directory.
 With --nats-url it uses an external NATS server or cluster instead.
@@ -106,6 +109,12 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 	if err != nil {
 		return err
 	}
+	// The data directory's keys/vsa is Stack.Open's default, made there
+	// on first start.
+	vo, err := f.vsa.options("")
+	if err != nil {
+		return err
+	}
 	var natsOpts []queue.Option
 	if f.nats.url != "" {
 		// An external server: its credentials (a tenant's pusher.nk, say)
@@ -121,6 +130,7 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 		Tenant: f.tenant, Concurrency: f.concurrency, MetricsListen: f.metricsListen, Logger: g.logger(), S3: s3opts,
 		WebSocketListen: f.wsListen, WebSocketCert: f.wsCert, WebSocketKey: f.wsKey, WebSocketNoTLS: f.wsNoTLS,
 		LeafNodeListen: f.leafListen, LeafNodeCert: f.leafCert, LeafNodeKey: f.leafKey,
+		VSA: vo, PublicURL: f.vsa.publicURL,
 	})
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/trust"
 )
@@ -31,6 +32,9 @@ type verifyFlags struct {
 	quorum    int
 	closure   bool
 	tenant    string
+	vsaKey    string
+	reqVSA    bool
+	noVSA     bool
 }
 
 func newVerifyCmd(g *globals) *cobra.Command {
@@ -64,6 +68,14 @@ NarSize and References. A content-addressed path (narinfo CA: sources,
 fixed-output derivation outputs, builtins.toFile) is verified by its content
 address instead: the CA hash must match the content and the store path must
 be the one Nix computes from it, so it needs no provenance and no quorum.
+
+From a cache, the pusher's verification summary (VSA) of each path is checked
+too: with --vsa-key FILE against that key; otherwise against the key the
+cache publishes (provenix/verifier.json), trusted only when it is signed by
+the --cache-key. A summary must be signed by that key, be about the NAR at
+hand and name the policy the cache serves (provenix/policy.json). A path
+without one fails with --vsa-key or --require-vsa, and is reported
+otherwise; --no-vsa skips summaries.
 
 Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 		Example: `  provenix verify --cache http://127.0.0.1:8080 --key builder.pub /nix/store/...-hello
@@ -103,6 +115,9 @@ Exit status: 0 verified, 1 not verified, 2 usage or I/O error.`,
 	fl.StringVar(&f.cacheKey, "cache-key", "", "also require the narinfo to be signed by this Nix cache public key (NAME:BASE64 or a file)")
 	fl.IntVar(&f.quorum, "quorum", 1, "require this many distinct trusted builders to attest the NAR (with a policy, distinct as its quorum rule for the path says: builders, owners or hosts)")
 	fl.StringVar(&f.tenant, "tenant", "default", "tenant whose quorum overrides apply, with a policy")
+	fl.StringVar(&f.vsaKey, "vsa-key", "", "with --cache, require each path's verification summary (VSA) to be signed by this PEM public key")
+	fl.BoolVar(&f.reqVSA, "require-vsa", false, "with --cache, fail paths without a verification summary from the cache's verifier")
+	fl.BoolVar(&f.noVSA, "no-vsa", false, "with --cache, do not check verification summaries")
 	fl.BoolVar(&f.closure, "closure", false, "with --cache, verify every path of STOREPATH's closure (narinfo References, transitively)")
 	return cmd
 }
@@ -172,10 +187,29 @@ func (f *verifyFlags) check() error {
 	if f.quorum < 1 {
 		return usageError("--quorum must be at least 1")
 	}
+	if f.noVSA && (f.vsaKey != "" || f.reqVSA) {
+		return usageError("--no-vsa excludes --vsa-key and --require-vsa")
+	}
+	if (f.vsaKey != "" || f.reqVSA) && f.cache == "" {
+		return usageError("--vsa-key and --require-vsa check a cache's verification summaries: they need --cache")
+	}
 	if f.closure && (f.cache == "" || f.bundle != "") {
 		return usageError("--closure needs --cache URL (and no --bundle): it verifies every path of the closure from the cache")
 	}
 	return nil
+}
+
+// vsaOptions are how the flags say to check verification summaries.
+func (f *verifyFlags) vsaOptions() (cacheclient.VSAOptions, error) {
+	o := cacheclient.VSAOptions{Require: f.reqVSA, Off: f.noVSA}
+	if f.vsaKey != "" {
+		k, err := attest.LoadPublicKeyFile(f.vsaKey)
+		if err != nil {
+			return o, usageError("--vsa-key: %v", err)
+		}
+		o.Key = k
+	}
+	return o, nil
 }
 
 // cacheErr maps a cacheclient error that left no verdict to an exit error.
@@ -203,6 +237,9 @@ func runVerify(ctx context.Context, g *globals, f *verifyFlags, target string) (
 		bundles = append(bundles, b)
 	}
 	o := t.VerifyOptions(f.quorum)
+	if o.VSA, err = f.vsaOptions(); err != nil {
+		return nil, err
+	}
 	if f.cache != "" {
 		c, err := f.cacheClient(g)
 		if err != nil {
@@ -249,6 +286,9 @@ func runVerifyClosure(ctx context.Context, g *globals, f *verifyFlags, target st
 		return nil, err
 	}
 	o := cacheclient.ClosureOptions{VerifyOptions: t.VerifyOptions(f.quorum)}
+	if o.VSA, err = f.vsaOptions(); err != nil {
+		return nil, err
+	}
 	// The walk fetches narinfos only; on a long closure over a slow link
 	// it still takes a while, so say how far it got every few seconds.
 	last := time.Now()
