@@ -589,7 +589,8 @@ func TestRoutes(t *testing.T) {
 	}
 
 	// The top's NAR is replaced by other bytes after its layer was
-	// recorded: the layer is cut short, never served whole.
+	// recorded: the layer is never served as the recorded digest (here it
+	// is cut short: the bytes are no NAR).
 	ni := func() string {
 		b, _ := os.ReadFile(filepath.Join(c.dir, cachelayout.NarinfoKey(c.top)))
 		for _, line := range strings.Split(string(b), "\n") {
@@ -607,6 +608,9 @@ func TestRoutes(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, b, err := do(http.MethodGet, "/v2/"+repo(c.top)+"/blobs/"+last.Digest.String()); err == nil {
+		if h, _, _ := v1.SHA256(strings.NewReader(string(b))); h == last.Digest {
+			t.Fatal("a layer of an altered NAR was served as the recorded digest")
+		}
 		t.Fatalf("a layer of an altered NAR was served whole (%d bytes)", len(b))
 	}
 	os.WriteFile(nar, orig, 0o644)

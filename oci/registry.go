@@ -350,11 +350,12 @@ func (r *Registry) serveBlob(ctx context.Context, w http.ResponseWriter, req *ht
 	r.fail(w, req, http.StatusNotFound, codeBlobUnknown, "blob unknown")
 }
 
-// serveLayer streams a layer from its NAR. The NAR is checked against
-// its narinfo as it streams and the tar is a function of the NAR, so the
-// bytes hash to the recorded digest; if the NAR is corrupt, or the tar
-// comes out another size than recorded, the response is cut short and the
-// client, which checks the digest, fails.
+// serveLayer streams a layer from its NAR. The tar is a function of the
+// NAR, and the record's digest was made from the NAR that matched the
+// narinfo, so the bytes hash to that digest unless the NAR changed since;
+// then the client, which checks the digest, refuses them. A NAR that does
+// not parse, or a tar of another size than recorded, cuts the response
+// short.
 func (r *Registry) serveLayer(ctx context.Context, w http.ResponseWriter, req *http.Request, l layer) {
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
@@ -368,7 +369,7 @@ func (r *Registry) serveLayer(ctx context.Context, w http.ResponseWriter, req *h
 	}
 	cw := &countWriter{w: &limitWriter{w: w, left: l.desc.Size}}
 	w.WriteHeader(http.StatusOK)
-	_, err := writeLayer(ctx, r.st, l.ni, cw)
+	_, err := writeLayer(ctx, r.st, l.ni, cw, false)
 	if err == nil && cw.n != l.desc.Size {
 		err = fmt.Errorf("%w: layer of %s is %d bytes, its record says %d", errLayer, l.ni.StorePath, cw.n, l.desc.Size)
 	}
