@@ -613,5 +613,28 @@ func TestRoutes(t *testing.T) {
 		}
 		t.Fatalf("a layer of an altered NAR was served whole (%d bytes)", len(b))
 	}
+	// A valid NAR of the same size with one byte changed gives a tar of
+	// the recorded size: served whole, and refused by the client, which
+	// checks the digest.
+	zr, err := zstd.NewReader(strings.NewReader(string(orig)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.Index(string(plain), "top: ")
+	if i < 0 {
+		t.Fatal("no message in the top's NAR")
+	}
+	plain[i] = 'T'
+	if err := os.WriteFile(nar, zw.EncodeAll(plain, nil), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(ctx, crane(t), "pull", "--insecure", "--format", "oci", host(url)+"/"+repo(c.top), filepath.Join(t.TempDir(), "img")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "error verifying sha256 checksum") {
+		t.Fatalf("crane pulled an image whose layer was altered: %v %s", err, out)
+	}
 	os.WriteFile(nar, orig, 0o644)
 }
