@@ -115,7 +115,8 @@ func (r *Registry) narinfo(ctx context.Context, storePath string) (*narinfo.NarI
 		return nil, fmt.Errorf("narinfo of %s: %w", storePath, err)
 	}
 	if ni.StorePath != storePath {
-		return nil, fmt.Errorf("%w: narinfo of %s names %s", errLayer, storePath, ni.StorePath)
+		// Another name with the same hash: that path is not published.
+		return nil, fmt.Errorf("narinfo of %s names %s: %w", storePath, ni.StorePath, store.ErrNotFound)
 	}
 	return ni, nil
 }

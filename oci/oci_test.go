@@ -581,6 +581,7 @@ func TestRoutes(t *testing.T) {
 		"/v2/" + repo(c.top) + "/blobs/" + digest:         http.StatusNotFound, // a manifest is no blob
 		"/v2/NIX/" + filepath.Base(c.top) + "/tags/list":  http.StatusNotFound,
 		"/v2/" + repo(c.top) + "/uploads/x":               http.StatusNotFound,
+		"/v2/" + repo(c.top) + "-x/manifests/latest":      http.StatusNotFound, // its hash, another name
 		"/v2/" + repo(c.top) + "/manifests/sha256:" + "0": http.StatusBadRequest,
 	} {
 		if _, b := must(http.MethodGet, path, code); !strings.Contains(string(b), `"errors"`) {
@@ -614,8 +615,8 @@ func TestRoutes(t *testing.T) {
 		t.Fatalf("a layer of an altered NAR was served whole (%d bytes)", len(b))
 	}
 	// A valid NAR of the same size with one byte changed gives a tar of
-	// the recorded size: served whole, and refused by the client, which
-	// checks the digest.
+	// the recorded size: served, and refused by the client, which checks
+	// the digest.
 	zr, err := zstd.NewReader(strings.NewReader(string(orig)))
 	if err != nil {
 		t.Fatal(err)
@@ -633,7 +634,9 @@ func TestRoutes(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err := exec.CommandContext(ctx, crane(t), "pull", "--insecure", "--format", "oci", host(url)+"/"+repo(c.top), filepath.Join(t.TempDir(), "img")).CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "error verifying sha256 checksum") {
+	// Whole when the recompressed NAR is no longer than the narinfo's
+	// FileSize; cut short (EOF) when it is.
+	if err == nil || !strings.Contains(string(out), "error verifying sha256 checksum") && !strings.Contains(string(out), "EOF") {
 		t.Fatalf("crane pulled an image whose layer was altered: %v %s", err, out)
 	}
 	os.WriteFile(nar, orig, 0o644)
