@@ -182,10 +182,15 @@ func (r *Registry) image(ctx context.Context, root string, entrypoint []string) 
 	recs := make([]*layerRecord, len(nis))
 	errs := make([]error, len(nis))
 	var wg sync.WaitGroup
+	// Bounded: a closure of thousands of paths must not open thousands of
+	// store objects at once.
+	lookups := make(chan struct{}, r.concurrency*4)
 	for i, ni := range nis {
 		wg.Add(1)
+		lookups <- struct{}{}
 		go func() {
 			defer wg.Done()
+			defer func() { <-lookups }()
 			recs[i], errs[i] = r.layerRecord(ctx, ni)
 		}()
 	}
