@@ -12,8 +12,10 @@ package oci_test
 // host share its cores, so the ratios are what to compare across runs.
 
 import (
+	"compress/gzip"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -76,6 +78,21 @@ func BenchmarkPullVsNAR(b *testing.B) {
 	if o, err := exec.Command(craneBin, "digest", "--insecure", ref).CombinedOutput(); err != nil {
 		b.Fatalf("crane digest: %v %s", err, o)
 	}
+	// What gzip layers would add: compressing the layer as it is served
+	// (default level, one core), once.
+	layer := layerOf(b, url, ref)
+	start := time.Now()
+	resp, err := http.Get(url + "/v2/" + repo(ni.StorePath) + "/blobs/" + layer)
+	if err != nil {
+		b.Fatal(err)
+	}
+	zw := gzip.NewWriter(io.Discard)
+	if _, err := io.Copy(zw, resp.Body); err != nil {
+		b.Fatal(err)
+	}
+	zw.Close()
+	resp.Body.Close()
+	gz := time.Since(start)
 	var pull, file, nix time.Duration
 	b.ResetTimer()
 	for i := range b.N {
@@ -110,10 +127,26 @@ func BenchmarkPullVsNAR(b *testing.B) {
 	b.ReportMetric(float64(ni.NarSize)/(1<<20), "NAR-MiB")
 	b.ReportMetric(float64(ni.FileSize)/(1<<20), "NARzst-MiB")
 	b.ReportMetric(pull.Seconds()/n, "pull-s")
+	b.ReportMetric(gz.Seconds(), "serve+gzip-s")
 	b.ReportMetric(file.Seconds()/n, "file-s")
 	b.ReportMetric(nix.Seconds()/n, "nix-s")
 	b.ReportMetric(file.Seconds()/pull.Seconds(), "pull-vs-file")
 	b.ReportMetric(nix.Seconds()/pull.Seconds(), "pull-vs-nix")
+}
+
+// layerOf is the digest of the last layer of ref's image.
+func layerOf(b *testing.B, url, ref string) string {
+	b.Helper()
+	resp, err := http.Get(url + "/v2/" + strings.SplitN(ref, "/", 2)[1] + "/manifests/latest")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m struct{ Layers []struct{ Digest string } }
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil || len(m.Layers) == 0 {
+		b.Fatalf("manifest: %v", err)
+	}
+	return m.Layers[len(m.Layers)-1].Digest
 }
 
 func toFile(b *testing.B, path string, r io.ReadCloser) {
