@@ -47,11 +47,19 @@ func (t TrustedIdentity) String() string {
 // observer timestamp.
 func (v *Verifier) initKeyless(trusted root.TrustedMaterial, ids []TrustedIdentity, requireSCT bool) error {
 	ids = slices.Clone(ids) // the matchers are ours, not the caller's
+	owner := map[[4]string]string{}
 	for i := range ids {
 		id := &ids[i]
 		if id.ID == "" {
 			return fmt.Errorf("%w: trusted identity without a builder id", ErrVerifierOptions)
 		}
+		// Like a key, an identity speaks for one builder id: shared, one
+		// signer would be two builders of a quorum.
+		k := [4]string{id.Issuer, id.IssuerRegexp, id.SAN, id.SANRegexp}
+		if prev, dup := owner[k]; dup && prev != id.ID {
+			return fmt.Errorf("%w: builders %s and %s share the %s", ErrVerifierOptions, prev, id.ID, id)
+		}
+		owner[k] = id.ID
 		m, err := verify.NewShortCertificateIdentity(id.Issuer, anchor(id.IssuerRegexp), id.SAN, anchor(id.SANRegexp))
 		if err != nil {
 			return fmt.Errorf("%w: identity for %s: %w", ErrVerifierOptions, id.ID, err)

@@ -35,6 +35,8 @@ func TestNewVerifierOptions(t *testing.T) {
 		{"nothing trusted", nil, nil, true},
 		{"keys, identities, SCTs and a log", vs, []VerifierOption{WithRequiredTlog(), WithSignedCertificateTimestamps(), WithIdentities(id), WithKeys(key)}, true},
 		{"identities only", vs, []VerifierOption{WithIdentities(id)}, true},
+		{"one identity, several issuers", vs, []VerifierOption{WithIdentities(id, TrustedIdentity{ID: id.ID, Issuer: "https://other.example", SAN: forgeSAN})}, true},
+		{"an identity shared by two builders", vs, []VerifierOption{WithIdentities(id, TrustedIdentity{ID: "other", Issuer: forgeIssuer, SAN: forgeSAN})}, false},
 		{"log required without keys", vs, []VerifierOption{WithIdentities(id), WithRequiredTlog()}, true},
 		{"identities without a trusted root", nil, []VerifierOption{WithKeys(key), WithIdentities(id)}, false},
 		{"identities option without identities", vs, []VerifierOption{WithKeys(key), WithIdentities()}, false},

@@ -18,6 +18,7 @@ import (
 	slsa "github.com/in-toto/attestation/go/predicates/provenance/v1"
 	intoto "github.com/in-toto/attestation/go/v1"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -246,12 +247,8 @@ func NewStatement(b *Build) (*intoto.Statement, error) {
 	if err := prov.Validate(); err != nil {
 		return nil, fmt.Errorf("attest: provenance: %w", err)
 	}
-	predJSON, err := protojson.Marshal(prov)
+	pred, err := PredicateStruct(prov)
 	if err != nil {
-		return nil, fmt.Errorf("attest: provenance: %w", err)
-	}
-	pred := &structpb.Struct{}
-	if err := protojson.Unmarshal(predJSON, pred); err != nil {
 		return nil, fmt.Errorf("attest: provenance: %w", err)
 	}
 	st := &intoto.Statement{
@@ -266,10 +263,18 @@ func NewStatement(b *Build) (*intoto.Statement, error) {
 	return st, nil
 }
 
+// PredicateStruct is a typed predicate (an in-toto predicate's protobuf
+// message) as the Struct a Statement carries.
+func PredicateStruct(m proto.Message) (*structpb.Struct, error) {
+	return jsonStruct(protojson.Marshal(m))
+}
+
 // toStruct is v's JSON as a protobuf Struct: the parameters' json tags
 // (omitempty) leave optional fields absent rather than "".
-func toStruct(v any) (*structpb.Struct, error) {
-	b, err := json.Marshal(v)
+func toStruct(v any) (*structpb.Struct, error) { return jsonStruct(json.Marshal(v)) }
+
+// jsonStruct reads a JSON object (or passes on the error of encoding it).
+func jsonStruct(b []byte, err error) (*structpb.Struct, error) {
 	if err != nil {
 		return nil, err
 	}

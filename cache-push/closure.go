@@ -461,6 +461,7 @@ func (p *Pusher) published(ctx context.Context, w *Waiting, existing bool) {
 	})
 	p.cfg.Metrics.Published()
 	p.log.Info("published", "path", w.StorePath, "builder", w.Builder, "existing", existing)
+	p.verdict(Verdict{Kind: queue.EventPublished, Tenant: w.Tenant, StorePath: w.StorePath})
 }
 
 // Sweep re-checks every waiting entry: publishes those whose references
@@ -527,6 +528,11 @@ func (p *Pusher) checkTimeout(ctx context.Context, w *Waiting) {
 	p.cfg.Metrics.Incomplete()
 	p.event(ctx, cur.Tenant, EventIncomplete, Incomplete{Time: now, Tenant: cur.Tenant, StorePath: cur.StorePath,
 		DrvPath: cur.DrvPath, Builder: cur.Builder, Since: cur.Since, Missing: cur.Missing})
+	why := fmt.Sprintf("%d references missing after %s", len(cur.Missing), timeout)
+	if len(cur.Missing) == 1 {
+		why = "1 reference missing after " + timeout.String()
+	}
+	p.verdict(Verdict{Kind: EventIncomplete, Tenant: cur.Tenant, StorePath: cur.StorePath, Why: why})
 }
 
 // sweeper runs Sweep now and every SweepEvery until ctx ends.

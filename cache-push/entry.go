@@ -220,6 +220,9 @@ func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out atte
 	if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
 		return 0, err
 	}
+	if err := p.backfillVSA(ctx, prev, out); err != nil {
+		return 0, err
+	}
 	if added := addSigs(prev, sigs, p.cfg.Policy); added {
 		if err := store.Put(ctx, p.cfg.Store, cachelayout.NarinfoKey(out.Path), strings.NewReader(prev.String())); err != nil {
 			return 0, err

@@ -77,6 +77,10 @@ type Config struct {
 	Staging  Staging
 	// Events, when set, receives a Rejection or Publication per result.
 	Events Events
+	// Verdicts, when set, hears of every path published, disputed or
+	// left incomplete (forgestatus shows it on the forge); the pusher
+	// closes it when it closes.
+	Verdicts Verdicts
 	// Rebuilds, when set, receives a rebuild request for a derivation
 	// whose outputs need more votes, so volunteers can supply them.
 	Rebuilds Rebuilds
@@ -278,7 +282,15 @@ func (p *Pusher) Close(ctx context.Context) error {
 		<-done
 	}
 	// Dispute summaries end within DiffTimeout; their events are the
-	// last a closing pusher publishes.
+	// last a closing pusher publishes. The verdicts' sink closes after
+	// the last verdict.
+	if p.cfg.Verdicts != nil {
+		defer func() {
+			if err := p.cfg.Verdicts.Close(ctx); err != nil {
+				p.log.Warn("verdicts not all reported", "err", err)
+			}
+		}()
+	}
 	defer p.bg.Wait()
 	if k == nil {
 		return nil

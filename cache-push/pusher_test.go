@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -33,6 +32,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testbundle"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/queue"
@@ -373,19 +373,7 @@ func (f *fixture) checkAllVSAs(t *testing.T, p *Pusher) {
 }
 
 func alterPayload(t *testing.T, bundle []byte, old, new string) []byte {
-	t.Helper()
-	var m map[string]any
-	if err := json.Unmarshal(bundle, &m); err != nil {
-		t.Fatal(err)
-	}
-	env := m["dsseEnvelope"].(map[string]any)
-	p, _ := base64.StdEncoding.DecodeString(env["payload"].(string))
-	if !bytes.Contains(p, []byte(old)) {
-		t.Fatalf("payload lacks %q", old)
-	}
-	env["payload"] = base64.StdEncoding.EncodeToString(bytes.Replace(p, []byte(old), []byte(new), 1))
-	b, _ := json.Marshal(m)
-	return b
+	return testbundle.AlterPayload(t, bundle, old, new)
 }
 
 func TestProcessValid(t *testing.T) {

@@ -440,9 +440,14 @@ func (p *Pusher) disputed(ctx context.Context, tenant, storePath, drv string, t 
 	}
 	p.log.Warn("disputed", "path", storePath, "why", t.Why, "nars", d.NARs)
 	var votes []Vote
+	var bundles []json.RawMessage
 	for _, vs := range t.Groups {
 		votes = append(votes, vs...)
+		for _, v := range vs {
+			bundles = append(bundles, v.Bundle)
+		}
 	}
+	p.verdict(Verdict{Kind: EventDisputed, Tenant: tenant, StorePath: storePath, Bundles: bundles, Why: t.Why})
 	p.holdEvidence(ctx, tenant, storePath, votes)
 	p.explainDispute(ctx, tenant, d, votes)
 }

@@ -166,3 +166,17 @@ func (p *Pusher) summary(ctx context.Context, w *Waiting) (*vsa.Summary, error) 
 	}
 	return s, nil
 }
+
+// backfillVSA gives an entry published without a summary (before the
+// pusher signed them, or copied into the cache by other means) one, now
+// that a result for it verified; an existing summary is kept.
+func (p *Pusher) backfillVSA(ctx context.Context, prev *narinfo.NarInfo, out attest.Output) error {
+	if p.vsa == nil {
+		return nil
+	}
+	_, err := p.cfg.Store.Stat(ctx, cachelayout.VSAKey(out.Path))
+	if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	return p.writeVSA(ctx, &Waiting{StorePath: out.Path, NarSHA256: out.NarHashHex(), Narinfo: prev.String()})
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,9 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testfulcio"
+	"codeberg.org/provenix/provenix/internal/testrekor"
+	"codeberg.org/provenix/provenix/internal/testtsa"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/vsa"
 )
@@ -146,5 +151,98 @@ func TestVSAKeylessNeedsIdentity(t *testing.T) {
 	}
 	if n := f.narinfos(t); len(n) != 0 {
 		t.Fatalf("narinfo published without its VSA: %v", n)
+	}
+}
+
+// TestVSABackfilled: a path published without a summary (by a pusher
+// before it signed them) gets one when a result for it verifies again.
+func TestVSABackfilled(t *testing.T) {
+	f := newFixture(t)
+	ctx := testctx.New(t, 60*time.Second)
+	cfg := f.pusher.cfg
+	cfg.VSA = nil
+	old, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, data := f.result(t, spec{name: "hello", content: "hi"})
+	if err := old.Process(ctx, subject(r), data, r.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.Stat(ctx, cachelayout.VSAKey(r.Outputs[0].Path)); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a pusher without a VSA signer wrote one: %v", err)
+	}
+	if err := f.pusher.Process(ctx, subject(r), data, r.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	f.checkEntry(t, r)
+}
+
+// TestVSAKeylessPusher: a pusher with an OIDC identity signs its
+// summaries keylessly (a real Fulcio, Rekor v2 log and TSA): the verifier
+// document names the identity (no key, no vsa.pub), signed by the cache
+// key, and the published path's summary verifies for that identity.
+func TestVSAKeylessPusher(t *testing.T) {
+	const email = "pusher@provenix.test"
+	log, ca, tsa := testrekor.Start(t), testfulcio.Start(t), testtsa.Start(t)
+	trusted := ca.TrustedRoot(t, log.TrustedRoot.RekorLogs(), tsa.Authority)
+	f := newFixture(t)
+	ctx := testctx.New(t, 60*time.Second)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(ca.Token(t, email)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := vsa.NewSigner(vsa.SignerOptions{Keyless: &attest.KeylessOptions{FulcioURL: ca.URL, RekorURL: log.URL, TSAURL: tsa.URL},
+		IDTokenFile: tokenFile, Issuer: ca.Issuer, SAN: email})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A key-signing pusher ran before: its vsa.pub must not outlive it.
+	if err := f.pusher.Open(ctx, f.conn, queue.ConsumerOptions{Group: "g", FilterSubject: queue.ResultsFilter(testTenant)}); err != nil {
+		t.Fatal(err)
+	}
+	f.pusher.Close(ctx)
+	cfg := f.pusher.cfg
+	cfg.VSA = s
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Open(ctx, f.conn, queue.ConsumerOptions{Group: "g", FilterSubject: queue.ResultsFilter(testTenant)}); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(ctx)
+	b, err := store.ReadAll(ctx, f.store, cachelayout.VerifierKey, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d cachelayout.VerifierDocument
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	sig, err := signature.ParseSignature(d.Signatures[0])
+	if err != nil || d.Issuer != ca.Issuer || d.SAN != email || d.PublicKey != "" || !f.cachePub.Verify(d.Fingerprint(), sig) {
+		t.Fatalf("verifier document %s (%v)", b, err)
+	}
+	if _, err := f.store.Stat(ctx, cachelayout.VSAPublicKeyKey); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a keyless pusher left %s: %v", cachelayout.VSAPublicKeyKey, err)
+	}
+
+	r, data := f.result(t, spec{name: "hello", content: "hi"})
+	if err := p.Process(ctx, subject(r), data, r.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := store.ReadAll(ctx, f.store, cachelayout.VSAKey(r.Outputs[0].Path), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := vsa.NewVerifier(trusted, attest.WithIdentities(vsa.TrustedIdentity{ID: vsa.DefaultVerifierID, Issuer: ca.Issuer, SAN: email}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _ := p.cfg.Policy.Document()
+	if _, err := v.Verify(bundle, vsa.Expect{Subject: vsa.Subject{Name: r.Outputs[0].Path, Digest: map[string]string{"sha256": r.Outputs[0].NarHash}},
+		PolicyDigest: vsa.DocumentDigest(doc)}); err != nil {
+		t.Fatalf("keyless VSA: %v", err)
 	}
 }

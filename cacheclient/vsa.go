@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/sigstore/sigstore-go/pkg/root"
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cachelayout"
@@ -35,6 +36,10 @@ import (
 // summaries, have none).
 type VSAOptions struct {
 	Key crypto.PublicKey
+	// TrustedRoot (Fulcio CA, Rekor log, TSA) checks the summaries of a
+	// cache whose verifier signs keylessly: its published identity, once
+	// the trusted cache key vouches for it.
+	TrustedRoot root.TrustedMaterial
 	// Require fails paths without a summary, and a cache whose summaries
 	// cannot be checked.
 	Require bool
@@ -82,17 +87,21 @@ func (c *Client) loadVSATrust(ctx context.Context, o VSAOptions) (*vsaTrust, str
 		return nil, "not checked (turned off)", nil
 	}
 	b, u, err := c.small(ctx, cachelayout.VerifierKey)
-	var doc *cachelayout.VerifierDocument
+	var (
+		doc    *cachelayout.VerifierDocument
+		docErr error
+	)
 	switch {
 	case errors.Is(err, ErrNotFound):
 	case err != nil:
 		return nil, "", err
 	default:
 		var d cachelayout.VerifierDocument
-		if err := json.Unmarshal(b, &d); err != nil || d.Version != cachelayout.VerifierDocumentVersion {
-			return &vsaTrust{failure: fmt.Errorf("%w: %s: malformed verifier document (%v)", ErrVSA, u, err)}, "", nil
+		if err := json.Unmarshal(b, &d); err != nil || d.Version != cachelayout.VerifierDocumentVersion || d.VerifierID == "" {
+			docErr = fmt.Errorf("%w: %s: malformed verifier document (%v)", ErrVSA, u, err)
+		} else {
+			doc = &d
 		}
-		doc = &d
 	}
 	t := &vsaTrust{required: o.Require || o.Key != nil}
 	key := o.Key
@@ -109,8 +118,13 @@ func (c *Client) loadVSATrust(ctx context.Context, o VSAOptions) (*vsaTrust, str
 		if doc != nil {
 			id = doc.VerifierID
 		}
+	case docErr != nil && len(c.keys) > 0:
+		// The cache key should vouch for it: a broken one is no reason
+		// to skip the check.
+		t.failure = docErr
+		return t, "", nil
 	case doc == nil:
-		return unchecked("the cache publishes no verifier and no key was given")
+		return unchecked("the cache publishes no readable verifier and no key was given")
 	case len(c.keys) == 0:
 		return unchecked("no trusted cache key vouches for the cache's verifier key, and no key was given")
 	default:
@@ -119,8 +133,7 @@ func (c *Client) loadVSATrust(ctx context.Context, o VSAOptions) (*vsaTrust, str
 			return t, "", nil
 		}
 		if doc.PublicKey == "" {
-			t.failure = fmt.Errorf("%w: the cache's verifier signs keylessly (%s from %s); give its key or check its VSAs with cosign", ErrVSA, doc.SAN, doc.Issuer)
-			return t, "", nil
+			return c.keylessVSATrust(ctx, t, doc, o.TrustedRoot)
 		}
 		k, err := attest.ParsePublicKey([]byte(doc.PublicKey))
 		if err != nil {
@@ -132,6 +145,31 @@ func (c *Client) loadVSATrust(ctx context.Context, o VSAOptions) (*vsaTrust, str
 	if t.v, err = vsa.NewVerifier(nil, attest.WithKeys(vsa.TrustedVerifier{ID: id, PublicKey: key})); err != nil {
 		return nil, "", fmt.Errorf("cacheclient: VSA key: %w", err)
 	}
+	return c.servedPolicy(ctx, t)
+}
+
+// keylessVSATrust trusts the keyless identity of doc, which the cache key
+// vouched for, under the trusted root.
+func (c *Client) keylessVSATrust(ctx context.Context, t *vsaTrust, doc *cachelayout.VerifierDocument, tr root.TrustedMaterial) (*vsaTrust, string, error) {
+	if tr == nil {
+		t.failure = fmt.Errorf("%w: the cache's verifier signs keylessly (%s from %s): checking its summaries needs the Sigstore trusted root (--trusted-root)", ErrVSA, doc.SAN, doc.Issuer)
+		return t, "", nil
+	}
+	if doc.Issuer == "" || doc.SAN == "" {
+		t.failure = fmt.Errorf("%w: the cache's verifier document names neither a key nor an identity", ErrVSA)
+		return t, "", nil
+	}
+	v, err := vsa.NewVerifier(tr, attest.WithIdentities(vsa.TrustedIdentity{ID: doc.VerifierID, Issuer: doc.Issuer, SAN: doc.SAN}))
+	if err != nil {
+		t.failure = fmt.Errorf("%w: %w", ErrVSA, err)
+		return t, "", nil
+	}
+	t.v, t.trust = v, "published keyless identity "+doc.SAN+" from "+doc.Issuer+", signed by the trusted cache key"
+	return c.servedPolicy(ctx, t)
+}
+
+// servedPolicy completes t with the digest of the policy the cache serves.
+func (c *Client) servedPolicy(ctx context.Context, t *vsaTrust) (*vsaTrust, string, error) {
 	pol, pu, err := c.small(ctx, cachelayout.PolicyKey)
 	switch {
 	case errors.Is(err, ErrNotFound):

@@ -71,6 +71,13 @@ func TestFeedbackAgainstGitea(t *testing.T) {
 			len([]rune(s.Description)) != forgeapi.MaxDescription || !strings.HasSuffix(s.Description, "…") {
 			t.Errorf("status %+v", s)
 		}
+		cur, ok, err := c.CurrentStatus(ctx, owner, repo, sha, "x86_64-linux")
+		if err != nil || !ok || cur.State != forgeapi.StateSuccess || cur.Description != s.Description || cur.TargetURL != target {
+			t.Errorf("current status %+v %v %v", cur, ok, err)
+		}
+		if _, ok, err := c.CurrentStatus(ctx, owner, repo, sha, "aarch64-linux"); ok || err != nil {
+			t.Errorf("a status of another system: %v %v", ok, err)
+		}
 	})
 
 	t.Run("release assets", func(t *testing.T) {

@@ -89,3 +89,29 @@ func Truncate(s string, n int) string {
 	r := []rune(s)
 	return strings.TrimSpace(string(r[:n-1])) + "…"
 }
+
+// CurrentStatus is the latest status of context provenix/<system> on sha
+// in owner/repo, and whether there is one: what the forge shows now, so a
+// caller can skip setting the same status again.
+func (c *Client) CurrentStatus(ctx context.Context, owner, repo, sha, system string) (Status, bool, error) {
+	if err := checkRepo(owner, repo); err != nil {
+		return Status{}, false, err
+	}
+	if sha == "" {
+		return Status{}, false, fmt.Errorf("forgeapi: status of %s/%s: %w: empty commit", owner, repo, ErrInvalid)
+	}
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	want := Status{System: system}.Context()
+	comb, resp, err := c.sdk(ctx).GetCombinedStatus(owner, repo, sha)
+	if err != nil {
+		return Status{}, false, apiError(fmt.Sprintf("read statuses of %s/%s@%s", owner, repo, sha), resp, err)
+	}
+	// The combined status holds the latest status of each context.
+	for _, s := range comb.Statuses {
+		if s != nil && s.Context == want {
+			return Status{System: system, State: State(s.State), Description: s.Description, TargetURL: s.TargetURL}, true, nil
+		}
+	}
+	return Status{}, false, nil
+}

@@ -96,10 +96,12 @@ type Options struct {
 
 // File names inside a tenant's directory.
 const (
-	FileAccount      = "account.conf"
-	FilePolicy       = "policy.yaml"
-	FileCacheKey     = "cache.key"
-	FileBuilderKey   = "builder.key"
+	FileAccount    = "account.conf"
+	FilePolicy     = "policy.yaml"
+	FileCacheKey   = "cache.key"
+	FileBuilderKey = "builder.key"
+	// FileVSAKey signs the tenant pusher's verification summaries.
+	FileVSAKey       = "vsa.key"
 	FileCacheReaders = "cache-readers"
 	FileNetrc        = "netrc"
 )
@@ -142,7 +144,7 @@ func ValidName(name string) error {
 }
 
 // Add creates the tenant's files in o.Dir (0700): one NKey seed per role
-// (0600), account.conf, cache.key(.pub), builder.key(.pub), policy.yaml
+// (0600), account.conf, cache.key(.pub), builder.key(.pub), vsa.key(.pub), policy.yaml
 // trusting that builder for this tenant, cache-readers (for the cache
 // server) and netrc (for the tenant's Nix clients). It never overwrites a
 // file: on any failure it removes what it created.
@@ -227,6 +229,10 @@ func Add(o Options) (t *Tenant, err error) {
 	if _, err := attest.GenerateKeyFiles(t.Path(FileBuilderKey)); err != nil {
 		return nil, fmt.Errorf("tenant %s: %w", o.Name, err)
 	}
+	created = append(created, t.Path(FileVSAKey), t.Path(FileVSAKey)+".pub")
+	if _, err := attest.GenerateKeyFiles(t.Path(FileVSAKey)); err != nil {
+		return nil, fmt.Errorf("tenant %s: %w", o.Name, err)
+	}
 	if err := write(FilePolicy, []byte(policyFor(o.Name, o.BuilderID)), 0o644); err != nil {
 		return nil, err
 	}
@@ -247,7 +253,8 @@ func Add(o Options) (t *Tenant, err error) {
 }
 
 func allFiles() []string {
-	names := []string{FileAccount, FilePolicy, FileCacheKey, FileCacheKey + ".pub", FileBuilderKey, FileBuilderKey + ".pub", FileCacheReaders, FileNetrc}
+	names := []string{FileAccount, FilePolicy, FileCacheKey, FileCacheKey + ".pub", FileBuilderKey, FileBuilderKey + ".pub",
+		FileVSAKey, FileVSAKey + ".pub", FileCacheReaders, FileNetrc}
 	for _, r := range queue.Roles {
 		names = append(names, SeedFile(r))
 	}

@@ -135,7 +135,7 @@ func Open(o Options) (*Trust, error) {
 			return nil, errors.New("--identity needs --trusted-root (the private Sigstore's trusted_root.json)")
 		}
 		var err error
-		if tr, err = loadRoot(o.TrustedRoot); err != nil {
+		if tr, err = LoadRoot(o.TrustedRoot); err != nil {
 			return nil, err
 		}
 	}
@@ -168,7 +168,7 @@ func openPolicy(path string, o Options) (*Trust, error) {
 		// trusted_root, or from o.TrustedRoot.
 		pol.RequireTlog = true
 		if o.TrustedRoot != "" {
-			tr, err := loadRoot(o.TrustedRoot)
+			tr, err := LoadRoot(o.TrustedRoot)
 			if err != nil {
 				return nil, err
 			}
@@ -184,7 +184,8 @@ func openPolicy(path string, o Options) (*Trust, error) {
 	return t, nil
 }
 
-func loadRoot(path string) (root.TrustedMaterial, error) {
+// LoadRoot reads a Sigstore trusted_root.json (--trusted-root).
+func LoadRoot(path string) (root.TrustedMaterial, error) {
 	tr, err := root.NewTrustedRootFromPath(path)
 	if err != nil {
 		return nil, fmt.Errorf("--trusted-root: %w", err)

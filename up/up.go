@@ -18,6 +18,7 @@ import (
 	"time"
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/forgestatus"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/store"
@@ -93,6 +94,9 @@ type Config struct {
 	// (cachepush.Config.CacheURL); relative to the cache when empty.
 	PublicURL string
 	Logger    *slog.Logger
+	// Forges, when set, are the forges the pusher shows its verdicts on
+	// as commit statuses (cache-push/forgestatus).
+	Forges *forgestatus.Forges
 }
 
 // Stack is a running all-in-one Provenix.
@@ -311,7 +315,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	}
 	s.pusher, err = wire.StartPusher(ctx, wire.PusherOptions{
 		Conn: s.conn, Store: s.store.Store, Policy: pol, CacheKey: cacheKey, VSA: vsaSigner, CacheURL: s.cfg.PublicURL, Logger: s.log, Metrics: s.metrics.Pusher,
-		Tenant: s.cfg.Tenant, Group: s.cfg.Group, Concurrency: s.cfg.Concurrency,
+		Tenant: s.cfg.Tenant, Group: s.cfg.Group, Concurrency: s.cfg.Concurrency, Forges: s.cfg.Forges,
 	})
 	if err != nil {
 		return err

@@ -24,8 +24,9 @@ import (
 	vsapb "github.com/in-toto/attestation/go/predicates/vsa/v1"
 	intoto "github.com/in-toto/attestation/go/v1"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"codeberg.org/provenix/provenix/attest"
 )
 
 const (
@@ -131,12 +132,8 @@ func New(s *Summary) (*intoto.Statement, error) {
 	for _, in := range c.InputAttestations {
 		pred.InputAttestations = append(pred.InputAttestations, &vsapb.VerificationSummary_InputAttestation{Uri: in.URI, Digest: in.Digest})
 	}
-	predJSON, err := protojson.Marshal(pred)
+	predStruct, err := attest.PredicateStruct(pred)
 	if err != nil {
-		return nil, fmt.Errorf("vsa: encode predicate: %w", err)
-	}
-	predStruct := &structpb.Struct{}
-	if err := protojson.Unmarshal(predJSON, predStruct); err != nil {
 		return nil, fmt.Errorf("vsa: encode predicate: %w", err)
 	}
 	st := &intoto.Statement{

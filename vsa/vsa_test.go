@@ -3,10 +3,8 @@ package vsa_test
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"go/build"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +12,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/internal/testbundle"
 	"codeberg.org/provenix/provenix/internal/testkey"
 	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/vsa"
@@ -182,36 +181,17 @@ func TestVerify(t *testing.T) {
 	}
 }
 
-// tamper raises the verified result's policy digest in the signed payload
-// without re-signing.
+// tamper raises the summary's policy digest in the signed payload
+// without re-signing it.
 func tamper(t *testing.T, bundle []byte) []byte {
-	t.Helper()
-	var b map[string]any
-	if err := json.Unmarshal(bundle, &b); err != nil {
-		t.Fatal(err)
-	}
-	env := b["dsseEnvelope"].(map[string]any)
-	payload, err := base64.StdEncoding.DecodeString(env["payload"].(string))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tampered := bytes.Replace(payload, []byte(vsa.DocumentDigest(policyDoc)["sha256"]), []byte(vsa.DocumentDigest([]byte("lax"))["sha256"]), 1)
-	if bytes.Equal(tampered, payload) {
-		t.Fatal("policy digest not found in the payload")
-	}
-	env["payload"] = base64.StdEncoding.EncodeToString(tampered)
-	out, err := json.Marshal(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return testbundle.AlterPayload(t, bundle, vsa.DocumentDigest(policyDoc)["sha256"], vsa.DocumentDigest([]byte("lax"))["sha256"])
 }
 
 // TestCosignVerifiesVSA: cosign, an independent verifier, accepts a signed
 // summary for the blob it is about, and refuses a tampered one and one
 // about another blob.
 func TestCosignVerifiesVSA(t *testing.T) {
-	cosign := testproc.Tool(t, "cosign", "go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3", filepath.Join(build.Default.GOPATH, "bin", "cosign"))
+	cosign := testproc.Cosign(t)
 	signer, key := testkey.Signer(t)
 	good, err := vsa.Sign(t.Context(), summary(), signer)
 	if err != nil {

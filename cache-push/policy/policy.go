@@ -66,6 +66,12 @@ systems: [x86_64-linux, aarch64-linux, x86_64-darwin, aarch64-darwin]
 #     - id: forge:distro/pkgs
 #       identity: {issuer: "https://forge.example/api/actions",
 #                  san_regexp: '^https://forge\.example/distro/pkgs/.*@refs/tags/.*$'}
+# A builder trusted through several OIDC issuers lists them all; each
+# identity speaks only for its own builder id:
+#     - id: ci:distro/pkgs
+#       identities:
+#         - {issuer: "https://forge.example/api/actions", san: "..."}
+#         - {issuer: "https://ci.example", san: "..."}
 # closure: a path is published only when every path it refers to is in this
 # cache or in an upstream below; until then it waits, and after timeout an
 # "incomplete" event says what is missing.
@@ -143,6 +149,11 @@ type Builder struct {
 	// certificate for this OIDC identity (e.g. a Forgejo workflow) are
 	// trusted for the builder id. Give either key or identity.
 	Identity *Identity `yaml:"identity"`
+	// Identities are several such identities, each from its own OIDC
+	// issuer if need be (two forges, a forge and a CI): a certificate
+	// for any of them is trusted for this builder id, and for no other.
+	// Parse folds Identity into it.
+	Identities []Identity `yaml:"identities"`
 }
 
 // Upstream is a binary cache trusted for the paths it serves signed.
@@ -170,6 +181,20 @@ type Identity struct {
 	IssuerRegexp string `yaml:"issuer_regexp"`
 	SAN          string `yaml:"san"`
 	SANRegexp    string `yaml:"san_regexp"`
+}
+
+func (id Identity) issuer() string {
+	if id.Issuer != "" {
+		return id.Issuer
+	}
+	return "~" + id.IssuerRegexp
+}
+
+func (id Identity) san() string {
+	if id.SAN != "" {
+		return id.SAN
+	}
+	return "~" + id.SANRegexp
 }
 
 // Distinct names what agreeing votes must differ in.
@@ -293,7 +318,8 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 	p.keys = make(map[string]*ecdsa.PublicKey, len(p.Builders))
 	p.nixKeys = map[string]signature.PublicKey{}
 	p.byID = map[string]*Builder{}
-	keyOwner := map[string]string{} // key id → builder id
+	keyOwner := map[string]string{}  // key id → builder id
+	idOwner := map[Identity]string{} // identity → builder id
 	for i := range p.Builders {
 		b := &p.Builders[i]
 		p.byID[b.ID] = b
@@ -311,11 +337,25 @@ func Parse(data []byte, baseDir string) (*Policy, error) {
 			return nil, fmt.Errorf("builders[%d]: id %q listed twice", i, b.ID)
 		}
 		if b.Identity != nil {
+			if len(b.Identities) > 0 {
+				return nil, fmt.Errorf("builder %s: give identity or identities, not both", b.ID)
+			}
+			b.Identities, b.Identity = []Identity{*b.Identity}, nil
+		}
+		if len(b.Identities) > 0 {
 			if b.Key != "" {
 				return nil, fmt.Errorf("builder %s: give key or identity, not both", b.ID)
 			}
-			if (b.Identity.Issuer == "") == (b.Identity.IssuerRegexp == "") || (b.Identity.SAN == "") == (b.Identity.SANRegexp == "") {
-				return nil, fmt.Errorf("builder %s: identity needs one of issuer/issuer_regexp and one of san/san_regexp", b.ID)
+			for _, id := range b.Identities {
+				if (id.Issuer == "") == (id.IssuerRegexp == "") || (id.SAN == "") == (id.SANRegexp == "") {
+					return nil, fmt.Errorf("builder %s: identity needs one of issuer/issuer_regexp and one of san/san_regexp", b.ID)
+				}
+				// Like a key, an identity speaks for one builder id:
+				// shared, one signer would be two votes of a quorum.
+				if other, dup := idOwner[id]; dup && other != b.ID {
+					return nil, fmt.Errorf("builders %s and %s share the identity %s from %s: each builder needs its own", other, b.ID, id.san(), id.issuer())
+				}
+				idOwner[id] = b.ID
 			}
 			continue
 		}

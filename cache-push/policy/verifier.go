@@ -21,9 +21,11 @@ func (p *Policy) VerifierWith(trusted root.TrustedMaterial) (*attest.Verifier, e
 	tb := make([]attest.TrustedBuilder, 0, len(p.Builders))
 	var ids []attest.TrustedIdentity
 	for _, b := range p.Builders {
-		if b.Identity != nil {
-			ids = append(ids, attest.TrustedIdentity{ID: b.ID, Issuer: b.Identity.Issuer, IssuerRegexp: b.Identity.IssuerRegexp,
-				SAN: b.Identity.SAN, SANRegexp: b.Identity.SANRegexp})
+		if len(b.Identities) > 0 {
+			for _, id := range b.Identities {
+				ids = append(ids, attest.TrustedIdentity{ID: b.ID, Issuer: id.Issuer, IssuerRegexp: id.IssuerRegexp,
+					SAN: id.SAN, SANRegexp: id.SANRegexp})
+			}
 			continue
 		}
 		tb = append(tb, attest.TrustedBuilder{ID: b.ID, PublicKey: p.keys[b.ID]})

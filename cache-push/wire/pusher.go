@@ -10,6 +10,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/forgestatus"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/metrics"
@@ -49,6 +50,9 @@ type PusherOptions struct {
 	// base URL the summaries name, when known.
 	VSA      *vsa.Signer
 	CacheURL string
+	// Forges, when set, are the forges the pusher shows its verdicts on
+	// as commit statuses (forgestatus); the pusher closes its notifier.
+	Forges *forgestatus.Forges
 }
 
 // StartPusher builds a pusher from o (the policy's upstream caches
@@ -84,12 +88,25 @@ func StartPusher(ctx context.Context, o PusherOptions) (*cachepush.Pusher, error
 		// Well under AckWait, so a slow push keeps its message.
 		cfg.Heartbeat = o.AckWait / 3
 	}
+	if o.Forges != nil {
+		n, err := forgestatus.Open(forgestatus.Options{Forges: o.Forges, Store: o.Store, KV: o.Conn, Logger: o.Logger})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Verdicts = n
+	}
 	pu, err := cachepush.New(cfg)
 	if err != nil {
+		if cfg.Verdicts != nil {
+			cfg.Verdicts.Close(ctx)
+		}
 		return nil, err
 	}
 	co := queue.ConsumerOptions{Group: o.Group, FilterSubject: queue.ResultsFilter(o.Tenant), Concurrency: o.Concurrency, AckWait: o.AckWait}
 	if err := pu.Open(ctx, o.Conn, co); err != nil {
+		if cfg.Verdicts != nil {
+			cfg.Verdicts.Close(ctx)
+		}
 		return nil, err
 	}
 	return pu, nil

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	cachepush "codeberg.org/provenix/provenix/cache-push"
+	"codeberg.org/provenix/provenix/cache-push/forgestatus"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/wire"
@@ -32,6 +33,7 @@ type pushFlags struct {
 	ackWait     time.Duration
 	replicas    int
 	maxFailures int
+	forges      string
 }
 
 func newCachePushCmd(g *globals) *cobra.Command {
@@ -69,6 +71,7 @@ abandoned uploads older than a day, hourly.`,
 	fl.IntVar(&f.concurrency, "concurrency", up.DefaultConcurrency, "results this pusher handles at once (each holds one message; members of a group share the work)")
 	fl.DurationVar(&f.ackWait, "ack-wait", queue.DefaultAckWait, "how long a result may go unacknowledged before another member of the group gets it; a killed pusher's results wait this long (the group's consumer takes the last value set)")
 	fl.IntVar(&f.maxFailures, "max-failures", cachepush.DefaultMaxFailures, "retryable failures of one result before it is given up (dead-letter event); outages are retried forever")
+	fl.StringVar(&f.forges, "forges", "", "forges file: show verdicts as commit statuses provenix/<system> on these forges (docs/forges.md)")
 	fl.IntVar(&f.replicas, "nats-replicas", 0, "replicas of the streams and buckets this pusher creates; 0: 3 on a NATS cluster of 3 or more servers, else 1")
 	return cmd
 }
@@ -103,6 +106,10 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	if err != nil {
 		return err
 	}
+	forges, err := loadForges(f.forges)
+	if err != nil {
+		return err
+	}
 	log := g.logger()
 	st, err := f.cache.open(ctx, g, false, true)
 	if err != nil {
@@ -120,6 +127,7 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	pu, err := wire.StartPusher(ctx, wire.PusherOptions{
 		Conn: conn, Store: st.Store, Policy: pol, CacheKey: key, VSA: vs, CacheURL: f.vsa.publicURL, Logger: log,
 		Tenant: f.tenant, Group: f.group, Concurrency: f.concurrency, AckWait: f.ackWait, MaxFailures: f.maxFailures,
+		Forges: forges,
 	})
 	if err != nil {
 		return err
@@ -211,4 +219,16 @@ credentials are readable on the wire.`,
 	cmd.AddCommand(serve)
 	cmd.AddCommand(newGCCmd(g))
 	return cmd
+}
+
+// loadForges reads the forges file of --forges, or nil without one.
+func loadForges(file string) (*forgestatus.Forges, error) {
+	if file == "" {
+		return nil, nil
+	}
+	fs, err := forgestatus.Load(file)
+	if err != nil {
+		return nil, usageError("--forges: %v", err)
+	}
+	return fs, nil
 }

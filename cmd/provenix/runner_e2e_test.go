@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"code.gitea.io/sdk/gitea"
+
+	"codeberg.org/provenix/provenix/cache-push/forgestatus"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/internal/testgitea"
@@ -93,7 +96,18 @@ func TestRunnerAgainstGitea(t *testing.T) {
 	// The pipeline: embedded NATS, pusher and cache, trusting this runner.
 	const runnerName = "e2e-runner"
 	builderID := "forgejo-runner:" + runnerName
-	stack := startRunnerStack(t, builderID, "", up.Config{DataDir: t.TempDir()})
+	// With the forge in its forges file: the pusher shows its verdicts
+	// there.
+	tokDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(tokDir, "gitea.token"), []byte(forge.Token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	forges, err := forgestatus.Parse([]byte(fmt.Sprintf("forges:\n  - {url: %q, token_file: gitea.token, builders: [%q], repos: [%q]}\n",
+		forge.URL, builderID, forge.AdminUser+"/*")), tokDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack := startRunnerStack(t, builderID, "", up.Config{DataDir: t.TempDir(), Forges: forges})
 	p := stack.Paths()
 	dataDir := p.Dir
 
@@ -179,6 +193,7 @@ jobs:
 `, strings.TrimPrefix(forge.URL, "http://"), busybox, msg, busybox, msg+" (plain)", actOwner, actRepo, forge.URL, actOwner, actRepo,
 		pxOwner, pxRepo, busybox, msg)
 	forge.PutFile(t, owner, repo, ".forgejo/workflows/build.yml", []byte(workflow))
+	sha := forge.HeadSHA(t, owner, repo)
 
 	job := forge.WaitJob(t, owner, repo, 5*time.Minute)
 	logs := forge.JobLogs(t, owner, repo, job.ID)
@@ -231,5 +246,28 @@ jobs:
 	}
 	if !strings.Contains(stdout, owner+"/"+repo) {
 		t.Errorf("verify output does not name the forge job:\n%s", stdout)
+	}
+	// The pusher's verdict on the commit the job built (the workflow
+	// step sets statuses of the same context: look for the pusher's).
+	deadline := time.Now().Add(time.Minute)
+	for {
+		sts, _, err := forge.Client().ListStatuses(owner, repo, sha, gitea.ListStatusesOption{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var seen []string
+		ok := false
+		for _, st := range sts {
+			seen = append(seen, st.Context+"="+string(st.State)+": "+st.Description)
+			ok = ok || (st.Context == "provenix/x86_64-linux" && st.State == gitea.StatusSuccess &&
+				strings.Contains(st.Description, "1 of 1 independent builders agree"))
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no commit status from the pusher on %s/%s@%s; statuses: %q", owner, repo, sha, seen)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

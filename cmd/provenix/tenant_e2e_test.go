@@ -113,7 +113,8 @@ func TestTenantsEndToEnd(t *testing.T) {
 		cacheDir := filepath.Join(dir, "cache-"+n)
 		daemon(t, ctx, func(_, stderr string) bool { return strings.Contains(stderr, "cache pusher running") },
 			"cache-push", "--nats-url", srv.URL, "--nats-nkey", td(n, "pusher.nk"), "--tenant", n,
-			"--policy", td(n, tenant.FilePolicy), "--cache-key", td(n, tenant.FileCacheKey), "--dir", cacheDir, "--group", "cache")
+			"--policy", td(n, tenant.FilePolicy), "--cache-key", td(n, tenant.FileCacheKey), "--vsa-key", td(n, tenant.FileVSAKey),
+			"--dir", cacheDir, "--group", "cache")
 		caches[n] = serveTenantCache(t, ctx, cacheDir, td(n, tenant.FileCacheReaders))
 	}
 	userA, passA := netrcLogin(t, td("a", tenant.FileNetrc))

@@ -35,6 +35,8 @@ type upFlags struct {
 	wsNoTLS                 bool
 	leafListen              string
 	leafCert, leafKey       string
+	// forges is the forges file (commit statuses of the verdicts).
+	forges string
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -99,6 +101,7 @@ of the WebSocket listener). See docs/firewalled-workers.md.`,
 	cmd.Flags().StringVar(&f.leafListen, "leafnode-listen", "", "also accept leaf node connections at host:port, e.g. 0.0.0.0:7422")
 	cmd.Flags().StringVar(&f.leafCert, "leafnode-tls-cert", "", "PEM certificate (chain) of the leaf node listener (default: no TLS)")
 	cmd.Flags().StringVar(&f.leafKey, "leafnode-tls-key", "", "PEM private key of the leaf node listener")
+	cmd.Flags().StringVar(&f.forges, "forges", "", "forges file: show the pusher's verdicts as commit statuses provenix/<system> on these forges (docs/forges.md)")
 	cmd.Flags().BoolVar(&f.status, "status", false, "print the status of the running instance and exit")
 	cmd.Flags().BoolVar(&f.jsonOut, "json", false, "with --status: print the status as JSON")
 	return cmd
@@ -125,11 +128,15 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 	} else if f.nats.creds != "" || f.nats.nkey != "" || f.nats.token != "" || f.nats.ca != "" || f.nats.cert != "" {
 		return usageError("--nats-creds, --nats-nkey, --nats-token-file, --nats-ca and --nats-cert need --nats-url (the embedded server uses the data directory's token, without TLS)")
 	}
+	forges, err := loadForges(f.forges)
+	if err != nil {
+		return err
+	}
 	s, err := up.New(up.Config{
 		DataDir: g.dataDir, Listen: f.listen, NATSURL: f.nats.url, NATSListen: f.natsListen, NATSOptions: natsOpts,
 		Tenant: f.tenant, Concurrency: f.concurrency, MetricsListen: f.metricsListen, Logger: g.logger(), S3: s3opts,
 		WebSocketListen: f.wsListen, WebSocketCert: f.wsCert, WebSocketKey: f.wsKey, WebSocketNoTLS: f.wsNoTLS,
-		LeafNodeListen: f.leafListen, LeafNodeCert: f.leafCert, LeafNodeKey: f.leafKey,
+		LeafNodeListen: f.leafListen, LeafNodeCert: f.leafCert, LeafNodeKey: f.leafKey, Forges: forges,
 		VSA: vo, PublicURL: f.vsa.publicURL,
 	})
 	if err != nil {

@@ -72,7 +72,8 @@ be the one Nix computes from it, so it needs no provenance and no quorum.
 From a cache, the pusher's verification summary (VSA) of each path is checked
 too: with --vsa-key FILE against that key; otherwise against the key the
 cache publishes (provenix/verifier.json), trusted only when it is signed by
-the --cache-key. A summary must be signed by that key, be about the NAR at
+the --cache-key (for a verifier that signs keylessly, its published identity,
+checked under --trusted-root). A summary must be signed by that key, be about the NAR at
 hand and name the policy the cache serves (provenix/policy.json). A path
 without one fails with --vsa-key or --require-vsa, and is reported
 otherwise; --no-vsa skips summaries.
@@ -202,6 +203,13 @@ func (f *verifyFlags) check() error {
 // vsaOptions are how the flags say to check verification summaries.
 func (f *verifyFlags) vsaOptions() (cacheclient.VSAOptions, error) {
 	o := cacheclient.VSAOptions{Require: f.reqVSA, Off: f.noVSA}
+	if f.trustRoot != "" && !f.noVSA {
+		tr, err := trust.LoadRoot(f.trustRoot)
+		if err != nil {
+			return o, usageError("%v", err)
+		}
+		o.TrustedRoot = tr
+	}
 	if f.vsaKey != "" {
 		k, err := attest.LoadPublicKeyFile(f.vsaKey)
 		if err != nil {

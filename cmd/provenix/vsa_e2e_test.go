@@ -3,9 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
-	"go/build"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +16,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testbundle"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/up"
@@ -33,7 +32,7 @@ import (
 // one.
 func TestVSAEndToEnd(t *testing.T) {
 	busybox := requireNix(t)
-	cosign := testproc.Tool(t, "cosign", "go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3", filepath.Join(build.Default.GOPATH, "bin", "cosign"))
+	cosign := testproc.Cosign(t)
 	ctx := testctx.New(t, 5*time.Minute)
 	dir := t.TempDir()
 	stack := startStack(t, up.Config{DataDir: dir})
@@ -136,7 +135,7 @@ func TestVSAEndToEnd(t *testing.T) {
 	otherNAR := strings.Repeat("ab", 32)
 	refused("another NAR hash", summary(func(s *vsa.Summary) { s.Subjects[0].Digest["sha256"] = otherNAR }), "digest mismatch")
 	// A summary raised to level 3 after signing.
-	raised := tamperVSA(t, good, vsa.BuildLevel2, "SLSA_BUILD_LEVEL_3")
+	raised := testbundle.AlterPayload(t, good, vsa.BuildLevel2, "SLSA_BUILD_LEVEL_3")
 	refused("tampered", raised, "bad signature")
 	refused("FAILED", summary(func(s *vsa.Summary) { s.Result = vsa.Failed }), "did not pass")
 	if err := os.Remove(vsaFile); err != nil {
@@ -223,22 +222,4 @@ func TestVSAEndToEnd(t *testing.T) {
 	if b, err := cosignVerify(raised); err == nil {
 		t.Fatalf("cosign accepted a tampered VSA:\n%s", b)
 	}
-}
-
-// tamperVSA replaces old with new in a bundle's signed payload, without
-// re-signing it.
-func tamperVSA(t *testing.T, bundle []byte, old, new string) []byte {
-	t.Helper()
-	var m map[string]any
-	if err := json.Unmarshal(bundle, &m); err != nil {
-		t.Fatal(err)
-	}
-	env := m["dsseEnvelope"].(map[string]any)
-	payload, _ := base64.StdEncoding.DecodeString(env["payload"].(string))
-	if !bytes.Contains(payload, []byte(old)) {
-		t.Fatalf("payload lacks %q", old)
-	}
-	env["payload"] = base64.StdEncoding.EncodeToString(bytes.ReplaceAll(payload, []byte(old), []byte(new)))
-	b, _ := json.Marshal(m)
-	return b
 }

@@ -58,7 +58,7 @@ func (f *vsaFlags) signer(defaultKey string) (*vsa.Signer, error) {
 	}
 	s, err := vsa.NewSigner(o)
 	if err != nil {
-		return nil, usageError("%v", err)
+		return nil, usageError("%v (a pusher signs a verification summary of each path it publishes: give --vsa-key FILE, made by 'provenix key generate --vsa FILE', or the keyless --vsa-* flags)", err)
 	}
 	return s, nil
 }

@@ -1,6 +1,6 @@
 // Package testfulcio runs a real Fulcio certificate authority (1.8.5) for
 // integration tests of keyless signing, together with a fake OIDC issuer
-// that it trusts.
+// that it trusts (or several: StartIssuers).
 //
 // The package only executes a prebuilt binary; it never imports the server.
 // Build it once with `scripts/fulcio.sh build` (scripts/install-deps.sh test
@@ -69,9 +69,14 @@ type CA struct {
 	// Chain is Fulcio's CA chain from /api/v2/trustBundle, root last.
 	Chain       []*x509.Certificate
 	StartupTime time.Duration
+	// Issuers are the URLs of every OIDC issuer Fulcio trusts (StartIssuers),
+	// Issuer first.
+	Issuers []string
 
 	key   *ecdsa.PrivateKey
 	keyID string
+	// others are the issuers after the first, each with its own key.
+	others []*CA
 }
 
 // BinaryPath is where Start looks for the server binary.
@@ -81,26 +86,38 @@ func BinaryPath() string {
 
 // Start runs a fresh OIDC issuer and Fulcio for the test and stops them in
 // t.Cleanup, dumping Fulcio's output when the test failed.
-func Start(t testing.TB) *CA {
+func Start(t testing.TB) *CA { return StartIssuers(t, 1) }
+
+// StartIssuers is Start with n OIDC issuers, each its own server with its
+// own key, all trusted by the one Fulcio: TokenFrom mints for any of them.
+func StartIssuers(t testing.TB, n int) *CA {
 	t.Helper()
 	bin := BinaryPath()
 	testproc.Require(t, "testfulcio", bin, BuildCommand, "PROVENIX_FULCIO")
 	work := t.TempDir()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatalf("testfulcio: generate issuer key: %v", err)
-	}
-	c := &CA{key: key, keyID: "testfulcio-1"}
-
-	// The issuer must be up before Fulcio starts: Fulcio fetches its
+	// Each issuer must be up before Fulcio starts: Fulcio fetches its
 	// discovery document once, at startup.
-	iss := httptest.NewServer(c.issuerHandler())
-	t.Cleanup(iss.Close)
-	c.Issuer = iss.URL
+	issuers := map[string]any{}
+	var c *CA
+	for i := range n {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatalf("testfulcio: generate issuer key: %v", err)
+		}
+		is := &CA{key: key, keyID: fmt.Sprintf("testfulcio-%d", i+1)}
+		srv := httptest.NewServer(is.issuerHandler())
+		t.Cleanup(srv.Close)
+		is.Issuer = srv.URL
+		if c == nil {
+			c = is
+		} else {
+			c.others = append(c.others, is)
+		}
+		c.Issuers = append(c.Issuers, is.Issuer)
+		issuers[is.Issuer] = map[string]string{"IssuerURL": is.Issuer, "ClientID": Audience, "Type": "email"}
+	}
 
-	cfg, err := json.Marshal(map[string]any{"OIDCIssuers": map[string]any{
-		c.Issuer: map[string]string{"IssuerURL": c.Issuer, "ClientID": Audience, "Type": "email"},
-	}})
+	cfg, err := json.Marshal(map[string]any{"OIDCIssuers": issuers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,6 +175,20 @@ func (c *CA) Token(t testing.TB, email string) string {
 	t.Helper()
 	now := time.Now()
 	return c.mint(t, c.key, c.claims(email, now.Add(-time.Minute), now.Add(tokenLife)))
+}
+
+// TokenFrom mints a valid ID token for email from issuer i (0 is
+// Issuer) of StartIssuers; Fulcio certifies it with SAN email and issuer
+// Issuers[i].
+func (c *CA) TokenFrom(t testing.TB, i int, email string) string {
+	t.Helper()
+	if i == 0 {
+		return c.Token(t, email)
+	}
+	if i < 0 || i > len(c.others) {
+		t.Fatalf("testfulcio: no issuer %d of %d", i, len(c.Issuers))
+	}
+	return c.others[i-1].Token(t, email)
 }
 
 // ExpiredToken mints a token for email, signed by the trusted issuer, that

@@ -7,6 +7,7 @@ package testproc
 
 import (
 	"fmt"
+	"go/build"
 	"net"
 	"net/http"
 	"os"
@@ -191,4 +192,11 @@ func Tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// Cosign is the path of cosign v3, the independent Sigstore verifier
+// tests check bundles with; it fails the test when cosign is missing.
+func Cosign(t testing.TB) string {
+	t.Helper()
+	return Tool(t, "cosign", "go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3", filepath.Join(build.Default.GOPATH, "bin", "cosign"))
 }
