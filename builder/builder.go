@@ -100,6 +100,11 @@ type Published struct {
 	// Built is how long realising took (requested derivations only);
 	// Publish how long hashing, staging, signing and publishing took.
 	Built, Publish time.Duration
+	// Staged is how many bytes this result uploaded to staging: its
+	// output and source NARs not staged before and, on the first result
+	// of a closure, the closure export. What staging found there already
+	// (queue.StagedInfo.Reused) is not counted.
+	Staged int64
 }
 
 func (b *Builder) log() *slog.Logger {
@@ -181,23 +186,26 @@ func (b *Builder) BuildTargets(ctx context.Context, targets []Target, each func(
 // An upload cut by the broker (restarted, connection lost) is retried
 // from a fresh dump (stageRetry): the NAR is still in the
 // store, and a build that may have taken hours must not fail for it.
-func (b *Builder) stage(ctx context.Context, key string, info nix.PathInfo) error {
+func (b *Builder) stage(ctx context.Context, key string, info nix.PathInfo) (uploaded int64, err error) {
 	b.log().Info("staging NAR", "path", info.Path, "bytes", info.NarSize)
 	p := stageRetry
 	p.OnRetry = func(attempt int, _ time.Duration, err error) {
 		b.log().Warn("staging failed, retrying", "path", info.Path, "attempt", attempt, "err", err)
 	}
-	err := retry.Do(ctx, p, func(int) error {
-		again, err := b.stageOnce(ctx, key, info)
+	err = retry.Do(ctx, p, func(int) error {
+		si, again, err := b.stageOnce(ctx, key, info)
 		if err != nil && !again {
 			return retry.Stop(err)
+		}
+		if err == nil && !si.Reused {
+			uploaded = int64(si.Size)
 		}
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("stage %s: %w", info.Path, err)
+		return 0, fmt.Errorf("stage %s: %w", info.Path, err)
 	}
-	return nil
+	return uploaded, nil
 }
 
 // stageRetry: a NAR upload is tried 5 times, waiting 1, 2, 4 and 4 s in
@@ -208,7 +216,7 @@ var errStagingEnded = errors.New("staging ended")
 
 // stageOnce makes one upload; retry is true when it failed for the
 // broker's sake (queue.Retryable), not because the dump failed.
-func (b *Builder) stageOnce(ctx context.Context, key string, info nix.PathInfo) (retry bool, err error) {
+func (b *Builder) stageOnce(ctx context.Context, key string, info nix.PathInfo) (si queue.StagedInfo, retry bool, err error) {
 	pr, pw := io.Pipe()
 	dumped := make(chan error, 1)
 	go func() {
@@ -216,16 +224,16 @@ func (b *Builder) stageOnce(ctx context.Context, key string, info nix.PathInfo) 
 		pw.CloseWithError(err)
 		dumped <- err
 	}()
-	_, err = b.Queue.Stage(ctx, key, pr)
+	si, err = b.Queue.Stage(ctx, key, pr)
 	pr.CloseWithError(errStagingEnded) // stops the dump if Stage stopped reading
 	derr := <-dumped
 	if err == nil {
-		return false, nil
+		return si, false, nil
 	}
 	if derr != nil && !errors.Is(derr, errStagingEnded) {
-		return false, err // the dump's own failure (NAR mismatch): not the broker's
+		return si, false, err // the dump's own failure (NAR mismatch): not the broker's
 	}
-	return queue.Retryable(err), err
+	return si, queue.Retryable(err), err
 }
 
 // stageClosure streams nix-store --export of drvPath's closure into
@@ -234,15 +242,15 @@ func (b *Builder) stageOnce(ctx context.Context, key string, info nix.PathInfo) 
 //
 // The export is named after drvPath and holds the closure of drvs (of
 // drvPath alone when none are given).
-func (b *Builder) stageClosure(ctx context.Context, drvPath string, drvs ...string) (string, error) {
+func (b *Builder) stageClosure(ctx context.Context, drvPath string, drvs ...string) (key string, uploaded int64, err error) {
 	if len(drvs) == 0 {
 		drvs = []string{drvPath}
 	}
 	paths, err := b.Nix.Requisites(ctx, drvs...)
 	if err != nil {
-		return "", fmt.Errorf("closure of %s: %w", drvPath, err)
+		return "", 0, fmt.Errorf("closure of %s: %w", drvPath, err)
 	}
-	key := queue.ScopedKey(queue.ClosureKey(drvPath), b.BuilderID)
+	key = queue.ScopedKey(queue.ClosureKey(drvPath), b.BuilderID)
 	b.log().Info("staging closure", "drv", drvPath, "paths", len(paths))
 	var info queue.StagedInfo
 	err = b.Nix.ExportStream(ctx, func(r io.Reader) (err error) {
@@ -250,10 +258,13 @@ func (b *Builder) stageClosure(ctx context.Context, drvPath string, drvs ...stri
 		return err
 	}, paths...)
 	if err != nil {
-		return "", fmt.Errorf("stage closure of %s: %w", drvPath, err)
+		return "", 0, fmt.Errorf("stage closure of %s: %w", drvPath, err)
 	}
-	b.log().Debug("staged closure", "drv", drvPath, "key", key, "bytes", info.Size)
-	return key, nil
+	b.log().Debug("staged closure", "drv", drvPath, "key", key, "bytes", info.Size, "reused", info.Reused)
+	if info.Reused {
+		return key, 0, nil
+	}
+	return key, int64(info.Size), nil
 }
 
 // nixEnv learns the Nix environment once: only a success is kept, so a

@@ -151,7 +151,7 @@ func TestStageClosures(t *testing.T) {
 	}
 	// A .drv the store lacks has no closure to stage.
 	bad := &Builder{Nix: b.Nix, Queue: &memQueue{}}
-	if _, err := bad.stageClosure(ctx, "/nix/store/00000000000000000000000000000000-missing.drv"); err == nil {
+	if _, _, err := bad.stageClosure(ctx, "/nix/store/00000000000000000000000000000000-missing.drv"); err == nil {
 		t.Fatal("closure of a missing .drv staged")
 	}
 }

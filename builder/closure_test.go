@@ -29,32 +29,6 @@ func startQueue(t testing.TB) *queue.Conn {
 	return c
 }
 
-// published reads every result on the RESULTS stream, in stream order.
-func published(t *testing.T, ctx context.Context, c *queue.Conn) []*queue.Result {
-	t.Helper()
-	s, err := c.JetStream().Stream(ctx, queue.StreamResults)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*queue.Result
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := queue.DecodeResult(m.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, r)
-	}
-	return out
-}
-
 // pathInfoCA reads each path's ca straight from Nix 2.8's JSON, not
 // through the package's parser.
 func pathInfoCA(t *testing.T, ctx context.Context, n *nix.Nix, paths ...string) map[string]string {
@@ -130,7 +104,7 @@ func TestBuildPublishesClosure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	results := published(t, ctx, c)
+	results := testqueue.Results(t, c)
 	if len(results) != 6 || len(pubs) != 6 {
 		t.Fatalf("%d results, %d published; want 6", len(results), len(pubs))
 	}
@@ -258,7 +232,7 @@ func TestClosureLeavesOutWhatWasNotBuiltHere(t *testing.T) {
 	if _, err := b.Build(ctx, closureTarget(bb, message)); err != nil {
 		t.Fatal(err)
 	}
-	results := published(t, ctx, c)
+	results := testqueue.Results(t, c)
 	if len(results) != 5 {
 		t.Fatalf("%d results, want 5 (all but the imported dep-a)", len(results))
 	}

@@ -88,6 +88,7 @@ type staged struct {
 	outputs, sources []queue.Output
 	closure          string
 	took             time.Duration // staging and signing
+	uploaded         int64         // bytes staged (Published.Staged)
 	// res is the signed result, pub what the caller is told of it.
 	res *queue.Result
 	pub *Published
@@ -132,12 +133,13 @@ func (b *Builder) publishSteps(ctx context.Context, steps []*step, t Target, tim
 	// square of a chain's length (every dependency's export holds all
 	// below it, sources included).
 	var closureKey string
+	var closureBytes int64
 	if b.StageClosures && len(steps) > 0 {
 		all := make([]string, len(steps))
 		for i, st := range steps {
 			all[i] = st.drv
 		}
-		if closureKey, err = b.stageClosure(ctx, steps[len(steps)-1].drv, all...); err != nil {
+		if closureKey, closureBytes, err = b.stageClosure(ctx, steps[len(steps)-1].drv, all...); err != nil {
 			return nil, err
 		}
 	}
@@ -191,6 +193,9 @@ func (b *Builder) publishSteps(ctx context.Context, steps []*step, t Target, tim
 		if w.err != nil {
 			return out, fmt.Errorf("%s: %w", st.drv, w.err)
 		}
+		if i == 0 {
+			w.pub.Staged += closureBytes
+		}
 		t0 := time.Now()
 		dup, err := b.Queue.PublishResult(ctx, w.res)
 		if err != nil {
@@ -217,20 +222,22 @@ func (b *Builder) stageStep(ctx context.Context, st *step, w *staged) {
 	t0 := time.Now()
 	defer func() { w.took = time.Since(t0) }()
 	for _, info := range st.outputs {
-		qo, err := b.stageOutput(ctx, info)
+		qo, n, err := b.stageOutput(ctx, info)
 		if err != nil {
 			w.err = err
 			return
 		}
 		w.outputs = append(w.outputs, qo)
+		w.uploaded += n
 	}
 	for _, info := range st.sources {
-		qo, err := b.stageOutput(ctx, info)
+		qo, n, err := b.stageOutput(ctx, info)
 		if err != nil {
 			w.err = err
 			return
 		}
 		w.sources = append(w.sources, qo)
+		w.uploaded += n
 	}
 }
 
@@ -306,21 +313,23 @@ func (b *Builder) signStep(ctx context.Context, st *step, drv *derivation.Deriva
 	}
 	return res, &Published{
 		DrvPath: st.drv, System: drv.Platform, Outputs: build.Outputs, Sources: sources, Requested: st.requested,
-		MsgID: res.MsgID(), Bundle: bundle, Publish: w.took + time.Since(t0),
+		MsgID: res.MsgID(), Bundle: bundle, Publish: w.took + time.Since(t0), Staged: w.uploaded,
 	}, nil
 }
 
 // stageOutput stages a path's NAR under its content-addressed key in this
 // builder's staging scope (queue.ScopedKey: no other publisher can
-// replace it) and describes it for the result (without Name and NixSig).
-func (b *Builder) stageOutput(ctx context.Context, info nix.PathInfo) (queue.Output, error) {
+// replace it) and describes it for the result (without Name and NixSig);
+// uploaded is 0 when staging had it already.
+func (b *Builder) stageOutput(ctx context.Context, info nix.PathInfo) (_ queue.Output, uploaded int64, _ error) {
 	hexHash := hex.EncodeToString(info.NarHash[:])
 	key := queue.ScopedKey(queue.StagingKey(hexHash), b.BuilderID)
-	if err := b.stage(ctx, key, info); err != nil {
-		return queue.Output{}, err
+	uploaded, err := b.stage(ctx, key, info)
+	if err != nil {
+		return queue.Output{}, 0, err
 	}
 	return queue.Output{
 		Path: info.Path, NarHash: hexHash, NarSize: info.NarSize, StagingKey: key,
 		References: info.References, CA: info.CA,
-	}, nil
+	}, uploaded, nil
 }

@@ -267,14 +267,20 @@ func (c *Conn) readSince(ctx context.Context, stream, filter string, since time.
 	if err != nil {
 		return mapJSError(err)
 	}
-	if info.State.Msgs == 0 || info.State.LastTime.Before(since) || (filter != "" && info.State.Subjects[filter] == 0) {
+	// Info with a subject filter lists the subjects that match it (a
+	// wildcard filter, as ReadUsage's, matches several).
+	if info.State.Msgs == 0 || info.State.LastTime.Before(since) || (filter != "" && len(info.State.Subjects) == 0) {
 		return nil
 	}
 	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since}
 	if filter != "" {
 		cfg.FilterSubjects = []string{filter}
 	}
-	cons, err := st.OrderedConsumer(ctx, cfg)
+	var cons jetstream.Consumer
+	err = c.denyAware(ctx, jsAPIFor(stream, ""), func(ctx context.Context) (err error) {
+		cons, err = st.OrderedConsumer(ctx, cfg)
+		return err
+	})
 	if err != nil {
 		return mapJSError(err)
 	}
@@ -364,15 +370,21 @@ func farmRunner(tenant string, pub *[]string, consume func(stream, filter string
 }
 
 // readDisputes is what ReadEvents needs for the tenant's disputes (farm
-// stats counts each builder's causes): an ordered consumer on
-// events.<tenant>.disputed only, pulled with fetches.
+// stats counts each builder's causes).
 func readDisputes(tenant string, pub *[]string) {
+	readFiltered(StreamEvents, subjectEvents+"."+tenant+"."+EventDisputed, pub)
+}
+
+// readFiltered is what readSince needs to read stream's messages on
+// filter, and no others: an ordered consumer on filter only, pulled with
+// fetches.
+func readFiltered(stream, filter string, pub *[]string) {
 	*pub = append(*pub,
-		jsAPI+"STREAM.INFO."+StreamEvents,
-		jsAPI+"CONSUMER.CREATE."+StreamEvents+".*."+subjectEvents+"."+tenant+"."+EventDisputed,
-		jsAPI+"CONSUMER.DELETE."+StreamEvents+".*",
-		jsAPI+"CONSUMER.MSG.NEXT."+StreamEvents+".*",
-		jsFlowCtl+StreamEvents+".>")
+		jsAPI+"STREAM.INFO."+stream,
+		jsAPI+"CONSUMER.CREATE."+stream+".*."+filter,
+		jsAPI+"CONSUMER.DELETE."+stream+".*",
+		jsAPI+"CONSUMER.MSG.NEXT."+stream+".*",
+		jsFlowCtl+stream+".>")
 }
 
 // readReports is what ReadFarmReports needs: an ordered consumer pulled

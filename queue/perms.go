@@ -15,8 +15,9 @@ type Role string
 const (
 	// RoleRunner builds: PublishResult for its tenant only, Stage under
 	// its builder's scope (ScopedKey), what a volunteer needs
-	// (ConsumeRebuilds of its tenant, KVGet of votes, OpenStaged), and
-	// what a farm worker and submitter need (see farmRunner). It cannot
+	// (ConsumeRebuilds of its tenant, KVGet of votes, OpenStaged), what
+	// a farm worker and submitter need (see farmRunner), and its own
+	// builder's usage records (see usagePermissions). It cannot
 	// consume results, write the quorum's KV, nor purge or delete
 	// staging (a failed upload's chunks are the next upload's or the
 	// garbage collector's). See RunnerPermissions.
@@ -25,8 +26,9 @@ const (
 	// tenant's filter, OpenStaged, the quorum's KV buckets, events and
 	// rebuild requests, the entries waiting for their references, and EnsureStreams (the pusher sets its tenant's
 	// streams up at start, as `provenix cache-push` does); and runs the
-	// farm's scheduler (see farmPusher). It cannot publish results nor
-	// write to staging.
+	// farm's scheduler (see farmPusher); it publishes the cache
+	// server's usage records and reads the tenant's (see
+	// usagePermissions). It cannot publish results nor write to staging.
 	RolePusher Role = "pusher"
 	// RoleAdmin may do anything inside the tenant's account (delete or
 	// purge streams, staging garbage collection); nothing outside it.
@@ -130,6 +132,7 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 		consume(StreamRebuild, subjectRebuild+"."+tenant+".*")
 		readStream(kvVotes)
 		farmRunner(tenant, &pub, consume, readStream, orderedReads)
+		usagePermissions(tenant, builderID, role, &pub)
 	case RolePusher:
 		pub = append(pub, jsAPI+"INFO", subjectEvents+"."+tenant+".>", subjectRebuild+"."+tenant+".>")
 		for _, s := range []string{StreamResults, StreamEvents, StreamRebuild, stagingStream, kvVotes, kvBuilders, kvWaiting} {
@@ -146,6 +149,7 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 			pub = append(pub, kvSubjectPrefix+kv+".>")
 		}
 		farmPusher(tenant, &pub, consume, readStream, orderedReads)
+		usagePermissions(tenant, "", role, &pub)
 	case RoleAdmin:
 		return Permissions{Publish: []string{">"}, Subscribe: []string{">"}}, nil
 	default:

@@ -42,6 +42,15 @@ func TestRolePermissions(t *testing.T) {
 		{"pusher publishes farm requests", pusher, "farm.build.acme.>", true},
 		{"pusher makes the farm's streams", pusher, "$JS.API.STREAM.CREATE.FARM", true},
 		{"pusher follows the events", pusher, "$JS.API.CONSUMER.CREATE.EVENTS.*.events.>", true},
+		{"runner records its own usage", runner, "usage.acme." + StagingScope("acme-runner"), true},
+		{"runner records any usage", runner, "usage.acme.>", false},
+		{"runner records serving", runner, "usage.acme.serve", false},
+		{"runner reads its own usage", runner, "$JS.API.CONSUMER.CREATE.USAGE.*.usage.acme." + StagingScope("acme-runner"), true},
+		{"runner reads the tenant's usage", runner, "$JS.API.CONSUMER.CREATE.USAGE.*.usage.acme.>", false},
+		{"pusher records serving", pusher, "usage.acme.serve", true},
+		{"pusher records builds", pusher, "usage.acme.>", false},
+		{"pusher reads the tenant's usage", pusher, "$JS.API.CONSUMER.CREATE.USAGE.*.usage.acme.>", true},
+		{"pusher makes the usage stream", pusher, "$JS.API.STREAM.CREATE.USAGE", true},
 	} {
 		if got := slices.Contains(c.p.Publish, c.subj); got != c.want {
 			t.Errorf("%s (%s): %v, want %v", c.name, c.subj, got, c.want)

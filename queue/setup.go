@@ -34,6 +34,9 @@ type StreamOptions struct {
 	// ClusterReplicas (3) on a cluster of at least 3 servers, 1 otherwise.
 	// An explicit value wins.
 	Replicas int
+	// UsageMaxAge is how long usage records (StreamUsage) are kept:
+	// the window a bill can cover. DefaultUsageMaxAge when 0.
+	UsageMaxAge time.Duration
 }
 
 // ClusterReplicas is the replica count EnsureStreams picks on a cluster of
@@ -78,9 +81,9 @@ func (c *Conn) DefaultReplicas() int {
 	return 1
 }
 
-// EnsureStreams creates the RESULTS and EVENTS streams and the staging
-// Object Store bucket, or updates them to o. It is idempotent: every
-// builder and pusher may call it at start-up. It retries what a cluster
+// EnsureStreams creates the RESULTS, EVENTS, REBUILD and USAGE streams,
+// the staging Object Store bucket and the KV buckets, or updates them to
+// o. It is idempotent: every builder and pusher may call it at start-up. It retries what a cluster
 // answers while it elects leaders (see PublishResult) until ctx ends; a
 // ctx without deadline gets PublishTimeout.
 //
@@ -92,8 +95,8 @@ func (c *Conn) EnsureStreams(ctx context.Context, o StreamOptions) error {
 	if o.MaxAge == 0 {
 		o.MaxAge = DefaultMaxAge
 	}
-	if o.MaxAge < 0 {
-		return fmt.Errorf("queue: ensure streams: negative MaxAge %s", o.MaxAge)
+	if o.MaxAge < 0 || o.UsageMaxAge < 0 {
+		return fmt.Errorf("queue: ensure streams: negative MaxAge %s or UsageMaxAge %s", o.MaxAge, o.UsageMaxAge)
 	}
 	if o.Replicas == 0 {
 		o.Replicas = c.DefaultReplicas()
@@ -144,7 +147,7 @@ func clusterSettling(err error) bool {
 var ensureAttempts = retry.Policy{Initial: 3 * time.Second, Max: 12 * time.Second}
 
 func (c *Conn) ensureAll(ctx context.Context, o StreamOptions) error {
-	for _, cfg := range []jetstream.StreamConfig{resultsConfig(o), eventsConfig(o), rebuildConfig(o)} {
+	for _, cfg := range []jetstream.StreamConfig{resultsConfig(o), eventsConfig(o), rebuildConfig(o), usageConfig(o)} {
 		if err := c.ensureStream(ctx, cfg); err != nil {
 			return err
 		}

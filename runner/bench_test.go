@@ -11,6 +11,8 @@ import (
 	"time"
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
+
+	"codeberg.org/provenix/provenix/runner/rpc/rpctest"
 )
 
 // BenchmarkJobPickupAndOverhead runs one-step jobs through the daemon
@@ -68,6 +70,21 @@ func BenchmarkJobPickupAndOverhead(b *testing.B) {
 	b.ReportMetric(pct(bashes, 50), "bash-ms")
 }
 
+// runTask has f's runner run one task of payload, which must succeed,
+// and returns what the forge knows of it.
+func runTask(b testing.TB, f *fixture, payload string) rpctest.Task {
+	b.Helper()
+	id := f.srv.AddTask(task(b, payload, nil), "nix")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if res, err := f.runner.RunOne(ctx); err != nil || res != runnerv1.Result_RESULT_SUCCESS {
+		st, _ := f.srv.Task(id)
+		b.Fatalf("task %d: %v %v\n%s", id, err, res, logText(st.Logs))
+	}
+	st, _ := f.srv.Task(id)
+	return st
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func pct(v []float64, p int) float64 {
@@ -113,14 +130,7 @@ func BenchmarkIsolationOverhead(b *testing.B) {
 	}
 	payload := "on: push\njobs:\n  j:\n    runs-on: nix\n    steps:\n      - run: \"true\"\n"
 	overhead := func(f *fixture) float64 {
-		id := f.srv.AddTask(task(b, payload, nil), "nix")
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if res, err := f.runner.RunOne(ctx); err != nil || res != runnerv1.Result_RESULT_SUCCESS {
-			b.Fatalf("task %d: %v %v", id, err, res)
-		}
-		st, _ := f.srv.Task(id)
-		s := st.State
+		s := runTask(b, f, payload).State
 		step := s.Steps[0]
 		return ms(s.StoppedAt.AsTime().Sub(s.StartedAt.AsTime()) - step.StoppedAt.AsTime().Sub(step.StartedAt.AsTime()))
 	}

@@ -28,6 +28,8 @@ type jobBox struct {
 	cg         *isolate.Cgroup
 	privateTmp bool
 	kinds      []string
+	// used is what the job's cgroup used in all, once reap removed it.
+	used *isolate.Stats
 }
 
 // box acquires a user for the job and makes its cgroup.
@@ -161,6 +163,9 @@ func (r *Runner) reap(ctx context.Context, t *taskRun, b *jobBox) {
 		k, err := b.cg.Kill(ctx)
 		n += k
 		errs = append(errs, err)
+		if s, err := b.cg.Stats(); err == nil {
+			b.used = &s
+		}
 		b.cg = nil
 	}
 	if b.lease != nil && b.lease.Exclusive {

@@ -23,6 +23,7 @@ import (
 	"codeberg.org/provenix/provenix/runner/capture"
 	"codeberg.org/provenix/provenix/runner/isolate"
 	"codeberg.org/provenix/provenix/runner/report"
+	"codeberg.org/provenix/provenix/usage"
 )
 
 // Forge is the part of the forge client the runner uses.
@@ -69,6 +70,13 @@ type Options struct {
 	// job, so forge jobs always come first and wait no longer than it
 	// takes Idle to stop. It is started again once no job runs.
 	Idle func(ctx context.Context) error
+	// Usage, when set, records what each job cost (usage.KindJob: CPU,
+	// wall time, peak memory, bytes built and staged) for the builder's
+	// tenant, once the job is done. Jobs of a runner without a builder
+	// are not recorded: they have no tenant.
+	Usage usage.Recorder
+	// Connection names the forge connection in usage records.
+	Connection string
 	// ChildCommand starts the job process (default: this executable with
 	// "runner exec-job"); it reads a job.Spec on stdin.
 	ChildCommand []string

@@ -15,6 +15,7 @@ import (
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"codeberg.org/provenix/provenix/builder"
 	"codeberg.org/provenix/provenix/internal/testfs"
 	"codeberg.org/provenix/provenix/runner/job"
 	"codeberg.org/provenix/provenix/runner/rpc"
@@ -70,6 +71,12 @@ type fixture struct {
 
 func newFixture(t testing.TB, mod func(*Options)) *fixture {
 	t.Helper()
+	return newBuilderFixture(t, nil, mod)
+}
+
+// newBuilderFixture is newFixture with a runner that attests with b.
+func newBuilderFixture(t testing.TB, b *builder.Builder, mod func(*Options)) *fixture {
+	t.Helper()
 	srv := rpctest.New(t)
 	reg := srv.AddRunner(rpctest.Runner{UUID: "0b5e5f5c-1111-4222-8333-444455556666", Token: "runner-token-secret", Name: "t", Labels: []string{"nix"}})
 	cl, err := rpc.New(srv.URL, rpc.WithCredentials(reg.UUID, reg.Token), rpc.WithHTTPClient(srv.Client()))
@@ -87,7 +94,7 @@ func newFixture(t testing.TB, mod func(*Options)) *fixture {
 	if mod != nil {
 		mod(&opts)
 	}
-	r, err := New(cl, nil, opts)
+	r, err := New(cl, b, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,8 +46,15 @@ type taskRun struct {
 	started  time.Time
 	box      *jobBox
 
+	// proc is the job process's end state, once it has ended (its
+	// rusage, for the usage record).
+	proc *os.ProcessState
+
 	mu       sync.Mutex
 	attested map[string]bool // drv → attested (either way)
+	// built and staged are the NAR bytes of what the job attested and
+	// the bytes it staged (usage.Record).
+	built, staged int64
 }
 
 // RunTask runs one task to its end and reports it; it returns the result
@@ -212,6 +219,7 @@ func (r *Runner) execute(ctx context.Context, t *taskRun, p *job.Parsed) runnerv
 	// Whatever the result, what the job built is attested: a later step
 	// may fail after a good build, and the provenance records the job.
 	r.autoCapture(ctx, t, win)
+	r.recordUsage(ctx, t)
 	return result
 }
 
@@ -236,6 +244,8 @@ func (r *Runner) runChild(ctx context.Context, t *taskRun, spec *job.Spec, sub m
 	if err := cmd.Start(); err != nil {
 		return runnerv1.Result_RESULT_FAILURE, fmt.Sprintf("::error::starting the job process: %v", err)
 	}
+	// Every way out below has waited for the process.
+	defer func() { t.proc = cmd.ProcessState }()
 
 	var done *job.Event
 	readDone := make(chan struct{})
@@ -423,6 +433,10 @@ func (r *Runner) attestClosure(ctx context.Context, t *taskRun, drvs []string, h
 	for _, p := range pubs {
 		t.mu.Lock()
 		t.attested[p.DrvPath] = true
+		t.staged += p.Staged
+		for _, o := range p.Outputs {
+			t.built += int64(o.NarSize)
+		}
 		t.mu.Unlock()
 		res := capture.Result{DrvPath: p.DrvPath, System: p.System, MsgID: p.MsgID, Duplicate: p.Duplicate, BuilderID: r.builder.BuilderID}
 		for _, o := range p.Outputs {

@@ -37,7 +37,7 @@ type Limits struct {
 	// MaxMem bounds memory storage in bytes (max_mem). Provenix keeps
 	// nothing in memory streams.
 	MaxMem int64
-	// MaxStreams (max_streams): Provenix needs ten.
+	// MaxStreams (max_streams): Provenix needs eleven.
 	MaxStreams int
 	// MaxConsumers per stream (max_consumers): pusher groups and
 	// volunteers' systems, plus the short-lived readers of NARs and votes.
@@ -53,8 +53,8 @@ const (
 	// streamsNeeded is what EnsureStreams creates (RESULTS, EVENTS,
 	// REBUILD, the staging Object Store and three KV buckets: votes,
 	// builders, waiting entries) and EnsureFarm (FARM, FARM_REPORTS and
-	// the farm's bucket).
-	streamsNeeded = 10
+	// the farm's bucket), and USAGE.
+	streamsNeeded = 11
 )
 
 func (l *Limits) fill() error {

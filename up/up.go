@@ -29,6 +29,7 @@ import (
 	"codeberg.org/provenix/provenix/oci"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
+	"codeberg.org/provenix/provenix/usage"
 	"codeberg.org/provenix/provenix/vsa"
 )
 
@@ -93,7 +94,10 @@ type Config struct {
 	// PublicURL is the cache's public base URL the summaries name
 	// (cachepush.Config.CacheURL); relative to the cache when empty.
 	PublicURL string
-	Logger    *slog.Logger
+	// UsageMaxAge is how long usage records are kept
+	// (queue.DefaultUsageMaxAge when 0): the window bills can cover.
+	UsageMaxAge time.Duration
+	Logger      *slog.Logger
 	// Forges, when set, are the forges the pusher shows its verdicts on
 	// as commit statuses (cache-push/forgestatus).
 	Forges *forgestatus.Forges
@@ -115,6 +119,7 @@ type Stack struct {
 	token    string
 	httpDone chan error
 	metrics  *metrics.Metrics
+	served   *usage.ServeMeter
 	started  time.Time
 	// metricsSrv is set when /metrics and /status have their own listener.
 	metricsSrv  *http.Server
@@ -294,7 +299,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if s.conn, err = queue.Connect(ctx, s.natsURL, opts...); err != nil {
 		return err
 	}
-	if err := s.conn.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
+	if err := s.conn.EnsureStreams(ctx, queue.StreamOptions{UsageMaxAge: s.cfg.UsageMaxAge}); err != nil {
 		return err
 	}
 	if err := s.openStore(ctx); err != nil {
@@ -344,7 +349,16 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("registry: %w", err)
 	}
-	cache := s.withFarmPage(server.Handler(s.store.Store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP, Registry: reg}))
+	// What the cache serves is recorded per reader, every minute.
+	rec, err := usage.NewPublisher(s.conn)
+	if err != nil {
+		return err
+	}
+	if s.served, err = usage.NewServeMeter(usage.ServeOptions{Tenant: s.cfg.Tenant, Recorder: rec, Logger: s.log}); err != nil {
+		return err
+	}
+	s.served.Start(context.WithoutCancel(ctx)) // until Close
+	cache := s.withFarmPage(server.Handler(s.store.Store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP, Served: s.served, Registry: reg}))
 	var handler http.Handler = cache
 	if s.cfg.MetricsListen != "" {
 		if s.metricsLn, err = net.Listen("tcp", s.cfg.MetricsListen); err != nil {
@@ -455,6 +469,11 @@ func (s *Stack) Close(ctx context.Context) error {
 		errs = append(errs, s.metricsSrv.Shutdown(ctx))
 		<-s.metricsDone
 		s.metricsSrv = nil
+	}
+	if s.served != nil {
+		// After the HTTP server: what it served last is in the record.
+		errs = append(errs, s.served.Close(ctx))
+		s.served = nil
 	}
 	if s.farm != nil {
 		errs = append(errs, s.farm.Close(ctx))

@@ -14,6 +14,7 @@ import (
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/usage"
 )
 
 // FarmBuild is a farm.BuildFunc: it serves a farm request (a first build
@@ -32,7 +33,7 @@ import (
 func (v *Volunteer) FarmBuild(ctx context.Context, r *farm.Request) (*farm.BuildStats, error) {
 	req := &queue.RebuildRequest{Version: queue.RebuildVersion, Tenant: r.Tenant, System: r.System, DrvPath: r.DrvPath,
 		Outputs: slices.Sorted(mapValues(r.Outputs)), Closure: r.Closure, Requested: r.Requested}
-	action, pub, cpu, err := v.serve(ctx, req)
+	action, pub, cpu, err := v.serve(ctx, req, usage.KindFarm)
 	if err == nil {
 		v.log().Info("farm build done", logKeyDrv, r.DrvPath, logKeyAction, action, logKeyTook, pub.Built, "cpu", cpu)
 		return &farm.BuildStats{Wall: pub.Built, CPUSeconds: cpu.Seconds()}, nil

@@ -42,6 +42,7 @@ import (
 	"codeberg.org/provenix/provenix/nardiff"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/usage"
 )
 
 // Queue is what a volunteer needs from the broker; *queue.Conn has it.
@@ -93,6 +94,9 @@ type Volunteer struct {
 	// OnOutcome, when set, is called with each handled request's outcome,
 	// from the handling goroutine.
 	OnOutcome func(Outcome)
+	// Usage, when set, records what each build cost (usage.KindVolunteer
+	// for rebuild requests, usage.KindFarm for the farm's builds).
+	Usage usage.Recorder
 }
 
 // Action is what a volunteer did with a request.
@@ -298,7 +302,7 @@ func (v *Volunteer) handle(ctx context.Context, d *queue.Delivery, ackWait time.
 	if voted {
 		return finish(ActionSkipped, nil)
 	}
-	action, pub, _, err := v.serve(ctx, req)
+	action, pub, _, err := v.serve(ctx, req, usage.KindVolunteer)
 	out.Published = pub
 	return finish(action, err)
 }
@@ -308,7 +312,7 @@ func (v *Volunteer) handle(ctx context.Context, d *queue.Delivery, ackWait time.
 // what the build used (see nix.RealiseOptions.CPU), a failed one too. On error
 // the action says whether retrying may help (ActionRetry) or not
 // (ActionFailed).
-func (v *Volunteer) serve(ctx context.Context, req *queue.RebuildRequest) (Action, *builder.Published, time.Duration, error) {
+func (v *Volunteer) serve(ctx context.Context, req *queue.RebuildRequest, kind usage.Kind) (Action, *builder.Published, time.Duration, error) {
 	if err := v.ensureDrv(ctx, req); err != nil {
 		if errors.Is(err, nix.ErrBadExport) || errors.Is(err, ErrRequest) {
 			return ActionFailed, nil, 0, err
@@ -327,8 +331,10 @@ func (v *Volunteer) serve(ctx context.Context, req *queue.RebuildRequest) (Actio
 		inputs = append(inputs, p)
 	}
 	slices.Sort(inputs)
+	t0 := time.Now()
 	action, started, finished, cpu, err := v.build(ctx, req, inputs)
 	if err != nil {
+		v.recordUsage(ctx, kind, req, t0, cpu, nil)
 		if ctx.Err() != nil {
 			return ActionRetry, nil, 0, err
 		}
@@ -344,6 +350,7 @@ func (v *Volunteer) serve(ctx context.Context, req *queue.RebuildRequest) (Actio
 	pubs, err := v.Builder.PublishClosure(ctx, builder.Target{
 		Installable: attest.Installable{Kind: "drv", Ref: req.DrvPath},
 	}, []string{req.DrvPath}, co)
+	v.recordUsage(ctx, kind, req, t0, cpu, pubs)
 	if err != nil {
 		// The outputs stay in this store, built here: a redelivery
 		// publishes them without building again.

@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -29,6 +30,7 @@ import (
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
+	"codeberg.org/provenix/provenix/usage"
 )
 
 const tenant = "t1"
@@ -136,6 +138,29 @@ func lastResult(t *testing.T, conn *queue.Conn, system string) *queue.Result {
 	return r
 }
 
+// records is a usage.Recorder that keeps what it is given.
+type records struct {
+	mu   sync.Mutex
+	recs []*usage.Record
+}
+
+func (r *records) Record(_ context.Context, rec *usage.Record) error {
+	rec.Version, rec.ID = usage.Version, usage.NewID() // as usage.Publisher does
+	if err := rec.Validate(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.recs = append(r.recs, rec)
+	return nil
+}
+
+func (r *records) all() []*usage.Record {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.recs)
+}
+
 func TestVolunteer(t *testing.T) {
 	bb := testnix.Busybox(t)
 	conn := startQueue(t)
@@ -145,7 +170,8 @@ func TestVolunteer(t *testing.T) {
 	vb, vkey := newBuilder(t, conn, "volunteer-b")
 	var logs bytes.Buffer
 	var logMu sync.Mutex
-	v := &Volunteer{Conn: conn, Builder: vb, Logger: slogTo(&logs, &logMu)}
+	recs := &records{}
+	v := &Volunteer{Conn: conn, Builder: vb, Logger: slogTo(&logs, &logMu), Usage: recs}
 
 	t.Run("rebuilds and votes", func(t *testing.T) {
 		pa := buildSample(t, ctx, a, bb)
@@ -196,6 +222,16 @@ func TestVolunteer(t *testing.T) {
 		}
 		if n := streamMsgs(t, conn, queue.StreamRebuild); n != 1 {
 			t.Fatalf("%d requests left, want 1 (the riscv64-linux one)", n)
+		}
+		// Its usage: the build's CPU, the NAR it built, what it staged.
+		rs := recs.all()
+		if len(rs) != 1 {
+			t.Fatalf("%d usage records, want 1", len(rs))
+		}
+		r := rs[0]
+		if r.Kind != usage.KindVolunteer || r.Tenant != tenant || r.Builder != "volunteer-b" || r.DrvPath != pa.DrvPath ||
+			r.BytesBuilt != int64(got.NarSize) || r.BytesStaged < int64(got.NarSize) || r.CPUMicros <= 0 || r.Wall() < out.Published.Built {
+			t.Errorf("usage record %+v; built %d bytes in %s", r, got.NarSize, out.Published.Built)
 		}
 	})
 

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -62,8 +63,19 @@ func (r Readers) Check(user, password string) bool {
 	return subtle.ConstantTimeCompare(sum[:], want[:]) == 1 && ok
 }
 
+// readerKey is the request context key of the authenticated reader.
+type readerKey struct{}
+
+// Reader is the reader RequireReaders let through, "" for a request it
+// did not check (a cache without readers).
+func Reader(ctx context.Context) string {
+	s, _ := ctx.Value(readerKey{}).(string)
+	return s
+}
+
 // RequireReaders serves h only to requests with a reader's basic
-// credentials; others get 401 with a challenge naming realm.
+// credentials, each with its reader in its context (Reader); others get
+// 401 with a challenge naming realm.
 func RequireReaders(h http.Handler, r Readers, realm string) http.Handler {
 	challenge := fmt.Sprintf("Basic realm=%q, charset=\"UTF-8\"", realm)
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -73,6 +85,6 @@ func RequireReaders(h http.Handler, r Readers, realm string) http.Handler {
 			httpError(w, http.StatusUnauthorized)
 			return
 		}
-		h.ServeHTTP(w, req)
+		h.ServeHTTP(w, req.WithContext(context.WithValue(req.Context(), readerKey{}, user)))
 	})
 }

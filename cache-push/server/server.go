@@ -38,6 +38,16 @@ type Options struct {
 	// Registry, when set, serves /v2/ and everything under it (the OCI
 	// distribution API of package oci); nil leaves those paths 404.
 	Registry http.Handler
+	// Served, when set, is told of the body bytes of every request and
+	// whose they were (Reader): what the cache served whom, for usage
+	// records (usage.ServeMeter).
+	Served ServedObserver
+}
+
+// ServedObserver counts what a cache served: reader is the
+// authenticated reader (see RequireReaders), "" without credentials.
+type ServedObserver interface {
+	ObserveServed(reader string, bytes int64)
 }
 
 // RequestObserver records served requests; *metrics.HTTP has it. kind is
@@ -112,7 +122,7 @@ var verifierObjects = map[string]objectKind{
 // (dot segments, double slashes, control bytes, overlong) 400, other methods
 // 405. Bodies are streamed from the store.
 func Handler(s store.Store, o Options) http.Handler {
-	h := &handler{s: s, log: o.Logger, priority: o.Priority, metrics: o.Metrics, registry: o.Registry}
+	h := &handler{s: s, log: o.Logger, priority: o.Priority, metrics: o.Metrics, served: o.Served, registry: o.Registry}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -127,12 +137,13 @@ type handler struct {
 	log      *slog.Logger
 	priority int
 	metrics  RequestObserver
+	served   ServedObserver
 	registry http.Handler
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.registry != nil && (r.URL.Path == "/v2" || strings.HasPrefix(r.URL.Path, "/v2/")) {
-		h.registry.ServeHTTP(w, r)
+		h.serveRegistry(w, r)
 		return
 	}
 	start := time.Now()
@@ -140,12 +151,39 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.metrics != nil {
 		h.metrics.ObserveRequest(requestKind(r.URL.Path), status, time.Since(start))
 	}
+	if h.served != nil {
+		h.served.ObserveServed(Reader(r.Context()), n)
+	}
 	h.log.LogAttrs(r.Context(), slog.LevelDebug, "request",
 		slog.String(attrMethod, r.Method),
 		slog.String(attrPath, r.URL.Path),
 		slog.Int(attrStatus, status),
 		slog.Int64(attrBytes, n),
 		slog.Duration(attrDuration, time.Since(start)))
+}
+
+// serveRegistry hands the request to the registry, counting what it
+// served too (also when it cuts a response short by panicking).
+func (h *handler) serveRegistry(w http.ResponseWriter, r *http.Request) {
+	if h.served == nil {
+		h.registry.ServeHTTP(w, r)
+		return
+	}
+	cw := &countingResponseWriter{ResponseWriter: w}
+	defer func() { h.served.ObserveServed(Reader(r.Context()), cw.n) }()
+	h.registry.ServeHTTP(cw, r)
+}
+
+// countingResponseWriter counts the body bytes written.
+type countingResponseWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingResponseWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // serve answers the request and returns the status and body bytes written,

@@ -18,6 +18,7 @@ import (
 	"codeberg.org/provenix/provenix/oci"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
+	"codeberg.org/provenix/provenix/usage"
 )
 
 type pushFlags struct {
@@ -34,6 +35,7 @@ type pushFlags struct {
 	replicas    int
 	maxFailures int
 	forges      string
+	usageMaxAge time.Duration
 }
 
 func newCachePushCmd(g *globals) *cobra.Command {
@@ -72,6 +74,7 @@ abandoned uploads older than a day, hourly.`,
 	fl.DurationVar(&f.ackWait, "ack-wait", queue.DefaultAckWait, "how long a result may go unacknowledged before another member of the group gets it; a killed pusher's results wait this long (the group's consumer takes the last value set)")
 	fl.IntVar(&f.maxFailures, "max-failures", cachepush.DefaultMaxFailures, "retryable failures of one result before it is given up (dead-letter event); outages are retried forever")
 	fl.StringVar(&f.forges, "forges", "", "forges file: show verdicts as commit statuses provenix/<system> on these forges (docs/forges.md)")
+	fl.Var(retention{&f.usageMaxAge}, "usage-max-age", "how long usage records are kept, e.g. 90d (default 90d; give every pusher of the account the same)")
 	fl.IntVar(&f.replicas, "nats-replicas", 0, "replicas of the streams and buckets this pusher creates; 0: 3 on a NATS cluster of 3 or more servers, else 1")
 	return cmd
 }
@@ -121,7 +124,7 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return err
 	}
 	defer conn.Close()
-	if err := conn.EnsureStreams(ctx, queue.StreamOptions{Replicas: f.replicas}); err != nil {
+	if err := conn.EnsureStreams(ctx, queue.StreamOptions{Replicas: f.replicas, UsageMaxAge: f.usageMaxAge}); err != nil {
 		return err
 	}
 	pu, err := wire.StartPusher(ctx, wire.PusherOptions{
@@ -145,6 +148,10 @@ func newCacheCmd(g *globals) *cobra.Command {
 		cache           cacheFlags
 		listen, readers string
 		vsaKey          vsaFlags
+		// usageTenant, when set, records what is served (per reader,
+		// every minute) as this tenant's usage on NATS (usageNATS).
+		usageTenant string
+		usageNATS   natsFlags
 	)
 	serve := &cobra.Command{
 		Use:   "serve [flags]",
@@ -186,7 +193,26 @@ credentials are readable on the wire.`,
 			} else if err != nil {
 				return err
 			}
-			h := server.Handler(st.Store, server.Options{Logger: g.logger(), Registry: reg})
+			so := server.Options{Logger: g.logger(), Registry: reg}
+			if usageTenant != "" {
+				conn, err := usageNATS.connect(cmd.Context(), g, "provenix-cache-serve")
+				if err != nil {
+					return err
+				}
+				defer conn.Close()
+				rec, err := usage.NewPublisher(conn)
+				if err != nil {
+					return err
+				}
+				m, err := usage.NewServeMeter(usage.ServeOptions{Tenant: usageTenant, Recorder: rec, Logger: g.logger()})
+				if err != nil {
+					return usageError("%v", err)
+				}
+				m.Start(cmd.Context())
+				defer m.Close(context.WithoutCancel(cmd.Context()))
+				so.Served = m
+			}
+			h := server.Handler(st.Store, so)
 			if readers != "" {
 				r, err := server.LoadReaders(readers)
 				if err != nil {
@@ -215,6 +241,8 @@ credentials are readable on the wire.`,
 	cache.register(serve)
 	serve.Flags().StringVar(&listen, "listen", up.DefaultListen, "address to listen on")
 	vsaKey.register(serve)
+	usageNATS.register(serve)
+	serve.Flags().StringVar(&usageTenant, "usage-tenant", "", "record what is served, per reader and minute, as this tenant's usage on NATS (--nats-url and a pusher's credentials; see 'provenix usage')")
 	serve.Flags().StringVar(&readers, "readers", "", "serve only these readers (HTTP basic auth; a tenant's cache-readers from 'provenix tenant add'); serve behind TLS")
 	cmd.AddCommand(serve)
 	cmd.AddCommand(newGCCmd(g))

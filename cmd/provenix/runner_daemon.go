@@ -20,6 +20,7 @@ import (
 	"codeberg.org/provenix/provenix/runner/config"
 	"codeberg.org/provenix/provenix/runner/job"
 	"codeberg.org/provenix/provenix/runner/rpc"
+	"codeberg.org/provenix/provenix/usage"
 	"codeberg.org/provenix/provenix/volunteer"
 )
 
@@ -177,6 +178,11 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 		return nil, err
 	}
 	rs.conn = conn
+	rec, err := usage.NewPublisher(conn)
+	if err != nil {
+		rs.close()
+		return nil, err
+	}
 	b := &builder.Builder{
 		Nix: &nix.Nix{}, Queue: conn, Signer: signer, BuilderID: builderID,
 		Tenant: cfg.Provenix.Tenant, Version: version, Logger: log,
@@ -189,7 +195,7 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 	}
 	var idle func(context.Context) error
 	if cfg.Provenix.Volunteer {
-		if idle, err = idleVolunteer(ctx, conn, b, cfg.Provenix.Owner, cfg.Provenix.NixOptions, cfg.Provenix.FarmAckWait, log); err != nil {
+		if idle, err = idleVolunteer(ctx, conn, b, rec, cfg.Provenix.Owner, cfg.Provenix.NixOptions, cfg.Provenix.FarmAckWait, log); err != nil {
 			rs.close()
 			return nil, err
 		}
@@ -201,7 +207,7 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 		ReportInterval: cfg.Runner.ReportInterval, Envs: cfg.Runner.Envs,
 		WorkdirParent: workdir, JobUser: cfg.Provenix.JobUser, JobUsers: cfg.Provenix.JobUsers,
 		DisableCgroup: cfg.Provenix.NoCgroup, DisablePrivateTmp: cfg.Provenix.NoPrivateTmp, Version: version, Logger: log,
-		Idle: idle,
+		Idle: idle, Usage: rec,
 	})
 	if err != nil {
 		rs.close()
@@ -215,7 +221,7 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 // (provenix.volunteer): the farm's builds for this host's Nix machine,
 // with the runner's key and builder id, and Nix with nixOptions
 // (provenix.nix_options; the jobs' Nix has none).
-func idleVolunteer(ctx context.Context, conn *queue.Conn, jb *builder.Builder, owner string, nixOptions map[string]string, ackWait time.Duration, log *slog.Logger) (func(context.Context) error, error) {
+func idleVolunteer(ctx context.Context, conn *queue.Conn, jb *builder.Builder, rec usage.Recorder, owner string, nixOptions map[string]string, ackWait time.Duration, log *slog.Logger) (func(context.Context) error, error) {
 	b := &builder.Builder{
 		Nix: &nix.Nix{Options: nixOptions}, Queue: jb.Queue, Signer: jb.Signer, BuilderID: jb.BuilderID,
 		Tenant: jb.Tenant, Version: jb.Version, Logger: jb.Logger, StageClosures: jb.StageClosures,
@@ -225,7 +231,7 @@ func idleVolunteer(ctx context.Context, conn *queue.Conn, jb *builder.Builder, o
 		return nil, fmt.Errorf("provenix.volunteer: %w", err)
 	}
 	m := farm.MachineOf(cfg)
-	v := &volunteer.Volunteer{Conn: conn, Builder: b, Systems: []string{m.System}, Logger: log, AckWait: ackWait}
+	v := &volunteer.Volunteer{Conn: conn, Builder: b, Systems: []string{m.System}, Logger: log, AckWait: ackWait, Usage: rec}
 	if err := v.Validate(); err != nil {
 		return nil, usageError("provenix.volunteer: %v", err)
 	}

@@ -58,7 +58,7 @@ filling its quota does not stop the others. Seeds and keys are written
 	fl.StringVar(&f.dir, "dir", "", "directory for the tenant's files (default: the data directory's tenants/NAME)")
 	fl.Var(byteSize{&f.limits.MaxFile}, "max-file", "JetStream disk quota in bytes (suffixes KiB, MiB, GiB, TiB; -1 unlimited)")
 	fl.Var(byteSize{&f.limits.MaxMem}, "max-mem", "JetStream memory quota in bytes (Provenix uses none)")
-	fl.IntVar(&f.limits.MaxStreams, "max-streams", tenant.DefaultMaxStreams, "JetStream streams (Provenix needs 10)")
+	fl.IntVar(&f.limits.MaxStreams, "max-streams", tenant.DefaultMaxStreams, "JetStream streams (Provenix needs 11)")
 	fl.IntVar(&f.limits.MaxConsumers, "max-consumers", tenant.DefaultMaxConsumers, "JetStream consumers per stream")
 	fl.StringVar(&f.cacheHost, "cache-host", "localhost", "host name of the tenant's cache, for the netrc file")
 	fl.StringVar(&f.builderID, "builder-id", "", "builder id of the generated builder key (default: NAME-runner)")

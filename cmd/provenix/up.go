@@ -37,6 +37,8 @@ type upFlags struct {
 	leafCert, leafKey       string
 	// forges is the forges file (commit statuses of the verdicts).
 	forges string
+	// usageMaxAge is how long usage records are kept.
+	usageMaxAge time.Duration
 }
 
 func newUpCmd(g *globals) *cobra.Command {
@@ -102,6 +104,7 @@ of the WebSocket listener). See docs/firewalled-workers.md.`,
 	cmd.Flags().StringVar(&f.leafCert, "leafnode-tls-cert", "", "PEM certificate (chain) of the leaf node listener (default: no TLS)")
 	cmd.Flags().StringVar(&f.leafKey, "leafnode-tls-key", "", "PEM private key of the leaf node listener")
 	cmd.Flags().StringVar(&f.forges, "forges", "", "forges file: show the pusher's verdicts as commit statuses provenix/<system> on these forges (docs/forges.md)")
+	cmd.Flags().Var(retention{&f.usageMaxAge}, "usage-max-age", "how long usage records are kept, e.g. 90d, 26w ('provenix usage' bills from them; default 90d)")
 	cmd.Flags().BoolVar(&f.status, "status", false, "print the status of the running instance and exit")
 	cmd.Flags().BoolVar(&f.jsonOut, "json", false, "with --status: print the status as JSON")
 	return cmd
@@ -138,6 +141,7 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 		WebSocketListen: f.wsListen, WebSocketCert: f.wsCert, WebSocketKey: f.wsKey, WebSocketNoTLS: f.wsNoTLS,
 		LeafNodeListen: f.leafListen, LeafNodeCert: f.leafCert, LeafNodeKey: f.leafKey, Forges: forges,
 		VSA: vo, PublicURL: f.vsa.publicURL,
+		UsageMaxAge: f.usageMaxAge,
 	})
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
+	"codeberg.org/provenix/provenix/usage"
 	"codeberg.org/provenix/provenix/volunteer"
 )
 
@@ -101,6 +102,10 @@ func runVolunteer(ctx context.Context, g *globals, f *volunteerFlags) error {
 		return err
 	}
 	defer conn.Close()
+	rec, err := usage.NewPublisher(conn)
+	if err != nil {
+		return err
+	}
 
 	v := &volunteer.Volunteer{
 		Conn: conn,
@@ -115,6 +120,7 @@ func runVolunteer(ctx context.Context, g *globals, f *volunteerFlags) error {
 		Once:    f.once,
 		AckWait: f.ackWait,
 		Logger:  g.logger(),
+		Usage:   rec,
 	}
 	run := v.Run
 	if f.farm {

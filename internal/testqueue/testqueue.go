@@ -61,3 +61,30 @@ func LastResult(t testing.TB, conn *queue.Conn, tenant, system, drv string) *que
 	}
 	return r
 }
+
+// Results reads every result on conn's RESULTS stream, in stream order.
+func Results(t testing.TB, conn *queue.Conn) []*queue.Result {
+	t.Helper()
+	ctx := testctx.New(t, startTimeout)
+	s, err := conn.JetStream().Stream(ctx, queue.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*queue.Result
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := queue.DecodeResult(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}

@@ -25,6 +25,9 @@ type Cgroups struct {
 type Cgroup struct {
 	dir string
 	fd  int
+	// final is what the cgroup's processes used, read by Kill once they
+	// were all dead, just before the cgroup went.
+	final *Stats
 }
 
 // OpenCgroups finds the cgroup v2 hierarchy (pure or hybrid mount), makes
@@ -109,16 +112,62 @@ func (g *Cgroup) Contains(pid int) bool {
 func (g *Cgroup) Procs() ([]int, error) { return procs(g.dir) }
 
 // Kill kills every process in the cgroup, waits until it is empty and
-// removes it. It returns how many processes were in it.
+// removes it. It returns how many processes were in it. Stats then
+// returns what they used, to the end.
 func (g *Cgroup) Kill(ctx context.Context) (int, error) {
 	if g.fd >= 0 {
 		_ = syscall.Close(g.fd)
 		g.fd = -1
 	}
-	return killAndRemove(ctx, g.dir)
+	return killAndRemove(ctx, g.dir, func() {
+		if s, err := readStats(g.dir); err == nil {
+			g.final = &s
+		}
+	})
 }
 
-func killAndRemove(ctx context.Context, dir string) (int, error) {
+// Stats is what the cgroup's processes used so far; after Kill, what
+// they used in all. Reading costs two small file reads.
+func (g *Cgroup) Stats() (Stats, error) {
+	if g.final != nil {
+		return *g.final, nil
+	}
+	return readStats(g.dir)
+}
+
+// readStats reads cpu.stat (there whether or not the cpu controller is
+// enabled) and memory.peak (only with the memory controller).
+func readStats(dir string) (Stats, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
+	if err != nil {
+		return Stats{}, fmt.Errorf("cgroup stats: %w", err)
+	}
+	var s Stats
+	found := false
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+			us, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return Stats{}, fmt.Errorf("cgroup stats: cpu.stat: %w", err)
+			}
+			s.CPU, found = time.Duration(us)*time.Microsecond, true
+		}
+	}
+	if !found {
+		return Stats{}, fmt.Errorf("cgroup stats: no usage_usec in %s/cpu.stat", dir)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "memory.peak")); err == nil {
+		if n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil {
+			s.PeakMemory = n
+		}
+	}
+	return s, nil
+}
+
+// killAndRemove kills what runs in dir and below, and removes them;
+// each, when set, is called before every attempt to remove dir: the
+// last call, right before it goes, sees what its processes used in all.
+func killAndRemove(ctx context.Context, dir string, each ...func()) (int, error) {
 	// Child cgroups (a job cannot make them unless delegated, but a dead
 	// runner's directory has them) go first.
 	ents, _ := os.ReadDir(dir)
@@ -146,6 +195,9 @@ func killAndRemove(ctx context.Context, dir string) (int, error) {
 		}
 	}
 	for {
+		for _, f := range each {
+			f()
+		}
 		// rmdir succeeds once no task is left (zombies do not count).
 		err := syscall.Rmdir(dir)
 		if err == nil || errors.Is(err, syscall.ENOENT) {

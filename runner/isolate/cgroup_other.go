@@ -20,3 +20,4 @@ func (g *Cgroup) Dir() string                       { return "" }
 func (g *Cgroup) Contains(int) bool                 { return false }
 func (g *Cgroup) Procs() ([]int, error)             { return nil, ErrNoCgroup }
 func (g *Cgroup) Kill(context.Context) (int, error) { return 0, ErrNoCgroup }
+func (g *Cgroup) Stats() (Stats, error)             { return Stats{}, ErrNoCgroup }

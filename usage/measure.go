@@ -1,0 +1,17 @@
+package usage
+
+import (
+	"os"
+	"time"
+)
+
+// Process is what a reaped child process used, from its rusage: CPU is
+// user plus system time of it and the descendants it waited for (not of
+// processes it orphaned), MaxRSS the largest of their maximum resident
+// sets, in bytes (0 where the system does not say).
+func Process(ps *os.ProcessState) (cpu time.Duration, maxRSS int64) {
+	if ps == nil {
+		return 0, 0
+	}
+	return ps.UserTime() + ps.SystemTime(), maxRSSOf(ps)
+}
