@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"go/build"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -134,7 +133,7 @@ func serveSigning(t *testing.T, dir string, signer *vsa.Signer) string {
 
 func cosignVerify(t *testing.T, ctx context.Context, pubPath, ref string) (string, error) {
 	t.Helper()
-	cosign := testproc.Tool(t, "cosign", "go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3", filepath.Join(build.Default.GOPATH, "bin", "cosign"))
+	cosign := testproc.Cosign(t)
 	// --insecure-ignore-tlog: the pusher's VSA key signs without a
 	// transparency log, like the builders' keys (docs/FACTS: cosign).
 	cmd := exec.CommandContext(ctx, cosign, "verify-attestation", "--key", pubPath, "--type", vsa.PredicateType,
@@ -157,7 +156,7 @@ func TestCosignVerifiesImageVSA(t *testing.T) {
 	if err != nil {
 		t.Fatalf("cosign refused the image's summary: %v\n%s", err, out)
 	}
-	digest := strings.TrimSpace(run(t, ctx, crane(t), "digest", "--insecure", ref))
+	digest := strings.TrimSpace(run(t, ctx, testproc.Crane(t), "digest", "--insecure", ref))
 	// What cosign printed is the DSSE envelope; its payload is the
 	// statement.
 	var env struct{ Payload []byte }
@@ -209,7 +208,7 @@ func TestCosignVerifiesImageVSA(t *testing.T) {
 	tamper(t, a, dep)
 	// A fresh server: a running one keeps an image it built for a minute.
 	ref = serveSigning(t, a.dir, a.signer) + "/" + repo(a.top)
-	newDigest := strings.TrimSpace(run(t, ctx, crane(t), "digest", "--insecure", ref))
+	newDigest := strings.TrimSpace(run(t, ctx, testproc.Crane(t), "digest", "--insecure", ref))
 	if newDigest == oldImage {
 		t.Fatalf("the altered image kept its digest %s", newDigest)
 	}
@@ -284,7 +283,7 @@ func TestImageVSARefusesOtherPolicy(t *testing.T) {
 	a := newAttested(t, ctx)
 	testcache.Write(t, a.dir, cachelayout.PolicyKey, []byte(`{"version":1,"policy":"trusted_builders: [someone-else]\n"}`+"\n"))
 	srv := serveSigning(t, a.dir, a.signer)
-	digest := strings.TrimSpace(run(t, ctx, crane(t), "digest", "--insecure", srv+"/"+repo(a.top)))
+	digest := strings.TrimSpace(run(t, ctx, testproc.Crane(t), "digest", "--insecure", srv+"/"+repo(a.top)))
 	code, body := status(t, "http://"+srv+"/v2/"+repo(a.top)+"/referrers/"+digest, "", "")
 	if code != http.StatusOK || !strings.Contains(body, `"manifests":[]`) {
 		t.Fatalf("referrers: %d %s, want an empty index", code, body)

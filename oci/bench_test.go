@@ -33,6 +33,7 @@ import (
 
 	"codeberg.org/provenix/provenix/cacheclient"
 	"codeberg.org/provenix/provenix/internal/testcache"
+	"codeberg.org/provenix/provenix/internal/testproc"
 )
 
 // benchNAR dumps dir to a NAR and publishes it in the cache directory as
@@ -62,7 +63,7 @@ func benchKey(b *testing.B) signature.SecretKey {
 // pull-vs-file and pull-vs-nix are the NAR's time over the pull's (goal ≥
 // 0.7: the pull takes at most 1/0.7 of the NAR download's time).
 func BenchmarkPullVsNAR(b *testing.B) {
-	craneBin := crane(b)
+	craneBin := testproc.Crane(b)
 	dir := b.TempDir()
 	sk := benchKey(b)
 	ni := benchNAR(b, dir, sk, runtime.GOROOT(), "go-toolchain")

@@ -90,13 +90,6 @@ func host(url string) string { return strings.TrimPrefix(url, "http://") }
 // repo is the repository name of a store path.
 func repo(p string) string { return "nix/" + filepath.Base(p) }
 
-func crane(t testing.TB) string {
-	t.Helper()
-	bin := testproc.Binary("PROVENIX_CRANE", "crane-0.21.7", "crane")
-	testproc.Require(t, "crane", bin, "scripts/crane.sh build", "PROVENIX_CRANE")
-	return bin
-}
-
 func run(t *testing.T, ctx context.Context, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
@@ -263,7 +256,7 @@ func checkLayers(t *testing.T, c *cache, layers []string) {
 func TestPullRealClients(t *testing.T) {
 	ctx := testctx.New(t, 5*time.Minute)
 	c := newCache(t, ctx)
-	craneBin := crane(t)
+	craneBin := testproc.Crane(t)
 	skopeo := testproc.Tool(t, "skopeo", "apt-get install skopeo")
 	url1 := serve(t, c.dir, nil)
 	ref := host(url1) + "/" + repo(c.top)
@@ -397,7 +390,7 @@ func TestNotServed(t *testing.T) {
 	// Blobs of another tenant's image are unknown by digest too: b's
 	// server knows them, a's does not.
 	urlB := host(serve(t, b.dir, nil))
-	craneBin := crane(t)
+	craneBin := testproc.Crane(t)
 	cfgDigest := strings.TrimSpace(run(t, ctx, craneBin, "manifest", "--insecure", urlB+"/"+repo(b.top)))
 	var m v1.Manifest
 	if err := json.Unmarshal([]byte(cfgDigest), &m); err != nil {
@@ -452,7 +445,7 @@ func TestTags(t *testing.T) {
 			t.Errorf("SetTag(%q): %v, want ErrName", bad, err)
 		}
 	}
-	craneBin := crane(t)
+	craneBin := testproc.Crane(t)
 	url := serve(t, c.dir, nil)
 	ls := strings.Fields(run(t, ctx, craneBin, "ls", "--insecure", host(url)+"/demo/closure"))
 	if !slices.Equal(ls, []string{"v1", "v2"}) {
@@ -633,7 +626,7 @@ func TestRoutes(t *testing.T) {
 	if err := os.WriteFile(nar, zw.EncodeAll(plain, nil), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.CommandContext(ctx, crane(t), "pull", "--insecure", "--format", "oci", host(url)+"/"+repo(c.top), filepath.Join(t.TempDir(), "img")).CombinedOutput()
+	out, err := exec.CommandContext(ctx, testproc.Crane(t), "pull", "--insecure", "--format", "oci", host(url)+"/"+repo(c.top), filepath.Join(t.TempDir(), "img")).CombinedOutput()
 	// Whole when the recompressed NAR is no longer than the narinfo's
 	// FileSize; cut short (EOF) when it is.
 	if err == nil || !strings.Contains(string(out), "error verifying sha256 checksum") && !strings.Contains(string(out), "EOF") {

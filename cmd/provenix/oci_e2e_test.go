@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"go/build"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,9 +22,8 @@ import (
 // referrers API.
 func TestOCIEndToEnd(t *testing.T) {
 	busybox := requireNix(t)
-	cosign := testproc.Tool(t, "cosign", "go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3", filepath.Join(build.Default.GOPATH, "bin", "cosign"))
-	crane := testproc.Binary("PROVENIX_CRANE", "crane-0.21.7", "crane")
-	testproc.Require(t, "crane", crane, "scripts/crane.sh build", "PROVENIX_CRANE")
+	cosign := testproc.Cosign(t)
+	crane := testproc.Crane(t)
 	ctx := testctx.New(t, 5*time.Minute)
 	dir := t.TempDir()
 	stack := startStack(t, up.Config{DataDir: dir})
