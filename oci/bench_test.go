@@ -61,7 +61,9 @@ func benchKey(b *testing.B) signature.SecretKey {
 // (what curl would fetch), and the NAR as a Nix client takes it
 // (cacheclient: fetched, decompressed and checked against its NarHash).
 // pull-vs-file and pull-vs-nix are the NAR's time over the pull's (goal ≥
-// 0.7: the pull takes at most 1/0.7 of the NAR download's time).
+// 0.7: the pull takes at most 1/0.7 of the NAR download's time);
+// blob-vs-nix is the same for the layer alone, fetched into a file
+// in-process (the server's share of a pull, without crane's).
 func BenchmarkPullVsNAR(b *testing.B) {
 	craneBin := testproc.Crane(b)
 	dir := b.TempDir()
@@ -94,7 +96,7 @@ func BenchmarkPullVsNAR(b *testing.B) {
 	zw.Close()
 	resp.Body.Close()
 	gz := time.Since(start)
-	var pull, file, nix time.Duration
+	var pull, file, nix, blob time.Duration
 	b.ResetTimer()
 	for i := range b.N {
 		dst := filepath.Join(out, fmt.Sprint(i))
@@ -106,12 +108,23 @@ func BenchmarkPullVsNAR(b *testing.B) {
 		os.RemoveAll(dst)
 
 		start = time.Now()
-		resp, err := http.Get(url + "/" + ni.URL)
+		resp, err = http.Get(url + "/" + ni.URL)
 		if err != nil {
 			b.Fatal(err)
 		}
 		toFile(b, dst, resp.Body)
 		file += time.Since(start)
+		os.Remove(dst)
+
+		// The layer as a client without crane's work would take it: the
+		// server's share of a pull.
+		start = time.Now()
+		resp, err = http.Get(url + "/v2/" + repo(ni.StorePath) + "/blobs/" + layer)
+		if err != nil {
+			b.Fatal(err)
+		}
+		toFile(b, dst, resp.Body)
+		blob += time.Since(start)
 		os.Remove(dst)
 
 		start = time.Now()
@@ -131,6 +144,8 @@ func BenchmarkPullVsNAR(b *testing.B) {
 	b.ReportMetric(gz.Seconds(), "serve+gzip-s")
 	b.ReportMetric(file.Seconds()/n, "file-s")
 	b.ReportMetric(nix.Seconds()/n, "nix-s")
+	b.ReportMetric(blob.Seconds()/n, "blob-s")
+	b.ReportMetric(nix.Seconds()/blob.Seconds(), "blob-vs-nix")
 	b.ReportMetric(file.Seconds()/pull.Seconds(), "pull-vs-file")
 	b.ReportMetric(nix.Seconds()/pull.Seconds(), "pull-vs-nix")
 }
