@@ -45,7 +45,7 @@ bench:
 FUZZTIME ?= 30s
 FUZZ_TARGETS = attest:FuzzVerifyBundle attest:FuzzStatement queue:FuzzDecodeResult \
 	queue:FuzzDecodeRebuildRequest cache-push/policy:FuzzPolicy cache-push:FuzzNarinfo \
-	nix:FuzzFilterExport storepath:FuzzCheck
+	nix:FuzzFilterExport storepath:FuzzCheck vsa:FuzzVerify
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "== $${t#*:} ($${t%%:*})"; \

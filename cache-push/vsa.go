@@ -168,15 +168,22 @@ func (p *Pusher) summary(ctx context.Context, w *Waiting) (*vsa.Summary, error) 
 }
 
 // backfillVSA gives an entry published without a summary (before the
-// pusher signed them, or copied into the cache by other means) one, now
-// that a result for it verified; an existing summary is kept.
+// pusher signed them, or copied into the cache by other means), or with
+// one under another policy than the pusher's, a new one, now that a
+// result for it verified under this policy; a current summary is kept.
 func (p *Pusher) backfillVSA(ctx context.Context, prev *narinfo.NarInfo, out attest.Output) error {
 	if p.vsa == nil {
 		return nil
 	}
-	_, err := p.cfg.Store.Stat(ctx, cachelayout.VSAKey(out.Path))
-	if !errors.Is(err, store.ErrNotFound) {
+	b, err := store.ReadAll(ctx, p.cfg.Store, cachelayout.VSAKey(out.Path), attest.MaxBundleSize)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
+	}
+	if err == nil {
+		// Our own object: which policy it names decides, not who signed.
+		if s, err := vsa.InspectUnverified(b); err == nil && s.Policy.Digest["sha256"] == p.vsa.policy.Digest["sha256"] {
+			return nil
+		}
 	}
 	return p.writeVSA(ctx, &Waiting{StorePath: out.Path, NarSHA256: out.NarHashHex(), Narinfo: prev.String()})
 }

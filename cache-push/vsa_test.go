@@ -13,6 +13,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
@@ -176,6 +177,43 @@ func TestVSABackfilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.checkEntry(t, r)
+
+	// Under a new policy (another builder added), the result verifies
+	// again and the summary is signed anew, naming it.
+	extra, err := attest.GenerateKeyFiles(filepath.Join(t.TempDir(), "extra"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, _ := extra.GetPublicKeyPem()
+	doc, _ := f.pusher.cfg.Policy.Document()
+	var pd cachelayout.PolicyDocument
+	json.Unmarshal(doc, &pd)
+	inline := func(id, pem string) string {
+		return "  - id: " + id + "\n    key: |\n      " + strings.ReplaceAll(strings.TrimSpace(pem), "\n", "\n      ") + "\n"
+	}
+	pol, err := policy.Parse([]byte("tenants: ["+testTenant+"]\nsystems: [x86_64-linux]\nbuilders:\n"+
+		inline(testBuilder, pd.Keys[testBuilder])+inline("extra", pem)), t.TempDir())
+	if err != nil {
+		t.Fatalf("new policy: %v", err)
+	}
+	cfg = f.pusher.cfg
+	cfg.Policy = pol
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Process(ctx, subject(r), data, r.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	f.checkVSA(t, p, r.Outputs[0].Path)
+	// And a redelivery under the same policy keeps it.
+	before, _ := store.ReadAll(ctx, f.store, cachelayout.VSAKey(r.Outputs[0].Path), 1<<20)
+	if err := p.Process(ctx, subject(r), data, r.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := store.ReadAll(ctx, f.store, cachelayout.VSAKey(r.Outputs[0].Path), 1<<20); string(after) != string(before) {
+		t.Fatal("a current summary was signed again")
+	}
 }
 
 // TestVSAKeylessPusher: a pusher with an OIDC identity signs its

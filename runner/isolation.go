@@ -32,11 +32,11 @@ type jobBox struct {
 	used *isolate.Stats
 }
 
-// box acquires a user for the job and makes its cgroup.
-func (r *Runner) box(ctx context.Context, taskID int64) (*jobBox, error) {
+// box acquires a user of c's for the job and makes its cgroup.
+func (r *Runner) box(ctx context.Context, c *conn, taskID int64) (*jobBox, error) {
 	b := &jobBox{}
-	if r.users != nil {
-		l, err := r.users.Acquire(ctx)
+	if c.users != nil {
+		l, err := c.users.Acquire(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("job user: %w", err)
 		}

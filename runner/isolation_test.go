@@ -311,12 +311,11 @@ func waitFile(t *testing.T, path string, timeout time.Duration) {
 	}
 }
 
-// TestPrivateTmp: a job's /tmp and /var/tmp are its own — it sees
-// nothing of the host's, and what it writes there stays out of the
-// host's and goes with the job.
-func TestPrivateTmp(t *testing.T) {
-	requireRoot(t)
-	// The work directory must not be under /tmp, which the job's own covers.
+// outsideTmp is a directory jobs can reach that is not under /tmp or
+// /var/tmp, which a job's own /tmp covers: a work directory for jobs
+// with a private /tmp.
+func outsideTmp(t *testing.T) string {
+	t.Helper()
 	work, err := os.MkdirTemp("/run", "provenix-test-work-")
 	if err != nil {
 		t.Fatal(err)
@@ -325,6 +324,15 @@ func TestPrivateTmp(t *testing.T) {
 	if err := os.Chmod(work, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	return work
+}
+
+// TestPrivateTmp: a job's /tmp and /var/tmp are its own — it sees
+// nothing of the host's, and what it writes there stays out of the
+// host's and goes with the job.
+func TestPrivateTmp(t *testing.T) {
+	requireRoot(t)
+	work := outsideTmp(t)
 	f := newFixture(t, func(o *Options) { o.JobUsers = testPool[:1]; o.WorkdirParent = filepath.Join(work, "work") })
 	if !f.runner.privateTmp {
 		t.Fatal("no mount namespace for jobs on this Linux host")

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -33,27 +32,35 @@ type Forge interface {
 	report.Client
 }
 
-// Options configure a Runner; cmd maps the config file onto them.
+// Options configure a Runner; cmd maps the config file onto them. What
+// belongs to one forge (its labels, fetch interval, builder, job users and
+// work directory) is in Connection; for New's single connection it is
+// taken from here.
 type Options struct {
-	Labels   []string // label names, as declared
+	Labels []string // label names, as declared (New's connection)
+	// Capacity is how many jobs run at once, shared by all connections:
+	// one pool of slots.
 	Capacity int
 	// Timeout bounds each job; ShutdownTimeout is how long Run waits for
 	// running jobs after its context ends before cancelling them.
 	Timeout, ShutdownTimeout time.Duration
-	// FetchInterval is the pause between empty polls, FetchTimeout bounds
-	// one poll, ReportInterval paces log and state reports.
+	// FetchInterval is the pause between empty polls of a connection
+	// (the default of Connection.FetchInterval), FetchTimeout bounds one
+	// poll, ReportInterval paces log and state reports.
 	FetchInterval, FetchTimeout, ReportInterval time.Duration
 	// Envs are added to every job's environment.
 	Envs map[string]string
-	// WorkdirParent holds one directory per running job.
+	// WorkdirParent holds one directory per running job (New's
+	// connection).
 	WorkdirParent string
 	// JobUser runs job steps when the runner is root (default "nobody"),
 	// shared by all the jobs running at once. A runner that is not root
-	// runs jobs as itself.
+	// runs jobs as itself. (New's connection.)
 	JobUser string
 	// JobUsers, when set, is a pool of users: each running job gets one of
 	// its own (Capacity must not exceed it), reused only once nothing of
 	// the previous job is left. JobUser is then ignored. Needs root.
+	// (New's connection.)
 	JobUsers []string
 	// DisableCgroup keeps jobs out of per-job cgroups even where cgroup v2
 	// is available (leftover processes are then killed by uid only, and
@@ -70,12 +77,10 @@ type Options struct {
 	// job, so forge jobs always come first and wait no longer than it
 	// takes Idle to stop. It is started again once no job runs.
 	Idle func(ctx context.Context) error
-	// Usage, when set, records what each job cost (usage.KindJob: CPU,
-	// wall time, peak memory, bytes built and staged) for the builder's
-	// tenant, once the job is done. Jobs of a runner without a builder
-	// are not recorded: they have no tenant.
-	Usage usage.Recorder
-	// Connection names the forge connection in usage records.
+	// Usage records what each job of New's connection cost (see
+	// Connection.Usage), and Connection names that connection (in logs
+	// and usage records).
+	Usage      usage.Recorder
 	Connection string
 	// ChildCommand starts the job process (default: this executable with
 	// "runner exec-job"); it reads a job.Spec on stdin.
@@ -84,26 +89,34 @@ type Options struct {
 	Logger       *slog.Logger
 }
 
-// Runner runs tasks from one forge.
+// Runner runs tasks from one or several forges (connections), up to
+// Options.Capacity at once in all.
 type Runner struct {
-	forge   Forge
+	conns   []*conn
 	opts    Options
-	builder *builder.Builder // nil: jobs run but nothing is attested
 	log     *slog.Logger
 	windows *capture.Windows
-	users   *isolate.Pool    // nil: jobs run as the runner's own user
 	cgroups *isolate.Cgroups // nil: no cgroup v2 to put jobs in
 	// privateTmp: jobs start as root in a mount namespace of their own
 	// and enter their sandbox (job.Sandbox) before running anything.
 	privateTmp bool
-
-	mu           sync.Mutex
-	tasksVersion int64
 }
 
-// New checks opts and prepares a runner. b attests; without it jobs run
-// but nothing is attested.
+// New checks opts and prepares a runner for one forge. b attests; without
+// it jobs run but nothing is attested.
 func New(forge Forge, b *builder.Builder, opts Options) (*Runner, error) {
+	return NewConnections([]Connection{{
+		Name: opts.Connection, Forge: forge, Builder: b, Labels: opts.Labels, FetchInterval: opts.FetchInterval,
+		WorkdirParent: opts.WorkdirParent, JobUser: opts.JobUser, JobUsers: opts.JobUsers,
+		Usage: opts.Usage,
+	}}, opts)
+}
+
+// NewConnections checks conns and opts and prepares a runner serving every
+// connection from this one process: Options.Capacity slots shared by all,
+// polled in turn (see Run), each task run with its own connection's
+// builder, job users and work directory and reported to its own forge.
+func NewConnections(conns []Connection, opts Options) (*Runner, error) {
 	if opts.Capacity <= 0 {
 		opts.Capacity = 1
 	}
@@ -122,8 +135,8 @@ func New(forge Forge, b *builder.Builder, opts Options) (*Runner, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.WorkdirParent == "" {
-		return nil, errors.New("runner: no work directory (host.workdir_parent)")
+	if len(conns) == 0 {
+		return nil, errors.New("runner: no forge connection")
 	}
 	if len(opts.ChildCommand) == 0 {
 		exe, err := os.Executable()
@@ -132,22 +145,25 @@ func New(forge Forge, b *builder.Builder, opts Options) (*Runner, error) {
 		}
 		opts.ChildCommand = []string{exe, "runner", "exec-job"}
 	}
-	users, name, err := jobUsers(opts)
+	r := &Runner{opts: opts, log: opts.Logger, windows: capture.NewWindows(time.Hour)}
+	cs, err := r.prepareConns(conns)
 	if err != nil {
 		return nil, err
 	}
-	if err := prepareWorkdirParent(opts.WorkdirParent, name); err != nil {
-		return nil, err
-	}
-	r := &Runner{forge: forge, opts: opts, builder: b, log: opts.Logger, windows: capture.NewWindows(time.Hour), users: users}
-	if users == nil {
+	r.conns = cs
+	root := cs[0].users != nil
+	if !root {
 		r.log.Warn("runner is not root: job steps run as this user and can read whatever it can, the signing key included; run the runner as root (jobs then run as the job user) to keep the key from them")
-	} else if !users.Exclusive() && opts.Capacity > 1 {
-		r.log.Warn("jobs running at once share one job user and can read each other's environment, files and signing socket; set provenix.job_users to a pool of at least capacity users", "job_user", name, "capacity", opts.Capacity)
 	}
-	if users != nil && !opts.DisablePrivateTmp {
-		if tmp := underTmp(opts.WorkdirParent); tmp != "" {
-			r.log.Warn("jobs share the host's /tmp: host.workdir_parent is under "+tmp+", which a private /tmp would hide from them", "workdir_parent", opts.WorkdirParent)
+	if root && !opts.DisablePrivateTmp {
+		var under []string
+		for _, c := range cs {
+			if tmp := underTmp(c.WorkdirParent); tmp != "" {
+				under = append(under, c.WorkdirParent)
+			}
+		}
+		if len(under) > 0 {
+			r.log.Warn("jobs share the host's /tmp: a work directory is under /tmp or /var/tmp, which a private /tmp would hide from them", "workdir_parent", under)
 		} else if err := probePrivateMounts(); err != nil {
 			r.log.Warn("jobs share the host's /tmp: no mount namespace for them", "err", err)
 		} else {
@@ -162,45 +178,7 @@ func New(forge Forge, b *builder.Builder, opts Options) (*Runner, error) {
 			r.cgroups = cg
 		}
 	}
-	if b == nil {
-		r.log.Warn("no signing key or NATS configured: jobs run, nothing is attested")
-	}
 	return r, nil
-}
-
-// jobUsers makes the pool jobs take their user from; nil when the runner
-// is not root. name is a user of it, for messages.
-func jobUsers(opts Options) (*isolate.Pool, string, error) {
-	if os.Geteuid() != 0 {
-		if len(opts.JobUsers) > 0 {
-			return nil, "", errors.New("runner: job_users needs the runner to run as root (it switches to them)")
-		}
-		return nil, "", nil
-	}
-	if len(opts.JobUsers) > 0 {
-		users := make([]*isolate.User, 0, len(opts.JobUsers))
-		for _, n := range opts.JobUsers {
-			u, err := isolate.LookupUser(n)
-			if err != nil {
-				return nil, "", fmt.Errorf("runner: %w", err)
-			}
-			users = append(users, u)
-		}
-		p, err := isolate.NewPool(users, opts.Capacity, opts.Logger)
-		if err != nil {
-			return nil, "", fmt.Errorf("runner: job_users: %w", err)
-		}
-		return p, users[0].Name, nil
-	}
-	name := opts.JobUser
-	if name == "" {
-		name = "nobody"
-	}
-	u, err := isolate.LookupUser(name)
-	if err != nil {
-		return nil, "", fmt.Errorf("runner: %w", err)
-	}
-	return isolate.NewShared(u), name, nil
 }
 
 // Close removes what the runner set up for its jobs (its cgroup). Call it
@@ -212,38 +190,12 @@ func (r *Runner) Close() error {
 	return r.cgroups.Close()
 }
 
-// prepareWorkdirParent creates the parent of job directories. The job user
-// must be able to reach its own job directory, so every ancestor must be
-// searchable by others; checking now turns a confusing "permission denied"
-// inside the first job into a clear error at start.
-func prepareWorkdirParent(dir, jobUser string) error {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(abs, 0o711); err != nil {
-		return fmt.Errorf("runner: work directory: %w", err)
-	}
-	if jobUser == "" {
-		return nil
-	}
-	for d := abs; ; d = filepath.Dir(d) {
-		fi, err := os.Stat(d)
-		if err != nil {
-			return fmt.Errorf("runner: work directory: %w", err)
-		}
-		if fi.Mode().Perm()&0o001 == 0 {
-			return fmt.Errorf("runner: job user %s cannot reach work directory %s: %s is mode %v; chmod o+x it or set host.workdir_parent elsewhere (never inside the directory holding the key)", jobUser, abs, d, fi.Mode().Perm())
-		}
-		if d == filepath.Dir(d) {
-			return nil
-		}
-	}
-}
-
-// Run polls for tasks and runs up to Capacity at once until ctx ends. Then
-// it stops polling and waits for running jobs up to ShutdownTimeout before
-// cancelling them; cancelled jobs are reported as such.
+// Run polls for tasks and runs up to Capacity at once until ctx ends. When
+// a slot is free it polls the connections in turn (rotation), so that a
+// busy forge cannot starve another. Then it stops polling and waits for
+// running jobs up to ShutdownTimeout before cancelling them; cancelled
+// jobs are reported as such. A forge that refuses the runner is not polled
+// again; Run returns once every forge has refused it.
 func (r *Runner) Run(ctx context.Context) error {
 	r.declare(ctx)
 	jobsCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
@@ -252,6 +204,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	var idle idleWork
 	defer idle.stop()
+	rot := newRotation(len(r.conns))
 	for ctx.Err() == nil {
 		if len(slots) == 0 {
 			idle.start(ctx, r.opts.Idle, r.log)
@@ -261,16 +214,29 @@ func (r *Runner) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			continue
 		}
-		task, err := r.fetch(ctx)
+		i, wait, err := rot.pick(time.Now())
+		if err != nil {
+			<-slots
+			return err
+		}
+		if i < 0 {
+			<-slots
+			_ = sleep(ctx, wait)
+			continue
+		}
+		c := r.conns[i]
+		task, err := r.fetch(ctx, c)
 		if err != nil || task == nil {
 			<-slots
 			if err != nil && ctx.Err() == nil {
-				r.log.Warn("fetching a task failed", "err", err)
+				r.log.Warn("fetching a task failed", "connection", c.Name, "err", err)
 				if errors.Is(err, errFatal) {
-					return err
+					r.log.Error("the forge refuses this runner: no longer polled", "connection", c.Name)
+					rot.refuse(i, err)
+					continue
 				}
 			}
-			sleep(ctx, r.opts.FetchInterval)
+			rot.empty(i, time.Now(), c.FetchInterval)
 			continue
 		}
 		idle.stop() // forge jobs first
@@ -278,7 +244,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
-			r.RunTask(jobsCtx, task)
+			r.runTask(jobsCtx, c, task)
 		}()
 	}
 	done := make(chan struct{})
@@ -351,48 +317,65 @@ func (w *idleWork) stop() {
 	w.cancel, w.done = nil, nil
 }
 
-// RunOne polls until one task arrives, runs it and returns its result.
+// RunOne polls the connections in turn until one task arrives, runs it
+// and returns its result.
 func (r *Runner) RunOne(ctx context.Context) (runnerv1.Result, error) {
 	r.declare(ctx)
+	rot := newRotation(len(r.conns))
 	for {
-		task, err := r.fetch(ctx)
+		i, wait, err := rot.pick(time.Now())
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, errFatal) {
-				return runnerv1.Result_RESULT_UNSPECIFIED, err
-			}
-			r.log.Warn("fetching a task failed", "err", err)
-		}
-		if task != nil {
-			return r.RunTask(ctx, task), nil
-		}
-		if err := sleep(ctx, r.opts.FetchInterval); err != nil {
 			return runnerv1.Result_RESULT_UNSPECIFIED, err
 		}
+		if i < 0 {
+			if err := sleep(ctx, wait); err != nil {
+				return runnerv1.Result_RESULT_UNSPECIFIED, err
+			}
+			continue
+		}
+		c := r.conns[i]
+		task, err := r.fetch(ctx, c)
+		switch {
+		case task != nil:
+			return r.runTask(ctx, c, task), nil
+		case err != nil && ctx.Err() != nil:
+			return runnerv1.Result_RESULT_UNSPECIFIED, err
+		case errors.Is(err, errFatal):
+			r.log.Error("the forge refuses this runner", "connection", c.Name, "err", err)
+			rot.refuse(i, err)
+			continue
+		case err != nil:
+			r.log.Warn("fetching a task failed", "connection", c.Name, "err", err)
+		}
+		rot.empty(i, time.Now(), c.FetchInterval)
 	}
 }
 
 var errFatal = errors.New("runner: the forge refuses this runner")
 
+// declare tells each forge the labels of its connection.
 func (r *Runner) declare(ctx context.Context) {
-	_, err := r.forge.Declare(ctx, &runnerv1.DeclareRequest{Version: r.opts.Version, Labels: r.opts.Labels})
-	switch {
-	case err == nil:
-		r.log.Info("declared to the forge", "labels", r.opts.Labels, "version", r.opts.Version)
-	case connect.CodeOf(err) == connect.CodeUnimplemented:
-		// Older forges know labels only from registration.
-		r.log.Info("forge does not support Declare; labels are those registered")
-	default:
-		r.log.Warn("declare failed", "err", err)
+	for _, c := range r.conns {
+		_, err := c.Forge.Declare(ctx, &runnerv1.DeclareRequest{Version: r.opts.Version, Labels: c.Labels})
+		switch {
+		case err == nil:
+			r.log.Info("declared to the forge", "connection", c.Name, "labels", c.Labels, "version", r.opts.Version)
+		case connect.CodeOf(err) == connect.CodeUnimplemented:
+			// Older forges know labels only from registration.
+			r.log.Info("forge does not support Declare; labels are those registered", "connection", c.Name)
+		default:
+			r.log.Warn("declare failed", "connection", c.Name, "err", err)
+		}
 	}
 }
 
-func (r *Runner) fetch(ctx context.Context) (*runnerv1.Task, error) {
-	r.mu.Lock()
-	tv := r.tasksVersion
-	r.mu.Unlock()
+func (r *Runner) fetch(ctx context.Context, c *conn) (*runnerv1.Task, error) {
+	c.mu.Lock()
+	tv := c.tasksVersion
+	c.mu.Unlock()
 	fctx, cancel := context.WithTimeout(ctx, r.opts.FetchTimeout)
 	defer cancel()
-	resp, err := r.forge.FetchTask(fctx, &runnerv1.FetchTaskRequest{TasksVersion: tv})
+	resp, err := c.Forge.FetchTask(fctx, &runnerv1.FetchTaskRequest{TasksVersion: tv})
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			return nil, nil // a long poll that found nothing
@@ -403,16 +386,16 @@ func (r *Runner) fetch(ctx context.Context) (*runnerv1.Task, error) {
 		}
 		return nil, err
 	}
-	r.mu.Lock()
-	if v := resp.GetTasksVersion(); v > r.tasksVersion {
-		r.tasksVersion = v
+	c.mu.Lock()
+	if v := resp.GetTasksVersion(); v > c.tasksVersion {
+		c.tasksVersion = v
 	}
 	if resp.GetTask() != nil {
 		// More tasks may wait under the same version: make the next
 		// fetch look instead of trusting "nothing changed".
-		r.tasksVersion = 0
+		c.tasksVersion = 0
 	}
-	r.mu.Unlock()
+	c.mu.Unlock()
 	return resp.GetTask(), nil
 }
 

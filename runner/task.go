@@ -38,6 +38,7 @@ const killGrace = 10 * time.Second
 
 // taskRun is one task in progress.
 type taskRun struct {
+	conn     *conn // the connection the task came from: reports, builder, users
 	task     *runnerv1.Task
 	ctx      map[string]any
 	rep      *report.Reporter
@@ -57,9 +58,10 @@ type taskRun struct {
 	built, staged int64
 }
 
-// RunTask runs one task to its end and reports it; it returns the result
-// reported. Errors become log lines and a failed task: the runner goes on.
-func (r *Runner) RunTask(ctx context.Context, task *runnerv1.Task) runnerv1.Result {
+// runTask runs one task of connection c to its end and reports it to c's
+// forge; it returns the result reported. Errors become log lines and a
+// failed task: the runner goes on.
+func (r *Runner) runTask(ctx context.Context, c *conn, task *runnerv1.Task) runnerv1.Result {
 	tctx := task.GetContext().AsMap()
 	secrets := make([]string, 0, len(task.GetSecrets())+1)
 	for _, v := range task.GetSecrets() {
@@ -68,7 +70,7 @@ func (r *Runner) RunTask(ctx context.Context, task *runnerv1.Task) runnerv1.Resu
 	if tok := job.ContextString(tctx, "token"); tok != "" {
 		secrets = append(secrets, tok)
 	}
-	log := r.log.With("task", task.GetId())
+	log := r.log.With("connection", c.Name, "task", task.GetId())
 	debug := task.GetSecrets()["ACTIONS_STEP_DEBUG"] == "true" || task.GetVars()["ACTIONS_STEP_DEBUG"] == "true"
 
 	parsed, perr := job.Parse(task.GetWorkflowPayload())
@@ -76,15 +78,15 @@ func (r *Runner) RunTask(ctx context.Context, task *runnerv1.Task) runnerv1.Resu
 	if perr == nil {
 		steps = parsed.Steps
 	}
-	rep := report.New(r.forge, task.GetId(), steps, report.Options{
+	rep := report.New(c.Forge, task.GetId(), steps, report.Options{
 		Interval: r.opts.ReportInterval, Secrets: secrets, Debug: debug, Logger: log,
 	})
 	rep.Start(ctx)
-	t := &taskRun{task: task, ctx: tctx, rep: rep, started: time.Now(), attested: map[string]bool{}}
+	t := &taskRun{conn: c, task: task, ctx: tctx, rep: rep, started: time.Now(), attested: map[string]bool{}}
 	t.workflow, t.invoc = workflowOf(tctx)
 
 	host, _ := os.Hostname()
-	rep.Logf("provenix runner %s on %s (%s)", r.opts.Version, host, strings.Join(r.opts.Labels, ", "))
+	rep.Logf("provenix runner %s on %s (%s)", r.opts.Version, host, strings.Join(c.Labels, ", "))
 	result := runnerv1.Result_RESULT_FAILURE
 	if perr != nil {
 		log.Warn("malformed workflow payload", "err", perr)
@@ -127,7 +129,7 @@ func workflowOf(c map[string]any) (*attest.Workflow, string) {
 // execute prepares the job directory and socket, runs the job process and
 // attests what it built.
 func (r *Runner) execute(ctx context.Context, t *taskRun, p *job.Parsed) runnerv1.Result {
-	box, err := r.box(ctx, t.task.GetId())
+	box, err := r.box(ctx, t.conn, t.task.GetId())
 	if err != nil {
 		t.rep.Logf("::error::%v", err)
 		return runnerv1.Result_RESULT_FAILURE
@@ -136,7 +138,7 @@ func (r *Runner) execute(ctx context.Context, t *taskRun, p *job.Parsed) runnerv
 	// Deferred first, so it runs last: the user goes back only once the
 	// job directory is gone.
 	defer r.release(ctx, box)
-	dir, err := os.MkdirTemp(r.opts.WorkdirParent, fmt.Sprintf("task-%d-", t.task.GetId()))
+	dir, err := os.MkdirTemp(t.conn.WorkdirParent, fmt.Sprintf("task-%d-", t.task.GetId()))
 	if err != nil {
 		t.rep.Logf("::error::job directory: %v", err)
 		return runnerv1.Result_RESULT_FAILURE
@@ -188,7 +190,7 @@ func (r *Runner) execute(ctx context.Context, t *taskRun, p *job.Parsed) runnerv
 	env[capture.EnvToken] = token
 	spec := &job.Spec{
 		TaskID: t.task.GetId(), Payload: t.task.GetWorkflowPayload(), Context: t.ctx,
-		Secrets: t.task.GetSecrets(), Vars: t.task.GetVars(), Env: env, Labels: r.opts.Labels,
+		Secrets: t.task.GetSecrets(), Vars: t.task.GetVars(), Env: env, Labels: t.conn.Labels,
 		Workdir: sub["repo"], ActionCacheDir: sub["act"], Sandbox: t.box.sandbox(sub["tmp"]),
 	}
 	for id, n := range t.task.GetNeeds() {
@@ -364,11 +366,12 @@ func (r *Runner) childEnv(sub map[string]string, ju *isolate.User) []string {
 // the closure the job built for them (builder.PublishClosure): only what
 // this store built while the job ran is attested.
 func (r *Runner) attest(ctx context.Context, t *taskRun, win int, drvs []string, how string) ([]capture.Result, error) {
-	if r.builder == nil {
+	b := t.conn.Builder
+	if b == nil {
 		return nil, errors.New("this runner does not attest: it has no signing key or NATS configured")
 	}
 	for _, drv := range drvs {
-		if err := r.checkDrv(ctx, drv); err != nil {
+		if err := checkDrv(ctx, b.Nix, drv); err != nil {
 			t.rep.Logf("::warning::provenix: not attested %s: %v", drv, err)
 			return nil, fmt.Errorf("%s: %w", drv, err)
 		}
@@ -389,8 +392,7 @@ func stepEligible(w *capture.Windows, win int) func(nix.PathInfo) bool {
 // runner (maybe root) may open: a registered, regular file directly in
 // the store, so a job cannot point the runner at its key through a
 // symlink.
-func (r *Runner) checkDrv(ctx context.Context, drv string) error {
-	n := r.builder.Nix
+func checkDrv(ctx context.Context, n *nix.Nix, drv string) error {
 	if err := storepath.Check(drv); err != nil {
 		return err
 	}
@@ -416,7 +418,8 @@ func (r *Runner) attestClosure(ctx context.Context, t *taskRun, drvs []string, h
 	if t.box != nil {
 		w.Isolation = t.box.kinds
 	}
-	pubs, err := r.builder.PublishClosure(ctx, builder.Target{
+	b := t.conn.Builder
+	pubs, err := b.PublishClosure(ctx, builder.Target{
 		Installable:  attest.Installable{Kind: "drv", Ref: drvs[0]},
 		Workflow:     &w,
 		InvocationID: t.invoc,
@@ -438,7 +441,7 @@ func (r *Runner) attestClosure(ctx context.Context, t *taskRun, drvs []string, h
 			t.built += int64(o.NarSize)
 		}
 		t.mu.Unlock()
-		res := capture.Result{DrvPath: p.DrvPath, System: p.System, MsgID: p.MsgID, Duplicate: p.Duplicate, BuilderID: r.builder.BuilderID}
+		res := capture.Result{DrvPath: p.DrvPath, System: p.System, MsgID: p.MsgID, Duplicate: p.Duplicate, BuilderID: b.BuilderID}
 		for _, o := range p.Outputs {
 			res.Outputs = append(res.Outputs, capture.Output{Name: o.Name, Path: o.Path, NarSHA256: o.NarHashHex(), NarSize: o.NarSize})
 		}
@@ -447,7 +450,7 @@ func (r *Runner) attestClosure(ctx context.Context, t *taskRun, drvs []string, h
 		if len(p.Sources) > 0 {
 			with = fmt.Sprintf(", with %d sources", len(p.Sources))
 		}
-		t.rep.Logf("provenix: attested %s (%d outputs, %s) as builder %q%s", p.DrvPath, len(res.Outputs), how, r.builder.BuilderID, with)
+		t.rep.Logf("provenix: attested %s (%d outputs, %s) as builder %q%s", p.DrvPath, len(res.Outputs), how, b.BuilderID, with)
 	}
 	if err != nil {
 		t.rep.Logf("::warning::provenix: not attested %v: %v", drvs, err)
@@ -459,10 +462,11 @@ func (r *Runner) attestClosure(ctx context.Context, t *taskRun, drvs []string, h
 // autoCapture attests derivations the store built while the job ran and
 // that no other job could have built, with their closures.
 func (r *Runner) autoCapture(ctx context.Context, t *taskRun, win int) {
-	if r.builder == nil {
+	b := t.conn.Builder
+	if b == nil {
 		return
 	}
-	built, err := r.builder.Nix.BuiltSince(ctx, t.started)
+	built, err := b.Nix.BuiltSince(ctx, t.started)
 	if err != nil {
 		t.rep.Logf("::warning::provenix: listing what the job built: %v", err)
 		return
@@ -485,7 +489,7 @@ func (r *Runner) autoCapture(ctx context.Context, t *taskRun, win int) {
 		if seen {
 			continue
 		}
-		if inv, err := r.builder.Nix.Invalid(ctx, d); err != nil || len(inv) > 0 {
+		if inv, err := b.Nix.Invalid(ctx, d); err != nil || len(inv) > 0 {
 			t.rep.Logf("::warning::provenix: not attested %s: its derivation is not in the store", d)
 			continue
 		}

@@ -10,19 +10,20 @@ import (
 // usageTimeout bounds publishing one job's usage record.
 const usageTimeout = 10 * time.Second
 
-// recordUsage records what the job cost (Options.Usage): CPU and peak
+// recordUsage records what the job cost (Connection.Usage): CPU and peak
 // memory from its cgroup where it had one (every process it started, to
 // the end), else from the job process's rusage; wall time from the task's
 // start to now (its attestation included); the NAR bytes it attested and
 // staged. A record that cannot be published is logged: the job's result
 // does not depend on it.
 func (r *Runner) recordUsage(ctx context.Context, t *taskRun) {
-	if r.opts.Usage == nil || r.builder == nil {
+	c := t.conn
+	if c.Usage == nil || c.Builder == nil {
 		return
 	}
 	w := t.workflow
 	rec := &usage.Record{
-		Kind: usage.KindJob, Tenant: r.builder.Tenant, Builder: r.builder.BuilderID, Connection: r.opts.Connection,
+		Kind: usage.KindJob, Tenant: c.Builder.Tenant, Builder: c.Builder.BuilderID, Connection: c.Name,
 		Forge: w.Server, Repository: w.Repository, Workflow: w.Workflow, Job: w.Job, RunID: w.RunID, TaskID: t.task.GetId(),
 		Start: t.started.UTC(), End: time.Now().UTC(),
 	}
@@ -42,7 +43,7 @@ func (r *Runner) recordUsage(ctx context.Context, t *taskRun) {
 	t.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), usageTimeout)
 	defer cancel()
-	if err := r.opts.Usage.Record(ctx, rec); err != nil {
+	if err := c.Usage.Record(ctx, rec); err != nil {
 		r.log.Warn("recording the job's usage", "task", t.task.GetId(), "err", err)
 		return
 	}

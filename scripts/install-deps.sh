@@ -4,10 +4,10 @@
 #   external-NATS test) from Debian/Ubuntu packages, and cosign v3.1.3 (the
 #   independent bundle verifier) built from the Go module proxy and cached
 #   in $(go env GOPATH)/bin, so only the first run pays its ~12 minutes;
-#   in test mode also nodejs (JavaScript actions) and chromium (the farm
-#   page's headless browser test), skopeo, podman and runc (the OCI
-#   registry's real clients; runc because crun refuses hosts with mixed
-#   cgroup v1/v2 controllers).
+#   in test mode also nodejs (JavaScript actions), zstd (the multi-frame
+#   NAR check), chromium (the farm page's headless browser test), and
+#   skopeo, podman and runc (the OCI registry's real clients; runc because
+#   crun refuses hosts with mixed cgroup v1/v2 controllers).
 #   Test mode also builds Gitea 1.26.4 once (scripts/gitea.sh) for internal/testgitea,
 #   and chroots with Debian trixie's and forky's Nix (scripts/nix-chroot.sh).
 # Usage: scripts/install-deps.sh [demo|test]   (demo skips nats-server and cosign)
@@ -19,6 +19,8 @@ command -v nix-build >/dev/null 2>&1 || need_pkgs+=(nix-bin)
 command -v busybox >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 # node runs JavaScript actions in the runner's tests.
 if [ "$what" = test ] && ! command -v node >/dev/null 2>&1; then need_pkgs+=(nodejs); fi
+# zstd checks the multi-frame NARs ingest writes (zstd -t, zstd -l).
+if [ "$what" = test ] && ! command -v zstd >/dev/null 2>&1; then need_pkgs+=(zstd); fi
 # chromium renders the farm's page in its headless browser test.
 if [ "$what" = test ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   need_pkgs+=(chromium)
@@ -61,11 +63,12 @@ if [ "$what" = test ]; then
   # through the Nix daemon (Debian lets only nix-users talk to it).
   if [ "$(uname -s)" = Linux ] && [ "$(id -u)" -eq 0 ]; then
     # provenix-job is the shared job user (provenix.job_user); the pool
-    # provenix-job-0..7 gives each running job a user of its own
+    # provenix-job-0..11 gives each running job a user of its own
     # (provenix.job_users). Test packages run in parallel and kill what
     # their pool users leave, so each uses its own: runner 0-2,
-    # runner/isolate 3-4, cmd/provenix 5-7.
-    for u in provenix-job provenix-job-{0..7}; do
+    # runner/isolate 3-4, cmd/provenix 5-7 and, for the two tenants of
+    # its federation test (TestFederationAgainstTwoGiteas), 8-11.
+    for u in provenix-job provenix-job-{0..11}; do
       if ! id "$u" >/dev/null 2>&1; then
         echo "install-deps: creating the job user $u (in nix-users)" >&2
         getent group nix-users >/dev/null || groupadd --system nix-users

@@ -88,16 +88,16 @@ type Config struct {
 	// Concurrency is how many results the pusher handles at once;
 	// DefaultConcurrency when 0.
 	Concurrency int
+	// UsageMaxAge is how long usage records are kept
+	// (queue.DefaultUsageMaxAge when 0): the window bills can cover.
+	UsageMaxAge time.Duration
 	// VSA is how the pusher signs verification summaries; without a key,
 	// key file or keyless options, with the data directory's keys/vsa.
 	VSA vsa.SignerOptions
 	// PublicURL is the cache's public base URL the summaries name
 	// (cachepush.Config.CacheURL); relative to the cache when empty.
 	PublicURL string
-	// UsageMaxAge is how long usage records are kept
-	// (queue.DefaultUsageMaxAge when 0): the window bills can cover.
-	UsageMaxAge time.Duration
-	Logger      *slog.Logger
+	Logger    *slog.Logger
 	// Forges, when set, are the forges the pusher shows its verdicts on
 	// as commit statuses (cache-push/forgestatus).
 	Forges *forgestatus.Forges

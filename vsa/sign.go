@@ -9,6 +9,7 @@ import (
 	"slices"
 
 	intoto "github.com/in-toto/attestation/go/v1"
+	"github.com/sigstore/sigstore-go/pkg/bundle"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/sigstore/sigstore-go/pkg/sign"
 
@@ -204,3 +205,22 @@ func digestsIn(want, have map[string]string) bool {
 // DocumentDigest is the digest map of a document's bytes (a served
 // policy, an input attestation), in the form Ref takes.
 func DocumentDigest(b []byte) map[string]string { return SHA256(sha256.Sum256(b)) }
+
+// InspectUnverified reads the summary of a bundle without checking its
+// signature: for its own signer deciding whether to sign a new one, or for
+// printing what a refused one claimed. Never trust it.
+func InspectUnverified(bundleJSON []byte) (*Summary, error) {
+	var b bundle.Bundle
+	if err := b.UnmarshalJSON(bundleJSON); err != nil {
+		return nil, fmt.Errorf("%w: %w", attest.ErrMalformedBundle, err)
+	}
+	env, err := b.Envelope()
+	if err != nil || env == nil {
+		return nil, fmt.Errorf("%w: not a DSSE envelope bundle", attest.ErrMalformedBundle)
+	}
+	st, err := env.Statement()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", attest.ErrMalformedBundle, err)
+	}
+	return Parse(st)
+}

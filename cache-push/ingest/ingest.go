@@ -13,10 +13,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"math"
-	"sync"
+	"runtime"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -63,19 +62,13 @@ type Result struct {
 type Options struct {
 	// Level is the zstd level; zero means zstd.SpeedDefault (about zstd -3).
 	Level zstd.EncoderLevel
-	// Concurrency is the number of goroutines compressing one NAR; zero
-	// means 1. With more than 1, the NAR is cut into jobs of four windows
-	// (32 MiB at the default level) compressed in parallel: on 2 cores,
-	// Concurrency 2 ran about 1.35× faster than 1, but the heap peaked near
-	// 300 MiB instead of about 20 MiB, and the allocations grow with the
-	// NAR's size (the live memory does not). 1 is right when several NARs
-	// are pushed at once; see BenchmarkNAR.
+	// Concurrency is how many frames of one NAR are compressed at once;
+	// zero means GOMAXPROCS. The file's bytes do not depend on it. Across
+	// all NARs being ingested at once, the process holds at most
+	// GOMAXPROCS+2 frames of 2 MiB (about 8 MiB each with their buffers
+	// and encoder).
 	Concurrency int
 }
-
-// bufSize is the read size: large enough that per-call overheads vanish, and
-// a multiple of the zstd block size (128 KiB).
-const bufSize = 256 << 10
 
 // NAR reads the uncompressed NAR from r, checks its sha256 and size against
 // want while streaming, compresses it with zstd, hashes the compressed bytes,
@@ -84,8 +77,9 @@ const bufSize = 256 << 10
 // is a size mismatch, not an unbounded read. On any mismatch or error nothing
 // becomes visible. Memory does not grow with the NAR's size.
 //
-// The same NAR compressed with the same Options yields the same file, so
-// ingesting it again rewrites the same key with the same bytes.
+// The same NAR compressed at the same Level yields the same file, whatever
+// the Concurrency, so ingesting it again (here or on another machine)
+// rewrites the same key with the same bytes.
 //
 // ctx is checked between reads; a Read that blocks (a pipe from
 // `nix-store --dump`) is only interrupted if the caller closes r when ctx is
@@ -102,7 +96,17 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 	if level == 0 {
 		level = zstd.SpeedDefault
 	}
-	conc := max(o.Concurrency, 1)
+	workers := o.Concurrency
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	// An invalid level fails here, before anything is read.
+	encs := encodersFor(level)
+	enc, err := encs.get()
+	if err != nil {
+		return Result{}, err
+	}
+	encs.put(enc)
 
 	p, err := s.Create(ctx)
 	if err != nil {
@@ -112,23 +116,16 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 
 	fileHash := sha256.New()
 	file := &countingWriter{w: io.MultiWriter(p, fileHash)}
-	enc, err := getEncoder(level, conc)
-	if err != nil {
-		return Result{}, err
-	}
-	enc.Reset(file)
-	closed := false
-	defer func() {
-		if !closed {
-			// Stops the encoder's goroutines. p is aborted, so whatever
-			// Close flushes is discarded. The encoder is not pooled: its
-			// state after a failed write is not worth reasoning about.
-			enc.Close()
-		}
-	}()
+	fw := newFrameWriter(frames, encs, file, workers)
+	// Waits for the compressions still running. p is aborted, so what
+	// they made is discarded.
+	defer fw.abort()
 
+	// The staged NAR is hashed again here, as it streams into the
+	// compressor: the staging store is not trusted to hold what the
+	// builder attested.
 	narHash := sha256.New()
-	narSize, err := copyNAR(ctx, enc, narHash, io.LimitReader(r, int64(want.NarSize)+1))
+	narSize, err := fw.readFrom(ctx, narHash, io.LimitReader(r, int64(want.NarSize)+1))
 	if err != nil {
 		return Result{}, err
 	}
@@ -140,11 +137,9 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 	if got != want.NarHash {
 		return Result{}, fmt.Errorf("%w: expected %s, got %s", ErrNarHashMismatch, describeHash(want.NarHash), describeHash(got))
 	}
-	closed = true
-	if err := enc.Close(); err != nil {
-		return Result{}, fmt.Errorf("ingest: compressing: %w", err)
+	if err := fw.finish(ctx); err != nil {
+		return Result{}, err
 	}
-	putEncoder(level, conc, enc)
 
 	res := Result{FileSize: file.n, NarHash: got, NarSize: narSize}
 	fileHash.Sum(res.FileHash[:0])
@@ -153,32 +148,6 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 		return Result{}, fmt.Errorf("ingest: storing %s: %w", res.URL, err)
 	}
 	return res, nil
-}
-
-// copyNAR feeds r to both the NAR hash and the compressor and returns the
-// number of bytes read. ctx is checked once per buffer.
-func copyNAR(ctx context.Context, enc *zstd.Encoder, narHash hash.Hash, r io.Reader) (uint64, error) {
-	buf := make([]byte, bufSize)
-	var n uint64
-	for {
-		if err := ctx.Err(); err != nil {
-			return n, fmt.Errorf("ingest: after %d bytes: %w", n, err)
-		}
-		m, rerr := r.Read(buf)
-		if m > 0 {
-			narHash.Write(buf[:m]) // never fails
-			if _, err := enc.Write(buf[:m]); err != nil {
-				return n, fmt.Errorf("ingest: compressing after %d bytes: %w", n, err)
-			}
-			n += uint64(m)
-		}
-		if rerr == io.EOF {
-			return n, nil
-		}
-		if rerr != nil {
-			return n, fmt.Errorf("ingest: reading NAR after %d bytes: %w", n, rerr)
-		}
-	}
 }
 
 func describeSize(got, want uint64) string {
@@ -193,46 +162,6 @@ func describeSize(got, want uint64) string {
 // narinfo form and the lowercase hex of provenance statements.
 func describeHash(h [32]byte) string {
 	return "sha256:" + nixbase32.EncodeToString(h[:]) + " (hex " + hex.EncodeToString(h[:]) + ")"
-}
-
-// encoderPools holds idle encoders per (level, concurrency). Creating a zstd
-// encoder costs about 10 ms (it allocates and clears its match tables), more
-// than compressing a typical small store path, so encoders are reused.
-// sync.Pool lets the garbage collector drop idle ones.
-var encoderPools sync.Map // encoderKey → *sync.Pool
-
-type encoderKey struct {
-	level zstd.EncoderLevel
-	conc  int
-}
-
-func getEncoder(level zstd.EncoderLevel, conc int) (*zstd.Encoder, error) {
-	if pool, ok := encoderPools.Load(encoderKey{level, conc}); ok {
-		if enc, ok := pool.(*sync.Pool).Get().(*zstd.Encoder); ok {
-			return enc, nil
-		}
-	}
-	opts := []zstd.EOption{
-		zstd.WithEncoderLevel(level),
-		zstd.WithEncoderConcurrency(conc),
-		// Write one frame even for an empty input, as the zstd CLI does.
-		zstd.WithZeroFrames(true),
-	}
-	if conc > 1 {
-		// Plain concurrency only overlaps one block with the caller;
-		// jobs let several cores compress one stream.
-		opts = append(opts, zstd.WithConcurrentBlocks(true))
-	}
-	enc, err := zstd.NewWriter(nil, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("ingest: zstd level %v, concurrency %d: %w", level, conc, err)
-	}
-	return enc, nil
-}
-
-func putEncoder(level zstd.EncoderLevel, conc int, enc *zstd.Encoder) {
-	pool, _ := encoderPools.LoadOrStore(encoderKey{level, conc}, new(sync.Pool))
-	pool.(*sync.Pool).Put(enc)
 }
 
 type countingWriter struct {

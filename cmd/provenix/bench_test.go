@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +19,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -52,26 +53,37 @@ func writeSemiCompressible(t testing.TB, dir string, n int) {
 }
 
 // BenchmarkIngestVsNixCopy pushes one 256 MiB store path into an empty
-// cache directory both ways, in the same run: our ingest as the pusher does
-// it (read the staged NAR, sha256 it, zstd it, sha256 the result, write)
-// and `nix copy --to file://DIR?compression=zstd`. The staged NAR is a file
-// here (the staging store's job is measured by queue's BenchmarkStage).
-// speedup-x is nix copy's time over ours, per zstd level.
+// cache directory three ways, in the same run: our ingest as the pusher
+// does it (read the staged NAR, sha256 it, zstd it on every core, sha256
+// the result, write), and `nix copy --to file://DIR?compression=zstd` by
+// Debian's Nix on the host and by the newest Nix of the version chroots
+// (internal/testnix), each from its own store holding the same path. The
+// staged NAR is a file here (the staging store's job is measured by
+// queue's BenchmarkStage). speedup-x is a nix copy's time over ours, per
+// zstd level; each iteration's times are logged (-v) to show the spread,
+// and the three take turns going first.
 //
-//	go test -run '^$' -bench IngestVsNixCopy -benchtime 3x ./cmd/provenix/
+//	go test -run '^$' -bench IngestVsNixCopy -benchtime 3x -v ./cmd/provenix/
 func BenchmarkIngestVsNixCopy(b *testing.B) {
 	requireNix(b)
+	envs := testnix.Versions(b)
+	nixes := []*testnix.Env{envs[0], envs[len(envs)-1]} // Debian's, the newest
 	ctx := testctx.New(b, 30*time.Minute)
-	src := filepath.Join(b.TempDir(), "bench-payload")
-	os.MkdirAll(src, 0o755)
-	writeSemiCompressible(b, src, 256<<20)
-	out, err := exec.CommandContext(ctx, "nix-store", "--add", src).Output()
-	if err != nil {
-		b.Fatalf("nix-store --add: %v", err)
+	paths := make([]string, len(nixes))
+	for i, env := range nixes {
+		src := env.TempDir(b) + "/bench-payload"
+		os.MkdirAll(env.HostPath(src), 0o755)
+		writeSemiCompressible(b, env.HostPath(src), 256<<20)
+		paths[i] = strings.TrimSpace(env.Output(b, ctx, "nix-store", "--add", src))
+		if i > 0 && paths[i] != paths[0] {
+			b.Fatalf("%s added the payload as %s, %s as %s", nixes[0], paths[0], env, paths[i])
+		}
+		if i > 0 {
+			os.RemoveAll(env.HostPath(src))
+		}
 	}
-	path := strings.TrimSpace(string(out))
 	n := &nix.Nix{}
-	infos, err := n.PathInfo(ctx, path)
+	infos, err := n.PathInfo(ctx, paths[0])
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -91,38 +103,90 @@ func BenchmarkIngestVsNixCopy(b *testing.B) {
 		o    ingest.Options
 	}{{"default", ingest.Options{}}, {"fastest", ingest.Options{Level: zstd.SpeedFastest}}}
 	ours := make([]time.Duration, len(levels))
-	var theirs time.Duration
-	for b.Loop() {
-		for i, l := range levels {
-			st, err := local.New(b.TempDir())
-			if err != nil {
-				b.Fatal(err)
-			}
-			t0 := time.Now()
-			f, err := os.Open(staged)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if _, err := ingest.NAR(ctx, st, f, want, l.o); err != nil {
-				b.Fatal(err)
-			}
-			f.Close()
-			ours[i] += time.Since(t0)
+	theirs := make([]time.Duration, len(nixes))
+	// CPU time, which the other processes on a busy machine disturb less
+	// than the wall clock: ours from this process's rusage (nothing else
+	// runs in it meanwhile), nix's from its process's.
+	oursCPU := make([]time.Duration, len(levels))
+	theirsCPU := make([]time.Duration, len(nixes))
+	runOurs := func(i int) time.Duration {
+		c0 := selfCPU(b)
+		defer func() { oursCPU[i] += selfCPU(b) - c0 }()
+		st, err := local.New(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
 		}
-		dest := b.TempDir()
-		t1 := time.Now()
-		cmd := exec.CommandContext(ctx, "nix", "--extra-experimental-features", "nix-command", "copy", "--to", "file://"+dest+"?compression=zstd", path)
+		t0 := time.Now()
+		f, err := os.Open(staged)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := ingest.NAR(ctx, st, f, want, levels[i].o); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(t0)
+	}
+	runNix := func(i int) time.Duration {
+		env := nixes[i]
+		dest := env.TempDir(b)
+		t0 := time.Now()
+		cmd := env.Command(ctx, "nix", "--extra-experimental-features", "nix-command", "copy", "--to", "file://"+dest+"?compression=zstd", paths[i])
 		if out, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("nix copy: %v\n%s", err, out)
+			b.Fatalf("%s: nix copy: %v\n%s", env, err, out)
 		}
-		theirs += time.Since(t1)
+		d := time.Since(t0)
+		theirsCPU[i] += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		os.RemoveAll(env.HostPath(dest))
+		return d
+	}
+	iter := 0
+	for b.Loop() {
+		// One turn is ours at every level, then each nix copy; the turns
+		// rotate so none always runs first (or after the page cache warmed).
+		turns := len(levels) + len(nixes)
+		took := make([]time.Duration, turns)
+		for k := range turns {
+			j := (k + iter) % turns
+			if j < len(levels) {
+				took[j] = runOurs(j)
+				ours[j] += took[j]
+			} else {
+				took[j] = runNix(j - len(levels))
+				theirs[j-len(levels)] += took[j]
+			}
+		}
+		msg := fmt.Sprintf("iteration %d:", iter)
+		for i, l := range levels {
+			msg += fmt.Sprintf(" ours(%s) %v", l.name, took[i].Round(time.Millisecond))
+		}
+		for i, env := range nixes {
+			d := took[len(levels)+i]
+			msg += fmt.Sprintf(" nix-%s %v (%.2fx)", env.Version, d.Round(time.Millisecond), d.Seconds()/took[0].Seconds())
+		}
+		b.Log(msg)
+		iter++
 	}
 	mb := float64(info.NarSize) / 1e6 * float64(b.N)
-	b.ReportMetric(mb/theirs.Seconds(), "nixcopy-MB/s")
+	for i, env := range nixes {
+		b.ReportMetric(mb/theirs[i].Seconds(), "nix-"+env.Version+"-MB/s")
+	}
 	for i, l := range levels {
 		b.ReportMetric(mb/ours[i].Seconds(), l.name+"-MB/s")
-		b.ReportMetric(theirs.Seconds()/ours[i].Seconds(), l.name+"-speedup-x")
+		for j, env := range nixes {
+			b.ReportMetric(theirs[j].Seconds()/ours[i].Seconds(), l.name+"-vs-nix-"+env.Version+"-x")
+			b.ReportMetric(theirsCPU[j].Seconds()/oursCPU[i].Seconds(), l.name+"-vs-nix-"+env.Version+"-cpu-x")
+		}
 	}
+}
+
+// selfCPU is the CPU time this process has used.
+func selfCPU(t testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkBuildToNarinfo measures, on the embedded stack, the time from a

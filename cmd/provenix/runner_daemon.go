@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"reflect"
 	"time"
 
 	runnerv1 "code.gitea.io/actions-proto-go/runner/v1"
@@ -30,8 +31,12 @@ func runnerDaemonCmds(g *globals) []*cobra.Command {
 	daemon := &cobra.Command{
 		Use:   "daemon",
 		Short: "Poll the forge and run jobs until stopped",
-		Long: `Poll the forge named in the .runner file for jobs and run them natively on
-this host, up to runner.capacity at once. Each job runs in its own process
+		Long: `Poll the forge named in the .runner file, or every forge of the config's
+server.connections, for jobs and run them natively on this host, up to
+runner.capacity at once in all; the forges are polled in turn, so a busy
+one cannot starve another, and each job reports to the forge it came from.
+A connection with a provenix block of its own runs its jobs for its own
+tenant: its key, NATS account, builder id and job users. Each job runs in its own process
 as the job user (provenix.job_user, when the runner is root), so steps can
 read neither the signing key nor the .runner token. With provenix.job_users
 every running job gets a user of its own from that pool, and on Linux a
@@ -51,7 +56,7 @@ finish before they are cancelled and reported as cancelled.`,
 				return err
 			}
 			defer rs.close()
-			rs.log.Info("runner started", "name", rs.file.Name, "forge", rs.file.Address, "labels", rs.labels, "builder", rs.builderID)
+			rs.log.Info("runner started", "connections", len(rs.conns))
 			return rs.runner.Run(cmd.Context())
 		},
 	}
@@ -97,12 +102,10 @@ Handy for ephemeral runners and for trying a setup.`,
 }
 
 type runnerSetup struct {
-	runner    *runner.Runner
-	file      *rpc.RunnerFile
-	labels    []string
-	builderID string
-	log       *slog.Logger
-	conn      *queue.Conn
+	runner *runner.Runner
+	conns  []config.ResolvedConnection
+	log    *slog.Logger
+	nats   []*queue.Conn
 }
 
 func (rs *runnerSetup) close() {
@@ -111,14 +114,25 @@ func (rs *runnerSetup) close() {
 			rs.log.Warn("removing the runner's cgroup", "err", err)
 		}
 	}
-	if rs.conn != nil {
-		rs.conn.Close()
+	for _, c := range rs.nats {
+		c.Close()
 	}
 }
 
-// setupRunner loads the config, the .runner file, the key and NATS, and
-// builds the runner.
-func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup, error) {
+// tenantBuilder is the builder of the connections with one set of
+// provenix settings (one tenant's key and NATS account): connections
+// sharing them share it.
+type tenantBuilder struct {
+	settings config.Provenix
+	builder  *builder.Builder
+	conn     *queue.Conn
+	usage    usage.Recorder // on the tenant's own NATS account
+}
+
+// setupRunner loads the config, the forge connections (server.connections
+// or the .runner file), each connection's key and NATS, and builds the
+// runner.
+func setupRunner(ctx context.Context, g *globals, cfgPath string) (_ *runnerSetup, err error) {
 	cfg := config.Default()
 	if cfgPath != "" {
 		c, err := config.Load(cfgPath)
@@ -138,83 +152,151 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (*runnerSetup,
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
-	rf, err := rpc.LoadRunnerFile(cfg.Runner.File)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, usageError("this runner is not registered (%s not found): run 'provenix runner register --instance URL --token TOKEN' first", cfg.Runner.File)
+	if len(cfg.Server.Connections) == 0 {
+		rf, err := rpc.LoadRunnerFile(cfg.Runner.File)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, usageError("this runner is not registered (%s not found, and the config has no server.connections): run 'provenix runner register --instance URL --token TOKEN' first", cfg.Runner.File)
+			}
+			return nil, usageError("%v", err)
 		}
-		return nil, usageError("%v", err)
+		for _, w := range rf.Warnings {
+			log.Warn(w)
+		}
 	}
-	for _, w := range rf.Warnings {
-		log.Warn(w)
-	}
-	labels, err := cfg.JobLabels(rf.Labels)
+	resolved, err := rpc.Connections(cfg)
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
-	client, err := rpc.New(rf.Address,
-		rpc.WithCredentials(rf.UUID, rf.Token),
-		rpc.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
-		rpc.WithVersion(version),
-		rpc.WithLogger(log))
+	if err := cfg.CheckTenantSecrets(); err != nil {
+		return nil, usageError("%v", err)
+	}
+	rs := &runnerSetup{conns: resolved, log: log}
+	defer func() { // what is open so far, when a later step fails
+		if err != nil {
+			rs.close()
+		}
+	}()
+	var (
+		builders []*tenantBuilder
+		conns    []runner.Connection
+		idles    []func(context.Context) error
+	)
+	for _, rc := range resolved {
+		p := cfg.ProvenixFor(rc.Name)
+		labels, err := config.LabelNames(rc.Labels)
+		if err != nil {
+			return nil, usageError("connection %s: %v", rc.Name, err)
+		}
+		client, err := rpc.New(rc.URL,
+			rpc.WithCredentials(rc.UUID, rc.Token),
+			rpc.WithInsecureSkipVerifyUnsafe(cfg.Runner.Insecure),
+			rpc.WithVersion(version),
+			rpc.WithLogger(log.With("connection", rc.Name)))
+		if err != nil {
+			return nil, usageError("connection %s: %v", rc.Name, err)
+		}
+		tb, err := rs.builderFor(ctx, g, &builders, p, rc.Name, log)
+		if err != nil {
+			return nil, err
+		}
+		if p.Volunteer && tb.settings.Volunteer {
+			idle, err := idleVolunteer(ctx, tb.conn, tb.builder, tb.usage, p.Owner, p.NixOptions, p.FarmAckWait, log.With("connection", rc.Name))
+			if err != nil {
+				return nil, err
+			}
+			idles = append(idles, idle)
+			tb.settings.Volunteer = false // once per builder
+		}
+		workdir, err := cfg.ConnectionWorkdir(g.dataDir, rc.Name)
+		if err != nil {
+			return nil, usageError("%v", err)
+		}
+		conns = append(conns, runner.Connection{
+			Name: rc.Name, Forge: client, Labels: labels, FetchInterval: rc.FetchInterval, Builder: tb.builder,
+			WorkdirParent: workdir, JobUser: p.JobUser, JobUsers: p.JobUsers, Usage: tb.usage,
+		})
+		log.Info("forge connection", "connection", rc.Name, "forge", rc.URL, "labels", labels, "tenant", p.Tenant, "builder", tb.builder.BuilderID, "workdir_parent", workdir)
+	}
+	r, err := runner.NewConnections(conns, runner.Options{
+		Capacity: cfg.Runner.Capacity,
+		Timeout:  cfg.Runner.Timeout, ShutdownTimeout: cfg.Runner.ShutdownTimeout,
+		FetchInterval: cfg.Runner.FetchInterval, FetchTimeout: cfg.Runner.FetchTimeout,
+		ReportInterval: cfg.Runner.ReportInterval, Envs: cfg.Runner.Envs,
+		DisableCgroup: cfg.Provenix.NoCgroup, DisablePrivateTmp: cfg.Provenix.NoPrivateTmp, Version: version, Logger: log,
+		Idle: allIdle(idles),
+	})
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
+	rs.runner = r
+	return rs, nil
+}
 
-	builderID := cfg.BuilderID(rf.Name)
-	rs := &runnerSetup{file: rf, labels: labels, builderID: builderID, log: log}
-	keyPath := cfg.Provenix.Key
+// builderFor returns the builder for settings p, made for connection name
+// (its key, its NATS connection) unless an earlier connection has the
+// same settings.
+func (rs *runnerSetup) builderFor(ctx context.Context, g *globals, builders *[]*tenantBuilder, p config.Provenix, name string, log *slog.Logger) (*tenantBuilder, error) {
+	for _, tb := range *builders {
+		s := tb.settings
+		s.Volunteer = p.Volunteer
+		if reflect.DeepEqual(s, p) {
+			return tb, nil
+		}
+	}
+	builderID := p.BuilderIDFor(name)
+	keyPath := p.Key
 	if keyPath == "" {
 		keyPath = g.paths().BuilderKey()
 	}
 	signer, err := attest.LoadSigner(keyPath)
 	if err != nil {
-		return nil, usageError("%v\nThe runner signs what its jobs build: create a key with 'provenix key generate --builder %s' and trust its .pub for builder id %q in the cache policy", err, keyPath, builderID)
+		return nil, usageError("connection %s: %v\nThe runner signs what its jobs build: create a key with 'provenix key generate --builder %s' and trust its .pub for builder id %q in the cache policy", name, err, keyPath, builderID)
 	}
-	nf := natsFlags{url: cfg.Provenix.NATSURL, creds: cfg.Provenix.NATSCreds, token: cfg.Provenix.NATSTokenFile,
-		nkey: cfg.Provenix.NATSNKey, ca: cfg.Provenix.NATSCA, cert: cfg.Provenix.NATSCert, key: cfg.Provenix.NATSKey}
-	conn, err := nf.connect(ctx, g, "provenix-runner-"+rf.Name)
+	nf := natsFlags{url: p.NATSURL, creds: p.NATSCreds, token: p.NATSTokenFile,
+		nkey: p.NATSNKey, ca: p.NATSCA, cert: p.NATSCert, key: p.NATSKey}
+	conn, err := nf.connect(ctx, g, "provenix-runner-"+name)
 	if err != nil {
 		return nil, err
 	}
-	rs.conn = conn
+	rs.nats = append(rs.nats, conn)
 	rec, err := usage.NewPublisher(conn)
 	if err != nil {
-		rs.close()
-		return nil, err
+		return nil, fmt.Errorf("connection %s: %w", name, err)
 	}
-	b := &builder.Builder{
+	tb := &tenantBuilder{settings: p, conn: conn, usage: rec, builder: &builder.Builder{
 		Nix: &nix.Nix{}, Queue: conn, Signer: signer, BuilderID: builderID,
-		Tenant: cfg.Provenix.Tenant, Version: version, Logger: log,
+		Tenant: p.Tenant, Version: version, Logger: log.With("tenant", p.Tenant),
 		StageClosures: true, // so volunteers can rebuild what jobs built
+	}}
+	*builders = append(*builders, tb)
+	return tb, nil
+}
+
+// allIdle runs every tenant's volunteer at once while the runner has no
+// job; nil when none volunteers.
+func allIdle(idles []func(context.Context) error) func(context.Context) error {
+	switch len(idles) {
+	case 0:
+		return nil
+	case 1:
+		return idles[0]
 	}
-	workdir, err := cfg.WorkdirParent(g.dataDir)
-	if err != nil {
-		rs.close()
-		return nil, usageError("%v", err)
-	}
-	var idle func(context.Context) error
-	if cfg.Provenix.Volunteer {
-		if idle, err = idleVolunteer(ctx, conn, b, rec, cfg.Provenix.Owner, cfg.Provenix.NixOptions, cfg.Provenix.FarmAckWait, log); err != nil {
-			rs.close()
-			return nil, err
+	// One that stops by itself stops the others: the runner starts them
+	// all again later (idleRetry).
+	return func(ctx context.Context) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		errs := make(chan error, len(idles))
+		for _, idle := range idles {
+			go func() { errs <- idle(ctx); cancel() }()
 		}
+		var all []error
+		for range idles {
+			all = append(all, <-errs)
+		}
+		return errors.Join(all...)
 	}
-	r, err := runner.New(client, b, runner.Options{
-		Labels: labels, Capacity: cfg.Runner.Capacity,
-		Timeout: cfg.Runner.Timeout, ShutdownTimeout: cfg.Runner.ShutdownTimeout,
-		FetchInterval: cfg.Runner.FetchInterval, FetchTimeout: cfg.Runner.FetchTimeout,
-		ReportInterval: cfg.Runner.ReportInterval, Envs: cfg.Runner.Envs,
-		WorkdirParent: workdir, JobUser: cfg.Provenix.JobUser, JobUsers: cfg.Provenix.JobUsers,
-		DisableCgroup: cfg.Provenix.NoCgroup, DisablePrivateTmp: cfg.Provenix.NoPrivateTmp, Version: version, Logger: log,
-		Idle: idle, Usage: rec,
-	})
-	if err != nil {
-		rs.close()
-		return nil, usageError("%v", err)
-	}
-	rs.runner = r
-	return rs, nil
 }
 
 // idleVolunteer is the farm worker a runner runs while it has no job

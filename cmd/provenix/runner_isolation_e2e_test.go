@@ -50,7 +50,14 @@ host:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	log := &testlog.Buffer{}
+	return runRunnerDaemon(t, bin, dataDir, runDir, cfgPath, name, &testlog.Buffer{})
+}
+
+// runRunnerDaemon starts `provenix runner daemon --config cfgPath` in
+// runDir, its output into log, and stops it at the end of the test (or
+// when stop is called), showing its log if the test failed.
+func runRunnerDaemon(t *testing.T, bin, dataDir, runDir, cfgPath, name string, log *testlog.Buffer) (stop func(), exited <-chan struct{}) {
+	t.Helper()
 	d := exec.Command(bin, "--data-dir", dataDir, "runner", "daemon", "--config", cfgPath)
 	d.Dir = runDir
 	d.Env = append(os.Environ(), "NIX_CONFIG=substituters =\nexperimental-features = nix-command")
@@ -89,12 +96,7 @@ host:
 //   - the victim's build is published under require_isolation, and the
 //     same policy refuses a build from a runner without isolation.
 func TestRunnerIsolationAgainstGitea(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("the isolation end-to-end test runs the runner as root with jobs as provenix-job-N; run it as root (CI does) after scripts/install-deps.sh test")
-	}
-	busybox := requireNix(t)
-	requireNixDaemon(t)
-	testproc.Tool(t, "curl", "apt-get install curl")
+	busybox := requireRootRunner(t, "provenix-job-N")
 	ctx := testctx.New(t, 10*time.Minute)
 	bin := buildProvenix(t)
 	forge := testgitea.Start(t)
@@ -302,6 +304,20 @@ jobs:
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("the build without isolation was published: %s", resp.Status)
 	}
+}
+
+// requireRootRunner checks what the end-to-end tests of a root runner
+// with jobs as the given users need (root, Nix and its daemon, curl) and
+// returns the sample's busybox.
+func requireRootRunner(t *testing.T, jobUsers string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatalf("%s runs the runner as root with jobs as %s; run it as root (CI does) after scripts/install-deps.sh test", t.Name(), jobUsers)
+	}
+	busybox := requireNix(t)
+	requireNixDaemon(t)
+	testproc.Tool(t, "curl", "apt-get install curl")
+	return busybox
 }
 
 func waitForFile(t *testing.T, path string, timeout time.Duration, exited <-chan struct{}) {

@@ -140,8 +140,8 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 		Tenant: f.tenant, Concurrency: f.concurrency, MetricsListen: f.metricsListen, Logger: g.logger(), S3: s3opts,
 		WebSocketListen: f.wsListen, WebSocketCert: f.wsCert, WebSocketKey: f.wsKey, WebSocketNoTLS: f.wsNoTLS,
 		LeafNodeListen: f.leafListen, LeafNodeCert: f.leafCert, LeafNodeKey: f.leafKey, Forges: forges,
-		VSA: vo, PublicURL: f.vsa.publicURL,
 		UsageMaxAge: f.usageMaxAge,
+		VSA:         vo, PublicURL: f.vsa.publicURL,
 	})
 	if err != nil {
 		return err

@@ -84,6 +84,13 @@ func PublishNAR(t testing.TB, dir string, sk signature.SecretKey, storePath stri
 	return publish(t, dir, sk, storePath, narBytes, pathInfo{References: refs})
 }
 
+// PublishZstd is PublishNAR for a NAR already compressed (zst), written
+// as it is.
+func PublishZstd(t testing.TB, dir string, sk signature.SecretKey, storePath string, narBytes, zst []byte, refs ...string) *narinfo.NarInfo {
+	t.Helper()
+	return publishZstd(t, dir, sk, storePath, narBytes, zst, pathInfo{References: refs})
+}
+
 func publish(t testing.TB, dir string, sk signature.SecretKey, storePath string, narBytes []byte, info pathInfo) *narinfo.NarInfo {
 	t.Helper()
 	var zbuf bytes.Buffer
@@ -93,13 +100,18 @@ func publish(t testing.TB, dir string, sk signature.SecretKey, storePath string,
 	}
 	zw.Write(narBytes)
 	zw.Close()
-	nh, fh := sha256.Sum256(narBytes), sha256.Sum256(zbuf.Bytes())
+	return publishZstd(t, dir, sk, storePath, narBytes, zbuf.Bytes(), info)
+}
+
+func publishZstd(t testing.TB, dir string, sk signature.SecretKey, storePath string, narBytes, zst []byte, info pathInfo) *narinfo.NarInfo {
+	t.Helper()
+	nh, fh := sha256.Sum256(narBytes), sha256.Sum256(zst)
 	ni := &narinfo.NarInfo{
 		StorePath:   storePath,
 		URL:         cachelayout.NARKey(nixbase32.EncodeToString(fh[:])),
 		Compression: "zstd",
 		FileHash:    nixhash.MustNewHashWithEncoding(nixhash.SHA256, fh[:], nixhash.NixBase32, true),
-		FileSize:    uint64(zbuf.Len()),
+		FileSize:    uint64(len(zst)),
 		NarHash:     nixhash.MustNewHashWithEncoding(nixhash.SHA256, nh[:], nixhash.NixBase32, true),
 		NarSize:     uint64(len(narBytes)),
 		CA:          info.CA,
@@ -111,7 +123,7 @@ func publish(t testing.TB, dir string, sk signature.SecretKey, storePath string,
 		ni.References = append(ni.References, path.Base(r))
 	}
 	Sign(t, ni, sk)
-	Write(t, dir, ni.URL, zbuf.Bytes())
+	Write(t, dir, ni.URL, zst)
 	Write(t, dir, cachelayout.NarinfoKey(storePath), []byte(ni.String()))
 	return ni
 }

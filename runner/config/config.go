@@ -65,6 +65,10 @@ type Config struct {
 	// Warnings are what the caller should log after loading: ignored
 	// sections, an env_file that does not exist. Load does not log itself.
 	Warnings []string `yaml:"-"`
+
+	// connProvenix are the connections' effective provenix settings
+	// (normalize fills it; see ProvenixFor).
+	connProvenix map[string]Provenix
 }
 
 // Log configures the runner's own log.
@@ -129,6 +133,11 @@ type Connection struct {
 	Labels ConnectionLabels `yaml:"labels,omitempty"`
 	// FetchInterval defaults to runner.fetch_interval.
 	FetchInterval time.Duration `yaml:"fetch_interval,omitempty"`
+	// Provenix, when given, is this connection's own provenix: block
+	// (tenant, NATS, key, builder id, job users, ...), laid over the
+	// top-level one; see tenants.go and Config.ProvenixFor. Not part of
+	// forgejo-runner's schema.
+	Provenix yaml.Node `yaml:"provenix,omitempty"`
 }
 
 // ConnectionLabels are a connection's labels, written either as a list
@@ -342,7 +351,16 @@ func (c *Config) normalize() error {
 			return fmt.Errorf("%w: server.connections.%s: %w", ErrConfig, name, err)
 		}
 	}
-	p := &c.Provenix
+	if err := c.Provenix.normalize("provenix", r.Capacity); err != nil {
+		return err
+	}
+	return c.resolveTenants()
+}
+
+// normalize applies the defaults to one provenix: block (at where, for
+// messages) and checks it.
+func (p *Provenix) normalize(where string, capacity int) error {
+	d := Default()
 	if p.Tenant == "" {
 		p.Tenant = d.Provenix.Tenant
 	}
@@ -354,14 +372,14 @@ func (c *Config) normalize() error {
 	}
 	users, err := ExpandUsers(p.JobUsers)
 	if err != nil {
-		return fmt.Errorf("%w: provenix.job_users: %w", ErrConfig, err)
+		return fmt.Errorf("%w: %s.job_users: %w", ErrConfig, where, err)
 	}
 	p.JobUsers = users
-	if len(users) > 0 && r.Capacity > len(users) {
-		return fmt.Errorf("%w: runner.capacity %d exceeds the %d users of provenix.job_users: each running job needs its own", ErrConfig, r.Capacity, len(users))
+	if len(users) > 0 && capacity > len(users) {
+		return fmt.Errorf("%w: runner.capacity %d exceeds the %d users of %s.job_users: each running job needs its own", ErrConfig, capacity, len(users), where)
 	}
 	if strings.ContainsAny(p.Tenant, ".*> \t") {
-		return fmt.Errorf("%w: provenix.tenant %q must not contain '.', '*', '>' or spaces (it is a NATS subject token)", ErrConfig, p.Tenant)
+		return fmt.Errorf("%w: %s.tenant %q must not contain '.', '*', '>' or spaces (it is a NATS subject token)", ErrConfig, where, p.Tenant)
 	}
 	return nil
 }

@@ -63,6 +63,14 @@ func SetConnection(path, name string, conn Connection, replace bool) error {
 		if !replace {
 			return fmt.Errorf("runner config %s: server.connections.%s: %w", path, name, ErrConnectionExists)
 		}
+		// A new registration keeps the connection's own provenix block:
+		// its tenant does not change with its token.
+		old := conns.Content[i+1]
+		for j := 0; old.Kind == yaml.MappingNode && j+1 < len(old.Content); j += 2 {
+			if old.Content[j].Value == "provenix" {
+				value.Content = append(value.Content, old.Content[j], old.Content[j+1])
+			}
+		}
 		conns.Content[i+1] = value
 		replaced = true
 	}

@@ -73,8 +73,5 @@ func (c *Config) JobLabels(registered []string) ([]string, error) {
 // provenix.builder_id, else "forgejo-runner:<name>" after the runner's
 // registration, so that one key has one builder id.
 func (c *Config) BuilderID(runnerName string) string {
-	if c.Provenix.BuilderID != "" {
-		return c.Provenix.BuilderID
-	}
-	return "forgejo-runner:" + runnerName
+	return c.Provenix.BuilderIDFor(runnerName)
 }
