@@ -240,7 +240,7 @@ credentials are readable on the wire.`,
 	}
 	cache.register(serve)
 	serve.Flags().StringVar(&listen, "listen", up.DefaultListen, "address to listen on")
-	vsaKey.register(serve)
+	vsaKey.registerImageSigner(serve)
 	usageNATS.register(serve)
 	serve.Flags().StringVar(&usageTenant, "usage-tenant", "", "record what is served, per reader and minute, as this tenant's usage on NATS (--nats-url and a pusher's credentials; see 'provenix usage')")
 	serve.Flags().StringVar(&readers, "readers", "", "serve only these readers (HTTP basic auth; a tenant's cache-readers from 'provenix tenant add'); serve behind TLS")

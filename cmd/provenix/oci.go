@@ -65,12 +65,19 @@ store paths' own and cannot be tagged. --delete NAME:TAG removes a tag.`,
 	return cmd
 }
 
-// imageSigner is the signer of images' summaries that the VSA flags of
-// 'cache serve' ask for: nil unless --vsa-key (the pusher's key) is given.
+// registerImageSigner adds the VSA flags 'cache serve' takes: the
+// pusher's key (keyless signers cannot sign image summaries), its verifier
+// id and the cache's public URL.
+func (f *vsaFlags) registerImageSigner(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.key, "vsa-key", "", "the pusher's VSA key (PEM): sign OCI images' verification summaries with it (default: serve only summaries already signed)")
+	fl.StringVar(&f.verifierID, "vsa-verifier-id", "", "the verifier.id the pusher's summaries claim, a URI (default "+vsa.DefaultVerifierID+")")
+	fl.StringVar(&f.publicURL, "public-url", "", "the cache's public base URL, for the URIs in image summaries (default: relative to the cache)")
+}
+
+// imageSigner is the signer of images' summaries that 'cache serve' was
+// given: nil without --vsa-key.
 func (f *vsaFlags) imageSigner() (*vsa.Signer, error) {
-	if f.fulcio != "" || f.rekor != "" || f.tsa != "" || f.tokenFile != "" || f.issuer != "" || f.san != "" {
-		return nil, usageError("%v: the keyless --vsa-* flags do not apply to 'cache serve'", oci.ErrKeylessVSA)
-	}
 	if f.key == "" {
 		return nil, nil
 	}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/up"
@@ -19,7 +22,8 @@ import (
 // the stack's pusher (with its summaries) is an image on the stack's
 // registry: crane sees one layer per path, and cosign verifies the image's
 // summary, which the stack signed with the pusher's VSA key, through the
-// referrers API.
+// referrers API. `provenix cache serve --vsa-key` of the same cache signs
+// it again once the stored one is gone.
 func TestOCIEndToEnd(t *testing.T) {
 	busybox := requireNix(t)
 	cosign := testproc.Cosign(t)
@@ -53,10 +57,44 @@ func TestOCIEndToEnd(t *testing.T) {
 	if err := json.Unmarshal(m, &man); err != nil || len(man.Layers) != len(strings.Fields(string(closure))) {
 		t.Fatalf("%d layers for a closure of %d: %v", len(man.Layers), len(strings.Fields(string(closure))), err)
 	}
-	cmd := exec.CommandContext(ctx, cosign, "verify-attestation", "--key", stack.Paths().VSAPub(), "--type", vsa.PredicateType,
-		"--allow-http-registry", "--insecure-ignore-tlog", ref)
-	cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "DOCKER_CONFIG="+t.TempDir())
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("cosign refused the image's summary: %v\n%s", err, out)
+	verify := func(ref string) {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, cosign, "verify-attestation", "--key", stack.Paths().VSAPub(), "--type", vsa.PredicateType,
+			"--allow-http-registry", "--insecure-ignore-tlog", ref)
+		cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "DOCKER_CONFIG="+t.TempDir())
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("cosign refused the image's summary: %v\n%s", err, out)
+		}
+	}
+	verify(ref)
+
+	summaries := filepath.Join(stack.Paths().Cache(), filepath.FromSlash(cachelayout.OCIVSAPrefix))
+	if err := os.RemoveAll(summaries); err != nil {
+		t.Fatal(err)
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan int, 1)
+	go func() {
+		_, _, code := cli(t, sctx, "cache", "serve", "--dir", stack.Paths().Cache(), "--listen", listen, "--vsa-key", stack.Paths().VSAKey())
+		done <- code
+	}()
+	defer func() {
+		stop()
+		<-done
+	}()
+	for ok := testproc.HTTPOK("http://" + listen + "/v2/"); ok() != nil; time.Sleep(50 * time.Millisecond) {
+		select {
+		case code := <-done:
+			done <- code // for the deferred wait
+			t.Fatalf("cache serve exited with %d", code)
+		case <-ctx.Done():
+			t.Fatal("cache serve did not answer")
+		default:
+		}
+	}
+	verify(listen + "/nix/" + filepath.Base(top))
+	if entries, err := os.ReadDir(summaries); err != nil || len(entries) != 1 {
+		t.Fatalf("cache serve stored %d image summaries: %v", len(entries), err)
 	}
 }
