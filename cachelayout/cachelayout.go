@@ -61,6 +61,10 @@ const (
 	// HashLen is the length of a store path's hash part, which starts
 	// narinfo and sidecar keys.
 	HashLen = 32
+	// ChunkPrefix starts the keys of a chunked store's chunks
+	// (store/chunked): "chunks/<2 hex>/<64 hex sha256>". No other object
+	// of the cache uses it.
+	ChunkPrefix = "chunks/"
 )
 
 // NARSuffixes are the NAR file endings a cache may serve (stock caches

@@ -85,6 +85,11 @@ type Config struct {
 	S3     *s3.Options
 	Tenant string
 	Group  string
+
+	// Chunking and SharedChunks are wire.StoreOptions': how NAR files
+	// are stored.
+	Chunking, SharedChunks string
+
 	// Concurrency is how many results the pusher handles at once;
 	// DefaultConcurrency when 0.
 	Concurrency int
@@ -436,13 +441,13 @@ func splitListen(what, addr string) (string, int, error) {
 // openStore opens the cache's store: the data directory's cache/, or the
 // S3 bucket, checked and swept of abandoned uploads until Close.
 func (s *Stack) openStore(ctx context.Context) error {
-	o := wire.StoreOptions{Dir: s.paths.Cache(), Sweep: true}
+	o := wire.StoreOptions{Dir: s.paths.Cache(), Sweep: true, Chunking: s.cfg.Chunking, SharedChunks: s.cfg.SharedChunks}
 	if s.cfg.S3 != nil {
 		s3o := *s.cfg.S3
 		if s3o.Logger == nil {
 			s3o.Logger = s.log
 		}
-		o = wire.StoreOptions{S3: &s3o, Sweep: true}
+		o.Dir, o.S3 = "", &s3o
 	}
 	st, err := wire.OpenStore(ctx, o)
 	if err != nil {

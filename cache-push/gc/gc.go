@@ -20,6 +20,11 @@
 // Options.Grace is kept, because a push in progress has written its NAR
 // and sidecar but not yet its narinfo.
 //
+// Last, in a chunked store (ChunkCollector, store/chunked), the chunks that
+// no remaining NAR file uses and that are older than Options.Grace: a
+// chunk shared by two NARs stays while either does, and a write in
+// progress has written (or refreshed) its chunks within the grace.
+//
 // Concurrent pushes: GC decides from one listing. A narinfo rewritten after
 // that listing (its ModTime changed) is not deleted. A narinfo published
 // during the run that refers to a path GC collected is withdrawn after the
@@ -47,6 +52,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cache-push/store/chunked"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/storepath"
 )
@@ -124,9 +130,21 @@ type Report struct {
 	MissingKeep []string `json:"missingKeep,omitempty"`
 	// OrphansSkipped, when set, says why orphan NARs were not collected.
 	OrphansSkipped string `json:"orphansSkipped,omitempty"`
+	// Chunks are the chunks of a chunked store that no NAR file uses
+	// any more.
+	Chunks []Object `json:"chunks,omitempty"`
+	// ChunksSkipped, when set, says why chunks were not collected.
+	ChunksSkipped string `json:"chunksSkipped,omitempty"`
 	// BytesFreed is the size of everything deleted (or, in a dry run,
 	// that would be).
 	BytesFreed int64 `json:"bytesFreed"`
+}
+
+// ChunkCollector is a store whose NAR files share chunks (store/chunked).
+// CollectChunks deletes (in a dry run, only returns) the chunks that no NAR
+// file uses and that were last written before cutoff.
+type ChunkCollector interface {
+	CollectChunks(ctx context.Context, cutoff time.Time, dryRun bool) ([]store.Info, error)
 }
 
 // entry is one narinfo of the listing.
@@ -295,12 +313,28 @@ func Run(ctx context.Context, st store.Store, opts Options) (*Report, error) {
 		rep.Orphans = append(rep.Orphans, Object{Key: o.Key, Size: o.Size})
 	}
 
+	if cc, ok := st.(ChunkCollector); ok {
+		chunks, err := cc.CollectChunks(ctx, cutoff, opts.DryRun)
+		switch {
+		case errors.Is(err, chunked.ErrShared):
+			rep.ChunksSkipped = "the chunks are shared with other caches"
+		case err != nil:
+			errs = append(errs, fmt.Errorf("gc: chunks: %w", err))
+		}
+		for _, c := range chunks {
+			rep.Chunks = append(rep.Chunks, Object{Key: c.Key, Size: c.Size})
+		}
+	}
+
 	for _, p := range rep.Paths {
 		for _, o := range p.Objects {
 			rep.BytesFreed += o.Size
 		}
 	}
 	for _, o := range rep.Orphans {
+		rep.BytesFreed += o.Size
+	}
+	for _, o := range rep.Chunks {
 		rep.BytesFreed += o.Size
 	}
 	return rep, errors.Join(errs...)

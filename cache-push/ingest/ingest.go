@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"math"
 	"runtime"
@@ -116,7 +117,16 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 
 	fileHash := sha256.New()
 	file := &countingWriter{w: io.MultiWriter(p, fileHash)}
-	fw := newFrameWriter(frames, encs, file, workers)
+	var fw narWriter = newFrameWriter(frames, encs, file, workers)
+	if ne, ok := s.(store.NAREncoder); ok {
+		// The store's framing (store/chunked: a frame per
+		// content-defined chunk) instead of ours.
+		enc, err := ne.NAREncoder(file)
+		if err != nil {
+			return Result{}, fmt.Errorf("ingest: %w", err)
+		}
+		fw = &storeEncoder{enc: enc}
+	}
 	// Waits for the compressions still running. p is aborted, so what
 	// they made is discarded.
 	defer fw.abort()
@@ -173,4 +183,60 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += uint64(n)
 	return n, err
+}
+
+// narWriter compresses a NAR into the file: frameWriter, or a store's own
+// encoder (storeEncoder).
+type narWriter interface {
+	// readFrom reads r to its end, feeding every byte to h as well, and
+	// returns how many bytes it read.
+	readFrom(ctx context.Context, h hash.Hash, r io.Reader) (uint64, error)
+	// finish writes what is left; abort stops early, discarding it.
+	finish(ctx context.Context) error
+	abort()
+}
+
+// storeEncoder feeds a store.NAREncoder.
+type storeEncoder struct {
+	enc    io.WriteCloser
+	closed bool
+}
+
+func (e *storeEncoder) readFrom(ctx context.Context, h hash.Hash, r io.Reader) (uint64, error) {
+	buf := make([]byte, bufSize)
+	var n uint64
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, fmt.Errorf("ingest: after %d bytes: %w", n, err)
+		}
+		m, rerr := r.Read(buf)
+		if m > 0 {
+			h.Write(buf[:m]) // never fails
+			if _, err := e.enc.Write(buf[:m]); err != nil {
+				return n, fmt.Errorf("ingest: compressing after %d bytes: %w", n, err)
+			}
+			n += uint64(m)
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, fmt.Errorf("ingest: reading NAR after %d bytes: %w", n, rerr)
+		}
+	}
+}
+
+func (e *storeEncoder) finish(context.Context) error {
+	e.closed = true
+	if err := e.enc.Close(); err != nil {
+		return fmt.Errorf("ingest: compressing: %w", err)
+	}
+	return nil
+}
+
+func (e *storeEncoder) abort() {
+	if !e.closed {
+		e.closed = true
+		e.enc.Close() // stops its goroutine; p is aborted
+	}
 }

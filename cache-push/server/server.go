@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -263,11 +264,69 @@ func (h *handler) serveObject(ctx context.Context, w http.ResponseWriter, head b
 	// is not an InfoOpener the object may be replaced between Stat and
 	// Open; then a longer body is cut and a shorter one fails the response
 	// instead of corrupting it silently.
-	n, err := io.CopyN(w, body, fi.Size)
+	n, err := sendBody(w, body, fi.Size)
 	if err != nil {
 		return http.StatusOK, n, fmt.Errorf("sending %s: %w", key, err)
 	}
 	return http.StatusOK, n, nil
+}
+
+// sendBody copies exactly size bytes of body to w. A body that writes
+// itself (io.WriterTo: a NAR of store/chunked, whose chunk files go to the
+// socket by sendfile one after the other) writes through a limitWriter
+// that cuts it at size; a file is copied as before, which sends it by
+// sendfile already.
+func sendBody(w io.Writer, body io.Reader, size int64) (int64, error) {
+	wt, ok := body.(io.WriterTo)
+	if _, file := body.(*os.File); !ok || file {
+		return io.CopyN(w, body, size)
+	}
+	n, err := wt.WriteTo(&limitWriter{w: w, left: size})
+	if err == nil && n < size {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// limitWriter passes at most left bytes to w, and fails past them.
+type limitWriter struct {
+	w    io.Writer
+	left int64
+}
+
+var errBodyTooLong = errors.New("body longer than its Content-Length")
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > l.left {
+		n, _ := l.w.Write(p[:l.left])
+		l.left -= int64(n)
+		return n, errBodyTooLong
+	}
+	n, err := l.w.Write(p)
+	l.left -= int64(n)
+	return n, err
+}
+
+// ReadFrom keeps w's own ReadFrom in use: a socket sends a file, or an
+// io.LimitedReader of one (not two nested), by sendfile.
+func (l *limitWriter) ReadFrom(r io.Reader) (int64, error) {
+	lr := &io.LimitedReader{R: r, N: l.left}
+	outer, limited := r.(*io.LimitedReader)
+	if limited {
+		lr = &io.LimitedReader{R: outer.R, N: min(outer.N, l.left)}
+	}
+	n, err := io.Copy(l.w, lr)
+	l.left -= n
+	if limited {
+		outer.N -= n
+	}
+	if err == nil && l.left == 0 {
+		var one [1]byte
+		if m, _ := r.Read(one[:]); m > 0 {
+			err = errBodyTooLong
+		}
+	}
+	return n, err
 }
 
 func (h *handler) serveCacheInfo(w http.ResponseWriter, head bool) (int, int64) {

@@ -136,6 +136,17 @@ func OpenInfo(ctx context.Context, s Store, key string) (io.ReadCloser, Info, er
 	return rc, fi, nil
 }
 
+// NAREncoder is implemented by stores that want NAR files compressed their
+// own way: store/chunked wants one zstd frame per content-defined chunk,
+// so that equal chunks of different NARs are stored once. ingest
+// compresses through it instead of its own zstd encoder; the output is
+// still one valid zstd stream.
+type NAREncoder interface {
+	// NAREncoder returns a writer that compresses what it is given into
+	// w. Close flushes it; it must be called, also after a failure.
+	NAREncoder(w io.Writer) (io.WriteCloser, error)
+}
+
 // Pending is an object being written. Writes are buffered out of sight of
 // readers until Commit.
 type Pending interface {

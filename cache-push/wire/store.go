@@ -14,6 +14,7 @@ import (
 	"os"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cache-push/store/chunked"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
 )
@@ -38,7 +39,24 @@ type StoreOptions struct {
 	// for a pusher, which leaves them when it dies mid-upload. A
 	// directory needs no sweeping (its writes are temp files renamed).
 	Sweep bool
+	// Chunking is how NAR files are stored: ChunkingNone (or "") whole,
+	// ChunkingFastCDC as content-defined chunks shared between NARs
+	// (store/chunked). A cache written chunked must be served and
+	// collected with chunking on too.
+	Chunking string
+	// SharedChunks, with chunking, keeps the chunks in a store shared
+	// by several caches instead of in this one: a directory, or with S3
+	// a prefix of the same bucket. Tenants sharing chunks can learn
+	// which chunks the others stored (docs/tenants.md).
+	SharedChunks string
 }
+
+// Chunking modes, the values of StoreOptions.Chunking (and of
+// --chunking).
+const (
+	ChunkingNone    = "none"
+	ChunkingFastCDC = "fastcdc"
+)
 
 // Store is an open cache store. Close it when done: it stops the S3
 // sweeper.
@@ -48,11 +66,54 @@ type Store struct {
 	// s3://bucket/prefix.
 	Where string
 	s3    *s3.Store
+	// chunkS3 is the shared chunks' bucket prefix, if any.
+	chunkS3 *s3.Store
 }
 
 // OpenStore opens the store o selects. An S3 bucket is checked: it must
 // exist and the credentials must reach it.
 func OpenStore(ctx context.Context, o StoreOptions) (*Store, error) {
+	switch o.Chunking {
+	case "", ChunkingNone:
+		if o.SharedChunks != "" {
+			return nil, fmt.Errorf("%w: shared chunks need --chunking %s", ErrOptions, ChunkingFastCDC)
+		}
+	case ChunkingFastCDC:
+	default:
+		return nil, fmt.Errorf("%w: chunking %q: want %s or %s", ErrOptions, o.Chunking, ChunkingNone, ChunkingFastCDC)
+	}
+	st, err := openStore(ctx, o)
+	if err != nil || o.Chunking != ChunkingFastCDC {
+		return st, err
+	}
+	var co chunked.Options
+	if o.SharedChunks != "" {
+		shared := o
+		shared.Dir, shared.MustExist = o.SharedChunks, false
+		if o.S3 != nil {
+			s3o := *o.S3
+			s3o.Prefix = o.SharedChunks
+			shared.Dir, shared.S3 = "", &s3o
+		}
+		shared.Chunking, shared.SharedChunks = "", ""
+		cs, err := openStore(ctx, shared)
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("shared chunks: %w", err)
+		}
+		st.chunkS3 = cs.s3
+		co.Chunks = cs.Store
+	}
+	cst, err := chunked.New(st.Store, co)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	st.Store = cst
+	return st, nil
+}
+
+func openStore(ctx context.Context, o StoreOptions) (*Store, error) {
 	if o.S3 != nil {
 		if o.Dir != "" {
 			return nil, fmt.Errorf("%w: a cache directory and an S3 bucket exclude each other", ErrOptions)
@@ -90,10 +151,13 @@ func openS3(ctx context.Context, o StoreOptions) (*Store, error) {
 	return &Store{Store: st, Where: "s3://" + o.S3.Bucket + "/" + o.S3.Prefix, s3: st}, nil
 }
 
-// Close stops the S3 sweeper, if one runs, and waits for it.
+// Close stops the S3 sweepers, if any run, and waits for them.
 func (s *Store) Close() error {
-	if s.s3 == nil {
-		return nil
+	var errs []error
+	for _, st := range []*s3.Store{s.s3, s.chunkS3} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
 	}
-	return s.s3.Close()
+	return errors.Join(errs...)
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cache-push/store/chunked"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cache-push/store/s3"
 	"codeberg.org/provenix/provenix/internal/tests3"
@@ -53,6 +54,8 @@ func TestOpenStoreInvalid(t *testing.T) {
 		"invalid s3":    {S3: &s3.Options{Endpoint: "http://h", Bucket: "b", AccessKey: "a", SecretKey: "s"}},
 		"no s3 secret":  {S3: &s3.Options{Endpoint: "h", Bucket: "b", AccessKey: "a"}},
 		"negative tick": {S3: &s3.Options{Endpoint: "h", Bucket: "b", AccessKey: "a", SecretKey: "s", StaleEvery: -1}},
+		"bad chunking":  {Dir: t.TempDir(), Chunking: "rabin"},
+		"shared, whole": {Dir: t.TempDir(), SharedChunks: t.TempDir()},
 	} {
 		if _, err := OpenStore(t.Context(), o); !errors.Is(err, ErrOptions) {
 			t.Errorf("%s: %v, want ErrOptions", name, err)
@@ -112,5 +115,37 @@ func TestOpenStoreS3(t *testing.T) {
 	defer ro.Close()
 	if err := ro.s3.Start(); err != nil {
 		t.Errorf("without Sweep a sweeper runs already: %v", err)
+	}
+}
+
+// TestOpenStoreChunked: --chunking fastcdc wraps the store (NARs are
+// chunk lists in the directory, chunks beside them or in the shared
+// directory).
+func TestOpenStoreChunked(t *testing.T) {
+	for _, shared := range []string{"", t.TempDir()} {
+		dir := t.TempDir()
+		st, err := OpenStore(t.Context(), StoreOptions{Dir: dir, Chunking: ChunkingFastCDC, SharedChunks: shared})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := st.Store.(*chunked.Store); !ok {
+			t.Fatalf("store is a %T, want *chunked.Store", st.Store)
+		}
+		key := "nar/0000000000000000000000000000000000000000000000000000.nar.zst"
+		if err := store.Put(t.Context(), st, key, strings.NewReader("nar file")); err != nil {
+			t.Fatal(err)
+		}
+		raw, err := os.ReadFile(filepath.Join(dir, key))
+		if err != nil || !strings.HasPrefix(string(raw), "provenix-chunk-list 1") {
+			t.Errorf("%s holds %q, %v; want a chunk list", key, raw, err)
+		}
+		chunkDir := dir
+		if shared != "" {
+			chunkDir = shared
+		}
+		if m, _ := filepath.Glob(filepath.Join(chunkDir, "chunks", "*", "*")); len(m) != 1 {
+			t.Errorf("chunks in %s: %q, want one", chunkDir, m)
+		}
+		st.Close()
 	}
 }

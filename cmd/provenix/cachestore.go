@@ -14,13 +14,26 @@ import (
 // bucket (the --s3-* flags of `provenix up`). cache-push, cache serve and
 // cache gc share them, so each reaches the same caches the same way.
 type cacheFlags struct {
-	dir string
-	s3  s3Flags
+	dir   string
+	s3    s3Flags
+	chunk chunkFlags
 }
 
 func (f *cacheFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.dir, "dir", "", "cache directory (default: the data directory's cache/)")
 	f.s3.register(cmd)
+	f.chunk.register(cmd)
+}
+
+// chunkFlags select how NAR files are stored (wire.StoreOptions.Chunking).
+type chunkFlags struct {
+	mode   string
+	shared string
+}
+
+func (f *chunkFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.mode, "chunking", wire.ChunkingNone, "store NAR files whole (none) or as content-defined chunks shared between NARs (fastcdc); a chunked cache is served and collected with --chunking fastcdc too")
+	cmd.Flags().StringVar(&f.shared, "shared-chunks", "", "with --chunking fastcdc: keep chunks in this directory (with --s3-*: this prefix of the bucket), shared with other caches; tenants sharing it can tell which chunks the others stored")
 }
 
 // check validates the flags without touching any store, so a usage error
@@ -45,7 +58,7 @@ func (f *cacheFlags) open(ctx context.Context, g *globals, mustExist, sweep bool
 	if err != nil {
 		return nil, err
 	}
-	o := wire.StoreOptions{Dir: f.dir, S3: opts, MustExist: mustExist, Sweep: sweep}
+	o := wire.StoreOptions{Dir: f.dir, S3: opts, MustExist: mustExist, Sweep: sweep, Chunking: f.chunk.mode, SharedChunks: f.chunk.shared}
 	if opts != nil {
 		opts.Logger = g.logger()
 	} else if o.Dir == "" {

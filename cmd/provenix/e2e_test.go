@@ -72,9 +72,15 @@ func startStack(t testing.TB, cfg up.Config) *up.Stack {
 func buildSample(t testing.TB, ctx context.Context, busybox string, extra ...string) jsonPublished {
 	t.Helper()
 	wd, _ := os.Getwd()
-	sample := filepath.Join(wd, "..", "..", "examples", "hello.nix")
+	return buildFile(t, ctx, filepath.Join(wd, "..", "..", "examples", "hello.nix"), "hello", busybox, extra...)
+}
+
+// buildFile builds attr of a Nix file that takes busybox and message
+// (examples/hello.nix, testdata/big.nix) with provenix build.
+func buildFile(t testing.TB, ctx context.Context, file, attr, busybox string, extra ...string) jsonPublished {
+	t.Helper()
 	// --arg in Nix's two-token form, --argstr as NAME=VALUE: both are taken.
-	args := append([]string{"build", "--json", sample, "-A", "hello", "--arg", "busybox", busybox,
+	args := append([]string{"build", "--json", file, "-A", attr, "--arg", "busybox", busybox,
 		"--argstr", "message=" + uniqueMessage(t), "--nix-option", "substituters="}, extra...)
 	stdout, stderr, code := cli(t, ctx, args...)
 	if code != 0 {

@@ -179,6 +179,12 @@ func printGCReport(w io.Writer, rep *gc.Report) {
 	if rep.OrphansSkipped != "" {
 		fmt.Fprintf(w, "orphan NARs left alone: %s\n", rep.OrphansSkipped)
 	}
+	if len(rep.Chunks) > 0 {
+		fmt.Fprintf(w, "%s %d chunks no NAR uses\n", verb, len(rep.Chunks))
+	}
+	if rep.ChunksSkipped != "" {
+		fmt.Fprintf(w, "chunks left alone: %s\n", rep.ChunksSkipped)
+	}
 	fmt.Fprintf(w, "%s %d of %d paths and %d orphans, %s; kept %d paths\n",
 		verb, len(rep.Paths), rep.Narinfos, len(rep.Orphans), humanize.IBytes(uint64(rep.BytesFreed)), rep.Kept)
 }

@@ -1,0 +1,194 @@
+package chunked_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"codeberg.org/provenix/provenix/cache-push/ingest"
+	"codeberg.org/provenix/provenix/cache-push/server"
+	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/cache-push/store/chunked"
+	"codeberg.org/provenix/provenix/cache-push/store/local"
+)
+
+// dedupDirsEnv names the two directories BenchmarkDedup adds to the Nix
+// store as paths, comma-separated: two consecutive versions of one package.
+const dedupDirsEnv = "PROVENIX_DEDUP_DIRS"
+
+// dedupSizesEnv, if set, replaces the chunked variants of BenchmarkDedup by
+// chunk sizes in KiB: "16-64-256,64-256-1024".
+const dedupSizesEnv = "PROVENIX_DEDUP_SIZES"
+
+// BenchmarkDedup stores two versions of a real package, as NARs of store
+// paths, in a plain cache (whole zstd NAR files) and in chunked caches
+// (this package's default sizes and Attic's), and reports the bytes each
+// holds for both versions and the ratio chunked/whole. It needs nix-store
+// and PROVENIX_DEDUP_DIRS=old,new, e.g. two Go toolchains:
+//
+//	GOTOOLCHAIN=go1.27.3 go version   # fetches 1.27.3 into the module cache
+//	mkdir /tmp/dedup && cp -a /usr/local/go /tmp/dedup/go-1.26.8 && cp -a $(go env GOMODCACHE)/golang.org/toolchain@v0.0.1-go1.27.3.linux-amd64 /tmp/dedup/go-1.27.3   # store path names may not hold "@"
+//	PROVENIX_DEDUP_DIRS=/tmp/dedup/go-1.26.8,/tmp/dedup/go-1.27.3 \
+//	  go test -run '^$' -bench Dedup -benchtime 1x ./cache-push/store/chunked/
+func BenchmarkDedup(b *testing.B) {
+	dirs := strings.Split(os.Getenv(dedupDirsEnv), ",")
+	if len(dirs) != 2 {
+		b.Skipf("set %s=old,new (two directories)", dedupDirsEnv)
+	}
+	var paths []string
+	for _, d := range dirs {
+		out, err := exec.Command("nix-store", "--add", d).Output()
+		if err != nil {
+			b.Fatalf("nix-store --add %s: %v", d, err)
+		}
+		paths = append(paths, strings.TrimSpace(string(out)))
+	}
+	b.Logf("store paths: %s", paths)
+	type variant struct {
+		name string
+		o    *chunked.Options
+	}
+	variants := []variant{
+		{"whole", nil},
+		{"chunked-16-64-256", &chunked.Options{}},
+		{"chunked-64-128-256", &chunked.Options{MinSize: 64 << 10, AvgSize: 128 << 10, MaxSize: 256 << 10}},
+		{"chunked-16-64-256-better", &chunked.Options{Level: zstd.SpeedBetterCompression}},
+	}
+	if sizes := os.Getenv(dedupSizesEnv); sizes != "" {
+		variants = variants[:1]
+		for _, v := range strings.Split(sizes, ",") {
+			var lo, avg, hi int
+			if _, err := fmt.Sscanf(v, "%d-%d-%d", &lo, &avg, &hi); err != nil {
+				b.Fatalf("%s: %q is not MIN-AVG-MAX in KiB", dedupSizesEnv, v)
+			}
+			variants = append(variants, variant{"chunked-" + v, &chunked.Options{MinSize: lo << 10, AvgSize: avg << 10, MaxSize: hi << 10}})
+		}
+	}
+	for b.Loop() {
+		sizes := map[string][2]int64{}
+		for _, v := range variants {
+			dir := b.TempDir()
+			inner, err := local.New(dir)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var st store.Store = inner
+			if v.o != nil {
+				st = wrap(b, inner, *v.o)
+			}
+			var got [2]int64
+			for i, p := range paths {
+				start := time.Now()
+				ingestPath(b, st, p)
+				got[i] = dirSize(b, dir)
+				b.Logf("%s: %s: %d bytes stored after it, %.1fs", v.name, filepath.Base(p), got[i], time.Since(start).Seconds())
+			}
+			sizes[v.name] = got
+		}
+		whole := sizes["whole"][1]
+		b.ReportMetric(float64(whole), "whole-bytes")
+		for _, v := range variants[1:] {
+			b.ReportMetric(float64(sizes[v.name][1]), v.name+"-bytes")
+			b.ReportMetric(float64(sizes[v.name][1])/float64(whole), v.name+"/whole")
+		}
+	}
+}
+
+// ingestPath dumps a store path and ingests its NAR, as the pusher does.
+func ingestPath(b *testing.B, st store.Store, path string) {
+	b.Helper()
+	nar, err := exec.Command("nix-store", "--dump", path).Output()
+	if err != nil {
+		b.Fatal(err)
+	}
+	want := ingest.Expect{NarHash: sha256.Sum256(nar), NarSize: uint64(len(nar))}
+	if _, err := ingest.NAR(b.Context(), st, bytes.NewReader(nar), want, ingest.Options{}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func dirSize(b *testing.B, dir string) int64 {
+	b.Helper()
+	var n int64
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			fi, _ := d.Info()
+			n += fi.Size()
+		}
+		return nil
+	})
+	return n
+}
+
+// BenchmarkServe fetches the same NAR over HTTP from one cache server, as
+// a whole file (stored before chunking) and as chunks, alternately, and
+// reports both rates and their ratio. The NAR is 64 MiB of mixed text and
+// noise, or the NAR of the store path in PROVENIX_SERVE_PATH.
+//
+//	go test -run '^$' -bench Serve -benchtime 20x -count 5 ./cache-push/store/chunked/
+func BenchmarkServe(b *testing.B) {
+	var nar []byte
+	if p := os.Getenv("PROVENIX_SERVE_PATH"); p != "" {
+		var err error
+		if nar, err = exec.Command("nix-store", "--dump", p).Output(); err != nil {
+			b.Fatal(err)
+		}
+	} else {
+		nar = version(64<<20, nil)
+	}
+	inner, err := local.New(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	want := ingest.Expect{NarHash: sha256.Sum256(nar), NarSize: uint64(len(nar))}
+	whole, err := ingest.NAR(b.Context(), inner, bytes.NewReader(nar), want, ingest.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	st := wrap(b, inner, chunked.Options{})
+	chunks, err := ingest.NAR(b.Context(), st, bytes.NewReader(nar), want, ingest.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(server.Handler(st, server.Options{}))
+	defer srv.Close()
+	fetch := func(url string) time.Duration {
+		start := time.Now()
+		resp, err := http.Get(srv.URL + "/" + url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			b.Fatalf("GET %s: %d bytes, status %d, %v", url, n, resp.StatusCode, err)
+		}
+		return time.Since(start)
+	}
+	var tWhole, tChunks time.Duration
+	for b.Loop() {
+		tWhole += fetch(whole.URL)
+		tChunks += fetch(chunks.URL)
+	}
+	rate := func(size uint64, d time.Duration) float64 {
+		return float64(size) * float64(b.N) / d.Seconds() / 1e6
+	}
+	rw, rc := rate(whole.FileSize, tWhole), rate(chunks.FileSize, tChunks)
+	b.ReportMetric(rw, "whole-MB/s")
+	b.ReportMetric(rc, "chunked-MB/s")
+	b.ReportMetric(rc/rw, "chunked/whole")
+	b.ReportMetric(float64(whole.FileSize), "whole-bytes")
+	b.ReportMetric(float64(chunks.FileSize), "chunked-bytes")
+}
