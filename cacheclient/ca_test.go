@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,32 +21,8 @@ import (
 // returns its closure (nix-store -qR).
 func buildClosure(t testing.TB, ctx context.Context) []string {
 	t.Helper()
-	busybox := testnix.Busybox(t)
-	wd, _ := os.Getwd()
-	cmd := exec.CommandContext(ctx, "nix-build", filepath.Join(wd, "..", "examples", "closure.nix"), "-A", "top", "--no-out-link",
-		"--arg", "busybox", busybox, "--argstr", "message", "cacheclient-"+t.Name()+time.Now().Format(time.RFC3339Nano))
-	cmd.Env = append(os.Environ(), "NIX_CONFIG=substituters =\nbuild-users-group =\nexperimental-features = nix-command")
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("nix-build closure.nix: %v", err)
-	}
-	top := strings.TrimSpace(string(out))
-	out, err = exec.CommandContext(ctx, "nix-store", "-qR", top).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.Fields(string(out))
-}
-
-func pathNamed(t testing.TB, paths []string, suffix string) string {
-	t.Helper()
-	for _, p := range paths {
-		if strings.HasSuffix(p, suffix) {
-			return p
-		}
-	}
-	t.Fatalf("no path ending in %s among %v", suffix, paths)
-	return ""
+	_, closure := testnix.BuildClosure(t, ctx, "cacheclient-"+t.Name()+time.Now().Format(time.RFC3339Nano))
+	return closure
 }
 
 // Content-addressed paths Nix made (a builtins.path source, fixed:r:sha256;
@@ -65,7 +40,7 @@ func TestVerifyContentAddressed(t *testing.T) {
 	}
 	o := cacheclient.VerifyOptions{Verifier: v}
 	for _, suffix := range []string{"-busybox", "-greeting.txt", "-closure-fixed"} {
-		p := pathNamed(t, closure, suffix)
+		p := testnix.PathNamed(t, closure, suffix)
 		ni := testcache.Publish(t, ctx, tc.dir, tc.sk, p)
 		if ni.CA == "" {
 			t.Fatalf("%s: Nix registered no CA", p)
@@ -92,7 +67,7 @@ func TestVerifyContentAddressed(t *testing.T) {
 
 	// A path that is not content-addressed claiming a CA: the store path is
 	// not the one the CA gives.
-	dep := pathNamed(t, closure, "-closure-dep-a")
+	dep := testnix.PathNamed(t, closure, "-closure-dep-a")
 	ni := testcache.Publish(t, ctx, tc.dir, tc.sk, dep)
 	ni.CA = "fixed:r:" + ni.NarHash.String()
 	testcache.Sign(t, ni, tc.sk)
@@ -122,7 +97,7 @@ func TestVerifyClosureWalk(t *testing.T) {
 	for _, p := range closure {
 		testcache.Publish(t, ctx, tc.dir, tc.sk, p)
 	}
-	top := pathNamed(t, closure, "-closure-top")
+	top := testnix.PathNamed(t, closure, "-closure-top")
 	var progress, walked []int
 	cr, err := c.VerifyClosure(ctx, top, cacheclient.ClosureOptions{
 		VerifyOptions: cacheclient.VerifyOptions{Verifier: v},
@@ -150,7 +125,7 @@ func TestVerifyClosureWalk(t *testing.T) {
 	// dep-a's narinfo missing: reported as not in the cache, named with
 	// the path that refers to it; its own references are not followed
 	// (busybox is still reached through other paths).
-	dep := pathNamed(t, closure, "-closure-dep-a")
+	dep := testnix.PathNamed(t, closure, "-closure-dep-a")
 	os.Remove(filepath.Join(tc.dir, cachelayout.NarinfoKey(dep)))
 	cr, err = c.VerifyClosure(ctx, top, cacheclient.ClosureOptions{VerifyOptions: cacheclient.VerifyOptions{Verifier: v}})
 	if err != nil {

@@ -49,19 +49,61 @@ func (c *Client) NAR(ctx context.Context, ni *narinfo.NarInfo) (io.ReadCloser, e
 	if err := narURLOK(ni.URL); err != nil {
 		return nil, fmt.Errorf("%s: %w", c.base, err)
 	}
+	if err := checkNARInfo(c.base, ni); err != nil {
+		return nil, err
+	}
+	resp, u, err := c.get(ctx, ni.URL)
+	if err != nil {
+		return nil, err
+	}
+	return DecodeNAR(u, resp.Body, ni)
+}
+
+// checkNARInfo refuses a narinfo whose NAR cannot be read safely.
+func checkNARInfo(u string, ni *narinfo.NarInfo) error {
 	if ni.NarHash == nil || len(ni.NarHash.Digest()) != sha256.Size {
-		return nil, fmt.Errorf("%s: %w: narinfo for %s has no sha256 NarHash", c.base, ErrMalformed, ni.StorePath)
+		return fmt.Errorf("%s: %w: narinfo for %s has no sha256 NarHash", u, ErrMalformed, ni.StorePath)
 	}
 	if ni.NarSize > maxNarSize {
-		return nil, fmt.Errorf("%s: %w: narinfo for %s claims a %d-byte NAR", c.base, ErrMalformed, ni.StorePath, ni.NarSize)
+		return fmt.Errorf("%s: %w: narinfo for %s claims a %d-byte NAR", u, ErrMalformed, ni.StorePath, ni.NarSize)
 	}
 	switch ni.Compression {
 	case "zstd", "xz", "bzip2", "none":
 	default:
-		return nil, fmt.Errorf("%s: NAR compression %q is not supported (zstd, xz, bzip2, none are)", c.base, ni.Compression)
+		return fmt.Errorf("%s: NAR compression %q is not supported (zstd, xz, bzip2, none are)", u, ni.Compression)
 	}
-	resp, u, err := c.get(ctx, ni.URL)
+	return nil
+}
+
+// DecodeNAR is NAR for a compressed NAR body already opened (from a
+// store, say): the same limits and checks, with src naming the body in
+// errors. It takes body over and closes it, also when it fails.
+func DecodeNAR(src string, body io.ReadCloser, ni *narinfo.NarInfo) (io.ReadCloser, error) {
+	nr, err := decodeNAR(src, body, ni)
 	if err != nil {
+		body.Close()
+		return nil, err
+	}
+	return nr, nil
+}
+
+// DecodeNARUnsafe is DecodeNAR without the NarHash check: the stream
+// still stops at NarSize and fails when shorter, but any bytes of that
+// size pass. Only for a caller whose output is checked by other means
+// (an OCI layer streamed to a client that checks the layer's digest, made
+// by DecodeNAR from the NAR that matched).
+func DecodeNARUnsafe(src string, body io.ReadCloser, ni *narinfo.NarInfo) (io.ReadCloser, error) {
+	nr, err := decodeNAR(src, body, ni)
+	if err != nil {
+		body.Close()
+		return nil, err
+	}
+	nr.h = nil
+	return nr, nil
+}
+
+func decodeNAR(u string, rawBody io.ReadCloser, ni *narinfo.NarInfo) (*narReader, error) {
+	if err := checkNARInfo(u, ni); err != nil {
 		return nil, err
 	}
 	// The compressed stream is bounded too, so that an endless body (zstd
@@ -73,21 +115,19 @@ func (c *Client) NAR(ctx context.Context, ni *narinfo.NarInfo) (io.ReadCloser, e
 	if ni.FileSize > 0 && ni.FileSize < fileLimit && ni.Compression != "none" {
 		fileLimit = ni.FileSize
 	}
-	body := &limited{r: resp.Body, left: fileLimit, what: "compressed NAR", url: u}
-	nr := &narReader{url: u, body: resp.Body, src: body, left: ni.NarSize + 1, wantSize: ni.NarSize, h: sha256.New()}
+	body := &limited{r: rawBody, left: fileLimit, what: "compressed NAR", url: u}
+	nr := &narReader{url: u, body: rawBody, src: body, left: ni.NarSize + 1, wantSize: ni.NarSize, h: sha256.New()}
 	copy(nr.want[:], ni.NarHash.Digest())
 	switch ni.Compression {
 	case "zstd":
 		d, err := zstd.NewReader(body, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderLowmem(true))
 		if err != nil {
-			resp.Body.Close()
 			return nil, fmt.Errorf("%s: zstd: %w", u, err)
 		}
 		nr.dec, nr.closeDec = d, d.Close
 	case "xz":
 		d, err := xz.NewReader(body)
 		if err != nil {
-			resp.Body.Close()
 			if body.ioErr == nil {
 				err = fmt.Errorf("%w: %v", ErrMismatch, err)
 			}
@@ -156,11 +196,13 @@ func (r *narReader) Read(p []byte) (int, error) {
 		r.err = fmt.Errorf("%s: %w: NAR longer than its NarSize %d (stopped reading)", r.url, ErrMismatch, r.wantSize)
 		return n - 1, r.err
 	}
-	r.h.Write(p[:n])
+	if r.h != nil {
+		r.h.Write(p[:n])
+	}
 	switch {
 	case err == io.EOF:
 		got := r.digest()
-		if got.Size != r.wantSize || !bytes.Equal(got.SHA256[:], r.want[:]) {
+		if got.Size != r.wantSize || r.h != nil && !bytes.Equal(got.SHA256[:], r.want[:]) {
 			r.err = fmt.Errorf("%s: %w: NAR is %d bytes sha256 %x, narinfo says %d bytes sha256 %x", r.url, ErrMismatch, got.Size, got.SHA256, r.wantSize, r.want)
 			return n, r.err
 		}
@@ -183,7 +225,9 @@ func (r *narReader) Read(p []byte) (int, error) {
 
 func (r *narReader) digest() NARDigest {
 	d := NARDigest{Size: r.n}
-	r.h.Sum(d.SHA256[:0])
+	if r.h != nil {
+		r.h.Sum(d.SHA256[:0])
+	}
 	return d
 }
 

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/ulikunitz/xz"
 
 	"codeberg.org/provenix/provenix/cacheclient"
@@ -258,5 +259,39 @@ func TestNARMemory(t *testing.T) {
 	t.Logf("verifying a %d MiB NAR allocated %d KiB", ni.NarSize>>20, alloc>>10)
 	if alloc > 20<<20 {
 		t.Fatalf("verifying a %d MiB NAR allocated %d MiB", ni.NarSize>>20, alloc>>20)
+	}
+}
+
+// DecodeNAR checks a NAR opened from elsewhere as NAR does; the Unsafe
+// variant skips only the hash: a same-size NAR of other bytes passes it,
+// a longer or shorter one does not.
+func TestDecodeNAR(t *testing.T) {
+	tc := newTestCache(t)
+	narBytes := narOf(t, []byte("the right bytes"))
+	// Uncompressed, so that FileSize does not bound a NAR of other bytes
+	// first.
+	ni := tc.publish(t, randomStorePath("decode"), narBytes, narBytes, "none")
+	read := func(decode func(string, io.ReadCloser, *narinfo.NarInfo) (io.ReadCloser, error), nar []byte) ([]byte, error) {
+		r, err := decode("test", io.NopCloser(bytes.NewReader(nar)), ni)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		return io.ReadAll(r)
+	}
+	if b, err := read(cacheclient.DecodeNAR, narBytes); err != nil || !bytes.Equal(b, narBytes) {
+		t.Fatalf("DecodeNAR of the NAR: %v", err)
+	}
+	other := narOf(t, []byte("the wrong bytes"))
+	if _, err := read(cacheclient.DecodeNAR, other); !errors.Is(err, cacheclient.ErrMismatch) {
+		t.Fatalf("DecodeNAR of another NAR: %v, want ErrMismatch", err)
+	}
+	if b, err := read(cacheclient.DecodeNARUnsafe, other); err != nil || !bytes.Equal(b, other) {
+		t.Fatalf("DecodeNARUnsafe of a same-size NAR: %v", err)
+	}
+	for _, nar := range [][]byte{narOf(t, []byte("the wrong bytes, longer")), narOf(t, []byte("short"))} {
+		if _, err := read(cacheclient.DecodeNARUnsafe, nar); !errors.Is(err, cacheclient.ErrMismatch) {
+			t.Errorf("DecodeNARUnsafe of a %d-byte NAR for %d: %v, want ErrMismatch", len(nar), ni.NarSize, err)
+		}
 	}
 }

@@ -10,6 +10,9 @@
 //	provenix/policy.json       the policy the pusher applies (PolicyKey)
 //	provenix/verifier.json     who signs the verification summaries (VerifierKey)
 //	provenix/vsa.pub           the key they are signed with, for cosign (VSAPublicKeyKey)
+//	oci/<hash>.json            its OCI layer record (OCILayerKey)
+//	oci/tags/<repo>/<tag>.json an operator's OCI tag (OCITagKey)
+//	oci/vsa/<hex>.json         an OCI image's VSA bundle (OCIVSAKey)
 //
 // <hash> is the 32-character hash part of the store path. The writer
 // (cache-push), the reader (cacheclient), the server, gc, the workflow
@@ -130,6 +133,37 @@ type PolicyDocument struct {
 // NARKey is the cache key (and narinfo URL) of a zstd-compressed NAR
 // whose file hash, the nix32 sha256 of the compressed file, is fileHash.
 func NARKey(fileHash string) string { return NARPrefix + fileHash + NARSuffix }
+
+// OCI registry objects (package oci): written by the cache server and
+// `provenix oci tag`, never by the pusher, and never served by the Nix
+// cache routes.
+const (
+	// OCIPrefix starts every key of the OCI front-end.
+	OCIPrefix = "oci/"
+	// OCITagPrefix starts the keys of operator-set tags.
+	OCITagPrefix = OCIPrefix + "tags/"
+	// OCIVSAPrefix starts the keys of image VSAs.
+	OCIVSAPrefix = OCIPrefix + "vsa/"
+)
+
+// OCILayerKey is the key of the layer record of a store path: the digest
+// and size of its tar layer, computed once from its NAR.
+func OCILayerKey(storePath string) string { return OCIPrefix + hashPart(storePath) + ".json" }
+
+// OCITagKey is the key of the tag tag of repository repo, both valid by
+// the distribution spec. A repository's "/" becomes "+" (which no
+// repository name holds), so that one repository's key is never a
+// directory-prefix of another's.
+func OCITagKey(repo, tag string) string { return OCITagRepoPrefix(repo) + tag + ".json" }
+
+// OCITagRepoPrefix starts the keys of every tag of repo.
+func OCITagRepoPrefix(repo string) string {
+	return OCITagPrefix + strings.ReplaceAll(repo, "/", "+") + "/"
+}
+
+// OCIVSAKey is the key of the VSA bundle of the image whose manifest has
+// the lowercase hex sha256 manifestHex.
+func OCIVSAKey(manifestHex string) string { return OCIVSAPrefix + manifestHex + ".json" }
 
 // DefaultPriority is the Priority advertised in a generated nix-cache-info;
 // it matches cache.nixos.org, so by default neither cache is preferred.

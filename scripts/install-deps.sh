@@ -5,7 +5,9 @@
 #   independent bundle verifier) built from the Go module proxy and cached
 #   in $(go env GOPATH)/bin, so only the first run pays its ~12 minutes;
 #   in test mode also nodejs (JavaScript actions), zstd (the multi-frame
-#   NAR check) and chromium (the farm page's headless browser test).
+#   NAR check), chromium (the farm page's headless browser test), and
+#   skopeo, podman and runc (the OCI registry's real clients; runc because
+#   crun refuses hosts with mixed cgroup v1/v2 controllers).
 #   Test mode also builds Gitea 1.26.4 once (scripts/gitea.sh) for internal/testgitea,
 #   and chroots with Debian trixie's and forky's Nix (scripts/nix-chroot.sh).
 # Usage: scripts/install-deps.sh [demo|test]   (demo skips nats-server and cosign)
@@ -23,6 +25,10 @@ if [ "$what" = test ] && ! command -v zstd >/dev/null 2>&1; then need_pkgs+=(zst
 if [ "$what" = test ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   need_pkgs+=(chromium)
 fi
+# The OCI registry's tests pull with skopeo and run images with podman.
+if [ "$what" = test ] && ! command -v skopeo >/dev/null 2>&1; then need_pkgs+=(skopeo); fi
+if [ "$what" = test ] && ! command -v podman >/dev/null 2>&1; then need_pkgs+=(podman); fi
+if [ "$what" = test ] && ! command -v runc >/dev/null 2>&1 && [ ! -x /usr/sbin/runc ]; then need_pkgs+=(runc); fi
 if [ "$what" = test ] && ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
   need_pkgs+=(nats-server)
 fi
@@ -84,6 +90,7 @@ if [ "$what" = test ]; then
   "$(dirname "$0")/fulcio.sh" build # Fulcio 1.8.5, the real keyless CA of internal/testfulcio (a few min once)
   "$(dirname "$0")/tsa.sh" build # timestamp-authority 2.1.3, the real RFC 3161 TSA of internal/testtsa (~1.5 min once)
   "$(dirname "$0")/versitygw.sh" build # versitygw 1.8.0, the real S3 server of internal/tests3 (~2 min once)
+  "$(dirname "$0")/crane.sh" build # crane 0.21.7, the OCI registry's second real client (oci/; ~1 min once)
   # Debian trixie's Nix 2.26 and forky's 2.34 in chroots, for the tests
   # that run under every Nix version (internal/testnix; ~1.5–2.5 min each once).
   if [ "$(uname -s)" = Linux ] && [ "$(id -u)" -eq 0 ]; then

@@ -26,6 +26,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/wire"
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/metrics"
+	"codeberg.org/provenix/provenix/oci"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/usage"
@@ -342,6 +343,17 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	ops := http.NewServeMux()
 	ops.Handle(MetricsPath, s.metrics.Handler())
 	ops.HandleFunc(StatusPath, s.serveStatus)
+	// The registry signs images' summaries with the pusher's VSA key; a
+	// keyless pusher's images get none (oci.ErrKeylessVSA).
+	regVSA := vsaSigner
+	if regVSA.PublicKey() == nil {
+		regVSA = nil
+		s.log.Warn("OCI images get no verification summary: the pusher signs keylessly")
+	}
+	reg, err := oci.New(s.store.Store, oci.Options{Logger: s.log, VSA: regVSA, PublicURL: s.cfg.PublicURL})
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
 	// What the cache serves is recorded per reader, every minute.
 	rec, err := usage.NewPublisher(s.conn)
 	if err != nil {
@@ -351,7 +363,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 		return err
 	}
 	s.served.Start(context.WithoutCancel(ctx)) // until Close
-	cache := s.withFarmPage(server.Handler(s.store.Store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP, Served: s.served}))
+	cache := s.withFarmPage(server.Handler(s.store.Store, server.Options{Logger: s.log, Metrics: s.metrics.HTTP, Served: s.served, Registry: reg}))
 	var handler http.Handler = cache
 	if s.cfg.MetricsListen != "" {
 		if s.metricsLn, err = net.Listen("tcp", s.cfg.MetricsListen); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -140,5 +141,36 @@ func TestStackListenerConfig(t *testing.T) {
 				t.Fatalf("up.json written by a refused start: %v", err)
 			}
 		})
+	}
+}
+
+// TestStackServesRegistry: the stack's cache listener serves the OCI
+// registry under /v2/.
+func TestStackServesRegistry(t *testing.T) {
+	s, err := New(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	resp, err := http.Get(s.CacheURL() + "/v2/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Docker-Distribution-API-Version") != "registry/2.0" {
+		t.Fatalf("/v2/: %d %v", resp.StatusCode, resp.Header)
+	}
+	resp, err = http.Get(s.CacheURL() + "/v2/nix/00000000000000000000000000000000-x/manifests/latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("an unpublished path: %d", resp.StatusCode)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -82,5 +83,45 @@ func TestServedBytes(t *testing.T) {
 	}
 	if c.requests["alice"] != 2 || c.requests["bob"] != 1 || c.requests[""] != 1 || len(c.requests) != 3 {
 		t.Errorf("requests %v, want alice 2, bob 1, anonymous 1", c.requests)
+	}
+}
+
+// TestServedRegistryBytes: what the registry under /v2/ serves is counted
+// for its reader too, also a response it cuts short.
+func TestServedRegistryBytes(t *testing.T) {
+	s := newTestStore(t)
+	file := filepath.Join(t.TempDir(), "readers")
+	if err := os.WriteFile(file, []byte(ReaderLine("alice", "pw-a")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	readers, err := LoadReaders(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		io.WriteString(w, strings.Repeat("x", 40))
+		if r.URL.Path == "/v2/cut" {
+			panic(http.ErrAbortHandler)
+		}
+		io.WriteString(w, strings.Repeat("y", 60))
+	})
+	c := &servedCounts{bytes: map[string]int64{}, requests: map[string]int{}}
+	srv := httptest.NewServer(RequireReaders(Handler(s, Options{Served: c, Registry: reg}), readers, "t"))
+	defer srv.Close()
+	for _, p := range []string{"/v2/", "/v2/cut"} {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+p, nil)
+		req.SetBasicAuth("alice", "pw-a")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// The client may send the cut request again (nothing reached it).
+	cut := c.requests["alice"] - 1
+	if cut < 1 || c.bytes["alice"] != 100+40*int64(cut) {
+		t.Fatalf("counted %d bytes in %d requests, want 100 and 40 per cut one", c.bytes["alice"], c.requests["alice"])
 	}
 }

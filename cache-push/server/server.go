@@ -36,6 +36,9 @@ type Options struct {
 	Priority int
 	// Metrics, when set, is told of every request; nil records nothing.
 	Metrics RequestObserver
+	// Registry, when set, serves /v2/ and everything under it (the OCI
+	// distribution API of package oci); nil leaves those paths 404.
+	Registry http.Handler
 	// Served, when set, is told of the body bytes of every request and
 	// whose they were (Reader): what the cache served whom, for usage
 	// records (usage.ServeMeter).
@@ -120,7 +123,7 @@ var verifierObjects = map[string]objectKind{
 // (dot segments, double slashes, control bytes, overlong) 400, other methods
 // 405. Bodies are streamed from the store.
 func Handler(s store.Store, o Options) http.Handler {
-	h := &handler{s: s, log: o.Logger, priority: o.Priority, metrics: o.Metrics, served: o.Served}
+	h := &handler{s: s, log: o.Logger, priority: o.Priority, metrics: o.Metrics, served: o.Served, registry: o.Registry}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -136,9 +139,14 @@ type handler struct {
 	priority int
 	metrics  RequestObserver
 	served   ServedObserver
+	registry http.Handler
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.registry != nil && (r.URL.Path == "/v2" || strings.HasPrefix(r.URL.Path, "/v2/")) {
+		h.serveRegistry(w, r)
+		return
+	}
 	start := time.Now()
 	status, n := h.serve(w, r)
 	if h.metrics != nil {
@@ -153,6 +161,30 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		slog.Int(attrStatus, status),
 		slog.Int64(attrBytes, n),
 		slog.Duration(attrDuration, time.Since(start)))
+}
+
+// serveRegistry hands the request to the registry, counting what it
+// served too (also when it cuts a response short by panicking).
+func (h *handler) serveRegistry(w http.ResponseWriter, r *http.Request) {
+	if h.served == nil {
+		h.registry.ServeHTTP(w, r)
+		return
+	}
+	cw := &countingResponseWriter{ResponseWriter: w}
+	defer func() { h.served.ObserveServed(Reader(r.Context()), cw.n) }()
+	h.registry.ServeHTTP(cw, r)
+}
+
+// countingResponseWriter counts the body bytes written.
+type countingResponseWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingResponseWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // serve answers the request and returns the status and body bytes written,

@@ -15,6 +15,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/server"
 	"codeberg.org/provenix/provenix/cache-push/wire"
+	"codeberg.org/provenix/provenix/oci"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
 	"codeberg.org/provenix/provenix/usage"
@@ -146,6 +147,7 @@ func newCacheCmd(g *globals) *cobra.Command {
 	var (
 		cache           cacheFlags
 		listen, readers string
+		vsaKey          vsaFlags
 		// usageTenant, when set, records what is served (per reader,
 		// every minute) as this tenant's usage on NATS (usageNATS).
 		usageTenant string
@@ -155,7 +157,12 @@ func newCacheCmd(g *globals) *cobra.Command {
 		Use:   "serve [flags]",
 		Short: "Serve a cache directory or S3 bucket over HTTP for nix substituters",
 		Long: `Serve a Provenix cache with the Nix binary-cache protocol: /nix-cache-info,
-/<hash>.narinfo, /nar/..., and /<hash>.provenance.json. The cache is a
+/<hash>.narinfo, /nar/..., and /<hash>.provenance.json; and as a read-only
+OCI registry under /v2/: every published store path is the image
+nix/<hash>-<name>:latest (one layer per path of its closure), plus the tags
+of 'provenix oci tag'. With --vsa-key (the pusher's VSA key) the server
+signs each image's verification summary the first time a client asks for
+it, served as a cosign attestation (referrers API). The cache is a
 directory (--dir) or an S3 bucket (--s3-endpoint, --s3-bucket and the other
 --s3-* flags of 'provenix up'; secret key from --s3-secret-file or
 $PROVENIX_S3_SECRET).
@@ -176,7 +183,17 @@ credentials are readable on the wire.`,
 				return err
 			}
 			defer st.Close()
-			so := server.Options{Logger: g.logger()}
+			signer, err := vsaKey.imageSigner()
+			if err != nil {
+				return err
+			}
+			reg, err := oci.New(st.Store, oci.Options{Logger: g.logger(), VSA: signer, PublicURL: vsaKey.publicURL})
+			if errors.Is(err, oci.ErrKeylessVSA) {
+				return usageError("%v", err)
+			} else if err != nil {
+				return err
+			}
+			so := server.Options{Logger: g.logger(), Registry: reg}
 			if usageTenant != "" {
 				conn, err := usageNATS.connect(cmd.Context(), g, "provenix-cache-serve")
 				if err != nil {
@@ -223,6 +240,7 @@ credentials are readable on the wire.`,
 	}
 	cache.register(serve)
 	serve.Flags().StringVar(&listen, "listen", up.DefaultListen, "address to listen on")
+	vsaKey.registerImageSigner(serve)
 	usageNATS.register(serve)
 	serve.Flags().StringVar(&usageTenant, "usage-tenant", "", "record what is served, per reader and minute, as this tenant's usage on NATS (--nats-url and a pusher's credentials; see 'provenix usage')")
 	serve.Flags().StringVar(&readers, "readers", "", "serve only these readers (HTTP basic auth; a tenant's cache-readers from 'provenix tenant add'); serve behind TLS")

@@ -164,6 +164,7 @@ Or run everything at once: provenix demo`,
 	root.AddCommand(newTenantCmd(g))
 	root.AddCommand(newSubmitCmd(g), newFarmCmd(g))
 	root.AddCommand(newUsageCmd(g))
+	root.AddCommand(newOCICmd(g))
 	markCommandLineErrors(root)
 	return root
 }

@@ -3,8 +3,12 @@
 package testnix
 
 import (
+	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -29,4 +33,40 @@ func Busybox(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return bb
+}
+
+// BuildClosure builds examples/closure.nix's top with the host's Nix and
+// message (make it unique to get paths nobody built before) and returns
+// top and its closure (nix-store -qR).
+func BuildClosure(t testing.TB, ctx context.Context, message string) (top string, closure []string) {
+	t.Helper()
+	busybox := Busybox(t)
+	_, file, _, _ := runtime.Caller(0)
+	nixFile := filepath.Join(filepath.Dir(file), "..", "..", "examples", "closure.nix")
+	cmd := exec.CommandContext(ctx, "nix-build", nixFile, "-A", "top", "--no-out-link",
+		"--arg", "busybox", busybox, "--argstr", "message", message)
+	cmd.Env = append(os.Environ(), "NIX_CONFIG=substituters =\nbuild-users-group =\nexperimental-features = nix-command")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("nix-build closure.nix: %v", err)
+	}
+	top = strings.TrimSpace(string(out))
+	out, err = exec.CommandContext(ctx, "nix-store", "-qR", top).Output()
+	if err != nil {
+		t.Fatalf("nix-store -qR %s: %v", top, err)
+	}
+	return top, strings.Fields(string(out))
+}
+
+// PathNamed returns the path of paths whose name ends in suffix, failing
+// the test when none does.
+func PathNamed(t testing.TB, paths []string, suffix string) string {
+	t.Helper()
+	for _, p := range paths {
+		if strings.HasSuffix(p, suffix) {
+			return p
+		}
+	}
+	t.Fatalf("no path ending in %s among %v", suffix, paths)
+	return ""
 }

@@ -200,3 +200,13 @@ func Cosign(t testing.TB) string {
 	t.Helper()
 	return Tool(t, "cosign", "go install github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3", filepath.Join(build.Default.GOPATH, "bin", "cosign"))
 }
+
+// Crane is the path of crane, go-containerregistry's registry client
+// (scripts/crane.sh builds it, or $PROVENIX_CRANE); it fails the test
+// when crane is missing.
+func Crane(t testing.TB) string {
+	t.Helper()
+	bin := Binary("PROVENIX_CRANE", "crane-0.21.7", "crane")
+	Require(t, "crane", bin, "scripts/crane.sh build", "PROVENIX_CRANE")
+	return bin
+}
