@@ -156,7 +156,7 @@ overrides:
 		}
 		daemon(t, ctx, func(_, stderr string) bool { return strings.Contains(stderr, "cache pusher running") },
 			"cache-push", "--nats-url", srv.URL, "--nats-nkey", ft.file("pusher.nk"), "--tenant", ft.name,
-			"--policy", ft.file(tenant.FilePolicy), "--cache-key", ft.file(tenant.FileCacheKey), "--dir", cacheDir, "--group", "cache",
+			"--policy", ft.file(tenant.FilePolicy), "--cache-key", ft.file(tenant.FileCacheKey), "--vsa-key", ft.file(tenant.FileVSAKey), "--dir", cacheDir, "--group", "cache",
 			"--forges", ft.file("forges.yaml"))
 	}
 
