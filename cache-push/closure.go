@@ -232,13 +232,19 @@ func (p *Pusher) upstreamHas(ctx context.Context, storePath string) bool {
 	return found
 }
 
-// makeVisible stores w's narinfo, then checks its references are still
+// makeVisible stores w's narinfo, committed after sidecars (written for
+// it and not yet committed; in one group, see store.CommitGroup), then
+// checks its references are still
 // there: a concurrent `cache gc` may have collected one between the check
 // and the write, and then the narinfo is withdrawn and w waits again. It
 // reports whether the entry is visible. Releasing the entries waiting
 // for it is the caller's next step (releaseWaiters).
-func (p *Pusher) makeVisible(ctx context.Context, w *Waiting) (bool, error) {
-	if err := store.Put(ctx, p.cfg.Store, cachelayout.NarinfoKey(w.StorePath), strings.NewReader(w.Narinfo)); err != nil {
+func (p *Pusher) makeVisible(ctx context.Context, w *Waiting, sidecars []store.Object) (bool, error) {
+	ni, err := store.Write(ctx, p.cfg.Store, cachelayout.NarinfoKey(w.StorePath), strings.NewReader(w.Narinfo))
+	if err != nil {
+		return false, err
+	}
+	if err := store.CommitGroup(ctx, p.cfg.Store, sidecars, []store.Object{ni}); err != nil {
 		return false, err
 	}
 	missing, err := p.missingRefs(ctx, w.StorePath, w.References)
@@ -373,7 +379,7 @@ func (p *Pusher) settleRecord(ctx context.Context, w *Waiting) (bool, error) {
 	} else if err != nil {
 		return false, err
 	}
-	ok, err := p.makeVisible(ctx, w)
+	ok, err := p.makeVisible(ctx, w, nil)
 	if err != nil || !ok {
 		return ok, err
 	}
