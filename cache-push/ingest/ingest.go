@@ -77,6 +77,10 @@ type Options struct {
 // a multiple of the zstd block size (128 KiB).
 const bufSize = 256 << 10
 
+// bufPool holds read buffers: a pusher ingests hundreds of small NARs a
+// second, and a fresh buffer each was most of the garbage it made.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
 // NAR reads the uncompressed NAR from r, checks its sha256 and size against
 // want while streaming, compresses it with zstd, hashes the compressed bytes,
 // writes them into s.Create(), and commits them to nar/<nix32 filehash>.nar.zst
@@ -158,7 +162,9 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 // copyNAR feeds r to both the NAR hash and the compressor and returns the
 // number of bytes read. ctx is checked once per buffer.
 func copyNAR(ctx context.Context, enc *zstd.Encoder, narHash hash.Hash, r io.Reader) (uint64, error) {
-	buf := make([]byte, bufSize)
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
 	var n uint64
 	for {
 		if err := ctx.Err(); err != nil {

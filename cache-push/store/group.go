@@ -25,7 +25,7 @@ func Write(ctx context.Context, s Store, key string, r io.Reader) (Object, error
 	if err != nil {
 		return Object{}, fmt.Errorf("store: write %s: %w", key, err)
 	}
-	if _, err := io.Copy(p, ctxReader{ctx: ctx, r: r}); err != nil {
+	if err := copyTo(ctx, p, r); err != nil {
 		p.Abort()
 		return Object{}, fmt.Errorf("store: write %s: %w", key, err)
 	}
