@@ -32,10 +32,10 @@ func Write(ctx context.Context, s Store, key string, r io.Reader) (Object, error
 	return Object{Pending: p, Key: key}, nil
 }
 
-// GroupCommitter is implemented by stores that make a group of objects
-// durable together, in fewer flushes than one Commit each (store/local:
-// one fsync round per stage for all the objects that writers commit at
-// the same time). See CommitGroup for the contract.
+// GroupCommitter is implemented by stores that commit a group of objects
+// for less than one Commit each (store/local: the files fsynced at once,
+// the directory fsyncs shared with the writers committing at the same
+// time). See CommitGroup for the contract.
 type GroupCommitter interface {
 	CommitGroup(ctx context.Context, stages ...[]Object) error
 }

@@ -40,9 +40,9 @@ func TestGroupCommitKilled(t *testing.T) {
 		return
 	}
 	dir := filepath.Join(t.TempDir(), "cache")
-	// Several kills on the same directory, each at another moment of a
-	// batch: the window between a stage's renames and the next stage's
-	// is short.
+	// Several kills on the same directory, each at another moment of
+	// the writers' commits: the window between a stage's renames and the
+	// next stage's is short.
 	committed := 0
 	for round := range 8 {
 		committed += killWriter(t, dir, 100+round*37)

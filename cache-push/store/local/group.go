@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
@@ -14,24 +15,22 @@ import (
 
 // Group commit. Every Commit must be durable before it returns, which on a
 // disk means an fsync of the file, a rename, and an fsync of the directory
-// the rename changed. Done one Commit at a time that is two flushes per
-// object; a pusher writes three or four objects per result, so flushes
-// were most of a result's cost. Instead, Commits that arrive while a batch
-// is being flushed queue up and become the next batch, which is made
-// durable in one round: the files of all its objects are fsynced (in
-// parallel, so the filesystem merges them into few journal commits), then
-// renamed, then each directory the renames touched is fsynced once. The
-// Commits in the batch return after that round, so each still returns
-// only once its object is durable: the contract does not change, only who
-// pays for the flush. No timer waits for a batch to fill: the batch is
-// whatever queued during the previous round, so a lone Commit costs what
-// it did before.
-//
-// A batch runs on the goroutine of one of its Commits (the leader), not on
-// a goroutine of its own: the store has no Close, and a writer that wants
-// durability waits anyway.
+// the rename changed. A pusher writes three or four objects per result,
+// many results at once, into the same two directories (the root and
+// nar/). The directory fsyncs are shared: a Commit that renamed into a
+// directory waits for the next fsync of that directory that starts after
+// its rename, and one fsync serves every rename made before it started.
+// With many writers, one directory fsync covers the renames of all the
+// Commits that arrived while the previous one ran. The file fsyncs stay
+// each writer's own and run in parallel, which the filesystem merges into
+// shared journal commits by itself; a first version that also batched
+// those (all files of a batch fsynced, then renamed, by one leader) cut
+// system calls but serialised the writers, and was slower
+// (BenchmarkEntries). Each Commit still returns only once its object is
+// durable: the contract does not change, only who pays for the flush. No
+// timer waits for more writers: a lone Commit costs what it did before.
 
-// syncParallel bounds the fsyncs of one batch running at once.
+// syncParallel bounds the fsyncs of one group running at once.
 const syncParallel = 16
 
 // item is one object of a commit: its closed-or-open temporary file and
@@ -50,131 +49,135 @@ type request struct {
 	ctx    context.Context
 	stages [][]*item
 	err    error
-	wake   chan struct{} // done, or made leader
-	leader bool
 }
 
-// committer queues requests and runs them in batches.
-type committer struct {
-	s     *Store
-	mu    sync.Mutex
-	queue []*request
-	busy  bool // a leader is running a batch
-	// batches counts the batches run, for tests that check Commits share
-	// them.
-	batches int
+// dirSyncs shares the fsyncs of each directory among the Commits that
+// renamed into it.
+type dirSyncs struct {
+	mu sync.Mutex
+	m  map[string]*dirSync
+	// count counts the directory fsyncs run, for tests that check
+	// Commits share them.
+	count int
+	// fsync is syncDir; tests make it wait.
+	fsync func(dir string) error
 }
 
-// commit makes r durable, in a batch with whatever else is waiting.
-func (c *committer) commit(r *request) error {
-	r.wake = make(chan struct{}, 1)
-	c.mu.Lock()
-	c.queue = append(c.queue, r)
-	if c.busy {
-		c.mu.Unlock()
-		<-r.wake
-		if !r.leader {
-			return r.err
-		}
-		c.mu.Lock()
-	}
-	c.busy = true
-	c.batches++
-	batch := c.queue
-	c.queue = nil
-	c.mu.Unlock()
-
-	c.s.run(batch)
-	for _, o := range batch {
-		if o != r {
-			o.wake <- struct{}{}
-		}
-	}
-
-	// Hand over to the first request that queued meanwhile: this one's
-	// caller goes on with its own work instead of flushing for others.
-	c.mu.Lock()
-	if len(c.queue) > 0 {
-		next := c.queue[0]
-		next.leader = true
-		next.wake <- struct{}{}
-	} else {
-		c.busy = false
-	}
-	c.mu.Unlock()
-	return r.err
+// dirSync is the state of one directory's fsyncs: started and completed
+// number them; one runs at a time.
+type dirSync struct {
+	mu                 sync.Mutex
+	cond               sync.Cond
+	started, completed uint64
+	running            bool
+	err                error // of the fsync numbered completed
 }
 
-// run makes a batch of requests durable: fsync of every file, then for
-// each stage the renames and one fsync per directory they touched. A
-// request that fails stops there; its unrenamed files are removed.
-func (s *Store) run(batch []*request) {
-	s.syncFiles(batch)
-	for k := 0; ; k++ {
-		dirs := map[string][]*request{}
-		more := false
-		for _, r := range batch {
-			if r.err != nil || k >= len(r.stages) {
-				continue
-			}
-			more = true
-			if err := r.ctx.Err(); err != nil {
-				r.fail(fmt.Errorf("local store: commit %s: %w", r.stages[k][0].key, err))
-				continue
-			}
-			for _, it := range r.stages[k] {
-				dirty, err := s.mkdirs(path.Dir(it.key))
-				if err != nil {
-					r.fail(fmt.Errorf("local store: commit %s: %w", it.key, s.noSpace(err)))
-					break
-				}
-				if err := os.Rename(it.tmp, it.name); err != nil {
-					r.fail(fmt.Errorf("local store: commit %s: %w", it.key, s.noSpace(err)))
-					break
-				}
-				it.renamed = true
-				for _, d := range append(dirty, filepath.Dir(it.name)) {
-					dirs[d] = append(dirs[d], r)
-				}
-			}
+// sync returns once an fsync of dir that started after the call has
+// completed: every rename into dir made before the call is durable then.
+func (g *dirSyncs) sync(dir string) error {
+	g.mu.Lock()
+	d := g.m[dir]
+	if d == nil {
+		if g.m == nil {
+			g.m = map[string]*dirSync{}
 		}
-		if !more {
+		d = &dirSync{}
+		d.cond.L = &d.mu
+		g.m[dir] = d
+	}
+	g.mu.Unlock()
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// A running fsync may have started before the caller's rename: only
+	// the next one counts.
+	want := d.started + 1
+	for d.completed < want {
+		if d.running {
+			d.cond.Wait()
+			continue
+		}
+		d.running = true
+		d.started++
+		n := d.started
+		d.mu.Unlock()
+		err := g.fsync(dir)
+		g.mu.Lock()
+		g.count++
+		g.mu.Unlock()
+		d.mu.Lock()
+		d.running, d.completed, d.err = false, n, err
+		d.cond.Broadcast()
+	}
+	// d.err is of an fsync that started after the caller's rename (the
+	// first to complete at or after want): its success covers the rename.
+	return d.err
+}
+
+// syncDir fsyncs dir, shared with other Commits when group commit is on.
+func (s *Store) syncDirShared(dir string) error {
+	if s.group == nil {
+		return syncDir(dir)
+	}
+	return s.group.sync(dir)
+}
+
+// run makes r durable: fsync of every file, then for each stage the
+// renames and the fsync of each directory they touched. On failure it
+// stops; the files not renamed yet are removed.
+func (s *Store) run(r *request) {
+	s.syncFiles(r)
+	for _, stage := range r.stages {
+		if r.err != nil {
 			return
+		}
+		if err := r.ctx.Err(); err != nil {
+			r.fail(fmt.Errorf("local store: commit %s: %w", stage[0].key, err))
+			return
+		}
+		var dirs []string
+		for _, it := range stage {
+			dirty, err := s.mkdirs(path.Dir(it.key))
+			if err != nil {
+				r.fail(fmt.Errorf("local store: commit %s: %w", it.key, s.noSpace(err)))
+				return
+			}
+			if err := os.Rename(it.tmp, it.name); err != nil {
+				r.fail(fmt.Errorf("local store: commit %s: %w", it.key, s.noSpace(err)))
+				return
+			}
+			it.renamed = true
+			for _, d := range append(dirty, filepath.Dir(it.name)) {
+				if !slices.Contains(dirs, d) {
+					dirs = append(dirs, d)
+				}
+			}
 		}
 		// The renamed objects are visible now; make the renames (and any
 		// new directories) durable before a later stage's. A failure here
 		// is reported, but the objects stay: a retry writes the same bytes.
-		for d, rs := range dirs {
-			if err := syncDir(d); err != nil {
-				for _, r := range rs {
-					if r.err == nil {
-						r.fail(fmt.Errorf("local store: commit: %w", err))
-					}
-				}
+		for _, d := range dirs {
+			if err := s.syncDirShared(d); err != nil {
+				r.fail(fmt.Errorf("local store: commit: %w", err))
+				return
 			}
 		}
 	}
 }
 
-// syncFiles fsyncs and closes every file of the batch: the data must be on
-// disk before a rename makes it reachable, or a crash could leave a
-// complete-looking name with missing content.
-func (s *Store) syncFiles(batch []*request) {
-	type job struct {
-		r  *request
-		it *item
+// syncFiles fsyncs and closes every file of r: the data must be on disk
+// before a rename makes it reachable, or a crash could leave a
+// complete-looking name with missing content. Several files are fsynced at
+// once, so that the filesystem commits them together.
+func (s *Store) syncFiles(r *request) {
+	var items []*item
+	for _, stage := range r.stages {
+		items = append(items, stage...)
 	}
-	var jobs []job
-	for _, r := range batch {
-		for _, stage := range r.stages {
-			for _, it := range stage {
-				jobs = append(jobs, job{r, it})
-			}
-		}
-	}
-	errs := make([]error, len(jobs))
+	errs := make([]error, len(items))
 	syncOne := func(i int) {
-		it := jobs[i].it
+		it := items[i]
 		if err := it.f.Sync(); err != nil {
 			it.f.Close()
 			errs[i] = fmt.Errorf("local store: commit %s: sync: %w", it.key, s.noSpace(err))
@@ -184,28 +187,26 @@ func (s *Store) syncFiles(batch []*request) {
 			errs[i] = fmt.Errorf("local store: commit %s: close: %w", it.key, s.noSpace(err))
 		}
 	}
-	if len(jobs) == 1 {
+	if len(items) == 1 {
 		syncOne(0)
 	} else {
 		var wg sync.WaitGroup
 		next := make(chan int)
-		for range min(len(jobs), syncParallel) {
+		for range min(len(items), syncParallel) {
 			wg.Go(func() {
 				for i := range next {
 					syncOne(i)
 				}
 			})
 		}
-		for i := range jobs {
+		for i := range items {
 			next <- i
 		}
 		close(next)
 		wg.Wait()
 	}
-	for i, err := range errs {
-		if err != nil && jobs[i].r.err == nil {
-			jobs[i].r.fail(err)
-		}
+	if err := errors.Join(errs...); err != nil {
+		r.fail(err)
 	}
 }
 
@@ -223,10 +224,10 @@ func (r *request) fail(err error) {
 	}
 }
 
-// CommitGroup implements store.GroupCommitter: the objects of all stages
-// are fsynced in one round with whatever else commits at the time, each
-// stage renamed and its directories fsynced before the next. Objects not
-// created by s are committed one by one (store.CommitEach).
+// CommitGroup implements store.GroupCommitter: the files of all stages are
+// fsynced at once, then each stage is renamed and its directories fsynced
+// (shared with the Commits running at the same time) before the next.
+// Objects not created by s are committed one by one (store.CommitEach).
 func (s *Store) CommitGroup(ctx context.Context, stages ...[]store.Object) error {
 	for _, stage := range stages {
 		for _, o := range stage {
@@ -261,12 +262,8 @@ func (s *Store) CommitGroup(ctx context.Context, stages ...[]store.Object) error
 	return s.commit(r)
 }
 
-// commit makes r durable: in a batch when group commit is on, alone
-// otherwise.
+// commit makes r durable.
 func (s *Store) commit(r *request) error {
-	if s.group == nil {
-		s.run([]*request{r})
-		return r.err
-	}
-	return s.group.commit(r)
+	s.run(r)
+	return r.err
 }

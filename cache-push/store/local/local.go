@@ -47,17 +47,17 @@ var (
 
 // Store is a directory-backed store.Store.
 type Store struct {
-	dir   string     // absolute, cleaned
-	tmp   string     // dir/.tmp
-	group *committer // nil: every Commit flushes alone
+	dir   string    // absolute, cleaned
+	tmp   string    // dir/.tmp
+	group *dirSyncs // nil: every Commit fsyncs its directories alone
 }
 
 // Option configures a Store.
 type Option func(*Store)
 
-// WithoutGroupCommit makes every Commit flush on its own instead of in a
-// batch with the Commits running at the same time (see group.go): as
-// durable, only slower under concurrent writers. For benchmarks that
+// WithoutGroupCommit makes every Commit fsync its directories on its own
+// instead of sharing the fsyncs with the Commits running at the same time
+// (see group.go): as durable, with more system calls. For benchmarks that
 // measure what group commit buys.
 func WithoutGroupCommit() Option {
 	return func(s *Store) { s.group = nil }
@@ -71,7 +71,7 @@ func New(dir string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("local store %s: %w", dir, err)
 	}
 	s := &Store{dir: abs, tmp: filepath.Join(abs, tmpDir)}
-	s.group = &committer{s: s}
+	s.group = &dirSyncs{fsync: syncDir}
 	for _, o := range opts {
 		o(s)
 	}
