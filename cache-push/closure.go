@@ -232,17 +232,29 @@ func (p *Pusher) upstreamHas(ctx context.Context, storePath string) bool {
 	return found
 }
 
-// makeVisible stores w's verification summary (with Config.VSA), then its
-// narinfo, then checks its references are still
+// makeVisible commits sidecars (written for w and not yet committed), then
+// stores w's verification summary (with Config.VSA; it names the
+// sidecar's bundles, so it is signed once they are committed) and w's
+// narinfo, the summary before the narinfo (in one group, see
+// store.CommitGroup), then checks its references are still
 // there: a concurrent `cache gc` may have collected one between the check
 // and the write, and then the narinfo is withdrawn and w waits again. It
 // reports whether the entry is visible. Releasing the entries waiting
 // for it is the caller's next step (releaseWaiters).
-func (p *Pusher) makeVisible(ctx context.Context, w *Waiting) (bool, error) {
-	if err := p.writeVSA(ctx, w); err != nil {
+func (p *Pusher) makeVisible(ctx context.Context, w *Waiting, sidecars []store.Object) (bool, error) {
+	if err := store.CommitGroup(ctx, p.cfg.Store, sidecars); err != nil {
 		return false, err
 	}
-	if err := store.Put(ctx, p.cfg.Store, cachelayout.NarinfoKey(w.StorePath), strings.NewReader(w.Narinfo)); err != nil {
+	summary, err := p.vsaObject(ctx, w)
+	if err != nil {
+		return false, err
+	}
+	ni, err := store.Write(ctx, p.cfg.Store, cachelayout.NarinfoKey(w.StorePath), strings.NewReader(w.Narinfo))
+	if err != nil {
+		_ = store.AbortAll(summary)
+		return false, err
+	}
+	if err := store.CommitGroup(ctx, p.cfg.Store, summary, []store.Object{ni}); err != nil {
 		return false, err
 	}
 	missing, err := p.missingRefs(ctx, w.StorePath, w.References)
@@ -377,7 +389,7 @@ func (p *Pusher) settleRecord(ctx context.Context, w *Waiting) (bool, error) {
 	} else if err != nil {
 		return false, err
 	}
-	ok, err := p.makeVisible(ctx, w)
+	ok, err := p.makeVisible(ctx, w, nil)
 	if err != nil || !ok {
 		return ok, err
 	}

@@ -107,9 +107,15 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	}
 	p.cfg.Metrics.Ingest(nar.NarSize, time.Since(ingestStart))
 
-	if err := p.writeProvenance(ctx, out, bundles, q); err != nil {
+	// The sidecars are written now and committed with the narinfo, in
+	// one group: they first, then the narinfo (store.CommitGroup), so
+	// that concurrent results share one flush of the disk. Every path
+	// that returns without committing them aborts them.
+	sidecars, err := p.sidecars(ctx, out, bundles, q)
+	if err != nil {
 		return 0, err
 	}
+	defer store.AbortAll(sidecars)
 	ca := ""
 	if m.ca != nil {
 		ca = m.ca.String()
@@ -142,11 +148,14 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	w := &Waiting{Tenant: m.tenant, StorePath: out.Path, DrvPath: m.drv, Builder: m.builder, MsgID: m.msgID,
 		NarSHA256: out.NarHashHex(), Narinfo: ni.String(), References: out.References, Missing: missing}
 	if len(missing) > 0 {
+		if err := store.CommitGroup(ctx, p.cfg.Store, sidecars); err != nil {
+			return 0, err
+		}
 		return p.waitOutcome(p.wait(ctx, w))
 	}
 	// The narinfo goes last: once it is visible, its NAR, provenance and
 	// references are.
-	ok, err := p.makeVisible(ctx, w)
+	ok, err := p.makeVisible(ctx, w, sidecars)
 	if err != nil {
 		return 0, err
 	}
@@ -294,12 +303,38 @@ func (p *Pusher) existing(ctx context.Context, storePath string) (*narinfo.NarIn
 	return ni, nil
 }
 
-// writeProvenance stores the sidecar for out, keeping bundles already
-// there for the same NAR (from other builders, or earlier runs).
+// writeProvenance stores the sidecars for out (see sidecars).
 func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []json.RawMessage, q *cachelayout.QuorumInfo) error {
+	objs, err := p.sidecars(ctx, out, add, q)
+	if err != nil {
+		return err
+	}
+	return store.CommitGroup(ctx, p.cfg.Store, objs)
+}
+
+// sidecars writes, without committing, the files that go next to out's
+// narinfo and must be visible before it: the provenance sidecar, keeping
+// bundles already there for the same NAR (from other builders, or
+// earlier runs). A file added per entry is one more object here, and
+// shares the commit of the others.
+func (p *Pusher) sidecars(ctx context.Context, out attest.Output, add []json.RawMessage, q *cachelayout.QuorumInfo) ([]store.Object, error) {
+	b, err := p.provenance(ctx, out, add, q)
+	if err != nil || b == nil {
+		return nil, err
+	}
+	o, err := store.Write(ctx, p.cfg.Store, cachelayout.ProvenanceKey(out.Path), bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	return []store.Object{o}, nil
+}
+
+// provenance returns the sidecar for out, keeping bundles already there
+// for the same NAR, or nil when out has no bundles.
+func (p *Pusher) provenance(ctx context.Context, out attest.Output, add []json.RawMessage, q *cachelayout.QuorumInfo) ([]byte, error) {
 	if len(add) == 0 {
 		// A source: its content address is its proof, no bundle attests it.
-		return nil
+		return nil, nil
 	}
 	sc := &cachelayout.Provenance{Version: cachelayout.ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex(), Quorum: q}
 	if b, err := store.ReadAll(ctx, p.cfg.Store, cachelayout.ProvenanceKey(out.Path), maxNarinfoSize*4); err == nil {
@@ -307,7 +342,7 @@ func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []j
 		if perr == nil && prev.StorePath != sc.StorePath {
 			// Never rewrite another path's sidecar (same hash part, other
 			// name, maybe the same NAR).
-			return rejected(ReasonConflict, fmt.Errorf("%s: the provenance at its hash part is %s's", out.Path, prev.StorePath))
+			return nil, rejected(ReasonConflict, fmt.Errorf("%s: the provenance at its hash part is %s's", out.Path, prev.StorePath))
 		}
 		if perr == nil && prev.NarSHA256 == sc.NarSHA256 {
 			sc.Bundles = prev.Bundles
@@ -316,7 +351,7 @@ func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []j
 			}
 		}
 	} else if !errors.Is(err, store.ErrNotFound) {
-		return err
+		return nil, err
 	}
 	for _, bundle := range add {
 		dup := false
@@ -332,9 +367,9 @@ func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []j
 	}
 	b, err := json.MarshalIndent(sc, "", "  ")
 	if err != nil {
-		return fmt.Errorf("provenance sidecar: %w", err)
+		return nil, fmt.Errorf("provenance sidecar: %w", err)
 	}
-	return store.Put(ctx, p.cfg.Store, cachelayout.ProvenanceKey(out.Path), bytes.NewReader(b))
+	return b, nil
 }
 
 // sameJSON compares two JSON documents ignoring layout: the sidecar is

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -254,19 +255,31 @@ func TallyVotes(p *policy.Policy, q policy.Quorum, votes []Vote, st Standing) Ta
 
 // Votes reads the votes of the given builders on storePath: one direct
 // get per builder (the policy's builders are few), which is much cheaper
-// than listing the bucket with a watcher.
+// than listing the bucket with a watcher. The gets run at once, so a
+// vote waits one round trip for the others' votes, not one per builder.
 func Votes(ctx context.Context, kv KV, tenant, storePath string, builders []string) ([]Vote, error) {
+	raw := make([][]byte, len(builders))
+	errs := make([]error, len(builders))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxVoteReads)
+	for i, id := range builders {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			raw[i], errs[i] = kv.KVGet(ctx, queue.BucketVotes, queue.VoteKey(tenant, storePath, id))
+		})
+	}
+	wg.Wait()
 	out := make([]Vote, 0, len(builders))
-	for _, id := range builders {
-		b, err := kv.KVGet(ctx, queue.BucketVotes, queue.VoteKey(tenant, storePath, id))
-		if errors.Is(err, queue.ErrNotFound) {
+	for i, id := range builders {
+		if errors.Is(errs[i], queue.ErrNotFound) {
 			continue
 		}
-		if err != nil {
-			return nil, err
+		if errs[i] != nil {
+			return nil, errs[i]
 		}
 		var v Vote
-		if err := json.Unmarshal(b, &v); err != nil {
+		if err := json.Unmarshal(raw[i], &v); err != nil {
 			return nil, fmt.Errorf("vote of %s on %s: %w", id, storePath, err)
 		}
 		if v.StorePath != storePath || v.Builder != id { // a hash-part collision would be news
@@ -277,6 +290,9 @@ func Votes(ctx context.Context, kv KV, tenant, storePath string, builders []stri
 	sort.Slice(out, func(i, j int) bool { return out[i].Builder < out[j].Builder })
 	return out, nil
 }
+
+// maxVoteReads bounds the vote reads of one Votes call running at once.
+const maxVoteReads = 8
 
 // checkNixSig keeps a builder's Nix signature only if it verifies with the
 // policy's key for that builder over the fingerprint of the attested

@@ -101,24 +101,38 @@ func putChanged(ctx context.Context, st store.Store, key string, b []byte) error
 	return nil
 }
 
-// writeVSA signs and stores the verification summary of w's path: its
-// store path and NAR sha256 verified under the published policy, the
-// bundles of its sidecar as input attestations. makeVisible calls it
-// before it writes the narinfo, so no narinfo is visible without its
-// summary.
+// writeVSA signs and stores the verification summary of w's path (see
+// vsaObject), committed at once: for a path already visible.
 func (p *Pusher) writeVSA(ctx context.Context, w *Waiting) error {
-	if p.vsa == nil {
-		return nil
-	}
-	sum, err := p.summary(ctx, w)
+	obj, err := p.vsaObject(ctx, w)
 	if err != nil {
 		return err
 	}
+	return store.CommitGroup(ctx, p.cfg.Store, obj)
+}
+
+// vsaObject signs the verification summary of w's path (its store path
+// and NAR sha256 verified under the published policy, the bundles of its
+// committed sidecar as input attestations) and writes it uncommitted;
+// none without Config.VSA. makeVisible commits it in the stage before the
+// narinfo, so no narinfo is visible without its summary.
+func (p *Pusher) vsaObject(ctx context.Context, w *Waiting) ([]store.Object, error) {
+	if p.vsa == nil {
+		return nil, nil
+	}
+	sum, err := p.summary(ctx, w)
+	if err != nil {
+		return nil, err
+	}
 	b, err := p.cfg.VSA.Sign(ctx, sum)
 	if err != nil {
-		return fmt.Errorf("cachepush: %s: %w", w.StorePath, err)
+		return nil, fmt.Errorf("cachepush: %s: %w", w.StorePath, err)
 	}
-	return store.Put(ctx, p.cfg.Store, cachelayout.VSAKey(w.StorePath), bytes.NewReader(b))
+	obj, err := store.Write(ctx, p.cfg.Store, cachelayout.VSAKey(w.StorePath), bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	return []store.Object{obj}, nil
 }
 
 // summary is what the pusher verified about w's path.

@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"strings"
+	"sync"
 )
 
 // ExportDrvLimits bound what ReadExportDerivations keeps of a stream that
@@ -36,6 +37,11 @@ const (
 // allow.
 var ErrExportLimit = errors.New("nix: export stream over its limits")
 
+// drvReaders holds the 64 KiB read buffers of ReadExportDerivations: a
+// pusher reads an export per result, and a fresh buffer each was a good
+// part of the garbage it made.
+var drvReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+
 // ReadExportDerivations reads a nix-store --export stream and calls fn
 // with the path and contents of each .drv file in it, in stream order.
 // Other records (sources) are read through and dropped, so memory is
@@ -56,7 +62,13 @@ func ReadExportDerivations(r io.Reader, lim ExportDrvLimits, fn func(path string
 		lim.MaxTotal = DefaultMaxDrvTotal
 	}
 	src := &errReader{r: r}
-	err := readDrvRecords(bufio.NewReaderSize(src, 64<<10), lim, fn)
+	br := drvReaders.Get().(*bufio.Reader)
+	br.Reset(src)
+	defer func() {
+		br.Reset(nil) // let go of r
+		drvReaders.Put(br)
+	}()
+	err := readDrvRecords(br, lim, fn)
 	if err != nil && src.err != nil && errors.Is(err, ErrBadExport) {
 		return fmt.Errorf("read export stream: %w", src.err)
 	}

@@ -238,7 +238,7 @@ func Put(ctx context.Context, s Store, key string, r io.Reader) error {
 		return fmt.Errorf("store: put %s: %w", key, err)
 	}
 	defer p.Abort()
-	if _, err := io.Copy(p, ctxReader{ctx: ctx, r: r}); err != nil {
+	if err := copyTo(ctx, p, r); err != nil {
 		return fmt.Errorf("store: put %s: %w", key, err)
 	}
 	if err := p.Commit(ctx, key); err != nil {
@@ -268,6 +268,22 @@ func ReadAll(ctx context.Context, s Store, key string, limit int64) ([]byte, err
 		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrTooLarge, key, limit)
 	}
 	return b, nil
+}
+
+// copyTo copies r to p, checking ctx between chunks. An in-memory reader
+// (bytes.Reader, strings.Reader: every narinfo and sidecar) writes itself
+// in one call, without the 32 KiB buffer io.Copy would allocate for each
+// object.
+func copyTo(ctx context.Context, p Pending, r io.Reader) error {
+	if wt, ok := r.(io.WriterTo); ok {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		_, err := wt.WriteTo(p)
+		return err
+	}
+	_, err := io.Copy(p, ctxReader{ctx: ctx, r: r})
+	return err
 }
 
 // ctxReader stops a copy once ctx is done; io.Copy has no ctx of its own.

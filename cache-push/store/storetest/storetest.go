@@ -48,6 +48,10 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"ReadAllLimit", testReadAllLimit},
 		{"Large", testLarge},
 		{"OpenInfo", testOpenInfo},
+		{"CommitGroup", testCommitGroup},
+		{"CommitGroupStops", testCommitGroupStops},
+		{"CommitGroupCancelled", testCommitGroupCancelled},
+		{"CommitGroupConcurrent", testCommitGroupConcurrent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -549,5 +553,127 @@ func testLarge(t *testing.T, s store.Store) {
 	}
 	if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
 		t.Error("large object read back with different content")
+	}
+}
+
+func write(t *testing.T, s store.Store, key, data string) store.Object {
+	t.Helper()
+	o, err := store.Write(t.Context(), s, key, strings.NewReader(data))
+	if err != nil {
+		t.Fatalf("Write(%q): %v", key, err)
+	}
+	return o
+}
+
+// wantFinished checks that CommitGroup finished every Pending it got.
+func wantFinished(t *testing.T, stages ...[]store.Object) {
+	t.Helper()
+	for _, stage := range stages {
+		for _, o := range stage {
+			if _, err := o.Pending.Write([]byte("x")); !errors.Is(err, store.ErrFinished) {
+				t.Errorf("Write to %s after CommitGroup = %v, want ErrFinished", o.Key, err)
+			}
+		}
+	}
+}
+
+func testCommitGroup(t *testing.T, s store.Store) {
+	data := []store.Object{write(t, s, "nar/a.nar.zst", "nar"), write(t, s, "a.provenance.json", "prov")}
+	index := []store.Object{write(t, s, "a.narinfo", "info")}
+	for _, k := range []string{"nar/a.nar.zst", "a.provenance.json", "a.narinfo"} {
+		wantAbsent(t, s, k)
+	}
+	if err := store.CommitGroup(t.Context(), s, data, index); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{"nar/a.nar.zst": "nar", "a.provenance.json": "prov", "a.narinfo": "info"} {
+		if got := get(t, s, k); string(got) != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	wantFinished(t, data, index)
+	// A group replaces, as Commit does.
+	if err := store.CommitGroup(t.Context(), s, []store.Object{write(t, s, "a.narinfo", "info2")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(t, s, "a.narinfo"); string(got) != "info2" {
+		t.Errorf("a.narinfo = %q after replacing, want info2", got)
+	}
+}
+
+// testCommitGroupStops: when a stage fails, no later stage is visible, and
+// every Pending is finished.
+func testCommitGroupStops(t *testing.T, s store.Store) {
+	done := write(t, s, "b.provenance.json", "prov")
+	if err := done.Pending.Commit(t.Context(), done.Key); err != nil {
+		t.Fatal(err)
+	}
+	later := []store.Object{write(t, s, "b.narinfo", "info")}
+	err := store.CommitGroup(t.Context(), s, []store.Object{done}, later)
+	if !errors.Is(err, store.ErrFinished) {
+		t.Errorf("CommitGroup with a finished Pending = %v, want ErrFinished", err)
+	}
+	wantAbsent(t, s, "b.narinfo")
+	wantFinished(t, later)
+}
+
+func testCommitGroupCancelled(t *testing.T, s store.Store) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	first, second := []store.Object{write(t, s, "nar/c.nar.zst", "nar")}, []store.Object{write(t, s, "c.narinfo", "info")}
+	if err := store.CommitGroup(ctx, s, first, second); !errors.Is(err, context.Canceled) {
+		t.Errorf("CommitGroup with cancelled ctx = %v, want context.Canceled", err)
+	}
+	wantAbsent(t, s, "nar/c.nar.zst")
+	wantAbsent(t, s, "c.narinfo")
+	wantFinished(t, first, second)
+}
+
+// testCommitGroupConcurrent: many writers committing groups and single
+// objects at once (as a pusher's handlers do) each find theirs complete.
+func testCommitGroupConcurrent(t *testing.T, s store.Store) {
+	const writers = 24
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for i := range writers {
+		wg.Go(func() {
+			nar := fmt.Sprintf("nar/w%d.nar.zst", i)
+			if i%3 == 0 {
+				errs <- store.Put(t.Context(), s, nar, strings.NewReader(nar))
+				return
+			}
+			o1, err := store.Write(t.Context(), s, nar, strings.NewReader(nar))
+			if err != nil {
+				errs <- err
+				return
+			}
+			info := fmt.Sprintf("w%d.narinfo", i)
+			o2, err := store.Write(t.Context(), s, info, strings.NewReader(info))
+			if err != nil {
+				o1.Pending.Abort()
+				errs <- err
+				return
+			}
+			errs <- store.CommitGroup(t.Context(), s, []store.Object{o1}, []store.Object{o2})
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("writer: %v", err)
+		}
+	}
+	for i := range writers {
+		nar := fmt.Sprintf("nar/w%d.nar.zst", i)
+		if got := get(t, s, nar); string(got) != nar {
+			t.Errorf("%s = %q", nar, got)
+		}
+		if i%3 != 0 {
+			info := fmt.Sprintf("w%d.narinfo", i)
+			if got := get(t, s, info); string(got) != info {
+				t.Errorf("%s = %q", info, got)
+			}
+		}
 	}
 }
