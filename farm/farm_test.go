@@ -308,8 +308,8 @@ func TestRetryOnAnotherWorker(t *testing.T) {
 	testWorker(t, url, g, cache, p, log, "bad", "o1", flaky)
 	sub := submit(t, conn, g, cache, 1, 3)
 	// Only the bad worker runs: a fails once, and its retry must wait
-	// for another builder.
-	waitFor(t, 10*time.Second, func() bool {
+	// for another builder. (30 s: a loaded CI machine under -race.)
+	waitFor(t, 30*time.Second, func() bool {
 		st, _ := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
 		return st != nil && len(st.Derivations) > 0 && slices.ContainsFunc(st.Derivations, func(s *State) bool { return len(s.Failures) == 1 })
 	})

@@ -74,6 +74,10 @@ func TestServedBytes(t *testing.T) {
 	if want["alice"] != int64(len(objects[narKey])+len(objects[hash32+".narinfo"])) {
 		t.Fatalf("alice received %d bytes", want["alice"])
 	}
+	// A handler counts once it has written the body, which can be after
+	// the client read it: Close waits for the handlers.
+	private.Close()
+	public.Close()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for reader, n := range want {
@@ -117,6 +121,7 @@ func TestServedRegistryBytes(t *testing.T) {
 			resp.Body.Close()
 		}
 	}
+	srv.Close() // the handlers count after writing: wait for them
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// The client may send the cut request again (nothing reached it).
