@@ -138,9 +138,11 @@ func (r *Registry) layerRecord(ctx context.Context, ni *narinfo.NarInfo) (*layer
 		case <-cctx.Done():
 			return nil, cctx.Err()
 		}
-		defer func() { <-r.sem }()
 		start := time.Now()
 		rec, err := computeLayer(cctx, r.st, ni)
+		// The slot is for computing (CPU); storing the record waits on
+		// the disk, so the next layer computes meanwhile.
+		<-r.sem
 		if err != nil {
 			return nil, err
 		}

@@ -64,7 +64,7 @@ func BenchmarkDedup(b *testing.B) {
 		{"whole", nil},
 		{"chunked-16-64-256", &chunked.Options{}},
 		{"chunked-64-128-256", &chunked.Options{MinSize: 64 << 10, AvgSize: 128 << 10, MaxSize: 256 << 10}},
-		{"chunked-16-64-256-better", &chunked.Options{Level: zstd.SpeedBetterCompression}},
+		{"chunked-16-64-256-default-level", &chunked.Options{Level: zstd.SpeedDefault}},
 	}
 	if sizes := os.Getenv(dedupSizesEnv); sizes != "" {
 		variants = variants[:1]

@@ -107,7 +107,12 @@ type Options struct {
 	// MinSize, AvgSize and MaxSize bound NAREncoder's chunks of the
 	// uncompressed NAR; zero means the defaults above.
 	MinSize, AvgSize, MaxSize int
-	// Level is NAREncoder's zstd level; zero means zstd.SpeedDefault.
+	// Level is NAREncoder's zstd level; zero means
+	// zstd.SpeedBetterCompression. Each chunk is compressed alone and
+	// only once, while it is stored, so the stronger level pays for
+	// what compressing small pieces loses: on two Go toolchains a patch
+	// release apart it stored 0.593× of the whole NARs against 0.607× at
+	// zstd.SpeedDefault, for 15% more time writing (BenchmarkDedup).
 	Level zstd.EncoderLevel
 	// RefreshAge: a reused chunk older than this is rewritten, so that
 	// gc does not take it from under a write in progress.
@@ -148,7 +153,7 @@ func New(inner store.Store, o Options) (*Store, error) {
 		return nil, fmt.Errorf("chunked: chunk sizes %d/%d/%d: want 64 ≤ min < avg < max ≤ %d", o.MinSize, o.AvgSize, o.MaxSize, maxPiece/2)
 	}
 	if o.Level == 0 {
-		o.Level = zstd.SpeedDefault
+		o.Level = zstd.SpeedBetterCompression
 	}
 	if o.RefreshAge == 0 {
 		o.RefreshAge = DefaultRefreshAge
