@@ -1,6 +1,7 @@
 package vsa_test
 
 import (
+	"reflect"
 	"testing"
 
 	"codeberg.org/provenix/provenix/attest"
@@ -24,10 +25,21 @@ func FuzzVerify(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	signed, err := vsa.InspectUnverified(good)
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		vsa.InspectUnverified(b)
-		if got, err := v.Verify(b, expect()); err == nil && got.Result != vsa.Passed {
+		got, err := v.Verify(b, expect())
+		if err != nil {
+			return
+		}
+		if got.Result != vsa.Passed {
 			t.Fatalf("verified a summary that did not pass: %+v", got.Summary)
+		}
+		if !reflect.DeepEqual(got.Summary, signed) {
+			t.Fatalf("verified a summary other than the one signed:\n got %+v\nwant %+v", got.Summary, signed)
 		}
 	})
 }
