@@ -301,7 +301,9 @@ func (n *Notifier) report(ctx context.Context, t target, storePath string, v pat
 				rec = record{} // unreadable: start again
 			}
 		}
-		rec.merge(storePath, v)
+		if !rec.merge(storePath, v) {
+			return nil, nil // unchanged: KVUpdate leaves the key alone
+		}
 		return json.Marshal(rec)
 	})
 	if err != nil {
