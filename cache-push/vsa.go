@@ -35,16 +35,7 @@ func newVSAState(cfg *Config) (*vsaState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cachepush: %w", err)
 	}
-	return &vsaState{policyDoc: doc, policy: vsa.Ref{URI: cacheURL(cfg.CacheURL, cachelayout.PolicyKey), Digest: vsa.DocumentDigest(doc)}}, nil
-}
-
-// cacheURL is key under the cache's public URL, or key itself (a URI
-// reference relative to the cache) when the URL is not known.
-func cacheURL(base, key string) string {
-	if base == "" {
-		return key
-	}
-	return strings.TrimSuffix(base, "/") + "/" + key
+	return &vsaState{policyDoc: doc, policy: vsa.Ref{URI: cachelayout.URL(cfg.CacheURL, cachelayout.PolicyKey), Digest: vsa.DocumentDigest(doc)}}, nil
 }
 
 // publishVerifier stores the policy every summary names, the verifier
@@ -140,7 +131,7 @@ func (p *Pusher) summary(ctx context.Context, w *Waiting) (*vsa.Summary, error) 
 	s := &vsa.Summary{
 		Subjects:     []vsa.Subject{{Name: w.StorePath, Digest: map[string]string{"sha256": w.NarSHA256}}},
 		TimeVerified: time.Now(),
-		ResourceURI:  cacheURL(p.cfg.CacheURL, cachelayout.NarinfoKey(w.StorePath)),
+		ResourceURI:  cachelayout.URL(p.cfg.CacheURL, cachelayout.NarinfoKey(w.StorePath)),
 		Policy:       p.vsa.policy,
 		Result:       vsa.Passed,
 	}
@@ -160,7 +151,7 @@ func (p *Pusher) summary(ctx context.Context, w *Waiting) (*vsa.Summary, error) 
 				return nil, rejected(ReasonInconsistent, fmt.Errorf("%s: sidecar bundle %d: %w", w.StorePath, i, err))
 			}
 			s.InputAttestations = append(s.InputAttestations, vsa.Ref{
-				URI:    cacheURL(p.cfg.CacheURL, key) + "#/bundles/" + strconv.Itoa(i),
+				URI:    cachelayout.URL(p.cfg.CacheURL, key) + "#/bundles/" + strconv.Itoa(i),
 				Digest: vsa.SHA256(sha256.Sum256(c.Bytes())),
 			})
 		}

@@ -84,6 +84,16 @@ func ProvenanceKey(storePath string) string { return hashPart(storePath) + Prove
 // VSAKey is the cache key of a store path's verification summary.
 func VSAKey(storePath string) string { return hashPart(storePath) + VSASuffix }
 
+// URL is key under a cache's public URL base, or key alone (a URI
+// reference relative to the cache) when the URL is not known: how
+// verification summaries name the cache's objects.
+func URL(base, key string) string {
+	if base == "" {
+		return key
+	}
+	return strings.TrimSuffix(base, "/") + "/" + key
+}
+
 // VerifierDocumentVersion is the verifier document's format version.
 const VerifierDocumentVersion = 1
 

@@ -155,12 +155,7 @@ func (r *Registry) imageSummary(ctx context.Context, img *image) (*vsa.Summary, 
 
 // cacheURL is key under the cache's public URL, or key alone (relative to
 // the cache) when it is not known.
-func (r *Registry) cacheURL(key string) string {
-	if r.publicURL == "" {
-		return key
-	}
-	return strings.TrimSuffix(r.publicURL, "/") + "/" + key
-}
+func (r *Registry) cacheURL(key string) string { return cachelayout.URL(r.publicURL, key) }
 
 // referrer is the cosign v3 style referrer manifest of a summary bundle.
 func referrer(img *image, bundle []byte) (manifest []byte, desc v1.Descriptor) {
