@@ -162,8 +162,11 @@ func TestNixVersionsHello(t *testing.T) {
 			if err != nil || strings.TrimSpace(string(got)) != msg {
 				t.Fatalf("%s: substituted hello says %q (%v), want %q", env, got, err, msg)
 			}
-			if stdout, stderr, code := cli(t, ctx, "verify", "--data-dir", dir, "--cache", stack.CacheURL(), "--cache-key", p.CachePub(), out.Path); code != 0 {
-				t.Fatalf("verify --cache: exit %d\n%s\n%s", code, stdout, stderr)
+			// --require-vsa: the pusher's verification summary of what
+			// this Nix built must be there and verify, not only be
+			// checked when present.
+			if stdout, stderr, code := cli(t, ctx, "verify", "--data-dir", dir, "--cache", stack.CacheURL(), "--cache-key", p.CachePub(), "--require-vsa", out.Path); code != 0 {
+				t.Fatalf("verify --cache --require-vsa: exit %d\n%s\n%s", code, stdout, stderr)
 			}
 		})
 	}
