@@ -108,21 +108,24 @@ func (r *Runner) prepareConns(in []Connection) ([]*conn, error) {
 		dirs = append(dirs, dirOf{abs, key, c.Name})
 
 		cc := &conn{Connection: c}
-		users, name, err := jobUsers(c, r.opts.Capacity, r.log)
+		users, err := lookupJobUsers(c, members)
 		if err != nil {
 			return nil, fmt.Errorf("runner: connection %s: %w", c.Name, err)
 		}
-		if p, ok := pools[key]; ok && users != nil {
-			users = p
-		} else if users != nil {
-			pools[key] = users
+		if len(users) > 0 {
+			cc.userName = users[0].Name
+			if cc.users = pools[key]; cc.users == nil {
+				if cc.users, err = jobPool(c, users, r.opts.Capacity, r.log); err != nil {
+					return nil, fmt.Errorf("runner: connection %s: %w", c.Name, err)
+				}
+				pools[key] = cc.users
+			}
 		}
-		cc.users, cc.userName = users, name
-		if err := r.prepareWorkdirParent(cc, len(in) > 1); err != nil {
+		if err := r.prepareWorkdirParent(cc, users, len(in) > 1); err != nil {
 			return nil, fmt.Errorf("runner: connection %s: %w", c.Name, err)
 		}
-		if users != nil && !users.Exclusive() && r.opts.Capacity > 1 {
-			r.log.Warn("jobs running at once share one job user and can read each other's environment, files and signing socket; set provenix.job_users to a pool of at least capacity users", "connection", c.Name, "job_user", name, "capacity", r.opts.Capacity)
+		if cc.users != nil && !cc.users.Exclusive() && r.opts.Capacity > 1 {
+			r.log.Warn("jobs running at once share one job user and can read each other's environment, files and signing socket; set provenix.job_users to a pool of at least capacity users", "connection", c.Name, "job_user", cc.userName, "capacity", r.opts.Capacity)
 		}
 		if c.Builder == nil {
 			r.log.Warn("no signing key or NATS configured: jobs run, nothing is attested", "connection", c.Name)
@@ -133,12 +136,11 @@ func (r *Runner) prepareConns(in []Connection) ([]*conn, error) {
 }
 
 // poolKey names the set of job users a connection runs jobs as, and
-// lists them: connections with one key share one pool.
+// lists them (as configured): connections with one key share one pool.
 func poolKey(c Connection) (string, []string) {
 	if len(c.JobUsers) > 0 {
-		users := slices.Clone(c.JobUsers)
-		slices.Sort(users)
-		return "pool:" + strings.Join(users, ","), users
+		sorted := slices.Sorted(slices.Values(c.JobUsers))
+		return "pool:" + strings.Join(sorted, ","), c.JobUsers
 	}
 	name := c.JobUser
 	if name == "" {
@@ -151,53 +153,37 @@ func within(dir, parent string) bool {
 	return dir == parent || strings.HasPrefix(dir, parent+string(filepath.Separator))
 }
 
-// jobUsers makes the pool c's jobs take their user from; nil when the
-// runner is not root. name is a user of it, for messages.
-func jobUsers(c Connection, capacity int, log *slog.Logger) (*isolate.Pool, string, error) {
+// lookupJobUsers looks up names (poolKey's), the users c's jobs run as;
+// none when the runner is not root.
+func lookupJobUsers(c Connection, names []string) ([]*isolate.User, error) {
 	if os.Geteuid() != 0 {
 		if len(c.JobUsers) > 0 {
-			return nil, "", errors.New("job_users needs the runner to run as root (it switches to them)")
+			return nil, errors.New("job_users needs the runner to run as root (it switches to them)")
 		}
-		return nil, "", nil
+		return nil, nil
 	}
-	if len(c.JobUsers) > 0 {
-		users := make([]*isolate.User, 0, len(c.JobUsers))
-		for _, n := range c.JobUsers {
-			u, err := isolate.LookupUser(n)
-			if err != nil {
-				return nil, "", err
-			}
-			users = append(users, u)
-		}
-		p, err := isolate.NewPool(users, capacity, log)
-		if err != nil {
-			return nil, "", fmt.Errorf("job_users: %w", err)
-		}
-		return p, users[0].Name, nil
-	}
-	name := c.JobUser
-	if name == "" {
-		name = "nobody"
-	}
-	u, err := isolate.LookupUser(name)
-	if err != nil {
-		return nil, "", err
-	}
-	return isolate.NewShared(u), name, nil
-}
-
-// jobUIDs are the uids c's jobs may run as.
-func jobUIDs(c Connection) ([]uint32, error) {
-	_, names := poolKey(c)
-	uids := make([]uint32, 0, len(names))
+	users := make([]*isolate.User, 0, len(names))
 	for _, n := range names {
 		u, err := isolate.LookupUser(n)
 		if err != nil {
 			return nil, err
 		}
-		uids = append(uids, u.UID)
+		users = append(users, u)
 	}
-	return uids, nil
+	return users, nil
+}
+
+// jobPool makes the pool c's jobs take their users from: users, one per
+// job, with job_users; else the one job user for every job.
+func jobPool(c Connection, users []*isolate.User, capacity int, log *slog.Logger) (*isolate.Pool, error) {
+	if len(c.JobUsers) == 0 {
+		return isolate.NewShared(users[0]), nil
+	}
+	p, err := isolate.NewPool(users, capacity, log)
+	if err != nil {
+		return nil, fmt.Errorf("job_users: %w", err)
+	}
+	return p, nil
 }
 
 // prepareWorkdirParent creates the parent of c's job directories. The job
@@ -205,8 +191,8 @@ func jobUIDs(c Connection) ([]uint32, error) {
 // be searchable by others; checking now turns a confusing "permission
 // denied" inside the first job into a clear error at start. With several
 // connections (restrict) and a root runner, the parent itself is
-// searchable by c's job users only.
-func (r *Runner) prepareWorkdirParent(c *conn, restrict bool) error {
+// searchable by c's job users (users) only.
+func (r *Runner) prepareWorkdirParent(c *conn, users []*isolate.User, restrict bool) error {
 	dir := c.WorkdirParent
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return fmt.Errorf("work directory: %w", err)
@@ -216,9 +202,9 @@ func (r *Runner) prepareWorkdirParent(c *conn, restrict bool) error {
 	}
 	start := dir
 	if restrict {
-		uids, err := jobUIDs(c.Connection)
-		if err != nil {
-			return err
+		uids := make([]uint32, len(users))
+		for i, u := range users {
+			uids[i] = u.UID
 		}
 		if err := isolate.RestrictDir(dir, uids); err != nil {
 			return fmt.Errorf("cannot keep other connections' jobs out of work directory %s: %w", dir, err)

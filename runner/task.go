@@ -30,6 +30,7 @@ import (
 	"codeberg.org/provenix/provenix/runner/job"
 	"codeberg.org/provenix/provenix/runner/report"
 	"codeberg.org/provenix/provenix/storepath"
+	"codeberg.org/provenix/provenix/usage"
 )
 
 // killGrace is how long a cancelled job process gets to run its clean-up
@@ -432,14 +433,15 @@ func (r *Runner) attestClosure(ctx context.Context, t *taskRun, drvs []string, h
 			return t.attested[drv]
 		},
 	})
+	built, staged := usage.PublishedBytes(pubs)
+	t.mu.Lock()
+	t.built += built
+	t.staged += staged
+	t.mu.Unlock()
 	var out []capture.Result
 	for _, p := range pubs {
 		t.mu.Lock()
 		t.attested[p.DrvPath] = true
-		t.staged += p.Staged
-		for _, o := range p.Outputs {
-			t.built += int64(o.NarSize)
-		}
 		t.mu.Unlock()
 		res := capture.Result{DrvPath: p.DrvPath, System: p.System, MsgID: p.MsgID, Duplicate: p.Duplicate, BuilderID: b.BuilderID}
 		for _, o := range p.Outputs {

@@ -13,6 +13,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -215,8 +217,8 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	}
 	for _, r := range rep.Rows {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%d\t\n", r.Tenant, r.Key, r.Jobs, r.Builds,
-			r.CPUSeconds, r.CPUSeconds/3600, r.WallSeconds/3600, Bytes(r.PeakMemory), Bytes(r.BytesBuilt),
-			Bytes(r.BytesStaged), Bytes(r.BytesServed), r.Requests)
+			r.CPUSeconds, r.CPUSeconds/3600, r.WallSeconds/3600, ibytes(r.PeakMemory), ibytes(r.BytesBuilt),
+			ibytes(r.BytesStaged), ibytes(r.BytesServed), r.Requests)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -227,19 +229,8 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	return nil
 }
 
-// Bytes formats n bytes in binary units.
-func Bytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return strconv.FormatInt(n, 10) + " B"
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+// ibytes formats n bytes in binary units, as the other commands do.
+func ibytes(n int64) string { return humanize.IBytes(uint64(n)) }
 
 // ParseSince reads a window's start: a duration back from now (Go's
 // units, plus d for days and w for weeks: 30d, 2w, 36h, 1d12h), or a

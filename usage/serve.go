@@ -90,7 +90,9 @@ func (m *ServeMeter) ObserveServed(reader string, bytes int64) {
 }
 
 // Flush records what was served since the last flush, one record per
-// reader. What it could not record is counted again in the next window.
+// reader. What it could not record is counted again in the next window,
+// but for a record Validate refuses (a reader name longer than a record
+// holds): kept, it would fail every window and grow for ever.
 func (m *ServeMeter) Flush(ctx context.Context) error {
 	m.mu.Lock()
 	counts, start := m.counts, m.start
@@ -104,7 +106,9 @@ func (m *ServeMeter) Flush(ctx context.Context) error {
 			BytesServed: c.bytes, Requests: c.requests}
 		if err := m.o.Recorder.Record(ctx, r); err != nil {
 			errs = append(errs, err)
-			m.keep(reader, c, start)
+			if !errors.Is(err, ErrInvalid) { // an invalid record never goes
+				m.keep(reader, c, start)
+			}
 		}
 	}
 	return errors.Join(errs...)

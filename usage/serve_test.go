@@ -3,6 +3,7 @@ package usage
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -89,3 +90,38 @@ func TestServeMeter(t *testing.T) {
 		}
 	}
 }
+
+// TestServeMeterDropsInvalid: a record Validate refuses (a reader name
+// longer than a record holds) is reported once, not kept to fail every
+// window after; the other readers' records go.
+func TestServeMeterDropsInvalid(t *testing.T) {
+	var got []*Record
+	rec := recorderFunc(func(_ context.Context, r *Record) error {
+		r.Version, r.ID = Version, NewID()
+		if err := r.Validate(); err != nil {
+			return err
+		}
+		got = append(got, r)
+		return nil
+	})
+	m, err := NewServeMeter(ServeOptions{Tenant: "default", Recorder: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testctx.New(t, time.Minute)
+	m.ObserveServed(strings.Repeat("r", maxText+1), 10)
+	m.ObserveServed("alice", 5)
+	if err := m.Flush(ctx); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("flush with an overlong reader: %v", err)
+	}
+	if err := m.Flush(ctx); err != nil {
+		t.Fatalf("the invalid record was kept: %v", err)
+	}
+	if len(got) != 1 || got[0].Reader != "alice" || got[0].BytesServed != 5 {
+		t.Errorf("recorded %+v, want alice's only", got)
+	}
+}
+
+type recorderFunc func(context.Context, *Record) error
+
+func (f recorderFunc) Record(ctx context.Context, r *Record) error { return f(ctx, r) }

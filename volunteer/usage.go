@@ -24,12 +24,7 @@ func (v *Volunteer) recordUsage(ctx context.Context, kind usage.Kind, req *queue
 	}
 	r := &usage.Record{Kind: kind, Tenant: v.Builder.Tenant, Builder: v.Builder.BuilderID, DrvPath: req.DrvPath,
 		Start: start.UTC(), End: time.Now().UTC(), CPUMicros: cpu.Microseconds(), CPUFrom: usage.FromRusage}
-	for _, p := range pubs {
-		r.BytesStaged += p.Staged
-		for _, o := range p.Outputs {
-			r.BytesBuilt += int64(o.NarSize)
-		}
-	}
+	r.BytesBuilt, r.BytesStaged = usage.PublishedBytes(pubs)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), usageTimeout)
 	defer cancel()
 	if err := v.Usage.Record(ctx, r); err != nil {

@@ -20,10 +20,11 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 )
@@ -149,11 +150,7 @@ func (c *Config) Connections(reg *Registration) ([]ResolvedConnection, error) {
 			Labels: labels, FetchInterval: c.Runner.FetchInterval,
 		}}, nil
 	}
-	names := make([]string, 0, len(c.Server.Connections))
-	for name := range c.Server.Connections {
-		names = append(names, name)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(c.Server.Connections))
 	out := make([]ResolvedConnection, 0, len(names))
 	for _, name := range names {
 		conn := c.Server.Connections[name]

@@ -33,10 +33,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 
 	"gopkg.in/yaml.v3"
 )
@@ -60,11 +60,7 @@ func (c *Config) resolveTenants() error {
 		return nil
 	}
 	c.connProvenix = map[string]Provenix{}
-	names := make([]string, 0, len(c.Server.Connections))
-	for name := range c.Server.Connections {
-		names = append(names, name)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(c.Server.Connections))
 	for _, name := range names {
 		p, err := c.overlay(name, c.Server.Connections[name].Provenix)
 		if err != nil {
@@ -259,11 +255,7 @@ func (c *Config) CheckTenantSecrets() error {
 	if len(tenants) < 2 {
 		return nil
 	}
-	names := make([]string, 0, len(c.Server.Connections))
-	for name := range c.Server.Connections {
-		names = append(names, name)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(c.Server.Connections))
 	for _, name := range names {
 		p := c.ProvenixFor(name)
 		for _, f := range append(p.natsCredentials(), p.Key, p.NATSKey) {
