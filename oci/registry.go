@@ -304,8 +304,8 @@ func (r *Registry) serveManifest(ctx context.Context, w http.ResponseWriter, req
 				r.writeBlob(w, req, string(types.OCIManifestSchema1), img.manifest, d)
 				return
 			}
-			if mt, b, ok := r.referrerManifest(ctx, img, d); ok {
-				r.writeBlob(w, req, mt, b, d)
+			if b, ok := r.referrerManifest(ctx, img, d); ok {
+				r.writeBlob(w, req, string(types.OCIManifestSchema1), b, d)
 				return
 			}
 		}
