@@ -79,12 +79,7 @@ func checkNARInfo(u string, ni *narinfo.NarInfo) error {
 // store, say): the same limits and checks, with src naming the body in
 // errors. It takes body over and closes it, also when it fails.
 func DecodeNAR(src string, body io.ReadCloser, ni *narinfo.NarInfo) (io.ReadCloser, error) {
-	nr, err := decodeNAR(src, body, ni)
-	if err != nil {
-		body.Close()
-		return nil, err
-	}
-	return nr, nil
+	return openNAR(src, body, ni, true)
 }
 
 // DecodeNARUnsafe is DecodeNAR without the NarHash check: the stream
@@ -93,12 +88,19 @@ func DecodeNAR(src string, body io.ReadCloser, ni *narinfo.NarInfo) (io.ReadClos
 // (an OCI layer streamed to a client that checks the layer's digest, made
 // by DecodeNAR from the NAR that matched).
 func DecodeNARUnsafe(src string, body io.ReadCloser, ni *narinfo.NarInfo) (io.ReadCloser, error) {
+	return openNAR(src, body, ni, false)
+}
+
+// openNAR is DecodeNAR, checking the NarHash when checkHash is set.
+func openNAR(src string, body io.ReadCloser, ni *narinfo.NarInfo, checkHash bool) (io.ReadCloser, error) {
 	nr, err := decodeNAR(src, body, ni)
 	if err != nil {
 		body.Close()
 		return nil, err
 	}
-	nr.h = nil
+	if !checkHash {
+		nr.h = nil
+	}
 	return nr, nil
 }
 

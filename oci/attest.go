@@ -72,7 +72,7 @@ var ErrNoSummary = errors.New("oci: no verification summary for the image")
 func (r *Registry) summaryBundle(ctx context.Context, img *image, sign bool) ([]byte, error) {
 	key := cachelayout.OCIVSAKey(img.digest.Hex)
 	b, err := store.ReadAll(ctx, r.st, key, maxBundleSize)
-	if err == nil || !errors.Is(err, store.ErrNotFound) {
+	if !errors.Is(err, store.ErrNotFound) {
 		return b, err
 	}
 	if !sign || r.signer == nil {
@@ -188,13 +188,13 @@ func (r *Registry) referrers(ctx context.Context, img *image) ([]v1.Descriptor, 
 }
 
 // referrerManifest returns the referrer manifest of img with digest d.
-func (r *Registry) referrerManifest(ctx context.Context, img *image, d v1.Hash) (string, []byte, bool) {
+func (r *Registry) referrerManifest(ctx context.Context, img *image, d v1.Hash) ([]byte, bool) {
 	b, err := r.summaryBundle(ctx, img, false)
 	if err != nil || b == nil {
-		return "", nil, false
+		return nil, false
 	}
 	m, desc := referrer(img, b)
-	return string(types.OCIManifestSchema1), m, desc.Digest == d
+	return m, desc.Digest == d
 }
 
 // referrerBlob returns a blob of one of img's referrers: the bundle or

@@ -84,9 +84,11 @@ func (r *Registry) closure(ctx context.Context, root string) ([]*narinfo.NarInfo
 		for _, ni := range nis {
 			seen[ni.StorePath] = ni
 		}
+		queued := map[string]bool{}
 		for _, ni := range nis {
 			for _, ref := range cacheclient.References(ni) {
-				if _, ok := seen[ref]; !ok && !slices.Contains(next, ref) {
+				if _, ok := seen[ref]; !ok && !queued[ref] {
+					queued[ref] = true
 					next = append(next, ref)
 				}
 			}

@@ -304,8 +304,8 @@ func (r *Registry) serveManifest(ctx context.Context, w http.ResponseWriter, req
 				r.writeBlob(w, req, string(types.OCIManifestSchema1), img.manifest, d)
 				return
 			}
-			if mt, b, ok := r.referrerManifest(ctx, img, d); ok {
-				r.writeBlob(w, req, mt, b, d)
+			if b, ok := r.referrerManifest(ctx, img, d); ok {
+				r.writeBlob(w, req, string(types.OCIManifestSchema1), b, d)
 				return
 			}
 		}
@@ -367,11 +367,11 @@ func (r *Registry) serveLayer(ctx context.Context, w http.ResponseWriter, req *h
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	cw := &countWriter{w: &limitWriter{w: w, left: l.desc.Size}}
+	lw := &limitWriter{w: w, left: l.desc.Size}
 	w.WriteHeader(http.StatusOK)
-	_, err := writeLayer(ctx, r.st, l.ni, cw, false)
-	if err == nil && cw.n != l.desc.Size {
-		err = fmt.Errorf("%w: layer of %s is %d bytes, its record says %d", errLayer, l.ni.StorePath, cw.n, l.desc.Size)
+	_, err := writeLayer(ctx, r.st, l.ni, lw, false)
+	if err == nil && lw.left != 0 {
+		err = fmt.Errorf("%w: layer of %s is %d bytes, its record says %d", errLayer, l.ni.StorePath, l.desc.Size-lw.left, l.desc.Size)
 	}
 	if err != nil {
 		if ctx.Err() == nil {

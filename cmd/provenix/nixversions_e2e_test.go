@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -25,6 +26,7 @@ import (
 	"codeberg.org/provenix/provenix/internal/testgitea"
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnix"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -215,6 +217,12 @@ func TestNixVersionsClosure(t *testing.T) {
 			}
 			if stdout, stderr, code := cli(t, ctx, "verify", "--closure", "--data-dir", dir, "--cache", stack.CacheURL(), "--cache-key", p.CachePub(), top); code != 0 {
 				t.Fatalf("verify --closure: exit %d\n%s\n%s", code, stdout, stderr)
+			}
+			// The registry makes top's image from this version's NARs:
+			// crane pulls every layer, checking each against its digest.
+			ref := strings.TrimPrefix(stack.CacheURL(), "http://") + "/nix/" + filepath.Base(top)
+			if out, err := exec.CommandContext(ctx, testproc.Crane(t), "pull", "--insecure", "--format", "oci", ref, t.TempDir()).CombinedOutput(); err != nil {
+				t.Fatalf("%s: crane pull of top's image: %v\n%s", env, err, out)
 			}
 		})
 	}

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,28 +70,8 @@ func TestOCIEndToEnd(t *testing.T) {
 	if err := os.RemoveAll(summaries); err != nil {
 		t.Fatal(err)
 	}
-	listen := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan int, 1)
-	go func() {
-		_, _, code := cli(t, sctx, "cache", "serve", "--dir", stack.Paths().Cache(), "--listen", listen, "--vsa-key", stack.Paths().VSAKey())
-		done <- code
-	}()
-	defer func() {
-		stop()
-		<-done
-	}()
-	for ok := testproc.HTTPOK("http://" + listen + "/v2/"); ok() != nil; time.Sleep(50 * time.Millisecond) {
-		select {
-		case code := <-done:
-			done <- code // for the deferred wait
-			t.Fatalf("cache serve exited with %d", code)
-		case <-ctx.Done():
-			t.Fatal("cache serve did not answer")
-		default:
-		}
-	}
-	verify(listen + "/nix/" + filepath.Base(top))
+	serveURL := serveCache(t, ctx, "--dir", stack.Paths().Cache(), "--vsa-key", stack.Paths().VSAKey())
+	verify(strings.TrimPrefix(serveURL, "http://") + "/nix/" + filepath.Base(top))
 	if entries, err := os.ReadDir(summaries); err != nil || len(entries) != 1 {
 		t.Fatalf("cache serve stored %d image summaries: %v", len(entries), err)
 	}

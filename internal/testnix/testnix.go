@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 )
@@ -41,8 +40,7 @@ func Busybox(t testing.TB) string {
 func BuildClosure(t testing.TB, ctx context.Context, message string) (top string, closure []string) {
 	t.Helper()
 	busybox := Busybox(t)
-	_, file, _, _ := runtime.Caller(0)
-	nixFile := filepath.Join(filepath.Dir(file), "..", "..", "examples", "closure.nix")
+	nixFile := filepath.Join(ModuleRoot(t), "examples", "closure.nix")
 	cmd := exec.CommandContext(ctx, "nix-build", nixFile, "-A", "top", "--no-out-link",
 		"--arg", "busybox", busybox, "--argstr", "message", message)
 	cmd.Env = append(os.Environ(), "NIX_CONFIG=substituters =\nbuild-users-group =\nexperimental-features = nix-command")
