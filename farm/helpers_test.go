@@ -241,6 +241,19 @@ func testWorker(t testing.TB, url string, g *Graph, cache *memCache, p *pusher, 
 	return func() { once.Do(stop) }
 }
 
+// twoWorkers starts a scheduler (group g1) and two workers of distinct
+// owners (b1 of o1, b2 of o2) whose builds vote through a quorum-1
+// pusher, or fail when fail says so; it returns their build log.
+func twoWorkers(t testing.TB, url string, conn *queue.Conn, g *Graph, cache *memCache, fail func(r *Request, builder string) bool) *buildLog {
+	t.Helper()
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "g1")
+	testWorker(t, url, g, cache, p, log, "b1", "o1", fail)
+	testWorker(t, url, g, cache, p, log, "b2", "o2", fail)
+	return log
+}
+
 func startScheduler(t testing.TB, url string, cache Cache, group string) *Scheduler {
 	t.Helper()
 	s, err := NewScheduler(SchedulerConfig{Conn: connect(t, url), Cache: cache, Group: group, ResyncEvery: time.Hour})
