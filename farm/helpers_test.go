@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -131,7 +132,7 @@ func (p *pusher) vote(ctx context.Context, r *Request, builder string) error {
 	if n != p.quorum {
 		return nil
 	}
-	for _, o := range slices.Sorted(mapValues(r.Outputs)) {
+	for _, o := range slices.Sorted(maps.Values(r.Outputs)) {
 		p.cache.add(o)
 		if silent {
 			continue
@@ -147,16 +148,6 @@ func (p *pusher) setSilent(v bool) {
 	p.mu.Lock()
 	p.silent = v
 	p.mu.Unlock()
-}
-
-func mapValues(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for _, v := range m {
-			if !yield(v) {
-				return
-			}
-		}
-	}
 }
 
 // build is one build a test worker did.
