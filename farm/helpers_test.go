@@ -20,9 +20,7 @@ const tenant = "t1"
 
 func connect(t testing.TB, url string) *queue.Conn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := queue.Connect(ctx, url)
+	c, err := queue.Connect(testctx.New(t, 10*time.Second), url)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
