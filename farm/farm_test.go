@@ -60,11 +60,7 @@ func TestChainDispatchOrder(t *testing.T) {
 		s[fmt.Sprintf("c%d", i)] = []string{fmt.Sprintf("c%d", i-1)}
 	}
 	g := graphOf(t, s, "x86_64-linux")
-	p := &pusher{conn: conn, cache: cache, quorum: 1}
-	log := &buildLog{}
-	startScheduler(t, url, cache, "g1")
-	testWorker(t, url, g, cache, p, log, "b1", "o1", nil)
-	testWorker(t, url, g, cache, p, log, "b2", "o2", nil)
+	log := twoWorkers(t, url, conn, g, cache, nil)
 
 	sub := submit(t, conn, g, cache, 1, 0)
 	if sub.Ready != 1 || sub.Skipped != 0 {
@@ -96,11 +92,7 @@ func TestDiamondAndSkipped(t *testing.T) {
 	// top ← (l, r) ← mid ← (base, cached); cached is in the cache already.
 	g := graphOf(t, spec{"cached": nil, "base": nil, "mid": {"base", "cached"}, "l": {"mid"}, "r": {"mid"}, "top": {"l", "r"}}, "x86_64-linux")
 	cache.add(fakePath("cached"))
-	p := &pusher{conn: conn, cache: cache, quorum: 1}
-	log := &buildLog{}
-	startScheduler(t, url, cache, "g1")
-	testWorker(t, url, g, cache, p, log, "b1", "o1", nil)
-	testWorker(t, url, g, cache, p, log, "b2", "o2", nil)
+	log := twoWorkers(t, url, conn, g, cache, nil)
 
 	sub := submit(t, conn, g, cache, 1, 0)
 	if sub.Skipped != 1 || sub.Ready != 1 {
@@ -341,12 +333,8 @@ func TestFailedBlocksDependents(t *testing.T) {
 	url, conn := setup(t)
 	cache := newMemCache()
 	g := graphOf(t, spec{"bad": nil, "mid": {"bad"}, "top": {"mid", "ok"}, "ok": nil}, "x86_64-linux")
-	p := &pusher{conn: conn, cache: cache, quorum: 1}
-	log := &buildLog{}
-	startScheduler(t, url, cache, "g1")
 	broken := func(r *Request, _ string) bool { return strings.HasSuffix(r.DrvPath, "-bad.drv") }
-	testWorker(t, url, g, cache, p, log, "b1", "o1", broken)
-	testWorker(t, url, g, cache, p, log, "b2", "o2", broken)
+	twoWorkers(t, url, conn, g, cache, broken)
 	sub := submit(t, conn, g, cache, 1, 2)
 	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
 	want := map[string]Status{"bad": Failed, "mid": Blocked, "top": Blocked, "ok": Done}

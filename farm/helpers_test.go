@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -19,9 +20,7 @@ const tenant = "t1"
 
 func connect(t testing.TB, url string) *queue.Conn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := queue.Connect(ctx, url)
+	c, err := queue.Connect(testctx.New(t, 10*time.Second), url)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -131,7 +130,7 @@ func (p *pusher) vote(ctx context.Context, r *Request, builder string) error {
 	if n != p.quorum {
 		return nil
 	}
-	for _, o := range slices.Sorted(mapValues(r.Outputs)) {
+	for _, o := range slices.Sorted(maps.Values(r.Outputs)) {
 		p.cache.add(o)
 		if silent {
 			continue
@@ -147,16 +146,6 @@ func (p *pusher) setSilent(v bool) {
 	p.mu.Lock()
 	p.silent = v
 	p.mu.Unlock()
-}
-
-func mapValues(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for _, v := range m {
-			if !yield(v) {
-				return
-			}
-		}
-	}
 }
 
 // build is one build a test worker did.
@@ -239,6 +228,19 @@ func testWorker(t testing.TB, url string, g *Graph, cache *memCache, p *pusher, 
 	var once sync.Once
 	t.Cleanup(func() { once.Do(stop) })
 	return func() { once.Do(stop) }
+}
+
+// twoWorkers starts a scheduler (group g1) and two workers of distinct
+// owners (b1 of o1, b2 of o2) whose builds vote through a quorum-1
+// pusher, or fail when fail says so; it returns their build log.
+func twoWorkers(t testing.TB, url string, conn *queue.Conn, g *Graph, cache *memCache, fail func(r *Request, builder string) bool) *buildLog {
+	t.Helper()
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	startScheduler(t, url, cache, "g1")
+	testWorker(t, url, g, cache, p, log, "b1", "o1", fail)
+	testWorker(t, url, g, cache, p, log, "b2", "o2", fail)
+	return log
 }
 
 func startScheduler(t testing.TB, url string, cache Cache, group string) *Scheduler {

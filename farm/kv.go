@@ -98,29 +98,22 @@ func casConflict(err error) bool {
 		errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
-// list reads every record under prefix, by key.
-func list[T any](ctx context.Context, kv jetstream.KeyValue, prefix string) (map[string]*T, error) {
-	w, err := kv.Watch(ctx, prefix+".>", jetstream.IgnoreDeletes())
+// list reads every record under prefix, by key (queue.Conn.KVList,
+// which also tells a denied read from a slow one).
+func list[T any](ctx context.Context, conn *queue.Conn, prefix string) (map[string]*T, error) {
+	m, err := conn.KVList(ctx, queue.BucketFarm, prefix)
 	if err != nil {
 		return nil, fmt.Errorf("farm: list %s: %w", prefix, err)
 	}
-	defer w.Stop()
-	out := map[string]*T{}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("farm: list %s: %w", prefix, ctx.Err())
-		case e, ok := <-w.Updates():
-			if !ok || e == nil { // nil: the initial values are all delivered
-				return out, nil
-			}
-			v := new(T)
-			if err := json.Unmarshal(e.Value(), v); err != nil {
-				return nil, fmt.Errorf("farm: %w: record %s: %w", ErrInvalid, e.Key(), err)
-			}
-			out[e.Key()] = v
+	out := make(map[string]*T, len(m))
+	for k, b := range m {
+		v := new(T)
+		if err := json.Unmarshal(b, v); err != nil {
+			return nil, fmt.Errorf("farm: %w: record %s: %w", ErrInvalid, k, err)
 		}
+		out[k] = v
 	}
+	return out, nil
 }
 
 func builderDigest(id string) string {

@@ -126,7 +126,7 @@ func blockedBy(g *Graph, states map[string]*State, drv string) string {
 
 // states reads every state record of a set, by .drv path.
 func (s *Scheduler) states(ctx context.Context, ls *loadedSet) (map[string]*State, error) {
-	m, err := list[State](ctx, s.kv, statePrefix(ls.set.ID))
+	m, err := list[State](ctx, s.cfg.Conn, statePrefix(ls.set.ID))
 	if err != nil {
 		return nil, err
 	}

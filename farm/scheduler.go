@@ -116,7 +116,7 @@ func (s *Scheduler) Open(ctx context.Context) error {
 		return err
 	}
 	s.kv = kv
-	sets, err := list[Set](ctx, kv, setPrefix)
+	sets, err := list[Set](ctx, s.cfg.Conn, setPrefix)
 	if err != nil {
 		return err
 	}
@@ -245,7 +245,7 @@ func (s *Scheduler) load(ctx context.Context, set *Set) error {
 		return nil
 	}
 	s.mu.Unlock()
-	nodes, err := list[Node](ctx, s.kv, nodePrefix(set.ID))
+	nodes, err := list[Node](ctx, s.cfg.Conn, nodePrefix(set.ID))
 	if err != nil {
 		return err
 	}

@@ -80,7 +80,7 @@ func GetStatus(ctx context.Context, conn *queue.Conn, id string) (*SetStatus, er
 	} else if !found {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
-	states, err := list[State](ctx, kv, statePrefix(id))
+	states, err := list[State](ctx, conn, statePrefix(id))
 	if err != nil {
 		return nil, err
 	}
@@ -118,11 +118,11 @@ func Cancel(ctx context.Context, conn *queue.Conn, id string) (*Set, error) {
 // since, newest first: their progress for a dashboard. Each costs a read
 // of the set's states.
 func Summaries(ctx context.Context, conn *queue.Conn, tenant string, since time.Time) ([]Summary, error) {
-	kv, err := bucket(ctx, conn)
-	if err != nil {
+	// The bucket's absence is ErrNotFound with a hint.
+	if _, err := bucket(ctx, conn); err != nil {
 		return nil, err
 	}
-	sets, err := list[Set](ctx, kv, setPrefix)
+	sets, err := list[Set](ctx, conn, setPrefix)
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +131,7 @@ func Summaries(ctx context.Context, conn *queue.Conn, tenant string, since time.
 		if set.Tenant != tenant || set.Created.Before(since) {
 			continue
 		}
-		states, err := list[State](ctx, kv, statePrefix(set.ID))
+		states, err := list[State](ctx, conn, statePrefix(set.ID))
 		if err != nil {
 			return nil, err
 		}

@@ -8,8 +8,9 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -215,33 +216,18 @@ func NewSetID() string { return strings.ToLower(rand.Text()) }
 // parallel runs fn on every item, submitConcurrency at a time, and
 // returns the first error (the calls after it are skipped).
 func parallel[T any](ctx context.Context, items []T, fn func(context.Context, T) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		once     sync.Once
-		firstErr error
-		wg       sync.WaitGroup
-	)
-	ch := make(chan T)
-	for range min(submitConcurrency, len(items)) {
-		wg.Go(func() {
-			for it := range ch {
-				if ctx.Err() != nil {
-					continue
-				}
-				if err := fn(ctx, it); err != nil {
-					once.Do(func() { firstErr = err; cancel() })
-				}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(submitConcurrency)
+	for _, it := range items {
+		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err
 			}
+			return fn(gctx, it)
 		})
 	}
-	for _, it := range items {
-		ch <- it
-	}
-	close(ch)
-	wg.Wait()
-	if firstErr != nil {
-		return firstErr
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	return ctx.Err()
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os/exec"
 	"slices"
 	"strings"
@@ -32,7 +33,7 @@ import (
 // broker, staging) is returned as is and the request is redelivered.
 func (v *Volunteer) FarmBuild(ctx context.Context, r *farm.Request) (*farm.BuildStats, error) {
 	req := &queue.RebuildRequest{Version: queue.RebuildVersion, Tenant: r.Tenant, System: r.System, DrvPath: r.DrvPath,
-		Outputs: slices.Sorted(mapValues(r.Outputs)), Closure: r.Closure, Requested: r.Requested}
+		Outputs: slices.Sorted(maps.Values(r.Outputs)), Closure: r.Closure, Requested: r.Requested}
 	action, pub, cpu, err := v.serve(ctx, req, usage.KindFarm)
 	if err == nil {
 		v.log().Info("farm build done", logKeyDrv, r.DrvPath, logKeyAction, action, logKeyTook, pub.Built, "cpu", cpu)
@@ -95,7 +96,7 @@ func (v *Volunteer) Validate() error { return v.validate() }
 // r is recorded already (farm.Worker.Skip): it rebuilt the derivation
 // for the pushers, and building a farm replica of it would add no vote.
 func (v *Volunteer) farmVoted(ctx context.Context, r *farm.Request) (bool, error) {
-	return v.voted(ctx, &queue.RebuildRequest{Tenant: r.Tenant, Outputs: slices.Sorted(mapValues(r.Outputs))})
+	return v.voted(ctx, &queue.RebuildRequest{Tenant: r.Tenant, Outputs: slices.Sorted(maps.Values(r.Outputs))})
 }
 
 // standing reads this volunteer's reputation as the pushers keep it
@@ -124,16 +125,6 @@ func (v *Volunteer) standing(ctx context.Context) (bool, string, error) {
 		why += "; quarantined since " + r.QuarantinedAt.UTC().Format(time.RFC3339)
 	}
 	return true, why, nil
-}
-
-func mapValues(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for _, v := range m {
-			if !yield(v) {
-				return
-			}
-		}
-	}
 }
 
 // tailLines is the last n non-empty lines of s.

@@ -172,9 +172,7 @@ func watchSet(ctx context.Context, g *globals, conn *queue.Conn, id string, asJS
 func printSetStatus(g *globals, st *farm.SetStatus, asJSON bool) error {
 	id := st.Set.ID
 	if asJSON {
-		enc := json.NewEncoder(g.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(st); err != nil {
+		if err := writeJSON(g, st); err != nil {
 			return err
 		}
 	} else {
@@ -252,9 +250,7 @@ func runFarmStats(ctx context.Context, g *globals, f *farmStatsFlags) error {
 		return err
 	}
 	if f.json {
-		enc := json.NewEncoder(g.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return writeJSON(g, st)
 	}
 	fmt.Fprintf(g.stdout, "farm of tenant %s since %s\n", st.Tenant, st.Since.Local().Format(time.DateTime))
 	for _, part := range []struct {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -116,9 +115,7 @@ func runSubmit(ctx context.Context, g *globals, f *submitFlags, targets []string
 		return err
 	}
 	if f.json && !f.watch {
-		enc := json.NewEncoder(g.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(sub)
+		return writeJSON(g, sub)
 	}
 	if !f.json {
 		fmt.Fprintf(g.stdout, "%s\n", sub.Set.ID)

@@ -5,6 +5,7 @@
 package page
 
 import (
+	"bytes"
 	"context"
 	"embed"
 	"errors"
@@ -193,14 +194,10 @@ func (h *handler) render(ctx context.Context) ([]byte, error) {
 	for _, o := range stats.Owners {
 		v.MaxBuild = max(v.MaxBuild, o.Builds)
 	}
-	var b pageBuffer
+	var b bytes.Buffer
 	if err := tmpl.Execute(&b, v); err != nil {
 		return nil, fmt.Errorf("render: %w", err)
 	}
-	h.page, h.rendered = b.buf, now
+	h.page, h.rendered = b.Bytes(), now
 	return h.page, nil
 }
-
-type pageBuffer struct{ buf []byte }
-
-func (p *pageBuffer) Write(b []byte) (int, error) { p.buf = append(p.buf, b...); return len(b), nil }
