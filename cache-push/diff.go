@@ -2,8 +2,12 @@ package cachepush
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
+	"io"
 	"slices"
 	"strings"
 	"time"
@@ -99,14 +103,14 @@ func DiffPath(ctx context.Context, kv KV, staging Staging, pol *policy.Policy, t
 
 // DiffNARs compares two staged NARs, streaming both from staging.
 func DiffNARs(ctx context.Context, staging Staging, a, b DiffNAR, o nardiff.Options) (*nardiff.Report, error) {
-	ra, _, err := staging.OpenStaged(ctx, a.StagingKey)
+	ra, err := openVoted(ctx, staging, a)
 	if err != nil {
-		return nil, fmt.Errorf("cachepush: diff: staged NAR %s of %s: %w", a.StagingKey, strings.Join(a.Builders, ","), err)
+		return nil, err
 	}
 	defer ra.Close()
-	rb, _, err := staging.OpenStaged(ctx, b.StagingKey)
+	rb, err := openVoted(ctx, staging, b)
 	if err != nil {
-		return nil, fmt.Errorf("cachepush: diff: staged NAR %s of %s: %w", b.StagingKey, strings.Join(b.Builders, ","), err)
+		return nil, err
 	}
 	defer rb.Close()
 	o.LabelA = narLabel(a)
@@ -115,7 +119,56 @@ func DiffNARs(ctx context.Context, staging Staging, a, b DiffNAR, o nardiff.Opti
 	if err != nil {
 		return r, fmt.Errorf("cachepush: diff %s: %w", strings.TrimPrefix(a.NarSHA256, "sha256:"), err)
 	}
+	// A report is evidence only of the NARs the votes name: a builder
+	// that voted one hash and staged other bytes would otherwise make
+	// up the differences (and the causes counted against the others).
+	if err := errors.Join(ra.check(), rb.check()); err != nil {
+		return nil, err
+	}
 	return r, nil
+}
+
+// ErrStagedMismatch: a staged NAR is not the one its vote names.
+var ErrStagedMismatch = errors.New("cachepush: staged NAR does not match its vote")
+
+// votedNAR reads a staged NAR while hashing it, to check it against the
+// vote that named it once the diff is done.
+type votedNAR struct {
+	io.ReadCloser
+	n   DiffNAR
+	h   hash.Hash
+	tee io.Reader
+	got uint64
+}
+
+func openVoted(ctx context.Context, staging Staging, n DiffNAR) (*votedNAR, error) {
+	rc, _, err := staging.OpenStaged(ctx, n.StagingKey)
+	if err != nil {
+		return nil, fmt.Errorf("cachepush: diff: staged NAR %s of %s: %w", n.StagingKey, strings.Join(n.Builders, ","), err)
+	}
+	v := &votedNAR{ReadCloser: rc, n: n, h: sha256.New()}
+	// One byte past the voted size is enough to tell it is longer.
+	v.tee = io.TeeReader(io.LimitReader(rc, int64(n.NarSize)+1), v.h)
+	return v, nil
+}
+
+func (v *votedNAR) Read(p []byte) (int, error) {
+	m, err := v.tee.Read(p)
+	v.got += uint64(m)
+	return m, err
+}
+
+// check reads what the diff left (it may stop early) and compares the
+// bytes with the vote's NAR hash and size.
+func (v *votedNAR) check() error {
+	if _, err := io.Copy(io.Discard, v); err != nil {
+		return fmt.Errorf("cachepush: diff: staged NAR %s: %w", v.n.StagingKey, err)
+	}
+	if got := hex.EncodeToString(v.h.Sum(nil)); v.got != v.n.NarSize || got != strings.TrimPrefix(v.n.NarSHA256, "sha256:") {
+		return fmt.Errorf("%w: %s staged by %s is %d bytes with sha256 %s, not NAR %s of %d bytes", ErrStagedMismatch,
+			v.n.StagingKey, strings.Join(v.n.Builders, ","), v.got, got, v.n.NarSHA256, v.n.NarSize)
+	}
+	return nil
 }
 
 func narLabel(n DiffNAR) string {

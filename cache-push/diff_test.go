@@ -1,6 +1,7 @@
 package cachepush
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -71,6 +72,20 @@ func TestDisputeExplained(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("missing %q in:\n%s", want, text)
 		}
+	}
+
+	// A builder that voted one NAR and staged other bytes under its key:
+	// the comparison is refused, not a report of made-up differences.
+	fake := fileNAR(t, "hello\nbuilt by nobody at all\n", false)
+	if err := cf.conn.DeleteStaged(testctx.New(t, 60*time.Second), pd.NARs[1].StagingKey); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cf.conn.Stage(testctx.New(t, 60*time.Second), pd.NARs[1].StagingKey, bytes.NewReader(fake)); err != nil {
+		t.Fatal(err)
+	}
+	pd, err = DiffPath(testctx.New(t, 60*time.Second), cf.conn, cf.conn, cf.pol, testTenant, path, nardiff.Options{})
+	if err != nil || len(pd.Comparisons) != 1 || pd.Comparisons[0].Report != nil || !strings.Contains(pd.Comparisons[0].Error, ErrStagedMismatch.Error()) {
+		t.Fatalf("diff with a staged NAR other than voted: %v %+v", err, pd.Comparisons)
 	}
 
 	// A staged NAR gone (expired, collected): the comparison says so.
