@@ -79,8 +79,12 @@ func (r *Registry) summaryBundle(ctx context.Context, img *image, sign bool) ([]
 		return nil, nil
 	}
 	ch := r.flight.DoChan("vsa:"+img.digest.Hex, func() (any, error) {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		// As long as computing the layers may take: checkLayers may.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.computeTimeout)
 		defer cancel()
+		if err := r.checkLayers(cctx, img); err != nil {
+			return nil, err
+		}
 		sum, err := r.imageSummary(cctx, img)
 		if err != nil {
 			return nil, err

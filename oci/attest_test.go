@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -293,5 +294,28 @@ func TestImageVSARefusesOtherPolicy(t *testing.T) {
 	}
 	if out, err := cosignVerify(t, ctx, a.pubPath, srv+"/"+repo(a.top)); err == nil {
 		t.Fatalf("cosign accepted:\n%s", out)
+	}
+}
+
+// TestImageVSARefusesForgedLayerRecord: a layer record in the store that
+// names the digest of another tar (planted by whoever can write the
+// store, not made from the NAR) gets the image no summary: the registry
+// computes each layer it did not compute itself before it signs.
+func TestImageVSARefusesForgedLayerRecord(t *testing.T) {
+	ctx := testctx.New(t, 5*time.Minute)
+	a := newAttested(t, ctx)
+	p := a.closure[len(a.closure)-1]
+	ni := readNarinfo(t, a.dir, p)
+	forged := sha256.Sum256([]byte("another tar"))
+	rec := fmt.Sprintf(`{"version":1,"storePath":%q,"narHash":%q,"digest":"sha256:%x","size":1024}`, p, ni.NarHash.String(), forged)
+	testcache.Write(t, a.dir, cachelayout.OCILayerKey(p), []byte(rec))
+	srv := serveSigning(t, a.dir, a.signer)
+	digest := strings.TrimSpace(run(t, ctx, testproc.Crane(t), "digest", "--insecure", srv+"/"+repo(a.top)))
+	code, body := status(t, "http://"+srv+"/v2/"+repo(a.top)+"/referrers/"+digest, "", "")
+	if code != http.StatusOK || !strings.Contains(body, `"manifests":[]`) {
+		t.Fatalf("referrers of an image with a forged layer record: %d %s, want an empty index", code, body)
+	}
+	if _, err := os.Stat(filepath.Join(a.dir, cachelayout.OCIVSAKey(strings.TrimPrefix(digest, "sha256:")))); !os.IsNotExist(err) {
+		t.Fatalf("an image summary was signed over a forged layer digest: %v", err)
 	}
 }

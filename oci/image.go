@@ -148,6 +148,7 @@ func (r *Registry) layerRecord(ctx context.Context, ni *narinfo.NarInfo) (*layer
 		if err != nil {
 			return nil, err
 		}
+		r.computed.Store(layerKey(ni), rec.Digest)
 		if err := writeRecord(cctx, r.st, cachelayout.OCILayerKey(ni.StorePath), rec); err != nil {
 			// Serving does not need the record stored; the next server
 			// will compute it again.

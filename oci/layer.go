@@ -168,6 +168,38 @@ func computeLayer(ctx context.Context, st store.Store, ni *narinfo.NarInfo) (*la
 	}, nil
 }
 
+// layerKey names the layer of ni's NAR in Registry.computed.
+func layerKey(ni *narinfo.NarInfo) string { return ni.StorePath + " " + ni.NarHash.String() }
+
+// checkLayers makes sure every layer digest of img is what its NAR
+// makes: the records the manifest was built from are read from the store,
+// and whoever can write there must not get the registry's signature on a
+// digest of another tar (it would vouch for that image wherever it is
+// copied). Layers this process computed are not computed again.
+func (r *Registry) checkLayers(ctx context.Context, img *image) error {
+	for _, l := range img.layers {
+		want := l.desc.Digest.String()
+		if d, ok := r.computed.Load(layerKey(l.ni)); ok && d == want {
+			continue
+		}
+		select {
+		case r.sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		rec, err := computeLayer(ctx, r.st, l.ni)
+		<-r.sem
+		if err != nil {
+			return fmt.Errorf("%w: layer of %s: %w", ErrNoSummary, l.ni.StorePath, err)
+		}
+		r.computed.Store(layerKey(l.ni), rec.Digest)
+		if rec.Digest != want {
+			return fmt.Errorf("%w: the layer record of %s names %s, but its NAR makes %s", ErrNoSummary, l.ni.StorePath, want, rec.Digest)
+		}
+	}
+	return nil
+}
+
 // readLayerRecord returns the stored record of ni, or nil when there is
 // none or it is stale.
 func readLayerRecord(ctx context.Context, st store.Store, ni *narinfo.NarInfo) (*layerRecord, error) {

@@ -35,6 +35,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -85,11 +86,15 @@ type Registry struct {
 	maxClosure     int
 	computeTimeout time.Duration
 	sem            chan struct{}
-	flight         singleflight.Group
-	cache          *imageCache
-	signer         *vsa.Signer
-	verifier       *vsa.Verifier // of the paths' summaries, with signer's key
-	publicURL      string
+	// computed holds the layer digests this process made from the NARs
+	// (layerKey → digest): the ones a summary may vouch for without
+	// computing them again (checkLayers).
+	computed  sync.Map
+	flight    singleflight.Group
+	cache     *imageCache
+	signer    *vsa.Signer
+	verifier  *vsa.Verifier // of the paths' summaries, with signer's key
+	publicURL string
 }
 
 // New returns the registry of the cache in st. It writes to st only
