@@ -17,6 +17,12 @@ import (
 // are always named: they decide the status).
 const maxPaths = 1000
 
+// maxNamed bounds the paths a record names whatever their verdict, so it
+// stays within a KV value: a builder allowed for a repository could send
+// disputed or never-complete paths without end. Past it, verdicts are
+// only counted (Counted), and a counted failure stays.
+const maxNamed = 4 * maxPaths
+
 // record is what one commit built for one system, as the pushers decided
 // it: stored under queue.ForgeStatusKey.
 type record struct {
@@ -25,6 +31,9 @@ type record struct {
 	Gen   uint64                 `json:"gen"`
 	Paths map[string]pathVerdict `json:"paths"`
 	More  int                    `json:"more,omitempty"`
+	// Counted are the disputed and incomplete verdicts past maxNamed, by
+	// kind.
+	Counted map[string]int `json:"counted,omitempty"`
 }
 
 // pathVerdict is the verdict on one path: its kind (an event kind) and
@@ -56,9 +65,15 @@ func (r *record) merge(storePath string, v pathVerdict) bool {
 	if ok && (old == v || (old.Kind == queue.EventPublished && v.Kind != queue.EventPublished)) {
 		return false
 	}
-	if !ok && len(r.Paths) >= maxPaths && v.Kind == queue.EventPublished {
+	switch {
+	case !ok && len(r.Paths) >= maxPaths && v.Kind == queue.EventPublished:
 		r.More++
-	} else {
+	case !ok && len(r.Paths) >= maxNamed:
+		if r.Counted == nil {
+			r.Counted = map[string]int{}
+		}
+		r.Counted[v.Kind]++
+	default:
 		r.Paths[storePath] = v
 	}
 	r.Gen++
@@ -82,8 +97,19 @@ func (r *record) status(system, cacheURL string) forgeapi.Status {
 	counts[queue.EventPublished] += r.More
 	total := len(r.Paths) + r.More
 	v := r.Paths[worst]
+	for k, n := range r.Counted {
+		counts[k] += n
+		total += n
+		if rank(k) > rank(v.Kind) {
+			// Only counted: no path to name.
+			worst, v = "", pathVerdict{Kind: k, Note: fmt.Sprintf("%d paths past the %d a status names", n, maxNamed)}
+		}
+	}
 	s := forgeapi.Status{System: system}
-	name := storeName(worst)
+	name := "others"
+	if worst != "" {
+		name = storeName(worst)
+	}
 	switch v.Kind {
 	case queue.EventPublished:
 		s.State = forgeapi.StateSuccess
@@ -105,7 +131,7 @@ func (r *record) status(system, cacheURL string) forgeapi.Status {
 		}
 	}
 	s.Description = forgeapi.Truncate(s.Description, forgeapi.MaxDescription)
-	if cacheURL != "" && v.Kind != queue.EventDisputed {
+	if cacheURL != "" && v.Kind != queue.EventDisputed && worst != "" {
 		s.TargetURL = cacheURL + "/" + cachelayout.ProvenanceKey(worst)
 	}
 	return s

@@ -1,6 +1,7 @@
 package forgestatus
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -62,6 +63,30 @@ func TestRecordBounded(t *testing.T) {
 	}
 	r.merge("/nix/store/"+strings.Repeat("b", 32)+"-bad", pathVerdict{Kind: queue.EventDisputed, Note: "no"})
 	if s := r.status("x86_64-linux", ""); s.State != forgeapi.StateFailure || !strings.HasPrefix(s.Description, "1 of 1011 paths disputed; bad") {
+		t.Errorf("%+v", s)
+	}
+}
+
+// TestRecordBoundedAnyKind: a builder sending paths that never complete
+// (or are disputed) without end does not grow the record past maxNamed
+// names; the rest are counted, and a counted dispute still decides the
+// status.
+func TestRecordBoundedAnyKind(t *testing.T) {
+	var r record
+	name := func(i int) string {
+		return fmt.Sprintf("/nix/store/%032d-p", i)
+	}
+	for i := range maxNamed + 7 {
+		r.merge(name(i), pathVerdict{Kind: "incomplete", Note: "waits"})
+	}
+	for i := range 5 {
+		r.merge(name(maxNamed+100+i), pathVerdict{Kind: queue.EventDisputed, Note: "no"})
+	}
+	if len(r.Paths) != maxNamed || r.Counted["incomplete"] != 7 || r.Counted[queue.EventDisputed] != 5 {
+		t.Fatalf("%d named, counted %v", len(r.Paths), r.Counted)
+	}
+	s := r.status("x86_64-linux", "https://cache.example")
+	if s.State != forgeapi.StateFailure || !strings.HasPrefix(s.Description, fmt.Sprintf("5 of %d paths disputed; others:", maxNamed+12)) || s.TargetURL != "" {
 		t.Errorf("%+v", s)
 	}
 }
