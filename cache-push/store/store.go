@@ -229,19 +229,12 @@ func keyByte(c byte) bool {
 // error so that a failed Put leaves nothing behind. ctx is checked between
 // chunks, so a cancelled Put of a long stream stops early.
 func Put(ctx context.Context, s Store, key string, r io.Reader) error {
-	// Check the key first so that a bad key costs no copy.
-	if err := ValidKey(key); err != nil {
+	o, err := Write(ctx, s, key, r) // checks the key before any copy
+	if err != nil {
 		return err
 	}
-	p, err := s.Create(ctx)
-	if err != nil {
-		return fmt.Errorf("store: put %s: %w", key, err)
-	}
-	defer p.Abort()
-	if err := copyTo(ctx, p, r); err != nil {
-		return fmt.Errorf("store: put %s: %w", key, err)
-	}
-	if err := p.Commit(ctx, key); err != nil {
+	defer o.Pending.Abort()
+	if err := o.Pending.Commit(ctx, key); err != nil {
 		return fmt.Errorf("store: put %s: %w", key, err)
 	}
 	return nil

@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -126,15 +125,6 @@ func BenchmarkResultsCluster(b *testing.B) {
 	b.ReportMetric(cpu(2), "embedded-nogroup-cpu-ms/result")
 }
 
-// processCPU is the CPU time this process has used so far.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // loadAvg is the machine's load average, to report with each figure.
 func loadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
@@ -240,7 +230,7 @@ func benchPushRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest.
 	}
 	defer rsub.Unsubscribe()
 
-	start, startCPU := time.Now(), processCPU(b)
+	start, startCPU := time.Now(), selfCPU(b)
 	if dir := os.Getenv("PROVENIX_BENCH_STACKS"); dir != "" {
 		// Poor man's wall-clock profile: where the handlers wait.
 		stop := make(chan struct{})
@@ -283,5 +273,5 @@ func benchPushRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest.
 		defer mu.Unlock()
 		b.Fatalf("%d of %d results published after 5 minutes", len(seen), len(rs))
 	}
-	return time.Since(start), processCPU(b) - startCPU
+	return time.Since(start), selfCPU(b) - startCPU
 }

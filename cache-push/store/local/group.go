@@ -123,29 +123,29 @@ func (s *Store) syncDirShared(dir string) error {
 	return s.group.sync(dir)
 }
 
-// run makes r durable: fsync of every file, then for each stage the
-// renames and the fsync of each directory they touched. On failure it
-// stops; the files not renamed yet are removed.
-func (s *Store) run(r *request) {
+// commit makes r durable and returns its outcome: fsync of every file,
+// then for each stage the renames and the fsync of each directory they
+// touched. On failure it stops; the files not renamed yet are removed.
+func (s *Store) commit(r *request) error {
 	s.syncFiles(r)
 	for _, stage := range r.stages {
 		if r.err != nil {
-			return
+			return r.err
 		}
 		if err := r.ctx.Err(); err != nil {
 			r.fail(fmt.Errorf("local store: commit %s: %w", stage[0].key, err))
-			return
+			return r.err
 		}
 		var dirs []string
 		for _, it := range stage {
 			dirty, err := s.mkdirs(path.Dir(it.key))
 			if err != nil {
 				r.fail(fmt.Errorf("local store: commit %s: %w", it.key, s.noSpace(err)))
-				return
+				return r.err
 			}
 			if err := os.Rename(it.tmp, it.name); err != nil {
 				r.fail(fmt.Errorf("local store: commit %s: %w", it.key, s.noSpace(err)))
-				return
+				return r.err
 			}
 			it.renamed = true
 			for _, d := range append(dirty, filepath.Dir(it.name)) {
@@ -160,10 +160,11 @@ func (s *Store) run(r *request) {
 		for _, d := range dirs {
 			if err := s.syncDirShared(d); err != nil {
 				r.fail(fmt.Errorf("local store: commit: %w", err))
-				return
+				return r.err
 			}
 		}
 	}
+	return r.err
 }
 
 // syncFiles fsyncs and closes every file of r: the data must be on disk
@@ -260,10 +261,4 @@ func (s *Store) CommitGroup(ctx context.Context, stages ...[]store.Object) error
 		return err
 	}
 	return s.commit(r)
-}
-
-// commit makes r durable.
-func (s *Store) commit(r *request) error {
-	s.run(r)
-	return r.err
 }

@@ -7,9 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
+	"testing/synctest"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/storetest"
@@ -18,15 +19,21 @@ import (
 // TestDirSyncsShare: the Commits that renamed into a directory while its
 // fsync ran share the next one.
 func TestDirSyncsShare(t *testing.T) {
+	// In a bubble, synctest.Wait returns once every waiter is blocked
+	// behind the running fsync: no sleep that a loaded machine outruns.
+	synctest.Test(t, testDirSyncsShare)
+}
+
+func testDirSyncsShare(t *testing.T) {
 	dir := t.TempDir()
 	first := make(chan struct{})
 	release := make(chan struct{})
-	var once sync.Once
+	var calls atomic.Int32
 	g := &dirSyncs{fsync: func(d string) error {
-		once.Do(func() {
+		if calls.Add(1) == 1 {
 			close(first)
 			<-release // the first fsync runs until all others wait
-		})
+		}
 		return syncDir(d)
 	}}
 	var wg sync.WaitGroup
@@ -45,7 +52,7 @@ func TestDirSyncsShare(t *testing.T) {
 		})
 	}
 	// Let them all queue behind the running fsync.
-	time.Sleep(100 * time.Millisecond)
+	synctest.Wait()
 	g.mu.Lock()
 	d := g.m[dir]
 	g.mu.Unlock()
