@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
@@ -157,5 +158,49 @@ func TestQuarantinedVoteRejected(t *testing.T) {
 	}
 	if !cf.isVisible(t, top) {
 		t.Fatal("two agreeing builders in good standing, not published")
+	}
+}
+
+// TestVoteVoidedByLaterQuarantine: a builder quarantined after it voted
+// (its vote counted as one of the farm's replicas) no longer counts.
+// When the next vote on that path leaves the tally waiting, the voided
+// vote is announced as rejected (reason quarantined, naming its
+// builder), so the farm dispatches another replica instead of waiting
+// for ever (seen in TestFarmAccept: a set stalled with one honest vote
+// and one voided liar's vote).
+func TestVoteVoidedByLaterQuarantine(t *testing.T) {
+	cf := newClosureFixture(t, "quorum: {min: 2}\n", 3, nil)
+	ctx := testctx.New(t, 60*time.Second)
+	r, d := cf.result(t, drvResult{name: "top", builder: "b2", nar: narOf(t, "liar")})
+	cf.process(t, r, d)
+	rec, err := json.Marshal(Reputation{Builder: "b2", Disagreements: 3, Quarantined: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cf.conn.KVPut(ctx, queue.BucketBuilders, queue.BuilderKey("b2"), rec); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(repCacheTTL + 100*time.Millisecond) // the pusher read b2's record when it voted
+	r, d = cf.result(t, drvResult{name: "top", builder: "b0"})
+	cf.process(t, r, d)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		cf.mu.Lock()
+		found := slices.ContainsFunc(cf.events, func(m *nats.Msg) bool {
+			var rej Rejection
+			return strings.HasSuffix(m.Subject, "."+queue.EventRejected) && json.Unmarshal(m.Data, &rej) == nil &&
+				rej.Builder == "b2" && rej.Reason == ReasonQuarantined && rej.DrvPath == storePath("top.drv")
+		})
+		cf.mu.Unlock()
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no rejection of b2's voided vote: the farm would wait for it for ever")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if cf.isVisible(t, storePath("top")) {
+		t.Fatal("published on one counted vote")
 	}
 }

@@ -1,6 +1,7 @@
 package cachepush
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -371,6 +372,9 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		// that whoever asked for this build (the farm) asks another.
 		return 0, false, rejected(ReasonQuarantined, fmt.Errorf("%s: builder %s is quarantined; its vote is not counted", out.Path, v.BuilderID))
 	}
+	if t.Verdict == VerdictPending || t.Verdict == VerdictDisputed {
+		p.voided(ctx, r.Tenant, v.DrvPath, v.BuilderID, votes, t)
+	}
 	switch t.Verdict {
 	case VerdictPending:
 		return outPending, true, nil
@@ -399,6 +403,25 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 		return 0, false, rejected(ReasonConflict, fmt.Errorf("%s: this answer (NAR %s, its size and references) is in the minority; NAR %s (%s) won", out.Path, vote.NarSHA256, t.Winner, t.Verdict))
 	}
 	return oc, false, nil
+}
+
+// voided announces the votes of builders quarantined after they voted
+// (t.Ignored, other than voter's): each was counted as a replica by
+// whoever asked for it (the farm) and now counts for nothing, while the
+// tally still waits. Without a rejection event for each, the farm waits
+// forever for a replica that was built and will never count, and a
+// dispute among the counted votes asks for too few replicas. A
+// redelivered or repeated event changes nothing there.
+func (p *Pusher) voided(ctx context.Context, tenant, drv, voter string, votes []Vote, t Tally) {
+	for _, v := range votes {
+		if v.Builder == voter || !slices.Contains(t.Ignored, v.Builder) {
+			continue
+		}
+		p.log.Info("vote of a builder quarantined since counts for nothing", "path", v.StorePath, "builder", v.Builder)
+		p.event(ctx, tenant, queue.EventRejected, Rejection{Time: time.Now().UTC(), MsgID: v.MsgID, Tenant: tenant,
+			Builder: v.Builder, DrvPath: cmp.Or(v.DrvPath, drv), System: v.System, Reason: ReasonQuarantined,
+			Error: fmt.Sprintf("%s: builder %s was quarantined after it voted; its vote is not counted", v.StorePath, v.Builder)})
+	}
 }
 
 // publishAgreed writes the winning NAR into the cache, or adds newly

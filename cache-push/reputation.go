@@ -224,14 +224,17 @@ func (p *Pusher) addAgreement(ctx context.Context, builder string) {
 	}
 }
 
-// reputation returns builder's record, at most repTTL old: it is read on
-// every vote and changes rarely. A builder without one has a zero record.
+// repCacheTTL is how long a pusher trusts a builder's record it read.
+const repCacheTTL = 2 * time.Second
+
+// reputation returns builder's record, at most repCacheTTL old: it is
+// read on every vote and changes rarely. A builder without one has a zero
+// record.
 func (p *Pusher) reputation(ctx context.Context, builder string) Reputation {
-	const repTTL = 2 * time.Second
 	p.repMu.Lock()
 	c, ok := p.repCache[builder]
 	p.repMu.Unlock()
-	if ok && time.Since(c.at) < repTTL {
+	if ok && time.Since(c.at) < repCacheTTL {
 		return c.rep
 	}
 	rep := Reputation{Builder: builder}
