@@ -97,22 +97,32 @@ func ClearQuarantine(ctx context.Context, kv KV, builder string) error {
 	return err
 }
 
+// storedVote is the vote a handler stored, at the revision it stored it
+// (0 when unknown).
+type storedVote struct {
+	vote Vote
+	rev  uint64
+}
+
 // countReputation adds each decided, not yet counted vote to its
 // builder's record, and quarantines builders too often in the minority.
-func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, t Tally) {
+// own is the vote this handler stored.
+func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, t Tally, own storedVote) {
 	rule := p.cfg.Policy.Reputation
 	mark := func(v Vote, agreed bool) {
 		key := queue.VoteKey(tenant, storePath, v.Builder)
-		counted := false
-		err := p.cfg.KV.KVUpdate(ctx, queue.BucketVotes, key, func(old []byte) ([]byte, error) {
-			var cur Vote
-			if old == nil || json.Unmarshal(old, &cur) != nil || cur.Counted != "" || cur.Answer() != v.Answer() {
-				return nil, nil // gone, replaced or counted already
-			}
-			cur.Counted = t.Winner
-			counted = true
-			return json.Marshal(cur)
-		})
+		counted, err := p.markOwn(ctx, key, v, own, t.Winner)
+		if !counted && (err == nil || errors.Is(err, queue.ErrRevisionChanged)) {
+			err = p.cfg.KV.KVUpdate(ctx, queue.BucketVotes, key, func(old []byte) ([]byte, error) {
+				var cur Vote
+				if old == nil || json.Unmarshal(old, &cur) != nil || cur.Counted != "" || cur.Answer() != v.Answer() {
+					return nil, nil // gone, replaced or counted already
+				}
+				cur.Counted = t.Winner
+				counted = true
+				return json.Marshal(cur)
+			})
+		}
 		if err != nil || !counted {
 			return
 		}
@@ -145,6 +155,29 @@ func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, 
 	for _, v := range t.Minority {
 		mark(v, false)
 	}
+}
+
+// markOwn marks v counted (for winner) when it is the vote this handler
+// stored, as KVUpdate in countReputation would, without reading it back:
+// the store takes it only if the key is still at the revision stored, so
+// still holds exactly own.vote (not counted, the same answer). It reports
+// false with a nil error when v is not that vote, and
+// queue.ErrRevisionChanged when the key changed since: the caller then
+// reads the key.
+func (p *Pusher) markOwn(ctx context.Context, key string, v Vote, own storedVote, winner string) (bool, error) {
+	if own.rev == 0 || v.Builder != own.vote.Builder || own.vote.Counted != "" || v.Answer() != own.vote.Answer() {
+		return false, nil
+	}
+	cur := own.vote
+	cur.Counted = winner
+	b, err := json.Marshal(cur)
+	if err != nil {
+		return false, err
+	}
+	if err := p.cfg.KV.KVUpdateAt(ctx, queue.BucketVotes, key, b, own.rev); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // updateReputation applies f to builder's record (a zero one when it has
