@@ -399,7 +399,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	if t.Verdict == VerdictAgreed {
 		// Reputation counts only decided votes: agreement with the
 		// published NAR, or disagreement with it.
-		p.countReputation(ctx, r.Tenant, out.Path, t, storedVote{vote: vote, rev: rev})
+		p.countReputation(ctx, r.Tenant, out.Path, t, storedVote{vote: vote, rev: rev, json: first})
 		p.releaseEvidence(ctx, r.Tenant, out.Path, t)
 	}
 	if vote.Answer() != t.Answer {

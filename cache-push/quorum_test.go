@@ -166,10 +166,14 @@ func TestCountOwnVoteAtItsRevision(t *testing.T) {
 	vote := Vote{Tenant: testTenant, StorePath: path, Builder: testBuilder, NarSHA256: strings.Repeat("a", 64), NarSize: 1,
 		Bundle: json.RawMessage(`{}`), Time: time.Now().UTC()}
 	key := queue.VoteKey(testTenant, path, testBuilder)
+	first, err := json.Marshal(vote)
+	if err != nil {
+		t.Fatal(err)
+	}
 	count := func(rev uint64) {
 		t.Helper()
 		t0 := Tally{Verdict: VerdictAgreed, Winner: vote.NarSHA256, Agreeing: []Vote{vote}}
-		f.pusher.countReputation(ctx, testTenant, path, t0, storedVote{vote: vote, rev: rev})
+		f.pusher.countReputation(ctx, testTenant, path, t0, storedVote{vote: vote, rev: rev, json: first})
 	}
 	stored := func() Vote {
 		t.Helper()
@@ -183,8 +187,7 @@ func TestCountOwnVoteAtItsRevision(t *testing.T) {
 		}
 		return v
 	}
-	b, _ := json.Marshal(vote)
-	rev, err := f.conn.KVCreate(ctx, queue.BucketVotes, key, b)
+	rev, err := f.conn.KVCreate(ctx, queue.BucketVotes, key, first)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,14 +204,13 @@ func TestCountOwnVoteAtItsRevision(t *testing.T) {
 	if err := f.conn.KVDelete(ctx, queue.BucketVotes, key); err != nil {
 		t.Fatal(err)
 	}
-	b, _ = json.Marshal(vote)
-	rev, err = f.conn.KVCreate(ctx, queue.BucketVotes, key, b)
+	rev, err = f.conn.KVCreate(ctx, queue.BucketVotes, key, first)
 	if err != nil {
 		t.Fatal(err)
 	}
 	other := vote
 	other.NarSHA256 = strings.Repeat("b", 64)
-	b, _ = json.Marshal(other)
+	b, _ := json.Marshal(other)
 	if err := f.conn.KVPut(ctx, queue.BucketVotes, key, b); err != nil {
 		t.Fatal(err)
 	}
@@ -218,5 +220,36 @@ func TestCountOwnVoteAtItsRevision(t *testing.T) {
 	}
 	if r, _ := GetReputation(ctx, f.conn, testBuilder); r.Agreements != 1 {
 		t.Fatalf("reputation counted a vote that was replaced: %+v", r)
+	}
+}
+
+// TestCountedJSON: the counted vote's JSON made from the stored one is
+// what json.Marshal makes of the vote marked counted, whatever fields it
+// has set: a field added after Counted, or Counted's tag changed, fails
+// here rather than storing a vote that reads back differently.
+func TestCountedJSON(t *testing.T) {
+	full := Vote{Tenant: testTenant, StorePath: storePath("c"), DrvPath: storePath("c.drv"), System: "x86_64-linux", Builder: testBuilder,
+		NarSHA256: strings.Repeat("a", 64), NarSize: 7, References: []string{storePath("r")}, StagingKey: "nar/x", NixSig: "k:sig",
+		Bundle: json.RawMessage(`{"a": [1, 2]}`), Time: time.Now().UTC(), MsgID: "m"}
+	for _, v := range []Vote{full, {Bundle: json.RawMessage(`{}`)}} {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := countedJSON(b, "wins \"quoted\"")
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.Counted = "wins \"quoted\""
+		want, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("counted vote\n%s\nwant\n%s", got, want)
+		}
+	}
+	if _, err := countedJSON(nil, "w"); err == nil {
+		t.Error("no JSON marked counted")
 	}
 }

@@ -98,10 +98,11 @@ func ClearQuarantine(ctx context.Context, kv KV, builder string) error {
 }
 
 // storedVote is the vote a handler stored, at the revision it stored it
-// (0 when unknown).
+// (0 when unknown), and the JSON it stored.
 type storedVote struct {
 	vote Vote
 	rev  uint64
+	json []byte
 }
 
 // countReputation adds each decided, not yet counted vote to its
@@ -165,12 +166,10 @@ func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, 
 // queue.ErrRevisionChanged when the key changed since: the caller then
 // reads the key.
 func (p *Pusher) markOwn(ctx context.Context, key string, v Vote, own storedVote, winner string) (bool, error) {
-	if own.rev == 0 || v.Builder != own.vote.Builder || own.vote.Counted != "" || v.Answer() != own.vote.Answer() {
+	if own.rev == 0 || own.json == nil || v.Builder != own.vote.Builder || own.vote.Counted != "" || v.Answer() != own.vote.Answer() {
 		return false, nil
 	}
-	cur := own.vote
-	cur.Counted = winner
-	b, err := json.Marshal(cur)
+	b, err := countedJSON(own.json, winner)
 	if err != nil {
 		return false, err
 	}
@@ -178,6 +177,30 @@ func (p *Pusher) markOwn(ctx context.Context, key string, v Vote, own storedVote
 		return false, err
 	}
 	return true, nil
+}
+
+// countedJSON is the JSON of a vote marked counted for winner, made from
+// b, its JSON unmarked: Counted is Vote's last field and omitted when
+// empty, so it is b with the field added, and the vote's bundle (most
+// of its bytes) is not encoded again. TestCountedJSON holds it to
+// json.Marshal.
+func countedJSON(b []byte, winner string) ([]byte, error) {
+	if winner == "" || len(b) < 2 || b[len(b)-1] != '}' {
+		return nil, fmt.Errorf("mark vote counted: not a vote's JSON, or no winner")
+	}
+	w, err := json.Marshal(winner)
+	if err != nil {
+		return nil, err
+	}
+	sep := ","
+	if len(b) == 2 {
+		sep = ""
+	}
+	out := make([]byte, 0, len(b)+len(w)+16)
+	out = append(out, b[:len(b)-1]...)
+	out = append(out, sep+`"counted":`...)
+	out = append(out, w...)
+	return append(out, '}'), nil
 }
 
 // updateReputation applies f to builder's record (a zero one when it has
