@@ -216,14 +216,31 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 	for i, w := range want {
 		digests[i] = w.NarHash
 	}
-	claimed := func(env *bundle.Envelope) (string, error) { return claimedBuilder(env) }
+	// A keyless bundle's provenance is read before its signature is
+	// checked, for the identities of the builder it claims. The
+	// signature is then checked over the payload read, the same bytes:
+	// once it verifies, that reading is the verified provenance, and
+	// is not read again.
+	var pre *Provenance
+	claimed := func(env *bundle.Envelope) (string, error) {
+		prov, err := claimedProvenance(env)
+		if err != nil {
+			return "", err
+		}
+		pre = prov
+		return prov.BuilderID, nil
+	}
 	diagnose := func(st *intoto.Statement) error { return diagnoseDigests(st, want) }
-	s, env, err := v.verifySigned(e, digests, claimed, diagnose)
+	s, err := v.verifySigned(e, digests, claimed, diagnose)
 	if err != nil {
 		return nil, err
 	}
 	tb, keyID := s.Signer, s.KeyID
-	prov, err := parseStatement(s.Statement, predicateJSON(env))
+	prov := pre
+	if prov == nil {
+		// s.Predicate is the verified payload's predicate, read once.
+		prov, err = parseStatement(s.Statement, s.Predicate)
+	}
 	if err != nil {
 		if errors.Is(err, ErrPredicateType) {
 			// Maybe a valid statement of another kind the same key signs:
@@ -284,8 +301,7 @@ func (v *Verifier) VerifyStatement(bundleJSON []byte, digests [][32]byte, claime
 		}
 		return nil
 	}
-	s, _, err := v.verifySigned(&b, digests, claimed, diagnose)
-	return s, err
+	return v.verifySigned(&b, digests, claimed, diagnose)
 }
 
 func hasDigest(st *intoto.Statement, d [32]byte) bool {
@@ -301,21 +317,21 @@ func hasDigest(st *intoto.Statement, d [32]byte) bool {
 // for any predicate. claimed names the signer id a keyless bundle claims;
 // diagnose turns a failed verification of a readable Statement into a
 // more precise error, or returns nil.
-func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claimed func(*bundle.Envelope) (string, error), diagnose func(*intoto.Statement) error) (*Signed, *bundle.Envelope, error) {
+func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claimed func(*bundle.Envelope) (string, error), diagnose func(*intoto.Statement) error) (*Signed, error) {
 	if len(sha256s) == 0 {
-		return nil, nil, errors.New("attest: verify needs at least one expected subject digest")
+		return nil, errors.New("attest: verify needs at least one expected subject digest")
 	}
 	sc, err := e.SignatureContent()
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
 	}
 	env, ok := sc.(*bundle.Envelope)
 	if !ok || env == nil || env.Envelope == nil {
-		return nil, nil, fmt.Errorf("%w: not a DSSE envelope bundle", ErrMalformedBundle)
+		return nil, fmt.Errorf("%w: not a DSSE envelope bundle", ErrMalformedBundle)
 	}
 	vc, err := e.VerificationContent()
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
 	}
 	digests := make([]verify.ArtifactDigest, len(sha256s))
 	for i := range sha256s {
@@ -333,7 +349,7 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claim
 		keyID = vc.PublicKey().Hint()
 		var ok bool
 		if tb, ok = v.byKeyID[keyID]; !ok {
-			return nil, nil, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
+			return nil, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
 		}
 		sigVer, policy = v.sig, verify.NewPolicy(verify.WithArtifactDigests(digests), verify.WithKey())
 		if v.sigTlog != nil {
@@ -344,10 +360,10 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claim
 		// claim is checked again once the signature verifies.
 		claimed, err := claimed(env)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if ids = v.identitiesFor(claimed); len(ids) == 0 {
-			return nil, nil, fmt.Errorf("%w: bundle claims builder %q, for which no keyless identity is trusted", ErrUntrustedBuilder, claimed)
+			return nil, fmt.Errorf("%w: bundle claims builder %q, for which no keyless identity is trusted", ErrUntrustedBuilder, claimed)
 		}
 		opts := []verify.PolicyOption{}
 		for _, id := range ids {
@@ -355,38 +371,38 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claim
 		}
 		sigVer, policy = v.keyless, verify.NewPolicy(verify.WithArtifactDigests(digests), opts...)
 	case vc.Certificate() != nil:
-		return nil, nil, fmt.Errorf("%w: bundle is signed keylessly and no certificate identities are trusted", ErrUnknownSigner)
+		return nil, fmt.Errorf("%w: bundle is signed keylessly and no certificate identities are trusted", ErrUnknownSigner)
 	default:
-		return nil, nil, fmt.Errorf("%w: bundle carries neither a public key hint nor a certificate", ErrUnknownSigner)
+		return nil, fmt.Errorf("%w: bundle carries neither a public key hint nor a certificate", ErrUnknownSigner)
 	}
 	res, err := sigVer.Verify(e, policy)
 	if err != nil {
 		if st, serr := env.Statement(); serr == nil {
 			if derr := diagnose(st); derr != nil {
-				return nil, nil, derr
+				return nil, derr
 			}
 		}
 		if vc.Certificate() != nil && strings.Contains(err.Error(), "certificate identit") {
-			return nil, nil, fmt.Errorf("%w: %w", ErrUnknownSigner, err)
+			return nil, fmt.Errorf("%w: %w", ErrUnknownSigner, err)
 		}
 		if sigVer == v.sigTlog && v.sigTlog != nil {
 			if terr := v.diagnoseTlog(e, policy, err); terr != nil {
-				return nil, nil, terr
+				return nil, terr
 			}
 		}
-		return nil, nil, fmt.Errorf("%w: %w", ErrSignature, err)
+		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
 	if res.Statement == nil {
-		return nil, nil, fmt.Errorf("%w: payload is not an in-toto statement", ErrMalformedBundle)
+		return nil, fmt.Errorf("%w: payload is not an in-toto statement", ErrMalformedBundle)
 	}
 	if vc.Certificate() != nil {
 		id, err := matchIdentity(res, ids)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		tb, keyID = TrustedBuilder{ID: id.ID}, id.String()
 	}
-	return &Signed{Statement: res.Statement, Predicate: predicateJSON(env), Signer: tb, KeyID: keyID}, env, nil
+	return &Signed{Statement: res.Statement, Predicate: predicateJSON(env), Signer: tb, KeyID: keyID}, nil
 }
 
 func checkSubjects(have []Output, want []Subject) error {
@@ -441,6 +457,12 @@ func InspectUnverified(bundleJSON []byte) (*Provenance, error) {
 	if err != nil || env == nil {
 		return nil, fmt.Errorf("%w: not a DSSE envelope bundle", ErrMalformedBundle)
 	}
+	return claimedProvenance(env)
+}
+
+// claimedProvenance reads an envelope's (not yet verified) provenance,
+// whose builder id says whose identities may have signed it.
+func claimedProvenance(env *bundle.Envelope) (*Provenance, error) {
 	st, err := env.Statement()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
@@ -450,23 +472,10 @@ func InspectUnverified(bundleJSON []byte) (*Provenance, error) {
 
 // predicateJSON returns the raw predicate of an envelope's payload, or nil.
 // The signature covers the payload bytes, so this is the signed predicate;
-// and sigstore-go's strict protojson decode of the same payload has already
-// refused duplicate or unknown keys, so encoding/json's lenient key
-// matching cannot pick a different "predicate" than the one verified.
-// claimedBuilder reads the builder id an envelope's (not yet verified)
-// statement claims.
-func claimedBuilder(env *bundle.Envelope) (string, error) {
-	st, err := env.Statement()
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrMalformedBundle, err)
-	}
-	prov, err := parseStatement(st, predicateJSON(env))
-	if err != nil {
-		return "", err
-	}
-	return prov.BuilderID, nil
-}
-
+// and sigstore-go's strict protojson decode of the same payload (or
+// env.Statement's, the same) has already refused duplicate or unknown
+// keys, so encoding/json's lenient key matching cannot pick a different
+// "predicate" than the one verified.
 func predicateJSON(env *bundle.Envelope) []byte {
 	payload, err := env.DecodeB64Payload()
 	if err != nil {

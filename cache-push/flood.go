@@ -124,10 +124,24 @@ func routingBuilder(data []byte) string {
 	if json.Unmarshal(data, &r) != nil {
 		return ""
 	}
-	if len(r.Builder) > 256 {
-		return r.Builder[:256]
+	return routingID(r.Builder)
+}
+
+// routingBuilderOf is routingBuilder for a message already decoded into
+// r (nil when it did not decode): the same field, read once. The
+// signature is checked later; this is still scheduling only.
+func routingBuilderOf(r *queue.Result, data []byte) string {
+	if r == nil {
+		return routingBuilder(data)
 	}
-	return r.Builder
+	return routingID(r.Builder)
+}
+
+func routingID(b string) string {
+	if len(b) > 256 {
+		return b[:256]
+	}
+	return b
 }
 
 // acquire takes one of builder's handler slots, or reports false when the

@@ -492,3 +492,29 @@ func TestBuilderShare(t *testing.T) {
 		t.Fatal("a suspect builder's share is not 2 of 4")
 	}
 }
+
+// TestRoutingBuilderOnce: Handle reads the builder that schedules a
+// result from the result it decodes once, and gets the id routingBuilder
+// reads from the raw message, decodable or not.
+func TestRoutingBuilderOnce(t *testing.T) {
+	signer, err := attest.GenerateKeyFiles(filepath.Join(t.TempDir(), "builder"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, valid := signed(t, signer, testBuilder, "routing", "nar/x", nil, nil)
+	long := strings.Repeat("b", 300)
+	for name, data := range map[string][]byte{
+		"valid":        valid,
+		"undecodable":  []byte(`{"builder":"` + long + `","version":"x"}`),
+		"unknownField": []byte(`{"builder":"mallory","surprise":1}`),
+		"junk":         []byte(`not json`),
+	} {
+		r, _ := queue.DecodeResult(data)
+		if got, want := routingBuilderOf(r, data), routingBuilder(data); got != want {
+			t.Errorf("%s: scheduled as %q, the raw message names %q", name, got, want)
+		}
+	}
+	if r, err := queue.DecodeResult(valid); err != nil || routingBuilderOf(r, valid) != testBuilder {
+		t.Fatalf("valid result scheduled as %q (decode: %v)", routingBuilderOf(r, valid), err)
+	}
+}

@@ -19,9 +19,15 @@ import (
 // marked queue.ErrPermanent when it must never be retried, and any other
 // error when it may succeed later.
 func (p *Pusher) Process(ctx context.Context, subject string, data []byte, msgID string) error {
+	r, err := queue.DecodeResult(data)
+	return p.process(ctx, subject, data, msgID, r, err)
+}
+
+// process is Process for data already decoded into r (or its decoding
+// error err): Handle decodes once, for scheduling and for the push.
+func (p *Pusher) process(ctx context.Context, subject string, data []byte, msgID string, r *queue.Result, err error) error {
 	p.cfg.Metrics.Received()
 	rej := Rejection{Tenant: tenantOf(subject), MsgID: msgID}
-	r, err := queue.DecodeResult(data)
 	if err != nil {
 		reason := ReasonMalformed
 		if errors.Is(err, queue.ErrTooLarge) {

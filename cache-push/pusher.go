@@ -316,7 +316,8 @@ func (p *Pusher) Close(ctx context.Context) error {
 // result failing with a retryable error MaxFailures times is given up,
 // with a dead-letter event, unless the failures look like an outage.
 func (p *Pusher) Handle(ctx context.Context, d *queue.Delivery) error {
-	builder := routingBuilder(d.Data)
+	r, derr := queue.DecodeResult(d.Data)
+	builder := routingBuilderOf(r, d.Data)
 	if !p.flood.acquire(builder) {
 		p.cfg.Metrics.Deferred()
 		return queue.Defer(deferDelay(p.cfg.DeferDelay, d.NumDelivered))
@@ -325,7 +326,7 @@ func (p *Pusher) Handle(ctx context.Context, d *queue.Delivery) error {
 	defer d.KeepAlive(ctx, p.cfg.Heartbeat, func(err error) {
 		p.log.Warn("heartbeat failed", "msgId", d.MsgID, "err", err)
 	})()
-	err := p.Process(ctx, d.Subject, d.Data, d.MsgID)
+	err := p.process(ctx, d.Subject, d.Data, d.MsgID, r, derr)
 	if err == nil || errors.Is(err, queue.ErrPermanent) {
 		// Only a success shows that what every result needs works: junk
 		// is rejected during an outage too.

@@ -50,7 +50,8 @@ type KV interface {
 	KVGet(ctx context.Context, bucket, key string) ([]byte, error)
 	KVList(ctx context.Context, bucket, prefix string) (map[string][]byte, error)
 	KVUpdate(ctx context.Context, bucket, key string, f func(old []byte) ([]byte, error)) error
-	KVCreate(ctx context.Context, bucket, key string, value []byte) error
+	KVCreate(ctx context.Context, bucket, key string, value []byte) (uint64, error)
+	KVUpdateAt(ctx context.Context, bucket, key string, value []byte, rev uint64) error
 	KVDelete(ctx context.Context, bucket, key string) error
 }
 
@@ -329,8 +330,10 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	if err != nil {
 		return 0, false, err
 	}
-	// Most votes are a builder's first on a path: one round trip.
-	err = p.cfg.KV.KVCreate(ctx, queue.BucketVotes, key, first)
+	// Most votes are a builder's first on a path: one round trip. Its
+	// revision lets countReputation mark it counted without reading it
+	// back (0 when it replaced an older vote: that one is read).
+	rev, err := p.cfg.KV.KVCreate(ctx, queue.BucketVotes, key, first)
 	if errors.Is(err, queue.ErrKeyExists) {
 		// A builder's newer vote replaces its older one, keeping the
 		// reputation mark when it is the same NAR (a redelivery).
@@ -396,7 +399,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	if t.Verdict == VerdictAgreed {
 		// Reputation counts only decided votes: agreement with the
 		// published NAR, or disagreement with it.
-		p.countReputation(ctx, r.Tenant, out.Path, t)
+		p.countReputation(ctx, r.Tenant, out.Path, t, storedVote{vote: vote, rev: rev, json: first})
 		p.releaseEvidence(ctx, r.Tenant, out.Path, t)
 	}
 	if vote.Answer() != t.Answer {

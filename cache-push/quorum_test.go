@@ -1,9 +1,11 @@
 package cachepush
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/queue"
 )
 
 func tallyPolicy(t *testing.T) *policy.Policy {
@@ -148,5 +151,105 @@ func TestNoReputation(t *testing.T) {
 	}
 	if err := ClearQuarantine(ctx, f.conn, "nobody"); !errors.Is(err, ErrNoReputation) {
 		t.Errorf("ClearQuarantine of an unknown builder: %v, want ErrNoReputation", err)
+	}
+}
+
+// TestCountOwnVoteAtItsRevision: the handler that stored a vote marks
+// it counted without reading it back, and counts the agreement; when the
+// vote was replaced meanwhile (the builder's newer vote, another answer)
+// the replacement is neither marked nor counted, as when the mark read
+// the key first.
+func TestCountOwnVoteAtItsRevision(t *testing.T) {
+	f := newFixture(t)
+	ctx := testctx.New(t, 60*time.Second)
+	path := storePath("counted")
+	vote := Vote{Tenant: testTenant, StorePath: path, Builder: testBuilder, NarSHA256: strings.Repeat("a", 64), NarSize: 1,
+		Bundle: json.RawMessage(`{}`), Time: time.Now().UTC()}
+	key := queue.VoteKey(testTenant, path, testBuilder)
+	first, err := json.Marshal(vote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func(rev uint64) {
+		t.Helper()
+		t0 := Tally{Verdict: VerdictAgreed, Winner: vote.NarSHA256, Agreeing: []Vote{vote}}
+		f.pusher.countReputation(ctx, testTenant, path, t0, storedVote{vote: vote, rev: rev, json: first})
+	}
+	stored := func() Vote {
+		t.Helper()
+		b, err := f.conn.KVGet(ctx, queue.BucketVotes, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v Vote
+		if err := json.Unmarshal(b, &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	rev, err := f.conn.KVCreate(ctx, queue.BucketVotes, key, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count(rev)
+	if got := stored(); got.Counted != vote.NarSHA256 || got.Answer() != vote.Answer() || string(got.Bundle) != "{}" {
+		t.Fatalf("own vote stored as %+v after counting", got)
+	}
+	count(rev) // a stale revision: read, found counted already
+	if r, err := GetReputation(ctx, f.conn, testBuilder); err != nil || r.Agreements != 1 {
+		t.Fatalf("reputation %+v, %v: want 1 agreement", r, err)
+	}
+
+	// Replaced by another answer after it was stored: not this vote.
+	if err := f.conn.KVDelete(ctx, queue.BucketVotes, key); err != nil {
+		t.Fatal(err)
+	}
+	rev, err = f.conn.KVCreate(ctx, queue.BucketVotes, key, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := vote
+	other.NarSHA256 = strings.Repeat("b", 64)
+	b, _ := json.Marshal(other)
+	if err := f.conn.KVPut(ctx, queue.BucketVotes, key, b); err != nil {
+		t.Fatal(err)
+	}
+	count(rev)
+	if got := stored(); got.Counted != "" || got.NarSHA256 != other.NarSHA256 {
+		t.Fatalf("the replacing vote was overwritten or marked: %+v", got)
+	}
+	if r, _ := GetReputation(ctx, f.conn, testBuilder); r.Agreements != 1 {
+		t.Fatalf("reputation counted a vote that was replaced: %+v", r)
+	}
+}
+
+// TestCountedJSON: the counted vote's JSON made from the stored one is
+// what json.Marshal makes of the vote marked counted, whatever fields it
+// has set: a field added after Counted, or Counted's tag changed, fails
+// here rather than storing a vote that reads back differently.
+func TestCountedJSON(t *testing.T) {
+	full := Vote{Tenant: testTenant, StorePath: storePath("c"), DrvPath: storePath("c.drv"), System: "x86_64-linux", Builder: testBuilder,
+		NarSHA256: strings.Repeat("a", 64), NarSize: 7, References: []string{storePath("r")}, StagingKey: "nar/x", NixSig: "k:sig",
+		Bundle: json.RawMessage(`{"a": [1, 2]}`), Time: time.Now().UTC(), MsgID: "m"}
+	for _, v := range []Vote{full, {Bundle: json.RawMessage(`{}`)}} {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := countedJSON(b, "wins \"quoted\"")
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.Counted = "wins \"quoted\""
+		want, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("counted vote\n%s\nwant\n%s", got, want)
+		}
+	}
+	if _, err := countedJSON(nil, "w"); err == nil {
+		t.Error("no JSON marked counted")
 	}
 }

@@ -97,22 +97,33 @@ func ClearQuarantine(ctx context.Context, kv KV, builder string) error {
 	return err
 }
 
+// storedVote is the vote a handler stored, at the revision it stored it
+// (0 when unknown), and the JSON it stored.
+type storedVote struct {
+	vote Vote
+	rev  uint64
+	json []byte
+}
+
 // countReputation adds each decided, not yet counted vote to its
 // builder's record, and quarantines builders too often in the minority.
-func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, t Tally) {
+// own is the vote this handler stored.
+func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, t Tally, own storedVote) {
 	rule := p.cfg.Policy.Reputation
 	mark := func(v Vote, agreed bool) {
 		key := queue.VoteKey(tenant, storePath, v.Builder)
-		counted := false
-		err := p.cfg.KV.KVUpdate(ctx, queue.BucketVotes, key, func(old []byte) ([]byte, error) {
-			var cur Vote
-			if old == nil || json.Unmarshal(old, &cur) != nil || cur.Counted != "" || cur.Answer() != v.Answer() {
-				return nil, nil // gone, replaced or counted already
-			}
-			cur.Counted = t.Winner
-			counted = true
-			return json.Marshal(cur)
-		})
+		counted, err := p.markOwn(ctx, key, v, own, t.Winner)
+		if !counted && (err == nil || errors.Is(err, queue.ErrRevisionChanged)) {
+			err = p.cfg.KV.KVUpdate(ctx, queue.BucketVotes, key, func(old []byte) ([]byte, error) {
+				var cur Vote
+				if old == nil || json.Unmarshal(old, &cur) != nil || cur.Counted != "" || cur.Answer() != v.Answer() {
+					return nil, nil // gone, replaced or counted already
+				}
+				cur.Counted = t.Winner
+				counted = true
+				return json.Marshal(cur)
+			})
+		}
 		if err != nil || !counted {
 			return
 		}
@@ -145,6 +156,51 @@ func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, 
 	for _, v := range t.Minority {
 		mark(v, false)
 	}
+}
+
+// markOwn marks v counted (for winner) when it is the vote this handler
+// stored, as KVUpdate in countReputation would, without reading it back:
+// the store takes it only if the key is still at the revision stored, so
+// still holds exactly own.vote (not counted, the same answer). It reports
+// false with a nil error when v is not that vote, and
+// queue.ErrRevisionChanged when the key changed since: the caller then
+// reads the key.
+func (p *Pusher) markOwn(ctx context.Context, key string, v Vote, own storedVote, winner string) (bool, error) {
+	if own.rev == 0 || own.json == nil || v.Builder != own.vote.Builder || own.vote.Counted != "" || v.Answer() != own.vote.Answer() {
+		return false, nil
+	}
+	b, err := countedJSON(own.json, winner)
+	if err != nil {
+		return false, err
+	}
+	if err := p.cfg.KV.KVUpdateAt(ctx, queue.BucketVotes, key, b, own.rev); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// countedJSON is the JSON of a vote marked counted for winner, made from
+// b, its JSON unmarked: Counted is Vote's last field and omitted when
+// empty, so it is b with the field added, and the vote's bundle (most
+// of its bytes) is not encoded again. TestCountedJSON holds it to
+// json.Marshal.
+func countedJSON(b []byte, winner string) ([]byte, error) {
+	if winner == "" || len(b) < 2 || b[len(b)-1] != '}' {
+		return nil, fmt.Errorf("mark vote counted: not a vote's JSON, or no winner")
+	}
+	w, err := json.Marshal(winner)
+	if err != nil {
+		return nil, err
+	}
+	sep := ","
+	if len(b) == 2 {
+		sep = ""
+	}
+	out := make([]byte, 0, len(b)+len(w)+16)
+	out = append(out, b[:len(b)-1]...)
+	out = append(out, sep+`"counted":`...)
+	out = append(out, w...)
+	return append(out, '}'), nil
 }
 
 // updateReputation applies f to builder's record (a zero one when it has

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	natsd "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
@@ -575,5 +576,37 @@ func TestConsumeDefer(t *testing.T) {
 	}
 	if got := consumerInfo(t, c, "d").Config.MaxAckPending; got != DefaultMaxAckPending {
 		t.Errorf("MaxAckPending %d, want %d", got, DefaultMaxAckPending)
+	}
+}
+
+// TestConsumeSubscribesOnce: a worker pulls through one subscription,
+// not one per message: each subscribe and unsubscribe makes the server
+// update its subject list and drop its match cache.
+func TestConsumeSubscribesOnce(t *testing.T) {
+	s, c := setup(t)
+	const n, workers = 200, 4
+	for i := range n {
+		if _, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := s.NATS().Subsz(&natsd.SubszOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	k := consume(t, c, ConsumerOptions{Group: "g1", Concurrency: workers}, func(ctx context.Context, d *Delivery) error {
+		rec.add(d)
+		return nil
+	})
+	waitFor(t, 30*time.Second, "every delivery", func() bool { return rec.total() == n })
+	after, err := s.NATS().Subsz(&natsd.SubszOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop(t, k)
+	// One per worker, and the consumer's own on the server.
+	if subs := after.NumInserts - before.NumInserts; subs > workers+n/10 {
+		t.Errorf("%d subscriptions for %d messages on %d workers: want one per worker", subs, n, workers)
 	}
 }

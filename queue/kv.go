@@ -229,20 +229,48 @@ func isWrongLastSequence(err error) bool {
 // ErrKeyExists is returned by KVCreate when the key already has a value.
 var ErrKeyExists = errors.New("queue: key exists")
 
-// KVCreate stores value under key only if the key has none: one round
-// trip for the common case of a first write.
-func (c *Conn) KVCreate(ctx context.Context, bucket, key string, value []byte) (err error) {
+// KVCreate stores value under key only if the key has none, and returns
+// the revision it stored: one round trip for the common case of a first
+// write.
+func (c *Conn) KVCreate(ctx context.Context, bucket, key string, value []byte) (_ uint64, err error) {
 	ctx, finish := c.kvCall(ctx, bucket)
 	defer finish(&err, "create", key)
 	kv, err := c.kv(ctx, bucket)
 	if err != nil {
+		return 0, err
+	}
+	rev, err := kv.Create(ctx, key, value)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) || isWrongLastSequence(err) {
+			return 0, fmt.Errorf("%s/%s: %w", bucket, key, ErrKeyExists)
+		}
+		return 0, fmt.Errorf("queue: create %s/%s: %w", bucket, key, err)
+	}
+	return rev, nil
+}
+
+// ErrRevisionChanged is returned by KVUpdateAt when the key is no longer
+// at the revision the caller knows (changed, deleted or expired since).
+var ErrRevisionChanged = errors.New("queue: key changed since")
+
+// KVUpdateAt stores value under key if the key is still at revision rev,
+// which the caller stored itself (KVCreate): a compare-and-set without
+// the read KVUpdate starts with, since the caller knows the value.
+func (c *Conn) KVUpdateAt(ctx context.Context, bucket, key string, value []byte, rev uint64) (err error) {
+	ctx, finish := c.kvCall(ctx, bucket)
+	defer finish(&err, "update", key)
+	if rev == 0 {
+		return fmt.Errorf("%s/%s: no revision: %w", bucket, key, ErrRevisionChanged)
+	}
+	kv, err := c.kv(ctx, bucket)
+	if err != nil {
 		return err
 	}
-	if _, err := kv.Create(ctx, key, value); err != nil {
+	if _, err := kv.Update(ctx, key, value, rev); err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) || isWrongLastSequence(err) {
-			return fmt.Errorf("%s/%s: %w", bucket, key, ErrKeyExists)
+			return fmt.Errorf("%s/%s: %w", bucket, key, ErrRevisionChanged)
 		}
-		return fmt.Errorf("queue: create %s/%s: %w", bucket, key, err)
+		return fmt.Errorf("queue: update %s/%s: %w", bucket, key, err)
 	}
 	return nil
 }
