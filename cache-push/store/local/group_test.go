@@ -70,19 +70,17 @@ func testDirSyncsShare(t *testing.T) {
 
 // Without group commit the store keeps the contract too.
 func TestConformanceWithoutGroupCommit(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := New(filepath.Join(t.TempDir(), "cache"), WithoutGroupCommit())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	})
+	runConformance(t, WithoutGroupCommit())
 }
 
 // The group commit before batch.go keeps the contract too.
 func TestConformanceSharedDirSyncs(t *testing.T) {
+	runConformance(t, withSharedDirSyncs())
+}
+
+func runConformance(t *testing.T, opts ...Option) {
 	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := New(filepath.Join(t.TempDir(), "cache"), withSharedDirSyncs())
+		s, err := New(filepath.Join(t.TempDir(), "cache"), opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
