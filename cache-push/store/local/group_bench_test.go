@@ -32,10 +32,10 @@ func BenchmarkEntries(b *testing.B) {
 		{name: "batch"},
 		{name: "shared", opts: []Option{withSharedDirSyncs()}},
 		{name: "alone", opts: []Option{WithoutGroupCommit()}},
+		{name: "batch-syncfs", opts: []Option{WithFilesystemFlush()}},
 		{name: "batch-3commits", three: true},
 		{name: "shared-3commits", opts: []Option{withSharedDirSyncs()}, three: true},
 	}
-	setups = append(setups, platformSetups...)
 	stores := make([]*Store, len(setups))
 	for i, su := range setups {
 		s, err := New(filepath.Join(b.TempDir(), "cache"), su.opts...)

@@ -78,6 +78,11 @@ func TestConformanceSharedDirSyncs(t *testing.T) {
 	runConformance(t, withSharedDirSyncs())
 }
 
+// One syncfs per round keeps the contract too.
+func TestConformanceFilesystemFlush(t *testing.T) {
+	runConformance(t, WithFilesystemFlush())
+}
+
 func runConformance(t *testing.T, opts ...Option) {
 	storetest.Run(t, func(t *testing.T) store.Store {
 		s, err := New(filepath.Join(t.TempDir(), "cache"), opts...)

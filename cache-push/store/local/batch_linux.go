@@ -7,7 +7,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// flushFS, for BenchmarkEntries ("batch-syncfs"), makes a round durable by one syncfs of the filesystem of the
+// fsFlush is flushFS here (WithFilesystemFlush).
+var fsFlush = flushFS
+
+// flushFS makes a round durable by one syncfs of the filesystem of the
 // store's temporary directory: it writes back every dirty file there,
 // then commits the journal, which covers the round's files (all in the
 // temporary directory) and directories (a rename cannot leave its
@@ -51,6 +54,3 @@ func syncFS(dir string) error {
 	defer unix.Close(fd)
 	return unix.Syncfs(fd)
 }
-
-// platformSetups are BenchmarkEntries' setups for Linux only.
-var platformSetups = []benchSetup{{name: "batch-syncfs", opts: []Option{withBatch(flushFS)}}}
