@@ -120,3 +120,52 @@ func TestBatchFlushFailsAlone(t *testing.T) {
 		t.Errorf("temporary files left: %v", ents)
 	}
 }
+
+// TestBatchDirFlushFails: a directory the flush could not make durable
+// fails the commits that renamed into it, and keeps their later stages
+// invisible; a commit that renamed elsewhere goes on.
+func TestBatchDirFlushFails(t *testing.T) {
+	errDisk := errors.New("disk error")
+	var s *Store
+	s, err := New(filepath.Join(t.TempDir(), "cache"), withBatch(func(files []*item, dirs []string) ([]error, []error) {
+		fileErrs, dirErrs := flushEach(files, dirs)
+		for i, d := range dirs {
+			if d == filepath.Join(s.Dir(), "nar") {
+				dirErrs[i] = errDisk
+			}
+		}
+		return fileErrs, dirErrs
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(key string) store.Object {
+		o, err := store.Write(t.Context(), s, key, strings.NewReader(key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	nar, info := write("nar/x.nar.zst"), write("x.narinfo")
+	side, info2 := write("y.provenance.json"), write("y.narinfo")
+	var wg sync.WaitGroup
+	var errNar, errSide error
+	wg.Go(func() { errNar = s.CommitGroup(t.Context(), []store.Object{nar}, []store.Object{info}) })
+	wg.Go(func() { errSide = s.CommitGroup(t.Context(), []store.Object{side}, []store.Object{info2}) })
+	wg.Wait()
+	if !errors.Is(errNar, errDisk) {
+		t.Errorf("commit renamed into a directory the flush failed: %v, want %v", errNar, errDisk)
+	}
+	if _, err := s.Stat(t.Context(), "x.narinfo"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("narinfo after its NAR's directory failed to flush: Stat = %v, want ErrNotFound", err)
+	}
+	if errSide != nil {
+		t.Errorf("commit into the root only: %v", errSide)
+	}
+	if _, err := s.Stat(t.Context(), "y.narinfo"); err != nil {
+		t.Error(err)
+	}
+	if ents, _ := os.ReadDir(s.tmp); len(ents) != 0 {
+		t.Errorf("temporary files left: %v", ents)
+	}
+}
