@@ -232,18 +232,23 @@ func (p *Pusher) upstreamHas(ctx context.Context, storePath string) bool {
 	return found
 }
 
-// makeVisible commits sidecars (written for w and not yet committed), then
-// stores w's verification summary (with Config.VSA; it names the
-// sidecar's bundles, so it is signed once they are committed) and w's
-// narinfo, the summary before the narinfo (in one group, see
-// store.CommitGroup), then checks its references are still
+// makeVisible commits sidecars (written for w and not yet committed: its
+// NAR and provenance), then stores w's verification summary (with
+// Config.VSA; it names the sidecar's bundles, so it is signed once they
+// are committed) and w's narinfo, the summary before the narinfo (in one
+// group, see store.CommitGroup; without Config.VSA the sidecars are the
+// first stage of that group), then checks its references are still
 // there: a concurrent `cache gc` may have collected one between the check
 // and the write, and then the narinfo is withdrawn and w waits again. It
 // reports whether the entry is visible. Releasing the entries waiting
 // for it is the caller's next step (releaseWaiters).
 func (p *Pusher) makeVisible(ctx context.Context, w *Waiting, sidecars []store.Object) (bool, error) {
-	if err := store.CommitGroup(ctx, p.cfg.Store, sidecars); err != nil {
-		return false, err
+	if p.vsa != nil {
+		// The summary is signed over the committed sidecar.
+		if err := store.CommitGroup(ctx, p.cfg.Store, sidecars); err != nil {
+			return false, err
+		}
+		sidecars = nil
 	}
 	summary, err := p.vsaObject(ctx, w)
 	if err != nil {
@@ -254,7 +259,8 @@ func (p *Pusher) makeVisible(ctx context.Context, w *Waiting, sidecars []store.O
 		_ = store.AbortAll(summary)
 		return false, err
 	}
-	if err := store.CommitGroup(ctx, p.cfg.Store, summary, []store.Object{ni}); err != nil {
+	// Without a summary, one group: the sidecars, then the narinfo.
+	if err := store.CommitGroup(ctx, p.cfg.Store, sidecars, summary, []store.Object{ni}); err != nil {
 		return false, err
 	}
 	missing, err := p.missingRefs(ctx, w.StorePath, w.References)

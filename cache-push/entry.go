@@ -95,7 +95,9 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 		src = cr
 	}
 	ingestStart := time.Now()
-	nar, err := ingest.NAR(ctx, p.cfg.Store, src, ingest.Expect{NarHash: out.NarHash, NarSize: out.NarSize}, p.cfg.Ingest)
+	// The NAR is committed with the sidecars (below): one flush of the
+	// disk for both.
+	nar, narObj, err := ingest.Write(ctx, p.cfg.Store, src, ingest.Expect{NarHash: out.NarHash, NarSize: out.NarSize}, p.cfg.Ingest)
 	if errors.Is(err, ErrContentAddress) {
 		return 0, rejected(ReasonContentAddress, err)
 	}
@@ -107,14 +109,17 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 	}
 	p.cfg.Metrics.Ingest(nar.NarSize, time.Since(ingestStart))
 
-	// The sidecars are written now and committed with the narinfo, in
-	// one group: they first, then the narinfo (store.CommitGroup), so
-	// that concurrent results share one flush of the disk. Every path
-	// that returns without committing them aborts them.
+	// The sidecars are written now and committed with the NAR and the
+	// narinfo, in one group: the NAR and they first, then the narinfo
+	// (store.CommitGroup), so that concurrent results share the flushes
+	// of the disk. Every path that returns without committing them
+	// aborts them.
 	sidecars, err := p.sidecars(ctx, out, bundles, q)
 	if err != nil {
+		narObj.Pending.Abort()
 		return 0, err
 	}
+	sidecars = append(sidecars, narObj)
 	defer store.AbortAll(sidecars)
 	ca := ""
 	if m.ca != nil {

@@ -595,16 +595,22 @@ func TestOpenStoresCacheInfo(t *testing.T) {
 	}
 }
 
-// commitHook counts the commits made through it and calls after once a
-// commit succeeded.
+// commitHook counts the commits made through it, and calls created
+// before each Create with how many came before.
 type commitHook struct {
 	store.Store
 	mu      sync.Mutex
 	commits map[string]int
-	after   func(key string)
+	creates int
+	created func(n int)
 }
 
 func (h *commitHook) Create(ctx context.Context) (store.Pending, error) {
+	h.mu.Lock()
+	n := h.creates
+	h.creates++
+	h.mu.Unlock()
+	h.created(n)
 	p, err := h.Store.Create(ctx)
 	if err != nil {
 		return nil, err
@@ -624,7 +630,6 @@ func (p *hookPending) Commit(ctx context.Context, key string) error {
 	p.h.mu.Lock()
 	p.h.commits[key]++
 	p.h.mu.Unlock()
-	p.h.after(key)
 	return nil
 }
 
@@ -639,10 +644,11 @@ func TestRedeliveredWhileIngesting(t *testing.T) {
 	var once sync.Once
 	var firstErr error
 	hook := &commitHook{Store: f.store, commits: map[string]int{}}
-	hook.after = func(key string) {
-		if strings.HasPrefix(key, "nar/") {
+	hook.created = func(n int) {
+		if n == 1 {
 			// The other member publishes the path while this one is
-			// between its NAR and its narinfo.
+			// between its NAR (the first object it writes, committed
+			// with the sidecar and the narinfo) and its narinfo.
 			once.Do(func() { firstErr = f.pusher.Process(ctx, subject(r), data, r.MsgID()) })
 		}
 	}

@@ -86,12 +86,26 @@ type Options struct {
 // `nix-store --dump`) is only interrupted if the caller closes r when ctx is
 // done.
 func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options) (Result, error) {
+	res, obj, err := Write(ctx, s, r, want, o)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := obj.Pending.Commit(ctx, obj.Key); err != nil {
+		return Result{}, fmt.Errorf("ingest: storing %s: %w", res.URL, err)
+	}
+	return res, nil
+}
+
+// Write is NAR without the commit: it returns the NAR file written but
+// not visible yet, for the caller to commit (with the objects that name
+// it, see store.CommitGroup) or abort.
+func Write(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options) (Result, store.Object, error) {
 	if want.NarHash == ([32]byte{}) {
 		// An all-zero hash is a forgotten field, not a real sha256.
-		return Result{}, errors.New("ingest: Expect.NarHash is not set")
+		return Result{}, store.Object{}, errors.New("ingest: Expect.NarHash is not set")
 	}
 	if want.NarSize > math.MaxInt64-1 {
-		return Result{}, fmt.Errorf("%w: expected NarSize %d is not a plausible size", ErrNarSizeMismatch, want.NarSize)
+		return Result{}, store.Object{}, fmt.Errorf("%w: expected NarSize %d is not a plausible size", ErrNarSizeMismatch, want.NarSize)
 	}
 	level := o.Level
 	if level == 0 {
@@ -105,15 +119,20 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 	encs := encodersFor(level)
 	enc, err := encs.get()
 	if err != nil {
-		return Result{}, err
+		return Result{}, store.Object{}, err
 	}
 	encs.put(enc)
 
 	p, err := s.Create(ctx)
 	if err != nil {
-		return Result{}, fmt.Errorf("ingest: %w", err)
+		return Result{}, store.Object{}, fmt.Errorf("ingest: %w", err)
 	}
-	defer p.Abort()
+	handed := false
+	defer func() {
+		if !handed {
+			p.Abort()
+		}
+	}()
 
 	fileHash := sha256.New()
 	file := &countingWriter{w: io.MultiWriter(p, fileHash)}
@@ -123,7 +142,7 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 		// content-defined chunk) instead of ours.
 		enc, err := ne.NAREncoder(file)
 		if err != nil {
-			return Result{}, fmt.Errorf("ingest: %w", err)
+			return Result{}, store.Object{}, fmt.Errorf("ingest: %w", err)
 		}
 		fw = &storeEncoder{enc: enc}
 	}
@@ -137,27 +156,25 @@ func NAR(ctx context.Context, s store.Store, r io.Reader, want Expect, o Options
 	narHash := sha256.New()
 	narSize, err := fw.readFrom(ctx, narHash, io.LimitReader(r, int64(want.NarSize)+1))
 	if err != nil {
-		return Result{}, err
+		return Result{}, store.Object{}, err
 	}
 	if narSize != want.NarSize {
-		return Result{}, fmt.Errorf("%w: expected %d bytes, got %s", ErrNarSizeMismatch, want.NarSize, describeSize(narSize, want.NarSize))
+		return Result{}, store.Object{}, fmt.Errorf("%w: expected %d bytes, got %s", ErrNarSizeMismatch, want.NarSize, describeSize(narSize, want.NarSize))
 	}
 	var got [32]byte
 	narHash.Sum(got[:0])
 	if got != want.NarHash {
-		return Result{}, fmt.Errorf("%w: expected %s, got %s", ErrNarHashMismatch, describeHash(want.NarHash), describeHash(got))
+		return Result{}, store.Object{}, fmt.Errorf("%w: expected %s, got %s", ErrNarHashMismatch, describeHash(want.NarHash), describeHash(got))
 	}
 	if err := fw.finish(ctx); err != nil {
-		return Result{}, err
+		return Result{}, store.Object{}, err
 	}
 
 	res := Result{FileSize: file.n, NarHash: got, NarSize: narSize}
 	fileHash.Sum(res.FileHash[:0])
 	res.URL = cachelayout.NARKey(nixbase32.EncodeToString(res.FileHash[:]))
-	if err := p.Commit(ctx, res.URL); err != nil {
-		return Result{}, fmt.Errorf("ingest: storing %s: %w", res.URL, err)
-	}
-	return res, nil
+	handed = true
+	return res, store.Object{Pending: p, Key: res.URL}, nil
 }
 
 func describeSize(got, want uint64) string {

@@ -70,6 +70,7 @@ func BenchmarkResultsCluster(b *testing.B) {
 		{name: "cluster", url: cl.URL(), replicas: 3},
 		{name: "embedded-nogroup", url: srv.ClientURL(), replicas: 1, opts: []local.Option{local.WithoutGroupCommit()}},
 		{name: "cluster-nogroup", url: cl.URL(), replicas: 3, opts: []local.Option{local.WithoutGroupCommit()}},
+		{name: "embedded-syncfs", url: srv.ClientURL(), replicas: 1, opts: []local.Option{local.WithFilesystemFlush()}},
 	}
 	for i := range setups {
 		conn, err := queue.Connect(ctx, setups[i].url)
@@ -117,12 +118,16 @@ func BenchmarkResultsCluster(b *testing.B) {
 	// alone, as before it.
 	b.ReportMetric(rate(0)/rate(2), "embedded-group/nogroup")
 	b.ReportMetric(rate(1)/rate(3), "cluster-group/nogroup")
+	// One syncfs per round of group commit instead of an fsync of each
+	// file and directory.
+	b.ReportMetric(rate(4)/rate(0), "embedded-syncfs/group")
 	// CPU per result of this process (pushers, publishers and, embedded,
 	// the NATS server) varies less than the rate with the machine's
 	// other load.
 	cpu := func(i int) float64 { return float64(setups[i].cpu.Microseconds()) / 1000 / n }
 	b.ReportMetric(cpu(0), "embedded-cpu-ms/result")
 	b.ReportMetric(cpu(2), "embedded-nogroup-cpu-ms/result")
+	b.ReportMetric(cpu(4), "embedded-syncfs-cpu-ms/result")
 }
 
 // loadAvg is the machine's load average, to report with each figure.

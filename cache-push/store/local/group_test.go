@@ -70,8 +70,22 @@ func testDirSyncsShare(t *testing.T) {
 
 // Without group commit the store keeps the contract too.
 func TestConformanceWithoutGroupCommit(t *testing.T) {
+	runConformance(t, WithoutGroupCommit())
+}
+
+// The group commit before batch.go keeps the contract too.
+func TestConformanceSharedDirSyncs(t *testing.T) {
+	runConformance(t, withSharedDirSyncs())
+}
+
+// One syncfs per round keeps the contract too.
+func TestConformanceFilesystemFlush(t *testing.T) {
+	runConformance(t, WithFilesystemFlush())
+}
+
+func runConformance(t *testing.T, opts ...Option) {
 	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := New(filepath.Join(t.TempDir(), "cache"), WithoutGroupCommit())
+		s, err := New(filepath.Join(t.TempDir(), "cache"), opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -83,8 +97,30 @@ func TestConformanceWithoutGroupCommit(t *testing.T) {
 // with their object in place (how many directory fsyncs they share
 // depends on timing; TestDirSyncsShare checks the sharing).
 func TestGroupCommitShares(t *testing.T) {
-	s := newTestStore(t)
-	const writers = 64
+	t.Run("batch", func(t *testing.T) {
+		s := newTestStore(t)
+		testGroupCommitShares(t, s)
+		s.batch.mu.Lock()
+		t.Logf("%d commits in %d rounds", groupWriters, s.batch.rounds)
+		s.batch.mu.Unlock()
+	})
+	t.Run("shared", func(t *testing.T) {
+		s, err := New(filepath.Join(t.TempDir(), "cache"), withSharedDirSyncs())
+		if err != nil {
+			t.Fatal(err)
+		}
+		testGroupCommitShares(t, s)
+		s.group.mu.Lock()
+		t.Logf("%d commits, %d directory fsyncs", groupWriters, s.group.count)
+		s.group.mu.Unlock()
+	})
+}
+
+// groupWriters is how many writers TestGroupCommitShares runs at once.
+const groupWriters = 64
+
+func testGroupCommitShares(t *testing.T, s *Store) {
+	const writers = groupWriters
 	var ready, wg sync.WaitGroup
 	ready.Add(writers)
 	start := make(chan struct{})
@@ -122,9 +158,6 @@ func TestGroupCommitShares(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	s.group.mu.Lock()
-	t.Logf("%d commits, %d directory fsyncs", writers, s.group.count)
-	s.group.mu.Unlock()
 	if ents, _ := os.ReadDir(s.tmp); len(ents) != 0 {
 		t.Errorf("%d temporary files left", len(ents))
 	}
