@@ -101,17 +101,24 @@ func Cancel(ctx context.Context, conn *queue.Conn, id string) (*Set, error) {
 	if err != nil {
 		return nil, err
 	}
-	return update(ctx, kv, setKey(id), func(s *Set, found bool) (bool, func(context.Context) error, error) {
-		if !found {
-			return false, nil, fmt.Errorf("%w: %s", ErrNotFound, id)
-		}
-		if s.Canceled != nil {
-			return false, nil, nil
-		}
-		now := time.Now().UTC()
-		s.Canceled = &now
-		return true, nil, nil
+	var set *Set
+	// A user that may not cancel (a runner) gets
+	// queue.ErrPermissionDenied at once, not a timeout.
+	err = conn.KVDenyAware(ctx, queue.BucketFarm, func(ctx context.Context) (err error) {
+		set, err = update(ctx, kv, setKey(id), func(s *Set, found bool) (bool, func(context.Context) error, error) {
+			if !found {
+				return false, nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+			}
+			if s.Canceled != nil {
+				return false, nil, nil
+			}
+			now := time.Now().UTC()
+			s.Canceled = &now
+			return true, nil, nil
+		})
+		return err
 	})
+	return set, err
 }
 
 // Summaries returns the summary of tenant's build sets created since

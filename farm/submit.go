@@ -171,22 +171,26 @@ func Submit(ctx context.Context, conn *queue.Conn, o SubmitOptions) (*Submitted,
 	for k, f := range classes {
 		writes = append(writes, write{k, classRecord{Features: f}})
 	}
-	if err := parallel(ctx, writes, func(ctx context.Context, w write) error {
-		b, err := json.Marshal(w.val)
-		if err != nil {
-			return err
-		}
-		if strings.HasPrefix(w.key, "class.") {
-			// Written once per class by whoever comes first.
-			if _, err := kv.Create(ctx, w.key, b); err != nil && !casConflict(err) {
+	// A user that may not submit (a runner: queue.RoleSubmitter does)
+	// gets queue.ErrPermissionDenied at once, not a timeout.
+	if err := conn.KVDenyAware(ctx, queue.BucketFarm, func(ctx context.Context) error {
+		return parallel(ctx, writes, func(ctx context.Context, w write) error {
+			b, err := json.Marshal(w.val)
+			if err != nil {
+				return err
+			}
+			if strings.HasPrefix(w.key, "class.") {
+				// Written once per class by whoever comes first.
+				if _, err := kv.Create(ctx, w.key, b); err != nil && !casConflict(err) {
+					return fmt.Errorf("write %s: %w", w.key, err)
+				}
+				return nil
+			}
+			if _, err := kv.Put(ctx, w.key, b); err != nil {
 				return fmt.Errorf("write %s: %w", w.key, err)
 			}
 			return nil
-		}
-		if _, err := kv.Put(ctx, w.key, b); err != nil {
-			return fmt.Errorf("write %s: %w", w.key, err)
-		}
-		return nil
+		})
 	}); err != nil {
 		return nil, fmt.Errorf("farm: submit: %w", err)
 	}
@@ -196,7 +200,10 @@ func Submit(ctx context.Context, conn *queue.Conn, o SubmitOptions) (*Submitted,
 	if err != nil {
 		return nil, err
 	}
-	if _, err := kv.Create(ctx, setKey(id), b); err != nil {
+	if err := conn.KVDenyAware(ctx, queue.BucketFarm, func(ctx context.Context) error {
+		_, err := kv.Create(ctx, setKey(id), b)
+		return err
+	}); err != nil {
 		return nil, fmt.Errorf("farm: submit: write %s: %w", setKey(id), err)
 	}
 	out.Set = set

@@ -348,17 +348,21 @@ func DecodeFarmMessage[T any, P interface {
 	return decodeMessage[T, P](data, what, MaxFarmMsgSize)
 }
 
-// farmRunner adds to a runner user's permissions what a farm worker and
-// a submitter do in its tenant's account: consume the tenant's build
-// requests, publish reports, read the farm's bucket (sets, states,
-// classes: KV gets and watches) and write it, and read the builders'
-// reputation (its standing). Writing the bucket is what submitting a set
-// and claiming a request are: within its tenant a runner can waste
-// builds or stall a set with a lie there, and nothing more, as every
-// result still goes through the pusher's checks.
+// farmRunner adds to a runner user's permissions what a farm worker
+// does in its tenant's account: consume the tenant's build requests,
+// publish reports, read the farm's bucket (sets, states, classes: KV gets
+// and watches), write claim records (claim.<set>.<drv>, the worker's
+// compare-and-set) and no other record, and read the builders'
+// reputation (its standing). A runner is any builder of the tenant,
+// volunteers included, so it may not write set, node, state or class
+// records: those would let one bad builder cancel a set, or mark a
+// derivation failed or blocked, and so stall every set of its tenant.
+// Through claims it can still take a request and not build it, or
+// rewrite a claim record; the scheduler's timeouts and max attempts
+// bound that, and every result still goes through the pusher's checks.
 func farmRunner(tenant string, pub *[]string, consume func(stream, filter string), readStream, orderedReads func(stream string)) {
 	consume(StreamFarm, subjectFarmBuild+"."+tenant+".>")
-	*pub = append(*pub, subjectFarmReport+"."+tenant, kvSubjectPrefix+BucketFarm+".>")
+	*pub = append(*pub, subjectFarmReport+"."+tenant, kvSubjectPrefix+BucketFarm+"."+farmClaimPrefix+".>")
 	readStream(kvStreamPrefix + BucketFarm)
 	orderedReads(kvStreamPrefix + BucketFarm)
 	readStream(kvStreamPrefix + BucketBuilders)
@@ -367,6 +371,35 @@ func farmRunner(tenant string, pub *[]string, consume func(stream, filter string
 	orderedReads(kvStreamPrefix + BucketBuilders)
 	readReports(pub, orderedReads)
 	readDisputes(tenant, pub)
+}
+
+// Record key prefixes of BucketFarm (see package farm): what each role
+// may write.
+const (
+	farmClaimPrefix = "claim"
+	farmSetPrefix   = "set"
+	farmNodePrefix  = "node"
+	farmStatePrefix = "state"
+	farmClassPrefix = "class"
+)
+
+// SubmitterBuilderID is the builder id whose staging scope tenant's
+// submitter user stages build sets' .drv closures in (`provenix submit
+// --builder-id`): its own, so that no runner can replace a closure.
+func SubmitterBuilderID(tenant string) string { return tenant + "-submitter" }
+
+// farmSubmitter adds to a submitter user's permissions what Submit,
+// StageClosure, Cancel, GetStatus, Summaries and Follow do: write a set's
+// set, node, state and class records, stage in its own scope, and read
+// the bucket (KV gets and watches).
+func farmSubmitter(tenant string, pub *[]string, readStream, orderedReads func(stream string)) {
+	for _, p := range []string{farmSetPrefix, farmNodePrefix, farmStatePrefix, farmClassPrefix + "." + tenant} {
+		*pub = append(*pub, kvSubjectPrefix+BucketFarm+"."+p+".>")
+	}
+	readStream(kvStreamPrefix + BucketFarm)
+	orderedReads(kvStreamPrefix + BucketFarm)
+	*pub = append(*pub, stagingChunksPrefix+StagingScope(SubmitterBuilderID(tenant))+".>", stagingMetaPrefix+">")
+	readStream(stagingStream)
 }
 
 // readDisputes is what ReadEvents needs for the tenant's disputes (farm

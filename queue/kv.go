@@ -289,6 +289,23 @@ func (c *Conn) KVDelete(ctx context.Context, bucket, key string) (err error) {
 	return nil
 }
 
+// kvSubjects matches the requests of KV calls on bucket: its stream's
+// JetStream API and its keys' subjects.
+func kvSubjects(bucket string) func(string) bool {
+	api := jsAPIFor(kvStreamPrefix+bucket, "")
+	return func(s string) bool { return api(s) || strings.HasPrefix(s, kvSubjectPrefix+bucket+".") }
+}
+
+// KVDenyAware runs f, which calls bucket through JetStream() (package
+// farm's compare-and-set updates, which need the revisions this
+// package's KV calls keep to themselves), and returns an error matching
+// ErrPermissionDenied at once when the server's permissions drop one of
+// its requests, as this package's own KV calls do, instead of f's
+// timeout.
+func (c *Conn) KVDenyAware(ctx context.Context, bucket string, f func(ctx context.Context) error) error {
+	return c.denyAware(ctx, kvSubjects(bucket), f)
+}
+
 // kvCall watches the KV call on bucket for permission denials (a role
 // that may only read, see RolePermissions): the server drops a denied
 // request without an answer, so without this the call would wait for its
@@ -296,10 +313,7 @@ func (c *Conn) KVDelete(ctx context.Context, bucket, key string) (err error) {
 // that is what ended it.
 func (c *Conn) kvCall(ctx context.Context, bucket string) (context.Context, func(errp *error, op, key string)) {
 	dctx, cancel := context.WithCancelCause(ctx)
-	api := jsAPIFor(kvStreamPrefix+bucket, "")
-	unwatch := c.watchDeniedFunc(func(s string) bool {
-		return api(s) || strings.HasPrefix(s, kvSubjectPrefix+bucket+".")
-	}, cancel)
+	unwatch := c.watchDeniedFunc(kvSubjects(bucket), cancel)
 	return dctx, func(errp *error, op, key string) {
 		unwatch()
 		if *errp != nil {

@@ -16,11 +16,12 @@ const (
 	// RoleRunner builds: PublishResult for its tenant only, Stage under
 	// its builder's scope (ScopedKey), what a volunteer needs
 	// (ConsumeRebuilds of its tenant, KVGet of votes, OpenStaged), what
-	// a farm worker and submitter need (see farmRunner), and its own
-	// builder's usage records (see usagePermissions). It cannot
-	// consume results, write the quorum's KV, nor purge or delete
-	// staging (a failed upload's chunks are the next upload's or the
-	// garbage collector's). See RunnerPermissions.
+	// a farm worker needs (see farmRunner: it writes claim records
+	// only), and its own builder's usage records (see
+	// usagePermissions). It cannot consume results, write the quorum's
+	// KV, submit or cancel farm sets, nor purge or delete staging (a
+	// failed upload's chunks are the next upload's or the garbage
+	// collector's). See RunnerPermissions.
 	RoleRunner Role = "runner"
 	// RolePusher publishes the tenant's cache: ConsumeResults with its
 	// tenant's filter, OpenStaged, the quorum's KV buckets, events and
@@ -30,13 +31,20 @@ const (
 	// server's usage records and reads the tenant's (see
 	// usagePermissions). It cannot publish results nor write to staging.
 	RolePusher Role = "pusher"
+	// RoleSubmitter submits, cancels and follows its tenant's farm build
+	// sets (`provenix submit`, `provenix farm cancel|status|list`): it
+	// writes set, node, state and class records and stages a set's .drv
+	// closure in its own staging scope (SubmitterBuilderID); see
+	// farmSubmitter. Kept apart from RoleRunner so that a builder, which
+	// every volunteer is, cannot cancel or stall the sets of others.
+	RoleSubmitter Role = "submitter"
 	// RoleAdmin may do anything inside the tenant's account (delete or
 	// purge streams, staging garbage collection); nothing outside it.
 	RoleAdmin Role = "admin"
 )
 
 // Roles are the roles `provenix tenant add` creates users for.
-var Roles = []Role{RoleRunner, RolePusher, RoleAdmin}
+var Roles = []Role{RoleRunner, RolePusher, RoleSubmitter, RoleAdmin}
 
 // Permissions are a NATS user's publish and subscribe allow lists, in
 // nats-server's configuration terms; everything else is denied.
@@ -150,6 +158,9 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 		}
 		farmPusher(tenant, &pub, consume, readStream, orderedReads)
 		usagePermissions(tenant, "", role, &pub)
+	case RoleSubmitter:
+		pub = append(pub, jsAPI+"INFO")
+		farmSubmitter(tenant, &pub, readStream, orderedReads)
 	case RoleAdmin:
 		return Permissions{Publish: []string{">"}, Subscribe: []string{">"}}, nil
 	default:

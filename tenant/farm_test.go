@@ -3,6 +3,7 @@ package tenant
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,12 +26,16 @@ func (v *visibleSet) Has(_ context.Context, p string) (bool, error) {
 }
 
 // TestFarmPermissions runs the farm with a tenant's users as operators
-// set them up: the pusher user runs the scheduler, a runner user submits
-// a set, builds it as a worker and reads the statistics; a runner user
-// cannot forge build requests.
+// set them up: the pusher user runs the scheduler, the submitter user
+// stages a closure, submits a set, follows it and cancels another, a
+// runner user builds the set as a worker (claims) and reads the
+// statistics; a runner user cannot forge build requests, nor submit,
+// cancel or rewrite a set's records: one bad builder cannot stall or
+// cancel the others' sets.
 func TestFarmPermissions(t *testing.T) {
 	c := startTenants(t, nil, "a")
 	pusher, runner := c.connect(t, "a", queue.RolePusher), c.connect(t, "a", queue.RoleRunner)
+	submitter := c.connect(t, "a", queue.RoleSubmitter)
 	ctx := testctx.New(t, time.Minute)
 	if err := pusher.EnsureStreams(ctx, queue.StreamOptions{}); err != nil {
 		t.Fatal(err)
@@ -59,9 +64,41 @@ func TestFarmPermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub, err := farm.Submit(ctx, runner, farm.SubmitOptions{Tenant: "a", Graph: g, Cache: cache})
+	start := time.Now()
+	_, err = farm.Submit(ctx, runner, farm.SubmitOptions{Tenant: "a", Graph: g, Cache: cache})
+	fast(t, "a runner submits a set", start, err, queue.ErrPermissionDenied)
+
+	// The submitter stages the set's closure in its own scope, as
+	// `provenix submit --builder-id a-submitter` does, and no other.
+	id := farm.NewSetID()
+	closure := farm.ClosureKey(queue.SubmitterBuilderID("a"), id)
+	if _, err := submitter.Stage(ctx, closure, strings.NewReader("a .drv closure export")); err != nil {
+		t.Fatalf("submitter stages the closure: %v", err)
+	}
+	start = time.Now()
+	_, err = submitter.Stage(ctx, farm.ClosureKey("a-runner", id), strings.NewReader("a .drv closure export"))
+	fast(t, "the submitter stages in the runner's scope", start, err, queue.ErrPermissionDenied)
+	sub, err := farm.Submit(ctx, submitter, farm.SubmitOptions{Tenant: "a", Graph: g, Cache: cache, ID: id, Closure: closure})
 	if err != nil {
-		t.Fatalf("submit as a runner user: %v", err)
+		t.Fatalf("submit as the submitter user: %v", err)
+	}
+
+	// A bad builder tries to cancel the set, or to stall it with a lie:
+	// a's state failed, the set's or a node's record rewritten.
+	start = time.Now()
+	_, err = farm.Cancel(ctx, runner, sub.Set.ID)
+	fast(t, "a runner cancels a set", start, err, queue.ErrPermissionDenied)
+	hashA := strings.TrimPrefix(farm.ClaimKey(sub.Set.ID, a.DrvPath), "claim."+sub.Set.ID+".")
+	lie := []byte(`{"version":1,"drvPath":"` + a.DrvPath + `","status":"failed"}`)
+	for _, key := range []string{"state." + sub.Set.ID + "." + hashA, "set." + sub.Set.ID, "node." + sub.Set.ID + "." + hashA, "class.a.x86_64-linux.none"} {
+		start = time.Now()
+		err = runner.KVPut(ctx, queue.BucketFarm, key, lie)
+		fast(t, "a runner writes "+key, start, err, queue.ErrPermissionDenied)
+	}
+	if st, err := farm.GetStatus(ctx, submitter, sub.Set.ID); err != nil {
+		t.Fatalf("status as the submitter user: %v", err)
+	} else if st.Set.Canceled != nil || st.Counts[farm.Failed] != 0 {
+		t.Fatalf("the runner's writes changed the set: %s", st)
 	}
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -102,6 +139,21 @@ func TestFarmPermissions(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// The submitter follows the finished set, and cancels another.
+	if err := farm.Follow(ctx, submitter, sub.Set.ID, time.Millisecond, func(*farm.Progress) {}); err != nil {
+		t.Errorf("follow as the submitter user: %v", err)
+	}
+	other, err := farm.Submit(ctx, submitter, farm.SubmitOptions{Tenant: "a", Graph: g, Cache: &visibleSet{m: map[string]bool{}}})
+	if err != nil {
+		t.Fatalf("submit as the submitter user: %v", err)
+	}
+	if set, err := farm.Cancel(ctx, submitter, other.Set.ID); err != nil || set.Canceled == nil {
+		t.Fatalf("cancel as the submitter user: %v %+v", err, set)
+	}
+	if sums, err := farm.Summaries(ctx, submitter, "a", time.Now().Add(-time.Hour)); err != nil || len(sums) != 2 {
+		t.Errorf("summaries as the submitter user: %v %+v", err, sums)
+	}
+
 	// A dispute the runner's build was in, as the pusher publishes it:
 	// the stats read it from the events stream (and only the tenant's
 	// disputed events).
@@ -124,7 +176,7 @@ func TestFarmPermissions(t *testing.T) {
 		t.Errorf("stats as a runner user: %+v", stats.Builders)
 	}
 
-	start := time.Now()
+	start = time.Now()
 	subj, _ := queue.FarmBuildSubject("a", "x86_64-linux", farm.NoFeatures)
 	_, err = runner.PublishFarm(context.Background(), subj, "forged", []byte("{}"))
 	fast(t, "a runner publishes a build request", start, err, queue.ErrPermissionDenied)
