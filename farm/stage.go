@@ -11,8 +11,9 @@ import (
 )
 
 // ClosureKey is the staging key of build set id's .drv closure, in the
-// staging scope of the builder id its submitter stages as (a runner
-// user may write its own scope only: queue.RunnerPermissions).
+// staging scope of the builder id its submitter stages as (a tenant's
+// submitter user may write queue.SubmitterBuilderID's scope only, so no
+// runner can replace the closure of a set it builds).
 func ClosureKey(builderID, id string) string {
 	return queue.ScopedKey(queue.ClosureKey(id), builderID)
 }

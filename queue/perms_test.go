@@ -18,6 +18,10 @@ func TestRolePermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	submitter, err := RolePermissions("acme", RoleSubmitter)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name string
 		p    Permissions
@@ -42,6 +46,20 @@ func TestRolePermissions(t *testing.T) {
 		{"pusher publishes farm requests", pusher, "farm.build.acme.>", true},
 		{"pusher makes the farm's streams", pusher, "$JS.API.STREAM.CREATE.FARM", true},
 		{"pusher follows the events", pusher, "$JS.API.CONSUMER.CREATE.EVENTS.*.events.>", true},
+		{"runner claims farm requests", runner, "$KV.PROVENIX_FARM.claim.>", true},
+		{"runner writes any farm record", runner, "$KV.PROVENIX_FARM.>", false},
+		{"runner writes farm sets", runner, "$KV.PROVENIX_FARM.set.>", false},
+		{"runner writes farm states", runner, "$KV.PROVENIX_FARM.state.>", false},
+		{"pusher writes any farm record", pusher, "$KV.PROVENIX_FARM.>", true},
+		{"submitter writes farm sets", submitter, "$KV.PROVENIX_FARM.set.>", true},
+		{"submitter writes farm nodes", submitter, "$KV.PROVENIX_FARM.node.>", true},
+		{"submitter writes farm states", submitter, "$KV.PROVENIX_FARM.state.>", true},
+		{"submitter writes its tenant's classes", submitter, "$KV.PROVENIX_FARM.class.acme.>", true},
+		{"submitter writes claims", submitter, "$KV.PROVENIX_FARM.claim.>", false},
+		{"submitter stages in its scope", submitter, stagingChunksPrefix + StagingScope(SubmitterBuilderID("acme")) + ".>", true},
+		{"submitter stages in the runner's scope", submitter, stagingChunksPrefix + StagingScope("acme-runner") + ".>", false},
+		{"submitter publishes results", submitter, "results.acme.>", false},
+		{"submitter publishes farm requests", submitter, "farm.build.acme.>", false},
 		{"runner records its own usage", runner, "usage.acme." + StagingScope("acme-runner"), true},
 		{"runner records any usage", runner, "usage.acme.>", false},
 		{"runner records serving", runner, "usage.acme.serve", false},
@@ -59,6 +77,9 @@ func TestRolePermissions(t *testing.T) {
 	// A volunteer hears of the disputes in its tenant, and of nothing else.
 	if !slices.Equal(runner.Subscribe, []string{inboxFilter, "events.acme." + EventDisputed}) {
 		t.Errorf("runner subscribes to %v", runner.Subscribe)
+	}
+	if !slices.Equal(submitter.Subscribe, []string{inboxFilter}) {
+		t.Errorf("submitter subscribes to %v", submitter.Subscribe)
 	}
 	if !slices.Equal(pusher.Subscribe, []string{inboxFilter}) {
 		t.Errorf("pusher subscribes to %v", pusher.Subscribe)

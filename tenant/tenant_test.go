@@ -345,6 +345,9 @@ func TestAddRefusesOverwriteAndBadNames(t *testing.T) {
 			t.Errorf("Add(%q): %v, want ErrInvalidName", n, err)
 		}
 	}
+	if _, err := Add(Options{Name: "s", Dir: t.TempDir(), BuilderID: queue.SubmitterBuilderID("s")}); err == nil {
+		t.Error("the runner's builder id is the submitter's staging scope: accepted")
+	}
 	if _, err := Add(Options{Name: "s", Dir: t.TempDir(), Limits: Limits{MaxStreams: 3}}); err == nil {
 		t.Error("max streams 3 accepted: Provenix needs 6")
 	}

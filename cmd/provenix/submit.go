@@ -70,7 +70,7 @@ cancel ID' stops it.`,
 	fl.StringArrayVar(&f.cacheKeys, "cache-key", nil, "file holding the cache's public key, NAME:base64 (repeatable; default: the data directory's keys/cache.pub)")
 	fl.StringVar(&f.storeRoot, "store", "", "read .drv files from a chroot store rooted at this directory")
 	fl.StringVar(&f.dependents, "dependents-of", "", "mass rebuild: submit the derivations of the targets whose closure holds this .drv or output path, not the targets")
-	fl.StringVar(&f.builderID, "builder-id", up.DefaultBuilderID, "builder id whose staging scope the .drv closure goes to (a runner user's NATS credentials allow its own)")
+	fl.StringVar(&f.builderID, "builder-id", up.DefaultBuilderID, "builder id whose staging scope the .drv closure goes to (a tenant's submitter user may stage as TENANT-submitter only)")
 	fl.BoolVar(&f.noClosure, "no-closure", false, "do not stage the .drv closure export (workers then need the derivations in their stores)")
 	fl.BoolVar(&f.json, "json", false, "print the set as JSON (with --watch: its progress, one JSON object a line, then its status)")
 	fl.BoolVar(&f.watch, "watch", false, "follow the set until it is finished, as 'provenix farm status --watch' does")

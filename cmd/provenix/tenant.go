@@ -33,9 +33,15 @@ func newTenantCmd(g *globals) *cobra.Command {
                       the nats-server configuration's accounts { } block.
   runner.nk           NKey seed of the runners (build, volunteer): publish
                       the tenant's results, stage NARs, take its rebuilds,
-                      hear of its disputes.
+                      hear of its disputes; as farm workers, take build
+                      requests and claim them (claim records only: no
+                      builder can cancel or stall another's build set).
   pusher.nk           NKey seed of the cache pusher: consume the tenant's
-                      results, read staging and votes, publish events.
+                      results, read staging and votes, publish events,
+                      schedule the farm.
+  submitter.nk        NKey seed for 'provenix submit' and 'provenix farm
+                      cancel|status|list': write build sets, stage their
+                      .drv closures (--builder-id NAME-submitter).
   admin.nk            NKey seed with every right inside the account only.
   builder.key(.pub)   a builder signing key, trusted by policy.yaml
   policy.yaml         the pusher's policy: this tenant, this builder
@@ -86,8 +92,8 @@ func runTenantAdd(g *globals, f *tenantAddFlags, name string) error {
 	}
 	w := g.stdout
 	fmt.Fprintf(w, "tenant %s: files in %s\n", name, dir)
-	fmt.Fprintf(w, "  NATS users: runner %s\n              pusher %s\n              admin  %s\n",
-		t.Users[queue.RoleRunner], t.Users[queue.RolePusher], t.Users[queue.RoleAdmin])
+	fmt.Fprintf(w, "  NATS users: runner    %s\n              pusher    %s\n              submitter %s\n              admin     %s\n",
+		t.Users[queue.RoleRunner], t.Users[queue.RolePusher], t.Users[queue.RoleSubmitter], t.Users[queue.RoleAdmin])
 	fmt.Fprintf(w, "\n1. Add the account to nats-server.conf (JetStream enabled) and reload it:\n")
 	fmt.Fprintf(w, "     accounts {\n       include %q\n     }\n", t.Path(tenant.FileAccount))
 	fmt.Fprintf(w, "2. Runners:  provenix build --nats-url URL --nats-nkey %s --tenant %s \\\n              --key %s --builder-id %s ...\n",
@@ -95,7 +101,9 @@ func runTenantAdd(g *globals, f *tenantAddFlags, name string) error {
 	fmt.Fprintf(w, "3. Pusher:   provenix cache-push --nats-url URL --nats-nkey %s --tenant %s \\\n              --policy %s --cache-key %s --dir CACHE_DIR\n",
 		t.Path(tenant.SeedFile(queue.RolePusher)), name, t.Path(tenant.FilePolicy), t.Path(tenant.FileCacheKey))
 	fmt.Fprintf(w, "4. Cache:    provenix cache serve --dir CACHE_DIR --readers %s\n", t.Path(tenant.FileCacheReaders))
-	fmt.Fprintf(w, "5. Clients:  netrc-file = %s   (machine %s)\n             trusted-public-keys = %s\n",
+	fmt.Fprintf(w, "5. Farm:     provenix submit --nats-url URL --nats-nkey %s --tenant %s \\\n              --builder-id %s --cache CACHE_URL --cache-key %s.pub ...\n",
+		t.Path(tenant.SeedFile(queue.RoleSubmitter)), name, queue.SubmitterBuilderID(name), t.Path(tenant.FileCacheKey))
+	fmt.Fprintf(w, "6. Clients:  netrc-file = %s   (machine %s)\n             trusted-public-keys = %s\n",
 		t.Path(tenant.FileNetrc), f.cacheHost, t.CachePublicKey)
 	fmt.Fprintf(w, "\n%s", t.Snippet)
 	return nil

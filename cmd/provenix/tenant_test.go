@@ -35,7 +35,7 @@ func TestTenantAddUsage(t *testing.T) {
 		t.Error("max streams 2 accepted")
 	}
 	stdout, stderr, code := cli(t, ctx, "tenant", "add", "ok", "--dir", dir)
-	if code != 0 || !strings.Contains(stdout, "ok: {") || !strings.Contains(stdout, "--nats-nkey") {
+	if code != 0 || !strings.Contains(stdout, "ok: {") || !strings.Contains(stdout, "--nats-nkey") || !strings.Contains(stdout, "submitter.nk --tenant ok") {
 		t.Fatalf("tenant add: exit %d\n%s\n%s", code, stdout, stderr)
 	}
 	if _, stderr, code := cli(t, ctx, "tenant", "add", "ok", "--dir", dir); code == 0 || !strings.Contains(stderr, "already exists") {
