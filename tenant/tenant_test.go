@@ -336,6 +336,17 @@ func TestAddRefusesOverwriteAndBadNames(t *testing.T) {
 	if again, _ := os.ReadFile(filepath.Join(dir, SeedFile(queue.RoleRunner))); !bytes.Equal(seed, again) {
 		t.Fatal("second Add changed the seed")
 	}
+	// A tenant made before the submitter role has no submitter.nk: Add
+	// still refuses its directory, and creates nothing in it.
+	if err := os.Remove(filepath.Join(dir, SeedFile(queue.RoleSubmitter))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Add(Options{Name: "a", Dir: dir}); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("Add over a tenant without submitter.nk: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, SeedFile(queue.RoleSubmitter))); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Add over an older tenant created its submitter seed: %v", err)
+	}
 	fi, err := os.Stat(filepath.Join(dir, SeedFile(queue.RolePusher)))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("seed file mode: %v %v", fi.Mode(), err)
