@@ -18,16 +18,16 @@ const RecordVersion = 1
 
 // Keys in queue.BucketFarm. A derivation is named by its .drv path's
 // hash part, unique in a set.
-func setKey(id string) string          { return "set." + id }
-func nodePrefix(id string) string      { return "node." + id }
+func setKey(id string) string          { return queue.FarmSetPrefix + "." + id }
+func nodePrefix(id string) string      { return queue.FarmNodePrefix + "." + id }
 func nodeKey(id, drv string) string    { return nodePrefix(id) + "." + hashOf(drv) }
-func statePrefix(id string) string     { return "state." + id }
+func statePrefix(id string) string     { return queue.FarmStatePrefix + "." + id }
 func stateKey(id, drv string) string   { return statePrefix(id) + "." + hashOf(drv) }
-func classPrefix(tenant string) string { return "class." + tenant }
+func classPrefix(tenant string) string { return queue.FarmClassPrefix + "." + tenant }
 
 // ClaimKey is where set id's Claims on drv are (in queue.BucketFarm):
 // who holds each replica of it.
-func ClaimKey(id, drv string) string { return "claim." + id + "." + hashOf(drv) }
+func ClaimKey(id, drv string) string { return queue.FarmClaimPrefix + "." + id + "." + hashOf(drv) }
 func classKey(tenant, system, class string) string {
 	return classPrefix(tenant) + "." + system + "." + class
 }

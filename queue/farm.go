@@ -362,7 +362,7 @@ func DecodeFarmMessage[T any, P interface {
 // bound that, and every result still goes through the pusher's checks.
 func farmRunner(tenant string, pub *[]string, consume func(stream, filter string), readStream, orderedReads func(stream string)) {
 	consume(StreamFarm, subjectFarmBuild+"."+tenant+".>")
-	*pub = append(*pub, subjectFarmReport+"."+tenant, kvSubjectPrefix+BucketFarm+"."+farmClaimPrefix+".>")
+	*pub = append(*pub, subjectFarmReport+"."+tenant, kvSubjectPrefix+BucketFarm+"."+FarmClaimPrefix+".>")
 	readStream(kvStreamPrefix + BucketFarm)
 	orderedReads(kvStreamPrefix + BucketFarm)
 	readStream(kvStreamPrefix + BucketBuilders)
@@ -373,14 +373,14 @@ func farmRunner(tenant string, pub *[]string, consume func(stream, filter string
 	readDisputes(tenant, pub)
 }
 
-// Record key prefixes of BucketFarm (see package farm): what each role
-// may write.
+// Record key prefixes of BucketFarm: package farm names its records with
+// them, and each role's permissions say which it may write.
 const (
-	farmClaimPrefix = "claim"
-	farmSetPrefix   = "set"
-	farmNodePrefix  = "node"
-	farmStatePrefix = "state"
-	farmClassPrefix = "class"
+	FarmClaimPrefix = "claim"
+	FarmSetPrefix   = "set"
+	FarmNodePrefix  = "node"
+	FarmStatePrefix = "state"
+	FarmClassPrefix = "class"
 )
 
 // SubmitterBuilderID is the builder id whose staging scope tenant's
@@ -393,7 +393,7 @@ func SubmitterBuilderID(tenant string) string { return tenant + "-submitter" }
 // set, node, state and class records, stage in its own scope, and read
 // the bucket (KV gets and watches).
 func farmSubmitter(tenant string, pub *[]string, readStream, orderedReads func(stream string)) {
-	for _, p := range []string{farmSetPrefix, farmNodePrefix, farmStatePrefix, farmClassPrefix + "." + tenant} {
+	for _, p := range []string{FarmSetPrefix, FarmNodePrefix, FarmStatePrefix, FarmClassPrefix + "." + tenant} {
 		*pub = append(*pub, kvSubjectPrefix+BucketFarm+"."+p+".>")
 	}
 	readStream(kvStreamPrefix + BucketFarm)
