@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"strconv"
 	"strings"
 )
@@ -88,7 +87,8 @@ func readHeader(r *bufio.Reader) (int64, error) {
 }
 
 // parseList reads a whole chunk list and checks that its chunks add up to
-// its size.
+// its size. No chunk is longer than maxPiece (Create cuts there), so a
+// reader's buffers stay bounded and the sum cannot overflow.
 func parseList(r io.Reader) (*chunkList, error) {
 	br := bufio.NewReader(io.LimitReader(r, maxListSize+1))
 	want, err := readHeader(br)
@@ -107,7 +107,7 @@ func parseList(r io.Reader) (*chunkList, error) {
 		hx, sz, ok := strings.Cut(strings.TrimSuffix(line, "\n"), " ")
 		var e entry
 		size, perr := strconv.ParseInt(sz, 10, 64)
-		if !ok || len(hx) != 64 || perr != nil || size < 0 || size > math.MaxInt64-l.size {
+		if !ok || len(hx) != 64 || perr != nil || size < 0 || size > maxPiece {
 			return nil, fmt.Errorf("%w: chunk %d: %q", ErrCorrupt, n, line)
 		}
 		if _, err := hex.Decode(e.sum[:], []byte(hx)); err != nil {
