@@ -22,6 +22,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/chunked"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/internal/tests3"
 )
 
 // dedupDirsEnv names the two directories BenchmarkDedup adds to the Nix
@@ -65,6 +66,7 @@ func BenchmarkDedup(b *testing.B) {
 		{"chunked-16-64-256", &chunked.Options{}},
 		{"chunked-64-128-256", &chunked.Options{MinSize: 64 << 10, AvgSize: 128 << 10, MaxSize: 256 << 10}},
 		{"chunked-16-64-256-default-level", &chunked.Options{Level: zstd.SpeedDefault}},
+		{"chunked-16-64-256-best-level", &chunked.Options{Level: zstd.SpeedBestCompression}},
 	}
 	if sizes := os.Getenv(dedupSizesEnv); sizes != "" {
 		variants = variants[:1]
@@ -78,6 +80,7 @@ func BenchmarkDedup(b *testing.B) {
 	}
 	for b.Loop() {
 		sizes := map[string][2]int64{}
+		took := map[string]time.Duration{}
 		for _, v := range variants {
 			dir := b.TempDir()
 			inner, err := local.New(dir)
@@ -92,6 +95,7 @@ func BenchmarkDedup(b *testing.B) {
 			for i, p := range paths {
 				start := time.Now()
 				ingestPath(b, st, p)
+				took[v.name] += time.Since(start)
 				got[i] = dirSize(b, dir)
 				b.Logf("%s: %s: %d bytes stored after it, %.1fs", v.name, filepath.Base(p), got[i], time.Since(start).Seconds())
 			}
@@ -102,6 +106,7 @@ func BenchmarkDedup(b *testing.B) {
 		for _, v := range variants[1:] {
 			b.ReportMetric(float64(sizes[v.name][1]), v.name+"-bytes")
 			b.ReportMetric(float64(sizes[v.name][1])/float64(whole), v.name+"/whole")
+			b.ReportMetric(took[v.name].Seconds()/took["whole"].Seconds(), v.name+"-time/whole")
 		}
 	}
 }
@@ -135,7 +140,8 @@ func dirSize(b *testing.B, dir string) int64 {
 // BenchmarkServe fetches the same NAR over HTTP from one cache server, as
 // a whole file (stored before chunking) and as chunks, alternately, and
 // reports both rates and their ratio. The NAR is 64 MiB of mixed text and
-// noise, or the NAR of the store path in PROVENIX_SERVE_PATH.
+// noise, or the NAR of the store path in PROVENIX_SERVE_PATH. The store is
+// local, or S3 (versitygw on loopback) with PROVENIX_SERVE_STORE=s3.
 //
 //	go test -run '^$' -bench Serve -benchtime 20x -count 5 ./cache-push/store/chunked/
 func BenchmarkServe(b *testing.B) {
@@ -148,9 +154,18 @@ func BenchmarkServe(b *testing.B) {
 	} else {
 		nar = version(64<<20, nil)
 	}
-	inner, err := local.New(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
+	var inner store.Store
+	switch os.Getenv("PROVENIX_SERVE_STORE") {
+	case "", "local":
+		l, err := local.New(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		inner = l
+	case "s3":
+		inner = newS3(b, tests3.Start(b), "bench")
+	default:
+		b.Fatal("PROVENIX_SERVE_STORE: local or s3")
 	}
 	want := ingest.Expect{NarHash: sha256.Sum256(nar), NarSize: uint64(len(nar))}
 	whole, err := ingest.NAR(b.Context(), inner, bytes.NewReader(nar), want, ingest.Options{})

@@ -12,7 +12,8 @@
 // unchanged. Reading a NAR key streams its chunks in order, so readers,
 // the cache server included, see the very bytes that were written: the
 // FileHash and FileSize the pusher computed describe what is served, and
-// stock nix sees an ordinary binary cache.
+// stock nix sees an ordinary binary cache. A reader fetches a few chunks
+// ahead, several at once, within a few MiB (reader.go).
 //
 // Chunks are byte ranges of the written file, cut where its zstd frames
 // end. For dedup to work, a NAR must be compressed as one zstd frame per
