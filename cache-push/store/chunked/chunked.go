@@ -166,9 +166,10 @@ func New(inner store.Store, o Options) (*Store, error) {
 		o.Uploads = DefaultUploads
 	}
 	// One frame per chunk with its content size and checksum, and the
-	// same bytes for the same chunk every time (EncodeAll with one
-	// goroutine is deterministic), so equal chunks get equal keys.
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(o.Level), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true))
+	// same bytes for the same chunk every time (EncodeAll compresses in
+	// the calling goroutine, deterministically; the concurrency is how
+	// many calls run at once), so equal chunks get equal keys.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(o.Level), zstd.WithEncoderConcurrency(encoders), zstd.WithZeroFrames(true))
 	if err != nil {
 		return nil, fmt.Errorf("chunked: zstd level %v: %w", o.Level, err)
 	}
