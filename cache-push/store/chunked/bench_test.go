@@ -172,14 +172,34 @@ func BenchmarkServe(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// The NAR chunked at this package's sizes, and at Attic's (64/128/256
+	// KiB: half as many chunks) in a store of its own.
 	st := wrap(b, inner, chunked.Options{})
 	chunks, err := ingest.NAR(b.Context(), st, bytes.NewReader(nar), want, ingest.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
+	bigInner, err := local.New(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	big := wrap(b, bigInner, chunked.Options{MinSize: 64 << 10, AvgSize: 128 << 10, MaxSize: 256 << 10})
+	bigChunks, err := ingest.NAR(b.Context(), big, bytes.NewReader(nar), want, ingest.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	count := func(s store.Store, key string) float64 {
+		list, err := store.ReadAll(b.Context(), s, key, 64<<20)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return float64(bytes.Count(list, []byte("\n")) - 2)
+	}
 	srv := httptest.NewServer(server.Handler(st, server.Options{}))
 	defer srv.Close()
-	fetch := func(url string) time.Duration {
+	bigSrv := httptest.NewServer(server.Handler(big, server.Options{}))
+	defer bigSrv.Close()
+	fetch := func(srv *httptest.Server, url string) time.Duration {
 		start := time.Now()
 		resp, err := http.Get(srv.URL + "/" + url)
 		if err != nil {
@@ -192,18 +212,20 @@ func BenchmarkServe(b *testing.B) {
 		}
 		return time.Since(start)
 	}
-	var tWhole, tChunks time.Duration
+	var tWhole, tChunks, tBig time.Duration
 	for b.Loop() {
-		tWhole += fetch(whole.URL)
-		tChunks += fetch(chunks.URL)
+		tWhole += fetch(srv, whole.URL)
+		tChunks += fetch(srv, chunks.URL)
+		tBig += fetch(bigSrv, bigChunks.URL)
 	}
 	rate := func(size uint64, d time.Duration) float64 {
 		return float64(size) * float64(b.N) / d.Seconds() / 1e6
 	}
-	rw, rc := rate(whole.FileSize, tWhole), rate(chunks.FileSize, tChunks)
+	rw, rc, rb := rate(whole.FileSize, tWhole), rate(chunks.FileSize, tChunks), rate(bigChunks.FileSize, tBig)
 	b.ReportMetric(rw, "whole-MB/s")
 	b.ReportMetric(rc, "chunked-MB/s")
 	b.ReportMetric(rc/rw, "chunked/whole")
-	b.ReportMetric(float64(whole.FileSize), "whole-bytes")
-	b.ReportMetric(float64(chunks.FileSize), "chunked-bytes")
+	b.ReportMetric(rb/rw, "chunked-64-128-256/whole")
+	b.ReportMetric(count(inner, chunks.URL), "chunks")
+	b.ReportMetric(count(bigInner, bigChunks.URL), "chunks-64-128-256")
 }

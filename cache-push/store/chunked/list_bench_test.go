@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// BenchmarkParseList: the list of a Go toolchain's NAR, 4,200 chunks.
+// BenchmarkParseList: a list of 4,200 chunks.
 func BenchmarkParseList(b *testing.B) {
 	var l chunkList
 	for i := range 4200 {

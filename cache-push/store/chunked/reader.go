@@ -15,7 +15,7 @@ import (
 )
 
 // What one reader of a chunked NAR fetches ahead of the chunk it hands
-// out. A NAR of a Go toolchain is 4,200 chunks: fetched one after the
+// out. A NAR of a Go toolchain is 2,400 chunks: fetched one after the
 // other, each costs a round trip on S3 (tens of milliseconds), and an
 // open, stat and close on a local disk, while the socket waits.
 // Fetching several at once overlaps them with each other and with the
@@ -25,9 +25,11 @@ const (
 	fetchers = 8
 	// aheadBytes bounds the buffers of one reader's chunks, fetched or
 	// being fetched, the one being handed out included: 4 MiB, four of
-	// the longest pieces, about 250 chunks of a Go toolchain's NAR.
+	// the longest pieces. A chunk file open counts as a buffer of its
+	// size, so it bounds open files too.
 	aheadBytes = 4 << 20
-	// aheadChunks bounds their number.
+	// aheadChunks bounds their number: 64 chunks of a Go toolchain's
+	// NAR (28 KB on average) take 2 MiB of buffers.
 	aheadChunks = 64
 )
 
