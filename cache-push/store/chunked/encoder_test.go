@@ -43,23 +43,14 @@ func TestEncoderDeterministic(t *testing.T) {
 	}
 }
 
-var errFull = errors.New("disk full")
-
-type failAfter struct{ left int }
-
-func (f *failAfter) Write(p []byte) (int, error) {
-	if len(p) > f.left {
-		return 0, errFull
-	}
-	f.left -= len(p)
-	return len(p), nil
-}
-
 // TestEncoderWriteFails: a failing destination stops the encoder, and
 // its error comes back from Write or Close.
 func TestEncoderWriteFails(t *testing.T) {
+	errFull := errors.New("disk full")
+	pr, pw := io.Pipe()
+	pr.CloseWithError(errFull) // every write fails
 	s := wrap(t, newLocal(t), chunked.Options{})
-	if err := encodeNAR(t, s, &failAfter{left: 100 << 10}, version(8<<20, nil)); !errors.Is(err, errFull) {
+	if err := encodeNAR(t, s, pw, version(8<<20, nil)); !errors.Is(err, errFull) {
 		t.Errorf("encoding into a failing writer: %v, want %v", err, errFull)
 	}
 }
