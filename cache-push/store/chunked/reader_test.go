@@ -149,23 +149,28 @@ func TestReadAhead(t *testing.T) {
 
 // TestReadCancelled: a reader whose ctx ends mid-NAR fails; it never
 // ends early as if the NAR were complete, even when the chunks fetched
-// ahead before the end are all it has left to hand out.
+// ahead before the end are all it has left to hand out. Chunk files
+// (opened one at a time) and chunks fetched ahead (not files).
 func TestReadCancelled(t *testing.T) {
-	s := wrap(t, newLocal(t), chunked.Options{})
-	res := ingestNAR(t, s, version(16<<20, nil))
-	ctx, cancel := context.WithCancel(t.Context())
-	rc, err := s.Open(ctx, res.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	if _, err := io.ReadFull(rc, make([]byte, 1000)); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(200 * time.Millisecond) // the read-ahead fills up and waits
-	cancel()
-	n, err := io.Copy(io.Discard, rc)
-	if !errors.Is(err, context.Canceled) || uint64(n)+1000 >= res.FileSize {
-		t.Errorf("read after cancel: %d more bytes of %d, %v; want context.Canceled before the end", n, res.FileSize, err)
+	for name, chunks := range map[string]store.Store{"files": nil, "ahead": &countingStore{Store: newLocal(t)}} {
+		t.Run(name, func(t *testing.T) {
+			s := wrap(t, newLocal(t), chunked.Options{Chunks: chunks})
+			res := ingestNAR(t, s, version(16<<20, nil))
+			ctx, cancel := context.WithCancel(t.Context())
+			rc, err := s.Open(ctx, res.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			if _, err := io.ReadFull(rc, make([]byte, 1000)); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(200 * time.Millisecond) // the read-ahead fills up and waits
+			cancel()
+			n, err := io.Copy(io.Discard, rc)
+			if !errors.Is(err, context.Canceled) || uint64(n)+1000 >= res.FileSize {
+				t.Errorf("read after cancel: %d more bytes of %d, %v; want context.Canceled before the end", n, res.FileSize, err)
+			}
+		})
 	}
 }
