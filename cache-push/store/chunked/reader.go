@@ -34,15 +34,16 @@ const (
 )
 
 // chunkReader reads a NAR's chunks in order, each checked against its
-// list: a chunk that is missing, of another length or whose bytes do not
-// hash to its name fails the read with an error (ErrCorrupt for the last
-// two) at that point of the NAR, instead of handing a damaged NAR to nix.
+// list: a chunk that is missing, of another length or (unless it is a
+// file, see fetch) whose bytes do not hash to its name fails the read
+// with an error (ErrCorrupt for the last two) at that point of the NAR,
+// instead of handing a damaged NAR to nix.
 // Chunk files (store/local) are opened one at a time as they are
 // needed. Other chunks are fetched ahead: the first one that is not a
 // file starts a goroutine that fetches the rest, in up to fetchers
 // goroutines at once; Close stops them and waits for them.
 type chunkReader struct {
-	ctx     context.Context // the caller's, until the first read
+	ctx     context.Context // the caller's, until the read-ahead starts
 	chunks  store.Store
 	key     string
 	entries []entry
