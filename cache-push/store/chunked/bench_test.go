@@ -2,6 +2,7 @@ package chunked_test
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -72,11 +73,8 @@ func BenchmarkDedup(b *testing.B) {
 	if sizes := os.Getenv(dedupSizesEnv); sizes != "" {
 		variants = variants[:1]
 		for _, v := range strings.Split(sizes, ",") {
-			var lo, avg, hi int
-			if _, err := fmt.Sscanf(v, "%d-%d-%d", &lo, &avg, &hi); err != nil {
-				b.Fatalf("%s: %q is not MIN-AVG-MAX in KiB", dedupSizesEnv, v)
-			}
-			variants = append(variants, variant{"chunked-" + v, &chunked.Options{MinSize: lo << 10, AvgSize: avg << 10, MaxSize: hi << 10}})
+			o := sizesOptions(b, v)
+			variants = append(variants, variant{"chunked-" + v, &o})
 		}
 	}
 	for b.Loop() {
@@ -110,6 +108,15 @@ func BenchmarkDedup(b *testing.B) {
 			b.ReportMetric(took[v.name].Seconds()/took["whole"].Seconds(), v.name+"-time/whole")
 		}
 	}
+}
+
+// sizesOptions parses chunk sizes in KiB: "64-128-256".
+func sizesOptions(b *testing.B, v string) chunked.Options {
+	var lo, avg, hi int
+	if _, err := fmt.Sscanf(v, "%d-%d-%d", &lo, &avg, &hi); err != nil {
+		b.Fatalf("%q is not MIN-AVG-MAX in KiB", v)
+	}
+	return chunked.Options{MinSize: lo << 10, AvgSize: avg << 10, MaxSize: hi << 10}
 }
 
 // ingestPath dumps a store path and ingests its NAR, as the pusher does.
@@ -173,8 +180,10 @@ func BenchmarkServe(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	// The NAR chunked at this package's sizes, and at Attic's (64/128/256
-	// KiB: half as many chunks) in a store of its own.
+	// The NAR chunked at this package's sizes, and at others in a store
+	// of its own: PROVENIX_SERVE_SIZES, else Attic's 64/128/256 KiB (half
+	// as many chunks).
+	other := cmp.Or(os.Getenv("PROVENIX_SERVE_SIZES"), "64-128-256")
 	st := wrap(b, inner, chunked.Options{})
 	chunks, err := ingest.NAR(b.Context(), st, bytes.NewReader(nar), want, ingest.Options{})
 	if err != nil {
@@ -184,7 +193,7 @@ func BenchmarkServe(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	big := wrap(b, bigInner, chunked.Options{MinSize: 64 << 10, AvgSize: 128 << 10, MaxSize: 256 << 10})
+	big := wrap(b, bigInner, sizesOptions(b, other))
 	bigChunks, err := ingest.NAR(b.Context(), big, bytes.NewReader(nar), want, ingest.Options{})
 	if err != nil {
 		b.Fatal(err)
@@ -236,9 +245,9 @@ func BenchmarkServe(b *testing.B) {
 	b.ReportMetric(rw, "whole-MB/s")
 	b.ReportMetric(rc, "chunked-MB/s")
 	b.ReportMetric(rc/rw, "chunked/whole")
-	b.ReportMetric(rb/rw, "chunked-64-128-256/whole")
+	b.ReportMetric(rb/rw, "chunked-"+other+"/whole")
 	b.ReportMetric(float64(cpus[chunks.URL])/float64(cpus[whole.URL]), "chunked-cpu/whole")
-	b.ReportMetric(float64(cpus[bigChunks.URL])/float64(cpus[whole.URL]), "chunked-64-128-256-cpu/whole")
+	b.ReportMetric(float64(cpus[bigChunks.URL])/float64(cpus[whole.URL]), "chunked-"+other+"-cpu/whole")
 	b.ReportMetric(count(inner, chunks.URL), "chunks")
-	b.ReportMetric(count(bigInner, bigChunks.URL), "chunks-64-128-256")
+	b.ReportMetric(count(bigInner, bigChunks.URL), "chunks-"+other)
 }
