@@ -65,10 +65,11 @@ func BenchmarkDedup(b *testing.B) {
 	}
 	variants := []variant{
 		{"whole", nil},
-		{"chunked-16-64-256", &chunked.Options{}},
+		{"chunked", &chunked.Options{}},
+		{"chunked-16-64-256", &chunked.Options{MinSize: 16 << 10, AvgSize: 64 << 10, MaxSize: 256 << 10}},
 		{"chunked-64-128-256", &chunked.Options{MinSize: 64 << 10, AvgSize: 128 << 10, MaxSize: 256 << 10}},
-		{"chunked-16-64-256-default-level", &chunked.Options{Level: zstd.SpeedDefault}},
-		{"chunked-16-64-256-best-level", &chunked.Options{Level: zstd.SpeedBestCompression}},
+		{"chunked-zstd-default-level", &chunked.Options{Level: zstd.SpeedDefault}},
+		{"chunked-zstd-best-level", &chunked.Options{Level: zstd.SpeedBestCompression}},
 	}
 	if sizes := os.Getenv(dedupSizesEnv); sizes != "" {
 		variants = variants[:1]

@@ -73,12 +73,19 @@ import (
 )
 
 // Chunk sizes of the uncompressed NAR (FastCDC's minimum, average and
-// maximum). 64 KiB on average, as casync and nix-casync use: smaller
-// chunks find more shared bytes between versions, at the cost of more
-// objects and a little compression. Against Attic's 64/128/256 KiB
-// (BenchmarkDedup): the second version of google.golang.org/api added
-// 8.8 MB at 16/64/256 and 12.5 MB at 64/128/256, the first took 48 and
-// 45 MB; Go and Perl versions came out within 1 % of each other.
+// maximum). Smaller chunks find more shared bytes between versions, at
+// the cost of more objects, a little compression and serving speed (each
+// chunk is a file to open, or a GET). Measured (BenchmarkDedup,
+// BenchmarkServe, one run each, Go toolchain NARs):
+//
+//	sizes (KiB)   1.26.7+1.26.8   1.27.2+1.27.3   chunks   served (× whole)   CPU (× whole)
+//	16/64/256     0.593×          0.575×          2,433    0.52 to 0.60       2.0 to 2.1
+//	32/96/256     0.599×          0.571×          1,538    0.66 to 0.85       1.6 to 1.7
+//	64/128/256    0.603×          0.571×          1,288
+//
+// 16/64/256 (casync's and nix-casync's average) was the default before;
+// on google.golang.org/api v0.283.0 + v0.284.0 the second version added
+// 8.8 MB at 16/64/256 and 12.5 MB at Attic's 64/128/256.
 //
 // The chunker is github.com/jotfs/fastcdc-go: FastCDC, small, no
 // dependencies, 515 to 775 MB/s here against 200 to 330 MB/s for
@@ -86,8 +93,8 @@ import (
 // a Go toolchain's NAR; kalbasit/fastcdc is not served by the module
 // proxy.
 const (
-	DefaultMinSize = 16 << 10
-	DefaultAvgSize = 64 << 10
+	DefaultMinSize = 32 << 10
+	DefaultAvgSize = 96 << 10
 	DefaultMaxSize = 256 << 10
 )
 
@@ -112,7 +119,8 @@ type Options struct {
 	// zstd.SpeedBetterCompression. Each chunk is compressed alone and
 	// only once, while it is stored, so the stronger level pays for
 	// what compressing small pieces loses: on two Go toolchains a patch
-	// release apart it stored 0.593× of the whole NARs against 0.607× at
+	// release apart (16/64/256 KiB chunks) it stored 0.593× of the whole
+	// NARs against 0.607× at
 	// zstd.SpeedDefault, for 15% more time writing (BenchmarkDedup).
 	// zstd.SpeedBestCompression stored 0.562×, but compressed 4 to 5
 	// times slower than this level.
