@@ -163,19 +163,25 @@ func BenchmarkServe(b *testing.B) {
 	} else {
 		nar = version(64<<20, nil)
 	}
-	var inner store.Store
-	switch os.Getenv("PROVENIX_SERVE_STORE") {
-	case "", "local":
-		l, err := local.New(b.TempDir())
-		if err != nil {
-			b.Fatal(err)
+	var srv3 *tests3.Server
+	newInner := func(prefix string) store.Store {
+		switch os.Getenv("PROVENIX_SERVE_STORE") {
+		case "", "local":
+			l, err := local.New(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			return l
+		case "s3":
+			if srv3 == nil {
+				srv3 = tests3.Start(b)
+			}
+			return newS3(b, srv3, prefix)
 		}
-		inner = l
-	case "s3":
-		inner = newS3(b, tests3.Start(b), "bench")
-	default:
 		b.Fatal("PROVENIX_SERVE_STORE: local or s3")
+		return nil
 	}
+	inner := newInner("bench")
 	want := ingest.Expect{NarHash: sha256.Sum256(nar), NarSize: uint64(len(nar))}
 	whole, err := ingest.NAR(b.Context(), inner, bytes.NewReader(nar), want, ingest.Options{})
 	if err != nil {
@@ -190,10 +196,7 @@ func BenchmarkServe(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	bigInner, err := local.New(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
+	bigInner := newInner("other")
 	big := wrap(b, bigInner, sizesOptions(b, other))
 	bigChunks, err := ingest.NAR(b.Context(), big, bytes.NewReader(nar), want, ingest.Options{})
 	if err != nil {
