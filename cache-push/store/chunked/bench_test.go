@@ -2,6 +2,7 @@ package chunked_test
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/chunked"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/internal/tests3"
 )
 
 // dedupDirsEnv names the two directories BenchmarkDedup adds to the Nix
@@ -62,22 +65,22 @@ func BenchmarkDedup(b *testing.B) {
 	}
 	variants := []variant{
 		{"whole", nil},
-		{"chunked-16-64-256", &chunked.Options{}},
+		{"chunked", &chunked.Options{}},
+		{"chunked-16-64-256", &chunked.Options{MinSize: 16 << 10, AvgSize: 64 << 10, MaxSize: 256 << 10}},
 		{"chunked-64-128-256", &chunked.Options{MinSize: 64 << 10, AvgSize: 128 << 10, MaxSize: 256 << 10}},
-		{"chunked-16-64-256-default-level", &chunked.Options{Level: zstd.SpeedDefault}},
+		{"chunked-zstd-default-level", &chunked.Options{Level: zstd.SpeedDefault}},
+		{"chunked-zstd-best-level", &chunked.Options{Level: zstd.SpeedBestCompression}},
 	}
 	if sizes := os.Getenv(dedupSizesEnv); sizes != "" {
 		variants = variants[:1]
 		for _, v := range strings.Split(sizes, ",") {
-			var lo, avg, hi int
-			if _, err := fmt.Sscanf(v, "%d-%d-%d", &lo, &avg, &hi); err != nil {
-				b.Fatalf("%s: %q is not MIN-AVG-MAX in KiB", dedupSizesEnv, v)
-			}
-			variants = append(variants, variant{"chunked-" + v, &chunked.Options{MinSize: lo << 10, AvgSize: avg << 10, MaxSize: hi << 10}})
+			o := sizesOptions(b, v)
+			variants = append(variants, variant{"chunked-" + v, &o})
 		}
 	}
 	for b.Loop() {
 		sizes := map[string][2]int64{}
+		took := map[string]time.Duration{}
 		for _, v := range variants {
 			dir := b.TempDir()
 			inner, err := local.New(dir)
@@ -92,6 +95,7 @@ func BenchmarkDedup(b *testing.B) {
 			for i, p := range paths {
 				start := time.Now()
 				ingestPath(b, st, p)
+				took[v.name] += time.Since(start)
 				got[i] = dirSize(b, dir)
 				b.Logf("%s: %s: %d bytes stored after it, %.1fs", v.name, filepath.Base(p), got[i], time.Since(start).Seconds())
 			}
@@ -102,8 +106,18 @@ func BenchmarkDedup(b *testing.B) {
 		for _, v := range variants[1:] {
 			b.ReportMetric(float64(sizes[v.name][1]), v.name+"-bytes")
 			b.ReportMetric(float64(sizes[v.name][1])/float64(whole), v.name+"/whole")
+			b.ReportMetric(took[v.name].Seconds()/took["whole"].Seconds(), v.name+"-time/whole")
 		}
 	}
+}
+
+// sizesOptions parses chunk sizes in KiB: "64-128-256".
+func sizesOptions(b *testing.B, v string) chunked.Options {
+	var lo, avg, hi int
+	if _, err := fmt.Sscanf(v, "%d-%d-%d", &lo, &avg, &hi); err != nil {
+		b.Fatalf("%q is not MIN-AVG-MAX in KiB", v)
+	}
+	return chunked.Options{MinSize: lo << 10, AvgSize: avg << 10, MaxSize: hi << 10}
 }
 
 // ingestPath dumps a store path and ingests its NAR, as the pusher does.
@@ -135,7 +149,8 @@ func dirSize(b *testing.B, dir string) int64 {
 // BenchmarkServe fetches the same NAR over HTTP from one cache server, as
 // a whole file (stored before chunking) and as chunks, alternately, and
 // reports both rates and their ratio. The NAR is 64 MiB of mixed text and
-// noise, or the NAR of the store path in PROVENIX_SERVE_PATH.
+// noise, or the NAR of the store path in PROVENIX_SERVE_PATH. The store is
+// local, or S3 (versitygw on loopback) with PROVENIX_SERVE_STORE=s3.
 //
 //	go test -run '^$' -bench Serve -benchtime 20x -count 5 ./cache-push/store/chunked/
 func BenchmarkServe(b *testing.B) {
@@ -148,24 +163,68 @@ func BenchmarkServe(b *testing.B) {
 	} else {
 		nar = version(64<<20, nil)
 	}
-	inner, err := local.New(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
+	var srv3 *tests3.Server
+	newInner := func(prefix string) store.Store {
+		switch os.Getenv("PROVENIX_SERVE_STORE") {
+		case "", "local":
+			l, err := local.New(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			return l
+		case "s3":
+			if srv3 == nil {
+				srv3 = tests3.Start(b)
+			}
+			return newS3(b, srv3, prefix)
+		}
+		b.Fatal("PROVENIX_SERVE_STORE: local or s3")
+		return nil
 	}
+	inner := newInner("bench")
 	want := ingest.Expect{NarHash: sha256.Sum256(nar), NarSize: uint64(len(nar))}
 	whole, err := ingest.NAR(b.Context(), inner, bytes.NewReader(nar), want, ingest.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
+	// The NAR chunked at this package's sizes, and at others in a store
+	// of its own: PROVENIX_SERVE_SIZES, else Attic's 64/128/256 KiB (half
+	// as many chunks).
+	other := cmp.Or(os.Getenv("PROVENIX_SERVE_SIZES"), "64-128-256")
 	st := wrap(b, inner, chunked.Options{})
 	chunks, err := ingest.NAR(b.Context(), st, bytes.NewReader(nar), want, ingest.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
+	bigInner := newInner("other")
+	big := wrap(b, bigInner, sizesOptions(b, other))
+	bigChunks, err := ingest.NAR(b.Context(), big, bytes.NewReader(nar), want, ingest.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	count := func(s store.Store, key string) float64 {
+		list, err := store.ReadAll(b.Context(), s, key, 64<<20)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return float64(bytes.Count(list, []byte("\n")) - 2)
+	}
 	srv := httptest.NewServer(server.Handler(st, server.Options{}))
 	defer srv.Close()
-	fetch := func(url string) time.Duration {
-		start := time.Now()
+	bigSrv := httptest.NewServer(server.Handler(big, server.Options{}))
+	defer bigSrv.Close()
+	// CPU time (server and client, this process) as well as wall time:
+	// on a shared machine, the wall time of a fetch depends on what else
+	// runs; what it costs does less.
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	cpus := map[string]time.Duration{}
+	fetch := func(srv *httptest.Server, url string) time.Duration {
+		start, startCPU := time.Now(), cpu()
+		defer func() { cpus[url] += cpu() - startCPU }()
 		resp, err := http.Get(srv.URL + "/" + url)
 		if err != nil {
 			b.Fatal(err)
@@ -177,18 +236,22 @@ func BenchmarkServe(b *testing.B) {
 		}
 		return time.Since(start)
 	}
-	var tWhole, tChunks time.Duration
+	var tWhole, tChunks, tBig time.Duration
 	for b.Loop() {
-		tWhole += fetch(whole.URL)
-		tChunks += fetch(chunks.URL)
+		tWhole += fetch(srv, whole.URL)
+		tChunks += fetch(srv, chunks.URL)
+		tBig += fetch(bigSrv, bigChunks.URL)
 	}
 	rate := func(size uint64, d time.Duration) float64 {
 		return float64(size) * float64(b.N) / d.Seconds() / 1e6
 	}
-	rw, rc := rate(whole.FileSize, tWhole), rate(chunks.FileSize, tChunks)
+	rw, rc, rb := rate(whole.FileSize, tWhole), rate(chunks.FileSize, tChunks), rate(bigChunks.FileSize, tBig)
 	b.ReportMetric(rw, "whole-MB/s")
 	b.ReportMetric(rc, "chunked-MB/s")
 	b.ReportMetric(rc/rw, "chunked/whole")
-	b.ReportMetric(float64(whole.FileSize), "whole-bytes")
-	b.ReportMetric(float64(chunks.FileSize), "chunked-bytes")
+	b.ReportMetric(rb/rw, "chunked-"+other+"/whole")
+	b.ReportMetric(float64(cpus[chunks.URL])/float64(cpus[whole.URL]), "chunked-cpu/whole")
+	b.ReportMetric(float64(cpus[bigChunks.URL])/float64(cpus[whole.URL]), "chunked-"+other+"-cpu/whole")
+	b.ReportMetric(count(inner, chunks.URL), "chunks")
+	b.ReportMetric(count(bigInner, bigChunks.URL), "chunks-"+other)
 }

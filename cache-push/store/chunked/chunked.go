@@ -12,7 +12,8 @@
 // unchanged. Reading a NAR key streams its chunks in order, so readers,
 // the cache server included, see the very bytes that were written: the
 // FileHash and FileSize the pusher computed describe what is served, and
-// stock nix sees an ordinary binary cache.
+// stock nix sees an ordinary binary cache. A reader fetches a few chunks
+// ahead, several at once, within a few MiB (reader.go).
 //
 // Chunks are byte ranges of the written file, cut where its zstd frames
 // end. For dedup to work, a NAR must be compressed as one zstd frame per
@@ -72,12 +73,19 @@ import (
 )
 
 // Chunk sizes of the uncompressed NAR (FastCDC's minimum, average and
-// maximum). 64 KiB on average, as casync and nix-casync use: smaller
-// chunks find more shared bytes between versions, at the cost of more
-// objects and a little compression. Against Attic's 64/128/256 KiB
-// (BenchmarkDedup): the second version of google.golang.org/api added
-// 8.8 MB at 16/64/256 and 12.5 MB at 64/128/256, the first took 48 and
-// 45 MB; Go and Perl versions came out within 1 % of each other.
+// maximum). Smaller chunks find more shared bytes between versions, at
+// the cost of more objects, a little compression and serving speed (each
+// chunk is a file to open, or a GET). Measured (BenchmarkDedup,
+// BenchmarkServe, one run each, Go toolchain NARs):
+//
+//	sizes (KiB)   1.26.7+1.26.8   1.27.2+1.27.3   chunks   served (× whole)   CPU (× whole)
+//	16/64/256     0.593×          0.575×          2,433    0.52 to 0.60       2.0 to 2.1
+//	32/96/256     0.599×          0.571×          1,538    0.66 to 0.85       1.6 to 1.7
+//	64/128/256    0.603×          0.571×          1,288
+//
+// 16/64/256 (casync's and nix-casync's average) was the default before;
+// on google.golang.org/api v0.283.0 + v0.284.0 the second version added
+// 8.8 MB at 16/64/256 and 12.5 MB at Attic's 64/128/256.
 //
 // The chunker is github.com/jotfs/fastcdc-go: FastCDC, small, no
 // dependencies, 515 to 775 MB/s here against 200 to 330 MB/s for
@@ -85,8 +93,8 @@ import (
 // a Go toolchain's NAR; kalbasit/fastcdc is not served by the module
 // proxy.
 const (
-	DefaultMinSize = 16 << 10
-	DefaultAvgSize = 64 << 10
+	DefaultMinSize = 32 << 10
+	DefaultAvgSize = 96 << 10
 	DefaultMaxSize = 256 << 10
 )
 
@@ -111,8 +119,11 @@ type Options struct {
 	// zstd.SpeedBetterCompression. Each chunk is compressed alone and
 	// only once, while it is stored, so the stronger level pays for
 	// what compressing small pieces loses: on two Go toolchains a patch
-	// release apart it stored 0.593× of the whole NARs against 0.607× at
+	// release apart (16/64/256 KiB chunks) it stored 0.593× of the whole
+	// NARs against 0.607× at
 	// zstd.SpeedDefault, for 15% more time writing (BenchmarkDedup).
+	// zstd.SpeedBestCompression stored 0.566× against 0.599× (32/96/256
+	// KiB), but wrote 3 to 5 times slower than this level.
 	Level zstd.EncoderLevel
 	// RefreshAge: a reused chunk older than this is rewritten, so that
 	// gc does not take it from under a write in progress.
@@ -165,9 +176,10 @@ func New(inner store.Store, o Options) (*Store, error) {
 		o.Uploads = DefaultUploads
 	}
 	// One frame per chunk with its content size and checksum, and the
-	// same bytes for the same chunk every time (EncodeAll with one
-	// goroutine is deterministic), so equal chunks get equal keys.
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(o.Level), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true))
+	// same bytes for the same chunk every time (EncodeAll compresses in
+	// the calling goroutine, deterministically; the concurrency is how
+	// many calls run at once), so equal chunks get equal keys.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(o.Level), zstd.WithEncoderConcurrency(encoders), zstd.WithZeroFrames(true))
 	if err != nil {
 		return nil, fmt.Errorf("chunked: zstd level %v: %w", o.Level, err)
 	}
@@ -318,229 +330,6 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(store.Info) err
 type readCloser struct {
 	io.Reader
 	io.Closer
-}
-
-// readAhead is how many chunks a reader fetches ahead of the one it
-// hands out: a cache server then opens chunk files (or GETs them) while
-// it writes to the socket. At most readAhead+1 chunks are held.
-const readAhead = 8
-
-// chunkReader reads a NAR's chunks in order, each checked against the
-// length its list gives. Chunk files (store/local) are opened one at a
-// time as they are needed, and WriteTo hands each to the socket with
-// sendfile; opening a file costs microseconds, less than handing it over
-// from another goroutine on a busy machine. Other chunks (S3 GETs, with
-// their round trips) are fetched into memory ahead, readAhead at a time,
-// by a goroutine that the first read starts and Close stops.
-type chunkReader struct {
-	ctx     context.Context
-	chunks  store.Store
-	key     string
-	entries []entry
-
-	idx     int  // the next entry to fetch here
-	ahead   bool // a goroutine fetches the rest
-	next    chan fetched
-	stop    chan struct{}
-	done    chan struct{}
-	started bool    // the goroutine was started
-	cur     fetched // the chunk being handed out
-	err     error
-}
-
-// fetched is one chunk: an open file of size bytes, or its bytes.
-type fetched struct {
-	f    *os.File
-	left int64 // bytes of f not yet read
-	b    []byte
-	err  error
-}
-
-func newChunkReader(ctx context.Context, chunks store.Store, key string, entries []entry) *chunkReader {
-	return &chunkReader{ctx: ctx, chunks: chunks, key: key, entries: entries,
-		next: make(chan fetched, readAhead), stop: make(chan struct{}), done: make(chan struct{})}
-}
-
-func (r *chunkReader) fetch(entries []entry) {
-	defer close(r.done)
-	defer close(r.next)
-	for _, e := range entries {
-		if e.size == 0 {
-			continue
-		}
-		f := r.fetchChunk(e)
-		select {
-		case r.next <- f:
-		case <-r.stop:
-			if f.f != nil {
-				f.f.Close()
-			}
-			return
-		}
-		if f.err != nil {
-			return
-		}
-	}
-}
-
-func (r *chunkReader) fetchChunk(e entry) fetched {
-	rc, fi, err := store.OpenInfo(r.ctx, r.chunks, chunkKey(e.sum))
-	if err != nil {
-		return fetched{err: fmt.Errorf("chunked: %s: chunk %x: %w", r.key, e.sum, err)}
-	}
-	if fi.Size != e.size {
-		rc.Close()
-		return fetched{err: fmt.Errorf("chunked: %s: %w: chunk %x is %d bytes, its list says %d", r.key, ErrCorrupt, e.sum, fi.Size, e.size)}
-	}
-	if f, ok := rc.(*os.File); ok {
-		return fetched{f: f, left: e.size}
-	}
-	defer rc.Close()
-	b := make([]byte, e.size)
-	if _, err := io.ReadFull(rc, b); err != nil {
-		return fetched{err: r.short(e.sum, err)}
-	}
-	return fetched{b: b}
-}
-
-func (r *chunkReader) short(sum [32]byte, err error) error {
-	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-		err = fmt.Errorf("%w: chunk %x shorter than its list says", ErrCorrupt, sum)
-	}
-	return fmt.Errorf("chunked: %s: %w", r.key, err)
-}
-
-// advance makes the next chunk current; wait says whether to wait for
-// one the goroutine has not fetched yet. It returns false when none is
-// current.
-func (r *chunkReader) advance(wait bool) bool {
-	if r.cur.f != nil {
-		r.cur.f.Close()
-	}
-	r.cur = fetched{}
-	var f fetched
-	if !r.ahead {
-		for r.idx < len(r.entries) && r.entries[r.idx].size == 0 {
-			r.idx++
-		}
-		if r.idx == len(r.entries) {
-			r.err = io.EOF
-			return false
-		}
-		f = r.fetchChunk(r.entries[r.idx])
-		r.idx++
-		if f.b != nil && !r.started {
-			// Not a file: fetch the rest ahead.
-			r.ahead, r.started = true, true
-			go r.fetch(r.entries[r.idx:])
-		}
-	} else {
-		var ok bool
-		if wait {
-			f, ok = <-r.next
-		} else {
-			select {
-			case f, ok = <-r.next:
-			default:
-				return false
-			}
-		}
-		if !ok {
-			r.err = io.EOF
-			return false
-		}
-	}
-	if f.err != nil {
-		r.err = f.err
-		return false
-	}
-	r.cur = f
-	return true
-}
-
-func (r *chunkReader) Read(p []byte) (int, error) {
-	n := 0
-	for n < len(p) && r.err == nil {
-		if len(r.cur.b) == 0 && r.cur.left == 0 {
-			// Fill p from the chunks fetched already; wait for one
-			// only when nothing was copied yet.
-			if !r.advance(n == 0) {
-				break
-			}
-		}
-		if r.cur.f != nil {
-			m, err := r.cur.f.Read(p[n:min(int64(len(p)), int64(n)+r.cur.left)])
-			n += m
-			r.cur.left -= int64(m)
-			if r.cur.left > 0 && err != nil {
-				r.err = r.short([32]byte{}, err)
-			}
-			continue
-		}
-		m := copy(p[n:], r.cur.b)
-		r.cur.b = r.cur.b[m:]
-		n += m
-	}
-	if n > 0 && r.err == io.EOF {
-		return n, nil
-	}
-	return n, r.err
-}
-
-// WriteTo writes the rest of the NAR to w, each chunk file by w's
-// ReadFrom (a socket's sendfile), other chunks with one Write each.
-func (r *chunkReader) WriteTo(w io.Writer) (int64, error) {
-	var total int64
-	for r.err == nil {
-		if len(r.cur.b) == 0 && r.cur.left == 0 && !r.advance(true) {
-			break
-		}
-		if r.cur.f != nil {
-			want := r.cur.left
-			n, err := io.Copy(w, io.LimitReader(r.cur.f, want))
-			total += n
-			r.cur.left -= n
-			if err != nil {
-				r.err = fmt.Errorf("chunked: %s: %w", r.key, err)
-			} else if n < want {
-				r.err = r.short([32]byte{}, io.ErrUnexpectedEOF)
-			}
-			continue
-		}
-		n, err := w.Write(r.cur.b)
-		total += int64(n)
-		r.cur.b = r.cur.b[n:]
-		if err != nil {
-			r.err = fmt.Errorf("chunked: %s: %w", r.key, err)
-		}
-	}
-	if r.err == io.EOF {
-		return total, nil
-	}
-	return total, r.err
-}
-
-// Close stops the fetching goroutine, waits for it and closes the files
-// it opened.
-func (r *chunkReader) Close() error {
-	if r.cur.f != nil {
-		r.cur.f.Close()
-	}
-	r.cur = fetched{}
-	if r.started {
-		close(r.stop)
-		<-r.done
-		for f := range r.next {
-			if f.f != nil {
-				f.f.Close()
-			}
-		}
-		r.started = false
-	}
-	if r.err == nil || r.err == io.EOF {
-		r.err = store.ErrFinished
-	}
-	return nil
 }
 
 // RemoveStale passes gc's cleanup of interrupted uploads (gc.Uploads, an

@@ -3,6 +3,7 @@ package chunked
 import (
 	"fmt"
 	"io"
+	"runtime"
 
 	fastcdc "github.com/jotfs/fastcdc-go"
 )
@@ -29,30 +30,87 @@ func (s *Store) NAREncoder(w io.Writer) (io.WriteCloser, error) {
 }
 
 // encode writes one frame per chunk, or one empty frame for an empty
-// input (as the zstd command does), never nothing.
+// input (as the zstd command does), never nothing. Chunks are compressed
+// on up to encoders cores at once (EncodeAll compresses each alone, the
+// same way whichever goroutine runs it) and written in order.
 func (s *Store) encode(c *fastcdc.Chunker, w io.Writer) error {
-	buf := make([]byte, 0, s.o.MaxSize+s.o.MaxSize/8)
+	order := make(chan *frame, 2*encoders) // compressing or compressed, in order
+	slots := make(chan struct{}, encoders)
+	stop := make(chan struct{}) // closed when a write failed
+	written := make(chan error, 1)
+	go func() { written <- writeFrames(w, order, stop) }()
+	var err error
 	frames := 0
+loop:
 	for {
-		ch, err := c.Next()
-		if err == io.EOF {
+		ch, cerr := c.Next()
+		if cerr == io.EOF {
 			break
 		}
-		if err != nil {
-			return err
+		if cerr != nil {
+			err = cerr
+			break
 		}
-		buf = s.enc.EncodeAll(ch.Data, buf[:0])
-		if _, err := w.Write(buf); err != nil {
-			return err
+		f := &frame{done: make(chan struct{})}
+		in := append([]byte(nil), ch.Data...) // the chunker reuses ch.Data
+		select {
+		case slots <- struct{}{}:
+		case <-stop:
+			break loop
 		}
+		select {
+		case order <- f:
+		case <-stop:
+			<-slots
+			break loop
+		}
+		go func() {
+			f.b = s.enc.EncodeAll(in, make([]byte, 0, len(in)/2))
+			<-slots
+			close(f.done)
+		}()
 		frames++
 	}
-	if frames == 0 {
-		if _, err := w.Write(s.enc.EncodeAll(nil, buf[:0])); err != nil {
-			return err
+	if frames == 0 && err == nil {
+		f := &frame{b: s.enc.EncodeAll(nil, nil), done: make(chan struct{})}
+		close(f.done)
+		select {
+		case order <- f:
+		case <-stop:
 		}
 	}
-	return nil
+	close(order)
+	if werr := <-written; werr != nil {
+		return werr
+	}
+	return err
+}
+
+// encoders bounds how many chunks one NAR compresses at once; each holds
+// an encoder's tables (a few MiB at the best levels).
+var encoders = min(runtime.GOMAXPROCS(0), 8)
+
+// frame is one chunk being compressed; done is closed when b is set.
+type frame struct {
+	b    []byte
+	done chan struct{}
+}
+
+// writeFrames writes the frames in order until order is closed, or until
+// a write fails: then it closes stop and waits for the frames already
+// started.
+func writeFrames(w io.Writer, order chan *frame, stop chan struct{}) error {
+	var err error
+	for f := range order {
+		<-f.done
+		if err != nil {
+			continue
+		}
+		if _, err = w.Write(f.b); err != nil {
+			close(stop)
+		}
+	}
+	return err
 }
 
 func errOrClosed(err error) error {
