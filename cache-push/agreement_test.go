@@ -203,4 +203,14 @@ func TestVoteVoidedByLaterQuarantine(t *testing.T) {
 	if cf.isVisible(t, storePath("top")) {
 		t.Fatal("published on one counted vote")
 	}
+	// Only the quarantined builder's vote is voided: the farm fails the
+	// replicas a rejection names, and b0's is the honest one it waits on.
+	cf.mu.Lock()
+	defer cf.mu.Unlock()
+	for _, m := range cf.events {
+		var rej Rejection
+		if strings.HasSuffix(m.Subject, "."+queue.EventRejected) && json.Unmarshal(m.Data, &rej) == nil && rej.Builder != "b2" {
+			t.Errorf("rejection of %s's vote (%s): only the quarantined b2's is void", rej.Builder, rej.Reason)
+		}
+	}
 }

@@ -221,6 +221,31 @@ func TestCountOwnVoteAtItsRevision(t *testing.T) {
 	if r, _ := GetReputation(ctx, f.conn, testBuilder); r.Agreements != 1 {
 		t.Fatalf("reputation counted a vote that was replaced: %+v", r)
 	}
+
+	// Replaced by the same builder's redelivery (the same answer, not
+	// counted yet) after it was stored: the revision is stale, and the
+	// fallback that reads the key marks and counts it, once.
+	if err := f.conn.KVDelete(ctx, queue.BucketVotes, key); err != nil {
+		t.Fatal(err)
+	}
+	rev, err = f.conn.KVCreate(ctx, queue.BucketVotes, key, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.conn.KVPut(ctx, queue.BucketVotes, key, first); err != nil {
+		t.Fatal(err)
+	}
+	count(rev)
+	if got := stored(); got.Counted != vote.NarSHA256 || got.Answer() != vote.Answer() {
+		t.Fatalf("the redelivered vote stored as %+v after counting", got)
+	}
+	if r, _ := GetReputation(ctx, f.conn, testBuilder); r.Agreements != 2 {
+		t.Fatalf("reputation %+v: want the redelivered vote counted", r)
+	}
+	count(0) // the redelivery's own handler: counted already
+	if r, _ := GetReputation(ctx, f.conn, testBuilder); r.Agreements != 2 {
+		t.Fatalf("reputation %+v: the redelivered vote counted twice", r)
+	}
 }
 
 // TestCountedJSON: the counted vote's JSON made from the stored one is

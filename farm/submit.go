@@ -179,7 +179,7 @@ func Submit(ctx context.Context, conn *queue.Conn, o SubmitOptions) (*Submitted,
 			if err != nil {
 				return err
 			}
-			if strings.HasPrefix(w.key, "class.") {
+			if strings.HasPrefix(w.key, queue.FarmClassPrefix+".") {
 				// Written once per class by whoever comes first.
 				if _, err := kv.Create(ctx, w.key, b); err != nil && !casConflict(err) {
 					return fmt.Errorf("write %s: %w", w.key, err)

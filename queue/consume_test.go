@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testproc"
+	"codeberg.org/provenix/provenix/queue/server"
 )
 
 // recorder collects what a handler saw, safely across workers.
@@ -608,5 +610,38 @@ func TestConsumeSubscribesOnce(t *testing.T) {
 	// One per worker, and the consumer's own on the server.
 	if subs := after.NumInserts - before.NumInserts; subs > workers+n/10 {
 		t.Errorf("%d subscriptions for %d messages on %d workers: want one per worker", subs, n, workers)
+	}
+}
+
+// TestConsumeAcrossRestart: a worker's one iterator outlives a lost
+// connection: a result published once the broker is back (restarted on
+// the same address and storage) is delivered to the workers that were
+// pulling when it went away, without anything restarting them.
+func TestConsumeAcrossRestart(t *testing.T) {
+	cfg := server.Config{StoreDir: t.TempDir(), Port: testproc.FreePort(t)}
+	s := startServer(t, cfg)
+	c := connect(t, s.ClientURL())
+	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	consume(t, c, ConsumerOptions{Group: "g", Concurrency: 2}, func(_ context.Context, d *Delivery) error {
+		rec.add(d)
+		return nil
+	})
+	if _, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(0)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the delivery before the restart", func() bool { return rec.total() == 1 })
+	if err := s.Close(testctx.New(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, cfg)
+	if _, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(1)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the delivery after the restart", func() bool { return rec.total() == 2 })
+	if seen, _ := rec.snapshot(); len(seen) != 2 {
+		t.Errorf("deliveries by stream sequence %v, want two results once each", seen)
 	}
 }
