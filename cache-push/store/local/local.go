@@ -47,10 +47,9 @@ var (
 
 // Store is a directory-backed store.Store.
 type Store struct {
-	dir   string    // absolute, cleaned
-	tmp   string    // dir/.tmp
-	batch *batcher  // nil: every Commit makes its files durable itself
-	group *dirSyncs // without batch: nil, every Commit fsyncs its directories alone
+	dir   string   // absolute, cleaned
+	tmp   string   // dir/.tmp
+	batch *batcher // nil: every Commit makes its files and directories durable itself
 }
 
 // Option configures a Store.
@@ -61,7 +60,7 @@ type Option func(*Store)
 // the same time (see batch.go): as durable, with more flushes. For
 // benchmarks that measure what group commit buys.
 func WithoutGroupCommit() Option {
-	return func(s *Store) { s.batch, s.group = nil, nil }
+	return func(s *Store) { s.batch = nil }
 }
 
 // WithFilesystemFlush makes each round of group commit (batch.go) flush
@@ -78,14 +77,7 @@ func WithFilesystemFlush() Option {
 // withBatch commits by rounds (batch.go) whose flush is flush. For
 // BenchmarkEntries, which compares ways of flushing.
 func withBatch(flush func([]*item, []string) ([]error, []error)) Option {
-	return func(s *Store) { s.batch, s.group = &batcher{flush: flush}, nil }
-}
-
-// withSharedDirSyncs is the group commit before batch.go: each Commit
-// fsyncs its own files, and shares only the directory fsyncs (group.go).
-// For BenchmarkEntries, which compares the two, and tests.
-func withSharedDirSyncs() Option {
-	return func(s *Store) { s.batch, s.group = nil, &dirSyncs{fsync: syncDir} }
+	return func(s *Store) { s.batch = &batcher{flush: flush} }
 }
 
 // New opens the store rooted at dir, creating dir (0755) if needed, and
