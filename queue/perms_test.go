@@ -22,6 +22,9 @@ func TestRolePermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := RunnerPermissions("acme", SubmitterBuilderID("acme")); err == nil {
+		t.Error("a runner user with the submitter's builder id (its staging scope): permitted")
+	}
 	for _, c := range []struct {
 		name string
 		p    Permissions
