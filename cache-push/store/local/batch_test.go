@@ -212,3 +212,33 @@ func TestBatchStuckFlushStaysInItsStore(t *testing.T) {
 		}
 	})
 }
+
+// TestItemsOpenOrder: the items of a commit carry the order their files
+// were opened in, whatever the order of the commit (flushFS syncs through
+// the oldest of a round).
+func TestItemsOpenOrder(t *testing.T) {
+	s := newTestStore(t)
+	first, err := s.Create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Abort()
+	second, err := s.Create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Abort()
+	b, err := second.(*pending).take("b.narinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.f.Close()
+	a, err := first.(*pending).take("a.narinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.f.Close()
+	if a.seq == 0 || a.seq >= b.seq {
+		t.Errorf("opened first: seq %d; second: %d", a.seq, b.seq)
+	}
+}

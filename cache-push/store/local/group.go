@@ -30,6 +30,7 @@ type item struct {
 	tmp     string // temporary file name
 	name    string // final file name
 	key     string
+	seq     uint64 // order of f's open among the store's files
 	renamed bool
 }
 

@@ -21,6 +21,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -50,6 +51,9 @@ type Store struct {
 	dir   string   // absolute, cleaned
 	tmp   string   // dir/.tmp
 	batch *batcher // nil: every Commit makes its files and directories durable itself
+	// opened numbers the temporary files in the order Create opened
+	// them (flushFS syncs through the oldest of a round).
+	opened atomic.Uint64
 }
 
 // Option configures a Store.
@@ -178,7 +182,7 @@ func (s *Store) Create(ctx context.Context) (store.Pending, error) {
 		err = &fs.PathError{Op: "open", Path: name, Err: err}
 		return nil, fmt.Errorf("local store: create: %w", s.noSpace(err))
 	}
-	return &pending{s: s, f: os.NewFile(uintptr(fd), name)}, nil
+	return &pending{s: s, f: os.NewFile(uintptr(fd), name), seq: s.opened.Add(1)}, nil
 }
 
 // Open implements store.Store.
@@ -365,6 +369,7 @@ func prefixMayMatch(dir, prefix string) bool {
 type pending struct {
 	s        *Store
 	f        *os.File // nil once finished
+	seq      uint64   // when f was opened (Store.opened)
 	writeErr error    // first Write failure; Commit refuses to publish after it
 }
 
@@ -408,7 +413,7 @@ func (p *pending) take(key string) (*item, error) {
 	if p.f == nil {
 		return nil, fmt.Errorf("commit %s: %w", key, store.ErrFinished)
 	}
-	it := &item{f: p.f, tmp: p.f.Name(), key: key}
+	it := &item{f: p.f, tmp: p.f.Name(), key: key, seq: p.seq}
 	p.f = nil
 	name, err := p.s.filename(key)
 	if err != nil {
