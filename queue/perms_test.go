@@ -40,6 +40,7 @@ func TestRolePermissions(t *testing.T) {
 		{"pusher stages", pusher, stagingChunksPrefix + ">", false},
 		{"runner stages in its scope", runner, stagingChunksPrefix + StagingScope("acme-runner") + ".>", true},
 		{"runner stages anywhere", runner, stagingChunksPrefix + ">", false},
+		{"runner stages in the submitter's scope", runner, stagingChunksPrefix + StagingScope(SubmitterBuilderID("acme")) + ".>", false},
 		{"runner purges staging", runner, "$JS.API.STREAM.PURGE." + stagingStream, false},
 		{"pusher publishes to inboxes", pusher, "_INBOX.>", false},
 		{"runner takes its tenant's farm requests", runner, "$JS.API.CONSUMER.CREATE.FARM.*.farm.build.acme.>", true},
