@@ -115,8 +115,62 @@ func (c *Conn) EnsureFarm(ctx context.Context, o StreamOptions) error {
 			return err
 		}
 	}
-	return c.ensureBucket(ctx, jetstream.KeyValueConfig{Bucket: BucketFarm, Description: "Provenix farm build sets: definitions and state",
+	return c.ensureFarmBucket(ctx, jetstream.KeyValueConfig{Bucket: BucketFarm, Description: "Provenix farm build sets: definitions and state",
 		History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, TTL: o.MaxAge * 4, MaxValueSize: 1 << 20})
+}
+
+// ensureFarmBucket makes the farm's bucket as ensureBucket does, then
+// takes rollups and purges from its stream (deny_purge): a KV stream
+// allows a "Nats-Rollup: all" header on any message, which purges every
+// other message of the stream, and publish permissions cannot look at
+// headers. A runner, allowed to write claim records only, could
+// otherwise wipe every set, node, state and class record with one claim.
+// The farm never deletes nor purges a record (they expire by MaxAge).
+// Once denied, nats.go's create-or-update of the bucket would ask for
+// rollups again, which the server refuses: later changes update the
+// stream's own configuration instead.
+func (c *Conn) ensureFarmBucket(ctx context.Context, cfg jetstream.KeyValueConfig) error {
+	name := kvStreamPrefix + cfg.Bucket
+	want := jetstream.StreamConfig{Name: name, Storage: cfg.Storage, Replicas: cfg.Replicas, MaxAge: cfg.TTL,
+		MaxMsgSize: cfg.MaxValueSize, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew}
+	hardened := func(got jetstream.StreamConfig) bool {
+		return checkStreamConfig(want, got) == nil && got.DenyPurge && !got.AllowRollup
+	}
+	var s jetstream.Stream
+	err := c.denyAware(ctx, jsAPIFor(name, ""), func(ctx context.Context) (err error) {
+		s, err = c.js.Stream(ctx, name)
+		return err
+	})
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if err := c.ensureBucket(ctx, cfg); err != nil {
+			return err
+		}
+		err = c.denyAware(ctx, jsAPIFor(name, ""), func(ctx context.Context) (err error) {
+			s, err = c.js.Stream(ctx, name)
+			return err
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, mapJSError(err))
+	}
+	got := s.CachedInfo().Config
+	if hardened(got) {
+		return nil
+	}
+	got.Description, got.Replicas, got.MaxAge, got.MaxMsgSize = cfg.Description, cfg.Replicas, cfg.TTL, cfg.MaxValueSize
+	got.AllowRollup, got.DenyPurge = false, true
+	err = c.denyAware(ctx, jsAPIFor(name, ""), func(ctx context.Context) (err error) {
+		s, err = c.js.UpdateStream(ctx, got)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, mapJSError(err))
+	}
+	if got := s.CachedInfo().Config; !hardened(got) {
+		return fmt.Errorf("queue: ensure bucket %s: %w: %v, deny_purge %v, allow_rollup_hdrs %v",
+			cfg.Bucket, ErrConfigDropped, checkStreamConfig(want, got), got.DenyPurge, got.AllowRollup)
+	}
+	return nil
 }
 
 // farmStreamOf is the stream of a farm subject.

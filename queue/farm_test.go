@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 func TestFarmNames(t *testing.T) {
@@ -33,11 +34,25 @@ func TestFarmNames(t *testing.T) {
 func TestFarmStreams(t *testing.T) {
 	_, c := setup(t)
 	ctx := testctx.New(t, time.Minute)
+	// A bucket as EnsureFarm made it before it denied rollups.
+	if err := c.ensureBucket(ctx, jetstream.KeyValueConfig{Bucket: BucketFarm, History: 1, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.EnsureFarm(ctx, StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.EnsureFarm(ctx, StreamOptions{}); err != nil {
 		t.Fatalf("EnsureFarm again: %v", err)
+	}
+	// Other options after the rollups are denied: an update of the
+	// stream, which nats.go's bucket update would refuse.
+	if err := c.EnsureFarm(ctx, StreamOptions{MaxAge: 2 * DefaultMaxAge}); err != nil {
+		t.Fatalf("EnsureFarm with another MaxAge: %v", err)
+	}
+	if s, err := c.js.Stream(ctx, kvStreamPrefix+BucketFarm); err != nil {
+		t.Fatal(err)
+	} else if cfg := s.CachedInfo().Config; !cfg.DenyPurge || cfg.AllowRollup || cfg.MaxAge != 8*DefaultMaxAge {
+		t.Errorf("farm bucket: deny_purge %v, allow_rollup_hdrs %v, max_age %v", cfg.DenyPurge, cfg.AllowRollup, cfg.MaxAge)
 	}
 	h := func(context.Context, *Delivery) error { return nil }
 	if _, err := c.ConsumeFarm(ctx, ConsumerOptions{FilterSubject: "results.t1.x"}, h); !errors.Is(err, ErrInvalidName) {

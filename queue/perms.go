@@ -91,12 +91,18 @@ func RolePermissions(tenant string, role Role) (Permissions, error) {
 // RunnerPermissions are RoleRunner's permissions in tenant's account for
 // a user that builds as builderID: it may write staged chunks in that
 // builder's scope only (StagingScope), so no other runner user can
-// replace or corrupt what it staged under a ScopedKey. Metas cannot be
+// replace or corrupt what it staged under a ScopedKey; builderID may not
+// be the submitter's (SubmitterBuilderID). Metas cannot be
 // scoped by permission (see staging_scope.go): readers of scoped keys
 // ignore them.
 func RunnerPermissions(tenant, builderID string) (Permissions, error) {
 	if builderID == "" {
 		return Permissions{}, fmt.Errorf("queue: permissions: %s: no builder id", RoleRunner)
+	}
+	if builderID == SubmitterBuilderID(tenant) {
+		// The runner would share the submitter's staging scope, and
+		// could replace the closures of the sets it builds.
+		return Permissions{}, fmt.Errorf("queue: permissions: %s: builder id %q is the submitter's staging scope", RoleRunner, builderID)
 	}
 	return rolePermissions(tenant, RoleRunner, builderID)
 }

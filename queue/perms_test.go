@@ -22,6 +22,9 @@ func TestRolePermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := RunnerPermissions("acme", SubmitterBuilderID("acme")); err == nil {
+		t.Error("a runner user with the submitter's builder id (its staging scope): permitted")
+	}
 	for _, c := range []struct {
 		name string
 		p    Permissions
@@ -37,6 +40,7 @@ func TestRolePermissions(t *testing.T) {
 		{"pusher stages", pusher, stagingChunksPrefix + ">", false},
 		{"runner stages in its scope", runner, stagingChunksPrefix + StagingScope("acme-runner") + ".>", true},
 		{"runner stages anywhere", runner, stagingChunksPrefix + ">", false},
+		{"runner stages in the submitter's scope", runner, stagingChunksPrefix + StagingScope(SubmitterBuilderID("acme")) + ".>", false},
 		{"runner purges staging", runner, "$JS.API.STREAM.PURGE." + stagingStream, false},
 		{"pusher publishes to inboxes", pusher, "_INBOX.>", false},
 		{"runner takes its tenant's farm requests", runner, "$JS.API.CONSUMER.CREATE.FARM.*.farm.build.acme.>", true},

@@ -11,6 +11,7 @@ import (
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
+	"github.com/nats-io/nats.go"
 )
 
 // visibleSet is the cache as the farm sees it.
@@ -94,6 +95,11 @@ func TestFarmPermissions(t *testing.T) {
 		start = time.Now()
 		err = runner.KVPut(ctx, queue.BucketFarm, key, lie)
 		fast(t, "a runner writes "+key, start, err, queue.ErrPermissionDenied)
+	}
+	// Nor through a claim it may write: a "Nats-Rollup: all" header would
+	// purge every other record of the bucket.
+	if ack := rollupAll(t, c, "a", queue.RoleRunner, "$KV."+queue.BucketFarm+"."+farm.ClaimKey(sub.Set.ID, a.DrvPath)); !strings.Contains(ack, "rollup") {
+		t.Errorf("a runner's claim with Nats-Rollup: all: %s, want the rollup refused", ack)
 	}
 	if st, err := farm.GetStatus(ctx, submitter, sub.Set.ID); err != nil {
 		t.Fatalf("status as the submitter user: %v", err)
@@ -180,4 +186,28 @@ func TestFarmPermissions(t *testing.T) {
 	subj, _ := queue.FarmBuildSubject("a", "x86_64-linux", farm.NoFeatures)
 	_, err = runner.PublishFarm(context.Background(), subj, "forged", []byte("{}"))
 	fast(t, "a runner publishes a build request", start, err, queue.ErrPermissionDenied)
+}
+
+// rollupAll publishes, as tenant's user of role, a message on subj with
+// a "Nats-Rollup: all" header (which purges every other message of its
+// stream where rollups are allowed), and returns the stream's answer.
+func rollupAll(t *testing.T, c *cluster, tenant string, role queue.Role, subj string) string {
+	t.Helper()
+	opt, err := nats.NkeyOptionFromSeed(c.tenants[tenant].Path(SeedFile(role)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(c.srv.URL, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	m := nats.NewMsg(subj)
+	m.Header.Set("Nats-Rollup", "all")
+	m.Data = []byte("{}")
+	r, err := nc.RequestMsg(m, 10*time.Second)
+	if err != nil {
+		t.Fatalf("publish on %s with Nats-Rollup: all: %v", subj, err)
+	}
+	return string(r.Data)
 }

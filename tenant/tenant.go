@@ -167,10 +167,10 @@ func Add(o Options) (t *Tenant, err error) {
 	if o.BuilderID == "" {
 		o.BuilderID = o.Name + "-runner"
 	}
-	if o.BuilderID == queue.SubmitterBuilderID(o.Name) {
-		// The runner user would share the submitter's staging scope and
-		// could replace the closures of the sets it builds.
-		return nil, fmt.Errorf("tenant %s: builder id %q is the submitter's staging scope", o.Name, o.BuilderID)
+	// Before any file is written: a builder id the runner user cannot
+	// have (the submitter's staging scope).
+	if _, err := queue.RunnerPermissions(o.Name, o.BuilderID); err != nil {
+		return nil, fmt.Errorf("tenant %s: %w", o.Name, err)
 	}
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("tenant %s: %w", o.Name, err)

@@ -1,8 +1,10 @@
 package local
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,12 +18,17 @@ var fsFlush = flushFS
 // temporary directory) and directories (a rename cannot leave its
 // filesystem). One system call for any number of files and directories;
 // the price is that it also flushes whatever else is dirty on that
-// filesystem. Since Linux 5.8 syncfs reports writeback errors; where it
-// is missing, each file and directory is fsynced.
+// filesystem, and that an error fails every commit of the round. Since
+// Linux 5.8 syncfs reports the filesystem's writeback errors since its
+// descriptor was opened: it runs on the round's oldest file, so that an
+// error of any file of the round (say a background writeback that failed
+// before the newest file was opened) is reported. Where syncfs is
+// missing, each file and directory is fsynced.
 func flushFS(files []*item, dirs []string) ([]error, []error) {
 	var err error
 	if len(files) > 0 {
-		err = unix.Syncfs(int(files[0].f.Fd()))
+		oldest := slices.MinFunc(files, func(a, b *item) int { return cmp.Compare(a.seq, b.seq) })
+		err = unix.Syncfs(int(oldest.f.Fd()))
 	} else {
 		err = syncFS(dirs[0])
 	}

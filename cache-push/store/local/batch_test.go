@@ -169,3 +169,76 @@ func TestBatchDirFlushFails(t *testing.T) {
 		t.Errorf("temporary files left: %v", ents)
 	}
 }
+
+// TestBatchStuckFlushStaysInItsStore: a flush that does not return holds
+// up only the commits of its own store; another store's commits, which
+// have their own rounds, go on. Once it returns, its commit completes and
+// the rounds' goroutines end (synctest.Test fails on one left blocked).
+func TestBatchStuckFlushStaysInItsStore(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		stuck := make(chan struct{})
+		release := make(chan struct{})
+		slow, err := New(filepath.Join(t.TempDir(), "slow"), withBatch(func(files []*item, dirs []string) ([]error, []error) {
+			select {
+			case <-stuck:
+			default:
+				close(stuck)
+				<-release
+			}
+			return flushEach(files, dirs)
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fast := newTestStore(t)
+		done := make(chan error, 1)
+		go func() { done <- store.Put(t.Context(), slow, "slow.narinfo", strings.NewReader("slow")) }()
+		<-stuck
+		for i := range 4 {
+			key := fmt.Sprintf("%d.narinfo", i)
+			if err := store.Put(t.Context(), fast, key, strings.NewReader(key)); err != nil {
+				t.Fatalf("commit to another store while one flush is stuck: %v", err)
+			}
+		}
+		synctest.Wait()
+		select {
+		case err := <-done:
+			t.Fatalf("commit returned during its stuck flush: %v", err)
+		default:
+		}
+		close(release)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestItemsOpenOrder: the items of a commit carry the order their files
+// were opened in, whatever the order of the commit (flushFS syncs through
+// the oldest of a round).
+func TestItemsOpenOrder(t *testing.T) {
+	s := newTestStore(t)
+	first, err := s.Create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Abort()
+	second, err := s.Create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Abort()
+	b, err := second.(*pending).take("b.narinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.f.Close()
+	a, err := first.(*pending).take("a.narinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.f.Close()
+	if a.seq == 0 || a.seq >= b.seq {
+		t.Errorf("opened first: seq %d; second: %d", a.seq, b.seq)
+	}
+}

@@ -8,24 +8,17 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
-	"sync"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 )
 
-// Commits and the group commit before batch.go. Every Commit must be
-// durable before it returns, which on a disk means an fsync of the file,
-// a rename, and an fsync of the directory the rename changed. Here each
-// Commit fsyncs its own files (in parallel, which the filesystem merges
-// into shared journal commits) and renames them itself; without group
-// commit (WithoutGroupCommit) it fsyncs its directories alone too. With
-// withSharedDirSyncs, the way before batch.go, the directory fsyncs are
-// shared: a Commit that renamed into a directory waits for the next fsync
-// of that directory that starts after its rename, and one fsync serves
-// every rename made before it started. batch.go shares the file fsyncs
-// as well, and fsyncs files and directories in one round; against this
-// way it spent 15-22% less CPU per entry, at a rate within the noise of
-// a loaded machine (BenchmarkEntries). It is kept for that benchmark.
+// Commits. Every Commit must be durable before it returns, which on a
+// disk means an fsync of the file, a rename, and an fsync of the
+// directory the rename changed. By default a store's commits share these
+// flushes (batch.go); without group commit (WithoutGroupCommit) each
+// Commit here fsyncs its own files (in parallel, which the filesystem
+// merges into shared journal commits), renames them, and fsyncs its
+// directories alone. BenchmarkEntries compares the two.
 
 // syncParallel bounds the fsyncs of one group running at once.
 const syncParallel = 16
@@ -37,6 +30,7 @@ type item struct {
 	tmp     string // temporary file name
 	name    string // final file name
 	key     string
+	seq     uint64 // order of f's open among the store's files
 	renamed bool
 }
 
@@ -52,78 +46,6 @@ type request struct {
 	next int
 	dirs []string
 	done chan struct{}
-}
-
-// dirSyncs shares the fsyncs of each directory among the Commits that
-// renamed into it.
-type dirSyncs struct {
-	mu sync.Mutex
-	m  map[string]*dirSync
-	// count counts the directory fsyncs run, for tests that check
-	// Commits share them.
-	count int
-	// fsync is syncDir; tests make it wait.
-	fsync func(dir string) error
-}
-
-// dirSync is the state of one directory's fsyncs: started and completed
-// number them; one runs at a time.
-type dirSync struct {
-	mu                 sync.Mutex
-	cond               sync.Cond
-	started, completed uint64
-	running            bool
-	err                error // of the fsync numbered completed
-}
-
-// sync returns once an fsync of dir that started after the call has
-// completed: every rename into dir made before the call is durable then.
-func (g *dirSyncs) sync(dir string) error {
-	g.mu.Lock()
-	d := g.m[dir]
-	if d == nil {
-		if g.m == nil {
-			g.m = map[string]*dirSync{}
-		}
-		d = &dirSync{}
-		d.cond.L = &d.mu
-		g.m[dir] = d
-	}
-	g.mu.Unlock()
-
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	// A running fsync may have started before the caller's rename: only
-	// the next one counts.
-	want := d.started + 1
-	for d.completed < want {
-		if d.running {
-			d.cond.Wait()
-			continue
-		}
-		d.running = true
-		d.started++
-		n := d.started
-		d.mu.Unlock()
-		err := g.fsync(dir)
-		g.mu.Lock()
-		g.count++
-		g.mu.Unlock()
-		d.mu.Lock()
-		d.running, d.completed, d.err = false, n, err
-		d.cond.Broadcast()
-	}
-	// d.err is of an fsync that started after the caller's rename (the
-	// first to complete at or after want): its success covers the rename.
-	return d.err
-}
-
-// syncDir fsyncs dir, shared with other Commits when group commit is on.
-func (s *Store) syncDirShared(dir string) error {
-	if s.group == nil {
-		return syncDir(dir)
-	}
-	return s.group.sync(dir)
 }
 
 // commit makes r durable and returns its outcome: fsync of every file,
@@ -161,7 +83,7 @@ func (s *Store) commit(r *request) error {
 		// new directories) durable before a later stage's. A failure here
 		// is reported, but the objects stay: a retry writes the same bytes.
 		for _, d := range dirs {
-			if err := s.syncDirShared(d); err != nil {
+			if err := syncDir(d); err != nil {
 				r.fail(fmt.Errorf("local store: commit: %w", err))
 				return r.err
 			}
@@ -206,7 +128,8 @@ func (r *request) fail(err error) {
 
 // CommitGroup implements store.GroupCommitter: the files of all stages are
 // fsynced at once, then each stage is renamed and its directories fsynced
-// (shared with the Commits running at the same time) before the next.
+// before the next (shared with the Commits running at the same time,
+// batch.go).
 // Objects not created by s are committed one by one (store.CommitEach).
 func (s *Store) CommitGroup(ctx context.Context, stages ...[]store.Object) error {
 	for _, stage := range stages {

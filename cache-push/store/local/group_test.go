@@ -7,75 +7,16 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
-	"testing/synctest"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/storetest"
 )
 
-// TestDirSyncsShare: the Commits that renamed into a directory while its
-// fsync ran share the next one.
-func TestDirSyncsShare(t *testing.T) {
-	// In a bubble, synctest.Wait returns once every waiter is blocked
-	// behind the running fsync: no sleep that a loaded machine outruns.
-	synctest.Test(t, testDirSyncsShare)
-}
-
-func testDirSyncsShare(t *testing.T) {
-	dir := t.TempDir()
-	first := make(chan struct{})
-	release := make(chan struct{})
-	var calls atomic.Int32
-	g := &dirSyncs{fsync: func(d string) error {
-		if calls.Add(1) == 1 {
-			close(first)
-			<-release // the first fsync runs until all others wait
-		}
-		return syncDir(d)
-	}}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := g.sync(dir); err != nil {
-			t.Error(err)
-		}
-	})
-	<-first
-	const waiters = 63
-	for range waiters {
-		wg.Go(func() {
-			if err := g.sync(dir); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	// Let them all queue behind the running fsync.
-	synctest.Wait()
-	g.mu.Lock()
-	d := g.m[dir]
-	g.mu.Unlock()
-	d.mu.Lock()
-	if d.started != 1 {
-		t.Errorf("%d fsyncs started while the first ran", d.started-1)
-	}
-	d.mu.Unlock()
-	close(release)
-	wg.Wait()
-	if g.count != 2 {
-		t.Errorf("1 + %d syncs of one directory ran %d fsyncs, want 2: the first, and one for all that came while it ran", waiters, g.count)
-	}
-}
-
 // Without group commit the store keeps the contract too.
 func TestConformanceWithoutGroupCommit(t *testing.T) {
 	runConformance(t, WithoutGroupCommit())
-}
-
-// The group commit before batch.go keeps the contract too.
-func TestConformanceSharedDirSyncs(t *testing.T) {
-	runConformance(t, withSharedDirSyncs())
 }
 
 // One syncfs per round keeps the contract too.
@@ -94,8 +35,8 @@ func runConformance(t *testing.T, opts ...Option) {
 }
 
 // TestGroupCommitShares: Commits running at the same time each return
-// with their object in place (how many directory fsyncs they share
-// depends on timing; TestDirSyncsShare checks the sharing).
+// with their object in place (how many rounds they share depends on
+// timing; TestBatchRoundsShare checks the sharing).
 func TestGroupCommitShares(t *testing.T) {
 	t.Run("batch", func(t *testing.T) {
 		s := newTestStore(t)
@@ -104,15 +45,12 @@ func TestGroupCommitShares(t *testing.T) {
 		t.Logf("%d commits in %d rounds", groupWriters, s.batch.rounds)
 		s.batch.mu.Unlock()
 	})
-	t.Run("shared", func(t *testing.T) {
-		s, err := New(filepath.Join(t.TempDir(), "cache"), withSharedDirSyncs())
+	t.Run("alone", func(t *testing.T) {
+		s, err := New(filepath.Join(t.TempDir(), "cache"), WithoutGroupCommit())
 		if err != nil {
 			t.Fatal(err)
 		}
 		testGroupCommitShares(t, s)
-		s.group.mu.Lock()
-		t.Logf("%d commits, %d directory fsyncs", groupWriters, s.group.count)
-		s.group.mu.Unlock()
 	})
 }
 

@@ -21,6 +21,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,10 +48,12 @@ var (
 
 // Store is a directory-backed store.Store.
 type Store struct {
-	dir   string    // absolute, cleaned
-	tmp   string    // dir/.tmp
-	batch *batcher  // nil: every Commit makes its files durable itself
-	group *dirSyncs // without batch: nil, every Commit fsyncs its directories alone
+	dir   string   // absolute, cleaned
+	tmp   string   // dir/.tmp
+	batch *batcher // nil: every Commit makes its files and directories durable itself
+	// opened numbers the temporary files in the order Create opened
+	// them (flushFS syncs through the oldest of a round).
+	opened atomic.Uint64
 }
 
 // Option configures a Store.
@@ -61,7 +64,7 @@ type Option func(*Store)
 // the same time (see batch.go): as durable, with more flushes. For
 // benchmarks that measure what group commit buys.
 func WithoutGroupCommit() Option {
-	return func(s *Store) { s.batch, s.group = nil, nil }
+	return func(s *Store) { s.batch = nil }
 }
 
 // WithFilesystemFlush makes each round of group commit (batch.go) flush
@@ -78,14 +81,7 @@ func WithFilesystemFlush() Option {
 // withBatch commits by rounds (batch.go) whose flush is flush. For
 // BenchmarkEntries, which compares ways of flushing.
 func withBatch(flush func([]*item, []string) ([]error, []error)) Option {
-	return func(s *Store) { s.batch, s.group = &batcher{flush: flush}, nil }
-}
-
-// withSharedDirSyncs is the group commit before batch.go: each Commit
-// fsyncs its own files, and shares only the directory fsyncs (group.go).
-// For BenchmarkEntries, which compares the two, and tests.
-func withSharedDirSyncs() Option {
-	return func(s *Store) { s.batch, s.group = nil, &dirSyncs{fsync: syncDir} }
+	return func(s *Store) { s.batch = &batcher{flush: flush} }
 }
 
 // New opens the store rooted at dir, creating dir (0755) if needed, and
@@ -186,7 +182,7 @@ func (s *Store) Create(ctx context.Context) (store.Pending, error) {
 		err = &fs.PathError{Op: "open", Path: name, Err: err}
 		return nil, fmt.Errorf("local store: create: %w", s.noSpace(err))
 	}
-	return &pending{s: s, f: os.NewFile(uintptr(fd), name)}, nil
+	return &pending{s: s, f: os.NewFile(uintptr(fd), name), seq: s.opened.Add(1)}, nil
 }
 
 // Open implements store.Store.
@@ -373,6 +369,7 @@ func prefixMayMatch(dir, prefix string) bool {
 type pending struct {
 	s        *Store
 	f        *os.File // nil once finished
+	seq      uint64   // when f was opened (Store.opened)
 	writeErr error    // first Write failure; Commit refuses to publish after it
 }
 
@@ -416,7 +413,7 @@ func (p *pending) take(key string) (*item, error) {
 	if p.f == nil {
 		return nil, fmt.Errorf("commit %s: %w", key, store.ErrFinished)
 	}
-	it := &item{f: p.f, tmp: p.f.Name(), key: key}
+	it := &item{f: p.f, tmp: p.f.Name(), key: key, seq: p.seq}
 	p.f = nil
 	name, err := p.s.filename(key)
 	if err != nil {
