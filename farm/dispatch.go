@@ -300,12 +300,11 @@ func publishRequest(ctx context.Context, conn *queue.Conn, r *Request) error {
 }
 
 func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {
-	rep, err := DecodeReport(d.Data)
+	// A report on another builder's subject than the one it names is
+	// refused: its builder did not send it.
+	rep, err := DecodeReport(d.Subject, d.Data)
 	if err != nil {
 		return queue.Permanent(err)
-	}
-	if want, _ := queue.FarmReportSubject(rep.Tenant); d.Subject != want {
-		return queue.Permanent(fmt.Errorf("farm: %w: report for tenant %q on %s", ErrInvalid, rep.Tenant, d.Subject))
 	}
 	if rep.Outcome != BuildFailed {
 		// A build that succeeded counts once its outputs are visible.

@@ -791,8 +791,8 @@ func TestAdaptiveReplicationWithdraws(t *testing.T) {
 func failureReports(t *testing.T, conn *queue.Conn) int {
 	t.Helper()
 	failed := 0
-	if err := conn.ReadFarmReports(testctx.New(t, time.Minute), time.Now().Add(-time.Hour), func(_ string, data []byte) error {
-		if rep, err := DecodeReport(data); err == nil && rep.Outcome == BuildFailed {
+	if err := conn.ReadFarmReports(testctx.New(t, time.Minute), time.Now().Add(-time.Hour), func(subject string, data []byte) error {
+		if rep, err := DecodeReport(subject, data); err == nil && rep.Outcome == BuildFailed {
 			failed++
 		}
 		return nil

@@ -260,7 +260,9 @@ const (
 	BuildFailed Outcome = "failed"
 )
 
-// Report is a worker's word on one request (farm.report.<tenant>).
+// Report is a worker's word on one request, published on its builder's
+// subject (Subject: the NATS user of a runner may publish its own
+// builder's reports only).
 type Report struct {
 	Version  int     `json:"version"`
 	Set      string  `json:"set"`
@@ -285,6 +287,11 @@ func (r *Report) MsgID() string {
 	return "report:" + r.Set + ":" + hashOf(r.DrvPath) + ":" + strconv.Itoa(r.Replica) + ":" + strconv.Itoa(r.Attempt) + ":" + builderDigest(r.Builder)
 }
 
+// Subject is where r goes: its tenant's and builder's report subject.
+func (r *Report) Subject() (string, error) {
+	return queue.FarmReportSubject(r.Tenant, r.Builder)
+}
+
 // Validate checks the fields' shapes.
 func (r *Report) Validate() error {
 	if r.Version != RecordVersion || validID(r.Set) != nil || storepath.Check(r.DrvPath) != nil || r.Builder == "" ||
@@ -294,11 +301,19 @@ func (r *Report) Validate() error {
 	return nil
 }
 
-// DecodeReport parses and validates a report.
-func DecodeReport(b []byte) (*Report, error) {
+// DecodeReport parses and validates a report as it arrived on subject:
+// a report whose tenant and builder are not its subject's is refused
+// (ErrInvalid). The subject is what binds a report to its publisher
+// (see Report.Subject): a report is only a worker's word, and a runner
+// must not speak for another builder, whose figures it would change or
+// whose failures it would invent.
+func DecodeReport(subject string, b []byte) (*Report, error) {
 	r, err := queue.DecodeFarmMessage[Report](b, "report")
 	if err != nil {
 		return nil, fmt.Errorf("%w: report: %w", ErrInvalid, err)
+	}
+	if want, err := r.Subject(); err != nil || subject != want {
+		return nil, fmt.Errorf("%w: a report of tenant %q and builder %q arrived on %s, not on %s", ErrInvalid, r.Tenant, r.Builder, subject, want)
 	}
 	return r, nil
 }

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"codeberg.org/provenix/provenix/queue"
 )
 
 func validRequest() *Request {
@@ -63,17 +65,50 @@ func FuzzDecodeRequest(f *testing.F) {
 	})
 }
 
+func validReport() *Report {
+	return &Report{Version: RecordVersion, Set: "abcdefgh12345678", Tenant: tenant, DrvPath: fakePath("a.drv"),
+		Builder: "b1", Outcome: BuildFailed, ExitCode: 1, Log: []string{"error"}, Time: time.Unix(1, 0).UTC()}
+}
+
+// TestDecodeReportSubject: a report decodes on its own builder's
+// subject only: not on another builder's (a runner speaking for
+// another), another tenant's, nor the unscoped subject reports had
+// before they were bound to their builders.
+func TestDecodeReportSubject(t *testing.T) {
+	rep := validReport()
+	b, _ := json.Marshal(rep)
+	own, err := rep.Subject()
+	if err != nil || own != "farm.report."+tenant+"."+queue.StagingScope("b1") {
+		t.Fatalf("subject %q, %v", own, err)
+	}
+	if got, err := DecodeReport(own, b); err != nil || !reflect.DeepEqual(got, rep) {
+		t.Errorf("on its own subject: %+v, %v", got, err)
+	}
+	other, _ := queue.FarmReportSubject(tenant, "b2")
+	otherTenant, _ := queue.FarmReportSubject("t2", "b1")
+	for _, subj := range []string{other, otherTenant, "farm.report." + tenant, "farm.report." + tenant + ".b1", ""} {
+		if _, err := DecodeReport(subj, b); !errors.Is(err, ErrInvalid) {
+			t.Errorf("on %q: %v, want ErrInvalid", subj, err)
+		}
+	}
+}
+
 func FuzzDecodeReport(f *testing.F) {
-	b, _ := json.Marshal(&Report{Version: RecordVersion, Set: "abcdefgh12345678", Tenant: tenant, DrvPath: fakePath("a.drv"),
-		Builder: "b1", Outcome: BuildFailed, ExitCode: 1, Log: []string{"error"}, Time: time.Unix(1, 0).UTC()})
-	f.Add(b)
-	f.Fuzz(func(t *testing.T, data []byte) {
-		rep, err := DecodeReport(data)
+	rep := validReport()
+	b, _ := json.Marshal(rep)
+	subj, _ := rep.Subject()
+	f.Add(subj, b)
+	f.Fuzz(func(t *testing.T, subject string, data []byte) {
+		rep, err := DecodeReport(subject, data)
 		if err != nil {
 			return
 		}
 		if rep.Builder == "" || (rep.Outcome != Built && rep.Outcome != BuildFailed) || validID(rep.Set) != nil {
 			t.Fatalf("decoded an invalid report: %+v", rep)
+		}
+		// What decodes arrived on its own builder's subject.
+		if want, err := rep.Subject(); err != nil || want != subject {
+			t.Fatalf("decoded a report of %q on %q", rep.Builder, subject)
 		}
 	})
 }

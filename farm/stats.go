@@ -107,9 +107,8 @@ type Stats struct {
 // stream keeps them 4 × the streams' MaxAge), with each builder's
 // standing from the pushers' reputation records.
 func ReadStats(ctx context.Context, conn *queue.Conn, tenant string, since time.Time) (*Stats, error) {
-	subj, err := queue.FarmReportSubject(tenant)
-	if err != nil {
-		return nil, err
+	if err := queue.ValidToken(tenant); err != nil {
+		return nil, fmt.Errorf("farm: stats: tenant: %w", err)
 	}
 	kv, err := bucket(ctx, conn)
 	if err != nil {
@@ -118,10 +117,10 @@ func ReadStats(ctx context.Context, conn *queue.Conn, tenant string, since time.
 	builders := map[string]*Tally{}
 	records := &drvRecords{kv: kv, read: map[string]*drvRecord{}}
 	err = conn.ReadFarmReports(ctx, since, func(subject string, data []byte) error {
-		if subject != subj {
-			return nil
-		}
-		rep, err := DecodeReport(data)
+		// A report naming another builder than its subject's (one
+		// runner speaking for another) is not counted, nor one of
+		// another tenant.
+		rep, err := DecodeReport(subject, data)
 		if err != nil || rep.Tenant != tenant || rep.Time.Before(since) {
 			return nil // not counted: the scheduler refused it as well
 		}

@@ -120,9 +120,7 @@ func claimAndReport(t *testing.T, conn *queue.Conn, rep *Report, claimed bool) {
 			t.Fatal(err)
 		}
 	}
-	data, _ := json.Marshal(rep)
-	subj, _ := queue.FarmReportSubject(tenant)
-	if _, err := conn.PublishFarm(ctx, subj, rep.MsgID(), data); err != nil {
+	if err := PublishReport(ctx, conn, rep); err != nil {
 		t.Fatal(err)
 	}
 }

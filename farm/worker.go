@@ -452,9 +452,11 @@ func notForUsDelay(delivered uint64) time.Duration {
 	return min(DefaultNotForUsDelay*time.Duration(max(delivered, 1)), 10*time.Second)
 }
 
-// PublishReport sends a worker's report to the schedulers.
+// PublishReport sends a worker's report to the schedulers, on its
+// builder's subject (Report.Subject): conn's user must be allowed to
+// publish there (a runner user built for rep.Builder, or an admin).
 func PublishReport(ctx context.Context, conn *queue.Conn, rep *Report) error {
-	subj, err := queue.FarmReportSubject(rep.Tenant)
+	subj, err := rep.Subject()
 	if err != nil {
 		return fmt.Errorf("farm: report: %w", err)
 	}

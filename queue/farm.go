@@ -21,10 +21,12 @@ const (
 	// It is a work queue: each request goes to one worker of its subject,
 	// and leaves the stream when acked or terminated.
 	StreamFarm = "FARM"
-	// StreamFarmReports holds workers' reports (farm.report.<tenant>):
-	// one scheduler handles each (a shared durable consumer), and they
-	// stay for the farm's statistics (ReadFarmReports) as long as
-	// StreamOptions.MaxAge times 4.
+	// StreamFarmReports holds workers' reports
+	// (farm.report.<tenant>.<scope>, FarmReportSubject): one scheduler
+	// handles each (a shared durable consumer), and they stay for the
+	// farm's statistics (ReadFarmReports) as long as StreamOptions.MaxAge
+	// times 4. Its subjects, farm.report.>, cover the reports of every
+	// version: an existing stream needs no update.
 	StreamFarmReports = "FARM_REPORTS"
 	// BucketFarm holds the build sets: their definition (set, node and
 	// class keys, written once) and their state (state and claim keys,
@@ -59,12 +61,21 @@ func FarmBuildSubject(tenant, system, class string) (string, error) {
 	return subjectFarmBuild + "." + tenant + "." + system + "." + class, nil
 }
 
-// FarmReportSubject is the subject of workers' reports for tenant.
-func FarmReportSubject(tenant string) (string, error) {
+// FarmReportSubject is the subject of the reports of tenant's builder
+// builderID: farm.report.<tenant>.<StagingScope(builderID)>, as usage
+// records have (UsageSubject). A runner user may publish on its own
+// builder's subject only (RunnerPermissions), so a report arriving on
+// it was sent by that builder's user: its readers (the scheduler, the
+// statistics) refuse a report that names another builder than its
+// subject's.
+func FarmReportSubject(tenant, builderID string) (string, error) {
 	if err := ValidToken(tenant); err != nil {
 		return "", fmt.Errorf("tenant: %w", err)
 	}
-	return subjectFarmReport + "." + tenant, nil
+	if builderID == "" {
+		return "", fmt.Errorf("%w: a farm report without builder id", ErrInvalidName)
+	}
+	return subjectFarmReport + "." + tenant + "." + StagingScope(builderID), nil
 }
 
 // FarmReportFilter matches every report, of every tenant.
@@ -404,19 +415,26 @@ func DecodeFarmMessage[T any, P interface {
 
 // farmRunner adds to a runner user's permissions what a farm worker
 // does in its tenant's account: consume the tenant's build requests,
-// publish reports, read the farm's bucket (sets, states, classes: KV gets
-// and watches), write claim records (claim.<set>.<drv>, the worker's
-// compare-and-set) and no other record, and read the builders'
-// reputation (its standing). A runner is any builder of the tenant,
-// volunteers included, so it may not write set, node, state or class
-// records: those would let one bad builder cancel a set, or mark a
-// derivation failed or blocked, and so stall every set of its tenant.
-// Through claims it can still take a request and not build it, or
-// rewrite a claim record; the scheduler's timeouts and max attempts
-// bound that, and every result still goes through the pusher's checks.
-func farmRunner(tenant string, pub *[]string, consume func(stream, filter string), readStream, orderedReads func(stream string)) {
+// publish its own builder's reports (FarmReportSubject of builderID:
+// it cannot report in another builder's name), read the farm's bucket
+// (sets, states, classes: KV gets and watches), write claim records
+// (claim.<set>.<drv>, the worker's compare-and-set) and no other
+// record, and read the builders' reputation (its standing). A runner is
+// any builder of the tenant, volunteers included, so it may not write
+// set, node, state or class records: those would let one bad builder
+// cancel a set, or mark a derivation failed or blocked, and so stall
+// every set of its tenant. Claim records cannot be scoped (one record
+// per derivation, compare-and-set by every worker): a runner can still
+// take a request and not build it, or rewrite a claim record (drop
+// another's claim: a replica built twice; hold a replica in anyone's
+// name: it waits), but its reports count under its own builder id
+// only, and the scheduler counts one failure per builder and
+// derivation, so it cannot fail a derivation by itself; every result
+// still goes through the pusher's checks.
+func farmRunner(tenant, builderID string, pub *[]string, consume func(stream, filter string), readStream, orderedReads func(stream string)) {
 	consume(StreamFarm, subjectFarmBuild+"."+tenant+".>")
-	*pub = append(*pub, subjectFarmReport+"."+tenant, kvSubjectPrefix+BucketFarm+"."+FarmClaimPrefix+".>")
+	report, _ := FarmReportSubject(tenant, builderID)
+	*pub = append(*pub, report, kvSubjectPrefix+BucketFarm+"."+FarmClaimPrefix+".>")
 	readStream(kvStreamPrefix + BucketFarm)
 	orderedReads(kvStreamPrefix + BucketFarm)
 	readStream(kvStreamPrefix + BucketBuilders)

@@ -72,7 +72,13 @@ func TestFarmStreams(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	rsubj, _ := FarmReportSubject("t1")
+	rsubj, err := FarmReportSubject("t1", "b1")
+	if err != nil || rsubj != "farm.report.t1."+StagingScope("b1") {
+		t.Fatalf("FarmReportSubject: %q, %v", rsubj, err)
+	}
+	if _, err := FarmReportSubject("t1", ""); !errors.Is(err, ErrInvalidName) {
+		t.Errorf("FarmReportSubject without builder: %v", err)
+	}
 	before := time.Now()
 	for i := range 3 {
 		if _, err := c.PublishFarm(ctx, rsubj, fmt.Sprintf("rep-%d", i), fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
@@ -97,7 +103,7 @@ func TestFarmStreams(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(got, ",") != `farm.report.t1 {"n":0},farm.report.t1 {"n":1},farm.report.t1 {"n":2}` {
+	if want := fmt.Sprintf(`%[1]s {"n":0},%[1]s {"n":1},%[1]s {"n":2}`, rsubj); strings.Join(got, ",") != want {
 		t.Errorf("read %v", got)
 	}
 	got = nil

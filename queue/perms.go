@@ -17,7 +17,8 @@ const (
 	// its builder's scope (ScopedKey), what a volunteer needs
 	// (ConsumeRebuilds of its tenant, KVGet of votes, OpenStaged), what
 	// a farm worker needs (see farmRunner: it writes claim records
-	// only), and its own builder's usage records (see
+	// only, and its own builder's reports), and its own builder's
+	// usage records (see
 	// usagePermissions). It cannot consume results, write the quorum's
 	// KV, submit or cancel farm sets, nor purge or delete staging (a
 	// failed upload's chunks are the next upload's or the garbage
@@ -91,8 +92,10 @@ func RolePermissions(tenant string, role Role) (Permissions, error) {
 // RunnerPermissions are RoleRunner's permissions in tenant's account for
 // a user that builds as builderID: it may write staged chunks in that
 // builder's scope only (StagingScope), so no other runner user can
-// replace or corrupt what it staged under a ScopedKey; builderID may not
-// be the submitter's (SubmitterBuilderID). Metas cannot be
+// replace or corrupt what it staged under a ScopedKey, and publish
+// usage records and farm reports on that builder's subjects only
+// (UsageSubject, FarmReportSubject), so none can speak for another;
+// builderID may not be the submitter's (SubmitterBuilderID). Metas cannot be
 // scoped by permission (see staging_scope.go): readers of scoped keys
 // ignore them.
 func RunnerPermissions(tenant, builderID string) (Permissions, error) {
@@ -145,7 +148,7 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 		// A volunteer: its tenant's rebuild requests, and whether it voted.
 		consume(StreamRebuild, subjectRebuild+"."+tenant+".*")
 		readStream(kvVotes)
-		farmRunner(tenant, &pub, consume, readStream, orderedReads)
+		farmRunner(tenant, builderID, &pub, consume, readStream, orderedReads)
 		usagePermissions(tenant, builderID, role, &pub)
 	case RolePusher:
 		pub = append(pub, jsAPI+"INFO", subjectEvents+"."+tenant+".>", subjectRebuild+"."+tenant+".>")

@@ -142,8 +142,8 @@ func TestIdleVolunteerYieldsToJobs(t *testing.T) {
 	var built, failed int
 	for range 100 {
 		built, failed = 0, 0
-		if err := conn.ReadFarmReports(ctx, time.Now().Add(-time.Hour), func(_ string, data []byte) error {
-			rep, err := farm.DecodeReport(data)
+		if err := conn.ReadFarmReports(ctx, time.Now().Add(-time.Hour), func(subject string, data []byte) error {
+			rep, err := farm.DecodeReport(subject, data)
 			switch {
 			case err != nil:
 			case rep.Outcome == farm.BuildFailed:

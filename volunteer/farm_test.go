@@ -107,8 +107,8 @@ func TestFarmFirstBuild(t *testing.T) {
 			}
 			// The failed build's report carries its CPU time as well.
 			failedCPU := -1.0
-			if err := conn.ReadFarmReports(ctx, time.Now().Add(-time.Hour), func(_ string, data []byte) error {
-				if rep, err := farm.DecodeReport(data); err == nil && rep.Outcome == farm.BuildFailed {
+			if err := conn.ReadFarmReports(ctx, time.Now().Add(-time.Hour), func(subject string, data []byte) error {
+				if rep, err := farm.DecodeReport(subject, data); err == nil && rep.Outcome == farm.BuildFailed {
 					failedCPU = rep.CPUSeconds
 				}
 				return nil

@@ -27,7 +27,7 @@ func TestFarmStatsDisputes(t *testing.T) {
 		t.Fatal(err)
 	}
 	data, _ := json.Marshal(rep)
-	subj, _ := queue.FarmReportSubject(rep.Tenant)
+	subj, _ := rep.Subject()
 	if _, err := qc.PublishFarm(ctx, subj, rep.MsgID(), data); err != nil {
 		t.Fatal(err)
 	}
