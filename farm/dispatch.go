@@ -337,13 +337,27 @@ func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {
 // failed records a failed build: a retry on another builder while the
 // derivation has failed fewer than MaxAttempts times, else the
 // derivation fails and blocks everything that depends on it.
+//
+// A builder's failure counts once per derivation: one from a builder
+// that failed it already (its report, or the cache's rejection of its
+// result) is logged and ignored. An honest builder never builds a
+// derivation again after failing it (the retries exclude it, and claim
+// refuses it), but any runner can write claim records: without this, a
+// bad builder could claim each new attempt for itself and fail it
+// again, until the derivation failed and blocked its dependents.
 func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, rejected string) error {
 	drv := rep.DrvPath
+	again := false
 	st, err := update(ctx, s.kv, stateKey(ls.set.ID, drv), func(st *State, found bool) (bool, func(context.Context) error, error) {
+		again = false
 		if !found {
 			return false, nil, fmt.Errorf("farm: %w: no state for %s", ErrInvalid, drv)
 		}
 		if st.Status.Final() || st.hasFailure(rep.Replica, rep.Attempt) || rep.Replica >= len(st.Attempts) {
+			return false, nil, nil
+		}
+		if slices.Contains(st.failedBuilders(), rep.Builder) {
+			again = true
 			return false, nil, nil
 		}
 		st.Failures = append(st.Failures, Failure{Replica: rep.Replica, Attempt: rep.Attempt, Builder: rep.Builder,
@@ -366,6 +380,11 @@ func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, reje
 	})
 	if err != nil {
 		return err
+	}
+	if again {
+		s.log.Warn("farm: ignored a second failure of a builder on one derivation", logKeySet, ls.set.ID, logKeyDrv, drv,
+			"builder", rep.Builder, "replica", rep.Replica, "attempt", rep.Attempt, "rejected", rejected)
+		return nil
 	}
 	s.log.Info("farm: build failed", logKeySet, ls.set.ID, logKeyDrv, drv, "builder", rep.Builder,
 		"attempt", rep.Attempt, "status", st.Status)

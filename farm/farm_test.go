@@ -550,15 +550,7 @@ func TestForgedFailureReportIgnored(t *testing.T) {
 	if err := PublishReport(testctx.New(t, time.Minute), conn, rep); err != nil {
 		t.Fatal(err)
 	}
-	// Wait until the schedulers' consumer has handled it.
-	waitFor(t, 10*time.Second, func() bool {
-		c, err := conn.JetStream().Consumer(testctx.New(t, time.Minute), queue.StreamFarmReports, queue.FarmConsumer(queue.FarmReportFilter))
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(testctx.New(t, time.Minute))
-		return err == nil && info.Delivered.Stream == 1 && info.NumAckPending == 0 && info.NumPending == 0
-	})
+	waitReportsHandled(t, conn, 1)
 	_ = s
 	st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
 	if err != nil {
@@ -566,6 +558,155 @@ func TestForgedFailureReportIgnored(t *testing.T) {
 	}
 	if st.Counts[Dispatched] != 1 || len(st.Derivations[0].Failures) != 0 {
 		t.Errorf("a forged report counted: %s %+v", st, st.Derivations[0])
+	}
+}
+
+// forgeClaim writes, as any runner user may, a claim record saying
+// builder holds replica 0 of drv in set id for attempt, on a delivery
+// no worker's count reaches (so that a worker's claim, going by the
+// record alone, would leave the replica to it).
+func forgeClaim(t *testing.T, conn *queue.Conn, id, drv, builder string, attempt int) {
+	t.Helper()
+	ctx := testctx.New(t, time.Minute)
+	kv, err := bucket(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := json.Marshal(Claims{Version: RecordVersion, Replicas: []Claim{{Replica: 0, Attempt: attempt, Builder: builder,
+		Owner: builder, Delivered: 1 << 40, At: time.Now().UTC()}}})
+	if _, err := kv.Put(ctx, ClaimKey(id, drv), c); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReportOnAnotherBuildersSubjectRefused: a report is taken from the
+// builder whose subject it arrived on only. A bad builder that makes a
+// claim record name an honest builder, then publishes a failure report
+// in the honest builder's name on its own subject (the only one its
+// NATS user may publish on), uses up no attempt; the same report on the
+// honest builder's subject would.
+func TestReportOnAnotherBuildersSubjectRefused(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, 3)
+	startScheduler(t, url, cache, "g1")
+	waitFor(t, 10*time.Second, func() bool {
+		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
+		return err == nil && st.Counts[Dispatched] == 1
+	})
+	drv := fakePath("a.drv")
+	forgeClaim(t, conn, sub.Set.ID, drv, "honest", 1)
+	rep := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, Replica: 0, Attempt: 1,
+		Builder: "honest", Owner: "honest", Outcome: BuildFailed, Time: time.Now().UTC()}
+	mallorys, _ := queue.FarmReportSubject(tenant, "mallory")
+	publishReportOn(t, conn, mallorys, "forged", rep)
+	waitReportsHandled(t, conn, 1)
+	st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Counts[Dispatched] != 1 || len(st.Derivations[0].Failures) != 0 {
+		t.Fatalf("a report on another builder's subject counted: %s %+v", st, st.Derivations[0])
+	}
+	// On the builder's own subject, the same report counts: what was
+	// refused was its subject.
+	if err := PublishReport(testctx.New(t, time.Minute), conn, rep); err != nil {
+		t.Fatal(err)
+	}
+	waitReportsHandled(t, conn, 2)
+	if st, err = GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID); err != nil {
+		t.Fatal(err)
+	}
+	if f := st.Derivations[0].Failures; len(f) != 1 || f[0].Builder != "honest" {
+		t.Errorf("the report on its own subject: failures %+v", f)
+	}
+}
+
+// TestForgedClaimsFailOnce: a bad builder fails a derivation once,
+// whatever it writes into claim records. It claims each new attempt
+// directly in the bucket (skipping claim, which refuses a builder that
+// failed the derivation) and reports that attempt failed, MaxAttempts
+// times: only its first failure counts, the derivation stays
+// dispatched, and its claims, void once it failed, do not keep the
+// retry from an honest worker, which builds it and what needs it.
+func TestForgedClaimsFailOnce(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil, "b": {"a"}}, "x86_64-linux")
+	const maxAttempts = 3
+	sub := submit(t, conn, g, cache, 1, maxAttempts)
+	startScheduler(t, url, cache, "g1")
+	drv := fakePath("a.drv")
+	state := func() *State {
+		t.Helper()
+		kv, err := bucket(testctx.New(t, time.Minute), conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st State
+		if _, _, err := getJSON(testctx.New(t, time.Minute), kv, stateKey(sub.Set.ID, drv), &st); err != nil {
+			t.Fatal(err)
+		}
+		return &st
+	}
+	waitFor(t, 10*time.Second, func() bool { return state().Status == Dispatched })
+	for i := range maxAttempts {
+		attempt := state().Attempts[0]
+		forgeClaim(t, conn, sub.Set.ID, drv, "mallory", attempt)
+		rep := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, Replica: 0, Attempt: attempt,
+			Builder: "mallory", Owner: "mallory", Outcome: BuildFailed, ExitCode: 1, Time: time.Now().UTC()}
+		// A message id of its own each time: the same report again
+		// would be stored once.
+		subj, _ := rep.Subject()
+		publishReportOn(t, conn, subj, fmt.Sprintf("forged-%d", i), rep)
+		waitReportsHandled(t, conn, uint64(i+1))
+	}
+	st := state()
+	if st.Status != Dispatched || len(st.Failures) != 1 || st.Failures[0].Builder != "mallory" || st.Attempts[0] != 2 {
+		t.Fatalf("after %d forged failures of one builder: %+v, want dispatched, its first failure only, attempt 2", maxAttempts, st)
+	}
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	testWorker(t, url, g, cache, p, log, "honest", "o1", nil)
+	fin := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
+	if fin.Counts[Done] != 2 {
+		t.Fatalf("status %s", fin)
+	}
+	for _, b := range log.all() {
+		if b.drv == "a" && b.attempt != 2 {
+			t.Errorf("the honest worker built a's attempt %d, want the retry (2) only", b.attempt)
+		}
+	}
+}
+
+// TestRejectedTwiceFailsOnce: the cache's rejections of one builder's
+// results (a quarantined liar's, which it can get built again and again
+// by claiming each new attempt in the bucket) fail the derivation once.
+func TestRejectedTwiceFailsOnce(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, 2)
+	s := startScheduler(t, url, cache, "g1")
+	drv := fakePath("a.drv")
+	waitFor(t, 10*time.Second, func() bool {
+		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
+		return err == nil && st.Counts[Dispatched] == 1
+	})
+	ctx := testctx.New(t, time.Minute)
+	for attempt := 1; attempt <= 2; attempt++ {
+		forgeClaim(t, conn, sub.Set.ID, drv, "liar", attempt)
+		if err := s.Rejected(ctx, tenant, drv, "liar", "quarantined", "quarantined: builder liar"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := GetStatus(ctx, conn, sub.Set.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := st.Derivations[0]; d.Status != Dispatched || len(d.Failures) != 1 || d.Failures[0].Rejected != "quarantined" {
+		t.Errorf("after two rejections of one builder: %+v, want dispatched with one failure", d)
 	}
 }
 

@@ -3,6 +3,7 @@ package farm
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -295,4 +296,31 @@ func testWorkerFunc(t testing.TB, url, builder string, build BuildFunc) {
 			t.Errorf("worker %s: %v", builder, err)
 		}
 	})
+}
+
+// waitReportsHandled waits until the schedulers' consumer of reports has
+// handled n of them (acked or terminated), and none is pending.
+func waitReportsHandled(t testing.TB, conn *queue.Conn, n uint64) {
+	t.Helper()
+	waitFor(t, 10*time.Second, func() bool {
+		c, err := conn.JetStream().Consumer(testctx.New(t, time.Minute), queue.StreamFarmReports, queue.FarmConsumer(queue.FarmReportFilter))
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(testctx.New(t, time.Minute))
+		return err == nil && info.Delivered.Stream == n && info.NumAckPending == 0 && info.NumPending == 0
+	})
+}
+
+// publishReportOn publishes rep on subj with message id msgID, as a
+// runner user may with any report on its own subject.
+func publishReportOn(t testing.TB, conn *queue.Conn, subj, msgID string, rep *Report) {
+	t.Helper()
+	data, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.PublishFarm(testctx.New(t, time.Minute), subj, msgID, data); err != nil {
+		t.Fatal(err)
+	}
 }

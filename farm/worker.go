@@ -53,9 +53,14 @@ func (c ClaimResult) String() string {
 //   - a replica held for an earlier attempt, or for an earlier delivery
 //     of this request (its claimant lost it), is taken over;
 //   - a replica held for this attempt and delivery by another builder,
-//     or for a later one, is not needed any more;
+//     or for a later one, is not needed any more, and neither is one
+//     whose state has moved on to a later attempt;
 //   - a builder that failed the derivation, or whose owner holds another
-//     replica, does not get it.
+//     replica, does not get it;
+//   - a claim of a builder that failed the derivation is void (the
+//     state, which runners cannot write, says it failed): claim gives
+//     it no replica, so such a claim is a bad builder's own write, made
+//     to keep the replica from the others.
 func claim(ctx context.Context, kv jetstream.KeyValue, r *Request, builder, owner string, delivered uint64) (ClaimResult, error) {
 	if builder == "" {
 		return 0, errors.New("farm: claim: no builder id")
@@ -72,7 +77,11 @@ func claim(ctx context.Context, kv jetstream.KeyValue, r *Request, builder, owne
 	} else if st == nil {
 		return NotNeeded, nil
 	}
-	if slices.Contains(st.failedBuilders(), builder) {
+	if r.Replica < len(st.Attempts) && r.Attempt < st.Attempts[r.Replica] {
+		return NotNeeded, nil // the scheduler retried it since
+	}
+	failed := st.failedBuilders()
+	if slices.Contains(failed, builder) {
 		return NotForUs, nil
 	}
 	res := Claimed
@@ -80,6 +89,9 @@ func claim(ctx context.Context, kv jetstream.KeyValue, r *Request, builder, owne
 		c.Version = RecordVersion
 		i := slices.IndexFunc(c.Replicas, func(x Claim) bool { return x.Replica == r.Replica })
 		for _, x := range c.Replicas {
+			if slices.Contains(failed, x.Builder) {
+				continue
+			}
 			if x.Replica != r.Replica && (x.Owner == owner || x.Builder == builder) {
 				res = NotForUs
 				return false, nil, nil
@@ -97,7 +109,7 @@ func claim(ctx context.Context, kv jetstream.KeyValue, r *Request, builder, owne
 		case cur.Attempt == r.Attempt && cur.Delivered == delivered && cur.Builder == builder:
 			res = Claimed // ours already: a retried claim
 			return false, nil, nil
-		case cur.Attempt < r.Attempt || cur.Attempt == r.Attempt && cur.Delivered < delivered:
+		case cur.Attempt < r.Attempt || cur.Attempt == r.Attempt && cur.Delivered < delivered || slices.Contains(failed, cur.Builder):
 			c.Replicas[i] = mine
 			res = Claimed
 			return true, nil, nil
