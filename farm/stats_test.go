@@ -161,3 +161,31 @@ func TestStatsCountOnlyClaimants(t *testing.T) {
 		t.Fatalf("owners %+v", st.Owners)
 	}
 }
+
+// TestStatsSkipReportOnAnotherBuildersSubject: a report counts under the
+// builder whose subject it arrived on only. A cheat that publishes, on
+// its own subject (the only one its NATS user may publish on), reports
+// in another builder's name on a replica the claim record says that
+// builder holds (a failure to sink it, a build with a huge CPU time)
+// changes nobody's figures; the builder's own report counts.
+func TestStatsSkipReportOnAnotherBuildersSubject(t *testing.T) {
+	_, conn := setup(t)
+	now := time.Now().UTC()
+	victim := &Report{Version: RecordVersion, Set: NewSetID(), Tenant: tenant, DrvPath: fakePath("x.drv"), Builder: "victim", Owner: "o1",
+		Outcome: Built, CPUSeconds: 2, Time: now}
+	claimAndReport(t, conn, victim, true)
+	cheats, _ := queue.FarmReportSubject(tenant, "cheat")
+	failure, build := *victim, *victim
+	failure.Outcome, failure.CPUSeconds = BuildFailed, 1e6
+	build.CPUSeconds = 1e6
+	publishReportOn(t, conn, cheats, "forged-failure", &failure)
+	publishReportOn(t, conn, cheats, "forged-build", &build)
+	st, err := ReadStats(testctx.New(t, time.Minute), conn, tenant, now.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Builders) != 1 || st.Builders[0].Builder != "victim" || st.Builders[0].Builds != 1 || st.Builders[0].Failures != 0 ||
+		st.Builders[0].CPUSeconds != 2 {
+		t.Fatalf("builders %+v: want the victim's own report only", st.Builders)
+	}
+}
