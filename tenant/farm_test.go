@@ -2,6 +2,7 @@ package tenant
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync"
@@ -106,6 +107,37 @@ func TestFarmPermissions(t *testing.T) {
 	} else if st.Set.Canceled != nil || st.Counts[farm.Failed] != 0 {
 		t.Fatalf("the runner's writes changed the set: %s", st)
 	}
+
+	// A bad builder tries to fail a in another builder's name: it makes
+	// the claim record name that builder (claim records are any
+	// runner's to write), then reports the failure on that builder's
+	// subject (denied: a runner user publishes its own builder's reports
+	// only), and on its own subject (refused by the scheduler: the
+	// report names another builder than its subject's).
+	within(t, "a dispatched", func() bool {
+		st, err := farm.GetStatus(ctx, submitter, sub.Set.ID)
+		return err == nil && st.Counts[farm.Dispatched] == 1
+	})
+	claims, _ := json.Marshal(farm.Claims{Version: farm.RecordVersion, Replicas: []farm.Claim{{Replica: 0, Attempt: 1, Builder: "a-honest", Owner: "a-honest", At: time.Now().UTC()}}})
+	if err := runner.KVPut(ctx, queue.BucketFarm, farm.ClaimKey(sub.Set.ID, a.DrvPath), claims); err != nil {
+		t.Fatalf("a runner writes a claim record: %v", err)
+	}
+	forged := &farm.Report{Version: farm.RecordVersion, Set: sub.Set.ID, Tenant: "a", DrvPath: a.DrvPath, Replica: 0, Attempt: 1,
+		Builder: "a-honest", Owner: "a-honest", Outcome: farm.BuildFailed, ExitCode: 1, Time: time.Now().UTC()}
+	start = time.Now()
+	fast(t, "a runner reports in another builder's name", start, farm.PublishReport(context.Background(), runner, forged), queue.ErrPermissionDenied)
+	own, _ := queue.FarmReportSubject("a", "a-runner")
+	data, _ := json.Marshal(forged)
+	if _, err := runner.PublishFarm(ctx, own, "forged", data); err != nil {
+		t.Fatalf("a runner publishes on its own report subject: %v", err)
+	}
+	within(t, "the forged report handled", func() bool { return reportsHandled(t, pusher, 1) })
+	if st, err := farm.GetStatus(ctx, submitter, sub.Set.ID); err != nil {
+		t.Fatal(err)
+	} else if d := st.Derivations; len(d) != 2 || len(d[0].Failures)+len(d[1].Failures) != 0 {
+		t.Fatalf("a report naming another builder counted: %s", st)
+	}
+
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	w := &farm.Worker{Conn: runner, Tenant: "a", Machine: farm.Machine{System: "x86_64-linux"}, Builder: "a-runner",
@@ -210,4 +242,29 @@ func rollupAll(t *testing.T, c *cluster, tenant string, role queue.Role, subj st
 		t.Fatalf("publish on %s with Nats-Rollup: all: %v", subj, err)
 	}
 	return string(r.Data)
+}
+
+// within fails t unless cond holds within 10 s.
+func within(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// reportsHandled reports whether the schedulers' consumer of reports
+// has handled n reports (acked or terminated), none pending.
+func reportsHandled(t *testing.T, pusher *queue.Conn, n uint64) bool {
+	t.Helper()
+	ctx := testctx.New(t, time.Minute)
+	c, err := pusher.JetStream().Consumer(ctx, queue.StreamFarmReports, queue.FarmConsumer(queue.FarmReportFilter))
+	if err != nil {
+		return false
+	}
+	info, err := c.Info(ctx)
+	return err == nil && info.Delivered.Stream == n && info.NumAckPending == 0 && info.NumPending == 0
 }
