@@ -52,7 +52,17 @@
 //     record which builders and owners hold its replicas, so a quorum of
 //     N goes to N distinct owners and a replica is built once;
 //   - requests wait in the FARM work queue
-//     (farm.build.<tenant>.<system>.<class>), reports in FARM_REPORTS.
+//     (farm.build.<tenant>.<system>.<class>), reports in FARM_REPORTS
+//     (farm.report.<tenant>.<scope>, each on its builder's subject:
+//     DecodeReport refuses one naming another builder).
+//
+// What one bad builder can do: runners may write claim records only
+// (queue's farmRunner), so a builder cannot mark a derivation failed;
+// its reports count under its own builder id only; and the scheduler
+// counts one failure per builder and derivation (failed), and a worker
+// ignores the claims of a builder that failed it (claim), so a builder
+// that rewrites claim records to fail a derivation again and again
+// fails it once, like an honest one.
 //
 // Nothing lives only in a scheduler's memory: a scheduler caches set
 // definitions (they do not change), and recomputes state from the bucket
