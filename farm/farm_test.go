@@ -536,22 +536,13 @@ func TestRejectedResultRetried(t *testing.T) {
 // TestForgedFailureReportIgnored: a failure report from a builder that
 // does not hold the replica does not count.
 func TestForgedFailureReportIgnored(t *testing.T) {
-	url, conn := setup(t)
-	cache := newMemCache()
-	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
-	sub := submit(t, conn, g, cache, 1, 1)
-	s := startScheduler(t, url, cache, "g1")
-	waitFor(t, 10*time.Second, func() bool {
-		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
-		return err == nil && st.Counts[Dispatched] == 1
-	})
+	conn, sub, _ := dispatchedA(t, 1)
 	rep := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: fakePath("a.drv"), Replica: 0, Attempt: 1,
 		Builder: "mallory", Outcome: BuildFailed, Time: time.Now()}
 	if err := PublishReport(testctx.New(t, time.Minute), conn, rep); err != nil {
 		t.Fatal(err)
 	}
 	waitReportsHandled(t, conn, 1)
-	_ = s
 	st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -559,6 +550,22 @@ func TestForgedFailureReportIgnored(t *testing.T) {
 	if st.Counts[Dispatched] != 1 || len(st.Derivations[0].Failures) != 0 {
 		t.Errorf("a forged report counted: %s %+v", st, st.Derivations[0])
 	}
+}
+
+// dispatchedA submits a set of one derivation, a, with quorum 1 and
+// maxAttempts, to a scheduler, and waits until a is dispatched (no
+// worker runs).
+func dispatchedA(t *testing.T, maxAttempts int) (*queue.Conn, *Submitted, *Scheduler) {
+	t.Helper()
+	url, conn := setup(t)
+	cache := newMemCache()
+	sub := submit(t, conn, graphOf(t, spec{"a": nil}, "x86_64-linux"), cache, 1, maxAttempts)
+	s := startScheduler(t, url, cache, "g1")
+	waitFor(t, 10*time.Second, func() bool {
+		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
+		return err == nil && st.Counts[Dispatched] == 1
+	})
+	return conn, sub, s
 }
 
 // forgeClaim writes, as any runner user may, a claim record saying
@@ -586,15 +593,7 @@ func forgeClaim(t *testing.T, conn *queue.Conn, id, drv, builder string, attempt
 // NATS user may publish on), uses up no attempt; the same report on the
 // honest builder's subject would.
 func TestReportOnAnotherBuildersSubjectRefused(t *testing.T) {
-	url, conn := setup(t)
-	cache := newMemCache()
-	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
-	sub := submit(t, conn, g, cache, 1, 3)
-	startScheduler(t, url, cache, "g1")
-	waitFor(t, 10*time.Second, func() bool {
-		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
-		return err == nil && st.Counts[Dispatched] == 1
-	})
+	conn, sub, _ := dispatchedA(t, 3)
 	drv := fakePath("a.drv")
 	forgeClaim(t, conn, sub.Set.ID, drv, "honest", 1)
 	rep := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, Replica: 0, Attempt: 1,
@@ -684,16 +683,8 @@ func TestForgedClaimsFailOnce(t *testing.T) {
 // results (a quarantined liar's, which it can get built again and again
 // by claiming each new attempt in the bucket) fail the derivation once.
 func TestRejectedTwiceFailsOnce(t *testing.T) {
-	url, conn := setup(t)
-	cache := newMemCache()
-	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
-	sub := submit(t, conn, g, cache, 1, 2)
-	s := startScheduler(t, url, cache, "g1")
+	conn, sub, s := dispatchedA(t, 2)
 	drv := fakePath("a.drv")
-	waitFor(t, 10*time.Second, func() bool {
-		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
-		return err == nil && st.Counts[Dispatched] == 1
-	})
 	ctx := testctx.New(t, time.Minute)
 	for attempt := 1; attempt <= 2; attempt++ {
 		forgeClaim(t, conn, sub.Set.ID, drv, "liar", attempt)
