@@ -57,7 +57,11 @@ type farmWorker struct {
 func (w *farmWorker) start(t *testing.T) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], w.args...)
-	cmd.Env = append(os.Environ(), envExecMain+"=1", "TMPDIR="+w.tmp)
+	// Its own Nix narinfo cache, as on its own machine: Nix processes of
+	// several workers writing one binary-cache-v6.sqlite fail now and then
+	// ("executing SQLite statement"), and the farm counts that as a
+	// failed build.
+	cmd.Env = append(os.Environ(), envExecMain+"=1", "TMPDIR="+w.tmp, "XDG_CACHE_HOME="+filepath.Join(w.tmp, ".cache"))
 	cmd.Stdout, cmd.Stderr = w.log, w.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

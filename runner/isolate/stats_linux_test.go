@@ -45,8 +45,10 @@ func TestCgroupStats(t *testing.T) {
 	}
 
 	// A daemon burns after its parent is gone, then waits to be killed.
+	// The shell itself makes the marker (no touch process that might
+	// still be in the cgroup when the test sees the file and kills it).
 	marker := filepath.Join(t.TempDir(), "burnt")
-	cmd = exec.Command("sh", "-c", `setsid sh -c '`+burn+`; touch "$1"; exec sleep 300' sh "$1" </dev/null >/dev/null 2>&1 &`, "sh", marker)
+	cmd = exec.Command("sh", "-c", `setsid sh -c '`+burn+`; : >"$1"; exec sleep 300' sh "$1" </dev/null >/dev/null 2>&1 &`, "sh", marker)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, UseCgroupFD: true, CgroupFD: g.FD()}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
