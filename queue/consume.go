@@ -345,30 +345,31 @@ func (w *worker) run(pullCtx, handlerCtx context.Context) {
 	}
 	defer stopIter()
 	for pullCtx.Err() == nil {
-		var msg jetstream.Msg
-		var err error
 		if it == nil {
+			var err error
 			// A long poll: the server holds each request up to pullExpiry
 			// and heartbeats it, so a lost connection shows up. The
 			// expiry bounds an abandoned request's life on the server.
-			it, err = w.cons.Messages(jetstream.PullMaxMessages(1), jetstream.PullExpiry(pullExpiry))
-		}
-		if err == nil {
-			w.pulls.Add(1)
-			msg, err = it.Next(jetstream.NextContext(pullCtx))
-			if err != nil && pullCtx.Err() != nil {
-				// Unsubscribe before counting the pull done: a message
-				// released meanwhile must not go to this inbox (see release).
-				stopIter()
+			if it, err = w.cons.Messages(jetstream.PullMaxMessages(1), jetstream.PullExpiry(pullExpiry)); err != nil {
+				it = nil
+				w.log.Warn("queue: pull failed, retrying", logKeyErr, err)
+				_ = retry.Sleep(pullCtx, backoff(failures))
+				failures++
+				continue
 			}
-			w.pulls.Add(-1)
 		}
+		w.pulls.Add(1)
+		msg, err := it.Next(jetstream.NextContext(pullCtx))
+		if err != nil && pullCtx.Err() != nil {
+			// Unsubscribe before counting the pull done: a message
+			// released meanwhile must not go to this inbox (see release).
+			stopIter()
+		}
+		w.pulls.Add(-1)
 		if err != nil {
 			switch {
 			case pullCtx.Err() != nil:
 				return
-			// Subscribing on a closed connection fails with nats's error,
-			// pulling through an iterator with jetstream's.
 			case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, jetstream.ErrConnectionClosed):
 				w.log.Warn("queue: consumer stops: connection closed")
 				return
