@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	natsd "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
@@ -578,70 +577,5 @@ func TestConsumeDefer(t *testing.T) {
 	}
 	if got := consumerInfo(t, c, "d").Config.MaxAckPending; got != DefaultMaxAckPending {
 		t.Errorf("MaxAckPending %d, want %d", got, DefaultMaxAckPending)
-	}
-}
-
-// TestConsumeSubscribesOnce: a worker pulls through one subscription,
-// not one per message: each subscribe and unsubscribe makes the server
-// update its subject list and drop its match cache.
-func TestConsumeSubscribesOnce(t *testing.T) {
-	s, c := setup(t)
-	const n, workers = 200, 4
-	for i := range n {
-		if _, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	before, err := s.NATS().Subsz(&natsd.SubszOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := newRecorder()
-	k := consume(t, c, ConsumerOptions{Group: "g1", Concurrency: workers}, func(ctx context.Context, d *Delivery) error {
-		rec.add(d)
-		return nil
-	})
-	waitFor(t, 30*time.Second, "every delivery", func() bool { return rec.total() == n })
-	after, err := s.NATS().Subsz(&natsd.SubszOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop(t, k)
-	// One per worker, and the consumer's own on the server.
-	if subs := after.NumInserts - before.NumInserts; subs > workers+n/10 {
-		t.Errorf("%d subscriptions for %d messages on %d workers: want one per worker", subs, n, workers)
-	}
-}
-
-// TestConsumeAcrossRestart: a worker's one iterator outlives a lost
-// connection: a result published once the broker is back (restarted on
-// the same address and storage) is delivered to the workers that were
-// pulling when it went away, without anything restarting them.
-func TestConsumeAcrossRestart(t *testing.T) {
-	cfg := server.Config{StoreDir: t.TempDir(), Port: testproc.FreePort(t)}
-	s := startServer(t, cfg)
-	c := connect(t, s.ClientURL())
-	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	rec := newRecorder()
-	consume(t, c, ConsumerOptions{Group: "g", Concurrency: 2}, func(_ context.Context, d *Delivery) error {
-		rec.add(d)
-		return nil
-	})
-	if _, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(0)); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the delivery before the restart", func() bool { return rec.total() == 1 })
-	if err := s.Close(testctx.New(t, 30*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	startServer(t, cfg)
-	if _, err := c.PublishResult(testctx.New(t, 30*time.Second), testResult(1)); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 20*time.Second, "the delivery after the restart", func() bool { return rec.total() == 2 })
-	if seen, _ := rec.snapshot(); len(seen) != 2 {
-		t.Errorf("deliveries by stream sequence %v, want two results once each", seen)
 	}
 }
