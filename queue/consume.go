@@ -328,61 +328,36 @@ func (w *worker) release(msg jetstream.Msg) error {
 }
 
 // run pulls and handles one message at a time until pullCtx ends.
-//
-// The worker's pulls go through one iterator (one subscription) for its
-// whole life, asking for one message per Next and only then: a fetch per
-// message subscribed and unsubscribed an inbox each time, which cost the
-// server (and every other subject's lookups, whose cache it clears) more
-// than the pull itself.
 func (w *worker) run(pullCtx, handlerCtx context.Context) {
 	failures := 0
-	var it jetstream.MessagesContext
-	stopIter := func() {
-		if it != nil {
-			it.Stop()
-			it = nil
-		}
-	}
-	defer stopIter()
 	for pullCtx.Err() == nil {
-		if it == nil {
-			var err error
-			// A long poll: the server holds each request up to pullExpiry
-			// and heartbeats it, so a lost connection shows up. The
-			// expiry bounds an abandoned request's life on the server.
-			if it, err = w.cons.Messages(jetstream.PullMaxMessages(1), jetstream.PullExpiry(pullExpiry)); err != nil {
-				it = nil
-				w.log.Warn("queue: pull failed, retrying", logKeyErr, err)
-				_ = retry.Sleep(pullCtx, backoff(failures))
-				failures++
-				continue
-			}
-		}
+		// A long poll: the server holds the request up to pullExpiry and
+		// heartbeats it, so a lost connection shows up as an error. The
+		// expiry is bounded even when pullCtx has a far deadline: an
+		// abandoned request must not linger on the server.
+		fctx, cancel := context.WithTimeout(pullCtx, pullExpiry)
 		w.pulls.Add(1)
-		msg, err := it.Next(jetstream.NextContext(pullCtx))
-		if err != nil && pullCtx.Err() != nil {
-			// Unsubscribe before counting the pull done: a message
-			// released meanwhile must not go to this inbox (see release).
-			stopIter()
-		}
+		msg, err := w.cons.Next(jetstream.FetchContext(fctx))
 		w.pulls.Add(-1)
+		cancel()
 		if err != nil {
 			switch {
 			case pullCtx.Err() != nil:
 				return
-			case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, jetstream.ErrConnectionClosed):
+			case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+				failures = 0 // the poll expired empty
+				continue
+			case errors.Is(err, nats.ErrConnectionClosed):
 				w.log.Warn("queue: consumer stops: connection closed")
 				return
 			}
 			w.log.Warn("queue: pull failed, retrying", logKeyErr, err)
-			stopIter()
 			_ = retry.Sleep(pullCtx, backoff(failures))
 			failures++
 			continue
 		}
 		failures = 0
 		if pullCtx.Err() != nil {
-			stopIter()
 			_ = w.release(msg) // stopping: let another member have it now
 			return
 		}
