@@ -12,8 +12,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
-	"codeberg.org/provenix/provenix/internal/testproc"
-	"codeberg.org/provenix/provenix/queue/server"
 )
 
 // recorder collects what a handler saw, safely across workers.
