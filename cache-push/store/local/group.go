@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
-	"path/filepath"
-	"slices"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
 )
@@ -61,23 +58,10 @@ func (s *Store) commit(r *request) error {
 			r.fail(fmt.Errorf("local store: commit %s: %w", stage[0].key, err))
 			return r.err
 		}
-		var dirs []string
-		for _, it := range stage {
-			dirty, err := s.mkdirs(path.Dir(it.key))
-			if err != nil {
-				r.fail(fmt.Errorf("local store: commit %s: %w", it.key, s.noSpace(err)))
-				return r.err
-			}
-			if err := os.Rename(it.tmp, it.name); err != nil {
-				r.fail(fmt.Errorf("local store: commit %s: %w", it.key, s.noSpace(err)))
-				return r.err
-			}
-			it.renamed = true
-			for _, d := range append(dirty, filepath.Dir(it.name)) {
-				if !slices.Contains(dirs, d) {
-					dirs = append(dirs, d)
-				}
-			}
+		dirs, err := s.renameStage(stage)
+		if err != nil {
+			r.fail(err)
+			return r.err
 		}
 		// The renamed objects are visible now; make the renames (and any
 		// new directories) durable before a later stage's. A failure here
