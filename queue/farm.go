@@ -148,18 +148,18 @@ func (c *Conn) ensureFarmBucket(ctx context.Context, cfg jetstream.KeyValueConfi
 		return checkStreamConfig(want, got) == nil && got.DenyPurge && !got.AllowRollup
 	}
 	var s jetstream.Stream
-	err := c.denyAware(ctx, jsAPIFor(name, ""), func(ctx context.Context) (err error) {
-		s, err = c.js.Stream(ctx, name)
-		return err
-	})
+	lookup := func() error {
+		return c.denyAware(ctx, jsAPIFor(name, ""), func(ctx context.Context) (err error) {
+			s, err = c.js.Stream(ctx, name)
+			return err
+		})
+	}
+	err := lookup()
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		if err := c.ensureBucket(ctx, cfg); err != nil {
 			return err
 		}
-		err = c.denyAware(ctx, jsAPIFor(name, ""), func(ctx context.Context) (err error) {
-			s, err = c.js.Stream(ctx, name)
-			return err
-		})
+		err = lookup()
 	}
 	if err != nil {
 		return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, mapJSError(err))
