@@ -162,9 +162,11 @@ func (v *Verifier) initKeys(builders []TrustedBuilder) error {
 		keys[id] = root.NewExpiringKey(sv, time.Time{}, time.Time{})
 	}
 	// Key-signed bundles carry no timestamps: without a transparency log
-	// there is nothing to observe the signing time with.
+	// there is nothing to observe the signing time with. Every verifier
+	// leaves the Statement's predicate to us (WithoutStatementPredicate):
+	// Verify reads the verified payload itself, once (readStatement).
 	v.keys = root.NewTrustedPublicKeyMaterialFromMapping(keys)
-	sig, err := verify.NewVerifier(v.keys, verify.WithNoObserverTimestamps())
+	sig, err := verify.NewVerifier(v.keys, verify.WithNoObserverTimestamps(), verify.WithoutStatementPredicate())
 	if err != nil {
 		return fmt.Errorf("attest: %w", err)
 	}
@@ -231,15 +233,23 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 		return prov.BuilderID, nil
 	}
 	diagnose := func(st *intoto.Statement) error { return diagnoseDigests(st, want) }
-	s, err := v.verifySigned(e, digests, claimed, diagnose)
+	env, err := envelope(e)
 	if err != nil {
 		return nil, err
 	}
-	tb, keyID := s.Signer, s.KeyID
+	s, err := v.verifySigned(e, env, digests, claimed, diagnose)
+	if err != nil {
+		return nil, err
+	}
 	prov := pre
 	if prov == nil {
-		// s.Predicate is the verified payload's predicate, read once.
-		prov, err = parseStatement(s.Statement, s.Predicate)
+		// The verified payload, read once (sigstore-go was told to
+		// leave its predicate alone).
+		st, pred, rerr := readStatement(env)
+		if rerr != nil {
+			return nil, rerr
+		}
+		prov, err = parseStatement(st, pred)
 	}
 	if err != nil {
 		if errors.Is(err, ErrPredicateType) {
@@ -247,16 +257,16 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 			// not ours to judge.
 			return nil, err
 		}
-		return nil, &SignedMalformedError{BuilderID: tb.ID, Err: err}
+		return nil, &SignedMalformedError{BuilderID: s.builder.ID, Err: err}
 	}
 	if err := checkSubjects(prov.Outputs, want); err != nil {
 		return nil, err
 	}
-	if prov.BuilderID != tb.ID {
-		return nil, &SignedMalformedError{BuilderID: tb.ID,
-			Err: fmt.Errorf("%w: provenance claims builder %q, signer %s is trusted for %q", ErrUntrustedBuilder, prov.BuilderID, keyID, tb.ID)}
+	if prov.BuilderID != s.builder.ID {
+		return nil, &SignedMalformedError{BuilderID: s.builder.ID,
+			Err: fmt.Errorf("%w: provenance claims builder %q, signer %s is trusted for %q", ErrUntrustedBuilder, prov.BuilderID, s.keyID, s.builder.ID)}
 	}
-	return &Verified{Provenance: prov, Builder: tb, KeyID: keyID}, nil
+	return &Verified{Provenance: prov, Builder: s.builder, KeyID: s.keyID}, nil
 }
 
 // Signed is a bundle whose signature verified for a trusted signer, with
@@ -301,7 +311,21 @@ func (v *Verifier) VerifyStatement(bundleJSON []byte, digests [][32]byte, claime
 		}
 		return nil
 	}
-	return v.verifySigned(&b, digests, claimed, diagnose)
+	env, err := envelope(&b)
+	if err != nil {
+		return nil, err
+	}
+	s, err := v.verifySigned(&b, env, digests, claimed, diagnose)
+	if err != nil {
+		return nil, err
+	}
+	// The whole Statement, predicate included, as callers (vsa) read
+	// it: sigstore-go was told to leave the predicate alone.
+	st, err := env.Statement()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	}
+	return &Signed{Statement: st, Predicate: predicateJSON(env), Signer: s.builder, KeyID: s.keyID}, nil
 }
 
 func hasDigest(st *intoto.Statement, d [32]byte) bool {
@@ -313,14 +337,15 @@ func hasDigest(st *intoto.Statement, d [32]byte) bool {
 	return false
 }
 
-// verifySigned checks e's signature and that its subjects carry digests,
-// for any predicate. claimed names the signer id a keyless bundle claims;
-// diagnose turns a failed verification of a readable Statement into a
-// more precise error, or returns nil.
-func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claimed func(*bundle.Envelope) (string, error), diagnose func(*intoto.Statement) error) (*Signed, error) {
-	if len(sha256s) == 0 {
-		return nil, errors.New("attest: verify needs at least one expected subject digest")
-	}
+// signer is who signed a bundle verifySigned accepted: the builder the
+// key or certificate identity is trusted for, and the key or identity.
+type signer struct {
+	builder TrustedBuilder
+	keyID   string
+}
+
+// envelope is e's DSSE envelope; provenance bundles carry nothing else.
+func envelope(e verify.SignedEntity) (*bundle.Envelope, error) {
 	sc, err := e.SignatureContent()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
@@ -329,9 +354,23 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claim
 	if !ok || env == nil || env.Envelope == nil {
 		return nil, fmt.Errorf("%w: not a DSSE envelope bundle", ErrMalformedBundle)
 	}
+	return env, nil
+}
+
+// verifySigned checks e's signature (env is its envelope) and that its
+// subjects carry digests, for any predicate, and returns who signed it.
+// claimed names the signer id a keyless bundle claims; diagnose turns a
+// failed verification of a readable Statement into a more precise error,
+// or returns nil. The caller reads the verified Statement from env: the
+// verifiers are built WithoutStatementPredicate, so sigstore-go's
+// result carries only a summary of it.
+func (v *Verifier) verifySigned(e verify.SignedEntity, env *bundle.Envelope, sha256s [][32]byte, claimed func(*bundle.Envelope) (string, error), diagnose func(*intoto.Statement) error) (signer, error) {
+	if len(sha256s) == 0 {
+		return signer{}, errors.New("attest: verify needs at least one expected subject digest")
+	}
 	vc, err := e.VerificationContent()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+		return signer{}, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
 	}
 	digests := make([]verify.ArtifactDigest, len(sha256s))
 	for i := range sha256s {
@@ -349,7 +388,7 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claim
 		keyID = vc.PublicKey().Hint()
 		var ok bool
 		if tb, ok = v.byKeyID[keyID]; !ok {
-			return nil, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
+			return signer{}, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
 		}
 		sigVer, policy = v.sig, verify.NewPolicy(verify.WithArtifactDigests(digests), verify.WithKey())
 		if v.sigTlog != nil {
@@ -360,10 +399,10 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claim
 		// claim is checked again once the signature verifies.
 		claimed, err := claimed(env)
 		if err != nil {
-			return nil, err
+			return signer{}, err
 		}
 		if ids = v.identitiesFor(claimed); len(ids) == 0 {
-			return nil, fmt.Errorf("%w: bundle claims builder %q, for which no keyless identity is trusted", ErrUntrustedBuilder, claimed)
+			return signer{}, fmt.Errorf("%w: bundle claims builder %q, for which no keyless identity is trusted", ErrUntrustedBuilder, claimed)
 		}
 		opts := []verify.PolicyOption{}
 		for _, id := range ids {
@@ -371,38 +410,38 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claim
 		}
 		sigVer, policy = v.keyless, verify.NewPolicy(verify.WithArtifactDigests(digests), opts...)
 	case vc.Certificate() != nil:
-		return nil, fmt.Errorf("%w: bundle is signed keylessly and no certificate identities are trusted", ErrUnknownSigner)
+		return signer{}, fmt.Errorf("%w: bundle is signed keylessly and no certificate identities are trusted", ErrUnknownSigner)
 	default:
-		return nil, fmt.Errorf("%w: bundle carries neither a public key hint nor a certificate", ErrUnknownSigner)
+		return signer{}, fmt.Errorf("%w: bundle carries neither a public key hint nor a certificate", ErrUnknownSigner)
 	}
 	res, err := sigVer.Verify(e, policy)
 	if err != nil {
 		if st, serr := env.Statement(); serr == nil {
 			if derr := diagnose(st); derr != nil {
-				return nil, derr
+				return signer{}, derr
 			}
 		}
 		if vc.Certificate() != nil && strings.Contains(err.Error(), "certificate identit") {
-			return nil, fmt.Errorf("%w: %w", ErrUnknownSigner, err)
+			return signer{}, fmt.Errorf("%w: %w", ErrUnknownSigner, err)
 		}
 		if sigVer == v.sigTlog && v.sigTlog != nil {
 			if terr := v.diagnoseTlog(e, policy, err); terr != nil {
-				return nil, terr
+				return signer{}, terr
 			}
 		}
-		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
+		return signer{}, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
 	if res.Statement == nil {
-		return nil, fmt.Errorf("%w: payload is not an in-toto statement", ErrMalformedBundle)
+		return signer{}, fmt.Errorf("%w: payload is not an in-toto statement", ErrMalformedBundle)
 	}
 	if vc.Certificate() != nil {
 		id, err := matchIdentity(res, ids)
 		if err != nil {
-			return nil, err
+			return signer{}, err
 		}
 		tb, keyID = TrustedBuilder{ID: id.ID}, id.String()
 	}
-	return &Signed{Statement: res.Statement, Predicate: predicateJSON(env), Signer: tb, KeyID: keyID}, nil
+	return signer{builder: tb, keyID: keyID}, nil
 }
 
 func checkSubjects(have []Output, want []Subject) error {
@@ -463,18 +502,18 @@ func InspectUnverified(bundleJSON []byte) (*Provenance, error) {
 // claimedProvenance reads an envelope's (not yet verified) provenance,
 // whose builder id says whose identities may have signed it.
 func claimedProvenance(env *bundle.Envelope) (*Provenance, error) {
-	st, err := env.Statement()
+	st, pred, err := readStatement(env)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+		return nil, err
 	}
-	return parseStatement(st, predicateJSON(env))
+	return parseStatement(st, pred)
 }
 
 // predicateJSON returns the raw predicate of an envelope's payload, or nil.
 // The signature covers the payload bytes, so this is the signed predicate;
-// and sigstore-go's strict protojson decode of the same payload (or
-// env.Statement's, the same) has already refused duplicate or unknown
-// keys, so encoding/json's lenient key matching cannot pick a different
+// and env.Statement's strict protojson decode of the same payload
+// (VerifyStatement's) has already refused duplicate or unknown keys, so
+// encoding/json's lenient key matching cannot pick a different
 // "predicate" than the one verified.
 func predicateJSON(env *bundle.Envelope) []byte {
 	payload, err := env.DecodeB64Payload()
