@@ -189,8 +189,9 @@ type Verified struct {
 }
 
 // Verify checks bundleJSON and returns its provenance. want is required and
-// non-empty, as sigstore-go requires an artifact digest: a signature over
-// some Statement proves nothing until it is tied to the bytes at hand. Every
+// non-empty, as sigstore-go requires an artifact digest (checked here by
+// checkArtifacts instead): a signature over some Statement proves nothing
+// until it is tied to the bytes at hand. Every
 // wanted subject must appear in the Statement by name with an equal digest;
 // the Statement must be SLSA v1 provenance of BuildType; its builder id must
 // be the one bound to the signing key.
@@ -214,10 +215,6 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 	if len(want) == 0 {
 		return nil, errors.New("attest: verify needs at least one expected subject")
 	}
-	digests := make([][32]byte, len(want))
-	for i, w := range want {
-		digests[i] = w.NarHash
-	}
 	// A keyless bundle's provenance is read before its signature is
 	// checked, for the identities of the builder it claims. The
 	// signature is then checked over the payload read, the same bytes:
@@ -237,18 +234,26 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 	if err != nil {
 		return nil, err
 	}
-	s, err := v.verifySigned(e, env, digests, claimed, diagnose)
+	s, err := v.verifySigned(e, env, claimed, diagnose)
 	if err != nil {
 		return nil, err
 	}
 	prov := pre
-	if prov == nil {
+	var (
+		st   *intoto.Statement
+		pred []byte
+	)
+	if prov != nil {
+		st = prov.Statement
+	} else if st, pred, err = readStatement(env); err != nil {
 		// The verified payload, read once (sigstore-go was told to
 		// leave its predicate alone).
-		st, pred, rerr := readStatement(env)
-		if rerr != nil {
-			return nil, rerr
-		}
+		return nil, err
+	}
+	if err := checkArtifacts(st, diagnose); err != nil {
+		return nil, err
+	}
+	if prov == nil {
 		prov, err = parseStatement(st, pred)
 	}
 	if err != nil {
@@ -289,6 +294,9 @@ type Signed struct {
 // a keyless bundle is checked only against that id's identities, as
 // Verify does with provenance's builder id.
 func (v *Verifier) VerifyStatement(bundleJSON []byte, digests [][32]byte, claimedID func(*intoto.Statement) (string, error)) (*Signed, error) {
+	if len(digests) == 0 {
+		return nil, errors.New("attest: verify needs at least one expected subject digest")
+	}
 	if len(bundleJSON) > MaxBundleSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformedBundle, len(bundleJSON), MaxBundleSize)
 	}
@@ -315,7 +323,7 @@ func (v *Verifier) VerifyStatement(bundleJSON []byte, digests [][32]byte, claime
 	if err != nil {
 		return nil, err
 	}
-	s, err := v.verifySigned(&b, env, digests, claimed, diagnose)
+	s, err := v.verifySigned(&b, env, claimed, diagnose)
 	if err != nil {
 		return nil, err
 	}
@@ -324,6 +332,9 @@ func (v *Verifier) VerifyStatement(bundleJSON []byte, digests [][32]byte, claime
 	st, err := env.Statement()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	}
+	if err := checkArtifacts(st, diagnose); err != nil {
+		return nil, err
 	}
 	return &Signed{Statement: st, Predicate: predicateJSON(env), Signer: s.builder, KeyID: s.keyID}, nil
 }
@@ -357,24 +368,21 @@ func envelope(e verify.SignedEntity) (*bundle.Envelope, error) {
 	return env, nil
 }
 
-// verifySigned checks e's signature (env is its envelope) and that its
-// subjects carry digests, for any predicate, and returns who signed it.
-// claimed names the signer id a keyless bundle claims; diagnose turns a
-// failed verification of a readable Statement into a more precise error,
-// or returns nil. The caller reads the verified Statement from env: the
-// verifiers are built WithoutStatementPredicate, so sigstore-go's
-// result carries only a summary of it.
-func (v *Verifier) verifySigned(e verify.SignedEntity, env *bundle.Envelope, sha256s [][32]byte, claimed func(*bundle.Envelope) (string, error), diagnose func(*intoto.Statement) error) (signer, error) {
-	if len(sha256s) == 0 {
-		return signer{}, errors.New("attest: verify needs at least one expected subject digest")
-	}
+// verifySigned checks e's signature (env is its envelope), for any
+// predicate, and returns who signed it. claimed names the signer id a
+// keyless bundle claims; diagnose turns a failed verification of a
+// readable Statement into a more precise error, or returns nil.
+//
+// The caller reads the verified Statement from env and must then call
+// checkArtifacts on it: sigstore-go checks the signature, certificate,
+// log entry and identity, but not the subjects' digests
+// (WithoutArtifactUnsafe), as it would read the payload a second time
+// for them (and the verifiers are built WithoutStatementPredicate, so
+// its result carries only a summary of the Statement).
+func (v *Verifier) verifySigned(e verify.SignedEntity, env *bundle.Envelope, claimed func(*bundle.Envelope) (string, error), diagnose func(*intoto.Statement) error) (signer, error) {
 	vc, err := e.VerificationContent()
 	if err != nil {
 		return signer{}, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
-	}
-	digests := make([]verify.ArtifactDigest, len(sha256s))
-	for i := range sha256s {
-		digests[i] = verify.ArtifactDigest{Algorithm: "sha256", Digest: sha256s[i][:]}
 	}
 	var (
 		tb     TrustedBuilder
@@ -390,7 +398,7 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, env *bundle.Envelope, sha
 		if tb, ok = v.byKeyID[keyID]; !ok {
 			return signer{}, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
 		}
-		sigVer, policy = v.sig, verify.NewPolicy(verify.WithArtifactDigests(digests), verify.WithKey())
+		sigVer, policy = v.sig, verify.NewPolicy(verify.WithoutArtifactUnsafe(), verify.WithKey())
 		if v.sigTlog != nil {
 			sigVer = v.sigTlog
 		}
@@ -408,7 +416,7 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, env *bundle.Envelope, sha
 		for _, id := range ids {
 			opts = append(opts, verify.WithCertificateIdentity(id.matcher))
 		}
-		sigVer, policy = v.keyless, verify.NewPolicy(verify.WithArtifactDigests(digests), opts...)
+		sigVer, policy = v.keyless, verify.NewPolicy(verify.WithoutArtifactUnsafe(), opts...)
 	case vc.Certificate() != nil:
 		return signer{}, fmt.Errorf("%w: bundle is signed keylessly and no certificate identities are trusted", ErrUnknownSigner)
 	default:
@@ -444,6 +452,40 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, env *bundle.Envelope, sha
 	return signer{builder: tb, keyID: keyID}, nil
 }
 
+// Limits sigstore-go puts on a Statement whose subjects it checks.
+const (
+	maxSubjects       = 1024
+	maxSubjectDigests = 32
+)
+
+// checkArtifacts makes, on the verified Statement as we read it, the
+// artifact check sigstore-go's WithArtifactDigests makes on its own
+// reading of the payload (which verifySigned spares it): at most
+// maxSubjects subjects of at most maxSubjectDigests digests each, every
+// digest hex, and every expected sha256 a subject's (digests, which
+// returns ErrDigestMismatch). It runs before anything else the
+// Statement says is looked at, where sigstore-go's check ran, so a
+// Statement failing it is refused as before, for the same reason. The
+// two readings agree on every payload readStatement accepts: it refuses
+// unknown and duplicate keys, so encoding/json's lenient matching has no
+// other key to pick.
+func checkArtifacts(st *intoto.Statement, digests func(*intoto.Statement) error) error {
+	if n := len(st.GetSubject()); n > maxSubjects {
+		return fmt.Errorf("%w: %d subjects, limit %d", ErrMalformedBundle, n, maxSubjects)
+	}
+	for _, s := range st.GetSubject() {
+		if n := len(s.GetDigest()); n > maxSubjectDigests {
+			return fmt.Errorf("%w: subject %q has %d digests, limit %d", ErrMalformedBundle, s.GetName(), n, maxSubjectDigests)
+		}
+		for alg, d := range s.GetDigest() {
+			if _, err := hex.DecodeString(d); err != nil {
+				return fmt.Errorf("%w: subject %q: %s digest is not hex", ErrMalformedBundle, s.GetName(), alg)
+			}
+		}
+	}
+	return digests(st)
+}
+
 func checkSubjects(have []Output, want []Subject) error {
 	byName := make(map[string]Output, len(have))
 	for _, o := range have {
@@ -461,8 +503,10 @@ func checkSubjects(have []Output, want []Subject) error {
 	return nil
 }
 
-// diagnoseDigests returns ErrDigestMismatch or ErrSubjectMismatch when an
-// unverified payload plainly lacks a wanted subject, nil otherwise.
+// diagnoseDigests returns ErrDigestMismatch when a wanted digest is no
+// subject's, naming the subject of the wanted path if there is one; nil
+// otherwise. It judges verified payloads (checkArtifacts) and unverified
+// ones (whose failure it explains).
 func diagnoseDigests(st *intoto.Statement, want []Subject) error {
 	for _, w := range want {
 		found := false
