@@ -65,97 +65,86 @@ var errDuplicateKey = errors.New("duplicate key")
 // JSON object: payload[start:end], or -1, -1 when there is none. It
 // refuses a second "predicate" key and, within the value, what decoding
 // it into a structpb.Struct refuses but protojson's typed reader does not
-// look at in keys it skips (checkValue). The other values are only
+// look at in keys it skips: a key twice in one object (keys compared
+// unescaped, as protojson compares them), a number that does not parse as
+// a float64 (as a Struct holds numbers). The other values are only
 // stepped over: protojson reads them afterwards.
 func predicateSpan(payload []byte) (start, end int, err error) {
-	dec := json.NewDecoder(bytes.NewReader(payload))
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+	// Well-formed, so the scan below need not check the syntax.
+	if !json.Valid(payload) {
+		return -1, -1, errors.New("not valid JSON")
+	}
+	i := skipBlanks(payload, 0)
+	if payload[i] != '{' {
 		return -1, -1, errors.New("not a JSON object")
 	}
 	start, end = -1, -1
-	for dec.More() {
-		t, err := dec.Token()
+	for i = skipBlanks(payload, i+1); payload[i] != '}'; i = skipBlanks(payload, i) {
+		if payload[i] == ',' {
+			i = skipBlanks(payload, i+1)
+		}
+		kend := stringEnd(payload, i)
+		k, err := unquote(payload[i:kend])
 		if err != nil {
 			return -1, -1, err
 		}
-		// encoding/json's scanner checks the value's syntax, so
-		// checkValue walks well-formed JSON only.
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return -1, -1, err
-		}
-		if t != "predicate" {
+		i = skipBlanks(payload, skipBlanks(payload, kend)+1) // past the colon
+		if k != "predicate" {
+			i, _ = scanValue(payload, i, false)
 			continue
 		}
 		if start >= 0 {
-			return -1, -1, fmt.Errorf("%w %q", errDuplicateKey, "predicate")
+			return -1, -1, fmt.Errorf("%w %q", errDuplicateKey, k)
 		}
-		end = int(dec.InputOffset())
-		start = end - len(v)
-		if start < 0 || !bytes.Equal(payload[start:end], v) {
-			return -1, -1, errors.New("predicate: value not where the decoder read it")
-		}
-		if err := checkValue(v); err != nil {
+		start = i
+		if end, err = scanValue(payload, i, true); err != nil {
 			return -1, -1, fmt.Errorf("predicate: %w", err)
 		}
+		i = end
 	}
 	return start, end, nil
 }
 
-// checkValue refuses, in one well-formed JSON value, an object with a key
-// twice (keys compared unescaped, as protojson compares them) and a
-// number that does not parse as a float64 (as a Struct holds numbers):
-// what protojson refuses in a Struct.
-func checkValue(b []byte) error {
-	_, err := checkFrom(b, 0)
-	return err
-}
-
-// checkFrom checks the value at b[i:] (after blanks) and returns where it
-// ends. b is well-formed JSON.
-func checkFrom(b []byte, i int) (int, error) {
-	i = skipBlanks(b, i)
-	if i >= len(b) {
-		return i, errors.New("no value")
-	}
+// scanValue returns where the value starting at b[i] ends; b is
+// well-formed JSON. With check, it refuses in the value what a Struct
+// refuses (see predicateSpan).
+func scanValue(b []byte, i int, check bool) (int, error) {
 	switch b[i] {
 	case '{':
-		keys := map[string]struct{}{}
-		i = skipBlanks(b, i+1)
-		for i < len(b) && b[i] != '}' {
+		var keys map[string]struct{}
+		if check {
+			keys = map[string]struct{}{}
+		}
+		for i = skipBlanks(b, i+1); b[i] != '}'; i = skipBlanks(b, i) {
 			if b[i] == ',' {
 				i = skipBlanks(b, i+1)
 			}
 			kend := stringEnd(b, i)
-			k, err := unquote(b[i:kend])
-			if err != nil {
+			if check {
+				k, err := unquote(b[i:kend])
+				if err != nil {
+					return i, err
+				}
+				if _, dup := keys[k]; dup {
+					return i, fmt.Errorf("%w %q", errDuplicateKey, k)
+				}
+				keys[k] = struct{}{}
+			}
+			var err error
+			if i, err = scanValue(b, skipBlanks(b, skipBlanks(b, kend)+1), check); err != nil {
 				return i, err
 			}
-			if _, dup := keys[k]; dup {
-				return i, fmt.Errorf("%w %q", errDuplicateKey, k)
-			}
-			keys[k] = struct{}{}
-			i = skipBlanks(b, kend)
-			if i >= len(b) || b[i] != ':' {
-				return i, errors.New("no colon after a key")
-			}
-			if i, err = checkFrom(b, i+1); err != nil {
-				return i, err
-			}
-			i = skipBlanks(b, i)
 		}
 		return i + 1, nil
 	case '[':
-		i = skipBlanks(b, i+1)
-		for i < len(b) && b[i] != ']' {
+		for i = skipBlanks(b, i+1); b[i] != ']'; i = skipBlanks(b, i) {
 			if b[i] == ',' {
-				i++
+				i = skipBlanks(b, i+1)
 			}
 			var err error
-			if i, err = checkFrom(b, i); err != nil {
+			if i, err = scanValue(b, i, check); err != nil {
 				return i, err
 			}
-			i = skipBlanks(b, i)
 		}
 		return i + 1, nil
 	case '"':
@@ -169,8 +158,10 @@ func checkFrom(b []byte, i int) (int, error) {
 		for j < len(b) && strings.IndexByte("+-.0123456789eE", b[j]) >= 0 {
 			j++
 		}
-		if _, err := strconv.ParseFloat(string(b[i:j]), 64); err != nil {
-			return j, fmt.Errorf("number %s: %w", b[i:j], err)
+		if check {
+			if _, err := strconv.ParseFloat(string(b[i:j]), 64); err != nil {
+				return j, fmt.Errorf("number %s: %w", b[i:j], err)
+			}
 		}
 		return j, nil
 	}
