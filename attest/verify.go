@@ -465,10 +465,14 @@ const (
 // digest hex, and every expected sha256 a subject's (digests, which
 // returns ErrDigestMismatch). It runs before anything else the
 // Statement says is looked at, where sigstore-go's check ran, so a
-// Statement failing it is refused as before, for the same reason. The
-// two readings agree on every payload readStatement accepts: it refuses
-// unknown and duplicate keys, so encoding/json's lenient matching has no
-// other key to pick.
+// Statement failing it is refused as before and blamed on no one: a
+// wanted digest no subject has as ErrDigestMismatch, as before; too many
+// subjects or digests, or one not hex, as ErrMalformedBundle (sigstore-go
+// failed the signature check for them: ErrSignature). sigstore-go's
+// reading (encoding/json) and ours (protojson: readStatement, or
+// Envelope.Statement) agree on the subjects of every payload ours
+// accepts: it refuses unknown and duplicate keys, so the lenient key
+// matching has no other key to pick.
 func checkArtifacts(st *intoto.Statement, digests func(*intoto.Statement) error) error {
 	if n := len(st.GetSubject()); n > maxSubjects {
 		return fmt.Errorf("%w: %d subjects, limit %d", ErrMalformedBundle, n, maxSubjects)
