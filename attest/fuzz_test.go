@@ -246,6 +246,8 @@ func TestFuzzCorpus(t *testing.T) {
 			[]byte(`"predicate":{"x":[1e999],`), 1),
 		"predicate-unknown-bad-utf8": bytes.Replace(payload, []byte(`"predicate":{`),
 			[]byte("\"predicate\":{\"x\":\"\xff\","), 1),
+		"predicate-nested-duplicate": bytes.Replace(payload, []byte(`"predicate":{`),
+			[]byte(`"predicate":{"x":[{"y":{"a":"\"}","\u0061":2}}],`), 1),
 		"predicate-escaped-key": bytes.Replace(payload, []byte(`"predicate":`), []byte(`"pred\u0069cate" :`), 1),
 		"predicate-null":        predicateValue(t, payload, `null`),
 		"predicate-string":      predicateValue(t, payload, `"x"`),
