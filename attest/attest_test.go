@@ -8,12 +8,14 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	intoto "github.com/in-toto/attestation/go/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -169,6 +171,85 @@ func TestVerify(t *testing.T) {
 				t.Fatalf("Verify error = %v, want %v", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestVerifyArtifactCheck: sigstore-go checks only the signature
+// (WithoutArtifactUnsafe); checkArtifacts makes its artifact check on our
+// reading of the verified payload, before anything else the Statement
+// says. Each bundle here is signed by the trusted key and refused as when
+// sigstore-go checked the digests, never blamed on the builder as a
+// malformed statement: a digest not there is ErrDigestMismatch as before;
+// a Statement over sigstore-go's limits or with a digest that is not hex
+// is ErrMalformedBundle (sigstore-go's refusal was reported as
+// ErrSignature).
+func TestVerifyArtifactCheck(t *testing.T) {
+	const builder = "https://builders.example/alice"
+	v, s := keyVerifier(t, builder)
+	want := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}
+	other := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("other"))}}
+	noDrv := func(m map[string]any) {
+		delete(m["predicate"].(map[string]any)["buildDefinition"].(map[string]any)["externalParameters"].(map[string]any), "derivation")
+	}
+	digests := func(f func(d map[string]any)) func(m map[string]any) {
+		return func(m map[string]any) { f(m["subject"].([]any)[0].(map[string]any)["digest"].(map[string]any)) }
+	}
+	many := testBuild(builder)
+	for i := range maxSubjects {
+		many.Outputs = append(many.Outputs, Output{Name: fmt.Sprint("o", i), Path: fmt.Sprintf("%s-%d", testOut, i),
+			NarHash: sha256.Sum256([]byte{byte(i)}), NarSize: 1})
+	}
+	for _, tc := range []struct {
+		name    string
+		bundle  []byte
+		want    []Subject
+		wantErr error
+	}{
+		{"digest differs, predicate malformed", signBuild(t, testBuild(builder), s, noDrv), other, ErrDigestMismatch},
+		{"digest differs, another predicate type", signBuild(t, testBuild(builder), s, func(m map[string]any) {
+			m["predicateType"] = "https://slsa.dev/provenance/v0.2"
+		}), other, ErrDigestMismatch},
+		{"digest differs, another builder's id", signBuild(t, testBuild("https://builders.example/mallory"), s, nil), other, ErrDigestMismatch},
+		{"no subjects", signBuild(t, testBuild(builder), s, func(m map[string]any) { m["subject"] = []any{} }), want, ErrDigestMismatch},
+		{"too many subjects", signBuild(t, many, s, nil), want, ErrMalformedBundle},
+		{"too many digests", signBuild(t, testBuild(builder), s, digests(func(d map[string]any) {
+			for i := range maxSubjectDigests {
+				d[fmt.Sprint("alg", i)] = "00"
+			}
+		})), want, ErrMalformedBundle},
+		{"a digest not hex", signBuild(t, testBuild(builder), s, digests(func(d map[string]any) { d["sha512"] = "not hex" })), want, ErrMalformedBundle},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := v.Verify(tc.bundle, tc.want)
+			if !errors.Is(err, tc.wantErr) || !errors.Is(err, ErrVerification) {
+				t.Fatalf("Verify error = %v, want %v", err, tc.wantErr)
+			}
+			var sm *SignedMalformedError
+			if errors.As(err, &sm) {
+				t.Fatalf("blamed on %s: %v", sm.BuilderID, err)
+			}
+		})
+	}
+	// Within the limits, the same statement verifies.
+	if _, err := v.Verify(signBuild(t, &Build{DrvPath: many.DrvPath, System: many.System, BuilderID: builder,
+		Outputs: many.Outputs[:maxSubjects]}, s, nil), want); err != nil {
+		t.Fatalf("%d subjects: %v", maxSubjects, err)
+	}
+
+	// VerifyStatement (verification summaries) checks the digests alike.
+	good := signBuild(t, testBuild(builder), s, nil)
+	claimed := func(*intoto.Statement) (string, error) { return builder, nil }
+	if _, err := v.VerifyStatement(good, [][32]byte{want[0].NarHash}, claimed); err != nil {
+		t.Fatalf("VerifyStatement: %v", err)
+	}
+	if _, err := v.VerifyStatement(good, [][32]byte{other[0].NarHash}, claimed); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("VerifyStatement, digest differs: %v", err)
+	}
+	if _, err := v.VerifyStatement(signBuild(t, many, s, nil), [][32]byte{want[0].NarHash}, claimed); !errors.Is(err, ErrMalformedBundle) {
+		t.Fatalf("VerifyStatement, too many subjects: %v", err)
+	}
+	if _, err := v.VerifyStatement(good, nil, claimed); err == nil {
+		t.Fatal("VerifyStatement without digests succeeded")
 	}
 }
 

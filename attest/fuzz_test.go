@@ -120,12 +120,14 @@ func FuzzVerifyBundle(f *testing.F) {
 }
 
 // FuzzStatement feeds hostile Statement JSON (a DSSE payload) through the
-// decoding Verify applies after the signature check: sigstore-go's strict
-// protojson decode, then parseStatement with the payload's raw predicate.
-// It must not panic, must fail inside the ErrVerification tree, and an
-// accepted Statement must read the same when its predicate is decoded
-// through the protobuf Struct instead of the raw JSON (the shortcut
-// parseStatement takes must not change what is trusted).
+// decoding Verify applies after the signature check: splitStatement (one
+// protojson pass, the predicate cut out), then parseStatement with the
+// predicate's raw JSON. It must not panic, must fail inside the
+// ErrVerification tree, and must accept exactly what the decoding it
+// replaced accepted, reading it the same: sigstore-go's strict protojson
+// decode of the whole Statement (Envelope.Statement), then parseStatement
+// with the raw predicate, which in turn must read the same as with the
+// predicate decoded through the protobuf Struct.
 func FuzzStatement(f *testing.F) {
 	st, err := NewStatement(testBuild("https://builders.example/fuzz"))
 	if err != nil {
@@ -138,14 +140,25 @@ func FuzzStatement(f *testing.F) {
 	f.Add(good)
 	f.Add([]byte(`{"_type":"https://in-toto.io/Statement/v1"}`))
 	f.Fuzz(func(t *testing.T, payload []byte) {
+		p1, err1 := readPayload(payload)
+		if err1 != nil && !errors.Is(err1, ErrVerification) {
+			t.Fatalf("error outside the ErrVerification tree: %v", err1)
+		}
 		var st intoto.Statement
 		if protojson.Unmarshal(payload, &st) != nil {
-			return // sigstore-go refuses it before we see it
+			// sigstore-go's Envelope.Statement refused it.
+			if err1 == nil {
+				t.Fatalf("splitStatement accepted a statement protojson refuses: %+v", p1)
+			}
+			return
 		}
 		p, err := parseStatement(&st, payloadPredicate(payload))
 		p2, err2 := parseStatement(&st, nil)
 		if (err == nil) != (err2 == nil) {
 			t.Fatalf("raw predicate: %v; re-encoded predicate: %v", err, err2)
+		}
+		if (err == nil) != (err1 == nil) {
+			t.Fatalf("whole statement: %v; split statement: %v", err, err1)
 		}
 		if err != nil {
 			if !errors.Is(err, ErrVerification) || !errors.Is(err2, ErrVerification) {
@@ -153,10 +166,17 @@ func FuzzStatement(f *testing.F) {
 			}
 			return
 		}
-		if p.BuilderID != p2.BuilderID || p.DrvPath != p2.DrvPath || p.System != p2.System ||
-			!reflect.DeepEqual(p.Outputs, p2.Outputs) || !proto.Equal(p.Predicate, p2.Predicate) ||
-			!reflect.DeepEqual(p.External, p2.External) || !reflect.DeepEqual(p.Internal, p2.Internal) {
-			t.Fatalf("the two predicate decodings disagree:\n%+v\n%+v", p, p2)
+		for _, q := range []*Provenance{p2, p1} {
+			if p.BuilderID != q.BuilderID || p.DrvPath != q.DrvPath || p.System != q.System ||
+				!reflect.DeepEqual(p.Outputs, q.Outputs) || !proto.Equal(p.Predicate, q.Predicate) ||
+				!reflect.DeepEqual(p.External, q.External) || !reflect.DeepEqual(p.Internal, q.Internal) {
+				t.Fatalf("the predicate decodings disagree:\n%+v\n%+v", p, q)
+			}
+		}
+		whole := proto.Clone(p.Statement).(*intoto.Statement)
+		whole.Predicate = nil
+		if !proto.Equal(whole, p1.Statement) {
+			t.Fatalf("the statement decodings disagree:\n%v\n%v", whole, p1.Statement)
 		}
 		if !isStorePath(p.DrvPath) || !strings.HasSuffix(p.DrvPath, ".drv") || p.System == "" {
 			t.Fatalf("accepted derivation %q system %q", p.DrvPath, p.System)
@@ -172,6 +192,15 @@ func FuzzStatement(f *testing.F) {
 			}
 		}
 	})
+}
+
+// readPayload is what Verify reads from a verified payload.
+func readPayload(payload []byte) (*Provenance, error) {
+	st, pred, err := splitStatement(payload)
+	if err != nil {
+		return nil, err
+	}
+	return parseStatement(st, pred)
 }
 
 // TestFuzzCorpus checks the committed seeds still say what they are meant
@@ -209,6 +238,20 @@ func TestFuzzCorpus(t *testing.T) {
 		"duplicate-predicate": bytes.Replace(payload, []byte(`"predicate":`),
 			[]byte(`"predicate":{"buildDefinition":{"buildType":"x"}}, "predicate":`), 1),
 		"narsize-fraction": bytes.Replace(payload, []byte(`"narSize":1234`), []byte(`"narSize":1234.5`), 1),
+		// What a Struct refuses in a part of the predicate the typed
+		// reader skips, and shapes of the predicate's value.
+		"predicate-unknown-duplicate": bytes.Replace(payload, []byte(`"predicate":{`),
+			[]byte(`"predicate":{"x":{"a":1,"a":2},`), 1),
+		"predicate-unknown-overflow": bytes.Replace(payload, []byte(`"predicate":{`),
+			[]byte(`"predicate":{"x":[1e999],`), 1),
+		"predicate-unknown-bad-utf8": bytes.Replace(payload, []byte(`"predicate":{`),
+			[]byte("\"predicate\":{\"x\":\"\xff\","), 1),
+		"predicate-nested-duplicate": bytes.Replace(payload, []byte(`"predicate":{`),
+			[]byte(`"predicate":{"x":[{"y":{"a":"\"}","\u0061":2}}],`), 1),
+		"predicate-escaped-key": bytes.Replace(payload, []byte(`"predicate":`), []byte(`"pred\u0069cate" :`), 1),
+		"predicate-null":        predicateValue(t, payload, `null`),
+		"predicate-string":      predicateValue(t, payload, `"x"`),
+		"predicate-capitalised": bytes.Replace(payload, []byte(`"predicate":`), []byte(`"Predicate":`), 1),
 	}
 	fuzzseed.Sync(t, "FuzzVerifyBundle", bundles, false)
 	fuzzseed.Sync(t, "FuzzStatement", statements, false)
@@ -233,13 +276,35 @@ func TestFuzzCorpus(t *testing.T) {
 	for name := range statements {
 		var st intoto.Statement
 		p := fuzzseed.Read(t, "FuzzStatement", name)
-		if protojson.Unmarshal(p, &st) == nil {
+		err := protojson.Unmarshal(p, &st)
+		if err == nil {
 			_, err = parseStatement(&st, payloadPredicate(p))
 		}
-		if name == "golden" && err != nil {
+		// Each seed says what it is meant to: only the golden one and
+		// the escaped key (the same statement) are provenance.
+		ok := name == "golden" || name == "predicate-escaped-key"
+		if (err == nil) != ok {
 			t.Errorf("seed %s: %v", name, err)
 		}
+		if _, err := readPayload(p); (err == nil) != ok {
+			t.Errorf("seed %s, split: %v", name, err)
+		}
 	}
+}
+
+// predicateValue is payload with the predicate's value replaced by v.
+func predicateValue(t *testing.T, payload []byte, v string) []byte {
+	t.Helper()
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &m); err != nil {
+		t.Fatal(err)
+	}
+	m["predicate"] = json.RawMessage(v)
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func flipSig(t *testing.T, e map[string]any) {

@@ -66,7 +66,7 @@ func (v *Verifier) initKeyless(trusted root.TrustedMaterial, ids []TrustedIdenti
 		}
 		id.matcher = m
 	}
-	opts := []verify.VerifierOption{verify.WithTransparencyLog(1), verify.WithObserverTimestamps(1)}
+	opts := []verify.VerifierOption{verify.WithTransparencyLog(1), verify.WithObserverTimestamps(1), verify.WithoutStatementPredicate()}
 	if requireSCT {
 		opts = append(opts, verify.WithSignedCertificateTimestamps(1))
 	}

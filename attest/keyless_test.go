@@ -135,3 +135,37 @@ func mustAttest(t *testing.T, vs *ca.VirtualSigstore, san string, payload []byte
 	}
 	return e
 }
+
+// BenchmarkVerifyKeyless is BenchmarkVerify for a keyless (Fulcio)
+// entity: certificate chain, transparency log entry and identity, and
+// the claimed provenance read before the signature is checked.
+func BenchmarkVerifyKeyless(b *testing.B) {
+	vs, err := ca.NewVirtualSigstore()
+	if err != nil {
+		b.Fatal(err)
+	}
+	const builder = "forge:distro/pkgs"
+	st, err := NewStatement(testBuild(builder))
+	if err != nil {
+		b.Fatal(err)
+	}
+	payload, err := protojson.Marshal(st)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e, err := vs.Attest(forgeSAN, forgeIssuer, payload)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := NewVerifier(vs, WithIdentities(TrustedIdentity{ID: builder, Issuer: forgeIssuer, SAN: forgeSAN}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	want := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := v.VerifyEntity(e, want); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -302,6 +302,9 @@ func fromStruct(s *structpb.Struct, v any) error {
 
 // Provenance is what a verified Statement says, in Go types.
 type Provenance struct {
+	// Statement is the Statement read; from Verify (and
+	// InspectUnverified) its Predicate is nil: the predicate was read
+	// once, typed, into Predicate.
 	Statement *intoto.Statement
 	Predicate *slsa.Provenance
 

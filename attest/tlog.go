@@ -68,7 +68,7 @@ func (v *Verifier) initTlog(trusted root.TrustedMaterial) error {
 	// The builder keys come first: a trusted root must never add keys a
 	// bundle's hint could select.
 	tm := root.TrustedMaterialCollection{v.keys, rekorLogsOnly{trusted}}
-	sv, err := verify.NewVerifier(tm, verify.WithTransparencyLog(1), verify.WithNoObserverTimestamps())
+	sv, err := verify.NewVerifier(tm, verify.WithTransparencyLog(1), verify.WithNoObserverTimestamps(), verify.WithoutStatementPredicate())
 	if err != nil {
 		return fmt.Errorf("attest: verifier with transparency log: %w", err)
 	}

@@ -162,9 +162,11 @@ func (v *Verifier) initKeys(builders []TrustedBuilder) error {
 		keys[id] = root.NewExpiringKey(sv, time.Time{}, time.Time{})
 	}
 	// Key-signed bundles carry no timestamps: without a transparency log
-	// there is nothing to observe the signing time with.
+	// there is nothing to observe the signing time with. Every verifier
+	// leaves the Statement's predicate to us (WithoutStatementPredicate):
+	// Verify reads the verified payload itself, once (readStatement).
 	v.keys = root.NewTrustedPublicKeyMaterialFromMapping(keys)
-	sig, err := verify.NewVerifier(v.keys, verify.WithNoObserverTimestamps())
+	sig, err := verify.NewVerifier(v.keys, verify.WithNoObserverTimestamps(), verify.WithoutStatementPredicate())
 	if err != nil {
 		return fmt.Errorf("attest: %w", err)
 	}
@@ -187,8 +189,9 @@ type Verified struct {
 }
 
 // Verify checks bundleJSON and returns its provenance. want is required and
-// non-empty, as sigstore-go requires an artifact digest: a signature over
-// some Statement proves nothing until it is tied to the bytes at hand. Every
+// non-empty, as sigstore-go requires an artifact digest (checked here by
+// checkArtifacts instead): a signature over some Statement proves nothing
+// until it is tied to the bytes at hand. Every
 // wanted subject must appear in the Statement by name with an equal digest;
 // the Statement must be SLSA v1 provenance of BuildType; its builder id must
 // be the one bound to the signing key.
@@ -212,10 +215,6 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 	if len(want) == 0 {
 		return nil, errors.New("attest: verify needs at least one expected subject")
 	}
-	digests := make([][32]byte, len(want))
-	for i, w := range want {
-		digests[i] = w.NarHash
-	}
 	// A keyless bundle's provenance is read before its signature is
 	// checked, for the identities of the builder it claims. The
 	// signature is then checked over the payload read, the same bytes:
@@ -231,15 +230,31 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 		return prov.BuilderID, nil
 	}
 	diagnose := func(st *intoto.Statement) error { return diagnoseDigests(st, want) }
-	s, err := v.verifySigned(e, digests, claimed, diagnose)
+	env, err := envelope(e)
 	if err != nil {
 		return nil, err
 	}
-	tb, keyID := s.Signer, s.KeyID
+	s, err := v.verifySigned(e, env, claimed, diagnose)
+	if err != nil {
+		return nil, err
+	}
 	prov := pre
+	var (
+		st   *intoto.Statement
+		pred []byte
+	)
+	if prov != nil {
+		st = prov.Statement
+	} else if st, pred, err = readStatement(env); err != nil {
+		// The verified payload, read once (sigstore-go was told to
+		// leave its predicate alone).
+		return nil, err
+	}
+	if err := checkArtifacts(st, diagnose); err != nil {
+		return nil, err
+	}
 	if prov == nil {
-		// s.Predicate is the verified payload's predicate, read once.
-		prov, err = parseStatement(s.Statement, s.Predicate)
+		prov, err = parseStatement(st, pred)
 	}
 	if err != nil {
 		if errors.Is(err, ErrPredicateType) {
@@ -247,16 +262,16 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 			// not ours to judge.
 			return nil, err
 		}
-		return nil, &SignedMalformedError{BuilderID: tb.ID, Err: err}
+		return nil, &SignedMalformedError{BuilderID: s.builder.ID, Err: err}
 	}
 	if err := checkSubjects(prov.Outputs, want); err != nil {
 		return nil, err
 	}
-	if prov.BuilderID != tb.ID {
-		return nil, &SignedMalformedError{BuilderID: tb.ID,
-			Err: fmt.Errorf("%w: provenance claims builder %q, signer %s is trusted for %q", ErrUntrustedBuilder, prov.BuilderID, keyID, tb.ID)}
+	if prov.BuilderID != s.builder.ID {
+		return nil, &SignedMalformedError{BuilderID: s.builder.ID,
+			Err: fmt.Errorf("%w: provenance claims builder %q, signer %s is trusted for %q", ErrUntrustedBuilder, prov.BuilderID, s.keyID, s.builder.ID)}
 	}
-	return &Verified{Provenance: prov, Builder: tb, KeyID: keyID}, nil
+	return &Verified{Provenance: prov, Builder: s.builder, KeyID: s.keyID}, nil
 }
 
 // Signed is a bundle whose signature verified for a trusted signer, with
@@ -279,6 +294,9 @@ type Signed struct {
 // a keyless bundle is checked only against that id's identities, as
 // Verify does with provenance's builder id.
 func (v *Verifier) VerifyStatement(bundleJSON []byte, digests [][32]byte, claimedID func(*intoto.Statement) (string, error)) (*Signed, error) {
+	if len(digests) == 0 {
+		return nil, errors.New("attest: verify needs at least one expected subject digest")
+	}
 	if len(bundleJSON) > MaxBundleSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformedBundle, len(bundleJSON), MaxBundleSize)
 	}
@@ -301,7 +319,24 @@ func (v *Verifier) VerifyStatement(bundleJSON []byte, digests [][32]byte, claime
 		}
 		return nil
 	}
-	return v.verifySigned(&b, digests, claimed, diagnose)
+	env, err := envelope(&b)
+	if err != nil {
+		return nil, err
+	}
+	s, err := v.verifySigned(&b, env, claimed, diagnose)
+	if err != nil {
+		return nil, err
+	}
+	// The whole Statement, predicate included, as callers (vsa) read
+	// it: sigstore-go was told to leave the predicate alone.
+	st, err := env.Statement()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	}
+	if err := checkArtifacts(st, diagnose); err != nil {
+		return nil, err
+	}
+	return &Signed{Statement: st, Predicate: predicateJSON(env), Signer: s.builder, KeyID: s.keyID}, nil
 }
 
 func hasDigest(st *intoto.Statement, d [32]byte) bool {
@@ -313,14 +348,15 @@ func hasDigest(st *intoto.Statement, d [32]byte) bool {
 	return false
 }
 
-// verifySigned checks e's signature and that its subjects carry digests,
-// for any predicate. claimed names the signer id a keyless bundle claims;
-// diagnose turns a failed verification of a readable Statement into a
-// more precise error, or returns nil.
-func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claimed func(*bundle.Envelope) (string, error), diagnose func(*intoto.Statement) error) (*Signed, error) {
-	if len(sha256s) == 0 {
-		return nil, errors.New("attest: verify needs at least one expected subject digest")
-	}
+// signer is who signed a bundle verifySigned accepted: the builder the
+// key or certificate identity is trusted for, and the key or identity.
+type signer struct {
+	builder TrustedBuilder
+	keyID   string
+}
+
+// envelope is e's DSSE envelope; provenance bundles carry nothing else.
+func envelope(e verify.SignedEntity) (*bundle.Envelope, error) {
 	sc, err := e.SignatureContent()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
@@ -329,13 +365,24 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claim
 	if !ok || env == nil || env.Envelope == nil {
 		return nil, fmt.Errorf("%w: not a DSSE envelope bundle", ErrMalformedBundle)
 	}
+	return env, nil
+}
+
+// verifySigned checks e's signature (env is its envelope), for any
+// predicate, and returns who signed it. claimed names the signer id a
+// keyless bundle claims; diagnose turns a failed verification of a
+// readable Statement into a more precise error, or returns nil.
+//
+// The caller reads the verified Statement from env and must then call
+// checkArtifacts on it: sigstore-go checks the signature, certificate,
+// log entry and identity, but not the subjects' digests
+// (WithoutArtifactUnsafe), as it would read the payload a second time
+// for them (and the verifiers are built WithoutStatementPredicate, so
+// its result carries only a summary of the Statement).
+func (v *Verifier) verifySigned(e verify.SignedEntity, env *bundle.Envelope, claimed func(*bundle.Envelope) (string, error), diagnose func(*intoto.Statement) error) (signer, error) {
 	vc, err := e.VerificationContent()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
-	}
-	digests := make([]verify.ArtifactDigest, len(sha256s))
-	for i := range sha256s {
-		digests[i] = verify.ArtifactDigest{Algorithm: "sha256", Digest: sha256s[i][:]}
+		return signer{}, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
 	}
 	var (
 		tb     TrustedBuilder
@@ -349,9 +396,9 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claim
 		keyID = vc.PublicKey().Hint()
 		var ok bool
 		if tb, ok = v.byKeyID[keyID]; !ok {
-			return nil, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
+			return signer{}, fmt.Errorf("%w: key %s", ErrUnknownSigner, keyID)
 		}
-		sigVer, policy = v.sig, verify.NewPolicy(verify.WithArtifactDigests(digests), verify.WithKey())
+		sigVer, policy = v.sig, verify.NewPolicy(verify.WithoutArtifactUnsafe(), verify.WithKey())
 		if v.sigTlog != nil {
 			sigVer = v.sigTlog
 		}
@@ -360,49 +407,87 @@ func (v *Verifier) verifySigned(e verify.SignedEntity, sha256s [][32]byte, claim
 		// claim is checked again once the signature verifies.
 		claimed, err := claimed(env)
 		if err != nil {
-			return nil, err
+			return signer{}, err
 		}
 		if ids = v.identitiesFor(claimed); len(ids) == 0 {
-			return nil, fmt.Errorf("%w: bundle claims builder %q, for which no keyless identity is trusted", ErrUntrustedBuilder, claimed)
+			return signer{}, fmt.Errorf("%w: bundle claims builder %q, for which no keyless identity is trusted", ErrUntrustedBuilder, claimed)
 		}
 		opts := []verify.PolicyOption{}
 		for _, id := range ids {
 			opts = append(opts, verify.WithCertificateIdentity(id.matcher))
 		}
-		sigVer, policy = v.keyless, verify.NewPolicy(verify.WithArtifactDigests(digests), opts...)
+		sigVer, policy = v.keyless, verify.NewPolicy(verify.WithoutArtifactUnsafe(), opts...)
 	case vc.Certificate() != nil:
-		return nil, fmt.Errorf("%w: bundle is signed keylessly and no certificate identities are trusted", ErrUnknownSigner)
+		return signer{}, fmt.Errorf("%w: bundle is signed keylessly and no certificate identities are trusted", ErrUnknownSigner)
 	default:
-		return nil, fmt.Errorf("%w: bundle carries neither a public key hint nor a certificate", ErrUnknownSigner)
+		return signer{}, fmt.Errorf("%w: bundle carries neither a public key hint nor a certificate", ErrUnknownSigner)
 	}
 	res, err := sigVer.Verify(e, policy)
 	if err != nil {
 		if st, serr := env.Statement(); serr == nil {
 			if derr := diagnose(st); derr != nil {
-				return nil, derr
+				return signer{}, derr
 			}
 		}
 		if vc.Certificate() != nil && strings.Contains(err.Error(), "certificate identit") {
-			return nil, fmt.Errorf("%w: %w", ErrUnknownSigner, err)
+			return signer{}, fmt.Errorf("%w: %w", ErrUnknownSigner, err)
 		}
 		if sigVer == v.sigTlog && v.sigTlog != nil {
 			if terr := v.diagnoseTlog(e, policy, err); terr != nil {
-				return nil, terr
+				return signer{}, terr
 			}
 		}
-		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
+		return signer{}, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
 	if res.Statement == nil {
-		return nil, fmt.Errorf("%w: payload is not an in-toto statement", ErrMalformedBundle)
+		return signer{}, fmt.Errorf("%w: payload is not an in-toto statement", ErrMalformedBundle)
 	}
 	if vc.Certificate() != nil {
 		id, err := matchIdentity(res, ids)
 		if err != nil {
-			return nil, err
+			return signer{}, err
 		}
 		tb, keyID = TrustedBuilder{ID: id.ID}, id.String()
 	}
-	return &Signed{Statement: res.Statement, Predicate: predicateJSON(env), Signer: tb, KeyID: keyID}, nil
+	return signer{builder: tb, keyID: keyID}, nil
+}
+
+// Limits sigstore-go puts on a Statement whose subjects it checks.
+const (
+	maxSubjects       = 1024
+	maxSubjectDigests = 32
+)
+
+// checkArtifacts makes, on the verified Statement as we read it, the
+// artifact check sigstore-go's WithArtifactDigests makes on its own
+// reading of the payload (which verifySigned spares it): at most
+// maxSubjects subjects of at most maxSubjectDigests digests each, every
+// digest hex, and every expected sha256 a subject's (digests, which
+// returns ErrDigestMismatch). It runs before anything else the
+// Statement says is looked at, where sigstore-go's check ran, so a
+// Statement failing it is refused as before and blamed on no one: a
+// wanted digest no subject has as ErrDigestMismatch, as before; too many
+// subjects or digests, or one not hex, as ErrMalformedBundle (sigstore-go
+// failed the signature check for them: ErrSignature). sigstore-go's
+// reading (encoding/json) and ours (protojson: readStatement, or
+// Envelope.Statement) agree on the subjects of every payload ours
+// accepts: it refuses unknown and duplicate keys, so the lenient key
+// matching has no other key to pick.
+func checkArtifacts(st *intoto.Statement, digests func(*intoto.Statement) error) error {
+	if n := len(st.GetSubject()); n > maxSubjects {
+		return fmt.Errorf("%w: %d subjects, limit %d", ErrMalformedBundle, n, maxSubjects)
+	}
+	for _, s := range st.GetSubject() {
+		if n := len(s.GetDigest()); n > maxSubjectDigests {
+			return fmt.Errorf("%w: subject %q has %d digests, limit %d", ErrMalformedBundle, s.GetName(), n, maxSubjectDigests)
+		}
+		for alg, d := range s.GetDigest() {
+			if _, err := hex.DecodeString(d); err != nil {
+				return fmt.Errorf("%w: subject %q: %s digest is not hex", ErrMalformedBundle, s.GetName(), alg)
+			}
+		}
+	}
+	return digests(st)
 }
 
 func checkSubjects(have []Output, want []Subject) error {
@@ -422,8 +507,10 @@ func checkSubjects(have []Output, want []Subject) error {
 	return nil
 }
 
-// diagnoseDigests returns ErrDigestMismatch or ErrSubjectMismatch when an
-// unverified payload plainly lacks a wanted subject, nil otherwise.
+// diagnoseDigests returns ErrDigestMismatch when a wanted digest is no
+// subject's, naming the subject of the wanted path if there is one; nil
+// otherwise. It judges verified payloads (checkArtifacts) and unverified
+// ones (whose failure it explains).
 func diagnoseDigests(st *intoto.Statement, want []Subject) error {
 	for _, w := range want {
 		found := false
@@ -463,18 +550,18 @@ func InspectUnverified(bundleJSON []byte) (*Provenance, error) {
 // claimedProvenance reads an envelope's (not yet verified) provenance,
 // whose builder id says whose identities may have signed it.
 func claimedProvenance(env *bundle.Envelope) (*Provenance, error) {
-	st, err := env.Statement()
+	st, pred, err := readStatement(env)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+		return nil, err
 	}
-	return parseStatement(st, predicateJSON(env))
+	return parseStatement(st, pred)
 }
 
 // predicateJSON returns the raw predicate of an envelope's payload, or nil.
 // The signature covers the payload bytes, so this is the signed predicate;
-// and sigstore-go's strict protojson decode of the same payload (or
-// env.Statement's, the same) has already refused duplicate or unknown
-// keys, so encoding/json's lenient key matching cannot pick a different
+// and env.Statement's strict protojson decode of the same payload
+// (VerifyStatement's) has already refused duplicate or unknown keys, so
+// encoding/json's lenient key matching cannot pick a different
 // "predicate" than the one verified.
 func predicateJSON(env *bundle.Envelope) []byte {
 	payload, err := env.DecodeB64Payload()

@@ -55,18 +55,43 @@ func (p *Pusher) checkOutputPaths(ctx context.Context, r *queue.Result, v *attes
 	return nil
 }
 
-// computeOutputs reads the .drv files of r's closure export and computes
-// drvPath's outputs.
+// computeOutputs computes drvPath's outputs from the .drv files of r's
+// closure export.
 func (p *Pusher) computeOutputs(ctx context.Context, r *queue.Result, drvPath string) (map[string]string, error) {
 	if r.Closure == "" {
 		return nil, rejected(ReasonOutputPath, errors.New("no closure staged: the pusher checks output paths against the derivation's .drv closure (builders stage it unless told --no-closure)"))
 	}
-	rc, _, err := p.cfg.Staging.OpenStaged(ctx, r.Closure)
+	// A builder names one export for every result of a closure it
+	// publishes, and those results tend to arrive together: one of them
+	// reads the export while the others wait for that read and compute
+	// from its derivations. They share what any of them would have read
+	// under the key at that moment, every .drv checked against its path
+	// (drvpath), so whose result started the read does not matter; and
+	// nothing outlives the read: its failure (or its reader's cancelled
+	// ctx) is the waiters' too, this once, and the next result reads
+	// again.
+	v, err, _ := p.exports.Do(r.Closure, func() (any, error) { return p.readExport(ctx, r.Closure) })
+	if err != nil {
+		return nil, err
+	}
+	outs, err := p.drvs.OutputPaths(drvPath, v.(map[string]*derivation.Derivation))
+	if errors.Is(err, drvpath.ErrMissing) || errors.Is(err, drvpath.ErrInvalid) {
+		return nil, rejected(ReasonOutputPath, fmt.Errorf("closure %s: %w", r.Closure, err))
+	}
+	return outs, err
+}
+
+// readExport reads the closure export staged under key and returns the
+// .drv files in it the Calculator has not computed, parsed, by path. It
+// computes their outputs while they are at hand, so that the closure's
+// other results need not read the export again.
+func (p *Pusher) readExport(ctx context.Context, key string) (map[string]*derivation.Derivation, error) {
+	rc, _, err := p.cfg.Staging.OpenStaged(ctx, key)
 	if errors.Is(err, queue.ErrNotFound) {
-		return nil, rejected(ReasonStaging, fmt.Errorf("staged closure %s: %w", r.Closure, err))
+		return nil, rejected(ReasonStaging, fmt.Errorf("staged closure %s: %w", key, err))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("closure %s: %w", r.Closure, err)
+		return nil, fmt.Errorf("closure %s: %w", key, err)
 	}
 	defer rc.Close()
 	drvs := map[string]*derivation.Derivation{}
@@ -83,25 +108,17 @@ func (p *Pusher) computeOutputs(ctx context.Context, r *queue.Result, drvPath st
 	})
 	switch {
 	case errors.Is(err, queue.ErrCorrupt):
-		return nil, rejected(ReasonStaging, fmt.Errorf("staged closure %s: %w", r.Closure, err))
+		return nil, rejected(ReasonStaging, fmt.Errorf("staged closure %s: %w", key, err))
 	case errors.Is(err, nix.ErrBadExport), errors.Is(err, nix.ErrExportLimit):
-		return nil, rejected(ReasonOutputPath, fmt.Errorf("closure %s: %w", r.Closure, err))
+		return nil, rejected(ReasonOutputPath, fmt.Errorf("closure %s: %w", key, err))
 	case err != nil:
-		return nil, fmt.Errorf("closure %s: %w", r.Closure, err)
+		return nil, fmt.Errorf("closure %s: %w", key, err)
 	}
-	outs, err := p.drvs.OutputPaths(drvPath, drvs)
-	if errors.Is(err, drvpath.ErrMissing) || errors.Is(err, drvpath.ErrInvalid) {
-		return nil, rejected(ReasonOutputPath, fmt.Errorf("closure %s: %w", r.Closure, err))
+	for _, d := range slices.Sorted(maps.Keys(drvs)) {
+		// A derivation that does not compute fails its own result.
+		_, _ = p.drvs.OutputPaths(d, drvs)
 	}
-	if err == nil {
-		// A builder names one export for every result of a closure it
-		// publishes: compute the others' outputs now, while their .drv
-		// files are read, so their results need not read it again.
-		for _, d := range slices.Sorted(maps.Keys(drvs)) {
-			_, _ = p.drvs.OutputPaths(d, drvs)
-		}
-	}
-	return outs, err
+	return drvs, nil
 }
 
 // ReasonRestage: the object under a shared (unscoped) staging key did not

@@ -2,13 +2,16 @@ package cachepush
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -150,5 +153,82 @@ func TestOutputPathSquat(t *testing.T) {
 	// Remembered: the next vote needs no closure read.
 	if cf.pusher.drvs.Needs(realDrv) {
 		t.Fatal("the computed derivation was not remembered")
+	}
+}
+
+// gatedStaging counts the opens of one key and holds the first until
+// released, so that other readers have time to arrive.
+type gatedStaging struct {
+	Staging
+	key     string
+	release chan struct{}
+	mu      sync.Mutex
+	opens   int
+	first   chan struct{}
+}
+
+func (g *gatedStaging) OpenStaged(ctx context.Context, key string) (io.ReadCloser, queue.StagedInfo, error) {
+	if key == g.key {
+		g.mu.Lock()
+		g.opens++
+		n := g.opens
+		g.mu.Unlock()
+		if n == 1 {
+			close(g.first)
+		}
+		<-g.release
+	}
+	return g.Staging.OpenStaged(ctx, key)
+}
+
+// TestClosureReadShared: results of one closure that arrive together
+// read its export once; each is still checked against the derivation.
+// Before, each result that found its derivation not yet computed read
+// (and parsed) the whole export itself.
+func TestClosureReadShared(t *testing.T) {
+	gate := &gatedStaging{release: make(chan struct{}), first: make(chan struct{})}
+	cf := newClosureFixture(t, "quorum: {min: 3}\n", 3, func(c *Config) {
+		c.UncheckedOutputPathsUnsafe = false
+		gate.Staging = c.Staging
+		c.Staging = gate
+	})
+	msg := "shared-" + time.Now().Format("150405.000000000")
+	drv, out := instantiateNamed(t, "shared", msg)
+	gate.key = cf.stageClosure(t, drv)
+	nar := narOf(t, msg)
+	errs := make(chan error, 4)
+	var wg sync.WaitGroup
+	for _, b := range []string{"b0", "b1", "b2"} {
+		r, data := cf.signedResult(t, b, drv, out, nar, gate.key)
+		wg.Go(func() { errs <- cf.pusher.Process(testctx.New(t, 60*time.Second), subject(r), data, r.MsgID()) })
+	}
+	// A result claiming another output of the same derivation waits for
+	// the same read and is refused by it.
+	r, data := cf.signedResult(t, "b0", drv, storepath.Dir+"/"+path.Base(out)[:32]+"-squat", narOf(t, "squat"), gate.key)
+	wg.Go(func() { errs <- cf.pusher.Process(testctx.New(t, 60*time.Second), subject(r), data, r.MsgID()) })
+	<-gate.first
+	// Without sharing, the other results open the export meanwhile.
+	time.Sleep(500 * time.Millisecond)
+	close(gate.release)
+	wg.Wait()
+	close(errs)
+	var refused int
+	for err := range errs {
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrOutputPath):
+			refused++
+		default:
+			t.Fatalf("Process: %v", err)
+		}
+	}
+	if refused != 1 {
+		t.Fatalf("%d results refused for their output path, want the squatting one", refused)
+	}
+	if gate.opens != 1 {
+		t.Fatalf("the closure export was opened %d times by 4 results arriving together", gate.opens)
+	}
+	if !cf.isVisible(t, out) {
+		t.Fatalf("%s not published after 3 agreeing votes", out)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"golang.org/x/sync/singleflight"
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cache-push/ingest"
@@ -143,7 +144,10 @@ type Pusher struct {
 	verifier *attest.Verifier
 	vsa      *vsaState // nil without Config.VSA
 	drvs     *drvpath.Calculator
-	log      *slog.Logger
+	// exports shares one read of a closure export among the results
+	// that need it at once (computeOutputs).
+	exports singleflight.Group
+	log     *slog.Logger
 
 	mu       sync.Mutex
 	consumer *queue.Consumer
