@@ -370,7 +370,7 @@ func (p *Pusher) provenance(ctx context.Context, out attest.Output, add []json.R
 			sc.Bundles = append(sc.Bundles, bundle)
 		}
 	}
-	b, err := json.MarshalIndent(sc, "", "  ")
+	b, err := sc.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("provenance sidecar: %w", err)
 	}

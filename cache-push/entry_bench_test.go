@@ -156,3 +156,50 @@ func processCPU(t testing.TB) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkProvenanceSidecar compares the sidecar's encodings of one
+// entry with one real bundle and a quorum, in the same run: Marshal (the
+// pusher's) against json.MarshalIndent (before), which writes the same
+// bytes.
+//
+//	go test -run '^$' -bench ProvenanceSidecar ./cache-push/
+func BenchmarkProvenanceSidecar(b *testing.B) {
+	ctx := context.Background()
+	signer, err := attest.GenerateKeyFiles(filepath.Join(b.TempDir(), "builder"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := tinyNAR(b, []byte("content"))
+	out := attest.Output{Name: "out", Path: storePath("bench"), NarHash: sha256.Sum256(n), NarSize: uint64(len(n))}
+	stmt, err := attest.NewStatement(&attest.Build{DrvPath: storePath("bench.drv"), System: "x86_64-linux", BuilderID: testBuilder, Outputs: []attest.Output{out}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	bundle, err := attest.Sign(ctx, stmt, signer)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sc := &cachelayout.Provenance{Version: cachelayout.ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex(), Bundles: []json.RawMessage{bundle},
+		Quorum: &cachelayout.QuorumInfo{Verdict: VerdictAgreed, Min: 1, Distinct: "builder", Agreeing: []string{testBuilder}}}
+	want, err := json.MarshalIndent(sc, "", "  ")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, enc := range []struct {
+		name string
+		f    func() ([]byte, error)
+	}{
+		{"MarshalIndent", func() ([]byte, error) { return json.MarshalIndent(sc, "", "  ") }},
+		{"Marshal", sc.Marshal},
+	} {
+		b.Run(enc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				got, err := enc.f()
+				if err != nil || !bytes.Equal(got, want) {
+					b.Fatalf("%v\n%s", err, got)
+				}
+			}
+		})
+	}
+}
