@@ -151,7 +151,7 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 		}
 	}
 	w := &Waiting{Tenant: m.tenant, StorePath: out.Path, DrvPath: m.drv, Builder: m.builder, MsgID: m.msgID,
-		NarSHA256: out.NarHashHex(), Narinfo: ni.String(), References: out.References, Missing: missing}
+		NarSHA256: out.NarHashHex(), Narinfo: narinfoText(ni), References: out.References, Missing: missing}
 	if len(missing) > 0 {
 		if err := store.CommitGroup(ctx, p.cfg.Store, sidecars); err != nil {
 			return 0, err
@@ -253,6 +253,9 @@ func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out atte
 // references or size differ from what the builder signed must not carry
 // a signature clients would then reject (or, with another key set, trust).
 func addSigs(ni *narinfo.NarInfo, sigs []string, pol *policy.Policy) bool {
+	if len(sigs) == 0 {
+		return false // most results: no builder signs for Nix
+	}
 	fp := ni.Fingerprint()
 	return appendSigs(ni, sigs, func(sig signature.Signature) bool {
 		k, ok := pol.NixKeyNamed(sig.Name)
