@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
@@ -326,20 +327,36 @@ func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []j
 // earlier runs). A file added per entry is one more object here, and
 // shares the commit of the others.
 func (p *Pusher) sidecars(ctx context.Context, out attest.Output, add []json.RawMessage, q *cachelayout.QuorumInfo) ([]store.Object, error) {
-	b, err := p.provenance(ctx, out, add, q)
+	buf := sidecarBufs.Get().(*[]byte)
+	b, err := p.provenance(ctx, out, add, q, (*buf)[:0])
 	if err != nil || b == nil {
+		sidecarBufs.Put(buf)
 		return nil, err
 	}
+	// Write copies b into the Pending (a Writer keeps nothing it is
+	// given), so the buffer serves the next entry.
 	o, err := store.Write(ctx, p.cfg.Store, cachelayout.ProvenanceKey(out.Path), bytes.NewReader(b))
+	if cap(b) <= maxPooledSidecar {
+		*buf = b
+		sidecarBufs.Put(buf)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return []store.Object{o}, nil
 }
 
-// provenance returns the sidecar for out, keeping bundles already there
-// for the same NAR, or nil when out has no bundles.
-func (p *Pusher) provenance(ctx context.Context, out attest.Output, add []json.RawMessage, q *cachelayout.QuorumInfo) ([]byte, error) {
+// sidecarBufs holds buffers for encoding sidecars, one written per entry.
+var sidecarBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledSidecar bounds the buffers sidecarBufs keeps: a sidecar of a
+// few bundles takes a few KiB; one of many is rare and left to the
+// garbage collector.
+const maxPooledSidecar = 64 << 10
+
+// provenance appends to dst the sidecar for out, keeping bundles already
+// there for the same NAR, or returns nil when out has no bundles.
+func (p *Pusher) provenance(ctx context.Context, out attest.Output, add []json.RawMessage, q *cachelayout.QuorumInfo, dst []byte) ([]byte, error) {
 	if len(add) == 0 {
 		// A source: its content address is its proof, no bundle attests it.
 		return nil, nil
@@ -373,7 +390,7 @@ func (p *Pusher) provenance(ctx context.Context, out attest.Output, add []json.R
 			sc.Bundles = append(sc.Bundles, bundle)
 		}
 	}
-	b, err := sc.Marshal()
+	b, err := sc.AppendMarshal(dst)
 	if err != nil {
 		return nil, fmt.Errorf("provenance sidecar: %w", err)
 	}

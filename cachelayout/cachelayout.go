@@ -229,11 +229,18 @@ type QuorumInfo struct {
 // JSON is an error, as with MarshalIndent. A field added to Provenance or
 // QuorumInfo must be added here (TestProvenanceMarshal fails until it is).
 func (p *Provenance) Marshal() ([]byte, error) {
+	return p.AppendMarshal(nil)
+}
+
+// AppendMarshal is Marshal appending to dst (which it may reuse), for a
+// writer that reuses its buffers.
+func (p *Provenance) AppendMarshal(dst []byte) ([]byte, error) {
 	n := 256
 	for _, b := range p.Bundles {
-		n += 2 * len(b) // room for the indentation
+		n += 3 * len(b) // room for the indentation (json.Indent asks for 2×)
 	}
-	out := bytes.NewBuffer(make([]byte, 0, n))
+	out := bytes.NewBuffer(dst)
+	out.Grow(n)
 	out.WriteString("{\n  \"version\": ")
 	out.Write(strconv.AppendInt(out.AvailableBuffer(), int64(p.Version), 10))
 	out.WriteString(",\n  \"storePath\": ")

@@ -130,6 +130,11 @@ func TestProvenanceMarshal(t *testing.T) {
 		if string(got) != string(want) {
 			t.Errorf("%s: Marshal wrote\n%s\nMarshalIndent writes\n%s", what, got, want)
 		}
+		// Appended to a buffer of earlier bytes, with room to spare.
+		buf := append(make([]byte, 0, 1<<16), "earlier"...)
+		if got, err := p.AppendMarshal(buf); err != nil || string(got) != "earlier"+string(want) {
+			t.Errorf("%s: AppendMarshal wrote %q, %v", what, got, err)
+		}
 		var back Provenance
 		if err := json.Unmarshal(got, &back); err != nil || len(back.Bundles) != len(p.Bundles) {
 			t.Errorf("%s: read back: %v", what, err)

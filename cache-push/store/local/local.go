@@ -164,10 +164,18 @@ func (s *Store) filename(key string) (string, error) {
 // asked for), which also means "no such object".
 func notFound(key string, err error) error {
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
-		return fmt.Errorf("%w: %s", store.ErrNotFound, key)
+		return missing{key}
 	}
 	return fmt.Errorf("local store: %s: %w", key, err)
 }
+
+// missing is fmt.Errorf("%w: %s", store.ErrNotFound, key) without the
+// formatting: the pusher looks for several objects that are not there
+// yet per entry it writes.
+type missing struct{ key string }
+
+func (m missing) Error() string { return store.ErrNotFound.Error() + ": " + m.key }
+func (m missing) Unwrap() error { return store.ErrNotFound }
 
 // Create implements store.Store.
 func (s *Store) Create(ctx context.Context) (store.Pending, error) {
