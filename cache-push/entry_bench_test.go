@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,22 +14,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nix-community/go-nix/pkg/nar"
-
 	"codeberg.org/provenix/provenix/attest"
-	"codeberg.org/provenix/provenix/cache-push/policy"
-	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/cachelayout"
-	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/queue"
-	natsserver "codeberg.org/provenix/provenix/queue/server"
 )
 
 // BenchmarkWriteEntry is the CPU and garbage of writing one new cache
 // entry (writeEntry: the staged NAR re-hashed and compressed, the
 // provenance sidecar with one bundle, the signed narinfo, all committed
-// to a local store by group commit), for tiny NARs of one 256-byte file,
-// as BenchmarkResultsCluster publishes them, 16 entries at once as a
+// to a local store by group commit), for tiny NARs (a script, as
+// BenchmarkResultsCluster publishes a small file), 16 entries at once as a
 // pusher's handlers write them. Staged NARs are read from memory, so that
 // the staging store's cost (not this path's) stays out. It reports the
 // process's CPU per entry in user space (garbage collection included)
@@ -41,54 +34,37 @@ import (
 //	go test -run '^$' -bench WriteEntry -benchtime 4000x ./cache-push/
 func BenchmarkWriteEntry(b *testing.B) {
 	ctx := context.Background()
-	_, conn := testqueue.Embedded(b, natsserver.Config{})
-	dir := b.TempDir()
-	signer, err := attest.GenerateKeyFiles(filepath.Join(dir, "builder"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	pol, err := policy.Parse([]byte("tenants: ["+testTenant+"]\nsystems: [x86_64-linux]\nbuilders:\n  - {id: \""+testBuilder+"\", key: builder.pub}\n"), dir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := GenerateKeyFiles("bench-cache-1", filepath.Join(dir, "cache")); err != nil {
-		b.Fatal(err)
-	}
-	cacheKey, err := LoadKey(filepath.Join(dir, "cache"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	st, err := local.New(filepath.Join(dir, "cache-dir"))
-	if err != nil {
-		b.Fatal(err)
-	}
+	f := newFixture(b)
+	// As BenchmarkResultsCluster configures it: without verification
+	// summaries (BenchmarkVSAWrite measures what they add).
+	cfg := f.pusher.cfg
+	cfg.VSA = nil
 	staged := &memStaging{nars: map[string][]byte{}}
-	pu, err := New(Config{KV: conn, Store: st, Policy: pol, CacheKey: cacheKey, Staging: staged, UncheckedOutputPathsUnsafe: true})
+	cfg.Staging = staged
+	pu, err := New(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
 
-	// One real bundle, of the size a result's is; the sidecar of every
-	// entry holds it.
 	type entry struct {
 		out attest.Output
 		key string
 	}
 	entries := make([]entry, b.N)
 	for i := range entries {
-		content := make([]byte, 256)
-		binary.BigEndian.PutUint64(content, uint64(i))
-		n := tinyNAR(b, content)
 		name := fmt.Sprintf("bench-%d-%d", time.Now().UnixNano(), i)
+		n := makeNAR(b, name)
 		entries[i] = entry{out: attest.Output{Name: "out", Path: storePath(name), NarHash: sha256.Sum256(n), NarSize: uint64(len(n))}, key: name}
 		staged.nars[name] = n
 	}
+	// One real bundle, of the size a result's is; the sidecar of every
+	// entry holds it.
 	stmt, err := attest.NewStatement(&attest.Build{DrvPath: storePath("bench.drv"), System: "x86_64-linux", BuilderID: testBuilder,
 		Outputs: []attest.Output{entries[0].out}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	bundle, err := attest.Sign(ctx, stmt, signer)
+	bundle, err := attest.Sign(ctx, stmt, f.signer)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -132,26 +108,6 @@ func (s *memStaging) OpenStaged(_ context.Context, key string) (io.ReadCloser, q
 	return io.NopCloser(bytes.NewReader(n)), queue.StagedInfo{Size: uint64(len(n))}, nil
 }
 
-// tinyNAR is the NAR of one regular file holding content.
-func tinyNAR(t testing.TB, content []byte) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	w, err := nar.NewWriter(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.WriteHeader(&nar.Header{Path: "/", Type: nar.TypeRegular, Size: int64(len(content))}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write(content); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
 // processCPU is the CPU time the process has used in user space and in
 // the kernel.
 func processCPU(t testing.TB) (user, sys time.Duration) {
@@ -174,7 +130,7 @@ func BenchmarkProvenanceSidecar(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	n := tinyNAR(b, []byte("content"))
+	n := makeNAR(b, "content")
 	out := attest.Output{Name: "out", Path: storePath("bench"), NarHash: sha256.Sum256(n), NarSize: uint64(len(n))}
 	stmt, err := attest.NewStatement(&attest.Build{DrvPath: storePath("bench.drv"), System: "x86_64-linux", BuilderID: testBuilder, Outputs: []attest.Output{out}})
 	if err != nil {

@@ -248,23 +248,14 @@ func (p *Provenance) AppendMarshal(dst []byte) ([]byte, error) {
 	out.WriteString(",\n  \"narSha256\": ")
 	writeJSONString(out, p.NarSHA256)
 	out.WriteString(",\n  \"bundles\": ")
-	switch {
-	case p.Bundles == nil:
-		out.WriteString("null")
-	case len(p.Bundles) == 0:
-		out.WriteString("[]")
-	default:
-		out.WriteByte('[')
-		for i, b := range p.Bundles {
-			if i > 0 {
-				out.WriteByte(',')
-			}
-			out.WriteString("\n    ")
-			if err := indentHTML(out, b, "    "); err != nil {
-				return nil, fmt.Errorf("%w: bundle %d: %w", ErrProvenance, i, err)
-			}
+	err := writeArray(out, p.Bundles == nil, len(p.Bundles), "\n    ", "\n  ]", func(i int) error {
+		if err := indentHTML(out, p.Bundles[i], "    "); err != nil {
+			return fmt.Errorf("%w: bundle %d: %w", ErrProvenance, i, err)
 		}
-		out.WriteString("\n  ]")
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if q := p.Quorum; q != nil {
 		out.WriteString(",\n  \"quorum\": {\n    \"verdict\": ")
@@ -274,22 +265,10 @@ func (p *Provenance) AppendMarshal(dst []byte) ([]byte, error) {
 		out.WriteString(",\n    \"distinct\": ")
 		writeJSONString(out, q.Distinct)
 		out.WriteString(",\n    \"agreeing\": ")
-		switch {
-		case q.Agreeing == nil:
-			out.WriteString("null")
-		case len(q.Agreeing) == 0:
-			out.WriteString("[]")
-		default:
-			out.WriteByte('[')
-			for i, a := range q.Agreeing {
-				if i > 0 {
-					out.WriteByte(',')
-				}
-				out.WriteString("\n      ")
-				writeJSONString(out, a)
-			}
-			out.WriteString("\n    ]")
-		}
+		writeArray(out, q.Agreeing == nil, len(q.Agreeing), "\n      ", "\n    ]", func(i int) error {
+			writeJSONString(out, q.Agreeing[i])
+			return nil
+		})
 		if q.UnverifiedByQuorum {
 			out.WriteString(",\n    \"unverifiedByQuorum\": true")
 		}
@@ -297,6 +276,31 @@ func (p *Provenance) AppendMarshal(dst []byte) ([]byte, error) {
 	}
 	out.WriteString("\n}")
 	return out.Bytes(), nil
+}
+
+// writeArray writes an array of n elements, each by elem, as
+// MarshalIndent lays one out: null when it is nil, [] when empty, else
+// each element on a line of its own after open, and close.
+func writeArray(out *bytes.Buffer, isNil bool, n int, open, close string, elem func(i int) error) error {
+	switch {
+	case isNil:
+		out.WriteString("null")
+	case n == 0:
+		out.WriteString("[]")
+	default:
+		out.WriteByte('[')
+		for i := range n {
+			if i > 0 {
+				out.WriteByte(',')
+			}
+			out.WriteString(open)
+			if err := elem(i); err != nil {
+				return err
+			}
+		}
+		out.WriteString(close)
+	}
+	return nil
 }
 
 // writeJSONString writes s as json.Marshal does: quoted, with <, > and &
