@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,15 +58,7 @@ func BenchmarkWriteEntry(b *testing.B) {
 	}
 	// One real bundle, of the size a result's is; the sidecar of every
 	// entry holds it.
-	stmt, err := attest.NewStatement(&attest.Build{DrvPath: storePath("bench.drv"), System: "x86_64-linux", BuilderID: testBuilder,
-		Outputs: []attest.Output{entries[0].out}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	bundle, err := attest.Sign(ctx, stmt, f.signer)
-	if err != nil {
-		b.Fatal(err)
-	}
+	bundle := benchBundle(b, f, entries[0].out)
 	q := &cachelayout.QuorumInfo{Verdict: VerdictAgreed, Min: 1, Distinct: "builder", Agreeing: []string{testBuilder}}
 	m := entryMeta{tenant: testTenant, builder: testBuilder, msgID: "bench", drv: storePath("bench.drv")}
 
@@ -125,21 +116,9 @@ func processCPU(t testing.TB) (user, sys time.Duration) {
 //
 //	go test -run '^$' -bench ProvenanceSidecar ./cache-push/
 func BenchmarkProvenanceSidecar(b *testing.B) {
-	ctx := context.Background()
-	signer, err := attest.GenerateKeyFiles(filepath.Join(b.TempDir(), "builder"))
-	if err != nil {
-		b.Fatal(err)
-	}
 	n := makeNAR(b, "content")
 	out := attest.Output{Name: "out", Path: storePath("bench"), NarHash: sha256.Sum256(n), NarSize: uint64(len(n))}
-	stmt, err := attest.NewStatement(&attest.Build{DrvPath: storePath("bench.drv"), System: "x86_64-linux", BuilderID: testBuilder, Outputs: []attest.Output{out}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	bundle, err := attest.Sign(ctx, stmt, signer)
-	if err != nil {
-		b.Fatal(err)
-	}
+	bundle := benchBundle(b, newFixture(b), out)
 	sc := &cachelayout.Provenance{Version: cachelayout.ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex(), Bundles: []json.RawMessage{bundle},
 		Quorum: &cachelayout.QuorumInfo{Verdict: VerdictAgreed, Min: 1, Distinct: "builder", Agreeing: []string{testBuilder}}}
 	want, err := json.MarshalIndent(sc, "", "  ")
@@ -163,4 +142,19 @@ func BenchmarkProvenanceSidecar(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchBundle is the bundle f's builder signs for out, the output of a
+// made-up derivation.
+func benchBundle(b *testing.B, f *fixture, out attest.Output) json.RawMessage {
+	b.Helper()
+	st, err := attest.NewStatement(&attest.Build{DrvPath: storePath("bench.drv"), System: "x86_64-linux", BuilderID: testBuilder, Outputs: []attest.Output{out}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	bundle, err := attest.Sign(b.Context(), st, f.signer)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return bundle
 }
