@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
@@ -152,7 +151,7 @@ func (p *Pusher) writeEntry(ctx context.Context, m entryMeta, out attest.Output,
 		}
 	}
 	w := &Waiting{Tenant: m.tenant, StorePath: out.Path, DrvPath: m.drv, Builder: m.builder, MsgID: m.msgID,
-		NarSHA256: out.NarHashHex(), Narinfo: narinfoText(ni), References: out.References, Missing: missing}
+		NarSHA256: out.NarHashHex(), Narinfo: ni.String(), References: out.References, Missing: missing}
 	if len(missing) > 0 {
 		if err := store.CommitGroup(ctx, p.cfg.Store, sidecars); err != nil {
 			return 0, err
@@ -327,36 +326,20 @@ func (p *Pusher) writeProvenance(ctx context.Context, out attest.Output, add []j
 // earlier runs). A file added per entry is one more object here, and
 // shares the commit of the others.
 func (p *Pusher) sidecars(ctx context.Context, out attest.Output, add []json.RawMessage, q *cachelayout.QuorumInfo) ([]store.Object, error) {
-	buf := sidecarBufs.Get().(*[]byte)
-	b, err := p.provenance(ctx, out, add, q, (*buf)[:0])
+	b, err := p.provenance(ctx, out, add, q)
 	if err != nil || b == nil {
-		sidecarBufs.Put(buf)
 		return nil, err
 	}
-	// Write copies b into the Pending (a Writer keeps nothing it is
-	// given), so the buffer serves the next entry.
 	o, err := store.Write(ctx, p.cfg.Store, cachelayout.ProvenanceKey(out.Path), bytes.NewReader(b))
-	if cap(b) <= maxPooledSidecar {
-		*buf = b
-		sidecarBufs.Put(buf)
-	}
 	if err != nil {
 		return nil, err
 	}
 	return []store.Object{o}, nil
 }
 
-// sidecarBufs holds buffers for encoding sidecars, one written per entry.
-var sidecarBufs = sync.Pool{New: func() any { return new([]byte) }}
-
-// maxPooledSidecar bounds the buffers sidecarBufs keeps: a sidecar of a
-// few bundles takes a few KiB; one of many is rare and left to the
-// garbage collector.
-const maxPooledSidecar = 64 << 10
-
-// provenance appends to dst the sidecar for out, keeping bundles already
-// there for the same NAR, or returns nil when out has no bundles.
-func (p *Pusher) provenance(ctx context.Context, out attest.Output, add []json.RawMessage, q *cachelayout.QuorumInfo, dst []byte) ([]byte, error) {
+// provenance returns the sidecar for out, keeping bundles already there
+// for the same NAR, or nil when out has no bundles.
+func (p *Pusher) provenance(ctx context.Context, out attest.Output, add []json.RawMessage, q *cachelayout.QuorumInfo) ([]byte, error) {
 	if len(add) == 0 {
 		// A source: its content address is its proof, no bundle attests it.
 		return nil, nil
@@ -390,7 +373,7 @@ func (p *Pusher) provenance(ctx context.Context, out attest.Output, add []json.R
 			sc.Bundles = append(sc.Bundles, bundle)
 		}
 	}
-	b, err := sc.AppendMarshal(dst)
+	b, err := json.MarshalIndent(sc, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("provenance sidecar: %w", err)
 	}

@@ -109,41 +109,6 @@ func processCPU(t testing.TB) (user, sys time.Duration) {
 	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
 }
 
-// BenchmarkProvenanceSidecar compares the sidecar's encodings of one
-// entry with one real bundle and a quorum, in the same run: Marshal (the
-// pusher's) against json.MarshalIndent (before), which writes the same
-// bytes.
-//
-//	go test -run '^$' -bench ProvenanceSidecar ./cache-push/
-func BenchmarkProvenanceSidecar(b *testing.B) {
-	n := makeNAR(b, "content")
-	out := attest.Output{Name: "out", Path: storePath("bench"), NarHash: sha256.Sum256(n), NarSize: uint64(len(n))}
-	bundle := benchBundle(b, newFixture(b), out)
-	sc := &cachelayout.Provenance{Version: cachelayout.ProvenanceVersion, StorePath: out.Path, NarSHA256: out.NarHashHex(), Bundles: []json.RawMessage{bundle},
-		Quorum: &cachelayout.QuorumInfo{Verdict: VerdictAgreed, Min: 1, Distinct: "builder", Agreeing: []string{testBuilder}}}
-	want, err := json.MarshalIndent(sc, "", "  ")
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, enc := range []struct {
-		name string
-		f    func() ([]byte, error)
-	}{
-		{"MarshalIndent", func() ([]byte, error) { return json.MarshalIndent(sc, "", "  ") }},
-		{"Marshal", sc.Marshal},
-	} {
-		b.Run(enc.name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				got, err := enc.f()
-				if err != nil || !bytes.Equal(got, want) {
-					b.Fatalf("%v\n%s", err, got)
-				}
-			}
-		})
-	}
-}
-
 // benchBundle is the bundle f's builder signs for out, the output of a
 // made-up derivation.
 func benchBundle(b *testing.B, f *fixture, out attest.Output) json.RawMessage {

@@ -4,8 +4,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"path"
-	"strconv"
-	"strings"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -56,68 +54,4 @@ func narHashOf(ni *narinfo.NarInfo) ([32]byte, error) {
 	}
 	copy(h[:], ni.NarHash.Digest())
 	return h, nil
-}
-
-// narinfoText is ni.String(), the same bytes, written into one buffer of
-// about the right size instead of by a fmt.Fprintf per line into a
-// growing one: the pusher prints a narinfo per entry. Like String, it
-// needs a NarHash. A field added to go-nix's String must be added here
-// (TestNarinfoText and FuzzNarinfo compare the two).
-func narinfoText(ni *narinfo.NarInfo) string {
-	var fileHash string
-	withFile := ni.FileHash != nil && ni.FileSize != 0
-	if withFile {
-		fileHash = ni.FileHash.String()
-	}
-	narHash := ni.NarHash.String()
-	n := 160 + len(ni.StorePath) + len(ni.URL) + len(ni.Compression) + len(fileHash) + len(narHash) +
-		len(ni.Deriver) + len(ni.System) + len(ni.CA)
-	for _, r := range ni.References {
-		n += 1 + len(r)
-	}
-	for _, sig := range ni.Signatures {
-		n += 8 + len(sig.Name) + 4*len(sig.Data)/3 + 4
-	}
-	var b strings.Builder
-	b.Grow(n)
-	line := func(key, value string) {
-		b.WriteString(key)
-		b.WriteString(value)
-		b.WriteByte('\n')
-	}
-	line("StorePath: ", ni.StorePath)
-	line("URL: ", ni.URL)
-	line("Compression: ", ni.Compression)
-	if withFile {
-		line("FileHash: ", fileHash)
-		b.WriteString("FileSize: ")
-		b.WriteString(strconv.FormatUint(ni.FileSize, 10))
-		b.WriteByte('\n')
-	}
-	line("NarHash: ", narHash)
-	b.WriteString("NarSize: ")
-	b.WriteString(strconv.FormatUint(ni.NarSize, 10))
-	b.WriteByte('\n')
-	b.WriteString("References:")
-	if len(ni.References) == 0 {
-		b.WriteByte(' ')
-	}
-	for _, r := range ni.References {
-		b.WriteByte(' ')
-		b.WriteString(r)
-	}
-	b.WriteByte('\n')
-	if ni.Deriver != "" {
-		line("Deriver: ", ni.Deriver)
-	}
-	if ni.System != "" {
-		line("System: ", ni.System)
-	}
-	for _, sig := range ni.Signatures {
-		line("Sig: ", sig.String())
-	}
-	if ni.CA != "" {
-		line("CA: ", ni.CA)
-	}
-	return b.String()
 }

@@ -58,9 +58,6 @@ func FuzzNarinfo(f *testing.F) {
 			return
 		}
 		appendSigs(ni, []string{"builder-a-1:ZmFrZXNpZ25hdHVyZWZha2VzaWduYXR1cmVmYWtlc2lnbmF0dXJlZmFrZXNpZ25hdHVyZWZha2VzaWduYXR1cmU=", "garbage"}, nil)
-		if got, want := narinfoText(ni), ni.String(); got != want {
-			t.Fatalf("narinfoText wrote\n%q\nString writes\n%q", got, want)
-		}
 		again, err := narinfo.Parse(bytes.NewReader([]byte(ni.String())))
 		if err != nil {
 			return // go-nix prints some parsed values it cannot read back; not ours to fix

@@ -3,7 +3,6 @@ package cachelayout
 import (
 	"encoding/json"
 	"errors"
-	"reflect"
 	"strings"
 	"testing"
 )
@@ -28,7 +27,7 @@ func TestKeys(t *testing.T) {
 }
 
 // sidecar is a sidecar as docs/cache-layout.md shows it and as the pusher
-// writes it (json.MarshalIndent with two spaces, Provenance.Marshal): the format must not
+// writes it (json.MarshalIndent with two spaces): the format must not
 // change under readers of existing caches.
 const sidecar = `{
   "version": 1,
@@ -92,88 +91,4 @@ func TestParseProvenanceRefuses(t *testing.T) {
 	if _, err := DecodeProvenance([]byte(`{"version":2}`)); !errors.Is(err, ErrProvenance) {
 		t.Errorf("DecodeProvenance of version 2: %v", err)
 	}
-}
-
-// Marshal writes what json.MarshalIndent writes, byte for byte, for
-// bundles as they come (compact from a result, indented from an older
-// sidecar), with or without a quorum, and with what json.Marshal escapes.
-func TestProvenanceMarshal(t *testing.T) {
-	p, err := ParseProvenance([]byte(sidecar))
-	if err != nil {
-		t.Fatal(err)
-	}
-	compact := json.RawMessage(`{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","dsseEnvelope":{"payload":"eyJfdHlwZSI6Imh0dHBzOi8vaW4tdG90by5pby9TdGF0ZW1lbnQvdjEifQ==","signatures":[{"sig":"MEUCIQ+/=","keyid":""}],"payloadType":"application/vnd.in-toto+json"},"n":[1,2.5e3,true,false,null,{},[]]}`)
-	spaced := json.RawMessage(" {\n\t\"a\" : [ 1 , \"x y\" ] ,\r\n \"b\":{ } }\n\t")
-	html := json.RawMessage(`{"s":"<script>&amp;` + "\u2028\u2029" + `</script>","é":"\u00e9\u003c"}`)
-	cases := map[string]*Provenance{
-		"doc example":      p,
-		"no quorum":        {Version: 1, StorePath: p.StorePath, NarSHA256: p.NarSHA256, Bundles: []json.RawMessage{compact}},
-		"several bundles":  {Version: 1, StorePath: p.StorePath, NarSHA256: p.NarSHA256, Bundles: []json.RawMessage{compact, spaced, p.Bundles[0]}, Quorum: &QuorumInfo{Verdict: "agreed", Min: 2, Distinct: "builder", Agreeing: []string{"a", "b"}}},
-		"escaped":          {Version: 1, StorePath: "/nix/store/x<&>\"\\", NarSHA256: p.NarSHA256, Bundles: []json.RawMessage{html, compact}},
-		"no bundles (nil)": {Version: 1, StorePath: p.StorePath},
-		"no bundles":       {Version: 1, StorePath: p.StorePath, Bundles: []json.RawMessage{}},
-		"a nil bundle":     {Version: 1, StorePath: p.StorePath, Bundles: []json.RawMessage{nil, compact}},
-		"empty agreeing":   {Version: 1, Bundles: []json.RawMessage{compact}, Quorum: &QuorumInfo{Agreeing: []string{}}},
-		"nil agreeing":     {Version: -3, Bundles: []json.RawMessage{compact}, Quorum: &QuorumInfo{Min: -1}},
-		"odd strings": {Version: 1, StorePath: "tab\there \x00\x1f\x7f é \xff", NarSHA256: "\u2028",
-			Bundles: []json.RawMessage{compact}, Quorum: &QuorumInfo{Verdict: "a\"b", Distinct: "<", Agreeing: []string{"x&y", "\\", "ok"}, UnverifiedByQuorum: true}},
-	}
-	for what, p := range cases {
-		want, err := json.MarshalIndent(p, "", "  ")
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		got, err := p.Marshal()
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		if string(got) != string(want) {
-			t.Errorf("%s: Marshal wrote\n%s\nMarshalIndent writes\n%s", what, got, want)
-		}
-		// Appended to a buffer of earlier bytes, with room to spare.
-		buf := append(make([]byte, 0, 1<<16), "earlier"...)
-		if got, err := p.AppendMarshal(buf); err != nil || string(got) != "earlier"+string(want) {
-			t.Errorf("%s: AppendMarshal wrote %q, %v", what, got, err)
-		}
-		var back Provenance
-		if err := json.Unmarshal(got, &back); err != nil || len(back.Bundles) != len(p.Bundles) {
-			t.Errorf("%s: read back: %v", what, err)
-		}
-	}
-	// Marshal writes every field by name: a field it does not know of
-	// would be lost from every sidecar.
-	if n := reflect.TypeFor[Provenance]().NumField(); n != 5 {
-		t.Errorf("Provenance has %d fields: teach Marshal the new ones, then this test", n)
-	}
-	if n := reflect.TypeFor[QuorumInfo]().NumField(); n != 5 {
-		t.Errorf("QuorumInfo has %d fields: teach Marshal the new ones, then this test", n)
-	}
-	// A bundle that is not JSON is refused, as MarshalIndent refuses it,
-	// instead of making the sidecar unreadable.
-	for _, bad := range []string{`{"a":`, `{} {}`, `{"a":1}x`, "\xff"} {
-		p := &Provenance{Version: 1, Bundles: []json.RawMessage{compact, json.RawMessage(bad)}}
-		if b, err := p.Marshal(); !errors.Is(err, ErrProvenance) {
-			t.Errorf("bundle %q: %v, want ErrProvenance\n%s", bad, err, b)
-		}
-		if _, err := json.MarshalIndent(p, "", "  "); err == nil {
-			t.Errorf("bundle %q: MarshalIndent accepts it", bad)
-		}
-	}
-}
-
-// FuzzProvenanceMarshal: for any bundle bytes, Marshal and MarshalIndent
-// agree on the bytes, or both refuse.
-func FuzzProvenanceMarshal(f *testing.F) {
-	f.Add([]byte(`{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json"}`))
-	f.Add([]byte(" [1, {\"a<\": \"&\u2028\"}]\n"))
-	f.Add([]byte(`"x"`))
-	f.Fuzz(func(t *testing.T, bundle []byte) {
-		p := &Provenance{Version: 1, StorePath: "/nix/store/8hzbz17vcmw97w1wpqpadxhfkj7crcps-busybox", Bundles: []json.RawMessage{bundle},
-			Quorum: &QuorumInfo{Verdict: string(bundle), Agreeing: []string{string(bundle)}}}
-		want, werr := json.MarshalIndent(p, "", "  ")
-		got, gerr := p.Marshal()
-		if (werr == nil) != (gerr == nil) || string(got) != string(want) {
-			t.Fatalf("Marshal: %q, %v\nMarshalIndent: %q, %v", got, gerr, want, werr)
-		}
-	})
 }
