@@ -253,6 +253,9 @@ func (p *Pusher) mergeEntry(ctx context.Context, prev *narinfo.NarInfo, out atte
 // references or size differ from what the builder signed must not carry
 // a signature clients would then reject (or, with another key set, trust).
 func addSigs(ni *narinfo.NarInfo, sigs []string, pol *policy.Policy) bool {
+	if len(sigs) == 0 {
+		return false // most results: no builder signs for Nix
+	}
 	fp := ni.Fingerprint()
 	return appendSigs(ni, sigs, func(sig signature.Signature) bool {
 		k, ok := pol.NixKeyNamed(sig.Name)

@@ -129,7 +129,7 @@ func storePath(name string) string {
 }
 
 // makeNAR serialises a small directory tree holding content.
-func makeNAR(t *testing.T, content string) []byte {
+func makeNAR(t testing.TB, content string) []byte {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "out")
 	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {

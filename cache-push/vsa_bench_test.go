@@ -23,15 +23,7 @@ func BenchmarkVSAWrite(b *testing.B) {
 	f := newFixture(b)
 	nar := sha256.Sum256([]byte("nar"))
 	out := attest.Output{Name: "out", Path: storePath("bench"), NarHash: nar, NarSize: 3, References: []string{storePath("bench")}}
-	st, err := attest.NewStatement(&attest.Build{DrvPath: storePath("bench.drv"), System: "x86_64-linux", BuilderID: testBuilder, Outputs: []attest.Output{out}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	bundle, err := attest.Sign(ctx, st, f.signer)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := f.pusher.writeProvenance(ctx, out, []json.RawMessage{bundle}, nil); err != nil {
+	if err := f.pusher.writeProvenance(ctx, out, []json.RawMessage{benchBundle(b, f, out)}, nil); err != nil {
 		b.Fatal(err)
 	}
 	ni := "StorePath: " + out.Path + "\nURL: nar/x.nar.zst\nCompression: zstd\nNarHash: sha256:" + out.NarHashHex() + "\nNarSize: 3\n"

@@ -213,6 +213,12 @@ func (fw *frameWriter) take(ctx context.Context) error {
 // send starts compressing fw.cur, first writing the oldest frame if
 // workers are already busy with this NAR.
 func (fw *frameWriter) send() error {
+	return fw.sendOn(true)
+}
+
+// sendOn is send, compressing on a goroutine of its own (background) or
+// on the caller's.
+func (fw *frameWriter) sendOn(background bool) error {
 	if len(fw.queue) == fw.workers {
 		if err := fw.writeOldest(); err != nil {
 			return err
@@ -222,7 +228,11 @@ func (fw *frameWriter) send() error {
 	fw.cur = nil
 	fw.queue = append(fw.queue, f)
 	fw.sent++
-	go fw.enc.compress(f)
+	if background {
+		go fw.enc.compress(f)
+	} else {
+		fw.enc.compress(f)
+	}
 	return nil
 }
 
@@ -252,7 +262,11 @@ func (fw *frameWriter) finish(ctx context.Context) error {
 	}
 	if fw.cur != nil {
 		if len(fw.cur.in) > 0 || fw.sent == 0 {
-			if err := fw.send(); err != nil {
+			// A NAR of one frame (most store paths are small) is
+			// compressed here: on a goroutine of its own, that goroutine's
+			// start and stack growth cost more than compressing a few
+			// hundred bytes, and there is nothing to overlap it with.
+			if err := fw.sendOn(fw.sent > 0); err != nil {
 				return err
 			}
 		} else {

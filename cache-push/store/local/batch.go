@@ -1,8 +1,9 @@
 package local
 
 import (
+	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"path"
 	"path/filepath"
 	"slices"
@@ -151,11 +152,21 @@ func (s *Store) round(b *batcher, fresh, renamed []*request) []*request {
 func (s *Store) renameStage(stage []*item) ([]string, error) {
 	var dirs []string
 	for _, it := range stage {
-		dirty, err := s.mkdirs(path.Dir(it.key))
+		keyDir := path.Dir(it.key)
+		dirty, err := s.mkdirs(keyDir)
 		if err != nil {
 			return dirs, fmt.Errorf("local store: commit %s: %w", it.key, s.noSpace(err))
 		}
-		if err := os.Rename(it.tmp, it.name); err != nil {
+		err = rename(it.tmp, it.name)
+		if errors.Is(err, fs.ErrNotExist) && keyDir != "." {
+			// A directory mkdirs remembers was removed (by hand): make
+			// it again.
+			s.dirs.Delete(keyDir)
+			if dirty, err = s.mkdirs(keyDir); err == nil {
+				err = rename(it.tmp, it.name)
+			}
+		}
+		if err != nil {
 			return dirs, fmt.Errorf("local store: commit %s: %w", it.key, s.noSpace(err))
 		}
 		it.renamed = true

@@ -28,7 +28,7 @@ func flushFS(files []*item, dirs []string) ([]error, []error) {
 	var err error
 	if len(files) > 0 {
 		oldest := slices.MinFunc(files, func(a, b *item) int { return cmp.Compare(a.seq, b.seq) })
-		err = unix.Syncfs(int(oldest.f.Fd()))
+		err = unix.Syncfs(oldest.f.fd)
 	} else {
 		err = syncFS(dirs[0])
 	}

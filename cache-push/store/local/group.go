@@ -23,7 +23,7 @@ const syncParallel = 16
 // item is one object of a commit: its closed-or-open temporary file and
 // the file it is renamed to.
 type item struct {
-	f       *os.File
+	f       *file
 	tmp     string // temporary file name
 	name    string // final file name
 	key     string

@@ -21,6 +21,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -54,6 +55,11 @@ type Store struct {
 	// opened numbers the temporary files in the order Create opened
 	// them (flushFS syncs through the oldest of a round).
 	opened atomic.Uint64
+	// dirs holds the key directories (such as "nar") mkdirs made or
+	// found, so that a commit does not ask for them again; the store
+	// never removes a directory, and a rename into one someone else
+	// removed makes it again (renameStage).
+	dirs sync.Map
 }
 
 // Option configures a Store.
@@ -158,10 +164,18 @@ func (s *Store) filename(key string) (string, error) {
 // asked for), which also means "no such object".
 func notFound(key string, err error) error {
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
-		return fmt.Errorf("%w: %s", store.ErrNotFound, key)
+		return missing{key}
 	}
 	return fmt.Errorf("local store: %s: %w", key, err)
 }
+
+// missing is fmt.Errorf("%w: %s", store.ErrNotFound, key) without the
+// formatting: the pusher looks for several objects that are not there
+// yet per entry it writes.
+type missing struct{ key string }
+
+func (m missing) Error() string { return store.ErrNotFound.Error() + ": " + m.key }
+func (m missing) Unwrap() error { return store.ErrNotFound }
 
 // Create implements store.Store.
 func (s *Store) Create(ctx context.Context) (store.Pending, error) {
@@ -172,17 +186,14 @@ func (s *Store) Create(ctx context.Context) (store.Pending, error) {
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, fmt.Errorf("local store: create: %w", err)
 	}
-	name := filepath.Join(s.tmp, tmpPrefix+hex.EncodeToString(rnd[:]))
-	// O_EXCL: never share a temporary file with another writer. 0644 before
-	// umask, as for any file the web server must read. syscall.Open, as in
-	// openRead: os.OpenFile's attempt to register a regular file with the
-	// network poller costs three system calls per object for nothing.
-	fd, err := syscall.Open(name, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL|syscall.O_CLOEXEC, 0o644)
+	// By its descriptor (file), as in openRead: os.OpenFile's attempt to
+	// register a regular file with the network poller costs three system
+	// calls per object for nothing.
+	f, err := createFile(filepath.Join(s.tmp, tmpPrefix+hex.EncodeToString(rnd[:])))
 	if err != nil {
-		err = &fs.PathError{Op: "open", Path: name, Err: err}
 		return nil, fmt.Errorf("local store: create: %w", s.noSpace(err))
 	}
-	return &pending{s: s, f: os.NewFile(uintptr(fd), name), seq: s.opened.Add(1)}, nil
+	return &pending{s: s, f: f, seq: s.opened.Add(1)}, nil
 }
 
 // Open implements store.Store.
@@ -368,9 +379,9 @@ func prefixMayMatch(dir, prefix string) bool {
 // pending is a temporary file waiting for Commit or Abort.
 type pending struct {
 	s        *Store
-	f        *os.File // nil once finished
-	seq      uint64   // when f was opened (Store.opened)
-	writeErr error    // first Write failure; Commit refuses to publish after it
+	f        *file  // nil once finished
+	seq      uint64 // when f was opened (Store.opened)
+	writeErr error  // first Write failure; Commit refuses to publish after it
 }
 
 func (p *pending) Write(b []byte) (int, error) {
@@ -449,6 +460,9 @@ func (s *Store) mkdirs(keyDir string) ([]string, error) {
 	if keyDir == "." {
 		return nil, nil
 	}
+	if _, ok := s.dirs.Load(keyDir); ok {
+		return nil, nil
+	}
 	var dirty []string
 	cur := s.dir
 	for _, seg := range strings.Split(keyDir, "/") {
@@ -465,23 +479,6 @@ func (s *Store) mkdirs(keyDir string) ([]string, error) {
 		}
 		cur = next
 	}
+	s.dirs.Store(keyDir, struct{}{})
 	return dirty, nil
-}
-
-// syncDir fsyncs a directory so that entries created or renamed in it are
-// durable. Some filesystems (network mounts, macOS SMB) cannot sync a
-// directory; as restic does, that is not treated as a failure because
-// nothing better can be done there.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil &&
-		!errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) &&
-		!errors.Is(err, syscall.ENOTTY) {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }

@@ -144,3 +144,35 @@ func TestCommitOverDirectoryFails(t *testing.T) {
 		t.Errorf(".tmp holds %d files after failed commits", len(entries))
 	}
 }
+
+// TestDirectoryRemoved: the store remembers the directories it made, and
+// makes one again that was removed behind its back (by hand, or by a
+// tool that prunes empty directories), for commits alone and in groups.
+func TestDirectoryRemoved(t *testing.T) {
+	for _, group := range []bool{false, true} {
+		s := newTestStore(t)
+		ctx := t.Context()
+		for i, key := range []string{"nar/a.nar.zst", "nar/b.nar.zst", "nar/c.nar.zst"} {
+			if i > 0 {
+				if err := os.RemoveAll(filepath.Join(s.Dir(), "nar")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			o, err := store.Write(ctx, s, key, strings.NewReader(key))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if group {
+				err = s.CommitGroup(ctx, []store.Object{o})
+			} else {
+				err = o.Pending.Commit(ctx, key)
+			}
+			if err != nil {
+				t.Fatalf("group %v: commit %s after nar/ was removed: %v", group, key, err)
+			}
+			if b, err := store.ReadAll(ctx, s, key, 100); err != nil || string(b) != key {
+				t.Fatalf("group %v: %s reads %q, %v", group, key, b, err)
+			}
+		}
+	}
+}
