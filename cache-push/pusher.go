@@ -135,6 +135,11 @@ type Config struct {
 	// the disputed event carries (DefaultDiffTimeout when 0; negative: no
 	// comparison).
 	DiffTimeout time.Duration
+	// ReputationFlush is how long the agreements counted while the
+	// pusher is open may wait before they are stored, one update per
+	// builder (DefaultReputationFlush when 0). A pusher killed loses
+	// those not yet stored: see addAgreement for why that is safe.
+	ReputationFlush time.Duration
 }
 
 // Pusher turns results into cache entries.
@@ -151,10 +156,10 @@ type Pusher struct {
 	repMu    sync.Mutex
 	repCache map[string]repEntry
 
-	// Agreements not yet stored, per builder (see addAgreement).
-	agreeMu       sync.Mutex
-	agreePending  map[string]int
-	agreeFlushing map[string]bool
+	// Agreements not yet stored, per builder (see addAgreement), and
+	// the flusher that stores them while open.
+	agree     agreements
+	agreeStop func(ctx context.Context)
 
 	// Upstream answers by store path (see upstreamHas).
 	upMu    sync.Mutex
@@ -209,6 +214,9 @@ func New(cfg Config) (*Pusher, error) {
 	if cfg.DiffTimeout == 0 {
 		cfg.DiffTimeout = DefaultDiffTimeout
 	}
+	if cfg.ReputationFlush <= 0 {
+		cfg.ReputationFlush = DefaultReputationFlush
+	}
 	v, err := cfg.Policy.Verifier()
 	if err != nil {
 		return nil, fmt.Errorf("cachepush: %w", err)
@@ -237,8 +245,11 @@ func (p *Pusher) Open(ctx context.Context, c *queue.Conn, o queue.ConsumerOption
 	p.flood.mu.Lock()
 	p.flood.share = builderShare(o.Concurrency)
 	p.flood.mu.Unlock()
+	p.agreeStop = p.startAgreements(p.cfg.ReputationFlush)
 	k, err := c.ConsumeResults(ctx, o, p.Handle)
 	if err != nil {
+		p.agreeStop(ctx)
+		p.agreeStop = nil
 		return fmt.Errorf("cachepush: %w", err)
 	}
 	p.consumer = k
@@ -276,6 +287,8 @@ func (p *Pusher) Close(ctx context.Context) error {
 	p.consumer = nil
 	stop, done := p.sweepStop, p.sweepDone
 	p.sweepStop, p.sweepDone = nil, nil
+	agreeStop := p.agreeStop
+	p.agreeStop = nil
 	p.mu.Unlock()
 	if stop != nil {
 		stop()
@@ -292,6 +305,11 @@ func (p *Pusher) Close(ctx context.Context) error {
 		}()
 	}
 	defer p.bg.Wait()
+	if agreeStop != nil {
+		// Runs once the handlers are done: their agreements are all
+		// pending by then.
+		defer agreeStop(ctx)
+	}
 	if k == nil {
 		return nil
 	}
