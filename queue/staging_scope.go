@@ -131,8 +131,12 @@ func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 // of several chunks still reads its last one, for its size.
 func (c *Conn) openScoped(ctx, rctx context.Context, stream jetstream.Stream, id string) (io.ReadCloser, uint64, error) {
 	subj := stagingChunksPrefix + id
+	if !versionAtLeast(c.nc.ConnectedServerVersion(), 2, 11, 0) {
+		return c.openScopedByInfo(ctx, rctx, stream, subj)
+	}
 	first, more, err := c.firstChunk(rctx, stream, subj)
 	if errors.Is(err, errNoBatchGet) {
+		// Answered by an older server of the cluster.
 		return c.openScopedByInfo(ctx, rctx, stream, subj)
 	}
 	if err != nil {
@@ -153,7 +157,8 @@ func (c *Conn) openScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 }
 
 // openScopedByInfo is openScoped for a server without batched direct
-// gets (before nats-server 2.11): a stream info counts the chunks.
+// gets (before nats-server 2.11, as Debian 12's 2.9.10): a stream info
+// counts the chunks.
 func (c *Conn) openScopedByInfo(ctx, rctx context.Context, stream jetstream.Stream, subj string) (io.ReadCloser, uint64, error) {
 	si, err := stream.Info(rctx, jetstream.WithSubjectFilter(subj))
 	if err != nil {
