@@ -149,6 +149,7 @@ func TestRequestsPerResult(t *testing.T) {
 
 	counter := countRequests(t, f.srv.ClientURL())
 	churn0 := subscriptionChurn(t, f.srv.NATS())
+	start := time.Now()
 	if err := f.pusher.Open(ctx, f.conn, queue.ConsumerOptions{Group: "req", FilterSubject: queue.ResultsFilter(testTenant), Concurrency: 4}); err != nil {
 		t.Fatal(err)
 	}
@@ -160,19 +161,38 @@ func TestRequestsPerResult(t *testing.T) {
 	if err := f.pusher.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
+	elapsed := time.Since(start)
 	churn := subscriptionChurn(t, f.srv.NATS()) - churn0
 	counts := counter.stop(t)
 
 	perResult := func(v int) float64 { return float64(v) / n }
-	requests := 0
+	requests, builders := 0, 0
 	for _, k := range slices.Sorted(maps.Keys(counts)) {
 		t.Logf("%-40s %6.2f per result", k, perResult(counts[k]))
 		switch {
 		case k == "reply", strings.HasPrefix(k, "advisory"), k == "other results", strings.HasPrefix(k, "api CONSUMER.CREATE"), strings.HasPrefix(k, "api CONSUMER.DURABLE"):
+		case strings.HasSuffix(k, queue.BucketBuilders):
+			builders += counts[k]
 		default:
 			requests += counts[k]
 		}
 	}
-	t.Logf("%-40s %6.2f per result", "requests and publications", perResult(requests))
+	t.Logf("%-40s %6.2f per result", "requests and publications", perResult(requests+builders))
 	t.Logf("%-40s %6.2f per result", "subscriptions made and removed", perResult(int(churn)))
+	// What one result needs: a pull and an ack, its vote stored and then
+	// marked counted, the waiting check before the ingest and the
+	// waiters' read after it, the staged NAR (one get), the publication
+	// event; 8, plus a little setup (the consumer, the sweeper's list).
+	if got := perResult(requests); got > 8.5 {
+		t.Errorf("%.2f requests per result besides the builders' records, want at most 8.5", got)
+	}
+	// The builder's record: read by each handler at most every
+	// repCacheTTL, written (read and updated) once per ReputationFlush
+	// and when the pusher closes; not per result.
+	if max := 4*int(elapsed/repCacheTTL+1) + 2*int(elapsed/DefaultReputationFlush+2); builders > max {
+		t.Errorf("%d requests on the builders' records in %s, want at most %d", builders, elapsed, max)
+	}
+	if got := perResult(counts["api STREAM.INFO"]); got > 0.2 {
+		t.Errorf("%.2f stream infos per result: opening a staged NAR must not ask for one", got)
+	}
 }
