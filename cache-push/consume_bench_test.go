@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -84,7 +84,7 @@ func BenchmarkConsumeResults(b *testing.B) {
 	defer rsub.Unsubscribe()
 
 	v0 := serverMsgs(b, f)
-	cpu0 := processCPU(b)
+	cpu0 := testproc.SelfCPU(b)
 	b.ResetTimer()
 	start := time.Now()
 	if err := pu.Open(ctx, f.conn, queue.ConsumerOptions{Group: "bench", FilterSubject: queue.ResultsFilter(testTenant), Concurrency: 16}); err != nil {
@@ -96,7 +96,7 @@ func BenchmarkConsumeResults(b *testing.B) {
 		b.Fatalf("%d of %d published", published.Load(), b.N)
 	}
 	elapsed := time.Since(start)
-	cpu := processCPU(b) - cpu0
+	cpu := testproc.SelfCPU(b) - cpu0
 	b.StopTimer()
 	msgs := serverMsgs(b, f) - v0
 	if err := pu.Close(ctx); err != nil {
@@ -156,14 +156,4 @@ func serverMsgs(t testing.TB, f *fixture) int64 {
 		t.Fatal(err)
 	}
 	return v.InMsgs + v.OutMsgs
-}
-
-// processCPU is the CPU time this process used so far.
-func processCPU(t testing.TB) time.Duration {
-	t.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		t.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
