@@ -280,7 +280,9 @@ func ensureCacheInfo(ctx context.Context, st store.Store) error {
 }
 
 // Close stops pulling, lets in-flight pushes finish until ctx is done, then
-// cancels them; an unfinished push is redelivered later.
+// cancels them; an unfinished push is redelivered later. Last it stores
+// the agreements not stored yet (see addAgreement), within
+// queue.DefaultTimeout even when ctx is done.
 func (p *Pusher) Close(ctx context.Context) error {
 	p.mu.Lock()
 	k := p.consumer
