@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
@@ -41,13 +42,17 @@ type entryMeta struct {
 }
 
 // report records a visible entry (publication event, metric, log) and
-// releases what waits for it.
-func (p *Pusher) report(ctx context.Context, m entryMeta, out attest.Output, oc outcome) {
+// releases what waits for it. The event goes out in after, alongside the
+// read of the waiters: the caller waits for it before the result is
+// acked.
+func (p *Pusher) report(ctx context.Context, m entryMeta, out attest.Output, oc outcome, after *sync.WaitGroup) {
 	if oc != outPublished && oc != outExisting {
 		return
 	}
-	p.published(ctx, &Waiting{Tenant: m.tenant, StorePath: out.Path, DrvPath: m.drv, Builder: m.builder, MsgID: m.msgID,
-		NarSHA256: out.NarHashHex()}, oc == outExisting)
+	after.Go(func() {
+		p.published(ctx, &Waiting{Tenant: m.tenant, StorePath: out.Path, DrvPath: m.drv, Builder: m.builder, MsgID: m.msgID,
+			NarSHA256: out.NarHashHex()}, oc == outExisting)
+	})
 	p.releaseWaiters(ctx, m.tenant, out.Path)
 }
 

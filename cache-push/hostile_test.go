@@ -579,10 +579,12 @@ func TestHostileBuilder(t *testing.T) {
 	}
 	t.Logf("%s: m quarantined, %d malformed results charged so far", time.Since(begin).Round(time.Millisecond), rep.Malformed)
 	for _, b := range []string{honest0, honest1} {
-		// Agreements are stored just after the path is visible.
+		// Agreements are stored within the pusher's ReputationFlush
+		// of the path becoming visible: until then an honest builder
+		// may have no record at all.
 		deadline := time.Now().Add(5 * time.Second)
 		r, err := GetReputation(ctx, s.admin, b)
-		for err == nil && r.Agreements < 3 && time.Now().Before(deadline) {
+		for (errors.Is(err, ErrNoReputation) || err == nil && r.Agreements < 3) && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 			r, err = GetReputation(ctx, s.admin, b)
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"codeberg.org/provenix/provenix/attest"
@@ -92,6 +93,11 @@ func (p *Pusher) process(ctx context.Context, subject string, data []byte, msgID
 		}
 		return fmt.Errorf("output paths of %s: %w", v.DrvPath, err)
 	}
+	// The round trips that need not hold up what follows them (reputation
+	// marks, publication events) run alongside it; all are done before
+	// process returns, so before the result is acked.
+	var after sync.WaitGroup
+	defer after.Wait()
 	// From here on, paths referring to these may wait for this handler.
 	for _, o := range r.Outputs {
 		defer p.flying(o.Path)()
@@ -136,7 +142,7 @@ func (p *Pusher) process(ctx context.Context, subject string, data []byte, msgID
 		if err != nil {
 			return fail(src.Path, err)
 		}
-		p.report(ctx, m, out, oc)
+		p.report(ctx, m, out, oc, &after)
 	}
 	for _, o := range outputOrder(r.Outputs, byPath) {
 		var oc outcome
@@ -155,13 +161,13 @@ func (p *Pusher) process(ctx context.Context, subject string, data []byte, msgID
 				nonEmpty(p.checkNixSig(v.BuilderID, o.NixSig, out)), nil)
 		} else {
 			var pending bool
-			oc, pending, err = p.vote(ctx, r, v, out, o, msgID)
+			oc, pending, err = p.vote(ctx, r, v, out, o, msgID, &after)
 			needMore = needMore || pending
 		}
 		if err != nil {
 			return fail(o.Path, err)
 		}
-		p.report(ctx, m, out, oc)
+		p.report(ctx, m, out, oc, &after)
 	}
 	return nil
 }

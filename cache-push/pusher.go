@@ -136,6 +136,11 @@ type Config struct {
 	// the disputed event carries (DefaultDiffTimeout when 0; negative: no
 	// comparison).
 	DiffTimeout time.Duration
+	// ReputationFlush is how long the agreements counted while the
+	// pusher is open may wait before they are stored, one update per
+	// builder (DefaultReputationFlush when 0). A pusher killed loses
+	// those not yet stored: see addAgreement for why that is safe.
+	ReputationFlush time.Duration
 }
 
 // Pusher turns results into cache entries.
@@ -155,10 +160,10 @@ type Pusher struct {
 	repMu    sync.Mutex
 	repCache map[string]repEntry
 
-	// Agreements not yet stored, per builder (see addAgreement).
-	agreeMu       sync.Mutex
-	agreePending  map[string]int
-	agreeFlushing map[string]bool
+	// Agreements not yet stored, per builder (see addAgreement), and
+	// the flusher that stores them while open.
+	agree     agreements
+	agreeStop func(ctx context.Context)
 
 	// Upstream answers by store path (see upstreamHas).
 	upMu    sync.Mutex
@@ -213,6 +218,9 @@ func New(cfg Config) (*Pusher, error) {
 	if cfg.DiffTimeout == 0 {
 		cfg.DiffTimeout = DefaultDiffTimeout
 	}
+	if cfg.ReputationFlush <= 0 {
+		cfg.ReputationFlush = DefaultReputationFlush
+	}
 	v, err := cfg.Policy.Verifier()
 	if err != nil {
 		return nil, fmt.Errorf("cachepush: %w", err)
@@ -241,8 +249,11 @@ func (p *Pusher) Open(ctx context.Context, c *queue.Conn, o queue.ConsumerOption
 	p.flood.mu.Lock()
 	p.flood.share = builderShare(o.Concurrency)
 	p.flood.mu.Unlock()
+	p.agreeStop = p.startAgreements(p.cfg.ReputationFlush)
 	k, err := c.ConsumeResults(ctx, o, p.Handle)
 	if err != nil {
+		p.agreeStop(ctx)
+		p.agreeStop = nil
 		return fmt.Errorf("cachepush: %w", err)
 	}
 	p.consumer = k
@@ -273,13 +284,17 @@ func ensureCacheInfo(ctx context.Context, st store.Store) error {
 }
 
 // Close stops pulling, lets in-flight pushes finish until ctx is done, then
-// cancels them; an unfinished push is redelivered later.
+// cancels them; an unfinished push is redelivered later. Last it stores
+// the agreements not stored yet (see addAgreement), within
+// queue.DefaultTimeout even when ctx is done.
 func (p *Pusher) Close(ctx context.Context) error {
 	p.mu.Lock()
 	k := p.consumer
 	p.consumer = nil
 	stop, done := p.sweepStop, p.sweepDone
 	p.sweepStop, p.sweepDone = nil, nil
+	agreeStop := p.agreeStop
+	p.agreeStop = nil
 	p.mu.Unlock()
 	if stop != nil {
 		stop()
@@ -296,6 +311,11 @@ func (p *Pusher) Close(ctx context.Context) error {
 		}()
 	}
 	defer p.bg.Wait()
+	if agreeStop != nil {
+		// Runs once the handlers are done: their agreements are all
+		// pending by then.
+		defer agreeStop(ctx)
+	}
 	if k == nil {
 		return nil
 	}

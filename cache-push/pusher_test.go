@@ -48,6 +48,7 @@ const (
 
 // fixture is a pusher on a real embedded NATS server and a local store.
 type fixture struct {
+	srv      *natsserver.Server
 	conn     *queue.Conn
 	store    *local.Store
 	pusher   *Pusher
@@ -69,7 +70,7 @@ func newFixture(t testing.TB) *fixture {
 // directory when "") and the pusher logging to log (nowhere when nil).
 func newFixtureAt(t testing.TB, cacheDir string, log *slog.Logger) *fixture {
 	t.Helper()
-	_, conn := testqueue.Embedded(t, natsserver.Config{})
+	srv, conn := testqueue.Embedded(t, natsserver.Config{})
 
 	dir := t.TempDir()
 	signer, err := attest.GenerateKeyFiles(filepath.Join(dir, "builder"))
@@ -109,7 +110,7 @@ func newFixtureAt(t testing.TB, cacheDir string, log *slog.Logger) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{conn: conn, store: st, pusher: pu, signer: signer, cachePub: cachePub, vsaKey: vsaKey}
+	f := &fixture{srv: srv, conn: conn, store: st, pusher: pu, signer: signer, cachePub: cachePub, vsaKey: vsaKey}
 	sub, err := conn.NATS().Subscribe("events.>", func(m *nats.Msg) {
 		f.mu.Lock()
 		f.events = append(f.events, m)

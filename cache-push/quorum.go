@@ -318,8 +318,9 @@ func (p *Pusher) checkNixSig(builder, sig string, out attest.Output) string {
 
 // vote records a verified output as a vote, tallies, and publishes when
 // the quorum agrees. It returns what became of the output and whether it
-// still waits for votes.
-func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, out attest.Output, o queue.Output, msgID string) (oc outcome, pending bool, err error) {
+// still waits for votes. The reputation of the decided votes is counted
+// in after: the caller waits for it before the result is acked.
+func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, out attest.Output, o queue.Output, msgID string, after *sync.WaitGroup) (oc outcome, pending bool, err error) {
 	vote := Vote{
 		Tenant: r.Tenant, StorePath: out.Path, DrvPath: v.DrvPath, System: v.System, Builder: v.BuilderID,
 		NarSHA256: out.NarHashHex(), NarSize: out.NarSize, References: out.References, StagingKey: o.StagingKey,
@@ -399,8 +400,10 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	if t.Verdict == VerdictAgreed {
 		// Reputation counts only decided votes: agreement with the
 		// published NAR, or disagreement with it.
-		p.countReputation(ctx, r.Tenant, out.Path, t, storedVote{vote: vote, rev: rev, json: first})
-		p.releaseEvidence(ctx, r.Tenant, out.Path, t)
+		after.Go(func() {
+			p.countReputation(ctx, r.Tenant, out.Path, t, storedVote{vote: vote, rev: rev, json: first})
+			p.releaseEvidence(ctx, r.Tenant, out.Path, t)
+		})
 	}
 	if vote.Answer() != t.Answer {
 		return 0, false, rejected(ReasonConflict, fmt.Errorf("%s: this answer (NAR %s, its size and references) is in the minority; NAR %s (%s) won", out.Path, vote.NarSHA256, t.Winner, t.Verdict))

@@ -1,12 +1,14 @@
 package cachepush
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,6 +139,87 @@ func TestAgreementsConcurrent(t *testing.T) {
 	}
 	if r.Agreements != 2*each || r.Builder != testBuilder || r.LastSeen.IsZero() {
 		t.Fatalf("record %+v: want %d agreements", r, 2*each)
+	}
+}
+
+// builderUpdates counts the updates of builders' reputation records.
+type builderUpdates struct {
+	KV
+	n atomic.Int32
+}
+
+func (k *builderUpdates) KVUpdate(ctx context.Context, bucket, key string, f func(old []byte) ([]byte, error)) error {
+	if bucket == queue.BucketBuilders {
+		k.n.Add(1)
+	}
+	return k.KV.KVUpdate(ctx, bucket, key, f)
+}
+
+// TestAgreementsDeferred: while a pusher is open, the agreements its
+// handlers count are stored by its flusher, one update per builder per
+// ReputationFlush, and those still pending when it closes are stored by
+// Close; closed, it stores each at once again.
+func TestAgreementsDeferred(t *testing.T) {
+	f := newFixture(t)
+	ctx := testctx.New(t, 60*time.Second)
+	kv := &builderUpdates{KV: f.conn}
+	open := func(flush time.Duration, group string) *Pusher {
+		t.Helper()
+		pu, err := New(Config{KV: kv, Store: f.store, Policy: f.pusher.cfg.Policy, CacheKey: f.pusher.cfg.CacheKey, Staging: f.conn,
+			UncheckedOutputPathsUnsafe: true, ReputationFlush: flush})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pu.Open(ctx, f.conn, queue.ConsumerOptions{Group: group, FilterSubject: queue.ResultsFilter(testTenant)}); err != nil {
+			t.Fatal(err)
+		}
+		return pu
+	}
+	agreements := func() int {
+		t.Helper()
+		r, err := GetReputation(ctx, f.conn, testBuilder)
+		if errors.Is(err, ErrNoReputation) {
+			return 0
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Agreements
+	}
+	add := func(pu *Pusher, n int) {
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() { pu.addAgreement(ctx, testBuilder) })
+		}
+		wg.Wait()
+	}
+
+	// A flusher that never runs: Close stores all 50 in one update.
+	pu := open(time.Hour, "agree-close")
+	add(pu, 50)
+	if got, n := agreements(), kv.n.Load(); got != 0 || n != 0 {
+		t.Fatalf("open pusher stored %d agreements in %d updates before its flush", got, n)
+	}
+	if err := pu.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, n := agreements(), kv.n.Load(); got != 50 || n != 1 {
+		t.Fatalf("after Close: %d agreements in %d updates, want 50 in 1", got, n)
+	}
+	// Closed, an agreement is stored before addAgreement returns.
+	add(pu, 1)
+	if got := agreements(); got != 51 {
+		t.Fatalf("closed pusher: %d agreements, want 51", got)
+	}
+
+	// A flusher that runs: the agreements arrive while the pusher is open.
+	pu = open(20*time.Millisecond, "agree-tick")
+	defer pu.Close(ctx)
+	add(pu, 10)
+	for deadline := time.Now().Add(10 * time.Second); agreements() != 61; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("open pusher's flusher stored %d agreements, want 61", agreements())
+		}
 	}
 }
 

@@ -5,9 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
+	"sync"
 	"time"
 
+	"codeberg.org/provenix/provenix/internal/ticker"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -236,47 +240,117 @@ func (p *Pusher) updateReputation(ctx context.Context, builder string, f func(r 
 	return nil
 }
 
+// DefaultReputationFlush is Config.ReputationFlush's default.
+const DefaultReputationFlush = time.Second
+
+// agreements are the agreements counted and not yet stored, per builder
+// (see addAgreement).
+type agreements struct {
+	mu       sync.Mutex
+	pending  map[string]int
+	flushing map[string]bool
+	// deferred: the pusher is open and its flusher stores them every
+	// Config.ReputationFlush; otherwise the handler that counts one does.
+	deferred bool
+}
+
 // addAgreement counts one agreement for builder. Every published path
-// adds one to its builders' records, so with many handlers at once they
-// all compare-and-set the same key and mostly lose the race (this was a
-// quarter of a pusher's time in BenchmarkResultsCluster). Instead,
-// agreements accumulate here and one handler per builder at a time
-// stores all that have accumulated in one update, looping until none
-// are left. Disagreements, rare and deciding quarantine, are stored at
-// once. When the handlers are done, every agreement is stored: the one
-// storing loops until it finds none new. Under sustained load that one
-// handler keeps storing (its message waits, kept alive by heartbeats). A
-// pusher killed in between loses the agreements not yet stored, as it
-// could already lose one between marking a vote counted and updating
-// the record.
+// adds one to its builders' records, so storing each at once made two
+// requests per result (the record's read and its compare-and-set) and,
+// with many handlers at once, a race on the same key that most lost.
+// Instead agreements accumulate here, per builder:
+//   - while the pusher is open, its flusher stores them every
+//     Config.ReputationFlush, one update per builder that has any;
+//   - otherwise (Process called without Open) the handler stores them
+//     before it returns, one handler per builder at a time storing all
+//     that accumulated meanwhile.
+//
+// What a crash loses: the vote is marked counted before its agreement is
+// stored, so a pusher killed in between loses the agreements of its last
+// ReputationFlush (a redelivery does not count them again). That is
+// acceptable because agreements only ever make a builder more trusted:
+// a lost one can only delay its becoming a veteran (quorum.trusted_after,
+// which also needs no disagreement), never make any builder trusted
+// sooner or spare it a quarantine. What decides against a builder —
+// disagreements, malformed statements, quarantine — is stored at once,
+// before the result is acked (updateReputation), as before.
 func (p *Pusher) addAgreement(ctx context.Context, builder string) {
-	p.agreeMu.Lock()
-	defer p.agreeMu.Unlock()
-	if p.agreePending == nil {
-		p.agreePending, p.agreeFlushing = map[string]int{}, map[string]bool{}
+	a := &p.agree
+	a.mu.Lock()
+	if a.pending == nil {
+		a.pending, a.flushing = map[string]int{}, map[string]bool{}
 	}
-	p.agreePending[builder]++
-	if p.agreeFlushing[builder] {
-		return // the handler storing them will take this one too
+	a.pending[builder]++
+	deferred := a.deferred
+	a.mu.Unlock()
+	if !deferred {
+		p.flushAgreements(ctx, builder)
 	}
-	p.agreeFlushing[builder] = true
-	defer delete(p.agreeFlushing, builder)
-	for p.agreePending[builder] > 0 {
-		n := p.agreePending[builder]
-		delete(p.agreePending, builder)
+}
+
+// flushAgreements stores builder's pending agreements in one update,
+// looping until none are left, unless another call is storing them (it
+// takes the new ones too). A failure keeps them pending for the next
+// flush, and is logged.
+func (p *Pusher) flushAgreements(ctx context.Context, builder string) {
+	a := &p.agree
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.flushing[builder] {
+		return
+	}
+	a.flushing[builder] = true
+	defer delete(a.flushing, builder)
+	for a.pending[builder] > 0 {
+		n := a.pending[builder]
+		delete(a.pending, builder)
 		now := time.Now().UTC()
-		p.agreeMu.Unlock()
+		a.mu.Unlock()
 		err := p.updateReputation(ctx, builder, func(r *Reputation) {
 			r.LastSeen = now
 			r.Agreements += n
 		})
-		p.agreeMu.Lock()
+		a.mu.Lock()
 		if err != nil {
-			// Kept for the next agreement's update to retry.
-			p.agreePending[builder] += n
-			p.log.Warn("reputation not updated", "builder", builder, "err", err)
+			a.pending[builder] += n
+			p.log.Warn("reputation not updated", "builder", builder, "agreements", n, "err", err)
 			return
 		}
+	}
+}
+
+// flushAllAgreements stores every builder's pending agreements.
+func (p *Pusher) flushAllAgreements(ctx context.Context) {
+	p.agree.mu.Lock()
+	builders := slices.Collect(maps.Keys(p.agree.pending))
+	p.agree.mu.Unlock()
+	for _, b := range builders {
+		p.flushAgreements(ctx, b)
+	}
+}
+
+// startAgreements defers storing agreements to a flusher that runs every
+// interval; the returned stop ends it, stores what is left (within
+// queue.DefaultTimeout even when ctx is done) and makes later agreements
+// stored at once again.
+func (p *Pusher) startAgreements(interval time.Duration) (stop func(ctx context.Context)) {
+	p.agree.mu.Lock()
+	p.agree.deferred = true
+	p.agree.mu.Unlock()
+	stopTicker := ticker.Every(context.Background(), interval, func(ctx context.Context) bool {
+		fctx, cancel := context.WithTimeout(ctx, queue.DefaultTimeout)
+		defer cancel()
+		p.flushAllAgreements(fctx)
+		return true
+	})
+	return func(ctx context.Context) {
+		stopTicker()
+		p.agree.mu.Lock()
+		p.agree.deferred = false
+		p.agree.mu.Unlock()
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queue.DefaultTimeout)
+		defer cancel()
+		p.flushAllAgreements(fctx)
 	}
 }
 

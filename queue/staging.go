@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -164,13 +165,23 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 	defer c.watchDenied(chunkSubj, cancelCause)()
 	defer c.watchDenied(metaSubject(key), cancelCause)()
 
-	// A JetStream handle of our own, so the async acks we wait for are
-	// ours alone and CleanupPublisher does not touch other publishers.
-	pub, err := jetstream.New(c.nc, jetstream.WithPublishAsyncTimeout(stageAckTimeout))
-	if err != nil {
-		return nil, err
-	}
-	defer pub.CleanupPublisher()
+	// The async publishes of an object of several chunks go through a
+	// JetStream handle of its own, so the acks it waits for are its alone
+	// and CleanupPublisher does not touch other publishers. The handle
+	// subscribes a wildcard inbox for its acks, which the server matches
+	// against its whole subject cache when it adds and removes it: an
+	// object of one chunk, most NARs and closures, does without (see
+	// below). Made for the second chunk.
+	var pub jetstream.JetStream
+	// A reader that tells whether a full first chunk is the last; reads
+	// of a chunk's size go straight to r.
+	br := bufio.NewReaderSize(r, 16)
+	r = br
+	defer func() {
+		if pub != nil {
+			pub.CleanupPublisher()
+		}
+	}()
 
 	fail := func(err error) (*jetstream.ObjectInfo, error) {
 		if scoped {
@@ -178,7 +189,7 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 		}
 		// Chunks in flight are waited for, unless the server denies our
 		// publishes: then none will be stored, and their acks never come.
-		wait := !errors.Is(context.Cause(ctx), ErrPermissionDenied)
+		wait := pub != nil && !errors.Is(context.Cause(ctx), ErrPermissionDenied)
 		if cerr := c.removeChunks(ctx, pub, stream, chunkSubj, wait); cerr != nil && !errors.Is(cerr, ErrPermissionDenied) {
 			return nil, errors.Join(err, cerr)
 		}
@@ -217,11 +228,38 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 		// ReadFull: whole chunks whatever r's read sizes, so small reads
 		// do not turn into many small messages.
 		n, rerr := io.ReadFull(r, buf)
+		last := rerr == io.EOF || rerr == io.ErrUnexpectedEOF
+		if rerr == nil && chunks == 0 {
+			// Exactly one chunk's worth may be all there is.
+			_, perr := br.Peek(1)
+			last = perr == io.EOF
+		}
 		if n > 0 || (scoped && chunks == 0) {
 			h.Write(buf[:n])
 			m := &nats.Msg{Subject: chunkSubj, Data: buf[:n]}
 			if scoped && chunks == 0 {
 				m.Header = nats.Header{jetstream.MsgRollup: []string{jetstream.MsgRollupSubject}}
+			}
+			if chunks == 0 && last {
+				// The only chunk: one publish awaited through the
+				// connection's request inbox, as the meta's below.
+				pctx, cancel := context.WithTimeout(ctx, stageAckTimeout)
+				_, err := c.js.PublishMsg(pctx, m)
+				cancel()
+				if err != nil {
+					if cause := context.Cause(ctx); cause != nil {
+						err = cause
+					}
+					return fail(fmt.Errorf("chunk 0: %w", err))
+				}
+				size, chunks = uint64(n), 1
+				break
+			}
+			if pub == nil {
+				var err error
+				if pub, err = jetstream.New(c.nc, jetstream.WithPublishAsyncTimeout(stageAckTimeout)); err != nil {
+					return fail(err)
+				}
 			}
 			f, err := pub.PublishMsgAsync(m)
 			if err != nil {
@@ -232,7 +270,7 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 			size += uint64(n)
 			chunks++
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+		if last {
 			break
 		}
 		if rerr != nil {

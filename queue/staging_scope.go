@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -120,8 +122,44 @@ func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 // openScoped opens the content of chunk id: its size is that of its
 // chunks (all full but the last, as Stage writes them). The meta is not
 // read: anyone may have written it.
+//
+// One direct get reads the first chunk and says how many follow it
+// (firstChunk): for a NAR of one chunk, most of them, that is the whole
+// open. Before, a stream info filtered on the subject counted the chunks
+// (on the server: the subject's state, the whole stream info encoded, and
+// an API audit advisory) and a second request read the last one. A NAR
+// of several chunks still reads its last one, for its size.
 func (c *Conn) openScoped(ctx, rctx context.Context, stream jetstream.Stream, id string) (io.ReadCloser, uint64, error) {
 	subj := stagingChunksPrefix + id
+	if !versionAtLeast(c.nc.ConnectedServerVersion(), 2, 11, 0) {
+		return c.openScopedByInfo(ctx, rctx, stream, subj)
+	}
+	first, more, err := c.firstChunk(rctx, stream, subj)
+	if errors.Is(err, errNoBatchGet) {
+		// Answered by an older server of the cluster.
+		return c.openScopedByInfo(ctx, rctx, stream, subj)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if more == 0 {
+		return io.NopCloser(bytes.NewReader(first.Data)), uint64(len(first.Data)), nil
+	}
+	last, err := stream.GetLastMsgForSubject(rctx, subj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, 0, fmt.Errorf("%w: nothing staged under %s", ErrNotFound, subj)
+	}
+	if err != nil {
+		return nil, 0, mapJSError(err)
+	}
+	size := more*stageChunkSize + uint64(len(last.Data))
+	return &chunkReader{ctx: ctx, stream: stream, subj: subj, buf: first.Data, seq: first.Sequence, left: more}, size, nil
+}
+
+// openScopedByInfo is openScoped for a server without batched direct
+// gets (before nats-server 2.11, as Debian 12's 2.9.10): a stream info
+// counts the chunks.
+func (c *Conn) openScopedByInfo(ctx, rctx context.Context, stream jetstream.Stream, subj string) (io.ReadCloser, uint64, error) {
 	si, err := stream.Info(rctx, jetstream.WithSubjectFilter(subj))
 	if err != nil {
 		return nil, 0, mapJSError(err)
@@ -142,6 +180,50 @@ func (c *Conn) openScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 		return io.NopCloser(bytes.NewReader(last.Data)), size, nil
 	}
 	return &chunkReader{ctx: ctx, stream: stream, subj: subj, left: n}, size, nil
+}
+
+// errNoBatchGet: the server answered a batched direct get as a plain one
+// (it predates them), so the answer does not say how many messages follow.
+var errNoBatchGet = errors.New("server without batched direct gets")
+
+// firstChunk reads the first message on subj with a batched direct get
+// of one message, whose answer also says how many more the subject holds
+// (Nats-Num-Pending); ErrNotFound when it holds none. The server ends a
+// batch with a second, empty message (end of batch), which the request
+// no longer waits for and the connection drops.
+func (c *Conn) firstChunk(ctx context.Context, stream jetstream.Stream, subj string) (_ *jetstream.RawStreamMsg, more uint64, _ error) {
+	req, err := json.Marshal(struct {
+		NextFor string `json:"next_by_subj"`
+		Batch   int    `json:"batch"`
+	}{subj, 1})
+	if err != nil {
+		return nil, 0, err
+	}
+	m, err := c.nc.RequestWithContext(ctx, jsAPI+"DIRECT.GET."+stream.CachedInfo().Config.Name, req)
+	if err != nil {
+		return nil, 0, mapJSError(err)
+	}
+	if status := m.Header.Get("Status"); status == "404" {
+		return nil, 0, fmt.Errorf("%w: nothing staged under %s", ErrNotFound, subj)
+	} else if status != "" {
+		return nil, 0, fmt.Errorf("direct get of %s: status %s %s", subj, status, m.Header.Get("Description"))
+	}
+	if got := m.Header.Get(jetstream.SubjectHeader); got != subj {
+		return nil, 0, fmt.Errorf("direct get of %s: answer is from %q", subj, got)
+	}
+	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	if err != nil {
+		return nil, 0, fmt.Errorf("direct get of %s: sequence: %w", subj, err)
+	}
+	pending := m.Header.Get("Nats-Num-Pending")
+	if pending == "" {
+		return nil, 0, errNoBatchGet
+	}
+	more, err = strconv.ParseUint(pending, 10, 64)
+	if err != nil {
+		return nil, 0, fmt.Errorf("direct get of %s: pending: %w", subj, err)
+	}
+	return &jetstream.RawStreamMsg{Subject: subj, Sequence: seq, Data: m.Data}, more, nil
 }
 
 // chunkReader reads the first left messages of subj, one direct get

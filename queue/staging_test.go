@@ -577,3 +577,51 @@ func TestStageMemoryBounded(t *testing.T) {
 		t.Errorf("heap grew by %d MiB staging %d MiB: memory grows with the object", growth>>20, size>>20)
 	}
 }
+
+// TestStageOneChunkSubscribesNothing: staging an object of one chunk
+// (most NARs and closures) publishes it through the connection's request
+// inbox; only one of several chunks makes the async publisher, whose
+// wildcard ack inbox the server adds and removes by scanning its subject
+// cache. Both are read back whole.
+func TestStageOneChunkSubscribesNothing(t *testing.T) {
+	s, c := setup(t)
+	inserts := func() uint64 {
+		t.Helper()
+		sz, err := s.NATS().Subsz(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sz.NumInserts
+	}
+	for i, tt := range []struct {
+		size          int
+		scoped        bool
+		subscriptions bool
+	}{
+		{1000, false, false},
+		{1000, true, false},
+		{stageChunkSize, true, false},
+		{0, true, false},
+		{stageChunkSize + 1, false, true},
+		{3 * stageChunkSize, true, true},
+	} {
+		data := randomBytes(uint64(i)+40, tt.size)
+		key := fmt.Sprintf("closure/one-chunk-%d", i)
+		if tt.scoped {
+			key = ScopedKey(key, "builder")
+		}
+		before := inserts()
+		if _, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		if got := inserts() - before; (got > 0) != tt.subscriptions {
+			t.Errorf("staging %d bytes (scoped %v) made %d subscriptions", tt.size, tt.scoped, got)
+		}
+		if tt.size == 0 && tt.scoped {
+			continue // nothing to read: an empty scoped object reads as absent
+		}
+		if got, info := readStaged(t, c, key); !bytes.Equal(got, data) || info.Size != uint64(tt.size) {
+			t.Errorf("read back %d bytes (size %d) of %d staged", len(got), info.Size, tt.size)
+		}
+	}
+}

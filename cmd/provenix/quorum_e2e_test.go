@@ -392,17 +392,26 @@ func TestQuorumLiar(t *testing.T) {
 		}
 	}
 
-	stdout, stderr, code := cli(t, ctx, "builders", "--json", "--nats-url", stack.NATSURL(), "--nats-token-file", p.NATSToken())
-	if code != 0 {
-		t.Fatalf("builders: exit %d\n%s", code, stderr)
-	}
-	var reps []cachepush.Reputation
-	if err := json.Unmarshal([]byte(stdout), &reps); err != nil {
-		t.Fatal(err)
-	}
-	byID := map[string]cachepush.Reputation{}
-	for _, r := range reps {
-		byID[r.Builder] = r
+	// Agreements are stored within the pusher's ReputationFlush (a
+	// second) of the path's publication: read the records until the
+	// honest builder's last one is in, for at most 10 s.
+	var byID map[string]cachepush.Reputation
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		stdout, stderr, code := cli(t, ctx, "builders", "--json", "--nats-url", stack.NATSURL(), "--nats-token-file", p.NATSToken())
+		if code != 0 {
+			t.Fatalf("builders: exit %d\n%s", code, stderr)
+		}
+		var reps []cachepush.Reputation
+		if err := json.Unmarshal([]byte(stdout), &reps); err != nil {
+			t.Fatal(err)
+		}
+		byID = map[string]cachepush.Reputation{}
+		for _, r := range reps {
+			byID[r.Builder] = r
+		}
+		if byID[a.id].Agreements >= 3 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if r := byID[c.id]; r.Disagreements != 2 || !r.Quarantined {
 		t.Errorf("liar's record %+v: want 2 minority disagreements and quarantined", r)
