@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -229,8 +230,9 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 		// do not turn into many small messages.
 		n, rerr := io.ReadFull(r, buf)
 		last := rerr == io.EOF || rerr == io.ErrUnexpectedEOF
-		if rerr == nil && chunks == 0 {
-			// Exactly one chunk's worth may be all there is.
+		if rerr == nil && (chunks == 0 || scoped) {
+			// A full chunk may be the last: the only one, or the one a
+			// scoped upload marks.
 			_, perr := br.Peek(1)
 			last = perr == io.EOF
 		}
@@ -239,6 +241,16 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 			m := &nats.Msg{Subject: chunkSubj, Data: buf[:n]}
 			if scoped && chunks == 0 {
 				m.Header = nats.Header{jetstream.MsgRollup: []string{jetstream.MsgRollupSubject}}
+			}
+			if scoped && last {
+				// The count on the last chunk lets a reader open the
+				// object with one get of its subject's last message
+				// (openScoped); it is written in the uploader's own scope
+				// and the content is hashed by whoever relies on it.
+				if m.Header == nil {
+					m.Header = nats.Header{}
+				}
+				m.Header.Set(chunksHeader, strconv.FormatUint(uint64(chunks)+1, 10))
 			}
 			if chunks == 0 && last {
 				// The only chunk: one publish awaited through the

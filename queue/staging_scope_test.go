@@ -202,15 +202,41 @@ func TestOpenScopedRequests(t *testing.T) {
 					wantGets = 1 + chunks // the first, the last, then each after the first
 				}
 				if !batched {
-					// The last, then each chunk from the first unless
-					// it was the last.
-					wantInfos, wantGets = 1, 1
+					// The last, which counts the chunks, then each chunk
+					// from the first unless it was the last.
+					wantInfos, wantGets = 0, 1
 					if chunks > 1 {
 						wantGets += chunks
 					}
 				}
 				if infos != wantInfos || gets != wantGets {
 					t.Errorf("%d chunks opened and read with %d stream infos and %d direct gets, want %d and %d", chunks, infos, gets, wantInfos, wantGets)
+				}
+			})
+		}
+		if !batched {
+			// Chunks staged before the last one carried the count: a
+			// stream info counts them.
+			t.Run(c.nc.ConnectedServerVersion()+"/uncounted", func(t *testing.T) {
+				key := ScopedKey("closure/requests-uncounted", "builder")
+				data := randomBytes(77, 3*stageChunkSize+5)
+				subj := stagingChunksPrefix + scopedChunkID(key, StagingScope("builder"))
+				for i := 0; i < len(data); i += stageChunkSize {
+					m := &nats.Msg{Subject: subj, Data: data[i:min(i+stageChunkSize, len(data))]}
+					if i == 0 {
+						m.Header = nats.Header{"Nats-Rollup": []string{"sub"}}
+					}
+					if _, err := c.js.PublishMsg(testctx.New(t, 30*time.Second), m); err != nil {
+						t.Fatal(err)
+					}
+				}
+				count()
+				got, info := readStaged(t, c, key)
+				if !bytes.Equal(got, data) || info.Size != uint64(len(data)) {
+					t.Fatalf("read %d bytes, size %d; staged %d", len(got), info.Size, len(data))
+				}
+				if infos, gets := count(); infos != 1 || gets != 5 {
+					t.Errorf("opened and read with %d stream infos and %d direct gets, want 1 and 5", infos, gets)
 				}
 			})
 		}

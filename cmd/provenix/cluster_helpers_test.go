@@ -260,7 +260,8 @@ func synthParallel(t testing.TB, n int, one func(i int) error) {
 // synthesize makes the result a `provenix build` by the default builder
 // would publish for a derivation named name whose output is one file with
 // content: the NAR written with go-nix's NAR writer, the result staged
-// under its NAR hash, and a Statement signed with signer.
+// under its NAR hash in the builder's scope (queue.ScopedKey, as builders
+// stage), and a Statement signed with signer.
 func synthesize(ctx context.Context, signer *attest.Signer, name string, content []byte) (*queue.Result, []byte, error) {
 	return synthesizeRefs(ctx, signer, name, content, nil)
 }
@@ -295,8 +296,8 @@ func synthesizeRefs(ctx context.Context, signer *attest.Signer, name string, con
 	return &queue.Result{Version: queue.ResultVersion, Tenant: up.DefaultTenant, Builder: up.DefaultBuilderID, DrvPath: drv,
 		System: "x86_64-linux",
 		Outputs: []queue.Output{{Name: "out", Path: out.Path, NarHash: out.NarHashHex(), NarSize: out.NarSize,
-			StagingKey: queue.StagingKey(out.NarHashHex()), References: refs}},
-		Bundle: bundle, Closure: queue.ClosureKey(drv)}, buf.Bytes(), nil
+			StagingKey: queue.ScopedKey(queue.StagingKey(out.NarHashHex()), up.DefaultBuilderID), References: refs}},
+		Bundle: bundle, Closure: queue.ScopedKey(queue.ClosureKey(drv), up.DefaultBuilderID)}, buf.Bytes(), nil
 }
 
 // stageAll stages every result's NAR, with a few uploads at once.
