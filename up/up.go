@@ -89,6 +89,9 @@ type Config struct {
 	// Chunking and SharedChunks are wire.StoreOptions': how NAR files
 	// are stored.
 	Chunking, SharedChunks string
+	// Flush is wire.StoreOptions': how the cache directory makes its
+	// writes durable.
+	Flush string
 
 	// Concurrency is how many results the pusher handles at once;
 	// DefaultConcurrency when 0.
@@ -441,7 +444,7 @@ func splitListen(what, addr string) (string, int, error) {
 // openStore opens the cache's store: the data directory's cache/, or the
 // S3 bucket, checked and swept of abandoned uploads until Close.
 func (s *Stack) openStore(ctx context.Context) error {
-	o := wire.StoreOptions{Dir: s.paths.Cache(), Sweep: true, Chunking: s.cfg.Chunking, SharedChunks: s.cfg.SharedChunks}
+	o := wire.StoreOptions{Dir: s.paths.Cache(), Sweep: true, Chunking: s.cfg.Chunking, SharedChunks: s.cfg.SharedChunks, Flush: s.cfg.Flush}
 	if s.cfg.S3 != nil {
 		s3o := *s.cfg.S3
 		if s3o.Logger == nil {

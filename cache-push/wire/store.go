@@ -49,7 +49,18 @@ type StoreOptions struct {
 	// a prefix of the same bucket. Tenants sharing chunks can learn
 	// which chunks the others stored (docs/tenants.md).
 	SharedChunks string
+	// Flush is how a cache directory makes its writes durable:
+	// FlushFiles (or "") fsyncs each file and directory written,
+	// FlushFilesystem syncs the cache's whole filesystem once per round
+	// of writes (local.WithFilesystemFlush). Not for S3.
+	Flush string
 }
+
+// Flush modes, the values of StoreOptions.Flush (and of --flush).
+const (
+	FlushFiles      = "files"
+	FlushFilesystem = "filesystem"
+)
 
 // Chunking modes, the values of StoreOptions.Chunking (and of
 // --chunking).
@@ -81,6 +92,15 @@ func OpenStore(ctx context.Context, o StoreOptions) (*Store, error) {
 	case ChunkingFastCDC:
 	default:
 		return nil, fmt.Errorf("%w: chunking %q: want %s or %s", ErrOptions, o.Chunking, ChunkingNone, ChunkingFastCDC)
+	}
+	switch o.Flush {
+	case "", FlushFiles:
+	case FlushFilesystem:
+		if o.S3 != nil {
+			return nil, fmt.Errorf("%w: --flush %s is for a cache directory, not S3", ErrOptions, FlushFilesystem)
+		}
+	default:
+		return nil, fmt.Errorf("%w: flush %q: want %s or %s", ErrOptions, o.Flush, FlushFiles, FlushFilesystem)
 	}
 	st, err := openStore(ctx, o)
 	if err != nil || o.Chunking != ChunkingFastCDC {
@@ -128,7 +148,11 @@ func openStore(ctx context.Context, o StoreOptions) (*Store, error) {
 			return nil, fmt.Errorf("%w: cache directory: %w", ErrOptions, err) // local.New would create it
 		}
 	}
-	st, err := local.New(o.Dir)
+	var opts []local.Option
+	if o.Flush == FlushFilesystem {
+		opts = append(opts, local.WithFilesystemFlush())
+	}
+	st, err := local.New(o.Dir, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -34,6 +34,15 @@ func TestOpenStoreDir(t *testing.T) {
 	if err := store.Put(t.Context(), st, "x.narinfo", strings.NewReader("x")); err != nil {
 		t.Fatal(err)
 	}
+	// Flushed a filesystem at a time, the same directory takes writes.
+	fs, err := OpenStore(t.Context(), StoreOptions{Dir: dir, Flush: FlushFilesystem})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Put(t.Context(), fs, "y.narinfo", strings.NewReader("y")); err != nil {
+		t.Fatal(err)
+	}
+	fs.Close()
 	// Now it exists, MustExist opens it.
 	again, err := OpenStore(t.Context(), StoreOptions{Dir: dir, MustExist: true})
 	if err != nil {
@@ -56,6 +65,8 @@ func TestOpenStoreInvalid(t *testing.T) {
 		"negative tick": {S3: &s3.Options{Endpoint: "h", Bucket: "b", AccessKey: "a", SecretKey: "s", StaleEvery: -1}},
 		"bad chunking":  {Dir: t.TempDir(), Chunking: "rabin"},
 		"shared, whole": {Dir: t.TempDir(), SharedChunks: t.TempDir()},
+		"bad flush":     {Dir: t.TempDir(), Flush: "sync"},
+		"flush s3 fs":   {S3: &s3.Options{Endpoint: "h", Bucket: "b", AccessKey: "a", SecretKey: "s"}, Flush: FlushFilesystem},
 	} {
 		if _, err := OpenStore(t.Context(), o); !errors.Is(err, ErrOptions) {
 			t.Errorf("%s: %v, want ErrOptions", name, err)

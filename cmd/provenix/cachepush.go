@@ -64,6 +64,7 @@ abandoned uploads older than a day, hourly.`,
 	}
 	f.nats.register(cmd)
 	f.cache.register(cmd)
+	f.cache.chunk.registerFlush(cmd)
 	f.vsa.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.policy, "policy", "", "policy file (default: the data directory's policy.yaml)")

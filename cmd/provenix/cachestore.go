@@ -25,10 +25,18 @@ func (f *cacheFlags) register(cmd *cobra.Command) {
 	f.chunk.register(cmd)
 }
 
-// chunkFlags select how NAR files are stored (wire.StoreOptions.Chunking).
+// chunkFlags select how NAR files are stored (wire.StoreOptions.Chunking)
+// and, for the commands that write them, how they are made durable
+// (Flush, with registerFlush).
 type chunkFlags struct {
 	mode   string
 	shared string
+	flush  string
+}
+
+// registerFlush adds --flush, for the commands that write the cache.
+func (f *chunkFlags) registerFlush(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.flush, "flush", wire.FlushFiles, "how a cache directory makes writes durable before results are acknowledged: fsync each file and directory (files), or sync the cache's whole filesystem once per round of writes (filesystem: fewer system calls, for a filesystem the cache has to itself; it also waits for every other dirty file there)")
 }
 
 func (f *chunkFlags) register(cmd *cobra.Command) {
@@ -58,7 +66,7 @@ func (f *cacheFlags) open(ctx context.Context, g *globals, mustExist, sweep bool
 	if err != nil {
 		return nil, err
 	}
-	o := wire.StoreOptions{Dir: f.dir, S3: opts, MustExist: mustExist, Sweep: sweep, Chunking: f.chunk.mode, SharedChunks: f.chunk.shared}
+	o := wire.StoreOptions{Dir: f.dir, S3: opts, MustExist: mustExist, Sweep: sweep, Chunking: f.chunk.mode, SharedChunks: f.chunk.shared, Flush: f.chunk.flush}
 	if opts != nil {
 		opts.Logger = g.logger()
 	} else if o.Dir == "" {

@@ -93,6 +93,7 @@ of the WebSocket listener). See docs/firewalled-workers.md.`,
 	f.nats.register(cmd)
 	f.s3.register(cmd)
 	f.chunk.register(cmd)
+	f.chunk.registerFlush(cmd)
 	cmd.Flags().StringVar(&f.listen, "listen", up.DefaultListen, "cache HTTP server address")
 	cmd.Flags().StringVar(&f.natsListen, "nats-listen", "", "embedded NATS address (default: a free port on 127.0.0.1)")
 	cmd.Flags().StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results this pusher publishes")
@@ -140,7 +141,7 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 	s, err := up.New(up.Config{
 		DataDir: g.dataDir, Listen: f.listen, NATSURL: f.nats.url, NATSListen: f.natsListen, NATSOptions: natsOpts,
 		Tenant: f.tenant, Concurrency: f.concurrency, MetricsListen: f.metricsListen, Logger: g.logger(), S3: s3opts,
-		Chunking: f.chunk.mode, SharedChunks: f.chunk.shared,
+		Chunking: f.chunk.mode, SharedChunks: f.chunk.shared, Flush: f.chunk.flush,
 		WebSocketListen: f.wsListen, WebSocketCert: f.wsCert, WebSocketKey: f.wsKey, WebSocketNoTLS: f.wsNoTLS,
 		LeafNodeListen: f.leafListen, LeafNodeCert: f.leafCert, LeafNodeKey: f.leafKey, Forges: forges,
 		UsageMaxAge: f.usageMaxAge,
