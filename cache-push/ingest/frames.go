@@ -262,10 +262,12 @@ func (fw *frameWriter) finish(ctx context.Context) error {
 	}
 	if fw.cur != nil {
 		if len(fw.cur.in) > 0 || fw.sent == 0 {
-			// A NAR of one frame (most store paths are small) is
-			// compressed here: on a goroutine of its own, that goroutine's
-			// start and stack growth cost more than compressing a few
-			// hundred bytes, and there is nothing to overlap it with.
+			// A NAR of one frame (under frameSize; most store paths are
+			// a few KiB) is compressed here: on a goroutine of its own,
+			// that goroutine's start and stack growth cost more than
+			// compressing a small path, and there is nothing to overlap
+			// it with. It is the frame the pool already gave it, so
+			// memory stays bounded as before.
 			if err := fw.sendOn(fw.sent > 0); err != nil {
 				return err
 			}

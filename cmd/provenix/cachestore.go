@@ -36,7 +36,7 @@ type chunkFlags struct {
 
 // registerFlush adds --flush, for the commands that write the cache.
 func (f *chunkFlags) registerFlush(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.flush, "flush", wire.FlushFiles, "how a cache directory makes writes durable before results are acknowledged: fsync each file and directory (files), or sync the cache's whole filesystem once per round of writes (filesystem: fewer system calls, for a filesystem the cache has to itself; it also waits for every other dirty file there)")
+	cmd.Flags().StringVar(&f.flush, "flush", wire.FlushFiles, "how a cache directory makes writes durable before results are acknowledged: fsync each file and directory (files), or sync the cache's whole filesystem once per round of writes (filesystem, Linux only, elsewhere as files: fewer system calls, for a filesystem the cache has to itself; it also waits for every other dirty file there; not with S3)")
 }
 
 func (f *chunkFlags) register(cmd *cobra.Command) {

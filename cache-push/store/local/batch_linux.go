@@ -54,7 +54,7 @@ func flushFS(files []*item, dirs []string) ([]error, []error) {
 
 // syncFS runs syncfs on dir's filesystem.
 func syncFS(dir string) error {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := openDir(dir)
 	if err != nil {
 		return err
 	}

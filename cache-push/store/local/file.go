@@ -88,11 +88,9 @@ func (f *file) Close() error {
 // descriptor for the same reason as file: os.Open would try to register
 // it with the network poller, three system calls more per flush.
 func syncDir(dir string) error {
-	fd, err := ignoringEINTR(func() (int, error) {
-		return syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
-	})
+	fd, err := openDir(dir)
 	if err != nil {
-		return fmt.Errorf("sync directory: %w", &fs.PathError{Op: "open", Path: dir, Err: err})
+		return fmt.Errorf("sync directory: %w", err)
 	}
 	defer syscall.Close(fd)
 	if err := fsync(fd); err != nil &&
@@ -101,6 +99,17 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
+}
+
+// openDir opens dir read-only by its descriptor, for a sync.
+func openDir(dir string) (int, error) {
+	fd, err := ignoringEINTR(func() (int, error) {
+		return syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	})
+	if err != nil {
+		return -1, &fs.PathError{Op: "open", Path: dir, Err: err}
+	}
+	return fd, nil
 }
 
 // rename renames oldname to newname. os.Rename first stats newname, to

@@ -128,12 +128,13 @@ func (s *Store) CommitGroup(ctx context.Context, stages ...[]store.Object) error
 	for _, stage := range stages {
 		var items []*item
 		for _, o := range stage {
+			// An item refused (invalid key, earlier write failed) is
+			// kept too, so that r.fail below closes and removes it.
 			it, ierr := o.Pending.(*pending).take(o.Key)
-			if ierr != nil {
-				err = errors.Join(err, ierr)
-				continue
+			err = errors.Join(err, ierr)
+			if it != nil {
+				items = append(items, it)
 			}
-			items = append(items, it)
 		}
 		if len(items) > 0 {
 			r.stages = append(r.stages, items)

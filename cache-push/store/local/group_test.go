@@ -143,3 +143,33 @@ func TestCommitGroupStageFails(t *testing.T) {
 		t.Errorf("%d temporary files left", len(ents))
 	}
 }
+
+// TestCommitGroupRefusedLeavesNothing: an object CommitGroup refuses
+// before committing (an invalid key, a write that failed) is finished
+// like the others of its group: its descriptor closed and its temporary
+// file removed.
+func TestCommitGroupRefusedLeavesNothing(t *testing.T) {
+	s := newTestStore(t)
+	good, err := store.Write(t.Context(), s, "nar/x.nar.zst", strings.NewReader("nar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.Create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := p.(*pending).f
+	bad := store.Object{Pending: p, Key: "../escape"}
+	if err := s.CommitGroup(t.Context(), []store.Object{good}, []store.Object{bad}); err == nil {
+		t.Fatal("CommitGroup with an invalid key succeeded")
+	}
+	if f.fd >= 0 {
+		t.Errorf("refused object's descriptor %d left open", f.fd)
+	}
+	if ents, _ := os.ReadDir(s.tmp); len(ents) != 0 {
+		t.Errorf("%d temporary files left", len(ents))
+	}
+	if _, err := s.Stat(t.Context(), "nar/x.nar.zst"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("object of a refused group: Stat = %v, want ErrNotFound", err)
+	}
+}
