@@ -11,6 +11,7 @@ import (
 	intoto "github.com/in-toto/attestation/go/v1"
 	"github.com/sigstore/sigstore-go/pkg/bundle"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // readStatement reads the in-toto Statement a DSSE envelope carries, as
@@ -67,8 +68,9 @@ var errDuplicateKey = errors.New("duplicate key")
 // it into a structpb.Struct refuses but protojson's typed reader does not
 // look at in keys it skips: a key twice in one object (keys compared
 // unescaped, as protojson compares them), a number that does not parse as
-// a float64 (as a Struct holds numbers). The other values are only
-// stepped over: protojson reads them afterwards.
+// a float64 (as a Struct holds numbers), a value nested deeper than a
+// Struct may hold (maxPredicateDepth). The other values are only stepped
+// over: protojson reads them afterwards.
 func predicateSpan(payload []byte) (start, end int, err error) {
 	// Well-formed, so the scan below need not check the syntax.
 	if !json.Valid(payload) {
@@ -90,14 +92,14 @@ func predicateSpan(payload []byte) (start, end int, err error) {
 		}
 		i = skipBlanks(payload, skipBlanks(payload, kend)+1) // past the colon
 		if k != "predicate" {
-			i, _ = scanValue(payload, i, false)
+			i, _ = scanValue(payload, i, false, 0)
 			continue
 		}
 		if start >= 0 {
 			return -1, -1, fmt.Errorf("%w %q", errDuplicateKey, k)
 		}
 		start = i
-		if end, err = scanValue(payload, i, true); err != nil {
+		if end, err = scanValue(payload, i, true, 0); err != nil {
 			return -1, -1, fmt.Errorf("predicate: %w", err)
 		}
 		i = end
@@ -105,10 +107,22 @@ func predicateSpan(payload []byte) (start, end int, err error) {
 	return start, end, nil
 }
 
+// maxPredicateDepth is how deep in the predicate a value may be, the
+// predicate's own members being at depth 1, for Envelope.Statement to
+// read it: protojson refuses messages nested deeper than its recursion
+// limit, and there the Statement and the predicate's Struct are two
+// messages and each value below one more (a Value). encoding/json
+// refuses a container deeper, but not a scalar at that depth, which
+// protojson's typed reader skips in an unknown key's value.
+const maxPredicateDepth = protowire.DefaultRecursionLimit - 2
+
 // scanValue returns where the value starting at b[i] ends; b is
 // well-formed JSON. With check, it refuses in the value what a Struct
-// refuses (see predicateSpan).
-func scanValue(b []byte, i int, check bool) (int, error) {
+// refuses (see predicateSpan); depth is the value's in the predicate.
+func scanValue(b []byte, i int, check bool, depth int) (int, error) {
+	if check && depth > maxPredicateDepth {
+		return i, fmt.Errorf("predicate nested deeper than %d", maxPredicateDepth)
+	}
 	switch b[i] {
 	case '{':
 		var keys map[string]struct{}
@@ -131,7 +145,7 @@ func scanValue(b []byte, i int, check bool) (int, error) {
 				keys[k] = struct{}{}
 			}
 			var err error
-			if i, err = scanValue(b, skipBlanks(b, skipBlanks(b, kend)+1), check); err != nil {
+			if i, err = scanValue(b, skipBlanks(b, skipBlanks(b, kend)+1), check, depth+1); err != nil {
 				return i, err
 			}
 		}
@@ -142,7 +156,7 @@ func scanValue(b []byte, i int, check bool) (int, error) {
 				i = skipBlanks(b, i+1)
 			}
 			var err error
-			if i, err = scanValue(b, i, check); err != nil {
+			if i, err = scanValue(b, i, check, depth+1); err != nil {
 				return i, err
 			}
 		}

@@ -304,11 +304,16 @@ func (v *Verifier) VerifyStatement(bundleJSON []byte, digests [][32]byte, claime
 	if err := b.UnmarshalJSON(bundleJSON); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
 	}
+	// A keyless bundle's Statement is read before its signature is
+	// checked, for the signer id it claims; once the signature over
+	// those bytes verifies, that reading is the verified Statement.
+	var pre *intoto.Statement
 	claimed := func(env *bundle.Envelope) (string, error) {
 		st, err := env.Statement()
 		if err != nil {
 			return "", fmt.Errorf("%w: %w", ErrMalformedBundle, err)
 		}
+		pre = st
 		return claimedID(st)
 	}
 	diagnose := func(st *intoto.Statement) error {
@@ -329,9 +334,11 @@ func (v *Verifier) VerifyStatement(bundleJSON []byte, digests [][32]byte, claime
 	}
 	// The whole Statement, predicate included, as callers (vsa) read
 	// it: sigstore-go was told to leave the predicate alone.
-	st, err := env.Statement()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+	st := pre
+	if st == nil {
+		if st, err = env.Statement(); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrMalformedBundle, err)
+		}
 	}
 	if err := checkArtifacts(st, diagnose); err != nil {
 		return nil, err
