@@ -164,7 +164,8 @@ func (v *Verifier) initKeys(builders []TrustedBuilder) error {
 	// Key-signed bundles carry no timestamps: without a transparency log
 	// there is nothing to observe the signing time with. Every verifier
 	// leaves the Statement's predicate to us (WithoutStatementPredicate):
-	// Verify reads the verified payload itself, once (readStatement).
+	// Verify reads the verified payload itself (readStatement), and
+	// sigstore-go only summarises its type and subjects.
 	v.keys = root.NewTrustedPublicKeyMaterialFromMapping(keys)
 	sig, err := verify.NewVerifier(v.keys, verify.WithNoObserverTimestamps(), verify.WithoutStatementPredicate())
 	if err != nil {
