@@ -197,17 +197,13 @@ func TestOpenScopedRequests(t *testing.T) {
 				}
 				infos, gets := count()
 				chunks := (size + stageChunkSize - 1) / stageChunkSize
+				// Batched: the first (which says how many follow), the
+				// last, then each after the first. Without: the last
+				// (which counts the chunks), then each from the first.
+				// Either way one get for one chunk, 1+chunks for more.
 				wantInfos, wantGets := 0, 1
 				if chunks > 1 {
-					wantGets = 1 + chunks // the first, the last, then each after the first
-				}
-				if !batched {
-					// The last, which counts the chunks, then each chunk
-					// from the first unless it was the last.
-					wantInfos, wantGets = 0, 1
-					if chunks > 1 {
-						wantGets += chunks
-					}
+					wantGets = 1 + chunks
 				}
 				if infos != wantInfos || gets != wantGets {
 					t.Errorf("%d chunks opened and read with %d stream infos and %d direct gets, want %d and %d", chunks, infos, gets, wantInfos, wantGets)
