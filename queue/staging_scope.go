@@ -110,11 +110,17 @@ func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 	}
 	defer rc.Close()
 	h := sha256.New()
-	if _, err := io.Copy(h, rc); err != nil {
+	n, err := io.Copy(h, rc)
+	if err != nil {
 		return 0, err
 	}
 	if !bytes.Equal(h.Sum(nil), want) {
 		return 0, fmt.Errorf("%w: staged content does not hash to its key", ErrCorrupt)
+	}
+	if uint64(n) != size {
+		// Chunks not as Stage writes them (all full but the last): the
+		// size openScoped derived is not the content's.
+		return 0, fmt.Errorf("%w: staged content is %d bytes, its chunks say %d", ErrCorrupt, n, size)
 	}
 	return size, nil
 }
