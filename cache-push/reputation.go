@@ -330,15 +330,18 @@ func (p *Pusher) flushAllAgreements(ctx context.Context) {
 }
 
 // startAgreements defers storing agreements to a flusher that runs every
-// interval; the returned stop ends it, stores what is left (within
-// queue.DefaultTimeout even when ctx is done) and makes later agreements
-// stored at once again.
+// interval; the returned stop ends it (a flush under way finishes),
+// stores what is left (within queue.DefaultTimeout even when ctx is done)
+// and makes later agreements stored at once again.
 func (p *Pusher) startAgreements(interval time.Duration) (stop func(ctx context.Context)) {
 	p.agree.mu.Lock()
 	p.agree.deferred = true
 	p.agree.mu.Unlock()
 	stopTicker := ticker.Every(context.Background(), interval, func(ctx context.Context) bool {
-		fctx, cancel := context.WithTimeout(ctx, queue.DefaultTimeout)
+		// Not cancelled by stop: an update cut off after its write may
+		// have been stored, and its agreements, kept pending as failed,
+		// would be stored twice by the final flush.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queue.DefaultTimeout)
 		defer cancel()
 		p.flushAllAgreements(fctx)
 		return true

@@ -110,11 +110,17 @@ func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 	}
 	defer rc.Close()
 	h := sha256.New()
-	if _, err := io.Copy(h, rc); err != nil {
+	n, err := io.Copy(h, rc)
+	if err != nil {
 		return 0, err
 	}
 	if !bytes.Equal(h.Sum(nil), want) {
 		return 0, fmt.Errorf("%w: staged content does not hash to its key", ErrCorrupt)
+	}
+	if uint64(n) != size {
+		// Chunks not as Stage writes them (all full but the last): the
+		// size openScoped derived is not the content's.
+		return 0, fmt.Errorf("%w: staged content is %d bytes, its chunks say %d", ErrCorrupt, n, size)
 	}
 	return size, nil
 }
@@ -173,21 +179,16 @@ func (c *Conn) openScopedByInfo(ctx, rctx context.Context, stream jetstream.Stre
 	if err != nil {
 		return nil, 0, mapJSError(err)
 	}
-	if n, err := strconv.ParseUint(last.Header.Get(chunksHeader), 10, 32); err == nil && n > 0 {
-		size := (n-1)*stageChunkSize + uint64(len(last.Data))
-		if n == 1 {
-			return io.NopCloser(bytes.NewReader(last.Data)), size, nil
+	n, err := strconv.ParseUint(last.Header.Get(chunksHeader), 10, 32)
+	if err != nil || n == 0 {
+		// Staged before the count was written.
+		si, err := stream.Info(rctx, jetstream.WithSubjectFilter(subj))
+		if err != nil {
+			return nil, 0, mapJSError(err)
 		}
-		return &chunkReader{ctx: ctx, stream: stream, subj: subj, left: n}, size, nil
-	}
-	// Staged before the count was written.
-	si, err := stream.Info(rctx, jetstream.WithSubjectFilter(subj))
-	if err != nil {
-		return nil, 0, mapJSError(err)
-	}
-	n := si.State.Subjects[subj]
-	if n == 0 {
-		return nil, 0, fmt.Errorf("%w: nothing staged under %s", ErrNotFound, subj)
+		if n = si.State.Subjects[subj]; n == 0 {
+			return nil, 0, fmt.Errorf("%w: nothing staged under %s", ErrNotFound, subj)
+		}
 	}
 	size := (n-1)*stageChunkSize + uint64(len(last.Data))
 	if n == 1 {
