@@ -400,10 +400,17 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	if t.Verdict == VerdictAgreed {
 		// Reputation counts only decided votes: agreement with the
 		// published NAR, or disagreement with it.
-		after.Go(func() {
+		count := func() {
 			p.countReputation(ctx, r.Tenant, out.Path, t, storedVote{vote: vote, rev: rev, json: first})
 			p.releaseEvidence(ctx, r.Tenant, out.Path, t)
-		})
+		}
+		if len(t.Minority) > 0 {
+			// A disagreement may quarantine its builder: counted before
+			// the result's next output is tallied, not alongside it.
+			count()
+		} else {
+			after.Go(count)
+		}
 	}
 	if vote.Answer() != t.Answer {
 		return 0, false, rejected(ReasonConflict, fmt.Errorf("%s: this answer (NAR %s, its size and references) is in the minority; NAR %s (%s) won", out.Path, vote.NarSHA256, t.Winner, t.Verdict))
