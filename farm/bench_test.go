@@ -6,11 +6,11 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testproc"
 )
 
 // layered is a synthetic graph of layers×width derivations, each (past
@@ -62,12 +62,12 @@ func BenchmarkSchedule10k(b *testing.B) {
 		t0 := time.Now()
 		sub := submit(b, conn, g, cache, 1, 0)
 		submitted := time.Now()
-		cpu0 := cpuTime()
+		cpu0 := testproc.SelfCPU(b)
 		// The last build's event, then the status.
 		waitFor(b, 10*time.Minute, func() bool { return len(log.all()) == layers*width })
 		st := waitFinishedEvery(b, conn, sub.Set.ID, time.Minute, 10*time.Millisecond)
 		took := time.Since(submitted)
-		cpu := cpuTime() - cpu0
+		cpu := testproc.SelfCPU(b) - cpu0
 		b.StopTimer()
 		if st.Counts[Done] != layers*width || len(log.all()) != layers*width {
 			b.Fatalf("status %s, %d builds", st, len(log.all()))
@@ -135,13 +135,4 @@ func BenchmarkDispatchLatency(b *testing.B) {
 		b.ReportMetric(q(0.99), "p99-ms")
 		b.StartTimer()
 	}
-}
-
-// cpuTime is the user and system time this process has used.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnix"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/queue"
 	"codeberg.org/provenix/provenix/up"
@@ -110,8 +110,8 @@ func BenchmarkIngestVsNixCopy(b *testing.B) {
 	oursCPU := make([]time.Duration, len(levels))
 	theirsCPU := make([]time.Duration, len(nixes))
 	runOurs := func(i int) time.Duration {
-		c0 := selfCPU(b)
-		defer func() { oursCPU[i] += selfCPU(b) - c0 }()
+		c0 := testproc.SelfCPU(b)
+		defer func() { oursCPU[i] += testproc.SelfCPU(b) - c0 }()
 		st, err := local.New(b.TempDir())
 		if err != nil {
 			b.Fatal(err)
@@ -178,15 +178,6 @@ func BenchmarkIngestVsNixCopy(b *testing.B) {
 			b.ReportMetric(theirsCPU[j].Seconds()/oursCPU[i].Seconds(), l.name+"-vs-nix-"+env.Version+"-cpu-x")
 		}
 	}
-}
-
-// selfCPU is the CPU time this process has used.
-func selfCPU(t testing.TB) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		t.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkBuildToNarinfo measures, on the embedded stack, the time from a

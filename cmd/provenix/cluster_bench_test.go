@@ -22,6 +22,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store/local"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnats"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
 	"codeberg.org/provenix/provenix/up"
@@ -235,7 +236,7 @@ func benchPushRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest.
 	}
 	defer rsub.Unsubscribe()
 
-	start, startCPU := time.Now(), selfCPU(b)
+	start, startCPU := time.Now(), testproc.SelfCPU(b)
 	if dir := os.Getenv("PROVENIX_BENCH_STACKS"); dir != "" {
 		// Poor man's wall-clock profile: where the handlers wait.
 		stop := make(chan struct{})
@@ -278,5 +279,5 @@ func benchPushRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest.
 		defer mu.Unlock()
 		b.Fatalf("%d of %d results published after 5 minutes", len(seen), len(rs))
 	}
-	return time.Since(start), selfCPU(b) - startCPU
+	return time.Since(start), testproc.SelfCPU(b) - startCPU
 }

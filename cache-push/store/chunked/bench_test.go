@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store"
 	"codeberg.org/provenix/provenix/cache-push/store/chunked"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/internal/tests3"
 )
 
@@ -216,11 +216,7 @@ func BenchmarkServe(b *testing.B) {
 	// CPU time (server and client, this process) as well as wall time:
 	// on a shared machine, the wall time of a fetch depends on what else
 	// runs; what it costs does less.
-	cpu := func() time.Duration {
-		var ru syscall.Rusage
-		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	cpu := func() time.Duration { return testproc.SelfCPU(b) }
 	cpus := map[string]time.Duration{}
 	fetch := func(srv *httptest.Server, url string) time.Duration {
 		start, startCPU := time.Now(), cpu()

@@ -7,11 +7,11 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"codeberg.org/provenix/provenix/cache-push/store"
+	"codeberg.org/provenix/provenix/internal/testproc"
 )
 
 // BenchmarkEntries measures what the cache's writes cost per entry (NAR,
@@ -56,7 +56,7 @@ func BenchmarkEntries(b *testing.B) {
 			continue
 		}
 		i := (n / round) % len(setups)
-		start, cpu0 := time.Now(), cpuTime(b)
+		start, cpu0 := time.Now(), testproc.SelfCPU(b)
 		var next atomic.Int64
 		var wg sync.WaitGroup
 		for range 32 {
@@ -75,7 +75,7 @@ func BenchmarkEntries(b *testing.B) {
 		}
 		wg.Wait()
 		elapsed[i] = append(elapsed[i], time.Since(start))
-		cpu[i] = append(cpu[i], cpuTime(b)-cpu0)
+		cpu[i] = append(cpu[i], testproc.SelfCPU(b)-cpu0)
 	}
 	for i := range setups {
 		if len(elapsed[i]) == 0 {
@@ -131,12 +131,4 @@ func writeEntry(b *testing.B, s *Store, hash string, body []byte, three bool) er
 		objs = append(objs, obj)
 	}
 	return s.CommitGroup(b.Context(), objs[:2], objs[2:])
-}
-
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
