@@ -161,7 +161,7 @@ type spec struct {
 }
 
 // result builds, stages, signs and encodes a result per s.
-func (f *fixture) result(t *testing.T, s spec) (*queue.Result, []byte) {
+func (f *fixture) result(t testing.TB, s spec) (*queue.Result, []byte) {
 	t.Helper()
 	ctx := testctx.New(t, 60*time.Second)
 	if s.builderID == "" {
