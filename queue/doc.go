@@ -11,7 +11,7 @@
 // scoped keys (ScopedKey: "<key>@<digest of builder id>"), whose content
 // lives under a chunk subject only that builder's runner user may publish
 // to (RunnerPermissions) and which readers read without the meta. No
-// runner may purge or delete staging; a failed upload's chunks are
-// dropped by the next upload of the key (a rollup of its own subject) or
-// by CollectStaging. See staging_scope.go.
+// runner may purge or delete staging, and the stream refuses rollups; a
+// failed upload's chunks expire or go to CollectStaging, and readers take
+// a key's last upload. See staging_scope.go.
 package queue

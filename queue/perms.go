@@ -140,7 +140,8 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 		pub = append(pub, jsAPI+"INFO", ResultsFilter(tenant),
 			// Stage: chunks in its builder's scope, and metas (one
 			// subject token each: no narrower rule is possible). No
-			// purge: a scoped upload rolls its own subject up.
+			// purge: readers take a scoped key's last upload, and older
+			// ones expire.
 			stagingChunksPrefix+StagingScope(builderID)+".>", stagingMetaPrefix+">")
 		readStream(stagingStream)
 		readChunks()

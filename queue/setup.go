@@ -215,42 +215,90 @@ func (c *Conn) ensureStream(ctx context.Context, want jetstream.StreamConfig) er
 // with one. Without a TTL the bucket would grow with every build. (A
 // result that reuses an older staged NAR can outlive it; only a group
 // lagging by nearly MaxAge would then see "staged NAR missing".)
+//
+// The stream refuses rollups. nats.go makes an Object Store with rollups
+// allowed, for metas that replace their predecessor; but a stream that
+// allows them takes a "Nats-Rollup: all" header on any message, which
+// purges every other message, and permissions cannot look at headers: a
+// runner allowed to stage in its own scope could wipe every builder's
+// staged NARs with one chunk. Stage writes no rollup (readers take a
+// subject's last message), deletes by purging, and later changes update
+// the stream's own configuration, since nats.go's create-or-update would
+// ask for rollups again.
 func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
 	// What Stage and nats.go's object reader depend on.
 	want := jetstream.StreamConfig{
-		Name:        stagingStream,
-		Subjects:    []string{stagingChunksPrefix + ">", stagingMetaPrefix + ">"},
-		Storage:     jetstream.FileStorage,
-		Replicas:    o.Replicas,
-		Discard:     jetstream.DiscardNew,
-		AllowRollup: true, // meta messages replace their predecessor
-		MaxAge:      o.MaxAge,
+		Name:     stagingStream,
+		Subjects: []string{stagingChunksPrefix + ">", stagingMetaPrefix + ">"},
+		Storage:  jetstream.FileStorage,
+		Replicas: o.Replicas,
+		Discard:  jetstream.DiscardNew,
+		MaxAge:   o.MaxAge,
 	}
-	if c.upToDate(ctx, want) {
+	hardened := func(got jetstream.StreamConfig) bool {
+		return checkStreamConfig(want, got) == nil && !got.AllowRollup
+	}
+	var s jetstream.Stream
+	lookup := func(ctx context.Context) error {
+		return c.denyAware(ctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) (err error) {
+			s, err = c.js.Stream(ctx, stagingStream)
+			return err
+		})
+	}
+	// As upToDate: a read, bounded, first.
+	rctx, cancel := context.WithTimeout(ctx, upToDateWait)
+	err := lookup(rctx)
+	cancel()
+	if err == nil && hardened(s.CachedInfo().Config) {
 		return nil
 	}
-	err := c.denyAware(ctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) error {
-		_, err := c.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-			Bucket:      BucketStaging,
-			Description: "Provenix NARs between builder and pushers",
-			Storage:     jetstream.FileStorage,
-			Replicas:    o.Replicas,
-			TTL:         o.MaxAge,
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		err = lookup(ctx)
+	}
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		err = c.denyAware(ctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) error {
+			_, err := c.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
+				Bucket:      BucketStaging,
+				Description: stagingDescription,
+				Storage:     jetstream.FileStorage,
+				Replicas:    o.Replicas,
+				TTL:         o.MaxAge,
+			})
+			if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				err = nil // another one made it meanwhile
+			}
+			return err
 		})
+		if err == nil {
+			err = lookup(ctx)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("queue: ensure bucket %s: %w", BucketStaging, mapJSError(err))
+	}
+	got := s.CachedInfo().Config
+	if hardened(got) {
+		return nil
+	}
+	got.Description, got.Replicas, got.MaxAge, got.AllowRollup = stagingDescription, o.Replicas, o.MaxAge, false
+	if o.MaxAge > 0 && got.Duplicates > o.MaxAge {
+		got.Duplicates = o.MaxAge // the server wants the window within MaxAge, as nats.go makes it
+	}
+	err = c.denyAware(ctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) (err error) {
+		s, err = c.js.UpdateStream(ctx, got)
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("queue: ensure bucket %s: %w", BucketStaging, mapJSError(err))
 	}
-	s, err := c.js.Stream(ctx, stagingStream)
-	if err != nil {
-		return fmt.Errorf("queue: ensure bucket %s: read back: %w", BucketStaging, err)
-	}
-	if err := checkStreamConfig(want, s.CachedInfo().Config); err != nil {
-		return fmt.Errorf("queue: ensure bucket %s: %w", BucketStaging, err)
+	if got := s.CachedInfo().Config; !hardened(got) {
+		return fmt.Errorf("queue: ensure bucket %s: %w: %v, allow_rollup_hdrs %v",
+			BucketStaging, ErrConfigDropped, checkStreamConfig(want, got), got.AllowRollup)
 	}
 	return nil
 }
+
+const stagingDescription = "Provenix NARs between builder and pushers"
 
 // upToDateWait bounds upToDate's read, so that a cluster slow to answer
 // leaves the attempt its time for the create-or-update.

@@ -1,9 +1,11 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -195,5 +197,49 @@ func TestEnsureStreamsWritesOnlyChanges(t *testing.T) {
 	}
 	if w := count(); len(w) < 5 {
 		t.Fatalf("a new MaxAge was written to %v only", w)
+	}
+}
+
+// TestStagingRefusesRollups: the staging stream refuses rollups, so no
+// message, whoever may publish it, purges what others staged with a
+// "Nats-Rollup: all" header. A bucket made before (nats.go's Object Store
+// allows rollups) is changed by EnsureStreams, keeps its content, and
+// takes later changes of its options.
+func TestStagingRefusesRollups(t *testing.T) {
+	_, c := setup(t)
+	ctx := testctx.New(t, time.Minute)
+	if err := c.js.DeleteStream(ctx, stagingStream); err != nil {
+		t.Fatal(err)
+	}
+	c.stagingObs, c.stagingStream = nil, nil
+	if _, err := c.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: BucketStaging, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
+	data := randomBytes(31, 2*stageChunkSize+3)
+	key := ScopedKey(narKey(data), "builder")
+	for _, o := range []StreamOptions{{}, {}, {MaxAge: 2 * DefaultMaxAge}} {
+		if err := c.EnsureStreams(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Stage(ctx, key, bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := c.js.Stream(ctx, stagingStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := s.CachedInfo().Config; cfg.AllowRollup || cfg.MaxAge != 2*DefaultMaxAge {
+		t.Errorf("staging: allow_rollup_hdrs %v, max_age %v", cfg.AllowRollup, cfg.MaxAge)
+	}
+	for _, subj := range []string{stagingChunksPrefix + StagingScope("builder") + ".wipe", metaSubject("closure/wipe")} {
+		m := nats.NewMsg(subj)
+		m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupAll)
+		if _, err := c.js.PublishMsg(ctx, m); err == nil || !strings.Contains(err.Error(), "rollup") {
+			t.Errorf("Nats-Rollup: all on %s: %v, want the rollup refused", subj, err)
+		}
+	}
+	if got, _ := readStaged(t, c, key); !bytes.Equal(got, data) {
+		t.Fatal("staged content gone")
 	}
 }

@@ -152,12 +152,17 @@ func (c *Conn) verifyStaged(ctx context.Context, key string) error {
 // putObject writes r's chunks under chunk subject id with a bounded
 // window of async publishes, then the meta message that makes the object
 // visible. On any failure it removes its chunks, if it may. A scoped
-// upload (id names its key's scope) starts with a rollup, which drops what
-// the subject held, writes at least one chunk so that there is one to
-// roll up, and leaves a failed upload to the next one or to the garbage
-// collector: its users may not purge.
+// upload (id names its key's scope) marks each chunk with an upload id of
+// its own (uploadHeader) and its last with the count (chunksHeader),
+// writes at least one chunk so that there is a last, and leaves a failed
+// upload to the garbage collector: its users may not purge. Nothing is
+// rolled up: the staging stream refuses rollups (ensureStaging).
 func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id string, scoped bool, r io.Reader) (*jetstream.ObjectInfo, error) {
 	chunkSubj := stagingChunksPrefix + id
+	upload := ""
+	if scoped {
+		upload = rand.Text()
+	}
 
 	// A denied publish only times out (see Conn.publish): stop at the
 	// first permission violation on our subjects instead.
@@ -239,17 +244,17 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 		if n > 0 || (scoped && chunks == 0) {
 			h.Write(buf[:n])
 			m := &nats.Msg{Subject: chunkSubj, Data: buf[:n]}
-			if scoped && chunks == 0 {
-				m.Header = nats.Header{jetstream.MsgRollup: []string{jetstream.MsgRollupSubject}}
+			if scoped {
+				// Another upload of the key (a second runner of the same
+				// builder, say) may write the subject at the same time:
+				// readers take the chunks of the last one only.
+				m.Header = nats.Header{uploadHeader: []string{upload}}
 			}
 			if scoped && last {
 				// The count on the last chunk lets a reader open the
 				// object with one get of its subject's last message
 				// (openScoped); it is written in the uploader's own scope
 				// and the content is hashed by whoever relies on it.
-				if m.Header == nil {
-					m.Header = nats.Header{}
-				}
 				m.Header.Set(chunksHeader, strconv.FormatUint(uint64(chunks)+1, 10))
 			}
 			if chunks == 0 && last {
@@ -310,9 +315,9 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 	if err != nil {
 		return fail(fmt.Errorf("encode meta: %w", err))
 	}
+	// The new meta follows the earlier ones of the key, which stay until
+	// they expire: readers take a subject's last message.
 	meta := nats.NewMsg(metaSubject(key))
-	// Rollup: the new meta replaces every earlier one for this key.
-	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	meta.Data = data
 	mctx, mcancel := context.WithTimeout(ctx, DefaultTimeout)
 	_, err = c.js.PublishMsg(mctx, meta)
@@ -391,17 +396,34 @@ func (c *Conn) DeleteStaged(ctx context.Context, key string) error {
 	if err != nil {
 		return fmt.Errorf("queue: delete staged %s: %w", key, err)
 	}
+	id := ""
 	if scope, ok := KeyScope(key); ok {
 		// The content is where the key says, whatever a meta claims.
-		for _, subj := range []string{stagingChunksPrefix + scopedChunkID(key, scope), metaSubject(key)} {
-			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
-				return fmt.Errorf("queue: delete staged %s: %w", key, mapJSError(err))
-			}
+		id = scopedChunkID(key, scope)
+	} else {
+		info, err := obs.GetInfo(ctx, key)
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			return nil
 		}
-		return nil
+		if err != nil {
+			return fmt.Errorf("queue: delete staged %s: %w", key, mapJSError(err))
+		}
+		id = info.NUID
 	}
-	if err := obs.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-		return fmt.Errorf("queue: delete staged %s: %w", key, mapJSError(err))
+	if err := purgeObject(ctx, stream, key, id); err != nil {
+		return fmt.Errorf("queue: delete staged %s: %w", key, err)
+	}
+	return nil
+}
+
+// purgeObject removes key's metas and the chunks on chunk subject id.
+// (nats.go's ObjectStore.Delete marks the object deleted with a rollup,
+// which the staging stream refuses.)
+func purgeObject(ctx context.Context, stream jetstream.Stream, key, id string) error {
+	for _, subj := range []string{stagingChunksPrefix + id, metaSubject(key)} {
+		if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+			return mapJSError(err)
+		}
 	}
 	return nil
 }

@@ -182,8 +182,8 @@ func (c *Conn) deleteIfSame(ctx context.Context, obs jetstream.ObjectStore, stre
 			return nil
 		}
 	}
-	if err := obs.Delete(ctx, o.Name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-		return fmt.Errorf("queue: collect staging %s: %w", o.Name, mapJSError(err))
+	if err := purgeObject(ctx, stream, o.Name, o.NUID); err != nil {
+		return fmt.Errorf("queue: collect staging %s: %w", o.Name, err)
 	}
 	return nil
 }

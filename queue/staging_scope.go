@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -32,10 +31,13 @@ import (
 // its scope. Whoever reads still checks the content (the pusher against
 // the signed NAR hash, an importer against the content addresses).
 //
-// An upload under a scoped key starts with a rollup (Nats-Rollup: sub),
-// which drops whatever the subject held (an earlier or failed upload of
-// the same key), so a builder needs no purge permission; its meta is
-// still written, for listings and the garbage collector.
+// Uploads of a scoped key add to its subject, each chunk marked with its
+// upload's id: readers take the last upload's chunks (openScoped). Nothing
+// is rolled up, so a builder needs no purge permission, and the stream
+// refuses rollups: with one, any message could purge every builder's
+// staging (ensureStaging). Earlier and failed uploads go with age, or to
+// the garbage collector. The meta is still written, for listings and the
+// garbage collector.
 
 // scopeLen is the length of a scope: 128 bits of sha256, in hex.
 const scopeLen = 32
@@ -129,49 +131,20 @@ func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 // chunks (all full but the last, as Stage writes them). The meta is not
 // read: anyone may have written it.
 //
-// One direct get reads the first chunk and says how many follow it
-// (firstChunk): for a NAR of one chunk, most of them, that is the whole
-// open. Before, a stream info filtered on the subject counted the chunks
-// (on the server: the subject's state, the whole stream info encoded, and
-// an API audit advisory) and a second request read the last one. A NAR
-// of several chunks still reads its last one, for its size.
+// The subject's last message is the last chunk of the last upload, which
+// says how many chunks it wrote (chunksHeader) and under which upload id
+// (uploadHeader): for a NAR of one chunk, most of them, that one get is
+// the whole open, on any server version. A NAR of several chunks reads
+// that upload's other chunks one by one, skipping those of other uploads
+// of the key (two runners of one builder staging it at once, a re-upload
+// over content that did not check).
+//
+// Uploads staged before the upload id have their chunks alone on the
+// subject, and those before the count a stream info to count them (on a
+// cluster of pre-2.11 servers it goes through the meta leader, and capped
+// the pusher at about 120 results/s).
 func (c *Conn) openScoped(ctx, rctx context.Context, stream jetstream.Stream, id string) (io.ReadCloser, uint64, error) {
 	subj := stagingChunksPrefix + id
-	if !versionAtLeast(c.nc.ConnectedServerVersion(), 2, 11, 0) {
-		return c.openScopedByInfo(ctx, rctx, stream, subj)
-	}
-	first, more, err := c.firstChunk(rctx, stream, subj)
-	if errors.Is(err, errNoBatchGet) {
-		// Answered by an older server of the cluster.
-		return c.openScopedByInfo(ctx, rctx, stream, subj)
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	if more == 0 {
-		return io.NopCloser(bytes.NewReader(first.Data)), uint64(len(first.Data)), nil
-	}
-	last, err := stream.GetLastMsgForSubject(rctx, subj)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, 0, fmt.Errorf("%w: nothing staged under %s", ErrNotFound, subj)
-	}
-	if err != nil {
-		return nil, 0, mapJSError(err)
-	}
-	size := more*stageChunkSize + uint64(len(last.Data))
-	return &chunkReader{ctx: ctx, stream: stream, subj: subj, buf: first.Data, seq: first.Sequence, left: more}, size, nil
-}
-
-// openScopedByInfo is openScoped for a server without batched direct
-// gets (before nats-server 2.11, as Debian 12's 2.9.10): a stream info
-// counts the chunks.
-//
-// An upload that marked its last chunk with the count (chunksHeader)
-// needs no stream info: the subject's last message says how many chunks
-// it has, and for one chunk, most NARs, it is the whole open. On a
-// cluster of such servers the filtered stream info goes through the
-// meta leader, and capped the pusher at about 120 results/s.
-func (c *Conn) openScopedByInfo(ctx, rctx context.Context, stream jetstream.Stream, subj string) (io.ReadCloser, uint64, error) {
 	last, err := stream.GetLastMsgForSubject(rctx, subj)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, 0, fmt.Errorf("%w: nothing staged under %s", ErrNotFound, subj)
@@ -194,60 +167,27 @@ func (c *Conn) openScopedByInfo(ctx, rctx context.Context, stream jetstream.Stre
 	if n == 1 {
 		return io.NopCloser(bytes.NewReader(last.Data)), size, nil
 	}
-	return &chunkReader{ctx: ctx, stream: stream, subj: subj, left: n}, size, nil
+	cr := &chunkReader{ctx: ctx, stream: stream, subj: subj, left: n}
+	if u := last.Header.Get(uploadHeader); u != "" {
+		cr.upload, cr.last = u, last
+	}
+	return cr, size, nil
 }
 
-// chunksHeader, on the last chunk of a scoped upload, is how many chunks
-// the upload wrote.
-const chunksHeader = "Provenix-Chunks"
+const (
+	// chunksHeader, on the last chunk of a scoped upload, is how many
+	// chunks the upload wrote.
+	chunksHeader = "Provenix-Chunks"
+	// uploadHeader, on every chunk of a scoped upload, is the upload's
+	// own random id.
+	uploadHeader = "Provenix-Upload"
+)
 
-// errNoBatchGet: the server answered a batched direct get as a plain one
-// (it predates them), so the answer does not say how many messages follow.
-var errNoBatchGet = errors.New("server without batched direct gets")
-
-// firstChunk reads the first message on subj with a batched direct get
-// of one message, whose answer also says how many more the subject holds
-// (Nats-Num-Pending); ErrNotFound when it holds none. The server ends a
-// batch with a second, empty message (end of batch), which the request
-// no longer waits for and the connection drops.
-func (c *Conn) firstChunk(ctx context.Context, stream jetstream.Stream, subj string) (_ *jetstream.RawStreamMsg, more uint64, _ error) {
-	req, err := json.Marshal(struct {
-		NextFor string `json:"next_by_subj"`
-		Batch   int    `json:"batch"`
-	}{subj, 1})
-	if err != nil {
-		return nil, 0, err
-	}
-	m, err := c.nc.RequestWithContext(ctx, jsAPI+"DIRECT.GET."+stream.CachedInfo().Config.Name, req)
-	if err != nil {
-		return nil, 0, mapJSError(err)
-	}
-	if status := m.Header.Get("Status"); status == "404" {
-		return nil, 0, fmt.Errorf("%w: nothing staged under %s", ErrNotFound, subj)
-	} else if status != "" {
-		return nil, 0, fmt.Errorf("direct get of %s: status %s %s", subj, status, m.Header.Get("Description"))
-	}
-	if got := m.Header.Get(jetstream.SubjectHeader); got != subj {
-		return nil, 0, fmt.Errorf("direct get of %s: answer is from %q", subj, got)
-	}
-	seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
-	if err != nil {
-		return nil, 0, fmt.Errorf("direct get of %s: sequence: %w", subj, err)
-	}
-	pending := m.Header.Get("Nats-Num-Pending")
-	if pending == "" {
-		return nil, 0, errNoBatchGet
-	}
-	more, err = strconv.ParseUint(pending, 10, 64)
-	if err != nil {
-		return nil, 0, fmt.Errorf("direct get of %s: pending: %w", subj, err)
-	}
-	return &jetstream.RawStreamMsg{Subject: subj, Sequence: seq, Data: m.Data}, more, nil
-}
-
-// chunkReader reads the first left messages of subj, one direct get
-// ("next by subject") each: every role that reads staging may do
-// direct gets, and no consumer is left behind.
+// chunkReader reads subj's chunks one direct get ("next by subject")
+// each: every role that reads staging may do direct gets, and no
+// consumer is left behind. Without an upload id it reads the subject's
+// first left messages; with one, the left chunks of that upload, the
+// last of which it holds already.
 type chunkReader struct {
 	ctx    context.Context
 	stream jetstream.Stream
@@ -255,12 +195,18 @@ type chunkReader struct {
 	seq    uint64
 	left   uint64
 	buf    []byte
+	upload string
+	last   *jetstream.RawStreamMsg
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
 	for len(r.buf) == 0 {
 		if r.left == 0 {
 			return 0, io.EOF
+		}
+		if r.upload != "" && r.left == 1 {
+			r.buf, r.seq, r.left = r.last.Data, r.last.Sequence, 0
+			break
 		}
 		ctx, cancel := context.WithTimeout(r.ctx, DefaultTimeout)
 		m, err := r.stream.GetMsg(ctx, r.seq+1, jetstream.WithGetMsgSubject(r.subj))
@@ -271,7 +217,16 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, mapJSError(err)
 		}
-		r.buf, r.seq = m.Data, m.Sequence
+		r.seq = m.Sequence
+		if r.upload != "" {
+			if m.Sequence >= r.last.Sequence {
+				return 0, fmt.Errorf("%w: %d chunks of upload %s missing", ErrCorrupt, r.left, r.upload)
+			}
+			if m.Header.Get(uploadHeader) != r.upload {
+				continue // another upload's
+			}
+		}
+		r.buf = m.Data
 		r.left--
 	}
 	n := copy(p, r.buf)

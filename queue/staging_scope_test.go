@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -66,8 +67,7 @@ func TestStagePoisonedKey(t *testing.T) {
 // TestStageScoped: an object under a scoped key is read from its scope's
 // chunks: a forged meta (garbage chunks elsewhere, a digest claiming the
 // content) changes nothing for readers, a pre-poisoned meta is not
-// reused, and a re-upload replaces the subject's chunks (rollup) instead
-// of adding to them.
+// reused, and after a failed upload a full one is what readers get.
 func TestStageScoped(t *testing.T) {
 	_, c := setup(t)
 	for _, size := range []int{1000, 5*stageChunkSize/2 + 7} {
@@ -117,8 +117,8 @@ func TestStageScoped(t *testing.T) {
 // TestStageScopedForgedChunks: a builder's scope holds content that
 // hashes to its key but was not staged as Stage stages it: a short chunk
 // before the last (so the size openScoped derives is wrong), or a last
-// chunk whose Provenix-Chunks count is too low or too high (read on a
-// server without batched gets). Staging the key again ends with the
+// chunk whose Provenix-Chunks count is too low or too high, with or
+// without an upload id. Staging the key again ends with the
 // content and its size, on either server: nothing the forgery claims is
 // reused.
 func TestStageScopedForgedChunks(t *testing.T) {
@@ -130,22 +130,27 @@ func TestStageScopedForgedChunks(t *testing.T) {
 	data := randomBytes(5, stageChunkSize+1000)
 	for _, c := range []*Conn{current, debian} {
 		for _, tt := range []struct {
-			name  string
-			cut   int
-			count string
+			name   string
+			cut    int
+			count  string
+			upload bool
 		}{
-			{"short first chunk", 10, "2"},
-			{"count too low", stageChunkSize, "1"},
-			{"count too high", stageChunkSize, "5"},
+			{"short first chunk", 10, "2", false},
+			{"count too low", stageChunkSize, "1", false},
+			{"count too high", stageChunkSize, "5", false},
+			{"short first chunk, upload id", 10, "2", true},
+			{"count too low, upload id", stageChunkSize, "1", true},
+			{"count too high, upload id", stageChunkSize, "5", true},
 		} {
 			t.Run(c.nc.ConnectedServerVersion()+"/"+tt.name, func(t *testing.T) {
 				key := ScopedKey(narKey(data), "builder")
 				subj := stagingChunksPrefix + scopedChunkID(key, StagingScope("builder"))
 				for i, part := range [][]byte{data[:tt.cut], data[tt.cut:]} {
 					m := &nats.Msg{Subject: subj, Data: part, Header: nats.Header{}}
-					if i == 0 {
-						m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
-					} else {
+					if tt.upload {
+						m.Header.Set(uploadHeader, "forged")
+					}
+					if i == 1 {
 						m.Header.Set(chunksHeader, tt.count)
 					}
 					if _, err := c.js.PublishMsg(testctx.New(t, 30*time.Second), m); err != nil {
@@ -189,11 +194,12 @@ func TestCollectStagingKeepsScoped(t *testing.T) {
 }
 
 // TestOpenScopedRequests: a scoped object of one chunk opens with one
-// direct get, which says how many chunks follow; one of more chunks
-// adds a read of its last (for its size) and of each further chunk. No
-// stream info: its answer and audit advisory cost the server far more.
-// Debian 12's nats-server 2.9.10, which answers a batched direct get as
-// a plain one, is read as before, through a stream info.
+// direct get, of its subject's last message, which says how many chunks
+// the upload wrote; one of more chunks adds a read of each other chunk.
+// No stream info: its answer and audit advisory cost the server far
+// more. The same on the current server and on Debian 12's 2.9.10. Chunks
+// staged before uploads carried an id are read as before, and those
+// before the count through a stream info.
 func TestOpenScopedRequests(t *testing.T) {
 	_, current := setup(t)
 	old := testnats.Start(t, t.TempDir(), "", false)
@@ -202,7 +208,6 @@ func TestOpenScopedRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range []*Conn{current, debian} {
-		batched := !strings.HasPrefix(c.nc.ConnectedServerVersion(), "2.9.") && !strings.HasPrefix(c.nc.ConnectedServerVersion(), "2.10.")
 		spy, err := nats.Connect(c.nc.ConnectedUrl())
 		if err != nil {
 			t.Fatal(err)
@@ -247,30 +252,25 @@ func TestOpenScopedRequests(t *testing.T) {
 				}
 				infos, gets := count()
 				chunks := (size + stageChunkSize - 1) / stageChunkSize
-				// Batched: the first (which says how many follow), the
-				// last, then each after the first. Without: the last
-				// (which counts the chunks), then each from the first.
-				// Either way one get for one chunk, 1+chunks for more.
-				wantInfos, wantGets := 0, 1
-				if chunks > 1 {
-					wantGets = 1 + chunks
-				}
+				// The last (which counts the chunks), then each other.
+				wantInfos, wantGets := 0, chunks
 				if infos != wantInfos || gets != wantGets {
 					t.Errorf("%d chunks opened and read with %d stream infos and %d direct gets, want %d and %d", chunks, infos, gets, wantInfos, wantGets)
 				}
 			})
 		}
-		if !batched {
-			// Chunks staged before the last one carried the count: a
-			// stream info counts them.
-			t.Run(c.nc.ConnectedServerVersion()+"/uncounted", func(t *testing.T) {
-				key := ScopedKey("closure/requests-uncounted", "builder")
+		// Staged by earlier versions: all chunks of one upload alone on
+		// the subject (each upload rolled up the one before), with the
+		// count on the last or without it.
+		for _, counted := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/before-upload-ids/counted=%v", c.nc.ConnectedServerVersion(), counted), func(t *testing.T) {
+				key := ScopedKey(fmt.Sprintf("closure/requests-legacy-%v", counted), "builder")
 				data := randomBytes(77, 3*stageChunkSize+5)
 				subj := stagingChunksPrefix + scopedChunkID(key, StagingScope("builder"))
 				for i := 0; i < len(data); i += stageChunkSize {
-					m := &nats.Msg{Subject: subj, Data: data[i:min(i+stageChunkSize, len(data))]}
-					if i == 0 {
-						m.Header = nats.Header{"Nats-Rollup": []string{"sub"}}
+					m := &nats.Msg{Subject: subj, Data: data[i:min(i+stageChunkSize, len(data))], Header: nats.Header{}}
+					if counted && i+stageChunkSize >= len(data) {
+						m.Header.Set(chunksHeader, "4")
 					}
 					if _, err := c.js.PublishMsg(testctx.New(t, 30*time.Second), m); err != nil {
 						t.Fatal(err)
@@ -281,24 +281,105 @@ func TestOpenScopedRequests(t *testing.T) {
 				if !bytes.Equal(got, data) || info.Size != uint64(len(data)) {
 					t.Fatalf("read %d bytes, size %d; staged %d", len(got), info.Size, len(data))
 				}
-				if infos, gets := count(); infos != 1 || gets != 5 {
-					t.Errorf("opened and read with %d stream infos and %d direct gets, want 1 and 5", infos, gets)
+				wantInfos := 1
+				if counted {
+					wantInfos = 0
+				}
+				if infos, gets := count(); infos != wantInfos || gets != 5 {
+					t.Errorf("opened and read with %d stream infos and %d direct gets, want %d and 5", infos, gets, wantInfos)
 				}
 			})
 		}
 		if _, _, err := c.OpenStaged(testctx.New(t, 30*time.Second), ScopedKey("closure/never-staged", "builder")); !errors.Is(err, ErrNotFound) {
 			t.Errorf("%s: never staged: %v, want ErrNotFound", c.nc.ConnectedServerVersion(), err)
 		}
-		// An older server of a cluster answers the batched get as a
-		// plain one: that is seen, not taken for one chunk.
-		_, stream, err := c.staging(testctx.New(t, 30*time.Second))
-		if err != nil {
-			t.Fatal(err)
+	}
+}
+
+// TestStageScopedInterleavedUploads: two uploads of one key at once (two
+// runners of one builder staging the same path) interleave their chunks
+// on its subject; readers get the last upload whole, whichever it is,
+// and a chunk missing from it is corrupt, not filled in from the other.
+// Before uploads carried an id, the second upload rolled up the chunks
+// the first had written so far, and readers took the first chunks of the
+// subject: an honest builder's result was rejected as a bad NAR.
+func TestStageScopedInterleavedUploads(t *testing.T) {
+	_, current := setup(t)
+	debian := connect(t, testnats.Start(t, t.TempDir(), "", false).URL)
+	if err := debian.EnsureStreams(context.Background(), StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := randomBytes(21, 3*stageChunkSize-9), randomBytes(22, 3*stageChunkSize-9)
+	for _, c := range []*Conn{current, debian} {
+		for _, tt := range []struct {
+			name  string
+			order string // which upload's chunk comes next: "a" or "b"
+			want  []byte
+			drop  int // a chunk of b not written
+		}{
+			{"b last", "ababab", b, -1},
+			{"a last", "abbaba", a, -1},
+			{"a chunk of b missing", "abab", nil, 1},
+		} {
+			t.Run(c.nc.ConnectedServerVersion()+"/"+tt.name, func(t *testing.T) {
+				key := ScopedKey("closure/interleaved-"+strings.ReplaceAll(tt.name, " ", "-"), "builder")
+				subj := stagingChunksPrefix + scopedChunkID(key, StagingScope("builder"))
+				next := map[byte]int{}
+				content := map[byte][]byte{'a': a, 'b': b}
+				for i := 0; i < len(tt.order); i++ {
+					u := tt.order[i]
+					k := next[u]
+					next[u]++
+					if u == 'b' && k == tt.drop {
+						k = next[u]
+						next[u]++
+					}
+					data := content[u]
+					m := &nats.Msg{Subject: subj, Data: data[k*stageChunkSize : min((k+1)*stageChunkSize, len(data))],
+						Header: nats.Header{uploadHeader: []string{"upload-" + string(u)}}}
+					if (k+1)*stageChunkSize >= len(data) {
+						m.Header.Set(chunksHeader, "3")
+					}
+					if _, err := c.js.PublishMsg(testctx.New(t, 30*time.Second), m); err != nil {
+						t.Fatal(err)
+					}
+				}
+				rc, info, err := c.OpenStaged(testctx.New(t, 30*time.Second), key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := io.ReadAll(rc)
+				rc.Close()
+				if tt.want == nil {
+					if !errors.Is(err, ErrCorrupt) {
+						t.Fatalf("read %d bytes, %v; want ErrCorrupt", len(got), err)
+					}
+					return
+				}
+				if err != nil || !bytes.Equal(got, tt.want) || info.Size != uint64(len(tt.want)) {
+					t.Fatalf("read %d bytes (size %d), %v; want the last upload's %d", len(got), info.Size, err, len(tt.want))
+				}
+			})
 		}
-		key := ScopedKey("closure/requests-1", "builder")
-		_, _, err = c.firstChunk(testctx.New(t, 30*time.Second), stream, stagingChunksPrefix+scopedChunkID(key, StagingScope("builder")))
-		if batched && err != nil || !batched && !errors.Is(err, errNoBatchGet) {
-			t.Errorf("%s: batched get: %v", c.nc.ConnectedServerVersion(), err)
-		}
+		// The same through Stage itself: two connections upload the key
+		// again and again at once, and every read gets it whole.
+		t.Run(c.nc.ConnectedServerVersion()+"/concurrent Stage", func(t *testing.T) {
+			other := connect(t, c.nc.ConnectedUrl())
+			key := ScopedKey("closure/concurrent", "builder")
+			for range 10 {
+				var wg sync.WaitGroup
+				for _, s := range []*Conn{c, other} {
+					wg.Go(func() {
+						if _, err := s.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(a)); err != nil {
+							t.Error(err)
+						}
+					})
+				}
+				wg.Wait()
+				if got, _ := readStaged(t, c, key); !bytes.Equal(got, a) {
+					t.Fatal("read after two uploads at once is not the content")
+				}
+			}
+		})
 	}
 }

@@ -94,7 +94,6 @@ func TestStagingScopes(t *testing.T) {
 			NUID: queue.StagingScope("a-evil") + ".forged", Size: uint64(len(honest)), Chunks: 3,
 			Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(d[:])})
 		m := nats.NewMsg("$O." + queue.BucketStaging + ".M." + base64.URLEncoding.EncodeToString([]byte(key)))
-		m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 		m.Data = meta
 		if _, err := js.PublishMsg(testctx.New(t, 20*time.Second), m); err != nil {
 			t.Fatalf("evil writes a meta: %v", err)
@@ -119,6 +118,19 @@ func TestStagingScopes(t *testing.T) {
 		t.Fatalf("honest Stage over a forged meta: %+v %v", info, err)
 	}
 	readBack("after a pre-poisoned meta")
+
+	// Nor can a runner wipe the staging stream, every builder's staged
+	// NARs, with a "Nats-Rollup: all" header on a chunk in its own scope
+	// or on a meta: the stream refuses rollups.
+	for _, subj := range []string{
+		"$O." + queue.BucketStaging + ".C." + queue.StagingScope("a-runner") + ".wipe",
+		"$O." + queue.BucketStaging + ".M." + base64.URLEncoding.EncodeToString([]byte("closure/wipe")),
+	} {
+		if ack := rollupAll(t, c, "a", queue.RoleRunner, subj); !strings.Contains(ack, "rollup") {
+			t.Errorf("a runner's publish on %s with Nats-Rollup: all: %s, want the rollup refused", subj, ack)
+		}
+	}
+	readBack("after a runner's rollups")
 
 	// Overwriting a-runner's object: its chunks are out of reach, its
 	// meta is ignored.
