@@ -328,7 +328,6 @@ func forgeMeta(t *testing.T, m *queue.Conn, key string, want []byte) {
 	meta, _ := json.Marshal(&jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: key}, Bucket: queue.BucketStaging,
 		NUID: id, Size: uint64(len(want)), Chunks: 1, Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(d[:])})
 	msg := nats.NewMsg("$O." + queue.BucketStaging + ".M." + base64.URLEncoding.EncodeToString([]byte(key)))
-	msg.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	msg.Data = meta
 	if _, err := js.PublishMsg(ctx, msg); err != nil {
 		t.Fatalf("m writes a meta for %s: %v", key, err)

@@ -35,7 +35,6 @@ func overwrite(t *testing.T, conn *queue.Conn, key, chunkID string) {
 	meta, _ := json.Marshal(&jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: key}, Bucket: queue.BucketStaging,
 		NUID: chunkID, Size: uint64(len(garbage)), Chunks: 1, Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(d[:])})
 	m := nats.NewMsg("$O." + queue.BucketStaging + ".M." + base64.URLEncoding.EncodeToString([]byte(key)))
-	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	m.Data = meta
 	if _, err := js.PublishMsg(ctx, m); err != nil {
 		t.Fatal(err)
