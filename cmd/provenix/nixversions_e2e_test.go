@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testgitea"
 	"codeberg.org/provenix/provenix/internal/testlog"
@@ -438,4 +439,90 @@ jobs:
 	t.Run("closure-automatic", func(t *testing.T) {
 		installs(t, plainTop, func(t *testing.T, root string) { runTop(t, ctx, env, root, plainTop, msg+" (plain)") })
 	})
+}
+
+// TestNixVersionsFarm: a farm volunteer (`provenix volunteer --farm`, the
+// static binary) inside each Nix version and one on the host (Nix 2.8)
+// build a submitted chain with quorum 2 of distinct owners: each realises
+// every derivation from the staged .drv closure with its own Nix, and the
+// cache publishes each output only once both agree, signed by both: the
+// same bytes from two Nix versions. (Substituting inputs from the cache
+// in each version is TestNixVersionsClosure's.)
+func TestNixVersionsFarm(t *testing.T) {
+	busybox := requireNix(t)
+	var host *testnix.Env
+	envs := testnix.Versions(t)
+	for _, env := range envs {
+		if env.IsHost() {
+			host = env
+		}
+	}
+	if host == nil {
+		t.Fatal("no host Nix among the versions")
+	}
+	for _, env := range envs {
+		t.Run(env.String(), func(t *testing.T) {
+			ctx := testctx.New(t, 4*time.Minute)
+			dataDir, p, bs, stack := quorumStack(t)
+			pub := readPub(t, p.CachePub())
+			volunteer := func(env *testnix.Env, b qbuilder) *exec.Cmd {
+				files := env.TempDir(t)
+				key := env.Install(t, b.key, files+"/key", 0o600)
+				nixKey := env.Install(t, b.nixKey, files+"/nix", 0o600)
+				token := env.Install(t, p.NATSToken(), files+"/nats.token", 0o600)
+				cmd := env.Command(ctx, env.Provenix(t), "volunteer", "--farm", "--store", env.TempDir(t), "--key", key,
+					"--builder-id", b.id, "--owner", b.owner, "--nix-key", nixKey, "--nats-url", stack.NATSURL(), "--nats-token-file", token,
+					"--nix-option", "substituters="+stack.CacheURL(), "--nix-option", "trusted-public-keys="+pub,
+					"--nix-option", "narinfo-cache-negative-ttl=0")
+				log := &testlog.Buffer{}
+				cmd.Stdout, cmd.Stderr = log, log
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() {
+					cmd.Process.Signal(syscall.SIGTERM)
+					cmd.Wait()
+					if t.Failed() || os.Getenv("PROVENIX_TEST_SHOW_LOGS") != "" {
+						t.Logf("%s (%s)'s log:\n%s", b.id, env, log.String())
+					}
+				})
+				return cmd
+			}
+			volunteer(host, bs[0])
+			volunteer(env, bs[1])
+
+			nixFile := filepath.Join(t.TempDir(), "chain.nix")
+			if err := os.WriteFile(nixFile, []byte(farmChain), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			stdout, stderr, code := cli(t, ctx, "submit", nixFile, "-A", "top", "--arg", "busybox", busybox,
+				"--argstr", "message="+uniqueMessage(t), "--quorum", "2", "--data-dir", dataDir, "--json")
+			if code != 0 {
+				t.Fatalf("submit: exit %d\n%s\n%s", code, stdout, stderr)
+			}
+			var sub farm.Submitted
+			if err := json.Unmarshal([]byte(stdout), &sub); err != nil || sub.Set.Size != 3 {
+				t.Fatalf("submitted %s: %v", stdout, err)
+			}
+			stdout, stderr, code = cli(t, ctx, "farm", "status", "--watch", sub.Set.ID, "--data-dir", dataDir)
+			if code != 0 || !strings.Contains(stderr, "3/3 done") {
+				t.Fatalf("farm status --watch: exit %d\n%s\n%s", code, stdout, stderr)
+			}
+			st, err := farm.GetStatus(ctx, stack.Conn(), sub.Set.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range st.Derivations {
+				g, err := farm.ReadGraph(ctx, []string{d.DrvPath}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				out := g.Node(d.DrvPath).Outputs["out"]
+				names := strings.Join(sigNames(t, stack.CacheURL(), out), ",")
+				if !strings.Contains(names, "builder-a-1") || !strings.Contains(names, "builder-b-1") {
+					t.Errorf("%s: %s signed by %s: want the host's volunteer and %s's", env, out, names, env)
+				}
+			}
+		})
+	}
 }
