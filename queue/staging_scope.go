@@ -152,6 +152,13 @@ func (c *Conn) openScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 	if err != nil {
 		return nil, 0, mapJSError(err)
 	}
+	if last.Header.Get(uploadHeader) != "" && last.Header.Get(chunksHeader) == "" {
+		// The last upload did not finish (its runner stopped, or it is
+		// still writing): the one before it that did is the content.
+		if last, err = lastComplete(rctx, stream, subj); err != nil {
+			return nil, 0, err
+		}
+	}
 	n, err := strconv.ParseUint(last.Header.Get(chunksHeader), 10, 32)
 	if err != nil || n == 0 {
 		// Staged before the count was written.
@@ -172,6 +179,30 @@ func (c *Conn) openScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 		cr.upload, cr.last = u, last
 	}
 	return cr, size, nil
+}
+
+// lastComplete is the last chunk of the last upload on subj that wrote
+// its last chunk, found by reading the subject from its start: only when
+// an upload after it did not finish, which is rare.
+func lastComplete(ctx context.Context, stream jetstream.Stream, subj string) (*jetstream.RawStreamMsg, error) {
+	var found *jetstream.RawStreamMsg
+	for seq := uint64(1); ; {
+		m, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, mapJSError(err)
+		}
+		if m.Header.Get(uploadHeader) != "" && m.Header.Get(chunksHeader) != "" {
+			found = m
+		}
+		seq = m.Sequence + 1
+	}
+	if found == nil {
+		return nil, fmt.Errorf("%w: no upload under %s finished", ErrNotFound, subj)
+	}
+	return found, nil
 }
 
 const (

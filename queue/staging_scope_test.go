@@ -299,7 +299,9 @@ func TestOpenScopedRequests(t *testing.T) {
 // TestStageScopedInterleavedUploads: two uploads of one key at once (two
 // runners of one builder staging the same path) interleave their chunks
 // on its subject; readers get the last upload whole, whichever it is,
-// and a chunk missing from it is corrupt, not filled in from the other.
+// a chunk missing from it is corrupt, not filled in from the other, and
+// one that did not finish (its last chunk never written) leaves the one
+// before it.
 // Before uploads carried an id, the second upload rolled up the chunks
 // the first had written so far, and readers took the first chunks of the
 // subject: an honest builder's result was rejected as a bad NAR.
@@ -320,6 +322,7 @@ func TestStageScopedInterleavedUploads(t *testing.T) {
 			{"b last", "ababab", b, -1},
 			{"a last", "abbaba", a, -1},
 			{"a chunk of b missing", "abab", nil, 1},
+			{"b unfinished", "aabab", a, 2},
 		} {
 			t.Run(c.nc.ConnectedServerVersion()+"/"+tt.name, func(t *testing.T) {
 				key := ScopedKey("closure/interleaved-"+strings.ReplaceAll(tt.name, " ", "-"), "builder")
