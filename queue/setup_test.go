@@ -204,9 +204,11 @@ func TestEnsureStreamsWritesOnlyChanges(t *testing.T) {
 // message, whoever may publish it, purges what others staged with a
 // "Nats-Rollup: all" header. A bucket made before (nats.go's Object Store
 // allows rollups) is changed by EnsureStreams, keeps its content, and
-// takes later changes of its options.
+// takes later changes of its options. Until then builders stage with a
+// rollup (layoutRollup, which older pushers read); one whose connection
+// still has the stream as it was goes on as a commit when refused.
 func TestStagingRefusesRollups(t *testing.T) {
-	_, c := setup(t)
+	srv, c := setup(t)
 	ctx := testctx.New(t, time.Minute)
 	if err := c.js.DeleteStream(ctx, stagingStream); err != nil {
 		t.Fatal(err)
@@ -215,14 +217,38 @@ func TestStagingRefusesRollups(t *testing.T) {
 	if _, err := c.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: BucketStaging, Storage: jetstream.FileStorage}); err != nil {
 		t.Fatal(err)
 	}
-	data := randomBytes(31, 2*stageChunkSize+3)
-	key := ScopedKey(narKey(data), "builder")
-	for _, o := range []StreamOptions{{}, {}, {MaxAge: 2 * DefaultMaxAge}} {
+	staged := map[string][]byte{}
+	stage := func(name string, wantUpload bool) {
+		t.Helper()
+		data := randomBytes(uint64(len(staged)+30), 2*stageChunkSize+3)
+		key := ScopedKey("closure/"+name, "builder")
+		if _, err := c.Stage(ctx, key, bytes.NewReader(data)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		staged[key] = data
+		last, err := c.stagingStream.GetLastMsgForSubject(ctx, stagingChunksPrefix+scopedChunkID(key, StagingScope("builder")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := last.Header.Get(uploadHeader) != ""; got != wantUpload {
+			t.Errorf("%s: staged as a commit %v, want %v", name, got, wantUpload)
+		}
+	}
+	stage("before", false)
+	other := connect(t, srv.ClientURL())
+	if err := other.EnsureStreams(ctx, StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	stage("refused", true)
+	stage("after", true)
+	for _, o := range []StreamOptions{{}, {MaxAge: 2 * DefaultMaxAge}} {
 		if err := c.EnsureStreams(ctx, o); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.Stage(ctx, key, bytes.NewReader(data)); err != nil {
-			t.Fatal(err)
+	}
+	for key, data := range staged {
+		if got, _ := readStaged(t, other, key); !bytes.Equal(got, data) {
+			t.Errorf("%s: read back is not what was staged", key)
 		}
 	}
 	s, err := c.js.Stream(ctx, stagingStream)
@@ -239,7 +265,9 @@ func TestStagingRefusesRollups(t *testing.T) {
 			t.Errorf("Nats-Rollup: all on %s: %v, want the rollup refused", subj, err)
 		}
 	}
-	if got, _ := readStaged(t, c, key); !bytes.Equal(got, data) {
-		t.Fatal("staged content gone")
+	for key, data := range staged {
+		if got, _ := readStaged(t, c, key); !bytes.Equal(got, data) {
+			t.Errorf("%s: gone after the rollups", key)
+		}
 	}
 }

@@ -119,7 +119,7 @@ func (c *Conn) Stage(ctx context.Context, key string, r io.Reader) (StagedInfo, 
 		}
 	}
 
-	info, err := c.putObject(ctx, stream, key, rand.Text(), false, r)
+	info, err := c.putObject(ctx, stream, key, rand.Text(), layoutPlain, r)
 	if err != nil {
 		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
 	}
@@ -149,19 +149,50 @@ func (c *Conn) verifyStaged(ctx context.Context, key string) error {
 	return err
 }
 
+// stageLayout is how putObject lays an object's chunks out.
+type stageLayout int
+
+const (
+	// layoutPlain: nats.go's Object Store layout, for unscoped keys.
+	layoutPlain stageLayout = iota
+	// layoutRollup: a scoped key on a staging stream that still allows
+	// rollups (made before ensureStaging refused them; its pushers may
+	// predate layoutCommit): the first chunk rolls the subject up, all
+	// chunks go to it, and the last carries the count (chunksHeader).
+	layoutRollup
+	// layoutCommit: a scoped key. The chunks but the last go to a
+	// subject of the upload's own (uploadSubject), and once all are
+	// stored the last goes to the key's subject with the upload's id
+	// and count: a commit, so the subject's last message is always the
+	// end of a finished upload, whatever other uploads of the key do at
+	// the same time or left unfinished. An object of one chunk is that
+	// one message.
+	layoutCommit
+)
+
+// rollupRefused reports whether err is a stream's refusal of a rollup
+// (nats-server's JSStreamRollupFailedErr).
+func rollupRefused(err error) bool {
+	var api *jetstream.APIError
+	return errors.As(err, &api) && api.ErrorCode == 10111
+}
+
+// uploadSubject is the subject of upload's chunks (but the last) of the
+// scoped object on chunk subject id.
+func uploadSubject(id, upload string) string { return stagingChunksPrefix + id + "." + upload }
+
 // putObject writes r's chunks under chunk subject id with a bounded
 // window of async publishes, then the meta message that makes the object
-// visible. On any failure it removes its chunks, if it may. A scoped
-// upload (id names its key's scope) marks each chunk with an upload id of
-// its own (uploadHeader) and its last with the count (chunksHeader),
-// writes at least one chunk so that there is a last, and leaves a failed
-// upload to the garbage collector: its users may not purge. Nothing is
-// rolled up: the staging stream refuses rollups (ensureStaging).
-func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id string, scoped bool, r io.Reader) (*jetstream.ObjectInfo, error) {
+// visible. On any failure it removes its chunks, if it may. Scoped
+// layouts write at least one chunk, so that there is a last, and leave a
+// failed upload to the garbage collector: their users may not purge.
+func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id string, layout stageLayout, r io.Reader) (*jetstream.ObjectInfo, error) {
 	chunkSubj := stagingChunksPrefix + id
-	upload := ""
-	if scoped {
+	scoped := layout != layoutPlain
+	upload, uploadSubj := "", chunkSubj
+	if layout == layoutCommit {
 		upload = rand.Text()
+		uploadSubj = uploadSubject(id, upload)
 	}
 
 	// A denied publish only times out (see Conn.publish): stop at the
@@ -169,6 +200,9 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 	ctx, cancelCause := context.WithCancelCause(ctx)
 	defer cancelCause(nil)
 	defer c.watchDenied(chunkSubj, cancelCause)()
+	if uploadSubj != chunkSubj {
+		defer c.watchDenied(uploadSubj, cancelCause)()
+	}
 	defer c.watchDenied(metaSubject(key), cancelCause)()
 
 	// The async publishes of an object of several chunks go through a
@@ -201,6 +235,20 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 		}
 		return nil, err
 	}
+	// publish sends m and waits for its ack through the connection's
+	// request inbox, as the meta's below.
+	publish := func(m *nats.Msg, chunk uint32) error {
+		pctx, cancel := context.WithTimeout(ctx, stageAckTimeout)
+		_, err := c.js.PublishMsg(pctx, m)
+		cancel()
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil {
+				err = cause
+			}
+			return fmt.Errorf("chunk %d: %w", chunk, err)
+		}
+		return nil
+	}
 
 	// A ring of in-flight chunks. A buffer is reused only once its chunk
 	// is acked: nats.go may resend the message (no-responders retry)
@@ -215,6 +263,7 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 		h            = sha256.New()
 		size         uint64
 		chunks       uint32
+		commit       *nats.Msg // layoutCommit's last chunk, sent once the others are stored
 	)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -243,12 +292,15 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 		}
 		if n > 0 || (scoped && chunks == 0) {
 			h.Write(buf[:n])
-			m := &nats.Msg{Subject: chunkSubj, Data: buf[:n]}
-			if scoped {
-				// Another upload of the key (a second runner of the same
-				// builder, say) may write the subject at the same time:
-				// readers take the chunks of the last one only.
-				m.Header = nats.Header{uploadHeader: []string{upload}}
+			m := &nats.Msg{Subject: chunkSubj, Data: buf[:n], Header: nats.Header{}}
+			switch {
+			case layout == layoutRollup && chunks == 0:
+				m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+			case layout == layoutCommit:
+				m.Header.Set(uploadHeader, upload)
+				if !last {
+					m.Subject = uploadSubj
+				}
 			}
 			if scoped && last {
 				// The count on the last chunk lets a reader open the
@@ -257,19 +309,47 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 				// and the content is hashed by whoever relies on it.
 				m.Header.Set(chunksHeader, strconv.FormatUint(uint64(chunks)+1, 10))
 			}
-			if chunks == 0 && last {
-				// The only chunk: one publish awaited through the
-				// connection's request inbox, as the meta's below.
-				pctx, cancel := context.WithTimeout(ctx, stageAckTimeout)
-				_, err := c.js.PublishMsg(pctx, m)
-				cancel()
-				if err != nil {
-					if cause := context.Cause(ctx); cause != nil {
-						err = cause
+			if layout == layoutRollup && chunks == 0 {
+				// Sent alone, so that a stream that refuses rollups
+				// now (ensureStaging changed it since this connection
+				// looked) refuses it before anything else is sent: the
+				// upload then goes on as a commit.
+				err := publish(m, 0)
+				if rollupRefused(err) {
+					c.rollupsRefused.Store(true)
+					layout, upload = layoutCommit, rand.Text()
+					uploadSubj = uploadSubject(id, upload)
+					defer c.watchDenied(uploadSubj, cancelCause)()
+					m.Header.Del(jetstream.MsgRollup)
+					m.Header.Set(uploadHeader, upload)
+					if !last {
+						m.Subject = uploadSubj
 					}
-					return fail(fmt.Errorf("chunk 0: %w", err))
+					err = publish(m, 0)
+				}
+				if err != nil {
+					return fail(err)
 				}
 				size, chunks = uint64(n), 1
+				if last {
+					break
+				}
+				if rerr != nil {
+					return fail(fmt.Errorf("read: %w", rerr))
+				}
+				continue
+			}
+			if chunks == 0 && last {
+				if err := publish(m, 0); err != nil {
+					return fail(err)
+				}
+				size, chunks = uint64(n), 1
+				break
+			}
+			size += uint64(n)
+			if layout == layoutCommit && last {
+				commit = m
+				chunks++
 				break
 			}
 			if pub == nil {
@@ -284,7 +364,6 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 			}
 			ring[(head+queued)%stageWindow] = inflight{f: f, buf: buf}
 			queued++
-			size += uint64(n)
 			chunks++
 		}
 		if last {
@@ -297,6 +376,11 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 	for ; queued > 0; head, queued = (head+1)%stageWindow, queued-1 {
 		if err := waitAck(ctx, ring[head].f); err != nil {
 			return fail(fmt.Errorf("chunk %d: %w", chunks-uint32(queued), err))
+		}
+	}
+	if commit != nil {
+		if err := publish(commit, chunks-1); err != nil {
+			return fail(err)
 		}
 	}
 
@@ -416,11 +500,17 @@ func (c *Conn) DeleteStaged(ctx context.Context, key string) error {
 	return nil
 }
 
-// purgeObject removes key's metas and the chunks on chunk subject id.
+// purgeObject removes key's metas and the chunks on chunk subject id (and
+// its uploads').
 // (nats.go's ObjectStore.Delete marks the object deleted with a rollup,
 // which the staging stream refuses.)
 func purgeObject(ctx context.Context, stream jetstream.Stream, key, id string) error {
-	for _, subj := range []string{stagingChunksPrefix + id, metaSubject(key)} {
+	subjects := []string{stagingChunksPrefix + id, metaSubject(key)}
+	if strings.Contains(id, ".") {
+		// A scoped object: its uploads' own subjects too (layoutCommit).
+		subjects = append(subjects, stagingChunksPrefix+id+".>")
+	}
+	for _, subj := range subjects {
 		if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
 			return mapJSError(err)
 		}

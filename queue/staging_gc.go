@@ -135,6 +135,27 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 		if !last.Time.Before(cutoff) {
 			continue
 		}
+		if parent, upload, ok := uploadOf(id); ok {
+			// An upload's own subject (layoutCommit): kept while it is
+			// the one its key's subject commits to last; another, or
+			// one never committed, older than Grace, is not read again.
+			current, err := stream.GetLastMsgForSubject(ctx, stagingChunksPrefix+parent)
+			switch {
+			case err == nil && current.Header.Get(uploadHeader) == upload:
+				continue
+			case err != nil && !errors.Is(err, jetstream.ErrMsgNotFound):
+				errs = append(errs, fmt.Errorf("queue: collect staging: %s: %w", subj, mapJSError(err)))
+				continue
+			}
+			if !opts.DryRun {
+				if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+					errs = append(errs, fmt.Errorf("queue: collect staging: purge %s: %w", subj, mapJSError(err)))
+					continue
+				}
+			}
+			rep.Orphans = append(rep.Orphans, OrphanChunks{ID: id, Chunks: si.State.Subjects[subj], Last: last.Time})
+			continue
+		}
 		if strings.Contains(id, ".") && (opts.MaxAge == 0 || !last.Time.Before(opts.Now.Add(-opts.MaxAge))) {
 			// A scoped object's chunks: no meta names them when someone
 			// overwrote its meta (anyone may), yet readers still read
@@ -204,4 +225,15 @@ func (c *Conn) chunksNamed(ctx context.Context, obs jetstream.ObjectStore, id st
 		}
 	}
 	return false
+}
+
+// uploadOf splits the chunk id of a layoutCommit upload's own subject
+// (<scope>.<digest of key>.<upload>) into its key's chunk id and the
+// upload id.
+func uploadOf(id string) (parent, upload string, ok bool) {
+	parts := strings.Split(id, ".")
+	if len(parts) != 3 || len(parts[0]) != scopeLen || !validUpload(parts[2]) {
+		return "", "", false
+	}
+	return parts[0] + "." + parts[1], parts[2], true
 }

@@ -31,13 +31,16 @@ import (
 // its scope. Whoever reads still checks the content (the pusher against
 // the signed NAR hash, an importer against the content addresses).
 //
-// Uploads of a scoped key add to its subject, each chunk marked with its
-// upload's id: readers take the last upload's chunks (openScoped). Nothing
-// is rolled up, so a builder needs no purge permission, and the stream
-// refuses rollups: with one, any message could purge every builder's
-// staging (ensureStaging). Earlier and failed uploads go with age, or to
-// the garbage collector. The meta is still written, for listings and the
-// garbage collector.
+// An upload of a scoped key is a commit (layoutCommit): its chunks but
+// the last go to a subject of the upload's own, and the last, with the
+// upload's id and chunk count, to the key's subject once the others are
+// stored. Readers take the subject's last message and that upload's
+// chunks, so uploads of one key at the same time, or one left unfinished,
+// do not mix. Nothing is rolled up, so a builder needs no purge
+// permission, and the stream refuses rollups: with one, any message could
+// purge every builder's staging (ensureStaging). Earlier and unfinished
+// uploads go to the garbage collector (CollectStaging), or expire. The
+// meta is still written, for listings and the garbage collector.
 
 // scopeLen is the length of a scope: 128 bits of sha256, in hex.
 const scopeLen = 32
@@ -96,7 +99,12 @@ func (c *Conn) stageScoped(ctx, rctx context.Context, stream jetstream.Stream, k
 			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
 		}
 	}
-	info, err := c.putObject(ctx, stream, key, id, true, r)
+	layout := layoutCommit
+	if stream.CachedInfo().Config.AllowRollup && !c.rollupsRefused.Load() {
+		// Pushers of the version before layoutCommit may read it.
+		layout = layoutRollup
+	}
+	info, err := c.putObject(ctx, stream, key, id, layout, r)
 	if err != nil {
 		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
 	}
@@ -131,15 +139,16 @@ func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 // chunks (all full but the last, as Stage writes them). The meta is not
 // read: anyone may have written it.
 //
-// The subject's last message is the last chunk of the last upload, which
-// says how many chunks it wrote (chunksHeader) and under which upload id
-// (uploadHeader): for a NAR of one chunk, most of them, that one get is
-// the whole open, on any server version. A NAR of several chunks reads
-// that upload's other chunks one by one, skipping those of other uploads
-// of the key (two runners of one builder staging it at once, a re-upload
-// over content that did not check).
+// The subject's last message is the last chunk of an upload that wrote
+// all its chunks (layoutCommit), with how many (chunksHeader) and the
+// upload's id (uploadHeader): for a NAR of one chunk, most of them, that
+// one get is the whole open, on any server version. A NAR of several
+// chunks then reads that upload's other chunks, one by one, from the
+// upload's own subject: other uploads of the key (two runners of one
+// builder staging it at once, a runner stopped mid-upload) are never
+// read.
 //
-// Uploads staged before the upload id have their chunks alone on the
+// Uploads of layoutRollup (no upload id) have their chunks alone on the
 // subject, and those before the count a stream info to count them (on a
 // cluster of pre-2.11 servers it goes through the meta leader, and capped
 // the pusher at about 120 results/s).
@@ -152,15 +161,12 @@ func (c *Conn) openScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 	if err != nil {
 		return nil, 0, mapJSError(err)
 	}
-	if last.Header.Get(uploadHeader) != "" && last.Header.Get(chunksHeader) == "" {
-		// The last upload did not finish (its runner stopped, or it is
-		// still writing): the one before it that did is the content.
-		if last, err = lastComplete(rctx, stream, subj); err != nil {
-			return nil, 0, err
-		}
-	}
+	upload := last.Header.Get(uploadHeader)
 	n, err := strconv.ParseUint(last.Header.Get(chunksHeader), 10, 32)
-	if err != nil || n == 0 {
+	switch {
+	case upload != "" && (err != nil || n == 0):
+		return nil, 0, fmt.Errorf("%w: the last chunk under %s has no count", ErrCorrupt, subj)
+	case err != nil || n == 0:
 		// Staged before the count was written.
 		si, err := stream.Info(rctx, jetstream.WithSubjectFilter(subj))
 		if err != nil {
@@ -174,51 +180,42 @@ func (c *Conn) openScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 	if n == 1 {
 		return io.NopCloser(bytes.NewReader(last.Data)), size, nil
 	}
-	cr := &chunkReader{ctx: ctx, stream: stream, subj: subj, left: n}
-	if u := last.Header.Get(uploadHeader); u != "" {
-		cr.upload, cr.last = u, last
+	if upload == "" {
+		return &chunkReader{ctx: ctx, stream: stream, subj: subj, left: n}, size, nil
 	}
-	return cr, size, nil
+	if !validUpload(upload) {
+		return nil, 0, fmt.Errorf("%w: upload id %q under %s", ErrCorrupt, upload, subj)
+	}
+	return &chunkReader{ctx: ctx, stream: stream, subj: uploadSubject(id, upload), left: n - 1, upload: upload, tail: last.Data}, size, nil
 }
 
-// lastComplete is the last chunk of the last upload on subj that wrote
-// its last chunk, found by reading the subject from its start: only when
-// an upload after it did not finish, which is rare.
-func lastComplete(ctx context.Context, stream jetstream.Stream, subj string) (*jetstream.RawStreamMsg, error) {
-	var found *jetstream.RawStreamMsg
-	for seq := uint64(1); ; {
-		m, err := stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
-		if err != nil {
-			return nil, mapJSError(err)
-		}
-		if m.Header.Get(uploadHeader) != "" && m.Header.Get(chunksHeader) != "" {
-			found = m
-		}
-		seq = m.Sequence + 1
+// validUpload reports whether an upload id is one subject token of the
+// characters rand.Text writes.
+func validUpload(u string) bool {
+	if u == "" || len(u) > 64 {
+		return false
 	}
-	if found == nil {
-		return nil, fmt.Errorf("%w: no upload under %s finished", ErrNotFound, subj)
+	for i := 0; i < len(u); i++ {
+		if !('A' <= u[i] && u[i] <= 'Z' || '2' <= u[i] && u[i] <= '7') {
+			return false
+		}
 	}
-	return found, nil
+	return true
 }
 
 const (
 	// chunksHeader, on the last chunk of a scoped upload, is how many
 	// chunks the upload wrote.
 	chunksHeader = "Provenix-Chunks"
-	// uploadHeader, on every chunk of a scoped upload, is the upload's
-	// own random id.
+	// uploadHeader, on every chunk of a layoutCommit upload, is the
+	// upload's own random id.
 	uploadHeader = "Provenix-Upload"
 )
 
-// chunkReader reads subj's chunks one direct get ("next by subject")
-// each: every role that reads staging may do direct gets, and no
-// consumer is left behind. Without an upload id it reads the subject's
-// first left messages; with one, the left chunks of that upload, the
-// last of which it holds already.
+// chunkReader reads the first left messages of subj, one direct get
+// ("next by subject") each: every role that reads staging may do direct
+// gets, and no consumer is left behind. Each must carry upload, when set,
+// and tail follows them.
 type chunkReader struct {
 	ctx    context.Context
 	stream jetstream.Stream
@@ -227,16 +224,16 @@ type chunkReader struct {
 	left   uint64
 	buf    []byte
 	upload string
-	last   *jetstream.RawStreamMsg
+	tail   []byte
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
 	for len(r.buf) == 0 {
 		if r.left == 0 {
-			return 0, io.EOF
-		}
-		if r.upload != "" && r.left == 1 {
-			r.buf, r.seq, r.left = r.last.Data, r.last.Sequence, 0
+			if r.tail == nil {
+				return 0, io.EOF
+			}
+			r.buf, r.tail = r.tail, nil
 			break
 		}
 		ctx, cancel := context.WithTimeout(r.ctx, DefaultTimeout)
@@ -248,16 +245,10 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, mapJSError(err)
 		}
-		r.seq = m.Sequence
-		if r.upload != "" {
-			if m.Sequence >= r.last.Sequence {
-				return 0, fmt.Errorf("%w: %d chunks of upload %s missing", ErrCorrupt, r.left, r.upload)
-			}
-			if m.Header.Get(uploadHeader) != r.upload {
-				continue // another upload's
-			}
+		if r.upload != "" && m.Header.Get(uploadHeader) != r.upload {
+			return 0, fmt.Errorf("%w: a chunk under %s is not of upload %s", ErrCorrupt, r.subj, r.upload)
 		}
-		r.buf = m.Data
+		r.buf, r.seq = m.Data, m.Sequence
 		r.left--
 	}
 	n := copy(p, r.buf)

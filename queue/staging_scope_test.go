@@ -117,8 +117,8 @@ func TestStageScoped(t *testing.T) {
 // TestStageScopedForgedChunks: a builder's scope holds content that
 // hashes to its key but was not staged as Stage stages it: a short chunk
 // before the last (so the size openScoped derives is wrong), or a last
-// chunk whose Provenix-Chunks count is too low or too high, with or
-// without an upload id. Staging the key again ends with the
+// chunk whose Provenix-Chunks count is too low or too high, in either
+// layout, or a commit naming an upload id that is no subject token. Staging the key again ends with the
 // content and its size, on either server: nothing the forgery claims is
 // reused.
 func TestStageScopedForgedChunks(t *testing.T) {
@@ -133,22 +133,27 @@ func TestStageScopedForgedChunks(t *testing.T) {
 			name   string
 			cut    int
 			count  string
-			upload bool
+			upload string
 		}{
-			{"short first chunk", 10, "2", false},
-			{"count too low", stageChunkSize, "1", false},
-			{"count too high", stageChunkSize, "5", false},
-			{"short first chunk, upload id", 10, "2", true},
-			{"count too low, upload id", stageChunkSize, "1", true},
-			{"count too high, upload id", stageChunkSize, "5", true},
+			{"short first chunk", 10, "2", ""},
+			{"count too low", stageChunkSize, "1", ""},
+			{"count too high", stageChunkSize, "5", ""},
+			{"short first chunk, commit", 10, "2", "FORGED"},
+			{"count too low, commit", stageChunkSize, "1", "FORGED"},
+			{"count too high, commit", stageChunkSize, "5", "FORGED"},
+			{"upload id not a token, commit", stageChunkSize, "2", "f.>"},
 		} {
 			t.Run(c.nc.ConnectedServerVersion()+"/"+tt.name, func(t *testing.T) {
 				key := ScopedKey(narKey(data), "builder")
-				subj := stagingChunksPrefix + scopedChunkID(key, StagingScope("builder"))
+				id := scopedChunkID(key, StagingScope("builder"))
+				subj := stagingChunksPrefix + id
 				for i, part := range [][]byte{data[:tt.cut], data[tt.cut:]} {
 					m := &nats.Msg{Subject: subj, Data: part, Header: nats.Header{}}
-					if tt.upload {
-						m.Header.Set(uploadHeader, "forged")
+					if tt.upload != "" {
+						m.Header.Set(uploadHeader, tt.upload)
+						if i == 0 {
+							m.Subject = uploadSubject(id, "FORGED")
+						}
 					}
 					if i == 1 {
 						m.Header.Set(chunksHeader, tt.count)
@@ -296,15 +301,15 @@ func TestOpenScopedRequests(t *testing.T) {
 	}
 }
 
-// TestStageScopedInterleavedUploads: two uploads of one key at once (two
-// runners of one builder staging the same path) interleave their chunks
-// on its subject; readers get the last upload whole, whichever it is,
-// a chunk missing from it is corrupt, not filled in from the other, and
-// one that did not finish (its last chunk never written) leaves the one
-// before it.
-// Before uploads carried an id, the second upload rolled up the chunks
-// the first had written so far, and readers took the first chunks of the
-// subject: an honest builder's result was rejected as a bad NAR.
+// TestStageScopedInterleavedUploads: uploads of one key at once (two
+// runners of one builder staging the same path) write their chunks at
+// the same time; readers get the last committed upload whole, whichever
+// it is; one that did not finish (its commit never written) changes
+// nothing; a chunk missing from the committed upload is corrupt, not
+// filled in from another. Before uploads were commits, the second upload
+// rolled up the chunks the first had written so far, and readers took
+// the first chunks of the subject: an honest builder's result was
+// rejected as a bad NAR.
 func TestStageScopedInterleavedUploads(t *testing.T) {
 	_, current := setup(t)
 	debian := connect(t, testnats.Start(t, t.TempDir(), "", false).URL)
@@ -315,33 +320,34 @@ func TestStageScopedInterleavedUploads(t *testing.T) {
 	for _, c := range []*Conn{current, debian} {
 		for _, tt := range []struct {
 			name  string
-			order string // which upload's chunk comes next: "a" or "b"
+			order string // whose chunk is written next: "a" or "b" (each's third is its commit)
 			want  []byte
 			drop  int // a chunk of b not written
 		}{
 			{"b last", "ababab", b, -1},
 			{"a last", "abbaba", a, -1},
-			{"a chunk of b missing", "abab", nil, 1},
-			{"b unfinished", "aabab", a, 2},
+			{"b unfinished", "aabab", a, -1},
+			{"a chunk of b missing", "aabbb", nil, 1},
 		} {
 			t.Run(c.nc.ConnectedServerVersion()+"/"+tt.name, func(t *testing.T) {
 				key := ScopedKey("closure/interleaved-"+strings.ReplaceAll(tt.name, " ", "-"), "builder")
-				subj := stagingChunksPrefix + scopedChunkID(key, StagingScope("builder"))
+				id := scopedChunkID(key, StagingScope("builder"))
 				next := map[byte]int{}
 				content := map[byte][]byte{'a': a, 'b': b}
 				for i := 0; i < len(tt.order); i++ {
 					u := tt.order[i]
 					k := next[u]
 					next[u]++
-					if u == 'b' && k == tt.drop {
-						k = next[u]
-						next[u]++
-					}
 					data := content[u]
-					m := &nats.Msg{Subject: subj, Data: data[k*stageChunkSize : min((k+1)*stageChunkSize, len(data))],
-						Header: nats.Header{uploadHeader: []string{"upload-" + string(u)}}}
+					upload := strings.ToUpper(strings.Repeat(string(u), 26))
+					m := &nats.Msg{Subject: uploadSubject(id, upload), Data: data[k*stageChunkSize : min((k+1)*stageChunkSize, len(data))],
+						Header: nats.Header{uploadHeader: []string{upload}}}
 					if (k+1)*stageChunkSize >= len(data) {
+						m.Subject = stagingChunksPrefix + id
 						m.Header.Set(chunksHeader, "3")
+					}
+					if u == 'b' && k == tt.drop {
+						continue
 					}
 					if _, err := c.js.PublishMsg(testctx.New(t, 30*time.Second), m); err != nil {
 						t.Fatal(err)
@@ -384,5 +390,54 @@ func TestStageScopedInterleavedUploads(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCollectStagingUploads: uploads of a scoped key that are no longer
+// its last commit, and one never committed (its runner stopped), are
+// collected once older than Grace; the current one stays readable; and
+// deleting the key removes every upload's chunks.
+func TestCollectStagingUploads(t *testing.T) {
+	_, c := setup(t)
+	key := ScopedKey("closure/gc-uploads", "b")
+	id := scopedChunkID(key, StagingScope("b"))
+	var data []byte
+	for i := range 3 {
+		data = randomBytes(uint64(40+i), 2*stageChunkSize+i)
+		if _, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stopped := uploadSubject(id, "STOPPED")
+	if _, err := c.js.PublishMsg(testctx.New(t, 30*time.Second), &nats.Msg{Subject: stopped, Data: make([]byte, stageChunkSize),
+		Header: nats.Header{uploadHeader: []string{"STOPPED"}}}); err != nil {
+		t.Fatal(err)
+	}
+	uploads := func() int {
+		t.Helper()
+		si, err := c.stagingStream.Info(testctx.New(t, 30*time.Second), jetstream.WithSubjectFilter(stagingChunksPrefix+id+".>"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(si.State.Subjects)
+	}
+	if n := uploads(); n != 4 {
+		t.Fatalf("%d upload subjects before collecting, want 4", n)
+	}
+	rep, err := c.CollectStaging(testctx.New(t, 30*time.Second), StagingGCOptions{Grace: time.Nanosecond, Now: time.Now().Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Orphans) != 3 || uploads() != 1 {
+		t.Errorf("collected %+v, %d upload subjects left; want 3 collected and the current one left", rep.Orphans, uploads())
+	}
+	if got, _ := readStaged(t, c, key); !bytes.Equal(got, data) {
+		t.Fatal("the current upload is not readable after collecting")
+	}
+	if err := c.DeleteStaged(testctx.New(t, 30*time.Second), key); err != nil {
+		t.Fatal(err)
+	}
+	if n := uploads(); n != 0 {
+		t.Errorf("%d upload subjects left after DeleteStaged", n)
 	}
 }
