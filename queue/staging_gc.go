@@ -147,25 +147,14 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 				errs = append(errs, fmt.Errorf("queue: collect staging: %s: %w", subj, mapJSError(err)))
 				continue
 			}
-			if !opts.DryRun {
-				if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
-					errs = append(errs, fmt.Errorf("queue: collect staging: purge %s: %w", subj, mapJSError(err)))
-					continue
-				}
-			}
-			rep.Orphans = append(rep.Orphans, OrphanChunks{ID: id, Chunks: si.State.Subjects[subj], Last: last.Time})
-			continue
-		}
-		if strings.Contains(id, ".") && (opts.MaxAge == 0 || !last.Time.Before(opts.Now.Add(-opts.MaxAge))) {
+		} else if strings.Contains(id, ".") && (opts.MaxAge == 0 || !last.Time.Before(opts.Now.Add(-opts.MaxAge))) {
 			// A scoped object's chunks: no meta names them when someone
 			// overwrote its meta (anyone may), yet readers still read
 			// them. They go by age, as whole objects do.
 			continue
-		}
-		// Not named by a meta of the listing; check again, for an
-		// upload that completed since (or an old object kept by an
-		// error above).
-		if c.chunksNamed(ctx, obs, id) {
+		} else if c.chunksNamed(ctx, obs, id) {
+			// Named by a meta after all: an upload that completed since
+			// the listing (or an old object kept by an error above).
 			continue
 		}
 		if !opts.DryRun {
