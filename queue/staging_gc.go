@@ -86,15 +86,17 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 	live := map[string]bool{}
 	var errs []error
 	for _, o := range objs {
-		if opts.MaxAge == 0 || opts.Now.Sub(o.ModTime) < opts.MaxAge {
+		if opts.MaxAge == 0 || opts.Now.Sub(o.ModTime) < opts.MaxAge || held[o.Name] {
 			live[o.NUID] = true
 			rep.Kept++
-			continue
-		}
-		if held[o.Name] {
-			live[o.NUID] = true
-			rep.Kept++
-			rep.Held++
+			if held[o.Name] {
+				rep.Held++
+			}
+			if !opts.DryRun {
+				if err := trimKept(ctx, stream, o); err != nil {
+					errs = append(errs, err)
+				}
+			}
 			continue
 		}
 		if !opts.DryRun {
@@ -138,7 +140,12 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 		if parent, upload, ok := uploadOf(id); ok {
 			// An upload's own subject (layoutCommit): kept while it is
 			// the one its key's subject commits to last; another, or
-			// one never committed, older than Grace, is not read again.
+			// one never committed, is not read again. Not before
+			// StagingTimeout, however short Grace: an upload may still
+			// commit until then.
+			if !last.Time.Before(opts.Now.Add(-StagingTimeout)) {
+				continue
+			}
 			current, err := stream.GetLastMsgForSubject(ctx, stagingChunksPrefix+parent)
 			switch {
 			case err == nil && current.Header.Get(uploadHeader) == upload:
@@ -166,6 +173,32 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 		rep.Orphans = append(rep.Orphans, OrphanChunks{ID: id, Chunks: si.State.Subjects[subj], Last: last.Time})
 	}
 	return rep, errors.Join(errs...)
+}
+
+// trimKept drops what kept object o's subjects hold before their last
+// message, which no reader takes: earlier metas (they follow each other,
+// the stream refuses rollups) and, for a scoped key staged as commits,
+// earlier commits (each the last chunk of an upload, a whole small
+// object). The purge keeps the subject's last message whatever arrived
+// since it was read. A scoped key of layoutRollup has all its chunks on
+// its subject, and is left alone.
+func trimKept(ctx context.Context, stream jetstream.Stream, o *jetstream.ObjectInfo) error {
+	subjects := []string{metaSubject(o.Name)}
+	if scope, ok := KeyScope(o.Name); ok && scopedChunkID(o.Name, scope) == o.NUID {
+		subj := stagingChunksPrefix + o.NUID
+		last, err := stream.GetLastMsgForSubject(ctx, subj)
+		if err == nil && last.Header.Get(uploadHeader) != "" {
+			subjects = append(subjects, subj)
+		} else if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("queue: collect staging %s: %w", o.Name, mapJSError(err))
+		}
+	}
+	for _, subj := range subjects {
+		if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subj), jetstream.WithPurgeKeep(1)); err != nil {
+			return fmt.Errorf("queue: collect staging %s: trim %s: %w", o.Name, subj, mapJSError(err))
+		}
+	}
+	return nil
 }
 
 // deleteIfSame deletes o unless its key now names another upload.

@@ -214,8 +214,8 @@ const (
 
 // chunkReader reads the first left messages of subj, one direct get
 // ("next by subject") each: every role that reads staging may do direct
-// gets, and no consumer is left behind. Each must carry upload, when set,
-// and tail follows them.
+// gets, and no consumer is left behind. Each must carry upload (none for
+// layoutRollup) and be full but the last, and tail follows them.
 type chunkReader struct {
 	ctx    context.Context
 	stream jetstream.Stream
@@ -245,8 +245,13 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, mapJSError(err)
 		}
-		if r.upload != "" && m.Header.Get(uploadHeader) != r.upload {
-			return 0, fmt.Errorf("%w: a chunk under %s is not of upload %s", ErrCorrupt, r.subj, r.upload)
+		if m.Header.Get(uploadHeader) != r.upload {
+			return 0, fmt.Errorf("%w: a chunk under %s is not of upload %q", ErrCorrupt, r.subj, r.upload)
+		}
+		// All full but the last, as Stage writes them: the size openScoped
+		// derived is the content's, and the work it takes is that size's.
+		if last := r.left == 1 && r.tail == nil; last && len(m.Data) > stageChunkSize || !last && len(m.Data) != stageChunkSize {
+			return 0, fmt.Errorf("%w: a chunk of %d bytes under %s", ErrCorrupt, len(m.Data), r.subj)
 		}
 		r.buf, r.seq = m.Data, m.Sequence
 		r.left--

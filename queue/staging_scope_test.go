@@ -395,8 +395,9 @@ func TestStageScopedInterleavedUploads(t *testing.T) {
 
 // TestCollectStagingUploads: uploads of a scoped key that are no longer
 // its last commit, and one never committed (its runner stopped), are
-// collected once older than Grace; the current one stays readable; and
-// deleting the key removes every upload's chunks.
+// collected once older than Grace and StagingTimeout; the current one
+// stays readable, and earlier commits and metas of the key go; deleting
+// the key removes every upload's chunks.
 func TestCollectStagingUploads(t *testing.T) {
 	_, c := setup(t)
 	key := ScopedKey("closure/gc-uploads", "b")
@@ -424,12 +425,31 @@ func TestCollectStagingUploads(t *testing.T) {
 	if n := uploads(); n != 4 {
 		t.Fatalf("%d upload subjects before collecting, want 4", n)
 	}
+	// Within StagingTimeout an upload may still commit, whatever Grace.
 	rep, err := c.CollectStaging(testctx.New(t, 30*time.Second), StagingGCOptions{Grace: time.Nanosecond, Now: time.Now().Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Orphans) != 0 || uploads() != 4 {
+		t.Errorf("collected %+v, %d upload subjects left; want none collected yet", rep.Orphans, uploads())
+	}
+	rep, err = c.CollectStaging(testctx.New(t, 30*time.Second), StagingGCOptions{Grace: time.Nanosecond, Now: time.Now().Add(StagingTimeout + time.Minute)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(rep.Orphans) != 3 || uploads() != 1 {
 		t.Errorf("collected %+v, %d upload subjects left; want 3 collected and the current one left", rep.Orphans, uploads())
+	}
+	// The key's subject and its meta keep their last message only: the
+	// commit readers take, and the meta.
+	for _, subj := range []string{stagingChunksPrefix + id, metaSubject(key)} {
+		si, err := c.stagingStream.Info(testctx.New(t, 30*time.Second), jetstream.WithSubjectFilter(subj))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := si.State.Subjects[subj]; n != 1 {
+			t.Errorf("%s holds %d messages after collecting, want 1", subj, n)
+		}
 	}
 	if got, _ := readStaged(t, c, key); !bytes.Equal(got, data) {
 		t.Fatal("the current upload is not readable after collecting")
