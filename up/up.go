@@ -41,8 +41,12 @@ const (
 	// DefaultConcurrency is how many results a pusher handles at once.
 	// One at a time leaves the pusher waiting on fsyncs and NATS round
 	// trips; results are independent (votes and builder records are
-	// updated with compare-and-set), so several run side by side.
-	DefaultConcurrency = 8
+	// updated with compare-and-set), so several run side by side, and
+	// the more wait on one round of group commit, the fewer rounds:
+	// 32 handled 1.25-1.32x the results per second of 8 (BenchmarkConsumeResults).
+	// Memory barely grows with it: the NARs being ingested share one
+	// pool of compression frames.
+	DefaultConcurrency = 32
 	DefaultListen      = "127.0.0.1:8080"
 	cacheKeyName       = "provenix-local-1"
 )
