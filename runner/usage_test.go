@@ -131,8 +131,12 @@ jobs:
 	if measured < 1 {
 		t.Fatalf("the step burnt only %.3f s: too little to compare", measured)
 	}
-	if d := got - measured; d < -measured/10 || d > measured/10 {
-		t.Errorf("recorded CPU %.3f s, the step's own time %.3f s: more than 10%% apart", got, measured)
+	// The record is the job's cgroup: the step and, around it, the job's
+	// own processes (the shell, the job process shipping logs), which
+	// take more under a loaded machine. So it may exceed the step by more
+	// than it may fall short of it.
+	if d := got - measured; d < -measured/10 || d > measured/4 {
+		t.Errorf("recorded CPU %.3f s, the step's own time %.3f s: want from 10%% less to 25%% more", got, measured)
 	}
 	if f.runner.cgroups != nil && r.CPUFrom != usage.FromCgroup {
 		t.Errorf("CPU from %q, though the job had a cgroup", r.CPUFrom)

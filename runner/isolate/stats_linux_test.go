@@ -73,7 +73,11 @@ func TestCgroupStats(t *testing.T) {
 		t.Fatalf("Stats after Kill: %v", err)
 	}
 	t.Logf("after the daemon: parent's rusage %s, cgroup %s", parent, final.CPU)
-	if final.CPU-s.CPU < rusage/2 {
+	// The daemon runs the same loop, but the CPU time of one loop varied
+	// 2x on a loaded 2-core machine (0.73 s, then 0.35 s): a quarter of
+	// the first still tells counted (hundreds of ms) from not (the
+	// parent shell's few ms).
+	if final.CPU-s.CPU < rusage/4 {
 		t.Errorf("the daemon's CPU is not counted: %s before it, %s after", s.CPU, final.CPU)
 	}
 	if parent > rusage/2 {
