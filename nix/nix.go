@@ -117,13 +117,14 @@ func (n *Nix) runTo(ctx context.Context, w io.Writer, name string, args ...strin
 }
 
 // runUsage is runTo that also returns the user and system CPU time of
-// the command and of the processes it waited for (wait4's rusage).
-func (n *Nix) runUsage(ctx context.Context, w io.Writer, name string, args ...string) (time.Duration, error) {
+// the command and of the processes it waited for (wait4's rusage). A
+// non-nil env is the command's environment.
+func (n *Nix) runUsage(ctx context.Context, w io.Writer, env []string, name string, args ...string) (time.Duration, error) {
 	cmd, stderr, err := n.command(ctx, name, args...)
 	if err != nil {
 		return 0, err
 	}
-	cmd.Stdout = w
+	cmd.Stdout, cmd.Env = w, env
 	err = cmd.Run()
 	var cpu time.Duration
 	if cmd.ProcessState != nil {
@@ -297,6 +298,16 @@ type RealiseOptions struct {
 	// the processes it waited for used: the builds, when this Nix builds
 	// them itself (a local store, not through a daemon).
 	CPU *time.Duration
+	// PrivateNarinfoCache gives the call a narinfo disk cache of its own
+	// (XDG_CACHE_HOME in a temporary directory, removed after), for
+	// callers that substitute from several commands at once. Nix 2.8
+	// opens ~/.cache/nix/binary-cache-v6.sqlite with "insert or replace"
+	// of the cache's row, which gives it a new id: another command
+	// substituting from the same cache at that moment then fails with
+	// "constraint failed" on its narinfo insert. A fresh cache also
+	// answers nothing from a lookup made before a path was published.
+	// (Through a daemon, the daemon substitutes with its own cache.)
+	PrivateNarinfoCache bool
 }
 
 // RealiseWith realises drvs in one nix-store call and returns their output
@@ -314,8 +325,17 @@ func (n *Nix) RealiseWith(ctx context.Context, o RealiseOptions, drvs ...string)
 	if o.Check {
 		a = append(a, "--check")
 	}
+	var env []string
+	if o.PrivateNarinfoCache {
+		dir, err := os.MkdirTemp("", "provenix-narinfo-cache-")
+		if err != nil {
+			return nil, fmt.Errorf("nix: narinfo cache: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		env = append(os.Environ(), "XDG_CACHE_HOME="+dir)
+	}
 	var out bytes.Buffer
-	cpu, err := n.runUsage(ctx, &out, "nix-store", append(a, drvs...)...)
+	cpu, err := n.runUsage(ctx, &out, env, "nix-store", append(a, drvs...)...)
 	if o.CPU != nil {
 		*o.CPU = cpu
 	}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,3 +79,83 @@ func TestSubstituteOptionsIgnoreNarinfoDiskCache(t *testing.T) {
 		}
 	}
 }
+
+// TestPrivateNarinfoCache: a call with PrivateNarinfoCache does not use
+// the narinfo disk cache the others share, so what another command
+// looked up before a path was published (a negative answer Nix keeps
+// for an hour) does not hide it, and commands substituting at once do
+// not open one cache database together (Nix 2.8 replaces the cache's
+// row on open, and the other's insert fails with "constraint failed").
+func TestPrivateNarinfoCache(t *testing.T) {
+	bb := testnix.Busybox(t)
+	t.Setenv("XDG_CACHE_HOME", t.TempDir()) // the shared narinfo disk cache
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	opts := OfflineOptions()
+	opts["sandbox"] = "false"
+	src := &Nix{Root: t.TempDir(), Options: opts}
+	drvs, err := src.Instantiate(ctx, "../examples/hello.nix", "hello", map[string]string{"busybox": bb}, map[string]string{"message": t.Name() + time.Now().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs, err := src.Realise(ctx, drvs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := outs[0]
+	keys := t.TempDir()
+	sk, pk := filepath.Join(keys, "sk"), filepath.Join(keys, "pk")
+	if b, err := exec.CommandContext(ctx, "nix-store", "--generate-binary-cache-key", "private-1", sk, pk).CombinedOutput(); err != nil {
+		t.Fatalf("generate key: %v\n%s", err, b)
+	}
+	pub, err := os.ReadFile(pk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := t.TempDir()
+	if _, err := src.run(ctx, "nix", src.args("copy", "--to", "file://"+full+"?secret-key="+sk, path)...); err != nil {
+		t.Fatal(err)
+	}
+	// The cache before the path is published: its nix-cache-info only.
+	empty := t.TempDir()
+	info, err := os.ReadFile(filepath.Join(full, "nix-cache-info"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(empty, "nix-cache-info"), info, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var dir atomicDir
+	dir.set(empty)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.FileServer(http.Dir(dir.get())).ServeHTTP(w, r)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	// Nix's default narinfo TTLs (no SubstituteOptions): a negative
+	// answer is kept for an hour.
+	client := &Nix{Root: t.TempDir(), Options: map[string]string{"substituters": "http://" + ln.Addr().String(),
+		"trusted-public-keys": strings.TrimSpace(string(pub)), "build-users-group": ""}}
+	if _, err := client.Realise(ctx, path); err == nil {
+		t.Fatal("substituted a path the cache does not have")
+	}
+	dir.set(full) // published
+	if _, err := client.Realise(ctx, path); err == nil {
+		t.Log("the shared cache did not keep the negative answer: this Nix re-asks")
+	}
+	if _, err := client.RealiseWith(ctx, RealiseOptions{PrivateNarinfoCache: true}, path); err != nil {
+		t.Fatalf("with a private narinfo cache, after the path was published: %v", err)
+	}
+}
+
+type atomicDir struct {
+	mu  sync.Mutex
+	dir string
+}
+
+func (d *atomicDir) set(s string) { d.mu.Lock(); d.dir = s; d.mu.Unlock() }
+func (d *atomicDir) get() string  { d.mu.Lock(); defer d.mu.Unlock(); return d.dir }

@@ -439,7 +439,9 @@ func checkDerivation(req *queue.RebuildRequest, drv *derivation.Derivation) erro
 func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs []string) (_ Action, started, finished time.Time, cpu time.Duration, _ error) {
 	n := v.Builder.Nix
 	if len(inputs) > 0 {
-		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{}, inputs...); err != nil {
+		// A volunteer substitutes for its farm builds and its rebuilds
+		// at once: each call its own narinfo cache.
+		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{PrivateNarinfoCache: true}, inputs...); err != nil {
 			return "", time.Time{}, time.Time{}, 0, fmt.Errorf("realise inputs of %s: %w", req.DrvPath, err)
 		}
 	}
