@@ -439,8 +439,9 @@ func checkDerivation(req *queue.RebuildRequest, drv *derivation.Derivation) erro
 func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs []string) (_ Action, started, finished time.Time, cpu time.Duration, _ error) {
 	n := v.Builder.Nix
 	if len(inputs) > 0 {
-		// A volunteer substitutes for its farm builds and its rebuilds
-		// at once: each call its own narinfo cache.
+		// A volunteer runs its farm builds and its rebuilds at once:
+		// each Nix call here gets its own narinfo cache (a store with
+		// substituters may open it even when it substitutes nothing).
 		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{PrivateNarinfoCache: true}, inputs...); err != nil {
 			return "", time.Time{}, time.Time{}, 0, fmt.Errorf("realise inputs of %s: %w", req.DrvPath, err)
 		}
@@ -453,7 +454,7 @@ func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs
 	}
 	if len(invalid) > 0 {
 		action = ActionBuilt
-		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{NoSubstitute: true, CPU: &cpu}, req.DrvPath); err != nil {
+		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{NoSubstitute: true, CPU: &cpu, PrivateNarinfoCache: true}, req.DrvPath); err != nil {
 			return "", time.Time{}, time.Time{}, cpu, fmt.Errorf("build %s: %w", req.DrvPath, err)
 		}
 	}
@@ -467,7 +468,7 @@ func (v *Volunteer) build(ctx context.Context, req *queue.RebuildRequest, inputs
 	}
 	if !builtHere {
 		action = ActionChecked
-		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{Check: true, NoSubstitute: true, CPU: &cpu}, req.DrvPath); err != nil {
+		if _, err := n.RealiseWith(ctx, nix.RealiseOptions{Check: true, NoSubstitute: true, CPU: &cpu, PrivateNarinfoCache: true}, req.DrvPath); err != nil {
 			if errors.Is(err, nix.ErrNotDeterministic) {
 				return "", time.Time{}, time.Time{}, cpu, fmt.Errorf("%s: this volunteer's rebuild differs from the copy in its store, which it did not build: no vote: %w", req.DrvPath, err)
 			}
