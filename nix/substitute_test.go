@@ -23,24 +23,10 @@ import (
 // keys are served in turn on one address; a fresh client store must
 // substitute from each.
 func TestSubstituteOptionsIgnoreNarinfoDiskCache(t *testing.T) {
-	bb := testnix.Busybox(t)
 	t.Setenv("XDG_CACHE_HOME", t.TempDir()) // this test's own narinfo disk cache
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-
-	// An input-addressed path: Nix accepts content-addressed ones unsigned.
-	opts := OfflineOptions()
-	opts["sandbox"] = "false"
-	src := &Nix{Root: t.TempDir(), Options: opts}
-	drvs, err := src.Instantiate(ctx, "../examples/hello.nix", "hello", map[string]string{"busybox": bb}, map[string]string{"message": t.Name() + time.Now().String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	outs, err := src.Realise(ctx, drvs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := outs[0]
+	src, path := builtPath(t, ctx)
 
 	// cache writes a file:// binary cache of path signed by a new key.
 	cache := func(name string) (dir, pub string) {
@@ -87,22 +73,10 @@ func TestSubstituteOptionsIgnoreNarinfoDiskCache(t *testing.T) {
 // not open one cache database together (Nix 2.8 replaces the cache's
 // row on open, and the other's insert fails with "constraint failed").
 func TestPrivateNarinfoCache(t *testing.T) {
-	bb := testnix.Busybox(t)
 	t.Setenv("XDG_CACHE_HOME", t.TempDir()) // the shared narinfo disk cache
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	opts := OfflineOptions()
-	opts["sandbox"] = "false"
-	src := &Nix{Root: t.TempDir(), Options: opts}
-	drvs, err := src.Instantiate(ctx, "../examples/hello.nix", "hello", map[string]string{"busybox": bb}, map[string]string{"message": t.Name() + time.Now().String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	outs, err := src.Realise(ctx, drvs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := outs[0]
+	src, path := builtPath(t, ctx)
 	keys := t.TempDir()
 	sk, pk := filepath.Join(keys, "sk"), filepath.Join(keys, "pk")
 	if b, err := exec.CommandContext(ctx, "nix-store", "--generate-binary-cache-key", "private-1", sk, pk).CombinedOutput(); err != nil {
@@ -159,3 +133,23 @@ type atomicDir struct {
 
 func (d *atomicDir) set(s string) { d.mu.Lock(); d.dir = s; d.mu.Unlock() }
 func (d *atomicDir) get() string  { d.mu.Lock(); defer d.mu.Unlock(); return d.dir }
+
+// builtPath builds the sample into a chroot store of its own and returns
+// that store's Nix and the output: an input-addressed path (Nix accepts
+// content-addressed ones unsigned).
+func builtPath(t *testing.T, ctx context.Context) (*Nix, string) {
+	t.Helper()
+	opts := OfflineOptions()
+	opts["sandbox"] = "false"
+	src := &Nix{Root: t.TempDir(), Options: opts}
+	drvs, err := src.Instantiate(ctx, "../examples/hello.nix", "hello", map[string]string{"busybox": testnix.Busybox(t)},
+		map[string]string{"message": t.Name() + time.Now().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outs, err := src.Realise(ctx, drvs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src, outs[0]
+}
