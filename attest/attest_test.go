@@ -16,6 +16,7 @@ import (
 	"time"
 
 	intoto "github.com/in-toto/attestation/go/v1"
+	"github.com/sigstore/sigstore-go/pkg/sign"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -432,6 +433,60 @@ func TestVerifySignedMalformed(t *testing.T) {
 			}
 			if got != tc.blame {
 				t.Fatalf("blame %q, want %q (%v)", got, tc.blame, err)
+			}
+		})
+	}
+}
+
+// TestVerifySignedOddPayloads: a trusted key signs, byte for byte,
+// payloads that are not what Sign writes. What sigstore-go's own reading
+// (protojson) refuses is refused before the signer is known, and not
+// blamed on it, as before attest read the payload itself; what protojson
+// takes but is no provenance (a null predicate) is the signer's doing.
+func TestVerifySignedOddPayloads(t *testing.T) {
+	const builder = "https://builders.example/alice"
+	v, s := keyVerifier(t, builder)
+	st, err := NewStatement(testBuild(builder))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := protojson.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, end, err := predicateSpan(good)
+	if err != nil || start < 0 {
+		t.Fatalf("predicate of the good payload: %d %d %v", start, end, err)
+	}
+	predicate := func(v string) []byte { return []byte(string(good[:start]) + v + string(good[end:])) }
+	inPredicate := func(members string) []byte { return predicate("{" + members + string(good[start+1:end])) }
+	want := []Subject{{Path: testOut, NarHash: sha256.Sum256([]byte("nar"))}}
+	for _, tc := range []struct {
+		name    string
+		payload []byte
+		blamed  bool
+	}{
+		{"predicate a string", predicate(`"x"`), false},
+		{"predicate an array", predicate(`[1]`), false},
+		{"predicate a number", predicate(`1`), false},
+		{"invalid UTF-8 in the predicate", inPredicate("\"zz\":\"\xff\","), false},
+		{"a key twice in the predicate", inPredicate(`"zz":1,"zz":2,`), false},
+		{"a number out of range in the predicate", inPredicate(`"zz":1e999,`), false},
+		{"predicate null", predicate(`null`), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var st intoto.Statement
+			if refused := protojson.Unmarshal(tc.payload, &st) != nil; refused == tc.blamed {
+				t.Fatalf("protojson refused it: %v; the case assumes the opposite", refused)
+			}
+			b, err := signPayload(tc.payload, s, sign.BundleOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = v.Verify(b, want)
+			var sm *SignedMalformedError
+			if err == nil || !errors.Is(err, ErrVerification) || errors.As(err, &sm) != tc.blamed {
+				t.Fatalf("Verify: %v; want refused, blamed on the signer: %v", err, tc.blamed)
 			}
 		})
 	}

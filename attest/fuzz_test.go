@@ -146,9 +146,11 @@ func FuzzStatement(f *testing.F) {
 		}
 		var st intoto.Statement
 		if protojson.Unmarshal(payload, &st) != nil {
-			// sigstore-go's Envelope.Statement refused it.
-			if err1 == nil {
-				t.Fatalf("splitStatement accepted a statement protojson refuses: %+v", p1)
+			// sigstore-go's Envelope.Statement refused it, before the
+			// signer was known: splitStatement alone must refuse it too,
+			// not parseStatement after it (that error blames the signer).
+			if s1, _, err := splitStatement(payload); err == nil {
+				t.Fatalf("splitStatement accepted a statement protojson refuses: %+v", s1)
 			}
 			return
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	intoto "github.com/in-toto/attestation/go/v1"
 	"github.com/sigstore/sigstore-go/pkg/bundle"
@@ -76,6 +77,11 @@ func predicateSpan(payload []byte) (start, end int, err error) {
 	if !json.Valid(payload) {
 		return -1, -1, errors.New("not valid JSON")
 	}
+	if !utf8.Valid(payload) {
+		// protojson refuses invalid UTF-8 in any string, skipped keys'
+		// too; encoding/json would take it.
+		return -1, -1, errors.New("invalid UTF-8")
+	}
 	i := skipBlanks(payload, 0)
 	if payload[i] != '{' {
 		return -1, -1, errors.New("not a JSON object")
@@ -99,6 +105,12 @@ func predicateSpan(payload []byte) (start, end int, err error) {
 			return -1, -1, fmt.Errorf("%w %q", errDuplicateKey, k)
 		}
 		start = i
+		if payload[i] != '{' && payload[i] != 'n' {
+			// Not a Struct (nor null): protojson refuses it, so sigstore-go
+			// refused it before the signer was known, and no builder was
+			// blamed for it.
+			return -1, -1, errors.New("predicate is not a JSON object")
+		}
 		if end, err = scanValue(payload, i, true, 0); err != nil {
 			return -1, -1, fmt.Errorf("predicate: %w", err)
 		}

@@ -23,6 +23,11 @@ func signBundle(st *intoto.Statement, s sign.Keypair, opts sign.BundleOptions) (
 	if err != nil {
 		return nil, fmt.Errorf("attest: encode statement: %w", err)
 	}
+	return signPayload(payload, s, opts)
+}
+
+// signPayload signs payload, a Statement's bytes, into a bundle.
+func signPayload(payload []byte, s sign.Keypair, opts sign.BundleOptions) ([]byte, error) {
 	pb, err := sign.Bundle(&sign.DSSEData{Data: payload, PayloadType: PayloadType}, s, opts)
 	if err != nil {
 		return nil, fmt.Errorf("attest: sign bundle: %w", err)

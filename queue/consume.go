@@ -474,20 +474,17 @@ func (c *Conn) ReleaseDeliveries(ctx context.Context, group string) (int, error)
 // termTakesReason reports whether a server of version v (as it says in
 // its INFO, "2.9.10") understands a Term with a reason: nats-server
 // 2.10.4 and later. An unparsable version is taken as a new server.
-func termTakesReason(v string) bool { return versionAtLeast(v, 2, 10, 4) }
-
-// versionAtLeast reports whether the server version v ("2.9.10") is
-// major.minor.patch or later; an unparsable version is taken as a new
-// server.
-func versionAtLeast(v string, major, minor, patch int) bool {
-	var got [3]int
-	if _, err := fmt.Sscanf(v, "%d.%d.%d", &got[0], &got[1], &got[2]); err != nil {
+func termTakesReason(v string) bool {
+	var major, minor, patch int
+	if _, err := fmt.Sscanf(v, "%d.%d.%d", &major, &minor, &patch); err != nil {
 		return true
 	}
-	for i, want := range [3]int{major, minor, patch} {
-		if got[i] != want {
-			return got[i] > want
-		}
+	switch {
+	case major != 2:
+		return major > 2
+	case minor != 10:
+		return minor > 10
+	default:
+		return patch >= 4
 	}
-	return true
 }

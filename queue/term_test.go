@@ -42,11 +42,3 @@ func TestTermTakesReason(t *testing.T) {
 		}
 	}
 }
-
-func TestVersionAtLeast(t *testing.T) {
-	for v, want := range map[string]bool{"2.9.10": false, "2.10.29": false, "2.11.0": true, "2.11.0-beta.1": true, "2.15.2": true, "3.0.0": true, "1.99.99": false, "": true} {
-		if got := versionAtLeast(v, 2, 11, 0); got != want {
-			t.Errorf("versionAtLeast(%q, 2.11.0) = %v, want %v", v, got, want)
-		}
-	}
-}
