@@ -153,16 +153,15 @@ func (s *Store) renameStage(stage []*item) ([]string, error) {
 	var dirs []string
 	for _, it := range stage {
 		keyDir := path.Dir(it.key)
-		dirty, err := s.mkdirs(keyDir)
-		if err != nil {
+		if err := s.mkdirs(keyDir); err != nil {
 			return dirs, fmt.Errorf("local store: commit %s: %w", it.key, s.noSpace(err))
 		}
-		err = rename(it.tmp, it.name)
+		err := rename(it.tmp, it.name)
 		if errors.Is(err, fs.ErrNotExist) && keyDir != "." {
 			// A directory mkdirs remembers was removed (by hand): make
 			// it again.
 			s.dirs.Delete(keyDir)
-			if dirty, err = s.mkdirs(keyDir); err == nil {
+			if err = s.mkdirs(keyDir); err == nil {
 				err = rename(it.tmp, it.name)
 			}
 		}
@@ -170,10 +169,8 @@ func (s *Store) renameStage(stage []*item) ([]string, error) {
 			return dirs, fmt.Errorf("local store: commit %s: %w", it.key, s.noSpace(err))
 		}
 		it.renamed = true
-		for _, d := range append(dirty, filepath.Dir(it.name)) {
-			if !slices.Contains(dirs, d) {
-				dirs = append(dirs, d)
-			}
+		if d := filepath.Dir(it.name); !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
 		}
 	}
 	return dirs, nil

@@ -228,7 +228,7 @@ func (s *Store) OpenInfo(ctx context.Context, key string) (io.ReadCloser, store.
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close() // a directory such as "nar" is not an object
-		return nil, store.Info{}, fmt.Errorf("%w: %s", store.ErrNotFound, key)
+		return nil, store.Info{}, missing{key}
 	}
 	return f, store.Info{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
 }
@@ -265,7 +265,7 @@ func (s *Store) Stat(ctx context.Context, key string) (store.Info, error) {
 		return store.Info{}, notFound(key, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return store.Info{}, fmt.Errorf("%w: %s", store.ErrNotFound, key)
+		return store.Info{}, missing{key}
 	}
 	return store.Info{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
 }
@@ -454,31 +454,35 @@ func (p *pending) Abort() error {
 }
 
 // mkdirs creates the directories of keyDir (a slash-separated key directory,
-// "." for the root) and returns the parents whose entries changed, which must
-// be fsynced for the new directories to survive a crash.
-func (s *Store) mkdirs(keyDir string) ([]string, error) {
+// "." for the root), each made durable in its parent, and remembers it.
+func (s *Store) mkdirs(keyDir string) error {
 	if keyDir == "." {
-		return nil, nil
+		return nil
 	}
 	if _, ok := s.dirs.Load(keyDir); ok {
-		return nil, nil
+		return nil
 	}
-	var dirty []string
 	cur := s.dir
 	for _, seg := range strings.Split(keyDir, "/") {
 		next := filepath.Join(cur, seg)
 		err := os.Mkdir(next, 0o755)
 		switch {
 		case err == nil:
-			dirty = append(dirty, cur)
+			// The new entry is made durable here, before keyDir is
+			// remembered: a commit that fails after this call would not
+			// sync cur, and later ones would find keyDir remembered.
+			// Directories are made rarely.
+			if err := syncDir(cur); err != nil {
+				return err
+			}
 		case errors.Is(err, fs.ErrExist):
 			// Already there (or made by a concurrent Commit, which syncs
 			// its own parents); a file in the way fails at the rename.
 		default:
-			return nil, err
+			return err
 		}
 		cur = next
 	}
 	s.dirs.Store(keyDir, struct{}{})
-	return dirty, nil
+	return nil
 }
