@@ -11,7 +11,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -103,9 +102,6 @@ type Conn struct {
 	// staging caches the staging bucket handles (see staging.go).
 	stagingObs    jetstream.ObjectStore
 	stagingStream jetstream.Stream
-	// rollupsRefused: the staging stream refused a rollup since
-	// stagingStream was looked up (see layoutCommit).
-	rollupsRefused atomic.Bool
 }
 
 // Connect dials url (one URL or a comma-separated list). It retries the

@@ -316,7 +316,9 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 				// upload then goes on as a commit.
 				err := publish(m, 0)
 				if rollupRefused(err) {
-					c.rollupsRefused.Store(true)
+					// Refresh the connection's view of the stream, so
+					// that its next uploads are commits from the start.
+					_, _ = stream.Info(ctx)
 					layout, upload = layoutCommit, rand.Text()
 					uploadSubj = uploadSubject(id, upload)
 					defer c.watchDenied(uploadSubj, cancelCause)()

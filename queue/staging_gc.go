@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -82,6 +83,17 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 		return nil, fmt.Errorf("queue: collect staging: %w", err)
 	}
 
+	// How many messages each subject holds: only a kept object whose
+	// meta or commit subject holds more than its last is trimmed.
+	counts := map[string]uint64{}
+	for _, prefix := range []string{stagingMetaPrefix, stagingChunksPrefix} {
+		si, err := stream.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+		if err != nil {
+			return nil, fmt.Errorf("queue: collect staging: subjects: %w", mapJSError(err))
+		}
+		maps.Copy(counts, si.State.Subjects)
+	}
+
 	rep := &StagingGCReport{DryRun: opts.DryRun}
 	live := map[string]bool{}
 	var errs []error
@@ -93,7 +105,7 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 				rep.Held++
 			}
 			if !opts.DryRun {
-				if err := trimKept(ctx, stream, o); err != nil {
+				if err := trimKept(ctx, stream, o, counts); err != nil {
 					errs = append(errs, err)
 				}
 			}
@@ -181,10 +193,14 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 // earlier commits (each the last chunk of an upload, a whole small
 // object). The purge keeps the subject's last message whatever arrived
 // since it was read. A scoped key of layoutRollup has all its chunks on
-// its subject, and is left alone.
-func trimKept(ctx context.Context, stream jetstream.Stream, o *jetstream.ObjectInfo) error {
-	subjects := []string{metaSubject(o.Name)}
-	if scope, ok := KeyScope(o.Name); ok && scopedChunkID(o.Name, scope) == o.NUID {
+// its subject, and is left alone. counts (messages per subject) spare the
+// requests where there is nothing to trim.
+func trimKept(ctx context.Context, stream jetstream.Stream, o *jetstream.ObjectInfo, counts map[string]uint64) error {
+	var subjects []string
+	if counts[metaSubject(o.Name)] > 1 {
+		subjects = append(subjects, metaSubject(o.Name))
+	}
+	if scope, ok := KeyScope(o.Name); ok && scopedChunkID(o.Name, scope) == o.NUID && counts[stagingChunksPrefix+o.NUID] > 1 {
 		subj := stagingChunksPrefix + o.NUID
 		last, err := stream.GetLastMsgForSubject(ctx, subj)
 		if err == nil && last.Header.Get(uploadHeader) != "" {

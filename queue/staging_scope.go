@@ -100,7 +100,7 @@ func (c *Conn) stageScoped(ctx, rctx context.Context, stream jetstream.Stream, k
 		}
 	}
 	layout := layoutCommit
-	if stream.CachedInfo().Config.AllowRollup && !c.rollupsRefused.Load() {
+	if stream.CachedInfo().Config.AllowRollup {
 		// Pushers of the version before layoutCommit may read it.
 		layout = layoutRollup
 	}
