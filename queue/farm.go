@@ -147,41 +147,11 @@ func (c *Conn) ensureFarmBucket(ctx context.Context, cfg jetstream.KeyValueConfi
 	hardened := func(got jetstream.StreamConfig) bool {
 		return checkStreamConfig(want, got) == nil && got.DenyPurge && !got.AllowRollup
 	}
-	var s jetstream.Stream
-	lookup := func() error {
-		return c.denyAware(ctx, jsAPIFor(name, ""), func(ctx context.Context) (err error) {
-			s, err = c.js.Stream(ctx, name)
-			return err
+	return c.ensureHardened(ctx, cfg.Bucket, want, hardened, func(ctx context.Context) error { return c.ensureBucket(ctx, cfg) },
+		func(got *jetstream.StreamConfig) {
+			got.Description, got.Replicas, got.MaxAge, got.MaxMsgSize = cfg.Description, cfg.Replicas, cfg.TTL, cfg.MaxValueSize
+			got.AllowRollup, got.DenyPurge = false, true
 		})
-	}
-	err := lookup()
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		if err := c.ensureBucket(ctx, cfg); err != nil {
-			return err
-		}
-		err = lookup()
-	}
-	if err != nil {
-		return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, mapJSError(err))
-	}
-	got := s.CachedInfo().Config
-	if hardened(got) {
-		return nil
-	}
-	got.Description, got.Replicas, got.MaxAge, got.MaxMsgSize = cfg.Description, cfg.Replicas, cfg.TTL, cfg.MaxValueSize
-	got.AllowRollup, got.DenyPurge = false, true
-	err = c.denyAware(ctx, jsAPIFor(name, ""), func(ctx context.Context) (err error) {
-		s, err = c.js.UpdateStream(ctx, got)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("queue: ensure bucket %s: %w", cfg.Bucket, mapJSError(err))
-	}
-	if got := s.CachedInfo().Config; !hardened(got) {
-		return fmt.Errorf("queue: ensure bucket %s: %w: %v, deny_purge %v, allow_rollup_hdrs %v",
-			cfg.Bucket, ErrConfigDropped, checkStreamConfig(want, got), got.DenyPurge, got.AllowRollup)
-	}
-	return nil
 }
 
 // farmStreamOf is the stream of a farm subject.

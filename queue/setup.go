@@ -238,62 +238,72 @@ func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
 	hardened := func(got jetstream.StreamConfig) bool {
 		return checkStreamConfig(want, got) == nil && !got.AllowRollup
 	}
+	create := func(ctx context.Context) error {
+		_, err := c.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket:      BucketStaging,
+			Description: stagingDescription,
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.Replicas,
+			TTL:         o.MaxAge,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			err = nil // another one made it meanwhile
+		}
+		return err
+	}
+	edit := func(got *jetstream.StreamConfig) {
+		got.Description, got.Replicas, got.MaxAge, got.AllowRollup = stagingDescription, o.Replicas, o.MaxAge, false
+		if o.MaxAge > 0 && got.Duplicates > o.MaxAge {
+			got.Duplicates = o.MaxAge // the server wants the window within MaxAge, as nats.go makes it
+		}
+	}
+	return c.ensureHardened(ctx, BucketStaging, want, hardened, create, edit)
+}
+
+// ensureHardened makes the stream want.Name of bucket exist (create makes
+// it when it is missing) with settings ok accepts: when they are not,
+// edit changes the stream's own configuration, and the update must come
+// back ok. It is for buckets nats.go makes with settings we turn off
+// (rollups): its create-or-update would ask for them again, which the
+// server then refuses. A bounded read comes first, as in upToDate.
+func (c *Conn) ensureHardened(ctx context.Context, bucket string, want jetstream.StreamConfig, ok func(jetstream.StreamConfig) bool,
+	create func(context.Context) error, edit func(*jetstream.StreamConfig)) error {
 	var s jetstream.Stream
 	lookup := func(ctx context.Context) error {
-		return c.denyAware(ctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) (err error) {
-			s, err = c.js.Stream(ctx, stagingStream)
+		return c.denyAware(ctx, jsAPIFor(want.Name, ""), func(ctx context.Context) (err error) {
+			s, err = c.js.Stream(ctx, want.Name)
 			return err
 		})
 	}
-	// As upToDate: a read, bounded, first.
 	rctx, cancel := context.WithTimeout(ctx, upToDateWait)
 	err := lookup(rctx)
 	cancel()
-	if err == nil && hardened(s.CachedInfo().Config) {
-		return nil
-	}
-	if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		err = lookup(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		err = lookup(ctx) // the bounded read was not answered in time
 	}
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		err = c.denyAware(ctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) error {
-			_, err := c.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
-				Bucket:      BucketStaging,
-				Description: stagingDescription,
-				Storage:     jetstream.FileStorage,
-				Replicas:    o.Replicas,
-				TTL:         o.MaxAge,
-			})
-			if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				err = nil // another one made it meanwhile
-			}
-			return err
-		})
-		if err == nil {
+		if err = c.denyAware(ctx, jsAPIFor(want.Name, ""), create); err == nil {
 			err = lookup(ctx)
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("queue: ensure bucket %s: %w", BucketStaging, mapJSError(err))
+		return fmt.Errorf("queue: ensure bucket %s: %w", bucket, mapJSError(err))
 	}
 	got := s.CachedInfo().Config
-	if hardened(got) {
+	if ok(got) {
 		return nil
 	}
-	got.Description, got.Replicas, got.MaxAge, got.AllowRollup = stagingDescription, o.Replicas, o.MaxAge, false
-	if o.MaxAge > 0 && got.Duplicates > o.MaxAge {
-		got.Duplicates = o.MaxAge // the server wants the window within MaxAge, as nats.go makes it
-	}
-	err = c.denyAware(ctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) (err error) {
+	edit(&got)
+	err = c.denyAware(ctx, jsAPIFor(want.Name, ""), func(ctx context.Context) (err error) {
 		s, err = c.js.UpdateStream(ctx, got)
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("queue: ensure bucket %s: %w", BucketStaging, mapJSError(err))
+		return fmt.Errorf("queue: ensure bucket %s: %w", bucket, mapJSError(err))
 	}
-	if got := s.CachedInfo().Config; !hardened(got) {
-		return fmt.Errorf("queue: ensure bucket %s: %w: %v, allow_rollup_hdrs %v",
-			BucketStaging, ErrConfigDropped, checkStreamConfig(want, got), got.AllowRollup)
+	if got := s.CachedInfo().Config; !ok(got) {
+		return fmt.Errorf("queue: ensure bucket %s: %w: %v, deny_purge %v, allow_rollup_hdrs %v",
+			bucket, ErrConfigDropped, checkStreamConfig(want, got), got.DenyPurge, got.AllowRollup)
 	}
 	return nil
 }
