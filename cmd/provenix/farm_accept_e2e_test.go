@@ -57,10 +57,12 @@ type farmWorker struct {
 func (w *farmWorker) start(t *testing.T) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], w.args...)
-	// Its own Nix narinfo cache, as on its own machine: Nix processes of
-	// several workers writing one binary-cache-v6.sqlite fail now and then
-	// ("executing SQLite statement"), and the farm counts that as a
-	// failed build.
+	// Its own Nix narinfo cache, as on its own machine. Within one worker
+	// its farm builds and rebuilds run at once, and Nix 2.8 fails now and
+	// then ("executing SQLite statement") when two processes open one
+	// cache: the volunteer gives each Nix call a cache of its own
+	// (nix.RealiseOptions.PrivateNarinfoCache), which this test relies on
+	// (it failed CI without it, with this per-worker cache).
 	cmd.Env = append(os.Environ(), envExecMain+"=1", "TMPDIR="+w.tmp, "XDG_CACHE_HOME="+filepath.Join(w.tmp, ".cache"))
 	cmd.Stdout, cmd.Stderr = w.log, w.log
 	if err := cmd.Start(); err != nil {
@@ -302,7 +304,7 @@ func TestFarmAccept(t *testing.T) {
 	// also be decided before that by others: every pending vote asks the
 	// volunteers for a rebuild, and one already building it then skips
 	// the replica (it would add no vote). Then the replica is not needed
-	// any more, and nobody must build it.
+	// any more.
 	var takenBy string
 	decided := false
 	waitUntil(t, ctx, 60*time.Second, "the killed volunteer's replica taken over, or fa-slow decided without it", func() bool {
