@@ -7,14 +7,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"codeberg.org/provenix/provenix/attest"
 	"codeberg.org/provenix/provenix/cachelayout"
+	"codeberg.org/provenix/provenix/internal/testproc"
 	"codeberg.org/provenix/provenix/queue"
 )
 
@@ -63,9 +64,9 @@ func BenchmarkWriteEntry(b *testing.B) {
 	m := entryMeta{tenant: testTenant, builder: testBuilder, msgID: "bench", drv: storePath("bench.drv")}
 
 	b.ReportAllocs()
-	b.SetParallelism(8) // 16 writers on 2 cores, as a pusher's handlers
+	b.SetParallelism(max(1, 16/runtime.GOMAXPROCS(0))) // about 16 writers, as a pusher's handlers
 	var next atomic.Int64
-	user0, sys0 := processCPU(b)
+	user0, sys0 := testproc.SelfCPUSplit(b)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -78,7 +79,7 @@ func BenchmarkWriteEntry(b *testing.B) {
 		}
 	})
 	b.StopTimer()
-	user, sys := processCPU(b)
+	user, sys := testproc.SelfCPUSplit(b)
 	b.ReportMetric(float64((user-user0).Microseconds())/float64(b.N), "user-µs/entry")
 	b.ReportMetric(float64((sys-sys0).Microseconds())/float64(b.N), "sys-µs/entry")
 }
@@ -97,16 +98,6 @@ func (s *memStaging) OpenStaged(_ context.Context, key string) (io.ReadCloser, q
 		return nil, queue.StagedInfo{}, fmt.Errorf("%s: %w", key, queue.ErrNotFound)
 	}
 	return io.NopCloser(bytes.NewReader(n)), queue.StagedInfo{Size: uint64(len(n))}, nil
-}
-
-// processCPU is the CPU time the process has used in user space and in
-// the kernel.
-func processCPU(t testing.TB) (user, sys time.Duration) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		t.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
 }
 
 // benchBundle is the bundle f's builder signs for out, the output of a

@@ -173,7 +173,7 @@ func (fw *frameWriter) readFrom(ctx context.Context, h hash.Hash, r io.Reader) (
 			f.in = f.in[:len(f.in)+m]
 			n += uint64(m)
 			if len(f.in) == frameSize {
-				if err := fw.send(); err != nil {
+				if err := fw.sendOn(true); err != nil {
 					return n, err
 				}
 			}
@@ -210,14 +210,9 @@ func (fw *frameWriter) take(ctx context.Context) error {
 	}
 }
 
-// send starts compressing fw.cur, first writing the oldest frame if
+// sendOn starts compressing fw.cur, on a goroutine of its own
+// (background) or on the caller's, first writing the oldest frame if
 // workers are already busy with this NAR.
-func (fw *frameWriter) send() error {
-	return fw.sendOn(true)
-}
-
-// sendOn is send, compressing on a goroutine of its own (background) or
-// on the caller's.
 func (fw *frameWriter) sendOn(background bool) error {
 	if len(fw.queue) == fw.workers {
 		if err := fw.writeOldest(); err != nil {

@@ -216,11 +216,10 @@ func BenchmarkServe(b *testing.B) {
 	// CPU time (server and client, this process) as well as wall time:
 	// on a shared machine, the wall time of a fetch depends on what else
 	// runs; what it costs does less.
-	cpu := func() time.Duration { return testproc.SelfCPU(b) }
 	cpus := map[string]time.Duration{}
 	fetch := func(srv *httptest.Server, url string) time.Duration {
-		start, startCPU := time.Now(), cpu()
-		defer func() { cpus[url] += cpu() - startCPU }()
+		start, startCPU := time.Now(), testproc.SelfCPU(b)
+		defer func() { cpus[url] += testproc.SelfCPU(b) - startCPU }()
 		resp, err := http.Get(srv.URL + "/" + url)
 		if err != nil {
 			b.Fatal(err)
