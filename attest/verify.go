@@ -521,15 +521,7 @@ func checkSubjects(have []Output, want []Subject) error {
 // ones (whose failure it explains).
 func diagnoseDigests(st *intoto.Statement, want []Subject) error {
 	for _, w := range want {
-		found := false
-		for _, s := range st.GetSubject() {
-			d, _ := hex.DecodeString(s.GetDigest()["sha256"])
-			if bytes.Equal(d, w.NarHash[:]) {
-				found = true
-				break
-			}
-		}
-		if !found {
+		if !hasDigest(st, w.NarHash) {
 			for _, s := range st.GetSubject() {
 				if s.GetName() == w.Path {
 					return fmt.Errorf("%w: %s: attested sha256 %s, artifact has %x", ErrDigestMismatch, w.Path, s.GetDigest()["sha256"], w.NarHash)

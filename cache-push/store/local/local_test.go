@@ -149,29 +149,37 @@ func TestCommitOverDirectoryFails(t *testing.T) {
 // makes one again that was removed behind its back (by hand, or by a
 // tool that prunes empty directories), for commits alone and in groups.
 func TestDirectoryRemoved(t *testing.T) {
-	for _, group := range []bool{false, true} {
-		s := newTestStore(t)
-		ctx := t.Context()
-		for i, key := range []string{"nar/a.nar.zst", "nar/b.nar.zst", "nar/c.nar.zst"} {
-			if i > 0 {
-				if err := os.RemoveAll(filepath.Join(s.Dir(), "nar")); err != nil {
-					t.Fatal(err)
-				}
-			}
-			o, err := store.Write(ctx, s, key, strings.NewReader(key))
+	for _, tc := range []struct {
+		name string
+		opt  []Option
+	}{{"group commit", nil}, {"without group commit", []Option{WithoutGroupCommit()}}, {"filesystem flush", []Option{WithFilesystemFlush()}}} {
+		for _, group := range []bool{false, true} {
+			s, err := New(filepath.Join(t.TempDir(), "cache"), tc.opt...)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if group {
-				err = s.CommitGroup(ctx, []store.Object{o})
-			} else {
-				err = o.Pending.Commit(ctx, key)
-			}
-			if err != nil {
-				t.Fatalf("group %v: commit %s after nar/ was removed: %v", group, key, err)
-			}
-			if b, err := store.ReadAll(ctx, s, key, 100); err != nil || string(b) != key {
-				t.Fatalf("group %v: %s reads %q, %v", group, key, b, err)
+			ctx := t.Context()
+			for i, key := range []string{"nar/a.nar.zst", "nar/b.nar.zst", "nar/c.nar.zst"} {
+				if i > 0 {
+					if err := os.RemoveAll(filepath.Join(s.Dir(), "nar")); err != nil {
+						t.Fatal(err)
+					}
+				}
+				o, err := store.Write(ctx, s, key, strings.NewReader(key))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if group {
+					err = s.CommitGroup(ctx, []store.Object{o})
+				} else {
+					err = o.Pending.Commit(ctx, key)
+				}
+				if err != nil {
+					t.Fatalf("%s, group %v: commit %s after nar/ was removed: %v", tc.name, group, key, err)
+				}
+				if b, err := store.ReadAll(ctx, s, key, 100); err != nil || string(b) != key {
+					t.Fatalf("%s, group %v: %s reads %q, %v", tc.name, group, key, b, err)
+				}
 			}
 		}
 	}
