@@ -114,7 +114,7 @@ func (c *Conn) stageScoped(ctx, rctx context.Context, stream jetstream.Stream, k
 // hashScoped reads chunk id whole and fails with ErrCorrupt unless its
 // sha256 is want (ErrNotFound when it holds nothing).
 func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id string, want []byte) (uint64, error) {
-	rc, size, err := c.openScoped(ctx, rctx, stream, id)
+	rc, _, err := c.openScoped(ctx, rctx, stream, id)
 	if err != nil {
 		return 0, err
 	}
@@ -127,12 +127,8 @@ func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 	if !bytes.Equal(h.Sum(nil), want) {
 		return 0, fmt.Errorf("%w: staged content does not hash to its key", ErrCorrupt)
 	}
-	if uint64(n) != size {
-		// Chunks not as Stage writes them (all full but the last): the
-		// size openScoped derived is not the content's.
-		return 0, fmt.Errorf("%w: staged content is %d bytes, its chunks say %d", ErrCorrupt, n, size)
-	}
-	return size, nil
+	// n is size: chunkReader fails otherwise.
+	return uint64(n), nil
 }
 
 // openScoped opens the content of chunk id: its size is that of its
@@ -181,12 +177,12 @@ func (c *Conn) openScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 		return io.NopCloser(bytes.NewReader(last.Data)), size, nil
 	}
 	if upload == "" {
-		return &chunkReader{ctx: ctx, stream: stream, subj: subj, left: n}, size, nil
+		return &chunkReader{ctx: ctx, stream: stream, subj: subj, left: n, size: size}, size, nil
 	}
 	if !validUpload(upload) {
 		return nil, 0, fmt.Errorf("%w: upload id %q under %s", ErrCorrupt, upload, subj)
 	}
-	return &chunkReader{ctx: ctx, stream: stream, subj: uploadSubject(id, upload), left: n - 1, upload: upload, tail: last.Data}, size, nil
+	return &chunkReader{ctx: ctx, stream: stream, subj: uploadSubject(id, upload), left: n - 1, upload: upload, tail: last.Data, size: size}, size, nil
 }
 
 // validUpload reports whether an upload id is one subject token of the
@@ -225,12 +221,19 @@ type chunkReader struct {
 	buf    []byte
 	upload string
 	tail   []byte
+	// size is what openScoped said the content is; read counts it.
+	size, read uint64
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
 	for len(r.buf) == 0 {
 		if r.left == 0 {
 			if r.tail == nil {
+				if r.read != r.size {
+					// A subject of more chunks than its count, say: the
+					// size openScoped derived is not the content's.
+					return 0, fmt.Errorf("%w: staged content is %d bytes, its chunks say %d", ErrCorrupt, r.read, r.size)
+				}
 				return 0, io.EOF
 			}
 			r.buf, r.tail = r.tail, nil
@@ -258,6 +261,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	}
 	n := copy(p, r.buf)
 	r.buf = r.buf[n:]
+	r.read += uint64(n)
 	return n, nil
 }
 
