@@ -240,10 +240,7 @@ func TestNixVersionsVolunteer(t *testing.T) {
 			ctx := testctx.New(t, 4*time.Minute)
 			dataDir, p, bs, stack := quorumStack(t)
 			vol := bs[1]
-			files := env.TempDir(t)
-			key := env.Install(t, vol.key, files+"/b.key", 0o600)
-			nixKey := env.Install(t, vol.nixKey, files+"/b.nix", 0o600)
-			token := env.Install(t, p.NATSToken(), files+"/nats.token", 0o600)
+			key, nixKey, token := envBuilderFiles(t, env, vol, p)
 			store := env.TempDir(t)
 			done := make(chan string, 1)
 			cmd := env.Command(ctx, env.Provenix(t), "volunteer", "--once", "--store", store, "--key", key, "--builder-id", vol.id,
@@ -466,10 +463,7 @@ func TestNixVersionsFarm(t *testing.T) {
 			dataDir, p, bs, stack := quorumStack(t)
 			pub := readPub(t, p.CachePub())
 			volunteer := func(env *testnix.Env, b qbuilder) *exec.Cmd {
-				files := env.TempDir(t)
-				key := env.Install(t, b.key, files+"/key", 0o600)
-				nixKey := env.Install(t, b.nixKey, files+"/nix", 0o600)
-				token := env.Install(t, p.NATSToken(), files+"/nats.token", 0o600)
+				key, nixKey, token := envBuilderFiles(t, env, b, p)
 				cmd := env.Command(ctx, env.Provenix(t), "volunteer", "--farm", "--store", env.TempDir(t), "--key", key,
 					"--builder-id", b.id, "--owner", b.owner, "--nix-key", nixKey, "--nats-url", stack.NATSURL(), "--nats-token-file", token,
 					"--nix-option", "substituters="+stack.CacheURL(), "--nix-option", "trusted-public-keys="+pub,
@@ -525,4 +519,13 @@ func TestNixVersionsFarm(t *testing.T) {
 			}
 		})
 	}
+}
+
+// envBuilderFiles installs what builder b needs inside env (its signing
+// and Nix keys, the NATS token) and returns their paths there.
+func envBuilderFiles(t *testing.T, env *testnix.Env, b qbuilder, p up.Paths) (key, nixKey, token string) {
+	t.Helper()
+	files := env.TempDir(t)
+	return env.Install(t, b.key, files+"/builder.key", 0o600), env.Install(t, b.nixKey, files+"/builder.nix", 0o600),
+		env.Install(t, p.NATSToken(), files+"/nats.token", 0o600)
 }
