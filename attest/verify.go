@@ -240,30 +240,25 @@ func (v *Verifier) VerifyEntity(e verify.SignedEntity, want []Subject) (*Verifie
 		return nil, err
 	}
 	prov := pre
-	var (
-		st   *intoto.Statement
-		pred []byte
-	)
-	if prov != nil {
-		st = prov.Statement
-	} else if st, pred, err = readStatement(env); err != nil {
+	if prov == nil {
 		// The verified payload, read once (sigstore-go was told to
 		// leave its predicate alone).
-		return nil, err
-	}
-	if err := checkArtifacts(st, diagnose); err != nil {
-		return nil, err
-	}
-	if prov == nil {
-		prov, err = parseStatement(st, pred)
-	}
-	if err != nil {
-		if errors.Is(err, ErrPredicateType) {
+		st, pred, err := readStatement(env)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkArtifacts(st, diagnose); err != nil {
+			return nil, err
+		}
+		if prov, err = parseStatement(st, pred); errors.Is(err, ErrPredicateType) {
 			// Maybe a valid statement of another kind the same key signs:
 			// not ours to judge.
 			return nil, err
+		} else if err != nil {
+			return nil, &SignedMalformedError{BuilderID: s.builder.ID, Err: err}
 		}
-		return nil, &SignedMalformedError{BuilderID: s.builder.ID, Err: err}
+	} else if err := checkArtifacts(prov.Statement, diagnose); err != nil {
+		return nil, err
 	}
 	if err := checkSubjects(prov.Outputs, want); err != nil {
 		return nil, err

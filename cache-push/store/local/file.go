@@ -128,7 +128,7 @@ func rename(oldname, newname string) error {
 func ignoringEINTR[T any](f func() (T, error)) (T, error) {
 	for {
 		v, err := f()
-		if !errors.Is(err, syscall.EINTR) {
+		if err != syscall.EINTR { // a bare Errno, as the syscall package returns it (and os compares it)
 			return v, err
 		}
 	}
