@@ -94,6 +94,8 @@ type Conn struct {
 	// kvs caches key-value bucket handles (see kv.go).
 	kvMu sync.Mutex
 	kvs  map[string]jetstream.KeyValue
+	// kvStreams caches their streams (KVList asks them for last messages).
+	kvStreams map[string]jetstream.Stream
 
 	mu sync.Mutex
 	// denied are the publishes waiting for their ack; a permission

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -147,7 +148,19 @@ func (c *Conn) KVGet(ctx context.Context, bucket, key string) (_ []byte, err err
 }
 
 // KVList returns every value whose key starts with prefix + "." (or every
-// value for an empty prefix), by key.
+// value for an empty prefix), by key: each key's value at one moment
+// during the call, and every key that existed throughout the call.
+//
+// nats.go's watcher alone is not enough: it sends its "initial values
+// delivered" marker once it has received as many messages as were
+// pending when it started, and a key put again while the list runs is
+// delivered twice (once as an initial value, once as an update) while a
+// key put again before its turn is skipped (history 1 removed the old
+// message) and comes back only as an update after the marker. The count
+// reaches its number early and the list missed keys (a sweep, `provenix
+// status`). So the marker only says "look now": the list goes on until it
+// has received the last message its filter has in the stream, asked
+// after that, and stops when asking again finds nothing newer.
 func (c *Conn) KVList(ctx context.Context, bucket, prefix string) (_ map[string][]byte, err error) {
 	ctx, finish := c.kvCall(ctx, bucket)
 	defer finish(&err, "list", prefix)
@@ -155,30 +168,91 @@ func (c *Conn) KVList(ctx context.Context, bucket, prefix string) (_ map[string]
 	if err != nil {
 		return nil, err
 	}
+	stream, err := c.kvStream(ctx, bucket)
+	if err != nil {
+		return nil, err
+	}
 	filter := ">"
 	if prefix != "" {
 		filter = prefix + ".>"
 	}
-	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	// Deletes too: a key deleted while the list runs leaves it.
+	w, err := kv.Watch(ctx, filter)
 	if err != nil {
 		return nil, fmt.Errorf("queue: list %s/%s: %w", bucket, filter, err)
 	}
 	defer w.Stop()
+	lastOf := func() (uint64, error) {
+		m, err := stream.GetLastMsgForSubject(ctx, kvSubjectPrefix+bucket+"."+filter)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return 0, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("queue: list %s/%s: last message: %w", bucket, filter, mapJSError(err))
+		}
+		return m.Sequence, nil
+	}
 	out := map[string][]byte{}
+	var seen, want uint64 // the highest sequence received; the one to reach
+	marker := false
+	// A message expired (TTL) between asking and reading never comes:
+	// ask again when the stream is quiet this long.
+	quiet := time.NewTimer(time.Hour)
+	defer quiet.Stop()
 	for {
+		if marker && seen >= want {
+			if want, err = lastOf(); err != nil {
+				return nil, err
+			}
+			if seen >= want {
+				return out, nil
+			}
+		}
+		quiet.Reset(kvListQuiet)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-quiet.C:
+			want = 0 // ask again
 		case e, ok := <-w.Updates():
-			if !ok {
-				return out, nil
+			switch {
+			case !ok:
+				return nil, fmt.Errorf("queue: list %s/%s: watcher stopped", bucket, filter)
+			case e == nil:
+				marker = true
+			default:
+				seen = max(seen, e.Revision())
+				if e.Operation() == jetstream.KeyValuePut {
+					out[e.Key()] = e.Value()
+				} else {
+					delete(out, e.Key())
+				}
 			}
-			if e == nil { // the initial values are all delivered
-				return out, nil
-			}
-			out[e.Key()] = e.Value()
 		}
 	}
+}
+
+// kvListQuiet is how long KVList waits for a message it was told of
+// before it asks the stream again.
+const kvListQuiet = 250 * time.Millisecond
+
+// kvStream returns the stream of a key-value bucket, looked up once per
+// Conn.
+func (c *Conn) kvStream(ctx context.Context, bucket string) (jetstream.Stream, error) {
+	c.kvMu.Lock()
+	defer c.kvMu.Unlock()
+	if s, ok := c.kvStreams[bucket]; ok {
+		return s, nil
+	}
+	s, err := c.js.Stream(ctx, kvStreamPrefix+bucket)
+	if err != nil {
+		return nil, fmt.Errorf("queue: bucket %s: %w", bucket, mapJSError(err))
+	}
+	if c.kvStreams == nil {
+		c.kvStreams = map[string]jetstream.Stream{}
+	}
+	c.kvStreams[bucket] = s
+	return s, nil
 }
 
 // KVUpdate applies f to the value under key (nil when absent) and stores
