@@ -153,14 +153,15 @@ func (c *Conn) KVGet(ctx context.Context, bucket, key string) (_ []byte, err err
 //
 // nats.go's watcher alone is not enough: it sends its "initial values
 // delivered" marker once it has received as many messages as were
-// pending when it started, and a key put again while the list runs is
-// delivered twice (once as an initial value, once as an update) while a
-// key put again before its turn is skipped (history 1 removed the old
-// message) and comes back only as an update after the marker. The count
-// reaches its number early and the list missed keys (a sweep, `provenix
-// status`). So the marker only says "look now": the list goes on until it
-// has received the last message its filter has in the stream, asked
-// after that, and stops when asking again finds nothing newer.
+// pending when it started. A key put again during the list is delivered
+// twice, and one put again before its turn is skipped (history 1 removed
+// the old message) and comes back only after the marker, so the count
+// was reached early and keys were missed (a sweep, `provenix status`).
+// So after the marker the stream's leader lists the subjects the filter
+// has (a stream info with a subject filter), and a key the watcher did
+// not deliver is read on its own. Asking for the filter's last message
+// instead needs chasing writes (it may never end while keys change) and
+// on a cluster may be answered by a follower that lags.
 func (c *Conn) KVList(ctx context.Context, bucket, prefix string) (_ map[string][]byte, err error) {
 	ctx, finish := c.kvCall(ctx, bucket)
 	defer finish(&err, "list", prefix)
@@ -176,65 +177,64 @@ func (c *Conn) KVList(ctx context.Context, bucket, prefix string) (_ map[string]
 	if prefix != "" {
 		filter = prefix + ".>"
 	}
-	// Deletes too: a key deleted while the list runs leaves it.
+	// Deletes too: a key deleted before the check is not read again.
 	w, err := kv.Watch(ctx, filter)
 	if err != nil {
 		return nil, fmt.Errorf("queue: list %s/%s: %w", bucket, filter, err)
 	}
 	defer w.Stop()
-	lastOf := func() (uint64, error) {
-		m, err := stream.GetLastMsgForSubject(ctx, kvSubjectPrefix+bucket+"."+filter)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return 0, nil
-		}
-		if err != nil {
-			return 0, fmt.Errorf("queue: list %s/%s: last message: %w", bucket, filter, mapJSError(err))
-		}
-		return m.Sequence, nil
-	}
-	out := map[string][]byte{}
-	var seen, want uint64 // the highest sequence received; the one to reach
-	marker := false
-	// A message expired (TTL) between asking and reading never comes:
-	// ask again when the stream is quiet this long.
-	quiet := time.NewTimer(time.Hour)
+	out, deleted := map[string][]byte{}, map[string]bool{}
+	// nats.go sends its marker with a message only: when the messages
+	// pending at the start expire before their turn, none comes.
+	quiet := time.NewTimer(kvListQuiet)
 	defer quiet.Stop()
-	for {
-		if marker && seen >= want {
-			if want, err = lastOf(); err != nil {
-				return nil, err
-			}
-			if seen >= want {
-				return out, nil
-			}
-		}
-		quiet.Reset(kvListQuiet)
+	for marker := false; !marker; {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-quiet.C:
-			want = 0 // ask again
+			marker = true
 		case e, ok := <-w.Updates():
 			switch {
 			case !ok:
 				return nil, fmt.Errorf("queue: list %s/%s: watcher stopped", bucket, filter)
 			case e == nil:
 				marker = true
+			case e.Operation() == jetstream.KeyValuePut:
+				out[e.Key()] = e.Value()
+				delete(deleted, e.Key())
 			default:
-				seen = max(seen, e.Revision())
-				if e.Operation() == jetstream.KeyValuePut {
-					out[e.Key()] = e.Value()
-				} else {
-					delete(out, e.Key())
-				}
+				delete(out, e.Key())
+				deleted[e.Key()] = true
 			}
+			quiet.Reset(kvListQuiet)
 		}
 	}
+	subjPrefix := kvSubjectPrefix + bucket + "."
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subjPrefix+filter))
+	if err != nil {
+		return nil, fmt.Errorf("queue: list %s/%s: subjects: %w", bucket, filter, mapJSError(err))
+	}
+	for subj := range info.State.Subjects {
+		key := strings.TrimPrefix(subj, subjPrefix)
+		if _, ok := out[key]; ok || deleted[key] {
+			continue
+		}
+		e, err := kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue // deleted since
+		}
+		if err != nil {
+			return nil, fmt.Errorf("queue: list %s/%s: %w", bucket, key, err)
+		}
+		out[key] = e.Value()
+	}
+	return out, nil
 }
 
-// kvListQuiet is how long KVList waits for a message it was told of
-// before it asks the stream again.
-const kvListQuiet = 250 * time.Millisecond
+// kvListQuiet is how long KVList waits for the watcher's first message
+// or marker before it goes on without it.
+const kvListQuiet = 2 * time.Second
 
 // kvStream returns the stream of a key-value bucket, looked up once per
 // Conn.
