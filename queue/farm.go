@@ -130,8 +130,8 @@ func (c *Conn) EnsureFarm(ctx context.Context, o StreamOptions) error {
 		History: 1, Storage: jetstream.FileStorage, Replicas: o.Replicas, TTL: o.MaxAge * 4, MaxValueSize: 1 << 20})
 }
 
-// ensureFarmBucket makes the farm's bucket as ensureBucket does, then
-// takes rollups and purges from its stream (deny_purge): a KV stream
+// ensureFarmBucket makes the farm's bucket as nats.go does, but without
+// rollups and purges on its stream (deny_purge): a KV stream
 // allows a "Nats-Rollup: all" header on any message, which purges every
 // other message of the stream, and publish permissions cannot look at
 // headers. A runner, allowed to write claim records only, could
@@ -147,7 +147,15 @@ func (c *Conn) ensureFarmBucket(ctx context.Context, cfg jetstream.KeyValueConfi
 	hardened := func(got jetstream.StreamConfig) bool {
 		return checkStreamConfig(want, got) == nil && got.DenyPurge && !got.AllowRollup
 	}
-	return c.ensureHardened(ctx, cfg.Bucket, want, hardened, func(ctx context.Context) error { return c.ensureBucket(ctx, cfg) },
+	// The stream nats.go's CreateKeyValue makes, rollups and purges off.
+	create := func(ctx context.Context) error {
+		s := want
+		s.Description, s.Subjects, s.MaxMsgsPerSubject = cfg.Description, []string{kvSubjectPrefix + cfg.Bucket + ".>"}, int64(max(cfg.History, 1))
+		s.MaxBytes, s.MaxMsgs, s.MaxConsumers, s.Duplicates = -1, -1, -1, duplicateWindow(cfg.TTL)
+		s.DenyDelete, s.DenyPurge, s.AllowDirect = true, true, true
+		return c.createHardened(ctx, s)
+	}
+	return c.ensureHardened(ctx, cfg.Bucket, want, hardened, create,
 		func(got *jetstream.StreamConfig) {
 			got.Description, got.Replicas, got.MaxAge, got.MaxMsgSize = cfg.Description, cfg.Replicas, cfg.TTL, cfg.MaxValueSize
 			got.AllowRollup, got.DenyPurge = false, true

@@ -238,18 +238,11 @@ func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
 	hardened := func(got jetstream.StreamConfig) bool {
 		return checkStreamConfig(want, got) == nil && !got.AllowRollup
 	}
+	// The stream nats.go's CreateObjectStore makes, rollups off.
 	create := func(ctx context.Context) error {
-		_, err := c.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
-			Bucket:      BucketStaging,
-			Description: stagingDescription,
-			Storage:     jetstream.FileStorage,
-			Replicas:    o.Replicas,
-			TTL:         o.MaxAge,
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			err = nil // another one made it meanwhile
-		}
-		return err
+		cfg := want
+		cfg.Description, cfg.MaxBytes, cfg.AllowDirect, cfg.Duplicates = stagingDescription, -1, true, duplicateWindow(o.MaxAge)
+		return c.createHardened(ctx, cfg)
 	}
 	edit := func(got *jetstream.StreamConfig) {
 		got.Description, got.Replicas, got.MaxAge, got.AllowRollup = stagingDescription, o.Replicas, o.MaxAge, false
@@ -258,6 +251,28 @@ func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
 		}
 	}
 	return c.ensureHardened(ctx, BucketStaging, want, hardened, create, edit)
+}
+
+// createHardened creates the stream of a bucket as nats.go would, with
+// the settings ensureHardened turns off already off: created as nats.go
+// makes it and updated after, a crash in between would leave rollups
+// allowed until the next EnsureStreams.
+func (c *Conn) createHardened(ctx context.Context, cfg jetstream.StreamConfig) error {
+	cfg.AllowRollup = false
+	_, err := c.js.CreateStream(ctx, cfg)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		err = nil // another one made it meanwhile
+	}
+	return err
+}
+
+// duplicateWindow is nats.go's for a bucket with ttl: the server's
+// default, or ttl when shorter (the server wants it within MaxAge).
+func duplicateWindow(ttl time.Duration) time.Duration {
+	if ttl > 0 && ttl < 2*time.Minute {
+		return ttl
+	}
+	return 2 * time.Minute
 }
 
 // ensureHardened makes the stream want.Name of bucket exist (create makes

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/queue/server"
 )
 
@@ -268,6 +269,43 @@ func TestStagingRefusesRollups(t *testing.T) {
 	for key, data := range staged {
 		if got, _ := readStaged(t, c, key); !bytes.Equal(got, data) {
 			t.Errorf("%s: gone after the rollups", key)
+		}
+	}
+}
+
+// TestHardenedFromCreation: the staging stream and the farm's bucket are
+// created without rollups (and the farm's without purges), not created
+// as nats.go makes them and updated after: a user that may create them
+// but not update them ensures them on a fresh server (Debian's 2.9), and
+// a second EnsureStreams and EnsureFarm have nothing to change.
+// Created and then updated, a crash in between left rollups allowed.
+func TestHardenedFromCreation(t *testing.T) {
+	conf := `authorization: {users: [{user: u, password: p, permissions: {publish: {allow: ">", deny: ["$JS.API.STREAM.UPDATE.` +
+		stagingStream + `", "$JS.API.STREAM.UPDATE.` + kvStreamPrefix + BucketFarm + `"]}}}]}`
+	srv := testnats.Start(t, t.TempDir(), conf, false)
+	for _, o := range []StreamOptions{{}, {MaxAge: time.Minute}} {
+		ctx := testctx.New(t, time.Minute)
+		c := connect(t, testnats.WithUser(srv.URL, "u", "p"))
+		for _, again := range []bool{false, true} {
+			if err := c.EnsureStreams(ctx, o); err != nil {
+				t.Fatalf("EnsureStreams %+v (again %v): %v", o, again, err)
+			}
+			if err := c.EnsureFarm(ctx, o); err != nil {
+				t.Fatalf("EnsureFarm %+v (again %v): %v", o, again, err)
+			}
+		}
+		for _, name := range []string{stagingStream, kvStreamPrefix + BucketFarm} {
+			s, err := c.js.Stream(ctx, name)
+			if err != nil {
+				t.Fatalf("%s, options %+v: %v", name, o, err)
+			}
+			cfg := s.CachedInfo().Config
+			if cfg.AllowRollup || !cfg.AllowDirect || name != stagingStream && !cfg.DenyPurge {
+				t.Errorf("%s: allow_rollup_hdrs %v, allow_direct %v, deny_purge %v", name, cfg.AllowRollup, cfg.AllowDirect, cfg.DenyPurge)
+			}
+			if err := c.js.DeleteStream(ctx, name); err != nil { // fresh again for the next options
+				t.Fatal(err)
+			}
 		}
 	}
 }
