@@ -5,13 +5,16 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testqueue"
 	"codeberg.org/provenix/provenix/queue"
 	natsserver "codeberg.org/provenix/provenix/queue/server"
@@ -201,7 +204,7 @@ func testWorker(t testing.TB, url string, g *Graph, cache *memCache, p *pusher, 
 	conn := connect(t, url)
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &Worker{Conn: conn, Tenant: tenant, Machine: Machine{System: "x86_64-linux"}, Builder: builder, Owner: owner,
-		Concurrency: 4, AckWait: 5 * time.Second, OnClaim: log.claimed,
+		Concurrency: 4, AckWait: 5 * time.Second, OnClaim: log.claimed, Logger: testLogger(t, "worker "+builder),
 		Build: func(ctx context.Context, r *Request) (*BuildStats, error) {
 			ready := true
 			if g != nil {
@@ -246,7 +249,7 @@ func twoWorkers(t testing.TB, url string, conn *queue.Conn, g *Graph, cache *mem
 
 func startScheduler(t testing.TB, url string, cache Cache, group string) *Scheduler {
 	t.Helper()
-	s, err := NewScheduler(SchedulerConfig{Conn: connect(t, url), Cache: cache, Group: group, ResyncEvery: time.Hour})
+	s, err := NewScheduler(SchedulerConfig{Conn: connect(t, url), Cache: cache, Group: group, ResyncEvery: time.Hour, Logger: testLogger(t, "scheduler "+group)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,10 +280,28 @@ func waitFinishedEvery(t testing.TB, conn *queue.Conn, id string, within, interv
 			return st
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("set not finished after %s: %s", within, st)
+			var unfinished []string
+			for _, d := range st.Derivations {
+				if !d.Status.Final() {
+					b, _ := json.Marshal(d)
+					unfinished = append(unfinished, string(b))
+				}
+			}
+			t.Fatalf("set not finished after %s: %s\n%s", within, st, strings.Join(unfinished, "\n"))
 		}
 		time.Sleep(interval)
 	}
+}
+
+// testLogger logs into a buffer the test prints when it fails.
+func testLogger(t testing.TB, name string) *slog.Logger {
+	var buf testlog.Buffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log of %s:\n%s", name, buf.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // testWorkerFunc runs a Worker with build as its BuildFunc until cleanup.
