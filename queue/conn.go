@@ -94,7 +94,7 @@ type Conn struct {
 	// kvs caches key-value bucket handles (see kv.go).
 	kvMu sync.Mutex
 	kvs  map[string]jetstream.KeyValue
-	// kvStreams caches their streams (KVList asks them for last messages).
+	// kvStreams caches their streams (KVList asks which subjects they hold).
 	kvStreams map[string]jetstream.Stream
 
 	mu sync.Mutex
