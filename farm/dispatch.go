@@ -47,7 +47,7 @@ func (s *Scheduler) onEvent(ctx context.Context, d *queue.Delivery) error {
 		return s.Disputed(ctx, e.Tenant, e.DrvPath, voters, largest)
 	}
 	if kind == queue.EventRejected {
-		return s.Rejected(ctx, e.Tenant, e.DrvPath, e.Builder, cmp.Or(e.Reason, "rejected"), e.Reason+": "+e.Error)
+		return s.waitForState(d, s.Rejected(ctx, e.Tenant, e.DrvPath, e.Builder, cmp.Or(e.Reason, "rejected"), e.Reason+": "+e.Error))
 	}
 	if e.StorePath == "" {
 		return queue.Permanent(errors.New("farm: publication event without a store path"))
@@ -331,7 +331,7 @@ func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {
 		return queue.Permanent(fmt.Errorf("farm: %w: %s reports a failure of %s replica %d attempt %d it does not hold",
 			ErrInvalid, rep.Builder, rep.DrvPath, rep.Replica, rep.Attempt))
 	}
-	return s.failed(ctx, ls, rep, "")
+	return s.waitForState(d, s.failed(ctx, ls, rep, ""))
 }
 
 // failed records a failed build: a retry on another builder while the
@@ -347,13 +347,17 @@ func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {
 // again, until the derivation failed and blocked its dependents.
 func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, rejected string) error {
 	drv := rep.DrvPath
-	again := false
+	again, behind := false, false
 	st, err := update(ctx, s.kv, stateKey(ls.set.ID, drv), func(st *State, found bool) (bool, func(context.Context) error, error) {
-		again = false
+		again, behind = false, false
 		if !found {
 			return false, nil, fmt.Errorf("farm: %w: no state for %s", ErrInvalid, drv)
 		}
-		if st.Status.Final() || st.hasFailure(rep.Replica, rep.Attempt) || rep.Replica >= len(st.Attempts) {
+		if st.Status.Final() || st.hasFailure(rep.Replica, rep.Attempt) {
+			return false, nil, nil
+		}
+		if rep.Replica >= len(st.Attempts) || rep.Attempt > st.Attempts[rep.Replica] {
+			behind = true
 			return false, nil, nil
 		}
 		if slices.Contains(st.failedBuilders(), rep.Builder) {
@@ -381,6 +385,9 @@ func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, reje
 	if err != nil {
 		return err
 	}
+	if behind {
+		return fmt.Errorf("%w: %s replica %d attempt %d", errStateBehind, drv, rep.Replica, rep.Attempt)
+	}
 	if again {
 		s.log.Warn("farm: ignored a second failure of a builder on one derivation", logKeySet, ls.set.ID, logKeyDrv, drv,
 			"builder", rep.Builder, "replica", rep.Replica, "attempt", rep.Attempt, "rejected", rejected)
@@ -392,6 +399,35 @@ func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, reje
 		return s.block(ctx, ls, drv)
 	}
 	return nil
+}
+
+// errStateBehind: a failure names an attempt its derivation's state does
+// not know yet. The scheduler publishes a request before it writes the
+// state that says so (update's effect comes first), and a build that
+// fails at once can be reported, or its result rejected, in between:
+// dropped, that failure left the derivation dispatched with no request
+// out, for good. It is handled again shortly (waitForState).
+var errStateBehind = errors.New("farm: the derivation's state does not know this attempt yet")
+
+// Bounds of waitForState: a failure naming an attempt that never comes
+// (a forged claim's) is dropped after about 14 s.
+const (
+	behindDelay      = 250 * time.Millisecond
+	behindDeliveries = 10
+)
+
+// waitForState is the outcome of handling delivery d, which failed with
+// err: d again later when err is errStateBehind, on its first
+// behindDeliveries deliveries.
+func (s *Scheduler) waitForState(d *queue.Delivery, err error) error {
+	if !errors.Is(err, errStateBehind) {
+		return err
+	}
+	if d.NumDelivered >= behindDeliveries {
+		s.log.Warn("farm: dropped a failure whose attempt the state never reached", "subject", d.Subject, logKeyErr, err)
+		return queue.Permanent(err)
+	}
+	return queue.Defer(behindDelay * time.Duration(d.NumDelivered))
 }
 
 // block marks every derivation downstream of drv, not final yet, as

@@ -1011,3 +1011,59 @@ func TestDisputeDispatchesAnotherReplica(t *testing.T) {
 		t.Errorf("finished %s: %+v, builds by %v", st, d, voters)
 	}
 }
+
+// TestFailureBeforeItsState: the scheduler publishes a request before it
+// writes the state that says the derivation is dispatched, and a build
+// that fails at once can be reported in between. That report waits for
+// the state, and counts, instead of being dropped: dropped, it left the
+// derivation dispatched with no request out, for good (a failure that
+// showed up as TestBuiltElsewhereUnblocks stuck under -race).
+func TestFailureBeforeItsState(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"b": nil, "a": {"b"}}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, 1)
+	startScheduler(t, url, cache, "g1")
+	a := fakePath("a.drv")
+	status := func() map[string]*State {
+		t.Helper()
+		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]*State{}
+		for _, d := range st.Derivations {
+			out[nameOf(d.DrvPath)] = d
+		}
+		return out
+	}
+	waitFor(t, 10*time.Second, func() bool { return status()["b"].Status == Dispatched })
+	// a still waits for b: its first attempt's report comes before the
+	// scheduler has written that attempt.
+	forgeClaim(t, conn, sub.Set.ID, a, "quick", 1)
+	rep := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: a, Replica: 0, Attempt: 1,
+		Builder: "quick", Owner: "quick", Outcome: BuildFailed, ExitCode: 1, Time: time.Now().UTC()}
+	if err := PublishReport(testctx.New(t, time.Minute), conn, rep); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		c, err := conn.JetStream().Consumer(testctx.New(t, time.Minute), queue.StreamFarmReports, queue.FarmConsumer(queue.FarmReportFilter))
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(testctx.New(t, time.Minute))
+		return err == nil && info.Delivered.Stream == 1
+	})
+	time.Sleep(300 * time.Millisecond) // handled: dropped, or waiting
+	if st := status()["a"]; st.Status != Waiting || len(st.Failures) != 0 {
+		t.Fatalf("a before b is visible: %+v", st)
+	}
+	cache.add(fakePath("b"))
+	if err := conn.PublishEvent(testctx.New(t, time.Minute), tenant, queue.EventPublished, map[string]any{"tenant": tenant, "storePath": fakePath("b")}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, func() bool { return status()["a"].Status.Final() })
+	if st := status()["a"]; st.Status != Failed || len(st.Failures) != 1 || st.Failures[0].Builder != "quick" {
+		t.Errorf("a: %+v, want failed by quick's report", st)
+	}
+}
