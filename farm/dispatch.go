@@ -64,6 +64,7 @@ func (s *Scheduler) Rejected(ctx context.Context, tenant, drvPath, builder, reas
 		return nil
 	}
 	var errs []error
+	var behind error
 	for _, ls := range s.holding(tenant, drvPath) {
 		var c Claims
 		if _, _, err := getJSON(ctx, s.kv, ClaimKey(ls.set.ID, drvPath), &c); err != nil {
@@ -77,12 +78,19 @@ func (s *Scheduler) Rejected(ctx context.Context, tenant, drvPath, builder, reas
 			rep := &Report{Version: RecordVersion, Set: ls.set.ID, Tenant: tenant, DrvPath: drvPath, Replica: cl.Replica,
 				Attempt: cl.Attempt, Builder: builder, Owner: cl.Owner, Outcome: BuildFailed,
 				Log: []string{"result rejected by the cache: " + why}, Time: time.Now().UTC()}
-			if err := s.failed(ctx, ls, rep, reason); err != nil {
+			if err := s.failed(ctx, ls, rep, reason); errors.Is(err, errStateBehind) {
+				behind = err
+			} else if err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		// Retried with the usual backoff; the sets done are not
+		// counted twice (hasFailure).
+		return errors.Join(errs...)
+	}
+	return behind
 }
 
 // Disputed records that the builders of drvPath's output disagree:
@@ -356,6 +364,9 @@ func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, reje
 		if st.Status.Final() || st.hasFailure(rep.Replica, rep.Attempt) {
 			return false, nil, nil
 		}
+		if rep.Replica < 0 { // a claim record's, which any runner may write
+			return false, nil, nil
+		}
 		if rep.Replica >= len(st.Attempts) || rep.Attempt > st.Attempts[rep.Replica] {
 			behind = true
 			return false, nil, nil
@@ -409,25 +420,29 @@ func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, reje
 // out, for good. It is handled again shortly (waitForState).
 var errStateBehind = errors.New("farm: the derivation's state does not know this attempt yet")
 
-// Bounds of waitForState: a failure naming an attempt that never comes
-// (a forged claim's) is dropped after about 14 s.
+// Bounds of waitForState. The state is written right after the publish,
+// but a write that failed is tried again with the handler's backoff (up
+// to 30 s), at the next resync (a minute), or after a crash once AckWait
+// (a minute) has passed: a failure waits that long, and one naming an
+// attempt that never comes (a forged claim's) is then dropped.
 const (
-	behindDelay      = 250 * time.Millisecond
-	behindDeliveries = 10
+	behindDelay    = 250 * time.Millisecond
+	behindDelayMax = 5 * time.Second
+	behindFor      = 3 * time.Minute
 )
 
 // waitForState is the outcome of handling delivery d, which failed with
-// err: d again later when err is errStateBehind, on its first
-// behindDeliveries deliveries.
+// err: d again later when err is errStateBehind, until behindFor after
+// the message was stored.
 func (s *Scheduler) waitForState(d *queue.Delivery, err error) error {
 	if !errors.Is(err, errStateBehind) {
 		return err
 	}
-	if d.NumDelivered >= behindDeliveries {
+	if time.Since(d.Stored) > behindFor {
 		s.log.Warn("farm: dropped a failure whose attempt the state never reached", "subject", d.Subject, logKeyErr, err)
 		return queue.Permanent(err)
 	}
-	return queue.Defer(behindDelay * time.Duration(d.NumDelivered))
+	return queue.Defer(min(behindDelay*time.Duration(d.NumDelivered), behindDelayMax))
 }
 
 // block marks every derivation downstream of drv, not final yet, as

@@ -295,7 +295,7 @@ func (r *Report) Subject() (string, error) {
 // Validate checks the fields' shapes.
 func (r *Report) Validate() error {
 	if r.Version != RecordVersion || validID(r.Set) != nil || storepath.Check(r.DrvPath) != nil || r.Builder == "" ||
-		(r.Outcome != Built && r.Outcome != BuildFailed) {
+		(r.Outcome != Built && r.Outcome != BuildFailed) || r.Replica < 0 || r.Attempt < 1 {
 		return fmt.Errorf("%w: report for %q by %q", ErrInvalid, r.DrvPath, r.Builder)
 	}
 	return nil

@@ -67,7 +67,7 @@ func FuzzDecodeRequest(f *testing.F) {
 
 func validReport() *Report {
 	return &Report{Version: RecordVersion, Set: "abcdefgh12345678", Tenant: tenant, DrvPath: fakePath("a.drv"),
-		Builder: "b1", Outcome: BuildFailed, ExitCode: 1, Log: []string{"error"}, Time: time.Unix(1, 0).UTC()}
+		Attempt: 1, Builder: "b1", Outcome: BuildFailed, ExitCode: 1, Log: []string{"error"}, Time: time.Unix(1, 0).UTC()}
 }
 
 // TestDecodeReportSubject: a report decodes on its own builder's
@@ -111,4 +111,20 @@ func FuzzDecodeReport(f *testing.F) {
 			t.Fatalf("decoded a report of %q on %q", rep.Builder, subject)
 		}
 	})
+}
+
+// TestReportReplicaAttemptRange: a report names replica 0 or later and
+// attempt 1 or later. A negative replica, with a claim record to match
+// (which any runner may write), indexed the state's attempts and crashed
+// every scheduler on each redelivery.
+func TestReportReplicaAttemptRange(t *testing.T) {
+	for _, tc := range []struct{ replica, attempt int }{{-1, 1}, {0, 0}, {0, -3}, {-5, 2}} {
+		rep := validReport()
+		rep.Replica, rep.Attempt = tc.replica, tc.attempt
+		b, _ := json.Marshal(rep)
+		subj, _ := rep.Subject()
+		if _, err := DecodeReport(subj, b); !errors.Is(err, ErrInvalid) {
+			t.Errorf("replica %d attempt %d: %v, want ErrInvalid", tc.replica, tc.attempt, err)
+		}
+	}
 }

@@ -23,7 +23,7 @@ func TestStatsDisputes(t *testing.T) {
 	now := time.Now().UTC()
 	set := NewSetID()
 	for i, b := range []struct{ builder, owner string }{{"b1", "o1"}, {"b2", "o2"}, {"b3", "o1"}, {"b4", "o4"}} {
-		claimAndReport(t, conn, &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: fakePath(b.builder + ".drv"), Replica: i,
+		claimAndReport(t, conn, &Report{Version: RecordVersion, Attempt: 1, Set: set, Tenant: tenant, DrvPath: fakePath(b.builder + ".drv"), Replica: i,
 			Builder: b.builder, Owner: b.owner, Outcome: Built, CPUSeconds: 1, Time: now}, true)
 	}
 	dispute := func(tenant, path string, at time.Time, nars map[string][]string, causes ...nardiff.CauseKind) {
@@ -88,7 +88,7 @@ func TestStatsDisputes(t *testing.T) {
 	// and no dispute, and does not wait for disputes that will not come.
 	time.Sleep(10 * time.Millisecond)
 	since := time.Now()
-	claimAndReport(t, conn, &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: fakePath("late.drv"), Builder: "b1", Owner: "o1",
+	claimAndReport(t, conn, &Report{Version: RecordVersion, Attempt: 1, Set: set, Tenant: tenant, DrvPath: fakePath("late.drv"), Builder: "b1", Owner: "o1",
 		Outcome: Built, Time: since.UTC()}, true)
 	// (Another kind of event since: the stream has news, none disputed.)
 	if err := conn.PublishEvent(ctx, tenant, queue.EventPublished, map[string]string{"tenant": tenant}); err != nil {
@@ -135,16 +135,16 @@ func TestStatsCountOnlyClaimants(t *testing.T) {
 	now := time.Now().UTC()
 	set := NewSetID()
 	drv := fakePath("x.drv")
-	honest := &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: drv, Builder: "honest", Owner: "o1",
+	honest := &Report{Version: RecordVersion, Attempt: 1, Set: set, Tenant: tenant, DrvPath: drv, Builder: "honest", Owner: "o1",
 		Outcome: Built, CPUSeconds: 2, Time: now}
 	claimAndReport(t, conn, honest, true)
 	// The cheat: the same replica in its own name, a replica nobody
 	// holds, and a second report in the honest builder's name with a
 	// huge CPU time and another owner (a different attempt: its own
 	// message id).
-	claimAndReport(t, conn, &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: drv, Builder: "cheat", Owner: "o2",
+	claimAndReport(t, conn, &Report{Version: RecordVersion, Attempt: 1, Set: set, Tenant: tenant, DrvPath: drv, Builder: "cheat", Owner: "o2",
 		Outcome: Built, CPUSeconds: 1e6, Time: now}, false)
-	claimAndReport(t, conn, &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: fakePath("y.drv"), Builder: "cheat",
+	claimAndReport(t, conn, &Report{Version: RecordVersion, Attempt: 1, Set: set, Tenant: tenant, DrvPath: fakePath("y.drv"), Builder: "cheat",
 		Outcome: Built, CPUSeconds: 1e6, Time: now}, false)
 	claimAndReport(t, conn, &Report{Version: RecordVersion, Set: set, Tenant: tenant, DrvPath: drv, Attempt: 1, Builder: "honest",
 		Owner: "o2", Outcome: Built, CPUSeconds: 1e6, Time: now}, false)
@@ -171,7 +171,7 @@ func TestStatsCountOnlyClaimants(t *testing.T) {
 func TestStatsSkipReportOnAnotherBuildersSubject(t *testing.T) {
 	_, conn := setup(t)
 	now := time.Now().UTC()
-	victim := &Report{Version: RecordVersion, Set: NewSetID(), Tenant: tenant, DrvPath: fakePath("x.drv"), Builder: "victim", Owner: "o1",
+	victim := &Report{Version: RecordVersion, Attempt: 1, Set: NewSetID(), Tenant: tenant, DrvPath: fakePath("x.drv"), Builder: "victim", Owner: "o1",
 		Outcome: Built, CPUSeconds: 2, Time: now}
 	claimAndReport(t, conn, victim, true)
 	cheats, _ := queue.FarmReportSubject(tenant, "cheat")

@@ -59,6 +59,9 @@ type Delivery struct {
 	// Stream is the message's sequence number in its stream (RESULTS, or
 	// REBUILD for ConsumeRebuilds).
 	Stream uint64
+	// Stored is when the server stored the message (its clock, not the
+	// publisher's word).
+	Stored time.Time
 
 	inProgress func() error
 }
@@ -378,6 +381,7 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 		MsgID:        msg.Headers().Get(jetstream.MsgIDHeader),
 		NumDelivered: md.NumDelivered,
 		Stream:       md.Sequence.Stream,
+		Stored:       md.Timestamp,
 		inProgress:   msg.InProgress,
 	}
 	herr := w.h(ctx, d)
