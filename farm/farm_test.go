@@ -1067,3 +1067,20 @@ func TestFailureBeforeItsState(t *testing.T) {
 		t.Errorf("a: %+v, want failed by quick's report", st)
 	}
 }
+
+// TestRejectedNegativeReplica: a claim record (any runner may write one)
+// naming replica -1 for a builder whose result the cache rejects is
+// ignored; it indexed the state's attempts and crashed the scheduler.
+func TestRejectedNegativeReplica(t *testing.T) {
+	conn, sub, s := dispatchedA(t, 2)
+	drv := fakePath("a.drv")
+	ctx := testctx.New(t, time.Minute)
+	c, _ := json.Marshal(Claims{Version: RecordVersion, Replicas: []Claim{{Replica: -1, Attempt: 1, Builder: "liar", Owner: "liar", Delivered: 1, At: time.Now().UTC()}}})
+	if err := conn.KVPut(ctx, queue.BucketFarm, ClaimKey(sub.Set.ID, drv), c); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Rejected(ctx, tenant, drv, "liar", "nar", "nar: forged"); err != nil {
+		t.Fatal(err)
+	}
+	stillDispatched(t, conn, sub.Set.ID, "a rejection on replica -1 counted")
+}
