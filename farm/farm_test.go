@@ -1084,3 +1084,66 @@ func TestRejectedNegativeReplica(t *testing.T) {
 	}
 	stillDispatched(t, conn, sub.Set.ID, "a rejection on replica -1 counted")
 }
+
+// TestFollowWhileStatesRewritten: Follow's first report counts every
+// state of the set although states are rewritten while it starts (as
+// the scheduler does): nats.go's watcher marker alone came early and the
+// first report of a finished set could count it unfinished.
+func TestFollowWhileStatesRewritten(t *testing.T) {
+	_, conn := setup(t)
+	cache := newMemCache()
+	s := spec{}
+	for i := range 20 {
+		name := fmt.Sprintf("d%d", i)
+		s[name] = nil
+		cache.add(fakePath(name))
+	}
+	sub := submit(t, conn, graphOf(t, s, "x86_64-linux"), cache, 1, 0)
+	if sub.Skipped != 20 {
+		t.Fatalf("submitted: %d skipped, want 20 (all built already)", sub.Skipped)
+	}
+	ctx := testctx.New(t, time.Minute)
+	kv, err := bucket(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	states, err := list[State](ctx, conn, statePrefix(sub.Set.ID))
+	if err != nil || len(states) != 20 {
+		t.Fatalf("states: %d, %v", len(states), err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // rewrite every state, unchanged, until stopped
+		defer close(done)
+		for {
+			for k, st := range states {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				b, _ := json.Marshal(st)
+				if _, err := kv.Put(ctx, k, b); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for round := range 30 {
+		var first *Progress
+		err := Follow(ctx, conn, sub.Set.ID, time.Hour, func(p *Progress) {
+			if first == nil {
+				cp := *p
+				first = &cp
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first == nil || !first.Finished() {
+			t.Fatalf("round %d: first report %+v, want the finished set", round, first)
+		}
+	}
+}

@@ -82,7 +82,19 @@ func Follow(ctx context.Context, conn *queue.Conn, id string, interval time.Dura
 			if !ok {
 				return fmt.Errorf("farm: follow %s: watch ended", id)
 			}
-			if e == nil { // the current states are all in
+			if e == nil {
+				// nats.go's marker can come before every state did (a
+				// state rewritten during the watch's start: see
+				// queue.Conn.KVList); the list fills in what is missing.
+				all, err := list[State](ctx, conn, statePrefix(id))
+				if err != nil {
+					return fmt.Errorf("farm: follow %s: %w", id, err)
+				}
+				for k, st := range all {
+					if _, ok := states[k]; !ok {
+						states[k] = st
+					}
+				}
 				initial = false
 				report(true)
 			} else {
