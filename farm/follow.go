@@ -83,17 +83,8 @@ func Follow(ctx context.Context, conn *queue.Conn, id string, interval time.Dura
 				return fmt.Errorf("farm: follow %s: watch ended", id)
 			}
 			if e == nil {
-				// nats.go's marker can come before every state did (a
-				// state rewritten during the watch's start: see
-				// queue.Conn.KVList); the list fills in what is missing.
-				all, err := list[State](ctx, conn, statePrefix(id))
-				if err != nil {
+				if err := fillStates(ctx, conn, &set, states); err != nil {
 					return fmt.Errorf("farm: follow %s: %w", id, err)
-				}
-				for k, st := range all {
-					if _, ok := states[k]; !ok {
-						states[k] = st
-					}
 				}
 				initial = false
 				report(true)
@@ -112,4 +103,24 @@ func Follow(ctx context.Context, conn *queue.Conn, id string, interval time.Dura
 			}
 		}
 	}
+}
+
+// fillStates adds the states of set missing from states. nats.go's
+// watcher marker can come before every state did (one rewritten while
+// the watch started: see queue.Conn.KVList); a set has one state per
+// derivation, so only a short count costs the list.
+func fillStates(ctx context.Context, conn *queue.Conn, set *Set, states map[string]*State) error {
+	if len(states) >= set.Size {
+		return nil
+	}
+	all, err := list[State](ctx, conn, statePrefix(set.ID))
+	if err != nil {
+		return err
+	}
+	for k, st := range all {
+		if _, ok := states[k]; !ok {
+			states[k] = st
+		}
+	}
+	return nil
 }
