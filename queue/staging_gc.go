@@ -124,13 +124,13 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 		rep.BytesFreed += o.Size
 	}
 
-	si, err := stream.Info(ctx, jetstream.WithSubjectFilter(stagingChunksPrefix+">"))
-	if err != nil {
-		return rep, errors.Join(append(errs, fmt.Errorf("queue: collect staging: chunk subjects: %w", mapJSError(err)))...)
-	}
-	subjects := make([]string, 0, len(si.State.Subjects))
-	for s := range si.State.Subjects {
-		subjects = append(subjects, s)
+	// The chunk subjects as listed above, after the objects: a subject
+	// purged since is live or gone, and skipped either way.
+	var subjects []string
+	for s := range counts {
+		if strings.HasPrefix(s, stagingChunksPrefix) {
+			subjects = append(subjects, s)
+		}
 	}
 	slices.Sort(subjects)
 	cutoff := opts.Now.Add(-opts.Grace)
@@ -182,7 +182,7 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 				continue
 			}
 		}
-		rep.Orphans = append(rep.Orphans, OrphanChunks{ID: id, Chunks: si.State.Subjects[subj], Last: last.Time})
+		rep.Orphans = append(rep.Orphans, OrphanChunks{ID: id, Chunks: counts[subj], Last: last.Time})
 	}
 	return rep, errors.Join(errs...)
 }
