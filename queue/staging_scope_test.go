@@ -134,14 +134,16 @@ func TestStageScopedForgedChunks(t *testing.T) {
 			cut    int
 			count  string
 			upload string
+			first  string // where a commit's first chunk goes: after id + "."
 		}{
-			{"short first chunk", 10, "2", ""},
-			{"count too low", stageChunkSize, "1", ""},
-			{"count too high", stageChunkSize, "5", ""},
-			{"short first chunk, commit", 10, "2", "FORGED"},
-			{"count too low, commit", stageChunkSize, "1", "FORGED"},
-			{"count too high, commit", stageChunkSize, "5", "FORGED"},
-			{"upload id not a token, commit", stageChunkSize, "2", "f.>"},
+			{"short first chunk", 10, "2", "", ""},
+			{"count too low", stageChunkSize, "1", "", ""},
+			{"count too high", stageChunkSize, "5", "", ""},
+			{"short first chunk, commit", 10, "2", "FORGED", "FORGED"},
+			{"count too low, commit", stageChunkSize, "1", "FORGED", "FORGED"},
+			{"count too high, commit", stageChunkSize, "5", "FORGED", "FORGED"},
+			// Where the id, read as a wildcard, would find it.
+			{"upload id not a token, commit", stageChunkSize, "2", "f.>", "f.x"},
 		} {
 			t.Run(c.nc.ConnectedServerVersion()+"/"+tt.name, func(t *testing.T) {
 				key := ScopedKey(narKey(data), "builder")
@@ -152,7 +154,7 @@ func TestStageScopedForgedChunks(t *testing.T) {
 					if tt.upload != "" {
 						m.Header.Set(uploadHeader, tt.upload)
 						if i == 0 {
-							m.Subject = uploadSubject(id, "FORGED")
+							m.Subject = uploadSubject(id, tt.first)
 						}
 					}
 					if i == 1 {
@@ -163,7 +165,7 @@ func TestStageScopedForgedChunks(t *testing.T) {
 					}
 				}
 				info, err := c.Stage(testctx.New(t, 30*time.Second), key, bytes.NewReader(data))
-				if err != nil || info.Size != uint64(len(data)) {
+				if err != nil || info.Size != uint64(len(data)) || info.Reused {
 					t.Fatalf("Stage over forged chunks: %+v %v", info, err)
 				}
 				if got, si := readStaged(t, c, key); !bytes.Equal(got, data) || si.Size != uint64(len(data)) {
