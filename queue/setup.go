@@ -129,6 +129,10 @@ const (
 	jsErrSubjectsOverlap jetstream.ErrorCode = 10065 // "subjects overlap with an existing stream"
 )
 
+// jsErrRollupFailed is a stream's refusal of a rollup ("rollup not
+// permitted", JSStreamRollupFailedErr).
+const jsErrRollupFailed jetstream.ErrorCode = 10111
+
 // clusterSettling reports refusals that pass once a cluster has settled:
 // a replicated stream refused for want of peers (a cluster still forming,
 // or a server down until it is back), and a create refused because the
@@ -253,12 +257,11 @@ func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
 	return c.ensureHardened(ctx, BucketStaging, want, hardened, create, edit)
 }
 
-// createHardened creates the stream of a bucket as nats.go would, with
-// the settings ensureHardened turns off already off: created as nats.go
-// makes it and updated after, a crash in between would leave rollups
-// allowed until the next EnsureStreams.
+// createHardened creates the stream of a bucket from cfg, which has the
+// settings ensureHardened turns off already off (rollups are off unless
+// set): created as nats.go makes it and updated after, a crash in
+// between would leave rollups allowed until the next EnsureStreams.
 func (c *Conn) createHardened(ctx context.Context, cfg jetstream.StreamConfig) error {
-	cfg.AllowRollup = false
 	_, err := c.js.CreateStream(ctx, cfg)
 	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 		err = nil // another one made it meanwhile

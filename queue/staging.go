@@ -170,11 +170,10 @@ const (
 	layoutCommit
 )
 
-// rollupRefused reports whether err is a stream's refusal of a rollup
-// (nats-server's JSStreamRollupFailedErr).
+// rollupRefused reports whether err is a stream's refusal of a rollup.
 func rollupRefused(err error) bool {
 	var api *jetstream.APIError
-	return errors.As(err, &api) && api.ErrorCode == 10111
+	return errors.As(err, &api) && api.ErrorCode == jsErrRollupFailed
 }
 
 // uploadSubject is the subject of upload's chunks (but the last) of the
