@@ -144,16 +144,14 @@ func (c *Conn) ensureFarmBucket(ctx context.Context, cfg jetstream.KeyValueConfi
 	name := kvStreamPrefix + cfg.Bucket
 	want := jetstream.StreamConfig{Name: name, Storage: cfg.Storage, Replicas: cfg.Replicas, MaxAge: cfg.TTL,
 		MaxMsgSize: cfg.MaxValueSize, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew}
-	hardened := func(got jetstream.StreamConfig) bool {
-		return checkStreamConfig(want, got) == nil && got.DenyPurge && !got.AllowRollup
-	}
+	hardened := func(got jetstream.StreamConfig) bool { return got.DenyPurge && !got.AllowRollup }
 	// The stream nats.go's CreateKeyValue makes, rollups and purges off.
-	create := func(ctx context.Context) error {
+	create := func(ctx context.Context) (jetstream.Stream, error) {
 		s := want
 		s.Description, s.Subjects, s.MaxMsgsPerSubject = cfg.Description, []string{kvSubjectPrefix + cfg.Bucket + ".>"}, int64(max(cfg.History, 1))
 		s.MaxBytes, s.MaxMsgs, s.MaxConsumers, s.Duplicates = -1, -1, -1, duplicateWindow(cfg.TTL)
 		s.DenyDelete, s.DenyPurge, s.AllowDirect = true, true, true
-		return c.createHardened(ctx, s)
+		return c.js.CreateStream(ctx, s)
 	}
 	return c.ensureHardened(ctx, cfg.Bucket, want, hardened, create,
 		func(got *jetstream.StreamConfig) {

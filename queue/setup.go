@@ -239,14 +239,12 @@ func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
 		Discard:  jetstream.DiscardNew,
 		MaxAge:   o.MaxAge,
 	}
-	hardened := func(got jetstream.StreamConfig) bool {
-		return checkStreamConfig(want, got) == nil && !got.AllowRollup
-	}
+	hardened := func(got jetstream.StreamConfig) bool { return !got.AllowRollup }
 	// The stream nats.go's CreateObjectStore makes, rollups off.
-	create := func(ctx context.Context) error {
+	create := func(ctx context.Context) (jetstream.Stream, error) {
 		cfg := want
 		cfg.Description, cfg.MaxBytes, cfg.AllowDirect, cfg.Duplicates = stagingDescription, -1, true, duplicateWindow(o.MaxAge)
-		return c.createHardened(ctx, cfg)
+		return c.js.CreateStream(ctx, cfg)
 	}
 	edit := func(got *jetstream.StreamConfig) {
 		got.Description, got.Replicas, got.MaxAge, got.AllowRollup = stagingDescription, o.Replicas, o.MaxAge, false
@@ -255,18 +253,6 @@ func (c *Conn) ensureStaging(ctx context.Context, o StreamOptions) error {
 		}
 	}
 	return c.ensureHardened(ctx, BucketStaging, want, hardened, create, edit)
-}
-
-// createHardened creates the stream of a bucket from cfg, which has the
-// settings ensureHardened turns off already off (rollups are off unless
-// set): created as nats.go makes it and updated after, a crash in
-// between would leave rollups allowed until the next EnsureStreams.
-func (c *Conn) createHardened(ctx context.Context, cfg jetstream.StreamConfig) error {
-	_, err := c.js.CreateStream(ctx, cfg)
-	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		err = nil // another one made it meanwhile
-	}
-	return err
 }
 
 // duplicateWindow is nats.go's for a bucket with ttl: the server's
@@ -279,13 +265,17 @@ func duplicateWindow(ttl time.Duration) time.Duration {
 }
 
 // ensureHardened makes the stream want.Name of bucket exist (create makes
-// it when it is missing) with settings ok accepts: when they are not,
+// it when it is missing, with the settings we turn off already off: made
+// as nats.go makes it and updated after, a crash in between would leave
+// rollups allowed until the next EnsureStreams) with want's settings and
+// those hardened accepts: when they are not,
 // edit changes the stream's own configuration, and the update must come
 // back ok. It is for buckets nats.go makes with settings we turn off
 // (rollups): its create-or-update would ask for them again, which the
 // server then refuses. A bounded read comes first, as in upToDate.
-func (c *Conn) ensureHardened(ctx context.Context, bucket string, want jetstream.StreamConfig, ok func(jetstream.StreamConfig) bool,
-	create func(context.Context) error, edit func(*jetstream.StreamConfig)) error {
+func (c *Conn) ensureHardened(ctx context.Context, bucket string, want jetstream.StreamConfig, hardened func(jetstream.StreamConfig) bool,
+	create func(context.Context) (jetstream.Stream, error), edit func(*jetstream.StreamConfig)) error {
+	ok := func(got jetstream.StreamConfig) bool { return checkStreamConfig(want, got) == nil && hardened(got) }
 	var s jetstream.Stream
 	lookup := func(ctx context.Context) error {
 		return c.denyAware(ctx, jsAPIFor(want.Name, ""), func(ctx context.Context) (err error) {
@@ -300,8 +290,12 @@ func (c *Conn) ensureHardened(ctx context.Context, bucket string, want jetstream
 		err = lookup(ctx) // the bounded read was not answered in time
 	}
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		if err = c.denyAware(ctx, jsAPIFor(want.Name, ""), create); err == nil {
-			err = lookup(ctx)
+		err = c.denyAware(ctx, jsAPIFor(want.Name, ""), func(ctx context.Context) (err error) {
+			s, err = create(ctx)
+			return err
+		})
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			err = lookup(ctx) // another one made it meanwhile
 		}
 	}
 	if err != nil {
