@@ -462,7 +462,7 @@ func TestNixVersionsFarm(t *testing.T) {
 			ctx := testctx.New(t, 4*time.Minute)
 			dataDir, p, bs, stack := quorumStack(t)
 			pub := readPub(t, p.CachePub())
-			volunteer := func(env *testnix.Env, b qbuilder) *exec.Cmd {
+			volunteer := func(env *testnix.Env, b qbuilder) {
 				key, nixKey, token := envBuilderFiles(t, env, b, p)
 				cmd := env.Command(ctx, env.Provenix(t), "volunteer", "--farm", "--store", env.TempDir(t), "--key", key,
 					"--builder-id", b.id, "--owner", b.owner, "--nix-key", nixKey, "--nats-url", stack.NATSURL(), "--nats-token-file", token,
@@ -480,7 +480,6 @@ func TestNixVersionsFarm(t *testing.T) {
 						t.Logf("%s (%s)'s log:\n%s", b.id, env, log.String())
 					}
 				})
-				return cmd
 			}
 			volunteer(host, bs[0])
 			volunteer(env, bs[1])

@@ -63,8 +63,9 @@ func (s *Store) commit(r *request) error {
 			r.fail(err)
 			return r.err
 		}
-		// The renamed objects are visible now; make the renames (and any
-		// new directories) durable before a later stage's. A failure here
+		// The renamed objects are visible now; make the renames durable
+		// before a later stage's (mkdirs synced any new directory's
+		// parent already). A failure here
 		// is reported, but the objects stay: a retry writes the same bytes.
 		for _, d := range dirs {
 			if err := syncDir(d); err != nil {
