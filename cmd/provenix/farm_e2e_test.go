@@ -48,19 +48,9 @@ func TestFarmEndToEnd(t *testing.T) {
 	stack := startStack(t, up.Config{DataDir: dir})
 	paths := stack.Paths()
 	pub := readPub(t, paths.CachePub())
-	nixFile := filepath.Join(dir, "chain.nix")
-	if err := os.WriteFile(nixFile, []byte(farmChain), 0o644); err != nil {
-		t.Fatal(err)
-	}
-
-	stdout, stderr, code := cli(t, ctx, "submit", nixFile, "-A", "top", "--arg", "busybox", bb, "--argstr", "message="+uniqueMessage(t),
-		"--data-dir", dir, "--json")
-	if code != 0 {
-		t.Fatalf("submit: exit %d\n%s\n%s", code, stdout, stderr)
-	}
-	var sub farm.Submitted
-	if err := json.Unmarshal([]byte(stdout), &sub); err != nil || sub.Set.Size != 3 || sub.Ready != 1 {
-		t.Fatalf("submitted %s: %v", stdout, err)
+	sub := submitChain(t, ctx, dir, bb)
+	if sub.Ready != 1 {
+		t.Fatalf("submitted: %d ready, want 1", sub.Ready)
 	}
 
 	// The stack runs the farm's scheduler: the volunteers are all it takes.
@@ -100,9 +90,9 @@ func TestFarmEndToEnd(t *testing.T) {
 	})
 
 	// farm status --watch follows the set to its end.
-	stdout, stderr, code = cli(t, ctx, "farm", "status", "--watch", sub.Set.ID, "--data-dir", dir)
-	if code != 0 || !strings.Contains(stdout, "3 done") || !strings.Contains(stderr, "3/3 done, 0 building, 0 waiting, 0 failed, 0 blocked, 0 disputed, finished") {
-		t.Fatalf("farm status --watch: exit %d\n%s\n%s", code, stdout, stderr)
+	stdout, stderr := statusWatch(t, ctx, dir, sub.Set.ID)
+	if !strings.Contains(stdout, "3 done") || !strings.Contains(stderr, "3/3 done, 0 building, 0 waiting, 0 failed, 0 blocked, 0 disputed, finished") {
+		t.Fatalf("farm status --watch:\n%s\n%s", stdout, stderr)
 	}
 	t.Logf("farm status --watch:\n%s", stderr)
 	close(built)
@@ -148,4 +138,37 @@ func TestFarmEndToEnd(t *testing.T) {
 	if err != nil || strings.Count(string(b), "\n") != 3 || !strings.HasPrefix(string(b), "farm-e2e-a ") {
 		t.Errorf("top's output %q, %v", b, err)
 	}
+}
+
+// submitChain submits farmChain's top (a chain of three derivations) to
+// the farm of the stack in dataDir, with extra flags for submit, and
+// returns what submit printed.
+func submitChain(t *testing.T, ctx context.Context, dataDir, busybox string, extra ...string) farm.Submitted {
+	t.Helper()
+	nixFile := filepath.Join(t.TempDir(), "chain.nix")
+	if err := os.WriteFile(nixFile, []byte(farmChain), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"submit", nixFile, "-A", "top", "--arg", "busybox", busybox, "--argstr", "message=" + uniqueMessage(t),
+		"--data-dir", dataDir, "--json"}, extra...)
+	stdout, stderr, code := cli(t, ctx, args...)
+	if code != 0 {
+		t.Fatalf("submit: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	var sub farm.Submitted
+	if err := json.Unmarshal([]byte(stdout), &sub); err != nil || sub.Set.Size != 3 {
+		t.Fatalf("submitted %s: %v", stdout, err)
+	}
+	return sub
+}
+
+// statusWatch follows set id with `farm status --watch` until it is
+// finished, and returns what it printed.
+func statusWatch(t *testing.T, ctx context.Context, dataDir, id string) (stdout, stderr string) {
+	t.Helper()
+	stdout, stderr, code := cli(t, ctx, "farm", "status", "--watch", id, "--data-dir", dataDir)
+	if code != 0 {
+		t.Fatalf("farm status --watch: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	return stdout, stderr
 }

@@ -484,22 +484,9 @@ func TestNixVersionsFarm(t *testing.T) {
 			volunteer(host, bs[0])
 			volunteer(env, bs[1])
 
-			nixFile := filepath.Join(t.TempDir(), "chain.nix")
-			if err := os.WriteFile(nixFile, []byte(farmChain), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			stdout, stderr, code := cli(t, ctx, "submit", nixFile, "-A", "top", "--arg", "busybox", busybox,
-				"--argstr", "message="+uniqueMessage(t), "--quorum", "2", "--data-dir", dataDir, "--json")
-			if code != 0 {
-				t.Fatalf("submit: exit %d\n%s\n%s", code, stdout, stderr)
-			}
-			var sub farm.Submitted
-			if err := json.Unmarshal([]byte(stdout), &sub); err != nil || sub.Set.Size != 3 {
-				t.Fatalf("submitted %s: %v", stdout, err)
-			}
-			stdout, stderr, code = cli(t, ctx, "farm", "status", "--watch", sub.Set.ID, "--data-dir", dataDir)
-			if code != 0 || !strings.Contains(stderr, "3/3 done") {
-				t.Fatalf("farm status --watch: exit %d\n%s\n%s", code, stdout, stderr)
+			sub := submitChain(t, ctx, dataDir, busybox, "--quorum", "2")
+			if _, stderr := statusWatch(t, ctx, dataDir, sub.Set.ID); !strings.Contains(stderr, "3/3 done") {
+				t.Fatalf("farm status --watch:\n%s", stderr)
 			}
 			st, err := farm.GetStatus(ctx, stack.Conn(), sub.Set.ID)
 			if err != nil {

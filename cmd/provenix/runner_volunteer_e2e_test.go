@@ -1,10 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -45,22 +43,9 @@ func TestRunnerDaemonVolunteers(t *testing.T) {
 	}
 	startRunnerDaemon(t, bin, p.Dir, runDir, "idle", 1, "provenix:\n  volunteer: true\n  owner: alice\n", p, stack.NATSURL())
 
-	nixFile := filepath.Join(t.TempDir(), "chain.nix")
-	if err := os.WriteFile(nixFile, []byte(farmChain), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	stdout, stderr, code := cli(t, ctx, "submit", nixFile, "-A", "top", "--arg", "busybox", busybox, "--argstr", "message="+uniqueMessage(t),
-		"--data-dir", p.Dir, "--json")
-	if code != 0 {
-		t.Fatalf("submit: exit %d\n%s\n%s", code, stdout, stderr)
-	}
-	var sub farm.Submitted
-	if err := json.Unmarshal([]byte(stdout), &sub); err != nil || sub.Set.Size != 3 {
-		t.Fatalf("submitted %s: %v", stdout, err)
-	}
-	stdout, stderr, code = cli(t, ctx, "farm", "status", "--watch", sub.Set.ID, "--data-dir", p.Dir)
-	if code != 0 || !strings.Contains(stderr, "3/3 done, 0 building, 0 waiting, 0 failed, 0 blocked, 0 disputed, finished") {
-		t.Fatalf("farm status --watch: exit %d\n%s\n%s", code, stdout, stderr)
+	sub := submitChain(t, ctx, p.Dir, busybox)
+	if _, stderr := statusWatch(t, ctx, p.Dir, sub.Set.ID); !strings.Contains(stderr, "3/3 done, 0 building, 0 waiting, 0 failed, 0 blocked, 0 disputed, finished") {
+		t.Fatalf("farm status --watch:\n%s", stderr)
 	}
 	stats, err := farm.ReadStats(ctx, stack.Conn(), up.DefaultTenant, time.Now().Add(-time.Hour))
 	if err != nil {
