@@ -446,14 +446,7 @@ func TestVerifySignedMalformed(t *testing.T) {
 func TestVerifySignedOddPayloads(t *testing.T) {
 	const builder = "https://builders.example/alice"
 	v, s := keyVerifier(t, builder)
-	st, err := NewStatement(testBuild(builder))
-	if err != nil {
-		t.Fatal(err)
-	}
-	good, err := protojson.Marshal(st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	good := statementPayload(t, builder)
 	start, end, err := predicateSpan(good)
 	if err != nil || start < 0 {
 		t.Fatalf("predicate of the good payload: %d %d %v", start, end, err)

@@ -145,14 +145,7 @@ func BenchmarkVerifyKeyless(b *testing.B) {
 		b.Fatal(err)
 	}
 	const builder = "forge:distro/pkgs"
-	st, err := NewStatement(testBuild(builder))
-	if err != nil {
-		b.Fatal(err)
-	}
-	payload, err := protojson.Marshal(st)
-	if err != nil {
-		b.Fatal(err)
-	}
+	payload := statementPayload(b, builder)
 	e, err := vs.Attest(forgeSAN, forgeIssuer, payload)
 	if err != nil {
 		b.Fatal(err)

@@ -11,6 +11,21 @@ import (
 )
 
 // statementJSON is st as the JSON a DSSE payload carries, for editing.
+// statementPayload is the Statement Sign would write for a test build by
+// builder, as JSON: the payload a signature covers.
+func statementPayload(tb testing.TB, builder string) []byte {
+	tb.Helper()
+	st, err := NewStatement(testBuild(builder))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	payload, err := protojson.Marshal(st)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return payload
+}
+
 func statementJSON(t *testing.T, st *intoto.Statement) map[string]any {
 	t.Helper()
 	raw, err := protojson.Marshal(st)
