@@ -25,13 +25,7 @@ func TestConformanceFilesystemFlush(t *testing.T) {
 }
 
 func runConformance(t *testing.T, opts ...Option) {
-	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := New(filepath.Join(t.TempDir(), "cache"), opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	})
+	storetest.Run(t, func(t *testing.T) store.Store { return newTestStore(t, opts...) })
 }
 
 // TestGroupCommitShares: Commits running at the same time each return
@@ -46,11 +40,7 @@ func TestGroupCommitShares(t *testing.T) {
 		s.batch.mu.Unlock()
 	})
 	t.Run("alone", func(t *testing.T) {
-		s, err := New(filepath.Join(t.TempDir(), "cache"), WithoutGroupCommit())
-		if err != nil {
-			t.Fatal(err)
-		}
-		testGroupCommitShares(t, s)
+		testGroupCommitShares(t, newTestStore(t, WithoutGroupCommit()))
 	})
 }
 

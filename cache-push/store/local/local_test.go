@@ -1,6 +1,7 @@
 package local
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,9 +13,9 @@ import (
 	"codeberg.org/provenix/provenix/cache-push/store/storetest"
 )
 
-func newTestStore(t *testing.T) *Store {
+func newTestStore(t *testing.T, opts ...Option) *Store {
 	t.Helper()
-	s, err := New(filepath.Join(t.TempDir(), "cache"))
+	s, err := New(filepath.Join(t.TempDir(), "cache"), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,33 +155,32 @@ func TestDirectoryRemoved(t *testing.T) {
 		opt  []Option
 	}{{"group commit", nil}, {"without group commit", []Option{WithoutGroupCommit()}}, {"filesystem flush", []Option{WithFilesystemFlush()}}} {
 		for _, group := range []bool{false, true} {
-			s, err := New(filepath.Join(t.TempDir(), "cache"), tc.opt...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx := t.Context()
-			for i, key := range []string{"nar/a.nar.zst", "nar/b.nar.zst", "nar/c.nar.zst"} {
-				if i > 0 {
-					if err := os.RemoveAll(filepath.Join(s.Dir(), "nar")); err != nil {
+			t.Run(fmt.Sprintf("%s/group=%v", tc.name, group), func(t *testing.T) {
+				s := newTestStore(t, tc.opt...)
+				ctx := t.Context()
+				for i, key := range []string{"nar/a.nar.zst", "nar/b.nar.zst", "nar/c.nar.zst"} {
+					if i > 0 {
+						if err := os.RemoveAll(filepath.Join(s.Dir(), "nar")); err != nil {
+							t.Fatal(err)
+						}
+					}
+					o, err := store.Write(ctx, s, key, strings.NewReader(key))
+					if err != nil {
 						t.Fatal(err)
 					}
+					if group {
+						err = s.CommitGroup(ctx, []store.Object{o})
+					} else {
+						err = o.Pending.Commit(ctx, key)
+					}
+					if err != nil {
+						t.Fatalf("commit %s after nar/ was removed: %v", key, err)
+					}
+					if b, err := store.ReadAll(ctx, s, key, 100); err != nil || string(b) != key {
+						t.Fatalf("%s reads %q, %v", key, b, err)
+					}
 				}
-				o, err := store.Write(ctx, s, key, strings.NewReader(key))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if group {
-					err = s.CommitGroup(ctx, []store.Object{o})
-				} else {
-					err = o.Pending.Commit(ctx, key)
-				}
-				if err != nil {
-					t.Fatalf("%s, group %v: commit %s after nar/ was removed: %v", tc.name, group, key, err)
-				}
-				if b, err := store.ReadAll(ctx, s, key, 100); err != nil || string(b) != key {
-					t.Fatalf("%s, group %v: %s reads %q, %v", tc.name, group, key, b, err)
-				}
-			}
+			})
 		}
 	}
 }
