@@ -317,7 +317,9 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 				if rollupRefused(err) {
 					// Refresh the connection's view of the stream, so
 					// that its next uploads are commits from the start.
-					_, _ = stream.Info(ctx)
+					ictx, cancel := context.WithTimeout(ctx, DefaultTimeout)
+					_, _ = stream.Info(ictx)
+					cancel()
 					layout, upload = layoutCommit, rand.Text()
 					uploadSubj = uploadSubject(id, upload)
 					defer c.watchDenied(uploadSubj, cancelCause)()
