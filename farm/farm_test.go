@@ -1147,3 +1147,48 @@ func TestFollowWhileStatesRewritten(t *testing.T) {
 		}
 	}
 }
+
+// TestForgedFutureAttemptUncounted: a bad builder claims, in the bucket,
+// an attempt the scheduler never dispatched and reports it failed. The
+// report waits for a state that never comes and counts nothing; an
+// honest builder's failure of the real attempt meanwhile counts, and is
+// retried. Before, the forged failure counted and used up an attempt.
+func TestForgedFutureAttemptUncounted(t *testing.T) {
+	conn, sub, _ := dispatchedA(t, 3)
+	drv := fakePath("a.drv")
+	forgeClaim(t, conn, sub.Set.ID, drv, "mallory", 7)
+	forged := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, Replica: 0, Attempt: 7,
+		Builder: "mallory", Owner: "mallory", Outcome: BuildFailed, ExitCode: 1, Time: time.Now().UTC()}
+	if err := PublishReport(testctx.New(t, time.Minute), conn, forged); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		c, err := conn.JetStream().Consumer(testctx.New(t, time.Minute), queue.StreamFarmReports, queue.FarmConsumer(queue.FarmReportFilter))
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(testctx.New(t, time.Minute))
+		return err == nil && info.Delivered.Stream >= 1
+	})
+	time.Sleep(300 * time.Millisecond) // handled: counted, or waiting
+	stillDispatched(t, conn, sub.Set.ID, "a forged failure of attempt 7 counted")
+
+	forgeClaim(t, conn, sub.Set.ID, drv, "honest", 1)
+	honest := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, Replica: 0, Attempt: 1,
+		Builder: "honest", Owner: "honest", Outcome: BuildFailed, ExitCode: 1, Time: time.Now().UTC()}
+	if err := PublishReport(testctx.New(t, time.Minute), conn, honest); err != nil {
+		t.Fatal(err)
+	}
+	var st *State
+	waitFor(t, 10*time.Second, func() bool {
+		s, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
+		if err != nil || len(s.Derivations[0].Failures) == 0 {
+			return false
+		}
+		st = s.Derivations[0]
+		return true
+	})
+	if st.Status != Dispatched || len(st.Failures) != 1 || st.Failures[0].Builder != "honest" || st.Attempts[0] != 2 {
+		t.Errorf("after a forged and an honest failure: %+v, want the honest one only, retried as attempt 2", st)
+	}
+}
