@@ -1043,18 +1043,7 @@ func TestFailureBeforeItsState(t *testing.T) {
 	forgeClaim(t, conn, sub.Set.ID, a, "quick", 1)
 	rep := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: a, Replica: 0, Attempt: 1,
 		Builder: "quick", Owner: "quick", Outcome: BuildFailed, ExitCode: 1, Time: time.Now().UTC()}
-	if err := PublishReport(testctx.New(t, time.Minute), conn, rep); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, func() bool {
-		c, err := conn.JetStream().Consumer(testctx.New(t, time.Minute), queue.StreamFarmReports, queue.FarmConsumer(queue.FarmReportFilter))
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(testctx.New(t, time.Minute))
-		return err == nil && info.Delivered.Stream == 1
-	})
-	time.Sleep(300 * time.Millisecond) // handled: dropped, or waiting
+	publishFirstReport(t, conn, rep)
 	if st := status()["a"]; st.Status != Waiting || len(st.Failures) != 0 {
 		t.Fatalf("a before b is visible: %+v", st)
 	}
@@ -1159,18 +1148,7 @@ func TestForgedFutureAttemptUncounted(t *testing.T) {
 	forgeClaim(t, conn, sub.Set.ID, drv, "mallory", 7)
 	forged := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, Replica: 0, Attempt: 7,
 		Builder: "mallory", Owner: "mallory", Outcome: BuildFailed, ExitCode: 1, Time: time.Now().UTC()}
-	if err := PublishReport(testctx.New(t, time.Minute), conn, forged); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, func() bool {
-		c, err := conn.JetStream().Consumer(testctx.New(t, time.Minute), queue.StreamFarmReports, queue.FarmConsumer(queue.FarmReportFilter))
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(testctx.New(t, time.Minute))
-		return err == nil && info.Delivered.Stream >= 1
-	})
-	time.Sleep(300 * time.Millisecond) // handled: counted, or waiting
+	publishFirstReport(t, conn, forged)
 	stillDispatched(t, conn, sub.Set.ID, "a forged failure of attempt 7 counted")
 
 	forgeClaim(t, conn, sub.Set.ID, drv, "honest", 1)

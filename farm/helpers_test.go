@@ -333,6 +333,25 @@ func waitReportsHandled(t testing.TB, conn *queue.Conn, n uint64) {
 	})
 }
 
+// publishFirstReport publishes rep, the set's first report, and returns
+// once the scheduler has had it: delivered, and a moment to handle it
+// (count, drop or defer it).
+func publishFirstReport(t testing.TB, conn *queue.Conn, rep *Report) {
+	t.Helper()
+	if err := PublishReport(testctx.New(t, time.Minute), conn, rep); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		c, err := conn.JetStream().Consumer(testctx.New(t, time.Minute), queue.StreamFarmReports, queue.FarmConsumer(queue.FarmReportFilter))
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(testctx.New(t, time.Minute))
+		return err == nil && info.Delivered.Stream >= 1
+	})
+	time.Sleep(300 * time.Millisecond)
+}
+
 // publishReportOn publishes rep on subj with message id msgID, as a
 // runner user may with any report on its own subject.
 func publishReportOn(t testing.TB, conn *queue.Conn, subj, msgID string, rep *Report) {
