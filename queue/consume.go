@@ -28,10 +28,12 @@ const (
 	// delivery is retried: 1 s, 2 s, 4 s, ... capped at 30 s.
 	redeliveryBase = time.Second
 	redeliveryMax  = 30 * time.Second
-	// maxConcurrency bounds ConsumerOptions.Concurrency: each worker holds
-	// one pull request, and the server keeps at most 512 waiting per
-	// consumer (max_waiting), for all members of the group together.
-	maxConcurrency = 256
+	// maxConcurrency bounds ConsumerOptions.Concurrency: each handler
+	// holds one message (a result is at most MaxResultSize), so the
+	// bound is on the memory of a Consumer. The handlers share one pull
+	// request, so the server's limit on requests waiting at a consumer
+	// (max_waiting, 512) no longer bounds them.
+	maxConcurrency = 1024
 	// pullExpiry is how long one pull request waits for a message.
 	pullExpiry = 30 * time.Second
 	// DefaultMaxAckPending is ConsumerOptions.MaxAckPending's default.
@@ -135,9 +137,10 @@ type ConsumerOptions struct {
 	// every other result.
 	MaxAckPending int
 	// Concurrency is how many handlers run at once in this Consumer; 1
-	// when 0. Each running handler holds exactly one message: nothing is
-	// prefetched, so no message waits in a client buffer while its
-	// AckWait runs, and idle members of the group get the work.
+	// when 0. Each running handler holds exactly one message: a pull
+	// asks for one message per idle handler and nothing more, so no
+	// message waits in a client buffer while its AckWait runs, and idle
+	// members of the group get the work.
 	Concurrency int
 }
 
@@ -211,11 +214,11 @@ func (k *Consumer) Closed() <-chan struct{} { return k.closed }
 // messages with o.Concurrency workers. h gets a ctx derived from ctx and
 // cancelled by Stop.
 //
-// Each worker asks the server for one message at a time and only when it
-// is free, so a Consumer never holds more than Concurrency messages. A
-// message received in the instant Stop or Drain is called is released
-// (nak) unhandled; one in flight on the wire at that moment is redelivered
-// after AckWait.
+// The Consumer asks the server, in one request at a time, for as many
+// messages as it has idle handlers, so it never holds more than
+// Concurrency messages. A message received in the instant Stop or Drain
+// is called is released (nak) unhandled; one in flight on the wire at
+// that moment is redelivered after AckWait.
 func (c *Conn) ConsumeResults(ctx context.Context, o ConsumerOptions, h Handler) (*Consumer, error) {
 	if h == nil {
 		return nil, errors.New("queue: consume results: nil handler")
@@ -283,12 +286,8 @@ func (c *Conn) consume(ctx context.Context, stream string, want jetstream.Consum
 	pullCtx, drain := context.WithCancel(handlerCtx)
 	k := &Consumer{stop: stop, drain: drain, closed: make(chan struct{})}
 	w := &worker{cons: cons, h: h, log: log, termReason: termTakesReason(c.nc.ConnectedServerVersion())}
-	var wg sync.WaitGroup
-	for range concurrency {
-		wg.Go(func() { w.run(pullCtx, handlerCtx) })
-	}
 	go func() {
-		wg.Wait()
+		w.run(pullCtx, handlerCtx, concurrency)
 		stop() // release the contexts
 		close(k.closed)
 	}()
@@ -313,16 +312,15 @@ type worker struct {
 	// outcome at all: the message stays pending and comes back after
 	// AckWait, to be rejected again, forever.
 	termReason bool
-	// pulls counts pull requests in flight across the Consumer's workers.
+	// pulls is 1 while the Consumer's pull request is in flight.
 	pulls atomic.Int32
 }
 
 // release naks a message we are not going to handle because we stop. It
-// first waits (briefly) for the other workers' pulls to end: their
-// requests stay registered on the server until their inbox is
-// unsubscribed, and a message released before that would be delivered to
-// a dead inbox and wait out its AckWait instead of going to another
-// member now.
+// first waits (briefly) for the Consumer's pull to end: its request stays
+// registered on the server until its inbox is unsubscribed, and a message
+// released before that would be delivered to a dead inbox and wait out
+// its AckWait instead of going to another member now.
 func (w *worker) release(msg jetstream.Msg) error {
 	for i := 0; i < 200 && w.pulls.Load() > 0; i++ {
 		time.Sleep(5 * time.Millisecond)
@@ -330,41 +328,98 @@ func (w *worker) release(msg jetstream.Msg) error {
 	return msg.Nak()
 }
 
-// run pulls and handles one message at a time until pullCtx ends.
-func (w *worker) run(pullCtx, handlerCtx context.Context) {
-	failures := 0
-	for pullCtx.Err() == nil {
-		// A long poll: the server holds the request up to pullExpiry and
-		// heartbeats it, so a lost connection shows up as an error. The
-		// expiry is bounded even when pullCtx has a far deadline: an
-		// abandoned request must not linger on the server.
-		fctx, cancel := context.WithTimeout(pullCtx, pullExpiry)
-		w.pulls.Add(1)
-		msg, err := w.cons.Next(jetstream.FetchContext(fctx))
-		w.pulls.Add(-1)
-		cancel()
-		if err != nil {
-			switch {
-			case pullCtx.Err() != nil:
-				return
-			case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
-				failures = 0 // the poll expired empty
-				continue
-			case errors.Is(err, nats.ErrConnectionClosed):
-				w.log.Warn("queue: consumer stops: connection closed")
-				return
+// run runs concurrency handlers and pulls their messages until pullCtx
+// ends, then waits for the handlers to return.
+func (w *worker) run(pullCtx, handlerCtx context.Context, concurrency int) {
+	// idle holds a token for each handler without a message: a pull asks
+	// for as many messages as it takes tokens, so each message it gets
+	// has a handler waiting for it.
+	idle := make(chan struct{}, concurrency)
+	work := make(chan jetstream.Msg)
+	var wg sync.WaitGroup
+	for range concurrency {
+		idle <- struct{}{}
+		wg.Go(func() {
+			for msg := range work {
+				w.handle(handlerCtx, msg)
+				idle <- struct{}{}
 			}
-			w.log.Warn("queue: pull failed, retrying", logKeyErr, err)
-			_ = retry.Sleep(pullCtx, backoff(failures))
-			failures++
-			continue
-		}
-		failures = 0
-		if pullCtx.Err() != nil {
-			_ = w.release(msg) // stopping: let another member have it now
+		})
+	}
+	w.pull(pullCtx, idle, work)
+	close(work)
+	wg.Wait()
+}
+
+// pull asks the server for a message for every idle handler, in one
+// request, and hands out what arrives, until ctx ends. One request per
+// round instead of one per handler: fewer requests for the server to
+// serve, and no bound on the handlers from the server's limit on the
+// requests waiting at a consumer (max_waiting).
+func (w *worker) pull(ctx context.Context, idle chan struct{}, work chan<- jetstream.Msg) {
+	failures := 0
+	for {
+		select {
+		case <-idle:
+		case <-ctx.Done():
 			return
 		}
-		w.handle(handlerCtx, msg)
+		n := 1
+	take:
+		for {
+			select {
+			case <-idle:
+				n++
+			default:
+				break take
+			}
+		}
+		// A long poll: the server holds the request up to pullExpiry and
+		// heartbeats it, so a lost connection shows up as an error. The
+		// expiry is bounded even when ctx has a far deadline: an
+		// abandoned request must not linger on the server. The request
+		// ends once n messages came.
+		fctx, cancel := context.WithTimeout(ctx, pullExpiry)
+		w.pulls.Add(1)
+		got := 0
+		var late []jetstream.Msg
+		batch, err := w.cons.Fetch(n, jetstream.FetchContext(fctx))
+		if err == nil {
+			for msg := range batch.Messages() {
+				got++
+				if ctx.Err() != nil {
+					late = append(late, msg) // stopping: let another member have it now
+					continue
+				}
+				work <- msg
+			}
+			err = batch.Error()
+		}
+		w.pulls.Add(-1)
+		cancel()
+		for range n - got {
+			idle <- struct{}{}
+		}
+		for _, msg := range late {
+			_ = w.release(msg)
+		}
+		if err == nil {
+			failures = 0
+			continue
+		}
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+			failures = 0 // the poll expired
+			continue
+		case errors.Is(err, nats.ErrConnectionClosed):
+			w.log.Warn("queue: consumer stops: connection closed")
+			return
+		}
+		w.log.Warn("queue: pull failed, retrying", logKeyErr, err)
+		_ = retry.Sleep(ctx, backoff(failures))
+		failures++
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
@@ -254,6 +255,45 @@ func TestConsumeConcurrencyLimit(t *testing.T) {
 	// being handled.
 	if info := consumerInfo(t, c, "g"); info.NumAckPending != 0 {
 		t.Errorf("%d messages still unacked", info.NumAckPending)
+	}
+}
+
+// TestConsumeOnePullForIdleHandlers: the Consumer asks for a message for
+// every idle handler in one request, and for no more: while every handler
+// is busy, no message waits in the Consumer and no request is made.
+func TestConsumeOnePullForIdleHandlers(t *testing.T) {
+	_, c := setup(t)
+	const n, limit = 20, 8
+	publishN(t, c, n)
+	var requests atomic.Int32
+	sub, err := c.nc.Subscribe("$JS.API.CONSUMER.MSG.NEXT."+StreamResults+"."+ConsumerPrefix+"g", func(*nats.Msg) {
+		requests.Add(1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	var running atomic.Int32
+	release := make(chan struct{})
+	rec := newRecorder()
+	consume(t, c, ConsumerOptions{Group: "g", Concurrency: limit}, func(_ context.Context, d *Delivery) error {
+		running.Add(1)
+		<-release
+		rec.add(d)
+		return nil
+	})
+	waitFor(t, 10*time.Second, "every handler busy", func() bool { return running.Load() == limit })
+	time.Sleep(200 * time.Millisecond) // would-be further requests
+	if got := requests.Load(); got != 1 {
+		t.Errorf("%d pull requests for %d idle handlers, want 1", got, limit)
+	}
+	if info := consumerInfo(t, c, "g"); info.NumAckPending != limit {
+		t.Errorf("%d messages delivered to %d busy handlers", info.NumAckPending, limit)
+	}
+	close(release)
+	waitFor(t, 10*time.Second, "all messages", func() bool { return rec.total() == n })
+	if got := requests.Load(); got >= n {
+		t.Errorf("%d pull requests for %d messages", got, n)
 	}
 }
 
