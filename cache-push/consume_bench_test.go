@@ -14,8 +14,8 @@ import (
 )
 
 // BenchmarkConsumeResults measures a pusher consuming results from an
-// embedded NATS server, as `provenix up` runs one (16 handlers, quorum 1,
-// no VSA): the CPU of this process (pusher and server) per result, and
+// embedded NATS server, as `provenix up` runs one (256 handlers,
+// up.DefaultConcurrency; quorum 1, no VSA): the CPU of this process (pusher and server) per result, and
 // the messages the server handled per result. Results (one output, a
 // small NAR staged in its builder's scope, as builders stage: the
 // fixture's results) are signed, staged and published before the clock
@@ -63,7 +63,7 @@ func BenchmarkConsumeResults(b *testing.B) {
 	cpu0 := testproc.SelfCPU(b)
 	b.ResetTimer()
 	start := time.Now()
-	if err := pu.Open(ctx, f.conn, queue.ConsumerOptions{Group: "bench", FilterSubject: queue.ResultsFilter(testTenant), Concurrency: 16}); err != nil {
+	if err := pu.Open(ctx, f.conn, queue.ConsumerOptions{Group: "bench", FilterSubject: queue.ResultsFilter(testTenant), Concurrency: 256}); err != nil {
 		b.Fatal(err)
 	}
 	select {

@@ -31,9 +31,6 @@ import (
 // benchResults is how many results one measurement pushes.
 const benchResults = 3000
 
-// benchPusherConcurrency is each benchmark pusher's --concurrency.
-const benchPusherConcurrency = 16
-
 // BenchmarkResultsCluster measures results per second through the whole
 // pusher path (NATS queue, bundle verification, policy, KV vote, staged
 // NAR read, cache write with fsyncs, events) with two pushers sharing one
@@ -190,7 +187,7 @@ func benchPushRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest.
 			b.Fatal(err)
 		}
 		if err := pu.Open(ctx, pc, queue.ConsumerOptions{Group: group, FilterSubject: queue.ResultsFilter(up.DefaultTenant),
-			Concurrency: benchPusherConcurrency}); err != nil {
+			Concurrency: up.DefaultConcurrency}); err != nil {
 			b.Fatal(err)
 		}
 		pushers = append(pushers, pu)
