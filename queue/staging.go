@@ -497,24 +497,29 @@ func (c *Conn) DeleteStaged(ctx context.Context, key string) error {
 		}
 		id = info.NUID
 	}
-	if err := purgeObject(ctx, stream, key, id); err != nil {
+	if err := purgeObject(ctx, stream, key, id, 0); err != nil {
 		return fmt.Errorf("queue: delete staged %s: %w", key, err)
 	}
 	return nil
 }
 
 // purgeObject removes key's metas and the chunks on chunk subject id (and
-// its uploads').
+// its uploads'): all of them, or when upTo is not 0 those stored before
+// stream sequence upTo.
 // (nats.go's ObjectStore.Delete marks the object deleted with a rollup,
 // which the staging stream refuses.)
-func purgeObject(ctx context.Context, stream jetstream.Stream, key, id string) error {
+func purgeObject(ctx context.Context, stream jetstream.Stream, key, id string, upTo uint64) error {
 	subjects := []string{stagingChunksPrefix + id, metaSubject(key)}
 	if strings.Contains(id, ".") {
 		// A scoped object: its uploads' own subjects too (layoutCommit).
 		subjects = append(subjects, stagingChunksPrefix+id+".>")
 	}
 	for _, subj := range subjects {
-		if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+		opts := []jetstream.StreamPurgeOpt{jetstream.WithPurgeSubject(subj)}
+		if upTo != 0 {
+			opts = append(opts, jetstream.WithPurgeSequence(upTo))
+		}
+		if err := stream.Purge(ctx, opts...); err != nil {
 			return mapJSError(err)
 		}
 	}

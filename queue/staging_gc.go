@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -112,7 +113,7 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 			continue
 		}
 		if !opts.DryRun {
-			if err := c.deleteIfSame(ctx, obs, stream, o); err != nil {
+			if err := c.deleteIfSame(ctx, stream, o); err != nil {
 				live[o.NUID] = true
 				errs = append(errs, err)
 				continue
@@ -217,31 +218,42 @@ func trimKept(ctx context.Context, stream jetstream.Stream, o *jetstream.ObjectI
 	return nil
 }
 
-// deleteIfSame deletes o unless its key now names another upload.
-func (c *Conn) deleteIfSame(ctx context.Context, obs jetstream.ObjectStore, stream jetstream.Stream, o *jetstream.ObjectInfo) error {
-	cur, err := obs.GetInfo(ctx, o.Name)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
+// deleteIfSame deletes o unless its key now names another upload: its
+// meta is still the one listed (same chunks, same time stored). A scoped
+// key names the same chunk subject on every upload, so the chunks alone
+// cannot tell a re-upload since the listing. Only what the stream held up
+// to that meta is purged: an upload of the key that starts after the
+// check puts its chunks and meta after it, and they stay.
+func (c *Conn) deleteIfSame(ctx context.Context, stream jetstream.Stream, o *jetstream.ObjectInfo) error {
+	m, err := stream.GetLastMsgForSubject(ctx, metaSubject(o.Name))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("queue: collect staging %s: %w", o.Name, mapJSError(err))
 	}
-	if cur.NUID != o.NUID {
+	var cur jetstream.ObjectInfo
+	if err := json.Unmarshal(m.Data, &cur); err != nil || cur.Deleted {
+		// Not a meta an upload wrote: another's, and not ours to judge.
+		return fmt.Errorf("queue: collect staging %s: its meta changed since listing, kept", o.Name)
+	}
+	if cur.NUID != o.NUID || !m.Time.Equal(o.ModTime) {
 		return fmt.Errorf("queue: collect staging %s: replaced since listing, kept", o.Name)
 	}
+	upTo := m.Sequence + 1
 	if strings.Contains(o.NUID, ".") {
 		// A scoped chunk subject. Anyone may write a meta, naming any
 		// chunks: remove the chunks only when the meta's key is the one
 		// they belong to, and otherwise the meta alone.
 		scope, ok := KeyScope(o.Name)
 		if !ok || scopedChunkID(o.Name, scope) != o.NUID {
-			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(o.Name))); err != nil {
+			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(o.Name)), jetstream.WithPurgeSequence(upTo)); err != nil {
 				return fmt.Errorf("queue: collect staging %s: %w", o.Name, mapJSError(err))
 			}
 			return nil
 		}
 	}
-	if err := purgeObject(ctx, stream, o.Name, o.NUID); err != nil {
+	if err := purgeObject(ctx, stream, o.Name, o.NUID, upTo); err != nil {
 		return fmt.Errorf("queue: collect staging %s: %w", o.Name, err)
 	}
 	return nil

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testnats"
 )
 
 func TestCollectStaging(t *testing.T) {
@@ -138,5 +140,94 @@ func TestCollectStagingKeepsEvidence(t *testing.T) {
 	}
 	if rep, err = c.CollectStaging(ctx, opts); err != nil || len(rep.Objects) != 2 || rep.Held != 0 {
 		t.Fatalf("after release: %+v %v", rep, err)
+	}
+}
+
+// TestCollectStagingKeepsReupload: an object staged again after
+// CollectStaging listed it is not removed with the old one. A scoped key
+// names the same chunk subject on every upload, so only its meta tells
+// the uploads apart; and an upload after the check survives the purge.
+func TestCollectStagingKeepsReupload(t *testing.T) {
+	_, embedded := setup(t)
+	debian := connect(t, testnats.Start(t, t.TempDir(), "", false).URL)
+	if err := debian.EnsureStreams(context.Background(), StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]*Conn{"embedded": embedded, "debian": debian} {
+		t.Run(name, func(t *testing.T) { testKeepsReupload(t, c) })
+	}
+}
+
+func testKeepsReupload(t *testing.T, c *Conn) {
+	ctx := testctx.New(t, 30*time.Second)
+	obs, stream, err := c.staging(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(key string) string {
+		t.Helper()
+		rc, _, err := c.OpenStaged(ctx, key)
+		if err != nil {
+			t.Fatalf("%s: %v", key, err)
+		}
+		defer rc.Close()
+		b, err := io.ReadAll(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	for _, key := range []string{ScopedKey("closure/reup", "builder"), "closure/reup-plain"} {
+		t.Run(key, func(t *testing.T) {
+			if _, err := c.Stage(ctx, key, bytes.NewReader([]byte("old"))); err != nil {
+				t.Fatal(err)
+			}
+			old, err := obs.GetInfo(ctx, key) // as CollectStaging lists it
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			// Staged again before the check.
+			if _, err := c.Stage(ctx, key, bytes.NewReader([]byte("new"))); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.deleteIfSame(ctx, stream, old); err == nil {
+				t.Error("an object staged again since its listing was deleted")
+			}
+			if got := read(key); got != "new" {
+				t.Fatalf("after the check: %q, want the new upload", got)
+			}
+
+			// Staged again after the check: the purge stops at the meta
+			// checked.
+			cur, err := obs.GetInfo(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := stream.GetLastMsgForSubject(ctx, metaSubject(key))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Stage(ctx, key, bytes.NewReader([]byte("newer"))); err != nil {
+				t.Fatal(err)
+			}
+			if err := purgeObject(ctx, stream, key, cur.NUID, m.Sequence+1); err != nil {
+				t.Fatal(err)
+			}
+			if got := read(key); got != "newer" {
+				t.Fatalf("after the purge: %q, want the upload made after the check", got)
+			}
+			// And the unchanged object goes.
+			cur, err = obs.GetInfo(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.deleteIfSame(ctx, stream, cur); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := c.OpenStaged(ctx, key); !errors.Is(err, ErrNotFound) {
+				t.Errorf("deleted object: %v, want ErrNotFound", err)
+			}
+		})
 	}
 }
