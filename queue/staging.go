@@ -68,9 +68,9 @@ type StagedInfo struct {
 // StagingTimeout.
 //
 // Reuse: when key is a content-addressed StagingKey ("nar/<sha256 hex>")
-// and an object whose digest equals that hash is already staged, Stage
-// returns its info with Reused set and leaves r unread (the caller may
-// close or drain it). Any other existing object under key is replaced;
+// and an object whose digest equals that hash is already staged, less
+// than half the stream's MaxAge ago, Stage returns its info with Reused
+// set and leaves r unread (the caller may close or drain it). Any other existing object under key is replaced;
 // readers of the old object then fail and must retry.
 //
 // Failure: if r fails, ctx ends or the server refuses a chunk, Stage
@@ -107,7 +107,7 @@ func (c *Conn) Stage(ctx context.Context, key string, r io.Reader) (StagedInfo, 
 	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
 	}
-	if old != nil && !old.Deleted && contentMatchesKey(key, old.Digest) {
+	if old != nil && !old.Deleted && contentMatchesKey(key, old.Digest) && reusable(stream, old.ModTime) {
 		// The digest is the uploader's claim, and anyone who may stage
 		// may have made it: reuse only content read back whole that
 		// matches it (hence the key). Anything else is uploaded again

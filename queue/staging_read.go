@@ -33,7 +33,7 @@ func (c *Conn) OpenStaged(ctx context.Context, key string) (io.ReadCloser, Stage
 			cancel()
 			return nil, StagedInfo{}, fmt.Errorf("queue: open staged %s: %w", key, err)
 		}
-		rc, size, err := c.openScoped(ctx, rctx, stream, scopedChunkID(key, scope))
+		rc, size, _, err := c.openScoped(ctx, rctx, stream, scopedChunkID(key, scope))
 		if err != nil {
 			cancel()
 			return nil, StagedInfo{}, fmt.Errorf("queue: open staged %s: %w", key, err)

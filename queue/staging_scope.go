@@ -10,6 +10,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -91,10 +92,12 @@ func scopedChunkID(key, scope string) string {
 func (c *Conn) stageScoped(ctx, rctx context.Context, stream jetstream.Stream, key, scope string, r io.Reader) (StagedInfo, error) {
 	id := scopedChunkID(key, scope)
 	if want, ok := keyHash(unscoped(key)); ok {
-		size, err := c.hashScoped(ctx, rctx, stream, id, want)
+		size, stored, err := c.hashScoped(ctx, rctx, stream, id, want)
 		switch {
-		case err == nil:
+		case err == nil && reusable(stream, stored):
 			return StagedInfo{Key: key, Size: size, Reused: true}, nil
+		case err == nil:
+			// Too old to hand out: uploaded again below.
 		case !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt):
 			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
 		}
@@ -112,27 +115,41 @@ func (c *Conn) stageScoped(ctx, rctx context.Context, stream jetstream.Stream, k
 }
 
 // hashScoped reads chunk id whole and fails with ErrCorrupt unless its
-// sha256 is want (ErrNotFound when it holds nothing).
-func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id string, want []byte) (uint64, error) {
-	rc, _, err := c.openScoped(ctx, rctx, stream, id)
+// sha256 is want (ErrNotFound when it holds nothing). It returns its size
+// and when its last chunk was stored.
+func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id string, want []byte) (uint64, time.Time, error) {
+	rc, _, stored, err := c.openScoped(ctx, rctx, stream, id)
 	if err != nil {
-		return 0, err
+		return 0, time.Time{}, err
 	}
 	defer rc.Close()
 	h := sha256.New()
 	n, err := io.Copy(h, rc)
 	if err != nil {
-		return 0, err
+		return 0, time.Time{}, err
 	}
 	if !bytes.Equal(h.Sum(nil), want) {
-		return 0, fmt.Errorf("%w: staged content does not hash to its key", ErrCorrupt)
+		return 0, time.Time{}, fmt.Errorf("%w: staged content does not hash to its key", ErrCorrupt)
 	}
 	// n is size: chunkReader fails otherwise.
-	return uint64(n), nil
+	return uint64(n), stored, nil
+}
+
+// reusable reports whether content stored at stored is young enough for
+// Stage to hand it out again instead of uploading it: the stream's
+// MaxAge expires each message on its own, and a result naming reused
+// content must find it when a pusher gets to it, which may be hours later
+// after an outage. Content past half the MaxAge is uploaded again, which
+// gives it a whole MaxAge. (Staging GC goes by the meta's time: see
+// CollectStaging.)
+func reusable(stream jetstream.Stream, stored time.Time) bool {
+	maxAge := stream.CachedInfo().Config.MaxAge
+	return maxAge <= 0 || time.Since(stored) < maxAge/2
 }
 
 // openScoped opens the content of chunk id: its size is that of its
-// chunks (all full but the last, as Stage writes them). The meta is not
+// chunks (all full but the last, as Stage writes them), and when its last
+// chunk was stored. The meta is not
 // read: anyone may have written it.
 //
 // The subject's last message is the last chunk of an upload that wrote
@@ -148,41 +165,41 @@ func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 // subject, and those before the count a stream info to count them (on a
 // cluster of pre-2.11 servers it goes through the meta leader, and capped
 // the pusher at about 120 results/s).
-func (c *Conn) openScoped(ctx, rctx context.Context, stream jetstream.Stream, id string) (io.ReadCloser, uint64, error) {
+func (c *Conn) openScoped(ctx, rctx context.Context, stream jetstream.Stream, id string) (io.ReadCloser, uint64, time.Time, error) {
 	subj := stagingChunksPrefix + id
 	last, err := stream.GetLastMsgForSubject(rctx, subj)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, 0, fmt.Errorf("%w: nothing staged under %s", ErrNotFound, subj)
+		return nil, 0, time.Time{}, fmt.Errorf("%w: nothing staged under %s", ErrNotFound, subj)
 	}
 	if err != nil {
-		return nil, 0, mapJSError(err)
+		return nil, 0, time.Time{}, mapJSError(err)
 	}
 	upload := last.Header.Get(uploadHeader)
 	n, err := strconv.ParseUint(last.Header.Get(chunksHeader), 10, 32)
 	switch {
 	case upload != "" && (err != nil || n == 0):
-		return nil, 0, fmt.Errorf("%w: the last chunk under %s has no count", ErrCorrupt, subj)
+		return nil, 0, time.Time{}, fmt.Errorf("%w: the last chunk under %s has no count", ErrCorrupt, subj)
 	case err != nil || n == 0:
 		// Staged before the count was written.
 		si, err := stream.Info(rctx, jetstream.WithSubjectFilter(subj))
 		if err != nil {
-			return nil, 0, mapJSError(err)
+			return nil, 0, time.Time{}, mapJSError(err)
 		}
 		if n = si.State.Subjects[subj]; n == 0 {
-			return nil, 0, fmt.Errorf("%w: nothing staged under %s", ErrNotFound, subj)
+			return nil, 0, time.Time{}, fmt.Errorf("%w: nothing staged under %s", ErrNotFound, subj)
 		}
 	}
 	size := (n-1)*stageChunkSize + uint64(len(last.Data))
 	if n == 1 {
-		return io.NopCloser(bytes.NewReader(last.Data)), size, nil
+		return io.NopCloser(bytes.NewReader(last.Data)), size, last.Time, nil
 	}
 	if upload == "" {
-		return &chunkReader{ctx: ctx, stream: stream, subj: subj, left: n, size: size}, size, nil
+		return &chunkReader{ctx: ctx, stream: stream, subj: subj, left: n, size: size}, size, last.Time, nil
 	}
 	if !validUpload(upload) {
-		return nil, 0, fmt.Errorf("%w: upload id %q under %s", ErrCorrupt, upload, subj)
+		return nil, 0, time.Time{}, fmt.Errorf("%w: upload id %q under %s", ErrCorrupt, upload, subj)
 	}
-	return &chunkReader{ctx: ctx, stream: stream, subj: uploadSubject(id, upload), left: n - 1, upload: upload, tail: last.Data, size: size}, size, nil
+	return &chunkReader{ctx: ctx, stream: stream, subj: uploadSubject(id, upload), left: n - 1, upload: upload, tail: last.Data, size: size}, size, last.Time, nil
 }
 
 // validUpload reports whether an upload id is one subject token of the

@@ -621,3 +621,49 @@ func TestStageOneChunkSubscribesNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestStageReuseOnlyFresh: staged content is reused only while it has
+// half the stream's MaxAge left to live. Older content handed out again
+// could expire before a pusher reads it, and the result naming it would
+// be rejected for a missing NAR, against an honest builder.
+func TestStageReuseOnlyFresh(t *testing.T) {
+	const maxAge = 4 * time.Second
+	c := connect(t, startServer(t, server.Config{}).ClientURL())
+	if err := c.EnsureStreams(context.Background(), StreamOptions{MaxAge: maxAge}); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("a NAR staged twice")
+	for _, key := range []string{narKey(data), ScopedKey(narKey(data), "builder")} {
+		t.Run(key, func(t *testing.T) {
+			t.Parallel()
+			ctx := testctx.New(t, time.Minute)
+			stage := func() StagedInfo {
+				t.Helper()
+				info, err := c.Stage(ctx, key, bytes.NewReader(data))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return info
+			}
+			start := time.Now()
+			if stage().Reused {
+				t.Fatal("first upload reused")
+			}
+			if !stage().Reused {
+				t.Fatal("fresh content not reused")
+			}
+			time.Sleep(maxAge/2 + 100*time.Millisecond)
+			if stage().Reused {
+				t.Error("content past half its MaxAge reused")
+			}
+			// Past the first upload's MaxAge, the content staged last is
+			// there.
+			time.Sleep(time.Until(start.Add(maxAge + time.Second)))
+			rc, _, err := c.OpenStaged(ctx, key)
+			if err != nil {
+				t.Fatalf("after the first upload expired: %v", err)
+			}
+			rc.Close()
+		})
+	}
+}
