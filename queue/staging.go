@@ -112,8 +112,13 @@ func (c *Conn) Stage(ctx context.Context, key string, r io.Reader) (StagedInfo, 
 		// may have made it: reuse only content read back whole that
 		// matches it (hence the key). Anything else is uploaded again
 		// over it.
-		if err := c.verifyStaged(ctx, key); err == nil {
-			return StagedInfo{Key: key, Size: old.Size, Digest: old.Digest, Reused: true}, nil
+		// A fresh meta, since staging GC goes by its time: without
+		// one, the content is uploaded again, which writes one.
+		err := c.verifyStaged(ctx, key)
+		if err == nil {
+			if err = c.writeMeta(ctx, old); err == nil {
+				return StagedInfo{Key: key, Size: old.Size, Digest: old.Digest, Reused: true}, nil
+			}
 		} else if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNotFound) {
 			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
 		}
@@ -398,18 +403,7 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 		Chunks: chunks,
 		Digest: jetstream.GetObjectDigestValue(h),
 	}
-	data, err := json.Marshal(info)
-	if err != nil {
-		return fail(fmt.Errorf("encode meta: %w", err))
-	}
-	// The new meta follows the earlier ones of the key, which stay until
-	// they expire: readers take a subject's last message.
-	meta := nats.NewMsg(metaSubject(key))
-	meta.Data = data
-	mctx, mcancel := context.WithTimeout(ctx, DefaultTimeout)
-	_, err = c.js.PublishMsg(mctx, meta)
-	mcancel()
-	if err != nil {
+	if err := c.writeMeta(ctx, info); err != nil {
 		// The meta may have been stored with only its ack lost (timeout,
 		// cancel): then the object is complete and must not lose its
 		// chunks.
@@ -422,6 +416,24 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 		return fail(fmt.Errorf("publish meta: %w", err))
 	}
 	return info, nil
+}
+
+// writeMeta publishes info as its key's meta. It follows the earlier ones
+// of the key, which stay until they expire or staging GC trims them:
+// readers take a subject's last message.
+func (c *Conn) writeMeta(ctx context.Context, info *jetstream.ObjectInfo) error {
+	m := *info
+	m.ModTime = time.Time{} // the message's own time is the meta's
+	data, err := json.Marshal(&m)
+	if err != nil {
+		return fmt.Errorf("encode meta: %w", err)
+	}
+	meta := nats.NewMsg(metaSubject(info.Name))
+	meta.Data = data
+	ctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
+	defer cancel()
+	_, err = c.js.PublishMsg(ctx, meta)
+	return err
 }
 
 func waitAck(ctx context.Context, f jetstream.PubAckFuture) error {

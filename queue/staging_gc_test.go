@@ -231,3 +231,36 @@ func testKeepsReupload(t *testing.T, c *Conn) {
 		})
 	}
 }
+
+// TestCollectStagingKeepsReused: content Stage handed out again counts as
+// staged when it was reused, not when it was first uploaded: the result
+// naming it is still to be read.
+func TestCollectStagingKeepsReused(t *testing.T) {
+	_, c := setup(t)
+	ctx := testctx.New(t, 30*time.Second)
+	data := []byte("a NAR a builder staged again")
+	keys := []string{narKey(data), ScopedKey(narKey(data), "builder")}
+	for _, key := range keys {
+		if s, err := c.Stage(ctx, key, bytes.NewReader(data)); err != nil || s.Reused {
+			t.Fatalf("%s: %+v, %v", key, s, err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	for _, key := range keys {
+		if s, err := c.Stage(ctx, key, bytes.NewReader(data)); err != nil || !s.Reused {
+			t.Fatalf("%s staged again: %+v, %v; want it reused", key, s, err)
+		}
+	}
+	rep, err := c.CollectStaging(ctx, StagingGCOptions{MaxAge: 300 * time.Millisecond, Grace: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Objects) != 0 || len(rep.Orphans) != 0 {
+		t.Errorf("removed content just reused: %+v", rep)
+	}
+	for _, key := range keys {
+		if got, _ := readStaged(t, c, key); !bytes.Equal(got, data) {
+			t.Errorf("%s after GC: %q", key, got)
+		}
+	}
+}

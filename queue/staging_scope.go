@@ -92,10 +92,18 @@ func scopedChunkID(key, scope string) string {
 func (c *Conn) stageScoped(ctx, rctx context.Context, stream jetstream.Stream, key, scope string, r io.Reader) (StagedInfo, error) {
 	id := scopedChunkID(key, scope)
 	if want, ok := keyHash(unscoped(key)); ok {
-		size, stored, err := c.hashScoped(ctx, rctx, stream, id, want)
+		got, err := c.hashScoped(ctx, rctx, stream, id, want)
 		switch {
-		case err == nil && reusable(stream, stored):
-			return StagedInfo{Key: key, Size: size, Reused: true}, nil
+		case err == nil && reusable(stream, got.stored):
+			info := &jetstream.ObjectInfo{
+				ObjectMeta: jetstream.ObjectMeta{Name: key, Opts: &jetstream.ObjectMetaOptions{ChunkSize: stageChunkSize}},
+				Bucket:     BucketStaging, NUID: id, Size: got.size, Chunks: got.chunks, Digest: got.digest,
+			}
+			if err := c.writeMeta(ctx, info); err == nil {
+				return StagedInfo{Key: key, Size: got.size, Digest: got.digest, Reused: true}, nil
+			}
+			// Without a fresh meta, staging GC may take the content
+			// early: uploaded again below, which writes one.
 		case err == nil:
 			// Too old to hand out: uploaded again below.
 		case !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt):
@@ -114,25 +122,34 @@ func (c *Conn) stageScoped(ctx, rctx context.Context, stream jetstream.Stream, k
 	return StagedInfo{Key: key, Size: info.Size, Digest: info.Digest}, nil
 }
 
+// scopedContent is what hashScoped found under a chunk subject.
+type scopedContent struct {
+	size   uint64
+	chunks uint32
+	digest string    // as an object meta gives it
+	stored time.Time // when its last chunk was stored
+}
+
 // hashScoped reads chunk id whole and fails with ErrCorrupt unless its
-// sha256 is want (ErrNotFound when it holds nothing). It returns its size
-// and when its last chunk was stored.
-func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id string, want []byte) (uint64, time.Time, error) {
-	rc, _, stored, err := c.openScoped(ctx, rctx, stream, id)
+// sha256 is want (ErrNotFound when it holds nothing).
+func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id string, want []byte) (scopedContent, error) {
+	rc, size, stored, err := c.openScoped(ctx, rctx, stream, id)
 	if err != nil {
-		return 0, time.Time{}, err
+		return scopedContent{}, err
 	}
 	defer rc.Close()
 	h := sha256.New()
 	n, err := io.Copy(h, rc)
 	if err != nil {
-		return 0, time.Time{}, err
+		return scopedContent{}, err
 	}
 	if !bytes.Equal(h.Sum(nil), want) {
-		return 0, time.Time{}, fmt.Errorf("%w: staged content does not hash to its key", ErrCorrupt)
+		return scopedContent{}, fmt.Errorf("%w: staged content does not hash to its key", ErrCorrupt)
 	}
-	// n is size: chunkReader fails otherwise.
-	return uint64(n), stored, nil
+	// n is size: chunkReader fails otherwise. The chunks are all full
+	// but the last, and an empty object is one empty chunk.
+	chunks := max(1, (size+stageChunkSize-1)/stageChunkSize)
+	return scopedContent{size: uint64(n), chunks: uint32(chunks), digest: jetstream.GetObjectDigestValue(h), stored: stored}, nil
 }
 
 // reusable reports whether content stored at stored is young enough for
@@ -140,8 +157,8 @@ func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 // MaxAge expires each message on its own, and a result naming reused
 // content must find it when a pusher gets to it, which may be hours later
 // after an outage. Content past half the MaxAge is uploaded again, which
-// gives it a whole MaxAge. (Staging GC goes by the meta's time: see
-// CollectStaging.)
+// gives it a whole MaxAge. (Staging GC goes by the meta's time, which
+// Stage writes again when it reuses content.)
 func reusable(stream jetstream.Stream, stored time.Time) bool {
 	maxAge := stream.CachedInfo().Config.MaxAge
 	return maxAge <= 0 || time.Since(stored) < maxAge/2
