@@ -364,6 +364,12 @@ func (w *worker) pull(ctx context.Context, idle chan struct{}, work chan<- jetst
 		case <-ctx.Done():
 			return
 		}
+		if ctx.Err() != nil {
+			// Both were ready and select took the token: a pull now
+			// would go out on a cancelled context, and what the server
+			// sent it would wait out its AckWait at a dead inbox.
+			return
+		}
 		n := 1
 	take:
 		for {
