@@ -96,27 +96,27 @@ func (c *Conn) Stage(ctx context.Context, key string, r io.Reader) (StagedInfo, 
 	// upload: one sent to a leader that just died is never answered.
 	rctx, rcancel := context.WithTimeout(ctx, DefaultTimeout)
 	defer rcancel()
-	obs, stream, err := c.staging(rctx)
+	_, stream, err := c.staging(rctx)
 	if err != nil {
 		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
 	}
 	if scope, ok := KeyScope(key); ok {
 		return c.stageScoped(ctx, rctx, stream, key, scope, r)
 	}
-	old, err := obs.GetInfo(rctx, key, jetstream.GetObjectInfoShowDeleted())
-	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
+	old, oldSeq, err := lastMeta(rctx, stream, key)
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt) {
+		return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
 	}
-	if old != nil && !old.Deleted && contentMatchesKey(key, old.Digest) && reusable(stream, old.ModTime) {
+	if old != nil && !old.Deleted && contentMatchesKey(key, old.Digest) {
 		// The digest is the uploader's claim, and anyone who may stage
 		// may have made it: reuse only content read back whole that
 		// matches it (hence the key). Anything else is uploaded again
 		// over it.
-		// A fresh meta, since staging GC goes by its time: without
-		// one, the content is uploaded again, which writes one.
 		err := c.verifyStaged(ctx, key)
 		if err == nil {
-			if err = c.writeMeta(ctx, old); err == nil {
+			// Its age counts from its first chunk, the first to expire.
+			first, ferr := stream.GetMsg(rctx, 1, jetstream.WithGetMsgSubject(stagingChunksPrefix+old.NUID))
+			if ferr == nil && c.reuse(ctx, stream, old, first.Time, oldSeq) {
 				return StagedInfo{Key: key, Size: old.Size, Digest: old.Digest, Reused: true}, nil
 			}
 		} else if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNotFound) {
@@ -420,8 +420,10 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 
 // writeMeta publishes info as its key's meta. It follows the earlier ones
 // of the key, which stay until they expire or staging GC trims them:
-// readers take a subject's last message.
-func (c *Conn) writeMeta(ctx context.Context, info *jetstream.ObjectInfo) error {
+// readers take a subject's last message. With opts (a
+// jetstream.WithExpectLastSequencePerSubject) the server stores it only
+// if they hold.
+func (c *Conn) writeMeta(ctx context.Context, info *jetstream.ObjectInfo, opts ...jetstream.PublishOpt) error {
 	m := *info
 	m.ModTime = time.Time{} // the message's own time is the meta's
 	data, err := json.Marshal(&m)
@@ -432,8 +434,48 @@ func (c *Conn) writeMeta(ctx context.Context, info *jetstream.ObjectInfo) error 
 	meta.Data = data
 	ctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
 	defer cancel()
-	_, err = c.js.PublishMsg(ctx, meta)
+	_, err = c.js.PublishMsg(ctx, meta, opts...)
 	return err
+}
+
+// lastMeta reads key's meta (the last message of its meta subject, its
+// time the meta's ModTime) and its stream sequence: ErrNotFound when it
+// has none, ErrCorrupt, with the sequence, when it does not parse.
+func lastMeta(ctx context.Context, stream jetstream.Stream, key string) (*jetstream.ObjectInfo, uint64, error) {
+	m, err := stream.GetLastMsgForSubject(ctx, metaSubject(key))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, 0, fmt.Errorf("%w: no meta for %s", ErrNotFound, key)
+	}
+	if err != nil {
+		return nil, 0, mapJSError(err)
+	}
+	var info jetstream.ObjectInfo
+	if err := json.Unmarshal(m.Data, &info); err != nil {
+		return nil, m.Sequence, fmt.Errorf("%w: meta of %s: %w", ErrCorrupt, key, err)
+	}
+	info.ModTime = m.Time
+	return &info, m.Sequence, nil
+}
+
+// reuse reports whether Stage may hand out content already staged as
+// info, its last chunk stored at stored and its key's meta at sequence
+// metaSeq (read before the content was checked), and if so writes a fresh
+// meta for it:
+//   - only while the content has half the stream's MaxAge to live: the
+//     MaxAge expires each message on its own, and a result naming reused
+//     content must find it when a pusher gets to it, which may be hours
+//     later after an outage. Older content is uploaded again, which gives
+//     it a whole MaxAge;
+//   - the fresh meta because staging GC goes by the meta's time. It is
+//     stored only if metaSeq is still the key's last meta: staging GC
+//     removes the meta before the chunks and looks again before removing
+//     these (deleteIfSame), so either this write fails and the content is
+//     uploaded again, or GC sees it and keeps the chunks.
+func (c *Conn) reuse(ctx context.Context, stream jetstream.Stream, info *jetstream.ObjectInfo, stored time.Time, metaSeq uint64) bool {
+	if maxAge := stream.CachedInfo().Config.MaxAge; maxAge > 0 && time.Since(stored) >= maxAge/2 {
+		return false
+	}
+	return metaSeq != 0 && c.writeMeta(ctx, info, jetstream.WithExpectLastSequencePerSubject(metaSeq)) == nil
 }
 
 func waitAck(ctx context.Context, f jetstream.PubAckFuture) error {
@@ -509,33 +551,45 @@ func (c *Conn) DeleteStaged(ctx context.Context, key string) error {
 		}
 		id = info.NUID
 	}
-	if err := purgeObject(ctx, stream, key, id, 0); err != nil {
+	if err := purgeObject(ctx, stream, key, id); err != nil {
 		return fmt.Errorf("queue: delete staged %s: %w", key, err)
 	}
 	return nil
 }
 
 // purgeObject removes key's metas and the chunks on chunk subject id (and
-// its uploads'): all of them, or when upTo is not 0 those stored before
-// stream sequence upTo.
+// its uploads').
 // (nats.go's ObjectStore.Delete marks the object deleted with a rollup,
 // which the staging stream refuses.)
-func purgeObject(ctx context.Context, stream jetstream.Stream, key, id string, upTo uint64) error {
-	subjects := []string{stagingChunksPrefix + id, metaSubject(key)}
+func purgeObject(ctx context.Context, stream jetstream.Stream, key, id string) error {
+	if err := purgeUpTo(ctx, stream, metaSubject(key), 0); err != nil {
+		return err
+	}
+	return purgeChunks(ctx, stream, id, 0)
+}
+
+// purgeChunks removes the chunks on chunk subject id and, for a scoped
+// object, on its uploads' subjects: all of them, or when upTo is not 0
+// those stored before stream sequence upTo.
+func purgeChunks(ctx context.Context, stream jetstream.Stream, id string, upTo uint64) error {
+	if err := purgeUpTo(ctx, stream, stagingChunksPrefix+id, upTo); err != nil {
+		return err
+	}
 	if strings.Contains(id, ".") {
 		// A scoped object: its uploads' own subjects too (layoutCommit).
-		subjects = append(subjects, stagingChunksPrefix+id+".>")
-	}
-	for _, subj := range subjects {
-		opts := []jetstream.StreamPurgeOpt{jetstream.WithPurgeSubject(subj)}
-		if upTo != 0 {
-			opts = append(opts, jetstream.WithPurgeSequence(upTo))
-		}
-		if err := stream.Purge(ctx, opts...); err != nil {
-			return mapJSError(err)
-		}
+		return purgeUpTo(ctx, stream, stagingChunksPrefix+id+".>", upTo)
 	}
 	return nil
+}
+
+// purgeUpTo removes what subj holds: all of it, or when upTo is not 0 the
+// messages stored before stream sequence upTo.
+func purgeUpTo(ctx context.Context, stream jetstream.Stream, subj string, upTo uint64) error {
+	opts := []jetstream.StreamPurgeOpt{jetstream.WithPurgeSubject(subj)}
+	if upTo != 0 {
+		opts = append(opts, jetstream.WithPurgeSequence(upTo))
+	}
+	return mapJSError(stream.Purge(ctx, opts...))
 }
 
 // staging returns the staging bucket's handles, looked up once per Conn.

@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -223,37 +222,42 @@ func trimKept(ctx context.Context, stream jetstream.Stream, o *jetstream.ObjectI
 // key names the same chunk subject on every upload, so the chunks alone
 // cannot tell a re-upload since the listing. Only what the stream held up
 // to that meta is purged: an upload of the key that starts after the
-// check puts its chunks and meta after it, and they stay.
+// check puts its chunks and meta after it, and they stay. The meta goes
+// first, and the chunks only if no meta came since: Stage reusing the
+// content writes a fresh meta only while the one it read is the last
+// (reuse), so it either fails or is seen here.
 func (c *Conn) deleteIfSame(ctx context.Context, stream jetstream.Stream, o *jetstream.ObjectInfo) error {
-	m, err := stream.GetLastMsgForSubject(ctx, metaSubject(o.Name))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
+	cur, seq, err := lastMeta(ctx, stream, o.Name)
+	switch {
+	case errors.Is(err, ErrNotFound):
 		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("queue: collect staging %s: %w", o.Name, mapJSError(err))
-	}
-	var cur jetstream.ObjectInfo
-	if err := json.Unmarshal(m.Data, &cur); err != nil || cur.Deleted {
+	case errors.Is(err, ErrCorrupt):
 		// Not a meta an upload wrote: another's, and not ours to judge.
 		return fmt.Errorf("queue: collect staging %s: its meta changed since listing, kept", o.Name)
+	case err != nil:
+		return fmt.Errorf("queue: collect staging %s: %w", o.Name, err)
 	}
-	if cur.NUID != o.NUID || !m.Time.Equal(o.ModTime) {
+	if cur.Deleted || cur.NUID != o.NUID || !cur.ModTime.Equal(o.ModTime) {
 		return fmt.Errorf("queue: collect staging %s: replaced since listing, kept", o.Name)
 	}
-	upTo := m.Sequence + 1
+	if err := purgeUpTo(ctx, stream, metaSubject(o.Name), seq+1); err != nil {
+		return fmt.Errorf("queue: collect staging %s: %w", o.Name, err)
+	}
 	if strings.Contains(o.NUID, ".") {
 		// A scoped chunk subject. Anyone may write a meta, naming any
-		// chunks: remove the chunks only when the meta's key is the one
-		// they belong to, and otherwise the meta alone.
-		scope, ok := KeyScope(o.Name)
-		if !ok || scopedChunkID(o.Name, scope) != o.NUID {
-			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(metaSubject(o.Name)), jetstream.WithPurgeSequence(upTo)); err != nil {
-				return fmt.Errorf("queue: collect staging %s: %w", o.Name, mapJSError(err))
-			}
+		// chunks: the chunks go only when the meta's key is the one
+		// they belong to; otherwise the meta alone went.
+		if scope, ok := KeyScope(o.Name); !ok || scopedChunkID(o.Name, scope) != o.NUID {
 			return nil
 		}
 	}
-	if err := purgeObject(ctx, stream, o.Name, o.NUID, upTo); err != nil {
+	if _, _, err := lastMeta(ctx, stream, o.Name); !errors.Is(err, ErrNotFound) {
+		if err != nil && !errors.Is(err, ErrCorrupt) {
+			return fmt.Errorf("queue: collect staging %s: %w", o.Name, err)
+		}
+		return fmt.Errorf("queue: collect staging %s: staged again since listing, kept", o.Name)
+	}
+	if err := purgeChunks(ctx, stream, o.NUID, seq+1); err != nil {
 		return fmt.Errorf("queue: collect staging %s: %w", o.Name, err)
 	}
 	return nil

@@ -211,7 +211,10 @@ func testKeepsReupload(t *testing.T, c *Conn) {
 			if _, err := c.Stage(ctx, key, bytes.NewReader([]byte("newer"))); err != nil {
 				t.Fatal(err)
 			}
-			if err := purgeObject(ctx, stream, key, cur.NUID, m.Sequence+1); err != nil {
+			if err := purgeUpTo(ctx, stream, metaSubject(key), m.Sequence+1); err != nil {
+				t.Fatal(err)
+			}
+			if err := purgeChunks(ctx, stream, cur.NUID, m.Sequence+1); err != nil {
 				t.Fatal(err)
 			}
 			if got := read(key); got != "newer" {
@@ -245,13 +248,13 @@ func TestCollectStagingKeepsReused(t *testing.T) {
 			t.Fatalf("%s: %+v, %v", key, s, err)
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(2500 * time.Millisecond)
 	for _, key := range keys {
 		if s, err := c.Stage(ctx, key, bytes.NewReader(data)); err != nil || !s.Reused {
 			t.Fatalf("%s staged again: %+v, %v; want it reused", key, s, err)
 		}
 	}
-	rep, err := c.CollectStaging(ctx, StagingGCOptions{MaxAge: 300 * time.Millisecond, Grace: 300 * time.Millisecond})
+	rep, err := c.CollectStaging(ctx, StagingGCOptions{MaxAge: 2 * time.Second, Grace: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

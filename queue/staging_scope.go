@@ -92,20 +92,26 @@ func scopedChunkID(key, scope string) string {
 func (c *Conn) stageScoped(ctx, rctx context.Context, stream jetstream.Stream, key, scope string, r io.Reader) (StagedInfo, error) {
 	id := scopedChunkID(key, scope)
 	if want, ok := keyHash(unscoped(key)); ok {
+		// The meta's sequence before the content is read (see reuse).
+		// Anyone may have written the meta; reuse only needs its place.
+		var metaSeq uint64
+		if m, err := stream.GetLastMsgForSubject(rctx, metaSubject(key)); err == nil {
+			metaSeq = m.Sequence
+		} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
+		}
 		got, err := c.hashScoped(ctx, rctx, stream, id, want)
 		switch {
-		case err == nil && reusable(stream, got.stored):
+		case err == nil:
 			info := &jetstream.ObjectInfo{
 				ObjectMeta: jetstream.ObjectMeta{Name: key, Opts: &jetstream.ObjectMetaOptions{ChunkSize: stageChunkSize}},
 				Bucket:     BucketStaging, NUID: id, Size: got.size, Chunks: got.chunks, Digest: got.digest,
 			}
-			if err := c.writeMeta(ctx, info); err == nil {
+			if c.reuse(ctx, stream, info, got.stored, metaSeq) {
 				return StagedInfo{Key: key, Size: got.size, Digest: got.digest, Reused: true}, nil
 			}
-			// Without a fresh meta, staging GC may take the content
-			// early: uploaded again below, which writes one.
-		case err == nil:
-			// Too old to hand out: uploaded again below.
+			// Too old to hand out, or staging GC took it meanwhile:
+			// uploaded again below.
 		case !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt):
 			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
 		}
@@ -150,18 +156,6 @@ func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 	// but the last, and an empty object is one empty chunk.
 	chunks := max(1, (size+stageChunkSize-1)/stageChunkSize)
 	return scopedContent{size: uint64(n), chunks: uint32(chunks), digest: jetstream.GetObjectDigestValue(h), stored: stored}, nil
-}
-
-// reusable reports whether content stored at stored is young enough for
-// Stage to hand it out again instead of uploading it: the stream's
-// MaxAge expires each message on its own, and a result naming reused
-// content must find it when a pusher gets to it, which may be hours later
-// after an outage. Content past half the MaxAge is uploaded again, which
-// gives it a whole MaxAge. (Staging GC goes by the meta's time, which
-// Stage writes again when it reuses content.)
-func reusable(stream jetstream.Stream, stored time.Time) bool {
-	maxAge := stream.CachedInfo().Config.MaxAge
-	return maxAge <= 0 || time.Since(stored) < maxAge/2
 }
 
 // openScoped opens the content of chunk id: its size is that of its

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/queue/server"
 )
 
@@ -625,47 +626,106 @@ func TestStageOneChunkSubscribesNothing(t *testing.T) {
 }
 
 // TestStageReuseOnlyFresh: staged content is reused only while it has
-// half the stream's MaxAge left to live. Older content handed out again
-// could expire before a pusher reads it, and the result naming it would
-// be rejected for a missing NAR, against an honest builder.
+// half the stream's MaxAge left to live, counted from its chunks (each
+// reuse writes a fresh meta, which must not make them younger). Older
+// content handed out again could expire before a pusher reads it, and the
+// result naming it would be rejected for a missing NAR, against an honest
+// builder.
 func TestStageReuseOnlyFresh(t *testing.T) {
-	const maxAge = 4 * time.Second
+	const maxAge = 6 * time.Second
 	c := connect(t, startServer(t, server.Config{}).ClientURL())
 	if err := c.EnsureStreams(context.Background(), StreamOptions{MaxAge: maxAge}); err != nil {
 		t.Fatal(err)
 	}
-	data := []byte("a NAR staged twice")
+	data := []byte("a NAR staged again and again")
 	for _, key := range []string{narKey(data), ScopedKey(narKey(data), "builder")} {
 		t.Run(key, func(t *testing.T) {
 			t.Parallel()
 			ctx := testctx.New(t, time.Minute)
-			stage := func() StagedInfo {
+			stage := func() bool {
 				t.Helper()
 				info, err := c.Stage(ctx, key, bytes.NewReader(data))
 				if err != nil {
 					t.Fatal(err)
 				}
-				return info
+				return info.Reused
 			}
 			start := time.Now()
-			if stage().Reused {
+			if stage() {
 				t.Fatal("first upload reused")
 			}
-			if !stage().Reused {
+			if !stage() {
 				t.Fatal("fresh content not reused")
 			}
-			time.Sleep(maxAge/2 + 100*time.Millisecond)
-			if stage().Reused {
+			time.Sleep(time.Until(start.Add(maxAge / 4)))
+			if !stage() {
+				t.Fatal("content at a quarter of its MaxAge not reused")
+			}
+			time.Sleep(time.Until(start.Add(maxAge/2 + 500*time.Millisecond)))
+			if stage() {
 				t.Error("content past half its MaxAge reused")
 			}
 			// Past the first upload's MaxAge, the content staged last is
 			// there.
-			time.Sleep(time.Until(start.Add(maxAge + time.Second)))
+			time.Sleep(time.Until(start.Add(maxAge + 1500*time.Millisecond)))
 			rc, _, err := c.OpenStaged(ctx, key)
 			if err != nil {
 				t.Fatalf("after the first upload expired: %v", err)
 			}
 			rc.Close()
+		})
+	}
+}
+
+// TestStageReuseNeedsItsMeta: reuse writes its fresh meta only while the
+// meta it read before checking the content is the last. Staging GC
+// removes the meta first: content whose meta went meanwhile is uploaded
+// again, never handed out while its chunks may be going too.
+func TestStageReuseNeedsItsMeta(t *testing.T) {
+	_, embedded := setup(t)
+	debian := connect(t, testnats.Start(t, t.TempDir(), "", false).URL)
+	if err := debian.EnsureStreams(context.Background(), StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]*Conn{"embedded": embedded, "debian": debian} {
+		t.Run(name, func(t *testing.T) { testReuseNeedsItsMeta(t, c) })
+	}
+}
+
+func testReuseNeedsItsMeta(t *testing.T, c *Conn) {
+	ctx := testctx.New(t, 30*time.Second)
+	_, stream, err := c.staging(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("a NAR whose meta staging GC took")
+	for _, key := range []string{narKey(data), ScopedKey(narKey(data), "builder")} {
+		t.Run(key, func(t *testing.T) {
+			for i, want := range []bool{false, true} {
+				if s, err := c.Stage(ctx, key, bytes.NewReader(data)); err != nil || s.Reused != want {
+					t.Fatalf("Stage %d: %+v, %v; want Reused %v", i, s, err, want)
+				}
+			}
+			info, seq, err := lastMeta(ctx, stream, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := purgeUpTo(ctx, stream, metaSubject(key), seq+1); err != nil {
+				t.Fatal(err)
+			}
+			if c.reuse(ctx, stream, info, time.Now(), seq) {
+				t.Error("reused with the meta it read gone")
+			}
+			if _, _, err := lastMeta(ctx, stream, key); !errors.Is(err, ErrNotFound) {
+				t.Errorf("a meta was written: %v", err)
+			}
+			s, err := c.Stage(ctx, key, bytes.NewReader(data))
+			if err != nil || s.Reused {
+				t.Fatalf("Stage without a meta: %+v, %v; want a new upload", s, err)
+			}
+			if got, _ := readStaged(t, c, key); !bytes.Equal(got, data) {
+				t.Errorf("after the new upload: %q", got)
+			}
 		})
 	}
 }
