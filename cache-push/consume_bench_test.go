@@ -15,7 +15,7 @@ import (
 
 // BenchmarkConsumeResults measures a pusher consuming results from an
 // embedded NATS server, as `provenix up` runs one (256 handlers,
-// up.DefaultConcurrency; quorum 1, no VSA): the CPU of this process (pusher and server) per result, and
+// wire.DirConcurrency; quorum 1, no VSA): the CPU of this process (pusher and server) per result, and
 // the messages the server handled per result. Results (one output, a
 // small NAR staged in its builder's scope, as builders stage: the
 // fixture's results) are signed, staged and published before the clock

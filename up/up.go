@@ -5,6 +5,7 @@
 package up
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,19 +39,8 @@ const (
 	DefaultTenant    = "default"
 	DefaultBuilderID = "local"
 	DefaultGroup     = "cache"
-	// DefaultConcurrency is how many results a pusher handles at once.
-	// One at a time leaves the pusher waiting on fsyncs and NATS round
-	// trips; results are independent (votes and builder records are
-	// updated with compare-and-set), so several run side by side, and
-	// the more wait on one round of group commit, the fewer rounds:
-	// 256 handled 1.54x the results per second of 32 (BenchmarkConsumeResults,
-	// mean of three runs each, 1,381 against 896 results/s).
-	// Memory barely grows with it: each handler holds one result (at most
-	// queue.MaxResultSize), and the NARs being ingested share one pool of
-	// compression frames.
-	DefaultConcurrency = 256
-	DefaultListen      = "127.0.0.1:8080"
-	cacheKeyName       = "provenix-local-1"
+	DefaultListen    = "127.0.0.1:8080"
+	cacheKeyName     = "provenix-local-1"
 )
 
 // Config configures a Stack.
@@ -99,8 +89,8 @@ type Config struct {
 	// writes durable.
 	Flush string
 
-	// Concurrency is how many results the pusher handles at once;
-	// DefaultConcurrency when 0.
+	// Concurrency is how many results the pusher handles at once; its
+	// store's default (wire.Store.DefaultConcurrency) when 0.
 	Concurrency int
 	// UsageMaxAge is how long usage records are kept
 	// (queue.DefaultUsageMaxAge when 0): the window bills can cover.
@@ -154,9 +144,6 @@ func New(cfg Config) (*Stack, error) {
 	}
 	if cfg.Group == "" {
 		cfg.Group = DefaultGroup
-	}
-	if cfg.Concurrency == 0 {
-		cfg.Concurrency = DefaultConcurrency
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -334,7 +321,7 @@ func (s *Stack) Open(ctx context.Context) (err error) {
 	}
 	s.pusher, err = wire.StartPusher(ctx, wire.PusherOptions{
 		Conn: s.conn, Store: s.store.Store, Policy: pol, CacheKey: cacheKey, VSA: vsaSigner, CacheURL: s.cfg.PublicURL, Logger: s.log, Metrics: s.metrics.Pusher,
-		Tenant: s.cfg.Tenant, Group: s.cfg.Group, Concurrency: s.cfg.Concurrency, Forges: s.cfg.Forges,
+		Tenant: s.cfg.Tenant, Group: s.cfg.Group, Concurrency: cmp.Or(s.cfg.Concurrency, s.store.DefaultConcurrency()), Forges: s.cfg.Forges,
 	})
 	if err != nil {
 		return err

@@ -31,6 +31,9 @@ func TestOpenStoreDir(t *testing.T) {
 	if _, ok := st.Store.(*local.Store); !ok || st.Where != dir {
 		t.Errorf("opened %T at %q, want a *local.Store at %q", st.Store, st.Where, dir)
 	}
+	if n := st.DefaultConcurrency(); n != DirConcurrency {
+		t.Errorf("a directory's default concurrency %d, want %d", n, DirConcurrency)
+	}
 	if err := store.Put(t.Context(), st, "x.narinfo", strings.NewReader("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -95,6 +98,10 @@ func TestOpenStoreS3(t *testing.T) {
 	}
 	if want := "s3://" + srv.Bucket + "/tenants/a"; st.Where != want {
 		t.Errorf("Where = %q, want %q", st.Where, want)
+	}
+	// Each open S3 write holds a part in memory.
+	if n := st.DefaultConcurrency(); n != S3Concurrency {
+		t.Errorf("S3's default concurrency %d, want %d", n, S3Concurrency)
 	}
 	// Sweep started the store's sweeper (s3.TestSweeper shows what it
 	// removes): a second start is refused while it runs.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -71,7 +72,7 @@ abandoned uploads older than a day, hourly.`,
 	fl.StringVar(&f.cacheKey, "cache-key", "", "Nix cache secret key (default: the data directory's keys/cache.key)")
 	fl.StringVar(&f.group, "group", up.DefaultGroup, "pusher group (durable consumer name)")
 	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results to consume")
-	fl.IntVar(&f.concurrency, "concurrency", up.DefaultConcurrency, "results this pusher handles at once (each holds one message; members of a group share the work)")
+	fl.IntVar(&f.concurrency, "concurrency", 0, "results this pusher handles at once (default 256, or 32 with S3, whose writes each hold a 16 MiB part; each holds one message; members of a group share the work)")
 	fl.DurationVar(&f.ackWait, "ack-wait", queue.DefaultAckWait, "how long a result may go unacknowledged before another member of the group gets it; a killed pusher's results wait this long (the group's consumer takes the last value set)")
 	fl.IntVar(&f.maxFailures, "max-failures", cachepush.DefaultMaxFailures, "retryable failures of one result before it is given up (dead-letter event); outages are retried forever")
 	fl.StringVar(&f.forges, "forges", "", "forges file: show verdicts as commit statuses provenix/<system> on these forges (docs/forges.md)")
@@ -120,6 +121,7 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		return err
 	}
 	defer st.Close()
+	concurrency := cmp.Or(f.concurrency, st.DefaultConcurrency())
 	conn, err := f.nats.connect(ctx, g, "provenix-cache-push")
 	if err != nil {
 		return err
@@ -130,13 +132,13 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	}
 	pu, err := wire.StartPusher(ctx, wire.PusherOptions{
 		Conn: conn, Store: st.Store, Policy: pol, CacheKey: key, VSA: vs, CacheURL: f.vsa.publicURL, Logger: log,
-		Tenant: f.tenant, Group: f.group, Concurrency: f.concurrency, AckWait: f.ackWait, MaxFailures: f.maxFailures,
+		Tenant: f.tenant, Group: f.group, Concurrency: concurrency, AckWait: f.ackWait, MaxFailures: f.maxFailures,
 		Forges: forges,
 	})
 	if err != nil {
 		return err
 	}
-	log.Info("cache pusher running", "group", f.group, "tenant", f.tenant, "cache", st.Where, "concurrency", f.concurrency)
+	log.Info("cache pusher running", "group", f.group, "tenant", f.tenant, "cache", st.Where, "concurrency", concurrency)
 	<-ctx.Done()
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()

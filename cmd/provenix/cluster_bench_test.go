@@ -20,6 +20,7 @@ import (
 	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/cache-push/store/local"
+	"codeberg.org/provenix/provenix/cache-push/wire"
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/internal/testproc"
@@ -187,7 +188,7 @@ func benchPushRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest.
 			b.Fatal(err)
 		}
 		if err := pu.Open(ctx, pc, queue.ConsumerOptions{Group: group, FilterSubject: queue.ResultsFilter(up.DefaultTenant),
-			Concurrency: up.DefaultConcurrency}); err != nil {
+			Concurrency: wire.DirConcurrency}); err != nil {
 			b.Fatal(err)
 		}
 		pushers = append(pushers, pu)
