@@ -111,16 +111,19 @@ func (c *Conn) Stage(ctx context.Context, key string, r io.Reader) (StagedInfo, 
 		// The digest is the uploader's claim, and anyone who may stage
 		// may have made it: reuse only content read back whole that
 		// matches it (hence the key). Anything else is uploaded again
-		// over it.
-		err := c.verifyStaged(ctx, key)
-		if err == nil {
-			// Its age counts from its first chunk, the first to expire.
-			first, ferr := stream.GetMsg(rctx, 1, jetstream.WithGetMsgSubject(stagingChunksPrefix+old.NUID))
-			if ferr == nil && c.reuse(ctx, stream, old, first.Time, oldSeq) {
+		// over it. Its age counts from its first chunk, the first to
+		// expire, read first: content too old for reuse is not read.
+		fctx, fcancel := context.WithTimeout(ctx, DefaultTimeout)
+		first, err := stream.GetMsg(fctx, 1, jetstream.WithGetMsgSubject(stagingChunksPrefix+old.NUID))
+		fcancel()
+		if err == nil && fresh(stream, first.Time) {
+			err := c.verifyStaged(ctx, key)
+			if err == nil && c.reuse(ctx, stream, old, first.Time, oldSeq) {
 				return StagedInfo{Key: key, Size: old.Size, Digest: old.Digest, Reused: true}, nil
 			}
-		} else if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNotFound) {
-			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
+			if err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNotFound) {
+				return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
+			}
 		}
 	}
 
@@ -458,24 +461,44 @@ func lastMeta(ctx context.Context, stream jetstream.Stream, key string) (*jetstr
 }
 
 // reuse reports whether Stage may hand out content already staged as
-// info, its last chunk stored at stored and its key's meta at sequence
-// metaSeq (read before the content was checked), and if so writes a fresh
-// meta for it:
-//   - only while the content has half the stream's MaxAge to live: the
-//     MaxAge expires each message on its own, and a result naming reused
-//     content must find it when a pusher gets to it, which may be hours
-//     later after an outage. Older content is uploaded again, which gives
-//     it a whole MaxAge;
+// info, its first chunk stored at stored and its key's meta at sequence
+// metaSeq (read before the content was checked; 0 when the key has no
+// meta naming the content), and if so writes a fresh meta for it:
+//   - only while the content is fresh: see fresh;
 //   - the fresh meta because staging GC goes by the meta's time. It is
 //     stored only if metaSeq is still the key's last meta: staging GC
 //     removes the meta before the chunks and looks again before removing
 //     these (deleteIfSame), so either this write fails and the content is
-//     uploaded again, or GC sees it and keeps the chunks.
+//     uploaded again, or GC sees it and keeps the chunks. A meta another
+//     Stage wrote for the same content meanwhile (two runners of a
+//     builder reusing it at once) is taken as the one read.
 func (c *Conn) reuse(ctx context.Context, stream jetstream.Stream, info *jetstream.ObjectInfo, stored time.Time, metaSeq uint64) bool {
-	if maxAge := stream.CachedInfo().Config.MaxAge; maxAge > 0 && time.Since(stored) >= maxAge/2 {
+	if metaSeq == 0 || !fresh(stream, stored) {
 		return false
 	}
-	return metaSeq != 0 && c.writeMeta(ctx, info, jetstream.WithExpectLastSequencePerSubject(metaSeq)) == nil
+	for range 2 {
+		err := c.writeMeta(ctx, info, jetstream.WithExpectLastSequencePerSubject(metaSeq))
+		if err == nil {
+			return true
+		}
+		cur, seq, rerr := lastMeta(ctx, stream, info.Name)
+		if rerr != nil || cur.Deleted || cur.NUID != info.NUID || seq == metaSeq {
+			return false
+		}
+		metaSeq = seq
+	}
+	return false
+}
+
+// fresh reports whether content first stored at stored is young enough
+// for Stage to hand it out again instead of uploading it: the stream's
+// MaxAge expires each message on its own, and a result naming reused
+// content must find it when a pusher gets to it, which may be hours later
+// after an outage. Content past half the MaxAge is uploaded again, which
+// gives it a whole MaxAge.
+func fresh(stream jetstream.Stream, stored time.Time) bool {
+	maxAge := stream.CachedInfo().Config.MaxAge
+	return maxAge <= 0 || time.Since(stored) < maxAge/2
 }
 
 func waitAck(ctx context.Context, f jetstream.PubAckFuture) error {

@@ -177,8 +177,10 @@ func (c *Conn) CollectStaging(ctx context.Context, opts StagingGCOptions) (*Stag
 			continue
 		}
 		if !opts.DryRun {
-			if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
-				errs = append(errs, fmt.Errorf("queue: collect staging: purge %s: %w", subj, mapJSError(err)))
+			// Up to the chunk judged: an upload committing since
+			// stays.
+			if err := purgeUpTo(ctx, stream, subj, last.Sequence+1); err != nil {
+				errs = append(errs, fmt.Errorf("queue: collect staging: purge %s: %w", subj, err))
 				continue
 			}
 		}

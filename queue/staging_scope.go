@@ -92,13 +92,16 @@ func scopedChunkID(key, scope string) string {
 func (c *Conn) stageScoped(ctx, rctx context.Context, stream jetstream.Stream, key, scope string, r io.Reader) (StagedInfo, error) {
 	id := scopedChunkID(key, scope)
 	if want, ok := keyHash(unscoped(key)); ok {
-		// The meta's sequence before the content is read (see reuse).
-		// Anyone may have written the meta; reuse only needs its place.
-		var metaSeq uint64
-		if m, err := stream.GetLastMsgForSubject(rctx, metaSubject(key)); err == nil {
-			metaSeq = m.Sequence
-		} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, mapJSError(err))
+		// The meta before the content is read (see reuse). Anyone may
+		// have written it: content is reused only under a meta that names
+		// it, or staging GC, which goes by metas, could take it as an
+		// orphan; under another, it is uploaded again.
+		meta, metaSeq, err := lastMeta(rctx, stream, key)
+		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt) {
+			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
+		}
+		if meta == nil || meta.Deleted || meta.NUID != id {
+			metaSeq = 0 // reuse refuses it
 		}
 		got, err := c.hashScoped(ctx, rctx, stream, id, want)
 		switch {
@@ -133,13 +136,14 @@ type scopedContent struct {
 	size   uint64
 	chunks uint32
 	digest string    // as an object meta gives it
-	stored time.Time // when its last chunk was stored
+	stored time.Time // when its first chunk was stored
 }
 
 // hashScoped reads chunk id whole and fails with ErrCorrupt unless its
-// sha256 is want (ErrNotFound when it holds nothing).
+// sha256 is want (ErrNotFound when it holds nothing). Its time is its
+// first chunk's, the first to expire.
 func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id string, want []byte) (scopedContent, error) {
-	rc, size, stored, err := c.openScoped(ctx, rctx, stream, id)
+	rc, size, last, err := c.openScoped(ctx, rctx, stream, id)
 	if err != nil {
 		return scopedContent{}, err
 	}
@@ -155,6 +159,10 @@ func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 	// n is size: chunkReader fails otherwise. The chunks are all full
 	// but the last, and an empty object is one empty chunk.
 	chunks := max(1, (size+stageChunkSize-1)/stageChunkSize)
+	stored := last
+	if cr, ok := rc.(*chunkReader); ok && !cr.first.IsZero() {
+		stored = cr.first
+	}
 	return scopedContent{size: uint64(n), chunks: uint32(chunks), digest: jetstream.GetObjectDigestValue(h), stored: stored}, nil
 }
 
@@ -251,6 +259,9 @@ type chunkReader struct {
 	tail   []byte
 	// size is what openScoped said the content is; read counts it.
 	size, read uint64
+	// first is when the first chunk read was stored: the content's
+	// oldest, the first to expire.
+	first time.Time
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
@@ -285,6 +296,9 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 			return 0, fmt.Errorf("%w: a chunk of %d bytes under %s", ErrCorrupt, len(m.Data), r.subj)
 		}
 		r.buf, r.seq = m.Data, m.Sequence
+		if r.first.IsZero() {
+			r.first = m.Time
+		}
 		r.left--
 	}
 	n := copy(p, r.buf)

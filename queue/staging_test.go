@@ -729,3 +729,46 @@ func testReuseNeedsItsMeta(t *testing.T, c *Conn) {
 		})
 	}
 }
+
+// TestStageReuseAges: reused content is as old as its first chunk, the
+// first to expire (for a scoped upload of several chunks, not its commit,
+// the last); and a reuse whose meta another reuse replaced meanwhile (two
+// runners of one builder) still reuses.
+func TestStageReuseAges(t *testing.T) {
+	_, c := setup(t)
+	ctx := testctx.New(t, 30*time.Second)
+	_, stream, err := c.staging(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randomBytes(7, 2*stageChunkSize+10)
+	key := ScopedKey(narKey(data), "builder")
+	if _, err := c.Stage(ctx, key, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	scope, _ := KeyScope(key)
+	id := scopedChunkID(key, scope)
+	sum := sha256.Sum256(data)
+	got, err := c.hashScoped(ctx, ctx, stream, id, sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit, err := stream.GetLastMsgForSubject(ctx, stagingChunksPrefix+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.stored.Before(commit.Time) {
+		t.Errorf("content of 3 chunks dated %s, its commit (the last) %s: want its first chunk's", got.stored, commit.Time)
+	}
+
+	info, seq, err := lastMeta(ctx, stream, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := c.Stage(ctx, key, bytes.NewReader(data)); err != nil || !s.Reused {
+		t.Fatalf("reuse: %+v, %v", s, err)
+	}
+	if !c.reuse(ctx, stream, info, time.Now(), seq) {
+		t.Error("a reuse whose meta another reuse of the same content replaced refused")
+	}
+}

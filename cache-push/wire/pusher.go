@@ -36,8 +36,8 @@ type PusherOptions struct {
 	// durable consumer Group.
 	Tenant string
 	Group  string
-	// Concurrency is how many results it handles at once (the queue's
-	// default when 0).
+	// Concurrency is how many results it handles at once; 1 when 0 (the
+	// queue's default): Store.DefaultConcurrency is the store's.
 	Concurrency int
 	// AckWait is how long a result may go unacknowledged before another
 	// member of the group gets it (queue.DefaultAckWait when 0); a long
