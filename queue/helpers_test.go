@@ -47,6 +47,20 @@ func setup(t testing.TB) (*server.Server, *Conn) {
 	return s, c
 }
 
+// onBothServers runs f as a subtest on the embedded server and on a
+// Debian nats-server (2.9), each with the streams made.
+func onBothServers(t *testing.T, f func(t *testing.T, c *Conn)) {
+	t.Helper()
+	_, embedded := setup(t)
+	debian := connect(t, testnats.Start(t, t.TempDir(), "", false).URL)
+	if err := debian.EnsureStreams(context.Background(), StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]*Conn{"embedded": embedded, "debian": debian} {
+		t.Run(name, func(t *testing.T) { f(t, c) })
+	}
+}
+
 // testResult is a valid result, distinct for each i.
 func testResult(i int) *Result {
 	sum := sha256.Sum256(fmt.Appendf(nil, "nar %d", i))

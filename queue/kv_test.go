@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
-	"codeberg.org/provenix/provenix/internal/testnats"
 )
 
 func TestKV(t *testing.T) {
@@ -101,51 +100,44 @@ func TestKVUpdateAt(t *testing.T) {
 // nats.go's watcher marker alone missed keys put again before their turn
 // (29 of 30 in a few rounds of 50).
 func TestKVListWhileWritten(t *testing.T) {
-	_, embedded := setup(t)
-	debian := connect(t, testnats.Start(t, t.TempDir(), "", false).URL)
-	if err := debian.EnsureStreams(context.Background(), StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for name, c := range map[string]*Conn{"embedded": embedded, "debian": debian} {
-		t.Run(name, func(t *testing.T) {
-			ctx := testctx.New(t, time.Minute)
-			const n = 30
-			key := func(i int) string { return fmt.Sprintf("%s.t.k%02d", WaitingPrefix, i) }
-			for i := range n {
-				if err := c.KVPut(ctx, BucketWaiting, key(i), []byte("v")); err != nil {
-					t.Fatal(err)
-				}
+	onBothServers(t, func(t *testing.T, c *Conn) {
+		ctx := testctx.New(t, time.Minute)
+		const n = 30
+		key := func(i int) string { return fmt.Sprintf("%s.t.k%02d", WaitingPrefix, i) }
+		for i := range n {
+			if err := c.KVPut(ctx, BucketWaiting, key(i), []byte("v")); err != nil {
+				t.Fatal(err)
 			}
-			for round := range 50 {
-				// Keys 0..n-1 stay throughout; n.. come and go.
-				extra := key(n + round)
-				done := make(chan error, 1)
-				go func() {
-					var err error
-					for i := range n {
-						err = errors.Join(err, c.KVPut(ctx, BucketWaiting, key((i*7+round)%n), fmt.Appendf(nil, "v%d", round)))
-						if i == n/2 {
-							err = errors.Join(err, c.KVPut(ctx, BucketWaiting, extra, []byte("x")))
-						}
+		}
+		for round := range 50 {
+			// Keys 0..n-1 stay throughout; n.. come and go.
+			extra := key(n + round)
+			done := make(chan error, 1)
+			go func() {
+				var err error
+				for i := range n {
+					err = errors.Join(err, c.KVPut(ctx, BucketWaiting, key((i*7+round)%n), fmt.Appendf(nil, "v%d", round)))
+					if i == n/2 {
+						err = errors.Join(err, c.KVPut(ctx, BucketWaiting, extra, []byte("x")))
 					}
-					done <- errors.Join(err, c.KVDelete(ctx, BucketWaiting, extra))
-				}()
-				m, err := c.KVList(ctx, BucketWaiting, WaitingPrefix)
-				if werr := <-done; werr != nil {
-					t.Fatal(werr)
 				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				delete(m, extra) // there or not, by timing
-				if len(m) != n {
-					t.Fatalf("round %d: %d keys listed, want %d", round, len(m), n)
-				}
-			}
+				done <- errors.Join(err, c.KVDelete(ctx, BucketWaiting, extra))
+			}()
 			m, err := c.KVList(ctx, BucketWaiting, WaitingPrefix)
-			if err != nil || len(m) != n || string(m[key(0)]) != "v49" {
-				t.Fatalf("quiet list: %d keys, %q, %v", len(m), m[key(0)], err)
+			if werr := <-done; werr != nil {
+				t.Fatal(werr)
 			}
-		})
-	}
+			if err != nil {
+				t.Fatal(err)
+			}
+			delete(m, extra) // there or not, by timing
+			if len(m) != n {
+				t.Fatalf("round %d: %d keys listed, want %d", round, len(m), n)
+			}
+		}
+		m, err := c.KVList(ctx, BucketWaiting, WaitingPrefix)
+		if err != nil || len(m) != n || string(m[key(0)]) != "v49" {
+			t.Fatalf("quiet list: %d keys, %q, %v", len(m), m[key(0)], err)
+		}
+	})
 }

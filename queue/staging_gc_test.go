@@ -2,7 +2,6 @@ package queue
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
-	"codeberg.org/provenix/provenix/internal/testnats"
 )
 
 func TestCollectStaging(t *testing.T) {
@@ -148,14 +146,7 @@ func TestCollectStagingKeepsEvidence(t *testing.T) {
 // names the same chunk subject on every upload, so only its meta tells
 // the uploads apart; and an upload after the check survives the purge.
 func TestCollectStagingKeepsReupload(t *testing.T) {
-	_, embedded := setup(t)
-	debian := connect(t, testnats.Start(t, t.TempDir(), "", false).URL)
-	if err := debian.EnsureStreams(context.Background(), StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for name, c := range map[string]*Conn{"embedded": embedded, "debian": debian} {
-		t.Run(name, func(t *testing.T) { testKeepsReupload(t, c) })
-	}
+	onBothServers(t, testKeepsReupload)
 }
 
 func testKeepsReupload(t *testing.T, c *Conn) {

@@ -21,7 +21,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
-	"codeberg.org/provenix/provenix/internal/testnats"
 	"codeberg.org/provenix/provenix/queue/server"
 )
 
@@ -682,14 +681,7 @@ func TestStageReuseOnlyFresh(t *testing.T) {
 // removes the meta first: content whose meta went meanwhile is uploaded
 // again, never handed out while its chunks may be going too.
 func TestStageReuseNeedsItsMeta(t *testing.T) {
-	_, embedded := setup(t)
-	debian := connect(t, testnats.Start(t, t.TempDir(), "", false).URL)
-	if err := debian.EnsureStreams(context.Background(), StreamOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for name, c := range map[string]*Conn{"embedded": embedded, "debian": debian} {
-		t.Run(name, func(t *testing.T) { testReuseNeedsItsMeta(t, c) })
-	}
+	onBothServers(t, testReuseNeedsItsMeta)
 }
 
 func testReuseNeedsItsMeta(t *testing.T, c *Conn) {
