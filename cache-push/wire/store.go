@@ -94,10 +94,10 @@ const (
 	// one result (at most queue.MaxResultSize), and the NARs being
 	// ingested share one pool of compression frames.
 	DirConcurrency = 256
-	// S3Concurrency, for S3: an open write to S3 holds one multipart
-	// part in memory (s3.DefaultPartSize, 16 MiB), and a result writes
-	// three at once (NAR, provenance, narinfo), so 32 handlers may hold
-	// 1.5 GiB.
+	// S3Concurrency, for S3: an open write to S3 of more than 1 MiB (a
+	// NAR, mostly) holds one multipart part in memory
+	// (s3.DefaultPartSize, 16 MiB), so 32 handlers ingesting large NARs
+	// may hold 512 MiB.
 	S3Concurrency = 32
 )
 

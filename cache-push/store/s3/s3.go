@@ -5,7 +5,10 @@
 // Layout: the object under key K is stored as Prefix+K, so several tenants
 // can share a bucket, each under its own cache root.
 //
-// Writes: Create starts a streaming multipart upload to a temporary object
+// Writes: an object of up to smallObject bytes (narinfos, sidecars, most
+// NARs) is held in memory and put under Prefix+key by Commit, in one PUT,
+// which S3 makes visible whole or not at all. A larger one streams, from
+// its first byte past that, as a multipart upload to a temporary object
 // Prefix+".tmp/<random>"; Commit completes it and copies it server-side to
 // Prefix+key (a single atomic CopyObject up to 5 GiB, a multipart copy
 // above), then deletes the temporary object. S3 makes an object visible only
@@ -18,11 +21,12 @@
 // and the store runs RemoveStale periodically in a goroutine it owns
 // until Close.
 //
-// Memory: a Pending buffers one part (Options.PartSize, 16 MiB by default)
-// whatever the object's size.
+// Memory: a Pending holds what it was given up to smallObject, then one
+// part (Options.PartSize, 16 MiB by default) whatever the object's size.
 package s3
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -48,6 +52,12 @@ const DefaultPartSize = 16 << 20
 
 // minPartSize is S3's smallest part other than the last.
 const minPartSize = 5 << 20
+
+// smallObject is the most a Pending holds in memory before it starts a
+// multipart upload: a cache entry's narinfo and provenance are a few KiB,
+// and each streamed object holds a whole part (16 MiB) for as long as it
+// is open, and costs an upload, a copy and a delete where one PUT does.
+const smallObject = 1 << 20
 
 // tmpDir holds uploads until Commit, under the store's prefix. ValidKey
 // rejects keys starting with a dot, so it never collides with a cache key.
@@ -201,25 +211,28 @@ func (s *Store) Check(ctx context.Context) error {
 	return nil
 }
 
-// Create starts an upload to a temporary object. The upload runs under
-// ctx: cancelling it fails the Pending, like a crash of the writer.
+// Create starts an object. Its upload (of an object larger than
+// smallObject) runs under ctx: cancelling it fails the Pending, like a
+// crash of the writer.
 func (s *Store) Create(ctx context.Context) (store.Pending, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("s3 store: create: %w", err)
 	}
+	return &pending{s: s, ctx: ctx}, nil
+}
+
+// stream starts the multipart upload to a temporary object and writes to
+// it what p holds so far.
+func (p *pending) stream() error {
 	var id [16]byte
 	if _, err := rand.Read(id[:]); err != nil {
-		return nil, fmt.Errorf("s3 store: create: %w", err)
+		return fmt.Errorf("s3 store: create: %w", err)
 	}
-	upCtx, cancel := context.WithCancel(ctx)
+	s := p.s
+	upCtx, cancel := context.WithCancel(p.ctx)
 	pr, pw := io.Pipe()
-	p := &pending{
-		s:      s,
-		tmp:    s.prefix + tmpDir + time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(id[:]),
-		pw:     pw,
-		cancel: cancel,
-		done:   make(chan struct{}),
-	}
+	p.tmp = s.prefix + tmpDir + time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(id[:])
+	p.pw, p.cancel, p.done = pw, cancel, make(chan struct{})
 	go func() {
 		defer close(p.done)
 		_, err := s.client.PutObject(upCtx, s.bucket, p.tmp, pr, -1, minio.PutObjectOptions{
@@ -230,7 +243,10 @@ func (s *Store) Create(ctx context.Context) (store.Pending, error) {
 		// Unblock a Write waiting on a failed upload.
 		pr.CloseWithError(errOrClosed(err))
 	}()
-	return p, nil
+	head := p.head
+	p.head = nil
+	_, err := pw.Write(head)
+	return err
 }
 
 func errOrClosed(err error) error {
@@ -241,7 +257,12 @@ func errOrClosed(err error) error {
 }
 
 type pending struct {
-	s      *Store
+	s   *Store
+	ctx context.Context // Create's
+	// head is what was written while it fits in smallObject; once more
+	// comes, stream starts the upload below and head goes to it.
+	head []byte
+	// The upload, once streaming: pw is nil before.
 	tmp    string
 	pw     *io.PipeWriter
 	cancel context.CancelFunc
@@ -259,6 +280,20 @@ func (p *pending) Write(b []byte) (int, error) {
 	}
 	if p.writeErr != nil {
 		return 0, p.writeErr
+	}
+	if p.pw == nil {
+		if err := p.ctx.Err(); err != nil {
+			p.writeErr = fmt.Errorf("s3 store: upload: %w", err)
+			return 0, p.writeErr
+		}
+		if len(p.head)+len(b) <= smallObject {
+			p.head = append(p.head, b...)
+			return len(b), nil
+		}
+		if err := p.stream(); err != nil {
+			p.writeErr = fmt.Errorf("s3 store: upload: %w", err)
+			return 0, p.writeErr
+		}
 	}
 	n, err := p.pw.Write(b)
 	if err != nil {
@@ -282,6 +317,18 @@ func (p *pending) Commit(ctx context.Context, key string) error {
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("s3 store: commit %s: %w", key, err)
+	}
+	if p.pw == nil {
+		// Small: one PUT, of a known size, under the key.
+		if err := p.ctx.Err(); err != nil {
+			return fmt.Errorf("s3 store: commit %s: upload: %w", key, err)
+		}
+		_, err := p.s.client.PutObject(ctx, p.s.bucket, p.s.prefix+key, bytes.NewReader(p.head), int64(len(p.head)),
+			minio.PutObjectOptions{ContentType: "application/octet-stream"})
+		if err != nil {
+			return p.s.wrap(ctx, "commit: put", key, err)
+		}
+		return nil
 	}
 	// Finish the upload: EOF completes the multipart upload.
 	p.pw.Close()
@@ -315,6 +362,10 @@ func (p *pending) Abort() error {
 // RemoveStale catches what it misses.
 func (p *pending) cleanup() {
 	p.once.Do(func() {
+		p.head = nil
+		if p.pw == nil {
+			return // nothing was sent
+		}
 		p.cancel()
 		p.pw.CloseWithError(store.ErrFinished)
 		<-p.done

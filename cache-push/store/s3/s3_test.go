@@ -287,3 +287,50 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 }
+
+// TestSmallObjectOnePut: an object of up to smallObject bytes is put in one
+// request, without the multipart upload's part buffer (16 MiB for every
+// narinfo and sidecar before) or a temporary object; one a byte past it
+// streams, what was held first included.
+func TestSmallObjectOnePut(t *testing.T) {
+	srv := tests3.Start(t)
+	s := newStore(t, srv, "tenant", DefaultPartSize)
+	small := bytes.Repeat([]byte("n"), 4<<10)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	if err := store.Put(t.Context(), s, "x.narinfo", bytes.NewReader(small)); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 4<<20 {
+		t.Errorf("a %d-byte object allocated %d bytes", len(small), n)
+	}
+	if objects, uploads := bucketContents(t, s); len(objects) != 1 || len(uploads) != 0 {
+		t.Errorf("bucket holds %v and uploads %v, want the object alone", objects, uploads)
+	}
+
+	// Across the limit, in writes that straddle it.
+	big := make([]byte, smallObject+10)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	p, err := s.Create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, part := range [][]byte{big[:smallObject-5], big[smallObject-5:]} {
+		if _, err := p.Write(part); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Commit(t.Context(), "nar/big.nar"); err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string][]byte{"x.narinfo": small, "nar/big.nar": big} {
+		got, err := store.ReadAll(t.Context(), s, key, 2*smallObject)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: %d bytes, %v; want the %d written", key, len(got), err, len(want))
+		}
+	}
+}
