@@ -96,8 +96,8 @@ const (
 	DirConcurrency = 256
 	// S3Concurrency, for S3: an open write to S3 of more than 1 MiB (a
 	// NAR, mostly) holds one multipart part in memory
-	// (s3.DefaultPartSize, 16 MiB), so 32 handlers ingesting large NARs
-	// may hold 512 MiB.
+	// (s3.DefaultPartSize, 16 MiB), and a smaller one its bytes, so 32
+	// handlers ingesting large NARs may hold about 600 MiB.
 	S3Concurrency = 32
 )
 

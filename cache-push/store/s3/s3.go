@@ -226,7 +226,7 @@ func (s *Store) Create(ctx context.Context) (store.Pending, error) {
 func (p *pending) stream() error {
 	var id [16]byte
 	if _, err := rand.Read(id[:]); err != nil {
-		return fmt.Errorf("s3 store: create: %w", err)
+		return fmt.Errorf("temporary name: %w", err)
 	}
 	s := p.s
 	upCtx, cancel := context.WithCancel(p.ctx)
@@ -245,6 +245,9 @@ func (p *pending) stream() error {
 	}()
 	head := p.head
 	p.head = nil
+	if len(head) == 0 {
+		return nil
+	}
 	_, err := pw.Write(head)
 	return err
 }
@@ -319,11 +322,15 @@ func (p *pending) Commit(ctx context.Context, key string) error {
 		return fmt.Errorf("s3 store: commit %s: %w", key, err)
 	}
 	if p.pw == nil {
-		// Small: one PUT, of a known size, under the key.
+		// Small: one PUT, of a known size, under the key. Create's ctx
+		// ends it too, as it ends a streaming upload.
 		if err := p.ctx.Err(); err != nil {
 			return fmt.Errorf("s3 store: commit %s: upload: %w", key, err)
 		}
-		_, err := p.s.client.PutObject(ctx, p.s.bucket, p.s.prefix+key, bytes.NewReader(p.head), int64(len(p.head)),
+		pctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		defer context.AfterFunc(p.ctx, cancel)()
+		_, err := p.s.client.PutObject(pctx, p.s.bucket, p.s.prefix+key, bytes.NewReader(p.head), int64(len(p.head)),
 			minio.PutObjectOptions{ContentType: "application/octet-stream"})
 		if err != nil {
 			return p.s.wrap(ctx, "commit: put", key, err)

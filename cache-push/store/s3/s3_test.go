@@ -334,3 +334,47 @@ func TestSmallObjectOnePut(t *testing.T) {
 		}
 	}
 }
+
+// TestSmallObjectCancelAbort: an object still held in memory follows the
+// Pending rules: Create's ctx cancelled fails it and leaves nothing; an
+// Abort ends it; neither leaves anything in the bucket.
+func TestSmallObjectCancelAbort(t *testing.T) {
+	srv := tests3.Start(t)
+	s := newStore(t, srv, "tenant", DefaultPartSize)
+	ctx, cancel := context.WithCancel(t.Context())
+	p, err := s.Create(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := p.Write([]byte("d")); !errors.Is(err, context.Canceled) {
+		t.Errorf("Write after Create's ctx ended: %v, want context.Canceled", err)
+	}
+	if err := p.Commit(t.Context(), "k"); !errors.Is(err, context.Canceled) {
+		t.Errorf("Commit after Create's ctx ended: %v, want context.Canceled", err)
+	}
+	wantAbsent(t, s, "k")
+
+	p, err = s.Create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Write([]byte("x")); !errors.Is(err, store.ErrFinished) {
+		t.Errorf("Write after Abort: %v, want ErrFinished", err)
+	}
+	if err := p.Commit(t.Context(), "k"); !errors.Is(err, store.ErrFinished) {
+		t.Errorf("Commit after Abort: %v, want ErrFinished", err)
+	}
+	if objects, uploads := bucketContents(t, s); len(objects)+len(uploads) != 0 {
+		t.Errorf("bucket holds %v and uploads %v, want nothing", objects, uploads)
+	}
+}
