@@ -70,8 +70,9 @@ type StagedInfo struct {
 // Reuse: when key is a content-addressed StagingKey ("nar/<sha256 hex>")
 // and an object whose digest equals that hash is already staged, less
 // than half the stream's MaxAge ago, Stage returns its info with Reused
-// set and leaves r unread (the caller may close or drain it). Any other existing object under key is replaced;
-// readers of the old object then fail and must retry.
+// set and leaves r unread (the caller may close or drain it); it writes a
+// fresh meta for it (see reuse). Any other existing object under key is
+// replaced; readers of the old object then fail and must retry.
 //
 // Failure: if r fails, ctx ends or the server refuses a chunk, Stage
 // removes the chunks it wrote before returning (with its own short
