@@ -168,8 +168,7 @@ func (c *Conn) hashScoped(ctx, rctx context.Context, stream jetstream.Stream, id
 
 // openScoped opens the content of chunk id: its size is that of its
 // chunks (all full but the last, as Stage writes them), and when its last
-// chunk was stored. The meta is not
-// read: anyone may have written it.
+// chunk was stored. The meta is not read: anyone may have written it.
 //
 // The subject's last message is the last chunk of an upload that wrote
 // all its chunks (layoutCommit), with how many (chunksHeader) and the
