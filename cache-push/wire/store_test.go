@@ -99,7 +99,7 @@ func TestOpenStoreS3(t *testing.T) {
 	if want := "s3://" + srv.Bucket + "/tenants/a"; st.Where != want {
 		t.Errorf("Where = %q, want %q", st.Where, want)
 	}
-	// Each open S3 write holds a part in memory.
+	// An open S3 upload of more than 1 MiB holds a part in memory.
 	if n := st.DefaultConcurrency(); n != S3Concurrency {
 		t.Errorf("S3's default concurrency %d, want %d", n, S3Concurrency)
 	}

@@ -72,7 +72,7 @@ abandoned uploads older than a day, hourly.`,
 	fl.StringVar(&f.cacheKey, "cache-key", "", "Nix cache secret key (default: the data directory's keys/cache.key)")
 	fl.StringVar(&f.group, "group", up.DefaultGroup, "pusher group (durable consumer name)")
 	fl.StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results to consume")
-	fl.IntVar(&f.concurrency, "concurrency", 0, "results this pusher handles at once (default 256, or 32 with S3, where each NAR upload holds a 16 MiB part; each holds one message; members of a group share the work)")
+	fl.IntVar(&f.concurrency, "concurrency", 0, "results this pusher handles at once (default 256, or 32 with S3, where each upload of a NAR over 1 MiB holds a 16 MiB part; each holds one message; members of a group share the work)")
 	fl.DurationVar(&f.ackWait, "ack-wait", queue.DefaultAckWait, "how long a result may go unacknowledged before another member of the group gets it; a killed pusher's results wait this long (the group's consumer takes the last value set)")
 	fl.IntVar(&f.maxFailures, "max-failures", cachepush.DefaultMaxFailures, "retryable failures of one result before it is given up (dead-letter event); outages are retried forever")
 	fl.StringVar(&f.forges, "forges", "", "forges file: show verdicts as commit statuses provenix/<system> on these forges (docs/forges.md)")

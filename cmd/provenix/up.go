@@ -97,7 +97,7 @@ of the WebSocket listener). See docs/firewalled-workers.md.`,
 	cmd.Flags().StringVar(&f.listen, "listen", up.DefaultListen, "cache HTTP server address")
 	cmd.Flags().StringVar(&f.natsListen, "nats-listen", "", "embedded NATS address (default: a free port on 127.0.0.1)")
 	cmd.Flags().StringVar(&f.tenant, "tenant", up.DefaultTenant, "tenant whose results this pusher publishes")
-	cmd.Flags().IntVar(&f.concurrency, "concurrency", 0, "results the pusher handles at once (default 256, or 32 with S3, where each NAR upload holds a 16 MiB part)")
+	cmd.Flags().IntVar(&f.concurrency, "concurrency", 0, "results the pusher handles at once (default 256, or 32 with S3, where each upload of a NAR over 1 MiB holds a 16 MiB part)")
 	cmd.Flags().StringVar(&f.metricsListen, "metrics-listen", "", "address for /metrics and /status (default: the cache's --listen)")
 	cmd.Flags().StringVar(&f.wsListen, "websocket-listen", "", "also accept NATS clients over WebSocket at host:port, e.g. 0.0.0.0:443 (wss://; needs --websocket-tls-cert and --websocket-tls-key)")
 	cmd.Flags().StringVar(&f.wsCert, "websocket-tls-cert", "", "PEM certificate (chain) of the WebSocket listener")
