@@ -49,6 +49,13 @@ func TestNoSpace(t *testing.T) {
 		t.Fatalf("Put on a full disk: %v; want store.ErrNoSpace", err)
 	}
 	requireNothing()
+	// A part refused while the object is still being written: the Write
+	// fails, with the same error.
+	parts := newStore(t, srv, "", minPartSize)
+	if err := store.Put(ctx, parts, key, bytes.NewReader(big)); !errors.Is(err, store.ErrNoSpace) {
+		t.Fatalf("Put of parts on a full disk: %v; want store.ErrNoSpace", err)
+	}
+	requireNothing()
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}

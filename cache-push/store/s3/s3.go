@@ -300,7 +300,9 @@ func (p *pending) Write(b []byte) (int, error) {
 	}
 	n, err := p.pw.Write(b)
 	if err != nil {
-		p.writeErr = fmt.Errorf("s3 store: upload: %w", err)
+		// The upload failed (the pipe carries its error): said as a
+		// failed Commit would say it, a full disk as store.ErrNoSpace.
+		p.writeErr = p.s.wrap(p.ctx, "upload to", p.tmp, err)
 		return n, p.writeErr
 	}
 	return n, nil
