@@ -355,20 +355,21 @@ func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {
 // again, until the derivation failed and blocked its dependents.
 func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, rejected string) error {
 	drv := rep.DrvPath
-	again, behind := false, false
+	again, behind, late := false, false, false
 	st, err := update(ctx, s.kv, stateKey(ls.set.ID, drv), func(st *State, found bool) (bool, func(context.Context) error, error) {
-		again, behind = false, false
+		again, behind, late = false, false, false
 		if !found {
 			return false, nil, fmt.Errorf("farm: %w: no state for %s", ErrInvalid, drv)
 		}
-		if st.Status.Final() || st.hasFailure(rep.Replica, rep.Attempt) {
+		if st.hasFailure(rep.Replica, rep.Attempt) {
 			return false, nil, nil
 		}
 		if rep.Replica < 0 { // a claim record's, which any runner may write
 			return false, nil, nil
 		}
 		if rep.Replica >= len(st.Attempts) || rep.Attempt > st.Attempts[rep.Replica] {
-			behind = true
+			// Nothing to wait for once final.
+			behind = !st.Status.Final()
 			return false, nil, nil
 		}
 		if slices.Contains(st.failedBuilders(), rep.Builder) {
@@ -378,6 +379,16 @@ func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, reje
 		st.Failures = append(st.Failures, Failure{Replica: rep.Replica, Attempt: rep.Attempt, Builder: rep.Builder,
 			Owner: rep.Owner, ExitCode: rep.ExitCode, Rejected: rejected, Log: rep.Log, Time: rep.Time})
 		st.Updated = time.Now().UTC()
+		if st.Status.Final() {
+			// Recorded, against its builder, and nothing else changes.
+			// A retry's request goes out before the state that records
+			// the failure (update's effect comes first): a retry that
+			// finished before that write made the derivation done, and
+			// the write, tried again, finds it final. Dropped, the
+			// failure would not count against the builder at all.
+			late = true
+			return true, nil, nil
+		}
 		if len(st.Failures) >= ls.set.MaxAttempts {
 			st.Status = Failed
 			return true, nil, nil
@@ -406,6 +417,9 @@ func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, reje
 	}
 	s.log.Info("farm: build failed", logKeySet, ls.set.ID, logKeyDrv, drv, "builder", rep.Builder,
 		"attempt", rep.Attempt, "status", st.Status)
+	if late {
+		return nil // final before: nothing to retry or block
+	}
 	if st.Status == Failed {
 		return s.block(ctx, ls, drv)
 	}
