@@ -554,7 +554,7 @@ func TestRejectedResultRetried(t *testing.T) {
 // TestForgedFailureReportIgnored: a failure report from a builder that
 // does not hold the replica does not count.
 func TestForgedFailureReportIgnored(t *testing.T) {
-	conn, sub, _ := dispatchedA(t, 1)
+	conn, sub, _, _ := dispatchedA(t, 1)
 	rep := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: fakePath("a.drv"), Replica: 0, Attempt: 1,
 		Builder: "mallory", Outcome: BuildFailed, Time: time.Now()}
 	if err := PublishReport(testctx.New(t, time.Minute), conn, rep); err != nil {
@@ -577,10 +577,24 @@ func stillDispatched(t *testing.T, conn *queue.Conn, id, what string) {
 	}
 }
 
+// states reads set id's derivations' states, by derivation name.
+func states(t *testing.T, conn *queue.Conn, id string) map[string]*State {
+	t.Helper()
+	st, err := GetStatus(testctx.New(t, time.Minute), conn, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*State{}
+	for _, d := range st.Derivations {
+		out[nameOf(d.DrvPath)] = d
+	}
+	return out
+}
+
 // dispatchedA submits a set of one derivation, a, with quorum 1 and
 // maxAttempts, to a scheduler, and waits until a is dispatched (no
-// worker runs).
-func dispatchedA(t *testing.T, maxAttempts int) (*queue.Conn, *Submitted, *Scheduler) {
+// worker runs). The cache is the one the scheduler looks at.
+func dispatchedA(t *testing.T, maxAttempts int) (*queue.Conn, *Submitted, *Scheduler, *memCache) {
 	t.Helper()
 	url, conn := setup(t)
 	cache := newMemCache()
@@ -590,7 +604,7 @@ func dispatchedA(t *testing.T, maxAttempts int) (*queue.Conn, *Submitted, *Sched
 		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
 		return err == nil && st.Counts[Dispatched] == 1
 	})
-	return conn, sub, s
+	return conn, sub, s, cache
 }
 
 // forgeClaim writes, as any runner user may, a claim record saying
@@ -618,7 +632,7 @@ func forgeClaim(t *testing.T, conn *queue.Conn, id, drv, builder string, attempt
 // NATS user may publish on), uses up no attempt; the same report on the
 // honest builder's subject would.
 func TestReportOnAnotherBuildersSubjectRefused(t *testing.T) {
-	conn, sub, _ := dispatchedA(t, 3)
+	conn, sub, _, _ := dispatchedA(t, 3)
 	drv := fakePath("a.drv")
 	forgeClaim(t, conn, sub.Set.ID, drv, "honest", 1)
 	rep := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, Replica: 0, Attempt: 1,
@@ -703,7 +717,7 @@ func TestForgedClaimsFailOnce(t *testing.T) {
 // results (a quarantined liar's, which it can get built again and again
 // by claiming each new attempt in the bucket) fail the derivation once.
 func TestRejectedTwiceFailsOnce(t *testing.T) {
-	conn, sub, s := dispatchedA(t, 2)
+	conn, sub, s, _ := dispatchedA(t, 2)
 	drv := fakePath("a.drv")
 	ctx := testctx.New(t, time.Minute)
 	for attempt := 1; attempt <= 2; attempt++ {
@@ -1043,18 +1057,7 @@ func TestFailureBeforeItsState(t *testing.T) {
 	sub := submit(t, conn, g, cache, 1, 1)
 	startScheduler(t, url, cache, "g1")
 	a := fakePath("a.drv")
-	status := func() map[string]*State {
-		t.Helper()
-		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := map[string]*State{}
-		for _, d := range st.Derivations {
-			out[nameOf(d.DrvPath)] = d
-		}
-		return out
-	}
+	status := func() map[string]*State { return states(t, conn, sub.Set.ID) }
 	waitFor(t, 10*time.Second, func() bool { return status()["b"].Status == Dispatched })
 	// a still waits for b: its first attempt's report comes before the
 	// scheduler has written that attempt.
@@ -1081,20 +1084,9 @@ func TestFailureBeforeItsState(t *testing.T) {
 // still counts against that builder, and changes nothing else.
 // TestRejectedResultRetried lost it now and then that way.
 func TestFailureAfterDone(t *testing.T) {
-	url, conn := setup(t)
-	cache := newMemCache()
-	sub := submit(t, conn, graphOf(t, spec{"a": nil}, "x86_64-linux"), cache, 1, 3)
-	s := startScheduler(t, url, cache, "g1")
+	conn, sub, s, cache := dispatchedA(t, 3)
 	a := fakePath("a.drv")
-	state := func() *State {
-		t.Helper()
-		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
-		if err != nil || len(st.Derivations) != 1 {
-			t.Fatalf("status: %v, %v", st, err)
-		}
-		return st.Derivations[0]
-	}
-	waitFor(t, 10*time.Second, func() bool { return state().Status == Dispatched })
+	state := func() *State { return states(t, conn, sub.Set.ID)["a"] }
 	forgeClaim(t, conn, sub.Set.ID, a, "liar", 1) // as its worker claims it
 	cache.add(fakePath("a"))
 	ctx := testctx.New(t, time.Minute)
@@ -1112,13 +1104,27 @@ func TestFailureAfterDone(t *testing.T) {
 	if st.Status != Done || !slices.Equal(st.Attempts, []int{1}) {
 		t.Errorf("a: %+v, want done, its attempts unchanged", st)
 	}
+
+	// A bad builder claims an attempt never dispatched (any runner may
+	// write claims) and reports it failed: once a is final there is no
+	// state to wait for, so the report is dropped at once, not held, and
+	// counts nothing.
+	forgeClaim(t, conn, sub.Set.ID, a, "mallory", 5)
+	if err := PublishReport(ctx, conn, &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: a, Replica: 0, Attempt: 5,
+		Builder: "mallory", Owner: "mallory", Outcome: BuildFailed, ExitCode: 1, Time: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	waitReportsHandled(t, conn, 1)
+	if st := state(); len(st.Failures) != 1 || st.Status != Done {
+		t.Errorf("a after a forged failure of attempt 5: %+v", st)
+	}
 }
 
 // TestRejectedNegativeReplica: a claim record (any runner may write one)
 // naming replica -1 for a builder whose result the cache rejects is
 // ignored; it indexed the state's attempts and crashed the scheduler.
 func TestRejectedNegativeReplica(t *testing.T) {
-	conn, sub, s := dispatchedA(t, 2)
+	conn, sub, s, _ := dispatchedA(t, 2)
 	drv := fakePath("a.drv")
 	ctx := testctx.New(t, time.Minute)
 	c, _ := json.Marshal(Claims{Version: RecordVersion, Replicas: []Claim{{Replica: -1, Attempt: 1, Builder: "liar", Owner: "liar", Delivered: 1, At: time.Now().UTC()}}})
@@ -1200,7 +1206,7 @@ func TestFollowWhileStatesRewritten(t *testing.T) {
 // honest builder's failure of the real attempt meanwhile counts, and is
 // retried. Before, the forged failure counted and used up an attempt.
 func TestForgedFutureAttemptUncounted(t *testing.T) {
-	conn, sub, _ := dispatchedA(t, 3)
+	conn, sub, _, _ := dispatchedA(t, 3)
 	drv := fakePath("a.drv")
 	forgeClaim(t, conn, sub.Set.ID, drv, "mallory", 7)
 	forged := &Report{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, Replica: 0, Attempt: 7,
