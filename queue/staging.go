@@ -411,7 +411,7 @@ func (c *Conn) putObject(ctx context.Context, stream jetstream.Stream, key, id s
 		// The meta may have been stored with only its ack lost (timeout,
 		// cancel): then the object is complete and must not lose its
 		// chunks.
-		if c.metaIs(ctx, key, id) {
+		if metaIs(ctx, stream, key, id) {
 			return info, nil
 		}
 		if cause := context.Cause(ctx); errors.Is(cause, ErrPermissionDenied) {
@@ -463,14 +463,15 @@ func lastMeta(ctx context.Context, stream jetstream.Stream, key string) (*jetstr
 
 // reuse reports whether Stage may hand out content already staged as
 // info, its first chunk stored at stored and its key's meta at sequence
-// metaSeq (read before the content was checked; 0 when the key has no
-// meta naming the content), and if so writes a fresh meta for it:
+// metaSeq (0 when the key has no meta naming the content), and if so
+// writes a fresh meta for it:
 //   - only while the content is fresh: see fresh;
 //   - the fresh meta because staging GC goes by the meta's time. It is
 //     stored only if metaSeq is still the key's last meta: staging GC
 //     removes the meta before the chunks and looks again before removing
-//     these (deleteIfSame), so either this write fails and the content is
-//     uploaded again, or GC sees it and keeps the chunks. A meta another
+//     these (deleteIfSame), so either this write fails (GC removed the
+//     meta, whenever it was read) and the content is uploaded again, or
+//     GC sees it and keeps the chunks. A meta another
 //     Stage wrote for the same content meanwhile (two runners of a
 //     builder reusing it at once) is taken as the one read.
 func (c *Conn) reuse(ctx context.Context, stream jetstream.Stream, info *jetstream.ObjectInfo, stored time.Time, metaSeq uint64) bool {
@@ -538,15 +539,11 @@ func (c *Conn) removeChunks(ctx context.Context, pub jetstream.JetStream, stream
 }
 
 // metaIs reports whether key's current meta names chunk subject id.
-func (c *Conn) metaIs(ctx context.Context, key, id string) bool {
+func metaIs(ctx context.Context, stream jetstream.Stream, key, id string) bool {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stageCleanupTimeout)
 	defer cancel()
-	obs, _, err := c.staging(ctx)
-	if err != nil {
-		return false
-	}
-	info, err := obs.GetInfo(ctx, key)
-	return err == nil && info.NUID == id
+	info, _, err := lastMeta(ctx, stream, key)
+	return err == nil && !info.Deleted && info.NUID == id
 }
 
 // DeleteStaged removes the object under key and its chunks. An absent

@@ -92,20 +92,23 @@ func scopedChunkID(key, scope string) string {
 func (c *Conn) stageScoped(ctx, rctx context.Context, stream jetstream.Stream, key, scope string, r io.Reader) (StagedInfo, error) {
 	id := scopedChunkID(key, scope)
 	if want, ok := keyHash(unscoped(key)); ok {
-		// The meta before the content is read (see reuse). Anyone may
-		// have written it: content is reused only under a meta that names
-		// it, or staging GC, which goes by metas, could take it as an
-		// orphan; under another, it is uploaded again.
-		meta, metaSeq, err := lastMeta(rctx, stream, key)
-		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt) {
-			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
-		}
-		if meta == nil || meta.Deleted || meta.NUID != id {
-			metaSeq = 0 // reuse refuses it
-		}
 		got, err := c.hashScoped(ctx, rctx, stream, id, want)
 		switch {
 		case err == nil:
+			// Anyone may have written the key's meta: content is reused
+			// only under a meta that names it (reuse rewrites that one),
+			// or staging GC, which goes by metas, could take it as an
+			// orphan; under another, it is uploaded again. Read only
+			// when there is content: most Stages upload a new NAR.
+			mctx, mcancel := context.WithTimeout(ctx, DefaultTimeout) // rctx may be spent on a large object
+			meta, metaSeq, err := lastMeta(mctx, stream, key)
+			mcancel()
+			if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt) {
+				return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
+			}
+			if meta == nil || meta.Deleted || meta.NUID != id {
+				metaSeq = 0 // reuse refuses it
+			}
 			info := &jetstream.ObjectInfo{
 				ObjectMeta: jetstream.ObjectMeta{Name: key, Opts: &jetstream.ObjectMetaOptions{ChunkSize: stageChunkSize}},
 				Bucket:     BucketStaging, NUID: id, Size: got.size, Chunks: got.chunks, Digest: got.digest,
@@ -113,8 +116,8 @@ func (c *Conn) stageScoped(ctx, rctx context.Context, stream jetstream.Stream, k
 			if c.reuse(ctx, stream, info, got.stored, metaSeq) {
 				return StagedInfo{Key: key, Size: got.size, Digest: got.digest, Reused: true}, nil
 			}
-			// Too old to hand out, or staging GC took it meanwhile:
-			// uploaded again below.
+			// Too old to hand out, under another's meta, or staging GC
+			// took it meanwhile: uploaded again below.
 		case !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt):
 			return StagedInfo{}, fmt.Errorf("queue: stage %s: %w", key, err)
 		}
