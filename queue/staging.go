@@ -139,7 +139,7 @@ func (c *Conn) Stage(ctx context.Context, key string, r io.Reader) (StagedInfo, 
 		// collector's.
 		pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), stageCleanupTimeout)
 		_ = c.denyAware(pctx, jsAPIFor(stagingStream, ""), func(ctx context.Context) error {
-			return stream.Purge(ctx, jetstream.WithPurgeSubject(stagingChunksPrefix+old.NUID))
+			return purgeChunks(ctx, stream, old.NUID, 0)
 		})
 		pcancel()
 	}
