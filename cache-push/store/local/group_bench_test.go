@@ -33,6 +33,7 @@ func BenchmarkEntries(b *testing.B) {
 		{name: "batch"},
 		{name: "alone", opts: []Option{WithoutGroupCommit()}},
 		{name: "batch-syncfs", opts: []Option{WithFilesystemFlush()}},
+		{name: "batch-late-writeback", opts: []Option{withLateWriteback()}},
 		{name: "batch-3commits", three: true},
 		{name: "alone-3commits", opts: []Option{WithoutGroupCommit()}, three: true},
 	}

@@ -1,0 +1,17 @@
+package local
+
+import "golang.org/x/sys/unix"
+
+// startWriteback asks the kernel to start writing f's dirty pages now,
+// without waiting (sync_file_range SYNC_FILE_RANGE_WRITE). It is only a
+// head start, never a durability step: the fsync that follows still
+// waits for the data and the metadata. Started as each object is handed
+// to a commit, while the round before it flushes, the writes of a
+// round's files go down together, and its fsyncs find them done or under
+// way: a round of 64 small files on a journaled ext4 took half the time
+// (BenchmarkEntries). A failure is not an error here: fsync reports it.
+func (f *file) startWriteback() {
+	if f.fd >= 0 {
+		unix.SyncFileRange(f.fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+	}
+}
