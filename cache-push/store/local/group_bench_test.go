@@ -23,8 +23,8 @@ import (
 // the machine's other load fall on all alike. It reports entries per
 // second and the CPU time per entry of the process, for each, and their
 // ratios to "alone", every commit flushing on its own
-// (WithoutGroupCommit). Each figure is
-// the median of its rounds.
+// (WithoutGroupCommit); "batch-late-writeback" leaves the writes to the
+// fsyncs (withLateWriteback). Each figure is the median of its rounds.
 //
 //	go test -run '^$' -bench Entries -benchtime 12000x ./cache-push/store/local/
 func BenchmarkEntries(b *testing.B) {
