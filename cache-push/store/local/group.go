@@ -28,6 +28,7 @@ type item struct {
 	name    string // final file name
 	key     string
 	seq     uint64 // order of f's open among the store's files
+	size    int64  // bytes written to f
 	renamed bool
 }
 
@@ -151,8 +152,20 @@ func (s *Store) CommitGroup(ctx context.Context, stages ...[]store.Object) error
 	return s.commitRequest(r)
 }
 
-// commitRequest commits r by the store's batcher, or on its own.
+// commitRequest commits r by the store's batcher, or on its own. Every
+// item of r is valid by now: the write-back of the small ones starts
+// here (startWriteback), not before, so that no file about to be
+// removed is written.
 func (s *Store) commitRequest(r *request) error {
+	if !s.lateWriteback {
+		for _, stage := range r.stages {
+			for _, it := range stage {
+				if it.size <= writebackMax {
+					it.f.startWriteback()
+				}
+			}
+		}
+	}
 	if s.batch != nil && len(r.stages) > 0 {
 		return s.batch.commit(s, r)
 	}

@@ -19,7 +19,7 @@ import (
 // "-3commits": the NAR, the sidecar and the narinfo committed one after
 // the other, as the pusher did before) with 32 writers at once, for each
 // way of committing, in the same run:
-// rounds of 500 entries go to each store in turn, so that the disk's and
+// rounds of 100 entries go to each store in turn, so that the disk's and
 // the machine's other load fall on all alike. It reports entries per
 // second and the CPU time per entry of the process, for each, and their
 // ratios to "alone", every commit flushing on its own

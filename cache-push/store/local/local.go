@@ -60,7 +60,7 @@ type Store struct {
 	// never removes a directory, and a rename into one someone else
 	// removed makes it again (renameStage).
 	dirs sync.Map
-	// lateWriteback leaves the writes of a commit's files to its fsyncs
+	// lateWriteback leaves the writes of a commit's files to its flush
 	// (startWriteback), for BenchmarkEntries.
 	lateWriteback bool
 }
@@ -391,6 +391,7 @@ type pending struct {
 	f        *file  // nil once finished
 	seq      uint64 // when f was opened (Store.opened)
 	writeErr error  // first Write failure; Commit refuses to publish after it
+	size     int64  // bytes written
 }
 
 func (p *pending) Write(b []byte) (int, error) {
@@ -401,6 +402,7 @@ func (p *pending) Write(b []byte) (int, error) {
 		return 0, p.writeErr
 	}
 	n, err := p.f.Write(b)
+	p.size += int64(n)
 	if err != nil {
 		p.writeErr = fmt.Errorf("local store: write: %w", p.s.noSpace(err))
 		return n, p.writeErr
@@ -433,7 +435,7 @@ func (p *pending) take(key string) (*item, error) {
 	if p.f == nil {
 		return nil, fmt.Errorf("commit %s: %w", key, store.ErrFinished)
 	}
-	it := &item{f: p.f, tmp: p.f.Name(), key: key, seq: p.seq}
+	it := &item{f: p.f, tmp: p.f.Name(), key: key, seq: p.seq, size: p.size}
 	p.f = nil
 	name, err := p.s.filename(key)
 	if err != nil {
@@ -442,9 +444,6 @@ func (p *pending) take(key string) (*item, error) {
 	it.name = name
 	if p.writeErr != nil {
 		return it, fmt.Errorf("local store: commit %s: earlier write failed: %w", key, p.writeErr)
-	}
-	if !p.s.lateWriteback {
-		it.f.startWriteback()
 	}
 	return it, nil
 }

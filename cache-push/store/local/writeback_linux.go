@@ -2,16 +2,28 @@ package local
 
 import "golang.org/x/sys/unix"
 
-// startWriteback asks the kernel to start writing f's dirty pages now,
-// without waiting (sync_file_range SYNC_FILE_RANGE_WRITE). It is only a
-// head start, never a durability step: the fsync that follows still
-// waits for the data and the metadata. Started as each object is handed
-// to a commit, while the round before it flushes, the writes of a
-// round's files go down together, and its fsyncs find them done or under
-// way. On a journaled ext4, entries by group commit went 1.45–1.73×
-// faster with it (BenchmarkEntries, "batch" against
-// "batch-late-writeback"). A failure is not an error here: fsync reports
-// it.
+// writebackMax is the largest file whose write-back a commit starts
+// itself (startWriteback). What it buys is for the many small files of
+// a round (narinfos, sidecars, most NARs), whose data would otherwise
+// still be dirty when the round's flush begins. A large NAR's pages are
+// mostly on their way already (the kernel writes back while it is
+// written), and starting the rest at once can block the caller for as
+// long as writing them takes.
+const writebackMax = 16 << 20
+
+// startWriteback asks the kernel to start writing f's dirty pages now
+// (sync_file_range SYNC_FILE_RANGE_WRITE), without waiting for them to
+// reach the disk. It is only a head start, never a durability step: the
+// round's flush (an fsync of each file, or a syncfs) still waits for the
+// data and the metadata. Started as each commit is handed over, often
+// while an earlier round flushes, the writes of a round's files go down
+// together and its fsyncs find them done or under way. With 2,000-byte
+// entries on a journaled ext4, group commit went 1.45–1.73× faster with
+// it (BenchmarkEntries, "batch" against "batch-late-writeback"). A
+// failure only means no head start: where the filesystem does nothing
+// with it (tmpfs, overlayfs, FUSE without a write-back cache) or a
+// sandbox refuses the call, the flush writes the data, and an I/O error
+// of the write-back is reported by the flush.
 func (f *file) startWriteback() {
 	if f.fd >= 0 {
 		unix.SyncFileRange(f.fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
