@@ -35,7 +35,8 @@ import (
 // corrupts what a-runner staged, before or after it stages.
 func TestStagingScopes(t *testing.T) {
 	dir := t.TempDir()
-	tn, err := Add(Options{Name: "a", Dir: filepath.Join(dir, "a")})
+	// 1 GiB, not the default 10: see startTenants.
+	tn, err := Add(Options{Name: "a", Dir: filepath.Join(dir, "a"), Limits: Limits{MaxFile: 1 << 30}})
 	if err != nil {
 		t.Fatal(err)
 	}
