@@ -18,8 +18,9 @@ const writebackMax = 16 << 20
 // data and the metadata. Started as each commit is handed over, often
 // while an earlier round flushes, the writes of a round's files go down
 // together and its fsyncs find them done or under way. With 2,000-byte
-// entries on a journaled ext4, group commit went 1.45–1.73× faster with
-// it (BenchmarkEntries, "batch" against "batch-late-writeback"). A
+// entries on a journaled ext4, group commit went 1.2–1.7× faster with it
+// over six runs (BenchmarkEntries, "batch" against
+// "batch-late-writeback"). A
 // failure only means no head start: where the filesystem does nothing
 // with it (tmpfs, overlayfs, FUSE without a write-back cache) or a
 // sandbox refuses the call, the flush writes the data, and an I/O error
