@@ -152,6 +152,15 @@ func (s *Store) CommitGroup(ctx context.Context, stages ...[]store.Object) error
 	return s.commitRequest(r)
 }
 
+// writebackMax is the largest file whose write-back a commit starts
+// itself (startWriteback). What it buys is for the many small files of
+// a round (narinfos, sidecars, most NARs), whose data would otherwise
+// still be dirty when the round's flush begins. A large NAR's pages are
+// mostly on their way already (the kernel writes back while it is
+// written), and starting the rest at once can block the caller for as
+// long as writing them takes.
+const writebackMax = 16 << 20
+
 // commitRequest commits r by the store's batcher, or on its own. Every
 // item of r is valid by now: the write-back of the small ones starts
 // here (startWriteback), not before, so that no file about to be

@@ -2,15 +2,6 @@ package local
 
 import "golang.org/x/sys/unix"
 
-// writebackMax is the largest file whose write-back a commit starts
-// itself (startWriteback). What it buys is for the many small files of
-// a round (narinfos, sidecars, most NARs), whose data would otherwise
-// still be dirty when the round's flush begins. A large NAR's pages are
-// mostly on their way already (the kernel writes back while it is
-// written), and starting the rest at once can block the caller for as
-// long as writing them takes.
-const writebackMax = 16 << 20
-
 // startWriteback asks the kernel to start writing f's dirty pages now
 // (sync_file_range SYNC_FILE_RANGE_WRITE), without waiting for them to
 // reach the disk. It is only a head start, never a durability step: the
@@ -20,11 +11,10 @@ const writebackMax = 16 << 20
 // together and its fsyncs find them done or under way. With 2,000-byte
 // entries on a journaled ext4, group commit went 1.2–1.7× faster with it
 // over six runs (BenchmarkEntries, "batch" against
-// "batch-late-writeback"). A
-// failure only means no head start: where the filesystem does nothing
-// with it (tmpfs, overlayfs, FUSE without a write-back cache) or a
-// sandbox refuses the call, the flush writes the data, and an I/O error
-// of the write-back is reported by the flush.
+// "batch-late-writeback"). A failure only means no head start: where the
+// filesystem does nothing with it (tmpfs, overlayfs, FUSE without a
+// write-back cache) or a sandbox refuses the call, the flush writes the
+// data, and an I/O error of the write-back is reported by the flush.
 func (f *file) startWriteback() {
 	if f.fd >= 0 {
 		unix.SyncFileRange(f.fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
