@@ -118,9 +118,13 @@ func timestampIn(a, b []byte, o Options) (string, bool) {
 				out = append(out, string(m[0]))
 			}
 		}
-		for _, m := range reDigits.FindAll(s, 64) {
-			if t, ok := digitTime(string(m)); ok && near(t) {
-				out = append(out, string(m))
+		for _, loc := range reDigits.FindAllIndex(s, 64) {
+			m := string(s[loc[0]:loc[1]])
+			if inHexWord(s, loc[0], loc[1]) {
+				continue
+			}
+			if t, ok := digitTime(m); ok && near(t) {
+				out = append(out, m)
 			}
 		}
 		if years := reYear.FindAll(s, 8); len(years) > 0 {
@@ -139,6 +143,37 @@ func timestampIn(a, b []byte, o Options) (string, bool) {
 		return "", false
 	}
 	return evidence(ea, eb), true
+}
+
+// inHexWord reports whether s[start:end], a run of digits, is part of a
+// word of hex digits with a letter in it (a hash, a random id, a UUID's
+// group). About one random id of 32 hex digits in 1,700 holds a run of
+// digits that reads as a time within two years of the build (a
+// simulation of 200,000), and its difference was then put down to a
+// timestamp. A word with other letters (build1796522400, v20261206)
+// still counts.
+func inHexWord(s []byte, start, end int) bool {
+	for start > 0 && isAlnum(s[start-1]) {
+		start--
+	}
+	for end < len(s) && isAlnum(s[end]) {
+		end++
+	}
+	letter := false
+	for _, c := range s[start:end] {
+		switch {
+		case c >= '0' && c <= '9':
+		case c >= 'a' && c <= 'f', c >= 'A' && c <= 'F':
+			letter = true
+		default:
+			return false
+		}
+	}
+	return letter
+}
+
+func isAlnum(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
 }
 
 // digitTime reads a digit run as epoch seconds (10), milli-, micro- or

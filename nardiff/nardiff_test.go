@@ -75,8 +75,13 @@ func TestEpochAndISO(t *testing.T) {
 			t.Errorf("%q vs %q: no timestamp cause:\n%s", c[0], c[1], r.Text())
 		}
 	}
+	// A word of letters and digits still holds one.
+	r := diffBytes(t, narOf(t, ent{path: "/f", data: "build1796522400\n"}), narOf(t, ent{path: "/f", data: "build1796522461\n"}), opts())
+	if f := file(t, r, "/f"); !hasCause(f.Causes, CauseTimestamp) {
+		t.Errorf("no timestamp cause in a word:\n%s", r.Text())
+	}
 	// A number far from the build time is not a date.
-	r := diffBytes(t, narOf(t, ent{path: "/f", data: "n=1000000001\n"}), narOf(t, ent{path: "/f", data: "n=1000000002\n"}), opts())
+	r = diffBytes(t, narOf(t, ent{path: "/f", data: "n=1000000001\n"}), narOf(t, ent{path: "/f", data: "n=1000000002\n"}), opts())
 	if f := file(t, r, "/f"); hasCause(f.Causes, CauseTimestamp) {
 		t.Errorf("2001 is not near the build time:\n%s", r.Text())
 	}
@@ -111,6 +116,14 @@ func TestRandomID(t *testing.T) {
 	b := narOf(t, ent{path: "/id", data: "seed=2c26b46b68ffc68f\n"})
 	if f := file(t, diffBytes(t, a, b, opts()), "/id"); !hasCause(f.Causes, CauseRandom) {
 		t.Fatalf("no random-id cause: %+v", f)
+	}
+	// Random hex that happens to hold a run of digits near the build
+	// time as epoch seconds (1840590949: April 2028) is still random, as
+	// the ids of TestDiffDisputes' "random" builds were once.
+	a = narOf(t, ent{path: "/id", data: "session=448c6fee0a8e96df1840590949b718d3\n"})
+	b = narOf(t, ent{path: "/id", data: "session=a1dd976f60401815e0939b42ad446b12\n"})
+	if f := file(t, diffBytes(t, a, b, opts()), "/id"); !hasCause(f.Causes, CauseRandom) || hasCause(f.Causes, CauseTimestamp) {
+		t.Fatalf("random hex with a time-like digit run: causes %+v", f.Causes)
 	}
 	a = narOf(t, ent{path: "/id", data: "uuid 0b5d7e4e-3c4f-4b8a-9a55-1f0a6b6fa1c2\n"})
 	b = narOf(t, ent{path: "/id", data: "uuid 7e0f40c2-8d31-4f8e-b1b6-92b8d1f6e0aa\n"})
