@@ -118,11 +118,15 @@ func timestampIn(a, b []byte, o Options) (string, bool) {
 				out = append(out, string(m[0]))
 			}
 		}
+		wordEnd, hexWord := 0, false // the word of the last run, read once
 		for _, loc := range reDigits.FindAllIndex(s, 64) {
-			m := string(s[loc[0]:loc[1]])
-			if inHexWord(s, loc[0], loc[1]) {
+			if loc[0] >= wordEnd {
+				wordEnd, hexWord = hexWordAt(s, loc[0], loc[1])
+			}
+			if hexWord {
 				continue
 			}
+			m := string(s[loc[0]:loc[1]])
 			if t, ok := digitTime(m); ok && near(t) {
 				out = append(out, m)
 			}
@@ -145,14 +149,14 @@ func timestampIn(a, b []byte, o Options) (string, bool) {
 	return evidence(ea, eb), true
 }
 
-// inHexWord reports whether s[start:end], a run of digits, is part of a
-// word of hex digits with a letter in it (a hash, a random id, a UUID's
-// group). About one random id of 32 hex digits in 1,700 holds a run of
+// hexWordAt returns the end of the word s[start:end] (a run of digits)
+// is part of, and whether that word is made of hex digits with a letter
+// among them (a hash, a random id, a UUID's group). About one random id of 32 hex digits in 1,700 holds a run of
 // digits that reads as a time within two years of the build (a
 // simulation of 200,000), and its difference was then put down to a
 // timestamp. A word with other letters (build1796522400, v20261206)
 // still counts.
-func inHexWord(s []byte, start, end int) bool {
+func hexWordAt(s []byte, start, end int) (wordEnd int, hex bool) {
 	for start > 0 && isAlnum(s[start-1]) {
 		start--
 	}
@@ -166,10 +170,10 @@ func inHexWord(s []byte, start, end int) bool {
 		case c >= 'a' && c <= 'f', c >= 'A' && c <= 'F':
 			letter = true
 		default:
-			return false
+			return end, false
 		}
 	}
-	return letter
+	return end, letter
 }
 
 func isAlnum(c byte) bool {
