@@ -209,9 +209,19 @@ func digitTime(s string) (time.Time, bool) {
 	return time.Time{}, false
 }
 
+// binaryTimeSpread bounds how far apart the two sides' times of one
+// 32-bit word may be (binaryTime). A build writes the time it ran, and
+// two builds of one derivation that disagree ran within days of each
+// other. Random bytes do not: one 32-bit word in 34 reads as a time
+// within TimeWindow (two years) of the build, so 16 random bytes on
+// each side were put down to a timestamp in about one diff of 600; with
+// the times also within this spread, in about one of 5,000.
+const binaryTimeSpread = 90 * 24 * time.Hour
+
 // binaryTime checks whether the first difference at i falls inside a
 // little- or big-endian 32-bit word that reads as a time near the build
-// on both sides (gzip and zip headers, PE and other binary timestamps).
+// on both sides, the two within binaryTimeSpread (gzip and zip headers,
+// PE and other binary timestamps).
 func binaryTime(a, b []byte, i int, o Options) (Cause, bool) {
 	for start := max(0, i-3); start <= i; start++ {
 		if start+4 > len(a) || start+4 > len(b) {
@@ -224,7 +234,7 @@ func binaryTime(a, b []byte, i int, o Options) (Cause, bool) {
 				continue
 			}
 			da, db := ta.Sub(o.BuildTime), tb.Sub(o.BuildTime)
-			if da.Abs() < o.TimeWindow && db.Abs() < o.TimeWindow {
+			if da.Abs() < o.TimeWindow && db.Abs() < o.TimeWindow && ta.Sub(tb).Abs() < binaryTimeSpread {
 				return Cause{Kind: CauseTimestamp, Evidence: fmt.Sprintf("32-bit time at offset %d: %s vs %s", start, ta.UTC().Format(time.RFC3339), tb.UTC().Format(time.RFC3339))}, true
 			}
 		}

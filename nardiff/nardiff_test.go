@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"io"
 	"strings"
@@ -137,6 +138,25 @@ func TestRandomBytes(t *testing.T) {
 	b := narOf(t, ent{path: "/seed", data: "\x12\xa7\x05\x33\x61\xee\x00\x7b"})
 	if f := file(t, diffBytes(t, a, b, opts()), "/seed"); f.Format != "binary" || !hasCause(f.Causes, CauseRandom) {
 		t.Fatalf("random bytes not recognised: %+v", f)
+	}
+}
+
+// TestBinaryTime: a 32-bit time that differs by a minute between the
+// sides is a timestamp; random bytes whose first word reads as times
+// near the build on both sides, 600 days apart, are random.
+func TestBinaryTime(t *testing.T) {
+	word := func(tm time.Time, rest string) string {
+		return string(binary.LittleEndian.AppendUint32(nil, uint32(tm.Unix()))) + rest
+	}
+	a := narOf(t, ent{path: "/bin", data: word(build, "\x00\x01\x02\xff")})
+	b := narOf(t, ent{path: "/bin", data: word(build.Add(time.Minute), "\x00\x01\x02\xff")})
+	if f := file(t, diffBytes(t, a, b, opts()), "/bin"); !hasCause(f.Causes, CauseTimestamp) {
+		t.Errorf("a time a minute apart: causes %+v", f.Causes)
+	}
+	a = narOf(t, ent{path: "/seed", data: word(build.Add(-300*24*time.Hour), "\x8f\x01\xfe\x33\x9a\x00\x10\xc4")})
+	b = narOf(t, ent{path: "/seed", data: word(build.Add(300*24*time.Hour), "\x12\xa7\x05\x33\x61\xee\x00\x7b")})
+	if f := file(t, diffBytes(t, a, b, opts()), "/seed"); hasCause(f.Causes, CauseTimestamp) || !hasCause(f.Causes, CauseRandom) {
+		t.Errorf("random bytes whose first word reads as times 600 days apart: causes %+v", f.Causes)
 	}
 }
 
