@@ -255,7 +255,9 @@ jobs:
           mv %[1]s/a-report.tmp %[1]s/a-report
           cat %[1]s/a-report
 `, sh, barrier, build(a, ":", buildDisputed, "touch "+sh+"/a-built"), a.file(tenant.FileBuilderKey), b.file(tenant.FileBuilderKey))))
-	waitForFile(t, filepath.Join(sh, "a-built"), 5*time.Minute, nil)
+	waitForFile(t, filepath.Join(sh, "a-built"), 5*time.Minute, func() error {
+		return a.forge.JobFailed(t, a.owner, a.repo)
+	})
 
 	b.forge.PutFile(t, b.owner, b.repo, ".forgejo/workflows/build.yml", []byte(fmt.Sprintf(`on: push
 jobs:

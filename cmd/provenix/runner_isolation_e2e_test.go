@@ -206,7 +206,14 @@ jobs:
           %[1]s
 `, barrier)))
 
-	waitForFile(t, filepath.Join(sh, "spy"), 5*time.Minute, exited)
+	waitForFile(t, filepath.Join(sh, "spy"), 5*time.Minute, func() error {
+		select {
+		case <-exited:
+			return errors.New("the runner exited")
+		default:
+			return nil
+		}
+	})
 	info := strings.Split(strings.TrimSpace(string(testfs.Read(t, filepath.Join(sh, "victim")))), "\n")
 	if len(info) != 5 {
 		t.Fatalf("victim info %q", info)
@@ -320,16 +327,22 @@ func requireRootRunner(t *testing.T, jobUsers string) string {
 	return busybox
 }
 
-func waitForFile(t *testing.T, path string, timeout time.Duration, exited <-chan struct{}) {
+// waitForFile waits until path exists, for up to timeout. It gives up
+// at once when stopped (nil: never) says the file cannot come any more,
+// and says why: the runner exited, or the job that was to write the
+// file failed (with its log).
+func waitForFile(t *testing.T, path string, timeout time.Duration, stopped func() error) {
 	t.Helper()
+	checked := time.Now()
 	for deadline := time.Now().Add(timeout); ; time.Sleep(100 * time.Millisecond) {
 		if _, err := os.Stat(path); err == nil {
 			return
 		}
-		select {
-		case <-exited:
-			t.Fatalf("the runner exited while waiting for %s", path)
-		default:
+		if stopped != nil && time.Since(checked) > time.Second {
+			checked = time.Now()
+			if err := stopped(); err != nil {
+				t.Fatalf("waiting for %s: %v", path, err)
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s did not appear within %v", path, timeout)

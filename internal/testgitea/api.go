@@ -102,6 +102,19 @@ func (f *Forge) WaitJob(t testing.TB, owner, repo string, timeout time.Duration)
 	}
 }
 
+// JobFailed returns an error with its log when the repository's newest
+// job has completed without success, and nil while it runs, before it
+// starts, or once it succeeded: a test waiting for what a job writes can
+// stop at once, and say why, when the job failed.
+func (f *Forge) JobFailed(t testing.TB, owner, repo string) error {
+	t.Helper()
+	job, err := f.newestJob(owner, repo)
+	if err != nil || job.Status != "completed" || job.Conclusion == "success" {
+		return nil
+	}
+	return fmt.Errorf("job %d %q of %s/%s ended: %s\n%s", job.ID, job.Name, owner, repo, job.Conclusion, f.JobLogs(t, owner, repo, job.ID))
+}
+
 func (f *Forge) newestJob(owner, repo string) (Job, error) {
 	runs, _, err := f.client.ListRepoActionRuns(owner, repo, gitea.ListRepoActionRunsOptions{
 		ListOptions: gitea.ListOptions{Page: 1, PageSize: 1}, // newest first
