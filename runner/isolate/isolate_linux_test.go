@@ -180,7 +180,9 @@ func TestPoolNeverReusesWhileAlive(t *testing.T) {
 	if pids, _ := PIDsOf(l1.User.UID); len(pids) == 0 {
 		t.Fatal("no leftover process to test with")
 	}
-	// Hand it back dirty without Release's clean-up, as after a crash.
+	// Hand it back dirty without Release's clean-up, as after a crash
+	// (which also drops the runner's lock).
+	l1.lock.Close()
 	p.free <- l1.User
 	l3, err := p.Acquire(ctx)
 	if err != nil {
@@ -194,6 +196,70 @@ func TestPoolNeverReusesWhileAlive(t *testing.T) {
 	}
 	if _, err := os.Lstat(leftover); !os.IsNotExist(err) {
 		t.Fatalf("leftover temporary file kept: %v", err)
+	}
+	for _, l := range []*Lease{l2, l3} {
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestPoolsOfTwoRunners: two runners of one host given the same job
+// users never take one at once. The second takes another user, or waits;
+// it does not take the first's running job for a leftover and kill it.
+func TestPoolsOfTwoRunners(t *testing.T) {
+	a, b := poolUser(t, "provenix-job-3"), poolUser(t, "provenix-job-4")
+	log := slog.New(slog.DiscardHandler)
+	p1, err := NewPool([]*User{a}, 1, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := NewPool([]*User{a, b}, 2, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l1, err := p1.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first runner's job runs.
+	job := exec.Command("sleep", "300")
+	job.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: l1.User.UID, Gid: l1.User.GID}}
+	if err := job.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { job.Wait(); close(exited) }()
+	defer func() { job.Process.Kill(); <-exited }()
+
+	l2, err := p2.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2.User.UID == l1.User.UID {
+		t.Fatalf("both runners got uid %d", l2.User.UID)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 3*time.Second)
+	defer cancelShort()
+	if l, err := p2.Acquire(short); err == nil {
+		t.Fatalf("the second runner took uid %d, which the first holds", l.User.UID)
+	}
+	select {
+	case <-exited:
+		t.Fatal("the second runner killed the first runner's job")
+	default:
+	}
+	// Once the first gives the user back, the second may take it.
+	job.Process.Kill()
+	<-exited
+	if err := l1.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l3, err := p2.Acquire(ctx)
+	if err != nil || l3.User.UID != a.UID {
+		t.Fatalf("after the first runner released it: %v", err)
 	}
 	for _, l := range []*Lease{l2, l3} {
 		if err := l.Release(ctx); err != nil {

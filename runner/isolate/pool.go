@@ -5,19 +5,28 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 )
 
 // ErrPoolTooSmall: more jobs may run at once than the pool has users.
 var ErrPoolTooSmall = errors.New("isolate: job user pool smaller than capacity")
 
+// errUserBusy: another runner of this host holds the job user (lockUser).
+var errUserBusy = errors.New("isolate: job user held by another runner")
+
+// LockDir holds the host-wide locks of the job users (lockUser), shared
+// by every runner of the host.
+const LockDir = "/run/provenix/job-users"
+
 // Pool hands each running job a user. An exclusive pool gives every job a
 // user of its own; a shared pool (one job_user for all jobs) gives the
 // same user to every job and promises nothing about other jobs.
 type Pool struct {
-	shared *User
-	free   chan *User
-	log    *slog.Logger
+	shared  *User
+	free    chan *User
+	log     *slog.Logger
+	lockDir string // LockDir; a test's own elsewhere
 	// settle bounds how long a leftover process of a returned user may
 	// take to die before the user is skipped for now.
 	settle time.Duration
@@ -31,8 +40,11 @@ func NewPool(users []*User, capacity int, log *slog.Logger) (*Pool, error) {
 	if capacity > len(users) {
 		return nil, fmt.Errorf("%w: capacity %d, %d users", ErrPoolTooSmall, capacity, len(users))
 	}
+	if err := makeLockDir(LockDir); err != nil {
+		return nil, err
+	}
 	seen := map[uint32]string{}
-	p := &Pool{free: make(chan *User, len(users)), log: log, settle: 5 * time.Second}
+	p := &Pool{free: make(chan *User, len(users)), log: log, settle: 5 * time.Second, lockDir: LockDir}
 	for _, u := range users {
 		if other, dup := seen[u.UID]; dup {
 			return nil, fmt.Errorf("isolate: job users %s and %s share uid %d", other, u.Name, u.UID)
@@ -54,11 +66,14 @@ type Lease struct {
 	User      *User
 	Exclusive bool
 	pool      *Pool
+	lock      *os.File // lockUser's, until Release
 }
 
 // Acquire waits for a free user. In an exclusive pool the user returned
 // has no live process and no leftover temporary file: a user whose old
-// processes will not die is skipped until they do.
+// processes will not die is skipped until they do, and so is one another
+// runner of the host holds (lockUser): its processes are that runner's
+// job, not leftovers.
 func (p *Pool) Acquire(ctx context.Context) (*Lease, error) {
 	if p.shared != nil {
 		return &Lease{User: p.shared, pool: p}, nil
@@ -70,8 +85,22 @@ func (p *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		if err := p.scrub(ctx, u); err != nil {
-			p.log.Warn("job user still busy, trying another", "user", u.Name, "err", err)
+		lock, err := lockUser(p.lockDir, u)
+		if err != nil && !errors.Is(err, errUserBusy) {
+			p.free <- u
+			return nil, err
+		}
+		if err == nil {
+			if err = p.scrub(ctx, u); err != nil {
+				lock.Close()
+			}
+		}
+		if err != nil {
+			if errors.Is(err, errUserBusy) {
+				p.log.Debug("job user held by another runner of this host, trying another", "user", u.Name)
+			} else {
+				p.log.Warn("job user still busy, trying another", "user", u.Name, "err", err)
+			}
 			p.free <- u
 			select {
 			case <-time.After(time.Second):
@@ -80,7 +109,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Lease, error) {
 				return nil, ctx.Err()
 			}
 		}
-		return &Lease{User: u, Exclusive: true, pool: p}, nil
+		return &Lease{User: u, Exclusive: true, pool: p, lock: lock}, nil
 	}
 }
 
@@ -110,6 +139,9 @@ func (l *Lease) Release(ctx context.Context) error {
 	p := l.pool
 	l.pool = nil
 	err := p.scrub(ctx, l.User)
+	if l.lock != nil {
+		l.lock.Close() // drops the flock: another runner may take the user now
+	}
 	p.free <- l.User
 	return err
 }
