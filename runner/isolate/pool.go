@@ -16,8 +16,9 @@ var ErrPoolTooSmall = errors.New("isolate: job user pool smaller than capacity")
 var errUserBusy = errors.New("isolate: job user held by another runner")
 
 // LockDir holds the host-wide locks of the job users (lockUser), shared
-// by every runner of the host.
-const LockDir = "/run/provenix/job-users"
+// by every runner of the host. /var/run: macOS has no /run (and cannot
+// make one), and on Linux /var/run is /run.
+const LockDir = "/var/run/provenix/job-users"
 
 // Pool hands each running job a user. An exclusive pool gives every job a
 // user of its own; a shared pool (one job_user for all jobs) gives the
