@@ -24,10 +24,9 @@ const LockDir = "/var/run/provenix/job-users"
 // user of its own; a shared pool (one job_user for all jobs) gives the
 // same user to every job and promises nothing about other jobs.
 type Pool struct {
-	shared  *User
-	free    chan *User
-	log     *slog.Logger
-	lockDir string // LockDir; a test's own elsewhere
+	shared *User
+	free   chan *User
+	log    *slog.Logger
 	// settle bounds how long a leftover process of a returned user may
 	// take to die before the user is skipped for now.
 	settle time.Duration
@@ -45,7 +44,7 @@ func NewPool(users []*User, capacity int, log *slog.Logger) (*Pool, error) {
 		return nil, err
 	}
 	seen := map[uint32]string{}
-	p := &Pool{free: make(chan *User, len(users)), log: log, settle: 5 * time.Second, lockDir: LockDir}
+	p := &Pool{free: make(chan *User, len(users)), log: log, settle: 5 * time.Second}
 	for _, u := range users {
 		if other, dup := seen[u.UID]; dup {
 			return nil, fmt.Errorf("isolate: job users %s and %s share uid %d", other, u.Name, u.UID)
@@ -86,7 +85,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		lock, err := lockUser(p.lockDir, u)
+		lock, err := lockUser(LockDir, u)
 		if err != nil && !errors.Is(err, errUserBusy) {
 			p.free <- u
 			return nil, err
