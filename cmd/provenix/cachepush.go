@@ -124,11 +124,11 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	concurrency := cmp.Or(f.concurrency, st.DefaultConcurrency())
 	conn, err := f.nats.connect(ctx, g, "provenix-cache-push")
 	if err != nil {
-		return err
+		return stoppedStarting(ctx, g, err)
 	}
 	defer conn.Close()
 	if err := conn.EnsureStreams(ctx, queue.StreamOptions{Replicas: f.replicas, UsageMaxAge: f.usageMaxAge}); err != nil {
-		return err
+		return stoppedStarting(ctx, g, err)
 	}
 	pu, err := wire.StartPusher(ctx, wire.PusherOptions{
 		Conn: conn, Store: st.Store, Policy: pol, CacheKey: key, VSA: vs, CacheURL: f.vsa.publicURL, Logger: log,
@@ -136,7 +136,7 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 		Forges: forges,
 	})
 	if err != nil {
-		return err
+		return stoppedStarting(ctx, g, err)
 	}
 	log.Info("cache pusher running", "group", f.group, "tenant", f.tenant, "cache", st.Where, "concurrency", concurrency)
 	<-ctx.Done()

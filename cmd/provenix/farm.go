@@ -102,18 +102,18 @@ func runFarmScheduler(ctx context.Context, g *globals, f *farmSchedulerFlags) er
 	}
 	conn, err := f.nats.connect(ctx, g, "provenix farm scheduler")
 	if err != nil {
-		return err
+		return stoppedStarting(ctx, g, err)
 	}
 	defer conn.Close()
 	if err := conn.EnsureFarm(ctx, queue.StreamOptions{}); err != nil {
-		return err
+		return stoppedStarting(ctx, g, err)
 	}
 	s, err := farm.NewScheduler(farm.SchedulerConfig{Conn: conn, Cache: cache, Group: f.group, ResyncEvery: f.resync, Logger: g.logger()})
 	if err != nil {
 		return usageError("%v", err)
 	}
 	if err := s.Open(ctx); err != nil {
-		return err
+		return stoppedStarting(ctx, g, err)
 	}
 	g.logger().Info("farm scheduler running", "group", f.group)
 	<-ctx.Done()

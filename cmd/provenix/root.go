@@ -194,6 +194,17 @@ func (f *natsFlags) register(cmd *cobra.Command) {
 
 // connect opens the NATS connection: the given URL, or the one of the
 // `provenix up` running on the data directory.
+// stoppedStarting is a service's start-up error err, or nil when a stop
+// signal (ctx done) cut the start-up short: a service stopped while it
+// starts has not failed, and its service manager must not be told so.
+func stoppedStarting(ctx context.Context, g *globals, err error) error {
+	if err != nil && ctx.Err() != nil {
+		g.logger().Info("stopped while starting", "err", err)
+		return nil
+	}
+	return err
+}
+
 func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queue.Conn, error) {
 	url := f.url
 	defaultToken := ""

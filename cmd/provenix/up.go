@@ -151,7 +151,7 @@ func runUp(ctx context.Context, g *globals, f *upFlags) error {
 		return err
 	}
 	if err := s.Open(ctx); err != nil {
-		return err
+		return stoppedStarting(ctx, g, err)
 	}
 	p := s.Paths()
 	fmt.Fprintf(g.stdout, "provenix up: data %s\n  NATS    %s\n", p.Dir, queue.RedactURL(s.NATSURL()))
