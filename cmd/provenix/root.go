@@ -192,8 +192,6 @@ func (f *natsFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.key, "nats-key", "", "PEM key of --nats-cert")
 }
 
-// connect opens the NATS connection: the given URL, or the one of the
-// `provenix up` running on the data directory.
 // stoppedStarting is a service's start-up error err, or nil when a stop
 // signal (ctx done) cut the start-up short: a service stopped while it
 // starts has not failed, and its service manager must not be told so.
@@ -205,6 +203,8 @@ func stoppedStarting(ctx context.Context, g *globals, err error) error {
 	return err
 }
 
+// connect opens the NATS connection: the given URL, or the one of the
+// `provenix up` running on the data directory.
 func (f *natsFlags) connect(ctx context.Context, g *globals, name string) (*queue.Conn, error) {
 	url := f.url
 	defaultToken := ""
