@@ -118,7 +118,7 @@ func runCachePush(ctx context.Context, g *globals, f *pushFlags) error {
 	log := g.logger()
 	st, err := f.cache.open(ctx, g, false, true)
 	if err != nil {
-		return err
+		return stoppedStarting(ctx, g, err)
 	}
 	defer st.Close()
 	concurrency := cmp.Or(f.concurrency, st.DefaultConcurrency())

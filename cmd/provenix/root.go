@@ -195,9 +195,11 @@ func (f *natsFlags) register(cmd *cobra.Command) {
 // stoppedStarting is a service's start-up error err, or nil when a stop
 // signal (ctx done) cut the start-up short: a service stopped while it
 // starts has not failed, and its service manager must not be told so.
+// Only an error the stop caused (the context's) counts: one of another
+// cause at the same moment (a usage error) is returned.
 func stoppedStarting(ctx context.Context, g *globals, err error) error {
-	if err != nil && ctx.Err() != nil {
-		g.logger().Info("stopped while starting", "err", err)
+	if err != nil && ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.Cause(ctx))) {
+		g.logger().Warn("stopped while starting", "err", err)
 		return nil
 	}
 	return err

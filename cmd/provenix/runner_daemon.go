@@ -53,7 +53,7 @@ finish before they are cancelled and reported as cancelled.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rs, err := setupRunner(cmd.Context(), g, cfgPath)
 			if err != nil {
-				return err
+				return stoppedStarting(cmd.Context(), g, err)
 			}
 			defer rs.close()
 			rs.log.Info("runner started", "connections", len(rs.conns))

@@ -18,7 +18,7 @@ import (
 // kernel drops it when the runner dies, and no job can reach the file to
 // hold it. errUserBusy: another runner holds it.
 func lockUser(lockDir string, u *User) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(lockDir, fmt.Sprintf("uid-%d.lock", u.UID)), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(filepath.Join(lockDir, fmt.Sprintf("uid-%d.lock", u.UID)), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("isolate: lock of job user %s: %w", u.Name, err)
 	}

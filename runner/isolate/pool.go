@@ -17,8 +17,11 @@ var errUserBusy = errors.New("isolate: job user held by another runner")
 
 // LockDir holds the host-wide locks of the job users (lockUser), shared
 // by every runner of the host. /var/run: macOS has no /run (and cannot
-// make one), and on Linux /var/run is /run.
-const LockDir = "/var/run/provenix/job-users"
+// make one), and on Linux /var/run is /run. A directory of its own there,
+// not one under /run/provenix, which systemd removes with any unit whose
+// RuntimeDirectory it is: locks on files of a removed directory exclude
+// nobody.
+const LockDir = "/var/run/provenix-job-users"
 
 // Pool hands each running job a user. An exclusive pool gives every job a
 // user of its own; a shared pool (one job_user for all jobs) gives the
@@ -40,9 +43,6 @@ func NewPool(users []*User, capacity int, log *slog.Logger) (*Pool, error) {
 	if capacity > len(users) {
 		return nil, fmt.Errorf("%w: capacity %d, %d users", ErrPoolTooSmall, capacity, len(users))
 	}
-	if err := makeLockDir(LockDir); err != nil {
-		return nil, err
-	}
 	seen := map[uint32]string{}
 	p := &Pool{free: make(chan *User, len(users)), log: log, settle: 5 * time.Second}
 	for _, u := range users {
@@ -51,6 +51,9 @@ func NewPool(users []*User, capacity int, log *slog.Logger) (*Pool, error) {
 		}
 		seen[u.UID] = u.Name
 		p.free <- u
+	}
+	if err := makeLockDir(LockDir); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
@@ -78,6 +81,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Lease, error) {
 	if p.shared != nil {
 		return &Lease{User: p.shared, pool: p}, nil
 	}
+	waiting := false
 	for {
 		var u *User
 		select {
@@ -97,6 +101,11 @@ func (p *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		}
 		if err != nil {
 			if errors.Is(err, errUserBusy) {
+				if !waiting {
+					// Once per job: it waits as long as that runner's job runs.
+					p.log.Info("waiting for a job user: another runner of this host holds it", "user", u.Name)
+					waiting = true
+				}
 				p.log.Debug("job user held by another runner of this host, trying another", "user", u.Name)
 			} else {
 				p.log.Warn("job user still busy, trying another", "user", u.Name, "err", err)
