@@ -267,3 +267,33 @@ func TestPoolsOfTwoRunners(t *testing.T) {
 		}
 	}
 }
+
+// TestLockDirOfAnother: a lock directory a job user made (say it beat the
+// runner to it after a reboot) is refused, not used: whoever owns it
+// could hold or free the locks. One of the runner's own that others may
+// write to is closed to them.
+func TestLockDirOfAnother(t *testing.T) {
+	u := poolUser(t, "provenix-job-3")
+	dir := filepath.Join(t.TempDir(), "locks")
+	if err := os.Mkdir(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, int(u.UID), int(u.GID)); err != nil {
+		t.Fatal(err)
+	}
+	if err := makeLockDir(dir); err == nil {
+		t.Fatal("a lock directory of a job user was accepted")
+	}
+	if err := os.Chown(dir, os.Geteuid(), os.Getegid()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := makeLockDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("lock directory mode %v, %v; want 0700", fi.Mode().Perm(), err)
+	}
+}

@@ -50,8 +50,7 @@ func makeLockDir(dir string) error {
 	if err != nil {
 		return fmt.Errorf("isolate: job user locks: %w", err)
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.IsDir() || !ok || int(st.Uid) != os.Geteuid() {
+	if uid, ok := ownerOf(dir); !fi.IsDir() || !ok || int(uid) != os.Geteuid() {
 		return fmt.Errorf("isolate: job user locks: %s is not a directory of uid %d", dir, os.Geteuid())
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
