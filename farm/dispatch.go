@@ -66,23 +66,21 @@ func (s *Scheduler) Rejected(ctx context.Context, tenant, drvPath, builder, reas
 	var errs []error
 	var behind error
 	for _, ls := range s.holding(tenant, drvPath) {
-		var c Claims
-		if _, _, err := getJSON(ctx, s.kv, ClaimKey(ls.set.ID, drvPath), &c); err != nil {
+		cl, err := builderClaim(ctx, s.kv, ls.set.ID, drvPath, builder)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		for _, cl := range c.Replicas {
-			if cl.Builder != builder {
-				continue
-			}
-			rep := &Report{Version: RecordVersion, Set: ls.set.ID, Tenant: tenant, DrvPath: drvPath, Replica: cl.Replica,
-				Attempt: cl.Attempt, Builder: builder, Owner: cl.Owner, Outcome: BuildFailed,
-				Log: []string{"result rejected by the cache: " + why}, Time: time.Now().UTC()}
-			if err := s.failed(ctx, ls, rep, reason); errors.Is(err, errStateBehind) {
-				behind = err
-			} else if err != nil {
-				errs = append(errs, err)
-			}
+		if cl == nil {
+			continue
+		}
+		rep := &Report{Version: RecordVersion, Set: ls.set.ID, Tenant: tenant, DrvPath: drvPath, Replica: cl.Replica,
+			Attempt: cl.Attempt, Builder: builder, Owner: cl.Owner, Outcome: BuildFailed,
+			Log: []string{"result rejected by the cache: " + why}, Time: time.Now().UTC()}
+		if err := s.failed(ctx, ls, rep, reason); errors.Is(err, errStateBehind) {
+			behind = err
+		} else if err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if len(errs) > 0 {
@@ -331,11 +329,11 @@ func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {
 	// Only the builder holding the replica may say its build failed:
 	// a report from anyone else (or about an attempt taken over since)
 	// must not use up the derivation's attempts.
-	var c Claims
-	if _, _, err := getJSON(ctx, s.kv, ClaimKey(rep.Set, rep.DrvPath), &c); err != nil {
+	c, err := builderClaim(ctx, s.kv, rep.Set, rep.DrvPath, rep.Builder)
+	if err != nil {
 		return err
 	}
-	if c.holder(rep) == nil {
+	if !c.holds(rep.Builder, rep.Replica, rep.Attempt) {
 		return queue.Permanent(fmt.Errorf("farm: %w: %s reports a failure of %s replica %d attempt %d it does not hold",
 			ErrInvalid, rep.Builder, rep.DrvPath, rep.Replica, rep.Attempt))
 	}

@@ -48,21 +48,24 @@
 //   - each derivation's state (waiting, dispatched, done, failed,
 //     blocked) is a record of its own (state.<id>.<hash>), only ever
 //     changed with compare-and-set;
-//   - each derivation's claims (claim.<id>.<hash>), also compare-and-set,
-//     record which builders and owners hold its replicas, so a quorum of
-//     N goes to N distinct owners and a replica is built once;
+//   - each builder's claim on a derivation (claim.<id>.<hash>.<scope>,
+//     claim.go), written by that builder only, records which replica it
+//     holds, so a quorum of N goes to N distinct owners and a replica is
+//     built once;
 //   - requests wait in the FARM work queue
 //     (farm.build.<tenant>.<system>.<class>), reports in FARM_REPORTS
 //     (farm.report.<tenant>.<scope>, each on its builder's subject:
 //     DecodeReport refuses one naming another builder).
 //
-// What one bad builder can do: runners may write claim records only
-// (queue's farmRunner), so a builder cannot mark a derivation failed;
-// its reports count under its own builder id only; and the scheduler
-// counts one failure per builder and derivation (failed), and a worker
-// ignores the claims of a builder that failed it (claim), so a builder
-// that rewrites claim records to fail a derivation again and again
-// fails it once, like an honest one.
+// What one bad builder can do: runners may write their own builder's
+// claims only (queue's farmRunner), so a builder cannot mark a
+// derivation failed, nor claim, report, move or drop a claim in another
+// builder's name; its reports count under its own builder id only; and
+// the scheduler counts one failure per builder and derivation (failed),
+// and a worker ignores the claims of a builder that failed it (claim),
+// so a builder that claims and fails a derivation again and again fails
+// it once, like an honest one. A claim that holds a replica while
+// nobody builds it holds it for Worker.ClaimTimeout at most (claim).
 //
 // Nothing lives only in a scheduler's memory: a scheduler caches set
 // definitions (they do not change), and recomputes state from the bucket
@@ -71,5 +74,6 @@
 // derivation, replica and attempt: a scheduler that dies in between, or
 // two schedulers doing the same, publish one message, and the next
 // resync finishes the state change. Past the stream's duplicate window
-// the claim still keeps a replica from being built twice.
+// the claim still keeps a replica from being built twice, for
+// Worker.ClaimTimeout after the second request was stored.
 package farm

@@ -475,13 +475,13 @@ func TestWorkerLostMidBuild(t *testing.T) {
 	if builds[0].drv != "a" || builds[0].builder != "survivor" {
 		t.Errorf("a rebuilt by %+v", builds[0])
 	}
-	var c Claims
-	kv, _ := bucket(testctx.New(t, time.Minute), conn)
-	if _, _, err := getJSON(testctx.New(t, time.Minute), kv, ClaimKey(sub.Set.ID, fakePath("a.drv")), &c); err != nil {
+	claims, err := ReadClaims(testctx.New(t, time.Minute), conn, sub.Set.ID, fakePath("a.drv"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Replicas) != 1 || c.Replicas[0].Builder != "survivor" || c.Replicas[0].Delivered < 2 {
-		t.Errorf("claim of a: %+v, want taken over by survivor on a later delivery", c.Replicas)
+	h := holders(claims, states(t, conn, sub.Set.ID)["a"], nil)
+	if len(h) != 1 || h[0].Builder != "survivor" || h[0].Delivered < 2 {
+		t.Errorf("holders of a: %+v (claims %+v), want taken over by survivor on a later delivery", h, claims)
 	}
 }
 
@@ -607,20 +607,21 @@ func dispatchedA(t *testing.T, maxAttempts int) (*queue.Conn, *Submitted, *Sched
 	return conn, sub, s, cache
 }
 
-// forgeClaim writes, as any runner user may, a claim record saying
-// builder holds replica 0 of drv in set id for attempt, on a delivery
-// no worker's count reaches (so that a worker's claim, going by the
-// record alone, would leave the replica to it).
+// forgeClaim writes, as builder's runner user may, builder's claim on
+// replica 0 of drv in set id for attempt, on a delivery no worker's
+// count reaches (so that a worker's claim, going by the claims alone,
+// would leave the replica to it).
 func forgeClaim(t *testing.T, conn *queue.Conn, id, drv, builder string, attempt int) {
 	t.Helper()
-	ctx := testctx.New(t, time.Minute)
-	kv, err := bucket(ctx, conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := json.Marshal(Claims{Version: RecordVersion, Replicas: []Claim{{Replica: 0, Attempt: attempt, Builder: builder,
-		Owner: builder, Delivered: 1 << 40, At: time.Now().UTC()}}})
-	if _, err := kv.Put(ctx, ClaimKey(id, drv), c); err != nil {
+	putClaim(t, conn, id, drv, Claim{Replica: 0, Attempt: attempt, Builder: builder, Owner: builder, Delivered: 1 << 40})
+}
+
+// putClaim writes c under the key of c.Builder.
+func putClaim(t *testing.T, conn *queue.Conn, id, drv string, c Claim) {
+	t.Helper()
+	c.Version, c.At = RecordVersion, time.Now().UTC()
+	b, _ := json.Marshal(c)
+	if err := conn.KVPut(testctx.New(t, time.Minute), queue.BucketFarm, ClaimKey(id, drv, c.Builder), b); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -1127,10 +1128,7 @@ func TestRejectedNegativeReplica(t *testing.T) {
 	conn, sub, s, _ := dispatchedA(t, 2)
 	drv := fakePath("a.drv")
 	ctx := testctx.New(t, time.Minute)
-	c, _ := json.Marshal(Claims{Version: RecordVersion, Replicas: []Claim{{Replica: -1, Attempt: 1, Builder: "liar", Owner: "liar", Delivered: 1, At: time.Now().UTC()}}})
-	if err := conn.KVPut(ctx, queue.BucketFarm, ClaimKey(sub.Set.ID, drv), c); err != nil {
-		t.Fatal(err)
-	}
+	putClaim(t, conn, sub.Set.ID, drv, Claim{Replica: -1, Attempt: 1, Builder: "liar", Owner: "liar", Delivered: 1})
 	if err := s.Rejected(ctx, tenant, drv, "liar", "nar", "nar: forged"); err != nil {
 		t.Fatal(err)
 	}

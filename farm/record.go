@@ -25,9 +25,6 @@ func statePrefix(id string) string     { return queue.FarmStatePrefix + "." + id
 func stateKey(id, drv string) string   { return statePrefix(id) + "." + hashOf(drv) }
 func classPrefix(tenant string) string { return queue.FarmClassPrefix + "." + tenant }
 
-// ClaimKey is where set id's Claims on drv are (in queue.BucketFarm):
-// who holds each replica of it.
-func ClaimKey(id, drv string) string { return queue.FarmClaimPrefix + "." + id + "." + hashOf(drv) }
 func classKey(tenant, system, class string) string {
 	return classPrefix(tenant) + "." + system + "." + class
 }
@@ -146,40 +143,6 @@ func (s *State) failedBuilders() []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
-}
-
-// Claims records who builds which replica of a derivation
-// (claim.<id>.<hash>).
-type Claims struct {
-	Version  int     `json:"version"`
-	Replicas []Claim `json:"replicas"`
-}
-
-// holder is the claim of the replica and attempt rep reports on, when
-// rep's builder holds it; nil otherwise. A report is only a worker's
-// word: the scheduler (failures) and the statistics (builds, CPU time)
-// take it from the claimant alone.
-func (c *Claims) holder(rep *Report) *Claim {
-	i := slices.IndexFunc(c.Replicas, func(x Claim) bool {
-		return x.Replica == rep.Replica && x.Attempt == rep.Attempt && x.Builder == rep.Builder
-	})
-	if i < 0 {
-		return nil
-	}
-	return &c.Replicas[i]
-}
-
-// Claim is one replica held by a worker.
-type Claim struct {
-	Replica int    `json:"replica"`
-	Attempt int    `json:"attempt"`
-	Builder string `json:"builder"`
-	Owner   string `json:"owner"`
-	// Delivered is the delivery count of the request message when it
-	// was claimed: a later delivery of the same request means the
-	// claimant lost it (killed, or past its AckWait) and may take over.
-	Delivered uint64    `json:"delivered"`
-	At        time.Time `json:"at"`
 }
 
 // Request asks a worker to build one replica of a derivation. Nothing in

@@ -115,7 +115,7 @@ func ReadStats(ctx context.Context, conn *queue.Conn, tenant string, since time.
 		return nil, err
 	}
 	builders := map[string]*Tally{}
-	records := &drvRecords{kv: kv, read: map[string]*drvRecord{}}
+	records := &drvRecords{kv: kv, read: map[string]*drvRecord{}, states: map[string]*State{}}
 	err = conn.ReadFarmReports(ctx, since, func(subject string, data []byte) error {
 		// A report naming another builder than its subject's (one
 		// runner speaking for another) is not counted, nor one of
@@ -246,19 +246,19 @@ func (t *Tally) add(rep *Report) {
 	t.WallSeconds += float64(rep.WallMillis) / 1000
 }
 
-// drvRecord is what the farm recorded of one derivation of a set: who
-// holds each replica now, and who failed it before.
+// drvRecord is what the farm recorded of one derivation of a set and one
+// builder: the builder's claim on it now, and who failed it before.
 type drvRecord struct {
-	claims Claims
-	state  State
+	claim *Claim
+	state State
 }
 
 // claimant reports whether rep's builder held the replica and attempt
-// it reports on, and the owner it claimed with: it holds the claim, or
+// it reports on, and the owner it claimed with: its claim says so, or
 // the scheduler recorded its failure (the claim has moved on since).
 func (r *drvRecord) claimant(rep *Report) (owner string, ok bool) {
-	if c := r.claims.holder(rep); c != nil {
-		return c.Owner, true
+	if r.claim.holds(rep.Builder, rep.Replica, rep.Attempt) {
+		return r.claim.Owner, true
 	}
 	for _, f := range r.state.Failures {
 		if f.Replica == rep.Replica && f.Attempt == rep.Attempt && f.Builder == rep.Builder {
@@ -268,24 +268,33 @@ func (r *drvRecord) claimant(rep *Report) (owner string, ok bool) {
 	return "", false
 }
 
-// drvRecords reads each derivation's records once.
+// drvRecords reads each derivation's state, and each builder's claim on
+// it, once.
 type drvRecords struct {
-	kv   jetstream.KeyValue
-	read map[string]*drvRecord
+	kv     jetstream.KeyValue
+	read   map[string]*drvRecord // by claim key
+	states map[string]*State     // by state key
 }
 
 func (d *drvRecords) of(ctx context.Context, rep *Report) (*drvRecord, error) {
-	key := ClaimKey(rep.Set, rep.DrvPath)
+	key := ClaimKey(rep.Set, rep.DrvPath, rep.Builder)
 	if r := d.read[key]; r != nil {
 		return r, nil
 	}
-	r := &drvRecord{}
-	if _, _, err := getJSON(ctx, d.kv, key, &r.claims); err != nil {
+	c, err := builderClaim(ctx, d.kv, rep.Set, rep.DrvPath, rep.Builder)
+	if err != nil {
 		return nil, err
 	}
-	if _, _, err := getJSON(ctx, d.kv, stateKey(rep.Set, rep.DrvPath), &r.state); err != nil {
-		return nil, err
+	sk := stateKey(rep.Set, rep.DrvPath)
+	st := d.states[sk]
+	if st == nil {
+		st = &State{}
+		if _, _, err := getJSON(ctx, d.kv, sk, st); err != nil {
+			return nil, err
+		}
+		d.states[sk] = st
 	}
+	r := &drvRecord{claim: c, state: *st}
 	d.read[key] = r
 	return r, nil
 }

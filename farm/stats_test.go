@@ -110,15 +110,7 @@ func claimAndReport(t *testing.T, conn *queue.Conn, rep *Report, claimed bool) {
 	t.Helper()
 	ctx := testctx.New(t, time.Minute)
 	if claimed {
-		kv, err := bucket(ctx, conn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, _ := json.Marshal(Claims{Version: RecordVersion, Replicas: []Claim{{Replica: rep.Replica, Attempt: rep.Attempt,
-			Builder: rep.Builder, Owner: rep.Owner, Delivered: 1, At: rep.Time}}})
-		if _, err := kv.Put(ctx, ClaimKey(rep.Set, rep.DrvPath), c); err != nil {
-			t.Fatal(err)
-		}
+		putClaim(t, conn, rep.Set, rep.DrvPath, Claim{Replica: rep.Replica, Attempt: rep.Attempt, Builder: rep.Builder, Owner: rep.Owner, Delivered: 1})
 	}
 	if err := PublishReport(ctx, conn, rep); err != nil {
 		t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,13 +23,16 @@ type ClaimResult int
 const (
 	// Claimed: build it.
 	Claimed ClaimResult = iota
-	// NotNeeded: the set was cancelled, the derivation is final, or this
-	// delivery is stale (a later attempt, or a later delivery of the same
-	// request, holds the replica): drop the request.
+	// NotNeeded: the set was cancelled, the derivation is final, or the
+	// scheduler has sent a later attempt of this replica: drop the
+	// request.
 	NotNeeded
 	// NotForUs: this builder failed the derivation before, or its owner
 	// holds another replica: leave the request to another worker.
 	NotForUs
+	// Held: another builder's claim holds the replica (see claim): keep
+	// the request, which comes back after the worker's AckWait.
+	Held
 )
 
 func (c ClaimResult) String() string {
@@ -41,87 +43,10 @@ func (c ClaimResult) String() string {
 		return "not needed"
 	case NotForUs:
 		return "not for us"
+	case Held:
+		return "held by another builder"
 	}
 	return fmt.Sprintf("ClaimResult(%d)", int(c))
-}
-
-// claim records that builder (run by owner) takes replica r.Replica of
-// r's derivation, on the delivered-th delivery of the request; it
-// decides, with compare-and-set on the derivation's claim record, that
-// the N replicas of a quorum go to N distinct owners and that no replica
-// is built twice:
-//   - a replica held for an earlier attempt, or for an earlier delivery
-//     of this request (its claimant lost it), is taken over;
-//   - a replica held for this attempt and delivery by another builder,
-//     or for a later one, is not needed any more, and neither is one
-//     whose state has moved on to a later attempt;
-//   - a builder that failed the derivation, or whose owner holds another
-//     replica, does not get it;
-//   - a claim of a builder that failed the derivation is void (the
-//     state, which runners cannot write, says it failed): claim gives
-//     it no replica, so such a claim is a bad builder's own write, made
-//     to keep the replica from the others.
-func claim(ctx context.Context, kv jetstream.KeyValue, r *Request, builder, owner string, delivered uint64) (ClaimResult, error) {
-	if builder == "" {
-		return 0, errors.New("farm: claim: no builder id")
-	}
-	if owner == "" {
-		owner = builder
-	}
-	if slices.Contains(r.Exclude, builder) {
-		return NotForUs, nil
-	}
-	st, err := needed(ctx, kv, r)
-	if err != nil {
-		return 0, err
-	} else if st == nil {
-		return NotNeeded, nil
-	}
-	if r.Replica < len(st.Attempts) && r.Attempt < st.Attempts[r.Replica] {
-		return NotNeeded, nil // the scheduler retried it since
-	}
-	failed := st.failedBuilders()
-	if slices.Contains(failed, builder) {
-		return NotForUs, nil
-	}
-	res := Claimed
-	_, err = update(ctx, kv, ClaimKey(r.Set, r.DrvPath), func(c *Claims, found bool) (bool, func(context.Context) error, error) {
-		c.Version = RecordVersion
-		i := slices.IndexFunc(c.Replicas, func(x Claim) bool { return x.Replica == r.Replica })
-		for _, x := range c.Replicas {
-			if slices.Contains(failed, x.Builder) {
-				continue
-			}
-			if x.Replica != r.Replica && (x.Owner == owner || x.Builder == builder) {
-				res = NotForUs
-				return false, nil, nil
-			}
-		}
-		mine := Claim{Replica: r.Replica, Attempt: r.Attempt, Builder: builder, Owner: owner, Delivered: delivered, At: time.Now().UTC()}
-		if i < 0 {
-			c.Replicas = append(c.Replicas, mine)
-			slices.SortFunc(c.Replicas, func(a, b Claim) int { return a.Replica - b.Replica })
-			res = Claimed
-			return true, nil, nil
-		}
-		cur := c.Replicas[i]
-		switch {
-		case cur.Attempt == r.Attempt && cur.Delivered == delivered && cur.Builder == builder:
-			res = Claimed // ours already: a retried claim
-			return false, nil, nil
-		case cur.Attempt < r.Attempt || cur.Attempt == r.Attempt && cur.Delivered < delivered || slices.Contains(failed, cur.Builder):
-			c.Replicas[i] = mine
-			res = Claimed
-			return true, nil, nil
-		default:
-			res = NotNeeded
-			return false, nil, nil
-		}
-	})
-	if err != nil {
-		return 0, err
-	}
-	return res, nil
 }
 
 // needed is r's derivation's state while a build of it is needed: nil
@@ -130,19 +55,25 @@ func claim(ctx context.Context, kv jetstream.KeyValue, r *Request, builder, owne
 // when the pusher's policy let a veteran's vote count twice; failed;
 // blocked).
 func needed(ctx context.Context, kv jetstream.KeyValue, r *Request) (*State, error) {
+	_, st, err := neededIn(ctx, kv, r)
+	return st, err
+}
+
+// neededIn is needed, with the set.
+func neededIn(ctx context.Context, kv jetstream.KeyValue, r *Request) (*Set, *State, error) {
 	var set Set
 	if _, found, err := getJSON(ctx, kv, setKey(r.Set), &set); err != nil {
-		return nil, err
+		return nil, nil, err
 	} else if !found || set.Canceled != nil || set.Tenant != r.Tenant {
-		return nil, nil
+		return nil, nil, nil
 	}
 	var st State
 	if _, found, err := getJSON(ctx, kv, stateKey(r.Set, r.DrvPath), &st); err != nil {
-		return nil, err
+		return nil, nil, err
 	} else if !found || st.Status.Final() || st.DrvPath != r.DrvPath {
-		return nil, nil
+		return nil, nil, nil
 	}
-	return &st, nil
+	return &set, &st, nil
 }
 
 // errWithdrawn stops a build nobody needs any more (see needed).
@@ -194,6 +125,9 @@ const (
 	// DefaultWithdrawCheck is how often a running build checks that it
 	// is still needed (Worker.WithdrawCheck).
 	DefaultWithdrawCheck = 2 * time.Second
+	// DefaultClaimTimeout is Worker.ClaimTimeout's default: a claim
+	// nobody builds under delays its replica by an hour at most.
+	DefaultClaimTimeout = time.Hour
 	// DefaultNotForUsDelay is how long a request this worker may not
 	// build waits before it is offered again (to any worker).
 	DefaultNotForUsDelay = 100 * time.Millisecond
@@ -218,6 +152,13 @@ type Worker struct {
 	// AckWait: see queue.ConsumerOptions. A running build tells the
 	// server it is in progress every AckWait/3.
 	AckWait time.Duration
+	// ClaimTimeout is how long after a request was stored another
+	// builder's claim can keep this worker from its replica when the
+	// request comes to this worker; DefaultClaimTimeout when 0. An
+	// honest holder keeps the request while it builds, so the request
+	// comes to no other worker: one that does comes back because
+	// nobody builds it (see claim).
+	ClaimTimeout time.Duration
 	// WithdrawCheck is how often a running build checks that it is still
 	// needed; DefaultWithdrawCheck when 0. A build of a derivation done
 	// meanwhile (by the other replicas: the pusher needed fewer votes,
@@ -390,7 +331,7 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 			return queue.Defer(notForUsDelay(d.NumDelivered))
 		}
 	}
-	res, err := claim(ctx, kv, r, w.Builder, w.Owner, d.NumDelivered)
+	res, err := claim(ctx, w.Conn, kv, r, w.Builder, w.Owner, d.NumDelivered, d.Stored, cmp.Or(w.ClaimTimeout, DefaultClaimTimeout))
 	if err != nil {
 		return err
 	}
@@ -402,6 +343,13 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 		return nil
 	case NotForUs:
 		return queue.Defer(notForUsDelay(d.NumDelivered))
+	case Held:
+		// Not acked: if the holder has the request, its builds tell the
+		// server every AckWait/3 that it is in progress, which keeps
+		// this delay from taking effect; if nobody has it, it comes
+		// back after AckWait.
+		log.Debug("farm: replica held by another builder's claim", logKeyDrv, r.DrvPath, "replica", r.Replica, "attempt", r.Attempt)
+		return queue.Defer(ackWait)
 	}
 	stop := d.KeepAlive(ctx, ackWait/3, nil)
 	bctx, withdraw := context.WithCancelCause(ctx)

@@ -2,12 +2,14 @@ package farm
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/queue"
 )
 
 // TestClaimRules walks the claim decisions one by one on a real bucket.
@@ -25,43 +27,61 @@ func TestClaimRules(t *testing.T) {
 		return &Request{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: n.DrvPath, System: n.System,
 			Outputs: n.Outputs, Replica: replica, Attempt: attempt, Exclude: exclude, Requested: time.Now()}
 	}
-	for _, step := range []struct {
+	now := time.Now()
+	type step struct {
 		what           string
 		r              *Request
 		builder, owner string
 		delivered      uint64
 		want           ClaimResult
-	}{
-		{"first claim", req(0, 1), "b1", "o1", 1, Claimed},
-		{"the same claim again (a retried call)", req(0, 1), "b1", "o1", 1, Claimed},
-		{"same owner, other replica", req(1, 1), "b2", "o1", 1, NotForUs},
-		{"same builder, other replica", req(1, 1), "b1", "o9", 1, NotForUs},
-		{"other owner, other replica", req(1, 1), "b2", "o2", 1, Claimed},
-		{"same delivery of a held replica, another builder", req(0, 1), "b3", "o3", 1, NotNeeded},
-		{"a later delivery: the claimant lost it", req(0, 1), "b3", "o3", 2, Claimed},
-		{"the old delivery comes back", req(0, 1), "b1", "o1", 1, NotNeeded},
-		{"a builder the request excludes", req(0, 2, "b4"), "b4", "o4", 1, NotForUs},
-		{"a later attempt takes over", req(0, 2, "b3"), "b4", "o4", 1, Claimed},
-		{"an earlier attempt is stale", req(0, 1), "b5", "o5", 9, NotNeeded},
-	} {
-		got, err := claim(ctx, kv, step.r, step.builder, step.owner, step.delivered)
-		if err != nil || got != step.want {
-			t.Errorf("%s: %v, %v; want %v", step.what, got, err, step.want)
+	}
+	run := func(steps ...step) {
+		t.Helper()
+		for _, step := range steps {
+			got, err := claim(ctx, conn, kv, step.r, step.builder, step.owner, step.delivered, now, time.Hour)
+			if err != nil || got != step.want {
+				t.Errorf("%s: %v, %v; want %v", step.what, got, err, step.want)
+			}
 		}
 	}
-	var c Claims
-	if _, _, err := getJSON(ctx, kv, ClaimKey(sub.Set.ID, n.DrvPath), &c); err != nil {
+	run(
+		step{"first claim", req(0, 1), "b1", "o1", 1, Claimed},
+		step{"the same claim again (a retried call)", req(0, 1), "b1", "o1", 1, Claimed},
+		step{"same owner, other replica", req(1, 1), "b2", "o1", 1, NotForUs},
+		step{"same builder, other replica", req(1, 1), "b1", "o9", 1, NotForUs},
+		step{"other owner, other replica", req(1, 1), "b2", "o2", 1, Claimed},
+		step{"same delivery of a held replica, another builder", req(0, 1), "b3", "o3", 1, Held},
+		step{"a later delivery: the claimant lost it", req(0, 1), "b3", "o3", 2, Claimed},
+		step{"the old delivery comes back", req(0, 1), "b1", "o1", 1, Held},
+		step{"a builder the request excludes", req(0, 2, "b4"), "b4", "o4", 1, NotForUs},
+		step{"a later attempt takes over", req(0, 2, "b3"), "b4", "o4", 1, Claimed},
+	)
+	// The scheduler writes the state after it publishes a request: then
+	// the earlier attempt's request is stale.
+	if _, err := update(ctx, kv, stateKey(sub.Set.ID, n.DrvPath), func(st *State, _ bool) (bool, func(context.Context) error, error) {
+		st.Attempts = []int{2, 1}
+		return true, nil, nil
+	}); err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Replicas) != 2 || c.Replicas[0].Builder != "b4" || c.Replicas[0].Attempt != 2 || c.Replicas[1].Builder != "b2" {
-		t.Errorf("claims %+v", c.Replicas)
+	run(step{"an earlier attempt is stale", req(0, 1), "b5", "o5", 9, NotNeeded})
+	claims, err := ReadClaims(ctx, conn, sub.Set.ID, n.DrvPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st State
+	if _, _, err := getJSON(ctx, kv, stateKey(sub.Set.ID, n.DrvPath), &st); err != nil {
+		t.Fatal(err)
+	}
+	if h := holders(claims, &st, nil); len(h) != 2 || h[0].Builder != "b4" || h[0].Attempt != 2 || h[1].Builder != "b2" {
+		t.Errorf("holders %+v of claims %+v", h, claims)
 	}
 
 	// A cancelled set, or a derivation done, needs nobody.
 	if _, err := Cancel(ctx, conn, sub.Set.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := claim(ctx, kv, req(1, 5), "b6", "o6", 1); err != nil || got != NotNeeded {
+	if got, err := claim(ctx, conn, kv, req(1, 5), "b6", "o6", 1, now, time.Hour); err != nil || got != NotNeeded {
 		t.Errorf("cancelled set: %v, %v", got, err)
 	}
 	other := submit(t, conn, g, newMemCache(), 1, 0)
@@ -73,8 +93,155 @@ func TestClaimRules(t *testing.T) {
 	}
 	r := req(0, 1)
 	r.Set = other.Set.ID
-	if got, err := claim(ctx, kv, r, "b1", "o1", 1); err != nil || got != NotNeeded {
+	if got, err := claim(ctx, conn, kv, r, "b1", "o1", 1, now, time.Hour); err != nil || got != NotNeeded {
 		t.Errorf("derivation done: %v, %v", got, err)
+	}
+}
+
+// TestClaimsOfABadBuilder: what a bad builder can write into the claims,
+// and what it gets. It writes under its own key only (its runner user
+// may write nothing else), once per derivation.
+func TestClaimsOfABadBuilder(t *testing.T) {
+	_, conn := setup(t)
+	ctx := testctx.New(t, time.Minute)
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, newMemCache(), 2, 0)
+	kv, err := bucket(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := fakePath("a.drv")
+	req := func(replica int) *Request {
+		return &Request{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, System: "x86_64-linux",
+			Replica: replica, Attempt: 1, Requested: time.Now()}
+	}
+	fresh, old := time.Now(), time.Now().Add(-2*time.Hour)
+	// A claim on a delivery no worker reaches holds the replica while
+	// the request is younger than the timeout, and not after.
+	forgeClaim(t, conn, sub.Set.ID, drv, "mallory", 1)
+	if got, err := claim(ctx, conn, kv, req(0), "b1", "o1", 3, fresh, time.Hour); err != nil || got != Held {
+		t.Errorf("replica 0 under mallory's claim: %v, %v; want held", got, err)
+	}
+	if got, err := claim(ctx, conn, kv, req(0), "b1", "o1", 4, old, time.Hour); err != nil || got != Claimed {
+		t.Errorf("replica 0 under mallory's claim, the request past the timeout: %v, %v; want claimed", got, err)
+	}
+	// A claim written under one builder's key in another's name (which
+	// only an admin, or anyone on a NATS without users, can write) is
+	// nobody's: it holds nothing, and it is not the named builder's.
+	c, _ := json.Marshal(Claim{Version: RecordVersion, Replica: 1, Attempt: 1, Builder: "b2", Owner: "o2", Delivered: 1 << 40})
+	if err := conn.KVPut(ctx, queue.BucketFarm, ClaimKey(sub.Set.ID, drv, "eve"), c); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := builderClaim(ctx, kv, sub.Set.ID, drv, "b2"); err != nil || c != nil {
+		t.Errorf("b2's claim: %+v, %v; want none", c, err)
+	}
+	// A claim on a replica the derivation does not have keeps its owner
+	// from nothing.
+	putClaim(t, conn, sub.Set.ID, drv, Claim{Replica: 7, Attempt: 1, Builder: "trudy", Owner: "o3", Delivered: 1})
+	if got, err := claim(ctx, conn, kv, req(1), "b3", "o3", 1, fresh, time.Hour); err != nil || got != Claimed {
+		t.Errorf("replica 1 for o3, with trudy's claim on replica 7 in o3's name: %v, %v; want claimed", got, err)
+	}
+}
+
+// TestClaimRace: workers claiming at once settle as one compare-and-set
+// would: two builders of one owner never both get a replica, nor does
+// one builder's two handlers, nor two builders one replica.
+func TestClaimRace(t *testing.T) {
+	_, conn := setup(t)
+	ctx := testctx.New(t, 2*time.Minute)
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	kv, err := bucket(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := fakePath("a.drv")
+	type who struct {
+		replica        int
+		builder, owner string
+	}
+	for _, c := range []struct {
+		what string
+		a, b who
+	}{
+		{"two builders of one owner", who{0, "b1", "o1"}, who{1, "b2", "o1"}},
+		{"one builder's two handlers", who{0, "b1", "o1"}, who{1, "b1", "o1"}},
+		{"two builders, one replica", who{0, "b1", "o1"}, who{0, "b2", "o2"}},
+	} {
+		for round := range 15 {
+			sub := submit(t, conn, g, newMemCache(), 2, 0)
+			var got [2]ClaimResult
+			var wg sync.WaitGroup
+			for i, w := range []who{c.a, c.b} {
+				wg.Go(func() {
+					r := &Request{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, System: "x86_64-linux",
+						Replica: w.replica, Attempt: 1, Requested: time.Now()}
+					res, err := claim(ctx, conn, kv, r, w.builder, w.owner, 1, time.Now(), time.Hour)
+					if err != nil {
+						t.Error(err)
+					}
+					got[i] = res
+				})
+			}
+			wg.Wait()
+			if n := count(got[:], Claimed); n != 1 {
+				t.Errorf("%s, round %d: %v, want one claimed", c.what, round, got)
+			}
+		}
+	}
+}
+
+func count[T comparable](s []T, v T) (n int) {
+	for _, x := range s {
+		if x == v {
+			n++
+		}
+	}
+	return n
+}
+
+// TestHeldRequestTakenOver: a bad builder's claim on a delivery no
+// worker reaches, written before any worker has the request, keeps it
+// from the workers until the request is ClaimTimeout old, and no longer:
+// the derivation is built. Before, a worker dropped a request whose
+// replica such a claim held, and the derivation waited for good.
+func TestHeldRequestTakenOver(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, 3)
+	drv := fakePath("a.drv")
+	forgeClaim(t, conn, sub.Set.ID, drv, "mallory", 1)
+	startScheduler(t, url, cache, "g1")
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	var mu sync.Mutex
+	var seen []ClaimResult
+	ctx, cancel := context.WithCancel(context.Background())
+	const timeout = 4 * time.Second
+	w := &Worker{Conn: connect(t, url), Tenant: tenant, Machine: Machine{System: "x86_64-linux"}, Builder: "honest",
+		AckWait: time.Second, ClaimTimeout: timeout, Logger: testLogger(t, "worker honest"),
+		OnClaim: func(_ *Request, res ClaimResult) {
+			mu.Lock()
+			seen = append(seen, res)
+			mu.Unlock()
+		},
+		Build: func(ctx context.Context, r *Request) (*BuildStats, error) { return &testCost, p.vote(ctx, r, "honest") }}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker: %v", err)
+		}
+	})
+	start := time.Now()
+	st := waitFinished(t, conn, sub.Set.ID, 30*time.Second)
+	if st.Counts[Done] != 1 {
+		t.Fatalf("status %s", st)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if took := time.Since(start); count(seen, Held) == 0 || seen[len(seen)-1] != Claimed || took < timeout-time.Second {
+		t.Errorf("claims %v, done after %v: want held, then claimed once the request was %v old", seen, took, timeout)
 	}
 }
 

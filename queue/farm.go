@@ -410,7 +410,9 @@ func DecodeFarmMessage[T any, P interface {
 func farmRunner(tenant, builderID string, pub *[]string, consume func(stream, filter string), readStream, orderedReads func(stream string)) {
 	consume(StreamFarm, subjectFarmBuild+"."+tenant+".>")
 	report, _ := FarmReportSubject(tenant, builderID)
-	*pub = append(*pub, report, kvSubjectPrefix+BucketFarm+"."+FarmClaimPrefix+".>")
+	// Claims under its own builder's key only (claim.<set>.<drv>.<scope>):
+	// no runner can write, move or drop another builder's claim.
+	*pub = append(*pub, report, kvSubjectPrefix+BucketFarm+"."+FarmClaimPrefix+".*.*."+StagingScope(builderID))
 	readStream(kvStreamPrefix + BucketFarm)
 	orderedReads(kvStreamPrefix + BucketFarm)
 	readStream(kvStreamPrefix + BucketBuilders)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -210,13 +211,11 @@ func (c *Conn) KVList(ctx context.Context, bucket, prefix string) (_ map[string]
 			quiet.Reset(kvListQuiet)
 		}
 	}
-	subjPrefix := kvSubjectPrefix + bucket + "."
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subjPrefix+filter))
+	keys, err := kvKeys(ctx, stream, bucket, filter)
 	if err != nil {
-		return nil, fmt.Errorf("queue: list %s/%s: subjects: %w", bucket, filter, mapJSError(err))
+		return nil, err
 	}
-	for subj := range info.State.Subjects {
-		key := strings.TrimPrefix(subj, subjPrefix)
+	for _, key := range keys {
 		if _, ok := out[key]; ok || deleted[key] {
 			continue
 		}
@@ -230,6 +229,34 @@ func (c *Conn) KVList(ctx context.Context, bucket, prefix string) (_ map[string]
 		out[key] = e.Value()
 	}
 	return out, nil
+}
+
+// KVKeys returns the keys of bucket that match filter (a key with NATS
+// wildcards: "claim.s1.*"), as the stream's leader knows them: keys
+// whose last write is a delete are listed too. Unlike a watcher's list
+// it misses no key written meanwhile, and it reads no value.
+func (c *Conn) KVKeys(ctx context.Context, bucket, filter string) (_ []string, err error) {
+	ctx, finish := c.kvCall(ctx, bucket)
+	defer finish(&err, "keys", filter)
+	stream, err := c.kvStream(ctx, bucket)
+	if err != nil {
+		return nil, err
+	}
+	return kvKeys(ctx, stream, bucket, filter)
+}
+
+func kvKeys(ctx context.Context, stream jetstream.Stream, bucket, filter string) ([]string, error) {
+	subjPrefix := kvSubjectPrefix + bucket + "."
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subjPrefix+filter))
+	if err != nil {
+		return nil, fmt.Errorf("queue: list %s/%s: subjects: %w", bucket, filter, mapJSError(err))
+	}
+	keys := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		keys = append(keys, strings.TrimPrefix(subj, subjPrefix))
+	}
+	slices.Sort(keys)
+	return keys, nil
 }
 
 // kvListQuiet is how long KVList waits for the watcher's first message

@@ -90,7 +90,7 @@ func TestFarmPermissions(t *testing.T) {
 	start = time.Now()
 	_, err = farm.Cancel(ctx, runner, sub.Set.ID)
 	fast(t, "a runner cancels a set", start, err, queue.ErrPermissionDenied)
-	hashA := strings.TrimPrefix(farm.ClaimKey(sub.Set.ID, a.DrvPath), "claim."+sub.Set.ID+".")
+	hashA := strings.Split(farm.ClaimKey(sub.Set.ID, a.DrvPath, "a-runner"), ".")[2]
 	lie := []byte(`{"version":1,"drvPath":"` + a.DrvPath + `","status":"failed"}`)
 	for _, key := range []string{"state." + sub.Set.ID + "." + hashA, "set." + sub.Set.ID, "node." + sub.Set.ID + "." + hashA, "class.a.x86_64-linux.none"} {
 		start = time.Now()
@@ -99,7 +99,7 @@ func TestFarmPermissions(t *testing.T) {
 	}
 	// Nor through a claim it may write: a "Nats-Rollup: all" header would
 	// purge every other record of the bucket.
-	if ack := rollupAll(t, c, "a", queue.RoleRunner, "$KV."+queue.BucketFarm+"."+farm.ClaimKey(sub.Set.ID, a.DrvPath)); !strings.Contains(ack, "rollup") {
+	if ack := rollupAll(t, c, "a", queue.RoleRunner, "$KV."+queue.BucketFarm+"."+farm.ClaimKey(sub.Set.ID, a.DrvPath, "a-runner")); !strings.Contains(ack, "rollup") {
 		t.Errorf("a runner's claim with Nats-Rollup: all: %s, want the rollup refused", ack)
 	}
 	if st, err := farm.GetStatus(ctx, submitter, sub.Set.ID); err != nil {
@@ -108,19 +108,23 @@ func TestFarmPermissions(t *testing.T) {
 		t.Fatalf("the runner's writes changed the set: %s", st)
 	}
 
-	// A bad builder tries to fail a in another builder's name: it makes
-	// the claim record name that builder (claim records are any
-	// runner's to write), then reports the failure on that builder's
-	// subject (denied: a runner user publishes its own builder's reports
-	// only), and on its own subject (refused by the scheduler: the
-	// report names another builder than its subject's).
+	// A bad builder tries to fail a in another builder's name: it
+	// writes a claim in that builder's name (denied: a runner user
+	// writes under its own builder's key only; in its own key the claim
+	// is nobody's), then reports the failure on that builder's subject
+	// (denied: a runner user publishes its own builder's reports only),
+	// and on its own subject (refused by the scheduler: the report names
+	// another builder than its subject's).
 	within(t, "a dispatched", func() bool {
 		st, err := farm.GetStatus(ctx, submitter, sub.Set.ID)
 		return err == nil && st.Counts[farm.Dispatched] == 1
 	})
-	claims, _ := json.Marshal(farm.Claims{Version: farm.RecordVersion, Replicas: []farm.Claim{{Replica: 0, Attempt: 1, Builder: "a-honest", Owner: "a-honest", At: time.Now().UTC()}}})
-	if err := runner.KVPut(ctx, queue.BucketFarm, farm.ClaimKey(sub.Set.ID, a.DrvPath), claims); err != nil {
-		t.Fatalf("a runner writes a claim record: %v", err)
+	claim, _ := json.Marshal(farm.Claim{Version: farm.RecordVersion, Replica: 0, Attempt: 1, Builder: "a-honest", Owner: "a-honest", Delivered: 1 << 40, At: time.Now().UTC()})
+	start = time.Now()
+	err = runner.KVPut(ctx, queue.BucketFarm, farm.ClaimKey(sub.Set.ID, a.DrvPath, "a-honest"), claim)
+	fast(t, "a runner writes another builder's claim", start, err, queue.ErrPermissionDenied)
+	if err := runner.KVPut(ctx, queue.BucketFarm, farm.ClaimKey(sub.Set.ID, a.DrvPath, "a-runner"), claim); err != nil {
+		t.Fatalf("a runner writes under its own claim key: %v", err)
 	}
 	forged := &farm.Report{Version: farm.RecordVersion, Set: sub.Set.ID, Tenant: "a", DrvPath: a.DrvPath, Replica: 0, Attempt: 1,
 		Builder: "a-honest", Owner: "a-honest", Outcome: farm.BuildFailed, ExitCode: 1, Time: time.Now().UTC()}

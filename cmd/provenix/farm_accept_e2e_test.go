@@ -229,19 +229,9 @@ func TestFarmAccept(t *testing.T) {
 	// Fault: the volunteer building the slow derivation is killed with
 	// SIGKILL mid-build; its request is redelivered and built by another.
 	slowDrv := drvNamed(t, ctx, sub.Set.Roots[0], "fa-slow")
-	// Who holds fa-slow's replicas: its claim record in the farm's
-	// bucket (claim.<set>.<drv hash>, see farm/doc.go), read as is.
-	claims := func() ([]farm.Claim, error) {
-		b, err := conn.KVGet(ctx, queue.BucketFarm, farm.ClaimKey(id, slowDrv))
-		if err != nil {
-			return nil, err
-		}
-		var c farm.Claims
-		if err := json.Unmarshal(b, &c); err != nil {
-			return nil, err
-		}
-		return c.Replicas, nil
-	}
+	// Who claims fa-slow's replicas: each builder's claim in the farm's
+	// bucket (claim.<set>.<drv hash>.<scope>, see farm/claim.go).
+	claims := func() ([]farm.Claim, error) { return farm.ReadClaims(ctx, conn, id, slowDrv) }
 	t.Cleanup(func() {
 		if t.Failed() {
 			c, err := claims()

@@ -22,8 +22,8 @@ func TestFarmStatsDisputes(t *testing.T) {
 	rep := &farm.Report{Version: farm.RecordVersion, Set: farm.NewSetID(), Tenant: "default",
 		DrvPath: "/nix/store/00000000000000000000000000000000-x.drv", Attempt: 1, Builder: "b1", Owner: "alice", Outcome: farm.Built, Time: now}
 	// The claim the report is on: stats count only claimants' reports.
-	claims, _ := json.Marshal(farm.Claims{Version: farm.RecordVersion, Replicas: []farm.Claim{{Attempt: 1, Builder: rep.Builder, Owner: rep.Owner, Delivered: 1, At: now}}})
-	if err := qc.KVPut(ctx, queue.BucketFarm, farm.ClaimKey(rep.Set, rep.DrvPath), claims); err != nil {
+	claim, _ := json.Marshal(farm.Claim{Version: farm.RecordVersion, Attempt: 1, Builder: rep.Builder, Owner: rep.Owner, Delivered: 1, At: now})
+	if err := qc.KVPut(ctx, queue.BucketFarm, farm.ClaimKey(rep.Set, rep.DrvPath, rep.Builder), claim); err != nil {
 		t.Fatal(err)
 	}
 	data, _ := json.Marshal(rep)
