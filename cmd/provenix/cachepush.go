@@ -183,7 +183,7 @@ credentials are readable on the wire.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := cache.open(cmd.Context(), g, false, false)
 			if err != nil {
-				return err
+				return stoppedStarting(cmd.Context(), g, err)
 			}
 			defer st.Close()
 			signer, err := vsaKey.imageSigner()
@@ -200,7 +200,7 @@ credentials are readable on the wire.`,
 			if usageTenant != "" {
 				conn, err := usageNATS.connect(cmd.Context(), g, "provenix-cache-serve")
 				if err != nil {
-					return err
+					return stoppedStarting(cmd.Context(), g, err)
 				}
 				defer conn.Close()
 				rec, err := usage.NewPublisher(conn)

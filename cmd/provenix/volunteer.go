@@ -94,12 +94,15 @@ func runVolunteer(ctx context.Context, g *globals, f *volunteerFlags) error {
 	systems := f.systems
 	if len(systems) == 0 {
 		if systems, err = nx.HostSystems(ctx); err != nil {
+			if stoppedStarting(ctx, g, err) == nil {
+				return nil
+			}
 			return &exitError{code: exitUsageErr, err: fmt.Errorf("%w\nName the systems to serve with --system", err)}
 		}
 	}
 	conn, err := f.nats.connect(ctx, g, "provenix-volunteer")
 	if err != nil {
-		return err
+		return stoppedStarting(ctx, g, err)
 	}
 	defer conn.Close()
 	rec, err := usage.NewPublisher(conn)
@@ -129,7 +132,7 @@ func runVolunteer(ctx context.Context, g *globals, f *volunteerFlags) error {
 		}
 		cfg, err := nx.Config(ctx)
 		if err != nil {
-			return err
+			return stoppedStarting(ctx, g, err)
 		}
 		m := farm.MachineOf(cfg, f.systems...)
 		run = func(ctx context.Context) error { return v.RunWithFarm(ctx, conn, m, f.owner) }
