@@ -32,11 +32,12 @@ type jobBox struct {
 	used *isolate.Stats
 }
 
-// box acquires a user of c's for the job and makes its cgroup.
-func (r *Runner) box(ctx context.Context, c *conn, taskID int64) (*jobBox, error) {
+// box acquires a user of c's for the job and makes its cgroup; waiting
+// is told why the job waits for a user, if it does (isolate.Pool.Acquire).
+func (r *Runner) box(ctx context.Context, c *conn, taskID int64, waiting func(why string)) (*jobBox, error) {
 	b := &jobBox{}
 	if c.users != nil {
-		l, err := c.users.Acquire(ctx)
+		l, err := c.users.Acquire(ctx, waiting)
 		if err != nil {
 			return nil, fmt.Errorf("job user: %w", err)
 		}

@@ -130,7 +130,7 @@ func workflowOf(c map[string]any) (*attest.Workflow, string) {
 // execute prepares the job directory and socket, runs the job process and
 // attests what it built.
 func (r *Runner) execute(ctx context.Context, t *taskRun, p *job.Parsed) runnerv1.Result {
-	box, err := r.box(ctx, t.conn, t.task.GetId())
+	box, err := r.box(ctx, t.conn, t.task.GetId(), func(why string) { t.rep.Logf("%s", why) })
 	if err != nil {
 		t.rep.Logf("::error::%v", err)
 		return runnerv1.Result_RESULT_FAILURE

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -159,11 +160,11 @@ func TestPoolNeverReusesWhileAlive(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	l1, err := p.Acquire(ctx)
+	l1, err := p.Acquire(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l2, err := p.Acquire(ctx)
+	l2, err := p.Acquire(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +185,7 @@ func TestPoolNeverReusesWhileAlive(t *testing.T) {
 	// (which also drops the runner's lock).
 	l1.lock.Close()
 	p.free <- l1.User
-	l3, err := p.Acquire(ctx)
+	l3, err := p.Acquire(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +221,7 @@ func TestPoolsOfTwoRunners(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	l1, err := p1.Acquire(ctx)
+	l1, err := p1.Acquire(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +235,7 @@ func TestPoolsOfTwoRunners(t *testing.T) {
 	go func() { job.Wait(); close(exited) }()
 	defer func() { job.Process.Kill(); <-exited }()
 
-	l2, err := p2.Acquire(ctx)
+	l2, err := p2.Acquire(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,8 +244,12 @@ func TestPoolsOfTwoRunners(t *testing.T) {
 	}
 	short, cancelShort := context.WithTimeout(ctx, 3*time.Second)
 	defer cancelShort()
-	if l, err := p2.Acquire(short); err == nil {
+	var told []string
+	if l, err := p2.Acquire(short, func(why string) { told = append(told, why) }); err == nil {
 		t.Fatalf("the second runner took uid %d, which the first holds", l.User.UID)
+	}
+	if len(told) != 1 || !strings.Contains(told[0], a.Name) {
+		t.Errorf("the waiting job was told %q, want once that another runner holds %s", told, a.Name)
 	}
 	select {
 	case <-exited:
@@ -257,7 +262,7 @@ func TestPoolsOfTwoRunners(t *testing.T) {
 	if err := l1.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	l3, err := p2.Acquire(ctx)
+	l3, err := p2.Acquire(ctx, nil)
 	if err != nil || l3.User.UID != a.UID {
 		t.Fatalf("after the first runner released it: %v", err)
 	}

@@ -76,12 +76,15 @@ type Lease struct {
 // has no live process and no leftover temporary file: a user whose old
 // processes will not die is skipped until they do, and so is one another
 // runner of the host holds (lockUser): its processes are that runner's
-// job, not leftovers.
-func (p *Pool) Acquire(ctx context.Context) (*Lease, error) {
+// job, not leftovers. waiting, when not nil, is told once why the job
+// waits, when it waits for another runner (for the job's own log: its
+// author sees why it has not started).
+func (p *Pool) Acquire(ctx context.Context, waiting func(why string)) (*Lease, error) {
 	if p.shared != nil {
 		return &Lease{User: p.shared, pool: p}, nil
 	}
-	waiting := false
+	told := false
+	skipped := 0 // users skipped since the last pause
 	for {
 		var u *User
 		select {
@@ -101,16 +104,25 @@ func (p *Pool) Acquire(ctx context.Context) (*Lease, error) {
 		}
 		if err != nil {
 			if errors.Is(err, errUserBusy) {
-				if !waiting {
+				if !told {
 					// Once per job: it waits as long as that runner's job runs.
 					p.log.Info("waiting for a job user: another runner of this host holds it", "user", u.Name)
-					waiting = true
+					if waiting != nil {
+						waiting("waiting for a job user: another runner of this host holds " + u.Name)
+					}
+					told = true
 				}
 				p.log.Debug("job user held by another runner of this host, trying another", "user", u.Name)
 			} else {
 				p.log.Warn("job user still busy, trying another", "user", u.Name, "err", err)
 			}
 			p.free <- u
+			// Every free user is tried before a pause, so a free one
+			// behind busy ones is taken at once.
+			if skipped++; skipped < len(p.free) {
+				continue
+			}
+			skipped = 0
 			select {
 			case <-time.After(time.Second):
 				continue
