@@ -73,29 +73,51 @@ func ReadClaims(ctx context.Context, conn *queue.Conn, id, drv string) ([]Claim,
 	if err != nil {
 		return nil, err
 	}
-	return readClaims(ctx, conn, kv, id, drv)
+	claims, _, err := readClaims(ctx, conn, kv, id, drv, "")
+	return claims, err
 }
 
 // readClaims reads the claims on drv: the keys as the stream's leader
 // lists them, then each key. A key whose claim names another builder
 // than its scope's was not written by that builder (a runner user may
-// write its own scope only) and is skipped, as are malformed ones.
-func readClaims(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, id, drv string) ([]Claim, error) {
+// write its own scope only) and is skipped, as are malformed ones. self
+// is the revision of builder's key, whatever it holds (0: none).
+func readClaims(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, id, drv, builder string) (claims []Claim, self uint64, err error) {
 	keys, err := conn.KVKeys(ctx, queue.BucketFarm, claimPrefix(id, drv)+".*")
 	if err != nil {
-		return nil, fmt.Errorf("farm: claims on %s: %w", drv, err)
+		return nil, 0, fmt.Errorf("farm: claims on %s: %w", drv, err)
 	}
-	var out []Claim
+	own := ""
+	if builder != "" {
+		own = ClaimKey(id, drv, builder)
+	}
 	for _, key := range keys {
-		c, err := readClaim(ctx, kv, key)
-		if err != nil {
-			return nil, err
+		e, err := kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue
 		}
-		if c != nil {
-			out = append(out, *c)
+		if err != nil {
+			return nil, 0, fmt.Errorf("farm: get %s: %w", key, err)
+		}
+		if key == own {
+			self = e.Revision()
+		}
+		if c := claimOf(key, e); c != nil {
+			claims = append(claims, *c)
 		}
 	}
-	return out, nil
+	return claims, self, nil
+}
+
+// claimOf is the claim of entry e of key: nil unless its builder wrote
+// it.
+func claimOf(key string, e jetstream.KeyValueEntry) *Claim {
+	var c Claim
+	if json.Unmarshal(e.Value(), &c) != nil || c.Builder == "" || !strings.HasSuffix(key, "."+queue.StagingScope(c.Builder)) {
+		return nil
+	}
+	c.rev = e.Revision()
+	return &c
 }
 
 // readClaim reads the claim under key: nil when there is none, or none
@@ -108,12 +130,7 @@ func readClaim(ctx context.Context, kv jetstream.KeyValue, key string) (*Claim, 
 	if err != nil {
 		return nil, fmt.Errorf("farm: get %s: %w", key, err)
 	}
-	var c Claim
-	if json.Unmarshal(e.Value(), &c) != nil || c.Builder == "" || !strings.HasSuffix(key, "."+queue.StagingScope(c.Builder)) {
-		return nil, nil
-	}
-	c.rev = e.Revision()
-	return &c, nil
+	return claimOf(key, e), nil
 }
 
 // builderClaim is builder's own claim on drv in set id, or nil.
@@ -221,13 +238,7 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 		// The builder's key is written with compare-and-set: its
 		// concurrent handlers must not each replace the other's claim.
 		mine.rev = 0
-		var last uint64
-		if e, err := kv.Get(ctx, key); err == nil {
-			last = e.Revision()
-		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-			return 0, fmt.Errorf("farm: get %s: %w", key, err)
-		}
-		claims, err := readClaims(ctx, conn, kv, r.Set, r.DrvPath)
+		claims, last, err := readClaims(ctx, conn, kv, r.Set, r.DrvPath, builder)
 		if err != nil {
 			return 0, err
 		}
@@ -247,7 +258,7 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 		}
 		// Another worker may have written meanwhile: the earlier write
 		// wins.
-		if claims, err = readClaims(ctx, conn, kv, r.Set, r.DrvPath); err != nil {
+		if claims, _, err = readClaims(ctx, conn, kv, r.Set, r.DrvPath, ""); err != nil {
 			return 0, err
 		}
 		res := decide(claims)
