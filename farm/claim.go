@@ -14,23 +14,35 @@ import (
 	"codeberg.org/provenix/provenix/queue"
 )
 
-// Claims. Each builder writes its claims on a derivation under a key of
+// Claims. Each builder writes its claim on a derivation under a key of
 // its own, claim.<set>.<drv hash>.<scope of its builder id>, and a
 // runner user may write under its own builder's scope only
 // (queue.RunnerPermissions). So a claim is its builder's word: no
 // builder can write, move or drop another's, and what a claim says
 // about a replica is what the scheduler and `farm stats` take a
-// builder's report against. A builder holds one replica of a derivation
-// at most, since it has one key.
+// builder's report against. A builder claims one replica of a
+// derivation at most, since it has one key, and never gives up a claim
+// on a replica still in play for another.
 //
 // Who holds a replica is decided from all the claims on it, the same
-// way by every reader: among the claims on its current attempt, by
-// builders that have not failed the derivation, the one on the latest
-// delivery of the request, and of those the one written first (the
-// lowest revision). A worker writes its claim, then reads the claims
-// again and withdraws (deletes its key) when an earlier write wins, so
-// two workers racing for one replica, or two builders of one owner for
-// two replicas, settle as compare-and-set on one record would.
+// way by every reader (holders): among the claims on its current attempt
+// (or the next, which the scheduler publishes before its state says so),
+// by builders that have not failed the derivation, the latest attempt;
+// per request message, the latest delivery (its claimant lost the
+// earlier ones); of those, the one written first (the lowest revision).
+// A worker writes its claim, then reads the claims again, and withdraws
+// (deletes its key) when another holds the replica or an earlier write
+// of its owner holds another, so two workers racing for one replica, or
+// two builders of one owner for two replicas, settle as compare-and-set
+// on one record would. Claims are read from the stream's leader
+// (queue.Conn.KVGetLatest), which has every write acknowledged: a
+// follower answering a direct get may miss the other's write.
+//
+// What a claim says besides its builder is that builder's word only,
+// its owner included: a claim on a delivery no worker reaches, or in
+// another owner's name, can keep the others from a replica. So a worker
+// the request comes to takes the replica over, whatever the claims say,
+// once the request is older than Worker.ClaimTimeout (see claim).
 
 // ClaimKey is where builder's claim on drv in set id is (in
 // queue.BucketFarm).
@@ -47,8 +59,11 @@ type Claim struct {
 	Attempt int    `json:"attempt"`
 	Builder string `json:"builder"`
 	Owner   string `json:"owner"`
+	// Msg is the request message's stream sequence: the scheduler may
+	// publish one request twice (past the stream's duplicate window).
+	Msg uint64 `json:"msg,omitempty"`
 	// Delivered is the delivery count of the request message when it
-	// was claimed: a later delivery of the same request means the
+	// was claimed: a later delivery of the same message means the
 	// claimant lost it (killed, or past its AckWait) and may take over.
 	Delivered uint64    `json:"delivered"`
 	At        time.Time `json:"at"`
@@ -56,33 +71,20 @@ type Claim struct {
 	rev uint64 // the key's revision, which orders claims written at once
 }
 
-// ahead reports whether c holds its replica over o, a claim on the same
-// replica and attempt: it is on a later delivery, or on the same one and
-// written first.
-func (c *Claim) ahead(o *Claim) bool {
-	if c.Delivered != o.Delivered {
-		return c.Delivered > o.Delivered
-	}
-	return c.rev < o.rev
-}
-
 // ReadClaims returns every builder's claim on drv in set id, ordered by
 // key.
 func ReadClaims(ctx context.Context, conn *queue.Conn, id, drv string) ([]Claim, error) {
-	kv, err := bucket(ctx, conn)
-	if err != nil {
-		return nil, err
-	}
-	claims, _, err := readClaims(ctx, conn, kv, id, drv, "")
+	claims, _, err := readClaims(ctx, conn, id, drv, "")
 	return claims, err
 }
 
 // readClaims reads the claims on drv: the keys as the stream's leader
-// lists them, then each key. A key whose claim names another builder
-// than its scope's was not written by that builder (a runner user may
-// write its own scope only) and is skipped, as are malformed ones. self
-// is the revision of builder's key, whatever it holds (0: none).
-func readClaims(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, id, drv, builder string) (claims []Claim, self uint64, err error) {
+// lists them, then each key from the leader. A key whose claim names
+// another builder than its scope's was not written by that builder (a
+// runner user may write its own scope only) and is skipped, as are
+// malformed ones. self is the revision of builder's key, whatever it
+// holds (0: none).
+func readClaims(ctx context.Context, conn *queue.Conn, id, drv, builder string) (claims []Claim, self uint64, err error) {
 	keys, err := conn.KVKeys(ctx, queue.BucketFarm, claimPrefix(id, drv)+".*")
 	if err != nil {
 		return nil, 0, fmt.Errorf("farm: claims on %s: %w", drv, err)
@@ -92,50 +94,45 @@ func readClaims(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, id
 		own = ClaimKey(id, drv, builder)
 	}
 	for _, key := range keys {
-		e, err := kv.Get(ctx, key)
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		b, rev, err := conn.KVGetLatest(ctx, queue.BucketFarm, key)
+		if errors.Is(err, queue.ErrNotFound) {
 			continue
 		}
 		if err != nil {
-			return nil, 0, fmt.Errorf("farm: get %s: %w", key, err)
+			return nil, 0, fmt.Errorf("farm: %w", err)
 		}
 		if key == own {
-			self = e.Revision()
+			self = rev
 		}
-		if c := claimOf(key, e); c != nil {
+		if c := claimOf(key, b, rev); c != nil {
 			claims = append(claims, *c)
 		}
 	}
 	return claims, self, nil
 }
 
-// claimOf is the claim of entry e of key: nil unless its builder wrote
-// it.
-func claimOf(key string, e jetstream.KeyValueEntry) *Claim {
+// claimOf is the claim stored under key at revision rev: nil unless its
+// builder wrote it.
+func claimOf(key string, b []byte, rev uint64) *Claim {
 	var c Claim
-	if json.Unmarshal(e.Value(), &c) != nil || c.Builder == "" || !strings.HasSuffix(key, "."+queue.StagingScope(c.Builder)) {
+	if json.Unmarshal(b, &c) != nil || c.Builder == "" || !strings.HasSuffix(key, "."+queue.StagingScope(c.Builder)) {
 		return nil
 	}
-	c.rev = e.Revision()
+	c.rev = rev
 	return &c
 }
 
-// readClaim reads the claim under key: nil when there is none, or none
-// its builder wrote.
-func readClaim(ctx context.Context, kv jetstream.KeyValue, key string) (*Claim, error) {
-	e, err := kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+// builderClaim is builder's own claim on drv in set id, or nil.
+func builderClaim(ctx context.Context, conn *queue.Conn, id, drv, builder string) (*Claim, error) {
+	key := ClaimKey(id, drv, builder)
+	b, rev, err := conn.KVGetLatest(ctx, queue.BucketFarm, key)
+	if errors.Is(err, queue.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("farm: get %s: %w", key, err)
+		return nil, fmt.Errorf("farm: %w", err)
 	}
-	return claimOf(key, e), nil
-}
-
-// builderClaim is builder's own claim on drv in set id, or nil.
-func builderClaim(ctx context.Context, kv jetstream.KeyValue, id, drv, builder string) (*Claim, error) {
-	return readClaim(ctx, kv, ClaimKey(id, drv, builder))
+	return claimOf(key, b, rev), nil
 }
 
 // holds reports whether c is builder's claim on replica and attempt.
@@ -143,44 +140,75 @@ func (c *Claim) holds(builder string, replica, attempt int) bool {
 	return c != nil && c.Builder == builder && c.Replica == replica && c.Attempt == attempt
 }
 
+// inPlay reports whether c is on the current attempt of its replica in
+// st, or on the next (published before the state says so).
+func (c *Claim) inPlay(st *State) bool {
+	if c.Replica < 0 || c.Replica >= len(st.Attempts) {
+		return false
+	}
+	a := st.Attempts[c.Replica]
+	return c.Attempt == a || c.Attempt == a+1
+}
+
 // holders are the claims that hold the replicas of a derivation in state
-// st, by replica: see the package's rule above. failed builders hold
-// nothing.
+// st, by replica: see the rule above. failed builders hold nothing.
 func holders(claims []Claim, st *State, failed []string) map[int]*Claim {
-	out := map[int]*Claim{}
+	// The latest attempt of each replica, and the latest delivery of
+	// each message on it (the earliest write of those).
+	type msgOf struct {
+		replica int
+		msg     uint64
+	}
+	attempt := map[int]int{}
 	for i := range claims {
 		c := &claims[i]
-		if c.Replica < 0 || c.Replica >= len(st.Attempts) || c.Attempt != st.Attempts[c.Replica] || slices.Contains(failed, c.Builder) {
+		if c.inPlay(st) && !slices.Contains(failed, c.Builder) {
+			attempt[c.Replica] = max(attempt[c.Replica], c.Attempt)
+		}
+	}
+	latest := map[msgOf]*Claim{}
+	for i := range claims {
+		c := &claims[i]
+		if !c.inPlay(st) || slices.Contains(failed, c.Builder) || c.Attempt != attempt[c.Replica] {
 			continue
 		}
-		if h := out[c.Replica]; h == nil || c.ahead(h) {
-			out[c.Replica] = c
+		k := msgOf{c.Replica, c.Msg}
+		if l := latest[k]; l == nil || c.Delivered > l.Delivered || c.Delivered == l.Delivered && c.rev < l.rev {
+			latest[k] = c
+		}
+	}
+	out := map[int]*Claim{}
+	for k, c := range latest {
+		if h := out[k.replica]; h == nil || c.rev < h.rev {
+			out[k.replica] = c
 		}
 	}
 	return out
 }
 
 // claim records that builder (run by owner) takes replica r.Replica of
-// r's derivation, on the delivered-th delivery of the request, stored at
-// stored; it decides that the N replicas of a quorum go to N distinct
-// owners and that no replica is built twice:
+// r's derivation, on the delivered-th delivery of request message msg,
+// stored at stored; it decides that the N replicas of a quorum go to N
+// distinct owners and that no replica is built twice:
 //   - a builder that failed the derivation does not get it, nor does one
-//     whose builder or owner holds another replica (NotForUs);
+//     whose claim is on another replica still in play, nor one whose
+//     owner holds another replica (NotForUs);
 //   - a request for an attempt the state has moved past, or for a
 //     derivation no longer needed, is dropped (NotNeeded);
-//   - a replica held by another builder's claim on a later delivery (or
-//     on the same one, written first) is not taken (Held): either this
-//     delivery is stale and the holder has the request, or the claim is
-//     a bad builder's, written to keep the replica from everyone while
-//     it builds nothing. The request is kept, not dropped, so that in
-//     the second case it comes back, and once it was stored longer ago
-//     than takeover, the worker it comes back to takes the replica over
-//     whatever the claims say: an honest holder has the request itself
-//     and keeps it, so it comes back to nobody while one builds.
+//   - a replica another builder holds (holders), or this builder on a
+//     later delivery (another of its handlers), is not taken (Held):
+//     either this delivery is stale and the holder has the request, or
+//     the claim is a bad builder's, written to keep the replica from
+//     everyone while it builds nothing. The request is kept, not
+//     dropped, so that in the second case it comes back.
 //
-// A replica held on an earlier delivery (its claimant lost the request:
-// killed, or past its AckWait) is taken over.
-func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Request, builder, owner string, delivered uint64, stored time.Time, takeover time.Duration) (ClaimResult, error) {
+// Once the request was stored longer ago than takeover, the worker it
+// comes to takes the replica whatever the other builders' claims say,
+// and their owners' too: an honest holder has the request itself and
+// keeps it while it builds, so it comes back to nobody then. A claim
+// that says nothing true (a delivery nobody reached, another owner's
+// name) delays a replica by takeover at most.
+func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Request, builder, owner string, msg, delivered uint64, stored time.Time, takeover time.Duration) (ClaimResult, error) {
 	if builder == "" {
 		return 0, errors.New("farm: claim: no builder id")
 	}
@@ -213,17 +241,34 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 	}
 	overdue := time.Since(stored) > takeover
 	mine := Claim{Version: RecordVersion, Replica: r.Replica, Attempt: r.Attempt, Builder: builder, Owner: owner,
-		Delivered: delivered, At: time.Now().UTC()}
-	// decide is the outcome against claims, with mine's revision set
-	// once written (0 before: it yields to no write on its delivery).
+		Msg: msg, Delivered: delivered, At: time.Now().UTC()}
+	// decide is the outcome against claims: before mine is written
+	// (mine.rev 0), as if it were written last; after, as written.
 	decide := func(claims []Claim) ClaimResult {
+		if mine.rev == 0 {
+			i := slices.IndexFunc(claims, func(c Claim) bool { return c.Builder == builder })
+			if i >= 0 {
+				own := claims[i]
+				switch {
+				case own.Replica != r.Replica && own.inPlay(st):
+					return NotForUs // this builder's other handler builds another replica
+				case own.Replica == r.Replica && own.Attempt == r.Attempt && own.Msg == msg && own.Delivered == delivered:
+					return Claimed // a retried call
+				case own.Replica == r.Replica && own.Attempt >= r.Attempt && (own.Msg != msg || own.Delivered > delivered):
+					return Held // another of its handlers has a later delivery, or the other message
+				}
+				claims = slices.Delete(slices.Clone(claims), i, i+1)
+			}
+			mine.rev = 1<<64 - 1
+			defer func() { mine.rev = 0 }()
+			claims = append(claims, mine)
+		}
 		for rep, h := range holders(claims, st, failed) {
 			switch {
-			case rep != r.Replica && h.Builder == builder:
+			case h.Builder == builder:
+			case rep != r.Replica && h.Owner == owner && h.rev < mine.rev && !overdue:
 				return NotForUs
-			case rep != r.Replica && h.Owner == owner && (mine.rev == 0 || h.rev < mine.rev):
-				return NotForUs
-			case rep == r.Replica && h.Builder != builder && !overdue && (mine.rev == 0 && h.Delivered >= delivered || mine.rev != 0 && h.ahead(&mine)):
+			case rep == r.Replica && !overdue:
 				return Held
 			}
 		}
@@ -238,7 +283,7 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 		// The builder's key is written with compare-and-set: its
 		// concurrent handlers must not each replace the other's claim.
 		mine.rev = 0
-		claims, last, err := readClaims(ctx, conn, kv, r.Set, r.DrvPath, builder)
+		claims, last, err := readClaims(ctx, conn, r.Set, r.DrvPath, builder)
 		if err != nil {
 			return 0, err
 		}
@@ -258,7 +303,7 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 		}
 		// Another worker may have written meanwhile: the earlier write
 		// wins.
-		if claims, _, err = readClaims(ctx, conn, kv, r.Set, r.DrvPath, ""); err != nil {
+		if claims, _, err = readClaims(ctx, conn, r.Set, r.DrvPath, ""); err != nil {
 			return 0, err
 		}
 		res := decide(claims)

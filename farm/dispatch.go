@@ -66,7 +66,7 @@ func (s *Scheduler) Rejected(ctx context.Context, tenant, drvPath, builder, reas
 	var errs []error
 	var behind error
 	for _, ls := range s.holding(tenant, drvPath) {
-		cl, err := builderClaim(ctx, s.kv, ls.set.ID, drvPath, builder)
+		cl, err := builderClaim(ctx, s.cfg.Conn, ls.set.ID, drvPath, builder)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -329,7 +329,7 @@ func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {
 	// Only the builder holding the replica may say its build failed:
 	// a report from anyone else (or about an attempt taken over since)
 	// must not use up the derivation's attempts.
-	c, err := builderClaim(ctx, s.kv, rep.Set, rep.DrvPath, rep.Builder)
+	c, err := builderClaim(ctx, s.cfg.Conn, rep.Set, rep.DrvPath, rep.Builder)
 	if err != nil {
 		return err
 	}

@@ -115,7 +115,7 @@ func ReadStats(ctx context.Context, conn *queue.Conn, tenant string, since time.
 		return nil, err
 	}
 	builders := map[string]*Tally{}
-	records := &drvRecords{kv: kv, read: map[string]*drvRecord{}, states: map[string]*State{}}
+	records := &drvRecords{conn: conn, kv: kv, read: map[string]*drvRecord{}, states: map[string]*State{}}
 	err = conn.ReadFarmReports(ctx, since, func(subject string, data []byte) error {
 		// A report naming another builder than its subject's (one
 		// runner speaking for another) is not counted, nor one of
@@ -271,6 +271,7 @@ func (r *drvRecord) claimant(rep *Report) (owner string, ok bool) {
 // drvRecords reads each derivation's state, and each builder's claim on
 // it, once.
 type drvRecords struct {
+	conn   *queue.Conn
 	kv     jetstream.KeyValue
 	read   map[string]*drvRecord // by claim key
 	states map[string]*State     // by state key
@@ -281,7 +282,7 @@ func (d *drvRecords) of(ctx context.Context, rep *Report) (*drvRecord, error) {
 	if r := d.read[key]; r != nil {
 		return r, nil
 	}
-	c, err := builderClaim(ctx, d.kv, rep.Set, rep.DrvPath, rep.Builder)
+	c, err := builderClaim(ctx, d.conn, rep.Set, rep.DrvPath, rep.Builder)
 	if err != nil {
 		return nil, err
 	}

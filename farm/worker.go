@@ -331,7 +331,7 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 			return queue.Defer(notForUsDelay(d.NumDelivered))
 		}
 	}
-	res, err := claim(ctx, w.Conn, kv, r, w.Builder, w.Owner, d.NumDelivered, d.Stored, cmp.Or(w.ClaimTimeout, DefaultClaimTimeout))
+	res, err := claim(ctx, w.Conn, kv, r, w.Builder, w.Owner, d.Stream, d.NumDelivered, d.Stored, cmp.Or(w.ClaimTimeout, DefaultClaimTimeout))
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,7 @@ func TestClaimRules(t *testing.T) {
 	run := func(steps ...step) {
 		t.Helper()
 		for _, step := range steps {
-			got, err := claim(ctx, conn, kv, step.r, step.builder, step.owner, step.delivered, now, time.Hour)
+			got, err := claim(ctx, conn, kv, step.r, step.builder, step.owner, 1, step.delivered, now, time.Hour)
 			if err != nil || got != step.want {
 				t.Errorf("%s: %v, %v; want %v", step.what, got, err, step.want)
 			}
@@ -81,7 +81,7 @@ func TestClaimRules(t *testing.T) {
 	if _, err := Cancel(ctx, conn, sub.Set.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := claim(ctx, conn, kv, req(1, 5), "b6", "o6", 1, now, time.Hour); err != nil || got != NotNeeded {
+	if got, err := claim(ctx, conn, kv, req(1, 5), "b6", "o6", 1, 1, now, time.Hour); err != nil || got != NotNeeded {
 		t.Errorf("cancelled set: %v, %v", got, err)
 	}
 	other := submit(t, conn, g, newMemCache(), 1, 0)
@@ -93,7 +93,7 @@ func TestClaimRules(t *testing.T) {
 	}
 	r := req(0, 1)
 	r.Set = other.Set.ID
-	if got, err := claim(ctx, conn, kv, r, "b1", "o1", 1, now, time.Hour); err != nil || got != NotNeeded {
+	if got, err := claim(ctx, conn, kv, r, "b1", "o1", 1, 1, now, time.Hour); err != nil || got != NotNeeded {
 		t.Errorf("derivation done: %v, %v", got, err)
 	}
 }
@@ -116,14 +116,25 @@ func TestClaimsOfABadBuilder(t *testing.T) {
 			Replica: replica, Attempt: 1, Requested: time.Now()}
 	}
 	fresh, old := time.Now(), time.Now().Add(-2*time.Hour)
+	try := func(what string, r *Request, builder, owner string, msg, delivered uint64, stored time.Time, want ClaimResult) {
+		t.Helper()
+		if got, err := claim(ctx, conn, kv, r, builder, owner, msg, delivered, stored, time.Hour); err != nil || got != want {
+			t.Errorf("%s: %v, %v; want %v", what, got, err, want)
+		}
+	}
 	// A claim on a delivery no worker reaches holds the replica while
 	// the request is younger than the timeout, and not after.
 	forgeClaim(t, conn, sub.Set.ID, drv, "mallory", 1)
-	if got, err := claim(ctx, conn, kv, req(0), "b1", "o1", 3, fresh, time.Hour); err != nil || got != Held {
-		t.Errorf("replica 0 under mallory's claim: %v, %v; want held", got, err)
-	}
-	if got, err := claim(ctx, conn, kv, req(0), "b1", "o1", 4, old, time.Hour); err != nil || got != Claimed {
-		t.Errorf("replica 0 under mallory's claim, the request past the timeout: %v, %v; want claimed", got, err)
+	try("replica 0 under mallory's claim", req(0), "b1", "o1", 1, 3, fresh, Held)
+	try("replica 0 under mallory's claim, the request past the timeout", req(0), "b1", "o1", 1, 4, old, Claimed)
+	// The builder's claim stays where it is: its other handler, given
+	// replica 1 while mallory's claim outranks its claim on replica 0,
+	// does not move it (a failure report of replica 0 would then be
+	// refused), nor does a stale handler of replica 0.
+	try("b1's other handler, replica 1", req(1), "b1", "o1", 1, 1, fresh, NotForUs)
+	try("b1's stale handler of replica 0", req(0), "b1", "o1", 1, 2, old, Held)
+	if c, err := builderClaim(ctx, conn, sub.Set.ID, drv, "b1"); err != nil || !c.holds("b1", 0, 1) || c.Delivered != 4 {
+		t.Errorf("b1's claim: %+v, %v; want replica 0 on delivery 4", c, err)
 	}
 	// A claim written under one builder's key in another's name (which
 	// only an admin, or anyone on a NATS without users, can write) is
@@ -132,15 +143,29 @@ func TestClaimsOfABadBuilder(t *testing.T) {
 	if err := conn.KVPut(ctx, queue.BucketFarm, ClaimKey(sub.Set.ID, drv, "eve"), c); err != nil {
 		t.Fatal(err)
 	}
-	if c, err := builderClaim(ctx, kv, sub.Set.ID, drv, "b2"); err != nil || c != nil {
+	if c, err := builderClaim(ctx, conn, sub.Set.ID, drv, "b2"); err != nil || c != nil {
 		t.Errorf("b2's claim: %+v, %v; want none", c, err)
 	}
 	// A claim on a replica the derivation does not have keeps its owner
 	// from nothing.
 	putClaim(t, conn, sub.Set.ID, drv, Claim{Replica: 7, Attempt: 1, Builder: "trudy", Owner: "o3", Delivered: 1})
-	if got, err := claim(ctx, conn, kv, req(1), "b3", "o3", 1, fresh, time.Hour); err != nil || got != Claimed {
-		t.Errorf("replica 1 for o3, with trudy's claim on replica 7 in o3's name: %v, %v; want claimed", got, err)
+	try("replica 1 for o3, with trudy's claim on replica 7 in o3's name", req(1), "b3", "o3", 1, 1, fresh, Claimed)
+
+	// A claim in another owner's name keeps that owner from the other
+	// replicas until the request is past the timeout.
+	other := submit(t, conn, g, newMemCache(), 2, 0)
+	reqIn := func(replica int) *Request {
+		r := req(replica)
+		r.Set = other.Set.ID
+		return r
 	}
+	putClaim(t, conn, other.Set.ID, drv, Claim{Replica: 0, Attempt: 1, Builder: "mallory", Owner: "o1", Delivered: 1 << 40})
+	try("replica 1 for o1, mallory claiming replica 0 as o1", reqIn(1), "b1", "o1", 1, 1, fresh, NotForUs)
+	try("the same past the timeout", reqIn(1), "b1", "o1", 1, 2, old, Claimed)
+	// A second request message for a held replica (the scheduler
+	// published it again, past the duplicate window) is held too.
+	try("replica 1, another message", reqIn(1), "b2", "o2", 2, 1, fresh, Held)
+	try("replica 1, another message, redelivered", reqIn(1), "b2", "o2", 2, 5, fresh, Held)
 }
 
 // TestClaimRace: workers claiming at once settle as one compare-and-set
@@ -175,7 +200,7 @@ func TestClaimRace(t *testing.T) {
 				wg.Go(func() {
 					r := &Request{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, System: "x86_64-linux",
 						Replica: w.replica, Attempt: 1, Requested: time.Now()}
-					res, err := claim(ctx, conn, kv, r, w.builder, w.owner, 1, time.Now(), time.Hour)
+					res, err := claim(ctx, conn, kv, r, w.builder, w.owner, 1, 1, time.Now(), time.Hour)
 					if err != nil {
 						t.Error(err)
 					}

@@ -414,6 +414,7 @@ func farmRunner(tenant, builderID string, pub *[]string, consume func(stream, fi
 	// no runner can write, move or drop another builder's claim.
 	*pub = append(*pub, report, kvSubjectPrefix+BucketFarm+"."+FarmClaimPrefix+".*.*."+StagingScope(builderID))
 	readStream(kvStreamPrefix + BucketFarm)
+	readLatest(pub, kvStreamPrefix+BucketFarm)
 	orderedReads(kvStreamPrefix + BucketFarm)
 	readStream(kvStreamPrefix + BucketBuilders)
 	// farm stats: the reports, and every builder's reputation, read with
@@ -491,5 +492,12 @@ func farmPusher(tenant string, pub *[]string, consume func(stream, filter string
 	readReports(pub, orderedReads)
 	readDisputes(tenant, pub)
 	readStream(kvStreamPrefix + BucketFarm)
+	readLatest(pub, kvStreamPrefix+BucketFarm)
 	orderedReads(kvStreamPrefix + BucketFarm)
+}
+
+// readLatest lets a user read stream's messages from its leader
+// (KVGetLatest): the farm's claims are read that way.
+func readLatest(pub *[]string, stream string) {
+	*pub = append(*pub, jsAPI+"STREAM.MSG.GET."+stream)
 }

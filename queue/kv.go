@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -230,6 +231,36 @@ func (c *Conn) KVList(ctx context.Context, bucket, prefix string) (_ map[string]
 	}
 	return out, nil
 }
+
+// KVGetLatest returns the value under key and its revision, or
+// ErrNotFound (a key deleted too), as the stream's leader has it: every
+// write acknowledged so far. KVGet's direct get may be answered by a
+// follower that lags, and miss a write just made; read with this where
+// one process's decision must see another's write (a race settled by
+// who wrote first).
+func (c *Conn) KVGetLatest(ctx context.Context, bucket, key string) (_ []byte, _ uint64, err error) {
+	ctx, finish := c.kvCall(ctx, bucket)
+	defer finish(&err, "get", key)
+	js, err := c.nc.JetStream()
+	if err != nil {
+		return nil, 0, fmt.Errorf("queue: get %s/%s: %w", bucket, key, err)
+	}
+	// Without nats.DirectGet(): the request goes to the leader.
+	m, err := js.GetLastMsg(kvStreamPrefix+bucket, kvSubjectPrefix+bucket+"."+key, nats.Context(ctx))
+	if errors.Is(err, nats.ErrMsgNotFound) {
+		return nil, 0, fmt.Errorf("%s/%s: %w", bucket, key, ErrNotFound)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("queue: get %s/%s: %w", bucket, key, mapJSError(err))
+	}
+	if op := m.Header.Get(kvOperationHeader); op != "" {
+		return nil, 0, fmt.Errorf("%s/%s: %w", bucket, key, ErrNotFound) // deleted or purged
+	}
+	return m.Data, m.Sequence, nil
+}
+
+// kvOperationHeader marks a key-value bucket's delete and purge markers.
+const kvOperationHeader = "KV-Operation"
 
 // KVKeys returns the keys of bucket that match filter (a key with NATS
 // wildcards: "claim.s1.*"), as the stream's leader knows them: keys
