@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -21,8 +22,9 @@ import (
 // builder can write, move or drop another's, and what a claim says
 // about a replica is what the scheduler and `farm stats` take a
 // builder's report against. A builder claims one replica of a
-// derivation at most, since it has one key, and never gives up a claim
-// on a replica still in play for another.
+// derivation at most, since it has one key. Its claim moves to another
+// replica only when it is a leftover: no handler of the worker builds
+// under it, it was not built (Built), and another claim outranks it.
 //
 // Who holds a replica is decided from all the claims on it, the same
 // way by every reader (holders): among the claims on its current attempt
@@ -67,6 +69,12 @@ type Claim struct {
 	// claimant lost it (killed, or past its AckWait) and may take over.
 	Delivered uint64    `json:"delivered"`
 	At        time.Time `json:"at"`
+	// Built: the claimant built the replica (markBuilt). Its claim then
+	// stays on that replica while it is in play, whoever outranks it:
+	// a claim nobody builds under any more may move to another replica
+	// of the derivation, a built one must not (its builder's vote is
+	// cast; a second would not count).
+	Built bool `json:"built,omitempty"`
 
 	rev uint64 // the key's revision, which orders claims written at once
 }
@@ -135,6 +143,9 @@ func builderClaim(ctx context.Context, conn *queue.Conn, id, drv, builder string
 	return claimOf(key, b, rev), nil
 }
 
+// is reports whether c is o (the same builder's claim, as read).
+func (c *Claim) is(o *Claim) bool { return c != nil && c.Builder == o.Builder && c.rev == o.rev }
+
 // holds reports whether c is builder's claim on replica and attempt.
 func (c *Claim) holds(builder string, replica, attempt int) bool {
 	return c != nil && c.Builder == builder && c.Replica == replica && c.Attempt == attempt
@@ -150,26 +161,49 @@ func (c *Claim) inPlay(st *State) bool {
 	return c.Attempt == a || c.Attempt == a+1
 }
 
+// withReplicas is st as the claimants of request r see it: the
+// scheduler publishes requests before the state that says so (the first
+// ones are attempt 1 of each replica of the quorum, a dispute's are more
+// replicas), so replicas the state does not know yet count as on attempt
+// 1, up to the most a set has (Quorum+MaxAttempts); and r's replica is
+// on r's attempt. The replicas counted depend on the claims, not on the
+// reader's request: every claimant must see the same ones, or two of one
+// owner could each miss the other's.
+func withReplicas(st *State, set *Set, r *Request, claims []Claim) *State {
+	n := max(len(st.Attempts), set.Quorum, r.Replica+1)
+	for _, c := range claims {
+		n = max(n, c.Replica+1)
+	}
+	n = min(n, max(len(st.Attempts), set.Quorum+set.MaxAttempts, r.Replica+1))
+	out := *st
+	out.Attempts = slices.Clone(st.Attempts)
+	for len(out.Attempts) < n {
+		out.Attempts = append(out.Attempts, 1)
+	}
+	out.Attempts[r.Replica] = max(out.Attempts[r.Replica], r.Attempt)
+	return &out
+}
+
 // holders are the claims that hold the replicas of a derivation in state
-// st, by replica: see the rule above. failed builders hold nothing.
+// st on their current attempts, by replica: see the rule above. failed
+// builders hold nothing.
 func holders(claims []Claim, st *State, failed []string) map[int]*Claim {
-	// The latest attempt of each replica, and the latest delivery of
-	// each message on it (the earliest write of those).
+	return holdersAt(claims, st, failed, 0)
+}
+
+// holdersAt is holders on the current attempts plus next: the next
+// attempt's (next 1) are ranked apart, so that a claim on an attempt not
+// dispatched yet, which anyone can write, does not push aside the
+// current holder.
+func holdersAt(claims []Claim, st *State, failed []string, next int) map[int]*Claim {
 	type msgOf struct {
 		replica int
 		msg     uint64
 	}
-	attempt := map[int]int{}
-	for i := range claims {
-		c := &claims[i]
-		if c.inPlay(st) && !slices.Contains(failed, c.Builder) {
-			attempt[c.Replica] = max(attempt[c.Replica], c.Attempt)
-		}
-	}
 	latest := map[msgOf]*Claim{}
 	for i := range claims {
 		c := &claims[i]
-		if !c.inPlay(st) || slices.Contains(failed, c.Builder) || c.Attempt != attempt[c.Replica] {
+		if c.Replica < 0 || c.Replica >= len(st.Attempts) || c.Attempt != st.Attempts[c.Replica]+next || slices.Contains(failed, c.Builder) {
 			continue
 		}
 		k := msgOf{c.Replica, c.Msg}
@@ -186,29 +220,53 @@ func holders(claims []Claim, st *State, failed []string) map[int]*Claim {
 	return out
 }
 
-// claim records that builder (run by owner) takes replica r.Replica of
-// r's derivation, on the delivered-th delivery of request message msg,
-// stored at stored; it decides that the N replicas of a quorum go to N
+// claimArgs are who claims a request, on which delivery, and what the
+// worker knows of it.
+type claimArgs struct {
+	builder, owner string
+	// msg is the request message's stream sequence, delivered its
+	// delivery count.
+	msg, delivered uint64
+	// blocked is when this worker first found the request kept from it
+	// by others' claims (now, the first time), and takeover how long
+	// after that it takes the replica whatever they say.
+	blocked  time.Time
+	takeover time.Duration
+	// building reports whether another handler of this worker process
+	// claims or builds a replica of the derivation now (its claim is
+	// live, not one a crashed process left); asked at each decision,
+	// since another may have come in meanwhile. nil: none.
+	building func() bool
+}
+
+func (a *claimArgs) live() bool { return a.building != nil && a.building() }
+
+// claim records that a.builder (run by a.owner) takes replica r.Replica
+// of r's derivation; it decides that the N replicas of a quorum go to N
 // distinct owners and that no replica is built twice:
 //   - a builder that failed the derivation does not get it, nor does one
-//     whose claim is on another replica still in play, nor one whose
-//     owner holds another replica (NotForUs);
+//     that builds another replica of it, nor one whose owner holds
+//     another replica (NotForUs);
 //   - a request for an attempt the state has moved past, or for a
 //     derivation no longer needed, is dropped (NotNeeded);
 //   - a replica another builder holds (holders), or this builder on a
-//     later delivery (another of its handlers), is not taken (Held):
-//     either this delivery is stale and the holder has the request, or
-//     the claim is a bad builder's, written to keep the replica from
-//     everyone while it builds nothing. The request is kept, not
-//     dropped, so that in the second case it comes back.
+//     later delivery or another message (another of its handlers), is
+//     not taken (Held): either this delivery is stale and the holder has
+//     the request, or the claim is a bad builder's, written to keep the
+//     replica from everyone while it builds nothing. The request is
+//     kept, not dropped, so that in the second case it comes back.
 //
-// Once the request was stored longer ago than takeover, the worker it
-// comes to takes the replica whatever the other builders' claims say,
-// and their owners' too: an honest holder has the request itself and
-// keeps it while it builds, so it comes back to nobody then. A claim
-// that says nothing true (a delivery nobody reached, another owner's
-// name) delays a replica by takeover at most.
-func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Request, builder, owner string, msg, delivered uint64, stored time.Time, takeover time.Duration) (ClaimResult, error) {
+// Once the worker has found the request kept from it for a.takeover, it
+// takes the replica whatever the other builders' claims say, and their
+// owners' too: an honest holder has the request itself and keeps it
+// while it builds, so it comes back to nobody then. A claim that says
+// nothing true (a delivery nobody reached, another owner's name) delays
+// a replica by about a.takeover at most. The time counts from when this
+// worker first found the request blocked, not from when the request was
+// stored: one that waited long in a backlog is held to the rules on its
+// first deliveries like any other.
+func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Request, a claimArgs) (ClaimResult, error) {
+	builder, owner, msg, delivered := a.builder, a.owner, a.msg, a.delivered
 	if builder == "" {
 		return 0, errors.New("farm: claim: no builder id")
 	}
@@ -227,50 +285,53 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 	if r.Replica < len(st.Attempts) && r.Attempt < st.Attempts[r.Replica] {
 		return NotNeeded, nil // the scheduler retried it since
 	}
-	// The scheduler publishes requests before the state that says so:
-	// the first ones are attempt 1 of each replica of the quorum. Every
-	// claimant must see the same replicas, or two of one owner could
-	// each miss the other's.
-	for len(st.Attempts) < max(r.Replica+1, set.Quorum) {
-		st.Attempts = append(st.Attempts, 1)
-	}
-	st.Attempts[r.Replica] = r.Attempt
 	failed := st.failedBuilders()
 	if slices.Contains(failed, builder) {
 		return NotForUs, nil
 	}
-	overdue := time.Since(stored) > takeover
+	overdue := time.Since(a.blocked) > a.takeover
 	mine := Claim{Version: RecordVersion, Replica: r.Replica, Attempt: r.Attempt, Builder: builder, Owner: owner,
 		Msg: msg, Delivered: delivered, At: time.Now().UTC()}
 	// decide is the outcome against claims: before mine is written
 	// (mine.rev 0), as if it were written last; after, as written.
 	decide := func(claims []Claim) ClaimResult {
+		st := withReplicas(st, set, r, claims)
 		if mine.rev == 0 {
 			i := slices.IndexFunc(claims, func(c Claim) bool { return c.Builder == builder })
 			if i >= 0 {
 				own := claims[i]
 				switch {
-				case own.Replica != r.Replica && own.inPlay(st):
-					return NotForUs // this builder's other handler builds another replica
-				case own.Replica == r.Replica && own.Attempt == r.Attempt && own.Msg == msg && own.Delivered == delivered:
-					return Claimed // a retried call
-				case own.Replica == r.Replica && own.Attempt >= r.Attempt && (own.Msg != msg || own.Delivered > delivered):
+				case own.Replica != r.Replica && own.inPlay(st) && (a.live() || own.Built || holdersAt(claims, st, failed, own.Attempt-st.Attempts[own.Replica])[own.Replica].is(&own)):
+					// It builds another replica (another of its
+					// handlers), built it, or holds it.
+					return NotForUs
+				case own.Replica == r.Replica && own.Attempt >= r.Attempt && (own.Msg != msg || own.Delivered > delivered) && a.live():
 					return Held // another of its handlers has a later delivery, or the other message
 				}
+				// Not built here: a claim a crashed process left, which
+				// the others' claims rank like any other.
 				claims = slices.Delete(slices.Clone(claims), i, i+1)
 			}
 			mine.rev = 1<<64 - 1
 			defer func() { mine.rev = 0 }()
 			claims = append(claims, mine)
 		}
-		for rep, h := range holders(claims, st, failed) {
-			switch {
-			case h.Builder == builder:
-			case rep != r.Replica && h.Owner == owner && h.rev < mine.rev && !overdue:
-				return NotForUs
-			case rep == r.Replica && !overdue:
-				return Held
+		// The owner rule before the replica's own: the first reason to
+		// leave the request, whichever order the replicas come in.
+		var held bool
+		for next := range 2 {
+			for rep, h := range holdersAt(claims, st, failed, next) {
+				switch {
+				case h.Builder == builder:
+				case rep != r.Replica && h.Owner == owner && h.rev < mine.rev && !overdue:
+					return NotForUs
+				case rep == r.Replica && !overdue:
+					held = true
+				}
 			}
+		}
+		if held {
+			return Held
 		}
 		return Claimed
 	}
@@ -316,4 +377,119 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 		return res, nil
 	}
 	return 0, fmt.Errorf("farm: claim %s: %w", key, queue.ErrCASConflict)
+}
+
+// localClaims is what a worker process knows of its own claims: which
+// derivations its handlers claim or build now, and since when requests
+// were kept from it by others' claims.
+type localClaims struct {
+	mu       sync.Mutex
+	building map[[2]string]int // (set, drv): handlers claiming or building it
+	since    map[blockKey]*blockedAt
+	pruned   time.Time
+}
+
+type blockKey struct {
+	set, drv         string
+	replica, attempt int
+	msg              uint64
+}
+
+type blockedAt struct{ first, last time.Time }
+
+// blockedFor is how long a blocked request is remembered without coming
+// back: long enough for it to come round every worker of a large farm
+// (each gets it about every AckWait × workers).
+const blockedFor = 24 * time.Hour
+
+// enter counts a handler in for set's drv.
+func (l *localClaims) enter(set, drv string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.building == nil {
+		l.building = map[[2]string]int{}
+	}
+	l.building[[2]string{set, drv}]++
+}
+
+// others reports whether handlers besides the caller are in for set's
+// drv.
+func (l *localClaims) others(set, drv string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.building[[2]string{set, drv}] > 1
+}
+
+func (l *localClaims) leave(set, drv string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := [2]string{set, drv}
+	if l.building[k]--; l.building[k] <= 0 {
+		delete(l.building, k)
+	}
+}
+
+// blockedSince is when k was first found blocked here, or now.
+func (l *localClaims) blockedSince(k blockKey) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b := l.since[k]; b != nil {
+		return b.first
+	}
+	return time.Now()
+}
+
+// blocked records whether k was kept from this worker now.
+func (l *localClaims) blocked(k blockKey, blocked bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if !blocked {
+		delete(l.since, k)
+		return
+	}
+	if l.since == nil {
+		l.since = map[blockKey]*blockedAt{}
+	}
+	if b := l.since[k]; b != nil {
+		b.last = now
+	} else {
+		l.since[k] = &blockedAt{first: now, last: now}
+	}
+	if now.Sub(l.pruned) > time.Hour {
+		l.pruned = now
+		for k, b := range l.since {
+			if now.Sub(b.last) > blockedFor {
+				delete(l.since, k)
+			}
+		}
+	}
+}
+
+// markBuilt records in builder's claim on r, made on delivery delivered
+// of message msg, that it built the replica; a claim that moved on since
+// is left alone.
+func markBuilt(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Request, builder string, msg, delivered uint64) error {
+	key := ClaimKey(r.Set, r.DrvPath, builder)
+	for range casRetries {
+		b, rev, err := conn.KVGetLatest(ctx, queue.BucketFarm, key)
+		if errors.Is(err, queue.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("farm: %w", err)
+		}
+		c := claimOf(key, b, rev)
+		if !c.holds(builder, r.Replica, r.Attempt) || c.Msg != msg || c.Delivered != delivered || c.Built {
+			return nil
+		}
+		c.Built = true
+		if b, err = json.Marshal(c); err != nil {
+			return fmt.Errorf("farm: encode %s: %w", key, err)
+		}
+		if _, err = kv.Update(ctx, key, b, rev); err == nil || !casConflict(err) {
+			return err
+		}
+	}
+	return fmt.Errorf("farm: mark %s built: %w", key, queue.ErrCASConflict)
 }

@@ -181,6 +181,8 @@ type Worker struct {
 	// It is asked at most every StandingEvery.
 	Standing func(ctx context.Context) (quarantined bool, why string, err error)
 
+	local localClaims
+
 	standingMu   sync.Mutex
 	standingAt   time.Time
 	quarantined  bool
@@ -331,9 +333,25 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 			return queue.Defer(notForUsDelay(d.NumDelivered))
 		}
 	}
-	res, err := claim(ctx, w.Conn, kv, r, w.Builder, w.Owner, d.Stream, d.NumDelivered, d.Stored, cmp.Or(w.ClaimTimeout, DefaultClaimTimeout))
+	// Entered before the claim, so that this process's other handlers
+	// of the derivation take its claim for a live one at once.
+	w.local.enter(r.Set, r.DrvPath)
+	entered := true
+	defer func() {
+		if entered {
+			w.local.leave(r.Set, r.DrvPath)
+		}
+	}()
+	blockedKey := blockKey{r.Set, r.DrvPath, r.Replica, r.Attempt, d.Stream}
+	res, err := claim(ctx, w.Conn, kv, r, claimArgs{builder: w.Builder, owner: w.Owner, msg: d.Stream, delivered: d.NumDelivered,
+		blocked: w.local.blockedSince(blockedKey), takeover: cmp.Or(w.ClaimTimeout, DefaultClaimTimeout), building: func() bool { return w.local.others(r.Set, r.DrvPath) }})
 	if err != nil {
 		return err
+	}
+	w.local.blocked(blockedKey, res == Held || res == NotForUs)
+	if res != Claimed {
+		w.local.leave(r.Set, r.DrvPath)
+		entered = false
 	}
 	if w.OnClaim != nil {
 		w.OnClaim(r, res)
@@ -382,6 +400,13 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 		if stats != nil {
 			rep.CPUSeconds, rep.WallMillis = stats.CPUSeconds, stats.Wall.Milliseconds()
 		}
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), queue.DefaultTimeout)
+		if err := markBuilt(mctx, w.Conn, kv, r, w.Builder, d.Stream, d.NumDelivered); err != nil {
+			// Only its claim may then move to another replica, if
+			// another builder outranks it on this one.
+			log.Warn("farm: could not mark the claim built", logKeyDrv, r.DrvPath, logKeyErr, err)
+		}
+		cancel()
 	case errors.As(berr, &be):
 		rep.Outcome, rep.ExitCode = BuildFailed, be.ExitCode
 		rep.Log = be.Log[max(0, len(be.Log)-MaxLogLines):]

@@ -38,7 +38,8 @@ func TestClaimRules(t *testing.T) {
 	run := func(steps ...step) {
 		t.Helper()
 		for _, step := range steps {
-			got, err := claim(ctx, conn, kv, step.r, step.builder, step.owner, 1, step.delivered, now, time.Hour)
+			got, err := claim(ctx, conn, kv, step.r, claimArgs{builder: step.builder, owner: step.owner, msg: 1, delivered: step.delivered, blocked: now, takeover: time.Hour,
+				building: func() bool { return true }})
 			if err != nil || got != step.want {
 				t.Errorf("%s: %v, %v; want %v", step.what, got, err, step.want)
 			}
@@ -81,7 +82,7 @@ func TestClaimRules(t *testing.T) {
 	if _, err := Cancel(ctx, conn, sub.Set.ID); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := claim(ctx, conn, kv, req(1, 5), "b6", "o6", 1, 1, now, time.Hour); err != nil || got != NotNeeded {
+	if got, err := claim(ctx, conn, kv, req(1, 5), claimArgs{builder: "b6", owner: "o6", msg: 1, delivered: 1, blocked: now, takeover: time.Hour}); err != nil || got != NotNeeded {
 		t.Errorf("cancelled set: %v, %v", got, err)
 	}
 	other := submit(t, conn, g, newMemCache(), 1, 0)
@@ -93,7 +94,7 @@ func TestClaimRules(t *testing.T) {
 	}
 	r := req(0, 1)
 	r.Set = other.Set.ID
-	if got, err := claim(ctx, conn, kv, r, "b1", "o1", 1, 1, now, time.Hour); err != nil || got != NotNeeded {
+	if got, err := claim(ctx, conn, kv, r, claimArgs{builder: "b1", owner: "o1", msg: 1, delivered: 1, blocked: now, takeover: time.Hour}); err != nil || got != NotNeeded {
 		t.Errorf("derivation done: %v, %v", got, err)
 	}
 }
@@ -116,23 +117,28 @@ func TestClaimsOfABadBuilder(t *testing.T) {
 			Replica: replica, Attempt: 1, Requested: time.Now()}
 	}
 	fresh, old := time.Now(), time.Now().Add(-2*time.Hour)
-	try := func(what string, r *Request, builder, owner string, msg, delivered uint64, stored time.Time, want ClaimResult) {
+	// try claims r as builder of owner, on delivery delivered of message
+	// msg, blocked since blocked; building: another handler of the
+	// builder's process builds the derivation.
+	try := func(what string, r *Request, builder, owner string, msg, delivered uint64, blocked time.Time, building bool, want ClaimResult) {
 		t.Helper()
-		if got, err := claim(ctx, conn, kv, r, builder, owner, msg, delivered, stored, time.Hour); err != nil || got != want {
+		a := claimArgs{builder: builder, owner: owner, msg: msg, delivered: delivered, blocked: blocked, takeover: time.Hour,
+			building: func() bool { return building }}
+		if got, err := claim(ctx, conn, kv, r, a); err != nil || got != want {
 			t.Errorf("%s: %v, %v; want %v", what, got, err, want)
 		}
 	}
-	// A claim on a delivery no worker reaches holds the replica while
-	// the request is younger than the timeout, and not after.
+	// A claim on a delivery no worker reaches holds the replica until
+	// the worker has found it in its way for the timeout, and not after.
 	forgeClaim(t, conn, sub.Set.ID, drv, "mallory", 1)
-	try("replica 0 under mallory's claim", req(0), "b1", "o1", 1, 3, fresh, Held)
-	try("replica 0 under mallory's claim, the request past the timeout", req(0), "b1", "o1", 1, 4, old, Claimed)
-	// The builder's claim stays where it is: its other handler, given
-	// replica 1 while mallory's claim outranks its claim on replica 0,
-	// does not move it (a failure report of replica 0 would then be
-	// refused), nor does a stale handler of replica 0.
-	try("b1's other handler, replica 1", req(1), "b1", "o1", 1, 1, fresh, NotForUs)
-	try("b1's stale handler of replica 0", req(0), "b1", "o1", 1, 2, old, Held)
+	try("replica 0 under mallory's claim", req(0), "b1", "o1", 1, 3, fresh, false, Held)
+	try("replica 0 under mallory's claim, in the way for 2 h", req(0), "b1", "o1", 1, 4, old, false, Claimed)
+	// The builder's claim stays where it is while it builds: its other
+	// handler, given replica 1 while mallory's claim outranks its claim
+	// on replica 0, does not move it (a failure report of replica 0
+	// would then be refused), nor does a stale handler of replica 0.
+	try("b1's other handler, replica 1", req(1), "b1", "o1", 1, 1, fresh, true, NotForUs)
+	try("b1's stale handler of replica 0", req(0), "b1", "o1", 1, 2, old, true, Held)
 	if c, err := builderClaim(ctx, conn, sub.Set.ID, drv, "b1"); err != nil || !c.holds("b1", 0, 1) || c.Delivered != 4 {
 		t.Errorf("b1's claim: %+v, %v; want replica 0 on delivery 4", c, err)
 	}
@@ -146,26 +152,53 @@ func TestClaimsOfABadBuilder(t *testing.T) {
 	if c, err := builderClaim(ctx, conn, sub.Set.ID, drv, "b2"); err != nil || c != nil {
 		t.Errorf("b2's claim: %+v, %v; want none", c, err)
 	}
-	// A claim on a replica the derivation does not have keeps its owner
+	// A claim on a replica the derivation cannot have keeps its owner
 	// from nothing.
-	putClaim(t, conn, sub.Set.ID, drv, Claim{Replica: 7, Attempt: 1, Builder: "trudy", Owner: "o3", Delivered: 1})
-	try("replica 1 for o3, with trudy's claim on replica 7 in o3's name", req(1), "b3", "o3", 1, 1, fresh, Claimed)
+	putClaim(t, conn, sub.Set.ID, drv, Claim{Replica: 70, Attempt: 1, Builder: "trudy", Owner: "o3", Delivered: 1})
+	try("replica 1 for o3, with trudy's claim on replica 70 in o3's name", req(1), "b3", "o3", 1, 1, fresh, false, Claimed)
 
-	// A claim in another owner's name keeps that owner from the other
-	// replicas until the request is past the timeout.
-	other := submit(t, conn, g, newMemCache(), 2, 0)
-	reqIn := func(replica int) *Request {
+	// In another set: a claim in another owner's name keeps that owner
+	// from the other replicas until the timeout.
+	other := submit(t, conn, g, newMemCache(), 2, 3)
+	in := func(id string, replica, attempt int) *Request {
 		r := req(replica)
-		r.Set = other.Set.ID
+		r.Set, r.Attempt = id, attempt
 		return r
 	}
 	putClaim(t, conn, other.Set.ID, drv, Claim{Replica: 0, Attempt: 1, Builder: "mallory", Owner: "o1", Delivered: 1 << 40})
-	try("replica 1 for o1, mallory claiming replica 0 as o1", reqIn(1), "b1", "o1", 1, 1, fresh, NotForUs)
-	try("the same past the timeout", reqIn(1), "b1", "o1", 1, 2, old, Claimed)
+	try("replica 1 for o1, mallory claiming replica 0 as o1", in(other.Set.ID, 1, 1), "b1", "o1", 1, 1, fresh, false, NotForUs)
+	try("the same, in the way for 2 h", in(other.Set.ID, 1, 1), "b1", "o1", 1, 2, old, false, Claimed)
 	// A second request message for a held replica (the scheduler
 	// published it again, past the duplicate window) is held too.
-	try("replica 1, another message", reqIn(1), "b2", "o2", 2, 1, fresh, Held)
-	try("replica 1, another message, redelivered", reqIn(1), "b2", "o2", 2, 5, fresh, Held)
+	try("replica 1, another message", in(other.Set.ID, 1, 1), "b2", "o2", 2, 1, fresh, false, Held)
+	try("replica 1, another message, redelivered", in(other.Set.ID, 1, 1), "b2", "o2", 2, 5, fresh, false, Held)
+
+	// A third set: the claim a crashed process of b1 left on replica 0,
+	// taken over since by b2, does not keep b1 from replica 1.
+	third := submit(t, conn, g, newMemCache(), 2, 3)
+	try("b1 claims replica 0", in(third.Set.ID, 0, 1), "b1", "o1", 1, 1, fresh, false, Claimed)
+	try("b2 takes it over on the next delivery", in(third.Set.ID, 0, 1), "b2", "o2", 1, 2, fresh, false, Claimed)
+	try("b1, restarted, replica 1", in(third.Set.ID, 1, 1), "b1", "o1", 2, 1, fresh, false, Claimed)
+	// A claim on an attempt not dispatched yet does not push the
+	// current holder aside: its owner still keeps off the others.
+	putClaim(t, conn, third.Set.ID, drv, Claim{Replica: 1, Attempt: 2, Builder: "mallory", Owner: "m", Delivered: 1})
+	try("o1's other builder, replica 2 of a dispute, with mallory on attempt 2 of b1's replica", in(third.Set.ID, 2, 1), "b1x", "o1", 3, 1, fresh, false, NotForUs)
+	// A builder that built a replica keeps its claim on it, even once a
+	// bad builder outranks it there and no handler of its builds.
+	fourth := submit(t, conn, g, newMemCache(), 2, 3)
+	try("b1 claims replica 0", in(fourth.Set.ID, 0, 1), "b1", "o1", 1, 1, fresh, false, Claimed)
+	if err := markBuilt(ctx, conn, kv, in(fourth.Set.ID, 0, 1), "b1", 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	putClaim(t, conn, fourth.Set.ID, drv, Claim{Replica: 0, Attempt: 1, Builder: "mallory", Owner: "m", Msg: 1, Delivered: 1 << 40})
+	try("b1, its replica 0 built and outranked, replica 1", in(fourth.Set.ID, 1, 1), "b1", "o1", 2, 1, fresh, false, NotForUs)
+	if c, err := builderClaim(ctx, conn, fourth.Set.ID, drv, "b1"); err != nil || !c.holds("b1", 0, 1) || !c.Built {
+		t.Errorf("b1's claim: %+v, %v; want replica 0, built", c, err)
+	}
+	// Replicas the state does not know yet (a dispute's, published
+	// before the state says so) count for every claimant alike.
+	try("b3 of o3 claims replica 3", in(third.Set.ID, 3, 1), "b3", "o3", 4, 1, fresh, false, Claimed)
+	try("b3x of o3, replica 2", in(third.Set.ID, 2, 1), "b3x", "o3", 3, 1, fresh, false, NotForUs)
 }
 
 // TestClaimRace: workers claiming at once settle as one compare-and-set
@@ -200,7 +233,7 @@ func TestClaimRace(t *testing.T) {
 				wg.Go(func() {
 					r := &Request{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, System: "x86_64-linux",
 						Replica: w.replica, Attempt: 1, Requested: time.Now()}
-					res, err := claim(ctx, conn, kv, r, w.builder, w.owner, 1, 1, time.Now(), time.Hour)
+					res, err := claim(ctx, conn, kv, r, claimArgs{builder: w.builder, owner: w.owner, msg: 1, delivered: 1, blocked: time.Now(), takeover: time.Hour, building: func() bool { return c.a.builder == c.b.builder }})
 					if err != nil {
 						t.Error(err)
 					}

@@ -70,7 +70,8 @@ const (
 //   - "$JS.API.INFO": nats.go asks for the account's JetStream info.
 //   - STREAM.INFO and DIRECT.GET on a stream: bucket handles, Object
 //     Store metadata and KV gets (EnsureStreams creates the buckets with
-//     direct gets allowed, so STREAM.MSG.GET is not needed).
+//     direct gets allowed). STREAM.MSG.GET only where a read must come
+//     from the leader: the farm's claims (readLatest).
 //   - CONSUMER.CREATE.<stream>.<name>.<filter>: nats.go names the filter
 //     in the subject, so a pusher can be held to its tenant's results and
 //     a volunteer to its tenant's rebuilds. Object Store reads and KV
