@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -120,7 +121,7 @@ func (s *Scheduler) Disputed(ctx context.Context, tenant, drvPath string, voters
 			st.Disputes++
 			st.Updated = time.Now().UTC()
 			return true, func(ctx context.Context) error {
-				return s.publishRequests(ctx, ls, drvPath, attempts, voters)
+				return s.publishRequests(ctx, ls, drvPath, st, attempts, voters)
 			}, nil
 		})
 		if err != nil {
@@ -260,7 +261,7 @@ func (s *Scheduler) addHave(ctx context.Context, ls *loadedSet, drv string, path
 			}
 			attempts := slices.Clone(st.Attempts)
 			before = func(ctx context.Context) error {
-				return s.publishRequests(ctx, ls, drv, attempts, nil)
+				return s.publishRequests(ctx, ls, drv, st, attempts, nil)
 			}
 		}
 		if changed {
@@ -270,37 +271,102 @@ func (s *Scheduler) addHave(ctx context.Context, ls *loadedSet, drv string, path
 	})
 }
 
-// publishRequests publishes the request of each replica for its attempt.
-func (s *Scheduler) publishRequests(ctx context.Context, ls *loadedSet, drv string, attempts []int, exclude []string) error {
-	n := ls.g.Node(drv)
+// publishRequests publishes the request of each replica for its attempt
+// (none for attempt 0), and records where each is stored in st, the
+// state about to be written (State.Requests).
+func (s *Scheduler) publishRequests(ctx context.Context, ls *loadedSet, drv string, st *State, attempts []int, exclude []string) error {
 	for replica, attempt := range attempts {
 		if attempt == 0 {
 			continue
 		}
-		r := &Request{Version: RecordVersion, Set: ls.set.ID, Tenant: ls.set.Tenant, DrvPath: drv, System: n.System,
-			Features: n.Features, Outputs: n.Outputs, Replica: replica, Attempt: attempt, Exclude: exclude,
-			Closure: ls.set.Closure, Requested: time.Now().UTC()}
-		if err := publishRequest(ctx, s.cfg.Conn, r); err != nil {
+		seq, err := publishRequest(ctx, s.cfg.Conn, s.request(ls, drv, replica, attempt, exclude), "")
+		if err != nil {
 			return err
 		}
+		st.setRequest(replica, seq)
 	}
 	return nil
 }
 
-func publishRequest(ctx context.Context, conn *queue.Conn, r *Request) error {
+func (s *Scheduler) request(ls *loadedSet, drv string, replica, attempt int, exclude []string) *Request {
+	n := ls.g.Node(drv)
+	return &Request{Version: RecordVersion, Set: ls.set.ID, Tenant: ls.set.Tenant, DrvPath: drv, System: n.System,
+		Features: n.Features, Outputs: n.Outputs, Replica: replica, Attempt: attempt, Exclude: exclude,
+		Closure: ls.set.Closure, Requested: time.Now().UTC()}
+}
+
+// publishRequest publishes r with its message id plus again (a request
+// sent again: see requeue) and returns its stream sequence.
+func publishRequest(ctx context.Context, conn *queue.Conn, r *Request, again string) (uint64, error) {
 	if err := r.Validate(); err != nil {
-		return err
+		return 0, err
 	}
 	subj, err := r.Subject()
 	if err != nil {
-		return fmt.Errorf("farm: request %s: %w", r.DrvPath, err)
+		return 0, fmt.Errorf("farm: request %s: %w", r.DrvPath, err)
 	}
 	b, err := json.Marshal(r)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if _, err := conn.PublishFarm(ctx, subj, r.MsgID(), b); err != nil {
-		return fmt.Errorf("farm: request %s: %w", r.DrvPath, err)
+	seq, _, err := conn.PublishFarm(ctx, subj, r.MsgID()+again, b)
+	if err != nil {
+		return 0, fmt.Errorf("farm: request %s: %w", r.DrvPath, err)
+	}
+	return seq, nil
+}
+
+// requeue sends again the requests of drv (dispatched) that no worker
+// has any more and none built: a worker acknowledged them without a
+// build (a bad builder can take requests and drop them; honest workers
+// only drop one the state no longer needs), or they expired. Without
+// this such a replica waited for good. A request a worker still has, or
+// whose replica a claim says was built, or that failed, is left alone:
+// that one waits for its build, its other replicas' votes, or its
+// retry. The request goes out under a message id naming the one it
+// replaces, so schedulers doing this at once send it once.
+func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *State) error {
+	if st.Status != Dispatched || len(st.Requests) == 0 {
+		return nil
+	}
+	var claims []Claim
+	for replica, seq := range st.Requests {
+		if seq == 0 || replica >= len(st.Attempts) || st.hasFailure(replica, st.Attempts[replica]) {
+			continue
+		}
+		queued, err := s.cfg.Conn.FarmRequestQueued(ctx, seq)
+		if err != nil {
+			return err
+		}
+		if queued {
+			continue
+		}
+		if claims == nil {
+			if claims, _, err = readClaims(ctx, s.cfg.Conn, ls.set.ID, drv, ""); err != nil {
+				return err
+			}
+		}
+		attempt := st.Attempts[replica]
+		if slices.ContainsFunc(claims, func(c Claim) bool { return c.Built && c.holds(c.Builder, replica, attempt) }) {
+			continue
+		}
+		_, err = update(ctx, s.kv, stateKey(ls.set.ID, drv), func(cur *State, found bool) (bool, func(context.Context) error, error) {
+			if !found || cur.Status != Dispatched || replica >= len(cur.Requests) || cur.Requests[replica] != seq || cur.Attempts[replica] != attempt {
+				return false, nil, nil // moved on meanwhile
+			}
+			cur.Updated = time.Now().UTC()
+			return true, func(ctx context.Context) error {
+				r := s.request(ls, drv, replica, attempt, cur.failedBuilders())
+				next, err := publishRequest(ctx, s.cfg.Conn, r, ":again:"+strconv.FormatUint(seq, 10))
+				cur.setRequest(replica, next)
+				return err
+			}, nil
+		})
+		if err != nil {
+			return err
+		}
+		s.log.Warn("farm: sent a request again: no worker has it and none built it (acknowledged without a build, or expired)",
+			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", replica, "attempt", attempt)
 	}
 	return nil
 }
@@ -399,7 +465,7 @@ func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, reje
 		attempts[rep.Replica] = rep.Attempt + 1
 		exclude := st.failedBuilders()
 		return true, func(ctx context.Context) error {
-			return s.publishRequests(ctx, ls, drv, attempts, exclude)
+			return s.publishRequests(ctx, ls, drv, st, attempts, exclude)
 		}, nil
 	})
 	if err != nil {

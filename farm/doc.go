@@ -22,8 +22,10 @@
 //     (failures), dispatches, retries on other builders, dispatches
 //     more replicas of a derivation whose builders disagree (the
 //     pushers' dispute events: nothing is published until some agree), blocks
-//     dependents of what failed for good, and recomputes everything from
-//     the bucket and the cache when it starts (Resync).
+//     dependents of what failed for good, recomputes everything from
+//     the bucket and the cache when it starts and at intervals (Resync),
+//     and then sends again a request a worker dropped without a build
+//     (requeue).
 //   - Worker (worker.go): consumes the feature classes its Machine can
 //     build, claims each request (unless its Skip leaves it to others), builds it with a BuildFunc
 //     (volunteer.FarmBuild builds with Nix) and reports the outcome.

@@ -182,7 +182,7 @@ func TestCrashBetweenPublishAndState(t *testing.T) {
 	for replica := range 2 {
 		r := &Request{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: n.DrvPath, System: n.System,
 			Outputs: n.Outputs, Replica: replica, Attempt: 1, Requested: time.Now()}
-		if err := publishRequest(testctx.New(t, time.Minute), conn, r); err != nil {
+		if _, err := publishRequest(testctx.New(t, time.Minute), conn, r, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1229,5 +1229,61 @@ func TestForgedFutureAttemptUncounted(t *testing.T) {
 	})
 	if st.Status != Dispatched || len(st.Failures) != 1 || st.Failures[0].Builder != "honest" || st.Attempts[0] != 2 {
 		t.Errorf("after a forged and an honest failure: %+v, want the honest one only, retried as attempt 2", st)
+	}
+}
+
+// TestDroppedRequestSentAgain: a bad builder takes a request off the
+// work queue and acknowledges it without claiming or building it. The
+// scheduler's resync finds the request gone and no build of its replica,
+// and sends it again; an honest worker builds it. Before, the derivation
+// waited for good. A request still queued is not sent twice.
+func TestDroppedRequestSentAgain(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, 3)
+	s := startScheduler(t, url, cache, "g1")
+	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
+	ctx := testctx.New(t, time.Minute)
+	subj, err := queue.FarmBuildSubject(tenant, "x86_64-linux", FeatureClass(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropped := make(chan struct{}, 1)
+	k, err := conn.ConsumeFarm(ctx, queue.ConsumerOptions{FilterSubject: subj}, func(context.Context, *queue.Delivery) error {
+		select {
+		case dropped <- struct{}{}:
+		default:
+		}
+		return nil // acked, never built
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-dropped
+	k.Stop()
+	<-k.Closed()
+	first := states(t, conn, sub.Set.ID)["a"].Requests
+	if len(first) != 1 || first[0] == 0 {
+		t.Fatalf("requests %v, want the one replica's stream sequence", first)
+	}
+	if err := s.Resync(ctx, sub.Set.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	again := states(t, conn, sub.Set.ID)["a"].Requests
+	if len(again) != 1 || again[0] <= first[0] {
+		t.Fatalf("requests %v after the resync, want a later message than %v", again, first)
+	}
+	// Still queued: a second resync sends nothing.
+	if err := s.Resync(ctx, sub.Set.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	if st := states(t, conn, sub.Set.ID)["a"]; !slices.Equal(st.Requests, again) {
+		t.Fatalf("requests %v after a second resync, want %v unchanged", st.Requests, again)
+	}
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	testWorker(t, url, g, cache, p, &buildLog{}, "honest", "o1", nil)
+	if st := waitFinished(t, conn, sub.Set.ID, 30*time.Second); st.Counts[Done] != 1 {
+		t.Fatalf("status %s", st)
 	}
 }

@@ -360,7 +360,7 @@ func publishReportOn(t testing.TB, conn *queue.Conn, subj, msgID string, rep *Re
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.PublishFarm(testctx.New(t, time.Minute), subj, msgID, data); err != nil {
+	if _, _, err := conn.PublishFarm(testctx.New(t, time.Minute), subj, msgID, data); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -99,6 +99,10 @@ type State struct {
 	// Attempts is, per replica, the attempt its current request is for
 	// (1 for the first); empty until dispatched.
 	Attempts []int `json:"attempts,omitempty"`
+	// Requests is, per replica, the stream sequence of its current
+	// request in the FARM work queue (0: not known), so that a request
+	// dropped without a build is sent again (Scheduler.requeue).
+	Requests []uint64 `json:"requests,omitempty"`
 	// Failures are the failed builds, oldest first.
 	Failures []Failure `json:"failures,omitempty"`
 	// Disputes counts the cache's disputes on its outputs (builders
@@ -128,6 +132,14 @@ type Failure struct {
 // derivation, or its builders disagreed.
 func (s *State) disputed() bool {
 	return s.Disputes > 0 || slices.ContainsFunc(s.Failures, func(f Failure) bool { return f.Rejected != "" })
+}
+
+// setRequest records that replica's current request is stored at seq.
+func (s *State) setRequest(replica int, seq uint64) {
+	for len(s.Requests) <= replica {
+		s.Requests = append(s.Requests, 0)
+	}
+	s.Requests[replica] = seq
 }
 
 func (s *State) hasFailure(replica, attempt int) bool {

@@ -52,6 +52,12 @@ func (s *Scheduler) Resync(ctx context.Context, id string, checkCache bool) erro
 			final++
 			continue
 		}
+		if st.Status == Dispatched {
+			if err := s.requeue(ctx, ls, drv, st); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
 		if st.Status != Waiting {
 			continue
 		}

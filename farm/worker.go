@@ -449,7 +449,7 @@ func PublishReport(ctx context.Context, conn *queue.Conn, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	if _, err := conn.PublishFarm(ctx, subj, rep.MsgID(), b); err != nil {
+	if _, _, err := conn.PublishFarm(ctx, subj, rep.MsgID(), b); err != nil {
 		return fmt.Errorf("farm: report %s: %w", rep.DrvPath, err)
 	}
 	return nil

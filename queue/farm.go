@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -170,23 +171,43 @@ func farmStreamOf(subj string) string {
 
 // PublishFarm publishes data on subj (a farm subject) with msgID as its
 // Nats-Msg-Id, retrying through leader elections as PublishResult does.
-// duplicate is true when the stream already had msgID within its
-// duplicate window (1 h): the message is stored once.
-func (c *Conn) PublishFarm(ctx context.Context, subj, msgID string, data []byte) (duplicate bool, err error) {
+// seq is the message's stream sequence; duplicate is true when the
+// stream already had msgID within its duplicate window (1 h): the
+// message is stored once, and seq is the first one's.
+func (c *Conn) PublishFarm(ctx context.Context, subj, msgID string, data []byte) (seq uint64, duplicate bool, err error) {
 	if !strings.HasPrefix(subj, subjectFarm+".") {
-		return false, fmt.Errorf("queue: publish farm: %w: subject %q is not under %s.", ErrInvalidName, subj, subjectFarm)
+		return 0, false, fmt.Errorf("queue: publish farm: %w: subject %q is not under %s.", ErrInvalidName, subj, subjectFarm)
 	}
 	if msgID == "" {
-		return false, errors.New("queue: publish farm: empty message id")
+		return 0, false, errors.New("queue: publish farm: empty message id")
 	}
 	if len(data) > MaxFarmMsgSize {
-		return false, fmt.Errorf("queue: publish farm %s: %w: %d bytes, limit %d", subj, ErrTooLarge, len(data), MaxFarmMsgSize)
+		return 0, false, fmt.Errorf("queue: publish farm %s: %w: %d bytes, limit %d", subj, ErrTooLarge, len(data), MaxFarmMsgSize)
 	}
 	ack, err := c.publishRetry(ctx, subj, data, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(farmStreamOf(subj)))
 	if err != nil {
-		return false, fmt.Errorf("queue: publish farm %s: %w", subj, err)
+		return 0, false, fmt.Errorf("queue: publish farm %s: %w", subj, err)
 	}
-	return ack.Duplicate, nil
+	return ack.Sequence, ack.Duplicate, nil
+}
+
+// FarmRequestQueued reports whether the farm request stored at seq is
+// still in the FARM work queue: not acknowledged by a worker (it waits,
+// or a worker has it), nor expired. Read from the stream's leader.
+func (c *Conn) FarmRequestQueued(ctx context.Context, seq uint64) (bool, error) {
+	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
+	defer cancel()
+	js, err := c.nc.JetStream()
+	if err != nil {
+		return false, fmt.Errorf("queue: farm request %d: %w", seq, err)
+	}
+	// One STREAM.MSG.GET, answered by the leader.
+	if _, err := js.GetMsg(StreamFarm, seq, nats.Context(ctx)); errors.Is(err, nats.ErrMsgNotFound) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("queue: farm request %d: %w", seq, mapJSError(err))
+	}
+	return true, nil
 }
 
 // ConsumeFarm runs h on the messages of one farm filter subject (a
@@ -494,6 +515,8 @@ func farmPusher(tenant string, pub *[]string, consume func(stream, filter string
 	readStream(kvStreamPrefix + BucketFarm)
 	readLatest(pub, kvStreamPrefix+BucketFarm)
 	orderedReads(kvStreamPrefix + BucketFarm)
+	// Whether a request is still queued (FarmRequestQueued).
+	readLatest(pub, StreamFarm)
 }
 
 // readLatest lets a user read stream's messages from its leader

@@ -61,14 +61,14 @@ func TestFarmStreams(t *testing.T) {
 	if _, err := c.ConsumeFarm(ctx, ConsumerOptions{FilterSubject: FarmReportFilter, Group: "g"}, h); err == nil {
 		t.Error("ConsumeFarm took a group")
 	}
-	if _, err := c.PublishFarm(ctx, "events.t1.x", "id", nil); !errors.Is(err, ErrInvalidName) {
+	if _, _, err := c.PublishFarm(ctx, "events.t1.x", "id", nil); !errors.Is(err, ErrInvalidName) {
 		t.Errorf("PublishFarm outside farm.: %v", err)
 	}
 
 	// Requests and reports go to their streams, once per message id.
 	subj, _ := FarmBuildSubject("t1", "x86_64-linux", "none")
 	for range 2 {
-		if _, err := c.PublishFarm(ctx, subj, "req-1", []byte("{}")); err != nil {
+		if _, _, err := c.PublishFarm(ctx, subj, "req-1", []byte("{}")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -81,7 +81,7 @@ func TestFarmStreams(t *testing.T) {
 	}
 	before := time.Now()
 	for i := range 3 {
-		if _, err := c.PublishFarm(ctx, rsubj, fmt.Sprintf("rep-%d", i), fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
+		if _, _, err := c.PublishFarm(ctx, rsubj, fmt.Sprintf("rep-%d", i), fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
 			t.Fatal(err)
 		}
 	}

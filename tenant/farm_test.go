@@ -132,7 +132,7 @@ func TestFarmPermissions(t *testing.T) {
 	fast(t, "a runner reports in another builder's name", start, farm.PublishReport(context.Background(), runner, forged), queue.ErrPermissionDenied)
 	own, _ := queue.FarmReportSubject("a", "a-runner")
 	data, _ := json.Marshal(forged)
-	if _, err := runner.PublishFarm(ctx, own, "forged", data); err != nil {
+	if _, _, err := runner.PublishFarm(ctx, own, "forged", data); err != nil {
 		t.Fatalf("a runner publishes on its own report subject: %v", err)
 	}
 	within(t, "the forged report handled", func() bool { return reportsHandled(t, pusher, 1) })
@@ -225,7 +225,7 @@ func TestFarmPermissions(t *testing.T) {
 
 	start = time.Now()
 	subj, _ := queue.FarmBuildSubject("a", "x86_64-linux", farm.NoFeatures)
-	_, err = runner.PublishFarm(context.Background(), subj, "forged", []byte("{}"))
+	_, _, err = runner.PublishFarm(context.Background(), subj, "forged", []byte("{}"))
 	fast(t, "a runner publishes a build request", start, err, queue.ErrPermissionDenied)
 }
 

@@ -28,7 +28,7 @@ func TestFarmStatsDisputes(t *testing.T) {
 	}
 	data, _ := json.Marshal(rep)
 	subj, _ := rep.Subject()
-	if _, err := qc.PublishFarm(ctx, subj, rep.MsgID(), data); err != nil {
+	if _, _, err := qc.PublishFarm(ctx, subj, rep.MsgID(), data); err != nil {
 		t.Fatal(err)
 	}
 	for i, causes := range [][]nardiff.CauseKind{{nardiff.CauseTimestamp}, {nardiff.CauseTimestamp, nardiff.CauseBuildPath}} {
