@@ -75,6 +75,10 @@ type Claim struct {
 	// of the derivation, a built one must not (its builder's vote is
 	// cast; a second would not count).
 	Built bool `json:"built,omitempty"`
+	// First is the revision the claim was first written at, kept when
+	// markBuilt writes it again: claims are ordered by when they were
+	// made (order).
+	First uint64 `json:"first,omitempty"`
 
 	rev uint64 // the key's revision, which orders claims written at once
 }
@@ -143,6 +147,17 @@ func builderClaim(ctx context.Context, conn *queue.Conn, id, drv, builder string
 	return claimOf(key, b, rev), nil
 }
 
+// order is when c was made, as a revision: its First, or its revision.
+// A First of the builder's own making can only move its claim earlier
+// than its revision, which a claim made at once with another's could
+// not tell anyway.
+func (c *Claim) order() uint64 {
+	if c.First != 0 && c.First < c.rev {
+		return c.First
+	}
+	return c.rev
+}
+
 // is reports whether c is o (the same builder's claim, as read).
 func (c *Claim) is(o *Claim) bool { return c != nil && c.Builder == o.Builder && c.rev == o.rev }
 
@@ -207,13 +222,13 @@ func holdersAt(claims []Claim, st *State, failed []string, next int) map[int]*Cl
 			continue
 		}
 		k := msgOf{c.Replica, c.Msg}
-		if l := latest[k]; l == nil || c.Delivered > l.Delivered || c.Delivered == l.Delivered && c.rev < l.rev {
+		if l := latest[k]; l == nil || c.Delivered > l.Delivered || c.Delivered == l.Delivered && c.order() < l.order() {
 			latest[k] = c
 		}
 	}
 	out := map[int]*Claim{}
 	for k, c := range latest {
-		if h := out[k.replica]; h == nil || c.rev < h.rev {
+		if h := out[k.replica]; h == nil || c.order() < h.order() {
 			out[k.replica] = c
 		}
 	}
@@ -301,6 +316,8 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 			if i >= 0 {
 				own := claims[i]
 				switch {
+				case own.Replica == r.Replica && own.Attempt == r.Attempt && own.Built:
+					return NotNeeded // it built this replica: another message of it
 				case own.Replica != r.Replica && own.inPlay(st) && (a.live() || own.Built || holdersAt(claims, st, failed, own.Attempt-st.Attempts[own.Replica])[own.Replica].is(&own)):
 					// It builds another replica (another of its
 					// handlers), built it, or holds it.
@@ -323,7 +340,7 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 			for rep, h := range holdersAt(claims, st, failed, next) {
 				switch {
 				case h.Builder == builder:
-				case rep != r.Replica && h.Owner == owner && h.rev < mine.rev && !overdue:
+				case rep != r.Replica && h.Owner == owner && h.order() < mine.order() && !overdue:
 					return NotForUs
 				case rep == r.Replica && !overdue:
 					held = true
@@ -484,6 +501,7 @@ func markBuilt(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *
 			return nil
 		}
 		c.Built = true
+		c.First = c.order()
 		if b, err = json.Marshal(c); err != nil {
 			return fmt.Errorf("farm: encode %s: %w", key, err)
 		}

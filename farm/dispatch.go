@@ -119,6 +119,7 @@ func (s *Scheduler) Disputed(ctx context.Context, tenant, drvPath string, voters
 				attempts[i] = 1
 			}
 			st.Disputes++
+			st.Voters = voters
 			st.Updated = time.Now().UTC()
 			return true, func(ctx context.Context) error {
 				return s.publishRequests(ctx, ls, drvPath, st, attempts, voters)
@@ -320,13 +321,20 @@ func publishRequest(ctx context.Context, conn *queue.Conn, r *Request, again str
 // has any more and none built: a worker acknowledged them without a
 // build (a bad builder can take requests and drop them; honest workers
 // only drop one the state no longer needs), or they expired. Without
-// this such a replica waited for good. A request a worker still has, or
-// whose replica a claim says was built, or that failed, is left alone:
-// that one waits for its build, its other replicas' votes, or its
-// retry. The request goes out under a message id naming the one it
-// replaces, so schedulers doing this at once send it once.
+// this such a replica waited for good.
+//
+// A request a worker still has is left alone, and so is one whose
+// replica failed (the retry is the scheduler's). A request gone counts
+// only once this process has seen it gone for RequeueAfter, which leaves
+// a failure report that is on its way time to be handled. A claim that
+// says its replica was built (Built, a builder's word) holds it off for
+// BuiltTimeout: an honest one waits for the other replicas' votes, a
+// bad builder's would hold it off for good; past that, the request goes
+// to another builder (its claimant excluded), whose build is one more
+// vote at worst. The request goes out under a message id naming the one
+// it replaces, so schedulers doing this at once send it once.
 func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *State) error {
-	if st.Status != Dispatched || len(st.Requests) == 0 {
+	if st.Status != Dispatched {
 		return nil
 	}
 	var claims []Claim
@@ -334,11 +342,18 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		if seq == 0 || replica >= len(st.Attempts) || st.hasFailure(replica, st.Attempts[replica]) {
 			continue
 		}
+		attempt := st.Attempts[replica]
+		key := goneKey{ls.set.ID, drv, replica, attempt, seq}
 		queued, err := s.cfg.Conn.FarmRequestQueued(ctx, seq)
 		if err != nil {
 			return err
 		}
 		if queued {
+			s.forgetGone(key)
+			continue
+		}
+		since := s.seenGone(key)
+		if time.Since(since) < s.cfg.RequeueAfter {
 			continue
 		}
 		if claims == nil {
@@ -346,8 +361,13 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 				return err
 			}
 		}
-		attempt := st.Attempts[replica]
-		if slices.ContainsFunc(claims, func(c Claim) bool { return c.Built && c.holds(c.Builder, replica, attempt) }) {
+		var built []string
+		for _, c := range claims {
+			if c.Built && c.holds(c.Builder, replica, attempt) {
+				built = append(built, c.Builder)
+			}
+		}
+		if len(built) > 0 && time.Since(since) < s.cfg.BuiltTimeout {
 			continue
 		}
 		_, err = update(ctx, s.kv, stateKey(ls.set.ID, drv), func(cur *State, found bool) (bool, func(context.Context) error, error) {
@@ -355,8 +375,11 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 				return false, nil, nil // moved on meanwhile
 			}
 			cur.Updated = time.Now().UTC()
+			exclude := slices.Concat(cur.failedBuilders(), cur.Voters, built)
+			slices.Sort(exclude)
+			exclude = slices.Compact(exclude)
 			return true, func(ctx context.Context) error {
-				r := s.request(ls, drv, replica, attempt, cur.failedBuilders())
+				r := s.request(ls, drv, replica, attempt, exclude)
 				next, err := publishRequest(ctx, s.cfg.Conn, r, ":again:"+strconv.FormatUint(seq, 10))
 				cur.setRequest(replica, next)
 				return err
@@ -365,10 +388,48 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		if err != nil {
 			return err
 		}
+		s.forgetGone(key)
 		s.log.Warn("farm: sent a request again: no worker has it and none built it (acknowledged without a build, or expired)",
-			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", replica, "attempt", attempt)
+			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", replica, "attempt", attempt, "claimedBuiltBy", built)
 	}
 	return nil
+}
+
+// goneKey names one request message of one replica's attempt.
+type goneKey struct {
+	set, drv         string
+	replica, attempt int
+	seq              uint64
+}
+
+// seenGone is when this process first saw k's request gone (now, the
+// first time).
+func (s *Scheduler) seenGone(k goneKey) time.Time {
+	s.goneMu.Lock()
+	defer s.goneMu.Unlock()
+	now := time.Now()
+	t, ok := s.gone[k]
+	if !ok {
+		t = now
+		s.gone[k] = t
+	}
+	// A request seen gone that long ago was sent again since, or its
+	// replica moved on: forget it.
+	if stale := s.cfg.BuiltTimeout + s.cfg.RequeueAfter + time.Hour; now.Sub(s.gonePruned) > time.Hour {
+		s.gonePruned = now
+		for k, t := range s.gone {
+			if now.Sub(t) > stale {
+				delete(s.gone, k)
+			}
+		}
+	}
+	return t
+}
+
+func (s *Scheduler) forgetGone(k goneKey) {
+	s.goneMu.Lock()
+	defer s.goneMu.Unlock()
+	delete(s.gone, k)
 }
 
 func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {

@@ -1235,15 +1235,99 @@ func TestForgedFutureAttemptUncounted(t *testing.T) {
 // TestDroppedRequestSentAgain: a bad builder takes a request off the
 // work queue and acknowledges it without claiming or building it. The
 // scheduler's resync finds the request gone and no build of its replica,
-// and sends it again; an honest worker builds it. Before, the derivation
-// waited for good. A request still queued is not sent twice.
+// and once it has seen it gone for RequeueAfter it sends it again; an
+// honest worker builds it. Before, the derivation waited for good. A
+// request still queued is not sent twice.
 func TestDroppedRequestSentAgain(t *testing.T) {
 	url, conn := setup(t)
 	cache := newMemCache()
 	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
 	sub := submit(t, conn, g, cache, 1, 3)
-	s := startScheduler(t, url, cache, "g1")
+	const after = 300 * time.Millisecond
+	s := startSchedulerWith(t, url, SchedulerConfig{Cache: cache, RequeueAfter: after})
 	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
+	ctx := testctx.New(t, time.Minute)
+	dropRequest(t, conn)
+	first := states(t, conn, sub.Set.ID)["a"].Requests
+	if len(first) != 1 || first[0] == 0 {
+		t.Fatalf("requests %v, want the one replica's stream sequence", first)
+	}
+	resync := func() []uint64 {
+		t.Helper()
+		if err := s.Resync(ctx, sub.Set.ID, false); err != nil {
+			t.Fatal(err)
+		}
+		return states(t, conn, sub.Set.ID)["a"].Requests
+	}
+	if got := resync(); !slices.Equal(got, first) {
+		t.Fatalf("requests %v as soon as the request is seen gone, want %v unchanged (a failure report may be on its way)", got, first)
+	}
+	time.Sleep(after)
+	again := resync()
+	if len(again) != 1 || again[0] <= first[0] {
+		t.Fatalf("requests %v once seen gone for %v, want a later message than %v", again, after, first)
+	}
+	// Still queued: a later resync sends nothing.
+	time.Sleep(after)
+	if got := resync(); !slices.Equal(got, again) {
+		t.Fatalf("requests %v after a second resync, want %v unchanged", got, again)
+	}
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	testWorker(t, url, g, cache, p, &buildLog{}, "honest", "o1", nil)
+	if st := waitFinished(t, conn, sub.Set.ID, 30*time.Second); st.Counts[Done] != 1 {
+		t.Fatalf("status %s", st)
+	}
+}
+
+// TestDroppedRequestClaimedBuilt: the bad builder that dropped a request
+// also writes a claim saying it built the replica (its own key, any
+// content). That holds the request off for BuiltTimeout only; then it is
+// sent again, to others than that builder.
+func TestDroppedRequestClaimedBuilt(t *testing.T) {
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, 3)
+	const timeout = 2 * time.Second
+	s := startSchedulerWith(t, url, SchedulerConfig{Cache: cache, RequeueAfter: time.Millisecond, BuiltTimeout: timeout})
+	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
+	ctx := testctx.New(t, time.Minute)
+	dropRequest(t, conn)
+	drv := fakePath("a.drv")
+	putClaim(t, conn, sub.Set.ID, drv, Claim{Replica: 0, Attempt: 1, Builder: "mallory", Owner: "mallory", Msg: 1, Delivered: 1, Built: true})
+	first := states(t, conn, sub.Set.ID)["a"].Requests
+	start := time.Now()
+	var again []uint64
+	for time.Since(start) < timeout+5*time.Second {
+		if err := s.Resync(ctx, sub.Set.ID, false); err != nil {
+			t.Fatal(err)
+		}
+		if again = states(t, conn, sub.Set.ID)["a"].Requests; !slices.Equal(again, first) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if took := time.Since(start); slices.Equal(again, first) || took < timeout-time.Second {
+		t.Fatalf("requests %v after %v, want sent again once the built claim held it off for %v", again, took, timeout)
+	}
+	js, err := conn.NATS().JetStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := js.GetMsg(queue.StreamFarm, again[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := DecodeRequest(m.Data)
+	if err != nil || r.Attempt != 1 || !slices.Contains(r.Exclude, "mallory") {
+		t.Fatalf("request sent again: %+v, %v; want attempt 1 excluding mallory", r, err)
+	}
+}
+
+// dropRequest takes one farm request off the work queue and acknowledges
+// it, as a bad builder may.
+func dropRequest(t *testing.T, conn *queue.Conn) {
+	t.Helper()
 	ctx := testctx.New(t, time.Minute)
 	subj, err := queue.FarmBuildSubject(tenant, "x86_64-linux", FeatureClass(nil))
 	if err != nil {
@@ -1263,27 +1347,4 @@ func TestDroppedRequestSentAgain(t *testing.T) {
 	<-dropped
 	k.Stop()
 	<-k.Closed()
-	first := states(t, conn, sub.Set.ID)["a"].Requests
-	if len(first) != 1 || first[0] == 0 {
-		t.Fatalf("requests %v, want the one replica's stream sequence", first)
-	}
-	if err := s.Resync(ctx, sub.Set.ID, false); err != nil {
-		t.Fatal(err)
-	}
-	again := states(t, conn, sub.Set.ID)["a"].Requests
-	if len(again) != 1 || again[0] <= first[0] {
-		t.Fatalf("requests %v after the resync, want a later message than %v", again, first)
-	}
-	// Still queued: a second resync sends nothing.
-	if err := s.Resync(ctx, sub.Set.ID, false); err != nil {
-		t.Fatal(err)
-	}
-	if st := states(t, conn, sub.Set.ID)["a"]; !slices.Equal(st.Requests, again) {
-		t.Fatalf("requests %v after a second resync, want %v unchanged", st.Requests, again)
-	}
-	p := &pusher{conn: conn, cache: cache, quorum: 1}
-	testWorker(t, url, g, cache, p, &buildLog{}, "honest", "o1", nil)
-	if st := waitFinished(t, conn, sub.Set.ID, 30*time.Second); st.Counts[Done] != 1 {
-		t.Fatalf("status %s", st)
-	}
 }

@@ -1,6 +1,7 @@
 package farm
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -249,7 +250,16 @@ func twoWorkers(t testing.TB, url string, conn *queue.Conn, g *Graph, cache *mem
 
 func startScheduler(t testing.TB, url string, cache Cache, group string) *Scheduler {
 	t.Helper()
-	s, err := NewScheduler(SchedulerConfig{Conn: connect(t, url), Cache: cache, Group: group, ResyncEvery: time.Hour, Logger: testLogger(t, "scheduler "+group)})
+	return startSchedulerWith(t, url, SchedulerConfig{Cache: cache, Group: group})
+}
+
+// startSchedulerWith is startScheduler with cfg (Conn, ResyncEvery and
+// Logger set here).
+func startSchedulerWith(t testing.TB, url string, cfg SchedulerConfig) *Scheduler {
+	t.Helper()
+	group := cmp.Or(cfg.Group, DefaultGroup)
+	cfg.Conn, cfg.ResyncEvery, cfg.Logger = connect(t, url), time.Hour, testLogger(t, "scheduler "+group)
+	s, err := NewScheduler(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -107,8 +107,11 @@ type State struct {
 	Failures []Failure `json:"failures,omitempty"`
 	// Disputes counts the cache's disputes on its outputs (builders
 	// disagreeing) that made the scheduler dispatch more replicas.
-	Disputes  int    `json:"disputes,omitempty"`
-	BlockedBy string `json:"blockedBy,omitempty"`
+	Disputes int `json:"disputes,omitempty"`
+	// Voters are the builders of the last dispute's answers: its extra
+	// replicas go to others (sent again too, see Scheduler.requeue).
+	Voters    []string `json:"voters,omitempty"`
+	BlockedBy string   `json:"blockedBy,omitempty"`
 	// Dispatched is when the first requests were published.
 	Dispatched *time.Time `json:"dispatched,omitempty"`
 	Updated    time.Time  `json:"updated"`

@@ -46,6 +46,7 @@ func (s *Scheduler) Resync(ctx context.Context, id string, checkCache bool) erro
 		}
 	}
 	final := 0
+	var dispatched []string
 	for _, drv := range ls.g.Order() {
 		st := states[drv]
 		if st.Status.Final() {
@@ -53,9 +54,7 @@ func (s *Scheduler) Resync(ctx context.Context, id string, checkCache bool) erro
 			continue
 		}
 		if st.Status == Dispatched {
-			if err := s.requeue(ctx, ls, drv, st); err != nil {
-				errs = append(errs, err)
-			}
+			dispatched = append(dispatched, drv)
 			continue
 		}
 		if st.Status != Waiting {
@@ -93,6 +92,12 @@ func (s *Scheduler) Resync(ctx context.Context, id string, checkCache bool) erro
 			}
 			states[drv] = nst
 		}
+	}
+	// One message get per replica, at most: in parallel.
+	if err := parallel(ctx, dispatched, func(ctx context.Context, drv string) error {
+		return s.requeue(ctx, ls, drv, states[drv])
+	}); err != nil {
+		errs = append(errs, err)
 	}
 	if final == len(states) && len(errs) == 0 {
 		if err := s.finish(ctx, id); err != nil {

@@ -1,6 +1,7 @@
 package farm
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -45,8 +46,21 @@ type SchedulerConfig struct {
 	// Concurrency is how many events and how many reports are handled at
 	// once; DefaultConcurrency when 0.
 	Concurrency int
-	Logger      *slog.Logger
+	// RequeueAfter is how long a request must be seen gone from the work
+	// queue, with no build and no failure of its replica recorded, before
+	// it is sent again (see requeue); DefaultRequeueAfter when 0. It
+	// leaves a failure report time to be handled.
+	RequeueAfter time.Duration
+	// BuiltTimeout is how long a replica whose request is gone may wait
+	// on a claim that says it was built (a builder's word) before its
+	// request is sent again to another builder; DefaultClaimTimeout when
+	// 0.
+	BuiltTimeout time.Duration
+	Logger       *slog.Logger
 }
+
+// DefaultRequeueAfter is SchedulerConfig.RequeueAfter's default.
+const DefaultRequeueAfter = 5 * time.Minute
 
 // Scheduler dispatches the derivations of open build sets as their
 // inputs become visible, retries failed builds and blocks what depends
@@ -63,6 +77,12 @@ type Scheduler struct {
 	// which derivation makes it, which need it.
 	producers map[string][]ref
 	needers   map[string][]ref
+
+	// gone is when each request found gone from the work queue
+	// (requeue) was first seen so, by this process.
+	goneMu     sync.Mutex
+	gone       map[goneKey]time.Time
+	gonePruned time.Time
 
 	stop    context.CancelFunc
 	done    chan struct{}
@@ -96,15 +116,17 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 	if cfg.Concurrency == 0 {
 		cfg.Concurrency = DefaultConcurrency
 	}
-	if cfg.ResyncEvery < 0 || cfg.Concurrency < 0 {
-		return nil, errors.New("farm: scheduler: negative ResyncEvery or Concurrency")
+	cfg.RequeueAfter = cmp.Or(cfg.RequeueAfter, DefaultRequeueAfter)
+	cfg.BuiltTimeout = cmp.Or(cfg.BuiltTimeout, DefaultClaimTimeout)
+	if cfg.ResyncEvery < 0 || cfg.Concurrency < 0 || cfg.RequeueAfter < 0 || cfg.BuiltTimeout < 0 {
+		return nil, errors.New("farm: scheduler: negative ResyncEvery, Concurrency, RequeueAfter or BuiltTimeout")
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Scheduler{cfg: cfg, log: log, sets: map[string]*loadedSet{},
-		producers: map[string][]ref{}, needers: map[string][]ref{}}, nil
+		producers: map[string][]ref{}, needers: map[string][]ref{}, gone: map[goneKey]time.Time{}}, nil
 }
 
 // Open loads the open sets, recomputes their state (a scheduler that
