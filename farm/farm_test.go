@@ -1239,15 +1239,9 @@ func TestForgedFutureAttemptUncounted(t *testing.T) {
 // honest worker builds it. Before, the derivation waited for good. A
 // request still queued is not sent twice.
 func TestDroppedRequestSentAgain(t *testing.T) {
-	url, conn := setup(t)
-	cache := newMemCache()
-	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
-	sub := submit(t, conn, g, cache, 1, 3)
 	const after = 300 * time.Millisecond
-	s := startSchedulerWith(t, url, SchedulerConfig{Cache: cache, RequeueAfter: after})
-	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
+	url, conn, g, cache, sub, s := droppedA(t, SchedulerConfig{RequeueAfter: after})
 	ctx := testctx.New(t, time.Minute)
-	dropRequest(t, conn)
 	first := states(t, conn, sub.Set.ID)["a"].Requests
 	if len(first) != 1 || first[0] == 0 {
 		t.Fatalf("requests %v, want the one replica's stream sequence", first)
@@ -1284,15 +1278,9 @@ func TestDroppedRequestSentAgain(t *testing.T) {
 // content). That holds the request off for BuiltTimeout only; then it is
 // sent again, to others than that builder.
 func TestDroppedRequestClaimedBuilt(t *testing.T) {
-	url, conn := setup(t)
-	cache := newMemCache()
-	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
-	sub := submit(t, conn, g, cache, 1, 3)
 	const timeout = 2 * time.Second
-	s := startSchedulerWith(t, url, SchedulerConfig{Cache: cache, RequeueAfter: time.Millisecond, BuiltTimeout: timeout})
-	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
+	_, conn, _, _, sub, s := droppedA(t, SchedulerConfig{RequeueAfter: time.Millisecond, BuiltTimeout: timeout})
 	ctx := testctx.New(t, time.Minute)
-	dropRequest(t, conn)
 	drv := fakePath("a.drv")
 	putClaim(t, conn, sub.Set.ID, drv, Claim{Replica: 0, Attempt: 1, Builder: "mallory", Owner: "mallory", Msg: 1, Delivered: 1, Built: true})
 	first := states(t, conn, sub.Set.ID)["a"].Requests
@@ -1322,6 +1310,22 @@ func TestDroppedRequestClaimedBuilt(t *testing.T) {
 	if err != nil || r.Attempt != 1 || !slices.Contains(r.Exclude, "mallory") {
 		t.Fatalf("request sent again: %+v, %v; want attempt 1 excluding mallory", r, err)
 	}
+}
+
+// droppedA submits a set of one derivation, a, with quorum 1 to a
+// scheduler of cfg (Cache set here), waits until a is dispatched, and
+// drops its request (dropRequest).
+func droppedA(t *testing.T, cfg SchedulerConfig) (string, *queue.Conn, *Graph, *memCache, *Submitted, *Scheduler) {
+	t.Helper()
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, 3)
+	cfg.Cache = cache
+	s := startSchedulerWith(t, url, cfg)
+	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
+	dropRequest(t, conn)
+	return url, conn, g, cache, sub, s
 }
 
 // dropRequest takes one farm request off the work queue and acknowledges
