@@ -27,11 +27,12 @@ import (
 // under it, it was not built (Built), and another claim outranks it.
 //
 // Who holds a replica is decided from all the claims on it, the same
-// way by every reader (holders): among the claims on its current attempt
-// (or the next, which the scheduler publishes before its state says so),
-// by builders that have not failed the derivation, the latest attempt;
-// per request message, the latest delivery (its claimant lost the
-// earlier ones); of those, the one written first (the lowest revision).
+// way by every reader (holdersAt): among the claims on its current
+// attempt (and apart from them, those on the next, which the scheduler
+// publishes before its state says so), by builders that have not failed
+// the derivation: per request message, the latest delivery (its
+// claimant lost the earlier ones); of those, the one made first (order:
+// the lowest revision, or First once marked built).
 // A worker writes its claim, then reads the claims again, and withdraws
 // (deletes its key) when another holds the replica or an earlier write
 // of its owner holds another, so two workers racing for one replica, or
@@ -44,7 +45,8 @@ import (
 // its owner included: a claim on a delivery no worker reaches, or in
 // another owner's name, can keep the others from a replica. So a worker
 // the request comes to takes the replica over, whatever the claims say,
-// once the request is older than Worker.ClaimTimeout (see claim).
+// once it has found the request blocked for Worker.ClaimTimeout (see
+// claim).
 
 // ClaimKey is where builder's claim on drv in set id is (in
 // queue.BucketFarm).
@@ -67,8 +69,10 @@ type Claim struct {
 	// Delivered is the delivery count of the request message when it
 	// was claimed: a later delivery of the same message means the
 	// claimant lost it (killed, or past its AckWait) and may take over.
-	Delivered uint64    `json:"delivered"`
-	At        time.Time `json:"at"`
+	Delivered uint64 `json:"delivered"`
+	// At is when it was claimed, by the claimant's clock: for people
+	// reading the bucket, never decided on.
+	At time.Time `json:"at"`
 	// Built: the claimant built the replica (markBuilt). Its claim then
 	// stays on that replica while it is in play, whoever outranks it:
 	// a claim nobody builds under any more may move to another replica
@@ -148,9 +152,9 @@ func builderClaim(ctx context.Context, conn *queue.Conn, id, drv, builder string
 }
 
 // order is when c was made, as a revision: its First, or its revision.
-// A First of the builder's own making can only move its claim earlier
-// than its revision, which a claim made at once with another's could
-// not tell anyway.
+// First is its builder's word: a bad builder can put its claim first,
+// and so hold a replica, or keep an owner off the others, as with a
+// delivery count nobody reaches: until the takeover.
 func (c *Claim) order() uint64 {
 	if c.First != 0 && c.First < c.rev {
 		return c.First
@@ -262,8 +266,9 @@ func (a *claimArgs) live() bool { return a.building != nil && a.building() }
 //   - a builder that failed the derivation does not get it, nor does one
 //     that builds another replica of it, nor one whose owner holds
 //     another replica (NotForUs);
-//   - a request for an attempt the state has moved past, or for a
-//     derivation no longer needed, is dropped (NotNeeded);
+//   - a request for an attempt the state has moved past, for a
+//     derivation no longer needed, or another message of a replica this
+//     builder built, is dropped (NotNeeded);
 //   - a replica another builder holds (holders), or this builder on a
 //     later delivery or another message (another of its handlers), is
 //     not taken (Held): either this delivery is stale and the holder has
@@ -316,7 +321,7 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 			if i >= 0 {
 				own := claims[i]
 				switch {
-				case own.Replica == r.Replica && own.Attempt == r.Attempt && own.Built:
+				case own.Replica == r.Replica && own.Attempt == r.Attempt && own.Built && own.Msg != msg:
 					return NotNeeded // it built this replica: another message of it
 				case own.Replica != r.Replica && own.inPlay(st) && (a.live() || own.Built || holdersAt(claims, st, failed, own.Attempt-st.Attempts[own.Replica])[own.Replica].is(&own)):
 					// It builds another replica (another of its
@@ -333,11 +338,22 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 			defer func() { mine.rev = 0 }()
 			claims = append(claims, mine)
 		}
+		// The builders r excludes hold nothing on its replica: the
+		// scheduler sent r again past their claims (Scheduler.requeue).
+		// They still count for the owner rule.
+		onReplica := slices.DeleteFunc(slices.Clone(claims), func(c Claim) bool {
+			return c.Replica == r.Replica && slices.Contains(r.Exclude, c.Builder)
+		})
 		// The owner rule before the replica's own: the first reason to
 		// leave the request, whichever order the replicas come in.
 		var held bool
 		for next := range 2 {
 			for rep, h := range holdersAt(claims, st, failed, next) {
+				if rep == r.Replica {
+					if h = holdersAt(onReplica, st, failed, next)[rep]; h == nil {
+						continue
+					}
+				}
 				switch {
 				case h.Builder == builder:
 				case rep != r.Replica && h.Owner == owner && h.order() < mine.order() && !overdue:

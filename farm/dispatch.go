@@ -328,16 +328,27 @@ func publishRequest(ctx context.Context, conn *queue.Conn, r *Request, again str
 // only once this process has seen it gone for RequeueAfter, which leaves
 // a failure report that is on its way time to be handled. A claim that
 // says its replica was built (Built, a builder's word) holds it off for
-// BuiltTimeout: an honest one waits for the other replicas' votes, a
+// BuiltTimeout, and for as long as a request of another replica is
+// still queued: an honest one waits for the other replicas' votes, a
 // bad builder's would hold it off for good; past that, the request goes
 // to another builder (its claimant excluded), whose build is one more
-// vote at worst. The request goes out under a message id naming the one
+// vote. While the derivation waits with all its replicas built (a
+// dispute's extra replicas not yet out, say), that repeats every
+// BuiltTimeout. The request goes out under a message id naming the one
 // it replaces, so schedulers doing this at once send it once.
 func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *State) error {
 	if st.Status != Dispatched {
 		return nil
 	}
-	var claims []Claim
+	// Which requests are gone, and since when.
+	type goneReq struct {
+		replica, attempt int
+		seq              uint64
+		key              goneKey
+		since            time.Time
+	}
+	var gone []goneReq
+	anyQueued := false
 	for replica, seq := range st.Requests {
 		if seq == 0 || replica >= len(st.Attempts) || st.hasFailure(replica, st.Attempts[replica]) {
 			continue
@@ -349,17 +360,25 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 			return err
 		}
 		if queued {
+			anyQueued = true
 			s.forgetGone(key)
 			continue
 		}
-		since := s.seenGone(key)
+		gone = append(gone, goneReq{replica, attempt, seq, key, s.seenGone(key)})
+	}
+	var claims []Claim
+	read := false
+	for _, g := range gone {
+		replica, attempt, seq, since := g.replica, g.attempt, g.seq, g.since
 		if time.Since(since) < s.cfg.RequeueAfter {
 			continue
 		}
-		if claims == nil {
+		if !read {
+			var err error
 			if claims, _, err = readClaims(ctx, s.cfg.Conn, ls.set.ID, drv, ""); err != nil {
 				return err
 			}
+			read = true
 		}
 		var built []string
 		for _, c := range claims {
@@ -367,10 +386,12 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 				built = append(built, c.Builder)
 			}
 		}
-		if len(built) > 0 && time.Since(since) < s.cfg.BuiltTimeout {
+		// A built replica waits for the others while any of their
+		// requests is still queued, however long.
+		if len(built) > 0 && (anyQueued || time.Since(since) < s.cfg.BuiltTimeout) {
 			continue
 		}
-		_, err = update(ctx, s.kv, stateKey(ls.set.ID, drv), func(cur *State, found bool) (bool, func(context.Context) error, error) {
+		_, err := update(ctx, s.kv, stateKey(ls.set.ID, drv), func(cur *State, found bool) (bool, func(context.Context) error, error) {
 			if !found || cur.Status != Dispatched || replica >= len(cur.Requests) || cur.Requests[replica] != seq || cur.Attempts[replica] != attempt {
 				return false, nil, nil // moved on meanwhile
 			}
@@ -388,8 +409,8 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		if err != nil {
 			return err
 		}
-		s.forgetGone(key)
-		s.log.Warn("farm: sent a request again: no worker has it and none built it (acknowledged without a build, or expired)",
+		s.forgetGone(g.key)
+		s.log.Warn("farm: sent a request again: no worker has it, and no build of it is known (dropped without a build, expired, or a claim of a build held it off too long)",
 			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", replica, "attempt", attempt, "claimedBuiltBy", built)
 	}
 	return nil

@@ -69,13 +69,16 @@
 // it once, like an honest one. A claim that holds a replica while
 // nobody builds it holds it for Worker.ClaimTimeout at most (claim).
 //
-// Nothing lives only in a scheduler's memory: a scheduler caches set
+// Nothing a scheduler decides lives only in its memory: it caches set
 // definitions (they do not change), and recomputes state from the bucket
-// and the cache when it starts and at intervals. A request is published
+// and the cache when it starts and at intervals. (What it keeps in
+// memory is when it first saw a request gone, for requeue's waits; a
+// restart starts them again.) A request is published
 // before the state says so, with a Nats-Msg-Id naming the set,
 // derivation, replica and attempt: a scheduler that dies in between, or
 // two schedulers doing the same, publish one message, and the next
 // resync finishes the state change. Past the stream's duplicate window
-// the claim still keeps a replica from being built twice, for
-// Worker.ClaimTimeout after the second request was stored.
+// the claims still keep a replica from being built twice: the second
+// message is held while the first is built, and dropped by its builder
+// once built, or taken over after Worker.ClaimTimeout.
 package farm

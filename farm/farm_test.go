@@ -1279,7 +1279,7 @@ func TestDroppedRequestSentAgain(t *testing.T) {
 // sent again, to others than that builder.
 func TestDroppedRequestClaimedBuilt(t *testing.T) {
 	const timeout = 2 * time.Second
-	_, conn, _, _, sub, s := droppedA(t, SchedulerConfig{RequeueAfter: time.Millisecond, BuiltTimeout: timeout})
+	url, conn, g, cache, sub, s := droppedA(t, SchedulerConfig{RequeueAfter: time.Millisecond, BuiltTimeout: timeout})
 	ctx := testctx.New(t, time.Minute)
 	drv := fakePath("a.drv")
 	putClaim(t, conn, sub.Set.ID, drv, Claim{Replica: 0, Attempt: 1, Builder: "mallory", Owner: "mallory", Msg: 1, Delivered: 1, Built: true})
@@ -1309,6 +1309,12 @@ func TestDroppedRequestClaimedBuilt(t *testing.T) {
 	r, err := DecodeRequest(m.Data)
 	if err != nil || r.Attempt != 1 || !slices.Contains(r.Exclude, "mallory") {
 		t.Fatalf("request sent again: %+v, %v; want attempt 1 excluding mallory", r, err)
+	}
+	// mallory's claim no longer holds the replica against that request.
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	testWorker(t, url, g, cache, p, &buildLog{}, "honest", "o1", nil)
+	if st := waitFinished(t, conn, sub.Set.ID, 30*time.Second); st.Counts[Done] != 1 {
+		t.Fatalf("status %s", st)
 	}
 }
 

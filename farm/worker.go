@@ -152,12 +152,12 @@ type Worker struct {
 	// AckWait: see queue.ConsumerOptions. A running build tells the
 	// server it is in progress every AckWait/3.
 	AckWait time.Duration
-	// ClaimTimeout is how long after a request was stored another
-	// builder's claim can keep this worker from its replica when the
-	// request comes to this worker; DefaultClaimTimeout when 0. An
-	// honest holder keeps the request while it builds, so the request
-	// comes to no other worker: one that does comes back because
-	// nobody builds it (see claim).
+	// ClaimTimeout is how long another builder's claim can keep this
+	// worker from a replica whose request keeps coming back to it,
+	// counted from when it first found it so; DefaultClaimTimeout when
+	// 0. An honest holder keeps the request while it builds, so the
+	// request comes to no other worker: one that does comes back
+	// because nobody builds it (see claim).
 	ClaimTimeout time.Duration
 	// WithdrawCheck is how often a running build checks that it is still
 	// needed; DefaultWithdrawCheck when 0. A build of a derivation done
