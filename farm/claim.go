@@ -212,9 +212,11 @@ func holders(claims []Claim, st *State, failed []string) map[int]*Claim {
 
 // holdersAt is holders on the current attempts plus next: the next
 // attempt's (next 1) are ranked apart, so that a claim on an attempt not
-// dispatched yet, which anyone can write, does not push aside the
-// current holder.
-func holdersAt(claims []Claim, st *State, failed []string, next int) map[int]*Claim {
+// dispatched yet, which anyone can write, does not push the current
+// holder aside. A claim the scheduler sent its replica's request again
+// past (State.Displaced), or that excluded says so of, holds nothing; it
+// still supersedes the earlier deliveries of its message.
+func holdersAt(claims []Claim, st *State, failed []string, next int, excluded ...func(*Claim) bool) map[int]*Claim {
 	type msgOf struct {
 		replica int
 		msg     uint64
@@ -232,6 +234,9 @@ func holdersAt(claims []Claim, st *State, failed []string, next int) map[int]*Cl
 	}
 	out := map[int]*Claim{}
 	for k, c := range latest {
+		if st.displaced(c) || slices.ContainsFunc(excluded, func(f func(*Claim) bool) bool { return f(c) }) {
+			continue
+		}
 		if h := out[k.replica]; h == nil || c.order() < h.order() {
 			out[k.replica] = c
 		}
@@ -330,8 +335,14 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 				case own.Replica == r.Replica && own.Attempt >= r.Attempt && (own.Msg != msg || own.Delivered > delivered) && a.live():
 					return Held // another of its handlers has a later delivery, or the other message
 				}
-				// Not built here: a claim a crashed process left, which
-				// the others' claims rank like any other.
+				if own.Replica == r.Replica && own.Attempt == r.Attempt && own.Msg == msg && own.Built {
+					// Its own build of this message, redelivered (its
+					// report may not have gone out): built, and made
+					// when it was.
+					mine.Built, mine.First = true, own.order()
+				}
+				// Otherwise a claim a crashed process left, which the
+				// others' claims rank like any other.
 				claims = slices.Delete(slices.Clone(claims), i, i+1)
 			}
 			mine.rev = 1<<64 - 1
@@ -339,18 +350,17 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 			claims = append(claims, mine)
 		}
 		// The builders r excludes hold nothing on its replica: the
-		// scheduler sent r again past their claims (Scheduler.requeue).
-		// They still count for the owner rule.
-		onReplica := slices.DeleteFunc(slices.Clone(claims), func(c Claim) bool {
-			return c.Replica == r.Replica && slices.Contains(r.Exclude, c.Builder)
-		})
+		// scheduler sent r again past their claims (Scheduler.requeue;
+		// the state may not say so yet). They still count for the owner
+		// rule.
+		excludedHere := func(c *Claim) bool { return c.Replica == r.Replica && slices.Contains(r.Exclude, c.Builder) }
 		// The owner rule before the replica's own: the first reason to
 		// leave the request, whichever order the replicas come in.
 		var held bool
 		for next := range 2 {
 			for rep, h := range holdersAt(claims, st, failed, next) {
 				if rep == r.Replica {
-					if h = holdersAt(onReplica, st, failed, next)[rep]; h == nil {
+					if h = holdersAt(claims, st, failed, next, excludedHere)[rep]; h == nil {
 						continue
 					}
 				}
@@ -369,20 +379,21 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 		return Claimed
 	}
 	key := ClaimKey(r.Set, r.DrvPath, builder)
-	b, err := json.Marshal(mine)
-	if err != nil {
-		return 0, fmt.Errorf("farm: encode %s: %w", key, err)
-	}
 	for range casRetries {
 		// The builder's key is written with compare-and-set: its
 		// concurrent handlers must not each replace the other's claim.
-		mine.rev = 0
+		mine.rev, mine.Built, mine.First = 0, false, 0
 		claims, last, err := readClaims(ctx, conn, r.Set, r.DrvPath, builder)
 		if err != nil {
 			return 0, err
 		}
-		if res := decide(claims); res != Claimed {
+		res := decide(claims)
+		if res != Claimed {
 			return res, nil
+		}
+		b, err := json.Marshal(mine)
+		if err != nil {
+			return 0, fmt.Errorf("farm: encode %s: %w", key, err)
 		}
 		if last == 0 {
 			mine.rev, err = kv.Create(ctx, key, b)
@@ -400,8 +411,7 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 		if claims, _, err = readClaims(ctx, conn, r.Set, r.DrvPath, ""); err != nil {
 			return 0, err
 		}
-		res := decide(claims)
-		if res == Claimed {
+		if res = decide(claims); res == Claimed {
 			return Claimed, nil
 		}
 		if err := kv.Delete(ctx, key, jetstream.LastRevision(mine.rev)); err != nil && !casConflict(err) {

@@ -387,15 +387,20 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 			}
 		}
 		// A built replica waits for the others while any of their
-		// requests is still queued, however long.
+		// requests is still queued, however long. (A replica whose
+		// failure is recorded is not counted: its retry, once out, is.)
 		if len(built) > 0 && (anyQueued || time.Since(since) < s.cfg.BuiltTimeout) {
 			continue
 		}
+		sent := false
 		_, err := update(ctx, s.kv, stateKey(ls.set.ID, drv), func(cur *State, found bool) (bool, func(context.Context) error, error) {
+			sent = false
 			if !found || cur.Status != Dispatched || replica >= len(cur.Requests) || cur.Requests[replica] != seq || cur.Attempts[replica] != attempt {
 				return false, nil, nil // moved on meanwhile
 			}
 			cur.Updated = time.Now().UTC()
+			cur.displace(replica, built)
+			sent = true
 			exclude := slices.Concat(cur.failedBuilders(), cur.Voters, built)
 			slices.Sort(exclude)
 			exclude = slices.Compact(exclude)
@@ -408,6 +413,9 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		})
 		if err != nil {
 			return err
+		}
+		if !sent {
+			continue // moved on meanwhile
 		}
 		s.forgetGone(g.key)
 		s.log.Warn("farm: sent a request again: no worker has it, and no build of it is known (dropped without a build, expired, or a claim of a build held it off too long)",
@@ -543,6 +551,9 @@ func (s *Scheduler) failed(ctx context.Context, ls *loadedSet, rep *Report, reje
 			return true, nil, nil // a later attempt runs already
 		}
 		st.Attempts[rep.Replica] = rep.Attempt + 1
+		if rep.Replica < len(st.Displaced) {
+			st.Displaced[rep.Replica] = nil // of the attempt before
+		}
 		attempts := make([]int, len(st.Attempts))
 		attempts[rep.Replica] = rep.Attempt + 1
 		exclude := st.failedBuilders()

@@ -103,6 +103,11 @@ type State struct {
 	// request in the FARM work queue (0: not known), so that a request
 	// dropped without a build is sent again (Scheduler.requeue).
 	Requests []uint64 `json:"requests,omitempty"`
+	// Displaced is, per replica, the builders whose claims on its
+	// current attempt the scheduler sent the request again past (their
+	// claims said it was built, for too long: Scheduler.requeue). Their
+	// claims hold nothing there.
+	Displaced [][]string `json:"displaced,omitempty"`
 	// Failures are the failed builds, oldest first.
 	Failures []Failure `json:"failures,omitempty"`
 	// Disputes counts the cache's disputes on its outputs (builders
@@ -135,6 +140,23 @@ type Failure struct {
 // derivation, or its builders disagreed.
 func (s *State) disputed() bool {
 	return s.Disputes > 0 || slices.ContainsFunc(s.Failures, func(f Failure) bool { return f.Rejected != "" })
+}
+
+// displaced reports whether c's replica was sent again past c.
+func (s *State) displaced(c *Claim) bool {
+	return c.Replica >= 0 && c.Replica < len(s.Displaced) && c.Replica < len(s.Attempts) &&
+		c.Attempt == s.Attempts[c.Replica] && slices.Contains(s.Displaced[c.Replica], c.Builder)
+}
+
+// displace records that replica's request was sent again past the
+// claims of builders.
+func (s *State) displace(replica int, builders []string) {
+	for len(s.Displaced) <= replica {
+		s.Displaced = append(s.Displaced, nil)
+	}
+	s.Displaced[replica] = append(s.Displaced[replica], builders...)
+	slices.Sort(s.Displaced[replica])
+	s.Displaced[replica] = slices.Compact(s.Displaced[replica])
 }
 
 // setRequest records that replica's current request is stored at seq.

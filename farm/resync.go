@@ -96,14 +96,16 @@ func (s *Scheduler) Resync(ctx context.Context, id string, checkCache bool) erro
 	// One message get per replica, at most: in parallel, and one
 	// derivation's error does not stop the others'.
 	var mu sync.Mutex
-	_ = parallel(ctx, dispatched, func(ctx context.Context, drv string) error {
+	if err := parallel(ctx, dispatched, func(ctx context.Context, drv string) error {
 		if err := s.requeue(ctx, ls, drv, states[drv]); err != nil {
 			mu.Lock()
 			errs = append(errs, err)
 			mu.Unlock()
 		}
 		return nil
-	})
+	}); err != nil {
+		errs = append(errs, err) // stopped: ctx's
+	}
 	if final == len(states) && len(errs) == 0 {
 		if err := s.finish(ctx, id); err != nil {
 			return err

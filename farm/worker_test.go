@@ -195,6 +195,28 @@ func TestClaimsOfABadBuilder(t *testing.T) {
 	if c, err := builderClaim(ctx, conn, fourth.Set.ID, drv, "b1"); err != nil || !c.holds("b1", 0, 1) || !c.Built {
 		t.Errorf("b1's claim: %+v, %v; want replica 0, built", c, err)
 	}
+	// Both replicas built, by m1 (owner A) and m2 (owner B), and held
+	// off too long: the scheduler sent both again past them. Their
+	// claims hold nothing any more, for every claimant: y of owner C
+	// takes replica 0, and z of owner C is kept off replica 1.
+	fifth := submit(t, conn, g, newMemCache(), 2, 3)
+	putClaim(t, conn, fifth.Set.ID, drv, Claim{Replica: 0, Attempt: 1, Builder: "m1", Owner: "A", Msg: 1, Delivered: 1, Built: true})
+	putClaim(t, conn, fifth.Set.ID, drv, Claim{Replica: 1, Attempt: 1, Builder: "m2", Owner: "B", Msg: 2, Delivered: 1, Built: true})
+	if _, err := update(ctx, kv, stateKey(fifth.Set.ID, drv), func(st *State, _ bool) (bool, func(context.Context) error, error) {
+		st.Status, st.Attempts = Dispatched, []int{1, 1}
+		st.displace(0, []string{"m1"})
+		st.displace(1, []string{"m2"})
+		return true, nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sentAgain := func(replica int, past string) *Request {
+		r := in(fifth.Set.ID, replica, 1)
+		r.Exclude = []string{past}
+		return r
+	}
+	try("y of C, replica 0 sent again past m1", sentAgain(0, "m1"), "y", "C", 3, 1, fresh, false, Claimed)
+	try("z of C, replica 1 sent again past m2", sentAgain(1, "m2"), "z", "C", 4, 1, fresh, false, NotForUs)
 	// Replicas the state does not know yet (a dispute's, published
 	// before the state says so) count for every claimant alike.
 	try("b3 of o3 claims replica 3", in(third.Set.ID, 3, 1), "b3", "o3", 4, 1, fresh, false, Claimed)
