@@ -199,7 +199,15 @@ func withReplicas(st *State, set *Set, r *Request, claims []Claim) *State {
 	for len(out.Attempts) < n {
 		out.Attempts = append(out.Attempts, 1)
 	}
-	out.Attempts[r.Replica] = max(out.Attempts[r.Replica], r.Attempt)
+	if r.Attempt > out.Attempts[r.Replica] {
+		out.Attempts[r.Replica] = r.Attempt
+		if r.Replica < len(out.Displaced) {
+			// Displaced on the attempt before, which the state still
+			// has: not on this one.
+			out.Displaced = slices.Clone(out.Displaced)
+			out.Displaced[r.Replica] = nil
+		}
+	}
 	return &out
 }
 
@@ -350,9 +358,10 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 			claims = append(claims, mine)
 		}
 		// The builders r excludes hold nothing on its replica: the
-		// scheduler sent r again past their claims (Scheduler.requeue;
-		// the state may not say so yet). They still count for the owner
-		// rule.
+		// scheduler sent r again past their claims (Scheduler.requeue).
+		// The state says so too (State.Displaced), for every claimant,
+		// once written; until then they still count for the owner rule
+		// of the others, as they did before.
 		excludedHere := func(c *Claim) bool { return c.Replica == r.Replica && slices.Contains(r.Exclude, c.Builder) }
 		// The owner rule before the replica's own: the first reason to
 		// leave the request, whichever order the replicas come in.

@@ -256,7 +256,7 @@ func (s *Scheduler) addHave(ctx context.Context, ls *loadedSet, drv string, path
 			st.Status, changed = Dispatched, true
 			now := time.Now().UTC()
 			st.Dispatched = &now
-			st.Attempts = make([]int, ls.set.Quorum)
+			st.Attempts, st.Displaced = make([]int, ls.set.Quorum), nil
 			for i := range st.Attempts {
 				st.Attempts[i] = 1
 			}
