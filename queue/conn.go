@@ -82,9 +82,13 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
 // Conn is a connection to NATS with JetStream. It is safe for concurrent use.
 type Conn struct {
-	nc  *nats.Conn
-	js  jetstream.JetStream
-	log *slog.Logger
+	nc *nats.Conn
+	js jetstream.JetStream
+	// leader reads messages from a stream's leader (leaderGet): the
+	// legacy API, since the newer one takes a direct get wherever a
+	// stream allows them.
+	leader nats.JetStreamContext
+	log    *slog.Logger
 
 	// done is closed when the connection is closed for good (not on a
 	// mere disconnect); consumers stop then.
@@ -221,6 +225,10 @@ func Connect(ctx context.Context, url string, opts ...Option) (*Conn, error) {
 		return nil, fmt.Errorf("queue: connect %s: jetstream: %w", safeURL, err)
 	}
 	c.js = js
+	if c.leader, err = c.nc.JetStream(); err != nil {
+		c.nc.Close()
+		return nil, fmt.Errorf("queue: connect %s: jetstream: %w", safeURL, err)
+	}
 	return c, nil
 }
 

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -195,17 +194,10 @@ func (c *Conn) PublishFarm(ctx context.Context, subj, msgID string, data []byte)
 // still in the FARM work queue: not acknowledged by a worker (it waits,
 // or a worker has it), nor expired. Read from the stream's leader.
 func (c *Conn) FarmRequestQueued(ctx context.Context, seq uint64) (bool, error) {
-	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
-	defer cancel()
-	js, err := c.nc.JetStream()
-	if err != nil {
-		return false, fmt.Errorf("queue: farm request %d: %w", seq, err)
-	}
-	// One STREAM.MSG.GET, answered by the leader.
-	if _, err := js.GetMsg(StreamFarm, seq, nats.Context(ctx)); errors.Is(err, nats.ErrMsgNotFound) {
+	if _, err := c.leaderGet(ctx, StreamFarm, seq, ""); errors.Is(err, ErrNotFound) {
 		return false, nil
 	} else if err != nil {
-		return false, fmt.Errorf("queue: farm request %d: %w", seq, mapJSError(err))
+		return false, fmt.Errorf("queue: farm request %d: %w", seq, err)
 	}
 	return true, nil
 }

@@ -241,22 +241,43 @@ func (c *Conn) KVList(ctx context.Context, bucket, prefix string) (_ map[string]
 func (c *Conn) KVGetLatest(ctx context.Context, bucket, key string) (_ []byte, _ uint64, err error) {
 	ctx, finish := c.kvCall(ctx, bucket)
 	defer finish(&err, "get", key)
-	js, err := c.nc.JetStream()
-	if err != nil {
-		return nil, 0, fmt.Errorf("queue: get %s/%s: %w", bucket, key, err)
-	}
-	// Without nats.DirectGet(): the request goes to the leader.
-	m, err := js.GetLastMsg(kvStreamPrefix+bucket, kvSubjectPrefix+bucket+"."+key, nats.Context(ctx))
-	if errors.Is(err, nats.ErrMsgNotFound) {
+	m, err := c.leaderGet(ctx, kvStreamPrefix+bucket, 0, kvSubjectPrefix+bucket+"."+key)
+	if errors.Is(err, ErrNotFound) {
 		return nil, 0, fmt.Errorf("%s/%s: %w", bucket, key, ErrNotFound)
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("queue: get %s/%s: %w", bucket, key, mapJSError(err))
+		return nil, 0, fmt.Errorf("queue: get %s/%s: %w", bucket, key, err)
 	}
 	if op := m.Header.Get(kvOperationHeader); op != "" {
 		return nil, 0, fmt.Errorf("%s/%s: %w", bucket, key, ErrNotFound) // deleted or purged
 	}
 	return m.Data, m.Sequence, nil
+}
+
+// leaderGet reads a message of stream from its leader, which has every
+// write acknowledged so far: the one at seq, or (seq 0) the last on
+// subject; ErrNotFound when there is none.
+func (c *Conn) leaderGet(ctx context.Context, stream string, seq uint64, subject string) (*nats.RawStreamMsg, error) {
+	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
+	defer cancel()
+	var m *nats.RawStreamMsg
+	err := c.denyAware(ctx, jsAPIFor(stream, ""), func(ctx context.Context) (err error) {
+		// Without nats.DirectGet(): STREAM.MSG.GET, which the leader
+		// answers.
+		if seq != 0 {
+			m, err = c.leader.GetMsg(stream, seq, nats.Context(ctx))
+		} else {
+			m, err = c.leader.GetLastMsg(stream, subject, nats.Context(ctx))
+		}
+		return err
+	})
+	if errors.Is(err, nats.ErrMsgNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, mapJSError(err)
+	}
+	return m, nil
 }
 
 // kvOperationHeader marks a key-value bucket's delete and purge markers.
