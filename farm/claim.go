@@ -211,15 +211,10 @@ func withReplicas(st *State, set *Set, r *Request, claims []Claim) *State {
 	return &out
 }
 
-// holders are the claims that hold the replicas of a derivation in state
-// st on their current attempts, by replica: see the rule above. failed
-// builders hold nothing.
-func holders(claims []Claim, st *State, failed []string) map[int]*Claim {
-	return holdersAt(claims, st, failed, 0)
-}
-
-// holdersAt is holders on the current attempts plus next: the next
-// attempt's (next 1) are ranked apart, so that a claim on an attempt not
+// holdersAt are the claims that hold the replicas of a derivation in
+// state st, by replica (see the rule above; failed builders hold
+// nothing), on their current attempts plus next: the next attempt's
+// (next 1) are ranked apart, so that a claim on an attempt not
 // dispatched yet, which anyone can write, does not push the current
 // holder aside. A claim the scheduler sent its replica's request again
 // past (State.Displaced), or that excluded says so of, holds nothing; it
@@ -367,12 +362,7 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 		// leave the request, whichever order the replicas come in.
 		var held bool
 		for next := range 2 {
-			for rep, h := range holdersAt(claims, st, failed, next) {
-				if rep == r.Replica {
-					if h = holdersAt(claims, st, failed, next, excludedHere)[rep]; h == nil {
-						continue
-					}
-				}
+			for rep, h := range holdersAt(claims, st, failed, next, excludedHere) {
 				switch {
 				case h.Builder == builder:
 				case rep != r.Replica && h.Owner == owner && h.order() < mine.order() && !overdue:
@@ -437,22 +427,8 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 type localClaims struct {
 	mu       sync.Mutex
 	building map[[2]string]int // (set, drv): handlers claiming or building it
-	since    map[blockKey]*blockedAt
-	pruned   time.Time
+	blocked  firstSeen
 }
-
-type blockKey struct {
-	set, drv         string
-	replica, attempt int
-	msg              uint64
-}
-
-type blockedAt struct{ first, last time.Time }
-
-// blockedFor is how long a blocked request is remembered without coming
-// back: long enough for it to come round every worker of a large farm
-// (each gets it about every AckWait × workers).
-const blockedFor = 24 * time.Hour
 
 // enter counts a handler in for set's drv.
 func (l *localClaims) enter(set, drv string) {
@@ -478,43 +454,6 @@ func (l *localClaims) leave(set, drv string) {
 	k := [2]string{set, drv}
 	if l.building[k]--; l.building[k] <= 0 {
 		delete(l.building, k)
-	}
-}
-
-// blockedSince is when k was first found blocked here, or now.
-func (l *localClaims) blockedSince(k blockKey) time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if b := l.since[k]; b != nil {
-		return b.first
-	}
-	return time.Now()
-}
-
-// blocked records whether k was kept from this worker now.
-func (l *localClaims) blocked(k blockKey, blocked bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	if !blocked {
-		delete(l.since, k)
-		return
-	}
-	if l.since == nil {
-		l.since = map[blockKey]*blockedAt{}
-	}
-	if b := l.since[k]; b != nil {
-		b.last = now
-	} else {
-		l.since[k] = &blockedAt{first: now, last: now}
-	}
-	if now.Sub(l.pruned) > time.Hour {
-		l.pruned = now
-		for k, b := range l.since {
-			if now.Sub(b.last) > blockedFor {
-				delete(l.since, k)
-			}
-		}
 	}
 }
 

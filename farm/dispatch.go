@@ -344,7 +344,7 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 	type goneReq struct {
 		replica, attempt int
 		seq              uint64
-		key              goneKey
+		key              requestKey
 		since            time.Time
 	}
 	var gone []goneReq
@@ -354,17 +354,17 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 			continue
 		}
 		attempt := st.Attempts[replica]
-		key := goneKey{ls.set.ID, drv, replica, attempt, seq}
+		key := requestKey{ls.set.ID, drv, replica, attempt, seq}
 		queued, err := s.cfg.Conn.FarmRequestQueued(ctx, seq)
 		if err != nil {
 			return err
 		}
 		if queued {
 			anyQueued = true
-			s.forgetGone(key)
+			s.gone.forget(key)
 			continue
 		}
-		gone = append(gone, goneReq{replica, attempt, seq, key, s.seenGone(key)})
+		gone = append(gone, goneReq{replica, attempt, seq, key, s.gone.see(key)})
 	}
 	var claims []Claim
 	read := false
@@ -417,48 +417,11 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		if !sent {
 			continue // moved on meanwhile
 		}
-		s.forgetGone(g.key)
+		s.gone.forget(g.key)
 		s.log.Warn("farm: sent a request again: no worker has it, and no build of it is known (dropped without a build, expired, or a claim of a build held it off too long)",
 			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", replica, "attempt", attempt, "claimedBuiltBy", built)
 	}
 	return nil
-}
-
-// goneKey names one request message of one replica's attempt.
-type goneKey struct {
-	set, drv         string
-	replica, attempt int
-	seq              uint64
-}
-
-// seenGone is when this process first saw k's request gone (now, the
-// first time).
-func (s *Scheduler) seenGone(k goneKey) time.Time {
-	s.goneMu.Lock()
-	defer s.goneMu.Unlock()
-	now := time.Now()
-	t, ok := s.gone[k]
-	if !ok {
-		t = now
-		s.gone[k] = t
-	}
-	// A request seen gone that long ago was sent again since, or its
-	// replica moved on: forget it.
-	if stale := s.cfg.BuiltTimeout + s.cfg.RequeueAfter + time.Hour; now.Sub(s.gonePruned) > time.Hour {
-		s.gonePruned = now
-		for k, t := range s.gone {
-			if now.Sub(t) > stale {
-				delete(s.gone, k)
-			}
-		}
-	}
-	return t
-}
-
-func (s *Scheduler) forgetGone(k goneKey) {
-	s.goneMu.Lock()
-	defer s.goneMu.Unlock()
-	delete(s.gone, k)
 }
 
 func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {

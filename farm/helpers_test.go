@@ -374,3 +374,9 @@ func publishReportOn(t testing.TB, conn *queue.Conn, subj, msgID string, rep *Re
 		t.Fatal(err)
 	}
 }
+
+// holders are the claims that hold the replicas of a derivation in state
+// st on their current attempts, by replica (holdersAt).
+func holders(claims []Claim, st *State, failed []string) map[int]*Claim {
+	return holdersAt(claims, st, failed, 0)
+}

@@ -78,11 +78,9 @@ type Scheduler struct {
 	producers map[string][]ref
 	needers   map[string][]ref
 
-	// gone is when each request found gone from the work queue
-	// (requeue) was first seen so, by this process.
-	goneMu     sync.Mutex
-	gone       map[goneKey]time.Time
-	gonePruned time.Time
+	// gone is since when each request has been found gone from the
+	// work queue (requeue), by this process.
+	gone firstSeen
 
 	stop    context.CancelFunc
 	done    chan struct{}
@@ -126,7 +124,7 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Scheduler{cfg: cfg, log: log, sets: map[string]*loadedSet{},
-		producers: map[string][]ref{}, needers: map[string][]ref{}, gone: map[goneKey]time.Time{}}, nil
+		producers: map[string][]ref{}, needers: map[string][]ref{}, gone: firstSeen{keep: max(DefaultSeenFor, 2*cfg.ResyncEvery)}}, nil
 }
 
 // Open loads the open sets, recomputes their state (a scheduler that

@@ -336,22 +336,20 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 	// Entered before the claim, so that this process's other handlers
 	// of the derivation take its claim for a live one at once.
 	w.local.enter(r.Set, r.DrvPath)
-	entered := true
-	defer func() {
-		if entered {
-			w.local.leave(r.Set, r.DrvPath)
-		}
-	}()
-	blockedKey := blockKey{r.Set, r.DrvPath, r.Replica, r.Attempt, d.Stream}
+	key := requestKey{r.Set, r.DrvPath, r.Replica, r.Attempt, d.Stream}
 	res, err := claim(ctx, w.Conn, kv, r, claimArgs{builder: w.Builder, owner: w.Owner, msg: d.Stream, delivered: d.NumDelivered,
-		blocked: w.local.blockedSince(blockedKey), takeover: cmp.Or(w.ClaimTimeout, DefaultClaimTimeout), building: func() bool { return w.local.others(r.Set, r.DrvPath) }})
+		blocked: w.local.blocked.see(key), takeover: cmp.Or(w.ClaimTimeout, DefaultClaimTimeout),
+		building: func() bool { return w.local.others(r.Set, r.DrvPath) }})
+	if err == nil && res == Claimed {
+		defer w.local.leave(r.Set, r.DrvPath)
+	} else {
+		w.local.leave(r.Set, r.DrvPath)
+	}
 	if err != nil {
 		return err
 	}
-	w.local.blocked(blockedKey, res == Held || res == NotForUs)
-	if res != Claimed {
-		w.local.leave(r.Set, r.DrvPath)
-		entered = false
+	if res != Held && res != NotForUs {
+		w.local.blocked.forget(key)
 	}
 	if w.OnClaim != nil {
 		w.OnClaim(r, res)

@@ -10,18 +10,12 @@ import (
 
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestClaimRules walks the claim decisions one by one on a real bucket.
 func TestClaimRules(t *testing.T) {
-	_, conn := setup(t)
-	ctx := testctx.New(t, time.Minute)
-	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
-	sub := submit(t, conn, g, newMemCache(), 2, 0)
-	kv, err := bucket(ctx, conn)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, ctx, g, sub, kv := claimSetup(t)
 	n := g.Node(fakePath("a.drv"))
 	req := func(replica, attempt int, exclude ...string) *Request {
 		return &Request{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: n.DrvPath, System: n.System,
@@ -99,10 +93,10 @@ func TestClaimRules(t *testing.T) {
 	}
 }
 
-// TestClaimsOfABadBuilder: what a bad builder can write into the claims,
-// and what it gets. It writes under its own key only (its runner user
-// may write nothing else), once per derivation.
-func TestClaimsOfABadBuilder(t *testing.T) {
+// claimSetup submits a set of one derivation, a, with quorum 2 (no
+// scheduler runs), for claim to decide on directly.
+func claimSetup(t *testing.T) (*queue.Conn, context.Context, *Graph, *Submitted, jetstream.KeyValue) {
+	t.Helper()
 	_, conn := setup(t)
 	ctx := testctx.New(t, time.Minute)
 	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
@@ -111,6 +105,14 @@ func TestClaimsOfABadBuilder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return conn, ctx, g, sub, kv
+}
+
+// TestClaimsOfABadBuilder: what a bad builder can write into the claims,
+// and what it gets. It writes under its own key only (its runner user
+// may write nothing else), once per derivation.
+func TestClaimsOfABadBuilder(t *testing.T) {
+	conn, ctx, g, sub, kv := claimSetup(t)
 	drv := fakePath("a.drv")
 	req := func(replica int) *Request {
 		return &Request{Version: RecordVersion, Set: sub.Set.ID, Tenant: tenant, DrvPath: drv, System: "x86_64-linux",
