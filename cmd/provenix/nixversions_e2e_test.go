@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	cachepush "codeberg.org/provenix/provenix/cache-push"
 	"codeberg.org/provenix/provenix/cachelayout"
 	"codeberg.org/provenix/provenix/farm"
 	"codeberg.org/provenix/provenix/internal/testctx"
@@ -28,6 +29,7 @@ import (
 	"codeberg.org/provenix/provenix/internal/testlog"
 	"codeberg.org/provenix/provenix/internal/testnix"
 	"codeberg.org/provenix/provenix/internal/testproc"
+	"codeberg.org/provenix/provenix/nardiff"
 	"codeberg.org/provenix/provenix/nix"
 	"codeberg.org/provenix/provenix/up"
 )
@@ -514,4 +516,58 @@ func envBuilderFiles(t *testing.T, env *testnix.Env, b qbuilder, p up.Paths) (ke
 	files := env.TempDir(t)
 	return env.Install(t, b.key, files+"/builder.key", 0o600), env.Install(t, b.nixKey, files+"/builder.nix", 0o600),
 		env.Install(t, p.NATSToken(), files+"/nats.token", 0o600)
+}
+
+// TestNixVersionsDiff: `provenix diff` on NARs that Nix versions other
+// than the host's made. Builder a builds nardiff's unrepro date sample on
+// the host (Nix 2.8); a volunteer inside each other version rebuilds it
+// from the staged closure, so the two votes disagree; diff must read both
+// NARs and name the file and the cause, as TestDiffDisputes does for two
+// builds by the host's Nix.
+func TestNixVersionsDiff(t *testing.T) {
+	busybox := requireNix(t)
+	for _, env := range testnix.Versions(t) {
+		if env.IsHost() {
+			continue // TestDiffDisputes
+		}
+		t.Run(env.String(), func(t *testing.T) {
+			ctx := testctx.New(t, 4*time.Minute)
+			dataDir, p, bs, stack := quorumStack(t)
+			vol := bs[1]
+			key, nixKey, token := envBuilderFiles(t, env, vol, p)
+			done := make(chan string, 1)
+			cmd := env.Command(ctx, env.Provenix(t), "volunteer", "--once", "--store", env.TempDir(t), "--key", key, "--builder-id", vol.id,
+				"--nix-key", nixKey, "--nats-url", stack.NATSURL(), "--nats-token-file", token, "--nix-option", "substituters=")
+			go func() {
+				out, err := cmd.CombinedOutput()
+				done <- fmt.Sprintf("%v\n%s", err, out)
+			}()
+			a := qbuild(t, ctx, stack.NATSURL(), p, bs[0], filepath.Join("..", "..", "nardiff", "testdata", "unrepro.nix"), "date",
+				"--arg", "busybox="+busybox)
+			path := a.Outputs[0].Path
+			select {
+			case out := <-done:
+				if !strings.HasPrefix(out, "<nil>") {
+					t.Fatalf("%s: volunteer: %s", env, out)
+				}
+			case <-ctx.Done():
+				t.Fatalf("%s: the volunteer never took the rebuild request", env)
+			}
+			waitVotes(t, stack.Conn(), path, 2)
+			stdout, stderr, code := cli(t, ctx, "diff", "--json", "--data-dir", dataDir, "--nats-url", stack.NATSURL(),
+				"--nats-token-file", p.NATSToken(), path)
+			if code != 0 {
+				t.Fatalf("%s: diff: exit %d\n%s\n%s", env, code, stdout, stderr)
+			}
+			var pd cachepush.PathDiff
+			if err := json.Unmarshal([]byte(stdout), &pd); err != nil || len(pd.Comparisons) != 1 || pd.Comparisons[0].Report == nil {
+				t.Fatalf("%s: diff --json: %v\n%s", env, err, stdout)
+			}
+			r := pd.Comparisons[0].Report
+			if pd.Verdict != cachepush.VerdictDisputed || r.Differing != 1 || r.Files[0].Path != "/info" ||
+				len(r.Causes) == 0 || r.Causes[0].Kind != nardiff.CauseTimestamp {
+				t.Fatalf("%s: diff: verdict %s, report:\n%s", env, pd.Verdict, r.Text())
+			}
+		})
+	}
 }
