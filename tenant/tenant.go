@@ -200,17 +200,9 @@ func Add(o Options) (t *Tenant, err error) {
 	}
 
 	for _, role := range queue.Roles {
-		kp, err := nkeys.CreateUser()
+		seed, pub, err := newUser()
 		if err != nil {
-			return nil, fmt.Errorf("tenant %s: nkey: %w", o.Name, err)
-		}
-		seed, err := kp.Seed()
-		if err != nil {
-			return nil, err
-		}
-		pub, err := kp.PublicKey()
-		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("tenant %s: %w", o.Name, err)
 		}
 		if err := write(SeedFile(role), append(seed, '\n'), 0o600); err != nil {
 			return nil, err
@@ -255,6 +247,21 @@ func Add(o Options) (t *Tenant, err error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// newUser makes an NKey user: its seed and public key.
+func newUser() (seed []byte, pub string, err error) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, "", fmt.Errorf("nkey: %w", err)
+	}
+	if seed, err = kp.Seed(); err != nil {
+		return nil, "", fmt.Errorf("nkey: %w", err)
+	}
+	if pub, err = kp.PublicKey(); err != nil {
+		return nil, "", fmt.Errorf("nkey: %w", err)
+	}
+	return seed, pub, nil
 }
 
 func allFiles() []string {
@@ -302,13 +309,7 @@ func AccountSnippet(name string, l Limits, users map[queue.Role]string, builderI
 		if !nkeys.IsValidPublicUserKey(pub) {
 			return "", fmt.Errorf("tenant %s: %s: %q is not an NKey user public key", name, role, pub)
 		}
-		var perms queue.Permissions
-		var err error
-		if role == queue.RoleRunner {
-			perms, err = queue.RunnerPermissions(name, builderID)
-		} else {
-			perms, err = queue.RolePermissions(name, role)
-		}
+		perms, err := permsOf(name, role, builderID)
 		if err != nil {
 			return "", err
 		}

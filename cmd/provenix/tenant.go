@@ -68,8 +68,96 @@ filling its quota does not stop the others. Seeds and keys are written
 	fl.IntVar(&f.limits.MaxConsumers, "max-consumers", tenant.DefaultMaxConsumers, "JetStream consumers per stream")
 	fl.StringVar(&f.cacheHost, "cache-host", "localhost", "host name of the tenant's cache, for the netrc file")
 	fl.StringVar(&f.builderID, "builder-id", "", "builder id of the generated builder key (default: NAME-runner)")
-	cmd.AddCommand(add)
+	cmd.AddCommand(add, newTenantUpgradeCmd(g))
 	return cmd
+}
+
+type tenantUpgradeFlags struct {
+	dir       string
+	builderID string
+	check     bool
+}
+
+func newTenantUpgradeCmd(g *globals) *cobra.Command {
+	f := &tenantUpgradeFlags{}
+	cmd := &cobra.Command{
+		Use:   "upgrade [flags] NAME",
+		Short: "Rewrite a tenant's account.conf with this version's permissions",
+		Long: `Rewrite the account.conf of tenant NAME, made by 'tenant add' of an older
+version, with the permissions this version's runners, pushers, submitters
+and admins use, keeping the account's NKey users (the seeds in the
+directory), its JetStream limits and its runner's builder id. A role the
+tenant is older than (the submitter) gets a new seed.
+
+The old file is kept beside the new one as account.conf.<UTC time>, and
+the new one replaces it atomically. Reload nats-server afterwards
+(nats-server --signal reload, or SIGHUP). Nothing is written when the file
+is current, or when the upgrade would drop a user or right it cannot
+account for: a user in the file whose seed is not in the directory, a seed
+whose user is not in the file, settings 'tenant add' does not write
+(exports, imports, deny lists), or a runner that stages for another
+builder id than NAME-runner or one of policy.yaml's (give it with
+--builder-id).
+
+With --check, nothing is written: exit 0 when account.conf is current,
+1 when it is not (the changes are printed).`,
+		Example: `  provenix tenant upgrade acme --dir /etc/provenix/tenants/acme
+  nats-server --signal reload`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runTenantUpgrade(g, f, args[0])
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.dir, "dir", "", "the tenant's directory (default: the data directory's tenants/NAME)")
+	fl.StringVar(&f.builderID, "builder-id", "", "the runner user's builder id (default: found from account.conf and policy.yaml)")
+	fl.BoolVar(&f.check, "check", false, "write nothing; exit 1 when account.conf is out of date")
+	return cmd
+}
+
+func runTenantUpgrade(g *globals, f *tenantUpgradeFlags, name string) error {
+	if err := tenant.ValidName(name); err != nil {
+		return usageError("%v", err)
+	}
+	dir := f.dir
+	if dir == "" {
+		dir = filepath.Join(g.dataDir, "tenants", name)
+	}
+	res, err := tenant.Upgrade(tenant.UpgradeOptions{Dir: dir, Name: name, BuilderID: f.builderID, DryRun: f.check})
+	if err != nil {
+		return err
+	}
+	w := g.stdout
+	path := filepath.Join(dir, tenant.FileAccount)
+	if !res.Changed {
+		fmt.Fprintf(w, "%s is current (runner builder id %s)\n", path, res.Tenant.BuilderID)
+		return nil
+	}
+	for _, c := range res.Changes {
+		what := fmt.Sprintf("%d rights added, %d removed", len(c.Added), len(c.Removed))
+		if c.New {
+			what = "new user"
+		}
+		fmt.Fprintf(w, "%s: %s\n", c.Role, what)
+		for _, s := range c.Added {
+			fmt.Fprintf(w, "  + %s\n", s)
+		}
+		for _, s := range c.Removed {
+			fmt.Fprintf(w, "  - %s\n", s)
+		}
+	}
+	if f.check {
+		for _, r := range res.NewSeeds {
+			fmt.Fprintf(w, "would create %s\n", filepath.Join(dir, tenant.SeedFile(r)))
+		}
+		return &exitError{code: exitFailed, err: fmt.Errorf("%s is out of date: run 'provenix tenant upgrade %s' and reload nats-server", path, name)}
+	}
+	for _, r := range res.NewSeeds {
+		fmt.Fprintf(w, "created %s (user %s)\n", filepath.Join(dir, tenant.SeedFile(r)), res.Tenant.Users[r])
+	}
+	fmt.Fprintf(w, "rewrote %s (runner builder id %s); the old one is %s\nreload nats-server: nats-server --signal reload\n",
+		path, res.Tenant.BuilderID, res.Backup)
+	return nil
 }
 
 func runTenantAdd(g *globals, f *tenantAddFlags, name string) error {

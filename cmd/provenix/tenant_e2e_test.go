@@ -261,3 +261,25 @@ func TestTenantCachesInS3(t *testing.T) {
 		t.Errorf("a's reader on b's cache: %d, want 401", code)
 	}
 }
+
+// TestTenantUpgradeCommand: `tenant upgrade --check` exits 1 on an
+// account.conf of an older version and writes nothing; `tenant upgrade`
+// rewrites it and creates the missing submitter seed; then --check exits 0.
+func TestTenantUpgradeCommand(t *testing.T) {
+	ctx := testctx.New(t, time.Minute)
+	dir := filepath.Join(t.TempDir(), "acme")
+	if err := os.CopyFS(dir, os.DirFS(filepath.Join("..", "..", "tenant", "testdata", "pre-submitter"))); err != nil {
+		t.Fatal(err)
+	}
+	seed := filepath.Join(dir, tenant.SeedFile("submitter"))
+	stdout, stderr, code := cli(t, ctx, "tenant", "upgrade", "--check", "acme", "--dir", dir)
+	if _, err := os.Stat(seed); code != exitFailed || !strings.Contains(stdout, "submitter: new user") || !strings.Contains(stderr, "out of date") || err == nil {
+		t.Fatalf("--check on an old tenant: exit %d (want 1), submitter.nk: %v\n%s\n%s", code, err, stdout, stderr)
+	}
+	if stdout, stderr, code := cli(t, ctx, "tenant", "upgrade", "acme", "--dir", dir); code != 0 || !strings.Contains(stdout, "created "+seed) {
+		t.Fatalf("upgrade: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	if stdout, stderr, code := cli(t, ctx, "tenant", "upgrade", "--check", "acme", "--dir", dir); code != 0 || !strings.Contains(stdout, "is current") {
+		t.Fatalf("--check after the upgrade: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+}

@@ -1,0 +1,372 @@
+package tenant
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/conf"
+	"github.com/nats-io/nkeys"
+
+	"codeberg.org/provenix/provenix/attest"
+	"codeberg.org/provenix/provenix/cache-push/policy"
+	"codeberg.org/provenix/provenix/internal/atomicfile"
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// ErrNotUpgradable: a tenant directory's account.conf cannot be rewritten
+// without losing something (a user no seed names, a seed no user has, an
+// unknown builder id); nothing was written.
+var ErrNotUpgradable = errors.New("tenant: cannot upgrade")
+
+// UpgradeOptions configure Upgrade.
+type UpgradeOptions struct {
+	// Dir is the tenant's directory, as Add made it.
+	Dir string
+	// Name, when set, is the tenant the directory must hold.
+	Name string
+	// BuilderID is the runner user's builder id; when empty, the one
+	// the current account.conf stages for, among NAME-runner and the
+	// builders of the directory's policy.yaml.
+	BuilderID string
+	// DryRun reports what would change and writes nothing.
+	DryRun bool
+	// Now names the backup of the replaced file; time.Now when zero.
+	Now time.Time
+}
+
+// Upgraded is what Upgrade found and did.
+type Upgraded struct {
+	Tenant *Tenant
+	// Old is the account.conf found; Tenant.Snippet is what this version
+	// writes for the same users, limits and builder id.
+	Old string
+	// Changed is whether the two differ; Changes says how, per role.
+	Changed bool
+	Changes []RoleChange
+	// NewSeeds are the roles this version has and the directory had no
+	// seed for (a tenant older than the role): Upgrade created them,
+	// unless DryRun.
+	NewSeeds []queue.Role
+	// Backup is where the replaced account.conf was kept ("" when
+	// nothing was written).
+	Backup string
+}
+
+// RoleChange is how one role's permissions change.
+type RoleChange struct {
+	Role queue.Role
+	// New is true for a role the old account.conf had no user for.
+	New bool
+	// Added and Removed are publish and subscribe subjects ("pub S",
+	// "sub S").
+	Added, Removed []string
+}
+
+// Upgrade rewrites the account.conf of the tenant in o.Dir with this
+// version's permissions for its roles, keeping its users' NKeys (the
+// seeds in the directory), its JetStream limits and its runner's builder
+// id: a tenant made by an older version otherwise lacks rights this
+// version's runners, pushers or submitters use (docs/tenants.md). A role
+// without a seed gets a new one. The old file is kept beside the new one
+// (Upgraded.Backup), and the new one replaces it atomically; reload
+// nats-server afterwards. Upgrade refuses (ErrNotUpgradable) rather than
+// drop a user or a right it cannot account for.
+func Upgrade(o UpgradeOptions) (_ *Upgraded, err error) {
+	if o.Dir == "" {
+		return nil, errors.New("tenant: no directory")
+	}
+	path := filepath.Join(o.Dir, FileAccount)
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("tenant: %w", err)
+	}
+	acct, err := parseAccount(string(old))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrNotUpgradable, path, err)
+	}
+	if o.Name != "" && acct.name != o.Name {
+		return nil, fmt.Errorf("%w: %s holds tenant %s, not %s", ErrNotUpgradable, path, acct.name, o.Name)
+	}
+	t := &Tenant{Name: acct.name, Dir: o.Dir, Limits: acct.limits, Users: map[queue.Role]string{}}
+	up := &Upgraded{Tenant: t, Old: string(old)}
+
+	// Each user of the file must be a seed's, and each seed a user's.
+	byKey := map[string]queue.Role{}
+	newSeeds := map[queue.Role][]byte{}
+	for _, role := range queue.Roles {
+		seed, err := os.ReadFile(filepath.Join(o.Dir, SeedFile(role)))
+		if errors.Is(err, fs.ErrNotExist) {
+			// A role newer than the tenant. (A seed lost while its user
+			// is in the file shows below as a user no seed names.)
+			if seed, _, err = newUser(); err != nil {
+				return nil, fmt.Errorf("tenant %s: %w", t.Name, err)
+			}
+			newSeeds[role] = seed
+			up.NewSeeds = append(up.NewSeeds, role)
+		} else if err != nil {
+			return nil, fmt.Errorf("tenant: %w", err)
+		}
+		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrNotUpgradable, SeedFile(role), err)
+		}
+		pub, err := kp.PublicKey()
+		if err != nil {
+			return nil, err
+		}
+		if _, isNew := newSeeds[role]; !isNew {
+			if _, ok := acct.users[pub]; !ok {
+				return nil, fmt.Errorf("%w: %s's user %s is not in account.conf (a seed rotated without its nkey line?)", ErrNotUpgradable, SeedFile(role), pub)
+			}
+		}
+		t.Users[role] = pub
+		byKey[pub] = role
+	}
+	for pub := range acct.users {
+		if _, ok := byKey[pub]; !ok {
+			return nil, fmt.Errorf("%w: account.conf has a user %s that no seed in %s names; upgrading would drop it", ErrNotUpgradable, pub, o.Dir)
+		}
+	}
+
+	runnerOld := acct.users[t.Users[queue.RoleRunner]]
+	if t.BuilderID, err = builderOf(t.Name, o, runnerOld); err != nil {
+		return nil, err
+	}
+	if t.Snippet, err = AccountSnippet(t.Name, t.Limits, t.Users, t.BuilderID); err != nil {
+		return nil, err
+	}
+	up.Changed = t.Snippet != up.Old
+	for _, role := range queue.Roles {
+		perms, err := permsOf(t.Name, role, t.BuilderID)
+		if err != nil {
+			return nil, err
+		}
+		was, had := acct.users[t.Users[role]]
+		c := RoleChange{Role: role, New: !had}
+		c.Added, c.Removed = subjectDiff(was, perms)
+		if c.New || len(c.Added)+len(c.Removed) > 0 {
+			up.Changes = append(up.Changes, c)
+		}
+	}
+	if o.DryRun || !up.Changed {
+		return up, nil
+	}
+
+	var created []string
+	defer func() {
+		if err != nil {
+			for _, f := range created {
+				os.Remove(f)
+			}
+		}
+	}()
+	for _, role := range up.NewSeeds {
+		p := filepath.Join(o.Dir, SeedFile(role))
+		if err = attest.WriteNewFile(p, append(newSeeds[role], '\n'), 0o600); err != nil {
+			return nil, fmt.Errorf("tenant %s: %w", t.Name, err)
+		}
+		created = append(created, p)
+	}
+	now := o.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	up.Backup = path + "." + now.UTC().Format("20060102T150405Z")
+	if err = attest.WriteNewFile(up.Backup, old, 0o644); err != nil {
+		return nil, fmt.Errorf("tenant %s: keep the old account.conf: %w", t.Name, err)
+	}
+	created = append(created, up.Backup)
+	if err = atomicfile.WriteFile(path, []byte(t.Snippet), 0o644); err != nil {
+		return nil, fmt.Errorf("tenant %s: %w", t.Name, err)
+	}
+	return up, nil
+}
+
+// builderOf is the runner's builder id: o.BuilderID, or the candidate
+// whose staging scope the old runner user writes. Either must be the one
+// the old user stages for, so the upgrade never moves a runner's scope.
+func builderOf(name string, o UpgradeOptions, old *userPerms) (string, error) {
+	if old == nil {
+		// No runner user before: a new one, for the given id or the
+		// default.
+		return cmpOr(o.BuilderID, name+"-runner"), nil
+	}
+	stages := func(id string) bool {
+		scope := "." + queue.StagingScope(id) + "."
+		for _, s := range old.publish {
+			if strings.Contains(s, scope) {
+				return true
+			}
+		}
+		return false
+	}
+	if o.BuilderID != "" {
+		if !stages(o.BuilderID) {
+			return "", fmt.Errorf("%w: account.conf's runner user does not stage for builder id %q", ErrNotUpgradable, o.BuilderID)
+		}
+		return o.BuilderID, nil
+	}
+	candidates := []string{name + "-runner"}
+	if p, err := policy.Load(filepath.Join(o.Dir, FilePolicy)); err == nil {
+		// Only a hint: a policy that does not load names no one.
+		candidates = append(candidates, p.BuilderIDs()...)
+	}
+	for _, id := range candidates {
+		if stages(id) {
+			return id, nil
+		}
+	}
+	return "", fmt.Errorf("%w: account.conf's runner user stages for none of %s; give its builder id", ErrNotUpgradable,
+		strings.Join(candidates, ", "))
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+func permsOf(name string, role queue.Role, builderID string) (queue.Permissions, error) {
+	if role == queue.RoleRunner {
+		return queue.RunnerPermissions(name, builderID)
+	}
+	return queue.RolePermissions(name, role)
+}
+
+func subjectDiff(was *userPerms, now queue.Permissions) (added, removed []string) {
+	var oldPub, oldSub []string
+	if was != nil {
+		oldPub, oldSub = was.publish, was.subscribe
+	}
+	diff := func(kind string, before, after []string) {
+		for _, s := range after {
+			if !slices.Contains(before, s) {
+				added = append(added, kind+" "+s)
+			}
+		}
+		for _, s := range before {
+			if !slices.Contains(after, s) {
+				removed = append(removed, kind+" "+s)
+			}
+		}
+	}
+	diff("pub", oldPub, now.Publish)
+	diff("sub", oldSub, now.Subscribe)
+	return added, removed
+}
+
+// account is what parseAccount read of an account.conf.
+type account struct {
+	name   string
+	limits Limits
+	// users by NKey; the role comment of the file is not trusted.
+	users map[string]*userPerms
+}
+
+type userPerms struct{ publish, subscribe []string }
+
+// parseAccount reads an account.conf as Add writes it, with nats-server's
+// own configuration parser.
+func parseAccount(text string) (*account, error) {
+	m, err := conf.Parse(text)
+	if err != nil {
+		return nil, err
+	}
+	if len(m) != 1 {
+		return nil, fmt.Errorf("want one account, found %d", len(m))
+	}
+	a := &account{users: map[string]*userPerms{}}
+	var body map[string]any
+	for k, v := range m {
+		a.name = k
+		var ok bool
+		if body, ok = v.(map[string]any); !ok {
+			return nil, fmt.Errorf("account %s is not a block", k)
+		}
+	}
+	if err := ValidName(a.name); err != nil {
+		return nil, err
+	}
+	if err := only(body, "account "+a.name, "jetstream", "users"); err != nil {
+		return nil, err
+	}
+	js, ok := body["jetstream"].(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("account %s has no jetstream block", a.name)
+	}
+	if err := only(js, "jetstream", "max_file", "max_mem", "max_streams", "max_consumers"); err != nil {
+		return nil, err
+	}
+	num := func(k string) (int64, error) {
+		v, ok := js[k].(int64)
+		if !ok {
+			return 0, fmt.Errorf("jetstream %s: %v is not a number", k, js[k])
+		}
+		return v, nil
+	}
+	var streams, consumers int64
+	if a.limits.MaxFile, err = num("max_file"); err == nil {
+		if a.limits.MaxMem, err = num("max_mem"); err == nil {
+			if streams, err = num("max_streams"); err == nil {
+				consumers, err = num("max_consumers")
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	a.limits.MaxStreams, a.limits.MaxConsumers = int(streams), int(consumers)
+	users, ok := body["users"].([]any)
+	if !ok {
+		return nil, fmt.Errorf("account %s has no users list", a.name)
+	}
+	for i, u := range users {
+		um, ok := u.(map[string]any)
+		nkey, _ := um["nkey"].(string)
+		if !ok || !nkeys.IsValidPublicUserKey(nkey) {
+			return nil, fmt.Errorf("user %d has no NKey", i+1)
+		}
+		p := &userPerms{}
+		perms, _ := um["permissions"].(map[string]any)
+		if err := only(um, "user "+nkey, "nkey", "permissions"); err != nil {
+			return nil, err
+		}
+		if err := only(perms, "user "+nkey+"'s permissions", "publish", "subscribe"); err != nil {
+			return nil, err
+		}
+		for kind, dst := range map[string]*[]string{"publish": &p.publish, "subscribe": &p.subscribe} {
+			block, _ := perms[kind].(map[string]any)
+			if err := only(block, "user "+nkey+"'s "+kind, "allow"); err != nil {
+				return nil, err
+			}
+			allow, _ := block["allow"].([]any)
+			for _, s := range allow {
+				str, ok := s.(string)
+				if !ok {
+					return nil, fmt.Errorf("user %s: %s subject %v", nkey, kind, s)
+				}
+				*dst = append(*dst, str)
+			}
+		}
+		a.users[nkey] = p
+	}
+	return a, nil
+}
+
+// only refuses settings Add does not write (an operator's own, such as
+// imports or deny lists): rewriting the block would drop them.
+func only(m map[string]any, what string, keys ...string) error {
+	for k := range m {
+		if !slices.Contains(keys, k) {
+			return fmt.Errorf("%s has %q, which provenix does not write; it would be lost: edit the file by hand", what, k)
+		}
+	}
+	return nil
+}

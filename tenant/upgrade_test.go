@@ -1,0 +1,223 @@
+package tenant
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"codeberg.org/provenix/provenix/internal/testctx"
+	"codeberg.org/provenix/provenix/internal/testnats"
+	"codeberg.org/provenix/provenix/queue"
+)
+
+// copyFixture copies testdata/NAME (an account.conf and the seeds made by
+// `provenix tenant add acme --max-file 1GiB` of an older version) into a
+// fresh tenant directory.
+func copyFixture(t *testing.T, name string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "acme")
+	if err := os.CopyFS(dir, os.DirFS(filepath.Join("testdata", name))); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// serve starts a nats-server whose accounts block includes the tenant's
+// account.conf in dir, and returns its URL.
+func serve(t *testing.T, dir string) string {
+	t.Helper()
+	srvDir := t.TempDir()
+	// nats-server reads an include relative to its configuration.
+	rel, err := filepath.Rel(srvDir, filepath.Join(dir, FileAccount))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testnats.Start(t, srvDir, fmt.Sprintf("accounts {\n  include %q\n}\n", rel), false).URL
+}
+
+// connect connects to url as the tenant's role in dir.
+func connect(t *testing.T, url, dir string, role queue.Role) *queue.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := queue.Connect(ctx, url, queue.WithNKeySeedFile(filepath.Join(dir, SeedFile(role))))
+	if err != nil {
+		t.Fatalf("connect as %s: %v", role, err)
+	}
+	t.Cleanup(conn.Close)
+	return conn
+}
+
+// readLatest is a right runners gained with farm claims bound to their
+// builders: reading a claim from the farm bucket's leader.
+func readLatest(t *testing.T, dir string) error {
+	t.Helper()
+	ctx := testctx.New(t, time.Minute)
+	url := serve(t, dir)
+	admin := connect(t, url, dir, queue.RoleAdmin)
+	if err := admin.EnsureFarm(ctx, queue.StreamOptions{}); err != nil {
+		t.Fatalf("admin EnsureFarm: %v", err)
+	}
+	runner := connect(t, url, dir, queue.RoleRunner)
+	_, _, err := runner.KVGetLatest(ctx, queue.BucketFarm, "claim.s.d.x")
+	return err
+}
+
+// TestUpgrade: account.conf files of two older versions (before the
+// submitter role; before claims were bound to their builders) are
+// rewritten with this version's permissions for the same users, limits
+// and builder id. The old files deny a runner what this version's
+// runners do; the upgraded ones allow it.
+func TestUpgrade(t *testing.T) {
+	for _, c := range []struct {
+		fixture  string
+		newSeeds []queue.Role
+	}{
+		{"pre-submitter", []queue.Role{queue.RoleSubmitter}},
+		{"pre-claims", nil},
+	} {
+		t.Run(c.fixture, func(t *testing.T) {
+			dir := copyFixture(t, c.fixture)
+			old, _ := os.ReadFile(filepath.Join(dir, FileAccount))
+			seeds := map[queue.Role][]byte{}
+			for _, r := range queue.Roles {
+				seeds[r], _ = os.ReadFile(filepath.Join(dir, SeedFile(r)))
+			}
+			if err := readLatest(t, dir); !errors.Is(err, queue.ErrPermissionDenied) {
+				t.Fatalf("the old account.conf: a runner's leader read: %v, want permission denied", err)
+			}
+
+			dry, err := Upgrade(UpgradeOptions{Dir: dir, DryRun: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !dry.Changed || dry.Backup != "" || !slices.Equal(dry.NewSeeds, c.newSeeds) {
+				t.Fatalf("dry run: changed %v, backup %q, new seeds %v", dry.Changed, dry.Backup, dry.NewSeeds)
+			}
+			if now, _ := os.ReadFile(filepath.Join(dir, FileAccount)); !bytes.Equal(now, old) {
+				t.Fatal("a dry run changed account.conf")
+			}
+			if _, err := os.Stat(filepath.Join(dir, SeedFile(queue.RoleSubmitter))); (err == nil) != (c.newSeeds == nil) {
+				t.Fatalf("after a dry run, submitter.nk: %v", err)
+			}
+			var runnerAdded bool
+			for _, ch := range dry.Changes {
+				if ch.Role == queue.RoleRunner && slices.ContainsFunc(ch.Added, func(s string) bool { return strings.Contains(s, "KV_"+queue.BucketFarm) }) {
+					runnerAdded = true
+				}
+			}
+			if !runnerAdded {
+				t.Errorf("changes %+v: want the runner's farm bucket rights among them", dry.Changes)
+			}
+
+			now := time.Date(2026, 12, 7, 1, 2, 3, 0, time.UTC)
+			up, err := Upgrade(UpgradeOptions{Dir: dir, Now: now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tn := up.Tenant
+			if tn.Name != "acme" || tn.BuilderID != "acme-runner" || tn.Limits != (Limits{MaxFile: 1 << 30, MaxStreams: DefaultMaxStreams, MaxConsumers: DefaultMaxConsumers}) {
+				t.Fatalf("upgraded %s, builder %s, limits %+v", tn.Name, tn.BuilderID, tn.Limits)
+			}
+			want, err := AccountSnippet("acme", tn.Limits, tn.Users, "acme-runner")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := os.ReadFile(filepath.Join(dir, FileAccount)); string(got) != want {
+				t.Fatalf("account.conf after the upgrade:\n%s\nwant:\n%s", got, want)
+			}
+			if kept, _ := os.ReadFile(up.Backup); up.Backup != filepath.Join(dir, FileAccount+".20261207T010203Z") || !bytes.Equal(kept, old) {
+				t.Fatalf("backup %s does not hold the old file", up.Backup)
+			}
+			for r, s := range seeds {
+				if got, _ := os.ReadFile(filepath.Join(dir, SeedFile(r))); len(s) > 0 && !bytes.Equal(got, s) {
+					t.Errorf("%s changed", SeedFile(r))
+				}
+			}
+			if err := readLatest(t, dir); !errors.Is(err, queue.ErrNotFound) {
+				t.Fatalf("the upgraded account.conf: a runner's leader read: %v, want not found", err)
+			}
+			connect(t, serve(t, dir), dir, queue.RoleSubmitter) // its user is in the file
+
+			again, err := Upgrade(UpgradeOptions{Dir: dir, Now: now.Add(time.Hour)})
+			if err != nil || again.Changed || again.Backup != "" || len(again.Changes) != 0 || len(again.NewSeeds) != 0 {
+				t.Fatalf("second upgrade: %+v, %v", again, err)
+			}
+		})
+	}
+}
+
+// TestUpgradeRefuses: an upgrade that would drop a user, move a runner to
+// another staging scope or misread the file writes nothing.
+func TestUpgradeRefuses(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		spoil func(t *testing.T, dir string)
+		opts  UpgradeOptions
+	}{
+		{"a user no seed names", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, SeedFile(queue.RoleAdmin))) }, UpgradeOptions{}},
+		{"a seed no user has", func(t *testing.T, dir string) {
+			fresh, err := Add(Options{Name: "other", Dir: filepath.Join(t.TempDir(), "other")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ := os.ReadFile(fresh.Path(SeedFile(queue.RolePusher)))
+			os.WriteFile(filepath.Join(dir, SeedFile(queue.RolePusher)), data, 0o600)
+		}, UpgradeOptions{}},
+		{"another builder id", func(*testing.T, string) {}, UpgradeOptions{BuilderID: "someone-else"}},
+		{"an operator's own setting", func(t *testing.T, dir string) {
+			acct, _ := os.ReadFile(filepath.Join(dir, FileAccount))
+			edited := strings.Replace(string(acct), "  users: [", "  exports: [{stream: \"events.acme.>\"}]\n  users: [", 1)
+			os.WriteFile(filepath.Join(dir, FileAccount), []byte(edited), 0o644)
+		}, UpgradeOptions{}},
+		{"not an account file", func(t *testing.T, dir string) {
+			os.WriteFile(filepath.Join(dir, FileAccount), []byte("listen: 4222\nport: 1\n"), 0o644)
+		}, UpgradeOptions{}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := copyFixture(t, "pre-claims")
+			c.spoil(t, dir)
+			before, _ := os.ReadDir(dir)
+			acct, _ := os.ReadFile(filepath.Join(dir, FileAccount))
+			c.opts.Dir = dir
+			if _, err := Upgrade(c.opts); !errors.Is(err, ErrNotUpgradable) {
+				t.Fatalf("upgrade: %v, want ErrNotUpgradable", err)
+			}
+			after, _ := os.ReadDir(dir)
+			now, _ := os.ReadFile(filepath.Join(dir, FileAccount))
+			if len(after) != len(before) || !bytes.Equal(now, acct) {
+				t.Fatalf("a refused upgrade wrote: %d files before, %d after", len(before), len(after))
+			}
+		})
+	}
+}
+
+// TestUpgradeFindsBuilder: a tenant whose runner has another builder id
+// than NAME-runner keeps it, found through its policy.yaml or given; a
+// current account.conf is left as it is.
+func TestUpgradeFindsBuilder(t *testing.T) {
+	tn, err := Add(Options{Name: "acme", Dir: filepath.Join(t.TempDir(), "acme"), BuilderID: "ci-box"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := Upgrade(UpgradeOptions{Dir: tn.Dir})
+	if err != nil || up.Tenant.BuilderID != "ci-box" || up.Changed || up.Backup != "" {
+		t.Fatalf("upgrade of a current tenant: %+v, %v", up, err)
+	}
+	if err := os.Remove(tn.Path(FilePolicy)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Upgrade(UpgradeOptions{Dir: tn.Dir}); !errors.Is(err, ErrNotUpgradable) || !strings.Contains(err.Error(), "acme-runner") {
+		t.Fatalf("without policy.yaml: %v, want ErrNotUpgradable naming the ids tried", err)
+	}
+	if up, err := Upgrade(UpgradeOptions{Dir: tn.Dir, BuilderID: "ci-box"}); err != nil || up.Changed {
+		t.Fatalf("with the builder id given: %+v, %v", up, err)
+	}
+}
