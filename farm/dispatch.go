@@ -318,43 +318,52 @@ func publishRequest(ctx context.Context, conn *queue.Conn, r *Request, again str
 }
 
 // requeue sends again the requests of drv (dispatched) that no worker
-// has any more and none built: a worker acknowledged them without a
-// build (a bad builder can take requests and drop them; honest workers
-// only drop one the state no longer needs), or they expired. Without
-// this such a replica waited for good.
+// has any more and none built, or that one builder has held too long: a
+// worker acknowledged them without a build (a bad builder can take
+// requests and drop them; honest workers only drop one the state no
+// longer needs), they expired, or a worker keeps one and tells the
+// server it is in progress, for good. Without this such a replica
+// waited for good.
 //
-// A request a worker still has is left alone, and so is one whose
-// replica failed (the retry is the scheduler's). A request gone counts
-// only once this process has seen it gone for RequeueAfter, which leaves
-// a failure report that is on its way time to be handled. A claim that
-// says its replica was built (Built, a builder's word) holds it off for
-// BuiltTimeout, and for as long as a request of another replica is
-// still queued: an honest one waits for the other replicas' votes, a
-// bad builder's would hold it off for good; past that, the request goes
-// to another builder (its claimant excluded), whose build is one more
-// vote. While the derivation waits with all its replicas built (a
-// dispute's extra replicas not yet out, say), that repeats every
-// BuiltTimeout. The request goes out under a message id naming the one
-// it replaces, so schedulers doing this at once send it once.
+// A request gone counts only once this process has seen it gone for
+// RequeueAfter, which leaves a failure report that is on its way time to
+// be handled; a replica that failed is left alone (the retry is the
+// scheduler's). A claim that says its replica was built (Built, a
+// builder's word) holds it off for BuiltTimeout, and for as long as a
+// request of another replica is still queued: an honest one waits for
+// the other replicas' votes, a bad builder's would hold it off for good;
+// past that, the request goes to another builder (its claimant
+// excluded), whose build is one more vote. While the derivation waits
+// with all its replicas built (a dispute's extra replicas not yet out,
+// say), that repeats every BuiltTimeout.
+//
+// A request still queued is left to its workers for HoldTimeout; past
+// that, the claim holding its replica is watched, and once the same
+// builder has held it for HoldTimeout more the request goes to another
+// builder (that one excluded). An unclaimed request only waits for a
+// worker and is left alone.
+//
+// A request goes out again under a message id naming the one it
+// replaces, so schedulers doing this at once send it once.
 func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *State) error {
 	if st.Status != Dispatched {
 		return nil
 	}
-	// Which requests are gone, and since when.
-	type goneReq struct {
+	// Which requests are gone, and since when; which are queued long.
+	type req struct {
 		replica, attempt int
 		seq              uint64
 		key              requestKey
 		since            time.Time
 	}
-	var gone []goneReq
+	var gone, long []req
 	anyQueued := false
 	for replica, seq := range st.Requests {
 		if seq == 0 || replica >= len(st.Attempts) || st.hasFailure(replica, st.Attempts[replica]) {
 			continue
 		}
 		attempt := st.Attempts[replica]
-		key := requestKey{ls.set.ID, drv, replica, attempt, seq}
+		key := requestKey{set: ls.set.ID, drv: drv, replica: replica, attempt: attempt, msg: seq}
 		queued, err := s.cfg.Conn.FarmRequestQueued(ctx, seq)
 		if err != nil {
 			return err
@@ -362,23 +371,32 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		if queued {
 			anyQueued = true
 			s.gone.forget(key)
+			if since := s.queued.see(key); time.Since(since) >= s.cfg.HoldTimeout {
+				long = append(long, req{replica, attempt, seq, key, since})
+			}
 			continue
 		}
-		gone = append(gone, goneReq{replica, attempt, seq, key, s.gone.see(key)})
+		s.queued.forget(key)
+		gone = append(gone, req{replica, attempt, seq, key, s.gone.see(key)})
 	}
 	var claims []Claim
 	read := false
+	readOnce := func() error {
+		if read {
+			return nil
+		}
+		var err error
+		claims, _, err = readClaims(ctx, s.cfg.Conn, ls.set.ID, drv, "")
+		read = err == nil
+		return err
+	}
 	for _, g := range gone {
 		replica, attempt, seq, since := g.replica, g.attempt, g.seq, g.since
 		if time.Since(since) < s.cfg.RequeueAfter {
 			continue
 		}
-		if !read {
-			var err error
-			if claims, _, err = readClaims(ctx, s.cfg.Conn, ls.set.ID, drv, ""); err != nil {
-				return err
-			}
-			read = true
+		if err := readOnce(); err != nil {
+			return err
 		}
 		var built []string
 		for _, c := range claims {
@@ -392,25 +410,7 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		if len(built) > 0 && (anyQueued || time.Since(since) < s.cfg.BuiltTimeout) {
 			continue
 		}
-		sent := false
-		_, err := update(ctx, s.kv, stateKey(ls.set.ID, drv), func(cur *State, found bool) (bool, func(context.Context) error, error) {
-			sent = false
-			if !found || cur.Status != Dispatched || replica >= len(cur.Requests) || cur.Requests[replica] != seq || cur.Attempts[replica] != attempt {
-				return false, nil, nil // moved on meanwhile
-			}
-			cur.Updated = time.Now().UTC()
-			cur.displace(replica, built)
-			sent = true
-			exclude := slices.Concat(cur.failedBuilders(), cur.Voters, built)
-			slices.Sort(exclude)
-			exclude = slices.Compact(exclude)
-			return true, func(ctx context.Context) error {
-				r := s.request(ls, drv, replica, attempt, exclude)
-				next, err := publishRequest(ctx, s.cfg.Conn, r, ":again:"+strconv.FormatUint(seq, 10))
-				cur.setRequest(replica, next)
-				return err
-			}, nil
-		})
+		sent, err := s.sendAgain(ctx, ls, drv, replica, attempt, seq, built)
 		if err != nil {
 			return err
 		}
@@ -421,7 +421,62 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		s.log.Warn("farm: sent a request again: no worker has it, and no build of it is known (dropped without a build, expired, or a claim of a build held it off too long)",
 			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", replica, "attempt", attempt, "claimedBuiltBy", built)
 	}
+	var holders map[int]*Claim
+	for _, l := range long {
+		if err := readOnce(); err != nil {
+			return err
+		}
+		if holders == nil {
+			holders = holdersAt(claims, st, st.failedBuilders(), 0)
+		}
+		h := holders[l.replica]
+		if h == nil {
+			continue // waiting for a worker
+		}
+		hk := l.key
+		hk.builder = h.Builder
+		if time.Since(s.held.see(hk)) < s.cfg.HoldTimeout {
+			continue
+		}
+		sent, err := s.sendAgain(ctx, ls, drv, l.replica, l.attempt, l.seq, []string{h.Builder})
+		if err != nil {
+			return err
+		}
+		if !sent {
+			continue // moved on meanwhile
+		}
+		s.held.forget(hk)
+		s.queued.forget(l.key)
+		s.log.Warn("farm: sent a request again: one builder held it too long without a result (its worker keeps it, unbuilt or building longer than HoldTimeout)",
+			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", l.replica, "attempt", l.attempt, "heldBy", h.Builder,
+			"queuedSince", l.since)
+	}
 	return nil
+}
+
+// sendAgain sends replica's request again, past the claims of displaced
+// (who may not take it), unless the state moved on meanwhile (sent
+// false).
+func (s *Scheduler) sendAgain(ctx context.Context, ls *loadedSet, drv string, replica, attempt int, seq uint64, displaced []string) (sent bool, err error) {
+	_, err = update(ctx, s.kv, stateKey(ls.set.ID, drv), func(cur *State, found bool) (bool, func(context.Context) error, error) {
+		sent = false
+		if !found || cur.Status != Dispatched || replica >= len(cur.Requests) || cur.Requests[replica] != seq || cur.Attempts[replica] != attempt {
+			return false, nil, nil // moved on meanwhile
+		}
+		cur.Updated = time.Now().UTC()
+		cur.displace(replica, displaced)
+		sent = true
+		exclude := slices.Concat(cur.failedBuilders(), cur.Voters, displaced)
+		slices.Sort(exclude)
+		exclude = slices.Compact(exclude)
+		return true, func(ctx context.Context) error {
+			r := s.request(ls, drv, replica, attempt, exclude)
+			next, err := publishRequest(ctx, s.cfg.Conn, r, ":again:"+strconv.FormatUint(seq, 10))
+			cur.setRequest(replica, next)
+			return err
+		}, nil
+	})
+	return sent, err
 }
 
 func (s *Scheduler) onReport(ctx context.Context, d *queue.Delivery) error {

@@ -1318,6 +1318,70 @@ func TestDroppedRequestClaimedBuilt(t *testing.T) {
 	}
 }
 
+// TestHeldRequestSentAgain: a bad builder takes a request and keeps it,
+// telling the server it is in progress, and never builds: the server
+// never takes it back. Once the scheduler has seen it queued for
+// HoldTimeout and then held by that builder for HoldTimeout more, it
+// sends the request again past that builder, and an honest one builds.
+func TestHeldRequestSentAgain(t *testing.T) {
+	const hold = time.Second
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, 3)
+	s := startSchedulerWith(t, url, SchedulerConfig{Cache: cache, HoldTimeout: hold})
+	ctx := testctx.New(t, time.Minute)
+	held := make(chan struct{}, 1)
+	testWorkerFunc(t, url, "mallory", func(ctx context.Context, r *Request) (*BuildStats, error) {
+		held <- struct{}{}
+		<-ctx.Done() // holds it, in progress, until the test ends
+		return nil, ctx.Err()
+	})
+	select {
+	case <-held:
+	case <-ctx.Done():
+		t.Fatal("mallory never got the request")
+	}
+	first := states(t, conn, sub.Set.ID)["a"].Requests
+	start := time.Now()
+	var st *State
+	for time.Since(start) < 3*hold+10*time.Second {
+		if err := s.Resync(ctx, sub.Set.ID, false); err != nil {
+			t.Fatal(err)
+		}
+		if st = states(t, conn, sub.Set.ID)["a"]; !slices.Equal(st.Requests, first) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if took := time.Since(start); slices.Equal(st.Requests, first) || took < 2*hold-200*time.Millisecond {
+		t.Fatalf("requests %v after %v, want sent again once queued %v and held by mallory %v more", st.Requests, took, hold, hold)
+	}
+	if len(st.Displaced) == 0 || !slices.Contains(st.Displaced[0], "mallory") {
+		t.Fatalf("displaced %v, want mallory on replica 0", st.Displaced)
+	}
+	m, err := conn.JetStream().Stream(ctx, queue.StreamFarm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := m.GetMsg(ctx, st.Requests[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := DecodeRequest(raw.Data); err != nil || !slices.Contains(r.Exclude, "mallory") {
+		t.Fatalf("request sent again: %+v, %v; want it to exclude mallory", r, err)
+	}
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	testWorker(t, url, g, cache, p, log, "honest", "o1", nil)
+	if st := waitFinished(t, conn, sub.Set.ID, 30*time.Second); st.Counts[Done] != 1 {
+		t.Fatalf("status %s", st)
+	}
+	if b := log.all(); len(b) != 1 || b[0].builder != "honest" {
+		t.Fatalf("builds %+v, want honest's", b)
+	}
+}
+
 // droppedA submits a set of one derivation, a, with quorum 1 to a
 // scheduler of cfg (Cache set here), waits until a is dispatched, and
 // drops its request (dropRequest).

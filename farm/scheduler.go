@@ -56,8 +56,21 @@ type SchedulerConfig struct {
 	// request is sent again to another builder; DefaultClaimTimeout when
 	// 0.
 	BuiltTimeout time.Duration
-	Logger       *slog.Logger
+	// HoldTimeout bounds how long one builder can keep a request from
+	// the others without building it: a request seen still queued for
+	// HoldTimeout, and then seen held by the same builder's claim for
+	// HoldTimeout more, is sent again past that builder (see requeue).
+	// A worker that holds a request tells the server it is in progress
+	// for as long as it likes, so the server never takes it back. An
+	// honest build shorter than HoldTimeout is never displaced; a longer
+	// one may get a second builder. DefaultHoldTimeout when 0.
+	HoldTimeout time.Duration
+	Logger      *slog.Logger
 }
+
+// DefaultHoldTimeout is SchedulerConfig.HoldTimeout's default: a day,
+// longer than the builds of most derivations on slow machines.
+const DefaultHoldTimeout = 24 * time.Hour
 
 // DefaultRequeueAfter is SchedulerConfig.RequeueAfter's default.
 const DefaultRequeueAfter = 5 * time.Minute
@@ -81,6 +94,10 @@ type Scheduler struct {
 	// gone is since when each request has been found gone from the
 	// work queue (requeue), by this process.
 	gone firstSeen
+	// queued is since when each request has been found still queued,
+	// and held since when a builder's claim has been found holding it
+	// (requeue), by this process.
+	queued, held firstSeen
 
 	stop    context.CancelFunc
 	done    chan struct{}
@@ -116,15 +133,17 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 	}
 	cfg.RequeueAfter = cmp.Or(cfg.RequeueAfter, DefaultRequeueAfter)
 	cfg.BuiltTimeout = cmp.Or(cfg.BuiltTimeout, DefaultClaimTimeout)
-	if cfg.ResyncEvery < 0 || cfg.Concurrency < 0 || cfg.RequeueAfter < 0 || cfg.BuiltTimeout < 0 {
-		return nil, errors.New("farm: scheduler: negative ResyncEvery, Concurrency, RequeueAfter or BuiltTimeout")
+	cfg.HoldTimeout = cmp.Or(cfg.HoldTimeout, DefaultHoldTimeout)
+	if cfg.ResyncEvery < 0 || cfg.Concurrency < 0 || cfg.RequeueAfter < 0 || cfg.BuiltTimeout < 0 || cfg.HoldTimeout < 0 {
+		return nil, errors.New("farm: scheduler: negative ResyncEvery, Concurrency, RequeueAfter, BuiltTimeout or HoldTimeout")
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Scheduler{cfg: cfg, log: log, sets: map[string]*loadedSet{},
-		producers: map[string][]ref{}, needers: map[string][]ref{}, gone: firstSeen{keep: max(DefaultSeenFor, 2*cfg.ResyncEvery)}}, nil
+		producers: map[string][]ref{}, needers: map[string][]ref{}, gone: seenFor(cfg.ResyncEvery),
+		queued: seenFor(cfg.ResyncEvery), held: seenFor(cfg.ResyncEvery)}, nil
 }
 
 // Open loads the open sets, recomputes their state (a scheduler that

@@ -6,11 +6,12 @@ import (
 )
 
 // requestKey names one request message (its stream sequence) of one
-// replica's attempt.
+// replica's attempt, and, when set, the builder holding it.
 type requestKey struct {
 	set, drv         string
 	replica, attempt int
 	msg              uint64
+	builder          string
 }
 
 // firstSeen remembers, in this process's memory, since when each request
@@ -31,6 +32,12 @@ type seenAt struct{ first, last time.Time }
 // long enough for a request to come round every worker of a large farm
 // (each gets it about every AckWait × workers).
 const DefaultSeenFor = 24 * time.Hour
+
+// seenFor is a firstSeen for conditions checked every resync: kept at
+// least two resyncs.
+func seenFor(resyncEvery time.Duration) firstSeen {
+	return firstSeen{keep: max(DefaultSeenFor, 2*resyncEvery)}
+}
 
 // see records k seen now and returns when it was first seen.
 func (f *firstSeen) see(k requestKey) time.Time {

@@ -336,7 +336,7 @@ func (w *Worker) handle(ctx context.Context, kv jetstream.KeyValue, d *queue.Del
 	// Entered before the claim, so that this process's other handlers
 	// of the derivation take its claim for a live one at once.
 	w.local.enter(r.Set, r.DrvPath)
-	key := requestKey{r.Set, r.DrvPath, r.Replica, r.Attempt, d.Stream}
+	key := requestKey{set: r.Set, drv: r.DrvPath, replica: r.Replica, attempt: r.Attempt, msg: d.Stream}
 	res, err := claim(ctx, w.Conn, kv, r, claimArgs{builder: w.Builder, owner: w.Owner, msg: d.Stream, delivered: d.NumDelivered,
 		blocked: w.local.blocked.see(key), takeover: cmp.Or(w.ClaimTimeout, DefaultClaimTimeout),
 		building: func() bool { return w.local.others(r.Set, r.DrvPath) }})
