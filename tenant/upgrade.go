@@ -53,6 +53,8 @@ type Upgraded struct {
 	// seed for (a tenant older than the role): Upgrade created them,
 	// unless DryRun.
 	NewSeeds []queue.Role
+	// Raised are the limits raised to what this version needs.
+	Raised []string
 	// Backup is where the replaced account.conf was kept ("" when
 	// nothing was written).
 	Backup string
@@ -72,12 +74,17 @@ type RoleChange struct {
 // version's permissions for its roles, keeping its users' NKeys (the
 // seeds in the directory), its JetStream limits and its runner's builder
 // id: a tenant made by an older version otherwise lacks rights this
-// version's runners, pushers or submitters use (docs/tenants.md). A role
-// without a seed gets a new one. The old file is kept beside the new one
+// version's runners, pushers or submitters use (docs/tenants.md). Every
+// allow list becomes this version's: rights added to the file by hand
+// are dropped (Upgraded.Changes lists them; DryRun first). A role newer
+// than the tenant (the submitter) gets a seed and a user; another role
+// with neither seed nor user stays absent. Limits below what this
+// version needs are raised. The old file is kept beside the new one
 // (Upgraded.Backup), and the new one replaces it atomically; reload
-// nats-server afterwards. Upgrade refuses (ErrNotUpgradable) rather than
-// drop a user or a right it cannot account for.
-func Upgrade(o UpgradeOptions) (_ *Upgraded, err error) {
+// nats-server afterwards. Upgrade refuses (ErrNotUpgradable), writing
+// nothing, rather than drop a user, misread a setting or move a key to
+// another role.
+func Upgrade(o UpgradeOptions) (*Upgraded, error) {
 	if o.Dir == "" {
 		return nil, errors.New("tenant: no directory")
 	}
@@ -96,20 +103,25 @@ func Upgrade(o UpgradeOptions) (_ *Upgraded, err error) {
 	t := &Tenant{Name: acct.name, Dir: o.Dir, Limits: acct.limits, Users: map[queue.Role]string{}}
 	up := &Upgraded{Tenant: t, Old: string(old)}
 
-	// Each user of the file must be a seed's, and each seed a user's.
+	// Each user of the file must be a seed's, and each seed a user's,
+	// but for a role newer than the tenant.
 	byKey := map[string]queue.Role{}
 	newSeeds := map[queue.Role][]byte{}
 	for _, role := range queue.Roles {
 		seed, err := os.ReadFile(filepath.Join(o.Dir, SeedFile(role)))
-		if errors.Is(err, fs.ErrNotExist) {
-			// A role newer than the tenant. (A seed lost while its user
-			// is in the file shows below as a user no seed names.)
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && slices.Contains(newerRoles, role):
 			if seed, _, err = newUser(); err != nil {
 				return nil, fmt.Errorf("tenant %s: %w", t.Name, err)
 			}
 			newSeeds[role] = seed
 			up.NewSeeds = append(up.NewSeeds, role)
-		} else if err != nil {
+		case errors.Is(err, fs.ErrNotExist):
+			// Left out on purpose (an operator who keeps no admin key
+			// there), or lost while its user is in the file, which
+			// shows below as a user no seed names.
+			continue
+		case err != nil:
 			return nil, fmt.Errorf("tenant: %w", err)
 		}
 		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
@@ -120,10 +132,16 @@ func Upgrade(o UpgradeOptions) (_ *Upgraded, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if _, isNew := newSeeds[role]; !isNew {
-			if _, ok := acct.users[pub]; !ok {
-				return nil, fmt.Errorf("%w: %s's user %s is not in account.conf (a seed rotated without its nkey line?)", ErrNotUpgradable, SeedFile(role), pub)
-			}
+		was, ok := acct.users[pub]
+		if !ok && newSeeds[role] == nil && !slices.Contains(newerRoles, role) {
+			return nil, fmt.Errorf("%w: %s's user %s is not in account.conf (a seed rotated without its nkey line?)", ErrNotUpgradable, SeedFile(role), pub)
+		}
+		// (A newer role's seed without its user: one made by an upgrade
+		// that stopped before account.conf was replaced.)
+		if ok && slices.Contains(was.publish, ">") != (role == queue.RoleAdmin) {
+			// Only the admin has every right: a seed file holding
+			// another role's key would give that key the admin's.
+			return nil, fmt.Errorf("%w: %s's user %s has the rights of another role in account.conf (seed files swapped?)", ErrNotUpgradable, SeedFile(role), pub)
 		}
 		t.Users[role] = pub
 		byKey[pub] = role
@@ -138,11 +156,18 @@ func Upgrade(o UpgradeOptions) (_ *Upgraded, err error) {
 	if t.BuilderID, err = builderOf(t.Name, o, runnerOld); err != nil {
 		return nil, err
 	}
+	if t.Limits.MaxStreams != -1 && t.Limits.MaxStreams < streamsNeeded {
+		// Older versions needed fewer streams.
+		up.Raised = append(up.Raised, fmt.Sprintf("max_streams %d -> %d (Provenix needs %d)", t.Limits.MaxStreams, streamsNeeded, streamsNeeded))
+		t.Limits.MaxStreams = streamsNeeded
+	}
 	if t.Snippet, err = AccountSnippet(t.Name, t.Limits, t.Users, t.BuilderID); err != nil {
 		return nil, err
 	}
-	up.Changed = t.Snippet != up.Old
 	for _, role := range queue.Roles {
+		if _, ok := t.Users[role]; !ok {
+			continue
+		}
 		perms, err := permsOf(t.Name, role, t.BuilderID)
 		if err != nil {
 			return nil, err
@@ -154,39 +179,39 @@ func Upgrade(o UpgradeOptions) (_ *Upgraded, err error) {
 			up.Changes = append(up.Changes, c)
 		}
 	}
+	// Decided on what the server reads, not on the text: a file that
+	// differs in its comments or layout only is current.
+	up.Changed = len(up.Changes) > 0 || len(up.Raised) > 0
 	if o.DryRun || !up.Changed {
 		return up, nil
 	}
 
-	var created []string
-	defer func() {
-		if err != nil {
-			for _, f := range created {
-				os.Remove(f)
-			}
-		}
-	}()
+	// Nothing written is removed on a failure: the backup is the old
+	// file, and a new role's seed left without its user is taken up by
+	// the next run.
 	for _, role := range up.NewSeeds {
 		p := filepath.Join(o.Dir, SeedFile(role))
-		if err = attest.WriteNewFile(p, append(newSeeds[role], '\n'), 0o600); err != nil {
+		if err := attest.WriteNewFile(p, append(newSeeds[role], '\n'), 0o600); err != nil {
 			return nil, fmt.Errorf("tenant %s: %w", t.Name, err)
 		}
-		created = append(created, p)
 	}
 	now := o.Now
 	if now.IsZero() {
 		now = time.Now()
 	}
 	up.Backup = path + "." + now.UTC().Format("20060102T150405Z")
-	if err = attest.WriteNewFile(up.Backup, old, 0o644); err != nil {
+	if err := attest.WriteNewFile(up.Backup, old, 0o644); err != nil {
 		return nil, fmt.Errorf("tenant %s: keep the old account.conf: %w", t.Name, err)
 	}
-	created = append(created, up.Backup)
-	if err = atomicfile.WriteFile(path, []byte(t.Snippet), 0o644); err != nil {
-		return nil, fmt.Errorf("tenant %s: %w", t.Name, err)
+	if err := atomicfile.WriteFile(path, []byte(t.Snippet), 0o644); err != nil {
+		return nil, fmt.Errorf("tenant %s: %w (the old file is kept as %s)", t.Name, err, up.Backup)
 	}
 	return up, nil
 }
+
+// newerRoles are the roles a tenant made by an older version may lack:
+// Upgrade gives them a seed and a user.
+var newerRoles = []queue.Role{queue.RoleSubmitter}
 
 // builderOf is the runner's builder id: o.BuilderID, or the candidate
 // whose staging scope the old runner user writes. Either must be the one
@@ -207,7 +232,9 @@ func builderOf(name string, o UpgradeOptions, old *userPerms) (string, error) {
 		return false
 	}
 	if o.BuilderID != "" {
-		if !stages(o.BuilderID) {
+		// A runner made before staging was scoped stages anywhere: any
+		// builder id narrows it.
+		if !stages(o.BuilderID) && !slices.Contains(old.publish, unscopedStaging) {
 			return "", fmt.Errorf("%w: account.conf's runner user does not stage for builder id %q", ErrNotUpgradable, o.BuilderID)
 		}
 		return o.BuilderID, nil
@@ -222,9 +249,16 @@ func builderOf(name string, o UpgradeOptions, old *userPerms) (string, error) {
 			return id, nil
 		}
 	}
-	return "", fmt.Errorf("%w: account.conf's runner user stages for none of %s; give its builder id", ErrNotUpgradable,
+	if slices.Contains(old.publish, unscopedStaging) {
+		return "", fmt.Errorf("%w: account.conf's runner user is older than builder ids in staging: give the builder id its runners sign as (--builder-id)", ErrNotUpgradable)
+	}
+	return "", fmt.Errorf("%w: account.conf's runner user stages for none of %s; give the builder id it stages for (--builder-id)", ErrNotUpgradable,
 		strings.Join(candidates, ", "))
 }
+
+// unscopedStaging is the staging right of runners made before staging
+// was scoped by builder id.
+const unscopedStaging = "$O.STAGING.C.>"
 
 func cmpOr(a, b string) string {
 	if a != "" {
@@ -334,19 +368,30 @@ func parseAccount(text string) (*account, error) {
 			return nil, fmt.Errorf("user %d has no NKey", i+1)
 		}
 		p := &userPerms{}
-		perms, _ := um["permissions"].(map[string]any)
 		if err := only(um, "user "+nkey, "nkey", "permissions"); err != nil {
 			return nil, err
+		}
+		// Only the form Add writes: nats-server also reads others (a
+		// list without allow, a string), which Upgrade would misread.
+		perms, ok := um["permissions"].(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("user %s: permissions not in the form provenix writes", nkey)
 		}
 		if err := only(perms, "user "+nkey+"'s permissions", "publish", "subscribe"); err != nil {
 			return nil, err
 		}
 		for kind, dst := range map[string]*[]string{"publish": &p.publish, "subscribe": &p.subscribe} {
-			block, _ := perms[kind].(map[string]any)
+			block, ok := perms[kind].(map[string]any)
+			if !ok {
+				return nil, fmt.Errorf("user %s: %s rights not in the form provenix writes ({allow: [...]})", nkey, kind)
+			}
 			if err := only(block, "user "+nkey+"'s "+kind, "allow"); err != nil {
 				return nil, err
 			}
-			allow, _ := block["allow"].([]any)
+			allow, ok := block["allow"].([]any)
+			if !ok {
+				return nil, fmt.Errorf("user %s: %s allow is not a list", nkey, kind)
+			}
 			for _, s := range allow {
 				str, ok := s.(string)
 				if !ok {

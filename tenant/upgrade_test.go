@@ -172,10 +172,18 @@ func TestUpgradeRefuses(t *testing.T) {
 			os.WriteFile(filepath.Join(dir, SeedFile(queue.RolePusher)), data, 0o600)
 		}, UpgradeOptions{}},
 		{"another builder id", func(*testing.T, string) {}, UpgradeOptions{BuilderID: "someone-else"}},
+		{"seed files swapped", func(t *testing.T, dir string) {
+			p, a := filepath.Join(dir, SeedFile(queue.RolePusher)), filepath.Join(dir, SeedFile(queue.RoleAdmin))
+			pb, _ := os.ReadFile(p)
+			ab, _ := os.ReadFile(a)
+			os.WriteFile(p, ab, 0o600)
+			os.WriteFile(a, pb, 0o600)
+		}, UpgradeOptions{}},
+		{"rights in another form", func(t *testing.T, dir string) {
+			edit(t, dir, `publish: {allow: [">"]}`, `publish: [">"]`)
+		}, UpgradeOptions{}},
 		{"an operator's own setting", func(t *testing.T, dir string) {
-			acct, _ := os.ReadFile(filepath.Join(dir, FileAccount))
-			edited := strings.Replace(string(acct), "  users: [", "  exports: [{stream: \"events.acme.>\"}]\n  users: [", 1)
-			os.WriteFile(filepath.Join(dir, FileAccount), []byte(edited), 0o644)
+			edit(t, dir, "  users: [", "  exports: [{stream: \"events.acme.>\"}]\n  users: [")
 		}, UpgradeOptions{}},
 		{"not an account file", func(t *testing.T, dir string) {
 			os.WriteFile(filepath.Join(dir, FileAccount), []byte("listen: 4222\nport: 1\n"), 0o644)
@@ -220,4 +228,90 @@ func TestUpgradeFindsBuilder(t *testing.T) {
 	if up, err := Upgrade(UpgradeOptions{Dir: tn.Dir, BuilderID: "ci-box"}); err != nil || up.Changed {
 		t.Fatalf("with the builder id given: %+v, %v", up, err)
 	}
+}
+
+// edit replaces old by new in the account.conf in dir, once.
+func edit(t *testing.T, dir, old, new string) {
+	t.Helper()
+	p := filepath.Join(dir, FileAccount)
+	b, err := os.ReadFile(p)
+	if err != nil || !strings.Contains(string(b), old) {
+		t.Fatalf("%s has no %q (%v)", p, old, err)
+	}
+	if err := os.WriteFile(p, []byte(strings.Replace(string(b), old, new, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUpgradeCases: an admin left out on purpose stays out; the seed an
+// upgrade cut short left is taken up; an older limit is raised; a runner
+// older than staging scopes takes the builder id given; a file that
+// differs in layout only is current.
+func TestUpgradeCases(t *testing.T) {
+	t.Run("no admin", func(t *testing.T) {
+		dir := copyFixture(t, "pre-claims")
+		fresh, _ := Upgrade(UpgradeOptions{Dir: dir, DryRun: true})
+		admin := fresh.Tenant.Users[queue.RoleAdmin]
+		acct, _ := os.ReadFile(filepath.Join(dir, FileAccount))
+		i := strings.Index(string(acct), "    # admin")
+		j := strings.Index(string(acct), "  ]\n}")
+		if i < 0 || j < i {
+			t.Fatal("no admin block in the fixture")
+		}
+		os.WriteFile(filepath.Join(dir, FileAccount), []byte(string(acct[:i])+string(acct[j:])), 0o644)
+		os.Remove(filepath.Join(dir, SeedFile(queue.RoleAdmin)))
+		up, err := Upgrade(UpgradeOptions{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := up.Tenant.Users[queue.RoleAdmin]; ok || strings.Contains(up.Tenant.Snippet, admin) || strings.Contains(up.Tenant.Snippet, `">"`) {
+			t.Fatalf("an admin left out came back:\n%s", up.Tenant.Snippet)
+		}
+		if _, err := os.Stat(filepath.Join(dir, SeedFile(queue.RoleAdmin))); err == nil {
+			t.Fatal("admin.nk made again")
+		}
+	})
+	t.Run("cut short", func(t *testing.T) {
+		dir := copyFixture(t, "pre-submitter")
+		seed, pub, err := newUser()
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, SeedFile(queue.RoleSubmitter)), append(seed, '\n'), 0o600)
+		up, err := Upgrade(UpgradeOptions{Dir: dir})
+		if err != nil || up.Tenant.Users[queue.RoleSubmitter] != pub || len(up.NewSeeds) != 0 {
+			t.Fatalf("upgrade after one cut short: %+v, %v; want the seed it left taken up", up, err)
+		}
+	})
+	t.Run("older limit", func(t *testing.T) {
+		dir := copyFixture(t, "pre-claims")
+		edit(t, dir, "max_streams: 12", "max_streams: 8")
+		up, err := Upgrade(UpgradeOptions{Dir: dir})
+		if err != nil || up.Tenant.Limits.MaxStreams != streamsNeeded || len(up.Raised) != 1 {
+			t.Fatalf("upgrade with max_streams 8: %+v, %v", up, err)
+		}
+	})
+	t.Run("unscoped staging", func(t *testing.T) {
+		dir := copyFixture(t, "pre-claims")
+		scoped := "$O.STAGING.C." + queue.StagingScope("acme-runner") + ".>"
+		edit(t, dir, scoped, unscopedStaging)
+		if _, err := Upgrade(UpgradeOptions{Dir: dir, DryRun: true}); !errors.Is(err, ErrNotUpgradable) || !strings.Contains(err.Error(), "--builder-id") {
+			t.Fatalf("without a builder id: %v", err)
+		}
+		up, err := Upgrade(UpgradeOptions{Dir: dir, BuilderID: "box-7"})
+		if err != nil || up.Tenant.BuilderID != "box-7" || !strings.Contains(up.Tenant.Snippet, queue.StagingScope("box-7")) ||
+			strings.Contains(up.Tenant.Snippet, unscopedStaging) {
+			t.Fatalf("with --builder-id box-7: %v\n%v", err, up)
+		}
+	})
+	t.Run("layout only", func(t *testing.T) {
+		tn, err := Add(Options{Name: "acme", Dir: filepath.Join(t.TempDir(), "acme")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		edit(t, tn.Dir, "  users: [", "  # our comment\n  users: [")
+		if up, err := Upgrade(UpgradeOptions{Dir: tn.Dir}); err != nil || up.Changed || up.Backup != "" {
+			t.Fatalf("a current file with a comment: %+v, %v", up, err)
+		}
+	})
 }

@@ -86,18 +86,22 @@ func newTenantUpgradeCmd(g *globals) *cobra.Command {
 		Long: `Rewrite the account.conf of tenant NAME, made by 'tenant add' of an older
 version, with the permissions this version's runners, pushers, submitters
 and admins use, keeping the account's NKey users (the seeds in the
-directory), its JetStream limits and its runner's builder id. A role the
-tenant is older than (the submitter) gets a new seed.
+directory), its JetStream limits and its runner's builder id. Every allow
+list becomes this version's: rights added to the file by hand are dropped
+(the output lists each right added and removed; run --check first). A
+role the tenant is older than (the submitter) gets a new seed and user;
+limits below what this version needs are raised.
 
 The old file is kept beside the new one as account.conf.<UTC time>, and
 the new one replaces it atomically. Reload nats-server afterwards
-(nats-server --signal reload, or SIGHUP). Nothing is written when the file
-is current, or when the upgrade would drop a user or right it cannot
-account for: a user in the file whose seed is not in the directory, a seed
-whose user is not in the file, settings 'tenant add' does not write
-(exports, imports, deny lists), or a runner that stages for another
-builder id than NAME-runner or one of policy.yaml's (give it with
---builder-id).
+(nats-server --signal reload, or SIGHUP). Nothing is written when the
+file's users, rights and limits are current, or when the upgrade could
+lose or misplace something: a user in the file whose seed is not in the
+directory, a seed whose user is not in the file, a seed holding another
+role's key, settings or forms 'tenant add' does not write (exports,
+imports, deny lists, rights not as {allow: [...]}), or a runner that
+stages for another builder id than NAME-runner or one of policy.yaml's
+(give it with --builder-id).
 
 With --check, nothing is written: exit 0 when account.conf is current,
 1 when it is not (the changes are printed).`,
@@ -129,6 +133,9 @@ func runTenantUpgrade(g *globals, f *tenantUpgradeFlags, name string) error {
 	}
 	w := g.stdout
 	path := filepath.Join(dir, tenant.FileAccount)
+	for _, r := range res.Raised {
+		fmt.Fprintf(w, "limits: %s\n", r)
+	}
 	if !res.Changed {
 		fmt.Fprintf(w, "%s is current (runner builder id %s)\n", path, res.Tenant.BuilderID)
 		return nil
