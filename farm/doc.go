@@ -67,13 +67,15 @@
 // and a worker ignores the claims of a builder that failed it (claim),
 // so a builder that claims and fails a derivation again and again fails
 // it once, like an honest one. A claim that holds a replica while
-// nobody builds it holds it for Worker.ClaimTimeout at most (claim).
+// nobody builds it holds it for Worker.ClaimTimeout at most (claim). A
+// request dropped unbuilt, or kept in progress for good, is sent again
+// past its builder (Scheduler.requeue).
 //
 // Nothing a scheduler decides lives only in its memory: it caches set
 // definitions (they do not change), and recomputes state from the bucket
 // and the cache when it starts and at intervals. (What it keeps in
-// memory is when it first saw a request gone, for requeue's waits; a
-// restart starts them again.) A request is published
+// memory is when it first saw a request gone, queued or held, for
+// requeue's waits; a restart starts them again.) A request is published
 // before the state says so, with a Nats-Msg-Id naming the set,
 // derivation, replica and attempt: a scheduler that dies in between, or
 // two schedulers doing the same, publish one message, and the next
