@@ -242,26 +242,12 @@ func TestNixVersionsVolunteer(t *testing.T) {
 			ctx := testctx.New(t, 4*time.Minute)
 			dataDir, p, bs, stack := quorumStack(t)
 			vol := bs[1]
-			key, nixKey, token := envBuilderFiles(t, env, vol, p)
 			store := env.TempDir(t)
-			done := make(chan string, 1)
-			cmd := env.Command(ctx, env.Provenix(t), "volunteer", "--once", "--store", store, "--key", key, "--builder-id", vol.id,
-				"--nix-key", nixKey, "--nats-url", stack.NATSURL(), "--nats-token-file", token, "--nix-option", "substituters=")
-			go func() {
-				out, err := cmd.CombinedOutput()
-				done <- fmt.Sprintf("%v\n%s", err, out)
-			}()
+			wait := envVolunteerOnce(t, ctx, env, stack, p, vol, store)
 			a := qbuild(t, ctx, stack.NATSURL(), p, bs[0], filepath.Join("..", "..", "examples", "hello.nix"), "hello",
 				"--arg", "busybox="+busybox, "--argstr", "message="+uniqueMessage(t))
 			path := a.Outputs[0].Path
-			select {
-			case out := <-done:
-				if !strings.HasPrefix(out, "<nil>") {
-					t.Fatalf("%s: volunteer: %s", env, out)
-				}
-			case <-ctx.Done():
-				t.Fatalf("%s: the volunteer never took the rebuild request", env)
-			}
+			wait()
 			names := strings.Join(sigNames(t, stack.CacheURL(), path), ",")
 			if !strings.Contains(names, "builder-a-1") || !strings.Contains(names, "builder-b-1") {
 				t.Fatalf("%s: narinfo signatures %s: want the builder's and the volunteer's", env, names)
@@ -533,26 +519,11 @@ func TestNixVersionsDiff(t *testing.T) {
 		t.Run(env.String(), func(t *testing.T) {
 			ctx := testctx.New(t, 4*time.Minute)
 			dataDir, p, bs, stack := quorumStack(t)
-			vol := bs[1]
-			key, nixKey, token := envBuilderFiles(t, env, vol, p)
-			done := make(chan string, 1)
-			cmd := env.Command(ctx, env.Provenix(t), "volunteer", "--once", "--store", env.TempDir(t), "--key", key, "--builder-id", vol.id,
-				"--nix-key", nixKey, "--nats-url", stack.NATSURL(), "--nats-token-file", token, "--nix-option", "substituters=")
-			go func() {
-				out, err := cmd.CombinedOutput()
-				done <- fmt.Sprintf("%v\n%s", err, out)
-			}()
+			wait := envVolunteerOnce(t, ctx, env, stack, p, bs[1], env.TempDir(t))
 			a := qbuild(t, ctx, stack.NATSURL(), p, bs[0], filepath.Join("..", "..", "nardiff", "testdata", "unrepro.nix"), "date",
 				"--arg", "busybox="+busybox)
 			path := a.Outputs[0].Path
-			select {
-			case out := <-done:
-				if !strings.HasPrefix(out, "<nil>") {
-					t.Fatalf("%s: volunteer: %s", env, out)
-				}
-			case <-ctx.Done():
-				t.Fatalf("%s: the volunteer never took the rebuild request", env)
-			}
+			wait()
 			waitVotes(t, stack.Conn(), path, 2)
 			stdout, stderr, code := cli(t, ctx, "diff", "--json", "--data-dir", dataDir, "--nats-url", stack.NATSURL(),
 				"--nats-token-file", p.NATSToken(), path)
@@ -569,5 +540,32 @@ func TestNixVersionsDiff(t *testing.T) {
 				t.Fatalf("%s: diff: verdict %s, report:\n%s", env, pd.Verdict, r.Text())
 			}
 		})
+	}
+}
+
+// envVolunteerOnce starts `provenix volunteer --once` (the static binary)
+// as builder vol inside env, with its store at store (inside env), and
+// returns a wait that fails the test unless it took a rebuild request
+// and exited 0.
+func envVolunteerOnce(t *testing.T, ctx context.Context, env *testnix.Env, stack *up.Stack, p up.Paths, vol qbuilder, store string) (wait func()) {
+	t.Helper()
+	key, nixKey, token := envBuilderFiles(t, env, vol, p)
+	done := make(chan string, 1)
+	cmd := env.Command(ctx, env.Provenix(t), "volunteer", "--once", "--store", store, "--key", key, "--builder-id", vol.id,
+		"--nix-key", nixKey, "--nats-url", stack.NATSURL(), "--nats-token-file", token, "--nix-option", "substituters=")
+	go func() {
+		out, err := cmd.CombinedOutput()
+		done <- fmt.Sprintf("%v\n%s", err, out)
+	}()
+	return func() {
+		t.Helper()
+		select {
+		case out := <-done:
+			if !strings.HasPrefix(out, "<nil>") {
+				t.Fatalf("%s: volunteer: %s", env, out)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s: the volunteer never took the rebuild request", env)
+		}
 	}
 }
