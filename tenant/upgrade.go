@@ -55,6 +55,9 @@ type Upgraded struct {
 	NewSeeds []queue.Role
 	// Raised are the limits raised to what this version needs.
 	Raised []string
+	// TakenUp are the newer roles whose seed an upgrade cut short left
+	// without its user: their user is added with that seed.
+	TakenUp []queue.Role
 	// Backup is where the replaced account.conf was kept ("" when
 	// nothing was written).
 	Backup string
@@ -132,16 +135,30 @@ func Upgrade(o UpgradeOptions) (*Upgraded, error) {
 		if err != nil {
 			return nil, err
 		}
-		was, ok := acct.users[pub]
-		if !ok && newSeeds[role] == nil && !slices.Contains(newerRoles, role) {
-			return nil, fmt.Errorf("%w: %s's user %s is not in account.conf (a seed rotated without its nkey line?)", ErrNotUpgradable, SeedFile(role), pub)
+		if other, dup := byKey[pub]; dup {
+			// nats-server refuses an account with one key twice.
+			return nil, fmt.Errorf("%w: %s holds the key of %s", ErrNotUpgradable, SeedFile(role), SeedFile(other))
 		}
-		// (A newer role's seed without its user: one made by an upgrade
-		// that stopped before account.conf was replaced.)
-		if ok && slices.Contains(was.publish, ">") != (role == queue.RoleAdmin) {
-			// Only the admin has every right: a seed file holding
-			// another role's key would give that key the admin's.
-			return nil, fmt.Errorf("%w: %s's user %s has the rights of another role in account.conf (seed files swapped?)", ErrNotUpgradable, SeedFile(role), pub)
+		was, ok := acct.users[pub]
+		if !ok && newSeeds[role] == nil {
+			if !slices.Contains(newerRoles, role) {
+				return nil, fmt.Errorf("%w: %s's user %s is not in account.conf (a seed rotated without its nkey line?)", ErrNotUpgradable, SeedFile(role), pub)
+			}
+			// A newer role's seed without its user: made by an upgrade
+			// that stopped before account.conf was replaced, so newer
+			// than the file; an older one was left when its user was
+			// removed (a revoked key), and must not come back.
+			if err := newerThan(filepath.Join(o.Dir, SeedFile(role)), path); err != nil {
+				return nil, fmt.Errorf("%w: %s's user %s is not in account.conf, and the seed is %w (a revoked key? remove the seed for a new one)", ErrNotUpgradable, SeedFile(role), pub, err)
+			}
+			up.TakenUp = append(up.TakenUp, role)
+		}
+		if ok {
+			// A seed file holding another role's key would give that
+			// key this role's rights.
+			if like := likeliestRole(t.Name, was); like != role {
+				return nil, fmt.Errorf("%w: %s's user %s has rights like the %s role's in account.conf (seed files swapped?)", ErrNotUpgradable, SeedFile(role), pub, like)
+			}
 		}
 		t.Users[role] = pub
 		byKey[pub] = role
@@ -160,6 +177,11 @@ func Upgrade(o UpgradeOptions) (*Upgraded, error) {
 		// Older versions needed fewer streams.
 		up.Raised = append(up.Raised, fmt.Sprintf("max_streams %d -> %d (Provenix needs %d)", t.Limits.MaxStreams, streamsNeeded, streamsNeeded))
 		t.Limits.MaxStreams = streamsNeeded
+	}
+	if filled := t.Limits; filled.fill() != nil || filled != t.Limits {
+		// Every value was read as written; fill would change one only
+		// if parseAccount let a value through that it should not.
+		return nil, fmt.Errorf("%w: jetstream limits %+v: not as provenix writes them", ErrNotUpgradable, t.Limits)
 	}
 	if t.Snippet, err = AccountSnippet(t.Name, t.Limits, t.Users, t.BuilderID); err != nil {
 		return nil, err
@@ -209,6 +231,59 @@ func Upgrade(o UpgradeOptions) (*Upgraded, error) {
 	return up, nil
 }
 
+// newerThan is nil unless the file at p was modified before the one at
+// than.
+func newerThan(p, than string) error {
+	a, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	b, err := os.Stat(than)
+	if err != nil {
+		return err
+	}
+	if a.ModTime().Before(b.ModTime()) {
+		return fmt.Errorf("older than %s", filepath.Base(than))
+	}
+	return nil
+}
+
+// likeliestRole is the role whose rights in this version old's are most
+// like (by the share of rights in common): a user keeps most of its
+// role's rights from version to version, and the roles share few.
+func likeliestRole(name string, old *userPerms) queue.Role {
+	set := func(pub, sub []string) map[string]bool {
+		m := map[string]bool{}
+		for _, s := range pub {
+			m["pub "+s] = true
+		}
+		for _, s := range sub {
+			m["sub "+s] = true
+		}
+		return m
+	}
+	was := set(old.publish, old.subscribe)
+	best, bestScore := queue.Role(""), -1.0
+	for _, role := range queue.Roles {
+		perms, err := permsOf(name, role, name+"-runner")
+		if err != nil {
+			continue
+		}
+		now := set(perms.Publish, perms.Subscribe)
+		common := 0
+		for k := range was {
+			if now[k] {
+				common++
+			}
+		}
+		score := float64(common) / float64(len(was)+len(now)-common)
+		if score > bestScore {
+			best, bestScore = role, score
+		}
+	}
+	return best
+}
+
 // newerRoles are the roles a tenant made by an older version may lack:
 // Upgrade gives them a seed and a user.
 var newerRoles = []queue.Role{queue.RoleSubmitter}
@@ -218,9 +293,8 @@ var newerRoles = []queue.Role{queue.RoleSubmitter}
 // the old user stages for, so the upgrade never moves a runner's scope.
 func builderOf(name string, o UpgradeOptions, old *userPerms) (string, error) {
 	if old == nil {
-		// No runner user before: a new one, for the given id or the
-		// default.
-		return cmpOr(o.BuilderID, name+"-runner"), nil
+		// No runner user, none is made: the id only says so.
+		return "", nil
 	}
 	stages := func(id string) bool {
 		scope := "." + queue.StagingScope(id) + "."
@@ -355,6 +429,18 @@ func parseAccount(text string) (*account, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	// nats-server reads 0 streams or consumers as no limit; Limits
+	// spells that -1 (0 is the default there). A disk quota of 0 is
+	// nothing Add writes.
+	if streams == 0 {
+		streams = -1
+	}
+	if consumers == 0 {
+		consumers = -1
+	}
+	if a.limits.MaxFile == 0 {
+		return nil, errors.New("jetstream max_file: 0, which provenix does not write")
 	}
 	a.limits.MaxStreams, a.limits.MaxConsumers = int(streams), int(consumers)
 	users, ok := body["users"].([]any)

@@ -179,6 +179,32 @@ func TestUpgradeRefuses(t *testing.T) {
 			os.WriteFile(p, ab, 0o600)
 			os.WriteFile(a, pb, 0o600)
 		}, UpgradeOptions{}},
+		{"pusher and submitter seeds swapped", func(t *testing.T, dir string) {
+			p, a := filepath.Join(dir, SeedFile(queue.RolePusher)), filepath.Join(dir, SeedFile(queue.RoleSubmitter))
+			pb, _ := os.ReadFile(p)
+			ab, _ := os.ReadFile(a)
+			os.WriteFile(p, ab, 0o600)
+			os.WriteFile(a, pb, 0o600)
+		}, UpgradeOptions{}},
+		{"one key in two seeds", func(t *testing.T, dir string) {
+			os.Remove(filepath.Join(dir, SeedFile(queue.RoleSubmitter)))
+			edit(t, dir, "    # submitter\n", "    # submitter (removed)\n")
+			acct, _ := os.ReadFile(filepath.Join(dir, FileAccount))
+			i := strings.Index(string(acct), "    # submitter (removed)")
+			j := strings.Index(string(acct), "    # admin")
+			os.WriteFile(filepath.Join(dir, FileAccount), []byte(string(acct[:i])+string(acct[j:])), 0o644)
+			rb, _ := os.ReadFile(filepath.Join(dir, SeedFile(queue.RoleRunner)))
+			os.WriteFile(filepath.Join(dir, SeedFile(queue.RoleSubmitter)), rb, 0o600)
+		}, UpgradeOptions{}},
+		{"a revoked submitter's seed", func(t *testing.T, dir string) {
+			acct, _ := os.ReadFile(filepath.Join(dir, FileAccount))
+			i := strings.Index(string(acct), "    # submitter")
+			j := strings.Index(string(acct), "    # admin")
+			os.WriteFile(filepath.Join(dir, FileAccount), []byte(string(acct[:i])+string(acct[j:])), 0o644)
+			old := time.Now().Add(-time.Hour)
+			os.Chtimes(filepath.Join(dir, SeedFile(queue.RoleSubmitter)), old, old)
+		}, UpgradeOptions{}},
+		{"a disk quota of 0", func(t *testing.T, dir string) { edit(t, dir, "max_file: 1073741824", "max_file: 0") }, UpgradeOptions{}},
 		{"rights in another form", func(t *testing.T, dir string) {
 			edit(t, dir, `publish: {allow: [">"]}`, `publish: [">"]`)
 		}, UpgradeOptions{}},
@@ -277,9 +303,11 @@ func TestUpgradeCases(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		old := time.Now().Add(-time.Hour)
+		os.Chtimes(filepath.Join(dir, FileAccount), old, old)
 		os.WriteFile(filepath.Join(dir, SeedFile(queue.RoleSubmitter)), append(seed, '\n'), 0o600)
 		up, err := Upgrade(UpgradeOptions{Dir: dir})
-		if err != nil || up.Tenant.Users[queue.RoleSubmitter] != pub || len(up.NewSeeds) != 0 {
+		if err != nil || up.Tenant.Users[queue.RoleSubmitter] != pub || len(up.NewSeeds) != 0 || !slices.Equal(up.TakenUp, []queue.Role{queue.RoleSubmitter}) {
 			t.Fatalf("upgrade after one cut short: %+v, %v; want the seed it left taken up", up, err)
 		}
 	})
@@ -302,6 +330,14 @@ func TestUpgradeCases(t *testing.T) {
 		if err != nil || up.Tenant.BuilderID != "box-7" || !strings.Contains(up.Tenant.Snippet, queue.StagingScope("box-7")) ||
 			strings.Contains(up.Tenant.Snippet, unscopedStaging) {
 			t.Fatalf("with --builder-id box-7: %v\n%v", err, up)
+		}
+	})
+	t.Run("unlimited", func(t *testing.T) {
+		dir := copyFixture(t, "pre-claims")
+		edit(t, dir, "max_streams: 12, max_consumers: 256", "max_streams: 0, max_consumers: 0")
+		up, err := Upgrade(UpgradeOptions{Dir: dir})
+		if err != nil || up.Tenant.Limits.MaxStreams != -1 || up.Tenant.Limits.MaxConsumers != -1 || len(up.Raised) != 0 {
+			t.Fatalf("upgrade with 0 (unlimited) streams and consumers: %+v, %v", up, err)
 		}
 	})
 	t.Run("layout only", func(t *testing.T) {

@@ -137,7 +137,7 @@ func runTenantUpgrade(g *globals, f *tenantUpgradeFlags, name string) error {
 		fmt.Fprintf(w, "limits: %s\n", r)
 	}
 	if !res.Changed {
-		fmt.Fprintf(w, "%s is current (runner builder id %s)\n", path, res.Tenant.BuilderID)
+		fmt.Fprintf(w, "%s is current%s\n", path, runnerOf(res))
 		return nil
 	}
 	for _, c := range res.Changes {
@@ -153,17 +153,25 @@ func runTenantUpgrade(g *globals, f *tenantUpgradeFlags, name string) error {
 			fmt.Fprintf(w, "  - %s\n", s)
 		}
 	}
+	created, takenUp := "created", "took up"
 	if f.check {
-		for _, r := range res.NewSeeds {
-			fmt.Fprintf(w, "would create %s\n", filepath.Join(dir, tenant.SeedFile(r)))
-		}
-		return &exitError{code: exitFailed, err: fmt.Errorf("%s is out of date: run 'provenix tenant upgrade %s' and reload nats-server", path, name)}
+		created, takenUp = "would create", "would take up"
 	}
 	for _, r := range res.NewSeeds {
-		fmt.Fprintf(w, "created %s (user %s)\n", filepath.Join(dir, tenant.SeedFile(r)), res.Tenant.Users[r])
+		user := ""
+		if !f.check { // a dry run's key is thrown away
+			user = " (user " + res.Tenant.Users[r] + ")"
+		}
+		fmt.Fprintf(w, "%s %s%s\n", created, filepath.Join(dir, tenant.SeedFile(r)), user)
 	}
-	fmt.Fprintf(w, "rewrote %s (runner builder id %s); the old one is %s\nreload nats-server: nats-server --signal reload\n",
-		path, res.Tenant.BuilderID, res.Backup)
+	for _, r := range res.TakenUp {
+		fmt.Fprintf(w, "%s %s, which an upgrade cut short left (user %s)\n", takenUp, filepath.Join(dir, tenant.SeedFile(r)), res.Tenant.Users[r])
+	}
+	if f.check {
+		return &exitError{code: exitFailed, err: fmt.Errorf("%s is out of date: run 'provenix tenant upgrade %s' and reload nats-server", path, name)}
+	}
+	fmt.Fprintf(w, "rewrote %s%s; the old one is %s\nreload nats-server: nats-server --signal reload\n",
+		path, runnerOf(res), res.Backup)
 	return nil
 }
 
@@ -202,6 +210,14 @@ func runTenantAdd(g *globals, f *tenantAddFlags, name string) error {
 		t.Path(tenant.FileNetrc), f.cacheHost, t.CachePublicKey)
 	fmt.Fprintf(w, "\n%s", t.Snippet)
 	return nil
+}
+
+// runnerOf says which builder id the tenant's runner user stages for.
+func runnerOf(res *tenant.Upgraded) string {
+	if res.Tenant.BuilderID == "" {
+		return " (no runner user)"
+	}
+	return " (runner builder id " + res.Tenant.BuilderID + ")"
 }
 
 // byteSize is a flag holding a byte count: a plain number, or one with a
