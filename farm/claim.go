@@ -275,8 +275,9 @@ func (a *claimArgs) live() bool { return a.building != nil && a.building() }
 //     that builds another replica of it, nor one whose owner holds
 //     another replica (NotForUs);
 //   - a request for an attempt the state has moved past, for a
-//     derivation no longer needed, or another message of a replica this
-//     builder built, is dropped (NotNeeded);
+//     derivation no longer needed, a message older than the replica's
+//     request the state records (sent again since), or another message
+//     of a replica this builder built, is dropped (NotNeeded);
 //   - a replica another builder holds (holders), or this builder on a
 //     later delivery or another message (another of its handlers), is
 //     not taken (Held): either this delivery is stale and the holder has
@@ -312,6 +313,12 @@ func claim(ctx context.Context, conn *queue.Conn, kv jetstream.KeyValue, r *Requ
 	}
 	if r.Replica < len(st.Attempts) && r.Attempt < st.Attempts[r.Replica] {
 		return NotNeeded, nil // the scheduler retried it since
+	}
+	if r.Replica < len(st.Attempts) && r.Attempt == st.Attempts[r.Replica] && r.Replica < len(st.Requests) && msg != 0 && msg < st.Requests[r.Replica] {
+		// The scheduler sent it again since (requeue), past a builder
+		// that kept this message: the later one stands for it, and
+		// this one, released, must not make a second build.
+		return NotNeeded, nil
 	}
 	failed := st.failedBuilders()
 	if slices.Contains(failed, builder) {

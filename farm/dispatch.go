@@ -333,7 +333,9 @@ func publishRequest(ctx context.Context, conn *queue.Conn, r *Request, again str
 // request of another replica is still queued: an honest one waits for
 // the other replicas' votes, a bad builder's would hold it off for good;
 // past that, the request goes to another builder (its claimant
-// excluded), whose build is one more vote. While the derivation waits
+// excluded), whose build is one more vote. A builder whose claim names
+// the gone message and says no build took it and dropped it: the
+// request goes past it too. While the derivation waits
 // with all its replicas built (a dispute's extra replicas not yet out,
 // say), that repeats every BuiltTimeout.
 //
@@ -398,10 +400,18 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		if err := readOnce(); err != nil {
 			return err
 		}
-		var built []string
+		// Who claimed it: the builders that say they built it, and one
+		// that took the message and acknowledged it with neither a
+		// build nor a failure (an honest worker that leaves a request
+		// withdraws its claim).
+		var built, dropped []string
 		for _, c := range claims {
-			if c.Built && c.holds(c.Builder, replica, attempt) {
+			switch {
+			case !c.holds(c.Builder, replica, attempt):
+			case c.Built:
 				built = append(built, c.Builder)
+			case c.Msg == seq:
+				dropped = append(dropped, c.Builder)
 			}
 		}
 		// A built replica waits for the others while any of their
@@ -410,7 +420,7 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		if len(built) > 0 && (anyQueued || time.Since(since) < s.cfg.BuiltTimeout) {
 			continue
 		}
-		sent, err := s.sendAgain(ctx, ls, drv, replica, attempt, seq, built)
+		sent, err := s.sendAgain(ctx, ls, drv, replica, attempt, seq, slices.Concat(built, dropped))
 		if err != nil {
 			return err
 		}
@@ -419,23 +429,28 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		}
 		s.gone.forget(g.key)
 		s.log.Warn("farm: sent a request again: no worker has it, and no build of it is known (dropped without a build, expired, or a claim of a build held it off too long)",
-			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", replica, "attempt", attempt, "claimedBuiltBy", built)
+			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", replica, "attempt", attempt, "claimedBuiltBy", built, "droppedBy", dropped)
 	}
-	var holders map[int]*Claim
 	for _, l := range long {
+		// The holder needs no closer watch than a 24th of the wait:
+		// a long backlog nobody serves costs a claim read per
+		// derivation that often, not at every resync.
+		if !s.queued.due(l.key, s.cfg.HoldTimeout/24) {
+			continue
+		}
 		if err := readOnce(); err != nil {
 			return err
 		}
-		if holders == nil {
-			holders = holdersAt(claims, st, st.failedBuilders(), 0)
-		}
-		h := holders[l.replica]
+		// Who holds this message: a claim on another (one sent again
+		// past its builder, say) says nothing of it.
+		h := holdersAt(claims, st, st.failedBuilders(), 0, func(c *Claim) bool { return c.Msg != l.seq })[l.replica]
 		if h == nil {
-			continue // waiting for a worker
+			s.held.forget(l.key) // waiting for a worker
+			continue
 		}
-		hk := l.key
-		hk.builder = h.Builder
-		if time.Since(s.held.see(hk)) < s.cfg.HoldTimeout {
+		// Since when this builder holds it: a change of holder starts
+		// the count again.
+		if time.Since(s.held.seeAs(l.key, h.Builder)) < s.cfg.HoldTimeout {
 			continue
 		}
 		sent, err := s.sendAgain(ctx, ls, drv, l.replica, l.attempt, l.seq, []string{h.Builder})
@@ -445,7 +460,7 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		if !sent {
 			continue // moved on meanwhile
 		}
-		s.held.forget(hk)
+		s.held.forget(l.key)
 		s.queued.forget(l.key)
 		s.log.Warn("farm: sent a request again: one builder held it too long without a result (its worker keeps it, unbuilt or building longer than HoldTimeout)",
 			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", l.replica, "attempt", l.attempt, "heldBy", h.Builder,

@@ -1325,37 +1325,13 @@ func TestDroppedRequestClaimedBuilt(t *testing.T) {
 // sends the request again past that builder, and an honest one builds.
 func TestHeldRequestSentAgain(t *testing.T) {
 	const hold = time.Second
-	url, conn := setup(t)
-	cache := newMemCache()
-	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
-	sub := submit(t, conn, g, cache, 1, 3)
-	s := startSchedulerWith(t, url, SchedulerConfig{Cache: cache, HoldTimeout: hold})
+	url, conn, g, cache, sub, s, _ := heldA(t, hold)
 	ctx := testctx.New(t, time.Minute)
-	held := make(chan struct{}, 1)
-	testWorkerFunc(t, url, "mallory", func(ctx context.Context, r *Request) (*BuildStats, error) {
-		held <- struct{}{}
-		<-ctx.Done() // holds it, in progress, until the test ends
-		return nil, ctx.Err()
-	})
-	select {
-	case <-held:
-	case <-ctx.Done():
-		t.Fatal("mallory never got the request")
-	}
 	first := states(t, conn, sub.Set.ID)["a"].Requests
 	start := time.Now()
-	var st *State
-	for time.Since(start) < 3*hold+10*time.Second {
-		if err := s.Resync(ctx, sub.Set.ID, false); err != nil {
-			t.Fatal(err)
-		}
-		if st = states(t, conn, sub.Set.ID)["a"]; !slices.Equal(st.Requests, first) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if took := time.Since(start); slices.Equal(st.Requests, first) || took < 2*hold-200*time.Millisecond {
-		t.Fatalf("requests %v after %v, want sent again once queued %v and held by mallory %v more", st.Requests, took, hold, hold)
+	st := resyncUntilSent(t, conn, s, sub.Set.ID, 3*hold+10*time.Second)
+	if took := time.Since(start); took < 2*hold-200*time.Millisecond {
+		t.Fatalf("requests %v -> %v after %v, want sent again once queued %v and held by mallory %v more", first, st.Requests, took, hold, hold)
 	}
 	if len(st.Displaced) == 0 || !slices.Contains(st.Displaced[0], "mallory") {
 		t.Fatalf("displaced %v, want mallory on replica 0", st.Displaced)
@@ -1380,6 +1356,138 @@ func TestHeldRequestSentAgain(t *testing.T) {
 	if b := log.all(); len(b) != 1 || b[0].builder != "honest" {
 		t.Fatalf("builds %+v, want honest's", b)
 	}
+}
+
+// TestHeldRequestReleased: after the request was sent again past the
+// bad builder, it lets the old message go. That message, older than the
+// one the state records, is dropped by the honest worker it comes to,
+// not built a second time beside the honest build of the new one (a
+// worker that found it held would take it over after its ClaimTimeout).
+func TestHeldRequestReleased(t *testing.T) {
+	const hold = time.Second
+	url, conn, _, _, sub, s, stopMallory := heldA(t, hold)
+	ctx := testctx.New(t, time.Minute)
+	old := states(t, conn, sub.Set.ID)["a"].Requests[0]
+	resyncUntilSent(t, conn, s, sub.Set.ID, 3*hold+10*time.Second)
+	h1 := make(chan struct{}, 1)
+	holdingWorker(t, url, "h1", time.Second, func(ctx context.Context, r *Request) (*BuildStats, error) {
+		h1 <- struct{}{}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	select {
+	case <-h1:
+	case <-ctx.Done():
+		t.Fatal("no honest worker took the request sent again")
+	}
+	stopMallory() // lets the old message go: it comes back at once
+	built := make(chan string, 1)
+	holdingWorker(t, url, "h2", time.Second, func(ctx context.Context, r *Request) (*BuildStats, error) {
+		built <- "h2"
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	waitFor(t, 20*time.Second, func() bool {
+		queued, err := conn.FarmRequestQueued(ctx, old)
+		return err == nil && !queued
+	})
+	select {
+	case b := <-built:
+		t.Fatalf("%s built the replica h1 builds, from the old message", b)
+	default:
+	}
+}
+
+// TestHeldRequestStaleClaim: a builder that claimed a message and
+// dropped it unbuilt is displaced when the message is sent again, so
+// its claim does not hold the replica against the new message (an
+// honest worker would wait out its ClaimTimeout); and a claim on an
+// earlier message says nothing of who holds the current one: the
+// scheduler times and displaces the current message's holder.
+func TestHeldRequestStaleClaim(t *testing.T) {
+	const hold = time.Second
+	url, conn, _, _, sub, s := droppedA(t, SchedulerConfig{HoldTimeout: hold, RequeueAfter: time.Millisecond})
+	drv := fakePath("a.drv")
+	dropped := states(t, conn, sub.Set.ID)["a"].Requests[0]
+	putClaim(t, conn, sub.Set.ID, drv, Claim{Replica: 0, Attempt: 1, Builder: "dropper", Owner: "dropper", Msg: dropped, Delivered: 1})
+	if st := resyncUntilSent(t, conn, s, sub.Set.ID, 10*time.Second); len(st.Displaced) == 0 || !slices.Contains(st.Displaced[0], "dropper") {
+		t.Fatalf("displaced %v after the dropped message was sent again, want dropper", st.Displaced)
+	}
+	got := make(chan struct{}, 1)
+	holdingWorker(t, url, "h1", time.Hour, func(ctx context.Context, r *Request) (*BuildStats, error) {
+		got <- struct{}{}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	select {
+	case <-got:
+	case <-time.After(20 * time.Second):
+		t.Fatal("h1 never built the message sent again: dropper's claim held the replica")
+	}
+	st := resyncUntilSent(t, conn, s, sub.Set.ID, 3*hold+10*time.Second)
+	if len(st.Displaced) == 0 || !slices.Contains(st.Displaced[0], "h1") {
+		t.Fatalf("displaced %v, want h1, which held the current message", st.Displaced)
+	}
+}
+
+// heldA submits a set of one derivation, a, with quorum 1 to a scheduler
+// with HoldTimeout hold (resynced by the test), and has mallory take its
+// request and keep it in progress, never building it.
+func heldA(t *testing.T, hold time.Duration) (url string, conn *queue.Conn, g *Graph, cache *memCache, sub *Submitted, s *Scheduler, stopMallory func()) {
+	t.Helper()
+	url, conn = setup(t)
+	cache = newMemCache()
+	g = graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub = submit(t, conn, g, cache, 1, 3)
+	s = startSchedulerWith(t, url, SchedulerConfig{Cache: cache, HoldTimeout: hold})
+	held := make(chan struct{}, 1)
+	stopMallory = holdingWorker(t, url, "mallory", time.Hour, func(ctx context.Context, r *Request) (*BuildStats, error) {
+		select {
+		case held <- struct{}{}:
+		default:
+		}
+		<-ctx.Done() // holds it, in progress, until stopped
+		return nil, ctx.Err()
+	})
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("mallory never got the request")
+	}
+	return url, conn, g, cache, sub, s, stopMallory
+}
+
+// holdingWorker runs a worker whose AckWait is 2 s and whose builds are
+// build, and returns what stops it.
+func holdingWorker(t *testing.T, url, builder string, claimTimeout time.Duration, build BuildFunc) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &Worker{Conn: connect(t, url), Tenant: tenant, Machine: Machine{System: "x86_64-linux"}, Builder: builder,
+		AckWait: 2 * time.Second, ClaimTimeout: claimTimeout, Build: build, Logger: testLogger(t, "worker "+builder)}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// resyncUntilSent resyncs set id until a's request changes, and returns
+// its state then.
+func resyncUntilSent(t *testing.T, conn *queue.Conn, s *Scheduler, id string, within time.Duration) *State {
+	t.Helper()
+	ctx := testctx.New(t, time.Minute)
+	first := states(t, conn, id)["a"].Requests
+	for start := time.Now(); time.Since(start) < within; time.Sleep(100 * time.Millisecond) {
+		if err := s.Resync(ctx, id, false); err != nil {
+			t.Fatal(err)
+		}
+		if st := states(t, conn, id)["a"]; !slices.Equal(st.Requests, first) {
+			return st
+		}
+	}
+	t.Fatalf("a's request %v not sent again within %v", first, within)
+	return nil
 }
 
 // droppedA submits a set of one derivation, a, with quorum 1 to a

@@ -6,12 +6,11 @@ import (
 )
 
 // requestKey names one request message (its stream sequence) of one
-// replica's attempt, and, when set, the builder holding it.
+// replica's attempt.
 type requestKey struct {
 	set, drv         string
 	replica, attempt int
 	msg              uint64
-	builder          string
 }
 
 // firstSeen remembers, in this process's memory, since when each request
@@ -26,7 +25,13 @@ type firstSeen struct {
 	pruned time.Time
 }
 
-type seenAt struct{ first, last time.Time }
+type seenAt struct {
+	first, last time.Time
+	// as is what the condition was about (a holder), checked when it
+	// was last due.
+	as      string
+	checked time.Time
+}
 
 // DefaultSeenFor is how long firstSeen keeps a request not seen again:
 // long enough for a request to come round every worker of a large farm
@@ -40,7 +45,12 @@ func seenFor(resyncEvery time.Duration) firstSeen {
 }
 
 // see records k seen now and returns when it was first seen.
-func (f *firstSeen) see(k requestKey) time.Time {
+func (f *firstSeen) see(k requestKey) time.Time { return f.seeAs(k, "") }
+
+// seeAs records k seen now in the condition about as (held by a
+// builder, say) and returns since when it has been: a change of as
+// starts the count again.
+func (f *firstSeen) seeAs(k requestKey, as string) time.Time {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := time.Now()
@@ -48,8 +58,8 @@ func (f *firstSeen) see(k requestKey) time.Time {
 		f.m = map[requestKey]*seenAt{}
 	}
 	s := f.m[k]
-	if s == nil {
-		s = &seenAt{first: now}
+	if s == nil || s.as != as {
+		s = &seenAt{first: now, as: as}
 		f.m[k] = s
 	}
 	s.last = now
@@ -66,6 +76,23 @@ func (f *firstSeen) see(k requestKey) time.Time {
 		}
 	}
 	return s.first
+}
+
+// due reports whether k, seen already, was last due every ago or
+// more (or never), and if so counts now as its last: a check that
+// need not run at each sighting.
+func (f *firstSeen) due(k requestKey, every time.Duration) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.m[k]
+	if s == nil {
+		return true
+	}
+	if now := time.Now(); now.Sub(s.checked) >= every {
+		s.checked = now
+		return true
+	}
+	return false
 }
 
 // forget drops k: it is no longer in the condition.
