@@ -334,8 +334,8 @@ func publishRequest(ctx context.Context, conn *queue.Conn, r *Request, again str
 // the other replicas' votes, a bad builder's would hold it off for good;
 // past that, the request goes to another builder (its claimant
 // excluded), whose build is one more vote. A builder whose claim names
-// the gone message and says no build took it and dropped it: the
-// request goes past it too. While the derivation waits
+// the gone message and no build is displaced and excluded too, so its
+// claim does not hold the replica against the new message. While the derivation waits
 // with all its replicas built (a dispute's extra replicas not yet out,
 // say), that repeats every BuiltTimeout.
 //
@@ -401,9 +401,11 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 			return err
 		}
 		// Who claimed it: the builders that say they built it, and one
-		// that took the message and acknowledged it with neither a
-		// build nor a failure (an honest worker that leaves a request
-		// withdraws its claim).
+		// whose claim names the message with no build (a bad builder
+		// that took it and acknowledged it unbuilt; an honest one whose
+		// Built record failed, or that crashed while another took the
+		// redelivery and dropped it, is displaced too: a rebuild by it
+		// adds no vote, or it waits for the next attempt).
 		var built, dropped []string
 		for _, c := range claims {
 			switch {
@@ -432,20 +434,26 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", replica, "attempt", attempt, "claimedBuiltBy", built, "droppedBy", dropped)
 	}
 	for _, l := range long {
-		// The holder needs no closer watch than a 24th of the wait:
-		// a long backlog nobody serves costs a claim read per
-		// derivation that often, not at every resync.
-		if !s.queued.due(l.key, s.cfg.HoldTimeout/24) {
+		// The holder needs no closer watch than a 24th of the wait (an
+		// hour at most): a long backlog nobody serves costs a claim
+		// read per derivation that often, not at every resync.
+		if !s.queued.due(l.key, min(s.cfg.HoldTimeout/24, time.Hour)) {
 			continue
 		}
 		if err := readOnce(); err != nil {
 			return err
 		}
-		// Who holds this message: a claim on another (one sent again
-		// past its builder, say) says nothing of it.
-		h := holdersAt(claims, st, st.failedBuilders(), 0, func(c *Claim) bool { return c.Msg != l.seq })[l.replica]
+		// Who holds the replica, whatever message its claim names: a
+		// builder that keeps this one cannot get out of the count by
+		// naming another. (Claims of messages gone unbuilt were
+		// displaced with them.)
+		h := holdersAt(claims, st, st.failedBuilders(), 0)[l.replica]
 		if h == nil {
-			s.held.forget(l.key) // waiting for a worker
+			// Waiting for a worker, as far as the claims tell: one
+			// that keeps the message without claiming it is not seen
+			// (docs/tenants.md). The count of the last holder is kept,
+			// so that withdrawing a claim around a check does not
+			// start it again.
 			continue
 		}
 		// Since when this builder holds it: a change of holder starts

@@ -1358,6 +1358,20 @@ func TestHeldRequestSentAgain(t *testing.T) {
 	}
 }
 
+// TestHeldRequestClaimElsewhere: the bad builder keeps the message but
+// rewrites its claim to name another message; it is timed and
+// displaced all the same.
+func TestHeldRequestClaimElsewhere(t *testing.T) {
+	const hold = time.Second
+	_, conn, _, _, sub, s, _ := heldA(t, hold)
+	seq := states(t, conn, sub.Set.ID)["a"].Requests[0]
+	putClaim(t, conn, sub.Set.ID, fakePath("a.drv"), Claim{Replica: 0, Attempt: 1, Builder: "mallory", Owner: "mallory", Msg: seq + 1000, Delivered: 1})
+	st := resyncUntilSent(t, conn, s, sub.Set.ID, 3*hold+10*time.Second)
+	if len(st.Displaced) == 0 || !slices.Contains(st.Displaced[0], "mallory") {
+		t.Fatalf("displaced %v, want mallory", st.Displaced)
+	}
+}
+
 // TestHeldRequestReleased: after the request was sent again past the
 // bad builder, it lets the old message go. That message, older than the
 // one the state records, is dropped by the honest worker it comes to,
