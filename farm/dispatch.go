@@ -342,8 +342,10 @@ func publishRequest(ctx context.Context, conn *queue.Conn, r *Request, again str
 // A request still queued is left to its workers for HoldTimeout; past
 // that, the claim holding its replica is watched, and once the same
 // builder has held it for HoldTimeout more the request goes to another
-// builder (that one excluded). An unclaimed request only waits for a
-// worker and is left alone.
+// builder (that one excluded). An unclaimed request that no worker has
+// had only waits for one and is left alone; one a worker has had and
+// keeps without a claim goes out again after HoldTimeout more, to
+// anyone (the keeper is not known).
 //
 // A request goes out again under a message id naming the one it
 // replaces, so schedulers doing this at once send it once.
@@ -448,20 +450,39 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		// naming another. (Claims of messages gone unbuilt were
 		// displaced with them.)
 		h := holdersAt(claims, st, st.failedBuilders(), 0)[l.replica]
-		if h == nil {
-			// Waiting for a worker, as far as the claims tell: one
-			// that keeps the message without claiming it is not seen
-			// (docs/tenants.md). The count of the last holder is kept,
-			// so that withdrawing a claim around a check does not
-			// start it again.
+		holder, displaced := "", []string(nil)
+		if h != nil {
+			holder, displaced = h.Builder, []string{h.Builder}
+		} else {
+			// No claim holds it: waiting for a worker, unless one has
+			// had it (a worker that keeps it without a claim). The
+			// count of the last claimant is kept meanwhile, so that
+			// withdrawing a claim around a check does not start it
+			// again.
+			subj, err := s.request(ls, drv, l.replica, l.attempt, nil).Subject()
+			if err != nil {
+				return err
+			}
+			delivered, err := s.cfg.Conn.FarmRequestDelivered(ctx, subj, l.seq)
+			if errors.Is(err, queue.ErrPermissionDenied) {
+				// An account.conf older than this rule: the rest of
+				// requeue still works (docs/tenants.md).
+				s.log.Warn("farm: cannot tell whether a request was delivered; run provenix tenant upgrade", logKeySet, ls.set.ID, logKeyDrv, drv, "err", err)
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if !delivered {
+				continue
+			}
+		}
+		// Since when this builder (or, "", a worker that does not
+		// claim) holds it: a change of holder starts the count again.
+		if time.Since(s.held.seeAs(l.key, holder)) < s.cfg.HoldTimeout {
 			continue
 		}
-		// Since when this builder holds it: a change of holder starts
-		// the count again.
-		if time.Since(s.held.seeAs(l.key, h.Builder)) < s.cfg.HoldTimeout {
-			continue
-		}
-		sent, err := s.sendAgain(ctx, ls, drv, l.replica, l.attempt, l.seq, []string{h.Builder})
+		sent, err := s.sendAgain(ctx, ls, drv, l.replica, l.attempt, l.seq, displaced)
 		if err != nil {
 			return err
 		}
@@ -471,7 +492,7 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		s.held.forget(l.key)
 		s.queued.forget(l.key)
 		s.log.Warn("farm: sent a request again: one builder held it too long without a result (its worker keeps it, unbuilt or building longer than HoldTimeout)",
-			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", l.replica, "attempt", l.attempt, "heldBy", h.Builder,
+			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", l.replica, "attempt", l.attempt, "heldBy", holder,
 			"queuedSince", l.since)
 	}
 	return nil

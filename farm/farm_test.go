@@ -1372,6 +1372,58 @@ func TestHeldRequestClaimElsewhere(t *testing.T) {
 	}
 }
 
+// TestHeldRequestNoClaim: the bad builder keeps the message in progress
+// without writing any claim. The scheduler sees that a worker has had it
+// (its consumer delivered it) and sends it again after HoldTimeout
+// more; an honest worker builds.
+func TestHeldRequestNoClaim(t *testing.T) {
+	const hold = time.Second
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, 3)
+	s := startSchedulerWith(t, url, SchedulerConfig{Cache: cache, HoldTimeout: hold})
+	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
+	ctx := testctx.New(t, time.Minute)
+	subj, err := queue.FarmBuildSubject(tenant, "x86_64-linux", FeatureClass(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kctx, stop := context.WithCancel(ctx)
+	defer stop()
+	held := make(chan struct{}, 1)
+	k, err := conn.ConsumeFarm(kctx, queue.ConsumerOptions{FilterSubject: subj, AckWait: 2 * time.Second}, func(ctx context.Context, d *queue.Delivery) error {
+		defer d.KeepAlive(ctx, 500*time.Millisecond, nil)()
+		select {
+		case held <- struct{}{}:
+		default:
+		}
+		<-ctx.Done() // kept in progress, no claim, never built
+		return ctx.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { k.Stop(); <-k.Closed() }()
+	<-held
+	start := time.Now()
+	resyncUntilSent(t, conn, s, sub.Set.ID, 3*hold+10*time.Second)
+	if took := time.Since(start); took < 2*hold-200*time.Millisecond {
+		t.Fatalf("sent again after %v, want after %v queued and %v more", took, hold, hold)
+	}
+	k.Stop() // it keeps the old message no more: a worker would drop it
+	<-k.Closed()
+	p := &pusher{conn: conn, cache: cache, quorum: 1}
+	log := &buildLog{}
+	testWorker(t, url, g, cache, p, log, "honest", "o1", nil)
+	if st := waitFinished(t, conn, sub.Set.ID, 30*time.Second); st.Counts[Done] != 1 {
+		t.Fatalf("status %s", st)
+	}
+	if b := log.all(); len(b) != 1 {
+		t.Fatalf("builds %+v, want one", b)
+	}
+}
+
 // TestHeldRequestReleased: after the request was sent again past the
 // bad builder, it lets the old message go. That message, older than the
 // one the state records, is dropped by the honest worker it comes to,

@@ -202,6 +202,34 @@ func (c *Conn) FarmRequestQueued(ctx context.Context, seq uint64) (bool, error) 
 	return true, nil
 }
 
+// FarmRequestDelivered reports whether the request stored at seq on
+// subject (a FarmBuildSubject) has been delivered to a worker at least
+// once: its consumer, FarmConsumer(subject), delivered that far. A
+// request still queued and delivered is held by a worker, or waits to
+// come back to one; one not delivered waits for a worker. False when no
+// worker has consumed the subject yet.
+func (c *Conn) FarmRequestDelivered(ctx context.Context, subject string, seq uint64) (bool, error) {
+	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
+	defer cancel()
+	name := FarmConsumer(subject)
+	var info *jetstream.ConsumerInfo
+	err := c.denyAware(ctx, jsAPIFor(StreamFarm, name), func(ctx context.Context) error {
+		cons, err := c.js.Consumer(ctx, StreamFarm, name)
+		if err != nil {
+			return err
+		}
+		info = cons.CachedInfo()
+		return nil
+	})
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("queue: farm consumer of %s: %w", subject, mapJSError(err))
+	}
+	return seq <= info.Delivered.Stream, nil
+}
+
 // ConsumeFarm runs h on the messages of one farm filter subject (a
 // FarmBuildSubject, or FarmReportFilter) through its shared durable
 // consumer, FarmConsumer(filter), created or updated on FARM with
@@ -507,8 +535,10 @@ func farmPusher(tenant string, pub *[]string, consume func(stream, filter string
 	readStream(kvStreamPrefix + BucketFarm)
 	readLatest(pub, kvStreamPrefix+BucketFarm)
 	orderedReads(kvStreamPrefix + BucketFarm)
-	// Whether a request is still queued (FarmRequestQueued).
+	// Whether a request is still queued (FarmRequestQueued), and
+	// delivered (FarmRequestDelivered).
 	readLatest(pub, StreamFarm)
+	*pub = append(*pub, jsAPI+"CONSUMER.INFO."+StreamFarm+".*")
 }
 
 // readLatest lets a user read stream's messages from its leader

@@ -227,6 +227,12 @@ func TestFarmPermissions(t *testing.T) {
 	subj, _ := queue.FarmBuildSubject("a", "x86_64-linux", farm.NoFeatures)
 	_, _, err = runner.PublishFarm(context.Background(), subj, "forged", []byte("{}"))
 	fast(t, "a runner publishes a build request", start, err, queue.ErrPermissionDenied)
+	// The scheduler asks whether a request was delivered (a worker that
+	// keeps it without a claim): the worker consumed subj, up to the
+	// set's requests.
+	if delivered, err := pusher.FarmRequestDelivered(ctx, subj, 1); err != nil || !delivered {
+		t.Errorf("the pusher asks whether request 1 was delivered: %v, %v; want true", delivered, err)
+	}
 }
 
 // rollupAll publishes, as tenant's user of role, a message on subj with
