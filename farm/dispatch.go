@@ -450,15 +450,13 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		// naming another. (Claims of messages gone unbuilt were
 		// displaced with them.)
 		h := holdersAt(claims, st, st.failedBuilders(), 0)[l.replica]
-		holder, displaced := "", []string(nil)
+		holder := ""
 		if h != nil {
-			holder, displaced = h.Builder, []string{h.Builder}
+			holder = h.Builder
 		} else {
 			// No claim holds it: waiting for a worker, unless one has
-			// had it (a worker that keeps it without a claim). The
-			// count of the last claimant is kept meanwhile, so that
-			// withdrawing a claim around a check does not start it
-			// again.
+			// had it (a worker that keeps it without a claim, or a
+			// claimant that withdrew its claim: its count goes on).
 			subj, err := s.request(ls, drv, l.replica, l.attempt, nil).Subject()
 			if err != nil {
 				return err
@@ -477,9 +475,12 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 				continue
 			}
 		}
-		// Since when this builder (or, "", a worker that does not
-		// claim) holds it: a change of holder starts the count again.
-		if time.Since(s.held.seeAs(l.key, holder)) < s.cfg.HoldTimeout {
+		// Since when it is held (firstSeen.hold: a new holder starts
+		// the count again, a withdrawn claim or one handed back does
+		// not); past HoldTimeout every builder seen holding it is
+		// displaced.
+		since, displaced := s.held.hold(l.key, holder)
+		if time.Since(since) < s.cfg.HoldTimeout {
 			continue
 		}
 		sent, err := s.sendAgain(ctx, ls, drv, l.replica, l.attempt, l.seq, displaced)
@@ -491,8 +492,12 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		}
 		s.held.forget(l.key)
 		s.queued.forget(l.key)
-		s.log.Warn("farm: sent a request again: one builder held it too long without a result (its worker keeps it, unbuilt or building longer than HoldTimeout)",
-			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", l.replica, "attempt", l.attempt, "heldBy", holder,
+		why := "one builder held it too long without a result (its worker keeps it, unbuilt or building longer than HoldTimeout)"
+		if len(displaced) == 0 {
+			why = "workers have had it but none claimed it for HoldTimeout (one keeps it without a claim, or every worker passes it on: too few owners for the quorum, say)"
+		}
+		s.log.Warn("farm: sent a request again: "+why,
+			logKeySet, ls.set.ID, logKeyDrv, drv, "replica", l.replica, "attempt", l.attempt, "heldBy", displaced,
 			"queuedSince", l.since)
 	}
 	return nil
@@ -510,7 +515,14 @@ func (s *Scheduler) sendAgain(ctx context.Context, ls *loadedSet, drv string, re
 		cur.Updated = time.Now().UTC()
 		cur.displace(replica, displaced)
 		sent = true
-		exclude := slices.Concat(cur.failedBuilders(), cur.Voters, displaced)
+		// Everyone displaced from this replica's attempt so far, not
+		// only now: a resend past no one in particular (a keeper
+		// without a claim) must not let an earlier keeper back in.
+		var before []string
+		if replica < len(cur.Displaced) {
+			before = cur.Displaced[replica]
+		}
+		exclude := slices.Concat(cur.failedBuilders(), cur.Voters, before)
 		slices.Sort(exclude)
 		exclude = slices.Compact(exclude)
 		return true, func(ctx context.Context) error {

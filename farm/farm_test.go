@@ -1384,35 +1384,13 @@ func TestHeldRequestNoClaim(t *testing.T) {
 	sub := submit(t, conn, g, cache, 1, 3)
 	s := startSchedulerWith(t, url, SchedulerConfig{Cache: cache, HoldTimeout: hold})
 	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
-	ctx := testctx.New(t, time.Minute)
-	subj, err := queue.FarmBuildSubject(tenant, "x86_64-linux", FeatureClass(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	kctx, stop := context.WithCancel(ctx)
-	defer stop()
-	held := make(chan struct{}, 1)
-	k, err := conn.ConsumeFarm(kctx, queue.ConsumerOptions{FilterSubject: subj, AckWait: 2 * time.Second}, func(ctx context.Context, d *queue.Delivery) error {
-		defer d.KeepAlive(ctx, 500*time.Millisecond, nil)()
-		select {
-		case held <- struct{}{}:
-		default:
-		}
-		<-ctx.Done() // kept in progress, no claim, never built
-		return ctx.Err()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { k.Stop(); <-k.Closed() }()
-	<-held
+	release := keepWithoutClaim(t, conn)
 	start := time.Now()
 	resyncUntilSent(t, conn, s, sub.Set.ID, 3*hold+10*time.Second)
 	if took := time.Since(start); took < 2*hold-200*time.Millisecond {
 		t.Fatalf("sent again after %v, want after %v queued and %v more", took, hold, hold)
 	}
-	k.Stop() // it keeps the old message no more: a worker would drop it
-	<-k.Closed()
+	release() // it keeps the old message no more: a worker would drop it
 	p := &pusher{conn: conn, cache: cache, quorum: 1}
 	log := &buildLog{}
 	testWorker(t, url, g, cache, p, log, "honest", "o1", nil)
@@ -1422,6 +1400,77 @@ func TestHeldRequestNoClaim(t *testing.T) {
 	if b := log.all(); len(b) != 1 {
 		t.Fatalf("builds %+v, want one", b)
 	}
+}
+
+// TestHeldRequestClaimToggled: the keeper writes and withdraws its
+// claim, each more briefly than HoldTimeout; the count is not started
+// again by that, and the request goes out again past it.
+func TestHeldRequestClaimToggled(t *testing.T) {
+	const hold = 2 * time.Second
+	url, conn := setup(t)
+	cache := newMemCache()
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, 3)
+	s := startSchedulerWith(t, url, SchedulerConfig{Cache: cache, HoldTimeout: hold})
+	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
+	keepWithoutClaim(t, conn)
+	seq := states(t, conn, sub.Set.ID)["a"].Requests[0]
+	c, _ := json.Marshal(Claim{Version: RecordVersion, Replica: 0, Attempt: 1, Builder: "mallory", Owner: "mallory", Msg: seq, Delivered: 1, At: time.Now().UTC()})
+	key := ClaimKey(sub.Set.ID, fakePath("a.drv"), "mallory")
+	ctx, stop := context.WithCancel(testctx.New(t, time.Minute))
+	toggled := make(chan struct{})
+	go func() {
+		defer close(toggled)
+		for on := true; ctx.Err() == nil; on = !on {
+			if on {
+				conn.KVPut(ctx, queue.BucketFarm, key, c)
+			} else {
+				conn.KVDelete(ctx, queue.BucketFarm, key)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(hold * 3 / 4):
+			}
+		}
+	}()
+	defer func() { stop(); <-toggled }()
+	st := resyncUntilSent(t, conn, s, sub.Set.ID, 4*hold+10*time.Second)
+	if len(st.Displaced) == 0 || !slices.Contains(st.Displaced[0], "mallory") {
+		t.Fatalf("displaced %v, want mallory", st.Displaced)
+	}
+}
+
+// keepWithoutClaim takes the farm's one request off the work queue and
+// keeps it in progress, writing no claim and building nothing, until
+// the returned release (or the test's end).
+func keepWithoutClaim(t *testing.T, conn *queue.Conn) (release func()) {
+	t.Helper()
+	subj, err := queue.FarmBuildSubject(tenant, "x86_64-linux", FeatureClass(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan struct{}, 1)
+	k, err := conn.ConsumeFarm(testctx.New(t, time.Minute), queue.ConsumerOptions{FilterSubject: subj, AckWait: 2 * time.Second},
+		func(ctx context.Context, d *queue.Delivery) error {
+			defer d.KeepAlive(ctx, 500*time.Millisecond, nil)()
+			select {
+			case held <- struct{}{}:
+			default:
+			}
+			<-ctx.Done()
+			return ctx.Err()
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release = sync.OnceFunc(func() { k.Stop(); <-k.Closed() })
+	t.Cleanup(release)
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the request never came")
+	}
+	return release
 }
 
 // TestHeldRequestReleased: after the request was sent again past the

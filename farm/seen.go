@@ -1,6 +1,7 @@
 package farm
 
 import (
+	"slices"
 	"sync"
 	"time"
 )
@@ -27,9 +28,9 @@ type firstSeen struct {
 
 type seenAt struct {
 	first, last time.Time
-	// as is what the condition was about (a holder), checked when it
-	// was last due.
-	as      string
+	// holders are the builders seen holding the request (hold);
+	// checked is when it was last due.
+	holders []string
 	checked time.Time
 }
 
@@ -45,21 +46,39 @@ func seenFor(resyncEvery time.Duration) firstSeen {
 }
 
 // see records k seen now and returns when it was first seen.
-func (f *firstSeen) see(k requestKey) time.Time { return f.seeAs(k, "") }
+func (f *firstSeen) see(k requestKey) time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.at(k, time.Now()).first
+}
 
-// seeAs records k seen now in the condition about as (held by a
-// builder, say) and returns since when it has been: a change of as
-// starts the count again.
-func (f *firstSeen) seeAs(k requestKey, as string) time.Time {
+// hold records k seen held now by builder (or, "", by a worker that
+// wrote no claim), and returns since when the count runs and every
+// builder seen holding it. A builder not seen on k before starts the
+// count again (an honest worker that took over from one that crashed
+// gets its own HoldTimeout); one seen before, or "", does not, so that a
+// keeper cannot start it again by withdrawing its claim, or by handing
+// it to another builder id and back.
+func (f *firstSeen) hold(k requestKey, builder string) (since time.Time, holders []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := time.Now()
+	s := f.at(k, now)
+	if builder != "" && !slices.Contains(s.holders, builder) {
+		s.first = now
+		s.holders = append(s.holders, builder)
+	}
+	return s.first, slices.Clone(s.holders)
+}
+
+// at is k's record, made now when there is none; f.mu is held.
+func (f *firstSeen) at(k requestKey, now time.Time) *seenAt {
 	if f.m == nil {
 		f.m = map[requestKey]*seenAt{}
 	}
 	s := f.m[k]
-	if s == nil || s.as != as {
-		s = &seenAt{first: now, as: as}
+	if s == nil {
+		s = &seenAt{first: now}
 		f.m[k] = s
 	}
 	s.last = now
@@ -75,7 +94,7 @@ func (f *firstSeen) seeAs(k requestKey, as string) time.Time {
 			}
 		}
 	}
-	return s.first
+	return s
 }
 
 // due reports whether k, seen already, was last due every ago or
