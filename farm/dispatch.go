@@ -335,17 +335,21 @@ func publishRequest(ctx context.Context, conn *queue.Conn, r *Request, again str
 // past that, the request goes to another builder (its claimant
 // excluded), whose build is one more vote. A builder whose claim names
 // the gone message and no build is displaced and excluded too, so its
-// claim does not hold the replica against the new message. While the derivation waits
-// with all its replicas built (a dispute's extra replicas not yet out,
-// say), that repeats every BuiltTimeout.
+// claim does not hold the replica against the new message. While the
+// derivation waits with all its replicas built (a dispute's extra
+// replicas not yet out, say), that repeats every BuiltTimeout.
 //
 // A request still queued is left to its workers for HoldTimeout; past
-// that, the claim holding its replica is watched, and once the same
-// builder has held it for HoldTimeout more the request goes to another
-// builder (that one excluded). An unclaimed request that no worker has
-// had only waits for one and is left alone; one a worker has had and
-// keeps without a claim goes out again after HoldTimeout more, to
-// anyone (the keeper is not known).
+// that, who holds it is watched: the claim holding its replica, or, with
+// none, a worker that has had it (its consumer delivered it) and keeps
+// it without a claim. Once it has been held for HoldTimeout more
+// (firstSeen.hold: only a builder not seen holding it before starts the
+// count again) the request goes out again, past every builder seen
+// holding it. An unclaimed request no worker has had only waits for one
+// and is left alone.
+//
+// A resend excludes everyone displaced from the replica's attempt so
+// far, and the builders that failed the derivation or voted on it.
 //
 // A request goes out again under a message id naming the one it
 // replaces, so schedulers doing this at once send it once.
