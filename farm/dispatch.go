@@ -348,8 +348,8 @@ func publishRequest(ctx context.Context, conn *queue.Conn, r *Request, again str
 // holding it. An unclaimed request no worker has had only waits for one
 // and is left alone.
 //
-// A resend excludes everyone displaced from the replica's attempt so
-// far, and the builders that failed the derivation or voted on it.
+// A resend excludes the builders it displaces, and those that failed
+// the derivation or voted on it.
 //
 // A request goes out again under a message id naming the one it
 // replaces, so schedulers doing this at once send it once.
@@ -519,14 +519,11 @@ func (s *Scheduler) sendAgain(ctx context.Context, ls *loadedSet, drv string, re
 		cur.Updated = time.Now().UTC()
 		cur.displace(replica, displaced)
 		sent = true
-		// Everyone displaced from this replica's attempt so far, not
-		// only now: a resend past no one in particular (a keeper
-		// without a claim) must not let an earlier keeper back in.
-		var before []string
-		if replica < len(cur.Displaced) {
-			before = cur.Displaced[replica]
-		}
-		exclude := slices.Concat(cur.failedBuilders(), cur.Voters, before)
+		// Excluded: those displaced now. One displaced earlier holds
+		// nothing on this attempt (State.displaced) but may build it
+		// again: a bad keeper ignores Exclude anyway, and an honest
+		// owner displaced once may be the only one left for it.
+		exclude := slices.Concat(cur.failedBuilders(), cur.Voters, displaced)
 		slices.Sort(exclude)
 		exclude = slices.Compact(exclude)
 		return true, func(ctx context.Context) error {
