@@ -172,20 +172,8 @@ func TestUpgradeRefuses(t *testing.T) {
 			os.WriteFile(filepath.Join(dir, SeedFile(queue.RolePusher)), data, 0o600)
 		}, UpgradeOptions{}},
 		{"another builder id", func(*testing.T, string) {}, UpgradeOptions{BuilderID: "someone-else"}},
-		{"seed files swapped", func(t *testing.T, dir string) {
-			p, a := filepath.Join(dir, SeedFile(queue.RolePusher)), filepath.Join(dir, SeedFile(queue.RoleAdmin))
-			pb, _ := os.ReadFile(p)
-			ab, _ := os.ReadFile(a)
-			os.WriteFile(p, ab, 0o600)
-			os.WriteFile(a, pb, 0o600)
-		}, UpgradeOptions{}},
-		{"pusher and submitter seeds swapped", func(t *testing.T, dir string) {
-			p, a := filepath.Join(dir, SeedFile(queue.RolePusher)), filepath.Join(dir, SeedFile(queue.RoleSubmitter))
-			pb, _ := os.ReadFile(p)
-			ab, _ := os.ReadFile(a)
-			os.WriteFile(p, ab, 0o600)
-			os.WriteFile(a, pb, 0o600)
-		}, UpgradeOptions{}},
+		{"seed files swapped", swapSeeds(queue.RolePusher, queue.RoleAdmin), UpgradeOptions{}},
+		{"pusher and submitter seeds swapped", swapSeeds(queue.RolePusher, queue.RoleSubmitter), UpgradeOptions{}},
 		{"one key in two seeds", func(t *testing.T, dir string) {
 			os.Remove(filepath.Join(dir, SeedFile(queue.RoleSubmitter)))
 			edit(t, dir, "    # submitter\n", "    # submitter (removed)\n")
@@ -350,4 +338,15 @@ func TestUpgradeCases(t *testing.T) {
 			t.Fatalf("a current file with a comment: %+v, %v", up, err)
 		}
 	})
+}
+
+// swapSeeds swaps the seed files of roles a and b.
+func swapSeeds(a, b queue.Role) func(*testing.T, string) {
+	return func(t *testing.T, dir string) {
+		pa, pb := filepath.Join(dir, SeedFile(a)), filepath.Join(dir, SeedFile(b))
+		da, _ := os.ReadFile(pa)
+		db, _ := os.ReadFile(pb)
+		os.WriteFile(pa, db, 0o600)
+		os.WriteFile(pb, da, 0o600)
+	}
 }
