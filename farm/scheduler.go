@@ -58,8 +58,9 @@ type SchedulerConfig struct {
 	BuiltTimeout time.Duration
 	// HoldTimeout bounds how long one builder can keep a request from
 	// the others without building it: a request seen still queued for
-	// HoldTimeout, and then seen held by the same builder's claim for
-	// HoldTimeout more, is sent again past that builder (see requeue).
+	// HoldTimeout, and then seen held (by a claim, or by a worker that
+	// has it without one) for HoldTimeout more, is sent again past the
+	// builders seen holding it (see requeue).
 	// A worker that holds a request tells the server it is in progress
 	// for as long as it likes, so the server never takes it back. An
 	// honest build shorter than HoldTimeout is never displaced; a longer
