@@ -468,8 +468,11 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 			delivered, err := s.cfg.Conn.FarmRequestDelivered(ctx, subj, l.seq)
 			if errors.Is(err, queue.ErrPermissionDenied) {
 				// An account.conf older than this rule: the rest of
-				// requeue still works (docs/tenants.md).
-				s.log.Warn("farm: cannot tell whether a request was delivered; run provenix tenant upgrade", logKeySet, ls.set.ID, logKeyDrv, drv, "err", err)
+				// requeue still works (docs/tenants.md). Said once per
+				// process, not per request.
+				s.deniedDelivered.Do(func() {
+					s.log.Warn("farm: cannot tell whether a request was delivered, so requests kept without a claim are not sent again; run provenix tenant upgrade", "err", err)
+				})
 				continue
 			}
 			if err != nil {

@@ -99,6 +99,9 @@ type Scheduler struct {
 	// and held since when a builder's claim has been found holding it
 	// (requeue), by this process.
 	queued, held firstSeen
+	// deniedDelivered says once that the pusher may not ask the farm's
+	// consumers what they delivered.
+	deniedDelivered sync.Once
 
 	stop    context.CancelFunc
 	done    chan struct{}

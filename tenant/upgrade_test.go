@@ -55,9 +55,11 @@ func connect(t *testing.T, url, dir string, role queue.Role) *queue.Conn {
 	return conn
 }
 
-// readLatest is a right runners gained with farm claims bound to their
-// builders: reading a claim from the farm bucket's leader.
-func readLatest(t *testing.T, dir string) error {
+// readLatest tries two rights of later versions: a runner reads a claim
+// from the farm bucket's leader (claims bound to their builders), and
+// the pusher asks a farm consumer how far it delivered (requests kept
+// without a claim). It returns the two errors.
+func readLatest(t *testing.T, dir string) (runnerErr, pusherErr error) {
 	t.Helper()
 	ctx := testctx.New(t, time.Minute)
 	url := serve(t, dir)
@@ -66,8 +68,13 @@ func readLatest(t *testing.T, dir string) error {
 		t.Fatalf("admin EnsureFarm: %v", err)
 	}
 	runner := connect(t, url, dir, queue.RoleRunner)
-	_, _, err := runner.KVGetLatest(ctx, queue.BucketFarm, "claim.s.d.x")
-	return err
+	_, _, runnerErr = runner.KVGetLatest(ctx, queue.BucketFarm, "claim.s.d.x")
+	subj, err := queue.FarmBuildSubject("acme", "x86_64-linux", "none")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pusherErr = connect(t, url, dir, queue.RolePusher).FarmRequestDelivered(ctx, subj, 1)
+	return runnerErr, pusherErr
 }
 
 // TestUpgrade: account.conf files of two older versions (before the
@@ -90,8 +97,10 @@ func TestUpgrade(t *testing.T) {
 			for _, r := range queue.Roles {
 				seeds[r], _ = os.ReadFile(filepath.Join(dir, SeedFile(r)))
 			}
-			if err := readLatest(t, dir); !errors.Is(err, queue.ErrPermissionDenied) {
-				t.Fatalf("the old account.conf: a runner's leader read: %v, want permission denied", err)
+			// Denied at once, not timed out: the scheduler logs that
+			// and goes on.
+			if rerr, perr := readLatest(t, dir); !errors.Is(rerr, queue.ErrPermissionDenied) || !errors.Is(perr, queue.ErrPermissionDenied) {
+				t.Fatalf("the old account.conf: a runner's leader read: %v; the pusher's consumer info: %v; want both denied", rerr, perr)
 			}
 
 			dry, err := Upgrade(UpgradeOptions{Dir: dir, DryRun: true})
@@ -141,8 +150,8 @@ func TestUpgrade(t *testing.T) {
 					t.Errorf("%s changed", SeedFile(r))
 				}
 			}
-			if err := readLatest(t, dir); !errors.Is(err, queue.ErrNotFound) {
-				t.Fatalf("the upgraded account.conf: a runner's leader read: %v, want not found", err)
+			if rerr, perr := readLatest(t, dir); !errors.Is(rerr, queue.ErrNotFound) || perr != nil {
+				t.Fatalf("the upgraded account.conf: a runner's leader read: %v, want not found; the pusher's consumer info: %v", rerr, perr)
 			}
 			connect(t, serve(t, dir), dir, queue.RoleSubmitter) // its user is in the file
 
