@@ -252,24 +252,14 @@ func newerThan(p, than string) error {
 // like (by the share of rights in common): a user keeps most of its
 // role's rights from version to version, and the roles share few.
 func likeliestRole(name string, old *userPerms) queue.Role {
-	set := func(pub, sub []string) map[string]bool {
-		m := map[string]bool{}
-		for _, s := range pub {
-			m["pub "+s] = true
-		}
-		for _, s := range sub {
-			m["sub "+s] = true
-		}
-		return m
-	}
-	was := set(old.publish, old.subscribe)
+	was := old.rights()
 	best, bestScore := queue.Role(""), -1.0
 	for _, role := range queue.Roles {
 		perms, err := permsOf(name, role, name+"-runner")
 		if err != nil {
 			continue
 		}
-		now := set(perms.Publish, perms.Subscribe)
+		now := rightsOf(perms.Publish, perms.Subscribe)
 		common := 0
 		for k := range was {
 			if now[k] {
@@ -282,6 +272,19 @@ func likeliestRole(name string, old *userPerms) queue.Role {
 		}
 	}
 	return best
+}
+
+// rightsOf are a user's rights as "pub S" and "sub S", the form
+// Upgraded.Changes reports them in.
+func rightsOf(publish, subscribe []string) map[string]bool {
+	m := map[string]bool{}
+	for _, s := range publish {
+		m["pub "+s] = true
+	}
+	for _, s := range subscribe {
+		m["sub "+s] = true
+	}
+	return m
 }
 
 // newerRoles are the roles a tenant made by an older version may lack:
@@ -334,13 +337,6 @@ func builderOf(name string, o UpgradeOptions, old *userPerms) (string, error) {
 // was scoped by builder id.
 const unscopedStaging = "$O.STAGING.C.>"
 
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
-
 func permsOf(name string, role queue.Role, builderID string) (queue.Permissions, error) {
 	if role == queue.RoleRunner {
 		return queue.RunnerPermissions(name, builderID)
@@ -349,24 +345,19 @@ func permsOf(name string, role queue.Role, builderID string) (queue.Permissions,
 }
 
 func subjectDiff(was *userPerms, now queue.Permissions) (added, removed []string) {
-	var oldPub, oldSub []string
-	if was != nil {
-		oldPub, oldSub = was.publish, was.subscribe
-	}
-	diff := func(kind string, before, after []string) {
-		for _, s := range after {
-			if !slices.Contains(before, s) {
-				added = append(added, kind+" "+s)
-			}
-		}
-		for _, s := range before {
-			if !slices.Contains(after, s) {
-				removed = append(removed, kind+" "+s)
-			}
+	before, after := was.rights(), rightsOf(now.Publish, now.Subscribe)
+	for r := range after {
+		if !before[r] {
+			added = append(added, r)
 		}
 	}
-	diff("pub", oldPub, now.Publish)
-	diff("sub", oldSub, now.Subscribe)
+	for r := range before {
+		if !after[r] {
+			removed = append(removed, r)
+		}
+	}
+	slices.Sort(added)
+	slices.Sort(removed)
 	return added, removed
 }
 
@@ -379,6 +370,15 @@ type account struct {
 }
 
 type userPerms struct{ publish, subscribe []string }
+
+// rights are p's rights as rightsOf gives them; none for a user the old
+// file did not have (nil).
+func (p *userPerms) rights() map[string]bool {
+	if p == nil {
+		return map[string]bool{}
+	}
+	return rightsOf(p.publish, p.subscribe)
+}
 
 // parseAccount reads an account.conf as Add writes it, with nats-server's
 // own configuration parser.

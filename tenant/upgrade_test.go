@@ -55,11 +55,11 @@ func connect(t *testing.T, url, dir string, role queue.Role) *queue.Conn {
 	return conn
 }
 
-// readLatest tries two rights of later versions: a runner reads a claim
+// laterRights tries two rights of later versions: a runner reads a claim
 // from the farm bucket's leader (claims bound to their builders), and
 // the pusher asks a farm consumer how far it delivered (requests kept
 // without a claim). It returns the two errors.
-func readLatest(t *testing.T, dir string) (runnerErr, pusherErr error) {
+func laterRights(t *testing.T, dir string) (runnerErr, pusherErr error) {
 	t.Helper()
 	ctx := testctx.New(t, time.Minute)
 	url := serve(t, dir)
@@ -99,7 +99,7 @@ func TestUpgrade(t *testing.T) {
 			}
 			// Denied at once, not timed out: the scheduler logs that
 			// and goes on.
-			if rerr, perr := readLatest(t, dir); !errors.Is(rerr, queue.ErrPermissionDenied) || !errors.Is(perr, queue.ErrPermissionDenied) {
+			if rerr, perr := laterRights(t, dir); !errors.Is(rerr, queue.ErrPermissionDenied) || !errors.Is(perr, queue.ErrPermissionDenied) {
 				t.Fatalf("the old account.conf: a runner's leader read: %v; the pusher's consumer info: %v; want both denied", rerr, perr)
 			}
 
@@ -150,7 +150,7 @@ func TestUpgrade(t *testing.T) {
 					t.Errorf("%s changed", SeedFile(r))
 				}
 			}
-			if rerr, perr := readLatest(t, dir); !errors.Is(rerr, queue.ErrNotFound) || perr != nil {
+			if rerr, perr := laterRights(t, dir); !errors.Is(rerr, queue.ErrNotFound) || perr != nil {
 				t.Fatalf("the upgraded account.conf: a runner's leader read: %v, want not found; the pusher's consumer info: %v", rerr, perr)
 			}
 			connect(t, serve(t, dir), dir, queue.RoleSubmitter) // its user is in the file
