@@ -596,15 +596,22 @@ func states(t *testing.T, conn *queue.Conn, id string) map[string]*State {
 // worker runs). The cache is the one the scheduler looks at.
 func dispatchedA(t *testing.T, maxAttempts int) (*queue.Conn, *Submitted, *Scheduler, *memCache) {
 	t.Helper()
+	_, conn, _, cache, sub, s := submitA(t, maxAttempts, SchedulerConfig{Group: "g1"})
+	return conn, sub, s, cache
+}
+
+// submitA is dispatchedA with the scheduler's cfg (its Cache set here),
+// returning everything a test of the requeue needs.
+func submitA(t *testing.T, maxAttempts int, cfg SchedulerConfig) (string, *queue.Conn, *Graph, *memCache, *Submitted, *Scheduler) {
+	t.Helper()
 	url, conn := setup(t)
 	cache := newMemCache()
-	sub := submit(t, conn, graphOf(t, spec{"a": nil}, "x86_64-linux"), cache, 1, maxAttempts)
-	s := startScheduler(t, url, cache, "g1")
-	waitFor(t, 10*time.Second, func() bool {
-		st, err := GetStatus(testctx.New(t, time.Minute), conn, sub.Set.ID)
-		return err == nil && st.Counts[Dispatched] == 1
-	})
-	return conn, sub, s, cache
+	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
+	sub := submit(t, conn, g, cache, 1, maxAttempts)
+	cfg.Cache = cache
+	s := startSchedulerWith(t, url, cfg)
+	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
+	return url, conn, g, cache, sub, s
 }
 
 // forgeClaim writes, as builder's runner user may, builder's claim on
@@ -1266,11 +1273,7 @@ func TestDroppedRequestSentAgain(t *testing.T) {
 	if got := resync(); !slices.Equal(got, again) {
 		t.Fatalf("requests %v after a second resync, want %v unchanged", got, again)
 	}
-	p := &pusher{conn: conn, cache: cache, quorum: 1}
-	testWorker(t, url, g, cache, p, &buildLog{}, "honest", "o1", nil)
-	if st := waitFinished(t, conn, sub.Set.ID, 30*time.Second); st.Counts[Done] != 1 {
-		t.Fatalf("status %s", st)
-	}
+	honestBuilds(t, url, conn, g, cache, sub.Set.ID)
 }
 
 // TestDroppedRequestClaimedBuilt: the bad builder that dropped a request
@@ -1280,42 +1283,18 @@ func TestDroppedRequestSentAgain(t *testing.T) {
 func TestDroppedRequestClaimedBuilt(t *testing.T) {
 	const timeout = 2 * time.Second
 	url, conn, g, cache, sub, s := droppedA(t, SchedulerConfig{RequeueAfter: time.Millisecond, BuiltTimeout: timeout})
-	ctx := testctx.New(t, time.Minute)
 	drv := fakePath("a.drv")
 	putClaim(t, conn, sub.Set.ID, drv, Claim{Replica: 0, Attempt: 1, Builder: "mallory", Owner: "mallory", Msg: 1, Delivered: 1, Built: true})
-	first := states(t, conn, sub.Set.ID)["a"].Requests
 	start := time.Now()
-	var again []uint64
-	for time.Since(start) < timeout+5*time.Second {
-		if err := s.Resync(ctx, sub.Set.ID, false); err != nil {
-			t.Fatal(err)
-		}
-		if again = states(t, conn, sub.Set.ID)["a"].Requests; !slices.Equal(again, first) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if took := time.Since(start); slices.Equal(again, first) || took < timeout-time.Second {
+	again := resyncUntilSent(t, conn, s, sub.Set.ID, timeout+5*time.Second).Requests
+	if took := time.Since(start); took < timeout-time.Second {
 		t.Fatalf("requests %v after %v, want sent again once the built claim held it off for %v", again, took, timeout)
 	}
-	js, err := conn.NATS().JetStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := js.GetMsg(queue.StreamFarm, again[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := DecodeRequest(m.Data)
-	if err != nil || r.Attempt != 1 || !slices.Contains(r.Exclude, "mallory") {
-		t.Fatalf("request sent again: %+v, %v; want attempt 1 excluding mallory", r, err)
+	if r := sentRequest(t, conn, again[0]); r.Attempt != 1 || !slices.Contains(r.Exclude, "mallory") {
+		t.Fatalf("request sent again: %+v; want attempt 1 excluding mallory", r)
 	}
 	// mallory's claim no longer holds the replica against that request.
-	p := &pusher{conn: conn, cache: cache, quorum: 1}
-	testWorker(t, url, g, cache, p, &buildLog{}, "honest", "o1", nil)
-	if st := waitFinished(t, conn, sub.Set.ID, 30*time.Second); st.Counts[Done] != 1 {
-		t.Fatalf("status %s", st)
-	}
+	honestBuilds(t, url, conn, g, cache, sub.Set.ID)
 }
 
 // TestHeldRequestSentAgain: a bad builder takes a request and keeps it,
@@ -1326,7 +1305,6 @@ func TestDroppedRequestClaimedBuilt(t *testing.T) {
 func TestHeldRequestSentAgain(t *testing.T) {
 	const hold = time.Second
 	url, conn, g, cache, sub, s, _ := heldA(t, hold)
-	ctx := testctx.New(t, time.Minute)
 	first := states(t, conn, sub.Set.ID)["a"].Requests
 	start := time.Now()
 	st := resyncUntilSent(t, conn, s, sub.Set.ID, 3*hold+10*time.Second)
@@ -1336,24 +1314,10 @@ func TestHeldRequestSentAgain(t *testing.T) {
 	if len(st.Displaced) == 0 || !slices.Contains(st.Displaced[0], "mallory") {
 		t.Fatalf("displaced %v, want mallory on replica 0", st.Displaced)
 	}
-	m, err := conn.JetStream().Stream(ctx, queue.StreamFarm)
-	if err != nil {
-		t.Fatal(err)
+	if r := sentRequest(t, conn, st.Requests[0]); !slices.Contains(r.Exclude, "mallory") {
+		t.Fatalf("request sent again: %+v; want it to exclude mallory", r)
 	}
-	raw, err := m.GetMsg(ctx, st.Requests[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r, err := DecodeRequest(raw.Data); err != nil || !slices.Contains(r.Exclude, "mallory") {
-		t.Fatalf("request sent again: %+v, %v; want it to exclude mallory", r, err)
-	}
-	p := &pusher{conn: conn, cache: cache, quorum: 1}
-	log := &buildLog{}
-	testWorker(t, url, g, cache, p, log, "honest", "o1", nil)
-	if st := waitFinished(t, conn, sub.Set.ID, 30*time.Second); st.Counts[Done] != 1 {
-		t.Fatalf("status %s", st)
-	}
-	if b := log.all(); len(b) != 1 || b[0].builder != "honest" {
+	if b := honestBuilds(t, url, conn, g, cache, sub.Set.ID); len(b) != 1 || b[0].builder != "honest" {
 		t.Fatalf("builds %+v, want honest's", b)
 	}
 }
@@ -1378,12 +1342,7 @@ func TestHeldRequestClaimElsewhere(t *testing.T) {
 // more; an honest worker builds.
 func TestHeldRequestNoClaim(t *testing.T) {
 	const hold = time.Second
-	url, conn := setup(t)
-	cache := newMemCache()
-	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
-	sub := submit(t, conn, g, cache, 1, 3)
-	s := startSchedulerWith(t, url, SchedulerConfig{Cache: cache, HoldTimeout: hold})
-	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
+	url, conn, g, cache, sub, s := submitA(t, 3, SchedulerConfig{HoldTimeout: hold})
 	release := keepWithoutClaim(t, conn)
 	start := time.Now()
 	resyncUntilSent(t, conn, s, sub.Set.ID, 3*hold+10*time.Second)
@@ -1391,13 +1350,7 @@ func TestHeldRequestNoClaim(t *testing.T) {
 		t.Fatalf("sent again after %v, want after %v queued and %v more", took, hold, hold)
 	}
 	release() // it keeps the old message no more: a worker would drop it
-	p := &pusher{conn: conn, cache: cache, quorum: 1}
-	log := &buildLog{}
-	testWorker(t, url, g, cache, p, log, "honest", "o1", nil)
-	if st := waitFinished(t, conn, sub.Set.ID, 30*time.Second); st.Counts[Done] != 1 {
-		t.Fatalf("status %s", st)
-	}
-	if b := log.all(); len(b) != 1 {
+	if b := honestBuilds(t, url, conn, g, cache, sub.Set.ID); len(b) != 1 {
 		t.Fatalf("builds %+v, want one", b)
 	}
 }
@@ -1407,12 +1360,7 @@ func TestHeldRequestNoClaim(t *testing.T) {
 // again by that, and the request goes out again past it.
 func TestHeldRequestClaimToggled(t *testing.T) {
 	const hold = 2 * time.Second
-	url, conn := setup(t)
-	cache := newMemCache()
-	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
-	sub := submit(t, conn, g, cache, 1, 3)
-	s := startSchedulerWith(t, url, SchedulerConfig{Cache: cache, HoldTimeout: hold})
-	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
+	_, conn, _, _, sub, s := submitA(t, 3, SchedulerConfig{HoldTimeout: hold})
 	keepWithoutClaim(t, conn)
 	seq := states(t, conn, sub.Set.ID)["a"].Requests[0]
 	c, _ := json.Marshal(Claim{Version: RecordVersion, Replica: 0, Attempt: 1, Builder: "mallory", Owner: "mallory", Msg: seq, Delivered: 1, At: time.Now().UTC()})
@@ -1538,11 +1486,7 @@ func TestHeldRequestStaleClaim(t *testing.T) {
 // request and keep it in progress, never building it.
 func heldA(t *testing.T, hold time.Duration) (url string, conn *queue.Conn, g *Graph, cache *memCache, sub *Submitted, s *Scheduler, stopMallory func()) {
 	t.Helper()
-	url, conn = setup(t)
-	cache = newMemCache()
-	g = graphOf(t, spec{"a": nil}, "x86_64-linux")
-	sub = submit(t, conn, g, cache, 1, 3)
-	s = startSchedulerWith(t, url, SchedulerConfig{Cache: cache, HoldTimeout: hold})
+	url, conn, g, cache, sub, s = submitA(t, 3, SchedulerConfig{HoldTimeout: hold})
 	held := make(chan struct{}, 1)
 	stopMallory = holdingWorker(t, url, "mallory", time.Hour, keepBuilding(held)) // in progress until stopped
 	select {
@@ -1604,15 +1548,41 @@ func resyncUntilSent(t *testing.T, conn *queue.Conn, s *Scheduler, id string, wi
 // drops its request (dropRequest).
 func droppedA(t *testing.T, cfg SchedulerConfig) (string, *queue.Conn, *Graph, *memCache, *Submitted, *Scheduler) {
 	t.Helper()
-	url, conn := setup(t)
-	cache := newMemCache()
-	g := graphOf(t, spec{"a": nil}, "x86_64-linux")
-	sub := submit(t, conn, g, cache, 1, 3)
-	cfg.Cache = cache
-	s := startSchedulerWith(t, url, cfg)
-	waitFor(t, 10*time.Second, func() bool { return states(t, conn, sub.Set.ID)["a"].Status == Dispatched })
+	url, conn, g, cache, sub, s := submitA(t, 3, cfg)
 	dropRequest(t, conn)
 	return url, conn, g, cache, sub, s
+}
+
+// sentRequest is the farm request stored at seq.
+func sentRequest(t *testing.T, conn *queue.Conn, seq uint64) *Request {
+	t.Helper()
+	ctx := testctx.New(t, time.Minute)
+	stream, err := conn.JetStream().Stream(ctx, queue.StreamFarm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := stream.GetMsg(ctx, seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := DecodeRequest(m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// honestBuilds starts an honest worker (o1's, voting through a quorum-1
+// pusher), waits until set id has finished with its one derivation done,
+// and returns the builds.
+func honestBuilds(t *testing.T, url string, conn *queue.Conn, g *Graph, cache *memCache, id string) []build {
+	t.Helper()
+	log := &buildLog{}
+	testWorker(t, url, g, cache, &pusher{conn: conn, cache: cache, quorum: 1}, log, "honest", "o1", nil)
+	if st := waitFinished(t, conn, id, 30*time.Second); st.Counts[Done] != 1 {
+		t.Fatalf("status %s", st)
+	}
+	return log.all()
 }
 
 // dropRequest takes one farm request off the work queue and acknowledges
