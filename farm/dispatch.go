@@ -343,7 +343,7 @@ func publishRequest(ctx context.Context, conn *queue.Conn, r *Request, again str
 // that, who holds it is watched: the claim holding its replica, or, with
 // none, a worker that has had it (its consumer delivered it) and keeps
 // it without a claim. Once it has been held for HoldTimeout more
-// (firstSeen.hold: only a builder not seen holding it before starts the
+// (State.hold: only a builder not seen holding it before starts the
 // count again) the request goes out again, past every builder seen
 // holding it. An unclaimed request no worker has had only waits for one
 // and is left alone.
@@ -372,15 +372,18 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		}
 		attempt := st.Attempts[replica]
 		key := requestKey{set: ls.set.ID, drv: drv, replica: replica, attempt: attempt, msg: seq}
-		queued, err := s.cfg.Conn.FarmRequestQueued(ctx, seq)
+		stored, queued, err := s.cfg.Conn.FarmRequestQueued(ctx, seq)
 		if err != nil {
 			return err
 		}
 		if queued {
 			anyQueued = true
 			s.gone.forget(key)
-			if since := s.queued.see(key); time.Since(since) >= s.cfg.HoldTimeout {
-				long = append(long, req{replica, attempt, seq, key, since})
+			// Queued since the server stored it: a message leaves a
+			// work queue for good. (The server's time, not this
+			// process's: a restart does not start the wait again.)
+			if time.Since(stored) >= s.cfg.HoldTimeout {
+				long = append(long, req{replica, attempt, seq, key, stored})
 			}
 			continue
 		}
@@ -482,13 +485,15 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 				continue
 			}
 		}
-		// Since when it is held (firstSeen.hold: a new holder starts
-		// the count again, a withdrawn claim or one handed back does
-		// not); past HoldTimeout every builder seen holding it is
-		// displaced.
-		since, displaced := s.held.hold(l.key, holder)
-		if time.Since(since) < s.cfg.HoldTimeout {
-			continue
+		// Since when it is held (State.hold: a new holder starts the
+		// count again, a withdrawn claim or one handed back does not);
+		// past HoldTimeout every builder seen holding it is displaced.
+		since, displaced, err := s.recordHold(ctx, ls, drv, l.replica, l.attempt, l.seq, holder)
+		if err != nil {
+			return err
+		}
+		if since.IsZero() || time.Since(since) < s.cfg.HoldTimeout {
+			continue // moved on meanwhile, or not held long yet
 		}
 		sent, err := s.sendAgain(ctx, ls, drv, l.replica, l.attempt, l.seq, displaced)
 		if err != nil {
@@ -497,7 +502,6 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 		if !sent {
 			continue // moved on meanwhile
 		}
-		s.held.forget(l.key)
 		s.queued.forget(l.key)
 		why := "one builder held it too long without a result (its worker keeps it, unbuilt or building longer than HoldTimeout)"
 		if len(displaced) == 0 {
@@ -508,6 +512,29 @@ func (s *Scheduler) requeue(ctx context.Context, ls *loadedSet, drv string, st *
 			"queuedSince", l.since)
 	}
 	return nil
+}
+
+// recordHold records in drv's state that replica's request, on attempt
+// and stored at seq, is held by holder now (State.hold), and returns
+// since when and by whom it has been held; a zero since when the state
+// moved on meanwhile. Kept in the state, not in this process's memory,
+// so that a restart does not start the count again. It writes only when
+// the record changes: the first time the request is seen held, and for
+// each new holder.
+func (s *Scheduler) recordHold(ctx context.Context, ls *loadedSet, drv string, replica, attempt int, seq uint64, holder string) (since time.Time, holders []string, err error) {
+	_, err = update(ctx, s.kv, stateKey(ls.set.ID, drv), func(cur *State, found bool) (bool, func(context.Context) error, error) {
+		since, holders = time.Time{}, nil
+		if !found || cur.Status != Dispatched || replica >= len(cur.Requests) || cur.Requests[replica] != seq || cur.Attempts[replica] != attempt {
+			return false, nil, nil // moved on meanwhile
+		}
+		var changed bool
+		since, holders, changed = cur.hold(replica, seq, holder, time.Now().UTC())
+		if changed {
+			cur.Updated = time.Now().UTC()
+		}
+		return changed, nil, nil
+	})
+	return since, holders, err
 }
 
 // sendAgain sends replica's request again, past the claims of displaced

@@ -74,8 +74,10 @@
 // Nothing a scheduler decides lives only in its memory: it caches set
 // definitions (they do not change), and recomputes state from the bucket
 // and the cache when it starts and at intervals. (What it keeps in
-// memory is when it first saw a request gone, queued or held, for
-// requeue's waits; a restart starts them again.) A request is published
+// memory is when it first saw a request gone, for requeue's waits on it,
+// RequeueAfter and BuiltTimeout; a restart starts those again. The waits
+// on a request kept in progress, HoldTimeout, run from the server's and
+// the state's times: State.Held.) A request is published
 // before the state says so, with a Nats-Msg-Id naming the set,
 // derivation, replica and attempt: a scheduler that dies in between, or
 // two schedulers doing the same, publish one message, and the next

@@ -1322,6 +1322,39 @@ func TestHeldRequestSentAgain(t *testing.T) {
 	}
 }
 
+// TestHeldRequestAcrossRestarts: the scheduler is restarted more often
+// than HoldTimeout while mallory keeps the request; it goes out again
+// past mallory all the same, because since when it has been queued is
+// the server's time and since when it has been held is in the state,
+// not in a scheduler's memory.
+func TestHeldRequestAcrossRestarts(t *testing.T) {
+	const hold = 2 * time.Second
+	url, conn, _, cache, sub, s, _ := heldA(t, hold)
+	first := states(t, conn, sub.Set.ID)["a"].Requests
+	ctx := testctx.New(t, time.Minute)
+	within := 3*hold + 10*time.Second
+	for start, restarted := time.Now(), time.Now(); ; time.Sleep(100 * time.Millisecond) {
+		if time.Since(restarted) >= hold/2 {
+			if err := s.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			s, restarted = startSchedulerWith(t, url, SchedulerConfig{HoldTimeout: hold, Cache: cache}), time.Now()
+		}
+		if err := s.Resync(ctx, sub.Set.ID, false); err != nil {
+			t.Fatal(err)
+		}
+		if st := states(t, conn, sub.Set.ID)["a"]; !slices.Equal(st.Requests, first) {
+			if len(st.Displaced) == 0 || !slices.Contains(st.Displaced[0], "mallory") {
+				t.Fatalf("displaced %v, want mallory on replica 0", st.Displaced)
+			}
+			return
+		}
+		if time.Since(start) > within {
+			t.Fatalf("a's request %v not sent again within %v, with the scheduler restarted every %v", first, within, hold/2)
+		}
+	}
+}
+
 // TestHeldRequestClaimElsewhere: the bad builder keeps the message but
 // rewrites its claim to name another message; it is timed and
 // displaced all the same.
@@ -1443,7 +1476,7 @@ func TestHeldRequestReleased(t *testing.T) {
 	built := make(chan struct{}, 1)
 	holdingWorker(t, url, "h2", time.Second, keepBuilding(built))
 	waitFor(t, 20*time.Second, func() bool {
-		queued, err := conn.FarmRequestQueued(ctx, old)
+		_, queued, err := conn.FarmRequestQueued(ctx, old)
 		return err == nil && !queued
 	})
 	select {

@@ -108,6 +108,11 @@ type State struct {
 	// claims said it was built, for too long: Scheduler.requeue). Their
 	// claims hold nothing there.
 	Displaced [][]string `json:"displaced,omitempty"`
+	// Held is, per replica, who the scheduler has seen holding its
+	// current request and since when (Scheduler.requeue), kept here so
+	// that a scheduler restarted more often than HoldTimeout still sends
+	// a request kept for good again.
+	Held []Hold `json:"held,omitempty"`
 	// Failures are the failed builds, oldest first.
 	Failures []Failure `json:"failures,omitempty"`
 	// Disputes counts the cache's disputes on its outputs (builders
@@ -165,6 +170,42 @@ func (s *State) setRequest(replica int, seq uint64) {
 		s.Requests = append(s.Requests, 0)
 	}
 	s.Requests[replica] = seq
+	if replica < len(s.Held) {
+		s.Held[replica] = Hold{} // it was the old message's
+	}
+}
+
+// Hold is who has been seen holding one request message, and since when
+// the count runs.
+type Hold struct {
+	// Msg is the request's stream sequence; 0 when none was seen held.
+	Msg   uint64    `json:"msg,omitempty"`
+	Since time.Time `json:"since,omitzero"`
+	// Builders are the builders seen holding it by a claim; none when
+	// only a worker without a claim was.
+	Builders []string `json:"builders,omitempty"`
+}
+
+// hold records replica's request, stored at msg, seen held now by
+// builder (or, "", by a worker that wrote no claim), and returns since
+// when the count runs and every builder seen holding it; changed says
+// whether s changed. A builder not seen on msg before starts the count
+// again (an honest worker that took over from one that crashed gets its
+// own HoldTimeout); one seen before, or "", does not, so that a keeper
+// cannot start it again by withdrawing its claim, or by handing it to
+// another builder id and back.
+func (s *State) hold(replica int, msg uint64, builder string, now time.Time) (since time.Time, builders []string, changed bool) {
+	for len(s.Held) <= replica {
+		s.Held = append(s.Held, Hold{})
+	}
+	h := &s.Held[replica]
+	if h.Msg != msg {
+		*h, changed = Hold{Msg: msg, Since: now}, true
+	}
+	if builder != "" && !slices.Contains(h.Builders, builder) {
+		h.Since, h.Builders, changed = now, append(h.Builders, builder), true
+	}
+	return h.Since, slices.Clone(h.Builders), changed
 }
 
 func (s *State) hasFailure(replica, attempt int) bool {

@@ -60,7 +60,9 @@ type SchedulerConfig struct {
 	// the others without building it: a request seen still queued for
 	// HoldTimeout, and then seen held (by a claim, or by a worker that
 	// has it without one) for HoldTimeout more, is sent again past the
-	// builders seen holding it (see requeue).
+	// builders seen holding it (see requeue). Both counts survive a
+	// restart: the first runs from when the server stored the request,
+	// the second from State.Held.
 	// A worker that holds a request tells the server it is in progress
 	// for as long as it likes, so the server never takes it back. An
 	// honest build shorter than HoldTimeout is never displaced; a longer
@@ -95,10 +97,10 @@ type Scheduler struct {
 	// gone is since when each request has been found gone from the
 	// work queue (requeue), by this process.
 	gone firstSeen
-	// queued is since when each request has been found still queued,
-	// and held since when a builder's claim has been found holding it
-	// (requeue), by this process.
-	queued, held firstSeen
+	// queued is when requeue last asked who holds each request queued
+	// long (firstSeen.due); since when it has been queued and held is
+	// the server's time and the state's (State.Held).
+	queued firstSeen
 	// deniedDelivered says once that the pusher may not ask the farm's
 	// consumers what they delivered.
 	deniedDelivered sync.Once
@@ -147,7 +149,7 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 	}
 	return &Scheduler{cfg: cfg, log: log, sets: map[string]*loadedSet{},
 		producers: map[string][]ref{}, needers: map[string][]ref{}, gone: seenFor(cfg.ResyncEvery),
-		queued: seenFor(cfg.ResyncEvery), held: seenFor(cfg.ResyncEvery)}, nil
+		queued: seenFor(cfg.ResyncEvery)}, nil
 }
 
 // Open loads the open sets, recomputes their state (a scheduler that

@@ -1,7 +1,6 @@
 package farm
 
 import (
-	"slices"
 	"sync"
 	"time"
 )
@@ -16,8 +15,8 @@ type requestKey struct {
 
 // firstSeen remembers, in this process's memory, since when each request
 // has been found in some condition: kept from a worker by others' claims
-// (Worker), gone from the work queue (Scheduler.requeue). A restart
-// starts the counts again. A request not seen for keep (DefaultSeenFor
+// (Worker), gone from the work queue (Scheduler.requeue); and when a
+// check of it was last due. A restart starts the counts again. A request not seen for keep (DefaultSeenFor
 // when 0) is forgotten.
 type firstSeen struct {
 	keep   time.Duration
@@ -28,9 +27,7 @@ type firstSeen struct {
 
 type seenAt struct {
 	first, last time.Time
-	// holders are the builders seen holding the request (hold);
 	// checked is when it was last due.
-	holders []string
 	checked time.Time
 }
 
@@ -50,25 +47,6 @@ func (f *firstSeen) see(k requestKey) time.Time {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.at(k, time.Now()).first
-}
-
-// hold records k seen held now by builder (or, "", by a worker that
-// wrote no claim), and returns since when the count runs and every
-// builder seen holding it. A builder not seen on k before starts the
-// count again (an honest worker that took over from one that crashed
-// gets its own HoldTimeout); one seen before, or "", does not, so that a
-// keeper cannot start it again by withdrawing its claim, or by handing
-// it to another builder id and back.
-func (f *firstSeen) hold(k requestKey, builder string) (since time.Time, holders []string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	now := time.Now()
-	s := f.at(k, now)
-	if builder != "" && !slices.Contains(s.holders, builder) {
-		s.first = now
-		s.holders = append(s.holders, builder)
-	}
-	return s.first, slices.Clone(s.holders)
 }
 
 // at is k's record, made now when there is none; f.mu is held.
@@ -97,17 +75,14 @@ func (f *firstSeen) at(k requestKey, now time.Time) *seenAt {
 	return s
 }
 
-// due reports whether k, seen already, was last due every ago or
-// more (or never), and if so counts now as its last: a check that
-// need not run at each sighting.
+// due records k seen now and reports whether it was last due every
+// ago or more (or never), and if so counts now as its last: a check
+// that need not run at each sighting.
 func (f *firstSeen) due(k requestKey, every time.Duration) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s := f.m[k]
-	if s == nil {
-		return true
-	}
-	if now := time.Now(); now.Sub(s.checked) >= every {
+	now := time.Now()
+	if s := f.at(k, now); s.checked.IsZero() || now.Sub(s.checked) >= every {
 		s.checked = now
 		return true
 	}

@@ -192,14 +192,17 @@ func (c *Conn) PublishFarm(ctx context.Context, subj, msgID string, data []byte)
 
 // FarmRequestQueued reports whether the farm request stored at seq is
 // still in the FARM work queue: not acknowledged by a worker (it waits,
-// or a worker has it), nor expired. Read from the stream's leader.
-func (c *Conn) FarmRequestQueued(ctx context.Context, seq uint64) (bool, error) {
-	if _, err := c.leaderGet(ctx, StreamFarm, seq, ""); errors.Is(err, ErrNotFound) {
-		return false, nil
+// or a worker has it), nor expired; and if so, when the server stored
+// it, which is since when it has been queued (a message leaves a work
+// queue for good). Read from the stream's leader.
+func (c *Conn) FarmRequestQueued(ctx context.Context, seq uint64) (stored time.Time, queued bool, err error) {
+	m, err := c.leaderGet(ctx, StreamFarm, seq, "")
+	if errors.Is(err, ErrNotFound) {
+		return time.Time{}, false, nil
 	} else if err != nil {
-		return false, fmt.Errorf("queue: farm request %d: %w", seq, err)
+		return time.Time{}, false, fmt.Errorf("queue: farm request %d: %w", seq, err)
 	}
-	return true, nil
+	return m.Time, true, nil
 }
 
 // FarmRequestDelivered reports whether the request stored at seq on
