@@ -42,18 +42,17 @@ const benchResults = 3000
 // before the clock starts; it runs from the first publish (16 concurrent
 // builders) until every path's publication event has arrived.
 //
+// The floor of each server setup is measured in the same run: the same
+// results through the same servers, consumed the same way by a handler
+// that does only the queue's share of a push (benchFloorRun: read the
+// staged NAR, write a vote, publish an event, ack; no signature check,
+// no cache file). No pusher on those servers and this machine can pass
+// it, whatever it does.
+//
 //	go test -run '^$' -bench ResultsCluster -benchtime 1x ./cmd/provenix/
 func BenchmarkResultsCluster(b *testing.B) {
 	ctx := testctx.New(b, 20*time.Minute)
-	dataDir := b.TempDir()
-	p := up.Paths{Dir: dataDir}
-	if _, err := up.Init(p); err != nil {
-		b.Fatal(err)
-	}
-	signer, err := attest.LoadSigner(p.BuilderKey())
-	if err != nil {
-		b.Fatal(err)
-	}
+	p, signer := benchDataDir(b)
 
 	srv := testnats.Embedded(b, natsserver.Config{})
 	cl := startNATSCluster(b, 3)
@@ -62,6 +61,7 @@ func BenchmarkResultsCluster(b *testing.B) {
 		name, url string
 		replicas  int
 		opts      []local.Option
+		floor     bool
 		elapsed   time.Duration
 		cpu       time.Duration
 	}{
@@ -70,6 +70,8 @@ func BenchmarkResultsCluster(b *testing.B) {
 		{name: "embedded-nogroup", url: srv.ClientURL(), replicas: 1, opts: []local.Option{local.WithoutGroupCommit()}},
 		{name: "cluster-nogroup", url: cl.URL(), replicas: 3, opts: []local.Option{local.WithoutGroupCommit()}},
 		{name: "embedded-syncfs", url: srv.ClientURL(), replicas: 1, opts: []local.Option{local.WithFilesystemFlush()}},
+		{name: "embedded-floor", url: srv.ClientURL(), replicas: 1, floor: true},
+		{name: "cluster-floor", url: cl.URL(), replicas: 3, floor: true},
 	}
 	for i := range setups {
 		conn, err := queue.Connect(ctx, setups[i].url)
@@ -100,7 +102,11 @@ func BenchmarkResultsCluster(b *testing.B) {
 		// work spreads over all of them alike.
 		for i := range setups {
 			b.StopTimer()
-			d, cpu := benchPushRun(b, ctx, p, signer, setups[i].url, setups[i].opts...)
+			run := benchPushRun
+			if setups[i].floor {
+				run = benchFloorRun
+			}
+			d, cpu := run(b, ctx, p, signer, setups[i].url, setups[i].opts...)
 			setups[i].elapsed += d
 			setups[i].cpu += cpu
 			b.Logf("%s: %.0f results/s, %.2f ms CPU/result (this process), load average %s", setups[i].name,
@@ -120,6 +126,11 @@ func BenchmarkResultsCluster(b *testing.B) {
 	// One syncfs per round of group commit instead of an fsync of each
 	// file and directory.
 	b.ReportMetric(rate(4)/rate(0), "embedded-syncfs/group")
+	// How far each is from its floor.
+	b.ReportMetric(rate(5), "embedded-floor-results/s")
+	b.ReportMetric(rate(6), "cluster-floor-results/s")
+	b.ReportMetric(rate(0)/rate(5), "embedded/floor")
+	b.ReportMetric(rate(1)/rate(6), "cluster/floor")
 	// CPU per result of this process (pushers, publishers and, embedded,
 	// the NATS server) varies less than the rate with the machine's
 	// other load.
@@ -127,6 +138,7 @@ func BenchmarkResultsCluster(b *testing.B) {
 	b.ReportMetric(cpu(0), "embedded-cpu-ms/result")
 	b.ReportMetric(cpu(2), "embedded-nogroup-cpu-ms/result")
 	b.ReportMetric(cpu(4), "embedded-syncfs-cpu-ms/result")
+	b.ReportMetric(cpu(5), "embedded-floor-cpu-ms/result")
 }
 
 // loadAvg is the machine's load average, to report with each figure.
@@ -167,13 +179,7 @@ func benchPushRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest.
 
 	// A fresh group per run: its consumer starts at the first message
 	// and must not see earlier runs' results, so those are purged.
-	st0, err := conn.JetStream().Stream(ctx, queue.StreamResults)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := st0.Purge(ctx); err != nil {
-		b.Fatal(err)
-	}
+	purgeResults(b, ctx, conn)
 	group := "bench" + uniqueMessage(b)[len(b.Name())+1:]
 	var pushers []*cachepush.Pusher
 	for range 2 {
@@ -252,6 +258,50 @@ func benchPushRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest.
 			}
 		}()
 	}
+	publishAll(b, ctx, conn, rs)
+	select {
+	case <-done:
+	case r := <-rejections:
+		b.Fatalf("a result was rejected: %s", r)
+	case <-time.After(5 * time.Minute):
+		mu.Lock()
+		defer mu.Unlock()
+		b.Fatalf("%d of %d results published after 5 minutes", len(seen), len(rs))
+	}
+	return time.Since(start), testproc.SelfCPU(b) - startCPU
+}
+
+// benchDataDir is a fresh data directory (up.Init) and its builder's
+// signer.
+func benchDataDir(b *testing.B) (up.Paths, *attest.Signer) {
+	b.Helper()
+	p := up.Paths{Dir: b.TempDir()}
+	if _, err := up.Init(p); err != nil {
+		b.Fatal(err)
+	}
+	signer, err := attest.LoadSigner(p.BuilderKey())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p, signer
+}
+
+// purgeResults empties the RESULTS stream.
+func purgeResults(b *testing.B, ctx context.Context, conn *queue.Conn) {
+	b.Helper()
+	st, err := conn.JetStream().Stream(ctx, queue.StreamResults)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := st.Purge(ctx); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// publishAll publishes rs's results, 16 at a time, as 16 builders
+// would.
+func publishAll(b *testing.B, ctx context.Context, conn *queue.Conn, rs []synthResult) {
+	b.Helper()
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for range 16 {
@@ -268,14 +318,4 @@ func benchPushRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest.
 	}
 	close(next)
 	wg.Wait()
-	select {
-	case <-done:
-	case r := <-rejections:
-		b.Fatalf("a result was rejected: %s", r)
-	case <-time.After(5 * time.Minute):
-		mu.Lock()
-		defer mu.Unlock()
-		b.Fatalf("%d of %d results published after 5 minutes", len(seen), len(rs))
-	}
-	return time.Since(start), testproc.SelfCPU(b) - startCPU
 }
