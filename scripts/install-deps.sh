@@ -5,9 +5,10 @@
 #   independent bundle verifier) built from the Go module proxy and cached
 #   in $(go env GOPATH)/bin, so only the first run pays its ~12 minutes;
 #   in test mode also nodejs (JavaScript actions), zstd (the multi-frame
-#   NAR check), chromium (the farm page's headless browser test), and
-#   skopeo, podman and runc (the OCI registry's real clients; runc because
-#   crun refuses hosts with mixed cgroup v1/v2 controllers).
+#   NAR check), cron and at (the job user pool's clean-up test), chromium
+#   (the farm page's headless browser test), and skopeo, podman and runc
+#   (the OCI registry's real clients; runc because crun refuses hosts with
+#   mixed cgroup v1/v2 controllers).
 #   Test mode also builds Gitea 1.26.4 once (scripts/gitea.sh) for internal/testgitea,
 #   and chroots with Debian trixie's and forky's Nix (scripts/nix-chroot.sh).
 # Usage: scripts/install-deps.sh [demo|test]   (demo skips nats-server and cosign)
@@ -29,6 +30,10 @@ fi
 if [ "$what" = test ] && ! command -v skopeo >/dev/null 2>&1; then need_pkgs+=(skopeo); fi
 if [ "$what" = test ] && ! command -v podman >/dev/null 2>&1; then need_pkgs+=(podman); fi
 if [ "$what" = test ] && ! command -v runc >/dev/null 2>&1 && [ ! -x /usr/sbin/runc ]; then need_pkgs+=(runc); fi
+# The job user pool's test leaves a crontab and an at job for the pool to
+# remove (the daemons need not run).
+if [ "$what" = test ] && ! command -v crontab >/dev/null 2>&1; then need_pkgs+=(cron); fi
+if [ "$what" = test ] && ! command -v at >/dev/null 2>&1; then need_pkgs+=(at); fi
 if [ "$what" = test ] && ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
   need_pkgs+=(nats-server)
 fi

@@ -96,8 +96,9 @@ func KillAllOf(ctx context.Context, uid uint32) (int, error) {
 }
 
 // TempDirs are the shared temporary directories whose entries a job's
-// uid may own after the job; they are removed before the uid is reused.
-var TempDirs = []string{os.TempDir(), "/var/tmp", "/dev/shm"}
+// uid may own after the job (Debian's world-writable ones, and POSIX
+// message queues); they are removed before the uid is reused.
+var TempDirs = []string{os.TempDir(), "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue"}
 
 // RemoveOwned removes the entries of dirs owned by uid (not recursing
 // into other owners' directories). Call it only once no process of uid

@@ -2,6 +2,7 @@ package isolate
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -300,5 +301,81 @@ func TestLockDirOfAnother(t *testing.T) {
 	}
 	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("lock directory mode %v, %v; want 0700", fi.Mode().Perm(), err)
+	}
+}
+
+// TestReleaseRemovesLeftovers: what a job leaves that outlives its
+// processes (a crontab and an at job, which would start its user's
+// processes during a later job; a System V shared memory segment; a
+// file in /run/lock; a Nix 2.8 per-user profile link, where a planted
+// channel would be what a later job's nix-env evaluates) is gone once
+// the lease is released.
+func TestReleaseRemovesLeftovers(t *testing.T) {
+	u := poolUser(t, "provenix-job-3")
+	for _, tool := range []string{"crontab", "at", "ipcmk"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s: %v (scripts/install-deps.sh test installs cron, at and util-linux)", tool, err)
+		}
+	}
+	p, err := NewPool([]*User{u}, 1, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := p.Acquire(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Nix makes the per-user directory, owned by the user, on its first
+	// profile operation.
+	profiles := nixUserDirs(u.Name)[0]
+	if err := os.MkdirAll(profiles, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(profiles, int(u.UID), int(u.GID)); err != nil {
+		t.Fatal(err)
+	}
+	lock := "/run/lock/provenix-isolate-test-leftover"
+	channels := filepath.Join(profiles, "channels")
+	job := exec.Command("sh", "-c", `set -e
+echo '* * * * * true' | crontab -
+echo true | at now + 1 hour 2>/dev/null
+ipcmk -M 4096 >/dev/null
+touch "$1"
+ln -sfn /nix/store/00000000000000000000000000000000-planted "$2"`, "sh", lock, channels)
+	job.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.UID, Gid: u.GID}}
+	if out, err := job.CombinedOutput(); err != nil {
+		t.Fatalf("the job: %v %s", err, out)
+	}
+	crontab := filepath.Join(crontabDirs[0], u.Name)
+	left := func() []string {
+		var out []string
+		for _, f := range []string{crontab, lock, channels} {
+			if _, err := os.Lstat(f); err == nil {
+				out = append(out, f)
+			}
+		}
+		for _, d := range atDirs {
+			ents, _ := os.ReadDir(d)
+			for _, e := range ents {
+				if owner, ok := ownerOf(filepath.Join(d, e.Name())); ok && owner == u.UID {
+					out = append(out, filepath.Join(d, e.Name()))
+				}
+			}
+		}
+		if ids, err := ipcOf("/proc/sysvipc/shm", "shmid", u.UID); err != nil || len(ids) > 0 {
+			out = append(out, fmt.Sprintf("shared memory %v %v", ids, err))
+		}
+		return out
+	}
+	if got := left(); len(got) != 5 {
+		t.Fatalf("the job left %q; want its crontab, lock file, profile link, at job and shared memory", got)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := left(); len(got) > 0 {
+		t.Fatalf("left after Release: %q", got)
 	}
 }

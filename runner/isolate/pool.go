@@ -134,9 +134,16 @@ func (p *Pool) Acquire(ctx context.Context, waiting func(why string)) (*Lease, e
 	}
 }
 
-// scrub makes sure nothing of u is left: no process (killed if found, as
-// after a runner crash), no temporary file.
+// scrub makes sure nothing of u is left (leftover.go): no crontab or at
+// job, then no process (killed if found, as after a runner crash), no
+// temporary file, no Nix profile or GC root of its own, no System V IPC
+// object.
 func (p *Pool) scrub(ctx context.Context, u *User) error {
+	if n, err := removeSchedules(u); err != nil {
+		return fmt.Errorf("crontab and at jobs of %s: %w", u.Name, err)
+	} else if n > 0 {
+		p.log.Warn("removed a job user's crontab or at jobs", "user", u.Name, "count", n)
+	}
 	sctx, cancel := context.WithTimeout(ctx, p.settle)
 	defer cancel()
 	if n, err := KillAllOf(sctx, u.UID); err != nil {
@@ -146,6 +153,12 @@ func (p *Pool) scrub(ctx context.Context, u *User) error {
 	}
 	if _, err := RemoveOwned(u.UID, TempDirs...); err != nil {
 		return fmt.Errorf("temporary files of %s: %w", u.Name, err)
+	}
+	if _, err := RemoveOwned(u.UID, nixUserDirs(u.Name)...); err != nil {
+		return fmt.Errorf("nix profiles of %s: %w", u.Name, err)
+	}
+	if _, err := removeIPC(u.UID); err != nil {
+		return fmt.Errorf("IPC objects of %s: %w", u.Name, err)
 	}
 	return nil
 }
