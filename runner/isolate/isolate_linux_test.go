@@ -379,3 +379,28 @@ ln -sfn /nix/store/00000000000000000000000000000000-planted "$2"`, "sh", lock, c
 		t.Fatalf("left after Release: %q", got)
 	}
 }
+
+// TestReleaseSharedRemovesSchedules: a job of a shared job user leaves
+// no crontab for the jobs after it either.
+func TestReleaseSharedRemovesSchedules(t *testing.T) {
+	u := poolUser(t, "provenix-job-4")
+	l, err := NewShared(u).Acquire(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := exec.Command("sh", "-c", `echo '* * * * * true' | crontab -`)
+	job.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.UID, Gid: u.GID}}
+	if out, err := job.CombinedOutput(); err != nil {
+		t.Fatalf("the job: %v %s", err, out)
+	}
+	crontab := filepath.Join(crontabDirs[0], u.Name)
+	if _, err := os.Stat(crontab); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(crontab); !os.IsNotExist(err) {
+		t.Fatalf("crontab left after Release: %v", err)
+	}
+}

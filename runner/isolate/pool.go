@@ -166,8 +166,19 @@ func (p *Pool) scrub(ctx context.Context, u *User) error {
 // Release returns the user once nothing of it is left. The caller has
 // removed the job's directories. A user with processes that will not die
 // goes back too; Acquire will not hand it out until they are gone.
+//
+// A shared user's processes end with the job's cgroup, and other jobs may
+// be running as it: of what scrub removes, only what would start its
+// processes later goes (its crontab and at jobs).
 func (l *Lease) Release(ctx context.Context) error {
-	if !l.Exclusive || l.pool == nil {
+	if l.pool == nil {
+		return nil
+	}
+	if !l.Exclusive {
+		l.pool = nil
+		if _, err := removeSchedules(l.User); err != nil {
+			return fmt.Errorf("crontab and at jobs of %s: %w", l.User.Name, err)
+		}
 		return nil
 	}
 	p := l.pool
