@@ -16,15 +16,16 @@ var ErrContentMismatch = errors.New("contentaddr: content does not match its con
 // NARChecker checks a NAR written to it against a content address as it
 // streams, so memory does not grow with the NAR: for a recursive address
 // the NAR's sha256 must be the hash; for a flat or text one the NAR must
-// hold one regular file (not executable for a flat one, as Nix requires
-// of a flat fixed output) whose contents' sha256 is the hash. Write never
-// fails; Close gives the verdict.
+// be the canonical NAR of one regular file, not executable (as Nix makes
+// a flat fixed output and a text file), whose contents' sha256 is the
+// hash, and nothing after it. Write never fails; Close gives the verdict.
 type NARChecker struct {
 	c         CA
 	storePath string
 	sum       hash.Hash      // recursive: the whole NAR
 	pw        *io.PipeWriter // flat, text: into the NAR parser
-	done      chan error
+	n         uint64         // flat, text: bytes written
+	done      chan fileVerdict
 	closed    bool
 	err       error
 }
@@ -38,14 +39,20 @@ func (c CA) NewNARChecker(storePath string) *NARChecker {
 		return k
 	}
 	pr, pw := io.Pipe()
-	k.pw, k.done = pw, make(chan error, 1)
+	k.pw, k.done = pw, make(chan fileVerdict, 1)
 	go func() {
-		err := c.checkFile(pr, storePath)
+		size, err := c.checkFile(pr, storePath)
 		// Keep reading whatever comes, so Write never blocks.
 		io.Copy(io.Discard, pr)
-		k.done <- err
+		k.done <- fileVerdict{size, err}
 	}()
 	return k
+}
+
+// fileVerdict is checkFile's: the canonical size of the NAR it parsed.
+type fileVerdict struct {
+	size uint64
+	err  error
 }
 
 // Write feeds the next bytes of the NAR.
@@ -54,6 +61,7 @@ func (k *NARChecker) Write(b []byte) (int, error) {
 		return k.sum.Write(b)
 	}
 	k.pw.Write(b) // the parser side drains to the end: no error before Close
+	k.n += uint64(len(b))
 	return len(b), nil
 }
 
@@ -71,7 +79,13 @@ func (k *NARChecker) Close() error {
 		return k.err
 	}
 	k.pw.Close()
-	k.err = <-k.done
+	v := <-k.done
+	if k.err = v.err; k.err == nil && k.n != v.size {
+		// The parser stops at the NAR's end: bytes after it would be
+		// hashed into the NAR's hash by the cache, and a client, which
+		// reads only the NAR, would find the hash wrong.
+		k.err = fmt.Errorf("%w: %s: %d bytes, the file's NAR is %d", ErrContentMismatch, k.storePath, k.n, v.size)
+	}
 	return k.err
 }
 
@@ -86,31 +100,43 @@ func (c CA) CheckNAR(r io.Reader, storePath string) error {
 	return k.Close()
 }
 
-// checkFile parses the NAR of a flat or text address.
-func (c CA) checkFile(r io.Reader, storePath string) error {
+// checkFile parses the NAR of a flat or text address, and returns the
+// size of the canonical NAR of the file it holds.
+func (c CA) checkFile(r io.Reader, storePath string) (uint64, error) {
 	nr, err := nar.NewReader(r)
 	if err != nil {
-		return fmt.Errorf("%w: %s: NAR: %w", ErrContentMismatch, storePath, err)
+		return 0, fmt.Errorf("%w: %s: NAR: %w", ErrContentMismatch, storePath, err)
 	}
 	h, err := nr.Next()
 	if err != nil {
-		return fmt.Errorf("%w: %s: NAR: %w", ErrContentMismatch, storePath, err)
+		return 0, fmt.Errorf("%w: %s: NAR: %w", ErrContentMismatch, storePath, err)
 	}
 	if h.Path != "/" || h.Type != nar.TypeRegular {
-		return fmt.Errorf("%w: %s: a %s address needs a single regular file, the NAR holds a %s", ErrContentMismatch, storePath, c.Method, h.Type)
+		return 0, fmt.Errorf("%w: %s: a %s address needs a single regular file, the NAR holds a %s", ErrContentMismatch, storePath, c.Method, h.Type)
 	}
-	if h.Executable && c.Method == Flat {
-		return fmt.Errorf("%w: %s: a flat fixed-output path must not be executable", ErrContentMismatch, storePath)
+	if h.Executable {
+		// Nix makes neither a flat fixed output nor a text file
+		// executable: a client would install what the address does not.
+		return 0, fmt.Errorf("%w: %s: a %s path must not be executable", ErrContentMismatch, storePath, c.Method)
 	}
 	sum := sha256.New()
 	if _, err := io.Copy(sum, nr); err != nil {
-		return fmt.Errorf("%w: %s: NAR: %w", ErrContentMismatch, storePath, err)
+		return 0, fmt.Errorf("%w: %s: NAR: %w", ErrContentMismatch, storePath, err)
 	}
 	if _, err := nr.Next(); err != io.EOF {
-		return fmt.Errorf("%w: %s: NAR has more than one file (%v)", ErrContentMismatch, storePath, err)
+		return 0, fmt.Errorf("%w: %s: NAR has more than one file (%v)", ErrContentMismatch, storePath, err)
 	}
 	if got := sum.Sum(nil); string(got) != string(c.Hash[:]) {
-		return fmt.Errorf("%w: %s: file sha256 %x, address %s", ErrContentMismatch, storePath, got, c)
+		return 0, fmt.Errorf("%w: %s: file sha256 %x, address %s", ErrContentMismatch, storePath, got, c)
 	}
-	return nil
+	return fileNARSize(uint64(h.Size)), nil
+}
+
+// fileNARSize is the size of the canonical NAR of one regular,
+// non-executable file of size bytes: "nix-archive-1", "(", "type",
+// "regular", "contents", the contents, ")", each a length and the bytes
+// padded to 8.
+func fileNARSize(size uint64) uint64 {
+	str := func(n uint64) uint64 { return 8 + (n+7)/8*8 }
+	return str(13) + str(1) + str(4) + str(7) + str(8) + str(size) + str(1)
 }

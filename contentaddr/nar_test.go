@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 	"testing/iotest"
 
@@ -54,7 +55,13 @@ func TestCheckNAR(t *testing.T) {
 	}{
 		{"flat file", flat, file, true},
 		{"text file", text, file, true},
-		{"text executable file", text, exe, true},
+		// Nix makes no text file executable: a cache that took one
+		// would serve what no honest builder made, and refuse theirs.
+		{"text executable file", text, exe, false},
+		// Bytes after the NAR's end: the parser stops before them, the
+		// cache would hash them, a client would not.
+		{"flat file and more", flat, append(slices.Clone(file), make([]byte, 8)...), false},
+		{"text file and more", text, append(slices.Clone(file), 'x'), false},
 		{"recursive directory", rec, dir, true},
 		{"flat executable file", flat, exe, false},
 		{"flat directory", flat, dir, false},
