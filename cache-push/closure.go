@@ -182,14 +182,20 @@ func (p *Pusher) missingRefs(ctx context.Context, self string, refs []string) ([
 }
 
 // visible reports whether storePath's narinfo is in this cache or, when
-// not, in an upstream.
+// not, in an upstream. The narinfo found under storePath's hash part
+// must name storePath itself: a reference with a published path's hash
+// and another name is not there (a client would find the narinfo of
+// another path under it, and refuse it).
 func (p *Pusher) visible(ctx context.Context, storePath string) (bool, error) {
-	_, err := p.cfg.Store.Stat(ctx, cachelayout.NarinfoKey(storePath))
-	if err == nil {
-		return true, nil
-	}
-	if !errors.Is(err, store.ErrNotFound) {
+	ni, err := p.existing(ctx, storePath)
+	var re *RejectedError
+	switch {
+	case errors.As(err, &re):
+		return false, nil // a narinfo that does not parse names no path
+	case err != nil:
 		return false, fmt.Errorf("reference %s: %w", storePath, err)
+	case ni != nil:
+		return ni.StorePath == storePath, nil
 	}
 	return p.upstreamHas(ctx, storePath), nil
 }

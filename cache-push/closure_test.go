@@ -875,3 +875,64 @@ func TestUpstreamAnswersRemembered(t *testing.T) {
 		t.Fatalf("asked %v: want the found path once, the missing one again after its time", u.asked)
 	}
 }
+
+// TestReferenceByHashPartOnly: a source referring to a path that has the
+// hash part of a published path and another name is not published: the
+// narinfo under that hash names another path, which a client would
+// refuse, so the reference is not there.
+func TestReferenceByHashPartOnly(t *testing.T) {
+	cf := newClosureFixture(t, "quorum: {min: 1}\n", 1, nil)
+	r, d := cf.result(t, drvResult{name: "real"})
+	cf.process(t, r, d)
+	real := storePath("real")
+	fake := strings.TrimSuffix(real, "real") + "fake"
+	content := "refers to " + fake
+	s := cf.source(t, "junk.txt", fileNAR(t, content, false), contentaddr.Text, []byte(content), []string{fake})
+	r, d = cf.result(t, drvResult{name: "other", sources: []queue.Output{s}})
+	cf.process(t, r, d)
+	if !cf.isVisible(t, real) {
+		t.Fatal("the real path is not published")
+	}
+	if cf.isVisible(t, s.Path) {
+		t.Fatalf("%s published with reference %s, which is not in the cache (%s is)", s.Path, fake, real)
+	}
+}
+
+// TestCAPathNonCanonicalNAR: a content-addressed path's NAR must be the
+// one Nix makes. A fixed output's NAR with bytes after its end (which a
+// client, reading the NAR only, would find the wrong hash for) and a
+// text source marked executable (which Nix never makes) are refused,
+// and do not keep the honest builder's NAR out.
+func TestCAPathNonCanonicalNAR(t *testing.T) {
+	cf := newClosureFixture(t, "quorum: {min: 2}\n", 2, nil)
+	ctx := testctx.New(t, 60*time.Second)
+	refused := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, queue.ErrPermanent) || !strings.Contains(err.Error(), ReasonContentAddress) {
+			t.Fatalf("%s: %v, want a %s rejection", what, err, ReasonContentAddress)
+		}
+	}
+
+	content := "downloaded tarball"
+	good := fileNAR(t, content, false)
+	c := contentaddr.CA{Method: contentaddr.Flat, Hash: sha256.Sum256([]byte(content))}
+	p := mustPath(t, c, "src.tar")
+	r, d := cf.result(t, drvResult{name: "src.tar", path: p, nar: append(slices.Clone(good), make([]byte, 8)...), ca: c.String(), builder: "b0"})
+	refused("a fixed output's NAR with bytes after its end", cf.pusher.Process(ctx, subject(r), d, r.MsgID()))
+	r, d = cf.result(t, drvResult{name: "src.tar", path: p, nar: good, ca: c.String(), builder: "b1"})
+	cf.process(t, r, d)
+	if !cf.isVisible(t, p) {
+		t.Fatal("the honest fixed output is not published")
+	}
+
+	script := "builder script\n"
+	exe := cf.source(t, "script.sh", fileNAR(t, script, true), contentaddr.Text, []byte(script), nil)
+	r, d = cf.result(t, drvResult{name: "user1", builder: "b0", sources: []queue.Output{exe}})
+	refused("an executable text source", cf.pusher.Process(ctx, subject(r), d, r.MsgID()))
+	src := cf.source(t, "script.sh", fileNAR(t, script, false), contentaddr.Text, []byte(script), nil)
+	r, d = cf.result(t, drvResult{name: "user2", builder: "b1", sources: []queue.Output{src}})
+	cf.process(t, r, d)
+	if !cf.isVisible(t, src.Path) {
+		t.Fatal("the honest text source is not published")
+	}
+}
