@@ -255,6 +255,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	var (
 		mu        sync.Mutex
 		consumers = map[string]*queue.Consumer{}
+		started   = map[string]bool{} // subjects being consumed or awaited
 	)
 	defer func() {
 		for _, k := range consumers {
@@ -264,11 +265,40 @@ func (w *Worker) Run(ctx context.Context) error {
 			<-k.Closed()
 		}
 	}()
-	h := func(hctx context.Context, d *queue.Delivery) error { return w.handle(hctx, kv, d, ackWait, log) }
+	h := func(hctx context.Context, d *queue.Delivery) error {
+		// The consumer's own AckWait when it is shorter: a tenant's
+		// runner uses the consumer the scheduler provided as it is.
+		return w.handle(hctx, kv, d, min(ackWait, cmp.Or(d.AckWait, ackWait)), log)
+	}
+	// A class whose consumer the scheduler has not provided yet (no
+	// request of it dispatched yet) is consumed once it has.
+	var awaiting sync.WaitGroup
+	defer awaiting.Wait()
+	failed := make(chan error, 1)
+	consume := func(subj string) {
+		k, err := queue.AwaitConsumer(ctx, log, subj, func(ctx context.Context) (*queue.Consumer, error) {
+			return w.Conn.ConsumeFarm(ctx, queue.ConsumerOptions{FilterSubject: subj, AckWait: ackWait, Concurrency: max(w.Concurrency, 1)}, h)
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				select {
+				case failed <- fmt.Errorf("farm: worker: %w", err):
+				default:
+				}
+			}
+			return
+		}
+		log.Info("farm: consuming", "subject", subj)
+		mu.Lock()
+		consumers[subj] = k
+		mu.Unlock()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-failed:
+			return err
 		case e, ok := <-watch.Updates():
 			if !ok {
 				return errors.New("farm: worker: class watch ended")
@@ -291,21 +321,11 @@ func (w *Worker) Run(ctx context.Context) error {
 			if err != nil {
 				continue
 			}
-			mu.Lock()
-			_, have := consumers[subj]
-			mu.Unlock()
-			if have {
+			if started[subj] {
 				continue
 			}
-			k, err := w.Conn.ConsumeFarm(ctx, queue.ConsumerOptions{FilterSubject: subj, AckWait: ackWait,
-				Concurrency: max(w.Concurrency, 1)}, h)
-			if err != nil {
-				return fmt.Errorf("farm: worker: %w", err)
-			}
-			log.Info("farm: consuming", "subject", subj)
-			mu.Lock()
-			consumers[subj] = k
-			mu.Unlock()
+			started[subj] = true
+			awaiting.Go(func() { consume(subj) })
 		}
 	}
 }

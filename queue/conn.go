@@ -100,6 +100,10 @@ type Conn struct {
 	kvs  map[string]jetstream.KeyValue
 	// kvStreams caches their streams (KVList asks which subjects they hold).
 	kvStreams map[string]jetstream.Stream
+	// provided says when each consumer this connection provided
+	// (provideConsumer) was last seen there; deniedProvide holds the
+	// streams whose consumers this account may not provide, said once.
+	provided, deniedProvide sync.Map
 
 	mu sync.Mutex
 	// denied are the publishes waiting for their ack; a permission

@@ -64,6 +64,11 @@ type Delivery struct {
 	// Stored is when the server stored the message (its clock, not the
 	// publisher's word).
 	Stored time.Time
+	// AckWait is the consumer's: the message goes to another member once
+	// it passes without an ack or InProgress. A member that could not
+	// set it (a tenant's runner, on a consumer provided by the
+	// publisher) learns it here.
+	AckWait time.Duration
 
 	inProgress func() error
 }
@@ -236,7 +241,7 @@ func (c *Conn) ConsumeResults(ctx context.Context, o ConsumerOptions, h Handler)
 		MaxDeliver:    o.MaxDeliver,
 		MaxAckPending: o.MaxAckPending,
 	}
-	k, err := c.consume(ctx, StreamResults, want, o.Concurrency, c.log.With(logKeyGroup, o.Group), h)
+	k, err := c.consume(ctx, StreamResults, want, o.Concurrency, c.log.With(logKeyGroup, o.Group), h, false)
 	if err != nil {
 		return nil, fmt.Errorf("queue: consume results: %w", err)
 	}
@@ -246,7 +251,14 @@ func (c *Conn) ConsumeResults(ctx context.Context, o ConsumerOptions, h Handler)
 // consume creates or updates the durable pull consumer want on stream,
 // checks the server kept its settings, and runs h on its messages with
 // concurrency workers.
-func (c *Conn) consume(ctx context.Context, stream string, want jetstream.ConsumerConfig, concurrency int, log *slog.Logger, h Handler) (*Consumer, error) {
+//
+// With bind, an account that may not create or update the consumer (a
+// tenant's runner, on a work queue's shared consumer: one that could
+// would set it to stall every request of its subject for everyone) uses
+// it as it is, settings included, once it checks that it is the one
+// want names; ErrNoConsumer when it does not exist yet (its publisher provides it:
+// provideForPublish).
+func (c *Conn) consume(ctx context.Context, stream string, want jetstream.ConsumerConfig, concurrency int, log *slog.Logger, h Handler, bind bool) (*Consumer, error) {
 	name := want.Durable
 	// A consumer the account's permissions do not allow (another
 	// tenant's filter, a role that may not consume) fails at once. One
@@ -272,20 +284,30 @@ func (c *Conn) consume(ctx context.Context, stream string, want jetstream.Consum
 		}
 		return err
 	})
-	if err != nil {
+	switch {
+	case bind && errors.Is(err, ErrPermissionDenied):
+		if cons, err = c.existingConsumer(sctx, stream, name); err != nil {
+			return nil, fmt.Errorf("consumer %s: %w", name, err)
+		}
+		if got := cons.CachedInfo().Config; got.AckPolicy != want.AckPolicy || got.FilterSubject != want.FilterSubject {
+			return nil, fmt.Errorf("consumer %s: ack %v, filter %q: not the consumer of %q", name, got.AckPolicy, got.FilterSubject, want.FilterSubject)
+		}
+	case err != nil:
 		return nil, fmt.Errorf("consumer %s: %w", name, mapJSError(err))
-	}
-	if got := cons.CachedInfo().Config; got.AckPolicy != want.AckPolicy || got.FilterSubject != want.FilterSubject ||
-		got.AckWait != want.AckWait || got.MaxDeliver != want.MaxDeliver ||
-		(want.MaxAckPending != 0 && got.MaxAckPending != want.MaxAckPending) {
-		return nil, fmt.Errorf("consumer %s: %w: ack %v/%v, filter %q, ack wait %s, max deliver %d, max ack pending %d",
-			name, ErrConfigDropped, got.AckPolicy, want.AckPolicy, got.FilterSubject, got.AckWait, got.MaxDeliver, got.MaxAckPending)
+	default:
+		if got := cons.CachedInfo().Config; got.AckPolicy != want.AckPolicy || got.FilterSubject != want.FilterSubject ||
+			got.AckWait != want.AckWait || got.MaxDeliver != want.MaxDeliver ||
+			(want.MaxAckPending != 0 && got.MaxAckPending != want.MaxAckPending) {
+			return nil, fmt.Errorf("consumer %s: %w: ack %v/%v, filter %q, ack wait %s, max deliver %d, max ack pending %d",
+				name, ErrConfigDropped, got.AckPolicy, want.AckPolicy, got.FilterSubject, got.AckWait, got.MaxDeliver, got.MaxAckPending)
+		}
 	}
 
 	handlerCtx, stop := context.WithCancel(ctx)
 	pullCtx, drain := context.WithCancel(handlerCtx)
 	k := &Consumer{stop: stop, drain: drain, closed: make(chan struct{})}
-	w := &worker{cons: cons, h: h, log: log, termReason: termTakesReason(c.nc.ConnectedServerVersion())}
+	w := &worker{cons: cons, h: h, log: log, termReason: termTakesReason(c.nc.ConnectedServerVersion()),
+		ackWait: cons.CachedInfo().Config.AckWait}
 	go func() {
 		w.run(pullCtx, handlerCtx, concurrency)
 		stop() // release the contexts
@@ -314,6 +336,8 @@ type worker struct {
 	termReason bool
 	// pulls is 1 while the Consumer's pull request is in flight.
 	pulls atomic.Int32
+	// ackWait is the consumer's (Delivery.AckWait).
+	ackWait time.Duration
 }
 
 // release naks a message we are not going to handle because we stop. It
@@ -443,6 +467,7 @@ func (w *worker) handle(ctx context.Context, msg jetstream.Msg) {
 		NumDelivered: md.NumDelivered,
 		Stream:       md.Sequence.Stream,
 		Stored:       md.Timestamp,
+		AckWait:      w.ackWait,
 		inProgress:   msg.InProgress,
 	}
 	herr := w.h(ctx, d)
@@ -551,5 +576,102 @@ func termTakesReason(v string) bool {
 		return minor > 10
 	default:
 		return patch >= 4
+	}
+}
+
+// existingConsumer looks up stream's consumer name; ErrNoConsumer when
+// there is none.
+func (c *Conn) existingConsumer(ctx context.Context, stream, name string) (jetstream.Consumer, error) {
+	ctx, cancel := context.WithTimeout(ctx, DefaultTimeout)
+	defer cancel()
+	var cons jetstream.Consumer
+	err := c.denyAware(ctx, jsAPIFor(stream, name), func(ctx context.Context) (err error) {
+		cons, err = c.js.Consumer(ctx, stream, name)
+		return err
+	})
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, ErrNoConsumer
+	}
+	if err != nil {
+		return nil, mapJSError(err)
+	}
+	return cons, nil
+}
+
+// provideEvery is how often a publisher makes sure again that a
+// consumer it provided is there (someone may have deleted it).
+const provideEvery = 10 * time.Minute
+
+// errCodeConsumerNotUnique is the server's "filtered consumer not unique
+// on workqueue stream" (JSConsumerWQConsumerNotUniqueErr): another
+// consumer takes the subject.
+const errCodeConsumerNotUnique jetstream.ErrorCode = 10100
+
+// provideConsumer creates stream's consumer want unless it exists
+// (whatever its settings: a member that may update it set them), and
+// then trusts it is there for provideEvery.
+func (c *Conn) provideConsumer(ctx context.Context, stream string, want jetstream.ConsumerConfig) error {
+	if at, ok := c.provided.Load(want.Durable); ok && time.Since(at.(time.Time)) < provideEvery {
+		return nil
+	}
+	ctx, cancel := withDefaultTimeout(ctx, DefaultTimeout)
+	defer cancel()
+	err := c.denyAware(ctx, jsAPIFor(stream, want.Durable), func(ctx context.Context) error {
+		_, err := c.js.CreateConsumer(ctx, stream, want)
+		return err
+	})
+	var apiErr *jetstream.APIError
+	switch {
+	case err == nil, errors.Is(err, jetstream.ErrConsumerExists):
+	case errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeConsumerNotUnique:
+		return fmt.Errorf("queue: consumer %s: another consumer of stream %s takes %s (one not made by Provenix: list them with 'nats consumer ls %s' and remove it): %w",
+			want.Durable, stream, want.FilterSubject, stream, err)
+	default:
+		return fmt.Errorf("queue: consumer %s: %w", want.Durable, mapJSError(err))
+	}
+	c.provided.Store(want.Durable, time.Now())
+	return nil
+}
+
+// provideForPublish provides want (provideConsumer) before a publish on
+// its subject. A tenant's runner may not create or change the consumer
+// it takes work from: one that could would stall every message of the
+// subject for everyone (MaxAckPending 1 and one message kept, or a
+// consumer of its own taking the subject). So its publisher provides it,
+// with ConsumerOptions' defaults, and the runners use it as it is. An
+// account that may not provide it (an account.conf older than this rule,
+// whose runners still create their consumers) publishes all the same,
+// and says once per stream to upgrade it.
+func (c *Conn) provideForPublish(ctx context.Context, stream string, want jetstream.ConsumerConfig) error {
+	err := c.provideConsumer(ctx, stream, want)
+	if errors.Is(err, ErrPermissionDenied) {
+		if _, told := c.deniedProvide.LoadOrStore(stream, true); !told {
+			c.log.Warn("queue: may not create the consumers of "+stream+", so its runners must: run provenix tenant upgrade", logKeyErr, err)
+		}
+		return nil
+	}
+	return err
+}
+
+// AwaitConsumer calls open (a ConsumeFarm or ConsumeRebuilds) until it
+// does not fail with ErrNoConsumer, waiting between calls (a second,
+// doubling up to 10 s), and returns what it returned; ctx's error once
+// ctx is done. what names the consumer in the log, said once.
+func AwaitConsumer(ctx context.Context, log *slog.Logger, what string, open func(context.Context) (*Consumer, error)) (*Consumer, error) {
+	wait := time.Second
+	for told := false; ; told = true {
+		k, err := open(ctx)
+		if !errors.Is(err, ErrNoConsumer) {
+			return k, err
+		}
+		if !told {
+			log.Info("queue: waiting for the publisher to provide the consumer", "of", what)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 10*time.Second)
 	}
 }

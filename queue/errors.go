@@ -43,6 +43,11 @@ var (
 	// ErrUntrustedCert: the server's TLS certificate failed verification
 	// (unknown CA, wrong host name, expired); Connect gives up at once.
 	ErrUntrustedCert = errors.New("server certificate not trusted")
+	// ErrNoConsumer: the shared consumer of a work queue's subject,
+	// which this account may not create (a tenant's runner), does not
+	// exist yet; whoever publishes on the subject provides it
+	// (PublishFarm, PublishRebuild). AwaitConsumer retries.
+	ErrNoConsumer = errors.New("queue: the subject's consumer does not exist yet")
 	// ErrConfigDropped: the server did not keep a stream setting we set;
 	// older servers silently drop fields they do not know.
 	ErrConfigDropped = errors.New("queue: server did not keep the stream configuration (nats-server too old?)")

@@ -183,11 +183,43 @@ func (c *Conn) PublishFarm(ctx context.Context, subj, msgID string, data []byte)
 	if len(data) > MaxFarmMsgSize {
 		return 0, false, fmt.Errorf("queue: publish farm %s: %w: %d bytes, limit %d", subj, ErrTooLarge, len(data), MaxFarmMsgSize)
 	}
+	if strings.HasPrefix(subj, subjectFarmBuild+".") {
+		// A tenant's runners may not create the consumer they take
+		// requests from: the publisher provides it.
+		want, err := farmConsumerConfig(&ConsumerOptions{FilterSubject: subj})
+		if err != nil {
+			return 0, false, err
+		}
+		if err := c.provideForPublish(ctx, StreamFarm, want); err != nil {
+			return 0, false, fmt.Errorf("queue: publish farm %s: %w", subj, err)
+		}
+	}
 	ack, err := c.publishRetry(ctx, subj, data, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(farmStreamOf(subj)))
 	if err != nil {
 		return 0, false, fmt.Errorf("queue: publish farm %s: %w", subj, err)
 	}
 	return ack.Sequence, ack.Duplicate, nil
+}
+
+// farmConsumerConfig is the shared consumer of o.FilterSubject; it validates
+// o and sets its defaults.
+func farmConsumerConfig(o *ConsumerOptions) (jetstream.ConsumerConfig, error) {
+	if !strings.HasPrefix(o.FilterSubject, subjectFarm+".") || strings.ContainsAny(o.FilterSubject, `/\`) {
+		return jetstream.ConsumerConfig{}, fmt.Errorf("queue: consume farm: %w: filter subject %q is not a farm subject", ErrInvalidName, o.FilterSubject)
+	}
+	if err := o.validateLimits(); err != nil {
+		return jetstream.ConsumerConfig{}, fmt.Errorf("queue: consume farm: %w", err)
+	}
+	return jetstream.ConsumerConfig{
+		Durable:       FarmConsumer(o.FilterSubject),
+		Description:   "Provenix farm: " + o.FilterSubject,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		FilterSubject: o.FilterSubject,
+		AckWait:       o.AckWait,
+		MaxDeliver:    o.MaxDeliver,
+		MaxAckPending: o.MaxAckPending,
+	}, nil
 }
 
 // FarmRequestQueued reports whether the farm request stored at seq is
@@ -238,6 +270,12 @@ func (c *Conn) FarmRequestDelivered(ctx context.Context, subject string, seq uin
 // consumer, FarmConsumer(filter), created or updated on FARM with
 // explicit acks. o works as for ConsumeRebuilds: FilterSubject is
 // required, Group must be empty. Outcomes are ConsumeResults'.
+//
+// A tenant's runner may not create or update a build subject's
+// consumer: it uses the one the scheduler provided (ProvideFarmConsumer)
+// as it is, its AckWait included (Delivery.AckWait), and gets
+// ErrNoConsumer before the first request on the subject (AwaitConsumer
+// waits for it).
 func (c *Conn) ConsumeFarm(ctx context.Context, o ConsumerOptions, h Handler) (*Consumer, error) {
 	if h == nil {
 		return nil, errors.New("queue: consume farm: nil handler")
@@ -245,23 +283,12 @@ func (c *Conn) ConsumeFarm(ctx context.Context, o ConsumerOptions, h Handler) (*
 	if o.Group != "" {
 		return nil, fmt.Errorf("queue: consume farm: Group %q: must be empty, the consumer is named after the subject", o.Group)
 	}
-	if !strings.HasPrefix(o.FilterSubject, subjectFarm+".") || strings.ContainsAny(o.FilterSubject, `/\`) {
-		return nil, fmt.Errorf("queue: consume farm: %w: filter subject %q is not a farm subject", ErrInvalidName, o.FilterSubject)
+	want, err := farmConsumerConfig(&o)
+	if err != nil {
+		return nil, err
 	}
-	if err := o.validateLimits(); err != nil {
-		return nil, fmt.Errorf("queue: consume farm: %w", err)
-	}
-	want := jetstream.ConsumerConfig{
-		Durable:       FarmConsumer(o.FilterSubject),
-		Description:   "Provenix farm: " + o.FilterSubject,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		FilterSubject: o.FilterSubject,
-		AckWait:       o.AckWait,
-		MaxDeliver:    o.MaxDeliver,
-		MaxAckPending: o.MaxAckPending,
-	}
-	k, err := c.consume(ctx, farmStreamOf(o.FilterSubject), want, o.Concurrency, c.log.With(logKeySubject, o.FilterSubject), h)
+	k, err := c.consume(ctx, farmStreamOf(o.FilterSubject), want, o.Concurrency, c.log.With(logKeySubject, o.FilterSubject), h,
+		strings.HasPrefix(o.FilterSubject, subjectFarmBuild+"."))
 	if err != nil {
 		return nil, fmt.Errorf("queue: consume farm: %w", err)
 	}
@@ -297,7 +324,7 @@ func (c *Conn) ConsumeEvents(ctx context.Context, o ConsumerOptions, h Handler) 
 		MaxDeliver:    o.MaxDeliver,
 		MaxAckPending: o.MaxAckPending,
 	}
-	k, err := c.consume(ctx, StreamEvents, want, o.Concurrency, c.log.With(logKeyGroup, o.Group), h)
+	k, err := c.consume(ctx, StreamEvents, want, o.Concurrency, c.log.With(logKeyGroup, o.Group), h, false)
 	if err != nil {
 		return nil, fmt.Errorf("queue: consume events: %w", err)
 	}
@@ -451,8 +478,9 @@ func DecodeFarmMessage[T any, P interface {
 // only, and the scheduler counts one failure per builder and
 // derivation, so it cannot fail a derivation by itself; every result
 // still goes through the pusher's checks.
-func farmRunner(tenant, builderID string, pub *[]string, consume func(stream, filter string), readStream, orderedReads func(stream string)) {
-	consume(StreamFarm, subjectFarmBuild+"."+tenant+".>")
+func farmRunner(tenant, builderID string, pub *[]string, use, readStream, orderedReads func(stream string)) {
+	// Build requests, through the consumers the scheduler provides.
+	use(StreamFarm)
 	report, _ := FarmReportSubject(tenant, builderID)
 	// Claims under its own builder's key only (claim.<set>.<drv>.<scope>):
 	// no runner can write, move or drop another builder's claim.

@@ -129,12 +129,23 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 			jsAPI+"CONSUMER.DELETE."+stream+".*",
 			jsFlowCtl+stream+".>")
 	}
-	consume := func(stream, filter string) {
+	// use is what pulling from stream's consumers takes; consume adds
+	// creating them for filter. A runner may only use a work queue's
+	// shared consumer, which its publisher provides (provideForPublish):
+	// one that could create it could also set it to stall every request
+	// of its subject for everyone.
+	use := func(stream string) {
 		pub = append(pub,
-			jsAPI+"CONSUMER.CREATE."+stream+".*."+filter,
 			jsAPI+"CONSUMER.INFO."+stream+".*",
 			jsAPI+"CONSUMER.MSG.NEXT."+stream+".*",
 			jsAck+stream+".>")
+	}
+	consume := func(stream, filter string) {
+		pub = append(pub, jsAPI+"CONSUMER.CREATE."+stream+".*."+filter)
+		use(stream)
+	}
+	provide := func(stream, filter string) {
+		pub = append(pub, jsAPI+"CONSUMER.CREATE."+stream+".*."+filter)
 	}
 	switch role {
 	case RoleRunner:
@@ -148,9 +159,9 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 		readChunks()
 		orderedReads(stagingStream)
 		// A volunteer: its tenant's rebuild requests, and whether it voted.
-		consume(StreamRebuild, subjectRebuild+"."+tenant+".*")
+		use(StreamRebuild)
 		readStream(kvVotes)
-		farmRunner(tenant, builderID, &pub, consume, readStream, orderedReads)
+		farmRunner(tenant, builderID, &pub, use, readStream, orderedReads)
 		usagePermissions(tenant, builderID, role, &pub)
 	case RolePusher:
 		pub = append(pub, jsAPI+"INFO", subjectEvents+"."+tenant+".>", subjectRebuild+"."+tenant+".>")
@@ -167,6 +178,10 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 			orderedReads(kvStreamPrefix + kv)
 			pub = append(pub, kvSubjectPrefix+kv+".>")
 		}
+		// The rebuild requests' and farm requests' consumers, which
+		// their runners may not create.
+		provide(StreamRebuild, subjectRebuild+"."+tenant+".*")
+		provide(StreamFarm, subjectFarmBuild+"."+tenant+".>")
 		farmPusher(tenant, &pub, consume, readStream, orderedReads)
 		usagePermissions(tenant, "", role, &pub)
 	case RoleSubmitter:

@@ -43,7 +43,16 @@ func TestRolePermissions(t *testing.T) {
 		{"runner stages in the submitter's scope", runner, stagingChunksPrefix + StagingScope(SubmitterBuilderID("acme")) + ".>", false},
 		{"runner purges staging", runner, "$JS.API.STREAM.PURGE." + stagingStream, false},
 		{"pusher publishes to inboxes", pusher, "_INBOX.>", false},
-		{"runner takes its tenant's farm requests", runner, "$JS.API.CONSUMER.CREATE.FARM.*.farm.build.acme.>", true},
+		{"runner takes its tenant's farm requests", runner, "$JS.API.CONSUMER.MSG.NEXT.FARM.*", true},
+		// One that could create or update the shared consumer could
+		// stall every request of its subject (MaxAckPending 1, or a
+		// consumer of its own taking the subject).
+		{"runner creates or changes the farm's consumers", runner, "$JS.API.CONSUMER.CREATE.FARM.*.farm.build.acme.>", false},
+		{"runner creates or changes the rebuild consumers", runner, "$JS.API.CONSUMER.CREATE.REBUILD.*.rebuild.acme.*", false},
+		{"runner takes its tenant's rebuild requests", runner, "$JS.API.CONSUMER.MSG.NEXT.REBUILD.*", true},
+		{"pusher provides the farm's consumers", pusher, "$JS.API.CONSUMER.CREATE.FARM.*.farm.build.acme.>", true},
+		{"pusher provides the rebuild consumers", pusher, "$JS.API.CONSUMER.CREATE.REBUILD.*.rebuild.acme.*", true},
+		{"pusher provides another tenant's rebuild consumers", pusher, "$JS.API.CONSUMER.CREATE.REBUILD.*.rebuild.other.*", false},
 		{"runner reports its own farm builds", runner, "farm.report.acme." + StagingScope("acme-runner"), true},
 		{"runner reports farm builds of any builder", runner, "farm.report.acme.>", false},
 		{"runner reports farm builds unscoped", runner, "farm.report.acme", false},

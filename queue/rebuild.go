@@ -155,6 +155,15 @@ func (c *Conn) PublishRebuild(ctx context.Context, r *RebuildRequest) (duplicate
 	if err != nil {
 		return false, fmt.Errorf("queue: publish rebuild %s: %w", r.DrvPath, err)
 	}
+	// A tenant's volunteers may not create the consumer they take
+	// requests from: the publisher provides it.
+	want, err := rebuildConsumerConfig(&ConsumerOptions{FilterSubject: subj})
+	if err != nil {
+		return false, err
+	}
+	if err := c.provideForPublish(ctx, StreamRebuild, want); err != nil {
+		return false, fmt.Errorf("queue: publish rebuild %s: %w", r.DrvPath, err)
+	}
 	ack, err := c.publish(ctx, subj, data, jetstream.WithMsgID(r.MsgID()), jetstream.WithExpectStream(StreamRebuild))
 	if err != nil {
 		return false, fmt.Errorf("queue: publish rebuild %s: %w", r.DrvPath, err)
@@ -165,7 +174,9 @@ func (c *Conn) PublishRebuild(ctx context.Context, r *RebuildRequest) (duplicate
 // ConsumeRebuilds runs h on the rebuild requests of one tenant and system
 // through their durable consumer, RebuildConsumer(tenant, system), which
 // every volunteer of that tenant and system shares; it is created (or
-// updated) on REBUILD with explicit acks. o works as for ConsumeResults,
+// updated) on REBUILD with explicit acks, or, for a tenant's runner,
+// which may not, used as PublishRebuild provided it (ErrNoConsumer
+// before then; AwaitConsumer waits for it). o works as for ConsumeResults,
 // except:
 //   - FilterSubject is required and must be a RebuildSubject: a work
 //     queue allows one consumer per subject, so a volunteer serving
@@ -182,28 +193,36 @@ func (c *Conn) ConsumeRebuilds(ctx context.Context, o ConsumerOptions, h Handler
 	if o.Group != "" {
 		return nil, fmt.Errorf("queue: consume rebuilds: Group %q: must be empty, the consumer is named after the subject", o.Group)
 	}
-	tenant, system, err := parseRebuildSubject(o.FilterSubject)
+	want, err := rebuildConsumerConfig(&o)
+	if err != nil {
+		return nil, err
+	}
+	k, err := c.consume(ctx, StreamRebuild, want, o.Concurrency, c.log.With(logKeySubject, o.FilterSubject), h, true)
 	if err != nil {
 		return nil, fmt.Errorf("queue: consume rebuilds: %w", err)
 	}
-	if err := o.validateLimits(); err != nil {
-		return nil, fmt.Errorf("queue: consume rebuilds: %w", err)
+	return k, nil
+}
+
+// rebuildConsumerConfig is the shared consumer of o.FilterSubject; it validates
+// o and sets its defaults.
+func rebuildConsumerConfig(o *ConsumerOptions) (jetstream.ConsumerConfig, error) {
+	tenant, system, err := parseRebuildSubject(o.FilterSubject)
+	if err != nil {
+		return jetstream.ConsumerConfig{}, fmt.Errorf("queue: consume rebuilds: %w", err)
 	}
-	name := RebuildConsumer(tenant, system)
-	want := jetstream.ConsumerConfig{
-		Durable:       name,
+	if err := o.validateLimits(); err != nil {
+		return jetstream.ConsumerConfig{}, fmt.Errorf("queue: consume rebuilds: %w", err)
+	}
+	return jetstream.ConsumerConfig{
+		Durable:       RebuildConsumer(tenant, system),
 		Description:   "Provenix volunteers rebuilding tenant " + tenant + " for " + system,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		FilterSubject: o.FilterSubject,
 		AckWait:       o.AckWait,
 		MaxDeliver:    o.MaxDeliver,
-	}
-	k, err := c.consume(ctx, StreamRebuild, want, o.Concurrency, c.log.With(logKeySubject, o.FilterSubject), h)
-	if err != nil {
-		return nil, fmt.Errorf("queue: consume rebuilds: %w", err)
-	}
-	return k, nil
+	}, nil
 }
 
 // parseRebuildSubject splits rebuild.<tenant>.<system>.

@@ -13,6 +13,7 @@ import (
 	"codeberg.org/provenix/provenix/internal/testctx"
 	"codeberg.org/provenix/provenix/queue"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // visibleSet is the cache as the farm sees it.
@@ -232,6 +233,41 @@ func TestFarmPermissions(t *testing.T) {
 	// set's requests.
 	if delivered, err := pusher.FarmRequestDelivered(ctx, subj, 1); err != nil || !delivered {
 		t.Errorf("the pusher asks whether request 1 was delivered: %v, %v; want true", delivered, err)
+	}
+	unused, _ := queue.FarmBuildSubject("a", "aarch64-linux", farm.NoFeatures)
+	cannotTakeOver(t, runner, queue.StreamFarm, queue.FarmConsumer(subj), subj, unused)
+}
+
+// cannotTakeOver checks that runner may neither change the shared
+// consumer name of a work queue's subject subj, which its publisher
+// provided (MaxAckPending 1 and one message kept would stall every other
+// message of subj for good), nor take subj or unused, a subject nobody
+// consumes yet, with a consumer of its own (a work queue allows one
+// consumer per subject: every message of it would go to that runner, and
+// the workers could not start).
+func cannotTakeOver(t *testing.T, runner *queue.Conn, stream, name, subj, unused string) {
+	t.Helper()
+	for _, cfg := range []jetstream.ConsumerConfig{
+		{Durable: name, FilterSubject: subj, AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 1},
+		{Durable: "squat", FilterSubject: unused, AckPolicy: jetstream.AckExplicitPolicy},
+	} {
+		// A request the server's permissions refuse gets no answer.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := runner.JetStream().CreateOrUpdateConsumer(ctx, stream, cfg)
+		cancel()
+		if err == nil {
+			t.Errorf("a runner set consumer %s of %s on %s", cfg.Durable, cfg.FilterSubject, stream)
+		}
+	}
+	// What the runner may read of them, as its workers do.
+	ctx := testctx.New(t, 20*time.Second)
+	if k, err := runner.JetStream().Consumer(ctx, stream, name); err != nil {
+		t.Fatal(err)
+	} else if n := k.CachedInfo().Config.MaxAckPending; n == 1 {
+		t.Errorf("consumer %s: MaxAckPending %d, as the runner set it", name, n)
+	}
+	if _, err := runner.JetStream().Consumer(ctx, stream, "squat"); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Errorf("the runner's own consumer on %s: %v, want none", unused, err)
 	}
 }
 

@@ -291,10 +291,19 @@ func TestTenantIsolation(t *testing.T) {
 		}
 		k.Stop()
 		<-k.Closed()
+		cannotTakeOver(t, runnerA, queue.StreamRebuild, queue.RebuildConsumer("a", "x86_64-linux"), subj, "rebuild.a.aarch64-linux")
+		// b's rebuild requests: a's pusher may neither publish them nor
+		// provide their consumer, and a's runner may not create one, so
+		// there is none to take them from.
 		subj, _ = queue.RebuildSubject("b", "x86_64-linux")
 		start := time.Now()
+		reqB := *req
+		reqB.Tenant = "b"
+		_, err = pusherA.PublishRebuild(testctx.New(t, 20*time.Second), &reqB)
+		fast(t, "a's pusher requests b's rebuilds", start, err, queue.ErrPermissionDenied)
+		start = time.Now()
 		_, err = runnerA.ConsumeRebuilds(context.Background(), queue.ConsumerOptions{FilterSubject: subj}, func(context.Context, *queue.Delivery) error { return nil })
-		fast(t, "a runner consumes b's rebuilds", start, err, queue.ErrPermissionDenied)
+		fast(t, "a runner consumes b's rebuilds", start, err, queue.ErrNoConsumer)
 	})
 }
 

@@ -23,6 +23,7 @@
 package volunteer
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -195,7 +196,9 @@ func (v *Volunteer) Run(ctx context.Context) error {
 		if v.Once && !claimed.CompareAndSwap(false, true) {
 			return errOnceTaken
 		}
-		out, err := v.handle(hctx, d, ackWait)
+		// The consumer's own AckWait when it is shorter: a tenant's
+		// volunteer uses the consumer the pusher provided as it is.
+		out, err := v.handle(hctx, d, min(ackWait, cmp.Or(d.AckWait, ackWait)))
 		if v.OnOutcome != nil {
 			v.OnOutcome(out)
 		}
@@ -205,30 +208,59 @@ func (v *Volunteer) Run(ctx context.Context) error {
 		return err
 	}
 
-	var consumers []*queue.Consumer
-	stopAll := func() {
-		for _, k := range consumers {
-			k.Stop()
-			<-k.Closed()
-		}
-	}
-	ended := make(chan string, len(v.Systems))
+	var subjects []string
 	for _, sys := range v.Systems {
 		subj, err := queue.RebuildSubject(v.Builder.Tenant, sys)
 		if err != nil {
-			stopAll()
 			return fmt.Errorf("volunteer: %w", err)
 		}
-		k, err := v.Conn.ConsumeRebuilds(ctx, queue.ConsumerOptions{FilterSubject: subj, AckWait: ackWait, MaxDeliver: maxDeliver}, h)
-		if err != nil {
-			stopAll()
-			return fmt.Errorf("volunteer: %s: %w", sys, err)
-		}
-		consumers = append(consumers, k)
-		go func() {
+		subjects = append(subjects, subj)
+	}
+	// A tenant's volunteer uses the consumer the pusher provides with
+	// its first rebuild request for the system: until then it waits.
+	var (
+		mu        sync.Mutex
+		consumers []*queue.Consumer
+		starting  sync.WaitGroup
+	)
+	sctx, stopStarting := context.WithCancel(ctx)
+	defer stopStarting()
+	ended := make(chan string, len(v.Systems))
+	failed := make(chan error, len(v.Systems))
+	for i, sys := range v.Systems {
+		starting.Go(func() {
+			k, err := queue.AwaitConsumer(sctx, v.log(), subjects[i], func(ctx context.Context) (*queue.Consumer, error) {
+				return v.Conn.ConsumeRebuilds(ctx, queue.ConsumerOptions{FilterSubject: subjects[i], AckWait: ackWait, MaxDeliver: maxDeliver}, h)
+			})
+			if err != nil {
+				if sctx.Err() == nil {
+					failed <- fmt.Errorf("volunteer: %s: %w", sys, err)
+				}
+				return
+			}
+			mu.Lock()
+			consumers = append(consumers, k)
+			mu.Unlock()
+			go func() {
+				<-k.Closed()
+				ended <- sys
+			}()
+		})
+	}
+	// started stops the consumers still being set up, and returns
+	// those that are.
+	started := func() []*queue.Consumer {
+		stopStarting()
+		starting.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return consumers
+	}
+	stopAll := func() {
+		for _, k := range started() {
+			k.Stop()
 			<-k.Closed()
-			ended <- sys
-		}()
+		}
 	}
 	v.log().Info("volunteering", "tenant", v.Builder.Tenant, "systems", strings.Join(v.Systems, ","), "builder", v.Builder.BuilderID)
 	if stop := v.watchDisputes(); stop != nil {
@@ -241,13 +273,17 @@ func (v *Volunteer) Run(ctx context.Context) error {
 		return nil
 	case <-onceDone:
 		// The handler returned; Drain waits for its outcome to be sent.
-		for _, k := range consumers {
+		ks := started()
+		for _, k := range ks {
 			k.Drain()
 		}
-		for _, k := range consumers {
+		for _, k := range ks {
 			<-k.Closed()
 		}
 		return first.Err
+	case err := <-failed:
+		stopAll()
+		return err
 	case sys := <-ended:
 		stopAll()
 		if ctx.Err() != nil {
