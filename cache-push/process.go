@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -72,6 +73,9 @@ func (p *Pusher) process(ctx context.Context, subject string, data []byte, msgID
 		return p.reject(ctx, rej, rejected(ReasonMalformed, fmt.Errorf("builder %s signed a malformed statement: %w", v.BuilderID, err)))
 	}
 	if err := consistent(r, v); err != nil {
+		return p.reject(ctx, rej, rejected(ReasonInconsistent, err))
+	}
+	if err := ownScope(r); err != nil {
 		return p.reject(ctx, rej, rejected(ReasonInconsistent, err))
 	}
 	if err := p.cfg.Policy.CheckSource(v.External); err != nil {
@@ -201,6 +205,22 @@ func consistent(r *queue.Result, v *attest.Verified) error {
 			if err := storepath.Check(ref); err != nil {
 				return fmt.Errorf("output %s: reference: %w", o.Path, err)
 			}
+		}
+	}
+	return nil
+}
+
+// ownScope checks that r's staged NARs are in its builder's staging
+// scope, or in no scope: a builder stages in its own (queue.ScopedKey).
+// The keys are not signed, so anyone who may publish results can relay a
+// builder's signed result with keys of its own choosing; one in another
+// builder's scope would have the pusher read that builder's bytes under
+// this builder's vote.
+func ownScope(r *queue.Result) error {
+	own := queue.StagingScope(r.Builder)
+	for _, o := range slices.Concat(r.Outputs, r.Sources) {
+		if scope, ok := queue.KeyScope(o.StagingKey); ok && scope != own {
+			return fmt.Errorf("%s is staged under %s, not in its builder %s's staging scope", o.Path, o.StagingKey, r.Builder)
 		}
 	}
 	return nil

@@ -390,7 +390,7 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	if t.Verdict == VerdictTrustedOnly {
 		p.disputed(ctx, r.Tenant, out.Path, v.DrvPath, t)
 	}
-	oc, err = p.publishAgreed(ctx, t)
+	oc, err = p.publishAgreed(ctx, t, v.BuilderID)
 	if err != nil {
 		return 0, false, err
 	}
@@ -440,8 +440,44 @@ func (p *Pusher) voided(ctx context.Context, tenant, drv, voter string, votes []
 // publishAgreed writes the winning NAR into the cache, or adds newly
 // agreeing bundles and signatures to the entry already there. Everything
 // it writes comes from verified votes.
-func (p *Pusher) publishAgreed(ctx context.Context, t Tally) (outcome, error) {
-	a := t.Agreeing[0]
+//
+// The NAR is read from the staged object of by's vote (the builder whose
+// result completed the quorum: its key is its own doing) when it agrees,
+// and else, or when that one is missing or not the agreed NAR, from the
+// other agreeing votes' in turn. A vote's staging key is not signed:
+// anyone who may publish results can relay a builder's result with
+// another key, which replaces its vote's (a builder stages in its own
+// scope, which process checks; an unscoped key is anyone's), and that
+// must neither keep the agreed NAR out nor get the completing builder's
+// result refused.
+func (p *Pusher) publishAgreed(ctx context.Context, t Tally, by string) (outcome, error) {
+	order := slices.Clone(t.Agreeing)
+	if i := slices.IndexFunc(order, func(v Vote) bool { return v.Builder == by }); i > 0 {
+		order[0], order[i] = order[i], order[0]
+	}
+	var first error
+	for i, a := range order {
+		oc, err := p.publishAgreedFrom(ctx, t, a)
+		if err == nil || !stagedNARWrong(err) {
+			return oc, err
+		}
+		if i == 0 {
+			first = err
+		}
+		p.log.Warn("agreed NAR not in a vote's staged object; trying the next agreeing vote's", "path", a.StorePath, "builder", a.Builder, "err", err)
+	}
+	return 0, first
+}
+
+// stagedNARWrong reports whether err refused a staged object: missing,
+// or not the attested NAR.
+func stagedNARWrong(err error) bool {
+	var re *RejectedError
+	return errors.As(err, &re) && (re.Reason == ReasonNAR || re.Reason == ReasonRestage || re.Reason == ReasonStaging)
+}
+
+// publishAgreedFrom is publishAgreed with a's staged object.
+func (p *Pusher) publishAgreedFrom(ctx context.Context, t Tally, a Vote) (outcome, error) {
 	var out attest.Output
 	out.Path, out.NarSize, out.References = a.StorePath, a.NarSize, a.References
 	if _, err := hex.Decode(out.NarHash[:], []byte(a.NarSHA256)); err != nil {

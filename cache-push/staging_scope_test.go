@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -73,5 +74,49 @@ func TestStagingOverwritten(t *testing.T) {
 	err = cf.pusher.Process(ctx, subject(r), data, r.MsgID())
 	if !errors.Is(err, queue.ErrPermanent) || !strings.Contains(err.Error(), "("+ReasonRestage+")") {
 		t.Fatalf("overwritten shared key: %v, want a permanent %q rejection", err, ReasonRestage)
+	}
+}
+
+// TestRelayedWithOtherStagingKey: anyone who may publish results relays
+// b0's signed result (its vote pending) with the unsigned staging key
+// pointed at bytes of its own. In another builder's scope the relay is
+// refused and b0's vote keeps its key; under a shared key it replaces
+// b0's vote, but the NAR is then read from the staged object of b1, whose
+// result completes the quorum: the path is published and b1's result is
+// not refused for a key it did not write.
+func TestRelayedWithOtherStagingKey(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		t.Run(map[bool]string{false: "other-scope", true: "shared"}[shared], func(t *testing.T) {
+			cf := newClosureFixture(t, "quorum: {min: 2}\n", 3, nil)
+			ctx := testctx.New(t, 30*time.Second)
+			r0, d0 := cf.result(t, drvResult{name: "victim", builder: "b0"})
+			cf.process(t, r0, d0)
+			key := queue.ScopedKey("nar/relayed", "b2")
+			if shared {
+				key = "nar/relayed"
+			}
+			garbage := bytes.Repeat([]byte{'x'}, int(r0.Outputs[0].NarSize))
+			if _, err := cf.conn.Stage(ctx, key, bytes.NewReader(garbage)); err != nil {
+				t.Fatal(err)
+			}
+			relay := *r0
+			relay.Outputs = slices.Clone(r0.Outputs)
+			relay.Outputs[0].StagingKey = key
+			data, _ := json.Marshal(&relay)
+			err := cf.pusher.Process(ctx, subject(&relay), data, "relayed")
+			if !shared && (!errors.Is(err, queue.ErrPermanent) || !strings.Contains(err.Error(), ReasonInconsistent)) {
+				t.Fatalf("relayed with a key in b2's scope: %v, want a %s rejection", err, ReasonInconsistent)
+			}
+			if shared && err != nil {
+				t.Fatalf("relayed with a shared key: %v", err)
+			}
+			r1, d1 := cf.result(t, drvResult{name: "victim", builder: "b1"})
+			if err := cf.pusher.Process(ctx, subject(r1), d1, r1.MsgID()); err != nil {
+				t.Fatalf("b1's result, which completes the quorum: %v", err)
+			}
+			if !cf.isVisible(t, storePath("victim")) {
+				t.Fatal("the agreed path is not published")
+			}
+		})
 	}
 }
