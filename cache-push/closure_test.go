@@ -936,3 +936,45 @@ func TestCAPathNonCanonicalNAR(t *testing.T) {
 		t.Fatal("the honest text source is not published")
 	}
 }
+
+// TestLateAgreementEarnsNothing: a builder that votes on paths already
+// decided (it can copy their NAR hash, size and references from the
+// narinfos, building nothing) earns no agreement from it, so it does not
+// become a veteran whose vote alone publishes (trusted_after); the
+// builders that decided earn theirs.
+func TestLateAgreementEarnsNothing(t *testing.T) {
+	cf := newClosureFixture(t, "quorum: {min: 2, trusted_after: 3}\n", 3, nil)
+	ctx := testctx.New(t, 30*time.Second)
+	for _, name := range []string{"decided-a", "decided-b", "decided-c"} {
+		for _, b := range []string{"b0", "b1", "b2"} {
+			r, d := cf.result(t, drvResult{name: name, builder: b})
+			cf.process(t, r, d)
+		}
+		if !cf.isVisible(t, storePath(name)) {
+			t.Fatalf("%s not published", name)
+		}
+	}
+	for b, want := range map[string]int{"b0": 3, "b1": 3, "b2": 0} {
+		rep, err := GetReputation(ctx, cf.fixture.conn, b)
+		if errors.Is(err, ErrNoReputation) {
+			rep, err = &Reputation{}, nil
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Agreements != want {
+			t.Errorf("%s: %d agreements, want %d", b, rep.Agreements, want)
+		}
+	}
+	// b2 alone on a path of its own: its vote needs a second one.
+	p2, err := New(cf.cfg) // no reputation cached
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf.pusher = p2
+	r, d := cf.result(t, drvResult{name: "alone", builder: "b2", nar: narOf(t, "backdoored")})
+	cf.process(t, r, d)
+	if cf.isVisible(t, storePath("alone")) {
+		t.Fatal("published on the vote of a builder whose record is only late agreements")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"codeberg.org/provenix/provenix/cache-push/policy"
 	"codeberg.org/provenix/provenix/internal/ticker"
 	"codeberg.org/provenix/provenix/queue"
 )
@@ -111,9 +112,11 @@ type storedVote struct {
 
 // countReputation adds each decided, not yet counted vote to its
 // builder's record, and quarantines builders too often in the minority.
-// own is the vote this handler stored.
+// own is the vote this handler stored. An agreeing vote recorded after
+// the path was decided (decisive) is marked counted and earns nothing.
 func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, t Tally, own storedVote) {
 	rule := p.cfg.Policy.Reputation
+	earns := decisive(p.cfg.Policy, t)
 	mark := func(v Vote, agreed bool) {
 		key := queue.VoteKey(tenant, storePath, v.Builder)
 		counted, err := p.markOwn(ctx, key, v, own, t.Winner)
@@ -132,7 +135,9 @@ func (p *Pusher) countReputation(ctx context.Context, tenant, storePath string, 
 			return
 		}
 		if agreed {
-			p.addAgreement(ctx, v.Builder)
+			if earns[v.Builder] {
+				p.addAgreement(ctx, v.Builder)
+			}
 			return
 		}
 		now := time.Now().UTC()
@@ -386,4 +391,30 @@ func (p *Pusher) reputation(ctx context.Context, builder string) Reputation {
 type repEntry struct {
 	rep Reputation
 	at  time.Time
+}
+
+// decisive returns the builders of t's agreeing votes that decided it:
+// in the order the pusher recorded them (Vote.Time, its clock), up to
+// the one with which the agreed NAR reached its quorum. A vote recorded
+// after that agrees with a NAR already decided and published: anyone
+// can copy its hash, size and references from the narinfo without
+// building anything, so it earns no agreement, which would make its
+// builder a veteran whose vote alone publishes (TrustedAfter).
+func decisive(pol *policy.Policy, t Tally) map[string]bool {
+	vs := slices.Clone(t.Agreeing)
+	slices.SortStableFunc(vs, func(a, b Vote) int { return a.Time.Compare(b.Time) })
+	need := t.Quorum.Min
+	if t.Adaptive {
+		need--
+	}
+	out := map[string]bool{}
+	var builders []string
+	for _, v := range vs {
+		out[v.Builder] = true
+		builders = append(builders, v.Builder)
+		if pol.CountDistinct(builders, t.Quorum.Distinct) >= max(need, 1) {
+			break
+		}
+	}
+	return out
 }

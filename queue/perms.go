@@ -158,9 +158,13 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 		readStream(stagingStream)
 		readChunks()
 		orderedReads(stagingStream)
-		// A volunteer: its tenant's rebuild requests, and whether it voted.
+		// A volunteer: its tenant's rebuild requests, and whether it
+		// voted: its own votes only. Another builder's pending vote
+		// would tell it the NAR hash, size and references to vote
+		// without building.
 		use(StreamRebuild)
-		readStream(kvVotes)
+		pub = append(pub, jsAPI+"STREAM.INFO."+kvVotes,
+			jsAPI+"DIRECT.GET."+kvVotes+"."+kvSubjectPrefix+BucketVotes+"."+tenant+".*."+StagingScope(builderID))
 		farmRunner(tenant, builderID, &pub, use, readStream, orderedReads)
 		usagePermissions(tenant, builderID, role, &pub)
 	case RolePusher:

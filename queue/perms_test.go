@@ -50,6 +50,8 @@ func TestRolePermissions(t *testing.T) {
 		{"runner creates or changes the farm's consumers", runner, "$JS.API.CONSUMER.CREATE.FARM.*.farm.build.acme.>", false},
 		{"runner creates or changes the rebuild consumers", runner, "$JS.API.CONSUMER.CREATE.REBUILD.*.rebuild.acme.*", false},
 		{"runner takes its tenant's rebuild requests", runner, "$JS.API.CONSUMER.MSG.NEXT.REBUILD.*", true},
+		{"runner reads its own votes", runner, "$JS.API.DIRECT.GET.KV_PROVENIX_VOTES.$KV.PROVENIX_VOTES.acme.*." + StagingScope("acme-runner"), true},
+		{"runner reads any vote", runner, "$JS.API.DIRECT.GET.KV_PROVENIX_VOTES.>", false},
 		{"pusher provides the farm's consumers", pusher, "$JS.API.CONSUMER.CREATE.FARM.*.farm.build.acme.>", true},
 		{"pusher provides the rebuild consumers", pusher, "$JS.API.CONSUMER.CREATE.REBUILD.*.rebuild.acme.*", true},
 		{"pusher provides another tenant's rebuild consumers", pusher, "$JS.API.CONSUMER.CREATE.REBUILD.*.rebuild.other.*", false},

@@ -225,7 +225,11 @@ func TestTenantIsolation(t *testing.T) {
 		if err != nil || !bytes.Equal(b, narA) {
 			t.Fatalf("a's staged NAR: %d bytes, %v", len(b), err)
 		}
-		if err := pusherA.KVPut(testctx.New(t, 20*time.Second), queue.BucketVotes, "a.x.y", []byte("v")); err != nil {
+		own, other := queue.VoteKey("a", ra.Outputs[0].Path, "a-runner"), queue.VoteKey("a", ra.Outputs[0].Path, "a-other")
+		if err := pusherA.KVPut(testctx.New(t, 20*time.Second), queue.BucketVotes, other, []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		if err := pusherA.KVPut(testctx.New(t, 20*time.Second), queue.BucketVotes, own, []byte("v")); err != nil {
 			t.Fatalf("a pusher KVPut: %v", err)
 		}
 		// The entries waiting for their references: the pusher's alone.
@@ -255,13 +259,18 @@ func TestTenantIsolation(t *testing.T) {
 		err = pusherA.PublishEvent(context.Background(), "b", queue.EventPublished, 1)
 		fast(t, "a pusher publishes b's event", start, err, queue.ErrPermissionDenied)
 		// The volunteer's side of a runner: a's rebuilds and votes.
-		if _, err := runnerA.KVGet(testctx.New(t, 20*time.Second), queue.BucketVotes, "a.x.y"); err != nil {
-			t.Fatalf("a runner KVGet: %v", err)
+		if _, err := runnerA.KVGet(testctx.New(t, 20*time.Second), queue.BucketVotes, own); err != nil {
+			t.Fatalf("a runner reads its own vote: %v", err)
 		}
+		// Another builder's pending vote would tell it what to vote
+		// without building.
 		start = time.Now()
-		err = runnerA.KVPut(context.Background(), queue.BucketVotes, "a.x.y", []byte("forged"))
+		_, err = runnerA.KVGet(context.Background(), queue.BucketVotes, other)
+		fast(t, "a runner reads another builder's vote", start, err, queue.ErrPermissionDenied)
+		start = time.Now()
+		err = runnerA.KVPut(context.Background(), queue.BucketVotes, own, []byte("forged"))
 		fast(t, "a runner writes a vote", start, err, queue.ErrPermissionDenied)
-		if v, err := pusherA.KVGet(testctx.New(t, 20*time.Second), queue.BucketVotes, "a.x.y"); err != nil || string(v) != "v" {
+		if v, err := pusherA.KVGet(testctx.New(t, 20*time.Second), queue.BucketVotes, own); err != nil || string(v) != "v" {
 			t.Fatalf("vote after the denied write: %q, %v", v, err)
 		}
 		rc, _, err = runnerA.OpenStaged(testctx.New(t, 20*time.Second), ra.Outputs[0].StagingKey)
