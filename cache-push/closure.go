@@ -317,12 +317,13 @@ func (p *Pusher) storeWaiting(ctx context.Context, w *Waiting) error {
 		return fmt.Errorf("store waiting entry %s: %w", w.StorePath, err)
 	}
 	for _, m := range w.Missing {
+		full := false
 		err := p.cfg.KV.KVUpdate(ctx, queue.BucketWaiting, queue.WaitersKey(w.Tenant, m), func(old []byte) ([]byte, error) {
 			var ws []string
 			if old != nil {
 				json.Unmarshal(old, &ws) // unreadable: start again
 			}
-			if slices.Contains(ws, w.StorePath) {
+			if full = len(ws) >= maxWaiters; full || slices.Contains(ws, w.StorePath) {
 				return nil, nil
 			}
 			return json.Marshal(append(ws, w.StorePath))
@@ -330,9 +331,23 @@ func (p *Pusher) storeWaiting(ctx context.Context, w *Waiting) error {
 		if err != nil {
 			return fmt.Errorf("index waiting entry %s: %w", w.StorePath, err)
 		}
+		if full {
+			p.log.Warn("waiting entry not indexed under a reference that has too many already; the sweeper releases it", "path", w.StorePath,
+				"reference", m, "waiters", maxWaiters)
+		}
 	}
 	return nil
 }
+
+// maxWaiters bounds the list of entries waiting for one reference (one
+// KV value, rewritten at each addition). Anyone who may publish results
+// can make entries wait for a path not yet published: one staged text
+// NAR under thousands of names. Past the bound a waiter is not indexed,
+// and the sweeper (every SweepEvery) releases it instead of the
+// reference's publication; without it, the value outgrew the server's
+// message size and every later waiter of that reference, an honest one
+// included, failed.
+var maxWaiters = 1000
 
 // wait stores a decided entry that cannot be visible yet, then settles it
 // (its references may have arrived meanwhile). It reports whether the

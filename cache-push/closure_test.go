@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -976,5 +977,49 @@ func TestLateAgreementEarnsNothing(t *testing.T) {
 	cf.process(t, r, d)
 	if cf.isVisible(t, storePath("alone")) {
 		t.Fatal("published on the vote of a builder whose record is only late agreements")
+	}
+}
+
+// TestWaitersBounded: the list of entries waiting for one reference is
+// one KV value. Filled (by anyone who may publish results: one staged
+// text NAR under thousands of names, all referring to a path not yet
+// published) to just under the server's message size, it does not make
+// an honest entry waiting for the same reference fail: past maxWaiters
+// the entry is not indexed, and the sweep publishes it once the
+// reference is.
+func TestWaitersBounded(t *testing.T) {
+	cf := newClosureFixture(t, "", 1, nil)
+	ctx := testctx.New(t, 60*time.Second)
+	dep, mid := storePath("dep"), storePath("mid")
+	// Paths of 211 bytes, and one shorter: 100 bytes under 1 MiB, which
+	// one more path (and an update's header) goes over.
+	const size = 1<<20 - 100
+	var junk []string
+	for i := 0; ; i++ {
+		junk = append(junk, storePath(fmt.Sprintf("%0168d", i)))
+		if b, _ := json.Marshal(junk); len(b) > size-300 {
+			break
+		}
+	}
+	b, _ := json.Marshal(junk)
+	junk = append(junk, storePath(strings.Repeat("x", size-len(b)-len(storePath(""))-3)))
+	b, _ = json.Marshal(junk)
+	if len(b) != size {
+		t.Fatalf("the list is %d bytes, want %d", len(b), size)
+	}
+	if err := cf.conn.KVPut(ctx, queue.BucketWaiting, queue.WaitersKey(testTenant, dep), b); err != nil {
+		t.Fatal(err)
+	}
+	rMid, dMid := cf.result(t, drvResult{name: "mid", refs: []string{dep}})
+	if err := cf.pusher.Process(ctx, subject(rMid), dMid, rMid.MsgID()); err != nil {
+		t.Fatalf("an honest entry waiting for a reference with a full waiters list: %v", err)
+	}
+	rDep, dDep := cf.result(t, drvResult{name: "dep"})
+	cf.process(t, rDep, dDep)
+	if _, err := cf.pusher.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !cf.isVisible(t, dep) || !cf.isVisible(t, mid) {
+		t.Fatalf("after the sweep: dep %v mid %v", cf.isVisible(t, dep), cf.isVisible(t, mid))
 	}
 }
