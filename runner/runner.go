@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -152,6 +153,14 @@ func NewConnections(conns []Connection, opts Options) (*Runner, error) {
 	}
 	r.conns = cs
 	root := cs[0].users != nil
+	if root {
+		// The host's other runners share its Nix daemon: a build of
+		// their job while ours runs must not pass for ours.
+		if r.windows, err = hostWindows(); err != nil {
+			r.log.Warn("job windows not shared with the host's other runners: a build one of their jobs makes while a job of this runner runs may be attested as this job's", "err", err)
+			r.windows = capture.NewWindows(time.Hour)
+		}
+	}
 	if !root {
 		r.log.Warn("runner is not root: job steps run as this user and can read whatever it can, the signing key included; run the runner as root (jobs then run as the job user) to keep the key from them")
 	}
@@ -408,4 +417,14 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// hostWindows are job windows shared with the host's other runners, in a
+// directory beside the job users' locks (root's only).
+func hostWindows() (*capture.Windows, error) {
+	dir := filepath.Join(isolate.LockDir, "windows")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return capture.NewHostWindows(time.Hour, dir)
 }

@@ -300,6 +300,13 @@ type Windows struct {
 	next int
 	wins map[int]*window
 	keep time.Duration
+	// dir shares the windows with the host's other runners
+	// (NewHostWindows): files holds this process's running ones,
+	// unshared those it could not record (nobody's alone).
+	dir      string
+	self     string // the prefix of this Windows' files
+	files    map[int]*os.File
+	unshared map[int]bool
 }
 
 type window struct {
@@ -309,7 +316,7 @@ type window struct {
 // NewWindows keeps finished windows for keep (they matter only until every
 // job that overlapped them has been captured).
 func NewWindows(keep time.Duration) *Windows {
-	return &Windows{wins: map[int]*window{}, keep: keep}
+	return &Windows{wins: map[int]*window{}, keep: keep, unshared: map[int]bool{}}
 }
 
 // Begin records a job starting now and returns its handle.
@@ -318,6 +325,9 @@ func (w *Windows) Begin(now time.Time) int {
 	defer w.mu.Unlock()
 	w.next++
 	w.wins[w.next] = &window{start: now.Truncate(time.Second)}
+	if w.dir != "" {
+		w.shareBegin(w.next, now)
+	}
 	return w.next
 }
 
@@ -328,15 +338,20 @@ func (w *Windows) End(id int, now time.Time) {
 	if win, ok := w.wins[id]; ok {
 		win.end = now
 	}
+	if w.dir != "" {
+		w.shareEnd(id, now)
+	}
 	for k, win := range w.wins {
 		if !win.end.IsZero() && now.Sub(win.end) > w.keep {
 			delete(w.wins, k)
+			delete(w.unshared, k)
 		}
 	}
 }
 
 // Exclusive reports whether a path registered at t (whole seconds) falls
-// in job id's window and in no other job's.
+// in job id's window and in no other job's: of this runner, or, with
+// NewHostWindows, of the host's other runners.
 func (w *Windows) Exclusive(id int, t time.Time) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -349,12 +364,23 @@ func (w *Windows) Exclusive(id int, t time.Time) bool {
 		return !t.Add(time.Second).Before(win.start) && !t.After(end)
 	}
 	me, ok := w.wins[id]
-	if !ok || !in(me) {
+	if !ok || !in(me) || w.unshared[id] {
 		return false
 	}
 	for k, win := range w.wins {
 		if k != id && in(win) {
 			return false
+		}
+	}
+	if w.dir != "" {
+		others, ok := w.others()
+		if !ok {
+			return false
+		}
+		for _, win := range others {
+			if in(win) {
+				return false
+			}
 		}
 	}
 	return true

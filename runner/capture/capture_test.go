@@ -3,6 +3,7 @@ package capture
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -94,6 +95,61 @@ func TestWindowsExclusive(t *testing.T) {
 	w.End(b, base.Add(40*time.Second))
 	if !w.Exclusive(b, base.Add(30*time.Second)) {
 		t.Fatal("after the first job ended, paths are the second's")
+	}
+}
+
+// TestHostWindows: two runners of one host (two Windows sharing a
+// directory) each count the other's jobs: a path registered while a job
+// of each ran is neither's alone (with windows of its own, each runner
+// took it for its job's), one registered after the other's job ended is
+// the remaining job's; a window whose runner died without ending it
+// counts as running.
+func TestHostWindows(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	base := time.Now().Add(-time.Minute).Truncate(time.Second)
+	r1, err := NewHostWindows(time.Hour, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := NewHostWindows(time.Hour, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := r1.Begin(base)
+	b := r2.Begin(base.Add(10 * time.Second))
+	if r1.Exclusive(a, base.Add(15*time.Second)) || r2.Exclusive(b, base.Add(15*time.Second)) {
+		t.Fatal("a path registered while a job of each runner ran is attributed")
+	}
+	if !r1.Exclusive(a, base.Add(5*time.Second)) {
+		t.Fatal("a path registered before the other runner's job began is not the first job's")
+	}
+	r2.End(b, base.Add(20*time.Second))
+	if !r1.Exclusive(a, base.Add(30*time.Second)) {
+		t.Fatal("after the other runner's job ended, paths are not the remaining job's")
+	}
+	if r2.Exclusive(b, base.Add(15*time.Second)) {
+		t.Fatal("an ended window still overlapping another is attributed")
+	}
+
+	// A runner that died in its job: its file has no end and nobody
+	// holds it.
+	dead := fmt.Sprintf("%d\n", base.Add(40*time.Second).UnixNano())
+	if err := os.WriteFile(filepath.Join(dir, "win-1-dead0000-1"), []byte(dead), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r1.Exclusive(a, base.Add(45*time.Second)) {
+		t.Fatal("a path registered after a dead runner's job began is attributed")
+	}
+	r1.End(a, time.Now())
+
+	// A directory others can write is refused.
+	open := t.TempDir()
+	os.Chmod(open, 0o777)
+	if _, err := NewHostWindows(time.Hour, open); err == nil {
+		t.Fatal("a directory anyone can write accepted")
 	}
 }
 
