@@ -273,7 +273,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	// A class whose consumer the scheduler has not provided yet (no
 	// request of it dispatched yet) is consumed once it has.
 	var awaiting sync.WaitGroup
-	defer awaiting.Wait()
+	defer func() {
+		cancel() // before the wait: AwaitConsumer loops until ctx ends
+		awaiting.Wait()
+	}()
 	failed := make(chan error, 1)
 	consume := func(subj string) {
 		k, err := queue.AwaitConsumer(ctx, log, subj, func(ctx context.Context) (*queue.Consumer, error) {

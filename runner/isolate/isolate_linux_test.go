@@ -404,3 +404,37 @@ func TestReleaseSharedRemovesSchedules(t *testing.T) {
 		t.Fatalf("crontab left after Release: %v", err)
 	}
 }
+
+// TestReleaseRemovesReinstalledCrontab: a process the job left (outside
+// any cgroup, as cron would start one) puts its crontab back as fast as
+// it can; Release leaves the user without a crontab all the same.
+func TestReleaseRemovesReinstalledCrontab(t *testing.T) {
+	u := poolUser(t, "provenix-job-3")
+	p, err := NewPool([]*User{u}, 1, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		l, err := p.Acquire(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		job := exec.Command("sh", "-c", `setsid sh -c 'while :; do echo "* * * * * true" | crontab -; done' </dev/null >/dev/null 2>&1 &
+for i in $(seq 100); do crontab -l >/dev/null 2>&1 && exit 0; sleep 0.02; done; exit 1`)
+		job.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.UID, Gid: u.GID}}
+		if out, err := job.CombinedOutput(); err != nil {
+			t.Fatalf("the job: %v %s", err, out)
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		ents, _ := os.ReadDir(crontabDirs[0])
+		for _, e := range ents {
+			if owner, ok := ownerOf(filepath.Join(crontabDirs[0], e.Name())); e.Name() == u.Name || ok && owner == u.UID {
+				t.Fatalf("left in %s after Release: %s", crontabDirs[0], e.Name())
+			}
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -56,7 +57,9 @@ func removeSchedules(u *User) (int, error) {
 		}
 		n++
 	}
-	m, err := RemoveOwned(u.UID, atDirs...)
+	// And files of its own there: crontab(1)'s temporary copies, left
+	// by one killed while it wrote.
+	m, err := RemoveOwned(u.UID, append(slices.Clone(atDirs), crontabDirs[0])...)
 	return n + m, errors.Join(append(errs, err)...)
 }
 

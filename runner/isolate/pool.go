@@ -134,22 +134,39 @@ func (p *Pool) Acquire(ctx context.Context, waiting func(why string)) (*Lease, e
 	}
 }
 
+// maxScrubRounds bounds scrub's rounds of removing schedules and killing.
+const maxScrubRounds = 5
+
 // scrub makes sure nothing of u is left (leftover.go): no crontab or at
 // job, then no process (killed if found, as after a runner crash), no
 // temporary file, no Nix profile or GC root of its own, no System V IPC
 // object.
 func (p *Pool) scrub(ctx context.Context, u *User) error {
-	if n, err := removeSchedules(u); err != nil {
-		return fmt.Errorf("crontab and at jobs of %s: %w", u.Name, err)
-	} else if n > 0 {
-		p.log.Warn("removed a job user's crontab or at jobs", "user", u.Name, "count", n)
-	}
 	sctx, cancel := context.WithTimeout(ctx, p.settle)
 	defer cancel()
-	if n, err := KillAllOf(sctx, u.UID); err != nil {
-		return err
-	} else if n > 0 {
-		p.log.Warn("killed processes of a job user that no job held", "user", u.Name, "count", n)
+	// A process of u still running could put a crontab back between its
+	// removal and the kill: remove and kill again until a removal after a
+	// kill finds nothing (cron reads the spool again before it starts
+	// anything more).
+	for round := 0; ; round++ {
+		n, err := removeSchedules(u)
+		if err != nil {
+			return fmt.Errorf("crontab and at jobs of %s: %w", u.Name, err)
+		}
+		if n > 0 {
+			p.log.Warn("removed a job user's crontab or at jobs", "user", u.Name, "count", n)
+		}
+		if round > 0 && n == 0 {
+			break
+		}
+		if round == maxScrubRounds {
+			return fmt.Errorf("%w: %s: its crontab or at jobs came back %d times", ErrStillAlive, u.Name, round)
+		}
+		if k, err := KillAllOf(sctx, u.UID); err != nil {
+			return err
+		} else if k > 0 {
+			p.log.Warn("killed processes of a job user that no job held", "user", u.Name, "count", k)
+		}
 	}
 	if _, err := RemoveOwned(u.UID, TempDirs...); err != nil {
 		return fmt.Errorf("temporary files of %s: %w", u.Name, err)
