@@ -967,13 +967,34 @@ func TestLateAgreementEarnsNothing(t *testing.T) {
 			t.Errorf("%s: %d agreements, want %d", b, rep.Agreements, want)
 		}
 	}
+	// A relay of a deciding vote keeps its time: with a new one, it
+	// would sort after a late vote, which would earn its agreement.
+	before, err := cf.conn.KVGet(ctx, queue.BucketVotes, queue.VoteKey(testTenant, storePath("decided-a"), "b1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, d := cf.result(t, drvResult{name: "decided-a", builder: "b1"})
+	if err := cf.pusher.Process(ctx, subject(r), d, "relayed"); err != nil {
+		t.Fatal(err)
+	}
+	after, err := cf.conn.KVGet(ctx, queue.BucketVotes, queue.VoteKey(testTenant, storePath("decided-a"), "b1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v0, v1 Vote
+	json.Unmarshal(before, &v0)
+	json.Unmarshal(after, &v1)
+	if !v1.Time.Equal(v0.Time) {
+		t.Fatalf("a relayed vote's time went from %s to %s", v0.Time, v1.Time)
+	}
+
 	// b2 alone on a path of its own: its vote needs a second one.
 	p2, err := New(cf.cfg) // no reputation cached
 	if err != nil {
 		t.Fatal(err)
 	}
 	cf.pusher = p2
-	r, d := cf.result(t, drvResult{name: "alone", builder: "b2", nar: narOf(t, "backdoored")})
+	r, d = cf.result(t, drvResult{name: "alone", builder: "b2", nar: narOf(t, "backdoored")})
 	cf.process(t, r, d)
 	if cf.isVisible(t, storePath("alone")) {
 		t.Fatal("published on the vote of a builder whose record is only late agreements")

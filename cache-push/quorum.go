@@ -337,11 +337,14 @@ func (p *Pusher) vote(ctx context.Context, r *queue.Result, v *attest.Verified, 
 	rev, err := p.cfg.KV.KVCreate(ctx, queue.BucketVotes, key, first)
 	if errors.Is(err, queue.ErrKeyExists) {
 		// A builder's newer vote replaces its older one, keeping the
-		// reputation mark when it is the same NAR (a redelivery).
+		// reputation mark and the time when it is the same NAR (a
+		// redelivery, or a relay by anyone who may publish results:
+		// with a new time, the deciding vote would sort after a late
+		// one, which would earn its agreement: decisive).
 		err = p.cfg.KV.KVUpdate(ctx, queue.BucketVotes, key, func(old []byte) ([]byte, error) {
 			var prev Vote
 			if old != nil && json.Unmarshal(old, &prev) == nil && prev.Answer() == vote.Answer() {
-				vote.Counted = prev.Counted
+				vote.Counted, vote.Time = prev.Counted, prev.Time
 				if prev.NixSig != "" && vote.NixSig == "" {
 					vote.NixSig = prev.NixSig
 				}
