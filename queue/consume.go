@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -607,9 +608,8 @@ const provideEvery = 10 * time.Minute
 // consumer takes the subject.
 const errCodeConsumerNotUnique jetstream.ErrorCode = 10100
 
-// provideConsumer creates stream's consumer want unless it exists
-// (whatever its settings: a member that may update it set them), and
-// then trusts it is there for provideEvery.
+// provideConsumer creates stream's consumer want unless it exists (then
+// repairConsumer), and then trusts it is there for provideEvery.
 func (c *Conn) provideConsumer(ctx context.Context, stream string, want jetstream.ConsumerConfig) error {
 	if at, ok := c.provided.Load(want.Durable); ok && time.Since(at.(time.Time)) < provideEvery {
 		return nil
@@ -622,7 +622,13 @@ func (c *Conn) provideConsumer(ctx context.Context, stream string, want jetstrea
 	})
 	var apiErr *jetstream.APIError
 	switch {
-	case err == nil, errors.Is(err, jetstream.ErrConsumerExists):
+	case err == nil:
+	case errors.Is(err, jetstream.ErrConsumerExists):
+		// Made by a member that may set it (an account.conf older than
+		// this rule let runners): what could stall its messages goes.
+		if err := c.repairConsumer(ctx, stream, want); err != nil {
+			return err
+		}
 	case errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeConsumerNotUnique:
 		return fmt.Errorf("queue: consumer %s: another consumer of stream %s takes %s (one not made by Provenix: list them with 'nats consumer ls %s' and remove it): %w",
 			want.Durable, stream, want.FilterSubject, stream, err)
@@ -630,6 +636,55 @@ func (c *Conn) provideConsumer(ctx context.Context, stream string, want jetstrea
 		return fmt.Errorf("queue: consumer %s: %w", want.Durable, mapJSError(err))
 	}
 	c.provided.Store(want.Durable, time.Now())
+	return nil
+}
+
+// repairConsumer sets back, on stream's existing consumer want.Durable,
+// the settings with which whoever made it could stall its messages for
+// everyone: fewer pending or deliveries than want's, back-offs, headers
+// only, limits on pull requests, an inactivity threshold (it would be
+// deleted), a pause. Its AckWait stays: members that may set it chose it,
+// and each member heartbeats by the shorter of its own and the
+// consumer's. A consumer whose filter or ack policy is not want's is not
+// one Provenix made: an error says to remove it.
+func (c *Conn) repairConsumer(ctx context.Context, stream string, want jetstream.ConsumerConfig) error {
+	cons, err := c.existingConsumer(ctx, stream, want.Durable)
+	if err != nil {
+		return fmt.Errorf("queue: consumer %s: %w", want.Durable, err)
+	}
+	got := cons.CachedInfo().Config
+	if got.FilterSubject != want.FilterSubject || got.AckPolicy != want.AckPolicy || got.DeliverPolicy != want.DeliverPolicy {
+		return fmt.Errorf("queue: consumer %s of stream %s: filter %q, ack %v, deliver %v: not one Provenix makes for %q (remove it: 'nats consumer rm %s %s')",
+			want.Durable, stream, got.FilterSubject, got.AckPolicy, got.DeliverPolicy, want.FilterSubject, stream, want.Durable)
+	}
+	fixed := got
+	if want.MaxAckPending > 0 && got.MaxAckPending < want.MaxAckPending {
+		fixed.MaxAckPending = want.MaxAckPending
+	}
+	if got.MaxDeliver != -1 && (want.MaxDeliver == -1 || got.MaxDeliver < want.MaxDeliver) {
+		fixed.MaxDeliver = want.MaxDeliver
+	}
+	fixed.BackOff, fixed.HeadersOnly, fixed.PauseUntil = nil, false, got.PauseUntil
+	fixed.MaxRequestBatch, fixed.MaxRequestExpires, fixed.MaxRequestMaxBytes, fixed.InactiveThreshold = 0, 0, 0, 0
+	paused := got.PauseUntil != nil && got.PauseUntil.After(time.Now())
+	if reflect.DeepEqual(fixed, got) && !paused {
+		return nil
+	}
+	c.log.Warn("queue: consumer settings that could stall its messages set back", "consumer", want.Durable, "stream", stream,
+		"maxAckPending", got.MaxAckPending, "maxDeliver", got.MaxDeliver, "paused", paused)
+	err = c.denyAware(ctx, jsAPIFor(stream, want.Durable), func(ctx context.Context) error {
+		_, err := c.js.UpdateConsumer(ctx, stream, fixed)
+		return err
+	})
+	if err == nil && paused {
+		err = c.denyAware(ctx, jsAPIFor(stream, want.Durable), func(ctx context.Context) error {
+			_, err := c.js.ResumeConsumer(ctx, stream, want.Durable)
+			return err
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("queue: consumer %s: set back: %w", want.Durable, mapJSError(err))
+	}
 	return nil
 }
 

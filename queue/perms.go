@@ -145,7 +145,9 @@ func rolePermissions(tenant string, role Role, builderID string) (Permissions, e
 		use(stream)
 	}
 	provide := func(stream, filter string) {
-		pub = append(pub, jsAPI+"CONSUMER.CREATE."+stream+".*."+filter)
+		// Creating; and reading and resuming one made before
+		// (repairConsumer).
+		pub = append(pub, jsAPI+"CONSUMER.CREATE."+stream+".*."+filter, jsAPI+"CONSUMER.INFO."+stream+".*", jsAPI+"CONSUMER.PAUSE."+stream+".*")
 	}
 	switch role {
 	case RoleRunner:

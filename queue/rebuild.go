@@ -204,9 +204,17 @@ func (c *Conn) ConsumeRebuilds(ctx context.Context, o ConsumerOptions, h Handler
 	return k, nil
 }
 
+// DefaultRebuildMaxDeliver bounds the deliveries of one rebuild request
+// (ConsumeRebuilds' MaxDeliver when 0): a request every volunteer fails
+// does not go round them for ever.
+const DefaultRebuildMaxDeliver = 10
+
 // rebuildConsumerConfig is the shared consumer of o.FilterSubject; it validates
 // o and sets its defaults.
 func rebuildConsumerConfig(o *ConsumerOptions) (jetstream.ConsumerConfig, error) {
+	if o.MaxDeliver == 0 {
+		o.MaxDeliver = DefaultRebuildMaxDeliver
+	}
 	tenant, system, err := parseRebuildSubject(o.FilterSubject)
 	if err != nil {
 		return jetstream.ConsumerConfig{}, fmt.Errorf("queue: consume rebuilds: %w", err)
@@ -222,6 +230,7 @@ func rebuildConsumerConfig(o *ConsumerOptions) (jetstream.ConsumerConfig, error)
 		FilterSubject: o.FilterSubject,
 		AckWait:       o.AckWait,
 		MaxDeliver:    o.MaxDeliver,
+		MaxAckPending: o.MaxAckPending,
 	}, nil
 }
 

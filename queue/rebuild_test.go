@@ -290,3 +290,46 @@ func TestResultClosure(t *testing.T) {
 		}
 	}
 }
+
+// TestProvideRepairsConsumer: a rebuild consumer made with settings that
+// stall its requests (one pending at most, one delivery, headers only, a
+// pause), as a runner could under an account.conf older than the
+// publisher's providing it, is set back by the next publish, and the
+// request reaches a volunteer whole.
+func TestProvideRepairsConsumer(t *testing.T) {
+	_, c := setup(t)
+	ctx := testctx.New(t, 30*time.Second)
+	subj, _ := RebuildSubject("t1", "riscv64-linux")
+	far := time.Now().Add(24 * time.Hour)
+	bad := jetstream.ConsumerConfig{Durable: RebuildConsumer("t1", "riscv64-linux"), FilterSubject: subj, AckPolicy: jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy, AckWait: 2 * time.Second, MaxAckPending: 1, MaxDeliver: 1, HeadersOnly: true, PauseUntil: &far}
+	if _, err := c.js.CreateConsumer(ctx, StreamRebuild, bad); err != nil {
+		t.Fatal(err)
+	}
+	req := testRebuild(40, "riscv64-linux")
+	if _, err := c.PublishRebuild(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	k, err := c.js.Consumer(ctx, StreamRebuild, bad.Durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := k.CachedInfo().Config
+	if got.MaxAckPending < 2 || got.MaxDeliver != DefaultRebuildMaxDeliver || got.HeadersOnly || got.PauseUntil != nil && got.PauseUntil.After(time.Now()) {
+		t.Fatalf("consumer after the publish: max ack pending %d, max deliver %d, headers only %v, paused until %v",
+			got.MaxAckPending, got.MaxDeliver, got.HeadersOnly, got.PauseUntil)
+	}
+	data := make(chan []byte, 1)
+	consumeRebuilds(t, c, "riscv64-linux", func(_ context.Context, d *Delivery) error {
+		data <- d.Data
+		return nil
+	})
+	select {
+	case b := <-data:
+		if _, err := DecodeRebuildRequest(b); err != nil {
+			t.Fatalf("delivered: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request was not delivered")
+	}
+}

@@ -67,7 +67,7 @@ const (
 // DefaultMaxDeliver bounds the deliveries of one request to the
 // volunteers of a system: a request that keeps failing for a transient
 // reason (its closure gone from staging, say) stops bouncing after that.
-const DefaultMaxDeliver = 10
+const DefaultMaxDeliver = queue.DefaultRebuildMaxDeliver
 
 // Volunteer serves rebuild requests. Set the fields, then call Run.
 type Volunteer struct {
