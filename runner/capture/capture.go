@@ -341,12 +341,34 @@ func (w *Windows) End(id int, now time.Time) {
 	if w.dir != "" {
 		w.shareEnd(id, now)
 	}
+	var running []*window
+	for _, win := range w.wins {
+		if win.end.IsZero() {
+			running = append(running, win)
+		}
+	}
 	for k, win := range w.wins {
-		if !win.end.IsZero() && now.Sub(win.end) > w.keep {
+		if !win.end.IsZero() && w.over(win, now, running) {
 			delete(w.wins, k)
 			delete(w.unshared, k)
 		}
 	}
+}
+
+// over reports whether win, ended, can be forgotten at now: it ended
+// more than keep ago, and no window still running began before it ended
+// (that job's capture, at its end, asks about every path since its
+// start, however long it runs).
+func (w *Windows) over(win *window, now time.Time, running []*window) bool {
+	if now.Sub(win.end) <= w.keep {
+		return false
+	}
+	for _, r := range running {
+		if !r.start.After(win.end) {
+			return false
+		}
+	}
+	return true
 }
 
 // Exclusive reports whether a path registered at t (whole seconds) falls

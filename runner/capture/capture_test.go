@@ -153,6 +153,45 @@ func TestHostWindows(t *testing.T) {
 	}
 }
 
+// TestWindowsKeptWhileOverlapped: a window that ended more than keep ago
+// is still counted while a job that began before it ended runs (its
+// capture asks about every path since its start, however long it
+// runs), on one runner and across the host's runners.
+func TestWindowsKeptWhileOverlapped(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	host1, err := NewHostWindows(time.Hour, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host2, err := NewHostWindows(time.Hour, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		a, b *Windows
+	}{{"one runner", NewWindows(time.Hour), nil}, {"two runners", host1, host2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.b == nil {
+				tc.b = tc.a
+			}
+			base := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
+			a := tc.a.Begin(base) // a long job, still running
+			b := tc.b.Begin(base.Add(10 * time.Minute))
+			tc.b.End(b, base.Add(20*time.Minute))
+			c := tc.b.Begin(base.Add(80 * time.Minute))
+			tc.b.End(c, base.Add(91*time.Minute)) // prunes what it may
+			if tc.a.Exclusive(a, base.Add(15*time.Minute)) {
+				t.Fatal("a path registered while another job ran, over an hour before, is the long job's")
+			}
+			tc.a.End(a, time.Now())
+		})
+	}
+}
+
 // TestBoundSocketChecksPeer: with the right token, a peer the check
 // refuses (here: this process, which is not the job's uid) is turned
 // away; once closed, the socket is gone and the token worth nothing.

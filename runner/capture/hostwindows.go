@@ -75,21 +75,40 @@ func (w *Windows) shareEnd(id int, end time.Time) {
 	if err != nil {
 		return
 	}
+	type file struct {
+		path string
+		win  *window
+	}
+	var files []file
+	var running []*window
 	for _, e := range ents {
 		p := filepath.Join(w.dir, e.Name())
 		win, ok := readWindow(p)
 		if !ok {
 			continue
 		}
-		over := !win.end.IsZero() && end.Sub(win.end) > w.keep
-		if win.end.IsZero() {
-			// No end: running, or its runner died. Gone only once old,
-			// and held by nobody.
-			fi, err := os.Stat(p)
-			over = err == nil && end.Sub(fi.ModTime()) > w.keep && !heldByAnother(p)
+		if win.end.IsZero() && !heldByAnother(p) && !strings.HasPrefix(e.Name(), w.self) {
+			// Its runner died in the job: it ends now, and ages from
+			// here (appending is safe: nobody holds it).
+			if f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+				fmt.Fprintf(f, "%d\n", end.UnixNano())
+				f.Close()
+				win.end = end
+			}
 		}
-		if over {
-			os.Remove(p)
+		if win.end.IsZero() {
+			running = append(running, win)
+		}
+		files = append(files, file{p, win})
+	}
+	for _, win := range w.wins {
+		if win.end.IsZero() {
+			running = append(running, win)
+		}
+	}
+	for _, f := range files {
+		if !f.win.end.IsZero() && w.over(f.win, end, running) {
+			os.Remove(f.path)
 		}
 	}
 }
