@@ -93,6 +93,7 @@ func newTwoForges(t *testing.T, mod func(a, b *Connection)) *twoForges {
 	r, err := NewConnections([]Connection{ca, cb}, Options{
 		Capacity: 1, FetchTimeout: time.Second, ReportInterval: 100 * time.Millisecond,
 		ChildCommand: []string{childBinary(t), execJobArg}, Version: "test", Logger: log,
+		JobWindowsDir: filepath.Join(t.TempDir(), "windows"),
 	})
 	if err != nil {
 		t.Fatal(err)

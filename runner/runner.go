@@ -7,6 +7,7 @@
 package runner
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -71,6 +72,9 @@ type Options struct {
 	// /tmp (Linux, root: otherwise each job gets /tmp and /var/tmp of its
 	// own, bound from its TMPDIR).
 	DisablePrivateTmp bool
+	// JobWindowsDir is where the root runners of this host share their
+	// jobs' windows (hostWindows); DefaultJobWindowsDir when empty.
+	JobWindowsDir string
 	// Idle, when set, is work the runner does while it runs no job (the
 	// farm's builds, when the runner volunteers: provenix.volunteer). It
 	// runs until its context ends; the runner ends it as soon as a fetch
@@ -156,7 +160,7 @@ func NewConnections(conns []Connection, opts Options) (*Runner, error) {
 	if root {
 		// The host's other runners share its Nix daemon: a build of
 		// their job while ours runs must not pass for ours.
-		if r.windows, err = hostWindows(); err != nil {
+		if r.windows, err = hostWindows(cmp.Or(opts.JobWindowsDir, DefaultJobWindowsDir)); err != nil {
 			r.log.Warn("job windows not shared with the host's other runners: a build one of their jobs makes while a job of this runner runs may be attested as this job's", "err", err)
 			r.windows = capture.NewWindows(time.Hour)
 		}
@@ -419,10 +423,13 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// hostWindows are job windows shared with the host's other runners, in a
-// directory beside the job users' locks (root's only).
-func hostWindows() (*capture.Windows, error) {
-	dir := filepath.Join(isolate.LockDir, "windows")
+// DefaultJobWindowsDir is where the root runners of a host share their
+// jobs' windows: beside the job users' locks, root's only.
+var DefaultJobWindowsDir = filepath.Join(isolate.LockDir, "windows")
+
+// hostWindows are job windows shared, through dir, with the host's other
+// runners.
+func hostWindows(dir string) (*capture.Windows, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}

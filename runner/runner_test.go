@@ -90,6 +90,8 @@ func newBuilderFixture(t testing.TB, b *builder.Builder, mod func(*Options)) *fi
 		ChildCommand: []string{childBinary(t), execJobArg}, Version: "test",
 		Logger:  slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		JobUser: testJobUser,
+		// Its own: not other tests' runners, in this package or another.
+		JobWindowsDir: filepath.Join(dir, "windows"),
 	}
 	if mod != nil {
 		mod(&opts)

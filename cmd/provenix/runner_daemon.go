@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -224,7 +225,8 @@ func setupRunner(ctx context.Context, g *globals, cfgPath string) (_ *runnerSetu
 		FetchInterval: cfg.Runner.FetchInterval, FetchTimeout: cfg.Runner.FetchTimeout,
 		ReportInterval: cfg.Runner.ReportInterval, Envs: cfg.Runner.Envs,
 		DisableCgroup: cfg.Provenix.NoCgroup, DisablePrivateTmp: cfg.Provenix.NoPrivateTmp, Version: version, Logger: log,
-		Idle: allIdle(idles),
+		JobWindowsDir: cmp.Or(cfg.Provenix.JobWindowsDir, os.Getenv(envJobWindowsDir)),
+		Idle:          allIdle(idles),
 	})
 	if err != nil {
 		return nil, usageError("%v", err)
@@ -320,3 +322,7 @@ func idleVolunteer(ctx context.Context, conn *queue.Conn, jb *builder.Builder, r
 	log.Info("the runner volunteers for the farm while it has no job", "system", m.System, "extra_platforms", m.ExtraPlatforms, "features", m.Features)
 	return v.FarmWorker(conn, m, owner).Run, nil
 }
+
+// envJobWindowsDir overrides the default of provenix.job_windows_dir:
+// the runners of one test binary share theirs, apart from other tests'.
+const envJobWindowsDir = "PROVENIX_JOB_WINDOWS_DIR"

@@ -210,6 +210,12 @@ type Provenix struct {
 	// NoPrivateTmp keeps jobs on the host's /tmp and /var/tmp (Linux, root:
 	// by default each job has its own, in a mount namespace of its own).
 	NoPrivateTmp bool `yaml:"no_private_tmp"`
+	// JobWindowsDir is where the root runners of a host record when their
+	// jobs run, so that a build of one runner's job is not attested as a
+	// job's of another (they share the Nix daemon). Empty: the default,
+	// runner.DefaultJobWindowsDir, or $PROVENIX_JOB_WINDOWS_DIR when set.
+	// Runners that share a daemon must share it.
+	JobWindowsDir string `yaml:"job_windows_dir"`
 	// Volunteer makes the runner build for the farm (farm.Worker, with
 	// this runner's key and builder id) while it runs no job; a job that
 	// arrives stops the farm build, which goes back to the farm's queue.
