@@ -193,6 +193,22 @@ func (o *ConsumerOptions) validateLimits() error {
 	return nil
 }
 
+// consumerConfig is the durable consumer durable of o (validated): on
+// FilterSubject from the stream's first message, with explicit acks and
+// o's limits.
+func (o *ConsumerOptions) consumerConfig(durable, description string) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       durable,
+		Description:   description,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		FilterSubject: o.FilterSubject,
+		AckWait:       o.AckWait,
+		MaxDeliver:    o.MaxDeliver,
+		MaxAckPending: o.MaxAckPending,
+	}
+}
+
 // Consumer is a running ConsumeResults or ConsumeRebuilds. Stop or Drain
 // end it; Closed reports when it has.
 type Consumer struct {
@@ -232,16 +248,7 @@ func (c *Conn) ConsumeResults(ctx context.Context, o ConsumerOptions, h Handler)
 	if err := o.validate(); err != nil {
 		return nil, fmt.Errorf("queue: consume results: %w", err)
 	}
-	want := jetstream.ConsumerConfig{
-		Durable:       ConsumerPrefix + o.Group,
-		Description:   "Provenix pusher group " + o.Group,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		FilterSubject: o.FilterSubject,
-		AckWait:       o.AckWait,
-		MaxDeliver:    o.MaxDeliver,
-		MaxAckPending: o.MaxAckPending,
-	}
+	want := o.consumerConfig(ConsumerPrefix+o.Group, "Provenix pusher group "+o.Group)
 	k, err := c.consume(ctx, StreamResults, want, o.Concurrency, c.log.With(logKeyGroup, o.Group), h, false)
 	if err != nil {
 		return nil, fmt.Errorf("queue: consume results: %w", err)

@@ -210,16 +210,7 @@ func farmConsumerConfig(o *ConsumerOptions) (jetstream.ConsumerConfig, error) {
 	if err := o.validateLimits(); err != nil {
 		return jetstream.ConsumerConfig{}, fmt.Errorf("queue: consume farm: %w", err)
 	}
-	return jetstream.ConsumerConfig{
-		Durable:       FarmConsumer(o.FilterSubject),
-		Description:   "Provenix farm: " + o.FilterSubject,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		FilterSubject: o.FilterSubject,
-		AckWait:       o.AckWait,
-		MaxDeliver:    o.MaxDeliver,
-		MaxAckPending: o.MaxAckPending,
-	}, nil
+	return o.consumerConfig(FarmConsumer(o.FilterSubject), "Provenix farm: "+o.FilterSubject), nil
 }
 
 // FarmRequestQueued reports whether the farm request stored at seq is

@@ -222,16 +222,7 @@ func rebuildConsumerConfig(o *ConsumerOptions) (jetstream.ConsumerConfig, error)
 	if err := o.validateLimits(); err != nil {
 		return jetstream.ConsumerConfig{}, fmt.Errorf("queue: consume rebuilds: %w", err)
 	}
-	return jetstream.ConsumerConfig{
-		Durable:       RebuildConsumer(tenant, system),
-		Description:   "Provenix volunteers rebuilding tenant " + tenant + " for " + system,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		FilterSubject: o.FilterSubject,
-		AckWait:       o.AckWait,
-		MaxDeliver:    o.MaxDeliver,
-		MaxAckPending: o.MaxAckPending,
-	}, nil
+	return o.consumerConfig(RebuildConsumer(tenant, system), "Provenix volunteers rebuilding tenant "+tenant+" for "+system), nil
 }
 
 // parseRebuildSubject splits rebuild.<tenant>.<system>.
