@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -160,14 +159,12 @@ func TestClusterSettling(t *testing.T) {
 func TestEnsureStreamsWritesOnlyChanges(t *testing.T) {
 	s := startServer(t, server.Config{})
 	c := connect(t, s.ClientURL())
-	var mu sync.Mutex
-	var writes []string
+	// A channel, not a callback: the client's reader puts each message
+	// in it before it reads Flush's answer, so count sees every write
+	// made before it (a callback may still be running then).
+	msgs := make(chan *nats.Msg, 1024)
 	for _, subj := range []string{"$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>"} {
-		sub, err := c.NATS().Subscribe(subj, func(m *nats.Msg) {
-			mu.Lock()
-			writes = append(writes, m.Subject)
-			mu.Unlock()
-		})
+		sub, err := c.NATS().ChanSubscribe(subj, msgs)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -175,11 +172,15 @@ func TestEnsureStreamsWritesOnlyChanges(t *testing.T) {
 	}
 	count := func() []string {
 		c.NATS().Flush()
-		mu.Lock()
-		defer mu.Unlock()
-		w := writes
-		writes = nil
-		return w
+		var w []string
+		for {
+			select {
+			case m := <-msgs:
+				w = append(w, m.Subject)
+			default:
+				return w
+			}
+		}
 	}
 	if err := c.EnsureStreams(testctx.New(t, 30*time.Second), StreamOptions{}); err != nil {
 		t.Fatal(err)
