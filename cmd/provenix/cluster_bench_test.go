@@ -44,10 +44,10 @@ const benchResults = 3000
 //
 // The floor of each server setup is measured in the same run: the same
 // results through the same servers, consumed the same way by a handler
-// that does only the queue's share of a push (benchFloorRun: read the
-// staged NAR, write a vote, publish an event, ack; no signature check,
-// no cache file). No pusher on those servers and this machine can pass
-// it, whatever it does.
+// that does only what no push can skip (benchFloorRun: read the staged
+// NAR, verify the bundle, write a vote, publish an event, ack; no cache
+// file). No pusher on those servers and this machine can pass it,
+// whatever it does.
 //
 //	go test -run '^$' -bench ResultsCluster -benchtime 1x ./cmd/provenix/
 func BenchmarkResultsCluster(b *testing.B) {
