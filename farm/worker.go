@@ -266,9 +266,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}()
 	h := func(hctx context.Context, d *queue.Delivery) error {
-		// The consumer's own AckWait when it is shorter: a tenant's
-		// runner uses the consumer the scheduler provided as it is.
-		return w.handle(hctx, kv, d, min(ackWait, cmp.Or(d.AckWait, ackWait)), log)
+		return w.handle(hctx, kv, d, d.AckWaitWithin(ackWait), log)
 	}
 	// A class whose consumer the scheduler has not provided yet (no
 	// request of it dispatched yet) is consumed once it has.

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -86,6 +87,14 @@ func (d *Delivery) InProgress() error {
 		return fmt.Errorf("queue: in progress %d: %w", d.Stream, err)
 	}
 	return nil
+}
+
+// AckWaitWithin is the shorter of own (the AckWait a member asked for)
+// and the consumer's: what a handler must heartbeat within. A member
+// that may not set the consumer (a tenant's runner) uses it as its
+// publisher provided it.
+func (d *Delivery) AckWaitWithin(own time.Duration) time.Duration {
+	return min(own, cmp.Or(d.AckWait, own))
 }
 
 // KeepAlive calls InProgress every interval until the returned stop is

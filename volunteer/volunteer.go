@@ -23,7 +23,6 @@
 package volunteer
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -196,9 +195,7 @@ func (v *Volunteer) Run(ctx context.Context) error {
 		if v.Once && !claimed.CompareAndSwap(false, true) {
 			return errOnceTaken
 		}
-		// The consumer's own AckWait when it is shorter: a tenant's
-		// volunteer uses the consumer the pusher provided as it is.
-		out, err := v.handle(hctx, d, min(ackWait, cmp.Or(d.AckWait, ackWait)))
+		out, err := v.handle(hctx, d, d.AckWaitWithin(ackWait))
 		if v.OnOutcome != nil {
 			v.OnOutcome(out)
 		}
