@@ -380,13 +380,16 @@ func (r *Runner) attest(ctx context.Context, t *taskRun, win int, drvs []string,
 	return r.attestClosure(ctx, t, drvs, how, stepEligible(r.windows, win))
 }
 
-// stepEligible is what a job may have attested through its socket: what
-// the store registered during the job and during no other job's time, the
-// rule of automatic capture. Nix does not record who asked for a build,
-// so with capacity > 1 a path built while another job ran could be that
-// job's, and a job naming it must not get it labelled with its workflow.
+// stepEligible is what a job may have attested, through its socket or
+// automatically once it ended: what the store registered during the job
+// and during no other job's time (of this runner or, sharing windows,
+// of the host's others). Nix does not record who asked for a build, so a
+// path built while another job ran could be that job's, and a job naming
+// it must not get it labelled with its workflow. The other runners'
+// windows are read once per call.
 func stepEligible(w *capture.Windows, win int) func(nix.PathInfo) bool {
-	return func(pi nix.PathInfo) bool { return w.Exclusive(win, pi.Registered) }
+	exclusive := w.ExclusiveOf(win)
+	return func(pi nix.PathInfo) bool { return exclusive(pi.Registered) }
 }
 
 // checkDrv holds a derivation path that came from the job to what the
@@ -473,7 +476,7 @@ func (r *Runner) autoCapture(ctx context.Context, t *taskRun, win int) {
 		t.rep.Logf("::warning::provenix: listing what the job built: %v", err)
 		return
 	}
-	exclusive := func(pi nix.PathInfo) bool { return r.windows.Exclusive(win, pi.Registered) }
+	exclusive := stepEligible(r.windows, win)
 	drvs := map[string]bool{}
 	for _, b := range built {
 		if !exclusive(b) {

@@ -374,29 +374,47 @@ func (w *Windows) over(win *window, now time.Time, running []*window) bool {
 // Exclusive reports whether a path registered at t (whole seconds) falls
 // in job id's window and in no other job's: of this runner, or, with
 // NewHostWindows, of the host's other runners.
-func (w *Windows) Exclusive(id int, t time.Time) bool {
+func (w *Windows) Exclusive(id int, t time.Time) bool { return w.ExclusiveOf(id)(t) }
+
+// ExclusiveOf is Exclusive for job id's paths, for one capture: the host's
+// other runners' windows are read once, not for each path.
+func (w *Windows) ExclusiveOf(id int) func(t time.Time) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	in := func(win *window) bool {
-		end := win.end
-		if end.IsZero() {
-			end = time.Now()
-		}
-		// A registration second overlaps the window if any instant of it does.
-		return !t.Add(time.Second).Before(win.start) && !t.After(end)
+	if w.unshared[id] {
+		return func(time.Time) bool { return false }
 	}
 	me, ok := w.wins[id]
-	if !ok || !in(me) || w.unshared[id] {
-		return false
+	if !ok {
+		return func(time.Time) bool { return false }
 	}
+	var others []window
 	for k, win := range w.wins {
-		if k != id && in(win) {
-			return false
+		if k != id {
+			others = append(others, *win)
 		}
 	}
 	if w.dir != "" {
-		others, ok := w.others()
+		shared, ok := w.others()
 		if !ok {
+			return func(time.Time) bool { return false }
+		}
+		for _, win := range shared {
+			others = append(others, *win)
+		}
+	}
+	mine := *me
+	return func(t time.Time) bool {
+		in := func(win window) bool {
+			end := win.end
+			if end.IsZero() {
+				end = time.Now()
+			}
+			// A registration second overlaps the window if any instant
+			// of it does.
+			return !t.Add(time.Second).Before(win.start) && !t.After(end)
+		}
+		if !in(mine) {
 			return false
 		}
 		for _, win := range others {
@@ -404,6 +422,6 @@ func (w *Windows) Exclusive(id int, t time.Time) bool {
 				return false
 			}
 		}
+		return true
 	}
-	return true
 }
