@@ -169,17 +169,7 @@ func benchPushRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest.
 	if err != nil {
 		b.Fatal(err)
 	}
-	conn, err := queue.Connect(ctx, url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	rs := synthResults(b, ctx, signer, uniqueMessage(b)[len(b.Name())+1:], benchResults)
-	stageAll(b, ctx, conn, rs)
-
-	// A fresh group per run: its consumer starts at the first message
-	// and must not see earlier runs' results, so those are purged.
-	purgeResults(b, ctx, conn)
+	conn, rs := benchResultsStaged(b, ctx, signer, url)
 	group := "bench" + uniqueMessage(b)[len(b.Name())+1:]
 	var pushers []*cachepush.Pusher
 	for range 2 {
@@ -284,6 +274,23 @@ func benchDataDir(b *testing.B) (up.Paths, *attest.Signer) {
 		b.Fatal(err)
 	}
 	return p, signer
+}
+
+// benchResultsStaged connects to url (closed with b), and signs and
+// stages benchResults new results, to be published on that connection.
+// A fresh group per run starts at the stream's first message and must
+// not see earlier runs' results: those are purged.
+func benchResultsStaged(b *testing.B, ctx context.Context, signer *attest.Signer, url string) (*queue.Conn, []synthResult) {
+	b.Helper()
+	conn, err := queue.Connect(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(conn.Close)
+	rs := synthResults(b, ctx, signer, uniqueMessage(b)[len(b.Name())+1:], benchResults)
+	stageAll(b, ctx, conn, rs)
+	purgeResults(b, ctx, conn)
+	return conn, rs
 }
 
 // purgeResults empties the RESULTS stream.

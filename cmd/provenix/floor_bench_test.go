@@ -36,15 +36,8 @@ func benchFloorRun(b *testing.B, ctx context.Context, p up.Paths, signer *attest
 	if err != nil {
 		b.Fatal(err)
 	}
-	conn, err := queue.Connect(ctx, url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
+	conn, rs := benchResultsStaged(b, ctx, signer, url)
 	tag := uniqueMessage(b)[len(b.Name())+1:]
-	rs := synthResults(b, ctx, signer, tag, benchResults)
-	stageAll(b, ctx, conn, rs)
-	purgeResults(b, ctx, conn)
 
 	var handled atomic.Int64
 	done := make(chan struct{})
